@@ -1,0 +1,162 @@
+//! Encoding and decoding frames in the two codecs, and the length-prefixed stream framing QUIC
+//! streams use. Bytes in, frames out: nothing here touches a socket.
+
+use bytes::{Buf, Bytes, BytesMut};
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::codes::ErrorCode;
+
+/// The wire codec of a connection, fixed by the encoding of its `hello`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// postcard 1.x (serde, varint integers), compact binary.
+    Postcard,
+    /// UTF-8 JSON, one object per frame.
+    Json,
+}
+
+impl Codec {
+    pub const ALL: [Codec; 2] = [Codec::Postcard, Codec::Json];
+
+    /// The codec a first frame was written in: JSON frames are objects and start with `{`
+    /// (after optional whitespace); a postcard `hello` starts with its variant index, 0.
+    pub fn detect(first_frame: &[u8]) -> Codec {
+        match first_frame.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => Codec::Json,
+            _ => Codec::Postcard,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Postcard => "postcard",
+            Codec::Json => "json",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        match self {
+            Codec::Postcard => 0,
+            Codec::Json => 1,
+        }
+    }
+
+    pub fn encode<T: Serialize>(self, frame: &T) -> Bytes {
+        // Frames are plain data (strings, integers, byte strings): serializing cannot fail.
+        let result = match self {
+            Codec::Postcard => postcard::to_stdvec(frame).map_err(|e| e.to_string()),
+            Codec::Json => serde_json::to_vec(frame).map_err(|e| e.to_string()),
+        };
+        match result {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(err) => unreachable!("frame serialization failed: {err}"),
+        }
+    }
+
+    pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, DecodeError> {
+        match self {
+            Codec::Postcard => match postcard::take_from_bytes::<T>(bytes) {
+                Ok((frame, [])) => Ok(frame),
+                Ok((_, rest)) => Err(DecodeError::Malformed(format!("{} trailing bytes", rest.len()))),
+                Err(err) => Err(DecodeError::Malformed(err.to_string())),
+            },
+            Codec::Json => serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string())),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("frame of {size} bytes exceeds the limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
+}
+
+impl DecodeError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::Malformed(_) => ErrorCode::BAD_FRAME,
+            DecodeError::TooLarge { .. } => ErrorCode::FRAME_TOO_LARGE,
+        }
+    }
+}
+
+/// Length of the frame-size prefix on QUIC streams: a big-endian u32.
+pub const LENGTH_PREFIX: usize = 4;
+
+/// The prefix to write before a frame body on a QUIC stream.
+pub fn length_prefix(body_len: usize) -> [u8; LENGTH_PREFIX] {
+    (body_len as u32).to_be_bytes()
+}
+
+/// Splits a byte stream into frame bodies: `[u32 big-endian length][body]`, repeated.
+/// The length is checked against the limit before any of the body is buffered.
+#[derive(Debug)]
+pub struct FrameReader {
+    buf: BytesMut,
+    max_frame: usize,
+}
+
+impl FrameReader {
+    pub fn new(max_frame: usize) -> Self {
+        FrameReader { buf: BytesMut::new(), max_frame }
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next complete frame body, if one is buffered.
+    pub fn next_frame(&mut self) -> Result<Option<Bytes>, DecodeError> {
+        if self.buf.len() < LENGTH_PREFIX {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if len > self.max_frame {
+            return Err(DecodeError::TooLarge { size: len, limit: self.max_frame });
+        }
+        if self.buf.len() < LENGTH_PREFIX + len {
+            self.buf.reserve(LENGTH_PREFIX + len - self.buf.len());
+            return Ok(None);
+        }
+        self.buf.advance(LENGTH_PREFIX);
+        Ok(Some(self.buf.split_to(len).freeze()))
+    }
+
+    /// Bytes received that do not yet form a whole frame.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reader_splits_frames_across_pushes() {
+        let mut r = FrameReader::new(16);
+        r.push(&[0, 0, 0, 3, b'a']);
+        assert_eq!(r.next_frame().unwrap(), None);
+        r.push(&[b'b', b'c', 0, 0, 0, 0, 0, 0]);
+        assert_eq!(r.next_frame().unwrap().unwrap(), Bytes::from_static(b"abc"));
+        assert_eq!(r.next_frame().unwrap().unwrap(), Bytes::new());
+        assert_eq!(r.next_frame().unwrap(), None);
+        assert_eq!(r.pending(), 2);
+    }
+
+    #[test]
+    fn reader_rejects_oversized_length_before_buffering() {
+        let mut r = FrameReader::new(16);
+        r.push(&[0, 0, 0, 17]);
+        assert_eq!(r.next_frame(), Err(DecodeError::TooLarge { size: 17, limit: 16 }));
+    }
+
+    #[test]
+    fn detect_codec() {
+        assert_eq!(Codec::detect(b" {\"hello\":{}}"), Codec::Json);
+        assert_eq!(Codec::detect(&[0, 1, 2]), Codec::Postcard);
+        assert_eq!(Codec::detect(b""), Codec::Postcard);
+    }
+}

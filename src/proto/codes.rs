@@ -1,0 +1,131 @@
+//! Stable error and close codes of protocol v1.
+//!
+//! One table, used by every transport: an `error` frame carries the code, and when the error is
+//! fatal the connection is closed with it (QUIC application close code = the code itself;
+//! WebSocket close code = 4000 + the code). `docs/protocol.md` lists the same table; a golden
+//! test keeps the two in step.
+
+use serde::{Deserialize, Serialize};
+
+/// A protocol error code. The numeric values are part of the wire format and never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ErrorCode(pub u16);
+
+macro_rules! codes {
+    ($( $(#[$doc:meta])* $name:ident = $value:literal, $slug:literal, fatal = $fatal:literal, retry = $retry:literal; )*) => {
+        impl ErrorCode {
+            $( $(#[$doc])* pub const $name: ErrorCode = ErrorCode($value); )*
+
+            /// Every defined code, in table order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$name),*];
+
+            /// Short stable name, e.g. `token_expired`.
+            pub fn slug(self) -> &'static str {
+                match self.0 { $($value => $slug,)* _ => "unknown" }
+            }
+
+            /// The connection is closed after this error.
+            pub fn is_fatal(self) -> bool {
+                match self.0 { $($value => $fatal,)* _ => true }
+            }
+
+            /// Retrying (the request, or reconnecting after a fatal error) can succeed without
+            /// changing anything on the client side.
+            pub fn is_retryable(self) -> bool {
+                match self.0 { $($value => $retry,)* _ => false }
+            }
+        }
+    };
+}
+
+codes! {
+    /// Unexpected server failure.
+    INTERNAL = 100, "internal", fatal = false, retry = true;
+    /// A frame could not be decoded in the connection's codec.
+    BAD_FRAME = 101, "bad_frame", fatal = true, retry = false;
+    /// A frame exceeded `limits.max_frame_bytes`.
+    FRAME_TOO_LARGE = 102, "frame_too_large", fatal = true, retry = false;
+    /// The first frame was not `hello`, or `hello` was sent twice.
+    HELLO_REQUIRED = 103, "hello_required", fatal = true, retry = false;
+    /// The protocol version in `hello` is not served here.
+    UNSUPPORTED_VERSION = 104, "unsupported_version", fatal = true, retry = false;
+    /// No valid `hello` within `limits.auth_timeout_ms`.
+    AUTH_TIMEOUT = 105, "auth_timeout", fatal = true, retry = true;
+    /// A frame arrived on a stream it does not belong to (QUIC).
+    WRONG_STREAM = 106, "wrong_stream", fatal = true, retry = false;
+    /// Token malformed, bad signature, unknown key or algorithm, missing claim.
+    TOKEN_INVALID = 110, "token_invalid", fatal = true, retry = false;
+    /// Token `exp` has passed.
+    TOKEN_EXPIRED = 111, "token_expired", fatal = true, retry = false;
+    /// Token `nbf` is in the future.
+    TOKEN_NOT_YET_VALID = 112, "token_not_yet_valid", fatal = true, retry = false;
+    /// The user already holds `limits.max_connections_per_user` connections.
+    TOO_MANY_CONNECTIONS = 113, "too_many_connections", fatal = true, retry = true;
+    /// The token does not grant this operation on this room.
+    PERMISSION_DENIED = 120, "permission_denied", fatal = false, retry = false;
+    /// The room name is empty, too long or has characters outside `[A-Za-z0-9_:.@=+-]`.
+    BAD_ROOM = 121, "bad_room", fatal = false, retry = false;
+    /// The connection already joined `limits.max_rooms_per_connection` rooms.
+    TOO_MANY_ROOMS = 122, "too_many_rooms", fatal = false, retry = false;
+    /// The room is already joined on this connection.
+    ALREADY_JOINED = 123, "already_joined", fatal = false, retry = false;
+    /// The room is not joined on this connection.
+    NOT_JOINED = 124, "not_joined", fatal = false, retry = false;
+    /// The payload exceeds `limits.max_payload_bytes`.
+    PAYLOAD_TOO_LARGE = 125, "payload_too_large", fatal = false, retry = false;
+    /// Publish rate above `limits.publish_rate` (with `limits.publish_burst`).
+    RATE_LIMITED = 126, "rate_limited", fatal = false, retry = true;
+    /// A field is out of range (empty message id, id too long, ...).
+    BAD_REQUEST = 127, "bad_request", fatal = false, retry = false;
+    /// The connection's outbox overflowed `limits.outbox_bytes`: the client read too slowly.
+    SLOW_CONSUMER = 130, "slow_consumer", fatal = true, retry = true;
+    /// The relay is draining (shutdown or restart); reconnect, possibly to another node.
+    GOING_AWAY = 131, "going_away", fatal = true, retry = true;
+    /// No frame or keep-alive for longer than the idle timeout.
+    IDLE_TIMEOUT = 132, "idle_timeout", fatal = true, retry = true;
+}
+
+impl ErrorCode {
+    /// WebSocket close code for a fatal error (RFC 6455 private range 4000-4999).
+    pub fn ws_close_code(self) -> u16 {
+        4000 + self.0
+    }
+
+    /// The code carried by a WebSocket close code, if it is one of ours.
+    pub fn from_ws_close_code(code: u16) -> Option<ErrorCode> {
+        (4000..5000).contains(&code).then(|| ErrorCode(code - 4000))
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.0, self.slug())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_named() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.0), "duplicate code {}", code.0);
+            assert_ne!(code.slug(), "unknown");
+        }
+        assert_eq!(ErrorCode(999).slug(), "unknown");
+        assert!(ErrorCode(999).is_fatal());
+    }
+
+    #[test]
+    fn ws_close_codes_round_trip() {
+        for code in ErrorCode::ALL {
+            let ws = code.ws_close_code();
+            assert!((4000..5000).contains(&ws));
+            assert_eq!(ErrorCode::from_ws_close_code(ws), Some(*code));
+        }
+        assert_eq!(ErrorCode::from_ws_close_code(1000), None);
+    }
+}

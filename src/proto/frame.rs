@@ -1,0 +1,84 @@
+//! The frames of protocol v1, one enum per direction.
+//!
+//! Both codecs use serde's externally tagged form: postcard writes the variant index as a varint
+//! followed by the fields in order; JSON writes `{"<variant>": {<fields>}}`. New variants are
+//! only ever appended, so the indices below are stable. See `docs/protocol.md`.
+
+use serde::{Deserialize, Serialize};
+
+use super::codes::ErrorCode;
+use super::payload::Payload;
+
+/// The protocol version this relay speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// A room's log position. Offsets start at 1 and are contiguous within an epoch; the epoch
+/// changes whenever the room's history was lost, so a client can tell a gap from a restart.
+/// Epochs are below 2^53 so that JSON clients in JavaScript read them exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+pub struct Position {
+    pub epoch: u64,
+    pub offset: u64,
+}
+
+/// Limits the relay enforces on this connection, announced in `welcome`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireLimits {
+    pub max_frame_bytes: u32,
+    pub max_payload_bytes: u32,
+    pub max_rooms: u32,
+    pub publish_rate: u32,
+    pub publish_burst: u32,
+    /// The client should send `ping` (or any frame) at least this often.
+    pub ping_interval_ms: u32,
+    /// The relay closes a connection silent for this long.
+    pub idle_timeout_ms: u32,
+}
+
+/// Frames a client sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// First frame on a connection (on QUIC: on the control stream). Its encoding fixes the codec.
+    Hello { version: u16, token: String, client: String },
+    /// Join a room. On QUIC it is the first frame of a new bidirectional stream that then carries
+    /// everything about this room. `since` is the last position the client saw, if any.
+    Join { req: u64, room: String, since: Option<Position> },
+    /// Leave a room.
+    Leave { req: u64, room: String },
+    /// Publish to a room. `id` is the client's message id (1-64 bytes), echoed in the ack and in
+    /// the delivered message.
+    Publish { req: u64, room: String, id: String, data: Payload },
+    /// Liveness and round-trip probe; answered by `pong`.
+    Ping { req: u64 },
+}
+
+/// Frames the relay sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Answer to a valid `hello`.
+    Welcome { version: u16, session: String, user: String, server_time: u64, limits: WireLimits },
+    /// The room is joined; `position` is its current top (the last offset published, 0 if none).
+    /// `recovered` tells whether nothing was missed since the client's `since` position.
+    Joined { req: u64, room: String, position: Position, recovered: bool },
+    /// The room is left.
+    Left { req: u64, room: String },
+    /// The publish with client id `id` is stored at `position`.
+    Ack { req: u64, room: String, id: String, position: Position },
+    /// A message published to a joined room.
+    Message { room: String, position: Position, from: String, time: u64, id: String, data: Payload },
+    /// Answer to `ping`.
+    Pong { req: u64, server_time: u64 },
+    /// A request failed (`req` names it; 0 when the error is about the connection). If the code
+    /// is fatal the relay closes the connection with the same code right after.
+    Error { req: u64, code: ErrorCode, message: String },
+    /// The relay is going away: reconnect after `reconnect_after_ms`, possibly to another node.
+    GoAway { code: ErrorCode, reason: String, reconnect_after_ms: u32 },
+}
+
+impl ServerFrame {
+    pub fn error(req: u64, code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerFrame::Error { req, code, message: message.into() }
+    }
+}

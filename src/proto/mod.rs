@@ -1,0 +1,16 @@
+//! Protocol v1: frames, codecs and stream framing, without IO.
+//!
+//! Golden byte vectors in `tests/golden/` pin the wire format of both codecs (see
+//! `tests/golden.rs`), so clients in other languages can be written against `docs/protocol.md`.
+
+pub mod codec;
+pub mod codes;
+pub mod frame;
+pub mod payload;
+pub mod room;
+
+pub use codec::{Codec, DecodeError, FrameReader};
+pub use codes::ErrorCode;
+pub use frame::{ClientFrame, PROTOCOL_VERSION, Position, ServerFrame, WireLimits};
+pub use payload::Payload;
+pub use room::RoomName;
