@@ -3,4 +3,7 @@
 //!
 //! The data path: `transport → connection → session → hub → outbox → writer → transport`.
 
+pub mod auth;
+pub mod config;
 pub mod proto;
+pub mod tls;

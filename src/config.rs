@@ -1,0 +1,906 @@
+//! Relay configuration: defaults, then a TOML file, then `EDGERELAY_*` environment variables.
+//!
+//! Why one merged TOML table instead of three typed layers: the file and the environment are
+//! overlaid as plain TOML values and deserialized once, so every type and unknown-key error comes
+//! out of the same place and can name the dotted key (`limits.max_frame_bytes`) and where the bad
+//! value came from (the file or a particular environment variable). Operators fix config by key
+//! name; an error that says only "invalid type" wastes their time.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables read by [`Config::load`].
+pub const ENV_PREFIX: &str = "EDGERELAY_";
+/// Environment variables with the prefix that belong to the CLI, not to the config tree.
+const ENV_RESERVED: &[&str] = &["config", "log"];
+
+/// Largest accepted `limits.max_frame_bytes` (16 MiB).
+pub const MAX_FRAME_BYTES_LIMIT: u32 = 16 * 1024 * 1024;
+/// Smallest accepted `limits.max_frame_bytes`.
+pub const MIN_FRAME_BYTES: u32 = 1024;
+/// Room kept in a frame for everything but the payload (headers, ids, room name).
+pub const FRAME_OVERHEAD_BYTES: u32 = 1024;
+
+/// The whole relay configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where dev certificates and the dev token secret live.
+    pub data_dir: PathBuf,
+    pub listen: ListenConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub shutdown: ShutdownConfig,
+    pub hub: HubConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("edgerelay-data"),
+            listen: ListenConfig::default(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            hub: HubConfig::default(),
+        }
+    }
+}
+
+/// Listening sockets.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenConfig {
+    /// QUIC and WebTransport.
+    pub udp: SocketAddr,
+    /// WebSocket (and HTTP endpoints).
+    pub tcp: SocketAddr,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            udp: SocketAddr::from(([0, 0, 0, 0], 4433)),
+            tcp: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        }
+    }
+}
+
+/// Server certificate. Both files or neither; neither means a self-signed dev certificate
+/// kept in `data_dir`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Token verification.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway_secs: u64,
+    /// Where the dev HS256 secret is kept; `None` means `<data_dir>/dev-token-secret`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev_secret_file: Option<PathBuf>,
+    /// Accept HS256 tokens signed with the dev secret (kid `dev`).
+    pub dev_keys: bool,
+    /// `[[auth.keys]]`: verification keys, selected by the token header's `kid`.
+    pub keys: Vec<KeyConfig>,
+    /// If set, `iss` must equal it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// If set, `aud` must equal it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            leeway_secs: 30,
+            dev_secret_file: None,
+            dev_keys: true,
+            keys: Vec::new(),
+            issuer: None,
+            audience: None,
+        }
+    }
+}
+
+/// A token algorithm. Each key is pinned to exactly one.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub enum KeyAlg {
+    HS256,
+    ES256,
+    RS256,
+}
+
+impl fmt::Display for KeyAlg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyAlg::HS256 => "HS256",
+            KeyAlg::ES256 => "ES256",
+            KeyAlg::RS256 => "RS256",
+        })
+    }
+}
+
+/// One `[[auth.keys]]` entry.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Matched against the token header's `kid`.
+    pub kid: String,
+    pub alg: KeyAlg,
+    /// HS256 secret inline (UTF-8 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// HS256 secret in a file (contents, trailing whitespace removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// ES256/RS256 public key, PEM (SubjectPublicKeyInfo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<PathBuf>,
+    /// Optional ES256/RS256 private key, PKCS#8 PEM, so `edgerelay token --kid X` can sign.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_file: Option<PathBuf>,
+}
+
+// Hand-written so an inline secret never reaches logs.
+impl fmt::Debug for KeyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyConfig")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("secret_file", &self.secret_file)
+            .field("public_key_file", &self.public_key_file)
+            .field("private_key_file", &self.private_key_file)
+            .finish()
+    }
+}
+
+impl KeyConfig {
+    /// The dotted name used in error messages, e.g. `auth.keys[kid=main]`.
+    pub fn config_key(&self) -> String {
+        format!("auth.keys[kid={}]", self.kid)
+    }
+}
+
+/// Per-connection and global limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_frame_bytes: u32,
+    pub max_payload_bytes: u32,
+    pub max_rooms_per_connection: u32,
+    pub max_connections_per_user: u32,
+    /// Publishes per second per connection.
+    pub publish_rate: u32,
+    pub publish_burst: u32,
+    pub auth_timeout_ms: u64,
+    pub outbox_bytes: usize,
+    pub ping_interval_ms: u32,
+    pub idle_timeout_ms: u32,
+    /// Total connections on this relay.
+    pub max_connections: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_frame_bytes: 65_536,
+            max_payload_bytes: 32_768,
+            max_rooms_per_connection: 128,
+            max_connections_per_user: 32,
+            publish_rate: 100,
+            publish_burst: 200,
+            auth_timeout_ms: 5_000,
+            outbox_bytes: 1_048_576,
+            ping_interval_ms: 15_000,
+            idle_timeout_ms: 45_000,
+            max_connections: 100_000,
+        }
+    }
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long connections get to drain before they are closed.
+    pub drain_timeout_ms: u64,
+    /// Reconnect hint sent to clients in `going_away`.
+    pub reconnect_after_ms: u32,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout_ms: 10_000,
+            reconnect_after_ms: 1000,
+        }
+    }
+}
+
+/// The room hub.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubConfig {
+    pub shards: usize,
+    /// An empty room is dropped after this long.
+    pub room_idle_ttl_secs: u64,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            shards: 64,
+            room_idle_ttl_secs: 600,
+        }
+    }
+}
+
+/// A configuration error. Every variant says where to look.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("config file {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or an environment variable name is malformed.
+    /// `path` is the file path or `<env>`.
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    /// A value has the wrong type, or the key is unknown. `origin` is the file path or the
+    /// environment variable that set it.
+    #[error("config key `{key}` (from {origin}): {message}")]
+    Value {
+        key: String,
+        origin: String,
+        message: String,
+    },
+    /// A value is well-typed but not acceptable.
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    /// The dotted key the error is about, if it is about one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Value { key, .. } | ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// One environment override, kept so errors can name the variable.
+struct EnvOverride {
+    var: String,
+    path: Vec<String>,
+    raw: String,
+    /// Whether `raw` was parsed as a non-string TOML value (and may be retried as a string).
+    typed: bool,
+}
+
+impl Config {
+    /// Defaults, then the TOML file if given, then environment variables. Every error names the
+    /// key. Environment variables are `EDGERELAY_<SECTION>__<KEY>` (case-insensitive);
+    /// `EDGERELAY_CONFIG` and `EDGERELAY_LOG` are left to the CLI. The result is validated.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (mut table, origin) = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                (
+                    parse_table(&text, &path.display().to_string())?,
+                    path.display().to_string(),
+                )
+            }
+            None => (toml::Table::new(), "<defaults>".to_string()),
+        };
+
+        let mut overrides = env_overrides(env)?;
+        for o in &overrides {
+            let value = env_value(&o.raw);
+            set_path(&mut table, &o.path, value).map_err(|message| ConfigError::Value {
+                key: o.path.join("."),
+                origin: o.var.clone(),
+                message,
+            })?;
+        }
+
+        // An env value that parses as TOML (e.g. `12345`) may be meant as a string (an issuer,
+        // a kid). Retry such a value as a string when deserialization fails right at its key;
+        // bounded by the number of overrides.
+        let config = loop {
+            match deserialize(table.clone()) {
+                Ok(config) => break config,
+                Err((key, message)) => {
+                    let retry = overrides
+                        .iter_mut()
+                        .find(|o| o.typed && o.path.join(".") == key);
+                    if let Some(o) = retry {
+                        o.typed = false;
+                        set_path(&mut table, &o.path, toml::Value::String(o.raw.clone())).map_err(
+                            |message| ConfigError::Value {
+                                key: key.clone(),
+                                origin: o.var.clone(),
+                                message,
+                            },
+                        )?;
+                        continue;
+                    }
+                    let origin = overrides
+                        .iter()
+                        .rev()
+                        .find(|o| key_related(&key, &o.path))
+                        .map(|o| o.var.clone())
+                        .unwrap_or_else(|| origin.clone());
+                    return Err(ConfigError::Value {
+                        key,
+                        origin,
+                        message,
+                    });
+                }
+            }
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document over the defaults (no environment, no validation).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let table = parse_table(text, "<toml>")?;
+        deserialize(table).map_err(|(key, message)| ConfigError::Value {
+            key,
+            origin: "<toml>".to_string(),
+            message,
+        })
+    }
+
+    /// Where the dev token secret is kept.
+    pub fn dev_secret_path(&self) -> PathBuf {
+        self.auth
+            .dev_secret_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("dev-token-secret"))
+    }
+
+    /// Checks values that are well-typed but unusable. Errors name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if !(MIN_FRAME_BYTES..=MAX_FRAME_BYTES_LIMIT).contains(&l.max_frame_bytes) {
+            return Err(invalid(
+                "limits.max_frame_bytes",
+                format!("must be in {MIN_FRAME_BYTES}..={MAX_FRAME_BYTES_LIMIT}"),
+            ));
+        }
+        let max_payload = l.max_frame_bytes - FRAME_OVERHEAD_BYTES;
+        if l.max_payload_bytes == 0 || l.max_payload_bytes > max_payload {
+            return Err(invalid(
+                "limits.max_payload_bytes",
+                format!(
+                    "must be in 1..={max_payload} (limits.max_frame_bytes - {FRAME_OVERHEAD_BYTES})"
+                ),
+            ));
+        }
+        for (key, value) in [
+            (
+                "limits.max_rooms_per_connection",
+                l.max_rooms_per_connection,
+            ),
+            (
+                "limits.max_connections_per_user",
+                l.max_connections_per_user,
+            ),
+            ("limits.publish_rate", l.publish_rate),
+            ("limits.publish_burst", l.publish_burst),
+            ("limits.ping_interval_ms", l.ping_interval_ms),
+            ("limits.max_connections", l.max_connections),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if l.auth_timeout_ms == 0 {
+            return Err(invalid("limits.auth_timeout_ms", "must be greater than 0"));
+        }
+        if l.outbox_bytes < l.max_frame_bytes as usize {
+            return Err(invalid(
+                "limits.outbox_bytes",
+                "must be at least limits.max_frame_bytes",
+            ));
+        }
+        if l.idle_timeout_ms <= l.ping_interval_ms {
+            return Err(invalid(
+                "limits.idle_timeout_ms",
+                "must be greater than limits.ping_interval_ms",
+            ));
+        }
+        if self.hub.shards == 0 || self.hub.shards > 65_536 {
+            return Err(invalid("hub.shards", "must be in 1..=65536"));
+        }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "tls.key_file",
+                    "required when tls.cert_file is set",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "tls.cert_file",
+                    "required when tls.key_file is set",
+                ));
+            }
+            _ => {}
+        }
+        self.validate_auth()
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        if a.issuer.as_deref() == Some("") {
+            return Err(invalid("auth.issuer", "must not be empty when set"));
+        }
+        if a.audience.as_deref() == Some("") {
+            return Err(invalid("auth.audience", "must not be empty when set"));
+        }
+        if !a.dev_keys && a.keys.is_empty() {
+            return Err(invalid(
+                "auth.keys",
+                "no token keys: add [[auth.keys]] or set auth.dev_keys = true",
+            ));
+        }
+        let mut kids = HashSet::new();
+        for (i, k) in a.keys.iter().enumerate() {
+            if k.kid.is_empty() {
+                return Err(invalid(format!("auth.keys[{i}].kid"), "must not be empty"));
+            }
+            let base = k.config_key();
+            if !kids.insert(k.kid.as_str()) {
+                return Err(invalid(format!("{base}.kid"), "duplicate kid"));
+            }
+            if a.dev_keys && k.kid == crate::auth::DEV_KID {
+                return Err(invalid(
+                    format!("{base}.kid"),
+                    "kid `dev` is reserved for the dev key while auth.dev_keys = true",
+                ));
+            }
+            match k.alg {
+                KeyAlg::HS256 => {
+                    match (&k.secret, &k.secret_file) {
+                        (None, None) | (Some(_), Some(_)) => {
+                            return Err(invalid(
+                                format!("{base}.secret"),
+                                "HS256 needs exactly one of secret and secret_file",
+                            ));
+                        }
+                        (Some(s), None) if s.is_empty() => {
+                            return Err(invalid(format!("{base}.secret"), "must not be empty"));
+                        }
+                        _ => {}
+                    }
+                    if k.public_key_file.is_some() {
+                        return Err(invalid(
+                            format!("{base}.public_key_file"),
+                            "not used by HS256 (use secret or secret_file)",
+                        ));
+                    }
+                    if k.private_key_file.is_some() {
+                        return Err(invalid(
+                            format!("{base}.private_key_file"),
+                            "not used by HS256 (use secret or secret_file)",
+                        ));
+                    }
+                }
+                KeyAlg::ES256 | KeyAlg::RS256 => {
+                    if k.public_key_file.is_none() {
+                        return Err(invalid(
+                            format!("{base}.public_key_file"),
+                            format!("required for {}", k.alg),
+                        ));
+                    }
+                    if k.secret.is_some() {
+                        return Err(invalid(
+                            format!("{base}.secret"),
+                            format!("not used by {} (use public_key_file)", k.alg),
+                        ));
+                    }
+                    if k.secret_file.is_some() {
+                        return Err(invalid(
+                            format!("{base}.secret_file"),
+                            format!("not used by {} (use public_key_file)", k.alg),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The defaults rendered as TOML, for `edgerelay config` and the docs.
+pub fn example_toml() -> String {
+    let body = toml::to_string_pretty(&Config::default())
+        .unwrap_or_else(|e| format!("# could not render defaults: {e}\n"));
+    format!(
+        "# edgerelay configuration (defaults shown).\n\
+         # Every key can also be set as EDGERELAY_<SECTION>__<KEY>, e.g. EDGERELAY_LIMITS__MAX_FRAME_BYTES=8192.\n\
+         # Optional keys not shown: tls.cert_file, tls.key_file, auth.dev_secret_file, auth.issuer, auth.audience,\n\
+         # and [[auth.keys]] entries: kid, alg (HS256|ES256|RS256), secret | secret_file | public_key_file, private_key_file.\n\n\
+         {body}"
+    )
+}
+
+fn parse_table(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
+        path: origin.to_string(),
+        message: e.to_string().trim_end().to_string(),
+    })
+}
+
+/// Deserializes a merged table; the error carries the dotted key and the message.
+fn deserialize(table: toml::Table) -> Result<Config, (String, String)> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let mut key = e.path().to_string();
+        // toml appends "in `section`" on a second line; the key already says where.
+        let message = e.inner().to_string();
+        let message = message
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_end()
+            .to_string();
+        // Make sure an unknown field's key names the field itself, not just its parent.
+        if let Some(field) = unknown_field(&message)
+            && !key.ends_with(field)
+        {
+            key = if key == "." || key.is_empty() {
+                field.to_string()
+            } else {
+                format!("{key}.{field}")
+            };
+        }
+        (key, message)
+    })
+}
+
+/// Extracts `foo` from serde's "unknown field `foo`, expected ...".
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+/// Whether dotted `key` is `path`, lies below it, or is one of its parents.
+fn key_related(key: &str, path: &[String]) -> bool {
+    let below = |inner: &str, outer: &str| {
+        inner == outer
+            || inner
+                .strip_prefix(outer)
+                .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+    };
+    let joined = path.join(".");
+    below(key, &joined) || below(&joined, key)
+}
+
+fn env_overrides(
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<EnvOverride>, ConfigError> {
+    // Sorted so the result does not depend on the environment's iteration order.
+    let mut sorted = BTreeMap::new();
+    for (name, value) in env {
+        let Some(prefix) = name.get(..ENV_PREFIX.len()) else {
+            continue;
+        };
+        if !prefix.eq_ignore_ascii_case(ENV_PREFIX) {
+            continue;
+        }
+        let rest = name[ENV_PREFIX.len()..].to_ascii_lowercase();
+        if ENV_RESERVED.contains(&rest.as_str()) {
+            continue;
+        }
+        sorted.insert(name, (rest, value));
+    }
+    let mut out = Vec::with_capacity(sorted.len());
+    for (var, (rest, raw)) in sorted {
+        let path: Vec<String> = rest.split("__").map(str::to_string).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::Parse {
+                path: "<env>".to_string(),
+                message: format!("{var}: empty key segment (levels are separated by `__`)"),
+            });
+        }
+        let typed = !matches!(env_value(&raw), toml::Value::String(_));
+        out.push(EnvOverride {
+            var,
+            path,
+            raw,
+            typed,
+        });
+    }
+    Ok(out)
+}
+
+/// An env value as TOML if it is one (number, bool, array, quoted string), else the raw string.
+fn env_value(raw: &str) -> toml::Value {
+    raw.parse::<toml::Value>()
+        .unwrap_or_else(|_| toml::Value::String(raw.to_string()))
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let Some((last, parents)) = path.split_last() else {
+        return Err("empty key".to_string());
+    };
+    let mut cur = table;
+    for (i, seg) in parents.iter().enumerate() {
+        let entry = cur
+            .entry(seg.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(format!("`{}` is not a table", parents[..=i].join("."))),
+        };
+    }
+    cur.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+        let path = dir.path().join("edgerelay.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.listen.udp, "0.0.0.0:4433".parse().unwrap());
+        assert_eq!(c.limits.max_frame_bytes, 65_536);
+        assert_eq!(
+            c.dev_secret_path(),
+            PathBuf::from("edgerelay-data/dev-token-secret")
+        );
+    }
+
+    #[test]
+    fn example_toml_round_trips() {
+        let text = example_toml();
+        assert!(text.contains("max_frame_bytes = 65536"), "{text}");
+        assert_eq!(Config::from_toml_str(&text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            r#"
+data_dir = "/var/lib/edgerelay"
+[listen]
+udp = "127.0.0.1:5000"
+[limits]
+max_frame_bytes = 8192
+max_payload_bytes = 4096
+[auth]
+dev_keys = false
+issuer = "https://auth.example"
+[[auth.keys]]
+kid = "main"
+alg = "ES256"
+public_key_file = "/etc/edgerelay/main.pub.pem"
+"#,
+        );
+        let c = Config::load(Some(&path), env(&[])).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/edgerelay"));
+        assert_eq!(c.listen.udp, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(c.listen.tcp, ListenConfig::default().tcp);
+        assert_eq!(c.limits.max_frame_bytes, 8192);
+        assert_eq!(c.limits.publish_rate, 100);
+        assert_eq!(c.auth.keys[0].alg, KeyAlg::ES256);
+        assert_eq!(c.auth.issuer.as_deref(), Some("https://auth.example"));
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            "[limits]\nmax_frame_bytes = 8192\nmax_payload_bytes = 4096\n",
+        );
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("EDGERELAY_LIMITS__MAX_FRAME_BYTES", "16384"),
+                ("edgerelay_listen__udp", "127.0.0.1:0"),
+                ("EDGERELAY_DATA_DIR", "/tmp/x"),
+                ("EDGERELAY_AUTH__DEV_KEYS", "true"),
+                ("EDGERELAY_AUTH__ISSUER", "12345"), // parses as a number, wanted as a string
+                ("EDGERELAY_CONFIG", "/ignored.toml"),
+                ("EDGERELAY_LOG", "debug"),
+                ("PATH", "/usr/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_frame_bytes, 16384);
+        assert_eq!(c.limits.max_payload_bytes, 4096);
+        assert_eq!(c.listen.udp, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.auth.issuer.as_deref(), Some("12345"));
+    }
+
+    #[test]
+    fn bad_value_in_file_names_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "[limits]\nmax_frame_bytes = \"big\"\n");
+        let err = Config::load(Some(&path), env(&[])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("`limits.max_frame_bytes`"), "{text}");
+        assert!(text.contains("edgerelay.toml"), "{text}");
+    }
+
+    #[test]
+    fn bad_value_in_env_names_key_and_variable() {
+        let err =
+            Config::load(None, env(&[("EDGERELAY_LIMITS__MAX_FRAME_BYTES", "lots")])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("`limits.max_frame_bytes`"), "{text}");
+        assert!(text.contains("EDGERELAY_LIMITS__MAX_FRAME_BYTES"), "{text}");
+
+        let err = Config::load(None, env(&[("EDGERELAY_LISTEN__UDP", "nowhere")])).unwrap_err();
+        assert!(err.to_string().contains("`listen.udp`"), "{err}");
+
+        // A variable that nests below a plain value is blamed too.
+        let err = Config::load(None, env(&[("EDGERELAY_DATA_DIR__X", "1")])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("`data_dir`"), "{text}");
+        assert!(text.contains("EDGERELAY_DATA_DIR__X"), "{text}");
+
+        // Malformed variable names are reported, not silently dropped.
+        let err = Config::load(None, env(&[("EDGERELAY_LIMITS____X", "1")])).unwrap_err();
+        assert!(err.to_string().contains("EDGERELAY_LIMITS____X"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_toml_str("[limits]\nmax_frame_byte = 1\n").unwrap_err();
+        assert_eq!(err.key(), Some("limits.max_frame_byte"), "{err}");
+        let err = Config::from_toml_str("colour = 1\n").unwrap_err();
+        assert_eq!(err.key(), Some("colour"), "{err}");
+        let err = Config::load(None, env(&[("EDGERELAY_HUB__SHARDZ", "4")])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("`hub.shardz`"), "{text}");
+        assert!(text.contains("EDGERELAY_HUB__SHARDZ"), "{text}");
+    }
+
+    #[test]
+    fn toml_syntax_error_names_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "[limits\n");
+        let err = Config::load(Some(&path), env(&[])).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        assert!(err.to_string().contains("edgerelay.toml"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_io_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/edgerelay.toml")), env(&[]));
+        assert!(matches!(err, Err(ConfigError::Io { .. })));
+    }
+
+    fn invalid_key(c: &Config) -> String {
+        match c.validate() {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut c = Config::default();
+        c.limits.max_frame_bytes = 512;
+        assert_eq!(invalid_key(&c), "limits.max_frame_bytes");
+
+        let mut c = Config::default();
+        c.limits.max_payload_bytes = c.limits.max_frame_bytes;
+        assert_eq!(invalid_key(&c), "limits.max_payload_bytes");
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("`limits.max_payload_bytes`"), "{err}");
+
+        let mut c = Config::default();
+        c.limits.publish_rate = 0;
+        assert_eq!(invalid_key(&c), "limits.publish_rate");
+
+        let mut c = Config::default();
+        c.tls.cert_file = Some("cert.pem".into());
+        assert_eq!(invalid_key(&c), "tls.key_file");
+
+        let hs = |kid: &str| KeyConfig {
+            kid: kid.to_string(),
+            alg: KeyAlg::HS256,
+            secret: Some("s3cret".into()),
+            secret_file: None,
+            public_key_file: None,
+            private_key_file: None,
+        };
+        let mut c = Config::default();
+        c.auth.keys = vec![hs("a"), hs("a")];
+        assert_eq!(invalid_key(&c), "auth.keys[kid=a].kid");
+
+        let mut c = Config::default();
+        let mut k = hs("a");
+        k.secret_file = Some("secret".into());
+        c.auth.keys = vec![k];
+        assert_eq!(invalid_key(&c), "auth.keys[kid=a].secret");
+
+        let mut c = Config::default();
+        let mut k = hs("e");
+        k.alg = KeyAlg::ES256;
+        c.auth.keys = vec![k];
+        assert_eq!(invalid_key(&c), "auth.keys[kid=e].public_key_file");
+
+        let mut c = Config::default();
+        c.auth.dev_keys = false;
+        assert_eq!(invalid_key(&c), "auth.keys");
+
+        // Validation runs in load too.
+        let err = Config::load(
+            None,
+            env(&[("EDGERELAY_LIMITS__MAX_PAYLOAD_BYTES", "65536")]),
+        )
+        .unwrap_err();
+        assert_eq!(err.key(), Some("limits.max_payload_bytes"));
+    }
+
+    #[test]
+    fn key_config_debug_redacts_secret() {
+        let k = KeyConfig {
+            kid: "a".into(),
+            alg: KeyAlg::HS256,
+            secret: Some("hunter2".into()),
+            secret_file: None,
+            public_key_file: None,
+            private_key_file: None,
+        };
+        assert!(!format!("{k:?}").contains("hunter2"));
+    }
+}
