@@ -68,17 +68,11 @@ pub struct Identity {
 
 impl Identity {
     pub fn can_join(&self, room: &str) -> bool {
-        self.caps
-            .join
-            .iter()
-            .any(|p| pattern_matches(p, room, &self.user))
+        self.caps.join.iter().any(|p| pattern_matches(p, room, &self.user))
     }
 
     pub fn can_publish(&self, room: &str) -> bool {
-        self.caps
-            .publish
-            .iter()
-            .any(|p| pattern_matches(p, room, &self.user))
+        self.caps.publish.iter().any(|p| pattern_matches(p, room, &self.user))
     }
 }
 
@@ -178,10 +172,7 @@ pub enum AuthSetupError {
 }
 
 fn setup_err(key: impl Into<String>, message: impl Into<String>) -> AuthSetupError {
-    AuthSetupError::Key {
-        key: key.into(),
-        message: message.into(),
-    }
+    AuthSetupError::Key { key: key.into(), message: message.into() }
 }
 
 fn jwt_alg(alg: KeyAlg) -> Algorithm {
@@ -193,11 +184,7 @@ fn jwt_alg(alg: KeyAlg) -> Algorithm {
 }
 
 fn read_key_file(key: String, path: &Path) -> Result<Vec<u8>, AuthSetupError> {
-    std::fs::read(path).map_err(|source| AuthSetupError::Io {
-        key,
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| AuthSetupError::Io { key, path: path.to_path_buf(), source })
 }
 
 /// The HS256 secret of a key config: inline, or the file's bytes without trailing whitespace.
@@ -213,10 +200,7 @@ fn hs256_secret(k: &KeyConfig) -> Result<Vec<u8>, AuthSetupError> {
             bytes
         }
         _ => {
-            return Err(setup_err(
-                format!("{base}.secret"),
-                "HS256 needs exactly one of secret and secret_file",
-            ));
+            return Err(setup_err(format!("{base}.secret"), "HS256 needs exactly one of secret and secret_file"));
         }
     };
     if secret.is_empty() {
@@ -241,11 +225,7 @@ pub struct Verifier {
 
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let keys: Vec<String> = self
-            .keys
-            .iter()
-            .map(|k| format!("{}:{:?}", k.kid, k.alg))
-            .collect();
+        let keys: Vec<String> = self.keys.iter().map(|k| format!("{}:{:?}", k.kid, k.alg)).collect();
         f.debug_struct("Verifier")
             .field("keys", &keys)
             .field("leeway", &self.leeway)
@@ -289,29 +269,20 @@ impl Verifier {
                     } else {
                         DecodingKey::from_rsa_pem(&pem)
                     };
-                    parsed.map_err(|e| {
-                        setup_err(&field, format!("not a {} public key PEM: {e}", k.alg))
-                    })?
+                    parsed.map_err(|e| setup_err(&field, format!("not a {} public key PEM: {e}", k.alg)))?
                 }
             };
-            keys.push(VerifyKey {
-                kid: k.kid.clone(),
-                alg: jwt_alg(k.alg),
-                key,
-            });
+            keys.push(VerifyKey { kid: k.kid.clone(), alg: jwt_alg(k.alg), key });
         }
         if keys.is_empty() {
-            return Err(setup_err(
-                "auth.keys",
-                "no token keys: add [[auth.keys]] or set auth.dev_keys = true",
-            ));
+            return Err(setup_err("auth.keys", "no token keys: add [[auth.keys]] or set auth.dev_keys = true"));
         }
-        Ok(Verifier {
-            keys,
-            leeway: cfg.leeway_secs,
-            issuer: cfg.issuer.clone(),
-            audience: cfg.audience.clone(),
-        })
+        Ok(Verifier { keys, leeway: cfg.leeway_secs, issuer: cfg.issuer.clone(), audience: cfg.audience.clone() })
+    }
+
+    /// Seconds of clock skew allowed on `exp` and `nbf`.
+    pub fn leeway_secs(&self) -> u64 {
+        self.leeway
     }
 
     /// Verifies `token` at `now` (unix seconds).
@@ -321,20 +292,13 @@ impl Verifier {
     /// and the configured `iss`/`aud` are checked.
     pub fn verify(&self, token: &str, now: u64) -> Result<Identity, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
-            return Err(AuthError::Malformed(format!(
-                "longer than {MAX_TOKEN_BYTES} bytes"
-            )));
+            return Err(AuthError::Malformed(format!("longer than {MAX_TOKEN_BYTES} bytes")));
         }
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
 
         let candidates: Vec<&VerifyKey> = match &header.kid {
             Some(kid) => {
-                let key = self
-                    .keys
-                    .iter()
-                    .find(|k| &k.kid == kid)
-                    .ok_or(AuthError::UnknownKey)?;
+                let key = self.keys.iter().find(|k| &k.kid == kid).ok_or(AuthError::UnknownKey)?;
                 if key.alg != header.alg {
                     return Err(AuthError::AlgorithmMismatch);
                 }
@@ -378,8 +342,7 @@ impl Verifier {
         }
         let raw = raw.ok_or(AuthError::BadSignature)?;
         // The signature is good from here on; claim errors may be specific.
-        let claims: Claims =
-            serde_json::from_value(raw).map_err(|e| AuthError::InvalidClaim(e.to_string()))?;
+        let claims: Claims = serde_json::from_value(raw).map_err(|e| AuthError::InvalidClaim(e.to_string()))?;
         self.check_claims(claims, now)
     }
 
@@ -394,14 +357,10 @@ impl Verifier {
             return Err(AuthError::NotYetValid);
         }
         if claims.sub.is_empty() || claims.sub.len() > MAX_SUB_BYTES {
-            return Err(AuthError::InvalidClaim(format!(
-                "sub must be 1-{MAX_SUB_BYTES} bytes"
-            )));
+            return Err(AuthError::InvalidClaim(format!("sub must be 1-{MAX_SUB_BYTES} bytes")));
         }
         if claims.sub.chars().any(char::is_control) {
-            return Err(AuthError::InvalidClaim(
-                "sub must not contain control characters".into(),
-            ));
+            return Err(AuthError::InvalidClaim("sub must not contain control characters".into()));
         }
         if !valid_tenant(&claims.tenant) {
             return Err(AuthError::InvalidClaim(format!(
@@ -430,9 +389,7 @@ impl Verifier {
 
 fn valid_tenant(tenant: &str) -> bool {
     (1..=MAX_TENANT_CHARS).contains(&tenant.len())
-        && tenant
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && tenant.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// A key to sign tokens with: the dev secret, or a configured key that has a secret or a
@@ -445,21 +402,14 @@ pub struct Signer {
 
 impl fmt::Debug for Signer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Signer")
-            .field("kid", &self.kid)
-            .field("alg", &self.alg)
-            .finish_non_exhaustive()
+        f.debug_struct("Signer").field("kid", &self.kid).field("alg", &self.alg).finish_non_exhaustive()
     }
 }
 
 impl Signer {
     /// HS256 with the dev secret, kid `dev`.
     pub fn dev(secret: &[u8]) -> Signer {
-        Signer {
-            kid: DEV_KID.to_string(),
-            alg: Algorithm::HS256,
-            key: EncodingKey::from_secret(secret),
-        }
+        Signer { kid: DEV_KID.to_string(), alg: Algorithm::HS256, key: EncodingKey::from_secret(secret) }
     }
 
     /// A configured key: HS256 uses its secret, ES256/RS256 its `private_key_file` (PKCS#8 PEM).
@@ -478,19 +428,10 @@ impl Signer {
                 } else {
                     EncodingKey::from_rsa_pem(&pem)
                 };
-                parsed.map_err(|e| {
-                    setup_err(
-                        &field,
-                        format!("not a {} PKCS#8 private key PEM: {e}", k.alg),
-                    )
-                })?
+                parsed.map_err(|e| setup_err(&field, format!("not a {} PKCS#8 private key PEM: {e}", k.alg)))?
             }
         };
-        Ok(Signer {
-            kid: k.kid.clone(),
-            alg: jwt_alg(k.alg),
-            key,
-        })
+        Ok(Signer { kid: k.kid.clone(), alg: jwt_alg(k.alg), key })
     }
 
     /// The key id put in the token header.
@@ -502,8 +443,7 @@ impl Signer {
     pub fn sign(&self, claims: &Claims) -> Result<String, AuthSetupError> {
         let mut header = Header::new(self.alg);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.key)
-            .map_err(|e| AuthSetupError::Sign(e.to_string()))
+        jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| AuthSetupError::Sign(e.to_string()))
     }
 }
 
@@ -521,15 +461,11 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
         "d" => 86_400,
         _ => return Err(format!("bad TTL `{text}`: use e.g. 30s, 15m, 1h, 7d")),
     };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("bad TTL `{text}`: use e.g. 30s, 15m, 1h, 7d"))?;
+    let n: u64 = digits.parse().map_err(|_| format!("bad TTL `{text}`: use e.g. 30s, 15m, 1h, 7d"))?;
     if n == 0 {
         return Err(format!("bad TTL `{text}`: must be greater than 0"));
     }
-    n.checked_mul(multiplier)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("bad TTL `{text}`: too large"))
+    n.checked_mul(multiplier).map(Duration::from_secs).ok_or_else(|| format!("bad TTL `{text}`: too large"))
 }
 
 #[cfg(test)]
@@ -550,10 +486,7 @@ mod tests {
             jti: Some("t1".into()),
             iss: None,
             aud: None,
-            caps: Caps {
-                join: vec!["chat:*".into(), "dm:{sub}:*".into()],
-                publish: vec!["chat:*".into()],
-            },
+            caps: Caps { join: vec!["chat:*".into(), "dm:{sub}:*".into()], publish: vec!["chat:*".into()] },
         }
     }
 
@@ -631,9 +564,7 @@ mod tests {
 
     #[test]
     fn wrong_secret_is_bad_signature() {
-        let token = Signer::dev(b"another-secret-another-secret!!!")
-            .sign(&claims(NOW + 60))
-            .unwrap();
+        let token = Signer::dev(b"another-secret-another-secret!!!").sign(&claims(NOW + 60)).unwrap();
         let err = dev_verifier().verify(&token, NOW).unwrap_err();
         assert_eq!(err, AuthError::BadSignature);
         assert_eq!(err.code(), ErrorCode::TOKEN_INVALID);
@@ -642,13 +573,7 @@ mod tests {
     #[test]
     fn garbage_is_malformed() {
         let v = dev_verifier();
-        for token in [
-            "",
-            "garbage",
-            "a.b.c",
-            "....",
-            &"x".repeat(MAX_TOKEN_BYTES + 1),
-        ] {
+        for token in ["", "garbage", "a.b.c", "....", &"x".repeat(MAX_TOKEN_BYTES + 1)] {
             let err = v.verify(token, NOW).unwrap_err();
             assert!(matches!(err, AuthError::Malformed(_)), "{token:?}: {err:?}");
             assert_eq!(err.code(), ErrorCode::TOKEN_INVALID);
@@ -665,29 +590,19 @@ mod tests {
         raw.as_object_mut().unwrap().remove("tenant");
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("dev".into());
-        let token =
-            jsonwebtoken::encode(&header, &raw, &EncodingKey::from_secret(DEV_SECRET)).unwrap();
-        assert!(matches!(
-            v.verify(&token, NOW),
-            Err(AuthError::InvalidClaim(_))
-        ));
+        let token = jsonwebtoken::encode(&header, &raw, &EncodingKey::from_secret(DEV_SECRET)).unwrap();
+        assert!(matches!(v.verify(&token, NOW), Err(AuthError::InvalidClaim(_))));
 
         for tenant in ["", "acme corp", "a/b", &"t".repeat(65)] {
             let mut c = claims(NOW + 60);
             c.tenant = tenant.into();
             let token = signer.sign(&c).unwrap();
-            assert!(
-                matches!(v.verify(&token, NOW), Err(AuthError::InvalidClaim(_))),
-                "{tenant:?}"
-            );
+            assert!(matches!(v.verify(&token, NOW), Err(AuthError::InvalidClaim(_))), "{tenant:?}");
         }
         let mut c = claims(NOW + 60);
         c.sub = String::new();
         let token = signer.sign(&c).unwrap();
-        assert!(matches!(
-            v.verify(&token, NOW),
-            Err(AuthError::InvalidClaim(_))
-        ));
+        assert!(matches!(v.verify(&token, NOW), Err(AuthError::InvalidClaim(_))));
     }
 
     #[test]
@@ -699,16 +614,10 @@ mod tests {
         let signer = Signer::dev(DEV_SECRET);
 
         let mut c = claims(NOW + 60);
-        assert!(matches!(
-            v.verify(&signer.sign(&c).unwrap(), NOW),
-            Err(AuthError::InvalidClaim(_))
-        ));
+        assert!(matches!(v.verify(&signer.sign(&c).unwrap(), NOW), Err(AuthError::InvalidClaim(_))));
         c.iss = Some("https://auth.example".into());
         c.aud = Some("other".into());
-        assert!(matches!(
-            v.verify(&signer.sign(&c).unwrap(), NOW),
-            Err(AuthError::InvalidClaim(_))
-        ));
+        assert!(matches!(v.verify(&signer.sign(&c).unwrap(), NOW), Err(AuthError::InvalidClaim(_))));
         c.aud = Some("edgerelay".into());
         assert!(v.verify(&signer.sign(&c).unwrap(), NOW).is_ok());
     }
@@ -734,11 +643,7 @@ mod tests {
         let mut kb = key_cfg("b", KeyAlg::ES256);
         kb.public_key_file = Some(pub_b);
         kb.private_key_file = Some(priv_b);
-        let cfg = AuthConfig {
-            dev_keys: false,
-            keys: vec![ka.clone(), kb.clone()],
-            ..AuthConfig::default()
-        };
+        let cfg = AuthConfig { dev_keys: false, keys: vec![ka.clone(), kb.clone()], ..AuthConfig::default() };
         let v = Verifier::new(&cfg, None).unwrap();
 
         let signer_a = Signer::from_key_config(&ka).unwrap();
@@ -746,10 +651,7 @@ mod tests {
         assert_eq!(signer_a.kid(), "a");
         let ta = signer_a.sign(&claims(NOW + 60)).unwrap();
         let tb = signer_b.sign(&claims(NOW + 60)).unwrap();
-        assert_eq!(
-            jsonwebtoken::decode_header(&ta).unwrap().alg,
-            Algorithm::ES256
-        );
+        assert_eq!(jsonwebtoken::decode_header(&ta).unwrap().alg, Algorithm::ES256);
         assert!(v.verify(&ta, NOW).is_ok());
         assert!(v.verify(&tb, NOW).is_ok());
 
@@ -759,10 +661,7 @@ mod tests {
         let forged = jsonwebtoken::encode(
             &header,
             &claims(NOW + 60),
-            &EncodingKey::from_ec_pem(
-                &std::fs::read(kb.private_key_file.as_ref().unwrap()).unwrap(),
-            )
-            .unwrap(),
+            &EncodingKey::from_ec_pem(&std::fs::read(kb.private_key_file.as_ref().unwrap()).unwrap()).unwrap(),
         )
         .unwrap();
         assert_eq!(v.verify(&forged, NOW), Err(AuthError::BadSignature));
@@ -772,10 +671,7 @@ mod tests {
         let t = jsonwebtoken::encode(
             &header,
             &claims(NOW + 60),
-            &EncodingKey::from_ec_pem(
-                &std::fs::read(ka.private_key_file.as_ref().unwrap()).unwrap(),
-            )
-            .unwrap(),
+            &EncodingKey::from_ec_pem(&std::fs::read(ka.private_key_file.as_ref().unwrap()).unwrap()).unwrap(),
         )
         .unwrap();
         assert_eq!(v.verify(&t, NOW), Err(AuthError::UnknownKey));
@@ -785,10 +681,7 @@ mod tests {
         let t = jsonwebtoken::encode(
             &header,
             &claims(NOW + 60),
-            &EncodingKey::from_ec_pem(
-                &std::fs::read(kb.private_key_file.as_ref().unwrap()).unwrap(),
-            )
-            .unwrap(),
+            &EncodingKey::from_ec_pem(&std::fs::read(kb.private_key_file.as_ref().unwrap()).unwrap()).unwrap(),
         )
         .unwrap();
         assert_eq!(v.verify(&t, NOW).unwrap().user, "alice");
@@ -800,29 +693,17 @@ mod tests {
         let mut k = key_cfg("rsa", KeyAlg::RS256);
         k.public_key_file = Some(keys.join("rs256-test-public.pem"));
         k.private_key_file = Some(keys.join("rs256-test-private.pem"));
-        let cfg = AuthConfig {
-            keys: vec![k.clone()],
-            ..AuthConfig::default()
-        };
+        let cfg = AuthConfig { keys: vec![k.clone()], ..AuthConfig::default() };
         let v = Verifier::new(&cfg, Some(DEV_SECRET)).unwrap();
-        let token = Signer::from_key_config(&k)
-            .unwrap()
-            .sign(&claims(NOW + 60))
-            .unwrap();
-        assert_eq!(
-            jsonwebtoken::decode_header(&token).unwrap().alg,
-            Algorithm::RS256
-        );
+        let token = Signer::from_key_config(&k).unwrap().sign(&claims(NOW + 60)).unwrap();
+        assert_eq!(jsonwebtoken::decode_header(&token).unwrap().alg, Algorithm::RS256);
         assert_eq!(v.verify(&token, NOW).unwrap().tenant, "acme");
         // Tampered payload.
         let mut parts: Vec<&str> = token.split('.').collect();
         let other = Signer::dev(DEV_SECRET).sign(&claims(NOW + 999)).unwrap();
         let other_payload = other.split('.').nth(1).unwrap().to_string();
         parts[1] = &other_payload;
-        assert_eq!(
-            v.verify(&parts.join("."), NOW),
-            Err(AuthError::BadSignature)
-        );
+        assert_eq!(v.verify(&parts.join("."), NOW), Err(AuthError::BadSignature));
     }
 
     #[test]
@@ -831,26 +712,18 @@ mod tests {
         let (public, _) = es256_files(dir.path(), "es");
         let mut k = key_cfg("es", KeyAlg::ES256);
         k.public_key_file = Some(public.clone());
-        let cfg = AuthConfig {
-            dev_keys: false,
-            keys: vec![k],
-            ..AuthConfig::default()
-        };
+        let cfg = AuthConfig { dev_keys: false, keys: vec![k], ..AuthConfig::default() };
         let v = Verifier::new(&cfg, None).unwrap();
 
         // HS256 "signed" with the public key bytes, claiming the ES256 key: the classic confusion.
         let pem = std::fs::read(&public).unwrap();
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("es".into());
-        let token =
-            jsonwebtoken::encode(&header, &claims(NOW + 60), &EncodingKey::from_secret(&pem))
-                .unwrap();
+        let token = jsonwebtoken::encode(&header, &claims(NOW + 60), &EncodingKey::from_secret(&pem)).unwrap();
         assert_eq!(v.verify(&token, NOW), Err(AuthError::AlgorithmMismatch));
         // Same without kid: no HS256 key exists at all.
         header.kid = None;
-        let token =
-            jsonwebtoken::encode(&header, &claims(NOW + 60), &EncodingKey::from_secret(&pem))
-                .unwrap();
+        let token = jsonwebtoken::encode(&header, &claims(NOW + 60), &EncodingKey::from_secret(&pem)).unwrap();
         assert_eq!(v.verify(&token, NOW), Err(AuthError::AlgorithmMismatch));
         // alg "none" is not even parseable as an algorithm.
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIn0.";
@@ -864,24 +737,14 @@ mod tests {
         std::fs::write(&path, "file-secret-file-secret-file-sec\n").unwrap();
         let mut k = key_cfg("hs", KeyAlg::HS256);
         k.secret_file = Some(path);
-        let cfg = AuthConfig {
-            dev_keys: false,
-            keys: vec![k.clone()],
-            ..AuthConfig::default()
-        };
+        let cfg = AuthConfig { dev_keys: false, keys: vec![k.clone()], ..AuthConfig::default() };
         let v = Verifier::new(&cfg, None).unwrap();
         let signer = Signer::from_key_config(&k).unwrap();
-        assert!(
-            v.verify(&signer.sign(&claims(NOW + 60)).unwrap(), NOW)
-                .is_ok()
-        );
+        assert!(v.verify(&signer.sign(&claims(NOW + 60)).unwrap(), NOW).is_ok());
         // Same bytes inline (newline trimmed from the file).
         let mut inline = key_cfg("hs", KeyAlg::HS256);
         inline.secret = Some("file-secret-file-secret-file-sec".into());
-        let t = Signer::from_key_config(&inline)
-            .unwrap()
-            .sign(&claims(NOW + 60))
-            .unwrap();
+        let t = Signer::from_key_config(&inline).unwrap().sign(&claims(NOW + 60)).unwrap();
         assert!(v.verify(&t, NOW).is_ok());
     }
 
@@ -889,33 +752,20 @@ mod tests {
     fn setup_errors_name_the_key() {
         let mut k = key_cfg("x", KeyAlg::ES256);
         k.public_key_file = Some("/nonexistent/x.pem".into());
-        let cfg = AuthConfig {
-            keys: vec![k.clone()],
-            ..AuthConfig::default()
-        };
-        let err = Verifier::new(&cfg, Some(DEV_SECRET))
-            .unwrap_err()
-            .to_string();
+        let cfg = AuthConfig { keys: vec![k.clone()], ..AuthConfig::default() };
+        let err = Verifier::new(&cfg, Some(DEV_SECRET)).unwrap_err().to_string();
         assert!(err.starts_with("auth.keys[kid=x].public_key_file"), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("bad.pem");
         std::fs::write(&bad, "not a pem").unwrap();
         k.public_key_file = Some(bad);
-        let cfg = AuthConfig {
-            keys: vec![k.clone()],
-            ..AuthConfig::default()
-        };
-        let err = Verifier::new(&cfg, Some(DEV_SECRET))
-            .unwrap_err()
-            .to_string();
+        let cfg = AuthConfig { keys: vec![k.clone()], ..AuthConfig::default() };
+        let err = Verifier::new(&cfg, Some(DEV_SECRET)).unwrap_err().to_string();
         assert!(err.starts_with("auth.keys[kid=x].public_key_file"), "{err}");
 
         let err = Signer::from_key_config(&k).unwrap_err().to_string();
-        assert!(
-            err.starts_with("auth.keys[kid=x].private_key_file"),
-            "{err}"
-        );
+        assert!(err.starts_with("auth.keys[kid=x].private_key_file"), "{err}");
 
         let err = Verifier::new(&dev_cfg(), None).unwrap_err().to_string();
         assert!(err.starts_with("auth.dev_keys"), "{err}");

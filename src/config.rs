@@ -65,10 +65,7 @@ pub struct ListenConfig {
 
 impl Default for ListenConfig {
     fn default() -> Self {
-        ListenConfig {
-            udp: SocketAddr::from(([0, 0, 0, 0], 4433)),
-            tcp: SocketAddr::from(([0, 0, 0, 0], 8080)),
-        }
+        ListenConfig { udp: SocketAddr::from(([0, 0, 0, 0], 4433)), tcp: SocketAddr::from(([0, 0, 0, 0], 8080)) }
     }
 }
 
@@ -226,10 +223,7 @@ pub struct ShutdownConfig {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        ShutdownConfig {
-            drain_timeout_ms: 10_000,
-            reconnect_after_ms: 1000,
-        }
+        ShutdownConfig { drain_timeout_ms: 10_000, reconnect_after_ms: 1000 }
     }
 }
 
@@ -244,10 +238,7 @@ pub struct HubConfig {
 
 impl Default for HubConfig {
     fn default() -> Self {
-        HubConfig {
-            shards: 64,
-            room_idle_ttl_secs: 600,
-        }
+        HubConfig { shards: 64, room_idle_ttl_secs: 600 }
     }
 }
 
@@ -268,11 +259,7 @@ pub enum ConfigError {
     /// A value has the wrong type, or the key is unknown. `origin` is the file path or the
     /// environment variable that set it.
     #[error("config key `{key}` (from {origin}): {message}")]
-    Value {
-        key: String,
-        origin: String,
-        message: String,
-    },
+    Value { key: String, origin: String, message: String },
     /// A value is well-typed but not acceptable.
     #[error("config key `{key}`: {message}")]
     Invalid { key: String, message: String },
@@ -289,10 +276,7 @@ impl ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        message: message.into(),
-    }
+    ConfigError::Invalid { key: key.into(), message: message.into() }
 }
 
 /// One environment override, kept so errors can name the variable.
@@ -308,20 +292,12 @@ impl Config {
     /// Defaults, then the TOML file if given, then environment variables. Every error names the
     /// key. Environment variables are `EDGERELAY_<SECTION>__<KEY>` (case-insensitive);
     /// `EDGERELAY_CONFIG` and `EDGERELAY_LOG` are left to the CLI. The result is validated.
-    pub fn load(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
         let (mut table, origin) = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-                (
-                    parse_table(&text, &path.display().to_string())?,
-                    path.display().to_string(),
-                )
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+                (parse_table(&text, &path.display().to_string())?, path.display().to_string())
             }
             None => (toml::Table::new(), "<defaults>".to_string()),
         };
@@ -343,18 +319,12 @@ impl Config {
             match deserialize(table.clone()) {
                 Ok(config) => break config,
                 Err((key, message)) => {
-                    let retry = overrides
-                        .iter_mut()
-                        .find(|o| o.typed && o.path.join(".") == key);
+                    let retry = overrides.iter_mut().find(|o| o.typed && o.path.join(".") == key);
                     if let Some(o) = retry {
                         o.typed = false;
-                        set_path(&mut table, &o.path, toml::Value::String(o.raw.clone())).map_err(
-                            |message| ConfigError::Value {
-                                key: key.clone(),
-                                origin: o.var.clone(),
-                                message,
-                            },
-                        )?;
+                        set_path(&mut table, &o.path, toml::Value::String(o.raw.clone())).map_err(|message| {
+                            ConfigError::Value { key: key.clone(), origin: o.var.clone(), message }
+                        })?;
                         continue;
                     }
                     let origin = overrides
@@ -363,11 +333,7 @@ impl Config {
                         .find(|o| key_related(&key, &o.path))
                         .map(|o| o.var.clone())
                         .unwrap_or_else(|| origin.clone());
-                    return Err(ConfigError::Value {
-                        key,
-                        origin,
-                        message,
-                    });
+                    return Err(ConfigError::Value { key, origin, message });
                 }
             }
         };
@@ -378,19 +344,12 @@ impl Config {
     /// Parses a TOML document over the defaults (no environment, no validation).
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         let table = parse_table(text, "<toml>")?;
-        deserialize(table).map_err(|(key, message)| ConfigError::Value {
-            key,
-            origin: "<toml>".to_string(),
-            message,
-        })
+        deserialize(table).map_err(|(key, message)| ConfigError::Value { key, origin: "<toml>".to_string(), message })
     }
 
     /// Where the dev token secret is kept.
     pub fn dev_secret_path(&self) -> PathBuf {
-        self.auth
-            .dev_secret_file
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("dev-token-secret"))
+        self.auth.dev_secret_file.clone().unwrap_or_else(|| self.data_dir.join("dev-token-secret"))
     }
 
     /// Checks values that are well-typed but unusable. Errors name the key.
@@ -406,20 +365,12 @@ impl Config {
         if l.max_payload_bytes == 0 || l.max_payload_bytes > max_payload {
             return Err(invalid(
                 "limits.max_payload_bytes",
-                format!(
-                    "must be in 1..={max_payload} (limits.max_frame_bytes - {FRAME_OVERHEAD_BYTES})"
-                ),
+                format!("must be in 1..={max_payload} (limits.max_frame_bytes - {FRAME_OVERHEAD_BYTES})"),
             ));
         }
         for (key, value) in [
-            (
-                "limits.max_rooms_per_connection",
-                l.max_rooms_per_connection,
-            ),
-            (
-                "limits.max_connections_per_user",
-                l.max_connections_per_user,
-            ),
+            ("limits.max_rooms_per_connection", l.max_rooms_per_connection),
+            ("limits.max_connections_per_user", l.max_connections_per_user),
             ("limits.publish_rate", l.publish_rate),
             ("limits.publish_burst", l.publish_burst),
             ("limits.ping_interval_ms", l.ping_interval_ms),
@@ -433,32 +384,20 @@ impl Config {
             return Err(invalid("limits.auth_timeout_ms", "must be greater than 0"));
         }
         if l.outbox_bytes < l.max_frame_bytes as usize {
-            return Err(invalid(
-                "limits.outbox_bytes",
-                "must be at least limits.max_frame_bytes",
-            ));
+            return Err(invalid("limits.outbox_bytes", "must be at least limits.max_frame_bytes"));
         }
         if l.idle_timeout_ms <= l.ping_interval_ms {
-            return Err(invalid(
-                "limits.idle_timeout_ms",
-                "must be greater than limits.ping_interval_ms",
-            ));
+            return Err(invalid("limits.idle_timeout_ms", "must be greater than limits.ping_interval_ms"));
         }
         if self.hub.shards == 0 || self.hub.shards > 65_536 {
             return Err(invalid("hub.shards", "must be in 1..=65536"));
         }
         match (&self.tls.cert_file, &self.tls.key_file) {
             (Some(_), None) => {
-                return Err(invalid(
-                    "tls.key_file",
-                    "required when tls.cert_file is set",
-                ));
+                return Err(invalid("tls.key_file", "required when tls.cert_file is set"));
             }
             (None, Some(_)) => {
-                return Err(invalid(
-                    "tls.cert_file",
-                    "required when tls.key_file is set",
-                ));
+                return Err(invalid("tls.cert_file", "required when tls.key_file is set"));
             }
             _ => {}
         }
@@ -474,10 +413,7 @@ impl Config {
             return Err(invalid("auth.audience", "must not be empty when set"));
         }
         if !a.dev_keys && a.keys.is_empty() {
-            return Err(invalid(
-                "auth.keys",
-                "no token keys: add [[auth.keys]] or set auth.dev_keys = true",
-            ));
+            return Err(invalid("auth.keys", "no token keys: add [[auth.keys]] or set auth.dev_keys = true"));
         }
         let mut kids = HashSet::new();
         for (i, k) in a.keys.iter().enumerate() {
@@ -523,10 +459,7 @@ impl Config {
                 }
                 KeyAlg::ES256 | KeyAlg::RS256 => {
                     if k.public_key_file.is_none() {
-                        return Err(invalid(
-                            format!("{base}.public_key_file"),
-                            format!("required for {}", k.alg),
-                        ));
+                        return Err(invalid(format!("{base}.public_key_file"), format!("required for {}", k.alg)));
                     }
                     if k.secret.is_some() {
                         return Err(invalid(
@@ -549,8 +482,8 @@ impl Config {
 
 /// The defaults rendered as TOML, for `edgerelay config` and the docs.
 pub fn example_toml() -> String {
-    let body = toml::to_string_pretty(&Config::default())
-        .unwrap_or_else(|e| format!("# could not render defaults: {e}\n"));
+    let body =
+        toml::to_string_pretty(&Config::default()).unwrap_or_else(|e| format!("# could not render defaults: {e}\n"));
     format!(
         "# edgerelay configuration (defaults shown).\n\
          # Every key can also be set as EDGERELAY_<SECTION>__<KEY>, e.g. EDGERELAY_LIMITS__MAX_FRAME_BYTES=8192.\n\
@@ -561,10 +494,8 @@ pub fn example_toml() -> String {
 }
 
 fn parse_table(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
-    text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
-        path: origin.to_string(),
-        message: e.to_string().trim_end().to_string(),
-    })
+    text.parse::<toml::Table>()
+        .map_err(|e| ConfigError::Parse { path: origin.to_string(), message: e.to_string().trim_end().to_string() })
 }
 
 /// Deserializes a merged table; the error carries the dotted key and the message.
@@ -573,21 +504,12 @@ fn deserialize(table: toml::Table) -> Result<Config, (String, String)> {
         let mut key = e.path().to_string();
         // toml appends "in `section`" on a second line; the key already says where.
         let message = e.inner().to_string();
-        let message = message
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim_end()
-            .to_string();
+        let message = message.lines().next().unwrap_or_default().trim_end().to_string();
         // Make sure an unknown field's key names the field itself, not just its parent.
         if let Some(field) = unknown_field(&message)
             && !key.ends_with(field)
         {
-            key = if key == "." || key.is_empty() {
-                field.to_string()
-            } else {
-                format!("{key}.{field}")
-            };
+            key = if key == "." || key.is_empty() { field.to_string() } else { format!("{key}.{field}") };
         }
         (key, message)
     })
@@ -602,18 +524,13 @@ fn unknown_field(message: &str) -> Option<&str> {
 /// Whether dotted `key` is `path`, lies below it, or is one of its parents.
 fn key_related(key: &str, path: &[String]) -> bool {
     let below = |inner: &str, outer: &str| {
-        inner == outer
-            || inner
-                .strip_prefix(outer)
-                .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+        inner == outer || inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
     };
     let joined = path.join(".");
     below(key, &joined) || below(&joined, key)
 }
 
-fn env_overrides(
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Vec<EnvOverride>, ConfigError> {
+fn env_overrides(env: impl IntoIterator<Item = (String, String)>) -> Result<Vec<EnvOverride>, ConfigError> {
     // Sorted so the result does not depend on the environment's iteration order.
     let mut sorted = BTreeMap::new();
     for (name, value) in env {
@@ -639,20 +556,14 @@ fn env_overrides(
             });
         }
         let typed = !matches!(env_value(&raw), toml::Value::String(_));
-        out.push(EnvOverride {
-            var,
-            path,
-            raw,
-            typed,
-        });
+        out.push(EnvOverride { var, path, raw, typed });
     }
     Ok(out)
 }
 
 /// An env value as TOML if it is one (number, bool, array, quoted string), else the raw string.
 fn env_value(raw: &str) -> toml::Value {
-    raw.parse::<toml::Value>()
-        .unwrap_or_else(|_| toml::Value::String(raw.to_string()))
+    raw.parse::<toml::Value>().unwrap_or_else(|_| toml::Value::String(raw.to_string()))
 }
 
 fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
@@ -661,9 +572,7 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
     };
     let mut cur = table;
     for (i, seg) in parents.iter().enumerate() {
-        let entry = cur
-            .entry(seg.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = cur.entry(seg.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         cur = match entry {
             toml::Value::Table(t) => t,
             _ => return Err(format!("`{}` is not a table", parents[..=i].join("."))),
@@ -678,10 +587,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
@@ -696,10 +602,7 @@ mod tests {
         assert_eq!(c, Config::default());
         assert_eq!(c.listen.udp, "0.0.0.0:4433".parse().unwrap());
         assert_eq!(c.limits.max_frame_bytes, 65_536);
-        assert_eq!(
-            c.dev_secret_path(),
-            PathBuf::from("edgerelay-data/dev-token-secret")
-        );
+        assert_eq!(c.dev_secret_path(), PathBuf::from("edgerelay-data/dev-token-secret"));
     }
 
     #[test]
@@ -743,10 +646,7 @@ public_key_file = "/etc/edgerelay/main.pub.pem"
     #[test]
     fn env_overrides_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write(
-            &dir,
-            "[limits]\nmax_frame_bytes = 8192\nmax_payload_bytes = 4096\n",
-        );
+        let path = write(&dir, "[limits]\nmax_frame_bytes = 8192\nmax_payload_bytes = 4096\n");
         let c = Config::load(
             Some(&path),
             env(&[
@@ -780,8 +680,7 @@ public_key_file = "/etc/edgerelay/main.pub.pem"
 
     #[test]
     fn bad_value_in_env_names_key_and_variable() {
-        let err =
-            Config::load(None, env(&[("EDGERELAY_LIMITS__MAX_FRAME_BYTES", "lots")])).unwrap_err();
+        let err = Config::load(None, env(&[("EDGERELAY_LIMITS__MAX_FRAME_BYTES", "lots")])).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("`limits.max_frame_bytes`"), "{text}");
         assert!(text.contains("EDGERELAY_LIMITS__MAX_FRAME_BYTES"), "{text}");
@@ -883,11 +782,7 @@ public_key_file = "/etc/edgerelay/main.pub.pem"
         assert_eq!(invalid_key(&c), "auth.keys");
 
         // Validation runs in load too.
-        let err = Config::load(
-            None,
-            env(&[("EDGERELAY_LIMITS__MAX_PAYLOAD_BYTES", "65536")]),
-        )
-        .unwrap_err();
+        let err = Config::load(None, env(&[("EDGERELAY_LIMITS__MAX_PAYLOAD_BYTES", "65536")])).unwrap_err();
         assert_eq!(err.key(), Some("limits.max_payload_bytes"));
     }
 

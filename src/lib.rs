@@ -4,6 +4,15 @@
 //! The data path: `transport → connection → session → hub → outbox → writer → transport`.
 
 pub mod auth;
+pub mod client;
 pub mod config;
+pub mod connection;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod outbox;
 pub mod proto;
+pub mod relay;
+pub mod session;
 pub mod tls;
+pub mod transport;

@@ -50,17 +50,11 @@ pub enum TlsError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TlsError + '_ {
-    move |source| TlsError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| TlsError::Io { path: path.to_path_buf(), source }
 }
 
 fn bad_file(path: &Path, message: impl Into<String>) -> TlsError {
-    TlsError::BadFile {
-        path: path.to_path_buf(),
-        message: message.into(),
-    }
+    TlsError::BadFile { path: path.to_path_buf(), message: message.into() }
 }
 
 /// A certificate chain with its key, as served.
@@ -115,18 +109,10 @@ impl CertBundle {
         dev: bool,
         path: &Path,
     ) -> Result<CertBundle, TlsError> {
-        let end_entity = chain
-            .first()
-            .ok_or_else(|| bad_file(path, "no certificate found"))?;
-        let (_, not_after) = cert_validity(end_entity)
-            .ok_or_else(|| bad_file(path, "cannot read the certificate's validity"))?;
-        Ok(CertBundle {
-            sha256: sha256(end_entity),
-            chain,
-            key,
-            not_after,
-            dev,
-        })
+        let end_entity = chain.first().ok_or_else(|| bad_file(path, "no certificate found"))?;
+        let (_, not_after) =
+            cert_validity(end_entity).ok_or_else(|| bad_file(path, "cannot read the certificate's validity"))?;
+        Ok(CertBundle { sha256: sha256(end_entity), chain, key, not_after, dev })
     }
 }
 
@@ -153,10 +139,7 @@ pub fn load_cert_files(cert: &Path, key: &Path) -> Result<CertBundle, TlsError> 
     CertBundle::from_parts(chain, key_der, false, cert)
 }
 
-fn read_pems(
-    cert: &Path,
-    key: &Path,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+fn read_pems(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let cert_pem = fs::read(cert).map_err(io_err(cert))?;
     let chain = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
@@ -188,17 +171,11 @@ pub fn load_or_create_dev_cert(dir: &Path, now: SystemTime) -> Result<CertBundle
 }
 
 /// The stored dev cert if it is usable at `now` (`None` if it should be renewed).
-fn load_dev_cert(
-    cert_path: &Path,
-    key_path: &Path,
-    now: SystemTime,
-) -> Result<Option<CertBundle>, TlsError> {
+fn load_dev_cert(cert_path: &Path, key_path: &Path, now: SystemTime) -> Result<Option<CertBundle>, TlsError> {
     let (chain, key) = read_pems(cert_path, key_path)?;
-    let end_entity = chain
-        .first()
-        .ok_or_else(|| bad_file(cert_path, "no certificate found"))?;
-    let (not_before, _) = cert_validity(end_entity)
-        .ok_or_else(|| bad_file(cert_path, "cannot read the certificate's validity"))?;
+    let end_entity = chain.first().ok_or_else(|| bad_file(cert_path, "no certificate found"))?;
+    let (not_before, _) =
+        cert_validity(end_entity).ok_or_else(|| bad_file(cert_path, "cannot read the certificate's validity"))?;
     let bundle = CertBundle::from_parts(chain, key, true, cert_path)?;
     // Also catches a key that does not belong to the certificate.
     server_config(&bundle, &[])?;
@@ -208,33 +185,20 @@ fn load_dev_cert(
     Ok(Some(bundle))
 }
 
-fn create_dev_cert(
-    dir: &Path,
-    cert_path: &Path,
-    key_path: &Path,
-    now: SystemTime,
-) -> Result<CertBundle, TlsError> {
+fn create_dev_cert(dir: &Path, cert_path: &Path, key_path: &Path, now: SystemTime) -> Result<CertBundle, TlsError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| TlsError::Generate(e.to_string()))?;
-    let mut params = rcgen::CertificateParams::new(vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ])
-    .map_err(|e| TlsError::Generate(e.to_string()))?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "edgerelay dev");
-    let not_before = now
-        .checked_sub(DEV_CERT_BACKDATE)
-        .ok_or_else(|| TlsError::Generate("`now` is before the epoch".into()))?;
+    let key_pair =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, "edgerelay dev");
+    let not_before =
+        now.checked_sub(DEV_CERT_BACKDATE).ok_or_else(|| TlsError::Generate("`now` is before the epoch".into()))?;
     let not_after = not_before + DEV_CERT_VALIDITY;
     params.not_before = time::OffsetDateTime::from(not_before);
     params.not_after = time::OffsetDateTime::from(not_after);
-    let cert = params
-        .self_signed(&key_pair)
-        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    let cert = params.self_signed(&key_pair).map_err(|e| TlsError::Generate(e.to_string()))?;
 
     // Key first: a cert on disk without its key would be replaced on the next start anyway.
     write_atomic(key_path, key_pair.serialize_pem().as_bytes(), 0o600)?;
@@ -250,12 +214,7 @@ fn create_dev_cert(
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
     let tmp = temp_path(path);
     let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
+        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
         // `mode` is masked by the umask on create; make it exact.
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(data)?;
@@ -297,12 +256,7 @@ pub fn load_or_create_secret(path: &Path, len: usize) -> Result<Vec<u8>, TlsErro
     // all, and if another process won the race we use its secret.
     let tmp = temp_path(path);
     let write = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         f.set_permissions(fs::Permissions::from_mode(0o600))?;
         f.write_all(&secret)?;
         f.sync_all()
@@ -336,10 +290,7 @@ fn ring_provider() -> Arc<CryptoProvider> {
 
 /// A rustls server config: ring provider, TLS 1.3 only, the bundle's chain and key, these ALPN
 /// protocols.
-pub fn server_config(
-    bundle: &CertBundle,
-    alpn: &[&[u8]],
-) -> Result<rustls::ServerConfig, TlsError> {
+pub fn server_config(bundle: &CertBundle, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(ring_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
@@ -354,10 +305,7 @@ pub fn server_config(
 /// `serverCertificateHashes`.
 pub fn pinned_client_config(pins: Vec<[u8; 32]>, alpn: &[&[u8]]) -> rustls::ClientConfig {
     let provider = ring_provider();
-    let verifier = PinnedVerifier {
-        pins,
-        algorithms: provider.signature_verification_algorithms,
-    };
+    let verifier = PinnedVerifier { pins, algorithms: provider.signature_verification_algorithms };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         // The ring provider always supports TLS 1.3 suites; this cannot fail.
@@ -371,10 +319,7 @@ pub fn pinned_client_config(pins: Vec<[u8; 32]>, alpn: &[&[u8]]) -> rustls::Clie
 
 /// A rustls client config (ring provider, TLS 1.3) with standard webpki verification against the
 /// root certificates in `roots_pem` (PEM file contents).
-pub fn roots_client_config(
-    roots_pem: &[u8],
-    alpn: &[&[u8]],
-) -> Result<rustls::ClientConfig, TlsError> {
+pub fn roots_client_config(roots_pem: &[u8], alpn: &[&[u8]]) -> Result<rustls::ClientConfig, TlsError> {
     let roots_path = Path::new("<roots>");
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut &roots_pem[..]) {
@@ -412,9 +357,7 @@ impl ServerCertVerifier for PinnedVerifier {
         if self.pins.contains(&hash) {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
         }
     }
 
@@ -454,9 +397,7 @@ fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | b as usize);
+        let len = rest[..n].iter().fold(0usize, |acc, &b| (acc << 8) | b as usize);
         (len, &rest[n..])
     };
     if rest.len() < len {
@@ -539,22 +480,14 @@ mod tests {
         let a = load_or_create_dev_cert(&data, at(NOW)).unwrap();
         assert!(a.dev);
         assert_eq!(a.not_after, at(NOW) - DEV_CERT_BACKDATE + DEV_CERT_VALIDITY);
-        let key_mode = fs::metadata(data.join(DEV_KEY_FILE))
-            .unwrap()
-            .permissions()
-            .mode();
+        let key_mode = fs::metadata(data.join(DEV_KEY_FILE)).unwrap().permissions().mode();
         assert_eq!(key_mode & 0o777, 0o600);
 
         let b = load_or_create_dev_cert(&data, at(NOW + 3600)).unwrap();
         assert_eq!(a.sha256, b.sha256);
         assert_eq!(a.sha256_hex(), b.sha256_hex());
         assert_eq!(a.sha256_hex().len(), 64);
-        assert_eq!(
-            base64::engine::general_purpose::STANDARD
-                .decode(a.sha256_base64())
-                .unwrap(),
-            a.sha256
-        );
+        assert_eq!(base64::engine::general_purpose::STANDARD.decode(a.sha256_base64()).unwrap(), a.sha256);
     }
 
     #[test]
@@ -602,11 +535,7 @@ mod tests {
     fn load_cert_files_reads_pems() {
         let dir = tempfile::tempdir().unwrap();
         let dev = load_or_create_dev_cert(dir.path(), at(NOW)).unwrap();
-        let b = load_cert_files(
-            &dir.path().join(DEV_CERT_FILE),
-            &dir.path().join(DEV_KEY_FILE),
-        )
-        .unwrap();
+        let b = load_cert_files(&dir.path().join(DEV_CERT_FILE), &dir.path().join(DEV_KEY_FILE)).unwrap();
         assert!(!b.dev);
         assert_eq!(b.sha256, dev.sha256);
         assert_eq!(b.not_after, dev.not_after);
@@ -617,10 +546,7 @@ mod tests {
     }
 
     /// Runs a handshake in memory; Ok(negotiated ALPN) or the first error.
-    fn handshake(
-        client: rustls::ClientConfig,
-        server: rustls::ServerConfig,
-    ) -> Result<Option<Vec<u8>>, rustls::Error> {
+    fn handshake(client: rustls::ClientConfig, server: rustls::ServerConfig) -> Result<Option<Vec<u8>>, rustls::Error> {
         let name = ServerName::try_from("localhost").unwrap();
         let mut c = ClientConnection::new(Arc::new(client), name)?;
         let mut s = ServerConnection::new(Arc::new(server))?;
@@ -654,17 +580,11 @@ mod tests {
         let bundle = load_or_create_dev_cert(dir.path(), SystemTime::now()).unwrap();
         let server = server_config(&bundle, &[b"h3"]).unwrap();
 
-        let ok = handshake(
-            pinned_client_config(vec![bundle.sha256], &[b"h3"]),
-            server.clone(),
-        );
+        let ok = handshake(pinned_client_config(vec![bundle.sha256], &[b"h3"]), server.clone());
         assert_eq!(ok.unwrap(), Some(b"h3".to_vec()));
 
         let err = handshake(pinned_client_config(vec![[7u8; 32]], &[b"h3"]), server).unwrap_err();
-        assert!(
-            matches!(err, rustls::Error::InvalidCertificate(_)),
-            "{err:?}"
-        );
+        assert!(matches!(err, rustls::Error::InvalidCertificate(_)), "{err:?}");
     }
 
     #[test]
@@ -675,10 +595,7 @@ mod tests {
         // webpki takes a self-signed certificate given as a root as its own trust anchor.
         let pem = fs::read(dir.path().join(DEV_CERT_FILE)).unwrap();
         let client = roots_client_config(&pem, &[b"h3"]).unwrap();
-        assert_eq!(
-            handshake(client, server.clone()).unwrap(),
-            Some(b"h3".to_vec())
-        );
+        assert_eq!(handshake(client, server.clone()).unwrap(), Some(b"h3".to_vec()));
 
         let other = tempfile::tempdir().unwrap();
         load_or_create_dev_cert(other.path(), SystemTime::now()).unwrap();

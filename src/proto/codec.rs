@@ -53,6 +53,21 @@ impl Codec {
         }
     }
 
+    /// Encodes a frame once, with room for the stream length prefix, for any transport.
+    pub fn frame<T: Serialize>(self, frame: &T) -> WireFrame {
+        let mut buf = vec![0u8; LENGTH_PREFIX];
+        let result = match self {
+            Codec::Postcard => postcard::to_io(frame, &mut buf).map(|_| ()).map_err(|e| e.to_string()),
+            Codec::Json => serde_json::to_writer(&mut buf, frame).map_err(|e| e.to_string()),
+        };
+        if let Err(err) = result {
+            unreachable!("frame serialization failed: {err}");
+        }
+        let body_len = buf.len() - LENGTH_PREFIX;
+        buf[..LENGTH_PREFIX].copy_from_slice(&length_prefix(body_len));
+        WireFrame(Bytes::from(buf))
+    }
+
     pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, DecodeError> {
         match self {
             Codec::Postcard => match postcard::take_from_bytes::<T>(bytes) {
@@ -88,6 +103,41 @@ pub const LENGTH_PREFIX: usize = 4;
 /// The prefix to write before a frame body on a QUIC stream.
 pub fn length_prefix(body_len: usize) -> [u8; LENGTH_PREFIX] {
     (body_len as u32).to_be_bytes()
+}
+
+/// An encoded frame ready for any transport: `[u32 big-endian length][body]`. Stream transports
+/// (QUIC) write it whole; message transports (WebSocket) send the body, a zero-copy slice. Fanout
+/// shares one `WireFrame` among all subscribers of a codec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireFrame(Bytes);
+
+impl WireFrame {
+    /// Wraps a frame body (copying it once to add the prefix).
+    pub fn from_body(body: &[u8]) -> WireFrame {
+        let mut buf = Vec::with_capacity(LENGTH_PREFIX + body.len());
+        buf.extend_from_slice(&length_prefix(body.len()));
+        buf.extend_from_slice(body);
+        WireFrame(Bytes::from(buf))
+    }
+
+    /// Prefix and body, as written on a QUIC stream.
+    pub fn prefixed(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The body alone, as sent in a WebSocket message.
+    pub fn body(&self) -> Bytes {
+        self.0.slice(LENGTH_PREFIX..)
+    }
+
+    /// Bytes this frame takes on a stream (prefix included).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.len() <= LENGTH_PREFIX
+    }
 }
 
 /// Splits a byte stream into frame bodies: `[u32 big-endian length][body]`, repeated.
@@ -151,6 +201,17 @@ mod tests {
         let mut r = FrameReader::new(16);
         r.push(&[0, 0, 0, 17]);
         assert_eq!(r.next_frame(), Err(DecodeError::TooLarge { size: 17, limit: 16 }));
+    }
+
+    #[test]
+    fn wire_frames_carry_their_length_prefix() {
+        let f = Codec::Json.frame(&serde_json::json!({"a": 1}));
+        assert_eq!(f.prefixed().as_ref(), b"\x00\x00\x00\x07{\"a\":1}");
+        assert_eq!(f.body().as_ref(), b"{\"a\":1}");
+        assert_eq!(WireFrame::from_body(b"{\"a\":1}"), f);
+        let mut r = FrameReader::new(100);
+        r.push(f.prefixed());
+        assert_eq!(r.next_frame().unwrap().unwrap(), f.body());
     }
 
     #[test]

@@ -98,6 +98,38 @@ impl ErrorCode {
     }
 }
 
+/// Why a connection ends: normally (client left, relay stopped without error) or with a code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    Normal,
+    Error(ErrorCode),
+}
+
+impl CloseReason {
+    /// QUIC application close code: 0 for a normal close, else the error code.
+    pub fn quic_code(self) -> u32 {
+        match self {
+            CloseReason::Normal => 0,
+            CloseReason::Error(code) => u32::from(code.0),
+        }
+    }
+
+    /// WebSocket close code: 1000 for a normal close, else 4000 + the error code.
+    pub fn ws_code(self) -> u16 {
+        match self {
+            CloseReason::Normal => 1000,
+            CloseReason::Error(code) => code.ws_close_code(),
+        }
+    }
+
+    pub fn slug(self) -> &'static str {
+        match self {
+            CloseReason::Normal => "normal",
+            CloseReason::Error(code) => code.slug(),
+        }
+    }
+}
+
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({})", self.0, self.slug())

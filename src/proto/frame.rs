@@ -51,6 +51,8 @@ pub enum ClientFrame {
     Publish { req: u64, room: String, id: String, data: Payload },
     /// Liveness and round-trip probe; answered by `pong`.
     Ping { req: u64 },
+    /// Replace the connection's token before it expires (same user and tenant).
+    Refresh { req: u64, token: String },
 }
 
 /// Frames the relay sends.
@@ -75,6 +77,8 @@ pub enum ServerFrame {
     Error { req: u64, code: ErrorCode, message: String },
     /// The relay is going away: reconnect after `reconnect_after_ms`, possibly to another node.
     GoAway { code: ErrorCode, reason: String, reconnect_after_ms: u32 },
+    /// The token was replaced; the connection now expires at `expires_at` (unix seconds).
+    Refreshed { req: u64, expires_at: u64 },
 }
 
 impl ServerFrame {

@@ -9,7 +9,7 @@ pub mod frame;
 pub mod payload;
 pub mod room;
 
-pub use codec::{Codec, DecodeError, FrameReader};
+pub use codec::{Codec, DecodeError, FrameReader, WireFrame};
 pub use codes::ErrorCode;
 pub use frame::{ClientFrame, PROTOCOL_VERSION, Position, ServerFrame, WireLimits};
 pub use payload::Payload;

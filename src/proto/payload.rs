@@ -98,13 +98,13 @@ impl<'de> Deserialize<'de> for Payload {
         }
         let raw: Box<RawValue> = Deserialize::deserialize(deserializer)?;
         let text = raw.get();
-        if text.starts_with('{') && text.contains(BINARY_KEY) {
-            if let Ok(form) = serde_json::from_str::<BinaryForm>(text) {
-                let bytes = BASE64
-                    .decode(form.binary.as_bytes())
-                    .map_err(|_| D::Error::custom("`$binary` is not valid base64"))?;
-                return Ok(Payload(Bytes::from(bytes)));
-            }
+        if text.starts_with('{')
+            && text.contains(BINARY_KEY)
+            && let Ok(form) = serde_json::from_str::<BinaryForm>(text)
+        {
+            let bytes =
+                BASE64.decode(form.binary.as_bytes()).map_err(|_| D::Error::custom("`$binary` is not valid base64"))?;
+            return Ok(Payload(Bytes::from(bytes)));
         }
         Ok(Payload(Bytes::copy_from_slice(text.as_bytes())))
     }

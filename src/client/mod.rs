@@ -1,0 +1,445 @@
+//! The Rust client: connects over raw QUIC or WebSocket, joins rooms, publishes and awaits acks,
+//! and yields what the relay sends as a stream of [`Event`]s. Tests, benches and netsim use it.
+//!
+//! Requests are matched to answers by `req`. Received messages and connection events go to a
+//! bounded channel: an application that stops reading events stops the client reading the
+//! network, and the relay eventually closes the connection as a slow consumer, as it should.
+
+mod quic;
+mod websocket;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::Stream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::proto::{ClientFrame, Codec, ErrorCode, PROTOCOL_VERSION, Payload, Position, ServerFrame, WireLimits};
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Raw QUIC (ALPN `edgerelay/1`).
+    Quic { addr: SocketAddr, server_name: String, tls: ServerTrust },
+    /// WebSocket, e.g. `ws://127.0.0.1:8080/v1/ws`.
+    WebSocket { url: String },
+}
+
+/// How a QUIC client trusts the relay's certificate.
+#[derive(Debug, Clone)]
+pub enum ServerTrust {
+    /// Accept a certificate whose SHA-256 is one of these (dev certificates, as browsers do).
+    Pinned(Vec<[u8; 32]>),
+    /// Verify against these root certificates (PEM).
+    Roots(Vec<u8>),
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub token: String,
+    pub codec: Codec,
+    /// Free-form client name and version, sent in `hello`.
+    pub client_name: String,
+    /// Received events buffered before the client stops reading the network.
+    pub event_buffer: usize,
+    /// How long to wait for an answer to a request.
+    pub request_timeout: Duration,
+}
+
+impl ClientOptions {
+    pub fn new(token: impl Into<String>) -> Self {
+        ClientOptions {
+            token: token.into(),
+            codec: Codec::Postcard,
+            client_name: format!("edgerelay-rust/{}", env!("CARGO_PKG_VERSION")),
+            event_buffer: 1024,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+}
+
+/// What the relay said in `welcome`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Welcome {
+    pub session: String,
+    pub user: String,
+    pub server_time: u64,
+    pub limits: WireLimits,
+}
+
+/// A joined room's state at the join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Joined {
+    pub position: Position,
+    pub recovered: bool,
+}
+
+/// A message delivered in a room.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub room: String,
+    pub position: Position,
+    pub from: String,
+    pub time: u64,
+    pub id: String,
+    pub data: Payload,
+}
+
+/// Something the relay sent that is not the answer to a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Message(Message),
+    /// An error about the connection (`req` 0), or for a request nobody waits for.
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    /// The relay is going away; reconnect after the delay.
+    GoAway {
+        code: ErrorCode,
+        reason: String,
+        reconnect_after: Duration,
+    },
+    /// The connection ended; `code` is the relay's close code, if it gave one.
+    Closed {
+        code: Option<ErrorCode>,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("connect failed: {0}")]
+    Connect(String),
+    #[error("relay refused: {code}: {message}")]
+    Rejected { code: ErrorCode, message: String },
+    #[error("connection closed ({code:?}): {reason}")]
+    Closed { code: Option<ErrorCode>, reason: String },
+    #[error("unexpected answer from the relay: {0}")]
+    Protocol(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+type Pending = HashMap<u64, oneshot::Sender<Result<ServerFrame, ClientError>>>;
+
+/// State shared by the client handle and its reader tasks.
+struct Shared {
+    pending: Mutex<Pending>,
+    events: mpsc::Sender<Event>,
+    closed: Mutex<Option<(Option<ErrorCode>, String)>>,
+}
+
+impl Shared {
+    /// Routes one frame from the relay: answers to their request, the rest to events.
+    async fn dispatch(&self, frame: ServerFrame) {
+        let req = match &frame {
+            ServerFrame::Joined { req, .. }
+            | ServerFrame::Left { req, .. }
+            | ServerFrame::Ack { req, .. }
+            | ServerFrame::Pong { req, .. }
+            | ServerFrame::Refreshed { req, .. }
+            | ServerFrame::Error { req, .. } => *req,
+            _ => 0,
+        };
+        if req != 0 {
+            let waiter = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&req);
+            if let Some(waiter) = waiter {
+                let answer = match frame {
+                    ServerFrame::Error { code, message, .. } => Err(ClientError::Rejected { code, message }),
+                    other => Ok(other),
+                };
+                let _ = waiter.send(answer);
+                return;
+            }
+        }
+        let event = match frame {
+            ServerFrame::Message { room, position, from, time, id, data } => {
+                Event::Message(Message { room, position, from, time, id, data })
+            }
+            ServerFrame::Error { code, message, .. } => Event::Error { code, message },
+            ServerFrame::GoAway { code, reason, reconnect_after_ms } => {
+                Event::GoAway { code, reason, reconnect_after: Duration::from_millis(u64::from(reconnect_after_ms)) }
+            }
+            _ => return,
+        };
+        let _ = self.events.send(event).await;
+    }
+
+    /// Marks the connection closed: fails every waiting request and reports the close once.
+    async fn closed(&self, code: Option<ErrorCode>, reason: String) {
+        {
+            let mut closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+            if closed.is_some() {
+                return;
+            }
+            *closed = Some((code, reason.clone()));
+        }
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        for (_, waiter) in pending {
+            let _ = waiter.send(Err(ClientError::Closed { code, reason: reason.clone() }));
+        }
+        let _ = self.events.send(Event::Closed { code, reason }).await;
+    }
+
+    fn closed_error(&self) -> Option<ClientError> {
+        let closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        closed.as_ref().map(|(code, reason)| ClientError::Closed { code: *code, reason: reason.clone() })
+    }
+}
+
+/// The transport half of a client: how frames leave.
+enum Link {
+    Quic(Box<quic::QuicLink>),
+    WebSocket(websocket::WsLink),
+}
+
+/// A connected client.
+pub struct Client {
+    link: Link,
+    shared: Arc<Shared>,
+    events: mpsc::Receiver<Event>,
+    welcome: Welcome,
+    codec: Codec,
+    next_req: AtomicU64,
+    timeout: Duration,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Client {
+    /// Connects, sends `hello` and waits for `welcome`.
+    pub async fn connect(target: Target, options: ClientOptions) -> Result<Client, ClientError> {
+        let (events_tx, events) = mpsc::channel(options.event_buffer.max(1));
+        let shared =
+            Arc::new(Shared { pending: Mutex::new(HashMap::new()), events: events_tx, closed: Mutex::new(None) });
+        let tasks = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let hello = ClientFrame::Hello {
+            version: PROTOCOL_VERSION,
+            token: options.token.clone(),
+            client: options.client_name.clone(),
+        };
+        let hello = options.codec.frame(&hello);
+        let connecting = async {
+            match &target {
+                Target::Quic { addr, server_name, tls } => {
+                    quic::connect(*addr, server_name, tls, options.codec, hello, shared.clone(), &tasks, &cancel)
+                        .await
+                        .map(|(link, welcome)| (Link::Quic(Box::new(link)), welcome))
+                }
+                Target::WebSocket { url } => {
+                    websocket::connect(url, options.codec, hello, shared.clone(), &tasks, &cancel)
+                        .await
+                        .map(|(link, welcome)| (Link::WebSocket(link), welcome))
+                }
+            }
+        };
+        let (link, welcome) = match tokio::time::timeout(options.request_timeout, connecting).await {
+            Ok(Ok(connected)) => connected,
+            Ok(Err(err)) => {
+                cancel.cancel();
+                return Err(err);
+            }
+            Err(_) => {
+                cancel.cancel();
+                return Err(ClientError::Timeout(options.request_timeout));
+            }
+        };
+        let welcome = match welcome {
+            ServerFrame::Welcome { session, user, server_time, limits, .. } => {
+                Welcome { session, user, server_time, limits }
+            }
+            ServerFrame::Error { code, message, .. } => return Err(ClientError::Rejected { code, message }),
+            other => return Err(ClientError::Protocol(format!("expected welcome, got {other:?}"))),
+        };
+        Ok(Client {
+            link,
+            shared,
+            events,
+            welcome,
+            codec: options.codec,
+            next_req: AtomicU64::new(1),
+            timeout: options.request_timeout,
+            tasks,
+            cancel,
+        })
+    }
+
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// Joins a room. On QUIC the room gets its own stream.
+    pub async fn join(&self, room: &str) -> Result<Joined, ClientError> {
+        self.join_since(room, None).await
+    }
+
+    /// Joins a room, telling the relay the last position this client saw.
+    pub async fn join_since(&self, room: &str, since: Option<Position>) -> Result<Joined, ClientError> {
+        let req = self.req();
+        let frame = ClientFrame::Join { req, room: room.to_owned(), since };
+        let rx = self.expect(req);
+        match &self.link {
+            Link::Quic(link) => link.open_room(room, self.codec.frame(&frame), &self.tasks, &self.cancel).await?,
+            Link::WebSocket(link) => link.send(self.codec.frame(&frame))?,
+        }
+        match self.answer(req, rx).await {
+            Ok(ServerFrame::Joined { position, recovered, .. }) => Ok(Joined { position, recovered }),
+            Ok(other) => Err(ClientError::Protocol(format!("expected joined, got {other:?}"))),
+            Err(err) => {
+                if let Link::Quic(link) = &self.link {
+                    link.forget_room(room).await;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    pub async fn leave(&self, room: &str) -> Result<(), ClientError> {
+        let req = self.req();
+        let frame = self.codec.frame(&ClientFrame::Leave { req, room: room.to_owned() });
+        let rx = self.expect(req);
+        self.send_for_room(room, frame).await?;
+        match self.answer(req, rx).await? {
+            ServerFrame::Left { .. } => {
+                if let Link::Quic(link) = &self.link {
+                    link.forget_room(room).await;
+                }
+                Ok(())
+            }
+            other => Err(ClientError::Protocol(format!("expected left, got {other:?}"))),
+        }
+    }
+
+    /// Publishes and waits for the ack; returns the message's position in the room.
+    pub async fn publish(&self, room: &str, id: &str, data: impl Into<Payload>) -> Result<Position, ClientError> {
+        let req = self.req();
+        let frame = ClientFrame::Publish { req, room: room.to_owned(), id: id.to_owned(), data: data.into() };
+        let rx = self.expect(req);
+        self.send_for_room(room, self.codec.frame(&frame)).await?;
+        match self.answer(req, rx).await? {
+            ServerFrame::Ack { position, .. } => Ok(position),
+            other => Err(ClientError::Protocol(format!("expected ack, got {other:?}"))),
+        }
+    }
+
+    /// Round trip to the relay.
+    pub async fn ping(&self) -> Result<Duration, ClientError> {
+        let started = Instant::now();
+        let req = self.req();
+        let rx = self.expect(req);
+        self.send_control(self.codec.frame(&ClientFrame::Ping { req })).await?;
+        match self.answer(req, rx).await? {
+            ServerFrame::Pong { .. } => Ok(started.elapsed()),
+            other => Err(ClientError::Protocol(format!("expected pong, got {other:?}"))),
+        }
+    }
+
+    /// Replaces the connection's token; returns the new expiry (unix seconds).
+    pub async fn refresh(&self, token: &str) -> Result<u64, ClientError> {
+        let req = self.req();
+        let rx = self.expect(req);
+        self.send_control(self.codec.frame(&ClientFrame::Refresh { req, token: token.to_owned() })).await?;
+        match self.answer(req, rx).await? {
+            ServerFrame::Refreshed { expires_at, .. } => Ok(expires_at),
+            other => Err(ClientError::Protocol(format!("expected refreshed, got {other:?}"))),
+        }
+    }
+
+    /// The next event, or `None` once the connection is gone and every event was read.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// The next delivered message, skipping other events; `Err` when the connection closed.
+    pub async fn next_message(&mut self) -> Result<Message, ClientError> {
+        loop {
+            match self.events.recv().await {
+                Some(Event::Message(m)) => return Ok(m),
+                Some(Event::Closed { code, reason }) => return Err(ClientError::Closed { code, reason }),
+                Some(_) => continue,
+                None => return Err(ClientError::Closed { code: None, reason: "client dropped".into() }),
+            }
+        }
+    }
+
+    /// Events as a stream.
+    pub fn events(&mut self) -> impl Stream<Item = Event> + '_ {
+        futures_util::stream::poll_fn(move |cx| self.events.poll_recv(cx))
+    }
+
+    /// Closes the connection normally and waits for the client's tasks.
+    pub async fn close(self) {
+        match &self.link {
+            Link::Quic(link) => link.close(),
+            Link::WebSocket(link) => link.close(),
+        }
+        self.shared.closed(None, "closed by client".into()).await;
+        self.cancel.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
+    }
+
+    fn req(&self) -> u64 {
+        self.next_req.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn expect(&self, req: u64) -> oneshot::Receiver<Result<ServerFrame, ClientError>> {
+        let (tx, rx) = oneshot::channel();
+        self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(req, tx);
+        rx
+    }
+
+    async fn answer(
+        &self,
+        req: u64,
+        rx: oneshot::Receiver<Result<ServerFrame, ClientError>>,
+    ) -> Result<ServerFrame, ClientError> {
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(self
+                .shared
+                .closed_error()
+                .unwrap_or(ClientError::Closed { code: None, reason: "connection lost".into() })),
+            Err(_) => {
+                self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&req);
+                Err(ClientError::Timeout(self.timeout))
+            }
+        }
+    }
+
+    async fn send_for_room(&self, room: &str, frame: crate::proto::WireFrame) -> Result<(), ClientError> {
+        match &self.link {
+            Link::Quic(link) => link.send_for_room(room, frame).await,
+            Link::WebSocket(link) => link.send(frame),
+        }
+    }
+
+    async fn send_control(&self, frame: crate::proto::WireFrame) -> Result<(), ClientError> {
+        match &self.link {
+            Link::Quic(link) => link.send_control(frame).await,
+            Link::WebSocket(link) => link.send(frame),
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}

@@ -1,0 +1,130 @@
+//! The client's WebSocket link: every frame on one socket, text for JSON, binary for postcard.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{ClientError, Shared};
+use crate::proto::{Codec, ErrorCode, ServerFrame, WireFrame};
+
+pub(super) struct WsLink {
+    outgoing: mpsc::UnboundedSender<Message>,
+    shared: Arc<Shared>,
+    codec: Codec,
+}
+
+pub(super) async fn connect(
+    url: &str,
+    codec: Codec,
+    hello: WireFrame,
+    shared: Arc<Shared>,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) -> Result<(WsLink, ServerFrame), ClientError> {
+    let (socket, _) = tokio_tungstenite::connect_async(url).await.map_err(|e| ClientError::Connect(e.to_string()))?;
+    let (mut sink, mut stream) = socket.split();
+    sink.send(message(codec, &hello)).await.map_err(|e| ClientError::Connect(e.to_string()))?;
+    let first = loop {
+        match stream.next().await {
+            Some(Ok(Message::Text(text))) => break Bytes::copy_from_slice(text.as_bytes()),
+            Some(Ok(Message::Binary(bytes))) => break bytes,
+            Some(Ok(Message::Close(frame))) => {
+                let (code, reason) = close_info(frame.as_ref());
+                return Err(ClientError::Closed { code, reason });
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(err)) => return Err(ClientError::Connect(err.to_string())),
+            None => return Err(ClientError::Closed { code: None, reason: "socket ended before welcome".into() }),
+        }
+    };
+    let first = codec.decode::<ServerFrame>(&first).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    if let ServerFrame::Error { code, message, .. } = first {
+        return Err(ClientError::Rejected { code, message });
+    }
+
+    let (outgoing, mut queue) = mpsc::unbounded_channel::<Message>();
+    let writer_cancel = cancel.clone();
+    tasks.spawn(async move {
+        loop {
+            let next = tokio::select! {
+                _ = writer_cancel.cancelled() => None,
+                next = queue.recv() => next,
+            };
+            let Some(msg) = next else { break };
+            let closing = matches!(msg, Message::Close(_));
+            if sink.send(msg).await.is_err() || closing {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let reader_shared = shared.clone();
+    let reader_cancel = cancel.clone();
+    tasks.spawn(async move {
+        loop {
+            let next = tokio::select! {
+                _ = reader_cancel.cancelled() => return,
+                next = stream.next() => next,
+            };
+            let body = match next {
+                Some(Ok(Message::Text(text))) => Bytes::copy_from_slice(text.as_bytes()),
+                Some(Ok(Message::Binary(bytes))) => bytes,
+                Some(Ok(Message::Close(frame))) => {
+                    let (code, reason) = close_info(frame.as_ref());
+                    reader_shared.closed(code, reason).await;
+                    return;
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => {
+                    reader_shared.closed(None, err.to_string()).await;
+                    return;
+                }
+                None => {
+                    reader_shared.closed(None, "socket ended".into()).await;
+                    return;
+                }
+            };
+            match codec.decode::<ServerFrame>(&body) {
+                Ok(frame) => reader_shared.dispatch(frame).await,
+                Err(err) => tracing::warn!(%err, "undecodable frame from relay"),
+            }
+        }
+    });
+    Ok((WsLink { outgoing, shared, codec }, first))
+}
+
+fn message(codec: Codec, frame: &WireFrame) -> Message {
+    match codec {
+        // JSON frames are UTF-8 by construction.
+        Codec::Json => match String::from_utf8(frame.body().to_vec()) {
+            Ok(text) => Message::text(text),
+            Err(_) => Message::Binary(frame.body()),
+        },
+        Codec::Postcard => Message::Binary(frame.body()),
+    }
+}
+
+fn close_info(frame: Option<&CloseFrame>) -> (Option<ErrorCode>, String) {
+    match frame {
+        Some(frame) => (ErrorCode::from_ws_close_code(u16::from(frame.code)), frame.reason.to_string()),
+        None => (None, "closed without a code".into()),
+    }
+}
+
+impl WsLink {
+    pub(super) fn send(&self, frame: WireFrame) -> Result<(), ClientError> {
+        self.outgoing.send(message(self.codec, &frame)).map_err(|_| {
+            self.shared.closed_error().unwrap_or(ClientError::Closed { code: None, reason: "socket closed".into() })
+        })
+    }
+
+    pub(super) fn close(&self) {
+        let _ = self.outgoing.send(Message::Close(None));
+    }
+}

@@ -1,0 +1,135 @@
+//! The transport-independent life of one connection: the session driven by inbound frames,
+//! timers (authentication deadline, token expiry) and the relay's drain signal.
+//!
+//! Transports read bytes, split them into frames and send them here as [`Inbound`] events; they
+//! write whatever the outbox holds. This loop is the single owner of the [`Session`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::outbox::{CloseReason, LaneId, Outbox};
+use crate::proto::{ErrorCode, ServerFrame};
+use crate::session::{Session, SessionContext};
+
+/// What a transport reports about its connection.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A complete frame body arrived on a lane.
+    Frame { lane: LaneId, body: Bytes },
+    /// The peer finished or reset the stream behind a lane.
+    LaneClosed(LaneId),
+    /// The peer ended the connection (closed it, or finished its control stream).
+    Closed,
+    /// The transport saw a protocol violation (oversized frame, idle timeout...).
+    Failed(ErrorCode, String),
+}
+
+/// Wall-clock milliseconds since the Unix epoch: the `now` handed to sessions and rooms.
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How the relay wants connections to behave; shared by every connection.
+pub struct ConnectionContext {
+    pub session: Arc<SessionContext>,
+    /// Cancelled when the relay starts draining.
+    pub drain: CancellationToken,
+    pub reconnect_after_ms: u32,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl ConnectionContext {
+    pub fn new(session: Arc<SessionContext>, drain: CancellationToken, reconnect_after_ms: u32) -> Self {
+        ConnectionContext { session, drain, reconnect_after_ms, next_id: std::sync::atomic::AtomicU64::new(1) }
+    }
+
+    /// A relay-unique connection id.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// When a connection accepted now must have said hello.
+    pub fn auth_deadline(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.session.limits.auth_timeout_ms)
+    }
+}
+
+/// Runs a session until the peer leaves, a fatal error, or the relay drains. Returns why the
+/// connection ends; the outbox is then closing with that reason, and the transport's writers
+/// flush it and close the transport.
+pub async fn drive(
+    ctx: &ConnectionContext,
+    outbox: Arc<Outbox>,
+    first: Bytes,
+    inbound: &mut mpsc::Receiver<Inbound>,
+    auth_deadline: Instant,
+) -> CloseReason {
+    let mut session = Session::new(ctx.next_id(), ctx.session.clone(), outbox.clone(), unix_ms());
+    let reason = run(ctx, &mut session, first, inbound, auth_deadline).await;
+    session.close(unix_ms());
+    outbox.close(reason);
+    outbox.closing().unwrap_or(reason)
+}
+
+async fn run(
+    ctx: &ConnectionContext,
+    session: &mut Session,
+    first: Bytes,
+    inbound: &mut mpsc::Receiver<Inbound>,
+    auth_deadline: Instant,
+) -> CloseReason {
+    if let Err(fatal) = session.handle(crate::outbox::CONTROL, &first, unix_ms()) {
+        return CloseReason::Error(fatal.code);
+    }
+    let outbox = session.outbox().clone();
+    loop {
+        let expiry = expiry_instant(session.expires_at(), ctx.session.verifier.leeway_secs());
+        tokio::select! {
+            biased;
+            _ = outbox.closed() => return outbox.closing().unwrap_or(CloseReason::Normal),
+            _ = ctx.drain.cancelled() => {
+                let away = ServerFrame::GoAway {
+                    code: ErrorCode::GOING_AWAY,
+                    reason: "relay is draining".into(),
+                    reconnect_after_ms: ctx.reconnect_after_ms,
+                };
+                let _ = outbox.push(crate::outbox::CONTROL, outbox.codec().frame(&away));
+                return CloseReason::Error(ErrorCode::GOING_AWAY);
+            }
+            _ = tokio::time::sleep_until(auth_deadline.into()), if !session.is_authenticated() => {
+                let fatal = session.fail(ErrorCode::AUTH_TIMEOUT, "no valid hello in time");
+                return CloseReason::Error(fatal.code);
+            }
+            _ = tokio::time::sleep_until(expiry.into()), if session.is_authenticated() => {
+                let fatal = session.fail(ErrorCode::TOKEN_EXPIRED, "token expired; refresh before exp");
+                return CloseReason::Error(fatal.code);
+            }
+            event = inbound.recv() => match event {
+                None | Some(Inbound::Closed) => return CloseReason::Normal,
+                Some(Inbound::Frame { lane, body }) => {
+                    if let Err(fatal) = session.handle(lane, &body, unix_ms()) {
+                        return CloseReason::Error(fatal.code);
+                    }
+                }
+                Some(Inbound::LaneClosed(lane)) => session.lane_closed(lane, unix_ms()),
+                Some(Inbound::Failed(code, message)) => {
+                    let fatal = session.fail(code, message);
+                    return CloseReason::Error(fatal.code);
+                }
+            },
+        }
+    }
+}
+
+/// The instant a token expiring at `expires_at` (unix seconds) stops being accepted.
+fn expiry_instant(expires_at: Option<u64>, leeway_secs: u64) -> Instant {
+    let far = Instant::now() + Duration::from_secs(86_400 * 365);
+    let Some(exp) = expires_at else { return far };
+    let now = unix_ms();
+    let deadline_ms = exp.saturating_add(leeway_secs).saturating_mul(1000);
+    Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now)).min(far - Instant::now())
+}

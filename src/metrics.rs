@@ -1,0 +1,100 @@
+//! Prometheus metrics, all named `edgerelay_*`, recorded through the `metrics` facade.
+//!
+//! Names live here so the code that records and the docs that list them agree. The recorder is
+//! process-wide; several relays in one process (tests) share it.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Open connections, by `transport` (gauge).
+pub const CONNECTIONS: &str = "edgerelay_connections";
+/// Connections accepted, by `transport` (counter).
+pub const CONNECTIONS_TOTAL: &str = "edgerelay_connections_total";
+/// Connections closed, by `code` (the protocol close code slug, or `normal`).
+pub const DISCONNECTS_TOTAL: &str = "edgerelay_disconnects_total";
+/// Frames received / sent, by `transport`.
+pub const FRAMES_IN_TOTAL: &str = "edgerelay_frames_in_total";
+pub const FRAMES_OUT_TOTAL: &str = "edgerelay_frames_out_total";
+/// Bytes received / sent in frames (bodies and prefixes), by `transport`.
+pub const BYTES_IN_TOTAL: &str = "edgerelay_bytes_in_total";
+pub const BYTES_OUT_TOTAL: &str = "edgerelay_bytes_out_total";
+/// Accepted publishes.
+pub const PUBLISHES_TOTAL: &str = "edgerelay_publishes_total";
+/// Messages queued to subscribers.
+pub const DELIVERIES_TOTAL: &str = "edgerelay_deliveries_total";
+/// Time to fan one message out to every subscriber's outbox (histogram, seconds).
+pub const FANOUT_SECONDS: &str = "edgerelay_fanout_seconds";
+/// Frames dropped from outboxes, by `reason` (`slow_consumer`).
+pub const OUTBOX_DROPS_TOTAL: &str = "edgerelay_outbox_drops_total";
+/// Errors sent to clients, by `code` slug.
+pub const ERRORS_TOTAL: &str = "edgerelay_errors_total";
+/// Rooms currently held by the hub (gauge).
+pub const ROOMS: &str = "edgerelay_rooms";
+
+const LATENCY_BUCKETS: &[f64] =
+    &[0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+
+/// Installs the process-wide Prometheus recorder once and returns the handle that renders it.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed by an embedding program; then ours only
+            // renders what it is given, which is nothing. That is the embedder's choice.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Counter and gauge handles for one transport, registered once and cloned into connections so
+/// the per-frame path does not look names up.
+#[derive(Clone)]
+pub struct TransportMetrics {
+    pub frames_in: metrics::Counter,
+    pub frames_out: metrics::Counter,
+    pub bytes_in: metrics::Counter,
+    pub bytes_out: metrics::Counter,
+    pub connections: metrics::Gauge,
+    pub connections_total: metrics::Counter,
+}
+
+impl TransportMetrics {
+    pub fn new(transport: &'static str) -> Self {
+        TransportMetrics {
+            frames_in: metrics::counter!(FRAMES_IN_TOTAL, "transport" => transport),
+            frames_out: metrics::counter!(FRAMES_OUT_TOTAL, "transport" => transport),
+            bytes_in: metrics::counter!(BYTES_IN_TOTAL, "transport" => transport),
+            bytes_out: metrics::counter!(BYTES_OUT_TOTAL, "transport" => transport),
+            connections: metrics::gauge!(CONNECTIONS, "transport" => transport),
+            connections_total: metrics::counter!(CONNECTIONS_TOTAL, "transport" => transport),
+        }
+    }
+
+    /// Counts an opened connection; the returned guard counts it closed when dropped.
+    pub fn opened(&self) -> OpenConnection {
+        self.connections.increment(1.0);
+        self.connections_total.increment(1);
+        OpenConnection(self.connections.clone())
+    }
+}
+
+/// Decrements the open-connections gauge when the connection ends, however it ends.
+pub struct OpenConnection(metrics::Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// Counts a closed connection by reason.
+pub fn disconnected(reason: &'static str) {
+    metrics::counter!(DISCONNECTS_TOTAL, "code" => reason).increment(1);
+}

@@ -1,0 +1,292 @@
+//! Wires the subsystems together and owns their lifetimes: one cancellation tree, two task
+//! sets (long-lived services, and connections), and a shutdown with a deadline.
+//!
+//! Shutdown (SIGTERM) drains: readiness turns false, new connections are refused, every
+//! connection is told `go_away` (retryable, with a reconnect delay), its queued frames are
+//! flushed, and it is closed. Whatever is still open at the deadline is closed hard.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Signer, Verifier};
+use crate::config::{Config, LimitsConfig};
+use crate::connection::{ConnectionContext, unix_ms};
+use crate::http::{CertInfo, HttpState};
+use crate::hub::Hub;
+use crate::session::SessionContext;
+use crate::session::limits::UserConnections;
+use crate::tls::{self, CertBundle};
+use crate::transport::{self, websocket::WebSocketTransport};
+
+/// How often idle rooms are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How often the dev certificate's expiry is checked.
+const CERT_CHECK_EVERY: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthSetupError),
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot bind {what} {addr}: {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("QUIC setup: {0}")]
+    Quic(String),
+}
+
+/// A running relay.
+pub struct Relay {
+    udp_addr: SocketAddr,
+    tcp_addr: SocketAddr,
+    config: Config,
+    endpoint: quinn::Endpoint,
+    http: Arc<HttpState>,
+    hub: Arc<Hub>,
+    signer: Option<Signer>,
+    services: TaskTracker,
+    connections: TaskTracker,
+    stop: CancellationToken,
+    drain: CancellationToken,
+}
+
+impl Relay {
+    /// Creates what is missing under the data directory, binds both listeners and serves.
+    pub async fn start(config: Config) -> Result<Relay, RelayError> {
+        config.validate()?;
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|source| RelayError::DataDir { path: data_dir.clone(), source })?;
+        let metrics = crate::metrics::install();
+
+        let cert = load_cert(&config)?;
+        let dev_secret =
+            if config.auth.dev_keys { Some(tls::load_or_create_secret(&config.dev_secret_path(), 32)?) } else { None };
+        let verifier = Arc::new(Verifier::new(&config.auth, dev_secret.as_deref())?);
+        let signer = dev_secret.as_deref().map(Signer::dev);
+
+        let reset_key = tls::load_or_create_secret(&data_dir.join("quic-reset-key"), 64)?;
+        let token_key = tls::load_or_create_secret(&data_dir.join("quic-token-key"), 64)?;
+        let endpoint_config =
+            quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_key)));
+        let server_config = quic_server_config(&cert, &token_key, &config.limits)?;
+        let udp_addr = config.listen.udp;
+        let socket = std::net::UdpSocket::bind(udp_addr).map_err(|source| RelayError::Bind {
+            what: "UDP",
+            addr: udp_addr,
+            source,
+        })?;
+        let endpoint =
+            quinn::Endpoint::new(endpoint_config, Some(server_config), socket, Arc::new(quinn::TokioRuntime))
+                .map_err(|source| RelayError::Bind { what: "UDP", addr: udp_addr, source })?;
+        let tcp_addr = config.listen.tcp;
+        let tcp = tokio::net::TcpListener::bind(tcp_addr).await.map_err(|source| RelayError::Bind {
+            what: "TCP",
+            addr: tcp_addr,
+            source,
+        })?;
+        let udp_addr =
+            endpoint.local_addr().map_err(|source| RelayError::Bind { what: "UDP", addr: udp_addr, source })?;
+        let tcp_addr = tcp.local_addr().map_err(|source| RelayError::Bind { what: "TCP", addr: tcp_addr, source })?;
+
+        let stop = CancellationToken::new();
+        let drain = CancellationToken::new();
+        let hub = Arc::new(Hub::new(config.hub.shards, config.hub.room_idle_ttl_secs.saturating_mul(1000)));
+        let session_ctx = Arc::new(SessionContext {
+            hub: hub.clone(),
+            verifier,
+            limits: config.limits.clone(),
+            users: Arc::new(UserConnections::default()),
+        });
+        let conn_ctx = Arc::new(ConnectionContext::new(session_ctx, drain.clone(), config.shutdown.reconnect_after_ms));
+        let services = TaskTracker::new();
+        let connections = TaskTracker::new();
+        let http = Arc::new(HttpState {
+            websocket: Arc::new(WebSocketTransport::new(conn_ctx.clone())),
+            metrics,
+            ready: false.into(),
+            cert: RwLock::new(cert_info(&cert)),
+            tasks: connections.clone(),
+            stop: stop.clone(),
+        });
+
+        services.spawn(transport::quic::serve(endpoint.clone(), conn_ctx, connections.clone(), stop.clone()));
+        let router = crate::http::router(http.clone());
+        let http_stop = stop.clone();
+        services.spawn(async move {
+            let serve = axum::serve(tcp, router).with_graceful_shutdown(http_stop.cancelled_owned());
+            if let Err(err) = serve.await {
+                tracing::error!(%err, "HTTP listener failed");
+            }
+        });
+        services.spawn(sweep_rooms(hub.clone(), stop.clone()));
+        if cert.dev {
+            services.spawn(renew_dev_cert(config.clone(), endpoint.clone(), token_key, http.clone(), stop.clone()));
+        }
+        http.ready.store(true, Ordering::Relaxed);
+        tracing::info!(%udp_addr, %tcp_addr, "relay serving");
+        Ok(Relay { udp_addr, tcp_addr, config, endpoint, http, hub, signer, services, connections, stop, drain })
+    }
+
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.udp_addr
+    }
+
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr
+    }
+
+    pub fn cert(&self) -> CertInfo {
+        self.http.cert.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Signs tokens with the dev key, when dev keys are enabled.
+    pub fn dev_signer(&self) -> Option<&Signer> {
+        self.signer.as_ref()
+    }
+
+    /// What to print on start: where to connect and how to get a token.
+    pub fn banner(&self) -> String {
+        let cert = self.cert();
+        let config_hint = std::env::args()
+            .skip_while(|a| a != "--config")
+            .nth(1)
+            .map(|path| format!(" --config {path}"))
+            .unwrap_or_default();
+        let mut text = format!(
+            "edgerelay {version} serving\n  \
+             QUIC (raw, ALPN edgerelay/1)   udp://{udp}\n  \
+             WebSocket                      ws://{tcp}/v1/ws\n  \
+             health, readiness, metrics     http://{tcp}/healthz  /readyz  /metrics\n  \
+             certificate sha256 (hex)       {hex}\n  \
+             certificate sha256 (base64)    {b64}\n  \
+             certificate                    {kind}, valid until unix {exp}\n",
+            version = env!("CARGO_PKG_VERSION"),
+            udp = self.udp_addr,
+            tcp = self.tcp_addr,
+            hex = cert.sha256_hex,
+            b64 = cert.sha256_base64,
+            kind = if cert.dev { "self-signed dev (ECDSA P-256)" } else { "from tls.cert_file" },
+            exp = cert.not_after,
+        );
+        if self.signer.is_some() {
+            text.push_str(&format!(
+                "  mint a dev token:              edgerelay{config_hint} token --sub alice --tenant acme --room 'chat:*' --ttl 1h\n"
+            ));
+        }
+        text
+    }
+
+    /// Drains and stops: see the module docs. Returns once everything has stopped.
+    pub async fn shutdown(self) {
+        let deadline = Duration::from_millis(self.config.shutdown.drain_timeout_ms);
+        self.http.ready.store(false, Ordering::Relaxed);
+        self.endpoint.set_server_config(None);
+        self.drain.cancel();
+        self.connections.close();
+        if tokio::time::timeout(deadline, self.connections.wait()).await.is_err() {
+            tracing::warn!(open = self.connections.len(), "drain deadline passed; closing the rest");
+        }
+        self.stop.cancel();
+        self.endpoint.close(0u32.into(), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.connections.wait()).await;
+        self.services.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.services.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+fn load_cert(config: &Config) -> Result<CertBundle, RelayError> {
+    Ok(match (&config.tls.cert_file, &config.tls.key_file) {
+        (Some(cert), Some(key)) => tls::load_cert_files(cert, key)?,
+        _ => tls::load_or_create_dev_cert(&config.data_dir, SystemTime::now())?,
+    })
+}
+
+fn cert_info(cert: &CertBundle) -> CertInfo {
+    CertInfo {
+        sha256_hex: cert.sha256_hex(),
+        sha256_base64: cert.sha256_base64(),
+        not_after: cert.not_after.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        dev: cert.dev,
+    }
+}
+
+fn quic_server_config(
+    cert: &CertBundle,
+    token_key: &[u8],
+    limits: &LimitsConfig,
+) -> Result<quinn::ServerConfig, RelayError> {
+    let crypto = tls::server_config(cert, &[transport::ALPN_RAW])?;
+    let crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|e| RelayError::Quic(e.to_string()))?;
+    let token_key = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(token_key);
+    let mut server = quinn::ServerConfig::new(Arc::new(crypto), Arc::new(token_key));
+    let mut transport = quinn::TransportConfig::default();
+    let idle = Duration::from_millis(u64::from(limits.idle_timeout_ms));
+    transport
+        .max_idle_timeout(Some(idle.try_into().map_err(|_| RelayError::Quic("idle timeout out of range".into()))?));
+    transport.max_concurrent_bidi_streams((limits.max_rooms_per_connection + 4).into());
+    transport.max_concurrent_uni_streams(0u8.into());
+    server.transport_config(Arc::new(transport));
+    Ok(server)
+}
+
+async fn sweep_rooms(hub: Arc<Hub>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => { hub.sweep(unix_ms()); }
+        }
+    }
+}
+
+/// Regenerates the dev certificate before it expires and swaps it into the live endpoint.
+async fn renew_dev_cert(
+    config: Config,
+    endpoint: quinn::Endpoint,
+    token_key: Vec<u8>,
+    http: Arc<HttpState>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(CERT_CHECK_EVERY);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let renewed = tls::load_or_create_dev_cert(&config.data_dir, SystemTime::now())
+            .map_err(RelayError::from)
+            .and_then(|cert| Ok((quic_server_config(&cert, &token_key, &config.limits)?, cert_info(&cert))));
+        match renewed {
+            Ok((server_config, info)) => {
+                let mut current = http.cert.write().unwrap_or_else(|e| e.into_inner());
+                if *current != info {
+                    endpoint.set_server_config(Some(server_config));
+                    tracing::info!(sha256 = %info.sha256_hex, "dev certificate renewed");
+                    *current = info;
+                }
+            }
+            Err(err) => tracing::error!(%err, "dev certificate renewal failed"),
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Per-connection and per-user limits, as plain values with time passed in.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// A token bucket: `rate` tokens per second, holding at most `burst`.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate_per_ms: f64,
+    burst: f64,
+    tokens: f64,
+    last_ms: u64,
+}
+
+impl TokenBucket {
+    pub fn new(rate_per_sec: u32, burst: u32, now_ms: u64) -> Self {
+        let burst = f64::from(burst.max(1));
+        TokenBucket { rate_per_ms: f64::from(rate_per_sec) / 1000.0, burst, tokens: burst, last_ms: now_ms }
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_take(&mut self, now_ms: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.last_ms) as f64;
+        self.last_ms = self.last_ms.max(now_ms);
+        self.tokens = (self.tokens + elapsed * self.rate_per_ms).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+type UserKey = (Arc<str>, Arc<str>);
+
+/// Counts open connections per `(tenant, user)` to enforce `limits.max_connections_per_user`.
+#[derive(Default)]
+pub struct UserConnections {
+    counts: Mutex<HashMap<UserKey, u32>>,
+}
+
+/// One counted connection; dropping it gives the slot back.
+pub struct ConnectionSlot {
+    owner: Arc<UserConnections>,
+    key: UserKey,
+}
+
+impl UserConnections {
+    /// Counts a connection for the user, unless they already hold `max`.
+    pub fn acquire(self: &Arc<Self>, tenant: &str, user: &str, max: u32) -> Option<ConnectionSlot> {
+        let key: UserKey = (tenant.into(), user.into());
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(key.clone()).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(ConnectionSlot { owner: self.clone(), key })
+    }
+
+    pub fn count(&self, tenant: &str, user: &str) -> u32 {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.get(&(Arc::from(tenant), Arc::from(user))).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut counts = self.owner.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_burst_then_rate() {
+        let mut b = TokenBucket::new(10, 3, 0);
+        assert!(b.try_take(0) && b.try_take(0) && b.try_take(0));
+        assert!(!b.try_take(0));
+        assert!(!b.try_take(50));
+        assert!(b.try_take(100));
+        assert!(!b.try_take(100));
+        // Refill never exceeds the burst.
+        assert!((0..3).all(|_| b.try_take(10_000)));
+        assert!(!b.try_take(10_000));
+    }
+
+    #[test]
+    fn user_connections_are_capped_and_released() {
+        let users = Arc::new(UserConnections::default());
+        let a = users.acquire("acme", "alice", 2).unwrap();
+        let _b = users.acquire("acme", "alice", 2).unwrap();
+        assert!(users.acquire("acme", "alice", 2).is_none());
+        assert!(users.acquire("globex", "alice", 2).is_some());
+        drop(a);
+        assert_eq!(users.count("acme", "alice"), 1);
+        assert!(users.acquire("acme", "alice", 2).is_some());
+    }
+}

@@ -1,0 +1,264 @@
+//! Raw QUIC (ALPN `edgerelay/1`) on the relay's quinn endpoint.
+//!
+//! Stream layout: the client's first bidirectional stream is the control stream (hello,
+//! welcome, ping, errors). Each room gets a bidirectional stream of its own, opened by the
+//! client with `join` as its first frame; the room's acks and messages come back on it. A lost
+//! packet therefore only ever delays the one room whose stream it belongs to. Every frame on
+//! every stream is `[u32 big-endian length][body]`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{FLUSH_TIMEOUT, WRITE_BATCH};
+use crate::connection::{self, ConnectionContext, Inbound};
+use crate::metrics::{TransportMetrics, disconnected};
+use crate::outbox::{CONTROL, CloseReason, LaneId, Outbox, Take};
+use crate::proto::{Codec, DecodeError, ErrorCode, FrameReader};
+
+/// Handshakes in flight above which unvalidated clients must first answer a Retry.
+const RETRY_ABOVE_HANDSHAKES: usize = 256;
+/// Time allowed for the QUIC/TLS handshake itself.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Shared {
+    ctx: Arc<ConnectionContext>,
+    metrics: TransportMetrics,
+    handshakes: AtomicUsize,
+    open: AtomicUsize,
+}
+
+/// Accepts connections until `stop` is cancelled. Each connection runs as a task in `tasks`.
+pub async fn serve(endpoint: Endpoint, ctx: Arc<ConnectionContext>, tasks: TaskTracker, stop: CancellationToken) {
+    let shared = Arc::new(Shared {
+        ctx,
+        metrics: TransportMetrics::new("quic"),
+        handshakes: AtomicUsize::new(0),
+        open: AtomicUsize::new(0),
+    });
+    loop {
+        let incoming = tokio::select! {
+            _ = stop.cancelled() => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+        };
+        let max = shared.ctx.session.limits.max_connections as usize;
+        if shared.open.load(Ordering::Relaxed) >= max || shared.ctx.drain.is_cancelled() {
+            incoming.refuse();
+            continue;
+        }
+        if shared.handshakes.load(Ordering::Relaxed) >= RETRY_ABOVE_HANDSHAKES && !incoming.remote_address_validated() {
+            // Under a handshake flood, make clients prove their address before spending state.
+            let _ = incoming.retry();
+            continue;
+        }
+        tasks.spawn(connection(incoming, shared.clone(), stop.child_token()));
+    }
+}
+
+async fn connection(incoming: Incoming, shared: Arc<Shared>, stop: CancellationToken) {
+    let remote = incoming.remote_address();
+    shared.handshakes.fetch_add(1, Ordering::Relaxed);
+    let handshake = async { incoming.accept()?.await };
+    let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await;
+    shared.handshakes.fetch_sub(1, Ordering::Relaxed);
+    let conn = match conn {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(err)) => return tracing::debug!(%remote, %err, "quic handshake failed"),
+        Err(_) => return tracing::debug!(%remote, "quic handshake timed out"),
+    };
+    shared.open.fetch_add(1, Ordering::Relaxed);
+    let _open = shared.metrics.opened();
+    let reason = run(&conn, &shared, stop).await;
+    shared.open.fetch_sub(1, Ordering::Relaxed);
+    disconnected(reason.slug());
+    tracing::debug!(%remote, reason = reason.slug(), "quic connection closed");
+}
+
+async fn run(conn: &Connection, shared: &Shared, stop: CancellationToken) -> CloseReason {
+    let ctx = &shared.ctx;
+    let auth_deadline = ctx.auth_deadline();
+    let max_frame = ctx.session.limits.max_frame_bytes as usize;
+
+    // The control stream and its first frame, within the authentication deadline.
+    let first = tokio::time::timeout_at(auth_deadline.into(), async {
+        let (send, mut recv) = conn.accept_bi().await.ok()?;
+        let mut reader = FrameReader::new(max_frame);
+        let first = read_frame(&mut recv, &mut reader).await;
+        Some((send, recv, reader, first))
+    })
+    .await;
+    let (ctrl_send, ctrl_recv, reader, first) = match first {
+        Ok(Some(parts)) => parts,
+        Ok(None) => return CloseReason::Normal,
+        Err(_) => return close_now(conn, CloseReason::Error(ErrorCode::AUTH_TIMEOUT)),
+    };
+    let first = match first {
+        Ok(Some(body)) => body,
+        Ok(None) => return close_now(conn, CloseReason::Normal),
+        Err(err) => return close_now(conn, CloseReason::Error(err.code())),
+    };
+    shared.metrics.frames_in.increment(1);
+    shared.metrics.bytes_in.increment(first.len() as u64 + 4);
+
+    let outbox = Outbox::new(Codec::detect(&first), ctx.session.limits.outbox_bytes);
+    let (tx, mut rx) = mpsc::channel(64);
+    let writers = TaskTracker::new();
+    let readers = TaskTracker::new();
+    let cancel = stop.child_token();
+    let control_notify = outbox.open_lane(CONTROL);
+    writers.spawn(write_lane(outbox.clone(), CONTROL, control_notify, ctrl_send, shared.metrics.clone()));
+    readers.spawn(read_lane(CONTROL, ctrl_recv, reader, tx.clone(), cancel.clone(), shared.metrics.clone()));
+    readers.spawn(accept_rooms(
+        conn.clone(),
+        outbox.clone(),
+        tx,
+        cancel.clone(),
+        writers.clone(),
+        readers.clone(),
+        max_frame,
+        shared.metrics.clone(),
+    ));
+
+    let reason = tokio::select! {
+        reason = connection::drive(ctx, outbox.clone(), first, &mut rx, auth_deadline) => reason,
+        _ = stop.cancelled() => CloseReason::Error(ErrorCode::GOING_AWAY),
+    };
+    outbox.close(reason);
+    writers.close();
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, writers.wait()).await;
+    conn.close(reason.quic_code().into(), reason.slug().as_bytes());
+    cancel.cancel();
+    readers.close();
+    readers.wait().await;
+    reason
+}
+
+fn close_now(conn: &Connection, reason: CloseReason) -> CloseReason {
+    conn.close(reason.quic_code().into(), reason.slug().as_bytes());
+    reason
+}
+
+/// Reads until one whole frame is buffered. `Ok(None)` when the stream ends cleanly first.
+pub(crate) async fn read_frame(recv: &mut RecvStream, reader: &mut FrameReader) -> Result<Option<Bytes>, DecodeError> {
+    loop {
+        if let Some(body) = reader.next_frame()? {
+            return Ok(Some(body));
+        }
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => reader.push(&chunk.bytes),
+            Ok(None) if reader.pending() > 0 => {
+                return Err(DecodeError::Malformed("stream ended inside a frame".into()));
+            }
+            Ok(None) | Err(_) => return Ok(None),
+        }
+    }
+}
+
+async fn read_lane(
+    lane: LaneId,
+    mut recv: RecvStream,
+    mut reader: FrameReader,
+    tx: mpsc::Sender<Inbound>,
+    cancel: CancellationToken,
+    metrics: TransportMetrics,
+) {
+    let ended = if lane == CONTROL { Inbound::Closed } else { Inbound::LaneClosed(lane) };
+    loop {
+        let frame = tokio::select! {
+            _ = cancel.cancelled() => return,
+            frame = read_frame(&mut recv, &mut reader) => frame,
+        };
+        let event = match frame {
+            Ok(Some(body)) => {
+                metrics.frames_in.increment(1);
+                metrics.bytes_in.increment(body.len() as u64 + 4);
+                Inbound::Frame { lane, body }
+            }
+            Ok(None) => {
+                let _ = tx.send(ended).await;
+                return;
+            }
+            Err(err) => {
+                let _ = tx.send(Inbound::Failed(err.code(), err.to_string())).await;
+                return;
+            }
+        };
+        if tx.send(event).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn accept_rooms(
+    conn: Connection,
+    outbox: Arc<Outbox>,
+    tx: mpsc::Sender<Inbound>,
+    cancel: CancellationToken,
+    writers: TaskTracker,
+    readers: TaskTracker,
+    max_frame: usize,
+    metrics: TransportMetrics,
+) {
+    let mut next_lane: LaneId = CONTROL + 1;
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = conn.accept_bi() => accepted,
+        };
+        let Ok((send, recv)) = accepted else {
+            let _ = tx.send(Inbound::Closed).await;
+            return;
+        };
+        let lane = next_lane;
+        next_lane += 1;
+        let notify = outbox.open_lane(lane);
+        writers.spawn(write_lane(outbox.clone(), lane, notify, send, metrics.clone()));
+        let reader = FrameReader::new(max_frame);
+        readers.spawn(read_lane(lane, recv, reader, tx.clone(), cancel.clone(), metrics.clone()));
+    }
+}
+
+/// Writes one lane's frames to its stream until the lane finishes or the connection closes.
+async fn write_lane(
+    outbox: Arc<Outbox>,
+    lane: LaneId,
+    notify: Arc<Notify>,
+    mut send: SendStream,
+    metrics: TransportMetrics,
+) {
+    let mut chunks: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        match outbox.take(lane, WRITE_BATCH) {
+            Take::Frames(frames) => {
+                chunks.clear();
+                let mut bytes = 0;
+                for frame in &frames {
+                    bytes += frame.len();
+                    chunks.push(frame.prefixed().clone());
+                }
+                if send.write_all_chunks(&mut chunks).await.is_err() {
+                    return;
+                }
+                metrics.frames_out.increment(frames.len() as u64);
+                metrics.bytes_out.increment(bytes as u64);
+            }
+            Take::Empty => notify.notified().await,
+            Take::Finished | Take::Close(_) => {
+                let _ = send.finish();
+                let deadline = Instant::now() + FLUSH_TIMEOUT;
+                let _ = tokio::time::timeout_at(deadline.into(), send.stopped()).await;
+                return;
+            }
+        }
+    }
+}

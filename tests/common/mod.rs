@@ -1,0 +1,132 @@
+//! A real relay on loopback for integration tests, with helpers to mint tokens and connect.
+#![allow(dead_code)]
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use edgerelay::auth::{Caps, Claims};
+use edgerelay::client::{Client, ClientError, ClientOptions, ServerTrust, Target};
+use edgerelay::config::Config;
+use edgerelay::proto::Codec;
+use edgerelay::relay::Relay;
+
+/// The transport and codec combinations every protocol test runs over.
+pub const VARIANTS: [(Transport, Codec); 4] = [
+    (Transport::Quic, Codec::Postcard),
+    (Transport::Quic, Codec::Json),
+    (Transport::WebSocket, Codec::Json),
+    (Transport::WebSocket, Codec::Postcard),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Quic,
+    WebSocket,
+}
+
+pub struct TestRelay {
+    pub relay: Relay,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut config = Config::default();
+    config.data_dir = dir.to_path_buf();
+    config.listen.udp = "127.0.0.1:0".parse().unwrap();
+    config.listen.tcp = "127.0.0.1:0".parse().unwrap();
+    config.shutdown.drain_timeout_ms = 3000;
+    config
+}
+
+pub async fn start() -> TestRelay {
+    start_with(|_| {}).await
+}
+
+pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestRelay {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    adjust(&mut config);
+    let relay = Relay::start(config).await.expect("relay starts");
+    TestRelay { relay, dir }
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+pub fn claims(sub: &str, tenant: &str, rooms: &[&str]) -> Claims {
+    let rooms: Vec<String> = rooms.iter().map(|r| r.to_string()).collect();
+    Claims {
+        sub: sub.into(),
+        tenant: tenant.into(),
+        exp: now_secs() + 3600,
+        nbf: None,
+        iat: Some(now_secs()),
+        jti: None,
+        iss: None,
+        aud: None,
+        caps: Caps { join: rooms.clone(), publish: rooms },
+    }
+}
+
+impl TestRelay {
+    pub fn sign(&self, claims: &Claims) -> String {
+        self.relay.dev_signer().expect("dev keys on").sign(claims).unwrap()
+    }
+
+    /// A token for `sub` in `tenant` that may join and publish to `rooms` (patterns).
+    pub fn token(&self, sub: &str, tenant: &str, rooms: &[&str]) -> String {
+        self.sign(&claims(sub, tenant, rooms))
+    }
+
+    pub fn target(&self, transport: Transport) -> Target {
+        match transport {
+            Transport::Quic => Target::Quic {
+                addr: self.relay.udp_addr(),
+                server_name: "localhost".into(),
+                tls: ServerTrust::Pinned(vec![self.cert_sha256()]),
+            },
+            Transport::WebSocket => Target::WebSocket { url: format!("ws://{}/v1/ws", self.relay.tcp_addr()) },
+        }
+    }
+
+    pub fn cert_sha256(&self) -> [u8; 32] {
+        let hex = self.relay.cert().sha256_hex;
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+        }
+        out
+    }
+
+    pub async fn try_connect(&self, transport: Transport, codec: Codec, token: &str) -> Result<Client, ClientError> {
+        Client::connect(self.target(transport), ClientOptions::new(token).codec(codec)).await
+    }
+
+    pub async fn connect(&self, transport: Transport, codec: Codec, sub: &str, tenant: &str, rooms: &[&str]) -> Client {
+        self.try_connect(transport, codec, &self.token(sub, tenant, rooms)).await.expect("client connects")
+    }
+
+    /// GET a path on the TCP listener; returns status and body.
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.relay.tcp_addr(), path).await
+    }
+}
+
+/// A minimal HTTP/1.1 GET over a raw socket (no client library needed for three endpoints).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// Awaits a future with a generous bound, so a broken relay fails the test instead of hanging it.
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), fut).await.unwrap_or_else(|_| panic!("timed out: {what}"))
+}

@@ -1,0 +1,192 @@
+//! Golden byte vectors: the wire format of every frame type in both codecs, pinned in
+//! `tests/golden/frames-v1.json`. Clients in other languages test against the same file.
+//! Regenerate (only for a deliberate protocol change) with `UPDATE_GOLDEN=1 cargo test --test golden`.
+
+use std::collections::BTreeMap;
+
+use edgerelay::proto::{ClientFrame, Codec, ErrorCode, Payload, Position, ServerFrame, WireLimits};
+use serde::{Deserialize, Serialize};
+
+const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/frames-v1.json");
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Vector {
+    /// `client` (client → relay) or `server` (relay → client).
+    direction: String,
+    /// The JSON codec's exact bytes, as text.
+    json: String,
+    /// The postcard codec's exact bytes, hex.
+    postcard_hex: String,
+}
+
+fn pos(epoch: u64, offset: u64) -> Position {
+    Position { epoch, offset }
+}
+
+fn client_frames() -> Vec<(&'static str, ClientFrame)> {
+    vec![
+        ("hello", ClientFrame::Hello { version: 1, token: "eyJ.x.y".into(), client: "demo/1".into() }),
+        ("join", ClientFrame::Join { req: 1, room: "chat:lobby".into(), since: None }),
+        ("join_since", ClientFrame::Join { req: 2, room: "chat:lobby".into(), since: Some(pos(7, 42)) }),
+        ("leave", ClientFrame::Leave { req: 3, room: "chat:lobby".into() }),
+        (
+            "publish_json",
+            ClientFrame::Publish {
+                req: 4,
+                room: "chat:lobby".into(),
+                id: "m-1".into(),
+                data: Payload::from(r#"{"text":"hi"}"#),
+            },
+        ),
+        (
+            "publish_binary",
+            ClientFrame::Publish {
+                req: 5,
+                room: "chat:lobby".into(),
+                id: "m-2".into(),
+                data: Payload::from(vec![0u8, 255, 1]),
+            },
+        ),
+        ("ping", ClientFrame::Ping { req: 6 }),
+        ("refresh", ClientFrame::Refresh { req: 7, token: "eyJ.new.sig".into() }),
+    ]
+}
+
+fn server_frames() -> Vec<(&'static str, ServerFrame)> {
+    let limits = WireLimits {
+        max_frame_bytes: 65536,
+        max_payload_bytes: 32768,
+        max_rooms: 128,
+        publish_rate: 100,
+        publish_burst: 200,
+        ping_interval_ms: 15000,
+        idle_timeout_ms: 45000,
+    };
+    vec![
+        (
+            "welcome",
+            ServerFrame::Welcome {
+                version: 1,
+                session: "00000000000000a1".into(),
+                user: "alice".into(),
+                server_time: 1_700_000_000_000,
+                limits,
+            },
+        ),
+        ("joined", ServerFrame::Joined { req: 1, room: "chat:lobby".into(), position: pos(7, 42), recovered: true }),
+        ("left", ServerFrame::Left { req: 3, room: "chat:lobby".into() }),
+        ("ack", ServerFrame::Ack { req: 4, room: "chat:lobby".into(), id: "m-1".into(), position: pos(7, 43) }),
+        (
+            "message_json",
+            ServerFrame::Message {
+                room: "chat:lobby".into(),
+                position: pos(7, 43),
+                from: "alice".into(),
+                time: 1_700_000_000_123,
+                id: "m-1".into(),
+                data: Payload::from(r#"{"text":"hi"}"#),
+            },
+        ),
+        (
+            "message_binary",
+            ServerFrame::Message {
+                room: "chat:lobby".into(),
+                position: pos(7, 44),
+                from: "bob".into(),
+                time: 1_700_000_000_456,
+                id: "m-2".into(),
+                data: Payload::from(vec![0u8, 255, 1]),
+            },
+        ),
+        ("pong", ServerFrame::Pong { req: 6, server_time: 1_700_000_000_789 }),
+        (
+            "error",
+            ServerFrame::Error {
+                req: 4,
+                code: ErrorCode::PERMISSION_DENIED,
+                message: "token does not allow publishing to chat:lobby".into(),
+            },
+        ),
+        (
+            "go_away",
+            ServerFrame::GoAway {
+                code: ErrorCode::GOING_AWAY,
+                reason: "relay is draining".into(),
+                reconnect_after_ms: 1000,
+            },
+        ),
+        ("refreshed", ServerFrame::Refreshed { req: 7, expires_at: 1_700_003_600 }),
+    ]
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
+}
+
+fn vector<T: Serialize>(direction: &str, frame: &T) -> Vector {
+    Vector {
+        direction: direction.into(),
+        json: String::from_utf8(Codec::Json.encode(frame).to_vec()).unwrap(),
+        postcard_hex: hex(&Codec::Postcard.encode(frame)),
+    }
+}
+
+fn current() -> BTreeMap<String, Vector> {
+    let mut all = BTreeMap::new();
+    for (name, frame) in client_frames() {
+        all.insert(format!("client.{name}"), vector("client", &frame));
+    }
+    for (name, frame) in server_frames() {
+        all.insert(format!("server.{name}"), vector("server", &frame));
+    }
+    all
+}
+
+#[test]
+fn encoding_matches_golden_vectors() {
+    let current = current();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(PATH, serde_json::to_string_pretty(&current).unwrap() + "\n").unwrap();
+    }
+    let golden: BTreeMap<String, Vector> = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
+    assert_eq!(golden.keys().collect::<Vec<_>>(), current.keys().collect::<Vec<_>>(), "frame set changed");
+    for (name, vector) in &golden {
+        assert_eq!(&current[name], vector, "{name} encodes differently from the golden vector");
+    }
+}
+
+#[test]
+fn golden_vectors_decode_to_the_same_frames() {
+    let golden: BTreeMap<String, Vector> = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
+    for (name, frame) in client_frames() {
+        let v = &golden[&format!("client.{name}")];
+        assert_eq!(Codec::Json.decode::<ClientFrame>(v.json.as_bytes()).unwrap(), frame, "{name} json");
+        assert_eq!(Codec::Postcard.decode::<ClientFrame>(&unhex(&v.postcard_hex)).unwrap(), frame, "{name} postcard");
+    }
+    for (name, frame) in server_frames() {
+        let v = &golden[&format!("server.{name}")];
+        assert_eq!(Codec::Json.decode::<ServerFrame>(v.json.as_bytes()).unwrap(), frame, "{name} json");
+        assert_eq!(Codec::Postcard.decode::<ServerFrame>(&unhex(&v.postcard_hex)).unwrap(), frame, "{name} postcard");
+    }
+}
+
+#[test]
+fn hello_fixes_the_codec() {
+    let golden: BTreeMap<String, Vector> = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
+    let hello = &golden["client.hello"];
+    assert_eq!(Codec::detect(hello.json.as_bytes()), Codec::Json);
+    assert_eq!(Codec::detect(&unhex(&hello.postcard_hex)), Codec::Postcard);
+}
+
+#[test]
+fn protocol_doc_lists_every_error_code() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md")).unwrap();
+    for code in ErrorCode::ALL {
+        let row = format!("| {} | `{}` |", code.0, code.slug());
+        assert!(doc.contains(&row), "docs/protocol.md lacks the row starting {row:?}");
+    }
+}
