@@ -294,20 +294,22 @@ impl Client {
         let req = self.req();
         let frame = ClientFrame::Join { req, room: room.to_owned(), since };
         let rx = self.expect(req);
-        match &self.link {
+        let new_stream = match &self.link {
             Link::Quic(link) => link.open_room(room, self.codec.frame(&frame), &self.tasks, &self.cancel).await?,
-            Link::WebSocket(link) => link.send(self.codec.frame(&frame))?,
-        }
-        match self.answer(req, rx).await {
+            Link::WebSocket(link) => {
+                link.send(self.codec.frame(&frame))?;
+                false
+            }
+        };
+        let result = match self.answer(req, rx).await {
             Ok(ServerFrame::Joined { position, recovered, .. }) => Ok(Joined { position, recovered }),
             Ok(other) => Err(ClientError::Protocol(format!("expected joined, got {other:?}"))),
-            Err(err) => {
-                if let Link::Quic(link) = &self.link {
-                    link.forget_room(room).await;
-                }
-                Err(err)
-            }
+            Err(err) => Err(err),
+        };
+        if let (Err(_), Link::Quic(link), true) = (&result, &self.link, new_stream) {
+            link.forget_room(room).await;
         }
+        result
     }
 
     pub async fn leave(&self, room: &str) -> Result<(), ClientError> {

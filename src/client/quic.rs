@@ -132,16 +132,18 @@ async fn read_stream(
 }
 
 impl QuicLink {
-    /// Opens the room's stream with its `join` frame and starts reading it.
+    /// Opens the room's stream with its `join` frame and starts reading it. Returns false when
+    /// the room already had a stream (the relay will refuse this join; the new stream is finished
+    /// at once and the existing one is kept).
     pub(super) async fn open_room(
         &self,
         room: &str,
         join: WireFrame,
         tasks: &TaskTracker,
         cancel: &CancellationToken,
-    ) -> Result<(), ClientError> {
+    ) -> Result<bool, ClientError> {
         let (mut send, recv) = self.conn.open_bi().await.map_err(|e| closed(&e))?;
-        send.write_all(join.prefixed()).await.map_err(|e| ClientError::Closed { code: None, reason: e.to_string() })?;
+        send.write_all(join.prefixed()).await.map_err(|e| self.write_error(e))?;
         tasks.spawn(read_stream(
             recv,
             FrameReader::new(MAX_INBOUND_FRAME),
@@ -149,8 +151,13 @@ impl QuicLink {
             self.shared.clone(),
             cancel.clone(),
         ));
-        self.rooms_lock().entry(room.to_owned()).or_insert_with(|| Arc::new(Mutex::new(send)));
-        Ok(())
+        let mut rooms = self.rooms_lock();
+        if rooms.contains_key(room) {
+            let _ = send.finish();
+            return Ok(false);
+        }
+        rooms.insert(room.to_owned(), Arc::new(Mutex::new(send)));
+        Ok(true)
     }
 
     /// Forgets a room's stream after leave (or a failed join) and finishes it.

@@ -1,0 +1,285 @@
+//! The relay core over every transport and codec: ordered acked messaging, rooms and tenants,
+//! permissions, limits, health, metrics and drain. Real relay on loopback, real clients.
+
+mod common;
+
+use common::{Transport, VARIANTS, start, start_with, within};
+use edgerelay::client::{ClientError, Event};
+use edgerelay::proto::{Codec, ErrorCode, Payload};
+
+#[tokio::test]
+async fn two_clients_exchange_messages_in_order_with_contiguous_acks() {
+    let relay = start().await;
+    for (transport, codec) in VARIANTS {
+        let room = format!("chat:{transport:?}-{codec:?}");
+        let alice = relay.connect(transport, codec, "alice", "acme", &["chat:*"]).await;
+        let mut bob = relay.connect(transport, codec, "bob", "acme", &["chat:*"]).await;
+        let joined_a = alice.join(&room).await.unwrap();
+        let joined_b = bob.join(&room).await.unwrap();
+        assert_eq!(joined_a.position.offset, 0, "a new room starts empty");
+        assert_eq!(joined_b.position, joined_a.position);
+        let mut acks = Vec::new();
+        for i in 0..50 {
+            let position =
+                alice.publish(&room, &format!("m{i}"), Payload::json(&serde_json::json!({"n": i}))).await.unwrap();
+            assert_eq!(position.epoch, joined_a.position.epoch);
+            acks.push(position.offset);
+        }
+        assert_eq!(acks, (1..=50).collect::<Vec<_>>(), "{transport:?}/{codec:?}: acks are contiguous from 1");
+        for i in 0..50u64 {
+            let m = within("message", bob.next_message()).await.unwrap();
+            assert_eq!((m.room.as_str(), m.position.offset, m.from.as_str()), (room.as_str(), i + 1, "alice"));
+            assert_eq!(m.id, format!("m{i}"));
+            assert_eq!(m.data.as_json().unwrap(), format!("{{\"n\":{i}}}"));
+        }
+        alice.close().await;
+        bob.close().await;
+    }
+}
+
+#[tokio::test]
+async fn quic_and_websocket_clients_share_rooms_across_codecs() {
+    let relay = start().await;
+    let mut quic = relay.connect(Transport::Quic, Codec::Postcard, "q", "acme", &["*"]).await;
+    let mut ws = relay.connect(Transport::WebSocket, Codec::Json, "w", "acme", &["*"]).await;
+    quic.join("mixed").await.unwrap();
+    ws.join("mixed").await.unwrap();
+    ws.publish("mixed", "1", Payload::from(r#"{"from":"ws"}"#)).await.unwrap();
+    quic.publish("mixed", "2", Payload::from(vec![0u8, 1, 2, 255])).await.unwrap();
+    for client in [&mut quic, &mut ws] {
+        let first = within("first", client.next_message()).await.unwrap();
+        let second = within("second", client.next_message()).await.unwrap();
+        assert_eq!(first.data.as_json(), Some(r#"{"from":"ws"}"#));
+        assert_eq!(second.data, Payload::from(vec![0u8, 1, 2, 255]), "binary survives the JSON codec");
+        assert_eq!((first.position.offset, second.position.offset), (1, 2));
+    }
+}
+
+#[tokio::test]
+async fn concurrent_publishers_every_subscriber_sees_the_same_order() {
+    let relay = start().await;
+    let mut subscribers = Vec::new();
+    for (i, (transport, codec)) in VARIANTS.iter().enumerate() {
+        let c = relay.connect(*transport, *codec, &format!("sub{i}"), "acme", &["*"]).await;
+        c.join("busy").await.unwrap();
+        subscribers.push(c);
+    }
+    let mut publishers = Vec::new();
+    for (i, (transport, codec)) in VARIANTS.iter().enumerate() {
+        let c = relay.connect(*transport, *codec, &format!("pub{i}"), "acme", &["*"]).await;
+        publishers.push(tokio::spawn(async move {
+            let mut offsets = Vec::new();
+            for n in 0..40 {
+                offsets.push(c.publish("busy", &format!("p{i}-{n}"), Payload::from("1")).await.unwrap().offset);
+            }
+            c.close().await;
+            offsets
+        }));
+    }
+    let mut all_acks = Vec::new();
+    for p in publishers {
+        let offsets = p.await.unwrap();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "one publisher's acks increase");
+        all_acks.extend(offsets);
+    }
+    all_acks.sort_unstable();
+    assert_eq!(all_acks, (1..=160).collect::<Vec<_>>(), "every offset assigned exactly once");
+    let mut views = Vec::new();
+    for sub in &mut subscribers {
+        let mut view = Vec::new();
+        for _ in 0..160 {
+            let m = within("message", sub.next_message()).await.unwrap();
+            view.push((m.position.offset, m.id));
+        }
+        assert_eq!(view.iter().map(|v| v.0).collect::<Vec<_>>(), (1..=160).collect::<Vec<_>>());
+        views.push(view);
+    }
+    assert!(views.windows(2).all(|w| w[0] == w[1]), "all subscribers see the same sequence");
+}
+
+#[tokio::test]
+async fn joining_while_messages_flow_gives_no_gap_and_no_duplicate() {
+    let relay = start_with(|c| c.limits.publish_burst = 1000).await;
+    for (transport, codec) in VARIANTS {
+        let room = format!("race-{transport:?}-{codec:?}");
+        let publisher = relay.connect(transport, codec, "p", "acme", &["*"]).await;
+        let room2 = room.clone();
+        let flow = tokio::spawn(async move {
+            for n in 0..300 {
+                publisher.publish(&room2, &format!("{n}"), Payload::from("0")).await.unwrap();
+            }
+            publisher.close().await;
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let mut late = relay.connect(transport, codec, "late", "acme", &["*"]).await;
+        let joined = late.join(&room).await.unwrap();
+        flow.await.unwrap();
+        let mut expected = joined.position.offset + 1;
+        while expected <= 300 {
+            let m = within("message after join", late.next_message()).await.unwrap();
+            assert_eq!(m.position.offset, expected, "{transport:?}/{codec:?}: contiguous after join");
+            expected += 1;
+        }
+    }
+}
+
+#[tokio::test]
+async fn rooms_and_tenants_are_isolated() {
+    let relay = start().await;
+    for (transport, codec) in VARIANTS {
+        let acme = relay.connect(transport, codec, "alice", "acme", &["chat:*"]).await;
+        let mut acme_other_room = relay.connect(transport, codec, "carol", "acme", &["chat:*"]).await;
+        let mut globex = relay.connect(transport, codec, "alice", "globex", &["chat:*"]).await;
+        acme.join("chat:lobby").await.unwrap();
+        acme_other_room.join("chat:other").await.unwrap();
+        let g = globex.join("chat:lobby").await.unwrap();
+        acme.publish("chat:lobby", "a", Payload::from("\"acme\"")).await.unwrap();
+        // globex's own message arrives; acme's never does.
+        let pos = globex.publish("chat:lobby", "g", Payload::from("\"globex\"")).await.unwrap();
+        assert_eq!(pos.offset, g.position.offset + 1, "globex has its own offsets");
+        let m = within("globex message", globex.next_message()).await.unwrap();
+        assert_eq!(m.data.as_json(), Some("\"globex\""));
+        acme_other_room.publish("chat:other", "o", Payload::from("1")).await.unwrap();
+        let m = within("other room", acme_other_room.next_message()).await.unwrap();
+        assert_eq!(m.room, "chat:other", "no message from chat:lobby leaks into chat:other");
+    }
+}
+
+#[tokio::test]
+async fn permissions_and_request_errors_keep_the_connection_open() {
+    let relay = start_with(|c| c.limits.max_rooms_per_connection = 2).await;
+    for (transport, codec) in VARIANTS {
+        let c = relay.connect(transport, codec, "alice", "acme", &["chat:*", "dm:{sub}:*"]).await;
+        let rejected = |r: Result<_, ClientError>| match r {
+            Err(ClientError::Rejected { code, .. }) => code,
+            other => panic!("expected a rejection, got {other:?}"),
+        };
+        assert_eq!(rejected(c.join("admin:x").await.map(|_| ())), ErrorCode::PERMISSION_DENIED);
+        assert_eq!(
+            rejected(c.publish("admin:x", "1", Payload::from("1")).await.map(|_| ())),
+            ErrorCode::PERMISSION_DENIED
+        );
+        assert_eq!(rejected(c.join("dm:bob:1").await.map(|_| ())), ErrorCode::PERMISSION_DENIED);
+        c.join("dm:alice:1").await.unwrap();
+        assert_eq!(rejected(c.join("bad room").await.map(|_| ())), ErrorCode::BAD_ROOM);
+        assert_eq!(rejected(c.join("dm:alice:1").await.map(|_| ())), ErrorCode::ALREADY_JOINED);
+        assert_eq!(rejected(c.leave("chat:never").await), ErrorCode::NOT_JOINED);
+        c.join("chat:a").await.unwrap();
+        assert_eq!(rejected(c.join("chat:b").await.map(|_| ())), ErrorCode::TOO_MANY_ROOMS);
+        assert_eq!(rejected(c.publish("chat:a", "", Payload::from("1")).await.map(|_| ())), ErrorCode::BAD_REQUEST);
+        let big = Payload::from(format!("\"{}\"", "x".repeat(40_000)).as_str());
+        assert_eq!(rejected(c.publish("chat:a", "big", big).await.map(|_| ())), ErrorCode::PAYLOAD_TOO_LARGE);
+        c.leave("chat:a").await.unwrap();
+        c.join("chat:b").await.unwrap();
+        assert!(c.ping().await.is_ok(), "{transport:?}/{codec:?}: connection still usable");
+        c.close().await;
+    }
+}
+
+#[tokio::test]
+async fn publish_rate_is_limited_per_connection() {
+    let relay = start_with(|c| {
+        c.limits.publish_rate = 1;
+        c.limits.publish_burst = 5;
+    })
+    .await;
+    for (transport, codec) in VARIANTS {
+        let c = relay.connect(transport, codec, "spammer", "acme", &["*"]).await;
+        let mut limited = 0;
+        for i in 0..10 {
+            match c.publish("r", &format!("{i}"), Payload::from("1")).await {
+                Ok(_) => {}
+                Err(ClientError::Rejected { code, .. }) if code == ErrorCode::RATE_LIMITED => limited += 1,
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(limited >= 4, "{transport:?}: burst of 5 then limited, got {limited} rejections");
+        assert!(c.ping().await.is_ok());
+    }
+}
+
+#[tokio::test]
+async fn connections_per_user_are_capped() {
+    let relay = start_with(|c| c.limits.max_connections_per_user = 2).await;
+    let token = relay.token("alice", "acme", &["*"]);
+    let a = relay.try_connect(Transport::Quic, Codec::Json, &token).await.unwrap();
+    let _b = relay.try_connect(Transport::WebSocket, Codec::Json, &token).await.unwrap();
+    match relay.try_connect(Transport::WebSocket, Codec::Postcard, &token).await {
+        Err(ClientError::Rejected { code, .. }) => assert_eq!(code, ErrorCode::TOO_MANY_CONNECTIONS),
+        other => panic!("expected too_many_connections, got {:?}", other.map(|_| ())),
+    }
+    a.close().await;
+    // The slot is given back when the connection ends.
+    within("slot released", async {
+        loop {
+            if relay.try_connect(Transport::Quic, Codec::Json, &token).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_answer() {
+    let relay = start().await;
+    let c = relay.connect(Transport::WebSocket, Codec::Json, "m", "acme", &["*"]).await;
+    c.join("metrics").await.unwrap();
+    c.publish("metrics", "1", Payload::from("1")).await.unwrap();
+    assert_eq!(relay.http_get("/healthz").await.0, 200);
+    assert_eq!(relay.http_get("/readyz").await.0, 200);
+    let (status, cert) = relay.http_get("/v1/cert").await;
+    assert_eq!(status, 200);
+    let cert: serde_json::Value = serde_json::from_str(&cert).unwrap();
+    assert_eq!(cert["sha256_hex"].as_str().unwrap().len(), 64);
+    assert_eq!(cert["dev"], true);
+    let (status, text) = relay.http_get("/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "edgerelay_connections{transport=\"websocket\"}",
+        "edgerelay_frames_in_total{transport=\"websocket\"}",
+        "edgerelay_bytes_out_total{transport=\"websocket\"}",
+        "edgerelay_publishes_total",
+        "edgerelay_deliveries_total",
+        "edgerelay_fanout_seconds_bucket",
+    ] {
+        assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
+    }
+    assert_eq!(relay.http_get("/nope").await.0, 404);
+}
+
+#[tokio::test]
+async fn drain_tells_clients_to_go_away_and_closes_them() {
+    let relay = start().await;
+    let mut clients = Vec::new();
+    for (transport, codec) in VARIANTS {
+        let c = relay.connect(transport, codec, "d", "acme", &["*"]).await;
+        c.join("drain").await.unwrap();
+        clients.push(c);
+    }
+    let addr = relay.relay.tcp_addr();
+    let shutdown = tokio::spawn(relay.relay.shutdown());
+    for mut c in clients {
+        let mut saw_go_away = false;
+        let closed = within("close after drain", async {
+            loop {
+                match c.next_event().await {
+                    Some(Event::GoAway { code, reconnect_after, .. }) => {
+                        assert_eq!(code, ErrorCode::GOING_AWAY);
+                        assert!(reconnect_after.as_millis() > 0);
+                        saw_go_away = true;
+                    }
+                    Some(Event::Closed { code, .. }) => break code,
+                    Some(_) => {}
+                    None => break None,
+                }
+            }
+        })
+        .await;
+        assert!(saw_go_away, "go_away arrives before the close");
+        assert_eq!(closed, Some(ErrorCode::GOING_AWAY));
+    }
+    within("shutdown completes", shutdown).await.unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "TCP listener is closed");
+}
