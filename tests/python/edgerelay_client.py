@@ -1,0 +1,589 @@
+"""A small edgerelay protocol v1 client (JSON codec), written from docs/protocol.md alone.
+
+Two transports share one frame dispatcher:
+
+* ``QuicClient``: raw QUIC via aioquic, ALPN ``edgerelay/1``. The first client-opened
+  bidirectional stream is the control stream (``hello``, ``ping``, connection errors); each
+  joined room gets its own bidirectional stream whose first frame is ``join`` (or, with
+  ``room_streams=False``, everything shares the control stream). Frames on a stream are
+  ``[u32 big-endian length][JSON body]``.
+* ``WsClient``: WebSocket via ``websockets``, one text message per JSON frame.
+
+Every JSON frame is ``{"<type>": {fields...}}`` with all fields present (``null`` for an
+absent optional). Requests carry a non-zero ``req`` that the answer echoes; the client matches
+answers to requests by ``req`` and queues ``message`` frames per room.
+
+Usage::
+
+    async with await QuicClient.connect("127.0.0.1", port, cafile=..., cert_sha256=...) as c:
+        welcome = await c.hello(token)
+        joined = await c.join("chat:lobby")
+        ack = await c.publish("chat:lobby", "m-1", {"text": "hi"})
+        msg = await c.next_message("chat:lobby")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import socket
+import ssl
+import struct
+from collections import defaultdict
+from typing import Any
+
+ALPN = "edgerelay/1"
+PROTOCOL_VERSION = 1
+DEFAULT_TIMEOUT = 5.0
+
+# Error codes (docs/protocol.md, "Errors and close codes").
+INTERNAL = 100
+BAD_FRAME = 101
+FRAME_TOO_LARGE = 102
+HELLO_REQUIRED = 103
+UNSUPPORTED_VERSION = 104
+AUTH_TIMEOUT = 105
+WRONG_STREAM = 106
+TOKEN_INVALID = 110
+TOKEN_EXPIRED = 111
+TOKEN_NOT_YET_VALID = 112
+TOO_MANY_CONNECTIONS = 113
+PERMISSION_DENIED = 120
+BAD_ROOM = 121
+TOO_MANY_ROOMS = 122
+ALREADY_JOINED = 123
+NOT_JOINED = 124
+PAYLOAD_TOO_LARGE = 125
+RATE_LIMITED = 126
+BAD_REQUEST = 127
+SLOW_CONSUMER = 130
+GOING_AWAY = 131
+IDLE_TIMEOUT = 132
+
+# Field order of every frame (the postcard order; JSON keeps it so encodings are canonical).
+CLIENT_FIELDS = {
+    "hello": ("version", "token", "client"),
+    "join": ("req", "room", "since"),
+    "leave": ("req", "room"),
+    "publish": ("req", "room", "id", "data"),
+    "ping": ("req",),
+    "refresh": ("req", "token"),
+}
+SERVER_FIELDS = {
+    "welcome": ("version", "session", "user", "server_time", "limits"),
+    "joined": ("req", "room", "position", "recovered"),
+    "left": ("req", "room"),
+    "ack": ("req", "room", "id", "position"),
+    "message": ("room", "position", "from", "time", "id", "data"),
+    "pong": ("req", "server_time"),
+    "error": ("req", "code", "message"),
+    "go_away": ("code", "reason", "reconnect_after_ms"),
+    "refreshed": ("req", "expires_at"),
+}
+
+
+class RelayError(Exception):
+    """The relay answered with an ``error`` frame."""
+
+    def __init__(self, frame: dict):
+        self.frame = frame
+        self.req = frame.get("req")
+        self.code = frame.get("code")
+        self.message = frame.get("message")
+        super().__init__(f"relay error {self.code} (req {self.req}): {self.message}")
+
+
+class ConnectionClosed(Exception):
+    """The connection closed before the awaited answer arrived."""
+
+    def __init__(self, code: int | None, reason: str = ""):
+        self.code = code
+        self.reason = reason
+        super().__init__(f"connection closed (code {code}) {reason}".strip())
+
+
+# ---------------------------------------------------------------------------------------------
+# Codec
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_frame(kind: str, **fields: Any) -> bytes:
+    """Encode a client frame as compact JSON bytes, fields in protocol order."""
+    order = CLIENT_FIELDS.get(kind)
+    if order is None:
+        raise ValueError(f"unknown client frame type {kind!r}")
+    missing = set(order) - set(fields)
+    extra = set(fields) - set(order)
+    if missing or extra:
+        raise ValueError(f"{kind}: missing {sorted(missing)}, unexpected {sorted(extra)}")
+    body = {name: fields[name] for name in order}
+    return json.dumps({kind: body}, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_frame(raw: bytes | str) -> tuple[str, dict]:
+    """Decode a JSON frame into (type, fields)."""
+    obj = json.loads(raw)
+    if not isinstance(obj, dict) or len(obj) != 1:
+        raise ValueError(f"a frame is an object with exactly one key, got {raw!r}")
+    ((kind, body),) = obj.items()
+    if not isinstance(body, dict):
+        raise ValueError(f"frame body is not an object: {raw!r}")
+    return kind, body
+
+
+def binary(data: bytes) -> dict:
+    """A payload that is not JSON text: ``{"$binary": "<base64>"}``."""
+    return {"$binary": base64.b64encode(data).decode("ascii")}
+
+
+def payload_bytes(value: Any) -> bytes:
+    """The opaque bytes a JSON payload stands for."""
+    if isinstance(value, dict) and set(value) == {"$binary"}:
+        return base64.b64decode(value["$binary"])
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def length_prefix(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+# ---------------------------------------------------------------------------------------------
+# Transport-independent session logic
+# ---------------------------------------------------------------------------------------------
+
+
+class _Client:
+    """Request/answer matching and message queues shared by both transports."""
+
+    transport = "?"
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._next_req = 1
+        self._pending: dict[int, asyncio.Future] = {}
+        self._hello: asyncio.Future | None = None
+        self._messages: dict[str, asyncio.Queue] = defaultdict(asyncio.Queue)
+        self._closed = asyncio.Event()
+        self.received: list[tuple[str, dict]] = []  # every frame, in arrival order
+        self.connection_errors: list[dict] = []  # error frames no request was waiting for
+        self.unsolicited: list[tuple[str, dict]] = []  # answers nobody waited for
+        self.go_away: dict | None = None
+        self.welcome: dict | None = None
+        self.close_code: int | None = None
+        self.close_reason: str = ""
+
+    # -- to implement per transport --------------------------------------------------------
+
+    async def _send(self, kind: str, frame: bytes, room: str | None) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    # -- context manager -------------------------------------------------------------------
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    def _on_frame(self, raw: bytes | str) -> None:
+        kind, body = decode_frame(raw)
+        self.received.append((kind, body))
+        if kind == "welcome":
+            self.welcome = body
+            if self._hello is not None and not self._hello.done():
+                self._hello.set_result(body)
+            else:
+                self.unsolicited.append((kind, body))
+        elif kind == "message":
+            self._messages[body["room"]].put_nowait(body)
+        elif kind == "go_away":
+            self.go_away = body
+        elif kind == "error":
+            req = body.get("req", 0)
+            fut = self._pending.pop(req, None) if req else None
+            if fut is not None and not fut.done():
+                fut.set_exception(RelayError(body))
+            else:
+                # About the connection (req 0), or a fatal error about a frame nobody awaits
+                # (e.g. `wrong_stream`, which comes on the control stream with the frame's req).
+                self.connection_errors.append(body)
+                if self._hello is not None and not self._hello.done():
+                    self._hello.set_exception(RelayError(body))
+        else:
+            fut = self._pending.pop(body.get("req"), None)
+            if fut is None or fut.done():
+                self.unsolicited.append((kind, body))
+            else:
+                fut.set_result((kind, body))
+
+    def _on_closed(self, code: int | None, reason: str = "") -> None:
+        if self._closed.is_set():
+            return
+        self.close_code = code
+        self.close_reason = reason
+        self._closed.set()
+        exc = ConnectionClosed(code, reason)
+        for fut in list(self._pending.values()) + [self._hello]:
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved: nobody may be awaiting it
+        self._pending.clear()
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def wait_closed(self, timeout: float = DEFAULT_TIMEOUT) -> int | None:
+        """Wait for the relay to close the connection; returns the close code."""
+        await asyncio.wait_for(self._closed.wait(), timeout)
+        return self.close_code
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _req(self) -> int:
+        req = self._next_req
+        self._next_req += 1
+        return req
+
+    async def _request(self, kind: str, expect: str, route: str | None, timeout: float, **fields):
+        if self.is_closed:
+            raise ConnectionClosed(self.close_code, self.close_reason)
+        req = self._req()
+        fut = self._loop.create_future()
+        self._pending[req] = fut
+        try:
+            await self._send(kind, encode_frame(kind, req=req, **fields), route)
+            got, body = await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pending.pop(req, None)
+        if got != expect:
+            raise AssertionError(f"{kind} req {req}: expected {expect}, got {got} {body}")
+        return body
+
+    async def send_raw(self, kind: str, route: str | None = None, **fields) -> None:
+        """Send any client frame as is (for protocol-violation tests); ``route`` is the room
+        whose stream carries it on QUIC (None: the control stream)."""
+        await self._send(kind, encode_frame(kind, **fields), route)
+
+    async def hello(self, token: str, client: str = "edgerelay-py/1",
+                    version: int = PROTOCOL_VERSION, timeout: float = DEFAULT_TIMEOUT) -> dict:
+        """Send ``hello``; returns ``welcome`` or raises RelayError / ConnectionClosed."""
+        self._hello = self._loop.create_future()
+        await self._send("hello", encode_frame("hello", version=version, token=token, client=client), None)
+        return await asyncio.wait_for(self._hello, timeout)
+
+    async def join(self, room: str, since: dict | None = None,
+                   timeout: float = DEFAULT_TIMEOUT) -> dict:
+        return await self._request("join", "joined", room, timeout, room=room, since=since)
+
+    async def leave(self, room: str, timeout: float = DEFAULT_TIMEOUT) -> dict:
+        return await self._request("leave", "left", room, timeout, room=room)
+
+    async def publish(self, room: str, id: str, data: Any,
+                      timeout: float = DEFAULT_TIMEOUT) -> dict:
+        """Publish and wait for the ``ack`` (returns it)."""
+        return await self._request("publish", "ack", room, timeout, room=room, id=id, data=data)
+
+    async def ping(self, timeout: float = DEFAULT_TIMEOUT) -> dict:
+        return await self._request("ping", "pong", None, timeout)
+
+    async def refresh(self, token: str, timeout: float = DEFAULT_TIMEOUT) -> dict:
+        return await self._request("refresh", "refreshed", None, timeout, token=token)
+
+    async def next_message(self, room: str, timeout: float = DEFAULT_TIMEOUT) -> dict:
+        """The next ``message`` of ``room`` (raises ConnectionClosed / TimeoutError)."""
+        queue = self._messages[room]
+        if not queue.empty():
+            return queue.get_nowait()
+        if self.is_closed:
+            raise ConnectionClosed(self.close_code, self.close_reason)
+        get = asyncio.ensure_future(queue.get())
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            done, _ = await asyncio.wait({get, closed}, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            if not get.done():
+                get.cancel()
+        if get in done:
+            return get.result()
+        if closed in done:
+            raise ConnectionClosed(self.close_code, self.close_reason)
+        raise asyncio.TimeoutError(f"no message in {room} within {timeout}s")
+
+    async def messages(self, room: str, count: int, timeout: float = DEFAULT_TIMEOUT) -> list:
+        return [await self.next_message(room, timeout) for _ in range(count)]
+
+    async def next_connection_error(self, timeout: float = DEFAULT_TIMEOUT) -> dict:
+        """The first ``error`` no request was waiting for, waiting for it if needed."""
+        deadline = self._loop.time() + timeout
+        while not self.connection_errors:
+            if self._loop.time() > deadline:
+                raise asyncio.TimeoutError("no connection error frame")
+            if self.is_closed:
+                await asyncio.sleep(0.05)  # frames that raced the close
+                if not self.connection_errors:
+                    raise ConnectionClosed(self.close_code, self.close_reason)
+            await asyncio.sleep(0.01)
+        return self.connection_errors[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw QUIC
+# ---------------------------------------------------------------------------------------------
+
+
+def _quic_protocol_class():
+    from aioquic.asyncio.protocol import QuicConnectionProtocol
+    from aioquic.quic import events
+
+    class EdgeRelayQuicProtocol(QuicConnectionProtocol):
+        """Reassembles length-prefixed frames per stream and hands them to the client."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.client: QuicClient | None = None
+            self._buffers: dict[int, bytearray] = defaultdict(bytearray)
+            self.finished_by_peer: set[int] = set()
+            self.terminated: events.ConnectionTerminated | None = None
+
+        def quic_event_received(self, event) -> None:
+            if isinstance(event, events.StreamDataReceived):
+                buf = self._buffers[event.stream_id]
+                buf += event.data
+                while len(buf) >= 4:
+                    (n,) = struct.unpack(">I", buf[:4])
+                    if len(buf) < 4 + n:
+                        break
+                    body = bytes(buf[4:4 + n])
+                    del buf[:4 + n]
+                    if self.client is not None:
+                        self.client._on_stream_frame(event.stream_id, body)
+                if event.end_stream:
+                    self.finished_by_peer.add(event.stream_id)
+                    if self.client is not None:
+                        self.client._on_stream_finished(event.stream_id)
+            elif isinstance(event, events.ConnectionTerminated):
+                self.terminated = event
+                if self.client is not None:
+                    self.client._on_closed(event.error_code, event.reason_phrase)
+
+        def connection_lost(self, exc) -> None:
+            super().connection_lost(exc)
+            if self.client is not None:
+                self.client._on_closed(None, f"transport lost: {exc}")
+
+    return EdgeRelayQuicProtocol
+
+
+class QuicClient(_Client):
+    transport = "quic"
+
+    def __init__(self, protocol, udp_transport, room_streams: bool = True):
+        super().__init__()
+        self._protocol = protocol
+        self._udp = udp_transport
+        self.room_streams = room_streams
+        self.control_stream: int | None = None
+        self.room_stream: dict[str, int] = {}
+        self.frames_by_stream: dict[int, list[tuple[str, dict]]] = defaultdict(list)
+        protocol.client = self
+
+    @classmethod
+    async def connect(cls, host: str, port: int, *, cafile: str | None = None,
+                      cert_sha256: str | None = None, server_name: str = "localhost",
+                      room_streams: bool = True, timeout: float = DEFAULT_TIMEOUT) -> QuicClient:
+        """Connect and complete the TLS handshake.
+
+        The server certificate is verified against ``cafile`` (the relay's self-signed
+        dev-cert.pem) for ``server_name``; when ``cert_sha256`` (hex) is given the peer
+        certificate's SHA-256 must also match it (the pinning rule of the docs).
+        """
+        from aioquic.quic.configuration import QuicConfiguration
+        from aioquic.quic.connection import QuicConnection
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        config = QuicConfiguration(is_client=True, alpn_protocols=[ALPN],
+                                   server_name=server_name, idle_timeout=30.0)
+        if cafile is not None:
+            config.verify_mode = ssl.CERT_REQUIRED
+            config.load_verify_locations(cafile=cafile)
+        elif cert_sha256 is not None:
+            config.verify_mode = ssl.CERT_NONE  # pinned below instead
+        else:
+            raise ValueError("need cafile or cert_sha256 to authenticate the relay")
+
+        loop = asyncio.get_running_loop()
+        # Bind an IPv4 socket on loopback ourselves (aioquic's connect() binds [::]).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1" if host.startswith("127.") else "0.0.0.0", 0))
+        protocol_cls = _quic_protocol_class()
+        udp, protocol = await loop.create_datagram_endpoint(
+            lambda: protocol_cls(QuicConnection(configuration=config)), sock=sock)
+        client = cls(protocol, udp, room_streams=room_streams)
+        try:
+            protocol.connect((host, port))
+            await asyncio.wait_for(protocol.wait_connected(), timeout)
+            if protocol._quic.tls.alpn_negotiated != ALPN:
+                raise ConnectionError(f"ALPN {protocol._quic.tls.alpn_negotiated!r}")
+            if cert_sha256 is not None:
+                cert = protocol._quic.tls._peer_certificate  # set during the handshake
+                if cert is None:
+                    raise ConnectionError("no peer certificate to check the pin against")
+                got = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+                if got != cert_sha256.lower():
+                    raise ConnectionError(f"certificate sha256 {got} != pinned {cert_sha256}")
+        except BaseException:
+            protocol.close()
+            udp.close()
+            raise
+        return client
+
+    @property
+    def tls_peer_certificate_sha256(self) -> str | None:
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        cert = self._protocol._quic.tls._peer_certificate
+        return None if cert is None else hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+
+    def _new_stream(self) -> int:
+        return self._protocol._quic.get_next_available_stream_id(is_unidirectional=False)
+
+    def _stream_for(self, kind: str, room: str | None) -> int:
+        if self.control_stream is None:
+            # The first client-opened bidirectional stream is the control stream.
+            self.control_stream = self._new_stream()
+        if not self.room_streams or room is None:
+            return self.control_stream
+        if kind == "join":
+            if room not in self.room_stream:
+                self.room_stream[room] = self._new_stream()
+            return self.room_stream[room]
+        # publish / leave travel on the room's stream when joined, else on the control stream
+        return self.room_stream.get(room, self.control_stream)
+
+    async def _send(self, kind: str, frame: bytes, room: str | None) -> None:
+        self.send_on_stream(self._stream_for(kind, room), frame)
+
+    def send_on_stream(self, stream_id: int, frame: bytes, end_stream: bool = False) -> None:
+        """Write one length-prefixed frame on a stream (raw access for tests)."""
+        if self.is_closed:
+            raise ConnectionClosed(self.close_code, self.close_reason)
+        self._protocol._quic.send_stream_data(stream_id, length_prefix(frame), end_stream=end_stream)
+        self._protocol.transmit()
+
+    def finish_stream(self, stream_id: int) -> None:
+        if not self.is_closed:
+            self._protocol._quic.send_stream_data(stream_id, b"", end_stream=True)
+            self._protocol.transmit()
+
+    def _on_stream_frame(self, stream_id: int, body: bytes) -> None:
+        kind, fields = decode_frame(body)
+        self.frames_by_stream[stream_id].append((kind, fields))
+        self._on_frame(body)
+
+    def _on_stream_finished(self, stream_id: int) -> None:
+        for room, sid in list(self.room_stream.items()):
+            if sid == stream_id:
+                # After `left` or a refused `join` the relay finishes the room's stream.
+                del self.room_stream[room]
+                self.finish_stream(stream_id)
+
+    @property
+    def stream_finished_by_relay(self) -> set[int]:
+        return set(self._protocol.finished_by_peer)
+
+    async def join(self, room: str, since: dict | None = None,
+                   timeout: float = DEFAULT_TIMEOUT) -> dict:
+        try:
+            return await super().join(room, since, timeout)
+        except RelayError:
+            sid = self.room_stream.pop(room, None) if self.room_streams else None
+            if sid is not None:
+                self.finish_stream(sid)
+            raise
+
+    async def leave(self, room: str, timeout: float = DEFAULT_TIMEOUT) -> dict:
+        left = await super().leave(room, timeout)
+        # The relay finishes the room's stream after `left`; forget it now so that a rejoin
+        # opens a fresh stream even if the relay's FIN has not arrived yet.
+        sid = self.room_stream.pop(room, None) if self.room_streams else None
+        if sid is not None:
+            self.finish_stream(sid)
+        return left
+
+    async def close(self, code: int = 0, timeout: float = 2.0) -> None:
+        if not self.is_closed:
+            self._protocol.close(error_code=code)
+        try:
+            await asyncio.wait_for(self._protocol.wait_closed(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        self._udp.close()
+        self._on_closed(code, "closed by client")
+
+
+# ---------------------------------------------------------------------------------------------
+# WebSocket
+# ---------------------------------------------------------------------------------------------
+
+
+class WsClient(_Client):
+    transport = "ws"
+
+    def __init__(self, ws):
+        super().__init__()
+        self._ws = ws
+        self.binary_messages: list[bytes] = []
+        self._reader = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def connect(cls, url: str, timeout: float = DEFAULT_TIMEOUT) -> WsClient:
+        from websockets.asyncio.client import connect
+
+        ws = await connect(url, open_timeout=timeout, close_timeout=2, max_size=2**20,
+                           compression=None)
+        return cls(ws)
+
+    async def _read(self) -> None:
+        from websockets.exceptions import ConnectionClosed as WsClosed
+
+        try:
+            async for msg in self._ws:
+                if isinstance(msg, bytes):
+                    self.binary_messages.append(msg)  # JSON codec: never expected
+                else:
+                    self._on_frame(msg)
+        except WsClosed:
+            pass
+        finally:
+            code = self._ws.close_code
+            self._on_closed(code, self._ws.close_reason or "")
+
+    async def _send(self, kind: str, frame: bytes, room: str | None) -> None:
+        from websockets.exceptions import ConnectionClosed as WsClosed
+
+        if self.is_closed:
+            raise ConnectionClosed(self.close_code, self.close_reason)
+        try:
+            await self._ws.send(frame.decode())  # one text message per JSON frame
+        except WsClosed as exc:
+            raise ConnectionClosed(self._ws.close_code, str(exc)) from exc
+
+    async def close(self, timeout: float = 3.0) -> None:
+        try:
+            await asyncio.wait_for(self._ws.close(), timeout)
+        except Exception:
+            pass
+        try:
+            await asyncio.wait_for(self._reader, timeout)
+        except Exception:
+            self._reader.cancel()

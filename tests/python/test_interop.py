@@ -1,0 +1,589 @@
+"""Interop tests: an independent Python client (written from docs/protocol.md) against the real
+relay binary, over raw QUIC and WebSocket, JSON codec.
+
+The relay binary defaults to target/debug/edgerelay (build it first: `cargo build`); set
+EDGERELAY_BIN to test another one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import queue
+import re
+import signal
+import ssl
+import subprocess
+import threading
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import edgerelay_client as er
+
+REPO = Path(__file__).resolve().parents[2]
+BANNER_TIMEOUT = 30.0
+TEST_TIMEOUT = 20.0
+TENANT = "acme"
+
+
+# ---------------------------------------------------------------------------------------------
+# The relay under test
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Relay:
+    binary: Path
+    data_dir: Path
+    env: dict
+    udp_port: int
+    ws_url: str
+    http_base: str
+    cert_sha256: str
+    log_path: Path
+
+    @property
+    def cafile(self) -> str:
+        return str(self.data_dir / "dev-cert.pem")
+
+    def token(self, sub: str, *rooms: str, tenant: str = TENANT, ttl: str = "1h",
+              join: tuple = (), publish: tuple = ()) -> str:
+        """Mint a dev token with the relay's CLI (same data dir, hence the same dev secret)."""
+        args = [str(self.binary), "token", "--sub", sub, "--tenant", tenant, "--ttl", ttl]
+        for pattern in rooms:
+            args += ["--room", pattern]
+        for pattern in join:
+            args += ["--join", pattern]
+        for pattern in publish:
+            args += ["--publish", pattern]
+        out = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=15,
+                             check=True).stdout
+        lines = [line.strip() for line in out.splitlines() if line.strip()]
+        assert lines and lines[-1].count(".") == 2, f"no JWT in `edgerelay token` output: {out!r}"
+        return lines[-1]
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no relay log)"
+
+
+BANNER_PATTERNS = {
+    "udp": re.compile(r"QUIC \(raw, ALPN edgerelay/1\)\s+udp://127\.0\.0\.1:(\d+)"),
+    "ws": re.compile(r"WebSocket\s+(ws://127\.0\.0\.1:\d+/v1/ws)"),
+    "sha": re.compile(r"certificate sha256 \(hex\)\s+([0-9a-fA-F]{64})"),
+}
+
+
+@pytest.fixture(scope="session")
+def relay(tmp_path_factory):
+    binary = Path(os.environ.get("EDGERELAY_BIN", REPO / "target" / "debug" / "edgerelay"))
+    if not binary.exists():
+        pytest.fail(f"relay binary {binary} not found: run `cargo build` first")
+    data_dir = tmp_path_factory.mktemp("edgerelay-data")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGERELAY_")}
+    env.update({
+        "EDGERELAY_DATA_DIR": str(data_dir),
+        "EDGERELAY_LISTEN__UDP": "127.0.0.1:0",
+        "EDGERELAY_LISTEN__TCP": "127.0.0.1:0",
+        "EDGERELAY_LOG": "info",
+        "NO_COLOR": "1",
+    })
+    log_path = data_dir / "relay.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([str(binary), "serve"], env=env, cwd=data_dir,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                            text=True, start_new_session=True, preexec_fn=_die_with_parent)
+    lines: queue.Queue = queue.Queue()
+
+    def pump():  # keep draining stdout so the relay never blocks on a full pipe
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    found: dict[str, str] = {}
+    banner: list[str] = []
+    deadline = time.monotonic() + BANNER_TIMEOUT
+    try:
+        while len(found) < len(BANNER_PATTERNS):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("relay banner incomplete")
+            try:
+                line = lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise RuntimeError(f"relay exited with {proc.wait(5)} before its banner")
+            banner.append(line)
+            for key, pattern in BANNER_PATTERNS.items():
+                m = pattern.search(line)
+                if m:
+                    found[key] = m.group(1)
+    except Exception as exc:
+        _stop(proc)
+        log.close()
+        pytest.fail(f"could not start the relay: {exc}\nstdout:\n{''.join(banner)}\n"
+                    f"log:\n{log_path.read_text(errors='replace')[-4000:]}")
+    ws_url = found["ws"]
+    r = Relay(binary=binary, data_dir=data_dir, env=env, udp_port=int(found["udp"]),
+              ws_url=ws_url, http_base=ws_url.replace("ws://", "http://").rsplit("/v1/ws", 1)[0],
+              cert_sha256=found["sha"].lower(), log_path=log_path)
+    try:
+        yield r
+    finally:
+        code = _stop(proc)
+        log.close()
+        if code not in (0, -signal.SIGTERM):
+            print(f"relay exited with {code}; log tail:\n{r.log_tail()}")
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the relay if pytest itself dies without running the teardown."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _stop(proc: subprocess.Popen) -> int | None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    return proc.returncode
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def run(coro, timeout: float = TEST_TIMEOUT):
+    """Run one test's coroutine with a hard upper bound."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+async def connect(relay: Relay, transport: str):
+    if transport == "quic":
+        return await er.QuicClient.connect("127.0.0.1", relay.udp_port, cafile=relay.cafile,
+                                           cert_sha256=relay.cert_sha256)
+    if transport == "quic-shared":  # all rooms on the control stream (docs, QUIC streams #3)
+        return await er.QuicClient.connect("127.0.0.1", relay.udp_port, cafile=relay.cafile,
+                                           cert_sha256=relay.cert_sha256, room_streams=False)
+    if transport == "ws":
+        return await er.WsClient.connect(relay.ws_url)
+    raise ValueError(transport)
+
+
+def fatal_close_code(transport: str, code: int) -> int:
+    """QUIC: application error code = error code; WebSocket: 4000 + error code."""
+    return 4000 + code if transport == "ws" else code
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def assert_position(pos):
+    assert isinstance(pos, dict) and set(pos) == {"epoch", "offset"}, pos
+    assert isinstance(pos["epoch"], int) and 0 <= pos["epoch"] < 2**53, pos
+    assert isinstance(pos["offset"], int) and pos["offset"] >= 0, pos
+
+
+# ---------------------------------------------------------------------------------------------
+# Wire format
+# ---------------------------------------------------------------------------------------------
+
+
+def test_golden_json_vectors():
+    """Our encoder reproduces the golden client frames byte for byte; server frames decode
+    to the documented field lists, in the documented order."""
+    vectors = json.loads((REPO / "tests" / "golden" / "frames-v1.json").read_text())
+    clients = servers = 0
+    for name, vec in vectors.items():
+        kind, body = er.decode_frame(vec["json"])
+        if vec["direction"] == "client":
+            assert list(body) == list(er.CLIENT_FIELDS[kind]), name
+            assert er.encode_frame(kind, **body).decode() == vec["json"], name
+            clients += 1
+        else:
+            assert vec["direction"] == "server", name
+            assert list(body) == list(er.SERVER_FIELDS[kind]), name
+            servers += 1
+    assert clients >= len(er.CLIENT_FIELDS) and servers >= len(er.SERVER_FIELDS) - 1
+    # The documented payload examples.
+    assert er.binary(bytes([0x00, 0xFF, 0x01])) == {"$binary": "AP8B"}
+    assert er.payload_bytes({"$binary": "AP8B"}) == b"\x00\xff\x01"
+
+
+def test_certificate_pin(relay):
+    """The banner's hash is the SHA-256 of the dev certificate's DER, also served at /v1/cert,
+    and is what the QUIC handshake presents."""
+    pem = Path(relay.cafile).read_text()
+    der = ssl.PEM_cert_to_DER_cert(pem)
+    assert hashlib.sha256(der).hexdigest() == relay.cert_sha256
+    with urllib.request.urlopen(relay.http_base + "/v1/cert", timeout=5) as resp:
+        info = json.loads(resp.read())
+    assert info["sha256_hex"].lower() == relay.cert_sha256
+    assert base64.b64decode(info["sha256_base64"]) == bytes.fromhex(relay.cert_sha256)
+    assert info["dev"] is True
+    assert 0 < info["not_after"] - time.time() <= 14 * 86400 + 3600
+
+    async def main():
+        c = await connect(relay, "quic")
+        try:
+            assert c.tls_peer_certificate_sha256 == relay.cert_sha256
+        finally:
+            await c.close()
+        # A wrong pin is refused even though the CA check passes.
+        with pytest.raises(ConnectionError):
+            await er.QuicClient.connect("127.0.0.1", relay.udp_port, cafile=relay.cafile,
+                                        cert_sha256="00" * 32)
+
+    run(main())
+
+
+# ---------------------------------------------------------------------------------------------
+# One client: hello, join, publish, receive
+# ---------------------------------------------------------------------------------------------
+
+PAYLOADS = [
+    {"text": "hi"},
+    {"text": "unicode ✓ ünïcödé", "n": [1, 2.5, None, True]},
+    "a bare string",
+    42,
+    [1, {"nested": {"deep": []}}],
+]
+
+
+@pytest.mark.parametrize("transport", ["quic", "quic-shared", "ws"])
+def test_hello_join_publish_receive(relay, transport):
+    sub = unique("alice-")
+    room = unique("chat:solo-")
+    token = relay.token(sub, "chat:*")
+
+    async def main():
+        c = await connect(relay, transport)
+        try:
+            t0 = now_ms()
+            welcome = await c.hello(token, client="pytest-interop/1")
+            assert welcome["version"] == 1
+            assert welcome["user"] == sub
+            assert isinstance(welcome["session"], str) and welcome["session"]
+            assert abs(welcome["server_time"] - t0) < 60_000
+            assert set(welcome["limits"]) == {
+                "max_frame_bytes", "max_payload_bytes", "max_rooms", "publish_rate",
+                "publish_burst", "ping_interval_ms", "idle_timeout_ms"}
+            assert all(isinstance(v, int) and v > 0 for v in welcome["limits"].values())
+
+            joined = await c.join(room)
+            assert joined["room"] == room
+            # docs leave `recovered` for a first join (since: null) unspecified; relay says true
+            assert isinstance(joined["recovered"], bool)
+            assert_position(joined["position"])
+            assert joined["position"]["offset"] == 0, "a fresh room starts empty"
+            epoch = joined["position"]["epoch"]
+
+            acks = []
+            for i, data in enumerate(PAYLOADS):
+                ack = await c.publish(room, f"m-{i}", data)
+                assert ack["room"] == room and ack["id"] == f"m-{i}"
+                assert ack["position"] == {"epoch": epoch, "offset": i + 1}
+                acks.append(ack)
+            assert len({a["req"] for a in acks}) == len(acks)
+
+            msgs = await c.messages(room, len(PAYLOADS))
+            for i, (msg, data) in enumerate(zip(msgs, PAYLOADS)):
+                assert list(msg) == list(er.SERVER_FIELDS["message"])
+                assert msg["room"] == room
+                assert msg["position"] == {"epoch": epoch, "offset": i + 1}
+                assert msg["from"] == sub
+                assert msg["id"] == f"m-{i}"
+                assert msg["data"] == data
+                assert abs(msg["time"] - t0) < 60_000
+
+            if isinstance(c, er.QuicClient) and c.room_streams:
+                # welcome on the control stream, everything about the room on its own stream
+                assert c.control_stream == 0
+                room_sid = c.room_stream[room]
+                assert room_sid != c.control_stream
+                kinds = [k for k, _ in c.frames_by_stream[room_sid]]
+                assert kinds[0] == "joined" and set(kinds) == {"joined", "ack", "message"}
+                assert [k for k, _ in c.frames_by_stream[0]] == ["welcome"]
+
+            pong = await c.ping()
+            assert abs(pong["server_time"] - now_ms()) < 60_000
+
+            left = await c.leave(room)
+            assert left["room"] == room
+            if isinstance(c, er.QuicClient) and c.room_streams:
+                # after `left` the relay finishes the room's stream
+                for _ in range(100):
+                    if room_sid in c.stream_finished_by_relay:
+                        break
+                    await asyncio.sleep(0.02)
+                assert room_sid in c.stream_finished_by_relay
+
+            # Publishing does not require joining; we no longer receive the room.
+            ack = await c.publish(room, "after-leave", {"x": 1})
+            assert ack["position"]["offset"] == len(PAYLOADS) + 1
+            with pytest.raises(asyncio.TimeoutError):
+                await c.next_message(room, timeout=0.5)
+
+            # Rejoin with the last position seen: one message was missed -> not recovered.
+            last = msgs[-1]["position"]
+            rejoined = await c.join(room, since=last)
+            assert rejoined["recovered"] is False
+            assert rejoined["position"] == {"epoch": epoch, "offset": len(PAYLOADS) + 1}
+            await c.leave(room)
+            # Rejoin at the top: nothing missed -> recovered.
+            rejoined = await c.join(room, since=rejoined["position"])
+            assert rejoined["recovered"] is True
+            await c.leave(room)
+            assert not c.is_closed and not c.unsolicited and not c.connection_errors
+        finally:
+            await c.close()
+
+    run(main())
+
+
+# ---------------------------------------------------------------------------------------------
+# QUIC and WebSocket clients together
+# ---------------------------------------------------------------------------------------------
+
+
+def test_quic_and_websocket_clients_exchange(relay):
+    room = unique("chat:mixed-")
+    alice, bob = unique("alice-"), unique("bob-")
+    ta, tb = relay.token(alice, "chat:*"), relay.token(bob, "chat:*")
+
+    async def main():
+        qa = await connect(relay, "quic")
+        wb = await connect(relay, "ws")
+        try:
+            await qa.hello(ta)
+            await wb.hello(tb)
+            ja = await qa.join(room)
+            jb = await wb.join(room)
+            assert ja["position"] == jb["position"]
+            epoch = ja["position"]["epoch"]
+
+            # Turn-taking: QUIC -> WS -> QUIC ...
+            expected = []
+            for i in range(6):
+                sender, who = (qa, alice) if i % 2 == 0 else (wb, bob)
+                data = {"turn": i, "by": who}
+                ack = await sender.publish(room, f"t-{i}", data)
+                assert ack["position"] == {"epoch": epoch, "offset": i + 1}
+                expected.append((i + 1, who, f"t-{i}", data))
+            for c in (qa, wb):
+                got = [(m["position"]["offset"], m["from"], m["id"], m["data"])
+                       for m in await c.messages(room, len(expected))]
+                assert got == expected, c.transport
+
+            # Both publishing at once: every subscriber sees one contiguous order, the same
+            # at both ends, each publisher's messages in its own order.
+            n = 15
+
+            async def burst(c, who):
+                return [await c.publish(room, f"{who}-{k}", {"k": k}) for k in range(n)]
+
+            acks_a, acks_b = await asyncio.gather(burst(qa, "a"), burst(wb, "b"))
+            base = len(expected)
+            seen = {}
+            for c in (qa, wb):
+                msgs = await c.messages(room, 2 * n)
+                assert [m["position"]["offset"] for m in msgs] == list(range(base + 1, base + 2 * n + 1))
+                seen[c.transport] = [(m["from"], m["id"]) for m in msgs]
+                for who, prefix in ((alice, "a"), (bob, "b")):
+                    mine = [m["id"] for m in msgs if m["from"] == who]
+                    assert mine == [f"{prefix}-{k}" for k in range(n)]
+            assert seen["quic"] == seen["ws"]
+            ack_offsets = sorted(a["position"]["offset"] for a in acks_a + acks_b)
+            assert ack_offsets == list(range(base + 1, base + 2 * n + 1))
+        finally:
+            await qa.close()
+            await wb.close()
+
+    run(main())
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+
+
+def _tampered(token: str) -> str:
+    head, claims, sig = token.split(".")
+    sig = ("A" if sig[0] != "A" else "B") + sig[1:]
+    return ".".join((head, claims, sig))
+
+
+@pytest.mark.parametrize("transport", ["quic", "ws"])
+@pytest.mark.parametrize("bad", ["garbage", "bad-signature"])
+def test_bad_token_is_fatal(relay, transport, bad):
+    token = "not-a-jwt" if bad == "garbage" else _tampered(relay.token(unique("eve-"), "chat:*"))
+
+    async def main():
+        c = await connect(relay, transport)
+        try:
+            with pytest.raises(er.RelayError) as info:
+                await c.hello(token)
+            assert info.value.code == er.TOKEN_INVALID and info.value.req == 0
+            assert isinstance(info.value.message, str)
+            assert await c.wait_closed() == fatal_close_code(transport, er.TOKEN_INVALID)
+            assert c.welcome is None
+        finally:
+            await c.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("transport", ["quic", "ws"])
+def test_frame_before_hello_is_fatal(relay, transport):
+    async def main():
+        c = await connect(relay, transport)
+        try:
+            await c.send_raw("ping", req=1)
+            err = await c.next_connection_error()
+            assert err["code"] == er.HELLO_REQUIRED
+            assert await c.wait_closed() == fatal_close_code(transport, er.HELLO_REQUIRED)
+        finally:
+            await c.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("transport", ["quic", "ws"])
+def test_permission_denied_keeps_connection(relay, transport):
+    sub = unique("carol-")
+    token = relay.token(sub, "chat:*")
+    room = unique("chat:ok-")
+    forbidden = unique("secret:")
+
+    async def main():
+        c = await connect(relay, transport)
+        try:
+            await c.hello(token)
+            with pytest.raises(er.RelayError) as info:
+                await c.publish(forbidden, "nope", {"x": 1})
+            assert info.value.code == er.PERMISSION_DENIED and info.value.req > 0
+            with pytest.raises(er.RelayError) as info:
+                await c.join(forbidden)
+            assert info.value.code == er.PERMISSION_DENIED
+            assert not c.is_closed
+            pong = await c.ping()
+            assert pong["req"] > 0
+            await c.join(room)
+            ack = await c.publish(room, "yes", {"x": 2})
+            assert ack["position"]["offset"] == 1
+            msg = await c.next_message(room)
+            assert msg["id"] == "yes" and msg["data"] == {"x": 2}
+            assert not c.is_closed and not c.connection_errors
+        finally:
+            await c.close()
+
+    run(main())
+
+
+# ---------------------------------------------------------------------------------------------
+# Payloads
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["quic", "ws"])
+def test_binary_payload_round_trip(relay, transport):
+    sub = unique("dave-")
+    token = relay.token(sub, "chat:*")
+    room = unique("chat:bin-")
+    blobs = [bytes([0x00, 0xFF, 0x01]), bytes(range(256)), b"\xc3\x28 not utf-8", b"{broken json"]
+
+    async def main():
+        c = await connect(relay, transport)
+        other = await connect(relay, "ws" if transport != "ws" else "quic")
+        try:
+            await c.hello(token)
+            await other.hello(token)
+            await c.join(room)
+            await other.join(room)
+            for i, blob in enumerate(blobs):
+                await c.publish(room, f"b-{i}", er.binary(blob))
+            # Bytes that are valid JSON text come back inline (docs, "Payloads").
+            await c.publish(room, "b-json", er.binary(b'{"text":"hi"}'))
+            for peer in (c, other):
+                msgs = await peer.messages(room, len(blobs) + 1)
+                for i, (msg, blob) in enumerate(zip(msgs, blobs)):
+                    assert msg["id"] == f"b-{i}"
+                    assert msg["data"] == er.binary(blob), peer.transport
+                    assert er.payload_bytes(msg["data"]) == blob
+                assert msgs[-1]["id"] == "b-json" and msgs[-1]["data"] == {"text": "hi"}
+        finally:
+            await c.close()
+            await other.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("transport", ["quic", "ws"])
+def test_refresh(relay, transport):
+    sub = unique("erin-")
+
+    async def main():
+        c = await connect(relay, transport)
+        try:
+            await c.hello(relay.token(sub, "chat:*", ttl="10m"))
+            refreshed = await c.refresh(relay.token(sub, "chat:*", ttl="2h"))
+            assert abs(refreshed["expires_at"] - (time.time() + 7200)) < 120
+            await c.ping()
+            # Another user's token: token_invalid, which is fatal.
+            with pytest.raises(er.RelayError) as info:
+                await c.refresh(relay.token(unique("mallory-"), "chat:*"))
+            assert info.value.code == er.TOKEN_INVALID and info.value.req > 0
+            assert await c.wait_closed() == fatal_close_code(transport, er.TOKEN_INVALID)
+        finally:
+            await c.close()
+
+    run(main())
+
+
+def test_quic_wrong_stream_is_fatal(relay):
+    """A frame for room A on room B's stream is `wrong_stream` (106), fatal."""
+    sub = unique("frank-")
+    room_a, room_b = unique("chat:a-"), unique("chat:b-")
+
+    async def main():
+        c = await connect(relay, "quic")
+        try:
+            await c.hello(relay.token(sub, "chat:*"))
+            await c.join(room_a)
+            frame = er.encode_frame("publish", req=99, room=room_b, id="x", data={"x": 1})
+            c.send_on_stream(c.room_stream[room_a], frame)
+            err = await c.next_connection_error()
+            assert err["code"] == er.WRONG_STREAM
+            # fatal errors travel on the control stream
+            assert ("error", err) in c.frames_by_stream[c.control_stream]
+            assert await c.wait_closed() == er.WRONG_STREAM
+        finally:
+            await c.close()
+
+    run(main())
