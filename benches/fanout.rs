@@ -1,0 +1,110 @@
+//! Fanout cost of `Hub::publish`: one 100-byte message to a room of N in-process subscribers.
+//!
+//! Every subscriber has its own `Outbox`, half JSON and half postcard, so the frame is encoded
+//! once per codec and shared. The timed part is `Hub::publish` alone (position assignment,
+//! encoding, one push per subscriber). Outboxes are drained with `take_all` every
+//! `DRAIN_EVERY` publishes, outside the timed part, so they never grow without bound and never
+//! overflow. Throughput is in elements = deliveries (subscribers reached per publish).
+//!
+//! No metrics recorder is installed, so the `metrics` macros in `Hub::publish` are no-ops here;
+//! a relay exporting Prometheus metrics pays for them on top.
+//!
+//! Run: `cargo bench --bench fanout`. Results and the machine they came from: `docs/performance.md`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use edgerelay::hub::{Hub, RoomKey, Subscriber};
+use edgerelay::outbox::{CONTROL, Outbox, Take};
+use edgerelay::proto::{Codec, Payload, RoomName};
+
+/// Publishes between two drains of every outbox.
+const DRAIN_EVERY: u64 = 32;
+
+/// Large enough that `DRAIN_EVERY` queued messages never come close.
+const OUTBOX_CAP: usize = 64 << 20;
+
+const NOW_MS: u64 = 1_760_000_000_000;
+
+/// A JSON payload of exactly 100 bytes.
+fn payload_100() -> Payload {
+    const JSON: &str =
+        r#"{"type":"chat","user":"alice","seq":42,"text":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
+    assert_eq!(JSON.len(), 100);
+    Payload(Bytes::from_static(JSON.as_bytes()))
+}
+
+/// Empties every outbox; returns the number of frames taken.
+fn drain(outboxes: &[Arc<Outbox>]) -> usize {
+    let mut taken = 0;
+    for outbox in outboxes {
+        loop {
+            match outbox.take_all(usize::MAX) {
+                Take::Frames(frames) => taken += frames.len(),
+                Take::Empty => break,
+                other => panic!("outbox of a fanout bench subscriber ended: {other:?}"),
+            }
+        }
+    }
+    taken
+}
+
+fn fanout(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fanout");
+    for subscribers in [1usize, 100, 1_000, 10_000] {
+        let hub = Hub::new(16, 60_000);
+        let key = RoomKey { tenant: "acme".into(), room: RoomName::parse("chat:lobby").unwrap() };
+        let outboxes: Vec<Arc<Outbox>> = (0..subscribers)
+            .map(|i| {
+                let codec = if i % 2 == 0 { Codec::Json } else { Codec::Postcard };
+                let outbox = Outbox::new(codec, OUTBOX_CAP);
+                let subscriber = Subscriber { outbox: outbox.clone(), lane: CONTROL };
+                hub.join(&key, i as u64 + 1, subscriber, 1, None, NOW_MS).expect("join");
+                outbox
+            })
+            .collect();
+        assert_eq!(drain(&outboxes), subscribers, "one joined frame each");
+        let data = payload_100();
+
+        // One untimed publish to check the setup: everyone receives it, nobody is dropped.
+        let published = hub.publish(&key, "alice", "check", data.clone(), NOW_MS);
+        assert_eq!((published.delivered, published.dropped.len()), (subscribers, 0));
+        assert_eq!(drain(&outboxes), subscribers);
+
+        group.throughput(Throughput::Elements(subscribers as u64));
+        group.bench_function(BenchmarkId::from_parameter(subscribers), |b| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                let mut done = 0;
+                while done < iters {
+                    let chunk = DRAIN_EVERY.min(iters - done);
+                    let start = Instant::now();
+                    for _ in 0..chunk {
+                        let published = hub.publish(&key, "alice", "msg-0001", data.clone(), NOW_MS);
+                        black_box(published);
+                    }
+                    timed += start.elapsed();
+                    done += chunk;
+                    // Untimed: what the connections' writers would do.
+                    let taken = drain(&outboxes);
+                    debug_assert_eq!(taken as u64, chunk * subscribers as u64);
+                }
+                timed
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(50);
+    targets = fanout
+}
+criterion_main!(benches);
