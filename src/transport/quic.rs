@@ -147,8 +147,9 @@ fn close_now(conn: &Connection, reason: CloseReason) -> CloseReason {
     reason
 }
 
-/// Reads until one whole frame is buffered. `Ok(None)` when the stream ends cleanly first.
-pub(crate) async fn read_frame(recv: &mut RecvStream, reader: &mut FrameReader) -> Result<Option<Bytes>, DecodeError> {
+/// Reads one length-prefixed frame body from a QUIC stream. `Ok(None)` when the stream ends
+/// cleanly before a frame starts.
+pub async fn read_frame(recv: &mut RecvStream, reader: &mut FrameReader) -> Result<Option<Bytes>, DecodeError> {
     loop {
         if let Some(body) = reader.next_frame()? {
             return Ok(Some(body));

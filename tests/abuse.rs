@@ -1,0 +1,329 @@
+//! Bad input: bad tokens, malformed, oversized and premature frames, silent clients, stalled
+//! readers. Each gets its documented error and close code; the relay keeps serving everyone else.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{TestRelay, Transport, VARIANTS, claims, now_secs, start, start_with, within};
+use edgerelay::auth::Signer;
+use edgerelay::client::{Client, ClientError, ClientOptions, Event};
+use edgerelay::proto::{ClientFrame, Codec, ErrorCode, Payload, ServerFrame, codec::length_prefix};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A client in a room that must keep working while others misbehave.
+struct Bystander {
+    client: Client,
+    sent: u32,
+}
+
+impl Bystander {
+    async fn new(relay: &TestRelay) -> Bystander {
+        let client = relay.connect(Transport::Quic, Codec::Postcard, "bystander", "acme", &["*"]).await;
+        client.join("calm").await.unwrap();
+        Bystander { client, sent: 0 }
+    }
+
+    async fn still_served(&mut self) {
+        self.sent += 1;
+        let id = format!("b{}", self.sent);
+        self.client.publish("calm", &id, Payload::from("1")).await.expect("bystander can publish");
+        let m = within("bystander message", self.client.next_message()).await.unwrap();
+        assert_eq!(m.id, id);
+    }
+}
+
+fn rejected<T>(result: Result<T, ClientError>) -> ErrorCode {
+    match result {
+        Err(ClientError::Rejected { code, .. }) => code,
+        Err(ClientError::Closed { code: Some(code), .. }) => code,
+        Err(other) => panic!("expected a refusal with a code, got {other}"),
+        Ok(_) => panic!("expected a refusal, got a connection"),
+    }
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_with_documented_codes() {
+    let relay = start().await;
+    let mut bystander = Bystander::new(&relay).await;
+    let mut expired = claims("eve", "acme", &["*"]);
+    expired.exp = now_secs() - 3600;
+    let mut future = claims("eve", "acme", &["*"]);
+    future.nbf = Some(now_secs() + 3600);
+    let mut no_tenant = claims("eve", "", &["*"]);
+    no_tenant.tenant = String::new();
+    let cases = [
+        ("garbage", "not.a.jwt".to_owned(), ErrorCode::TOKEN_INVALID),
+        ("expired", relay.sign(&expired), ErrorCode::TOKEN_EXPIRED),
+        ("not yet valid", relay.sign(&future), ErrorCode::TOKEN_NOT_YET_VALID),
+        (
+            "foreign key",
+            Signer::dev(b"some other secret").sign(&claims("eve", "acme", &["*"])).unwrap(),
+            ErrorCode::TOKEN_INVALID,
+        ),
+        ("no tenant", relay.sign(&no_tenant), ErrorCode::TOKEN_INVALID),
+    ];
+    for (transport, codec) in VARIANTS {
+        for (what, token, code) in &cases {
+            let got = rejected(relay.try_connect(transport, codec, token).await);
+            assert_eq!(got, *code, "{what} over {transport:?}/{codec:?}");
+        }
+        bystander.still_served().await;
+    }
+}
+
+#[tokio::test]
+async fn live_connection_closes_at_token_expiry_unless_refreshed() {
+    let relay = start_with(|c| c.auth.leeway_secs = 0).await;
+    for (transport, codec) in [(Transport::Quic, Codec::Postcard), (Transport::WebSocket, Codec::Json)] {
+        let mut short = claims("tim", "acme", &["*"]);
+        short.exp = now_secs() + 2;
+        let mut expiring = relay.try_connect(transport, codec, &relay.sign(&short)).await.unwrap();
+        let refreshed = relay.try_connect(transport, codec, &relay.sign(&short)).await.unwrap();
+        let new_exp = refreshed.refresh(&relay.token("tim", "acme", &["*"])).await.unwrap();
+        assert!(new_exp > now_secs() + 60);
+        let mut other_user = claims("mallory", "acme", &["*"]);
+        other_user.exp = now_secs() + 3600;
+        let closed = within("expiry close", async {
+            loop {
+                if let Some(Event::Closed { code, .. }) = expiring.next_event().await {
+                    break code;
+                }
+            }
+        })
+        .await;
+        assert_eq!(closed, Some(ErrorCode::TOKEN_EXPIRED), "{transport:?}");
+        assert!(refreshed.ping().await.is_ok(), "{transport:?}: the refreshed connection outlives the first token");
+        // A refresh must be for the same user.
+        assert_eq!(rejected(refreshed.refresh(&relay.sign(&other_user)).await), ErrorCode::TOKEN_INVALID);
+    }
+}
+
+// ---- raw QUIC ----
+
+struct RawQuic {
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+async fn raw_quic(relay: &TestRelay) -> RawQuic {
+    let crypto = edgerelay::tls::pinned_client_config(vec![relay.cert_sha256()], &[b"edgerelay/1"]);
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let conn = endpoint.connect(relay.relay.udp_addr(), "localhost").unwrap().await.unwrap();
+    let (send, recv) = conn.open_bi().await.unwrap();
+    RawQuic { _endpoint: endpoint, conn, send, recv }
+}
+
+impl RawQuic {
+    async fn send_body(&mut self, body: &[u8]) {
+        self.send.write_all(&length_prefix(body.len())).await.unwrap();
+        self.send.write_all(body).await.unwrap();
+    }
+
+    async fn hello(&mut self, relay: &TestRelay) {
+        let hello = ClientFrame::Hello { version: 1, token: relay.token("raw", "acme", &["*"]), client: "raw".into() };
+        self.send_body(&Codec::Json.encode(&hello)).await;
+        let mut reader = edgerelay::proto::FrameReader::new(1 << 20);
+        let body = edgerelay::transport::quic::read_frame(&mut self.recv, &mut reader).await.unwrap().unwrap();
+        assert!(matches!(Codec::Json.decode::<ServerFrame>(&body).unwrap(), ServerFrame::Welcome { .. }));
+    }
+
+    /// The close code the relay closed the connection with, and the last error frame it sent.
+    async fn closed_with(mut self) -> (Option<u64>, Option<ErrorCode>) {
+        let mut reader = edgerelay::proto::FrameReader::new(1 << 20);
+        let mut last_error = None;
+        while let Ok(Some(body)) = edgerelay::transport::quic::read_frame(&mut self.recv, &mut reader).await {
+            if let Ok(ServerFrame::Error { code, .. }) = Codec::detect(&body).decode::<ServerFrame>(&body) {
+                last_error = Some(code);
+            }
+        }
+        let close = match within("quic close", self.conn.closed()).await {
+            quinn::ConnectionError::ApplicationClosed(close) => Some(close.error_code.into_inner()),
+            _ => None,
+        };
+        (close, last_error)
+    }
+}
+
+// ---- raw WebSocket ----
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn raw_ws(relay: &TestRelay) -> Ws {
+    tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", relay.relay.tcp_addr())).await.unwrap().0
+}
+
+/// The WebSocket close code, and the last error frame before it.
+async fn ws_closed_with(ws: &mut Ws) -> (Option<u16>, Option<ErrorCode>) {
+    let mut last_error = None;
+    within("websocket close", async {
+        while let Some(msg) = ws.next().await {
+            match msg {
+                Ok(Message::Text(text)) => {
+                    if let Ok(ServerFrame::Error { code, .. }) = Codec::Json.decode(text.as_bytes()) {
+                        last_error = Some(code);
+                    }
+                }
+                Ok(Message::Binary(bytes)) => {
+                    if let Ok(ServerFrame::Error { code, .. }) = Codec::Postcard.decode(&bytes) {
+                        last_error = Some(code);
+                    }
+                }
+                Ok(Message::Close(frame)) => return (frame.map(|f| u16::from(f.code)), last_error),
+                Ok(_) => {}
+                Err(_) => return (None, last_error),
+            }
+        }
+        (None, last_error)
+    })
+    .await
+}
+
+fn frame_cases(relay: &TestRelay) -> Vec<(&'static str, Vec<u8>, ErrorCode)> {
+    let join = ClientFrame::Join { req: 1, room: "x".into(), since: None };
+    let wrong_version = ClientFrame::Hello { version: 9, token: relay.token("v", "acme", &["*"]), client: "x".into() };
+    vec![
+        ("garbage first frame", vec![0xff, 0xfe, 0x00, 0x13], ErrorCode::BAD_FRAME),
+        ("truncated json", b"{\"hello\":{\"version\":1".to_vec(), ErrorCode::BAD_FRAME),
+        ("join before hello (json)", Codec::Json.encode(&join).to_vec(), ErrorCode::HELLO_REQUIRED),
+        ("join before hello (postcard)", Codec::Postcard.encode(&join).to_vec(), ErrorCode::HELLO_REQUIRED),
+        ("unknown version", Codec::Json.encode(&wrong_version).to_vec(), ErrorCode::UNSUPPORTED_VERSION),
+    ]
+}
+
+#[tokio::test]
+async fn malformed_and_premature_frames_close_only_the_offender() {
+    let relay = start().await;
+    let mut bystander = Bystander::new(&relay).await;
+    for (what, body, code) in frame_cases(&relay) {
+        let mut quic = raw_quic(&relay).await;
+        quic.send_body(&body).await;
+        let (close, error) = quic.closed_with().await;
+        assert_eq!(close, Some(u64::from(code.0)), "QUIC close code for {what}");
+        assert_eq!(error, Some(code), "QUIC error frame for {what}");
+
+        let mut ws = raw_ws(&relay).await;
+        let msg = if body.first() == Some(&b'{') {
+            Message::text(String::from_utf8(body.clone()).unwrap())
+        } else {
+            Message::binary(body.clone())
+        };
+        ws.send(msg).await.unwrap();
+        let (close, error) = ws_closed_with(&mut ws).await;
+        assert_eq!(close, Some(code.ws_close_code()), "WebSocket close code for {what}");
+        assert_eq!(error, Some(code), "WebSocket error frame for {what}");
+        bystander.still_served().await;
+    }
+}
+
+#[tokio::test]
+async fn malformed_frame_after_hello_closes_with_bad_frame() {
+    let relay = start().await;
+    let mut bystander = Bystander::new(&relay).await;
+    let mut quic = raw_quic(&relay).await;
+    quic.hello(&relay).await;
+    quic.send_body(b"{\"publish\":{\"req\":1}}").await;
+    assert_eq!(quic.closed_with().await, (Some(101), Some(ErrorCode::BAD_FRAME)));
+
+    let mut ws = raw_ws(&relay).await;
+    let hello = ClientFrame::Hello { version: 1, token: relay.token("raw", "acme", &["*"]), client: "raw".into() };
+    ws.send(Message::text(String::from_utf8(Codec::Json.encode(&hello).to_vec()).unwrap())).await.unwrap();
+    ws.send(Message::text("[1,2,3]")).await.unwrap();
+    let (close, error) = ws_closed_with(&mut ws).await;
+    assert_eq!((close, error), (Some(4101), Some(ErrorCode::BAD_FRAME)));
+    bystander.still_served().await;
+}
+
+#[tokio::test]
+async fn oversized_frames_are_refused_before_they_are_buffered() {
+    let relay = start_with(|c| {
+        c.limits.max_frame_bytes = 8192;
+        c.limits.max_payload_bytes = 4096;
+    })
+    .await;
+    let mut bystander = Bystander::new(&relay).await;
+    // QUIC: the length prefix alone announces 10 MB; the relay refuses without reading the body.
+    let mut quic = raw_quic(&relay).await;
+    // Before the first frame is read the codec is unknown: the close code alone reports it.
+    quic.send.write_all(&length_prefix(10 << 20)).await.unwrap();
+    assert_eq!(quic.closed_with().await.0, Some(102));
+    // After hello too.
+    let mut quic = raw_quic(&relay).await;
+    quic.hello(&relay).await;
+    quic.send_body(&vec![b' '; 9000]).await;
+    assert_eq!(quic.closed_with().await, (Some(102), Some(ErrorCode::FRAME_TOO_LARGE)));
+    // WebSocket: a message over the limit.
+    let mut ws = raw_ws(&relay).await;
+    ws.send(Message::binary(vec![0u8; 9000])).await.unwrap();
+    assert_eq!(ws_closed_with(&mut ws).await.0, Some(4102));
+    bystander.still_served().await;
+}
+
+#[tokio::test]
+async fn silent_connections_are_closed_at_the_auth_deadline() {
+    let relay = start_with(|c| c.limits.auth_timeout_ms = 300).await;
+    let mut bystander = Bystander::new(&relay).await;
+    // QUIC only announces a stream with data, so the silent client sends a prefix without a body.
+    let mut quic = raw_quic(&relay).await;
+    quic.send.write_all(&[0, 0, 0, 9]).await.unwrap();
+    let (close, _) = quic.closed_with().await;
+    assert_eq!(close, Some(105));
+    let mut ws = raw_ws(&relay).await;
+    assert_eq!(ws_closed_with(&mut ws).await.0, Some(4105));
+    bystander.still_served().await;
+}
+
+#[tokio::test]
+async fn stalled_reader_is_cut_off_and_does_not_slow_others() {
+    let relay = start_with(|c| {
+        c.limits.outbox_bytes = 256 * 1024;
+        c.limits.publish_rate = 100_000;
+        c.limits.publish_burst = 100_000;
+    })
+    .await;
+    for transport in [Transport::Quic, Transport::WebSocket] {
+        let room = format!("flood-{transport:?}");
+        let token = relay.token("slow", "acme", &["*"]);
+        let mut options = ClientOptions::new(token).codec(Codec::Postcard);
+        options.event_buffer = 1;
+        let mut stalled = Client::connect(relay.target(transport), options).await.unwrap();
+        stalled.join(&room).await.unwrap();
+        let mut fast = relay.connect(transport, Codec::Postcard, "fast", "acme", &["*"]).await;
+        fast.join(&room).await.unwrap();
+        let publisher = relay.connect(Transport::Quic, Codec::Postcard, "pub", "acme", &["*"]).await;
+
+        // 2,000 messages of 16 KiB: 32 MiB, far beyond the socket buffers and the 256 KiB outbox.
+        let payload = Payload::from(vec![7u8; 16 * 1024]);
+        let total = 2000u64;
+        let reader = tokio::spawn(async move {
+            for expected in 1..=total {
+                let m = fast.next_message().await.expect("fast subscriber keeps receiving");
+                assert_eq!(m.position.offset, expected);
+            }
+            fast
+        });
+        for i in 0..total {
+            let position = publisher.publish(&room, &format!("{i}"), payload.clone()).await.unwrap();
+            assert_eq!(position.offset, i + 1);
+        }
+        let fast = within("fast subscriber gets everything", reader).await.unwrap();
+        let closed = within("stalled reader closed", async {
+            loop {
+                match stalled.next_event().await {
+                    Some(Event::Closed { code, .. }) => break code,
+                    Some(_) => {}
+                    None => break None,
+                }
+            }
+        })
+        .await;
+        assert_eq!(closed, Some(ErrorCode::SLOW_CONSUMER), "{transport:?}");
+        fast.close().await;
+        publisher.close().await;
+    }
+}
