@@ -53,6 +53,9 @@ impl Hub {
 
     fn room(&self, key: &RoomKey, now_ms: u64) -> Arc<Mutex<RoomState>> {
         let mut shard = lock(self.shard(key));
+        if let Some(room) = shard.get(key) {
+            return room.clone();
+        }
         shard
             .entry(key.clone())
             .or_insert_with(|| {

@@ -55,7 +55,9 @@ impl Codec {
 
     /// Encodes a frame once, with room for the stream length prefix, for any transport.
     pub fn frame<T: Serialize>(self, frame: &T) -> WireFrame {
-        let mut buf = vec![0u8; LENGTH_PREFIX];
+        // Most frames fit in 128 bytes; starting there avoids repeated regrowth while serializing.
+        let mut buf = Vec::with_capacity(128);
+        buf.extend_from_slice(&[0u8; LENGTH_PREFIX]);
         let result = match self {
             Codec::Postcard => postcard::to_io(frame, &mut buf).map(|_| ()).map_err(|e| e.to_string()),
             Codec::Json => serde_json::to_writer(&mut buf, frame).map_err(|e| e.to_string()),

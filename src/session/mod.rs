@@ -207,7 +207,7 @@ impl Session {
         };
         let welcome = ServerFrame::Welcome {
             version: PROTOCOL_VERSION,
-            session: format!("{:016x}", self.id),
+            session: format!("{:016x}", rand::random::<u64>()),
             user: identity.user.clone(),
             server_time: now_ms,
             limits: Self::wire_limits(&self.ctx.limits),
