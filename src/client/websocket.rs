@@ -30,18 +30,10 @@ pub(super) async fn connect(
     let (socket, _) = tokio_tungstenite::connect_async(url).await.map_err(|e| ClientError::Connect(e.to_string()))?;
     let (mut sink, mut stream) = socket.split();
     sink.send(message(codec, &hello)).await.map_err(|e| ClientError::Connect(e.to_string()))?;
-    let first = loop {
-        match stream.next().await {
-            Some(Ok(Message::Text(text))) => break Bytes::copy_from_slice(text.as_bytes()),
-            Some(Ok(Message::Binary(bytes))) => break bytes,
-            Some(Ok(Message::Close(frame))) => {
-                let (code, reason) = close_info(frame.as_ref());
-                return Err(ClientError::Closed { code, reason });
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(err)) => return Err(ClientError::Connect(err.to_string())),
-            None => return Err(ClientError::Closed { code: None, reason: "socket ended before welcome".into() }),
-        }
+    let first = match next_body(&mut stream).await {
+        Ok(body) => body,
+        Err((code, reason)) if code.is_some() => return Err(ClientError::Closed { code, reason }),
+        Err((_, reason)) => return Err(ClientError::Connect(format!("before welcome: {reason}"))),
     };
     let first = codec.decode::<ServerFrame>(&first).map_err(|e| ClientError::Protocol(e.to_string()))?;
     if let ServerFrame::Error { code, message, .. } = first {
@@ -70,23 +62,12 @@ pub(super) async fn connect(
         loop {
             let next = tokio::select! {
                 _ = reader_cancel.cancelled() => return,
-                next = stream.next() => next,
+                next = next_body(&mut stream) => next,
             };
             let body = match next {
-                Some(Ok(Message::Text(text))) => Bytes::copy_from_slice(text.as_bytes()),
-                Some(Ok(Message::Binary(bytes))) => bytes,
-                Some(Ok(Message::Close(frame))) => {
-                    let (code, reason) = close_info(frame.as_ref());
+                Ok(body) => body,
+                Err((code, reason)) => {
                     reader_shared.closed(code, reason).await;
-                    return;
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(err)) => {
-                    reader_shared.closed(None, err.to_string()).await;
-                    return;
-                }
-                None => {
-                    reader_shared.closed(None, "socket ended".into()).await;
                     return;
                 }
             };
@@ -97,6 +78,24 @@ pub(super) async fn connect(
         }
     });
     Ok((WsLink { outgoing, shared, codec }, first))
+}
+
+/// The next frame body, skipping pings and pongs; `Err` with the close code and reason once the
+/// socket closes or fails.
+async fn next_body<S>(stream: &mut S) -> Result<Bytes, (Option<ErrorCode>, String)>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        return match stream.next().await {
+            Some(Ok(Message::Text(text))) => Ok(Bytes::copy_from_slice(text.as_bytes())),
+            Some(Ok(Message::Binary(bytes))) => Ok(bytes),
+            Some(Ok(Message::Close(frame))) => Err(close_info(frame.as_ref())),
+            Some(Ok(_)) => continue,
+            Some(Err(err)) => Err((None, err.to_string())),
+            None => Err((None, "socket ended".into())),
+        };
+    }
 }
 
 fn message(codec: Codec, frame: &WireFrame) -> Message {

@@ -29,8 +29,7 @@ pub struct TestRelay {
 }
 
 pub fn test_config(dir: &std::path::Path) -> Config {
-    let mut config = Config::default();
-    config.data_dir = dir.to_path_buf();
+    let mut config = Config { data_dir: dir.to_path_buf(), ..Config::default() };
     config.listen.udp = "127.0.0.1:0".parse().unwrap();
     config.listen.tcp = "127.0.0.1:0".parse().unwrap();
     config.shutdown.drain_timeout_ms = 3000;
