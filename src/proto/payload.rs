@@ -80,11 +80,10 @@ impl Serialize for Payload {
         if !serializer.is_human_readable() {
             return serializer.serialize_bytes(&self.0);
         }
-        match self.as_json() {
-            Some(text) => {
-                let raw: &RawValue = serde_json::from_str(text).map_err(serde::ser::Error::custom)?;
-                raw.serialize(serializer)
-            }
+        // One parse both validates the JSON and yields it for verbatim output.
+        let raw = std::str::from_utf8(&self.0).ok().and_then(|text| serde_json::from_str::<&RawValue>(text).ok());
+        match raw {
+            Some(raw) => raw.serialize(serializer),
             None => BinaryForm { binary: BASE64.encode(&self.0) }.serialize(serializer),
         }
     }
