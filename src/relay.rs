@@ -162,14 +162,11 @@ impl Relay {
         self.signer.as_ref()
     }
 
-    /// What to print on start: where to connect and how to get a token.
-    pub fn banner(&self) -> String {
+    /// What to print on start: where to connect and how to get a token. `config_file` is the
+    /// file the relay was started with, repeated in the token command so it finds the same secret.
+    pub fn banner(&self, config_file: Option<&std::path::Path>) -> String {
         let cert = self.cert();
-        let config_hint = std::env::args()
-            .skip_while(|a| a != "--config")
-            .nth(1)
-            .map(|path| format!(" --config {path}"))
-            .unwrap_or_default();
+        let config_hint = config_file.map(|path| format!(" --config '{}'", path.display())).unwrap_or_default();
         let mut text = format!(
             "edgerelay {version} serving\n  \
              QUIC (raw, ALPN edgerelay/1)   udp://{udp}\n  \

@@ -21,8 +21,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_edgerelay");
 const BANNER_DEADLINE: Duration = Duration::from_secs(20);
 /// How long `serve` gets to exit after SIGTERM, and a one-shot command to finish.
 const EXIT_DEADLINE: Duration = Duration::from_secs(15);
-/// Workaround for the SIGTERM-handler race, see [`Proc::terminate`].
-const SIGTERM_SETTLE: Duration = Duration::from_millis(500);
 const TOKEN_COMMAND: &str = "token --sub alice --tenant acme --room 'chat:*' --ttl 1h";
 
 /// `program` run in `dir`, with no `EDGERELAY_*` variable inherited from the test's own
@@ -154,12 +152,7 @@ impl Proc {
     }
 
     /// Sends SIGTERM and returns the exit status.
-    ///
-    /// Waits [`SIGTERM_SETTLE`] first: `serve` prints its banner before it installs its SIGTERM
-    /// handler (see `sigterm_right_after_the_banner_still_drains_and_exits_0`). Drop the wait
-    /// once that is fixed.
     fn terminate(&mut self) -> ExitStatus {
-        std::thread::sleep(SIGTERM_SETTLE);
         self.terminate_now()
     }
 
@@ -512,7 +505,6 @@ fn banner_token_command_carries_the_config_file() {
 }
 
 #[test]
-#[ignore = "bug: Relay::banner() only recognises `--config FILE`, not `--config=FILE`"]
 fn banner_token_command_carries_the_config_file_given_with_equals() {
     banner_token_command_mints_a_token_the_relay_accepts(&["--config=c.toml"]);
 }
@@ -520,7 +512,6 @@ fn banner_token_command_carries_the_config_file_given_with_equals() {
 /// Probabilistic: the window is between the banner's flush and the handler's installation, so
 /// four relays at a time compete for the CPU to widen it.
 #[test]
-#[ignore = "bug: serve prints its banner (and reports ready) before installing the SIGTERM handler"]
 fn sigterm_right_after_the_banner_still_drains_and_exits_0() {
     for round in 0..25 {
         let attempts: Vec<_> = (0..4)
