@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use common::{TestRelay, Transport, VARIANTS, claims, now_secs, start, start_with, within};
+use common::{TestRelay, Transport, VARIANTS, claims, now_secs, raw_quic, start, start_with, within};
 use edgerelay::auth::Signer;
 use edgerelay::client::{Client, ClientError, ClientOptions, Event};
 use edgerelay::proto::{ClientFrame, Codec, ErrorCode, Payload, ServerFrame, codec::length_prefix};
@@ -97,56 +95,6 @@ async fn live_connection_closes_at_token_expiry_unless_refreshed() {
         assert!(refreshed.ping().await.is_ok(), "{transport:?}: the refreshed connection outlives the first token");
         // A refresh must be for the same user.
         assert_eq!(rejected(refreshed.refresh(&relay.sign(&other_user)).await), ErrorCode::TOKEN_INVALID);
-    }
-}
-
-// ---- raw QUIC ----
-
-struct RawQuic {
-    _endpoint: quinn::Endpoint,
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-}
-
-async fn raw_quic(relay: &TestRelay) -> RawQuic {
-    let crypto = edgerelay::tls::pinned_client_config(vec![relay.cert_sha256()], &[b"edgerelay/1"]);
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let conn = endpoint.connect(relay.relay.udp_addr(), "localhost").unwrap().await.unwrap();
-    let (send, recv) = conn.open_bi().await.unwrap();
-    RawQuic { _endpoint: endpoint, conn, send, recv }
-}
-
-impl RawQuic {
-    async fn send_body(&mut self, body: &[u8]) {
-        self.send.write_all(&length_prefix(body.len())).await.unwrap();
-        self.send.write_all(body).await.unwrap();
-    }
-
-    async fn hello(&mut self, relay: &TestRelay) {
-        let hello = ClientFrame::Hello { version: 1, token: relay.token("raw", "acme", &["*"]), client: "raw".into() };
-        self.send_body(&Codec::Json.encode(&hello)).await;
-        let mut reader = edgerelay::proto::FrameReader::new(1 << 20);
-        let body = edgerelay::transport::quic::read_frame(&mut self.recv, &mut reader).await.unwrap().unwrap();
-        assert!(matches!(Codec::Json.decode::<ServerFrame>(&body).unwrap(), ServerFrame::Welcome { .. }));
-    }
-
-    /// The close code the relay closed the connection with, and the last error frame it sent.
-    async fn closed_with(mut self) -> (Option<u64>, Option<ErrorCode>) {
-        let mut reader = edgerelay::proto::FrameReader::new(1 << 20);
-        let mut last_error = None;
-        while let Ok(Some(body)) = edgerelay::transport::quic::read_frame(&mut self.recv, &mut reader).await {
-            if let Ok(ServerFrame::Error { code, .. }) = Codec::detect(&body).decode::<ServerFrame>(&body) {
-                last_error = Some(code);
-            }
-        }
-        let close = match within("quic close", self.conn.closed()).await {
-            quinn::ConnectionError::ApplicationClosed(close) => Some(close.error_code.into_inner()),
-            _ => None,
-        };
-        (close, last_error)
     }
 }
 

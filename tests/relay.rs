@@ -283,3 +283,54 @@ async fn drain_tells_clients_to_go_away_and_closes_them() {
     within("shutdown completes", shutdown).await.unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "TCP listener is closed");
 }
+
+/// On QUIC every room has its own stream: a room whose stream the client does not read (so the
+/// relay's writes to it are stuck on flow control) must not hold back another room.
+#[tokio::test]
+async fn a_stalled_room_stream_does_not_delay_another_room_on_quic() {
+    use edgerelay::proto::{ClientFrame, FrameReader, ServerFrame};
+    use edgerelay::transport::quic::read_frame;
+
+    let relay = start_with(|c| {
+        c.limits.outbox_bytes = 64 << 20;
+        c.limits.publish_burst = 10_000;
+    })
+    .await;
+    let mut raw = common::raw_quic(&relay).await;
+    raw.hello(&relay).await;
+    let mut rooms = Vec::new();
+    for (req, room) in [(1, "busy"), (2, "quiet")] {
+        let (mut send, mut recv) = raw.conn.open_bi().await.unwrap();
+        let join = ClientFrame::Join { req, room: room.into(), since: None };
+        send.write_all(Codec::Json.frame(&join).prefixed()).await.unwrap();
+        let mut reader = FrameReader::new(1 << 20);
+        let body = read_frame(&mut recv, &mut reader).await.unwrap().unwrap();
+        assert!(matches!(Codec::Json.decode(&body).unwrap(), ServerFrame::Joined { .. }));
+        rooms.push((send, recv, reader));
+    }
+    let publisher = relay.connect(Transport::Quic, Codec::Postcard, "pub", "acme", &["*"]).await;
+    // 200 x 16 KiB = 3.2 MB into "busy", well past one stream's flow-control window: the relay's
+    // writer for that stream stalls, because nobody reads it.
+    let big = Payload::from(vec![1u8; 16 * 1024]);
+    for i in 0..200 {
+        publisher.publish("busy", &format!("b{i}"), big.clone()).await.unwrap();
+    }
+    publisher.publish("quiet", "q", Payload::from("\"still here\"")).await.unwrap();
+    let (_, quiet_recv, quiet_reader) = &mut rooms[1];
+    let body = within("quiet room delivery", read_frame(quiet_recv, quiet_reader)).await.unwrap().unwrap();
+    match Codec::Json.decode::<ServerFrame>(&body).unwrap() {
+        ServerFrame::Message { room, id, position, .. } => {
+            assert_eq!((room.as_str(), id.as_str(), position.offset), ("quiet", "q", 1));
+        }
+        other => panic!("expected the quiet room's message, got {other:?}"),
+    }
+    // The busy room lost nothing meanwhile.
+    let (_, busy_recv, busy_reader) = &mut rooms[0];
+    for expected in 1..=200u64 {
+        let body = within("busy room delivery", read_frame(busy_recv, busy_reader)).await.unwrap().unwrap();
+        let ServerFrame::Message { position, .. } = Codec::Json.decode::<ServerFrame>(&body).unwrap() else {
+            panic!("expected a message");
+        };
+        assert_eq!(position.offset, expected);
+    }
+}

@@ -1,12 +1,14 @@
 //! A real relay on loopback for integration tests, with helpers to mint tokens and connect.
 #![allow(dead_code)]
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use edgerelay::auth::{Caps, Claims};
 use edgerelay::client::{Client, ClientError, ClientOptions, ServerTrust, Target};
 use edgerelay::config::Config;
-use edgerelay::proto::Codec;
+use edgerelay::proto::codec::length_prefix;
+use edgerelay::proto::{ClientFrame, Codec, ErrorCode, ServerFrame};
 use edgerelay::relay::Relay;
 
 /// The transport and codec combinations every protocol test runs over.
@@ -128,4 +130,54 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 /// Awaits a future with a generous bound, so a broken relay fails the test instead of hanging it.
 pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(20), fut).await.unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// A hand-driven QUIC connection: control stream open, nothing sent yet.
+
+pub struct RawQuic {
+    _endpoint: quinn::Endpoint,
+    pub conn: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+}
+
+pub async fn raw_quic(relay: &TestRelay) -> RawQuic {
+    let crypto = edgerelay::tls::pinned_client_config(vec![relay.cert_sha256()], &[b"edgerelay/1"]);
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let conn = endpoint.connect(relay.relay.udp_addr(), "localhost").unwrap().await.unwrap();
+    let (send, recv) = conn.open_bi().await.unwrap();
+    RawQuic { _endpoint: endpoint, conn, send, recv }
+}
+
+impl RawQuic {
+    pub async fn send_body(&mut self, body: &[u8]) {
+        self.send.write_all(&length_prefix(body.len())).await.unwrap();
+        self.send.write_all(body).await.unwrap();
+    }
+
+    pub async fn hello(&mut self, relay: &TestRelay) {
+        let hello = ClientFrame::Hello { version: 1, token: relay.token("raw", "acme", &["*"]), client: "raw".into() };
+        self.send_body(&Codec::Json.encode(&hello)).await;
+        let mut reader = edgerelay::proto::FrameReader::new(1 << 20);
+        let body = edgerelay::transport::quic::read_frame(&mut self.recv, &mut reader).await.unwrap().unwrap();
+        assert!(matches!(Codec::Json.decode::<ServerFrame>(&body).unwrap(), ServerFrame::Welcome { .. }));
+    }
+
+    /// The close code the relay closed the connection with, and the last error frame it sent.
+    pub async fn closed_with(mut self) -> (Option<u64>, Option<ErrorCode>) {
+        let mut reader = edgerelay::proto::FrameReader::new(1 << 20);
+        let mut last_error = None;
+        while let Ok(Some(body)) = edgerelay::transport::quic::read_frame(&mut self.recv, &mut reader).await {
+            if let Ok(ServerFrame::Error { code, .. }) = Codec::detect(&body).decode::<ServerFrame>(&body) {
+                last_error = Some(code);
+            }
+        }
+        let close = match within("quic close", self.conn.closed()).await {
+            quinn::ConnectionError::ApplicationClosed(close) => Some(close.error_code.into_inner()),
+            _ => None,
+        };
+        (close, last_error)
+    }
 }
