@@ -387,7 +387,8 @@ impl Verifier {
     }
 }
 
-fn valid_tenant(tenant: &str) -> bool {
+/// Tenant names: 1-64 characters of `[A-Za-z0-9_.-]`.
+pub fn valid_tenant(tenant: &str) -> bool {
     (1..=MAX_TENANT_CHARS).contains(&tenant.len())
         && tenant.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }

@@ -37,6 +37,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub shutdown: ShutdownConfig,
     pub hub: HubConfig,
+    pub api: ApiConfig,
 }
 
 impl Default for Config {
@@ -49,6 +50,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             shutdown: ShutdownConfig::default(),
             hub: HubConfig::default(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -242,6 +244,23 @@ impl Default for HubConfig {
     }
 }
 
+/// The server HTTP API (`/v1/api/*`), for application backends.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Bearer key the backend sends as `Authorization: Bearer <key>`; the API is off when unset.
+    pub key: Option<String>,
+}
+
+impl fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiConfig").field("key", &self.key.as_ref().map(|_| "<hidden>")).finish()
+    }
+}
+
+/// Shortest accepted API key.
+pub const MIN_API_KEY_LEN: usize = 16;
+
 /// A configuration error. Every variant says where to look.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -388,6 +407,9 @@ impl Config {
         }
         if l.idle_timeout_ms <= l.ping_interval_ms {
             return Err(invalid("limits.idle_timeout_ms", "must be greater than limits.ping_interval_ms"));
+        }
+        if self.api.key.as_ref().is_some_and(|k| k.len() < MIN_API_KEY_LEN) {
+            return Err(invalid("api.key", format!("must be at least {MIN_API_KEY_LEN} characters")));
         }
         if self.hub.shards == 0 || self.hub.shards > 65_536 {
             return Err(invalid("hub.shards", "must be in 1..=65536"));
@@ -748,6 +770,11 @@ public_key_file = "/etc/edgerelay/main.pub.pem"
         let mut c = Config::default();
         c.limits.publish_rate = 0;
         assert_eq!(invalid_key(&c), "limits.publish_rate");
+
+        let mut c = Config::default();
+        c.api.key = Some("short".into());
+        assert_eq!(invalid_key(&c), "api.key");
+        assert!(!format!("{c:?}").contains("short"), "the API key never shows in debug output");
 
         let mut c = Config::default();
         c.tls.cert_file = Some("cert.pem".into());

@@ -1,5 +1,6 @@
 //! The TCP listener's HTTP surface: the WebSocket endpoint, health and readiness, Prometheus
-//! metrics and the certificate hash browsers pin.
+//! metrics, the certificate hash browsers pin, and the server API application backends call
+//! (`POST /v1/api/publish`, bearer key from `api.key`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -7,14 +8,19 @@ use std::sync::{Arc, RwLock};
 use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::connection::unix_ms;
+use crate::hub::{Hub, RoomKey};
+use crate::proto::{ErrorCode, Payload, Position, RoomName};
+use crate::session::MAX_MESSAGE_ID_LEN;
 use crate::transport::websocket::WebSocketTransport;
 
 /// The certificate facts clients need: the SHA-256 of the end-entity certificate (what
@@ -38,6 +44,10 @@ pub struct HttpState {
     /// Upgraded WebSocket connections are tracked here so shutdown waits for them.
     pub tasks: TaskTracker,
     pub stop: CancellationToken,
+    pub hub: Arc<Hub>,
+    /// SHA-256 of `api.key`; the server API is off when `None`.
+    pub api_key_sha256: Option<[u8; 32]>,
+    pub max_payload_bytes: usize,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -47,6 +57,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/cert", get(cert))
+        .route("/v1/api/publish", post(api_publish))
         .with_state(state)
 }
 
@@ -79,4 +90,80 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
 async fn cert(State(state): State<Arc<HttpState>>) -> Response {
     let info = state.cert.read().unwrap_or_else(|e| e.into_inner()).clone();
     axum::Json(info).into_response()
+}
+
+/// `POST /v1/api/publish` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest {
+    tenant: String,
+    room: String,
+    /// Message id, 1-64 bytes, delivered to subscribers like a client's.
+    id: String,
+    /// Any JSON value, or `{"$binary": "<base64>"}`.
+    data: Payload,
+    /// Shown to subscribers as the sender; `server` by default.
+    #[serde(default = "server_sender")]
+    from: String,
+}
+
+fn server_sender() -> String {
+    "server".into()
+}
+
+#[derive(Serialize)]
+struct PublishResponse {
+    room: String,
+    position: Position,
+}
+
+/// An API error: HTTP status plus the protocol's error code and name.
+fn api_error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({"code": code.0, "error": code.slug(), "message": message.into()});
+    (status, axum::Json(body)).into_response()
+}
+
+/// The response refusing a server API request, unless it carries the API key.
+fn unauthorized(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
+    let Some(expected) = state.api_key_sha256 else {
+        return Some(api_error(StatusCode::NOT_FOUND, ErrorCode::PERMISSION_DENIED, "server API is off: set api.key"));
+    };
+    let given =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    // Comparing digests keeps the comparison independent of where the key differs.
+    match given {
+        Some(key) if crate::tls::sha256(key.as_bytes()) == expected => None,
+        _ => Some(api_error(StatusCode::UNAUTHORIZED, ErrorCode::PERMISSION_DENIED, "missing or wrong API key")),
+    }
+}
+
+async fn api_publish(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(response) = unauthorized(&state, &headers) {
+        return response;
+    }
+    let request: PublishRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, err.to_string()),
+    };
+    if !crate::auth::valid_tenant(&request.tenant) {
+        return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, "tenant must be 1-64 of [A-Za-z0-9_.-]");
+    }
+    let Ok(room) = RoomName::parse(&request.room) else {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BAD_ROOM,
+            format!("invalid room name {:?}", request.room),
+        );
+    };
+    if request.id.is_empty() || request.id.len() > MAX_MESSAGE_ID_LEN || request.from.is_empty() {
+        let message = format!("id must be 1-{MAX_MESSAGE_ID_LEN} bytes and from non-empty");
+        return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, message);
+    }
+    if request.data.len() > state.max_payload_bytes {
+        let message = format!("payload of {} bytes exceeds {}", request.data.len(), state.max_payload_bytes);
+        return api_error(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PAYLOAD_TOO_LARGE, message);
+    }
+    let key = RoomKey { tenant: request.tenant.as_str().into(), room };
+    let published = state.hub.publish(&key, &request.from, &request.id, request.data, unix_ms());
+    axum::Json(PublishResponse { room: request.room, position: published.position }).into_response()
 }

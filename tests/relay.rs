@@ -334,3 +334,57 @@ async fn a_stalled_room_stream_does_not_delay_another_room_on_quic() {
         assert_eq!(position.offset, expected);
     }
 }
+
+#[tokio::test]
+async fn backends_publish_through_the_server_api() {
+    const KEY: &str = "test-api-key-0123456789";
+    let relay = start_with(|c| c.api.key = Some(KEY.into())).await;
+    let addr = relay.relay.tcp_addr();
+    let mut quic = relay.connect(Transport::Quic, Codec::Postcard, "alice", "acme", &["*"]).await;
+    let mut ws = relay.connect(Transport::WebSocket, Codec::Json, "bob", "globex", &["*"]).await;
+    quic.join("news").await.unwrap();
+    ws.join("news").await.unwrap();
+    quic.publish("news", "from-client", Payload::from("1")).await.unwrap();
+    let auth = format!("Bearer {KEY}");
+    let json = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let body = r#"{"tenant":"acme","room":"news","id":"srv-1","data":{"headline":"hi"}}"#;
+    let (status, answer) = common::http_request(addr, "POST", "/v1/api/publish", &json, body).await;
+    assert_eq!(status, 200, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["position"]["offset"], 2, "the API takes the room's next offset");
+    let first = within("client message", quic.next_message()).await.unwrap();
+    let m = within("api message", quic.next_message()).await.unwrap();
+    assert_eq!((first.position.offset, m.position.offset), (1, 2));
+    assert_eq!((m.from.as_str(), m.id.as_str(), m.data.as_json()), ("server", "srv-1", Some(r#"{"headline":"hi"}"#)));
+    // Tenant isolation holds for the API too: globex's room of the same name saw nothing.
+    let (status, _) = common::http_request(
+        addr,
+        "POST",
+        "/v1/api/publish",
+        &json,
+        r#"{"tenant":"globex","room":"news","id":"g","data":1,"from":"ops"}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let g = within("globex message", ws.next_message()).await.unwrap();
+    assert_eq!((g.position.offset, g.from.as_str()), (1, "ops"));
+
+    let wrong = [("Authorization", "Bearer nope")];
+    assert_eq!(common::http_request(addr, "POST", "/v1/api/publish", &wrong, body).await.0, 401);
+    assert_eq!(common::http_request(addr, "POST", "/v1/api/publish", &[], body).await.0, 401);
+    let bad_room = r#"{"tenant":"acme","room":"a b","id":"x","data":1}"#;
+    let (status, error) = common::http_request(addr, "POST", "/v1/api/publish", &json, bad_room).await;
+    assert_eq!(status, 400);
+    assert!(error.contains("\"error\":\"bad_room\""), "{error}");
+    assert_eq!(common::http_request(addr, "POST", "/v1/api/publish", &json, "{").await.0, 400);
+    let big = format!(r#"{{"tenant":"acme","room":"news","id":"x","data":"{}"}}"#, "x".repeat(40_000));
+    assert_eq!(common::http_request(addr, "POST", "/v1/api/publish", &json, &big).await.0, 413);
+}
+
+#[tokio::test]
+async fn server_api_is_off_without_a_key() {
+    let relay = start().await;
+    let body = r#"{"tenant":"acme","room":"news","id":"1","data":1}"#;
+    let (status, _) = common::http_request(relay.relay.tcp_addr(), "POST", "/v1/api/publish", &[], body).await;
+    assert_eq!(status, 404);
+}
