@@ -148,7 +148,6 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
 }
 
 /// A hand-driven QUIC connection: control stream open, nothing sent yet.
-
 pub struct RawQuic {
     _endpoint: quinn::Endpoint,
     pub conn: quinn::Connection,
