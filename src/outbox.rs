@@ -106,11 +106,6 @@ impl Outbox {
         entry.notify.clone()
     }
 
-    /// The notification of an open lane.
-    pub fn lane_notify(&self, lane: LaneId) -> Option<Arc<Notify>> {
-        self.lock().lanes.get(&lane).map(|l| l.notify.clone())
-    }
-
     /// Marks a lane to be finished once its queued frames are written.
     pub fn close_lane(&self, lane: LaneId) {
         let mut inner = self.lock();

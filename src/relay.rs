@@ -52,7 +52,6 @@ pub struct Relay {
     config: Config,
     endpoint: quinn::Endpoint,
     http: Arc<HttpState>,
-    hub: Arc<Hub>,
     signer: Option<Signer>,
     services: TaskTracker,
     connections: TaskTracker,
@@ -137,7 +136,7 @@ impl Relay {
         }
         http.ready.store(true, Ordering::Relaxed);
         tracing::info!(%udp_addr, %tcp_addr, "relay serving");
-        Ok(Relay { udp_addr, tcp_addr, config, endpoint, http, hub, signer, services, connections, stop, drain })
+        Ok(Relay { udp_addr, tcp_addr, config, endpoint, http, signer, services, connections, stop, drain })
     }
 
     pub fn udp_addr(&self) -> SocketAddr {
@@ -154,10 +153,6 @@ impl Relay {
 
     pub fn config(&self) -> &Config {
         &self.config
-    }
-
-    pub fn hub(&self) -> &Arc<Hub> {
-        &self.hub
     }
 
     /// Signs tokens with the dev key, when dev keys are enabled.

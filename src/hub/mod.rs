@@ -106,11 +106,6 @@ impl Hub {
         published
     }
 
-    /// The room's current position, if the hub holds it.
-    pub fn position(&self, key: &RoomKey) -> Option<Position> {
-        self.existing(key).map(|room| lock(&room).position())
-    }
-
     /// Drops rooms that have had no subscriber and no activity for the idle TTL.
     /// Returns how many were dropped.
     pub fn sweep(&self, now_ms: u64) -> usize {
@@ -128,11 +123,6 @@ impl Hub {
         }
         metrics::gauge!(m::ROOMS).decrement(dropped as f64);
         dropped
-    }
-
-    /// Number of rooms held.
-    pub fn room_count(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
     }
 }
 

@@ -41,16 +41,9 @@ impl Codec {
         }
     }
 
+    /// The frame body alone (what a WebSocket message carries).
     pub fn encode<T: Serialize>(self, frame: &T) -> Bytes {
-        // Frames are plain data (strings, integers, byte strings): serializing cannot fail.
-        let result = match self {
-            Codec::Postcard => postcard::to_stdvec(frame).map_err(|e| e.to_string()),
-            Codec::Json => serde_json::to_vec(frame).map_err(|e| e.to_string()),
-        };
-        match result {
-            Ok(bytes) => Bytes::from(bytes),
-            Err(err) => unreachable!("frame serialization failed: {err}"),
-        }
+        self.frame(frame).body()
     }
 
     /// Encodes a frame once, with room for the stream length prefix, for any transport.

@@ -96,10 +96,6 @@ impl Session {
         self.identity().map(|i| i.expires_at)
     }
 
-    pub fn joined_rooms(&self) -> usize {
-        self.rooms.len()
-    }
-
     /// The limits announced in `welcome`.
     pub fn wire_limits(limits: &LimitsConfig) -> WireLimits {
         WireLimits {
