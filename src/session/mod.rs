@@ -37,43 +37,62 @@ pub struct Fatal {
     pub message: String,
 }
 
-enum State {
-    AwaitingHello,
-    Active { identity: Identity, tenant: Arc<str>, _slot: ConnectionSlot },
+/// An authenticated session's identity, its tenant (shared by its room keys) and its slot in
+/// the per-user connection count.
+struct Active {
+    identity: Identity,
+    tenant: Arc<str>,
+    _slot: ConnectionSlot,
+}
+
+impl Active {
+    fn key(&self, room: &RoomName) -> RoomKey {
+        RoomKey { tenant: self.tenant.clone(), room: room.clone() }
+    }
 }
 
 pub struct Session {
     id: u64,
     ctx: Arc<SessionContext>,
     outbox: Arc<Outbox>,
-    state: State,
+    /// `None` until a valid `hello`.
+    active: Option<Active>,
     rooms: HashMap<RoomName, LaneId>,
     lanes: HashMap<LaneId, RoomName>,
     publish_bucket: TokenBucket,
 }
 
-/// A request-level failure: reported on the request's lane, the connection stays open.
-struct Reject(ErrorCode, String);
+/// Why a request failed.
+enum Failure {
+    /// Reported on the request's lane; the connection stays open.
+    Reject(ErrorCode, String),
+    /// The connection is closed with this code.
+    Fatal(ErrorCode, String),
+    /// The outbox refused the answer: the connection is already closing.
+    Push(PushError),
+}
 
-impl Reject {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Reject(code, message.into())
+impl Failure {
+    fn reject(code: ErrorCode, message: impl Into<String>) -> Self {
+        Failure::Reject(code, message.into())
     }
+}
+
+impl From<PushError> for Failure {
+    fn from(e: PushError) -> Self {
+        Failure::Push(e)
+    }
+}
+
+fn parse_room(room: &str) -> Result<RoomName, Failure> {
+    RoomName::parse(room).map_err(|code| Failure::reject(code, format!("invalid room name {room:?}")))
 }
 
 impl Session {
     /// `id` is unique within the relay (it identifies the subscriber in rooms).
     pub fn new(id: u64, ctx: Arc<SessionContext>, outbox: Arc<Outbox>, now_ms: u64) -> Session {
         let bucket = TokenBucket::new(ctx.limits.publish_rate, ctx.limits.publish_burst, now_ms);
-        Session {
-            id,
-            ctx,
-            outbox,
-            state: State::AwaitingHello,
-            rooms: HashMap::new(),
-            lanes: HashMap::new(),
-            publish_bucket: bucket,
-        }
+        Session { id, ctx, outbox, active: None, rooms: HashMap::new(), lanes: HashMap::new(), publish_bucket: bucket }
     }
 
     pub fn outbox(&self) -> &Arc<Outbox> {
@@ -81,14 +100,11 @@ impl Session {
     }
 
     pub fn identity(&self) -> Option<&Identity> {
-        match &self.state {
-            State::Active { identity, .. } => Some(identity),
-            State::AwaitingHello => None,
-        }
+        self.active.as_ref().map(|a| &a.identity)
     }
 
     pub fn is_authenticated(&self) -> bool {
-        self.identity().is_some()
+        self.active.is_some()
     }
 
     /// When the token runs out (unix seconds), once authenticated.
@@ -119,17 +135,16 @@ impl Session {
     }
 
     pub fn handle_frame(&mut self, lane: LaneId, frame: ClientFrame, now_ms: u64) -> Result<(), Fatal> {
-        if let ClientFrame::Hello { version, token, .. } = &frame {
-            if self.is_authenticated() {
-                return Err(self.fatal(0, ErrorCode::HELLO_REQUIRED, "hello was already received"));
-            }
-            return self.hello(lane, *version, token, now_ms);
-        }
-        if !self.is_authenticated() {
-            return Err(self.fatal(0, ErrorCode::HELLO_REQUIRED, "the first frame must be hello"));
-        }
         let (req, result) = match frame {
-            ClientFrame::Hello { .. } => return Ok(()),
+            ClientFrame::Hello { version, token, .. } => {
+                if self.is_authenticated() {
+                    return Err(self.fatal(0, ErrorCode::HELLO_REQUIRED, "hello was already received"));
+                }
+                return self.hello(lane, version, &token, now_ms);
+            }
+            _ if !self.is_authenticated() => {
+                return Err(self.fatal(0, ErrorCode::HELLO_REQUIRED, "the first frame must be hello"));
+            }
             ClientFrame::Join { req, room, since } => {
                 let result = self.join(lane, req, &room, since, now_ms);
                 // A room stream whose join failed carries nothing else: finish it after the error.
@@ -151,15 +166,15 @@ impl Session {
     }
 
     /// Turns a request's outcome into the frames the client sees.
-    fn answer(&self, lane: LaneId, req: u64, result: Result<(), Outcome>) -> Result<(), Fatal> {
+    fn answer(&self, lane: LaneId, req: u64, result: Result<(), Failure>) -> Result<(), Fatal> {
         match result {
             Ok(()) => Ok(()),
-            Err(Outcome::Reject(Reject(code, message))) => {
+            Err(Failure::Reject(code, message)) => {
                 metrics::counter!(crate::metrics::ERRORS_TOTAL, "code" => code.slug()).increment(1);
                 self.send(lane, &ServerFrame::error(req, code, message)).map_err(|e| self.push_fatal(e))
             }
-            Err(Outcome::Fatal(code, message)) => Err(self.fatal(req, code, message)),
-            Err(Outcome::Push(e)) => Err(self.push_fatal(e)),
+            Err(Failure::Fatal(code, message)) => Err(self.fatal(req, code, message)),
+            Err(Failure::Push(e)) => Err(self.push_fatal(e)),
         }
     }
 
@@ -167,8 +182,8 @@ impl Session {
     pub fn lane_closed(&mut self, lane: LaneId, now_ms: u64) {
         if let Some(room) = self.lanes.remove(&lane) {
             self.rooms.remove(&room);
-            if let Some(key) = self.key(&room) {
-                self.ctx.hub.leave(&key, self.id, now_ms);
+            if let Some(active) = &self.active {
+                self.ctx.hub.leave(&active.key(&room), self.id, now_ms);
             }
         }
         self.outbox.close_lane(lane);
@@ -176,12 +191,13 @@ impl Session {
 
     /// Leaves every room; called once when the connection ends.
     pub fn close(&mut self, now_ms: u64) {
-        for room in std::mem::take(&mut self.rooms).into_keys() {
-            if let Some(key) = self.key(&room) {
-                self.ctx.hub.leave(&key, self.id, now_ms);
+        let rooms = std::mem::take(&mut self.rooms);
+        self.lanes.clear();
+        if let Some(active) = &self.active {
+            for room in rooms.keys() {
+                self.ctx.hub.leave(&active.key(room), self.id, now_ms);
             }
         }
-        self.lanes.clear();
     }
 
     fn hello(&mut self, lane: LaneId, version: u16, token: &str, now_ms: u64) -> Result<(), Fatal> {
@@ -209,7 +225,7 @@ impl Session {
             limits: Self::wire_limits(&self.ctx.limits),
         };
         let tenant: Arc<str> = identity.tenant.as_str().into();
-        self.state = State::Active { identity, tenant, _slot: slot };
+        self.active = Some(Active { identity, tenant, _slot: slot });
         self.send(lane, &welcome).map_err(|e| self.push_fatal(e))
     }
 
@@ -218,15 +234,20 @@ impl Session {
             Ok(identity) => identity,
             Err(err) => return Err(self.fatal(req, err.code(), err.to_string())),
         };
-        let State::Active { identity, .. } = &mut self.state else {
+        let Some(active) = &mut self.active else {
             return Err(self.fatal(req, ErrorCode::HELLO_REQUIRED, "refresh before hello"));
         };
-        if fresh.user != identity.user || fresh.tenant != identity.tenant {
+        if fresh.user != active.identity.user || fresh.tenant != active.identity.tenant {
             return Err(self.fatal(req, ErrorCode::TOKEN_INVALID, "refresh token is for another user or tenant"));
         }
         let expires_at = fresh.expires_at;
-        *identity = fresh;
+        active.identity = fresh;
         self.send(lane, &ServerFrame::Refreshed { req, expires_at }).map_err(|e| self.push_fatal(e))
+    }
+
+    /// The authenticated state; requests only reach here after `hello`.
+    fn active(&self) -> Result<&Active, Failure> {
+        self.active.as_ref().ok_or_else(|| Failure::Fatal(ErrorCode::HELLO_REQUIRED, "hello first".into()))
     }
 
     fn join(
@@ -236,27 +257,24 @@ impl Session {
         room: &str,
         since: Option<Position>,
         now_ms: u64,
-    ) -> Result<(), Outcome> {
-        let name = RoomName::parse(room).map_err(|code| Reject::new(code, format!("invalid room name {room:?}")))?;
-        let identity = self.identity().ok_or(Outcome::Fatal(ErrorCode::HELLO_REQUIRED, String::new()))?;
-        if !identity.can_join(name.as_str()) {
-            return Err(
-                Reject::new(ErrorCode::PERMISSION_DENIED, format!("token does not allow joining {room}")).into()
-            );
+    ) -> Result<(), Failure> {
+        let name = parse_room(room)?;
+        let active = self.active()?;
+        if !active.identity.can_join(name.as_str()) {
+            return Err(Failure::reject(ErrorCode::PERMISSION_DENIED, format!("token does not allow joining {room}")));
         }
         if lane != CONTROL && self.lanes.contains_key(&lane) {
-            return Err(Outcome::Fatal(ErrorCode::WRONG_STREAM, "a room stream carries exactly one room".into()));
+            return Err(Failure::Fatal(ErrorCode::WRONG_STREAM, "a room stream carries exactly one room".into()));
         }
         if self.rooms.contains_key(&name) {
-            return Err(Reject::new(ErrorCode::ALREADY_JOINED, format!("{room} is already joined")).into());
+            return Err(Failure::reject(ErrorCode::ALREADY_JOINED, format!("{room} is already joined")));
         }
         let max = self.ctx.limits.max_rooms_per_connection as usize;
         if self.rooms.len() >= max {
-            return Err(Reject::new(ErrorCode::TOO_MANY_ROOMS, format!("at most {max} rooms per connection")).into());
+            return Err(Failure::reject(ErrorCode::TOO_MANY_ROOMS, format!("at most {max} rooms per connection")));
         }
-        let key = self.key(&name).ok_or(Outcome::Fatal(ErrorCode::HELLO_REQUIRED, String::new()))?;
         let subscriber = Subscriber { outbox: self.outbox.clone(), lane };
-        self.ctx.hub.join(&key, self.id, subscriber, req, since, now_ms)?;
+        self.ctx.hub.join(&active.key(&name), self.id, subscriber, req, since, now_ms)?;
         if lane != CONTROL {
             self.lanes.insert(lane, name.clone());
         }
@@ -264,17 +282,15 @@ impl Session {
         Ok(())
     }
 
-    fn leave(&mut self, lane: LaneId, req: u64, room: &str, now_ms: u64) -> Result<(), Outcome> {
-        let name = RoomName::parse(room).map_err(|code| Reject::new(code, format!("invalid room name {room:?}")))?;
+    fn leave(&mut self, lane: LaneId, req: u64, room: &str, now_ms: u64) -> Result<(), Failure> {
+        let name = parse_room(room)?;
         let Some(&room_lane) = self.rooms.get(&name) else {
-            return Err(Reject::new(ErrorCode::NOT_JOINED, format!("{room} is not joined")).into());
+            return Err(Failure::reject(ErrorCode::NOT_JOINED, format!("{room} is not joined")));
         };
         if lane != CONTROL && lane != room_lane {
-            return Err(Outcome::Fatal(ErrorCode::WRONG_STREAM, format!("leave for {room} on another room's stream")));
+            return Err(Failure::Fatal(ErrorCode::WRONG_STREAM, format!("leave for {room} on another room's stream")));
         }
-        if let Some(key) = self.key(&name) {
-            self.ctx.hub.leave(&key, self.id, now_ms);
-        }
+        self.ctx.hub.leave(&self.active()?.key(&name), self.id, now_ms);
         self.rooms.remove(&name);
         self.send(lane, &ServerFrame::Left { req, room: name.to_string() })?;
         if room_lane != CONTROL {
@@ -292,50 +308,34 @@ impl Session {
         id: String,
         data: Payload,
         now_ms: u64,
-    ) -> Result<(), Outcome> {
-        let name = RoomName::parse(room).map_err(|code| Reject::new(code, format!("invalid room name {room:?}")))?;
+    ) -> Result<(), Failure> {
+        let name = parse_room(room)?;
         if lane != CONTROL && self.lanes.get(&lane) != Some(&name) {
-            return Err(Outcome::Fatal(ErrorCode::WRONG_STREAM, format!("publish to {room} on another room's stream")));
+            return Err(Failure::Fatal(ErrorCode::WRONG_STREAM, format!("publish to {room} on another room's stream")));
         }
-        let identity = self.identity().ok_or(Outcome::Fatal(ErrorCode::HELLO_REQUIRED, String::new()))?;
-        let from = identity.user.clone();
-        if !identity.can_publish(name.as_str()) {
-            return Err(Reject::new(
-                ErrorCode::PERMISSION_DENIED,
-                format!("token does not allow publishing to {room}"),
-            )
-            .into());
+        let active = self.active()?;
+        if !active.identity.can_publish(name.as_str()) {
+            let message = format!("token does not allow publishing to {room}");
+            return Err(Failure::reject(ErrorCode::PERMISSION_DENIED, message));
         }
         if id.is_empty() || id.len() > MAX_MESSAGE_ID_LEN {
-            return Err(Reject::new(
-                ErrorCode::BAD_REQUEST,
-                format!("message id must be 1-{MAX_MESSAGE_ID_LEN} bytes"),
-            )
-            .into());
+            let message = format!("message id must be 1-{MAX_MESSAGE_ID_LEN} bytes");
+            return Err(Failure::reject(ErrorCode::BAD_REQUEST, message));
         }
         let max = self.ctx.limits.max_payload_bytes as usize;
         if data.len() > max {
-            return Err(Reject::new(
-                ErrorCode::PAYLOAD_TOO_LARGE,
-                format!("payload of {} bytes exceeds {max}", data.len()),
-            )
-            .into());
+            let message = format!("payload of {} bytes exceeds {max}", data.len());
+            return Err(Failure::reject(ErrorCode::PAYLOAD_TOO_LARGE, message));
         }
+        let key = active.key(&name);
+        let from = active.identity.user.clone();
         if !self.publish_bucket.try_take(now_ms) {
-            return Err(Reject::new(ErrorCode::RATE_LIMITED, "publish rate limit exceeded").into());
+            return Err(Failure::reject(ErrorCode::RATE_LIMITED, "publish rate limit exceeded"));
         }
-        let key = self.key(&name).ok_or(Outcome::Fatal(ErrorCode::HELLO_REQUIRED, String::new()))?;
         let published = self.ctx.hub.publish(&key, &from, &id, data, now_ms);
         let ack = ServerFrame::Ack { req, room: name.to_string(), id, position: published.position };
         self.send(lane, &ack)?;
         Ok(())
-    }
-
-    fn key(&self, room: &RoomName) -> Option<RoomKey> {
-        match &self.state {
-            State::Active { tenant, .. } => Some(RoomKey { tenant: tenant.clone(), room: room.clone() }),
-            State::AwaitingHello => None,
-        }
     }
 
     fn send(&self, lane: LaneId, frame: &ServerFrame) -> Result<(), PushError> {
@@ -362,23 +362,5 @@ impl Session {
             _ => ErrorCode::SLOW_CONSUMER,
         };
         Fatal { code, message: err.to_string() }
-    }
-}
-
-enum Outcome {
-    Reject(Reject),
-    Fatal(ErrorCode, String),
-    Push(PushError),
-}
-
-impl From<Reject> for Outcome {
-    fn from(r: Reject) -> Self {
-        Outcome::Reject(r)
-    }
-}
-
-impl From<PushError> for Outcome {
-    fn from(e: PushError) -> Self {
-        Outcome::Push(e)
     }
 }
