@@ -86,8 +86,14 @@ async fn run(
         return CloseReason::Error(fatal.code);
     }
     let outbox = session.outbox().clone();
+    let leeway = ctx.session.verifier.leeway_secs();
+    // Timers live across iterations; the expiry is recomputed only when the token changes
+    // (hello, refresh), not for every frame.
+    let auth_timer = tokio::time::sleep_until(auth_deadline.into());
+    let mut expires_at = session.expires_at();
+    let expiry_timer = tokio::time::sleep_until(expiry_instant(expires_at, leeway).into());
+    tokio::pin!(auth_timer, expiry_timer);
     loop {
-        let expiry = expiry_instant(session.expires_at(), ctx.session.verifier.leeway_secs());
         tokio::select! {
             biased;
             _ = outbox.closed() => return outbox.closing().unwrap_or(CloseReason::Normal),
@@ -100,11 +106,11 @@ async fn run(
                 let _ = outbox.push(crate::outbox::CONTROL, outbox.codec().frame(&away));
                 return CloseReason::Error(ErrorCode::GOING_AWAY);
             }
-            _ = tokio::time::sleep_until(auth_deadline.into()), if !session.is_authenticated() => {
+            _ = &mut auth_timer, if !session.is_authenticated() => {
                 let fatal = session.fail(ErrorCode::AUTH_TIMEOUT, "no valid hello in time");
                 return CloseReason::Error(fatal.code);
             }
-            _ = tokio::time::sleep_until(expiry.into()), if session.is_authenticated() => {
+            _ = &mut expiry_timer, if session.is_authenticated() => {
                 let fatal = session.fail(ErrorCode::TOKEN_EXPIRED, "token expired; refresh before exp");
                 return CloseReason::Error(fatal.code);
             }
@@ -113,6 +119,10 @@ async fn run(
                 Some(Inbound::Frame { lane, body }) => {
                     if let Err(fatal) = session.handle(lane, &body, unix_ms()) {
                         return CloseReason::Error(fatal.code);
+                    }
+                    if session.expires_at() != expires_at {
+                        expires_at = session.expires_at();
+                        expiry_timer.as_mut().reset(expiry_instant(expires_at, leeway).into());
                     }
                 }
                 Some(Inbound::LaneClosed(lane)) => session.lane_closed(lane, unix_ms()),
@@ -125,11 +135,16 @@ async fn run(
     }
 }
 
+/// Longest timer the loop arms: a token without a near expiry never fires it.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
+
 /// The instant a token expiring at `expires_at` (unix seconds) stops being accepted.
 fn expiry_instant(expires_at: Option<u64>, leeway_secs: u64) -> Instant {
-    let far = Instant::now() + Duration::from_secs(86_400 * 365);
-    let Some(exp) = expires_at else { return far };
-    let now = unix_ms();
-    let deadline_ms = exp.saturating_add(leeway_secs).saturating_mul(1000);
-    Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now)).min(far - Instant::now())
+    let remaining = match expires_at {
+        Some(exp) => {
+            Duration::from_millis(exp.saturating_add(leeway_secs).saturating_mul(1000).saturating_sub(unix_ms()))
+        }
+        None => FAR_FUTURE,
+    };
+    Instant::now() + remaining.min(FAR_FUTURE)
 }
