@@ -209,6 +209,10 @@ async fn oversized_frames_are_refused_before_they_are_buffered() {
     let mut ws = raw_ws(&relay).await;
     ws.send(Message::binary(vec![0u8; 9000])).await.unwrap();
     assert_eq!(ws_closed_with(&mut ws).await.0, Some(4102));
+    // Beyond the socket library's own cap (twice the frame limit, at least 64 KiB) too.
+    let mut ws = raw_ws(&relay).await;
+    ws.send(Message::binary(vec![0u8; 100 * 1024])).await.unwrap();
+    assert_eq!(ws_closed_with(&mut ws).await.0, Some(4102));
     bystander.still_served().await;
 }
 

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -106,12 +107,13 @@ async fn next_frame(
         let body = match stream.next().await {
             None | Some(Ok(Message::Close(_))) => return Ok(None),
             Some(Err(err)) => {
-                let text = err.to_string();
-                // The socket library refuses messages beyond its own cap.
-                if text.contains("too long") || text.contains("Space limit") {
-                    return Err((ErrorCode::FRAME_TOO_LARGE, text));
-                }
-                return Ok(None);
+                // The socket library refuses messages beyond its own cap; anything else means
+                // the peer is gone.
+                let err = err.into_inner();
+                return match err.downcast_ref::<tungstenite::Error>() {
+                    Some(tungstenite::Error::Capacity(cap)) => Err((ErrorCode::FRAME_TOO_LARGE, cap.to_string())),
+                    _ => Ok(None),
+                };
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(Message::Text(text))) => Bytes::copy_from_slice(text.as_bytes()),
