@@ -5,8 +5,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -100,9 +100,9 @@ where
 
 fn message(codec: Codec, frame: &WireFrame) -> Message {
     match codec {
-        // JSON frames are UTF-8 by construction.
-        Codec::Json => match String::from_utf8(frame.body().to_vec()) {
-            Ok(text) => Message::text(text),
+        // JSON frames are UTF-8 by construction; the check shares the bytes instead of copying.
+        Codec::Json => match Utf8Bytes::try_from(frame.body()) {
+            Ok(text) => Message::Text(text),
             Err(_) => Message::Binary(frame.body()),
         },
         Codec::Postcard => Message::Binary(frame.body()),
