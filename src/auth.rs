@@ -187,6 +187,20 @@ fn read_key_file(key: String, path: &Path) -> Result<Vec<u8>, AuthSetupError> {
     std::fs::read(path).map_err(|source| AuthSetupError::Io { key, path: path.to_path_buf(), source })
 }
 
+/// The PEM an ES256/RS256 key needs from one of its file fields, with that field's dotted name
+/// for error messages; `missing` says why the field is required.
+fn pem_field(
+    k: &KeyConfig,
+    field: &str,
+    path: Option<&Path>,
+    missing: &str,
+) -> Result<(String, Vec<u8>), AuthSetupError> {
+    let field = format!("{}.{field}", k.config_key());
+    let path = path.ok_or_else(|| setup_err(&field, missing))?;
+    let pem = read_key_file(field.clone(), path)?;
+    Ok((field, pem))
+}
+
 /// The HS256 secret of a key config: inline, or the file's bytes without trailing whitespace.
 fn hs256_secret(k: &KeyConfig) -> Result<Vec<u8>, AuthSetupError> {
     let base = k.config_key();
@@ -258,12 +272,8 @@ impl Verifier {
             let key = match k.alg {
                 KeyAlg::HS256 => DecodingKey::from_secret(&hs256_secret(k)?),
                 KeyAlg::ES256 | KeyAlg::RS256 => {
-                    let field = format!("{base}.public_key_file");
-                    let path = k
-                        .public_key_file
-                        .as_deref()
-                        .ok_or_else(|| setup_err(&field, format!("required for {}", k.alg)))?;
-                    let pem = read_key_file(field.clone(), path)?;
+                    let missing = format!("required for {}", k.alg);
+                    let (field, pem) = pem_field(k, "public_key_file", k.public_key_file.as_deref(), &missing)?;
                     let parsed = if k.alg == KeyAlg::ES256 {
                         DecodingKey::from_ec_pem(&pem)
                     } else {
@@ -418,12 +428,8 @@ impl Signer {
         let key = match k.alg {
             KeyAlg::HS256 => EncodingKey::from_secret(&hs256_secret(k)?),
             KeyAlg::ES256 | KeyAlg::RS256 => {
-                let field = format!("{}.private_key_file", k.config_key());
-                let path = k
-                    .private_key_file
-                    .as_deref()
-                    .ok_or_else(|| setup_err(&field, format!("needed to sign {} tokens", k.alg)))?;
-                let pem = read_key_file(field.clone(), path)?;
+                let missing = format!("needed to sign {} tokens", k.alg);
+                let (field, pem) = pem_field(k, "private_key_file", k.private_key_file.as_deref(), &missing)?;
                 let parsed = if k.alg == KeyAlg::ES256 {
                     EncodingKey::from_ec_pem(&pem)
                 } else {
