@@ -85,6 +85,35 @@ impl TransportMetrics {
     }
 }
 
+/// The hub's handles, registered once so that a publish does not look names up.
+#[derive(Clone)]
+pub struct HubMetrics {
+    pub publishes: metrics::Counter,
+    pub deliveries: metrics::Counter,
+    pub fanout_seconds: metrics::Histogram,
+    pub slow_consumer_drops: metrics::Counter,
+    pub rooms: metrics::Gauge,
+}
+
+impl HubMetrics {
+    /// Handles on the recorder installed now (install it first).
+    pub fn new() -> Self {
+        HubMetrics {
+            publishes: metrics::counter!(PUBLISHES_TOTAL),
+            deliveries: metrics::counter!(DELIVERIES_TOTAL),
+            fanout_seconds: metrics::histogram!(FANOUT_SECONDS),
+            slow_consumer_drops: metrics::counter!(OUTBOX_DROPS_TOTAL, "reason" => "slow_consumer"),
+            rooms: metrics::gauge!(ROOMS),
+        }
+    }
+}
+
+impl Default for HubMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Decrements the open-connections gauge when the connection ends, however it ends.
 pub struct OpenConnection(metrics::Gauge);
 

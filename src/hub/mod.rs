@@ -14,7 +14,7 @@ use std::time::Instant;
 
 pub use room::{Published, RoomState, Subscriber, SubscriberId};
 
-use crate::metrics as m;
+use crate::metrics::HubMetrics;
 use crate::outbox::PushError;
 use crate::proto::{Payload, Position, RoomName};
 
@@ -31,6 +31,7 @@ pub struct Hub {
     shards: Vec<Shard>,
     hasher: RandomState,
     idle_ttl_ms: u64,
+    metrics: HubMetrics,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -44,6 +45,7 @@ impl Hub {
             shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             idle_ttl_ms: room_idle_ttl_ms,
+            metrics: HubMetrics::new(),
         }
     }
 
@@ -59,7 +61,7 @@ impl Hub {
         shard
             .entry(key.clone())
             .or_insert_with(|| {
-                metrics::gauge!(m::ROOMS).increment(1.0);
+                self.metrics.rooms.increment(1.0);
                 Arc::new(Mutex::new(RoomState::new(key.room.clone(), now_ms)))
             })
             .clone()
@@ -96,12 +98,11 @@ impl Hub {
         let room = self.room(key, now_ms);
         let started = Instant::now();
         let published = lock(&room).publish(from, id, data, now_ms);
-        metrics::histogram!(m::FANOUT_SECONDS).record(started.elapsed().as_secs_f64());
-        metrics::counter!(m::PUBLISHES_TOTAL).increment(1);
-        metrics::counter!(m::DELIVERIES_TOTAL).increment(published.delivered as u64);
+        self.metrics.fanout_seconds.record(started.elapsed().as_secs_f64());
+        self.metrics.publishes.increment(1);
+        self.metrics.deliveries.increment(published.delivered as u64);
         if !published.dropped.is_empty() {
-            metrics::counter!(m::OUTBOX_DROPS_TOTAL, "reason" => "slow_consumer")
-                .increment(published.dropped.len() as u64);
+            self.metrics.slow_consumer_drops.increment(published.dropped.len() as u64);
         }
         published
     }
@@ -121,7 +122,7 @@ impl Hub {
                 keep
             });
         }
-        metrics::gauge!(m::ROOMS).decrement(dropped as f64);
+        self.metrics.rooms.decrement(dropped as f64);
         dropped
     }
 }
