@@ -1,0 +1,16 @@
+//! netsim: lossy mobile networks for edgerelay's tests, benches and operators.
+//!
+//! The machines edgerelay is tested on have no `tc netem`, so the impairment is implemented here:
+//! - [`model`]: what happens to each packet (loss, bursts, delay, jitter, reordering,
+//!   duplication, a bandwidth cap with a bounded queue, MTU), pure and seeded;
+//! - [`schedule`]: blackouts and NAT rebinding over time;
+//! - [`profile`]: named profiles (wifi, 4g, satellite, train, ...) with documented figures;
+//! - [`proxy`]: user-space UDP and TCP proxies applying a profile between a client and a relay.
+
+pub mod model;
+pub mod profile;
+pub mod schedule;
+
+pub use model::{DropReason, Fate, LinkConfig, LinkModel, Loss};
+pub use profile::Profile;
+pub use schedule::{Blackouts, Periodic, Rebinds, Window};
