@@ -193,6 +193,9 @@ pub struct LimitsConfig {
     pub idle_timeout_ms: u32,
     /// Total connections on this relay.
     pub max_connections: u32,
+    /// Largest datagram accepted from a client; larger ones are dropped (and counted), never
+    /// fatal. Datagrams the relay sends are bounded by the path's `max_datagram_size()` instead.
+    pub max_datagram_bytes: u32,
 }
 
 impl Default for LimitsConfig {
@@ -209,6 +212,7 @@ impl Default for LimitsConfig {
             ping_interval_ms: 15_000,
             idle_timeout_ms: 45_000,
             max_connections: 100_000,
+            max_datagram_bytes: 1_500,
         }
     }
 }
@@ -398,6 +402,9 @@ impl Config {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0"));
             }
+        }
+        if !(64..=65_535).contains(&l.max_datagram_bytes) {
+            return Err(invalid("limits.max_datagram_bytes", "must be in 64..=65535"));
         }
         if l.auth_timeout_ms == 0 {
             return Err(invalid("limits.auth_timeout_ms", "must be greater than 0"));

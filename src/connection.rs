@@ -3,6 +3,14 @@
 //!
 //! Transports read bytes, split them into frames and send them here as [`Inbound`] events; they
 //! write whatever the outbox holds. This loop is the single owner of the [`Session`].
+//!
+//! Datagrams are transport-generic: any transport that has unreliable datagrams (raw QUIC today,
+//! WebTransport next) hands each received datagram body to [`Inbound::Datagram`], ideally with
+//! `try_send` so a busy connection drops datagrams rather than delaying its streams, and drains
+//! the outbox's datagram queue (see `outbox.rs`). A datagram is one frame body in the connection's
+//! codec, no length prefix. Nothing about a datagram is ever fatal: undecodable or disallowed
+//! datagrams are dropped and counted (`edgerelay_datagram_drops_total`), because a lost or
+//! garbled datagram is indistinguishable from loss, which the protocol tolerates by design.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,6 +28,8 @@ use crate::session::{Session, SessionContext};
 pub enum Inbound {
     /// A complete frame body arrived on a lane.
     Frame { lane: LaneId, body: Bytes },
+    /// One datagram arrived (an unreliable, unordered frame body without length prefix).
+    Datagram(Bytes),
     /// The peer finished or reset the stream behind a lane.
     LaneClosed(LaneId),
     /// The peer ended the connection (closed it, or finished its control stream).
@@ -125,6 +135,7 @@ async fn run(
                         expiry_timer.as_mut().reset(expiry_instant(expires_at, leeway).into());
                     }
                 }
+                Some(Inbound::Datagram(body)) => session.handle_datagram(&body, unix_ms()),
                 Some(Inbound::LaneClosed(lane)) => session.lane_closed(lane, unix_ms()),
                 Some(Inbound::Failed(code, message)) => {
                     let fatal = session.fail(code, message);

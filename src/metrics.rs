@@ -27,6 +27,16 @@ pub const DELIVERIES_TOTAL: &str = "edgerelay_deliveries_total";
 pub const FANOUT_SECONDS: &str = "edgerelay_fanout_seconds";
 /// Frames dropped from outboxes, by `reason` (`slow_consumer`).
 pub const OUTBOX_DROPS_TOTAL: &str = "edgerelay_outbox_drops_total";
+/// Datagram-class frames received / sent as QUIC datagrams, by `transport`.
+pub const DATAGRAMS_IN_TOTAL: &str = "edgerelay_datagrams_in_total";
+pub const DATAGRAMS_OUT_TOTAL: &str = "edgerelay_datagrams_out_total";
+/// Datagram-class frames dropped, by `reason`: `superseded` (a newer one for the same key was
+/// queued), `evicted` (queue or byte cap full), `too_large` (over `limits.max_datagram_bytes`),
+/// `backlog` (the connection loop was busy), `undecodable`, `unauthenticated`, `not_datagram`
+/// (a frame type that is not allowed as a datagram), `send_failed`.
+pub const DATAGRAM_DROPS_TOTAL: &str = "edgerelay_datagram_drops_total";
+/// Datagrams too large for the path (or refused by the peer) sent on the control stream instead.
+pub const DATAGRAMS_REROUTED_TOTAL: &str = "edgerelay_datagrams_rerouted_total";
 /// Errors sent to clients, by `code` slug.
 pub const ERRORS_TOTAL: &str = "edgerelay_errors_total";
 /// Rooms currently held by the hub (gauge).
@@ -63,6 +73,9 @@ pub struct TransportMetrics {
     pub bytes_out: metrics::Counter,
     pub connections: metrics::Gauge,
     pub connections_total: metrics::Counter,
+    pub datagrams_in: metrics::Counter,
+    pub datagrams_out: metrics::Counter,
+    pub datagrams_rerouted: metrics::Counter,
 }
 
 impl TransportMetrics {
@@ -74,6 +87,9 @@ impl TransportMetrics {
             bytes_out: metrics::counter!(BYTES_OUT_TOTAL, "transport" => transport),
             connections: metrics::gauge!(CONNECTIONS, "transport" => transport),
             connections_total: metrics::counter!(CONNECTIONS_TOTAL, "transport" => transport),
+            datagrams_in: metrics::counter!(DATAGRAMS_IN_TOTAL, "transport" => transport),
+            datagrams_out: metrics::counter!(DATAGRAMS_OUT_TOTAL, "transport" => transport),
+            datagrams_rerouted: metrics::counter!(DATAGRAMS_REROUTED_TOTAL, "transport" => transport),
         }
     }
 
@@ -121,6 +137,11 @@ impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.decrement(1.0);
     }
+}
+
+/// Counts a datagram dropped on the way in or out (see [`DATAGRAM_DROPS_TOTAL`] for reasons).
+pub fn datagram_dropped(reason: &'static str) {
+    metrics::counter!(DATAGRAM_DROPS_TOTAL, "reason" => reason).increment(1);
 }
 
 /// Counts a closed connection by reason.

@@ -10,8 +10,24 @@
 //! keeping up: the queues are dropped at once (memory is bounded, other subscribers are never
 //! slowed) and the connection is closed with `slow_consumer` (130), a retryable code. The
 //! client reconnects and rejoins with its last positions.
+//!
+//! Besides the reliable lanes there is one lossy **datagram queue** for state where only the
+//! latest value matters (typing, presence, datagram pongs). Each entry has a [`DatagramKey`]
+//! (kind + scope, e.g. presence of user U in room R): a push replaces a queued entry with the
+//! same key (latest wins), the queue holds at most [`DATAGRAM_QUEUE_MAX`] entries (the oldest
+//! is dropped), and its bytes count against the same cap as the lanes but are dropped first:
+//! a reliable push that would overflow first evicts queued datagrams, and a datagram push never
+//! closes the connection. How the queue leaves depends on the transport, which is the only
+//! thing a transport decides:
+//! - datagram-capable transports (raw QUIC, WebTransport) run a writer that calls
+//!   [`Outbox::take_datagrams`] and sends each body as one datagram, or, when it does not fit
+//!   the path's `max_datagram_size()` (or the peer disabled datagrams), re-queues it on the
+//!   control lane with [`Outbox::push`] so it arrives reliably instead of not at all;
+//! - single-stream transports (WebSocket) call [`Outbox::take_all`], which interleaves the
+//!   datagram queue with the lanes right after the control lane.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -25,6 +41,40 @@ pub type LaneId = u64;
 
 /// The control lane: welcome, pong, errors, and everything on single-stream transports.
 pub const CONTROL: LaneId = 0;
+
+/// Most datagrams queued per connection; beyond it the oldest is dropped.
+pub const DATAGRAM_QUEUE_MAX: usize = 256;
+
+/// What a queued datagram is about: a newer datagram with the same key supersedes it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DatagramKey {
+    /// The kind of state (one of the `KIND_*` constants of the code that pushes it).
+    pub kind: u8,
+    /// What the state belongs to, e.g. `tenant/room/user`; shared by every subscriber's copy.
+    pub scope: Arc<str>,
+}
+
+impl DatagramKey {
+    pub fn new(kind: u8, scope: impl Into<Arc<str>>) -> Self {
+        DatagramKey { kind, scope: scope.into() }
+    }
+}
+
+/// Datagrams dropped from outboxes, by cause; read by metrics and tests.
+#[derive(Debug, Default)]
+pub struct DatagramDrops {
+    /// Replaced by a newer datagram with the same key before it was sent.
+    pub superseded: AtomicU64,
+    /// Evicted because the queue was full or the byte cap was reached.
+    pub evicted: AtomicU64,
+}
+
+impl DatagramDrops {
+    fn count(&self, counter: &AtomicU64, reason: &'static str) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::datagram_dropped(reason);
+    }
+}
 
 /// Why a push was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +106,8 @@ struct Lane {
 
 struct Inner {
     lanes: HashMap<LaneId, Lane>,
+    /// The lossy queue, oldest first; keys are unique.
+    datagrams: VecDeque<(DatagramKey, WireFrame)>,
     /// Bytes queued across all lanes, checked against the cap.
     bytes: usize,
     closing: Option<CloseReason>,
@@ -70,6 +122,9 @@ pub struct Outbox {
     any: Notify,
     /// Cancelled once the connection starts closing.
     closed: CancellationToken,
+    /// Wakes the datagram writer (datagram-capable transports).
+    datagram_notify: Arc<Notify>,
+    drops: DatagramDrops,
 }
 
 impl Outbox {
@@ -79,9 +134,11 @@ impl Outbox {
         Arc::new(Outbox {
             codec,
             cap: cap_bytes,
-            inner: Mutex::new(Inner { lanes, bytes: 0, closing: None }),
+            inner: Mutex::new(Inner { lanes, datagrams: VecDeque::new(), bytes: 0, closing: None }),
             any: Notify::new(),
             closed: CancellationToken::new(),
+            datagram_notify: Arc::new(Notify::new()),
+            drops: DatagramDrops::default(),
         })
     }
 
@@ -124,6 +181,10 @@ impl Outbox {
             return Err(PushError::Closed);
         }
         if inner.bytes + frame.len() > self.cap {
+            // Lossy state goes first: evict queued datagrams before declaring overflow.
+            self.evict_datagrams(&mut inner, frame.len());
+        }
+        if inner.bytes + frame.len() > self.cap {
             Self::overflow(&mut inner);
             drop(inner);
             self.closed.cancel();
@@ -142,9 +203,79 @@ impl Outbox {
         Ok(())
     }
 
+    /// Queues a lossy frame: it replaces a queued frame with the same key, and when the queue or
+    /// the byte cap is full the oldest datagrams are dropped. Never closes the connection.
+    pub fn push_datagram(&self, key: DatagramKey, frame: WireFrame) -> Result<(), PushError> {
+        let mut inner = self.lock();
+        if inner.closing.is_some() {
+            return Err(PushError::Closed);
+        }
+        if let Some(pos) = inner.datagrams.iter().position(|(k, _)| *k == key)
+            && let Some((_, old)) = inner.datagrams.remove(pos)
+        {
+            inner.bytes -= old.len();
+            self.drops.count(&self.drops.superseded, "superseded");
+        }
+        if inner.datagrams.len() >= DATAGRAM_QUEUE_MAX
+            && let Some((_, old)) = inner.datagrams.pop_front()
+        {
+            inner.bytes -= old.len();
+            self.drops.count(&self.drops.evicted, "evicted");
+        }
+        if inner.bytes + frame.len() > self.cap {
+            self.evict_datagrams(&mut inner, frame.len());
+            if inner.bytes + frame.len() > self.cap {
+                self.drops.count(&self.drops.evicted, "evicted");
+                return Ok(());
+            }
+        }
+        inner.bytes += frame.len();
+        inner.datagrams.push_back((key, frame));
+        drop(inner);
+        self.datagram_notify.notify_one();
+        self.any.notify_one();
+        Ok(())
+    }
+
+    /// Drops the oldest datagrams until `incoming` more bytes fit under the cap (or none is left).
+    fn evict_datagrams(&self, inner: &mut Inner, incoming: usize) {
+        while inner.bytes + incoming > self.cap {
+            let Some((_, old)) = inner.datagrams.pop_front() else { break };
+            inner.bytes -= old.len();
+            self.drops.count(&self.drops.evicted, "evicted");
+        }
+    }
+
+    /// Takes up to `max` queued datagrams, oldest first (for datagram writers). `Empty` means
+    /// wait on [`Outbox::datagram_notify`]; `Close` that the connection is closing.
+    pub fn take_datagrams(&self, max: usize) -> Take {
+        let mut inner = self.lock();
+        if let Some(reason) = inner.closing {
+            return Take::Close(reason);
+        }
+        let n = inner.datagrams.len().min(max);
+        if n == 0 {
+            return Take::Empty;
+        }
+        let frames: Vec<WireFrame> = inner.datagrams.drain(..n).map(|(_, f)| f).collect();
+        inner.bytes -= frames.iter().map(WireFrame::len).sum::<usize>();
+        Take::Frames(frames)
+    }
+
+    /// The notification a datagram writer waits on.
+    pub fn datagram_notify(&self) -> Arc<Notify> {
+        self.datagram_notify.clone()
+    }
+
+    /// Datagrams this outbox dropped so far.
+    pub fn datagram_drops(&self) -> &DatagramDrops {
+        &self.drops
+    }
+
     fn overflow(inner: &mut Inner) {
         inner.closing = Some(CloseReason::Error(ErrorCode::SLOW_CONSUMER));
         inner.bytes = 0;
+        inner.datagrams = VecDeque::new();
         for lane in inner.lanes.values_mut() {
             lane.queue = VecDeque::new();
             lane.notify.notify_one();
@@ -163,6 +294,7 @@ impl Outbox {
         }
         drop(inner);
         self.closed.cancel();
+        self.datagram_notify.notify_one();
         self.any.notify_one();
     }
 
@@ -200,7 +332,8 @@ impl Outbox {
     }
 
     /// Takes up to `max` frames from all lanes, round-robin one frame per lane per pass,
-    /// control lane first (for single-stream writers). Closed lanes that are drained are removed.
+    /// control lane first, then the datagram queue, then the rooms (for single-stream writers).
+    /// Closed lanes that are drained are removed.
     pub fn take_all(&self, max: usize) -> Take {
         let mut inner = self.lock();
         let mut frames = Vec::new();
@@ -213,6 +346,12 @@ impl Outbox {
                     break;
                 }
                 if let Some(frame) = inner.lanes.get_mut(id).and_then(|l| l.queue.pop_front()) {
+                    frames.push(frame);
+                }
+                if *id == CONTROL
+                    && frames.len() < max
+                    && let Some((_, frame)) = inner.datagrams.pop_front()
+                {
                     frames.push(frame);
                 }
             }
@@ -309,5 +448,65 @@ mod tests {
         assert_eq!(ob.push(9, frame(2)), Err(PushError::Closed));
         assert_eq!(ob.take(9, 10), Take::Frames(vec![frame(2)]));
         assert_eq!(ob.take(9, 10), Take::Finished);
+    }
+
+    fn key(scope: &str) -> DatagramKey {
+        DatagramKey::new(1, scope)
+    }
+
+    #[test]
+    fn datagrams_are_latest_wins_per_key() {
+        let ob = Outbox::new(Codec::Json, 1000);
+        ob.push_datagram(key("alice"), named("a1")).unwrap();
+        ob.push_datagram(key("bob"), named("b1")).unwrap();
+        ob.push_datagram(key("alice"), named("a2")).unwrap();
+        assert_eq!(ob.datagram_drops().superseded.load(Ordering::Relaxed), 1);
+        assert_eq!(ob.queued_bytes(), 2 * 6);
+        assert_eq!(ob.take_datagrams(10), Take::Frames(vec![named("b1"), named("a2")]));
+        assert_eq!(ob.take_datagrams(10), Take::Empty);
+        assert_eq!(ob.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn datagram_queue_is_bounded_dropping_the_oldest() {
+        let ob = Outbox::new(Codec::Json, 1 << 20);
+        for i in 0..DATAGRAM_QUEUE_MAX + 3 {
+            ob.push_datagram(key(&i.to_string()), named(&i.to_string())).unwrap();
+        }
+        assert_eq!(ob.datagram_drops().evicted.load(Ordering::Relaxed), 3);
+        let Take::Frames(frames) = ob.take_datagrams(usize::MAX) else { panic!("expected frames") };
+        assert_eq!(frames.len(), DATAGRAM_QUEUE_MAX);
+        assert_eq!(frames.first(), Some(&named("3")), "the three oldest were dropped");
+    }
+
+    #[test]
+    fn reliable_frames_evict_datagrams_before_overflowing() {
+        let ob = Outbox::new(Codec::Json, 100);
+        ob.push_datagram(key("a"), frame(40)).unwrap();
+        ob.push_datagram(key("b"), frame(40)).unwrap();
+        ob.push(CONTROL, frame(50)).unwrap();
+        assert_eq!(ob.closing(), None, "datagrams made room; the connection lives");
+        assert_eq!(ob.datagram_drops().evicted.load(Ordering::Relaxed), 1);
+        assert_eq!(ob.queued_bytes(), 90);
+        // A datagram that cannot fit is dropped, never fatal.
+        ob.push_datagram(key("c"), frame(60)).unwrap();
+        assert_eq!(ob.closing(), None);
+        assert_eq!(ob.queued_bytes(), 50);
+        assert_eq!(ob.take_datagrams(10), Take::Empty);
+    }
+
+    #[test]
+    fn single_stream_writers_get_datagrams_right_after_control() {
+        let ob = Outbox::new(Codec::Json, 1000);
+        ob.open_lane(1);
+        ob.push(1, named("r1")).unwrap();
+        ob.push_datagram(key("t"), named("d1")).unwrap();
+        ob.push(CONTROL, named("c1")).unwrap();
+        ob.push(CONTROL, named("c2")).unwrap();
+        let Take::Frames(frames) = ob.take_all(10) else { panic!("expected frames") };
+        assert_eq!(frames, vec![named("c1"), named("d1"), named("r1"), named("c2")]);
+        ob.push_datagram(key("t"), named("d2")).unwrap();
+        ob.close(CloseReason::Normal);
+        assert_eq!(ob.take_datagrams(10), Take::Close(CloseReason::Normal));
     }
 }

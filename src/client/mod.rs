@@ -352,6 +352,38 @@ impl Client {
         }
     }
 
+    /// Round trip over the datagram path: on QUIC the `ping` goes as a datagram and the relay
+    /// answers with a `pong` datagram (either may be lost: then this times out); on WebSocket
+    /// it is an ordinary ping.
+    pub async fn ping_datagram(&self) -> Result<Duration, ClientError> {
+        let started = Instant::now();
+        let req = self.req();
+        let rx = self.expect(req);
+        self.send_datagram(&ClientFrame::Ping { req }).await?;
+        match self.answer(req, rx).await? {
+            ServerFrame::Pong { .. } => Ok(started.elapsed()),
+            other => Err(ClientError::Protocol(format!("expected pong, got {other:?}"))),
+        }
+    }
+
+    /// Sends a latest-wins frame: one QUIC datagram when it fits the path (lossy), the control
+    /// stream otherwise; on WebSocket, the socket.
+    pub async fn send_datagram(&self, frame: &ClientFrame) -> Result<(), ClientError> {
+        let frame = self.codec.frame(frame);
+        match &self.link {
+            Link::Quic(link) => link.send_datagram(frame).await,
+            Link::WebSocket(link) => link.send(frame),
+        }
+    }
+
+    /// Largest datagram the connection carries now; `None` on WebSocket or when datagrams are off.
+    pub fn max_datagram_size(&self) -> Option<usize> {
+        match &self.link {
+            Link::Quic(link) => link.max_datagram_size(),
+            Link::WebSocket(_) => None,
+        }
+    }
+
     /// Replaces the connection's token; returns the new expiry (unix seconds).
     pub async fn refresh(&self, token: &str) -> Result<u64, ClientError> {
         let req = self.req();

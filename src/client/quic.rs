@@ -1,4 +1,5 @@
-//! The client's raw QUIC link: a control stream plus one bidirectional stream per joined room.
+//! The client's raw QUIC link: a control stream plus one bidirectional stream per joined room,
+//! and QUIC datagrams for latest-wins frames (one frame body per datagram, no prefix).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -80,6 +81,7 @@ pub(super) async fn connect(
 
     tasks.spawn(read_stream(recv, reader, codec, shared.clone(), cancel.clone()));
     tasks.spawn(watch(conn.clone(), shared.clone(), cancel.clone()));
+    tasks.spawn(read_datagrams(conn.clone(), codec, shared.clone(), cancel.clone()));
     let link = QuicLink { endpoint, conn, codec, shared, control: Mutex::new(send), rooms: Default::default() };
     Ok((link, first))
 }
@@ -131,7 +133,40 @@ async fn read_stream(
     }
 }
 
+/// Dispatches every datagram from the relay like a frame read from a stream.
+async fn read_datagrams(conn: Connection, codec: Codec, shared: Arc<Shared>, cancel: CancellationToken) {
+    loop {
+        let datagram = tokio::select! {
+            _ = cancel.cancelled() => return,
+            datagram = conn.read_datagram() => datagram,
+        };
+        let Ok(body) = datagram else { return };
+        match codec.decode::<ServerFrame>(&body) {
+            Ok(frame) => shared.dispatch(frame).await,
+            Err(err) => tracing::warn!(%err, "undecodable datagram from relay"),
+        }
+    }
+}
+
 impl QuicLink {
+    /// Sends a frame as one datagram when it fits the path; otherwise on the control stream.
+    pub(super) async fn send_datagram(&self, frame: WireFrame) -> Result<(), ClientError> {
+        let body = frame.body();
+        if self.conn.max_datagram_size().is_some_and(|max| body.len() <= max) {
+            match self.conn.send_datagram(body) {
+                Ok(()) => return Ok(()),
+                Err(quinn::SendDatagramError::ConnectionLost(e)) => return Err(closed(&e)),
+                Err(_) => {}
+            }
+        }
+        self.send_control(frame).await
+    }
+
+    /// Largest datagram the path carries now, if the relay accepts datagrams.
+    pub(super) fn max_datagram_size(&self) -> Option<usize> {
+        self.conn.max_datagram_size()
+    }
+
     /// Opens the room's stream with its `join` frame and starts reading it. Returns false when
     /// the room already had a stream (the relay will refuse this join; the new stream is finished
     /// at once and the existing one is kept).

@@ -13,12 +13,15 @@ use std::sync::Arc;
 use crate::auth::{Identity, Verifier};
 use crate::config::LimitsConfig;
 use crate::hub::{Hub, RoomKey, Subscriber};
-use crate::outbox::{CONTROL, LaneId, Outbox, PushError};
+use crate::outbox::{CONTROL, DatagramKey, LaneId, Outbox, PushError};
 use crate::proto::{ClientFrame, ErrorCode, PROTOCOL_VERSION, Payload, Position, RoomName, ServerFrame, WireLimits};
 use limits::{ConnectionSlot, TokenBucket, UserConnections};
 
 /// Longest client message id, in bytes.
 pub const MAX_MESSAGE_ID_LEN: usize = 64;
+
+/// Datagram queue key kind of a `pong` answering a datagram `ping` (one key per `req`).
+pub const KIND_PONG: u8 = 1;
 
 /// What every session of one relay shares.
 pub struct SessionContext {
@@ -132,6 +135,27 @@ impl Session {
             Err(err) => return Err(self.fatal(0, err.code(), err.to_string())),
         };
         self.handle_frame(lane, frame, now_ms)
+    }
+
+    /// Handles one datagram body. Datagrams are lossy by nature, so nothing here is fatal: a
+    /// datagram that cannot be decoded, arrives before `hello`, or carries a frame type that is
+    /// not allowed as a datagram is dropped and counted.
+    pub fn handle_datagram(&mut self, body: &[u8], now_ms: u64) {
+        let frame: ClientFrame = match self.outbox.codec().decode(body) {
+            Ok(frame) => frame,
+            Err(_) => return crate::metrics::datagram_dropped("undecodable"),
+        };
+        if !self.is_authenticated() {
+            return crate::metrics::datagram_dropped("unauthenticated");
+        }
+        match frame {
+            // A datagram ping measures the datagram path itself, so it is answered by one.
+            ClientFrame::Ping { req } => {
+                let pong = self.outbox.codec().frame(&ServerFrame::Pong { req, server_time: now_ms });
+                let _ = self.outbox.push_datagram(DatagramKey::new(KIND_PONG, format!("{req}")), pong);
+            }
+            _ => crate::metrics::datagram_dropped("not_datagram"),
+        }
     }
 
     pub fn handle_frame(&mut self, lane: LaneId, frame: ClientFrame, now_ms: u64) -> Result<(), Fatal> {

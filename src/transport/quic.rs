@@ -5,6 +5,11 @@
 //! client with `join` as its first frame; the room's acks and messages come back on it. A lost
 //! packet therefore only ever delays the one room whose stream it belongs to. Every frame on
 //! every stream is `[u32 big-endian length][body]`.
+//!
+//! QUIC datagrams carry latest-wins state (typing, presence, datagram pings): each datagram is
+//! one frame body, no prefix. Received ones go to the connection loop with `try_send` (dropped
+//! when it is busy); the outbox's datagram queue is sent by one writer, and a frame larger than
+//! the path's `max_datagram_size()` goes on the control stream instead (see `outbox.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{FLUSH_TIMEOUT, WRITE_BATCH};
 use crate::connection::{self, ConnectionContext, Inbound};
-use crate::metrics::{TransportMetrics, disconnected};
+use crate::metrics::{TransportMetrics, datagram_dropped, disconnected};
 use crate::outbox::{CONTROL, CloseReason, LaneId, Outbox, Take};
 use crate::proto::{Codec, DecodeError, ErrorCode, FrameReader};
 
@@ -117,6 +122,9 @@ async fn run(conn: &Connection, shared: &Shared, stop: CancellationToken) -> Clo
     let control_notify = outbox.open_lane(CONTROL);
     writers.spawn(write_lane(outbox.clone(), CONTROL, control_notify, ctrl_send, shared.metrics.clone()));
     readers.spawn(read_lane(CONTROL, ctrl_recv, reader, tx.clone(), cancel.clone(), shared.metrics.clone()));
+    writers.spawn(write_datagrams(conn.clone(), outbox.clone(), shared.metrics.clone()));
+    let max_datagram = ctx.session.limits.max_datagram_bytes as usize;
+    readers.spawn(read_datagrams(conn.clone(), tx.clone(), max_datagram, cancel.clone(), shared.metrics.clone()));
     readers.spawn(accept_rooms(
         conn.clone(),
         outbox.clone(),
@@ -195,6 +203,61 @@ async fn read_lane(
         };
         if tx.send(event).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Feeds received datagrams to the connection loop until the connection ends. Oversized ones
+/// and ones arriving while the loop is backed up are dropped.
+async fn read_datagrams(
+    conn: Connection,
+    tx: mpsc::Sender<Inbound>,
+    max: usize,
+    cancel: CancellationToken,
+    metrics: TransportMetrics,
+) {
+    loop {
+        let datagram = tokio::select! {
+            _ = cancel.cancelled() => return,
+            datagram = conn.read_datagram() => datagram,
+        };
+        let Ok(body) = datagram else { return };
+        if body.len() > max {
+            datagram_dropped("too_large");
+            continue;
+        }
+        metrics.datagrams_in.increment(1);
+        match tx.try_send(Inbound::Datagram(body)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => datagram_dropped("backlog"),
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+        }
+    }
+}
+
+/// Sends the outbox's datagram queue. A frame that does not fit `max_datagram_size()` (or any
+/// frame when the peer does not accept datagrams) is re-queued on the control stream: the
+/// state it carries still arrives, late but reliably, instead of never.
+async fn write_datagrams(conn: Connection, outbox: Arc<Outbox>, metrics: TransportMetrics) {
+    let notify = outbox.datagram_notify();
+    loop {
+        match outbox.take_datagrams(WRITE_BATCH) {
+            Take::Frames(frames) => {
+                for frame in frames {
+                    let body = frame.body();
+                    if conn.max_datagram_size().is_some_and(|max| body.len() <= max) {
+                        match conn.send_datagram(body) {
+                            Ok(()) => metrics.datagrams_out.increment(1),
+                            Err(quinn::SendDatagramError::ConnectionLost(_)) => return,
+                            Err(_) => datagram_dropped("send_failed"),
+                        }
+                    } else if outbox.push(CONTROL, frame).is_ok() {
+                        metrics.datagrams_rerouted.increment(1);
+                    }
+                }
+            }
+            Take::Empty => notify.notified().await,
+            Take::Finished | Take::Close(_) => return,
         }
     }
 }

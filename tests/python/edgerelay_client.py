@@ -6,7 +6,9 @@ Two transports share one frame dispatcher:
   bidirectional stream is the control stream (``hello``, ``ping``, connection errors); each
   joined room gets its own bidirectional stream whose first frame is ``join`` (or, with
   ``room_streams=False``, everything shares the control stream). Frames on a stream are
-  ``[u32 big-endian length][JSON body]``.
+  ``[u32 big-endian length][JSON body]``. Latest-wins frames may also travel as QUIC datagrams:
+  one bare JSON body per datagram, no length prefix (``send_datagram``); datagrams from the
+  relay are dispatched like stream frames and kept in ``datagrams_received``.
 * ``WsClient``: WebSocket via ``websockets``, one text message per JSON frame.
 
 Every JSON frame is ``{"<type>": {fields...}}`` with all fields present (``null`` for an
@@ -371,6 +373,9 @@ def _quic_protocol_class():
                     self.finished_by_peer.add(event.stream_id)
                     if self.client is not None:
                         self.client._on_stream_finished(event.stream_id)
+            elif isinstance(event, events.DatagramFrameReceived):
+                if self.client is not None:
+                    self.client._on_datagram(event.data)
             elif isinstance(event, events.ConnectionTerminated):
                 self.terminated = event
                 if self.client is not None:
@@ -395,6 +400,7 @@ class QuicClient(_Client):
         self.control_stream: int | None = None
         self.room_stream: dict[str, int] = {}
         self.frames_by_stream: dict[int, list[tuple[str, dict]]] = defaultdict(list)
+        self.datagrams_received: list[tuple[str, dict]] = []
         protocol.client = self
 
     @classmethod
@@ -412,7 +418,8 @@ class QuicClient(_Client):
         from cryptography.hazmat.primitives.serialization import Encoding
 
         config = QuicConfiguration(is_client=True, alpn_protocols=[ALPN],
-                                   server_name=server_name, idle_timeout=30.0)
+                                   server_name=server_name, idle_timeout=30.0,
+                                   max_datagram_frame_size=65536)
         if cafile is not None:
             config.verify_mode = ssl.CERT_REQUIRED
             config.load_verify_locations(cafile=cafile)
@@ -479,6 +486,31 @@ class QuicClient(_Client):
             raise ConnectionClosed(self.close_code, self.close_reason)
         self._protocol._quic.send_stream_data(stream_id, length_prefix(frame), end_stream=end_stream)
         self._protocol.transmit()
+
+    def send_datagram(self, kind: str, **fields) -> None:
+        """Send one client frame as a QUIC datagram (a bare body: no length prefix)."""
+        if self.is_closed:
+            raise ConnectionClosed(self.close_code, self.close_reason)
+        self._protocol._quic.send_datagram_frame(encode_frame(kind, **fields))
+        self._protocol.transmit()
+
+    async def ping_datagram(self, timeout: float = DEFAULT_TIMEOUT) -> dict:
+        """``ping`` as a datagram; the relay answers with a ``pong`` datagram. Either may be
+        lost, so this raises TimeoutError then."""
+        req = self._req()
+        fut = self._loop.create_future()
+        self._pending[req] = fut
+        try:
+            self.send_datagram("ping", req=req)
+            kind, body = await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pending.pop(req, None)
+        assert kind == "pong", (kind, body)
+        return body
+
+    def _on_datagram(self, body: bytes) -> None:
+        self.datagrams_received.append(decode_frame(body))
+        self._on_frame(body)
 
     def finish_stream(self, stream_id: int) -> None:
         if not self.is_closed:

@@ -587,3 +587,33 @@ def test_quic_wrong_stream_is_fatal(relay):
             await c.close()
 
     run(main())
+
+
+def test_quic_ping_datagram_gets_pong_datagram(relay):
+    """A `ping` sent as a QUIC datagram is answered by a `pong` datagram (docs: Datagrams)."""
+    sub = unique("gina-")
+
+    async def main():
+        c = await connect(relay, "quic")
+        try:
+            await c.hello(relay.token(sub, "chat:*"))
+            pong = None
+            for _ in range(5):  # a datagram may be lost by design; loopback rarely does
+                try:
+                    pong = await c.ping_datagram(timeout=1.0)
+                    break
+                except asyncio.TimeoutError:
+                    continue
+            assert pong is not None and pong["server_time"] > 0
+            assert ("pong", pong) in c.datagrams_received
+            # Nothing arrived on a stream for it.
+            assert all(kind != "pong" for frames in c.frames_by_stream.values() for kind, _ in frames)
+            # Garbage datagrams are dropped, not fatal: the connection still answers.
+            c._protocol._quic.send_datagram_frame(b"\xff not a frame")
+            c._protocol.transmit()
+            await c.ping()
+            assert not c.is_closed
+        finally:
+            await c.close()
+
+    run(main())
