@@ -7,10 +7,17 @@
 //! - [`profile`]: named profiles (wifi, 4g, satellite, train, ...) with documented figures;
 //! - [`proxy`]: user-space UDP and TCP proxies applying a profile between a client and a relay.
 
+mod delay;
 pub mod model;
 pub mod profile;
+pub mod proxy;
 pub mod schedule;
+pub mod stats;
+mod tcp;
+mod udp;
 
 pub use model::{DropReason, Fate, LinkConfig, LinkModel, Loss};
 pub use profile::Profile;
+pub use proxy::{Protocol, Proxy, ProxyConfig, ProxyError};
 pub use schedule::{Blackouts, Periodic, Rebinds, Window};
+pub use stats::{DirectionStats, Stats};

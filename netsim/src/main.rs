@@ -1,8 +1,11 @@
 //! `netsim`: network impairment for edgerelay (see `docs/netsim.md`).
 
-use anyhow::Result;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use netsim::Profile;
+use netsim::{Blackouts, Profile, Protocol, Proxy, ProxyConfig, Rebinds};
 
 #[derive(Parser)]
 #[command(name = "netsim", version, about = "Lossy mobile network simulation for edgerelay")]
@@ -15,15 +18,107 @@ struct Cli {
 enum Command {
     /// List the named profiles and their parameters.
     Profiles,
+    /// Run a user-space proxy that applies a profile between clients and a relay.
+    ///
+    /// Example: netsim proxy --listen 127.0.0.1:5433 --upstream 127.0.0.1:4433 --profile 4g
+    Proxy(ProxyArgs),
+}
+
+#[derive(clap::Args)]
+struct ProxyArgs {
+    /// Where clients connect.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The relay (its UDP port, or its TCP port with --tcp).
+    #[arg(long)]
+    upstream: SocketAddr,
+    /// One of the profiles `netsim profiles` lists.
+    #[arg(long, default_value = "4g")]
+    profile: String,
+    /// Seed for every random decision; the same seed and traffic replay a run. Random if unset
+    /// (the seed used is printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Proxy TCP (WebSocket) instead of UDP (QUIC).
+    #[arg(long)]
+    tcp: bool,
+    /// Move every UDP flow to a new source port this often (NAT rebinding), in seconds.
+    #[arg(long, value_name = "SECS")]
+    rebind_every: Option<f64>,
+    /// Add a blackout of --blackout-for seconds this often, in seconds (replaces the profile's).
+    #[arg(long, value_name = "SECS", requires = "blackout_for")]
+    blackout_every: Option<f64>,
+    /// Length of each blackout, in seconds.
+    #[arg(long, value_name = "SECS")]
+    blackout_for: Option<f64>,
+    /// Print the counters this often, in seconds (0: only at exit).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    stats_every: f64,
+}
+
+fn secs(value: f64, what: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(value).with_context(|| format!("{what} must be a non-negative number of seconds"))
+}
+
+async fn proxy(args: ProxyArgs) -> Result<()> {
+    let Some(mut profile) = Profile::named(&args.profile) else {
+        bail!("unknown profile {:?}; one of: {}", args.profile, netsim::profile::NAMES.join(", "));
+    };
+    if let Some(every) = args.rebind_every {
+        profile.rebinds = Rebinds::every(secs(every, "--rebind-every")?);
+    }
+    if let (Some(every), Some(length)) = (args.blackout_every, args.blackout_for) {
+        let every = secs(every, "--blackout-every")?;
+        profile.blackouts = Blackouts::periodic(every, every, secs(length, "--blackout-for")?);
+    }
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let config = ProxyConfig {
+        listen: args.listen,
+        upstream: args.upstream,
+        protocol: if args.tcp { Protocol::Tcp } else { Protocol::Udp },
+        profile,
+        seed,
+    };
+    let proxy = Proxy::start(config).await?;
+    eprintln!(
+        "netsim: {} proxy {} -> {}, profile {}, seed {seed}",
+        if args.tcp { "TCP" } else { "UDP" },
+        proxy.local_addr(),
+        args.upstream,
+        args.profile
+    );
+    let stats_every = secs(args.stats_every, "--stats-every")?;
+    let mut tick = tokio::time::interval(if stats_every.is_zero() { Duration::MAX / 2 } else { stats_every });
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            signal = tokio::signal::ctrl_c() => {
+                signal.context("waiting for Ctrl-C")?;
+                break;
+            }
+            _ = tick.tick() => eprintln!("netsim: {:?}", proxy.stats()),
+        }
+    }
+    eprintln!("netsim: {:?}", proxy.stats());
+    proxy.shutdown().await;
+    Ok(())
 }
 
 fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().command {
         Command::Profiles => {
             for profile in Profile::all() {
                 print!("{}", profile.describe());
             }
+            Ok(())
         }
+        Command::Proxy(args) => tokio::runtime::Runtime::new()?.block_on(proxy(args)),
     }
-    Ok(())
 }

@@ -184,19 +184,21 @@ impl LinkModel {
 
     /// Stream mode: when a segment of `len` bytes read at `now` arrives. Never drops: the queue
     /// is bounded by the caller's backpressure, a lost segment arrives a round trip late, and a
-    /// segment due inside a blackout arrives when it ends.
-    pub fn decide_stream(&mut self, now: Duration, len: usize) -> Duration {
+    /// segment due inside a blackout arrives when it ends. Returns the arrival time and whether
+    /// the segment was lost (and so retransmitted).
+    pub fn decide_stream(&mut self, now: Duration, len: usize) -> (Duration, bool) {
         let departs = self.link_free_at.max(now) + self.config.serialisation(len);
         if self.config.rate_bps.is_some() {
             self.link_free_at = departs;
         }
         let mut at = departs + self.propagation();
-        if self.lost() {
+        let lost = self.lost();
+        if lost {
             at += self.retransmission();
         }
         let at = self.blackouts.clear_at(at.max(self.stream_last));
         self.stream_last = at;
-        at
+        (at, lost)
     }
 
     /// What a loss costs a TCP stream: about one round trip (fast retransmit), at least 1 ms.
@@ -436,9 +438,11 @@ mod tests {
         let mut m = LinkModel::new(config, blackouts, 9);
         let mut previous = Duration::ZERO;
         let mut late = 0;
+        let mut lost = 0;
         for i in 0..1000u64 {
             let now = ms(i);
-            let at = m.decide_stream(now, 1000);
+            let (at, retransmitted) = m.decide_stream(now, 1000);
+            lost += u32::from(retransmitted);
             assert!(at >= previous, "out of order at {i}");
             assert!(!(ms(500)..ms(800)).contains(&at), "arrived during the blackout: {at:?}");
             // 1000 bytes at 8 Mbit/s take 1 ms; anything much later than delay + jitter was lost
@@ -449,6 +453,7 @@ mod tests {
             previous = at;
         }
         assert!(late > 100, "losses should delay segments: {late}");
+        assert!((70..130).contains(&lost), "lost {lost} of 1000 at 10%");
         assert_eq!(m.retransmission(), ms(45));
     }
 
