@@ -168,6 +168,7 @@ impl Relay {
         let mut text = format!(
             "edgerelay {version} serving\n  \
              QUIC (raw, ALPN edgerelay/1)   udp://{udp}\n  \
+             WebTransport (ALPN h3)         https://{udp}{wt_path}\n  \
              WebSocket                      ws://{tcp}/v1/ws\n  \
              health, readiness, metrics     http://{tcp}/healthz  /readyz  /metrics\n  \
              certificate sha256 (hex)       {hex}\n  \
@@ -175,6 +176,7 @@ impl Relay {
              certificate                    {kind}, valid until unix {exp}\n",
             version = env!("CARGO_PKG_VERSION"),
             udp = self.udp_addr,
+            wt_path = transport::webtransport::PATH,
             tcp = self.tcp_addr,
             hex = cert.sha256_hex,
             b64 = cert.sha256_base64,
@@ -229,7 +231,7 @@ fn quic_server_config(
     token_key: &[u8],
     limits: &LimitsConfig,
 ) -> Result<quinn::ServerConfig, RelayError> {
-    let crypto = tls::server_config(cert, &[transport::ALPN_RAW])?;
+    let crypto = tls::server_config(cert, &[transport::ALPN_RAW, transport::webtransport::ALPN])?;
     let crypto =
         quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|e| RelayError::Quic(e.to_string()))?;
     let token_key = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(token_key);
@@ -239,7 +241,9 @@ fn quic_server_config(
     transport
         .max_idle_timeout(Some(idle.try_into().map_err(|_| RelayError::Quic("idle timeout out of range".into()))?));
     transport.max_concurrent_bidi_streams((limits.max_rooms_per_connection + 4).into());
-    transport.max_concurrent_uni_streams(0u8.into());
+    // HTTP/3 (WebTransport) peers open a control stream and two QPACK streams; protocol v1 uses
+    // no unidirectional streams, so any other is stopped as soon as it arrives.
+    transport.max_concurrent_uni_streams(8u8.into());
     server.transport_config(Arc::new(transport));
     Ok(server)
 }

@@ -26,6 +26,8 @@ use crate::proto::{ClientFrame, Codec, ErrorCode, PROTOCOL_VERSION, Payload, Pos
 pub enum Target {
     /// Raw QUIC (ALPN `edgerelay/1`).
     Quic { addr: SocketAddr, server_name: String, tls: ServerTrust },
+    /// WebTransport (ALPN `h3`) at `path` (the relay serves `/v1/wt`), as browsers connect.
+    WebTransport { addr: SocketAddr, server_name: String, tls: ServerTrust, path: String },
     /// WebSocket, e.g. `ws://127.0.0.1:8080/v1/ws`.
     WebSocket { url: String },
 }
@@ -234,7 +236,13 @@ impl Client {
         let connecting = async {
             match &target {
                 Target::Quic { addr, server_name, tls } => {
-                    quic::connect(*addr, server_name, tls, options.codec, hello, shared.clone(), &tasks, &cancel)
+                    quic::connect(*addr, server_name, tls, None, options.codec, hello, shared.clone(), &tasks, &cancel)
+                        .await
+                        .map(|(link, welcome)| (Link::Quic(Box::new(link)), welcome))
+                }
+                Target::WebTransport { addr, server_name, tls, path } => {
+                    let wt = Some(path.as_str());
+                    quic::connect(*addr, server_name, tls, wt, options.codec, hello, shared.clone(), &tasks, &cancel)
                         .await
                         .map(|(link, welcome)| (Link::Quic(Box::new(link)), welcome))
                 }

@@ -1,27 +1,30 @@
-//! The client's raw QUIC link: a control stream plus one bidirectional stream per joined room,
-//! and QUIC datagrams for latest-wins frames (one frame body per datagram, no prefix).
+//! The client's QUIC link, raw (ALPN `edgerelay/1`) or WebTransport (ALPN `h3`, a session at
+//! `/v1/wt`): a control stream plus one bidirectional stream per joined room, and datagrams for
+//! latest-wins frames (one frame body per datagram, no prefix). Both are a `web-transport-quinn`
+//! [`Session`], so everything after the handshake is shared.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{Connection, ConnectionError, Endpoint, RecvStream, SendStream};
+use quinn::Endpoint;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use web_transport_quinn::{RecvStream, SendStream, Session, SessionError, WebTransportError};
 
 use super::{ClientError, ServerTrust, Shared};
 use crate::proto::{Codec, ErrorCode, FrameReader, ServerFrame, WireFrame};
 use crate::tls;
-use crate::transport::{ALPN_RAW, quic::read_frame};
+use crate::transport::{ALPN_RAW, quic::read_frame, webtransport};
 
 /// Largest frame the client accepts from the relay.
 const MAX_INBOUND_FRAME: usize = 16 << 20;
 
 pub(super) struct QuicLink {
     endpoint: Endpoint,
-    conn: Connection,
+    conn: Session,
     codec: Codec,
     shared: Arc<Shared>,
     control: Mutex<SendStream>,
@@ -30,21 +33,24 @@ pub(super) struct QuicLink {
     rooms: std::sync::Mutex<HashMap<String, Arc<Mutex<SendStream>>>>,
 }
 
+/// Connects over raw QUIC, or over WebTransport when `wt_path` names the session's URL path.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn connect(
     addr: SocketAddr,
     server_name: &str,
     trust: &ServerTrust,
+    wt_path: Option<&str>,
     codec: Codec,
     hello: WireFrame,
     shared: Arc<Shared>,
     tasks: &TaskTracker,
     cancel: &CancellationToken,
 ) -> Result<(QuicLink, ServerFrame), ClientError> {
+    let alpn = if wt_path.is_some() { webtransport::ALPN } else { ALPN_RAW };
     let crypto = match trust {
-        ServerTrust::Pinned(pins) => tls::pinned_client_config(pins.clone(), &[ALPN_RAW]),
+        ServerTrust::Pinned(pins) => tls::pinned_client_config(pins.clone(), &[alpn]),
         ServerTrust::Roots(pem) => {
-            tls::roots_client_config(pem, &[ALPN_RAW]).map_err(|e| ClientError::Connect(e.to_string()))?
+            tls::roots_client_config(pem, &[alpn]).map_err(|e| ClientError::Connect(e.to_string()))?
         }
     };
     let crypto =
@@ -64,6 +70,14 @@ pub(super) async fn connect(
         .map_err(|e| ClientError::Connect(e.to_string()))?
         .await
         .map_err(|e| ClientError::Connect(e.to_string()))?;
+    let conn = match wt_path {
+        None => Session::raw(conn),
+        Some(path) => {
+            let url = format!("https://{server_name}:{port}{path}", port = addr.port());
+            let url = url.parse::<url::Url>().map_err(|e| ClientError::Connect(e.to_string()))?;
+            Session::connect(conn, url).await.map_err(|e| ClientError::Connect(e.to_string()))?
+        }
+    };
 
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| closed(&e))?;
     send.write_all(hello.prefixed()).await.map_err(|e| ClientError::Connect(e.to_string()))?;
@@ -86,22 +100,27 @@ pub(super) async fn connect(
     Ok((link, first))
 }
 
-fn closed(err: &ConnectionError) -> ClientError {
+fn closed(err: &SessionError) -> ClientError {
     let (code, reason) = close_info(err);
     ClientError::Closed { code, reason }
 }
 
-fn close_info(err: &ConnectionError) -> (Option<ErrorCode>, String) {
+/// The relay's close code and reason: the QUIC application close on raw QUIC, the
+/// `CLOSE_WEBTRANSPORT_SESSION` capsule on WebTransport.
+fn close_info(err: &SessionError) -> (Option<ErrorCode>, String) {
+    let error_code = |code: u64| u16::try_from(code).ok().filter(|c| *c != 0).map(ErrorCode);
     match err {
-        ConnectionError::ApplicationClosed(close) => {
-            let code = u16::try_from(close.error_code.into_inner()).ok().filter(|c| *c != 0).map(ErrorCode);
-            (code, String::from_utf8_lossy(&close.reason).into_owned())
+        SessionError::ConnectionError(quinn::ConnectionError::ApplicationClosed(close)) => {
+            (error_code(close.error_code.into_inner()), String::from_utf8_lossy(&close.reason).into_owned())
+        }
+        SessionError::WebTransportError(WebTransportError::Closed(code, reason)) => {
+            (error_code(u64::from(*code)), reason.clone())
         }
         other => (None, other.to_string()),
     }
 }
 
-async fn watch(conn: Connection, shared: Arc<Shared>, cancel: CancellationToken) {
+async fn watch(conn: Session, shared: Arc<Shared>, cancel: CancellationToken) {
     tokio::select! {
         err = conn.closed() => {
             let (code, reason) = close_info(&err);
@@ -134,7 +153,7 @@ async fn read_stream(
 }
 
 /// Dispatches every datagram from the relay like a frame read from a stream.
-async fn read_datagrams(conn: Connection, codec: Codec, shared: Arc<Shared>, cancel: CancellationToken) {
+async fn read_datagrams(conn: Session, codec: Codec, shared: Arc<Shared>, cancel: CancellationToken) {
     loop {
         let datagram = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -152,11 +171,12 @@ impl QuicLink {
     /// Sends a frame as one datagram when it fits the path; otherwise on the control stream.
     pub(super) async fn send_datagram(&self, frame: WireFrame) -> Result<(), ClientError> {
         let body = frame.body();
-        if self.conn.max_datagram_size().is_some_and(|max| body.len() <= max) {
+        if self.max_datagram_size().is_some_and(|max| body.len() <= max) {
             match self.conn.send_datagram(body) {
                 Ok(()) => return Ok(()),
-                Err(quinn::SendDatagramError::ConnectionLost(e)) => return Err(closed(&e)),
-                Err(_) => {}
+                Err(SessionError::SendDatagramError(err))
+                    if !matches!(err, quinn::SendDatagramError::ConnectionLost(_)) => {}
+                Err(e) => return Err(closed(&e)),
             }
         }
         self.send_control(frame).await
@@ -164,7 +184,7 @@ impl QuicLink {
 
     /// Largest datagram the path carries now, if the relay accepts datagrams.
     pub(super) fn max_datagram_size(&self) -> Option<usize> {
-        self.conn.max_datagram_size()
+        Some(self.conn.max_datagram_size()).filter(|max| *max > 0)
     }
 
     /// Opens the room's stream with its `join` frame and starts reading it. Returns false when
@@ -220,12 +240,12 @@ impl QuicLink {
         self.control.lock().await.write_all(frame.prefixed()).await.map_err(|e| self.write_error(e))
     }
 
-    fn write_error(&self, err: quinn::WriteError) -> ClientError {
+    fn write_error(&self, err: web_transport_quinn::WriteError) -> ClientError {
         self.shared.closed_error().unwrap_or(ClientError::Closed { code: None, reason: err.to_string() })
     }
 
     pub(super) fn close(&self) {
-        self.conn.close(0u32.into(), b"bye");
+        self.conn.close(0, b"bye");
         self.endpoint.close(0u32.into(), b"bye");
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod quic;
 pub mod websocket;
+pub mod webtransport;
 
 use std::time::Duration;
 

@@ -1,4 +1,9 @@
-//! Raw QUIC (ALPN `edgerelay/1`) on the relay's quinn endpoint.
+//! The relay's one quinn endpoint: raw QUIC (ALPN `edgerelay/1`) and WebTransport (ALPN `h3`,
+//! see [`super::webtransport`]) on the same UDP port, dispatched on the negotiated ALPN.
+//!
+//! Both end up as a [`Session`] of `web-transport-quinn` (a raw connection wrapped by
+//! [`Session::raw`], or an HTTP/3 WebTransport session), so the stream handling below is written
+//! once and protocol v1 is byte for byte the same on both.
 //!
 //! Stream layout: the client's first bidirectional stream is the control stream (hello,
 //! welcome, ping, errors). Each room gets a bidirectional stream of its own, opened by the
@@ -16,12 +21,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream};
+use quinn::{Endpoint, Incoming};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use web_transport_quinn::{RecvStream, SendStream, Session, SessionError};
 
-use super::{FLUSH_TIMEOUT, WRITE_BATCH};
+use super::{ALPN_RAW, FLUSH_TIMEOUT, WRITE_BATCH, webtransport};
 use crate::connection::{self, ConnectionContext, Inbound};
 use crate::metrics::{TransportMetrics, datagram_dropped, disconnected};
 use crate::outbox::{CONTROL, CloseReason, LaneId, Outbox, Take};
@@ -34,7 +40,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Shared {
     ctx: Arc<ConnectionContext>,
-    metrics: TransportMetrics,
+    quic_metrics: TransportMetrics,
+    wt_metrics: TransportMetrics,
     handshakes: AtomicUsize,
     open: AtomicUsize,
 }
@@ -43,7 +50,8 @@ struct Shared {
 pub async fn serve(endpoint: Endpoint, ctx: Arc<ConnectionContext>, tasks: TaskTracker, stop: CancellationToken) {
     let shared = Arc::new(Shared {
         ctx,
-        metrics: TransportMetrics::new("quic"),
+        quic_metrics: TransportMetrics::new("quic"),
+        wt_metrics: TransportMetrics::new("webtransport"),
         handshakes: AtomicUsize::new(0),
         open: AtomicUsize::new(0),
     });
@@ -71,26 +79,79 @@ pub async fn serve(endpoint: Endpoint, ctx: Arc<ConnectionContext>, tasks: TaskT
 
 async fn connection(incoming: Incoming, shared: Arc<Shared>, stop: CancellationToken) {
     let remote = incoming.remote_address();
+    let auth_deadline = shared.ctx.auth_deadline();
     shared.handshakes.fetch_add(1, Ordering::Relaxed);
-    let handshake = async { incoming.accept()?.await };
-    let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await;
+    let session = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(incoming, auth_deadline)).await;
     shared.handshakes.fetch_sub(1, Ordering::Relaxed);
-    let conn = match conn {
-        Ok(Ok(conn)) => conn,
+    let (session, kind) = match session {
+        Ok(Ok(accepted)) => accepted,
         Ok(Err(err)) => return tracing::debug!(%remote, %err, "quic handshake failed"),
         Err(_) => return tracing::debug!(%remote, "quic handshake timed out"),
     };
+    let metrics = match kind {
+        Kind::Raw => shared.quic_metrics.clone(),
+        Kind::WebTransport => shared.wt_metrics.clone(),
+    };
     shared.open.fetch_add(1, Ordering::Relaxed);
-    let _open = shared.metrics.opened();
-    let reason = run(&conn, &shared, stop).await;
+    let _open = metrics.opened();
+    let reason = run(&session, &shared.ctx, metrics, auth_deadline, stop).await;
     shared.open.fetch_sub(1, Ordering::Relaxed);
     disconnected(reason.slug());
-    tracing::debug!(%remote, reason = reason.slug(), "quic connection closed");
+    tracing::debug!(%remote, transport = kind.name(), reason = reason.slug(), "quic connection closed");
 }
 
-async fn run(conn: &Connection, shared: &Shared, stop: CancellationToken) -> CloseReason {
-    let ctx = &shared.ctx;
-    let auth_deadline = ctx.auth_deadline();
+/// Which protocol a QUIC connection negotiated.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Raw,
+    WebTransport,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Raw => "quic",
+            Kind::WebTransport => "webtransport",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error(transparent)]
+    Quic(#[from] quinn::ConnectionError),
+    #[error(transparent)]
+    WebTransport(#[from] webtransport::AcceptError),
+    #[error("no ALPN negotiated")]
+    NoAlpn,
+}
+
+/// The QUIC/TLS handshake, then the protocol the ALPN names: raw QUIC is ready at once, while
+/// WebTransport first needs its HTTP/3 `CONNECT` (which must arrive before `auth_deadline`).
+async fn handshake(incoming: Incoming, auth_deadline: Instant) -> Result<(Session, Kind), HandshakeError> {
+    let conn = incoming.accept()?.await?;
+    let alpn = conn
+        .handshake_data()
+        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.protocol);
+    match alpn.as_deref() {
+        Some(ALPN_RAW) => Ok((Session::raw(conn), Kind::Raw)),
+        Some(webtransport::ALPN) => Ok((webtransport::accept(conn, auth_deadline).await?, Kind::WebTransport)),
+        // rustls refuses any ALPN the server config does not list; this is defence in depth.
+        _ => {
+            conn.close(0u32.into(), b"no application protocol");
+            Err(HandshakeError::NoAlpn)
+        }
+    }
+}
+
+async fn run(
+    conn: &Session,
+    ctx: &ConnectionContext,
+    metrics: TransportMetrics,
+    auth_deadline: Instant,
+    stop: CancellationToken,
+) -> CloseReason {
     let max_frame = ctx.session.limits.max_frame_bytes as usize;
 
     // The control stream and its first frame, within the authentication deadline.
@@ -111,8 +172,8 @@ async fn run(conn: &Connection, shared: &Shared, stop: CancellationToken) -> Clo
         Ok(None) => return close_now(conn, CloseReason::Normal),
         Err(err) => return close_now(conn, CloseReason::Error(err.code())),
     };
-    shared.metrics.frames_in.increment(1);
-    shared.metrics.bytes_in.increment(first.len() as u64 + 4);
+    metrics.frames_in.increment(1);
+    metrics.bytes_in.increment(first.len() as u64 + 4);
 
     let outbox = Outbox::new(Codec::detect(&first), ctx.session.limits.outbox_bytes);
     let (tx, mut rx) = mpsc::channel(64);
@@ -120,11 +181,12 @@ async fn run(conn: &Connection, shared: &Shared, stop: CancellationToken) -> Clo
     let readers = TaskTracker::new();
     let cancel = stop.child_token();
     let control_notify = outbox.open_lane(CONTROL);
-    writers.spawn(write_lane(outbox.clone(), CONTROL, control_notify, ctrl_send, shared.metrics.clone()));
-    readers.spawn(read_lane(CONTROL, ctrl_recv, reader, tx.clone(), cancel.clone(), shared.metrics.clone()));
-    writers.spawn(write_datagrams(conn.clone(), outbox.clone(), shared.metrics.clone()));
+    writers.spawn(write_lane(outbox.clone(), CONTROL, control_notify, ctrl_send, metrics.clone()));
+    readers.spawn(read_lane(CONTROL, ctrl_recv, reader, tx.clone(), cancel.clone(), metrics.clone()));
+    readers.spawn(refuse_uni(conn.clone(), cancel.clone()));
+    writers.spawn(write_datagrams(conn.clone(), outbox.clone(), metrics.clone()));
     let max_datagram = ctx.session.limits.max_datagram_bytes as usize;
-    readers.spawn(read_datagrams(conn.clone(), tx.clone(), max_datagram, cancel.clone(), shared.metrics.clone()));
+    readers.spawn(read_datagrams(conn.clone(), tx.clone(), max_datagram, cancel.clone(), metrics.clone()));
     readers.spawn(accept_rooms(
         conn.clone(),
         outbox.clone(),
@@ -133,7 +195,7 @@ async fn run(conn: &Connection, shared: &Shared, stop: CancellationToken) -> Clo
         writers.clone(),
         readers.clone(),
         max_frame,
-        shared.metrics.clone(),
+        metrics,
     ));
 
     let reason = tokio::select! {
@@ -143,31 +205,63 @@ async fn run(conn: &Connection, shared: &Shared, stop: CancellationToken) -> Clo
     outbox.close(reason);
     writers.close();
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, writers.wait()).await;
-    conn.close(reason.quic_code().into(), reason.slug().as_bytes());
+    close(conn, reason);
     cancel.cancel();
     readers.close();
     readers.wait().await;
+    // WebTransport sends its close capsule from a task of its own; give it time to arrive.
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, conn.closed()).await;
     reason
 }
 
-fn close_now(conn: &Connection, reason: CloseReason) -> CloseReason {
-    conn.close(reason.quic_code().into(), reason.slug().as_bytes());
+/// Closes with the reason's code: the QUIC application error code on raw QUIC, the
+/// `CLOSE_WEBTRANSPORT_SESSION` code (what a browser's `WebTransport.closed` reports) on
+/// WebTransport.
+fn close(conn: &Session, reason: CloseReason) {
+    conn.close(reason.quic_code(), reason.slug().as_bytes());
+}
+
+fn close_now(conn: &Session, reason: CloseReason) -> CloseReason {
+    close(conn, reason);
     reason
+}
+
+/// The receiving half of a QUIC stream, raw (quinn's) or WebTransport's: frames are read the
+/// same way from both.
+pub trait ChunkRecv: Send {
+    /// The next bytes in order, or `None` when the stream ended, was reset or the connection is
+    /// gone.
+    fn next_chunk(&mut self) -> impl Future<Output = Option<Bytes>> + Send;
+}
+
+/// Largest chunk taken from a stream at once.
+const READ_CHUNK: usize = 64 * 1024;
+
+impl ChunkRecv for quinn::RecvStream {
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        self.read_chunk(READ_CHUNK, true).await.ok().flatten().map(|chunk| chunk.bytes)
+    }
+}
+
+impl ChunkRecv for RecvStream {
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        self.read_chunk(READ_CHUNK, true).await.ok().flatten().map(|chunk| chunk.bytes)
+    }
 }
 
 /// Reads one length-prefixed frame body from a QUIC stream. `Ok(None)` when the stream ends
 /// cleanly before a frame starts.
-pub async fn read_frame(recv: &mut RecvStream, reader: &mut FrameReader) -> Result<Option<Bytes>, DecodeError> {
+pub async fn read_frame(recv: &mut impl ChunkRecv, reader: &mut FrameReader) -> Result<Option<Bytes>, DecodeError> {
     loop {
         if let Some(body) = reader.next_frame()? {
             return Ok(Some(body));
         }
-        match recv.read_chunk(64 * 1024, true).await {
-            Ok(Some(chunk)) => reader.push(&chunk.bytes),
-            Ok(None) if reader.pending() > 0 => {
+        match recv.next_chunk().await {
+            Some(chunk) => reader.push(&chunk),
+            None if reader.pending() > 0 => {
                 return Err(DecodeError::Malformed("stream ended inside a frame".into()));
             }
-            Ok(None) | Err(_) => return Ok(None),
+            None => return Ok(None),
         }
     }
 }
@@ -210,7 +304,7 @@ async fn read_lane(
 /// Feeds received datagrams to the connection loop until the connection ends. Oversized ones
 /// and ones arriving while the loop is backed up are dropped.
 async fn read_datagrams(
-    conn: Connection,
+    conn: Session,
     tx: mpsc::Sender<Inbound>,
     max: usize,
     cancel: CancellationToken,
@@ -238,18 +332,23 @@ async fn read_datagrams(
 /// Sends the outbox's datagram queue. A frame that does not fit `max_datagram_size()` (or any
 /// frame when the peer does not accept datagrams) is re-queued on the control stream: the
 /// state it carries still arrives, late but reliably, instead of never.
-async fn write_datagrams(conn: Connection, outbox: Arc<Outbox>, metrics: TransportMetrics) {
+async fn write_datagrams(conn: Session, outbox: Arc<Outbox>, metrics: TransportMetrics) {
     let notify = outbox.datagram_notify();
     loop {
         match outbox.take_datagrams(WRITE_BATCH) {
             Take::Frames(frames) => {
                 for frame in frames {
                     let body = frame.body();
-                    if conn.max_datagram_size().is_some_and(|max| body.len() <= max) {
+                    // 0 when the peer takes no datagrams; WebTransport's session header is deducted.
+                    if body.len() <= conn.max_datagram_size() {
                         match conn.send_datagram(body) {
                             Ok(()) => metrics.datagrams_out.increment(1),
-                            Err(quinn::SendDatagramError::ConnectionLost(_)) => return,
-                            Err(_) => datagram_dropped("send_failed"),
+                            Err(SessionError::SendDatagramError(err))
+                                if !matches!(err, quinn::SendDatagramError::ConnectionLost(_)) =>
+                            {
+                                datagram_dropped("send_failed")
+                            }
+                            Err(_) => return,
                         }
                     } else if outbox.push(CONTROL, frame).is_ok() {
                         metrics.datagrams_rerouted.increment(1);
@@ -262,9 +361,26 @@ async fn write_datagrams(conn: Connection, outbox: Arc<Outbox>, metrics: Transpo
     }
 }
 
+/// Protocol v1 has no unidirectional streams: any the peer opens are stopped at once, so they
+/// cannot hold buffered data.
+async fn refuse_uni(conn: Session, cancel: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = conn.accept_uni() => accepted,
+        };
+        match accepted {
+            Ok(mut recv) => {
+                let _ = recv.stop(0);
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn accept_rooms(
-    conn: Connection,
+    conn: Session,
     outbox: Arc<Outbox>,
     tx: mpsc::Sender<Inbound>,
     cancel: CancellationToken,

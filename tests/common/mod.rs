@@ -12,17 +12,23 @@ use edgerelay::proto::{ClientFrame, Codec, ErrorCode, ServerFrame};
 use edgerelay::relay::Relay;
 
 /// The transport and codec combinations every protocol test runs over.
-pub const VARIANTS: [(Transport, Codec); 4] = [
+pub const VARIANTS: [(Transport, Codec); 6] = [
     (Transport::Quic, Codec::Postcard),
     (Transport::Quic, Codec::Json),
     (Transport::WebSocket, Codec::Json),
     (Transport::WebSocket, Codec::Postcard),
+    (Transport::WebTransport, Codec::Json),
+    (Transport::WebTransport, Codec::Postcard),
 ];
 
+// `WebTransport` is the protocol's name, not a repetition of the enum's.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     Quic,
     WebSocket,
+    /// WebTransport at `/v1/wt` on the QUIC port, as browsers connect.
+    WebTransport,
 }
 
 pub struct TestRelay {
@@ -87,6 +93,12 @@ impl TestRelay {
                 tls: ServerTrust::Pinned(vec![self.cert_sha256()]),
             },
             Transport::WebSocket => Target::WebSocket { url: format!("ws://{}/v1/ws", self.relay.tcp_addr()) },
+            Transport::WebTransport => Target::WebTransport {
+                addr: self.relay.udp_addr(),
+                server_name: "localhost".into(),
+                tls: ServerTrust::Pinned(vec![self.cert_sha256()]),
+                path: edgerelay::transport::webtransport::PATH.into(),
+            },
         }
     }
 

@@ -1,0 +1,74 @@
+//! WebTransport on the QUIC port: sessions at `/v1/wt` speak protocol v1 exactly like raw QUIC,
+//! share rooms with raw QUIC and WebSocket clients, and are refused elsewhere. (Every protocol
+//! test in `tests/relay.rs` and `tests/abuse.rs` also runs over WebTransport through
+//! `common::VARIANTS`; the browser and aioquic proofs are `tests/browser.rs` and `tests/python`.)
+
+mod common;
+
+use common::{Transport, start, within};
+use edgerelay::client::{Client, ClientOptions, ServerTrust, Target};
+use edgerelay::proto::{Codec, Payload};
+
+#[tokio::test]
+async fn raw_quic_webtransport_and_websocket_clients_share_a_room_in_order() {
+    let relay = start().await;
+    let mut clients = vec![
+        relay.connect(Transport::Quic, Codec::Postcard, "quic", "acme", &["*"]).await,
+        relay.connect(Transport::WebTransport, Codec::Json, "wt", "acme", &["*"]).await,
+        relay.connect(Transport::WebSocket, Codec::Json, "ws", "acme", &["*"]).await,
+    ];
+    for client in &clients {
+        client.join("chat:mixed").await.unwrap();
+    }
+    let mut sent = Vec::new();
+    for round in 0..10 {
+        for (i, client) in clients.iter().enumerate() {
+            let id = format!("c{i}-r{round}");
+            let position = client.publish("chat:mixed", &id, Payload::from(r#"{"text":"hi"}"#)).await.unwrap();
+            sent.push((position.offset, id));
+        }
+    }
+    assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), (1..=30).collect::<Vec<_>>(), "acks are contiguous");
+    for client in &mut clients {
+        let mut seen = Vec::new();
+        for _ in 0..30 {
+            let m = within("message", client.next_message()).await.unwrap();
+            assert_eq!(m.data.as_json(), Some(r#"{"text":"hi"}"#));
+            seen.push((m.position.offset, m.id));
+        }
+        assert_eq!(seen, sent, "every client sees every message in offset order");
+    }
+}
+
+#[tokio::test]
+async fn webtransport_elsewhere_than_v1_wt_is_refused() {
+    let relay = start().await;
+    let token = relay.token("lost", "acme", &["*"]);
+    let target = Target::WebTransport {
+        addr: relay.relay.udp_addr(),
+        server_name: "localhost".into(),
+        tls: ServerTrust::Pinned(vec![relay.cert_sha256()]),
+        path: "/v1/elsewhere".into(),
+    };
+    let refused = Client::connect(target, ClientOptions::new(&token).codec(Codec::Json)).await;
+    assert!(refused.is_err(), "a session outside /v1/wt is refused");
+    // The endpoint still serves the right path afterwards.
+    let ok = relay.try_connect(Transport::WebTransport, Codec::Json, &token).await.unwrap();
+    ok.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn webtransport_sessions_are_counted_as_their_own_transport() {
+    let relay = start().await;
+    let client = relay.connect(Transport::WebTransport, Codec::Postcard, "m", "acme", &["*"]).await;
+    client.join("metrics").await.unwrap();
+    client.publish("metrics", "1", Payload::from("1")).await.unwrap();
+    let (_, text) = relay.http_get("/metrics").await;
+    for name in [
+        "edgerelay_connections_total{transport=\"webtransport\"}",
+        "edgerelay_frames_in_total{transport=\"webtransport\"}",
+        "edgerelay_bytes_out_total{transport=\"webtransport\"}",
+    ] {
+        assert!(text.contains(name), "/metrics lacks {name}");
+    }
+}
