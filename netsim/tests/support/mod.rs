@@ -1,0 +1,100 @@
+//! Scenarios shared by the guarantee tests: a relay (from the relay's own test helpers), clients
+//! connected through a netsim proxy, and the check that reliable messages arrive all, in order,
+//! exactly once.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use edgerelay::client::{Client, ClientOptions, Target};
+use edgerelay::proto::{Codec, Payload, Position};
+use netsim::{Profile, Proxy, ProxyConfig};
+
+use crate::common::{TestRelay, Transport, within};
+
+/// A proxy in front of the relay's listener for `transport`: UDP for QUIC and WebTransport, TCP
+/// for WebSocket.
+pub fn proxy_config(relay: &TestRelay, transport: Transport, profile: Profile, seed: u64) -> ProxyConfig {
+    match transport {
+        Transport::Quic | Transport::WebTransport => ProxyConfig::udp(relay.relay.udp_addr(), profile).seed(seed),
+        Transport::WebSocket => ProxyConfig::tcp(relay.relay.tcp_addr(), profile).seed(seed),
+    }
+}
+
+/// The relay's target for `transport`, reached through `proxy`.
+pub fn target_via(relay: &TestRelay, transport: Transport, proxy: &Proxy) -> Target {
+    let addr = proxy.local_addr();
+    match relay.target(transport) {
+        Target::Quic { server_name, tls, .. } => Target::Quic { addr, server_name, tls },
+        Target::WebTransport { server_name, tls, path, .. } => Target::WebTransport { addr, server_name, tls, path },
+        Target::WebSocket { url } => {
+            let path = url.split_once("/v1/").map_or("/v1/ws".to_owned(), |(_, rest)| format!("/v1/{rest}"));
+            Target::WebSocket { url: format!("ws://{addr}{path}") }
+        }
+    }
+}
+
+pub fn codec_for(transport: Transport) -> Codec {
+    match transport {
+        Transport::Quic => Codec::Postcard,
+        Transport::WebSocket | Transport::WebTransport => Codec::Json,
+    }
+}
+
+/// Connects `sub` through `proxy`, allowed to join and publish to `room`.
+pub async fn connect_via(
+    relay: &TestRelay,
+    transport: Transport,
+    proxy: &Proxy,
+    sub: &str,
+    room: &str,
+) -> Result<Client, String> {
+    let token = relay.token(sub, "netsim", &[room]);
+    let options = ClientOptions { request_timeout: Duration::from_secs(15), ..ClientOptions::new(token) };
+    Client::connect(target_via(relay, transport, proxy), options.codec(codec_for(transport)))
+        .await
+        .map_err(|e| format!("{sub} connect: {e}"))
+}
+
+/// A message the relay acknowledged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Acked {
+    pub id: String,
+    pub data: Payload,
+    pub position: Position,
+}
+
+/// Publishes messages `first..first + count` concurrently and returns what was acknowledged.
+pub async fn publish_window(publisher: &Client, room: &str, first: u32, count: u32) -> Result<Vec<Acked>, String> {
+    let publishes = (first..first + count).map(|i| async move {
+        let id = format!("m{i}");
+        let data = Payload::json(&serde_json::json!({ "n": i, "pad": "x".repeat((i as usize * 37) % 600) }));
+        let position = publisher.publish(room, &id, data.clone()).await.map_err(|e| format!("publish {id}: {e}"))?;
+        Ok::<_, String>(Acked { id, data, position })
+    });
+    futures_util::future::join_all(publishes).await.into_iter().collect()
+}
+
+/// Checks that the acks cover contiguous offsets after `joined`, and that `subscriber` receives
+/// exactly those messages, in position order, once each, with the acknowledged payloads.
+pub async fn expect_delivered(subscriber: &mut Client, joined: Position, acked: &[Acked]) -> Result<(), String> {
+    let mut acked = acked.to_vec();
+    acked.sort_by_key(|a| a.position.offset);
+    for (k, a) in acked.iter().enumerate() {
+        let expected = Position { epoch: joined.epoch, offset: joined.offset + 1 + k as u64 };
+        if a.position != expected {
+            return Err(format!("acks not contiguous: {} acked at {:?}, expected {expected:?}", a.id, a.position));
+        }
+    }
+    for a in &acked {
+        let m =
+            within("delivery", subscriber.next_message()).await.map_err(|e| format!("waiting for {}: {e}", a.id))?;
+        if (m.position, &m.id, &m.data) != (a.position, &a.id, &a.data) {
+            return Err(format!("expected {} at {:?}, got {} at {:?}", a.id, a.position, m.id, m.position));
+        }
+    }
+    // Nothing more: a duplicate would show up here.
+    if let Ok(extra) = tokio::time::timeout(Duration::from_millis(300), subscriber.next_message()).await {
+        return Err(format!("unexpected delivery after the last message: {extra:?}"));
+    }
+    Ok(())
+}
