@@ -5,10 +5,13 @@
 //!   duplication, a bandwidth cap with a bounded queue, MTU), pure and seeded;
 //! - [`schedule`]: blackouts and NAT rebinding over time;
 //! - [`profile`]: named profiles (wifi, 4g, satellite, train, ...) with documented figures;
-//! - [`proxy`]: user-space UDP and TCP proxies applying a profile between a client and a relay.
+//! - [`proxy`]: user-space UDP and TCP proxies applying a profile between a client and a relay;
+//! - [`ns`]: the packet-level emulator (Linux, root): two network namespaces joined through TUN
+//!   devices, every IP packet through the same model.
 
 mod delay;
 pub mod model;
+pub mod ns;
 pub mod profile;
 pub mod proxy;
 pub mod schedule;

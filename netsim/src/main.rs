@@ -22,6 +22,34 @@ enum Command {
     ///
     /// Example: netsim proxy --listen 127.0.0.1:5433 --upstream 127.0.0.1:4433 --profile 4g
     Proxy(ProxyArgs),
+    /// Packet-level emulator (Linux, root): run --server in one network namespace and --client in
+    /// another, every IP packet between them through the profile; clean up when the client exits.
+    ///
+    /// The server side is 10.77.0.2, the client side 10.77.0.1 (also in $NETSIM_SERVER and
+    /// $NETSIM_CLIENT). Exits with the client's status. Example:
+    /// netsim ns --profile 3g --server 'edgerelay serve --udp 10.77.0.2:4433 --tcp 10.77.0.2:8080'
+    ///     --client 'my-client --relay $NETSIM_SERVER:4433'
+    Ns(NsArgs),
+}
+
+#[derive(clap::Args)]
+struct NsArgs {
+    /// One of the profiles `netsim profiles` lists.
+    #[arg(long, default_value = "4g")]
+    profile: String,
+    /// Seed for every random decision (random if unset; the seed used is printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Shell command run in the server namespace; stopped (SIGTERM, then SIGKILL after 5 s)
+    /// once the client has exited.
+    #[arg(long)]
+    server: String,
+    /// Shell command run in the client namespace.
+    #[arg(long)]
+    client: String,
+    /// Seconds to give the server before starting the client.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    server_wait: f64,
 }
 
 #[derive(clap::Args)]
@@ -104,6 +132,44 @@ async fn proxy(args: ProxyArgs) -> Result<()> {
     Ok(())
 }
 
+async fn ns(args: NsArgs) -> Result<()> {
+    use netsim::ns::{Emulator, Side};
+    let Some(profile) = Profile::named(&args.profile) else {
+        bail!("unknown profile {:?}; one of: {}", args.profile, netsim::profile::NAMES.join(", "));
+    };
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let emulator = Emulator::start(profile, seed)?;
+    eprintln!("netsim: namespaces up, profile {}, seed {seed}", args.profile);
+    let shell = |side: Side, script: &str| {
+        let mut command = emulator.command(side, "sh");
+        command
+            .arg("-c")
+            .arg(script)
+            .env("NETSIM_SERVER", emulator.addr(Side::Server).to_string())
+            .env("NETSIM_CLIENT", emulator.addr(Side::Client).to_string());
+        tokio::process::Command::from(command)
+    };
+    // Its own process group, so stopping it reaches whatever the shell started.
+    let mut server =
+        shell(Side::Server, &args.server).process_group(0).kill_on_drop(true).spawn().context("starting --server")?;
+    tokio::time::sleep(secs(args.server_wait, "--server-wait")?).await;
+    let status = shell(Side::Client, &args.client).kill_on_drop(true).status().await.context("running --client")?;
+    if let Some(pid) = server.id().and_then(|id| i32::try_from(id).ok()) {
+        // SAFETY: kill(2) on our own child's process group; the child is not reaped yet.
+        unsafe { libc::kill(-pid, libc::SIGTERM) };
+    }
+    if tokio::time::timeout(Duration::from_secs(5), server.wait()).await.is_err() {
+        if let Some(pid) = server.id().and_then(|id| i32::try_from(id).ok()) {
+            // SAFETY: as above.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+        let _ = server.wait().await;
+    }
+    eprintln!("netsim: {:?}", emulator.stats());
+    emulator.shutdown().await;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -120,5 +186,6 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Proxy(args) => tokio::runtime::Runtime::new()?.block_on(proxy(args)),
+        Command::Ns(args) => tokio::runtime::Runtime::new()?.block_on(ns(args)),
     }
 }

@@ -82,7 +82,6 @@ pub enum ProxyError {
 pub(crate) struct Core {
     pub(crate) profile: Profile,
     pub(crate) seed: u64,
-    pub(crate) upstream: SocketAddr,
     start: Instant,
     blackout: watch::Sender<bool>,
     pub(crate) counters: Counters,
@@ -91,6 +90,29 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    pub(crate) fn new(profile: Profile, seed: u64) -> Core {
+        Core {
+            profile,
+            seed,
+            start: Instant::now(),
+            blackout: watch::channel(false).0,
+            counters: Counters::default(),
+            tasks: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    pub(crate) fn set_blackout(&self, on: bool) {
+        self.blackout.send_replace(on);
+    }
+
+    /// Cancels every task and waits for them, with a deadline.
+    pub(crate) async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(SHUTDOWN_DEADLINE, self.tasks.wait()).await;
+    }
+
     /// Simulation time: how long since the proxy started.
     pub(crate) fn elapsed(&self) -> Duration {
         self.start.elapsed()
@@ -163,23 +185,13 @@ pub struct Proxy {
 impl Proxy {
     /// Binds the listening socket and starts proxying.
     pub async fn start(config: ProxyConfig) -> Result<Proxy, ProxyError> {
-        let (blackout, _) = watch::channel(false);
-        let core = Arc::new(Core {
-            profile: config.profile,
-            seed: config.seed,
-            upstream: config.upstream,
-            start: Instant::now(),
-            blackout,
-            counters: Counters::default(),
-            tasks: TaskTracker::new(),
-            cancel: CancellationToken::new(),
-        });
+        let core = Arc::new(Core::new(config.profile, config.seed));
         let bind_error = |source| ProxyError::Bind { addr: config.listen, source };
         let (local_addr, udp) = match config.protocol {
             Protocol::Udp => {
                 let socket = tokio::net::UdpSocket::bind(config.listen).await.map_err(bind_error)?;
                 let local_addr = socket.local_addr().map_err(bind_error)?;
-                let flows = udp::Flows::new(socket);
+                let flows = udp::Flows::new(socket, config.upstream);
                 core.tasks.spawn(udp::serve(core.clone(), flows.clone()));
                 if core.profile.rebinds != crate::schedule::Rebinds::none() {
                     core.tasks.spawn(udp::scheduled_rebinds(core.clone(), flows.clone()));
@@ -189,7 +201,7 @@ impl Proxy {
             Protocol::Tcp => {
                 let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(bind_error)?;
                 let local_addr = listener.local_addr().map_err(bind_error)?;
-                core.tasks.spawn(tcp::serve(core.clone(), listener));
+                core.tasks.spawn(tcp::serve(core.clone(), listener, config.upstream));
                 (local_addr, None)
             }
         };
@@ -212,7 +224,7 @@ impl Proxy {
     /// Starts or ends a blackout on top of the profile's schedule. UDP packets are dropped;
     /// TCP bytes are held until it ends.
     pub fn set_blackout(&self, on: bool) {
-        self.core.blackout.send_replace(on);
+        self.core.set_blackout(on);
     }
 
     pub fn stats(&self) -> Stats {
@@ -227,9 +239,7 @@ impl Proxy {
 
     /// Stops proxying and waits (with a deadline) for every task.
     pub async fn shutdown(self) {
-        self.core.cancel.cancel();
-        self.core.tasks.close();
-        let _ = tokio::time::timeout(SHUTDOWN_DEADLINE, self.core.tasks.wait()).await;
+        self.core.shutdown().await;
     }
 }
 

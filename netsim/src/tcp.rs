@@ -7,6 +7,7 @@
 //! `queue_bytes`; when it is full the pump stops reading, so the sender stalls as it would on a
 //! link that stopped acknowledging.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -28,14 +29,14 @@ const MIN_QUEUE: usize = 4;
 const MAX_QUEUE: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) async fn serve(core: Arc<Core>, listener: TcpListener) {
+pub(crate) async fn serve(core: Arc<Core>, listener: TcpListener, upstream: SocketAddr) {
     loop {
         tokio::select! {
             _ = core.cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok((client, _)) => {
                     let n = core.counters.flows.fetch_add(1, Ordering::Relaxed);
-                    core.tasks.spawn(connection(core.clone(), client, n));
+                    core.tasks.spawn(connection(core.clone(), client, upstream, n));
                 }
                 Err(err) => {
                     // Out of descriptors and the like: back off instead of spinning.
@@ -47,11 +48,11 @@ pub(crate) async fn serve(core: Arc<Core>, listener: TcpListener) {
     }
 }
 
-async fn connection(core: Arc<Core>, client: TcpStream, n: u64) {
+async fn connection(core: Arc<Core>, client: TcpStream, upstream: SocketAddr, n: u64) {
     let active = &core.counters.active_flows;
     active.fetch_add(1, Ordering::Relaxed);
     let cancel = core.cancel.child_token();
-    let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(core.upstream));
+    let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(upstream));
     if let Some(Ok(Ok(server))) = cancel.run_until_cancelled(connect).await {
         let _ = client.set_nodelay(true);
         let _ = server.set_nodelay(true);

@@ -32,6 +32,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The flow table and the client-facing socket.
 pub(crate) struct Flows {
     listen: Arc<UdpSocket>,
+    upstream: SocketAddr,
     map: Mutex<HashMap<SocketAddr, Arc<Flow>>>,
 }
 
@@ -61,8 +62,8 @@ fn upstream_socket(upstream: SocketAddr) -> std::io::Result<UdpSocket> {
 }
 
 impl Flows {
-    pub(crate) fn new(listen: UdpSocket) -> Arc<Flows> {
-        Arc::new(Flows { listen: Arc::new(listen), map: Mutex::new(HashMap::new()) })
+    pub(crate) fn new(listen: UdpSocket, upstream: SocketAddr) -> Arc<Flows> {
+        Arc::new(Flows { listen: Arc::new(listen), upstream, map: Mutex::new(HashMap::new()) })
     }
 
     pub(crate) fn addresses(&self) -> Vec<(SocketAddr, SocketAddr)> {
@@ -78,7 +79,7 @@ impl Flows {
         if let Some(flow) = map.get(&client) {
             return Ok(flow.clone());
         }
-        let socket = Arc::new(upstream_socket(core.upstream)?);
+        let socket = Arc::new(upstream_socket(self.upstream)?);
         let n = core.counters.flows.fetch_add(1, Ordering::Relaxed);
         core.counters.active_flows.fetch_add(1, Ordering::Relaxed);
         let (up, down) = core.models(n);
@@ -123,7 +124,7 @@ impl Flows {
     pub(crate) fn rebind_all(&self, core: &Arc<Core>) -> Result<usize, ProxyError> {
         let flows: Vec<Arc<Flow>> = lock(&self.map).values().cloned().collect();
         for flow in &flows {
-            flow.rebind(core).map_err(ProxyError::Rebind)?;
+            flow.rebind(core, self.upstream).map_err(ProxyError::Rebind)?;
         }
         Ok(flows.len())
     }
@@ -143,8 +144,8 @@ impl Flows {
 }
 
 impl Flow {
-    fn rebind(self: &Arc<Self>, core: &Arc<Core>) -> std::io::Result<()> {
-        let socket = Arc::new(upstream_socket(core.upstream)?);
+    fn rebind(self: &Arc<Self>, core: &Arc<Core>, upstream: SocketAddr) -> std::io::Result<()> {
+        let socket = Arc::new(upstream_socket(upstream)?);
         *lock(&self.upstream) = socket.clone();
         let reader = self.cancel.child_token();
         lock(&self.reader).cancel();

@@ -1,0 +1,128 @@
+//! The packet-level emulator: a relay in the server namespace, clients in the client namespace,
+//! every IP packet between them through the profile's model. Skips (passing, with a message)
+//! where it cannot run: not root, or no /dev/net/tun.
+//!
+//! Current-thread runtimes: entering a namespace is per thread, and sockets are created on the
+//! thread that polls the code creating them.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::Transport;
+use netsim::Profile;
+use netsim::ns::{Emulator, Side, can_emulate};
+use support::{codec_for, expect_delivered, publish_window};
+
+fn skip() -> bool {
+    match can_emulate() {
+        Ok(()) => false,
+        Err(why) => {
+            eprintln!("SKIPPED: the namespace emulator {why}");
+            true
+        }
+    }
+}
+
+/// Reliable delivery over `transport` with the relay and both clients on either side of the
+/// emulator.
+async fn reliable_through_emulator(profile: &str, transport: Transport, seed: u64) {
+    let emulator = Emulator::start(Profile::named(profile).unwrap(), seed).unwrap();
+    let server = emulator.addr(Side::Server);
+    let relay = {
+        let _inside = emulator.enter(Side::Server).unwrap();
+        common::start_with(|config| {
+            config.listen.udp = SocketAddr::from((server, 0));
+            config.listen.tcp = SocketAddr::from((server, 0));
+        })
+        .await
+    };
+    let room = format!("ns-{profile}");
+    let token = |sub: &str| relay.token(sub, "netsim", &[room.as_str()]);
+    let connect = |sub: &'static str| {
+        let options = edgerelay::client::ClientOptions {
+            request_timeout: Duration::from_secs(15),
+            ..edgerelay::client::ClientOptions::new(token(sub))
+        };
+        edgerelay::client::Client::connect(relay.target(transport), options.codec(codec_for(transport)))
+    };
+    let (mut subscriber, publisher) = {
+        let _inside = emulator.enter(Side::Client).unwrap();
+        (connect("sub").await.unwrap(), connect("pub").await.unwrap())
+    };
+    let joined = subscriber.join(&room).await.unwrap();
+    let mut acked = Vec::new();
+    for first in (0..60).step_by(20) {
+        acked.extend(publish_window(&publisher, &room, first, 20).await.unwrap());
+    }
+    expect_delivered(&mut subscriber, joined.position, &acked).await.unwrap();
+    let stats = emulator.stats();
+    eprintln!("{profile} over {transport:?}: up {:?}\n  down {:?}", stats.up, stats.down);
+    assert!(stats.up.delivered > 0 && stats.down.delivered > 0, "traffic went around the emulator: {stats:?}");
+    publisher.close().await;
+    subscriber.close().await;
+    relay.relay.shutdown().await;
+    emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn reliable_messages_through_the_emulator_over_quic() {
+    if skip() {
+        return;
+    }
+    reliable_through_emulator("edge-of-cell", Transport::Quic, 11).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn reliable_messages_through_the_emulator_over_websocket() {
+    if skip() {
+        return;
+    }
+    reliable_through_emulator("edge-of-cell", Transport::WebSocket, 12).await;
+}
+
+/// `netsim ns`: the client runs in a namespace with the TUN device at the client address and
+/// reaches the server across the emulator; netsim exits with the client's status and stops the
+/// server (a shell that would otherwise run for a minute).
+#[test]
+fn cli_runs_each_command_in_its_namespace_and_cleans_up() {
+    if skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("server-finished");
+    // A UDP echo in Python (the test command installs Python anyway).
+    let echo = "import socket,os; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); \
+        s.bind((os.environ['NETSIM_SERVER'],9000)); d,a=s.recvfrom(100); s.sendto(d,a)";
+    let server = format!("python3 -c \"{echo}\"; sleep 60; touch {}", marker.display());
+    let ask = "import socket,os; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.settimeout(0.5); \
+        a=(os.environ['NETSIM_SERVER'],9000)
+for _ in range(20):
+    s.sendto(b'hi',a)
+    try:
+        assert s.recv(100)==b'hi'; raise SystemExit(7)
+    except socket.timeout: pass";
+    let client = format!("grep -q netsim0 /proc/net/dev && python3 -c \"{ask}\"");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_netsim"))
+        .args([
+            "ns",
+            "--profile",
+            "4g",
+            "--seed",
+            "1",
+            "--server-wait",
+            "0.5",
+            "--server",
+            &server,
+            "--client",
+            &client,
+        ])
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(7), "the client's exit status");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!marker.exists(), "the server command outlived netsim");
+}
