@@ -126,7 +126,8 @@ pub(crate) fn enter_net_ns(ns: libc::c_int) -> io::Result<()> {
     check(unsafe { libc::setns(ns, libc::CLONE_NEWNET) })
 }
 
-/// Whether this process may create namespaces and TUN devices (root with /dev/net/tun).
+/// Whether this process can run the emulator: root, `/dev/net/tun`, and a kernel (or container)
+/// that lets it create a network namespace and a TUN device in it. Probes on a throw-away thread.
 pub fn can_emulate() -> Result<(), String> {
     // SAFETY: geteuid(2) has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -135,5 +136,9 @@ pub fn can_emulate() -> Result<(), String> {
     if !std::path::Path::new("/dev/net/tun").exists() {
         return Err("needs /dev/net/tun".into());
     }
-    Ok(())
+    let probe = || -> Result<(), String> {
+        unshare_net().map_err(|e| format!("cannot create a network namespace here: {e}"))?;
+        open_tun("netsim-probe").map(drop).map_err(|e| format!("cannot create a TUN device here: {e}"))
+    };
+    std::thread::scope(|s| s.spawn(probe).join()).unwrap_or_else(|_| Err("probe thread panicked".into()))
 }
