@@ -38,6 +38,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub hub: HubConfig,
     pub api: ApiConfig,
+    pub presence: PresenceConfig,
 }
 
 impl Default for Config {
@@ -51,6 +52,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             hub: HubConfig::default(),
             api: ApiConfig::default(),
+            presence: PresenceConfig::default(),
         }
     }
 }
@@ -230,6 +232,39 @@ pub struct ShutdownConfig {
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig { drain_timeout_ms: 10_000, reconnect_after_ms: 1000 }
+    }
+}
+
+/// Presence and typing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// A device with no activity for this long is idle; a user whose devices are all idle is
+    /// shown as away.
+    pub idle_after_ms: u64,
+    /// A device's typing ends by itself this long after its last `typing` start.
+    pub typing_ttl_ms: u64,
+    /// How often members get each room's compact presence refresh (count + digest).
+    pub refresh_ms: u64,
+    /// Presence and typing frames per second per connection (status, activity, typing, sync,
+    /// privacy), and the burst above it; the excess is dropped.
+    pub rate: u32,
+    pub burst: u32,
+    /// Test knob, 0 in production: the share of QUIC datagrams (both directions) the relay
+    /// drops on purpose, to show that presence converges under loss.
+    pub test_datagram_loss: f64,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            idle_after_ms: 300_000,
+            typing_ttl_ms: 6_000,
+            refresh_ms: 5_000,
+            rate: 20,
+            burst: 40,
+            test_datagram_loss: 0.0,
+        }
     }
 }
 
@@ -417,6 +452,24 @@ impl Config {
         }
         if self.api.key.as_ref().is_some_and(|k| k.len() < MIN_API_KEY_LEN) {
             return Err(invalid("api.key", format!("must be at least {MIN_API_KEY_LEN} characters")));
+        }
+        let p = &self.presence;
+        for (key, value) in [
+            ("presence.idle_after_ms", p.idle_after_ms),
+            ("presence.typing_ttl_ms", p.typing_ttl_ms),
+            ("presence.refresh_ms", p.refresh_ms),
+            ("presence.rate", u64::from(p.rate)),
+            ("presence.burst", u64::from(p.burst)),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if p.typing_ttl_ms > u64::from(u32::MAX) {
+            return Err(invalid("presence.typing_ttl_ms", "must fit in 32 bits"));
+        }
+        if !(0.0..1.0).contains(&p.test_datagram_loss) {
+            return Err(invalid("presence.test_datagram_loss", "must be in 0 (default) up to but not including 1"));
         }
         if self.hub.shards == 0 || self.hub.shards > 65_536 {
             return Err(invalid("hub.shards", "must be in 1..=65536"));

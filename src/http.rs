@@ -1,13 +1,14 @@
 //! The TCP listener's HTTP surface: the WebSocket endpoint, health and readiness, Prometheus
 //! metrics, the certificate hash browsers pin, and the server API application backends call
-//! (`POST /v1/api/publish`, bearer key from `api.key`).
+//! (`POST /v1/api/publish`, `GET /v1/api/presence/{tenant}/rooms/{room}` and
+//! `GET /v1/api/presence/{tenant}/users/{user}`, bearer key from `api.key`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::connection::unix_ms;
+use crate::hub::awareness::Awareness;
+use crate::hub::presence::UserKey;
 use crate::hub::{Hub, RoomKey};
 use crate::proto::{ErrorCode, Payload, Position, RoomName};
 use crate::session::MAX_MESSAGE_ID_LEN;
@@ -45,6 +48,7 @@ pub struct HttpState {
     pub tasks: TaskTracker,
     pub stop: CancellationToken,
     pub hub: Arc<Hub>,
+    pub awareness: Arc<Awareness>,
     /// SHA-256 of `api.key`; the server API is off when `None`.
     pub api_key_sha256: Option<[u8; 32]>,
     pub max_payload_bytes: usize,
@@ -58,6 +62,8 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/cert", get(cert))
         .route("/v1/api/publish", post(api_publish))
+        .route("/v1/api/presence/{tenant}/rooms/{room}", get(api_room_presence))
+        .route("/v1/api/presence/{tenant}/users/{user}", get(api_user_status))
         .with_state(state)
 }
 
@@ -145,8 +151,8 @@ async fn api_publish(State(state): State<Arc<HttpState>>, headers: HeaderMap, bo
         Ok(request) => request,
         Err(err) => return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, err.to_string()),
     };
-    if !crate::auth::valid_tenant(&request.tenant) {
-        return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, "tenant must be 1-64 of [A-Za-z0-9_.-]");
+    if let Some(response) = bad_tenant(&request.tenant) {
+        return response;
     }
     let Ok(room) = RoomName::parse(&request.room) else {
         return api_error(
@@ -166,4 +172,40 @@ async fn api_publish(State(state): State<Arc<HttpState>>, headers: HeaderMap, bo
     let key = RoomKey { tenant: request.tenant.as_str().into(), room };
     let published = state.hub.publish(&key, &request.from, &request.id, request.data, unix_ms());
     axum::Json(PublishResponse { room: request.room, position: published.position }).into_response()
+}
+
+/// The response refusing a tenant name, unless it is valid.
+fn bad_tenant(tenant: &str) -> Option<Response> {
+    (!crate::auth::valid_tenant(tenant))
+        .then(|| api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, "tenant must be 1-64 of [A-Za-z0-9_.-]"))
+}
+
+/// `GET /v1/api/presence/{tenant}/rooms/{room}`: the room's present members, as a joining
+/// client's snapshot lists them (users hiding their presence are not listed).
+async fn api_room_presence(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    Path((tenant, room)): Path<(String, String)>,
+) -> Response {
+    if let Some(response) = unauthorized(&state, &headers).or_else(|| bad_tenant(&tenant)) {
+        return response;
+    }
+    let Ok(name) = RoomName::parse(&room) else {
+        return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_ROOM, format!("invalid room name {room:?}"));
+    };
+    let users = state.awareness.room(&RoomKey { tenant: tenant.as_str().into(), room: name });
+    axum::Json(serde_json::json!({"room": room, "users": users})).into_response()
+}
+
+/// `GET /v1/api/presence/{tenant}/users/{user}`: the user's status as others see it, with the
+/// last time they were seen online.
+async fn api_user_status(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    Path((tenant, user)): Path<(String, String)>,
+) -> Response {
+    if let Some(response) = unauthorized(&state, &headers).or_else(|| bad_tenant(&tenant)) {
+        return response;
+    }
+    axum::Json(state.awareness.user(&UserKey::new(&tenant, &user))).into_response()
 }

@@ -33,7 +33,8 @@ pub const DATAGRAMS_OUT_TOTAL: &str = "edgerelay_datagrams_out_total";
 /// Datagram-class frames dropped, by `reason`: `superseded` (a newer one for the same key was
 /// queued), `evicted` (queue or byte cap full), `too_large` (over `limits.max_datagram_bytes`),
 /// `backlog` (the connection loop was busy), `undecodable`, `unauthenticated`, `not_datagram`
-/// (a frame type that is not allowed as a datagram), `send_failed`.
+/// (a frame type that is not allowed as a datagram), `send_failed`, `test_loss` (dropped on
+/// purpose by the `presence.test_datagram_loss` test knob).
 pub const DATAGRAM_DROPS_TOTAL: &str = "edgerelay_datagram_drops_total";
 /// Datagrams too large for the path (or refused by the peer) sent on the control stream instead.
 pub const DATAGRAMS_REROUTED_TOTAL: &str = "edgerelay_datagrams_rerouted_total";

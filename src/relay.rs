@@ -19,11 +19,15 @@ use crate::config::{Config, LimitsConfig};
 use crate::connection::{ConnectionContext, unix_ms};
 use crate::http::{CertInfo, HttpState};
 use crate::hub::Hub;
+use crate::hub::awareness::Awareness;
+use crate::hub::last_seen::FileRecords;
 use crate::session::SessionContext;
 use crate::session::limits::UserConnections;
 use crate::tls::{self, CertBundle};
 use crate::transport::{self, websocket::WebSocketTransport};
 
+/// How often presence applies time (idle, typing expiry, refreshes); at most this coarse.
+const PRESENCE_TICK: Duration = Duration::from_millis(250);
 /// How often idle rooms are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// How often the dev certificate's expiry is checked.
@@ -43,6 +47,8 @@ pub enum RelayError {
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("QUIC setup: {0}")]
     Quic(String),
+    #[error("user records: {0}")]
+    Records(#[from] crate::hub::last_seen::RecordsError),
 }
 
 /// A running relay.
@@ -100,11 +106,16 @@ impl Relay {
         let stop = CancellationToken::new();
         let drain = CancellationToken::new();
         let hub = Arc::new(Hub::new(config.hub.shards, config.hub.room_idle_ttl_secs.saturating_mul(1000)));
+        let records = Arc::new(FileRecords::open(data_dir.join(USER_RECORDS_FILE))?);
+        let awareness = Arc::new(Awareness::new(&config.presence, records));
         let session_ctx = Arc::new(SessionContext {
             hub: hub.clone(),
             verifier,
             limits: config.limits.clone(),
             users: Arc::new(UserConnections::default()),
+            awareness: awareness.clone(),
+            presence_rate: (config.presence.rate, config.presence.burst),
+            test_datagram_loss: config.presence.test_datagram_loss,
         });
         let conn_ctx = Arc::new(ConnectionContext::new(session_ctx, drain.clone(), config.shutdown.reconnect_after_ms));
         let services = TaskTracker::new();
@@ -117,6 +128,7 @@ impl Relay {
             tasks: connections.clone(),
             stop: stop.clone(),
             hub: hub.clone(),
+            awareness: awareness.clone(),
             api_key_sha256: config.api.key.as_deref().map(|key| tls::sha256(key.as_bytes())),
             max_payload_bytes: config.limits.max_payload_bytes as usize,
         });
@@ -131,6 +143,8 @@ impl Relay {
             }
         });
         services.spawn(sweep_rooms(hub.clone(), stop.clone()));
+        let tick = PRESENCE_TICK.min(Duration::from_millis(config.presence.refresh_ms));
+        services.spawn(presence_ticks(awareness, tick, stop.clone()));
         if cert.dev {
             services.spawn(renew_dev_cert(config.clone(), endpoint.clone(), token_key, http.clone(), stop.clone()));
         }
@@ -246,6 +260,22 @@ fn quic_server_config(
     transport.max_concurrent_uni_streams(8u8.into());
     server.transport_config(Arc::new(transport));
     Ok(server)
+}
+
+/// Where user records (last seen, privacy) are kept until the embedded store backs them.
+pub const USER_RECORDS_FILE: &str = "users.json";
+
+/// Drives presence time; saves user records a last time when the relay stops.
+async fn presence_ticks(awareness: Arc<Awareness>, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => awareness.tick(unix_ms()),
+        }
+    }
+    awareness.flush();
 }
 
 async fn sweep_rooms(hub: Arc<Hub>, stop: CancellationToken) {

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use edgerelay::proto::{ClientFrame, Codec, ErrorCode, Payload, Position, ServerFrame, WireLimits};
+use edgerelay::proto::{
+    ClientFrame, Codec, ErrorCode, Payload, Position, PresenceEntry, ServerFrame, Status, WireLimits,
+};
 use serde::{Deserialize, Serialize};
 
 const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/frames-v1.json");
@@ -49,6 +51,12 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
         ),
         ("ping", ClientFrame::Ping { req: 6 }),
         ("refresh", ClientFrame::Refresh { req: 7, token: "eyJ.new.sig".into() }),
+        ("set_status", ClientFrame::SetStatus { status: Status::Busy, custom: Some("in a call".into()) }),
+        ("set_status_plain", ClientFrame::SetStatus { status: Status::Online, custom: None }),
+        ("activity", ClientFrame::Activity {}),
+        ("typing", ClientFrame::Typing { room: "chat:lobby".into(), typing: true }),
+        ("presence_sync", ClientFrame::PresenceSync { req: 8, room: "chat:lobby".into() }),
+        ("privacy", ClientFrame::Privacy { hide_presence: false, hide_typing: true }),
     ]
 }
 
@@ -116,7 +124,33 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
             },
         ),
         ("refreshed", ServerFrame::Refreshed { req: 7, expires_at: 1_700_003_600 }),
+        ("presence", ServerFrame::Presence { room: "chat:lobby".into(), entry: presence_entry() }),
+        (
+            "presence_snapshot",
+            ServerFrame::PresenceSnapshot { req: 0, room: "chat:lobby".into(), users: vec![presence_entry()] },
+        ),
+        ("presence_refresh", ServerFrame::PresenceRefresh { room: "chat:lobby".into(), count: 1, digest: 12_345 }),
+        (
+            "typing",
+            ServerFrame::Typing {
+                room: "chat:lobby".into(),
+                users: vec!["alice".into(), "bob".into()],
+                others: 0,
+                version: 1_700_000_000_500,
+                ttl_ms: 6000,
+            },
+        ),
     ]
+}
+
+fn presence_entry() -> PresenceEntry {
+    PresenceEntry {
+        user: "alice".into(),
+        status: Status::Away,
+        custom: Some("lunch".into()),
+        version: 1_700_000_000_321,
+        last_seen: 0,
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

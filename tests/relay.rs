@@ -307,6 +307,8 @@ async fn a_stalled_room_stream_does_not_delay_another_room_on_quic() {
         let mut reader = FrameReader::new(1 << 20);
         let body = read_frame(&mut recv, &mut reader).await.unwrap().unwrap();
         assert!(matches!(Codec::Json.decode(&body).unwrap(), ServerFrame::Joined { .. }));
+        let body = read_frame(&mut recv, &mut reader).await.unwrap().unwrap();
+        assert!(matches!(Codec::Json.decode(&body).unwrap(), ServerFrame::PresenceSnapshot { .. }));
         rooms.push((send, recv, reader));
     }
     let publisher = relay.connect(Transport::Quic, Codec::Postcard, "pub", "acme", &["*"]).await;

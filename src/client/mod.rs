@@ -5,7 +5,9 @@
 //! bounded channel: an application that stops reading events stops the client reading the
 //! network, and the relay eventually closes the connection as a slow consumer, as it should.
 
+pub mod presence;
 mod quic;
+pub mod typing;
 mod websocket;
 
 use std::collections::HashMap;
@@ -19,7 +21,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::proto::{ClientFrame, Codec, ErrorCode, PROTOCOL_VERSION, Payload, Position, ServerFrame, WireLimits};
+use crate::proto::{
+    ClientFrame, Codec, ErrorCode, PROTOCOL_VERSION, Payload, Position, PresenceEntry, ServerFrame, Status, WireLimits,
+};
+use presence::RoomPresence;
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -140,17 +145,78 @@ struct Shared {
     pending: Mutex<Pending>,
     events: mpsc::Sender<Event>,
     closed: Mutex<Option<(Option<ErrorCode>, String)>>,
+    /// Presence and typing views of the joined rooms, kept up to date by the readers.
+    presence: Mutex<HashMap<String, RoomPresence>>,
+    presence_changed: tokio::sync::Notify,
+    /// Rooms whose view disagreed with a refresh, for the sync task to ask a snapshot of.
+    syncs: mpsc::UnboundedSender<String>,
+    /// Rooms with a `presence_sync` in flight.
+    syncing: Mutex<std::collections::HashSet<String>>,
+    /// The client's clock for typing expiry.
+    started: Instant,
 }
 
+/// `req` numbers of the client's own `presence_sync` requests (far above the application's).
+const AUTO_REQ_BASE: u64 = 1 << 62;
+
 impl Shared {
-    /// Routes one frame from the relay: answers to their request, the rest to events.
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn views(&self) -> std::sync::MutexGuard<'_, HashMap<String, RoomPresence>> {
+        self.presence.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies presence and typing frames to the room views. Returns the frame back when it is
+    /// something else (or a snapshot someone waits for).
+    fn presence_frame(&self, frame: ServerFrame) -> Option<ServerFrame> {
+        let now_ms = self.now_ms();
+        let mut views = self.views();
+        match frame {
+            ServerFrame::Presence { room, entry } => {
+                if let Some(view) = views.get_mut(&room) {
+                    view.apply(entry);
+                }
+            }
+            ServerFrame::PresenceSnapshot { req, room, users } => {
+                if let Some(view) = views.get_mut(&room) {
+                    view.apply_snapshot(users.clone());
+                }
+                self.syncing.lock().unwrap_or_else(|e| e.into_inner()).remove(&room);
+                if req != 0 && req < AUTO_REQ_BASE {
+                    return Some(ServerFrame::PresenceSnapshot { req, room, users });
+                }
+            }
+            ServerFrame::PresenceRefresh { room, count, digest } => {
+                let stale = views.get(&room).is_some_and(|v| v.needs_sync(count, digest));
+                if stale && self.syncing.lock().unwrap_or_else(|e| e.into_inner()).insert(room.clone()) {
+                    let _ = self.syncs.send(room);
+                }
+            }
+            ServerFrame::Typing { room, users, others, version, ttl_ms } => {
+                if let Some(view) = views.get_mut(&room) {
+                    view.apply_typing(users, others, version, ttl_ms, now_ms);
+                }
+            }
+            other => return Some(other),
+        }
+        drop(views);
+        self.presence_changed.notify_waiters();
+        None
+    }
+
+    /// Routes one frame from the relay: presence to the room views, answers to their request,
+    /// the rest to events.
     async fn dispatch(&self, frame: ServerFrame) {
+        let Some(frame) = self.presence_frame(frame) else { return };
         let req = match &frame {
             ServerFrame::Joined { req, .. }
             | ServerFrame::Left { req, .. }
             | ServerFrame::Ack { req, .. }
             | ServerFrame::Pong { req, .. }
             | ServerFrame::Refreshed { req, .. }
+            | ServerFrame::PresenceSnapshot { req, .. }
             | ServerFrame::Error { req, .. } => *req,
             _ => 0,
         };
@@ -208,7 +274,7 @@ enum Link {
 
 /// A connected client.
 pub struct Client {
-    link: Link,
+    link: Arc<Link>,
     shared: Arc<Shared>,
     events: mpsc::Receiver<Event>,
     welcome: Welcome,
@@ -223,8 +289,17 @@ impl Client {
     /// Connects, sends `hello` and waits for `welcome`.
     pub async fn connect(target: Target, options: ClientOptions) -> Result<Client, ClientError> {
         let (events_tx, events) = mpsc::channel(options.event_buffer.max(1));
-        let shared =
-            Arc::new(Shared { pending: Mutex::new(HashMap::new()), events: events_tx, closed: Mutex::new(None) });
+        let (syncs, sync_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(HashMap::new()),
+            events: events_tx,
+            closed: Mutex::new(None),
+            presence: Mutex::new(HashMap::new()),
+            presence_changed: tokio::sync::Notify::new(),
+            syncs,
+            syncing: Mutex::new(Default::default()),
+            started: Instant::now(),
+        });
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
         let hello = ClientFrame::Hello {
@@ -271,6 +346,8 @@ impl Client {
             ServerFrame::Error { code, message, .. } => return Err(ClientError::Rejected { code, message }),
             other => return Err(ClientError::Protocol(format!("expected welcome, got {other:?}"))),
         };
+        let link = Arc::new(link);
+        tasks.spawn(sync_presence(link.clone(), options.codec, sync_rx, cancel.clone()));
         Ok(Client {
             link,
             shared,
@@ -302,7 +379,9 @@ impl Client {
         let req = self.req();
         let frame = ClientFrame::Join { req, room: room.to_owned(), since };
         let rx = self.expect(req);
-        let new_stream = match &self.link {
+        // The view exists before the relay's snapshot (which follows `joined`) can arrive.
+        self.shared.views().entry(room.to_owned()).or_default();
+        let new_stream = match &*self.link {
             Link::Quic(link) => link.open_room(room, self.codec.frame(&frame), &self.tasks, &self.cancel).await?,
             Link::WebSocket(link) => {
                 link.send(self.codec.frame(&frame))?;
@@ -314,7 +393,10 @@ impl Client {
             Ok(other) => Err(ClientError::Protocol(format!("expected joined, got {other:?}"))),
             Err(err) => Err(err),
         };
-        if let (Err(_), Link::Quic(link), true) = (&result, &self.link, new_stream) {
+        if matches!(&result, Err(ClientError::Rejected { code, .. }) if *code != ErrorCode::ALREADY_JOINED) {
+            self.shared.views().remove(room);
+        }
+        if let (Err(_), Link::Quic(link), true) = (&result, &*self.link, new_stream) {
             link.forget_room(room).await;
         }
         result
@@ -327,7 +409,8 @@ impl Client {
         self.send_for_room(room, frame).await?;
         match self.answer(req, rx).await? {
             ServerFrame::Left { .. } => {
-                if let Link::Quic(link) = &self.link {
+                self.shared.views().remove(room);
+                if let Link::Quic(link) = &*self.link {
                     link.forget_room(room).await;
                 }
                 Ok(())
@@ -378,7 +461,7 @@ impl Client {
     /// stream otherwise; on WebSocket, the socket.
     pub async fn send_datagram(&self, frame: &ClientFrame) -> Result<(), ClientError> {
         let frame = self.codec.frame(frame);
-        match &self.link {
+        match &*self.link {
             Link::Quic(link) => link.send_datagram(frame).await,
             Link::WebSocket(link) => link.send(frame),
         }
@@ -386,9 +469,83 @@ impl Client {
 
     /// Largest datagram the connection carries now; `None` on WebSocket or when datagrams are off.
     pub fn max_datagram_size(&self) -> Option<usize> {
-        match &self.link {
+        match &*self.link {
             Link::Quic(link) => link.max_datagram_size(),
             Link::WebSocket(_) => None,
+        }
+    }
+
+    /// Sets the user's status (all their devices) and custom text; as a datagram on QUIC.
+    pub async fn set_status(&self, status: Status, custom: Option<&str>) -> Result<(), ClientError> {
+        self.send_datagram(&ClientFrame::SetStatus { status, custom: custom.map(str::to_owned) }).await
+    }
+
+    /// Tells the relay this device is in use (it is no longer idle); as a datagram on QUIC.
+    pub async fn activity(&self) -> Result<(), ClientError> {
+        self.send_datagram(&ClientFrame::Activity {}).await
+    }
+
+    /// This device types (repeat every few seconds: see [`typing::TypingDebounce`]) or stopped
+    /// typing in a joined room; as a datagram on QUIC.
+    pub async fn typing(&self, room: &str, typing: bool) -> Result<(), ClientError> {
+        self.send_datagram(&ClientFrame::Typing { room: room.to_owned(), typing }).await
+    }
+
+    /// Sets the user's privacy (kept by the relay across connections), reliably.
+    pub async fn privacy(&self, hide_presence: bool, hide_typing: bool) -> Result<(), ClientError> {
+        self.send_control(self.codec.frame(&ClientFrame::Privacy { hide_presence, hide_typing })).await
+    }
+
+    /// Asks for a joined room's presence snapshot and waits for it; the view is replaced too.
+    pub async fn presence_sync(&self, room: &str) -> Result<Vec<PresenceEntry>, ClientError> {
+        let req = self.req();
+        let rx = self.expect(req);
+        self.send_for_room(room, self.codec.frame(&ClientFrame::PresenceSync { req, room: room.to_owned() })).await?;
+        match self.answer(req, rx).await? {
+            ServerFrame::PresenceSnapshot { users, .. } => Ok(users),
+            other => Err(ClientError::Protocol(format!("expected presence_snapshot, got {other:?}"))),
+        }
+    }
+
+    /// The present members of a joined room, as this client sees them now.
+    pub fn presence(&self, room: &str) -> Vec<PresenceEntry> {
+        self.shared.views().get(room).map(RoomPresence::entries).unwrap_or_default()
+    }
+
+    /// "Alice and Bob are typing…" for a joined room, leaving this user out; empty if nobody.
+    pub fn typing_text(&self, room: &str) -> String {
+        let now_ms = self.shared.now_ms();
+        let views = self.shared.views();
+        views.get(room).map(|v| v.typing_text(&self.welcome.user, now_ms)).unwrap_or_default()
+    }
+
+    /// Waits until `check` holds for the room's view, or `timeout` passes; returns whether it
+    /// held. Rechecked whenever a presence or typing frame arrives, and at least every 100 ms
+    /// (typing views expire with time).
+    pub async fn wait_presence(
+        &self,
+        room: &str,
+        timeout: Duration,
+        check: impl Fn(&RoomPresence, u64) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.shared.presence_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let now_ms = self.shared.now_ms();
+            if self.shared.views().get(room).is_some_and(|v| check(v, now_ms)) {
+                return true;
+            }
+            let wake = deadline.min(tokio::time::Instant::now() + Duration::from_millis(100));
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep_until(wake) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return false;
+                    }
+                }
+            }
         }
     }
 
@@ -427,7 +584,7 @@ impl Client {
 
     /// Closes the connection normally and waits for the client's tasks.
     pub async fn close(self) {
-        match &self.link {
+        match &*self.link {
             Link::Quic(link) => link.close(),
             Link::WebSocket(link) => link.close(),
         }
@@ -466,16 +623,44 @@ impl Client {
     }
 
     async fn send_for_room(&self, room: &str, frame: crate::proto::WireFrame) -> Result<(), ClientError> {
-        match &self.link {
+        match &*self.link {
             Link::Quic(link) => link.send_for_room(room, frame).await,
             Link::WebSocket(link) => link.send(frame),
         }
     }
 
     async fn send_control(&self, frame: crate::proto::WireFrame) -> Result<(), ClientError> {
-        match &self.link {
+        match &*self.link {
             Link::Quic(link) => link.send_control(frame).await,
             Link::WebSocket(link) => link.send(frame),
+        }
+    }
+}
+
+/// Asks for the snapshot of each room whose view disagreed with a `presence_refresh`.
+async fn sync_presence(
+    link: Arc<Link>,
+    codec: Codec,
+    mut rooms: mpsc::UnboundedReceiver<String>,
+    cancel: CancellationToken,
+) {
+    let mut next = AUTO_REQ_BASE;
+    loop {
+        let room = tokio::select! {
+            _ = cancel.cancelled() => return,
+            room = rooms.recv() => match room {
+                Some(room) => room,
+                None => return,
+            },
+        };
+        next += 1;
+        let frame = codec.frame(&ClientFrame::PresenceSync { req: next, room: room.clone() });
+        let sent = match &*link {
+            Link::Quic(link) => link.send_for_room(&room, frame).await,
+            Link::WebSocket(link) => link.send(frame),
+        };
+        if sent.is_err() {
+            return;
         }
     }
 }

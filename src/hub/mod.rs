@@ -5,7 +5,11 @@
 //! other. An empty room is kept for `room_idle_ttl` so offsets keep counting across short
 //! quiet spells; after that it is dropped, and a later use starts a new epoch.
 
+pub mod awareness;
+pub mod last_seen;
+pub mod presence;
 pub mod room;
+pub mod typing;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::codes::ErrorCode;
 use super::payload::Payload;
+use super::presence::{PresenceEntry, Status};
 
 /// The protocol version this relay speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -53,6 +54,19 @@ pub enum ClientFrame {
     Ping { req: u64 },
     /// Replace the connection's token before it expires (same user and tenant).
     Refresh { req: u64, token: String },
+    /// Set the user's status (for all their devices) and custom text. Counts as activity.
+    /// May be a datagram; no answer (members see the resulting `presence`).
+    SetStatus { status: Status, custom: Option<String> },
+    /// The user is active on this device (resets idle → away). May be a datagram.
+    Activity {},
+    /// This device started (`typing: true`, repeat every few seconds while typing) or stopped
+    /// typing in a joined room. May be a datagram.
+    Typing { room: String, typing: bool },
+    /// Ask for a room's presence snapshot again (after a `presence_refresh` disagreed with the
+    /// client's view). Answered by `presence_snapshot` with the same `req`.
+    PresenceSync { req: u64, room: String },
+    /// The user's privacy setting, kept by the relay across connections and restarts.
+    Privacy { hide_presence: bool, hide_typing: bool },
 }
 
 /// Frames the relay sends.
@@ -79,6 +93,18 @@ pub enum ServerFrame {
     GoAway { code: ErrorCode, reason: String, reconnect_after_ms: u32 },
     /// The token was replaced; the connection now expires at `expires_at` (unix seconds).
     Refreshed { req: u64, expires_at: u64 },
+    /// One member's presence in a joined room changed (usually a datagram). Apply it only when
+    /// `entry.version` is higher than the one held for that user.
+    Presence { room: String, entry: PresenceEntry },
+    /// Every present member of a room, sent reliably after `joined` (`req` 0) and in answer
+    /// to `presence_sync`. It replaces the client's view of the room.
+    PresenceSnapshot { req: u64, room: String, users: Vec<PresenceEntry> },
+    /// Periodic compact check (usually a datagram): how many members are present and the
+    /// digest of their entries. A client whose view differs sends `presence_sync`.
+    PresenceRefresh { room: String, count: u32, digest: u64 },
+    /// Who is typing in a room, as a whole (usually a datagram): the first typists, how many
+    /// others type, the view's version, and how long to show it without a newer one.
+    Typing { room: String, users: Vec<String>, others: u32, version: u64, ttl_ms: u32 },
 }
 
 impl ServerFrame {

@@ -7,10 +7,12 @@ pub mod codec;
 pub mod codes;
 pub mod frame;
 pub mod payload;
+pub mod presence;
 pub mod room;
 
 pub use codec::{Codec, DecodeError, FrameReader, WireFrame};
 pub use codes::ErrorCode;
 pub use frame::{ClientFrame, PROTOCOL_VERSION, Position, ServerFrame, WireLimits};
 pub use payload::Payload;
+pub use presence::{PresenceEntry, Status};
 pub use room::RoomName;

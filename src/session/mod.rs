@@ -6,12 +6,15 @@
 //! a room's messages go to the lane its `join` came on (on QUIC, the room's own stream).
 
 pub mod limits;
+mod presence;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::auth::{Identity, Verifier};
 use crate::config::LimitsConfig;
+use crate::hub::awareness::Awareness;
+use crate::hub::presence::UserKey;
 use crate::hub::{Hub, RoomKey, Subscriber};
 use crate::outbox::{CONTROL, DatagramKey, LaneId, Outbox, PushError};
 use crate::proto::{ClientFrame, ErrorCode, PROTOCOL_VERSION, Payload, Position, RoomName, ServerFrame, WireLimits};
@@ -29,6 +32,12 @@ pub struct SessionContext {
     pub verifier: Arc<Verifier>,
     pub limits: LimitsConfig,
     pub users: Arc<UserConnections>,
+    /// Presence and typing.
+    pub awareness: Arc<Awareness>,
+    /// Presence and typing frames per second per connection, and burst.
+    pub presence_rate: (u32, u32),
+    /// Test knob (`presence.test_datagram_loss`): share of QUIC datagrams dropped on purpose.
+    pub test_datagram_loss: f64,
 }
 
 /// An error after which the connection is closed with `code`. The session has already queued
@@ -63,6 +72,7 @@ pub struct Session {
     rooms: HashMap<RoomName, LaneId>,
     lanes: HashMap<LaneId, RoomName>,
     publish_bucket: TokenBucket,
+    presence_bucket: TokenBucket,
 }
 
 /// Why a request failed.
@@ -95,7 +105,18 @@ impl Session {
     /// `id` is unique within the relay (it identifies the subscriber in rooms).
     pub fn new(id: u64, ctx: Arc<SessionContext>, outbox: Arc<Outbox>, now_ms: u64) -> Session {
         let bucket = TokenBucket::new(ctx.limits.publish_rate, ctx.limits.publish_burst, now_ms);
-        Session { id, ctx, outbox, active: None, rooms: HashMap::new(), lanes: HashMap::new(), publish_bucket: bucket }
+        let (rate, burst) = ctx.presence_rate;
+        let presence_bucket = TokenBucket::new(rate, burst, now_ms);
+        Session {
+            id,
+            ctx,
+            outbox,
+            active: None,
+            rooms: HashMap::new(),
+            lanes: HashMap::new(),
+            publish_bucket: bucket,
+            presence_bucket,
+        }
     }
 
     pub fn outbox(&self) -> &Arc<Outbox> {
@@ -154,6 +175,9 @@ impl Session {
                 let pong = self.outbox.codec().frame(&ServerFrame::Pong { req, server_time: now_ms });
                 let _ = self.outbox.push_datagram(DatagramKey::new(KIND_PONG, format!("{req}")), pong);
             }
+            frame @ (ClientFrame::SetStatus { .. } | ClientFrame::Activity {} | ClientFrame::Typing { .. }) => {
+                self.presence_frame(frame, now_ms);
+            }
             _ => crate::metrics::datagram_dropped("not_datagram"),
         }
     }
@@ -185,6 +209,14 @@ impl Session {
                 (req, self.send(lane, &ServerFrame::Pong { req, server_time: now_ms }).map_err(Into::into))
             }
             ClientFrame::Refresh { req, token } => return self.refresh(lane, req, &token, now_ms),
+            ClientFrame::PresenceSync { req, room } => (req, self.presence_sync(req, &room, now_ms)),
+            frame @ (ClientFrame::SetStatus { .. }
+            | ClientFrame::Activity {}
+            | ClientFrame::Typing { .. }
+            | ClientFrame::Privacy { .. }) => {
+                self.presence_frame(frame, now_ms);
+                return Ok(());
+            }
         };
         self.answer(lane, req, result)
     }
@@ -208,6 +240,7 @@ impl Session {
             self.rooms.remove(&room);
             if let Some(active) = &self.active {
                 self.ctx.hub.leave(&active.key(&room), self.id, now_ms);
+                self.ctx.awareness.leave(&active.key(&room), self.id, now_ms);
             }
         }
         self.outbox.close_lane(lane);
@@ -221,6 +254,7 @@ impl Session {
             for room in rooms.keys() {
                 self.ctx.hub.leave(&active.key(room), self.id, now_ms);
             }
+            self.ctx.awareness.disconnect(self.id, now_ms);
         }
     }
 
@@ -249,8 +283,11 @@ impl Session {
             limits: Self::wire_limits(&self.ctx.limits),
         };
         let tenant: Arc<str> = identity.tenant.as_str().into();
+        let user = UserKey { tenant: tenant.clone(), user: identity.user.as_str().into() };
         self.active = Some(Active { identity, tenant, _slot: slot });
-        self.send(lane, &welcome).map_err(|e| self.push_fatal(e))
+        self.send(lane, &welcome).map_err(|e| self.push_fatal(e))?;
+        self.ctx.awareness.connect(user, self.id, self.outbox.clone(), now_ms);
+        Ok(())
     }
 
     fn refresh(&mut self, lane: LaneId, req: u64, token: &str, now_ms: u64) -> Result<(), Fatal> {
@@ -298,7 +335,9 @@ impl Session {
             return Err(Failure::reject(ErrorCode::TOO_MANY_ROOMS, format!("at most {max} rooms per connection")));
         }
         let subscriber = Subscriber { outbox: self.outbox.clone(), lane };
-        self.ctx.hub.join(&active.key(&name), self.id, subscriber, req, since, now_ms)?;
+        let key = active.key(&name);
+        self.ctx.hub.join(&key, self.id, subscriber, req, since, now_ms)?;
+        self.ctx.awareness.join(&key, self.id, lane, now_ms)?;
         if lane != CONTROL {
             self.lanes.insert(lane, name.clone());
         }
@@ -314,7 +353,9 @@ impl Session {
         if lane != CONTROL && lane != room_lane {
             return Err(Failure::Fatal(ErrorCode::WRONG_STREAM, format!("leave for {room} on another room's stream")));
         }
-        self.ctx.hub.leave(&self.active()?.key(&name), self.id, now_ms);
+        let key = self.active()?.key(&name);
+        self.ctx.hub.leave(&key, self.id, now_ms);
+        self.ctx.awareness.leave(&key, self.id, now_ms);
         self.rooms.remove(&name);
         self.send(lane, &ServerFrame::Left { req, room: name.to_string() })?;
         if room_lane != CONTROL {

@@ -184,9 +184,11 @@ async fn run(
     writers.spawn(write_lane(outbox.clone(), CONTROL, control_notify, ctrl_send, metrics.clone()));
     readers.spawn(read_lane(CONTROL, ctrl_recv, reader, tx.clone(), cancel.clone(), metrics.clone()));
     readers.spawn(refuse_uni(conn.clone(), cancel.clone()));
-    writers.spawn(write_datagrams(conn.clone(), outbox.clone(), metrics.clone()));
+    let loss = ctx.session.test_datagram_loss;
+    writers.spawn(write_datagrams(conn.clone(), outbox.clone(), loss, metrics.clone()));
     let max_datagram = ctx.session.limits.max_datagram_bytes as usize;
-    readers.spawn(read_datagrams(conn.clone(), tx.clone(), max_datagram, cancel.clone(), metrics.clone()));
+    let datagrams = DatagramReader { max: max_datagram, loss, metrics: metrics.clone() };
+    readers.spawn(read_datagrams(conn.clone(), tx.clone(), datagrams, cancel.clone()));
     readers.spawn(accept_rooms(
         conn.clone(),
         outbox.clone(),
@@ -301,15 +303,24 @@ async fn read_lane(
     }
 }
 
+/// Settings of the datagram reader.
+struct DatagramReader {
+    /// `limits.max_datagram_bytes`.
+    max: usize,
+    /// `presence.test_datagram_loss`: share dropped on purpose (0 in production).
+    loss: f64,
+    metrics: TransportMetrics,
+}
+
+/// True when the test knob says to lose this datagram.
+fn lose(loss: f64) -> bool {
+    loss > 0.0 && rand::random::<f64>() < loss
+}
+
 /// Feeds received datagrams to the connection loop until the connection ends. Oversized ones
 /// and ones arriving while the loop is backed up are dropped.
-async fn read_datagrams(
-    conn: Session,
-    tx: mpsc::Sender<Inbound>,
-    max: usize,
-    cancel: CancellationToken,
-    metrics: TransportMetrics,
-) {
+async fn read_datagrams(conn: Session, tx: mpsc::Sender<Inbound>, r: DatagramReader, cancel: CancellationToken) {
+    let DatagramReader { max, loss, metrics } = r;
     loop {
         let datagram = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -321,6 +332,10 @@ async fn read_datagrams(
             continue;
         }
         metrics.datagrams_in.increment(1);
+        if lose(loss) {
+            datagram_dropped("test_loss");
+            continue;
+        }
         match tx.try_send(Inbound::Datagram(body)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => datagram_dropped("backlog"),
@@ -332,7 +347,7 @@ async fn read_datagrams(
 /// Sends the outbox's datagram queue. A frame that does not fit `max_datagram_size()` (or any
 /// frame when the peer does not accept datagrams) is re-queued on the control stream: the
 /// state it carries still arrives, late but reliably, instead of never.
-async fn write_datagrams(conn: Session, outbox: Arc<Outbox>, metrics: TransportMetrics) {
+async fn write_datagrams(conn: Session, outbox: Arc<Outbox>, loss: f64, metrics: TransportMetrics) {
     let notify = outbox.datagram_notify();
     loop {
         match outbox.take_datagrams(WRITE_BATCH) {
@@ -341,6 +356,10 @@ async fn write_datagrams(conn: Session, outbox: Arc<Outbox>, metrics: TransportM
                     let body = frame.body();
                     // 0 when the peer takes no datagrams; WebTransport's session header is deducted.
                     if body.len() <= conn.max_datagram_size() {
+                        if lose(loss) {
+                            datagram_dropped("test_loss");
+                            continue;
+                        }
                         match conn.send_datagram(body) {
                             Ok(()) => metrics.datagrams_out.increment(1),
                             Err(SessionError::SendDatagramError(err))

@@ -72,6 +72,11 @@ CLIENT_FIELDS = {
     "publish": ("req", "room", "id", "data"),
     "ping": ("req",),
     "refresh": ("req", "token"),
+    "set_status": ("status", "custom"),
+    "activity": (),
+    "typing": ("room", "typing"),
+    "presence_sync": ("req", "room"),
+    "privacy": ("hide_presence", "hide_typing"),
 }
 SERVER_FIELDS = {
     "welcome": ("version", "session", "user", "server_time", "limits"),
@@ -83,7 +88,12 @@ SERVER_FIELDS = {
     "error": ("req", "code", "message"),
     "go_away": ("code", "reason", "reconnect_after_ms"),
     "refreshed": ("req", "expires_at"),
+    "presence": ("room", "entry"),
+    "presence_snapshot": ("req", "room", "users"),
+    "presence_refresh": ("room", "count", "digest"),
+    "typing": ("room", "users", "others", "version", "ttl_ms"),
 }
+PRESENCE_ENTRY_FIELDS = ("user", "status", "custom", "version", "last_seen")
 
 
 class RelayError(Exception):
@@ -147,6 +157,18 @@ def payload_bytes(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def presence_digest(entries) -> int:
+    """Digest of a room's present users (docs/protocol.md, Presence): the low 53 bits of the
+    wrapping sum of FNV-1a 64 over ``user 0x00 status 0x00 custom``."""
+    total = 0
+    for e in entries:
+        h = 0xCBF29CE484222325
+        for b in e["user"].encode() + b"\0" + e["status"].encode() + b"\0" + (e["custom"] or "").encode():
+            h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+        total = (total + h) & 0xFFFFFFFFFFFFFFFF
+    return total & ((1 << 53) - 1)
+
+
 def length_prefix(body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + body
 
@@ -175,6 +197,11 @@ class _Client:
         self.welcome: dict | None = None
         self.close_code: int | None = None
         self.close_reason: str = ""
+        # Presence views per room: user -> entry (present users), and every user's version.
+        self.presence: dict[str, dict[str, dict]] = defaultdict(dict)
+        self.presence_versions: dict[str, dict[str, int]] = defaultdict(dict)
+        self.presence_refreshes: dict[str, dict] = {}
+        self.typing_views: dict[str, dict] = {}
 
     # -- to implement per transport --------------------------------------------------------
 
@@ -207,6 +234,23 @@ class _Client:
             self._messages[body["room"]].put_nowait(body)
         elif kind == "go_away":
             self.go_away = body
+        elif kind == "presence":
+            self._apply_presence(body["room"], body["entry"])
+        elif kind == "presence_refresh":
+            self.presence_refreshes[body["room"]] = body
+        elif kind == "typing":
+            held = self.typing_views.get(body["room"])
+            if held is None or body["version"] >= held["version"]:
+                self.typing_views[body["room"]] = body
+        elif kind == "presence_snapshot":
+            room = body["room"]
+            self.presence[room] = {e["user"]: e for e in body["users"]}
+            for e in body["users"]:
+                versions = self.presence_versions[room]
+                versions[e["user"]] = max(versions.get(e["user"], 0), e["version"])
+            fut = self._pending.pop(body["req"], None) if body["req"] else None
+            if fut is not None and not fut.done():
+                fut.set_result((kind, body))
         elif kind == "error":
             req = body.get("req", 0)
             fut = self._pending.pop(req, None) if req else None
@@ -224,6 +268,24 @@ class _Client:
                 self.unsolicited.append((kind, body))
             else:
                 fut.set_result((kind, body))
+
+    def _apply_presence(self, room: str, entry: dict) -> None:
+        """Apply an update only when newer than what is held (late datagrams never roll back)."""
+        versions = self.presence_versions[room]
+        if entry["version"] <= versions.get(entry["user"], 0):
+            return
+        versions[entry["user"]] = entry["version"]
+        if entry["status"] == "offline":
+            self.presence[room].pop(entry["user"], None)
+        else:
+            self.presence[room][entry["user"]] = entry
+
+    def presence_in_sync(self, room: str) -> bool:
+        """Whether the last ``presence_refresh`` of ``room`` agrees with this client's view."""
+        refresh = self.presence_refreshes.get(room)
+        view = list(self.presence[room].values())
+        return refresh is not None and refresh["count"] == len(view) \
+            and refresh["digest"] == presence_digest(view)
 
     def _on_closed(self, code: int | None, reason: str = "") -> None:
         if self._closed.is_set():
@@ -298,6 +360,10 @@ class _Client:
 
     async def refresh(self, token: str, timeout: float = DEFAULT_TIMEOUT) -> dict:
         return await self._request("refresh", "refreshed", None, timeout, token=token)
+
+    async def presence_sync(self, room: str, timeout: float = DEFAULT_TIMEOUT) -> dict:
+        """Ask for the room's presence snapshot again; returns it (it also replaces the view)."""
+        return await self._request("presence_sync", "presence_snapshot", room, timeout, room=room)
 
     async def next_message(self, room: str, timeout: float = DEFAULT_TIMEOUT) -> dict:
         """The next ``message`` of ``room`` (raises ConnectionClosed / TimeoutError)."""

@@ -96,6 +96,7 @@ def relay(tmp_path_factory):
         "EDGERELAY_LISTEN__UDP": "127.0.0.1:0",
         "EDGERELAY_LISTEN__TCP": "127.0.0.1:0",
         "EDGERELAY_LOG": "info",
+        "EDGERELAY_PRESENCE__REFRESH_MS": "300",
         "NO_COLOR": "1",
     })
     log_path = data_dir / "relay.log"
@@ -328,7 +329,9 @@ def test_hello_join_publish_receive(relay, transport):
                 room_sid = c.room_stream[room]
                 assert room_sid != c.control_stream
                 kinds = [k for k, _ in c.frames_by_stream[room_sid]]
-                assert kinds[0] == "joined" and set(kinds) == {"joined", "ack", "message"}
+                # the room's presence snapshot follows `joined` on the room's stream
+                assert kinds[:2] == ["joined", "presence_snapshot"]
+                assert set(kinds) == {"joined", "presence_snapshot", "ack", "message"}
                 assert [k for k, _ in c.frames_by_stream[0]] == ["welcome"]
 
             pong = await c.ping()
@@ -615,5 +618,62 @@ def test_quic_ping_datagram_gets_pong_datagram(relay):
             assert not c.is_closed
         finally:
             await c.close()
+
+    run(main())
+
+
+async def wait_until(check, timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("transport", ["quic", "ws"])
+def test_presence_and_typing(relay, transport):
+    """Snapshot on join, status and typing updates (datagrams on QUIC), the refresh digest
+    computed independently from docs/protocol.md, and leave."""
+    room = unique("chat:presence-")
+    ann, ben = unique("ann-"), unique("ben-")
+
+    async def main():
+        a = await connect(relay, transport)
+        b = await connect(relay, transport)
+        try:
+            await a.hello(relay.token(ann, "chat:*"))
+            await b.hello(relay.token(ben, "chat:*"))
+            await a.join(room)
+            await b.join(room)
+            # b's snapshot (reliable, right after `joined`) lists a and b.
+            await wait_until(lambda: set(b.presence[room]) == {ann, ben}, what="snapshot")
+            async def send(kind, **fields):
+                if transport == "quic":
+                    a.send_datagram(kind, **fields)
+                else:
+                    await a.send_raw(kind, **fields)
+
+            for _ in range(5):  # datagrams may be lost; the relay coalesces repeats
+                await send("set_status", status="busy", custom="in a call")
+                await send("typing", room=room, typing=True)
+                try:
+                    await wait_until(lambda: b.presence[room].get(ann, {}).get("status") == "busy"
+                                     and ann in b.typing_views.get(room, {}).get("users", []),
+                                     timeout=1.0, what="status and typing")
+                    break
+                except AssertionError:
+                    continue
+            entry = b.presence[room][ann]
+            assert entry["custom"] == "in a call" and list(entry) == list(er.PRESENCE_ENTRY_FIELDS)
+            assert b.typing_views[room]["ttl_ms"] > 0
+            # The periodic refresh agrees with b's view, digest computed here.
+            await wait_until(lambda: b.presence_in_sync(room), what="refresh digest match")
+            snapshot = await b.presence_sync(room)
+            assert {e["user"] for e in snapshot["users"]} == {ann, ben}
+            await a.leave(room)
+            await wait_until(lambda: ann not in b.presence[room], what="leave propagates")
+        finally:
+            await a.close()
+            await b.close()
 
     run(main())

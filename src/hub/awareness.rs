@@ -1,0 +1,381 @@
+//! The presence and typing service: the pure logic of [`super::presence`] and
+//! [`super::typing`] behind one lock, wired to the outboxes of the devices in each room.
+//!
+//! It keeps its own registry of which device (connection) joined which room on which lane,
+//! apart from the rooms' message subscribers, so that the message path and this one can change
+//! independently. Updates go into each device's lossy datagram queue (latest wins per key:
+//! presence per room and user, typing and refresh per room), which leaves as QUIC datagrams or,
+//! on WebSocket, interleaved and coalesced on the socket. Snapshots go on the room's lane,
+//! reliably. Frames are encoded once per codec per change and shared by every recipient.
+//!
+//! Convergence under loss: every `refresh_ms` each member gets a `presence_refresh` (count and
+//! digest of the room's present members); a client whose view disagrees asks `presence_sync`
+//! and gets a reliable snapshot. Typing views are whole, versioned, and expire on the client
+//! after `ttl_ms` without a newer one, so a lost update is healed by the next one or by time.
+//!
+//! One lock for the whole relay keeps the logic simple; a change touches a user's rooms and
+//! their members, which is bounded by the rooms-per-connection limit. Shard it by tenant when
+//! profiles say so.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::RoomKey;
+use super::last_seen::{UserRecord, UserRecords};
+use super::presence::{Change, DeviceId, Presence, PresenceConfig as Logic, UserKey};
+use super::typing::{Typing, TypingView};
+use crate::config::PresenceConfig;
+use crate::outbox::{DatagramKey, LaneId, Outbox, PushError};
+use crate::proto::presence::{MAX_CUSTOM_STATUS_LEN, PresenceEntry, Status};
+use crate::proto::{Codec, RoomName, ServerFrame, WireFrame};
+
+/// Datagram queue kinds of this service (the session's `pong` is kind 1).
+pub const KIND_PRESENCE: u8 = 2;
+pub const KIND_TYPING: u8 = 3;
+pub const KIND_REFRESH: u8 = 4;
+
+/// Presence frames queued, by `kind` (`presence`, `typing`, `refresh`, `snapshot`).
+pub const UPDATES_TOTAL: &str = "edgerelay_presence_updates_total";
+/// Presence and typing requests ignored, by `reason` (`rate_limited`, `not_joined`, `hidden`).
+pub const IGNORED_TOTAL: &str = "edgerelay_presence_ignored_total";
+/// Users with a connected device (gauge).
+pub const USERS: &str = "edgerelay_presence_users";
+
+/// One device's outbox and the lanes of the rooms it joined.
+struct Link {
+    user: UserKey,
+    outbox: Arc<Outbox>,
+    rooms: HashMap<RoomName, LaneId>,
+}
+
+struct State {
+    presence: Presence,
+    typing: Typing,
+    links: HashMap<DeviceId, Link>,
+    room_devices: HashMap<RoomKey, HashSet<DeviceId>>,
+    next_refresh: u64,
+}
+
+pub struct Awareness {
+    state: Mutex<State>,
+    records: Arc<dyn UserRecords>,
+    refresh_ms: u64,
+}
+
+/// A frame encoded at most once per codec.
+struct Encoded<'a> {
+    frame: &'a ServerFrame,
+    cache: [Option<WireFrame>; 2],
+}
+
+impl<'a> Encoded<'a> {
+    fn new(frame: &'a ServerFrame) -> Self {
+        Encoded { frame, cache: [None, None] }
+    }
+
+    fn get(&mut self, codec: Codec) -> WireFrame {
+        let frame = self.frame;
+        self.cache[codec.index()].get_or_insert_with(|| codec.frame(frame)).clone()
+    }
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+impl Awareness {
+    pub fn new(config: &PresenceConfig, records: Arc<dyn UserRecords>) -> Self {
+        let logic = Logic { idle_after_ms: config.idle_after_ms };
+        Awareness {
+            state: Mutex::new(State {
+                presence: Presence::new(logic),
+                typing: Typing::new(config.typing_ttl_ms),
+                links: HashMap::new(),
+                room_devices: HashMap::new(),
+                next_refresh: 0,
+            }),
+            records,
+            refresh_ms: config.refresh_ms,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An authenticated connection of `user`.
+    pub fn connect(&self, user: UserKey, device: DeviceId, outbox: Arc<Outbox>, now_ms: u64) {
+        let record = self.records.get(&user).unwrap_or_default();
+        let mut state = self.lock();
+        let changes = state.presence.connect(&user, device, record, now_ms);
+        state.links.insert(device, Link { user, outbox, rooms: HashMap::new() });
+        metrics::gauge!(USERS).set(state.presence.users() as f64);
+        state.fan_presence(changes);
+    }
+
+    /// The connection ended; its rooms are left, its typing ends.
+    pub fn disconnect(&self, device: DeviceId, now_ms: u64) {
+        let mut state = self.lock();
+        let Some(link) = state.links.remove(&device) else { return };
+        for room in link.rooms.keys() {
+            let key = RoomKey { tenant: link.user.tenant.clone(), room: room.clone() };
+            state.forget_room_device(&key, device);
+            if let Some(view) = state.typing.stop(&key, &link.user.user, device, now_ms) {
+                state.fan_typing(&key, &view);
+            }
+        }
+        let (changes, record) = state.presence.disconnect(&link.user, device, now_ms);
+        metrics::gauge!(USERS).set(state.presence.users() as f64);
+        state.fan_presence(changes);
+        drop(state);
+        if let Some(record) = record {
+            self.records.put(&link.user, record);
+        }
+    }
+
+    /// The device joined a room on `lane`: queues the room's presence snapshot on that lane
+    /// (after `joined`), the room's typing view, and tells the members.
+    pub fn join(&self, room: &RoomKey, device: DeviceId, lane: LaneId, now_ms: u64) -> Result<(), PushError> {
+        let mut state = self.lock();
+        let Some(link) = state.links.get_mut(&device) else { return Ok(()) };
+        link.rooms.insert(room.room.clone(), lane);
+        let user = link.user.clone();
+        state.room_devices.entry(room.clone()).or_default().insert(device);
+        let changes = state.presence.join(room, &user, device, now_ms);
+        state.fan_presence(changes);
+        state.send_snapshot(room, device, 0)?;
+        let view = state.typing.view(room);
+        if view.total > 0
+            && let Some(link) = state.links.get(&device)
+        {
+            let frame = typing_frame(room, &view, state.typing.ttl_ms());
+            let codec = link.outbox.codec();
+            link.outbox.push_datagram(DatagramKey::new(KIND_TYPING, room.room.as_str()), codec.frame(&frame))?;
+        }
+        Ok(())
+    }
+
+    /// The device left a room.
+    pub fn leave(&self, room: &RoomKey, device: DeviceId, now_ms: u64) {
+        let mut state = self.lock();
+        let Some(link) = state.links.get_mut(&device) else { return };
+        if link.rooms.remove(&room.room).is_none() {
+            return;
+        }
+        let user = link.user.clone();
+        state.forget_room_device(room, device);
+        if let Some(view) = state.typing.stop(room, &user.user, device, now_ms) {
+            state.fan_typing(room, &view);
+        }
+        let changes = state.presence.leave(room, &user, device, now_ms);
+        state.fan_presence(changes);
+    }
+
+    pub fn set_status(&self, device: DeviceId, status: Status, custom: Option<String>, now_ms: u64) {
+        let custom = custom.map(|c| truncate(c, MAX_CUSTOM_STATUS_LEN));
+        let mut state = self.lock();
+        let Some(user) = state.links.get(&device).map(|l| l.user.clone()) else { return };
+        let changes = state.presence.set_status(&user, device, status, custom, now_ms);
+        state.fan_presence(changes);
+    }
+
+    pub fn activity(&self, device: DeviceId, now_ms: u64) {
+        let mut state = self.lock();
+        let Some(user) = state.links.get(&device).map(|l| l.user.clone()) else { return };
+        let changes = state.presence.activity(&user, device, now_ms);
+        state.fan_presence(changes);
+    }
+
+    /// Typing started or stopped on the device in a room it joined (else ignored).
+    pub fn typing(&self, room: &RoomName, device: DeviceId, typing: bool, now_ms: u64) {
+        let mut state = self.lock();
+        let Some(link) = state.links.get(&device).filter(|l| l.rooms.contains_key(room)) else {
+            return ignored("not_joined");
+        };
+        let user = link.user.clone();
+        let key = RoomKey { tenant: user.tenant.clone(), room: room.clone() };
+        let changes = state.presence.activity(&user, device, now_ms);
+        state.fan_presence(changes);
+        let view = if !typing {
+            state.typing.stop(&key, &user.user, device, now_ms)
+        } else if state.presence.hides_typing(&user) {
+            return ignored("hidden");
+        } else {
+            Some(state.typing.start(&key, &user.user, device, now_ms))
+        };
+        if let Some(view) = view {
+            state.fan_typing(&key, &view);
+        }
+    }
+
+    /// The user's privacy setting; remembered across connections and restarts.
+    pub fn privacy(&self, device: DeviceId, hide_presence: bool, hide_typing: bool, now_ms: u64) {
+        let mut state = self.lock();
+        let Some(link) = state.links.get(&device) else { return };
+        let user = link.user.clone();
+        let rooms: Vec<RoomName> = link.rooms.keys().cloned().collect();
+        let changes = state.presence.set_privacy(&user, hide_presence, hide_typing, now_ms);
+        state.fan_presence(changes);
+        if state.presence.hides_typing(&user) {
+            // End the user's typing everywhere this device is (other devices follow on their
+            // next start, which is refused).
+            for room in rooms {
+                let key = RoomKey { tenant: user.tenant.clone(), room };
+                if let Some(view) = state.typing.stop(&key, &user.user, device, now_ms) {
+                    state.fan_typing(&key, &view);
+                }
+            }
+        }
+        let record = state.presence.record(&user);
+        drop(state);
+        if let Some(record) = record {
+            self.records.put(&user, record);
+        }
+    }
+
+    /// Queues the room's snapshot again, answering `presence_sync`. False when the device did
+    /// not join the room.
+    pub fn sync(&self, room: &RoomName, device: DeviceId, req: u64) -> Result<bool, PushError> {
+        let state = self.lock();
+        let Some(link) = state.links.get(&device).filter(|l| l.rooms.contains_key(room)) else { return Ok(false) };
+        let key = RoomKey { tenant: link.user.tenant.clone(), room: room.clone() };
+        state.send_snapshot(&key, device, req)?;
+        Ok(true)
+    }
+
+    /// Applies the passing of time: idle devices, expired typing, periodic refreshes, and
+    /// saving user records. Call it a few times per second.
+    pub fn tick(&self, now_ms: u64) {
+        let mut state = self.lock();
+        let changes = state.presence.tick(now_ms);
+        state.fan_presence(changes);
+        for (room, view) in state.typing.expire(now_ms) {
+            state.fan_typing(&room, &view);
+        }
+        if now_ms >= state.next_refresh {
+            state.next_refresh = now_ms + self.refresh_ms;
+            state.send_refreshes();
+        }
+        drop(state);
+        if let Err(err) = self.records.flush() {
+            tracing::warn!(%err, "saving user records failed");
+        }
+    }
+
+    /// Saves user records now (shutdown).
+    pub fn flush(&self) {
+        if let Err(err) = self.records.flush() {
+            tracing::warn!(%err, "saving user records failed");
+        }
+    }
+
+    /// A room's present members (HTTP API).
+    pub fn room(&self, room: &RoomKey) -> Vec<PresenceEntry> {
+        self.lock().presence.snapshot(room)
+    }
+
+    /// A user's status as others see it (HTTP API): live when connected, otherwise offline
+    /// with the remembered last-seen time (0 when never seen).
+    pub fn user(&self, user: &UserKey) -> PresenceEntry {
+        if let Some(entry) = self.lock().presence.status(user) {
+            return entry;
+        }
+        let record = self.records.get(user).unwrap_or_default();
+        PresenceEntry {
+            user: user.user.to_string(),
+            status: Status::Offline,
+            custom: None,
+            version: 0,
+            last_seen: record.last_seen,
+        }
+    }
+
+    /// The record the store holds for a user (tests, operations).
+    pub fn record(&self, user: &UserKey) -> Option<UserRecord> {
+        self.records.get(user)
+    }
+}
+
+fn ignored(reason: &'static str) {
+    metrics::counter!(IGNORED_TOTAL, "reason" => reason).increment(1);
+}
+
+/// Counts a presence or typing request dropped by the caller's rate limit.
+pub fn rate_limited() {
+    ignored("rate_limited");
+}
+
+fn typing_frame(room: &RoomKey, view: &TypingView, ttl_ms: u64) -> ServerFrame {
+    ServerFrame::Typing {
+        room: room.room.to_string(),
+        users: view.names.clone(),
+        others: view.total.saturating_sub(view.names.len() as u32),
+        version: view.version,
+        ttl_ms: u32::try_from(ttl_ms).unwrap_or(u32::MAX),
+    }
+}
+
+impl State {
+    fn forget_room_device(&mut self, room: &RoomKey, device: DeviceId) {
+        if let Some(devices) = self.room_devices.get_mut(room) {
+            devices.remove(&device);
+            if devices.is_empty() {
+                self.room_devices.remove(room);
+            }
+        }
+    }
+
+    /// Queues `frame` in the datagram queue of every device in `room`.
+    fn fan(&self, room: &RoomKey, key: DatagramKey, frame: &ServerFrame, kind: &'static str) {
+        let Some(devices) = self.room_devices.get(room) else { return };
+        let mut encoded = Encoded::new(frame);
+        let mut sent = 0u64;
+        for device in devices {
+            if let Some(link) = self.links.get(device) {
+                // A closing connection refuses; it is about to leave anyway.
+                if link.outbox.push_datagram(key.clone(), encoded.get(link.outbox.codec())).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        metrics::counter!(UPDATES_TOTAL, "kind" => kind).increment(sent);
+    }
+
+    fn fan_presence(&self, changes: Vec<Change>) {
+        for Change { room, entry } in changes {
+            let key = DatagramKey::new(KIND_PRESENCE, format!("{}\0{}", room.room, entry.user));
+            let frame = ServerFrame::Presence { room: room.room.to_string(), entry };
+            self.fan(&room, key, &frame, "presence");
+        }
+    }
+
+    fn fan_typing(&self, room: &RoomKey, view: &TypingView) {
+        let frame = typing_frame(room, view, self.typing.ttl_ms());
+        self.fan(room, DatagramKey::new(KIND_TYPING, room.room.as_str()), &frame, "typing");
+    }
+
+    fn send_refreshes(&self) {
+        for room in self.room_devices.keys() {
+            let (count, digest) = self.presence.summary(room);
+            let frame = ServerFrame::PresenceRefresh { room: room.room.to_string(), count, digest };
+            self.fan(room, DatagramKey::new(KIND_REFRESH, room.room.as_str()), &frame, "refresh");
+        }
+    }
+
+    /// Queues a room's snapshot on the device's lane for that room.
+    fn send_snapshot(&self, room: &RoomKey, device: DeviceId, req: u64) -> Result<(), PushError> {
+        let Some(link) = self.links.get(&device) else { return Ok(()) };
+        let Some(&lane) = link.rooms.get(&room.room) else { return Ok(()) };
+        let users = self.presence.snapshot(room);
+        let frame = ServerFrame::PresenceSnapshot { req, room: room.room.to_string(), users };
+        metrics::counter!(UPDATES_TOTAL, "kind" => "snapshot").increment(1);
+        link.outbox.push(lane, link.outbox.codec().frame(&frame))
+    }
+}
