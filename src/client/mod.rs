@@ -475,9 +475,11 @@ impl Client {
         }
     }
 
-    /// Sets the user's status (all their devices) and custom text; as a datagram on QUIC.
+    /// Sets the user's status (all their devices) and custom text. Sent reliably on the control
+    /// stream: a user's choice must arrive, unlike typing, which is repeated anyway.
     pub async fn set_status(&self, status: Status, custom: Option<&str>) -> Result<(), ClientError> {
-        self.send_datagram(&ClientFrame::SetStatus { status, custom: custom.map(str::to_owned) }).await
+        let frame = ClientFrame::SetStatus { status, custom: custom.map(str::to_owned) };
+        self.send_control(self.codec.frame(&frame)).await
     }
 
     /// Tells the relay this device is in use (it is no longer idle); as a datagram on QUIC.

@@ -207,3 +207,53 @@ impl RawQuic {
         (close, last_error)
     }
 }
+
+/// A UDP forwarder between one QUIC client and the relay that can be cut: after [`CutLink::cut`]
+/// nothing passes either way, as when a phone dies or loses its network without closing
+/// anything. The relay only learns from its idle timeout.
+pub struct CutLink {
+    pub addr: std::net::SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub async fn cut_link(relay: std::net::SocketAddr) -> CutLink {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = front.local_addr().unwrap();
+    let cut = Arc::new(AtomicBool::new(false));
+    let flag = cut.clone();
+    let task = tokio::spawn(async move {
+        let (mut up, mut down) = (vec![0u8; 65_536], vec![0u8; 65_536]);
+        let mut client = None;
+        loop {
+            tokio::select! {
+                Ok((n, from)) = front.recv_from(&mut up) => {
+                    client = Some(from);
+                    if !flag.load(Ordering::Relaxed) {
+                        let _ = back.send_to(&up[..n], relay).await;
+                    }
+                }
+                Ok(n) = back.recv(&mut down) => {
+                    if let (Some(to), false) = (client, flag.load(Ordering::Relaxed)) {
+                        let _ = front.send_to(&down[..n], to).await;
+                    }
+                }
+            }
+        }
+    });
+    CutLink { addr, cut, task }
+}
+
+impl CutLink {
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for CutLink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,310 @@
+//! Presence and typing end to end: a real relay on loopback and real clients over QUIC
+//! (datagrams) and WebSocket (coalesced frames). Two users with two devices each; a device that
+//! dies without closing; heavy datagram loss; last seen and privacy across a restart.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestRelay, Transport, VARIANTS, start_with, within};
+use edgerelay::client::{Client, ClientOptions, ServerTrust, Target};
+use edgerelay::proto::{Codec, PresenceEntry, Status};
+
+const API_KEY: &str = "presence-test-api-key-0123";
+/// Generous upper bound for anything that should happen "soon" on loopback.
+const SOON: Duration = Duration::from_secs(10);
+
+fn summary(entries: &[PresenceEntry]) -> Vec<(String, Status, Option<String>)> {
+    entries.iter().map(|e| (e.user.clone(), e.status, e.custom.clone())).collect()
+}
+
+/// Waits until the client sees exactly these members, with these statuses.
+async fn expect_members(client: &Client, room: &str, want: &[(&str, Status)]) {
+    let want: Vec<(String, Status)> = want.iter().map(|(u, s)| (u.to_string(), *s)).collect();
+    let matches = |entries: Vec<PresenceEntry>| entries.into_iter().map(|e| (e.user, e.status)).collect::<Vec<_>>();
+    let ok = client.wait_presence(room, SOON, |v, _| matches(v.entries()) == want).await;
+    assert!(ok, "{} sees {:?}, expected {want:?}", client.welcome().user, summary(&client.presence(room)));
+}
+
+/// Repeats `typing start` (as the debounce does while keys are pressed) until `watcher` shows `text`.
+async fn type_until(typist: &Client, room: &str, watcher: &Client, text: &str) {
+    for _ in 0..20 {
+        typist.typing(room, true).await.unwrap();
+        if watcher
+            .wait_presence(room, Duration::from_millis(500), |v, now| {
+                v.typing_text(&watcher.welcome().user, now) == text
+            })
+            .await
+        {
+            return;
+        }
+    }
+    panic!("{} never showed {text:?}: {:?}", watcher.welcome().user, watcher.typing_text(room));
+}
+
+async fn expect_typing(client: &Client, room: &str, text: &str) {
+    let me = client.welcome().user.clone();
+    let ok = client.wait_presence(room, SOON, |v, now| v.typing_text(&me, now) == text).await;
+    assert!(ok, "{me} shows {:?}, expected {text:?}", client.typing_text(room));
+}
+
+async fn presence_relay() -> TestRelay {
+    start_with(|c| {
+        c.presence.refresh_ms = 250;
+        c.presence.typing_ttl_ms = 1_500;
+        c.api.key = Some(API_KEY.into());
+    })
+    .await
+}
+
+#[tokio::test]
+async fn two_users_with_two_devices_each_see_status_typing_and_leave() {
+    let relay = presence_relay().await;
+    for (i, (transport, codec)) in VARIANTS.iter().copied().enumerate() {
+        let room = format!("team-{i}");
+        let connect = |user: &'static str| relay.connect(transport, codec, user, "acme", &["*"]);
+        let (a1, a2, b1, b2) =
+            (connect("alice").await, connect("alice").await, connect("bob").await, connect("bob").await);
+        for c in [&a1, &a2, &b1, &b2] {
+            c.join(&room).await.unwrap();
+        }
+        let all = [&a1, &a2, &b1, &b2];
+        for c in all {
+            expect_members(c, &room, &[("alice", Status::Online), ("bob", Status::Online)]).await;
+        }
+
+        // A status set on one device is the user's, seen by everyone (custom text included).
+        a2.set_status(Status::Busy, Some("in a call")).await.unwrap();
+        for c in all {
+            expect_members(c, &room, &[("alice", Status::Busy), ("bob", Status::Online)]).await;
+        }
+        assert_eq!(b1.presence(&room)[0].custom.as_deref(), Some("in a call"));
+
+        // Typing on one device reaches everyone but its own user; then both of alice's devices.
+        type_until(&b1, &room, &a1, "bob is typing…").await;
+        expect_typing(&a2, &room, "bob is typing…").await;
+        expect_typing(&b2, &room, "").await;
+        type_until(&a1, &room, &b2, "alice is typing…").await;
+        type_until(&a2, &room, &b2, "alice is typing…").await;
+        expect_typing(&a1, &room, "bob is typing…").await;
+        let watcher = Client::connect(
+            relay.target(transport),
+            ClientOptions::new(relay.token("carol", "acme", &["*"])).codec(codec),
+        )
+        .await
+        .unwrap();
+        watcher.join(&room).await.unwrap();
+        expect_typing(&watcher, &room, "bob and alice are typing…").await;
+        // Alice stops on one device: she still types on the other.
+        a1.typing(&room, false).await.unwrap();
+        b1.typing(&room, false).await.unwrap();
+        expect_typing(&watcher, &room, "alice is typing…").await;
+        a2.typing(&room, false).await.unwrap();
+        expect_typing(&watcher, &room, "").await;
+
+        // Leaving on one device keeps the user present; leaving on both removes them.
+        a1.leave(&room).await.unwrap();
+        expect_members(&b1, &room, &[("alice", Status::Busy), ("bob", Status::Online), ("carol", Status::Online)])
+            .await;
+        a2.leave(&room).await.unwrap();
+        for c in [&b1, &b2, &watcher] {
+            expect_members(c, &room, &[("bob", Status::Online), ("carol", Status::Online)]).await;
+        }
+        // Closing a connection is leaving too.
+        b2.close().await;
+        expect_members(&watcher, &room, &[("bob", Status::Online), ("carol", Status::Online)]).await;
+        b1.close().await;
+        expect_members(&watcher, &room, &[("carol", Status::Online)]).await;
+        for c in [a1, a2, watcher] {
+            c.close().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_killed_clients_typing_and_presence_clear_by_themselves() {
+    let relay = start_with(|c| {
+        c.presence.refresh_ms = 250;
+        c.presence.typing_ttl_ms = 1_500;
+        c.limits.idle_timeout_ms = 4_000;
+        c.limits.ping_interval_ms = 1_000;
+    })
+    .await;
+    let watcher = relay.connect(Transport::Quic, Codec::Postcard, "alice", "acme", &["*"]).await;
+    watcher.join("ward").await.unwrap();
+    let link = common::cut_link(relay.relay.udp_addr()).await;
+    let target = Target::Quic {
+        addr: link.addr,
+        server_name: "localhost".into(),
+        tls: ServerTrust::Pinned(vec![relay.cert_sha256()]),
+    };
+    let doomed = Client::connect(target, ClientOptions::new(relay.token("bob", "acme", &["*"]))).await.unwrap();
+    doomed.join("ward").await.unwrap();
+    expect_members(&watcher, "ward", &[("alice", Status::Online), ("bob", Status::Online)]).await;
+    type_until(&doomed, "ward", &watcher, "bob is typing…").await;
+
+    // The device dies: not a packet more, no close.
+    link.cut();
+    // Typing ends at the typing TTL (1.5 s), well before the idle timeout (4 s) ends the
+    // connection, and presence at the idle timeout. The bounds leave room for a slow machine;
+    // they are not performance claims.
+    let me = watcher.welcome().user.clone();
+    let typing_gone =
+        watcher.wait_presence("ward", Duration::from_millis(2_500), |v, now| v.typing_text(&me, now).is_empty()).await;
+    assert!(typing_gone, "typing still shown: {:?}", watcher.typing_text("ward"));
+    let gone = watcher
+        .wait_presence("ward", Duration::from_millis(4_000 + 3_000), |v, _| v.status("bob") == Status::Offline)
+        .await;
+    assert!(gone, "bob still present: {:?}", summary(&watcher.presence("ward")));
+    drop(doomed);
+}
+
+#[tokio::test]
+async fn every_view_converges_to_the_truth_despite_heavy_datagram_loss() {
+    const LOSS: f64 = 0.5;
+    const REFRESH_MS: u64 = 200;
+    // Each refresh reaches a client with probability 1 - LOSS; a client that missed something
+    // asks a snapshot on the stream (reliable). 25 refresh periods miss every refresh with
+    // probability 0.5^25 (about 3e-8) per client.
+    const BOUND: Duration = Duration::from_millis(25 * REFRESH_MS);
+    let relay = start_with(|c| {
+        c.presence.refresh_ms = REFRESH_MS;
+        c.presence.test_datagram_loss = LOSS;
+        c.api.key = Some(API_KEY.into());
+    })
+    .await;
+    let users = ["u0", "u1", "u2", "u3", "u4", "u5"];
+    let mut clients = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let transport = if i < 4 { Transport::Quic } else { Transport::WebSocket };
+        let c = relay.connect(transport, Codec::Postcard, user, "acme", &["*"]).await;
+        c.join("lossy").await.unwrap();
+        clients.push(c);
+    }
+    // Many changes while datagrams are lost both ways: statuses, custom texts, a leave.
+    let statuses = [Status::Away, Status::Busy, Status::Online, Status::Busy];
+    for round in 0..4 {
+        for (i, c) in clients.iter().enumerate() {
+            let status = statuses[(i + round) % statuses.len()];
+            c.set_status(status, Some(&format!("r{round}"))).await.unwrap();
+            c.activity().await.unwrap();
+        }
+    }
+    clients[5].leave("lossy").await.unwrap();
+    clients[0].set_status(Status::Offline, None).await.unwrap();
+    // A pong on the control stream means every earlier control frame was handled.
+    for c in &clients {
+        c.ping().await.unwrap();
+    }
+
+    let (status, body) = common::http_request(
+        relay.relay.tcp_addr(),
+        "GET",
+        "/v1/api/presence/acme/rooms/lossy",
+        &[("Authorization", &format!("Bearer {API_KEY}"))],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let truth: Vec<PresenceEntry> =
+        serde_json::from_value(serde_json::from_str::<serde_json::Value>(&body).unwrap()["users"].clone()).unwrap();
+    let truth = summary(&truth);
+    assert_eq!(truth.len(), 4, "u0 appears offline and u5 left: {truth:?}");
+    assert!(truth.iter().all(|(_, _, custom)| custom.as_deref() == Some("r3")));
+    let started = std::time::Instant::now();
+    for c in &clients[..5] {
+        let converged = c.wait_presence("lossy", BOUND, |v, _| summary(&v.entries()) == truth).await;
+        assert!(converged, "{}: {:?} != {truth:?} after {BOUND:?}", c.welcome().user, summary(&c.presence("lossy")));
+    }
+    eprintln!("all views converged {:?} after the last change (bound {BOUND:?})", started.elapsed());
+    let (_, metrics) = relay.http_get("/metrics").await;
+    assert!(metrics.contains("edgerelay_datagram_drops_total{reason=\"test_loss\"}"), "the test lost no datagram");
+}
+
+#[tokio::test]
+async fn last_seen_and_privacy_survive_a_restart_and_show_in_the_api() {
+    let first = presence_relay().await;
+    let api = |relay: &edgerelay::relay::Relay, path: String| {
+        let addr = relay.tcp_addr();
+        async move {
+            let auth = format!("Bearer {API_KEY}");
+            let (status, body) = common::http_request(addr, "GET", &path, &[("Authorization", &auth)], "").await;
+            assert_eq!(status, 200, "{path}: {body}");
+            serde_json::from_str::<PresenceEntry>(&body).unwrap()
+        }
+    };
+    let never = api(&first.relay, "/v1/api/presence/acme/users/dora".into()).await;
+    assert_eq!((never.status, never.last_seen), (Status::Offline, 0));
+    let dora = first.connect(Transport::Quic, Codec::Json, "dora", "acme", &["*"]).await;
+    dora.set_status(Status::Busy, Some("focus")).await.unwrap();
+    let live = within("status", async {
+        loop {
+            let e = api(&first.relay, "/v1/api/presence/acme/users/dora".into()).await;
+            if e.status == Status::Busy {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(live.custom.as_deref(), Some("focus"));
+    dora.privacy(false, true).await.unwrap();
+    dora.ping().await.unwrap();
+    dora.close().await;
+    let seen = within("offline", async {
+        loop {
+            let e = api(&first.relay, "/v1/api/presence/acme/users/dora".into()).await;
+            if e.status == Status::Offline {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(seen.last_seen > 0);
+    // Another tenant's dora was never seen.
+    assert_eq!(api(&first.relay, "/v1/api/presence/globex/users/dora".into()).await.last_seen, 0);
+
+    let TestRelay { relay, dir } = first;
+    relay.shutdown().await;
+    let mut config = common::test_config(dir.path());
+    config.api.key = Some(API_KEY.into());
+    config.presence.typing_ttl_ms = 1_500;
+    let second = TestRelay { relay: edgerelay::relay::Relay::start(config).await.unwrap(), dir };
+    let after = api(&second.relay, "/v1/api/presence/acme/users/dora".into()).await;
+    assert_eq!((after.status, after.last_seen), (Status::Offline, seen.last_seen), "last seen kept across the restart");
+
+    // The privacy setting came back too: dora's typing is not shown.
+    let dora = second.connect(Transport::Quic, Codec::Json, "dora", "acme", &["*"]).await;
+    let eve = second.connect(Transport::WebSocket, Codec::Json, "eve", "acme", &["*"]).await;
+    dora.join("desk").await.unwrap();
+    eve.join("desk").await.unwrap();
+    expect_members(&eve, "desk", &[("dora", Status::Online), ("eve", Status::Online)]).await;
+    eve.typing("desk", true).await.unwrap();
+    expect_typing(&dora, "desk", "eve is typing…").await;
+    for _ in 0..5 {
+        dora.typing("desk", true).await.unwrap();
+    }
+    dora.ping().await.unwrap();
+    eve.ping().await.unwrap();
+    assert!(
+        !eve.wait_presence("desk", Duration::from_millis(500), |v, now| !v.typing_text("eve", now).is_empty()).await,
+        "hidden typing was shown"
+    );
+    // Hiding presence shows dora offline to others, and in the API.
+    dora.privacy(true, true).await.unwrap();
+    expect_members(&eve, "desk", &[("eve", Status::Online)]).await;
+    let room = common::http_request(
+        second.relay.tcp_addr(),
+        "GET",
+        "/v1/api/presence/acme/rooms/desk",
+        &[("Authorization", &format!("Bearer {API_KEY}"))],
+        "",
+    )
+    .await;
+    assert!(room.1.contains("\"eve\"") && !room.1.contains("\"dora\""), "{}", room.1);
+    assert_eq!(
+        common::http_request(second.relay.tcp_addr(), "GET", "/v1/api/presence/acme/rooms/desk", &[], "").await.0,
+        401
+    );
+}
