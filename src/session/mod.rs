@@ -337,11 +337,12 @@ impl Session {
         let subscriber = Subscriber { outbox: self.outbox.clone(), lane };
         let key = active.key(&name);
         self.ctx.hub.join(&key, self.id, subscriber, req, since, now_ms)?;
-        self.ctx.awareness.join(&key, self.id, lane, now_ms)?;
         if lane != CONTROL {
             self.lanes.insert(lane, name.clone());
         }
         self.rooms.insert(name, lane);
+        // After the room is recorded, so that closing leaves it even if this push fails.
+        self.ctx.awareness.join(&key, self.id, lane, now_ms)?;
         Ok(())
     }
 
