@@ -1,7 +1,8 @@
 //! The TCP listener's HTTP surface: the WebSocket endpoint, health and readiness, Prometheus
-//! metrics, the certificate hash browsers pin, and the server API application backends call
-//! (`POST /v1/api/publish`, `GET /v1/api/presence/{tenant}/rooms/{room}` and
-//! `GET /v1/api/presence/{tenant}/users/{user}`, bearer key from `api.key`).
+//! metrics, the certificate hashes browsers pin, the demo page at `/` with the browser client,
+//! and the server API application backends call (`POST /v1/api/publish`,
+//! `GET /v1/api/presence/{tenant}/rooms/{room}` and `GET /v1/api/presence/{tenant}/users/{user}`,
+//! bearer key from `api.key`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -32,6 +33,10 @@ use crate::transport::websocket::WebSocketTransport;
 pub struct CertInfo {
     pub sha256_hex: String,
     pub sha256_base64: String,
+    /// Base64 SHA-256 of every certificate a browser should accept now, for
+    /// `serverCertificateHashes`: the current dev certificate and, in the rotation window, its
+    /// announced successor. Empty for a real certificate (browsers verify it normally).
+    pub hashes: Vec<String>,
     /// Unix seconds.
     pub not_after: u64,
     /// A self-signed development certificate.
@@ -44,6 +49,8 @@ pub struct HttpState {
     /// False until the relay serves, and again once it drains.
     pub ready: AtomicBool,
     pub cert: RwLock<CertInfo>,
+    /// The UDP port WebTransport is served on (`/v1/endpoints`).
+    pub webtransport_port: u16,
     /// Upgraded WebSocket connections are tracked here so shutdown waits for them.
     pub tasks: TaskTracker,
     pub stop: CancellationToken,
@@ -61,6 +68,11 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/cert", get(cert))
+        .route("/v1/endpoints", get(endpoints))
+        .route("/", get(|| async { asset("text/html; charset=utf-8", DEMO_HTML) }))
+        .route("/demo.js", get(|| async { asset(JAVASCRIPT, DEMO_JS) }))
+        .route("/edgerelay.js", get(|| async { asset(JAVASCRIPT, CLIENT_JS) }))
+        .route("/codec.js", get(|| async { asset(JAVASCRIPT, CODEC_JS) }))
         .route("/v1/api/publish", post(api_publish))
         .route("/v1/api/presence/{tenant}/rooms/{room}", get(api_room_presence))
         .route("/v1/api/presence/{tenant}/users/{user}", get(api_user_status))
@@ -91,6 +103,36 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
+
+// The demo page and the browser client it runs (`clients/`), compiled into the binary so
+// `edgerelay serve` shows it without any files next to it.
+const DEMO_HTML: &str = include_str!("../clients/demo/index.html");
+const DEMO_JS: &str = include_str!("../clients/demo/demo.js");
+const CLIENT_JS: &str = include_str!("../clients/edgerelay.js");
+const CODEC_JS: &str = include_str!("../clients/codec.js");
+const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+/// Where a browser on this page connects: WebTransport on the QUIC port of the same host, and
+/// the WebSocket path on this listener.
+#[derive(Serialize)]
+struct Endpoints {
+    webtransport_port: u16,
+    webtransport_path: &'static str,
+    websocket_path: &'static str,
+}
+
+async fn endpoints(State(state): State<Arc<HttpState>>) -> Response {
+    axum::Json(Endpoints {
+        webtransport_port: state.webtransport_port,
+        webtransport_path: crate::transport::webtransport::PATH,
+        websocket_path: "/v1/ws",
+    })
+    .into_response()
 }
 
 async fn cert(State(state): State<Arc<HttpState>>) -> Response {

@@ -73,7 +73,7 @@ impl Relay {
         std::fs::create_dir_all(&data_dir).map_err(|source| RelayError::DataDir { path: data_dir.clone(), source })?;
         let metrics = crate::metrics::install();
 
-        let cert = load_cert(&config)?;
+        let (cert, next_cert) = load_cert(&config)?;
         let dev_secret =
             if config.auth.dev_keys { Some(tls::load_or_create_secret(&config.dev_secret_path(), 32)?) } else { None };
         let verifier = Arc::new(Verifier::new(&config.auth, dev_secret.as_deref())?);
@@ -124,7 +124,8 @@ impl Relay {
             websocket: Arc::new(WebSocketTransport::new(conn_ctx.clone())),
             metrics,
             ready: false.into(),
-            cert: RwLock::new(cert_info(&cert)),
+            cert: RwLock::new(cert_info(&cert, next_cert.as_ref())),
+            webtransport_port: udp_addr.port(),
             tasks: connections.clone(),
             stop: stop.clone(),
             hub: hub.clone(),
@@ -184,6 +185,7 @@ impl Relay {
              QUIC (raw, ALPN edgerelay/1)   udp://{udp}\n  \
              WebTransport (ALPN h3)         https://{udp}{wt_path}\n  \
              WebSocket                      ws://{tcp}/v1/ws\n  \
+             demo page (browser chat)       http://{tcp}/\n  \
              health, readiness, metrics     http://{tcp}/healthz  /readyz  /metrics\n  \
              certificate sha256 (hex)       {hex}\n  \
              certificate sha256 (base64)    {b64}\n  \
@@ -224,17 +226,25 @@ impl Relay {
     }
 }
 
-fn load_cert(config: &Config) -> Result<CertBundle, RelayError> {
+/// The certificate to serve, and a dev certificate's announced successor.
+fn load_cert(config: &Config) -> Result<(CertBundle, Option<CertBundle>), RelayError> {
     Ok(match (&config.tls.cert_file, &config.tls.key_file) {
-        (Some(cert), Some(key)) => tls::load_cert_files(cert, key)?,
-        _ => tls::load_or_create_dev_cert(&config.data_dir, SystemTime::now())?,
+        (Some(cert), Some(key)) => (tls::load_cert_files(cert, key)?, None),
+        _ => {
+            let certs = tls::load_or_create_dev_certs(&config.data_dir, SystemTime::now())?;
+            (certs.current, certs.next)
+        }
     })
 }
 
-fn cert_info(cert: &CertBundle) -> CertInfo {
+fn cert_info(cert: &CertBundle, next: Option<&CertBundle>) -> CertInfo {
+    // A real certificate is verified by browsers the usual way: no hash to pin.
+    let hashes =
+        if cert.dev { std::iter::once(cert).chain(next).map(CertBundle::sha256_base64).collect() } else { Vec::new() };
     CertInfo {
         sha256_hex: cert.sha256_hex(),
         sha256_base64: cert.sha256_base64(),
+        hashes,
         not_after: cert.not_after.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         dev: cert.dev,
     }
@@ -288,7 +298,8 @@ async fn sweep_rooms(hub: Arc<Hub>, stop: CancellationToken) {
     }
 }
 
-/// Regenerates the dev certificate before it expires and swaps it into the live endpoint.
+/// Rotates the dev certificate: announces its successor's hash, then swaps the successor into
+/// the live endpoint (see `tls.rs`).
 async fn renew_dev_cert(
     config: Config,
     endpoint: quinn::Endpoint,
@@ -303,17 +314,22 @@ async fn renew_dev_cert(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let renewed = tls::load_or_create_dev_cert(&config.data_dir, SystemTime::now())
+        let renewed = tls::load_or_create_dev_certs(&config.data_dir, SystemTime::now())
             .map_err(RelayError::from)
-            .and_then(|cert| Ok((quic_server_config(&cert, &token_key, &config.limits)?, cert_info(&cert))));
+            .and_then(|certs| {
+                let server_config = quic_server_config(&certs.current, &token_key, &config.limits)?;
+                Ok((server_config, cert_info(&certs.current, certs.next.as_ref())))
+            });
         match renewed {
             Ok((server_config, info)) => {
                 let mut current = http.cert.write().unwrap_or_else(|e| e.into_inner());
-                if *current != info {
+                if current.sha256_hex != info.sha256_hex {
                     endpoint.set_server_config(Some(server_config));
-                    tracing::info!(sha256 = %info.sha256_hex, "dev certificate renewed");
-                    *current = info;
+                    tracing::info!(sha256 = %info.sha256_hex, "dev certificate switched");
+                } else if current.hashes != info.hashes {
+                    tracing::info!(hashes = ?info.hashes, "next dev certificate announced");
                 }
+                *current = info;
             }
             Err(err) => tracing::error!(%err, "dev certificate renewal failed"),
         }

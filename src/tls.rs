@@ -3,8 +3,11 @@
 //! Why dev certificates look the way they do: browsers can reach a relay without a CA-signed
 //! certificate only through WebTransport's `serverCertificateHashes`, which Chromium accepts for
 //! ECDSA P-256 certificates valid for at most 14 days. So the dev certificate is P-256, valid 13
-//! days, kept in `data_dir` so the hash stays stable across restarts, and renewed 3 days before it
-//! runs out. Everything here uses the ring provider explicitly (never a process-wide default), so
+//! days, kept in `data_dir` so the hash stays stable across restarts, and rotated before it runs
+//! out without breaking pages that hold its hash: 3 days before expiry the *next* certificate is
+//! made and its hash offered beside the current one (`/v1/cert`); the relay switches to it 2 days
+//! before expiry. A page that fetched the hashes during that day connects before and after the
+//! switch. Everything here uses the ring provider explicitly (never a process-wide default), so
 //! the library never depends on what else is linked in.
 
 use std::fs;
@@ -22,12 +25,17 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// Total validity of a dev certificate (Chromium allows at most 14 days).
 pub const DEV_CERT_VALIDITY: Duration = Duration::from_secs(13 * 24 * 60 * 60);
-/// A dev certificate is replaced when it expires within this long.
+/// When a dev certificate expires within this long, its successor is made and announced.
 pub const DEV_CERT_RENEW_BEFORE: Duration = Duration::from_secs(3 * 24 * 60 * 60);
+/// When a dev certificate expires within this long, the relay switches to its successor.
+pub const DEV_CERT_SWITCH_BEFORE: Duration = Duration::from_secs(2 * 24 * 60 * 60);
 /// Dev certificate file name inside the data dir.
 pub const DEV_CERT_FILE: &str = "dev-cert.pem";
 /// Dev key file name inside the data dir.
 pub const DEV_KEY_FILE: &str = "dev-key.pem";
+/// The announced successor of the dev certificate, and its key.
+pub const DEV_CERT_NEXT_FILE: &str = "dev-cert-next.pem";
+pub const DEV_KEY_NEXT_FILE: &str = "dev-key-next.pem";
 /// Backdating of a new dev certificate, for clients whose clocks are slightly behind.
 const DEV_CERT_BACKDATE: Duration = Duration::from_secs(60);
 
@@ -154,23 +162,69 @@ fn read_pems(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, P
     Ok((chain, key_der))
 }
 
-/// Loads `<dir>/dev-cert.pem` + `<dir>/dev-key.pem`, or (re)creates them when they are missing,
-/// unreadable, not yet valid, or expire within [`DEV_CERT_RENEW_BEFORE`] of `now`.
-pub fn load_or_create_dev_cert(dir: &Path, now: SystemTime) -> Result<CertBundle, TlsError> {
-    let cert_path = dir.join(DEV_CERT_FILE);
-    let key_path = dir.join(DEV_KEY_FILE);
-    match load_dev_cert(&cert_path, &key_path, now) {
-        Ok(Some(bundle)) => return Ok(bundle),
-        Ok(None) => tracing::info!(path = %cert_path.display(), "renewing dev certificate"),
-        Err(TlsError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            tracing::info!(path = %cert_path.display(), "creating dev certificate")
-        }
-        Err(e) => tracing::warn!(error = %e, "replacing unusable dev certificate"),
-    }
-    create_dev_cert(dir, &cert_path, &key_path, now)
+/// The dev certificate being served, and its announced successor during the rotation window.
+#[derive(Debug, Clone)]
+pub struct DevCerts {
+    pub current: CertBundle,
+    pub next: Option<CertBundle>,
 }
 
-/// The stored dev cert if it is usable at `now` (`None` if it should be renewed).
+impl DevCerts {
+    /// SHA-256 of every certificate a client should accept now: the current one first.
+    pub fn hashes(&self) -> Vec<[u8; 32]> {
+        std::iter::once(self.current.sha256).chain(self.next.as_ref().map(|next| next.sha256)).collect()
+    }
+}
+
+/// Loads `<dir>/dev-cert.pem` + `<dir>/dev-key.pem`, or (re)creates them when they are missing,
+/// unreadable, not yet valid, or expire within [`DEV_CERT_SWITCH_BEFORE`] of `now` (promoting the
+/// announced successor when there is a usable one). Within [`DEV_CERT_RENEW_BEFORE`] of expiry,
+/// also loads or creates the successor (`dev-cert-next.pem`).
+pub fn load_or_create_dev_certs(dir: &Path, now: SystemTime) -> Result<DevCerts, TlsError> {
+    let (cert_path, key_path) = (dir.join(DEV_CERT_FILE), dir.join(DEV_KEY_FILE));
+    let (next_cert, next_key) = (dir.join(DEV_CERT_NEXT_FILE), dir.join(DEV_KEY_NEXT_FILE));
+    let current = match load_dev_cert(&cert_path, &key_path, now) {
+        Ok(Some(bundle)) => bundle,
+        found => {
+            match found {
+                Ok(_) => tracing::info!(path = %cert_path.display(), "switching to the next dev certificate"),
+                Err(TlsError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                    tracing::info!(path = %cert_path.display(), "creating dev certificate")
+                }
+                Err(e) => tracing::warn!(error = %e, "replacing unusable dev certificate"),
+            }
+            match load_dev_cert(&next_cert, &next_key, now) {
+                Ok(Some(next)) => {
+                    // Key first, as when creating: a certificate never sits beside a foreign key
+                    // for longer than the two renames.
+                    fs::rename(&next_key, &key_path).map_err(io_err(&key_path))?;
+                    fs::rename(&next_cert, &cert_path).map_err(io_err(&cert_path))?;
+                    next
+                }
+                _ => create_dev_cert(dir, &cert_path, &key_path, now)?,
+            }
+        }
+    };
+    if !needs_renewal(&current, now) {
+        return Ok(DevCerts { current, next: None });
+    }
+    let next = match load_dev_cert(&next_cert, &next_key, now) {
+        Ok(Some(next)) if !needs_renewal(&next, now) => next,
+        _ => {
+            tracing::info!(path = %next_cert.display(), "creating the next dev certificate (its hash is announced)");
+            create_dev_cert(dir, &next_cert, &next_key, now)?
+        }
+    };
+    Ok(DevCerts { current, next: Some(next) })
+}
+
+/// The current dev certificate of [`load_or_create_dev_certs`].
+pub fn load_or_create_dev_cert(dir: &Path, now: SystemTime) -> Result<CertBundle, TlsError> {
+    load_or_create_dev_certs(dir, now).map(|certs| certs.current)
+}
+
+/// The stored dev cert if it can be served at `now` (`None` if it is not valid yet or expires
+/// within [`DEV_CERT_SWITCH_BEFORE`]).
 fn load_dev_cert(cert_path: &Path, key_path: &Path, now: SystemTime) -> Result<Option<CertBundle>, TlsError> {
     let (chain, key) = read_pems(cert_path, key_path)?;
     let end_entity = chain.first().ok_or_else(|| bad_file(cert_path, "no certificate found"))?;
@@ -179,7 +233,8 @@ fn load_dev_cert(cert_path: &Path, key_path: &Path, now: SystemTime) -> Result<O
     let bundle = CertBundle::from_parts(chain, key, true, cert_path)?;
     // Also catches a key that does not belong to the certificate.
     server_config(&bundle, &[])?;
-    if now < not_before || needs_renewal(&bundle, now) {
+    let switch_at = now.checked_add(DEV_CERT_SWITCH_BEFORE);
+    if now < not_before || switch_at.is_none_or(|at| at >= bundle.not_after) {
         return Ok(None);
     }
     Ok(Some(bundle))
@@ -491,19 +546,40 @@ mod tests {
     }
 
     #[test]
-    fn dev_cert_is_renewed_near_expiry() {
+    fn dev_cert_rotation_announces_the_next_hash_before_switching() {
+        const DAY: u64 = 24 * 3600;
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create_dev_certs(dir.path(), at(NOW)).unwrap();
+        assert!(a.next.is_none(), "a fresh certificate has no successor");
+        assert_eq!(a.hashes(), vec![a.current.sha256]);
+        // 10.5 days later: 2.5 days left. Same certificate served, successor announced.
+        let announce = at(NOW + 10 * DAY + DAY / 2);
+        let b = load_or_create_dev_certs(dir.path(), announce).unwrap();
+        assert_eq!(b.current.sha256, a.current.sha256);
+        let next = b.next.clone().expect("successor announced");
+        assert_eq!(b.hashes(), vec![a.current.sha256, next.sha256]);
+        // A restart in the window keeps both (nothing is regenerated).
+        let again = load_or_create_dev_certs(dir.path(), announce + Duration::from_secs(3600)).unwrap();
+        assert_eq!(again.hashes(), b.hashes());
+        // 11.5 days later: 1.5 days left. The relay switches to the announced successor, whose
+        // hash pages fetched a day ago already hold.
+        let switch = at(NOW + 11 * DAY + DAY / 2);
+        let c = load_or_create_dev_certs(dir.path(), switch).unwrap();
+        assert_eq!(c.current.sha256, next.sha256);
+        assert!(c.next.is_none());
+        assert!(!dir.path().join(DEV_CERT_NEXT_FILE).exists());
+        assert_eq!(load_or_create_dev_cert(dir.path(), switch).unwrap().sha256, next.sha256, "reload sees it");
+    }
+
+    #[test]
+    fn dev_cert_long_expired_without_successor_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let a = load_or_create_dev_cert(dir.path(), at(NOW)).unwrap();
-        assert!(!needs_renewal(&a, at(NOW)));
-        // 11 days later: 2 days left, inside the 3-day window.
-        let later = at(NOW + 11 * 24 * 3600);
-        assert!(needs_renewal(&a, later));
-        let b = load_or_create_dev_cert(dir.path(), later).unwrap();
-        assert_ne!(a.sha256, b.sha256);
-        assert!(!needs_renewal(&b, later));
-        // And the renewed one is what a reload sees.
-        let c = load_or_create_dev_cert(dir.path(), later).unwrap();
-        assert_eq!(b.sha256, c.sha256);
+        let much_later = at(NOW + 30 * 24 * 3600);
+        let b = load_or_create_dev_certs(dir.path(), much_later).unwrap();
+        assert_ne!(a.sha256, b.current.sha256);
+        assert!(!needs_renewal(&b.current, much_later));
+        assert!(b.next.is_none());
     }
 
     #[test]

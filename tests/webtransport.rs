@@ -72,3 +72,44 @@ async fn webtransport_sessions_are_counted_as_their_own_transport() {
         assert!(text.contains(name), "/metrics lacks {name}");
     }
 }
+
+#[tokio::test]
+async fn the_relay_tells_a_page_where_and_how_to_connect() {
+    let relay = start().await;
+    let (status, cert) = relay.http_get("/v1/cert").await;
+    assert_eq!(status, 200);
+    let cert: serde_json::Value = serde_json::from_str(&cert).unwrap();
+    assert_eq!(cert["dev"], true);
+    assert_eq!(cert["hashes"], serde_json::json!([cert["sha256_base64"]]), "the dev hash for serverCertificateHashes");
+    let (status, endpoints) = relay.http_get("/v1/endpoints").await;
+    assert_eq!(status, 200);
+    let endpoints: serde_json::Value = serde_json::from_str(&endpoints).unwrap();
+    assert_eq!(endpoints["webtransport_port"], relay.relay.udp_addr().port());
+    assert_eq!(
+        (endpoints["webtransport_path"].as_str(), endpoints["websocket_path"].as_str()),
+        (Some("/v1/wt"), Some("/v1/ws"))
+    );
+    // The demo page and the modules it imports, served from the binary.
+    let (status, page) = relay.http_get("/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<script type=\"module\" src=\"demo.js\">"), "{page}");
+    for module in ["/demo.js", "/edgerelay.js", "/codec.js"] {
+        let (status, body) = relay.http_get(module).await;
+        assert_eq!(status, 200, "{module}");
+        assert!(body.contains("import") || body.contains("export"), "{module} is an ES module");
+    }
+}
+
+#[tokio::test]
+async fn with_real_certificate_files_no_hash_is_offered() {
+    let certs = tempfile::tempdir().unwrap();
+    edgerelay::tls::load_or_create_dev_cert(certs.path(), std::time::SystemTime::now()).unwrap();
+    let relay = common::start_with(|config| {
+        config.tls.cert_file = Some(certs.path().join(edgerelay::tls::DEV_CERT_FILE));
+        config.tls.key_file = Some(certs.path().join(edgerelay::tls::DEV_KEY_FILE));
+    })
+    .await;
+    let (_, cert) = relay.http_get("/v1/cert").await;
+    let cert: serde_json::Value = serde_json::from_str(&cert).unwrap();
+    assert_eq!((cert["dev"].clone(), cert["hashes"].clone()), (serde_json::json!(false), serde_json::json!([])));
+}

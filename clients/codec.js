@@ -1,0 +1,157 @@
+// edgerelay protocol v1 frames for JavaScript (browsers and Node), written from docs/protocol.md
+// and checked against tests/golden/frames-v1.json by clients/test/codec.test.mjs.
+//
+// A frame is a plain object `{type, ...fields}`, e.g. `{type: "publish", req: 4, room: "chat:lobby",
+// id: "m-1", data: {text: "hi"}}`. On the wire (JSON codec) it is `{"publish": {fields}}` with the
+// fields in the protocol's order, which is why every type lists its fields here.
+//
+// Payloads (`data`) are JSON values. Bytes that are not JSON travel as `{"$binary": "<base64>"}`;
+// `binary()` and `payloadBytes()` convert.
+
+/** Field order of every frame type, client → relay and relay → client. */
+export const FIELDS = {
+  // client → relay
+  hello: ["version", "token", "client"],
+  join: ["req", "room", "since"],
+  leave: ["req", "room"],
+  publish: ["req", "room", "id", "data"],
+  ping: ["req"],
+  refresh: ["req", "token"],
+  // relay → client
+  welcome: ["version", "session", "user", "server_time", "limits"],
+  joined: ["req", "room", "position", "recovered"],
+  left: ["req", "room"],
+  ack: ["req", "room", "id", "position"],
+  message: ["room", "position", "from", "time", "id", "data"],
+  pong: ["req", "server_time"],
+  error: ["req", "code", "message"],
+  go_away: ["code", "reason", "reconnect_after_ms"],
+  refreshed: ["req", "expires_at"],
+};
+
+const POSITION = ["epoch", "offset"];
+const LIMITS = [
+  "max_frame_bytes",
+  "max_payload_bytes",
+  "max_rooms",
+  "publish_rate",
+  "publish_burst",
+  "ping_interval_ms",
+  "idle_timeout_ms",
+];
+
+/** Protocol version spoken by this client. */
+export const PROTOCOL_VERSION = 1;
+
+/** Error codes (docs/protocol.md) a reconnect can recover from without changing anything. */
+export const RETRYABLE_CLOSE = new Set([0, 100, 105, 113, 130, 131, 132]);
+
+export class FrameError extends Error {}
+
+function ordered(object, names) {
+  if (object === null || object === undefined) return null;
+  const out = {};
+  for (const name of names) out[name] = object[name] ?? null;
+  return out;
+}
+
+/** Encodes a frame with the JSON codec: the text of one WebSocket message or stream frame body. */
+export function encodeJson(frame) {
+  const names = FIELDS[frame.type];
+  if (!names) throw new FrameError(`unknown frame type ${frame.type}`);
+  const fields = {};
+  for (const name of names) {
+    let value = frame[name] ?? null;
+    if (name === "position" || name === "since") value = ordered(value, POSITION);
+    if (name === "limits") value = ordered(value, LIMITS);
+    fields[name] = value;
+  }
+  return JSON.stringify({ [frame.type]: fields });
+}
+
+/** Decodes a JSON-codec frame body (string) into `{type, ...fields}`. */
+export function decodeJson(text) {
+  let value;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new FrameError(`not JSON: ${err.message}`);
+  }
+  if (value === null || typeof value !== "object" || Array.isArray(value)) throw new FrameError("not an object");
+  const keys = Object.keys(value);
+  if (keys.length !== 1 || !FIELDS[keys[0]]) throw new FrameError(`unknown frame ${keys.join(",")}`);
+  const type = keys[0];
+  const fields = value[type];
+  if (fields === null || typeof fields !== "object") throw new FrameError(`${type}: fields must be an object`);
+  return { type, ...fields };
+}
+
+// --- Payload helpers ---
+
+function toBase64(bytes) {
+  let text = "";
+  for (const byte of bytes) text += String.fromCharCode(byte);
+  return btoa(text);
+}
+
+/** Standard base64 (with padding) to bytes, as `/v1/cert` gives certificate hashes. */
+export function fromBase64(text) {
+  const raw = atob(text);
+  const out = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
+  return out;
+}
+
+/** The payload form of bytes that are not JSON text. */
+export function binary(bytes) {
+  return { $binary: toBase64(bytes) };
+}
+
+/** The bytes a payload stands for: the JSON text of a value, or the bytes of a `$binary`. */
+export function payloadBytes(data) {
+  if (data && typeof data === "object" && Object.keys(data).length === 1 && typeof data.$binary === "string") {
+    return fromBase64(data.$binary);
+  }
+  return new TextEncoder().encode(JSON.stringify(data));
+}
+
+// --- Stream framing: `[u32 big-endian length][body]` on QUIC and WebTransport streams ---
+
+/** Prefixes a frame body with its length. */
+export function lengthPrefixed(body) {
+  const out = new Uint8Array(4 + body.length);
+  new DataView(out.buffer).setUint32(0, body.length);
+  out.set(body, 4);
+  return out;
+}
+
+/** Splits a byte stream into frame bodies; refuses frames above `maxFrame` before buffering them. */
+export class FrameReader {
+  constructor(maxFrame = 16 << 20) {
+    this.maxFrame = maxFrame;
+    this.buffer = new Uint8Array(0);
+  }
+
+  /** Adds received bytes and returns every complete frame body now available. */
+  push(chunk) {
+    const joined = new Uint8Array(this.buffer.length + chunk.length);
+    joined.set(this.buffer);
+    joined.set(chunk, this.buffer.length);
+    const frames = [];
+    let at = 0;
+    while (joined.length - at >= 4) {
+      const length = new DataView(joined.buffer, joined.byteOffset + at, 4).getUint32(0);
+      if (length > this.maxFrame) throw new FrameError(`frame of ${length} bytes exceeds ${this.maxFrame}`);
+      if (joined.length - at - 4 < length) break;
+      frames.push(joined.slice(at + 4, at + 4 + length));
+      at += 4 + length;
+    }
+    this.buffer = joined.slice(at);
+    return frames;
+  }
+
+  /** Bytes of an unfinished frame. */
+  get pending() {
+    return this.buffer.length;
+  }
+}

@@ -1,0 +1,98 @@
+// The demo page served at `/`: a room chat on the browser client. It learns where to connect
+// from the relay itself (`/v1/endpoints`, `/v1/cert`), so it works on any host and port.
+//
+// URL fragment options: `token`, `room`, `transport` (`auto` | `webtransport` | `websocket`),
+// `join` (join at once). `window.demo` exposes the client for tests.
+
+import { EdgeRelay } from "./edgerelay.js";
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.hash.slice(1));
+if (params.get("token")) $("token").value = params.get("token");
+if (params.get("room")) $("room").value = params.get("room");
+
+const demo = { client: null, room: null, messages: [], transport: null, state: "idle" };
+window.demo = demo;
+
+function line(parts, className) {
+  const li = document.createElement("li");
+  if (className) li.className = className;
+  for (const [cls, text] of parts) {
+    const span = document.createElement("span");
+    if (cls) span.className = cls;
+    span.textContent = text;
+    li.append(span);
+  }
+  $("messages").append(li);
+  li.scrollIntoView({ block: "nearest" });
+}
+
+function showStatus({ state, transport, delayMs, code, reason }) {
+  demo.state = state;
+  demo.transport = transport;
+  const status = $("status");
+  status.className = state;
+  status.replaceChildren();
+  const bold = (text) => Object.assign(document.createElement("b"), { textContent: text });
+  status.append(`${state} `);
+  if (transport) status.append("over ", bold(transport));
+  if (state === "reconnecting") status.append(` — retrying in ${delayMs} ms (${reason || code})`);
+  if (state === "closed" && code) status.append(` — ${reason} (${code})`);
+  const usable = state === "open" && demo.room;
+  $("text").disabled = !usable;
+  $("send-button").disabled = !usable;
+}
+
+async function connectAndJoin(token, room) {
+  const [endpoints, cert] = await Promise.all(["/v1/endpoints", "/v1/cert"].map((p) => fetch(p).then((r) => r.json())));
+  const wsScheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const client = new EdgeRelay({
+    token,
+    transport: params.get("transport") ?? "auto",
+    webTransportUrl: `https://${location.hostname}:${endpoints.webtransport_port}${endpoints.webtransport_path}`,
+    webSocketUrl: `${wsScheme}//${location.host}${endpoints.websocket_path}`,
+    certHashes: cert.hashes,
+    clientName: "edgerelay-demo/1",
+  });
+  demo.client = client;
+  client.addEventListener("status", (e) => showStatus(e.detail));
+  client.addEventListener("message", ({ detail: m }) => {
+    demo.messages.push({ offset: m.position.offset, from: m.from, id: m.id, data: m.data });
+    const text = typeof m.data?.text === "string" ? m.data.text : JSON.stringify(m.data);
+    line([["meta", `#${m.position.offset}`], ["from", m.from], [null, text]]);
+  });
+  client.addEventListener("joined", ({ detail }) =>
+    line([[null, `joined ${detail.room} at #${detail.position.offset}${detail.recovered ? "" : " (history not recovered)"}`]], "system"),
+  );
+  client.addEventListener("error", ({ detail }) => line([[null, `error ${detail.code}: ${detail.message}`]], "system"));
+  const welcome = await client.connect();
+  line([[null, `connected as ${welcome.user} over ${client.transport}`]], "system");
+  await client.join(room);
+  demo.room = room;
+  showStatus({ state: client.state, transport: client.transport });
+}
+
+/** Sends a chat line; resolves with its acked position. */
+demo.send = async (text) => demo.client.publish(demo.room, { text });
+
+$("connect").addEventListener("submit", (event) => {
+  event.preventDefault();
+  demo.client?.close();
+  demo.room = null;
+  demo.ready = connectAndJoin($("token").value.trim(), $("room").value.trim());
+  demo.ready.catch((err) => line([[null, `could not connect: ${err.message}`]], "system"));
+});
+
+$("send").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const text = $("text").value;
+  if (!text) return;
+  $("text").value = "";
+  try {
+    await demo.send(text);
+  } catch (err) {
+    line([[null, `not sent: ${err.message}`]], "system");
+  }
+});
+
+if (params.get("join") !== null && $("token").value) $("connect").requestSubmit();

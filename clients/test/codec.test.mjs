@@ -1,0 +1,76 @@
+// The browser client's codec and helpers against the Rust side's golden vectors
+// (tests/golden/frames-v1.json). Run: node --test clients/test/
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+
+import { FrameError, FrameReader, binary, decodeJson, encodeJson, lengthPrefixed, payloadBytes } from "../codec.js";
+import { backoffDelay } from "../edgerelay.js";
+
+const golden = JSON.parse(readFileSync(new URL("../../tests/golden/frames-v1.json", import.meta.url), "utf8"));
+
+test("every golden JSON vector decodes and re-encodes to the same bytes", () => {
+  const names = Object.keys(golden);
+  assert.ok(names.length >= 18, "the vector file lists every frame type");
+  for (const name of names) {
+    const { json } = golden[name];
+    const frame = decodeJson(json);
+    assert.equal(frame.type, name.split(".")[1].replace(/_(json|binary|since)$/, ""), name);
+    assert.equal(encodeJson(frame), json, name);
+  }
+});
+
+test("frames built by hand encode like the relay's", () => {
+  const publish = { type: "publish", req: 4, room: "chat:lobby", id: "m-1", data: { text: "hi" } };
+  assert.equal(encodeJson(publish), golden["client.publish_json"].json);
+  // Field order comes from the protocol, not from the object.
+  const join = { since: { offset: 42, epoch: 7 }, room: "chat:lobby", req: 2, type: "join" };
+  assert.equal(encodeJson(join), golden["client.join_since"].json);
+  const bytes = { type: "publish", req: 5, room: "chat:lobby", id: "m-2", data: binary(new Uint8Array([0, 255, 1])) };
+  assert.equal(encodeJson(bytes), golden["client.publish_binary"].json);
+});
+
+test("payload bytes: JSON text for values, raw bytes for $binary", () => {
+  const message = decodeJson(golden["server.message_binary"].json);
+  assert.deepEqual([...payloadBytes(message.data)], [0, 255, 1]);
+  assert.equal(new TextDecoder().decode(payloadBytes({ text: "hi" })), '{"text":"hi"}');
+});
+
+test("malformed frames are errors, not crashes", () => {
+  for (const text of ["", "nope", "[]", "null", '{"a":1,"b":2}', '{"teleport":{}}', '{"ack":3}']) {
+    assert.throws(() => decodeJson(text), FrameError, text);
+  }
+  assert.throws(() => encodeJson({ type: "teleport" }), FrameError);
+});
+
+test("stream framing survives any split and refuses oversized frames up front", () => {
+  const enc = new TextEncoder();
+  const bodies = ['{"ping":{"req":1}}', "", '{"ping":{"req":22}}'].map((t) => enc.encode(t));
+  const wire = new Uint8Array(bodies.reduce((n, b) => n + 4 + b.length, 0));
+  let at = 0;
+  for (const body of bodies) {
+    wire.set(lengthPrefixed(body), at);
+    at += 4 + body.length;
+  }
+  for (let step = 1; step <= wire.length; step++) {
+    const reader = new FrameReader(1024);
+    const got = [];
+    for (let i = 0; i < wire.length; i += step) got.push(...reader.push(wire.slice(i, i + step)));
+    assert.deepEqual(got.map((b) => [...b]), bodies.map((b) => [...b]), `chunks of ${step}`);
+    assert.equal(reader.pending, 0);
+  }
+  const reader = new FrameReader(16);
+  assert.throws(() => reader.push(new Uint8Array([0, 0, 0, 17])), FrameError);
+});
+
+test("backoff: full jitter below an exponential bound with a cap", () => {
+  const options = { baseMs: 100, capMs: 5000 };
+  assert.equal(backoffDelay(0, options, () => 0), 0);
+  assert.equal(backoffDelay(0, options, () => 0.999999), 99);
+  assert.equal(backoffDelay(3, options, () => 0.5), 400);
+  assert.equal(backoffDelay(40, options, () => 0.999999), 4999, "capped, even for huge attempts");
+  for (let attempt = 0; attempt < 12; attempt++) {
+    const delay = backoffDelay(attempt, options);
+    assert.ok(delay >= 0 && delay < Math.min(5000, 100 * 2 ** attempt), `attempt ${attempt}: ${delay}`);
+  }
+});
