@@ -8,7 +8,7 @@
 //! Each QUIC connection carries one session (no HTTP/3 pooling); browsers open one connection per
 //! `new WebTransport(url)`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use web_transport_quinn::Session;
 use web_transport_quinn::http::StatusCode;
@@ -18,6 +18,9 @@ pub const ALPN: &[u8] = b"h3";
 
 /// The URL path WebTransport sessions are served at.
 pub const PATH: &str = "/v1/wt";
+
+/// How long a refused session's connection stays open for its 404 to arrive.
+const REJECT_LINGER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
@@ -44,6 +47,9 @@ pub async fn accept(conn: quinn::Connection, deadline: Instant) -> Result<Sessio
     let path = request.url.path().to_owned();
     if path != PATH {
         let _ = request.reject(StatusCode::NOT_FOUND).await;
+        // Closing at once could discard the 404 before it is sent: let the client close first.
+        let _ = tokio::time::timeout(REJECT_LINGER, conn.closed()).await;
+        conn.close(0u32.into(), b"not found");
         return Err(AcceptError::WrongPath(path));
     }
     Ok(request.ok().await?)

@@ -423,22 +423,25 @@ def _quic_protocol_class():
             self.finished_by_peer: set[int] = set()
             self.terminated: events.ConnectionTerminated | None = None
 
+        def stream_data(self, stream_id: int, data: bytes, ended: bool) -> None:
+            buf = self._buffers[stream_id]
+            buf += data
+            while len(buf) >= 4:
+                (n,) = struct.unpack(">I", buf[:4])
+                if len(buf) < 4 + n:
+                    break
+                body = bytes(buf[4:4 + n])
+                del buf[:4 + n]
+                if self.client is not None:
+                    self.client._on_stream_frame(stream_id, body)
+            if ended:
+                self.finished_by_peer.add(stream_id)
+                if self.client is not None:
+                    self.client._on_stream_finished(stream_id)
+
         def quic_event_received(self, event) -> None:
             if isinstance(event, events.StreamDataReceived):
-                buf = self._buffers[event.stream_id]
-                buf += event.data
-                while len(buf) >= 4:
-                    (n,) = struct.unpack(">I", buf[:4])
-                    if len(buf) < 4 + n:
-                        break
-                    body = bytes(buf[4:4 + n])
-                    del buf[:4 + n]
-                    if self.client is not None:
-                        self.client._on_stream_frame(event.stream_id, body)
-                if event.end_stream:
-                    self.finished_by_peer.add(event.stream_id)
-                    if self.client is not None:
-                        self.client._on_stream_finished(event.stream_id)
+                self.stream_data(event.stream_id, event.data, event.end_stream)
             elif isinstance(event, events.DatagramFrameReceived):
                 if self.client is not None:
                     self.client._on_datagram(event.data)
@@ -457,6 +460,7 @@ def _quic_protocol_class():
 
 class QuicClient(_Client):
     transport = "quic"
+    alpn = ALPN
 
     def __init__(self, protocol, udp_transport, room_streams: bool = True):
         super().__init__()
@@ -483,7 +487,7 @@ class QuicClient(_Client):
         from aioquic.quic.connection import QuicConnection
         from cryptography.hazmat.primitives.serialization import Encoding
 
-        config = QuicConfiguration(is_client=True, alpn_protocols=[ALPN],
+        config = QuicConfiguration(is_client=True, alpn_protocols=[cls.alpn],
                                    server_name=server_name, idle_timeout=30.0,
                                    max_datagram_frame_size=65536)
         if cafile is not None:
@@ -498,14 +502,14 @@ class QuicClient(_Client):
         # Bind an IPv4 socket on loopback ourselves (aioquic's connect() binds [::]).
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind(("127.0.0.1" if host.startswith("127.") else "0.0.0.0", 0))
-        protocol_cls = _quic_protocol_class()
+        protocol_cls = cls._protocol_class()
         udp, protocol = await loop.create_datagram_endpoint(
             lambda: protocol_cls(QuicConnection(configuration=config)), sock=sock)
         client = cls(protocol, udp, room_streams=room_streams)
         try:
             protocol.connect((host, port))
             await asyncio.wait_for(protocol.wait_connected(), timeout)
-            if protocol._quic.tls.alpn_negotiated != ALPN:
+            if protocol._quic.tls.alpn_negotiated != cls.alpn:
                 raise ConnectionError(f"ALPN {protocol._quic.tls.alpn_negotiated!r}")
             if cert_sha256 is not None:
                 cert = protocol._quic.tls._peer_certificate  # set during the handshake
@@ -514,11 +518,19 @@ class QuicClient(_Client):
                 got = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
                 if got != cert_sha256.lower():
                     raise ConnectionError(f"certificate sha256 {got} != pinned {cert_sha256}")
+            await client._established(host, port, timeout)
         except BaseException:
             protocol.close()
             udp.close()
             raise
         return client
+
+    @staticmethod
+    def _protocol_class():
+        return _quic_protocol_class()
+
+    async def _established(self, host: str, port: int, timeout: float) -> None:
+        """After the QUIC handshake: nothing more for raw QUIC."""
 
     @property
     def tls_peer_certificate_sha256(self) -> str | None:
@@ -627,6 +639,102 @@ class QuicClient(_Client):
             pass
         self._udp.close()
         self._on_closed(code, "closed by client")
+
+
+# ---------------------------------------------------------------------------------------------
+# WebTransport (HTTP/3 over the same UDP port, session at /v1/wt)
+# ---------------------------------------------------------------------------------------------
+
+WEBTRANSPORT_PATH = "/v1/wt"
+
+
+def _webtransport_protocol_class():
+    from aioquic.h3.connection import H3Connection
+    from aioquic.h3.events import DatagramReceived, HeadersReceived, WebTransportStreamDataReceived
+    from aioquic.quic import events
+
+    base = _quic_protocol_class()
+
+    class EdgeRelayWebTransportProtocol(base):
+        """Runs QUIC events through aioquic's HTTP/3 layer; WebTransport stream data and
+        datagrams then take the same path as on raw QUIC."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.http = H3Connection(self._quic, enable_webtransport=True)
+            self.connect_response: asyncio.Future | None = None
+            self.connect_stream: int | None = None
+
+        def quic_event_received(self, event) -> None:
+            if isinstance(event, events.ConnectionTerminated):
+                if self.connect_response is not None and not self.connect_response.done():
+                    self.connect_response.set_exception(
+                        ConnectionError(f"closed before the CONNECT was answered: {event.reason_phrase}"))
+                return super().quic_event_received(event)
+            for h3 in self.http.handle_event(event):
+                if isinstance(h3, HeadersReceived) and h3.stream_id == self.connect_stream:
+                    if self.connect_response is not None and not self.connect_response.done():
+                        self.connect_response.set_result(dict(h3.headers))
+                elif isinstance(h3, WebTransportStreamDataReceived):
+                    self.stream_data(h3.stream_id, h3.data, h3.stream_ended)
+                elif isinstance(h3, DatagramReceived) and self.client is not None:
+                    self.client._on_datagram(h3.data)
+
+    return EdgeRelayWebTransportProtocol
+
+
+class WebTransportClient(QuicClient):
+    """Protocol v1 over a WebTransport session: exactly the raw QUIC client, with every
+    bidirectional stream opened as a WebTransport stream and datagrams as HTTP/3 datagrams."""
+
+    transport = "webtransport"
+    alpn = "h3"
+    path = WEBTRANSPORT_PATH  # a subclass may request another path
+
+    session_id: int | None = None
+
+    @staticmethod
+    def _protocol_class():
+        return _webtransport_protocol_class()
+
+    async def _established(self, host: str, port: int, timeout: float) -> None:
+        protocol = self._protocol
+        session = protocol._quic.get_next_available_stream_id()
+        protocol.connect_stream = session
+        protocol.connect_response = self._loop.create_future()
+        protocol.http.send_headers(session, [
+            (b":method", b"CONNECT"),
+            (b":protocol", b"webtransport"),
+            (b":scheme", b"https"),
+            (b":authority", f"{host}:{port}".encode()),
+            (b":path", self.path.encode()),
+            (b"origin", b"https://edgerelay-py.test"),
+        ])
+        protocol.transmit()
+        headers = await asyncio.wait_for(protocol.connect_response, timeout)
+        self.connect_status = int(headers.get(b":status", b"0"))
+        if self.connect_status != 200:
+            raise ConnectionError(f"WebTransport CONNECT {self.path} answered {self.connect_status}")
+        self.session_id = session
+
+    def _new_stream(self) -> int:
+        from aioquic.h3.connection import FrameType
+
+        http = self._protocol.http
+        stream_id = http.create_webtransport_stream(self.session_id, is_unidirectional=False)
+        # aioquic 1.7 routes data arriving on a client-opened bidirectional stream as HTTP/3
+        # frames unless the stream's state says it is a WebTransport stream: say so.
+        with http._get_or_create_stream(stream_id) as stream:
+            stream.frame_type = FrameType.WEBTRANSPORT_STREAM
+            stream.session_id = self.session_id
+        return stream_id
+
+    def send_datagram(self, kind: str, **fields) -> None:
+        """Send one client frame as a WebTransport datagram (a bare body: no length prefix)."""
+        if self.is_closed:
+            raise ConnectionClosed(self.close_code, self.close_reason)
+        self._protocol.http.send_datagram(self.session_id, encode_frame(kind, **fields))
+        self._protocol.transmit()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -193,6 +193,9 @@ async def connect(relay: Relay, transport: str):
                                            cert_sha256=relay.cert_sha256, room_streams=False)
     if transport == "ws":
         return await er.WsClient.connect(relay.ws_url)
+    if transport == "webtransport":  # the same UDP port, ALPN h3, session at /v1/wt
+        return await er.WebTransportClient.connect("127.0.0.1", relay.udp_port, cafile=relay.cafile,
+                                                   cert_sha256=relay.cert_sha256)
     raise ValueError(transport)
 
 
@@ -592,12 +595,14 @@ def test_quic_wrong_stream_is_fatal(relay):
     run(main())
 
 
-def test_quic_ping_datagram_gets_pong_datagram(relay):
-    """A `ping` sent as a QUIC datagram is answered by a `pong` datagram (docs: Datagrams)."""
+@pytest.mark.parametrize("transport", ["quic", "webtransport"])
+def test_quic_ping_datagram_gets_pong_datagram(relay, transport):
+    """A `ping` sent as a QUIC (or WebTransport) datagram is answered by a `pong` datagram
+    (docs: Datagrams)."""
     sub = unique("gina-")
 
     async def main():
-        c = await connect(relay, "quic")
+        c = await connect(relay, transport)
         try:
             await c.hello(relay.token(sub, "chat:*"))
             pong = None
@@ -675,5 +680,61 @@ def test_presence_and_typing(relay, transport):
         finally:
             await a.close()
             await b.close()
+
+    run(main())
+
+
+# ---------------------------------------------------------------------------------------------
+# WebTransport (aioquic's HTTP/3 client, session at /v1/wt on the QUIC port)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_webtransport_client_shares_a_room_with_quic_and_websocket(relay):
+    """Protocol v1 over a WebTransport session is raw QUIC's: control stream, a stream per
+    room, and it shares rooms with the other transports (docs: Connecting)."""
+    room = unique("chat:wt-")
+    subs = [unique("wt-"), unique("quic-"), unique("ws-")]
+
+    async def main():
+        clients = [await connect(relay, t) for t in ("webtransport", "quic", "ws")]
+        try:
+            for c, sub in zip(clients, subs):
+                await c.hello(relay.token(sub, "chat:*"))
+                await c.join(room)
+            sent = []
+            for rnd in range(3):
+                for c, sub in zip(clients, subs):
+                    ack = await c.publish(room, f"{sub}-{rnd}", {"text": f"{sub} {rnd}"})
+                    sent.append((ack["position"]["offset"], sub, f"{sub}-{rnd}"))
+            assert [s[0] for s in sent] == list(range(1, len(sent) + 1))
+            for c in clients:
+                msgs = await c.messages(room, len(sent))
+                assert [(m["position"]["offset"], m["from"], m["id"]) for m in msgs] == sent
+            wt = clients[0]
+            room_sid = wt.room_stream[room]
+            assert room_sid != wt.control_stream
+            assert [k for k, _ in wt.frames_by_stream[wt.control_stream]] == ["welcome"]
+            kinds = [k for k, _ in wt.frames_by_stream[room_sid]]
+            # (the room's presence snapshot travels on the room stream too)
+            assert kinds[0] == "joined" and {"ack", "message"} <= set(kinds)
+            await wt.ping()
+            assert not any(c.is_closed for c in clients)
+        finally:
+            for c in clients:
+                await c.close()
+
+    run(main())
+
+
+def test_webtransport_elsewhere_than_v1_wt_is_refused(relay):
+    """The relay answers 404; web-transport-quinn then drops its HTTP/3 control stream, which
+    aioquic may see first (it closes on a stopped critical stream). Either way: no session."""
+    class Elsewhere(er.WebTransportClient):
+        path = "/v1/elsewhere"
+
+    async def main():
+        with pytest.raises(ConnectionError, match="404|CONNECT"):
+            await Elsewhere.connect("127.0.0.1", relay.udp_port, cafile=relay.cafile,
+                                    cert_sha256=relay.cert_sha256)
 
     run(main())
