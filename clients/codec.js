@@ -8,7 +8,7 @@
 // Payloads (`data`) are JSON values. Bytes that are not JSON travel as `{"$binary": "<base64>"}`;
 // `binary()` and `payloadBytes()` convert.
 
-/** Field order of every frame type, client → relay and relay → client. */
+/** Field order of the frame types this client encodes and relies on (docs/protocol.md). */
 export const FIELDS = {
   // client → relay
   hello: ["version", "token", "client"],
@@ -79,7 +79,9 @@ export function decodeJson(text) {
   }
   if (value === null || typeof value !== "object" || Array.isArray(value)) throw new FrameError("not an object");
   const keys = Object.keys(value);
-  if (keys.length !== 1 || !FIELDS[keys[0]]) throw new FrameError(`unknown frame ${keys.join(",")}`);
+  if (keys.length !== 1) throw new FrameError(`a frame has exactly one key, not ${keys.length}`);
+  // Types this client does not know (appended in later protocol revisions) still decode; the
+  // client passes them on instead of failing the connection.
   const type = keys[0];
   const fields = value[type];
   if (fields === null || typeof fields !== "object") throw new FrameError(`${type}: fields must be an object`);

@@ -232,7 +232,7 @@ class WebSocketLink {
  *
  * Events (`detail`): `status` ({state, transport, delayMs?}), `message` (a `message` frame),
  * `joined` ({room, recovered, position}) on every (re)join, `error` (an `error` frame not tied to a
- * request), `datagram` (bytes).
+ * request), `frame` (any other frame: presence, typing, types added later), `datagram` (bytes).
  */
 export class EdgeRelay extends EventTarget {
   #options;
@@ -390,7 +390,9 @@ export class EdgeRelay extends EventTarget {
       }
       default: {
         const pending = frame.req === undefined ? null : this.#pending.get(frame.req);
-        return pending?.resolve(frame);
+        if (pending) return pending.resolve(frame);
+        // Anything else (presence, typing, frame types added later) is the application's.
+        return this.dispatchEvent(new CustomEvent("frame", { detail: frame }));
       }
     }
   }

@@ -4,20 +4,25 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 
-import { FrameError, FrameReader, binary, decodeJson, encodeJson, lengthPrefixed, payloadBytes } from "../codec.js";
+import { FIELDS, FrameError, FrameReader, binary, decodeJson, encodeJson, lengthPrefixed, payloadBytes } from "../codec.js";
 import { backoffDelay } from "../edgerelay.js";
 
 const golden = JSON.parse(readFileSync(new URL("../../tests/golden/frames-v1.json", import.meta.url), "utf8"));
 
-test("every golden JSON vector decodes and re-encodes to the same bytes", () => {
+test("every golden JSON vector decodes; the core v1 ones re-encode to the same bytes", () => {
   const names = Object.keys(golden);
-  assert.ok(names.length >= 18, "the vector file lists every frame type");
+  let encoded = 0;
   for (const name of names) {
     const { json } = golden[name];
     const frame = decodeJson(json);
-    assert.equal(frame.type, name.split(".")[1].replace(/_(json|binary|since)$/, ""), name);
-    assert.equal(encodeJson(frame), json, name);
+    assert.equal(frame.type, Object.keys(JSON.parse(json))[0], name);
+    // Presence and typing frames (appended later) are passed on, not encoded, by this client.
+    if (FIELDS[frame.type]) {
+      assert.equal(encodeJson(frame), json, name);
+      encoded += 1;
+    }
   }
+  assert.ok(encoded >= 18, `every core frame type has a vector (${encoded})`);
 });
 
 test("frames built by hand encode like the relay's", () => {
@@ -37,9 +42,11 @@ test("payload bytes: JSON text for values, raw bytes for $binary", () => {
 });
 
 test("malformed frames are errors, not crashes", () => {
-  for (const text of ["", "nope", "[]", "null", '{"a":1,"b":2}', '{"teleport":{}}', '{"ack":3}']) {
+  for (const text of ["", "nope", "[]", "null", '{"a":1,"b":2}', '{"ack":3}']) {
     assert.throws(() => decodeJson(text), FrameError, text);
   }
+  // A frame type added later decodes, so a newer relay does not break an older page.
+  assert.deepEqual(decodeJson('{"teleport":{"to":"mars"}}'), { type: "teleport", to: "mars" });
   assert.throws(() => encodeJson({ type: "teleport" }), FrameError);
 });
 
