@@ -308,3 +308,42 @@ async fn last_seen_and_privacy_survive_a_restart_and_show_in_the_api() {
         401
     );
 }
+
+#[tokio::test]
+async fn updates_are_rate_limited_per_device_and_scoped_by_tenant() {
+    let relay = start_with(|c| {
+        c.presence.rate = 1;
+        c.presence.burst = 2;
+        c.presence.refresh_ms = 250;
+        c.api.key = Some(API_KEY.into());
+    })
+    .await;
+    let fast = relay.connect(Transport::WebSocket, Codec::Json, "fast", "acme", &["*"]).await;
+    let other = relay.connect(Transport::Quic, Codec::Postcard, "fast", "globex", &["*"]).await;
+    fast.join("hall").await.unwrap();
+    other.join("hall").await.unwrap();
+    // Ten changes in a burst: the bucket (2, then 1 per second) takes the first ones only.
+    for i in 0..10 {
+        fast.set_status(Status::Busy, Some(&format!("r{i}"))).await.unwrap();
+    }
+    fast.ping().await.unwrap();
+    let auth = format!("Bearer {API_KEY}");
+    let path = "/v1/api/presence/acme/users/fast";
+    let (_, body) = common::http_request(relay.relay.tcp_addr(), "GET", path, &[("Authorization", &auth)], "").await;
+    let entry: PresenceEntry = serde_json::from_str(&body).unwrap();
+    assert_eq!(entry.status, Status::Busy);
+    assert_ne!(entry.custom.as_deref(), Some("r9"), "the end of the burst was dropped");
+    let (_, metrics) = relay.http_get("/metrics").await;
+    assert!(metrics.contains("edgerelay_presence_ignored_total{reason=\"rate_limited\"}"));
+    // The same user id and room name in another tenant is someone else, somewhere else.
+    expect_members(&other, "hall", &[("fast", Status::Online)]).await;
+    let (_, body) = common::http_request(
+        relay.relay.tcp_addr(),
+        "GET",
+        "/v1/api/presence/globex/users/fast",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(serde_json::from_str::<PresenceEntry>(&body).unwrap().custom, None);
+}

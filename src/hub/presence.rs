@@ -95,19 +95,18 @@ impl UserState {
         }
     }
 
-    /// What others should see at `now_ms`.
-    fn compute(&self, idle_after_ms: u64, now_ms: u64) -> (Status, Option<String>) {
+    /// The status others should see at `now_ms` (custom text is shown unless offline).
+    fn compute(&self, idle_after_ms: u64, now_ms: u64) -> Status {
         if self.devices.is_empty() || self.hide_presence || self.chosen == Status::Offline {
-            return (Status::Offline, None);
+            return Status::Offline;
         }
-        let status = match self.chosen {
+        match self.chosen {
             Status::Online => {
                 let active = self.devices.values().any(|d| now_ms.saturating_sub(d.last_active) < idle_after_ms);
                 if active { Status::Online } else { Status::Away }
             }
             other => other,
-        };
-        (status, self.custom.clone())
+        }
     }
 
     fn record(&self) -> UserRecord {
@@ -276,8 +275,8 @@ impl Presence {
     /// Applies the passing of time (devices going idle). Call it periodically.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Change> {
         self.retired.retain(|_, version| *version >= now_ms);
-        let users: Vec<UserKey> = self.users.keys().cloned().collect();
-        users.iter().flat_map(|u| self.recompute(u, now_ms)).collect()
+        let idle = self.config.idle_after_ms;
+        self.users.iter_mut().flat_map(|(user, state)| state.recompute(user, idle, now_ms)).collect()
     }
 
     /// The present (not offline) members of a room, sorted by user: a room's snapshot.
@@ -318,20 +317,29 @@ impl Presence {
     /// Recomputes what others see of `user`; on a change, bumps the version and returns the
     /// entry for each of their rooms.
     fn recompute(&mut self, user: &UserKey, now_ms: u64) -> Vec<Change> {
-        let Some(state) = self.users.get_mut(user) else { return Vec::new() };
-        let (status, custom) = state.compute(self.config.idle_after_ms, now_ms);
-        if (status, &custom) == (state.shown, &state.shown_custom) {
+        let idle = self.config.idle_after_ms;
+        self.users.get_mut(user).map(|state| state.recompute(user, idle, now_ms)).unwrap_or_default()
+    }
+}
+
+impl UserState {
+    /// See [`Presence::recompute`].
+    fn recompute(&mut self, user: &UserKey, idle_after_ms: u64, now_ms: u64) -> Vec<Change> {
+        // Runs for every user on every tick: compare before allocating anything.
+        let status = self.compute(idle_after_ms, now_ms);
+        let custom = if status == Status::Offline { None } else { self.custom.as_ref() };
+        if status == self.shown && custom == self.shown_custom.as_ref() {
             return Vec::new();
         }
-        if state.shown != Status::Offline {
-            state.last_seen = now_ms;
+        let custom = custom.cloned();
+        if self.shown != Status::Offline {
+            self.last_seen = now_ms;
         }
-        state.shown = status;
-        state.shown_custom = custom;
-        state.version = next_version(state.version, now_ms);
-        let entry = state.entry(&user.user);
-        state
-            .rooms()
+        self.shown = status;
+        self.shown_custom = custom;
+        self.version = next_version(self.version, now_ms);
+        let entry = self.entry(&user.user);
+        self.rooms()
             .into_iter()
             .map(|room| Change {
                 room: RoomKey { tenant: user.tenant.clone(), room: room.clone() },
