@@ -14,5 +14,6 @@ pub mod outbox;
 pub mod proto;
 pub mod relay;
 pub mod session;
+pub mod store;
 pub mod tls;
 pub mod transport;
