@@ -37,6 +37,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub shutdown: ShutdownConfig,
     pub hub: HubConfig,
+    pub store: StoreConfig,
     pub api: ApiConfig,
     pub presence: PresenceConfig,
 }
@@ -51,6 +52,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             shutdown: ShutdownConfig::default(),
             hub: HubConfig::default(),
+            store: StoreConfig::default(),
             api: ApiConfig::default(),
             presence: PresenceConfig::default(),
         }
@@ -283,6 +285,49 @@ impl Default for HubConfig {
     }
 }
 
+/// Where room history lives, how much is kept, and how publishes are committed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `embedded` (redb file, survives restarts) or `memory` (lost on restart; rooms then start
+    /// new epochs and clients are told).
+    pub engine: StoreEngine,
+    /// The redb file; default `<data_dir>/history.redb`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Messages kept per room.
+    pub max_messages: u64,
+    /// Messages older than this are deleted.
+    pub max_age_secs: u64,
+    /// A publish retried with the same id within this window gets its original position.
+    pub dedupe_window_secs: u64,
+    /// Most messages in one durable commit.
+    pub commit_max_batch: usize,
+    /// How long the writer keeps collecting a batch while publishes keep arriving.
+    pub commit_linger_us: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreEngine {
+    Embedded,
+    Memory,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            engine: StoreEngine::Embedded,
+            path: None,
+            max_messages: 10_000,
+            max_age_secs: 86_400,
+            dedupe_window_secs: 300,
+            commit_max_batch: 256,
+            commit_linger_us: 2000,
+        }
+    }
+}
+
 /// The server HTTP API (`/v1/api/*`), for application backends.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -406,6 +451,10 @@ impl Config {
     }
 
     /// Where the dev token secret is kept.
+    pub fn history_path(&self) -> PathBuf {
+        self.store.path.clone().unwrap_or_else(|| self.data_dir.join("history.redb"))
+    }
+
     pub fn dev_secret_path(&self) -> PathBuf {
         self.auth.dev_secret_file.clone().unwrap_or_else(|| self.data_dir.join("dev-token-secret"))
     }
@@ -473,6 +522,19 @@ impl Config {
         }
         if self.hub.shards == 0 || self.hub.shards > 65_536 {
             return Err(invalid("hub.shards", "must be in 1..=65536"));
+        }
+        let st = &self.store;
+        for (key, value) in [
+            ("store.max_messages", st.max_messages),
+            ("store.max_age_secs", st.max_age_secs),
+            ("store.commit_max_batch", st.commit_max_batch as u64),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if st.commit_linger_us > 100_000 {
+            return Err(invalid("store.commit_linger_us", "must be at most 100000 (100 ms)"));
         }
         match (&self.tls.cert_file, &self.tls.key_file) {
             (Some(_), None) => {
@@ -569,7 +631,7 @@ pub fn example_toml() -> String {
     format!(
         "# edgerelay configuration (defaults shown).\n\
          # Every key can also be set as EDGERELAY_<SECTION>__<KEY>, e.g. EDGERELAY_LIMITS__MAX_FRAME_BYTES=8192.\n\
-         # Optional keys not shown: tls.cert_file, tls.key_file, auth.dev_secret_file, auth.issuer, auth.audience,\n\
+         # Optional keys not shown: store.path, tls.cert_file, tls.key_file, auth.dev_secret_file, auth.issuer, auth.audience,\n\
          # and [[auth.keys]] entries: kid, alg (HS256|ES256|RS256), secret | secret_file | public_key_file, private_key_file.\n\n\
          {body}"
     )

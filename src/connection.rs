@@ -17,7 +17,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+use crate::hub::CatchUp;
+use crate::session::Job;
 
 use crate::outbox::{CloseReason, LaneId, Outbox};
 use crate::proto::{ErrorCode, ServerFrame};
@@ -78,9 +82,13 @@ pub async fn drive(
     inbound: &mut mpsc::Receiver<Inbound>,
     auth_deadline: Instant,
 ) -> CloseReason {
-    let mut session = Session::new(ctx.next_id(), ctx.session.clone(), outbox.clone(), unix_ms());
-    let reason = run(ctx, &mut session, first, inbound, auth_deadline).await;
+    let (catch_up_tx, mut catch_up) = mpsc::unbounded_channel();
+    let mut session = Session::new(ctx.next_id(), ctx.session.clone(), outbox.clone(), catch_up_tx, unix_ms());
+    // The session's jobs (joins, replays, history reads) live exactly as long as the connection.
+    let mut jobs = JoinSet::new();
+    let reason = run(ctx, &mut session, first, inbound, &mut catch_up, &mut jobs, auth_deadline).await;
     session.close(unix_ms());
+    jobs.abort_all();
     outbox.close(reason);
     outbox.closing().unwrap_or(reason)
 }
@@ -90,11 +98,18 @@ async fn run(
     session: &mut Session,
     first: Bytes,
     inbound: &mut mpsc::Receiver<Inbound>,
+    catch_up: &mut mpsc::UnboundedReceiver<CatchUp>,
+    jobs: &mut JoinSet<()>,
     auth_deadline: Instant,
 ) -> CloseReason {
     if let Err(fatal) = session.handle(crate::outbox::CONTROL, &first, unix_ms()) {
         return CloseReason::Error(fatal.code);
     }
+    let spawn = |jobs: &mut JoinSet<()>, session: &mut Session| {
+        for job in session.take_jobs() {
+            jobs.spawn(crate::session::jobs::run(job, ctx.session.clone()));
+        }
+    };
     let outbox = session.outbox().clone();
     let leeway = ctx.session.verifier.leeway_secs();
     // Timers live across iterations; the expiry is recomputed only when the token changes
@@ -124,12 +139,17 @@ async fn run(
                 let fatal = session.fail(ErrorCode::TOKEN_EXPIRED, "token expired; refresh before exp");
                 return CloseReason::Error(fatal.code);
             }
+            Some(lagging) = catch_up.recv() => {
+                jobs.spawn(crate::session::jobs::run(Job::CatchUp(lagging), ctx.session.clone()));
+            }
+            Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
             event = inbound.recv() => match event {
                 None | Some(Inbound::Closed) => return CloseReason::Normal,
                 Some(Inbound::Frame { lane, body }) => {
                     if let Err(fatal) = session.handle(lane, &body, unix_ms()) {
                         return CloseReason::Error(fatal.code);
                     }
+                    spawn(jobs, session);
                     if session.expires_at() != expires_at {
                         expires_at = session.expires_at();
                         expiry_timer.as_mut().reset(expiry_instant(expires_at, leeway).into());

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,7 +22,8 @@ use tokio_util::task::TaskTracker;
 use crate::connection::unix_ms;
 use crate::hub::awareness::Awareness;
 use crate::hub::presence::UserKey;
-use crate::hub::{Hub, RoomKey};
+use crate::engine::{Done, Engine, Publish};
+use crate::hub::RoomKey;
 use crate::proto::{ErrorCode, Payload, Position, RoomName};
 use crate::session::MAX_MESSAGE_ID_LEN;
 use crate::transport::websocket::WebSocketTransport;
@@ -54,8 +55,8 @@ pub struct HttpState {
     /// Upgraded WebSocket connections are tracked here so shutdown waits for them.
     pub tasks: TaskTracker,
     pub stop: CancellationToken,
-    pub hub: Arc<Hub>,
     pub awareness: Arc<Awareness>,
+    pub engine: Arc<dyn Engine>,
     /// SHA-256 of `api.key`; the server API is off when `None`.
     pub api_key_sha256: Option<[u8; 32]>,
     pub max_payload_bytes: usize,
@@ -76,6 +77,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/v1/api/publish", post(api_publish))
         .route("/v1/api/presence/{tenant}/rooms/{room}", get(api_room_presence))
         .route("/v1/api/presence/{tenant}/users/{user}", get(api_user_status))
+        .route("/v1/api/history", get(api_history))
         .with_state(state)
 }
 
@@ -163,6 +165,8 @@ fn server_sender() -> String {
 struct PublishResponse {
     room: String,
     position: Position,
+    /// The id was already published within the dedupe window: `position` is the original.
+    duplicate: bool,
 }
 
 /// An API error: HTTP status plus the protocol's error code and name.
@@ -212,8 +216,96 @@ async fn api_publish(State(state): State<Arc<HttpState>>, headers: HeaderMap, bo
         return api_error(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PAYLOAD_TOO_LARGE, message);
     }
     let key = RoomKey { tenant: request.tenant.as_str().into(), room };
-    let published = state.hub.publish(&key, &request.from, &request.id, request.data, unix_ms());
-    axum::Json(PublishResponse { room: request.room, position: published.position }).into_response()
+    let (done, outcome) = Done::channel();
+    let publish = Publish { key, from: request.from, id: request.id, data: request.data, now_ms: unix_ms() };
+    state.engine.publish(publish, done);
+    match outcome.await {
+        Ok(Ok(accepted)) => {
+            let response =
+                PublishResponse { room: request.room, position: accepted.position, duplicate: accepted.duplicate };
+            axum::Json(response).into_response()
+        }
+        Ok(Err(err)) => api_error(StatusCode::SERVICE_UNAVAILABLE, err.code(), err.to_string()),
+        Err(_) => api_error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::GOING_AWAY, "the relay is shutting down"),
+    }
+}
+
+/// `GET /v1/api/history` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    tenant: String,
+    room: String,
+    /// Messages before this offset; the newest when absent.
+    before: Option<u64>,
+    /// At most this many (1-1000, default 100).
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct HistoryResponse {
+    room: String,
+    /// The room's top.
+    position: Position,
+    /// Lowest retained offset.
+    first: u64,
+    messages: Vec<HistoryMessage>,
+}
+
+#[derive(Serialize)]
+struct HistoryMessage {
+    offset: u64,
+    from: String,
+    time: u64,
+    id: String,
+    data: Payload,
+}
+
+/// Most messages one API history page returns.
+const MAX_API_HISTORY_PAGE: usize = 1000;
+
+async fn api_history(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Some(response) = unauthorized(&state, &headers) {
+        return response;
+    }
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(err) => return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, err.body_text()),
+    };
+    if !crate::auth::valid_tenant(&query.tenant) {
+        return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, "tenant must be 1-64 of [A-Za-z0-9_.-]");
+    }
+    let Ok(room) = RoomName::parse(&query.room) else {
+        return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_ROOM, format!("invalid room name {:?}", query.room));
+    };
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_API_HISTORY_PAGE {
+        let message = format!("limit must be 1-{MAX_API_HISTORY_PAGE}");
+        return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, message);
+    }
+    let key = RoomKey { tenant: query.tenant.as_str().into(), room };
+    let page = async {
+        let meta = state.engine.meta(&key).await?;
+        let messages = state.engine.read_before(&key, query.before.unwrap_or(u64::MAX), limit).await?;
+        Ok::<_, crate::engine::EngineError>((meta, messages))
+    };
+    match page.await {
+        Ok((meta, messages)) => axum::Json(HistoryResponse {
+            room: query.room,
+            position: meta.position(),
+            first: meta.first,
+            messages: messages
+                .into_iter()
+                .map(|m| HistoryMessage { offset: m.offset, from: m.from, time: m.time, id: m.id, data: m.data })
+                .collect(),
+        })
+        .into_response(),
+        Err(err) => api_error(StatusCode::SERVICE_UNAVAILABLE, err.code(), err.to_string()),
+    }
 }
 
 /// The response refusing a tenant name, unless it is valid.

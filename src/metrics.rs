@@ -42,6 +42,18 @@ pub const DATAGRAMS_REROUTED_TOTAL: &str = "edgerelay_datagrams_rerouted_total";
 pub const ERRORS_TOTAL: &str = "edgerelay_errors_total";
 /// Rooms currently held by the hub (gauge).
 pub const ROOMS: &str = "edgerelay_rooms";
+/// Members switched from live fanout to replay from history because they fell behind.
+pub const CATCH_UPS_TOTAL: &str = "edgerelay_catch_ups_total";
+/// Messages sent from history (resume, catch-up).
+pub const REPLAYED_TOTAL: &str = "edgerelay_replayed_total";
+/// Time of one durable history commit (histogram, seconds).
+pub const STORE_COMMIT_SECONDS: &str = "edgerelay_store_commit_seconds";
+/// Messages per history commit (histogram).
+pub const STORE_BATCH_SIZE: &str = "edgerelay_store_batch_size";
+/// History commits that failed (their publishes were refused, not acknowledged).
+pub const STORE_FAILURES_TOTAL: &str = "edgerelay_store_failures_total";
+/// Publishes answered with their original position because the id was a retry.
+pub const DUPLICATES_TOTAL: &str = "edgerelay_duplicate_publishes_total";
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
@@ -108,7 +120,7 @@ pub struct HubMetrics {
     pub publishes: metrics::Counter,
     pub deliveries: metrics::Counter,
     pub fanout_seconds: metrics::Histogram,
-    pub slow_consumer_drops: metrics::Counter,
+    pub catch_ups: metrics::Counter,
     pub rooms: metrics::Gauge,
 }
 
@@ -119,7 +131,7 @@ impl HubMetrics {
             publishes: metrics::counter!(PUBLISHES_TOTAL),
             deliveries: metrics::counter!(DELIVERIES_TOTAL),
             fanout_seconds: metrics::histogram!(FANOUT_SECONDS),
-            slow_consumer_drops: metrics::counter!(OUTBOX_DROPS_TOTAL, "reason" => "slow_consumer"),
+            catch_ups: metrics::counter!(CATCH_UPS_TOTAL),
             rooms: metrics::gauge!(ROOMS),
         }
     }

@@ -83,6 +83,10 @@ pub enum PushError {
     Overflow,
     #[error("the connection is closing")]
     Closed,
+    /// Only from [`Outbox::push_within`]: the frame would take the outbox past the given limit.
+    /// Nothing changed; the caller decides (room messages switch to catch-up from history).
+    #[error("outbox above its limit for this frame")]
+    Full,
 }
 
 /// What a writer should do after taking from its lane.
@@ -125,6 +129,8 @@ pub struct Outbox {
     /// Wakes the datagram writer (datagram-capable transports).
     datagram_notify: Arc<Notify>,
     drops: DatagramDrops,
+    /// Notified whenever a writer takes frames: room for [`Outbox::push_waiting`].
+    space: Notify,
 }
 
 impl Outbox {
@@ -139,6 +145,7 @@ impl Outbox {
             closed: CancellationToken::new(),
             datagram_notify: Arc::new(Notify::new()),
             drops: DatagramDrops::default(),
+            space: Notify::new(),
         })
     }
 
@@ -272,6 +279,41 @@ impl Outbox {
         &self.drops
     }
 
+    /// The byte cap shared by all lanes.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Queues a frame only if the outbox stays within `limit` bytes; otherwise returns
+    /// [`PushError::Full`] and changes nothing (no slow-consumer close).
+    pub fn push_within(&self, lane: LaneId, frame: WireFrame, limit: usize) -> Result<(), PushError> {
+        {
+            let inner = self.lock();
+            if inner.closing.is_none() && inner.bytes + frame.len() > limit.min(self.cap) {
+                return Err(PushError::Full);
+            }
+        }
+        self.push(lane, frame)
+    }
+
+    /// Queues a frame once the outbox holds at most `limit - frame.len()` bytes, waiting for the
+    /// writer to make room. Used by replay, which reads history at the pace the client reads.
+    pub async fn push_waiting(&self, lane: LaneId, frame: WireFrame, limit: usize) -> Result<(), PushError> {
+        loop {
+            let space = self.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            match self.push_within(lane, frame.clone(), limit) {
+                Err(PushError::Full) => {}
+                other => return other,
+            }
+            tokio::select! {
+                _ = space => {}
+                _ = self.closed.cancelled() => return Err(PushError::Closed),
+            }
+        }
+    }
+
     fn overflow(inner: &mut Inner) {
         inner.closing = Some(CloseReason::Error(ErrorCode::SLOW_CONSUMER));
         inner.bytes = 0;
@@ -328,6 +370,8 @@ impl Outbox {
         let n = l.queue.len().min(max);
         let frames: Vec<WireFrame> = l.queue.drain(..n).collect();
         inner.bytes -= frames.iter().map(WireFrame::len).sum::<usize>();
+        drop(inner);
+        self.space.notify_waiters();
         Take::Frames(frames)
     }
 
@@ -362,6 +406,8 @@ impl Outbox {
         inner.bytes -= frames.iter().map(WireFrame::len).sum::<usize>();
         inner.lanes.retain(|id, l| *id == CONTROL || !(l.closing && l.queue.is_empty()));
         if !frames.is_empty() {
+            drop(inner);
+            self.space.notify_waiters();
             return Take::Frames(frames);
         }
         match inner.closing {

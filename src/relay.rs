@@ -15,14 +15,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Signer, Verifier};
-use crate::config::{Config, LimitsConfig};
+use crate::config::{Config, LimitsConfig, StoreEngine};
 use crate::connection::{ConnectionContext, unix_ms};
+use crate::engine::{Engine, LocalEngine, LocalEngineConfig};
 use crate::http::{CertInfo, HttpState};
 use crate::hub::Hub;
 use crate::hub::awareness::Awareness;
 use crate::hub::last_seen::FileRecords;
 use crate::session::SessionContext;
 use crate::session::limits::UserConnections;
+use crate::store::{EmbeddedHistory, History, MemoryHistory, Retention};
 use crate::tls::{self, CertBundle};
 use crate::transport::{self, websocket::WebSocketTransport};
 
@@ -49,6 +51,8 @@ pub enum RelayError {
     Quic(String),
     #[error("user records: {0}")]
     Records(#[from] crate::hub::last_seen::RecordsError),
+    #[error("cannot open history store {path}: {source}")]
+    Store { path: PathBuf, source: crate::store::StoreError },
 }
 
 /// A running relay.
@@ -58,6 +62,7 @@ pub struct Relay {
     config: Config,
     endpoint: quinn::Endpoint,
     http: Arc<HttpState>,
+    engine: Arc<dyn Engine>,
     signer: Option<Signer>,
     services: TaskTracker,
     connections: TaskTracker,
@@ -108,8 +113,10 @@ impl Relay {
         let hub = Arc::new(Hub::new(config.hub.shards, config.hub.room_idle_ttl_secs.saturating_mul(1000)));
         let records = Arc::new(FileRecords::open(data_dir.join(USER_RECORDS_FILE))?);
         let awareness = Arc::new(Awareness::new(&config.presence, records));
+        let engine = start_engine(&config, hub.clone())?;
         let session_ctx = Arc::new(SessionContext {
             hub: hub.clone(),
+            engine: engine.clone(),
             verifier,
             limits: config.limits.clone(),
             users: Arc::new(UserConnections::default()),
@@ -128,8 +135,8 @@ impl Relay {
             webtransport_port: udp_addr.port(),
             tasks: connections.clone(),
             stop: stop.clone(),
-            hub: hub.clone(),
             awareness: awareness.clone(),
+            engine: engine.clone(),
             api_key_sha256: config.api.key.as_deref().map(|key| tls::sha256(key.as_bytes())),
             max_payload_bytes: config.limits.max_payload_bytes as usize,
         });
@@ -143,15 +150,15 @@ impl Relay {
                 tracing::error!(%err, "HTTP listener failed");
             }
         });
-        services.spawn(sweep_rooms(hub.clone(), stop.clone()));
         let tick = PRESENCE_TICK.min(Duration::from_millis(config.presence.refresh_ms));
         services.spawn(presence_ticks(awareness, tick, stop.clone()));
+        services.spawn(sweep_rooms(hub.clone(), engine.clone(), stop.clone()));
         if cert.dev {
             services.spawn(renew_dev_cert(config.clone(), endpoint.clone(), token_key, http.clone(), stop.clone()));
         }
         http.ready.store(true, Ordering::Relaxed);
         tracing::info!(%udp_addr, %tcp_addr, "relay serving");
-        Ok(Relay { udp_addr, tcp_addr, config, endpoint, http, signer, services, connections, stop, drain })
+        Ok(Relay { udp_addr, tcp_addr, config, endpoint, http, engine, signer, services, connections, stop, drain })
     }
 
     pub fn udp_addr(&self) -> SocketAddr {
@@ -222,6 +229,8 @@ impl Relay {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.connections.wait()).await;
         self.services.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.services.wait()).await;
+        // Connections are gone: finish what the store accepted, then stop its writer.
+        self.engine.shutdown(Duration::from_secs(5)).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 }
@@ -288,14 +297,45 @@ async fn presence_ticks(awareness: Arc<Awareness>, every: Duration, stop: Cancel
     awareness.flush();
 }
 
-async fn sweep_rooms(hub: Arc<Hub>, stop: CancellationToken) {
+async fn sweep_rooms(hub: Arc<Hub>, engine: Arc<dyn Engine>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => { hub.sweep(unix_ms()); }
+            _ = tick.tick() => {
+                hub.sweep(unix_ms());
+                engine.maintain(unix_ms());
+            }
         }
     }
+}
+
+/// Opens the configured history store and starts the engine's writer.
+fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Arc<dyn Engine>, RelayError> {
+    let st = &config.store;
+    let history: Arc<dyn History> = match st.engine {
+        StoreEngine::Memory => Arc::new(MemoryHistory::new()),
+        StoreEngine::Embedded => {
+            let path = config.history_path();
+            let (history, corrupted) =
+                EmbeddedHistory::open(&path).map_err(|source| RelayError::Store { path: path.clone(), source })?;
+            if corrupted {
+                tracing::error!(path = %path.display(), "history was corrupted and is reset; rooms start new epochs");
+            }
+            Arc::new(history)
+        }
+    };
+    let engine_config = LocalEngineConfig {
+        retention: Retention { max_messages: st.max_messages, max_age_ms: st.max_age_secs.saturating_mul(1000) },
+        dedupe_window_ms: st.dedupe_window_secs.saturating_mul(1000),
+        max_batch: st.commit_max_batch,
+        linger: Duration::from_micros(st.commit_linger_us),
+        idle_ttl_ms: config.hub.room_idle_ttl_secs.saturating_mul(1000),
+        shards: config.hub.shards,
+    };
+    let engine = LocalEngine::start(engine_config, history, hub)
+        .map_err(|e| RelayError::Store { path: config.history_path(), source: crate::store::StoreError::backend(e) })?;
+    Ok(Arc::new(engine))
 }
 
 /// Rotates the dev certificate: announces its successor's hash, then swaps the successor into

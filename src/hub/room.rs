@@ -1,113 +1,250 @@
-//! One room: its log position, its subscribers, and the fanout that keeps every subscriber's
-//! view in the same order.
+//! One room on this node: the last committed position delivered here, and its members, each
+//! either live (fed by fanout) or catching up (fed from history by a replay task).
 //!
-//! Offset assignment and fanout happen under the room's lock, so every subscriber receives the
-//! room's messages in offset order, and a join is placed exactly between two offsets: the
-//! `joined` frame (carrying the top at that instant) is queued under the same lock, so the
-//! client's first message after it is top + 1. No gap, no duplicate.
+//! Everything happens under the room's lock, which is what makes the sequence each member sees
+//! contiguous: a member is fed by fanout only while its `next` offset equals the offset being
+//! delivered; when it falls behind (its outbox is too full, or the engine skipped offsets here)
+//! it stops being live and a replay task reads the missed offsets from history, then switches
+//! it back to live under this same lock, exactly when `next` has passed the room's top. So a
+//! member never sees a gap or a duplicate, whatever the interleaving with publishes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use tokio::sync::mpsc;
+
+use super::RoomKey;
 use crate::outbox::{LaneId, Outbox, PushError};
-use crate::proto::{Payload, Position, RoomName, ServerFrame, WireFrame};
+use crate::proto::{Position, ServerFrame, WireFrame};
+use crate::store::{RoomMeta, StoredMessage};
 
-/// Identifies a subscriber: the connection's id (a connection joins a room at most once).
+/// Identifies a member: the connection's id (a connection joins a room at most once).
 pub type SubscriberId = u64;
 
-/// Where a subscriber's frames for this room go.
+/// Asks a connection to start a replay task for one of its rooms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatchUp {
+    pub key: RoomKey,
+    pub id: SubscriberId,
+}
+
+/// Cancelled when the connection leaves the room; a replay or join task that is still running
+/// for it then stops, and never adds the member back.
+#[derive(Debug, Clone, Default)]
+pub struct Membership(Arc<AtomicBool>);
+
+impl Membership {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Where a member's frames for this room go.
 #[derive(Clone)]
 pub struct Subscriber {
     pub outbox: Arc<Outbox>,
     pub lane: LaneId,
+    pub membership: Membership,
+    /// Where to ask for a replay task when this member falls behind.
+    pub catch_up: mpsc::UnboundedSender<CatchUp>,
 }
 
-/// The outcome of one publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Published {
-    pub position: Position,
-    /// Subscribers the message was queued for.
+impl Subscriber {
+    /// Room messages may fill the outbox up to this; beyond it the member catches up from
+    /// history instead, keeping room for answers and control frames.
+    pub fn fanout_limit(&self) -> usize {
+        self.outbox.cap() / 4 * 3
+    }
+}
+
+struct Member {
+    sub: Subscriber,
+    /// The next offset this member must receive.
+    next: u64,
+    live: bool,
+}
+
+/// The outcome of one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Delivered {
+    /// Members the message was queued for.
     pub delivered: usize,
-    /// Subscribers whose outbox overflowed; they were removed from the room.
-    pub dropped: Vec<SubscriberId>,
+    /// Members that fell behind and were sent to catch up.
+    pub lagging: usize,
+}
+
+/// How a join proceeds after the member was added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    /// `joined` was queued and the member is live.
+    Live { position: Position, recovered: bool },
+    /// The member needs offsets from `from` on; the join task checks history covers them and
+    /// sends `joined` itself.
+    Replay { from: u64 },
+    /// The membership was cancelled before the join ran.
+    Cancelled,
 }
 
 pub struct RoomState {
-    pub name: RoomName,
+    pub key: RoomKey,
     pub epoch: u64,
+    /// Last offset delivered here.
     pub top: u64,
-    pub subscribers: HashMap<SubscriberId, Subscriber>,
-    /// Unix milliseconds of the last join, leave or publish.
+    members: HashMap<SubscriberId, Member>,
+    /// Unix milliseconds of the last join, leave or delivery.
     pub last_active: u64,
 }
 
-/// A new epoch: random, non-zero, below 2^53 (exact in JavaScript numbers).
-pub fn new_epoch() -> u64 {
-    (rand::random::<u64>() >> 11).max(1)
-}
-
 impl RoomState {
-    pub fn new(name: RoomName, now_ms: u64) -> Self {
-        RoomState { name, epoch: new_epoch(), top: 0, subscribers: HashMap::new(), last_active: now_ms }
+    pub fn new(key: RoomKey, meta: RoomMeta, now_ms: u64) -> Self {
+        RoomState { key, epoch: meta.epoch, top: meta.top, members: HashMap::new(), last_active: now_ms }
     }
 
     pub fn position(&self) -> Position {
         Position { epoch: self.epoch, offset: self.top }
     }
 
-    /// Adds a subscriber and queues its `joined` frame, atomically with respect to publishes.
-    /// `since` is the client's last seen position; without history in the hub, nothing was
-    /// missed only when it equals the current top.
-    pub fn join(
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    fn joined(&self, req: u64, recovered: bool) -> ServerFrame {
+        ServerFrame::Joined { req, room: self.key.room.to_string(), position: self.position(), recovered }
+    }
+
+    /// Adds a member. `since` is the last position the client saw: its offsets after it are
+    /// replayed when the epoch matches (or `since.offset` is 0: "from the start"); otherwise
+    /// the member starts live at the top and `joined` says it was not recovered.
+    pub fn attach(
         &mut self,
         id: SubscriberId,
-        subscriber: Subscriber,
+        sub: Subscriber,
         req: u64,
         since: Option<Position>,
         now_ms: u64,
-    ) -> Result<Position, PushError> {
-        let position = self.position();
-        let recovered = since.is_none_or(|s| s == position);
-        let joined = ServerFrame::Joined { req, room: self.name.to_string(), position, recovered };
-        subscriber.outbox.push(subscriber.lane, subscriber.outbox.codec().frame(&joined))?;
-        self.subscribers.insert(id, subscriber);
+    ) -> Result<Attach, PushError> {
+        if sub.membership.is_cancelled() {
+            return Ok(Attach::Cancelled);
+        }
         self.last_active = now_ms;
-        Ok(position)
+        let usable = since.filter(|s| (s.epoch == self.epoch || s.offset == 0) && s.offset <= self.top);
+        if let Some(since) = usable.filter(|s| s.offset < self.top) {
+            let from = since.offset + 1;
+            self.members.insert(id, Member { sub, next: from, live: false });
+            return Ok(Attach::Replay { from });
+        }
+        let recovered = since.is_none() || usable.is_some();
+        sub.outbox.push(sub.lane, sub.outbox.codec().frame(&self.joined(req, recovered)))?;
+        self.members.insert(id, Member { sub, next: self.top + 1, live: true });
+        Ok(Attach::Live { position: self.position(), recovered })
     }
 
-    pub fn leave(&mut self, id: SubscriberId, now_ms: u64) -> bool {
-        self.last_active = now_ms;
-        self.subscribers.remove(&id).is_some()
+    /// Queues `joined` for a member whose replay is about to start (`recovered`), or that
+    /// cannot be recovered and goes live at the top.
+    pub fn confirm(&mut self, id: SubscriberId, req: u64, recovered: bool) -> Result<Option<Position>, PushError> {
+        let frame = self.joined(req, recovered);
+        let top = self.top;
+        let Some(m) = self.members.get_mut(&id) else { return Ok(None) };
+        m.sub.outbox.push(m.sub.lane, m.sub.outbox.codec().frame(&frame))?;
+        if !recovered {
+            m.next = top + 1;
+            m.live = true;
+        }
+        Ok(Some(self.position()))
     }
 
-    /// Assigns the next offset and queues the message for every subscriber. The frame is
-    /// encoded at most once per codec and the bytes are shared.
-    pub fn publish(&mut self, from: &str, id: &str, data: Payload, now_ms: u64) -> Published {
-        self.top += 1;
+    /// The member's subscriber and next offset, while it is catching up.
+    pub fn lagging(&self, id: SubscriberId) -> Option<(Subscriber, u64)> {
+        self.members.get(&id).filter(|m| !m.live).map(|m| (m.sub.clone(), m.next))
+    }
+
+    /// Records that a replay queued everything up to `last`; the member goes live when that
+    /// reaches the top. Returns `None` if it is live now, else the next offset to replay.
+    pub fn replayed(&mut self, id: SubscriberId, last: u64) -> Option<u64> {
+        let top = self.top;
+        let m = self.members.get_mut(&id)?;
+        m.next = m.next.max(last + 1);
+        if m.next > top {
+            m.live = true;
+            return None;
+        }
+        Some(m.next)
+    }
+
+    pub fn detach(&mut self, id: SubscriberId, now_ms: u64) -> bool {
         self.last_active = now_ms;
-        let position = self.position();
-        let frame = ServerFrame::Message {
-            room: self.name.to_string(),
-            position,
-            from: from.to_owned(),
-            time: now_ms,
-            id: id.to_owned(),
-            data,
-        };
-        let mut encoded: [Option<WireFrame>; 2] = [None, None];
-        let mut dropped = Vec::new();
-        let mut delivered = 0;
-        for (sid, sub) in &self.subscribers {
-            let codec = sub.outbox.codec();
-            let bytes = encoded[codec.index()].get_or_insert_with(|| codec.frame(&frame)).clone();
-            match sub.outbox.push(sub.lane, bytes) {
-                Ok(()) => delivered += 1,
-                Err(_) => dropped.push(*sid),
+        self.members.remove(&id).is_some()
+    }
+
+    /// Fans one committed message out to the live members expecting exactly this offset. The
+    /// frame is encoded at most once per codec and the bytes are shared.
+    pub fn deliver(&mut self, epoch: u64, message: &StoredMessage, now_ms: u64) -> Delivered {
+        let offset = message.offset;
+        if epoch != self.epoch {
+            // The engine lost this room's history and started a new epoch: members continue
+            // from this message, and see the new epoch in its position.
+            tracing::warn!(room = %self.key.room, old = self.epoch, new = epoch, "room epoch changed");
+            self.epoch = epoch;
+            self.top = offset.saturating_sub(1);
+            for m in self.members.values_mut() {
+                m.next = offset;
             }
         }
-        for sid in &dropped {
-            self.subscribers.remove(sid);
+        if offset <= self.top {
+            return Delivered::default();
         }
-        Published { position, delivered, dropped }
+        self.last_active = now_ms;
+        self.top = offset;
+        let frame = ServerFrame::Message {
+            room: self.key.room.to_string(),
+            position: Position { epoch, offset },
+            from: message.from.clone(),
+            time: message.time,
+            id: message.id.clone(),
+            data: message.data.clone(),
+        };
+        let mut encoded: [Option<WireFrame>; 2] = [None, None];
+        let mut out = Delivered::default();
+        let mut gone = Vec::new();
+        for (id, m) in &mut self.members {
+            if !m.live || m.next > offset {
+                continue;
+            }
+            if m.next < offset {
+                // Offsets were skipped here (the engine delivered out of order or lost some):
+                // this member reads them from history.
+                m.live = false;
+                out.lagging += 1;
+                let _ = m.sub.catch_up.send(CatchUp { key: self.key.clone(), id: *id });
+                continue;
+            }
+            let codec = m.sub.outbox.codec();
+            let bytes = encoded[codec.index()].get_or_insert_with(|| codec.frame(&frame)).clone();
+            match m.sub.outbox.push_within(m.sub.lane, bytes, m.sub.fanout_limit()) {
+                Ok(()) => {
+                    m.next = offset + 1;
+                    out.delivered += 1;
+                }
+                Err(PushError::Full) => {
+                    m.live = false;
+                    out.lagging += 1;
+                    let _ = m.sub.catch_up.send(CatchUp { key: self.key.clone(), id: *id });
+                }
+                Err(PushError::Closed | PushError::Overflow) => gone.push(*id),
+            }
+        }
+        for id in gone {
+            self.members.remove(&id);
+        }
+        out
     }
 }

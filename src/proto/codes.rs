@@ -54,6 +54,9 @@ codes! {
     AUTH_TIMEOUT = 105, "auth_timeout", fatal = true, retry = true;
     /// A frame arrived on a stream it does not belong to (QUIC).
     WRONG_STREAM = 106, "wrong_stream", fatal = true, retry = false;
+    /// The history store could not commit or read; nothing was acknowledged. Retry later
+    /// (a publish with the same id is never stored twice).
+    STORE_UNAVAILABLE = 107, "store_unavailable", fatal = false, retry = true;
     /// Token malformed, bad signature, unknown key or algorithm, missing claim.
     TOKEN_INVALID = 110, "token_invalid", fatal = true, retry = false;
     /// Token `exp` has passed.

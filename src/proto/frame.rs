@@ -67,6 +67,14 @@ pub enum ClientFrame {
     PresenceSync { req: u64, room: String },
     /// The user's privacy setting, kept by the relay across connections and restarts.
     Privacy { hide_presence: bool, hide_typing: bool },
+    /// A page of a room's history: up to `limit` messages before offset `before` (the newest
+    /// when `before` is absent), answered by `history`. Needs permission to join the room.
+    History { req: u64, room: String, before: Option<u64>, limit: u32 },
+    /// The rooms this user follows (joined and not left, on any device) with the last position
+    /// the relay knows they have, answered by `rooms`. For offline replay.
+    Rooms { req: u64 },
+    /// "I have every message of `room` up to `position`": moves the user's cursor (no answer).
+    Cursor { room: String, position: Position },
 }
 
 /// Frames the relay sends.
@@ -105,6 +113,29 @@ pub enum ServerFrame {
     /// Who is typing in a room, as a whole (usually a datagram): the first typists, how many
     /// others type, the view's version, and how long to show it without a newer one.
     Typing { room: String, users: Vec<String>, others: u32, version: u64, ttl_ms: u32 },
+    /// A page of history, oldest first. `position` is the room's top; `first` the lowest offset
+    /// still retained. An empty page with `first` above the requested range means history does
+    /// not reach back that far.
+    History { req: u64, room: String, position: Position, first: u64, messages: Vec<HistoryEntry> },
+    /// The user's followed rooms, most recently active first.
+    Rooms { req: u64, rooms: Vec<RoomCursor> },
+}
+
+/// One message in a `history` page (its room and epoch are the page's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub offset: u64,
+    pub from: String,
+    pub time: u64,
+    pub id: String,
+    pub data: Payload,
+}
+
+/// A followed room and the last position the user is known to have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomCursor {
+    pub room: String,
+    pub position: Position,
 }
 
 impl ServerFrame {

@@ -12,7 +12,7 @@ pub mod room;
 
 pub use codec::{Codec, DecodeError, FrameReader, WireFrame};
 pub use codes::ErrorCode;
-pub use frame::{ClientFrame, PROTOCOL_VERSION, Position, ServerFrame, WireLimits};
+pub use frame::{ClientFrame, HistoryEntry, PROTOCOL_VERSION, Position, RoomCursor, ServerFrame, WireLimits};
 pub use payload::Payload;
 pub use presence::{PresenceEntry, Status};
 pub use room::RoomName;

@@ -5,19 +5,25 @@
 //! tested with plain values. The rule for lanes: answers go to the lane the request came on;
 //! a room's messages go to the lane its `join` came on (on QUIC, the room's own stream).
 
+pub mod jobs;
 pub mod limits;
 mod presence;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
+
 use crate::auth::{Identity, Verifier};
 use crate::config::LimitsConfig;
 use crate::hub::awareness::Awareness;
 use crate::hub::presence::UserKey;
-use crate::hub::{Hub, RoomKey, Subscriber};
+use crate::engine::{Done, Engine, Publish};
+use crate::hub::{CatchUp, Hub, Membership, RoomKey, Subscriber};
 use crate::outbox::{CONTROL, DatagramKey, LaneId, Outbox, PushError};
 use crate::proto::{ClientFrame, ErrorCode, PROTOCOL_VERSION, Payload, Position, RoomName, ServerFrame, WireLimits};
+use crate::store::Cursor;
+pub use jobs::Job;
 use limits::{ConnectionSlot, TokenBucket, UserConnections};
 
 /// Longest client message id, in bytes.
@@ -26,9 +32,16 @@ pub const MAX_MESSAGE_ID_LEN: usize = 64;
 /// Datagram queue key kind of a `pong` answering a datagram `ping` (one key per `req`).
 pub const KIND_PONG: u8 = 1;
 
+/// Most messages in one `history` page.
+pub const MAX_HISTORY_PAGE: u32 = 100;
+
+/// Most rooms listed in a `rooms` answer.
+pub const MAX_ROOMS_LISTED: usize = 1000;
+
 /// What every session of one relay shares.
 pub struct SessionContext {
     pub hub: Arc<Hub>,
+    pub engine: Arc<dyn Engine>,
     pub verifier: Arc<Verifier>,
     pub limits: LimitsConfig,
     pub users: Arc<UserConnections>,
@@ -63,16 +76,28 @@ impl Active {
     }
 }
 
+/// A room this connection joined: the lane its frames go to, and the membership a leave cancels.
+struct Joined {
+    lane: LaneId,
+    membership: Membership,
+}
+
 pub struct Session {
     id: u64,
     ctx: Arc<SessionContext>,
     outbox: Arc<Outbox>,
     /// `None` until a valid `hello`.
     active: Option<Active>,
-    rooms: HashMap<RoomName, LaneId>,
+    rooms: HashMap<RoomName, Joined>,
     lanes: HashMap<LaneId, RoomName>,
     publish_bucket: TokenBucket,
     presence_bucket: TokenBucket,
+    /// Where the hub asks for a replay when one of this connection's rooms falls behind.
+    catch_up: mpsc::UnboundedSender<CatchUp>,
+    /// Async work the connection runs for this session (joins, history reads).
+    jobs: Vec<Job>,
+    /// Cursors the client reported, saved when the connection ends.
+    cursors: HashMap<RoomName, Position>,
 }
 
 /// Why a request failed.
@@ -103,7 +128,13 @@ fn parse_room(room: &str) -> Result<RoomName, Failure> {
 
 impl Session {
     /// `id` is unique within the relay (it identifies the subscriber in rooms).
-    pub fn new(id: u64, ctx: Arc<SessionContext>, outbox: Arc<Outbox>, now_ms: u64) -> Session {
+    pub fn new(
+        id: u64,
+        ctx: Arc<SessionContext>,
+        outbox: Arc<Outbox>,
+        catch_up: mpsc::UnboundedSender<CatchUp>,
+        now_ms: u64,
+    ) -> Session {
         let bucket = TokenBucket::new(ctx.limits.publish_rate, ctx.limits.publish_burst, now_ms);
         let (rate, burst) = ctx.presence_rate;
         let presence_bucket = TokenBucket::new(rate, burst, now_ms);
@@ -116,7 +147,15 @@ impl Session {
             lanes: HashMap::new(),
             publish_bucket: bucket,
             presence_bucket,
+            catch_up,
+            jobs: Vec::new(),
+            cursors: HashMap::new(),
         }
+    }
+
+    /// Async work queued by the frames handled so far; the connection runs it.
+    pub fn take_jobs(&mut self) -> Vec<Job> {
+        std::mem::take(&mut self.jobs)
     }
 
     pub fn outbox(&self) -> &Arc<Outbox> {
@@ -217,6 +256,9 @@ impl Session {
                 self.presence_frame(frame, now_ms);
                 return Ok(());
             }
+            ClientFrame::History { req, room, before, limit } => (req, self.history(lane, req, &room, before, limit)),
+            ClientFrame::Rooms { req } => (req, self.followed_rooms(lane, req)),
+            ClientFrame::Cursor { room, position } => (0, self.cursor(&room, position)),
         };
         self.answer(lane, req, result)
     }
@@ -236,25 +278,47 @@ impl Session {
 
     /// The stream behind `lane` ended (QUIC): leave the room it carried.
     pub fn lane_closed(&mut self, lane: LaneId, now_ms: u64) {
-        if let Some(room) = self.lanes.remove(&lane) {
-            self.rooms.remove(&room);
-            if let Some(active) = &self.active {
-                self.ctx.hub.leave(&active.key(&room), self.id, now_ms);
-                self.ctx.awareness.leave(&active.key(&room), self.id, now_ms);
-            }
+        if let Some(room) = self.lanes.remove(&lane)
+            && let Some(joined) = self.rooms.remove(&room)
+        {
+            self.leave_room(&room, &joined, now_ms);
         }
         self.outbox.close_lane(lane);
     }
 
-    /// Leaves every room; called once when the connection ends.
+    /// Leaves every room (the user keeps following them) and saves the cursors the client
+    /// reported; called once when the connection ends.
     pub fn close(&mut self, now_ms: u64) {
         let rooms = std::mem::take(&mut self.rooms);
         self.lanes.clear();
-        if let Some(active) = &self.active {
-            for room in rooms.keys() {
-                self.ctx.hub.leave(&active.key(room), self.id, now_ms);
-            }
+        for (room, joined) in &rooms {
+            self.detach(room, joined, now_ms);
+        }
+        if self.active.is_some() {
             self.ctx.awareness.disconnect(self.id, now_ms);
+        }
+        let cursors: Vec<Cursor> =
+            self.cursors.drain().map(|(room, position)| Cursor { room, position, updated: now_ms }).collect();
+        if let Some(active) = &self.active
+            && !cursors.is_empty()
+        {
+            self.ctx.engine.save_cursors(&active.identity.tenant, &active.identity.user, cursors);
+        }
+    }
+
+    /// Takes this connection out of a room's fanout and stops its join or replay task.
+    fn detach(&self, room: &RoomName, joined: &Joined, now_ms: u64) {
+        joined.membership.cancel();
+        if let Some(active) = &self.active {
+            self.ctx.hub.leave(&active.key(room), self.id, now_ms);
+        }
+    }
+
+    /// Leaves a room on this connection: fanout and presence.
+    fn leave_room(&self, room: &RoomName, joined: &Joined, now_ms: u64) {
+        self.detach(room, joined, now_ms);
+        if let Some(active) = &self.active {
+            self.ctx.awareness.leave(&active.key(room), self.id, now_ms);
         }
     }
 
@@ -334,30 +398,44 @@ impl Session {
         if self.rooms.len() >= max {
             return Err(Failure::reject(ErrorCode::TOO_MANY_ROOMS, format!("at most {max} rooms per connection")));
         }
-        let subscriber = Subscriber { outbox: self.outbox.clone(), lane };
-        let key = active.key(&name);
-        self.ctx.hub.join(&key, self.id, subscriber, req, since, now_ms)?;
+        let membership = Membership::default();
+        let subscriber = Subscriber {
+            outbox: self.outbox.clone(),
+            lane,
+            membership: membership.clone(),
+            catch_up: self.catch_up.clone(),
+        };
+        self.jobs.push(Job::Join {
+            key: active.key(&name),
+            id: self.id,
+            subscriber,
+            req,
+            since,
+            user: active.identity.user.clone(),
+            now_ms,
+        });
         if lane != CONTROL {
             self.lanes.insert(lane, name.clone());
         }
-        self.rooms.insert(name, lane);
-        // After the room is recorded, so that closing leaves it even if this push fails.
-        self.ctx.awareness.join(&key, self.id, lane, now_ms)?;
+        self.rooms.insert(name, Joined { lane, membership });
         Ok(())
     }
 
     fn leave(&mut self, lane: LaneId, req: u64, room: &str, now_ms: u64) -> Result<(), Failure> {
         let name = parse_room(room)?;
-        let Some(&room_lane) = self.rooms.get(&name) else {
+        let Some(room_lane) = self.rooms.get(&name).map(|j| j.lane) else {
             return Err(Failure::reject(ErrorCode::NOT_JOINED, format!("{room} is not joined")));
         };
         if lane != CONTROL && lane != room_lane {
             return Err(Failure::Fatal(ErrorCode::WRONG_STREAM, format!("leave for {room} on another room's stream")));
         }
-        let key = self.active()?.key(&name);
-        self.ctx.hub.leave(&key, self.id, now_ms);
-        self.ctx.awareness.leave(&key, self.id, now_ms);
-        self.rooms.remove(&name);
+        if let Some(joined) = self.rooms.remove(&name) {
+            self.leave_room(&name, &joined, now_ms);
+        }
+        // An explicit leave means the user stops following the room.
+        self.cursors.remove(&name);
+        let active = self.active()?;
+        self.ctx.engine.forget_cursor(&active.identity.tenant, &active.identity.user, name.clone());
         self.send(lane, &ServerFrame::Left { req, room: name.to_string() })?;
         if room_lane != CONTROL {
             self.lanes.remove(&room_lane);
@@ -398,9 +476,62 @@ impl Session {
         if !self.publish_bucket.try_take(now_ms) {
             return Err(Failure::reject(ErrorCode::RATE_LIMITED, "publish rate limit exceeded"));
         }
-        let published = self.ctx.hub.publish(&key, &from, &id, data, now_ms);
-        let ack = ServerFrame::Ack { req, room: name.to_string(), id, position: published.position };
-        self.send(lane, &ack)?;
+        let outbox = self.outbox.clone();
+        let room = name.to_string();
+        let ack_id = id.clone();
+        // Answered once the message is durable (or refused); the outbox may be gone by then.
+        let done = Done::new(move |outcome| {
+            let frame = match outcome {
+                Ok(accepted) => {
+                    if accepted.duplicate {
+                        metrics::counter!(crate::metrics::DUPLICATES_TOTAL).increment(1);
+                    }
+                    ServerFrame::Ack { req, room, id: ack_id, position: accepted.position }
+                }
+                Err(err) => {
+                    metrics::counter!(crate::metrics::ERRORS_TOTAL, "code" => err.code().slug()).increment(1);
+                    ServerFrame::error(req, err.code(), err.to_string())
+                }
+            };
+            let _ = outbox.push(lane, outbox.codec().frame(&frame));
+        });
+        self.ctx.engine.publish(Publish { key, from, id, data, now_ms }, done);
+        Ok(())
+    }
+
+    fn history(&mut self, lane: LaneId, req: u64, room: &str, before: Option<u64>, limit: u32) -> Result<(), Failure> {
+        let name = parse_room(room)?;
+        let active = self.active()?;
+        if !active.identity.can_join(name.as_str()) {
+            let message = format!("token does not allow reading {room}");
+            return Err(Failure::reject(ErrorCode::PERMISSION_DENIED, message));
+        }
+        if limit == 0 || limit > MAX_HISTORY_PAGE {
+            return Err(Failure::reject(ErrorCode::BAD_REQUEST, format!("limit must be 1-{MAX_HISTORY_PAGE}")));
+        }
+        let key = active.key(&name);
+        let max_bytes = self.ctx.limits.max_frame_bytes as usize;
+        self.jobs.push(Job::History { key, outbox: self.outbox.clone(), lane, req, before, limit, max_bytes });
+        Ok(())
+    }
+
+    fn followed_rooms(&mut self, lane: LaneId, req: u64) -> Result<(), Failure> {
+        let identity = &self.active()?.identity;
+        let (tenant, user) = (identity.tenant.clone(), identity.user.clone());
+        self.jobs.push(Job::Rooms { tenant, user, outbox: self.outbox.clone(), lane, req });
+        Ok(())
+    }
+
+    fn cursor(&mut self, room: &str, position: Position) -> Result<(), Failure> {
+        let name = parse_room(room)?;
+        if !self.rooms.contains_key(&name) {
+            return Err(Failure::reject(ErrorCode::NOT_JOINED, format!("{room} is not joined")));
+        }
+        let entry = self.cursors.entry(name).or_insert(position);
+        // Within an epoch cursors only move forward; a new epoch replaces the old position.
+        if entry.epoch != position.epoch || position.offset > entry.offset {
+            *entry = position;
+        }
         Ok(())
     }
 

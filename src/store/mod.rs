@@ -134,6 +134,11 @@ pub trait History: Send + Sync + 'static {
     fn cursors(&self, tenant: &str, user: &str, limit: usize) -> Result<Vec<Cursor>, StoreError>;
 }
 
+/// A new epoch: random, non-zero, below 2^53 (exact in JavaScript numbers).
+pub fn new_epoch() -> u64 {
+    (rand::random::<u64>() >> 11).max(1)
+}
+
 /// Which backend holds history.
 pub type SharedHistory = Arc<dyn History>;
 

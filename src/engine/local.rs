@@ -1,0 +1,498 @@
+//! The single-node engine: per-room sequencers in memory, one group-commit writer thread, a
+//! [`History`] backend, delivery to the local hub.
+//!
+//! A publish takes its room's sequencer lock for a moment: it checks the idempotency window,
+//! assigns the next offset and queues the append for the writer, all under the lock, so the
+//! writer's queue is in offset order for every room. The writer takes whatever is queued (up to
+//! `max_batch`, collecting for at most `linger` while more keeps arriving, never waiting on an
+//! empty queue), appends it in one durable commit, then, in order, delivers each message to the
+//! hub and acknowledges it. A failed commit acknowledges nothing: the rooms involved roll their
+//! next offset back to the last committed one and bump a generation, so appends queued behind
+//! the failure are refused too instead of leaving a hole.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+
+use super::{Accepted, Done, Engine, EngineError, Publish};
+use crate::hub::{Hub, RoomKey};
+use crate::proto::{Position, RoomName};
+use crate::store::{Append, Cursor, History, Retention, RoomMeta, StoredMessage, new_epoch};
+
+#[derive(Debug, Clone)]
+pub struct LocalEngineConfig {
+    pub retention: Retention,
+    /// A retried message id within this window returns the original position.
+    pub dedupe_window_ms: u64,
+    /// Most appends in one commit.
+    pub max_batch: usize,
+    /// How long the writer keeps collecting while appends keep arriving.
+    pub linger: Duration,
+    /// A room's sequencer state is dropped after this long without a publish.
+    pub idle_ttl_ms: u64,
+    pub shards: usize,
+}
+
+impl Default for LocalEngineConfig {
+    fn default() -> Self {
+        LocalEngineConfig {
+            retention: Retention { max_messages: 10_000, max_age_ms: 24 * 3600 * 1000 },
+            dedupe_window_ms: 5 * 60 * 1000,
+            max_batch: 256,
+            linger: Duration::from_millis(2),
+            idle_ttl_ms: 600_000,
+            shards: 64,
+        }
+    }
+}
+
+/// A recently published id: where it went and whether that is committed yet.
+struct RecentId {
+    position: Position,
+    committed: bool,
+    generation: u64,
+}
+
+/// One room's sequencer.
+struct Seq {
+    epoch: u64,
+    first: u64,
+    /// Last offset handed out.
+    assigned: u64,
+    /// Last offset the store committed.
+    committed: u64,
+    /// Bumped when a commit fails; appends queued under an older generation are refused.
+    generation: u64,
+    /// Appends queued and not yet committed or refused; the state is kept while any are.
+    in_flight: usize,
+    last_used: u64,
+    recent: HashMap<(String, String), RecentId>,
+    recent_order: VecDeque<(u64, String, String)>,
+    /// Ids published before this state was loaded may only be in the store, until the window
+    /// since `loaded_at` has passed.
+    loaded_at: u64,
+    had_history: bool,
+}
+
+impl Seq {
+    fn meta(&self) -> RoomMeta {
+        RoomMeta { epoch: self.epoch, first: self.first, top: self.committed }
+    }
+
+    fn prune(&mut self, now_ms: u64, window_ms: u64) {
+        while let Some((time, _, _)) = self.recent_order.front() {
+            if now_ms.saturating_sub(*time) < window_ms {
+                break;
+            }
+            if let Some((_, from, id)) = self.recent_order.pop_front() {
+                self.recent.remove(&(from, id));
+            }
+        }
+    }
+}
+
+enum Op {
+    Append {
+        key: RoomKey,
+        generation: u64,
+        epoch: u64,
+        message: StoredMessage,
+        done: Done,
+    },
+    /// Acknowledge a retried id once its original append's commit is through.
+    Duplicate {
+        key: RoomKey,
+        generation: u64,
+        position: Position,
+        done: Done,
+    },
+    Expire {
+        before_ms: u64,
+    },
+    SaveCursors {
+        tenant: String,
+        user: String,
+        cursors: Vec<Cursor>,
+    },
+    ForgetCursor {
+        tenant: String,
+        user: String,
+        room: RoomName,
+    },
+    Stop,
+}
+
+type SeqMap = HashMap<RoomKey, Arc<Mutex<Seq>>>;
+
+struct Sequencers {
+    shards: Vec<Mutex<SeqMap>>,
+    hasher: RandomState,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Sequencers {
+    fn shard(&self, key: &RoomKey) -> &Mutex<SeqMap> {
+        &self.shards[(self.hasher.hash_one(key) as usize) % self.shards.len()]
+    }
+
+    fn existing(&self, key: &RoomKey) -> Option<Arc<Mutex<Seq>>> {
+        lock(self.shard(key)).get(key).cloned()
+    }
+}
+
+pub struct LocalEngine {
+    config: LocalEngineConfig,
+    history: Arc<dyn History>,
+    seqs: Arc<Sequencers>,
+    queue: Sender<Op>,
+    stopping: AtomicBool,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl LocalEngine {
+    /// Starts the writer thread. Committed messages are delivered to `hub`.
+    pub fn start(config: LocalEngineConfig, history: Arc<dyn History>, hub: Arc<Hub>) -> std::io::Result<LocalEngine> {
+        let shards = config.shards.max(1);
+        let seqs = Arc::new(Sequencers {
+            shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+        });
+        let (queue, rx) = std::sync::mpsc::channel();
+        let writer = Writer {
+            rx,
+            history: history.clone(),
+            seqs: seqs.clone(),
+            hub,
+            retention: config.retention,
+            max_batch: config.max_batch.max(1),
+            linger: config.linger,
+            commit_seconds: metrics::histogram!(crate::metrics::STORE_COMMIT_SECONDS),
+            batch_size: metrics::histogram!(crate::metrics::STORE_BATCH_SIZE),
+            failures: metrics::counter!(crate::metrics::STORE_FAILURES_TOTAL),
+        };
+        let handle = std::thread::Builder::new().name("edgerelay-store".into()).spawn(move || writer.run())?;
+        Ok(LocalEngine {
+            config,
+            history,
+            seqs,
+            queue,
+            stopping: AtomicBool::new(false),
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// The room's sequencer, loaded from the store on first use.
+    fn seq(&self, key: &RoomKey, now_ms: u64) -> Result<Arc<Mutex<Seq>>, EngineError> {
+        if let Some(seq) = self.seqs.existing(key) {
+            return Ok(seq);
+        }
+        // Read outside the shard lock; if another thread loaded it meanwhile, theirs wins.
+        let meta = self.history.meta(key)?;
+        let (meta, had_history) = match meta {
+            Some(meta) => (meta, meta.top > 0),
+            None => (RoomMeta::empty(new_epoch()), false),
+        };
+        let mut shard = lock(self.seqs.shard(key));
+        let seq = shard.entry(key.clone()).or_insert_with(|| {
+            Arc::new(Mutex::new(Seq {
+                epoch: meta.epoch,
+                first: meta.first,
+                assigned: meta.top,
+                committed: meta.top,
+                generation: 0,
+                in_flight: 0,
+                last_used: now_ms,
+                recent: HashMap::new(),
+                recent_order: VecDeque::new(),
+                loaded_at: now_ms,
+                had_history,
+            }))
+        });
+        Ok(seq.clone())
+    }
+
+    fn send(&self, op: Op) -> Result<(), Op> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(op);
+        }
+        self.queue.send(op).map_err(|e| e.0)
+    }
+
+    /// On an error before the publish was queued, hands `done` back to be completed with it.
+    fn publish_inner(&self, p: Publish, done: Done) -> Result<(), (EngineError, Done)> {
+        let seq = match self.seq(&p.key, p.now_ms) {
+            Ok(seq) => seq,
+            Err(e) => return Err((e, done)),
+        };
+        let mut s = lock(&seq);
+        s.last_used = p.now_ms;
+        s.prune(p.now_ms, self.config.dedupe_window_ms);
+        let id_key = (p.from.clone(), p.id.clone());
+        if let Some(recent) = s.recent.get(&id_key) {
+            let accepted = Accepted { position: recent.position, duplicate: true };
+            if recent.committed {
+                drop(s);
+                done.complete(Ok(accepted));
+                return Ok(());
+            }
+            // If the queue is closed, dropping the op answers `done` with ShuttingDown.
+            let _ =
+                self.send(Op::Duplicate { key: p.key, generation: recent.generation, position: recent.position, done });
+            return Ok(());
+        }
+        let window = self.config.dedupe_window_ms;
+        if s.had_history && p.now_ms.saturating_sub(s.loaded_at) < window {
+            let found = match self.history.find_id(&p.key, &p.from, &p.id) {
+                Ok(found) => found,
+                Err(e) => return Err((e.into(), done)),
+            };
+            if let Some((offset, time)) = found {
+                if p.now_ms.saturating_sub(time) < window {
+                    let position = Position { epoch: s.epoch, offset };
+                    drop(s);
+                    done.complete(Ok(Accepted { position, duplicate: true }));
+                    return Ok(());
+                }
+            }
+        }
+        s.assigned += 1;
+        let position = Position { epoch: s.epoch, offset: s.assigned };
+        let generation = s.generation;
+        s.recent.insert(id_key, RecentId { position, committed: false, generation });
+        s.recent_order.push_back((p.now_ms, p.from.clone(), p.id.clone()));
+        s.in_flight += 1;
+        let message = StoredMessage { offset: position.offset, time: p.now_ms, from: p.from, id: p.id, data: p.data };
+        let op = Op::Append { key: p.key, generation, epoch: s.epoch, message, done };
+        if let Err(op) = self.send(op) {
+            // Nothing will commit it: undo the assignment (still under the lock).
+            s.assigned -= 1;
+            s.in_flight -= 1;
+            if let Op::Append { message, .. } = &op {
+                s.recent.remove(&(message.from.clone(), message.id.clone()));
+            }
+            drop(s);
+            drop(op);
+        }
+        Ok(())
+    }
+}
+
+impl Engine for LocalEngine {
+    fn publish(&self, publish: Publish, done: Done) {
+        if let Err((err, done)) = self.publish_inner(publish, done) {
+            done.complete(Err(err));
+        }
+    }
+
+    fn meta(&self, key: &RoomKey) -> BoxFuture<'_, Result<RoomMeta, EngineError>> {
+        let result = self.seq(key, crate::connection::unix_ms()).map(|seq| lock(&seq).meta());
+        std::future::ready(result).boxed()
+    }
+
+    fn read_after(
+        &self,
+        key: &RoomKey,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, EngineError>> {
+        std::future::ready(self.history.read_after(key, after, limit).map_err(Into::into)).boxed()
+    }
+
+    fn read_before(
+        &self,
+        key: &RoomKey,
+        before: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, EngineError>> {
+        std::future::ready(self.history.read_before(key, before, limit).map_err(Into::into)).boxed()
+    }
+
+    fn save_cursors(&self, tenant: &str, user: &str, cursors: Vec<Cursor>) {
+        let _ = self.send(Op::SaveCursors { tenant: tenant.into(), user: user.into(), cursors });
+    }
+
+    fn forget_cursor(&self, tenant: &str, user: &str, room: RoomName) {
+        let _ = self.send(Op::ForgetCursor { tenant: tenant.into(), user: user.into(), room });
+    }
+
+    fn cursors(&self, tenant: &str, user: &str, limit: usize) -> BoxFuture<'_, Result<Vec<Cursor>, EngineError>> {
+        std::future::ready(self.history.cursors(tenant, user, limit).map_err(Into::into)).boxed()
+    }
+
+    fn maintain(&self, now_ms: u64) {
+        for shard in &self.seqs.shards {
+            lock(shard).retain(|_, seq| {
+                let s = lock(seq);
+                s.in_flight > 0 || now_ms.saturating_sub(s.last_used) < self.config.idle_ttl_ms
+            });
+        }
+        let before_ms = now_ms.saturating_sub(self.config.retention.max_age_ms);
+        if before_ms > 0 {
+            let _ = self.send(Op::Expire { before_ms });
+        }
+    }
+
+    fn shutdown(&self, deadline: Duration) -> BoxFuture<'_, ()> {
+        let _ = self.queue.send(Op::Stop);
+        self.stopping.store(true, Ordering::Release);
+        let handle = lock(&self.writer).take();
+        async move {
+            let Some(handle) = handle else { return };
+            let joined = tokio::task::spawn_blocking(move || handle.join());
+            if tokio::time::timeout(deadline, joined).await.is_err() {
+                tracing::warn!("history writer did not finish within the shutdown deadline");
+            }
+        }
+        .boxed()
+    }
+}
+
+struct Writer {
+    rx: Receiver<Op>,
+    history: Arc<dyn History>,
+    seqs: Arc<Sequencers>,
+    hub: Arc<Hub>,
+    retention: Retention,
+    max_batch: usize,
+    linger: Duration,
+    commit_seconds: metrics::Histogram,
+    batch_size: metrics::Histogram,
+    failures: metrics::Counter,
+}
+
+impl Writer {
+    fn run(self) {
+        let mut stop = false;
+        while !stop {
+            let Ok(first) = self.rx.recv() else { return };
+            let mut batch = vec![first];
+            let deadline = Instant::now() + self.linger;
+            while batch.len() < self.max_batch && Instant::now() < deadline {
+                match self.rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            stop = self.process(batch);
+        }
+        // Anything queued after the stop is answered by `Done`'s drop.
+        while self.rx.try_recv().is_ok() {}
+    }
+
+    /// Commits one batch; returns true when a stop was reached.
+    fn process(&self, batch: Vec<Op>) -> bool {
+        let mut stop = false;
+        let mut appends: Vec<(Append, Done)> = Vec::new();
+        let mut after: Vec<Op> = Vec::new();
+        for op in batch {
+            match op {
+                Op::Append { key, generation, epoch, message, done } => {
+                    if self.current(&key, generation) {
+                        appends.push((Append { key, epoch, message }, done));
+                    } else {
+                        self.refuse(&key, &message, done, "an earlier commit failed");
+                    }
+                }
+                Op::Stop => stop = true,
+                other => after.push(other),
+            }
+        }
+        if !appends.is_empty() {
+            self.commit(appends);
+        }
+        for op in after {
+            self.side_op(op);
+        }
+        stop
+    }
+
+    fn current(&self, key: &RoomKey, generation: u64) -> bool {
+        self.seqs.existing(key).is_some_and(|seq| lock(&seq).generation == generation)
+    }
+
+    fn refuse(&self, key: &RoomKey, message: &StoredMessage, done: Done, why: &str) {
+        if let Some(seq) = self.seqs.existing(key) {
+            let mut s = lock(&seq);
+            s.in_flight = s.in_flight.saturating_sub(1);
+            s.recent.remove(&(message.from.clone(), message.id.clone()));
+        }
+        done.complete(Err(EngineError::Unavailable(why.into())));
+    }
+
+    fn commit(&self, appends: Vec<(Append, Done)>) {
+        let (records, dones): (Vec<Append>, Vec<Done>) = appends.into_iter().unzip();
+        let started = Instant::now();
+        let result = self.history.append(&records, &self.retention);
+        self.commit_seconds.record(started.elapsed().as_secs_f64());
+        self.batch_size.record(records.len() as f64);
+        match result {
+            Ok(()) => {
+                for (append, done) in records.into_iter().zip(dones) {
+                    let position = Position { epoch: append.epoch, offset: append.message.offset };
+                    self.hub.deliver(&append.key, append.epoch, &append.message);
+                    if let Some(seq) = self.seqs.existing(&append.key) {
+                        let mut s = lock(&seq);
+                        s.committed = s.committed.max(position.offset);
+                        s.in_flight = s.in_flight.saturating_sub(1);
+                        if let Some(r) = s.recent.get_mut(&(append.message.from, append.message.id)) {
+                            r.committed = true;
+                        }
+                    }
+                    done.complete(Ok(Accepted { position, duplicate: false }));
+                }
+            }
+            Err(err) => {
+                self.failures.increment(1);
+                tracing::error!(%err, messages = records.len(), "history commit failed; publishes refused");
+                let mut rolled_back: Vec<&RoomKey> = Vec::new();
+                for append in &records {
+                    let Some(seq) = self.seqs.existing(&append.key) else { continue };
+                    let mut s = lock(&seq);
+                    if !rolled_back.contains(&&append.key) {
+                        s.assigned = s.committed;
+                        s.generation += 1;
+                        rolled_back.push(&append.key);
+                    }
+                    s.in_flight = s.in_flight.saturating_sub(1);
+                    s.recent.remove(&(append.message.from.clone(), append.message.id.clone()));
+                }
+                for done in dones {
+                    done.complete(Err(EngineError::Unavailable(err.to_string())));
+                }
+            }
+        }
+    }
+
+    fn side_op(&self, op: Op) {
+        let result = match op {
+            Op::Duplicate { key, generation, position, done } => {
+                if self.current(&key, generation) {
+                    done.complete(Ok(Accepted { position, duplicate: true }));
+                } else {
+                    done.complete(Err(EngineError::Unavailable("the original publish failed".into())));
+                }
+                Ok(())
+            }
+            Op::Expire { before_ms } => self.history.expire(before_ms).map(|n| {
+                if n > 0 {
+                    tracing::debug!(deleted = n, "expired old history");
+                }
+            }),
+            Op::SaveCursors { tenant, user, cursors } => self.history.save_cursors(&tenant, &user, &cursors),
+            Op::ForgetCursor { tenant, user, room } => self.history.forget_cursor(&tenant, &user, &room),
+            Op::Append { .. } | Op::Stop => Ok(()),
+        };
+        if let Err(err) = result {
+            tracing::warn!(%err, "history maintenance failed");
+        }
+    }
+}

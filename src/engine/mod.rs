@@ -1,0 +1,140 @@
+//! The engine: what turns a publish into a durable, ordered, deduplicated message, and what
+//! serves history. It is the seam between the relay's connections (session, hub) and where
+//! rooms' logs live.
+//!
+//! - [`LocalEngine`] (one node): a per-room sequencer assigns offsets and checks idempotency in
+//!   memory, one writer thread commits appends in groups to a [`History`](crate::store::History)
+//!   (redb or memory), and only then delivers them to the hub and acknowledges them.
+//! - A cluster engine (Redis) fits the same trait: a script assigns the offset, appends and
+//!   publishes atomically, and the node's pub/sub subscription delivers to the hub.
+//!
+//! Either way the hub receives committed messages through [`Hub::deliver`](crate::hub::Hub),
+//! and must tolerate gaps (a lost pub/sub message) by letting subscribers catch up from
+//! [`Engine::read_after`]. Acknowledged means committed: `done` is called only after the
+//! store said so.
+
+mod local;
+#[cfg(test)]
+pub(crate) mod suite;
+
+use futures_util::future::BoxFuture;
+
+pub use local::{LocalEngine, LocalEngineConfig};
+
+use crate::hub::RoomKey;
+use crate::proto::{ErrorCode, Payload, Position, RoomName};
+use crate::store::{Cursor, RoomMeta, StoreError, StoredMessage};
+
+/// A publish as the engine sees it: already authorized and validated.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    pub key: RoomKey,
+    pub from: String,
+    pub id: String,
+    pub data: Payload,
+    pub now_ms: u64,
+}
+
+/// A publish the engine accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    pub position: Position,
+    /// The id was already published within the dedupe window; `position` is the original one
+    /// and nothing was delivered again.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("history store unavailable: {0}")]
+    Unavailable(String),
+    #[error("the relay is shutting down")]
+    ShuttingDown,
+}
+
+impl EngineError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            EngineError::Unavailable(_) => ErrorCode::STORE_UNAVAILABLE,
+            EngineError::ShuttingDown => ErrorCode::GOING_AWAY,
+        }
+    }
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        EngineError::Unavailable(e.to_string())
+    }
+}
+
+type Callback = Box<dyn FnOnce(Result<Accepted, EngineError>) + Send>;
+
+/// Called exactly once with a publish's outcome. If the engine drops it unanswered (shutdown),
+/// the drop answers [`EngineError::ShuttingDown`], so no publisher waits forever.
+pub struct Done(Option<Callback>);
+
+impl Done {
+    pub fn new(f: impl FnOnce(Result<Accepted, EngineError>) + Send + 'static) -> Done {
+        Done(Some(Box::new(f)))
+    }
+
+    /// A `Done` that sends the outcome on a channel.
+    pub fn channel() -> (Done, tokio::sync::oneshot::Receiver<Result<Accepted, EngineError>>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Done::new(move |r| drop(tx.send(r))), rx)
+    }
+
+    pub fn complete(mut self, result: Result<Accepted, EngineError>) {
+        if let Some(f) = self.0.take() {
+            f(result);
+        }
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(Err(EngineError::ShuttingDown));
+        }
+    }
+}
+
+pub trait Engine: Send + Sync + 'static {
+    /// Assigns the next position (or finds the original one for a retried id), makes the message
+    /// durable, delivers it to the hub, then calls `done`. Never blocks on IO.
+    fn publish(&self, publish: Publish, done: Done);
+
+    /// The room's current epoch and bounds. A room the engine has never seen gets its epoch here.
+    fn meta(&self, key: &RoomKey) -> BoxFuture<'_, Result<RoomMeta, EngineError>>;
+
+    /// Up to `limit` committed messages after offset `after`, oldest first.
+    fn read_after(
+        &self,
+        key: &RoomKey,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, EngineError>>;
+
+    /// Up to `limit` committed messages before offset `before`, the newest of them, oldest first.
+    fn read_before(
+        &self,
+        key: &RoomKey,
+        before: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, EngineError>>;
+
+    /// Records where a user is in rooms (offline replay); fire and forget.
+    fn save_cursors(&self, tenant: &str, user: &str, cursors: Vec<Cursor>);
+
+    /// Forgets a user's cursor in a room (they left it); fire and forget.
+    fn forget_cursor(&self, tenant: &str, user: &str, room: RoomName);
+
+    /// The user's rooms and cursors, most recent first.
+    fn cursors(&self, tenant: &str, user: &str, limit: usize) -> BoxFuture<'_, Result<Vec<Cursor>, EngineError>>;
+
+    /// Periodic housekeeping: drops idle per-room state, applies age retention.
+    fn maintain(&self, now_ms: u64);
+
+    /// Finishes everything accepted so far (bounded by `deadline`), then stops accepting.
+    fn shutdown(&self, deadline: std::time::Duration) -> BoxFuture<'_, ()>;
+}

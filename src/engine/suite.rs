@@ -1,0 +1,360 @@
+//! The contract every engine must meet, end to end through the hub and real outboxes (no
+//! network): acks after commit, contiguous offsets, idempotent retries, exact resume, no gap or
+//! duplicate when joining while publishing, catch-up of slow members. Each check is run on
+//! every engine configuration by `engine_suite!`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::hub::{Hub, Membership, Subscriber, replay};
+use crate::outbox::{CONTROL, Outbox, Take};
+use crate::proto::{Codec, Payload, ServerFrame};
+
+pub(crate) struct Rig {
+    pub hub: Arc<Hub>,
+    pub engine: Arc<dyn Engine>,
+}
+
+pub(crate) fn key(room: &str) -> RoomKey {
+    RoomKey { tenant: "acme".into(), room: RoomName::parse(room).unwrap() }
+}
+
+impl Rig {
+    pub async fn publish_as(&self, k: &RoomKey, from: &str, id: &str) -> Result<Accepted, EngineError> {
+        let (done, rx) = Done::channel();
+        let data = Payload::from(format!("\"{id}\"").as_str());
+        self.engine.publish(Publish { key: k.clone(), from: from.into(), id: id.into(), data, now_ms: now() }, done);
+        rx.await.unwrap_or(Err(EngineError::ShuttingDown))
+    }
+
+    pub async fn publish(&self, k: &RoomKey, id: &str) -> Position {
+        self.publish_as(k, "alice", id).await.expect("publish").position
+    }
+
+    /// A member whose catch-up requests are served, like a connection does.
+    pub fn member(&self, cap: usize) -> (Arc<Outbox>, Subscriber) {
+        let outbox = Outbox::new(Codec::Postcard, cap);
+        let (tx, mut rx) = mpsc::unbounded_channel::<crate::hub::CatchUp>();
+        let (hub, engine) = (self.hub.clone(), self.engine.clone());
+        tokio::spawn(async move {
+            while let Some(c) = rx.recv().await {
+                replay::catch_up(&hub, &*engine, c.key, c.id).await;
+            }
+        });
+        (outbox.clone(), Subscriber { outbox, lane: CONTROL, membership: Membership::default(), catch_up: tx })
+    }
+
+    pub async fn join(&self, k: &RoomKey, id: u64, sub: Subscriber, since: Option<Position>) {
+        let (hub, engine, k) = (self.hub.clone(), self.engine.clone(), k.clone());
+        // Like a connection, the join runs as its own task.
+        tokio::spawn(async move { replay::join(&hub, &*engine, k, id, sub, 1, since).await });
+    }
+}
+
+fn now() -> u64 {
+    crate::connection::unix_ms()
+}
+
+/// Reads frames until a message with offset `until` arrived (with `until` 0: until `joined`
+/// arrived), or 10 s passed; returns the `joined` frame and the message offsets in order.
+pub(crate) async fn collect(outbox: &Outbox, until: u64) -> (Option<ServerFrame>, Vec<u64>) {
+    let mut joined = None;
+    let mut offsets = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let done = |joined: &Option<ServerFrame>, offsets: &Vec<u64>| {
+        if until == 0 { joined.is_some() } else { offsets.last() == Some(&until) }
+    };
+    while !done(&joined, &offsets) && tokio::time::Instant::now() < deadline {
+        let changed = outbox.changed();
+        match outbox.take_all(64) {
+            Take::Frames(frames) => {
+                for f in frames {
+                    match outbox.codec().decode::<ServerFrame>(&f.body()).unwrap() {
+                        ServerFrame::Message { position, .. } => offsets.push(position.offset),
+                        other => joined = joined.or(Some(other)),
+                    }
+                }
+            }
+            _ => {
+                let _ = tokio::time::timeout(Duration::from_millis(50), changed).await;
+            }
+        }
+    }
+    (joined, offsets)
+}
+
+fn contiguous(from: u64, to: u64) -> Vec<u64> {
+    (from..=to).collect()
+}
+
+pub(crate) async fn acked_publishes_are_contiguous_and_delivered_in_order(rig: Rig) {
+    let k = key("r");
+    let (ob, sub) = rig.member(1 << 20);
+    rig.join(&k, 1, sub, None).await;
+    let (joined, _) = collect(&ob, 0).await;
+    assert!(matches!(joined, Some(ServerFrame::Joined { recovered: true, .. })), "{joined:?}");
+    let mut acked = Vec::new();
+    for i in 1..=50 {
+        acked.push(rig.publish(&k, &format!("m{i}")).await.offset);
+    }
+    assert_eq!(acked, contiguous(1, 50));
+    assert_eq!(collect(&ob, 50).await.1, contiguous(1, 50));
+    let stored: Vec<u64> = rig.engine.read_after(&k, 0, 100).await.unwrap().iter().map(|m| m.offset).collect();
+    assert_eq!(stored, contiguous(1, 50), "acked means stored");
+}
+
+pub(crate) async fn retried_ids_get_the_original_position_and_are_delivered_once(rig: Rig) {
+    let k = key("r");
+    let (ob, sub) = rig.member(1 << 20);
+    rig.join(&k, 1, sub, None).await;
+    rig.publish(&k, "before").await;
+    // Retries racing the original's commit, and after it.
+    let (first, second) = tokio::join!(rig.publish_as(&k, "alice", "x"), rig.publish_as(&k, "alice", "x"));
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(first.position, second.position);
+    assert!(first.duplicate != second.duplicate, "exactly one of them stored it");
+    for _ in 0..5 {
+        let again = rig.publish_as(&k, "alice", "x").await.unwrap();
+        assert_eq!((again.position, again.duplicate), (first.position, true));
+    }
+    let bob = rig.publish_as(&k, "bob", "x").await.unwrap();
+    assert!(!bob.duplicate, "ids are per publisher");
+    assert_eq!(bob.position.offset, 3);
+    assert_eq!(collect(&ob, 3).await.1, vec![1, 2, 3], "delivered once");
+}
+
+pub(crate) async fn resume_replays_exactly_what_was_missed_then_goes_live(rig: Rig) {
+    let k = key("r");
+    let mut top = Position::default();
+    for i in 1..=30 {
+        top = rig.publish(&k, &format!("m{i}")).await;
+    }
+    let (ob, sub) = rig.member(1 << 20);
+    rig.join(&k, 1, sub, Some(Position { epoch: top.epoch, offset: 10 })).await;
+    let (joined, offsets) = collect(&ob, 30).await;
+    assert!(matches!(joined, Some(ServerFrame::Joined { recovered: true, .. })), "{joined:?}");
+    assert_eq!(offsets, contiguous(11, 30));
+    rig.publish(&k, "m31").await;
+    assert_eq!(collect(&ob, 31).await.1, vec![31]);
+}
+
+pub(crate) async fn resume_from_another_epoch_is_not_recovered(rig: Rig) {
+    let k = key("r");
+    let top = rig.publish(&k, "m1").await;
+    let (ob, sub) = rig.member(1 << 20);
+    rig.join(&k, 1, sub, Some(Position { epoch: top.epoch ^ 1, offset: 1 })).await;
+    let (joined, _) = collect(&ob, 0).await;
+    assert!(
+        matches!(joined, Some(ServerFrame::Joined { recovered: false, position, .. }) if position == top),
+        "{joined:?}"
+    );
+    rig.publish(&k, "m2").await;
+    assert_eq!(collect(&ob, 2).await.1, vec![2], "then live from the top");
+}
+
+pub(crate) async fn joining_while_publishing_never_gaps_or_duplicates(rig: Rig) {
+    let k = key("race");
+    // The publisher keeps going until every member has joined, then publishes 20 more, so
+    // every join races publishes and every member has something after its join.
+    let joins_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let (engine, k, joins_done) = (rig.engine.clone(), k.clone(), joins_done.clone());
+        tokio::spawn(async move {
+            let rig = Rig { hub: Arc::new(Hub::new(1, 1000)), engine };
+            let (mut i, mut after) = (0u64, 0);
+            while after < 20 {
+                i += 1;
+                rig.publish(&k, &format!("m{i}")).await;
+                if joins_done.load(std::sync::atomic::Ordering::Relaxed) {
+                    after += 1;
+                }
+                if i % 4 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            i
+        })
+    };
+    let mut members = Vec::new();
+    for id in 1..=40u64 {
+        let (ob, sub) = rig.member(1 << 20);
+        // Alternate fresh joins and resumes from a recent position.
+        let since = match (id % 2, rig.hub.position(&k)) {
+            (0, Some(top)) => Some(Position { epoch: top.epoch, offset: top.offset.saturating_sub(id % 7) }),
+            _ => None,
+        };
+        rig.join(&k, id, sub, since).await;
+        members.push((ob, since));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    joins_done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let last = publisher.await.unwrap();
+    for (ob, since) in members {
+        let (joined, offsets) = collect(&ob, last).await;
+        let Some(ServerFrame::Joined { position, recovered: true, .. }) = joined else { panic!("{joined:?}") };
+        let from = since.map_or(position.offset, |s| s.offset) + 1;
+        assert_eq!(offsets, contiguous(from, last), "joined at {position:?} since {since:?}");
+    }
+}
+
+pub(crate) async fn a_slow_member_catches_up_from_history(rig: Rig) {
+    let k = key("r");
+    // Room for a handful of messages only: the member must be fed from history.
+    let (ob, sub) = rig.member(600);
+    rig.join(&k, 1, sub, None).await;
+    collect(&ob, 0).await;
+    for i in 1..=200 {
+        rig.publish(&k, &format!("m{i}")).await;
+    }
+    assert_eq!(collect(&ob, 200).await.1, contiguous(1, 200));
+    assert_eq!(ob.closing(), None);
+}
+
+/// Runs every check above on a fresh engine from `$make` (an `async fn() -> Rig`).
+macro_rules! engine_suite {
+    ($make:path) => {
+        #[tokio::test]
+        async fn acked_publishes_are_contiguous_and_delivered_in_order() {
+            $crate::engine::suite::acked_publishes_are_contiguous_and_delivered_in_order($make().await).await;
+        }
+        #[tokio::test]
+        async fn retried_ids_get_the_original_position_and_are_delivered_once() {
+            $crate::engine::suite::retried_ids_get_the_original_position_and_are_delivered_once($make().await).await;
+        }
+        #[tokio::test]
+        async fn resume_replays_exactly_what_was_missed_then_goes_live() {
+            $crate::engine::suite::resume_replays_exactly_what_was_missed_then_goes_live($make().await).await;
+        }
+        #[tokio::test]
+        async fn resume_from_another_epoch_is_not_recovered() {
+            $crate::engine::suite::resume_from_another_epoch_is_not_recovered($make().await).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn joining_while_publishing_never_gaps_or_duplicates() {
+            $crate::engine::suite::joining_while_publishing_never_gaps_or_duplicates($make().await).await;
+        }
+        #[tokio::test]
+        async fn a_slow_member_catches_up_from_history() {
+            $crate::engine::suite::a_slow_member_catches_up_from_history($make().await).await;
+        }
+    };
+}
+pub(crate) use engine_suite;
+
+fn local(history: Arc<dyn crate::store::History>, config: LocalEngineConfig) -> Rig {
+    let hub = Arc::new(Hub::new(4, 60_000));
+    let engine = LocalEngine::start(config, history, hub.clone()).unwrap();
+    Rig { hub, engine: Arc::new(engine) }
+}
+
+mod memory {
+    async fn make() -> super::Rig {
+        super::local(Arc::new(crate::store::MemoryHistory::new()), Default::default())
+    }
+    use std::sync::Arc;
+    super::engine_suite!(make);
+}
+
+mod embedded {
+    use std::path::PathBuf;
+    use std::sync::{Arc, OnceLock};
+
+    use super::*;
+    use crate::store::{EmbeddedHistory, History, Retention, StoreError};
+
+    fn dir() -> &'static tempfile::TempDir {
+        static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+        DIR.get_or_init(|| tempfile::tempdir().unwrap())
+    }
+
+    fn fresh_path() -> PathBuf {
+        dir().path().join(format!("e-{}.redb", rand::random::<u64>()))
+    }
+
+    async fn make() -> Rig {
+        local(Arc::new(EmbeddedHistory::open(&fresh_path()).unwrap().0), Default::default())
+    }
+    super::engine_suite!(make);
+
+    #[tokio::test]
+    async fn offsets_epoch_and_ids_survive_a_restart() {
+        let path = fresh_path();
+        let k = key("r");
+        let rig = make_at(&path);
+        let first = rig.publish(&k, "a").await;
+        rig.publish(&k, "b").await;
+        rig.engine.shutdown(Duration::from_secs(5)).await;
+        drop(rig);
+        let rig = make_at(&path);
+        let retried = rig.publish_as(&k, "alice", "a").await.unwrap();
+        assert_eq!((retried.position, retried.duplicate), (first, true));
+        let next = rig.publish(&k, "c").await;
+        assert_eq!(next, Position { epoch: first.epoch, offset: 3 });
+    }
+
+    fn make_at(path: &std::path::Path) -> Rig {
+        local(Arc::new(EmbeddedHistory::open(path).unwrap().0), Default::default())
+    }
+
+    /// A store whose commits fail while `failing` is set.
+    struct Flaky {
+        inner: EmbeddedHistory,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    impl History for Flaky {
+        fn append(&self, batch: &[crate::store::Append], r: &Retention) -> Result<(), StoreError> {
+            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Backend("disk full".into()));
+            }
+            self.inner.append(batch, r)
+        }
+        fn meta(&self, key: &RoomKey) -> Result<Option<crate::store::RoomMeta>, StoreError> {
+            self.inner.meta(key)
+        }
+        fn read_after(&self, key: &RoomKey, after: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
+            self.inner.read_after(key, after, limit)
+        }
+        fn read_before(&self, key: &RoomKey, before: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
+            self.inner.read_before(key, before, limit)
+        }
+        fn find_id(&self, key: &RoomKey, from: &str, id: &str) -> Result<Option<(u64, u64)>, StoreError> {
+            self.inner.find_id(key, from, id)
+        }
+        fn expire(&self, before_ms: u64) -> Result<u64, StoreError> {
+            self.inner.expire(before_ms)
+        }
+        fn save_cursors(&self, t: &str, u: &str, c: &[crate::store::Cursor]) -> Result<(), StoreError> {
+            self.inner.save_cursors(t, u, c)
+        }
+        fn forget_cursor(&self, t: &str, u: &str, r: &RoomName) -> Result<(), StoreError> {
+            self.inner.forget_cursor(t, u, r)
+        }
+        fn cursors(&self, t: &str, u: &str, limit: usize) -> Result<Vec<crate::store::Cursor>, StoreError> {
+            self.inner.cursors(t, u, limit)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_acknowledges_nothing_and_leaves_no_hole() {
+        let flaky = Arc::new(Flaky {
+            inner: EmbeddedHistory::open(&fresh_path()).unwrap().0,
+            failing: std::sync::atomic::AtomicBool::new(false),
+        });
+        let rig = local(flaky.clone(), Default::default());
+        let k = key("r");
+        let (ob, sub) = rig.member(1 << 20);
+        rig.join(&k, 1, sub, None).await;
+        rig.publish(&k, "m1").await;
+        flaky.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        let refused = rig.publish_as(&k, "alice", "m2").await;
+        assert!(matches!(refused, Err(EngineError::Unavailable(_))), "{refused:?}");
+        flaky.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+        let retried = rig.publish_as(&k, "alice", "m2").await.unwrap();
+        assert_eq!((retried.position.offset, retried.duplicate), (2, false), "no hole, and the retry is stored");
+        assert_eq!(collect(&ob, 2).await.1, vec![1, 2]);
+    }
+}

@@ -1,0 +1,142 @@
+//! Joins and catch-ups: the async half of membership, which reads history from the engine.
+//!
+//! A join with a `since` position replays what the client missed, then hands the member to live
+//! fanout; a member that fell behind (outbox too full, or offsets skipped on this node) is fed
+//! from history the same way. Replay pushes at the pace the client reads (it waits for room in
+//! the outbox) and switches the member to live under the room's lock exactly when it has
+//! caught up, so no offset is skipped or sent twice (see `room`). These run as tasks of the
+//! member's connection and stop when the member leaves.
+
+use crate::connection::unix_ms;
+use crate::engine::Engine;
+use crate::outbox::CloseReason;
+use crate::proto::{ErrorCode, Position, ServerFrame};
+use crate::store::StoredMessage;
+
+use super::{Attach, Hub, RoomKey, Subscriber, SubscriberId};
+
+/// Messages read from history per step.
+pub const REPLAY_CHUNK: usize = 256;
+
+/// Joins `key` for member `id`, replaying from `since` when given and still covered. Returns
+/// the position the client is now known to have (its `since` when recovered, else the top at
+/// the join), or `None` when the join did not happen.
+pub async fn join(
+    hub: &Hub,
+    engine: &dyn Engine,
+    key: RoomKey,
+    id: SubscriberId,
+    sub: Subscriber,
+    req: u64,
+    since: Option<Position>,
+) -> Option<Position> {
+    // The room may be swept between making it present and attaching: then try again.
+    let attached = loop {
+        if !hub.has_room(&key) {
+            match engine.meta(&key).await {
+                Ok(meta) => hub.ensure_room(&key, meta, unix_ms()),
+                Err(err) => {
+                    refuse(&sub, req, err.code(), err.to_string());
+                    return None;
+                }
+            }
+        }
+        match hub.attach(&key, id, sub.clone(), req, since, unix_ms()) {
+            Ok(Some(attached)) => break attached,
+            Ok(None) => continue,
+            Err(_) => return None,
+        }
+    };
+    let from = match attached {
+        Attach::Live { position, recovered } => return Some(since.filter(|_| recovered).unwrap_or(position)),
+        Attach::Cancelled => return None,
+        Attach::Replay { from } => from,
+    };
+    let first = match engine.read_after(&key, from - 1, REPLAY_CHUNK).await {
+        Ok(first) => first,
+        Err(err) => {
+            hub.leave(&key, id, unix_ms());
+            refuse(&sub, req, err.code(), err.to_string());
+            return None;
+        }
+    };
+    // History covers the gap only if it still starts at `from`.
+    let recovered = first.first().is_some_and(|m| m.offset == from);
+    let position = hub.confirm(&key, id, req, recovered).ok().flatten()?;
+    if !recovered {
+        return Some(position);
+    }
+    replay(hub, engine, &key, id, &sub, position.epoch, first).await;
+    since
+}
+
+/// Feeds a member that fell behind from history until it is live again.
+pub async fn catch_up(hub: &Hub, engine: &dyn Engine, key: RoomKey, id: SubscriberId) {
+    let Some((sub, next, epoch)) = hub.lagging(&key, id) else { return };
+    match engine.read_after(&key, next - 1, REPLAY_CHUNK).await {
+        Ok(chunk) if chunk.first().is_some_and(|m| m.offset == next) => {
+            replay(hub, engine, &key, id, &sub, epoch, chunk).await
+        }
+        Ok(_) => history_gone(hub, &key, id, &sub),
+        Err(err) => {
+            tracing::warn!(%err, room = %key.room, "catch-up read failed");
+            history_gone(hub, &key, id, &sub);
+        }
+    }
+}
+
+/// Pushes `chunk` and the chunks after it until the member is live.
+async fn replay(
+    hub: &Hub,
+    engine: &dyn Engine,
+    key: &RoomKey,
+    id: SubscriberId,
+    sub: &Subscriber,
+    epoch: u64,
+    mut chunk: Vec<StoredMessage>,
+) {
+    let codec = sub.outbox.codec();
+    let replayed = metrics::counter!(crate::metrics::REPLAYED_TOTAL);
+    loop {
+        let Some(last) = chunk.last().map(|m| m.offset) else { return history_gone(hub, key, id, sub) };
+        for m in chunk {
+            if sub.membership.is_cancelled() {
+                return;
+            }
+            let frame = ServerFrame::Message {
+                room: key.room.to_string(),
+                position: Position { epoch, offset: m.offset },
+                from: m.from,
+                time: m.time,
+                id: m.id,
+                data: m.data,
+            };
+            if sub.outbox.push_waiting(sub.lane, codec.frame(&frame), sub.fanout_limit()).await.is_err() {
+                return;
+            }
+            replayed.increment(1);
+        }
+        let Some(next) = hub.replayed(key, id, last) else { return };
+        chunk = match engine.read_after(key, next - 1, REPLAY_CHUNK).await {
+            Ok(chunk) if chunk.first().is_some_and(|m| m.offset == next) => chunk,
+            _ => return history_gone(hub, key, id, sub),
+        };
+    }
+}
+
+/// The offsets a member needs are no longer in history (retention passed them while it was
+/// behind): it cannot continue without a gap, so its connection is closed with a retryable
+/// code; on resume its `joined` says "not recovered".
+fn history_gone(hub: &Hub, key: &RoomKey, id: SubscriberId, sub: &Subscriber) {
+    hub.leave(key, id, unix_ms());
+    let message = format!("history of {} no longer covers this connection's position", key.room);
+    let frame = ServerFrame::error(0, ErrorCode::SLOW_CONSUMER, message);
+    let _ = sub.outbox.push(crate::outbox::CONTROL, sub.outbox.codec().frame(&frame));
+    sub.outbox.close(CloseReason::Error(ErrorCode::SLOW_CONSUMER));
+}
+
+/// Answers the join with an error (the member was not added).
+fn refuse(sub: &Subscriber, req: u64, code: ErrorCode, message: String) {
+    let frame = ServerFrame::error(req, code, message);
+    let _ = sub.outbox.push(sub.lane, sub.outbox.codec().frame(&frame));
+}

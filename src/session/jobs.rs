@@ -1,0 +1,115 @@
+//! The async work of a session: what needs the engine's IO (joins that may replay history,
+//! history pages, the list of followed rooms). The session queues a [`Job`]; the connection runs
+//! it as one of its tasks, so jobs end with the connection.
+
+use std::sync::Arc;
+
+use crate::hub::{CatchUp, RoomKey, Subscriber, SubscriberId, replay};
+use crate::outbox::{LaneId, Outbox};
+use crate::proto::{HistoryEntry, Position, RoomCursor, ServerFrame};
+use crate::store::Cursor;
+
+use super::{MAX_ROOMS_LISTED, SessionContext};
+
+pub enum Job {
+    /// Join a room, replaying from `since` if asked; records the user as following it.
+    Join {
+        key: RoomKey,
+        id: SubscriberId,
+        subscriber: Subscriber,
+        req: u64,
+        since: Option<Position>,
+        user: String,
+        now_ms: u64,
+    },
+    /// Feed a member that fell behind from history.
+    CatchUp(CatchUp),
+    /// Answer a `history` request.
+    History {
+        key: RoomKey,
+        outbox: Arc<Outbox>,
+        lane: LaneId,
+        req: u64,
+        before: Option<u64>,
+        limit: u32,
+        max_bytes: usize,
+    },
+    /// Answer a `rooms` request.
+    Rooms { tenant: String, user: String, outbox: Arc<Outbox>, lane: LaneId, req: u64 },
+}
+
+pub async fn run(job: Job, ctx: Arc<SessionContext>) {
+    let engine = &*ctx.engine;
+    match job {
+        Job::Join { key, id, subscriber, req, since, user, now_ms } => {
+            let (membership, lane) = (subscriber.membership.clone(), subscriber.lane);
+            let Some(joined) = replay::join(&ctx.hub, engine, key.clone(), id, subscriber, req, since).await else {
+                return;
+            };
+            if membership.is_cancelled() {
+                return;
+            }
+            // The presence snapshot follows `joined` (and any replayed messages).
+            let _ = ctx.awareness.join(&key, id, lane, crate::connection::unix_ms());
+            let cursor = Cursor { room: key.room, position: joined, updated: now_ms };
+            engine.save_cursors(&key.tenant, &user, vec![cursor]);
+        }
+        Job::CatchUp(CatchUp { key, id }) => replay::catch_up(&ctx.hub, engine, key, id).await,
+        Job::History { key, outbox, lane, req, before, limit, max_bytes } => {
+            let frame = match history_page(&ctx, &key, req, before, limit, max_bytes).await {
+                Ok(frame) => frame,
+                Err(err) => ServerFrame::error(req, err.code(), err.to_string()),
+            };
+            let _ = outbox.push(lane, outbox.codec().frame(&frame));
+        }
+        Job::Rooms { tenant, user, outbox, lane, req } => {
+            let frame = match engine.cursors(&tenant, &user, MAX_ROOMS_LISTED).await {
+                Ok(cursors) => ServerFrame::Rooms {
+                    req,
+                    rooms: cursors
+                        .into_iter()
+                        .map(|c| RoomCursor { room: c.room.to_string(), position: c.position })
+                        .collect(),
+                },
+                Err(err) => ServerFrame::error(req, err.code(), err.to_string()),
+            };
+            let _ = outbox.push(lane, outbox.codec().frame(&frame));
+        }
+    }
+}
+
+/// Reads one page; the page is cut short (keeping the newest messages) so the frame stays
+/// within `max_bytes`.
+async fn history_page(
+    ctx: &SessionContext,
+    key: &RoomKey,
+    req: u64,
+    before: Option<u64>,
+    limit: u32,
+    max_bytes: usize,
+) -> Result<ServerFrame, crate::engine::EngineError> {
+    let meta = ctx.engine.meta(key).await?;
+    let before = before.unwrap_or(u64::MAX);
+    let mut messages = ctx.engine.read_before(key, before, limit as usize).await?;
+    let mut budget = max_bytes.saturating_sub(256);
+    let mut keep = 0;
+    for m in messages.iter().rev() {
+        let size = m.data.len() * 4 / 3 + m.from.len() + m.id.len() + 64;
+        if keep > 0 && size > budget {
+            break;
+        }
+        budget = budget.saturating_sub(size);
+        keep += 1;
+    }
+    let messages = messages.split_off(messages.len() - keep);
+    Ok(ServerFrame::History {
+        req,
+        room: key.room.to_string(),
+        position: meta.position(),
+        first: meta.first,
+        messages: messages
+            .into_iter()
+            .map(|m| HistoryEntry { offset: m.offset, from: m.from, time: m.time, id: m.id, data: m.data })
+            .collect(),
+    })
+}
