@@ -1,12 +1,13 @@
-//! Fanout cost of `Hub::publish`: one 100-byte message to a room of N in-process subscribers.
+//! Fanout cost of `Hub::deliver`: one committed 100-byte message to a room of N in-process
+//! members.
 //!
-//! Every subscriber has its own `Outbox`, half JSON and half postcard, so the frame is encoded
-//! once per codec and shared. The timed part is `Hub::publish` alone (position assignment,
-//! encoding, one push per subscriber). Outboxes are drained with `take_all` every
+//! Every member has its own `Outbox`, half JSON and half postcard, so the frame is encoded
+//! once per codec and shared. The timed part is `Hub::deliver` alone (encoding, one push per
+//! member); the engine's commit is not included (see the `store` bench). Outboxes are drained with `take_all` every
 //! `DRAIN_EVERY` publishes, outside the timed part, so they never grow without bound and never
 //! overflow. Throughput is in elements = deliveries (subscribers reached per publish).
 //!
-//! No metrics recorder is installed, so the `metrics` macros in `Hub::publish` are no-ops here;
+//! No metrics recorder is installed, so the `metrics` macros in `Hub::deliver` are no-ops here;
 //! a relay exporting Prometheus metrics pays for them on top.
 //!
 //! Run: `cargo bench --bench fanout`. Results and the machine they came from: `docs/performance.md`.
@@ -17,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use edgerelay::hub::{Hub, RoomKey, Subscriber};
+use edgerelay::hub::{Hub, Membership, RoomKey, Subscriber};
 use edgerelay::outbox::{CONTROL, Outbox, Take};
 use edgerelay::proto::{Codec, Payload, RoomName};
+use edgerelay::store::{RoomMeta, StoredMessage};
 
 /// Publishes between two drains of every outbox.
 const DRAIN_EVERY: u64 = 32;
@@ -57,21 +59,33 @@ fn fanout(c: &mut Criterion) {
     for subscribers in [1usize, 100, 1_000, 10_000] {
         let hub = Hub::new(16, 60_000);
         let key = RoomKey { tenant: "acme".into(), room: RoomName::parse("chat:lobby").unwrap() };
+        hub.ensure_room(&key, RoomMeta::empty(1), NOW_MS);
+        let (catch_up, _lagging) = tokio::sync::mpsc::unbounded_channel();
         let outboxes: Vec<Arc<Outbox>> = (0..subscribers)
             .map(|i| {
                 let codec = if i % 2 == 0 { Codec::Json } else { Codec::Postcard };
                 let outbox = Outbox::new(codec, OUTBOX_CAP);
-                let subscriber = Subscriber { outbox: outbox.clone(), lane: CONTROL };
-                hub.join(&key, i as u64 + 1, subscriber, 1, None, NOW_MS).expect("join");
+                let subscriber = Subscriber {
+                    outbox: outbox.clone(),
+                    lane: CONTROL,
+                    membership: Membership::default(),
+                    catch_up: catch_up.clone(),
+                };
+                hub.attach(&key, i as u64 + 1, subscriber, 1, None, NOW_MS).expect("join");
                 outbox
             })
             .collect();
         assert_eq!(drain(&outboxes), subscribers, "one joined frame each");
         let data = payload_100();
+        let mut offset = 0;
+        let mut message = move || {
+            offset += 1;
+            StoredMessage { offset, time: NOW_MS, from: "alice".into(), id: "msg-0001".into(), data: data.clone() }
+        };
 
-        // One untimed publish to check the setup: everyone receives it, nobody is dropped.
-        let published = hub.publish(&key, "alice", "check", data.clone(), NOW_MS);
-        assert_eq!((published.delivered, published.dropped.len()), (subscribers, 0));
+        // One untimed delivery to check the setup: everyone receives it, nobody lags.
+        let delivered = hub.deliver(&key, 1, &message());
+        assert_eq!((delivered.delivered, delivered.lagging), (subscribers, 0));
         assert_eq!(drain(&outboxes), subscribers);
 
         group.throughput(Throughput::Elements(subscribers as u64));
@@ -81,10 +95,10 @@ fn fanout(c: &mut Criterion) {
                 let mut done = 0;
                 while done < iters {
                     let chunk = DRAIN_EVERY.min(iters - done);
+                    let messages: Vec<StoredMessage> = (0..chunk).map(|_| message()).collect();
                     let start = Instant::now();
-                    for _ in 0..chunk {
-                        let published = hub.publish(&key, "alice", "msg-0001", data.clone(), NOW_MS);
-                        black_box(published);
+                    for m in &messages {
+                        black_box(hub.deliver(&key, 1, m));
                     }
                     timed += start.elapsed();
                     done += chunk;

@@ -231,7 +231,7 @@ async fn silent_connections_are_closed_at_the_auth_deadline() {
 }
 
 #[tokio::test]
-async fn stalled_reader_is_cut_off_and_does_not_slow_others() {
+async fn stalled_reader_does_not_slow_others_and_catches_up_from_history() {
     let relay = start_with(|c| {
         c.limits.outbox_bytes = 256 * 1024;
         c.limits.publish_rate = 100_000;
@@ -264,18 +264,61 @@ async fn stalled_reader_is_cut_off_and_does_not_slow_others() {
             assert_eq!(position.offset, i + 1);
         }
         let fast = within("fast subscriber gets everything", reader).await.unwrap();
-        let closed = within("stalled reader closed", async {
+        // The stalled client was switched to replay from history, not dropped: once it reads,
+        // it gets every message, in order, exactly once.
+        within("stalled reader catches up", async {
+            for expected in 1..=total {
+                let m = stalled.next_message().await.expect("stalled subscriber is still connected");
+                assert_eq!(m.position.offset, expected, "{transport:?}");
+            }
+        })
+        .await;
+        fast.close().await;
+        publisher.close().await;
+        stalled.close().await;
+    }
+}
+
+#[tokio::test]
+async fn stalled_reader_beyond_retention_is_closed_as_slow_consumer() {
+    let relay = start_with(|c| {
+        c.limits.outbox_bytes = 128 * 1024;
+        c.limits.publish_rate = 100_000;
+        c.limits.publish_burst = 100_000;
+        c.store.max_messages = 50;
+    })
+    .await;
+    for transport in [Transport::Quic, Transport::WebSocket] {
+        let room = format!("trimmed-{transport:?}");
+        let token = relay.token("slow", "acme", &["*"]);
+        let mut options = ClientOptions::new(token).codec(Codec::Postcard);
+        options.event_buffer = 1;
+        let mut stalled = Client::connect(relay.target(transport), options).await.unwrap();
+        stalled.join(&room).await.unwrap();
+        let publisher = relay.connect(Transport::Quic, Codec::Postcard, "pub", "acme", &["*"]).await;
+        let payload = Payload::from(vec![7u8; 16 * 1024]);
+        for i in 0..1000u64 {
+            publisher.publish(&room, &format!("{i}"), payload.clone()).await.unwrap();
+        }
+        // What was queued before it fell behind arrives in order; then the relay finds that
+        // history (50 messages) no longer reaches back to it and closes with a resumable code.
+        let (received, closed) = within("stalled reader closed", async {
+            let mut received = 0u64;
             loop {
                 match stalled.next_event().await {
-                    Some(Event::Closed { code, .. }) => break code,
+                    Some(Event::Message(m)) => {
+                        received += 1;
+                        assert_eq!(m.position.offset, received, "no gap before the close");
+                    }
+                    Some(Event::Closed { code, .. }) => break (received, code),
                     Some(_) => {}
-                    None => break None,
+                    None => break (received, None),
                 }
             }
         })
         .await;
         assert_eq!(closed, Some(ErrorCode::SLOW_CONSUMER), "{transport:?}");
-        fast.close().await;
+        assert!(received < 1000, "{transport:?}: {received}");
         publisher.close().await;
     }
 }
