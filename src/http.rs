@@ -20,10 +20,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::connection::unix_ms;
-use crate::hub::awareness::Awareness;
-use crate::hub::presence::UserKey;
 use crate::engine::{Done, Engine, Publish};
 use crate::hub::RoomKey;
+use crate::hub::awareness::Awareness;
+use crate::hub::presence::UserKey;
 use crate::proto::{ErrorCode, Payload, Position, RoomName};
 use crate::session::MAX_MESSAGE_ID_LEN;
 use crate::transport::websocket::WebSocketTransport;

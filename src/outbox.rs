@@ -266,6 +266,8 @@ impl Outbox {
         }
         let frames: Vec<WireFrame> = inner.datagrams.drain(..n).map(|(_, f)| f).collect();
         inner.bytes -= frames.iter().map(WireFrame::len).sum::<usize>();
+        drop(inner);
+        self.space.notify_waiters();
         Take::Frames(frames)
     }
 

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use edgerelay::proto::{
-    ClientFrame, Codec, ErrorCode, Payload, Position, PresenceEntry, ServerFrame, Status, WireLimits,
+    ClientFrame, Codec, ErrorCode, HistoryEntry, Payload, Position, PresenceEntry, RoomCursor, ServerFrame, Status,
+    WireLimits,
 };
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +58,10 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
         ("typing", ClientFrame::Typing { room: "chat:lobby".into(), typing: true }),
         ("presence_sync", ClientFrame::PresenceSync { req: 8, room: "chat:lobby".into() }),
         ("privacy", ClientFrame::Privacy { hide_presence: false, hide_typing: true }),
+        ("history", ClientFrame::History { req: 9, room: "chat:lobby".into(), before: Some(43), limit: 50 }),
+        ("history_newest", ClientFrame::History { req: 10, room: "chat:lobby".into(), before: None, limit: 20 }),
+        ("rooms", ClientFrame::Rooms { req: 11 }),
+        ("cursor", ClientFrame::Cursor { room: "chat:lobby".into(), position: pos(7, 42) }),
     ]
 }
 
@@ -139,6 +144,26 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
                 version: 1_700_000_000_500,
                 ttl_ms: 6000,
             },
+        ),
+        (
+            "history",
+            ServerFrame::History {
+                req: 9,
+                room: "chat:lobby".into(),
+                position: pos(7, 43),
+                first: 1,
+                messages: vec![HistoryEntry {
+                    offset: 41,
+                    from: "alice".into(),
+                    time: 1_700_000_000_100,
+                    id: "m-0".into(),
+                    data: Payload::from(r#"{"text":"earlier"}"#),
+                }],
+            },
+        ),
+        (
+            "rooms",
+            ServerFrame::Rooms { req: 11, rooms: vec![RoomCursor { room: "chat:lobby".into(), position: pos(7, 42) }] },
         ),
     ]
 }

@@ -16,9 +16,9 @@ use tokio::sync::mpsc;
 
 use crate::auth::{Identity, Verifier};
 use crate::config::LimitsConfig;
+use crate::engine::{Done, Engine, Publish};
 use crate::hub::awareness::Awareness;
 use crate::hub::presence::UserKey;
-use crate::engine::{Done, Engine, Publish};
 use crate::hub::{CatchUp, Hub, Membership, RoomKey, Subscriber};
 use crate::outbox::{CONTROL, DatagramKey, LaneId, Outbox, PushError};
 use crate::proto::{ClientFrame, ErrorCode, PROTOCOL_VERSION, Payload, Position, RoomName, ServerFrame, WireLimits};
