@@ -134,13 +134,15 @@ async fn rooms_and_tenants_are_isolated() {
         acme.join("chat:lobby").await.unwrap();
         acme_other_room.join("chat:other").await.unwrap();
         let g = globex.join("chat:lobby").await.unwrap();
-        acme.publish("chat:lobby", "a", Payload::from("\"acme\"")).await.unwrap();
+        // Ids are per variant: a repeated id within the dedupe window would be a retry.
+        let id = |what: &str| format!("{what}-{transport:?}-{codec:?}");
+        acme.publish("chat:lobby", &id("a"), Payload::from("\"acme\"")).await.unwrap();
         // globex's own message arrives; acme's never does.
-        let pos = globex.publish("chat:lobby", "g", Payload::from("\"globex\"")).await.unwrap();
+        let pos = globex.publish("chat:lobby", &id("g"), Payload::from("\"globex\"")).await.unwrap();
         assert_eq!(pos.offset, g.position.offset + 1, "globex has its own offsets");
         let m = within("globex message", globex.next_message()).await.unwrap();
         assert_eq!(m.data.as_json(), Some("\"globex\""));
-        acme_other_room.publish("chat:other", "o", Payload::from("1")).await.unwrap();
+        acme_other_room.publish("chat:other", &id("o"), Payload::from("1")).await.unwrap();
         let m = within("other room", acme_other_room.next_message()).await.unwrap();
         assert_eq!(m.room, "chat:other", "no message from chat:lobby leaks into chat:other");
     }

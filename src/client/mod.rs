@@ -7,6 +7,7 @@
 
 pub mod presence;
 mod quic;
+pub mod resilient;
 pub mod typing;
 mod websocket;
 
@@ -22,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::proto::{
-    ClientFrame, Codec, ErrorCode, PROTOCOL_VERSION, Payload, Position, PresenceEntry, ServerFrame, Status, WireLimits,
+    ClientFrame, Codec, ErrorCode, HistoryEntry, PROTOCOL_VERSION, Payload, Position, PresenceEntry, RoomCursor,
+    ServerFrame, Status, WireLimits,
 };
 use presence::RoomPresence;
 
@@ -82,6 +84,15 @@ pub struct Welcome {
     pub user: String,
     pub server_time: u64,
     pub limits: WireLimits,
+}
+
+/// A page of history, oldest first; `position` is the room's top, `first` the lowest retained
+/// offset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPage {
+    pub position: Position,
+    pub first: u64,
+    pub messages: Vec<HistoryEntry>,
 }
 
 /// A joined room's state at the join.
@@ -217,6 +228,8 @@ impl Shared {
             | ServerFrame::Pong { req, .. }
             | ServerFrame::Refreshed { req, .. }
             | ServerFrame::PresenceSnapshot { req, .. }
+            | ServerFrame::History { req, .. }
+            | ServerFrame::Rooms { req, .. }
             | ServerFrame::Error { req, .. } => *req,
             _ => 0,
         };
@@ -560,6 +573,50 @@ impl Client {
             ServerFrame::Refreshed { expires_at, .. } => Ok(expires_at),
             other => Err(ClientError::Protocol(format!("expected refreshed, got {other:?}"))),
         }
+    }
+
+    /// A page of a room's history: up to `limit` messages before offset `before` (the newest
+    /// when `None`), oldest first.
+    pub async fn history(&self, room: &str, before: Option<u64>, limit: u32) -> Result<HistoryPage, ClientError> {
+        let req = self.req();
+        let rx = self.expect(req);
+        let frame = ClientFrame::History { req, room: room.to_owned(), before, limit };
+        self.send_control(self.codec.frame(&frame)).await?;
+        match self.answer(req, rx).await? {
+            ServerFrame::History { position, first, messages, .. } => Ok(HistoryPage { position, first, messages }),
+            other => Err(ClientError::Protocol(format!("expected history, got {other:?}"))),
+        }
+    }
+
+    /// The rooms this user follows, with the last position the relay knows they have.
+    pub async fn followed_rooms(&self) -> Result<Vec<RoomCursor>, ClientError> {
+        let req = self.req();
+        let rx = self.expect(req);
+        self.send_control(self.codec.frame(&ClientFrame::Rooms { req })).await?;
+        match self.answer(req, rx).await? {
+            ServerFrame::Rooms { rooms, .. } => Ok(rooms),
+            other => Err(ClientError::Protocol(format!("expected rooms, got {other:?}"))),
+        }
+    }
+
+    /// Tells the relay this client has every message of `room` up to `position` (no answer).
+    pub async fn cursor(&self, room: &str, position: Position) -> Result<(), ClientError> {
+        self.send_control(self.codec.frame(&ClientFrame::Cursor { room: room.to_owned(), position })).await
+    }
+
+    /// Moves the event stream out, so requests can share the client (`Arc<Client>`) while one
+    /// owner reads events; `next_event` then returns `None`.
+    pub fn take_events(&mut self) -> mpsc::Receiver<Event> {
+        std::mem::replace(&mut self.events, mpsc::channel(1).1)
+    }
+
+    /// Closes the connection without waiting for the client's tasks (see `close`).
+    pub fn abort(&self) {
+        match &*self.link {
+            Link::Quic(link) => link.close(),
+            Link::WebSocket(link) => link.close(),
+        }
+        self.cancel.cancel();
     }
 
     /// The next event, or `None` once the connection is gone and every event was read.

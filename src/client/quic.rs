@@ -57,7 +57,10 @@ pub(super) async fn connect(
         quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| ClientError::Connect(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    transport.keep_alive_interval(Some(Duration::from_secs(2)));
+    // A relay that vanished (crash, network gone) is noticed within this, so a reconnecting
+    // client resumes quickly; keep-alives keep a healthy idle connection well inside it.
+    transport.max_idle_timeout(Some(quinn::VarInt::from_u32(8_000).into()));
     config.transport_config(Arc::new(transport));
 
     let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }

@@ -220,18 +220,19 @@ impl LocalEngine {
         Ok(seq.clone())
     }
 
-    fn send(&self, op: Op) -> Result<(), Op> {
+    /// Queues an op for the writer; hands it back when the writer has stopped.
+    fn send(&self, op: Op) -> Result<(), Box<Op>> {
         if self.stopping.load(Ordering::Acquire) {
-            return Err(op);
+            return Err(Box::new(op));
         }
-        self.queue.send(op).map_err(|e| e.0)
+        self.queue.send(op).map_err(|e| Box::new(e.0))
     }
 
     /// On an error before the publish was queued, hands `done` back to be completed with it.
-    fn publish_inner(&self, p: Publish, done: Done) -> Result<(), (EngineError, Done)> {
+    fn publish_inner(&self, p: Publish, done: Done) -> Result<(), Box<(EngineError, Done)>> {
         let seq = match self.seq(&p.key, p.now_ms) {
             Ok(seq) => seq,
-            Err(e) => return Err((e, done)),
+            Err(e) => return Err(Box::new((e, done))),
         };
         let mut s = lock(&seq);
         s.last_used = p.now_ms;
@@ -253,15 +254,15 @@ impl LocalEngine {
         if s.had_history && p.now_ms.saturating_sub(s.loaded_at) < window {
             let found = match self.history.find_id(&p.key, &p.from, &p.id) {
                 Ok(found) => found,
-                Err(e) => return Err((e.into(), done)),
+                Err(e) => return Err(Box::new((e.into(), done))),
             };
-            if let Some((offset, time)) = found {
-                if p.now_ms.saturating_sub(time) < window {
-                    let position = Position { epoch: s.epoch, offset };
-                    drop(s);
-                    done.complete(Ok(Accepted { position, duplicate: true }));
-                    return Ok(());
-                }
+            if let Some((offset, time)) = found
+                && p.now_ms.saturating_sub(time) < window
+            {
+                let position = Position { epoch: s.epoch, offset };
+                drop(s);
+                done.complete(Ok(Accepted { position, duplicate: true }));
+                return Ok(());
             }
         }
         s.assigned += 1;
@@ -276,7 +277,7 @@ impl LocalEngine {
             // Nothing will commit it: undo the assignment (still under the lock).
             s.assigned -= 1;
             s.in_flight -= 1;
-            if let Op::Append { message, .. } = &op {
+            if let Op::Append { message, .. } = &*op {
                 s.recent.remove(&(message.from.clone(), message.id.clone()));
             }
             drop(s);
@@ -288,7 +289,8 @@ impl LocalEngine {
 
 impl Engine for LocalEngine {
     fn publish(&self, publish: Publish, done: Done) {
-        if let Err((err, done)) = self.publish_inner(publish, done) {
+        if let Err(refused) = self.publish_inner(publish, done) {
+            let (err, done) = *refused;
             done.complete(Err(err));
         }
     }

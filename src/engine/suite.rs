@@ -182,8 +182,9 @@ pub(crate) async fn joining_while_publishing_never_gaps_or_duplicates(rig: Rig) 
     for id in 1..=40u64 {
         let (ob, sub) = rig.member(1 << 20);
         // Alternate fresh joins and resumes from a recent position.
-        let since = match (id % 2, rig.hub.position(&k)) {
+        let since = match (id % 3, rig.hub.position(&k)) {
             (0, Some(top)) => Some(Position { epoch: top.epoch, offset: top.offset.saturating_sub(id % 7) }),
+            (1, _) => Some(Position { epoch: 0, offset: 0 }),
             _ => None,
         };
         rig.join(&k, id, sub, since).await;
@@ -197,6 +198,28 @@ pub(crate) async fn joining_while_publishing_never_gaps_or_duplicates(rig: Rig) 
         let Some(ServerFrame::Joined { position, recovered: true, .. }) = joined else { panic!("{joined:?}") };
         let from = since.map_or(position.offset, |s| s.offset) + 1;
         assert_eq!(offsets, contiguous(from, last), "joined at {position:?} since {since:?}");
+    }
+}
+
+pub(crate) async fn joining_a_new_room_from_the_start_while_it_fills_never_duplicates(rig: Rig) {
+    for round in 0..30 {
+        let k = key(&format!("fresh-{round}"));
+        let publisher = {
+            let (engine, k) = (rig.engine.clone(), k.clone());
+            tokio::spawn(async move {
+                let rig = Rig { hub: Arc::new(Hub::new(1, 1000)), engine };
+                for i in 1..=30u64 {
+                    rig.publish(&k, &format!("m{i}")).await;
+                }
+            })
+        };
+        for _ in 0..round % 4 {
+            tokio::task::yield_now().await;
+        }
+        let (ob, sub) = rig.member(1 << 20);
+        rig.join(&k, 1, sub, Some(Position { epoch: 0, offset: 0 })).await;
+        publisher.await.unwrap();
+        assert_eq!(collect(&ob, 30).await.1, contiguous(1, 30), "round {round}");
     }
 }
 
@@ -235,6 +258,11 @@ macro_rules! engine_suite {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn joining_while_publishing_never_gaps_or_duplicates() {
             $crate::engine::suite::joining_while_publishing_never_gaps_or_duplicates($make().await).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn joining_a_new_room_from_the_start_while_it_fills_never_duplicates() {
+            $crate::engine::suite::joining_a_new_room_from_the_start_while_it_fills_never_duplicates($make().await)
+                .await;
         }
         #[tokio::test]
         async fn a_slow_member_catches_up_from_history() {

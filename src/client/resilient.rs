@@ -1,0 +1,343 @@
+//! A client that survives disconnections: it reconnects by itself (exponential backoff with full
+//! jitter), rejoins every room from the last position it saw, and retries every unacknowledged
+//! publish with its original id until the relay acknowledges it. The application sees each
+//! room's messages once and in order, across any number of reconnects.
+//!
+//! Exactly-once on both sides rests on the relay: a retried id within the dedupe window returns
+//! the original position and is not delivered again, and a rejoin with `since` replays exactly
+//! the missed offsets. This client only has to keep ids and positions, and drop a message whose
+//! offset it already has (one can arrive twice only if a connection died mid-replay).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{Client, ClientError, ClientOptions, Event, Message, Target};
+use crate::proto::{ErrorCode, Payload, Position};
+
+/// How to reconnect.
+#[derive(Debug, Clone)]
+pub struct Reconnect {
+    /// First retry delay ceiling; doubles per failed attempt up to `max_delay`.
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// On the first connection, also join every room the relay says this user follows, from
+    /// the last position it knows they have (offline replay).
+    pub follow_rooms: bool,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect { base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(5), follow_rooms: false }
+    }
+}
+
+impl Reconnect {
+    /// The delay before attempt `attempt` (0-based): uniform in `[0, min(max, base * 2^attempt)]`
+    /// ("full jitter"), so a crowd of clients does not come back in lockstep.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self.base_delay.saturating_mul(1u32 << attempt.min(16)).min(self.max_delay);
+        ceiling.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// What the application sees.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResilientEvent {
+    /// A room's next message (never a duplicate).
+    Message(Message),
+    /// A connection was established (`attempt` 0 is the first).
+    Connected { attempt: u64 },
+    /// The connection was lost; the client is reconnecting.
+    Disconnected { code: Option<ErrorCode>, reason: String },
+    /// The relay could not replay what this client missed in `room` (history no longer covers it,
+    /// or it was lost): messages continue after `position`; reload older state elsewhere.
+    NotRecovered { room: String, position: Position },
+}
+
+struct Unacked {
+    room: String,
+    id: String,
+    data: Payload,
+    waiters: Vec<oneshot::Sender<Position>>,
+}
+
+/// State shared by the handle and the driver task.
+#[derive(Default)]
+struct State {
+    /// Joined rooms and the last position the application received in each.
+    rooms: BTreeMap<String, Option<Position>>,
+    /// Publishes not yet acknowledged, in the order they were made.
+    unacked: VecDeque<Unacked>,
+}
+
+enum Command {
+    Join(String),
+    Publish(String),
+}
+
+pub struct Resilient {
+    state: Arc<Mutex<State>>,
+    commands: mpsc::UnboundedSender<Command>,
+    events: mpsc::Receiver<ResilientEvent>,
+    /// Stops the driver when the handle is dropped.
+    _stop: tokio_util::sync::DropGuard,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Resilient {
+    /// Starts connecting in the background; events report when a connection is up.
+    pub fn start(target: Target, options: ClientOptions, reconnect: Reconnect) -> Resilient {
+        let state = Arc::new(Mutex::new(State::default()));
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (events_tx, events) = mpsc::channel(options.event_buffer.max(1));
+        let cancel = CancellationToken::new();
+        let driver =
+            Driver { target, options, reconnect, state: state.clone(), events: events_tx, cancel: cancel.clone() };
+        let driver = tokio::spawn(driver.run(commands_rx));
+        Resilient { state, commands, events, _stop: cancel.drop_guard(), driver }
+    }
+
+    /// Joins a room (now if connected, else on connect) and keeps it joined across reconnects.
+    pub fn join(&self, room: &str) {
+        self.join_since(room, None)
+    }
+
+    /// Joins a room from a position the application kept (e.g. across app restarts).
+    pub fn join_since(&self, room: &str, since: Option<Position>) {
+        lock(&self.state).rooms.entry(room.to_owned()).or_insert(since);
+        let _ = self.commands.send(Command::Join(room.to_owned()));
+    }
+
+    /// The last position received in each joined room.
+    pub fn positions(&self) -> BTreeMap<String, Option<Position>> {
+        lock(&self.state).rooms.clone()
+    }
+
+    /// Publishes and waits until the relay acknowledged it, however many reconnects that takes.
+    /// The message is stored once even if it is sent several times. `Err` only after `close`.
+    pub async fn publish(&self, room: &str, id: &str, data: impl Into<Payload>) -> Result<Position, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = lock(&self.state);
+            match state.unacked.iter_mut().find(|u| u.room == room && u.id == id) {
+                Some(existing) => existing.waiters.push(tx),
+                None => state.unacked.push_back(Unacked {
+                    room: room.to_owned(),
+                    id: id.to_owned(),
+                    data: data.into(),
+                    waiters: vec![tx],
+                }),
+            }
+        }
+        let _ = self.commands.send(Command::Publish(id.to_owned()));
+        rx.await.map_err(|_| ClientError::Closed { code: None, reason: "client closed".into() })
+    }
+
+    /// Publishes not yet acknowledged.
+    pub fn unacked(&self) -> usize {
+        lock(&self.state).unacked.len()
+    }
+
+    pub async fn next_event(&mut self) -> Option<ResilientEvent> {
+        self.events.recv().await
+    }
+
+    /// The next message, skipping connection events.
+    pub async fn next_message(&mut self) -> Option<Message> {
+        loop {
+            match self.events.recv().await? {
+                ResilientEvent::Message(m) => return Some(m),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Stops reconnecting and closes the connection.
+    pub async fn close(self) {
+        let Resilient { _stop, driver, .. } = self;
+        drop(_stop);
+        let _ = tokio::time::timeout(Duration::from_secs(3), driver).await;
+    }
+}
+
+struct Driver {
+    target: Target,
+    options: ClientOptions,
+    reconnect: Reconnect,
+    state: Arc<Mutex<State>>,
+    events: mpsc::Sender<ResilientEvent>,
+    cancel: CancellationToken,
+}
+
+/// Why one connection's session ended.
+enum Ended {
+    Lost { code: Option<ErrorCode>, reason: String, wait: Duration },
+    Stopped,
+}
+
+impl Driver {
+    async fn run(self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut connections = 0u64;
+        let mut failures = 0u32;
+        let mut wait = Duration::ZERO;
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let client = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                connected = Client::connect(self.target.clone(), self.options.clone()) => connected,
+            };
+            let client = match client {
+                Ok(client) => client,
+                Err(err) => {
+                    tracing::debug!(%err, "reconnect attempt failed");
+                    wait = self.reconnect.delay(failures);
+                    failures = failures.saturating_add(1);
+                    continue;
+                }
+            };
+            failures = 0;
+            let _ = self.events.send(ResilientEvent::Connected { attempt: connections }).await;
+            let first = connections == 0;
+            connections += 1;
+            match self.session(client, &mut commands, first).await {
+                Ended::Stopped => return,
+                Ended::Lost { code, reason, wait: after } => {
+                    let _ = self.events.send(ResilientEvent::Disconnected { code, reason }).await;
+                    wait = after.max(self.reconnect.delay(0));
+                }
+            }
+        }
+    }
+
+    /// Serves one connection: rejoin, resend, then relay events and commands until it ends.
+    async fn session(&self, mut client: Client, commands: &mut mpsc::UnboundedReceiver<Command>, first: bool) -> Ended {
+        // Requests run as tasks sharing the client; this loop alone reads its events.
+        let mut client_events = client.take_events();
+        let client = Arc::new(client);
+        let ended = self.serve(&client, &mut client_events, commands, first).await;
+        client.abort();
+        ended
+    }
+
+    async fn serve(
+        &self,
+        client: &Arc<Client>,
+        client_events: &mut mpsc::Receiver<Event>,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+        first: bool,
+    ) -> Ended {
+        if first
+            && self.reconnect.follow_rooms
+            && let Ok(followed) = client.followed_rooms().await
+        {
+            let mut state = lock(&self.state);
+            for f in followed {
+                state.rooms.entry(f.room).or_insert(Some(f.position));
+            }
+        }
+        let mut requests: JoinSet<Result<(), ClientError>> = JoinSet::new();
+        let rooms: Vec<String> = lock(&self.state).rooms.keys().cloned().collect();
+        for room in rooms {
+            self.rejoin(&mut requests, client, room);
+        }
+        let ids: Vec<String> = lock(&self.state).unacked.iter().map(|u| u.id.clone()).collect();
+        for id in ids {
+            self.resend(&mut requests, client, &id);
+        }
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Ended::Stopped,
+                command = commands.recv() => match command {
+                    Some(Command::Join(room)) => self.rejoin(&mut requests, client, room),
+                    Some(Command::Publish(id)) => self.resend(&mut requests, client, &id),
+                    None => return Ended::Stopped,
+                },
+                Some(done) = requests.join_next(), if !requests.is_empty() => {
+                    if let Ok(Err(err)) = done {
+                        tracing::debug!(%err, "request failed; retried after reconnecting");
+                    }
+                }
+                event = client_events.recv() => match event {
+                    Some(Event::Message(m)) => {
+                        if self.accept(&m) && self.events.send(ResilientEvent::Message(m)).await.is_err() {
+                            return Ended::Stopped;
+                        }
+                    }
+                    Some(Event::GoAway { code, reason, reconnect_after }) => {
+                        return Ended::Lost { code: Some(code), reason, wait: reconnect_after };
+                    }
+                    Some(Event::Closed { code, reason }) => return Ended::Lost { code, reason, wait: Duration::ZERO },
+                    None => return Ended::Lost { code: None, reason: "connection lost".into(), wait: Duration::ZERO },
+                    Some(_) => {}
+                },
+            }
+        }
+    }
+
+    /// Records a message's position; false when it is one the application already has.
+    fn accept(&self, m: &Message) -> bool {
+        let mut state = lock(&self.state);
+        let Some(last) = state.rooms.get_mut(&m.room) else { return false };
+        if let Some(last) = last
+            && last.epoch == m.position.epoch
+            && m.position.offset <= last.offset
+        {
+            return false;
+        }
+        *last = Some(m.position);
+        true
+    }
+
+    fn rejoin(&self, requests: &mut JoinSet<Result<(), ClientError>>, client: &Arc<Client>, room: String) {
+        let since = lock(&self.state).rooms.get(&room).copied().flatten();
+        let (client, state, events) = (client.clone(), self.state.clone(), self.events.clone());
+        requests.spawn(async move {
+            let joined = client.join_since(&room, since).await?;
+            if !joined.recovered && since.is_some() {
+                // Continue from the top; say so, so the application can reload older state.
+                if let Some(last) = lock(&state).rooms.get_mut(&room) {
+                    *last = Some(joined.position);
+                }
+                let _ = events.send(ResilientEvent::NotRecovered { room, position: joined.position }).await;
+            } else if since.is_none()
+                && let Some(last) = lock(&state).rooms.get_mut(&room)
+            {
+                last.get_or_insert(joined.position);
+            }
+            Ok(())
+        });
+    }
+
+    fn resend(&self, requests: &mut JoinSet<Result<(), ClientError>>, client: &Arc<Client>, id: &str) {
+        let Some((room, data)) =
+            lock(&self.state).unacked.iter().find(|u| u.id == id).map(|u| (u.room.clone(), u.data.clone()))
+        else {
+            return;
+        };
+        let (client, state, id) = (client.clone(), self.state.clone(), id.to_owned());
+        requests.spawn(async move {
+            let position = client.publish(&room, &id, data).await?;
+            let mut state = lock(&state);
+            if let Some(i) = state.unacked.iter().position(|u| u.room == room && u.id == id)
+                && let Some(done) = state.unacked.remove(i)
+            {
+                for waiter in done.waiters {
+                    let _ = waiter.send(position);
+                }
+            }
+            Ok(())
+        });
+    }
+}
