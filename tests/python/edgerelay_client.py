@@ -77,6 +77,9 @@ CLIENT_FIELDS = {
     "typing": ("room", "typing"),
     "presence_sync": ("req", "room"),
     "privacy": ("hide_presence", "hide_typing"),
+    "history": ("req", "room", "before", "limit"),
+    "rooms": ("req",),
+    "cursor": ("room", "position"),
 }
 SERVER_FIELDS = {
     "welcome": ("version", "session", "user", "server_time", "limits"),
@@ -92,6 +95,8 @@ SERVER_FIELDS = {
     "presence_snapshot": ("req", "room", "users"),
     "presence_refresh": ("room", "count", "digest"),
     "typing": ("room", "users", "others", "version", "ttl_ms"),
+    "history": ("req", "room", "position", "first", "messages"),
+    "rooms": ("req", "rooms"),
 }
 PRESENCE_ENTRY_FIELDS = ("user", "status", "custom", "version", "last_seen")
 

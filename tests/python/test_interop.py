@@ -356,11 +356,18 @@ def test_hello_join_publish_receive(relay, transport):
             with pytest.raises(asyncio.TimeoutError):
                 await c.next_message(room, timeout=0.5)
 
-            # Rejoin with the last position seen: one message was missed -> not recovered.
+            # Rejoin with the last position seen: the one missed message is replayed from history.
             last = msgs[-1]["position"]
             rejoined = await c.join(room, since=last)
-            assert rejoined["recovered"] is False
+            assert rejoined["recovered"] is True
             assert rejoined["position"] == {"epoch": epoch, "offset": len(PAYLOADS) + 1}
+            (missed,) = await c.messages(room, 1)
+            assert missed["id"] == "after-leave"
+            assert missed["position"] == {"epoch": epoch, "offset": len(PAYLOADS) + 1}
+            await c.leave(room)
+            # Rejoin from another epoch: history cannot tell what was missed -> not recovered.
+            rejoined = await c.join(room, since={"epoch": epoch ^ 1, "offset": 1})
+            assert rejoined["recovered"] is False
             await c.leave(room)
             # Rejoin at the top: nothing missed -> recovered.
             rejoined = await c.join(room, since=rejoined["position"])
