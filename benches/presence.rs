@@ -88,6 +88,16 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
 }
 
+/// The machine's count of UDP datagrams dropped because a socket's receive buffer was full
+/// (`RcvbufErrors` in `/proc/net/snmp`; every process on the machine counts).
+fn udp_rcvbuf_errors() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else { return 0 };
+    let column = names.split_whitespace().position(|n| n == "RcvbufErrors");
+    column.and_then(|c| values.split_whitespace().nth(c)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -164,6 +174,7 @@ async fn run() {
     println!("{USERS} users in {} rooms connected and joined in {:?}", USERS / ROOM_SIZE, started.elapsed());
 
     // 1. Latency, all rooms at once.
+    let rcvbuf_before = udp_rcvbuf_errors();
     let mut tasks = Vec::new();
     for room in 0..USERS / ROOM_SIZE {
         let (actor, watcher) = (clients[room * ROOM_SIZE].clone(), clients[room * ROOM_SIZE + 1].clone());
@@ -181,9 +192,11 @@ async fn run() {
     report("presence", presence);
     report("typing start", start);
     report("typing stop", stop);
+    println!("UDP datagrams dropped by full socket receive buffers meanwhile: {}", udp_rcvbuf_errors() - rcvbuf_before);
 
     // 2. Throughput and relay CPU.
     let cpu_before = cpu_time(relay.child.id());
+    let rcvbuf_before = udp_rcvbuf_errors();
     let load_started = Instant::now();
     let mut tasks = Vec::new();
     for (i, client) in clients.iter().enumerate() {
@@ -220,6 +233,7 @@ async fn run() {
         cpu.as_secs_f64() * 1000.0 / (updates as f64 / 1000.0),
         cpu.as_secs_f64() / elapsed.as_secs_f64() * 100.0,
     );
+    println!("UDP datagrams dropped by full socket receive buffers meanwhile: {}", udp_rcvbuf_errors() - rcvbuf_before);
     for client in clients {
         if let Ok(client) = Arc::try_unwrap(client) {
             client.close().await;

@@ -95,6 +95,7 @@ impl Relay {
             addr: udp_addr,
             source,
         })?;
+        enlarge_udp_buffers(&socket);
         let endpoint =
             quinn::Endpoint::new(endpoint_config, Some(server_config), socket, Arc::new(quinn::TokioRuntime))
                 .map_err(|source| RelayError::Bind { what: "UDP", addr: udp_addr, source })?;
@@ -279,6 +280,24 @@ fn quic_server_config(
     transport.max_concurrent_uni_streams(8u8.into());
     server.transport_config(Arc::new(transport));
     Ok(server)
+}
+
+/// Receive and send buffer asked for the UDP socket. One socket carries every QUIC connection,
+/// and with the kernel's default (about 200 KiB) bursts of small datagrams (presence, typing)
+/// overflowed it on loopback with 1,000 clients (`benches/presence.rs`). The kernel caps the
+/// request at `net.core.rmem_max` / `wmem_max`.
+const UDP_BUFFER_BYTES: usize = 4 << 20;
+
+fn enlarge_udp_buffers(socket: &std::net::UdpSocket) {
+    let result = quinn::udp::UdpSocketState::new(socket.into()).and_then(|state| {
+        state.set_recv_buffer_size(socket.into(), UDP_BUFFER_BYTES)?;
+        state.set_send_buffer_size(socket.into(), UDP_BUFFER_BYTES)?;
+        state.recv_buffer_size(socket.into())
+    });
+    match result {
+        Ok(bytes) => tracing::debug!(bytes, "UDP receive buffer"),
+        Err(err) => tracing::warn!(%err, "could not enlarge the UDP socket buffers"),
+    }
 }
 
 /// Where user records (last seen, privacy) are kept until the embedded store backs them.
