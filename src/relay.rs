@@ -21,7 +21,7 @@ use crate::engine::{Engine, LocalEngine, LocalEngineConfig};
 use crate::http::{CertInfo, HttpState};
 use crate::hub::Hub;
 use crate::hub::awareness::Awareness;
-use crate::hub::last_seen::FileRecords;
+use crate::hub::last_seen::{MemoryRecords, StoredRecords, UserRecords};
 use crate::session::SessionContext;
 use crate::session::limits::UserConnections;
 use crate::store::{EmbeddedHistory, History, MemoryHistory, Retention};
@@ -49,8 +49,6 @@ pub enum RelayError {
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("QUIC setup: {0}")]
     Quic(String),
-    #[error("user records: {0}")]
-    Records(#[from] crate::hub::last_seen::RecordsError),
     #[error("cannot open history store {path}: {source}")]
     Store { path: PathBuf, source: crate::store::StoreError },
 }
@@ -112,9 +110,8 @@ impl Relay {
         let stop = CancellationToken::new();
         let drain = CancellationToken::new();
         let hub = Arc::new(Hub::new(config.hub.shards, config.hub.room_idle_ttl_secs.saturating_mul(1000)));
-        let records = Arc::new(FileRecords::open(data_dir.join(USER_RECORDS_FILE))?);
+        let (engine, records) = start_engine(&config, hub.clone())?;
         let awareness = Arc::new(Awareness::new(&config.presence, records));
-        let engine = start_engine(&config, hub.clone())?;
         let session_ctx = Arc::new(SessionContext {
             hub: hub.clone(),
             engine: engine.clone(),
@@ -300,10 +297,8 @@ fn enlarge_udp_buffers(socket: &std::net::UdpSocket) {
     }
 }
 
-/// Where user records (last seen, privacy) are kept until the embedded store backs them.
-pub const USER_RECORDS_FILE: &str = "users.json";
-
-/// Drives presence time; saves user records a last time when the relay stops.
+/// Drives presence time and saves changed user records (a blocking store commit, on the
+/// blocking pool); saves them a last time when the relay stops.
 async fn presence_ticks(awareness: Arc<Awareness>, every: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -312,8 +307,10 @@ async fn presence_ticks(awareness: Arc<Awareness>, every: Duration, stop: Cancel
             _ = stop.cancelled() => break,
             _ = tick.tick() => awareness.tick(unix_ms()),
         }
+        let saving = awareness.clone();
+        let _ = tokio::task::spawn_blocking(move || saving.flush()).await;
     }
-    awareness.flush();
+    let _ = tokio::task::spawn_blocking(move || awareness.flush()).await;
 }
 
 async fn sweep_rooms(hub: Arc<Hub>, engine: Arc<dyn Engine>, stop: CancellationToken) {
@@ -329,11 +326,14 @@ async fn sweep_rooms(hub: Arc<Hub>, engine: Arc<dyn Engine>, stop: CancellationT
     }
 }
 
+/// The history engine and presence's user records, which live in the same store.
+type Stores = (Arc<dyn Engine>, Arc<dyn UserRecords>);
+
 /// Opens the configured history store and starts the engine's writer.
-fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Arc<dyn Engine>, RelayError> {
+fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayError> {
     let st = &config.store;
-    let history: Arc<dyn History> = match st.engine {
-        StoreEngine::Memory => Arc::new(MemoryHistory::new()),
+    let (history, records): (Arc<dyn History>, Arc<dyn UserRecords>) = match st.engine {
+        StoreEngine::Memory => (Arc::new(MemoryHistory::new()), Arc::new(MemoryRecords::default())),
         StoreEngine::Embedded => {
             let path = config.history_path();
             let (history, corrupted) =
@@ -341,7 +341,8 @@ fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Arc<dyn Engine>, Relay
             if corrupted {
                 tracing::error!(path = %path.display(), "history was corrupted and is reset; rooms start new epochs");
             }
-            Arc::new(history)
+            let history = Arc::new(history);
+            (history.clone(), Arc::new(StoredRecords::new(history)))
         }
     };
     let engine_config = LocalEngineConfig {
@@ -354,7 +355,7 @@ fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Arc<dyn Engine>, Relay
     };
     let engine = LocalEngine::start(engine_config, history, hub)
         .map_err(|e| RelayError::Store { path: config.history_path(), source: crate::store::StoreError::backend(e) })?;
-    Ok(Arc::new(engine))
+    Ok((Arc::new(engine), records))
 }
 
 /// Rotates the dev certificate: announces its successor's hash, then swaps the successor into

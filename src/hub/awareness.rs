@@ -250,8 +250,8 @@ impl Awareness {
         Ok(true)
     }
 
-    /// Applies the passing of time: idle devices, expired typing, periodic refreshes, and
-    /// saving user records. Call it a few times per second.
+    /// Applies the passing of time: idle devices, expired typing, periodic refreshes. Call it
+    /// a few times per second, and [`Awareness::flush`] after it.
     pub fn tick(&self, now_ms: u64) {
         let mut state = self.lock();
         let changes = state.presence.tick(now_ms);
@@ -263,13 +263,9 @@ impl Awareness {
             state.next_refresh = now_ms + self.refresh_ms;
             state.send_refreshes();
         }
-        drop(state);
-        if let Err(err) = self.records.flush() {
-            tracing::warn!(%err, "saving user records failed");
-        }
     }
 
-    /// Saves user records now (shutdown).
+    /// Saves changed user records (one durable commit). Blocking: call it off the async threads.
     pub fn flush(&self) {
         if let Err(err) = self.records.flush() {
             tracing::warn!(%err, "saving user records failed");

@@ -1,12 +1,15 @@
 //! What the relay remembers about a user while they are away: when they were last seen and
-//! their privacy setting. Behind a small trait so the embedded store (`src/store/`) can back it;
-//! until then [`FileRecords`] keeps a JSON file in the data directory, written atomically
-//! (temporary file + rename) when something changed, on the presence tick and at shutdown. A
-//! crash loses at most the changes of the last tick.
+//! their privacy setting.
+//!
+//! Presence reads a record when a user's first device connects and writes one when their last
+//! device leaves (or the setting changes). Writes must not block the connection that triggers
+//! them, so [`StoredRecords`] keeps records in memory and writes the changed ones to a
+//! [`RecordStore`] (the embedded redb store, `users` table) in one commit on the presence tick
+//! and at shutdown, off the async threads. A crash loses at most the changes of the last tick.
+//! With the memory store engine, [`MemoryRecords`] keeps them for the process's life only.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -22,44 +25,41 @@ pub struct UserRecord {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RecordsError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: not a user record file: {source}")]
-    Format { path: PathBuf, source: serde_json::Error },
-}
+#[error("user records: {0}")]
+pub struct RecordsError(pub String);
 
-/// Where user records live.
+/// Where user records live, as presence uses them.
 pub trait UserRecords: Send + Sync {
     fn get(&self, user: &UserKey) -> Option<UserRecord>;
     fn put(&self, user: &UserKey, record: UserRecord);
-    /// Makes what was put durable (a no-op for stores that write through).
+    /// Makes what was put durable (a no-op for stores that keep nothing). Blocking.
     fn flush(&self) -> Result<(), RecordsError>;
 }
 
-/// Records in memory only (tests, and the base of [`FileRecords`]).
+/// A durable table of user records (blocking calls).
+pub trait RecordStore: Send + Sync {
+    fn load(&self, user: &UserKey) -> Result<Option<UserRecord>, RecordsError>;
+    /// Saves all of them in one durable commit.
+    fn save(&self, records: &[(UserKey, UserRecord)]) -> Result<(), RecordsError>;
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Records in memory only (the memory store engine, tests).
 #[derive(Default)]
 pub struct MemoryRecords {
-    records: Mutex<HashMap<(String, String), UserRecord>>,
-}
-
-impl MemoryRecords {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), UserRecord>> {
-        self.records.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-fn key(user: &UserKey) -> (String, String) {
-    (user.tenant.to_string(), user.user.to_string())
+    records: Mutex<HashMap<UserKey, UserRecord>>,
 }
 
 impl UserRecords for MemoryRecords {
     fn get(&self, user: &UserKey) -> Option<UserRecord> {
-        self.lock().get(&key(user)).copied()
+        lock(&self.records).get(user).copied()
     }
 
     fn put(&self, user: &UserKey, record: UserRecord) {
-        self.lock().insert(key(user), record);
+        lock(&self.records).insert(user.clone(), record);
     }
 
     fn flush(&self) -> Result<(), RecordsError> {
@@ -67,101 +67,80 @@ impl UserRecords for MemoryRecords {
     }
 }
 
-/// One line of the file: tenant, user and the record.
-#[derive(Serialize, Deserialize)]
-struct Line {
-    tenant: String,
-    user: String,
-    #[serde(flatten)]
-    record: UserRecord,
+/// Records cached in memory and written to a [`RecordStore`] in batches.
+pub struct StoredRecords {
+    store: Arc<dyn RecordStore>,
+    cache: MemoryRecords,
+    dirty: Mutex<HashSet<UserKey>>,
 }
 
-/// Records in memory, saved to a JSON file.
-pub struct FileRecords {
-    path: PathBuf,
-    memory: MemoryRecords,
-    dirty: Mutex<bool>,
-}
-
-impl FileRecords {
-    /// Loads `path` if it exists.
-    pub fn open(path: PathBuf) -> Result<FileRecords, RecordsError> {
-        let memory = MemoryRecords::default();
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let lines: Vec<Line> = serde_json::from_slice(&bytes)
-                    .map_err(|source| RecordsError::Format { path: path.clone(), source })?;
-                let mut records = memory.lock();
-                for line in lines {
-                    records.insert((line.tenant, line.user), line.record);
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(RecordsError::Io { path, source }),
-        }
-        Ok(FileRecords { path, memory, dirty: Mutex::new(false) })
+impl StoredRecords {
+    pub fn new(store: Arc<dyn RecordStore>) -> Self {
+        StoredRecords { store, cache: MemoryRecords::default(), dirty: Mutex::new(HashSet::new()) }
     }
 }
 
-impl UserRecords for FileRecords {
+impl UserRecords for StoredRecords {
     fn get(&self, user: &UserKey) -> Option<UserRecord> {
-        self.memory.get(user)
+        if let Some(record) = self.cache.get(user) {
+            return Some(record);
+        }
+        // A read of one key (redb: memory-mapped, no lock against the writer).
+        let record = match self.store.load(user) {
+            Ok(record) => record?,
+            Err(err) => {
+                tracing::warn!(%err, "reading a user record failed");
+                return None;
+            }
+        };
+        self.cache.put(user, record);
+        Some(record)
     }
 
     fn put(&self, user: &UserKey, record: UserRecord) {
-        self.memory.put(user, record);
-        *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cache.put(user, record);
+        lock(&self.dirty).insert(user.clone());
     }
 
     fn flush(&self) -> Result<(), RecordsError> {
-        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
-        if !*dirty {
+        let dirty: Vec<UserKey> = lock(&self.dirty).drain().collect();
+        if dirty.is_empty() {
             return Ok(());
         }
-        let mut lines: Vec<Line> = self
-            .memory
-            .lock()
-            .iter()
-            .map(|((tenant, user), record)| Line { tenant: tenant.clone(), user: user.clone(), record: *record })
-            .collect();
-        lines.sort_by(|a, b| (&a.tenant, &a.user).cmp(&(&b.tenant, &b.user)));
-        let bytes =
-            serde_json::to_vec(&lines).map_err(|source| RecordsError::Format { path: self.path.clone(), source })?;
-        let tmp = self.path.with_extension("tmp");
-        let io = |source| RecordsError::Io { path: self.path.clone(), source };
-        std::fs::write(&tmp, bytes).map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        *dirty = false;
-        Ok(())
+        let batch: Vec<(UserKey, UserRecord)> =
+            dirty.iter().filter_map(|u| self.cache.get(u).map(|r| (u.clone(), r))).collect();
+        let result = self.store.save(&batch);
+        if result.is_err() {
+            // Try again on the next flush.
+            lock(&self.dirty).extend(dirty);
+        }
+        result
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::EmbeddedHistory;
 
     #[test]
-    fn records_survive_reopening_the_file() {
+    fn records_survive_reopening_the_store_and_are_per_tenant() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("users.json");
+        let path = dir.path().join("history.redb");
         let alice = UserKey::new("acme", "alice");
         let other = UserKey::new("globex", "alice");
-        let records = FileRecords::open(path.clone()).unwrap();
-        assert_eq!(records.get(&alice), None);
         let record = UserRecord { last_seen: 1_234, hide_presence: false, hide_typing: true };
-        records.put(&alice, record);
-        records.flush().unwrap();
-        let reopened = FileRecords::open(path).unwrap();
+        {
+            let (store, _) = EmbeddedHistory::open(&path).unwrap();
+            let records = StoredRecords::new(Arc::new(store));
+            assert_eq!(records.get(&alice), None);
+            records.put(&alice, record);
+            assert_eq!(records.get(&alice), Some(record), "visible before the flush");
+            records.flush().unwrap();
+        }
+        let (store, _) = EmbeddedHistory::open(&path).unwrap();
+        let reopened = StoredRecords::new(Arc::new(store));
         assert_eq!(reopened.get(&alice), Some(record));
         assert_eq!(reopened.get(&other), None, "records are per tenant");
-    }
-
-    #[test]
-    fn a_corrupt_file_is_an_error_naming_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("users.json");
-        std::fs::write(&path, b"{oops").unwrap();
-        let err = FileRecords::open(path).err().unwrap();
-        assert!(err.to_string().contains("users.json"), "{err}");
     }
 }

@@ -5,6 +5,7 @@
 //! - `rooms`: `room` → meta `{epoch, first, top}`
 //! - `ids`: `(room, from, id)` → offset, for idempotent publish across restarts
 //! - `cursors`: `(user, room)` → `{epoch, offset, updated}`, for offline replay
+//! - `users`: `user` → presence record `{last_seen, hide_presence, hide_typing}` (postcard)
 //!
 //! Every `append` is one write transaction committed with redb's default (immediate, fsync'd)
 //! durability. A file redb reports as corrupted is moved aside and a fresh one created: rooms
@@ -18,12 +19,15 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{Append, Cursor, History, Retention, RoomMeta, StoreError, StoredMessage, room_bytes, user_bytes};
 use crate::hub::RoomKey;
+use crate::hub::last_seen::{RecordStore, RecordsError, UserRecord};
+use crate::hub::presence::UserKey;
 use crate::proto::{Payload, Position, RoomName};
 
 const MESSAGES: TableDefinition<(&[u8], u64), &[u8]> = TableDefinition::new("messages");
 const ROOMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("rooms");
 const IDS: TableDefinition<(&[u8], &str, &str), u64> = TableDefinition::new("ids");
 const CURSORS: TableDefinition<(&[u8], &str), &[u8]> = TableDefinition::new("cursors");
+const USERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("users");
 
 pub struct EmbeddedHistory {
     db: Database,
@@ -58,6 +62,7 @@ impl EmbeddedHistory {
         txn.open_table(ROOMS).map_err(err)?;
         txn.open_table(IDS).map_err(err)?;
         txn.open_table(CURSORS).map_err(err)?;
+        txn.open_table(USERS).map_err(err)?;
         txn.commit().map_err(err)?;
         Ok(EmbeddedHistory { db })
     }
@@ -311,4 +316,33 @@ impl History for EmbeddedHistory {
         out.truncate(limit);
         Ok(out)
     }
+}
+
+/// Presence's user records (last seen, privacy) live in the same file as history.
+impl RecordStore for EmbeddedHistory {
+    fn load(&self, user: &UserKey) -> Result<Option<UserRecord>, RecordsError> {
+        let txn = self.db.begin_read().map_err(records_err)?;
+        let table = txn.open_table(USERS).map_err(records_err)?;
+        let Some(value) = table.get(user_bytes(&user.tenant, &user.user).as_slice()).map_err(records_err)? else {
+            return Ok(None);
+        };
+        postcard::from_bytes(value.value()).map(Some).map_err(|e| RecordsError(format!("corrupt user record: {e}")))
+    }
+
+    fn save(&self, records: &[(UserKey, UserRecord)]) -> Result<(), RecordsError> {
+        let txn = self.db.begin_write().map_err(records_err)?;
+        {
+            let mut table = txn.open_table(USERS).map_err(records_err)?;
+            for (user, record) in records {
+                let value = postcard::to_allocvec(record).unwrap_or_default();
+                let key = user_bytes(&user.tenant, &user.user);
+                table.insert(key.as_slice(), value.as_slice()).map_err(records_err)?;
+            }
+        }
+        txn.commit().map_err(records_err)
+    }
+}
+
+fn records_err(e: impl std::fmt::Display) -> RecordsError {
+    RecordsError(e.to_string())
 }
