@@ -48,6 +48,39 @@ async fn expect_typing(client: &Client, room: &str, text: &str) {
     assert!(ok, "{me} shows {:?}, expected {text:?}", client.typing_text(room));
 }
 
+/// `GET` on the server API with the test key; asserts 200 and parses the JSON body.
+async fn api<T: serde::de::DeserializeOwned>(relay: &edgerelay::relay::Relay, path: &str) -> T {
+    let auth = format!("Bearer {API_KEY}");
+    let (status, body) = common::http_request(relay.tcp_addr(), "GET", path, &[("Authorization", &auth)], "").await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// A user's status from the server API.
+async fn api_user(relay: &edgerelay::relay::Relay, tenant: &str, user: &str) -> PresenceEntry {
+    api(relay, &format!("/v1/api/presence/{tenant}/users/{user}")).await
+}
+
+/// A room's present members from the server API.
+async fn api_room(relay: &edgerelay::relay::Relay, tenant: &str, room: &str) -> Vec<PresenceEntry> {
+    let body: serde_json::Value = api(relay, &format!("/v1/api/presence/{tenant}/rooms/{room}")).await;
+    serde_json::from_value(body["users"].clone()).unwrap()
+}
+
+/// Polls the API until the user's status is `status`; returns that entry.
+async fn api_user_until(relay: &edgerelay::relay::Relay, user: &str, status: Status) -> PresenceEntry {
+    within("user status", async {
+        loop {
+            let entry = api_user(relay, "acme", user).await;
+            if entry.status == status {
+                return entry;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
 async fn presence_relay() -> TestRelay {
     start_with(|c| {
         c.presence.refresh_ms = 250;
@@ -197,18 +230,7 @@ async fn every_view_converges_to_the_truth_despite_heavy_datagram_loss() {
         c.ping().await.unwrap();
     }
 
-    let (status, body) = common::http_request(
-        relay.relay.tcp_addr(),
-        "GET",
-        "/v1/api/presence/acme/rooms/lossy",
-        &[("Authorization", &format!("Bearer {API_KEY}"))],
-        "",
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let truth: Vec<PresenceEntry> =
-        serde_json::from_value(serde_json::from_str::<serde_json::Value>(&body).unwrap()["users"].clone()).unwrap();
-    let truth = summary(&truth);
+    let truth = summary(&api_room(&relay.relay, "acme", "lossy").await);
     assert_eq!(truth.len(), 4, "u0 appears offline and u5 left: {truth:?}");
     assert!(truth.iter().all(|(_, _, custom)| custom.as_deref() == Some("r3")));
     let started = std::time::Instant::now();
@@ -224,46 +246,19 @@ async fn every_view_converges_to_the_truth_despite_heavy_datagram_loss() {
 #[tokio::test]
 async fn last_seen_and_privacy_survive_a_restart_and_show_in_the_api() {
     let first = presence_relay().await;
-    let api = |relay: &edgerelay::relay::Relay, path: String| {
-        let addr = relay.tcp_addr();
-        async move {
-            let auth = format!("Bearer {API_KEY}");
-            let (status, body) = common::http_request(addr, "GET", &path, &[("Authorization", &auth)], "").await;
-            assert_eq!(status, 200, "{path}: {body}");
-            serde_json::from_str::<PresenceEntry>(&body).unwrap()
-        }
-    };
-    let never = api(&first.relay, "/v1/api/presence/acme/users/dora".into()).await;
+    let never = api_user(&first.relay, "acme", "dora").await;
     assert_eq!((never.status, never.last_seen), (Status::Offline, 0));
     let dora = first.connect(Transport::Quic, Codec::Json, "dora", "acme", &["*"]).await;
     dora.set_status(Status::Busy, Some("focus")).await.unwrap();
-    let live = within("status", async {
-        loop {
-            let e = api(&first.relay, "/v1/api/presence/acme/users/dora".into()).await;
-            if e.status == Status::Busy {
-                return e;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let live = api_user_until(&first.relay, "dora", Status::Busy).await;
     assert_eq!(live.custom.as_deref(), Some("focus"));
     dora.privacy(false, true).await.unwrap();
     dora.ping().await.unwrap();
     dora.close().await;
-    let seen = within("offline", async {
-        loop {
-            let e = api(&first.relay, "/v1/api/presence/acme/users/dora".into()).await;
-            if e.status == Status::Offline {
-                return e;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let seen = api_user_until(&first.relay, "dora", Status::Offline).await;
     assert!(seen.last_seen > 0);
     // Another tenant's dora was never seen.
-    assert_eq!(api(&first.relay, "/v1/api/presence/globex/users/dora".into()).await.last_seen, 0);
+    assert_eq!(api_user(&first.relay, "globex", "dora").await.last_seen, 0);
 
     let TestRelay { relay, dir } = first;
     relay.shutdown().await;
@@ -271,7 +266,7 @@ async fn last_seen_and_privacy_survive_a_restart_and_show_in_the_api() {
     config.api.key = Some(API_KEY.into());
     config.presence.typing_ttl_ms = 1_500;
     let second = TestRelay { relay: edgerelay::relay::Relay::start(config).await.unwrap(), dir };
-    let after = api(&second.relay, "/v1/api/presence/acme/users/dora".into()).await;
+    let after = api_user(&second.relay, "acme", "dora").await;
     assert_eq!((after.status, after.last_seen), (Status::Offline, seen.last_seen), "last seen kept across the restart");
 
     // The privacy setting came back too: dora's typing is not shown.
@@ -294,15 +289,8 @@ async fn last_seen_and_privacy_survive_a_restart_and_show_in_the_api() {
     // Hiding presence shows dora offline to others, and in the API.
     dora.privacy(true, true).await.unwrap();
     expect_members(&eve, "desk", &[("eve", Status::Online)]).await;
-    let room = common::http_request(
-        second.relay.tcp_addr(),
-        "GET",
-        "/v1/api/presence/acme/rooms/desk",
-        &[("Authorization", &format!("Bearer {API_KEY}"))],
-        "",
-    )
-    .await;
-    assert!(room.1.contains("\"eve\"") && !room.1.contains("\"dora\""), "{}", room.1);
+    let room = summary(&api_room(&second.relay, "acme", "desk").await);
+    assert_eq!(room, vec![("eve".to_owned(), Status::Online, None)], "hidden users are not listed");
     assert_eq!(
         common::http_request(second.relay.tcp_addr(), "GET", "/v1/api/presence/acme/rooms/desk", &[], "").await.0,
         401
@@ -327,23 +315,12 @@ async fn updates_are_rate_limited_per_device_and_scoped_by_tenant() {
         fast.set_status(Status::Busy, Some(&format!("r{i}"))).await.unwrap();
     }
     fast.ping().await.unwrap();
-    let auth = format!("Bearer {API_KEY}");
-    let path = "/v1/api/presence/acme/users/fast";
-    let (_, body) = common::http_request(relay.relay.tcp_addr(), "GET", path, &[("Authorization", &auth)], "").await;
-    let entry: PresenceEntry = serde_json::from_str(&body).unwrap();
+    let entry = api_user(&relay.relay, "acme", "fast").await;
     assert_eq!(entry.status, Status::Busy);
     assert_ne!(entry.custom.as_deref(), Some("r9"), "the end of the burst was dropped");
     let (_, metrics) = relay.http_get("/metrics").await;
     assert!(metrics.contains("edgerelay_presence_ignored_total{reason=\"rate_limited\"}"));
     // The same user id and room name in another tenant is someone else, somewhere else.
     expect_members(&other, "hall", &[("fast", Status::Online)]).await;
-    let (_, body) = common::http_request(
-        relay.relay.tcp_addr(),
-        "GET",
-        "/v1/api/presence/globex/users/fast",
-        &[("Authorization", &auth)],
-        "",
-    )
-    .await;
-    assert_eq!(serde_json::from_str::<PresenceEntry>(&body).unwrap().custom, None);
+    assert_eq!(api_user(&relay.relay, "globex", "fast").await.custom, None);
 }
