@@ -267,9 +267,10 @@ impl Presence {
         self.users.get(user).map(UserState::record)
     }
 
-    /// Whether the user's typing must not be shown.
+    /// Whether the user's typing must not be shown: they hide it, hide their presence, or
+    /// appear offline (typing would give them away).
     pub fn hides_typing(&self, user: &UserKey) -> bool {
-        self.users.get(user).is_none_or(|s| s.hide_typing || s.hide_presence)
+        self.users.get(user).is_none_or(|s| s.hide_typing || s.hide_presence || s.chosen == Status::Offline)
     }
 
     /// Applies the passing of time (devices going idle). Call it periodically.
@@ -382,6 +383,10 @@ mod tests {
         assert!(p.join(&lobby, &alice, 2, 2_000).is_empty(), "a second device changes nothing visible");
         let (changes, last_seen) = p.disconnect(&alice, 1, 3_000);
         assert!(changes.is_empty() && last_seen.is_none(), "still online on device 2");
+        assert!(!p.hides_typing(&alice));
+        p.set_status(&alice, 2, Status::Offline, None, 3_500);
+        assert!(p.hides_typing(&alice), "appearing offline hides typing too");
+        p.set_status(&alice, 2, Status::Online, None, 3_500);
         assert_eq!(shown(&p, &lobby), vec![("alice".to_owned(), Status::Online)]);
         let (changes, last_seen) = p.disconnect(&alice, 2, 4_000);
         assert_eq!(statuses(&changes), vec![("lobby", "alice", Status::Offline)]);
