@@ -139,6 +139,13 @@ async fn acked_messages_survive_repeated_sigkill_exactly_once_and_live_clients_r
 
     let mut subscriber = Resilient::start(quic, ClientOptions::new(relay.token("sub")), fast.clone());
     subscriber.join("ledger");
+    // The join must be done before the first publish, or the subscriber rightly starts after it.
+    within("subscriber joined", async {
+        while subscriber.positions().get("ledger").is_none_or(Option::is_none) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     let publisher = Arc::new(Resilient::start(ws, ClientOptions::new(relay.token("pub")), fast));
 
     // A steady publisher: one message every 4 ms, each awaited in its own task until acked.
