@@ -97,8 +97,13 @@ impl Seq {
     }
 }
 
+type SharedSeq = Arc<Mutex<Seq>>;
+
+/// Work for the writer. Publishes carry their room's sequencer, so the writer never looks it up
+/// again (and it cannot be dropped while they are in flight).
 enum Op {
     Append {
+        seq: SharedSeq,
         key: RoomKey,
         generation: u64,
         epoch: u64,
@@ -107,7 +112,7 @@ enum Op {
     },
     /// Acknowledge a retried id once its original append's commit is through.
     Duplicate {
-        key: RoomKey,
+        seq: SharedSeq,
         generation: u64,
         position: Position,
         done: Done,
@@ -128,7 +133,7 @@ enum Op {
     Stop,
 }
 
-type SeqMap = HashMap<RoomKey, Arc<Mutex<Seq>>>;
+type SeqMap = HashMap<RoomKey, SharedSeq>;
 
 struct Sequencers {
     shards: Vec<Mutex<SeqMap>>,
@@ -144,7 +149,7 @@ impl Sequencers {
         &self.shards[(self.hasher.hash_one(key) as usize) % self.shards.len()]
     }
 
-    fn existing(&self, key: &RoomKey) -> Option<Arc<Mutex<Seq>>> {
+    fn existing(&self, key: &RoomKey) -> Option<SharedSeq> {
         lock(self.shard(key)).get(key).cloned()
     }
 }
@@ -170,7 +175,6 @@ impl LocalEngine {
         let writer = Writer {
             rx,
             history: history.clone(),
-            seqs: seqs.clone(),
             hub,
             retention: config.retention,
             max_batch: config.max_batch.max(1),
@@ -191,7 +195,7 @@ impl LocalEngine {
     }
 
     /// The room's sequencer, loaded from the store on first use.
-    fn seq(&self, key: &RoomKey, now_ms: u64) -> Result<Arc<Mutex<Seq>>, EngineError> {
+    fn seq(&self, key: &RoomKey, now_ms: u64) -> Result<SharedSeq, EngineError> {
         if let Some(seq) = self.seqs.existing(key) {
             return Ok(seq);
         }
@@ -246,8 +250,8 @@ impl LocalEngine {
                 return Ok(());
             }
             // If the queue is closed, dropping the op answers `done` with ShuttingDown.
-            let _ =
-                self.send(Op::Duplicate { key: p.key, generation: recent.generation, position: recent.position, done });
+            let op = Op::Duplicate { seq: seq.clone(), generation: recent.generation, position: recent.position, done };
+            let _ = self.send(op);
             return Ok(());
         }
         let window = self.config.dedupe_window_ms;
@@ -272,7 +276,7 @@ impl LocalEngine {
         s.recent_order.push_back((p.now_ms, p.from.clone(), p.id.clone()));
         s.in_flight += 1;
         let message = StoredMessage { offset: position.offset, time: p.now_ms, from: p.from, id: p.id, data: p.data };
-        let op = Op::Append { key: p.key, generation, epoch: s.epoch, message, done };
+        let op = Op::Append { seq: seq.clone(), key: p.key, generation, epoch: s.epoch, message, done };
         if let Err(op) = self.send(op) {
             // Nothing will commit it: undo the assignment (still under the lock).
             s.assigned -= 1;
@@ -358,10 +362,25 @@ impl Engine for LocalEngine {
     }
 }
 
+/// Records in the room's sequencer that an append left the queue: `committed`, or refused (its id
+/// may then be published again).
+fn settle(seq: &SharedSeq, message: &StoredMessage, committed: bool) {
+    let mut s = lock(seq);
+    s.in_flight = s.in_flight.saturating_sub(1);
+    let id = (message.from.clone(), message.id.clone());
+    if committed {
+        s.committed = s.committed.max(message.offset);
+        if let Some(r) = s.recent.get_mut(&id) {
+            r.committed = true;
+        }
+    } else {
+        s.recent.remove(&id);
+    }
+}
+
 struct Writer {
     rx: Receiver<Op>,
     history: Arc<dyn History>,
-    seqs: Arc<Sequencers>,
     hub: Arc<Hub>,
     retention: Retention,
     max_batch: usize,
@@ -393,23 +412,26 @@ impl Writer {
     /// Commits one batch; returns true when a stop was reached.
     fn process(&self, batch: Vec<Op>) -> bool {
         let mut stop = false;
-        let mut appends: Vec<(Append, Done)> = Vec::new();
+        let mut records: Vec<Append> = Vec::new();
+        let mut waiting: Vec<(SharedSeq, Done)> = Vec::new();
         let mut after: Vec<Op> = Vec::new();
         for op in batch {
             match op {
-                Op::Append { key, generation, epoch, message, done } => {
-                    if self.current(&key, generation) {
-                        appends.push((Append { key, epoch, message }, done));
+                Op::Append { seq, key, generation, epoch, message, done } => {
+                    if lock(&seq).generation == generation {
+                        records.push(Append { key, epoch, message });
+                        waiting.push((seq, done));
                     } else {
-                        self.refuse(&key, &message, done, "an earlier commit failed");
+                        settle(&seq, &message, false);
+                        done.complete(Err(EngineError::Unavailable("an earlier commit failed".into())));
                     }
                 }
                 Op::Stop => stop = true,
                 other => after.push(other),
             }
         }
-        if !appends.is_empty() {
-            self.commit(appends);
+        if !records.is_empty() {
+            self.commit(records, waiting);
         }
         for op in after {
             self.side_op(op);
@@ -417,57 +439,34 @@ impl Writer {
         stop
     }
 
-    fn current(&self, key: &RoomKey, generation: u64) -> bool {
-        self.seqs.existing(key).is_some_and(|seq| lock(&seq).generation == generation)
-    }
-
-    fn refuse(&self, key: &RoomKey, message: &StoredMessage, done: Done, why: &str) {
-        if let Some(seq) = self.seqs.existing(key) {
-            let mut s = lock(&seq);
-            s.in_flight = s.in_flight.saturating_sub(1);
-            s.recent.remove(&(message.from.clone(), message.id.clone()));
-        }
-        done.complete(Err(EngineError::Unavailable(why.into())));
-    }
-
-    fn commit(&self, appends: Vec<(Append, Done)>) {
-        let (records, dones): (Vec<Append>, Vec<Done>) = appends.into_iter().unzip();
+    fn commit(&self, records: Vec<Append>, waiting: Vec<(SharedSeq, Done)>) {
         let started = Instant::now();
         let result = self.history.append(&records, &self.retention);
         self.commit_seconds.record(started.elapsed().as_secs_f64());
         self.batch_size.record(records.len() as f64);
         match result {
             Ok(()) => {
-                for (append, done) in records.into_iter().zip(dones) {
+                for (append, (seq, done)) in records.into_iter().zip(waiting) {
                     let position = Position { epoch: append.epoch, offset: append.message.offset };
                     self.hub.deliver(&append.key, append.epoch, &append.message);
-                    if let Some(seq) = self.seqs.existing(&append.key) {
-                        let mut s = lock(&seq);
-                        s.committed = s.committed.max(position.offset);
-                        s.in_flight = s.in_flight.saturating_sub(1);
-                        if let Some(r) = s.recent.get_mut(&(append.message.from, append.message.id)) {
-                            r.committed = true;
-                        }
-                    }
+                    settle(&seq, &append.message, true);
                     done.complete(Ok(Accepted { position, duplicate: false }));
                 }
             }
             Err(err) => {
                 self.failures.increment(1);
                 tracing::error!(%err, messages = records.len(), "history commit failed; publishes refused");
-                let mut rolled_back: Vec<&RoomKey> = Vec::new();
-                for append in &records {
-                    let Some(seq) = self.seqs.existing(&append.key) else { continue };
-                    let mut s = lock(&seq);
-                    if !rolled_back.contains(&&append.key) {
+                let mut rolled_back: Vec<&SharedSeq> = Vec::new();
+                for (append, (seq, _)) in records.iter().zip(&waiting) {
+                    if !rolled_back.iter().any(|r| Arc::ptr_eq(r, seq)) {
+                        let mut s = lock(seq);
                         s.assigned = s.committed;
                         s.generation += 1;
-                        rolled_back.push(&append.key);
+                        rolled_back.push(seq);
                     }
-                    s.in_flight = s.in_flight.saturating_sub(1);
-                    s.recent.remove(&(append.message.from.clone(), append.message.id.clone()));
+                    settle(seq, &append.message, false);
                 }
-                for done in dones {
+                for (_, done) in waiting {
                     done.complete(Err(EngineError::Unavailable(err.to_string())));
                 }
             }
@@ -476,8 +475,8 @@ impl Writer {
 
     fn side_op(&self, op: Op) {
         let result = match op {
-            Op::Duplicate { key, generation, position, done } => {
-                if self.current(&key, generation) {
+            Op::Duplicate { seq, generation, position, done } => {
+                if lock(&seq).generation == generation {
                     done.complete(Ok(Accepted { position, duplicate: true }));
                 } else {
                     done.complete(Err(EngineError::Unavailable("the original publish failed".into())));
