@@ -62,7 +62,6 @@ struct RecentId {
 /// One room's sequencer.
 struct Seq {
     epoch: u64,
-    first: u64,
     /// Last offset handed out.
     assigned: u64,
     /// Last offset the store committed.
@@ -81,10 +80,6 @@ struct Seq {
 }
 
 impl Seq {
-    fn meta(&self) -> RoomMeta {
-        RoomMeta { epoch: self.epoch, first: self.first, top: self.committed }
-    }
-
     fn prune(&mut self, now_ms: u64, window_ms: u64) {
         while let Some((time, _, _)) = self.recent_order.front() {
             if now_ms.saturating_sub(*time) < window_ms {
@@ -209,7 +204,6 @@ impl LocalEngine {
         let seq = shard.entry(key.clone()).or_insert_with(|| {
             Arc::new(Mutex::new(Seq {
                 epoch: meta.epoch,
-                first: meta.first,
                 assigned: meta.top,
                 committed: meta.top,
                 generation: 0,
@@ -300,7 +294,16 @@ impl Engine for LocalEngine {
     }
 
     fn meta(&self, key: &RoomKey) -> BoxFuture<'_, Result<RoomMeta, EngineError>> {
-        let result = self.seq(key, crate::connection::unix_ms()).map(|seq| lock(&seq).meta());
+        // Epoch and top come from the sequencer (what was committed and delivered); the lowest
+        // retained offset from the store, which retention moves.
+        let result = self.seq(key, crate::connection::unix_ms()).and_then(|seq| {
+            let (epoch, top) = {
+                let s = lock(&seq);
+                (s.epoch, s.committed)
+            };
+            let first = self.history.meta(key)?.filter(|m| m.epoch == epoch).map_or(1, |m| m.first);
+            Ok(RoomMeta { epoch, first, top })
+        });
         std::future::ready(result).boxed()
     }
 

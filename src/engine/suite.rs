@@ -284,6 +284,21 @@ mod memory {
     }
     use std::sync::Arc;
     super::engine_suite!(make);
+
+    #[tokio::test]
+    async fn meta_reports_the_first_offset_retention_kept() {
+        let config = super::LocalEngineConfig {
+            retention: crate::store::Retention { max_messages: 3, max_age_ms: u64::MAX },
+            ..Default::default()
+        };
+        let rig = super::local(Arc::new(crate::store::MemoryHistory::new()), config);
+        let k = super::key("r");
+        for i in 1..=5 {
+            rig.publish(&k, &format!("m{i}")).await;
+        }
+        let meta = rig.engine.meta(&k).await.unwrap();
+        assert_eq!((meta.first, meta.top), (3, 5));
+    }
 }
 
 mod embedded {
