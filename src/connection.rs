@@ -128,7 +128,7 @@ async fn run(
                     reason: "relay is draining".into(),
                     reconnect_after_ms: ctx.reconnect_after_ms,
                 };
-                let _ = outbox.push(crate::outbox::CONTROL, outbox.codec().frame(&away));
+                let _ = outbox.send(crate::outbox::CONTROL, &away);
                 return CloseReason::Error(ErrorCode::GOING_AWAY);
             }
             _ = &mut auth_timer, if !session.is_authenticated() => {

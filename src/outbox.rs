@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::proto::codes::CloseReason;
-use crate::proto::{Codec, ErrorCode, WireFrame};
+use crate::proto::{Codec, ErrorCode, ServerFrame, WireFrame};
 
 /// Identifies a lane of a connection's outbox.
 pub type LaneId = u64;
@@ -179,6 +179,11 @@ impl Outbox {
         }
         drop(inner);
         self.any.notify_one();
+    }
+
+    /// Encodes `frame` in this connection's codec and queues it on a lane. Never blocks.
+    pub fn send(&self, lane: LaneId, frame: &ServerFrame) -> Result<(), PushError> {
+        self.push(lane, self.codec.frame(frame))
     }
 
     /// Queues an encoded frame on a lane. Never blocks.

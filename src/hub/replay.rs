@@ -131,12 +131,12 @@ fn history_gone(hub: &Hub, key: &RoomKey, id: SubscriberId, sub: &Subscriber) {
     hub.leave(key, id, unix_ms());
     let message = format!("history of {} no longer covers this connection's position", key.room);
     let frame = ServerFrame::error(0, ErrorCode::SLOW_CONSUMER, message);
-    let _ = sub.outbox.push(crate::outbox::CONTROL, sub.outbox.codec().frame(&frame));
+    let _ = sub.outbox.send(crate::outbox::CONTROL, &frame);
     sub.outbox.close(CloseReason::Error(ErrorCode::SLOW_CONSUMER));
 }
 
 /// Answers the join with an error (the member was not added).
 fn refuse(sub: &Subscriber, req: u64, code: ErrorCode, message: String) {
     let frame = ServerFrame::error(req, code, message);
-    let _ = sub.outbox.push(sub.lane, sub.outbox.codec().frame(&frame));
+    let _ = sub.outbox.send(sub.lane, &frame);
 }

@@ -143,7 +143,7 @@ impl RoomState {
             return Ok(Attach::Replay { from });
         }
         let recovered = since.is_none() || usable.is_some();
-        sub.outbox.push(sub.lane, sub.outbox.codec().frame(&self.joined(req, recovered)))?;
+        sub.outbox.send(sub.lane, &self.joined(req, recovered))?;
         self.members.insert(id, Member { sub, next: self.top + 1, live: true });
         Ok(Attach::Live { position: self.position(), recovered })
     }
@@ -154,7 +154,7 @@ impl RoomState {
         let frame = self.joined(req, recovered);
         let top = self.top;
         let Some(m) = self.members.get_mut(&id) else { return Ok(None) };
-        m.sub.outbox.push(m.sub.lane, m.sub.outbox.codec().frame(&frame))?;
+        m.sub.outbox.send(m.sub.lane, &frame)?;
         if !recovered {
             m.next = top + 1;
             m.live = true;

@@ -245,7 +245,7 @@ impl Session {
             ClientFrame::Leave { req, room } => (req, self.leave(lane, req, &room, now_ms)),
             ClientFrame::Publish { req, room, id, data } => (req, self.publish(lane, req, &room, id, data, now_ms)),
             ClientFrame::Ping { req } => {
-                (req, self.send(lane, &ServerFrame::Pong { req, server_time: now_ms }).map_err(Into::into))
+                (req, self.outbox.send(lane, &ServerFrame::Pong { req, server_time: now_ms }).map_err(Into::into))
             }
             ClientFrame::Refresh { req, token } => return self.refresh(lane, req, &token, now_ms),
             ClientFrame::PresenceSync { req, room } => (req, self.presence_sync(req, &room, now_ms)),
@@ -269,7 +269,7 @@ impl Session {
             Ok(()) => Ok(()),
             Err(Failure::Reject(code, message)) => {
                 metrics::counter!(crate::metrics::ERRORS_TOTAL, "code" => code.slug()).increment(1);
-                self.send(lane, &ServerFrame::error(req, code, message)).map_err(|e| self.push_fatal(e))
+                self.outbox.send(lane, &ServerFrame::error(req, code, message)).map_err(|e| self.push_fatal(e))
             }
             Err(Failure::Fatal(code, message)) => Err(self.fatal(req, code, message)),
             Err(Failure::Push(e)) => Err(self.push_fatal(e)),
@@ -349,7 +349,7 @@ impl Session {
         let tenant: Arc<str> = identity.tenant.as_str().into();
         let user = UserKey { tenant: tenant.clone(), user: identity.user.as_str().into() };
         self.active = Some(Active { identity, tenant, _slot: slot });
-        self.send(lane, &welcome).map_err(|e| self.push_fatal(e))?;
+        self.outbox.send(lane, &welcome).map_err(|e| self.push_fatal(e))?;
         self.ctx.awareness.connect(user, self.id, self.outbox.clone(), now_ms);
         Ok(())
     }
@@ -367,7 +367,7 @@ impl Session {
         }
         let expires_at = fresh.expires_at;
         active.identity = fresh;
-        self.send(lane, &ServerFrame::Refreshed { req, expires_at }).map_err(|e| self.push_fatal(e))
+        self.outbox.send(lane, &ServerFrame::Refreshed { req, expires_at }).map_err(|e| self.push_fatal(e))
     }
 
     /// The authenticated state; requests only reach here after `hello`.
@@ -436,7 +436,7 @@ impl Session {
         self.cursors.remove(&name);
         let active = self.active()?;
         self.ctx.engine.forget_cursor(&active.identity.tenant, &active.identity.user, name.clone());
-        self.send(lane, &ServerFrame::Left { req, room: name.to_string() })?;
+        self.outbox.send(lane, &ServerFrame::Left { req, room: name.to_string() })?;
         if room_lane != CONTROL {
             self.lanes.remove(&room_lane);
             self.outbox.close_lane(room_lane);
@@ -493,7 +493,7 @@ impl Session {
                     ServerFrame::error(req, err.code(), err.to_string())
                 }
             };
-            let _ = outbox.push(lane, outbox.codec().frame(&frame));
+            let _ = outbox.send(lane, &frame);
         });
         self.ctx.engine.publish(Publish { key, from, id, data, now_ms }, done);
         Ok(())
@@ -535,10 +535,6 @@ impl Session {
         Ok(())
     }
 
-    fn send(&self, lane: LaneId, frame: &ServerFrame) -> Result<(), PushError> {
-        self.outbox.push(lane, self.outbox.codec().frame(frame))
-    }
-
     /// Fails the connection with `code`: queues the error frame and returns the fatal error.
     pub fn fail(&self, code: ErrorCode, message: impl Into<String>) -> Fatal {
         self.fatal(0, code, message)
@@ -549,7 +545,7 @@ impl Session {
     fn fatal(&self, req: u64, code: ErrorCode, message: impl Into<String>) -> Fatal {
         let message = message.into();
         metrics::counter!(crate::metrics::ERRORS_TOTAL, "code" => code.slug()).increment(1);
-        let _ = self.send(CONTROL, &ServerFrame::error(req, code, message.clone()));
+        let _ = self.outbox.send(CONTROL, &ServerFrame::error(req, code, message.clone()));
         Fatal { code, message }
     }
 
