@@ -69,6 +69,14 @@ struct Member {
     live: bool,
 }
 
+impl Member {
+    /// Stops live fanout to this member and asks its connection for a replay from `next`.
+    fn fall_behind(&mut self, key: &RoomKey, id: SubscriberId) {
+        self.live = false;
+        let _ = self.sub.catch_up.send(CatchUp { key: key.clone(), id });
+    }
+}
+
 /// The outcome of one delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Delivered {
@@ -111,10 +119,6 @@ impl RoomState {
 
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
-    }
-
-    pub fn member_count(&self) -> usize {
-        self.members.len()
     }
 
     fn joined(&self, req: u64, recovered: bool) -> ServerFrame {
@@ -222,9 +226,8 @@ impl RoomState {
             if m.next < offset {
                 // Offsets were skipped here (the engine delivered out of order or lost some):
                 // this member reads them from history.
-                m.live = false;
+                m.fall_behind(&self.key, *id);
                 out.lagging += 1;
-                let _ = m.sub.catch_up.send(CatchUp { key: self.key.clone(), id: *id });
                 continue;
             }
             let codec = m.sub.outbox.codec();
@@ -235,9 +238,8 @@ impl RoomState {
                     out.delivered += 1;
                 }
                 Err(PushError::Full) => {
-                    m.live = false;
+                    m.fall_behind(&self.key, *id);
                     out.lagging += 1;
-                    let _ = m.sub.catch_up.send(CatchUp { key: self.key.clone(), id: *id });
                 }
                 Err(PushError::Closed | PushError::Overflow) => gone.push(*id),
             }
