@@ -17,7 +17,7 @@ use std::path::Path;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Append, Cursor, History, Retention, RoomMeta, StoreError, StoredMessage, room_bytes, user_bytes};
+use super::{Append, Cursor, History, Retention, RoomMeta, StoreError, StoredMessage, room_bytes, tenant_scoped};
 use crate::hub::RoomKey;
 use crate::hub::last_seen::{RecordStore, RecordsError, UserRecord};
 use crate::hub::presence::UserKey;
@@ -275,7 +275,7 @@ impl History for EmbeddedHistory {
         let txn = self.db.begin_write().map_err(err)?;
         {
             let mut table = txn.open_table(CURSORS).map_err(err)?;
-            let who = user_bytes(tenant, user);
+            let who = tenant_scoped(tenant, user);
             for c in cursors {
                 let value = StoredCursor { epoch: c.position.epoch, offset: c.position.offset, updated: c.updated };
                 let value = postcard::to_allocvec(&value).unwrap_or_default();
@@ -289,7 +289,7 @@ impl History for EmbeddedHistory {
         let txn = self.db.begin_write().map_err(err)?;
         {
             let mut table = txn.open_table(CURSORS).map_err(err)?;
-            table.remove((user_bytes(tenant, user).as_slice(), room.as_str())).map_err(err)?;
+            table.remove((tenant_scoped(tenant, user).as_slice(), room.as_str())).map_err(err)?;
         }
         txn.commit().map_err(err)
     }
@@ -297,7 +297,7 @@ impl History for EmbeddedHistory {
     fn cursors(&self, tenant: &str, user: &str, limit: usize) -> Result<Vec<Cursor>, StoreError> {
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(CURSORS).map_err(err)?;
-        let who = user_bytes(tenant, user);
+        let who = tenant_scoped(tenant, user);
         let mut out = Vec::new();
         for entry in table.range((who.as_slice(), "")..).map_err(err)? {
             let (k, v) = entry.map_err(err)?;
@@ -323,7 +323,7 @@ impl RecordStore for EmbeddedHistory {
     fn load(&self, user: &UserKey) -> Result<Option<UserRecord>, RecordsError> {
         let txn = self.db.begin_read().map_err(records_err)?;
         let table = txn.open_table(USERS).map_err(records_err)?;
-        let Some(value) = table.get(user_bytes(&user.tenant, &user.user).as_slice()).map_err(records_err)? else {
+        let Some(value) = table.get(tenant_scoped(&user.tenant, &user.user).as_slice()).map_err(records_err)? else {
             return Ok(None);
         };
         postcard::from_bytes(value.value()).map(Some).map_err(|e| RecordsError(format!("corrupt user record: {e}")))
@@ -335,7 +335,7 @@ impl RecordStore for EmbeddedHistory {
             let mut table = txn.open_table(USERS).map_err(records_err)?;
             for (user, record) in records {
                 let value = postcard::to_allocvec(record).unwrap_or_default();
-                let key = user_bytes(&user.tenant, &user.user);
+                let key = tenant_scoped(&user.tenant, &user.user);
                 table.insert(key.as_slice(), value.as_slice()).map_err(records_err)?;
             }
         }

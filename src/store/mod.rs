@@ -17,8 +17,6 @@ mod memory;
 #[cfg(test)]
 pub(crate) mod suite;
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 
 pub use embedded::EmbeddedHistory;
@@ -139,24 +137,17 @@ pub fn new_epoch() -> u64 {
     (rand::random::<u64>() >> 11).max(1)
 }
 
-/// Which backend holds history.
-pub type SharedHistory = Arc<dyn History>;
-
-/// The bytes that identify a room in a store: tenant, a zero byte, room name. Neither part can
-/// contain a zero byte, so the encoding is unambiguous and sorts rooms of a tenant together.
-pub(crate) fn room_bytes(key: &RoomKey) -> Vec<u8> {
-    let mut out = Vec::with_capacity(key.tenant.len() + 1 + key.room.as_str().len());
-    out.extend_from_slice(key.tenant.as_bytes());
+/// A name scoped by tenant, as store keys hold it: tenant, a zero byte, name. Neither part can
+/// contain a zero byte, so the encoding is unambiguous and sorts a tenant's names together.
+pub(crate) fn tenant_scoped(tenant: &str, name: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(tenant.len() + 1 + name.len());
+    out.extend_from_slice(tenant.as_bytes());
     out.push(0);
-    out.extend_from_slice(key.room.as_str().as_bytes());
+    out.extend_from_slice(name.as_bytes());
     out
 }
 
-/// The bytes that identify a user in a store: tenant, a zero byte, user id.
-pub(crate) fn user_bytes(tenant: &str, user: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(tenant.len() + 1 + user.len());
-    out.extend_from_slice(tenant.as_bytes());
-    out.push(0);
-    out.extend_from_slice(user.as_bytes());
-    out
+/// The store key of a room.
+pub(crate) fn room_bytes(key: &RoomKey) -> Vec<u8> {
+    tenant_scoped(&key.tenant, key.room.as_str())
 }
