@@ -77,7 +77,11 @@ struct State {
 
 enum Command {
     Join(String),
-    Publish(String),
+    /// Send the unacked publish with this room and id.
+    Publish {
+        room: String,
+        id: String,
+    },
 }
 
 pub struct Resilient {
@@ -138,13 +142,8 @@ impl Resilient {
                 }),
             }
         }
-        let _ = self.commands.send(Command::Publish(id.to_owned()));
+        let _ = self.commands.send(Command::Publish { room: room.to_owned(), id: id.to_owned() });
         rx.await.map_err(|_| ClientError::Closed { code: None, reason: "client closed".into() })
-    }
-
-    /// Publishes not yet acknowledged.
-    pub fn unacked(&self) -> usize {
-        lock(&self.state).unacked.len()
     }
 
     pub async fn next_event(&mut self) -> Option<ResilientEvent> {
@@ -252,16 +251,17 @@ impl Driver {
         for room in rooms {
             self.rejoin(&mut requests, client, room);
         }
-        let ids: Vec<String> = lock(&self.state).unacked.iter().map(|u| u.id.clone()).collect();
-        for id in ids {
-            self.resend(&mut requests, client, &id);
+        let unacked: Vec<(String, String)> =
+            lock(&self.state).unacked.iter().map(|u| (u.room.clone(), u.id.clone())).collect();
+        for (room, id) in unacked {
+            self.resend(&mut requests, client, room, id);
         }
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => return Ended::Stopped,
                 command = commands.recv() => match command {
                     Some(Command::Join(room)) => self.rejoin(&mut requests, client, room),
-                    Some(Command::Publish(id)) => self.resend(&mut requests, client, &id),
+                    Some(Command::Publish { room, id }) => self.resend(&mut requests, client, room, id),
                     None => return Ended::Stopped,
                 },
                 Some(done) = requests.join_next(), if !requests.is_empty() => {
@@ -320,13 +320,13 @@ impl Driver {
         });
     }
 
-    fn resend(&self, requests: &mut JoinSet<Result<(), ClientError>>, client: &Arc<Client>, id: &str) {
-        let Some((room, data)) =
-            lock(&self.state).unacked.iter().find(|u| u.id == id).map(|u| (u.room.clone(), u.data.clone()))
+    fn resend(&self, requests: &mut JoinSet<Result<(), ClientError>>, client: &Arc<Client>, room: String, id: String) {
+        let Some(data) =
+            lock(&self.state).unacked.iter().find(|u| u.room == room && u.id == id).map(|u| u.data.clone())
         else {
             return;
         };
-        let (client, state, id) = (client.clone(), self.state.clone(), id.to_owned());
+        let (client, state) = (client.clone(), self.state.clone());
         requests.spawn(async move {
             let position = client.publish(&room, &id, data).await?;
             let mut state = lock(&state);
