@@ -105,11 +105,6 @@ async fn run(
     if let Err(fatal) = session.handle(crate::outbox::CONTROL, &first, unix_ms()) {
         return CloseReason::Error(fatal.code);
     }
-    let spawn = |jobs: &mut JoinSet<()>, session: &mut Session| {
-        for job in session.take_jobs() {
-            jobs.spawn(crate::session::jobs::run(job, ctx.session.clone()));
-        }
-    };
     let outbox = session.outbox().clone();
     let leeway = ctx.session.verifier.leeway_secs();
     // Timers live across iterations; the expiry is recomputed only when the token changes
@@ -149,7 +144,9 @@ async fn run(
                     if let Err(fatal) = session.handle(lane, &body, unix_ms()) {
                         return CloseReason::Error(fatal.code);
                     }
-                    spawn(jobs, session);
+                    for job in session.take_jobs() {
+                        jobs.spawn(crate::session::jobs::run(job, ctx.session.clone()));
+                    }
                     if session.expires_at() != expires_at {
                         expires_at = session.expires_at();
                         expiry_timer.as_mut().reset(expiry_instant(expires_at, leeway).into());
