@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
 use common::{Transport, start, within};
 use edgerelay::client::resilient::{Reconnect, Resilient, ResilientEvent};
 use edgerelay::client::{Client, ClientOptions, ServerTrust, Target};
@@ -79,12 +80,8 @@ impl RelayProcess {
     async fn cert_pin(&self) -> [u8; 32] {
         let (_, body) = common::http_get(self.tcp, "/v1/cert").await;
         let info: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let hex = info["sha256_hex"].as_str().unwrap().to_owned();
-        let mut pin = [0u8; 32];
-        for (i, b) in pin.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
-        }
-        pin
+        let pin = base64::engine::general_purpose::STANDARD.decode(info["sha256_base64"].as_str().unwrap()).unwrap();
+        pin.try_into().expect("a SHA-256 is 32 bytes")
     }
 
     async fn history_ids(&self, room: &str) -> Vec<(u64, String)> {
