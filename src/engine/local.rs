@@ -23,7 +23,7 @@ use futures_util::future::BoxFuture;
 use super::{Accepted, Done, Engine, EngineError, Publish};
 use crate::hub::{Hub, RoomKey};
 use crate::proto::{Position, RoomName};
-use crate::store::{Append, Cursor, History, Retention, RoomMeta, StoredMessage, new_epoch};
+use crate::store::{Append, Cursor, History, Retention, RoomMeta, StoredMessage, UserCursors, new_epoch};
 
 #[derive(Debug, Clone)]
 pub struct LocalEngineConfig {
@@ -115,11 +115,7 @@ enum Op {
     Expire {
         before_ms: u64,
     },
-    SaveCursors {
-        tenant: String,
-        user: String,
-        cursors: Vec<Cursor>,
-    },
+    SaveCursors(UserCursors),
     ForgetCursor {
         tenant: String,
         user: String,
@@ -326,7 +322,7 @@ impl Engine for LocalEngine {
     }
 
     fn save_cursors(&self, tenant: &str, user: &str, cursors: Vec<Cursor>) {
-        let _ = self.send(Op::SaveCursors { tenant: tenant.into(), user: user.into(), cursors });
+        let _ = self.send(Op::SaveCursors(UserCursors { tenant: tenant.into(), user: user.into(), cursors }));
     }
 
     fn forget_cursor(&self, tenant: &str, user: &str, room: RoomName) {
@@ -418,8 +414,11 @@ impl Writer {
         let mut records: Vec<Append> = Vec::new();
         let mut waiting: Vec<(SharedSeq, Done)> = Vec::new();
         let mut after: Vec<Op> = Vec::new();
+        // Cursor saves of the whole batch share one commit.
+        let mut cursors: Vec<UserCursors> = Vec::new();
         for op in batch {
             match op {
+                Op::SaveCursors(update) => cursors.push(update),
                 Op::Append { seq, key, generation, epoch, message, done } => {
                     if lock(&seq).generation == generation {
                         records.push(Append { key, epoch, message });
@@ -435,6 +434,11 @@ impl Writer {
         }
         if !records.is_empty() {
             self.commit(records, waiting);
+        }
+        if !cursors.is_empty()
+            && let Err(err) = self.history.save_cursors(&cursors)
+        {
+            tracing::warn!(%err, "saving user cursors failed");
         }
         for op in after {
             self.side_op(op);
@@ -491,9 +495,8 @@ impl Writer {
                     tracing::debug!(deleted = n, "expired old history");
                 }
             }),
-            Op::SaveCursors { tenant, user, cursors } => self.history.save_cursors(&tenant, &user, &cursors),
             Op::ForgetCursor { tenant, user, room } => self.history.forget_cursor(&tenant, &user, &room),
-            Op::Append { .. } | Op::Stop => Ok(()),
+            Op::Append { .. } | Op::SaveCursors(_) | Op::Stop => Ok(()),
         };
         if let Err(err) = result {
             tracing::warn!(%err, "history maintenance failed");

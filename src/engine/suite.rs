@@ -370,8 +370,8 @@ mod embedded {
         fn expire(&self, before_ms: u64) -> Result<u64, StoreError> {
             self.inner.expire(before_ms)
         }
-        fn save_cursors(&self, t: &str, u: &str, c: &[crate::store::Cursor]) -> Result<(), StoreError> {
-            self.inner.save_cursors(t, u, c)
+        fn save_cursors(&self, updates: &[crate::store::UserCursors]) -> Result<(), StoreError> {
+            self.inner.save_cursors(updates)
         }
         fn forget_cursor(&self, t: &str, u: &str, r: &RoomName) -> Result<(), StoreError> {
             self.inner.forget_cursor(t, u, r)

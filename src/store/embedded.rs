@@ -17,7 +17,9 @@ use std::path::Path;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Append, Cursor, History, Retention, RoomMeta, StoreError, StoredMessage, room_bytes, tenant_scoped};
+use super::{
+    Append, Cursor, History, Retention, RoomMeta, StoreError, StoredMessage, UserCursors, room_bytes, tenant_scoped,
+};
 use crate::hub::RoomKey;
 use crate::hub::last_seen::{RecordStore, RecordsError, UserRecord};
 use crate::hub::presence::UserKey;
@@ -271,15 +273,17 @@ impl History for EmbeddedHistory {
         Ok(deleted)
     }
 
-    fn save_cursors(&self, tenant: &str, user: &str, cursors: &[Cursor]) -> Result<(), StoreError> {
+    fn save_cursors(&self, updates: &[UserCursors]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(err)?;
         {
             let mut table = txn.open_table(CURSORS).map_err(err)?;
-            let who = tenant_scoped(tenant, user);
-            for c in cursors {
-                let value = StoredCursor { epoch: c.position.epoch, offset: c.position.offset, updated: c.updated };
-                let value = postcard::to_allocvec(&value).unwrap_or_default();
-                table.insert((who.as_slice(), c.room.as_str()), value.as_slice()).map_err(err)?;
+            for update in updates {
+                let who = tenant_scoped(&update.tenant, &update.user);
+                for c in &update.cursors {
+                    let value = StoredCursor { epoch: c.position.epoch, offset: c.position.offset, updated: c.updated };
+                    let value = postcard::to_allocvec(&value).unwrap_or_default();
+                    table.insert((who.as_slice(), c.room.as_str()), value.as_slice()).map_err(err)?;
+                }
             }
         }
         txn.commit().map_err(err)

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
-use super::{Append, Cursor, History, Retention, RoomMeta, StoreError, StoredMessage};
+use super::{Append, Cursor, History, Retention, RoomMeta, StoreError, StoredMessage, UserCursors};
 use crate::hub::RoomKey;
 use crate::proto::RoomName;
 
@@ -109,11 +109,13 @@ impl History for MemoryHistory {
         Ok(deleted)
     }
 
-    fn save_cursors(&self, tenant: &str, user: &str, cursors: &[Cursor]) -> Result<(), StoreError> {
+    fn save_cursors(&self, updates: &[UserCursors]) -> Result<(), StoreError> {
         let mut all = lock(&self.cursors);
-        let mine = all.entry((tenant.to_owned(), user.to_owned())).or_default();
-        for cursor in cursors {
-            mine.insert(cursor.room.clone(), cursor.clone());
+        for update in updates {
+            let mine = all.entry((update.tenant.clone(), update.user.clone())).or_default();
+            for cursor in &update.cursors {
+                mine.insert(cursor.room.clone(), cursor.clone());
+            }
         }
         Ok(())
     }

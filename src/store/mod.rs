@@ -84,6 +84,14 @@ pub struct Cursor {
     pub updated: u64,
 }
 
+/// Cursors of one user, to save.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserCursors {
+    pub tenant: String,
+    pub user: String,
+    pub cursors: Vec<Cursor>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("history store: {0}")]
@@ -122,8 +130,8 @@ pub trait History: Send + Sync + 'static {
     /// Deletes messages older than `before_ms` in every room; returns how many were deleted.
     fn expire(&self, before_ms: u64) -> Result<u64, StoreError>;
 
-    /// Records the user's cursors (one commit).
-    fn save_cursors(&self, tenant: &str, user: &str, cursors: &[Cursor]) -> Result<(), StoreError>;
+    /// Records cursors of any number of users, in one commit.
+    fn save_cursors(&self, updates: &[UserCursors]) -> Result<(), StoreError>;
 
     /// Forgets the user's cursor in a room (the user left it).
     fn forget_cursor(&self, tenant: &str, user: &str, room: &RoomName) -> Result<(), StoreError>;

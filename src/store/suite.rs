@@ -94,10 +94,14 @@ pub(crate) fn cursors_per_user(h: &dyn History) {
         position: Position { epoch: 1, offset: off },
         updated,
     };
-    h.save_cursors("acme", "alice", &[c("a", 3, 10), c("b", 1, 20)]).unwrap();
-    h.save_cursors("acme", "alice", &[c("a", 5, 30)]).unwrap();
-    h.save_cursors("acme", "alicia", &[c("x", 1, 1)]).unwrap();
-    h.save_cursors("globex", "alice", &[c("z", 1, 1)]).unwrap();
+    let of = |tenant: &str, user: &str, cursors: Vec<Cursor>| UserCursors {
+        tenant: tenant.into(),
+        user: user.into(),
+        cursors,
+    };
+    h.save_cursors(&[of("acme", "alice", vec![c("a", 3, 10), c("b", 1, 20)])]).unwrap();
+    h.save_cursors(&[of("acme", "alice", vec![c("a", 5, 30)]), of("acme", "alicia", vec![c("x", 1, 1)])]).unwrap();
+    h.save_cursors(&[of("globex", "alice", vec![c("z", 1, 1)])]).unwrap();
     assert_eq!(h.cursors("acme", "alice", 10).unwrap(), vec![c("a", 5, 30), c("b", 1, 20)]);
     assert_eq!(h.cursors("acme", "alice", 1).unwrap(), vec![c("a", 5, 30)]);
     h.forget_cursor("acme", "alice", &room("a")).unwrap();
