@@ -107,7 +107,7 @@ impl Awareness {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        super::lock(&self.state)
     }
 
     /// An authenticated connection of `user`.

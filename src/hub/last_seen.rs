@@ -9,10 +9,11 @@
 //! With the memory store engine, [`MemoryRecords`] keeps them for the process's life only.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use super::lock;
 use super::presence::UserKey;
 
 /// One user's remembered state.
@@ -41,10 +42,6 @@ pub trait RecordStore: Send + Sync {
     fn load(&self, user: &UserKey) -> Result<Option<UserRecord>, RecordsError>;
     /// Saves all of them in one durable commit.
     fn save(&self, records: &[(UserKey, UserRecord)]) -> Result<(), RecordsError>;
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Records in memory only (the memory store engine, tests).
