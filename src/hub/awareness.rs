@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::RoomKey;
-use super::last_seen::{UserRecord, UserRecords};
+use super::last_seen::UserRecords;
 use super::presence::{Change, DeviceId, Presence, PresenceConfig as Logic, UserKey};
 use super::typing::{Typing, TypingView};
 use crate::config::PresenceConfig;
@@ -291,11 +291,6 @@ impl Awareness {
             version: 0,
             last_seen: record.last_seen,
         }
-    }
-
-    /// The record the store holds for a user (tests, operations).
-    pub fn record(&self, user: &UserKey) -> Option<UserRecord> {
-        self.records.get(user)
     }
 }
 

@@ -305,11 +305,6 @@ impl Presence {
         self.users.len()
     }
 
-    /// Every room with members.
-    pub fn rooms(&self) -> impl Iterator<Item = &RoomKey> {
-        self.rooms.keys()
-    }
-
     /// The user's presence as anyone sees it, if they are connected to this relay.
     pub fn status(&self, user: &UserKey) -> Option<PresenceEntry> {
         self.users.get(user).map(|s| s.entry(&user.user))
