@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::RoomKey;
 use super::last_seen::UserRecords;
-use super::presence::{Change, DeviceId, Presence, PresenceConfig as Logic, UserKey};
+use super::presence::{Change, DeviceId, Presence, UserKey};
 use super::typing::{Typing, TypingView};
 use crate::config::PresenceConfig;
 use crate::outbox::{DatagramKey, LaneId, Outbox, PushError};
@@ -92,10 +92,9 @@ fn truncate(mut text: String, max: usize) -> String {
 
 impl Awareness {
     pub fn new(config: &PresenceConfig, records: Arc<dyn UserRecords>) -> Self {
-        let logic = Logic { idle_after_ms: config.idle_after_ms };
         Awareness {
             state: Mutex::new(State {
-                presence: Presence::new(logic),
+                presence: Presence::new(config.idle_after_ms),
                 typing: Typing::new(config.typing_ttl_ms),
                 links: HashMap::new(),
                 room_devices: HashMap::new(),

@@ -44,12 +44,6 @@ impl UserKey {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PresenceConfig {
-    /// A device with no activity for this long is idle.
-    pub idle_after_ms: u64,
-}
-
 /// A presence entry to send to the members of one room.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
@@ -130,7 +124,8 @@ impl UserState {
 
 /// The presence state of every user and room of a relay.
 pub struct Presence {
-    config: PresenceConfig,
+    /// A device with no activity for this long is idle.
+    idle_after_ms: u64,
     users: HashMap<UserKey, UserState>,
     /// Members of each room: user → how many of their devices joined it.
     rooms: HashMap<RoomKey, HashMap<Arc<str>, u32>>,
@@ -140,8 +135,8 @@ pub struct Presence {
 }
 
 impl Presence {
-    pub fn new(config: PresenceConfig) -> Self {
-        Presence { config, users: HashMap::new(), rooms: HashMap::new(), retired: HashMap::new() }
+    pub fn new(idle_after_ms: u64) -> Self {
+        Presence { idle_after_ms, users: HashMap::new(), rooms: HashMap::new(), retired: HashMap::new() }
     }
 
     /// A device of `user` connected. `record` is what the store remembers of the user (last
@@ -276,7 +271,7 @@ impl Presence {
     /// Applies the passing of time (devices going idle). Call it periodically.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Change> {
         self.retired.retain(|_, version| *version >= now_ms);
-        let idle = self.config.idle_after_ms;
+        let idle = self.idle_after_ms;
         self.users.iter_mut().flat_map(|(user, state)| state.recompute(user, idle, now_ms)).collect()
     }
 
@@ -313,7 +308,7 @@ impl Presence {
     /// Recomputes what others see of `user`; on a change, bumps the version and returns the
     /// entry for each of their rooms.
     fn recompute(&mut self, user: &UserKey, now_ms: u64) -> Vec<Change> {
-        let idle = self.config.idle_after_ms;
+        let idle = self.idle_after_ms;
         self.users.get_mut(user).map(|state| state.recompute(user, idle, now_ms)).unwrap_or_default()
     }
 }
@@ -352,7 +347,7 @@ mod tests {
     const IDLE: u64 = 60_000;
 
     fn presence() -> Presence {
-        Presence::new(PresenceConfig { idle_after_ms: IDLE })
+        Presence::new(IDLE)
     }
 
     fn room(tenant: &str, name: &str) -> RoomKey {
