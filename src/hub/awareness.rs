@@ -125,10 +125,7 @@ impl Awareness {
         let Some(link) = state.links.remove(&device) else { return };
         for room in link.rooms.keys() {
             let key = RoomKey { tenant: link.user.tenant.clone(), room: room.clone() };
-            state.forget_room_device(&key, device);
-            if let Some(view) = state.typing.stop(&key, &link.user.user, device, now_ms) {
-                state.fan_typing(&key, &view);
-            }
+            state.leave_room(&key, &link.user, device, now_ms);
         }
         let (changes, record) = state.presence.disconnect(&link.user, device, now_ms);
         metrics::gauge!(USERS).set(state.presence.users() as f64);
@@ -154,9 +151,8 @@ impl Awareness {
         if view.total > 0
             && let Some(link) = state.links.get(&device)
         {
-            let frame = typing_frame(room, &view, state.typing.ttl_ms());
-            let codec = link.outbox.codec();
-            link.outbox.push_datagram(DatagramKey::new(KIND_TYPING, room.room.as_str()), codec.frame(&frame))?;
+            let (key, frame) = state.typing_update(room, &view);
+            link.outbox.push_datagram(key, link.outbox.codec().frame(&frame))?;
         }
         Ok(())
     }
@@ -169,10 +165,7 @@ impl Awareness {
             return;
         }
         let user = link.user.clone();
-        state.forget_room_device(room, device);
-        if let Some(view) = state.typing.stop(room, &user.user, device, now_ms) {
-            state.fan_typing(room, &view);
-        }
+        state.leave_room(room, &user, device, now_ms);
         let changes = state.presence.leave(room, &user, device, now_ms);
         state.fan_presence(changes);
     }
@@ -202,14 +195,12 @@ impl Awareness {
         let key = RoomKey { tenant: user.tenant.clone(), room: room.clone() };
         let changes = state.presence.activity(&user, device, now_ms);
         state.fan_presence(changes);
-        let view = if !typing {
-            state.typing.stop(&key, &user.user, device, now_ms)
+        if !typing {
+            state.stop_typing(&key, &user, device, now_ms);
         } else if state.presence.hides_typing(&user) {
-            return ignored("hidden");
+            ignored("hidden");
         } else {
-            Some(state.typing.start(&key, &user.user, device, now_ms))
-        };
-        if let Some(view) = view {
+            let view = state.typing.start(&key, &user.user, device, now_ms);
             state.fan_typing(&key, &view);
         }
     }
@@ -226,10 +217,7 @@ impl Awareness {
             // End the user's typing everywhere this device is (other devices follow on their
             // next start, which is refused).
             for room in rooms {
-                let key = RoomKey { tenant: user.tenant.clone(), room };
-                if let Some(view) = state.typing.stop(&key, &user.user, device, now_ms) {
-                    state.fan_typing(&key, &view);
-                }
+                state.stop_typing(&RoomKey { tenant: user.tenant.clone(), room }, &user, device, now_ms);
             }
         }
         let record = state.presence.record(&user);
@@ -302,23 +290,24 @@ pub fn rate_limited() {
     ignored("rate_limited");
 }
 
-fn typing_frame(room: &RoomKey, view: &TypingView, ttl_ms: u64) -> ServerFrame {
-    ServerFrame::Typing {
-        room: room.room.to_string(),
-        users: view.names.clone(),
-        others: view.total.saturating_sub(view.names.len() as u32),
-        version: view.version,
-        ttl_ms: u32::try_from(ttl_ms).unwrap_or(u32::MAX),
-    }
-}
-
 impl State {
-    fn forget_room_device(&mut self, room: &RoomKey, device: DeviceId) {
+    /// The device is no longer in `room`: it gets no more of the room's updates, and its
+    /// typing there ends.
+    fn leave_room(&mut self, room: &RoomKey, user: &UserKey, device: DeviceId, now_ms: u64) {
         if let Some(devices) = self.room_devices.get_mut(room) {
             devices.remove(&device);
             if devices.is_empty() {
                 self.room_devices.remove(room);
             }
+        }
+        self.stop_typing(room, user, device, now_ms);
+    }
+
+    /// Ends the device's typing in `room`; the members hear of it when the user no longer
+    /// types there on any device.
+    fn stop_typing(&mut self, room: &RoomKey, user: &UserKey, device: DeviceId, now_ms: u64) {
+        if let Some(view) = self.typing.stop(room, &user.user, device, now_ms) {
+            self.fan_typing(room, &view);
         }
     }
 
@@ -346,9 +335,21 @@ impl State {
         }
     }
 
+    /// A room's typing view as a datagram: its queue key and frame.
+    fn typing_update(&self, room: &RoomKey, view: &TypingView) -> (DatagramKey, ServerFrame) {
+        let frame = ServerFrame::Typing {
+            room: room.room.to_string(),
+            users: view.names.clone(),
+            others: view.total.saturating_sub(view.names.len() as u32),
+            version: view.version,
+            ttl_ms: u32::try_from(self.typing.ttl_ms()).unwrap_or(u32::MAX),
+        };
+        (DatagramKey::new(KIND_TYPING, room.room.as_str()), frame)
+    }
+
     fn fan_typing(&self, room: &RoomKey, view: &TypingView) {
-        let frame = typing_frame(room, view, self.typing.ttl_ms());
-        self.fan(room, DatagramKey::new(KIND_TYPING, room.room.as_str()), &frame, "typing");
+        let (key, frame) = self.typing_update(room, view);
+        self.fan(room, key, &frame, "typing");
     }
 
     fn send_refreshes(&self) {
