@@ -275,23 +275,25 @@ impl Presence {
         self.users.iter_mut().flat_map(|(user, state)| state.recompute(user, idle, now_ms)).collect()
     }
 
-    /// The present (not offline) members of a room, sorted by user: a room's snapshot.
+    /// The present (not offline) members of a room, in no particular order.
+    fn present<'a>(&'a self, room: &'a RoomKey) -> impl Iterator<Item = PresenceEntry> + 'a {
+        self.rooms.get(room).into_iter().flat_map(HashMap::keys).filter_map(move |user| {
+            let key = UserKey { tenant: room.tenant.clone(), user: user.clone() };
+            self.users.get(&key).filter(|s| s.shown != Status::Offline).map(|s| s.entry(user))
+        })
+    }
+
+    /// The present members of a room, sorted by user: a room's snapshot.
     pub fn snapshot(&self, room: &RoomKey) -> Vec<PresenceEntry> {
-        let Some(members) = self.rooms.get(room) else { return Vec::new() };
-        let mut entries: Vec<PresenceEntry> = members
-            .keys()
-            .filter_map(|user| {
-                let key = UserKey { tenant: room.tenant.clone(), user: user.clone() };
-                self.users.get(&key).filter(|s| s.shown != Status::Offline).map(|s| s.entry(user))
-            })
-            .collect();
+        let mut entries: Vec<PresenceEntry> = self.present(room).collect();
         entries.sort_by(|a, b| a.user.cmp(&b.user));
         entries
     }
 
-    /// The compact form of a room's snapshot: how many are present, and their digest.
+    /// The compact form of a room's snapshot: how many are present, and their digest. Runs for
+    /// every room on every refresh; the digest does not depend on order, so nothing is sorted.
     pub fn summary(&self, room: &RoomKey) -> (u32, u64) {
-        let entries = self.snapshot(room);
+        let entries: Vec<PresenceEntry> = self.present(room).collect();
         (entries.len() as u32, digest(&entries))
     }
 
