@@ -31,7 +31,7 @@ use super::{ALPN_RAW, FLUSH_TIMEOUT, WRITE_BATCH, webtransport};
 use crate::connection::{self, ConnectionContext, Inbound};
 use crate::metrics::{TransportMetrics, datagram_dropped, disconnected};
 use crate::outbox::{CONTROL, CloseReason, LaneId, Outbox, Take};
-use crate::proto::{Codec, DecodeError, ErrorCode, FrameReader};
+use crate::proto::{Codec, DecodeError, ErrorCode, FrameReader, WireFrame};
 
 /// Handshakes in flight above which unvalidated clients must first answer a Retry.
 const RETRY_ABOVE_HANDSHAKES: usize = 256;
@@ -187,8 +187,7 @@ async fn run(
     let loss = ctx.session.test_datagram_loss;
     writers.spawn(write_datagrams(conn.clone(), outbox.clone(), loss, metrics.clone()));
     let max_datagram = ctx.session.limits.max_datagram_bytes as usize;
-    let datagrams = DatagramReader { max: max_datagram, loss, metrics: metrics.clone() };
-    readers.spawn(read_datagrams(conn.clone(), tx.clone(), datagrams, cancel.clone()));
+    readers.spawn(read_datagrams(conn.clone(), tx.clone(), max_datagram, loss, metrics.clone(), cancel.clone()));
     readers.spawn(accept_rooms(
         conn.clone(),
         outbox.clone(),
@@ -303,24 +302,22 @@ async fn read_lane(
     }
 }
 
-/// Settings of the datagram reader.
-struct DatagramReader {
-    /// `limits.max_datagram_bytes`.
-    max: usize,
-    /// `presence.test_datagram_loss`: share dropped on purpose (0 in production).
-    loss: f64,
-    metrics: TransportMetrics,
-}
-
-/// True when the test knob says to lose this datagram.
+/// True when the test knob (`presence.test_datagram_loss`, 0 in production) says to lose this
+/// datagram.
 fn lose(loss: f64) -> bool {
     loss > 0.0 && rand::random::<f64>() < loss
 }
 
-/// Feeds received datagrams to the connection loop until the connection ends. Oversized ones
-/// and ones arriving while the loop is backed up are dropped.
-async fn read_datagrams(conn: Session, tx: mpsc::Sender<Inbound>, r: DatagramReader, cancel: CancellationToken) {
-    let DatagramReader { max, loss, metrics } = r;
+/// Feeds received datagrams to the connection loop until the connection ends. Ones over `max`
+/// (`limits.max_datagram_bytes`) and ones arriving while the loop is backed up are dropped.
+async fn read_datagrams(
+    conn: Session,
+    tx: mpsc::Sender<Inbound>,
+    max: usize,
+    loss: f64,
+    metrics: TransportMetrics,
+    cancel: CancellationToken,
+) {
     loop {
         let datagram = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -344,33 +341,15 @@ async fn read_datagrams(conn: Session, tx: mpsc::Sender<Inbound>, r: DatagramRea
     }
 }
 
-/// Sends the outbox's datagram queue. A frame that does not fit `max_datagram_size()` (or any
-/// frame when the peer does not accept datagrams) is re-queued on the control stream: the
-/// state it carries still arrives, late but reliably, instead of never.
+/// Sends the outbox's datagram queue until the connection closes or is lost.
 async fn write_datagrams(conn: Session, outbox: Arc<Outbox>, loss: f64, metrics: TransportMetrics) {
     let notify = outbox.datagram_notify();
     loop {
         match outbox.take_datagrams(WRITE_BATCH) {
             Take::Frames(frames) => {
                 for frame in frames {
-                    let body = frame.body();
-                    // 0 when the peer takes no datagrams; WebTransport's session header is deducted.
-                    if body.len() <= conn.max_datagram_size() {
-                        if lose(loss) {
-                            datagram_dropped("test_loss");
-                            continue;
-                        }
-                        match conn.send_datagram(body) {
-                            Ok(()) => metrics.datagrams_out.increment(1),
-                            Err(SessionError::SendDatagramError(err))
-                                if !matches!(err, quinn::SendDatagramError::ConnectionLost(_)) =>
-                            {
-                                datagram_dropped("send_failed")
-                            }
-                            Err(_) => return,
-                        }
-                    } else if outbox.push(CONTROL, frame).is_ok() {
-                        metrics.datagrams_rerouted.increment(1);
+                    if !send_datagram(&conn, &outbox, frame, loss, &metrics) {
+                        return;
                     }
                 }
             }
@@ -378,6 +357,32 @@ async fn write_datagrams(conn: Session, outbox: Arc<Outbox>, loss: f64, metrics:
             Take::Finished | Take::Close(_) => return,
         }
     }
+}
+
+/// Sends one frame as a datagram. A frame that does not fit `max_datagram_size()` (or any frame
+/// when the peer does not accept datagrams) is re-queued on the control stream: the state it
+/// carries still arrives, late but reliably, instead of never. False once the connection is lost.
+fn send_datagram(conn: &Session, outbox: &Outbox, frame: WireFrame, loss: f64, metrics: &TransportMetrics) -> bool {
+    let body = frame.body();
+    // 0 when the peer takes no datagrams; WebTransport's session header is deducted.
+    if body.len() > conn.max_datagram_size() {
+        if outbox.push(CONTROL, frame).is_ok() {
+            metrics.datagrams_rerouted.increment(1);
+        }
+        return true;
+    }
+    if lose(loss) {
+        datagram_dropped("test_loss");
+        return true;
+    }
+    match conn.send_datagram(body) {
+        Ok(()) => metrics.datagrams_out.increment(1),
+        Err(SessionError::SendDatagramError(err)) if !matches!(err, quinn::SendDatagramError::ConnectionLost(_)) => {
+            datagram_dropped("send_failed")
+        }
+        Err(_) => return false,
+    }
+    true
 }
 
 /// Protocol v1 has no unidirectional streams: any the peer opens are stopped at once, so they
