@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::{TestRelay, Transport, VARIANTS, start_with, within};
 use edgerelay::client::{Client, ClientOptions, ServerTrust, Target};
+use edgerelay::config::Config;
 use edgerelay::proto::{Codec, PresenceEntry, Status};
 
 const API_KEY: &str = "presence-test-api-key-0123";
@@ -81,13 +82,15 @@ async fn api_user_until(relay: &edgerelay::relay::Relay, user: &str, status: Sta
     .await
 }
 
+/// Fast refreshes, a short typing TTL and the server API on.
+fn presence_config(c: &mut Config) {
+    c.presence.refresh_ms = 250;
+    c.presence.typing_ttl_ms = 1_500;
+    c.api.key = Some(API_KEY.into());
+}
+
 async fn presence_relay() -> TestRelay {
-    start_with(|c| {
-        c.presence.refresh_ms = 250;
-        c.presence.typing_ttl_ms = 1_500;
-        c.api.key = Some(API_KEY.into());
-    })
-    .await
+    start_with(presence_config).await
 }
 
 #[tokio::test]
@@ -157,8 +160,7 @@ async fn two_users_with_two_devices_each_see_status_typing_and_leave() {
 #[tokio::test]
 async fn a_killed_clients_typing_and_presence_clear_by_themselves() {
     let relay = start_with(|c| {
-        c.presence.refresh_ms = 250;
-        c.presence.typing_ttl_ms = 1_500;
+        presence_config(c);
         c.limits.idle_timeout_ms = 4_000;
         c.limits.ping_interval_ms = 1_000;
     })
@@ -263,8 +265,7 @@ async fn last_seen_and_privacy_survive_a_restart_and_show_in_the_api() {
     let TestRelay { relay, dir } = first;
     relay.shutdown().await;
     let mut config = common::test_config(dir.path());
-    config.api.key = Some(API_KEY.into());
-    config.presence.typing_ttl_ms = 1_500;
+    presence_config(&mut config);
     let second = TestRelay { relay: edgerelay::relay::Relay::start(config).await.unwrap(), dir };
     let after = api_user(&second.relay, "acme", "dora").await;
     assert_eq!((after.status, after.last_seen), (Status::Offline, seen.last_seen), "last seen kept across the restart");
@@ -300,10 +301,9 @@ async fn last_seen_and_privacy_survive_a_restart_and_show_in_the_api() {
 #[tokio::test]
 async fn updates_are_rate_limited_per_device_and_scoped_by_tenant() {
     let relay = start_with(|c| {
+        presence_config(c);
         c.presence.rate = 1;
         c.presence.burst = 2;
-        c.presence.refresh_ms = 250;
-        c.api.key = Some(API_KEY.into());
     })
     .await;
     let fast = relay.connect(Transport::WebSocket, Codec::Json, "fast", "acme", &["*"]).await;
