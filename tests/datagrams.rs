@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{RawQuic, Transport, raw_quic, start, within};
+use common::{RawQuic, Transport, raw_quic, start, start_with, within};
 use edgerelay::proto::{ClientFrame, Codec, FrameReader, ServerFrame};
 use edgerelay::transport::quic::read_frame;
 
@@ -47,7 +47,7 @@ async fn ping_datagram_is_answered_by_a_pong_datagram() {
 
 #[tokio::test]
 async fn bad_datagrams_are_dropped_and_counted_never_fatal() {
-    let relay = start_with_small_datagrams().await;
+    let relay = start_with(|c| c.limits.max_datagram_bytes = 256).await;
     let mut raw = raw_quic(&relay).await;
     raw.hello(&relay).await;
     // Undecodable, oversized (over limits.max_datagram_bytes) and a frame type that is not
@@ -72,10 +72,6 @@ async fn bad_datagrams_are_dropped_and_counted_never_fatal() {
         let line = format!("edgerelay_datagram_drops_total{{reason=\"{reason}\"}}");
         assert!(metrics.contains(&line), "/metrics lacks {line}:\n{metrics}");
     }
-}
-
-async fn start_with_small_datagrams() -> common::TestRelay {
-    common::start_with(|c| c.limits.max_datagram_bytes = 256).await
 }
 
 #[tokio::test]
