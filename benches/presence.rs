@@ -16,11 +16,14 @@ use std::io::BufRead;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use edgerelay::auth::{Caps, Claims, Signer};
+use edgerelay::auth::Signer;
 use edgerelay::client::{Client, ClientOptions, ServerTrust, Target};
 use edgerelay::proto::Status;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 const USERS: usize = 1_000;
 const ROOM_SIZE: usize = 10;
@@ -149,24 +152,13 @@ async fn run() {
     let secret: [u8; 32] = rand::random();
     let relay = start_relay(&secret);
     let signer = Signer::dev(&secret);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let target =
         Target::Quic { addr: relay.udp, server_name: "localhost".into(), tls: ServerTrust::Pinned(vec![relay.sha256]) };
 
     let started = Instant::now();
     let mut clients = Vec::with_capacity(USERS);
     for i in 0..USERS {
-        let claims = Claims {
-            sub: format!("u{i}"),
-            tenant: "bench".into(),
-            exp: now + 3600,
-            nbf: None,
-            iat: Some(now),
-            jti: None,
-            iss: None,
-            aud: None,
-            caps: Caps { join: vec!["*".into()], publish: vec!["*".into()] },
-        };
+        let claims = common::claims(&format!("u{i}"), "bench", &["*"]);
         let client = Client::connect(target.clone(), ClientOptions::new(signer.sign(&claims).unwrap())).await.unwrap();
         client.join(&format!("r{}", i / ROOM_SIZE)).await.unwrap();
         clients.push(Arc::new(client));
