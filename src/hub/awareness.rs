@@ -367,6 +367,6 @@ impl State {
         let users = self.presence.snapshot(room);
         let frame = ServerFrame::PresenceSnapshot { req, room: room.room.to_string(), users };
         metrics::counter!(UPDATES_TOTAL, "kind" => "snapshot").increment(1);
-        link.outbox.push(lane, link.outbox.codec().frame(&frame))
+        link.outbox.send(lane, &frame)
     }
 }
