@@ -25,8 +25,6 @@ pub const PUBLISHES_TOTAL: &str = "edgerelay_publishes_total";
 pub const DELIVERIES_TOTAL: &str = "edgerelay_deliveries_total";
 /// Time to fan one message out to every subscriber's outbox (histogram, seconds).
 pub const FANOUT_SECONDS: &str = "edgerelay_fanout_seconds";
-/// Frames dropped from outboxes, by `reason` (`slow_consumer`).
-pub const OUTBOX_DROPS_TOTAL: &str = "edgerelay_outbox_drops_total";
 /// Datagram-class frames received / sent as QUIC datagrams, by `transport`.
 pub const DATAGRAMS_IN_TOTAL: &str = "edgerelay_datagrams_in_total";
 pub const DATAGRAMS_OUT_TOTAL: &str = "edgerelay_datagrams_out_total";
