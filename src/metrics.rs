@@ -75,15 +75,16 @@ pub fn install() -> PrometheusHandle {
 }
 
 /// Counter and gauge handles for one transport, registered once and cloned into connections so
-/// the per-frame path does not look names up.
+/// the per-frame path does not look names up. The connection gauge and counter move only through
+/// [`TransportMetrics::opened`].
 #[derive(Clone)]
 pub struct TransportMetrics {
     pub frames_in: metrics::Counter,
     pub frames_out: metrics::Counter,
     pub bytes_in: metrics::Counter,
     pub bytes_out: metrics::Counter,
-    pub connections: metrics::Gauge,
-    pub connections_total: metrics::Counter,
+    connections: metrics::Gauge,
+    connections_total: metrics::Counter,
     pub datagrams_in: metrics::Counter,
     pub datagrams_out: metrics::Counter,
     pub datagrams_rerouted: metrics::Counter,
