@@ -187,18 +187,21 @@ fn read_key_file(key: String, path: &Path) -> Result<Vec<u8>, AuthSetupError> {
     std::fs::read(path).map_err(|source| AuthSetupError::Io { key, path: path.to_path_buf(), source })
 }
 
-/// The PEM an ES256/RS256 key needs from one of its file fields, with that field's dotted name
-/// for error messages; `missing` says why the field is required.
-fn pem_field(
+/// An ES256/RS256 key from the PEM file in one of its fields, parsed by `parse`. Errors name the
+/// field (`auth.keys[kid=main].public_key_file`); `missing` says why the field is required and
+/// `holds` what the file must hold.
+fn pem_key<K>(
     k: &KeyConfig,
     field: &str,
     path: Option<&Path>,
     missing: &str,
-) -> Result<(String, Vec<u8>), AuthSetupError> {
+    holds: &str,
+    parse: fn(&[u8]) -> jsonwebtoken::errors::Result<K>,
+) -> Result<K, AuthSetupError> {
     let field = format!("{}.{field}", k.config_key());
     let path = path.ok_or_else(|| setup_err(&field, missing))?;
     let pem = read_key_file(field.clone(), path)?;
-    Ok((field, pem))
+    parse(&pem).map_err(|e| setup_err(&field, format!("not a {} {holds}: {e}", k.alg)))
 }
 
 /// The HS256 secret of a key config: inline, or the file's bytes without trailing whitespace.
@@ -271,16 +274,14 @@ impl Verifier {
             }
             let key = match k.alg {
                 KeyAlg::HS256 => DecodingKey::from_secret(&hs256_secret(k)?),
-                KeyAlg::ES256 | KeyAlg::RS256 => {
-                    let missing = format!("required for {}", k.alg);
-                    let (field, pem) = pem_field(k, "public_key_file", k.public_key_file.as_deref(), &missing)?;
-                    let parsed = if k.alg == KeyAlg::ES256 {
-                        DecodingKey::from_ec_pem(&pem)
-                    } else {
-                        DecodingKey::from_rsa_pem(&pem)
-                    };
-                    parsed.map_err(|e| setup_err(&field, format!("not a {} public key PEM: {e}", k.alg)))?
-                }
+                KeyAlg::ES256 | KeyAlg::RS256 => pem_key(
+                    k,
+                    "public_key_file",
+                    k.public_key_file.as_deref(),
+                    &format!("required for {}", k.alg),
+                    "public key PEM",
+                    if k.alg == KeyAlg::ES256 { DecodingKey::from_ec_pem } else { DecodingKey::from_rsa_pem },
+                )?,
             };
             keys.push(VerifyKey { kid: k.kid.clone(), alg: jwt_alg(k.alg), key });
         }
@@ -427,16 +428,14 @@ impl Signer {
     pub fn from_key_config(k: &KeyConfig) -> Result<Signer, AuthSetupError> {
         let key = match k.alg {
             KeyAlg::HS256 => EncodingKey::from_secret(&hs256_secret(k)?),
-            KeyAlg::ES256 | KeyAlg::RS256 => {
-                let missing = format!("needed to sign {} tokens", k.alg);
-                let (field, pem) = pem_field(k, "private_key_file", k.private_key_file.as_deref(), &missing)?;
-                let parsed = if k.alg == KeyAlg::ES256 {
-                    EncodingKey::from_ec_pem(&pem)
-                } else {
-                    EncodingKey::from_rsa_pem(&pem)
-                };
-                parsed.map_err(|e| setup_err(&field, format!("not a {} PKCS#8 private key PEM: {e}", k.alg)))?
-            }
+            KeyAlg::ES256 | KeyAlg::RS256 => pem_key(
+                k,
+                "private_key_file",
+                k.private_key_file.as_deref(),
+                &format!("needed to sign {} tokens", k.alg),
+                "PKCS#8 private key PEM",
+                if k.alg == KeyAlg::ES256 { EncodingKey::from_ec_pem } else { EncodingKey::from_rsa_pem },
+            )?,
         };
         Ok(Signer { kid: k.kid.clone(), alg: jwt_alg(k.alg), key })
     }
