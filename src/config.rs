@@ -450,11 +450,12 @@ impl Config {
         deserialize(table).map_err(|(key, message)| ConfigError::Value { key, origin: "<toml>".to_string(), message })
     }
 
-    /// Where the dev token secret is kept.
+    /// The embedded store's file: `store.path`, or `history.redb` in `data_dir`.
     pub fn history_path(&self) -> PathBuf {
         self.store.path.clone().unwrap_or_else(|| self.data_dir.join("history.redb"))
     }
 
+    /// Where the dev token secret is kept.
     pub fn dev_secret_path(&self) -> PathBuf {
         self.auth.dev_secret_file.clone().unwrap_or_else(|| self.data_dir.join("dev-token-secret"))
     }
