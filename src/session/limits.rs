@@ -59,7 +59,8 @@ impl UserConnections {
         Some(ConnectionSlot { owner: self.clone(), key })
     }
 
-    pub fn count(&self, tenant: &str, user: &str) -> u32 {
+    #[cfg(test)]
+    fn count(&self, tenant: &str, user: &str) -> u32 {
         let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         counts.get(&(Arc::from(tenant), Arc::from(user))).copied().unwrap_or(0)
     }
