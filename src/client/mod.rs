@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::proto::{
     ClientFrame, Codec, ErrorCode, HistoryEntry, PROTOCOL_VERSION, Payload, Position, PresenceEntry, RoomCursor,
-    ServerFrame, Status, WireLimits,
+    ServerFrame, Status, WireFrame, WireLimits,
 };
 use presence::RoomPresence;
 
@@ -285,6 +285,38 @@ enum Link {
     WebSocket(websocket::WsLink),
 }
 
+impl Link {
+    /// On QUIC the room's stream (the control stream when the room has none); on WebSocket the
+    /// socket.
+    async fn send_for_room(&self, room: &str, frame: WireFrame) -> Result<(), ClientError> {
+        match self {
+            Link::Quic(link) => link.send_for_room(room, frame).await,
+            Link::WebSocket(link) => link.send(frame),
+        }
+    }
+
+    async fn send_control(&self, frame: WireFrame) -> Result<(), ClientError> {
+        match self {
+            Link::Quic(link) => link.send_control(frame).await,
+            Link::WebSocket(link) => link.send(frame),
+        }
+    }
+
+    async fn send_datagram(&self, frame: WireFrame) -> Result<(), ClientError> {
+        match self {
+            Link::Quic(link) => link.send_datagram(frame).await,
+            Link::WebSocket(link) => link.send(frame),
+        }
+    }
+
+    fn close(&self) {
+        match self {
+            Link::Quic(link) => link.close(),
+            Link::WebSocket(link) => link.close(),
+        }
+    }
+}
+
 /// A connected client.
 pub struct Client {
     link: Arc<Link>,
@@ -419,7 +451,7 @@ impl Client {
         let req = self.req();
         let frame = self.codec.frame(&ClientFrame::Leave { req, room: room.to_owned() });
         let rx = self.expect(req);
-        self.send_for_room(room, frame).await?;
+        self.link.send_for_room(room, frame).await?;
         match self.answer(req, rx).await? {
             ServerFrame::Left { .. } => {
                 self.shared.views().remove(room);
@@ -437,7 +469,7 @@ impl Client {
         let req = self.req();
         let frame = ClientFrame::Publish { req, room: room.to_owned(), id: id.to_owned(), data: data.into() };
         let rx = self.expect(req);
-        self.send_for_room(room, self.codec.frame(&frame)).await?;
+        self.link.send_for_room(room, self.codec.frame(&frame)).await?;
         match self.answer(req, rx).await? {
             ServerFrame::Ack { position, .. } => Ok(position),
             other => Err(ClientError::Protocol(format!("expected ack, got {other:?}"))),
@@ -449,7 +481,7 @@ impl Client {
         let started = Instant::now();
         let req = self.req();
         let rx = self.expect(req);
-        self.send_control(self.codec.frame(&ClientFrame::Ping { req })).await?;
+        self.link.send_control(self.codec.frame(&ClientFrame::Ping { req })).await?;
         match self.answer(req, rx).await? {
             ServerFrame::Pong { .. } => Ok(started.elapsed()),
             other => Err(ClientError::Protocol(format!("expected pong, got {other:?}"))),
@@ -473,11 +505,7 @@ impl Client {
     /// Sends a latest-wins frame: one QUIC datagram when it fits the path (lossy), the control
     /// stream otherwise; on WebSocket, the socket.
     pub async fn send_datagram(&self, frame: &ClientFrame) -> Result<(), ClientError> {
-        let frame = self.codec.frame(frame);
-        match &*self.link {
-            Link::Quic(link) => link.send_datagram(frame).await,
-            Link::WebSocket(link) => link.send(frame),
-        }
+        self.link.send_datagram(self.codec.frame(frame)).await
     }
 
     /// Largest datagram the connection carries now; `None` on WebSocket or when datagrams are off.
@@ -492,7 +520,7 @@ impl Client {
     /// stream: a user's choice must arrive, unlike typing, which is repeated anyway.
     pub async fn set_status(&self, status: Status, custom: Option<&str>) -> Result<(), ClientError> {
         let frame = ClientFrame::SetStatus { status, custom: custom.map(str::to_owned) };
-        self.send_control(self.codec.frame(&frame)).await
+        self.link.send_control(self.codec.frame(&frame)).await
     }
 
     /// Tells the relay this device is in use (it is no longer idle); as a datagram on QUIC.
@@ -508,14 +536,16 @@ impl Client {
 
     /// Sets the user's privacy (kept by the relay across connections), reliably.
     pub async fn privacy(&self, hide_presence: bool, hide_typing: bool) -> Result<(), ClientError> {
-        self.send_control(self.codec.frame(&ClientFrame::Privacy { hide_presence, hide_typing })).await
+        self.link.send_control(self.codec.frame(&ClientFrame::Privacy { hide_presence, hide_typing })).await
     }
 
     /// Asks for a joined room's presence snapshot and waits for it; the view is replaced too.
     pub async fn presence_sync(&self, room: &str) -> Result<Vec<PresenceEntry>, ClientError> {
         let req = self.req();
         let rx = self.expect(req);
-        self.send_for_room(room, self.codec.frame(&ClientFrame::PresenceSync { req, room: room.to_owned() })).await?;
+        self.link
+            .send_for_room(room, self.codec.frame(&ClientFrame::PresenceSync { req, room: room.to_owned() }))
+            .await?;
         match self.answer(req, rx).await? {
             ServerFrame::PresenceSnapshot { users, .. } => Ok(users),
             other => Err(ClientError::Protocol(format!("expected presence_snapshot, got {other:?}"))),
@@ -568,7 +598,7 @@ impl Client {
     pub async fn refresh(&self, token: &str) -> Result<u64, ClientError> {
         let req = self.req();
         let rx = self.expect(req);
-        self.send_control(self.codec.frame(&ClientFrame::Refresh { req, token: token.to_owned() })).await?;
+        self.link.send_control(self.codec.frame(&ClientFrame::Refresh { req, token: token.to_owned() })).await?;
         match self.answer(req, rx).await? {
             ServerFrame::Refreshed { expires_at, .. } => Ok(expires_at),
             other => Err(ClientError::Protocol(format!("expected refreshed, got {other:?}"))),
@@ -581,7 +611,7 @@ impl Client {
         let req = self.req();
         let rx = self.expect(req);
         let frame = ClientFrame::History { req, room: room.to_owned(), before, limit };
-        self.send_control(self.codec.frame(&frame)).await?;
+        self.link.send_control(self.codec.frame(&frame)).await?;
         match self.answer(req, rx).await? {
             ServerFrame::History { position, first, messages, .. } => Ok(HistoryPage { position, first, messages }),
             other => Err(ClientError::Protocol(format!("expected history, got {other:?}"))),
@@ -592,7 +622,7 @@ impl Client {
     pub async fn followed_rooms(&self) -> Result<Vec<RoomCursor>, ClientError> {
         let req = self.req();
         let rx = self.expect(req);
-        self.send_control(self.codec.frame(&ClientFrame::Rooms { req })).await?;
+        self.link.send_control(self.codec.frame(&ClientFrame::Rooms { req })).await?;
         match self.answer(req, rx).await? {
             ServerFrame::Rooms { rooms, .. } => Ok(rooms),
             other => Err(ClientError::Protocol(format!("expected rooms, got {other:?}"))),
@@ -601,7 +631,7 @@ impl Client {
 
     /// Tells the relay this client has every message of `room` up to `position` (no answer).
     pub async fn cursor(&self, room: &str, position: Position) -> Result<(), ClientError> {
-        self.send_control(self.codec.frame(&ClientFrame::Cursor { room: room.to_owned(), position })).await
+        self.link.send_control(self.codec.frame(&ClientFrame::Cursor { room: room.to_owned(), position })).await
     }
 
     /// Moves the event stream out, so requests can share the client (`Arc<Client>`) while one
@@ -612,10 +642,7 @@ impl Client {
 
     /// Closes the connection without waiting for the client's tasks (see `close`).
     pub fn abort(&self) {
-        match &*self.link {
-            Link::Quic(link) => link.close(),
-            Link::WebSocket(link) => link.close(),
-        }
+        self.link.close();
         self.cancel.cancel();
     }
 
@@ -643,10 +670,7 @@ impl Client {
 
     /// Closes the connection normally and waits for the client's tasks.
     pub async fn close(self) {
-        match &*self.link {
-            Link::Quic(link) => link.close(),
-            Link::WebSocket(link) => link.close(),
-        }
+        self.link.close();
         self.shared.closed(None, "closed by client".into()).await;
         self.cancel.cancel();
         self.tasks.close();
@@ -680,20 +704,6 @@ impl Client {
             }
         }
     }
-
-    async fn send_for_room(&self, room: &str, frame: crate::proto::WireFrame) -> Result<(), ClientError> {
-        match &*self.link {
-            Link::Quic(link) => link.send_for_room(room, frame).await,
-            Link::WebSocket(link) => link.send(frame),
-        }
-    }
-
-    async fn send_control(&self, frame: crate::proto::WireFrame) -> Result<(), ClientError> {
-        match &*self.link {
-            Link::Quic(link) => link.send_control(frame).await,
-            Link::WebSocket(link) => link.send(frame),
-        }
-    }
 }
 
 /// Asks for the snapshot of each room whose view disagreed with a `presence_refresh`.
@@ -714,11 +724,7 @@ async fn sync_presence(
         };
         next += 1;
         let frame = codec.frame(&ClientFrame::PresenceSync { req: next, room: room.clone() });
-        let sent = match &*link {
-            Link::Quic(link) => link.send_for_room(&room, frame).await,
-            Link::WebSocket(link) => link.send(frame),
-        };
-        if sent.is_err() {
+        if link.send_for_room(&room, frame).await.is_err() {
             return;
         }
     }
