@@ -317,6 +317,18 @@ impl Link {
     }
 }
 
+/// Which [`Link`] method a request leaves by.
+#[derive(Clone, Copy)]
+enum Route<'a> {
+    Control,
+    Room(&'a str),
+    Datagram,
+}
+
+fn unexpected(expected: &str, got: &ServerFrame) -> ClientError {
+    ClientError::Protocol(format!("expected {expected}, got {got:?}"))
+}
+
 /// A connected client.
 pub struct Client {
     link: Arc<Link>,
@@ -389,7 +401,7 @@ impl Client {
                 Welcome { session, user, server_time, limits }
             }
             ServerFrame::Error { code, message, .. } => return Err(ClientError::Rejected { code, message }),
-            other => return Err(ClientError::Protocol(format!("expected welcome, got {other:?}"))),
+            other => return Err(unexpected("welcome", &other)),
         };
         let link = Arc::new(link);
         tasks.spawn(sync_presence(link.clone(), options.codec, sync_rx, cancel.clone()));
@@ -435,7 +447,7 @@ impl Client {
         };
         let result = match self.answer(req, rx).await {
             Ok(ServerFrame::Joined { position, recovered, .. }) => Ok(Joined { position, recovered }),
-            Ok(other) => Err(ClientError::Protocol(format!("expected joined, got {other:?}"))),
+            Ok(other) => Err(unexpected("joined", &other)),
             Err(err) => Err(err),
         };
         if matches!(&result, Err(ClientError::Rejected { code, .. }) if *code != ErrorCode::ALREADY_JOINED) {
@@ -448,11 +460,7 @@ impl Client {
     }
 
     pub async fn leave(&self, room: &str) -> Result<(), ClientError> {
-        let req = self.req();
-        let frame = self.codec.frame(&ClientFrame::Leave { req, room: room.to_owned() });
-        let rx = self.expect(req);
-        self.link.send_for_room(room, frame).await?;
-        match self.answer(req, rx).await? {
+        match self.request(Route::Room(room), |req| ClientFrame::Leave { req, room: room.to_owned() }).await? {
             ServerFrame::Left { .. } => {
                 self.shared.views().remove(room);
                 if let Link::Quic(link) = &*self.link {
@@ -460,45 +468,37 @@ impl Client {
                 }
                 Ok(())
             }
-            other => Err(ClientError::Protocol(format!("expected left, got {other:?}"))),
+            other => Err(unexpected("left", &other)),
         }
     }
 
     /// Publishes and waits for the ack; returns the message's position in the room.
     pub async fn publish(&self, room: &str, id: &str, data: impl Into<Payload>) -> Result<Position, ClientError> {
-        let req = self.req();
-        let frame = ClientFrame::Publish { req, room: room.to_owned(), id: id.to_owned(), data: data.into() };
-        let rx = self.expect(req);
-        self.link.send_for_room(room, self.codec.frame(&frame)).await?;
-        match self.answer(req, rx).await? {
+        let data = data.into();
+        let publish = |req| ClientFrame::Publish { req, room: room.to_owned(), id: id.to_owned(), data };
+        match self.request(Route::Room(room), publish).await? {
             ServerFrame::Ack { position, .. } => Ok(position),
-            other => Err(ClientError::Protocol(format!("expected ack, got {other:?}"))),
+            other => Err(unexpected("ack", &other)),
         }
     }
 
     /// Round trip to the relay.
     pub async fn ping(&self) -> Result<Duration, ClientError> {
-        let started = Instant::now();
-        let req = self.req();
-        let rx = self.expect(req);
-        self.link.send_control(self.codec.frame(&ClientFrame::Ping { req })).await?;
-        match self.answer(req, rx).await? {
-            ServerFrame::Pong { .. } => Ok(started.elapsed()),
-            other => Err(ClientError::Protocol(format!("expected pong, got {other:?}"))),
-        }
+        self.ping_via(Route::Control).await
     }
 
     /// Round trip over the datagram path: on QUIC the `ping` goes as a datagram and the relay
     /// answers with a `pong` datagram (either may be lost: then this times out); on WebSocket
     /// it is an ordinary ping.
     pub async fn ping_datagram(&self) -> Result<Duration, ClientError> {
+        self.ping_via(Route::Datagram).await
+    }
+
+    async fn ping_via(&self, route: Route<'_>) -> Result<Duration, ClientError> {
         let started = Instant::now();
-        let req = self.req();
-        let rx = self.expect(req);
-        self.send_datagram(&ClientFrame::Ping { req }).await?;
-        match self.answer(req, rx).await? {
+        match self.request(route, |req| ClientFrame::Ping { req }).await? {
             ServerFrame::Pong { .. } => Ok(started.elapsed()),
-            other => Err(ClientError::Protocol(format!("expected pong, got {other:?}"))),
+            other => Err(unexpected("pong", &other)),
         }
     }
 
@@ -541,14 +541,9 @@ impl Client {
 
     /// Asks for a joined room's presence snapshot and waits for it; the view is replaced too.
     pub async fn presence_sync(&self, room: &str) -> Result<Vec<PresenceEntry>, ClientError> {
-        let req = self.req();
-        let rx = self.expect(req);
-        self.link
-            .send_for_room(room, self.codec.frame(&ClientFrame::PresenceSync { req, room: room.to_owned() }))
-            .await?;
-        match self.answer(req, rx).await? {
+        match self.request(Route::Room(room), |req| ClientFrame::PresenceSync { req, room: room.to_owned() }).await? {
             ServerFrame::PresenceSnapshot { users, .. } => Ok(users),
-            other => Err(ClientError::Protocol(format!("expected presence_snapshot, got {other:?}"))),
+            other => Err(unexpected("presence_snapshot", &other)),
         }
     }
 
@@ -596,36 +591,29 @@ impl Client {
 
     /// Replaces the connection's token; returns the new expiry (unix seconds).
     pub async fn refresh(&self, token: &str) -> Result<u64, ClientError> {
-        let req = self.req();
-        let rx = self.expect(req);
-        self.link.send_control(self.codec.frame(&ClientFrame::Refresh { req, token: token.to_owned() })).await?;
-        match self.answer(req, rx).await? {
+        match self.request(Route::Control, |req| ClientFrame::Refresh { req, token: token.to_owned() }).await? {
             ServerFrame::Refreshed { expires_at, .. } => Ok(expires_at),
-            other => Err(ClientError::Protocol(format!("expected refreshed, got {other:?}"))),
+            other => Err(unexpected("refreshed", &other)),
         }
     }
 
     /// A page of a room's history: up to `limit` messages before offset `before` (the newest
     /// when `None`), oldest first.
     pub async fn history(&self, room: &str, before: Option<u64>, limit: u32) -> Result<HistoryPage, ClientError> {
-        let req = self.req();
-        let rx = self.expect(req);
-        let frame = ClientFrame::History { req, room: room.to_owned(), before, limit };
-        self.link.send_control(self.codec.frame(&frame)).await?;
-        match self.answer(req, rx).await? {
+        match self
+            .request(Route::Control, |req| ClientFrame::History { req, room: room.to_owned(), before, limit })
+            .await?
+        {
             ServerFrame::History { position, first, messages, .. } => Ok(HistoryPage { position, first, messages }),
-            other => Err(ClientError::Protocol(format!("expected history, got {other:?}"))),
+            other => Err(unexpected("history", &other)),
         }
     }
 
     /// The rooms this user follows, with the last position the relay knows they have.
     pub async fn followed_rooms(&self) -> Result<Vec<RoomCursor>, ClientError> {
-        let req = self.req();
-        let rx = self.expect(req);
-        self.link.send_control(self.codec.frame(&ClientFrame::Rooms { req })).await?;
-        match self.answer(req, rx).await? {
+        match self.request(Route::Control, |req| ClientFrame::Rooms { req }).await? {
             ServerFrame::Rooms { rooms, .. } => Ok(rooms),
-            other => Err(ClientError::Protocol(format!("expected rooms, got {other:?}"))),
+            other => Err(unexpected("rooms", &other)),
         }
     }
 
@@ -679,6 +667,24 @@ impl Client {
 
     fn req(&self) -> u64 {
         self.next_req.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends the frame `build` makes for a fresh `req` the way `route` says and waits for the
+    /// answer to that `req` (an `error` answer is [`ClientError::Rejected`]).
+    async fn request(
+        &self,
+        route: Route<'_>,
+        build: impl FnOnce(u64) -> ClientFrame,
+    ) -> Result<ServerFrame, ClientError> {
+        let req = self.req();
+        let rx = self.expect(req);
+        let frame = self.codec.frame(&build(req));
+        match route {
+            Route::Control => self.link.send_control(frame).await?,
+            Route::Room(room) => self.link.send_for_room(room, frame).await?,
+            Route::Datagram => self.link.send_datagram(frame).await?,
+        }
+        self.answer(req, rx).await
     }
 
     fn expect(&self, req: u64) -> oneshot::Receiver<Result<ServerFrame, ClientError>> {
