@@ -151,13 +151,8 @@ impl Proc {
         }
     }
 
-    /// Sends SIGTERM and returns the exit status.
-    fn terminate(&mut self) -> ExitStatus {
-        self.terminate_now()
-    }
-
     /// Sends SIGTERM at once and returns the exit status.
-    fn terminate_now(&mut self) -> ExitStatus {
+    fn terminate(&mut self) -> ExitStatus {
         let sent = Command::new("kill")
             .arg("-TERM")
             .arg(self.pid().to_string())
@@ -522,7 +517,7 @@ fn sigterm_right_after_the_banner_still_drains_and_exits_0() {
                     serve.arg("serve");
                     let mut relay = Proc::spawn(serve);
                     relay.read_banner();
-                    let status = relay.terminate_now();
+                    let status = relay.terminate();
                     (status, relay.stderr())
                 })
             })
