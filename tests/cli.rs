@@ -410,19 +410,19 @@ fn bad_configuration_is_an_error_naming_the_key_and_file_and_env_override_defaul
     assert!(stderr.contains("limits.max_frame_bytes"), "the error names the key:\n{stderr}");
     assert!(stderr.contains("EDGERELAY_LIMITS__MAX_FRAME_BYTES"), "the error names the variable:\n{stderr}");
 
-    let bad_type = dir.path().join("bad-type.toml");
-    std::fs::write(&bad_type, "[limits]\nmax_rooms_per_connection = \"x\"\n").unwrap();
-    let mut cmd = edgerelay_loopback(dir.path());
-    cmd.arg("--config").arg(&bad_type).arg("serve");
-    let stderr = run_failing(cmd);
+    // `serve --config <file holding text>`, which must fail; its stderr.
+    let serve_with_file = |name: &str, text: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let mut cmd = edgerelay_loopback(dir.path());
+        cmd.arg("--config").arg(&file).arg("serve");
+        run_failing(cmd)
+    };
+    let stderr = serve_with_file("bad-type.toml", "[limits]\nmax_rooms_per_connection = \"x\"\n");
     assert!(stderr.contains("limits.max_rooms_per_connection"), "the error names the key:\n{stderr}");
     assert!(stderr.contains("bad-type.toml"), "the error names the file:\n{stderr}");
 
-    let unknown = dir.path().join("unknown.toml");
-    std::fs::write(&unknown, "[listen]\nudpp = \"1\"\n").unwrap();
-    let mut cmd = edgerelay_loopback(dir.path());
-    cmd.arg("--config").arg(&unknown).arg("serve");
-    let stderr = run_failing(cmd);
+    let stderr = serve_with_file("unknown.toml", "[listen]\nudpp = \"1\"\n");
     assert!(stderr.contains("listen.udpp"), "the error names the unknown key:\n{stderr}");
 
     let file = dir.path().join("f.toml");
