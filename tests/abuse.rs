@@ -229,6 +229,16 @@ async fn silent_connections_are_closed_at_the_auth_deadline() {
     bystander.still_served().await;
 }
 
+/// A member of `room` that buffers one event and reads only when the test does, so the relay
+/// sees it fall behind.
+async fn stalled_member(relay: &TestRelay, transport: Transport, room: &str) -> Client {
+    let mut options = ClientOptions::new(relay.token("slow", "acme", &["*"])).codec(Codec::Postcard);
+    options.event_buffer = 1;
+    let stalled = Client::connect(relay.target(transport), options).await.unwrap();
+    stalled.join(room).await.unwrap();
+    stalled
+}
+
 #[tokio::test]
 async fn stalled_reader_does_not_slow_others_and_catches_up_from_history() {
     let relay = start_with(|c| {
@@ -239,11 +249,7 @@ async fn stalled_reader_does_not_slow_others_and_catches_up_from_history() {
     .await;
     for transport in [Transport::Quic, Transport::WebSocket] {
         let room = format!("flood-{transport:?}");
-        let token = relay.token("slow", "acme", &["*"]);
-        let mut options = ClientOptions::new(token).codec(Codec::Postcard);
-        options.event_buffer = 1;
-        let mut stalled = Client::connect(relay.target(transport), options).await.unwrap();
-        stalled.join(&room).await.unwrap();
+        let mut stalled = stalled_member(&relay, transport, &room).await;
         let mut fast = relay.connect(transport, Codec::Postcard, "fast", "acme", &["*"]).await;
         fast.join(&room).await.unwrap();
         let publisher = relay.connect(Transport::Quic, Codec::Postcard, "pub", "acme", &["*"]).await;
@@ -289,11 +295,7 @@ async fn stalled_reader_beyond_retention_is_closed_as_slow_consumer() {
     .await;
     for transport in [Transport::Quic, Transport::WebSocket] {
         let room = format!("trimmed-{transport:?}");
-        let token = relay.token("slow", "acme", &["*"]);
-        let mut options = ClientOptions::new(token).codec(Codec::Postcard);
-        options.event_buffer = 1;
-        let mut stalled = Client::connect(relay.target(transport), options).await.unwrap();
-        stalled.join(&room).await.unwrap();
+        let mut stalled = stalled_member(&relay, transport, &room).await;
         let publisher = relay.connect(Transport::Quic, Codec::Postcard, "pub", "acme", &["*"]).await;
         let payload = Payload::from(vec![7u8; 16 * 1024]);
         for i in 0..1000u64 {
