@@ -194,6 +194,11 @@ fn vector<T: Serialize>(direction: &str, frame: &T) -> Vector {
     }
 }
 
+/// The vectors pinned in the golden file.
+fn golden() -> BTreeMap<String, Vector> {
+    serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap()
+}
+
 fn current() -> BTreeMap<String, Vector> {
     let mut all = BTreeMap::new();
     for (name, frame) in client_frames() {
@@ -211,7 +216,7 @@ fn encoding_matches_golden_vectors() {
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(PATH, serde_json::to_string_pretty(&current).unwrap() + "\n").unwrap();
     }
-    let golden: BTreeMap<String, Vector> = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
+    let golden = golden();
     assert_eq!(golden.keys().collect::<Vec<_>>(), current.keys().collect::<Vec<_>>(), "frame set changed");
     for (name, vector) in &golden {
         assert_eq!(&current[name], vector, "{name} encodes differently from the golden vector");
@@ -220,7 +225,7 @@ fn encoding_matches_golden_vectors() {
 
 #[test]
 fn golden_vectors_decode_to_the_same_frames() {
-    let golden: BTreeMap<String, Vector> = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
+    let golden = golden();
     for (name, frame) in client_frames() {
         let v = &golden[&format!("client.{name}")];
         assert_eq!(Codec::Json.decode::<ClientFrame>(v.json.as_bytes()).unwrap(), frame, "{name} json");
@@ -235,7 +240,7 @@ fn golden_vectors_decode_to_the_same_frames() {
 
 #[test]
 fn hello_fixes_the_codec() {
-    let golden: BTreeMap<String, Vector> = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
+    let golden = golden();
     let hello = &golden["client.hello"];
     assert_eq!(Codec::detect(hello.json.as_bytes()), Codec::Json);
     assert_eq!(Codec::detect(&unhex(&hello.postcard_hex)), Codec::Postcard);
