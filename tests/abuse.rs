@@ -178,8 +178,7 @@ async fn malformed_frame_after_hello_closes_with_bad_frame() {
     assert_eq!(quic.closed_with().await, (Some(101), Some(ErrorCode::BAD_FRAME)));
 
     let mut ws = raw_ws(&relay).await;
-    let hello = ClientFrame::Hello { version: 1, token: relay.token("raw", "acme", &["*"]), client: "raw".into() };
-    ws.send(Message::text(String::from_utf8(Codec::Json.encode(&hello).to_vec()).unwrap())).await.unwrap();
+    ws.send(Message::text(String::from_utf8(Codec::Json.encode(&relay.raw_hello()).to_vec()).unwrap())).await.unwrap();
     ws.send(Message::text("[1,2,3]")).await.unwrap();
     let (close, error) = ws_closed_with(&mut ws).await;
     assert_eq!((close, error), (Some(4101), Some(ErrorCode::BAD_FRAME)));

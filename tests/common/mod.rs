@@ -8,7 +8,7 @@ use edgerelay::auth::{Caps, Claims};
 use edgerelay::client::{Client, ClientError, ClientOptions, ServerTrust, Target};
 use edgerelay::config::Config;
 use edgerelay::proto::codec::length_prefix;
-use edgerelay::proto::{ClientFrame, Codec, ErrorCode, ServerFrame};
+use edgerelay::proto::{ClientFrame, Codec, ErrorCode, PROTOCOL_VERSION, ServerFrame};
 use edgerelay::relay::Relay;
 
 /// The transport and codec combinations every protocol test runs over.
@@ -119,6 +119,11 @@ impl TestRelay {
         self.try_connect(transport, codec, &self.token(sub, tenant, rooms)).await.expect("client connects")
     }
 
+    /// The `hello` a hand-driven connection sends: user `raw` of `acme`, every room allowed.
+    pub fn raw_hello(&self) -> ClientFrame {
+        ClientFrame::Hello { version: PROTOCOL_VERSION, token: self.token("raw", "acme", &["*"]), client: "raw".into() }
+    }
+
     /// GET a path on the TCP listener; returns status and body.
     pub async fn http_get(&self, path: &str) -> (u16, String) {
         http_get(self.relay.tcp_addr(), path).await
@@ -168,7 +173,7 @@ pub struct RawQuic {
 }
 
 pub async fn raw_quic(relay: &TestRelay) -> RawQuic {
-    let crypto = edgerelay::tls::pinned_client_config(vec![relay.cert_sha256()], &[b"edgerelay/1"]);
+    let crypto = edgerelay::tls::pinned_client_config(vec![relay.cert_sha256()], &[edgerelay::transport::ALPN_RAW]);
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
@@ -184,8 +189,7 @@ impl RawQuic {
     }
 
     pub async fn hello(&mut self, relay: &TestRelay) {
-        let hello = ClientFrame::Hello { version: 1, token: relay.token("raw", "acme", &["*"]), client: "raw".into() };
-        self.send_body(&Codec::Json.encode(&hello)).await;
+        self.send_body(&Codec::Json.encode(&relay.raw_hello())).await;
         let mut reader = edgerelay::proto::FrameReader::new(1 << 20);
         let body = edgerelay::transport::quic::read_frame(&mut self.recv, &mut reader).await.unwrap().unwrap();
         assert!(matches!(Codec::Json.decode::<ServerFrame>(&body).unwrap(), ServerFrame::Welcome { .. }));
