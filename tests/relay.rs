@@ -104,19 +104,35 @@ async fn joining_while_messages_flow_gives_no_gap_and_no_duplicate() {
     for (transport, codec) in VARIANTS {
         let room = format!("race-{transport:?}-{codec:?}");
         let publisher = relay.connect(transport, codec, "p", "acme", &["*"]).await;
+        // The join always lands mid-flow: it starts after 20 publishes, publishing goes on until
+        // it is answered (at most 600 in all), and 100 more follow it.
+        let (flowing_tx, flowing) = tokio::sync::oneshot::channel();
+        let (joined_tx, mut joined_rx) = tokio::sync::oneshot::channel::<()>();
         let room2 = room.clone();
         let flow = tokio::spawn(async move {
-            for n in 0..300 {
-                publisher.publish(&room2, &format!("{n}"), Payload::from("0")).await.unwrap();
+            let mut flowing_tx = Some(flowing_tx);
+            let mut sent = 0u64;
+            while sent < 600 && joined_rx.try_recv().is_err() {
+                publisher.publish(&room2, &format!("{sent}"), Payload::from("0")).await.unwrap();
+                sent += 1;
+                if sent == 20 {
+                    let _ = flowing_tx.take().map(|tx| tx.send(()));
+                }
+            }
+            for _ in 0..100 {
+                publisher.publish(&room2, &format!("{sent}"), Payload::from("0")).await.unwrap();
+                sent += 1;
             }
             publisher.close().await;
+            sent
         });
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        within("publishing under way", flowing).await.unwrap();
         let mut late = relay.connect(transport, codec, "late", "acme", &["*"]).await;
         let joined = late.join(&room).await.unwrap();
-        flow.await.unwrap();
+        let _ = joined_tx.send(());
+        let total = within("publishing done", flow).await.unwrap();
         let mut expected = joined.position.offset + 1;
-        while expected <= 300 {
+        while expected <= total {
             let m = within("message after join", late.next_message()).await.unwrap();
             assert_eq!(m.position.offset, expected, "{transport:?}/{codec:?}: contiguous after join");
             expected += 1;
