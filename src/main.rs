@@ -8,8 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use edgerelay::auth::{Caps, Claims, Signer, parse_ttl};
 use edgerelay::config::Config;
-use edgerelay::relay::Relay;
-use edgerelay::tls;
+use edgerelay::relay::{Relay, load_or_create_dev_secret};
 
 /// edgerelay: a real-time relay for chat, presence, collaboration and calls, over QUIC,
 /// WebTransport and WebSocket, in one binary.
@@ -113,7 +112,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     if !config.auth.dev_keys {
                         bail!("auth.dev_keys is off: pass --kid to sign with a configured key");
                     }
-                    Signer::dev(&tls::load_or_create_secret(&config.dev_secret_path(), 32)?)
+                    Signer::dev(&load_or_create_dev_secret(&config)?)
                 }
             };
             let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();

@@ -77,8 +77,7 @@ impl Relay {
         let metrics = crate::metrics::install();
 
         let (cert, next_cert) = load_cert(&config)?;
-        let dev_secret =
-            if config.auth.dev_keys { Some(tls::load_or_create_secret(&config.dev_secret_path(), 32)?) } else { None };
+        let dev_secret = if config.auth.dev_keys { Some(load_or_create_dev_secret(&config)?) } else { None };
         let verifier = Arc::new(Verifier::new(&config.auth, dev_secret.as_deref())?);
         let signer = dev_secret.as_deref().map(Signer::dev);
 
@@ -231,6 +230,12 @@ impl Relay {
         self.engine.shutdown(Duration::from_secs(5)).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
+}
+
+/// The dev token secret (HS256, 32 random bytes on first use) at `config.dev_secret_path()`;
+/// `serve` verifies with it and `edgerelay token` signs with it, so both must read it alike.
+pub fn load_or_create_dev_secret(config: &Config) -> Result<Vec<u8>, tls::TlsError> {
+    tls::load_or_create_secret(&config.dev_secret_path(), 32)
 }
 
 /// The certificate to serve, and a dev certificate's announced successor.
