@@ -575,7 +575,8 @@ impl Config {
                     "kid `dev` is reserved for the dev key while auth.dev_keys = true",
                 ));
             }
-            match k.alg {
+            // The fields the key's algorithm does not use, and what to use instead.
+            let (unused, instead) = match k.alg {
                 KeyAlg::HS256 => {
                     match (&k.secret, &k.secret_file) {
                         (None, None) | (Some(_), Some(_)) => {
@@ -589,36 +590,21 @@ impl Config {
                         }
                         _ => {}
                     }
-                    if k.public_key_file.is_some() {
-                        return Err(invalid(
-                            format!("{base}.public_key_file"),
-                            "not used by HS256 (use secret or secret_file)",
-                        ));
-                    }
-                    if k.private_key_file.is_some() {
-                        return Err(invalid(
-                            format!("{base}.private_key_file"),
-                            "not used by HS256 (use secret or secret_file)",
-                        ));
-                    }
+                    let unused = [
+                        ("public_key_file", k.public_key_file.is_some()),
+                        ("private_key_file", k.private_key_file.is_some()),
+                    ];
+                    (unused, "secret or secret_file")
                 }
                 KeyAlg::ES256 | KeyAlg::RS256 => {
                     if k.public_key_file.is_none() {
                         return Err(invalid(format!("{base}.public_key_file"), format!("required for {}", k.alg)));
                     }
-                    if k.secret.is_some() {
-                        return Err(invalid(
-                            format!("{base}.secret"),
-                            format!("not used by {} (use public_key_file)", k.alg),
-                        ));
-                    }
-                    if k.secret_file.is_some() {
-                        return Err(invalid(
-                            format!("{base}.secret_file"),
-                            format!("not used by {} (use public_key_file)", k.alg),
-                        ));
-                    }
+                    ([("secret", k.secret.is_some()), ("secret_file", k.secret_file.is_some())], "public_key_file")
                 }
+            };
+            if let Some((field, _)) = unused.iter().find(|(_, set)| *set) {
+                return Err(invalid(format!("{base}.{field}"), format!("not used by {} (use {instead})", k.alg)));
             }
         }
         Ok(())
