@@ -3,7 +3,7 @@
 //!
 //! Every member has its own `Outbox`, half JSON and half postcard, so the frame is encoded
 //! once per codec and shared. The timed part is `Hub::deliver` alone (encoding, one push per
-//! member); the engine's commit is not included (see the `store` bench). Outboxes are drained with `take_all` every
+//! member); the engine's commit is not included. Outboxes are drained with `take_all` every
 //! `DRAIN_EVERY` publishes, outside the timed part, so they never grow without bound and never
 //! overflow. Throughput is in elements = deliveries (subscribers reached per publish).
 //!
