@@ -27,7 +27,7 @@ use super::typing::{Typing, TypingView};
 use crate::config::PresenceConfig;
 use crate::outbox::{DatagramKey, LaneId, Outbox, PushError};
 use crate::proto::presence::{MAX_CUSTOM_STATUS_LEN, PresenceEntry, Status};
-use crate::proto::{Codec, RoomName, ServerFrame, WireFrame};
+use crate::proto::{EncodeOnce, RoomName, ServerFrame};
 
 /// Datagram queue kinds of this service (the session's `pong` is kind 1).
 pub const KIND_PRESENCE: u8 = 2;
@@ -60,23 +60,6 @@ pub struct Awareness {
     state: Mutex<State>,
     records: Arc<dyn UserRecords>,
     refresh_ms: u64,
-}
-
-/// A frame encoded at most once per codec.
-struct Encoded<'a> {
-    frame: &'a ServerFrame,
-    cache: [Option<WireFrame>; 2],
-}
-
-impl<'a> Encoded<'a> {
-    fn new(frame: &'a ServerFrame) -> Self {
-        Encoded { frame, cache: [None, None] }
-    }
-
-    fn get(&mut self, codec: Codec) -> WireFrame {
-        let frame = self.frame;
-        self.cache[codec.index()].get_or_insert_with(|| codec.frame(frame)).clone()
-    }
 }
 
 fn truncate(mut text: String, max: usize) -> String {
@@ -314,7 +297,7 @@ impl State {
     /// Queues `frame` in the datagram queue of every device in `room`.
     fn fan(&self, room: &RoomKey, key: DatagramKey, frame: &ServerFrame, kind: &'static str) {
         let Some(devices) = self.room_devices.get(room) else { return };
-        let mut encoded = Encoded::new(frame);
+        let mut encoded = EncodeOnce::new(frame);
         let mut sent = 0u64;
         for device in devices {
             if let Some(link) = self.links.get(device) {

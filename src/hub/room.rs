@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::RoomKey;
 use crate::outbox::{LaneId, Outbox, PushError};
-use crate::proto::{Position, ServerFrame, WireFrame};
+use crate::proto::{EncodeOnce, Position, ServerFrame};
 use crate::store::{RoomMeta, StoredMessage};
 
 /// Identifies a member: the connection's id (a connection joins a room at most once).
@@ -216,7 +216,7 @@ impl RoomState {
             id: message.id.clone(),
             data: message.data.clone(),
         };
-        let mut encoded: [Option<WireFrame>; 2] = [None, None];
+        let mut encoded = EncodeOnce::new(&frame);
         let mut out = Delivered::default();
         let mut gone = Vec::new();
         for (id, m) in &mut self.members {
@@ -230,8 +230,7 @@ impl RoomState {
                 out.lagging += 1;
                 continue;
             }
-            let codec = m.sub.outbox.codec();
-            let bytes = encoded[codec.index()].get_or_insert_with(|| codec.frame(&frame)).clone();
+            let bytes = encoded.get(m.sub.outbox.codec());
             match m.sub.outbox.push_within(m.sub.lane, bytes, m.sub.fanout_limit()) {
                 Ok(()) => {
                     m.next = offset + 1;

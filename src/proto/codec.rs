@@ -135,6 +135,25 @@ impl WireFrame {
     }
 }
 
+/// A frame encoded at most once per codec, for fanout: every receiver of one codec shares the
+/// same bytes.
+pub struct EncodeOnce<'a, T: Serialize> {
+    frame: &'a T,
+    cache: [Option<WireFrame>; 2],
+}
+
+impl<'a, T: Serialize> EncodeOnce<'a, T> {
+    pub fn new(frame: &'a T) -> Self {
+        EncodeOnce { frame, cache: [None, None] }
+    }
+
+    /// The frame in `codec`, encoded on first use.
+    pub fn get(&mut self, codec: Codec) -> WireFrame {
+        let frame = self.frame;
+        self.cache[codec.index()].get_or_insert_with(|| codec.frame(frame)).clone()
+    }
+}
+
 /// Splits a byte stream into frame bodies: `[u32 big-endian length][body]`, repeated.
 /// The length is checked against the limit before any of the body is buffered.
 #[derive(Debug)]

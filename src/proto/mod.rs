@@ -10,7 +10,7 @@ pub mod payload;
 pub mod presence;
 pub mod room;
 
-pub use codec::{Codec, DecodeError, FrameReader, WireFrame};
+pub use codec::{Codec, DecodeError, EncodeOnce, FrameReader, WireFrame};
 pub use codes::ErrorCode;
 pub use frame::{ClientFrame, HistoryEntry, PROTOCOL_VERSION, Position, RoomCursor, ServerFrame, WireLimits};
 pub use payload::Payload;
