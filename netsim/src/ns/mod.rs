@@ -25,6 +25,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::sync::{Arc, Mutex};
 
+use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 pub use self::sys::can_emulate;
@@ -223,21 +224,9 @@ async fn pump(
 }
 
 async fn read_packet(fd: &AsyncFd<File>, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        let mut ready = fd.readable().await?;
-        match ready.try_io(|inner| inner.get_ref().read(buf)) {
-            Ok(result) => return result,
-            Err(_would_block) => continue,
-        }
-    }
+    fd.async_io(Interest::READABLE, |mut tun| tun.read(buf)).await
 }
 
 async fn write_packet(fd: &AsyncFd<File>, packet: &[u8]) -> io::Result<usize> {
-    loop {
-        let mut ready = fd.writable().await?;
-        match ready.try_io(|inner| inner.get_ref().write(packet)) {
-            Ok(result) => return result,
-            Err(_would_block) => continue,
-        }
-    }
+    fd.async_io(Interest::WRITABLE, |mut tun| tun.write(packet)).await
 }
