@@ -187,11 +187,7 @@ impl LinkModel {
     /// segment due inside a blackout arrives when it ends. Returns the arrival time and whether
     /// the segment was lost (and so retransmitted).
     pub fn decide_stream(&mut self, now: Duration, len: usize) -> (Duration, bool) {
-        let departs = self.link_free_at.max(now) + self.config.serialisation(len);
-        if self.config.rate_bps.is_some() {
-            self.link_free_at = departs;
-        }
-        let mut at = departs + self.propagation();
+        let mut at = self.occupy(now, len) + self.propagation();
         let lost = self.lost();
         if lost {
             at += self.retransmission();
@@ -218,15 +214,20 @@ impl LinkModel {
     /// Puts a packet in the bottleneck queue; returns when its last bit leaves, or `None` when the
     /// queue is full.
     fn enqueue(&mut self, now: Duration, len: usize) -> Option<Duration> {
-        if self.config.rate_bps.is_none() {
-            return Some(now);
-        }
-        if self.queued_bytes(now).saturating_add(len) > self.config.queue_bytes {
+        if self.config.rate_bps.is_some() && self.queued_bytes(now).saturating_add(len) > self.config.queue_bytes {
             return None;
         }
-        let departs = self.link_free_at.max(now) + self.config.serialisation(len);
-        self.link_free_at = departs;
-        Some(departs)
+        Some(self.occupy(now, len))
+    }
+
+    /// Sends `len` bytes through the bottleneck after what it already holds; returns when the
+    /// last bit leaves (`now` on an unlimited link).
+    fn occupy(&mut self, now: Duration, len: usize) -> Duration {
+        if self.config.rate_bps.is_none() {
+            return now;
+        }
+        self.link_free_at = self.link_free_at.max(now) + self.config.serialisation(len);
+        self.link_free_at
     }
 
     fn lost(&mut self) -> bool {
