@@ -98,7 +98,7 @@ impl LinkConfig {
     }
 
     /// Time to serialise `len` bytes at the bottleneck rate.
-    pub fn serialisation(&self, len: usize) -> Duration {
+    fn serialisation(&self, len: usize) -> Duration {
         match self.rate_bps {
             Some(rate) if rate > 0 => {
                 let nanos = (len as u128 * 8 * 1_000_000_000) / u128::from(rate);
@@ -198,12 +198,12 @@ impl LinkModel {
     }
 
     /// What a loss costs a TCP stream: about one round trip (fast retransmit), at least 1 ms.
-    pub fn retransmission(&self) -> Duration {
+    fn retransmission(&self) -> Duration {
         (self.config.delay * 2 + self.config.jitter).max(Duration::from_millis(1))
     }
 
     /// Bytes waiting in the bottleneck queue at `now`.
-    pub fn queued_bytes(&self, now: Duration) -> usize {
+    fn queued_bytes(&self, now: Duration) -> usize {
         let Some(rate) = self.config.rate_bps.filter(|&r| r > 0) else {
             return 0;
         };

@@ -35,11 +35,11 @@ use crate::proxy::Core;
 use crate::stats::{DirectionCounters, Stats};
 
 /// The client side's address; the server's is [`SERVER_ADDR`].
-pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
-pub const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 const NETMASK: Ipv4Addr = Ipv4Addr::new(255, 255, 255, 0);
 /// The TUN device's name in each namespace.
-pub const DEVICE: &str = "netsim0";
+const DEVICE: &str = "netsim0";
 /// The devices' MTU when the profile sets none. With one, the devices get the profile's (the
 /// smaller direction's): the hosts then know the link's MTU, as on a real link, instead of
 /// meeting a black hole that TCP without PMTU probing never gets through.
