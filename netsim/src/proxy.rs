@@ -154,7 +154,7 @@ impl Core {
         let fate = if self.blackout_on() {
             Fate::Drop(DropReason::Blackout)
         } else {
-            model.lock().unwrap_or_else(|e| e.into_inner()).decide(self.elapsed(), packet.len())
+            lock(model).decide(self.elapsed(), packet.len())
         };
         counters.record(packet.len(), &fate);
         if let Fate::Deliver { at, duplicate } = fate {
@@ -165,6 +165,11 @@ impl Core {
             }
         }
     }
+}
+
+/// Locks a mutex; a panic elsewhere while it was held leaves state that is still usable here.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// SplitMix64: spreads a seed so neighbouring flows get unrelated streams.

@@ -17,17 +17,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::delay;
 use crate::model::LinkModel;
-use crate::proxy::{Core, ProxyError};
+use crate::proxy::{Core, ProxyError, lock};
 
 /// Largest datagram the proxy reads.
 const MAX_DATAGRAM: usize = 65_535;
 /// A flow with no client packet for this long is forgotten.
 const FLOW_IDLE: Duration = Duration::from_secs(120);
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The flow table and the client-facing socket.
 pub(crate) struct Flows {
@@ -148,8 +144,7 @@ impl Flow {
         let socket = Arc::new(upstream_socket(upstream)?);
         *lock(&self.upstream) = socket.clone();
         let reader = self.cancel.child_token();
-        lock(&self.reader).cancel();
-        *lock(&self.reader) = reader.clone();
+        std::mem::replace(&mut *lock(&self.reader), reader.clone()).cancel();
         core.tasks.spawn(read_upstream(core.clone(), self.clone(), socket, reader));
         core.counters.rebinds.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(client = %self.client, "flow rebound");
