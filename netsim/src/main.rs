@@ -88,10 +88,15 @@ fn secs(value: f64, what: &str) -> Result<Duration> {
     Duration::try_from_secs_f64(value).with_context(|| format!("{what} must be a non-negative number of seconds"))
 }
 
-async fn proxy(args: ProxyArgs) -> Result<()> {
-    let Some(mut profile) = Profile::named(&args.profile) else {
-        bail!("unknown profile {:?}; one of: {}", args.profile, netsim::profile::NAMES.join(", "));
+fn named_profile(name: &str) -> Result<Profile> {
+    let Some(profile) = Profile::named(name) else {
+        bail!("unknown profile {name:?}; one of: {}", netsim::profile::NAMES.join(", "));
     };
+    Ok(profile)
+}
+
+async fn proxy(args: ProxyArgs) -> Result<()> {
+    let mut profile = named_profile(&args.profile)?;
     if let Some(every) = args.rebind_every {
         profile.rebinds = Rebinds::every(secs(every, "--rebind-every")?);
     }
@@ -134,9 +139,7 @@ async fn proxy(args: ProxyArgs) -> Result<()> {
 
 async fn ns(args: NsArgs) -> Result<()> {
     use netsim::ns::{Emulator, Side};
-    let Some(profile) = Profile::named(&args.profile) else {
-        bail!("unknown profile {:?}; one of: {}", args.profile, netsim::profile::NAMES.join(", "));
-    };
+    let profile = named_profile(&args.profile)?;
     let seed = args.seed.unwrap_or_else(rand::random);
     let emulator = Emulator::start(profile, seed)?;
     eprintln!("netsim: namespaces up, profile {}, seed {seed}", args.profile);
@@ -154,20 +157,23 @@ async fn ns(args: NsArgs) -> Result<()> {
         shell(Side::Server, &args.server).process_group(0).kill_on_drop(true).spawn().context("starting --server")?;
     tokio::time::sleep(secs(args.server_wait, "--server-wait")?).await;
     let status = shell(Side::Client, &args.client).kill_on_drop(true).status().await.context("running --client")?;
-    if let Some(pid) = server.id().and_then(|id| i32::try_from(id).ok()) {
-        // SAFETY: kill(2) on our own child's process group; the child is not reaped yet.
-        unsafe { libc::kill(-pid, libc::SIGTERM) };
-    }
+    signal_group(&server, libc::SIGTERM);
     if tokio::time::timeout(Duration::from_secs(5), server.wait()).await.is_err() {
-        if let Some(pid) = server.id().and_then(|id| i32::try_from(id).ok()) {
-            // SAFETY: as above.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
-        }
+        signal_group(&server, libc::SIGKILL);
         let _ = server.wait().await;
     }
     eprintln!("netsim: {:?}", emulator.stats());
     emulator.shutdown().await;
     std::process::exit(status.code().unwrap_or(1));
+}
+
+/// Sends `signal` to the process group `child` leads (spawned with `process_group(0)`).
+fn signal_group(child: &tokio::process::Child, signal: libc::c_int) {
+    if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
+        // SAFETY: kill(2) on our own child's process group; the child is not reaped yet (it has
+        // an id).
+        unsafe { libc::kill(-pid, signal) };
+    }
 }
 
 fn main() -> Result<()> {
