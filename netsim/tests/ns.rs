@@ -84,6 +84,20 @@ async fn reliable_messages_through_the_emulator_over_websocket() {
     reliable_through_emulator("edge-of-cell", Transport::WebSocket, 12).await;
 }
 
+/// Processes in process group `pgid` that are still running (a zombie has already exited).
+fn running_in_group(pgid: i32) -> Vec<i32> {
+    let proc = std::fs::read_dir("/proc").unwrap();
+    proc.filter_map(|entry| {
+        let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After "pid (comm)": state, parent, process group.
+        let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+        let (state, _parent, group) = (fields.next()?, fields.next()?, fields.next()?);
+        (state != "Z" && group.parse() == Ok(pgid)).then_some(pid)
+    })
+    .collect()
+}
+
 /// `netsim ns`: the client runs in a namespace with the TUN device at the client address and
 /// reaches the server across the emulator; netsim exits with the client's status and stops the
 /// server (a shell that would otherwise run for a minute).
@@ -93,11 +107,12 @@ fn cli_runs_each_command_in_its_namespace_and_cleans_up() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let marker = dir.path().join("server-finished");
+    // netsim starts the server in a process group of its own, led by the shell.
+    let group_file = dir.path().join("server-group");
     // A UDP echo in Python (the test command installs Python anyway).
     let echo = "import socket,os; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); \
         s.bind((os.environ['NETSIM_SERVER'],9000)); d,a=s.recvfrom(100); s.sendto(d,a)";
-    let server = format!("python3 -c \"{echo}\"; sleep 60; touch {}", marker.display());
+    let server = format!("echo $$ > {}; python3 -c \"{echo}\"; sleep 60", group_file.display());
     let ask = "import socket,os; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.settimeout(0.5); \
         a=(os.environ['NETSIM_SERVER'],9000)
 for _ in range(20):
@@ -123,6 +138,14 @@ for _ in range(20):
         .status()
         .unwrap();
     assert_eq!(status.code(), Some(7), "the client's exit status");
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(!marker.exists(), "the server command outlived netsim");
+    let group: i32 = std::fs::read_to_string(&group_file).unwrap().trim().parse().unwrap();
+    // The server's processes may take a moment to die after the signal; a live one would sleep on.
+    for _ in 0..50 {
+        if running_in_group(group).is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = running_in_group(group);
+    assert!(left.is_empty(), "the server command outlived netsim: {left:?}");
 }
