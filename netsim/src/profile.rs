@@ -164,7 +164,8 @@ mod tests {
         for name in NAMES {
             let profile = Profile::named(name).unwrap_or_else(|| panic!("{name}"));
             assert_eq!(profile.name, name);
-            assert!(!profile.describe().is_empty());
+            let description = profile.describe();
+            assert!(description.starts_with(&format!("{name}:\n")), "{description}");
         }
         assert_eq!(Profile::all().len(), NAMES.len());
         assert!(Profile::named("dialup").is_none());
