@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::Transport;
 use netsim::Profile;
 use netsim::ns::{Emulator, Side, can_emulate};
-use support::{codec_for, expect_delivered, publish_window};
+use support::{connect, expect_delivered, publish_window};
 
 fn skip() -> bool {
     match can_emulate() {
@@ -41,17 +41,10 @@ async fn reliable_through_emulator(profile: &str, transport: Transport, seed: u6
         .await
     };
     let room = format!("ns-{profile}");
-    let token = |sub: &str| relay.token(sub, "netsim", &[room.as_str()]);
-    let connect = |sub: &'static str| {
-        let options = edgerelay::client::ClientOptions {
-            request_timeout: Duration::from_secs(15),
-            ..edgerelay::client::ClientOptions::new(token(sub))
-        };
-        edgerelay::client::Client::connect(relay.target(transport), options.codec(codec_for(transport)))
-    };
     let (mut subscriber, publisher) = {
         let _inside = emulator.enter(Side::Client).unwrap();
-        (connect("sub").await.unwrap(), connect("pub").await.unwrap())
+        let subscriber = connect(&relay, transport, relay.target(transport), "sub", &room).await.unwrap();
+        (subscriber, connect(&relay, transport, relay.target(transport), "pub", &room).await.unwrap())
     };
     let joined = subscriber.join(&room).await.unwrap();
     let mut acked = Vec::new();

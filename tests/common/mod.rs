@@ -85,16 +85,30 @@ impl TestRelay {
         self.sign(&claims(sub, tenant, rooms))
     }
 
+    /// The listener `transport` connects to: UDP for QUIC and WebTransport, TCP for WebSocket.
+    pub fn listen_addr(&self, transport: Transport) -> std::net::SocketAddr {
+        match transport {
+            Transport::Quic | Transport::WebTransport => self.relay.udp_addr(),
+            Transport::WebSocket => self.relay.tcp_addr(),
+        }
+    }
+
     pub fn target(&self, transport: Transport) -> Target {
+        self.target_at(transport, self.listen_addr(transport))
+    }
+
+    /// The relay's target for `transport` at `addr` instead of its own listener: a proxy or
+    /// forwarder in front of it.
+    pub fn target_at(&self, transport: Transport, addr: std::net::SocketAddr) -> Target {
         match transport {
             Transport::Quic => Target::Quic {
-                addr: self.relay.udp_addr(),
+                addr,
                 server_name: "localhost".into(),
                 tls: ServerTrust::Pinned(vec![self.cert_sha256()]),
             },
-            Transport::WebSocket => Target::WebSocket { url: format!("ws://{}/v1/ws", self.relay.tcp_addr()) },
+            Transport::WebSocket => Target::WebSocket { url: format!("ws://{addr}/v1/ws") },
             Transport::WebTransport => Target::WebTransport {
-                addr: self.relay.udp_addr(),
+                addr,
                 server_name: "localhost".into(),
                 tls: ServerTrust::Pinned(vec![self.cert_sha256()]),
                 path: edgerelay::transport::webtransport::PATH.into(),

@@ -14,30 +14,33 @@ use crate::common::{TestRelay, Transport, within};
 /// A proxy in front of the relay's listener for `transport`: UDP for QUIC and WebTransport, TCP
 /// for WebSocket.
 pub fn proxy_config(relay: &TestRelay, transport: Transport, profile: Profile, seed: u64) -> ProxyConfig {
-    match transport {
-        Transport::Quic | Transport::WebTransport => ProxyConfig::udp(relay.relay.udp_addr(), profile).seed(seed),
-        Transport::WebSocket => ProxyConfig::tcp(relay.relay.tcp_addr(), profile).seed(seed),
-    }
+    let upstream = relay.listen_addr(transport);
+    let config = match transport {
+        Transport::Quic | Transport::WebTransport => ProxyConfig::udp(upstream, profile),
+        Transport::WebSocket => ProxyConfig::tcp(upstream, profile),
+    };
+    config.seed(seed)
 }
 
-/// The relay's target for `transport`, reached through `proxy`.
-pub fn target_via(relay: &TestRelay, transport: Transport, proxy: &Proxy) -> Target {
-    let addr = proxy.local_addr();
-    match relay.target(transport) {
-        Target::Quic { server_name, tls, .. } => Target::Quic { addr, server_name, tls },
-        Target::WebTransport { server_name, tls, path, .. } => Target::WebTransport { addr, server_name, tls, path },
-        Target::WebSocket { url } => {
-            let path = url.split_once("/v1/").map_or("/v1/ws".to_owned(), |(_, rest)| format!("/v1/{rest}"));
-            Target::WebSocket { url: format!("ws://{addr}{path}") }
-        }
-    }
-}
-
-pub fn codec_for(transport: Transport) -> Codec {
+fn codec_for(transport: Transport) -> Codec {
     match transport {
         Transport::Quic => Codec::Postcard,
         Transport::WebSocket | Transport::WebTransport => Codec::Json,
     }
+}
+
+/// Connects `sub` to `target` (the relay, or something in front of it) over `transport`, allowed
+/// to join and publish to `room`, with a request timeout that leaves room for a bad network.
+pub async fn connect(
+    relay: &TestRelay,
+    transport: Transport,
+    target: Target,
+    sub: &str,
+    room: &str,
+) -> Result<Client, String> {
+    let token = relay.token(sub, "netsim", &[room]);
+    let options = ClientOptions { request_timeout: Duration::from_secs(15), ..ClientOptions::new(token) };
+    Client::connect(target, options.codec(codec_for(transport))).await.map_err(|e| format!("{sub} connect: {e}"))
 }
 
 /// Connects `sub` through `proxy`, allowed to join and publish to `room`.
@@ -48,11 +51,7 @@ pub async fn connect_via(
     sub: &str,
     room: &str,
 ) -> Result<Client, String> {
-    let token = relay.token(sub, "netsim", &[room]);
-    let options = ClientOptions { request_timeout: Duration::from_secs(15), ..ClientOptions::new(token) };
-    Client::connect(target_via(relay, transport, proxy), options.codec(codec_for(transport)))
-        .await
-        .map_err(|e| format!("{sub} connect: {e}"))
+    connect(relay, transport, relay.target_at(transport, proxy.local_addr()), sub, room).await
 }
 
 /// A message the relay acknowledged.
