@@ -1,17 +1,17 @@
 //! The proxies against plain echo servers on loopback: what they forward, drop, hold and rebind.
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::within;
 use netsim::{LinkConfig, Loss, Profile, Proxy, ProxyConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-
-async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(20), fut).await.unwrap_or_else(|_| panic!("timed out: {what}"))
-}
 
 /// A UDP echo server that remembers every source address it saw.
 async fn udp_echo() -> (SocketAddr, Arc<Mutex<HashSet<SocketAddr>>>) {
