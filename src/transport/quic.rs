@@ -180,24 +180,31 @@ async fn run(
     let writers = TaskTracker::new();
     let readers = TaskTracker::new();
     let cancel = stop.child_token();
-    let control_notify = outbox.open_lane(CONTROL);
-    writers.spawn(write_lane(outbox.clone(), CONTROL, control_notify, ctrl_send, metrics.clone()));
-    readers.spawn(read_lane(CONTROL, ctrl_recv, reader, tx.clone(), cancel.clone(), metrics.clone()));
-    readers.spawn(refuse_uni(conn.clone(), cancel.clone()));
-    let loss = ctx.session.test_datagram_loss;
-    writers.spawn(write_datagrams(conn.clone(), outbox.clone(), loss, metrics.clone()));
-    let max_datagram = ctx.session.limits.max_datagram_bytes as usize;
-    readers.spawn(read_datagrams(conn.clone(), tx.clone(), max_datagram, loss, metrics.clone(), cancel.clone()));
-    readers.spawn(accept_rooms(
-        conn.clone(),
-        outbox.clone(),
+    let lanes = Lanes {
+        outbox: outbox.clone(),
         tx,
-        cancel.clone(),
-        writers.clone(),
-        readers.clone(),
+        cancel: cancel.clone(),
+        writers: writers.clone(),
+        readers: readers.clone(),
         max_frame,
         metrics,
+    };
+    lanes.spawn(CONTROL, ctrl_send, ctrl_recv, reader);
+    readers.spawn(refuse_uni(conn.clone(), cancel.clone()));
+    let loss = ctx.session.test_datagram_loss;
+    writers.spawn(write_datagrams(conn.clone(), outbox.clone(), loss, lanes.metrics.clone()));
+    let max_datagram = ctx.session.limits.max_datagram_bytes as usize;
+    readers.spawn(read_datagrams(
+        conn.clone(),
+        lanes.tx.clone(),
+        max_datagram,
+        loss,
+        lanes.metrics.clone(),
+        cancel.clone(),
     ));
+    // `lanes` holds the last sender the connection loop listens to: once every reader has
+    // ended, the loop sees its channel close.
+    readers.spawn(accept_rooms(conn.clone(), lanes));
 
     let reason = tokio::select! {
         reason = connection::drive(ctx, outbox.clone(), first, &mut rx, auth_deadline) => reason,
@@ -402,9 +409,9 @@ async fn refuse_uni(conn: Session, cancel: CancellationToken) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn accept_rooms(
-    conn: Session,
+/// What every stream of one connection shares: frames read go to the connection loop over
+/// `tx`, frames to write come from the lane's queue in `outbox`.
+struct Lanes {
     outbox: Arc<Outbox>,
     tx: mpsc::Sender<Inbound>,
     cancel: CancellationToken,
@@ -412,23 +419,33 @@ async fn accept_rooms(
     readers: TaskTracker,
     max_frame: usize,
     metrics: TransportMetrics,
-) {
+}
+
+impl Lanes {
+    /// Serves a bidirectional stream as `lane`: a writer draining the lane's queue into it, a
+    /// reader feeding its frames (read on from `reader`) to the connection loop.
+    fn spawn(&self, lane: LaneId, send: SendStream, recv: RecvStream, reader: FrameReader) {
+        let notify = self.outbox.open_lane(lane);
+        self.writers.spawn(write_lane(self.outbox.clone(), lane, notify, send, self.metrics.clone()));
+        self.readers.spawn(read_lane(lane, recv, reader, self.tx.clone(), self.cancel.clone(), self.metrics.clone()));
+    }
+}
+
+/// Every further bidirectional stream the client opens is a room's lane.
+async fn accept_rooms(conn: Session, lanes: Lanes) {
     let mut next_lane: LaneId = CONTROL + 1;
     loop {
         let accepted = tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = lanes.cancel.cancelled() => return,
             accepted = conn.accept_bi() => accepted,
         };
         let Ok((send, recv)) = accepted else {
-            let _ = tx.send(Inbound::Closed).await;
+            let _ = lanes.tx.send(Inbound::Closed).await;
             return;
         };
         let lane = next_lane;
         next_lane += 1;
-        let notify = outbox.open_lane(lane);
-        writers.spawn(write_lane(outbox.clone(), lane, notify, send, metrics.clone()));
-        let reader = FrameReader::new(max_frame);
-        readers.spawn(read_lane(lane, recv, reader, tx.clone(), cancel.clone(), metrics.clone()));
+        lanes.spawn(lane, send, recv, FrameReader::new(lanes.max_frame));
     }
 }
 
