@@ -267,25 +267,34 @@ fn create_dev_cert(dir: &Path, cert_path: &Path, key_path: &Path, now: SystemTim
 
 /// Writes `data` to a temp file beside `path` with `mode`, then renames it over `path`.
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
-    let tmp = temp_path(path);
-    let result = (|| {
+    let tmp = write_temp(path, data, mode)?;
+    let renamed = fs::rename(&tmp, path);
+    if renamed.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    renamed.map_err(io_err(path))
+}
+
+/// Writes `data`, synced, to a temp file beside `path` with exactly `mode`, and returns the
+/// temp file's path. Nothing is left behind on error (reported against `path`).
+fn write_temp(path: &Path, data: &[u8], mode: u32) -> Result<PathBuf, TlsError> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp{}", std::process::id()));
+    let tmp = path.with_file_name(name);
+    let written = (|| {
         let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
         // `mode` is masked by the umask on create; make it exact.
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
+        f.sync_all()
     })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    match written {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(io_err(path)(e))
+        }
     }
-    result.map_err(io_err(path))
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp{}", std::process::id()));
-    path.with_file_name(name)
 }
 
 /// A random secret of `len` bytes persisted at `path` (mode 0600, parent dirs created), read
@@ -309,17 +318,7 @@ pub fn load_or_create_secret(path: &Path, len: usize) -> Result<Vec<u8>, TlsErro
 
     // Write a complete temp file, then link it into place: the secret appears whole or not at
     // all, and if another process won the race we use its secret.
-    let tmp = temp_path(path);
-    let write = (|| {
-        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.set_permissions(fs::Permissions::from_mode(0o600))?;
-        f.write_all(&secret)?;
-        f.sync_all()
-    })();
-    if let Err(e) = write {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err(path)(e));
-    }
+    let tmp = write_temp(path, &secret, 0o600)?;
     let linked = match fs::hard_link(&tmp, path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
