@@ -71,6 +71,8 @@ pub struct CertBundle {
     pub key: PrivateKeyDer<'static>,
     /// SHA-256 of the end-entity certificate DER (what `serverCertificateHashes` pins).
     pub sha256: [u8; 32],
+    /// Start of the end-entity certificate's validity (a dev certificate is not served before).
+    not_before: SystemTime,
     pub not_after: SystemTime,
     /// A self-signed dev certificate.
     pub dev: bool,
@@ -82,6 +84,7 @@ impl Clone for CertBundle {
             chain: self.chain.clone(),
             key: self.key.clone_key(),
             sha256: self.sha256,
+            not_before: self.not_before,
             not_after: self.not_after,
             dev: self.dev,
         }
@@ -118,9 +121,9 @@ impl CertBundle {
         path: &Path,
     ) -> Result<CertBundle, TlsError> {
         let end_entity = chain.first().ok_or_else(|| bad_file(path, "no certificate found"))?;
-        let (_, not_after) =
+        let (not_before, not_after) =
             cert_validity(end_entity).ok_or_else(|| bad_file(path, "cannot read the certificate's validity"))?;
-        Ok(CertBundle { sha256: sha256(end_entity), chain, key, not_after, dev })
+        Ok(CertBundle { sha256: sha256(end_entity), chain, key, not_before, not_after, dev })
     }
 }
 
@@ -227,14 +230,11 @@ pub fn load_or_create_dev_cert(dir: &Path, now: SystemTime) -> Result<CertBundle
 /// within [`DEV_CERT_SWITCH_BEFORE`]).
 fn load_dev_cert(cert_path: &Path, key_path: &Path, now: SystemTime) -> Result<Option<CertBundle>, TlsError> {
     let (chain, key) = read_pems(cert_path, key_path)?;
-    let end_entity = chain.first().ok_or_else(|| bad_file(cert_path, "no certificate found"))?;
-    let (not_before, _) =
-        cert_validity(end_entity).ok_or_else(|| bad_file(cert_path, "cannot read the certificate's validity"))?;
     let bundle = CertBundle::from_parts(chain, key, true, cert_path)?;
     // Also catches a key that does not belong to the certificate.
     server_config(&bundle, &[])?;
     let switch_at = now.checked_add(DEV_CERT_SWITCH_BEFORE);
-    if now < not_before || switch_at.is_none_or(|at| at >= bundle.not_after) {
+    if now < bundle.not_before || switch_at.is_none_or(|at| at >= bundle.not_after) {
         return Ok(None);
     }
     Ok(Some(bundle))
