@@ -64,7 +64,7 @@ pub struct HttpState {
 
 pub fn router(state: Arc<HttpState>) -> Router {
     Router::new()
-        .route("/v1/ws", get(websocket))
+        .route(crate::transport::websocket::PATH, get(websocket))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -132,7 +132,7 @@ async fn endpoints(State(state): State<Arc<HttpState>>) -> Response {
     axum::Json(Endpoints {
         webtransport_port: state.webtransport_port,
         webtransport_path: crate::transport::webtransport::PATH,
-        websocket_path: "/v1/ws",
+        websocket_path: crate::transport::websocket::PATH,
     })
     .into_response()
 }

@@ -23,6 +23,9 @@ use crate::metrics::{TransportMetrics, disconnected};
 use crate::outbox::{CONTROL, CloseReason, Outbox, Take};
 use crate::proto::{Codec, ErrorCode};
 
+/// The URL path WebSocket connections are upgraded at.
+pub const PATH: &str = "/v1/ws";
+
 /// The transport's shared state, built once per relay.
 pub struct WebSocketTransport {
     pub ctx: Arc<ConnectionContext>,
