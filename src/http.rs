@@ -59,7 +59,6 @@ pub struct HttpState {
     pub engine: Arc<dyn Engine>,
     /// SHA-256 of `api.key`; the server API is off when `None`.
     pub api_key_sha256: Option<[u8; 32]>,
-    pub max_payload_bytes: usize,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -211,8 +210,10 @@ async fn api_publish(State(state): State<Arc<HttpState>>, headers: HeaderMap, bo
         let message = format!("id must be 1-{MAX_MESSAGE_ID_LEN} bytes and from non-empty");
         return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, message);
     }
-    if request.data.len() > state.max_payload_bytes {
-        let message = format!("payload of {} bytes exceeds {}", request.data.len(), state.max_payload_bytes);
+    // The same limit clients' publishes are held to.
+    let max_payload = state.websocket.ctx.session.limits.max_payload_bytes as usize;
+    if request.data.len() > max_payload {
+        let message = format!("payload of {} bytes exceeds {max_payload}", request.data.len());
         return api_error(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PAYLOAD_TOO_LARGE, message);
     }
     let key = RoomKey { tenant: request.tenant.as_str().into(), room };

@@ -135,7 +135,6 @@ impl Relay {
             awareness: awareness.clone(),
             engine: engine.clone(),
             api_key_sha256: config.api.key.as_deref().map(|key| tls::sha256(key.as_bytes())),
-            max_payload_bytes: config.limits.max_payload_bytes as usize,
         });
 
         services.spawn(transport::quic::serve(endpoint.clone(), conn_ctx, connections.clone(), stop.clone()));
