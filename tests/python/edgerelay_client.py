@@ -490,7 +490,6 @@ class QuicClient(_Client):
         """
         from aioquic.quic.configuration import QuicConfiguration
         from aioquic.quic.connection import QuicConnection
-        from cryptography.hazmat.primitives.serialization import Encoding
 
         config = QuicConfiguration(is_client=True, alpn_protocols=[cls.alpn],
                                    server_name=server_name, idle_timeout=30.0,
@@ -517,10 +516,9 @@ class QuicClient(_Client):
             if protocol._quic.tls.alpn_negotiated != cls.alpn:
                 raise ConnectionError(f"ALPN {protocol._quic.tls.alpn_negotiated!r}")
             if cert_sha256 is not None:
-                cert = protocol._quic.tls._peer_certificate  # set during the handshake
-                if cert is None:
+                got = client.tls_peer_certificate_sha256
+                if got is None:
                     raise ConnectionError("no peer certificate to check the pin against")
-                got = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
                 if got != cert_sha256.lower():
                     raise ConnectionError(f"certificate sha256 {got} != pinned {cert_sha256}")
             await client._established(host, port, timeout)
@@ -539,6 +537,7 @@ class QuicClient(_Client):
 
     @property
     def tls_peer_certificate_sha256(self) -> str | None:
+        """Hex SHA-256 of the relay's certificate (DER), once the handshake has set it."""
         from cryptography.hazmat.primitives.serialization import Encoding
 
         cert = self._protocol._quic.tls._peer_certificate
