@@ -615,23 +615,25 @@ class QuicClient(_Client):
     def stream_finished_by_relay(self) -> set[int]:
         return set(self._protocol.finished_by_peer)
 
+    def _drop_room_stream(self, room: str) -> None:
+        """Finish and forget the room's stream, so that a rejoin opens a fresh one even if the
+        relay's FIN has not arrived yet."""
+        sid = self.room_stream.pop(room, None) if self.room_streams else None
+        if sid is not None:
+            self.finish_stream(sid)
+
     async def join(self, room: str, since: dict | None = None,
                    timeout: float = DEFAULT_TIMEOUT) -> dict:
         try:
             return await super().join(room, since, timeout)
         except RelayError:
-            sid = self.room_stream.pop(room, None) if self.room_streams else None
-            if sid is not None:
-                self.finish_stream(sid)
+            self._drop_room_stream(room)
             raise
 
     async def leave(self, room: str, timeout: float = DEFAULT_TIMEOUT) -> dict:
         left = await super().leave(room, timeout)
-        # The relay finishes the room's stream after `left`; forget it now so that a rejoin
-        # opens a fresh stream even if the relay's FIN has not arrived yet.
-        sid = self.room_stream.pop(room, None) if self.room_streams else None
-        if sid is not None:
-            self.finish_stream(sid)
+        # The relay finishes the room's stream after `left`.
+        self._drop_room_stream(room)
         return left
 
     async def close(self, code: int = 0, timeout: float = 2.0) -> None:
