@@ -324,11 +324,19 @@ class _Client:
     async def _request(self, kind: str, expect: str, route: str | None, timeout: float, **fields):
         if self.is_closed:
             raise ConnectionClosed(self.close_code, self.close_reason)
+
+        async def send(req: int) -> None:
+            await self._send(kind, encode_frame(kind, req=req, **fields), route)
+
+        return await self._exchange(kind, expect, send, timeout)
+
+    async def _exchange(self, kind: str, expect: str, send, timeout: float) -> dict:
+        """Take a fresh ``req``, ``await send(req)`` and wait for the answer, of type ``expect``."""
         req = self._req()
         fut = self._loop.create_future()
         self._pending[req] = fut
         try:
-            await self._send(kind, encode_frame(kind, req=req, **fields), route)
+            await send(req)
             got, body = await asyncio.wait_for(fut, timeout)
         finally:
             self._pending.pop(req, None)
@@ -570,25 +578,24 @@ class QuicClient(_Client):
         self._protocol.transmit()
 
     def send_datagram(self, kind: str, **fields) -> None:
-        """Send one client frame as a QUIC datagram (a bare body: no length prefix)."""
+        """Send one client frame as a datagram (a bare body: no length prefix)."""
+        self.send_datagram_bytes(encode_frame(kind, **fields))
+
+    def send_datagram_bytes(self, body: bytes) -> None:
+        """Send ``body`` as it is in one QUIC datagram (raw access for tests)."""
         if self.is_closed:
             raise ConnectionClosed(self.close_code, self.close_reason)
-        self._protocol._quic.send_datagram_frame(encode_frame(kind, **fields))
+        self._protocol._quic.send_datagram_frame(body)
         self._protocol.transmit()
 
     async def ping_datagram(self, timeout: float = DEFAULT_TIMEOUT) -> dict:
         """``ping`` as a datagram; the relay answers with a ``pong`` datagram. Either may be
         lost, so this raises TimeoutError then."""
-        req = self._req()
-        fut = self._loop.create_future()
-        self._pending[req] = fut
-        try:
+
+        async def send(req: int) -> None:
             self.send_datagram("ping", req=req)
-            kind, body = await asyncio.wait_for(fut, timeout)
-        finally:
-            self._pending.pop(req, None)
-        assert kind == "pong", (kind, body)
-        return body
+
+        return await self._exchange("ping", "pong", send, timeout)
 
     def _on_datagram(self, body: bytes) -> None:
         self.datagrams_received.append(decode_frame(body))
@@ -735,11 +742,11 @@ class WebTransportClient(QuicClient):
             stream.session_id = self.session_id
         return stream_id
 
-    def send_datagram(self, kind: str, **fields) -> None:
-        """Send one client frame as a WebTransport datagram (a bare body: no length prefix)."""
+    def send_datagram_bytes(self, body: bytes) -> None:
+        """Send ``body`` as it is in one WebTransport datagram of the session."""
         if self.is_closed:
             raise ConnectionClosed(self.close_code, self.close_reason)
-        self._protocol.http.send_datagram(self.session_id, encode_frame(kind, **fields))
+        self._protocol.http.send_datagram(self.session_id, body)
         self._protocol.transmit()
 
 
