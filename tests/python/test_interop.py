@@ -254,11 +254,8 @@ def test_certificate_pin(relay):
     assert 0 < info["not_after"] - time.time() <= 14 * 86400 + 3600
 
     async def main():
-        c = await connect(relay, "quic")
-        try:
+        async with await connect(relay, "quic") as c:
             assert c.tls_peer_certificate_sha256 == relay.cert_sha256
-        finally:
-            await c.close()
         # A wrong pin is refused even though the CA check passes.
         with pytest.raises(ConnectionError):
             await er.QuicClient.connect("127.0.0.1", relay.udp_port, cafile=relay.cafile,
@@ -287,8 +284,7 @@ def test_hello_join_publish_receive(relay, transport):
     token = relay.token(sub, "chat:*")
 
     async def main():
-        c = await connect(relay, transport)
-        try:
+        async with await connect(relay, transport) as c:
             t0 = now_ms()
             welcome = await c.hello(token, client="pytest-interop/1")
             assert welcome["version"] == 1
@@ -374,8 +370,6 @@ def test_hello_join_publish_receive(relay, transport):
             assert rejoined["recovered"] is True
             await c.leave(room)
             assert not c.is_closed and not c.unsolicited and not c.connection_errors
-        finally:
-            await c.close()
 
     run(main())
 
@@ -391,9 +385,7 @@ def test_quic_and_websocket_clients_exchange(relay):
     ta, tb = relay.token(alice, "chat:*"), relay.token(bob, "chat:*")
 
     async def main():
-        qa = await connect(relay, "quic")
-        wb = await connect(relay, "ws")
-        try:
+        async with await connect(relay, "quic") as qa, await connect(relay, "ws") as wb:
             await qa.hello(ta)
             await wb.hello(tb)
             ja = await qa.join(room)
@@ -434,9 +426,6 @@ def test_quic_and_websocket_clients_exchange(relay):
             assert seen["quic"] == seen["ws"]
             ack_offsets = sorted(a["position"]["offset"] for a in acks_a + acks_b)
             assert ack_offsets == list(range(base + 1, base + 2 * n + 1))
-        finally:
-            await qa.close()
-            await wb.close()
 
     run(main())
 
@@ -458,16 +447,13 @@ def test_bad_token_is_fatal(relay, transport, bad):
     token = "not-a-jwt" if bad == "garbage" else _tampered(relay.token(unique("eve-"), "chat:*"))
 
     async def main():
-        c = await connect(relay, transport)
-        try:
+        async with await connect(relay, transport) as c:
             with pytest.raises(er.RelayError) as info:
                 await c.hello(token)
             assert info.value.code == er.TOKEN_INVALID and info.value.req == 0
             assert isinstance(info.value.message, str)
             assert await c.wait_closed() == fatal_close_code(transport, er.TOKEN_INVALID)
             assert c.welcome is None
-        finally:
-            await c.close()
 
     run(main())
 
@@ -475,14 +461,11 @@ def test_bad_token_is_fatal(relay, transport, bad):
 @pytest.mark.parametrize("transport", ["quic", "ws"])
 def test_frame_before_hello_is_fatal(relay, transport):
     async def main():
-        c = await connect(relay, transport)
-        try:
+        async with await connect(relay, transport) as c:
             await c.send_raw("ping", req=1)
             err = await c.next_connection_error()
             assert err["code"] == er.HELLO_REQUIRED
             assert await c.wait_closed() == fatal_close_code(transport, er.HELLO_REQUIRED)
-        finally:
-            await c.close()
 
     run(main())
 
@@ -495,8 +478,7 @@ def test_permission_denied_keeps_connection(relay, transport):
     forbidden = unique("secret:")
 
     async def main():
-        c = await connect(relay, transport)
-        try:
+        async with await connect(relay, transport) as c:
             await c.hello(token)
             with pytest.raises(er.RelayError) as info:
                 await c.publish(forbidden, "nope", {"x": 1})
@@ -513,8 +495,6 @@ def test_permission_denied_keeps_connection(relay, transport):
             msg = await c.next_message(room)
             assert msg["id"] == "yes" and msg["data"] == {"x": 2}
             assert not c.is_closed and not c.connection_errors
-        finally:
-            await c.close()
 
     run(main())
 
@@ -532,9 +512,8 @@ def test_binary_payload_round_trip(relay, transport):
     blobs = [bytes([0x00, 0xFF, 0x01]), bytes(range(256)), b"\xc3\x28 not utf-8", b"{broken json"]
 
     async def main():
-        c = await connect(relay, transport)
-        other = await connect(relay, "ws" if transport != "ws" else "quic")
-        try:
+        async with await connect(relay, transport) as c, \
+                await connect(relay, "ws" if transport != "ws" else "quic") as other:
             await c.hello(token)
             await other.hello(token)
             await c.join(room)
@@ -550,9 +529,6 @@ def test_binary_payload_round_trip(relay, transport):
                     assert msg["data"] == er.binary(blob), peer.transport
                     assert er.payload_bytes(msg["data"]) == blob
                 assert msgs[-1]["id"] == "b-json" and msgs[-1]["data"] == {"text": "hi"}
-        finally:
-            await c.close()
-            await other.close()
 
     run(main())
 
@@ -562,8 +538,7 @@ def test_refresh(relay, transport):
     sub = unique("erin-")
 
     async def main():
-        c = await connect(relay, transport)
-        try:
+        async with await connect(relay, transport) as c:
             await c.hello(relay.token(sub, "chat:*", ttl="10m"))
             refreshed = await c.refresh(relay.token(sub, "chat:*", ttl="2h"))
             assert abs(refreshed["expires_at"] - (time.time() + 7200)) < 120
@@ -573,8 +548,6 @@ def test_refresh(relay, transport):
                 await c.refresh(relay.token(unique("mallory-"), "chat:*"))
             assert info.value.code == er.TOKEN_INVALID and info.value.req > 0
             assert await c.wait_closed() == fatal_close_code(transport, er.TOKEN_INVALID)
-        finally:
-            await c.close()
 
     run(main())
 
@@ -585,8 +558,7 @@ def test_quic_wrong_stream_is_fatal(relay):
     room_a, room_b = unique("chat:a-"), unique("chat:b-")
 
     async def main():
-        c = await connect(relay, "quic")
-        try:
+        async with await connect(relay, "quic") as c:
             await c.hello(relay.token(sub, "chat:*"))
             await c.join(room_a)
             frame = er.encode_frame("publish", req=99, room=room_b, id="x", data={"x": 1})
@@ -596,8 +568,6 @@ def test_quic_wrong_stream_is_fatal(relay):
             # fatal errors travel on the control stream
             assert ("error", err) in c.frames_by_stream[c.control_stream]
             assert await c.wait_closed() == er.WRONG_STREAM
-        finally:
-            await c.close()
 
     run(main())
 
@@ -609,8 +579,7 @@ def test_quic_ping_datagram_gets_pong_datagram(relay, transport):
     sub = unique("gina-")
 
     async def main():
-        c = await connect(relay, transport)
-        try:
+        async with await connect(relay, transport) as c:
             await c.hello(relay.token(sub, "chat:*"))
             pong = None
             for _ in range(5):  # a datagram may be lost by design; loopback rarely does
@@ -628,8 +597,6 @@ def test_quic_ping_datagram_gets_pong_datagram(relay, transport):
             c.send_datagram_bytes(b"\xff not a frame")
             await c.ping()
             assert not c.is_closed
-        finally:
-            await c.close()
 
     run(main())
 
