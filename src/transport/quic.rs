@@ -50,8 +50,8 @@ struct Shared {
 pub async fn serve(endpoint: Endpoint, ctx: Arc<ConnectionContext>, tasks: TaskTracker, stop: CancellationToken) {
     let shared = Arc::new(Shared {
         ctx,
-        quic_metrics: TransportMetrics::new("quic"),
-        wt_metrics: TransportMetrics::new("webtransport"),
+        quic_metrics: TransportMetrics::new(Kind::Raw.name()),
+        wt_metrics: TransportMetrics::new(Kind::WebTransport.name()),
         handshakes: AtomicUsize::new(0),
         open: AtomicUsize::new(0),
     });
@@ -108,6 +108,7 @@ enum Kind {
 }
 
 impl Kind {
+    /// The `transport` label of its metrics and logs.
     fn name(self) -> &'static str {
         match self {
             Kind::Raw => "quic",
