@@ -70,10 +70,10 @@ class WebTransportLink {
     this.events = events;
     this.transport = new WebTransport(url, options);
     this.rooms = new Map();
-    this.ended = false;
+    // `closed` settles once: exactly one of these runs.
     this.transport.closed.then(
-      (info) => this.#end({ code: info?.closeCode ?? 0, reason: info?.reason ?? "" }),
-      (err) => this.#end({ code: null, reason: String(err?.message ?? err) }),
+      (info) => events.closed({ code: info?.closeCode ?? 0, reason: info?.reason ?? "" }),
+      (err) => events.closed({ code: null, reason: String(err?.message ?? err) }),
     );
   }
 
@@ -83,12 +83,6 @@ class WebTransportLink {
     const stream = await this.transport.createBidirectionalStream();
     this.control = stream.writable.getWriter();
     this.#readStream(stream.readable);
-  }
-
-  #end(info) {
-    if (this.ended) return;
-    this.ended = true;
-    this.events.closed(info);
   }
 
   async #readStream(readable) {
@@ -169,7 +163,6 @@ class WebSocketLink {
     this.events = events;
     this.socket = new WebSocket(url);
     this.socket.binaryType = "arraybuffer";
-    this.ended = false;
   }
 
   open() {
@@ -186,8 +179,6 @@ class WebSocketLink {
       };
       this.socket.onclose = (event) => {
         reject(new Error(`WebSocket closed (${event.code})`));
-        if (this.ended) return;
-        this.ended = true;
         // 4000 + error code (docs/protocol.md); 1000 is a normal close.
         const code = event.code >= 4000 && event.code < 5000 ? event.code - 4000 : event.code === 1000 ? 0 : null;
         this.events.closed({ code, reason: event.reason });
