@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TestRelay, Transport, VARIANTS, start_with, within};
-use edgerelay::client::{Client, ClientOptions, ServerTrust, Target};
+use edgerelay::client::{Client, ClientOptions};
 use edgerelay::config::Config;
 use edgerelay::proto::{Codec, PresenceEntry, Status};
 
@@ -168,11 +168,7 @@ async fn a_killed_clients_typing_and_presence_clear_by_themselves() {
     let watcher = relay.connect(Transport::Quic, Codec::Postcard, "alice", "acme", &["*"]).await;
     watcher.join("ward").await.unwrap();
     let link = common::cut_link(relay.relay.udp_addr()).await;
-    let target = Target::Quic {
-        addr: link.addr,
-        server_name: "localhost".into(),
-        tls: ServerTrust::Pinned(vec![relay.cert_sha256()]),
-    };
+    let target = relay.target_at(Transport::Quic, link.addr);
     let doomed = Client::connect(target, ClientOptions::new(relay.token("bob", "acme", &["*"]))).await.unwrap();
     doomed.join("ward").await.unwrap();
     expect_members(&watcher, "ward", &[("alice", Status::Online), ("bob", Status::Online)]).await;
