@@ -196,15 +196,9 @@ async fn api_publish(State(state): State<Arc<HttpState>>, headers: HeaderMap, bo
         Ok(request) => request,
         Err(err) => return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, err.to_string()),
     };
-    if let Some(response) = bad_tenant(&request.tenant) {
-        return response;
-    }
-    let Ok(room) = RoomName::parse(&request.room) else {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::BAD_ROOM,
-            format!("invalid room name {:?}", request.room),
-        );
+    let key = match room_key(&request.tenant, &request.room) {
+        Ok(key) => key,
+        Err(response) => return *response,
     };
     if request.id.is_empty() || request.id.len() > MAX_MESSAGE_ID_LEN || request.from.is_empty() {
         let message = format!("id must be 1-{MAX_MESSAGE_ID_LEN} bytes and from non-empty");
@@ -216,7 +210,6 @@ async fn api_publish(State(state): State<Arc<HttpState>>, headers: HeaderMap, bo
         let message = format!("payload of {} bytes exceeds {max_payload}", request.data.len());
         return api_error(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PAYLOAD_TOO_LARGE, message);
     }
-    let key = RoomKey { tenant: request.tenant.as_str().into(), room };
     let (done, outcome) = Done::channel();
     let publish = Publish { key, from: request.from, id: request.id, data: request.data, now_ms: unix_ms() };
     state.engine.publish(publish, done);
@@ -277,18 +270,15 @@ async fn api_history(
         Ok(query) => query,
         Err(err) => return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, err.body_text()),
     };
-    if !crate::auth::valid_tenant(&query.tenant) {
-        return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, "tenant must be 1-64 of [A-Za-z0-9_.-]");
-    }
-    let Ok(room) = RoomName::parse(&query.room) else {
-        return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_ROOM, format!("invalid room name {:?}", query.room));
+    let key = match room_key(&query.tenant, &query.room) {
+        Ok(key) => key,
+        Err(response) => return *response,
     };
     let limit = query.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_API_HISTORY_PAGE {
         let message = format!("limit must be 1-{MAX_API_HISTORY_PAGE}");
         return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, message);
     }
-    let key = RoomKey { tenant: query.tenant.as_str().into(), room };
     let page = async {
         let meta = state.engine.meta(&key).await?;
         let messages = state.engine.read_before(&key, query.before.unwrap_or(u64::MAX), limit).await?;
@@ -315,6 +305,17 @@ fn bad_tenant(tenant: &str) -> Option<Response> {
         .then(|| api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, "tenant must be 1-64 of [A-Za-z0-9_.-]"))
 }
 
+/// The room an API request names, or the response refusing its tenant or room name.
+fn room_key(tenant: &str, room: &str) -> Result<RoomKey, Box<Response>> {
+    if let Some(response) = bad_tenant(tenant) {
+        return Err(Box::new(response));
+    }
+    match RoomName::parse(room) {
+        Ok(room) => Ok(RoomKey { tenant: tenant.into(), room }),
+        Err(code) => Err(Box::new(api_error(StatusCode::BAD_REQUEST, code, format!("invalid room name {room:?}")))),
+    }
+}
+
 /// `GET /v1/api/presence/{tenant}/rooms/{room}`: the room's present members, as a joining
 /// client's snapshot lists them (users hiding their presence are not listed).
 async fn api_room_presence(
@@ -322,13 +323,14 @@ async fn api_room_presence(
     headers: HeaderMap,
     Path((tenant, room)): Path<(String, String)>,
 ) -> Response {
-    if let Some(response) = unauthorized(&state, &headers).or_else(|| bad_tenant(&tenant)) {
+    if let Some(response) = unauthorized(&state, &headers) {
         return response;
     }
-    let Ok(name) = RoomName::parse(&room) else {
-        return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_ROOM, format!("invalid room name {room:?}"));
+    let key = match room_key(&tenant, &room) {
+        Ok(key) => key,
+        Err(response) => return *response,
     };
-    let users = state.awareness.room(&RoomKey { tenant: tenant.as_str().into(), room: name });
+    let users = state.awareness.room(&key);
     axum::Json(serde_json::json!({"room": room, "users": users})).into_response()
 }
 
