@@ -2,9 +2,12 @@
 //! 100 rooms) against the relay binary running as its own process, so its CPU time can be read
 //! from `/proc` apart from the clients'.
 //!
-//! 1. Latency: in every room at once, one member changes its status, starts typing and stops
-//!    typing, `SAMPLES` times; another member of the room measures the time from the send to
-//!    the moment its view shows the change (presence datagram or typing datagram applied).
+//! 1. Latency: in every room, one member changes its status, starts typing and stops typing,
+//!    `SAMPLES` times; another member of the room measures the time from the send to the moment
+//!    its view shows the change (presence datagram or typing datagram applied). Twice: once in
+//!    lock-step bursts (all 100 rooms act at the same instant, the worst case), once spread
+//!    (each action after a random pause of up to `SPREAD`, so changes arrive as users make
+//!    them: independently, about 250 per second over the 1,000 users).
 //! 2. Throughput: every user sends `RATE` presence/typing updates per second (typing start,
 //!    typing stop, activity, status in turn) for `LOAD_SECS`; the relay's CPU time (user +
 //!    system) over that phase divided by the updates it received gives CPU per 1,000 updates
@@ -31,6 +34,7 @@ const SAMPLES: usize = 20;
 const RATE: u64 = 2;
 const LOAD_SECS: u64 = 10;
 const WAIT: Duration = Duration::from_secs(5);
+const SPREAD: Duration = Duration::from_millis(800);
 
 struct Relay {
     child: std::process::Child,
@@ -56,6 +60,10 @@ fn start_relay(secret: &[u8]) -> Relay {
         .env("EDGERELAY_LISTEN__UDP", "127.0.0.1:0")
         .env("EDGERELAY_LISTEN__TCP", "127.0.0.1:0")
         .env("EDGERELAY_LOG", "warn")
+        // The lock-step samplers change state faster than a person can (about 100 updates a
+        // second per device); the default per-device limit (20/s, burst 40) would drop some.
+        .env("EDGERELAY_PRESENCE__RATE", "200")
+        .env("EDGERELAY_PRESENCE__BURST", "400")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -118,22 +126,31 @@ fn report(name: &str, mut samples: Vec<Duration>) {
     );
 }
 
-/// Measures one room: member 0 acts, member 1 watches.
-async fn sample_room(room: String, actor: Arc<Client>, watcher: Arc<Client>) -> [Vec<Duration>; 3] {
+/// Measures one room: member 0 acts, member 1 watches. `spread`: a random pause before each
+/// action; otherwise the next action follows the last observation at once.
+async fn sample_room(room: String, actor: Arc<Client>, watcher: Arc<Client>, spread: bool) -> [Vec<Duration>; 3] {
     let (mut presence, mut start, mut stop) = (Vec::new(), Vec::new(), Vec::new());
     let me = actor.welcome().user.clone();
+    let pause = || async move {
+        if spread {
+            tokio::time::sleep(SPREAD.mul_f64(rand::random::<f64>())).await;
+        }
+    };
     for i in 0..SAMPLES {
         let status = if i % 2 == 0 { Status::Busy } else { Status::Online };
+        pause().await;
         let t = Instant::now();
         actor.set_status(status, None).await.unwrap();
         if watcher.wait_presence(&room, WAIT, |v, _| v.status(&me) == status).await {
             presence.push(t.elapsed());
         }
+        pause().await;
         let t = Instant::now();
         actor.typing(&room, true).await.unwrap();
         if watcher.wait_presence(&room, WAIT, |v, now| v.typing(now).0.contains(&me)).await {
             start.push(t.elapsed());
         }
+        pause().await;
         let t = Instant::now();
         actor.typing(&room, false).await.unwrap();
         if watcher.wait_presence(&room, WAIT, |v, now| v.typing(now).1 == 0).await {
@@ -165,26 +182,32 @@ async fn run() {
     }
     println!("{USERS} users in {} rooms connected and joined in {:?}", USERS / ROOM_SIZE, started.elapsed());
 
-    // 1. Latency, all rooms at once.
-    let rcvbuf_before = udp_rcvbuf_errors();
-    let mut tasks = Vec::new();
-    for room in 0..USERS / ROOM_SIZE {
-        let (actor, watcher) = (clients[room * ROOM_SIZE].clone(), clients[room * ROOM_SIZE + 1].clone());
-        tasks.push(tokio::spawn(sample_room(format!("r{room}"), actor, watcher)));
+    // 1. Latency, in lock-step bursts and spread out.
+    for spread in [false, true] {
+        let rcvbuf_before = udp_rcvbuf_errors();
+        let mut tasks = Vec::new();
+        for room in 0..USERS / ROOM_SIZE {
+            let (actor, watcher) = (clients[room * ROOM_SIZE].clone(), clients[room * ROOM_SIZE + 1].clone());
+            tasks.push(tokio::spawn(sample_room(format!("r{room}"), actor, watcher, spread)));
+        }
+        let (mut presence, mut start, mut stop) = (Vec::new(), Vec::new(), Vec::new());
+        for task in tasks {
+            let [p, s, t] = task.await.unwrap();
+            presence.extend(p);
+            start.extend(s);
+            stop.extend(t);
+        }
+        let expected = USERS / ROOM_SIZE * SAMPLES;
+        let mode = if spread { "spread" } else { "lock-step bursts" };
+        println!("latency, {mode} (send -> another member's view shows it), {expected} attempts per kind:");
+        report("presence", presence);
+        report("typing start", start);
+        report("typing stop", stop);
+        println!(
+            "UDP datagrams dropped by full socket receive buffers meanwhile: {}",
+            udp_rcvbuf_errors() - rcvbuf_before
+        );
     }
-    let (mut presence, mut start, mut stop) = (Vec::new(), Vec::new(), Vec::new());
-    for task in tasks {
-        let [p, s, t] = task.await.unwrap();
-        presence.extend(p);
-        start.extend(s);
-        stop.extend(t);
-    }
-    let expected = USERS / ROOM_SIZE * SAMPLES;
-    println!("latency (send -> another member's view shows it), {expected} attempts per kind:");
-    report("presence", presence);
-    report("typing start", start);
-    report("typing stop", stop);
-    println!("UDP datagrams dropped by full socket receive buffers meanwhile: {}", udp_rcvbuf_errors() - rcvbuf_before);
 
     // 2. Throughput and relay CPU.
     let cpu_before = cpu_time(relay.child.id());
