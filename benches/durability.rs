@@ -43,7 +43,7 @@ fn main() {
     runtime.block_on(async {
         println!("== group commit (embedded redb, {ROOMS} rooms, 100-byte messages)");
         println!(
-            "{:>10} {:>10} {:>9} {:>10} | {:>9} {:>9} {:>9} | {:>8} {:>7} | {:>9} {:>9} {:>9}",
+            "{:>10} {:>10} {:>9} {:>10} | {:>9} {:>9} {:>9} | {:>8} {:>7} | {:>10} {:>10} {:>10}",
             "publishers",
             "max_batch",
             "acked",
@@ -53,9 +53,9 @@ fn main() {
             "ack max",
             "commits",
             "batch",
-            "fsync p50",
-            "fsync p99",
-            "fsync max"
+            "commit p50",
+            "commit p99",
+            "commit max"
         );
         for (publishers, max_batch) in [(1, 256), (16, 256), (256, 256), (1024, 256), (256, 1)] {
             group_commit(&samples, publishers, max_batch).await;
@@ -125,7 +125,7 @@ async fn group_commit(samples: &Samples, publishers: usize, max_batch: usize) {
     let (mut commits, batches) = (samples.take(COMMIT_SECONDS), samples.take(BATCH_SIZE));
     let mean_batch = batches.iter().sum::<f64>() / batches.len().max(1) as f64;
     println!(
-        "{publishers:>10} {max_batch:>10} {:>9} {:>10.0} | {:>9} {:>9} {:>9} | {:>8} {:>7.1} | {:>9} {:>9} {:>9}",
+        "{publishers:>10} {max_batch:>10} {:>9} {:>10.0} | {:>9} {:>9} {:>9} | {:>8} {:>7.1} | {:>10} {:>10} {:>10}",
         latencies.len(),
         latencies.len() as f64 / elapsed.as_secs_f64(),
         ms(quantile(&mut latencies, 0.50)),
