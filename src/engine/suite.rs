@@ -342,10 +342,12 @@ mod embedded {
         local(Arc::new(EmbeddedHistory::open(path).unwrap().0), Default::default())
     }
 
-    /// A store whose commits fail while `failing` is set.
+    /// A store whose commits fail while `failing` is set, and whose reads fail while
+    /// `reads_failing` is.
     struct Flaky {
         inner: EmbeddedHistory,
         failing: std::sync::atomic::AtomicBool,
+        reads_failing: std::sync::atomic::AtomicBool,
     }
 
     impl History for Flaky {
@@ -356,6 +358,9 @@ mod embedded {
             self.inner.append(batch, r)
         }
         fn meta(&self, key: &RoomKey) -> Result<Option<crate::store::RoomMeta>, StoreError> {
+            if self.reads_failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Backend("i/o error".into()));
+            }
             self.inner.meta(key)
         }
         fn read_after(&self, key: &RoomKey, after: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
@@ -386,6 +391,7 @@ mod embedded {
         let flaky = Arc::new(Flaky {
             inner: EmbeddedHistory::open(&fresh_path()).unwrap().0,
             failing: std::sync::atomic::AtomicBool::new(false),
+            reads_failing: std::sync::atomic::AtomicBool::new(false),
         });
         let rig = local(flaky.clone(), Default::default());
         let k = key("r");
@@ -399,5 +405,30 @@ mod embedded {
         let retried = rig.publish_as(&k, "alice", "m2").await.unwrap();
         assert_eq!((retried.position.offset, retried.duplicate), (2, false), "no hole, and the retry is stored");
         assert_eq!(collect(&ob, 2).await.1, vec![1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_join_the_store_refuses_is_answered_and_its_membership_cancelled() {
+        let flaky = Arc::new(Flaky {
+            inner: EmbeddedHistory::open(&fresh_path()).unwrap().0,
+            failing: std::sync::atomic::AtomicBool::new(false),
+            reads_failing: std::sync::atomic::AtomicBool::new(true),
+        });
+        let rig = local(flaky.clone(), Default::default());
+        let k = key("r");
+        let (ob, sub) = rig.member(1 << 20);
+        let membership = sub.membership.clone();
+        assert_eq!(replay::join(&rig.hub, &*rig.engine, k.clone(), 1, sub, 7, None).await, None);
+        assert!(membership.is_cancelled(), "the session must learn that the room was not joined");
+        let (answer, _) = collect(&ob, 0).await;
+        assert!(
+            matches!(answer, Some(ServerFrame::Error { req: 7, code: ErrorCode::STORE_UNAVAILABLE, .. })),
+            "{answer:?}"
+        );
+        // Once the store is back the same member id joins.
+        flaky.reads_failing.store(false, std::sync::atomic::Ordering::SeqCst);
+        let (ob, sub) = rig.member(1 << 20);
+        rig.join(&k, 1, sub, None).await;
+        assert!(matches!(collect(&ob, 0).await.0, Some(ServerFrame::Joined { .. })));
     }
 }

@@ -135,8 +135,10 @@ fn history_gone(hub: &Hub, key: &RoomKey, id: SubscriberId, sub: &Subscriber) {
     sub.outbox.close(CloseReason::Error(ErrorCode::SLOW_CONSUMER));
 }
 
-/// Answers the join with an error (the member was not added).
+/// Answers the join with an error (the member was not added) and cancels the membership, so the
+/// session forgets the room: the client may join it again.
 fn refuse(sub: &Subscriber, req: u64, code: ErrorCode, message: String) {
+    sub.membership.cancel();
     let frame = ServerFrame::error(req, code, message);
     let _ = sub.outbox.send(sub.lane, &frame);
 }

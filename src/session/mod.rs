@@ -384,6 +384,7 @@ impl Session {
         now_ms: u64,
     ) -> Result<(), Failure> {
         let name = parse_room(room)?;
+        self.forget_refused();
         let active = self.active()?;
         if !active.identity.can_join(name.as_str()) {
             return Err(Failure::reject(ErrorCode::PERMISSION_DENIED, format!("token does not allow joining {room}")));
@@ -419,6 +420,19 @@ impl Session {
         }
         self.rooms.insert(name, Joined { lane, membership });
         Ok(())
+    }
+
+    /// Drops the rooms whose join the engine refused (the join task cancelled their membership),
+    /// so they can be joined again and do not count against the room limit.
+    fn forget_refused(&mut self) {
+        let lanes = &mut self.lanes;
+        self.rooms.retain(|_, joined| {
+            let refused = joined.membership.is_cancelled();
+            if refused {
+                lanes.remove(&joined.lane);
+            }
+            !refused
+        });
     }
 
     fn leave(&mut self, lane: LaneId, req: u64, room: &str, now_ms: u64) -> Result<(), Failure> {
@@ -501,6 +515,7 @@ impl Session {
 
     fn history(&mut self, lane: LaneId, req: u64, room: &str, before: Option<u64>, limit: u32) -> Result<(), Failure> {
         let name = parse_room(room)?;
+        self.forget_refused();
         let active = self.active()?;
         if !active.identity.can_join(name.as_str()) {
             let message = format!("token does not allow reading {room}");
@@ -524,6 +539,7 @@ impl Session {
 
     fn cursor(&mut self, room: &str, position: Position) -> Result<(), Failure> {
         let name = parse_room(room)?;
+        self.forget_refused();
         if !self.rooms.contains_key(&name) {
             return Err(Failure::reject(ErrorCode::NOT_JOINED, format!("{room} is not joined")));
         }
