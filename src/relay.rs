@@ -83,8 +83,15 @@ impl Relay {
 
         let reset_key = tls::load_or_create_secret(&data_dir.join("quic-reset-key"), 64)?;
         let token_key = tls::load_or_create_secret(&data_dir.join("quic-token-key"), 64)?;
-        let endpoint_config =
+        let cid_key = tls::load_or_create_secret(&data_dir.join("quic-cid-key"), 8)?;
+        let mut endpoint_config =
             quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_key)));
+        // Connection ids carry a keyed check; with the key kept across restarts, a restarted relay
+        // recognises its previous life's ids and answers them with a stateless reset (keyed by
+        // `reset_key`) instead of dropping them, so those clients reconnect at once.
+        let cid_key = u64::from_le_bytes(cid_key.get(..8).and_then(|b| b.try_into().ok()).unwrap_or_default());
+        endpoint_config
+            .cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)) as _);
         let server_config = quic_server_config(&cert, &token_key, &config.limits)?;
         let udp_addr = config.listen.udp;
         let socket = std::net::UdpSocket::bind(udp_addr).map_err(|source| RelayError::Bind {

@@ -355,3 +355,31 @@ async fn history_pages_backwards_and_followed_rooms_list_what_a_user_missed() {
     back.close().await;
     bob.close().await;
 }
+
+/// The relay's stateless-reset key is persisted, so a relay restarted on the same port answers
+/// a dead connection's next packet with a stateless reset its client accepts: the client learns
+/// at its next keep-alive that the connection is gone instead of waiting out its idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_relay_resets_the_quic_connections_of_its_previous_life() {
+    let dir = tempfile::tempdir().unwrap();
+    let (udp, tcp) = free_ports();
+    let mut relay = RelayProcess { dir: dir.path().to_path_buf(), udp, tcp, child: None };
+    relay.start().await;
+    let pin = relay.cert_pin().await;
+    let quic = Target::Quic { addr: udp, server_name: "localhost".into(), tls: ServerTrust::Pinned(vec![pin]) };
+    let mut client = Client::connect(quic, ClientOptions::new(relay.token("old"))).await.unwrap();
+    client.join("lobby").await.unwrap();
+    relay.kill();
+    relay.start().await;
+    let reason = within("the old connection ends", async {
+        loop {
+            match client.next_event().await {
+                Some(edgerelay::client::Event::Closed { reason, .. }) => return reason,
+                Some(_) => continue,
+                None => return "events ended without a close".to_owned(),
+            }
+        }
+    })
+    .await;
+    assert!(reason.contains("reset"), "ended by a stateless reset, not an idle timeout: {reason}");
+}
