@@ -216,7 +216,9 @@ class WebSocketLink {
  *
  * Options: `token` (a JWT) or `getToken` (async, called on every connect), `webTransportUrl`
  * (`https://host:4433/v1/wt`), `webSocketUrl` (`ws://host:8080/v1/ws`), `certHashes` (base64
- * SHA-256 of the relay's dev certificate, from `/v1/cert`; omit with a real certificate),
+ * SHA-256 hashes of the relay's dev certificates, from `/v1/cert`; an array, or an async function
+ * called before every WebTransport attempt, so a page open across a certificate rotation picks
+ * up the new hash when it reconnects; omit with a real certificate),
  * `transport` (`"auto"`, `"webtransport"` or `"websocket"`), `webTransportTimeoutMs` (how long
  * WebTransport gets before the WebSocket fallback), `requestTimeoutMs`, `backoff` (`{baseMs, capMs}`),
  * `clientName`.
@@ -421,7 +423,13 @@ export class EdgeRelay extends EventTarget {
           welcome = (frame) => (frame.type === "welcome" ? resolve(frame) : reject(new RelayError(frame.code, frame.message)));
         });
         const events = this.#events((frame) => welcome(frame));
-        link = kind === "webtransport" ? new WebTransportLink(webTransportUrl, this.#options.certHashes, events) : new WebSocketLink(webSocketUrl, events);
+        if (kind === "webtransport") {
+          const { certHashes } = this.#options;
+          const hashes = typeof certHashes === "function" ? await certHashes() : certHashes;
+          link = new WebTransportLink(webTransportUrl, hashes, events);
+        } else {
+          link = new WebSocketLink(webSocketUrl, events);
+        }
         const timeoutMs = kind === "webtransport" && wanted.length > 1 ? webTransportTimeoutMs : requestTimeoutMs;
         const handshake = (async () => {
           await link.open();

@@ -11,7 +11,7 @@ const params = new URLSearchParams(location.hash.slice(1));
 if (params.get("token")) $("token").value = params.get("token");
 if (params.get("room")) $("room").value = params.get("room");
 
-const demo = { client: null, room: null, messages: [], transport: null, state: "idle" };
+const demo = { client: null, room: null, messages: [], transport: null, state: "idle", states: [] };
 window.demo = demo;
 
 function line(parts, className) {
@@ -29,6 +29,7 @@ function line(parts, className) {
 
 function showStatus({ state, transport, delayMs, code, reason }) {
   demo.state = state;
+  demo.states.push(state);
   demo.transport = transport;
   const status = $("status");
   status.className = state;
@@ -44,14 +45,15 @@ function showStatus({ state, transport, delayMs, code, reason }) {
 }
 
 async function connectAndJoin(token, room) {
-  const [endpoints, cert] = await Promise.all(["/v1/endpoints", "/v1/cert"].map((p) => fetch(p).then((r) => r.json())));
+  const endpoints = await fetch("/v1/endpoints").then((r) => r.json());
   const wsScheme = location.protocol === "https:" ? "wss:" : "ws:";
   const client = new EdgeRelay({
     token,
     transport: params.get("transport") ?? "auto",
     webTransportUrl: `https://${location.hostname}:${endpoints.webtransport_port}${endpoints.webtransport_path}`,
     webSocketUrl: `${wsScheme}//${location.host}${endpoints.websocket_path}`,
-    certHashes: cert.hashes,
+    // Fetched on every WebTransport attempt: the dev certificate rotates every 11 days.
+    certHashes: () => fetch("/v1/cert").then((r) => r.json()).then((cert) => cert.hashes),
     clientName: "edgerelay-demo/1",
   });
   demo.client = client;

@@ -56,6 +56,21 @@ pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestRelay {
     TestRelay { relay, dir }
 }
 
+impl TestRelay {
+    /// Drains and stops the relay, leaves it down for `down`, then starts it again on the same
+    /// ports and data directory (same certificate, keys and history).
+    pub async fn restart(self, down: Duration) -> TestRelay {
+        let TestRelay { relay, dir } = self;
+        let mut config = relay.config().clone();
+        config.listen.udp = relay.udp_addr();
+        config.listen.tcp = relay.tcp_addr();
+        relay.shutdown().await;
+        tokio::time::sleep(down).await;
+        let relay = Relay::start(config).await.expect("relay restarts");
+        TestRelay { relay, dir }
+    }
+}
+
 pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
