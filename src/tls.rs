@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
@@ -152,16 +153,17 @@ pub fn load_cert_files(cert: &Path, key: &Path) -> Result<CertBundle, TlsError> 
 
 fn read_pems(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let cert_pem = fs::read(cert).map_err(io_err(cert))?;
-    let chain = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad_file(cert, format!("bad PEM: {e}")))?;
     if chain.is_empty() {
         return Err(bad_file(cert, "no CERTIFICATE block found"));
     }
     let key_pem = fs::read(key).map_err(io_err(key))?;
-    let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| bad_file(key, format!("bad PEM: {e}")))?
-        .ok_or_else(|| bad_file(key, "no private key found"))?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => bad_file(key, "no private key found"),
+        e => bad_file(key, format!("bad PEM: {e}")),
+    })?;
     Ok((chain, key_der))
 }
 
@@ -376,7 +378,7 @@ pub fn pinned_client_config(pins: Vec<[u8; 32]>, alpn: &[&[u8]]) -> rustls::Clie
 pub fn roots_client_config(roots_pem: &[u8], alpn: &[&[u8]]) -> Result<rustls::ClientConfig, TlsError> {
     let roots_path = Path::new("<roots>");
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut &roots_pem[..]) {
+    for cert in CertificateDer::pem_slice_iter(roots_pem) {
         let cert = cert.map_err(|e| bad_file(roots_path, format!("bad PEM: {e}")))?;
         roots.add(cert)?;
     }

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use edgerelay::auth::Verifier;
 use edgerelay::config::Config;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgerelay");
 /// How long `serve` gets to print its banner.
@@ -281,7 +283,7 @@ fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
 /// SHA-256 (lower-case hex) of the first certificate's DER in a PEM file.
 fn pem_cert_sha256_hex(path: &Path) -> String {
     let pem = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let der = rustls_pemfile::certs(&mut pem.as_slice())
+    let der = CertificateDer::pem_slice_iter(&pem)
         .next()
         .unwrap_or_else(|| panic!("no certificate in {}", path.display()))
         .unwrap_or_else(|e| panic!("bad PEM in {}: {e}", path.display()));
