@@ -8,7 +8,8 @@
 //! empty queue), appends it in one durable commit, then, in order, delivers each message to the
 //! hub and acknowledges it. A failed commit acknowledges nothing: the rooms involved roll their
 //! next offset back to the last committed one and bump a generation, so appends queued behind
-//! the failure are refused too instead of leaving a hole.
+//! the failure are refused too instead of leaving a hole. Reads (replay, history pages, cursors)
+//! run on tokio's blocking pool, never on the connections' runtime threads.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -155,6 +156,22 @@ pub struct LocalEngine {
 }
 
 impl LocalEngine {
+    /// Runs a store read on tokio's blocking pool: a read may wait on the disk, and must not
+    /// hold up the connections that share the runtime's worker threads.
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn History) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, EngineError>> {
+        let history = self.history.clone();
+        async move {
+            match tokio::task::spawn_blocking(move || f(&*history)).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(e) => Err(EngineError::Unavailable(format!("store read did not finish: {e}"))),
+            }
+        }
+        .boxed()
+    }
+
     /// Starts the writer thread. Committed messages are delivered to `hub`.
     pub fn start(config: LocalEngineConfig, history: Arc<dyn History>, hub: Arc<Hub>) -> std::io::Result<LocalEngine> {
         let shards = config.shards.max(1);
@@ -309,7 +326,8 @@ impl Engine for LocalEngine {
         after: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<StoredMessage>, EngineError>> {
-        std::future::ready(self.history.read_after(key, after, limit).map_err(Into::into)).boxed()
+        let key = key.clone();
+        self.read(move |history| history.read_after(&key, after, limit))
     }
 
     fn read_before(
@@ -318,7 +336,8 @@ impl Engine for LocalEngine {
         before: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<StoredMessage>, EngineError>> {
-        std::future::ready(self.history.read_before(key, before, limit).map_err(Into::into)).boxed()
+        let key = key.clone();
+        self.read(move |history| history.read_before(&key, before, limit))
     }
 
     fn save_cursors(&self, tenant: &str, user: &str, cursors: Vec<Cursor>) {
@@ -330,7 +349,8 @@ impl Engine for LocalEngine {
     }
 
     fn cursors(&self, tenant: &str, user: &str, limit: usize) -> BoxFuture<'_, Result<Vec<Cursor>, EngineError>> {
-        std::future::ready(self.history.cursors(tenant, user, limit).map_err(Into::into)).boxed()
+        let (tenant, user) = (tenant.to_owned(), user.to_owned());
+        self.read(move |history| history.cursors(&tenant, &user, limit))
     }
 
     fn maintain(&self, now_ms: u64) {
