@@ -190,6 +190,7 @@ impl LocalEngine {
             commit_seconds: metrics::histogram!(crate::metrics::STORE_COMMIT_SECONDS),
             batch_size: metrics::histogram!(crate::metrics::STORE_BATCH_SIZE),
             failures: metrics::counter!(crate::metrics::STORE_FAILURES_TOTAL),
+            expiring: None,
         };
         let handle = std::thread::Builder::new().name("edgerelay-store".into()).spawn(move || writer.run())?;
         Ok(LocalEngine {
@@ -407,13 +408,33 @@ struct Writer {
     commit_seconds: metrics::Histogram,
     batch_size: metrics::Histogram,
     failures: metrics::Counter,
+    /// The age-retention pass under way: its cutoff and where its next step starts.
+    expiring: Option<(u64, Option<Vec<u8>>)>,
 }
 
+/// Rooms one age-retention step visits: a short write, so commits queued behind it wait little.
+const EXPIRE_ROOMS_PER_STEP: usize = 256;
+
 impl Writer {
-    fn run(self) {
+    fn run(mut self) {
         let mut stop = false;
         while !stop {
-            let Ok(first) = self.rx.recv() else { return };
+            // Age retention runs in steps between batches, only while nothing else is queued.
+            let first = if self.expiring.is_some() {
+                match self.rx.try_recv() {
+                    Ok(op) => op,
+                    Err(TryRecvError::Empty) => {
+                        self.expire_step();
+                        continue;
+                    }
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            } else {
+                match self.rx.recv() {
+                    Ok(op) => op,
+                    Err(_) => return,
+                }
+            };
             let mut batch = vec![first];
             let deadline = Instant::now() + self.linger;
             while batch.len() < self.max_batch && Instant::now() < deadline {
@@ -429,7 +450,7 @@ impl Writer {
     }
 
     /// Commits one batch; returns true when a stop was reached.
-    fn process(&self, batch: Vec<Op>) -> bool {
+    fn process(&mut self, batch: Vec<Op>) -> bool {
         let mut stop = false;
         let mut records: Vec<Append> = Vec::new();
         let mut waiting: Vec<(SharedSeq, Done)> = Vec::new();
@@ -500,7 +521,21 @@ impl Writer {
         }
     }
 
-    fn side_op(&self, op: Op) {
+    /// One step of the age-retention pass under way.
+    fn expire_step(&mut self) {
+        let Some((before_ms, resume)) = self.expiring.take() else { return };
+        match self.history.expire(before_ms, resume.as_deref(), EXPIRE_ROOMS_PER_STEP) {
+            Ok(step) => {
+                if step.deleted > 0 {
+                    tracing::debug!(deleted = step.deleted, "expired old history");
+                }
+                self.expiring = step.resume.map(|next| (before_ms, Some(next)));
+            }
+            Err(err) => tracing::warn!(%err, "age retention failed; retried at the next maintenance"),
+        }
+    }
+
+    fn side_op(&mut self, op: Op) {
         let result = match op {
             Op::Duplicate { seq, generation, position, done } => {
                 if lock(&seq).generation == generation {
@@ -510,11 +545,13 @@ impl Writer {
                 }
                 Ok(())
             }
-            Op::Expire { before_ms } => self.history.expire(before_ms).map(|n| {
-                if n > 0 {
-                    tracing::debug!(deleted = n, "expired old history");
+            Op::Expire { before_ms } => {
+                // A pass already under way finishes first; the next maintenance restarts it.
+                if self.expiring.is_none() {
+                    self.expiring = Some((before_ms, None));
                 }
-            }),
+                Ok(())
+            }
             Op::ForgetCursor { tenant, user, room } => self.history.forget_cursor(&tenant, &user, &room),
             Op::Append { .. } | Op::SaveCursors(_) | Op::Stop => Ok(()),
         };

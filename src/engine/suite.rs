@@ -372,8 +372,13 @@ mod embedded {
         fn find_id(&self, key: &RoomKey, from: &str, id: &str) -> Result<Option<(u64, u64)>, StoreError> {
             self.inner.find_id(key, from, id)
         }
-        fn expire(&self, before_ms: u64) -> Result<u64, StoreError> {
-            self.inner.expire(before_ms)
+        fn expire(
+            &self,
+            before_ms: u64,
+            resume: Option<&[u8]>,
+            max_rooms: usize,
+        ) -> Result<crate::store::ExpireStep, StoreError> {
+            self.inner.expire(before_ms, resume, max_rooms)
         }
         fn save_cursors(&self, updates: &[crate::store::UserCursors]) -> Result<(), StoreError> {
             self.inner.save_cursors(updates)
@@ -430,5 +435,42 @@ mod embedded {
         let (ob, sub) = rig.member(1 << 20);
         rig.join(&k, 1, sub, None).await;
         assert!(matches!(collect(&ob, 0).await.0, Some(ServerFrame::Joined { .. })));
+    }
+
+    #[tokio::test]
+    async fn maintenance_expires_old_messages_in_every_room_and_keeps_the_rest() {
+        let retention = Retention { max_messages: 1000, max_age_ms: 60_000 };
+        let history = Arc::new(EmbeddedHistory::open(&fresh_path()).unwrap().0);
+        let rig = local(history, LocalEngineConfig { retention, ..Default::default() });
+        let now = now();
+        let rooms: Vec<RoomKey> = (0..600).map(|i| key(&format!("r{i}"))).collect();
+        for k in &rooms {
+            for (id, age_ms) in [("old", 120_000), ("new", 1_000)] {
+                let (done, rx) = Done::channel();
+                let data = Payload::from("1");
+                let publish =
+                    Publish { key: k.clone(), from: "alice".into(), id: id.into(), data, now_ms: now - age_ms };
+                rig.engine.publish(publish, done);
+                rx.await.unwrap().unwrap();
+            }
+        }
+        rig.engine.maintain(now);
+        // The pass runs in steps on the writer, between commits: wait (bounded) for all of it.
+        let kept = async |k: &RoomKey| -> Vec<String> {
+            rig.engine.read_after(k, 0, 10).await.unwrap().into_iter().map(|m| m.id).collect()
+        };
+        'wait: for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            for k in &rooms {
+                if kept(k).await.len() != 1 {
+                    continue 'wait;
+                }
+            }
+            break;
+        }
+        for k in &rooms {
+            let kept = kept(k).await;
+            assert_eq!(kept, vec!["new".to_owned()], "{k:?}");
+        }
     }
 }

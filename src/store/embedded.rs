@@ -12,13 +12,15 @@
 //! then start new epochs, so clients are told that history was lost rather than shown a gap.
 
 use std::collections::HashMap;
+use std::ops::Bound;
 use std::path::Path;
 
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    Append, Cursor, History, Retention, RoomMeta, StoreError, StoredMessage, UserCursors, room_bytes, tenant_scoped,
+    Append, Cursor, ExpireStep, History, Retention, RoomMeta, StoreError, StoredMessage, UserCursors, room_bytes,
+    tenant_scoped,
 };
 use crate::hub::RoomKey;
 use crate::hub::last_seen::{RecordStore, RecordsError, UserRecord};
@@ -233,22 +235,31 @@ impl History for EmbeddedHistory {
         Ok(Some((offset, decode_record(offset, record.value())?.time)))
     }
 
-    fn expire(&self, before_ms: u64) -> Result<u64, StoreError> {
+    fn expire(&self, before_ms: u64, resume: Option<&[u8]>, max_rooms: usize) -> Result<ExpireStep, StoreError> {
         let txn = self.db.begin_write().map_err(err)?;
-        let mut deleted = 0;
+        let mut step = ExpireStep::default();
         {
             let mut messages = txn.open_table(MESSAGES).map_err(err)?;
             let mut rooms = txn.open_table(ROOMS).map_err(err)?;
             let mut ids = txn.open_table(IDS).map_err(err)?;
-            let all: Vec<(Vec<u8>, RoomMeta)> = rooms
-                .iter()
+            let range = match resume {
+                Some(after) => rooms.range::<&[u8]>((Bound::Excluded(after), Bound::Unbounded)),
+                None => rooms.range::<&[u8]>(..),
+            };
+            // One more than asked: whether it exists says if the pass is complete.
+            let mut visit: Vec<(Vec<u8>, RoomMeta)> = range
                 .map_err(err)?
+                .take(max_rooms.max(1) + 1)
                 .map(|entry| {
                     let (k, v) = entry.map_err(err)?;
                     Ok((k.value().to_vec(), decode_meta(v.value())?))
                 })
                 .collect::<Result<_, StoreError>>()?;
-            for (room, mut meta) in all {
+            if visit.len() > max_rooms.max(1) {
+                visit.pop();
+                step.resume = visit.last().map(|(room, _)| room.clone());
+            }
+            for (room, mut meta) in visit {
                 if meta.first > meta.top {
                     continue;
                 }
@@ -263,14 +274,14 @@ impl History for EmbeddedHistory {
                     last_old = Some(offset);
                 }
                 if let Some(last) = last_old {
-                    deleted += delete_range(&mut messages, &mut ids, &room, meta.first..=last)?;
+                    step.deleted += delete_range(&mut messages, &mut ids, &room, meta.first..=last)?;
                     meta.first = last + 1;
                     rooms.insert(room.as_slice(), encode_meta(&meta).as_slice()).map_err(err)?;
                 }
             }
         }
         txn.commit().map_err(err)?;
-        Ok(deleted)
+        Ok(step)
     }
 
     fn save_cursors(&self, updates: &[UserCursors]) -> Result<(), StoreError> {

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
-use super::{Append, Cursor, History, Retention, RoomMeta, StoreError, StoredMessage, UserCursors};
+use super::{Append, Cursor, ExpireStep, History, Retention, RoomMeta, StoreError, StoredMessage, UserCursors};
 use crate::hub::RoomKey;
 use crate::proto::RoomName;
 
@@ -96,7 +96,8 @@ impl History for MemoryHistory {
         Ok(room.messages.get(&offset).map(|m| (offset, m.time)))
     }
 
-    fn expire(&self, before_ms: u64) -> Result<u64, StoreError> {
+    /// Visits every room in one step (a map in memory is quick to walk).
+    fn expire(&self, before_ms: u64, _resume: Option<&[u8]>, _max_rooms: usize) -> Result<ExpireStep, StoreError> {
         let mut deleted = 0;
         for room in lock(&self.rooms).values_mut() {
             let old: Vec<u64> = room.messages.iter().take_while(|(_, m)| m.time < before_ms).map(|(o, _)| *o).collect();
@@ -106,7 +107,7 @@ impl History for MemoryHistory {
             }
             room.settle_first();
         }
-        Ok(deleted)
+        Ok(ExpireStep { deleted, resume: None })
     }
 
     fn save_cursors(&self, updates: &[UserCursors]) -> Result<(), StoreError> {

@@ -66,6 +66,14 @@ pub struct Append {
     pub message: StoredMessage,
 }
 
+/// What one step of an age-retention pass did ([`History::expire`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExpireStep {
+    pub deleted: u64,
+    /// Where the next step starts (an opaque room key), or `None`: the pass is complete.
+    pub resume: Option<Vec<u8>>,
+}
+
 /// How much history each room keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
@@ -127,8 +135,11 @@ pub trait History: Send + Sync + 'static {
     /// The offset and time of the retained message `id` published by `from`, if any.
     fn find_id(&self, key: &RoomKey, from: &str, id: &str) -> Result<Option<(u64, u64)>, StoreError>;
 
-    /// Deletes messages older than `before_ms` in every room; returns how many were deleted.
-    fn expire(&self, before_ms: u64) -> Result<u64, StoreError>;
+    /// Deletes messages older than `before_ms` in at most `max_rooms` rooms, starting after the
+    /// room `resume` names (from the start when `None`). A pass is the steps from `None` until a
+    /// step answers `resume: None`; it visits every room. Steps keep each write short, so commits
+    /// never wait long behind age retention.
+    fn expire(&self, before_ms: u64, resume: Option<&[u8]>, max_rooms: usize) -> Result<ExpireStep, StoreError>;
 
     /// Records cursors of any number of users, in one commit.
     fn save_cursors(&self, updates: &[UserCursors]) -> Result<(), StoreError>;

@@ -68,12 +68,39 @@ pub(crate) fn count_retention_moves_first(h: &dyn History) {
     assert_eq!(h.find_id(&k, "alice", "m6").unwrap(), Some((6, 60)));
 }
 
+/// Runs one whole age-retention pass in steps of `max_rooms`; returns the messages deleted.
+fn expire_pass(h: &dyn History, before_ms: u64, max_rooms: usize) -> u64 {
+    let (mut deleted, mut resume) = (0, None);
+    for _ in 0..10_000 {
+        let step = h.expire(before_ms, resume.as_deref(), max_rooms).unwrap();
+        deleted += step.deleted;
+        resume = step.resume;
+        if resume.is_none() {
+            return deleted;
+        }
+    }
+    panic!("an expiry pass never completed");
+}
+
+pub(crate) fn an_expiry_pass_in_small_steps_visits_every_room(h: &dyn History) {
+    let rooms: Vec<RoomKey> =
+        (0..25).map(|i| key(if i % 2 == 0 { "acme" } else { "globex" }, &format!("r{i}"))).collect();
+    for k in &rooms {
+        append(h, k, 1, 1..=4, &KEEP_ALL);
+    }
+    assert_eq!(expire_pass(h, 25, 4), 2 * 25, "times 10 and 20 in each room");
+    for k in &rooms {
+        assert_eq!(h.meta(k).unwrap(), Some(RoomMeta { epoch: 1, first: 3, top: 4 }), "{k:?}");
+    }
+    assert_eq!(expire_pass(h, 25, 1), 0, "a second pass finds nothing more");
+}
+
 pub(crate) fn age_retention_keeps_top(h: &dyn History) {
     let k = key("acme", "r");
     append(h, &k, 1, 1..=5, &KEEP_ALL);
-    assert_eq!(h.expire(35).unwrap(), 3, "times 10, 20, 30 are older than 35");
+    assert_eq!(expire_pass(h, 35, 100), 3, "times 10, 20, 30 are older than 35");
     assert_eq!(h.meta(&k).unwrap(), Some(RoomMeta { epoch: 1, first: 4, top: 5 }));
-    assert_eq!(h.expire(1000).unwrap(), 2);
+    assert_eq!(expire_pass(h, 1000, 100), 2);
     assert_eq!(h.meta(&k).unwrap(), Some(RoomMeta { epoch: 1, first: 6, top: 5 }), "offsets keep counting");
     append(h, &k, 1, 6..=6, &KEEP_ALL);
     assert_eq!(offsets(&h.read_after(&k, 0, 10).unwrap()), vec![6]);
@@ -123,6 +150,10 @@ macro_rules! history_suite {
         #[test]
         fn count_retention_moves_first() {
             $crate::store::suite::count_retention_moves_first(&*$make());
+        }
+        #[test]
+        fn an_expiry_pass_in_small_steps_visits_every_room() {
+            $crate::store::suite::an_expiry_pass_in_small_steps_visits_every_room(&*$make());
         }
         #[test]
         fn age_retention_keeps_top() {
