@@ -374,7 +374,6 @@ struct Published {
 async fn publish(
     client: Arc<Client>,
     index: usize,
-    publishers: usize,
     rooms: usize,
     step: usize,
     rate: f64,
@@ -433,7 +432,6 @@ async fn publish(
             else => break,
         }
     }
-    let _ = publishers;
     out
 }
 
@@ -453,7 +451,6 @@ async fn run_step(
         publishing.spawn(publish(
             client.clone(),
             j,
-            setup.publishers.len(),
             args.rooms,
             step,
             per_publisher,

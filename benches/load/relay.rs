@@ -275,7 +275,7 @@ fn ws_ip(url: &str) -> Option<std::net::IpAddr> {
     match url.host()? {
         url::Host::Ipv4(ip) => Some(ip.into()),
         url::Host::Ipv6(ip) => Some(ip.into()),
-        url::Host::Domain(d) if d == "localhost" => Some(std::net::Ipv4Addr::LOCALHOST.into()),
+        url::Host::Domain("localhost") => Some(std::net::Ipv4Addr::LOCALHOST.into()),
         url::Host::Domain(_) => Some(std::net::Ipv4Addr::UNSPECIFIED.into()),
     }
 }
