@@ -55,7 +55,8 @@ pub enum ResilientEvent {
     /// The connection was lost; the client is reconnecting.
     Disconnected { code: Option<ErrorCode>, reason: String },
     /// The relay could not replay what this client missed in `room` (history no longer covers it,
-    /// or it was lost): messages continue after `position`; reload older state elsewhere.
+    /// or it was lost, also while connected: a message of a new epoch arrived): messages continue
+    /// after `position`; reload older state elsewhere.
     NotRecovered { room: String, position: Position },
 }
 
@@ -100,12 +101,20 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 impl Resilient {
     /// Starts connecting in the background; events report when a connection is up.
     pub fn start(target: Target, options: ClientOptions, reconnect: Reconnect) -> Resilient {
+        Self::start_any(vec![target], options, reconnect)
+    }
+
+    /// Like [`Resilient::start`] with several relays of one region (or one cluster): a failed
+    /// attempt moves on to the next target, so the client resumes on another node when its
+    /// node is gone. Rooms, positions and unacked publishes carry over; with a shared engine
+    /// (Redis) the resume is exact on any node.
+    pub fn start_any(targets: Vec<Target>, options: ClientOptions, reconnect: Reconnect) -> Resilient {
         let state = Arc::new(Mutex::new(State::default()));
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (events_tx, events) = mpsc::channel(options.event_buffer.max(1));
         let cancel = CancellationToken::new();
         let driver =
-            Driver { target, options, reconnect, state: state.clone(), events: events_tx, cancel: cancel.clone() };
+            Driver { targets, options, reconnect, state: state.clone(), events: events_tx, cancel: cancel.clone() };
         let driver = tokio::spawn(driver.run(commands_rx));
         Resilient { state, commands, events, _stop: cancel.drop_guard(), driver }
     }
@@ -169,12 +178,23 @@ impl Resilient {
 }
 
 struct Driver {
-    target: Target,
+    /// Tried in turn: the one that worked last first, the next after a failed attempt.
+    targets: Vec<Target>,
     options: ClientOptions,
     reconnect: Reconnect,
     state: Arc<Mutex<State>>,
     events: mpsc::Sender<ResilientEvent>,
     cancel: CancellationToken,
+}
+
+/// What [`Driver::accept`] made of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Accepted {
+    Next,
+    /// The first of a new epoch: the relay lost the room's history.
+    NewEpoch,
+    /// The application has it already.
+    Duplicate,
 }
 
 /// Why one connection's session ended.
@@ -187,20 +207,23 @@ impl Driver {
     async fn run(self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut connections = 0u64;
         let mut failures = 0u32;
+        let mut next = 0usize;
         let mut wait = Duration::ZERO;
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
+            let Some(target) = self.targets.get(next % self.targets.len().max(1)).cloned() else { return };
             let client = tokio::select! {
                 _ = self.cancel.cancelled() => return,
-                connected = Client::connect(self.target.clone(), self.options.clone()) => connected,
+                connected = Client::connect(target, self.options.clone()) => connected,
             };
             let client = match client {
                 Ok(client) => client,
                 Err(err) => {
                     tracing::debug!(%err, "reconnect attempt failed");
+                    next = next.wrapping_add(1);
                     wait = self.reconnect.delay(failures);
                     failures = failures.saturating_add(1);
                     continue;
@@ -271,7 +294,16 @@ impl Driver {
                 }
                 event = client_events.recv() => match event {
                     Some(Event::Message(m)) => {
-                        if self.accept(&m) && self.events.send(ResilientEvent::Message(m)).await.is_err() {
+                        let accepted = self.accept(&m);
+                        if accepted == Accepted::NewEpoch {
+                            // The relay lost the room's history while connected: say so first.
+                            let position = Position { epoch: m.position.epoch, offset: m.position.offset.saturating_sub(1) };
+                            let told = ResilientEvent::NotRecovered { room: m.room.clone(), position };
+                            if self.events.send(told).await.is_err() {
+                                return Ended::Stopped;
+                            }
+                        }
+                        if accepted != Accepted::Duplicate && self.events.send(ResilientEvent::Message(m)).await.is_err() {
                             return Ended::Stopped;
                         }
                     }
@@ -286,25 +318,27 @@ impl Driver {
         }
     }
 
-    /// Records a message's position; false when it is one the application already has.
-    fn accept(&self, m: &Message) -> bool {
+    /// Records a message's position, unless the application already has it.
+    fn accept(&self, m: &Message) -> Accepted {
         let mut state = lock(&self.state);
-        let Some(last) = state.rooms.get_mut(&m.room) else { return false };
-        if let Some(last) = last
-            && last.epoch == m.position.epoch
-            && m.position.offset <= last.offset
-        {
-            return false;
-        }
+        let Some(last) = state.rooms.get_mut(&m.room) else { return Accepted::Duplicate };
+        let accepted = match last {
+            Some(last) if last.epoch == m.position.epoch && m.position.offset <= last.offset => {
+                return Accepted::Duplicate;
+            }
+            Some(last) if last.epoch != m.position.epoch => Accepted::NewEpoch,
+            _ => Accepted::Next,
+        };
         *last = Some(m.position);
-        true
+        accepted
     }
 
     fn rejoin(&self, requests: &mut JoinSet<Result<(), ClientError>>, client: &Arc<Client>, room: String) {
         let since = lock(&self.state).rooms.get(&room).copied().flatten();
         let (client, state, events) = (client.clone(), self.state.clone(), self.events.clone());
+        let reconnect = self.reconnect.clone();
         requests.spawn(async move {
-            let joined = client.join_since(&room, since).await?;
+            let joined = retrying(&reconnect, || client.join_since(&room, since)).await?;
             if !joined.recovered && since.is_some() {
                 // Continue from the top; say so, so the application can reload older state.
                 if let Some(last) = lock(&state).rooms.get_mut(&room) {
@@ -327,8 +361,9 @@ impl Driver {
             return;
         };
         let (client, state) = (client.clone(), self.state.clone());
+        let reconnect = self.reconnect.clone();
         requests.spawn(async move {
-            let position = client.publish(&room, &id, data).await?;
+            let position = retrying(&reconnect, || client.publish(&room, &id, data.clone())).await?;
             let mut state = lock(&state);
             if let Some(i) = state.unacked.iter().position(|u| u.room == room && u.id == id)
                 && let Some(done) = state.unacked.remove(i)
@@ -339,5 +374,25 @@ impl Driver {
             }
             Ok(())
         });
+    }
+}
+
+/// Sends a request again, with the reconnect backoff, while the relay refuses it with a
+/// retryable code (its store briefly unavailable, a rate limit); anything else ends it. A
+/// connection that ends cancels it; the next connection sends it again.
+async fn retrying<T, Fut>(reconnect: &Reconnect, mut request: impl FnMut() -> Fut) -> Result<T, ClientError>
+where
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match request().await {
+            Err(ClientError::Rejected { code, message }) if code.is_retryable() => {
+                tracing::debug!(%code, %message, attempt, "refused for now; trying again");
+                tokio::time::sleep(reconnect.delay(attempt).max(Duration::from_millis(10))).await;
+                attempt = attempt.saturating_add(1);
+            }
+            other => return other,
+        }
     }
 }

@@ -280,6 +280,24 @@ mod tests {
     }
 
     #[test]
+    fn a_new_epoch_starts_members_from_its_beginning() {
+        let k = key("acme", "r");
+        let hub = hub_with(&k, 1, 0);
+        let (ob, s, mut lag) = sub(Codec::Json, 10_000);
+        hub.attach(&k, 1, s, 1, None, 0).unwrap();
+        hub.deliver(&k, 1, &msg(1));
+        hub.deliver(&k, 1, &msg(2));
+        // The engine lost the room; this node's first message of the new epoch is its third.
+        let d = hub.deliver(&k, 2, &msg(3));
+        assert_eq!((d.delivered, d.lagging), (0, 1), "offsets 1 and 2 of epoch 2 come from history");
+        assert!(lag.try_recv().is_ok());
+        assert_eq!(hub.lagging(&k, 1).map(|l| (l.1, l.2)), Some((1, 2)));
+        let f = frames(&ob);
+        assert_eq!(f.len(), 3, "joined and epoch 1's two messages: {f:?}");
+        assert_eq!(hub.position(&k), Some(Position { epoch: 2, offset: 3 }));
+    }
+
+    #[test]
     fn since_decides_replay_or_not_recovered() {
         let k = key("acme", "r");
         let hub = hub_with(&k, 9, 5);

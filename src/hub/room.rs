@@ -195,12 +195,13 @@ impl RoomState {
         let offset = message.offset;
         if epoch != self.epoch {
             // The engine lost this room's history and started a new epoch: members continue
-            // from this message, and see the new epoch in its position.
+            // from the new epoch's start (what this node missed of it, a shared engine's
+            // pub/sub gap, comes from history) and see the new epoch in the positions.
             tracing::warn!(room = %self.key.room, old = self.epoch, new = epoch, "room epoch changed");
             self.epoch = epoch;
-            self.top = offset.saturating_sub(1);
+            self.top = 0;
             for m in self.members.values_mut() {
-                m.next = offset;
+                m.next = 1;
             }
         }
         if offset <= self.top {
