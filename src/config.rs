@@ -38,6 +38,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub hub: HubConfig,
     pub store: StoreConfig,
+    pub redis: RedisConfig,
     pub api: ApiConfig,
     pub presence: PresenceConfig,
 }
@@ -53,6 +54,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             hub: HubConfig::default(),
             store: StoreConfig::default(),
+            redis: RedisConfig::default(),
             api: ApiConfig::default(),
             presence: PresenceConfig::default(),
         }
@@ -289,8 +291,9 @@ impl Default for HubConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `embedded` (redb file, survives restarts) or `memory` (lost on restart; rooms then start
-    /// new epochs and clients are told).
+    /// `embedded` (redb file, survives restarts), `memory` (lost on restart; rooms then start
+    /// new epochs and clients are told), or `redis` (shared by every relay of a region; see
+    /// `[redis]`).
     pub engine: StoreEngine,
     /// The redb file; default `<data_dir>/history.redb`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -312,6 +315,7 @@ pub struct StoreConfig {
 pub enum StoreEngine {
     Embedded,
     Memory,
+    Redis,
 }
 
 impl Default for StoreConfig {
@@ -324,6 +328,41 @@ impl Default for StoreConfig {
             dedupe_window_secs: 300,
             commit_max_batch: 256,
             commit_linger_us: 2000,
+        }
+    }
+}
+
+/// The Redis (7+, or Valkey) that relays share with `store.engine = "redis"`: rooms' history,
+/// offsets, idempotency keys and cursors live there, and messages cross nodes by its sharded
+/// pub/sub. Retention and the dedupe window come from `[store]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// Prefix of every key and channel, so several deployments can share one Redis.
+    pub prefix: String,
+    /// A Redis command unanswered after this long fails; publishes are retried for twice this
+    /// long, then refused with `store_unavailable`.
+    pub command_timeout_ms: u64,
+    /// How often each room's top offset is compared with what this relay delivered; a message
+    /// pub/sub has not brought by the next check is read from the room's stream.
+    pub resync_interval_ms: u64,
+    /// How often a probe goes through this relay's pub/sub connection.
+    pub probe_interval_ms: u64,
+    /// A probe not back within this means the pub/sub connection is silent: it is reconnected.
+    pub probe_timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "edgerelay".into(),
+            command_timeout_ms: 2000,
+            resync_interval_ms: 1000,
+            probe_interval_ms: 1000,
+            probe_timeout_ms: 3000,
         }
     }
 }
@@ -536,6 +575,25 @@ impl Config {
         }
         if st.commit_linger_us > 100_000 {
             return Err(invalid("store.commit_linger_us", "must be at most 100000 (100 ms)"));
+        }
+        let r = &self.redis;
+        for (key, value) in [
+            ("redis.command_timeout_ms", r.command_timeout_ms),
+            ("redis.resync_interval_ms", r.resync_interval_ms),
+            ("redis.probe_interval_ms", r.probe_interval_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if r.probe_timeout_ms <= r.probe_interval_ms {
+            return Err(invalid("redis.probe_timeout_ms", "must be greater than redis.probe_interval_ms"));
+        }
+        if r.prefix.is_empty() || r.prefix.contains(['{', '}']) {
+            return Err(invalid("redis.prefix", "must be non-empty, without { or }"));
+        }
+        if st.engine == StoreEngine::Redis && !r.url.starts_with("redis://") {
+            return Err(invalid("redis.url", "must be a redis:// URL (TLS to Redis is not built in)"));
         }
         match (&self.tls.cert_file, &self.tls.key_file) {
             (Some(_), None) => {

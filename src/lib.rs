@@ -16,5 +16,6 @@ pub mod proto;
 pub mod relay;
 pub mod session;
 pub mod store;
+pub mod testing;
 pub mod tls;
 pub mod transport;

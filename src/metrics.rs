@@ -52,6 +52,11 @@ pub const STORE_BATCH_SIZE: &str = "edgerelay_store_batch_size";
 pub const STORE_FAILURES_TOTAL: &str = "edgerelay_store_failures_total";
 /// Publishes answered with their original position because the id was a retry.
 pub const DUPLICATES_TOTAL: &str = "edgerelay_duplicate_publishes_total";
+/// Rooms read again from their Redis stream because pub/sub did not bring every message
+/// (redis engine).
+pub const REDIS_RESYNCS_TOTAL: &str = "edgerelay_redis_resyncs_total";
+/// Times the Redis pub/sub connection was found silent by its probe and reconnected.
+pub const REDIS_PROBE_FAILURES_TOTAL: &str = "edgerelay_redis_probe_failures_total";
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{Signer, Verifier};
 use crate::config::{Config, LimitsConfig, StoreEngine};
 use crate::connection::{ConnectionContext, unix_ms};
-use crate::engine::{Engine, LocalEngine, LocalEngineConfig};
+use crate::engine::{Engine, LocalEngine, LocalEngineConfig, RedisEngine, RedisEngineConfig};
 use crate::http::{CertInfo, HttpState};
 use crate::hub::Hub;
 use crate::hub::awareness::Awareness;
@@ -51,6 +51,8 @@ pub enum RelayError {
     Quic(String),
     #[error("cannot open history store {path}: {source}")]
     Store { path: PathBuf, source: crate::store::StoreError },
+    #[error("cannot start the redis engine ({url}): {source}")]
+    Redis { url: String, source: crate::engine::EngineError },
 }
 
 /// A running relay.
@@ -116,7 +118,7 @@ impl Relay {
         let stop = CancellationToken::new();
         let drain = CancellationToken::new();
         let hub = Arc::new(Hub::new(config.hub.shards, config.hub.room_idle_ttl_secs.saturating_mul(1000)));
-        let (engine, records) = start_engine(&config, hub.clone())?;
+        let (engine, records) = start_engine(&config, hub.clone()).await?;
         let awareness = Arc::new(Awareness::new(&config.presence, records));
         let session_ctx = Arc::new(SessionContext {
             hub: hub.clone(),
@@ -340,24 +342,48 @@ async fn sweep_rooms(hub: Arc<Hub>, engine: Arc<dyn Engine>, stop: CancellationT
 /// The history engine and presence's user records, which live in the same store.
 type Stores = (Arc<dyn Engine>, Arc<dyn UserRecords>);
 
-/// Opens the configured history store and starts the engine's writer.
-fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayError> {
+/// Opens the configured history store and starts the engine.
+async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayError> {
     let st = &config.store;
+    let retention = Retention { max_messages: st.max_messages, max_age_ms: st.max_age_secs.saturating_mul(1000) };
+    let open_embedded = || {
+        let path = config.history_path();
+        let (history, corrupted) =
+            EmbeddedHistory::open(&path).map_err(|source| RelayError::Store { path: path.clone(), source })?;
+        if corrupted {
+            tracing::error!(path = %path.display(), "history was corrupted and is reset; rooms start new epochs");
+        }
+        Ok::<_, RelayError>(Arc::new(history))
+    };
     let (history, records): (Arc<dyn History>, Arc<dyn UserRecords>) = match st.engine {
         StoreEngine::Memory => (Arc::new(MemoryHistory::new()), Arc::new(MemoryRecords::default())),
         StoreEngine::Embedded => {
-            let path = config.history_path();
-            let (history, corrupted) =
-                EmbeddedHistory::open(&path).map_err(|source| RelayError::Store { path: path.clone(), source })?;
-            if corrupted {
-                tracing::error!(path = %path.display(), "history was corrupted and is reset; rooms start new epochs");
-            }
-            let history = Arc::new(history);
+            let history = open_embedded()?;
             (history.clone(), Arc::new(StoredRecords::new(history)))
+        }
+        StoreEngine::Redis => {
+            let r = &config.redis;
+            let redis_config = RedisEngineConfig {
+                url: r.url.clone(),
+                prefix: r.prefix.clone(),
+                retention,
+                dedupe_window_ms: st.dedupe_window_secs.saturating_mul(1000),
+                max_batch: st.commit_max_batch,
+                command_timeout: Duration::from_millis(r.command_timeout_ms),
+                resync_every: Duration::from_millis(r.resync_interval_ms),
+                probe_every: Duration::from_millis(r.probe_interval_ms),
+                probe_timeout: Duration::from_millis(r.probe_timeout_ms),
+            };
+            let engine = RedisEngine::connect(redis_config, hub)
+                .await
+                .map_err(|source| RelayError::Redis { url: crate::engine::redacted(&r.url), source })?;
+            // Users' last-seen records stay in this node's embedded store.
+            let records = Arc::new(StoredRecords::new(open_embedded()?));
+            return Ok((Arc::new(engine), records));
         }
     };
     let engine_config = LocalEngineConfig {
-        retention: Retention { max_messages: st.max_messages, max_age_ms: st.max_age_secs.saturating_mul(1000) },
+        retention,
         dedupe_window_ms: st.dedupe_window_secs.saturating_mul(1000),
         max_batch: st.commit_max_batch,
         linger: Duration::from_micros(st.commit_linger_us),

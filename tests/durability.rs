@@ -2,132 +2,27 @@
 //! missed under a reconnect storm, and retried publishes are stored and delivered once.
 
 mod common;
+#[path = "common/process.rs"]
+mod process;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use common::{Transport, start, within};
 use edgerelay::client::resilient::{Reconnect, Resilient, ResilientEvent};
-use edgerelay::client::{Client, ClientOptions, ServerTrust, Target};
+use edgerelay::client::{Client, ClientOptions};
 use edgerelay::proto::{Codec, Payload, Position};
 
-const BIN: &str = env!("CARGO_BIN_EXE_edgerelay");
-const API_KEY: &str = "durability-test-api-key";
-
-/// A free loopback port for UDP and one for TCP (bound, then released for the relay).
-fn free_ports() -> (SocketAddr, SocketAddr) {
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    (udp, tcp)
-}
-
-/// The relay binary on fixed loopback ports and a data directory that outlives it.
-struct RelayProcess {
-    dir: std::path::PathBuf,
-    udp: SocketAddr,
-    tcp: SocketAddr,
-    child: Option<Child>,
-}
-
-impl RelayProcess {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .env("EDGERELAY_DATA_DIR", &self.dir)
-            .env("EDGERELAY_LISTEN__UDP", self.udp.to_string())
-            .env("EDGERELAY_LISTEN__TCP", self.tcp.to_string())
-            .env("EDGERELAY_API__KEY", API_KEY)
-            .env("EDGERELAY_LIMITS__PUBLISH_RATE", "10000")
-            .env("EDGERELAY_LIMITS__PUBLISH_BURST", "10000");
-        cmd
-    }
-
-    async fn start(&mut self) {
-        let mut cmd = self.command(&["serve"]);
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        self.child = Some(cmd.spawn().expect("spawn relay"));
-        within("relay ready", async {
-            loop {
-                if tokio::net::TcpStream::connect(self.tcp).await.is_ok()
-                    && common::http_get(self.tcp, "/readyz").await.0 == 200
-                {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await;
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill(); // SIGKILL
-            let _ = child.wait();
-        }
-    }
-
-    fn token(&self, sub: &str) -> String {
-        let out =
-            self.command(&["token", "--sub", sub, "--tenant", "acme", "--room", "*", "--ttl", "1h"]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
-
-    async fn cert_pin(&self) -> [u8; 32] {
-        let (_, body) = common::http_get(self.tcp, "/v1/cert").await;
-        let info: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let pin = base64::engine::general_purpose::STANDARD.decode(info["sha256_base64"].as_str().unwrap()).unwrap();
-        pin.try_into().expect("a SHA-256 is 32 bytes")
-    }
-
-    async fn history_ids(&self, room: &str) -> Vec<(u64, String)> {
-        let mut out = Vec::new();
-        let mut before: Option<u64> = None;
-        loop {
-            let path = match before {
-                Some(b) => format!("/v1/api/history?tenant=acme&room={room}&limit=1000&before={b}"),
-                None => format!("/v1/api/history?tenant=acme&room={room}&limit=1000"),
-            };
-            let auth = format!("Bearer {API_KEY}");
-            let (status, body) =
-                common::http_request(self.tcp, "GET", &path, &[("authorization", auth.as_str())], "").await;
-            assert_eq!(status, 200, "{body}");
-            let page: serde_json::Value = serde_json::from_str(&body).unwrap();
-            let messages = page["messages"].as_array().unwrap();
-            if messages.is_empty() {
-                break;
-            }
-            let mut batch: Vec<(u64, String)> = messages
-                .iter()
-                .map(|m| (m["offset"].as_u64().unwrap(), m["id"].as_str().unwrap().to_owned()))
-                .collect();
-            before = batch.first().map(|m| m.0);
-            batch.append(&mut out);
-            out = batch;
-        }
-        out
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use process::RelayProcess;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_messages_survive_repeated_sigkill_exactly_once_and_live_clients_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let (udp, tcp) = free_ports();
-    let mut relay = RelayProcess { dir: dir.path().to_path_buf(), udp, tcp, child: None };
+    let mut relay = RelayProcess::new(dir.path());
     relay.start().await;
     let pin = relay.cert_pin().await;
-    let quic = Target::Quic { addr: udp, server_name: "localhost".into(), tls: ServerTrust::Pinned(vec![pin]) };
-    let ws = Target::WebSocket { url: format!("ws://{tcp}/v1/ws") };
+    let (quic, ws) = (relay.quic_target(vec![pin]), relay.ws_target());
     let fast = Reconnect {
         base_delay: Duration::from_millis(50),
         max_delay: Duration::from_millis(500),
@@ -362,11 +257,10 @@ async fn history_pages_backwards_and_followed_rooms_list_what_a_user_missed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_relay_resets_the_quic_connections_of_its_previous_life() {
     let dir = tempfile::tempdir().unwrap();
-    let (udp, tcp) = free_ports();
-    let mut relay = RelayProcess { dir: dir.path().to_path_buf(), udp, tcp, child: None };
+    let mut relay = RelayProcess::new(dir.path());
     relay.start().await;
     let pin = relay.cert_pin().await;
-    let quic = Target::Quic { addr: udp, server_name: "localhost".into(), tls: ServerTrust::Pinned(vec![pin]) };
+    let quic = relay.quic_target(vec![pin]);
     let mut client = Client::connect(quic, ClientOptions::new(relay.token("old"))).await.unwrap();
     client.join("lobby").await.unwrap();
     relay.kill();

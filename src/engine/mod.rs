@@ -5,8 +5,8 @@
 //! - [`LocalEngine`] (one node): a per-room sequencer assigns offsets and checks idempotency in
 //!   memory, one writer thread commits appends in groups to a [`History`](crate::store::History)
 //!   (redb or memory), and only then delivers them to the hub and acknowledges them.
-//! - A cluster engine (Redis) fits the same trait: a script assigns the offset, appends and
-//!   publishes atomically, and the node's pub/sub subscription delivers to the hub.
+//! - [`RedisEngine`] (several nodes): a script assigns the offset, appends and publishes
+//!   atomically in Redis, and each node's pub/sub subscription delivers to its hub.
 //!
 //! Either way the hub receives committed messages through [`Hub::deliver`](crate::hub::Hub),
 //! and must tolerate gaps (a lost pub/sub message) by letting subscribers catch up from
@@ -14,12 +14,14 @@
 //! store said so.
 
 mod local;
+mod redis;
 #[cfg(test)]
 pub(crate) mod suite;
 
 use futures_util::future::BoxFuture;
 
 pub use local::{LocalEngine, LocalEngineConfig};
+pub use redis::{RedisEngine, RedisEngineConfig, redacted};
 
 use crate::hub::RoomKey;
 use crate::proto::{ErrorCode, Payload, Position, RoomName};

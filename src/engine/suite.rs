@@ -16,6 +16,8 @@ use crate::proto::{Codec, Payload, ServerFrame};
 pub(crate) struct Rig {
     pub hub: Arc<Hub>,
     pub engine: Arc<dyn Engine>,
+    /// The Redis the engine uses, if any; stopped when the last rig holding it is dropped.
+    pub _redis: Option<Arc<crate::testing::RedisServer>>,
 }
 
 pub(crate) fn key(room: &str) -> RoomKey {
@@ -110,6 +112,7 @@ pub(crate) async fn retried_ids_get_the_original_position_and_are_delivered_once
     let k = key("r");
     let (ob, sub) = rig.member(1 << 20);
     rig.join(&k, 1, sub, None).await;
+    collect(&ob, 0).await;
     rig.publish(&k, "before").await;
     // Retries racing the original's commit, and after it.
     let (first, second) = tokio::join!(rig.publish_as(&k, "alice", "x"), rig.publish_as(&k, "alice", "x"));
@@ -163,7 +166,7 @@ pub(crate) async fn joining_while_publishing_never_gaps_or_duplicates(rig: Rig) 
     let publisher = {
         let (engine, k, joins_done) = (rig.engine.clone(), k.clone(), joins_done.clone());
         tokio::spawn(async move {
-            let rig = Rig { hub: Arc::new(Hub::new(1, 1000)), engine };
+            let rig = Rig { hub: Arc::new(Hub::new(1, 1000)), engine, _redis: None };
             let (mut i, mut after) = (0u64, 0);
             while after < 20 {
                 i += 1;
@@ -207,7 +210,7 @@ pub(crate) async fn joining_a_new_room_from_the_start_while_it_fills_never_dupli
         let publisher = {
             let (engine, k) = (rig.engine.clone(), k.clone());
             tokio::spawn(async move {
-                let rig = Rig { hub: Arc::new(Hub::new(1, 1000)), engine };
+                let rig = Rig { hub: Arc::new(Hub::new(1, 1000)), engine, _redis: None };
                 for i in 1..=30u64 {
                     rig.publish(&k, &format!("m{i}")).await;
                 }
@@ -275,7 +278,7 @@ pub(crate) use engine_suite;
 fn local(history: Arc<dyn crate::store::History>, config: LocalEngineConfig) -> Rig {
     let hub = Arc::new(Hub::new(4, 60_000));
     let engine = LocalEngine::start(config, history, hub.clone()).unwrap();
-    Rig { hub, engine: Arc::new(engine) }
+    Rig { hub, engine: Arc::new(engine), _redis: None }
 }
 
 mod memory {
@@ -473,4 +476,37 @@ mod embedded {
             assert_eq!(kept, vec!["new".to_owned()], "{k:?}");
         }
     }
+}
+
+pub(crate) mod redis {
+    use super::*;
+    use crate::store::Retention;
+    use crate::testing::RedisServer;
+
+    pub(crate) fn config(url: String) -> RedisEngineConfig {
+        RedisEngineConfig {
+            url,
+            prefix: "test".into(),
+            retention: Retention { max_messages: 10_000, max_age_ms: 3_600_000 },
+            dedupe_window_ms: 300_000,
+            max_batch: 256,
+            command_timeout: Duration::from_secs(2),
+            resync_every: Duration::from_millis(200),
+            probe_every: Duration::from_millis(100),
+            probe_timeout: Duration::from_millis(500),
+        }
+    }
+
+    /// A node: its own hub and engine, on `server`.
+    pub(crate) async fn node(server: &Arc<RedisServer>, config: RedisEngineConfig) -> Rig {
+        let hub = Arc::new(Hub::new(4, 60_000));
+        let engine = RedisEngine::connect(config, hub.clone()).await.expect("connect to the test redis");
+        Rig { hub, engine: Arc::new(engine), _redis: Some(server.clone()) }
+    }
+
+    async fn make() -> Rig {
+        let server = Arc::new(RedisServer::start().expect("start redis-server"));
+        node(&server, config(server.url())).await
+    }
+    super::engine_suite!(make);
 }

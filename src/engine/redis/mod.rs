@@ -1,0 +1,994 @@
+//! The cluster engine: several relays share rooms through one Redis (7 or Valkey).
+//!
+//! Every room has, under one hash tag so a Redis Cluster keeps them on one shard:
+//! - a meta hash `{epoch, top}` and a stream of its messages (entry id `<offset>-0`);
+//! - a shard channel on which each new message is published.
+//!
+//! A publish runs `publish.lua`, which atomically checks the idempotency key, takes the next
+//! offset, appends, trims (count and age) and publishes, so offsets are contiguous cluster-wide
+//! and a retried id gets its original position on any node. The node that published delivers
+//! the message to its own hub at once; every node subscribed to the room's channel gets it from
+//! Redis and delivers it too (the hub ignores an offset it already has).
+//!
+//! A node subscribes only to rooms its hub holds. Pub/sub is at-most-once, so nothing relies on
+//! it alone: a gap in offsets sends the room's members to history (see `hub`), a probe published
+//! to the node's own channel detects a silent subscription (it is reconnected), and a periodic
+//! check of every room's top offset against what the hub delivered turns anything still missing
+//! into a resync from the stream. If Redis loses a room (restart without persistence, eviction),
+//! the room gets a new epoch on next use and clients are told, as with the embedded engine.
+//!
+//! Publishes go to Redis in pipelines, one at a time, in the order they were made, so a
+//! client's publishes keep their order. A pipeline that fails on the connection is retried
+//! (the idempotency key makes that safe) until `command_timeout` has passed twice; then the
+//! publish is refused with `store_unavailable`, never acknowledged.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fred::clients::SubscriberClient;
+use fred::prelude::{
+    Builder, Client, ClientLike, Config as FredConfig, Error as FredError, ErrorKind, EventInterface, HashesInterface,
+    KeysInterface, LuaInterface, PubsubInterface, ReconnectPolicy, StreamsInterface, Value,
+};
+use fred::types::{ClusterHash, CustomCommand};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{Accepted, Done, Engine, EngineError, Publish};
+use crate::connection::unix_ms;
+use crate::hub::{Hub, RoomKey};
+use crate::proto::{Payload, Position, RoomName};
+use crate::store::{Cursor, Retention, RoomMeta, StoredMessage, new_epoch};
+
+const PUBLISH_LUA: &str = include_str!("publish.lua");
+const META_LUA: &str = include_str!("meta.lua");
+
+/// An unused room's meta (its epoch and offset counter) is kept this long.
+const ROOM_META_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
+/// A user's cursors are kept this long after their last update.
+const CURSORS_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
+/// A room the hub no longer holds is unsubscribed after this long unused.
+const UNSUBSCRIBE_AFTER_MS: u64 = 60_000;
+/// Messages read per step when a room is resynchronised from its stream.
+const RESYNC_PAGE: usize = 512;
+/// Rooms checked per pipeline by the top-offset check.
+const CHECK_CHUNK: usize = 256;
+/// Pause before a failed pipeline is sent again.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// Pub/sub messages buffered between Redis and the node's listener.
+const PUBSUB_BUFFER: usize = 65_536;
+
+#[derive(Debug, Clone)]
+pub struct RedisEngineConfig {
+    /// `redis://[user:password@]host:port[/db]`
+    pub url: String,
+    /// Prefix of every key and channel, so several deployments can share one Redis.
+    pub prefix: String,
+    pub retention: Retention,
+    pub dedupe_window_ms: u64,
+    /// Most publishes in one pipeline.
+    pub max_batch: usize,
+    /// A command without an answer after this long fails (and the connection is reconnected).
+    pub command_timeout: Duration,
+    /// How often every room's top offset is compared with what this node delivered.
+    pub resync_every: Duration,
+    /// How often a probe is published to this node's own channel.
+    pub probe_every: Duration,
+    /// A probe not received within this is a silent subscription: it is reconnected.
+    pub probe_timeout: Duration,
+}
+
+/// A message as Redis holds it (stream entry field `m`, and after `<epoch>:<offset>:` on the
+/// room's channel): postcard, so payloads stay bytes.
+#[derive(Serialize, Deserialize)]
+struct WireMessage {
+    time: u64,
+    from: String,
+    id: String,
+    data: Bytes,
+}
+
+fn encode_message(p: &Publish) -> Bytes {
+    let wire = WireMessage { time: p.now_ms, from: p.from.clone(), id: p.id.clone(), data: p.data.0.clone() };
+    Bytes::from(postcard::to_allocvec(&wire).unwrap_or_default())
+}
+
+fn decode_message(offset: u64, bytes: &[u8]) -> Option<StoredMessage> {
+    let wire: WireMessage = postcard::from_bytes(bytes).ok()?;
+    Some(StoredMessage { offset, time: wire.time, from: wire.from, id: wire.id, data: Payload(wire.data) })
+}
+
+/// `<epoch>:<offset>:<message>`, as `publish.lua` publishes it.
+fn parse_published(bytes: &[u8]) -> Option<(u64, StoredMessage)> {
+    let mut parts = bytes.splitn(3, |b| *b == b':');
+    let epoch = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let offset = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    Some((epoch, decode_message(offset, parts.next()?)?))
+}
+
+/// Key and channel names. A room's are all `<prefix>:{<tenant>/<room>}...`: the braces make it
+/// one Redis Cluster hash slot, and a room name cannot contain `/`, so the pair is unambiguous.
+struct Names {
+    prefix: String,
+}
+
+impl Names {
+    fn channel(&self, key: &RoomKey) -> String {
+        format!("{}:{{{}/{}}}", self.prefix, key.tenant, key.room.as_str())
+    }
+
+    fn meta(channel: &str) -> String {
+        format!("{channel}:m")
+    }
+
+    fn stream(channel: &str) -> String {
+        format!("{channel}:s")
+    }
+
+    fn idempotency(channel: &str, from: &str, id: &str) -> String {
+        format!("{channel}:i:{}:{from}{id}", from.len())
+    }
+
+    fn cursors(&self, tenant: &str, user: &str) -> String {
+        format!("{}:{{{tenant}/{user}}}:cursors", self.prefix)
+    }
+
+    fn probe(&self, node: &str) -> String {
+        format!("{}:node:{node}", self.prefix)
+    }
+}
+
+/// The URL without its password, for logs and errors.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_string(),
+        Err(_) => "<unparsable url>".to_string(),
+    }
+}
+
+fn unavailable(err: FredError) -> EngineError {
+    EngineError::Unavailable(format!("redis: {err}"))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether a failed command may have failed on the way (worth sending again), rather than being
+/// refused by Redis.
+fn transient(err: &FredError) -> bool {
+    matches!(err.kind(), ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Routing)
+        || err.details().starts_with("LOADING")
+        || err.details().starts_with("BUSY")
+}
+
+fn is_noscript(err: &FredError) -> bool {
+    err.details().starts_with("NOSCRIPT")
+}
+
+/// A publish waiting for Redis.
+struct Pending {
+    publish: Publish,
+    message: Bytes,
+    done: Done,
+    first_sent: Option<Instant>,
+}
+
+/// A room this node is subscribed to.
+struct Subscription {
+    channel: String,
+    last_used_ms: u64,
+    /// `(epoch, top)` Redis reported at the previous check.
+    seen: Option<(u64, u64)>,
+}
+
+/// A room to check: its key, channel, and the `(epoch, top)` seen at the previous check.
+type CheckedRoom = (RoomKey, String, Option<(u64, u64)>);
+
+#[derive(Default)]
+struct Subscriptions {
+    rooms: HashMap<RoomKey, Subscription>,
+    by_channel: HashMap<String, RoomKey>,
+}
+
+struct Scripts {
+    publish: String,
+    meta: String,
+}
+
+struct Shared {
+    config: RedisEngineConfig,
+    names: Names,
+    client: Client,
+    subscriber: SubscriberClient,
+    hub: Arc<Hub>,
+    scripts: Scripts,
+    subs: Mutex<Subscriptions>,
+    /// Serialises subscribe and unsubscribe commands, so they reach Redis in decision order.
+    subscribing: tokio::sync::Mutex<()>,
+    probe_channel: String,
+    probe_received: AtomicU64,
+    check_now: Notify,
+    resyncs: metrics::Counter,
+    probe_failures: metrics::Counter,
+}
+
+pub struct RedisEngine {
+    shared: Arc<Shared>,
+    queue: Mutex<Option<mpsc::UnboundedSender<Pending>>>,
+    stopping: AtomicBool,
+    publisher: TaskTracker,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl RedisEngine {
+    /// Connects to Redis (failing if it cannot within `command_timeout`), loads the scripts and
+    /// starts the publisher, the pub/sub listener, the probe and the top-offset check.
+    pub async fn connect(config: RedisEngineConfig, hub: Arc<Hub>) -> Result<RedisEngine, EngineError> {
+        let fred_config = FredConfig::from_url(&config.url)
+            .map_err(|e| EngineError::Unavailable(format!("redis url {}: {e}", redacted(&config.url))))?;
+        let mut builder = Builder::from_config(fred_config);
+        builder
+            .with_performance_config(|p| {
+                p.default_command_timeout = config.command_timeout;
+                p.broadcast_channel_capacity = PUBSUB_BUFFER;
+            })
+            .with_connection_config(|c| {
+                c.connection_timeout = config.command_timeout;
+                c.internal_command_timeout = config.command_timeout;
+                c.unresponsive.max_timeout = Some(config.command_timeout);
+                c.unresponsive.interval = (config.command_timeout / 4).max(Duration::from_millis(50));
+            })
+            .set_policy(ReconnectPolicy::new_constant(0, 200));
+        let client = builder.build().map_err(unavailable)?;
+        let subscriber = builder.build_subscriber_client().map_err(unavailable)?;
+        let connect = async {
+            client.init().await?;
+            subscriber.init().await?;
+            let publish: String = client.script_load(PUBLISH_LUA).await?;
+            let meta: String = client.script_load(META_LUA).await?;
+            Ok::<_, FredError>(Scripts { publish, meta })
+        };
+        let scripts = match tokio::time::timeout(config.command_timeout, connect).await {
+            Ok(Ok(scripts)) => scripts,
+            Ok(Err(err)) => return Err(unavailable(err)),
+            Err(_) => {
+                let _ = client.quit().await;
+                let _ = subscriber.quit().await;
+                return Err(EngineError::Unavailable(format!("redis at {} did not answer", redacted(&config.url))));
+            }
+        };
+        let names = Names { prefix: config.prefix.clone() };
+        let node = format!("{:016x}", rand::random::<u64>());
+        let shared = Arc::new(Shared {
+            probe_channel: names.probe(&node),
+            names,
+            client,
+            subscriber,
+            hub,
+            scripts,
+            subs: Mutex::new(Subscriptions::default()),
+            subscribing: tokio::sync::Mutex::new(()),
+            probe_received: AtomicU64::new(0),
+            check_now: Notify::new(),
+            resyncs: metrics::counter!(crate::metrics::REDIS_RESYNCS_TOTAL),
+            probe_failures: metrics::counter!(crate::metrics::REDIS_PROBE_FAILURES_TOTAL),
+            config,
+        });
+        shared.subscriber.ssubscribe(shared.probe_channel.clone()).await.map_err(unavailable)?;
+        let (queue, rx) = mpsc::unbounded_channel();
+        let (publisher, tasks, stop) = (TaskTracker::new(), TaskTracker::new(), CancellationToken::new());
+        publisher.spawn(run_publisher(shared.clone(), rx));
+        tasks.spawn(run_listener(shared.clone(), stop.clone()));
+        tasks.spawn(run_probe(shared.clone(), stop.clone()));
+        tasks.spawn(run_checks(shared.clone(), stop.clone()));
+        tracing::info!(url = %redacted(&shared.config.url), %node, "redis engine connected");
+        Ok(RedisEngine {
+            shared,
+            queue: Mutex::new(Some(queue)),
+            stopping: AtomicBool::new(false),
+            publisher,
+            tasks,
+            stop,
+        })
+    }
+}
+
+impl Shared {
+    /// The `EVALSHA` arguments of `publish.lua` for a message, published on `publish_to` (the
+    /// room's channel, except in tests that lose pub/sub messages on purpose).
+    fn publish_command(&self, publish: &Publish, message: &Bytes, publish_to: &str) -> Vec<Value> {
+        let channel = self.names.channel(&publish.key);
+        let r = &self.config.retention;
+        vec![
+            Value::from(self.scripts.publish.as_str()),
+            Value::Integer(3),
+            Value::from(Names::meta(&channel)),
+            Value::from(Names::stream(&channel)),
+            Value::from(Names::idempotency(&channel, &publish.from, &publish.id)),
+            Value::Bytes(message.clone()),
+            Value::from(publish.now_ms.to_string()),
+            Value::from(self.config.dedupe_window_ms.max(1).to_string()),
+            Value::from(r.max_messages.max(1).to_string()),
+            Value::from(r.max_age_ms.max(1).to_string()),
+            Value::from(new_epoch().to_string()),
+            Value::from(publish_to.to_string()),
+            Value::from(ROOM_META_TTL_MS.to_string()),
+        ]
+    }
+
+    /// Sends one pipeline of publishes; returns those to send again.
+    async fn commit(&self, batch: Vec<Pending>) -> Vec<Pending> {
+        let pipeline = self.client.pipeline();
+        let evalsha = evalsha();
+        let commands: Vec<Vec<Value>> = batch
+            .iter()
+            .map(|p| self.publish_command(&p.publish, &p.message, &self.names.channel(&p.publish.key)))
+            .collect();
+        for args in commands {
+            let queued: Result<(), FredError> = pipeline.custom(evalsha.clone(), args).await;
+            if let Err(err) = queued {
+                tracing::debug!(%err, "queueing a publish in a pipeline");
+            }
+        }
+        let mut results = pipeline.try_all::<Value>().await.into_iter();
+        let mut retry = Vec::new();
+        let mut reload = false;
+        for mut p in batch {
+            let result = results.next().unwrap_or_else(|| Err(FredError::new(ErrorKind::IO, "no reply")));
+            match result.map_err(|e| (is_noscript(&e), transient(&e), e)) {
+                Ok(value) => self.accepted(p, value),
+                Err((true, _, _)) => {
+                    reload = true;
+                    retry.push(p);
+                }
+                Err((false, true, err)) => {
+                    let first = *p.first_sent.get_or_insert_with(Instant::now);
+                    if first.elapsed() < self.config.command_timeout * 2 {
+                        retry.push(p);
+                    } else {
+                        p.done.complete(Err(unavailable(err)));
+                    }
+                }
+                Err((false, false, err)) => p.done.complete(Err(unavailable(err))),
+            }
+        }
+        if reload {
+            // Redis restarted (or its script cache was flushed): load the scripts again.
+            for script in [PUBLISH_LUA, META_LUA] {
+                if let Err(err) = self.client.script_load::<String, _>(script).await {
+                    tracing::warn!(%err, "loading the redis scripts");
+                }
+            }
+        }
+        retry
+    }
+
+    /// A publish Redis answered: delivered here (other nodes get it through pub/sub), then
+    /// acknowledged.
+    fn accepted(&self, p: Pending, value: Value) {
+        let reply = value.into_array();
+        let number = |i: usize| reply.get(i).and_then(Value::as_u64);
+        let (Some(duplicate), Some(epoch), Some(offset)) = (number(0), number(1), number(2)) else {
+            p.done.complete(Err(EngineError::Unavailable(format!("redis: unexpected publish reply {reply:?}"))));
+            return;
+        };
+        // A duplicate of a publish this node already sent once (its reply was lost) is this
+        // publish itself: deliver it (the hub ignores it if it has it) and acknowledge it as new.
+        let retried = p.first_sent.is_some();
+        if duplicate == 0 || retried {
+            let Publish { from, id, data, now_ms, key } = p.publish;
+            let message = StoredMessage { offset, time: now_ms, from, id, data };
+            self.hub.deliver(&key, epoch, &message);
+        }
+        let position = Position { epoch, offset };
+        p.done.complete(Ok(Accepted { position, duplicate: duplicate == 1 && !retried }));
+    }
+
+    /// Subscribes to the room's channel unless already subscribed; marks it used.
+    async fn subscribe(&self, key: &RoomKey) -> Result<(), EngineError> {
+        let now = unix_ms();
+        if let Some(sub) = lock(&self.subs).rooms.get_mut(key) {
+            sub.last_used_ms = now;
+            return Ok(());
+        }
+        let _order = self.subscribing.lock().await;
+        if lock(&self.subs).rooms.contains_key(key) {
+            return Ok(());
+        }
+        let channel = self.names.channel(key);
+        self.subscriber.ssubscribe(channel.clone()).await.map_err(unavailable)?;
+        let mut subs = lock(&self.subs);
+        subs.by_channel.insert(channel.clone(), key.clone());
+        subs.rooms.insert(key.clone(), Subscription { channel, last_used_ms: now, seen: None });
+        Ok(())
+    }
+
+    /// Subscribes again to every room this node holds and to its probe, from its own record
+    /// (after a reconnect, Redis knows none of them).
+    async fn resubscribe(&self) {
+        let _order = self.subscribing.lock().await;
+        let mut channels: Vec<String> = lock(&self.subs).rooms.values().map(|sub| sub.channel.clone()).collect();
+        channels.push(self.probe_channel.clone());
+        for chunk in channels.chunks(1000) {
+            if let Err(err) = self.subscriber.ssubscribe(chunk.to_vec()).await {
+                tracing::warn!(%err, "subscribing again after a reconnect");
+            }
+        }
+    }
+
+    /// Unsubscribes rooms the hub dropped and nobody used for a while.
+    async fn unsubscribe_unused(&self, now_ms: u64) {
+        let _order = self.subscribing.lock().await;
+        let unused: Vec<String> = {
+            let mut subs = lock(&self.subs);
+            let stale: Vec<RoomKey> = subs
+                .rooms
+                .iter()
+                .filter(|(key, sub)| {
+                    now_ms.saturating_sub(sub.last_used_ms) >= UNSUBSCRIBE_AFTER_MS && !self.hub.has_room(key)
+                })
+                .map(|(key, _)| key.clone())
+                .collect();
+            let mut channels = Vec::with_capacity(stale.len());
+            for key in stale {
+                if let Some(sub) = subs.rooms.remove(&key) {
+                    subs.by_channel.remove(&sub.channel);
+                    channels.push(sub.channel);
+                }
+            }
+            channels
+        };
+        if !unused.is_empty()
+            && let Err(err) = self.subscriber.sunsubscribe(unused).await
+        {
+            tracing::warn!(%err, "unsubscribing unused rooms");
+        }
+    }
+
+    /// A message from pub/sub: a room's message, or this node's probe.
+    fn on_message(&self, channel: &str, value: &Value) {
+        if channel == self.probe_channel {
+            if let Some(seq) = value.as_u64() {
+                self.probe_received.fetch_max(seq, Ordering::Relaxed);
+            }
+            return;
+        }
+        let Some(key) = lock(&self.subs).by_channel.get(channel).cloned() else { return };
+        match value.as_bytes().and_then(parse_published) {
+            Some((epoch, message)) => {
+                self.hub.deliver(&key, epoch, &message);
+            }
+            None => tracing::warn!(channel, "undecodable message on a room channel"),
+        }
+    }
+
+    async fn meta(&self, key: &RoomKey) -> Result<RoomMeta, EngineError> {
+        let channel = self.names.channel(key);
+        let keys = vec![Names::meta(&channel), Names::stream(&channel)];
+        let args = vec![new_epoch().to_string(), ROOM_META_TTL_MS.to_string()];
+        let reply =
+            match self.client.evalsha::<Value, _, _, _>(self.scripts.meta.as_str(), keys.clone(), args.clone()).await {
+                Err(err) if is_noscript(&err) => {
+                    self.client.script_load::<String, _>(META_LUA).await.map_err(unavailable)?;
+                    self.client.evalsha::<Value, _, _, _>(self.scripts.meta.as_str(), keys, args).await
+                }
+                other => other,
+            }
+            .map_err(unavailable)?
+            .into_array();
+        let number = |i: usize| reply.get(i).and_then(Value::as_u64);
+        match (number(0), number(1), number(2)) {
+            (Some(epoch), Some(first), Some(top)) => Ok(RoomMeta { epoch, first, top }),
+            _ => Err(EngineError::Unavailable(format!("redis: unexpected meta reply {reply:?}"))),
+        }
+    }
+
+    async fn read_after(&self, key: &RoomKey, after: u64, limit: usize) -> Result<Vec<StoredMessage>, EngineError> {
+        let stream = Names::stream(&self.names.channel(key));
+        let entries: Value = self
+            .client
+            .xrange(stream, format!("{}-0", after.saturating_add(1)), "+", Some(limit as u64))
+            .await
+            .map_err(unavailable)?;
+        Ok(parse_entries(entries))
+    }
+
+    async fn read_before(&self, key: &RoomKey, before: u64, limit: usize) -> Result<Vec<StoredMessage>, EngineError> {
+        if before <= 1 {
+            return Ok(Vec::new());
+        }
+        let stream = Names::stream(&self.names.channel(key));
+        let entries: Value = self
+            .client
+            .xrevrange(stream, format!("({before}-0"), "-", Some(limit as u64))
+            .await
+            .map_err(unavailable)?;
+        let mut messages = parse_entries(entries);
+        messages.reverse();
+        Ok(messages)
+    }
+
+    /// Compares every held room's top offset in Redis with what the hub delivered, and reads
+    /// from the stream whatever pub/sub did not bring within one check interval.
+    async fn check_rooms(&self) {
+        let rooms: Vec<CheckedRoom> = lock(&self.subs)
+            .rooms
+            .iter()
+            .filter(|(key, _)| self.hub.has_room(key))
+            .map(|(key, sub)| (key.clone(), sub.channel.clone(), sub.seen))
+            .collect();
+        for chunk in rooms.chunks(CHECK_CHUNK) {
+            let pipeline = self.client.pipeline();
+            for (_, channel, _) in chunk {
+                let queued: Result<(), FredError> = pipeline.hmget(Names::meta(channel), vec!["epoch", "top"]).await;
+                if let Err(err) = queued {
+                    tracing::debug!(%err, "queueing a room check");
+                }
+            }
+            let replies = pipeline.try_all::<Value>().await;
+            for ((key, _, seen), reply) in chunk.iter().zip(replies) {
+                let Ok(reply) = reply else { continue };
+                let reply = reply.into_array();
+                let now = match (reply.first().and_then(Value::as_u64), reply.get(1).and_then(Value::as_u64)) {
+                    (Some(epoch), Some(top)) => Some((epoch, top)),
+                    _ => None,
+                };
+                if let (Some(before), Some(here)) = (*seen, self.hub.position(key))
+                    && now.is_some_and(|(epoch, _)| epoch == before.0)
+                    && (here.epoch != before.0 || here.offset < before.1)
+                {
+                    let from = if here.epoch == before.0 { here.offset } else { 0 };
+                    self.resync(key, before.0, from).await;
+                }
+                if let Some(sub) = lock(&self.subs).rooms.get_mut(key) {
+                    sub.seen = now;
+                }
+            }
+        }
+    }
+
+    /// Delivers a room's messages after `from` from its stream.
+    async fn resync(&self, key: &RoomKey, epoch: u64, mut from: u64) {
+        self.resyncs.increment(1);
+        tracing::warn!(room = %key.room, from, "pub/sub missed messages; resyncing from the stream");
+        loop {
+            match self.read_after(key, from, RESYNC_PAGE).await {
+                Ok(messages) => {
+                    let Some(last) = messages.last().map(|m| m.offset) else { return };
+                    for message in &messages {
+                        self.hub.deliver(key, epoch, message);
+                    }
+                    if messages.len() < RESYNC_PAGE {
+                        return;
+                    }
+                    from = last;
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "resync read");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// `EVALSHA sha numkeys keys... args...`: the first key (offset 2) picks the cluster shard.
+fn evalsha() -> CustomCommand {
+    CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false)
+}
+
+/// Stream entries `[[id, [field, value, ...]], ...]` as messages; entries that do not parse
+/// are skipped.
+fn parse_entries(entries: Value) -> Vec<StoredMessage> {
+    entries
+        .into_array()
+        .into_iter()
+        .filter_map(|entry| {
+            let mut parts = entry.into_array().into_iter();
+            let id = parts.next()?;
+            let offset = id.as_str()?.split('-').next()?.parse().ok()?;
+            let fields = parts.next()?.into_array();
+            let message = fields.chunks(2).find(|kv| kv[0].as_str().as_deref() == Some("m"))?.get(1)?;
+            decode_message(offset, message.as_bytes()?)
+        })
+        .collect()
+}
+
+async fn run_publisher(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let mut batch: Vec<Pending> = Vec::new();
+    loop {
+        if batch.is_empty() {
+            match rx.recv().await {
+                Some(p) => batch.push(p),
+                None => return,
+            }
+        }
+        while batch.len() < shared.config.max_batch {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        batch = shared.commit(batch).await;
+        if !batch.is_empty() {
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+}
+
+async fn run_listener(shared: Arc<Shared>, stop: CancellationToken) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut messages = shared.subscriber.message_rx();
+    let mut reconnects = shared.subscriber.reconnect_rx();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            message = messages.recv() => match message {
+                Ok(m) => shared.on_message(&m.channel, &m.value),
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "pub/sub listener fell behind; checking every room");
+                    shared.check_now.notify_one();
+                }
+                Err(RecvError::Closed) => return,
+            },
+            reconnect = reconnects.recv() => {
+                if matches!(reconnect, Err(RecvError::Closed)) {
+                    return;
+                }
+                tracing::info!("redis pub/sub reconnected; subscribing again");
+                shared.resubscribe().await;
+                shared.check_now.notify_one();
+            }
+        }
+    }
+}
+
+/// Publishes a growing number on this node's own channel; if the subscription does not bring
+/// one back within `probe_timeout`, it is wedged or detached: reconnect it.
+async fn run_probe(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(shared.config.probe_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sent = 0u64;
+    let mut waiting_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if shared.probe_received.load(Ordering::Relaxed) >= sent {
+            waiting_since = None;
+        } else if waiting_since.is_some_and(|since| since.elapsed() >= shared.config.probe_timeout) {
+            shared.probe_failures.increment(1);
+            tracing::warn!("redis pub/sub is silent (probe not received); reconnecting it");
+            if let Err(err) = shared.subscriber.force_reconnection().await {
+                tracing::warn!(%err, "reconnecting pub/sub");
+            }
+            waiting_since = None;
+            shared.check_now.notify_one();
+        }
+        match shared.client.spublish::<Value, _, _>(shared.probe_channel.clone(), (sent + 1).to_string()).await {
+            Ok(_) => {
+                sent += 1;
+                waiting_since.get_or_insert_with(Instant::now);
+            }
+            Err(err) => tracing::debug!(%err, "probe publish"),
+        }
+    }
+}
+
+async fn run_checks(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(shared.config.resync_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+            _ = shared.check_now.notified() => {}
+        }
+        shared.check_rooms().await;
+    }
+}
+
+impl Engine for RedisEngine {
+    fn publish(&self, publish: Publish, done: Done) {
+        if self.stopping.load(Ordering::Relaxed) {
+            done.complete(Err(EngineError::ShuttingDown));
+            return;
+        }
+        let pending = Pending { message: encode_message(&publish), publish, done, first_sent: None };
+        match lock(&self.queue).as_ref() {
+            // A send fails only once the publisher stopped: dropping `done` answers ShuttingDown.
+            Some(queue) => drop(queue.send(pending)),
+            None => pending.done.complete(Err(EngineError::ShuttingDown)),
+        }
+    }
+
+    fn meta(&self, key: &RoomKey) -> BoxFuture<'_, Result<RoomMeta, EngineError>> {
+        let key = key.clone();
+        async move {
+            // Subscribed before the meta is read: whatever is published after it reaches the hub.
+            self.shared.subscribe(&key).await?;
+            self.shared.meta(&key).await
+        }
+        .boxed()
+    }
+
+    fn read_after(
+        &self,
+        key: &RoomKey,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, EngineError>> {
+        let key = key.clone();
+        async move { self.shared.read_after(&key, after, limit).await }.boxed()
+    }
+
+    fn read_before(
+        &self,
+        key: &RoomKey,
+        before: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, EngineError>> {
+        let key = key.clone();
+        async move { self.shared.read_before(&key, before, limit).await }.boxed()
+    }
+
+    fn save_cursors(&self, tenant: &str, user: &str, cursors: Vec<Cursor>) {
+        if cursors.is_empty() {
+            return;
+        }
+        let shared = self.shared.clone();
+        let hash = shared.names.cursors(tenant, user);
+        self.tasks.spawn(async move {
+            let fields: Vec<(String, String)> = cursors
+                .iter()
+                .map(|c| (c.room.to_string(), format!("{}:{}:{}", c.position.epoch, c.position.offset, c.updated)))
+                .collect();
+            let pipeline = shared.client.pipeline();
+            let _: Result<(), FredError> = pipeline.hset(hash.as_str(), fields).await;
+            let _: Result<(), FredError> = pipeline.pexpire(hash.as_str(), CURSORS_TTL_MS as i64, None).await;
+            if let Err(err) = pipeline.all::<Value>().await {
+                tracing::warn!(%err, "saving cursors");
+            }
+        });
+    }
+
+    fn forget_cursor(&self, tenant: &str, user: &str, room: RoomName) {
+        let shared = self.shared.clone();
+        let hash = shared.names.cursors(tenant, user);
+        self.tasks.spawn(async move {
+            if let Err(err) = shared.client.hdel::<Value, _, _>(hash, room.to_string()).await {
+                tracing::warn!(%err, "forgetting a cursor");
+            }
+        });
+    }
+
+    fn cursors(&self, tenant: &str, user: &str, limit: usize) -> BoxFuture<'_, Result<Vec<Cursor>, EngineError>> {
+        let hash = self.shared.names.cursors(tenant, user);
+        async move {
+            let all: HashMap<String, String> = self.shared.client.hgetall(hash).await.map_err(unavailable)?;
+            let mut cursors: Vec<Cursor> = all
+                .into_iter()
+                .filter_map(|(room, value)| {
+                    let mut parts = value.split(':').map(str::parse::<u64>);
+                    let (Some(Ok(epoch)), Some(Ok(offset)), Some(Ok(updated))) =
+                        (parts.next(), parts.next(), parts.next())
+                    else {
+                        return None;
+                    };
+                    let room = RoomName::parse(&room).ok()?;
+                    Some(Cursor { room, position: Position { epoch, offset }, updated })
+                })
+                .collect();
+            cursors.sort_by_key(|c| std::cmp::Reverse(c.updated));
+            cursors.truncate(limit);
+            Ok(cursors)
+        }
+        .boxed()
+    }
+
+    fn maintain(&self, now_ms: u64) {
+        // Retention is applied by the publish script; here only subscriptions are tidied.
+        let shared = self.shared.clone();
+        self.tasks.spawn(async move { shared.unsubscribe_unused(now_ms).await });
+    }
+
+    fn shutdown(&self, deadline: Duration) -> BoxFuture<'_, ()> {
+        async move {
+            self.stopping.store(true, Ordering::Relaxed);
+            // Closing the queue lets the publisher finish what was accepted, then stop.
+            lock(&self.queue).take();
+            self.publisher.close();
+            if tokio::time::timeout(deadline, self.publisher.wait()).await.is_err() {
+                tracing::warn!("redis publishes still unanswered at the shutdown deadline");
+            }
+            self.stop.cancel();
+            self.tasks.close();
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
+            let _ = self.shared.subscriber.quit().await;
+            let _ = self.shared.client.quit().await;
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::suite::redis::config;
+    use crate::engine::suite::{Rig, collect, key};
+    use crate::proto::ServerFrame;
+    use crate::testing::RedisServer;
+
+    /// A node whose engine the test can reach into.
+    async fn node(server: &Arc<RedisServer>) -> (Rig, Arc<RedisEngine>) {
+        let hub = Arc::new(Hub::new(4, 60_000));
+        let engine = Arc::new(RedisEngine::connect(config(server.url()), hub.clone()).await.expect("connect"));
+        (Rig { hub, engine: engine.clone(), _redis: Some(server.clone()) }, engine)
+    }
+
+    fn server() -> Arc<RedisServer> {
+        Arc::new(RedisServer::start().expect("start redis-server"))
+    }
+
+    /// Joins a member on `rig` and waits for its `joined`.
+    async fn member(rig: &Rig, k: &RoomKey, id: u64) -> Arc<crate::outbox::Outbox> {
+        let (outbox, sub) = rig.member(1 << 20);
+        rig.join(k, id, sub, None).await;
+        assert!(matches!(collect(&outbox, 0).await.0, Some(ServerFrame::Joined { .. })));
+        outbox
+    }
+
+    async fn shard_subscribers(engine: &RedisEngine, channel: &str) -> u64 {
+        let reply: Value = engine
+            .shared
+            .client
+            .custom(CustomCommand::new_static("PUBSUB", ClusterHash::Random, false), vec!["SHARDNUMSUB", channel])
+            .await
+            .expect("PUBSUB SHARDNUMSUB");
+        reply.into_array().get(1).and_then(Value::as_u64).unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn a_room_spans_nodes_in_order_and_ids_are_deduplicated_cluster_wide() {
+        let server = server();
+        let ((a, _), (b, _)) = (node(&server).await, node(&server).await);
+        let k = key("r");
+        let (on_a, on_b) = (member(&a, &k, 1).await, member(&b, &k, 2).await);
+        for i in 1..=100u64 {
+            let publisher = if i % 3 == 0 { &a } else { &b };
+            assert_eq!(publisher.publish(&k, &format!("m{i}")).await.offset, i);
+        }
+        let all: Vec<u64> = (1..=100).collect();
+        assert_eq!(collect(&on_a, 100).await.1, all);
+        assert_eq!(collect(&on_b, 100).await.1, all);
+        let original = a.publish_as(&k, "carol", "x").await.unwrap();
+        let retried = b.publish_as(&k, "carol", "x").await.unwrap();
+        assert_eq!((retried.position, retried.duplicate), (original.position, true));
+        assert_eq!(collect(&on_b, 101).await.1, vec![101], "delivered once");
+    }
+
+    #[tokio::test]
+    async fn messages_pub_sub_never_brought_are_read_from_the_stream() {
+        let server = server();
+        let ((a, engine_a), (b, _)) = (node(&server).await, node(&server).await);
+        let k = key("r");
+        let on_b = member(&b, &k, 1).await;
+        a.publish(&k, "m1").await;
+        assert_eq!(collect(&on_b, 1).await.1, vec![1]);
+        // Offsets 2..=4 are appended but published where nobody listens, as if pub/sub lost
+        // them; nothing is published after them, so only the top-offset check can find them.
+        for i in 2..=4u64 {
+            let publish = Publish {
+                key: k.clone(),
+                from: "alice".into(),
+                id: format!("m{i}"),
+                data: Payload::from("1"),
+                now_ms: unix_ms(),
+            };
+            let args = engine_a.shared.publish_command(&publish, &encode_message(&publish), "nowhere");
+            let reply: Value = engine_a.shared.client.custom(evalsha(), args).await.expect("publish.lua");
+            assert_eq!(reply.into_array().get(2).and_then(Value::as_u64), Some(i));
+        }
+        assert_eq!(collect(&on_b, 4).await.1, vec![2, 3, 4]);
+        a.publish(&k, "m5").await;
+        assert_eq!(collect(&on_b, 5).await.1, vec![5]);
+    }
+
+    #[tokio::test]
+    async fn a_subscription_redis_forgot_is_found_by_the_probe_and_renewed() {
+        let server = server();
+        let ((a, _), (b, engine_b)) = (node(&server).await, node(&server).await);
+        let k = key("r");
+        let on_b = member(&b, &k, 1).await;
+        let channel = engine_b.shared.names.channel(&k);
+        assert_eq!(shard_subscribers(&engine_b, &channel).await, 1);
+        // The connection stays up but Redis no longer sends it anything (as after a failover to
+        // a server that never had the subscription).
+        let probe = engine_b.shared.probe_channel.clone();
+        engine_b.shared.subscriber.sunsubscribe(vec![channel.clone(), probe]).await.expect("sunsubscribe");
+        assert_eq!(shard_subscribers(&engine_b, &channel).await, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while shard_subscribers(&engine_b, &channel).await == 0 {
+            assert!(Instant::now() < deadline, "the probe never renewed the subscription");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for i in 1..=20 {
+            a.publish(&k, &format!("m{i}")).await;
+        }
+        assert_eq!(collect(&on_b, 20).await.1, (1..=20).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn when_redis_loses_everything_the_room_gets_a_new_epoch_and_members_see_it() {
+        let server = server();
+        let ((a, _), (b, _)) = (node(&server).await, node(&server).await);
+        let k = key("r");
+        let on_b = member(&b, &k, 1).await;
+        let mut before = Position::default();
+        for i in 1..=3 {
+            before = a.publish(&k, &format!("m{i}")).await;
+        }
+        assert_eq!(collect(&on_b, 3).await.1, vec![1, 2, 3]);
+        server.restart().expect("restart redis-server");
+        // Publishes are refused while the engine reconnects, then accepted in a new epoch.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let after = loop {
+            match a.publish_as(&k, "alice", "after").await {
+                Ok(accepted) => break accepted.position,
+                Err(err) => assert!(Instant::now() < deadline, "still refused: {err}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_ne!(after.epoch, before.epoch);
+        assert_eq!(after.offset, 1);
+        assert_eq!(collect(&on_b, 1).await.1, vec![1]);
+        assert_eq!(b.hub.position(&k), Some(after), "node b moved to the new epoch");
+        let meta = b.engine.meta(&k).await.unwrap();
+        assert_eq!((meta.epoch, meta.first, meta.top), (after.epoch, 1, 1));
+    }
+
+    #[test]
+    fn published_messages_round_trip_with_binary_payloads() {
+        let publish = Publish {
+            key: crate::engine::suite::key("r"),
+            from: "alice".into(),
+            id: "m:1".into(),
+            data: Payload(Bytes::from_static(&[0, 58, 255, 10])),
+            now_ms: 42,
+        };
+        let mut published = b"17:5:".to_vec();
+        published.extend_from_slice(&encode_message(&publish));
+        let (epoch, message) = parse_published(&published).expect("parses");
+        assert_eq!(epoch, 17);
+        assert_eq!(
+            message,
+            StoredMessage { offset: 5, time: 42, from: "alice".into(), id: "m:1".into(), data: publish.data }
+        );
+        assert!(parse_published(b"17:x:").is_none());
+        assert!(parse_published(b"garbage").is_none());
+    }
+
+    #[test]
+    fn names_keep_a_room_in_one_hash_slot_and_are_unambiguous() {
+        let names = Names { prefix: "er".into() };
+        let room = RoomKey { tenant: "acme/x".into(), room: RoomName::parse("chat:lobby").unwrap() };
+        let channel = names.channel(&room);
+        assert_eq!(channel, "er:{acme/x/chat:lobby}");
+        assert_eq!(Names::meta(&channel), "er:{acme/x/chat:lobby}:m");
+        assert_ne!(Names::idempotency(&channel, "ab", "c"), Names::idempotency(&channel, "a", "bc"));
+    }
+}

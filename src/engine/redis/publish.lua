@@ -1,0 +1,54 @@
+-- Publishes one message to a room, atomically: idempotency check, next offset, append, trim,
+-- fanout. Run by edgerelay's Redis engine (src/engine/redis/mod.rs) with EVALSHA.
+--
+-- KEYS[1]  room meta hash  {epoch, top}
+-- KEYS[2]  room stream     entries `<offset>-0` with fields t (unix ms) and m (the message)
+-- KEYS[3]  idempotency key of (from, id) -> "<epoch>:<offset>"
+-- ARGV[1]  the message, encoded by the node (time, from, id, payload)
+-- ARGV[2]  now, unix ms
+-- ARGV[3]  dedupe window, ms
+-- ARGV[4]  messages kept per room
+-- ARGV[5]  message age limit, ms
+-- ARGV[6]  an epoch to use if the room has none (new, or its data was lost)
+-- ARGV[7]  the room's shard channel
+-- ARGV[8]  how long an unused room's meta is kept, ms
+--
+-- Returns {duplicate (0|1), epoch, offset}.
+
+local meta, stream, idem = KEYS[1], KEYS[2], KEYS[3]
+local epoch = redis.call('HGET', meta, 'epoch')
+
+local seen = redis.call('GET', idem)
+if seen and epoch then
+  local e, o = string.match(seen, '^(%d+):(%d+)$')
+  if e == epoch then
+    return {1, e, tonumber(o)}
+  end
+end
+
+if not epoch then
+  -- A room without meta is new, or Redis lost it: a new epoch, and no stale entries.
+  epoch = ARGV[6]
+  redis.call('HSET', meta, 'epoch', epoch, 'top', 0)
+  redis.call('DEL', stream)
+end
+
+local top = redis.call('HINCRBY', meta, 'top', 1)
+local now = tonumber(ARGV[2])
+redis.call('XADD', stream, 'MAXLEN', ARGV[4], top .. '-0', 't', ARGV[2], 'm', ARGV[1])
+
+-- Age retention: the oldest entries go first, a few per publish; an idle stream expires whole.
+local max_age = tonumber(ARGV[5])
+for _ = 1, 8 do
+  local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+  if #head == 0 or tonumber(head[1][2][2]) >= now - max_age then
+    break
+  end
+  redis.call('XDEL', stream, head[1][1])
+end
+redis.call('PEXPIRE', stream, max_age)
+redis.call('PEXPIRE', meta, ARGV[8])
+
+redis.call('SET', idem, epoch .. ':' .. top, 'PX', ARGV[3])
+redis.call('SPUBLISH', ARGV[7], epoch .. ':' .. top .. ':' .. ARGV[1])
+return {0, epoch, top}

@@ -1,0 +1,302 @@
+//! Several relay processes on one real `redis-server` (`store.engine = "redis"`), as a region
+//! runs them: rooms span nodes, clients of a killed node resume on another with every message
+//! exactly once, and a Redis restart is survived (with persistence: nothing lost; without:
+//! a new epoch, and clients are told).
+
+mod common;
+#[path = "common/process.rs"]
+mod process;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::within;
+use edgerelay::client::resilient::{Reconnect, Resilient, ResilientEvent};
+use edgerelay::client::{Client, ClientOptions, Target};
+use edgerelay::proto::{Payload, Position};
+use edgerelay::testing::RedisServer;
+use process::RelayProcess;
+use tokio::task::JoinSet;
+
+/// Relays sharing one Redis and one dev token secret (so a token is good on every node).
+struct Cluster {
+    nodes: Vec<RelayProcess>,
+    /// Every node's certificate hash: a client may land on any of them.
+    pins: Vec<[u8; 32]>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(redis: &RedisServer, nodes: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("dev-token-secret");
+        let mut cluster = Cluster { nodes: Vec::new(), pins: Vec::new(), _dir: dir };
+        for i in 0..nodes {
+            let mut node = RelayProcess::new(&cluster._dir.path().join(format!("node-{i}")))
+                .with_env("EDGERELAY_STORE__ENGINE", "redis")
+                .with_env("EDGERELAY_REDIS__URL", redis.url())
+                .with_env("EDGERELAY_REDIS__RESYNC_INTERVAL_MS", "250")
+                .with_env("EDGERELAY_AUTH__DEV_SECRET_FILE", secret.display().to_string());
+            // One at a time: the first creates the shared secret, the others read it.
+            node.start().await;
+            cluster.pins.push(node.cert_pin().await);
+            cluster.nodes.push(node);
+        }
+        cluster
+    }
+
+    fn quic(&self, node: usize) -> Target {
+        self.nodes[node].quic_target(self.pins.clone())
+    }
+
+    fn ws(&self, node: usize) -> Target {
+        self.nodes[node].ws_target()
+    }
+
+    fn token(&self, sub: &str) -> String {
+        self.nodes[0].token(sub)
+    }
+}
+
+fn fast() -> Reconnect {
+    Reconnect { base_delay: Duration::from_millis(50), max_delay: Duration::from_millis(500), ..Reconnect::default() }
+}
+
+/// Waits until a resilient client has joined `room` (it knows a position there).
+async fn joined(client: &Resilient, room: &str) {
+    within("joined", async {
+        while client.positions().get(room).is_none_or(Option::is_none) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// Publishes `ids` through `publisher`, one every `every`, each awaited in its own task until
+/// acked; returns the positions by id.
+fn publish_steadily(
+    publisher: Arc<Resilient>,
+    room: &'static str,
+    ids: Vec<String>,
+    every: Duration,
+) -> tokio::task::JoinHandle<BTreeMap<String, Position>> {
+    tokio::spawn(async move {
+        let mut acks = JoinSet::new();
+        for id in ids {
+            let publisher = publisher.clone();
+            acks.spawn(async move {
+                let position = publisher.publish(room, &id, Payload::from("1")).await.expect("acked eventually");
+                (id, position)
+            });
+            tokio::time::sleep(every).await;
+        }
+        let mut positions = BTreeMap::new();
+        while let Some(ack) = acks.join_next().await {
+            let (id, position) = ack.unwrap();
+            positions.insert(id, position);
+        }
+        positions
+    })
+}
+
+/// Reads a resilient subscriber's messages until it has `count`, or 30 s passed.
+async fn receive(subscriber: &mut Resilient, count: usize) -> Vec<(Position, String)> {
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        while got.len() < count {
+            match subscriber.next_event().await {
+                Some(ResilientEvent::Message(m)) => got.push((m.position, m.id)),
+                Some(_) => {}
+                None => return,
+            }
+        }
+    })
+    .await;
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_spans_three_relays_in_order_over_quic_and_websocket() {
+    let redis = RedisServer::start().expect("start redis-server");
+    let cluster = Cluster::start(&redis, 3).await;
+    let connect = |target: Target, sub: &str| Client::connect(target, ClientOptions::new(cluster.token(sub)));
+    let mut subscribers = vec![
+        connect(cluster.quic(0), "s0").await.unwrap(),
+        connect(cluster.ws(1), "s1").await.unwrap(),
+        connect(cluster.quic(2), "s2").await.unwrap(),
+    ];
+    for s in &subscribers {
+        s.join("chat").await.unwrap();
+    }
+    let publishers = [connect(cluster.ws(0), "p0").await.unwrap(), connect(cluster.quic(2), "p2").await.unwrap()];
+    const TOTAL: u64 = 300;
+    let mut epoch = None;
+    for i in 1..=TOTAL {
+        let position =
+            publishers[(i % 2) as usize].publish("chat", &format!("m{i}"), Payload::from("1")).await.unwrap();
+        assert_eq!(position.offset, i, "offsets are contiguous across nodes");
+        assert_eq!(*epoch.get_or_insert(position.epoch), position.epoch);
+    }
+    for (n, s) in subscribers.iter_mut().enumerate() {
+        for i in 1..=TOTAL {
+            let m = within("cross-node message", s.next_message()).await.unwrap();
+            assert_eq!((m.position.offset, m.id.as_str()), (i, format!("m{i}").as_str()), "subscriber {n}");
+        }
+    }
+    // The same user retrying an id on another node gets the original position.
+    let p2_elsewhere = connect(cluster.ws(1), "p2").await.unwrap();
+    let retried = p2_elsewhere.publish("chat", "m1", Payload::from("1")).await.unwrap();
+    assert_eq!(retried, Position { epoch: epoch.unwrap(), offset: 1 });
+    // ... and it is not delivered again: the next message anyone sees is the next publish.
+    publishers[0].publish("chat", "last", Payload::from("1")).await.unwrap();
+    for s in &mut subscribers {
+        let m = within("the next message", s.next_message()).await.unwrap();
+        assert_eq!((m.position.offset, m.id.as_str()), (TOTAL + 1, "last"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_killed_relay_resume_on_another_with_every_message_once() {
+    let redis = RedisServer::start().expect("start redis-server");
+    let mut cluster = Cluster::start(&redis, 2).await;
+    let both =
+        |quic: bool| if quic { vec![cluster.quic(0), cluster.quic(1)] } else { vec![cluster.ws(0), cluster.ws(1)] };
+    // Every client starts on node 0, the one that dies.
+    let mut subscribers = Vec::new();
+    for (i, quic) in [true, false, true].into_iter().enumerate() {
+        let s = Resilient::start_any(both(quic), ClientOptions::new(cluster.token(&format!("s{i}"))), fast());
+        s.join("ledger");
+        joined(&s, "ledger").await;
+        subscribers.push(s);
+    }
+    let publisher = Arc::new(Resilient::start_any(both(false), ClientOptions::new(cluster.token("pub")), fast()));
+    const TOTAL: usize = 500;
+    let ids: Vec<String> = (1..=TOTAL).map(|i| format!("m{i}")).collect();
+    let publishing = publish_steadily(publisher.clone(), "ledger", ids, Duration::from_millis(3));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    cluster.nodes[0].kill();
+
+    let positions = within("every publish acked", publishing).await.unwrap();
+    let epochs: BTreeSet<u64> = positions.values().map(|p| p.epoch).collect();
+    assert_eq!(epochs.len(), 1, "one epoch: {epochs:?}");
+    let offsets: BTreeSet<u64> = positions.values().map(|p| p.offset).collect();
+    assert_eq!(offsets, (1..=TOTAL as u64).collect(), "each publish stored once, offsets contiguous");
+    let history = cluster.nodes[1].history_ids("ledger").await;
+    assert_eq!(history.iter().map(|h| h.0).collect::<Vec<_>>(), (1..=TOTAL as u64).collect::<Vec<_>>());
+    assert_eq!(history.iter().map(|h| h.1.as_str()).collect::<BTreeSet<_>>().len(), TOTAL, "no id twice");
+
+    for (n, s) in subscribers.iter_mut().enumerate() {
+        let got = receive(s, TOTAL).await;
+        let offsets: Vec<u64> = got.iter().map(|(p, _)| p.offset).collect();
+        assert_eq!(offsets, (1..=TOTAL as u64).collect::<Vec<_>>(), "subscriber {n}: in order, no gap, no duplicate");
+    }
+    for s in subscribers {
+        s.close().await;
+    }
+}
+
+/// What a subscriber saw through a Redis restart.
+struct Seen {
+    messages: Vec<(Position, String)>,
+    /// It was told (`NotRecovered`) that history was lost.
+    told: bool,
+}
+
+/// Publishes through a Redis kill and restart; returns the acked positions by id and what each
+/// subscriber saw by the time it had every acked message (or 30 s passed).
+async fn through_a_redis_restart(redis: &RedisServer) -> (BTreeMap<String, Position>, Vec<Seen>) {
+    let cluster = Cluster::start(redis, 2).await;
+    let mut subscribers = Vec::new();
+    for (i, target) in [cluster.quic(0), cluster.ws(1)].into_iter().enumerate() {
+        let s = Resilient::start(target, ClientOptions::new(cluster.token(&format!("s{i}"))), fast());
+        s.join("feed");
+        joined(&s, "feed").await;
+        subscribers.push(s);
+    }
+    let publisher = Arc::new(Resilient::start(cluster.ws(0), ClientOptions::new(cluster.token("pub")), fast()));
+    let ids: Vec<String> = (1..=300).map(|i| format!("m{i}")).collect();
+    let publishing = publish_steadily(publisher, "feed", ids, Duration::from_millis(5));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.restart().expect("restart redis-server");
+    let positions =
+        tokio::time::timeout(Duration::from_secs(60), publishing).await.expect("every publish acked").unwrap();
+    let acked: BTreeSet<Position> = positions.values().copied().collect();
+    let mut seen = Vec::new();
+    for s in &mut subscribers {
+        let mut got = Seen { messages: Vec::new(), told: false };
+        let mut missing = acked.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(30), async {
+            while !missing.is_empty() {
+                match s.next_event().await {
+                    Some(ResilientEvent::Message(m)) => {
+                        missing.remove(&m.position);
+                        got.messages.push((m.position, m.id));
+                    }
+                    Some(ResilientEvent::NotRecovered { .. }) => got.told = true,
+                    Some(_) => {}
+                    None => return,
+                }
+            }
+        })
+        .await;
+        seen.push(got);
+    }
+    (positions, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_redis_restarted_mid_stream_loses_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start_persistent(data.path()).expect("start redis-server");
+    let (positions, seen) = through_a_redis_restart(&redis).await;
+    let epochs: BTreeSet<u64> = positions.values().map(|p| p.epoch).collect();
+    assert_eq!(epochs.len(), 1, "Redis kept the room: {epochs:?}");
+    let offsets: BTreeSet<u64> = positions.values().map(|p| p.offset).collect();
+    assert_eq!(offsets, (1..=300).collect(), "each publish stored once");
+    for (n, got) in seen.iter().enumerate() {
+        let offsets: Vec<u64> = got.messages.iter().map(|(p, _)| p.offset).collect();
+        assert_eq!(offsets, (1..=300).collect::<Vec<_>>(), "subscriber {n}: every message once, in order");
+        assert!(!got.told, "subscriber {n}: nothing was lost, nothing to tell");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_its_data_starts_a_new_epoch_and_clients_are_told() {
+    let redis = RedisServer::start().expect("start redis-server");
+    let (positions, seen) = through_a_redis_restart(&redis).await;
+    let before = positions["m1"];
+    let after = positions["m300"];
+    assert_ne!(before.epoch, after.epoch, "the restarted Redis had nothing: a new epoch");
+    for (n, got) in seen.iter().enumerate() {
+        assert!(got.told, "subscriber {n} was told the room's history was lost");
+        let got = &got.messages;
+        // Each epoch's messages arrive in order without a gap; every acked message arrived.
+        let mut by_epoch: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for (p, _) in got {
+            by_epoch.entry(p.epoch).or_default().push(p.offset);
+        }
+        for (epoch, offsets) in &by_epoch {
+            let first = offsets[0];
+            let expected: Vec<u64> = (first..first + offsets.len() as u64).collect();
+            assert_eq!(offsets, &expected, "subscriber {n}, epoch {epoch}: in order, no gap, no duplicate");
+        }
+        let seen: BTreeSet<Position> = got.iter().map(|(p, _)| *p).collect();
+        for (id, p) in &positions {
+            assert!(seen.contains(p), "subscriber {n} never got {id} at {p:?}");
+        }
+    }
+    // A client coming back with a position of the lost epoch is told it was not recovered.
+    let cluster = Cluster::start(&redis, 1).await;
+    let mut late = Resilient::start(cluster.ws(0), ClientOptions::new(cluster.token("late")), fast());
+    late.join_since("feed", Some(before));
+    let told = within("not recovered", async {
+        loop {
+            if let Some(ResilientEvent::NotRecovered { position, .. }) = late.next_event().await {
+                return position;
+            }
+        }
+    })
+    .await;
+    assert_eq!(told.epoch, after.epoch);
+}
