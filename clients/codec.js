@@ -44,7 +44,7 @@ const LIMITS = [
 export const PROTOCOL_VERSION = 1;
 
 /** Error codes (docs/protocol.md) a reconnect can recover from without changing anything. */
-export const RETRYABLE_CLOSE = new Set([0, 100, 105, 113, 130, 131, 132]);
+export const RETRYABLE_CLOSE = new Set([0, 100, 105, 113, 130, 131, 132, 133]);
 
 export class FrameError extends Error {}
 

@@ -64,6 +64,8 @@ pub struct Identity {
     /// Unix seconds (the token's `exp`).
     pub expires_at: u64,
     pub token_id: Option<String>,
+    /// Unix seconds (the token's `iat`), when it has one.
+    pub issued_at: Option<u64>,
 }
 
 impl Identity {
@@ -394,6 +396,7 @@ impl Verifier {
             caps: claims.caps,
             expires_at: claims.exp,
             token_id: claims.jti,
+            issued_at: claims.iat,
         })
     }
 }

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::control::Order;
 use crate::hub::CatchUp;
 use crate::session::Job;
 
@@ -72,6 +73,13 @@ impl ConnectionContext {
     }
 }
 
+/// What reaches a connection from inside the relay: the hub's catch-up requests for its rooms,
+/// and the server API's orders.
+struct Mailboxes {
+    catch_up: mpsc::UnboundedReceiver<CatchUp>,
+    orders: mpsc::UnboundedReceiver<Order>,
+}
+
 /// Runs a session until the peer leaves, a fatal error, or the relay drains. Returns why the
 /// connection ends; the outbox is then closing with that reason, and the transport's writers
 /// flush it and close the transport.
@@ -82,11 +90,14 @@ pub async fn drive(
     inbound: &mut mpsc::Receiver<Inbound>,
     auth_deadline: Instant,
 ) -> CloseReason {
-    let (catch_up_tx, mut catch_up) = mpsc::unbounded_channel();
-    let mut session = Session::new(ctx.next_id(), ctx.session.clone(), outbox.clone(), catch_up_tx, unix_ms());
+    let (catch_up_tx, catch_up) = mpsc::unbounded_channel();
+    let (orders_tx, orders) = mpsc::unbounded_channel();
+    let mut mail = Mailboxes { catch_up, orders };
+    let mut session =
+        Session::new(ctx.next_id(), ctx.session.clone(), outbox.clone(), catch_up_tx, orders_tx, unix_ms());
     // The session's jobs (joins, replays, history reads) live exactly as long as the connection.
     let mut jobs = JoinSet::new();
-    let reason = run(ctx, &mut session, first, inbound, &mut catch_up, &mut jobs, auth_deadline).await;
+    let reason = run(ctx, &mut session, first, inbound, &mut mail, &mut jobs, auth_deadline).await;
     session.close(unix_ms());
     jobs.abort_all();
     outbox.close(reason);
@@ -98,7 +109,7 @@ async fn run(
     session: &mut Session,
     first: Bytes,
     inbound: &mut mpsc::Receiver<Inbound>,
-    catch_up: &mut mpsc::UnboundedReceiver<CatchUp>,
+    mail: &mut Mailboxes,
     jobs: &mut JoinSet<()>,
     auth_deadline: Instant,
 ) -> CloseReason {
@@ -134,7 +145,11 @@ async fn run(
                 let fatal = session.fail(ErrorCode::TOKEN_EXPIRED, "token expired; refresh before exp");
                 return CloseReason::Error(fatal.code);
             }
-            Some(lagging) = catch_up.recv() => {
+            Some(Order::Close { code, reason }) = mail.orders.recv() => {
+                let fatal = session.fail(code, reason);
+                return CloseReason::Error(fatal.code);
+            }
+            Some(lagging) = mail.catch_up.recv() => {
                 jobs.spawn(crate::session::jobs::run(Job::CatchUp(lagging), ctx.session.clone()));
             }
             Some(_) = jobs.join_next(), if !jobs.is_empty() => {}

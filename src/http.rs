@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::connection::unix_ms;
+use crate::control::{Control, Controls, Revocation, Revoked};
 use crate::engine::{Done, Engine, Publish};
 use crate::hub::RoomKey;
 use crate::hub::awareness::Awareness;
@@ -59,6 +60,8 @@ pub struct HttpState {
     pub engine: Arc<dyn Engine>,
     /// SHA-256 of `api.key`; the server API is off when `None`.
     pub api_key_sha256: Option<[u8; 32]>,
+    /// Where `disconnect` and `revoke` are applied on this node.
+    pub controls: Arc<Controls>,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -77,6 +80,8 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/v1/api/presence/{tenant}/rooms/{room}", get(api_room_presence))
         .route("/v1/api/presence/{tenant}/users/{user}", get(api_user_status))
         .route("/v1/api/history", get(api_history))
+        .route("/v1/api/disconnect", post(api_disconnect))
+        .route("/v1/api/revoke", post(api_revoke))
         .with_state(state)
 }
 
@@ -222,6 +227,85 @@ async fn api_publish(State(state): State<Arc<HttpState>>, headers: HeaderMap, bo
         Ok(Err(err)) => api_error(StatusCode::SERVICE_UNAVAILABLE, err.code(), err.to_string()),
         Err(_) => api_error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::GOING_AWAY, "the relay is shutting down"),
     }
+}
+
+/// How long a revocation is kept when the request does not say (`until`): a week, longer than
+/// access tokens should live.
+pub const REVOKE_DEFAULT_SECS: u64 = 7 * 24 * 3600;
+
+/// `POST /v1/api/disconnect` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectRequest {
+    tenant: String,
+    user: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /v1/api/revoke` body: `jti`, or `user` (with `issued_before`, default now).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    tenant: String,
+    jti: Option<String>,
+    user: Option<String>,
+    /// Unix seconds; the user's tokens issued before it are revoked. Default: now.
+    issued_before: Option<u64>,
+    /// Unix seconds until which the revocation is kept. Default: a week from now.
+    until: Option<u64>,
+}
+
+/// Applies an action on this node, sends it to the others, and answers how many of this
+/// node's connections it closed.
+fn act(state: &HttpState, control: Control) -> Response {
+    let closed = state.controls.apply(&control, unix_ms() / 1000);
+    state.engine.broadcast(&control);
+    axum::Json(serde_json::json!({ "closed_here": closed })).into_response()
+}
+
+async fn api_disconnect(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(response) = unauthorized(&state, &headers) {
+        return response;
+    }
+    let request: DisconnectRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, err.to_string()),
+    };
+    if let Some(response) = bad_tenant(&request.tenant) {
+        return response;
+    }
+    let reason = request.reason.unwrap_or_else(|| "disconnected by the server".into());
+    act(&state, Control::Disconnect { tenant: request.tenant, user: request.user, reason })
+}
+
+async fn api_revoke(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(response) = unauthorized(&state, &headers) {
+        return response;
+    }
+    let request: RevokeRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, err.to_string()),
+    };
+    if let Some(response) = bad_tenant(&request.tenant) {
+        return response;
+    }
+    let now_s = unix_ms() / 1000;
+    let target = match (request.jti, request.user) {
+        (Some(jti), None) if !jti.is_empty() && request.issued_before.is_none() => Revoked::Token { jti },
+        (None, Some(user)) if !user.is_empty() => {
+            Revoked::User { user, issued_before: request.issued_before.unwrap_or(now_s + 1) }
+        }
+        _ => {
+            let message = "give jti, or user (with issued_before), not both";
+            return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, message);
+        }
+    };
+    let until = request.until.unwrap_or(now_s + REVOKE_DEFAULT_SECS);
+    if until <= now_s {
+        return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, "until is in the past");
+    }
+    act(&state, Control::Revoke(Revocation { tenant: request.tenant, target, until }))
 }
 
 /// `GET /v1/api/history` query.

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{Signer, Verifier};
 use crate::config::{Config, LimitsConfig, StoreEngine};
 use crate::connection::{ConnectionContext, unix_ms};
+use crate::control::{Control, Controls};
 use crate::engine::{Engine, LocalEngine, LocalEngineConfig, RedisEngine, RedisEngineConfig};
 use crate::http::{CertInfo, HttpState};
 use crate::hub::Hub;
@@ -120,6 +121,15 @@ impl Relay {
         let hub = Arc::new(Hub::new(config.hub.shards, config.hub.room_idle_ttl_secs.saturating_mul(1000)));
         let (engine, records) = start_engine(&config, hub.clone()).await?;
         let awareness = Arc::new(Awareness::new(&config.presence, records));
+        let controls = Arc::new(Controls::default());
+        // Other nodes' actions; the revocations in force are already queued: apply them now,
+        // before the first connection.
+        let mut remote_controls = engine.remote_controls();
+        if let Some(remote) = &mut remote_controls {
+            while let Ok(control) = remote.try_recv() {
+                controls.apply(&control, unix_ms() / 1000);
+            }
+        }
         let session_ctx = Arc::new(SessionContext {
             hub: hub.clone(),
             engine: engine.clone(),
@@ -129,6 +139,7 @@ impl Relay {
             awareness: awareness.clone(),
             presence_rate: (config.presence.rate, config.presence.burst),
             test_datagram_loss: config.presence.test_datagram_loss,
+            controls: controls.clone(),
         });
         let conn_ctx = Arc::new(ConnectionContext::new(session_ctx, drain.clone(), config.shutdown.reconnect_after_ms));
         let services = TaskTracker::new();
@@ -144,6 +155,7 @@ impl Relay {
             awareness: awareness.clone(),
             engine: engine.clone(),
             api_key_sha256: config.api.key.as_deref().map(|key| tls::sha256(key.as_bytes())),
+            controls: controls.clone(),
         });
 
         services.spawn(transport::quic::serve(endpoint.clone(), conn_ctx, connections.clone(), stop.clone()));
@@ -158,6 +170,9 @@ impl Relay {
         let tick = PRESENCE_TICK.min(Duration::from_millis(config.presence.refresh_ms));
         services.spawn(presence_ticks(awareness, tick, stop.clone()));
         services.spawn(sweep_rooms(hub.clone(), engine.clone(), stop.clone()));
+        if let Some(remote) = remote_controls {
+            services.spawn(apply_remote_controls(remote, controls, stop.clone()));
+        }
         if cert.dev {
             services.spawn(renew_dev_cert(config.clone(), endpoint.clone(), token_key, http.clone(), stop.clone()));
         }
@@ -324,6 +339,26 @@ async fn presence_ticks(awareness: Arc<Awareness>, every: Duration, stop: Cancel
         let _ = tokio::task::spawn_blocking(move || saving.flush()).await;
     }
     let _ = tokio::task::spawn_blocking(move || awareness.flush()).await;
+}
+
+/// Applies the actions other nodes broadcast.
+async fn apply_remote_controls(
+    mut remote: tokio::sync::mpsc::UnboundedReceiver<Control>,
+    controls: Arc<Controls>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            control = remote.recv() => match control {
+                Some(control) => {
+                    let closed = controls.apply(&control, unix_ms() / 1000);
+                    tracing::info!(?control, closed, "applied another node's action");
+                }
+                None => return,
+            },
+        }
+    }
 }
 
 async fn sweep_rooms(hub: Arc<Hub>, engine: Arc<dyn Engine>, stop: CancellationToken) {

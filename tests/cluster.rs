@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::within;
 use edgerelay::client::resilient::{Reconnect, Resilient, ResilientEvent};
-use edgerelay::client::{Client, ClientOptions, Target};
-use edgerelay::proto::{Payload, Position};
+use edgerelay::client::{Client, ClientError, ClientOptions, Event, Target};
+use edgerelay::proto::{ErrorCode, Payload, Position};
 use edgerelay::testing::RedisServer;
 use process::RelayProcess;
 use tokio::task::JoinSet;
@@ -30,20 +30,26 @@ struct Cluster {
 impl Cluster {
     async fn start(redis: &RedisServer, nodes: usize) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("dev-token-secret");
         let mut cluster = Cluster { nodes: Vec::new(), pins: Vec::new(), _dir: dir };
-        for i in 0..nodes {
-            let mut node = RelayProcess::new(&cluster._dir.path().join(format!("node-{i}")))
-                .with_env("EDGERELAY_STORE__ENGINE", "redis")
-                .with_env("EDGERELAY_REDIS__URL", redis.url())
-                .with_env("EDGERELAY_REDIS__RESYNC_INTERVAL_MS", "250")
-                .with_env("EDGERELAY_AUTH__DEV_SECRET_FILE", secret.display().to_string());
-            // One at a time: the first creates the shared secret, the others read it.
-            node.start().await;
-            cluster.pins.push(node.cert_pin().await);
-            cluster.nodes.push(node);
+        for _ in 0..nodes {
+            cluster.add_node(redis).await;
         }
         cluster
+    }
+
+    /// Starts one more node. One at a time: the first creates the shared secret, the others
+    /// read it.
+    async fn add_node(&mut self, redis: &RedisServer) {
+        let dir = self._dir.path();
+        let secret = dir.join("dev-token-secret");
+        let mut node = RelayProcess::new(&dir.join(format!("node-{}", self.nodes.len())))
+            .with_env("EDGERELAY_STORE__ENGINE", "redis")
+            .with_env("EDGERELAY_REDIS__URL", redis.url())
+            .with_env("EDGERELAY_REDIS__RESYNC_INTERVAL_MS", "250")
+            .with_env("EDGERELAY_AUTH__DEV_SECRET_FILE", secret.display().to_string());
+        node.start().await;
+        self.pins.push(node.cert_pin().await);
+        self.nodes.push(node);
     }
 
     fn quic(&self, node: usize) -> Target {
@@ -299,4 +305,71 @@ async fn a_redis_that_lost_its_data_starts_a_new_epoch_and_clients_are_told() {
     })
     .await;
     assert_eq!(told.epoch, after.epoch);
+}
+
+/// `POST` to a node's server API; returns the status.
+async fn api(node: &RelayProcess, path: &str, body: serde_json::Value) -> u16 {
+    let auth = format!("Bearer {}", process::API_KEY);
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let (status, answer) = common::http_request(node.tcp, "POST", path, &headers, &body.to_string()).await;
+    assert_eq!(status, 200, "{path}: {answer}");
+    status
+}
+
+/// Waits for the client's connection to end; returns the close code.
+async fn closed_with(client: &mut Client) -> Option<ErrorCode> {
+    within("closed by the relay", async {
+        loop {
+            match client.next_event().await {
+                Some(Event::Closed { code, .. }) => return code,
+                None => return None,
+                Some(_) => {}
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kicks_and_revocations_issued_on_one_relay_apply_on_all() {
+    let redis = RedisServer::start().expect("start redis-server");
+    let mut cluster = Cluster::start(&redis, 2).await;
+    let connect = |target: Target, token: String| Client::connect(target, ClientOptions::new(token));
+    let mut alice_0 = connect(cluster.ws(0), cluster.token("alice")).await.unwrap();
+    let mut alice_1 = connect(cluster.quic(1), cluster.token("alice")).await.unwrap();
+    let bob_1 = connect(cluster.quic(1), cluster.token("bob")).await.unwrap();
+
+    // Disconnect, asked of node 0: alice's connections on both nodes close; bob stays.
+    api(&cluster.nodes[0], "/v1/api/disconnect", serde_json::json!({"tenant": "acme", "user": "alice"})).await;
+    assert_eq!(closed_with(&mut alice_0).await, Some(ErrorCode::DISCONNECTED));
+    assert_eq!(closed_with(&mut alice_1).await, Some(ErrorCode::DISCONNECTED));
+    bob_1.ping().await.expect("bob is still connected");
+    // A disconnect is not a ban.
+    connect(cluster.ws(1), cluster.token("alice")).await.expect("alice may come back");
+
+    // Revoke carol's tokens, asked of node 1: her connection on node 0 closes, her token is
+    // refused on every node, also one that starts later (the revocation is kept in Redis).
+    let carol_token = cluster.token("carol");
+    let mut carol_0 = connect(cluster.ws(0), carol_token.clone()).await.unwrap();
+    api(&cluster.nodes[1], "/v1/api/revoke", serde_json::json!({"tenant": "acme", "user": "carol"})).await;
+    assert_eq!(closed_with(&mut carol_0).await, Some(ErrorCode::TOKEN_REVOKED));
+    cluster.add_node(&redis).await;
+    for node in 0..3 {
+        let refused = match connect(cluster.quic(node), carol_token.clone()).await {
+            Err(ClientError::Rejected { code, .. } | ClientError::Closed { code: Some(code), .. }) => Some(code),
+            _ => None,
+        };
+        assert_eq!(refused, Some(ErrorCode::TOKEN_REVOKED), "node {node}");
+    }
+    // Revoking one token by its id leaves the user's others alone.
+    let dave_1 = cluster.nodes[0].token_with_jti("dave", "d-1");
+    let dave_2 = cluster.nodes[0].token_with_jti("dave", "d-2");
+    let mut first = connect(cluster.quic(2), dave_1.clone()).await.unwrap();
+    let second = connect(cluster.ws(1), dave_2).await.unwrap();
+    api(&cluster.nodes[0], "/v1/api/revoke", serde_json::json!({"tenant": "acme", "jti": "d-1"})).await;
+    assert_eq!(closed_with(&mut first).await, Some(ErrorCode::TOKEN_REVOKED));
+    second.ping().await.expect("the other token still works");
+    // After the revocation, a token issued later works again.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    connect(cluster.quic(0), cluster.token("carol")).await.expect("a new token");
 }

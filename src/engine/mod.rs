@@ -23,6 +23,7 @@ use futures_util::future::BoxFuture;
 pub use local::{LocalEngine, LocalEngineConfig};
 pub use redis::{RedisEngine, RedisEngineConfig, redacted};
 
+use crate::control::Control;
 use crate::hub::RoomKey;
 use crate::proto::{ErrorCode, Payload, Position, RoomName};
 use crate::store::{Cursor, RoomMeta, StoreError, StoredMessage};
@@ -139,4 +140,16 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Finishes everything accepted so far (bounded by `deadline`), then stops accepting.
     fn shutdown(&self, deadline: std::time::Duration) -> BoxFuture<'_, ()>;
+
+    /// Carries a server API action to the other nodes (nothing to do for a single node); the
+    /// node that received it has applied it already. Fire and forget.
+    fn broadcast(&self, control: &Control) {
+        let _ = control;
+    }
+
+    /// The actions other nodes broadcast (first, at start, the revocations still in force), for
+    /// the relay to apply here; `None` for a single node. Taken once.
+    fn remote_controls(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Control>> {
+        None
+    }
 }

@@ -65,6 +65,8 @@ codes! {
     TOKEN_NOT_YET_VALID = 112, "token_not_yet_valid", fatal = true, retry = false;
     /// The user already holds `limits.max_connections_per_user` connections.
     TOO_MANY_CONNECTIONS = 113, "too_many_connections", fatal = true, retry = true;
+    /// The token was revoked (server API `revoke`); reconnect only with a new token.
+    TOKEN_REVOKED = 114, "token_revoked", fatal = true, retry = false;
     /// The token does not grant this operation on this room.
     PERMISSION_DENIED = 120, "permission_denied", fatal = false, retry = false;
     /// The room name is empty, too long or has characters outside `[A-Za-z0-9_:.@=+-]`.
@@ -87,6 +89,9 @@ codes! {
     GOING_AWAY = 131, "going_away", fatal = true, retry = true;
     /// No frame or keep-alive for longer than the idle timeout.
     IDLE_TIMEOUT = 132, "idle_timeout", fatal = true, retry = true;
+    /// The application's backend disconnected this user (server API `disconnect`); they may
+    /// reconnect unless their tokens were revoked too.
+    DISCONNECTED = 133, "disconnected", fatal = true, retry = true;
 }
 
 impl ErrorCode {

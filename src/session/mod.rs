@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::auth::{Identity, Verifier};
 use crate::config::LimitsConfig;
+use crate::control::{Controls, Order, Registration};
 use crate::engine::{Done, Engine, Publish};
 use crate::hub::awareness::Awareness;
 use crate::hub::presence::UserKey;
@@ -51,6 +52,8 @@ pub struct SessionContext {
     pub presence_rate: (u32, u32),
     /// Test knob (`presence.test_datagram_loss`): share of QUIC datagrams dropped on purpose.
     pub test_datagram_loss: f64,
+    /// Connections by user for the server API's actions, and the revocations in force.
+    pub controls: Arc<Controls>,
 }
 
 /// An error after which the connection is closed with `code`. The session has already queued
@@ -68,6 +71,8 @@ struct Active {
     identity: Identity,
     tenant: Arc<str>,
     _slot: ConnectionSlot,
+    /// Where the server API's actions reach this connection.
+    _registration: Registration,
 }
 
 impl Active {
@@ -94,6 +99,8 @@ pub struct Session {
     presence_bucket: TokenBucket,
     /// Where the hub asks for a replay when one of this connection's rooms falls behind.
     catch_up: mpsc::UnboundedSender<CatchUp>,
+    /// Where the server API's actions (disconnect, revoke) reach this connection.
+    orders: mpsc::UnboundedSender<Order>,
     /// Async work the connection runs for this session (joins, history reads).
     jobs: Vec<Job>,
     /// Cursors the client reported, saved when the connection ends.
@@ -133,6 +140,7 @@ impl Session {
         ctx: Arc<SessionContext>,
         outbox: Arc<Outbox>,
         catch_up: mpsc::UnboundedSender<CatchUp>,
+        orders: mpsc::UnboundedSender<Order>,
         now_ms: u64,
     ) -> Session {
         let bucket = TokenBucket::new(ctx.limits.publish_rate, ctx.limits.publish_burst, now_ms);
@@ -148,6 +156,7 @@ impl Session {
             publish_bucket: bucket,
             presence_bucket,
             catch_up,
+            orders,
             jobs: Vec::new(),
             cursors: HashMap::new(),
         }
@@ -334,6 +343,9 @@ impl Session {
             Ok(identity) => identity,
             Err(err) => return Err(self.fatal(0, err.code(), err.to_string())),
         };
+        if self.ctx.controls.is_revoked(&identity, now_ms / 1000) {
+            return Err(self.fatal(0, ErrorCode::TOKEN_REVOKED, "the token was revoked"));
+        }
         let max = self.ctx.limits.max_connections_per_user;
         let Some(slot) = self.ctx.users.acquire(&identity.tenant, &identity.user, max) else {
             let message = format!("user already holds {max} connections");
@@ -348,7 +360,8 @@ impl Session {
         };
         let tenant: Arc<str> = identity.tenant.as_str().into();
         let user = UserKey { tenant: tenant.clone(), user: identity.user.as_str().into() };
-        self.active = Some(Active { identity, tenant, _slot: slot });
+        let registration = self.ctx.controls.register(&identity, self.id, self.orders.clone());
+        self.active = Some(Active { identity, tenant, _slot: slot, _registration: registration });
         self.outbox.send(lane, &welcome).map_err(|e| self.push_fatal(e))?;
         self.ctx.awareness.connect(user, self.id, self.outbox.clone(), now_ms);
         Ok(())
@@ -359,6 +372,9 @@ impl Session {
             Ok(identity) => identity,
             Err(err) => return Err(self.fatal(req, err.code(), err.to_string())),
         };
+        if self.ctx.controls.is_revoked(&fresh, now_ms / 1000) {
+            return Err(self.fatal(req, ErrorCode::TOKEN_REVOKED, "the token was revoked"));
+        }
         let Some(active) = &mut self.active else {
             return Err(self.fatal(req, ErrorCode::HELLO_REQUIRED, "refresh before hello"));
         };
@@ -366,6 +382,7 @@ impl Session {
             return Err(self.fatal(req, ErrorCode::TOKEN_INVALID, "refresh token is for another user or tenant"));
         }
         let expires_at = fresh.expires_at;
+        active._registration = self.ctx.controls.register(&fresh, self.id, self.orders.clone());
         active.identity = fresh;
         self.outbox.send(lane, &ServerFrame::Refreshed { req, expires_at }).map_err(|e| self.push_fatal(e))
     }

@@ -95,8 +95,18 @@ impl RelayProcess {
     }
 
     pub fn token(&self, sub: &str) -> String {
-        let out =
-            self.command(&["token", "--sub", sub, "--tenant", "acme", "--room", "*", "--ttl", "1h"]).output().unwrap();
+        self.mint(&["--sub", sub])
+    }
+
+    /// A token with an id (`jti`), which the server API can revoke alone.
+    pub fn token_with_jti(&self, sub: &str, jti: &str) -> String {
+        self.mint(&["--sub", sub, "--jti", jti])
+    }
+
+    fn mint(&self, args: &[&str]) -> String {
+        let mut all = vec!["token", "--tenant", "acme", "--room", "*", "--ttl", "1h"];
+        all.extend_from_slice(args);
+        let out = self.command(&all).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }

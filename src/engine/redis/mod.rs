@@ -43,6 +43,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{Accepted, Done, Engine, EngineError, Publish};
 use crate::connection::unix_ms;
+use crate::control::{Control, Revocation};
 use crate::hub::{Hub, RoomKey};
 use crate::proto::{Payload, Position, RoomName};
 use crate::store::{Cursor, Retention, RoomMeta, StoredMessage, new_epoch};
@@ -143,6 +144,16 @@ impl Names {
     fn probe(&self, node: &str) -> String {
         format!("{}:node:{node}", self.prefix)
     }
+
+    /// Where server API actions travel between nodes.
+    fn control(&self) -> String {
+        format!("{}:control", self.prefix)
+    }
+
+    /// Revocations in force, by [`Revocation::key`](crate::control::Revocation::key).
+    fn revocations(&self) -> String {
+        format!("{}:revocations", self.prefix)
+    }
 }
 
 /// The URL without its password, for logs and errors.
@@ -219,6 +230,10 @@ struct Shared {
     subscribing: tokio::sync::Mutex<()>,
     probe_channel: String,
     probe_received: AtomicU64,
+    node: String,
+    control_channel: String,
+    /// Actions from other nodes, for the relay to apply.
+    controls: mpsc::UnboundedSender<Control>,
     check_now: Notify,
     resyncs: metrics::Counter,
     probe_failures: metrics::Counter,
@@ -226,6 +241,7 @@ struct Shared {
 
 pub struct RedisEngine {
     shared: Arc<Shared>,
+    remote_controls: Mutex<Option<mpsc::UnboundedReceiver<Control>>>,
     queue: Mutex<Option<mpsc::UnboundedSender<Pending>>>,
     stopping: AtomicBool,
     publisher: TaskTracker,
@@ -272,8 +288,12 @@ impl RedisEngine {
         };
         let names = Names { prefix: config.prefix.clone() };
         let node = format!("{:016x}", rand::random::<u64>());
+        let (controls, remote_controls) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             probe_channel: names.probe(&node),
+            control_channel: names.control(),
+            node: node.clone(),
+            controls,
             names,
             client,
             subscriber,
@@ -287,7 +307,9 @@ impl RedisEngine {
             probe_failures: metrics::counter!(crate::metrics::REDIS_PROBE_FAILURES_TOTAL),
             config,
         });
-        shared.subscriber.ssubscribe(shared.probe_channel.clone()).await.map_err(unavailable)?;
+        let own = vec![shared.probe_channel.clone(), shared.control_channel.clone()];
+        shared.subscriber.ssubscribe(own).await.map_err(unavailable)?;
+        shared.load_revocations().await?;
         let (queue, rx) = mpsc::unbounded_channel();
         let (publisher, tasks, stop) = (TaskTracker::new(), TaskTracker::new(), CancellationToken::new());
         publisher.spawn(run_publisher(shared.clone(), rx));
@@ -297,6 +319,7 @@ impl RedisEngine {
         tracing::info!(url = %redacted(&shared.config.url), %node, "redis engine connected");
         Ok(RedisEngine {
             shared,
+            remote_controls: Mutex::new(Some(remote_controls)),
             queue: Mutex::new(Some(queue)),
             stopping: AtomicBool::new(false),
             publisher,
@@ -422,6 +445,7 @@ impl Shared {
         let _order = self.subscribing.lock().await;
         let mut channels: Vec<String> = lock(&self.subs).rooms.values().map(|sub| sub.channel.clone()).collect();
         channels.push(self.probe_channel.clone());
+        channels.push(self.control_channel.clone());
         for chunk in channels.chunks(1000) {
             if let Err(err) = self.subscriber.ssubscribe(chunk.to_vec()).await {
                 tracing::warn!(%err, "subscribing again after a reconnect");
@@ -458,11 +482,53 @@ impl Shared {
         }
     }
 
-    /// A message from pub/sub: a room's message, or this node's probe.
+    /// Revocations still in force, for the relay to apply before it serves; lapsed ones are
+    /// deleted.
+    async fn load_revocations(&self) -> Result<(), EngineError> {
+        let hash = self.names.revocations();
+        let all: HashMap<String, String> = self.client.hgetall(hash.as_str()).await.map_err(unavailable)?;
+        let now_s = unix_ms() / 1000;
+        let mut lapsed = Vec::new();
+        for (key, json) in all {
+            match serde_json::from_str::<Revocation>(&json) {
+                Ok(revocation) if revocation.until > now_s => drop(self.controls.send(Control::Revoke(revocation))),
+                _ => lapsed.push(key),
+            }
+        }
+        if !lapsed.is_empty() {
+            let _: Value = self.client.hdel(hash, lapsed).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// Publishes an action for the other nodes; a revocation is also kept for nodes that start
+    /// later.
+    async fn broadcast(&self, control: Control) -> Result<(), FredError> {
+        let json = serde_json::to_string(&control).unwrap_or_default();
+        if let Control::Revoke(revocation) = &control {
+            let _: Value = self.client.hset(self.names.revocations(), (revocation.key(), json.as_str())).await?;
+        }
+        let _: Value = self.client.spublish(self.control_channel.as_str(), format!("{}\n{json}", self.node)).await?;
+        Ok(())
+    }
+
+    /// A message from pub/sub: a room's message, this node's probe, or an action.
     fn on_message(&self, channel: &str, value: &Value) {
         if channel == self.probe_channel {
             if let Some(seq) = value.as_u64() {
                 self.probe_received.fetch_max(seq, Ordering::Relaxed);
+            }
+            return;
+        }
+        if channel == self.control_channel {
+            let text = value.as_str().unwrap_or_default();
+            match text.split_once('\n') {
+                Some((node, _)) if node == self.node => {}
+                Some((_, json)) => match serde_json::from_str::<Control>(json) {
+                    Ok(control) => drop(self.controls.send(control)),
+                    Err(err) => tracing::warn!(%err, "undecodable action on the control channel"),
+                },
+                None => tracing::warn!("undecodable action on the control channel"),
             }
             return;
         }
@@ -798,6 +864,19 @@ impl Engine for RedisEngine {
             Ok(cursors)
         }
         .boxed()
+    }
+
+    fn broadcast(&self, control: &Control) {
+        let (shared, control) = (self.shared.clone(), control.clone());
+        self.tasks.spawn(async move {
+            if let Err(err) = shared.broadcast(control).await {
+                tracing::warn!(%err, "an action did not reach the other nodes");
+            }
+        });
+    }
+
+    fn remote_controls(&self) -> Option<mpsc::UnboundedReceiver<Control>> {
+        lock(&self.remote_controls).take()
     }
 
     fn maintain(&self, now_ms: u64) {

@@ -1,0 +1,243 @@
+//! Operator actions on users, from the server API: disconnect a user's connections, revoke
+//! tokens (one by its `jti`, or all of a user's issued before a time).
+//!
+//! An action applies on the node that received it at once, and the engine carries it to every
+//! other node ([`crate::engine::Engine::broadcast`]; with Redis, revocations are also kept there
+//! so a node that starts later knows them). Applying is idempotent, so a node may see an action
+//! twice. A revocation is remembered until its `until` (unix seconds), normally the expiry of
+//! the newest token it covers: after that no such token verifies anyway.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::auth::Identity;
+use crate::proto::ErrorCode;
+
+/// What an operator asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Control {
+    /// Close every connection of the user (code `disconnected`; they may reconnect).
+    Disconnect { tenant: String, user: String, reason: String },
+    /// Refuse the tokens it covers from now on, and close the connections that use them (code
+    /// `token_revoked`).
+    Revoke(Revocation),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub tenant: String,
+    #[serde(flatten)]
+    pub target: Revoked,
+    /// Unix seconds after which the revocation is forgotten.
+    pub until: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Revoked {
+    /// The token with this `jti`.
+    Token { jti: String },
+    /// The user's tokens issued (`iat`) before this unix second; tokens without `iat` too.
+    User { user: String, issued_before: u64 },
+}
+
+impl Revocation {
+    /// A stable name, so the same revocation is stored once.
+    pub fn key(&self) -> String {
+        match &self.target {
+            Revoked::Token { jti } => format!("{}/jti/{jti}", self.tenant),
+            Revoked::User { user, issued_before } => format!("{}/user/{user}/{issued_before}", self.tenant),
+        }
+    }
+
+    fn covers(&self, identity: &Identity) -> bool {
+        identity.tenant == self.tenant
+            && match &self.target {
+                Revoked::Token { jti } => identity.token_id.as_deref() == Some(jti.as_str()),
+                Revoked::User { user, issued_before } => {
+                    identity.user == *user && identity.issued_at.is_none_or(|iat| iat < *issued_before)
+                }
+            }
+    }
+}
+
+/// What a connection is told to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Order {
+    Close { code: ErrorCode, reason: String },
+}
+
+struct Connection {
+    identity: Identity,
+    orders: mpsc::UnboundedSender<Order>,
+}
+
+type UserId = (Arc<str>, Arc<str>);
+
+#[derive(Default)]
+struct State {
+    connections: HashMap<UserId, HashMap<u64, Connection>>,
+    revocations: HashMap<String, Revocation>,
+}
+
+/// This node's authenticated connections by user, and the revocations in force.
+#[derive(Default)]
+pub struct Controls {
+    state: Mutex<State>,
+}
+
+/// A connection's entry; dropping it removes the entry.
+pub struct Registration {
+    controls: Arc<Controls>,
+    user: UserId,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut state = self.controls.lock();
+        if let Some(connections) = state.connections.get_mut(&self.user) {
+            connections.remove(&self.id);
+            if connections.is_empty() {
+                state.connections.remove(&self.user);
+            }
+        }
+    }
+}
+
+impl Controls {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a revocation in force covers the token behind `identity`.
+    pub fn is_revoked(&self, identity: &Identity, now_s: u64) -> bool {
+        self.lock().revocations.values().any(|r| r.until > now_s && r.covers(identity))
+    }
+
+    /// Lists connection `id` (with its token's identity) to receive orders; again after a
+    /// token refresh, replacing the identity.
+    pub fn register(
+        self: &Arc<Self>,
+        identity: &Identity,
+        id: u64,
+        orders: mpsc::UnboundedSender<Order>,
+    ) -> Registration {
+        let user: UserId = (identity.tenant.as_str().into(), identity.user.as_str().into());
+        let connection = Connection { identity: identity.clone(), orders };
+        self.lock().connections.entry(user.clone()).or_default().insert(id, connection);
+        Registration { controls: self.clone(), user, id }
+    }
+
+    /// Applies an action here; returns how many of this node's connections it closed.
+    pub fn apply(&self, control: &Control, now_s: u64) -> usize {
+        let mut state = self.lock();
+        state.revocations.retain(|_, r| r.until > now_s);
+        match control {
+            Control::Disconnect { tenant, user, reason } => {
+                let user: UserId = (tenant.as_str().into(), user.as_str().into());
+                let Some(connections) = state.connections.get(&user) else { return 0 };
+                connections
+                    .values()
+                    .filter(|c| {
+                        let order = Order::Close { code: ErrorCode::DISCONNECTED, reason: reason.clone() };
+                        c.orders.send(order).is_ok()
+                    })
+                    .count()
+            }
+            Control::Revoke(revocation) => {
+                if revocation.until <= now_s {
+                    return 0;
+                }
+                state.revocations.insert(revocation.key(), revocation.clone());
+                state
+                    .connections
+                    .values()
+                    .flat_map(HashMap::values)
+                    .filter(|c| revocation.covers(&c.identity))
+                    .filter(|c| {
+                        let reason = "the token was revoked".to_string();
+                        c.orders.send(Order::Close { code: ErrorCode::TOKEN_REVOKED, reason }).is_ok()
+                    })
+                    .count()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Caps;
+
+    fn identity(user: &str, jti: Option<&str>, iat: Option<u64>) -> Identity {
+        Identity {
+            user: user.into(),
+            tenant: "acme".into(),
+            caps: Caps::default(),
+            expires_at: 10_000,
+            token_id: jti.map(Into::into),
+            issued_at: iat,
+        }
+    }
+
+    #[test]
+    fn revocations_cover_what_they_name_until_they_lapse() {
+        let controls = Arc::new(Controls::default());
+        let by_jti = Revocation { tenant: "acme".into(), target: Revoked::Token { jti: "t1".into() }, until: 500 };
+        let by_user = Revocation {
+            tenant: "acme".into(),
+            target: Revoked::User { user: "bob".into(), issued_before: 100 },
+            until: 500,
+        };
+        controls.apply(&Control::Revoke(by_jti), 10);
+        controls.apply(&Control::Revoke(by_user), 10);
+        assert!(controls.is_revoked(&identity("alice", Some("t1"), Some(5)), 10));
+        assert!(!controls.is_revoked(&identity("alice", Some("t2"), Some(5)), 10));
+        assert!(controls.is_revoked(&identity("bob", None, Some(99)), 10));
+        assert!(controls.is_revoked(&identity("bob", None, None), 10), "no iat: issued whenever");
+        assert!(!controls.is_revoked(&identity("bob", None, Some(100)), 10), "issued after");
+        let mut other_tenant = identity("alice", Some("t1"), Some(5));
+        other_tenant.tenant = "globex".into();
+        assert!(!controls.is_revoked(&other_tenant, 10));
+        assert!(!controls.is_revoked(&identity("alice", Some("t1"), Some(5)), 500), "lapsed");
+    }
+
+    #[test]
+    fn actions_reach_the_connections_they_concern_and_registrations_end() {
+        let controls = Arc::new(Controls::default());
+        let (tx1, mut rx1) = mpsc::unbounded_channel();
+        let (tx2, mut rx2) = mpsc::unbounded_channel();
+        let (tx3, mut rx3) = mpsc::unbounded_channel();
+        let _a1 = controls.register(&identity("alice", Some("t1"), Some(5)), 1, tx1);
+        let a2 = controls.register(&identity("alice", Some("t2"), Some(5)), 2, tx2);
+        let _b = controls.register(&identity("bob", Some("t3"), Some(5)), 3, tx3);
+        let kick = Control::Disconnect { tenant: "acme".into(), user: "alice".into(), reason: "bye".into() };
+        assert_eq!(controls.apply(&kick, 10), 2);
+        assert!(matches!(rx1.try_recv(), Ok(Order::Close { code: ErrorCode::DISCONNECTED, .. })));
+        assert!(matches!(rx2.try_recv(), Ok(Order::Close { code: ErrorCode::DISCONNECTED, .. })));
+        assert!(rx3.try_recv().is_err(), "bob is not alice");
+        drop(a2);
+        let revoke = Revocation { tenant: "acme".into(), target: Revoked::Token { jti: "t1".into() }, until: 500 };
+        assert_eq!(controls.apply(&Control::Revoke(revoke), 10), 1);
+        assert!(matches!(rx1.try_recv(), Ok(Order::Close { code: ErrorCode::TOKEN_REVOKED, .. })));
+        assert!(rx3.try_recv().is_err());
+        assert_eq!(controls.apply(&kick, 10), 1, "connection 2 deregistered");
+    }
+
+    #[test]
+    fn controls_travel_as_json() {
+        let revoke = Control::Revoke(Revocation {
+            tenant: "acme".into(),
+            target: Revoked::User { user: "bob".into(), issued_before: 100 },
+            until: 500,
+        });
+        let json = serde_json::to_string(&revoke).unwrap();
+        assert_eq!(json, r#"{"action":"revoke","tenant":"acme","user":"bob","issued_before":100,"until":500}"#);
+        assert_eq!(serde_json::from_str::<Control>(&json).unwrap(), revoke);
+    }
+}
