@@ -19,6 +19,10 @@ use edgerelay::testing::RedisServer;
 use process::RelayProcess;
 use tokio::task::JoinSet;
 
+/// One cluster at a time: each test runs two or three relays and a Redis, and on a 2-core
+/// machine several at once starve each other.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Relays sharing one Redis and one dev token secret (so a token is good on every node).
 struct Cluster {
     nodes: Vec<RelayProcess>,
@@ -124,6 +128,7 @@ async fn receive(subscriber: &mut Resilient, count: usize) -> Vec<(Position, Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_spans_three_relays_in_order_over_quic_and_websocket() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let redis = RedisServer::start().expect("start redis-server");
     let cluster = Cluster::start(&redis, 3).await;
     let connect = |target: Target, sub: &str| Client::connect(target, ClientOptions::new(cluster.token(sub)));
@@ -164,6 +169,7 @@ async fn a_room_spans_three_relays_in_order_over_quic_and_websocket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_of_a_killed_relay_resume_on_another_with_every_message_once() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let redis = RedisServer::start().expect("start redis-server");
     let mut cluster = Cluster::start(&redis, 2).await;
     let both =
@@ -253,6 +259,7 @@ async fn through_a_redis_restart(redis: &RedisServer) -> (BTreeMap<String, Posit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persistent_redis_restarted_mid_stream_loses_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let data = tempfile::tempdir().unwrap();
     let redis = RedisServer::start_persistent(data.path()).expect("start redis-server");
     let (positions, seen) = through_a_redis_restart(&redis).await;
@@ -269,6 +276,7 @@ async fn a_persistent_redis_restarted_mid_stream_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_lost_its_data_starts_a_new_epoch_and_clients_are_told() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let redis = RedisServer::start().expect("start redis-server");
     let (positions, seen) = through_a_redis_restart(&redis).await;
     let before = positions["m1"];
@@ -332,6 +340,7 @@ async fn closed_with(client: &mut Client) -> Option<ErrorCode> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kicks_and_revocations_issued_on_one_relay_apply_on_all() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let redis = RedisServer::start().expect("start redis-server");
     let mut cluster = Cluster::start(&redis, 2).await;
     let connect = |target: Target, token: String| Client::connect(target, ClientOptions::new(token));
