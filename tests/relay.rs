@@ -409,3 +409,23 @@ async fn server_api_is_off_without_a_key() {
     let (status, _) = common::http_request(relay.relay.tcp_addr(), "POST", "/v1/api/publish", &[], body).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn a_websocket_member_that_only_answers_pings_is_not_idle() {
+    // Found by the load generator: subscribers that only receive were closed with
+    // idle_timeout once the timeout passed after their last frame, although they answered
+    // every ping.
+    let relay = start_with(|c| {
+        c.limits.idle_timeout_ms = 1_000;
+        c.limits.ping_interval_ms = 200;
+    })
+    .await;
+    let mut listener = relay.connect(Transport::WebSocket, Codec::Json, "bob", "acme", &["chat:*"]).await;
+    listener.join("chat:quiet").await.unwrap();
+    // Three idle timeouts with nothing sent but the socket library's answers to pings.
+    tokio::time::sleep(std::time::Duration::from_millis(3_000)).await;
+    let speaker = relay.connect(Transport::WebSocket, Codec::Json, "alice", "acme", &["chat:*"]).await;
+    speaker.publish("chat:quiet", "m1", Payload::json(&serde_json::json!({"n": 1}))).await.unwrap();
+    let message = within("message after the quiet time", listener.next_message()).await;
+    assert_eq!(message.map(|m| m.id), Ok("m1".to_string()), "the quiet member is still connected");
+}

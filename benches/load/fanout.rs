@@ -192,6 +192,8 @@ pub struct StepReport {
     /// Relay CPU seconds (user + system) per million distinct deliveries.
     pub relay_cpu_s_per_million: Option<f64>,
     pub relay_rss_kib: Option<u64>,
+    /// The generator's own CPU seconds over the step (it shares the machine with the relay).
+    pub generator_cpu_seconds: Option<f64>,
     /// Whether p99 was within the bound and every owed delivery arrived exactly once.
     pub held: bool,
 }
@@ -445,6 +447,7 @@ async fn run_step(
     bound_ms: f64,
 ) -> StepReport {
     let cpu_before = relay.cpu();
+    let own_before = crate::relay::cpu_of(std::process::id());
     let mut publishing = tokio::task::JoinSet::new();
     let per_publisher = rate / setup.publishers.len() as f64;
     for (j, client) in setup.publishers.iter().enumerate() {
@@ -490,6 +493,7 @@ async fn run_step(
     }
     let drain_seconds = drain_started.elapsed().as_secs_f64();
     let cpu_after = relay.cpu();
+    let own_after = crate::relay::cpu_of(std::process::id());
 
     let (mut delivered, mut lost, mut duplicates, mut extra, mut incomplete) = (0u64, 0u64, 0u64, 0u64, 0u64);
     for s in &setup.subscribers {
@@ -538,6 +542,7 @@ async fn run_step(
         relay_cpu_seconds: cpu,
         relay_cpu_s_per_million: cpu.filter(|_| delivered > 0).map(|c| c * 1e6 / delivered as f64),
         relay_rss_kib: relay.rss_kib(),
+        generator_cpu_seconds: own_before.zip(own_after).map(|(a, b)| b.saturating_sub(a).as_secs_f64()),
         held,
     }
 }

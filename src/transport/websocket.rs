@@ -107,26 +107,42 @@ async fn next_frame(
     max_frame: usize,
 ) -> Result<Option<Bytes>, (ErrorCode, String)> {
     loop {
-        let body = match stream.next().await {
-            None | Some(Ok(Message::Close(_))) => return Ok(None),
-            Some(Err(err)) => {
-                // The socket library refuses messages beyond its own cap; anything else means
-                // the peer is gone.
-                let err = err.into_inner();
-                return match err.downcast_ref::<tungstenite::Error>() {
-                    Some(tungstenite::Error::Capacity(cap)) => Err((ErrorCode::FRAME_TOO_LARGE, cap.to_string())),
-                    _ => Ok(None),
-                };
-            }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(Message::Text(text))) => Bytes::copy_from_slice(text.as_bytes()),
-            Some(Ok(Message::Binary(bytes))) => bytes,
-        };
-        if body.len() > max_frame {
-            return Err((ErrorCode::FRAME_TOO_LARGE, format!("frame of {} bytes exceeds {max_frame}", body.len())));
+        match next_message(stream, max_frame).await? {
+            Received::Frame(body) => return Ok(Some(body)),
+            Received::Heartbeat => continue,
+            Received::End => return Ok(None),
         }
-        return Ok(Some(body));
     }
+}
+
+/// What one WebSocket message from the peer was.
+enum Received {
+    Frame(Bytes),
+    /// A ping or a pong: no frame, but the peer is alive.
+    Heartbeat,
+    End,
+}
+
+async fn next_message(stream: &mut SplitStream<WebSocket>, max_frame: usize) -> Result<Received, (ErrorCode, String)> {
+    let body = match stream.next().await {
+        None | Some(Ok(Message::Close(_))) => return Ok(Received::End),
+        Some(Err(err)) => {
+            // The socket library refuses messages beyond its own cap; anything else means
+            // the peer is gone.
+            let err = err.into_inner();
+            return match err.downcast_ref::<tungstenite::Error>() {
+                Some(tungstenite::Error::Capacity(cap)) => Err((ErrorCode::FRAME_TOO_LARGE, cap.to_string())),
+                _ => Ok(Received::End),
+            };
+        }
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(Received::Heartbeat),
+        Some(Ok(Message::Text(text))) => Bytes::copy_from_slice(text.as_bytes()),
+        Some(Ok(Message::Binary(bytes))) => bytes,
+    };
+    if body.len() > max_frame {
+        return Err((ErrorCode::FRAME_TOO_LARGE, format!("frame of {} bytes exceeds {max_frame}", body.len())));
+    }
+    Ok(Received::Frame(body))
 }
 
 async fn read(
@@ -140,15 +156,18 @@ async fn read(
     loop {
         let next = tokio::select! {
             _ = cancel.cancelled() => return,
-            next = tokio::time::timeout(idle, next_frame(&mut stream, max_frame)) => next,
+            // Any message restarts the idle timer, pongs included: a member that only
+            // receives answers the relay's pings and nothing else.
+            next = tokio::time::timeout(idle, next_message(&mut stream, max_frame)) => next,
         };
         let event = match next {
-            Ok(Ok(Some(body))) => {
+            Ok(Ok(Received::Frame(body))) => {
                 metrics.frames_in.increment(1);
                 metrics.bytes_in.increment(body.len() as u64);
                 Inbound::Frame { lane: CONTROL, body }
             }
-            Ok(Ok(None)) => Inbound::Closed,
+            Ok(Ok(Received::Heartbeat)) => continue,
+            Ok(Ok(Received::End)) => Inbound::Closed,
             Ok(Err((code, message))) => Inbound::Failed(code, message),
             Err(_) => Inbound::Failed(ErrorCode::IDLE_TIMEOUT, format!("nothing received for {idle:?}")),
         };
