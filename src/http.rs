@@ -85,6 +85,9 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .with_state(state)
 }
 
+/// Bytes the WebSocket reader reserves per connection and reads at most per call.
+const WS_READ_BUFFER: usize = 4096;
+
 async fn websocket(State(state): State<Arc<HttpState>>, upgrade: WebSocketUpgrade) -> Response {
     if !state.ready.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "relay is draining\n").into_response();
@@ -96,6 +99,9 @@ async fn websocket(State(state): State<Arc<HttpState>>, upgrade: WebSocketUpgrad
     upgrade
         .max_message_size(limit)
         .max_frame_size(limit)
+        // tungstenite reserves its read buffer up front (128 KiB by default): most of an idle
+        // connection's memory. Frames larger than this still arrive, in several reads.
+        .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| tasks.track_future(transport.serve(socket, stop)))
 }
 
