@@ -23,6 +23,7 @@ use crate::http::{CertInfo, HttpState};
 use crate::hub::Hub;
 use crate::hub::awareness::Awareness;
 use crate::hub::last_seen::{MemoryRecords, StoredRecords, UserRecords};
+use crate::hub::remote::{LocalPresence, PresenceLink};
 use crate::session::SessionContext;
 use crate::session::limits::UserConnections;
 use crate::store::{EmbeddedHistory, History, MemoryHistory, Retention};
@@ -31,6 +32,9 @@ use crate::transport::{self, websocket::WebSocketTransport};
 
 /// How often presence applies time (idle, typing expiry, refreshes); at most this coarse.
 const PRESENCE_TICK: Duration = Duration::from_millis(250);
+/// With a shared engine, a node's presence entries count for others this many presence
+/// refreshes without being renewed: a dead node's users disappear within it.
+pub const PRESENCE_TTL_REFRESHES: u64 = 3;
 /// How often idle rooms are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// How often the dev certificate's expiry is checked.
@@ -168,8 +172,13 @@ impl Relay {
             }
         });
         let tick = PRESENCE_TICK.min(Duration::from_millis(config.presence.refresh_ms));
-        services.spawn(presence_ticks(awareness, tick, stop.clone()));
+        services.spawn(presence_ticks(awareness.clone(), tick, stop.clone()));
         services.spawn(sweep_rooms(hub.clone(), engine.clone(), stop.clone()));
+        if let Some(link) = engine.share_presence() {
+            awareness.share(link.local.clone());
+            let every = Duration::from_millis(config.presence.refresh_ms);
+            services.spawn(share_presence(awareness.clone(), link, every, stop.clone()));
+        }
         if let Some(remote) = remote_controls {
             services.spawn(apply_remote_controls(remote, controls, stop.clone()));
         }
@@ -341,6 +350,25 @@ async fn presence_ticks(awareness: Arc<Awareness>, every: Duration, stop: Cancel
     let _ = tokio::task::spawn_blocking(move || awareness.flush()).await;
 }
 
+/// Presence with other nodes: this node's rooms again every `every` (so its entries do not
+/// lapse), and the others' changes into the rooms' views.
+async fn share_presence(awareness: Arc<Awareness>, mut link: PresenceLink, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                let _ = link.local.send(LocalPresence::All(awareness.local_rooms()));
+            }
+            others = link.others.recv() => match others {
+                Some(others) => awareness.apply_remote(others, unix_ms()),
+                None => return,
+            },
+        }
+    }
+}
+
 /// Applies the actions other nodes broadcast.
 async fn apply_remote_controls(
     mut remote: tokio::sync::mpsc::UnboundedReceiver<Control>,
@@ -408,6 +436,7 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
                 resync_every: Duration::from_millis(r.resync_interval_ms),
                 probe_every: Duration::from_millis(r.probe_interval_ms),
                 probe_timeout: Duration::from_millis(r.probe_timeout_ms),
+                presence_ttl: Duration::from_millis(PRESENCE_TTL_REFRESHES * config.presence.refresh_ms),
             };
             let engine = RedisEngine::connect(redis_config, hub)
                 .await

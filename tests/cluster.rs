@@ -14,6 +14,7 @@ use std::time::Duration;
 use common::within;
 use edgerelay::client::resilient::{Reconnect, Resilient, ResilientEvent};
 use edgerelay::client::{Client, ClientError, ClientOptions, Event, Target};
+use edgerelay::proto::presence::Status;
 use edgerelay::proto::{ErrorCode, Payload, Position};
 use edgerelay::testing::RedisServer;
 use process::RelayProcess;
@@ -44,6 +45,10 @@ impl Cluster {
     /// Starts one more node. One at a time: the first creates the shared secret, the others
     /// read it.
     async fn add_node(&mut self, redis: &RedisServer) {
+        self.add_node_with(redis, &[]).await;
+    }
+
+    async fn add_node_with(&mut self, redis: &RedisServer, env: &[(&str, &str)]) {
         let dir = self._dir.path();
         let secret = dir.join("dev-token-secret");
         let mut node = RelayProcess::new(&dir.join(format!("node-{}", self.nodes.len())))
@@ -51,6 +56,9 @@ impl Cluster {
             .with_env("EDGERELAY_REDIS__URL", redis.url())
             .with_env("EDGERELAY_REDIS__RESYNC_INTERVAL_MS", "250")
             .with_env("EDGERELAY_AUTH__DEV_SECRET_FILE", secret.display().to_string());
+        for (key, value) in env {
+            node = node.with_env(key, *value);
+        }
         node.start().await;
         self.pins.push(node.cert_pin().await);
         self.nodes.push(node);
@@ -381,4 +389,67 @@ async fn kicks_and_revocations_issued_on_one_relay_apply_on_all() {
     // After the revocation, a token issued later works again.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     connect(cluster.quic(0), cluster.token("carol")).await.expect("a new token");
+}
+
+/// Waits until `client` sees exactly these members of `room` with these statuses.
+async fn sees(client: &Client, room: &str, want: &[(&str, Status)]) {
+    let want: Vec<(String, Status)> = want.iter().map(|(u, s)| (u.to_string(), *s)).collect();
+    let view = |entries: Vec<edgerelay::proto::presence::PresenceEntry>| {
+        let mut members: Vec<(String, Status)> = entries.into_iter().map(|e| (e.user, e.status)).collect();
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        members
+    };
+    let ok = client.wait_presence(room, Duration::from_secs(10), |v, _| view(v.entries()) == want).await;
+    assert!(ok, "{} sees {:?}, expected {want:?}", client.welcome().user, view(client.presence(room)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_presence_is_the_union_of_every_node_and_a_dead_nodes_users_disappear() {
+    let redis = RedisServer::start().expect("start redis-server");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster { nodes: Vec::new(), pins: Vec::new(), _dir: dir };
+    for _ in 0..2 {
+        // Refreshes every 300 ms: a node's entries lapse 900 ms after it stops renewing them.
+        cluster.add_node_with(&redis, &[("EDGERELAY_PRESENCE__REFRESH_MS", "300")]).await;
+    }
+    let connect = |target: Target, sub: &str| Client::connect(target, ClientOptions::new(cluster.token(sub)));
+    let alice = connect(cluster.quic(0), "alice").await.unwrap();
+    let bob = connect(cluster.ws(1), "bob").await.unwrap();
+    let carol_0 = connect(cluster.quic(0), "carol").await.unwrap();
+    let carol_1 = connect(cluster.quic(1), "carol").await.unwrap();
+    for client in [&alice, &bob, &carol_0, &carol_1] {
+        client.join("lobby").await.unwrap();
+    }
+    let everyone = [("alice", Status::Online), ("bob", Status::Online), ("carol", Status::Online)];
+    sees(&alice, "lobby", &everyone).await;
+    sees(&bob, "lobby", &everyone).await;
+
+    // A status chosen on one node shows on the other.
+    alice.set_status(Status::Busy, Some("in a call")).await.unwrap();
+    sees(&bob, "lobby", &[("alice", Status::Busy), ("bob", Status::Online), ("carol", Status::Online)]).await;
+    // A user with devices on both nodes stays present while either device is in the room.
+    carol_1.leave("lobby").await.unwrap();
+    sees(&bob, "lobby", &[("alice", Status::Busy), ("bob", Status::Online), ("carol", Status::Online)]).await;
+    // The server API of either node answers for the whole room.
+    let auth = format!("Bearer {}", process::API_KEY);
+    let (status, body) = common::http_request(
+        cluster.nodes[1].tcp,
+        "GET",
+        "/v1/api/presence/acme/rooms/lobby",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut users: Vec<&str> =
+        listed["users"].as_array().unwrap().iter().map(|u| u["user"].as_str().unwrap()).collect();
+    users.sort();
+    assert_eq!(users, ["alice", "bob", "carol"]);
+
+    // Node 0 dies: its users (alice, and carol, whose node-1 device left) disappear for bob
+    // once their entries lapse, without anyone saying goodbye.
+    cluster.nodes[0].kill();
+    sees(&bob, "lobby", &[("bob", Status::Online)]).await;
+    drop((alice, carol_0, carol_1));
 }

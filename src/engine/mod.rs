@@ -147,6 +147,12 @@ pub trait Engine: Send + Sync + 'static {
         let _ = control;
     }
 
+    /// Presence shared with the other nodes (a shared engine): this node's changes go in, the
+    /// others' come out. `None` for a single node. Taken once.
+    fn share_presence(&self) -> Option<crate::hub::remote::PresenceLink> {
+        None
+    }
+
     /// The actions other nodes broadcast (first, at start, the revocations still in force), for
     /// the relay to apply here; `None` for a single node. Taken once.
     fn remote_controls(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Control>> {

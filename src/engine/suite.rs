@@ -494,6 +494,7 @@ pub(crate) mod redis {
             resync_every: Duration::from_millis(200),
             probe_every: Duration::from_millis(100),
             probe_timeout: Duration::from_millis(500),
+            presence_ttl: Duration::from_secs(3),
         }
     }
 

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::RoomKey;
 use super::last_seen::UserRecords;
 use super::presence::{Change, DeviceId, Presence, UserKey};
+use super::remote::{LocalPresence, OtherNodes, RemotePresence};
 use super::typing::{Typing, TypingView};
 use crate::config::PresenceConfig;
 use crate::outbox::{DatagramKey, LaneId, Outbox, PushError};
@@ -54,6 +55,10 @@ struct State {
     links: HashMap<DeviceId, Link>,
     room_devices: HashMap<RoomKey, HashSet<DeviceId>>,
     next_refresh: u64,
+    /// Other nodes' members (shared engine); empty on a single node.
+    remote: RemotePresence,
+    /// Where this node's changes go to the others (shared engine).
+    share: Option<tokio::sync::mpsc::UnboundedSender<LocalPresence>>,
 }
 
 pub struct Awareness {
@@ -82,6 +87,8 @@ impl Awareness {
                 links: HashMap::new(),
                 room_devices: HashMap::new(),
                 next_refresh: 0,
+                remote: RemotePresence::default(),
+                share: None,
             }),
             records,
             refresh_ms: config.refresh_ms,
@@ -99,7 +106,7 @@ impl Awareness {
         let changes = state.presence.connect(&user, device, record, now_ms);
         state.links.insert(device, Link { user, outbox, rooms: HashMap::new() });
         metrics::gauge!(USERS).set(state.presence.users() as f64);
-        state.fan_presence(changes);
+        state.fan_presence(changes, now_ms);
     }
 
     /// The connection ended; its rooms are left, its typing ends.
@@ -112,7 +119,7 @@ impl Awareness {
         }
         let (changes, record) = state.presence.disconnect(&link.user, device, now_ms);
         metrics::gauge!(USERS).set(state.presence.users() as f64);
-        state.fan_presence(changes);
+        state.fan_presence(changes, now_ms);
         drop(state);
         if let Some(record) = record {
             self.records.put(&link.user, record);
@@ -128,7 +135,7 @@ impl Awareness {
         let user = link.user.clone();
         state.room_devices.entry(room.clone()).or_default().insert(device);
         let changes = state.presence.join(room, &user, device, now_ms);
-        state.fan_presence(changes);
+        state.fan_presence(changes, now_ms);
         state.send_snapshot(room, device, 0)?;
         let view = state.typing.view(room);
         if view.total > 0
@@ -150,7 +157,7 @@ impl Awareness {
         let user = link.user.clone();
         state.leave_room(room, &user, device, now_ms);
         let changes = state.presence.leave(room, &user, device, now_ms);
-        state.fan_presence(changes);
+        state.fan_presence(changes, now_ms);
     }
 
     pub fn set_status(&self, device: DeviceId, status: Status, custom: Option<String>, now_ms: u64) {
@@ -158,14 +165,14 @@ impl Awareness {
         let mut state = self.lock();
         let Some(user) = state.links.get(&device).map(|l| l.user.clone()) else { return };
         let changes = state.presence.set_status(&user, device, status, custom, now_ms);
-        state.fan_presence(changes);
+        state.fan_presence(changes, now_ms);
     }
 
     pub fn activity(&self, device: DeviceId, now_ms: u64) {
         let mut state = self.lock();
         let Some(user) = state.links.get(&device).map(|l| l.user.clone()) else { return };
         let changes = state.presence.activity(&user, device, now_ms);
-        state.fan_presence(changes);
+        state.fan_presence(changes, now_ms);
     }
 
     /// Typing started or stopped on the device in a room it joined (else ignored).
@@ -177,7 +184,7 @@ impl Awareness {
         let user = link.user.clone();
         let key = RoomKey { tenant: user.tenant.clone(), room: room.clone() };
         let changes = state.presence.activity(&user, device, now_ms);
-        state.fan_presence(changes);
+        state.fan_presence(changes, now_ms);
         if !typing {
             state.stop_typing(&key, &user, device, now_ms);
         } else if state.presence.hides_typing(&user) {
@@ -195,7 +202,7 @@ impl Awareness {
         let user = link.user.clone();
         let rooms: Vec<RoomName> = link.rooms.keys().cloned().collect();
         let changes = state.presence.set_privacy(&user, hide_presence, hide_typing, now_ms);
-        state.fan_presence(changes);
+        state.fan_presence(changes, now_ms);
         if state.presence.hides_typing(&user) {
             // End the user's typing everywhere this device is (other devices follow on their
             // next start, which is refused).
@@ -220,12 +227,45 @@ impl Awareness {
         Ok(true)
     }
 
+    /// Sends this node's presence changes to other nodes from now on (shared engine).
+    pub fn share(&self, local: tokio::sync::mpsc::UnboundedSender<LocalPresence>) {
+        self.lock().share = Some(local);
+    }
+
+    /// Every room with members here and their entries, for other nodes.
+    pub fn local_rooms(&self) -> Vec<(RoomKey, Vec<PresenceEntry>)> {
+        let state = self.lock();
+        state.presence.rooms().map(|room| (room.clone(), state.presence.snapshot(room))).collect()
+    }
+
+    /// What other nodes say: merged into the rooms' views, and the changes told to members here.
+    pub fn apply_remote(&self, others: OtherNodes, now_ms: u64) {
+        let mut state = self.lock();
+        match others {
+            OtherNodes::Set { room, remote } => {
+                let user: Arc<str> = remote.entry.user.as_str().into();
+                let seen = remote.entry.version;
+                if state.remote.set(&room, remote) {
+                    state.fan_merged(&room, &user, seen, now_ms);
+                }
+            }
+            OtherNodes::Replace { room, entries } => {
+                for user in state.remote.replace(&room, entries) {
+                    state.fan_merged(&room, &user, 0, now_ms);
+                }
+            }
+        }
+    }
+
     /// Applies the passing of time: idle devices, expired typing, periodic refreshes. Call it
     /// a few times per second, and [`Awareness::flush`] after it.
     pub fn tick(&self, now_ms: u64) {
         let mut state = self.lock();
         let changes = state.presence.tick(now_ms);
-        state.fan_presence(changes);
+        state.fan_presence(changes, now_ms);
+        for (room, user) in state.remote.expire(now_ms) {
+            state.fan_merged(&room, &user, 0, now_ms);
+        }
         for (room, view) in state.typing.expire(now_ms) {
             state.fan_typing(&room, &view);
         }
@@ -242,9 +282,9 @@ impl Awareness {
         }
     }
 
-    /// A room's present members (HTTP API).
+    /// A room's present members (HTTP API), on every node.
     pub fn room(&self, room: &RoomKey) -> Vec<PresenceEntry> {
-        self.lock().presence.snapshot(room)
+        self.lock().view(room)
     }
 
     /// A user's status as others see it (HTTP API): live when connected, otherwise offline
@@ -310,12 +350,73 @@ impl State {
         metrics::counter!(UPDATES_TOTAL, "kind" => kind).increment(sent);
     }
 
-    fn fan_presence(&self, changes: Vec<Change>) {
+    /// Tells members the local changes, and other nodes too (shared engine). A user other
+    /// nodes also list is shown merged (see [`Self::fan_merged`]).
+    fn fan_presence(&mut self, changes: Vec<Change>, now_ms: u64) {
         for Change { room, entry } in changes {
-            let key = DatagramKey::new(KIND_PRESENCE, format!("{}\0{}", room.room, entry.user));
-            let frame = ServerFrame::Presence { room: room.room.to_string(), entry };
-            self.fan(&room, key, &frame, "presence");
+            if let Some(share) = &self.share {
+                let _ = share.send(LocalPresence::Changed { room: room.clone(), entry: entry.clone() });
+            }
+            if self.remote.knows(&room, &entry.user) {
+                let user: Arc<str> = entry.user.as_str().into();
+                self.fan_merged(&room, &user, entry.version, now_ms);
+                continue;
+            }
+            self.fan_entry(&room, entry);
         }
+    }
+
+    fn fan_entry(&self, room: &RoomKey, entry: PresenceEntry) {
+        let key = DatagramKey::new(KIND_PRESENCE, format!("{}\0{}", room.room, entry.user));
+        let frame = ServerFrame::Presence { room: room.room.to_string(), entry };
+        self.fan(room, key, &frame, "presence");
+    }
+
+    /// A user's entry merged over this node and the others (the most recent one; offline when
+    /// nobody lists them), with a reissued version above any `seen` or shown before.
+    fn fan_merged(&mut self, room: &RoomKey, user: &Arc<str>, seen: u64, now_ms: u64) {
+        let local = self.presence.member_entry(room, user);
+        let remote = self.remote.best(room, user).cloned();
+        let mut entry = match (local, remote) {
+            (Some(a), Some(b)) => {
+                if b.version > a.version {
+                    b
+                } else {
+                    a
+                }
+            }
+            (Some(entry), None) | (None, Some(entry)) => entry,
+            (None, None) => PresenceEntry {
+                user: user.to_string(),
+                status: Status::Offline,
+                custom: None,
+                version: 0,
+                last_seen: now_ms,
+            },
+        };
+        entry.version = self.remote.reissue(room, user, seen.max(entry.version), now_ms);
+        self.remote.forget_idle(room, user);
+        self.fan_entry(room, entry);
+    }
+
+    /// A room's present members here and on other nodes, sorted by user.
+    fn view(&self, room: &RoomKey) -> Vec<PresenceEntry> {
+        let local = self.presence.snapshot(room);
+        if !self.remote.has_room(room) {
+            return local;
+        }
+        let mut merged: HashMap<String, PresenceEntry> = local.into_iter().map(|e| (e.user.clone(), e)).collect();
+        for entry in self.remote.users(room) {
+            match merged.get(&entry.user) {
+                Some(known) if known.version >= entry.version => {}
+                _ => {
+                    merged.insert(entry.user.clone(), entry.clone());
+                }
+            }
+        }
+        let mut entries: Vec<PresenceEntry> = merged.into_values().collect();
+        entries.sort_by(|a, b| a.user.cmp(&b.user));
+        entries
     }
 
     /// A room's typing view as a datagram: its queue key and frame.
@@ -337,7 +438,12 @@ impl State {
 
     fn send_refreshes(&self) {
         for room in self.room_devices.keys() {
-            let (count, digest) = self.presence.summary(room);
+            let (count, digest) = if self.remote.has_room(room) {
+                let view = self.view(room);
+                (view.len() as u32, crate::proto::presence::digest(&view))
+            } else {
+                self.presence.summary(room)
+            };
             let frame = ServerFrame::PresenceRefresh { room: room.room.to_string(), count, digest };
             self.fan(room, DatagramKey::new(KIND_REFRESH, room.room.as_str()), &frame, "refresh");
         }
@@ -347,7 +453,7 @@ impl State {
     fn send_snapshot(&self, room: &RoomKey, device: DeviceId, req: u64) -> Result<(), PushError> {
         let Some(link) = self.links.get(&device) else { return Ok(()) };
         let Some(&lane) = link.rooms.get(&room.room) else { return Ok(()) };
-        let users = self.presence.snapshot(room);
+        let users = self.view(room);
         let frame = ServerFrame::PresenceSnapshot { req, room: room.room.to_string(), users };
         metrics::counter!(UPDATES_TOTAL, "kind" => "snapshot").increment(1);
         link.outbox.send(lane, &frame)

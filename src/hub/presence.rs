@@ -297,6 +297,18 @@ impl Presence {
         (entries.len() as u32, digest(&entries))
     }
 
+    /// A user's entry in a room, if they are a present (not offline) member of it here.
+    pub fn member_entry(&self, room: &RoomKey, user: &str) -> Option<PresenceEntry> {
+        self.rooms.get(room)?.get(user)?;
+        let key = UserKey { tenant: room.tenant.clone(), user: user.into() };
+        self.users.get(&key).filter(|s| s.shown != Status::Offline).map(|s| s.entry(user))
+    }
+
+    /// Rooms with members here.
+    pub fn rooms(&self) -> impl Iterator<Item = &RoomKey> {
+        self.rooms.keys()
+    }
+
     /// Users with a connected device.
     pub fn users(&self) -> usize {
         self.users.len()

@@ -44,7 +44,9 @@ use tokio_util::task::TaskTracker;
 use super::{Accepted, Done, Engine, EngineError, Publish};
 use crate::connection::unix_ms;
 use crate::control::{Control, Revocation};
+use crate::hub::remote::{LocalPresence, OtherNodes, PresenceLink, RemoteEntry};
 use crate::hub::{Hub, RoomKey};
+use crate::proto::presence::{PresenceEntry, Status};
 use crate::proto::{Payload, Position, RoomName};
 use crate::store::{Cursor, Retention, RoomMeta, StoredMessage, new_epoch};
 
@@ -84,6 +86,9 @@ pub struct RedisEngineConfig {
     pub probe_every: Duration,
     /// A probe not received within this is a silent subscription: it is reconnected.
     pub probe_timeout: Duration,
+    /// How long this node's presence entries count for other nodes without a refresh: the
+    /// bound on how long a dead node's users stay present.
+    pub presence_ttl: Duration,
 }
 
 /// A message as Redis holds it (stream entry field `m`, and after `<epoch>:<offset>:` on the
@@ -143,6 +148,11 @@ impl Names {
 
     fn probe(&self, node: &str) -> String {
         format!("{}:node:{node}", self.prefix)
+    }
+
+    /// A room's members on every node: field `<node>/<user>`, value `<expires ms>\n<entry JSON>`.
+    fn presence(channel: &str) -> String {
+        format!("{channel}:p")
     }
 
     /// Where server API actions travel between nodes.
@@ -234,6 +244,8 @@ struct Shared {
     control_channel: String,
     /// Actions from other nodes, for the relay to apply.
     controls: mpsc::UnboundedSender<Control>,
+    /// Other nodes' presence, for the awareness service.
+    others: mpsc::UnboundedSender<OtherNodes>,
     check_now: Notify,
     resyncs: metrics::Counter,
     probe_failures: metrics::Counter,
@@ -242,6 +254,7 @@ struct Shared {
 pub struct RedisEngine {
     shared: Arc<Shared>,
     remote_controls: Mutex<Option<mpsc::UnboundedReceiver<Control>>>,
+    presence_link: Mutex<Option<PresenceLink>>,
     queue: Mutex<Option<mpsc::UnboundedSender<Pending>>>,
     stopping: AtomicBool,
     publisher: TaskTracker,
@@ -289,11 +302,14 @@ impl RedisEngine {
         let names = Names { prefix: config.prefix.clone() };
         let node = format!("{:016x}", rand::random::<u64>());
         let (controls, remote_controls) = mpsc::unbounded_channel();
+        let (others, others_rx) = mpsc::unbounded_channel();
+        let (local_tx, local_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             probe_channel: names.probe(&node),
             control_channel: names.control(),
             node: node.clone(),
             controls,
+            others,
             names,
             client,
             subscriber,
@@ -316,10 +332,12 @@ impl RedisEngine {
         tasks.spawn(run_listener(shared.clone(), stop.clone()));
         tasks.spawn(run_probe(shared.clone(), stop.clone()));
         tasks.spawn(run_checks(shared.clone(), stop.clone()));
+        tasks.spawn(run_presence(shared.clone(), local_rx, stop.clone()));
         tracing::info!(url = %redacted(&shared.config.url), %node, "redis engine connected");
         Ok(RedisEngine {
             shared,
             remote_controls: Mutex::new(Some(remote_controls)),
+            presence_link: Mutex::new(Some(PresenceLink { local: local_tx, others: others_rx })),
             queue: Mutex::new(Some(queue)),
             stopping: AtomicBool::new(false),
             publisher,
@@ -433,9 +451,13 @@ impl Shared {
         }
         let channel = self.names.channel(key);
         self.subscriber.ssubscribe(channel.clone()).await.map_err(unavailable)?;
-        let mut subs = lock(&self.subs);
-        subs.by_channel.insert(channel.clone(), key.clone());
-        subs.rooms.insert(key.clone(), Subscription { channel, last_used_ms: now, seen: None });
+        {
+            let mut subs = lock(&self.subs);
+            subs.by_channel.insert(channel.clone(), key.clone());
+            subs.rooms.insert(key.clone(), Subscription { channel: channel.clone(), last_used_ms: now, seen: None });
+        }
+        // Who is here on other nodes, before their next change or refresh.
+        self.read_presence(vec![(key.clone(), channel)]).await;
         Ok(())
     }
 
@@ -520,6 +542,19 @@ impl Shared {
             }
             return;
         }
+        if let Some(bytes) = value.as_bytes()
+            && let Some(presence) = bytes.strip_prefix(b"p\n")
+        {
+            let Some(key) = lock(&self.subs).by_channel.get(channel).cloned() else { return };
+            match parse_presence(presence) {
+                Some(remote) if *remote.node != *self.node => {
+                    let _ = self.others.send(OtherNodes::Set { room: key, remote });
+                }
+                Some(_) => {}
+                None => tracing::warn!(channel, "undecodable presence on a room channel"),
+            }
+            return;
+        }
         if channel == self.control_channel {
             let text = value.as_str().unwrap_or_default();
             match text.split_once('\n') {
@@ -587,6 +622,88 @@ impl Shared {
         Ok(messages)
     }
 
+    fn presence_expiry(&self) -> u64 {
+        unix_ms() + self.config.presence_ttl.as_millis() as u64
+    }
+
+    /// One local change: into the room's presence hash, and to the nodes holding the room.
+    async fn share_change(&self, room: &RoomKey, entry: &PresenceEntry) -> Result<(), FredError> {
+        let channel = self.names.channel(room);
+        let hash = Names::presence(&channel);
+        let field = format!("{}/{}", self.node, entry.user);
+        let expires = self.presence_expiry();
+        let pipeline = self.client.pipeline();
+        if entry.status == Status::Offline {
+            let _: () = pipeline.hdel(hash.as_str(), field).await?;
+        } else {
+            let _: () = pipeline.hset(hash.as_str(), (field, presence_value(expires, entry))).await?;
+            let _: () = pipeline.pexpire(hash.as_str(), 2 * self.config.presence_ttl.as_millis() as i64, None).await?;
+        }
+        let message = format!("p\n{}\n{}", self.node, presence_value(expires, entry));
+        let _: () = pipeline.spublish(channel, message).await?;
+        pipeline.all::<Value>().await.map(drop)
+    }
+
+    /// Every local entry again (they would lapse otherwise), then a fresh read of every held
+    /// room.
+    async fn share_all(&self, rooms: Vec<(RoomKey, Vec<PresenceEntry>)>) -> Result<(), FredError> {
+        let expires = self.presence_expiry();
+        let ttl = 2 * self.config.presence_ttl.as_millis() as i64;
+        for chunk in rooms.chunks(CHECK_CHUNK) {
+            let pipeline = self.client.pipeline();
+            for (room, entries) in chunk.iter().filter(|(_, entries)| !entries.is_empty()) {
+                let hash = Names::presence(&self.names.channel(room));
+                let fields: Vec<(String, String)> =
+                    entries.iter().map(|e| (format!("{}/{}", self.node, e.user), presence_value(expires, e))).collect();
+                let _: () = pipeline.hset(hash.as_str(), fields).await?;
+                let _: () = pipeline.pexpire(hash.as_str(), ttl, None).await?;
+            }
+            pipeline.all::<Value>().await.map(drop)?;
+        }
+        let held: Vec<(RoomKey, String)> = lock(&self.subs)
+            .rooms
+            .iter()
+            .filter(|(key, _)| self.hub.has_room(key))
+            .map(|(key, sub)| (key.clone(), sub.channel.clone()))
+            .collect();
+        self.read_presence(held).await;
+        Ok(())
+    }
+
+    /// Reads rooms' presence hashes and hands the other nodes' entries still in force to the
+    /// awareness service; lapsed fields are deleted.
+    async fn read_presence(&self, rooms: Vec<(RoomKey, String)>) {
+        let now = unix_ms();
+        for chunk in rooms.chunks(CHECK_CHUNK) {
+            let pipeline = self.client.pipeline();
+            for (_, channel) in chunk {
+                let queued: Result<(), FredError> = pipeline.hgetall(Names::presence(channel)).await;
+                if let Err(err) = queued {
+                    tracing::debug!(%err, "queueing a presence read");
+                }
+            }
+            let replies = pipeline.try_all::<HashMap<String, String>>().await;
+            for ((room, channel), reply) in chunk.iter().zip(replies) {
+                let Ok(fields) = reply else { continue };
+                let mut entries = Vec::new();
+                let mut lapsed = Vec::new();
+                for (field, value) in fields {
+                    let Some((node, _)) = field.split_once('/') else { continue };
+                    match parse_presence(format!("{node}\n{value}").as_bytes()) {
+                        Some(remote) if remote.expires <= now => lapsed.push(field),
+                        Some(remote) if *remote.node != *self.node => entries.push(remote),
+                        Some(_) => {}
+                        None => lapsed.push(field),
+                    }
+                }
+                if !lapsed.is_empty() {
+                    let _: Result<Value, FredError> = self.client.hdel(Names::presence(channel), lapsed).await;
+                }
+                let _ = self.others.send(OtherNodes::Replace { room: room.clone(), entries });
+            }
+        }
+    }
+
     /// Compares every held room's top offset in Redis with what the hub delivered, and reads
     /// from the stream whatever pub/sub did not bring within one check interval.
     async fn check_rooms(&self) {
@@ -649,6 +766,19 @@ impl Shared {
             }
         }
     }
+}
+
+/// `<node>\n<expires ms>\n<entry JSON>`: a node's presence entry for one user, as published on
+/// a room's channel (after `p\n`) and kept in the room's presence hash (after `<node>/<user>`).
+fn parse_presence(bytes: &[u8]) -> Option<RemoteEntry> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let (node, rest) = text.split_once('\n')?;
+    let (expires, json) = rest.split_once('\n')?;
+    Some(RemoteEntry { node: node.into(), entry: serde_json::from_str(json).ok()?, expires: expires.parse().ok()? })
+}
+
+fn presence_value(expires: u64, entry: &PresenceEntry) -> String {
+    format!("{expires}\n{}", serde_json::to_string(entry).unwrap_or_default())
 }
 
 /// `EVALSHA sha numkeys keys... args...`: the first key (offset 2) picks the cluster shard.
@@ -751,6 +881,27 @@ async fn run_probe(shared: Arc<Shared>, stop: CancellationToken) {
                 waiting_since.get_or_insert_with(Instant::now);
             }
             Err(err) => tracing::debug!(%err, "probe publish"),
+        }
+    }
+}
+
+/// Sends this node's presence to Redis and the other nodes: each change at once (kept in the
+/// room's presence hash and published on its channel), and every entry again each refresh, so
+/// they lapse `presence_ttl` after this node stops (it died). After a refresh, reads every held
+/// room's presence hash: lost pub/sub messages and lapsed nodes are healed there.
+async fn run_presence(shared: Arc<Shared>, mut local: mpsc::UnboundedReceiver<LocalPresence>, stop: CancellationToken) {
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return,
+            next = local.recv() => next,
+        };
+        let Some(next) = next else { return };
+        let result = match next {
+            LocalPresence::Changed { room, entry } => shared.share_change(&room, &entry).await,
+            LocalPresence::All(rooms) => shared.share_all(rooms).await,
+        };
+        if let Err(err) = result {
+            tracing::debug!(%err, "sharing presence");
         }
     }
 }
@@ -873,6 +1024,10 @@ impl Engine for RedisEngine {
                 tracing::warn!(%err, "an action did not reach the other nodes");
             }
         });
+    }
+
+    fn share_presence(&self) -> Option<PresenceLink> {
+        lock(&self.presence_link).take()
     }
 
     fn remote_controls(&self) -> Option<mpsc::UnboundedReceiver<Control>> {
