@@ -391,6 +391,13 @@ async fn kicks_and_revocations_issued_on_one_relay_apply_on_all() {
     connect(cluster.quic(0), cluster.token("carol")).await.expect("a new token");
 }
 
+/// Waits until `client` shows this typing text for the lobby.
+async fn typing(client: &Client, text: &str) {
+    let me = client.welcome().user.clone();
+    let shown = client.wait_presence("lobby", Duration::from_secs(10), |v, now| v.typing_text(&me, now) == text).await;
+    assert!(shown, "{me} shows {:?}, expected {text:?}", client.typing_text("lobby"));
+}
+
 /// Waits until `client` sees exactly these members of `room` with these statuses.
 async fn sees(client: &Client, room: &str, want: &[(&str, Status)]) {
     let want: Vec<(String, Status)> = want.iter().map(|(u, s)| (u.to_string(), *s)).collect();
@@ -446,6 +453,19 @@ async fn room_presence_is_the_union_of_every_node_and_a_dead_nodes_users_disappe
         listed["users"].as_array().unwrap().iter().map(|u| u["user"].as_str().unwrap()).collect();
     users.sort();
     assert_eq!(users, ["alice", "bob", "carol"]);
+
+    // Typing on one node shows on the other, aggregated with the local typists, and stops.
+    alice.typing("lobby", true).await.unwrap();
+    typing(&bob, "alice is typing…").await;
+    carol_1.join("lobby").await.unwrap();
+    carol_1.typing("lobby", true).await.unwrap();
+    typing(&bob, "alice and carol are typing…").await;
+    typing(&carol_0, "alice is typing…").await;
+    alice.typing("lobby", false).await.unwrap();
+    typing(&bob, "carol is typing…").await;
+    carol_1.typing("lobby", false).await.unwrap();
+    typing(&bob, "").await;
+    carol_1.leave("lobby").await.unwrap();
 
     // Node 0 dies: its users (alice, and carol, whose node-1 device left) disappear for bob
     // once their entries lapse, without anyone saying goodbye.

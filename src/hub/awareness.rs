@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::RoomKey;
 use super::last_seen::UserRecords;
 use super::presence::{Change, DeviceId, Presence, UserKey};
-use super::remote::{LocalPresence, OtherNodes, RemotePresence};
+use super::remote::{LocalPresence, OtherNodes, RemotePresence, node_device};
 use super::typing::{Typing, TypingView};
 use crate::config::PresenceConfig;
 use crate::outbox::{DatagramKey, LaneId, Outbox, PushError};
@@ -192,6 +192,7 @@ impl Awareness {
         } else {
             let view = state.typing.start(&key, &user.user, device, now_ms);
             state.fan_typing(&key, &view);
+            state.share_typing(&key, &user.user, true);
         }
     }
 
@@ -252,6 +253,15 @@ impl Awareness {
             OtherNodes::Replace { room, entries } => {
                 for user in state.remote.replace(&room, entries) {
                     state.fan_merged(&room, &user, 0, now_ms);
+                }
+            }
+            OtherNodes::Typing { room, node, user, typing } => {
+                let device = node_device(&node);
+                if typing {
+                    let view = state.typing.start(&room, &user, device, now_ms);
+                    state.fan_typing(&room, &view);
+                } else if let Some(view) = state.typing.stop(&room, &user, device, now_ms) {
+                    state.fan_typing(&room, &view);
                 }
             }
         }
@@ -331,6 +341,14 @@ impl State {
     fn stop_typing(&mut self, room: &RoomKey, user: &UserKey, device: DeviceId, now_ms: u64) {
         if let Some(view) = self.typing.stop(room, &user.user, device, now_ms) {
             self.fan_typing(room, &view);
+            self.share_typing(room, &user.user, false);
+        }
+    }
+
+    /// Tells other nodes (shared engine) that a user types here, or no longer does.
+    fn share_typing(&self, room: &RoomKey, user: &str, typing: bool) {
+        if let Some(share) = &self.share {
+            let _ = share.send(LocalPresence::Typing { room: room.clone(), user: user.to_owned(), typing });
         }
     }
 

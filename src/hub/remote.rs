@@ -32,6 +32,8 @@ pub enum LocalPresence {
     /// Every room with members here and their entries: the periodic refresh that keeps them
     /// from lapsing.
     All(Vec<(RoomKey, Vec<PresenceEntry>)>),
+    /// A user started (again) or stopped typing in a room here.
+    Typing { room: RoomKey, user: String, typing: bool },
 }
 
 /// What the other nodes say.
@@ -41,6 +43,16 @@ pub enum OtherNodes {
     Set { room: RoomKey, remote: RemoteEntry },
     /// Everything the other nodes hold for a room (a periodic read of the shared state).
     Replace { room: RoomKey, entries: Vec<RemoteEntry> },
+    /// A user started (again) or stopped typing on another node. It counts like one more
+    /// device of theirs, and expires by the same TTL unless started again.
+    Typing { room: RoomKey, node: Arc<str>, user: String, typing: bool },
+}
+
+/// The stand-in device id of another node's typists (connection ids of this node are small
+/// counters, so the top bit keeps them apart).
+pub fn node_device(node: &str) -> super::presence::DeviceId {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    (1 << 63) | (BuildHasherDefault::<DefaultHasher>::default().hash_one(node) >> 1)
 }
 
 /// The two directions between the awareness service and a shared engine.

@@ -555,6 +555,22 @@ impl Shared {
             }
             return;
         }
+        if let Some(bytes) = value.as_bytes()
+            && let Some(typing) = bytes.strip_prefix(b"t\n")
+        {
+            let Some(room) = lock(&self.subs).by_channel.get(channel).cloned() else { return };
+            let text = std::str::from_utf8(typing).unwrap_or_default();
+            let mut parts = text.splitn(3, '\n');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(node), Some(flag), Some(user)) if node != self.node => {
+                    let (node, user, typing) = (node.into(), user.to_owned(), flag == "1");
+                    let _ = self.others.send(OtherNodes::Typing { room, node, user, typing });
+                }
+                (Some(_), Some(_), Some(_)) => {}
+                _ => tracing::warn!(channel, "undecodable typing on a room channel"),
+            }
+            return;
+        }
         if channel == self.control_channel {
             let text = value.as_str().unwrap_or_default();
             match text.split_once('\n') {
@@ -899,6 +915,10 @@ async fn run_presence(shared: Arc<Shared>, mut local: mpsc::UnboundedReceiver<Lo
         let result = match next {
             LocalPresence::Changed { room, entry } => shared.share_change(&room, &entry).await,
             LocalPresence::All(rooms) => shared.share_all(rooms).await,
+            LocalPresence::Typing { room, user, typing } => {
+                let message = format!("t\n{}\n{}\n{user}", shared.node, u8::from(typing));
+                shared.client.spublish::<Value, _, _>(shared.names.channel(&room), message).await.map(drop)
+            }
         };
         if let Err(err) = result {
             tracing::debug!(%err, "sharing presence");
