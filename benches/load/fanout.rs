@@ -378,12 +378,14 @@ async fn publish(
     index: usize,
     rooms: usize,
     step: usize,
-    rate: f64,
+    quota: u64,
     window: Duration,
     size: usize,
     max_in_flight: usize,
     counters: Arc<Counters>,
 ) -> Published {
+    // This publisher's share of the step: `quota` publishes spread evenly over the window.
+    let rate = quota as f64 / window.as_secs_f64();
     let mut out = Published {
         sent: 0,
         acked_per_room: vec![0; rooms],
@@ -398,11 +400,13 @@ async fn publish(
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        let publishing = tokio::time::Instant::now() < end;
+        // Until the window's whole quota is due and sent: the last tick may come a little
+        // before the end of the window, the next one tops it up.
+        let publishing = tokio::time::Instant::now() < end || due_total < quota;
         tokio::select! {
             _ = tick.tick(), if publishing => {
                 let elapsed = started.elapsed().min(window).as_secs_f64();
-                let due = (elapsed * rate) as u64;
+                let due = ((elapsed * rate) as u64).min(quota);
                 while due_total < due {
                     due_total += 1;
                     if in_flight.len() >= max_in_flight {
@@ -449,14 +453,18 @@ async fn run_step(
     let cpu_before = relay.cpu();
     let own_before = crate::relay::cpu_of(std::process::id());
     let mut publishing = tokio::task::JoinSet::new();
-    let per_publisher = rate / setup.publishers.len() as f64;
+    // The step's publishes, shared out so that they add up to exactly rate × window.
+    let total = (rate * window.as_secs_f64()).round() as u64;
+    let count = setup.publishers.len() as u64;
     for (j, client) in setup.publishers.iter().enumerate() {
+        let j64 = j as u64;
+        let quota = total * (j64 + 1) / count - total * j64 / count;
         publishing.spawn(publish(
             client.clone(),
             j,
             args.rooms,
             step,
-            per_publisher,
+            quota,
             window,
             args.payload,
             args.max_in_flight,
