@@ -67,6 +67,7 @@ async fn fanout_against_a_real_relay_accounts_for_every_delivery() {
     let step = &report["steps"][0];
     let acked = u(step, "acked");
     assert!(acked > 0, "{step}");
+    assert_eq!(u(step, "published"), 300, "150 publishes/s for 2 s: {step}");
     assert_eq!(u(step, "published"), acked, "every publish acked: {step}");
     // 10 subscribers per room: each acked publish is owed to 10 of them.
     assert_eq!(u(step, "expected"), acked * 10, "{step}");
