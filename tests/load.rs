@@ -43,7 +43,8 @@ fn u(v: &Value, key: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_against_a_real_relay_accounts_for_every_delivery() {
-    // A relay process the generator starts, every transport in the mix.
+    // A relay process the generator starts, every transport in the mix, JSON codec (the other
+    // tests use postcard).
     let report = run_load(&[
         "--transport",
         "mix",
@@ -60,6 +61,8 @@ async fn fanout_against_a_real_relay_accounts_for_every_delivery() {
         "150",
         "--drain",
         "10",
+        "--codec",
+        "json",
     ])
     .await;
     assert_eq!(report["subscribers_joined"], 30, "{report}");

@@ -47,9 +47,12 @@ pub struct FanoutArgs {
     /// the subscribers per room). In step mode, the first step's rate.
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
-    /// Payload bytes per message (at least 24: the generator's header).
+    /// Payload bytes per message (at least 24 with postcard, 50 with JSON: the header).
     #[arg(long, default_value_t = 100)]
     pub payload: usize,
+    /// Codec of every connection. With JSON the payload is a JSON string.
+    #[arg(long, value_enum, default_value = "postcard")]
+    pub codec: CodecArg,
     /// Seconds to wait after the last publish for deliveries still on their way.
     #[arg(long, default_value_t = 5.0)]
     pub drain: f64,
@@ -137,18 +140,73 @@ struct Header {
     sent_ns: u64,
 }
 
-fn payload(size: usize, step: usize, publisher: usize, seq: u64) -> Vec<u8> {
-    let mut data = vec![0u8; size.max(HEADER)];
-    data[0..4].copy_from_slice(&(step as u32).to_le_bytes());
-    data[4..8].copy_from_slice(&(publisher as u32).to_le_bytes());
-    data[8..16].copy_from_slice(&seq.to_le_bytes());
-    data[16..24].copy_from_slice(&now_ns().to_le_bytes());
-    data
+/// The codec every connection of a run speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CodecArg {
+    Postcard,
+    Json,
+}
+
+impl CodecArg {
+    fn codec(self) -> edgerelay::proto::Codec {
+        match self {
+            CodecArg::Postcard => edgerelay::proto::Codec::Postcard,
+            CodecArg::Json => edgerelay::proto::Codec::Json,
+        }
+    }
+
+    /// The smallest payload that holds the header.
+    fn min_payload(self) -> usize {
+        match self {
+            CodecArg::Postcard => HEADER,
+            // A JSON string: quotes around the header in hex.
+            CodecArg::Json => 2 * HEADER + 2,
+        }
+    }
+}
+
+/// A payload of `size` bytes that starts with the header: raw bytes for postcard, a JSON
+/// string (header in hex, then padding) for JSON, so JSON clients get plain JSON text as a
+/// browser application would publish it, not `$binary`.
+fn payload(size: usize, codec: CodecArg, step: usize, publisher: usize, seq: u64) -> Vec<u8> {
+    let mut head = [0u8; HEADER];
+    head[0..4].copy_from_slice(&(step as u32).to_le_bytes());
+    head[4..8].copy_from_slice(&(publisher as u32).to_le_bytes());
+    head[8..16].copy_from_slice(&seq.to_le_bytes());
+    head[16..24].copy_from_slice(&now_ns().to_le_bytes());
+    let size = size.max(codec.min_payload());
+    match codec {
+        CodecArg::Postcard => {
+            let mut data = vec![0u8; size];
+            data[..HEADER].copy_from_slice(&head);
+            data
+        }
+        CodecArg::Json => {
+            let mut data = Vec::with_capacity(size);
+            data.push(b'"');
+            for byte in head {
+                data.extend_from_slice(format!("{byte:02x}").as_bytes());
+            }
+            data.resize(size - 1, b'.');
+            data.push(b'"');
+            data
+        }
+    }
 }
 
 fn header(data: &[u8]) -> Option<Header> {
-    let step = u32::from_le_bytes(data.get(0..4)?.try_into().ok()?) as usize;
-    let sent_ns = u64::from_le_bytes(data.get(16..24)?.try_into().ok()?);
+    let mut head = [0u8; HEADER];
+    if data.first() == Some(&b'"') {
+        let hex = std::str::from_utf8(data.get(1..1 + 2 * HEADER)?).ok()?;
+        for (i, byte) in head.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+    } else {
+        head.copy_from_slice(data.get(..HEADER)?);
+    }
+    let step = u32::from_le_bytes(head[0..4].try_into().ok()?) as usize;
+    let sent_ns = u64::from_le_bytes(head[16..24].try_into().ok()?);
     Some(Header { step, sent_ns })
 }
 
@@ -237,9 +295,10 @@ async fn connect_one(
     transport: TransportChoice,
     index: usize,
     user: String,
+    codec: CodecArg,
 ) -> anyhow::Result<(Client, Duration)> {
     let target = relay.target(transport.for_index(index))?;
-    let options = ClientOptions::new(relay.token(&user)?);
+    let options = ClientOptions::new(relay.token(&user)?).codec(codec.codec());
     let started = Instant::now();
     let client = Client::connect(target, options).await?;
     Ok((client, started.elapsed()))
@@ -255,7 +314,8 @@ async fn setup(
     anyhow::ensure!(args.subscribers <= MAX_SUBSCRIBERS, "at most {MAX_SUBSCRIBERS} subscribers");
     anyhow::ensure!((1..=MAX_PUBLISHERS).contains(&args.publishers), "1 to {MAX_PUBLISHERS} publishers");
     anyhow::ensure!(args.rooms >= 1, "at least one room");
-    anyhow::ensure!(args.payload >= HEADER, "payload of at least {HEADER} bytes");
+    let min = args.codec.min_payload();
+    anyhow::ensure!(args.payload >= min, "payload of at least {min} bytes with {:?}", args.codec);
     let errors = Arc::new(Errors::default());
     let shards = Arc::new(Shards::new(steps));
     let tasks = TaskTracker::new();
@@ -267,7 +327,7 @@ async fn setup(
     let joins = futures_util::stream::iter(0..args.subscribers)
         .map(|i| async move {
             let room = i % args.rooms;
-            let (client, took) = connect_one(relay, transport, i, format!("sub-{i}")).await?;
+            let (client, took) = connect_one(relay, transport, i, format!("sub-{i}"), args.codec).await?;
             client.join(&format!("load:r{room}")).await?;
             anyhow::Ok((i, room, client, took))
         })
@@ -299,7 +359,8 @@ async fn setup(
     let mut publishers = Vec::with_capacity(args.publishers);
     for j in 0..args.publishers {
         // Publishers take the transports after the subscribers', so a mix mixes both.
-        let (client, took) = connect_one(relay, transport, args.subscribers + j, format!("pub-{j}")).await?;
+        let (client, took) =
+            connect_one(relay, transport, args.subscribers + j, format!("pub-{j}"), args.codec).await?;
         stats::record(&mut connect, took);
         publishers.push(Arc::new(client));
     }
@@ -381,6 +442,7 @@ async fn publish(
     quota: u64,
     window: Duration,
     size: usize,
+    codec: CodecArg,
     max_in_flight: usize,
     counters: Arc<Counters>,
 ) -> Published {
@@ -415,7 +477,7 @@ async fn publish(
                     }
                     let seq = out.sent;
                     let room = (index + seq as usize) % rooms;
-                    let data = payload(size, step, index, seq);
+                    let data = payload(size, codec, step, index, seq);
                     let client = client.clone();
                     out.sent += 1;
                     counters.published.fetch_add(1, Ordering::Relaxed);
@@ -467,6 +529,7 @@ async fn run_step(
             quota,
             window,
             args.payload,
+            args.codec,
             args.max_in_flight,
             setup.counters.clone(),
         ));
@@ -721,8 +784,8 @@ pub fn table(report: &FanoutReport) -> String {
             (
                 "shape".into(),
                 format!(
-                    "{} subscribers in {} rooms, {} publishers, {}-byte payloads",
-                    a.subscribers, a.rooms, a.publishers, a.payload
+                    "{} subscribers in {} rooms, {} publishers, {}-byte payloads, {:?}",
+                    a.subscribers, a.rooms, a.publishers, a.payload, a.codec
                 ),
             ),
             ("subscribers joined".into(), report.subscribers_joined.to_string()),
@@ -784,4 +847,23 @@ pub fn table(report: &FanoutReport) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_reads_back_from_either_payload() {
+        for codec in [CodecArg::Postcard, CodecArg::Json] {
+            let data = payload(100, codec, 7, 3, 42);
+            assert_eq!(data.len(), 100);
+            let head = header(&data).expect("a header");
+            assert_eq!(head.step, 7);
+            assert!(head.sent_ns <= now_ns());
+        }
+        let json = payload(100, CodecArg::Json, 1, 2, 3);
+        assert!(serde_json::from_slice::<String>(&json).is_ok(), "a JSON string");
+        assert!(header(b"{}").is_none());
+    }
 }
