@@ -429,3 +429,23 @@ async fn a_websocket_member_that_only_answers_pings_is_not_idle() {
     let message = within("message after the quiet time", listener.next_message()).await;
     assert_eq!(message.map(|m| m.id), Ok("m1".to_string()), "the quiet member is still connected");
 }
+
+#[tokio::test]
+async fn joining_a_room_twice_at_once_joins_it_once_and_keeps_it() {
+    let relay = start().await;
+    for (transport, codec) in VARIANTS {
+        let client = relay.connect(transport, codec, "twice", "acme", &["*"]).await;
+        let room = format!("double-{transport:?}-{codec:?}");
+        let (first, second) = tokio::join!(client.join(&room), client.join(&room));
+        let refused = [&first, &second]
+            .iter()
+            .filter(|r| matches!(r, Err(ClientError::Rejected { code: ErrorCode::ALREADY_JOINED, .. })))
+            .count();
+        assert!(first.is_ok() != second.is_ok() && refused == 1, "{transport:?}: {first:?} {second:?}");
+        // The room stays joined: a message published now arrives.
+        let position = client.publish(&room, "after", Payload::from("1")).await.unwrap();
+        let mut client = client;
+        let m = within("the message", client.next_message()).await.unwrap();
+        assert_eq!((m.position, m.id.as_str()), (position, "after"), "{transport:?}");
+    }
+}

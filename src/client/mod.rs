@@ -433,13 +433,22 @@ impl Client {
 
     /// Joins a room, telling the relay the last position this client saw.
     pub async fn join_since(&self, room: &str, since: Option<Position>) -> Result<Joined, ClientError> {
+        if let Link::Quic(link) = &*self.link
+            && !link.claim_room(room)
+        {
+            let message = format!("{room} is already joined, or being joined, on this connection");
+            return Err(ClientError::Rejected { code: ErrorCode::ALREADY_JOINED, message });
+        }
         let req = self.req();
         let frame = ClientFrame::Join { req, room: room.to_owned(), since };
         let rx = self.expect(req);
         // The view exists before the relay's snapshot (which follows `joined`) can arrive.
         self.shared.views().entry(room.to_owned()).or_default();
         let new_stream = match &*self.link {
-            Link::Quic(link) => link.open_room(room, self.codec.frame(&frame), &self.tasks, &self.cancel).await?,
+            Link::Quic(link) => {
+                link.open_room(room, self.codec.frame(&frame), &self.tasks, &self.cancel).await?;
+                true
+            }
             Link::WebSocket(link) => {
                 link.send(self.codec.frame(&frame))?;
                 false

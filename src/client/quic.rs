@@ -30,7 +30,8 @@ pub(super) struct QuicLink {
     control: Mutex<SendStream>,
     /// Each room's stream has its own lock, so a room waiting on flow control never holds up
     /// another room's publishes.
-    rooms: std::sync::Mutex<HashMap<String, Arc<Mutex<SendStream>>>>,
+    /// Each joined room's stream; `None` while its join is opening one.
+    rooms: std::sync::Mutex<HashMap<String, Option<Arc<Mutex<SendStream>>>>>,
 }
 
 /// Connects over raw QUIC, or over WebTransport when `wt_path` names the session's URL path.
@@ -190,37 +191,53 @@ impl QuicLink {
         Some(self.conn.max_datagram_size()).filter(|max| *max > 0)
     }
 
-    /// Opens the room's stream with its `join` frame and starts reading it. Returns false when
-    /// the room already had a stream (the relay will refuse this join; the new stream is finished
-    /// at once and the existing one is kept).
+    /// Takes the room for a join: false when it is joined or being joined on this connection
+    /// (a second stream would carry the room too, and finishing it would leave the room).
+    pub(super) fn claim_room(&self, room: &str) -> bool {
+        let mut rooms = self.rooms_lock();
+        if rooms.contains_key(room) {
+            return false;
+        }
+        rooms.insert(room.to_owned(), None);
+        true
+    }
+
+    /// Opens the stream of a room taken with [`Self::claim_room`], with its `join` frame, and
+    /// starts reading it.
     pub(super) async fn open_room(
         &self,
         room: &str,
         join: WireFrame,
         tasks: &TaskTracker,
         cancel: &CancellationToken,
-    ) -> Result<bool, ClientError> {
-        let (mut send, recv) = self.conn.open_bi().await.map_err(|e| closed(&e))?;
-        send.write_all(join.prefixed()).await.map_err(|e| self.write_error(e))?;
-        tasks.spawn(read_stream(
-            recv,
-            FrameReader::new(MAX_INBOUND_FRAME),
-            self.codec,
-            self.shared.clone(),
-            cancel.clone(),
-        ));
-        let mut rooms = self.rooms_lock();
-        if rooms.contains_key(room) {
-            let _ = send.finish();
-            return Ok(false);
+    ) -> Result<(), ClientError> {
+        let opened = async {
+            let (mut send, recv) = self.conn.open_bi().await.map_err(|e| closed(&e))?;
+            send.write_all(join.prefixed()).await.map_err(|e| self.write_error(e))?;
+            Ok::<_, ClientError>((send, recv))
+        };
+        match opened.await {
+            Ok((send, recv)) => {
+                tasks.spawn(read_stream(
+                    recv,
+                    FrameReader::new(MAX_INBOUND_FRAME),
+                    self.codec,
+                    self.shared.clone(),
+                    cancel.clone(),
+                ));
+                self.rooms_lock().insert(room.to_owned(), Some(Arc::new(Mutex::new(send))));
+                Ok(())
+            }
+            Err(err) => {
+                self.rooms_lock().remove(room);
+                Err(err)
+            }
         }
-        rooms.insert(room.to_owned(), Arc::new(Mutex::new(send)));
-        Ok(true)
     }
 
     /// Forgets a room's stream after leave (or a failed join) and finishes it.
     pub(super) async fn forget_room(&self, room: &str) {
-        let stream = self.rooms_lock().remove(room);
+        let stream = self.rooms_lock().remove(room).flatten();
         if let Some(send) = stream {
             let _ = send.lock().await.finish();
         }
@@ -228,14 +245,14 @@ impl QuicLink {
 
     /// Sends on the room's stream, or on the control stream when the room is not joined.
     pub(super) async fn send_for_room(&self, room: &str, frame: WireFrame) -> Result<(), ClientError> {
-        let stream = self.rooms_lock().get(room).cloned();
+        let stream = self.rooms_lock().get(room).cloned().flatten();
         match stream {
             Some(send) => send.lock().await.write_all(frame.prefixed()).await.map_err(|e| self.write_error(e)),
             None => self.send_control(frame).await,
         }
     }
 
-    fn rooms_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Mutex<SendStream>>>> {
+    fn rooms_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<Arc<Mutex<SendStream>>>>> {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -8,7 +8,7 @@
 //! the missed offsets. This client only has to keep ids and positions, and drop a message whose
 //! offset it already has (one can arrive twice only if a connection died mid-replay).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -270,8 +270,10 @@ impl Driver {
             }
         }
         let mut requests: JoinSet<Result<(), ClientError>> = JoinSet::new();
-        let rooms: Vec<String> = lock(&self.state).rooms.keys().cloned().collect();
-        for room in rooms {
+        // Each room is joined once per connection: a `join` queued before the connection came
+        // up is already covered by the rejoin of every known room.
+        let mut joined: HashSet<String> = lock(&self.state).rooms.keys().cloned().collect();
+        for room in joined.iter().cloned() {
             self.rejoin(&mut requests, client, room);
         }
         let unacked: Vec<(String, String)> =
@@ -283,15 +285,24 @@ impl Driver {
             tokio::select! {
                 _ = self.cancel.cancelled() => return Ended::Stopped,
                 command = commands.recv() => match command {
-                    Some(Command::Join(room)) => self.rejoin(&mut requests, client, room),
+                    Some(Command::Join(room)) => {
+                        if joined.insert(room.clone()) {
+                            self.rejoin(&mut requests, client, room);
+                        }
+                    }
                     Some(Command::Publish { room, id }) => self.resend(&mut requests, client, room, id),
                     None => return Ended::Stopped,
                 },
-                Some(done) = requests.join_next(), if !requests.is_empty() => {
-                    if let Ok(Err(err)) = done {
-                        tracing::debug!(%err, "request failed; retried after reconnecting");
+                Some(done) = requests.join_next(), if !requests.is_empty() => match done {
+                    // No answer at all: the connection is not healthy, whatever it looks like.
+                    // Reconnecting sends every join and unacked publish again.
+                    Ok(Err(ClientError::Timeout(after))) => {
+                        let reason = format!("a request got no answer within {after:?}");
+                        return Ended::Lost { code: None, reason, wait: Duration::ZERO };
                     }
-                }
+                    Ok(Err(err)) => tracing::debug!(%err, "request failed; retried after reconnecting"),
+                    _ => {}
+                },
                 event = client_events.recv() => match event {
                     Some(Event::Message(m)) => {
                         let accepted = self.accept(&m);

@@ -138,6 +138,7 @@ fn history_gone(hub: &Hub, key: &RoomKey, id: SubscriberId, sub: &Subscriber) {
 /// Answers the join with an error (the member was not added) and cancels the membership, so the
 /// session forgets the room: the client may join it again.
 fn refuse(sub: &Subscriber, req: u64, code: ErrorCode, message: String) {
+    tracing::debug!(%code, %message, "join refused");
     sub.membership.cancel();
     let frame = ServerFrame::error(req, code, message);
     let _ = sub.outbox.send(sub.lane, &frame);

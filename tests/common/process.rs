@@ -59,9 +59,8 @@ impl RelayProcess {
 
     pub async fn start(&mut self) {
         let mut cmd = self.command(&["serve"]);
-        // The relay's log, when a failing test needs it: EDGERELAY_TEST_RELAY_LOGS=1.
-        let logs =
-            if std::env::var_os("EDGERELAY_TEST_RELAY_LOGS").is_some() { Stdio::inherit() } else { Stdio::null() };
+        // The relay's log, when a failing test needs it: TEST_RELAY_LOGS=1.
+        let logs = if std::env::var_os("TEST_RELAY_LOGS").is_some() { Stdio::inherit() } else { Stdio::null() };
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(logs);
         self.child = Some(cmd.spawn().expect("spawn relay"));
         within("relay ready", async {
