@@ -17,6 +17,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,7 @@ use edgerelay::hub::{Hub, RoomKey, replay::REPLAY_CHUNK};
 use edgerelay::proto::{Codec, Payload, Position, RoomName};
 use edgerelay::store::{EmbeddedHistory, History, Retention};
 use metrics::{Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use support::{ms, quantile};
 
 const ROOMS: usize = 100;
 /// Publishes per group-commit run, at most; each run also stops after `RUN_LIMIT`.
@@ -229,18 +231,6 @@ async fn resume(transport: Transport) {
         );
         back.close().await;
     }
-}
-
-fn quantile<T: Copy + PartialOrd + Default>(values: &mut [T], q: f64) -> T {
-    if values.is_empty() {
-        return T::default();
-    }
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    values[((values.len() - 1) as f64 * q).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
 fn secs(s: f64) -> String {

@@ -27,7 +27,10 @@ pub(super) async fn connect(
     tasks: &TaskTracker,
     cancel: &CancellationToken,
 ) -> Result<(WsLink, ServerFrame), ClientError> {
-    let (socket, _) = tokio_tungstenite::connect_async(url).await.map_err(|e| ClientError::Connect(e.to_string()))?;
+    // TCP_NODELAY: each frame is written whole; Nagle would hold small ones behind a delayed ACK.
+    let (socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+        .await
+        .map_err(|e| ClientError::Connect(e.to_string()))?;
     let (mut sink, mut stream) = socket.split();
     sink.send(message(codec, &hello)).await.map_err(|e| ClientError::Connect(e.to_string()))?;
     let first = match next_body(&mut stream).await {
