@@ -270,32 +270,39 @@ fn act(state: &HttpState, control: Control) -> Response {
     axum::Json(serde_json::json!({ "closed_here": closed })).into_response()
 }
 
+/// A server API request body for a tenant's users: the key checked, the body parsed, the
+/// tenant valid; otherwise the error response.
+fn user_request<T: serde::de::DeserializeOwned>(
+    state: &HttpState,
+    headers: &HeaderMap,
+    body: &[u8],
+    tenant: impl Fn(&T) -> &str,
+) -> Result<T, Box<Response>> {
+    if let Some(response) = unauthorized(state, headers) {
+        return Err(Box::new(response));
+    }
+    let request: T = serde_json::from_slice(body)
+        .map_err(|err| Box::new(api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, err.to_string())))?;
+    match bad_tenant(tenant(&request)) {
+        Some(response) => Err(Box::new(response)),
+        None => Ok(request),
+    }
+}
+
 async fn api_disconnect(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(response) = unauthorized(&state, &headers) {
-        return response;
-    }
-    let request: DisconnectRequest = match serde_json::from_slice(&body) {
+    let request = match user_request(&state, &headers, &body, |r: &DisconnectRequest| &r.tenant) {
         Ok(request) => request,
-        Err(err) => return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, err.to_string()),
+        Err(response) => return *response,
     };
-    if let Some(response) = bad_tenant(&request.tenant) {
-        return response;
-    }
     let reason = request.reason.unwrap_or_else(|| "disconnected by the server".into());
     act(&state, Control::Disconnect { tenant: request.tenant, user: request.user, reason })
 }
 
 async fn api_revoke(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(response) = unauthorized(&state, &headers) {
-        return response;
-    }
-    let request: RevokeRequest = match serde_json::from_slice(&body) {
+    let request = match user_request(&state, &headers, &body, |r: &RevokeRequest| &r.tenant) {
         Ok(request) => request,
-        Err(err) => return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, err.to_string()),
+        Err(response) => return *response,
     };
-    if let Some(response) = bad_tenant(&request.tenant) {
-        return response;
-    }
     let now_s = unix_ms() / 1000;
     let target = match (request.jti, request.user) {
         (Some(jti), None) if !jti.is_empty() && request.issued_before.is_none() => Revoked::Token { jti },
