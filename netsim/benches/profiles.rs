@@ -40,16 +40,29 @@ struct Run {
     transport: Transport,
     /// Sorted latencies of the messages received.
     latencies: Vec<Duration>,
+    /// Sorted latencies of the typing changes seen, and how many were never seen.
+    typing: Vec<Duration>,
+    typing_lost: usize,
 }
 
 impl Run {
     fn quantile(&self, q: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        self.latencies[((self.latencies.len() - 1) as f64 * q).round() as usize]
+        quantile(&self.latencies, q)
     }
 }
+
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Typing changes per run: start and stop in turn, each sent once (as a QUIC datagram, or
+/// coalesced on the WebSocket) and waited for at the watcher.
+const TOGGLES: usize = 20;
+/// A change not shown by then counts as lost (the next change supersedes it anyway).
+const TYPING_WAIT: Duration = Duration::from_secs(3);
 
 fn main() {
     if let Err(why) = can_emulate() {
@@ -59,15 +72,15 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     println!("{ROOMS} rooms on one connection, {MESSAGES} messages of ~100 B, one every {PACE:?}");
     println!(
-        "{:>14} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "profile", "transport", "received", "p50", "p95", "p99", "max"
+        "{:>14} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>11} {:>11} {:>11}",
+        "profile", "transport", "received", "p50", "p95", "p99", "max", "typing p50", "typing p95", "typing lost"
     );
     let mut runs = Vec::new();
     for (i, profile) in Profile::all().into_iter().enumerate() {
         for transport in [Transport::Quic, Transport::WebSocket] {
             let run = runtime.block_on(run(profile.clone(), transport, 500 + i as u64));
             println!(
-                "{:>14} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                "{:>14} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>11} {:>11} {:>8}/{TOGGLES}",
                 run.profile,
                 format!("{transport:?}"),
                 run.latencies.len(),
@@ -75,6 +88,9 @@ fn main() {
                 ms(run.quantile(0.95)),
                 ms(run.quantile(0.99)),
                 ms(run.quantile(1.0)),
+                ms(quantile(&run.typing, 0.50)),
+                ms(quantile(&run.typing, 0.95)),
+                run.typing_lost,
             );
             runs.push(run);
         }
@@ -101,6 +117,8 @@ async fn run(profile: Profile, transport: Transport, seed: u64) -> Run {
             config.listen.tcp = SocketAddr::from((server, 0));
             config.limits.publish_rate = 100_000;
             config.limits.publish_burst = 100_000;
+            config.presence.rate = 1_000;
+            config.presence.burst = 1_000;
         })
         .await
     };
@@ -128,8 +146,7 @@ async fn run(profile: Profile, transport: Transport, seed: u64) -> Run {
                 .unwrap_or(0);
             latencies.push(base.elapsed().saturating_sub(Duration::from_nanos(sent)));
         }
-        subscriber.close().await;
-        latencies
+        (subscriber, latencies)
     });
     let mut tick = tokio::time::interval(PACE);
     for i in 0..MESSAGES {
@@ -141,11 +158,46 @@ async fn run(profile: Profile, transport: Transport, seed: u64) -> Run {
         acks.spawn(async move { publisher.publish(&room, &format!("m{i}"), data).await.is_ok() });
     }
     acks.join_all().await;
-    let mut latencies = reader.await.unwrap_or_default();
+    let (subscriber, mut latencies) = reader.await.expect("reader");
     latencies.sort();
+    let (typing, typing_lost) = typing_changes(&publisher, &subscriber, &rooms[0]).await;
+    subscriber.close().await;
     relay.relay.shutdown().await;
     emulator.shutdown().await;
-    Run { profile: name, transport, latencies }
+    Run { profile: name, transport, latencies, typing, typing_lost }
+}
+
+/// The publisher types and stops in turn in `room`; how long until the subscriber shows each
+/// change, and how many it never showed within `TYPING_WAIT`.
+async fn typing_changes(
+    typist: &edgerelay::client::Client,
+    watcher: &edgerelay::client::Client,
+    room: &str,
+) -> (Vec<Duration>, usize) {
+    let me = watcher.welcome().user.clone();
+    // Typing counts only in a joined room.
+    if typist.join(room).await.is_err() {
+        return (Vec::new(), TOGGLES);
+    }
+    let (mut seen, mut lost) = (Vec::new(), 0);
+    for k in 0..TOGGLES {
+        let typing = k % 2 == 0;
+        let sent = Instant::now();
+        if typist.typing(room, typing).await.is_err() {
+            lost += 1;
+            continue;
+        }
+        let shown =
+            watcher.wait_presence(room, TYPING_WAIT, |v, now| v.typing_text(&me, now).is_empty() != typing).await;
+        if shown {
+            seen.push(sent.elapsed());
+        } else {
+            lost += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    seen.sort();
+    (seen, lost)
 }
 
 fn chart(runs: &[Run], path: &std::path::Path) -> Result<(), String> {

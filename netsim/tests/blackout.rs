@@ -1,4 +1,4 @@
-//! A 10-second blackout (the wifi profile otherwise): a subscriber behind the netsim proxy
+//! A 10-second blackout under every profile: a subscriber behind the netsim proxy
 //! loses the network entirely while messages keep being published; when the network returns it
 //! reconnects or resumes by itself and has every missed message, in order, exactly once. The
 //! time from network-back to caught-up is printed (`--nocapture`) and recorded in
@@ -27,10 +27,14 @@ const MISSED: u64 = 200;
 
 /// Runs the scenario over `transport`; returns the time from network-back to caught-up and
 /// whether the client saw its connection drop.
-async fn through_a_blackout(relay: &common::TestRelay, transport: Transport) -> Result<(Duration, bool), String> {
-    let profile = Profile::named("wifi").ok_or("no wifi profile")?;
-    let proxy = Proxy::start(proxy_config(relay, transport, profile, 77)).await.map_err(|e| e.to_string())?;
-    let room = format!("blackout-{transport:?}");
+async fn through_a_blackout(
+    relay: &common::TestRelay,
+    transport: Transport,
+    profile: Profile,
+    seed: u64,
+) -> Result<(Duration, bool), String> {
+    let room = format!("blackout-{}-{transport:?}", profile.name);
+    let proxy = Proxy::start(proxy_config(relay, transport, profile, seed)).await.map_err(|e| e.to_string())?;
     let target = relay.target_at(transport, proxy.local_addr());
     let token = relay.token("sub", "netsim", &[&room]);
     let reconnect =
@@ -89,24 +93,31 @@ async fn through_a_blackout(relay: &common::TestRelay, transport: Transport) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_ten_second_blackout_the_client_has_every_missed_message() {
     let relay = std::sync::Arc::new(common::start().await);
-    let runs = [Transport::Quic, Transport::WebSocket].map(|transport| {
-        let relay = relay.clone();
-        tokio::spawn(async move { (transport, through_a_blackout(&relay, transport).await) })
-    });
+    // Every profile and both transports at once (they mostly wait), each with its own proxy.
+    let mut runs = Vec::new();
+    for (i, profile) in Profile::all().into_iter().enumerate() {
+        for transport in [Transport::Quic, Transport::WebSocket] {
+            let (relay, profile, seed) = (relay.clone(), profile.clone(), 700 + i as u64);
+            let name = profile.name.clone();
+            runs.push(tokio::spawn(async move {
+                (name, transport, through_a_blackout(&relay, transport, profile, seed).await)
+            }));
+        }
+    }
     let mut failures = Vec::new();
     for run in runs {
         match run.await.expect("scenario task") {
-            (transport, Ok((caught_up, dropped))) => {
+            (profile, transport, Ok((caught_up, dropped))) => {
                 eprintln!(
-                    "{transport:?}: {MISSED} messages missed during a {BLACKOUT:?} blackout, all held {} ms after \
-                     the network came back (connection dropped and resumed: {dropped})",
+                    "{profile} over {transport:?}: {MISSED} messages missed during a {BLACKOUT:?} blackout, all \
+                     held {} ms after the network came back (connection dropped and resumed: {dropped})",
                     caught_up.as_millis()
                 );
                 if transport == Transport::Quic && !dropped {
-                    failures.push("QUIC: the client never noticed a 10 s blackout (idle timeout 8 s)".to_string());
+                    failures.push(format!("{profile} over QUIC: the client never noticed a 10 s blackout"));
                 }
             }
-            (transport, Err(err)) => failures.push(format!("{transport:?}: {err}")),
+            (profile, transport, Err(err)) => failures.push(format!("{profile} over {transport:?}: {err}")),
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
