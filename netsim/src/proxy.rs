@@ -156,14 +156,21 @@ impl Core {
         } else {
             lock(model).decide(self.elapsed(), packet.len())
         };
-        counters.record(packet.len(), &fate);
-        if let Fate::Deliver { at, duplicate } = fate {
-            for at in std::iter::once(at).chain(duplicate) {
+        // A full delay line is a full queue: the packet counts as dropped, not delivered (a
+        // duplicate that does not fit is simply not made).
+        let fate = match fate {
+            Fate::Deliver { at, duplicate } => {
                 if line.try_send((self.instant(at), packet.to_vec())).is_err() {
-                    counters.dropped(DropReason::Queue);
+                    Fate::Drop(DropReason::Queue)
+                } else {
+                    let duplicate =
+                        duplicate.filter(|again| line.try_send((self.instant(*again), packet.to_vec())).is_ok());
+                    Fate::Deliver { at, duplicate }
                 }
             }
-        }
+            dropped => dropped,
+        };
+        counters.record(packet.len(), &fate);
     }
 }
 
