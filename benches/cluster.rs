@@ -19,18 +19,17 @@ mod common;
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::Transport;
 use edgerelay::client::Client;
 use edgerelay::config::StoreEngine;
-use edgerelay::engine::{Done, Engine, Publish, RedisEngine, RedisEngineConfig};
-use edgerelay::hub::{Hub, RoomKey};
-use edgerelay::proto::{Codec, Payload, RoomName};
+use edgerelay::engine::{Engine, RedisEngine, RedisEngineConfig};
+use edgerelay::hub::Hub;
+use edgerelay::proto::{Codec, Payload};
 use edgerelay::store::Retention;
 use edgerelay::testing::RedisServer;
-use support::{ms, quantile};
+use support::{ms, publish_loop, quantile, room};
 
 const ROOMS: usize = 100;
 /// Publishes per throughput run, at most; each run also stops after `RUN_LIMIT`.
@@ -73,14 +72,6 @@ fn config(url: String) -> RedisEngineConfig {
     }
 }
 
-fn room(i: usize) -> RoomKey {
-    RoomKey { tenant: "bench".into(), room: RoomName::parse(&format!("room-{i}")).expect("room name") }
-}
-
-fn payload() -> Payload {
-    Payload::from(format!("\"{}\"", "x".repeat(98)).as_str())
-}
-
 async fn throughput(redis: &RedisServer, publishers: usize) {
     let config = config(redis.url());
     let a = Arc::new(RedisEngine::connect(config.clone(), Arc::new(Hub::new(16, 600_000))).await.expect("node a"));
@@ -91,30 +82,7 @@ async fn throughput(redis: &RedisServer, publishers: usize) {
         let meta = b.meta(&room(i)).await.expect("meta");
         hub_b.ensure_room(&room(i), meta, edgerelay::connection::unix_ms());
     }
-    let issued = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for p in 0..publishers {
-        let (a, issued) = (a.clone(), issued.clone());
-        tasks.spawn(async move {
-            let key = room(p % ROOMS);
-            let mut latencies = Vec::new();
-            while issued.fetch_add(1, Ordering::Relaxed) < PUBLISHES && started.elapsed() < RUN_LIMIT {
-                let sent = Instant::now();
-                let (done, rx) = Done::channel();
-                let id = format!("{p}-{}", latencies.len());
-                let now_ms = edgerelay::connection::unix_ms();
-                a.publish(Publish { key: key.clone(), from: "bench".into(), id, data: payload(), now_ms }, done);
-                match rx.await {
-                    Ok(Ok(_)) => latencies.push(sent.elapsed()),
-                    other => panic!("publish failed: {other:?}"),
-                }
-            }
-            latencies
-        });
-    }
-    let mut latencies: Vec<Duration> = tasks.join_all().await.into_iter().flatten().collect();
-    let elapsed = started.elapsed();
+    let (mut latencies, elapsed) = publish_loop(a.clone(), publishers, ROOMS, PUBLISHES, RUN_LIMIT).await;
     println!(
         "{publishers:>10} {:>9} {:>10.0} | {:>9} {:>9} {:>9}",
         latencies.len(),

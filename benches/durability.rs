@@ -24,12 +24,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Transport;
-use edgerelay::engine::{Done, Engine, LocalEngine, LocalEngineConfig, Publish};
-use edgerelay::hub::{Hub, RoomKey, replay::REPLAY_CHUNK};
-use edgerelay::proto::{Codec, Payload, Position, RoomName};
+use edgerelay::engine::{Engine, LocalEngine, LocalEngineConfig};
+use edgerelay::hub::{Hub, replay::REPLAY_CHUNK};
+use edgerelay::proto::Codec;
 use edgerelay::store::{EmbeddedHistory, History, Retention};
 use metrics::{Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit};
-use support::{ms, quantile};
+use support::{ms, payload, publish, publish_loop, quantile, room};
 
 const ROOMS: usize = 100;
 /// Publishes per group-commit run, at most; each run also stops after `RUN_LIMIT`.
@@ -71,14 +71,6 @@ fn main() {
     });
 }
 
-fn payload() -> Payload {
-    Payload::from(format!("\"{}\"", "x".repeat(98)).as_str())
-}
-
-fn room(i: usize) -> RoomKey {
-    RoomKey { tenant: "bench".into(), room: RoomName::parse(&format!("room-{i}")).expect("room name") }
-}
-
 fn engine(dir: &std::path::Path, max_batch: usize, max_messages: u64) -> (Arc<LocalEngine>, Arc<Hub>) {
     let (history, _) = EmbeddedHistory::open(&dir.join("history.redb")).expect("open redb");
     let history: Arc<dyn History> = Arc::new(history);
@@ -91,38 +83,11 @@ fn engine(dir: &std::path::Path, max_batch: usize, max_messages: u64) -> (Arc<Lo
     (Arc::new(LocalEngine::start(config, history, hub.clone()).expect("engine starts")), hub)
 }
 
-async fn publish(engine: &LocalEngine, key: &RoomKey, id: String) -> Position {
-    let (done, rx) = Done::channel();
-    let now_ms = edgerelay::connection::unix_ms();
-    engine.publish(Publish { key: key.clone(), from: "bench".into(), id, data: payload(), now_ms }, done);
-    match rx.await {
-        Ok(Ok(accepted)) => accepted.position,
-        other => panic!("publish failed: {other:?}"),
-    }
-}
-
 async fn group_commit(samples: &Samples, publishers: usize, max_batch: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (engine, _hub) = engine(dir.path(), max_batch, 10_000);
     samples.clear();
-    let issued = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for p in 0..publishers {
-        let (engine, issued) = (engine.clone(), issued.clone());
-        tasks.spawn(async move {
-            let key = room(p % ROOMS);
-            let mut latencies = Vec::new();
-            while issued.fetch_add(1, Ordering::Relaxed) < PUBLISHES && started.elapsed() < RUN_LIMIT {
-                let sent = Instant::now();
-                publish(&engine, &key, format!("{p}-{}", latencies.len())).await;
-                latencies.push(sent.elapsed());
-            }
-            latencies
-        });
-    }
-    let mut latencies: Vec<Duration> = tasks.join_all().await.into_iter().flatten().collect();
-    let elapsed = started.elapsed();
+    let (mut latencies, elapsed) = publish_loop(engine.clone(), publishers, ROOMS, PUBLISHES, RUN_LIMIT).await;
     engine.shutdown(Duration::from_secs(5)).await;
     let (mut commits, batches) = (samples.take(COMMIT_SECONDS), samples.take(BATCH_SIZE));
     let mean_batch = batches.iter().sum::<f64>() / batches.len().max(1) as f64;
@@ -155,7 +120,7 @@ async fn replay_read() {
                 if n >= REPLAY_ROOM_SIZE {
                     break;
                 }
-                publish(&engine, &key, n.to_string()).await;
+                publish(&*engine, &key, n.to_string()).await;
             }
         });
     }
