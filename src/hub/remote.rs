@@ -99,7 +99,7 @@ impl RemotePresence {
             let previous = known.nodes.insert(remote.node.clone(), (remote.entry.clone(), remote.expires));
             previous.is_none_or(|(entry, _)| entry != remote.entry)
         };
-        self.tidy(room, &user);
+        self.tidy(room);
         changed
     }
 
@@ -124,9 +124,7 @@ impl RemotePresence {
             changed.push(user.clone());
             users.insert(user, RemoteUser { nodes, shown_version: 0 });
         }
-        for user in &changed {
-            self.tidy(room, user);
-        }
+        self.tidy(room);
         changed
     }
 
@@ -142,8 +140,8 @@ impl RemotePresence {
                 }
             }
         }
-        for (room, user) in &changed {
-            self.tidy(room, user);
+        for (room, _) in &changed {
+            self.tidy(room);
         }
         changed
     }
@@ -183,9 +181,9 @@ impl RemotePresence {
         }
     }
 
-    /// Keeps a user whose last node left until [`Self::forget_idle`], so the offline change
-    /// still gets a reissued version.
-    fn tidy(&mut self, room: &RoomKey, _user: &str) {
+    /// Drops a room nobody is listed in any more. A user whose last node left is kept until
+    /// [`Self::forget_idle`], so the offline change still gets a reissued version.
+    fn tidy(&mut self, room: &RoomKey) {
         if self.rooms.get(room).is_some_and(HashMap::is_empty) {
             self.rooms.remove(room);
         }
