@@ -348,10 +348,11 @@ impl RedisEngine {
 }
 
 impl Shared {
-    /// The `EVALSHA` arguments of `publish.lua` for a message, published on `publish_to` (the
-    /// room's channel, except in tests that lose pub/sub messages on purpose).
-    fn publish_command(&self, publish: &Publish, message: &Bytes, publish_to: &str) -> Vec<Value> {
+    /// The `EVALSHA` arguments of `publish.lua` for a message, published on the room's channel
+    /// (or on `publish_to`, for tests that lose pub/sub messages on purpose).
+    fn publish_command(&self, publish: &Publish, message: &Bytes, publish_to: Option<&str>) -> Vec<Value> {
         let channel = self.names.channel(&publish.key);
+        let publish_to = publish_to.unwrap_or(&channel);
         let r = &self.config.retention;
         vec![
             Value::from(self.scripts.publish.as_str()),
@@ -374,10 +375,8 @@ impl Shared {
     async fn commit(&self, batch: Vec<Pending>) -> Vec<Pending> {
         let pipeline = self.client.pipeline();
         let evalsha = evalsha();
-        let commands: Vec<Vec<Value>> = batch
-            .iter()
-            .map(|p| self.publish_command(&p.publish, &p.message, &self.names.channel(&p.publish.key)))
-            .collect();
+        let commands: Vec<Vec<Value>> =
+            batch.iter().map(|p| self.publish_command(&p.publish, &p.message, None)).collect();
         for args in commands {
             let queued: Result<(), FredError> = pipeline.custom(evalsha.clone(), args).await;
             if let Err(err) = queued {
@@ -1153,7 +1152,7 @@ mod tests {
                 data: Payload::from("1"),
                 now_ms: unix_ms(),
             };
-            let args = engine_a.shared.publish_command(&publish, &encode_message(&publish), "nowhere");
+            let args = engine_a.shared.publish_command(&publish, &encode_message(&publish), Some("nowhere"));
             let reply: Value = engine_a.shared.client.custom(evalsha(), args).await.expect("publish.lua");
             assert_eq!(reply.into_array().get(2).and_then(Value::as_u64), Some(i));
         }
