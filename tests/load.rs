@@ -1,6 +1,7 @@
 //! The load generator's accounting: run `edgerelay-load` against a real relay and check that it
-//! reports every delivery, and against a relay behind a proxy that really drops messages and
-//! check that the loss it reports is exactly what the proxy dropped. No timing assertions.
+//! reports every delivery (fanout, one big room, after reconnect storms, presence changes), and
+//! against a relay behind a proxy that really drops messages and check that the loss it reports
+//! is exactly what the proxy dropped. No timing assertions.
 
 mod common;
 
@@ -129,6 +130,134 @@ async fn step_mode_raises_the_rate_and_reports_the_highest_that_held() {
         let png = std::fs::read(&chart).expect("chart written");
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bigroom_is_fanout_in_one_room_and_accounts_for_every_delivery() {
+    let report = run_load(&[
+        "--transport",
+        "mix",
+        "--duration",
+        "2",
+        "bigroom",
+        "--subscribers",
+        "30",
+        "--publishers",
+        "2",
+        "--rate",
+        "50",
+        "--drain",
+        "10",
+    ])
+    .await;
+    assert_eq!(report["workload"], "bigroom", "{report}");
+    assert_eq!(report["args"]["rooms"], 1, "{report}");
+    assert_eq!(report["subscribers_joined"], 30, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    let step = &report["steps"][0];
+    let acked = u(step, "acked");
+    assert_eq!(u(step, "published"), 100, "50 publishes/s for 2 s: {step}");
+    assert_eq!(acked, 100, "every publish acked: {step}");
+    // One room: every acked publish is owed to all 30 subscribers.
+    assert_eq!(u(step, "expected"), acked * 30, "{step}");
+    assert_eq!(u(step, "delivered"), u(step, "expected"), "{step}");
+    assert_eq!(u(step, "lost") + u(step, "duplicates") + u(step, "extra"), 0, "{step}");
+    assert_eq!(u(&step["latency"], "count"), u(step, "delivered"), "{step}");
+    assert!(step["relay_cpu_s_per_million"].is_number(), "{step}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_every_storm_each_connection_holds_every_message_exactly_once() {
+    // 50 connections over the three transports, each in 2 of 5 rooms, dropped at once twice
+    // while a publisher keeps publishing; each resumes its rooms from the last position it saw.
+    let report = run_load(&[
+        "--transport",
+        "mix",
+        "--duration",
+        "1",
+        "storm",
+        "--connections",
+        "50",
+        "--rooms",
+        "5",
+        "--rooms-per-connection",
+        "2",
+        "--rounds",
+        "2",
+        "--rate",
+        "50",
+        "--drain",
+        "10",
+    ])
+    .await;
+    assert_eq!(u(&report, "connected"), 50, "{report}");
+    let rounds = report["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3, "the first connect and two storms: {report}");
+    for round in &rounds[1..] {
+        assert_eq!(u(round, "reconnected"), 50, "{round}");
+        assert_eq!(u(round, "caught_up"), 50, "{round}");
+        assert_eq!(u(round, "not_recovered"), 0, "every rejoin recovered: {round}");
+        assert_eq!(round["timed_out"], false, "{round}");
+        assert!(round["all_caught_up_s"].is_number(), "{round}");
+        assert!(u(round, "connect_attempts") >= 50, "{round}");
+    }
+    let acked = u(&report, "acked");
+    assert!(acked > 0, "{report}");
+    assert_eq!(u(&report, "published"), acked, "{report}");
+    // Each room has 20 of the 50 connections (2 rooms each), so each acked publish is owed 20
+    // times, whichever room it went to.
+    assert_eq!(u(&report, "expected"), acked * 20, "{report}");
+    assert_eq!(u(&report, "delivered"), u(&report, "expected"), "{report}");
+    for key in ["lost", "duplicates", "gaps", "extra", "not_recovered", "incomplete_connections"] {
+        assert_eq!(u(&report, key), 0, "{key}: {report}");
+    }
+    assert_eq!(report["exact"], true, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_changes_are_observed_and_every_view_converges_over_websocket() {
+    // 20 users in 4 rooms of 5, 4 updates/s each for 2 s: 2 cycles of typing start, typing stop
+    // and two status changes. Nothing is lossy on WebSocket: intermediate changes may be
+    // superseded in the outbox, but every view ends with every other member's last state.
+    let report = run_load(&[
+        "--transport",
+        "ws",
+        "--duration",
+        "2",
+        "presence",
+        "--users",
+        "20",
+        "--rooms",
+        "4",
+        "--rate",
+        "4",
+        "--drain",
+        "10",
+    ])
+    .await;
+    assert_eq!(u(&report, "connected"), 20, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    assert_eq!(report["send_errors"], serde_json::json!({}), "{report}");
+    assert_eq!(u(&report, "updates"), 160, "{report}");
+    let status = &report["status"];
+    assert_eq!(u(status, "sent"), 80, "{status}");
+    // Each change is owed to the 4 other members of the room.
+    assert_eq!(u(status, "expected"), 320, "{status}");
+    assert!(u(status, "observed") > 0, "{status}");
+    // Every observer reached every peer's last counter: each change was seen or skipped over.
+    assert_eq!(u(status, "observed") + u(status, "superseded"), 320, "{status}");
+    assert_eq!(u(&status["latency"], "count"), u(status, "observed"), "{status}");
+    for kind in ["typing_start", "typing_stop"] {
+        let k = &report[kind];
+        assert_eq!(u(k, "sent"), 40, "{kind}: {k}");
+        assert_eq!(u(k, "expected"), 160, "{kind}: {k}");
+        assert!(u(k, "observed") > 0, "{kind}: {k}");
+        assert!(u(k, "observed") + u(k, "superseded") <= 160, "{kind}: {k}");
+    }
+    assert_eq!(u(&report, "pairs"), 80, "{report}");
+    assert_eq!(u(&report, "final_status_observed"), 80, "{report}");
+    assert_eq!(u(&report, "final_typing_clear"), 20, "{report}");
+    assert!(report["relay_cpu_s_per_1000"].is_number(), "{report}");
 }
 
 /// A TCP proxy in front of the relay's WebSocket listener that drops every `every`-th `message`

@@ -78,7 +78,7 @@ async fn open(
     Ok((client, took))
 }
 
-fn count_error(errors: &Errors, err: &anyhow::Error) {
+pub fn count_error(errors: &Errors, err: &anyhow::Error) {
     match err.downcast_ref::<edgerelay::client::ClientError>() {
         Some(err) => errors.client(err),
         None => errors.add(format!("setup: {err}")),
@@ -379,15 +379,15 @@ pub async fn churn(
     Ok(report)
 }
 
-/// What churn's tasks need of the relay, owned (they outlive no borrow of it).
-struct RelayView {
+/// What the tasks of churn and storm need of the relay, owned (they outlive no borrow of it).
+pub struct RelayView {
     targets: [Option<edgerelay::client::Target>; 3],
     tokens: crate::relay::TokenMinter,
     pid: Option<u32>,
 }
 
 impl RelayView {
-    fn of(relay: &RelayUnderTest) -> anyhow::Result<RelayView> {
+    pub fn of(relay: &RelayUnderTest) -> anyhow::Result<RelayView> {
         use crate::relay::Transport;
         Ok(RelayView {
             targets: [Transport::Quic, Transport::Ws, Transport::Wt].map(|t| relay.target(t).ok()),
@@ -396,7 +396,7 @@ impl RelayView {
         })
     }
 
-    fn relay_target(&self, choice: TransportChoice, index: usize) -> anyhow::Result<edgerelay::client::Target> {
+    pub fn relay_target(&self, choice: TransportChoice, index: usize) -> anyhow::Result<edgerelay::client::Target> {
         use crate::relay::Transport;
         let slot = match choice.for_index(index) {
             Transport::Quic => 0,
@@ -406,15 +406,15 @@ impl RelayView {
         self.targets[slot].clone().ok_or_else(|| anyhow::anyhow!("no address for that transport"))
     }
 
-    fn token(&self, sub: &str) -> anyhow::Result<String> {
+    pub fn token(&self, sub: &str) -> anyhow::Result<String> {
         self.tokens.token(sub)
     }
 
-    fn cpu(&self) -> Option<Duration> {
+    pub fn cpu(&self) -> Option<Duration> {
         crate::relay::cpu_of(self.pid?)
     }
 
-    fn rss(&self) -> Option<u64> {
+    pub fn rss(&self) -> Option<u64> {
         crate::relay::rss_of(self.pid?)
     }
 }

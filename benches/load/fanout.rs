@@ -89,6 +89,51 @@ pub struct StepArgs {
     pub chart: Option<std::path::PathBuf>,
 }
 
+/// `bigroom`: fanout with every subscriber in one room. Fanout with `--rooms 1` already does
+/// everything this workload asks (mixed transports, exact per-subscriber accounting, latency
+/// histogram, relay CPU per million deliveries, RSS), so this is only a preset with the
+/// defaults of a big room: the same code, the same report.
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct BigroomArgs {
+    /// Subscriber connections, all in the one room.
+    #[arg(long, default_value_t = 5000)]
+    pub subscribers: usize,
+    /// Publisher connections (they join nothing).
+    #[arg(long, default_value_t = 2)]
+    pub publishers: usize,
+    /// Offered publishes per second over all publishers; deliveries per second = this times
+    /// the subscribers.
+    #[arg(long, default_value_t = 5.0)]
+    pub rate: f64,
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    #[arg(long, value_enum, default_value = "postcard")]
+    pub codec: CodecArg,
+    /// Seconds to wait after the last publish for deliveries still on their way.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain: f64,
+    #[arg(long, default_value_t = 4096)]
+    pub max_in_flight: usize,
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
+}
+
+impl BigroomArgs {
+    pub fn fanout(&self) -> FanoutArgs {
+        FanoutArgs {
+            subscribers: self.subscribers,
+            rooms: 1,
+            publishers: self.publishers,
+            rate: self.rate,
+            payload: self.payload,
+            codec: self.codec,
+            drain: self.drain,
+            max_in_flight: self.max_in_flight,
+            connect_concurrency: self.connect_concurrency,
+        }
+    }
+}
+
 /// Live counters for the progress line.
 #[derive(Default)]
 pub struct Counters {
@@ -135,9 +180,9 @@ impl Shards {
     }
 }
 
-struct Header {
-    step: usize,
-    sent_ns: u64,
+pub struct Header {
+    pub step: usize,
+    pub sent_ns: u64,
 }
 
 /// The codec every connection of a run speaks.
@@ -195,7 +240,7 @@ fn payload(size: usize, codec: CodecArg, step: usize, publisher: usize, seq: u64
     }
 }
 
-fn header(data: &[u8]) -> Option<Header> {
+pub fn header(data: &[u8]) -> Option<Header> {
     let mut head = [0u8; HEADER];
     if data.first() == Some(&b'"') {
         let hex = std::str::from_utf8(data.get(1..1 + 2 * HEADER)?).ok()?;
@@ -290,7 +335,7 @@ struct Setup {
     rss_connected: Option<u64>,
 }
 
-async fn connect_one(
+pub async fn connect_one(
     relay: &RelayUnderTest,
     transport: TransportChoice,
     index: usize,
@@ -425,16 +470,19 @@ async fn subscribe(
 }
 
 /// What one publisher did in one step.
-struct Published {
-    sent: u64,
-    acked_per_room: Vec<u64>,
-    behind: u64,
-    ack: Histogram<u64>,
-    errors: BTreeMap<String, u64>,
+pub struct Published {
+    pub sent: u64,
+    pub acked_per_room: Vec<u64>,
+    pub behind: u64,
+    pub ack: Histogram<u64>,
+    pub errors: BTreeMap<String, u64>,
 }
 
+/// Publishes `quota` messages over `window` to rooms `load:r{k}` in turn, open loop, and waits
+/// for their acks. The message ids are `{step}-{seq}`: a caller that publishes in several
+/// windows gives each its own step, or the relay's dedupe would take them for retries.
 #[allow(clippy::too_many_arguments)]
-async fn publish(
+pub async fn publish(
     client: Arc<Client>,
     index: usize,
     rooms: usize,
@@ -696,6 +744,28 @@ pub async fn fanout(
     window: Duration,
     show_progress: bool,
 ) -> anyhow::Result<FanoutReport> {
+    fanout_named(relay, args, transport, window, show_progress, "fanout").await
+}
+
+/// One room of `args.subscribers`: [`fanout`] with `--rooms 1`, reported as `bigroom`.
+pub async fn bigroom(
+    relay: &RelayUnderTest,
+    args: &BigroomArgs,
+    transport: TransportChoice,
+    window: Duration,
+    show_progress: bool,
+) -> anyhow::Result<FanoutReport> {
+    fanout_named(relay, &args.fanout(), transport, window, show_progress, "bigroom").await
+}
+
+async fn fanout_named(
+    relay: &RelayUnderTest,
+    args: &FanoutArgs,
+    transport: TransportChoice,
+    window: Duration,
+    show_progress: bool,
+    workload: &'static str,
+) -> anyhow::Result<FanoutReport> {
     let counters = Arc::new(Counters::default());
     let setup = setup(relay, args, transport, 1, counters.clone()).await?;
     let cancel = CancellationToken::new();
@@ -705,7 +775,7 @@ pub async fn fanout(
     if let Some(progress) = progress {
         let _ = progress.await;
     }
-    let out = report(&setup, args, transport, "fanout", vec![step]);
+    let out = report(&setup, args, transport, workload, vec![step]);
     teardown(setup).await;
     Ok(out)
 }

@@ -13,16 +13,26 @@
 //! edgerelay-load --transport quic step --rate 500 --factor 1.5 --half --chart step.png
 //! edgerelay-load --transport ws idle --connections 2000
 //! edgerelay-load --transport mix churn --rate 200 --hold-ms 500
+//! edgerelay-load --transport mix --duration 10 bigroom --subscribers 5000 --rate 5
+//! edgerelay-load --transport ws --duration 5 storm --connections 2000 --rounds 3
+//! edgerelay-load --transport quic --duration 10 presence --users 1000 --rooms 100 --rate 1
 //! ```
 //!
+//! `bigroom` is fanout with one room (a preset, the same code); `storm` drops N connections at
+//! once, --rounds times, and checks that each resumes its rooms exactly; `presence` is a
+//! typing and status storm timed at the other members' views.
+//!
 //! Every loop is bounded in count and time: --duration is capped at 600 s, connections at
-//! 20,000, steps at 30; the drain after publishing waits at most --drain seconds.
+//! 20,000, steps at 30, storms at 20 (each cut short after --storm-timeout); the drain after
+//! publishing waits at most --drain seconds.
 
 mod chart;
 mod conns;
 mod fanout;
+mod presence;
 mod relay;
 mod stats;
+mod storm;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,8 +43,9 @@ use clap::{Parser, Subcommand};
 
 use relay::{RelayArgs, RelayUnderTest, TransportChoice};
 
-/// Load generator for edgerelay: fanout, step (highest sustainable rate), idle connections and
-/// connection churn, against a relay on loopback.
+/// Load generator for edgerelay: fanout, one big room, step (highest sustainable rate), idle
+/// connections, connection churn, reconnect storms and presence/typing storms, against a relay
+/// on loopback.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
@@ -44,7 +55,7 @@ struct Cli {
     #[arg(long, value_enum, default_value = "quic")]
     transport: TransportChoice,
     /// Seconds of load: the publishing window (per step in step mode), the idle hold, the churn
-    /// window. At most 600.
+    /// window, the steady publishing before each storm, the presence updates. At most 600.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
     /// Write the JSON summary here (`-` for stdout, after the table).
@@ -73,6 +84,12 @@ enum Workload {
     Step(fanout::StepArgs),
     /// Connects and disconnects per second.
     Churn(conns::ChurnArgs),
+    /// One big room (fanout with --rooms 1 and big-room defaults).
+    Bigroom(fanout::BigroomArgs),
+    /// Reconnect storm: N connections dropped at once, reconnecting and resuming together.
+    Storm(storm::StormArgs),
+    /// Presence and typing storm: status and typing changes timed at the other members' views.
+    Presence(presence::PresenceArgs),
 }
 
 fn main() -> ExitCode {
@@ -118,6 +135,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Workload::Churn(args) => {
             let report = conns::churn(&relay, args, cli.transport, window, progress).await?;
             (conns::churn_table(&report), serde_json::to_value(&report)?)
+        }
+        Workload::Bigroom(args) => {
+            let report = fanout::bigroom(&relay, args, cli.transport, window, progress).await?;
+            (fanout::table(&report), serde_json::to_value(&report)?)
+        }
+        Workload::Storm(args) => {
+            let report = storm::storm(&relay, args, cli.transport, window, progress).await?;
+            (storm::table(&report), serde_json::to_value(&report)?)
+        }
+        Workload::Presence(args) => {
+            let report = presence::presence(&relay, args, cli.transport, window, progress).await?;
+            (presence::table(&report), serde_json::to_value(&report)?)
         }
         Workload::Fanout(args) => {
             let report = fanout::fanout(&relay, args, cli.transport, window, progress).await?;
