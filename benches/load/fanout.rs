@@ -242,7 +242,9 @@ fn payload(size: usize, codec: CodecArg, step: usize, publisher: usize, seq: u64
 
 pub fn header(data: &[u8]) -> Option<Header> {
     let mut head = [0u8; HEADER];
-    if data.first() == Some(&b'"') {
+    // A JSON payload is a string: quoted at both ends. A postcard one starts with the step's
+    // low byte, which is a quote for step 34, and ends with padding or the time's high byte.
+    if data.len() >= 2 && data.first() == Some(&b'"') && data.last() == Some(&b'"') {
         let hex = std::str::from_utf8(data.get(1..1 + 2 * HEADER)?).ok()?;
         for (i, byte) in head.iter_mut().enumerate() {
             *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
@@ -932,6 +934,12 @@ mod tests {
             assert_eq!(head.step, 7);
             assert!(head.sent_ns <= now_ns());
         }
+        // Step 34 is a quote in its low byte: still a postcard header (storm's publisher
+        // numbers its windows as steps).
+        let head = header(&payload(100, CodecArg::Postcard, 34, 0, 1)).expect("a header");
+        assert_eq!(head.step, 34);
+        let head = header(&payload(HEADER, CodecArg::Postcard, 34 + 256, 0, 1)).expect("a header");
+        assert_eq!(head.step, 34 + 256);
         let json = payload(100, CodecArg::Json, 1, 2, 3);
         assert!(serde_json::from_slice::<String>(&json).is_ok(), "a JSON string");
         assert!(header(b"{}").is_none());
