@@ -241,7 +241,7 @@ async fn act(ctx: Arc<Ctx>, me: usize, room: String, client: Arc<Client>, cycles
             _ => {
                 let n = sent.status.load(Ordering::Relaxed) + 1;
                 Sent::mark(&sent.status, &sent.status_ns, n);
-                let status = if n % 2 == 0 { Status::Online } else { Status::Busy };
+                let status = if n.is_multiple_of(2) { Status::Online } else { Status::Busy };
                 let frame = ClientFrame::SetStatus { status, custom: Some(format!("p{me}#{n}")) };
                 client.send_datagram(&frame).await
             }
@@ -291,6 +291,8 @@ pub struct PresenceReport {
     pub final_typing_clear: u64,
     pub drain_seconds: f64,
     pub relay_cpu_seconds: Option<f64>,
+    /// The generator's own CPU over the same time (it shares the machine with the relay).
+    pub generator_cpu_seconds: Option<f64>,
     /// Relay CPU seconds per 1,000 updates received (each fanned out to the room).
     pub relay_cpu_s_per_1000: Option<f64>,
     pub relay_rss_kib_before: Option<u64>,
@@ -386,6 +388,7 @@ pub async fn presence(
         held.push((i, room, client));
     }
     let cpu_before = relay.cpu();
+    let own_before = crate::relay::cpu_of(std::process::id());
     let started = Instant::now();
     let progress = show_progress.then(|| {
         let (ctx, cancel, pid) = (ctx.clone(), cancel.clone(), relay.pid);
@@ -455,6 +458,7 @@ pub async fn presence(
     // The observers take their last look before they stop.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let cpu = relay.cpu().zip(cpu_before).map(|(b, a)| b.saturating_sub(a).as_secs_f64());
+    let own = crate::relay::cpu_of(std::process::id()).zip(own_before).map(|(b, a)| b.saturating_sub(a).as_secs_f64());
     cancel.cancel();
     if let Some(progress) = progress {
         let _ = progress.await;
@@ -496,6 +500,7 @@ pub async fn presence(
         final_typing_clear: final_typing,
         drain_seconds,
         relay_cpu_seconds: cpu,
+        generator_cpu_seconds: own,
         relay_cpu_s_per_1000: cpu.filter(|_| updates > 0).map(|c| c * 1000.0 / updates as f64),
         relay_rss_kib_before: rss_before,
         relay_rss_kib_connected: rss_connected,
@@ -528,9 +533,10 @@ pub fn table(r: &PresenceReport) -> String {
             (
                 "relay CPU".into(),
                 format!(
-                    "{} s, {} CPU-s per 1,000 updates",
+                    "{} s, {} CPU-s per 1,000 updates (generator: {} s)",
                     stats::fmt_opt(r.relay_cpu_seconds, 2),
-                    stats::fmt_opt(r.relay_cpu_s_per_1000, 4)
+                    stats::fmt_opt(r.relay_cpu_s_per_1000, 4),
+                    stats::fmt_opt(r.generator_cpu_seconds, 2)
                 ),
             ),
             (

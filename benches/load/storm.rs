@@ -365,12 +365,14 @@ async fn connection(ctx: Arc<Ctx>, index: usize, shared: Arc<Shared>, mut signal
 
 /// The publisher: fanout's open-loop publisher in one-second windows (each its own step, so
 /// message ids stay unique) until told to stop; returns the acks per room and what it counted.
+/// It is not part of the storm: if the relay or a starved machine closes its connection, it
+/// connects again (at most `MAX_PUBLISHER_CONNECTS` times) and says so in the report.
 async fn publisher(
-    client: Arc<Client>,
+    ctx: Arc<Ctx>,
     args: StormArgs,
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
-) -> fanout::Published {
+) -> (fanout::Published, u64) {
     let mut total = fanout::Published {
         sent: 0,
         acked_per_room: vec![0; args.rooms],
@@ -379,13 +381,36 @@ async fn publisher(
         errors: BTreeMap::new(),
     };
     let quota = args.rate.round().max(1.0) as u64;
+    let index = args.connections;
+    let connect = || async {
+        let target = ctx.relay.relay_target(ctx.transport, index)?;
+        let options = ClientOptions::new(ctx.relay.token("storm-publisher")?);
+        anyhow::Ok(Arc::new(Client::connect(target, options).await?))
+    };
+    let mut client = None;
+    let mut connects = 0u64;
     // Bounded: the run's own bounds end it long before this.
     for window in 0..100_000usize {
         if stop.load(Ordering::Relaxed) {
             break;
         }
+        let current = match client.take() {
+            Some(client) => client,
+            None if connects < MAX_PUBLISHER_CONNECTS => {
+                connects += 1;
+                match connect().await {
+                    Ok(client) => client,
+                    Err(err) => {
+                        crate::conns::count_error(&ctx.rounds[0].errors, &err);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                }
+            }
+            None => break,
+        };
         let done = fanout::publish(
-            client.clone(),
+            current.clone(),
             0,
             args.rooms,
             window,
@@ -397,6 +422,12 @@ async fn publisher(
             counters.clone(),
         )
         .await;
+        let lost = done.errors.keys().any(|k| k.starts_with("closed"));
+        if lost {
+            current.abort();
+        } else {
+            client = Some(current);
+        }
         total.sent += done.sent;
         total.behind += done.behind;
         for (sum, n) in total.acked_per_room.iter_mut().zip(&done.acked_per_room) {
@@ -405,8 +436,11 @@ async fn publisher(
         let _ = total.ack.add(&done.ack);
         stats::merge_errors(&mut total.errors, &done.errors);
     }
-    total
+    (total, connects)
 }
+
+/// How often the publisher may connect in one run.
+const MAX_PUBLISHER_CONNECTS: u64 = 20;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RoundReport {
@@ -436,6 +470,8 @@ pub struct RoundReport {
     pub errors: BTreeMap<String, u64>,
     /// Relay CPU from the drop until the round ended.
     pub relay_cpu_seconds: Option<f64>,
+    /// The generator's own CPU over the same time (it shares the machine with the relay).
+    pub generator_cpu_seconds: Option<f64>,
     pub relay_rss_kib_peak: Option<u64>,
 }
 
@@ -451,6 +487,8 @@ pub struct StormReport {
     pub acked: u64,
     pub behind: u64,
     pub publish_errors: BTreeMap<String, u64>,
+    /// Connections the publisher made (more than one: its connection was closed under it).
+    pub publisher_connects: u64,
     pub ack_latency: Latency,
     /// Deliveries owed at the end: for every connection, the acked publishes of its rooms.
     pub expected: u64,
@@ -495,6 +533,7 @@ fn round_report(round_no: usize, round: &Round, connections: usize) -> RoundRepo
         not_recovered: round.not_recovered.load(Ordering::Relaxed),
         errors: round.errors.snapshot(),
         relay_cpu_seconds: None,
+        generator_cpu_seconds: None,
         relay_rss_kib_peak: None,
     }
 }
@@ -602,12 +641,7 @@ pub async fn storm(
 
     let counters = Arc::new(Counters::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let publishing = {
-        let (client, _) =
-            fanout::connect_one(relay, transport, args.connections, "storm-publisher".into(), CodecArg::Postcard)
-                .await?;
-        tokio::spawn(publisher(Arc::new(client), args.clone(), counters.clone(), stop.clone()))
-    };
+    let publishing = tokio::spawn(publisher(ctx.clone(), args.clone(), counters.clone(), stop.clone()));
 
     let mut rounds = vec![round_report(0, &ctx.rounds[0], args.connections)];
     for round_no in 1..=args.rounds {
@@ -631,6 +665,7 @@ pub async fn storm(
         let round = &ctx.rounds[round_no];
         let live = connected;
         let cpu_before = ctx.relay.cpu();
+        let own_before = crate::relay::cpu_of(std::process::id());
         round.drop_ns.store(now_ns(), Ordering::Relaxed);
         if show_progress {
             eprintln!("[{:>4}s] storm {round_no}: dropping {live} connections at once", started.elapsed().as_secs());
@@ -638,7 +673,9 @@ pub async fn storm(
         let _ = signal.send(round_no);
         let (timed_out, peak) = wait_round(&ctx, round_no, live, storm_timeout, show_progress, started).await;
         let cpu_after = ctx.relay.cpu();
+        let own_after = crate::relay::cpu_of(std::process::id());
         let mut report = round_report(round_no, round, live);
+        report.generator_cpu_seconds = own_before.zip(own_after).map(|(a, b)| b.saturating_sub(a).as_secs_f64());
         report.timed_out = timed_out;
         report.relay_cpu_seconds = cpu_before.zip(cpu_after).map(|(a, b)| b.saturating_sub(a).as_secs_f64());
         report.relay_rss_kib_peak = peak;
@@ -655,7 +692,7 @@ pub async fn storm(
 
     // Stop publishing, wait for the last acks, then for every connection to hold them.
     stop.store(true, Ordering::Relaxed);
-    let published = publishing.await?;
+    let (published, publisher_connects) = publishing.await?;
     let drain_started = Instant::now();
     let drain = Duration::from_secs_f64(args.drain.clamp(0.0, 120.0));
     let owed = |index: usize, slot: usize| published.acked_per_room[(index + slot) % args.rooms];
@@ -719,6 +756,7 @@ pub async fn storm(
         acked,
         behind: published.behind,
         publish_errors: published.errors,
+        publisher_connects,
         ack_latency: Latency::of(&published.ack),
         expected,
         delivered,
@@ -753,7 +791,10 @@ pub fn table(r: &StormReport) -> String {
             ("connected".into(), r.connected.to_string()),
             (
                 "published / acked / behind".into(),
-                format!("{} / {} / {}  errors {:?}", r.published, r.acked, r.behind, r.publish_errors),
+                format!(
+                    "{} / {} / {}  errors {:?}, publisher connections {}",
+                    r.published, r.acked, r.behind, r.publish_errors, r.publisher_connects
+                ),
             ),
             (
                 "owed / held / lost / extra".into(),
@@ -778,7 +819,7 @@ pub fn table(r: &StormReport) -> String {
         ],
     );
     out.push_str(&format!(
-        "\n{:>5} {:>6} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>9}  {}\n",
+        "\n{:>5} {:>6} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>7} {:>9}  {}\n",
         "round",
         "back",
         "caught",
@@ -790,12 +831,13 @@ pub fn table(r: &StormReport) -> String {
         "conn max",
         "attempts",
         "cpu s",
+        "gen s",
         "peak MiB",
         "errors"
     ));
     for s in &r.rounds {
         out.push_str(&format!(
-            "{:>5} {:>6} {:>6} {:>6} {:>9} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>7} {:>9}  {:?}{}\n",
+            "{:>5} {:>6} {:>6} {:>6} {:>9} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>7} {:>7} {:>9}  {:?}{}\n",
             s.round,
             s.reconnected,
             s.caught_up,
@@ -807,12 +849,13 @@ pub fn table(r: &StormReport) -> String {
             s.connect.max_ms,
             s.connect_attempts,
             stats::fmt_opt(s.relay_cpu_seconds, 2),
+            stats::fmt_opt(s.generator_cpu_seconds, 2),
             stats::fmt_opt(s.relay_rss_kib_peak.map(|k| k as f64 / 1024.0), 1),
             s.errors,
             if s.timed_out { "  (timed out)" } else { "" },
         ));
     }
-    out.push_str("(round 0 is the first connect, timed from the start; connect times in ms)\n");
+    out.push_str("(round 0 is the first connect, timed from its start; times in s, connect in ms; cpu s: relay,\n gen s: this generator, from the drop until all caught up)\n");
     out
 }
 
