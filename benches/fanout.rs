@@ -60,7 +60,7 @@ fn fanout(c: &mut Criterion) {
         let hub = Hub::new(16, 60_000);
         let key = RoomKey { tenant: "acme".into(), room: RoomName::parse("chat:lobby").unwrap() };
         hub.ensure_room(&key, RoomMeta::empty(1), NOW_MS);
-        let (catch_up, _lagging) = tokio::sync::mpsc::unbounded_channel();
+        let (catch_up, _lagging) = edgerelay::mailbox::mailbox();
         let outboxes: Vec<Arc<Outbox>> = (0..subscribers)
             .map(|i| {
                 let codec = if i % 2 == 0 { Codec::Json } else { Codec::Postcard };

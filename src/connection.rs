@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::Order;
 use crate::hub::CatchUp;
+use crate::mailbox::{Mailbox, mailbox};
 use crate::session::Job;
 
 use crate::outbox::{CloseReason, LaneId, Outbox};
@@ -76,8 +77,8 @@ impl ConnectionContext {
 /// What reaches a connection from inside the relay: the hub's catch-up requests for its rooms,
 /// and the server API's orders.
 struct Mailboxes {
-    catch_up: mpsc::UnboundedReceiver<CatchUp>,
-    orders: mpsc::UnboundedReceiver<Order>,
+    catch_up: Mailbox<CatchUp>,
+    orders: Mailbox<Order>,
 }
 
 /// Runs a session until the peer leaves, a fatal error, or the relay drains. Returns why the
@@ -90,8 +91,8 @@ pub async fn drive(
     inbound: &mut mpsc::Receiver<Inbound>,
     auth_deadline: Instant,
 ) -> CloseReason {
-    let (catch_up_tx, catch_up) = mpsc::unbounded_channel();
-    let (orders_tx, orders) = mpsc::unbounded_channel();
+    let (catch_up_tx, catch_up) = mailbox();
+    let (orders_tx, orders) = mailbox();
     let mut mail = Mailboxes { catch_up, orders };
     let mut session =
         Session::new(ctx.next_id(), ctx.session.clone(), outbox.clone(), catch_up_tx, orders_tx, unix_ms());

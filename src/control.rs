@@ -10,8 +10,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::mailbox::MailSender;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
 use crate::auth::Identity;
 use crate::proto::ErrorCode;
@@ -73,7 +73,7 @@ pub enum Order {
 
 struct Connection {
     identity: Identity,
-    orders: mpsc::UnboundedSender<Order>,
+    orders: MailSender<Order>,
 }
 
 type UserId = (Arc<str>, Arc<str>);
@@ -121,12 +121,7 @@ impl Controls {
 
     /// Lists connection `id` (with its token's identity) to receive orders; again after a
     /// token refresh, replacing the identity.
-    pub fn register(
-        self: &Arc<Self>,
-        identity: &Identity,
-        id: u64,
-        orders: mpsc::UnboundedSender<Order>,
-    ) -> Registration {
+    pub fn register(self: &Arc<Self>, identity: &Identity, id: u64, orders: MailSender<Order>) -> Registration {
         let user: UserId = (identity.tenant.as_str().into(), identity.user.as_str().into());
         let connection = Connection { identity: identity.clone(), orders };
         self.lock().connections.entry(user.clone()).or_default().insert(id, connection);
@@ -210,9 +205,9 @@ mod tests {
     #[test]
     fn actions_reach_the_connections_they_concern_and_registrations_end() {
         let controls = Arc::new(Controls::default());
-        let (tx1, mut rx1) = mpsc::unbounded_channel();
-        let (tx2, mut rx2) = mpsc::unbounded_channel();
-        let (tx3, mut rx3) = mpsc::unbounded_channel();
+        let (tx1, mut rx1) = crate::mailbox::mailbox();
+        let (tx2, mut rx2) = crate::mailbox::mailbox();
+        let (tx3, mut rx3) = crate::mailbox::mailbox();
         let _a1 = controls.register(&identity("alice", Some("t1"), Some(5)), 1, tx1);
         let a2 = controls.register(&identity("alice", Some("t2"), Some(5)), 2, tx2);
         let _b = controls.register(&identity("bob", Some("t3"), Some(5)), 3, tx3);

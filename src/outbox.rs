@@ -25,6 +25,11 @@
 //!   control lane with [`Outbox::push`] so it arrives reliably instead of not at all;
 //! - single-stream transports (WebSocket) call [`Outbox::take_all`], which interleaves the
 //!   datagram queue with the lanes right after the control lane.
+//!
+//! Fanout of a batch (the messages of one group commit) queues with [`Outbox::push_batched`]
+//! and wakes each writer once, when [`Wakes`] is dropped at the end of the batch: a writer
+//! then takes the whole batch and writes it with one syscall, instead of waking (and writing)
+//! once per message while the batch is still being queued.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -106,6 +111,40 @@ struct Lane {
     queue: VecDeque<WireFrame>,
     notify: Arc<Notify>,
     closing: bool,
+    /// Frames were queued by [`Outbox::push_batched`] and a [`Wakes`] holds this lane's wake-up.
+    wake_pending: bool,
+}
+
+impl Lane {
+    fn new() -> Lane {
+        Lane { queue: VecDeque::new(), notify: Arc::new(Notify::new()), closing: false, wake_pending: false }
+    }
+}
+
+/// Writers to wake once a batch of pushes is queued (see the module docs). Wakes them all when
+/// dropped, so a wake-up can never be forgotten.
+#[derive(Default)]
+pub struct Wakes {
+    lanes: Vec<(Arc<Outbox>, LaneId)>,
+}
+
+impl Wakes {
+    pub fn new() -> Wakes {
+        Wakes::default()
+    }
+
+    /// Wakes every writer that has frames from this batch.
+    pub fn wake_all(&mut self) {
+        for (outbox, lane) in self.lanes.drain(..) {
+            outbox.wake(lane);
+        }
+    }
+}
+
+impl Drop for Wakes {
+    fn drop(&mut self) {
+        self.wake_all();
+    }
 }
 
 struct Inner {
@@ -136,7 +175,7 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(codec: Codec, cap_bytes: usize) -> Arc<Outbox> {
         let mut lanes = HashMap::new();
-        lanes.insert(CONTROL, Lane { queue: VecDeque::new(), notify: Arc::new(Notify::new()), closing: false });
+        lanes.insert(CONTROL, Lane::new());
         Arc::new(Outbox {
             codec,
             cap: cap_bytes,
@@ -162,12 +201,7 @@ impl Outbox {
     /// Opens a lane and returns the notification its writer waits on.
     pub fn open_lane(&self, lane: LaneId) -> Arc<Notify> {
         let mut inner = self.lock();
-        let entry = inner.lanes.entry(lane).or_insert_with(|| Lane {
-            queue: VecDeque::new(),
-            notify: Arc::new(Notify::new()),
-            closing: false,
-        });
-        entry.notify.clone()
+        inner.lanes.entry(lane).or_insert_with(Lane::new).notify.clone()
     }
 
     /// Marks a lane to be finished once its queued frames are written.
@@ -186,33 +220,82 @@ impl Outbox {
         self.push(lane, self.codec.frame(frame))
     }
 
-    /// Queues an encoded frame on a lane. Never blocks.
+    /// Queues an encoded frame on a lane and wakes its writer. Never blocks.
     pub fn push(&self, lane: LaneId, frame: WireFrame) -> Result<(), PushError> {
+        self.enqueue(lane, frame, None, false)?;
+        self.any.notify_one();
+        Ok(())
+    }
+
+    /// Queues a frame only if the outbox stays within `limit` bytes; otherwise returns
+    /// [`PushError::Full`] and changes nothing (no slow-consumer close).
+    pub fn push_within(&self, lane: LaneId, frame: WireFrame, limit: usize) -> Result<(), PushError> {
+        self.enqueue(lane, frame, Some(limit), false)?;
+        self.any.notify_one();
+        Ok(())
+    }
+
+    /// [`Outbox::push_within`], but the writer is woken when `wakes` is, at the end of the batch.
+    pub fn push_batched(
+        self: &Arc<Self>,
+        lane: LaneId,
+        frame: WireFrame,
+        limit: usize,
+        wakes: &mut Wakes,
+    ) -> Result<(), PushError> {
+        if self.enqueue(lane, frame, Some(limit), true)? {
+            wakes.lanes.push((self.clone(), lane));
+        }
+        Ok(())
+    }
+
+    /// Queues a frame under one lock: `Full` past `limit`, `Overflow` past the cap once
+    /// datagrams are evicted. Unless `batched`, the lane's writer is notified at once (the
+    /// caller still notifies `any`); if `batched`, true means the lane had no batched wake-up
+    /// pending yet and the caller owes it one.
+    fn enqueue(&self, lane: LaneId, frame: WireFrame, limit: Option<usize>, batched: bool) -> Result<bool, PushError> {
         let mut inner = self.lock();
         if inner.closing.is_some() {
             return Err(PushError::Closed);
         }
-        if inner.bytes + frame.len() > self.cap {
-            // Lossy state goes first: evict queued datagrams before declaring overflow.
-            self.evict_datagrams(&mut inner, frame.len());
+        let len = frame.len();
+        if limit.is_some_and(|limit| inner.bytes + len > limit.min(self.cap)) {
+            return Err(PushError::Full);
         }
-        if inner.bytes + frame.len() > self.cap {
+        if inner.bytes + len > self.cap {
+            // Lossy state goes first: evict queued datagrams before declaring overflow.
+            self.evict_datagrams(&mut inner, len);
+        }
+        if inner.bytes + len > self.cap {
             Self::overflow(&mut inner);
             drop(inner);
             self.closed.cancel();
             self.any.notify_one();
             return Err(PushError::Overflow);
         }
-        let len = frame.len();
         let Some(l) = inner.lanes.get_mut(&lane).filter(|l| !l.closing) else {
             return Err(PushError::Closed);
         };
         l.queue.push_back(frame);
-        l.notify.notify_one();
+        let owed = if batched {
+            !std::mem::replace(&mut l.wake_pending, true)
+        } else {
+            l.notify.notify_one();
+            false
+        };
         inner.bytes += len;
+        Ok(owed)
+    }
+
+    /// Wakes a lane's writer (and the single-stream writer).
+    fn wake(&self, lane: LaneId) {
+        let mut inner = self.lock();
+        if let Some(l) = inner.lanes.get_mut(&lane) {
+            l.wake_pending = false;
+            l.notify.notify_one();
+        }
         drop(inner);
         self.any.notify_one();
-        Ok(())
     }
 
     /// Queues a lossy frame: it replaces a queued frame with the same key, and when the queue or
@@ -289,18 +372,6 @@ impl Outbox {
     /// The byte cap shared by all lanes.
     pub fn cap(&self) -> usize {
         self.cap
-    }
-
-    /// Queues a frame only if the outbox stays within `limit` bytes; otherwise returns
-    /// [`PushError::Full`] and changes nothing (no slow-consumer close).
-    pub fn push_within(&self, lane: LaneId, frame: WireFrame, limit: usize) -> Result<(), PushError> {
-        {
-            let inner = self.lock();
-            if inner.closing.is_none() && inner.bytes + frame.len() > limit.min(self.cap) {
-                return Err(PushError::Full);
-            }
-        }
-        self.push(lane, frame)
     }
 
     /// Queues a frame once the outbox holds at most `limit - frame.len()` bytes, waiting for the
@@ -428,6 +499,11 @@ impl Outbox {
         self.any.notified().await
     }
 
+    /// Lanes open, the control lane included.
+    pub fn lanes_open(&self) -> u32 {
+        self.lock().lanes.len() as u32
+    }
+
     /// Bytes queued and not yet taken by a writer.
     pub fn queued_bytes(&self) -> usize {
         self.lock().bytes
@@ -490,6 +566,27 @@ mod tests {
         ob.close(CloseReason::Normal);
         assert_eq!(ob.take_all(10), Take::Frames(vec![frame(3)]));
         assert_eq!(ob.take_all(10), Take::Close(CloseReason::Error(ErrorCode::GOING_AWAY)));
+    }
+
+    #[test]
+    fn batched_pushes_wake_each_writer_once_when_the_batch_ends() {
+        use futures_util::FutureExt;
+        let ob = Outbox::new(Codec::Json, 1000);
+        let notify = ob.open_lane(3);
+        let mut wakes = Wakes::new();
+        for name in ["a", "b", "c"] {
+            ob.push_batched(3, named(name), 500, &mut wakes).unwrap();
+        }
+        assert_eq!(wakes.lanes.len(), 1, "one wake-up per lane and batch");
+        assert!(notify.notified().now_or_never().is_none(), "no writer woken while the batch is queued");
+        drop(wakes);
+        assert!(notify.notified().now_or_never().is_some());
+        assert_eq!(ob.take(3, 10), Take::Frames(vec![named("a"), named("b"), named("c")]));
+        // The next batch owes a wake-up again; past the limit a batched push is refused.
+        let mut wakes = Wakes::new();
+        ob.push_batched(3, frame(400), 500, &mut wakes).unwrap();
+        assert_eq!(ob.push_batched(3, frame(200), 500, &mut wakes), Err(PushError::Full));
+        assert_eq!(wakes.lanes.len(), 1);
     }
 
     #[test]

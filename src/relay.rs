@@ -316,7 +316,9 @@ fn quic_server_config(
     let idle = Duration::from_millis(u64::from(limits.idle_timeout_ms));
     transport
         .max_idle_timeout(Some(idle.try_into().map_err(|_| RelayError::Quic("idle timeout out of range".into()))?));
-    transport.max_concurrent_bidi_streams((limits.max_rooms_per_connection + 4).into());
+    // Few streams at first: quinn keeps state for every stream a peer may open, so a limit
+    // of 132 cost each connection about 10 KiB; the transport raises it as rooms are joined.
+    transport.max_concurrent_bidi_streams(transport::quic::StreamCredit::initial(limits).into());
     // HTTP/3 (WebTransport) peers open a control stream and two QPACK streams; protocol v1 uses
     // no unidirectional streams, so any other is stopped as soon as it arrives.
     transport.max_concurrent_uni_streams(8u8.into());

@@ -196,6 +196,27 @@ async fn permissions_and_request_errors_keep_the_connection_open() {
 }
 
 #[tokio::test]
+async fn one_connection_joins_many_more_rooms_than_its_first_stream_allowance() {
+    // QUIC connections start with a few streams of credit, raised as rooms are joined.
+    let relay = start().await;
+    for transport in [Transport::Quic, Transport::WebTransport] {
+        let mut c = relay.connect(transport, Codec::Postcard, "alice", "acme", &["*"]).await;
+        let rooms: Vec<String> = (0..40).map(|i| format!("many:{transport:?}:{i}")).collect();
+        for room in &rooms {
+            within("join", c.join(room)).await.unwrap();
+        }
+        for room in &rooms {
+            c.publish(room, "1", Payload::from("1")).await.unwrap();
+        }
+        for room in &rooms {
+            let m = within("message", c.next_message()).await.unwrap();
+            assert_eq!(&m.room, room, "{transport:?}: every room delivers, in publish order");
+        }
+        c.close().await;
+    }
+}
+
+#[tokio::test]
 async fn publish_rate_is_limited_per_connection() {
     let relay = start_with(|c| {
         c.limits.publish_rate = 1;

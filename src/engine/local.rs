@@ -23,6 +23,7 @@ use futures_util::future::BoxFuture;
 
 use super::{Accepted, Done, Engine, EngineError, Publish};
 use crate::hub::{Hub, RoomKey};
+use crate::outbox::Wakes;
 use crate::proto::{Position, RoomName};
 use crate::store::{Append, Cursor, History, Retention, RoomMeta, StoredMessage, UserCursors, new_epoch};
 
@@ -494,9 +495,11 @@ impl Writer {
         self.batch_size.record(records.len() as f64);
         match result {
             Ok(()) => {
+                // Subscribers' writers wake once the whole commit is queued (see `Wakes`).
+                let mut wakes = Wakes::new();
                 for (append, (seq, done)) in records.into_iter().zip(waiting) {
                     let position = Position { epoch: append.epoch, offset: append.message.offset };
-                    self.hub.deliver(&append.key, append.epoch, &append.message);
+                    self.hub.deliver_batched(&append.key, append.epoch, &append.message, &mut wakes);
                     settle(&seq, &append.message, true);
                     done.complete(Ok(Accepted { position, duplicate: false }));
                 }

@@ -6,8 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-
 use super::*;
 use crate::hub::{Hub, Membership, Subscriber, replay};
 use crate::outbox::{CONTROL, Outbox, Take};
@@ -39,7 +37,7 @@ impl Rig {
     /// A member whose catch-up requests are served, like a connection does.
     pub fn member(&self, cap: usize) -> (Arc<Outbox>, Subscriber) {
         let outbox = Outbox::new(Codec::Postcard, cap);
-        let (tx, mut rx) = mpsc::unbounded_channel::<crate::hub::CatchUp>();
+        let (tx, mut rx) = crate::mailbox::mailbox::<crate::hub::CatchUp>();
         let (hub, engine) = (self.hub.clone(), self.engine.clone());
         tokio::spawn(async move {
             while let Some(c) = rx.recv().await {

@@ -24,7 +24,7 @@ use std::time::Instant;
 pub use room::{Attach, CatchUp, Delivered, Membership, RoomState, Subscriber, SubscriberId};
 
 use crate::metrics::HubMetrics;
-use crate::outbox::PushError;
+use crate::outbox::{PushError, Wakes};
 use crate::proto::{Position, RoomName};
 use crate::store::{RoomMeta, StoredMessage};
 
@@ -136,11 +136,18 @@ impl Hub {
         }
     }
 
-    /// Fans a committed message out to the room's members here, if the room is present.
+    /// Fans a committed message out to the room's members here, if the room is present, and
+    /// wakes their writers.
     pub fn deliver(&self, key: &RoomKey, epoch: u64, message: &StoredMessage) -> Delivered {
+        self.deliver_batched(key, epoch, message, &mut Wakes::new())
+    }
+
+    /// [`Hub::deliver`] for one message of a batch: the writers are woken when `wakes` is, after
+    /// the last message of the batch, so each writes the batch at once.
+    pub fn deliver_batched(&self, key: &RoomKey, epoch: u64, message: &StoredMessage, wakes: &mut Wakes) -> Delivered {
         let Some(room) = self.existing(key) else { return Delivered::default() };
         let started = Instant::now();
-        let delivered = lock(&room).deliver(epoch, message, crate::connection::unix_ms());
+        let delivered = lock(&room).deliver(epoch, message, crate::connection::unix_ms(), wakes);
         self.metrics.fanout_seconds.record(started.elapsed().as_secs_f64());
         self.metrics.publishes.increment(1);
         self.metrics.deliveries.increment(delivered.delivered as u64);
@@ -173,17 +180,17 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mailbox::{Mailbox, mailbox};
     use crate::outbox::{CONTROL, Outbox, Take};
     use crate::proto::{Codec, Payload, ServerFrame};
-    use tokio::sync::mpsc;
 
     fn key(tenant: &str, room: &str) -> RoomKey {
         RoomKey { tenant: tenant.into(), room: RoomName::parse(room).unwrap() }
     }
 
-    fn sub(codec: Codec, cap: usize) -> (Arc<Outbox>, Subscriber, mpsc::UnboundedReceiver<CatchUp>) {
+    fn sub(codec: Codec, cap: usize) -> (Arc<Outbox>, Subscriber, Mailbox<CatchUp>) {
         let outbox = Outbox::new(codec, cap);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mailbox();
         (outbox.clone(), Subscriber { outbox, lane: CONTROL, membership: Membership::default(), catch_up: tx }, rx)
     }
 

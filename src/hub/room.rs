@@ -12,10 +12,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::mpsc;
+use crate::mailbox::MailSender;
 
 use super::RoomKey;
-use crate::outbox::{LaneId, Outbox, PushError};
+use crate::outbox::{LaneId, Outbox, PushError, Wakes};
 use crate::proto::{EncodeOnce, Position, ServerFrame};
 use crate::store::{RoomMeta, StoredMessage};
 
@@ -51,7 +51,7 @@ pub struct Subscriber {
     pub lane: LaneId,
     pub membership: Membership,
     /// Where to ask for a replay task when this member falls behind.
-    pub catch_up: mpsc::UnboundedSender<CatchUp>,
+    pub catch_up: MailSender<CatchUp>,
 }
 
 impl Subscriber {
@@ -190,8 +190,9 @@ impl RoomState {
     }
 
     /// Fans one committed message out to the live members expecting exactly this offset. The
-    /// frame is encoded at most once per codec and the bytes are shared.
-    pub fn deliver(&mut self, epoch: u64, message: &StoredMessage, now_ms: u64) -> Delivered {
+    /// frame is encoded at most once per codec and the bytes are shared. Writers are woken
+    /// through `wakes`, once per batch.
+    pub fn deliver(&mut self, epoch: u64, message: &StoredMessage, now_ms: u64, wakes: &mut Wakes) -> Delivered {
         let offset = message.offset;
         if epoch != self.epoch {
             // The engine lost this room's history and started a new epoch: members continue
@@ -232,7 +233,7 @@ impl RoomState {
                 continue;
             }
             let bytes = encoded.get(m.sub.outbox.codec());
-            match m.sub.outbox.push_within(m.sub.lane, bytes, m.sub.fanout_limit()) {
+            match m.sub.outbox.push_batched(m.sub.lane, bytes, m.sub.fanout_limit(), wakes) {
                 Ok(()) => {
                     m.next = offset + 1;
                     out.delivered += 1;

@@ -12,7 +12,7 @@ mod presence;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use crate::mailbox::MailSender;
 
 use crate::auth::{Identity, Verifier};
 use crate::config::LimitsConfig;
@@ -98,9 +98,9 @@ pub struct Session {
     publish_bucket: TokenBucket,
     presence_bucket: TokenBucket,
     /// Where the hub asks for a replay when one of this connection's rooms falls behind.
-    catch_up: mpsc::UnboundedSender<CatchUp>,
+    catch_up: MailSender<CatchUp>,
     /// Where the server API's actions (disconnect, revoke) reach this connection.
-    orders: mpsc::UnboundedSender<Order>,
+    orders: MailSender<Order>,
     /// Async work the connection runs for this session (joins, history reads).
     jobs: Vec<Job>,
     /// Cursors the client reported, saved when the connection ends.
@@ -139,8 +139,8 @@ impl Session {
         id: u64,
         ctx: Arc<SessionContext>,
         outbox: Arc<Outbox>,
-        catch_up: mpsc::UnboundedSender<CatchUp>,
-        orders: mpsc::UnboundedSender<Order>,
+        catch_up: MailSender<CatchUp>,
+        orders: MailSender<Order>,
         now_ms: u64,
     ) -> Session {
         let bucket = TokenBucket::new(ctx.limits.publish_rate, ctx.limits.publish_burst, now_ms);

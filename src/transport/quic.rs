@@ -33,6 +33,41 @@ use crate::metrics::{TransportMetrics, datagram_dropped, disconnected};
 use crate::outbox::{CONTROL, CloseReason, LaneId, Outbox, Take};
 use crate::proto::{Codec, DecodeError, ErrorCode, FrameReader, WireFrame};
 
+/// Bidirectional streams a new connection may open: the control stream, a few rooms, and
+/// the WebTransport `CONNECT` stream. [`StreamCredit`] raises it as rooms are joined.
+const INITIAL_BIDI_STREAMS: u32 = 8;
+/// Streams allowed beyond the room limit (control, `CONNECT`, one being refused).
+const EXTRA_BIDI_STREAMS: u32 = 4;
+
+/// How many bidirectional streams the peer may have open. quinn keeps per-stream state for the
+/// whole allowance from the start, so it begins small and doubles (up to the room limit) when
+/// the room streams in use come near it, early enough that a client's next `join` rarely waits
+/// for the credit.
+pub struct StreamCredit {
+    conn: quinn::Connection,
+    allowed: u32,
+    max: u32,
+}
+
+impl StreamCredit {
+    /// The allowance a connection starts with.
+    pub fn initial(limits: &crate::config::LimitsConfig) -> u32 {
+        INITIAL_BIDI_STREAMS.min(limits.max_rooms_per_connection + EXTRA_BIDI_STREAMS)
+    }
+
+    fn new(conn: quinn::Connection, limits: &crate::config::LimitsConfig) -> Self {
+        StreamCredit { conn, allowed: Self::initial(limits), max: limits.max_rooms_per_connection + EXTRA_BIDI_STREAMS }
+    }
+
+    /// Called with the number of room streams open now.
+    fn rooms_open(&mut self, rooms: u32) {
+        if rooms + EXTRA_BIDI_STREAMS >= self.allowed && self.allowed < self.max {
+            self.allowed = (self.allowed * 2).min(self.max);
+            self.conn.set_max_concurrent_bi_streams(self.allowed.into());
+        }
+    }
+}
+
 /// Handshakes in flight above which unvalidated clients must first answer a Retry.
 const RETRY_ABOVE_HANDSHAKES: usize = 256;
 /// Time allowed for the QUIC/TLS handshake itself.
@@ -83,7 +118,7 @@ async fn connection(incoming: Incoming, shared: Arc<Shared>, stop: CancellationT
     shared.handshakes.fetch_add(1, Ordering::Relaxed);
     let session = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(incoming, auth_deadline)).await;
     shared.handshakes.fetch_sub(1, Ordering::Relaxed);
-    let (session, kind) = match session {
+    let (session, kind, quic) = match session {
         Ok(Ok(accepted)) => accepted,
         Ok(Err(err)) => return tracing::debug!(%remote, %err, "quic handshake failed"),
         Err(_) => return tracing::debug!(%remote, "quic handshake timed out"),
@@ -94,7 +129,8 @@ async fn connection(incoming: Incoming, shared: Arc<Shared>, stop: CancellationT
     };
     shared.open.fetch_add(1, Ordering::Relaxed);
     let _open = metrics.opened();
-    let reason = run(&session, &shared.ctx, metrics, auth_deadline, stop).await;
+    let credit = StreamCredit::new(quic, &shared.ctx.session.limits);
+    let reason = run(&session, credit, &shared.ctx, metrics, auth_deadline, stop).await;
     shared.open.fetch_sub(1, Ordering::Relaxed);
     disconnected(reason.slug());
     tracing::debug!(%remote, transport = kind.name(), reason = reason.slug(), "quic connection closed");
@@ -129,15 +165,20 @@ enum HandshakeError {
 
 /// The QUIC/TLS handshake, then the protocol the ALPN names: raw QUIC is ready at once, while
 /// WebTransport first needs its HTTP/3 `CONNECT` (which must arrive before `auth_deadline`).
-async fn handshake(incoming: Incoming, auth_deadline: Instant) -> Result<(Session, Kind), HandshakeError> {
+async fn handshake(
+    incoming: Incoming,
+    auth_deadline: Instant,
+) -> Result<(Session, Kind, quinn::Connection), HandshakeError> {
     let conn = incoming.accept()?.await?;
     let alpn = conn
         .handshake_data()
         .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|data| data.protocol);
     match alpn.as_deref() {
-        Some(ALPN_RAW) => Ok((Session::raw(conn), Kind::Raw)),
-        Some(webtransport::ALPN) => Ok((webtransport::accept(conn, auth_deadline).await?, Kind::WebTransport)),
+        Some(ALPN_RAW) => Ok((Session::raw(conn.clone()), Kind::Raw, conn)),
+        Some(webtransport::ALPN) => {
+            Ok((webtransport::accept(conn.clone(), auth_deadline).await?, Kind::WebTransport, conn))
+        }
         // rustls refuses any ALPN the server config does not list; this is defence in depth.
         _ => {
             conn.close(0u32.into(), b"no application protocol");
@@ -148,6 +189,7 @@ async fn handshake(incoming: Incoming, auth_deadline: Instant) -> Result<(Sessio
 
 async fn run(
     conn: &Session,
+    credit: StreamCredit,
     ctx: &ConnectionContext,
     metrics: TransportMetrics,
     auth_deadline: Instant,
@@ -191,21 +233,12 @@ async fn run(
         metrics,
     };
     lanes.spawn(CONTROL, ctrl_send, ctrl_recv, reader);
-    readers.spawn(refuse_uni(conn.clone(), cancel.clone()));
     let loss = ctx.session.test_datagram_loss;
     writers.spawn(write_datagrams(conn.clone(), outbox.clone(), loss, lanes.metrics.clone()));
-    let max_datagram = ctx.session.limits.max_datagram_bytes as usize;
-    readers.spawn(read_datagrams(
-        conn.clone(),
-        lanes.tx.clone(),
-        max_datagram,
-        loss,
-        lanes.metrics.clone(),
-        cancel.clone(),
-    ));
+    let datagrams = DatagramIn { max: ctx.session.limits.max_datagram_bytes as usize, loss };
     // `lanes` holds the last sender the connection loop listens to: once every reader has
     // ended, the loop sees its channel close.
-    readers.spawn(accept_rooms(conn.clone(), lanes));
+    readers.spawn(serve_peer(conn.clone(), lanes, credit, datagrams));
 
     let reason = tokio::select! {
         reason = connection::drive(ctx, outbox.clone(), first, &mut rx, auth_deadline) => reason,
@@ -316,35 +349,33 @@ fn lose(loss: f64) -> bool {
     loss > 0.0 && rand::random::<f64>() < loss
 }
 
-/// Feeds received datagrams to the connection loop until the connection ends. Ones over `max`
-/// (`limits.max_datagram_bytes`) and ones arriving while the loop is backed up are dropped.
-async fn read_datagrams(
-    conn: Session,
-    tx: mpsc::Sender<Inbound>,
+/// How received datagrams are screened: ones over `max` (`limits.max_datagram_bytes`) are
+/// dropped, and `loss` is the test knob.
+struct DatagramIn {
     max: usize,
     loss: f64,
-    metrics: TransportMetrics,
-    cancel: CancellationToken,
-) {
-    loop {
-        let datagram = tokio::select! {
-            _ = cancel.cancelled() => return,
-            datagram = conn.read_datagram() => datagram,
-        };
-        let Ok(body) = datagram else { return };
-        if body.len() > max {
+}
+
+impl DatagramIn {
+    /// Hands a datagram to the connection loop, dropping it when the loop is backed up. False
+    /// once the loop is gone.
+    fn forward(&self, body: Bytes, tx: &mpsc::Sender<Inbound>, metrics: &TransportMetrics) -> bool {
+        if body.len() > self.max {
             datagram_dropped("too_large");
-            continue;
+            return true;
         }
         metrics.datagrams_in.increment(1);
-        if lose(loss) {
+        if lose(self.loss) {
             datagram_dropped("test_loss");
-            continue;
+            return true;
         }
         match tx.try_send(Inbound::Datagram(body)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => datagram_dropped("backlog"),
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                datagram_dropped("backlog");
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 }
@@ -393,23 +424,6 @@ fn send_datagram(conn: &Session, outbox: &Outbox, frame: WireFrame, loss: f64, m
     true
 }
 
-/// Protocol v1 has no unidirectional streams: any the peer opens are stopped at once, so they
-/// cannot hold buffered data.
-async fn refuse_uni(conn: Session, cancel: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            _ = cancel.cancelled() => return,
-            accepted = conn.accept_uni() => accepted,
-        };
-        match accepted {
-            Ok(mut recv) => {
-                let _ = recv.stop(0);
-            }
-            Err(_) => return,
-        }
-    }
-}
-
 /// What every stream of one connection shares: frames read go to the connection loop over
 /// `tx`, frames to write come from the lane's queue in `outbox`.
 struct Lanes {
@@ -432,21 +446,39 @@ impl Lanes {
     }
 }
 
-/// Every further bidirectional stream the client opens is a room's lane.
-async fn accept_rooms(conn: Session, lanes: Lanes) {
+/// What the peer opens or sends besides its streams' bytes, in one task per connection (tasks
+/// cost memory per connection): every further bidirectional stream is a room's lane; datagrams
+/// go to the connection loop; unidirectional streams (protocol v1 has none) are stopped at
+/// once, so they cannot hold buffered data.
+async fn serve_peer(conn: Session, lanes: Lanes, mut credit: StreamCredit, datagrams: DatagramIn) {
     let mut next_lane: LaneId = CONTROL + 1;
+    let mut datagrams_open = true;
     loop {
-        let accepted = tokio::select! {
+        tokio::select! {
             _ = lanes.cancel.cancelled() => return,
-            accepted = conn.accept_bi() => accepted,
-        };
-        let Ok((send, recv)) = accepted else {
-            let _ = lanes.tx.send(Inbound::Closed).await;
-            return;
-        };
-        let lane = next_lane;
-        next_lane += 1;
-        lanes.spawn(lane, send, recv, FrameReader::new(lanes.max_frame));
+            accepted = conn.accept_bi() => {
+                let Ok((send, recv)) = accepted else {
+                    let _ = lanes.tx.send(Inbound::Closed).await;
+                    return;
+                };
+                let lane = next_lane;
+                next_lane += 1;
+                lanes.spawn(lane, send, recv, FrameReader::new(lanes.max_frame));
+                credit.rooms_open(lanes.outbox.lanes_open().saturating_sub(1));
+            }
+            Ok(mut recv) = conn.accept_uni() => {
+                let _ = recv.stop(0);
+            }
+            datagram = conn.read_datagram(), if datagrams_open => match datagram {
+                Ok(body) => {
+                    if !datagrams.forward(body, &lanes.tx, &lanes.metrics) {
+                        return;
+                    }
+                }
+                // Datagrams refused or the connection lost: `accept_bi` reports the latter.
+                Err(_) => datagrams_open = false,
+            },
+        }
     }
 }
 
@@ -458,7 +490,8 @@ async fn write_lane(
     mut send: SendStream,
     metrics: TransportMetrics,
 ) {
-    let mut chunks: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH);
+    // Grows to the largest batch written; an idle lane holds none.
+    let mut chunks: Vec<Bytes> = Vec::new();
     loop {
         match outbox.take(lane, WRITE_BATCH) {
             Take::Frames(frames) => {

@@ -46,6 +46,7 @@ use crate::connection::unix_ms;
 use crate::control::{Control, Revocation};
 use crate::hub::remote::{LocalPresence, OtherNodes, PresenceLink, RemoteEntry};
 use crate::hub::{Hub, RoomKey};
+use crate::outbox::Wakes;
 use crate::proto::presence::{PresenceEntry, Status};
 use crate::proto::{Payload, Position, RoomName};
 use crate::store::{Cursor, Retention, RoomMeta, StoredMessage, new_epoch};
@@ -766,9 +767,11 @@ impl Shared {
             match self.read_after(key, from, RESYNC_PAGE).await {
                 Ok(messages) => {
                     let Some(last) = messages.last().map(|m| m.offset) else { return };
+                    let mut wakes = Wakes::new();
                     for message in &messages {
-                        self.hub.deliver(key, epoch, message);
+                        self.hub.deliver_batched(key, epoch, message, &mut wakes);
                     }
+                    drop(wakes);
                     if messages.len() < RESYNC_PAGE {
                         return;
                     }
