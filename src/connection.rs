@@ -44,6 +44,21 @@ pub enum Inbound {
     Failed(ErrorCode, String),
 }
 
+/// Where a connection's [`Inbound`] events come from: a channel fed by reader tasks (QUIC: one
+/// per stream), or the socket itself (WebSocket: one stream, read by the connection loop, so no
+/// reader task and no channel per connection).
+pub trait InboundSource: Send {
+    /// The next event; `None` when every reader is gone. Must be cancel-safe: the connection
+    /// loop polls it in a `select!`.
+    fn next(&mut self) -> impl Future<Output = Option<Inbound>> + Send;
+}
+
+impl InboundSource for mpsc::Receiver<Inbound> {
+    fn next(&mut self) -> impl Future<Output = Option<Inbound>> + Send {
+        self.recv()
+    }
+}
+
 /// Wall-clock milliseconds since the Unix epoch: the `now` handed to sessions and rooms.
 pub fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -88,7 +103,7 @@ pub async fn drive(
     ctx: &ConnectionContext,
     outbox: Arc<Outbox>,
     first: Bytes,
-    inbound: &mut mpsc::Receiver<Inbound>,
+    inbound: &mut impl InboundSource,
     auth_deadline: Instant,
 ) -> CloseReason {
     let (catch_up_tx, catch_up) = mailbox();
@@ -109,7 +124,7 @@ async fn run(
     ctx: &ConnectionContext,
     session: &mut Session,
     first: Bytes,
-    inbound: &mut mpsc::Receiver<Inbound>,
+    inbound: &mut impl InboundSource,
     mail: &mut Mailboxes,
     jobs: &mut JoinSet<()>,
     auth_deadline: Instant,
@@ -154,7 +169,7 @@ async fn run(
                 jobs.spawn(crate::session::jobs::run(Job::CatchUp(lagging), ctx.session.clone()));
             }
             Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
-            event = inbound.recv() => match event {
+            event = inbound.next() => match event {
                 None | Some(Inbound::Closed) => return CloseReason::Normal,
                 Some(Inbound::Frame { lane, body }) => {
                     if let Err(fatal) = session.handle(lane, &body, unix_ms()) {

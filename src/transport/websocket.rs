@@ -1,10 +1,12 @@
 //! WebSocket at `/v1/ws` on the TCP listener: the fallback for clients without QUIC.
 //!
 //! One WebSocket message carries one frame body, text for JSON and binary for postcard. All
-//! lanes share the socket, so the writer drains them round-robin. The relay sends WebSocket
+//! lanes share the socket, so the writer drains them round-robin. The connection loop reads the
+//! socket itself ([`SocketInbound`]); only the writer is a task of its own. The relay sends WebSocket
 //! pings every `ping_interval_ms` and closes a connection that sends nothing (not even a pong)
 //! for `idle_timeout_ms`. Close codes are 1000 (normal) or 4000 + the error code.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,13 +14,13 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::time::Sleep;
 use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{FLUSH_TIMEOUT, WRITE_BATCH};
-use crate::connection::{self, ConnectionContext, Inbound};
+use crate::connection::{self, ConnectionContext, Inbound, InboundSource};
 use crate::metrics::{TransportMetrics, disconnected};
 use crate::outbox::{CONTROL, CloseReason, Outbox, Take};
 use crate::proto::{Codec, ErrorCode};
@@ -68,15 +70,14 @@ impl WebSocketTransport {
         self.metrics.bytes_in.increment(first.len() as u64);
 
         let outbox = Outbox::new(Codec::detect(&first), limits.outbox_bytes);
-        let (tx, mut rx) = mpsc::channel(64);
         let tasks = TaskTracker::new();
         let cancel = stop.child_token();
         let ping_every = Duration::from_millis(u64::from(limits.ping_interval_ms.max(100)));
         let writer = tasks.spawn(write(outbox.clone(), sink, ping_every, cancel.clone(), self.metrics.clone()));
-        tasks.spawn(read(stream, tx, max_frame, idle, cancel.clone(), self.metrics.clone()));
+        let mut inbound = SocketInbound::new(stream, max_frame, idle, self.metrics.clone());
 
         let reason = tokio::select! {
-            reason = connection::drive(ctx, outbox.clone(), first, &mut rx, auth_deadline) => reason,
+            reason = connection::drive(ctx, outbox.clone(), first, &mut inbound, auth_deadline) => reason,
             _ = stop.cancelled() => CloseReason::Error(ErrorCode::GOING_AWAY),
         };
         outbox.close(reason);
@@ -145,35 +146,46 @@ async fn next_message(stream: &mut SplitStream<WebSocket>, max_frame: usize) -> 
     Ok(Received::Frame(body))
 }
 
-async fn read(
-    mut stream: SplitStream<WebSocket>,
-    tx: mpsc::Sender<Inbound>,
+/// The socket's read half as the connection loop's [`InboundSource`], with the idle timeout:
+/// any message restarts it, pongs included (a member that only receives answers the relay's
+/// pings and nothing else).
+struct SocketInbound {
+    stream: SplitStream<WebSocket>,
     max_frame: usize,
     idle: Duration,
-    cancel: CancellationToken,
+    idle_deadline: Pin<Box<Sleep>>,
     metrics: TransportMetrics,
-) {
-    loop {
-        let next = tokio::select! {
-            _ = cancel.cancelled() => return,
-            // Any message restarts the idle timer, pongs included: a member that only
-            // receives answers the relay's pings and nothing else.
-            next = tokio::time::timeout(idle, next_message(&mut stream, max_frame)) => next,
-        };
-        let event = match next {
-            Ok(Ok(Received::Frame(body))) => {
-                metrics.frames_in.increment(1);
-                metrics.bytes_in.increment(body.len() as u64);
-                Inbound::Frame { lane: CONTROL, body }
-            }
-            Ok(Ok(Received::Heartbeat)) => continue,
-            Ok(Ok(Received::End)) => Inbound::Closed,
-            Ok(Err((code, message))) => Inbound::Failed(code, message),
-            Err(_) => Inbound::Failed(ErrorCode::IDLE_TIMEOUT, format!("nothing received for {idle:?}")),
-        };
-        let last = !matches!(event, Inbound::Frame { .. });
-        if tx.send(event).await.is_err() || last {
-            return;
+}
+
+impl SocketInbound {
+    fn new(stream: SplitStream<WebSocket>, max_frame: usize, idle: Duration, metrics: TransportMetrics) -> Self {
+        let idle_deadline = Box::pin(tokio::time::sleep(idle));
+        SocketInbound { stream, max_frame, idle, idle_deadline, metrics }
+    }
+}
+
+impl InboundSource for SocketInbound {
+    async fn next(&mut self) -> Option<Inbound> {
+        loop {
+            // Cancel-safe: `next_message` only awaits the stream's next message.
+            let received = tokio::select! {
+                received = next_message(&mut self.stream, self.max_frame) => received,
+                _ = self.idle_deadline.as_mut() => {
+                    let idle = self.idle;
+                    return Some(Inbound::Failed(ErrorCode::IDLE_TIMEOUT, format!("nothing received for {idle:?}")));
+                }
+            };
+            self.idle_deadline.as_mut().reset((Instant::now() + self.idle).into());
+            return Some(match received {
+                Ok(Received::Frame(body)) => {
+                    self.metrics.frames_in.increment(1);
+                    self.metrics.bytes_in.increment(body.len() as u64);
+                    Inbound::Frame { lane: CONTROL, body }
+                }
+                Ok(Received::Heartbeat) => continue,
+                Ok(Received::End) => Inbound::Closed,
+                Err((code, message)) => Inbound::Failed(code, message),
+            });
         }
     }
 }
