@@ -85,8 +85,11 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .with_state(state)
 }
 
-/// Bytes the WebSocket reader reserves per connection and reads at most per call.
-const WS_READ_BUFFER: usize = 4096;
+/// Bytes the WebSocket reader reserves per connection and reads at most per call. Client
+/// frames are small (a publish of a chat message is a few hundred bytes), and the buffer is the
+/// largest allocation of an idle connection; a larger frame is reserved whole when its header
+/// arrives and read in several calls.
+const WS_READ_BUFFER: usize = 1024;
 
 async fn websocket(State(state): State<Arc<HttpState>>, upgrade: WebSocketUpgrade) -> Response {
     if !state.ready.load(Ordering::Relaxed) {
