@@ -116,7 +116,9 @@ async fn connection(incoming: Incoming, shared: Arc<Shared>, stop: CancellationT
     let remote = incoming.remote_address();
     let auth_deadline = shared.ctx.auth_deadline();
     shared.handshakes.fetch_add(1, Ordering::Relaxed);
-    let session = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(incoming, auth_deadline)).await;
+    // Boxed: the handshake's state (WebTransport's HTTP/3 request among it) is freed when it is
+    // done instead of staying part of the connection's task for its whole life.
+    let session = tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(handshake(incoming, auth_deadline))).await;
     shared.handshakes.fetch_sub(1, Ordering::Relaxed);
     let (session, kind, quic) = match session {
         Ok(Ok(accepted)) => accepted,
@@ -233,9 +235,8 @@ async fn run(
         metrics,
     };
     lanes.spawn(CONTROL, ctrl_send, ctrl_recv, reader);
-    let loss = ctx.session.test_datagram_loss;
-    writers.spawn(write_datagrams(conn.clone(), outbox.clone(), loss, lanes.metrics.clone()));
-    let datagrams = DatagramIn { max: ctx.session.limits.max_datagram_bytes as usize, loss };
+    let datagrams =
+        Datagrams { max: ctx.session.limits.max_datagram_bytes as usize, loss: ctx.session.test_datagram_loss };
     // `lanes` holds the last sender the connection loop listens to: once every reader has
     // ended, the loop sees its channel close.
     readers.spawn(serve_peer(conn.clone(), lanes, credit, datagrams));
@@ -349,14 +350,14 @@ fn lose(loss: f64) -> bool {
     loss > 0.0 && rand::random::<f64>() < loss
 }
 
-/// How received datagrams are screened: ones over `max` (`limits.max_datagram_bytes`) are
-/// dropped, and `loss` is the test knob.
-struct DatagramIn {
+/// How datagrams are handled: received ones over `max` (`limits.max_datagram_bytes`) are
+/// dropped, and `loss` is the test knob (both ways).
+struct Datagrams {
     max: usize,
     loss: f64,
 }
 
-impl DatagramIn {
+impl Datagrams {
     /// Hands a datagram to the connection loop, dropping it when the loop is backed up. False
     /// once the loop is gone.
     fn forward(&self, body: Bytes, tx: &mpsc::Sender<Inbound>, metrics: &TransportMetrics) -> bool {
@@ -378,22 +379,22 @@ impl DatagramIn {
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
-}
 
-/// Sends the outbox's datagram queue until the connection closes or is lost.
-async fn write_datagrams(conn: Session, outbox: Arc<Outbox>, loss: f64, metrics: TransportMetrics) {
-    let notify = outbox.datagram_notify();
-    loop {
-        match outbox.take_datagrams(WRITE_BATCH) {
-            Take::Frames(frames) => {
-                for frame in frames {
-                    if !send_datagram(&conn, &outbox, frame, loss, &metrics) {
-                        return;
+    /// Sends what the outbox's datagram queue holds. False once nothing more will be sent (the
+    /// connection is closing or lost).
+    fn send_queued(&self, conn: &Session, outbox: &Outbox, metrics: &TransportMetrics) -> bool {
+        loop {
+            match outbox.take_datagrams(WRITE_BATCH) {
+                Take::Frames(frames) => {
+                    for frame in frames {
+                        if !send_datagram(conn, outbox, frame, self.loss, metrics) {
+                            return false;
+                        }
                     }
                 }
+                Take::Empty => return true,
+                Take::Finished | Take::Close(_) => return false,
             }
-            Take::Empty => notify.notified().await,
-            Take::Finished | Take::Close(_) => return,
         }
     }
 }
@@ -446,15 +447,21 @@ impl Lanes {
     }
 }
 
-/// What the peer opens or sends besides its streams' bytes, in one task per connection (tasks
-/// cost memory per connection): every further bidirectional stream is a room's lane; datagrams
-/// go to the connection loop; unidirectional streams (protocol v1 has none) are stopped at
-/// once, so they cannot hold buffered data.
-async fn serve_peer(conn: Session, lanes: Lanes, mut credit: StreamCredit, datagrams: DatagramIn) {
+/// Everything of a connection but its streams' bytes, in one task (tasks cost memory per
+/// connection): every further bidirectional stream is a room's lane; received datagrams go to
+/// the connection loop and the outbox's datagram queue is sent; unidirectional streams
+/// (protocol v1 has none) are stopped at once, so they cannot hold buffered data.
+async fn serve_peer(conn: Session, lanes: Lanes, mut credit: StreamCredit, datagrams: Datagrams) {
     let mut next_lane: LaneId = CONTROL + 1;
     let mut datagrams_open = true;
+    let queued = lanes.outbox.datagram_notify();
+    let mut sending = true;
     loop {
+        if sending {
+            sending = datagrams.send_queued(&conn, &lanes.outbox, &lanes.metrics);
+        }
         tokio::select! {
+            _ = queued.notified(), if sending => {}
             _ = lanes.cancel.cancelled() => return,
             accepted = conn.accept_bi() => {
                 let Ok((send, recv)) = accepted else {
