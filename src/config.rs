@@ -250,6 +250,10 @@ pub struct PresenceConfig {
     pub typing_ttl_ms: u64,
     /// How often members get each room's compact presence refresh (count + digest).
     pub refresh_ms: u64,
+    /// A disconnected device stays in its rooms this long before its user is shown leaving, so
+    /// a client that reconnects within it (a network blip, a reconnect storm) changes nothing
+    /// others see. 0: leaves are shown at once. An explicit `leave` is never delayed.
+    pub leave_grace_ms: u64,
     /// Presence and typing frames per second per connection (status, activity, typing, sync,
     /// privacy), and the burst above it; the excess is dropped.
     pub rate: u32,
@@ -265,6 +269,7 @@ impl Default for PresenceConfig {
             idle_after_ms: 300_000,
             typing_ttl_ms: 6_000,
             refresh_ms: 5_000,
+            leave_grace_ms: 0,
             rate: 20,
             burst: 40,
             test_datagram_loss: 0.0,

@@ -357,6 +357,7 @@ async fn presence_ticks(awareness: Arc<Awareness>, every: Duration, stop: Cancel
         let saving = awareness.clone();
         let _ = tokio::task::spawn_blocking(move || saving.flush()).await;
     }
+    awareness.depart_lingering(unix_ms());
     let _ = tokio::task::spawn_blocking(move || awareness.flush()).await;
 }
 

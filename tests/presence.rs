@@ -158,6 +158,37 @@ async fn two_users_with_two_devices_each_see_status_typing_and_leave() {
 }
 
 #[tokio::test]
+async fn with_a_leave_grace_a_reconnect_is_invisible_and_a_departure_shows_after_it() {
+    let relay = start_with(|c| {
+        presence_config(c);
+        c.presence.leave_grace_ms = 2_000;
+    })
+    .await;
+    let watcher = relay.connect(Transport::WebSocket, Codec::Json, "alice", "acme", &["*"]).await;
+    watcher.join("blip").await.unwrap();
+    let bob = relay.connect(Transport::Quic, Codec::Postcard, "bob", "acme", &["*"]).await;
+    bob.join("blip").await.unwrap();
+    expect_members(&watcher, "blip", &[("alice", Status::Online), ("bob", Status::Online)]).await;
+
+    // Bob's connection goes and a new one rejoins at once, as after a network blip, while the
+    // watcher looks out for bob going offline.
+    let watch = watcher.wait_presence("blip", Duration::from_millis(3_000), |v, _| v.status("bob") == Status::Offline);
+    let reconnect = async {
+        bob.close().await;
+        let bob = relay.connect(Transport::Quic, Codec::Postcard, "bob", "acme", &["*"]).await;
+        bob.join("blip").await.unwrap();
+        bob
+    };
+    let (offline_seen, bob) = tokio::join!(watch, reconnect);
+    assert!(!offline_seen, "the reconnect showed bob leaving: {:?}", summary(&watcher.presence("blip")));
+    assert!(watcher.presence_sync("blip").await.unwrap().iter().any(|e| e.user == "bob" && e.status == Status::Online));
+
+    // Bob goes for good: the room sees him leave once the grace has passed.
+    bob.close().await;
+    expect_members(&watcher, "blip", &[("alice", Status::Online)]).await;
+}
+
+#[tokio::test]
 async fn a_killed_clients_typing_and_presence_clear_by_themselves() {
     let relay = start_with(|c| {
         presence_config(c);

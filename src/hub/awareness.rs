@@ -82,7 +82,7 @@ impl Awareness {
     pub fn new(config: &PresenceConfig, records: Arc<dyn UserRecords>) -> Self {
         Awareness {
             state: Mutex::new(State {
-                presence: Presence::new(config.idle_after_ms),
+                presence: Presence::new(config.idle_after_ms).with_leave_grace(config.leave_grace_ms),
                 typing: Typing::new(config.typing_ttl_ms),
                 links: HashMap::new(),
                 room_devices: HashMap::new(),
@@ -271,8 +271,11 @@ impl Awareness {
     /// a few times per second, and [`Awareness::flush`] after it.
     pub fn tick(&self, now_ms: u64) {
         let mut state = self.lock();
-        let changes = state.presence.tick(now_ms);
+        let (changes, records) = state.presence.tick(now_ms);
         state.fan_presence(changes, now_ms);
+        for (user, record) in records {
+            self.records.put(&user, record);
+        }
         for (room, user) in state.remote.expire(now_ms) {
             state.fan_merged(&room, &user, 0, now_ms);
         }
@@ -282,6 +285,18 @@ impl Awareness {
         if now_ms >= state.next_refresh {
             state.next_refresh = now_ms + self.refresh_ms;
             state.send_refreshes();
+        }
+    }
+
+    /// Ends the leave grace of every disconnected device now, so that their users' records are
+    /// saved by the last [`Awareness::flush`] (the relay is stopping).
+    pub fn depart_lingering(&self, now_ms: u64) {
+        let mut state = self.lock();
+        let (changes, records) = state.presence.depart_lingering(now_ms);
+        state.fan_presence(changes, now_ms);
+        drop(state);
+        for (user, record) in records {
+            self.records.put(&user, record);
         }
     }
 

@@ -17,6 +17,10 @@
 //!   membership changes (see `proto::presence` for how clients use it).
 //! - **Last seen** is the time the user was last shown as anything but offline; it is updated
 //!   when they go offline (disconnect, invisible, hidden), so hiding never leaks activity.
+//! - **Leave grace**: with `leave_grace_ms` > 0 a device that disconnects lingers that long, still
+//!   counted in its rooms, before it is removed. A client that reconnects within the grace (a
+//!   network blip, a reconnect storm) therefore changes nothing others see: no offline and
+//!   online again for every member of every room. An explicit `leave` is never delayed.
 //!
 //! Everything is keyed by tenant: users of two tenants never meet, even with the same id.
 
@@ -59,6 +63,8 @@ pub fn next_version(prev: u64, now_ms: u64) -> u64 {
 struct Device {
     last_active: u64,
     rooms: HashSet<RoomName>,
+    /// When the connection ended, while it lingers for the leave grace.
+    gone_at: Option<u64>,
 }
 
 struct UserState {
@@ -126,6 +132,8 @@ impl UserState {
 pub struct Presence {
     /// A device with no activity for this long is idle.
     idle_after_ms: u64,
+    /// How long a disconnected device lingers (0: it is removed at once).
+    leave_grace_ms: u64,
     users: HashMap<UserKey, UserState>,
     /// Members of each room: user → how many of their devices joined it.
     rooms: HashMap<RoomKey, HashMap<Arc<str>, u32>>,
@@ -136,7 +144,19 @@ pub struct Presence {
 
 impl Presence {
     pub fn new(idle_after_ms: u64) -> Self {
-        Presence { idle_after_ms, users: HashMap::new(), rooms: HashMap::new(), retired: HashMap::new() }
+        Presence {
+            idle_after_ms,
+            leave_grace_ms: 0,
+            users: HashMap::new(),
+            rooms: HashMap::new(),
+            retired: HashMap::new(),
+        }
+    }
+
+    /// Disconnected devices linger this long (see the module docs).
+    pub fn with_leave_grace(mut self, leave_grace_ms: u64) -> Self {
+        self.leave_grace_ms = leave_grace_ms;
+        self
     }
 
     /// A device of `user` connected. `record` is what the store remembers of the user (last
@@ -144,13 +164,25 @@ impl Presence {
     pub fn connect(&mut self, user: &UserKey, device: DeviceId, record: UserRecord, now_ms: u64) -> Vec<Change> {
         let retired = self.retired.remove(user).unwrap_or(0);
         let state = self.users.entry(user.clone()).or_insert_with(|| UserState::new(retired, now_ms, record));
-        state.devices.insert(device, Device { last_active: now_ms, rooms: HashSet::new() });
+        state.devices.insert(device, Device { last_active: now_ms, rooms: HashSet::new(), gone_at: None });
         self.recompute(user, now_ms)
     }
 
     /// A device went away (closed, failed, killed). Returns the changes and, when it was the
-    /// user's last device, the user's record to remember.
+    /// user's last device, the user's record to remember. With a leave grace the device only
+    /// starts lingering: [`Presence::tick`] removes it once the grace has passed.
     pub fn disconnect(&mut self, user: &UserKey, device: DeviceId, now_ms: u64) -> (Vec<Change>, Option<UserRecord>) {
+        if self.leave_grace_ms > 0 {
+            if let Some(d) = self.users.get_mut(user).and_then(|s| s.devices.get_mut(&device)) {
+                d.gone_at.get_or_insert(now_ms);
+            }
+            return (Vec::new(), None);
+        }
+        self.remove_device(user, device, now_ms)
+    }
+
+    /// Removes a device: it leaves its rooms, and the user goes when it was their last.
+    fn remove_device(&mut self, user: &UserKey, device: DeviceId, now_ms: u64) -> (Vec<Change>, Option<UserRecord>) {
         let rooms: Vec<RoomName> = match self.users.get(user).and_then(|s| s.devices.get(&device)) {
             Some(d) => d.rooms.iter().cloned().collect(),
             None => return (Vec::new(), None),
@@ -268,11 +300,43 @@ impl Presence {
         self.users.get(user).is_none_or(|s| s.hide_typing || s.hide_presence || s.chosen == Status::Offline)
     }
 
-    /// Applies the passing of time (devices going idle). Call it periodically.
-    pub fn tick(&mut self, now_ms: u64) -> Vec<Change> {
+    /// Applies the passing of time: devices going idle, lingering devices whose leave grace
+    /// has passed removed. Call it periodically. Returns the changes and the records of users
+    /// who are gone.
+    pub fn tick(&mut self, now_ms: u64) -> (Vec<Change>, Vec<(UserKey, UserRecord)>) {
         self.retired.retain(|_, version| *version >= now_ms);
+        let grace = self.leave_grace_ms;
+        let (mut changes, records) = self.remove_lingering(|gone_at| now_ms >= gone_at.saturating_add(grace), now_ms);
         let idle = self.idle_after_ms;
-        self.users.iter_mut().flat_map(|(user, state)| state.recompute(user, idle, now_ms)).collect()
+        changes.extend(self.users.iter_mut().flat_map(|(user, state)| state.recompute(user, idle, now_ms)));
+        (changes, records)
+    }
+
+    /// Removes every lingering device now, whatever its grace (the relay is stopping).
+    pub fn depart_lingering(&mut self, now_ms: u64) -> (Vec<Change>, Vec<(UserKey, UserRecord)>) {
+        self.remove_lingering(|_| true, now_ms)
+    }
+
+    fn remove_lingering(
+        &mut self,
+        due: impl Fn(u64) -> bool,
+        now_ms: u64,
+    ) -> (Vec<Change>, Vec<(UserKey, UserRecord)>) {
+        let lapsed: Vec<(UserKey, DeviceId)> = self
+            .users
+            .iter()
+            .flat_map(|(user, state)| {
+                state.devices.iter().filter(|(_, d)| d.gone_at.is_some_and(&due)).map(|(id, _)| (user.clone(), *id))
+            })
+            .collect();
+        let mut changes = Vec::new();
+        let mut records = Vec::new();
+        for (user, device) in lapsed {
+            let (more, record) = self.remove_device(&user, device, now_ms);
+            changes.extend(more);
+            records.extend(record.map(|r| (user, r)));
+        }
+        (changes, records)
     }
 
     /// The present (not offline) members of a room, in no particular order.
@@ -400,6 +464,37 @@ mod tests {
     }
 
     #[test]
+    fn with_a_leave_grace_a_reconnect_within_it_changes_nothing_others_see() {
+        const GRACE: u64 = 5_000;
+        let mut p = presence().with_leave_grace(GRACE);
+        let (r, alice, bob) = (room("acme", "lobby"), UserKey::new("acme", "alice"), UserKey::new("acme", "bob"));
+        p.connect(&alice, 1, UserRecord::default(), 0);
+        p.connect(&bob, 2, UserRecord::default(), 0);
+        p.join(&r, &alice, 1, 0);
+        p.join(&r, &bob, 2, 0);
+        // Alice's connection drops and a new one rejoins within the grace: nothing to send.
+        assert_eq!(p.disconnect(&alice, 1, 1_000), (Vec::new(), None));
+        assert!(p.connect(&alice, 3, UserRecord::default(), 2_000).is_empty());
+        assert!(p.join(&r, &alice, 3, 2_000).is_empty(), "already a member through the lingering device");
+        assert!(p.tick(1_000 + GRACE).0.is_empty(), "the old device goes without a change");
+        assert_eq!(shown(&p, &r), vec![("alice".into(), Status::Online), ("bob".into(), Status::Online)]);
+        // Bob's drops for good: he lingers until the grace ends, then leaves and is recorded.
+        assert_eq!(p.disconnect(&bob, 2, 10_000), (Vec::new(), None));
+        assert_eq!(p.tick(10_000 + GRACE - 1).0, Vec::new());
+        assert_eq!(shown(&p, &r).len(), 2, "bob is still listed during the grace");
+        let (changes, records) = p.tick(10_000 + GRACE);
+        assert_eq!(statuses(&changes), vec![("lobby", "bob", Status::Offline)]);
+        assert_eq!(records.len(), 1);
+        assert_eq!((records[0].0.user.as_ref(), records[0].1.last_seen), ("bob", 10_000 + GRACE));
+        assert_eq!(shown(&p, &r), vec![("alice".into(), Status::Online)]);
+        // An explicit leave is never delayed; a stopping relay ends every grace at once.
+        assert_eq!(statuses(&p.leave(&r, &alice, 3, 20_000)), vec![("lobby", "alice", Status::Offline)]);
+        p.disconnect(&alice, 3, 20_000);
+        assert_eq!(p.depart_lingering(20_001).1.len(), 1);
+        assert_eq!(p.users(), 0);
+    }
+
+    #[test]
     fn idle_devices_turn_the_user_away_and_activity_brings_them_back() {
         let mut p = presence();
         let bob = UserKey::new("acme", "bob");
@@ -408,9 +503,9 @@ mod tests {
         p.connect(&bob, 2, UserRecord::default(), 0);
         p.join(&lobby, &bob, 1, 0);
         p.activity(&bob, 2, 30_000);
-        assert!(p.tick(IDLE).is_empty(), "device 2 was active 30 s ago");
-        assert_eq!(statuses(&p.tick(30_000 + IDLE)), vec![("lobby", "bob", Status::Away)]);
-        assert!(p.tick(30_000 + IDLE + 1).is_empty(), "away is announced once");
+        assert!(p.tick(IDLE).0.is_empty(), "device 2 was active 30 s ago");
+        assert_eq!(statuses(&p.tick(30_000 + IDLE).0), vec![("lobby", "bob", Status::Away)]);
+        assert!(p.tick(30_000 + IDLE + 1).0.is_empty(), "away is announced once");
         assert_eq!(statuses(&p.activity(&bob, 1, 100_000)), vec![("lobby", "bob", Status::Online)]);
     }
 
@@ -425,7 +520,7 @@ mod tests {
         let changes = p.set_status(&carol, 2, Status::Busy, Some("in a call".into()), 10);
         assert_eq!(changes[0].entry.custom.as_deref(), Some("in a call"));
         assert_eq!(statuses(&changes), vec![("lobby", "carol", Status::Busy)]);
-        assert!(p.tick(10 * IDLE).is_empty(), "busy stays busy when idle");
+        assert!(p.tick(10 * IDLE).0.is_empty(), "busy stays busy when idle");
         let changes = p.set_status(&carol, 1, Status::Offline, Some("secret".into()), 20 * IDLE);
         assert_eq!(statuses(&changes), vec![("lobby", "carol", Status::Offline)]);
         assert_eq!(changes[0].entry.custom, None, "custom text is never shown while offline");
