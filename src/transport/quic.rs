@@ -454,14 +454,15 @@ impl Lanes {
 async fn serve_peer(conn: Session, lanes: Lanes, mut credit: StreamCredit, datagrams: Datagrams) {
     let mut next_lane: LaneId = CONTROL + 1;
     let mut datagrams_open = true;
+    // Every datagram push notifies (a permit is kept when nobody waits), so the queue is sent
+    // exactly when something was queued, not on every turn of the loop.
     let queued = lanes.outbox.datagram_notify();
     let mut sending = true;
     loop {
-        if sending {
-            sending = datagrams.send_queued(&conn, &lanes.outbox, &lanes.metrics);
-        }
         tokio::select! {
-            _ = queued.notified(), if sending => {}
+            _ = queued.notified(), if sending => {
+                sending = datagrams.send_queued(&conn, &lanes.outbox, &lanes.metrics);
+            }
             _ = lanes.cancel.cancelled() => return,
             accepted = conn.accept_bi() => {
                 let Ok((send, recv)) = accepted else {
