@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::RoomKey;
-use super::last_seen::UserRecords;
+use super::last_seen::{UserRecord, UserRecords};
 use super::presence::{Change, DeviceId, Presence, UserKey};
 use super::remote::{LocalPresence, OtherNodes, RemotePresence, node_device};
 use super::typing::{Typing, TypingView};
@@ -121,9 +121,7 @@ impl Awareness {
         metrics::gauge!(USERS).set(state.presence.users() as f64);
         state.fan_presence(changes, now_ms);
         drop(state);
-        if let Some(record) = record {
-            self.records.put(&link.user, record);
-        }
+        self.remember(record.map(|record| (link.user, record)));
     }
 
     /// The device joined a room on `lane`: queues the room's presence snapshot on that lane
@@ -271,11 +269,8 @@ impl Awareness {
     /// a few times per second, and [`Awareness::flush`] after it.
     pub fn tick(&self, now_ms: u64) {
         let mut state = self.lock();
-        let (changes, records) = state.presence.tick(now_ms);
+        let (changes, gone) = state.presence.tick(now_ms);
         state.fan_presence(changes, now_ms);
-        for (user, record) in records {
-            self.records.put(&user, record);
-        }
         for (room, user) in state.remote.expire(now_ms) {
             state.fan_merged(&room, &user, 0, now_ms);
         }
@@ -286,18 +281,25 @@ impl Awareness {
             state.next_refresh = now_ms + self.refresh_ms;
             state.send_refreshes();
         }
+        drop(state);
+        self.remember(gone);
+    }
+
+    /// Keeps the records of users who are gone, for the next [`Awareness::flush`].
+    fn remember(&self, gone: impl IntoIterator<Item = (UserKey, UserRecord)>) {
+        for (user, record) in gone {
+            self.records.put(&user, record);
+        }
     }
 
     /// Ends the leave grace of every disconnected device now, so that their users' records are
     /// saved by the last [`Awareness::flush`] (the relay is stopping).
     pub fn depart_lingering(&self, now_ms: u64) {
         let mut state = self.lock();
-        let (changes, records) = state.presence.depart_lingering(now_ms);
+        let (changes, gone) = state.presence.depart_lingering(now_ms);
         state.fan_presence(changes, now_ms);
         drop(state);
-        for (user, record) in records {
-            self.records.put(&user, record);
-        }
+        self.remember(gone);
     }
 
     /// Saves changed user records (one durable commit). Blocking: call it off the async threads.
