@@ -134,7 +134,7 @@ impl Wakes {
     }
 
     /// Wakes every writer that has frames from this batch.
-    pub fn wake_all(&mut self) {
+    fn wake_all(&mut self) {
         for (outbox, lane) in self.lanes.drain(..) {
             outbox.wake(lane);
         }

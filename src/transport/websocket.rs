@@ -2,9 +2,9 @@
 //!
 //! One WebSocket message carries one frame body, text for JSON and binary for postcard. All
 //! lanes share the socket, so the writer drains them round-robin. The connection loop reads the
-//! socket itself ([`SocketInbound`]); only the writer is a task of its own. The relay sends WebSocket
-//! pings every `ping_interval_ms` and closes a connection that sends nothing (not even a pong)
-//! for `idle_timeout_ms`. Close codes are 1000 (normal) or 4000 + the error code.
+//! socket itself ([`SocketInbound`]); only the writer is a task of its own. The relay sends
+//! WebSocket pings every `ping_interval_ms` and closes a connection that sends nothing (not even
+//! a pong) for `idle_timeout_ms`. Close codes are 1000 (normal) or 4000 + the error code.
 
 use std::pin::Pin;
 use std::sync::Arc;
