@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::relay::{RelayUnderTest, TransportChoice};
-use crate::stats::{self, Errors, Latency};
+use crate::stats::{self, Errors, Latency, SharedLatency};
 
 pub const MAX_CONNECTIONS: usize = 20_000;
 pub const MAX_CHURN_RATE: f64 = 5_000.0;
@@ -273,8 +273,8 @@ pub async fn churn(
     anyhow::ensure!(args.rate > 0.0 && args.rate <= MAX_CHURN_RATE, "--rate from 0 to {MAX_CHURN_RATE}");
     let relay = Arc::new(RelayView::of(relay)?);
     let errors = Arc::new(Errors::default());
-    let connect_hist = Arc::new(std::sync::Mutex::new(stats::histogram()));
-    let join_hist = Arc::new(std::sync::Mutex::new(stats::histogram()));
+    let connect_hist = Arc::new(SharedLatency::default());
+    let join_hist = Arc::new(SharedLatency::default());
     let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]); // connected, joined, closed
     let open = Arc::new(AtomicU64::new(0));
     let tasks = TaskTracker::new();
@@ -314,11 +314,11 @@ pub async fn churn(
                     let options = ClientOptions::new(relay.token(&format!("churn-{index}"))?);
                     let t = Instant::now();
                     let client = Client::connect(target, options).await?;
-                    stats::record(&mut connect_hist.lock().unwrap_or_else(|e| e.into_inner()), t.elapsed());
+                    connect_hist.record(t.elapsed());
                     counts[0].fetch_add(1, Ordering::Relaxed);
                     let t = Instant::now();
                     client.join(&room).await?;
-                    stats::record(&mut join_hist.lock().unwrap_or_else(|e| e.into_inner()), t.elapsed());
+                    join_hist.record(t.elapsed());
                     counts[1].fetch_add(1, Ordering::Relaxed);
                     tokio::select! {
                         _ = tokio::time::sleep(hold) => {}
@@ -368,8 +368,8 @@ pub async fn churn(
         closed: counts[2].load(Ordering::Relaxed),
         behind,
         connects_per_s: connected as f64 / seconds,
-        connect_latency: Latency::of(&connect_hist.lock().unwrap_or_else(|e| e.into_inner())),
-        join_latency: Latency::of(&join_hist.lock().unwrap_or_else(|e| e.into_inner())),
+        connect_latency: connect_hist.latency(),
+        join_latency: join_hist.latency(),
         relay_cpu_seconds: cpu,
         relay_cpu_s_per_1000: cpu.filter(|_| connected > 0).map(|c| c * 1000.0 / connected as f64),
         relay_rss_kib_before: rss_before,

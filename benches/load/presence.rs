@@ -29,7 +29,6 @@ use edgerelay::client::presence::RoomPresence;
 use edgerelay::client::{Client, Event};
 use edgerelay::proto::{ClientFrame, Status};
 use futures_util::stream::StreamExt;
-use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -37,7 +36,7 @@ use tokio_util::task::TaskTracker;
 use crate::conns::MAX_CONNECTIONS;
 use crate::fanout::{self, CodecArg};
 use crate::relay::{RelayUnderTest, TransportChoice};
-use crate::stats::{self, Errors, Latency, now_ns};
+use crate::stats::{self, Errors, Latency, SharedLatency, now_ns};
 
 pub const MAX_RATE: f64 = 20.0;
 /// Send times kept per user and kind; an observation older than this many changes is counted
@@ -107,7 +106,7 @@ struct Kind {
     observed: AtomicU64,
     /// Changes an observer never saw because a newer one of the same user reached its view first.
     superseded: AtomicU64,
-    hist: std::sync::Mutex<Option<Histogram<u64>>>,
+    hist: SharedLatency,
 }
 
 impl Kind {
@@ -115,13 +114,12 @@ impl Kind {
         self.observed.fetch_add(1, Ordering::Relaxed);
         self.superseded.fetch_add(skipped, Ordering::Relaxed);
         if let Some(ns) = latency_ns {
-            let mut hist = self.hist.lock().unwrap_or_else(|e| e.into_inner());
-            hist.get_or_insert_with(stats::histogram).saturating_record((ns / 1000).max(1));
+            self.hist.record(Duration::from_nanos(ns));
         }
     }
 
     fn latency(&self) -> Latency {
-        self.hist.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(Latency::of).unwrap_or_default()
+        self.hist.latency()
     }
 }
 

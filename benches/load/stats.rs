@@ -1,7 +1,7 @@
 //! Latency histograms, error tallies and the shapes of the reports.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use edgerelay::client::ClientError;
@@ -22,6 +22,34 @@ pub fn histogram() -> Histogram<u64> {
 
 pub fn record(hist: &mut Histogram<u64>, d: Duration) {
     hist.saturating_record((d.as_micros() as u64).max(1));
+}
+
+/// A latency histogram that many tasks record into.
+pub struct SharedLatency(Mutex<Histogram<u64>>);
+
+impl Default for SharedLatency {
+    fn default() -> Self {
+        SharedLatency(Mutex::new(histogram()))
+    }
+}
+
+impl SharedLatency {
+    fn lock(&self) -> MutexGuard<'_, Histogram<u64>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn record(&self, d: Duration) {
+        record(&mut self.lock(), d);
+    }
+
+    pub fn latency(&self) -> Latency {
+        Latency::of(&self.lock())
+    }
+
+    /// Adds what this one holds to `total` (shards merged at the end of a run).
+    pub fn add_to(&self, total: &mut Histogram<u64>) {
+        let _ = total.add(&*self.lock());
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -23,14 +23,13 @@ use std::time::{Duration, Instant};
 use edgerelay::client::resilient::Reconnect;
 use edgerelay::client::{Client, ClientError, ClientOptions, Event, Joined, Message, Target};
 use edgerelay::proto::{ErrorCode, Position};
-use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::conns::{MAX_CONNECTIONS, RelayView};
 use crate::fanout::{self, CodecArg, Counters};
 use crate::relay::{RelayUnderTest, TransportChoice};
-use crate::stats::{self, Errors, Latency, now_ns};
+use crate::stats::{self, Errors, Latency, SharedLatency, now_ns};
 
 pub const MAX_ROUNDS: usize = 20;
 /// Most rooms one connection joins.
@@ -93,9 +92,9 @@ struct Round {
     failed: AtomicUsize,
     attempts: AtomicU64,
     not_recovered: AtomicU64,
-    back_hist: std::sync::Mutex<Histogram<u64>>,
-    caught_hist: std::sync::Mutex<Histogram<u64>>,
-    connect_hist: std::sync::Mutex<Histogram<u64>>,
+    back_hist: SharedLatency,
+    caught_hist: SharedLatency,
+    connect_hist: SharedLatency,
     errors: Errors,
 }
 
@@ -108,23 +107,15 @@ impl Round {
             failed: AtomicUsize::new(0),
             attempts: AtomicU64::new(0),
             not_recovered: AtomicU64::new(0),
-            back_hist: std::sync::Mutex::new(stats::histogram()),
-            caught_hist: std::sync::Mutex::new(stats::histogram()),
-            connect_hist: std::sync::Mutex::new(stats::histogram()),
+            back_hist: SharedLatency::default(),
+            caught_hist: SharedLatency::default(),
+            connect_hist: SharedLatency::default(),
             errors: Errors::default(),
         }
     }
 
     fn since_drop(&self) -> Duration {
         Duration::from_nanos(now_ns().saturating_sub(self.drop_ns.load(Ordering::Relaxed)))
-    }
-
-    fn record(hist: &std::sync::Mutex<Histogram<u64>>, d: Duration) {
-        stats::record(&mut hist.lock().unwrap_or_else(|e| e.into_inner()), d);
-    }
-
-    fn latency(hist: &std::sync::Mutex<Histogram<u64>>) -> Latency {
-        Latency::of(&hist.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -137,7 +128,7 @@ struct Ctx {
     attempts: u32,
     rounds: Vec<Round>,
     /// Delivery latency (send to receipt, replays included), in shards.
-    latency: Vec<std::sync::Mutex<Histogram<u64>>>,
+    latency: Vec<SharedLatency>,
     counters: Counters,
     /// Limits the first connect to --connect-concurrency at once.
     setup: tokio::sync::Semaphore,
@@ -184,8 +175,7 @@ fn account(ctx: &Ctx, index: usize, shared: &Shared, resume: &mut Resume, messag
     shared.received[slot].fetch_add(1, Ordering::Relaxed);
     ctx.counters.delivered.fetch_add(1, Ordering::Relaxed);
     if let Some(header) = fanout::header(&message.data.0) {
-        let mut hist = ctx.latency[index % ctx.latency.len()].lock().unwrap_or_else(|e| e.into_inner());
-        hist.saturating_record((now_ns().saturating_sub(header.sent_ns) / 1000).max(1));
+        ctx.latency[index % ctx.latency.len()].record(Duration::from_nanos(now_ns().saturating_sub(header.sent_ns)));
     }
 }
 
@@ -203,7 +193,7 @@ async fn connect(
         let started = Instant::now();
         match Client::connect(target.clone(), options.clone()).await {
             Ok(client) => {
-                Round::record(&round.connect_hist, started.elapsed());
+                round.connect_hist.record(started.elapsed());
                 return Some(client);
             }
             Err(err) => round.errors.client(&err),
@@ -333,7 +323,7 @@ async fn connection(ctx: Arc<Ctx>, index: usize, shared: Arc<Shared>, mut signal
                                 shared.joined_first.store(true, Ordering::Relaxed);
                             }
                             round.back.fetch_add(1, Ordering::Relaxed);
-                            Round::record(&round.back_hist, round.since_drop());
+                            round.back_hist.record(round.since_drop());
                         }
                     }
                 }
@@ -351,7 +341,7 @@ async fn connection(ctx: Arc<Ctx>, index: usize, shared: Arc<Shared>, mut signal
             if told.1 && !told.2 && !joining && resume.caught_up() {
                 told.2 = true;
                 round.caught_up.fetch_add(1, Ordering::Relaxed);
-                Round::record(&round.caught_hist, round.since_drop());
+                round.caught_hist.record(round.since_drop());
             }
             if lost {
                 // The relay closed it or a join failed: connect again within this round, as a
@@ -513,8 +503,8 @@ pub struct StormReport {
 }
 
 fn round_report(round_no: usize, round: &Round, connections: usize) -> RoundReport {
-    let back = Round::latency(&round.back_hist);
-    let caught = Round::latency(&round.caught_hist);
+    let back = round.back_hist.latency();
+    let caught = round.caught_hist.latency();
     let reconnected = round.back.load(Ordering::Relaxed);
     let caught_up = round.caught_up.load(Ordering::Relaxed);
     RoundReport {
@@ -528,7 +518,7 @@ fn round_report(round_no: usize, round: &Round, connections: usize) -> RoundRepo
         all_caught_up_s: (caught_up == connections && connections > 0).then_some(caught.max_ms / 1000.0),
         back,
         caught,
-        connect: Round::latency(&round.connect_hist),
+        connect: round.connect_hist.latency(),
         connect_attempts: round.attempts.load(Ordering::Relaxed),
         not_recovered: round.not_recovered.load(Ordering::Relaxed),
         errors: round.errors.snapshot(),
@@ -604,7 +594,7 @@ pub async fn storm(
         rooms_per_connection: args.rooms_per_connection,
         attempts: args.attempts,
         rounds: (0..=args.rounds).map(|_| Round::new()).collect(),
-        latency: (0..16).map(|_| std::sync::Mutex::new(stats::histogram())).collect(),
+        latency: (0..16).map(|_| SharedLatency::default()).collect(),
         counters: Counters::default(),
         setup: tokio::sync::Semaphore::new(args.connect_concurrency.max(1)),
         backoff: Reconnect {
@@ -736,7 +726,7 @@ pub async fn storm(
     }
     let mut latency = stats::histogram();
     for shard in &ctx.latency {
-        let _ = latency.add(&*shard.lock().unwrap_or_else(|e| e.into_inner()));
+        shard.add_to(&mut latency);
     }
     let acked: u64 = published.acked_per_room.iter().sum();
     let exact = lost == 0
