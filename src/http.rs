@@ -6,10 +6,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -27,7 +27,7 @@ use crate::hub::awareness::Awareness;
 use crate::hub::presence::UserKey;
 use crate::proto::{ErrorCode, Payload, Position, RoomName};
 use crate::session::MAX_MESSAGE_ID_LEN;
-use crate::transport::websocket::WebSocketTransport;
+use crate::transport::websocket::{WebSocketTransport, handshake};
 
 /// The certificate facts clients need: the SHA-256 of the end-entity certificate (what
 /// Chromium's `serverCertificateHashes` and the Rust client's pin compare) and its expiry.
@@ -85,27 +85,71 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .with_state(state)
 }
 
-/// Bytes the WebSocket reader reserves per connection and reads at most per call. Client
-/// frames are small (a publish of a chat message is a few hundred bytes), and the buffer is the
-/// largest allocation of an idle connection; a larger frame is reserved whole when its header
-/// arrives and read in several calls.
-const WS_READ_BUFFER: usize = 1024;
+/// Most time a client gets to send its request headers (slow clients hold a connection).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn websocket(State(state): State<Arc<HttpState>>, upgrade: WebSocketUpgrade) -> Response {
+/// Serves HTTP/1.1 on the TCP listener until `stop`, then lets open requests finish. Its own
+/// accept loop rather than `axum::serve`: the WebSocket transport takes the upgraded
+/// connection's `TcpStream` back from hyper, which hyper allows only when it served the
+/// connection on that exact type (see `transport::websocket::handshake`).
+pub async fn serve(listener: tokio::net::TcpListener, router: Router, stop: CancellationToken) {
+    let connections = TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of file descriptors, most likely: back off instead of spinning.
+                    tracing::warn!(%err, "TCP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        // Frames are written whole: Nagle's algorithm would only hold small ones back behind a
+        // delayed ACK, up to 40 ms.
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%err, "TCP_NODELAY");
+        }
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}
+
+async fn websocket(State(state): State<Arc<HttpState>>, request: Request) -> Response {
     if !state.ready.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "relay is draining\n").into_response();
     }
-    let limit = state.websocket.socket_message_limit();
+    let (response, upgrade) = match handshake::accept(request) {
+        Ok(accepted) => accepted,
+        Err(refusal) => return refusal.into_response(),
+    };
     let transport = state.websocket.clone();
     let stop = state.stop.child_token();
-    let tasks = state.tasks.clone();
-    upgrade
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        // tungstenite reserves its read buffer up front (128 KiB by default): most of an idle
-        // connection's memory. Frames larger than this still arrive, in several reads.
-        .read_buffer_size(WS_READ_BUFFER)
-        .on_upgrade(move |socket| tasks.track_future(transport.serve(socket, stop)))
+    state.tasks.spawn(async move {
+        if let Some((stream, early)) = handshake::into_socket(upgrade).await {
+            transport.serve(stream, early, stop).await;
+        }
+    });
+    response
 }
 
 async fn readyz(State(state): State<Arc<HttpState>>) -> Response {

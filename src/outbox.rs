@@ -30,10 +30,16 @@
 //! and wakes each writer once, when [`Wakes`] is dropped at the end of the batch: a writer
 //! then takes the whole batch and writes it with one syscall, instead of waking (and writing)
 //! once per message while the batch is still being queued.
+//!
+//! A transport that can write without waiting installs a [`DirectWrite`] (WebSocket: a
+//! non-blocking write to its socket). Whoever queues a frame then writes it at once, on its own
+//! thread, and the connection's task is woken only when the socket is full or another thread is
+//! writing. Without it, each delivery hands over to the writer on another thread: a wake-up and a
+//! context switch per message, which costs more than the write itself.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -121,6 +127,14 @@ impl Lane {
     }
 }
 
+/// Writes queued frames on the thread that queued them (see the module docs).
+pub trait DirectWrite: Send + Sync {
+    /// Writes what `outbox` holds if the transport takes it now. False when the connection's
+    /// own writer must be woken to finish: the socket is full, another thread is writing, or the
+    /// connection is closing.
+    fn write_now(&self, outbox: &Outbox) -> bool;
+}
+
 /// Writers to wake once a batch of pushes is queued (see the module docs). Wakes them all when
 /// dropped, so a wake-up can never be forgotten.
 #[derive(Default)]
@@ -170,6 +184,7 @@ pub struct Outbox {
     drops: DatagramDrops,
     /// Notified whenever a writer takes frames: room for [`Outbox::push_waiting`].
     space: Notify,
+    direct: OnceLock<Arc<dyn DirectWrite>>,
 }
 
 impl Outbox {
@@ -185,7 +200,25 @@ impl Outbox {
             datagram_notify: Arc::new(Notify::new()),
             drops: DatagramDrops::default(),
             space: Notify::new(),
+            direct: OnceLock::new(),
         })
+    }
+
+    /// From now on, frames are written by `writer` on the thread that queues them whenever it
+    /// can; the single-stream writer is woken only when it cannot. Set once.
+    pub fn write_directly(&self, writer: Arc<dyn DirectWrite>) {
+        let _ = self.direct.set(writer);
+    }
+
+    /// Frames were queued for the single-stream writer: write them here if the transport can,
+    /// else wake the writer.
+    fn frames_queued(&self) {
+        if let Some(direct) = self.direct.get()
+            && direct.write_now(self)
+        {
+            return;
+        }
+        self.any.notify_one();
     }
 
     pub fn codec(&self) -> Codec {
@@ -223,7 +256,7 @@ impl Outbox {
     /// Queues an encoded frame on a lane and wakes its writer. Never blocks.
     pub fn push(&self, lane: LaneId, frame: WireFrame) -> Result<(), PushError> {
         self.enqueue(lane, frame, None, false)?;
-        self.any.notify_one();
+        self.frames_queued();
         Ok(())
     }
 
@@ -231,7 +264,7 @@ impl Outbox {
     /// [`PushError::Full`] and changes nothing (no slow-consumer close).
     pub fn push_within(&self, lane: LaneId, frame: WireFrame, limit: usize) -> Result<(), PushError> {
         self.enqueue(lane, frame, Some(limit), false)?;
-        self.any.notify_one();
+        self.frames_queued();
         Ok(())
     }
 
@@ -295,7 +328,7 @@ impl Outbox {
             l.notify.notify_one();
         }
         drop(inner);
-        self.any.notify_one();
+        self.frames_queued();
     }
 
     /// Queues a lossy frame: it replaces a queued frame with the same key, and when the queue or
@@ -328,7 +361,7 @@ impl Outbox {
         inner.datagrams.push_back((key, frame));
         drop(inner);
         self.datagram_notify.notify_one();
-        self.any.notify_one();
+        self.frames_queued();
         Ok(())
     }
 

@@ -11,7 +11,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::serve::ListenerExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -166,19 +165,7 @@ impl Relay {
         services.spawn(transport::quic::serve(endpoint.clone(), conn_ctx, connections.clone(), stop.clone()));
         let router = crate::http::router(http.clone());
         let http_stop = stop.clone();
-        services.spawn(async move {
-            // Frames are written whole (the writer batches what is queued): Nagle's algorithm
-            // would only hold small ones back behind a delayed ACK, up to 40 ms.
-            let tcp = tcp.tap_io(|stream| {
-                if let Err(err) = stream.set_nodelay(true) {
-                    tracing::debug!(%err, "TCP_NODELAY");
-                }
-            });
-            let serve = axum::serve(tcp, router).with_graceful_shutdown(http_stop.cancelled_owned());
-            if let Err(err) = serve.await {
-                tracing::error!(%err, "HTTP listener failed");
-            }
-        });
+        services.spawn(crate::http::serve(tcp, router, http_stop));
         let tick = PRESENCE_TICK.min(Duration::from_millis(config.presence.refresh_ms));
         services.spawn(presence_ticks(awareness.clone(), tick, stop.clone()));
         services.spawn(sweep_rooms(hub.clone(), engine.clone(), stop.clone()));

@@ -125,6 +125,11 @@ impl WireFrame {
         self.0.slice(LENGTH_PREFIX..)
     }
 
+    /// The body alone, borrowed (for writers that copy it into their own buffer).
+    pub fn body_slice(&self) -> &[u8] {
+        &self.0[LENGTH_PREFIX..]
+    }
+
     /// Bytes this frame takes on a stream (prefix included).
     pub fn len(&self) -> usize {
         self.0.len()

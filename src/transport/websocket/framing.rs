@@ -1,0 +1,406 @@
+//! RFC 6455 framing, without IO: a decoder for what clients send and an encoder for what the
+//! relay sends.
+//!
+//! The relay owns its WebSocket framing (instead of a socket library's stream) so that a
+//! connection holds no buffer while idle, and so that frames can be written straight to the
+//! socket from whichever thread queues them (see `wire.rs`). Only what a server needs is here:
+//! client frames must be masked, server frames never are; no extension is negotiated, so the
+//! reserved bits must be zero. Messages may be fragmented; control frames may arrive between the
+//! fragments. A message longer than the limit is refused as soon as its header says so, before
+//! its payload is buffered.
+
+use bytes::Bytes;
+
+/// The opcodes of RFC 6455 section 5.2.
+pub mod opcode {
+    pub const CONTINUATION: u8 = 0x0;
+    pub const TEXT: u8 = 0x1;
+    pub const BINARY: u8 = 0x2;
+    pub const CLOSE: u8 = 0x8;
+    pub const PING: u8 = 0x9;
+    pub const PONG: u8 = 0xA;
+}
+
+/// Longest payload of a control frame (ping, pong, close).
+const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// What a client's bytes amounted to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A whole message: text (valid UTF-8, checked) or binary.
+    Message { text: bool, body: Bytes },
+    /// A ping: the relay answers with a pong carrying the same payload.
+    Ping(Bytes),
+    /// A pong (an answer to the relay's ping): the peer is alive.
+    Pong,
+    /// The peer closed the WebSocket (with a status code, if it gave one).
+    Close(Option<u16>),
+}
+
+/// Why the decoder refuses a client's bytes; the connection is then closed.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FramingError {
+    /// A violation of RFC 6455 (unmasked frame, reserved bit, unknown opcode...).
+    #[error("websocket protocol violation: {0}")]
+    Protocol(&'static str),
+    /// A message longer than the limit (announced by a header or reached by fragments).
+    #[error("message of {len} bytes exceeds {max}")]
+    TooLarge { len: u64, max: usize },
+    /// A text message that is not UTF-8.
+    #[error("text message is not valid UTF-8")]
+    NotUtf8,
+}
+
+/// A fragmented message being assembled.
+struct Fragments {
+    text: bool,
+    body: Vec<u8>,
+}
+
+/// Turns the bytes a client sends into [`Event`]s. Holds no buffer between frames: only the
+/// unfinished tail of a frame (or of a fragmented message) is kept.
+pub struct Decoder {
+    max_message: usize,
+    /// Bytes of a frame that has not fully arrived yet.
+    partial: Vec<u8>,
+    fragments: Option<Fragments>,
+}
+
+/// A frame header as it arrived.
+struct Header {
+    fin: bool,
+    opcode: u8,
+    mask: [u8; 4],
+    /// Header bytes, mask key included.
+    len: usize,
+    payload_len: u64,
+}
+
+impl Decoder {
+    pub fn new(max_message: usize) -> Decoder {
+        Decoder { max_message, partial: Vec::new(), fragments: None }
+    }
+
+    /// Decodes what arrived (appended to any unfinished frame from earlier calls) and hands every
+    /// complete event to `emit`, in order. After an error the connection must be closed.
+    pub fn feed(&mut self, input: &[u8], emit: &mut impl FnMut(Event)) -> Result<(), FramingError> {
+        if self.partial.is_empty() {
+            let (used, whole) = self.decode_frames(input, emit)?;
+            let rest = &input[used..];
+            if !rest.is_empty() {
+                // Once the frame's size is known it is reserved whole, not grown read by read.
+                self.partial = Vec::with_capacity(whole.max(rest.len()));
+                self.partial.extend_from_slice(rest);
+            }
+        } else {
+            let mut buf = std::mem::take(&mut self.partial);
+            buf.extend_from_slice(input);
+            let (used, whole) = self.decode_frames(&buf, emit)?;
+            // When everything was used the buffer is dropped: an idle connection holds none.
+            if used < buf.len() {
+                buf.drain(..used);
+                buf.reserve_exact(whole.saturating_sub(buf.len()));
+                self.partial = buf;
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes every complete frame at the start of `buf`. Returns the bytes used and the whole
+    /// size of the unfinished frame after them, once its header has arrived (else 0).
+    fn decode_frames(&mut self, buf: &[u8], emit: &mut impl FnMut(Event)) -> Result<(usize, usize), FramingError> {
+        let mut used = 0;
+        while let Some(header) = self.header(&buf[used..])? {
+            let start = used + header.len;
+            // `header` checked the length against the limit, which fits in memory.
+            let end = start + header.payload_len as usize;
+            if buf.len() < end {
+                return Ok((used, end - used));
+            }
+            let mut payload = buf[start..end].to_vec();
+            unmask(&mut payload, header.mask);
+            self.frame(header.fin, header.opcode, payload, emit)?;
+            used = end;
+        }
+        Ok((used, 0))
+    }
+
+    /// Parses a header at the start of `buf`, or `None` if it has not fully arrived.
+    fn header(&self, buf: &[u8]) -> Result<Option<Header>, FramingError> {
+        let [first, second, ..] = *buf else { return Ok(None) };
+        if first & 0x70 != 0 {
+            return Err(FramingError::Protocol("reserved bits set without a negotiated extension"));
+        }
+        if second & 0x80 == 0 {
+            return Err(FramingError::Protocol("client frames must be masked"));
+        }
+        let fin = first & 0x80 != 0;
+        let opcode = first & 0x0F;
+        let (payload_len, len_bytes) = match second & 0x7F {
+            126 => match buf.get(2..4) {
+                Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 2),
+                None => return Ok(None),
+            },
+            127 => match buf.get(2..10) {
+                Some(b) => (u64::from_be_bytes(b.try_into().unwrap_or_default()), 8),
+                None => return Ok(None),
+            },
+            n => (u64::from(n), 0),
+        };
+        match opcode {
+            opcode::CLOSE | opcode::PING | opcode::PONG => {
+                if !fin {
+                    return Err(FramingError::Protocol("fragmented control frame"));
+                }
+                if payload_len > MAX_CONTROL_PAYLOAD as u64 {
+                    return Err(FramingError::Protocol("control frame longer than 125 bytes"));
+                }
+            }
+            opcode::CONTINUATION | opcode::TEXT | opcode::BINARY => {
+                let before = self.fragments.as_ref().map_or(0, |f| f.body.len());
+                let total = payload_len.saturating_add(before as u64);
+                if total > self.max_message as u64 {
+                    return Err(FramingError::TooLarge { len: total, max: self.max_message });
+                }
+            }
+            _ => return Err(FramingError::Protocol("unknown opcode")),
+        }
+        let mask_at = 2 + len_bytes;
+        let Some(mask) = buf.get(mask_at..mask_at + 4) else { return Ok(None) };
+        let mask = [mask[0], mask[1], mask[2], mask[3]];
+        Ok(Some(Header { fin, opcode, mask, len: mask_at + 4, payload_len }))
+    }
+
+    /// Handles one complete, unmasked frame.
+    fn frame(
+        &mut self,
+        fin: bool,
+        code: u8,
+        payload: Vec<u8>,
+        emit: &mut impl FnMut(Event),
+    ) -> Result<(), FramingError> {
+        match code {
+            opcode::PING => emit(Event::Ping(payload.into())),
+            opcode::PONG => emit(Event::Pong),
+            opcode::CLOSE => {
+                let status = match payload.len() {
+                    0 => None,
+                    1 => return Err(FramingError::Protocol("close frame with a one-byte payload")),
+                    _ => Some(u16::from_be_bytes([payload[0], payload[1]])),
+                };
+                emit(Event::Close(status));
+            }
+            opcode::CONTINUATION => {
+                let Some(fragments) = self.fragments.as_mut() else {
+                    return Err(FramingError::Protocol("continuation frame without a message"));
+                };
+                fragments.body.extend_from_slice(&payload);
+                if fin && let Some(Fragments { text, body }) = self.fragments.take() {
+                    emit(message(text, body)?);
+                }
+            }
+            _ => {
+                if self.fragments.is_some() {
+                    return Err(FramingError::Protocol("new message before the fragmented one ended"));
+                }
+                let text = code == opcode::TEXT;
+                if fin {
+                    emit(message(text, payload)?);
+                } else {
+                    self.fragments = Some(Fragments { text, body: payload });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn message(text: bool, body: Vec<u8>) -> Result<Event, FramingError> {
+    if text && std::str::from_utf8(&body).is_err() {
+        return Err(FramingError::NotUtf8);
+    }
+    Ok(Event::Message { text, body: body.into() })
+}
+
+/// XORs a client payload with its masking key (RFC 6455 section 5.3).
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    let wide = u32::from_ne_bytes(mask);
+    let mut chunks = payload.chunks_exact_mut(4);
+    for chunk in &mut chunks {
+        let word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) ^ wide;
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
+        *byte ^= mask[i];
+    }
+}
+
+/// Appends a server frame (final, unmasked) with `payload` to `out`.
+pub fn encode(code: u8, payload: &[u8], out: &mut Vec<u8>) {
+    out.push(0x80 | code);
+    let len = payload.len();
+    if len < 126 {
+        out.push(len as u8);
+    } else if let Ok(short) = u16::try_from(len) {
+        out.push(126);
+        out.extend_from_slice(&short.to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(payload);
+}
+
+/// The payload of a close frame: the status code and a short reason.
+pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    let room = MAX_CONTROL_PAYLOAD - payload.len();
+    let mut end = reason.len().min(room);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    payload
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client frame: masked with a fixed key.
+    fn client_frame(fin: bool, code: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut out = vec![if fin { 0x80 } else { 0 } | code];
+        let len = payload.len();
+        if len < 126 {
+            out.push(0x80 | len as u8);
+        } else if len <= 0xFFFF {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    fn decode_all(decoder: &mut Decoder, input: &[u8]) -> Result<Vec<Event>, FramingError> {
+        let mut events = Vec::new();
+        decoder.feed(input, &mut |e| events.push(e))?;
+        Ok(events)
+    }
+
+    fn text(s: &str) -> Event {
+        Event::Message { text: true, body: Bytes::copy_from_slice(s.as_bytes()) }
+    }
+
+    #[test]
+    fn the_rfc_example_of_a_masked_text_frame_decodes() {
+        // RFC 6455 section 5.7: a single-frame masked text message "Hello".
+        let frame = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        assert_eq!(decode_all(&mut Decoder::new(100), &frame), Ok(vec![text("Hello")]));
+    }
+
+    #[test]
+    fn frames_split_at_every_byte_decode_the_same_and_leave_no_buffer() {
+        let mut input = client_frame(true, opcode::BINARY, &[1u8; 300]);
+        input.extend(client_frame(true, opcode::PING, b"p"));
+        input.extend(client_frame(false, opcode::TEXT, "hé".as_bytes()));
+        input.extend(client_frame(true, opcode::PONG, b""));
+        input.extend(client_frame(true, opcode::CONTINUATION, "llo".as_bytes()));
+        input.extend(client_frame(true, opcode::BINARY, &vec![2u8; 70_000]));
+        let expected = vec![
+            Event::Message { text: false, body: vec![1u8; 300].into() },
+            Event::Ping(Bytes::from_static(b"p")),
+            Event::Pong,
+            text("héllo"),
+            Event::Message { text: false, body: vec![2u8; 70_000].into() },
+        ];
+        for step in [1, 2, 3, 7, 1000, input.len()] {
+            let mut decoder = Decoder::new(100_000);
+            let mut events = Vec::new();
+            for piece in input.chunks(step) {
+                events.extend(decode_all(&mut decoder, piece).unwrap());
+            }
+            assert_eq!(events, expected, "split every {step} bytes");
+            assert_eq!(decoder.partial.capacity(), 0, "split every {step} bytes");
+            assert!(decoder.fragments.is_none());
+        }
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_refused_from_its_header_alone() {
+        let frame = client_frame(true, opcode::BINARY, &[0u8; 2000]);
+        let err = decode_all(&mut Decoder::new(1000), &frame[..8]).unwrap_err();
+        assert_eq!(err, FramingError::TooLarge { len: 2000, max: 1000 });
+        // A 64-bit length announcing petabytes is refused the same way.
+        let huge = [0x82, 0xFF, 0, 0x10, 0, 0, 0, 0, 0, 0];
+        assert!(matches!(decode_all(&mut Decoder::new(1000), &huge), Err(FramingError::TooLarge { .. })));
+        // Fragments count together.
+        let mut decoder = Decoder::new(1000);
+        decode_all(&mut decoder, &client_frame(false, opcode::BINARY, &[0u8; 600])).unwrap();
+        let err = decode_all(&mut decoder, &client_frame(true, opcode::CONTINUATION, &[0u8; 600])).unwrap_err();
+        assert_eq!(err, FramingError::TooLarge { len: 1200, max: 1000 });
+    }
+
+    #[test]
+    fn protocol_violations_are_refused() {
+        let unmasked = [0x82, 0x01, 0x00];
+        let reserved = {
+            let mut f = client_frame(true, opcode::BINARY, b"x");
+            f[0] |= 0x40;
+            f
+        };
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("unmasked", unmasked.to_vec()),
+            ("reserved bit", reserved),
+            ("unknown opcode", client_frame(true, 0x3, b"")),
+            ("fragmented ping", client_frame(false, opcode::PING, b"")),
+            ("long ping", client_frame(true, opcode::PING, &[0u8; 126])),
+            ("lone continuation", client_frame(true, opcode::CONTINUATION, b"x")),
+            ("one-byte close", client_frame(true, opcode::CLOSE, b"x")),
+            ("interleaved messages", {
+                let mut f = client_frame(false, opcode::TEXT, b"a");
+                f.extend(client_frame(true, opcode::TEXT, b"b"));
+                f
+            }),
+        ];
+        for (what, input) in cases {
+            let result = decode_all(&mut Decoder::new(1000), &input);
+            assert!(matches!(result, Err(FramingError::Protocol(_))), "{what}: {result:?}");
+        }
+        let bad_utf8 = client_frame(true, opcode::TEXT, &[0xff, 0xfe]);
+        assert_eq!(decode_all(&mut Decoder::new(1000), &bad_utf8), Err(FramingError::NotUtf8));
+    }
+
+    #[test]
+    fn close_frames_carry_their_status() {
+        let mut close = client_frame(true, opcode::CLOSE, &close_payload(1000, "bye"));
+        close.extend(client_frame(true, opcode::CLOSE, b""));
+        assert_eq!(decode_all(&mut Decoder::new(10), &close), Ok(vec![Event::Close(Some(1000)), Event::Close(None)]));
+    }
+
+    #[test]
+    fn server_frames_use_the_shortest_length_and_no_mask() {
+        for (len, header) in [(0usize, 2usize), (125, 2), (126, 4), (65_535, 4), (65_536, 10)] {
+            let mut out = Vec::new();
+            encode(opcode::BINARY, &vec![9u8; len], &mut out);
+            assert_eq!(out.len(), header + len, "payload of {len}");
+            assert_eq!(out[0], 0x82);
+            assert_eq!(out[1] & 0x80, 0, "server frames are not masked");
+        }
+        let mut out = Vec::new();
+        encode(opcode::TEXT, b"Hello", &mut out);
+        assert_eq!(out, [0x81, 0x05, b'H', b'e', b'l', b'l', b'o']);
+    }
+
+    #[test]
+    fn a_close_reason_is_cut_to_fit_a_control_frame_on_a_character_boundary() {
+        let payload = close_payload(4102, &"é".repeat(100));
+        assert!(payload.len() <= MAX_CONTROL_PAYLOAD);
+        assert!(std::str::from_utf8(&payload[2..]).is_ok());
+        assert_eq!(&payload[..2], &4102u16.to_be_bytes());
+    }
+}

@@ -1,0 +1,324 @@
+//! WebSocket at `/v1/ws` on the TCP listener: the fallback for clients without QUIC.
+//!
+//! One WebSocket message carries one frame body, text for JSON and binary for postcard. All
+//! lanes share the socket, in the order `Outbox::take_all` interleaves them.
+//!
+//! The relay speaks the WebSocket framing itself (`framing.rs`) on the raw `TcpStream` it takes
+//! back from the HTTP upgrade (`handshake.rs`), so that a connection is one task and no buffer
+//! while idle, and so that the fanout writes each subscriber's frames straight to its socket on
+//! the fanout's own thread (`wire.rs`) instead of waking a writer task per delivery.
+//!
+//! The connection loop reads the socket ([`SocketInbound`]), answers pings, sends a ping every
+//! `ping_interval_ms`, closes a connection that sends nothing (not even a pong) for
+//! `idle_timeout_ms`, and writes whatever a direct write could not. Close codes are 1000
+//! (normal) or 4000 + the error code; a WebSocket protocol violation (unmasked frame, reserved
+//! bits, text that is not UTF-8...) closes with `bad_frame` (4101), a message over
+//! `limits.max_frame_bytes` with `frame_too_large` (4102) as soon as its header arrives. After
+//! the close frame the relay shuts its sending side and reads until the client closes too, so
+//! that unread client bytes never turn the close into a reset that could discard it.
+
+mod framing;
+pub mod handshake;
+mod wire;
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+use tokio::time::{Interval, MissedTickBehavior, Sleep};
+use tokio_util::sync::CancellationToken;
+
+use self::framing::{Decoder, Event, FramingError, opcode};
+use self::wire::{Flushed, Wire};
+use super::FLUSH_TIMEOUT;
+use crate::connection::{self, ConnectionContext, Inbound, InboundSource};
+use crate::metrics::{TransportMetrics, disconnected};
+use crate::outbox::{CONTROL, CloseReason, Outbox};
+use crate::proto::{Codec, ErrorCode};
+
+/// The URL path WebSocket connections are upgraded at.
+pub const PATH: &str = "/v1/ws";
+
+/// Bytes read from the socket per call, into a buffer on the stack: a connection keeps only an
+/// unfinished frame between reads.
+const READ_CHUNK: usize = 4096;
+
+/// Reads per wake-up before the loop lets its other work run (a flooding peer cannot starve it).
+const READS_PER_TURN: usize = 16;
+
+/// The transport's shared state, built once per relay.
+pub struct WebSocketTransport {
+    pub ctx: Arc<ConnectionContext>,
+    metrics: TransportMetrics,
+}
+
+impl WebSocketTransport {
+    pub fn new(ctx: Arc<ConnectionContext>) -> Self {
+        WebSocketTransport { ctx, metrics: TransportMetrics::new("websocket") }
+    }
+
+    /// Serves one upgraded socket until it closes. `early` holds bytes the client sent right
+    /// after its upgrade request.
+    pub async fn serve(self: Arc<Self>, stream: TcpStream, early: Bytes, stop: CancellationToken) {
+        let _open = self.metrics.opened();
+        let reason = self.run(stream, early, stop).await;
+        disconnected(reason.slug());
+    }
+
+    async fn run(&self, stream: TcpStream, early: Bytes, stop: CancellationToken) -> CloseReason {
+        let ctx = &self.ctx;
+        let limits = &ctx.session.limits;
+        let wire = Arc::new(Wire::new(stream, self.metrics.clone()));
+        let mut reader = Reader::new(limits.max_frame_bytes as usize);
+        reader.decode(&early);
+        let auth_deadline = ctx.auth_deadline();
+
+        let first = tokio::time::timeout_at(auth_deadline.into(), first_message(&wire, &mut reader)).await;
+        let first = match first {
+            Ok(Ok(Some(body))) => body,
+            Ok(Ok(None)) => return finish(&wire, None, CloseReason::Normal).await,
+            Ok(Err(code)) => return finish(&wire, None, CloseReason::Error(code)).await,
+            Err(_) => return finish(&wire, None, CloseReason::Error(ErrorCode::AUTH_TIMEOUT)).await,
+        };
+        self.metrics.frames_in.increment(1);
+        self.metrics.bytes_in.increment(first.len() as u64);
+
+        let outbox = Outbox::new(Codec::detect(&first), limits.outbox_bytes);
+        outbox.write_directly(wire.clone());
+        let mut inbound = SocketInbound::new(wire.clone(), outbox.clone(), reader, limits, self.metrics.clone());
+        let reason = tokio::select! {
+            reason = connection::drive(ctx, outbox.clone(), first, &mut inbound, auth_deadline) => reason,
+            _ = stop.cancelled() => CloseReason::Error(ErrorCode::GOING_AWAY),
+        };
+        outbox.close(reason);
+        finish(&wire, Some(&outbox), reason).await;
+        reason
+    }
+}
+
+/// Ends the connection within [`FLUSH_TIMEOUT`]: writes what the outbox still holds, then the
+/// close frame (with the reason the outbox closed with, if there is one), shuts the sending side
+/// and reads until the client closes. Returns `reason`.
+async fn finish(wire: &Wire, outbox: Option<&Outbox>, reason: CloseReason) -> CloseReason {
+    let ending = async {
+        let mut close = reason;
+        if let Some(outbox) = outbox {
+            loop {
+                match wire.flush(outbox) {
+                    Flushed::Blocked => {
+                        if wire.stream().writable().await.is_err() {
+                            return;
+                        }
+                    }
+                    Flushed::Closing(first) => {
+                        close = first;
+                        break;
+                    }
+                    Flushed::All => break,
+                    Flushed::Ended => return,
+                }
+            }
+        }
+        let mut flushed = wire.close(close);
+        while flushed == Flushed::Blocked {
+            if wire.stream().writable().await.is_err() {
+                return;
+            }
+            flushed = wire.flush_pending();
+        }
+        if flushed != Flushed::All {
+            return;
+        }
+        let _ = socket2::SockRef::from(wire.stream()).shutdown(std::net::Shutdown::Write);
+        let mut sink = [0u8; 1024];
+        loop {
+            if wire.stream().readable().await.is_err() {
+                return;
+            }
+            match wire.stream().try_read(&mut sink) {
+                Ok(0) => return,
+                Err(err) if err.kind() != std::io::ErrorKind::WouldBlock => return,
+                _ => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, ending).await;
+    reason
+}
+
+/// The client's first message (its `hello`), answering pings meanwhile; `None` if it left first.
+async fn first_message(wire: &Wire, reader: &mut Reader) -> Result<Option<Bytes>, ErrorCode> {
+    loop {
+        match reader.next(wire.stream()).await {
+            None | Some(Ok(Event::Close(_))) => return Ok(None),
+            Some(Ok(Event::Message { body, .. })) => return Ok(Some(body)),
+            Some(Ok(Event::Ping(payload))) => wire.send_control(opcode::PONG, &payload),
+            Some(Ok(Event::Pong)) => {}
+            Some(Err(err)) => return Err(error_code(&err)),
+        }
+    }
+}
+
+fn error_code(err: &FramingError) -> ErrorCode {
+    match err {
+        FramingError::TooLarge { .. } => ErrorCode::FRAME_TOO_LARGE,
+        FramingError::Protocol(_) | FramingError::NotUtf8 => ErrorCode::BAD_FRAME,
+    }
+}
+
+/// The read side of the socket: the decoder, and what it decoded that the loop has not taken.
+struct Reader {
+    decoder: Decoder,
+    events: VecDeque<Event>,
+    /// The bytes broke the protocol; reported after the events decoded before it.
+    failed: Option<FramingError>,
+    /// The peer closed the TCP connection (or reading failed).
+    eof: bool,
+}
+
+impl Reader {
+    fn new(max_message: usize) -> Reader {
+        Reader { decoder: Decoder::new(max_message), events: VecDeque::new(), failed: None, eof: false }
+    }
+
+    fn decode(&mut self, bytes: &[u8]) {
+        if self.failed.is_some() || bytes.is_empty() {
+            return;
+        }
+        let events = &mut self.events;
+        if let Err(err) = self.decoder.feed(bytes, &mut |event| events.push_back(event)) {
+            self.failed = Some(err);
+        }
+    }
+
+    /// The next event from the peer, reading the socket when nothing is decoded yet; `None`
+    /// once the peer closed the TCP connection. Cancel-safe: it only awaits readiness.
+    async fn next(&mut self, stream: &TcpStream) -> Option<Result<Event, FramingError>> {
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Some(Ok(event));
+            }
+            if let Some(err) = self.failed.take() {
+                self.eof = true;
+                return Some(Err(err));
+            }
+            if self.eof {
+                return None;
+            }
+            if stream.readable().await.is_err() {
+                self.eof = true;
+                continue;
+            }
+            self.read_available(stream);
+        }
+    }
+
+    /// Reads what the socket holds, without waiting.
+    fn read_available(&mut self, stream: &TcpStream) {
+        let mut chunk = [0u8; READ_CHUNK];
+        for _ in 0..READS_PER_TURN {
+            match stream.try_read(&mut chunk) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    self.decode(&chunk[..n]);
+                    if n == READ_CHUNK && self.failed.is_none() {
+                        continue;
+                    }
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => self.eof = true,
+            }
+            return;
+        }
+    }
+}
+
+/// The socket as the connection loop's [`InboundSource`]: reads and decodes client messages,
+/// answers pings, sends pings, enforces the idle timeout (any message restarts it, pongs
+/// included: a member that only receives answers the relay's pings and nothing else), and
+/// flushes what direct writes left (see `wire.rs`).
+struct SocketInbound {
+    wire: Arc<Wire>,
+    outbox: Arc<Outbox>,
+    reader: Reader,
+    idle: Duration,
+    /// When the peer last sent anything; the idle timer is re-armed from it when it fires, not
+    /// on every message.
+    heard: Instant,
+    idle_deadline: Pin<Box<Sleep>>,
+    ping: Interval,
+    metrics: TransportMetrics,
+}
+
+impl SocketInbound {
+    fn new(
+        wire: Arc<Wire>,
+        outbox: Arc<Outbox>,
+        reader: Reader,
+        limits: &crate::config::LimitsConfig,
+        metrics: TransportMetrics,
+    ) -> Self {
+        let idle = Duration::from_millis(u64::from(limits.idle_timeout_ms));
+        let ping_every = Duration::from_millis(u64::from(limits.ping_interval_ms.max(100)));
+        let mut ping = tokio::time::interval_at((Instant::now() + ping_every).into(), ping_every);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let heard = Instant::now();
+        let idle_deadline = Box::pin(tokio::time::sleep_until((heard + idle).into()));
+        SocketInbound { wire, outbox, reader, idle, heard, idle_deadline, ping, metrics }
+    }
+
+    /// Writes what direct writes left; `false` once the socket failed.
+    fn flush(&self) -> bool {
+        self.wire.flush(&self.outbox) != Flushed::Ended
+    }
+}
+
+impl InboundSource for SocketInbound {
+    async fn next(&mut self) -> Option<Inbound> {
+        loop {
+            let blocked = self.wire.is_blocked();
+            let stream = self.wire.stream();
+            tokio::select! {
+                biased;
+                event = self.reader.next(stream) => {
+                    self.heard = Instant::now();
+                    match event {
+                        None | Some(Ok(Event::Close(_))) => return Some(Inbound::Closed),
+                        Some(Ok(Event::Message { body, .. })) => {
+                            self.metrics.frames_in.increment(1);
+                            self.metrics.bytes_in.increment(body.len() as u64);
+                            return Some(Inbound::Frame { lane: CONTROL, body });
+                        }
+                        Some(Ok(Event::Ping(payload))) => self.wire.send_control(opcode::PONG, &payload),
+                        Some(Ok(Event::Pong)) => {}
+                        Some(Err(err)) => return Some(Inbound::Failed(error_code(&err), err.to_string())),
+                    }
+                }
+                _ = self.outbox.changed() => {
+                    if !self.flush() {
+                        return Some(Inbound::Closed);
+                    }
+                }
+                writable = stream.writable(), if blocked => {
+                    if writable.is_err() || !self.flush() {
+                        return Some(Inbound::Closed);
+                    }
+                }
+                _ = self.ping.tick() => self.wire.send_control(opcode::PING, b""),
+                _ = self.idle_deadline.as_mut() => {
+                    let quiet_until = self.heard + self.idle;
+                    if quiet_until > Instant::now() {
+                        self.idle_deadline.as_mut().reset(quiet_until.into());
+                    } else {
+                        let idle = self.idle;
+                        return Some(Inbound::Failed(ErrorCode::IDLE_TIMEOUT, format!("nothing received for {idle:?}")));
+                    }
+                }
+            }
+        }
+    }
+}

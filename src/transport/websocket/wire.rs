@@ -1,0 +1,213 @@
+//! The socket of one WebSocket connection and everything written to it.
+//!
+//! Frames are written from two places. Whoever queues them (the store's fanout thread, the
+//! connection's own task answering a request) writes them at once with a non-blocking write: the
+//! [`DirectWrite`] the outbox calls. Only when the socket is full, or another thread holds the
+//! socket, does the connection loop take over: it waits until the socket is writable and flushes
+//! the rest. Bytes the socket did not take are kept in `pending` and always go out first, so the
+//! stream stays in queue order and frames are never cut.
+//!
+//! Invariant: whoever leaves bytes pending has woken the connection loop (the outbox's
+//! notification, or the loop itself when it wrote), and the loop waits for the socket to be
+//! writable as long as bytes are pending. A direct write that finds bytes pending therefore
+//! leaves its frames queued for the loop without waking it again.
+
+use std::cell::RefCell;
+use std::io::ErrorKind;
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::net::TcpStream;
+
+use super::framing::{self, opcode};
+use crate::metrics::TransportMetrics;
+use crate::outbox::{CloseReason, DirectWrite, Outbox, Take};
+use crate::proto::Codec;
+use crate::transport::WRITE_BATCH;
+
+/// Largest encoding buffer a thread keeps between writes.
+const SCRATCH_KEEP: usize = 64 * 1024;
+
+thread_local! {
+    /// Where frames are encoded before a write; one per thread, reused.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// How a flush ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything queued is written.
+    All,
+    /// The socket is full: flush again once it is writable.
+    Blocked,
+    /// The connection is closing and everything queued before the close is written.
+    Closing(CloseReason),
+    /// Nothing more can be written: the socket failed (the peer is gone), or the close frame is
+    /// queued.
+    Ended,
+}
+
+#[derive(Default)]
+struct Output {
+    /// Encoded bytes the socket has not taken yet.
+    pending: Vec<u8>,
+    /// The close frame is queued: nothing is written after it.
+    closed: bool,
+    /// A write failed: the peer is gone.
+    failed: bool,
+}
+
+/// One connection's socket: read by the connection loop, written by anyone (see module docs).
+pub struct Wire {
+    stream: TcpStream,
+    out: Mutex<Output>,
+    metrics: TransportMetrics,
+}
+
+impl Wire {
+    pub fn new(stream: TcpStream, metrics: TransportMetrics) -> Wire {
+        Wire { stream, out: Mutex::new(Output::default()), metrics }
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Output> {
+        // Output is a byte buffer and two flags; a panic while writing cannot leave it worse
+        // than a lost connection.
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes are waiting for the socket to become writable.
+    pub fn is_blocked(&self) -> bool {
+        let out = self.lock();
+        !out.pending.is_empty() && !out.failed
+    }
+
+    /// Writes pending bytes, then everything the outbox holds, until the socket is full.
+    pub fn flush(&self, outbox: &Outbox) -> Flushed {
+        self.flush_locked(&mut self.lock(), outbox)
+    }
+
+    fn flush_locked(&self, out: &mut Output, outbox: &Outbox) -> Flushed {
+        match self.write_pending(out) {
+            Flushed::All if out.closed => return Flushed::Ended,
+            Flushed::All => {}
+            other => return other,
+        }
+        let code = match outbox.codec() {
+            Codec::Json => opcode::TEXT,
+            Codec::Postcard => opcode::BINARY,
+        };
+        loop {
+            let frames = match outbox.take_all(WRITE_BATCH) {
+                Take::Frames(frames) => frames,
+                Take::Empty | Take::Finished => return Flushed::All,
+                Take::Close(reason) => return Flushed::Closing(reason),
+            };
+            let written = SCRATCH.with(|scratch| {
+                let mut buf = scratch.borrow_mut();
+                buf.clear();
+                for frame in &frames {
+                    framing::encode(code, frame.body_slice(), &mut buf);
+                }
+                let written = self.write(out, &buf);
+                self.metrics.frames_out.increment(frames.len() as u64);
+                self.metrics.bytes_out.increment(buf.len() as u64);
+                if buf.capacity() > SCRATCH_KEEP {
+                    *buf = Vec::new();
+                }
+                written
+            });
+            if written != Flushed::All {
+                return written;
+            }
+        }
+    }
+
+    /// Writes what is pending; `All` once nothing is.
+    fn write_pending(&self, out: &mut Output) -> Flushed {
+        if out.failed {
+            return Flushed::Ended;
+        }
+        let (written, result) = self.write_some(&out.pending);
+        match result {
+            // Frees the buffer: an idle connection holds none.
+            Flushed::All => out.pending = Vec::new(),
+            Flushed::Blocked => drop(out.pending.drain(..written)),
+            _ => out.failed = true,
+        }
+        result
+    }
+
+    /// Writes `bytes` (nothing may be pending) and keeps what the socket does not take.
+    fn write(&self, out: &mut Output, bytes: &[u8]) -> Flushed {
+        let (written, result) = self.write_some(bytes);
+        match result {
+            Flushed::All => {}
+            Flushed::Blocked => out.pending.extend_from_slice(&bytes[written..]),
+            _ => out.failed = true,
+        }
+        result
+    }
+
+    /// Writes as much of `bytes` as the socket takes without waiting: how much, and `All`,
+    /// `Blocked` (the socket is full) or `Ended` (it failed).
+    fn write_some(&self, bytes: &[u8]) -> (usize, Flushed) {
+        let mut written = 0;
+        while written < bytes.len() {
+            match self.stream.try_write(&bytes[written..]) {
+                Ok(0) => return (written, Flushed::Ended),
+                Ok(n) => written += n,
+                Err(err) if err.kind() == ErrorKind::WouldBlock => return (written, Flushed::Blocked),
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return (written, Flushed::Ended),
+            }
+        }
+        (written, Flushed::All)
+    }
+
+    /// Writes what is pending (after the close frame, nothing else is).
+    pub fn flush_pending(&self) -> Flushed {
+        self.write_pending(&mut self.lock())
+    }
+
+    /// Writes a control frame (ping, pong) now, or after what is pending.
+    pub fn send_control(&self, code: u8, payload: &[u8]) {
+        let mut out = self.lock();
+        if out.closed || out.failed {
+            return;
+        }
+        let mut frame = Vec::with_capacity(2 + payload.len());
+        framing::encode(code, payload, &mut frame);
+        if out.pending.is_empty() {
+            self.write(&mut out, &frame);
+        } else {
+            out.pending.extend_from_slice(&frame);
+        }
+    }
+
+    /// Queues the close frame after everything pending and writes what the socket takes. Nothing
+    /// is written after it.
+    pub fn close(&self, reason: CloseReason) -> Flushed {
+        let mut out = self.lock();
+        if out.closed || out.failed {
+            return Flushed::Ended;
+        }
+        out.closed = true;
+        framing::encode(opcode::CLOSE, &framing::close_payload(reason.ws_code(), reason.slug()), &mut out.pending);
+        self.write_pending(&mut out)
+    }
+}
+
+impl DirectWrite for Wire {
+    fn write_now(&self, outbox: &Outbox) -> bool {
+        // Another thread is writing: it, or the loop it wakes, takes this frame too.
+        let Ok(mut out) = self.out.try_lock() else { return false };
+        if !out.pending.is_empty() && !out.failed {
+            // The loop already waits for the socket (see the invariant in the module docs).
+            return true;
+        }
+        self.flush_locked(&mut out, outbox) == Flushed::All
+    }
+}
