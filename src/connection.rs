@@ -113,7 +113,14 @@ pub async fn drive(
         Session::new(ctx.next_id(), ctx.session.clone(), outbox.clone(), catch_up_tx, orders_tx, unix_ms());
     // The session's jobs (joins, replays, history reads) live exactly as long as the connection.
     let mut jobs = JoinSet::new();
-    let reason = run(ctx, &mut session, first, inbound, &mut mail, &mut jobs, auth_deadline).await;
+    // The first frame is handled here, so the connection's task does not keep its bytes.
+    let reason = match session.handle(crate::outbox::CONTROL, &first, unix_ms()) {
+        Ok(()) => {
+            drop(first);
+            run(ctx, &mut session, inbound, &mut mail, &mut jobs, auth_deadline).await
+        }
+        Err(fatal) => CloseReason::Error(fatal.code),
+    };
     session.close(unix_ms());
     jobs.abort_all();
     outbox.close(reason);
@@ -123,15 +130,11 @@ pub async fn drive(
 async fn run(
     ctx: &ConnectionContext,
     session: &mut Session,
-    first: Bytes,
     inbound: &mut impl InboundSource,
     mail: &mut Mailboxes,
     jobs: &mut JoinSet<()>,
     auth_deadline: Instant,
 ) -> CloseReason {
-    if let Err(fatal) = session.handle(crate::outbox::CONTROL, &first, unix_ms()) {
-        return CloseReason::Error(fatal.code);
-    }
     let outbox = session.outbox().clone();
     let leeway = ctx.session.verifier.leeway_secs();
     // Timers live across iterations; the expiry is recomputed only when the token changes

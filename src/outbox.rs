@@ -147,6 +147,21 @@ impl Wakes {
         Wakes::default()
     }
 
+    /// Splits the wake-ups into parts of at most `per_part` writers (with direct writes, a
+    /// wake-up is a write: parts let several threads share a big fanout).
+    pub fn split(mut self, per_part: usize) -> Vec<Wakes> {
+        let per_part = per_part.max(1);
+        let mut parts = Vec::with_capacity(self.lanes.len().div_ceil(per_part));
+        while self.lanes.len() > per_part {
+            let rest = self.lanes.split_off(per_part);
+            parts.push(Wakes { lanes: std::mem::replace(&mut self.lanes, rest) });
+        }
+        if !self.lanes.is_empty() {
+            parts.push(Wakes { lanes: std::mem::take(&mut self.lanes) });
+        }
+        parts
+    }
+
     /// Wakes every writer that has frames from this batch.
     fn wake_all(&mut self) {
         for (outbox, lane) in self.lanes.drain(..) {
@@ -620,6 +635,23 @@ mod tests {
         ob.push_batched(3, frame(400), 500, &mut wakes).unwrap();
         assert_eq!(ob.push_batched(3, frame(200), 500, &mut wakes), Err(PushError::Full));
         assert_eq!(wakes.lanes.len(), 1);
+    }
+
+    #[test]
+    fn a_batch_split_in_parts_still_wakes_every_writer_once() {
+        use futures_util::FutureExt;
+        let outboxes: Vec<_> = (0..5).map(|_| Outbox::new(Codec::Json, 1000)).collect();
+        let notifies: Vec<_> = outboxes.iter().map(|ob| ob.open_lane(1)).collect();
+        let mut wakes = Wakes::new();
+        for ob in &outboxes {
+            ob.push_batched(1, named("m"), 500, &mut wakes).unwrap();
+        }
+        let parts = wakes.split(2);
+        assert_eq!(parts.iter().map(|p| p.lanes.len()).collect::<Vec<_>>(), [2, 2, 1]);
+        assert!(notifies.iter().all(|n| n.notified().now_or_never().is_none()), "nobody woken before the parts run");
+        drop(parts);
+        assert!(notifies.iter().all(|n| n.notified().now_or_never().is_some()));
+        assert!(Wakes::new().split(3).is_empty());
     }
 
     #[test]

@@ -354,3 +354,126 @@ async fn a_websocket_peer_that_stops_answering_pings_is_closed_as_idle() {
     let closed = received.windows(4).any(|w| w[0] == 0x88 && w[2..4] == code);
     assert!(closed, "no close with code {}: {text}", 4000 + ErrorCode::IDLE_TIMEOUT.0);
 }
+
+// ---- WebSocket framing by hand: what no client library would send ----
+
+/// Upgrades a raw socket by hand (the 101 response is read with the rest later).
+async fn hand_ws(relay: &TestRelay) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(relay.relay.tcp_addr()).await.unwrap();
+    let upgrade = "GET /v1/ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    tcp.write_all(upgrade.as_bytes()).await.unwrap();
+    tcp
+}
+
+/// A client frame with the given first byte (FIN, opcode), masked as clients must.
+fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    let mut frame = vec![first];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Everything the relay sends until it closes the socket: the HTTP status and the WebSocket
+/// frames after the 101 response, as (opcode, payload).
+async fn relay_frames(mut tcp: tokio::net::TcpStream) -> (u16, Vec<(u8, Vec<u8>)>) {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    within("the relay closes", tcp.read_to_end(&mut received)).await.unwrap();
+    let head_end = received.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP response") + 4;
+    let head = String::from_utf8_lossy(&received[..head_end]);
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut frames = Vec::new();
+    let mut rest = &received[head_end..];
+    while rest.len() >= 2 {
+        let (len, at) = match rest[1] & 0x7F {
+            126 => (usize::from(u16::from_be_bytes([rest[2], rest[3]])), 4),
+            127 => (u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize, 10),
+            n => (usize::from(n), 2),
+        };
+        assert_eq!(rest[1] & 0x80, 0, "server frames are never masked");
+        frames.push((rest[0] & 0x0F, rest[at..at + len].to_vec()));
+        rest = &rest[at + len..];
+    }
+    (status, frames)
+}
+
+/// The close code of the close frame among `frames`.
+fn close_code(frames: &[(u8, Vec<u8>)]) -> Option<u16> {
+    frames.iter().find(|(op, _)| *op == 0x8).map(|(_, p)| u16::from_be_bytes([p[0], p[1]]))
+}
+
+#[tokio::test]
+async fn websocket_framing_violations_and_bad_handshakes_get_documented_answers() {
+    use tokio::io::AsyncWriteExt;
+    let relay = start_with(|c| {
+        c.limits.max_frame_bytes = 8192;
+        c.limits.max_payload_bytes = 4096;
+    })
+    .await;
+    let mut bystander = Bystander::new(&relay).await;
+    let addr = relay.relay.tcp_addr();
+    assert_eq!(common::http_get(addr, "/v1/ws").await.0, 400, "a plain GET is not an upgrade");
+    let old_version = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Version", "8"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    assert_eq!(common::http_request(addr, "GET", "/v1/ws", &old_version, "").await.0, 426);
+
+    let hello = masked(0x81, &Codec::Json.encode(&relay.raw_hello()));
+    let cases: [(&str, Vec<u8>, u16); 4] = [
+        ("an unmasked frame", vec![0x82, 0x01, 0x00], 4101),
+        ("text that is not UTF-8", masked(0x81, &[0xff, 0xfe, 0xfd]), 4101),
+        ("an unknown opcode", masked(0x83, b"x"), 4101),
+        // The header alone announces a gigabyte: refused without waiting for it.
+        ("a message over the limit", vec![0x82, 0xFF, 0, 0, 0, 0, 0x40, 0, 0, 0, 1, 2, 3, 4], 4102),
+    ];
+    for (what, bad, code) in cases {
+        let mut tcp = hand_ws(&relay).await;
+        tcp.write_all(&hello).await.unwrap();
+        tcp.write_all(&bad).await.unwrap();
+        let (status, frames) = relay_frames(tcp).await;
+        assert_eq!(status, 101, "{what}");
+        assert!(frames.iter().any(|(op, p)| *op == 0x1 && p.starts_with(b"{\"welcome\"")), "{what}: no welcome");
+        assert_eq!(close_code(&frames), Some(code), "{what}");
+        let error = frames.iter().rev().find(|(op, _)| *op == 0x1).map(|(_, p)| Codec::Json.decode::<ServerFrame>(p));
+        assert!(matches!(error, Some(Ok(ServerFrame::Error { code: c, .. })) if c.ws_close_code() == code), "{what}");
+        bystander.still_served().await;
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_client_may_fragment_messages_and_ping_between_the_fragments() {
+    use tokio::io::AsyncWriteExt;
+    let relay = start().await;
+    let hello = Codec::Json.encode(&relay.raw_hello());
+    let (a, rest) = hello.split_at(5);
+    let (b, c) = rest.split_at(rest.len() / 2);
+    let mut tcp = hand_ws(&relay).await;
+    // Text, not final; continuation; a ping between fragments; the final continuation; then a
+    // normal close.
+    for frame in [masked(0x01, a), masked(0x00, b), masked(0x89, b"are you there"), masked(0x80, c)] {
+        tcp.write_all(&frame).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tcp.write_all(&masked(0x88, &1000u16.to_be_bytes())).await.unwrap();
+    let (status, frames) = relay_frames(tcp).await;
+    assert_eq!(status, 101);
+    assert!(frames.contains(&(0xA, b"are you there".to_vec())), "the ping is answered with its payload");
+    assert!(
+        frames.iter().any(|(op, p)| *op == 0x1 && p.starts_with(b"{\"welcome\"")),
+        "the fragmented hello is served"
+    );
+    assert_eq!(close_code(&frames), Some(1000));
+}

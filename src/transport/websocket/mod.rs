@@ -74,6 +74,8 @@ impl WebSocketTransport {
         let wire = Arc::new(Wire::new(stream, self.metrics.clone()));
         let mut reader = Reader::new(limits.max_frame_bytes as usize);
         reader.decode(&early);
+        // A slice of hyper's read buffer (8 KiB or more): freed now, not when the connection ends.
+        drop(early);
         let auth_deadline = ctx.auth_deadline();
 
         let first = tokio::time::timeout_at(auth_deadline.into(), first_message(&wire, &mut reader)).await;
