@@ -18,6 +18,11 @@ for run in 1 2 3; do
       fanout --subscribers 1000 --rooms 10 --publishers 4 --rate 1000 --payload 100
     "$BIN" --transport $t --duration 10 --quiet --json "$OUT/dense-$t-$run.json" \
       fanout --subscribers 100 --rooms 1 --publishers 4 --rate 400 --payload 100
+    if [ $t = ws ]; then
+      # 500,000 deliveries/s offered: the relay's CPU when the pair is saturated.
+      "$BIN" --transport $t --duration 10 --quiet --json "$OUT/cpu500k-$t-$run.json" \
+        fanout --subscribers 1000 --rooms 10 --publishers 4 --rate 5000 --payload 100
+    fi
     # Memory per idle connection.
     "$BIN" --transport $t --duration 5 --quiet --json "$OUT/idle-$t-$run.json" \
       idle --connections 2000

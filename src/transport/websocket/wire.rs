@@ -27,6 +27,11 @@ use crate::transport::WRITE_BATCH;
 /// Largest encoding buffer a thread keeps between writes.
 const SCRATCH_KEEP: usize = 64 * 1024;
 
+/// Pending bytes past which control frames (pongs, pings) are dropped instead of queued: a
+/// peer that sends pings but does not read cannot grow the buffer (RFC 6455 allows answering
+/// only the latest ping).
+const CONTROL_BACKLOG: usize = 4096;
+
 thread_local! {
     /// Where frames are encoded before a write; one per thread, reused.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -172,10 +177,10 @@ impl Wire {
         self.write_pending(&mut self.lock())
     }
 
-    /// Writes a control frame (ping, pong) now, or after what is pending.
+    /// Writes a control frame (ping, pong) now, or after what is pending (if little is).
     pub fn send_control(&self, code: u8, payload: &[u8]) {
         let mut out = self.lock();
-        if out.closed || out.failed {
+        if out.closed || out.failed || out.pending.len() > CONTROL_BACKLOG {
             return;
         }
         let mut frame = Vec::with_capacity(2 + payload.len());
