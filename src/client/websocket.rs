@@ -5,13 +5,18 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{ClientError, Shared};
 use crate::proto::{Codec, ErrorCode, ServerFrame, WireFrame};
+
+/// Bytes tungstenite reads per call. Its default (128 KiB) is zeroed before every read: with
+/// small frames that `memset` was half of a receiving client's CPU. Larger frames still
+/// arrive, in several reads.
+const READ_BUFFER: usize = 8 * 1024;
 
 pub(super) struct WsLink {
     outgoing: mpsc::UnboundedSender<Message>,
@@ -28,7 +33,8 @@ pub(super) async fn connect(
     cancel: &CancellationToken,
 ) -> Result<(WsLink, ServerFrame), ClientError> {
     // TCP_NODELAY: each frame is written whole; Nagle would hold small ones behind a delayed ACK.
-    let (socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+    let (socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
         .await
         .map_err(|e| ClientError::Connect(e.to_string()))?;
     let (mut sink, mut stream) = socket.split();

@@ -394,7 +394,8 @@ mod tests {
             let mut input: Vec<u8> = (0..len).map(|_| next() as u8).collect();
             // Half the cases start like a plausible masked client frame, to get past the header.
             if next() % 2 == 0 && input.len() > 2 {
-                input[0] = 0x80 | [opcode::TEXT, opcode::BINARY, opcode::PING, opcode::CONTINUATION][(next() % 4) as usize];
+                input[0] =
+                    0x80 | [opcode::TEXT, opcode::BINARY, opcode::PING, opcode::CONTINUATION][(next() % 4) as usize];
                 input[1] = 0x80 | (next() % 128) as u8;
             }
             let mut decoder = Decoder::new(200);
