@@ -333,16 +333,8 @@ async fn a_websocket_peer_that_stops_answering_pings_is_closed_as_idle() {
     .await;
     // By hand, so nothing answers the relay's pings: upgrade, one masked text frame (hello),
     // then silence.
-    let mut tcp = tokio::net::TcpStream::connect(relay.relay.tcp_addr()).await.unwrap();
-    let upgrade = "GET /v1/ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-    tcp.write_all(upgrade.as_bytes()).await.unwrap();
-    let hello = Codec::Json.encode(&relay.raw_hello());
-    let mut frame = vec![0x81, 0x80 | 126];
-    frame.extend_from_slice(&(hello.len() as u16).to_be_bytes());
-    frame.extend_from_slice(&[0, 0, 0, 0]); // a zero mask leaves the payload as it is
-    frame.extend_from_slice(&hello);
-    tcp.write_all(&frame).await.unwrap();
+    let mut tcp = hand_ws(&relay).await;
+    tcp.write_all(&masked(0x81, &Codec::Json.encode(&relay.raw_hello()))).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
     let mut received = Vec::new();
     within("the relay closes", tcp.read_to_end(&mut received)).await.unwrap();
