@@ -72,7 +72,8 @@ pub enum Order {
 }
 
 struct Connection {
-    identity: Identity,
+    /// The session's own identity, shared (not a copy per connection).
+    identity: Arc<Identity>,
     orders: MailSender<Order>,
 }
 
@@ -121,9 +122,9 @@ impl Controls {
 
     /// Lists connection `id` (with its token's identity) to receive orders; again after a
     /// token refresh, replacing the identity.
-    pub fn register(self: &Arc<Self>, identity: &Identity, id: u64, orders: MailSender<Order>) -> Registration {
+    pub fn register(self: &Arc<Self>, identity: Arc<Identity>, id: u64, orders: MailSender<Order>) -> Registration {
         let user: UserId = (identity.tenant.as_str().into(), identity.user.as_str().into());
-        let connection = Connection { identity: identity.clone(), orders };
+        let connection = Connection { identity, orders };
         self.lock().connections.entry(user.clone()).or_default().insert(id, connection);
         Registration { controls: self.clone(), user, id }
     }
@@ -208,9 +209,9 @@ mod tests {
         let (tx1, mut rx1) = crate::mailbox::mailbox();
         let (tx2, mut rx2) = crate::mailbox::mailbox();
         let (tx3, mut rx3) = crate::mailbox::mailbox();
-        let _a1 = controls.register(&identity("alice", Some("t1"), Some(5)), 1, tx1);
-        let a2 = controls.register(&identity("alice", Some("t2"), Some(5)), 2, tx2);
-        let _b = controls.register(&identity("bob", Some("t3"), Some(5)), 3, tx3);
+        let _a1 = controls.register(Arc::new(identity("alice", Some("t1"), Some(5))), 1, tx1);
+        let a2 = controls.register(Arc::new(identity("alice", Some("t2"), Some(5))), 2, tx2);
+        let _b = controls.register(Arc::new(identity("bob", Some("t3"), Some(5))), 3, tx3);
         let kick = Control::Disconnect { tenant: "acme".into(), user: "alice".into(), reason: "bye".into() };
         assert_eq!(controls.apply(&kick, 10), 2);
         assert!(matches!(rx1.try_recv(), Ok(Order::Close { code: ErrorCode::DISCONNECTED, .. })));

@@ -68,7 +68,8 @@ pub struct Fatal {
 /// An authenticated session's identity, its tenant (shared by its room keys) and its slot in
 /// the per-user connection count.
 struct Active {
-    identity: Identity,
+    /// Shared with the server API's registry of connections.
+    identity: Arc<Identity>,
     tenant: Arc<str>,
     _slot: ConnectionSlot,
     /// Where the server API's actions reach this connection.
@@ -172,7 +173,7 @@ impl Session {
     }
 
     pub fn identity(&self) -> Option<&Identity> {
-        self.active.as_ref().map(|a| &a.identity)
+        self.active.as_ref().map(|a| &*a.identity)
     }
 
     pub fn is_authenticated(&self) -> bool {
@@ -360,7 +361,8 @@ impl Session {
         };
         let tenant: Arc<str> = identity.tenant.as_str().into();
         let user = UserKey { tenant: tenant.clone(), user: identity.user.as_str().into() };
-        let registration = self.ctx.controls.register(&identity, self.id, self.orders.clone());
+        let identity = Arc::new(identity);
+        let registration = self.ctx.controls.register(identity.clone(), self.id, self.orders.clone());
         self.active = Some(Active { identity, tenant, _slot: slot, _registration: registration });
         self.outbox.send(lane, &welcome).map_err(|e| self.push_fatal(e))?;
         self.ctx.awareness.connect(user, self.id, self.outbox.clone(), now_ms);
@@ -382,7 +384,8 @@ impl Session {
             return Err(self.fatal(req, ErrorCode::TOKEN_INVALID, "refresh token is for another user or tenant"));
         }
         let expires_at = fresh.expires_at;
-        active._registration = self.ctx.controls.register(&fresh, self.id, self.orders.clone());
+        let fresh = Arc::new(fresh);
+        active._registration = self.ctx.controls.register(fresh.clone(), self.id, self.orders.clone());
         active.identity = fresh;
         self.outbox.send(lane, &ServerFrame::Refreshed { req, expires_at }).map_err(|e| self.push_fatal(e))
     }
