@@ -147,6 +147,15 @@ impl Wakes {
         Wakes::default()
     }
 
+    /// Writers this batch wakes.
+    pub fn len(&self) -> usize {
+        self.lanes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lanes.is_empty()
+    }
+
     /// Splits the wake-ups into parts of at most `per_part` writers (with direct writes, a
     /// wake-up is a write: parts let several threads share a big fanout).
     pub fn split(mut self, per_part: usize) -> Vec<Wakes> {

@@ -68,6 +68,7 @@ pub struct Relay {
     endpoint: quinn::Endpoint,
     http: Arc<HttpState>,
     engine: Arc<dyn Engine>,
+    hub: Arc<Hub>,
     signer: Option<Signer>,
     services: TaskTracker,
     connections: TaskTracker,
@@ -182,7 +183,20 @@ impl Relay {
         }
         http.ready.store(true, Ordering::Relaxed);
         tracing::info!(%udp_addr, %tcp_addr, "relay serving");
-        Ok(Relay { udp_addr, tcp_addr, config, endpoint, http, engine, signer, services, connections, stop, drain })
+        Ok(Relay {
+            udp_addr,
+            tcp_addr,
+            config,
+            endpoint,
+            http,
+            engine,
+            hub,
+            signer,
+            services,
+            connections,
+            stop,
+            drain,
+        })
     }
 
     pub fn udp_addr(&self) -> SocketAddr {
@@ -255,6 +269,7 @@ impl Relay {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.services.wait()).await;
         // Connections are gone: finish what the store accepted, then stop its writer.
         self.engine.shutdown(Duration::from_secs(5)).await;
+        self.hub.finish_fanout(Duration::from_secs(2)).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 }

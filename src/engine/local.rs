@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use tokio_util::task::TaskTracker;
 
 use super::{Accepted, Done, Engine, EngineError, Publish};
 use crate::hub::{Hub, RoomKey};
@@ -155,8 +154,6 @@ pub struct LocalEngine {
     queue: Sender<Op>,
     stopping: AtomicBool,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// The writer's fanout tasks (short: each wakes a part of a commit's subscribers).
-    fanout: TaskTracker,
 }
 
 impl LocalEngine {
@@ -184,7 +181,6 @@ impl LocalEngine {
             hasher: RandomState::new(),
         });
         let (queue, rx) = std::sync::mpsc::channel();
-        let fanout = TaskTracker::new();
         let writer = Writer {
             rx,
             history: history.clone(),
@@ -196,8 +192,6 @@ impl LocalEngine {
             batch_size: metrics::histogram!(crate::metrics::STORE_BATCH_SIZE),
             failures: metrics::counter!(crate::metrics::STORE_FAILURES_TOTAL),
             expiring: None,
-            runtime: tokio::runtime::Handle::try_current().ok(),
-            fanout: fanout.clone(),
         };
         let handle = std::thread::Builder::new().name("edgerelay-store".into()).spawn(move || writer.run())?;
         Ok(LocalEngine {
@@ -207,7 +201,6 @@ impl LocalEngine {
             queue,
             stopping: AtomicBool::new(false),
             writer: Mutex::new(Some(handle)),
-            fanout,
         })
     }
 
@@ -385,8 +378,6 @@ impl Engine for LocalEngine {
             if tokio::time::timeout(deadline, joined).await.is_err() {
                 tracing::warn!("history writer did not finish within the shutdown deadline");
             }
-            self.fanout.close();
-            let _ = tokio::time::timeout(deadline, self.fanout.wait()).await;
         }
         .boxed()
     }
@@ -420,15 +411,7 @@ struct Writer {
     failures: metrics::Counter,
     /// The age-retention pass under way: its cutoff and where its next step starts.
     expiring: Option<(u64, Option<Vec<u8>>)>,
-    /// Where a commit's deliveries are written (see [`Writer::deliver`]); `None` outside a
-    /// runtime (then on this thread).
-    runtime: Option<tokio::runtime::Handle>,
-    fanout: TaskTracker,
 }
-
-/// Subscribers per fanout task. With direct writes (WebSocket) waking a subscriber is writing to
-/// its socket, a system call; parts of this size let every runtime thread take a share.
-const FANOUT_PART: usize = 64;
 
 /// Rooms one age-retention step visits: a short write, so commits queued behind it wait little.
 const EXPIRE_ROOMS_PER_STEP: usize = 256;
@@ -505,16 +488,6 @@ impl Writer {
         stop
     }
 
-    /// Wakes the writers of a commit's subscribers on the runtime's threads, in parts, rather
-    /// than here: this thread then goes back to committing, and a big fanout's writes (direct
-    /// writes on WebSocket) are shared by every runtime thread instead of waiting on one.
-    fn deliver(&self, wakes: Wakes) {
-        let Some(runtime) = &self.runtime else { return };
-        for part in wakes.split(FANOUT_PART) {
-            self.fanout.spawn_on(async move { drop(part) }, runtime);
-        }
-    }
-
     fn commit(&self, records: Vec<Append>, waiting: Vec<(SharedSeq, Done)>) {
         let started = Instant::now();
         let result = self.history.append(&records, &self.retention);
@@ -530,7 +503,8 @@ impl Writer {
                     settle(&seq, &append.message, true);
                     done.complete(Ok(Accepted { position, duplicate: false }));
                 }
-                self.deliver(wakes);
+                // Off this thread, so it goes back to committing (see `Hub::wake`).
+                self.hub.wake(wakes);
             }
             Err(err) => {
                 self.failures.increment(1);

@@ -19,7 +19,9 @@ pub mod typing;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use tokio_util::task::TaskTracker;
 
 pub use room::{Attach, CatchUp, Delivered, Membership, RoomState, Subscriber, SubscriberId};
 
@@ -42,7 +44,14 @@ pub struct Hub {
     hasher: RandomState,
     idle_ttl_ms: u64,
     metrics: HubMetrics,
+    /// Where big fanouts' wake-ups run (see [`Hub::wake`]); `None` when made outside a runtime.
+    runtime: Option<tokio::runtime::Handle>,
+    fanout: TaskTracker,
 }
+
+/// Subscribers per fanout task. With direct writes (WebSocket) waking a subscriber is writing to
+/// its socket, a system call; parts of this size let every runtime thread take a share.
+const FANOUT_PART: usize = 64;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -56,7 +65,30 @@ impl Hub {
             hasher: RandomState::new(),
             idle_ttl_ms: room_idle_ttl_ms,
             metrics: HubMetrics::new(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            fanout: TaskTracker::new(),
         }
+    }
+
+    /// Wakes a batch's writers; with direct writes, that is writing to their sockets. Off the
+    /// runtime (the store's writer thread), or for more than one part, the wake-ups run on the
+    /// runtime's threads in parts of [`FANOUT_PART`]: the caller goes back to its work and a big
+    /// fanout is shared by every core instead of waiting on one. A small batch on the runtime is
+    /// woken here, which costs less than a task.
+    pub fn wake(&self, wakes: Wakes) {
+        let on_runtime = tokio::runtime::Handle::try_current().is_ok();
+        let Some(runtime) = self.runtime.as_ref().filter(|_| !on_runtime || wakes.len() > FANOUT_PART) else {
+            return;
+        };
+        for part in wakes.split(FANOUT_PART) {
+            self.fanout.spawn_on(async move { drop(part) }, runtime);
+        }
+    }
+
+    /// Waits (at most `deadline`) for the fanout tasks [`Hub::wake`] started; for shutdown.
+    pub async fn finish_fanout(&self, deadline: Duration) {
+        self.fanout.close();
+        let _ = tokio::time::timeout(deadline, self.fanout.wait()).await;
     }
 
     fn shard(&self, key: &RoomKey) -> &Shard {
@@ -139,11 +171,14 @@ impl Hub {
     /// Fans a committed message out to the room's members here, if the room is present, and
     /// wakes their writers.
     pub fn deliver(&self, key: &RoomKey, epoch: u64, message: &StoredMessage) -> Delivered {
-        self.deliver_batched(key, epoch, message, &mut Wakes::new())
+        let mut wakes = Wakes::new();
+        let delivered = self.deliver_batched(key, epoch, message, &mut wakes);
+        self.wake(wakes);
+        delivered
     }
 
-    /// [`Hub::deliver`] for one message of a batch: the writers are woken when `wakes` is, after
-    /// the last message of the batch, so each writes the batch at once.
+    /// [`Hub::deliver`] for one message of a batch: the writers are woken when `wakes` is (by
+    /// [`Hub::wake`]), after the last message of the batch, so each writes the batch at once.
     pub fn deliver_batched(&self, key: &RoomKey, epoch: u64, message: &StoredMessage, wakes: &mut Wakes) -> Delivered {
         let Some(room) = self.existing(key) else { return Delivered::default() };
         let started = Instant::now();
@@ -215,6 +250,29 @@ mod tests {
         let hub = Hub::new(4, 1000);
         hub.ensure_room(k, RoomMeta { epoch, first: 1, top }, 0);
         hub
+    }
+
+    #[tokio::test]
+    async fn a_fanout_from_off_the_runtime_is_woken_by_runtime_tasks() {
+        use futures_util::FutureExt;
+        let k = key("acme", "big");
+        let hub = Arc::new(hub_with(&k, 1, 0));
+        let members: Vec<_> = (0..150)
+            .map(|id| {
+                let (outbox, s, rx) = sub(Codec::Json, 10_000);
+                hub.attach(&k, id, s, 1, None, 0).unwrap();
+                frames(&outbox);
+                let _ = outbox.changed().now_or_never();
+                (outbox, rx)
+            })
+            .collect();
+        // As the store's writer thread does: deliver from a thread outside the runtime.
+        let (h, room) = (hub.clone(), k.clone());
+        std::thread::spawn(move || h.deliver(&room, 1, &msg(1))).join().unwrap();
+        assert!(members.iter().all(|(o, _)| o.changed().now_or_never().is_none()), "nobody woken on that thread");
+        hub.finish_fanout(Duration::from_secs(5)).await;
+        assert!(members.iter().all(|(o, _)| o.changed().now_or_never().is_some()), "everyone woken by the tasks");
+        assert!(members.iter().all(|(o, _)| frames(o).len() == 1));
     }
 
     #[test]

@@ -771,7 +771,7 @@ impl Shared {
                     for message in &messages {
                         self.hub.deliver_batched(key, epoch, message, &mut wakes);
                     }
-                    drop(wakes);
+                    self.hub.wake(wakes);
                     if messages.len() < RESYNC_PAGE {
                         return;
                     }
