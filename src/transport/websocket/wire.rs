@@ -61,6 +61,13 @@ struct Output {
     failed: bool,
 }
 
+impl Output {
+    /// Bytes wait for the socket to become writable (and the loop knows: see the module docs).
+    fn blocked(&self) -> bool {
+        !self.pending.is_empty() && !self.failed
+    }
+}
+
 /// One connection's socket: read by the connection loop, written by anyone (see module docs).
 pub struct Wire {
     stream: TcpStream,
@@ -85,8 +92,7 @@ impl Wire {
 
     /// Bytes are waiting for the socket to become writable.
     pub fn is_blocked(&self) -> bool {
-        let out = self.lock();
-        !out.pending.is_empty() && !out.failed
+        self.lock().blocked()
     }
 
     /// Writes pending bytes, then everything the outbox holds, until the socket is full.
@@ -209,7 +215,7 @@ impl DirectWrite for Wire {
     fn write_now(&self, outbox: &Outbox) -> bool {
         // Another thread is writing: it, or the loop it wakes, takes this frame too.
         let Ok(mut out) = self.out.try_lock() else { return false };
-        if !out.pending.is_empty() && !out.failed {
+        if out.blocked() {
             // The loop already waits for the socket (see the invariant in the module docs).
             return true;
         }
