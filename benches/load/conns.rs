@@ -68,7 +68,7 @@ async fn open(
     join: Option<String>,
 ) -> anyhow::Result<(Client, Duration)> {
     let target = relay.target(transport.for_index(index))?;
-    let options = ClientOptions::new(relay.token(&format!("idle-{index}"))?);
+    let options = relay.options(&format!("idle-{index}"), transport.for_index(index), index)?;
     let started = Instant::now();
     let client = Client::connect(target, options).await?;
     let took = started.elapsed();
@@ -311,7 +311,7 @@ pub async fn churn(
             tasks.spawn(async move {
                 let result = async {
                     let target = relay.relay_target(transport, index)?;
-                    let options = ClientOptions::new(relay.token(&format!("churn-{index}"))?);
+                    let options = relay.options(&format!("churn-{index}"), transport, index)?;
                     let t = Instant::now();
                     let client = Client::connect(target, options).await?;
                     connect_hist.record(t.elapsed());
@@ -383,6 +383,7 @@ pub async fn churn(
 pub struct RelayView {
     targets: [Option<edgerelay::client::Target>; 3],
     tokens: crate::relay::TokenMinter,
+    endpoints: crate::relay::Endpoints,
     pid: Option<u32>,
 }
 
@@ -392,6 +393,7 @@ impl RelayView {
         Ok(RelayView {
             targets: [Transport::Quic, Transport::Ws, Transport::Wt].map(|t| relay.target(t).ok()),
             tokens: relay.minter(),
+            endpoints: relay.endpoints.clone(),
             pid: relay.pid,
         })
     }
@@ -408,6 +410,11 @@ impl RelayView {
 
     pub fn token(&self, sub: &str) -> anyhow::Result<String> {
         self.tokens.token(sub)
+    }
+
+    /// Options for connection `index` as `user` (see [`crate::relay::Endpoints`]).
+    pub fn options(&self, user: &str, choice: TransportChoice, index: usize) -> anyhow::Result<ClientOptions> {
+        self.endpoints.options(self.token(user)?, choice.for_index(index), index)
     }
 
     pub fn cpu(&self) -> Option<Duration> {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use edgerelay::client::{Client, ClientOptions};
+use edgerelay::client::Client;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -345,7 +345,7 @@ pub async fn connect_one(
     codec: CodecArg,
 ) -> anyhow::Result<(Client, Duration)> {
     let target = relay.target(transport.for_index(index))?;
-    let options = ClientOptions::new(relay.token(&user)?).codec(codec.codec());
+    let options = relay.options(&user, transport.for_index(index), index)?.codec(codec.codec());
     let started = Instant::now();
     let client = Client::connect(target, options).await?;
     Ok((client, started.elapsed()))

@@ -2,15 +2,17 @@
 //! (`--spawn`, the default), or one already running that the generator is pointed at. Its CPU
 //! time and RSS come from `/proc/<pid>`, so they are the relay's alone, not the generator's.
 
+use std::collections::HashMap;
 use std::io::BufRead;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use edgerelay::auth::{Caps, Claims, Signer};
-use edgerelay::client::{ServerTrust, Target};
+use edgerelay::client::{ClientOptions, QuicEndpoint, ServerTrust, Target};
 
 /// Which transport one connection uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -72,6 +74,45 @@ pub struct RelayArgs {
     /// The running relay's process id, for CPU and RSS from /proc (none: not reported).
     #[arg(long)]
     pub pid: Option<u32>,
+    /// QUIC and WebTransport connections per client UDP socket (and its driver task). 1 gives
+    /// every connection a socket of its own, as separate devices have; sharing spends less of
+    /// the machine on the generator, which the relay shares it with.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub connections_per_endpoint: u32,
+}
+
+/// The generator's client QUIC endpoints: connection `i` uses endpoint `i / per`, bound on
+/// loopback when first needed.
+#[derive(Clone)]
+pub struct Endpoints {
+    per: usize,
+    ip: IpAddr,
+    pool: Arc<Mutex<HashMap<usize, QuicEndpoint>>>,
+}
+
+impl Endpoints {
+    fn new(per: u32, relay: Option<SocketAddr>) -> Endpoints {
+        let ip = match relay {
+            Some(addr) if addr.is_ipv6() => Ipv6Addr::LOCALHOST.into(),
+            _ => Ipv4Addr::LOCALHOST.into(),
+        };
+        Endpoints { per: per.max(1) as usize, ip, pool: Default::default() }
+    }
+
+    /// Client options for connection `index` with `token`: with its group's shared endpoint
+    /// over QUIC and WebTransport, unless every connection has its own.
+    pub fn options(&self, token: String, transport: Transport, index: usize) -> anyhow::Result<ClientOptions> {
+        let options = ClientOptions::new(token);
+        if transport == Transport::Ws || self.per == 1 {
+            return Ok(options);
+        }
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let endpoint = match pool.entry(index / self.per) {
+            std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(QuicEndpoint::bind(self.ip)?).clone(),
+        };
+        Ok(options.quic_endpoint(endpoint))
+    }
 }
 
 pub struct RelayUnderTest {
@@ -82,6 +123,7 @@ pub struct RelayUnderTest {
     pub ws_url: Option<String>,
     sha256: Option<[u8; 32]>,
     signer: TokenMinter,
+    pub endpoints: Endpoints,
 }
 
 impl Drop for RelayUnderTest {
@@ -133,6 +175,7 @@ impl RelayUnderTest {
             ws_url: args.ws.clone(),
             sha256,
             signer: TokenMinter(std::sync::Arc::new(Signer::dev(&secret))),
+            endpoints: Endpoints::new(args.connections_per_endpoint, args.quic),
         })
     }
 
@@ -215,6 +258,7 @@ impl RelayUnderTest {
             ws_url: Some(ws),
             sha256: Some(sha256),
             signer: TokenMinter(std::sync::Arc::new(Signer::dev(&secret))),
+            endpoints: Endpoints::new(args.connections_per_endpoint, Some(udp)),
         })
     }
 
@@ -245,6 +289,11 @@ impl RelayUnderTest {
     /// A token for user `sub` of tenant `load` that may join and publish to every `load:` room.
     pub fn token(&self, sub: &str) -> anyhow::Result<String> {
         self.signer.token(sub)
+    }
+
+    /// Options for connection `index` as `user` over `transport` (see [`Endpoints`]).
+    pub fn options(&self, user: &str, transport: Transport, index: usize) -> anyhow::Result<ClientOptions> {
+        self.endpoints.options(self.token(user)?, transport, index)
     }
 
     pub fn minter(&self) -> TokenMinter {

@@ -229,8 +229,7 @@ async fn connection(ctx: Arc<Ctx>, index: usize, shared: Arc<Shared>, mut signal
     let mut resume = Resume { rooms, last: vec![None; n], target: vec![None; n] };
     let setup = async {
         let target = ctx.relay.relay_target(ctx.transport, index)?;
-        let token = ctx.relay.token(&format!("storm-{index}"))?;
-        anyhow::Ok((target, ClientOptions::new(token)))
+        anyhow::Ok((target, ctx.relay.options(&format!("storm-{index}"), ctx.transport, index)?))
     };
     let (target, options) = match setup.await {
         Ok(setup) => setup,
@@ -374,7 +373,7 @@ async fn publisher(
     let index = args.connections;
     let connect = || async {
         let target = ctx.relay.relay_target(ctx.transport, index)?;
-        let options = ClientOptions::new(ctx.relay.token("storm-publisher")?);
+        let options = ctx.relay.options("storm-publisher", ctx.transport, index)?;
         anyhow::Ok(Arc::new(Client::connect(target, options).await?))
     };
     let mut client = None;

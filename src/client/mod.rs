@@ -7,6 +7,7 @@
 
 pub mod presence;
 mod quic;
+pub use quic::QuicEndpoint;
 pub mod resilient;
 pub mod typing;
 mod websocket;
@@ -58,6 +59,8 @@ pub struct ClientOptions {
     pub event_buffer: usize,
     /// How long to wait for an answer to a request.
     pub request_timeout: Duration,
+    /// A QUIC endpoint shared with other clients; `None` binds one for this client.
+    pub quic_endpoint: Option<QuicEndpoint>,
 }
 
 impl ClientOptions {
@@ -68,7 +71,15 @@ impl ClientOptions {
             client_name: format!("edgerelay-rust/{}", env!("CARGO_PKG_VERSION")),
             event_buffer: 1024,
             request_timeout: Duration::from_secs(10),
+            quic_endpoint: None,
         }
+    }
+
+    /// Connects QUIC and WebTransport through `endpoint`, shared with other clients, instead of
+    /// a socket of this client's own.
+    pub fn quic_endpoint(mut self, endpoint: QuicEndpoint) -> Self {
+        self.quic_endpoint = Some(endpoint);
+        self
     }
 
     pub fn codec(mut self, codec: Codec) -> Self {
@@ -368,13 +379,15 @@ impl Client {
         let connecting = async {
             match &target {
                 Target::Quic { addr, server_name, tls } => {
-                    quic::connect(*addr, server_name, tls, None, options.codec, hello, shared.clone(), &tasks, &cancel)
+                    let endpoint = options.quic_endpoint.as_ref();
+                    quic::connect(*addr, server_name, tls, None, options.codec, hello, shared.clone(), endpoint, &tasks, &cancel)
                         .await
                         .map(|(link, welcome)| (Link::Quic(Box::new(link)), welcome))
                 }
                 Target::WebTransport { addr, server_name, tls, path } => {
                     let wt = Some(path.as_str());
-                    quic::connect(*addr, server_name, tls, wt, options.codec, hello, shared.clone(), &tasks, &cancel)
+                    let endpoint = options.quic_endpoint.as_ref();
+                    quic::connect(*addr, server_name, tls, wt, options.codec, hello, shared.clone(), endpoint, &tasks, &cancel)
                         .await
                         .map(|(link, welcome)| (Link::Quic(Box::new(link)), welcome))
                 }

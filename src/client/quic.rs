@@ -4,7 +4,7 @@
 //! [`Session`], so everything after the handshake is shared.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +22,26 @@ use crate::transport::{ALPN_RAW, quic::read_frame, webtransport};
 /// Largest frame the client accepts from the relay.
 const MAX_INBOUND_FRAME: usize = 16 << 20;
 
+/// A client QUIC endpoint, one UDP socket and the task that drives it, that several clients
+/// share ([`ClientOptions::quic_endpoint`](super::ClientOptions::quic_endpoint)). A client
+/// without one binds its own. An application holding many connections (a bridge, a load
+/// generator) saves a socket, a driver task and a wake-up per received packet for each: the
+/// shared driver reads the packets of all its connections in batches.
+#[derive(Debug, Clone)]
+pub struct QuicEndpoint(Endpoint);
+
+impl QuicEndpoint {
+    /// Binds an endpoint on an ephemeral port of `ip` (`0.0.0.0` for IPv4 relays, `::` for
+    /// IPv6 ones; an IPv4 socket cannot reach an IPv6 relay). Needs a tokio runtime.
+    pub fn bind(ip: std::net::IpAddr) -> Result<QuicEndpoint, ClientError> {
+        Endpoint::client(SocketAddr::new(ip, 0)).map(QuicEndpoint).map_err(|e| ClientError::Connect(e.to_string()))
+    }
+}
+
 pub(super) struct QuicLink {
     endpoint: Endpoint,
+    /// Whether this link bound the endpoint for itself, and closes it with the connection.
+    owns_endpoint: bool,
     conn: Session,
     codec: Codec,
     shared: Arc<Shared>,
@@ -44,6 +62,7 @@ pub(super) async fn connect(
     codec: Codec,
     hello: WireFrame,
     shared: Arc<Shared>,
+    shared_endpoint: Option<&QuicEndpoint>,
     tasks: &TaskTracker,
     cancel: &CancellationToken,
 ) -> Result<(QuicLink, ServerFrame), ClientError> {
@@ -64,13 +83,15 @@ pub(super) async fn connect(
     transport.max_idle_timeout(Some(quinn::VarInt::from_u32(8_000).into()));
     config.transport_config(Arc::new(transport));
 
-    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-        .parse()
-        .map_err(|_| ClientError::Connect("bind address".into()))?;
-    let mut endpoint = Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
-    endpoint.set_default_client_config(config);
+    let (endpoint, owns_endpoint) = match shared_endpoint {
+        Some(shared) => (shared.0.clone(), false),
+        None => {
+            let ip = if addr.is_ipv6() { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
+            (QuicEndpoint::bind(ip)?.0, true)
+        }
+    };
     let conn = endpoint
-        .connect(addr, server_name)
+        .connect_with(config, addr, server_name)
         .map_err(|e| ClientError::Connect(e.to_string()))?
         .await
         .map_err(|e| ClientError::Connect(e.to_string()))?;
@@ -100,7 +121,7 @@ pub(super) async fn connect(
     tasks.spawn(read_stream(recv, reader, codec, shared.clone(), cancel.clone()));
     tasks.spawn(watch(conn.clone(), shared.clone(), cancel.clone()));
     tasks.spawn(read_datagrams(conn.clone(), codec, shared.clone(), cancel.clone()));
-    let link = QuicLink { endpoint, conn, codec, shared, control: Mutex::new(send), rooms: Default::default() };
+    let link = QuicLink { endpoint, owns_endpoint, conn, codec, shared, control: Mutex::new(send), rooms: Default::default() };
     Ok((link, first))
 }
 
@@ -266,6 +287,8 @@ impl QuicLink {
 
     pub(super) fn close(&self) {
         self.conn.close(0, b"bye");
-        self.endpoint.close(0u32.into(), b"bye");
+        if self.owns_endpoint {
+            self.endpoint.close(0u32.into(), b"bye");
+        }
     }
 }
