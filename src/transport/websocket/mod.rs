@@ -135,11 +135,12 @@ async fn finish(wire: &Wire, outbox: Option<&Outbox>, reason: CloseReason) -> Cl
             return;
         }
         let _ = socket2::SockRef::from(wire.stream()).shutdown(std::net::Shutdown::Write);
-        let mut sink = [0u8; 1024];
         loop {
             if wire.stream().readable().await.is_err() {
                 return;
             }
+            // Declared after the await, so the connection's future does not hold it.
+            let mut sink = [0u8; 1024];
             match wire.stream().try_read(&mut sink) {
                 Ok(0) => return,
                 Err(err) if err.kind() != std::io::ErrorKind::WouldBlock => return,
