@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Transport, VARIANTS, start, start_with, within};
-use edgerelay::client::{ClientError, Event};
+use edgerelay::client::{Client, ClientError, ClientOptions, Event, QuicEndpoint};
 use edgerelay::proto::{Codec, ErrorCode, Payload};
 
 #[tokio::test]
@@ -34,6 +34,38 @@ async fn two_clients_exchange_messages_in_order_with_contiguous_acks() {
         }
         alice.close().await;
         bob.close().await;
+    }
+}
+
+/// Clients sharing one QUIC endpoint (one UDP socket) are separate connections to the relay:
+/// each gets its own deliveries, and one closing leaves the others and the endpoint working.
+#[tokio::test]
+async fn clients_sharing_a_quic_endpoint_stay_independent() {
+    let relay = start().await;
+    let endpoint = QuicEndpoint::bind(std::net::Ipv4Addr::LOCALHOST.into()).unwrap();
+    let room = "chat:shared-endpoint";
+    let mut clients = Vec::new();
+    for (i, transport) in [Transport::Quic, Transport::WebTransport, Transport::Quic].into_iter().enumerate() {
+        let options = ClientOptions::new(relay.token(&format!("user{i}"), "acme", &["chat:*"]))
+            .quic_endpoint(endpoint.clone());
+        let client = Client::connect(relay.target(transport), options).await.unwrap();
+        client.join(room).await.unwrap();
+        clients.push(client);
+    }
+    let mut remaining = clients.split_off(1);
+    clients.pop().unwrap().close().await;
+    remaining[0].publish(room, "after-close", Payload::json(&serde_json::json!({"n": 1}))).await.unwrap();
+    for client in &mut remaining {
+        let m = within("message after a sharer closed", client.next_message()).await.unwrap();
+        assert_eq!((m.id.as_str(), m.from.as_str()), ("after-close", "user1"));
+    }
+    // A client connected after one closed still gets through the same endpoint.
+    let options = ClientOptions::new(relay.token("late", "acme", &["chat:*"])).quic_endpoint(endpoint);
+    let late = Client::connect(relay.target(Transport::Quic), options).await.unwrap();
+    assert_eq!(late.join(room).await.unwrap().position.offset, 1);
+    late.close().await;
+    for client in remaining {
+        client.close().await;
     }
 }
 

@@ -380,16 +380,38 @@ impl Client {
             match &target {
                 Target::Quic { addr, server_name, tls } => {
                     let endpoint = options.quic_endpoint.as_ref();
-                    quic::connect(*addr, server_name, tls, None, options.codec, hello, shared.clone(), endpoint, &tasks, &cancel)
-                        .await
-                        .map(|(link, welcome)| (Link::Quic(Box::new(link)), welcome))
+                    quic::connect(
+                        *addr,
+                        server_name,
+                        tls,
+                        None,
+                        options.codec,
+                        hello,
+                        shared.clone(),
+                        endpoint,
+                        &tasks,
+                        &cancel,
+                    )
+                    .await
+                    .map(|(link, welcome)| (Link::Quic(Box::new(link)), welcome))
                 }
                 Target::WebTransport { addr, server_name, tls, path } => {
                     let wt = Some(path.as_str());
                     let endpoint = options.quic_endpoint.as_ref();
-                    quic::connect(*addr, server_name, tls, wt, options.codec, hello, shared.clone(), endpoint, &tasks, &cancel)
-                        .await
-                        .map(|(link, welcome)| (Link::Quic(Box::new(link)), welcome))
+                    quic::connect(
+                        *addr,
+                        server_name,
+                        tls,
+                        wt,
+                        options.codec,
+                        hello,
+                        shared.clone(),
+                        endpoint,
+                        &tasks,
+                        &cancel,
+                    )
+                    .await
+                    .map(|(link, welcome)| (Link::Quic(Box::new(link)), welcome))
                 }
                 Target::WebSocket { url } => {
                     websocket::connect(url, options.codec, hello, shared.clone(), &tasks, &cancel)

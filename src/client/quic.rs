@@ -121,7 +121,8 @@ pub(super) async fn connect(
     tasks.spawn(read_stream(recv, reader, codec, shared.clone(), cancel.clone()));
     tasks.spawn(watch(conn.clone(), shared.clone(), cancel.clone()));
     tasks.spawn(read_datagrams(conn.clone(), codec, shared.clone(), cancel.clone()));
-    let link = QuicLink { endpoint, owns_endpoint, conn, codec, shared, control: Mutex::new(send), rooms: Default::default() };
+    let link =
+        QuicLink { endpoint, owns_endpoint, conn, codec, shared, control: Mutex::new(send), rooms: Default::default() };
     Ok((link, first))
 }
 
