@@ -46,8 +46,8 @@ async fn clients_sharing_a_quic_endpoint_stay_independent() {
     let room = "chat:shared-endpoint";
     let mut clients = Vec::new();
     for (i, transport) in [Transport::Quic, Transport::WebTransport, Transport::Quic].into_iter().enumerate() {
-        let options = ClientOptions::new(relay.token(&format!("user{i}"), "acme", &["chat:*"]))
-            .quic_endpoint(endpoint.clone());
+        let options =
+            ClientOptions::new(relay.token(&format!("user{i}"), "acme", &["chat:*"])).quic_endpoint(endpoint.clone());
         let client = Client::connect(relay.target(transport), options).await.unwrap();
         client.join(room).await.unwrap();
         clients.push(client);

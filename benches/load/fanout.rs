@@ -437,9 +437,12 @@ async fn subscribe(
     cancel: CancellationToken,
 ) {
     let mut last_offset = 0u64;
+    // One cancellation future for the subscriber's life, not one per message.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let message = tokio::select! {
-            _ = cancel.cancelled() => break,
+            _ = &mut cancelled => break,
             message = client.next_message() => message,
         };
         match message {

@@ -193,6 +193,16 @@ impl Shared {
     /// Applies presence and typing frames to the room views. Returns the frame back when it is
     /// something else (or a snapshot someone waits for).
     fn presence_frame(&self, frame: ServerFrame) -> Option<ServerFrame> {
+        // Messages, acks and the rest pass without the clock or the views' lock.
+        if !matches!(
+            frame,
+            ServerFrame::Presence { .. }
+                | ServerFrame::PresenceSnapshot { .. }
+                | ServerFrame::PresenceRefresh { .. }
+                | ServerFrame::Typing { .. }
+        ) {
+            return Some(frame);
+        }
         let now_ms = self.now_ms();
         let mut views = self.views();
         match frame {
@@ -265,7 +275,11 @@ impl Shared {
             }
             _ => return,
         };
-        let _ = self.events.send(event).await;
+        // The permit is taken at once while the application keeps up; waiting for it is what
+        // makes a slow reader stop reading the network.
+        if let Err(mpsc::error::TrySendError::Full(event)) = self.events.try_send(event) {
+            let _ = self.events.send(event).await;
+        }
     }
 
     /// Marks the connection closed: fails every waiting request and reports the close once.

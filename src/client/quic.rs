@@ -163,34 +163,34 @@ async fn read_stream(
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) {
-    loop {
-        let frame = tokio::select! {
-            _ = cancel.cancelled() => return,
-            frame = read_frame(&mut recv, &mut reader) => frame,
-        };
-        match frame {
-            Ok(Some(body)) => match codec.decode::<ServerFrame>(&body) {
-                Ok(frame) => shared.dispatch(frame).await,
-                Err(err) => tracing::warn!(%err, "undecodable frame from relay"),
-            },
-            Ok(None) | Err(_) => return,
-        }
-    }
+    // One cancellation future for the stream's life, not one per frame.
+    cancel
+        .run_until_cancelled(async {
+            loop {
+                match read_frame(&mut recv, &mut reader).await {
+                    Ok(Some(body)) => match codec.decode::<ServerFrame>(&body) {
+                        Ok(frame) => shared.dispatch(frame).await,
+                        Err(err) => tracing::warn!(%err, "undecodable frame from relay"),
+                    },
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        })
+        .await;
 }
 
 /// Dispatches every datagram from the relay like a frame read from a stream.
 async fn read_datagrams(conn: Session, codec: Codec, shared: Arc<Shared>, cancel: CancellationToken) {
-    loop {
-        let datagram = tokio::select! {
-            _ = cancel.cancelled() => return,
-            datagram = conn.read_datagram() => datagram,
-        };
-        let Ok(body) = datagram else { return };
-        match codec.decode::<ServerFrame>(&body) {
-            Ok(frame) => shared.dispatch(frame).await,
-            Err(err) => tracing::warn!(%err, "undecodable datagram from relay"),
-        }
-    }
+    cancel
+        .run_until_cancelled(async {
+            while let Ok(body) = conn.read_datagram().await {
+                match codec.decode::<ServerFrame>(&body) {
+                    Ok(frame) => shared.dispatch(frame).await,
+                    Err(err) => tracing::warn!(%err, "undecodable datagram from relay"),
+                }
+            }
+        })
+        .await;
 }
 
 impl QuicLink {

@@ -66,14 +66,10 @@ pub(super) async fn connect(
         let _ = sink.close().await;
     });
     let reader_shared = shared.clone();
-    let reader_cancel = cancel.clone();
-    tasks.spawn(async move {
+    // One cancellation future for the reader's life, not one per message.
+    tasks.spawn(cancel.clone().run_until_cancelled_owned(async move {
         loop {
-            let next = tokio::select! {
-                _ = reader_cancel.cancelled() => return,
-                next = next_body(&mut stream) => next,
-            };
-            let body = match next {
+            let body = match next_body(&mut stream).await {
                 Ok(body) => body,
                 Err((code, reason)) => {
                     reader_shared.closed(code, reason).await;
@@ -85,7 +81,7 @@ pub(super) async fn connect(
                 Err(err) => tracing::warn!(%err, "undecodable frame from relay"),
             }
         }
-    });
+    }));
     Ok((WsLink { outgoing, shared, codec }, first))
 }
 
