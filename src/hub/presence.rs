@@ -67,8 +67,50 @@ struct Device {
     gone_at: Option<u64>,
 }
 
+/// A user's devices. There are few (a phone, a laptop), so a list searched in order holds them
+/// in a quarter of the memory of a map, whose first allocation has room for four.
+#[derive(Default)]
+struct Devices(Vec<(DeviceId, Device)>);
+
+impl Devices {
+    fn get(&self, id: &DeviceId) -> Option<&Device> {
+        self.0.iter().find(|(d, _)| d == id).map(|(_, device)| device)
+    }
+
+    fn get_mut(&mut self, id: &DeviceId) -> Option<&mut Device> {
+        self.0.iter_mut().find(|(d, _)| d == id).map(|(_, device)| device)
+    }
+
+    fn insert(&mut self, id: DeviceId, device: Device) {
+        match self.get_mut(&id) {
+            Some(existing) => *existing = device,
+            None => {
+                self.0.reserve_exact(1);
+                self.0.push((id, device));
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &DeviceId) -> Option<Device> {
+        let at = self.0.iter().position(|(d, _)| d == id)?;
+        Some(self.0.swap_remove(at).1)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Device> {
+        self.0.iter().map(|(_, device)| device)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&DeviceId, &Device)> {
+        self.0.iter().map(|(id, device)| (id, device))
+    }
+}
+
 struct UserState {
-    devices: HashMap<DeviceId, Device>,
+    devices: Devices,
     chosen: Status,
     custom: Option<String>,
     hide_presence: bool,
@@ -83,7 +125,7 @@ struct UserState {
 impl UserState {
     fn new(prev_version: u64, now_ms: u64, record: UserRecord) -> Self {
         UserState {
-            devices: HashMap::new(),
+            devices: Devices::default(),
             chosen: Status::Online,
             custom: None,
             hide_presence: record.hide_presence,
