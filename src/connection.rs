@@ -137,12 +137,16 @@ async fn run(
 ) -> CloseReason {
     let outbox = session.outbox().clone();
     let leeway = ctx.session.verifier.leeway_secs();
-    // Timers live across iterations; the expiry is recomputed only when the token changes
-    // (hello, refresh), not for every frame.
-    let auth_timer = tokio::time::sleep_until(auth_deadline.into());
+    // One timer, kept across iterations: the authentication deadline until a valid hello, then
+    // the token's expiry. It is re-armed only when either changes (hello, refresh), not for
+    // every frame.
+    let deadline = |authenticated: bool, expires_at: Option<u64>| {
+        if authenticated { expiry_instant(expires_at, leeway) } else { auth_deadline }
+    };
+    let mut authenticated = session.is_authenticated();
     let mut expires_at = session.expires_at();
-    let expiry_timer = tokio::time::sleep_until(expiry_instant(expires_at, leeway).into());
-    tokio::pin!(auth_timer, expiry_timer);
+    let timer = tokio::time::sleep_until(deadline(authenticated, expires_at).into());
+    tokio::pin!(timer);
     loop {
         tokio::select! {
             biased;
@@ -156,12 +160,12 @@ async fn run(
                 let _ = outbox.send(crate::outbox::CONTROL, &away);
                 return CloseReason::Error(ErrorCode::GOING_AWAY);
             }
-            _ = &mut auth_timer, if !session.is_authenticated() => {
-                let fatal = session.fail(ErrorCode::AUTH_TIMEOUT, "no valid hello in time");
-                return CloseReason::Error(fatal.code);
-            }
-            _ = &mut expiry_timer, if session.is_authenticated() => {
-                let fatal = session.fail(ErrorCode::TOKEN_EXPIRED, "token expired; refresh before exp");
+            _ = &mut timer => {
+                let fatal = if authenticated {
+                    session.fail(ErrorCode::TOKEN_EXPIRED, "token expired; refresh before exp")
+                } else {
+                    session.fail(ErrorCode::AUTH_TIMEOUT, "no valid hello in time")
+                };
                 return CloseReason::Error(fatal.code);
             }
             Some(Order::Close { code, reason }) = mail.orders.recv() => {
@@ -181,9 +185,10 @@ async fn run(
                     for job in session.take_jobs() {
                         jobs.spawn(crate::session::jobs::run(job, ctx.session.clone()));
                     }
-                    if session.expires_at() != expires_at {
+                    if session.is_authenticated() != authenticated || session.expires_at() != expires_at {
+                        authenticated = session.is_authenticated();
                         expires_at = session.expires_at();
-                        expiry_timer.as_mut().reset(expiry_instant(expires_at, leeway).into());
+                        timer.as_mut().reset(deadline(authenticated, expires_at).into());
                     }
                 }
                 Some(Inbound::Datagram(body)) => session.handle_datagram(&body, unix_ms()),

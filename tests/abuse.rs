@@ -341,6 +341,9 @@ async fn a_websocket_peer_that_stops_answering_pings_is_closed_as_idle() {
     let text = String::from_utf8_lossy(&received);
     assert!(text.starts_with("HTTP/1.1 101"), "{text}");
     assert!(text.contains("welcome"), "{text}");
+    // Pings (unmasked, empty: 0x89 0x00) every 200 ms while it went quiet, then the close.
+    let pings = received.windows(2).filter(|w| *w == [0x89, 0x00]).count();
+    assert!(pings >= 2, "{pings} pings before the idle timeout: {text}");
     // The close frame: opcode 8, then the close code 4000 + idle_timeout.
     let code = (4000 + ErrorCode::IDLE_TIMEOUT.0).to_be_bytes();
     let closed = received.windows(4).any(|w| w[0] == 0x88 && w[2..4] == code);

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
-use tokio::time::{Interval, MissedTickBehavior, Sleep};
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
 use self::framing::{Decoder, Event, FramingError, opcode};
@@ -249,11 +249,14 @@ struct SocketInbound {
     outbox: Arc<Outbox>,
     reader: Reader,
     idle: Duration,
-    /// When the peer last sent anything; the idle timer is re-armed from it when it fires, not
-    /// on every message.
+    /// When the peer last sent anything; the timer is re-armed from it when it fires, not on
+    /// every message.
     heard: Instant,
-    idle_deadline: Pin<Box<Sleep>>,
-    ping: Interval,
+    ping_every: Duration,
+    next_ping: Instant,
+    /// One timer for the pings and the idle timeout: it fires at the next ping or at the idle
+    /// deadline as of its last firing, whichever is first.
+    timer: Pin<Box<Sleep>>,
     metrics: TransportMetrics,
 }
 
@@ -267,11 +270,10 @@ impl SocketInbound {
     ) -> Self {
         let idle = Duration::from_millis(u64::from(limits.idle_timeout_ms));
         let ping_every = Duration::from_millis(u64::from(limits.ping_interval_ms.max(100)));
-        let mut ping = tokio::time::interval_at((Instant::now() + ping_every).into(), ping_every);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let heard = Instant::now();
-        let idle_deadline = Box::pin(tokio::time::sleep_until((heard + idle).into()));
-        SocketInbound { wire, outbox, reader, idle, heard, idle_deadline, ping, metrics }
+        let next_ping = heard + ping_every;
+        let timer = Box::pin(tokio::time::sleep_until(next_ping.min(heard + idle).into()));
+        SocketInbound { wire, outbox, reader, idle, heard, ping_every, next_ping, timer, metrics }
     }
 
     /// Writes what direct writes left; `false` once the socket failed.
@@ -311,15 +313,18 @@ impl InboundSource for SocketInbound {
                         return Some(Inbound::Closed);
                     }
                 }
-                _ = self.ping.tick() => self.wire.send_control(opcode::PING, b""),
-                _ = self.idle_deadline.as_mut() => {
+                _ = self.timer.as_mut() => {
+                    let now = Instant::now();
                     let quiet_until = self.heard + self.idle;
-                    if quiet_until > Instant::now() {
-                        self.idle_deadline.as_mut().reset(quiet_until.into());
-                    } else {
+                    if quiet_until <= now {
                         let idle = self.idle;
                         return Some(Inbound::Failed(ErrorCode::IDLE_TIMEOUT, format!("nothing received for {idle:?}")));
                     }
+                    if self.next_ping <= now {
+                        self.wire.send_control(opcode::PING, b"");
+                        self.next_ping = now + self.ping_every;
+                    }
+                    self.timer.as_mut().reset(self.next_ping.min(quiet_until).into());
                 }
             }
         }
