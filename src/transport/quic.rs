@@ -108,17 +108,20 @@ pub async fn serve(endpoint: Endpoint, ctx: Arc<ConnectionContext>, tasks: TaskT
             let _ = incoming.retry();
             continue;
         }
-        tasks.spawn(connection(incoming, shared.clone(), stop.child_token()));
+        tasks.spawn(connection(Box::new(incoming), shared.clone(), stop.child_token()));
     }
 }
 
-async fn connection(incoming: Incoming, shared: Arc<Shared>, stop: CancellationToken) {
+/// `incoming` comes boxed and the session is shared behind an `Arc` (with the peer task): this
+/// future lives as long as the connection, and whatever it holds by value it holds in every
+/// state (quinn's `Incoming` and the session are hundreds of bytes each).
+async fn connection(incoming: Box<Incoming>, shared: Arc<Shared>, stop: CancellationToken) {
     let remote = incoming.remote_address();
     let auth_deadline = shared.ctx.auth_deadline();
     shared.handshakes.fetch_add(1, Ordering::Relaxed);
     // Boxed: the handshake's state (WebTransport's HTTP/3 request among it) is freed when it is
     // done instead of staying part of the connection's task for its whole life.
-    let session = tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(handshake(incoming, auth_deadline))).await;
+    let session = tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(handshake(*incoming, auth_deadline))).await;
     shared.handshakes.fetch_sub(1, Ordering::Relaxed);
     let (session, kind, quic) = match session {
         Ok(Ok(accepted)) => accepted,
@@ -170,16 +173,16 @@ enum HandshakeError {
 async fn handshake(
     incoming: Incoming,
     auth_deadline: Instant,
-) -> Result<(Session, Kind, quinn::Connection), HandshakeError> {
+) -> Result<(Arc<Session>, Kind, quinn::Connection), HandshakeError> {
     let conn = incoming.accept()?.await?;
     let alpn = conn
         .handshake_data()
         .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|data| data.protocol);
     match alpn.as_deref() {
-        Some(ALPN_RAW) => Ok((Session::raw(conn.clone()), Kind::Raw, conn)),
+        Some(ALPN_RAW) => Ok((Arc::new(Session::raw(conn.clone())), Kind::Raw, conn)),
         Some(webtransport::ALPN) => {
-            Ok((webtransport::accept(conn.clone(), auth_deadline).await?, Kind::WebTransport, conn))
+            Ok((Arc::new(webtransport::accept(conn.clone(), auth_deadline).await?), Kind::WebTransport, conn))
         }
         // rustls refuses any ALPN the server config does not list; this is defence in depth.
         _ => {
@@ -190,7 +193,7 @@ async fn handshake(
 }
 
 async fn run(
-    conn: &Session,
+    conn: &Arc<Session>,
     credit: StreamCredit,
     ctx: &ConnectionContext,
     metrics: TransportMetrics,
@@ -451,7 +454,7 @@ impl Lanes {
 /// connection): every further bidirectional stream is a room's lane; received datagrams go to
 /// the connection loop and the outbox's datagram queue is sent; unidirectional streams
 /// (protocol v1 has none) are stopped at once, so they cannot hold buffered data.
-async fn serve_peer(conn: Session, lanes: Lanes, mut credit: StreamCredit, datagrams: Datagrams) {
+async fn serve_peer(conn: Arc<Session>, lanes: Lanes, mut credit: StreamCredit, datagrams: Datagrams) {
     let mut next_lane: LaneId = CONTROL + 1;
     let mut datagrams_open = true;
     // Every datagram push notifies (a permit is kept when nobody waits), so the queue is sent
