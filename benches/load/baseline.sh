@@ -2,7 +2,7 @@
 # The baseline in docs/performance.md ("Load generator"): three runs of each measurement, JSON
 # summaries (and step charts) in OUT. Build first:
 #   cargo build --release --bin edgerelay --bin edgerelay-load
-# Usage: benches/load/baseline.sh [OUT]   (about 10 minutes on 2 cores)
+# Usage: benches/load/baseline.sh [OUT]   (about 15 minutes on 2 cores)
 set -euo pipefail
 OUT=${1:-target/load-baseline}
 BIN=${CARGO_TARGET_DIR:-target}/release/edgerelay-load
