@@ -391,48 +391,30 @@ impl Client {
         };
         let hello = options.codec.frame(&hello);
         let connecting = async {
-            match &target {
-                Target::Quic { addr, server_name, tls } => {
-                    let endpoint = options.quic_endpoint.as_ref();
-                    quic::connect(
-                        *addr,
-                        server_name,
-                        tls,
-                        None,
-                        options.codec,
-                        hello,
-                        shared.clone(),
-                        endpoint,
-                        &tasks,
-                        &cancel,
-                    )
-                    .await
-                    .map(|(link, welcome)| (Link::Quic(Box::new(link)), welcome))
-                }
-                Target::WebTransport { addr, server_name, tls, path } => {
-                    let wt = Some(path.as_str());
-                    let endpoint = options.quic_endpoint.as_ref();
-                    quic::connect(
-                        *addr,
-                        server_name,
-                        tls,
-                        wt,
-                        options.codec,
-                        hello,
-                        shared.clone(),
-                        endpoint,
-                        &tasks,
-                        &cancel,
-                    )
-                    .await
-                    .map(|(link, welcome)| (Link::Quic(Box::new(link)), welcome))
-                }
+            let (addr, server_name, tls, wt_path) = match &target {
+                Target::Quic { addr, server_name, tls } => (addr, server_name, tls, None),
+                Target::WebTransport { addr, server_name, tls, path } => (addr, server_name, tls, Some(path.as_str())),
                 Target::WebSocket { url } => {
-                    websocket::connect(url, options.codec, hello, shared.clone(), &tasks, &cancel)
+                    return websocket::connect(url, options.codec, hello, shared.clone(), &tasks, &cancel)
                         .await
-                        .map(|(link, welcome)| (Link::WebSocket(link), welcome))
+                        .map(|(link, welcome)| (Link::WebSocket(link), welcome));
                 }
-            }
+            };
+            let endpoint = options.quic_endpoint.as_ref();
+            quic::connect(
+                *addr,
+                server_name,
+                tls,
+                wt_path,
+                options.codec,
+                hello,
+                shared.clone(),
+                endpoint,
+                &tasks,
+                &cancel,
+            )
+            .await
+            .map(|(link, welcome)| (Link::Quic(Box::new(link)), welcome))
         };
         let (link, welcome) = match tokio::time::timeout(options.request_timeout, connecting).await {
             Ok(Ok(connected)) => connected,
