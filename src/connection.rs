@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -53,7 +52,7 @@ pub trait InboundSource: Send {
     fn next(&mut self) -> impl Future<Output = Option<Inbound>> + Send;
 }
 
-impl InboundSource for mpsc::Receiver<Inbound> {
+impl InboundSource for Mailbox<Inbound> {
     fn next(&mut self) -> impl Future<Output = Option<Inbound>> + Send {
         self.recv()
     }

@@ -1,9 +1,11 @@
-//! An unbounded multi-producer, single-consumer queue that allocates nothing until it is used.
+//! A multi-producer, single-consumer queue that allocates nothing until it is used, unbounded
+//! or bounded.
 //!
 //! Every connection has mailboxes that stay empty for most of its life: catch-up requests from
-//! the hub, orders from the server API. tokio's channels allocate a block of 32 slots up front,
-//! 1-2 KiB per channel and connection; a mailbox is an empty `VecDeque` and a `Notify` until
-//! something is sent. The API follows tokio's unbounded channel.
+//! the hub, orders from the server API, and on QUIC the frames its stream readers hand to the
+//! connection loop. tokio's channels allocate a block of 32 slots up front, 1-2 KiB per channel
+//! and connection; a mailbox is an empty `VecDeque` and two `Notify`s until something is sent.
+//! The API follows tokio's channels.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,6 +21,9 @@ struct State<T> {
 struct Shared<T> {
     state: Mutex<State<T>>,
     notify: Notify,
+    /// Senders waiting for room in a bounded mailbox.
+    room: Notify,
+    capacity: usize,
 }
 
 impl<T> Shared<T> {
@@ -38,26 +43,67 @@ pub struct Mailbox<T>(Arc<Shared<T>>);
 #[error("the mailbox is empty")]
 pub struct Empty;
 
-/// A new mailbox and its first sender.
+/// Why [`MailSender::try_send`] gave an item back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused<T> {
+    /// A bounded mailbox holds `capacity` items.
+    Full(T),
+    /// The mailbox was dropped.
+    Closed(T),
+}
+
+/// A new unbounded mailbox and its first sender.
 pub fn mailbox<T>() -> (MailSender<T>, Mailbox<T>) {
+    bounded_mailbox(usize::MAX)
+}
+
+/// A new mailbox that holds at most `capacity` items, and its first sender.
+pub fn bounded_mailbox<T>(capacity: usize) -> (MailSender<T>, Mailbox<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State { queue: VecDeque::new(), senders: 1, receiver: true }),
         notify: Notify::new(),
+        room: Notify::new(),
+        capacity: capacity.max(1),
     });
     (MailSender(shared.clone()), Mailbox(shared))
 }
 
 impl<T> MailSender<T> {
-    /// Queues `item`; gives it back if the mailbox was dropped.
+    /// Queues `item`; gives it back if the mailbox was dropped (or, bounded, is full).
     pub fn send(&self, item: T) -> Result<(), T> {
+        self.try_send(item).map_err(|(Refused::Full(item) | Refused::Closed(item))| item)
+    }
+
+    /// Queues `item` if there is room; says why not otherwise.
+    pub fn try_send(&self, item: T) -> Result<(), Refused<T>> {
         let mut state = self.0.lock();
         if !state.receiver {
-            return Err(item);
+            return Err(Refused::Closed(item));
+        }
+        if state.queue.len() >= self.0.capacity {
+            return Err(Refused::Full(item));
         }
         state.queue.push_back(item);
         drop(state);
         self.0.notify.notify_one();
         Ok(())
+    }
+
+    /// Queues `item`, waiting while a bounded mailbox is full; gives it back if the mailbox was
+    /// dropped. Cancel-safe: a cancelled wait queued nothing.
+    pub async fn send_waiting(&self, mut item: T) -> Result<(), T> {
+        loop {
+            // Registered before the check, so room made between the check and the wait is seen.
+            let room = self.0.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.try_send(item) {
+                Ok(()) => return Ok(()),
+                Err(Refused::Closed(back)) => return Err(back),
+                Err(Refused::Full(back)) => item = back,
+            }
+            room.await;
+        }
     }
 }
 
@@ -84,14 +130,16 @@ impl<T> Mailbox<T> {
     /// The next item; `None` once every sender is gone and the queue is empty. Cancel-safe.
     pub async fn recv(&mut self) -> Option<T> {
         loop {
-            {
+            let item = {
                 let mut state = self.0.lock();
-                if let Some(item) = state.queue.pop_front() {
-                    return Some(item);
+                match state.queue.pop_front() {
+                    None if state.senders == 0 => return None,
+                    item => item,
                 }
-                if state.senders == 0 {
-                    return None;
-                }
+            };
+            if let Some(item) = item {
+                self.made_room();
+                return Some(item);
             }
             // A send between the check and here leaves a permit, so it is not missed.
             self.0.notify.notified().await;
@@ -99,7 +147,22 @@ impl<T> Mailbox<T> {
     }
 
     pub fn try_recv(&mut self) -> Result<T, Empty> {
-        self.0.lock().queue.pop_front().ok_or(Empty)
+        self.take().ok_or(Empty)
+    }
+
+    fn take(&self) -> Option<T> {
+        let item = self.0.lock().queue.pop_front();
+        if item.is_some() {
+            self.made_room();
+        }
+        item
+    }
+
+    /// Wakes a sender waiting for room in a bounded mailbox.
+    fn made_room(&self) {
+        if self.0.capacity != usize::MAX {
+            self.0.room.notify_one();
+        }
     }
 }
 
@@ -108,6 +171,8 @@ impl<T> Drop for Mailbox<T> {
         let mut state = self.0.lock();
         state.receiver = false;
         state.queue.clear();
+        drop(state);
+        self.0.room.notify_waiters();
     }
 }
 
@@ -129,6 +194,35 @@ mod tests {
         tx.send(3).unwrap();
         drop((tx, tx2));
         assert_eq!(waiter.await.unwrap(), (Some(3), None));
+    }
+
+    #[tokio::test]
+    async fn a_bounded_mailbox_refuses_or_waits_when_full_and_wakes_its_sender_when_emptied() {
+        let (tx, mut rx) = bounded_mailbox(2);
+        tx.send(1).unwrap();
+        tx.try_send(2).unwrap();
+        assert_eq!(tx.try_send(3), Err(Refused::Full(3)));
+        assert_eq!(tx.send(3), Err(3));
+        let waiting = tokio::spawn(async move { tx.send_waiting(3).await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the sender waits while the mailbox is full");
+        assert_eq!(rx.recv().await, Some(1));
+        within_a_second(waiting).await.unwrap().unwrap();
+        assert_eq!((rx.try_recv(), rx.try_recv(), rx.recv().await), (Ok(2), Ok(3), None));
+    }
+
+    #[tokio::test]
+    async fn a_sender_waiting_for_room_gets_its_item_back_when_the_mailbox_is_dropped() {
+        let (tx, rx) = bounded_mailbox(1);
+        tx.send("first").unwrap();
+        let waiting = tokio::spawn(async move { tx.send_waiting("second").await });
+        tokio::task::yield_now().await;
+        drop(rx);
+        assert_eq!(within_a_second(waiting).await.unwrap(), Err("second"));
+    }
+
+    async fn within_a_second<F: std::future::Future>(f: F) -> F::Output {
+        tokio::time::timeout(std::time::Duration::from_secs(1), f).await.expect("finished within a second")
     }
 
     #[test]

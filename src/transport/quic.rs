@@ -22,13 +22,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quinn::{Endpoint, Incoming};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use web_transport_quinn::{RecvStream, SendStream, Session, SessionError};
 
 use super::{ALPN_RAW, FLUSH_TIMEOUT, WRITE_BATCH, webtransport};
 use crate::connection::{self, ConnectionContext, Inbound};
+use crate::mailbox::{MailSender, Refused, bounded_mailbox};
 use crate::metrics::{TransportMetrics, datagram_dropped, disconnected};
 use crate::outbox::{CONTROL, CloseReason, LaneId, Outbox, Take};
 use crate::proto::{Codec, DecodeError, ErrorCode, FrameReader, WireFrame};
@@ -70,6 +71,8 @@ impl StreamCredit {
 
 /// Handshakes in flight above which unvalidated clients must first answer a Retry.
 const RETRY_ABOVE_HANDSHAKES: usize = 256;
+/// Frames the stream readers may hand the connection loop before they wait for it.
+const INBOUND_BACKLOG: usize = 64;
 /// Time allowed for the QUIC/TLS handshake itself.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -224,7 +227,8 @@ async fn run(
     metrics.bytes_in.increment(first.len() as u64 + 4);
 
     let outbox = Outbox::new(Codec::detect(&first), ctx.session.limits.outbox_bytes);
-    let (tx, mut rx) = mpsc::channel(64);
+    // Bounded: a reader waits while the connection loop is behind.
+    let (tx, mut rx) = bounded_mailbox(INBOUND_BACKLOG);
     let writers = TaskTracker::new();
     let readers = TaskTracker::new();
     let cancel = stop.child_token();
@@ -316,7 +320,7 @@ async fn read_lane(
     lane: LaneId,
     mut recv: RecvStream,
     mut reader: FrameReader,
-    tx: mpsc::Sender<Inbound>,
+    tx: MailSender<Inbound>,
     cancel: CancellationToken,
     metrics: TransportMetrics,
 ) {
@@ -333,15 +337,15 @@ async fn read_lane(
                 Inbound::Frame { lane, body }
             }
             Ok(None) => {
-                let _ = tx.send(ended).await;
+                let _ = tx.send_waiting(ended).await;
                 return;
             }
             Err(err) => {
-                let _ = tx.send(Inbound::Failed(err.code(), err.to_string())).await;
+                let _ = tx.send_waiting(Inbound::Failed(err.code(), err.to_string())).await;
                 return;
             }
         };
-        if tx.send(event).await.is_err() {
+        if tx.send_waiting(event).await.is_err() {
             return;
         }
     }
@@ -363,7 +367,7 @@ struct Datagrams {
 impl Datagrams {
     /// Hands a datagram to the connection loop, dropping it when the loop is backed up. False
     /// once the loop is gone.
-    fn forward(&self, body: Bytes, tx: &mpsc::Sender<Inbound>, metrics: &TransportMetrics) -> bool {
+    fn forward(&self, body: Bytes, tx: &MailSender<Inbound>, metrics: &TransportMetrics) -> bool {
         if body.len() > self.max {
             datagram_dropped("too_large");
             return true;
@@ -375,11 +379,11 @@ impl Datagrams {
         }
         match tx.try_send(Inbound::Datagram(body)) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full(_)) => {
                 datagram_dropped("backlog");
                 true
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(Refused::Closed(_)) => false,
         }
     }
 
@@ -432,7 +436,7 @@ fn send_datagram(conn: &Session, outbox: &Outbox, frame: WireFrame, loss: f64, m
 /// `tx`, frames to write come from the lane's queue in `outbox`.
 struct Lanes {
     outbox: Arc<Outbox>,
-    tx: mpsc::Sender<Inbound>,
+    tx: MailSender<Inbound>,
     cancel: CancellationToken,
     writers: TaskTracker,
     readers: TaskTracker,
@@ -469,7 +473,7 @@ async fn serve_peer(conn: Arc<Session>, lanes: Lanes, mut credit: StreamCredit, 
             _ = lanes.cancel.cancelled() => return,
             accepted = conn.accept_bi() => {
                 let Ok((send, recv)) = accepted else {
-                    let _ = lanes.tx.send(Inbound::Closed).await;
+                    let _ = lanes.tx.send_waiting(Inbound::Closed).await;
                     return;
                 };
                 let lane = next_lane;
