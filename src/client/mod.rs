@@ -193,26 +193,15 @@ impl Shared {
     /// Applies presence and typing frames to the room views. Returns the frame back when it is
     /// something else (or a snapshot someone waits for).
     fn presence_frame(&self, frame: ServerFrame) -> Option<ServerFrame> {
-        // Messages, acks and the rest pass without the clock or the views' lock.
-        if !matches!(
-            frame,
-            ServerFrame::Presence { .. }
-                | ServerFrame::PresenceSnapshot { .. }
-                | ServerFrame::PresenceRefresh { .. }
-                | ServerFrame::Typing { .. }
-        ) {
-            return Some(frame);
-        }
-        let now_ms = self.now_ms();
-        let mut views = self.views();
+        // Each arm takes the views' lock itself: messages, acks and the rest pass without it.
         match frame {
             ServerFrame::Presence { room, entry } => {
-                if let Some(view) = views.get_mut(&room) {
+                if let Some(view) = self.views().get_mut(&room) {
                     view.apply(entry);
                 }
             }
             ServerFrame::PresenceSnapshot { req, room, users } => {
-                if let Some(view) = views.get_mut(&room) {
+                if let Some(view) = self.views().get_mut(&room) {
                     view.apply_snapshot(users.clone());
                 }
                 self.syncing.lock().unwrap_or_else(|e| e.into_inner()).remove(&room);
@@ -221,19 +210,19 @@ impl Shared {
                 }
             }
             ServerFrame::PresenceRefresh { room, count, digest } => {
-                let stale = views.get(&room).is_some_and(|v| v.needs_sync(count, digest));
+                let stale = self.views().get(&room).is_some_and(|v| v.needs_sync(count, digest));
                 if stale && self.syncing.lock().unwrap_or_else(|e| e.into_inner()).insert(room.clone()) {
                     let _ = self.syncs.send(room);
                 }
             }
             ServerFrame::Typing { room, users, others, version, ttl_ms } => {
-                if let Some(view) = views.get_mut(&room) {
+                let now_ms = self.now_ms();
+                if let Some(view) = self.views().get_mut(&room) {
                     view.apply_typing(users, others, version, ttl_ms, now_ms);
                 }
             }
             other => return Some(other),
         }
-        drop(views);
         self.presence_changed.notify_waiters();
         None
     }
