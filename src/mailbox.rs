@@ -4,7 +4,8 @@
 //! Every connection has mailboxes that stay empty for most of its life: catch-up requests from
 //! the hub, orders from the server API, and on QUIC the frames its stream readers hand to the
 //! connection loop. tokio's channels allocate a block of 32 slots up front, 1-2 KiB per channel
-//! and connection; a mailbox is an empty `VecDeque` and two `Notify`s until something is sent.
+//! and connection; a mailbox is an empty `VecDeque` and a `Notify` (two when bounded) until
+//! something is sent.
 //! The API follows tokio's channels.
 
 use std::collections::VecDeque;
@@ -21,9 +22,14 @@ struct State<T> {
 struct Shared<T> {
     state: Mutex<State<T>>,
     notify: Notify,
-    /// Senders waiting for room in a bounded mailbox.
-    room: Notify,
+    /// `None` for an unbounded mailbox.
+    bound: Option<Bound>,
+}
+
+struct Bound {
     capacity: usize,
+    /// Senders waiting for room.
+    room: Notify,
 }
 
 impl<T> Shared<T> {
@@ -54,16 +60,19 @@ pub enum Refused<T> {
 
 /// A new unbounded mailbox and its first sender.
 pub fn mailbox<T>() -> (MailSender<T>, Mailbox<T>) {
-    bounded_mailbox(usize::MAX)
+    new_mailbox(None)
 }
 
 /// A new mailbox that holds at most `capacity` items, and its first sender.
 pub fn bounded_mailbox<T>(capacity: usize) -> (MailSender<T>, Mailbox<T>) {
+    new_mailbox(Some(Bound { capacity: capacity.max(1), room: Notify::new() }))
+}
+
+fn new_mailbox<T>(bound: Option<Bound>) -> (MailSender<T>, Mailbox<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State { queue: VecDeque::new(), senders: 1, receiver: true }),
         notify: Notify::new(),
-        room: Notify::new(),
-        capacity: capacity.max(1),
+        bound,
     });
     (MailSender(shared.clone()), Mailbox(shared))
 }
@@ -80,7 +89,7 @@ impl<T> MailSender<T> {
         if !state.receiver {
             return Err(Refused::Closed(item));
         }
-        if state.queue.len() >= self.0.capacity {
+        if self.0.bound.as_ref().is_some_and(|b| state.queue.len() >= b.capacity) {
             return Err(Refused::Full(item));
         }
         state.queue.push_back(item);
@@ -91,10 +100,12 @@ impl<T> MailSender<T> {
 
     /// Queues `item`, waiting while a bounded mailbox is full; gives it back if the mailbox was
     /// dropped. Cancel-safe: a cancelled wait queued nothing.
-    pub async fn send_waiting(&self, mut item: T) -> Result<(), T> {
+    pub async fn send_waiting(&self, item: T) -> Result<(), T> {
+        let Some(bound) = &self.0.bound else { return self.send(item) };
+        let mut item = item;
         loop {
             // Registered before the check, so room made between the check and the wait is seen.
-            let room = self.0.room.notified();
+            let room = bound.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
             match self.try_send(item) {
@@ -160,8 +171,8 @@ impl<T> Mailbox<T> {
 
     /// Wakes a sender waiting for room in a bounded mailbox.
     fn made_room(&self) {
-        if self.0.capacity != usize::MAX {
-            self.0.room.notify_one();
+        if let Some(bound) = &self.0.bound {
+            bound.room.notify_one();
         }
     }
 }
@@ -172,7 +183,9 @@ impl<T> Drop for Mailbox<T> {
         state.receiver = false;
         state.queue.clear();
         drop(state);
-        self.0.room.notify_waiters();
+        if let Some(bound) = &self.0.bound {
+            bound.room.notify_waiters();
+        }
     }
 }
 
