@@ -37,7 +37,7 @@
 //! writing. Without it, each delivery hands over to the writer on another thread: a wake-up and a
 //! context switch per message, which costs more than the write itself.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -127,6 +127,48 @@ impl Lane {
     }
 }
 
+/// A connection's lanes in id order, the control lane first. A connection has a handful (one
+/// per room joined), so a sorted vector: no hashing per queued frame, no table sized for growth
+/// in every idle connection, and [`Outbox::take_all`] walks it in order without collecting and
+/// sorting the ids each time.
+struct Lanes(Vec<(LaneId, Lane)>);
+
+impl Lanes {
+    fn new() -> Lanes {
+        Lanes(vec![(CONTROL, Lane::new())])
+    }
+
+    fn get_mut(&mut self, id: LaneId) -> Option<&mut Lane> {
+        let at = self.0.binary_search_by_key(&id, |(id, _)| *id).ok()?;
+        Some(&mut self.0[at].1)
+    }
+
+    fn get_or_open(&mut self, id: LaneId) -> &mut Lane {
+        let at = match self.0.binary_search_by_key(&id, |(id, _)| *id) {
+            Ok(at) => at,
+            Err(at) => {
+                self.0.insert(at, (id, Lane::new()));
+                at
+            }
+        };
+        &mut self.0[at].1
+    }
+
+    fn remove(&mut self, id: LaneId) {
+        if let Ok(at) = self.0.binary_search_by_key(&id, |(id, _)| *id) {
+            self.0.remove(at);
+        }
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Lane> {
+        self.0.iter_mut().map(|(_, lane)| lane)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// Writes queued frames on the thread that queued them (see the module docs).
 pub trait DirectWrite: Send + Sync {
     /// Writes what `outbox` holds if the transport takes it now. False when the connection's
@@ -186,7 +228,7 @@ impl Drop for Wakes {
 }
 
 struct Inner {
-    lanes: HashMap<LaneId, Lane>,
+    lanes: Lanes,
     /// The lossy queue, oldest first; keys are unique.
     datagrams: VecDeque<(DatagramKey, WireFrame)>,
     /// Bytes queued across all lanes, checked against the cap.
@@ -213,12 +255,10 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn new(codec: Codec, cap_bytes: usize) -> Arc<Outbox> {
-        let mut lanes = HashMap::new();
-        lanes.insert(CONTROL, Lane::new());
         Arc::new(Outbox {
             codec,
             cap: cap_bytes,
-            inner: Mutex::new(Inner { lanes, datagrams: VecDeque::new(), bytes: 0, closing: None }),
+            inner: Mutex::new(Inner { lanes: Lanes::new(), datagrams: VecDeque::new(), bytes: 0, closing: None }),
             any: Notify::new(),
             closed: CancellationToken::new(),
             datagram_notify: Arc::new(Notify::new()),
@@ -258,13 +298,13 @@ impl Outbox {
     /// Opens a lane and returns the notification its writer waits on.
     pub fn open_lane(&self, lane: LaneId) -> Arc<Notify> {
         let mut inner = self.lock();
-        inner.lanes.entry(lane).or_insert_with(Lane::new).notify.clone()
+        inner.lanes.get_or_open(lane).notify.clone()
     }
 
     /// Marks a lane to be finished once its queued frames are written.
     pub fn close_lane(&self, lane: LaneId) {
         let mut inner = self.lock();
-        if let Some(l) = inner.lanes.get_mut(&lane) {
+        if let Some(l) = inner.lanes.get_mut(lane) {
             l.closing = true;
             l.notify.notify_one();
         }
@@ -330,7 +370,7 @@ impl Outbox {
             self.any.notify_one();
             return Err(PushError::Overflow);
         }
-        let Some(l) = inner.lanes.get_mut(&lane).filter(|l| !l.closing) else {
+        let Some(l) = inner.lanes.get_mut(lane).filter(|l| !l.closing) else {
             return Err(PushError::Closed);
         };
         l.queue.push_back(frame);
@@ -347,7 +387,7 @@ impl Outbox {
     /// Wakes a lane's writer (and the single-stream writer).
     fn wake(&self, lane: LaneId) {
         let mut inner = self.lock();
-        if let Some(l) = inner.lanes.get_mut(&lane) {
+        if let Some(l) = inner.lanes.get_mut(lane) {
             l.wake_pending = false;
             l.notify.notify_one();
         }
@@ -453,7 +493,7 @@ impl Outbox {
         inner.closing = Some(CloseReason::Error(ErrorCode::SLOW_CONSUMER));
         inner.bytes = 0;
         inner.datagrams = VecDeque::new();
-        for lane in inner.lanes.values_mut() {
+        for lane in inner.lanes.iter_mut() {
             lane.queue = VecDeque::new();
             lane.notify.notify_one();
         }
@@ -466,7 +506,7 @@ impl Outbox {
         if inner.closing.is_none() {
             inner.closing = Some(reason);
         }
-        for lane in inner.lanes.values() {
+        for lane in inner.lanes.iter_mut() {
             lane.notify.notify_one();
         }
         drop(inner);
@@ -489,7 +529,7 @@ impl Outbox {
     pub fn take(&self, lane: LaneId, max: usize) -> Take {
         let mut inner = self.lock();
         let closing = inner.closing;
-        let Some(l) = inner.lanes.get_mut(&lane) else {
+        let Some(l) = inner.lanes.get_mut(lane) else {
             return closing.map_or(Take::Finished, Take::Close);
         };
         if l.queue.is_empty() {
@@ -497,7 +537,7 @@ impl Outbox {
                 return Take::Close(code);
             }
             if l.closing {
-                inner.lanes.remove(&lane);
+                inner.lanes.remove(lane);
                 return Take::Finished;
             }
             return Take::Empty;
@@ -516,20 +556,19 @@ impl Outbox {
     pub fn take_all(&self, max: usize) -> Take {
         let mut inner = self.lock();
         let mut frames = Vec::new();
-        let mut ids: Vec<LaneId> = inner.lanes.keys().copied().collect();
-        ids.sort_unstable();
+        let Inner { lanes, datagrams, .. } = &mut *inner;
         loop {
             let before = frames.len();
-            for id in &ids {
+            for (id, lane) in &mut lanes.0 {
                 if frames.len() >= max {
                     break;
                 }
-                if let Some(frame) = inner.lanes.get_mut(id).and_then(|l| l.queue.pop_front()) {
+                if let Some(frame) = lane.queue.pop_front() {
                     frames.push(frame);
                 }
                 if *id == CONTROL
                     && frames.len() < max
-                    && let Some((_, frame)) = inner.datagrams.pop_front()
+                    && let Some((_, frame)) = datagrams.pop_front()
                 {
                     frames.push(frame);
                 }
@@ -538,8 +577,8 @@ impl Outbox {
                 break;
             }
         }
+        lanes.0.retain(|(id, l)| *id == CONTROL || !(l.closing && l.queue.is_empty()));
         inner.bytes -= frames.iter().map(WireFrame::len).sum::<usize>();
-        inner.lanes.retain(|id, l| *id == CONTROL || !(l.closing && l.queue.is_empty()));
         if !frames.is_empty() {
             drop(inner);
             self.space.notify_waiters();
