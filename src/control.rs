@@ -77,15 +77,15 @@ struct Connection {
     orders: MailSender<Order>,
 }
 
-type UserId = (Arc<str>, Arc<str>);
-
 #[derive(Default)]
 struct State {
-    connections: HashMap<UserId, HashMap<u64, Connection>>,
+    /// By connection id. An action on a user scans them all: operator actions are rare, and an
+    /// idle connection costs one small entry instead of a map per user.
+    connections: HashMap<u64, Connection>,
     revocations: HashMap<String, Revocation>,
 }
 
-/// This node's authenticated connections by user, and the revocations in force.
+/// This node's authenticated connections, and the revocations in force.
 #[derive(Default)]
 pub struct Controls {
     state: Mutex<State>,
@@ -94,19 +94,22 @@ pub struct Controls {
 /// A connection's entry; dropping it removes the entry.
 pub struct Registration {
     controls: Arc<Controls>,
-    user: UserId,
     id: u64,
+}
+
+impl Registration {
+    /// The connection refreshed its token: actions now judge it by `identity`. The entry stays
+    /// the same one (a second registration for the id would be removed by the first's drop).
+    pub fn refresh(&self, identity: Arc<Identity>) {
+        if let Some(connection) = self.controls.lock().connections.get_mut(&self.id) {
+            connection.identity = identity;
+        }
+    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut state = self.controls.lock();
-        if let Some(connections) = state.connections.get_mut(&self.user) {
-            connections.remove(&self.id);
-            if connections.is_empty() {
-                state.connections.remove(&self.user);
-            }
-        }
+        self.controls.lock().connections.remove(&self.id);
     }
 }
 
@@ -120,13 +123,11 @@ impl Controls {
         self.lock().revocations.values().any(|r| r.until > now_s && r.covers(identity))
     }
 
-    /// Lists connection `id` (with its token's identity) to receive orders; again after a
-    /// token refresh, replacing the identity.
+    /// Lists connection `id` (with its token's identity) to receive orders, until the
+    /// registration is dropped; [`Registration::refresh`] replaces the identity.
     pub fn register(self: &Arc<Self>, identity: Arc<Identity>, id: u64, orders: MailSender<Order>) -> Registration {
-        let user: UserId = (identity.tenant.as_str().into(), identity.user.as_str().into());
-        let connection = Connection { identity, orders };
-        self.lock().connections.entry(user.clone()).or_default().insert(id, connection);
-        Registration { controls: self.clone(), user, id }
+        self.lock().connections.insert(id, Connection { identity, orders });
+        Registration { controls: self.clone(), id }
     }
 
     /// Applies an action here; returns how many of this node's connections it closed.
@@ -134,17 +135,15 @@ impl Controls {
         let mut state = self.lock();
         state.revocations.retain(|_, r| r.until > now_s);
         match control {
-            Control::Disconnect { tenant, user, reason } => {
-                let user: UserId = (tenant.as_str().into(), user.as_str().into());
-                let Some(connections) = state.connections.get(&user) else { return 0 };
-                connections
-                    .values()
-                    .filter(|c| {
-                        let order = Order::Close { code: ErrorCode::DISCONNECTED, reason: reason.clone() };
-                        c.orders.send(order).is_ok()
-                    })
-                    .count()
-            }
+            Control::Disconnect { tenant, user, reason } => state
+                .connections
+                .values()
+                .filter(|c| c.identity.tenant == *tenant && c.identity.user == *user)
+                .filter(|c| {
+                    let order = Order::Close { code: ErrorCode::DISCONNECTED, reason: reason.clone() };
+                    c.orders.send(order).is_ok()
+                })
+                .count(),
             Control::Revoke(revocation) => {
                 if revocation.until <= now_s {
                     return 0;
@@ -153,7 +152,6 @@ impl Controls {
                 state
                     .connections
                     .values()
-                    .flat_map(HashMap::values)
                     .filter(|c| revocation.covers(&c.identity))
                     .filter(|c| {
                         let reason = "the token was revoked".to_string();
@@ -209,7 +207,8 @@ mod tests {
         let (tx1, mut rx1) = crate::mailbox::mailbox();
         let (tx2, mut rx2) = crate::mailbox::mailbox();
         let (tx3, mut rx3) = crate::mailbox::mailbox();
-        let _a1 = controls.register(Arc::new(identity("alice", Some("t1"), Some(5))), 1, tx1);
+        let a1 = controls.register(Arc::new(identity("alice", Some("t0"), Some(5))), 1, tx1);
+        a1.refresh(Arc::new(identity("alice", Some("t1"), Some(5))));
         let a2 = controls.register(Arc::new(identity("alice", Some("t2"), Some(5))), 2, tx2);
         let _b = controls.register(Arc::new(identity("bob", Some("t3"), Some(5))), 3, tx3);
         let kick = Control::Disconnect { tenant: "acme".into(), user: "alice".into(), reason: "bye".into() };

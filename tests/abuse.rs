@@ -97,6 +97,49 @@ async fn live_connection_closes_at_token_expiry_unless_refreshed() {
     }
 }
 
+#[tokio::test]
+async fn disconnect_and_revoke_reach_a_connection_after_its_token_refresh() {
+    const API_KEY: &str = "abuse-test-api-key-0123456789";
+    let relay = start_with(|c| c.api.key = Some(API_KEY.into())).await;
+    let auth = format!("Bearer {API_KEY}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let api = |path: &'static str, user: String| {
+        let body = serde_json::json!({ "tenant": "acme", "user": user }).to_string();
+        let headers = headers;
+        let addr = relay.relay.tcp_addr();
+        async move {
+            let (status, answer) = common::http_request(addr, "POST", path, &headers, &body).await;
+            assert_eq!(status, 200, "{path}: {answer}");
+        }
+    };
+    for (transport, codec) in [(Transport::Quic, Codec::Postcard), (Transport::WebSocket, Codec::Json)] {
+        let (kim, rex) = (format!("kim-{transport:?}"), format!("rex-{transport:?}"));
+        let mut kicked = relay.try_connect(transport, codec, &relay.token(&kim, "acme", &["*"])).await.unwrap();
+        kicked.refresh(&relay.token(&kim, "acme", &["*"])).await.unwrap();
+        api("/v1/api/disconnect", kim).await;
+        assert_eq!(closed(&mut kicked).await, Some(ErrorCode::DISCONNECTED), "{transport:?}");
+
+        let mut revoked = relay.try_connect(transport, codec, &relay.token(&rex, "acme", &["*"])).await.unwrap();
+        revoked.refresh(&relay.token(&rex, "acme", &["*"])).await.unwrap();
+        api("/v1/api/revoke", rex).await;
+        assert_eq!(closed(&mut revoked).await, Some(ErrorCode::TOKEN_REVOKED), "{transport:?}");
+    }
+}
+
+/// Waits for the relay to close `client`'s connection; returns the close code.
+async fn closed(client: &mut Client) -> Option<ErrorCode> {
+    within("closed by the relay", async {
+        loop {
+            match client.next_event().await {
+                Some(Event::Closed { code, .. }) => return code,
+                None => return None,
+                Some(_) => {}
+            }
+        }
+    })
+    .await
+}
+
 // ---- raw WebSocket ----
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

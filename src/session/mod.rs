@@ -73,7 +73,7 @@ struct Active {
     tenant: Arc<str>,
     _slot: ConnectionSlot,
     /// Where the server API's actions reach this connection.
-    _registration: Registration,
+    registration: Registration,
 }
 
 impl Active {
@@ -363,7 +363,7 @@ impl Session {
         let user = UserKey { tenant: tenant.clone(), user: identity.user.as_str().into() };
         let identity = Arc::new(identity);
         let registration = self.ctx.controls.register(identity.clone(), self.id, self.orders.clone());
-        self.active = Some(Active { identity, tenant, _slot: slot, _registration: registration });
+        self.active = Some(Active { identity, tenant, _slot: slot, registration });
         self.outbox.send(lane, &welcome).map_err(|e| self.push_fatal(e))?;
         self.ctx.awareness.connect(user, self.id, self.outbox.clone(), now_ms);
         Ok(())
@@ -385,7 +385,7 @@ impl Session {
         }
         let expires_at = fresh.expires_at;
         let fresh = Arc::new(fresh);
-        active._registration = self.ctx.controls.register(fresh.clone(), self.id, self.orders.clone());
+        active.registration.refresh(fresh.clone());
         active.identity = fresh;
         self.outbox.send(lane, &ServerFrame::Refreshed { req, expires_at }).map_err(|e| self.push_fatal(e))
     }
