@@ -105,7 +105,6 @@ async fn disconnect_and_revoke_reach_a_connection_after_its_token_refresh() {
     let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
     let api = |path: &'static str, user: String| {
         let body = serde_json::json!({ "tenant": "acme", "user": user }).to_string();
-        let headers = headers;
         let addr = relay.relay.tcp_addr();
         async move {
             let (status, answer) = common::http_request(addr, "POST", path, &headers, &body).await;
