@@ -144,22 +144,13 @@ fn send_datagrams_for(server: &UdpSocket, addrs: &[SocketAddr], rate: u64, windo
 
 /// One tokio thread answering every datagram with a small one, as a QUIC client's ACK.
 fn spawn_acker(clients: Vec<UdpSocket>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().expect("runtime");
-        runtime.block_on(async move {
-            let mut tasks = tokio::task::JoinSet::new();
-            for socket in clients {
-                socket.set_nonblocking(true).expect("nonblocking");
-                let socket = tokio::net::UdpSocket::from_std(socket).expect("register");
-                tasks.spawn(async move {
-                    let mut buf = [0u8; 2048];
-                    while socket.recv(&mut buf).await.is_ok() {
-                        let _ = socket.send(&[0x40u8; ACK]).await;
-                    }
-                });
-            }
-            while tasks.join_next().await.is_some() {}
-        });
+    on_client_thread(clients, |socket| async move {
+        socket.set_nonblocking(true).expect("nonblocking");
+        let socket = tokio::net::UdpSocket::from_std(socket).expect("register");
+        let mut buf = [0u8; 2048];
+        while socket.recv(&mut buf).await.is_ok() {
+            let _ = socket.send(&[0x40u8; ACK]).await;
+        }
     })
 }
 
@@ -191,20 +182,32 @@ fn write_for(writers: &mut [TcpStream], rate: u64, batch: usize, window: Duratio
 
 /// One tokio thread reading every connection into an 8 KiB buffer, as a client does.
 fn spawn_reader(readers: Vec<TcpStream>, received: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
+    on_client_thread(readers, move |stream| {
+        let received = received.clone();
+        async move {
+            stream.set_nonblocking(true).expect("nonblocking");
+            let mut stream = tokio::net::TcpStream::from_std(stream).expect("register");
+            let mut buf = vec![0u8; 8 << 10];
+            while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                received.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+    })
+}
+
+/// A thread with a single-threaded tokio runtime (a client's) serving each socket with a task
+/// of its own until every one ends.
+fn on_client_thread<S, F>(sockets: Vec<S>, serve: impl Fn(S) -> F + Send + 'static) -> std::thread::JoinHandle<()>
+where
+    S: Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().expect("runtime");
         runtime.block_on(async move {
             let mut tasks = tokio::task::JoinSet::new();
-            for stream in readers {
-                stream.set_nonblocking(true).expect("nonblocking");
-                let mut stream = tokio::net::TcpStream::from_std(stream).expect("register");
-                let received = received.clone();
-                tasks.spawn(async move {
-                    let mut buf = vec![0u8; 8 << 10];
-                    while let Ok(n @ 1..) = stream.read(&mut buf).await {
-                        received.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                });
+            for socket in sockets {
+                tasks.spawn(serve(socket));
             }
             while tasks.join_next().await.is_some() {}
         });

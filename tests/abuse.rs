@@ -116,27 +116,13 @@ async fn disconnect_and_revoke_reach_a_connection_after_its_token_refresh() {
         let mut kicked = relay.try_connect(transport, codec, &relay.token(&kim, "acme", &["*"])).await.unwrap();
         kicked.refresh(&relay.token(&kim, "acme", &["*"])).await.unwrap();
         api("/v1/api/disconnect", kim).await;
-        assert_eq!(closed(&mut kicked).await, Some(ErrorCode::DISCONNECTED), "{transport:?}");
+        assert_eq!(common::closed_with(&mut kicked).await, Some(ErrorCode::DISCONNECTED), "{transport:?}");
 
         let mut revoked = relay.try_connect(transport, codec, &relay.token(&rex, "acme", &["*"])).await.unwrap();
         revoked.refresh(&relay.token(&rex, "acme", &["*"])).await.unwrap();
         api("/v1/api/revoke", rex).await;
-        assert_eq!(closed(&mut revoked).await, Some(ErrorCode::TOKEN_REVOKED), "{transport:?}");
+        assert_eq!(common::closed_with(&mut revoked).await, Some(ErrorCode::TOKEN_REVOKED), "{transport:?}");
     }
-}
-
-/// Waits for the relay to close `client`'s connection; returns the close code.
-async fn closed(client: &mut Client) -> Option<ErrorCode> {
-    within("closed by the relay", async {
-        loop {
-            match client.next_event().await {
-                Some(Event::Closed { code, .. }) => return code,
-                None => return None,
-                Some(_) => {}
-            }
-        }
-    })
-    .await
 }
 
 // ---- raw WebSocket ----

@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::within;
+use common::{closed_with, within};
 use edgerelay::client::resilient::{Reconnect, Resilient, ResilientEvent};
-use edgerelay::client::{Client, ClientError, ClientOptions, Event, Target};
+use edgerelay::client::{Client, ClientError, ClientOptions, Target};
 use edgerelay::proto::presence::Status;
 use edgerelay::proto::{ErrorCode, Payload, Position};
 use edgerelay::testing::RedisServer;
@@ -345,20 +345,6 @@ async fn api(node: &RelayProcess, path: &str, body: serde_json::Value) -> u16 {
     let (status, answer) = common::http_request(node.tcp, "POST", path, &headers, &body.to_string()).await;
     assert_eq!(status, 200, "{path}: {answer}");
     status
-}
-
-/// Waits for the client's connection to end; returns the close code.
-async fn closed_with(client: &mut Client) -> Option<ErrorCode> {
-    within("closed by the relay", async {
-        loop {
-            match client.next_event().await {
-                Some(Event::Closed { code, .. }) => return code,
-                None => return None,
-                Some(_) => {}
-            }
-        }
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

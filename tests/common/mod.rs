@@ -193,6 +193,20 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
     tokio::time::timeout(Duration::from_secs(20), fut).await.unwrap_or_else(|_| panic!("timed out: {what}"))
 }
 
+/// Waits for the relay to close `client`'s connection; returns the close code.
+pub async fn closed_with(client: &mut Client) -> Option<ErrorCode> {
+    within("closed by the relay", async {
+        loop {
+            match client.next_event().await {
+                Some(edgerelay::client::Event::Closed { code, .. }) => return code,
+                None => return None,
+                Some(_) => {}
+            }
+        }
+    })
+    .await
+}
+
 /// A hand-driven QUIC connection: control stream open, nothing sent yet.
 pub struct RawQuic {
     _endpoint: quinn::Endpoint,
