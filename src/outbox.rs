@@ -317,6 +317,18 @@ impl Outbox {
         self.push(lane, self.codec.frame(frame))
     }
 
+    /// Queues the answer to a request that came on `lane`, on the control lane instead when
+    /// `lane` has been closed meanwhile: a client's request can cross the `leave` that closed its
+    /// room's stream (QUIC), and a publish's ack comes after its commit. Fails only once the
+    /// connection is closing.
+    pub fn reply(&self, lane: LaneId, frame: &ServerFrame) -> Result<(), PushError> {
+        let frame = self.codec.frame(frame);
+        match self.push(lane, frame.clone()) {
+            Err(PushError::Closed) if lane != CONTROL && self.closing().is_none() => self.push(CONTROL, frame),
+            sent => sent,
+        }
+    }
+
     /// Queues an encoded frame on a lane and wakes its writer. Never blocks.
     pub fn push(&self, lane: LaneId, frame: WireFrame) -> Result<(), PushError> {
         self.enqueue(lane, frame, None, false)?;

@@ -37,6 +37,31 @@ async fn two_clients_exchange_messages_in_order_with_contiguous_acks() {
     }
 }
 
+/// On QUIC a room's requests ride the room's stream, which the relay closes when the room is
+/// left; requests that cross that `leave` are still answered (on the control stream), and the
+/// connection stays up: a publish just before the leave gets its ack once committed, a presence
+/// sync just after it gets its refusal.
+#[tokio::test]
+async fn requests_that_cross_a_leave_on_the_room_stream_are_answered() {
+    let relay = start().await;
+    let client = relay.connect(Transport::Quic, Codec::Postcard, "lea", "acme", &["*"]).await;
+    let room = "crossing";
+    client.join(room).await.unwrap();
+    let (acked, left) =
+        tokio::join!(client.publish(room, "m1", Payload::json(&serde_json::json!(1))), client.leave(room));
+    left.unwrap();
+    assert_eq!(acked.expect("the ack of a publish sent before the leave").offset, 1);
+
+    client.join(room).await.unwrap();
+    let (left, synced) = tokio::join!(client.leave(room), client.presence_sync(room));
+    left.unwrap();
+    match synced {
+        Err(ClientError::Rejected { code, .. }) => assert_eq!(code, ErrorCode::NOT_JOINED),
+        other => panic!("a presence sync after the leave: {other:?}"),
+    }
+    client.ping().await.expect("the connection stays up");
+}
+
 /// Clients sharing one QUIC endpoint (one UDP socket) are separate connections to the relay:
 /// each gets its own deliveries, and one closing leaves the others and the endpoint working.
 #[tokio::test]

@@ -60,7 +60,7 @@ pub async fn run(job: Job, ctx: Arc<SessionContext>) {
                 Ok(frame) => frame,
                 Err(err) => ServerFrame::error(req, err.code(), err.to_string()),
             };
-            let _ = outbox.send(lane, &frame);
+            let _ = outbox.reply(lane, &frame);
         }
         Job::Rooms { tenant, user, outbox, lane, req } => {
             let frame = match engine.cursors(&tenant, &user, MAX_ROOMS_LISTED).await {
@@ -73,7 +73,7 @@ pub async fn run(job: Job, ctx: Arc<SessionContext>) {
                 },
                 Err(err) => ServerFrame::error(req, err.code(), err.to_string()),
             };
-            let _ = outbox.send(lane, &frame);
+            let _ = outbox.reply(lane, &frame);
         }
     }
 }

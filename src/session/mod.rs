@@ -255,7 +255,7 @@ impl Session {
             ClientFrame::Leave { req, room } => (req, self.leave(lane, req, &room, now_ms)),
             ClientFrame::Publish { req, room, id, data } => (req, self.publish(lane, req, &room, id, data, now_ms)),
             ClientFrame::Ping { req } => {
-                (req, self.outbox.send(lane, &ServerFrame::Pong { req, server_time: now_ms }).map_err(Into::into))
+                (req, self.outbox.reply(lane, &ServerFrame::Pong { req, server_time: now_ms }).map_err(Into::into))
             }
             ClientFrame::Refresh { req, token } => return self.refresh(lane, req, &token, now_ms),
             ClientFrame::PresenceSync { req, room } => (req, self.presence_sync(req, &room, now_ms)),
@@ -279,7 +279,7 @@ impl Session {
             Ok(()) => Ok(()),
             Err(Failure::Reject(code, message)) => {
                 metrics::counter!(crate::metrics::ERRORS_TOTAL, "code" => code.slug()).increment(1);
-                self.outbox.send(lane, &ServerFrame::error(req, code, message)).map_err(|e| self.push_fatal(e))
+                self.outbox.reply(lane, &ServerFrame::error(req, code, message)).map_err(|e| self.push_fatal(e))
             }
             Err(Failure::Fatal(code, message)) => Err(self.fatal(req, code, message)),
             Err(Failure::Push(e)) => Err(self.push_fatal(e)),
@@ -387,7 +387,7 @@ impl Session {
         let fresh = Arc::new(fresh);
         active.registration.refresh(fresh.clone());
         active.identity = fresh;
-        self.outbox.send(lane, &ServerFrame::Refreshed { req, expires_at }).map_err(|e| self.push_fatal(e))
+        self.outbox.reply(lane, &ServerFrame::Refreshed { req, expires_at }).map_err(|e| self.push_fatal(e))
     }
 
     /// The authenticated state; requests only reach here after `hello`.
@@ -470,7 +470,7 @@ impl Session {
         self.cursors.remove(&name);
         let active = self.active()?;
         self.ctx.engine.forget_cursor(&active.identity.tenant, &active.identity.user, name.clone());
-        self.outbox.send(lane, &ServerFrame::Left { req, room: name.to_string() })?;
+        self.outbox.reply(lane, &ServerFrame::Left { req, room: name.to_string() })?;
         if room_lane != CONTROL {
             self.lanes.remove(&room_lane);
             self.outbox.close_lane(room_lane);
@@ -527,7 +527,7 @@ impl Session {
                     ServerFrame::error(req, err.code(), err.to_string())
                 }
             };
-            let _ = outbox.send(lane, &frame);
+            let _ = outbox.reply(lane, &frame);
         });
         self.ctx.engine.publish(Publish { key, from, id, data, now_ms }, done);
         Ok(())
