@@ -30,10 +30,7 @@ fn codec_for(transport: Transport) -> Codec {
 }
 
 /// Connects `sub` to `target` (the relay, or something in front of it) over `transport`, allowed
-/// to join and publish to `room`, with a request timeout that leaves room for a bad network: at
-/// 30 % loss each way, a stream's retransmission timer (about 30 ms on loopback) doubles on each
-/// probe that is lost or whose ACK is, so a run of 9 such failures (about 0.2 % of stalls) takes
-/// 15 s; 60 s needs 11.
+/// to join and publish to `room`, with a request timeout that leaves room for a bad network.
 pub async fn connect(
     relay: &TestRelay,
     transport: Transport,
@@ -42,7 +39,7 @@ pub async fn connect(
     room: &str,
 ) -> Result<Client, String> {
     let token = relay.token(sub, "netsim", &[room]);
-    let options = ClientOptions { request_timeout: Duration::from_secs(60), ..ClientOptions::new(token) };
+    let options = ClientOptions { request_timeout: Duration::from_secs(15), ..ClientOptions::new(token) };
     Client::connect(target, options.codec(codec_for(transport))).await.map_err(|e| format!("{sub} connect: {e}"))
 }
 
