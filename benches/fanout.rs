@@ -71,7 +71,8 @@ fn fanout(c: &mut Criterion) {
                     membership: Membership::default(),
                     catch_up: catch_up.clone(),
                 };
-                hub.attach(&key, i as u64 + 1, subscriber, 1, None, NOW_MS).expect("join");
+                let mut reply = outbox.reserve(CONTROL, 1);
+                hub.attach(&key, i as u64 + 1, subscriber, &mut reply, None, NOW_MS).expect("join");
                 outbox
             })
             .collect();

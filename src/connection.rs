@@ -23,6 +23,7 @@ use crate::control::Order;
 use crate::hub::CatchUp;
 use crate::mailbox::{Mailbox, mailbox};
 use crate::session::Job;
+use crate::session::JoinSettled;
 
 use crate::outbox::{CloseReason, LaneId, Outbox};
 use crate::proto::{ErrorCode, ServerFrame};
@@ -131,7 +132,7 @@ async fn run(
     session: &mut Session,
     inbound: &mut impl InboundSource,
     mail: &mut Mailboxes,
-    jobs: &mut JoinSet<()>,
+    jobs: &mut JoinSet<Option<JoinSettled>>,
     auth_deadline: Instant,
 ) -> CloseReason {
     let outbox = session.outbox().clone();
@@ -174,7 +175,11 @@ async fn run(
             Some(lagging) = mail.catch_up.recv() => {
                 jobs.spawn(crate::session::jobs::run(Job::CatchUp(lagging), ctx.session.clone()));
             }
-            Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
+            Some(done) = jobs.join_next(), if !jobs.is_empty() => {
+                if let Ok(Some(settled)) = done {
+                    session.join_settled(settled);
+                }
+            }
             event = inbound.next() => match event {
                 None | Some(Inbound::Closed) => return CloseReason::Normal,
                 Some(Inbound::Frame { lane, body }) => {

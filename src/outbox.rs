@@ -11,6 +11,19 @@
 //! slowed) and the connection is closed with `slow_consumer` (130), a retryable code. The
 //! client reconnects and rejoins with its last positions.
 //!
+//! Room messages never get that far: fanout and replay queue with a limit
+//! ([`Outbox::push_within`]) and a room whose frames would pass it catches up from history
+//! instead. The limit is checked twice: the connection's queued bytes against the caller's
+//! limit, and a room lane's own bytes against [`Outbox::lane_limit`] (a quarter of the cap).
+//! So a room stream the client stops reading (QUIC flow control) fills at most its own quarter
+//! and falls behind alone, while the other rooms keep the rest of the cap and stay live.
+//!
+//! **Answers keep the order of their requests.** An answer that needs IO (a publish's `ack`
+//! after the commit, `joined` after the engine's metadata, a history page) takes a slot in its
+//! lane when the request arrives ([`Outbox::reserve`] returns a [`Reply`]); whatever is queued
+//! on that lane after it (answers to later requests, messages) is held behind the slot until
+//! it is answered. A [`Reply`] dropped unanswered frees its slot, so a lane never waits forever.
+//!
 //! Besides the reliable lanes there is one lossy **datagram queue** for state where only the
 //! latest value matters (typing, presence, datagram pongs). Each entry has a [`DatagramKey`]
 //! (kind + scope, e.g. presence of user U in room R): a push replaces a queued entry with the
@@ -115,6 +128,10 @@ pub enum Take {
 
 struct Lane {
     queue: VecDeque<WireFrame>,
+    /// Frames queued behind an unanswered [`Reply`] slot, in order; empty almost always.
+    held: VecDeque<Held>,
+    /// Bytes in `queue` and `held`.
+    bytes: usize,
     notify: Arc<Notify>,
     closing: bool,
     /// Frames were queued by [`Outbox::push_batched`] and a [`Wakes`] holds this lane's wake-up.
@@ -123,8 +140,40 @@ struct Lane {
 
 impl Lane {
     fn new() -> Lane {
-        Lane { queue: VecDeque::new(), notify: Arc::new(Notify::new()), closing: false, wake_pending: false }
+        Lane {
+            queue: VecDeque::new(),
+            held: VecDeque::new(),
+            bytes: 0,
+            notify: Arc::new(Notify::new()),
+            closing: false,
+            wake_pending: false,
+        }
     }
+
+    /// Nothing queued or held: a closing lane in this state is finished.
+    fn is_drained(&self) -> bool {
+        self.queue.is_empty() && self.held.is_empty()
+    }
+
+    /// Moves what the answered slots at the front of `held` release to `queue`; true if any.
+    fn release(&mut self) -> bool {
+        let mut released = false;
+        while let Some(Held::Ready(_)) = self.held.front() {
+            if let Some(Held::Ready(Some(frame))) = self.held.pop_front() {
+                self.queue.push_back(frame);
+                released = true;
+            }
+        }
+        released
+    }
+}
+
+/// An entry of a lane's `held` queue.
+enum Held {
+    /// The slot of an unanswered request.
+    Awaiting(u64),
+    /// An answer (or `None`: a slot freed unanswered), or a frame queued behind a slot.
+    Ready(Option<WireFrame>),
 }
 
 /// A connection's lanes in id order, the control lane first. A connection has a handful (one
@@ -227,8 +276,49 @@ impl Drop for Wakes {
     }
 }
 
+/// The slot of a request's answer in its lane (see the module docs): answer it with
+/// [`Reply::send`]. Dropped unanswered (the request was cancelled or needs no answer), it frees
+/// the slot and the frames behind it go out.
+pub struct Reply {
+    outbox: Arc<Outbox>,
+    lane: LaneId,
+    slot: u64,
+    req: u64,
+    answered: bool,
+}
+
+impl Reply {
+    /// The request this answers.
+    pub fn req(&self) -> u64 {
+        self.req
+    }
+
+    /// The lane the answer goes to (the request's, or the control lane if that was closed).
+    pub fn lane(&self) -> LaneId {
+        self.lane
+    }
+
+    /// Answers the request; only the first answer counts.
+    pub fn send(&mut self, frame: &ServerFrame) -> Result<(), PushError> {
+        if std::mem::replace(&mut self.answered, true) {
+            return Err(PushError::Closed);
+        }
+        self.outbox.answer(self.lane, self.slot, Some(self.outbox.codec.frame(frame)))
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if !self.answered {
+            let _ = self.outbox.answer(self.lane, self.slot, None);
+        }
+    }
+}
+
 struct Inner {
     lanes: Lanes,
+    /// The next [`Reply`] slot id.
+    next_slot: u64,
     /// The lossy queue, oldest first; keys are unique.
     datagrams: VecDeque<(DatagramKey, WireFrame)>,
     /// Bytes queued across all lanes, checked against the cap.
@@ -258,7 +348,13 @@ impl Outbox {
         Arc::new(Outbox {
             codec,
             cap: cap_bytes,
-            inner: Mutex::new(Inner { lanes: Lanes::new(), datagrams: VecDeque::new(), bytes: 0, closing: None }),
+            inner: Mutex::new(Inner {
+                lanes: Lanes::new(),
+                next_slot: 0,
+                datagrams: VecDeque::new(),
+                bytes: 0,
+                closing: None,
+            }),
             any: Notify::new(),
             closed: CancellationToken::new(),
             datagram_notify: Arc::new(Notify::new()),
@@ -358,42 +454,106 @@ impl Outbox {
         Ok(())
     }
 
-    /// Queues a frame under one lock: `Full` past `limit`, `Overflow` past the cap once
-    /// datagrams are evicted. Unless `batched`, the lane's writer is notified at once (the
-    /// caller still notifies `any`); if `batched`, true means the lane had no batched wake-up
-    /// pending yet and the caller owes it one.
+    /// Bytes a room lane may hold before its room catches up from history instead (a quarter of
+    /// the cap; see the module docs). A lane holding nothing takes any frame.
+    pub fn lane_limit(&self) -> usize {
+        self.cap / 4
+    }
+
+    /// Queues a frame under one lock: `Full` past `limit` (or a room lane past its own limit),
+    /// `Overflow` past the cap once datagrams are evicted. Unless `batched`, the lane's writer is
+    /// notified at once (the caller still notifies `any`); if `batched`, true means the lane had
+    /// no batched wake-up pending yet and the caller owes it one.
     fn enqueue(&self, lane: LaneId, frame: WireFrame, limit: Option<usize>, batched: bool) -> Result<bool, PushError> {
         let mut inner = self.lock();
         if inner.closing.is_some() {
             return Err(PushError::Closed);
         }
         let len = frame.len();
-        if limit.is_some_and(|limit| inner.bytes + len > limit.min(self.cap)) {
-            return Err(PushError::Full);
-        }
-        if inner.bytes + len > self.cap {
-            // Lossy state goes first: evict queued datagrams before declaring overflow.
-            self.evict_datagrams(&mut inner, len);
-        }
-        if inner.bytes + len > self.cap {
-            Self::overflow(&mut inner);
-            drop(inner);
-            self.closed.cancel();
-            self.any.notify_one();
-            return Err(PushError::Overflow);
-        }
+        let queued = inner.bytes;
         let Some(l) = inner.lanes.get_mut(lane).filter(|l| !l.closing) else {
             return Err(PushError::Closed);
         };
-        l.queue.push_back(frame);
-        let owed = if batched {
+        if let Some(limit) = limit {
+            let connection_full = queued > 0 && queued + len > limit.min(self.cap);
+            let lane_full = lane != CONTROL && l.bytes > 0 && l.bytes + len > self.lane_limit();
+            if connection_full || lane_full {
+                return Err(PushError::Full);
+            }
+        }
+        self.make_room(&mut inner, len)?;
+        let Some(l) = inner.lanes.get_mut(lane) else { return Err(PushError::Closed) };
+        l.bytes += len;
+        let owed = if !l.held.is_empty() {
+            // Behind an unanswered request: released (and its writer woken) when that is answered.
+            l.held.push_back(Held::Ready(Some(frame)));
+            false
+        } else if batched {
+            l.queue.push_back(frame);
             !std::mem::replace(&mut l.wake_pending, true)
         } else {
+            l.queue.push_back(frame);
             l.notify.notify_one();
             false
         };
         inner.bytes += len;
         Ok(owed)
+    }
+
+    /// Makes `incoming` more bytes fit under the cap, evicting datagrams first (lossy state goes
+    /// first); when they cannot fit, the connection overflows and closes as a slow consumer.
+    fn make_room(&self, inner: &mut MutexGuard<'_, Inner>, incoming: usize) -> Result<(), PushError> {
+        if inner.bytes + incoming > self.cap {
+            self.evict_datagrams(inner, incoming);
+        }
+        if inner.bytes + incoming > self.cap {
+            Self::overflow(inner);
+            self.closed.cancel();
+            self.any.notify_one();
+            return Err(PushError::Overflow);
+        }
+        Ok(())
+    }
+
+    /// Takes a slot for the answer to a request that arrived on `lane` now: frames queued on the
+    /// lane later wait until the answer is given (see the module docs). The slot is on the
+    /// control lane when `lane` is closed or unknown.
+    pub fn reserve(self: &Arc<Self>, lane: LaneId, req: u64) -> Reply {
+        let mut inner = self.lock();
+        let slot = inner.next_slot;
+        inner.next_slot += 1;
+        let open = inner.closing.is_none();
+        let lane = if inner.lanes.get_mut(lane).is_some_and(|l| !l.closing) { lane } else { CONTROL };
+        if open && let Some(l) = inner.lanes.get_mut(lane) {
+            l.held.push_back(Held::Awaiting(slot));
+        }
+        Reply { outbox: self.clone(), lane, slot, req, answered: !open }
+    }
+
+    /// Fills a reserved slot (`None`: frees it unanswered) and releases what it held back.
+    fn answer(&self, lane: LaneId, slot: u64, frame: Option<WireFrame>) -> Result<(), PushError> {
+        let mut inner = self.lock();
+        if inner.closing.is_some() {
+            return Err(PushError::Closed);
+        }
+        let len = frame.as_ref().map_or(0, WireFrame::len);
+        self.make_room(&mut inner, len)?;
+        let Some(l) = inner.lanes.get_mut(lane) else { return Err(PushError::Closed) };
+        let Some(entry) = l.held.iter_mut().find(|h| matches!(h, Held::Awaiting(s) if *s == slot)) else {
+            return Err(PushError::Closed);
+        };
+        *entry = Held::Ready(frame);
+        l.bytes += len;
+        let released = l.release();
+        if released {
+            l.notify.notify_one();
+        }
+        inner.bytes += len;
+        drop(inner);
+        if released {
+            self.frames_queued();
+        }
+        Ok(())
     }
 
     /// Wakes a lane's writer (and the single-stream writer).
@@ -507,6 +667,8 @@ impl Outbox {
         inner.datagrams = VecDeque::new();
         for lane in inner.lanes.iter_mut() {
             lane.queue = VecDeque::new();
+            lane.held = VecDeque::new();
+            lane.bytes = 0;
             lane.notify.notify_one();
         }
     }
@@ -548,7 +710,7 @@ impl Outbox {
             if let Some(code) = closing {
                 return Take::Close(code);
             }
-            if l.closing {
+            if l.closing && l.held.is_empty() {
                 inner.lanes.remove(lane);
                 return Take::Finished;
             }
@@ -556,7 +718,9 @@ impl Outbox {
         }
         let n = l.queue.len().min(max);
         let frames: Vec<WireFrame> = l.queue.drain(..n).collect();
-        inner.bytes -= frames.iter().map(WireFrame::len).sum::<usize>();
+        let taken = frames.iter().map(WireFrame::len).sum::<usize>();
+        l.bytes -= taken;
+        inner.bytes -= taken;
         drop(inner);
         self.space.notify_waiters();
         Take::Frames(frames)
@@ -564,7 +728,10 @@ impl Outbox {
 
     /// Takes up to `max` frames from all lanes, round-robin one frame per lane per pass,
     /// control lane first, then the datagram queue, then the rooms (for single-stream writers).
-    /// Closed lanes that are drained are removed.
+    /// Datagrams wait while the control lane has frames queued or held, so on a single stream
+    /// a presence or typing frame never overtakes a reliable frame queued before it (a
+    /// `presence_snapshot` comes before the updates that follow it). Closed lanes that are
+    /// drained are removed.
     pub fn take_all(&self, max: usize) -> Take {
         let mut inner = self.lock();
         let mut frames = Vec::new();
@@ -576,9 +743,11 @@ impl Outbox {
                     break;
                 }
                 if let Some(frame) = lane.queue.pop_front() {
+                    lane.bytes -= frame.len();
                     frames.push(frame);
                 }
                 if *id == CONTROL
+                    && lane.is_drained()
                     && frames.len() < max
                     && let Some((_, frame)) = datagrams.pop_front()
                 {
@@ -589,7 +758,7 @@ impl Outbox {
                 break;
             }
         }
-        lanes.0.retain(|(id, l)| *id == CONTROL || !(l.closing && l.queue.is_empty()));
+        lanes.0.retain(|(id, l)| *id == CONTROL || !(l.closing && l.is_drained()));
         inner.bytes -= frames.iter().map(WireFrame::len).sum::<usize>();
         if !frames.is_empty() {
             drop(inner);
@@ -771,7 +940,7 @@ mod tests {
     }
 
     #[test]
-    fn single_stream_writers_get_datagrams_right_after_control() {
+    fn single_stream_writers_send_datagrams_once_the_control_lane_is_drained() {
         let ob = Outbox::new(Codec::Json, 1000);
         ob.open_lane(1);
         ob.push(1, named("r1")).unwrap();
@@ -779,9 +948,69 @@ mod tests {
         ob.push(CONTROL, named("c1")).unwrap();
         ob.push(CONTROL, named("c2")).unwrap();
         let Take::Frames(frames) = ob.take_all(10) else { panic!("expected frames") };
-        assert_eq!(frames, vec![named("c1"), named("d1"), named("r1"), named("c2")]);
+        assert_eq!(frames, vec![named("c1"), named("r1"), named("c2"), named("d1")]);
         ob.push_datagram(key("t"), named("d2")).unwrap();
         ob.close(CloseReason::Normal);
         assert_eq!(ob.take_datagrams(10), Take::Close(CloseReason::Normal));
+    }
+
+    #[test]
+    fn answers_keep_the_order_of_their_requests() {
+        let ob = Outbox::new(Codec::Json, 1000);
+        let mut ack = ob.reserve(CONTROL, 1);
+        ob.push(CONTROL, named("pong")).unwrap();
+        ob.push_datagram(key("p"), named("presence")).unwrap();
+        assert_eq!(ob.take_all(10), Take::Empty, "everything waits behind the unanswered request");
+        let mut joined = ob.reserve(CONTROL, 2);
+        ob.push(CONTROL, named("message")).unwrap();
+        joined.send(&ServerFrame::Pong { req: 2, server_time: 0 }).unwrap();
+        assert_eq!(ob.take_all(10), Take::Empty, "a later answer waits for the earlier one");
+        ack.send(&ServerFrame::Pong { req: 1, server_time: 0 }).unwrap();
+        let Take::Frames(frames) = ob.take_all(10) else { panic!("expected frames") };
+        let reqs: Vec<_> = frames
+            .iter()
+            .map(|f| match ob.codec().decode::<ServerFrame>(&f.body()) {
+                Ok(ServerFrame::Pong { req, .. }) => format!("answer {req}"),
+                _ => String::from_utf8_lossy(f.body_slice()).into_owned(),
+            })
+            .collect();
+        assert_eq!(reqs, ["answer 1", "pong", "answer 2", "message", "presence"]);
+        assert_eq!(ob.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn a_reply_dropped_unanswered_frees_its_slot_and_a_closing_lane_waits_for_it() {
+        let ob = Outbox::new(Codec::Json, 1000);
+        ob.open_lane(4);
+        let reply = ob.reserve(4, 1);
+        assert_eq!(reply.lane(), 4);
+        ob.push(4, named("left")).unwrap();
+        ob.close_lane(4);
+        assert_eq!(ob.take(4, 10), Take::Empty, "not finished while an answer is due");
+        drop(reply);
+        assert_eq!(ob.take(4, 10), Take::Frames(vec![named("left")]));
+        assert_eq!(ob.take(4, 10), Take::Finished);
+        // A request arriving on a lane that is gone is answered on the control lane.
+        assert_eq!(ob.reserve(4, 2).lane(), CONTROL);
+    }
+
+    #[test]
+    fn a_full_room_lane_falls_behind_alone() {
+        let ob = Outbox::new(Codec::Json, 1000);
+        ob.open_lane(1);
+        ob.open_lane(2);
+        assert_eq!(ob.lane_limit(), 250);
+        // Lane 1's reader stalls: its frames stay queued until its own limit.
+        ob.push_within(1, frame(200), 750).unwrap();
+        assert_eq!(ob.push_within(1, frame(100), 750), Err(PushError::Full));
+        // Lane 2 is read; it keeps taking frames while the connection is within the limit.
+        for _ in 0..20 {
+            ob.push_within(2, frame(200), 750).unwrap();
+            assert!(matches!(ob.take(2, 10), Take::Frames(_)));
+        }
+        assert_eq!(ob.push_within(1, frame(100), 750), Err(PushError::Full), "still behind");
+        // An empty lane takes a frame bigger than its limit (it would never fit otherwise).
+        ob.push_within(2, frame(300), 750).unwrap();
+        assert_eq!(ob.closing(), None);
     }
 }

@@ -50,7 +50,10 @@ impl Rig {
     pub async fn join(&self, k: &RoomKey, id: u64, sub: Subscriber, since: Option<Position>) {
         let (hub, engine, k) = (self.hub.clone(), self.engine.clone(), k.clone());
         // Like a connection, the join runs as its own task.
-        tokio::spawn(async move { replay::join(&hub, &*engine, k, id, sub, 1, since).await });
+        tokio::spawn(async move {
+            let reply = sub.outbox.reserve(sub.lane, 1);
+            replay::join(&hub, &*engine, k, id, sub, reply, since).await
+        });
     }
 }
 
@@ -424,7 +427,8 @@ mod embedded {
         let k = key("r");
         let (ob, sub) = rig.member(1 << 20);
         let membership = sub.membership.clone();
-        assert_eq!(replay::join(&rig.hub, &*rig.engine, k.clone(), 1, sub, 7, None).await, None);
+        let reply = sub.outbox.reserve(sub.lane, 7);
+        assert_eq!(replay::join(&rig.hub, &*rig.engine, k.clone(), 1, sub, reply, None).await, None);
         assert!(membership.is_cancelled(), "the session must learn that the room was not joined");
         let (answer, _) = collect(&ob, 0).await;
         assert!(

@@ -131,9 +131,11 @@ impl Awareness {
         let Some(link) = state.links.get_mut(&device) else { return Ok(()) };
         link.rooms.insert(room.room.clone(), lane);
         let user = link.user.clone();
-        state.room_devices.entry(room.clone()).or_default().insert(device);
+        // The others learn of the joiner first; the joiner is added to the room's devices only
+        // then, so its own change reaches it in the snapshot, which comes right after `joined`.
         let changes = state.presence.join(room, &user, device, now_ms);
         state.fan_presence(changes, now_ms);
+        state.room_devices.entry(room.clone()).or_default().insert(device);
         state.send_snapshot(room, device, 0)?;
         let view = state.typing.view(room);
         if view.total > 0

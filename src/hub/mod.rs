@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 pub use room::{Attach, CatchUp, Delivered, Membership, RoomState, Subscriber, SubscriberId};
 
 use crate::metrics::HubMetrics;
-use crate::outbox::{PushError, Wakes};
+use crate::outbox::{PushError, Reply, Wakes};
 use crate::proto::{Position, RoomName};
 use crate::store::{RoomMeta, StoredMessage};
 
@@ -124,12 +124,12 @@ impl Hub {
         key: &RoomKey,
         id: SubscriberId,
         subscriber: Subscriber,
-        req: u64,
+        reply: &mut Reply,
         since: Option<Position>,
         now_ms: u64,
     ) -> Result<Option<Attach>, PushError> {
         match self.existing(key) {
-            Some(room) => lock(&room).attach(id, subscriber, req, since, now_ms).map(Some),
+            Some(room) => lock(&room).attach(id, subscriber, reply, since, now_ms).map(Some),
             None => Ok(None),
         }
     }
@@ -139,11 +139,11 @@ impl Hub {
         &self,
         key: &RoomKey,
         id: SubscriberId,
-        req: u64,
+        reply: &mut Reply,
         recovered: bool,
     ) -> Result<Option<Position>, PushError> {
         match self.existing(key) {
-            Some(room) => lock(&room).confirm(id, req, recovered),
+            Some(room) => lock(&room).confirm(id, reply, recovered),
             None => Ok(None),
         }
     }
@@ -260,7 +260,7 @@ mod tests {
         let members: Vec<_> = (0..150)
             .map(|id| {
                 let (outbox, s, rx) = sub(Codec::Json, 10_000);
-                hub.attach(&k, id, s, 1, None, 0).unwrap();
+                hub.attach(&k, id, s.clone(), &mut s.outbox.reserve(s.lane, 1), None, 0).unwrap();
                 frames(&outbox);
                 let _ = outbox.changed().now_or_never();
                 (outbox, rx)
@@ -282,8 +282,8 @@ mod tests {
         hub.ensure_room(&b, RoomMeta::empty(2), 0);
         let (acme, s1, _r1) = sub(Codec::Json, 10_000);
         let (globex, s2, _r2) = sub(Codec::Json, 10_000);
-        hub.attach(&a, 1, s1, 1, None, 0).unwrap();
-        hub.attach(&b, 2, s2, 1, None, 0).unwrap();
+        hub.attach(&a, 1, s1.clone(), &mut s1.outbox.reserve(s1.lane, 1), None, 0).unwrap();
+        hub.attach(&b, 2, s2.clone(), &mut s2.outbox.reserve(s2.lane, 1), None, 0).unwrap();
         assert_eq!(hub.deliver(&a, 1, &msg(1)).delivered, 1);
         assert_eq!(frames(&acme).len(), 2, "joined + message");
         assert_eq!(frames(&globex).len(), 1, "joined only");
@@ -295,8 +295,8 @@ mod tests {
         let hub = hub_with(&k, 3, 1);
         let (json, s1, _r1) = sub(Codec::Json, 10_000);
         let (pc, s2, _r2) = sub(Codec::Postcard, 10_000);
-        hub.attach(&k, 1, s1, 7, None, 0).unwrap();
-        hub.attach(&k, 2, s2, 8, None, 0).unwrap();
+        hub.attach(&k, 1, s1.clone(), &mut s1.outbox.reserve(s1.lane, 7), None, 0).unwrap();
+        hub.attach(&k, 2, s2.clone(), &mut s2.outbox.reserve(s2.lane, 8), None, 0).unwrap();
         hub.deliver(&k, 3, &msg(2));
         hub.deliver(&k, 3, &msg(2));
         for outbox in [json, pc] {
@@ -315,8 +315,8 @@ mod tests {
         let hub = hub_with(&k, 1, 0);
         let (slow, s1, mut lag) = sub(Codec::Json, 400);
         let (fast, s2, _r2) = sub(Codec::Json, 1 << 20);
-        hub.attach(&k, 1, s1, 1, None, 0).unwrap();
-        hub.attach(&k, 2, s2, 1, None, 0).unwrap();
+        hub.attach(&k, 1, s1.clone(), &mut s1.outbox.reserve(s1.lane, 1), None, 0).unwrap();
+        hub.attach(&k, 2, s2.clone(), &mut s2.outbox.reserve(s2.lane, 1), None, 0).unwrap();
         let mut lagging = 0;
         for i in 1..=20 {
             lagging += hub.deliver(&k, 1, &msg(i)).lagging;
@@ -338,7 +338,7 @@ mod tests {
         let k = key("acme", "r");
         let hub = hub_with(&k, 1, 3);
         let (_ob, s, mut lag) = sub(Codec::Json, 10_000);
-        hub.attach(&k, 1, s, 1, None, 0).unwrap();
+        hub.attach(&k, 1, s.clone(), &mut s.outbox.reserve(s.lane, 1), None, 0).unwrap();
         let d = hub.deliver(&k, 1, &msg(6));
         assert_eq!((d.delivered, d.lagging), (0, 1));
         assert!(lag.try_recv().is_ok());
@@ -350,7 +350,7 @@ mod tests {
         let k = key("acme", "r");
         let hub = hub_with(&k, 1, 0);
         let (ob, s, mut lag) = sub(Codec::Json, 10_000);
-        hub.attach(&k, 1, s, 1, None, 0).unwrap();
+        hub.attach(&k, 1, s.clone(), &mut s.outbox.reserve(s.lane, 1), None, 0).unwrap();
         hub.deliver(&k, 1, &msg(1));
         hub.deliver(&k, 1, &msg(2));
         // The engine lost the room; this node's first message of the new epoch is its third.
@@ -369,7 +369,7 @@ mod tests {
         let hub = hub_with(&k, 9, 5);
         let attach = |id, since| {
             let (ob, s, _r) = sub(Codec::Json, 10_000);
-            let a = hub.attach(&k, id, s, 1, since, 0).unwrap().unwrap();
+            let a = hub.attach(&k, id, s.clone(), &mut s.outbox.reserve(s.lane, 1), since, 0).unwrap().unwrap();
             (a, frames(&ob))
         };
         let p = |epoch, offset| Some(Position { epoch, offset });
@@ -380,7 +380,10 @@ mod tests {
         assert_eq!(a, Attach::Live { position: p(9, 5).unwrap(), recovered: false }, "another epoch");
         assert!(matches!(f[0], ServerFrame::Joined { recovered: false, .. }));
         assert_eq!(attach(5, p(9, 7)).0, Attach::Live { position: p(9, 5).unwrap(), recovered: false }, "ahead");
-        assert_eq!(hub.confirm(&k, 2, 1, false).unwrap(), p(9, 5));
+        assert_eq!(
+            hub.confirm(&k, 2, &mut Outbox::new(Codec::Json, 1000).reserve(CONTROL, 1), false).unwrap(),
+            p(9, 5)
+        );
         assert_eq!(hub.lagging(&k, 2).map(|l| l.1), None, "not recovered: live at the top");
     }
 
@@ -390,7 +393,10 @@ mod tests {
         let hub = hub_with(&k, 1, 0);
         let (ob, s, _r) = sub(Codec::Json, 10_000);
         s.membership.cancel();
-        assert_eq!(hub.attach(&k, 1, s, 1, None, 0).unwrap(), Some(Attach::Cancelled));
+        assert_eq!(
+            hub.attach(&k, 1, s.clone(), &mut s.outbox.reserve(s.lane, 1), None, 0).unwrap(),
+            Some(Attach::Cancelled)
+        );
         assert_eq!(hub.deliver(&k, 1, &msg(1)).delivered, 0);
         assert!(frames(&ob).is_empty());
     }
@@ -400,7 +406,7 @@ mod tests {
         let k = key("acme", "r");
         let hub = hub_with(&k, 1, 0);
         let (_ob, s, _r) = sub(Codec::Json, 10_000);
-        hub.attach(&k, 1, s, 1, None, 0).unwrap();
+        hub.attach(&k, 1, s.clone(), &mut s.outbox.reserve(s.lane, 1), None, 0).unwrap();
         assert_eq!(hub.sweep(5000), 0, "a room with members stays");
         hub.leave(&k, 1, 100);
         assert_eq!(hub.sweep(500), 0);

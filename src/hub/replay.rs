@@ -9,7 +9,7 @@
 
 use crate::connection::unix_ms;
 use crate::engine::Engine;
-use crate::outbox::CloseReason;
+use crate::outbox::{CloseReason, Reply};
 use crate::proto::{ErrorCode, Position, ServerFrame};
 use crate::store::StoredMessage;
 
@@ -27,7 +27,7 @@ pub async fn join(
     key: RoomKey,
     id: SubscriberId,
     sub: Subscriber,
-    req: u64,
+    mut reply: Reply,
     since: Option<Position>,
 ) -> Option<Position> {
     // The room may be swept between making it present and attaching: then try again.
@@ -36,12 +36,12 @@ pub async fn join(
             match engine.meta(&key).await {
                 Ok(meta) => hub.ensure_room(&key, meta, unix_ms()),
                 Err(err) => {
-                    refuse(&sub, req, err.code(), err.to_string());
+                    refuse(&sub, reply, err.code(), err.to_string());
                     return None;
                 }
             }
         }
-        match hub.attach(&key, id, sub.clone(), req, since, unix_ms()) {
+        match hub.attach(&key, id, sub.clone(), &mut reply, since, unix_ms()) {
             Ok(Some(attached)) => break attached,
             Ok(None) => continue,
             Err(_) => return None,
@@ -56,13 +56,14 @@ pub async fn join(
         Ok(first) => first,
         Err(err) => {
             hub.leave(&key, id, unix_ms());
-            refuse(&sub, req, err.code(), err.to_string());
+            refuse(&sub, reply, err.code(), err.to_string());
             return None;
         }
     };
     // History covers the gap only if it still starts at `from`.
     let recovered = first.first().is_some_and(|m| m.offset == from);
-    let position = hub.confirm(&key, id, req, recovered).ok().flatten()?;
+    let position = hub.confirm(&key, id, &mut reply, recovered).ok().flatten()?;
+    drop(reply);
     if !recovered {
         return Some(position);
     }
@@ -137,9 +138,9 @@ fn history_gone(hub: &Hub, key: &RoomKey, id: SubscriberId, sub: &Subscriber) {
 
 /// Answers the join with an error (the member was not added) and cancels the membership, so the
 /// session forgets the room: the client may join it again.
-fn refuse(sub: &Subscriber, req: u64, code: ErrorCode, message: String) {
+fn refuse(sub: &Subscriber, mut reply: Reply, code: ErrorCode, message: String) {
     tracing::debug!(%code, %message, "join refused");
     sub.membership.cancel();
-    let frame = ServerFrame::error(req, code, message);
-    let _ = sub.outbox.send(sub.lane, &frame);
+    let frame = ServerFrame::error(reply.req(), code, message);
+    let _ = reply.send(&frame);
 }

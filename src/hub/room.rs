@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::mailbox::MailSender;
 
 use super::RoomKey;
-use crate::outbox::{LaneId, Outbox, PushError, Wakes};
+use crate::outbox::{LaneId, Outbox, PushError, Reply, Wakes};
 use crate::proto::{EncodeOnce, Position, ServerFrame};
 use crate::store::{RoomMeta, StoredMessage};
 
@@ -132,7 +132,7 @@ impl RoomState {
         &mut self,
         id: SubscriberId,
         sub: Subscriber,
-        req: u64,
+        reply: &mut Reply,
         since: Option<Position>,
         now_ms: u64,
     ) -> Result<Attach, PushError> {
@@ -147,18 +147,23 @@ impl RoomState {
             return Ok(Attach::Replay { from });
         }
         let recovered = since.is_none() || usable.is_some();
-        sub.outbox.send(sub.lane, &self.joined(req, recovered))?;
+        reply.send(&self.joined(reply.req(), recovered))?;
         self.members.insert(id, Member { sub, next: self.top + 1, live: true });
         Ok(Attach::Live { position: self.position(), recovered })
     }
 
     /// Queues `joined` for a member whose replay is about to start (`recovered`), or that
     /// cannot be recovered and goes live at the top.
-    pub fn confirm(&mut self, id: SubscriberId, req: u64, recovered: bool) -> Result<Option<Position>, PushError> {
-        let frame = self.joined(req, recovered);
+    pub fn confirm(
+        &mut self,
+        id: SubscriberId,
+        reply: &mut Reply,
+        recovered: bool,
+    ) -> Result<Option<Position>, PushError> {
+        let frame = self.joined(reply.req(), recovered);
         let top = self.top;
         let Some(m) = self.members.get_mut(&id) else { return Ok(None) };
-        m.sub.outbox.send(m.sub.lane, &frame)?;
+        reply.send(&frame)?;
         if !recovered {
             m.next = top + 1;
             m.live = true;

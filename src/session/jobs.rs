@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use crate::hub::{CatchUp, RoomKey, Subscriber, SubscriberId, replay};
-use crate::outbox::{LaneId, Outbox};
-use crate::proto::{HistoryEntry, Position, RoomCursor, ServerFrame};
+use crate::outbox::Reply;
+use crate::proto::{HistoryEntry, Position, RoomCursor, RoomName, ServerFrame};
 use crate::store::Cursor;
 
 use super::{MAX_ROOMS_LISTED, SessionContext};
@@ -17,7 +17,8 @@ pub enum Job {
         key: RoomKey,
         id: SubscriberId,
         subscriber: Subscriber,
-        req: u64,
+        /// Where `joined` (or the refusal) goes, in the order of the connection's requests.
+        reply: Reply,
         since: Option<Position>,
         user: String,
         now_ms: u64,
@@ -25,44 +26,46 @@ pub enum Job {
     /// Feed a member that fell behind from history.
     CatchUp(CatchUp),
     /// Answer a `history` request.
-    History {
-        key: RoomKey,
-        outbox: Arc<Outbox>,
-        lane: LaneId,
-        req: u64,
-        before: Option<u64>,
-        limit: u32,
-        max_bytes: usize,
-    },
+    History { key: RoomKey, reply: Reply, before: Option<u64>, limit: u32, max_bytes: usize },
     /// Answer a `rooms` request.
-    Rooms { tenant: String, user: String, outbox: Arc<Outbox>, lane: LaneId, req: u64 },
+    Rooms { tenant: String, user: String, reply: Reply },
 }
 
-pub async fn run(job: Job, ctx: Arc<SessionContext>) {
+/// A join that finished (joined, refused or cancelled): the session may now send the
+/// publishes to its room that arrived meanwhile (see `Session::join_settled`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinSettled {
+    pub room: RoomName,
+    pub req: u64,
+}
+
+/// Runs a job; a join reports when it settled.
+pub async fn run(job: Job, ctx: Arc<SessionContext>) -> Option<JoinSettled> {
     let engine = &*ctx.engine;
     match job {
-        Job::Join { key, id, subscriber, req, since, user, now_ms } => {
+        Job::Join { key, id, subscriber, reply, since, user, now_ms } => {
+            let settled = JoinSettled { room: key.room.clone(), req: reply.req() };
             let (membership, lane) = (subscriber.membership.clone(), subscriber.lane);
-            let Some(joined) = replay::join(&ctx.hub, engine, key.clone(), id, subscriber, req, since).await else {
-                return;
-            };
-            if membership.is_cancelled() {
-                return;
+            let joined = replay::join(&ctx.hub, engine, key.clone(), id, subscriber, reply, since).await;
+            if let Some(joined) = joined.filter(|_| !membership.is_cancelled()) {
+                // The presence snapshot follows `joined` (and any replayed messages).
+                let _ = ctx.awareness.join(&key, id, lane, crate::connection::unix_ms());
+                let cursor = Cursor { room: key.room, position: joined, updated: now_ms };
+                engine.save_cursors(&key.tenant, &user, vec![cursor]);
             }
-            // The presence snapshot follows `joined` (and any replayed messages).
-            let _ = ctx.awareness.join(&key, id, lane, crate::connection::unix_ms());
-            let cursor = Cursor { room: key.room, position: joined, updated: now_ms };
-            engine.save_cursors(&key.tenant, &user, vec![cursor]);
+            return Some(settled);
         }
         Job::CatchUp(CatchUp { key, id }) => replay::catch_up(&ctx.hub, engine, key, id).await,
-        Job::History { key, outbox, lane, req, before, limit, max_bytes } => {
+        Job::History { key, mut reply, before, limit, max_bytes } => {
+            let req = reply.req();
             let frame = match history_page(&ctx, &key, req, before, limit, max_bytes).await {
                 Ok(frame) => frame,
                 Err(err) => ServerFrame::error(req, err.code(), err.to_string()),
             };
-            let _ = outbox.reply(lane, &frame);
+            let _ = reply.send(&frame);
         }
-        Job::Rooms { tenant, user, outbox, lane, req } => {
+        Job::Rooms { tenant, user, mut reply } => {
+            let req = reply.req();
             let frame = match engine.cursors(&tenant, &user, MAX_ROOMS_LISTED).await {
                 Ok(cursors) => ServerFrame::Rooms {
                     req,
@@ -73,9 +76,10 @@ pub async fn run(job: Job, ctx: Arc<SessionContext>) {
                 },
                 Err(err) => ServerFrame::error(req, err.code(), err.to_string()),
             };
-            let _ = outbox.reply(lane, &frame);
+            let _ = reply.send(&frame);
         }
     }
+    None
 }
 
 /// Reads one page; the page is cut short (keeping the newest messages) so the frame stays

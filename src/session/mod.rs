@@ -24,7 +24,7 @@ use crate::hub::{CatchUp, Hub, Membership, RoomKey, Subscriber};
 use crate::outbox::{CONTROL, DatagramKey, LaneId, Outbox, PushError};
 use crate::proto::{ClientFrame, ErrorCode, PROTOCOL_VERSION, Payload, Position, RoomName, ServerFrame, WireLimits};
 use crate::store::Cursor;
-pub use jobs::Job;
+pub use jobs::{Job, JoinSettled};
 use limits::{ConnectionSlot, TokenBucket, UserConnections};
 
 /// Longest client message id, in bytes.
@@ -106,6 +106,10 @@ pub struct Session {
     jobs: Vec<Job>,
     /// Cursors the client reported, saved when the connection ends.
     cursors: HashMap<RoomName, Position>,
+    /// Rooms whose join is in flight (by the join's `req`), with the publishes to them that
+    /// arrived meanwhile: they go to the engine once the join settled, so a client that joins
+    /// and then publishes receives its own message (the join's position is taken first).
+    joining: HashMap<RoomName, (u64, Vec<(Publish, Done)>)>,
 }
 
 /// Why a request failed.
@@ -160,6 +164,7 @@ impl Session {
             orders,
             jobs: Vec::new(),
             cursors: HashMap::new(),
+            joining: HashMap::new(),
         }
     }
 
@@ -430,7 +435,7 @@ impl Session {
             key: active.key(&name),
             id: self.id,
             subscriber,
-            req,
+            reply: self.outbox.reserve(lane, req),
             since,
             user: active.identity.user.clone(),
             now_ms,
@@ -438,8 +443,26 @@ impl Session {
         if lane != CONTROL {
             self.lanes.insert(lane, name.clone());
         }
+        if let Some((_, earlier)) = self.joining.insert(name.clone(), (req, Vec::new())) {
+            self.send_publishes(earlier);
+        }
         self.rooms.insert(name, Joined { lane, membership });
         Ok(())
+    }
+
+    /// A join finished: the publishes to its room that waited for it go to the engine.
+    pub fn join_settled(&mut self, settled: JoinSettled) {
+        if self.joining.get(&settled.room).is_some_and(|(req, _)| *req == settled.req)
+            && let Some((_, waiting)) = self.joining.remove(&settled.room)
+        {
+            self.send_publishes(waiting);
+        }
+    }
+
+    fn send_publishes(&self, publishes: Vec<(Publish, Done)>) {
+        for (publish, done) in publishes {
+            self.ctx.engine.publish(publish, done);
+        }
     }
 
     /// Drops the rooms whose join the engine refused (the join task cancelled their membership),
@@ -510,7 +533,7 @@ impl Session {
         if !self.publish_bucket.try_take(now_ms) {
             return Err(Failure::reject(ErrorCode::RATE_LIMITED, "publish rate limit exceeded"));
         }
-        let outbox = self.outbox.clone();
+        let mut reply = self.outbox.reserve(lane, req);
         let room = name.to_string();
         let ack_id = id.clone();
         // Answered once the message is durable (or refused); the outbox may be gone by then.
@@ -527,9 +550,13 @@ impl Session {
                     ServerFrame::error(req, err.code(), err.to_string())
                 }
             };
-            let _ = outbox.reply(lane, &frame);
+            let _ = reply.send(&frame);
         });
-        self.ctx.engine.publish(Publish { key, from, id, data, now_ms }, done);
+        let publish = Publish { key, from, id, data, now_ms };
+        match self.joining.get_mut(&name) {
+            Some((_, waiting)) => waiting.push((publish, done)),
+            None => self.ctx.engine.publish(publish, done),
+        }
         Ok(())
     }
 
@@ -546,14 +573,14 @@ impl Session {
         }
         let key = active.key(&name);
         let max_bytes = self.ctx.limits.max_frame_bytes as usize;
-        self.jobs.push(Job::History { key, outbox: self.outbox.clone(), lane, req, before, limit, max_bytes });
+        self.jobs.push(Job::History { key, reply: self.outbox.reserve(lane, req), before, limit, max_bytes });
         Ok(())
     }
 
     fn followed_rooms(&mut self, lane: LaneId, req: u64) -> Result<(), Failure> {
         let identity = &self.active()?.identity;
         let (tenant, user) = (identity.tenant.clone(), identity.user.clone());
-        self.jobs.push(Job::Rooms { tenant, user, outbox: self.outbox.clone(), lane, req });
+        self.jobs.push(Job::Rooms { tenant, user, reply: self.outbox.reserve(lane, req) });
         Ok(())
     }
 
