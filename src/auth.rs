@@ -41,9 +41,33 @@ pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
     #[serde(default)]
     pub caps: Caps,
+}
+
+/// The `aud` claim: one string or an array of them (RFC 7519 §4.1.3 allows both). A token is
+/// for this relay when `auth.audience` is one of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    pub fn contains(&self, audience: &str) -> bool {
+        match self {
+            Audience::One(one) => one == audience,
+            Audience::Many(many) => many.iter().any(|a| a == audience),
+        }
+    }
+}
+
+impl From<String> for Audience {
+    fn from(audience: String) -> Self {
+        Audience::One(audience)
+    }
 }
 
 /// Room patterns a token grants, per operation. See [`pattern_matches`].
@@ -386,7 +410,7 @@ impl Verifier {
             return Err(AuthError::InvalidClaim("iss does not match".into()));
         }
         if let Some(aud) = &self.audience
-            && claims.aud.as_ref() != Some(aud)
+            && !claims.aud.as_ref().is_some_and(|a| a.contains(aud))
         {
             return Err(AuthError::InvalidClaim("aud does not match".into()));
         }
@@ -625,10 +649,18 @@ mod tests {
         let mut c = claims(NOW + 60);
         assert!(matches!(v.verify(&signer.sign(&c).unwrap(), NOW), Err(AuthError::InvalidClaim(_))));
         c.iss = Some("https://auth.example".into());
-        c.aud = Some("other".into());
+        c.aud = Some(Audience::One("other".into()));
         assert!(matches!(v.verify(&signer.sign(&c).unwrap(), NOW), Err(AuthError::InvalidClaim(_))));
-        c.aud = Some("edgerelay".into());
+        c.aud = Some(Audience::One("edgerelay".into()));
         assert!(v.verify(&signer.sign(&c).unwrap(), NOW).is_ok());
+        // An array (RFC 7519) that names this relay among others.
+        c.aud = Some(Audience::Many(vec!["billing".into(), "edgerelay".into()]));
+        assert!(v.verify(&signer.sign(&c).unwrap(), NOW).is_ok());
+        c.aud = Some(Audience::Many(vec!["billing".into()]));
+        assert!(matches!(v.verify(&signer.sign(&c).unwrap(), NOW), Err(AuthError::InvalidClaim(_))));
+        // Without auth.audience, any aud (string or array) is accepted.
+        let open = Verifier::new(&dev_cfg(), Some(DEV_SECRET)).unwrap();
+        assert!(open.verify(&signer.sign(&c).unwrap(), NOW).is_ok());
     }
 
     /// Writes a fresh ES256 keypair (public SPKI PEM, private PKCS#8 PEM) into `dir`.

@@ -128,7 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 iat: Some(now),
                 jti,
                 iss: config.auth.issuer.clone(),
-                aud: config.auth.audience.clone(),
+                aud: config.auth.audience.clone().map(Into::into),
                 caps,
             };
             println!("{}", signer.sign(&claims)?);

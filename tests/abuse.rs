@@ -213,6 +213,44 @@ async fn malformed_frame_after_hello_closes_with_bad_frame() {
     bystander.still_served().await;
 }
 
+/// `JSON.stringify` writes a broken string's lone surrogate as `\udc00`, which is JSON syntax
+/// but not Unicode text. Whether it sits in a string field or in `data`, that request alone is
+/// refused with `bad_request`; the connection lives on.
+#[tokio::test]
+async fn a_lone_surrogate_escape_refuses_the_request_alone() {
+    let relay = start().await;
+    let mut ws = raw_ws(&relay).await;
+    ws.send(Message::text(String::from_utf8(Codec::Json.encode(&relay.raw_hello()).to_vec()).unwrap())).await.unwrap();
+    let mut next = async || loop {
+        match within("a frame", ws.next()).await.expect("open").unwrap() {
+            Message::Text(text) => return Codec::Json.decode::<ServerFrame>(text.as_bytes()).unwrap(),
+            Message::Close(close) => panic!("closed: {close:?}"),
+            _ => {}
+        }
+    };
+    assert!(matches!(next().await, ServerFrame::Welcome { .. }));
+    let requests = [
+        r#"{"publish":{"req":5,"room":"r","id":"\udc00","data":1}}"#,
+        r#"{"publish":{"req":6,"room":"r","id":"ok","data":{"text":"a\ud800b"}}}"#,
+        r#"{"join":{"req":7,"room":"r\udfff","since":null}}"#,
+        r#"{"ping":{"req":8}}"#,
+    ];
+    for request in requests {
+        ws.send(Message::text(request)).await.unwrap();
+    }
+    let mut answers = Vec::new();
+    while answers.len() < requests.len() {
+        let Message::Text(text) = within("an answer", ws.next()).await.expect("open").unwrap() else { continue };
+        match Codec::Json.decode::<ServerFrame>(text.as_bytes()).unwrap() {
+            ServerFrame::Error { req, code, .. } => answers.push((req, Some(code))),
+            ServerFrame::Pong { req, .. } => answers.push((req, None)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let bad = Some(ErrorCode::BAD_REQUEST);
+    assert_eq!(answers, [(5, bad), (6, bad), (7, bad), (8, None)]);
+}
+
 #[tokio::test]
 async fn oversized_frames_are_refused_before_they_are_buffered() {
     let relay = start_with(|c| {

@@ -75,6 +75,48 @@ impl Codec {
     }
 }
 
+/// JSON text with every lone UTF-16 surrogate escape (`\\udc00`, or `\\ud800` not followed by a
+/// low surrogate, which `JSON.stringify` writes for broken strings) replaced by `\\ufffd`; `None`
+/// when there is none. Such text is valid JSON syntax but no UTF-8 string can hold it, so serde
+/// refuses it: with the replacement, the relay can still read a frame's type and `req` and
+/// refuse that frame alone (`bad_request`) instead of closing the connection.
+pub fn replace_lone_surrogates(json: &[u8]) -> Option<Vec<u8>> {
+    let hex = |at: usize| -> Option<u16> {
+        let digits = json.get(at..at + 4)?;
+        u16::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+    };
+    // A `\uXXXX` escape at `at` (the backslash) and its code unit.
+    let escape = |at: usize| -> Option<u16> {
+        if json.get(at) == Some(&b'\\') && json.get(at + 1) == Some(&b'u') { hex(at + 2) } else { None }
+    };
+    let mut lone = Vec::new();
+    let mut i = 0;
+    while i < json.len() {
+        if json[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        match escape(i) {
+            Some(0xD800..=0xDBFF) if matches!(escape(i + 6), Some(0xDC00..=0xDFFF)) => i += 12,
+            Some(0xD800..=0xDFFF) => {
+                lone.push(i);
+                i += 6;
+            }
+            // Any other escape is two characters or a complete `\uXXXX`.
+            Some(_) => i += 6,
+            None => i += 2,
+        }
+    }
+    if lone.is_empty() {
+        return None;
+    }
+    let mut fixed = json.to_vec();
+    for at in lone {
+        fixed[at + 2..at + 6].copy_from_slice(b"fffd");
+    }
+    Some(fixed)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("malformed frame: {0}")]
@@ -231,6 +273,16 @@ mod tests {
         let mut r = FrameReader::new(100);
         r.push(f.prefixed());
         assert_eq!(r.next_frame().unwrap().unwrap(), f.body());
+    }
+
+    #[test]
+    fn lone_surrogate_escapes_are_found_and_replaced() {
+        let fixed = |s: &str| replace_lone_surrogates(s.as_bytes()).map(|v| String::from_utf8(v).unwrap());
+        assert_eq!(fixed(r#"{"a":"\udc00"}"#).as_deref(), Some(r#"{"a":"\ufffd"}"#));
+        assert_eq!(fixed(r#"{"a":"x\ud800y"}"#).as_deref(), Some(r#"{"a":"x\ufffdy"}"#));
+        assert_eq!(fixed(r#"{"a":"\ud800\ud800\udc00"}"#).as_deref(), Some(r#"{"a":"\ufffd\ud800\udc00"}"#));
+        assert_eq!(fixed(r#"{"a":"\ud83d\ude00 \u00e9 \\udc00 \n"}"#), None, "pairs, other escapes, \\\\");
+        assert_eq!(fixed(r#"{"a":"\ud8"}"#), None, "not an escape");
     }
 
     #[test]

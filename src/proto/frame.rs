@@ -77,6 +77,28 @@ pub enum ClientFrame {
     Cursor { room: String, position: Position },
 }
 
+impl ClientFrame {
+    /// The request id, for the frames that have one.
+    pub fn req(&self) -> Option<u64> {
+        match self {
+            ClientFrame::Join { req, .. }
+            | ClientFrame::Leave { req, .. }
+            | ClientFrame::Publish { req, .. }
+            | ClientFrame::Ping { req }
+            | ClientFrame::Refresh { req, .. }
+            | ClientFrame::PresenceSync { req, .. }
+            | ClientFrame::History { req, .. }
+            | ClientFrame::Rooms { req } => Some(*req),
+            ClientFrame::Hello { .. }
+            | ClientFrame::SetStatus { .. }
+            | ClientFrame::Activity {}
+            | ClientFrame::Typing { .. }
+            | ClientFrame::Privacy { .. }
+            | ClientFrame::Cursor { .. } => None,
+        }
+    }
+}
+
 /// Frames the relay sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -27,6 +27,10 @@ use crate::store::Cursor;
 pub use jobs::{Job, JoinSettled};
 use limits::{ConnectionSlot, TokenBucket, UserConnections};
 
+/// Why a JSON frame or payload holding a lone UTF-16 surrogate escape is refused.
+const LONE_SURROGATE: &str =
+    "a string holds a lone UTF-16 surrogate escape (e.g. \\udc00), which is not Unicode text; fix the string";
+
 /// Longest client message id, in bytes.
 pub const MAX_MESSAGE_ID_LEN: usize = 64;
 
@@ -207,9 +211,26 @@ impl Session {
     pub fn handle(&mut self, lane: LaneId, body: &[u8], now_ms: u64) -> Result<(), Fatal> {
         let frame: ClientFrame = match self.outbox.codec().decode(body) {
             Ok(frame) => frame,
-            Err(err) => return Err(self.fatal(0, err.code(), err.to_string())),
+            Err(err) => return self.undecodable(lane, body, err),
         };
         self.handle_frame(lane, frame, now_ms)
+    }
+
+    /// A frame that did not decode closes the connection with `bad_frame`, unless it is a JSON
+    /// request whose only fault is a lone surrogate escape in a string: then that request alone
+    /// is refused with `bad_request` (as a `data` holding one is, see [`Session::publish`]).
+    fn undecodable(&self, lane: LaneId, body: &[u8], err: crate::proto::DecodeError) -> Result<(), Fatal> {
+        let readable = (self.outbox.codec() == crate::proto::Codec::Json && self.is_authenticated())
+            .then(|| crate::proto::codec::replace_lone_surrogates(body))
+            .flatten()
+            .and_then(|fixed| self.outbox.codec().decode::<ClientFrame>(&fixed).ok());
+        match readable {
+            Some(frame) if !matches!(frame, ClientFrame::Hello { .. }) => {
+                let req = frame.req().unwrap_or(0);
+                self.answer(lane, req, Err(Failure::reject(ErrorCode::BAD_REQUEST, LONE_SURROGATE)))
+            }
+            _ => Err(self.fatal(0, err.code(), err.to_string())),
+        }
     }
 
     /// Handles one datagram body. Datagrams are lossy by nature, so nothing here is fatal: a
@@ -527,6 +548,10 @@ impl Session {
         if data.len() > max {
             let message = format!("payload of {} bytes exceeds {max}", data.len());
             return Err(Failure::reject(ErrorCode::PAYLOAD_TOO_LARGE, message));
+        }
+        // JSON text only: other bytes are binary and reach JSON clients as `$binary`.
+        if crate::proto::codec::replace_lone_surrogates(&data.0).is_some() && data.as_json().is_some() {
+            return Err(Failure::reject(ErrorCode::BAD_REQUEST, LONE_SURROGATE));
         }
         let key = active.key(&name);
         let from = active.identity.user.clone();
