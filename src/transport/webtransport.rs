@@ -46,9 +46,13 @@ pub async fn accept(conn: quinn::Connection, deadline: Instant) -> Result<Sessio
     };
     let path = request.url.path().to_owned();
     if path != PATH {
-        let _ = request.reject(StatusCode::NOT_FOUND).await;
+        // `Request::reject` drops the HTTP/3 control streams as it returns, and the peer must
+        // treat their end as a connection error (RFC 9114 §6.2.1) before reading the 404. The
+        // session `respond` returns keeps them open until the connection closes.
+        let refused = request.respond(StatusCode::NOT_FOUND).await;
         // Closing at once could discard the 404 before it is sent: let the client close first.
         let _ = tokio::time::timeout(REJECT_LINGER, conn.closed()).await;
+        drop(refused);
         conn.close(0u32.into(), b"not found");
         return Err(AcceptError::WrongPath(path));
     }
