@@ -51,7 +51,11 @@ async fn reliable_under(
 }
 
 async fn every_profile(transport: Transport) {
-    let relay = common::start().await;
+    // The authentication deadline runs from the first packet: on the `train` profile a 2 s
+    // blackout during the QUIC handshake backs its retransmission timer off past the default 5 s
+    // (seen in a full-suite run on a loaded machine). This test is about delivery, not that
+    // policy; issue 24 (mobile outages) owns handshake recovery.
+    let relay = common::start_with(|c| c.limits.auth_timeout_ms = 30_000).await;
     let relay = std::sync::Arc::new(relay);
     let mut runs = tokio::task::JoinSet::new();
     for (i, profile) in Profile::all().into_iter().enumerate() {
