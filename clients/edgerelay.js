@@ -10,6 +10,14 @@
 //   await relay.join("chat:lobby");
 //   const position = await relay.publish("chat:lobby", { text: "hi" });
 //
+// When it connects over WebSocket although WebTransport was wanted (`transport: "auto"`),
+// `relay.fallbackReason` and the `open` status event's `fallbackReason` say why: the page is not a
+// secure context (WebTransport exists only on https: pages and on http://localhost, 127.0.0.1 or
+// [::1]), the browser has no WebTransport, the handshake failed (browsers do not say whether the
+// certificate was rejected or the UDP port refused), or no answer came within
+// `webTransportTimeoutMs` (UDP dropped on the way). It is null on WebTransport and when
+// WebSocket was asked for. Every attempt is tried again on reconnect.
+//
 // Why it is shaped like this:
 // - Protocol v1 over WebTransport is byte for byte raw QUIC's: a control stream first, then one
 //   bidirectional stream per room, frames `[u32 length][body]` (docs/protocol.md). A slow room
@@ -18,6 +26,10 @@
 //   nobody reads, and the relay uses datagrams for lossy state.
 // - Full jitter (a uniformly random delay up to the exponential bound) keeps a relay restart from
 //   being hit by every client at the same instant.
+// - Each link reports its own end (`link.closed`), and a link given up on (timed out, failed,
+//   replaced, or `close()`d while connecting) is closed and ignored from then on: a WebTransport
+//   session that fails late must not end the WebSocket that replaced it (that once made the
+//   fallback reconnect forever, leaking a socket each time).
 
 import {
   FrameError,
@@ -46,12 +58,51 @@ export class RelayError extends Error {
   }
 }
 
+class TimeoutError extends Error {}
+
 function withTimeout(promise, ms, what) {
   let timer;
   const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms);
+    timer = setTimeout(() => reject(new TimeoutError(`${what}: no answer within ${ms} ms`)), ms);
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Why WebTransport cannot even be tried here, or null if it can. `scope` is the global object
+ * (a parameter for tests).
+ */
+export function webTransportUnavailable(url, scope = globalThis) {
+  if (typeof scope.WebTransport === "undefined") {
+    return scope.isSecureContext === false
+      ? "this page is not a secure context (WebTransport needs https:, or http: on localhost or 127.0.0.1)"
+      : "this browser has no WebTransport";
+  }
+  return url ? null : "no webTransportUrl given";
+}
+
+/** Why a WebTransport attempt failed, for `fallbackReason`. */
+function webTransportFailure(err, timeoutMs) {
+  if (err instanceof TimeoutError) return `no answer within ${timeoutMs} ms (UDP blocked?)`;
+  // Browsers do not say which on purpose: a certificate that is not trusted and does not match
+  // `certHashes`, or a UDP port that refuses, both end as "Opening handshake failed."
+  if (err?.name === "WebTransportError") return `${err.message} (certificate rejected or UDP port closed?)`;
+  return String(err?.message ?? err) || "connection failed";
+}
+
+/**
+ * The URLs the demo page (or any page served by the relay) connects to: WebTransport on the
+ * relay's UDP port of the page's own host, WebSocket on the page's own host and port. `location`
+ * is a URL (or `window.location`); `endpoints` is the relay's `/v1/endpoints` answer. IPv6 hosts
+ * keep their brackets (`https://[::1]:4433/v1/wt`).
+ */
+export function endpointUrls(location, endpoints) {
+  const { hostname, host, protocol } = location;
+  const bracketed = hostname.includes(":") && !hostname.startsWith("[") ? `[${hostname}]` : hostname;
+  return {
+    webTransportUrl: `https://${bracketed}:${endpoints.webtransport_port}${endpoints.webtransport_path}`,
+    webSocketUrl: `${protocol === "https:" ? "wss:" : "ws:"}//${host}${endpoints.websocket_path}`,
+  };
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -70,10 +121,10 @@ class WebTransportLink {
     this.events = events;
     this.transport = new WebTransport(url, options);
     this.rooms = new Map();
-    // `closed` settles once: exactly one of these runs.
-    this.transport.closed.then(
-      (info) => events.closed({ code: info?.closeCode ?? 0, reason: info?.reason ?? "" }),
-      (err) => events.closed({ code: null, reason: String(err?.message ?? err) }),
+    // How this session ends ({code, reason}); it concerns this link only.
+    this.closed = this.transport.closed.then(
+      (info) => ({ code: info?.closeCode ?? 0, reason: info?.reason ?? "" }),
+      (err) => ({ code: null, reason: String(err?.message ?? err) }),
     );
   }
 
@@ -163,27 +214,36 @@ class WebSocketLink {
     this.events = events;
     this.socket = new WebSocket(url);
     this.socket.binaryType = "arraybuffer";
+    let opened, failed, ended;
+    this.opened = new Promise((resolve, reject) => {
+      opened = resolve;
+      failed = reject;
+    });
+    this.opened.catch(() => {}); // Only `open()` cares; a link given up on may fail unobserved.
+    // How this socket ends ({code, reason}); it concerns this link only.
+    this.closed = new Promise((resolve) => {
+      ended = resolve;
+    });
+    this.socket.onopen = () => opened();
+    this.socket.onerror = () => failed(new Error("WebSocket failed to open"));
+    this.socket.onmessage = (event) => {
+      const text = typeof event.data === "string" ? event.data : decoder.decode(event.data);
+      try {
+        this.events.frame(decodeJson(text));
+      } catch (err) {
+        this.close(`bad frame from relay: ${err.message}`);
+      }
+    };
+    this.socket.onclose = (event) => {
+      failed(new Error(`WebSocket closed (${event.code})`));
+      // 4000 + error code (docs/protocol.md); 1000 is a normal close.
+      const code = event.code >= 4000 && event.code < 5000 ? event.code - 4000 : event.code === 1000 ? 0 : null;
+      ended({ code, reason: event.reason });
+    };
   }
 
   open() {
-    return new Promise((resolve, reject) => {
-      this.socket.onopen = () => resolve();
-      this.socket.onerror = () => reject(new Error("WebSocket failed to open"));
-      this.socket.onmessage = (event) => {
-        const text = typeof event.data === "string" ? event.data : decoder.decode(event.data);
-        try {
-          this.events.frame(decodeJson(text));
-        } catch (err) {
-          this.close(`bad frame from relay: ${err.message}`);
-        }
-      };
-      this.socket.onclose = (event) => {
-        reject(new Error(`WebSocket closed (${event.code})`));
-        // 4000 + error code (docs/protocol.md); 1000 is a normal close.
-        const code = event.code >= 4000 && event.code < 5000 ? event.code - 4000 : event.code === 1000 ? 0 : null;
-        this.events.closed({ code, reason: event.reason });
-      };
-    });
+    return this.opened;
   }
 
   send(frame) {
@@ -223,9 +283,14 @@ class WebSocketLink {
  * WebTransport gets before the WebSocket fallback), `requestTimeoutMs`, `backoff` (`{baseMs, capMs}`),
  * `clientName`.
  *
- * Events (`detail`): `status` ({state, transport, delayMs?}), `message` (a `message` frame),
- * `joined` ({room, recovered, position}) on every (re)join, `error` (an `error` frame not tied to a
- * request), `frame` (any other frame: presence, typing, types added later), `datagram` (bytes).
+ * Events (`detail`): `status` ({state, transport, delayMs?, code?, reason?, fallbackReason?}),
+ * `message` (a `message` frame), `joined` ({room, recovered, position}) on every (re)join, `error`
+ * (an `error` frame not tied to a request), `frame` (any other frame: presence, typing, types added
+ * later), `datagram` (bytes).
+ *
+ * `join`, `leave`, `publish` and `ping` need an open connection: before `connect()` (or while
+ * reconnecting) they reject with "not connected …". `close()` also ends a connect in progress:
+ * nothing stays open and `connect()` rejects.
  */
 export class EdgeRelay extends EventTarget {
   #options;
@@ -236,7 +301,9 @@ export class EdgeRelay extends EventTarget {
   #nextId = 1;
   #stopped = false;
   #goAwayMs = 0;
-  #linkClosed = null;
+  // The link being opened or in use, as `{link, dead}`. A dead attempt's link is closed and
+  // whatever it still reports is ignored: it can never touch the connection that replaced it.
+  #attempt = null;
   #welcomed = null;
 
   constructor(options) {
@@ -252,6 +319,7 @@ export class EdgeRelay extends EventTarget {
     this.state = "idle";
     this.transport = null;
     this.welcome = null;
+    this.fallbackReason = null;
   }
 
   /** Connects; resolves with the `welcome` once connected, rejects if the relay refuses the token. */
@@ -267,6 +335,7 @@ export class EdgeRelay extends EventTarget {
 
   /** Joins a room (on WebTransport: its own stream). Rejoined automatically after reconnects. */
   async join(room) {
+    this.#requireLink();
     const position = this.#rooms.get(room)?.position ?? null;
     this.#rooms.set(room, { position });
     try {
@@ -299,10 +368,11 @@ export class EdgeRelay extends EventTarget {
 
   /** Round trip to the relay in milliseconds. */
   async ping() {
+    const link = this.#requireLink();
     const started = performance.now();
     const req = this.#req();
     const answer = this.#expect(req);
-    this.#requireLink().send({ type: "ping", req });
+    link.send({ type: "ping", req });
     await answer;
     return performance.now() - started;
   }
@@ -315,7 +385,10 @@ export class EdgeRelay extends EventTarget {
   /** Closes for good: no reconnect. */
   close() {
     this.#stopped = true;
-    this.#link?.close();
+    if (this.#attempt) this.#retire(this.#attempt, "bye");
+    this.#link = null;
+    this.#welcomed?.reject(new Error("closed before it connected"));
+    this.#welcomed = null;
     this.#setState("closed");
   }
 
@@ -326,6 +399,7 @@ export class EdgeRelay extends EventTarget {
   }
 
   #requireLink() {
+    if (this.state === "idle") throw new Error("not connected: call connect() first");
     if (!this.#link || this.state !== "open") throw new Error(`not connected (${this.state})`);
     return this.#link;
   }
@@ -355,12 +429,26 @@ export class EdgeRelay extends EventTarget {
     this.dispatchEvent(new CustomEvent("status", { detail: { state, transport: this.transport, ...extra } }));
   }
 
-  #events(onWelcome) {
+  /** What a link reports to this client while its attempt is alive; nothing after. */
+  #events(attempt, onWelcome) {
     return {
-      frame: (frame) => this.#onFrame(frame, onWelcome),
-      datagram: (bytes) => this.dispatchEvent(new CustomEvent("datagram", { detail: bytes })),
-      closed: (info) => this.#linkClosed?.(info),
+      frame: (frame) => {
+        if (!attempt.dead) this.#onFrame(frame, onWelcome);
+      },
+      datagram: (bytes) => {
+        if (!attempt.dead) this.dispatchEvent(new CustomEvent("datagram", { detail: bytes }));
+      },
     };
+  }
+
+  #retire(attempt, reason) {
+    attempt.dead = true;
+    attempt.link?.close(reason);
+    if (this.#attempt === attempt) this.#attempt = null;
+  }
+
+  #throwIfStopped() {
+    if (this.#stopped) throw new Error("closed");
   }
 
   #onFrame(frame, onWelcome) {
@@ -391,76 +479,91 @@ export class EdgeRelay extends EventTarget {
   }
 
   /** One connection: open a link (WebTransport, else WebSocket), hello, welcome, rejoin.
-   * Returns `{closed}`, a promise of how the link ends. */
+   * Returns the attempt; its `link.closed` says how the link ends. */
   async #openOnce() {
     const token = this.#options.getToken ? await this.#options.getToken() : this.#options.token;
-    const closed = new Promise((resolve) => {
-      this.#linkClosed = resolve;
-    });
-    const link = await this.#openLink(token);
+    this.#throwIfStopped();
+    const attempt = await this.#openLink(token);
+    const { link } = attempt;
     this.#link = link;
     this.transport = link.kind;
-    this.#setState("open");
+    this.#setState("open", this.fallbackReason ? { fallbackReason: this.fallbackReason } : {});
     for (const [room, { position }] of this.#rooms) {
       this.#join(room, position).catch((err) => {
         this.dispatchEvent(new CustomEvent("error", { detail: { room, code: err.code, message: err.message } }));
       });
     }
-    // Wrapped: an async function returning a bare promise would wait for it.
-    return { closed };
+    return attempt;
   }
 
   async #openLink(token) {
     const { transport, webTransportUrl, webSocketUrl, webTransportTimeoutMs, requestTimeoutMs } = this.#options;
     const wanted = transport === "auto" ? ["webtransport", "websocket"] : [transport];
     let lastError = null;
+    let fallbackReason = null;
     for (const kind of wanted) {
-      if (kind === "webtransport" && (typeof WebTransport === "undefined" || !webTransportUrl)) continue;
-      let link = null;
+      if (kind === "webtransport") {
+        const unavailable = webTransportUnavailable(webTransportUrl);
+        if (unavailable) {
+          fallbackReason = unavailable;
+          lastError = new Error(`WebTransport: ${unavailable}`);
+          continue;
+        }
+      }
+      const attempt = { link: null, dead: false };
+      this.#attempt = attempt;
+      const timeoutMs = kind === "webtransport" && wanted.length > 1 ? webTransportTimeoutMs : requestTimeoutMs;
       try {
         let welcome;
         const welcomed = new Promise((resolve, reject) => {
           welcome = (frame) => (frame.type === "welcome" ? resolve(frame) : reject(new RelayError(frame.code, frame.message)));
         });
-        const events = this.#events((frame) => welcome(frame));
+        const events = this.#events(attempt, (frame) => welcome(frame));
         if (kind === "webtransport") {
           const { certHashes } = this.#options;
           const hashes = typeof certHashes === "function" ? await certHashes() : certHashes;
-          link = new WebTransportLink(webTransportUrl, hashes, events);
+          this.#throwIfStopped();
+          attempt.link = new WebTransportLink(webTransportUrl, hashes, events);
         } else {
-          link = new WebSocketLink(webSocketUrl, events);
+          attempt.link = new WebSocketLink(webSocketUrl, events);
         }
-        const timeoutMs = kind === "webtransport" && wanted.length > 1 ? webTransportTimeoutMs : requestTimeoutMs;
+        const { link } = attempt;
         const handshake = (async () => {
           await link.open();
-          link.send({ type: "hello", version: PROTOCOL_VERSION, token, client: this.#options.clientName });
+          await link.send({ type: "hello", version: PROTOCOL_VERSION, token, client: this.#options.clientName });
           return welcomed;
         })();
         this.welcome = await withTimeout(handshake, timeoutMs, `${kind} hello`);
-        return link;
+        this.#throwIfStopped();
+        this.fallbackReason = kind === "websocket" ? fallbackReason : null;
+        return attempt;
       } catch (err) {
-        link?.close("giving up");
-        if (err instanceof RelayError) throw err;
+        // Closed, and deaf from now on: a late `closed` or frame of this link changes nothing.
+        this.#retire(attempt, "giving up");
+        if (err instanceof RelayError || this.#stopped) throw err;
         lastError = err;
+        if (kind === "webtransport") fallbackReason = webTransportFailure(err, timeoutMs);
       }
     }
     throw lastError ?? new Error("no transport available");
   }
 
   async #run() {
-    let attempt = 0;
+    let failures = 0;
     while (!this.#stopped) {
       this.#setState("connecting");
       let info;
+      let attempt = null;
       try {
-        const { closed } = await this.#openOnce();
-        attempt = 0;
+        attempt = await this.#openOnce();
+        failures = 0;
         this.#welcomed?.resolve(this.welcome);
         this.#welcomed = null;
-        info = await closed;
+        info = await attempt.link.closed;
       } catch (err) {
         info = { code: err instanceof RelayError ? err.code : null, reason: err.message };
       }
+      if (attempt) this.#retire(attempt, "closed");
       this.#link = null;
       for (const { reject } of this.#pending.values()) reject(new Error(`connection lost: ${info.reason}`));
       this.#pending.clear();
@@ -472,7 +575,7 @@ export class EdgeRelay extends EventTarget {
         this.#welcomed?.reject(new RelayError(info.code, info.reason));
         return;
       }
-      const delayMs = Math.max(this.#goAwayMs, backoffDelay(attempt++, this.#options.backoff));
+      const delayMs = Math.max(this.#goAwayMs, backoffDelay(failures++, this.#options.backoff));
       this.#goAwayMs = 0;
       this.#setState("reconnecting", { delayMs, code: info.code, reason: info.reason });
       await sleep(delayMs);

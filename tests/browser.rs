@@ -4,20 +4,29 @@
 //! A screenshot of the page after the round trip is written to
 //! `target/tmp/browser-demo-webtransport.png` (the path is printed).
 //!
+//! The fallback tests make WebTransport really fail (a wrong certificate hash, UDP that goes
+//! nowhere, a page that is no secure context) and count the page's WebSocket connections in the
+//! `/metrics` of a relay binary of their own: the metrics recorder is process-wide, so an
+//! in-process relay would count the other tests' pages too.
+//!
 //! Chromium is driven over the DevTools protocol (CDP) with the WebSocket client the crate
 //! already has, so the test needs nothing but a `chromium` binary (`scripts/test` installs
 //! Debian's; `EDGERELAY_CHROMIUM` names another one).
 
 mod common;
+#[path = "common/process.rs"]
+mod process;
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{TestRelay, Transport, start, within};
+use common::{TestRelay, Transport, http_get, start, within};
+use edgerelay::client::{Client, ClientOptions};
 use edgerelay::proto::{Codec, Payload};
 use futures_util::{SinkExt, StreamExt};
+use process::RelayProcess;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
@@ -64,6 +73,8 @@ impl Browser {
                 "--no-default-browser-check",
                 "--window-size=900,820",
                 "--remote-debugging-port=0",
+                // A name for loopback that is not `localhost`: a page there is no secure context.
+                "--host-resolver-rules=MAP relay.test 127.0.0.1",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
@@ -281,5 +292,235 @@ async fn pages_reconnect_after_the_relay_restarts_and_miss_nothing() {
     let messages = browser.wait_for(&ws_page, "demo.messages.length >= 7 && demo.messages").await;
     assert_eq!(seen_by_page(&messages), sent);
 
+    tokio::time::timeout(Duration::from_secs(5), browser.call(None, "Browser.close", json!({}))).await.ok();
+}
+
+/// `edgerelay_connections{transport="websocket"}` (open now) and
+/// `edgerelay_connections_total{transport="websocket"}` (ever accepted) of a relay process.
+async fn websockets(relay: &RelayProcess) -> (u64, u64) {
+    let (status, body) = http_get(relay.tcp, "/metrics").await;
+    assert_eq!(status, 200);
+    let value = |name: &str| {
+        let prefix = format!("{name}{{transport=\"websocket\"}} ");
+        body.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
+    };
+    (value("edgerelay_connections"), value("edgerelay_connections_total"))
+}
+
+/// A relay binary of its own (its `/metrics` count only this test's connections) and the page
+/// URL at which WebTransport fails the way `name` says.
+struct Broken {
+    name: &'static str,
+    /// What the page must give as the reason for the fallback.
+    reason: &'static str,
+    relay: RelayProcess,
+    _dir: tempfile::TempDir,
+    /// Held open: the WebTransport port the page is told about, where nothing ever answers.
+    _black_hole: Option<std::net::UdpSocket>,
+    page: String,
+}
+
+impl Broken {
+    /// The relay works, but the page pins a certificate hash that is not the relay's.
+    async fn wrong_certificate_hash() -> Broken {
+        let dir = tempfile::tempdir().unwrap();
+        let mut relay = RelayProcess::new(dir.path());
+        relay.start().await;
+        let wrong = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        let page = Self::url(&relay, "127.0.0.1", &format!("&cert={wrong}"));
+        Broken {
+            name: "wrong certificate hash",
+            reason: "certificate rejected",
+            relay,
+            _dir: dir,
+            _black_hole: None,
+            page,
+        }
+    }
+
+    /// UDP silently dropped: the relay's QUIC listener is on 127.0.0.2, and on 127.0.0.1 (where
+    /// the page, opened at 127.0.0.1, looks for WebTransport) the same port is a socket that
+    /// reads nothing and answers nothing. WebTransport can only time out.
+    async fn udp_black_hole() -> Broken {
+        let dir = tempfile::tempdir().unwrap();
+        let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut relay = RelayProcess::new(dir.path());
+        relay.udp = std::net::SocketAddr::from(([127, 0, 0, 2], hole.local_addr().unwrap().port()));
+        relay.start().await;
+        let page = Self::url(&relay, "127.0.0.1", "");
+        Broken {
+            name: "UDP black hole",
+            reason: "no answer within 3000 ms",
+            relay,
+            _dir: dir,
+            _black_hole: Some(hole),
+            page,
+        }
+    }
+
+    /// The page over plain http at a host name other than `localhost`, as on a LAN: not a
+    /// secure context, so the browser offers no WebTransport at all.
+    async fn insecure_page() -> Broken {
+        let dir = tempfile::tempdir().unwrap();
+        let mut relay = RelayProcess::new(dir.path());
+        relay.start().await;
+        let page = Self::url(&relay, "relay.test", "");
+        Broken {
+            name: "not a secure context",
+            reason: "not a secure context",
+            relay,
+            _dir: dir,
+            _black_hole: None,
+            page,
+        }
+    }
+
+    fn url(relay: &RelayProcess, host: &str, extra: &str) -> String {
+        let token = relay.token("alice");
+        format!("http://{host}:{}/#token={token}&room={ROOM}&join{extra}", relay.tcp.port())
+    }
+
+    async fn websockets(&self) -> (u64, u64) {
+        websockets(&self.relay).await
+    }
+
+    /// Carol, a native client over raw QUIC straight to the relay's listener.
+    async fn carol(&self) -> Client {
+        let target = self.relay.quic_target(vec![self.relay.cert_pin().await]);
+        let carol = Client::connect(target, ClientOptions::new(self.relay.token("carol")).codec(Codec::Json))
+            .await
+            .expect("carol connects");
+        carol.join(ROOM).await.unwrap();
+        carol
+    }
+}
+
+/// The fallback as users meet it: WebTransport is tried first and really fails (a certificate
+/// hash the relay's certificate does not match; UDP that silently goes nowhere; a page that is
+/// no secure context, where the browser has no WebTransport), and the demo
+/// page must settle on one WebSocket connection (sampled from the relay's `/metrics` over
+/// ten seconds: one open, one ever accepted), say why it fell back, and chat both ways through
+/// its form.
+#[tokio::test]
+async fn when_webtransport_fails_the_page_chats_over_one_stable_websocket() {
+    let cases = [Broken::wrong_certificate_hash().await, Broken::udp_black_hole().await, Broken::insecure_page().await];
+    let mut browser = Browser::launch().await;
+    let mut pages = Vec::new();
+    for case in &cases {
+        pages.push(browser.open(&case.page).await);
+    }
+    for case in &cases {
+        within(&format!("{}: a WebSocket connection", case.name), async {
+            while case.websockets().await.1 == 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+    }
+    // Ten seconds: several times the WebTransport timeout and the first reconnect delays.
+    let mut samples: Vec<Vec<(u64, u64)>> = vec![Vec::new(); cases.len()];
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for (case, samples) in cases.iter().zip(&mut samples) {
+            samples.push(case.websockets().await);
+        }
+    }
+    for (case, samples) in cases.iter().zip(&samples) {
+        println!("{}: WebSocket connections (open, accepted) every 0.5 s: {samples:?}", case.name);
+    }
+    for (case, samples) in cases.iter().zip(&samples) {
+        assert!(samples.iter().all(|&s| s == (1, 1)), "{}: one stable WebSocket connection: {samples:?}", case.name);
+    }
+
+    for (case, page) in cases.iter().zip(&pages) {
+        let status = browser.wait_for(page, "demo.room && demo.state === 'open' && demo.transport").await;
+        assert_eq!(status, json!("websocket"), "{}", case.name);
+        let line = browser.eval(page, "document.getElementById('status').textContent").await;
+        let line = line.as_str().unwrap();
+        assert!(
+            line.contains("WebSocket fallback: WebTransport failed") && line.contains(case.reason),
+            "{}: {line}",
+            case.name
+        );
+        println!("{}: status line: {line}", case.name);
+
+        // Alice types and presses Send; Carol gets it. Carol answers; it shows on the page.
+        let mut carol = case.carol().await;
+        browser.wait_for(page, "!document.getElementById('send-button').disabled").await;
+        browser
+            .eval(
+                page,
+                "document.getElementById('text').value = 'hello from the fallback'; \
+                 document.getElementById('send-button').click()",
+            )
+            .await;
+        let m = within("alice's message at carol", carol.next_message()).await.unwrap();
+        let data: Value = serde_json::from_str(m.data.as_json().unwrap()).unwrap();
+        assert_eq!((m.from.as_str(), data), ("alice", json!({"text": "hello from the fallback"})));
+        carol.publish(ROOM, "c1", Payload::json(&json!({"text": "carol hears you"}))).await.unwrap();
+        browser.wait_for(page, "document.getElementById('messages').innerText.includes('carol hears you')").await;
+        carol.close().await;
+        assert_eq!(case.websockets().await, (1, 1), "{}: still the one WebSocket connection", case.name);
+    }
+
+    tokio::time::timeout(Duration::from_secs(5), browser.call(None, "Browser.close", json!({}))).await.ok();
+}
+
+/// `close()` while the client is still connecting ends it: `connect()` rejects instead of
+/// connecting anyway, and the WebSocket it was opening does not stay open.
+#[tokio::test]
+async fn closing_a_client_while_it_connects_leaves_no_websocket_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = RelayProcess::new(dir.path());
+    relay.start().await;
+    let mut browser = Browser::launch().await;
+    let page = browser.open(&format!("http://127.0.0.1:{}/", relay.tcp.port())).await;
+    browser.wait_for(&page, "document.readyState === 'complete'").await;
+    let script = format!(
+        "(async () => {{ \
+           const {{ EdgeRelay }} = await import('/edgerelay.js'); \
+           const client = new EdgeRelay({{ token: {token:?}, transport: 'websocket', \
+                                           webSocketUrl: `ws://${{location.host}}/v1/ws` }}); \
+           const connecting = client.connect(); \
+           client.close(); \
+           try {{ await connecting; return 'connected after close()'; }} catch (e) {{ return e.message; }} \
+         }})()",
+        token = relay.token("alice"),
+    );
+    assert_eq!(browser.eval(&page, &script).await, json!("closed before it connected"));
+    within("no WebSocket left open", async {
+        while websockets(&relay).await.0 != 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(5), browser.call(None, "Browser.close", json!({}))).await.ok();
+}
+
+/// Pages opened at `http://localhost:…/` and `http://[::1]:…/` build their WebTransport URL from
+/// the page's host (`https://[::1]:…` keeps its brackets) and reach a relay on IPv6 loopback
+/// over WebTransport: Chromium takes `localhost` to `::1` for QUIC, which is why a relay that
+/// listens on IPv4 only leaves such a page on the WebSocket fallback. Skipped where the machine
+/// has no IPv6 loopback.
+#[tokio::test]
+async fn pages_at_localhost_and_ipv6_loopback_use_webtransport() {
+    let (Ok(udp), Ok(tcp)) = (std::net::UdpSocket::bind("[::1]:0"), std::net::TcpListener::bind("[::1]:0")) else {
+        println!("skipped: no IPv6 loopback here");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = RelayProcess::new(dir.path());
+    (relay.udp, relay.tcp) = (udp.local_addr().unwrap(), tcp.local_addr().unwrap());
+    drop((udp, tcp));
+    relay.start().await;
+    let mut browser = Browser::launch().await;
+    for host in ["localhost", "[::1]"] {
+        let token = relay.token("alice");
+        let page = browser.open(&format!("http://{host}:{}/#token={token}&room={ROOM}&join", relay.tcp.port())).await;
+        let transport = browser.wait_for(&page, "demo.room && demo.state === 'open' && demo.transport").await;
+        assert_eq!(transport, json!("webtransport"), "page at {host}");
+        let position = browser.eval(&page, &format!("demo.send('hello from {host}')")).await;
+        assert!(position["offset"].as_u64().unwrap() >= 1, "page at {host}: {position}");
+    }
     tokio::time::timeout(Duration::from_secs(5), browser.call(None, "Browser.close", json!({}))).await.ok();
 }

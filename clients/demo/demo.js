@@ -2,16 +2,25 @@
 // from the relay itself (`/v1/endpoints`, `/v1/cert`), so it works on any host and port.
 //
 // URL fragment options: `token`, `room`, `transport` (`auto` | `webtransport` | `websocket`),
-// `join` (join at once). `window.demo` exposes the client for tests.
+// `cert` (comma-separated base64 SHA-256 certificate hashes to pin instead of the ones
+// `/v1/cert` announces), `join` (join at once). `window.demo` exposes the client for tests.
 
-import { EdgeRelay } from "./edgerelay.js";
+import { EdgeRelay, endpointUrls } from "./edgerelay.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.hash.slice(1));
 if (params.get("token")) $("token").value = params.get("token");
 if (params.get("room")) $("room").value = params.get("room");
 
-const demo = { client: null, room: null, messages: [], transport: null, state: "idle", states: [] };
+const demo = {
+  client: null,
+  room: null,
+  messages: [],
+  transport: null,
+  fallbackReason: null,
+  state: "idle",
+  states: [],
+};
 window.demo = demo;
 
 function line(parts, className) {
@@ -27,16 +36,20 @@ function line(parts, className) {
   li.scrollIntoView({ block: "nearest" });
 }
 
-function showStatus({ state, transport, delayMs, code, reason }) {
+const fallbackLine = (reason) => `WebSocket fallback: WebTransport failed: ${reason}`;
+
+function showStatus({ state, transport, delayMs, code, reason, fallbackReason }) {
   demo.state = state;
   demo.states.push(state);
   demo.transport = transport;
+  if (state === "open") demo.fallbackReason = fallbackReason ?? null;
   const status = $("status");
   status.className = state;
   status.replaceChildren();
   const bold = (text) => Object.assign(document.createElement("b"), { textContent: text });
   status.append(`${state} `);
   if (transport) status.append("over ", bold(transport));
+  if (state === "open" && demo.fallbackReason) status.append(` — ${fallbackLine(demo.fallbackReason)}`);
   if (state === "reconnecting") status.append(` — retrying in ${delayMs} ms (${reason || code})`);
   if (state === "closed" && code) status.append(` — ${reason} (${code})`);
   const usable = state === "open" && demo.room;
@@ -44,16 +57,17 @@ function showStatus({ state, transport, delayMs, code, reason }) {
   $("send-button").disabled = !usable;
 }
 
+// `+` in base64 reads as a space in a URL fragment parameter.
+const pinned = params.get("cert")?.replaceAll(" ", "+").split(",").filter(Boolean);
+
 async function connectAndJoin(token, room) {
   const endpoints = await fetch("/v1/endpoints").then((r) => r.json());
-  const wsScheme = location.protocol === "https:" ? "wss:" : "ws:";
   const client = new EdgeRelay({
     token,
     transport: params.get("transport") ?? "auto",
-    webTransportUrl: `https://${location.hostname}:${endpoints.webtransport_port}${endpoints.webtransport_path}`,
-    webSocketUrl: `${wsScheme}//${location.host}${endpoints.websocket_path}`,
+    ...endpointUrls(location, endpoints),
     // Fetched on every WebTransport attempt: the dev certificate rotates every 11 days.
-    certHashes: () => fetch("/v1/cert").then((r) => r.json()).then((cert) => cert.hashes),
+    certHashes: pinned ?? (() => fetch("/v1/cert").then((r) => r.json()).then((cert) => cert.hashes)),
     clientName: "edgerelay-demo/1",
   });
   demo.client = client;
@@ -69,9 +83,10 @@ async function connectAndJoin(token, room) {
   client.addEventListener("error", ({ detail }) => line([[null, `error ${detail.code}: ${detail.message}`]], "system"));
   const welcome = await client.connect();
   line([[null, `connected as ${welcome.user} over ${client.transport}`]], "system");
+  if (client.fallbackReason) line([[null, fallbackLine(client.fallbackReason)]], "system");
   await client.join(room);
   demo.room = room;
-  showStatus({ state: client.state, transport: client.transport });
+  showStatus({ state: client.state, transport: client.transport, fallbackReason: client.fallbackReason });
 }
 
 /** Sends a chat line; resolves with its acked position. */

@@ -1,0 +1,40 @@
+// The browser client's pure logic: where a page connects, why WebTransport cannot be tried, and
+// clear errors for calls made before `connect()`. Run: node --test clients/test/
+import { test } from "node:test";
+import assert from "node:assert/strict";
+
+import { EdgeRelay, endpointUrls, webTransportUnavailable } from "../edgerelay.js";
+
+const endpoints = { webtransport_port: 4433, webtransport_path: "/v1/wt", websocket_path: "/v1/ws" };
+
+test("a page's endpoints use its own host: names, IPv4, IPv6 literals, https", () => {
+  const cases = [
+    ["http://localhost:8080/", "https://localhost:4433/v1/wt", "ws://localhost:8080/v1/ws"],
+    ["http://127.0.0.1:8080/#token=x", "https://127.0.0.1:4433/v1/wt", "ws://127.0.0.1:8080/v1/ws"],
+    ["http://[::1]:8080/", "https://[::1]:4433/v1/wt", "ws://[::1]:8080/v1/ws"],
+    ["http://[2001:db8::7]/", "https://[2001:db8::7]:4433/v1/wt", "ws://[2001:db8::7]/v1/ws"],
+    ["https://relay.example/", "https://relay.example:4433/v1/wt", "wss://relay.example/v1/ws"],
+  ];
+  for (const [page, webTransportUrl, webSocketUrl] of cases) {
+    assert.deepEqual(endpointUrls(new URL(page), endpoints), { webTransportUrl, webSocketUrl }, page);
+  }
+  // A location-like object whose hostname lost its brackets still gets a valid URL.
+  const bare = { hostname: "::1", host: "[::1]:8080", protocol: "http:" };
+  assert.equal(endpointUrls(bare, endpoints).webTransportUrl, "https://[::1]:4433/v1/wt");
+});
+
+test("why WebTransport cannot be tried: insecure page, missing API, no URL", () => {
+  const url = "https://127.0.0.1:4433/v1/wt";
+  assert.match(webTransportUnavailable(url, { isSecureContext: false }), /not a secure context/);
+  assert.match(webTransportUnavailable(url, { isSecureContext: true }), /no WebTransport/);
+  assert.match(webTransportUnavailable(undefined, { WebTransport: class {} }), /no webTransportUrl/);
+  assert.equal(webTransportUnavailable(url, { isSecureContext: true, WebTransport: class {} }), null);
+});
+
+test("join, publish and ping before connect() say so instead of throwing a TypeError", async () => {
+  const client = new EdgeRelay({ token: "t", webSocketUrl: "ws://127.0.0.1:1/v1/ws" });
+  const calls = [() => client.join("chat:lobby"), () => client.publish("chat:lobby", { text: "hi" }), () => client.ping()];
+  for (const call of calls) {
+    await assert.rejects(call, (err) => !(err instanceof TypeError) && /call connect\(\) first/.test(err.message));
+  }
+});
