@@ -1217,6 +1217,31 @@ mod tests {
         assert_eq!((meta.epoch, meta.first, meta.top), (after.epoch, 1, 1));
     }
 
+    #[tokio::test]
+    async fn a_publish_whose_append_fails_leaves_no_gap() {
+        let server = server();
+        let (a, engine) = node(&server).await;
+        let k = key("r");
+        assert_eq!(a.publish(&k, "m1").await.offset, 1);
+        // The stream already holds offset 2 although the meta's top is 1 (as when the two were
+        // restored from different snapshots): the append of the next publish is refused.
+        let stream = Names::stream(&engine.shared.names.channel(&k));
+        let xadd = CustomCommand::new_static("XADD", ClusterHash::FirstKey, false);
+        let _: Value =
+            engine.shared.client.custom(xadd, vec![stream.as_str(), "2-0", "t", "0", "m", "x"]).await.unwrap();
+        assert!(a.publish_as(&k, "alice", "m2").await.is_err());
+        let meta: Value = engine
+            .shared
+            .client
+            .custom(
+                CustomCommand::new_static("HGET", ClusterHash::FirstKey, false),
+                vec![Names::meta(&engine.shared.names.channel(&k)), "top".into()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(meta.as_u64(), Some(1), "the refused append took no offset");
+    }
+
     #[test]
     fn published_messages_round_trip_with_binary_payloads() {
         let publish = Publish {

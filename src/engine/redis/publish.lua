@@ -33,9 +33,13 @@ if not epoch then
   redis.call('DEL', stream)
 end
 
-local top = redis.call('HINCRBY', meta, 'top', 1)
+-- The append comes before the new top is stored: Redis does not undo a script's writes when a
+-- later command fails, and an XADD refused (the stream already holds this offset, e.g. restored
+-- from another snapshot than the meta) must not leave the top raised past a missing offset.
+local top = tonumber(redis.call('HGET', meta, 'top') or '0') + 1
 local now = tonumber(ARGV[2])
 redis.call('XADD', stream, 'MAXLEN', ARGV[4], top .. '-0', 't', ARGV[2], 'm', ARGV[1])
+redis.call('HSET', meta, 'top', top)
 
 -- Age retention: the oldest entries go first, a few per publish; an idle stream expires whole.
 local max_age = tonumber(ARGV[5])
