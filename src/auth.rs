@@ -161,6 +161,14 @@ pub enum AuthError {
     AlgorithmMismatch,
     #[error("bad token signature")]
     BadSignature,
+    /// The token names the dev key (kid `dev`) but this relay's dev secret did not sign it:
+    /// most often it was minted against another data directory.
+    #[error(
+        "bad token signature: the token names the dev key (kid `dev`) but this relay's dev secret did not sign it; \
+         it may have been minted with another dev secret (another data directory): mint it with `edgerelay token` \
+         pointed at this relay's data directory (--data-dir or --config, as the relay's banner prints it)"
+    )]
+    BadDevSignature,
     #[error("token expired")]
     Expired,
     #[error("token not yet valid")]
@@ -184,13 +192,9 @@ impl AuthError {
 /// `auth.keys[kid=main].public_key_file`.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {
-    #[error("{key}: {}: {source}", path.display())]
-    Io {
-        key: String,
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is in the message and not also `source()`, so `{:#}` names it once.
+    #[error("{key}: {}: {error}", path.display())]
+    Io { key: String, path: std::path::PathBuf, error: std::io::Error },
     #[error("{key}: {message}")]
     Key { key: String, message: String },
     #[error("signing token: {0}")]
@@ -210,7 +214,7 @@ fn jwt_alg(alg: KeyAlg) -> Algorithm {
 }
 
 fn read_key_file(key: String, path: &Path) -> Result<Vec<u8>, AuthSetupError> {
-    std::fs::read(path).map_err(|source| AuthSetupError::Io { key, path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|error| AuthSetupError::Io { key, path: path.to_path_buf(), error })
 }
 
 /// An ES256/RS256 key from the PEM file in one of its fields, parsed by `parse`. Errors name the
@@ -264,6 +268,49 @@ pub struct Verifier {
     leeway: u64,
     issuer: Option<String>,
     audience: Option<String>,
+    refusals: RefusalLog,
+}
+
+/// Refused tokens, logged at WARN at most once per second (of the `now` given to
+/// [`Verifier::verify`]): a line for the first refusal of a second, which also counts the ones
+/// left unlogged since the previous line. A flood of bad tokens costs a line a second, and an
+/// operator still sees that tokens are being refused and why.
+#[derive(Default)]
+struct RefusalLog {
+    state: std::sync::Mutex<RefusalState>,
+}
+
+#[derive(Default)]
+struct RefusalState {
+    /// The second of the last line logged.
+    logged_at: Option<u64>,
+    /// Refusals since then that were not logged, and the last one's reason.
+    unlogged: u64,
+    last_unlogged: String,
+}
+
+impl RefusalLog {
+    fn note(&self, err: &AuthError, kid: Option<&str>, now: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.logged_at == Some(now) {
+            state.unlogged += 1;
+            state.last_unlogged = err.to_string();
+            return;
+        }
+        state.logged_at = Some(now);
+        let unlogged = std::mem::take(&mut state.unlogged);
+        let last = std::mem::take(&mut state.last_unlogged);
+        drop(state);
+        let kid = kid.unwrap_or("-");
+        if unlogged == 0 {
+            tracing::warn!(kid, "token refused: {err}");
+        } else {
+            tracing::warn!(
+                kid,
+                "token refused: {err} (and {unlogged} more since the previous such line, the last: {last})"
+            );
+        }
+    }
 }
 
 impl fmt::Debug for Verifier {
@@ -314,7 +361,13 @@ impl Verifier {
         if keys.is_empty() {
             return Err(setup_err("auth.keys", "no token keys: add [[auth.keys]] or set auth.dev_keys = true"));
         }
-        Ok(Verifier { keys, leeway: cfg.leeway_secs, issuer: cfg.issuer.clone(), audience: cfg.audience.clone() })
+        Ok(Verifier {
+            keys,
+            leeway: cfg.leeway_secs,
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+            refusals: RefusalLog::default(),
+        })
     }
 
     /// Seconds of clock skew allowed on `exp` and `nbf`.
@@ -327,7 +380,18 @@ impl Verifier {
     /// The header's `alg` must equal the key's. With a `kid` only that key is tried; without
     /// one, every key with the header's `alg`. Then `exp`/`nbf` (with leeway), `sub`, `tenant`
     /// and the configured `iss`/`aud` are checked.
+    ///
+    /// A refusal is logged (at WARN, at most a line per second; see [`RefusalLog`]).
     pub fn verify(&self, token: &str, now: u64) -> Result<Identity, AuthError> {
+        let verified = self.verify_quietly(token, now);
+        if let Err(err) = &verified {
+            let kid = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid);
+            self.refusals.note(err, kid.as_deref(), now);
+        }
+        verified
+    }
+
+    fn verify_quietly(&self, token: &str, now: u64) -> Result<Identity, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::Malformed(format!("longer than {MAX_TOKEN_BYTES} bytes")));
         }
@@ -377,7 +441,11 @@ impl Verifier {
                 },
             }
         }
-        let raw = raw.ok_or(AuthError::BadSignature)?;
+        let raw = raw.ok_or(if header.kid.as_deref() == Some(DEV_KID) {
+            AuthError::BadDevSignature
+        } else {
+            AuthError::BadSignature
+        })?;
         // The signature is good from here on; claim errors may be specific.
         let claims: Claims = serde_json::from_value(raw).map_err(|e| AuthError::InvalidClaim(e.to_string()))?;
         self.check_claims(claims, now)
@@ -595,11 +663,53 @@ mod tests {
         assert!(v.verify(&token, NOW + 600).is_ok());
     }
 
+    /// Log lines written while `f` runs.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(sink.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn refusals_are_logged_at_most_once_per_second_with_a_count() {
+        let v = dev_verifier();
+        let foreign = Signer::dev(b"another-secret-another-secret!!!").sign(&claims(NOW + 60)).unwrap();
+        let log = logged(|| {
+            for _ in 0..5 {
+                assert!(v.verify(&foreign, NOW).is_err());
+            }
+            assert!(v.verify("garbage", NOW).is_err());
+            assert!(v.verify(&foreign, NOW + 1).is_err());
+            assert!(v.verify(&foreign, NOW + 1).is_err());
+            let ok = Signer::dev(DEV_SECRET).sign(&claims(NOW + 60)).unwrap();
+            assert!(v.verify(&ok, NOW + 2).is_ok(), "an accepted token is not logged");
+        });
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 2, "one line per second with refusals:\n{log}");
+        assert!(lines.iter().all(|l| l.contains("WARN") && l.contains("token refused")), "{log}");
+        assert!(lines[0].contains("another dev secret") && lines[0].contains("kid=\"dev\""), "{log}");
+        assert!(lines[1].contains("and 5 more") && lines[1].contains("the last: malformed token"), "{log}");
+    }
+
     #[test]
     fn wrong_secret_is_bad_signature() {
         let token = Signer::dev(b"another-secret-another-secret!!!").sign(&claims(NOW + 60)).unwrap();
         let err = dev_verifier().verify(&token, NOW).unwrap_err();
-        assert_eq!(err, AuthError::BadSignature);
+        assert_eq!(err, AuthError::BadDevSignature);
+        assert!(err.to_string().contains("minted with another dev secret"), "{err}");
         assert_eq!(err.code(), ErrorCode::TOKEN_INVALID);
     }
 

@@ -61,7 +61,9 @@ impl Default for Config {
     }
 }
 
-/// Listening sockets.
+/// Listening sockets. The default `[::]` is dual-stack: IPv6 with `IPV6_V6ONLY` off, so IPv4
+/// clients connect too (and `localhost`, which may resolve to `::1` first, works); on a host
+/// without IPv6 the relay falls back to `0.0.0.0` and logs it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ListenConfig {
@@ -73,7 +75,8 @@ pub struct ListenConfig {
 
 impl Default for ListenConfig {
     fn default() -> Self {
-        ListenConfig { udp: SocketAddr::from(([0, 0, 0, 0], 4433)), tcp: SocketAddr::from(([0, 0, 0, 0], 8080)) }
+        let any = std::net::Ipv6Addr::UNSPECIFIED;
+        ListenConfig { udp: SocketAddr::from((any, 4433)), tcp: SocketAddr::from((any, 8080)) }
     }
 }
 
@@ -97,7 +100,9 @@ pub struct AuthConfig {
     /// Where the dev HS256 secret is kept; `None` means `<data_dir>/dev-token-secret`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dev_secret_file: Option<PathBuf>,
-    /// Accept HS256 tokens signed with the dev secret (kid `dev`).
+    /// Accept HS256 tokens signed with the dev secret (kid `dev`). When the file and the
+    /// environment leave it unset, [`Config::load`] makes it true with the self-signed dev
+    /// certificate and false when `tls.cert_file` is set: production is the explicit choice.
     pub dev_keys: bool,
     /// `[[auth.keys]]`: verification keys, selected by the token header's `kid`.
     pub keys: Vec<KeyConfig>,
@@ -393,12 +398,10 @@ pub const MIN_API_KEY_LEN: usize = 16;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read.
-    #[error("config file {}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is part of the message and deliberately not also `source()`, so a report that
+    // prints the chain (`{:#}`) names it once.
+    #[error("config file {}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
     /// The file is not valid TOML, or an environment variable name is malformed.
     /// `path` is the file path or `<env>`.
     #[error("{path}: {message}")]
@@ -440,16 +443,32 @@ impl Config {
     /// key. Environment variables are `EDGERELAY_<SECTION>__<KEY>` (case-insensitive);
     /// `EDGERELAY_CONFIG` and `EDGERELAY_LOG` are left to the CLI. The result is validated.
     pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        Config::load_with(file, env, Vec::new())
+    }
+
+    /// [`Config::load`] with `overrides` applied last: command-line flags, as
+    /// `(origin, dotted key, raw value)`, e.g. `("--udp", "listen.udp", "[::]:4433")`. A raw
+    /// value is read like an environment variable's, and errors name `origin`.
+    pub fn load_with(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        cli: Vec<(String, String, String)>,
+    ) -> Result<Config, ConfigError> {
         let (mut table, origin) = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+                    .map_err(|error| ConfigError::Io { path: path.to_path_buf(), error })?;
                 (parse_table(&text, &path.display().to_string())?, path.display().to_string())
             }
             None => (toml::Table::new(), "<defaults>".to_string()),
         };
 
         let mut overrides = env_overrides(env)?;
+        for (origin, key, raw) in cli {
+            let typed = !matches!(env_value(&raw), toml::Value::String(_));
+            let path = key.split('.').map(str::to_string).collect();
+            overrides.push(EnvOverride { var: origin, path, raw, typed });
+        }
         for o in &overrides {
             let value = env_value(&o.raw);
             set_path(&mut table, &o.path, value).map_err(|message| ConfigError::Value {
@@ -458,6 +477,8 @@ impl Config {
                 message,
             })?;
         }
+
+        default_dev_keys(&mut table);
 
         // An env value that parses as TOML (e.g. `12345`) may be meant as a string (an issuer,
         // a kid). Retry such a value as a string when deserialization fails right at its key;
@@ -490,7 +511,8 @@ impl Config {
 
     /// Parses a TOML document over the defaults (no environment, no validation).
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-        let table = parse_table(text, "<toml>")?;
+        let mut table = parse_table(text, "<toml>")?;
+        default_dev_keys(&mut table);
         deserialize(table).map_err(|(key, message)| ConfigError::Value { key, origin: "<toml>".to_string(), message })
     }
 
@@ -621,7 +643,10 @@ impl Config {
             return Err(invalid("auth.audience", "must not be empty when set"));
         }
         if !a.dev_keys && a.keys.is_empty() {
-            return Err(invalid("auth.keys", "no token keys: add [[auth.keys]] or set auth.dev_keys = true"));
+            return Err(invalid(
+                "auth.keys",
+                "no token keys: add [[auth.keys]], or set auth.dev_keys = true (dev keys are off by default when tls.cert_file is set)",
+            ));
         }
         let mut kids = HashSet::new();
         for (i, k) in a.keys.iter().enumerate() {
@@ -671,6 +696,19 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// `auth.dev_keys`, when neither the file nor the environment set it: on with the self-signed dev
+/// certificate, off once `tls.cert_file` names a real one (a production relay accepts dev
+/// tokens only when told to).
+fn default_dev_keys(table: &mut toml::Table) {
+    let has = |section: &str, key: &str| {
+        table.get(section).and_then(toml::Value::as_table).is_some_and(|t| t.contains_key(key))
+    };
+    if has("tls", "cert_file") && !has("auth", "dev_keys") {
+        // A non-table `auth` is reported by deserialization.
+        let _ = set_path(table, &["auth".to_string(), "dev_keys".to_string()], toml::Value::Boolean(false));
     }
 }
 
@@ -781,7 +819,9 @@ mod tests {
     fn defaults_load_and_validate() {
         let c = Config::load(None, env(&[])).unwrap();
         assert_eq!(c, Config::default());
-        assert_eq!(c.listen.udp, "0.0.0.0:4433".parse().unwrap());
+        assert_eq!(c.listen.udp, "[::]:4433".parse().unwrap(), "dual-stack by default");
+        assert_eq!(c.listen.tcp, "[::]:8080".parse().unwrap(), "dual-stack by default");
+        assert!(c.auth.dev_keys, "dev keys are on with the dev certificate");
         assert_eq!(c.limits.max_frame_bytes, 65_536);
         assert_eq!(c.dev_secret_path(), PathBuf::from("edgerelay-data/dev-token-secret"));
     }
@@ -848,6 +888,57 @@ public_key_file = "/etc/edgerelay/main.pub.pem"
         assert_eq!(c.listen.udp, "127.0.0.1:0".parse().unwrap());
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.auth.issuer.as_deref(), Some("12345"));
+    }
+
+    #[test]
+    fn dev_keys_default_off_with_a_real_certificate_unless_set() {
+        let cert = "[tls]\ncert_file = \"/etc/edgerelay/cert.pem\"\nkey_file = \"/etc/edgerelay/key.pem\"\n";
+        let key = "[[auth.keys]]\nkid = \"main\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef\"\n";
+        let dir = tempfile::tempdir().unwrap();
+
+        let path = write(&dir, &format!("{cert}{key}"));
+        let c = Config::load(Some(&path), env(&[])).unwrap();
+        assert!(!c.auth.dev_keys, "tls.cert_file turns the dev keys' default off");
+
+        let err = Config::load(Some(&write(&dir, cert)), env(&[])).unwrap_err();
+        assert_eq!(err.key(), Some("auth.keys"), "{err}");
+        assert!(err.to_string().contains("tls.cert_file"), "says why dev keys are off: {err}");
+
+        let path = write(&dir, &format!("{cert}[auth]\ndev_keys = true\n"));
+        assert!(Config::load(Some(&path), env(&[])).unwrap().auth.dev_keys, "explicit true wins");
+        let path = write(&dir, cert);
+        let c = Config::load(Some(&path), env(&[("EDGERELAY_AUTH__DEV_KEYS", "true")])).unwrap();
+        assert!(c.auth.dev_keys, "explicit true from the environment wins");
+        let c = Config::load(
+            None,
+            env(&[
+                ("EDGERELAY_TLS__CERT_FILE", "c.pem"),
+                ("EDGERELAY_TLS__KEY_FILE", "k.pem"),
+                ("EDGERELAY_AUTH__DEV_KEYS", "maybe"),
+            ]),
+        );
+        assert!(c.is_err(), "a bad value is still an error");
+
+        // What `edgerelay config` prints for it loads back the same.
+        let c = Config::load(Some(&write(&dir, &format!("{cert}{key}"))), env(&[])).unwrap();
+        let text = toml::to_string_pretty(&c).unwrap();
+        assert_eq!(Config::from_toml_str(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn command_line_overrides_win_and_are_named_in_errors() {
+        let flag = |origin: &str, key: &str, raw: &str| (origin.to_string(), key.to_string(), raw.to_string());
+        let c = Config::load_with(
+            None,
+            env(&[("EDGERELAY_LISTEN__UDP", "127.0.0.1:1")]),
+            vec![flag("--udp", "listen.udp", "127.0.0.1:2"), flag("--data-dir", "data_dir", "/srv/relay")],
+        )
+        .unwrap();
+        assert_eq!(c.listen.udp, "127.0.0.1:2".parse().unwrap(), "the flag overrides the environment");
+        assert_eq!(c.data_dir, PathBuf::from("/srv/relay"));
+        let err = Config::load_with(None, env(&[]), vec![flag("--tcp", "listen.tcp", "nowhere")]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("`listen.tcp`") && text.contains("--tcp"), "{text}");
     }
 
     #[test]
@@ -967,6 +1058,10 @@ public_key_file = "/etc/edgerelay/main.pub.pem"
         let mut c = Config::default();
         c.auth.dev_keys = false;
         assert_eq!(invalid_key(&c), "auth.keys");
+
+        // An unreadable file's cause is in the message once, and not repeated as its source.
+        let err = Config::load(Some(Path::new("/nonexistent/edgerelay.toml")), env(&[])).unwrap_err();
+        assert!(std::error::Error::source(&err).is_none(), "{err}");
 
         // Validation runs in load too.
         let err = Config::load(None, env(&[("EDGERELAY_LIMITS__MAX_PAYLOAD_BYTES", "65536")])).unwrap_err();

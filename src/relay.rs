@@ -40,6 +40,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// How often the dev certificate's expiry is checked.
 const CERT_CHECK_EVERY: Duration = Duration::from_secs(3600);
 
+/// Why the relay could not start. Where a message names an underlying error, that error is part
+/// of the message and not also its `source()`, so a report of the whole chain (`{:#}`) says it
+/// once.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error(transparent)]
@@ -48,16 +51,16 @@ pub enum RelayError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthSetupError),
-    #[error("cannot create data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
-    #[error("cannot bind {what} {addr}: {source}")]
-    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("cannot create data directory {path}: {error}")]
+    DataDir { path: PathBuf, error: std::io::Error },
+    #[error("cannot bind {what} {addr}: {error}")]
+    Bind { what: &'static str, addr: SocketAddr, error: std::io::Error },
     #[error("QUIC setup: {0}")]
     Quic(String),
-    #[error("cannot open history store {path}: {source}")]
-    Store { path: PathBuf, source: crate::store::StoreError },
-    #[error("cannot start the redis engine ({url}): {source}")]
-    Redis { url: String, source: crate::engine::EngineError },
+    #[error("cannot open history store {path}: {error}")]
+    Store { path: PathBuf, error: crate::store::StoreError },
+    #[error("cannot start the redis engine ({url}): {error}")]
+    Redis { url: String, error: crate::engine::EngineError },
 }
 
 /// A running relay.
@@ -81,7 +84,7 @@ impl Relay {
     pub async fn start(config: Config) -> Result<Relay, RelayError> {
         config.validate()?;
         let data_dir = config.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|source| RelayError::DataDir { path: data_dir.clone(), source })?;
+        std::fs::create_dir_all(&data_dir).map_err(|error| RelayError::DataDir { path: data_dir.clone(), error })?;
         let metrics = crate::metrics::install();
 
         let (cert, next_cert) = load_cert(&config)?;
@@ -102,24 +105,23 @@ impl Relay {
             .cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)) as _);
         let server_config = quic_server_config(&cert, &token_key, &config.limits)?;
         let udp_addr = config.listen.udp;
-        let socket = std::net::UdpSocket::bind(udp_addr).map_err(|source| RelayError::Bind {
-            what: "UDP",
-            addr: udp_addr,
-            source,
-        })?;
+        let socket = std::net::UdpSocket::from(bind_listener(udp_addr, false)?);
         enlarge_udp_buffers(&socket);
         let endpoint =
             quinn::Endpoint::new(endpoint_config, Some(server_config), socket, Arc::new(quinn::TokioRuntime))
-                .map_err(|source| RelayError::Bind { what: "UDP", addr: udp_addr, source })?;
+                .map_err(|error| RelayError::Bind { what: "UDP", addr: udp_addr, error })?;
         let tcp_addr = config.listen.tcp;
-        let tcp = tokio::net::TcpListener::bind(tcp_addr).await.map_err(|source| RelayError::Bind {
-            what: "TCP",
-            addr: tcp_addr,
-            source,
-        })?;
+        let tcp = tokio::net::TcpListener::from_std(std::net::TcpListener::from(bind_listener(tcp_addr, true)?))
+            .map_err(|error| RelayError::Bind { what: "TCP", addr: tcp_addr, error })?;
         let udp_addr =
-            endpoint.local_addr().map_err(|source| RelayError::Bind { what: "UDP", addr: udp_addr, source })?;
-        let tcp_addr = tcp.local_addr().map_err(|source| RelayError::Bind { what: "TCP", addr: tcp_addr, source })?;
+            endpoint.local_addr().map_err(|error| RelayError::Bind { what: "UDP", addr: udp_addr, error })?;
+        let tcp_addr = tcp.local_addr().map_err(|error| RelayError::Bind { what: "TCP", addr: tcp_addr, error })?;
+        if config.auth.dev_keys && !cert.dev {
+            tracing::warn!(
+                secret = %config.dev_secret_path().display(),
+                "auth.dev_keys = true with a real certificate (tls.cert_file): anyone who can read the dev secret can mint tokens this relay accepts"
+            );
+        }
 
         let stop = CancellationToken::new();
         let drain = CancellationToken::new();
@@ -220,13 +222,23 @@ impl Relay {
         self.signer.as_ref()
     }
 
-    /// What to print on start: where to connect and how to get a token. `config_file` is the
-    /// file the relay was started with, repeated in the token command so it finds the same secret.
-    pub fn banner(&self, config_file: Option<&std::path::Path>) -> String {
+    /// What to print on start: where to connect and how to get a token. `command` runs this
+    /// binary against this relay's configuration (e.g. `/usr/bin/edgerelay --data-dir /srv/er`):
+    /// the token command is printed with it, so it finds the same dev secret. Links name
+    /// `localhost` when a listener is bound to a wildcard address: browsers treat
+    /// `http://localhost` as a secure context (WebTransport allowed), not `http://0.0.0.0`. The
+    /// banner ends with an empty line.
+    pub fn banner(&self, command: &str) -> String {
         let cert = self.cert();
-        let config_hint = config_file.map(|path| format!(" --config '{}'", path.display())).unwrap_or_default();
+        let udp = link_host(self.udp_addr);
+        let tcp = link_host(self.tcp_addr);
+        let stacks = |addr: SocketAddr| match addr {
+            SocketAddr::V6(v6) if v6.ip().is_unspecified() => "all addresses, IPv6 and IPv4",
+            addr if addr.ip().is_unspecified() => "all IPv4 addresses",
+            _ => "this address only",
+        };
         let mut text = format!(
-            "edgerelay {version} serving\n  \
+            "edgerelay {version} serving on UDP {udp_bound} ({udp_stack}) and TCP {tcp_bound} ({tcp_stack})\n  \
              QUIC (raw, ALPN edgerelay/1)   udp://{udp}\n  \
              WebTransport (ALPN h3)         https://{udp}{wt_path}\n  \
              WebSocket                      ws://{tcp}/v1/ws\n  \
@@ -234,21 +246,42 @@ impl Relay {
              health, readiness, metrics     http://{tcp}/healthz  /readyz  /metrics\n  \
              certificate sha256 (hex)       {hex}\n  \
              certificate sha256 (base64)    {b64}\n  \
-             certificate                    {kind}, valid until unix {exp}\n",
+             certificate                    {kind}, valid until {exp}\n",
             version = env!("CARGO_PKG_VERSION"),
-            udp = self.udp_addr,
+            udp_bound = self.udp_addr,
+            udp_stack = stacks(self.udp_addr),
+            tcp_bound = self.tcp_addr,
+            tcp_stack = stacks(self.tcp_addr),
             wt_path = transport::webtransport::PATH,
-            tcp = self.tcp_addr,
             hex = cert.sha256_hex,
             b64 = cert.sha256_base64,
             kind = if cert.dev { "self-signed dev (ECDSA P-256)" } else { "from tls.cert_file" },
-            exp = cert.not_after,
+            exp = tls::rfc3339_utc(UNIX_EPOCH + Duration::from_secs(cert.not_after)),
         );
+        // Browsers allow WebTransport only in a secure context: https pages, or http pages
+        // from localhost / 127.0.0.1 / [::1]. Anywhere else the page's client falls back to
+        // WebSocket, and browsers do not say why.
+        let page_is_secure = self.tcp_addr.ip().is_unspecified() || self.tcp_addr.ip().is_loopback();
+        let note = if page_is_secure {
+            "the demo page above is a secure context (localhost) and uses WebTransport;\n                                 \
+             a page served over http:// from any other origin (this host's LAN\n                                 \
+             address, 0.0.0.0) is not a secure context: it uses the WebSocket fallback"
+        } else {
+            "the demo page above is served over http:// from a non-localhost address,\n                                 \
+             which is not a secure context: it uses the WebSocket fallback (for\n                                 \
+             WebTransport open it through http://localhost, e.g. an SSH tunnel)"
+        };
+        text.push_str(&format!("  browsers                       {note}\n"));
         if self.signer.is_some() {
             text.push_str(&format!(
-                "  mint a dev token:              edgerelay{config_hint} token --sub alice --tenant acme --room 'chat:*' --ttl 1h\n"
+                "  mint a dev token:              {command} token --sub alice --tenant acme --room 'chat:*' --ttl 1h\n"
+            ));
+        } else {
+            text.push_str(&format!(
+                "  tokens                         dev keys are off: sign with a key of [[auth.keys]] ({command} token --kid <kid> ...)\n"
             ));
         }
+        text.push('\n');
         text
     }
 
@@ -271,6 +304,51 @@ impl Relay {
         self.engine.shutdown(Duration::from_secs(5)).await;
         self.hub.finish_fanout(Duration::from_secs(2)).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// `addr` as a browser or client should be pointed at it: `localhost` for a wildcard address
+/// (the listener takes every local address, and `localhost` is a secure context), else the
+/// address itself.
+fn link_host(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() { format!("localhost:{}", addr.port()) } else { addr.to_string() }
+}
+
+/// Binds a UDP socket (`stream` false) or a listening TCP socket for `addr`. An IPv6 wildcard
+/// (`[::]`) is dual-stack, `IPV6_V6ONLY` off, so IPv4 clients connect to it too; on a host
+/// without IPv6 it falls back to `0.0.0.0` on the same port and logs so.
+fn bind_listener(addr: SocketAddr, stream: bool) -> Result<socket2::Socket, RelayError> {
+    use socket2::{Domain, Socket, Type};
+    let what = if stream { "TCP" } else { "UDP" };
+    let bind = |addr: SocketAddr| -> std::io::Result<Socket> {
+        let socket = Socket::new(Domain::for_address(addr), if stream { Type::STREAM } else { Type::DGRAM }, None)?;
+        if stream {
+            // As std and tokio do: a restarted relay can bind while old connections linger.
+            socket.set_reuse_address(true)?;
+        }
+        if addr.is_ipv6() && addr.ip().is_unspecified() {
+            socket.set_only_v6(false)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        if stream {
+            socket.listen(1024)?;
+        }
+        Ok(socket)
+    };
+    match bind(addr) {
+        Ok(socket) => Ok(socket),
+        // The port being taken or forbidden is not about IPv6: report it as it is.
+        Err(error)
+            if addr.is_ipv6()
+                && addr.ip().is_unspecified()
+                && !matches!(error.kind(), std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied) =>
+        {
+            let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
+            tracing::info!(%error, "IPv6 is unavailable on this host: {what} listens on {v4} (IPv4 only) instead of {addr}");
+            bind(v4).map_err(|error| RelayError::Bind { what, addr: v4, error })
+        }
+        Err(error) => Err(RelayError::Bind { what, addr, error }),
     }
 }
 
@@ -425,7 +503,7 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
     let open_embedded = || {
         let path = config.history_path();
         let (history, corrupted) =
-            EmbeddedHistory::open(&path).map_err(|source| RelayError::Store { path: path.clone(), source })?;
+            EmbeddedHistory::open(&path).map_err(|error| RelayError::Store { path: path.clone(), error })?;
         if corrupted {
             tracing::error!(path = %path.display(), "history was corrupted and is reset; rooms start new epochs");
         }
@@ -453,7 +531,7 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
             };
             let engine = RedisEngine::connect(redis_config, hub)
                 .await
-                .map_err(|source| RelayError::Redis { url: crate::engine::redacted(&r.url), source })?;
+                .map_err(|error| RelayError::Redis { url: crate::engine::redacted(&r.url), error })?;
             // Users' last-seen records stay in this node's embedded store.
             let records = Arc::new(StoredRecords::new(open_embedded()?));
             return Ok((Arc::new(engine), records));
@@ -468,7 +546,7 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
         shards: config.hub.shards,
     };
     let engine = LocalEngine::start(engine_config, history, hub)
-        .map_err(|e| RelayError::Store { path: config.history_path(), source: crate::store::StoreError::backend(e) })?;
+        .map_err(|e| RelayError::Store { path: config.history_path(), error: crate::store::StoreError::backend(e) })?;
     Ok((Arc::new(engine), records))
 }
 

@@ -41,25 +41,50 @@ pub const DEV_KEY_NEXT_FILE: &str = "dev-key-next.pem";
 const DEV_CERT_BACKDATE: Duration = Duration::from_secs(60);
 
 /// An error about certificates, keys or secrets. Names the file involved where there is one.
+/// An underlying error is part of the message and not also `source()`, so a report of the
+/// chain (`{:#}`) names it once.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
     /// A file exists but its content is unusable.
     #[error("{}: {message}", path.display())]
     BadFile { path: PathBuf, message: String },
     #[error("generating dev certificate: {0}")]
     Generate(String),
     #[error("TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
+    Rustls(rustls::Error),
+}
+
+impl From<rustls::Error> for TlsError {
+    fn from(error: rustls::Error) -> Self {
+        TlsError::Rustls(error)
+    }
+}
+
+/// `t` as an RFC 3339 UTC date, e.g. `2026-12-14T09:30:00Z` (whole seconds), for certificate
+/// expiry in the banner and logs.
+pub fn rfc3339_utc(t: SystemTime) -> String {
+    let secs = match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    };
+    match time::OffsetDateTime::from_unix_timestamp(secs) {
+        Ok(d) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            d.year(),
+            u8::from(d.month()),
+            d.day(),
+            d.hour(),
+            d.minute(),
+            d.second()
+        ),
+        Err(_) => format!("unix {secs}"),
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TlsError + '_ {
-    move |source| TlsError::Io { path: path.to_path_buf(), source }
+    move |error| TlsError::Io { path: path.to_path_buf(), error }
 }
 
 fn bad_file(path: &Path, message: impl Into<String>) -> TlsError {
@@ -193,7 +218,7 @@ pub fn load_or_create_dev_certs(dir: &Path, now: SystemTime) -> Result<DevCerts,
         found => {
             match found {
                 Ok(_) => tracing::info!(path = %cert_path.display(), "switching to the next dev certificate"),
-                Err(TlsError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Err(TlsError::Io { error, .. }) if error.kind() == io::ErrorKind::NotFound => {
                     tracing::info!(path = %cert_path.display(), "creating dev certificate")
                 }
                 Err(e) => tracing::warn!(error = %e, "replacing unusable dev certificate"),
@@ -528,6 +553,12 @@ mod tests {
     }
 
     const NOW: u64 = 1_750_000_000;
+
+    #[test]
+    fn expiry_prints_as_an_rfc3339_utc_date() {
+        assert_eq!(rfc3339_utc(at(1_765_000_000)), "2025-12-06T05:46:40Z");
+        assert_eq!(rfc3339_utc(at(0)), "1970-01-01T00:00:00Z");
+    }
 
     #[test]
     fn dev_cert_is_created_then_reloaded() {

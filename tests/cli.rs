@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use edgerelay::auth::Verifier;
+use edgerelay::client::{Client, ClientOptions, ServerTrust, Target};
 use edgerelay::config::Config;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -106,20 +107,15 @@ impl Proc {
         self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Stdout lines until the banner's last line, or panics at the deadline.
+    /// Stdout lines until the banner's end (an empty line), or panics at the deadline.
     fn read_banner(&mut self) -> Banner {
         let deadline = Instant::now() + BANNER_DEADLINE;
         let mut lines = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.stdout.recv_timeout(left) {
-                Ok(line) => {
-                    let last = line.contains("mint a dev token");
-                    lines.push(line);
-                    if last {
-                        return Banner::parse(lines.join("\n"));
-                    }
-                }
+                Ok(line) if line.is_empty() => return Banner::parse(lines.join("\n")),
+                Ok(line) => lines.push(line),
                 Err(e) => {
                     let _ = self.child.kill();
                     let _ = self.wait_for_exit(Duration::from_secs(5));
@@ -225,11 +221,15 @@ fn run_ok(cmd: Command) -> String {
 /// The parts of the `serve` banner a user copies.
 struct Banner {
     text: String,
+    /// `host:port` of the `udp://` and `ws://` links.
+    udp_link: String,
+    ws_link: String,
     udp: SocketAddr,
     ws: SocketAddr,
     hex: String,
     base64: String,
-    mint: String,
+    /// The token command, when dev keys are on.
+    mint: Option<String>,
 }
 
 impl Banner {
@@ -247,17 +247,32 @@ impl Banner {
                 .unwrap_or_else(|| panic!("no `{label}` line in banner:\n{text}"));
             line.trim_start()[label.len()..].trim().to_string()
         };
-        let udp = word_after("udp://");
-        let udp = udp.parse().unwrap_or_else(|e| panic!("udp address {udp:?}: {e}"));
-        let ws = word_after("ws://");
-        let ws = ws.strip_suffix("/v1/ws").unwrap_or_else(|| panic!("WebSocket URL ws://{ws} is not /v1/ws"));
-        let ws = ws.parse().unwrap_or_else(|e| panic!("ws address {ws:?}: {e}"));
+        // A link's first address (for `localhost`, whichever the resolver lists first).
+        let resolve = |link: &str| -> SocketAddr {
+            use std::net::ToSocketAddrs as _;
+            link.to_socket_addrs()
+                .unwrap_or_else(|e| panic!("link address {link:?}: {e}"))
+                .next()
+                .unwrap_or_else(|| panic!("{link:?} resolves to nothing"))
+        };
+        let udp_link = word_after("udp://");
+        let ws_link = word_after("ws://");
+        let ws_link = ws_link
+            .strip_suffix("/v1/ws")
+            .unwrap_or_else(|| panic!("WebSocket URL ws://{ws_link} is not /v1/ws"))
+            .to_string();
+        let mint = text
+            .lines()
+            .any(|l| l.trim_start().starts_with("mint a dev token:"))
+            .then(|| value_of("mint a dev token:"));
         Banner {
-            udp,
-            ws,
+            udp: resolve(&udp_link),
+            ws: resolve(&ws_link),
+            udp_link,
+            ws_link,
             hex: value_of("certificate sha256 (hex)"),
             base64: value_of("certificate sha256 (base64)"),
-            mint: value_of("mint a dev token:"),
+            mint,
             text,
         }
     }
@@ -332,7 +347,12 @@ fn serve_prints_banner_creates_dev_files_serves_health_and_exits_cleanly_on_sigt
         banner.hex.as_bytes().chunks(2).map(|h| u8::from_str_radix(std::str::from_utf8(h).unwrap(), 16).unwrap());
     let expected_b64 = base64::engine::general_purpose::STANDARD.encode(hash_bytes.collect::<Vec<u8>>());
     assert_eq!(banner.base64, expected_b64, "the base64 hash is the same digest as the hex one");
-    assert_eq!(banner.mint, format!("edgerelay {TOKEN_COMMAND}"), "the token command is copy-pasteable");
+    let mint = banner.mint.as_deref().unwrap_or_else(|| panic!("no token command:\n{}", banner.text));
+    assert_eq!(
+        mint,
+        format!("{BIN} --data-dir {} {TOKEN_COMMAND}", data.display()),
+        "the token command names this executable (not on PATH) and the relay's data directory"
+    );
 
     for file in ["dev-cert.pem", "dev-key.pem", "dev-token-secret"] {
         assert!(data.join(file).is_file(), "{file} created in the data dir");
@@ -375,9 +395,16 @@ fn restart_on_the_same_data_dir_keeps_the_certificate_and_the_token_secret() {
     assert_eq!(second.terminate().code(), Some(0), "stderr:\n{}", second.stderr());
 }
 
+/// A data directory at `<dir>/data` holding a dev token secret, as a relay leaves it.
+fn relay_data_dir(dir: &Path) {
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::write(dir.join("data/dev-token-secret"), [7u8; 32]).unwrap();
+}
+
 #[test]
 fn token_prints_a_jwt_with_the_requested_claims_and_rejects_a_bad_ttl() {
     let dir = tempfile::tempdir().unwrap();
+    relay_data_dir(dir.path());
     let token = mint_token(dir.path());
     let parts: Vec<&str> = token.split('.').collect();
     assert_eq!(parts.len(), 3, "a compact JWT: {token}");
@@ -392,7 +419,9 @@ fn token_prints_a_jwt_with_the_requested_claims_and_rejects_a_bad_ttl() {
     let exp = claims["exp"].as_u64().unwrap_or_else(|| panic!("exp is a number: {claims}"));
     let expected = now() + 3600;
     assert!(exp.abs_diff(expected) <= 60, "exp {exp} is about now + 1h ({expected})");
-    assert!(dir.path().join("data/dev-token-secret").is_file(), "token creates the dev secret in the data dir");
+    let secret = std::fs::read(dir.path().join("data/dev-token-secret")).unwrap();
+    let verifier = Verifier::new(&Config::default().auth, Some(&secret)).unwrap();
+    verifier.verify(&token, now()).expect("signed with the data directory's dev secret");
 
     let mut bad = edgerelay(dir.path());
     bad.args(["token", "--sub", "alice", "--tenant", "acme", "--ttl", "bogus"]);
@@ -454,7 +483,19 @@ fn help_documents_the_commands_and_options() {
     let dir = tempfile::tempdir().unwrap();
     for (args, expected) in [
         (&["--help"][..], &["serve", "token", "config"][..]),
-        (&["serve", "--help"][..], &["--config"][..]),
+        (
+            &["serve", "--help"][..],
+            &[
+                "--config",
+                "--data-dir",
+                "--udp",
+                "--tcp",
+                "EDGERELAY_DATA_DIR",
+                "EDGERELAY_LISTEN__UDP",
+                "EDGERELAY_LISTEN__TCP",
+                "EDGERELAY_<SECTION>__<KEY>",
+            ][..],
+        ),
         (&["token", "--help"][..], &["--ttl", "--sub", "--tenant", "--room"][..]),
     ] {
         let mut cmd = edgerelay(dir.path());
@@ -480,18 +521,16 @@ fn banner_token_command_mints_a_token_the_relay_accepts(config_args: &[&str]) {
     serve.args(config_args).arg("serve");
     let mut relay = Proc::spawn(serve);
     let banner = relay.read_banner();
-    let rest = banner.mint.strip_prefix("edgerelay ").unwrap_or_else(|| panic!("mint line: {}", banner.mint));
-    let mut sh = clean_command("sh", dir.path());
-    sh.arg("-c").arg(format!("'{BIN}' {rest}"));
+    let mint = banner.mint.clone().unwrap_or_else(|| panic!("no token command:\n{}", banner.text));
+    // As printed, from another directory and a shell without EDGERELAY_* variables.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut sh = clean_command("sh", elsewhere.path());
+    sh.arg("-c").arg(&mint);
     let stdout = run_ok(sh);
     let secret = std::fs::read(dir.path().join("cfgdata/dev-token-secret")).unwrap();
     let verifier = Verifier::new(&Config::default().auth, Some(&secret)).unwrap();
     if let Err(e) = verifier.verify(stdout.trim(), now()) {
-        panic!(
-            "`{}` (printed by `serve {}`) mints a token this relay rejects: {e}",
-            banner.mint,
-            config_args.join(" ")
-        );
+        panic!("`{}` (printed by `serve {}`) mints a token this relay rejects: {e}", mint, config_args.join(" "));
     }
     assert_eq!(relay.terminate().code(), Some(0), "stderr:\n{}", relay.stderr());
 }
@@ -529,4 +568,310 @@ fn sigterm_right_after_the_banner_still_drains_and_exits_0() {
             assert_eq!(status.code(), Some(0), "round {round}: {status}; stderr:\n{stderr}");
         }
     }
+}
+
+/// The 32 bytes of a lower-case hex SHA-256.
+fn hex32(hex: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or_else(|e| panic!("hex {hex:?}: {e}"));
+    }
+    out
+}
+
+/// Runs the banner's token command through a shell, in a fresh directory with no `EDGERELAY_*`
+/// variable; returns the token.
+fn mint_as_printed(banner: &Banner) -> String {
+    let mint = banner.mint.clone().unwrap_or_else(|| panic!("no token command:\n{}", banner.text));
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut sh = clean_command("sh", elsewhere.path());
+    sh.arg("-c").arg(&mint);
+    run_ok(sh).trim().to_string()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
+}
+
+/// Waits (bounded) until the process's stderr contains `needle`.
+fn wait_for_stderr(proc: &Proc, needle: &str) {
+    let deadline = Instant::now() + BANNER_DEADLINE;
+    while !proc.stderr.lock().unwrap_or_else(|e| e.into_inner()).contains(needle) {
+        assert!(Instant::now() < deadline, "no {needle:?} in stderr:\n{}", proc.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn default_listeners_take_ipv6_and_ipv4_clients_and_the_banner_links_localhost() {
+    let dir = tempfile::tempdir().unwrap();
+    let defaults = Config::default().listen;
+    let mut serve = edgerelay(dir.path());
+    // The default addresses, on ephemeral ports.
+    serve
+        .arg("serve")
+        .arg("--udp")
+        .arg(SocketAddr::new(defaults.udp.ip(), 0).to_string())
+        .arg("--tcp")
+        .arg(SocketAddr::new(defaults.tcp.ip(), 0).to_string());
+    let mut relay = Proc::spawn(serve);
+    let banner = relay.read_banner();
+
+    assert!(banner.udp_link.starts_with("localhost:"), "QUIC link names localhost:\n{}", banner.text);
+    assert!(banner.ws_link.starts_with("localhost:"), "WebSocket link names localhost:\n{}", banner.text);
+    for url in [
+        format!("https://{}/v1/wt", banner.udp_link),
+        format!("http://{}/", banner.ws_link),
+        format!("http://{}/healthz", banner.ws_link),
+    ] {
+        assert!(banner.text.contains(&url), "banner links {url}:\n{}", banner.text);
+    }
+    for line in banner.text.lines().filter(|l| l.contains("://")) {
+        assert!(!line.contains("0.0.0.0") && !line.contains("[::]"), "a link a browser cannot use: {line}");
+    }
+    assert!(banner.text.contains("IPv6 and IPv4"), "the banner says both stacks are served:\n{}", banner.text);
+    assert!(
+        banner.text.contains("not a secure context") && banner.text.contains("WebSocket fallback"),
+        "the banner says when browsers fall back to WebSocket:\n{}",
+        banner.text
+    );
+    let until = banner
+        .text
+        .split("valid until ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no expiry:\n{}", banner.text));
+    let b = until.as_bytes();
+    assert!(
+        b.len() == 20 && b[4] == b'-' && b[10] == b'T' && b[19] == b'Z' && until[..4].parse::<u32>().is_ok(),
+        "expiry as an RFC 3339 UTC date, not {until:?}"
+    );
+
+    let token = mint_as_printed(&banner);
+    let pin = hex32(&banner.hex);
+    let (udp_port, tcp_port) = (banner.udp.port(), banner.ws.port());
+    runtime().block_on(async {
+        for ip in ["::1", "127.0.0.1"] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let quic = Target::Quic {
+                addr: SocketAddr::new(ip, udp_port),
+                server_name: "localhost".into(),
+                tls: ServerTrust::Pinned(vec![pin]),
+            };
+            let ws = Target::WebSocket { url: format!("ws://{}/v1/ws", SocketAddr::new(ip, tcp_port)) };
+            for target in [quic, ws] {
+                let what = format!("{target:?}");
+                let client = tokio::time::timeout(EXIT_DEADLINE, Client::connect(target, ClientOptions::new(&token)))
+                    .await
+                    .unwrap_or_else(|_| panic!("{what}: no connection"))
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                client.ping().await.unwrap_or_else(|e| panic!("{what}: ping: {e}"));
+            }
+        }
+    });
+    assert_eq!(relay.terminate().code(), Some(0), "stderr:\n{}", relay.stderr());
+}
+
+#[test]
+fn token_never_creates_a_secret_refuses_without_rooms_and_says_what_it_minted() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let token = |extra: &[&str]| {
+        let mut cmd = edgerelay(dir.path());
+        cmd.args(["token", "--sub", "alice", "--tenant", "acme", "--ttl", "1h"]).args(extra);
+        run(cmd)
+    };
+
+    // No relay ever used this data directory.
+    let out = token(&["--room", "chat:*"]);
+    assert!(!out.status.success(), "minting without the relay's secret must fail; stdout:\n{}", out.stdout);
+    assert!(out.stdout.trim().is_empty(), "no token printed: {}", out.stdout);
+    assert!(!data.exists(), "token creates nothing: {}", data.display());
+    for hint in
+        [data.join("dev-token-secret").display().to_string().as_str(), "--data-dir", "--config", "EDGERELAY_DATA_DIR"]
+    {
+        assert!(out.stderr.contains(hint), "the refusal mentions {hint}:\n{}", out.stderr);
+    }
+
+    relay_data_dir(dir.path());
+    let out = token(&[]);
+    assert!(!out.status.success(), "a token granting no room must be refused; stdout:\n{}", out.stdout);
+    assert!(out.stdout.trim().is_empty(), "no token printed: {}", out.stdout);
+    for flag in ["--room", "--join", "--publish"] {
+        assert!(out.stderr.contains(flag), "the refusal names {flag}:\n{}", out.stderr);
+    }
+
+    let out = token(&["--join", "news:*", "--publish", "chat:alice", "--jti", "t-1"]);
+    assert!(out.status.success(), "stderr:\n{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "stdout holds the token only:\n{}", out.stdout);
+    let claims = jwt_json(lines[0].split('.').nth(1).unwrap());
+    let exp = claims["exp"].as_u64().unwrap();
+    let expiry = edgerelay::tls::rfc3339_utc(UNIX_EPOCH + Duration::from_secs(exp));
+    for fact in ["alice", "acme", "news:*", "chat:alice", "t-1", &expiry, "dev-token-secret", "kid dev"] {
+        assert!(out.stderr.contains(fact), "stderr says what was minted ({fact}):\n{}", out.stderr);
+    }
+}
+
+#[test]
+fn a_token_from_another_dev_secret_is_refused_with_a_hint_and_the_refusal_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = edgerelay_loopback(dir.path());
+    serve.arg("serve");
+    let mut relay = Proc::spawn(serve);
+    let banner = relay.read_banner();
+
+    // Minted against another data directory: its own dev secret.
+    let other = tempfile::tempdir().unwrap();
+    relay_data_dir(other.path());
+    let foreign = mint_token(other.path());
+    let refused = runtime().block_on(async {
+        let target = Target::WebSocket { url: format!("ws://{}/v1/ws", banner.ws) };
+        tokio::time::timeout(EXIT_DEADLINE, Client::connect(target, ClientOptions::new(&foreign))).await
+    });
+    match refused {
+        Ok(Err(err)) => {
+            assert!(err.to_string().contains("another dev secret"), "the client is told why: {err}")
+        }
+        Ok(Ok(_)) => panic!("a token from another dev secret was accepted"),
+        Err(_) => panic!("no answer to hello"),
+    }
+    // The relay's own log says so at the default level.
+    wait_for_stderr(&relay, "token refused");
+    let stderr = relay.stderr();
+    let line = stderr.lines().find(|l| l.contains("token refused")).unwrap();
+    assert!(line.contains("WARN") && line.contains("another dev secret"), "{line}");
+    assert_eq!(relay.terminate().code(), Some(0), "stderr:\n{}", relay.stderr());
+}
+
+#[test]
+fn dev_keys_are_off_with_a_real_certificate_unless_set_and_then_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    // Any certificate and key files will do as "a real certificate".
+    let certs = dir.path().join("certs");
+    edgerelay::tls::load_or_create_dev_certs(&certs, SystemTime::now()).unwrap();
+    let base = format!(
+        "[listen]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        certs.join("dev-cert.pem").display(),
+        certs.join("dev-key.pem").display()
+    );
+    let serve_with = |text: &str| {
+        let file = dir.path().join("relay.toml");
+        std::fs::write(&file, text).unwrap();
+        let mut cmd = edgerelay(dir.path());
+        cmd.arg("--config").arg(&file).arg("serve");
+        cmd
+    };
+
+    let stderr = run_failing(serve_with(&base));
+    assert!(
+        stderr.contains("auth.keys") && stderr.contains("tls.cert_file"),
+        "no token keys with a real certificate and dev keys left at their default:\n{stderr}"
+    );
+
+    let mut relay = Proc::spawn(serve_with(&format!("{base}[auth]\ndev_keys = true\n")));
+    let banner = relay.read_banner();
+    assert!(banner.mint.is_some(), "explicit dev keys: the banner offers a dev token:\n{}", banner.text);
+    let stderr = relay.stderr();
+    assert!(
+        stderr.lines().any(|l| l.contains("WARN") && l.contains("auth.dev_keys = true with a real certificate")),
+        "dev keys with a real certificate are warned about:\n{stderr}"
+    );
+    assert_eq!(relay.terminate().code(), Some(0), "stderr:\n{}", relay.stderr());
+}
+
+#[test]
+fn a_port_in_use_is_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cmd = edgerelay(dir.path());
+    cmd.args(["serve", "--udp", "127.0.0.1:0", "--tcp"]).arg(taken.local_addr().unwrap().to_string());
+    let stderr = run_failing(cmd);
+    assert!(stderr.contains("cannot bind TCP"), "{stderr}");
+    assert_eq!(stderr.matches("(os error").count(), 1, "the OS error is printed once:\n{stderr}");
+}
+
+#[test]
+fn a_browser_closing_its_webtransport_session_logs_no_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = edgerelay_loopback(dir.path());
+    // The relay's own line for every closed connection is debug: wait for it.
+    serve.args(["--log", "info,edgerelay::transport::quic=debug", "serve"]);
+    let mut relay = Proc::spawn(serve);
+    let banner = relay.read_banner();
+    runtime().block_on(async {
+        let client = web_transport_quinn::ClientBuilder::new()
+            .with_server_certificate_hashes(vec![hex32(&banner.hex).to_vec()])
+            .unwrap();
+        let url: url::Url = format!("https://{}/v1/wt", banner.udp).parse().unwrap();
+        let session = tokio::time::timeout(EXIT_DEADLINE, client.connect(url)).await.unwrap().unwrap();
+        // What a browser does when its tab closes: the QUIC connection closes with H3_NO_ERROR.
+        let conn: &quinn::Connection = &session;
+        conn.close(quinn::VarInt::from_u32(0x100), b"");
+        tokio::time::timeout(EXIT_DEADLINE, conn.closed()).await.unwrap();
+    });
+    wait_for_stderr(&relay, "quic connection closed");
+    assert_eq!(relay.terminate().code(), Some(0));
+    let stderr = relay.stderr();
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("WARN")).collect();
+    assert!(warnings.is_empty(), "a normal close is no warning:\n{}", warnings.join("\n"));
+}
+
+/// The fenced ```toml blocks of a Markdown file: (line of the opening fence, text).
+fn toml_blocks(markdown: &str) -> Vec<(usize, String)> {
+    let mut blocks = Vec::new();
+    let mut open: Option<(usize, char, usize, String)> = None;
+    for (i, line) in markdown.lines().enumerate() {
+        let trimmed = line.trim_start();
+        let fence = |c: char| trimmed.chars().take_while(|&x| x == c).count();
+        match &mut open {
+            None => {
+                for c in ['`', '~'] {
+                    let n = fence(c);
+                    if n >= 3 && trimmed[n..].split_whitespace().next() == Some("toml") {
+                        open = Some((i + 1, c, n, String::new()));
+                    }
+                }
+            }
+            Some((start, c, n, text)) => {
+                if fence(*c) >= *n && trimmed.trim_end().chars().all(|x| x == *c) {
+                    blocks.push((*start, std::mem::take(text)));
+                    open = None;
+                } else {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+        }
+    }
+    blocks
+}
+
+#[test]
+fn every_toml_example_in_the_readme_and_docs_loads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("README.md")];
+    let mut docs: Vec<_> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    files.extend(docs);
+    let scratch = tempfile::tempdir().unwrap();
+    let (mut checked, mut failures) = (0, Vec::new());
+    for file in &files {
+        let markdown = std::fs::read_to_string(file).unwrap();
+        let name = file.strip_prefix(root).unwrap().display().to_string();
+        for (line, text) in toml_blocks(&markdown) {
+            let path = scratch.path().join("example.toml");
+            std::fs::write(&path, &text).unwrap();
+            checked += 1;
+            if let Err(err) = Config::load(Some(&path), std::iter::empty()) {
+                failures.push(format!("{name}:{line}: {err}"));
+            }
+        }
+    }
+    assert!(checked > 0, "no ```toml block found in {files:?}");
+    assert!(failures.is_empty(), "TOML examples that do not load:\n{}", failures.join("\n"));
 }
