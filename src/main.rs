@@ -219,7 +219,11 @@ fn describe(claims: &Claims, ttl: Duration, key: &str) -> String {
         edgerelay::tls::rfc3339_utc(UNIX_EPOCH + Duration::from_secs(claims.exp)),
         ttl.as_secs(),
     );
-    for (name, value) in [("jti", &claims.jti), ("iss", &claims.iss), ("aud", &claims.aud)] {
+    let aud = claims.aud.as_ref().map(|aud| match aud {
+        edgerelay::auth::Audience::One(one) => one.clone(),
+        edgerelay::auth::Audience::Many(many) => many.join(", "),
+    });
+    for (name, value) in [("jti", &claims.jti), ("iss", &claims.iss), ("aud", &aud)] {
         if let Some(value) = value {
             text.push_str(&format!("; {name} {value:?}"));
         }
