@@ -1,0 +1,277 @@
+//! One subscriber's media groups on their way out, and the rule that keeps them fresh: **never
+//! queue stale media**. Pure state; the transport runs one writer per group (a QUIC
+//! unidirectional stream at the group's priority) that takes the group's frames from here and
+//! resets its stream when the group is cancelled.
+//!
+//! A group is in flight from its start until the subscriber acknowledged all of it. It becomes
+//! stale, and is cancelled, when a newer group of the same track starts while it is still in
+//! flight: a video group is useless once the next keyframe is out, and an audio group older
+//! than [`AUDIO_STALE_MS`] is past its playout time. Under congestion the subscriber therefore
+//! gets the newest group, not a backlog.
+//!
+//! Memory is bounded per subscriber: frames not yet taken by a writer count against a byte cap;
+//! past it the queue cancels groups, lowest priority (highest video layer) first and the oldest
+//! among equals, until the new frame fits. Audio outranks video, so a saturated video
+//! subscriber keeps its audio.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::{TrackId, TrackKind};
+
+/// How long an audio group stays useful after a newer one of its track started.
+pub const AUDIO_STALE_MS: u64 = 400;
+
+/// A group of one track, as the subscriber sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GroupKey {
+    pub track: TrackId,
+    pub group: u64,
+}
+
+/// What a group's writer does next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Write these frames, in order.
+    Frames(Vec<Bytes>),
+    /// Nothing queued yet: wait for more.
+    Wait,
+    /// Every frame was taken and the group is complete: finish the stream, then report
+    /// [`GroupQueue::acknowledged`] once the subscriber has it all.
+    Finish,
+    /// The group was cancelled (stale or over the cap): reset the stream.
+    Reset,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    key: GroupKey,
+    kind: TrackKind,
+    priority: i32,
+    started_ms: u64,
+    frames: VecDeque<Bytes>,
+    /// Bytes of `frames`.
+    bytes: usize,
+    /// The publisher finished the group.
+    complete: bool,
+}
+
+/// Why groups were cancelled; counted by the relay's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancel {
+    /// A newer group of the same track started.
+    Stale,
+    /// The subscriber's byte cap was reached.
+    Full,
+}
+
+#[derive(Debug)]
+pub struct GroupQueue {
+    cap: usize,
+    bytes: usize,
+    /// In start order.
+    groups: Vec<InFlight>,
+    /// Cancelled groups whose writers have not seen it yet.
+    cancelled: Vec<GroupKey>,
+}
+
+impl GroupQueue {
+    /// A queue holding at most `cap` bytes of frames not yet taken by writers.
+    pub fn new(cap: usize) -> GroupQueue {
+        GroupQueue { cap, bytes: 0, groups: Vec::new(), cancelled: Vec::new() }
+    }
+
+    /// A group starts for this subscriber; returns the groups it makes stale (cancelled).
+    pub fn start(&mut self, key: GroupKey, kind: TrackKind, priority: i32, now_ms: u64) -> Vec<(GroupKey, Cancel)> {
+        let stale = |g: &InFlight| {
+            g.key.track == key.track
+                && g.key.group < key.group
+                && (kind != TrackKind::Audio || now_ms.saturating_sub(g.started_ms) >= AUDIO_STALE_MS)
+        };
+        let cancelled = self.cancel_where(stale, Cancel::Stale);
+        self.groups.push(InFlight {
+            key,
+            kind,
+            priority,
+            started_ms: now_ms,
+            frames: VecDeque::new(),
+            bytes: 0,
+            complete: false,
+        });
+        cancelled
+    }
+
+    /// A frame of a group in flight (frames of unknown or cancelled groups are ignored);
+    /// returns the groups cancelled to make room for it, which may include its own.
+    pub fn push(&mut self, key: GroupKey, frame: Bytes) -> Vec<(GroupKey, Cancel)> {
+        let mut cancelled = Vec::new();
+        while self.bytes + frame.len() > self.cap {
+            // The lowest priority, oldest first: `min_by_key` keeps the first of equals.
+            let victim =
+                self.groups.iter().filter(|g| g.bytes > 0 || g.key == key).min_by_key(|g| g.priority).map(|g| g.key);
+            let Some(victim) = victim else { break };
+            cancelled.extend(self.cancel_where(|g| g.key == victim, Cancel::Full));
+        }
+        if let Some(g) = self.groups.iter_mut().find(|g| g.key == key)
+            && self.bytes + frame.len() <= self.cap
+        {
+            self.bytes += frame.len();
+            g.bytes += frame.len();
+            g.frames.push_back(frame);
+        }
+        cancelled
+    }
+
+    /// The publisher finished a group.
+    pub fn complete(&mut self, key: GroupKey) {
+        if let Some(g) = self.groups.iter_mut().find(|g| g.key == key) {
+            g.complete = true;
+        }
+    }
+
+    /// What the writer of `key` does next (see [`Next`]).
+    pub fn next(&mut self, key: GroupKey) -> Next {
+        if let Some(at) = self.cancelled.iter().position(|k| *k == key) {
+            self.cancelled.swap_remove(at);
+            return Next::Reset;
+        }
+        let Some(g) = self.groups.iter_mut().find(|g| g.key == key) else { return Next::Reset };
+        if g.frames.is_empty() {
+            return if g.complete { Next::Finish } else { Next::Wait };
+        }
+        let frames: Vec<Bytes> = g.frames.drain(..).collect();
+        self.bytes -= g.bytes;
+        g.bytes = 0;
+        Next::Frames(frames)
+    }
+
+    /// The subscriber has all of `key` (or its writer gave up): it is no longer in flight.
+    pub fn acknowledged(&mut self, key: GroupKey) {
+        self.groups.retain(|g| g.key != key);
+        self.cancelled.retain(|k| *k != key);
+    }
+
+    /// The track ended (unpublished, unsubscribed or its publisher left): its groups are
+    /// cancelled.
+    pub fn end_track(&mut self, track: TrackId) -> Vec<(GroupKey, Cancel)> {
+        self.cancel_where(|g| g.key.track == track, Cancel::Stale)
+    }
+
+    fn cancel_where(&mut self, mut which: impl FnMut(&InFlight) -> bool, why: Cancel) -> Vec<(GroupKey, Cancel)> {
+        let mut cancelled = Vec::new();
+        let bytes = &mut self.bytes;
+        self.groups.retain(|g| {
+            if !which(g) {
+                return true;
+            }
+            *bytes -= g.bytes;
+            cancelled.push((g.key, why));
+            false
+        });
+        self.cancelled.extend(cancelled.iter().map(|(k, _)| *k));
+        cancelled
+    }
+
+    /// Bytes queued and not yet taken.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Groups in flight.
+    pub fn in_flight(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// The kind of a group in flight.
+    pub fn kind(&self, key: GroupKey) -> Option<TrackKind> {
+        self.groups.iter().find(|g| g.key == key).map(|g| g.kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::priority;
+    use super::*;
+
+    fn key(track: TrackId, group: u64) -> GroupKey {
+        GroupKey { track, group }
+    }
+
+    fn frame(n: usize) -> Bytes {
+        Bytes::from(vec![0u8; n])
+    }
+
+    fn video(q: &mut GroupQueue, k: GroupKey, layer: u8, now: u64) -> Vec<(GroupKey, Cancel)> {
+        q.start(k, TrackKind::Video, priority(TrackKind::Video, layer), now)
+    }
+
+    #[test]
+    fn frames_go_out_in_order_then_the_group_finishes() {
+        let mut q = GroupQueue::new(1000);
+        video(&mut q, key(1, 1), 0, 0);
+        assert_eq!(q.next(key(1, 1)), Next::Wait);
+        q.push(key(1, 1), frame(10));
+        q.push(key(1, 1), frame(20));
+        assert_eq!(q.next(key(1, 1)), Next::Frames(vec![frame(10), frame(20)]));
+        assert_eq!(q.bytes(), 0);
+        q.complete(key(1, 1));
+        assert_eq!(q.next(key(1, 1)), Next::Finish);
+        q.acknowledged(key(1, 1));
+        assert_eq!(q.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_new_video_group_cancels_the_one_still_in_flight() {
+        let mut q = GroupQueue::new(1000);
+        video(&mut q, key(1, 1), 0, 0);
+        q.push(key(1, 1), frame(100));
+        video(&mut q, key(2, 7), 0, 0);
+        // Written but not acknowledged yet still counts as in flight.
+        assert!(matches!(q.next(key(1, 1)), Next::Frames(_)));
+        assert_eq!(video(&mut q, key(1, 2), 0, 10), vec![(key(1, 1), Cancel::Stale)]);
+        assert_eq!(q.next(key(1, 1)), Next::Reset);
+        assert_eq!(q.in_flight(), 2, "another track's group is untouched");
+        q.acknowledged(key(1, 1));
+        assert_eq!(q.next(key(1, 1)), Next::Reset, "unknown groups are reset, never waited on");
+    }
+
+    #[test]
+    fn audio_groups_overlap_until_they_are_past_their_playout_time() {
+        let mut q = GroupQueue::new(1000);
+        let audio =
+            |q: &mut GroupQueue, g, now| q.start(key(5, g), TrackKind::Audio, priority(TrackKind::Audio, 0), now);
+        audio(&mut q, 1, 0);
+        assert!(audio(&mut q, 2, 100).is_empty(), "a retransmission may still make it");
+        assert_eq!(audio(&mut q, 3, AUDIO_STALE_MS), vec![(key(5, 1), Cancel::Stale)]);
+        assert_eq!(q.in_flight(), 2);
+    }
+
+    #[test]
+    fn the_byte_cap_cancels_video_layers_before_audio() {
+        let mut q = GroupQueue::new(300);
+        q.start(key(9, 1), TrackKind::Audio, priority(TrackKind::Audio, 0), 0);
+        video(&mut q, key(1, 1), 0, 0);
+        video(&mut q, key(2, 1), 2, 0);
+        q.push(key(9, 1), frame(50));
+        q.push(key(1, 1), frame(100));
+        q.push(key(2, 1), frame(100));
+        assert_eq!(q.push(key(9, 1), frame(60)), vec![(key(2, 1), Cancel::Full)], "the top layer goes first");
+        assert_eq!(q.push(key(9, 1), frame(100)), vec![(key(1, 1), Cancel::Full)]);
+        assert_eq!(q.bytes(), 210);
+        assert_eq!(q.next(key(9, 1)), Next::Frames(vec![frame(50), frame(60), frame(100)]));
+        // A frame bigger than the cap cancels its own group rather than passing the cap.
+        assert_eq!(q.push(key(9, 1), frame(500)), vec![(key(9, 1), Cancel::Full)]);
+        assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn an_ended_track_cancels_its_groups() {
+        let mut q = GroupQueue::new(1000);
+        video(&mut q, key(1, 1), 0, 0);
+        video(&mut q, key(2, 1), 0, 0);
+        assert_eq!(q.end_track(1), vec![(key(1, 1), Cancel::Stale)]);
+        assert_eq!(q.next(key(1, 1)), Next::Reset);
+        assert_eq!(q.in_flight(), 1);
+    }
+}
