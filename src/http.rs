@@ -273,6 +273,9 @@ async fn api_publish(State(state): State<Arc<HttpState>>, headers: HeaderMap, bo
     state.engine.publish(publish, done);
     match outcome.await {
         Ok(Ok(accepted)) => {
+            if accepted.duplicate {
+                metrics::counter!(crate::metrics::DUPLICATES_TOTAL).increment(1);
+            }
             let response =
                 PublishResponse { room: request.room, position: accepted.position, duplicate: accepted.duplicate };
             axum::Json(response).into_response()

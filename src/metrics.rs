@@ -50,7 +50,8 @@ pub const STORE_COMMIT_SECONDS: &str = "edgerelay_store_commit_seconds";
 pub const STORE_BATCH_SIZE: &str = "edgerelay_store_batch_size";
 /// History commits that failed (their publishes were refused, not acknowledged).
 pub const STORE_FAILURES_TOTAL: &str = "edgerelay_store_failures_total";
-/// Publishes answered with their original position because the id was a retry.
+/// Publishes (a client's or the server API's) answered with their original position because the
+/// id was a retry.
 pub const DUPLICATES_TOTAL: &str = "edgerelay_duplicate_publishes_total";
 /// Rooms read again from their Redis stream because pub/sub did not bring every message
 /// (redis engine).
