@@ -67,8 +67,8 @@ pub const REDIS_RESYNCS_TOTAL: &str = "edgerelay_redis_resyncs_total";
 pub const REDIS_PROBE_FAILURES_TOTAL: &str = "edgerelay_redis_probe_failures_total";
 
 /// Time from a publish being handed to the engine (it passed the connection's checks, or the
-/// server API's) until its outcome is ready: the ack queued for the client, or the API answer
-/// ready to send (histogram, seconds; successful publishes only, duplicates included).
+/// server API's) until its successful outcome is handed on to be sent: the client's ack, or the
+/// API answer (histogram, seconds; successful publishes only, duplicates included).
 pub const PUBLISH_ACK_SECONDS: &str = "edgerelay_publish_ack_seconds";
 /// Time from a message being committed (embedded engine: the durable commit returned; redis
 /// engine: the node received it, as the script's reply or from pub/sub) until it is queued in

@@ -230,7 +230,16 @@ impl Relay {
                     tcp_tls: tcp_tls.clone(),
                 });
                 let every = Duration::from_millis(config.tls.reload_interval_ms);
-                services.spawn(reload_certs(reloader.clone(), every, stop.clone()));
+                // Registered here, not in the task: a SIGHUP right after `start` returns must find
+                // the handler (the default action ends the process).
+                let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                    Ok(hangup) => Some(hangup),
+                    Err(err) => {
+                        tracing::warn!(%err, "no SIGHUP handler; certificates reload only by polling");
+                        None
+                    }
+                };
+                services.spawn(reload_certs(reloader.clone(), hangup, every, stop.clone()));
                 Some(reloader)
             }
             _ => None,
@@ -676,15 +685,12 @@ impl CertReloader {
 
 /// Reloads the certificate files on SIGHUP and when a check every `every` (unless zero) finds
 /// them changed. A failed load is logged and the current certificate stays.
-async fn reload_certs(reloader: Arc<CertReloader>, every: Duration, stop: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(hangup) => Some(hangup),
-        Err(err) => {
-            tracing::warn!(%err, "no SIGHUP handler; certificates reload only by polling");
-            None
-        }
-    };
+async fn reload_certs(
+    reloader: Arc<CertReloader>,
+    mut hangup: Option<tokio::signal::unix::Signal>,
+    every: Duration,
+    stop: CancellationToken,
+) {
     let mut tick = (!every.is_zero()).then(|| tokio::time::interval_at((Instant::now() + every).into(), every));
     loop {
         let hup = async {

@@ -74,8 +74,8 @@ type Callback = Box<dyn FnOnce(Result<Accepted, EngineError>) + Send>;
 
 /// Called exactly once with a publish's outcome. If the engine drops it unanswered (shutdown),
 /// the drop answers [`EngineError::ShuttingDown`], so no publisher waits forever. The time from
-/// its creation to a successful answer is the publish's ack latency
-/// ([`crate::metrics::PUBLISH_ACK_SECONDS`]).
+/// its creation to a successful outcome, just before the answer is handed on (the session
+/// queues the ack), is the publish's ack latency ([`crate::metrics::PUBLISH_ACK_SECONDS`]).
 pub struct Done(Option<Callback>, std::time::Instant);
 
 impl Done {
@@ -91,11 +91,11 @@ impl Done {
 
     pub fn complete(mut self, result: Result<Accepted, EngineError>) {
         if let Some(f) = self.0.take() {
-            let accepted = result.is_ok();
-            f(result);
-            if accepted {
+            // Recorded before the answer goes out, so a client that has its ack sees it counted.
+            if result.is_ok() {
                 crate::metrics::publish_acked(self.1);
             }
+            f(result);
         }
     }
 }
