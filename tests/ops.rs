@@ -159,6 +159,41 @@ async fn tcp_port_serves_wss_with_the_configured_certificate_and_reloads_it_on_s
 }
 
 #[tokio::test]
+async fn changed_certificate_files_are_picked_up_by_polling_and_a_bad_pair_keeps_the_current_one() {
+    let certs = tempfile::tempdir().unwrap();
+    let first = write_cert(certs.path());
+    let dir = certs.path().to_path_buf();
+    let relay = start_with(|config| {
+        config.tls.cert_file = Some(dir.join("cert.pem"));
+        config.tls.key_file = Some(dir.join("key.pem"));
+        config.tls.reload_interval_ms = 50;
+    })
+    .await;
+    let token = relay.token("ann", "acme", &["*"]);
+    let hex = |hash: [u8; 32]| hash.iter().map(|b| format!("{b:02x}")).collect::<String>();
+
+    // A key that does not parse: refused, the current certificate stays.
+    std::fs::write(certs.path().join("key.pem"), "not a key").unwrap();
+    let err = relay.relay.reload_tls().expect_err("a broken key file is not loaded");
+    println!("broken key: {err}");
+    assert_eq!(relay.relay.cert().sha256_hex, hex(first));
+    wss_connect(relay.relay.tcp_addr(), first, &token).await.expect("still served on TCP");
+    quic_connect(relay.relay.udp_addr(), first, &token).await.expect("still served on QUIC");
+
+    // A good pair is found by the next check, without a signal.
+    let second = write_cert(certs.path());
+    within("the poll loads the new certificate", async {
+        while relay.relay.cert().sha256_hex != hex(second) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    wss_connect(relay.relay.tcp_addr(), second, &token).await.expect("new certificate on TCP");
+    quic_connect(relay.relay.udp_addr(), second, &token).await.expect("new certificate on QUIC");
+    relay.relay.shutdown().await;
+}
+
+#[tokio::test]
 async fn tcp_port_stays_plain_with_the_dev_certificate_unless_tls_tcp_is_set() {
     let plain = start_with(|_| {}).await;
     assert!(!plain.relay.tcp_tls());
