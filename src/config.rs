@@ -71,24 +71,49 @@ pub struct ListenConfig {
     pub udp: SocketAddr,
     /// WebSocket (and HTTP endpoints).
     pub tcp: SocketAddr,
+    /// When set, `/metrics` and the server API (`/v1/api/*`) are served here (plain HTTP) and
+    /// no longer on `tcp`; `/healthz` and `/readyz` are served on both.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<SocketAddr>,
 }
 
 impl Default for ListenConfig {
     fn default() -> Self {
         let any = std::net::Ipv6Addr::UNSPECIFIED;
-        ListenConfig { udp: SocketAddr::from((any, 4433)), tcp: SocketAddr::from((any, 8080)) }
+        ListenConfig { udp: SocketAddr::from((any, 4433)), tcp: SocketAddr::from((any, 8080)), admin: None }
     }
 }
 
 /// Server certificate. Both files or neither; neither means a self-signed dev certificate
 /// kept in `data_dir`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cert_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
+    /// TLS on the TCP listener (`wss://`, `https://`) with the same certificate. Unset: on with
+    /// `cert_file`, off with the dev certificate (browsers do not accept a self-signed
+    /// certificate over TCP without a manual exception).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<bool>,
+    /// How often `cert_file` and `key_file` are checked for a change (milliseconds); 0 checks
+    /// only on SIGHUP. A changed pair is loaded for new connections; open ones keep theirs.
+    pub reload_interval_ms: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig { cert_file: None, key_file: None, tcp: None, reload_interval_ms: 5000 }
+    }
+}
+
+impl TlsConfig {
+    /// Whether the TCP listener speaks TLS (see [`TlsConfig::tcp`]).
+    pub fn tcp_tls(&self) -> bool {
+        self.tcp.unwrap_or(self.cert_file.is_some())
+    }
 }
 
 /// Token verification.

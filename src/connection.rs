@@ -89,6 +89,20 @@ impl ConnectionContext {
     }
 }
 
+/// A connection's handshake time: from its accept until its `hello` is accepted (the session
+/// then has queued `welcome`), recorded once in the transport's histogram
+/// ([`crate::metrics::HANDSHAKE_SECONDS`]).
+pub struct Handshake {
+    pub accepted: Instant,
+    pub seconds: metrics::Histogram,
+}
+
+impl Handshake {
+    fn welcomed(self) {
+        self.seconds.record(self.accepted.elapsed().as_secs_f64());
+    }
+}
+
 /// What reaches a connection from inside the relay: the hub's catch-up requests for its rooms,
 /// and the server API's orders.
 struct Mailboxes {
@@ -105,6 +119,7 @@ pub async fn drive(
     first: Bytes,
     inbound: &mut impl InboundSource,
     auth_deadline: Instant,
+    handshake: Handshake,
 ) -> CloseReason {
     let (catch_up_tx, catch_up) = mailbox();
     let (orders_tx, orders) = mailbox();
@@ -117,7 +132,13 @@ pub async fn drive(
     let reason = match session.handle(crate::outbox::CONTROL, &first, unix_ms()) {
         Ok(()) => {
             drop(first);
-            run(ctx, &mut session, inbound, &mut mail, &mut jobs, auth_deadline).await
+            let mut handshake = Some(handshake);
+            if session.is_authenticated()
+                && let Some(handshake) = handshake.take()
+            {
+                handshake.welcomed();
+            }
+            run(ctx, &mut session, inbound, &mut mail, &mut jobs, auth_deadline, handshake).await
         }
         Err(fatal) => CloseReason::Error(fatal.code),
     };
@@ -134,6 +155,7 @@ async fn run(
     mail: &mut Mailboxes,
     jobs: &mut JoinSet<Option<JoinSettled>>,
     auth_deadline: Instant,
+    mut handshake: Option<Handshake>,
 ) -> CloseReason {
     let outbox = session.outbox().clone();
     let leeway = ctx.session.verifier.leeway_secs();
@@ -192,6 +214,11 @@ async fn run(
                     if session.is_authenticated() != authenticated || session.expires_at() != expires_at {
                         authenticated = session.is_authenticated();
                         expires_at = session.expires_at();
+                        if authenticated
+                            && let Some(handshake) = handshake.take()
+                        {
+                            handshake.welcomed();
+                        }
                         timer.as_mut().reset(deadline(authenticated, expires_at).into());
                     }
                 }

@@ -2,11 +2,12 @@
 //! metrics, the certificate hashes browsers pin, the demo page at `/` with the browser client,
 //! and the server API application backends call (`POST /v1/api/publish`,
 //! `GET /v1/api/presence/{tenant}/rooms/{room}` and `GET /v1/api/presence/{tenant}/users/{user}`,
-//! bearer key from `api.key`).
+//! bearer key from `api.key`). With `listen.admin`, metrics and the server API move to a second
+//! listener ([`Routes`]). The TCP listener speaks TLS when `tls.tcp` says so.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Path, Query, Request, State};
@@ -64,35 +65,63 @@ pub struct HttpState {
     pub controls: Arc<Controls>,
 }
 
-pub fn router(state: Arc<HttpState>) -> Router {
-    Router::new()
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// Everything: the TCP listener without `listen.admin`.
+    All,
+    /// Clients' endpoints (WebSocket, certificate, demo page) and health: the TCP listener when
+    /// an admin listener is configured.
+    Public,
+    /// Metrics, the server API and health: the `listen.admin` listener.
+    Admin,
+}
+
+pub fn router(state: Arc<HttpState>, routes: Routes) -> Router {
+    let health = Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(readyz));
+    let public = Router::new()
         .route(crate::transport::websocket::PATH, get(websocket))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route("/v1/cert", get(cert))
         .route("/v1/endpoints", get(endpoints))
         .route("/", get(|| async { asset("text/html; charset=utf-8", DEMO_HTML) }))
         .route("/demo.js", get(|| async { asset(JAVASCRIPT, DEMO_JS) }))
         .route("/edgerelay.js", get(|| async { asset(JAVASCRIPT, CLIENT_JS) }))
-        .route("/codec.js", get(|| async { asset(JAVASCRIPT, CODEC_JS) }))
+        .route("/codec.js", get(|| async { asset(JAVASCRIPT, CODEC_JS) }));
+    let admin = Router::new()
+        .route("/metrics", get(metrics))
         .route("/v1/api/publish", post(api_publish))
         .route("/v1/api/presence/{tenant}/rooms/{room}", get(api_room_presence))
         .route("/v1/api/presence/{tenant}/users/{user}", get(api_user_status))
         .route("/v1/api/history", get(api_history))
         .route("/v1/api/disconnect", post(api_disconnect))
-        .route("/v1/api/revoke", post(api_revoke))
-        .with_state(state)
+        .route("/v1/api/revoke", post(api_revoke));
+    let router = match routes {
+        Routes::All => health.merge(public).merge(admin),
+        Routes::Public => health.merge(public),
+        Routes::Admin => health.merge(admin),
+    };
+    router.with_state(state)
 }
+
+/// When the request's TCP connection was accepted (a request extension set by [`serve`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Accepted(pub Instant);
 
 /// Most time a client gets to send its request headers (slow clients hold a connection).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves HTTP/1.1 on the TCP listener until `stop`, then lets open requests finish. Its own
-/// accept loop rather than `axum::serve`: the WebSocket transport takes the upgraded
-/// connection's `TcpStream` back from hyper, which hyper allows only when it served the
-/// connection on that exact type (see `transport::websocket::handshake`).
-pub async fn serve(listener: tokio::net::TcpListener, router: Router, stop: CancellationToken) {
+/// Serves HTTP/1.1 on a TCP listener until `stop`, then lets open requests finish (within
+/// [`CLOSE_GRACE`]); with TLS first when `tls` is given (its current config for each new
+/// connection, so a certificate reload applies to the next one). Its own accept loop rather
+/// than `axum::serve`: the WebSocket transport takes the upgraded connection's `TcpStream` (and
+/// TLS session) back from hyper, which hyper allows only when it served the connection on that
+/// exact type (see `transport::websocket::handshake`).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    tls: Option<Arc<crate::tls::SharedServerConfig>>,
+    stop: CancellationToken,
+) {
     let connections = TaskTracker::new();
     loop {
         let stream = tokio::select! {
@@ -112,20 +141,31 @@ pub async fn serve(listener: tokio::net::TcpListener, router: Router, stop: Canc
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%err, "TCP_NODELAY");
         }
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let accepted = Accepted(Instant::now());
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(accepted);
+            let mut router = router.clone();
+            async move { tower_service::Service::call(&mut router, request).await }
+        });
         let stop = stop.clone();
+        let tls = tls.as_ref().map(|tls| tls.current());
         connections.spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+            match tls {
+                None => serve_connection(stream, service, stop).await,
+                Some(config) => {
+                    // The handshake shares the header deadline: a client that does not finish
+                    // it holds nothing for longer.
+                    let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+                    let stream = tokio::select! {
+                        done = tokio::time::timeout(HEADER_READ_TIMEOUT, handshake) => match done {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(err)) => return tracing::debug!(%err, "TLS handshake failed"),
+                            Err(_) => return tracing::debug!("TLS handshake timed out"),
+                        },
+                        _ = stop.cancelled() => return,
+                    };
+                    serve_connection(stream, service, stop).await
                 }
             }
         });
@@ -134,10 +174,51 @@ pub async fn serve(listener: tokio::net::TcpListener, router: Router, stop: Canc
     connections.wait().await;
 }
 
+/// Serves one connection's requests until it closes, is upgraded, or `stop` (then it finishes
+/// the request in progress, within [`CLOSE_GRACE`]).
+async fn serve_connection<I, S>(io: I, service: S, stop: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
+        }
+    }
+}
+
+/// How long a connection may take to finish its request once the listener stops (the process
+/// is exiting: the engine is stopped, so an API publish is answered at once); a client still
+/// sending its request headers is not waited for longer.
+const CLOSE_GRACE: Duration = Duration::from_millis(250);
+
 async fn websocket(State(state): State<Arc<HttpState>>, request: Request) -> Response {
     if !state.ready.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "relay is draining\n").into_response();
+        // Draining (or not started yet): come back when the client's reconnect delay says.
+        let retry_after = state.websocket.ctx.reconnect_after_ms.div_ceil(1000).max(1);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, retry_after.to_string())],
+            "relay is draining\n",
+        )
+            .into_response();
     }
+    let accepted = request.extensions().get::<Accepted>().map_or_else(Instant::now, |a| a.0);
     let (response, upgrade) = match handshake::accept(request) {
         Ok(accepted) => accepted,
         Err(refusal) => return refusal.into_response(),
@@ -145,8 +226,8 @@ async fn websocket(State(state): State<Arc<HttpState>>, request: Request) -> Res
     let transport = state.websocket.clone();
     let stop = state.stop.child_token();
     state.tasks.spawn(async move {
-        if let Some((stream, early)) = handshake::into_socket(upgrade).await {
-            transport.serve(stream, early, stop).await;
+        if let Some((socket, early)) = handshake::into_socket(upgrade).await {
+            transport.serve(socket, early, accepted, stop).await;
         }
     });
     response
@@ -161,7 +242,9 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+    let mut text = state.metrics.render();
+    text.push_str(&crate::metrics::process_metrics());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 // The demo page and the browser client it runs (`clients/`), compiled into the binary so
@@ -273,6 +356,9 @@ async fn api_publish(State(state): State<Arc<HttpState>>, headers: HeaderMap, bo
     state.engine.publish(publish, done);
     match outcome.await {
         Ok(Ok(accepted)) => {
+            if accepted.duplicate {
+                crate::metrics::duplicate_publish();
+            }
             let response =
                 PublishResponse { room: request.room, position: accepted.position, duplicate: accepted.duplicate };
             axum::Json(response).into_response()

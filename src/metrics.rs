@@ -1,11 +1,18 @@
 //! Prometheus metrics, all named `edgerelay_*`, recorded through the `metrics` facade.
 //!
 //! Names live here so the code that records and the docs that list them agree. The recorder is
-//! process-wide; several relays in one process (tests) share it.
+//! process-wide; several relays in one process (tests) share it. [`install`] describes every
+//! metric (`# HELP`) and registers each one, with the label values known in advance, so a
+//! scrape shows them at 0 before their first event. [`process_metrics`] adds the standard
+//! `process_*` metrics, read from `/proc/self` at scrape time.
 
+use std::fmt::Write as _;
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::proto::ErrorCode;
 
 /// Open connections, by `transport` (gauge).
 pub const CONNECTIONS: &str = "edgerelay_connections";
@@ -50,13 +57,50 @@ pub const STORE_COMMIT_SECONDS: &str = "edgerelay_store_commit_seconds";
 pub const STORE_BATCH_SIZE: &str = "edgerelay_store_batch_size";
 /// History commits that failed (their publishes were refused, not acknowledged).
 pub const STORE_FAILURES_TOTAL: &str = "edgerelay_store_failures_total";
-/// Publishes answered with their original position because the id was a retry.
+/// Publishes (a client's or the server API's) answered with their original position because the
+/// id was a retry.
 pub const DUPLICATES_TOTAL: &str = "edgerelay_duplicate_publishes_total";
 /// Rooms read again from their Redis stream because pub/sub did not bring every message
 /// (redis engine).
 pub const REDIS_RESYNCS_TOTAL: &str = "edgerelay_redis_resyncs_total";
 /// Times the Redis pub/sub connection was found silent by its probe and reconnected.
 pub const REDIS_PROBE_FAILURES_TOTAL: &str = "edgerelay_redis_probe_failures_total";
+
+/// Time from a publish being handed to the engine (it passed the connection's checks, or the
+/// server API's) until its successful outcome is handed on to be sent: the client's ack, or the
+/// API answer (histogram, seconds; successful publishes only, duplicates included).
+pub const PUBLISH_ACK_SECONDS: &str = "edgerelay_publish_ack_seconds";
+/// Time from a message being committed (embedded engine: the durable commit returned; redis
+/// engine: the node received it, as the script's reply or from pub/sub) until it is queued in
+/// the outbox of every member of its room on this node (histogram, seconds; messages with at
+/// least one member here).
+pub const DELIVERY_SECONDS: &str = "edgerelay_delivery_seconds";
+/// Time from accepting a connection (QUIC: its first packet; TCP: the accepted socket) until
+/// its `hello` is accepted and `welcome` queued, by `transport` (histogram, seconds).
+pub const HANDSHAKE_SECONDS: &str = "edgerelay_handshake_seconds";
+/// Always 1, labelled with the relay's `version`.
+pub const BUILD_INFO: &str = "edgerelay_build_info";
+/// Presence metrics, recorded by `hub::awareness` under these names (a test keeps them equal).
+pub const PRESENCE_UPDATES_TOTAL: &str = "edgerelay_presence_updates_total";
+pub const PRESENCE_IGNORED_TOTAL: &str = "edgerelay_presence_ignored_total";
+pub const PRESENCE_USERS: &str = "edgerelay_presence_users";
+
+/// The `transport` label's values.
+pub const TRANSPORTS: [&str; 3] = ["quic", "webtransport", "websocket"];
+/// The `reason` label's values of [`DATAGRAM_DROPS_TOTAL`].
+pub const DATAGRAM_DROP_REASONS: [&str; 9] = [
+    "superseded",
+    "evicted",
+    "too_large",
+    "backlog",
+    "undecodable",
+    "unauthenticated",
+    "not_datagram",
+    "send_failed",
+    "test_loss",
+];
+const PRESENCE_UPDATE_KINDS: [&str; 4] = ["presence", "typing", "refresh", "snapshot"];
+const PRESENCE_IGNORED_REASONS: [&str; 3] = ["rate_limited", "not_joined", "hidden"];
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
@@ -73,15 +117,205 @@ pub fn install() -> PrometheusHandle {
             let handle = recorder.handle();
             // Another recorder may already be installed by an embedding program; then ours only
             // renders what it is given, which is nothing. That is the embedder's choice.
-            let _ = metrics::set_global_recorder(recorder);
+            if metrics::set_global_recorder(recorder).is_ok() {
+                describe();
+                register();
+            }
             handle
         })
         .clone()
 }
 
+/// `# HELP` text for every metric.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(CONNECTIONS, "Open connections, by transport.");
+    describe_counter!(CONNECTIONS_TOTAL, "Connections accepted, by transport.");
+    describe_counter!(DISCONNECTS_TOTAL, "Connections closed, by close reason (normal or the close code's name).");
+    describe_counter!(FRAMES_IN_TOTAL, "Frames received, by transport.");
+    describe_counter!(FRAMES_OUT_TOTAL, "Frames sent, by transport.");
+    describe_counter!(BYTES_IN_TOTAL, "Frame bytes received, by transport.");
+    describe_counter!(BYTES_OUT_TOTAL, "Frame bytes sent, by transport.");
+    describe_counter!(PUBLISHES_TOTAL, "Committed messages fanned out to a room on this node.");
+    describe_counter!(DELIVERIES_TOTAL, "Messages queued to subscribers.");
+    describe_histogram!(FANOUT_SECONDS, "Time to queue one message for every member of its room on this node.");
+    describe_counter!(DATAGRAMS_IN_TOTAL, "Datagram-class frames received as QUIC datagrams, by transport.");
+    describe_counter!(DATAGRAMS_OUT_TOTAL, "Datagram-class frames sent as QUIC datagrams, by transport.");
+    describe_counter!(DATAGRAM_DROPS_TOTAL, "Datagram-class frames dropped, by reason.");
+    describe_counter!(DATAGRAMS_REROUTED_TOTAL, "Datagrams too large for the path sent on the control stream instead.");
+    describe_counter!(ERRORS_TOTAL, "Error frames sent to clients, by error code name.");
+    describe_gauge!(ROOMS, "Rooms held in memory.");
+    describe_counter!(CATCH_UPS_TOTAL, "Members switched from live fanout to replay from history (fell behind).");
+    describe_counter!(REPLAYED_TOTAL, "Messages sent from history (resume, catch-up).");
+    describe_histogram!(STORE_COMMIT_SECONDS, "Time of one durable history commit.");
+    describe_histogram!(STORE_BATCH_SIZE, "Messages per history commit.");
+    describe_counter!(STORE_FAILURES_TOTAL, "History commits that failed (their publishes were refused).");
+    describe_counter!(DUPLICATES_TOTAL, "Publishes (client or server API) answered with their original position.");
+    describe_counter!(REDIS_RESYNCS_TOTAL, "Rooms read again from their Redis stream because pub/sub missed messages.");
+    describe_counter!(
+        REDIS_PROBE_FAILURES_TOTAL,
+        "Times the Redis pub/sub connection was found silent and reconnected."
+    );
+    describe_histogram!(PUBLISH_ACK_SECONDS, "Time from a publish reaching the engine to its ack being queued.");
+    describe_histogram!(DELIVERY_SECONDS, "Time from a message's commit to its being queued for every member here.");
+    describe_histogram!(HANDSHAKE_SECONDS, "Time from accepting a connection to its welcome, by transport.");
+    describe_gauge!(BUILD_INFO, "Always 1; the version label is the relay's version.");
+    describe_counter!(PRESENCE_UPDATES_TOTAL, "Presence frames queued to members, by kind.");
+    describe_counter!(PRESENCE_IGNORED_TOTAL, "Presence and typing requests ignored, by reason.");
+    describe_gauge!(PRESENCE_USERS, "Users with a connected device.");
+}
+
+/// Registers every metric, with each label value known in advance, so that each is scraped
+/// (at 0) before its first event. Per-transport metrics are registered by their transports.
+fn register() {
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    for transport in TRANSPORTS {
+        drop(TransportMetrics::new(transport));
+    }
+    metrics::counter!(DISCONNECTS_TOTAL, "code" => "normal").absolute(0);
+    for code in ErrorCode::ALL.iter().filter(|code| code.is_fatal()) {
+        metrics::counter!(DISCONNECTS_TOTAL, "code" => code.slug()).absolute(0);
+    }
+    for code in ErrorCode::ALL {
+        metrics::counter!(ERRORS_TOTAL, "code" => code.slug()).absolute(0);
+    }
+    for reason in DATAGRAM_DROP_REASONS {
+        metrics::counter!(DATAGRAM_DROPS_TOTAL, "reason" => reason).absolute(0);
+    }
+    for kind in PRESENCE_UPDATE_KINDS {
+        metrics::counter!(PRESENCE_UPDATES_TOTAL, "kind" => kind).absolute(0);
+    }
+    for reason in PRESENCE_IGNORED_REASONS {
+        metrics::counter!(PRESENCE_IGNORED_TOTAL, "reason" => reason).absolute(0);
+    }
+    for name in [
+        PUBLISHES_TOTAL,
+        DELIVERIES_TOTAL,
+        CATCH_UPS_TOTAL,
+        REPLAYED_TOTAL,
+        STORE_FAILURES_TOTAL,
+        DUPLICATES_TOTAL,
+        REDIS_RESYNCS_TOTAL,
+        REDIS_PROBE_FAILURES_TOTAL,
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for name in [ROOMS, PRESENCE_USERS] {
+        metrics::gauge!(name).increment(0.0);
+    }
+    for name in [FANOUT_SECONDS, STORE_COMMIT_SECONDS, STORE_BATCH_SIZE, PUBLISH_ACK_SECONDS, DELIVERY_SECONDS] {
+        drop(metrics::histogram!(name));
+    }
+}
+
+/// Records one publish's time from `since` to its ack ([`PUBLISH_ACK_SECONDS`]).
+pub fn publish_acked(since: Instant) {
+    static HISTOGRAM: OnceLock<metrics::Histogram> = OnceLock::new();
+    HISTOGRAM.get_or_init(|| metrics::histogram!(PUBLISH_ACK_SECONDS)).record(since.elapsed().as_secs_f64());
+}
+
+/// Records one message's time from its commit at `committed` to its queueing
+/// ([`DELIVERY_SECONDS`]), if it was queued for anyone here.
+pub fn delivered(committed: Instant, members: usize) {
+    static HISTOGRAM: OnceLock<metrics::Histogram> = OnceLock::new();
+    if members > 0 {
+        HISTOGRAM.get_or_init(|| metrics::histogram!(DELIVERY_SECONDS)).record(committed.elapsed().as_secs_f64());
+    }
+}
+
+/// Counts a publish answered with its original position.
+pub fn duplicate_publish() {
+    metrics::counter!(DUPLICATES_TOTAL).increment(1);
+}
+
+/// The standard process metrics (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_virtual_memory_bytes`, `process_start_time_seconds`, `process_open_fds`,
+/// `process_max_fds`) in the Prometheus text format, read from `/proc/self` now. Empty where
+/// `/proc` is not there; a value that cannot be read is left out.
+pub fn process_metrics() -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: Option<f64>| {
+        if let Some(value) = value {
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
+        }
+    };
+    let stat = ProcStat::read();
+    // The kernel reports these times in USER_HZ, which is 100 on every Linux architecture.
+    const TICKS: f64 = 100.0;
+    let boot_time = std::fs::read_to_string("/proc/stat").ok().and_then(|stat| {
+        stat.lines().find_map(|line| line.strip_prefix("btime ")).and_then(|v| v.trim().parse::<f64>().ok())
+    });
+    metric(
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+        stat.as_ref().map(|s| (s.utime + s.stime) as f64 / TICKS),
+    );
+    metric(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        status_kib("VmRSS:").map(|kib| kib as f64 * 1024.0),
+    );
+    metric(
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory size in bytes.",
+        stat.as_ref().map(|s| s.vsize as f64),
+    );
+    metric(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+        stat.as_ref().zip(boot_time).map(|(s, boot)| boot + s.starttime as f64 / TICKS),
+    );
+    metric(
+        "process_open_fds",
+        "gauge",
+        "Number of open file descriptors.",
+        std::fs::read_dir("/proc/self/fd").ok().map(|dir| dir.count() as f64),
+    );
+    metric("process_max_fds", "gauge", "Maximum number of open file descriptors.", max_fds());
+    out
+}
+
+/// The fields of `/proc/self/stat` the process metrics use.
+struct ProcStat {
+    utime: u64,
+    stime: u64,
+    starttime: u64,
+    vsize: u64,
+}
+
+impl ProcStat {
+    fn read() -> Option<ProcStat> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // The command name (field 2) is in parentheses and may hold spaces: count fields after it.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // `fields[0]` is field 3 (state).
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+        Some(ProcStat { utime: field(14)?, stime: field(15)?, starttime: field(22)?, vsize: field(23)? })
+    }
+}
+
+/// A `kB` line of `/proc/self/status`.
+fn status_kib(key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|line| line.strip_prefix(key))?;
+    line.split_whitespace().next()?.parse().ok()
+}
+
+/// The soft limit on open files, from `/proc/self/limits`.
+fn max_fds() -> Option<f64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find_map(|line| line.strip_prefix("Max open files"))?;
+    line.split_whitespace().next()?.parse().ok()
+}
+
 /// Counter and gauge handles for one transport, registered once and shared by its connections
 /// so the per-frame path does not look names up. A clone is one pointer: a connection's tasks
-/// each hold one, and the nine handles themselves are 144 bytes. The connection gauge and counter
+/// each hold one, and the ten handles themselves are 160 bytes. The connection gauge and counter
 /// move only through [`TransportMetrics::opened`].
 #[derive(Clone)]
 pub struct TransportMetrics(std::sync::Arc<TransportHandles>);
@@ -96,6 +330,8 @@ pub struct TransportHandles {
     pub datagrams_in: metrics::Counter,
     pub datagrams_out: metrics::Counter,
     pub datagrams_rerouted: metrics::Counter,
+    /// Accept to welcome ([`HANDSHAKE_SECONDS`]).
+    pub handshake_seconds: metrics::Histogram,
 }
 
 impl TransportMetrics {
@@ -110,6 +346,7 @@ impl TransportMetrics {
             datagrams_in: metrics::counter!(DATAGRAMS_IN_TOTAL, "transport" => transport),
             datagrams_out: metrics::counter!(DATAGRAMS_OUT_TOTAL, "transport" => transport),
             datagrams_rerouted: metrics::counter!(DATAGRAMS_REROUTED_TOTAL, "transport" => transport),
+            handshake_seconds: metrics::histogram!(HANDSHAKE_SECONDS, "transport" => transport),
         }))
     }
 
@@ -175,4 +412,38 @@ pub fn datagram_dropped(reason: &'static str) {
 /// Counts a closed connection by reason.
 pub fn disconnected(reason: &'static str) {
     metrics::counter!(DISCONNECTS_TOTAL, "code" => reason).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presence_names_are_the_ones_awareness_records() {
+        assert_eq!(PRESENCE_UPDATES_TOTAL, crate::hub::awareness::UPDATES_TOTAL);
+        assert_eq!(PRESENCE_IGNORED_TOTAL, crate::hub::awareness::IGNORED_TOTAL);
+        assert_eq!(PRESENCE_USERS, crate::hub::awareness::USERS);
+    }
+
+    #[test]
+    fn process_metrics_are_read_from_proc() {
+        let text = process_metrics();
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_start_time_seconds",
+            "process_open_fds",
+            "process_max_fds",
+        ] {
+            let value = text
+                .lines()
+                .find_map(|line| line.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+                .unwrap_or_else(|| panic!("{name} missing in {text}"));
+            assert!(
+                value.parse::<f64>().is_ok_and(|v| v > 0.0 || name == "process_cpu_seconds_total"),
+                "{name} {value}"
+            );
+        }
+    }
 }

@@ -1,15 +1,22 @@
 //! Wires the subsystems together and owns their lifetimes: one cancellation tree, two task
 //! sets (long-lived services, and connections), and a shutdown with a deadline.
 //!
-//! Shutdown (SIGTERM) drains: readiness turns false, new connections are refused, every
-//! connection is told `go_away` (retryable, with a reconnect delay), its queued frames are
-//! flushed, and it is closed. Whatever is still open at the deadline is closed hard.
+//! Shutdown (SIGTERM) drains: readiness turns false (`/readyz` answers 503 until the process
+//! exits), new connections are refused (QUIC: closed with `going_away` right after their
+//! handshake; WebSocket: HTTP 503 with `Retry-After`), every connection is told `go_away`
+//! (retryable, with a reconnect delay), its queued frames are flushed, and it is closed.
+//! Whatever is still open at the deadline is closed hard, and what remains (the store's last
+//! commit, the HTTP listeners) gets at most [`SHUTDOWN_MARGIN`] more.
+//!
+//! Certificates from `tls.cert_file` / `tls.key_file` are loaded again when the files change
+//! (checked every `tls.reload_interval_ms`) or on SIGHUP: new QUIC and TLS-over-TCP connections
+//! get the new certificate, open ones keep theirs.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,7 +26,7 @@ use crate::config::{Config, LimitsConfig, StoreEngine};
 use crate::connection::{ConnectionContext, unix_ms};
 use crate::control::{Control, Controls};
 use crate::engine::{Engine, LocalEngine, LocalEngineConfig, RedisEngine, RedisEngineConfig};
-use crate::http::{CertInfo, HttpState};
+use crate::http::{CertInfo, HttpState, Routes};
 use crate::hub::Hub;
 use crate::hub::awareness::Awareness;
 use crate::hub::last_seen::{MemoryRecords, StoredRecords, UserRecords};
@@ -27,7 +34,7 @@ use crate::hub::remote::{LocalPresence, PresenceLink};
 use crate::session::SessionContext;
 use crate::session::limits::UserConnections;
 use crate::store::{EmbeddedHistory, History, MemoryHistory, Retention};
-use crate::tls::{self, CertBundle};
+use crate::tls::{self, CertBundle, SharedServerConfig};
 use crate::transport::{self, websocket::WebSocketTransport};
 
 /// How often presence applies time (idle, typing expiry, refreshes); at most this coarse.
@@ -39,6 +46,9 @@ pub const PRESENCE_TTL_REFRESHES: u64 = 3;
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// How often the dev certificate's expiry is checked.
 const CERT_CHECK_EVERY: Duration = Duration::from_secs(3600);
+/// Most time shutdown takes beyond `shutdown.drain_timeout_ms`: closing what is still open, the
+/// store's last commit, the listeners.
+pub const SHUTDOWN_MARGIN: Duration = Duration::from_millis(1000);
 
 /// Why the relay could not start. Where a message names an underlying error, that error is part
 /// of the message and not also its `source()`, so a report of the whole chain (`{:#}`) says it
@@ -67,6 +77,14 @@ pub enum RelayError {
 pub struct Relay {
     udp_addr: SocketAddr,
     tcp_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    /// The TCP listener's TLS, when it speaks TLS.
+    tcp_tls: Option<Arc<SharedServerConfig>>,
+    /// Reloads `tls.cert_file` / `tls.key_file`, when configured.
+    reloader: Option<Arc<CertReloader>>,
+    /// The HTTP listeners, stopped last so `/readyz` answers until the end.
+    http_servers: TaskTracker,
+    http_stop: CancellationToken,
     config: Config,
     endpoint: quinn::Endpoint,
     http: Arc<HttpState>,
@@ -122,6 +140,17 @@ impl Relay {
                 "auth.dev_keys = true with a real certificate (tls.cert_file): anyone who can read the dev secret can mint tokens this relay accepts"
             );
         }
+        let admin = match config.listen.admin {
+            Some(addr) => {
+                let bind = |error| RelayError::Bind { what: "admin TCP", addr, error };
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;
+                let addr = listener.local_addr().map_err(bind)?;
+                Some((listener, addr))
+            }
+            None => None,
+        };
+        let admin_addr = admin.as_ref().map(|(_, addr)| *addr);
+        let tcp_tls = if config.tls.tcp_tls() { Some(Arc::new(SharedServerConfig::new(&cert)?)) } else { None };
 
         let stop = CancellationToken::new();
         let drain = CancellationToken::new();
@@ -166,9 +195,19 @@ impl Relay {
         });
 
         services.spawn(transport::quic::serve(endpoint.clone(), conn_ctx, connections.clone(), stop.clone()));
-        let router = crate::http::router(http.clone());
-        let http_stop = stop.clone();
-        services.spawn(crate::http::serve(tcp, router, http_stop));
+        let http_servers = TaskTracker::new();
+        let http_stop = CancellationToken::new();
+        let public = if admin.is_some() { Routes::Public } else { Routes::All };
+        http_servers.spawn(crate::http::serve(
+            tcp,
+            crate::http::router(http.clone(), public),
+            tcp_tls.clone(),
+            http_stop.clone(),
+        ));
+        if let Some((listener, _)) = admin {
+            let router = crate::http::router(http.clone(), Routes::Admin);
+            http_servers.spawn(crate::http::serve(listener, router, None, http_stop.clone()));
+        }
         let tick = PRESENCE_TICK.min(Duration::from_millis(config.presence.refresh_ms));
         services.spawn(presence_ticks(awareness.clone(), tick, stop.clone()));
         services.spawn(sweep_rooms(hub.clone(), engine.clone(), stop.clone()));
@@ -180,14 +219,53 @@ impl Relay {
         if let Some(remote) = remote_controls {
             services.spawn(apply_remote_controls(remote, controls, stop.clone()));
         }
+        let reloader = match (&config.tls.cert_file, &config.tls.key_file) {
+            (Some(cert_file), Some(key_file)) => {
+                let reloader = Arc::new(CertReloader {
+                    cert_file: cert_file.clone(),
+                    key_file: key_file.clone(),
+                    loaded: Mutex::new(read_pair(cert_file, key_file)),
+                    endpoint: endpoint.clone(),
+                    token_key: token_key.clone(),
+                    limits: config.limits.clone(),
+                    http: http.clone(),
+                    tcp_tls: tcp_tls.clone(),
+                });
+                let every = Duration::from_millis(config.tls.reload_interval_ms);
+                // Registered here, not in the task: a SIGHUP right after `start` returns must find
+                // the handler (the default action ends the process).
+                let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                    Ok(hangup) => Some(hangup),
+                    Err(err) => {
+                        tracing::warn!(%err, "no SIGHUP handler; certificates reload only by polling");
+                        None
+                    }
+                };
+                services.spawn(reload_certs(reloader.clone(), hangup, every, stop.clone()));
+                Some(reloader)
+            }
+            _ => None,
+        };
         if cert.dev {
-            services.spawn(renew_dev_cert(config.clone(), endpoint.clone(), token_key, http.clone(), stop.clone()));
+            let renewal = DevCertRenewal {
+                config: config.clone(),
+                endpoint: endpoint.clone(),
+                token_key,
+                http: http.clone(),
+                tcp_tls: tcp_tls.clone(),
+            };
+            services.spawn(renew_dev_cert(renewal, stop.clone()));
         }
         http.ready.store(true, Ordering::Relaxed);
-        tracing::info!(%udp_addr, %tcp_addr, "relay serving");
+        tracing::info!(%udp_addr, %tcp_addr, ?admin_addr, tcp_tls = tcp_tls.is_some(), "relay serving");
         Ok(Relay {
             udp_addr,
             tcp_addr,
+            admin_addr,
+            tcp_tls,
+            reloader,
+            http_servers,
+            http_stop,
             config,
             endpoint,
             http,
@@ -207,6 +285,37 @@ impl Relay {
 
     pub fn tcp_addr(&self) -> SocketAddr {
         self.tcp_addr
+    }
+
+    /// The admin listener (`listen.admin`: metrics and the server API), when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Whether the TCP listener speaks TLS (`tls.tcp`): its URLs are `https://` and `wss://`
+    /// rather than `http://` and `ws://`.
+    pub fn tcp_tls(&self) -> bool {
+        self.tcp_tls.is_some()
+    }
+
+    /// The scheme of the TCP listener's pages and API: `https` or `http`.
+    pub fn http_scheme(&self) -> &'static str {
+        if self.tcp_tls() { "https" } else { "http" }
+    }
+
+    /// The scheme of the WebSocket endpoint: `wss` or `ws`.
+    pub fn websocket_scheme(&self) -> &'static str {
+        if self.tcp_tls() { "wss" } else { "ws" }
+    }
+
+    /// Loads `tls.cert_file` and `tls.key_file` again, as SIGHUP does: if they changed, new
+    /// connections (QUIC and TLS over TCP) get the new certificate, open ones keep theirs.
+    /// Returns whether a new certificate is served; an error leaves the current one in place.
+    pub fn reload_tls(&self) -> Result<bool, RelayError> {
+        match &self.reloader {
+            Some(reloader) => reloader.reload(),
+            None => Ok(false),
+        }
     }
 
     pub fn cert(&self) -> CertInfo {
@@ -285,25 +394,41 @@ impl Relay {
         text
     }
 
-    /// Drains and stops: see the module docs. Returns once everything has stopped.
+    /// Drains and stops: see the module docs. Returns once everything has stopped, at most
+    /// `shutdown.drain_timeout_ms` + [`SHUTDOWN_MARGIN`] after it was called.
     pub async fn shutdown(self) {
-        let deadline = Duration::from_millis(self.config.shutdown.drain_timeout_ms);
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(self.config.shutdown.drain_timeout_ms);
+        let stage = |what: &str| tracing::debug!(ms = started.elapsed().as_millis() as u64, "shutdown: {what}");
+        let end = deadline + SHUTDOWN_MARGIN;
         self.http.ready.store(false, Ordering::Relaxed);
-        self.endpoint.set_server_config(None);
         self.drain.cancel();
         self.connections.close();
-        if tokio::time::timeout(deadline, self.connections.wait()).await.is_err() {
+        if tokio::time::timeout_at(deadline.into(), self.connections.wait()).await.is_err() {
             tracing::warn!(open = self.connections.len(), "drain deadline passed; closing the rest");
         }
+        stage("drained");
+        // Hard: every connection task stops flushing (see `transport::flush_wait`), and every QUIC
+        // connection is closed with `going_away` at once.
         self.stop.cancel();
-        self.endpoint.close(0u32.into(), b"shutdown");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.connections.wait()).await;
+        let going_away = crate::proto::codes::CloseReason::Error(crate::proto::ErrorCode::GOING_AWAY);
+        self.endpoint.close(going_away.quic_code().into(), b"relay stopped");
+        let _ = tokio::time::timeout_at(end.into(), self.connections.wait()).await;
+        stage("connections closed");
         self.services.close();
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.services.wait()).await;
+        let _ = tokio::time::timeout_at(end.into(), self.services.wait()).await;
+        stage("services stopped");
         // Connections are gone: finish what the store accepted, then stop its writer.
-        self.engine.shutdown(Duration::from_secs(5)).await;
-        self.hub.finish_fanout(Duration::from_secs(2)).await;
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        self.engine.shutdown(end.saturating_duration_since(Instant::now())).await;
+        self.hub.finish_fanout(end.saturating_duration_since(Instant::now())).await;
+        stage("store closed");
+        let _ = tokio::time::timeout_at(end.into(), self.endpoint.wait_idle()).await;
+        stage("QUIC endpoint idle");
+        // Last, so that `/readyz` answers 503 for as long as the process drains.
+        self.http_stop.cancel();
+        self.http_servers.close();
+        let _ = tokio::time::timeout_at(end.into(), self.http_servers.wait()).await;
+        stage("HTTP listeners stopped");
     }
 }
 
@@ -550,15 +675,19 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
     Ok((Arc::new(engine), records))
 }
 
-/// Rotates the dev certificate: announces its successor's hash, then swaps the successor into
-/// the live endpoint (see `tls.rs`).
-async fn renew_dev_cert(
+/// What the dev certificate's rotation swaps the certificate in.
+struct DevCertRenewal {
     config: Config,
     endpoint: quinn::Endpoint,
     token_key: Vec<u8>,
     http: Arc<HttpState>,
-    stop: CancellationToken,
-) {
+    tcp_tls: Option<Arc<SharedServerConfig>>,
+}
+
+/// Rotates the dev certificate: announces its successor's hash, then swaps the successor into
+/// the live endpoint and the TCP listener's TLS (see `tls.rs`).
+async fn renew_dev_cert(renewal: DevCertRenewal, stop: CancellationToken) {
+    let DevCertRenewal { config, endpoint, token_key, http, tcp_tls } = renewal;
     let mut tick = tokio::time::interval(CERT_CHECK_EVERY);
     tick.tick().await;
     loop {
@@ -570,12 +699,17 @@ async fn renew_dev_cert(
             .map_err(RelayError::from)
             .and_then(|certs| {
                 let server_config = quic_server_config(&certs.current, &token_key, &config.limits)?;
-                Ok((server_config, cert_info(&certs.current, certs.next.as_ref())))
+                Ok((server_config, cert_info(&certs.current, certs.next.as_ref()), certs.current))
             });
         match renewed {
-            Ok((server_config, info)) => {
+            Ok((server_config, info, bundle)) => {
                 let mut current = http.cert.write().unwrap_or_else(|e| e.into_inner());
                 if current.sha256_hex != info.sha256_hex {
+                    if let Some(tcp_tls) = &tcp_tls
+                        && let Err(err) = tcp_tls.replace(&bundle)
+                    {
+                        tracing::error!(%err, "dev certificate not switched on the TCP listener");
+                    }
                     endpoint.set_server_config(Some(server_config));
                     tracing::info!(sha256 = %info.sha256_hex, "dev certificate switched");
                 } else if current.hashes != info.hashes {
@@ -584,6 +718,84 @@ async fn renew_dev_cert(
                 *current = info;
             }
             Err(err) => tracing::error!(%err, "dev certificate renewal failed"),
+        }
+    }
+}
+
+/// Reloads the configured certificate files into the live listeners.
+struct CertReloader {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    /// The files' contents last served (or found unusable), to tell a change.
+    loaded: Mutex<Option<(Vec<u8>, Vec<u8>)>>,
+    endpoint: quinn::Endpoint,
+    token_key: Vec<u8>,
+    limits: LimitsConfig,
+    http: Arc<HttpState>,
+    tcp_tls: Option<Arc<SharedServerConfig>>,
+}
+
+/// Both files' contents, if both can be read.
+fn read_pair(cert: &std::path::Path, key: &std::path::Path) -> Option<(Vec<u8>, Vec<u8>)> {
+    Some((std::fs::read(cert).ok()?, std::fs::read(key).ok()?))
+}
+
+impl CertReloader {
+    /// Serves the files' certificate if they changed since the last load; whether it did.
+    fn reload(&self) -> Result<bool, RelayError> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let now = read_pair(&self.cert_file, &self.key_file);
+        if now.is_some() && *loaded == now {
+            return Ok(false);
+        }
+        let bundle = tls::load_cert_files(&self.cert_file, &self.key_file)?;
+        let server_config = quic_server_config(&bundle, &self.token_key, &self.limits)?;
+        if let Some(tcp_tls) = &self.tcp_tls {
+            tcp_tls.replace(&bundle)?;
+        }
+        self.endpoint.set_server_config(Some(server_config));
+        *self.http.cert.write().unwrap_or_else(|e| e.into_inner()) = cert_info(&bundle, None);
+        *loaded = now;
+        tracing::info!(sha256 = %bundle.sha256_hex(), "certificate reloaded");
+        Ok(true)
+    }
+}
+
+/// Reloads the certificate files on SIGHUP and when a check every `every` (unless zero) finds
+/// them changed. A failed load is logged and the current certificate stays.
+async fn reload_certs(
+    reloader: Arc<CertReloader>,
+    mut hangup: Option<tokio::signal::unix::Signal>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = (!every.is_zero()).then(|| tokio::time::interval_at((Instant::now() + every).into(), every));
+    loop {
+        let hup = async {
+            match hangup.as_mut() {
+                Some(hangup) => hangup.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let poll = async {
+            match tick.as_mut() {
+                Some(tick) => tick.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        let signalled = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = hup => true,
+            _ = poll => false,
+        };
+        let reloader = reloader.clone();
+        // File reads and key parsing, off the runtime's threads.
+        let outcome = tokio::task::spawn_blocking(move || reloader.reload()).await;
+        match outcome {
+            Ok(Ok(false)) if signalled => tracing::info!("SIGHUP: certificate files unchanged"),
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::error!(%err, "certificate reload failed; the current certificate stays"),
+            Err(err) => tracing::error!(%err, "certificate reload panicked"),
         }
     }
 }

@@ -14,7 +14,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -377,6 +377,42 @@ pub fn server_config(bundle: &CertBundle, alpn: &[&[u8]]) -> Result<rustls::Serv
         .with_no_client_auth()
         .with_single_cert(bundle.chain.clone(), bundle.key.clone_key())?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// ALPN offered on the TCP listener's TLS: HTTP/1.1 is all it serves (WebSocket included).
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// The server config new TLS connections on the TCP listener are accepted with. Certificate
+/// reloads replace it; connections already accepted keep the one they started with.
+pub struct SharedServerConfig(RwLock<Arc<rustls::ServerConfig>>);
+
+impl SharedServerConfig {
+    /// A config for `bundle` (TLS 1.3 and 1.2, ALPN `http/1.1`).
+    pub fn new(bundle: &CertBundle) -> Result<SharedServerConfig, TlsError> {
+        Ok(SharedServerConfig(RwLock::new(Arc::new(tcp_server_config(bundle)?))))
+    }
+
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Serves `bundle` to connections accepted from now on.
+    pub fn replace(&self, bundle: &CertBundle) -> Result<(), TlsError> {
+        let config = Arc::new(tcp_server_config(bundle)?);
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = config;
+        Ok(())
+    }
+}
+
+/// The TCP listener's server config: ring provider, TLS 1.3 and 1.2 (the TCP side also serves
+/// older HTTPS clients and proxies; QUIC is 1.3 by definition), ALPN `http/1.1`.
+fn tcp_server_config(bundle: &CertBundle) -> Result<rustls::ServerConfig, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(ring_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(bundle.chain.clone(), bundle.key.clone_key())?;
+    config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
     Ok(config)
 }
 

@@ -107,6 +107,9 @@ async fn with_real_certificate_files_no_hash_is_offered() {
     let relay = common::start_with(|config| {
         config.tls.cert_file = Some(certs.path().join(edgerelay::tls::DEV_CERT_FILE));
         config.tls.key_file = Some(certs.path().join(edgerelay::tls::DEV_KEY_FILE));
+        // Plain HTTP on the TCP port, for the raw `http_get` below (TLS is on by default with
+        // certificate files).
+        config.tls.tcp = Some(false);
     })
     .await;
     let (_, cert) = relay.http_get("/v1/cert").await;

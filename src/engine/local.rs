@@ -495,11 +495,13 @@ impl Writer {
         self.batch_size.record(records.len() as f64);
         match result {
             Ok(()) => {
+                let committed = Instant::now();
                 // Subscribers' writers wake once the whole commit is queued (see `Wakes`).
                 let mut wakes = Wakes::new();
                 for (append, (seq, done)) in records.into_iter().zip(waiting) {
                     let position = Position { epoch: append.epoch, offset: append.message.offset };
-                    self.hub.deliver_batched(&append.key, append.epoch, &append.message, &mut wakes);
+                    let delivered = self.hub.deliver_batched(&append.key, append.epoch, &append.message, &mut wakes);
+                    crate::metrics::delivered(committed, delivered.delivered);
                     settle(&seq, &append.message, true);
                     done.complete(Ok(Accepted { position, duplicate: false }));
                 }

@@ -73,12 +73,14 @@ impl From<StoreError> for EngineError {
 type Callback = Box<dyn FnOnce(Result<Accepted, EngineError>) + Send>;
 
 /// Called exactly once with a publish's outcome. If the engine drops it unanswered (shutdown),
-/// the drop answers [`EngineError::ShuttingDown`], so no publisher waits forever.
-pub struct Done(Option<Callback>);
+/// the drop answers [`EngineError::ShuttingDown`], so no publisher waits forever. The time from
+/// its creation to a successful outcome, just before the answer is handed on (the session
+/// queues the ack), is the publish's ack latency ([`crate::metrics::PUBLISH_ACK_SECONDS`]).
+pub struct Done(Option<Callback>, std::time::Instant);
 
 impl Done {
     pub fn new(f: impl FnOnce(Result<Accepted, EngineError>) + Send + 'static) -> Done {
-        Done(Some(Box::new(f)))
+        Done(Some(Box::new(f)), std::time::Instant::now())
     }
 
     /// A `Done` that sends the outcome on a channel.
@@ -89,6 +91,10 @@ impl Done {
 
     pub fn complete(mut self, result: Result<Accepted, EngineError>) {
         if let Some(f) = self.0.take() {
+            // Recorded before the answer goes out, so a client that has its ack sees it counted.
+            if result.is_ok() {
+                crate::metrics::publish_acked(self.1);
+            }
             f(result);
         }
     }

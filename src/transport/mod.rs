@@ -13,5 +13,14 @@ pub const ALPN_RAW: &[u8] = b"edgerelay/1";
 /// How long writers get to flush queued frames when a connection closes.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Waits for a closing connection's `flush` at most [`FLUSH_TIMEOUT`], and not past `stop` (the
+/// drain deadline, after which connections still open are closed hard).
+pub async fn flush_wait<F: Future>(flush: F, stop: &tokio_util::sync::CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::timeout(FLUSH_TIMEOUT, flush) => {}
+        _ = stop.cancelled() => {}
+    }
+}
+
 /// Frames a writer takes from its queue per write.
 pub const WRITE_BATCH: usize = 64;

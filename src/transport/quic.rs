@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use web_transport_quinn::{RecvStream, SendStream, Session, SessionError};
 
 use super::{ALPN_RAW, FLUSH_TIMEOUT, WRITE_BATCH, webtransport};
-use crate::connection::{self, ConnectionContext, Inbound};
+use crate::connection::{self, ConnectionContext, Handshake, Inbound};
 use crate::mailbox::{MailSender, Refused, bounded_mailbox};
 use crate::metrics::{TransportMetrics, datagram_dropped, disconnected};
 use crate::outbox::{CONTROL, CloseReason, LaneId, Outbox, Take};
@@ -101,8 +101,12 @@ pub async fn serve(endpoint: Endpoint, ctx: Arc<ConnectionContext>, tasks: TaskT
                 None => break,
             },
         };
+        if shared.ctx.drain.is_cancelled() {
+            tasks.spawn(refuse_draining(Box::new(incoming)));
+            continue;
+        }
         let max = shared.ctx.session.limits.max_connections as usize;
-        if shared.open.load(Ordering::Relaxed) >= max || shared.ctx.drain.is_cancelled() {
+        if shared.open.load(Ordering::Relaxed) >= max {
             incoming.refuse();
             continue;
         }
@@ -115,17 +119,37 @@ pub async fn serve(endpoint: Endpoint, ctx: Arc<ConnectionContext>, tasks: TaskT
     }
 }
 
+/// The QUIC close reason a connection arriving during the drain gets.
+pub const DRAINING_REASON: &[u8] = b"relay is draining";
+
+/// A connection arriving while the relay drains completes its handshake and is closed at once
+/// with the application close code `going_away` (131) and reason [`DRAINING_REASON`], raw QUIC
+/// and WebTransport alike (before any WebTransport session exists), so the client learns at once
+/// that it should connect elsewhere instead of waiting out its handshake timeout.
+async fn refuse_draining(incoming: Box<Incoming>) {
+    let Ok(connecting) = incoming.accept() else { return };
+    if let Ok(Ok(conn)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+        conn.close(CloseReason::Error(ErrorCode::GOING_AWAY).quic_code().into(), DRAINING_REASON);
+    }
+}
+
 /// `incoming` comes boxed and the session is shared behind an `Arc` (with the peer task): this
 /// future lives as long as the connection, and whatever it holds by value it holds in every
 /// state (quinn's `Incoming` and the session are hundreds of bytes each).
 async fn connection(incoming: Box<Incoming>, shared: Arc<Shared>, stop: CancellationToken) {
+    let accepted = Instant::now();
     let remote = incoming.remote_address();
     let auth_deadline = shared.ctx.auth_deadline();
     shared.handshakes.fetch_add(1, Ordering::Relaxed);
     // Boxed: the handshake's state (WebTransport's HTTP/3 request among it) is freed when it is
     // done instead of staying part of the connection's task for its whole life.
-    let session = tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(handshake(*incoming, auth_deadline))).await;
+    let session = tokio::select! {
+        session = tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(handshake(*incoming, auth_deadline))) => Some(session),
+        // A handshake under way when the drain starts is abandoned.
+        _ = shared.ctx.drain.cancelled() => None,
+    };
     shared.handshakes.fetch_sub(1, Ordering::Relaxed);
+    let Some(session) = session else { return };
     let (session, kind, quic) = match session {
         Ok(Ok(accepted)) => accepted,
         Ok(Err(err)) => return tracing::debug!(%remote, %err, "quic handshake failed"),
@@ -138,7 +162,8 @@ async fn connection(incoming: Box<Incoming>, shared: Arc<Shared>, stop: Cancella
     shared.open.fetch_add(1, Ordering::Relaxed);
     let _open = metrics.opened();
     let credit = StreamCredit::new(quic, &shared.ctx.session.limits);
-    let reason = run(&session, credit, &shared.ctx, metrics, auth_deadline, stop).await;
+    let handshake = Handshake { accepted, seconds: metrics.handshake_seconds.clone() };
+    let reason = run(&session, credit, &shared.ctx, metrics, auth_deadline, handshake, stop).await;
     shared.open.fetch_sub(1, Ordering::Relaxed);
     disconnected(reason.slug());
     tracing::debug!(%remote, transport = kind.name(), reason = reason.slug(), "quic connection closed");
@@ -201,6 +226,7 @@ async fn run(
     ctx: &ConnectionContext,
     metrics: TransportMetrics,
     auth_deadline: Instant,
+    handshake: Handshake,
     stop: CancellationToken,
 ) -> CloseReason {
     let max_frame = ctx.session.limits.max_frame_bytes as usize;
@@ -211,8 +237,12 @@ async fn run(
         let mut reader = FrameReader::new(max_frame);
         let first = read_frame(&mut recv, &mut reader).await;
         Some((send, recv, reader, first))
-    })
-    .await;
+    });
+    // Until its hello the connection is not driven: the drain is watched here.
+    let first = tokio::select! {
+        first = first => first,
+        _ = ctx.drain.cancelled() => return close_now(conn, CloseReason::Error(ErrorCode::GOING_AWAY)),
+    };
     let (ctrl_send, ctrl_recv, reader, first) = match first {
         Ok(Some(parts)) => parts,
         Ok(None) => return CloseReason::Normal,
@@ -249,18 +279,18 @@ async fn run(
     readers.spawn(serve_peer(conn.clone(), lanes, credit, datagrams));
 
     let reason = tokio::select! {
-        reason = connection::drive(ctx, outbox.clone(), first, &mut rx, auth_deadline) => reason,
+        reason = connection::drive(ctx, outbox.clone(), first, &mut rx, auth_deadline, handshake) => reason,
         _ = stop.cancelled() => CloseReason::Error(ErrorCode::GOING_AWAY),
     };
     outbox.close(reason);
     writers.close();
-    let _ = tokio::time::timeout(FLUSH_TIMEOUT, writers.wait()).await;
+    super::flush_wait(writers.wait(), &stop).await;
     close(conn, reason);
     cancel.cancel();
     readers.close();
     readers.wait().await;
     // WebTransport sends its close capsule from a task of its own; give it time to arrive.
-    let _ = tokio::time::timeout(FLUSH_TIMEOUT, conn.closed()).await;
+    super::flush_wait(conn.closed(), &stop).await;
     reason
 }
 

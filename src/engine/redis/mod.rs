@@ -432,7 +432,9 @@ impl Shared {
         if duplicate == 0 || retried {
             let Publish { from, id, data, now_ms, key } = p.publish;
             let message = StoredMessage { offset, time: now_ms, from, id, data };
-            self.hub.deliver(&key, epoch, &message);
+            let committed = std::time::Instant::now();
+            let delivered = self.hub.deliver(&key, epoch, &message);
+            crate::metrics::delivered(committed, delivered.delivered);
         }
         let position = Position { epoch, offset };
         p.done.complete(Ok(Accepted { position, duplicate: duplicate == 1 && !retried }));
@@ -586,7 +588,9 @@ impl Shared {
         let Some(key) = lock(&self.subs).by_channel.get(channel).cloned() else { return };
         match value.as_bytes().and_then(parse_published) {
             Some((epoch, message)) => {
-                self.hub.deliver(&key, epoch, &message);
+                let received = std::time::Instant::now();
+                let delivered = self.hub.deliver(&key, epoch, &message);
+                crate::metrics::delivered(received, delivered.delivered);
             }
             None => tracing::warn!(channel, "undecodable message on a room channel"),
         }

@@ -1,16 +1,20 @@
 //! The HTTP/1.1 upgrade to WebSocket (RFC 6455 section 4.2), and taking the upgraded
-//! connection's `TcpStream` back from hyper, so the transport can read and write the socket
-//! itself (see `wire.rs`). hyper hands the stream back only as the exact type it served the
-//! connection on, which is why the HTTP listener has its own accept loop (`http::serve`).
+//! connection's `TcpStream` back from hyper (with its TLS session, for `wss://`), so the
+//! transport can read and write the socket itself (see `wire.rs`, `socket.rs`). hyper hands the
+//! stream back only as the exact type it served the connection on, which is why the HTTP
+//! listener has its own accept loop (`http::serve`).
 
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use super::socket::Socket;
 
 /// The only WebSocket version there is.
 const VERSION: &str = "13";
@@ -73,9 +77,9 @@ pub fn accept(mut request: Request) -> Result<(Response, OnUpgrade), Refusal> {
 }
 
 /// The upgraded connection's socket, and any bytes the client sent after its request that the
-/// HTTP server already read. `None` if the upgrade failed (the client left) or the connection
-/// was not served on a plain `TcpStream`.
-pub async fn into_socket(upgrade: OnUpgrade) -> Option<(TcpStream, Bytes)> {
+/// HTTP server (or TLS) already read. `None` if the upgrade failed (the client left) or the
+/// connection was not served on a `TcpStream` or a TLS stream over one.
+pub async fn into_socket(upgrade: OnUpgrade) -> Option<(Socket, Bytes)> {
     let upgraded = match upgrade.await {
         Ok(upgraded) => upgraded,
         Err(err) => {
@@ -83,10 +87,26 @@ pub async fn into_socket(upgrade: OnUpgrade) -> Option<(TcpStream, Bytes)> {
             return None;
         }
     };
-    match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => Some((parts.io.into_inner(), parts.read_buf)),
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => return Some((Socket::plain(parts.io.into_inner()), parts.read_buf)),
+        Err(upgraded) => upgraded,
+    };
+    match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+        Ok(parts) => {
+            let (stream, mut conn) = parts.io.into_inner().into_inner();
+            // Plaintext rustls decrypted but hyper did not read: it comes first (see `socket.rs`).
+            let mut early = BytesMut::from(parts.read_buf);
+            let mut chunk = [0u8; 4096];
+            loop {
+                match std::io::Read::read(&mut conn.reader(), &mut chunk) {
+                    Ok(n) if n > 0 => early.extend_from_slice(&chunk[..n]),
+                    _ => break,
+                }
+            }
+            Some((Socket::tls(stream, conn), early.freeze()))
+        }
         Err(_) => {
-            tracing::error!("WebSocket upgrade on a connection that is not a plain TcpStream");
+            tracing::error!("WebSocket upgrade on a connection that is neither TCP nor TLS over TCP");
             None
         }
     }

@@ -4,7 +4,7 @@
 //! lanes share the socket, in the order `Outbox::take_all` interleaves them.
 //!
 //! The relay speaks the WebSocket framing itself (`framing.rs`) on the raw `TcpStream` it takes
-//! back from the HTTP upgrade (`handshake.rs`), so that a connection is one task and no buffer
+//! back from the HTTP upgrade (`handshake.rs`), with TLS on it for `wss://` (`socket.rs`), so that a connection is one task and no buffer
 //! while idle, and so that the fanout writes each subscriber's frames straight to its socket on
 //! the fanout's own thread (`wire.rs`) instead of waking a writer task per delivery.
 //!
@@ -19,6 +19,7 @@
 
 mod framing;
 pub mod handshake;
+pub mod socket;
 mod wire;
 
 use std::collections::VecDeque;
@@ -27,14 +28,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
 use self::framing::{Decoder, Event, FramingError, opcode};
+use self::socket::Socket;
 use self::wire::{Flushed, Wire};
-use super::FLUSH_TIMEOUT;
-use crate::connection::{self, ConnectionContext, Inbound, InboundSource};
+use crate::connection::{self, ConnectionContext, Handshake, Inbound, InboundSource};
 use crate::metrics::{TransportMetrics, disconnected};
 use crate::outbox::{CONTROL, CloseReason, Outbox};
 use crate::proto::{Codec, ErrorCode};
@@ -62,48 +62,60 @@ impl WebSocketTransport {
 
     /// Serves one upgraded socket until it closes. `early` holds bytes the client sent right
     /// after its upgrade request.
-    pub async fn serve(self: Arc<Self>, stream: TcpStream, early: Bytes, stop: CancellationToken) {
+    /// `accepted` is when the TCP connection was accepted (for the handshake time).
+    pub async fn serve(self: Arc<Self>, socket: Socket, early: Bytes, accepted: Instant, stop: CancellationToken) {
         let _open = self.metrics.opened();
-        let reason = self.run(stream, early, stop).await;
+        let reason = self.run(socket, early, accepted, stop).await;
         disconnected(reason.slug());
     }
 
-    async fn run(&self, stream: TcpStream, early: Bytes, stop: CancellationToken) -> CloseReason {
+    async fn run(&self, socket: Socket, early: Bytes, accepted: Instant, stop: CancellationToken) -> CloseReason {
         let ctx = &self.ctx;
         let limits = &ctx.session.limits;
-        let wire = Arc::new(Wire::new(stream, self.metrics.clone()));
+        let wire = Arc::new(Wire::new(socket, self.metrics.clone()));
         let mut reader = Reader::new(limits.max_frame_bytes as usize);
         reader.decode(&early);
         // A slice of hyper's read buffer (8 KiB or more): freed now, not when the connection ends.
         drop(early);
         let auth_deadline = ctx.auth_deadline();
 
-        let first = tokio::time::timeout_at(auth_deadline.into(), first_message(&wire, &mut reader)).await;
+        // Until its hello the connection is not driven: the drain is watched here.
+        let first = tokio::select! {
+            first = tokio::time::timeout_at(auth_deadline.into(), first_message(&wire, &mut reader)) => first,
+            _ = ctx.drain.cancelled() => return close_early(&wire, CloseReason::Error(ErrorCode::GOING_AWAY), &stop).await,
+        };
         let first = match first {
             Ok(Ok(Some(body))) => body,
-            Ok(Ok(None)) => return finish(&wire, None, CloseReason::Normal).await,
-            Ok(Err(code)) => return finish(&wire, None, CloseReason::Error(code)).await,
-            Err(_) => return finish(&wire, None, CloseReason::Error(ErrorCode::AUTH_TIMEOUT)).await,
+            Ok(Ok(None)) => return close_early(&wire, CloseReason::Normal, &stop).await,
+            Ok(Err(code)) => return close_early(&wire, CloseReason::Error(code), &stop).await,
+            Err(_) => return close_early(&wire, CloseReason::Error(ErrorCode::AUTH_TIMEOUT), &stop).await,
         };
         self.metrics.frames_in.increment(1);
         self.metrics.bytes_in.increment(first.len() as u64);
+        let handshake = Handshake { accepted, seconds: self.metrics.handshake_seconds.clone() };
 
         let outbox = Outbox::new(Codec::detect(&first), limits.outbox_bytes);
         outbox.write_directly(wire.clone());
         let mut inbound = SocketInbound::new(wire.clone(), outbox.clone(), reader, limits, self.metrics.clone());
         let reason = tokio::select! {
-            reason = connection::drive(ctx, outbox.clone(), first, &mut inbound, auth_deadline) => reason,
+            reason = connection::drive(ctx, outbox.clone(), first, &mut inbound, auth_deadline, handshake) => reason,
             _ = stop.cancelled() => CloseReason::Error(ErrorCode::GOING_AWAY),
         };
         outbox.close(reason);
-        finish(&wire, Some(&outbox), reason).await;
+        super::flush_wait(finish(&wire, Some(&outbox), reason), &stop).await;
         reason
     }
 }
 
-/// Ends the connection within [`FLUSH_TIMEOUT`]: writes what the outbox still holds, then the
-/// close frame (with the reason the outbox closed with, if there is one), shuts the sending side
-/// and reads until the client closes. Returns `reason`.
+/// Ends a connection that never got a session.
+async fn close_early(wire: &Wire, reason: CloseReason, stop: &CancellationToken) -> CloseReason {
+    super::flush_wait(finish(wire, None, reason), stop).await;
+    reason
+}
+
+/// Ends the connection (callers bound it with [`super::flush_wait`]): writes what the outbox
+/// still holds, then the close frame (with the reason the outbox closed with, if there is one),
+/// shuts the sending side and reads until the client closes. Returns `reason`.
 async fn finish(wire: &Wire, outbox: Option<&Outbox>, reason: CloseReason) -> CloseReason {
     let ending = async {
         let mut close = reason;
@@ -111,7 +123,7 @@ async fn finish(wire: &Wire, outbox: Option<&Outbox>, reason: CloseReason) -> Cl
             loop {
                 match wire.flush(outbox) {
                     Flushed::Blocked => {
-                        if wire.stream().writable().await.is_err() {
+                        if wire.socket().tcp().writable().await.is_err() {
                             return;
                         }
                     }
@@ -126,7 +138,7 @@ async fn finish(wire: &Wire, outbox: Option<&Outbox>, reason: CloseReason) -> Cl
         }
         let mut flushed = wire.close(close);
         while flushed == Flushed::Blocked {
-            if wire.stream().writable().await.is_err() {
+            if wire.socket().tcp().writable().await.is_err() {
                 return;
             }
             flushed = wire.flush_pending();
@@ -134,28 +146,28 @@ async fn finish(wire: &Wire, outbox: Option<&Outbox>, reason: CloseReason) -> Cl
         if flushed != Flushed::All {
             return;
         }
-        let _ = socket2::SockRef::from(wire.stream()).shutdown(std::net::Shutdown::Write);
+        wire.socket().shutdown_write();
         loop {
-            if wire.stream().readable().await.is_err() {
+            if wire.socket().tcp().readable().await.is_err() {
                 return;
             }
             // Declared after the await, so the connection's future does not hold it.
             let mut sink = [0u8; 1024];
-            match wire.stream().try_read(&mut sink) {
+            match wire.socket().tcp().try_read(&mut sink) {
                 Ok(0) => return,
                 Err(err) if err.kind() != std::io::ErrorKind::WouldBlock => return,
                 _ => {}
             }
         }
     };
-    let _ = tokio::time::timeout(FLUSH_TIMEOUT, ending).await;
+    ending.await;
     reason
 }
 
 /// The client's first message (its `hello`), answering pings meanwhile; `None` if it left first.
 async fn first_message(wire: &Wire, reader: &mut Reader) -> Result<Option<Bytes>, ErrorCode> {
     loop {
-        match reader.next(wire.stream()).await {
+        match reader.next(wire.socket()).await {
             None | Some(Ok(Event::Close(_))) => return Ok(None),
             Some(Ok(Event::Message { body, .. })) => return Ok(Some(body)),
             Some(Ok(Event::Ping(payload))) => wire.send_control(opcode::PONG, &payload),
@@ -199,7 +211,7 @@ impl Reader {
 
     /// The next event from the peer, reading the socket when nothing is decoded yet; `None`
     /// once the peer closed the TCP connection. Cancel-safe: it only awaits readiness.
-    async fn next(&mut self, stream: &TcpStream) -> Option<Result<Event, FramingError>> {
+    async fn next(&mut self, socket: &Socket) -> Option<Result<Event, FramingError>> {
         loop {
             if let Some(event) = self.events.pop_front() {
                 return Some(Ok(event));
@@ -211,19 +223,19 @@ impl Reader {
             if self.eof {
                 return None;
             }
-            if stream.readable().await.is_err() {
+            if socket.tcp().readable().await.is_err() {
                 self.eof = true;
                 continue;
             }
-            self.read_available(stream);
+            self.read_available(socket);
         }
     }
 
     /// Reads what the socket holds, without waiting.
-    fn read_available(&mut self, stream: &TcpStream) {
+    fn read_available(&mut self, socket: &Socket) {
         let mut chunk = [0u8; READ_CHUNK];
         for _ in 0..READS_PER_TURN {
-            match stream.try_read(&mut chunk) {
+            match socket.try_read(&mut chunk) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
                     self.decode(&chunk[..n]);
@@ -286,10 +298,10 @@ impl InboundSource for SocketInbound {
     async fn next(&mut self) -> Option<Inbound> {
         loop {
             let blocked = self.wire.is_blocked();
-            let stream = self.wire.stream();
+            let socket = self.wire.socket();
             tokio::select! {
                 biased;
-                event = self.reader.next(stream) => {
+                event = self.reader.next(socket) => {
                     self.heard = Instant::now();
                     match event {
                         None | Some(Ok(Event::Close(_))) => return Some(Inbound::Closed),
@@ -308,7 +320,7 @@ impl InboundSource for SocketInbound {
                         return Some(Inbound::Closed);
                     }
                 }
-                writable = stream.writable(), if blocked => {
+                writable = socket.tcp().writable(), if blocked => {
                     if writable.is_err() || !self.flush() {
                         return Some(Inbound::Closed);
                     }

@@ -16,9 +16,8 @@ use std::cell::RefCell;
 use std::io::ErrorKind;
 use std::sync::{Mutex, MutexGuard};
 
-use tokio::net::TcpStream;
-
 use super::framing::{self, opcode};
+use super::socket::Socket;
 use crate::metrics::TransportMetrics;
 use crate::outbox::{CloseReason, DirectWrite, Outbox, Take};
 use crate::proto::Codec;
@@ -70,18 +69,18 @@ impl Output {
 
 /// One connection's socket: read by the connection loop, written by anyone (see module docs).
 pub struct Wire {
-    stream: TcpStream,
+    socket: Socket,
     out: Mutex<Output>,
     metrics: TransportMetrics,
 }
 
 impl Wire {
-    pub fn new(stream: TcpStream, metrics: TransportMetrics) -> Wire {
-        Wire { stream, out: Mutex::new(Output::default()), metrics }
+    pub fn new(socket: Socket, metrics: TransportMetrics) -> Wire {
+        Wire { socket, out: Mutex::new(Output::default()), metrics }
     }
 
-    pub fn stream(&self) -> &TcpStream {
-        &self.stream
+    pub fn socket(&self) -> &Socket {
+        &self.socket
     }
 
     fn lock(&self) -> MutexGuard<'_, Output> {
@@ -90,9 +89,9 @@ impl Wire {
         self.out.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Bytes are waiting for the socket to become writable.
+    /// Bytes (or TLS ciphertext) are waiting for the socket to become writable.
     pub fn is_blocked(&self) -> bool {
-        self.lock().blocked()
+        self.lock().blocked() || self.socket.has_backlog()
     }
 
     /// Writes pending bytes, then everything the outbox holds, until the socket is full.
@@ -163,11 +162,12 @@ impl Wire {
     }
 
     /// Writes as much of `bytes` as the socket takes without waiting: how much, and `All`,
-    /// `Blocked` (the socket is full) or `Ended` (it failed).
+    /// `Blocked` (the socket is full, or TLS ciphertext still waits for it) or `Ended` (it
+    /// failed).
     fn write_some(&self, bytes: &[u8]) -> (usize, Flushed) {
         let mut written = 0;
         while written < bytes.len() {
-            match self.stream.try_write(&bytes[written..]) {
+            match self.socket.try_write(&bytes[written..]) {
                 Ok(0) => return (written, Flushed::Ended),
                 Ok(n) => written += n,
                 Err(err) if err.kind() == ErrorKind::WouldBlock => return (written, Flushed::Blocked),
@@ -175,7 +175,11 @@ impl Wire {
                 Err(_) => return (written, Flushed::Ended),
             }
         }
-        (written, Flushed::All)
+        match self.socket.flush_backlog() {
+            Ok(true) => (written, Flushed::All),
+            Ok(false) => (written, Flushed::Blocked),
+            Err(_) => (written, Flushed::Ended),
+        }
     }
 
     /// Writes what is pending (after the close frame, nothing else is).
