@@ -12,6 +12,7 @@ pub mod engine;
 pub mod http;
 pub mod hub;
 pub mod mailbox;
+pub mod media;
 pub mod metrics;
 pub mod outbox;
 pub mod proto;

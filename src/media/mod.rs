@@ -1,0 +1,3 @@
+//! SFU-lite: the media plane (see docs/media.md).
+
+pub mod speaker;
