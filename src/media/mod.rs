@@ -17,7 +17,7 @@
 //!   a keyframe at once;
 //! - [`queue::GroupQueue`]: per subscriber, the groups on their way out, cancelling stale ones
 //!   and bounding memory;
-//! - `speaker::SpeakerDetector`: per call, who is speaking, from the audio levels.
+//! - [`speaker::SpeakerDetector`]: per call, who is speaking, from the audio levels.
 //!
 //! The IO (group streams, priorities, resets) stays in the transports.
 
@@ -25,6 +25,7 @@ pub mod cache;
 pub mod dynacast;
 pub mod forwarder;
 pub mod queue;
+pub mod speaker;
 
 use serde::{Deserialize, Serialize};
 
