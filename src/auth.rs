@@ -77,6 +77,10 @@ pub struct Caps {
     pub join: Vec<String>,
     #[serde(default)]
     pub publish: Vec<String>,
+    /// Rooms the user may publish media tracks in (calls, docs/media.md). Receiving media needs
+    /// only `join`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub media: Vec<String>,
 }
 
 /// Who a verified token speaks for.
@@ -99,6 +103,10 @@ impl Identity {
 
     pub fn can_publish(&self, room: &str) -> bool {
         self.caps.publish.iter().any(|p| pattern_matches(p, room, &self.user))
+    }
+
+    pub fn can_publish_media(&self, room: &str) -> bool {
+        self.caps.media.iter().any(|p| pattern_matches(p, room, &self.user))
     }
 }
 
@@ -587,7 +595,11 @@ mod tests {
             jti: Some("t1".into()),
             iss: None,
             aud: None,
-            caps: Caps { join: vec!["chat:*".into(), "dm:{sub}:*".into()], publish: vec!["chat:*".into()] },
+            caps: Caps {
+                join: vec!["chat:*".into(), "dm:{sub}:*".into()],
+                publish: vec!["chat:*".into()],
+                media: Vec::new(),
+            },
         }
     }
 

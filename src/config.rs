@@ -41,6 +41,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub api: ApiConfig,
     pub presence: PresenceConfig,
+    pub media: MediaConfig,
 }
 
 impl Default for Config {
@@ -57,6 +58,7 @@ impl Default for Config {
             redis: RedisConfig::default(),
             api: ApiConfig::default(),
             presence: PresenceConfig::default(),
+            media: MediaConfig::default(),
         }
     }
 }
@@ -303,6 +305,35 @@ impl Default for PresenceConfig {
             rate: 20,
             burst: 40,
             test_datagram_loss: 0.0,
+        }
+    }
+}
+
+/// The media plane (SFU-lite, docs/media.md): limits per publisher and memory per subscriber.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Tracks one connection may publish at once.
+    pub max_tracks_per_connection: u32,
+    /// Largest media frame (header and payload), bytes; a bigger one resets its group stream.
+    pub max_frame_bytes: u32,
+    /// Highest bitrate a track's layer may announce, bits per second.
+    pub max_bitrate: u32,
+    /// Bytes of media queued per subscriber connection; beyond it groups are dropped (video
+    /// layers first), never buffered.
+    pub queue_bytes: usize,
+    /// Bytes of the latest group kept per track layer for instant join.
+    pub cache_bytes: usize,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            max_tracks_per_connection: 4,
+            max_frame_bytes: 512 * 1024,
+            max_bitrate: 8_000_000,
+            queue_bytes: 4 * 1024 * 1024,
+            cache_bytes: 2 * 1024 * 1024,
         }
     }
 }
@@ -593,6 +624,20 @@ impl Config {
         }
         if self.api.key.as_ref().is_some_and(|k| k.len() < MIN_API_KEY_LEN) {
             return Err(invalid("api.key", format!("must be at least {MIN_API_KEY_LEN} characters")));
+        }
+        let m = &self.media;
+        for (key, value) in [
+            ("media.max_tracks_per_connection", u64::from(m.max_tracks_per_connection)),
+            ("media.max_frame_bytes", u64::from(m.max_frame_bytes)),
+            ("media.max_bitrate", u64::from(m.max_bitrate)),
+            ("media.queue_bytes", m.queue_bytes as u64),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if m.queue_bytes < m.max_frame_bytes as usize {
+            return Err(invalid("media.queue_bytes", "must be at least media.max_frame_bytes"));
         }
         let p = &self.presence;
         for (key, value) in [

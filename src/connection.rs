@@ -110,12 +110,21 @@ struct Mailboxes {
     orders: Mailbox<Order>,
 }
 
+/// What a transport gives its connection: the relay-unique id (from
+/// [`ConnectionContext::next_id`]), the outbox its writers drain, and where media goes on
+/// transports that carry it.
+pub struct Link {
+    pub id: u64,
+    pub outbox: Arc<Outbox>,
+    pub media: Option<Arc<crate::media::out::MediaOut>>,
+}
+
 /// Runs a session until the peer leaves, a fatal error, or the relay drains. Returns why the
 /// connection ends; the outbox is then closing with that reason, and the transport's writers
 /// flush it and close the transport.
 pub async fn drive(
     ctx: &ConnectionContext,
-    outbox: Arc<Outbox>,
+    link: Link,
     first: Bytes,
     inbound: &mut impl InboundSource,
     auth_deadline: Instant,
@@ -124,8 +133,8 @@ pub async fn drive(
     let (catch_up_tx, catch_up) = mailbox();
     let (orders_tx, orders) = mailbox();
     let mut mail = Mailboxes { catch_up, orders };
-    let mut session =
-        Session::new(ctx.next_id(), ctx.session.clone(), outbox.clone(), catch_up_tx, orders_tx, unix_ms());
+    let Link { id, outbox, media } = link;
+    let mut session = Session::new(id, ctx.session.clone(), outbox.clone(), catch_up_tx, orders_tx, media, unix_ms());
     // The session's jobs (joins, replays, history reads) live exactly as long as the connection.
     let mut jobs = JoinSet::new();
     // The first frame is handled here, so the connection's task does not keep its bytes.

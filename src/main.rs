@@ -76,7 +76,8 @@ enum Command {
         /// Tenant the user belongs to; rooms are isolated per tenant.
         #[arg(long)]
         tenant: String,
-        /// Room pattern the user may join and publish to (`*` wildcard, `{sub}` = user id). Repeatable.
+        /// Room pattern the user may join, publish to and publish media tracks in (`*` wildcard,
+        /// `{sub}` = user id). Repeatable.
         #[arg(long = "room", value_name = "PATTERN")]
         rooms: Vec<String>,
         /// Room pattern the user may only join. Repeatable.
@@ -85,6 +86,10 @@ enum Command {
         /// Room pattern the user may only publish to. Repeatable.
         #[arg(long = "publish", value_name = "PATTERN")]
         publish: Vec<String>,
+        /// Room pattern the user may publish media tracks in (calls; receiving needs only join).
+        /// Repeatable.
+        #[arg(long = "media", value_name = "PATTERN")]
+        media: Vec<String>,
         /// Lifetime: 30s, 15m, 1h, 7d or plain seconds.
         #[arg(long, default_value = "1h")]
         ttl: String,
@@ -150,12 +155,12 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
     let config = Config::load_with(cli.config.as_deref(), std::env::vars(), flag_overrides(matches))?;
     match cli.command {
         Command::Serve { .. } => serve(config, cli.config.as_deref()).await,
-        Command::Token { sub, tenant, rooms, join, publish, ttl, kid, jti } => {
+        Command::Token { sub, tenant, rooms, join, publish, media, ttl, kid, jti } => {
             let ttl = parse_ttl(&ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
-            if rooms.is_empty() && join.is_empty() && publish.is_empty() {
+            if rooms.is_empty() && join.is_empty() && publish.is_empty() && media.is_empty() {
                 bail!(
-                    "no rooms granted: pass --room PATTERN (join and publish), --join PATTERN or --publish PATTERN \
-                     (a token without them authenticates but may join and publish nothing)"
+                    "no rooms granted: pass --room PATTERN (join, publish and media), --join PATTERN, --publish PATTERN \
+                     or --media PATTERN (a token without them authenticates but may join and publish nothing)"
                 );
             }
             let (signer, key) = match kid {
@@ -183,6 +188,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
             let caps = Caps {
                 join: rooms.iter().chain(&join).cloned().collect(),
                 publish: rooms.iter().chain(&publish).cloned().collect(),
+                media: rooms.iter().chain(&media).cloned().collect(),
             };
             let claims = Claims {
                 sub,
@@ -211,11 +217,12 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
 fn describe(claims: &Claims, ttl: Duration, key: &str) -> String {
     let list = |patterns: &[String]| if patterns.is_empty() { "nothing".to_string() } else { patterns.join(", ") };
     let mut text = format!(
-        "minted a token for sub {:?}, tenant {:?}: join {}; publish {}; expires {} (in {}s)",
+        "minted a token for sub {:?}, tenant {:?}: join {}; publish {}; media {}; expires {} (in {}s)",
         claims.sub,
         claims.tenant,
         list(&claims.caps.join),
         list(&claims.caps.publish),
+        list(&claims.caps.media),
         edgerelay::tls::rfc3339_utc(UNIX_EPOCH + Duration::from_secs(claims.exp)),
         ttl.as_secs(),
     );

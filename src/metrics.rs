@@ -84,6 +84,13 @@ pub const BUILD_INFO: &str = "edgerelay_build_info";
 pub const PRESENCE_UPDATES_TOTAL: &str = "edgerelay_presence_updates_total";
 pub const PRESENCE_IGNORED_TOTAL: &str = "edgerelay_presence_ignored_total";
 pub const PRESENCE_USERS: &str = "edgerelay_presence_users";
+/// Media tracks published on this node.
+pub const MEDIA_TRACKS: &str = "edgerelay_media_tracks";
+/// Media frames received from publishers.
+pub const MEDIA_FRAMES_IN_TOTAL: &str = "edgerelay_media_frames_in_total";
+/// Media groups dropped for a subscriber, by reason (`stale`: a newer group started; `full`:
+/// its media queue was full).
+pub const MEDIA_GROUPS_CANCELLED_TOTAL: &str = "edgerelay_media_groups_cancelled_total";
 
 /// The `transport` label's values.
 pub const TRANSPORTS: [&str; 3] = ["quic", "webtransport", "websocket"];
@@ -163,6 +170,12 @@ fn describe() {
     describe_counter!(PRESENCE_UPDATES_TOTAL, "Presence frames queued to members, by kind.");
     describe_counter!(PRESENCE_IGNORED_TOTAL, "Presence and typing requests ignored, by reason.");
     describe_gauge!(PRESENCE_USERS, "Users with a connected device.");
+    describe_gauge!(MEDIA_TRACKS, "Media tracks published on this node.");
+    describe_counter!(MEDIA_FRAMES_IN_TOTAL, "Media frames received from publishers.");
+    describe_counter!(
+        MEDIA_GROUPS_CANCELLED_TOTAL,
+        "Media groups dropped for a subscriber, by reason (stale: a newer group started; full: its queue was full)."
+    );
 }
 
 /// Registers every metric, with each label value known in advance, so that each is scraped
@@ -188,6 +201,9 @@ fn register() {
     for reason in PRESENCE_IGNORED_REASONS {
         metrics::counter!(PRESENCE_IGNORED_TOTAL, "reason" => reason).absolute(0);
     }
+    for reason in ["stale", "full"] {
+        metrics::counter!(MEDIA_GROUPS_CANCELLED_TOTAL, "reason" => reason).absolute(0);
+    }
     for name in [
         PUBLISHES_TOTAL,
         DELIVERIES_TOTAL,
@@ -197,10 +213,11 @@ fn register() {
         DUPLICATES_TOTAL,
         REDIS_RESYNCS_TOTAL,
         REDIS_PROBE_FAILURES_TOTAL,
+        MEDIA_FRAMES_IN_TOTAL,
     ] {
         metrics::counter!(name).absolute(0);
     }
-    for name in [ROOMS, PRESENCE_USERS] {
+    for name in [ROOMS, PRESENCE_USERS, MEDIA_TRACKS] {
         metrics::gauge!(name).increment(0.0);
     }
     for name in [FANOUT_SECONDS, STORE_COMMIT_SECONDS, STORE_BATCH_SIZE, PUBLISH_ACK_SECONDS, DELIVERY_SECONDS] {

@@ -12,6 +12,7 @@
 //! (checked every `tls.reload_interval_ms`) or on SIGHUP: new QUIC and TLS-over-TCP connections
 //! get the new certificate, open ones keep theirs.
 
+use crate::media::calls::Calls;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -166,6 +167,7 @@ impl Relay {
                 controls.apply(&control, unix_ms() / 1000);
             }
         }
+        let calls = Arc::new(Calls::new(config.media.clone(), hub.clone()));
         let session_ctx = Arc::new(SessionContext {
             hub: hub.clone(),
             engine: engine.clone(),
@@ -176,6 +178,7 @@ impl Relay {
             presence_rate: (config.presence.rate, config.presence.burst),
             test_datagram_loss: config.presence.test_datagram_loss,
             controls: controls.clone(),
+            calls: calls.clone(),
         });
         let conn_ctx = Arc::new(ConnectionContext::new(session_ctx, drain.clone(), config.shutdown.reconnect_after_ms));
         let services = TaskTracker::new();
@@ -210,6 +213,7 @@ impl Relay {
         }
         let tick = PRESENCE_TICK.min(Duration::from_millis(config.presence.refresh_ms));
         services.spawn(presence_ticks(awareness.clone(), tick, stop.clone()));
+        services.spawn(media_ticks(calls, stop.clone()));
         services.spawn(sweep_rooms(hub.clone(), engine.clone(), stop.clone()));
         if let Some(link) = engine.share_presence() {
             awareness.share(link.local.clone());
@@ -564,6 +568,18 @@ async fn presence_ticks(awareness: Arc<Awareness>, every: Duration, stop: Cancel
     }
     awareness.depart_lingering(unix_ms());
     let _ = tokio::task::spawn_blocking(move || awareness.flush()).await;
+}
+
+/// The calls' periodic decisions (layer budgets, keyframe requests, dynacast, speakers).
+async fn media_ticks(calls: Arc<Calls>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(crate::media::calls::TICK_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => calls.tick(unix_ms()),
+        }
+    }
 }
 
 /// Presence with other nodes: this node's rooms again every `every` (so its entries do not

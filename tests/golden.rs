@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use edgerelay::proto::media::{LayerInfo, SpeakerLevel, TrackInfo, TrackKind};
 use edgerelay::proto::{
     ClientFrame, Codec, ErrorCode, HistoryEntry, Payload, Position, PresenceEntry, RoomCursor, ServerFrame, Status,
     WireLimits,
@@ -62,6 +63,24 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
         ("history_newest", ClientFrame::History { req: 10, room: "chat:lobby".into(), before: None, limit: 20 }),
         ("rooms", ClientFrame::Rooms { req: 11 }),
         ("cursor", ClientFrame::Cursor { room: "chat:lobby".into(), position: pos(7, 42) }),
+        (
+            "track_publish",
+            ClientFrame::TrackPublish {
+                req: 12,
+                room: "call:standup".into(),
+                name: "cam".into(),
+                kind: TrackKind::Video,
+                codec: "vp8".into(),
+                layers: vec![
+                    LayerInfo { width: 320, height: 180, bitrate: 150_000 },
+                    LayerInfo { width: 1280, height: 720, bitrate: 1_500_000 },
+                ],
+            },
+        ),
+        ("track_unpublish", ClientFrame::TrackUnpublish { req: 13, track: 5 }),
+        ("track_subscribe", ClientFrame::TrackSubscribe { req: 14, track: 5, max_layer: 1, paused: false }),
+        ("track_unsubscribe", ClientFrame::TrackUnsubscribe { req: 15, track: 5 }),
+        ("track_mute", ClientFrame::TrackMute { req: 16, track: 5, muted: true }),
     ]
 }
 
@@ -164,6 +183,35 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
         (
             "rooms",
             ServerFrame::Rooms { req: 11, rooms: vec![RoomCursor { room: "chat:lobby".into(), position: pos(7, 42) }] },
+        ),
+        ("track_published", ServerFrame::TrackPublished { req: 12, room: "call:standup".into(), track: 5 }),
+        ("track_ok", ServerFrame::TrackOk { req: 14, track: 5 }),
+        (
+            "tracks",
+            ServerFrame::Tracks {
+                room: "call:standup".into(),
+                tracks: vec![TrackInfo {
+                    track: 5,
+                    user: "alice".into(),
+                    name: "mic".into(),
+                    kind: TrackKind::Audio,
+                    codec: "opus".into(),
+                    layers: vec![LayerInfo { width: 0, height: 0, bitrate: 32_000 }],
+                    muted: false,
+                }],
+                ended: vec![3],
+            },
+        ),
+        ("layer", ServerFrame::Layer { track: 5, layer: 1 }),
+        ("keyframe_request", ServerFrame::KeyframeRequest { track: 5, layer: 0 }),
+        ("layers_wanted", ServerFrame::LayersWanted { track: 5, layers: 0b011 }),
+        (
+            "speakers",
+            ServerFrame::Speakers {
+                room: "call:standup".into(),
+                speakers: vec![SpeakerLevel { user: "alice".into(), level: 87 }],
+                dominant: Some("alice".into()),
+            },
         ),
     ]
 }

@@ -5,6 +5,7 @@
 //! bounded channel: an application that stops reading events stops the client reading the
 //! network, and the relay eventually closes the connection as a slow consumer, as it should.
 
+pub mod media;
 pub mod presence;
 mod quic;
 pub use quic::QuicEndpoint;
@@ -23,6 +24,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::media::TrackId;
+use crate::proto::media::{GroupHeader, LayerInfo, TrackKind};
 use crate::proto::{
     ClientFrame, Codec, ErrorCode, HistoryEntry, PROTOCOL_VERSION, Payload, Position, PresenceEntry, RoomCursor,
     ServerFrame, Status, WireFrame, WireLimits,
@@ -144,7 +147,13 @@ pub enum Event {
         code: Option<ErrorCode>,
         reason: String,
     },
+    /// A call event (docs/media.md): `tracks`, `layer`, `keyframe_request`, `layers_wanted` or
+    /// `speakers`, as the relay sent it.
+    Call(ServerFrame),
 }
+
+/// Media events buffered before the readers of group streams wait for the application.
+const MEDIA_EVENT_BUFFER: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
@@ -176,6 +185,8 @@ struct Shared {
     syncing: Mutex<std::collections::HashSet<String>>,
     /// The client's clock for typing expiry.
     started: Instant,
+    /// What arrives of forwarded media groups (QUIC and WebTransport).
+    media: mpsc::Sender<media::MediaEvent>,
 }
 
 /// `req` numbers of the client's own `presence_sync` requests (far above the application's).
@@ -240,6 +251,8 @@ impl Shared {
             | ServerFrame::PresenceSnapshot { req, .. }
             | ServerFrame::History { req, .. }
             | ServerFrame::Rooms { req, .. }
+            | ServerFrame::TrackPublished { req, .. }
+            | ServerFrame::TrackOk { req, .. }
             | ServerFrame::Error { req, .. } => *req,
             _ => 0,
         };
@@ -262,6 +275,11 @@ impl Shared {
             ServerFrame::GoAway { code, reason, reconnect_after_ms } => {
                 Event::GoAway { code, reason, reconnect_after: Duration::from_millis(u64::from(reconnect_after_ms)) }
             }
+            frame @ (ServerFrame::Tracks { .. }
+            | ServerFrame::Layer { .. }
+            | ServerFrame::KeyframeRequest { .. }
+            | ServerFrame::LayersWanted { .. }
+            | ServerFrame::Speakers { .. }) => Event::Call(frame),
             _ => return,
         };
         // The permit is taken at once while the application keeps up; waiting for it is what
@@ -348,6 +366,7 @@ pub struct Client {
     link: Arc<Link>,
     shared: Arc<Shared>,
     events: mpsc::Receiver<Event>,
+    media: mpsc::Receiver<media::MediaEvent>,
     welcome: Welcome,
     codec: Codec,
     next_req: AtomicU64,
@@ -361,6 +380,7 @@ impl Client {
     pub async fn connect(target: Target, options: ClientOptions) -> Result<Client, ClientError> {
         let (events_tx, events) = mpsc::channel(options.event_buffer.max(1));
         let (syncs, sync_rx) = mpsc::unbounded_channel();
+        let (media_tx, media_rx) = mpsc::channel(MEDIA_EVENT_BUFFER);
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
             events: events_tx,
@@ -370,6 +390,7 @@ impl Client {
             syncs,
             syncing: Mutex::new(Default::default()),
             started: Instant::now(),
+            media: media_tx,
         });
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
@@ -429,6 +450,7 @@ impl Client {
             link,
             shared,
             events,
+            media: media_rx,
             welcome,
             codec: options.codec,
             next_req: AtomicU64::new(1),
@@ -655,6 +677,68 @@ impl Client {
     /// owner reads events; `next_event` then returns `None`.
     pub fn take_events(&mut self) -> mpsc::Receiver<Event> {
         std::mem::replace(&mut self.events, mpsc::channel(1).1)
+    }
+
+    /// The next event of the media groups the relay forwards to this client.
+    pub async fn next_media(&mut self) -> Option<media::MediaEvent> {
+        self.media.recv().await
+    }
+
+    /// Publishes a media track in a joined room; returns its id.
+    pub async fn publish_track(
+        &self,
+        room: &str,
+        name: &str,
+        kind: TrackKind,
+        codec: &str,
+        layers: Vec<LayerInfo>,
+    ) -> Result<TrackId, ClientError> {
+        let frame = |req| ClientFrame::TrackPublish {
+            req,
+            room: room.to_owned(),
+            name: name.to_owned(),
+            kind,
+            codec: codec.to_owned(),
+            layers,
+        };
+        match self.request(Route::Room(room), frame).await? {
+            ServerFrame::TrackPublished { track, .. } => Ok(track),
+            other => Err(unexpected("track_published", &other)),
+        }
+    }
+
+    /// Starts a group of an own track on `layer` (video groups start with a keyframe): its
+    /// frames follow with [`media::GroupWriter::frame`]. QUIC and WebTransport only.
+    pub async fn open_group(&self, header: GroupHeader, kind: TrackKind) -> Result<media::GroupWriter, ClientError> {
+        let Link::Quic(link) = &*self.link else {
+            let message = "media needs raw QUIC or WebTransport".to_owned();
+            return Err(ClientError::Rejected { code: ErrorCode::MEDIA_UNSUPPORTED, message });
+        };
+        media::GroupWriter::open(link.session(), header, crate::media::priority(kind, header.layer)).await
+    }
+
+    /// Receives a track (or changes the request: highest layer, paused).
+    pub async fn subscribe_track(&self, track: TrackId, max_layer: u8, paused: bool) -> Result<(), ClientError> {
+        self.track_request(|req| ClientFrame::TrackSubscribe { req, track, max_layer, paused }).await
+    }
+
+    pub async fn unsubscribe_track(&self, track: TrackId) -> Result<(), ClientError> {
+        self.track_request(|req| ClientFrame::TrackUnsubscribe { req, track }).await
+    }
+
+    pub async fn unpublish_track(&self, track: TrackId) -> Result<(), ClientError> {
+        self.track_request(|req| ClientFrame::TrackUnpublish { req, track }).await
+    }
+
+    pub async fn mute_track(&self, track: TrackId, muted: bool) -> Result<(), ClientError> {
+        self.track_request(|req| ClientFrame::TrackMute { req, track, muted }).await
+    }
+
+    async fn track_request(&self, build: impl FnOnce(u64) -> ClientFrame) -> Result<(), ClientError> {
+        match self.request(Route::Control, build).await? {
+            ServerFrame::TrackOk { .. } => Ok(()),
+            other => Err(unexpected("track_ok", &other)),
+        }
     }
 
     /// Closes the connection without waiting for the client's tasks (see `close`).

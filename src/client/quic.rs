@@ -19,6 +19,9 @@ use crate::proto::{Codec, ErrorCode, FrameReader, ServerFrame, WireFrame};
 use crate::tls;
 use crate::transport::{ALPN_RAW, quic::read_frame, webtransport};
 
+/// Bytes the relay may send before the client reads them (connection flow control).
+const RECEIVE_WINDOW: u32 = 8 << 20;
+
 /// Largest frame the client accepts from the relay.
 const MAX_INBOUND_FRAME: usize = 16 << 20;
 
@@ -81,6 +84,10 @@ pub(super) async fn connect(
     // A relay that vanished (crash, network gone) is noticed within this, so a reconnecting
     // client resumes quickly; keep-alives keep a healthy idle connection well inside it.
     transport.max_idle_timeout(Some(quinn::VarInt::from_u32(8_000).into()));
+    // What the relay may send ahead of the application's reading, over all streams: a media
+    // subscriber that stops reading stalls the relay's sends within this, and the relay then
+    // drops stale groups instead of queueing them (quinn's default has no connection limit).
+    transport.receive_window(quinn::VarInt::from_u32(RECEIVE_WINDOW));
     config.transport_config(Arc::new(transport));
 
     let (endpoint, owns_endpoint) = match shared_endpoint {
@@ -121,6 +128,7 @@ pub(super) async fn connect(
     tasks.spawn(read_stream(recv, reader, codec, shared.clone(), cancel.clone()));
     tasks.spawn(watch(conn.clone(), shared.clone(), cancel.clone()));
     tasks.spawn(read_datagrams(conn.clone(), codec, shared.clone(), cancel.clone()));
+    tasks.spawn(super::media::accept_groups(conn.clone(), shared.media.clone(), tasks.clone(), cancel.clone()));
     let link =
         QuicLink { endpoint, owns_endpoint, conn, codec, shared, control: Mutex::new(send), rooms: Default::default() };
     Ok((link, first))
@@ -284,6 +292,11 @@ impl QuicLink {
 
     fn write_error(&self, err: web_transport_quinn::WriteError) -> ClientError {
         self.shared.closed_error().unwrap_or(ClientError::Closed { code: None, reason: err.to_string() })
+    }
+
+    /// The QUIC (or WebTransport) session, for media group streams.
+    pub(super) fn session(&self) -> &Session {
+        &self.conn
     }
 
     pub(super) fn close(&self) {

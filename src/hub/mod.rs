@@ -27,7 +27,7 @@ pub use room::{Attach, CatchUp, Delivered, Membership, RoomState, Subscriber, Su
 
 use crate::metrics::HubMetrics;
 use crate::outbox::{PushError, Reply, Wakes};
-use crate::proto::{Position, RoomName};
+use crate::proto::{Position, RoomName, ServerFrame};
 use crate::store::{RoomMeta, StoredMessage};
 
 /// A room's identity inside the relay: tenant plus room name.
@@ -168,6 +168,14 @@ impl Hub {
         }
     }
 
+    /// Sends a frame that is not a message (a call's `tracks` or `speakers`) to every member of
+    /// the room on this node, on the room's lane, encoded once per codec.
+    pub fn broadcast(&self, key: &RoomKey, frame: &ServerFrame) {
+        if let Some(room) = self.existing(key) {
+            lock(&room).broadcast(frame);
+        }
+    }
+
     /// Fans a committed message out to the room's members here, if the room is present, and
     /// wakes their writers.
     pub fn deliver(&self, key: &RoomKey, epoch: u64, message: &StoredMessage) -> Delivered {
@@ -217,7 +225,7 @@ mod tests {
     use super::*;
     use crate::mailbox::{Mailbox, mailbox};
     use crate::outbox::{CONTROL, Outbox, Take};
-    use crate::proto::{Codec, Payload, ServerFrame};
+    use crate::proto::{Codec, Payload};
 
     fn key(tenant: &str, room: &str) -> RoomKey {
         RoomKey { tenant: tenant.into(), room: RoomName::parse(room).unwrap() }

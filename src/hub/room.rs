@@ -194,6 +194,15 @@ impl RoomState {
         self.members.remove(&id).is_some()
     }
 
+    /// Queues a frame that is not a message for every member (see `Hub::broadcast`). A member
+    /// whose outbox refuses is leaving anyway.
+    pub fn broadcast(&self, frame: &ServerFrame) {
+        let mut encoded = EncodeOnce::new(frame);
+        for m in self.members.values() {
+            let _ = m.sub.outbox.push(m.sub.lane, encoded.get(m.sub.outbox.codec()));
+        }
+    }
+
     /// Fans one committed message out to the live members expecting exactly this offset. The
     /// frame is encoded at most once per codec and the bytes are shared. Writers are woken
     /// through `wakes`, once per batch.

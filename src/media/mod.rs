@@ -22,36 +22,20 @@
 //! The IO (group streams, priorities, resets) stays in the transports.
 
 pub mod cache;
+pub mod calls;
 pub mod dynacast;
 pub mod forwarder;
+pub mod out;
 pub mod queue;
 pub mod speaker;
 
-use serde::{Deserialize, Serialize};
+pub use crate::proto::media::{LayerInfo, TrackKind};
 
 /// Identifies a published track within the relay.
 pub type TrackId = u64;
 
 /// Most simulcast layers of one video track (0 is the base layer, the smallest).
 pub const MAX_LAYERS: usize = 3;
-
-/// What a track carries; decides its priority.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TrackKind {
-    Audio,
-    Video,
-    Screen,
-}
-
-/// One simulcast layer as the publisher announced it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LayerInfo {
-    pub width: u16,
-    pub height: u16,
-    /// The layer's target bitrate, bits per second.
-    pub bitrate: u32,
-}
 
 /// The QUIC stream priority of a group (higher is sent first): control and chat streams keep
 /// quinn's default 0, above all media; then audio, screen, the video base layer, and higher

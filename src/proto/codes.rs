@@ -83,6 +83,12 @@ codes! {
     RATE_LIMITED = 126, "rate_limited", fatal = false, retry = true;
     /// A field is out of range (empty message id, id too long, ...).
     BAD_REQUEST = 127, "bad_request", fatal = false, retry = false;
+    /// No such media track in a room this connection joined (or it ended), or not its own.
+    UNKNOWN_TRACK = 128, "unknown_track", fatal = false, retry = false;
+    /// A media limit: tracks per connection, layers, bitrate, frame size, names.
+    MEDIA_LIMIT = 129, "media_limit", fatal = false, retry = false;
+    /// Media needs raw QUIC or WebTransport (unidirectional streams); not on WebSocket.
+    MEDIA_UNSUPPORTED = 140, "media_unsupported", fatal = false, retry = false;
     /// The connection's outbox overflowed `limits.outbox_bytes`: the client read too slowly.
     SLOW_CONSUMER = 130, "slow_consumer", fatal = true, retry = true;
     /// The relay is draining (shutdown or restart); reconnect, possibly to another node.

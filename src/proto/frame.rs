@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::codes::ErrorCode;
+use super::media::{LayerInfo, SpeakerLevel, TrackInfo, TrackKind};
 use super::payload::Payload;
 use super::presence::{PresenceEntry, Status};
 
@@ -75,6 +76,18 @@ pub enum ClientFrame {
     Rooms { req: u64 },
     /// "I have every message of `room` up to `position`": moves the user's cursor (no answer).
     Cursor { room: String, position: Position },
+    /// Publish a media track in a joined room (a call): answered by `track_published` with the
+    /// track's id, which the publisher's group streams then carry. Needs the `media` capability.
+    TrackPublish { req: u64, room: String, name: String, kind: TrackKind, codec: String, layers: Vec<LayerInfo> },
+    /// Stop publishing a track; members get it in `tracks.ended`. Answered by `track_ok`.
+    TrackUnpublish { req: u64, track: u64 },
+    /// Receive a track of a joined room (or change the request: the highest layer wanted, or
+    /// pause it). Answered by `track_ok`; groups follow on unidirectional streams.
+    TrackSubscribe { req: u64, track: u64, max_layer: u8, paused: bool },
+    /// Stop receiving a track. Answered by `track_ok`.
+    TrackUnsubscribe { req: u64, track: u64 },
+    /// Mark an own track muted or not (members see it in `tracks`). Answered by `track_ok`.
+    TrackMute { req: u64, track: u64, muted: bool },
 }
 
 impl ClientFrame {
@@ -88,7 +101,12 @@ impl ClientFrame {
             | ClientFrame::Refresh { req, .. }
             | ClientFrame::PresenceSync { req, .. }
             | ClientFrame::History { req, .. }
-            | ClientFrame::Rooms { req } => Some(*req),
+            | ClientFrame::Rooms { req }
+            | ClientFrame::TrackPublish { req, .. }
+            | ClientFrame::TrackUnpublish { req, .. }
+            | ClientFrame::TrackSubscribe { req, .. }
+            | ClientFrame::TrackUnsubscribe { req, .. }
+            | ClientFrame::TrackMute { req, .. } => Some(*req),
             ClientFrame::Hello { .. }
             | ClientFrame::SetStatus { .. }
             | ClientFrame::Activity {}
@@ -141,6 +159,21 @@ pub enum ServerFrame {
     History { req: u64, room: String, position: Position, first: u64, messages: Vec<HistoryEntry> },
     /// The user's followed rooms, most recently active first.
     Rooms { req: u64, rooms: Vec<RoomCursor> },
+    /// A track is published; `track` is its id.
+    TrackPublished { req: u64, room: String, track: u64 },
+    /// A track request (unpublish, subscribe, unsubscribe, mute) was done.
+    TrackOk { req: u64, track: u64 },
+    /// A room's tracks: every track after `joined` (following the presence snapshot), then the
+    /// tracks that were published or changed (`tracks`) and the ids of those that ended.
+    Tracks { room: String, tracks: Vec<TrackInfo>, ended: Vec<u64> },
+    /// The subscriber now receives this layer of a track (from the next group on).
+    Layer { track: u64, layer: u8 },
+    /// To a publisher: start a new group with a keyframe on this layer soon.
+    KeyframeRequest { track: u64, layer: u8 },
+    /// To a publisher: the layers of a track anybody receives (bit n = layer n); pause the rest.
+    LayersWanted { track: u64, layers: u8 },
+    /// Who speaks in a room, loudest first, and the dominant speaker (with hysteresis).
+    Speakers { room: String, speakers: Vec<SpeakerLevel>, dominant: Option<String> },
 }
 
 /// One message in a `history` page (its room and epoch are the page's).

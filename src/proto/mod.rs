@@ -6,6 +6,7 @@
 pub mod codec;
 pub mod codes;
 pub mod frame;
+pub mod media;
 pub mod payload;
 pub mod presence;
 pub mod room;

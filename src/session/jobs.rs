@@ -46,10 +46,13 @@ pub async fn run(job: Job, ctx: Arc<SessionContext>) -> Option<JoinSettled> {
         Job::Join { key, id, subscriber, reply, since, user, now_ms } => {
             let settled = JoinSettled { room: key.room.clone(), req: reply.req() };
             let (membership, lane) = (subscriber.membership.clone(), subscriber.lane);
+            let subscriber_outbox = subscriber.outbox.clone();
             let joined = replay::join(&ctx.hub, engine, key.clone(), id, subscriber, reply, since).await;
             if let Some(joined) = joined.filter(|_| !membership.is_cancelled()) {
-                // The presence snapshot follows `joined` (and any replayed messages).
+                // The presence snapshot follows `joined` (and any replayed messages), then the
+                // room's tracks.
                 let _ = ctx.awareness.join(&key, id, lane, crate::connection::unix_ms());
+                ctx.calls.joined(&key, &subscriber_outbox, lane);
                 let cursor = Cursor { room: key.room, position: joined, updated: now_ms };
                 engine.save_cursors(&key.tenant, &user, vec![cursor]);
             }

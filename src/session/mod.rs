@@ -7,6 +7,7 @@
 
 pub mod jobs;
 pub mod limits;
+mod media;
 mod presence;
 
 use std::collections::HashMap;
@@ -21,11 +22,14 @@ use crate::engine::{Done, Engine, Publish};
 use crate::hub::awareness::Awareness;
 use crate::hub::presence::UserKey;
 use crate::hub::{CatchUp, Hub, Membership, RoomKey, Subscriber};
+use crate::media::calls::Calls;
+use crate::media::out::MediaOut;
 use crate::outbox::{CONTROL, DatagramKey, LaneId, Outbox, PushError};
 use crate::proto::{ClientFrame, ErrorCode, PROTOCOL_VERSION, Payload, Position, RoomName, ServerFrame, WireLimits};
 use crate::store::Cursor;
 pub use jobs::{Job, JoinSettled};
 use limits::{ConnectionSlot, TokenBucket, UserConnections};
+use media::TrackRequest;
 
 /// Why a JSON frame or payload holding a lone UTF-16 surrogate escape is refused.
 const LONE_SURROGATE: &str =
@@ -58,6 +62,8 @@ pub struct SessionContext {
     pub test_datagram_loss: f64,
     /// Connections by user for the server API's actions, and the revocations in force.
     pub controls: Arc<Controls>,
+    /// The media side of rooms.
+    pub calls: Arc<Calls>,
 }
 
 /// An error after which the connection is closed with `code`. The session has already queued
@@ -110,6 +116,8 @@ pub struct Session {
     jobs: Vec<Job>,
     /// Cursors the client reported, saved when the connection ends.
     cursors: HashMap<RoomName, Position>,
+    /// Where this connection's media goes (raw QUIC and WebTransport; `None` on WebSocket).
+    media: Option<Arc<MediaOut>>,
     /// Rooms whose join is in flight (by the join's `req`), with the publishes to them that
     /// arrived meanwhile: they go to the engine once the join settled, so a client that joins
     /// and then publishes receives its own message (the join's position is taken first).
@@ -150,6 +158,7 @@ impl Session {
         outbox: Arc<Outbox>,
         catch_up: MailSender<CatchUp>,
         orders: MailSender<Order>,
+        media: Option<Arc<MediaOut>>,
         now_ms: u64,
     ) -> Session {
         let bucket = TokenBucket::new(ctx.limits.publish_rate, ctx.limits.publish_burst, now_ms);
@@ -168,6 +177,7 @@ impl Session {
             orders,
             jobs: Vec::new(),
             cursors: HashMap::new(),
+            media,
             joining: HashMap::new(),
         }
     }
@@ -295,6 +305,21 @@ impl Session {
             ClientFrame::History { req, room, before, limit } => (req, self.history(lane, req, &room, before, limit)),
             ClientFrame::Rooms { req } => (req, self.followed_rooms(lane, req)),
             ClientFrame::Cursor { room, position } => (0, self.cursor(&room, position)),
+            ClientFrame::TrackPublish { req, room, name, kind, codec, layers } => {
+                (req, self.track_publish(lane, req, &room, &name, kind, &codec, layers))
+            }
+            ClientFrame::TrackUnpublish { req, track } => {
+                (req, self.track_request(lane, req, track, TrackRequest::Unpublish, now_ms))
+            }
+            ClientFrame::TrackSubscribe { req, track, max_layer, paused } => {
+                (req, self.track_request(lane, req, track, TrackRequest::Subscribe { max_layer, paused }, now_ms))
+            }
+            ClientFrame::TrackUnsubscribe { req, track } => {
+                (req, self.track_request(lane, req, track, TrackRequest::Unsubscribe, now_ms))
+            }
+            ClientFrame::TrackMute { req, track, muted } => {
+                (req, self.track_request(lane, req, track, TrackRequest::Mute(muted), now_ms))
+            }
         };
         self.answer(lane, req, result)
     }
@@ -346,7 +371,9 @@ impl Session {
     fn detach(&self, room: &RoomName, joined: &Joined, now_ms: u64) {
         joined.membership.cancel();
         if let Some(active) = &self.active {
-            self.ctx.hub.leave(&active.key(room), self.id, now_ms);
+            let key = active.key(room);
+            self.ctx.hub.leave(&key, self.id, now_ms);
+            self.ctx.calls.leave(&key, self.id, now_ms);
         }
     }
 

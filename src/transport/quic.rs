@@ -28,11 +28,14 @@ use tokio_util::task::TaskTracker;
 use web_transport_quinn::{RecvStream, SendStream, Session, SessionError};
 
 use super::{ALPN_RAW, FLUSH_TIMEOUT, WRITE_BATCH, webtransport};
-use crate::connection::{self, ConnectionContext, Handshake, Inbound};
-use crate::mailbox::{MailSender, Refused, bounded_mailbox};
+use crate::connection::{self, ConnectionContext, Handshake, Inbound, Link};
+use crate::mailbox::{MailSender, Mailbox, Refused, bounded_mailbox, mailbox};
+use crate::media::calls::Calls;
+use crate::media::out::{GroupOpen, MediaOut};
 use crate::metrics::{TransportMetrics, datagram_dropped, disconnected};
 use crate::outbox::{CONTROL, CloseReason, LaneId, Outbox, Take};
 use crate::proto::{Codec, DecodeError, ErrorCode, FrameReader, WireFrame};
+use crate::transport;
 
 /// Bidirectional streams a new connection may open: the control stream, a few rooms, and
 /// the WebTransport `CONNECT` stream. [`StreamCredit`] raises it as rooms are joined.
@@ -257,6 +260,9 @@ async fn run(
     metrics.bytes_in.increment(first.len() as u64 + 4);
 
     let outbox = Outbox::new(Codec::detect(&first), ctx.session.limits.outbox_bytes);
+    let id = ctx.next_id();
+    let (opens_tx, opens) = mailbox();
+    let media = MediaOut::new(ctx.session.calls.config().queue_bytes, opens_tx);
     // Bounded: a reader waits while the connection loop is behind.
     let (tx, mut rx) = bounded_mailbox(INBOUND_BACKLOG);
     let writers = TaskTracker::new();
@@ -271,15 +277,16 @@ async fn run(
         max_frame,
         metrics,
     };
+    let media_side = MediaSide { id, media: media.clone(), calls: ctx.session.calls.clone(), opens };
     lanes.spawn(CONTROL, ctrl_send, ctrl_recv, reader);
     let datagrams =
         Datagrams { max: ctx.session.limits.max_datagram_bytes as usize, loss: ctx.session.test_datagram_loss };
     // `lanes` holds the last sender the connection loop listens to: once every reader has
     // ended, the loop sees its channel close.
-    readers.spawn(serve_peer(conn.clone(), lanes, credit, datagrams));
+    readers.spawn(serve_peer(conn.clone(), lanes, credit, datagrams, media_side));
 
     let reason = tokio::select! {
-        reason = connection::drive(ctx, outbox.clone(), first, &mut rx, auth_deadline, handshake) => reason,
+        reason = connection::drive(ctx, Link { id, outbox: outbox.clone(), media: Some(media) }, first, &mut rx, auth_deadline, handshake) => reason,
         _ = stop.cancelled() => CloseReason::Error(ErrorCode::GOING_AWAY),
     };
     outbox.close(reason);
@@ -484,11 +491,32 @@ impl Lanes {
     }
 }
 
+/// A connection's media: its id in the calls, its outgoing groups, and where the calls ask for
+/// group streams.
+struct MediaSide {
+    id: u64,
+    media: Arc<MediaOut>,
+    calls: Arc<Calls>,
+    opens: Mailbox<GroupOpen>,
+}
+
+/// How often a connection's bandwidth estimate is handed to its media forwarders.
+const BUDGET_EVERY: Duration = Duration::from_millis(250);
+
 /// Everything of a connection but its streams' bytes, in one task (tasks cost memory per
 /// connection): every further bidirectional stream is a room's lane; received datagrams go to
-/// the connection loop and the outbox's datagram queue is sent; unidirectional streams
-/// (protocol v1 has none) are stopped at once, so they cannot hold buffered data.
-async fn serve_peer(conn: Arc<Session>, lanes: Lanes, mut credit: StreamCredit, datagrams: Datagrams) {
+/// the connection loop and the outbox's datagram queue is sent; unidirectional streams are
+/// media groups (docs/media.md), read and written by a task each. A connection that publishes
+/// nothing may open only the few unidirectional streams HTTP/3 needs.
+async fn serve_peer(
+    conn: Arc<Session>,
+    lanes: Lanes,
+    mut credit: StreamCredit,
+    datagrams: Datagrams,
+    mut media: MediaSide,
+) {
+    let mut budget = tokio::time::interval(BUDGET_EVERY);
+    budget.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_lane: LaneId = CONTROL + 1;
     let mut datagrams_open = true;
     // Every datagram push notifies (a permit is kept when nobody waits), so the queue is sent
@@ -511,9 +539,18 @@ async fn serve_peer(conn: Arc<Session>, lanes: Lanes, mut credit: StreamCredit, 
                 lanes.spawn(lane, send, recv, FrameReader::new(lanes.max_frame));
                 credit.rooms_open(lanes.outbox.lanes_open().saturating_sub(1));
             }
-            Ok(mut recv) = conn.accept_uni() => {
-                let _ = recv.stop(0);
+            Ok(recv) = conn.accept_uni() => {
+                let (calls, cancel) = (media.calls.clone(), lanes.cancel.clone());
+                lanes.readers.spawn(transport::media::read_group(recv, calls, media.id, cancel));
             }
+            Some(open) = media.opens.recv() => {
+                let writer = transport::media::write_group(conn.clone(), media.media.clone(), open, lanes.cancel.clone());
+                lanes.readers.spawn(writer);
+            }
+            _ = media.media.publishing() => {
+                conn.set_max_concurrent_uni_streams(transport::media::PUBLISHER_UNI_STREAMS.into());
+            }
+            _ = budget.tick() => media.media.set_budget(transport::media::budget(&conn)),
             datagram = conn.read_datagram(), if datagrams_open => match datagram {
                 Ok(body) => {
                     if !datagrams.forward(body, &lanes.tx, &lanes.metrics) {

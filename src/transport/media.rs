@@ -1,0 +1,111 @@
+//! Media group streams on QUIC and WebTransport (docs/media.md): a publisher's unidirectional
+//! streams are read here, one task per group, and handed frame by frame to the calls; a
+//! subscriber's groups are written here, one task per group, at the group's priority, and reset
+//! as soon as the calls cancel them (stale, queue full, track ended). Thin: every decision is in
+//! `crate::media`.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use web_transport_quinn::{RecvStream, Session};
+
+use super::quic::ChunkRecv;
+use crate::connection::unix_ms;
+use crate::media::calls::Calls;
+use crate::media::out::{GroupOpen, MediaOut};
+use crate::media::queue::Next;
+use crate::proto::media::{MediaReader, reset};
+
+/// Unidirectional streams a connection that publishes media may have open at once (a group
+/// per stream; audio groups are short, so several overlap). Others keep the few HTTP/3 needs.
+pub const PUBLISHER_UNI_STREAMS: u32 = 64;
+
+/// Reads one group stream of a publisher and forwards its frames. A stream the calls refuse
+/// (unknown track, not the connection's, no such layer) or that breaks the format is stopped.
+pub async fn read_group(mut recv: RecvStream, calls: Arc<Calls>, id: u64, cancel: CancellationToken) {
+    let mut reader = MediaReader::new(calls.config().max_frame_bytes as usize);
+    let frames_in = metrics::counter!(crate::metrics::MEDIA_FRAMES_IN_TOTAL);
+    let read = async {
+        let header = loop {
+            match reader.header() {
+                Ok(Some(header)) => break header,
+                Ok(None) => reader.push(&recv.next_chunk().await.ok_or("stream ended before its header")?),
+                Err(_) => return Err("malformed group header"),
+            }
+        };
+        let group = calls.group(id, header, unix_ms()).map_err(|_| "group refused")?;
+        loop {
+            match reader.next_frame() {
+                Ok(Some(frame)) => {
+                    frames_in.increment(1);
+                    group.frame(&frame, unix_ms());
+                }
+                Ok(None) => match recv.next_chunk().await {
+                    Some(chunk) => reader.push(&chunk),
+                    None if reader.pending() == 0 => {
+                        group.end();
+                        return Ok(());
+                    }
+                    None => return Err("stream ended inside a frame"),
+                },
+                Err(_) => return Err("malformed or oversized frame"),
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = read => outcome,
+        _ = cancel.cancelled() => Ok(()),
+    };
+    if let Err(why) = outcome {
+        tracing::debug!(why, "media group stream refused");
+        let _ = recv.stop(reset::REFUSED);
+    }
+}
+
+/// Writes one group to a subscriber: the header, then frames as they come, then finish (or a
+/// reset when the group is cancelled). The group stays in flight until the subscriber has it
+/// all, so a newer group can still cancel it while it waits for acknowledgements.
+pub async fn write_group(conn: Arc<Session>, media: Arc<MediaOut>, open: GroupOpen, stop: CancellationToken) {
+    let key = open.key;
+    let cancelled = open.cancel.clone();
+    let write = async {
+        let mut send = conn.open_uni().await.ok()?;
+        let _ = send.set_priority(open.priority);
+        let outcome = async {
+            send.write_all(&open.header.encode()).await.ok()?;
+            loop {
+                match media.next(key) {
+                    Next::Frames(mut frames) => send.write_all_chunks(&mut frames).await.ok()?,
+                    Next::Wait => open.notify.notified().await,
+                    Next::Finish => {
+                        send.finish().ok()?;
+                        let _ = send.stopped().await;
+                        return Some(());
+                    }
+                    Next::Reset => return None,
+                }
+            }
+        };
+        let finished = tokio::select! {
+            finished = outcome => finished.is_some(),
+            _ = cancelled.cancelled() => false,
+        };
+        if !finished {
+            let _ = send.reset(reset::DROPPED);
+        }
+        Some(())
+    };
+    tokio::select! {
+        _ = write => {}
+        _ = stop.cancelled() => {}
+    }
+    media.done(key);
+}
+
+/// The bandwidth estimate the forwarders work with: what the congestion controller lets through
+/// per round trip, in bits per second.
+pub fn budget(conn: &Session) -> u64 {
+    let rtt = conn.rtt().as_secs_f64().max(0.001);
+    let cwnd = quinn::Connection::stats(conn).path.cwnd as f64;
+    (cwnd * 8.0 / rtt) as u64
+}
