@@ -70,7 +70,7 @@ async fn a_saturated_video_subscriber_still_gets_its_chat_and_audio() {
     // a 1 s group), a chat message every 200 ms, for SECONDS.
     let send = async {
         let mut audio_group = None;
-        let mut video_group = None;
+        let mut video_group: Option<edgerelay::client::media::GroupWriter> = None;
         let mut chat = 0u32;
         for tick in 0..(SECONDS * 50) {
             if tick % 5 == 0 {
@@ -80,14 +80,18 @@ async fn a_saturated_video_subscriber_still_gets_its_chat_and_audio() {
             if let Some(group) = audio_group.as_mut() {
                 group.frame(tick * 20_000, 0x80 | 20, &stamped(epoch, 80)).await.unwrap();
             }
-            if tick % 5 == 4 {
-                audio_group.take().map(|g| g.finish());
+            if tick % 5 == 4
+                && let Some(group) = audio_group.take()
+            {
+                group.finish();
             }
             if tick % 5 < 3 {
                 // ~30 fps: three video frames per 100 ms.
                 let frame = tick / 5 * 3 + tick % 5;
                 if frame % 30 == 0 {
-                    video_group.take().map(|g: edgerelay::client::media::GroupWriter| g.finish());
+                    if let Some(group) = video_group.take() {
+                        group.finish();
+                    }
                     let header = GroupHeader { track: cam, layer: 0, group: frame / 30 + 1, flags: FLAG_KEYFRAME };
                     video_group = Some(speaker.open_group(header, TrackKind::Video).await.unwrap());
                 }
@@ -102,7 +106,9 @@ async fn a_saturated_video_subscriber_still_gets_its_chat_and_audio() {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        video_group.take().map(|g| g.finish());
+        if let Some(group) = video_group.take() {
+            group.finish();
+        }
         chat
     };
     let mut audio_frames = 0u64;
@@ -118,10 +124,9 @@ async fn a_saturated_video_subscriber_still_gets_its_chat_and_audio() {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
                 event = viewer.next_media() => match event {
-                    Some(MediaEvent::Frame { track, group, frame }) if track == mic => {
+                    Some(MediaEvent::Frame { track, frame, .. }) if track == mic => {
                         audio_frames += 1;
                         audio_ages.push(age_ms(epoch, &frame.payload));
-                        let _ = group;
                     }
                     Some(MediaEvent::Frame { group, .. }) => *video_frames.entry(group).or_default() += 1,
                     Some(MediaEvent::End { track, reset, .. }) if track == cam => match reset {
