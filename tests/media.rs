@@ -405,3 +405,34 @@ async fn the_speaker_indicator_follows_the_louder_participant() {
     let (_, ()) = tokio::join!(talk(&alice, alice_mic, &bob, bob_mic, 1), dominant(&mut carol, "alice"));
     let (_, ()) = tokio::join!(talk(&bob, bob_mic, &alice, alice_mic, 100), dominant(&mut carol, "bob"));
 }
+
+/// A group the publisher abandons, or whose frame breaks `media.max_frame_bytes`, is reset for
+/// its subscribers at once: they never wait on a group that cannot complete.
+#[tokio::test]
+async fn a_group_abandoned_or_refused_mid_way_is_reset_for_subscribers() {
+    let relay = start_with(|c| {
+        c.media.max_frame_bytes = 16 * 1024;
+        c.media.queue_bytes = 64 * 1024;
+    })
+    .await;
+    let alice = participant(&relay, Transport::Quic, "alice").await;
+    let mut bob = participant(&relay, Transport::Quic, "bob").await;
+    let cam = alice.publish_track(ROOM, "cam", TrackKind::Video, "vp8", video_layers()[..1].to_vec()).await.unwrap();
+    bob.subscribe_track(cam, 0, false).await.unwrap();
+    for (group, oversized) in [(1u64, false), (2, true)] {
+        let header = GroupHeader { track: cam, layer: 0, group, flags: FLAG_KEYFRAME };
+        let mut writer = alice.open_group(header, TrackKind::Video).await.unwrap();
+        writer.frame(0, 0, &[group as u8, 0, 0]).await.unwrap();
+        // Bob has the group's start before it breaks off.
+        assert!(matches!(within("group", bob.next_media()).await, Some(MediaEvent::Group(h)) if h.group == group));
+        assert!(matches!(within("frame", bob.next_media()).await, Some(MediaEvent::Frame { .. })));
+        if oversized {
+            // Past the limit: the relay stops the stream (the write may or may not see it yet).
+            let _ = writer.frame(1, 0, &vec![0u8; 20 * 1024]).await;
+        } else {
+            writer.abandon();
+        }
+        let end = within("the group's reset", bob.next_media()).await;
+        assert_eq!(end, Some(MediaEvent::End { track: cam, group, reset: Some(reset::DROPPED) }), "group {group}");
+    }
+}

@@ -55,6 +55,11 @@ impl GroupWriter {
     pub fn finish(mut self) {
         let _ = self.send.finish();
     }
+
+    /// Abandons the group (e.g. the encoder restarted): the relay resets it for subscribers.
+    pub fn abandon(mut self) {
+        let _ = self.send.reset(0);
+    }
 }
 
 /// Accepts the relay's group streams for as long as the connection lives, a reader each.

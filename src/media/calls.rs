@@ -501,6 +501,18 @@ impl GroupIn {
         }
     }
 
+    /// The publisher abandoned the group (reset its stream) or the relay refused the rest of it
+    /// (a frame over the limit): the subscribers' streams of it are reset, never left waiting.
+    pub fn abort(self) {
+        let t = lock(&self.track);
+        let track = t.info.track;
+        for sub in t.subscribers.values() {
+            if let Some(f) = sub.forwarding.filter(|f| f.layer == self.layer && f.group == self.group) {
+                sub.out.cancel(GroupKey { track, group: f.sub_group });
+            }
+        }
+    }
+
     /// The publisher finished the group.
     pub fn end(self) {
         let t = lock(&self.track);

@@ -105,6 +105,13 @@ impl MediaOut {
         }
     }
 
+    /// The publisher abandoned the group: its stream to this subscriber is reset.
+    pub fn cancel(&self, key: GroupKey) {
+        let mut state = self.lock();
+        let cancelled = state.queue.cancel(key);
+        Self::cancel_writers(&mut state, &cancelled);
+    }
+
     /// The track ended for this subscriber: its groups are reset.
     pub fn end_track(&self, track: TrackId) {
         let mut state = self.lock();

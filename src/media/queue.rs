@@ -152,6 +152,11 @@ impl GroupQueue {
         self.cancelled.retain(|k| *k != key);
     }
 
+    /// The publisher abandoned a group (reset its stream, or the relay refused the rest of it).
+    pub fn cancel(&mut self, key: GroupKey) -> Vec<(GroupKey, Cancel)> {
+        self.cancel_where(|g| g.key == key, Cancel::Stale)
+    }
+
     /// The track ended (unpublished, unsubscribed or its publisher left): its groups are
     /// cancelled.
     pub fn end_track(&mut self, track: TrackId) -> Vec<(GroupKey, Cancel)> {

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use web_transport_quinn::{RecvStream, Session};
 
-use super::quic::ChunkRecv;
 use crate::connection::unix_ms;
 use crate::media::calls::Calls;
 use crate::media::out::{GroupOpen, MediaOut};
@@ -21,32 +20,35 @@ use crate::proto::media::{MediaReader, reset};
 pub const PUBLISHER_UNI_STREAMS: u32 = 64;
 
 /// Reads one group stream of a publisher and forwards its frames. A stream the calls refuse
-/// (unknown track, not the connection's, no such layer) or that breaks the format is stopped.
+/// (unknown track, not the connection's, no such layer) or that breaks the format is stopped;
+/// a group the publisher resets, or that breaks off, is reset for its subscribers too.
 pub async fn read_group(mut recv: RecvStream, calls: Arc<Calls>, id: u64, cancel: CancellationToken) {
     let mut reader = MediaReader::new(calls.config().max_frame_bytes as usize);
     let frames_in = metrics::counter!(crate::metrics::MEDIA_FRAMES_IN_TOTAL);
+    let mut group = None;
     let read = async {
         let header = loop {
             match reader.header() {
                 Ok(Some(header)) => break header,
-                Ok(None) => reader.push(&recv.next_chunk().await.ok_or("stream ended before its header")?),
+                Ok(None) => match recv.read_chunk(READ_CHUNK, true).await {
+                    Ok(Some(chunk)) => reader.push(&chunk.bytes),
+                    _ => return Err("stream ended before its header"),
+                },
                 Err(_) => return Err("malformed group header"),
             }
         };
-        let group = calls.group(id, header, unix_ms()).map_err(|_| "group refused")?;
+        let forwarding = group.insert(calls.group(id, header, unix_ms()).map_err(|_| "group refused")?);
         loop {
             match reader.next_frame() {
                 Ok(Some(frame)) => {
                     frames_in.increment(1);
-                    group.frame(&frame, unix_ms());
+                    forwarding.frame(&frame, unix_ms());
                 }
-                Ok(None) => match recv.next_chunk().await {
-                    Some(chunk) => reader.push(&chunk),
-                    None if reader.pending() == 0 => {
-                        group.end();
-                        return Ok(());
-                    }
-                    None => return Err("stream ended inside a frame"),
+                Ok(None) => match recv.read_chunk(READ_CHUNK, true).await {
+                    Ok(Some(chunk)) => reader.push(&chunk.bytes),
+                    Ok(None) if reader.pending() == 0 => return Ok(()),
+                    Ok(None) => return Err("stream ended inside a frame"),
+                    Err(_) => return Err("reset by the publisher"),
                 },
                 Err(_) => return Err("malformed or oversized frame"),
             }
@@ -54,13 +56,23 @@ pub async fn read_group(mut recv: RecvStream, calls: Arc<Calls>, id: u64, cancel
     };
     let outcome = tokio::select! {
         outcome = read => outcome,
-        _ = cancel.cancelled() => Ok(()),
+        _ = cancel.cancelled() => Err("connection closing"),
     };
-    if let Err(why) = outcome {
-        tracing::debug!(why, "media group stream refused");
-        let _ = recv.stop(reset::REFUSED);
+    match (outcome, group) {
+        (Ok(()), Some(group)) => group.end(),
+        (Ok(()), None) => {}
+        (Err(why), group) => {
+            tracing::debug!(why, "media group stream ended early");
+            let _ = recv.stop(reset::REFUSED);
+            if let Some(group) = group {
+                group.abort();
+            }
+        }
     }
 }
+
+/// Largest chunk taken from a group stream at once.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// Writes one group to a subscriber: the header, then frames as they come, then finish (or a
 /// reset when the group is cancelled). The group stays in flight until the subscriber has it
