@@ -179,17 +179,20 @@ async fn layers_switch_at_group_starts_only_and_unwatched_layers_are_paused_at_t
     })
     .await;
     assert_eq!(wanted, (cam, 0b001));
-    // Bob asks for the top layer: it is resumed at once, and bob switches where its group starts.
+    // Bob asks for the top layer: it is resumed at once, and as no group of it starts (nor is
+    // cached), alice is asked for a keyframe on it; bob switches where its group starts.
     bob.subscribe_track(cam, 2, false).await.unwrap();
-    let resumed = within("layers_wanted again", async {
-        loop {
-            if let ServerFrame::LayersWanted { layers, .. } = next_call(&mut alice).await {
-                return layers;
+    let (mut resumed, mut keyframe) = (false, false);
+    within("layers_wanted and keyframe_request", async {
+        while !(resumed && keyframe) {
+            match next_call(&mut alice).await {
+                ServerFrame::LayersWanted { track, layers } => resumed |= track == cam && layers & 0b100 != 0,
+                ServerFrame::KeyframeRequest { track, layer } => keyframe |= (track, layer) == (cam, 2),
+                _ => {}
             }
         }
     })
     .await;
-    assert_eq!(resumed & 0b100, 0b100);
     send_group(&alice, GroupHeader { track: cam, layer: 0, group: 3, flags: FLAG_KEYFRAME }, TrackKind::Video, 3, 100)
         .await;
     let (got, _, _) = receive_group(&mut bob).await;
