@@ -165,3 +165,106 @@ async fn a_saturated_video_subscriber_still_gets_its_chat_and_audio() {
     assert!(audio_frames >= SECONDS * 50 * 98 / 100, "audio keeps flowing: {audio_frames} of {}", SECONDS * 50);
     assert!(video.1 > 0, "the link was saturated: stale video groups were dropped");
 }
+
+/// Simulcast under netsim's `3g` profile (2 Mbit/s down, 80 ms ± 20 ms, 1 % loss): a viewer
+/// behind it is moved to a lower layer by its connection's estimate while a viewer on a clean
+/// link keeps the top layer, and the 3g viewer's audio keeps flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_on_3g_gets_a_lower_layer_and_whole_audio_while_others_keep_the_top_layer() {
+    const SECONDS: u64 = 8;
+    let relay = common::start_with(|_| {}).await;
+    let profile = Profile::named("3g").expect("the 3g profile");
+    let proxy = Proxy::start(proxy_config(&relay, Transport::Quic, profile, 9)).await.unwrap();
+    let mut mobile = connect_via(&relay, Transport::Quic, &proxy, "mobile", ROOM).await.unwrap();
+    mobile.join(ROOM).await.unwrap();
+    let target = relay.target(Transport::Quic);
+    let mut desk = connect(&relay, Transport::Quic, target.clone(), "desk", ROOM).await.unwrap();
+    desk.join(ROOM).await.unwrap();
+    let speaker = connect(&relay, Transport::Quic, target, "speaker", ROOM).await.unwrap();
+    speaker.join(ROOM).await.unwrap();
+    let layers: Vec<LayerInfo> = [(320, 180, 150_000), (640, 360, 500_000), (1280, 720, 1_500_000)]
+        .map(|(width, height, bitrate)| LayerInfo { width, height, bitrate })
+        .to_vec();
+    let mic = speaker.publish_track(ROOM, "mic", TrackKind::Audio, "opus", layers[..1].to_vec()).await.unwrap();
+    let cam = speaker.publish_track(ROOM, "cam", TrackKind::Video, "vp8", layers.clone()).await.unwrap();
+    for viewer in [&mobile, &desk] {
+        viewer.subscribe_track(mic, 0, false).await.unwrap();
+        viewer.subscribe_track(cam, 2, false).await.unwrap();
+    }
+    // 30 fps on every layer at its bitrate, 1 s groups (all layers start together, as simulcast
+    // encoders with a common keyframe interval do); 20 ms audio frames, 5 per group.
+    let send = async {
+        let mut video: Vec<Option<edgerelay::client::media::GroupWriter>> = vec![None, None, None];
+        let mut audio: Option<edgerelay::client::media::GroupWriter> = None;
+        for tick in 0..SECONDS * 50 {
+            if tick % 5 == 0 {
+                let header = GroupHeader { track: mic, layer: 0, group: tick / 5 + 1, flags: 0 };
+                audio = Some(speaker.open_group(header, TrackKind::Audio).await.unwrap());
+            }
+            if let Some(group) = audio.as_mut() {
+                group.frame(tick * 20_000, 0x80 | 20, &[0x11; 80]).await.unwrap();
+            }
+            if tick % 5 == 4
+                && let Some(group) = audio.take()
+            {
+                group.finish();
+            }
+            if tick % 5 < 3 {
+                let frame = tick / 5 * 3 + tick % 5;
+                for (layer, info) in layers.iter().enumerate() {
+                    if frame % 30 == 0 {
+                        if let Some(group) = video[layer].take() {
+                            group.finish();
+                        }
+                        let header =
+                            GroupHeader { track: cam, layer: layer as u8, group: frame / 30 + 1, flags: FLAG_KEYFRAME };
+                        video[layer] = Some(speaker.open_group(header, TrackKind::Video).await.unwrap());
+                    }
+                    if let Some(group) = video[layer].as_mut() {
+                        group
+                            .frame(frame * 33_333, 0, &vec![layer as u8; info.bitrate as usize / 8 / 30])
+                            .await
+                            .unwrap();
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for group in video.into_iter().flatten() {
+            group.finish();
+        }
+    };
+    // Per viewer: audio frames, and the layer of each whole video group, in order.
+    async fn watch(viewer: &mut edgerelay::client::Client, mic: u64, until: tokio::time::Instant) -> (u64, Vec<u8>) {
+        let mut audio = 0u64;
+        let mut layer_of = HashMap::new();
+        let mut whole = Vec::new();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return (audio, whole),
+                event = viewer.next_media() => match event {
+                    Some(MediaEvent::Group(h)) if h.track != mic => {
+                        layer_of.insert(h.group, h.layer);
+                    }
+                    Some(MediaEvent::Frame { track, .. }) if track == mic => audio += 1,
+                    Some(MediaEvent::End { track, group, reset: None }) if track != mic => {
+                        whole.extend(layer_of.get(&group).copied());
+                    }
+                    Some(_) => {}
+                    None => return (audio, whole),
+                },
+            }
+        }
+    }
+    let until = tokio::time::Instant::now() + Duration::from_secs(SECONDS + 3);
+    let ((), (mobile_audio, mobile_layers), (desk_audio, desk_layers)) =
+        tokio::join!(send, watch(&mut mobile, mic, until), watch(&mut desk, mic, until));
+    eprintln!(
+        "3g viewer: audio {mobile_audio}/{}, whole video groups by layer {mobile_layers:?}; clean viewer: audio {desk_audio}, layers {desk_layers:?}; down {:?}",
+        SECONDS * 50,
+        proxy.stats().down
+    );
+    assert!(mobile_audio >= SECONDS * 50 * 98 / 100, "the 3g viewer's audio keeps flowing");
+    assert_eq!(desk_layers.last(), Some(&2), "the clean viewer keeps the top layer");
+    assert!(mobile_layers.last().is_some_and(|l| *l < 2), "the 3g viewer ends on a lower layer");
+}

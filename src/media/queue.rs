@@ -4,10 +4,15 @@
 //! resets its stream when the group is cancelled.
 //!
 //! A group is in flight from its start until the subscriber acknowledged all of it. It becomes
-//! stale, and is cancelled, when a newer group of the same track starts while it is still in
-//! flight: a video group is useless once the next keyframe is out, and an audio group older
-//! than [`AUDIO_STALE_MS`] is past its playout time. Under congestion the subscriber therefore
-//! gets the newest group, not a backlog.
+//! stale, and is cancelled, when a newer group of the same track starts while it still has
+//! frames to write (queued here, or not yet sent by the publisher): a video group is useless
+//! once the next keyframe is out, and an audio group older than [`AUDIO_STALE_MS`] is past its
+//! playout time. Under congestion the subscriber therefore gets the newest group, not a
+//! backlog. One exception: the group just before the new one, if it was already written whole (its stream
+//! finished, waiting for acknowledgements) is left to finish, because on a healthy link that is
+//! where the previous group is when the next one starts, and resetting it would throw away
+//! frames already on their way. It is reset when yet another group starts, so at most one
+//! finished group trails the current one.
 //!
 //! Memory is bounded per subscriber: frames not yet taken by a writer count against a byte cap;
 //! past it the queue cancels groups, lowest priority (highest video layer) first and the oldest
@@ -55,6 +60,8 @@ struct InFlight {
     bytes: usize,
     /// The publisher finished the group.
     complete: bool,
+    /// Every frame was taken and the writer finished the stream.
+    written: bool,
 }
 
 /// Why groups were cancelled; counted by the relay's metrics.
@@ -84,9 +91,18 @@ impl GroupQueue {
 
     /// A group starts for this subscriber; returns the groups it makes stale (cancelled).
     pub fn start(&mut self, key: GroupKey, kind: TrackKind, priority: i32, now_ms: u64) -> Vec<(GroupKey, Cancel)> {
+        // The group just before this one, if it was written whole, may trail it.
+        let trailing = self
+            .groups
+            .iter()
+            .filter(|g| g.key.track == key.track && g.key.group < key.group)
+            .max_by_key(|g| g.key.group)
+            .filter(|g| g.written)
+            .map(|g| g.key.group);
         let stale = |g: &InFlight| {
             g.key.track == key.track
                 && g.key.group < key.group
+                && Some(g.key.group) != trailing
                 && (kind != TrackKind::Audio || now_ms.saturating_sub(g.started_ms) >= AUDIO_STALE_MS)
         };
         let cancelled = self.cancel_where(stale, Cancel::Stale);
@@ -98,6 +114,7 @@ impl GroupQueue {
             frames: VecDeque::new(),
             bytes: 0,
             complete: false,
+            written: false,
         });
         cancelled
     }
@@ -138,6 +155,7 @@ impl GroupQueue {
         }
         let Some(g) = self.groups.iter_mut().find(|g| g.key == key) else { return Next::Reset };
         if g.frames.is_empty() {
+            g.written = g.complete;
             return if g.complete { Next::Finish } else { Next::Wait };
         }
         let frames: Vec<Bytes> = g.frames.drain(..).collect();
@@ -232,13 +250,21 @@ mod tests {
         video(&mut q, key(1, 1), 0, 0);
         q.push(key(1, 1), frame(100));
         video(&mut q, key(2, 7), 0, 0);
-        // Written but not acknowledged yet still counts as in flight.
+        // Its frames are written, but the publisher has not finished it: still stale.
         assert!(matches!(q.next(key(1, 1)), Next::Frames(_)));
         assert_eq!(video(&mut q, key(1, 2), 0, 10), vec![(key(1, 1), Cancel::Stale)]);
         assert_eq!(q.next(key(1, 1)), Next::Reset);
         assert_eq!(q.in_flight(), 2, "another track's group is untouched");
         q.acknowledged(key(1, 1));
         assert_eq!(q.next(key(1, 1)), Next::Reset, "unknown groups are reset, never waited on");
+        // A group written whole and finished is left to be acknowledged, until one more starts.
+        q.push(key(1, 2), frame(10));
+        q.complete(key(1, 2));
+        assert!(matches!(q.next(key(1, 2)), Next::Frames(_)));
+        assert_eq!(q.next(key(1, 2)), Next::Finish);
+        assert!(video(&mut q, key(1, 3), 0, 20).is_empty());
+        assert_eq!(q.in_flight(), 3);
+        assert_eq!(video(&mut q, key(1, 4), 0, 30), vec![(key(1, 2), Cancel::Stale), (key(1, 3), Cancel::Stale)]);
     }
 
     #[test]
