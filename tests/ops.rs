@@ -96,18 +96,24 @@ async fn quic_connect(addr: SocketAddr, pin: [u8; 32], token: &str) -> Result<Cl
     Client::connect(target, ClientOptions::new(token).codec(Codec::Json)).await
 }
 
+/// A relay with the certificate files in `dir` (see `write_cert`), checking them for changes
+/// every `reload_interval_ms` (0: only on SIGHUP).
+async fn with_cert_files(dir: &std::path::Path, reload_interval_ms: u64) -> common::TestRelay {
+    let dir = dir.to_path_buf();
+    start_with(|config| {
+        config.tls.cert_file = Some(dir.join("cert.pem"));
+        config.tls.key_file = Some(dir.join("key.pem"));
+        config.tls.reload_interval_ms = reload_interval_ms;
+    })
+    .await
+}
+
 #[tokio::test]
 async fn tcp_port_serves_wss_with_the_configured_certificate_and_reloads_it_on_sighup() {
     let certs = tempfile::tempdir().unwrap();
     let first = write_cert(certs.path());
-    let dir = certs.path().to_path_buf();
-    let relay = start_with(|config| {
-        config.tls.cert_file = Some(dir.join("cert.pem"));
-        config.tls.key_file = Some(dir.join("key.pem"));
-        // Only SIGHUP reloads here: the test decides when.
-        config.tls.reload_interval_ms = 0;
-    })
-    .await;
+    // Only SIGHUP reloads here: the test decides when.
+    let relay = with_cert_files(certs.path(), 0).await;
     assert!(relay.relay.tcp_tls());
     assert_eq!(relay.relay.websocket_scheme(), "wss");
     let tcp = relay.relay.tcp_addr();
@@ -162,13 +168,7 @@ async fn tcp_port_serves_wss_with_the_configured_certificate_and_reloads_it_on_s
 async fn changed_certificate_files_are_picked_up_by_polling_and_a_bad_pair_keeps_the_current_one() {
     let certs = tempfile::tempdir().unwrap();
     let first = write_cert(certs.path());
-    let dir = certs.path().to_path_buf();
-    let relay = start_with(|config| {
-        config.tls.cert_file = Some(dir.join("cert.pem"));
-        config.tls.key_file = Some(dir.join("key.pem"));
-        config.tls.reload_interval_ms = 50;
-    })
-    .await;
+    let relay = with_cert_files(certs.path(), 50).await;
     let token = relay.token("ann", "acme", &["*"]);
     let hex = |hash: [u8; 32]| hash.iter().map(|b| format!("{b:02x}")).collect::<String>();
 

@@ -483,6 +483,16 @@ pub struct GroupIn {
 }
 
 impl GroupIn {
+    /// Calls `each` with the [`MediaOut`] and group key of every subscriber receiving this group.
+    fn receivers(&self, t: &Track, mut each: impl FnMut(&MediaOut, GroupKey)) {
+        let track = t.info.track;
+        for sub in t.subscribers.values() {
+            if let Some(f) = sub.forwarding.filter(|f| f.layer == self.layer && f.group == self.group) {
+                each(&sub.out, GroupKey { track, group: f.sub_group });
+            }
+        }
+    }
+
     /// One frame of the group: cached, counted for the speaker detector, and queued for every
     /// subscriber that takes this group.
     pub fn frame(&self, frame: &MediaFrame, now_ms: u64) {
@@ -493,34 +503,17 @@ impl GroupIn {
             let level = frame.header.level;
             lock(&t.speakers).observe(&t.publisher.user, level & 0x7f, Some(level & 0x80 != 0), now_ms);
         }
-        let track = t.info.track;
-        for sub in t.subscribers.values() {
-            if let Some(f) = sub.forwarding.filter(|f| f.layer == self.layer && f.group == self.group) {
-                sub.out.push(GroupKey { track, group: f.sub_group }, wire.clone());
-            }
-        }
+        self.receivers(&t, |out, key| out.push(key, wire.clone()));
     }
 
     /// The publisher abandoned the group (reset its stream) or the relay refused the rest of it
     /// (a frame over the limit): the subscribers' streams of it are reset, never left waiting.
     pub fn abort(self) {
-        let t = lock(&self.track);
-        let track = t.info.track;
-        for sub in t.subscribers.values() {
-            if let Some(f) = sub.forwarding.filter(|f| f.layer == self.layer && f.group == self.group) {
-                sub.out.cancel(GroupKey { track, group: f.sub_group });
-            }
-        }
+        self.receivers(&lock(&self.track), MediaOut::cancel);
     }
 
     /// The publisher finished the group.
     pub fn end(self) {
-        let t = lock(&self.track);
-        let track = t.info.track;
-        for sub in t.subscribers.values() {
-            if let Some(f) = sub.forwarding.filter(|f| f.layer == self.layer && f.group == self.group) {
-                sub.out.complete(GroupKey { track, group: f.sub_group });
-            }
-        }
+        self.receivers(&lock(&self.track), MediaOut::complete);
     }
 }
