@@ -1,0 +1,172 @@
+//! The call page (`/call/`) in real browsers: headless Chromium with fake camera and microphone
+//! opens it for three participants of one call over WebTransport. Each page must decode the other
+//! two's video and audio, and keep decoding; a fourth participant joins late and must render its
+//! first frame of everyone soon after it joined (the page measures it with `performance.now()`;
+//! the bound here is generous, the figure is printed); the highlighted tile must follow the
+//! participant whose microphone is on while the others are muted.
+//!
+//! A screenshot of the late joiner's page is written to `target/tmp/browser-call.png`, and to
+//! `docs/media-call.png` when `EDGERELAY_UPDATE_SCREENSHOTS` is set.
+
+#[path = "common/browser.rs"]
+mod browser;
+mod common;
+
+use std::path::PathBuf;
+
+use browser::Browser;
+use common::{TestRelay, start};
+use serde_json::{Value, json};
+
+const ROOM: &str = "call:standup";
+
+fn call_url(relay: &TestRelay, user: &str) -> String {
+    let token = relay.token(user, "acme", &["call:*"]);
+    format!("http://127.0.0.1:{}/call/#token={token}&room={ROOM}", relay.relay.tcp_addr().port())
+}
+
+/// `window.callStats()` of a page.
+async fn stats(browser: &mut Browser, page: &str) -> Value {
+    browser.eval(page, "callStats()").await
+}
+
+/// Waits until `page` decoded at least `video` video and `audio` audio frames from each of
+/// `others`; returns its stats.
+async fn decoded(browser: &mut Browser, page: &str, others: &[&str], video: u64, audio: u64) -> Value {
+    let checks: Vec<String> = others
+        .iter()
+        .map(|o| {
+            format!("(s.tiles[{o:?}]?.videoFrames ?? 0) >= {video} && (s.tiles[{o:?}]?.audioFrames ?? 0) >= {audio}")
+        })
+        .collect();
+    let expression = format!("(s => ({}) && s)(callStats())", checks.join(" && "));
+    browser.wait_for(page, &expression).await
+}
+
+/// Waits until every page sees `speaker` as the dominant speaker, with its tile highlighted and
+/// no other; returns nothing, panics with the pages' view when it does not happen.
+async fn speaker_everywhere(browser: &mut Browser, pages: &[(&str, String)], speaker: &str) {
+    for (user, page) in pages {
+        let expression = if *user == speaker {
+            format!(
+                "(s => s.dominant === {speaker:?} && s.selfSpeaking && Object.values(s.tiles).every(t => !t.speaking))(callStats())"
+            )
+        } else {
+            format!(
+                "(s => s.dominant === {speaker:?} && !s.selfSpeaking && Object.entries(s.tiles).every(([u, t]) => t.speaking === (u === {speaker:?})))(callStats())"
+            )
+        };
+        browser.wait_for(page, &expression).await;
+        // The highlight is what a person sees: the tile's outline.
+        let highlighted = browser
+            .eval(
+                page,
+                "[...document.querySelectorAll('.tile.speaking .name span:last-child')].map(e => e.textContent)",
+            )
+            .await;
+        let expected = if *user == speaker { format!("{speaker} (you)") } else { speaker.to_owned() };
+        assert_eq!(highlighted, json!([expected]), "{user}'s page highlights {speaker}");
+    }
+}
+
+async fn click(browser: &mut Browser, page: &str, button: &str) {
+    browser.eval(page, &format!("document.getElementById({button:?}).click()")).await;
+}
+
+#[tokio::test]
+async fn three_chromium_pages_call_each_other_a_late_joiner_renders_at_once_and_the_speaker_is_highlighted() {
+    let relay = start().await;
+    let mut browser = Browser::launch_with(&[
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        "--autoplay-policy=no-user-gesture-required",
+        // Every page is a background tab of one browser: keep them all running at full speed.
+        "--disable-background-timer-throttling",
+        "--disable-renderer-backgrounding",
+        "--disable-backgrounding-occluded-windows",
+    ])
+    .await;
+
+    let users = ["alice", "bob", "carol"];
+    let mut pages: Vec<(&str, String)> = Vec::new();
+    for user in users {
+        let page = browser.open(&call_url(&relay, user)).await;
+        pages.push((user, page));
+    }
+    for (user, page) in &pages {
+        let s = browser
+            .wait_for(
+                page,
+                "(s => s.state === 'open' && s.sent.audioFrames > 0 && s.sent.videoFrames[0] > 0 && s)(callStats())",
+            )
+            .await;
+        assert_eq!(s["transport"], json!("webtransport"), "{user}");
+        assert_eq!(s["user"], json!(user));
+    }
+
+    // Each page decodes the other two's video and audio, and keeps decoding.
+    for (user, page) in &pages {
+        let others: Vec<&str> = users.iter().copied().filter(|u| u != user).collect();
+        let first = decoded(&mut browser, page, &others, 10, 25).await;
+        println!("{user} decoded: {}", first["tiles"]);
+    }
+    for (user, page) in &pages {
+        let now = stats(&mut browser, page).await;
+        let others: Vec<&str> = users.iter().copied().filter(|u| u != user).collect();
+        let video = others.iter().map(|o| now["tiles"][o]["videoFrames"].as_u64().unwrap()).min().unwrap();
+        let audio = others.iter().map(|o| now["tiles"][o]["audioFrames"].as_u64().unwrap()).min().unwrap();
+        // One more second of media, at least, from each of the others.
+        let later = decoded(&mut browser, page, &others, video + 10, audio + 40).await;
+        println!("{user} decoded later: {}", later["tiles"]);
+    }
+
+    // A fourth participant joins late: the relay's cached groups give it a keyframe of everyone
+    // at once, without a keyframe round trip to the publishers.
+    let dave = browser.open(&call_url(&relay, "dave")).await;
+    let s = decoded(&mut browser, &dave, &users, 1, 1).await;
+    for user in users {
+        let tile = &s["tiles"][user];
+        let join = tile["joinToFirstFrameMs"].as_u64().unwrap();
+        let subscribe = tile["subscribeToFirstFrameMs"].as_u64().unwrap();
+        println!("dave joined late: first frame of {user} {join} ms after joining, {subscribe} ms after subscribing");
+        assert!(join < 2000, "dave renders {user} soon after joining: {join} ms");
+    }
+    for (user, page) in &pages {
+        let s = browser.wait_for(page, "(s => s.tiles.dave?.videoFrames > 0 && s)(callStats())").await;
+        assert_eq!(s["participants"], json!(4), "{user} counts four in the call");
+    }
+    pages.push(("dave", dave));
+
+    // The speaker indicator follows the one participant whose microphone is on.
+    for (user, page) in &pages {
+        if *user != "alice" {
+            click(&mut browser, page, "mic").await;
+        }
+    }
+    for (user, page) in &pages {
+        let muted = if *user == "alice" { vec![] } else { vec!["alice"] };
+        let expression = format!(
+            "(s => Object.entries(s.tiles).every(([u, t]) => t.micMuted === !{muted:?}.includes(u)))(callStats())"
+        );
+        browser.wait_for(page, &expression).await;
+    }
+    speaker_everywhere(&mut browser, &pages, "alice").await;
+    // Bob unmutes, Alice mutes: the highlight moves to Bob.
+    click(&mut browser, &pages[1].1, "mic").await;
+    click(&mut browser, &pages[0].1, "mic").await;
+    speaker_everywhere(&mut browser, &pages, "bob").await;
+
+    // A picture of the call as Dave sees it.
+    let dave = &pages[3].1;
+    browser.wait_for(dave, "(s => Object.values(s.tiles).every(t => t.videoFrames > 20))(callStats())").await;
+    let png = browser.screenshot(dave).await;
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-call.png");
+    std::fs::write(&path, &png).unwrap();
+    println!("screenshot of the call page: {}", path.display());
+    if std::env::var_os("EDGERELAY_UPDATE_SCREENSHOTS").is_some() {
+        let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/media-call.png");
+        std::fs::write(&docs, &png).unwrap();
+        println!("and {}", docs.display());
+    }
+    browser.close().await;
+}
