@@ -3,7 +3,10 @@
 //! two's video and audio, and keep decoding; a fourth participant joins late and must render its
 //! first frame of everyone soon after it joined (the page measures it with `performance.now()`;
 //! the bound here is generous, the figure is printed); the highlighted tile must follow the
-//! participant whose microphone is on while the others are muted.
+//! participant whose microphone is on while the others are muted. Simulcast: with everyone on
+//! the top layer the publishers stop encoding the base layer (`layers_wanted`); a fifth page that
+//! asks for the base layer only (`maxLayer=0`) makes them resume it and renders 180p while the
+//! others keep 360p.
 //!
 //! A screenshot of the late joiner's page is written to `target/tmp/browser-call.png`, and to
 //! `docs/media-call.png` when `EDGERELAY_UPDATE_SCREENSHOTS` is set.
@@ -23,6 +26,14 @@ const ROOM: &str = "call:standup";
 fn call_url(relay: &TestRelay, user: &str) -> String {
     let token = relay.token(user, "acme", &["call:*"]);
     format!("http://127.0.0.1:{}/call/#token={token}&room={ROOM}", relay.relay.tcp_addr().port())
+}
+
+/// Every page's camera layers somebody receives (`layers_wanted`), as the page last heard.
+async fn wanted_everywhere(browser: &mut Browser, pages: &[(&str, String)], wanted: [bool; 2]) {
+    let expected = serde_json::to_string(&wanted).unwrap();
+    for (_, page) in pages {
+        browser.wait_for(page, &format!("JSON.stringify(callStats().sent.videoLayersWanted) === '{expected}'")).await;
+    }
 }
 
 /// `window.callStats()` of a page.
@@ -156,9 +167,41 @@ async fn three_chromium_pages_call_each_other_a_late_joiner_renders_at_once_and_
     click(&mut browser, &pages[0].1, "mic").await;
     speaker_everywhere(&mut browser, &pages, "bob").await;
 
-    // A picture of the call as Dave sees it.
+    // Simulcast: everybody receives the top layer, so the publishers stop encoding the base
+    // layer (dynacast, 2 s after nobody needs it). Erin asks for the base layer only: it
+    // resumes at the publishers, Erin renders 180p while the others keep 360p.
+    wanted_everywhere(&mut browser, &pages, [false, true]).await;
+    let erin = browser.open(&format!("{}&maxLayer=0", call_url(&relay, "erin"))).await;
+    let all = ["alice", "bob", "carol", "dave"];
+    // Only Bob's microphone is on now.
+    let s = decoded(&mut browser, &erin, &all, 5, 0).await;
+    for user in all {
+        assert_eq!(
+            (&s["tiles"][user]["videoLayer"], &s["tiles"][user]["videoSize"]),
+            (&json!(0), &json!("320x180")),
+            "erin gets {user}'s base layer"
+        );
+        println!(
+            "erin (base layer only): first frame of {user} {} ms after joining",
+            s["tiles"][user]["joinToFirstFrameMs"]
+        );
+    }
+    wanted_everywhere(&mut browser, &pages, [true, true]).await;
+    for (user, page) in &pages {
+        let s = browser.wait_for(page, "(s => s.tiles.erin?.videoFrames > 0 && s)(callStats())").await;
+        for (other, tile) in s["tiles"].as_object().unwrap() {
+            if other != "erin" {
+                assert_eq!(tile["videoSize"], json!("640x360"), "{user} still gets {other}'s top layer");
+            }
+        }
+    }
+    browser.close_page(&erin).await;
+
+    // A picture of the call as Dave sees it, in a window of a usual size.
     let dave = &pages[3].1;
-    browser.wait_for(dave, "(s => Object.values(s.tiles).every(t => t.videoFrames > 20))(callStats())").await;
+    browser.wait_for(dave, "(s => Object.keys(s.tiles).length === 3 && Object.values(s.tiles).every(t => t.videoFrames > 20))(callStats())").await;
+    let metrics = json!({"width": 1280, "height": 720, "deviceScaleFactor": 1, "mobile": false});
+    browser.call(Some(dave), "Emulation.setDeviceMetricsOverride", metrics).await;
     let png = browser.screenshot(dave).await;
     let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-call.png");
     std::fs::write(&path, &png).unwrap();

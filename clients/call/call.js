@@ -6,7 +6,8 @@
 // decoded, for tests and for the curious.
 //
 // URL fragment: `token`, `room` (default `call:lobby`), `layers` (how many simulcast layers to
-// send, 1-2, default 2), `cert` (base64 certificate hashes to pin instead of `/v1/cert`'s).
+// send, 1-2, default 2), `maxLayer` (the highest layer to receive, default the best; 0 for
+// the smallest, as on a slow link), `cert` (base64 certificate hashes to pin instead of `/v1/cert`'s).
 //
 // Sending follows the relay's rules: every video group starts at a keyframe (one every 2 s, and
 // at once on `keyframe_request`); an audio group is 5 Opus frames; each frame carries the RFC 6464
@@ -27,6 +28,7 @@ const ALL_LAYERS = [
   { width: 640, height: 360, bitrate: 800_000 },
 ];
 const LAYERS = ALL_LAYERS.slice(0, Math.min(ALL_LAYERS.length, Math.max(1, Number(params.get("layers") ?? ALL_LAYERS.length))));
+const MAX_LAYER = params.has("maxLayer") ? Math.max(0, Number(params.get("maxLayer"))) : Infinity;
 // Send order: audio before video, the base layer before higher ones (the relay does the same
 // towards subscribers).
 const SEND_ORDER_AUDIO = 100;
@@ -105,6 +107,13 @@ function setStatus(text, kind) {
 function updateCount() {
   const count = call.tiles.size + 1;
   $("count").textContent = `${count} in call`;
+  // As square a grid as the tiles allow: 1, 2, 2x2, 3x2, 3x3...
+  const columns = Math.ceil(Math.sqrt(count));
+  const rows = Math.ceil(count / columns);
+  const grid = $("grid");
+  grid.style.setProperty("--columns", columns);
+  // Tiles as wide as fits, but short enough for every row to show (16:9 tiles, gaps, padding).
+  grid.style.setProperty("--tile-width", `calc((100vh - 10rem - ${rows - 1} * .8rem) / ${rows} * 16 / 9)`);
 }
 
 // --- tiles ---
@@ -119,13 +128,15 @@ function tileElement(label, media) {
   avatar.append(initial);
   const name = document.createElement("div");
   name.className = "name";
-  const micOff = document.createElement("span");
-  micOff.className = "mic-off";
-  micOff.textContent = "🔇";
-  micOff.title = "microphone muted";
+  // A crossed-out microphone (no emoji: not every system has a font for it).
+  name.insertAdjacentHTML(
+    "beforeend",
+    `<svg viewBox="0 0 24 24" fill="none" stroke="#f2a49c" stroke-width="2" stroke-linecap="round" aria-label="microphone muted">
+       <rect x="9" y="3" width="6" height="11" rx="3"/><path d="M5 11a7 7 0 0 0 14 0M12 18v3M4 4l16 16"/></svg>`,
+  );
   const text = document.createElement("span");
   text.textContent = label;
-  name.append(micOff, text);
+  name.append(text);
   element.append(media, avatar, name);
   $("grid").append(element);
   return element;
@@ -224,7 +235,8 @@ function onTracks({ tracks, ended }) {
 async function subscribe(info, tile) {
   if (info.kind === "video") tile.subscribedAt = performance.now();
   try {
-    await call.client.subscribeTrack(info.track, { maxLayer: info.layers.length - 1, paused: false });
+    const maxLayer = Math.min(MAX_LAYER, info.layers.length - 1);
+    await call.client.subscribeTrack(info.track, { maxLayer, paused: false });
   } catch (err) {
     notice(`could not receive ${info.user}'s ${info.kind}: ${err.message}`);
   }

@@ -165,6 +165,11 @@ impl Browser {
         png
     }
 
+    /// Closes a page (its connections end with it).
+    pub async fn close_page(&mut self, page: &str) {
+        self.call(Some(page), "Page.close", json!({})).await;
+    }
+
     /// Closes the browser (bounded: a hung one is killed on drop anyway).
     pub async fn close(mut self) {
         tokio::time::timeout(Duration::from_secs(5), self.call(None, "Browser.close", json!({}))).await.ok();
