@@ -44,6 +44,7 @@ import {
 import { FLAG_KEYFRAME, GroupReader, encodeFrame, encodeGroupHeader } from "./media.js";
 
 const TOKEN_EXPIRED = 111;
+const MEDIA_UNSUPPORTED = 140;
 
 /** The delay before reconnect attempt `attempt` (0-based): uniform in [0, min(cap, base·2^attempt)). */
 export function backoffDelay(attempt, { baseMs = 250, capMs = 10_000 } = {}, random = Math.random) {
@@ -538,7 +539,8 @@ export class EdgeRelay extends EventTarget {
   #requireMedia() {
     const link = this.#requireLink();
     if (link.kind !== "webtransport") {
-      throw new RelayError("media_unsupported", "media needs WebTransport; this connection is a WebSocket");
+      // The relay's own answer would be the same error (140, docs/protocol.md).
+      throw new RelayError(MEDIA_UNSUPPORTED, "media_unsupported: media needs WebTransport; this connection is a WebSocket");
     }
     return link;
   }

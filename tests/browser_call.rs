@@ -195,6 +195,30 @@ async fn three_chromium_pages_call_each_other_a_late_joiner_renders_at_once_and_
             }
         }
     }
+    // The client refuses media on a WebSocket connection, saying why, before asking the relay.
+    let script = format!(
+        "(async () => {{ \
+           const {{ EdgeRelay }} = await import('/edgerelay.js'); \
+           const client = new EdgeRelay({{ token: {token:?}, transport: 'websocket', \
+                                           webSocketUrl: `ws://${{location.host}}/v1/ws` }}); \
+           await client.connect(); \
+           await client.join({ROOM:?}); \
+           const refusals = []; \
+           for (const attempt of [() => client.publishTrack({ROOM:?}, {{ name: 'cam', kind: 'video', codec: 'vp8', \
+                                    layers: [{{ width: 320, height: 180, bitrate: 200000 }}] }}), \
+                                  () => client.openGroup(1, 0, 1, true)]) {{ \
+             try {{ await attempt(); refusals.push('accepted'); }} catch (e) {{ refusals.push([e.code, e.message]); }} \
+           }} \
+           client.close(); \
+           return refusals; \
+         }})()",
+        token = relay.token("erin", "acme", &["call:*"]),
+    );
+    let refusals = browser.eval(&erin, &script).await;
+    for refusal in refusals.as_array().unwrap() {
+        assert_eq!(refusal[0], json!(140), "{refusal}");
+        assert!(refusal[1].as_str().unwrap().contains("media needs WebTransport"), "{refusal}");
+    }
     browser.close_page(&erin).await;
 
     // A picture of the call as Dave sees it, in a window of a usual size.
