@@ -221,6 +221,11 @@ async fn three_chromium_pages_call_each_other_a_late_joiner_renders_at_once_and_
     }
     browser.close_page(&erin).await;
 
+    // No page reported a failure (encoder, decoder, sending, receiving).
+    for (user, page) in &pages {
+        assert_eq!(browser.eval(page, "callStats().errors").await, json!([]), "{user}'s page");
+    }
+
     // A picture of the call as Dave sees it, in a window of a usual size.
     let dave = &pages[3].1;
     browser.wait_for(dave, "(s => Object.keys(s.tiles).length === 3 && Object.values(s.tiles).every(t => t.videoFrames > 20))(callStats())").await;
