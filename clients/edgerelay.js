@@ -377,7 +377,8 @@ class WebSocketLink {
  * arrives as `media` events, in stream order per group: `{type: "group", track, layer, group,
  * flags, keyframe}` when a group stream opens, `{type: "frame", track, layer, group, timestampUs,
  * level, payload}` per frame, and `{type: "end", track, layer, group, reset}` when it ends
- * (`reset` null when it finished, else the reset code, 0x10 for a group the relay dropped).
+ * (`reset` null when it finished, else the reset code, 0x10 for a group the relay dropped, or -1
+ * when the stream broke without one: truncated, malformed, or the session ended).
  *
  * `join`, `leave`, `publish` and `ping` need an open connection: before `connect()` (or while
  * reconnecting) they reject with "not connected …". `close()` also ends a connect in progress:
