@@ -17,6 +17,11 @@ export const FIELDS = {
   publish: ["req", "room", "id", "data"],
   ping: ["req"],
   refresh: ["req", "token"],
+  track_publish: ["req", "room", "name", "kind", "codec", "layers"],
+  track_unpublish: ["req", "track"],
+  track_subscribe: ["req", "track", "max_layer", "paused"],
+  track_unsubscribe: ["req", "track"],
+  track_mute: ["req", "track", "muted"],
   // relay → client
   welcome: ["version", "session", "user", "server_time", "limits"],
   joined: ["req", "room", "position", "recovered"],
@@ -27,9 +32,17 @@ export const FIELDS = {
   error: ["req", "code", "message"],
   go_away: ["code", "reason", "reconnect_after_ms"],
   refreshed: ["req", "expires_at"],
+  track_published: ["req", "room", "track"],
+  track_ok: ["req", "track"],
+  tracks: ["room", "tracks", "ended"],
+  layer: ["track", "layer"],
+  speakers: ["room", "speakers", "dominant"],
+  keyframe_request: ["track", "layer"],
+  layers_wanted: ["track", "layers"],
 };
 
 const POSITION = ["epoch", "offset"];
+const LAYER = ["width", "height", "bitrate"];
 const LIMITS = [
   "max_frame_bytes",
   "max_payload_bytes",
@@ -64,6 +77,7 @@ export function encodeJson(frame) {
     let value = frame[name] ?? null;
     if (name === "position" || name === "since") value = ordered(value, POSITION);
     if (name === "limits") value = ordered(value, LIMITS);
+    if (name === "layers" && Array.isArray(value)) value = value.map((layer) => ordered(layer, LAYER));
     fields[name] = value;
   }
   return JSON.stringify({ [frame.type]: fields });

@@ -41,8 +41,10 @@ import {
   fromBase64,
   lengthPrefixed,
 } from "./codec.js";
+import { FLAG_KEYFRAME, GroupReader, encodeFrame, encodeGroupHeader } from "./media.js";
 
 const TOKEN_EXPIRED = 111;
+const MEDIA_UNSUPPORTED = 140;
 
 /** The delay before reconnect attempt `attempt` (0-based): uniform in [0, min(cap, base·2^attempt)). */
 export function backoffDelay(attempt, { baseMs = 250, capMs = 10_000 } = {}, random = Math.random) {
@@ -109,6 +111,35 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
+/** One group being sent (`EdgeRelay.openGroup`). */
+export class GroupWriter {
+  #writer;
+
+  constructor(writer) {
+    this.#writer = writer;
+    // Whether the stream ended cleanly (false: reset, stopped by the relay, or the session ended).
+    this.closed = writer.closed.then(
+      () => true,
+      () => false,
+    );
+  }
+
+  /** Writes a frame; resolves once the stream accepted it (await it for backpressure). */
+  frame(timestampUs, level, bytes) {
+    return this.#writer.write(encodeFrame(timestampUs, level, bytes));
+  }
+
+  /** Ends the group (finishes the stream). */
+  finish() {
+    return this.#writer.close().catch(() => {});
+  }
+
+  /** Drops the group (resets the stream). */
+  abort(reason) {
+    return this.#writer.abort(reason).catch(() => {});
+  }
+}
+
 /** WebTransport: a control stream plus one bidirectional stream per room. */
 class WebTransportLink {
   kind = "webtransport";
@@ -131,6 +162,7 @@ class WebTransportLink {
   async open() {
     await this.transport.ready;
     this.#readDatagrams();
+    this.#acceptGroups();
     const stream = await this.transport.createBidirectionalStream();
     this.control = stream.writable.getWriter();
     this.#readStream(stream.readable);
@@ -161,6 +193,54 @@ class WebTransportLink {
     } catch {
       // The session is gone; `closed` reports why.
     }
+  }
+
+  /** Reads every group stream the relay opens (docs/media.md step 4), each on its own. */
+  async #acceptGroups() {
+    const streams = this.transport.incomingUnidirectionalStreams.getReader();
+    try {
+      for (;;) {
+        const { value, done } = await streams.read();
+        if (done) return;
+        this.#readGroup(value);
+      }
+    } catch {
+      // The session is gone; `closed` reports why.
+    }
+  }
+
+  async #readGroup(readable) {
+    const reader = readable.getReader();
+    const groups = new GroupReader();
+    let header = null;
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        for (const item of groups.push(value)) {
+          if (item.header) {
+            header = item.header;
+            this.events.media({ type: "group", ...header });
+          } else {
+            this.events.media({ type: "frame", track: header.track, layer: header.layer, group: header.group, ...item.frame });
+          }
+        }
+      }
+      if (header) this.events.media({ type: "end", track: header.track, layer: header.layer, group: header.group, reset: groups.pending > 0 ? -1 : null });
+    } catch (err) {
+      // A reset (code 0x10: dropped as stale, queue full or track ended) or a malformed stream.
+      reader.cancel().catch(() => {});
+      if (header) this.events.media({ type: "end", track: header.track, layer: header.layer, group: header.group, reset: err?.streamErrorCode ?? -1 });
+    }
+  }
+
+  /** A new unidirectional stream carrying one group; `sendOrder` ranks it against the others. */
+  async openGroup(header, sendOrder) {
+    const options = sendOrder === undefined ? {} : { sendOrder };
+    const stream = await this.transport.createUnidirectionalStream(options);
+    const writer = stream.getWriter();
+    writer.write(encodeGroupHeader(header)).catch(() => {});
+    return writer;
   }
 
   static #bytes(frame) {
@@ -260,6 +340,10 @@ class WebSocketLink {
 
   closeRoom() {}
 
+  openGroup() {
+    throw new Error("media needs WebTransport: this connection is a WebSocket (media_unsupported)");
+  }
+
   sendDatagram() {}
 
   close(reason = "bye") {
@@ -288,6 +372,14 @@ class WebSocketLink {
  * (an `error` frame not tied to a request), `frame` (any other frame: presence, typing, types added
  * later), `datagram` (bytes).
  *
+ * Calls (docs/media.md, WebTransport only): `tracks`, `layer`, `speakers`, `keyframe_request` and
+ * `layers_wanted` frames arrive as events of those names (`detail`: the frame). Received media
+ * arrives as `media` events, in stream order per group: `{type: "group", track, layer, group,
+ * flags, keyframe}` when a group stream opens, `{type: "frame", track, layer, group, timestampUs,
+ * level, payload}` per frame, and `{type: "end", track, layer, group, reset}` when it ends
+ * (`reset` null when it finished, else the reset code, 0x10 for a group the relay dropped, or -1
+ * when the stream broke without one: truncated, malformed, or the session ended).
+ *
  * `join`, `leave`, `publish` and `ping` need an open connection: before `connect()` (or while
  * reconnecting) they reject with "not connected …". `close()` also ends a connect in progress:
  * nothing stays open and `connect()` rejects.
@@ -305,6 +397,8 @@ export class EdgeRelay extends EventTarget {
   // whatever it still reports is ignored: it can never touch the connection that replaced it.
   #attempt = null;
   #welcomed = null;
+  // Track id → room, for sending track requests on the room's stream.
+  #trackRooms = new Map();
 
   constructor(options) {
     super();
@@ -382,6 +476,51 @@ export class EdgeRelay extends EventTarget {
     this.#link?.sendDatagram(bytes);
   }
 
+  // --- calls (docs/media.md); WebTransport only: on WebSocket the relay answers media_unsupported ---
+
+  /**
+   * Publishes a track in a joined room: `{name, kind ("audio" | "video" | "screen"), codec,
+   * layers: [{width, height, bitrate}]}` (base layer first; audio exactly one, 0x0). Resolves
+   * with the track id the group headers carry.
+   */
+  async publishTrack(room, { name, kind, codec, layers }) {
+    this.#requireMedia();
+    const answer = await this.#track(room, (req) => ({ type: "track_publish", req, room, name, kind, codec, layers }));
+    this.#trackRooms.set(answer.track, room);
+    return answer.track;
+  }
+
+  /**
+   * Opens one group of an own track on a new unidirectional stream and writes its header.
+   * Resolves with a writer: `frame(timestampUs, level, bytes)` (resolves when the stream took
+   * it), `finish()`, `abort()`. A video group starts with a keyframe (`keyframe` true). Rejects
+   * clearly on a WebSocket connection. `options.sendOrder`: higher goes first (audio above video).
+   */
+  async openGroup(track, layer, group, keyframe, { sendOrder } = {}) {
+    const link = this.#requireMedia();
+    const writer = await link.openGroup({ track, layer, group, flags: keyframe ? FLAG_KEYFRAME : 0 }, sendOrder);
+    return new GroupWriter(writer);
+  }
+
+  /** Receives a track: groups arrive as `media` events. Send again to change `maxLayer` or `paused`. */
+  async subscribeTrack(track, { maxLayer = 2, paused = false } = {}) {
+    this.#requireMedia();
+    await this.#track(this.#trackRooms.get(track), (req) => ({ type: "track_subscribe", req, track, max_layer: maxLayer, paused }));
+  }
+
+  async unsubscribeTrack(track) {
+    await this.#track(this.#trackRooms.get(track), (req) => ({ type: "track_unsubscribe", req, track }));
+  }
+
+  /** Mutes (or unmutes) an own track: members get `tracks` with `muted`. */
+  async muteTrack(track, muted = true) {
+    await this.#track(this.#trackRooms.get(track), (req) => ({ type: "track_mute", req, track, muted }));
+  }
+
+  async unpublishTrack(track) {
+    await this.#track(this.#trackRooms.get(track), (req) => ({ type: "track_unpublish", req, track }));
+  }
+
   /** Closes for good: no reconnect. */
   close() {
     this.#stopped = true;
@@ -396,6 +535,31 @@ export class EdgeRelay extends EventTarget {
 
   #req() {
     return this.#nextReq++;
+  }
+
+  #requireMedia() {
+    const link = this.#requireLink();
+    if (link.kind !== "webtransport") {
+      // The relay's own answer would be the same error (140, docs/protocol.md).
+      throw new RelayError(MEDIA_UNSUPPORTED, "media_unsupported: media needs WebTransport; this connection is a WebSocket");
+    }
+    return link;
+  }
+
+  /** A track request on its room's stream (the control stream when the room is not known). */
+  async #track(room, build) {
+    const link = this.#requireLink();
+    const req = this.#req();
+    const answer = this.#expect(req);
+    const frame = build(req);
+    if (room && this.#rooms.has(room)) link.sendRoom(room, frame);
+    else link.send(frame);
+    return answer;
+  }
+
+  #noteTracks(frame) {
+    for (const info of frame.tracks ?? []) this.#trackRooms.set(info.track, frame.room);
+    for (const track of frame.ended ?? []) this.#trackRooms.delete(track);
   }
 
   #requireLink() {
@@ -438,6 +602,9 @@ export class EdgeRelay extends EventTarget {
       datagram: (bytes) => {
         if (!attempt.dead) this.dispatchEvent(new CustomEvent("datagram", { detail: bytes }));
       },
+      media: (event) => {
+        if (!attempt.dead) this.dispatchEvent(new CustomEvent("media", { detail: event }));
+      },
     };
   }
 
@@ -463,6 +630,13 @@ export class EdgeRelay extends EventTarget {
       case "go_away":
         this.#goAwayMs = frame.reconnect_after_ms;
         return undefined;
+      case "tracks":
+      case "layer":
+      case "speakers":
+      case "keyframe_request":
+      case "layers_wanted":
+        if (frame.type === "tracks") this.#noteTracks(frame);
+        return this.dispatchEvent(new CustomEvent(frame.type, { detail: frame }));
       case "error": {
         const pending = this.#pending.get(frame.req);
         if (pending) return pending.reject(new RelayError(frame.code, frame.message));

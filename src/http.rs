@@ -1,8 +1,8 @@
 //! The TCP listener's HTTP surface: the WebSocket endpoint, health and readiness, Prometheus
-//! metrics, the certificate hashes browsers pin, the demo page at `/` with the browser client,
-//! and the server API application backends call (`POST /v1/api/publish`,
-//! `GET /v1/api/presence/{tenant}/rooms/{room}` and `GET /v1/api/presence/{tenant}/users/{user}`,
-//! bearer key from `api.key`). With `listen.admin`, metrics and the server API move to a second
+//! metrics, the certificate hashes browsers pin, the demo page at `/` and the call page at
+//! `/call/` with the browser client, and the server API application backends call
+//! (`POST /v1/api/publish`, `GET /v1/api/presence/{tenant}/rooms/{room}` and
+//! `GET /v1/api/presence/{tenant}/users/{user}`, bearer key from `api.key`). With `listen.admin`, metrics and the server API move to a second
 //! listener ([`Routes`]). The TCP listener speaks TLS when `tls.tcp` says so.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,7 +86,11 @@ pub fn router(state: Arc<HttpState>, routes: Routes) -> Router {
         .route("/", get(|| async { asset("text/html; charset=utf-8", DEMO_HTML) }))
         .route("/demo.js", get(|| async { asset(JAVASCRIPT, DEMO_JS) }))
         .route("/edgerelay.js", get(|| async { asset(JAVASCRIPT, CLIENT_JS) }))
-        .route("/codec.js", get(|| async { asset(JAVASCRIPT, CODEC_JS) }));
+        .route("/codec.js", get(|| async { asset(JAVASCRIPT, CODEC_JS) }))
+        .route("/media.js", get(|| async { asset(JAVASCRIPT, MEDIA_JS) }))
+        .route("/call", get(|| async { axum::response::Redirect::permanent("/call/") }))
+        .route("/call/", get(|| async { asset("text/html; charset=utf-8", CALL_HTML) }))
+        .route("/call/call.js", get(|| async { asset(JAVASCRIPT, CALL_JS) }));
     let admin = Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/api/publish", post(api_publish))
@@ -253,6 +257,10 @@ const DEMO_HTML: &str = include_str!("../clients/demo/index.html");
 const DEMO_JS: &str = include_str!("../clients/demo/demo.js");
 const CLIENT_JS: &str = include_str!("../clients/edgerelay.js");
 const CODEC_JS: &str = include_str!("../clients/codec.js");
+const MEDIA_JS: &str = include_str!("../clients/media.js");
+// The group-call page (`/call/`).
+const CALL_HTML: &str = include_str!("../clients/call/index.html");
+const CALL_JS: &str = include_str!("../clients/call/call.js");
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
