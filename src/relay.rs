@@ -354,13 +354,19 @@ impl Relay {
             "edgerelay {version} serving on UDP {udp_bound} ({udp_stack}) and TCP {tcp_bound} ({tcp_stack})\n  \
              QUIC (raw, ALPN edgerelay/1)   udp://{udp}\n  \
              WebTransport (ALPN h3)         https://{udp}{wt_path}\n  \
-             WebSocket                      ws://{tcp}/v1/ws\n  \
-             demo page (browser chat)       http://{tcp}/\n  \
-             health, readiness, metrics     http://{tcp}/healthz  /readyz  /metrics\n  \
+             WebSocket                      {ws}://{tcp}/v1/ws\n  \
+             demo page (browser chat)       {http}://{tcp}/\n  \
+             call page (browser video)      {http}://{tcp}/call/\n  \
+             health, readiness{metrics_label}{http}://{tcp}/healthz  /readyz{metrics_path}\n  \
              certificate sha256 (hex)       {hex}\n  \
              certificate sha256 (base64)    {b64}\n  \
              certificate                    {kind}, valid until {exp}\n",
             version = env!("CARGO_PKG_VERSION"),
+            ws = self.websocket_scheme(),
+            // With an admin listener, /metrics (and the server API) are only there.
+            metrics_label = if self.admin_addr().is_some() { "              " } else { ", metrics     " },
+            metrics_path = if self.admin_addr().is_some() { "" } else { "  /metrics" },
+            http = self.http_scheme(),
             udp_bound = self.udp_addr,
             udp_stack = stacks(self.udp_addr),
             tcp_bound = self.tcp_addr,
@@ -371,6 +377,12 @@ impl Relay {
             kind = if cert.dev { "self-signed dev (ECDSA P-256)" } else { "from tls.cert_file" },
             exp = tls::rfc3339_utc(UNIX_EPOCH + Duration::from_secs(cert.not_after)),
         );
+        if let Some(admin) = self.admin_addr() {
+            text.push_str(&format!(
+                "  metrics, server API (admin)    http://{}/metrics  /v1/api/*\n",
+                link_host(admin)
+            ));
+        }
         // Browsers allow WebTransport only in a secure context: https pages, or http pages
         // from localhost / 127.0.0.1 / [::1]. Anywhere else the page's client falls back to
         // WebSocket, and browsers do not say why.

@@ -256,7 +256,12 @@ impl Banner {
                 .unwrap_or_else(|| panic!("{link:?} resolves to nothing"))
         };
         let udp_link = word_after("udp://");
-        let ws_link = word_after("ws://");
+        // `wss://` when the TCP port speaks TLS (a configured certificate).
+        let ws_link = value_of("WebSocket");
+        let ws_link = ws_link
+            .split_once("://")
+            .map(|(_, rest)| rest.to_string())
+            .unwrap_or_else(|| panic!("no WebSocket URL in banner:\n{text}"));
         let ws_link = ws_link
             .strip_suffix("/v1/ws")
             .unwrap_or_else(|| panic!("WebSocket URL ws://{ws_link} is not /v1/ws"))
@@ -772,6 +777,11 @@ fn dev_keys_are_off_with_a_real_certificate_unless_set_and_then_warned_about() {
     let mut relay = Proc::spawn(serve_with(&format!("{base}[auth]\ndev_keys = true\n")));
     let banner = relay.read_banner();
     assert!(banner.mint.is_some(), "explicit dev keys: the banner offers a dev token:\n{}", banner.text);
+    assert!(
+        banner.text.contains(&format!("wss://{}/v1/ws", banner.ws)) && banner.text.contains("https://"),
+        "with a certificate file the TCP port speaks TLS, and the banner says so:\n{}",
+        banner.text
+    );
     let stderr = relay.stderr();
     assert!(
         stderr.lines().any(|l| l.contains("WARN") && l.contains("auth.dev_keys = true with a real certificate")),
