@@ -317,7 +317,8 @@ pub struct MediaConfig {
     pub max_tracks_per_connection: u32,
     /// Largest media frame (header and payload), bytes; a bigger one resets its group stream.
     pub max_frame_bytes: u32,
-    /// Highest bitrate a track's layer may announce, bits per second.
+    /// Highest bitrate a track's layer may announce, bits per second; a track may send this
+    /// much per layer it announced, averaged over up to 2 s.
     pub max_bitrate: u32,
     /// Bytes of media queued per subscriber connection; beyond it groups are dropped (video
     /// layers first), never buffered.

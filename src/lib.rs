@@ -16,6 +16,7 @@ pub mod media;
 pub mod metrics;
 pub mod outbox;
 pub mod proto;
+pub mod rate;
 pub mod relay;
 pub mod session;
 pub mod store;

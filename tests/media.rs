@@ -223,6 +223,8 @@ async fn a_stalled_subscriber_gets_the_newest_group_not_a_backlog() {
     let relay = start_with(|c| {
         c.media.queue_bytes = QUEUE;
         c.media.max_frame_bytes = 64 * 1024;
+        // The publisher sends as fast as it can; the bitrate allowance is not what is tested.
+        c.media.max_bitrate = 1_000_000_000;
     })
     .await;
     let alice = participant(&relay, Transport::Quic, "alice").await;
@@ -438,4 +440,29 @@ async fn a_group_abandoned_or_refused_mid_way_is_reset_for_subscribers() {
         let end = within("the group's reset", bob.next_media()).await;
         assert_eq!(end, Some(MediaEvent::End { track: cam, group, reset: Some(reset::DROPPED) }), "group {group}");
     }
+}
+
+/// A track sends at most `media.max_bitrate` per announced layer, averaged over 2 s: a group
+/// stream that goes past it is stopped and reset for subscribers; the next group is accepted
+/// again once the allowance has refilled.
+#[tokio::test]
+async fn a_track_sending_above_its_bitrate_allowance_has_its_group_stopped() {
+    let relay = start_with(|c| c.media.max_bitrate = 400_000).await;
+    let alice = participant(&relay, Transport::Quic, "alice").await;
+    let mut bob = participant(&relay, Transport::Quic, "bob").await;
+    let layer = vec![LayerInfo { width: 640, height: 360, bitrate: 400_000 }];
+    let cam = alice.publish_track(ROOM, "cam", TrackKind::Video, "vp8", layer).await.unwrap();
+    bob.subscribe_track(cam, 0, false).await.unwrap();
+    // 400 kbit/s for 2 s is 100 KB; 20 frames of 10 KB at once are twice that.
+    let header = GroupHeader { track: cam, layer: 0, group: 1, flags: FLAG_KEYFRAME };
+    let mut writer = alice.open_group(header, TrackKind::Video).await.unwrap();
+    for n in 0..20u8 {
+        if writer.frame(u64::from(n), 0, &vec![n; 10_000]).await.is_err() {
+            break;
+        }
+    }
+    let (got, frames, reset) = receive_group(&mut bob).await;
+    assert_eq!(got.group, 1);
+    assert!(frames.len() < 20, "the frames past the allowance were not forwarded: {}", frames.len());
+    assert_eq!(reset, Some(reset::DROPPED));
 }

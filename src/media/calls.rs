@@ -33,6 +33,7 @@ use crate::hub::{Hub, RoomKey};
 use crate::outbox::{LaneId, Outbox};
 use crate::proto::media::{GroupHeader, LayerInfo, MediaFrame, SpeakerLevel, TrackInfo};
 use crate::proto::{ErrorCode, ServerFrame};
+use crate::rate::TokenBucket;
 
 /// Identifies a connection (the session id).
 pub type ConnId = u64;
@@ -126,6 +127,8 @@ struct Track {
     subscribers: HashMap<ConnId, Subscription>,
     dynacast: Dynacast<ConnId>,
     speakers: Arc<Mutex<SpeakerDetector<Arc<str>>>>,
+    /// The bytes the publisher may send (see [`Calls::publish`]).
+    meter: TokenBucket,
 }
 
 impl Track {
@@ -262,6 +265,7 @@ impl Calls {
         kind: TrackKind,
         codec: &str,
         layers: Vec<LayerInfo>,
+        now_ms: u64,
     ) -> Result<TrackId, MediaError> {
         let limit = |message: String| Err(MediaError::Limit(message));
         if name.is_empty() || name.len() > 64 || codec.len() > 64 {
@@ -307,6 +311,7 @@ impl Calls {
             subscribers: HashMap::new(),
             dynacast: Dynacast::new(layers.len()),
             speakers,
+            meter: track_meter(self.config.max_bitrate, layers.len(), now_ms),
         };
         registry.tracks.insert(track, Arc::new(Mutex::new(entry)));
         registry.published.entry(id).or_default().push(track);
@@ -472,6 +477,16 @@ impl Calls {
     }
 }
 
+/// What a track may send: `media.max_bitrate` per layer it announced, averaged over up to
+/// [`METER_SECONDS`] (keyframes come in bursts).
+fn track_meter(max_bitrate: u32, layers: usize, now_ms: u64) -> TokenBucket {
+    let bytes_per_second = (u64::from(max_bitrate) * layers as u64 / 8).min(u64::from(u32::MAX / METER_SECONDS));
+    TokenBucket::new(bytes_per_second as u32, bytes_per_second as u32 * METER_SECONDS, now_ms)
+}
+
+/// Seconds of a track's bitrate allowance a burst may use.
+pub const METER_SECONDS: u32 = 2;
+
 /// How often [`Calls::tick`] runs.
 pub const TICK_MS: u64 = 100;
 
@@ -493,10 +508,14 @@ impl GroupIn {
         }
     }
 
-    /// One frame of the group: cached, counted for the speaker detector, and queued for every
-    /// subscriber that takes this group.
-    pub fn frame(&self, frame: &MediaFrame, now_ms: u64) {
+    /// One frame of the group: metered against the track's bitrate allowance, cached, counted
+    /// for the speaker detector, and queued for every subscriber that takes this group. Past
+    /// the allowance the frame is refused (the caller stops the group).
+    pub fn frame(&self, frame: &MediaFrame, now_ms: u64) -> Result<(), MediaError> {
         let mut t = lock(&self.track);
+        if !t.meter.try_take_n(frame.wire.len() as u64, now_ms) {
+            return Err(MediaError::Limit(format!("track {} sends above media.max_bitrate", t.info.track)));
+        }
         let wire: &Bytes = &frame.wire;
         t.caches[usize::from(self.layer)].push(self.group, wire);
         if t.info.kind == TrackKind::Audio {
@@ -504,6 +523,7 @@ impl GroupIn {
             lock(&t.speakers).observe(&t.publisher.user, level & 0x7f, Some(level & 0x80 != 0), now_ms);
         }
         self.receivers(&t, |out, key| out.push(key, wire.clone()));
+        Ok(())
     }
 
     /// The publisher abandoned the group (reset its stream) or the relay refused the rest of it

@@ -108,9 +108,9 @@ impl Forwarder {
 
     fn retarget(&mut self, now_ms: u64) {
         let top = self.bitrates.len().saturating_sub(1).min(usize::from(self.max_layer));
-        let affordable = |layer: usize| match self.budget {
-            None => layer == 0,
-            Some(budget) => f64::from(self.bitrates[layer]) <= budget as f64 * HEADROOM,
+        let affordable = |layer: usize| match (self.budget, self.bitrates.get(layer)) {
+            (Some(budget), Some(&bitrate)) => f64::from(bitrate) <= budget as f64 * HEADROOM,
+            _ => layer == 0,
         };
         let target = (0..=top).rev().find(|&layer| affordable(layer)).unwrap_or(0) as u8;
         if target != self.target || self.waiting_since.is_none() {

@@ -34,6 +34,7 @@ impl Session {
         kind: TrackKind,
         codec: &str,
         layers: Vec<LayerInfo>,
+        now_ms: u64,
     ) -> Result<(), Failure> {
         let room_name = parse_room(room)?;
         self.forget_refused();
@@ -46,7 +47,7 @@ impl Session {
         }
         let key = active.key(&room_name);
         let publisher = self.member(&room_name)?;
-        let track = self.ctx.calls.publish(&key, self.id, publisher, name, kind, codec, layers)?;
+        let track = self.ctx.calls.publish(&key, self.id, publisher, name, kind, codec, layers, now_ms)?;
         self.outbox.reply(lane, &ServerFrame::TrackPublished { req, room: room.into(), track })?;
         Ok(())
     }

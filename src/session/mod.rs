@@ -306,7 +306,7 @@ impl Session {
             ClientFrame::Rooms { req } => (req, self.followed_rooms(lane, req)),
             ClientFrame::Cursor { room, position } => (0, self.cursor(&room, position)),
             ClientFrame::TrackPublish { req, room, name, kind, codec, layers } => {
-                (req, self.track_publish(lane, req, &room, &name, kind, &codec, layers))
+                (req, self.track_publish(lane, req, &room, &name, kind, &codec, layers, now_ms))
             }
             ClientFrame::TrackUnpublish { req, track } => {
                 (req, self.track_request(lane, req, track, TrackRequest::Unpublish, now_ms))

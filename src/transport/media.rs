@@ -42,7 +42,7 @@ pub async fn read_group(mut recv: RecvStream, calls: Arc<Calls>, id: u64, cancel
             match reader.next_frame() {
                 Ok(Some(frame)) => {
                     frames_in.increment(1);
-                    forwarding.frame(&frame, unix_ms());
+                    forwarding.frame(&frame, unix_ms()).map_err(|_| "above the track's bitrate allowance")?;
                 }
                 Ok(None) => match recv.read_chunk(READ_CHUNK, true).await {
                     Ok(Some(chunk)) => reader.push(&chunk.bytes),
