@@ -348,12 +348,11 @@ fn delta(before: &Option<BTreeMap<String, f64>>, after: &Option<BTreeMap<String,
     Some(after - before.as_ref().and_then(|b| b.get(name).copied()).unwrap_or(0.0))
 }
 
-fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> impl std::future::Future<Output = bool> + '_ {
-    async move {
-        tokio::select! {
-            _ = tokio::time::sleep(d) => true,
-            _ = cancel.cancelled() => false,
-        }
+/// Sleeps for `d`; false when the run was cancelled first.
+async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = cancel.cancelled() => false,
     }
 }
 
