@@ -150,25 +150,25 @@ struct Subscriber {
     closed: AtomicBool,
 }
 
-/// Latency histograms per step, in a few shards so subscribers on different threads rarely
-/// wait for each other.
-struct Shards(Vec<std::sync::Mutex<Vec<Histogram<u64>>>>);
+/// Latency histograms per step (or any small index: the media workload keeps one per frame
+/// class), in a few shards so subscribers on different threads rarely wait for each other.
+pub struct Shards(Vec<std::sync::Mutex<Vec<Histogram<u64>>>>);
 
 const SHARDS: usize = 16;
 
 impl Shards {
-    fn new(steps: usize) -> Shards {
+    pub fn new(steps: usize) -> Shards {
         Shards((0..SHARDS).map(|_| std::sync::Mutex::new((0..steps).map(|_| stats::histogram()).collect())).collect())
     }
 
-    fn record(&self, who: usize, step: usize, latency_ns: u64) {
+    pub fn record(&self, who: usize, step: usize, latency_ns: u64) {
         let mut shard = self.0[who % SHARDS].lock().unwrap_or_else(|e| e.into_inner());
         if let Some(hist) = shard.get_mut(step) {
             hist.saturating_record((latency_ns / 1000).max(1));
         }
     }
 
-    fn merged(&self, step: usize) -> Histogram<u64> {
+    pub fn merged(&self, step: usize) -> Histogram<u64> {
         let mut out = stats::histogram();
         for shard in &self.0 {
             let shard = shard.lock().unwrap_or_else(|e| e.into_inner());

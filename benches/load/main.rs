@@ -16,11 +16,13 @@
 //! edgerelay-load --transport mix --duration 10 bigroom --subscribers 5000 --rate 5
 //! edgerelay-load --transport ws --duration 5 storm --connections 2000 --rounds 3
 //! edgerelay-load --transport quic --duration 10 presence --users 1000 --rooms 100 --rate 1
+//! edgerelay-load --transport quic --duration 10 media --calls 1 --publishers 1 --subscribers 200 --layers 3
 //! ```
 //!
 //! `bigroom` is fanout with one room (a preset, the same code); `storm` drops N connections at
 //! once, --rounds times, and checks that each resumes its rooms exactly; `presence` is a
-//! typing and status storm timed at the other members' views.
+//! typing and status storm timed at the other members' views; `media` is calls of the SFU-lite
+//! media plane (publishers of audio and simulcast video, subscribers, late joiners).
 //!
 //! Every loop is bounded in count and time: --duration is capped at 600 s, connections at
 //! 20,000, steps at 30, storms at 20 (each cut short after --storm-timeout); the drain after
@@ -29,6 +31,7 @@
 mod chart;
 mod conns;
 mod fanout;
+mod media;
 mod presence;
 mod relay;
 mod stats;
@@ -44,8 +47,8 @@ use clap::{Parser, Subcommand};
 use relay::{RelayArgs, RelayUnderTest, TransportChoice};
 
 /// Load generator for edgerelay: fanout, one big room, step (highest sustainable rate), idle
-/// connections, connection churn, reconnect storms and presence/typing storms, against a relay
-/// on loopback.
+/// connections, connection churn, reconnect storms, presence/typing storms and media calls,
+/// against a relay on loopback.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
@@ -90,6 +93,9 @@ enum Workload {
     Storm(storm::StormArgs),
     /// Presence and typing storm: status and typing changes timed at the other members' views.
     Presence(presence::PresenceArgs),
+    /// Calls: publishers of audio and simulcast video, subscribers and late joiners over the
+    /// SFU-lite media plane (QUIC or WebTransport).
+    Media(media::MediaArgs),
 }
 
 fn main() -> ExitCode {
@@ -147,6 +153,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Workload::Presence(args) => {
             let report = presence::presence(&relay, args, cli.transport, window, progress).await?;
             (presence::table(&report), serde_json::to_value(&report)?)
+        }
+        Workload::Media(args) => {
+            let report = media::media(&relay, args, cli.transport, window, progress).await?;
+            (media::table(&report), serde_json::to_value(&report)?)
         }
         Workload::Fanout(args) => {
             let report = fanout::fanout(&relay, args, cli.transport, window, progress).await?;
