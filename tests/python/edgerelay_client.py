@@ -60,6 +60,8 @@ NOT_JOINED = 124
 PAYLOAD_TOO_LARGE = 125
 RATE_LIMITED = 126
 BAD_REQUEST = 127
+UNKNOWN_TRACK = 128
+MEDIA_LIMIT = 129
 SLOW_CONSUMER = 130
 GOING_AWAY = 131
 IDLE_TIMEOUT = 132
@@ -80,6 +82,12 @@ CLIENT_FIELDS = {
     "history": ("req", "room", "before", "limit"),
     "rooms": ("req",),
     "cursor": ("room", "position"),
+    # Calls (docs/media.md).
+    "track_publish": ("req", "room", "name", "kind", "codec", "layers"),
+    "track_unpublish": ("req", "track"),
+    "track_subscribe": ("req", "track", "max_layer", "paused"),
+    "track_unsubscribe": ("req", "track"),
+    "track_mute": ("req", "track", "muted"),
 }
 SERVER_FIELDS = {
     "welcome": ("version", "session", "user", "server_time", "limits"),
@@ -97,6 +105,13 @@ SERVER_FIELDS = {
     "typing": ("room", "users", "others", "version", "ttl_ms"),
     "history": ("req", "room", "position", "first", "messages"),
     "rooms": ("req", "rooms"),
+    "track_published": ("req", "room", "track"),
+    "track_ok": ("req", "track"),
+    "tracks": ("room", "tracks", "ended"),
+    "layer": ("track", "layer"),
+    "keyframe_request": ("track", "layer"),
+    "layers_wanted": ("track", "layers"),
+    "speakers": ("room", "speakers", "dominant"),
 }
 PRESENCE_ENTRY_FIELDS = ("user", "status", "custom", "version", "last_seen")
 
@@ -126,17 +141,18 @@ class ConnectionClosed(Exception):
 # ---------------------------------------------------------------------------------------------
 
 
-def encode_frame(kind: str, **fields: Any) -> bytes:
-    """Encode a client frame as compact JSON bytes, fields in protocol order."""
-    order = CLIENT_FIELDS.get(kind)
+def encode_frame(frame_type: str, /, **fields: Any) -> bytes:
+    """Encode a client frame as compact JSON bytes, fields in protocol order (positional-only
+    type: `track_publish` has a field named `kind`)."""
+    order = CLIENT_FIELDS.get(frame_type)
     if order is None:
-        raise ValueError(f"unknown client frame type {kind!r}")
+        raise ValueError(f"unknown client frame type {frame_type!r}")
     missing = set(order) - set(fields)
     extra = set(fields) - set(order)
     if missing or extra:
-        raise ValueError(f"{kind}: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        raise ValueError(f"{frame_type}: missing {sorted(missing)}, unexpected {sorted(extra)}")
     body = {name: fields[name] for name in order}
-    return json.dumps({kind: body}, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps({frame_type: body}, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def decode_frame(raw: bytes | str) -> tuple[str, dict]:
@@ -172,6 +188,67 @@ def presence_digest(entries) -> int:
             h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
         total = (total + h) & 0xFFFFFFFFFFFFFFFF
     return total & ((1 << 53) - 1)
+
+
+# --- Media group streams (docs/media.md) -------------------------------------------------------
+
+MEDIA_GROUP_STREAM = 0x01
+FLAG_KEYFRAME = 0x01
+RESET_DROPPED = 0x10
+
+
+def varint(value: int) -> bytes:
+    """LEB128, as every integer of the protocol."""
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def read_varint(buf: bytes, at: int) -> tuple[int, int]:
+    """(value, position after it)."""
+    value = shift = 0
+    while True:
+        byte = buf[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, at
+
+
+def group_header(track: int, layer: int, group: int, flags: int) -> bytes:
+    return bytes([MEDIA_GROUP_STREAM]) + varint(track) + bytes([layer]) + varint(group) + bytes([flags])
+
+
+def media_frame(timestamp_us: int, level: int, payload: bytes) -> bytes:
+    body = varint(timestamp_us) + bytes([level]) + payload
+    return varint(len(body)) + body
+
+
+def parse_group(stream: bytes) -> tuple[dict, list[dict]]:
+    """A whole group stream: its header and its frames."""
+    if stream[0] != MEDIA_GROUP_STREAM:
+        raise ValueError(f"not a media group stream: {stream[0]:#x}")
+    track, at = read_varint(stream, 1)
+    layer = stream[at]
+    group, at = read_varint(stream, at + 1)
+    flags = stream[at]
+    at += 1
+    header = {"track": track, "layer": layer, "group": group, "keyframe": bool(flags & FLAG_KEYFRAME)}
+    frames = []
+    while at < len(stream):
+        length, start = read_varint(stream, at)
+        timestamp_us, body_at = read_varint(stream, start)
+        frames.append({"timestamp_us": timestamp_us, "level": stream[body_at],
+                       "payload": bytes(stream[body_at + 1:start + length])})
+        at = start + length
+    return header, frames
 
 
 def length_prefix(body: bytes) -> bytes:
@@ -344,6 +421,21 @@ class _Client:
             raise AssertionError(f"{kind} req {req}: expected {expect}, got {got} {body}")
         return body
 
+    async def track_publish(self, room: str, name: str, track_kind: str, codec: str, layers: list,
+                            timeout: float = DEFAULT_TIMEOUT) -> dict:
+        """Publish a media track in a joined room; returns ``track_published``."""
+        async def send(req: int) -> None:
+            frame = encode_frame("track_publish", req=req, room=room, name=name, kind=track_kind,
+                                 codec=codec, layers=layers)
+            await self._send("track_publish", frame, room)
+
+        return await self._exchange("track_publish", "track_published", send, timeout)
+
+    async def track_subscribe(self, track: int, max_layer: int = 2, paused: bool = False,
+                              timeout: float = DEFAULT_TIMEOUT) -> dict:
+        return await self._request("track_subscribe", "track_ok", None, timeout, track=track,
+                                   max_layer=max_layer, paused=paused)
+
     async def send_raw(self, kind: str, route: str | None = None, **fields) -> None:
         """Send any client frame as is (for protocol-violation tests); ``route`` is the room
         whose stream carries it on QUIC (None: the control stream)."""
@@ -437,6 +529,12 @@ def _quic_protocol_class():
             self.terminated: events.ConnectionTerminated | None = None
 
         def stream_data(self, stream_id: int, data: bytes, ended: bool) -> None:
+            if stream_id & 0x3 == 0x3:
+                # A unidirectional stream the relay opened: one media group.
+                self._buffers[stream_id] += data
+                if ended and self.client is not None:
+                    self.client.media_groups.append(parse_group(bytes(self._buffers.pop(stream_id))))
+                return
             buf = self._buffers[stream_id]
             buf += data
             while len(buf) >= 4:
@@ -458,6 +556,10 @@ def _quic_protocol_class():
             elif isinstance(event, events.DatagramFrameReceived):
                 if self.client is not None:
                     self.client._on_datagram(event.data)
+            elif isinstance(event, events.StreamReset) and event.stream_id & 0x3 == 0x3:
+                self._buffers.pop(event.stream_id, None)
+                if self.client is not None:
+                    self.client.media_resets.append(event.error_code)
             elif isinstance(event, events.ConnectionTerminated):
                 self.terminated = event
                 if self.client is not None:
@@ -484,6 +586,10 @@ class QuicClient(_Client):
         self.room_stream: dict[str, int] = {}
         self.frames_by_stream: dict[int, list[tuple[str, dict]]] = defaultdict(list)
         self.datagrams_received: list[tuple[str, dict]] = []
+        # Media groups the relay forwarded (header, frames), complete ones only, and the
+        # reset codes of the ones it dropped.
+        self.media_groups: list[tuple[dict, list[dict]]] = []
+        self.media_resets: list[int] = []
         protocol.client = self
 
     @classmethod
@@ -575,6 +681,13 @@ class QuicClient(_Client):
         if self.is_closed:
             raise ConnectionClosed(self.close_code, self.close_reason)
         self._protocol._quic.send_stream_data(stream_id, length_prefix(frame), end_stream=end_stream)
+        self._protocol.transmit()
+
+    def send_group(self, header: bytes, frames: list[bytes]) -> None:
+        """Publish one media group: a new unidirectional stream, its header, its frames, FIN."""
+        quic = self._protocol._quic
+        stream_id = quic.get_next_available_stream_id(is_unidirectional=True)
+        quic.send_stream_data(stream_id, header + b"".join(frames), end_stream=True)
         self._protocol.transmit()
 
     def send_datagram(self, kind: str, **fields) -> None:

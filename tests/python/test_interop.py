@@ -712,3 +712,40 @@ def test_webtransport_elsewhere_than_v1_wt_is_refused(relay):
                                     cert_sha256=relay.cert_sha256)
 
     run(main())
+
+
+def test_media_group_layout_and_forwarding_over_raw_quic(relay):
+    """docs/media.md, written against by hand: the pinned example bytes, then a track published
+    by one aioquic client reaches another through the relay as the same frames, with the
+    subscriber's own group number."""
+    assert er.group_header(300, 2, 5, er.FLAG_KEYFRAME) == bytes.fromhex("01ac02020501")
+    assert er.media_frame(33_333, 0, b"\xaa\xbb") == bytes.fromhex("06b5840200aabb")
+
+    async def main():
+        room = unique("call:py-")
+        alice, bob = await connect(relay, "quic"), await connect(relay, "quic")
+        try:
+            await alice.hello(relay.token(unique("alice-"), "call:*"))
+            await bob.hello(relay.token(unique("bob-"), "call:*"))
+            await alice.join(room)
+            await bob.join(room)
+            published = await alice.track_publish(
+                room, "cam", "video", "vp8", [{"width": 640, "height": 360, "bitrate": 500_000}])
+            track = published["track"]
+            ok = await bob.track_subscribe(track, max_layer=0)
+            assert ok["track"] == track
+            frames = [er.media_frame(n * 33_333, 0, bytes([n]) * 900) for n in range(4)]
+            alice.send_group(er.group_header(track, 0, 41, er.FLAG_KEYFRAME), frames)
+            deadline = time.monotonic() + 10
+            while not bob.media_groups and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert bob.media_groups, f"no group forwarded (resets: {bob.media_resets})"
+            header, got = bob.media_groups[0]
+            assert header == {"track": track, "layer": 0, "group": 1, "keyframe": True}
+            assert [(f["timestamp_us"], f["payload"]) for f in got] == \
+                [(n * 33_333, bytes([n]) * 900) for n in range(4)]
+        finally:
+            await alice.close()
+            await bob.close()
+
+    run(main())
