@@ -4,6 +4,7 @@
 //! The data path: `transport → connection → session → hub → outbox → writer → transport`.
 
 pub mod auth;
+pub mod call;
 pub mod client;
 pub mod config;
 pub mod connection;
