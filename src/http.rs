@@ -3,8 +3,9 @@
 //! `/call/` with the browser client, and the server API application backends call
 //! (`POST /v1/api/publish`, `GET /v1/api/presence/{tenant}/rooms/{room}` and
 //! `GET /v1/api/presence/{tenant}/users/{user}`, bearer key from `api.key`), and the ICE servers
-//! with TURN credentials for a user (`GET /v1/ice`, bearer: the user's token). With `listen.admin`, metrics and the server API move to a second
-//! listener ([`Routes`]). The TCP listener speaks TLS when `tls.tcp` says so.
+//! with TURN credentials for a user (`GET /v1/ice`, bearer: the user's token). With
+//! `listen.admin`, metrics and the server API move to a second listener ([`Routes`]). The TCP
+//! listener speaks TLS when `tls.tcp` says so.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
