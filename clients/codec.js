@@ -22,6 +22,7 @@ export const FIELDS = {
   track_subscribe: ["req", "track", "max_layer", "paused"],
   track_unsubscribe: ["req", "track"],
   track_mute: ["req", "track", "muted"],
+  ice_servers: ["req"],
   // relay → client
   welcome: ["version", "session", "user", "server_time", "limits"],
   joined: ["req", "room", "position", "recovered"],
@@ -41,8 +42,19 @@ export const FIELDS = {
   layers_wanted: ["track", "layers"],
 };
 
+/** Relay → client frames whose type name a client frame also has (with other fields). */
+export const SERVER_FIELDS = {
+  ice_servers: ["req", "servers", "expires_at"],
+};
+
+/** The field order of `type` in `direction` (`"client"`: client → relay, or `"server"`). */
+export function fieldsOf(type, direction = "client") {
+  return (direction === "server" && SERVER_FIELDS[type]) || FIELDS[type];
+}
+
 const POSITION = ["epoch", "offset"];
 const LAYER = ["width", "height", "bitrate"];
+const ICE_SERVER = ["urls", "username", "credential"];
 const LIMITS = [
   "max_frame_bytes",
   "max_payload_bytes",
@@ -68,9 +80,10 @@ function ordered(object, names) {
   return out;
 }
 
-/** Encodes a frame with the JSON codec: the text of one WebSocket message or stream frame body. */
-export function encodeJson(frame) {
-  const names = FIELDS[frame.type];
+/** Encodes a frame with the JSON codec: the text of one WebSocket message or stream frame body.
+ * `direction` is `"client"` (what a client sends) or `"server"` (the relay's frames, for tests). */
+export function encodeJson(frame, direction = "client") {
+  const names = fieldsOf(frame.type, direction);
   if (!names) throw new FrameError(`unknown frame type ${frame.type}`);
   const fields = {};
   for (const name of names) {
@@ -78,6 +91,7 @@ export function encodeJson(frame) {
     if (name === "position" || name === "since") value = ordered(value, POSITION);
     if (name === "limits") value = ordered(value, LIMITS);
     if (name === "layers" && Array.isArray(value)) value = value.map((layer) => ordered(layer, LAYER));
+    if (name === "servers" && Array.isArray(value)) value = value.map((server) => ordered(server, ICE_SERVER));
     fields[name] = value;
   }
   return JSON.stringify({ [frame.type]: fields });

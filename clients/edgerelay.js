@@ -380,10 +380,25 @@ class WebSocketLink {
  * (`reset` null when it finished, else the reset code, 0x10 for a group the relay dropped, or -1
  * when the stream broke without one: truncated, malformed, or the session ended).
  *
- * `join`, `leave`, `publish` and `ping` need an open connection: before `connect()` (or while
+ * WebRTC: `iceServers()` asks for the STUN and TURN servers with fresh credentials.
+ *
+ * `join`, `leave`, `publish`, `ping` and `iceServers` need an open connection: before `connect()` (or while
  * reconnecting) they reject with "not connected …". `close()` also ends a connect in progress:
  * nothing stays open and `connect()` rejects.
  */
+/** An `ice_servers` frame (or a `GET /v1/ice` body) as `{iceServers, expiresAt}`: entries in
+ * `RTCIceServer` form, without the `username` and `credential` that are null (STUN). */
+export function rtcIceServers(answer) {
+  const servers = answer.servers ?? answer.ice_servers ?? [];
+  const iceServers = servers.map(({ urls, username, credential }) => {
+    const server = { urls: [...urls] };
+    if (username != null) server.username = username;
+    if (credential != null) server.credential = credential;
+    return server;
+  });
+  return { iceServers, expiresAt: answer.expires_at };
+}
+
 export class EdgeRelay extends EventTarget {
   #options;
   #link = null;
@@ -469,6 +484,18 @@ export class EdgeRelay extends EventTarget {
     link.send({ type: "ping", req });
     await answer;
     return performance.now() - started;
+  }
+
+  /** The STUN and TURN servers for WebRTC with fresh TURN credentials (an `ice_servers`
+   * request): `{iceServers, expiresAt}`, where `iceServers` goes to `new RTCPeerConnection({iceServers})`
+   * as it is and `expiresAt` (unix seconds) is when the TURN credentials stop working: ask again
+   * before a new call after it. */
+  async iceServers() {
+    const link = this.#requireLink();
+    const req = this.#req();
+    const answer = this.#expect(req);
+    link.send({ type: "ice_servers", req });
+    return rtcIceServers(await answer);
   }
 
   /** Sends a datagram (WebTransport only; dropped on WebSocket). */

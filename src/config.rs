@@ -42,6 +42,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub presence: PresenceConfig,
     pub media: MediaConfig,
+    pub turn: TurnConfig,
 }
 
 impl Default for Config {
@@ -59,6 +60,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             presence: PresenceConfig::default(),
             media: MediaConfig::default(),
+            turn: TurnConfig::default(),
         }
     }
 }
@@ -336,6 +338,107 @@ impl Default for MediaConfig {
             queue_bytes: 4 * 1024 * 1024,
             cache_bytes: 2 * 1024 * 1024,
         }
+    }
+}
+
+/// ICE servers handed to clients for WebRTC (`ice_servers` frame, `GET /v1/ice`): STUN URLs,
+/// and TURN URLs with time-limited credentials in the TURN REST form coturn checks with
+/// `use-auth-secret` and `static-auth-secret` (see `crate::ice`).
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnConfig {
+    /// `turn:` / `turns:` URLs (`turn:host:port?transport=udp`), every server sharing the secret.
+    pub urls: Vec<String>,
+    /// `stun:` / `stuns:` URLs, handed out without credentials.
+    pub stun_urls: Vec<String>,
+    /// coturn's `static-auth-secret`, inline (UTF-8 bytes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// The same secret in a file (contents, trailing whitespace removed), read at start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// How long an issued TURN credential is valid, seconds.
+    pub ttl_secs: u64,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        TurnConfig {
+            urls: Vec::new(),
+            stun_urls: Vec::new(),
+            secret: None,
+            secret_file: None,
+            ttl_secs: TURN_DEFAULT_TTL_SECS,
+        }
+    }
+}
+
+// Hand-written so an inline secret never reaches logs.
+impl fmt::Debug for TurnConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TurnConfig")
+            .field("urls", &self.urls)
+            .field("stun_urls", &self.stun_urls)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("secret_file", &self.secret_file)
+            .field("ttl_secs", &self.ttl_secs)
+            .finish()
+    }
+}
+
+/// Default `turn.ttl_secs`: a day, the TURN REST API convention coturn follows. A TURN
+/// allocation is refreshed with the credential it was made with, so a call cannot outlive it.
+pub const TURN_DEFAULT_TTL_SECS: u64 = 86_400;
+/// Accepted `turn.ttl_secs`: a minute to a week.
+pub const TURN_TTL_RANGE: std::ops::RangeInclusive<u64> = 60..=7 * 86_400;
+/// Most URLs in `turn.urls`, and in `turn.stun_urls`.
+pub const TURN_MAX_URLS: usize = 16;
+/// Longest URL in `turn.urls` and `turn.stun_urls`.
+pub const TURN_MAX_URL_BYTES: usize = 256;
+
+impl TurnConfig {
+    /// Whether TURN credentials are issued (a secret is configured).
+    pub fn has_secret(&self) -> bool {
+        self.secret.is_some() || self.secret_file.is_some()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, urls, schemes) in
+            [("turn.urls", &self.urls, ["turn:", "turns:"]), ("turn.stun_urls", &self.stun_urls, ["stun:", "stuns:"])]
+        {
+            if urls.len() > TURN_MAX_URLS {
+                return Err(invalid(key, format!("at most {TURN_MAX_URLS} URLs")));
+            }
+            for (i, url) in urls.iter().enumerate() {
+                let rest = schemes.iter().find_map(|scheme| url.strip_prefix(scheme));
+                let ok = rest.is_some_and(|rest| !rest.is_empty())
+                    && url.len() <= TURN_MAX_URL_BYTES
+                    && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+                if !ok {
+                    let (a, b) = (schemes[0], schemes[1]);
+                    let message = format!(
+                        "{url:?}: must be a {a} or {b} URL with a host, at most {TURN_MAX_URL_BYTES} bytes, no spaces"
+                    );
+                    return Err(invalid(format!("{key}[{i}]"), message));
+                }
+            }
+        }
+        match (&self.secret, &self.secret_file) {
+            (Some(_), Some(_)) => return Err(invalid("turn.secret", "set turn.secret or turn.secret_file, not both")),
+            (Some(secret), None) if secret.is_empty() => return Err(invalid("turn.secret", "must not be empty")),
+            _ => {}
+        }
+        if !self.urls.is_empty() && !self.has_secret() {
+            return Err(invalid("turn.secret", "required when turn.urls is set (or use turn.secret_file)"));
+        }
+        if self.urls.is_empty() && self.has_secret() {
+            return Err(invalid("turn.urls", "required when turn.secret or turn.secret_file is set"));
+        }
+        if !TURN_TTL_RANGE.contains(&self.ttl_secs) {
+            let message = format!("must be in {}..={}", TURN_TTL_RANGE.start(), TURN_TTL_RANGE.end());
+            return Err(invalid("turn.ttl_secs", message));
+        }
+        Ok(())
     }
 }
 
@@ -702,6 +805,7 @@ impl Config {
             }
             _ => {}
         }
+        self.turn.validate()?;
         self.validate_auth()
     }
 
@@ -1137,6 +1241,48 @@ public_key_file = "/etc/edgerelay/main.pub.pem"
         // Validation runs in load too.
         let err = Config::load(None, env(&[("EDGERELAY_LIMITS__MAX_PAYLOAD_BYTES", "65536")])).unwrap_err();
         assert_eq!(err.key(), Some("limits.max_payload_bytes"));
+    }
+
+    #[test]
+    fn turn_section_loads_and_validates() {
+        let c = Config::from_toml_str(
+            r#"
+[turn]
+urls = ["turn:turn1.example.com:3478?transport=udp", "turns:turn2.example.com:5349?transport=tcp"]
+stun_urls = ["stun:stun.example.com:3478"]
+secret = "coturn-static-auth-secret"
+ttl_secs = 3600
+"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.turn.urls.len(), 2);
+        assert_eq!(c.turn.ttl_secs, 3600);
+        assert!(!format!("{c:?}").contains("coturn-static-auth-secret"), "the secret never shows in debug output");
+        assert_eq!(Config::default().turn.ttl_secs, 86_400);
+        Config::default().validate().expect("no [turn] is valid: no ICE servers");
+
+        let turn = |text: &str| {
+            let c = Config::from_toml_str(&format!("[turn]\n{text}\n")).unwrap();
+            invalid_key(&c)
+        };
+        assert_eq!(turn(r#"urls = ["turn:a"]"#), "turn.secret", "TURN URLs need a secret");
+        assert_eq!(turn(r#"secret = "s""#), "turn.urls", "a secret needs TURN URLs");
+        assert_eq!(turn("urls = [\"turn:a\", \"stun:b\"]\nsecret = \"s\""), "turn.urls[1]");
+        assert_eq!(turn("urls = [\"turn:\"]\nsecret = \"s\""), "turn.urls[0]");
+        assert_eq!(turn(r#"stun_urls = ["turn:a"]"#), "turn.stun_urls[0]");
+        assert_eq!(turn(r#"stun_urls = ["stun:a b"]"#), "turn.stun_urls[0]");
+        assert_eq!(turn("urls = [\"turn:a\"]\nsecret = \"\""), "turn.secret");
+        assert_eq!(turn("urls = [\"turn:a\"]\nsecret = \"s\"\nsecret_file = \"/etc/turn-secret\""), "turn.secret");
+        assert_eq!(turn("urls = [\"turn:a\"]\nsecret = \"s\"\nttl_secs = 10"), "turn.ttl_secs");
+        let err = Config::from_toml_str("[turn]\nurl = []\n").unwrap_err();
+        assert_eq!(err.key(), Some("turn.url"), "{err}");
+        let c = Config::load(
+            None,
+            env(&[("EDGERELAY_TURN__URLS", r#"["turn:127.0.0.1:3478"]"#), ("EDGERELAY_TURN__SECRET", "s3cret")]),
+        )
+        .unwrap();
+        assert_eq!(c.turn.urls, vec!["turn:127.0.0.1:3478".to_string()]);
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! metrics, the certificate hashes browsers pin, the demo page at `/` and the call page at
 //! `/call/` with the browser client, and the server API application backends call
 //! (`POST /v1/api/publish`, `GET /v1/api/presence/{tenant}/rooms/{room}` and
-//! `GET /v1/api/presence/{tenant}/users/{user}`, bearer key from `api.key`). With `listen.admin`, metrics and the server API move to a second
-//! listener ([`Routes`]). The TCP listener speaks TLS when `tls.tcp` says so.
+//! `GET /v1/api/presence/{tenant}/users/{user}`, bearer key from `api.key`), and the ICE servers
+//! with TURN credentials for a user (`GET /v1/ice`, bearer: the user's token). With
+//! `listen.admin`, metrics and the server API move to a second listener ([`Routes`]). The TCP
+//! listener speaks TLS when `tls.tcp` says so.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -83,6 +85,7 @@ pub fn router(state: Arc<HttpState>, routes: Routes) -> Router {
         .route(crate::transport::websocket::PATH, get(websocket))
         .route("/v1/cert", get(cert))
         .route("/v1/endpoints", get(endpoints))
+        .route("/v1/ice", get(ice).options(ice_preflight))
         .route("/", get(|| async { asset("text/html; charset=utf-8", DEMO_HTML) }))
         .route("/demo.js", get(|| async { asset(JAVASCRIPT, DEMO_JS) }))
         .route("/edgerelay.js", get(|| async { asset(JAVASCRIPT, CLIENT_JS) }))
@@ -288,6 +291,75 @@ async fn endpoints(State(state): State<Arc<HttpState>>) -> Response {
 async fn cert(State(state): State<Arc<HttpState>>) -> Response {
     let info = state.cert.read().unwrap_or_else(|e| e.into_inner()).clone();
     axum::Json(info).into_response()
+}
+
+/// `GET /v1/ice` response: the `ice_servers` frame's fields, for clients that fetch them before
+/// they connect. An entry without credentials (STUN) has no `username` and `credential` keys,
+/// so it can be passed to `RTCPeerConnection` as it is.
+#[derive(Serialize)]
+struct IceResponse {
+    ice_servers: Vec<IceServerJson>,
+    expires_at: u64,
+}
+
+#[derive(Serialize)]
+struct IceServerJson {
+    urls: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credential: Option<String>,
+}
+
+/// CORS for `GET /v1/ice`: any origin may call it, since it is authorised by a bearer token
+/// (never a cookie), like the WebSocket and WebTransport endpoints any page may open.
+const ICE_CORS: [(header::HeaderName, &str); 1] = [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")];
+
+/// `GET /v1/ice` with `Authorization: Bearer <the user's token>`: the ICE servers and TURN
+/// credentials `ice_servers` answers with, for the token's user. The token is checked as
+/// `hello` checks it (signature, expiry, issuer, audience, revocations).
+async fn ice(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+    let refuse = |code: ErrorCode, message: &str| {
+        let mut response = api_error(StatusCode::UNAUTHORIZED, code, message);
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        (ICE_CORS, response).into_response()
+    };
+    let token =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = token else {
+        return refuse(ErrorCode::TOKEN_INVALID, "missing Authorization: Bearer <token>");
+    };
+    let ctx = &state.websocket.ctx.session;
+    let now_s = unix_ms() / 1000;
+    let identity = match ctx.verifier.verify(token.trim(), now_s) {
+        Ok(identity) => identity,
+        Err(err) => return refuse(err.code(), &err.to_string()),
+    };
+    if ctx.controls.is_revoked(&identity, now_s) {
+        return refuse(ErrorCode::TOKEN_REVOKED, "the token was revoked");
+    }
+    let (servers, expires_at) = ctx.ice.servers(&identity.tenant, &identity.user, now_s);
+    let ice_servers = servers
+        .into_iter()
+        .map(|s| IceServerJson { urls: s.urls, username: s.username, credential: s.credential })
+        .collect();
+    // Credentials: never cached by the browser or a proxy.
+    (ICE_CORS, [(header::CACHE_CONTROL, "no-store")], axum::Json(IceResponse { ice_servers, expires_at }))
+        .into_response()
+}
+
+/// The CORS preflight of `GET /v1/ice` (a cross-origin request with `Authorization`).
+async fn ice_preflight() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+            (header::ACCESS_CONTROL_ALLOW_METHODS, "GET"),
+            (header::ACCESS_CONTROL_ALLOW_HEADERS, "authorization"),
+            (header::ACCESS_CONTROL_MAX_AGE, "600"),
+        ],
+    )
+        .into_response()
 }
 
 /// `POST /v1/api/publish` body.

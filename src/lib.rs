@@ -12,6 +12,7 @@ pub mod control;
 pub mod engine;
 pub mod http;
 pub mod hub;
+pub mod ice;
 pub mod mailbox;
 pub mod media;
 pub mod metrics;

@@ -62,6 +62,8 @@ pub enum RelayError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthSetupError),
+    #[error(transparent)]
+    Ice(#[from] crate::ice::IceSetupError),
     #[error("cannot create data directory {path}: {error}")]
     DataDir { path: PathBuf, error: std::io::Error },
     #[error("cannot bind {what} {addr}: {error}")]
@@ -110,6 +112,7 @@ impl Relay {
         let dev_secret = if config.auth.dev_keys { Some(load_or_create_dev_secret(&config)?) } else { None };
         let verifier = Arc::new(Verifier::new(&config.auth, dev_secret.as_deref())?);
         let signer = dev_secret.as_deref().map(Signer::dev);
+        let ice = Arc::new(crate::ice::IceIssuer::from_config(&config.turn)?);
 
         let reset_key = tls::load_or_create_secret(&data_dir.join("quic-reset-key"), 64)?;
         let token_key = tls::load_or_create_secret(&data_dir.join("quic-token-key"), 64)?;
@@ -179,6 +182,7 @@ impl Relay {
             test_datagram_loss: config.presence.test_datagram_loss,
             controls: controls.clone(),
             calls: calls.clone(),
+            ice,
         });
         let conn_ctx = Arc::new(ConnectionContext::new(session_ctx, drain.clone(), config.shutdown.reconnect_after_ms));
         let services = TaskTracker::new();

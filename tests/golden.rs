@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use edgerelay::proto::media::{LayerInfo, SpeakerLevel, TrackInfo, TrackKind};
 use edgerelay::proto::{
-    ClientFrame, Codec, ErrorCode, HistoryEntry, Payload, Position, PresenceEntry, RoomCursor, ServerFrame, Status,
-    WireLimits,
+    ClientFrame, Codec, ErrorCode, HistoryEntry, IceServer, Payload, Position, PresenceEntry, RoomCursor, ServerFrame,
+    Status, WireLimits,
 };
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +81,7 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
         ("track_subscribe", ClientFrame::TrackSubscribe { req: 14, track: 5, max_layer: 1, paused: false }),
         ("track_unsubscribe", ClientFrame::TrackUnsubscribe { req: 15, track: 5 }),
         ("track_mute", ClientFrame::TrackMute { req: 16, track: 5, muted: true }),
+        ("ice_servers", ClientFrame::IceServers { req: 17 }),
     ]
 }
 
@@ -211,6 +212,24 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
                 room: "call:standup".into(),
                 speakers: vec![SpeakerLevel { user: "alice".into(), level: 87 }],
                 dominant: Some("alice".into()),
+            },
+        ),
+        (
+            "ice_servers",
+            ServerFrame::IceServers {
+                req: 17,
+                servers: vec![
+                    IceServer { urls: vec!["stun:stun.example.com:3478".into()], username: None, credential: None },
+                    IceServer {
+                        urls: vec![
+                            "turn:turn.example.com:3478?transport=udp".into(),
+                            "turns:turn.example.com:5349?transport=tcp".into(),
+                        ],
+                        username: Some("1700086400:acme/alice".into()),
+                        credential: Some("WO0uCwAps3TeZPw85UvYp+Lz6Nk=".into()),
+                    },
+                ],
+                expires_at: 1_700_086_400,
             },
         ),
     ]

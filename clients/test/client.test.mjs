@@ -3,7 +3,12 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { EdgeRelay, endpointUrls, webTransportUnavailable } from "../edgerelay.js";
+import { readFileSync } from "node:fs";
+
+import { decodeJson, encodeJson } from "../codec.js";
+import { EdgeRelay, endpointUrls, rtcIceServers, webTransportUnavailable } from "../edgerelay.js";
+
+const golden = JSON.parse(readFileSync(new URL("../../tests/golden/frames-v1.json", import.meta.url), "utf8"));
 
 const endpoints = { webtransport_port: 4433, webtransport_path: "/v1/wt", websocket_path: "/v1/ws" };
 
@@ -33,8 +38,32 @@ test("why WebTransport cannot be tried: insecure page, missing API, no URL", () 
 
 test("join, publish and ping before connect() say so instead of throwing a TypeError", async () => {
   const client = new EdgeRelay({ token: "t", webSocketUrl: "ws://127.0.0.1:1/v1/ws" });
-  const calls = [() => client.join("chat:lobby"), () => client.publish("chat:lobby", { text: "hi" }), () => client.ping()];
+  const calls = [
+    () => client.join("chat:lobby"),
+    () => client.publish("chat:lobby", { text: "hi" }),
+    () => client.ping(),
+    () => client.iceServers(),
+  ];
   for (const call of calls) {
     await assert.rejects(call, (err) => !(err instanceof TypeError) && /call connect\(\) first/.test(err.message));
   }
+});
+
+test("ice_servers: the request encodes like the relay's, the answer becomes RTCIceServer entries", () => {
+  assert.equal(encodeJson({ type: "ice_servers", req: 17 }), golden["client.ice_servers"].json);
+  const answer = decodeJson(golden["server.ice_servers"].json);
+  assert.deepEqual(rtcIceServers(answer), {
+    iceServers: [
+      { urls: ["stun:stun.example.com:3478"] },
+      {
+        urls: ["turn:turn.example.com:3478?transport=udp", "turns:turn.example.com:5349?transport=tcp"],
+        username: "1700086400:acme/alice",
+        credential: "WO0uCwAps3TeZPw85UvYp+Lz6Nk=",
+      },
+    ],
+    expiresAt: 1700086400,
+  });
+  // The HTTP endpoint's body (`GET /v1/ice`) converts the same way.
+  const http = { ice_servers: [{ urls: ["stun:s:3478"] }], expires_at: 5 };
+  assert.deepEqual(rtcIceServers(http), { iceServers: [{ urls: ["stun:s:3478"] }], expiresAt: 5 });
 });

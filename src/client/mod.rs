@@ -27,8 +27,8 @@ use tokio_util::task::TaskTracker;
 use crate::media::TrackId;
 use crate::proto::media::{GroupHeader, LayerInfo, TrackKind};
 use crate::proto::{
-    ClientFrame, Codec, ErrorCode, HistoryEntry, PROTOCOL_VERSION, Payload, Position, PresenceEntry, RoomCursor,
-    ServerFrame, Status, WireFrame, WireLimits,
+    ClientFrame, Codec, ErrorCode, HistoryEntry, IceServer, PROTOCOL_VERSION, Payload, Position, PresenceEntry,
+    RoomCursor, ServerFrame, Status, WireFrame, WireLimits,
 };
 use presence::RoomPresence;
 
@@ -253,6 +253,7 @@ impl Shared {
             | ServerFrame::Rooms { req, .. }
             | ServerFrame::TrackPublished { req, .. }
             | ServerFrame::TrackOk { req, .. }
+            | ServerFrame::IceServers { req, .. }
             | ServerFrame::Error { req, .. } => *req,
             _ => 0,
         };
@@ -657,6 +658,15 @@ impl Client {
         {
             ServerFrame::History { position, first, messages, .. } => Ok(HistoryPage { position, first, messages }),
             other => Err(unexpected("history", &other)),
+        }
+    }
+
+    /// The STUN and TURN servers for WebRTC with fresh TURN credentials, and when those
+    /// expire (unix seconds).
+    pub async fn ice_servers(&self) -> Result<(Vec<IceServer>, u64), ClientError> {
+        match self.request(Route::Control, |req| ClientFrame::IceServers { req }).await? {
+            ServerFrame::IceServers { servers, expires_at, .. } => Ok((servers, expires_at)),
+            other => Err(unexpected("ice_servers", &other)),
         }
     }
 

@@ -88,6 +88,9 @@ pub enum ClientFrame {
     TrackUnsubscribe { req: u64, track: u64 },
     /// Mark an own track muted or not (members see it in `tracks`). Answered by `track_ok`.
     TrackMute { req: u64, track: u64, muted: bool },
+    /// The STUN and TURN servers this user may use for WebRTC, with fresh TURN credentials:
+    /// answered by `ice_servers`.
+    IceServers { req: u64 },
 }
 
 impl ClientFrame {
@@ -106,7 +109,8 @@ impl ClientFrame {
             | ClientFrame::TrackUnpublish { req, .. }
             | ClientFrame::TrackSubscribe { req, .. }
             | ClientFrame::TrackUnsubscribe { req, .. }
-            | ClientFrame::TrackMute { req, .. } => Some(*req),
+            | ClientFrame::TrackMute { req, .. }
+            | ClientFrame::IceServers { req } => Some(*req),
             ClientFrame::Hello { .. }
             | ClientFrame::SetStatus { .. }
             | ClientFrame::Activity {}
@@ -174,6 +178,18 @@ pub enum ServerFrame {
     LayersWanted { track: u64, layers: u8 },
     /// Who speaks in a room, loudest first, and the dominant speaker (with hysteresis).
     Speakers { room: String, speakers: Vec<SpeakerLevel>, dominant: Option<String> },
+    /// Answer to `ice_servers`: entries shaped like WebRTC's `RTCIceServer` (STUN ones without
+    /// credentials, TURN ones with), and when the TURN credentials expire (unix seconds).
+    IceServers { req: u64, servers: Vec<IceServer>, expires_at: u64 },
+}
+
+/// One ICE server entry, the shape of WebRTC's `RTCIceServer`: `username` and `credential` are
+/// set for TURN URLs (the TURN REST form, docs/protocol.md) and absent (`null`) for STUN ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    pub username: Option<String>,
+    pub credential: Option<String>,
 }
 
 /// One message in a `history` page (its room and epoch are the page's).

@@ -13,7 +13,9 @@ pub mod room;
 
 pub use codec::{Codec, DecodeError, EncodeOnce, FrameReader, WireFrame};
 pub use codes::ErrorCode;
-pub use frame::{ClientFrame, HistoryEntry, PROTOCOL_VERSION, Position, RoomCursor, ServerFrame, WireLimits};
+pub use frame::{
+    ClientFrame, HistoryEntry, IceServer, PROTOCOL_VERSION, Position, RoomCursor, ServerFrame, WireLimits,
+};
 pub use payload::Payload;
 pub use presence::{PresenceEntry, Status};
 pub use room::RoomName;

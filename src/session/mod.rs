@@ -64,6 +64,8 @@ pub struct SessionContext {
     pub controls: Arc<Controls>,
     /// The media side of rooms.
     pub calls: Arc<Calls>,
+    /// ICE servers and TURN credentials (`ice_servers`, `GET /v1/ice`).
+    pub ice: Arc<crate::ice::IceIssuer>,
 }
 
 /// An error after which the connection is closed with `code`. The session has already queued
@@ -320,6 +322,7 @@ impl Session {
             ClientFrame::TrackMute { req, track, muted } => {
                 (req, self.track_request(lane, req, track, TrackRequest::Mute(muted), now_ms))
             }
+            ClientFrame::IceServers { req } => (req, self.ice_servers(lane, req, now_ms)),
         };
         self.answer(lane, req, result)
     }
@@ -634,6 +637,13 @@ impl Session {
         let (tenant, user) = (identity.tenant.clone(), identity.user.clone());
         self.jobs.push(Job::Rooms { tenant, user, reply: self.outbox.reserve(lane, req) });
         Ok(())
+    }
+
+    /// The ICE servers with TURN credentials for this connection's user and tenant.
+    fn ice_servers(&self, lane: LaneId, req: u64, now_ms: u64) -> Result<(), Failure> {
+        let identity = &self.active()?.identity;
+        let (servers, expires_at) = self.ctx.ice.servers(&identity.tenant, &identity.user, now_ms / 1000);
+        Ok(self.outbox.reply(lane, &ServerFrame::IceServers { req, servers, expires_at })?)
     }
 
     fn cursor(&mut self, room: &str, position: Position) -> Result<(), Failure> {

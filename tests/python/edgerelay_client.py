@@ -88,6 +88,8 @@ CLIENT_FIELDS = {
     "track_subscribe": ("req", "track", "max_layer", "paused"),
     "track_unsubscribe": ("req", "track"),
     "track_mute": ("req", "track", "muted"),
+    # WebRTC (docs/protocol.md, ICE servers).
+    "ice_servers": ("req",),
 }
 SERVER_FIELDS = {
     "welcome": ("version", "session", "user", "server_time", "limits"),
@@ -112,7 +114,9 @@ SERVER_FIELDS = {
     "keyframe_request": ("track", "layer"),
     "layers_wanted": ("track", "layers"),
     "speakers": ("room", "speakers", "dominant"),
+    "ice_servers": ("req", "servers", "expires_at"),
 }
+ICE_SERVER_FIELDS = ("urls", "username", "credential")
 PRESENCE_ENTRY_FIELDS = ("user", "status", "custom", "version", "last_seen")
 
 
@@ -462,6 +466,10 @@ class _Client:
 
     async def ping(self, timeout: float = DEFAULT_TIMEOUT) -> dict:
         return await self._request("ping", "pong", None, timeout)
+
+    async def ice_servers(self, timeout: float = DEFAULT_TIMEOUT) -> dict:
+        """The STUN and TURN servers with fresh TURN credentials (``ice_servers``)."""
+        return await self._request("ice_servers", "ice_servers", None, timeout)
 
     async def refresh(self, token: str, timeout: float = DEFAULT_TIMEOUT) -> dict:
         return await self._request("refresh", "refreshed", None, timeout, token=token)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import hmac
 import json
 import os
 import queue
@@ -32,6 +33,9 @@ REPO = Path(__file__).resolve().parents[2]
 BANNER_TIMEOUT = 30.0
 TEST_TIMEOUT = 20.0
 TENANT = "acme"
+TURN_URLS = ["turn:127.0.0.1:3478?transport=udp", "turns:turn.example.com:5349?transport=tcp"]
+STUN_URLS = ["stun:127.0.0.1:3478"]
+TURN_SECRET = "interop-turn-secret"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,6 +101,11 @@ def relay(tmp_path_factory):
         "EDGERELAY_LISTEN__TCP": "127.0.0.1:0",
         "EDGERELAY_LOG": "info",
         "EDGERELAY_PRESENCE__REFRESH_MS": "300",
+        # ICE servers (docs/operations.md, [turn]): no TURN server runs; the credentials are
+        # checked here with Python's hmac, as coturn computes them.
+        "EDGERELAY_TURN__URLS": json.dumps(TURN_URLS),
+        "EDGERELAY_TURN__STUN_URLS": json.dumps(STUN_URLS),
+        "EDGERELAY_TURN__SECRET": TURN_SECRET,
         "NO_COLOR": "1",
     })
     log_path = data_dir / "relay.log"
@@ -548,6 +557,30 @@ def test_refresh(relay, transport):
                 await c.refresh(relay.token(unique("mallory-"), "chat:*"))
             assert info.value.code == er.TOKEN_INVALID and info.value.req > 0
             assert await c.wait_closed() == fatal_close_code(transport, er.TOKEN_INVALID)
+
+    run(main())
+
+
+@pytest.mark.parametrize("transport", ["quic", "ws"])
+def test_ice_servers(relay, transport):
+    """``ice_servers`` answers with RTCIceServer-shaped entries: STUN without credentials, TURN
+    with the TURN REST credential (docs/protocol.md), recomputed here independently."""
+    sub = unique("ivy:")
+
+    async def main():
+        async with await connect(relay, transport) as c:
+            await c.hello(relay.token(sub, "chat:*"))
+            answer = await c.ice_servers()
+            stun, turn = answer["servers"]
+            assert list(stun) == list(er.ICE_SERVER_FIELDS) and list(turn) == list(er.ICE_SERVER_FIELDS)
+            assert stun == {"urls": STUN_URLS, "username": None, "credential": None}
+            assert turn["urls"] == TURN_URLS
+            expires_at = answer["expires_at"]
+            assert abs(expires_at - (time.time() + 86400)) < 120
+            user_part = sub.replace("%", "%25").replace(":", "%3A").replace("#", "%23")
+            assert turn["username"] == f"{expires_at}:{TENANT}/{user_part}"
+            mac = hmac.new(TURN_SECRET.encode(), turn["username"].encode(), hashlib.sha1).digest()
+            assert turn["credential"] == base64.b64encode(mac).decode()
 
     run(main())
 
