@@ -369,6 +369,7 @@ impl Shared {
             Value::from(new_epoch().to_string()),
             Value::from(publish_to.to_string()),
             Value::from(ROOM_META_TTL_MS.to_string()),
+            Value::from(self.hub.position(&publish.key).map_or(String::new(), |p| format!("{}:{}", p.epoch, p.offset))),
         ]
     }
 
@@ -749,7 +750,15 @@ impl Shared {
                     (Some(epoch), Some(top)) => Some((epoch, top)),
                     _ => None,
                 };
-                if let (Some(before), Some(here)) = (*seen, self.hub.position(key))
+                let here = self.hub.position(key);
+                if let (Some((epoch, top)), Some(here)) = (now, here)
+                    && epoch == here.epoch
+                    && top < here.offset
+                {
+                    self.went_back(key, epoch, here.offset).await;
+                    continue;
+                }
+                if let (Some(before), Some(here)) = (*seen, here)
                     && now.is_some_and(|(epoch, _)| epoch == before.0)
                     && (here.epoch != before.0 || here.offset < before.1)
                 {
@@ -760,6 +769,32 @@ impl Shared {
                     sub.seen = now;
                 }
             }
+        }
+    }
+
+    /// Redis says the room's top is below what this node delivered in the same epoch: its data
+    /// went back (restarted from an older snapshot, or a replica that was behind took over), and
+    /// the next publishes would get offsets members already have. The room's meta is dropped (if
+    /// it still says so), so the next publish starts a new epoch, which members see.
+    async fn went_back(&self, key: &RoomKey, epoch: u64, delivered: u64) {
+        const DROP_IF_BEHIND: &str = "if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] \
+            and tonumber(redis.call('HGET', KEYS[1], 'top') or '0') < tonumber(ARGV[2]) then \
+            return redis.call('DEL', KEYS[1]) end return 0";
+        let meta = Names::meta(&self.names.channel(key));
+        let args = vec![
+            Value::from(DROP_IF_BEHIND),
+            Value::Integer(1),
+            Value::from(meta),
+            Value::from(epoch.to_string()),
+            Value::from(delivered.to_string()),
+        ];
+        let eval = CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false);
+        match self.client.custom::<Value, _>(eval, args).await {
+            Ok(dropped) if dropped.as_u64() == Some(1) => {
+                tracing::warn!(room = %key.room, epoch, delivered, "room data in Redis went back; the next publish starts a new epoch");
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(%err, "dropping a room's meta that went back"),
         }
     }
 
@@ -1244,6 +1279,68 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(meta.as_u64(), Some(1), "the refused append took no offset");
+    }
+
+    /// Redis coming back from an older snapshot: the room's meta and stream say offset 1 while
+    /// the nodes delivered 3. Handing out offset 2 again would be acked but never delivered
+    /// (the nodes have it); the next publish starts a new epoch instead, which members see.
+    #[tokio::test]
+    async fn a_room_whose_redis_data_went_back_starts_a_new_epoch() {
+        went_back(false).await;
+    }
+
+    /// The same when the publishing node holds the room: its publish script catches it too
+    /// (whichever of the two comes first).
+    #[tokio::test]
+    async fn a_publisher_holding_the_room_detects_at_once_that_its_data_went_back() {
+        went_back(true).await;
+    }
+
+    async fn went_back(publisher_holds_room: bool) {
+        let server = server();
+        let ((a, engine), (b, _)) = (node(&server).await, node(&server).await);
+        let k = key("r");
+        let on_b = member(&b, &k, 1).await;
+        let on_a = if publisher_holds_room { Some(member(&a, &k, 2).await) } else { None };
+        let first = a.publish(&k, "m1").await;
+        let channel = engine.shared.names.channel(&k);
+        let keys = [Names::meta(&channel), Names::stream(&channel)];
+        let dump = CustomCommand::new_static("DUMP", ClusterHash::FirstKey, false);
+        let mut snapshot = Vec::new();
+        for key in &keys {
+            let value: Value = engine.shared.client.custom(dump.clone(), vec![key.clone()]).await.unwrap();
+            snapshot.push(value);
+        }
+        a.publish(&k, "m2").await;
+        a.publish(&k, "m3").await;
+        assert_eq!(collect(&on_b, 3).await.1, vec![1, 2, 3]);
+        let restore = CustomCommand::new_static("RESTORE", ClusterHash::FirstKey, false);
+        for (key, value) in keys.iter().zip(snapshot) {
+            let args = vec![Value::from(key.clone()), Value::from("0"), value, Value::from("REPLACE")];
+            let _: Value = engine.shared.client.custom(restore.clone(), args).await.unwrap();
+        }
+        if let Some(on_a) = &on_a {
+            assert_eq!(collect(on_a, 3).await.1, vec![1, 2, 3]);
+        }
+        // Without the room, node a cannot tell: node b's periodic check finds Redis behind what
+        // it delivered and drops the room's meta.
+        let exists = CustomCommand::new_static("EXISTS", ClusterHash::FirstKey, false);
+        if !publisher_holds_room {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let meta: Value = engine.shared.client.custom(exists.clone(), vec![keys[0].clone()]).await.unwrap();
+                if meta.as_u64() == Some(0) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the check never noticed the room went back");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let after = a.publish(&k, "m4").await;
+        assert_ne!(after.epoch, first.epoch, "a new epoch, not offset 2 again");
+        assert_eq!(after.offset, 1);
+        assert_eq!(collect(&on_b, 1).await.1, vec![1], "the member receives it, in the new epoch");
+        assert_eq!(b.hub.position(&k), Some(after));
     }
 
     #[test]

@@ -12,11 +12,21 @@
 -- ARGV[6]  an epoch to use if the room has none (new, or its data was lost)
 -- ARGV[7]  the room's shard channel
 -- ARGV[8]  how long an unused room's meta is kept, ms
+-- ARGV[9]  the highest position this node delivered in the room, "<epoch>:<offset>", or ""
 --
 -- Returns {duplicate (0|1), epoch, offset}.
 
 local meta, stream, idem = KEYS[1], KEYS[2], KEYS[3]
 local epoch = redis.call('HGET', meta, 'epoch')
+
+-- A node that already delivered a higher offset of this epoch than the room's top means the
+-- room's data went back in time (Redis restarted from an older snapshot, or failed over to a
+-- replica that was behind): offsets would be handed out twice. Treat it like lost data.
+local known_epoch, known_top = string.match(ARGV[9], '^(%d+):(%d+)$')
+if epoch and known_epoch == epoch
+    and tonumber(redis.call('HGET', meta, 'top') or '0') < tonumber(known_top) then
+  epoch = false
+end
 
 local seen = redis.call('GET', idem)
 if seen and epoch then
@@ -27,7 +37,7 @@ if seen and epoch then
 end
 
 if not epoch then
-  -- A room without meta is new, or Redis lost it: a new epoch, and no stale entries.
+  -- A room without meta is new, or Redis lost it (or went back): a new epoch, no stale entries.
   epoch = ARGV[6]
   redis.call('HSET', meta, 'epoch', epoch, 'top', 0)
   redis.call('DEL', stream)
