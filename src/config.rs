@@ -512,8 +512,9 @@ pub struct RedisConfig {
     pub url: String,
     /// Prefix of every key and channel, so several deployments can share one Redis.
     pub prefix: String,
-    /// A Redis command unanswered after this long fails; publishes are retried for twice this
-    /// long, then refused with `store_unavailable`.
+    /// A Redis command unanswered after this long fails; a failed publish is retried for twice
+    /// this long after its first failure, then refused with `store_unavailable` (3-4 x this
+    /// after it was made).
     pub command_timeout_ms: u64,
     /// How often each room's top offset is compared with what this relay delivered; a message
     /// pub/sub has not brought by the next check is read from the room's stream.

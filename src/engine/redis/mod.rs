@@ -19,8 +19,10 @@
 //!
 //! Publishes go to Redis in pipelines, one at a time, in the order they were made, so a
 //! client's publishes keep their order. A pipeline that fails on the connection is retried
-//! (the idempotency key makes that safe) until `command_timeout` has passed twice; then the
-//! publish is refused with `store_unavailable`, never acknowledged.
+//! (the idempotency key makes that safe) until twice `command_timeout` has passed since its
+//! first failure, which itself came one `command_timeout` after the first attempt; then the
+//! publish is refused with `store_unavailable`, never acknowledged: about 3 x `command_timeout`
+//! after it was made, up to 4 x for one queued behind it (docs/operations.md has the figures).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
