@@ -371,6 +371,7 @@ impl Calls {
     ) -> Result<(), MediaError> {
         let handle = lock(&self.registry).tracks.get(&track).cloned().ok_or(MediaError::UnknownTrack(track))?;
         let out = member.media.clone().ok_or(MediaError::NoMediaTransport)?;
+        out.will_receive();
         let mut t = lock(&handle);
         let (kind, layers) = (t.info.kind, t.info.layers.clone());
         let sub = t.subscribers.entry(id).or_insert_with(|| Subscription {

@@ -50,6 +50,9 @@ pub struct MediaOut {
     budget: AtomicU64,
     /// Notified when the connection starts publishing (the transport allows it more streams).
     publishing: Notify,
+    /// The connection subscribed to a track: its transport starts reporting [`MediaOut::budget`]
+    /// (connections that receive no media never pay for the estimate).
+    receiving: std::sync::atomic::AtomicBool,
 }
 
 impl MediaOut {
@@ -60,6 +63,7 @@ impl MediaOut {
             opens,
             budget: AtomicU64::new(0),
             publishing: Notify::new(),
+            receiving: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -147,6 +151,16 @@ impl MediaOut {
     /// Completes when [`MediaOut::will_publish`] was called (a permit is kept).
     pub async fn publishing(&self) {
         self.publishing.notified().await
+    }
+
+    /// The connection subscribed to a track.
+    pub fn will_receive(&self) {
+        self.receiving.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the connection ever subscribed to a track (see [`MediaOut::will_receive`]).
+    pub fn is_receiving(&self) -> bool {
+        self.receiving.load(Ordering::Relaxed)
     }
 
     /// The connection's bandwidth estimate, bits per second.

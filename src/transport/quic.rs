@@ -550,7 +550,9 @@ async fn serve_peer(
             _ = media.media.publishing() => {
                 conn.set_max_concurrent_uni_streams(transport::media::PUBLISHER_UNI_STREAMS.into());
             }
-            _ = budget.tick() => media.media.set_budget(transport::media::budget(&conn)),
+            _ = budget.tick(), if media.media.is_receiving() => {
+                media.media.set_budget(transport::media::budget(&conn));
+            }
             datagram = conn.read_datagram(), if datagrams_open => match datagram {
                 Ok(body) => {
                     if !datagrams.forward(body, &lanes.tx, &lanes.metrics) {
