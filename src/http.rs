@@ -324,20 +324,15 @@ async fn ice(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Respons
         response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         (ICE_CORS, response).into_response()
     };
-    let token =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let Some(token) = token else {
+    let Some(token) = bearer(&headers) else {
         return refuse(ErrorCode::TOKEN_INVALID, "missing Authorization: Bearer <token>");
     };
     let ctx = &state.websocket.ctx.session;
     let now_s = unix_ms() / 1000;
-    let identity = match ctx.verifier.verify(token.trim(), now_s) {
+    let identity = match ctx.authenticate(token.trim(), now_s) {
         Ok(identity) => identity,
-        Err(err) => return refuse(err.code(), &err.to_string()),
+        Err((code, message)) => return refuse(code, &message),
     };
-    if ctx.controls.is_revoked(&identity, now_s) {
-        return refuse(ErrorCode::TOKEN_REVOKED, "the token was revoked");
-    }
     let (servers, expires_at) = ctx.ice.servers(&identity.tenant, &identity.user, now_s);
     let ice_servers = servers
         .into_iter()
@@ -395,13 +390,17 @@ fn api_error(status: StatusCode, code: ErrorCode, message: impl Into<String>) ->
     (status, axum::Json(body)).into_response()
 }
 
+/// The credential of an `Authorization: Bearer <credential>` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+}
+
 /// The response refusing a server API request, unless it carries the API key.
 fn unauthorized(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
     let Some(expected) = state.api_key_sha256 else {
         return Some(api_error(StatusCode::NOT_FOUND, ErrorCode::PERMISSION_DENIED, "server API is off: set api.key"));
     };
-    let given =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let given = bearer(headers);
     // Comparing digests keeps the comparison independent of where the key differs.
     match given {
         Some(key) if crate::tls::sha256(key.as_bytes()) == expected => None,

@@ -68,6 +68,18 @@ pub struct SessionContext {
     pub ice: Arc<crate::ice::IceIssuer>,
 }
 
+impl SessionContext {
+    /// Verifies a user's token as `hello`, `refresh` and `GET /v1/ice` do: signature, claims,
+    /// expiry, then the revocations in force. The error is the code and message to answer with.
+    pub fn authenticate(&self, token: &str, now_s: u64) -> Result<Identity, (ErrorCode, String)> {
+        let identity = self.verifier.verify(token, now_s).map_err(|err| (err.code(), err.to_string()))?;
+        if self.controls.is_revoked(&identity, now_s) {
+            return Err((ErrorCode::TOKEN_REVOKED, "the token was revoked".into()));
+        }
+        Ok(identity)
+    }
+}
+
 /// An error after which the connection is closed with `code`. The session has already queued
 /// the matching `error` frame; the caller closes the outbox (flushing it) and the transport.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -396,13 +408,10 @@ impl Session {
             let message = format!("protocol version {version} is not supported; this relay speaks {PROTOCOL_VERSION}");
             return Err(self.fatal(0, ErrorCode::UNSUPPORTED_VERSION, message));
         }
-        let identity = match self.ctx.verifier.verify(token, now_ms / 1000) {
+        let identity = match self.ctx.authenticate(token, now_ms / 1000) {
             Ok(identity) => identity,
-            Err(err) => return Err(self.fatal(0, err.code(), err.to_string())),
+            Err((code, message)) => return Err(self.fatal(0, code, message)),
         };
-        if self.ctx.controls.is_revoked(&identity, now_ms / 1000) {
-            return Err(self.fatal(0, ErrorCode::TOKEN_REVOKED, "the token was revoked"));
-        }
         let max = self.ctx.limits.max_connections_per_user;
         let Some(slot) = self.ctx.users.acquire(&identity.tenant, &identity.user, max) else {
             let message = format!("user already holds {max} connections");
@@ -426,13 +435,10 @@ impl Session {
     }
 
     fn refresh(&mut self, lane: LaneId, req: u64, token: &str, now_ms: u64) -> Result<(), Fatal> {
-        let fresh = match self.ctx.verifier.verify(token, now_ms / 1000) {
+        let fresh = match self.ctx.authenticate(token, now_ms / 1000) {
             Ok(identity) => identity,
-            Err(err) => return Err(self.fatal(req, err.code(), err.to_string())),
+            Err((code, message)) => return Err(self.fatal(req, code, message)),
         };
-        if self.ctx.controls.is_revoked(&fresh, now_ms / 1000) {
-            return Err(self.fatal(req, ErrorCode::TOKEN_REVOKED, "the token was revoked"));
-        }
         let Some(active) = &mut self.active else {
             return Err(self.fatal(req, ErrorCode::HELLO_REQUIRED, "refresh before hello"));
         };
