@@ -10,9 +10,7 @@ mod common;
 #[path = "common/process.rs"]
 mod process;
 
-use std::sync::Arc;
-
-use common::{start_with, within};
+use common::{quic_connection, start_with, within};
 use edgerelay::proto::codec::length_prefix;
 use edgerelay::proto::{ClientFrame, Codec, FrameReader, PROTOCOL_VERSION, Payload, Position, ServerFrame};
 use edgerelay::testing::RedisServer;
@@ -84,42 +82,6 @@ impl Raw {
     }
 }
 
-/// A raw QUIC connection trusting `pin`; `stream_window` limits how much the relay may send on
-/// one stream before the client reads it.
-async fn quic_connection(
-    udp: std::net::SocketAddr,
-    pin: [u8; 32],
-    stream_window: Option<u32>,
-) -> (quinn::Endpoint, quinn::Connection) {
-    let crypto = edgerelay::tls::pinned_client_config(vec![pin], &[edgerelay::transport::ALPN_RAW]);
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    if let Some(window) = stream_window {
-        let mut transport = quinn::TransportConfig::default();
-        transport.stream_receive_window(window.into());
-        transport.receive_window(quinn::VarInt::from_u32(64 << 20));
-        config.transport_config(Arc::new(transport));
-    }
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(config);
-    let conn = endpoint.connect(udp, "localhost").unwrap().await.unwrap();
-    (endpoint, conn)
-}
-
-/// The `req` of an answer; `None` for frames that answer nothing (messages, presence).
-fn answer_req(frame: &ServerFrame) -> Option<u64> {
-    match frame {
-        ServerFrame::Joined { req, .. }
-        | ServerFrame::Pong { req, .. }
-        | ServerFrame::Ack { req, .. }
-        | ServerFrame::History { req, .. }
-        | ServerFrame::Rooms { req, .. }
-        | ServerFrame::Left { req, .. }
-        | ServerFrame::Error { req, .. } => Some(*req),
-        _ => None,
-    }
-}
-
 /// Sends join, then a burst of requests without waiting, and checks that the eight answers
 /// come in request order and that the client receives its own message, after `joined`.
 async fn answers_follow_requests(raw: &mut Raw, room: &str, what: &str) {
@@ -155,7 +117,8 @@ async fn answers_follow_requests(raw: &mut Raw, room: &str, what: &str) {
             assert!(joined_at.is_some(), "{what}: the message came before joined");
             own = Some(*position);
         }
-        if let Some(req) = answer_req(&frame) {
+        // A presence snapshot after `joined` carries req 0: it answers nothing here.
+        if let Some(req) = frame.req().filter(|req| *req != 0) {
             answers.push(req);
         }
     }

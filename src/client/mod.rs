@@ -242,21 +242,7 @@ impl Shared {
     /// the rest to events.
     async fn dispatch(&self, frame: ServerFrame) {
         let Some(frame) = self.presence_frame(frame) else { return };
-        let req = match &frame {
-            ServerFrame::Joined { req, .. }
-            | ServerFrame::Left { req, .. }
-            | ServerFrame::Ack { req, .. }
-            | ServerFrame::Pong { req, .. }
-            | ServerFrame::Refreshed { req, .. }
-            | ServerFrame::PresenceSnapshot { req, .. }
-            | ServerFrame::History { req, .. }
-            | ServerFrame::Rooms { req, .. }
-            | ServerFrame::TrackPublished { req, .. }
-            | ServerFrame::TrackOk { req, .. }
-            | ServerFrame::IceServers { req, .. }
-            | ServerFrame::Error { req, .. } => *req,
-            _ => 0,
-        };
+        let req = frame.req().unwrap_or(0);
         if req != 0 {
             let waiter = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&req);
             if let Some(waiter) = waiter {

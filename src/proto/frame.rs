@@ -213,4 +213,24 @@ impl ServerFrame {
     pub fn error(req: u64, code: ErrorCode, message: impl Into<String>) -> Self {
         ServerFrame::Error { req, code, message: message.into() }
     }
+
+    /// The request this frame answers: `None` for frames that answer nothing, and 0 inside
+    /// `Some` for an `error` about the connection or a snapshot that follows `joined`.
+    pub fn req(&self) -> Option<u64> {
+        match self {
+            ServerFrame::Joined { req, .. }
+            | ServerFrame::Left { req, .. }
+            | ServerFrame::Ack { req, .. }
+            | ServerFrame::Pong { req, .. }
+            | ServerFrame::Refreshed { req, .. }
+            | ServerFrame::PresenceSnapshot { req, .. }
+            | ServerFrame::History { req, .. }
+            | ServerFrame::Rooms { req, .. }
+            | ServerFrame::TrackPublished { req, .. }
+            | ServerFrame::TrackOk { req, .. }
+            | ServerFrame::IceServers { req, .. }
+            | ServerFrame::Error { req, .. } => Some(*req),
+            _ => None,
+        }
+    }
 }

@@ -216,13 +216,31 @@ pub struct RawQuic {
 }
 
 pub async fn raw_quic(relay: &TestRelay) -> RawQuic {
-    let crypto = edgerelay::tls::pinned_client_config(vec![relay.cert_sha256()], &[edgerelay::transport::ALPN_RAW]);
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let conn = endpoint.connect(relay.relay.udp_addr(), "localhost").unwrap().await.unwrap();
+    let (endpoint, conn) = quic_connection(relay.relay.udp_addr(), relay.cert_sha256(), None).await;
     let (send, recv) = conn.open_bi().await.unwrap();
     RawQuic { _endpoint: endpoint, conn, send, recv }
+}
+
+/// A raw QUIC connection (ALPN `edgerelay/1`) to `udp`, trusting the certificate `pin`;
+/// `stream_window` limits how much the relay may send on one stream before the client reads it.
+pub async fn quic_connection(
+    udp: std::net::SocketAddr,
+    pin: [u8; 32],
+    stream_window: Option<u32>,
+) -> (quinn::Endpoint, quinn::Connection) {
+    let crypto = edgerelay::tls::pinned_client_config(vec![pin], &[edgerelay::transport::ALPN_RAW]);
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    if let Some(window) = stream_window {
+        let mut transport = quinn::TransportConfig::default();
+        transport.stream_receive_window(window.into());
+        transport.receive_window(quinn::VarInt::from_u32(64 << 20));
+        config.transport_config(Arc::new(transport));
+    }
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    let conn = endpoint.connect(udp, "localhost").unwrap().await.unwrap();
+    (endpoint, conn)
 }
 
 impl RawQuic {
