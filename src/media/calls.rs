@@ -41,8 +41,6 @@ pub type ConnId = u64;
 /// Why a media request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MediaError {
-    #[error("{0} is not joined")]
-    NotJoined(String),
     #[error("no track {0} in a room this connection joined")]
     UnknownTrack(TrackId),
     #[error("track {0} is not this connection's")]
@@ -56,7 +54,6 @@ pub enum MediaError {
 impl MediaError {
     pub fn code(&self) -> ErrorCode {
         match self {
-            MediaError::NotJoined(_) => ErrorCode::NOT_JOINED,
             MediaError::UnknownTrack(_) | MediaError::NotOwner(_) => ErrorCode::UNKNOWN_TRACK,
             MediaError::Limit(_) => ErrorCode::MEDIA_LIMIT,
             MediaError::NoMediaTransport => ErrorCode::MEDIA_UNSUPPORTED,
@@ -373,9 +370,9 @@ impl Calls {
         let out = member.media.clone().ok_or(MediaError::NoMediaTransport)?;
         out.will_receive();
         let mut t = lock(&handle);
-        let (kind, layers) = (t.info.kind, t.info.layers.clone());
-        let sub = t.subscribers.entry(id).or_insert_with(|| Subscription {
-            forwarder: Forwarder::new(kind, &layers, max_layer),
+        let Track { info, subscribers, .. } = &mut *t;
+        let sub = subscribers.entry(id).or_insert_with(|| Subscription {
+            forwarder: Forwarder::new(&info.layers, max_layer),
             member,
             out: out.clone(),
             forwarding: None,

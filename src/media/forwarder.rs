@@ -17,7 +17,7 @@
 //!
 //! Audio has one layer and is forwarded whole unless the subscriber paused it.
 
-use super::{LayerInfo, MAX_LAYERS, TrackKind};
+use super::{LayerInfo, MAX_LAYERS};
 
 /// How long a switch may wait for the target layer's next group before a keyframe is requested.
 pub const KEYFRAME_WAIT_MS: u64 = 300;
@@ -40,7 +40,6 @@ pub enum Verdict {
 
 #[derive(Debug, Clone)]
 pub struct Forwarder {
-    kind: TrackKind,
     /// Bitrate of each layer the publisher announced, base layer first.
     bitrates: Vec<u32>,
     /// The highest layer the subscriber asked for.
@@ -58,10 +57,9 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// A forwarder for a track with `layers` (at most [`MAX_LAYERS`]; an audio track has one).
-    pub fn new(kind: TrackKind, layers: &[LayerInfo], max_layer: u8) -> Forwarder {
+    pub fn new(layers: &[LayerInfo], max_layer: u8) -> Forwarder {
         let bitrates: Vec<u32> = layers.iter().take(MAX_LAYERS).map(|l| l.bitrate).collect();
         let mut forwarder = Forwarder {
-            kind,
             bitrates,
             max_layer,
             paused: false,
@@ -73,10 +71,6 @@ impl Forwarder {
         };
         forwarder.retarget(0);
         forwarder
-    }
-
-    pub fn kind(&self) -> TrackKind {
-        self.kind
     }
 
     /// The layer the subscriber receives now, if any.
@@ -169,7 +163,7 @@ mod tests {
     }
 
     fn video(max_layer: u8) -> Forwarder {
-        Forwarder::new(TrackKind::Video, &simulcast(), max_layer)
+        Forwarder::new(&simulcast(), max_layer)
     }
 
     const FWD: Verdict = Verdict::Forward { switched: false };
@@ -242,7 +236,7 @@ mod tests {
     #[test]
     fn audio_is_one_layer_forwarded_whole() {
         let opus = [LayerInfo { width: 0, height: 0, bitrate: 32_000 }];
-        let mut f = Forwarder::new(TrackKind::Audio, &opus, 0);
+        let mut f = Forwarder::new(&opus, 0);
         f.set_budget(1, 0);
         assert_eq!(f.on_group(0), SWITCH);
         assert_eq!(f.on_group(0), FWD);

@@ -171,16 +171,6 @@ impl MediaOut {
     pub fn budget(&self) -> Option<u64> {
         Some(self.budget.load(Ordering::Relaxed)).filter(|b| *b > 0)
     }
-
-    /// Bytes queued for writers.
-    pub fn queued_bytes(&self) -> usize {
-        self.lock().queue.bytes()
-    }
-
-    /// Groups in flight.
-    pub fn in_flight(&self) -> usize {
-        self.lock().queue.in_flight()
-    }
 }
 
 fn count(cancelled: &[(GroupKey, Cancel)]) {

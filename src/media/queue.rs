@@ -52,7 +52,6 @@ pub enum Next {
 #[derive(Debug)]
 struct InFlight {
     key: GroupKey,
-    kind: TrackKind,
     priority: i32,
     started_ms: u64,
     frames: VecDeque<Bytes>,
@@ -108,7 +107,6 @@ impl GroupQueue {
         let cancelled = self.cancel_where(stale, Cancel::Stale);
         self.groups.push(InFlight {
             key,
-            kind,
             priority,
             started_ms: now_ms,
             frames: VecDeque::new(),
@@ -204,11 +202,6 @@ impl GroupQueue {
     /// Groups in flight.
     pub fn in_flight(&self) -> usize {
         self.groups.len()
-    }
-
-    /// The kind of a group in flight.
-    pub fn kind(&self, key: GroupKey) -> Option<TrackKind> {
-        self.groups.iter().find(|g| g.key == key).map(|g| g.kind)
     }
 }
 

@@ -37,16 +37,13 @@ impl Session {
         now_ms: u64,
     ) -> Result<(), Failure> {
         let room_name = parse_room(room)?;
-        self.forget_refused();
-        if !self.rooms.contains_key(&room_name) {
-            return Err(Failure::reject(ErrorCode::NOT_JOINED, format!("{room} is not joined")));
-        }
+        // Not joined (or its join was refused): `not_joined`, before the capability check.
+        let publisher = self.member(&room_name)?;
         let active = self.active()?;
         if !active.identity.can_publish_media(room_name.as_str()) {
             return Err(Failure::reject(ErrorCode::PERMISSION_DENIED, format!("token does not allow media in {room}")));
         }
         let key = active.key(&room_name);
-        let publisher = self.member(&room_name)?;
         let track = self.ctx.calls.publish(&key, self.id, publisher, name, kind, codec, layers, now_ms)?;
         self.outbox.reply(lane, &ServerFrame::TrackPublished { req, room: room.into(), track })?;
         Ok(())
