@@ -361,14 +361,14 @@ impl Relay {
              WebSocket                      {ws}://{tcp}/v1/ws\n  \
              demo page (browser chat)       {http}://{tcp}/\n  \
              call page (browser video)      {http}://{tcp}/call/\n  \
-             health, readiness{metrics_label}{http}://{tcp}/healthz  /readyz{metrics_path}\n  \
+             {health:<31}{http}://{tcp}/healthz  /readyz{metrics_path}\n  \
              certificate sha256 (hex)       {hex}\n  \
              certificate sha256 (base64)    {b64}\n  \
              certificate                    {kind}, valid until {exp}\n",
             version = env!("CARGO_PKG_VERSION"),
             ws = self.websocket_scheme(),
             // With an admin listener, /metrics (and the server API) are only there.
-            metrics_label = if self.admin_addr().is_some() { "              " } else { ", metrics     " },
+            health = if self.admin_addr().is_some() { "health, readiness" } else { "health, readiness, metrics" },
             metrics_path = if self.admin_addr().is_some() { "" } else { "  /metrics" },
             http = self.http_scheme(),
             udp_bound = self.udp_addr,
