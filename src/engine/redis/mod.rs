@@ -1294,7 +1294,7 @@ mod tests {
     /// The same when the publishing node holds the room: its publish script catches it too
     /// (whichever of the two comes first).
     #[tokio::test]
-    async fn a_publisher_holding_the_room_detects_at_once_that_its_data_went_back() {
+    async fn a_room_whose_redis_data_went_back_starts_a_new_epoch_when_the_publisher_holds_it() {
         went_back(true).await;
     }
 
