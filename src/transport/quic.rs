@@ -515,8 +515,9 @@ async fn serve_peer(
     datagrams: Datagrams,
     mut media: MediaSide,
 ) {
-    let mut budget = tokio::time::interval(BUDGET_EVERY);
-    budget.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The bandwidth estimate's timer, made once the connection subscribed to media: an idle
+    // or chat-only connection holds none.
+    let mut budget: Option<tokio::time::Interval> = None;
     let mut next_lane: LaneId = CONTROL + 1;
     let mut datagrams_open = true;
     // Every datagram push notifies (a permit is kept when nobody waits), so the queue is sent
@@ -524,6 +525,11 @@ async fn serve_peer(
     let queued = lanes.outbox.datagram_notify();
     let mut sending = true;
     loop {
+        if budget.is_none() && media.media.is_receiving() {
+            let mut every = tokio::time::interval(BUDGET_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            budget = Some(every);
+        }
         tokio::select! {
             _ = queued.notified(), if sending => {
                 sending = datagrams.send_queued(&conn, &lanes.outbox, &lanes.metrics);
@@ -550,7 +556,7 @@ async fn serve_peer(
             _ = media.media.publishing() => {
                 conn.set_max_concurrent_uni_streams(transport::media::PUBLISHER_UNI_STREAMS.into());
             }
-            _ = budget.tick(), if media.media.is_receiving() => {
+            Some(_) = async { Some(budget.as_mut()?.tick().await) }, if budget.is_some() => {
                 media.media.set_budget(transport::media::budget(&conn));
             }
             datagram = conn.read_datagram(), if datagrams_open => match datagram {
