@@ -81,6 +81,10 @@ pub struct Caps {
     /// only `join`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub media: Vec<String>,
+    /// Users the user may place 1:1 calls to (docs/calls.md): patterns matched against the
+    /// callee's user id in the caller's tenant, `{sub}` standing for the user's own id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub call: Vec<String>,
 }
 
 /// Who a verified token speaks for.
@@ -107,6 +111,11 @@ impl Identity {
 
     pub fn can_publish_media(&self, room: &str) -> bool {
         self.caps.media.iter().any(|p| pattern_matches(p, room, &self.user))
+    }
+
+    /// Whether the token allows placing a call to `callee` (a user id of the same tenant).
+    pub fn can_call(&self, callee: &str) -> bool {
+        self.caps.call.iter().any(|p| pattern_matches(p, callee, &self.user))
     }
 }
 
@@ -599,6 +608,7 @@ mod tests {
                 join: vec!["chat:*".into(), "dm:{sub}:*".into()],
                 publish: vec!["chat:*".into()],
                 media: Vec::new(),
+                call: Vec::new(),
             },
         }
     }

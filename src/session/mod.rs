@@ -335,6 +335,9 @@ impl Session {
                 (req, self.track_request(lane, req, track, TrackRequest::Mute(muted), now_ms))
             }
             ClientFrame::IceServers { req } => (req, self.ice_servers(lane, req, now_ms)),
+            ClientFrame::Call { req, .. } => {
+                (req, Err(Failure::reject(ErrorCode::BAD_REQUEST, "calls are not served yet")))
+            }
         };
         self.answer(lane, req, result)
     }

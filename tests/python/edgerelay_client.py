@@ -65,6 +65,17 @@ MEDIA_LIMIT = 129
 SLOW_CONSUMER = 130
 GOING_AWAY = 131
 IDLE_TIMEOUT = 132
+NOT_PARTICIPANT = 150
+CALL_ENDED = 151
+ONLY_CALLER = 152
+ONLY_CALLEE = 153
+NOT_RINGING = 154
+ALREADY_ANSWERED = 155
+NOT_RECONNECTING = 156
+TIMED_OUT = 157
+SELF_CALL = 158
+CROSS_TENANT = 159
+NOT_CONNECTED = 160
 
 # Field order of every frame (the postcard order; JSON keeps it so encodings are canonical).
 CLIENT_FIELDS = {
@@ -90,6 +101,8 @@ CLIENT_FIELDS = {
     "track_mute": ("req", "track", "muted"),
     # WebRTC (docs/protocol.md, ICE servers).
     "ice_servers": ("req",),
+    # 1:1 calls (docs/protocol.md, Calls (1:1)): `action` is {"<action>": {fields}}.
+    "call": ("req", "call", "action"),
 }
 SERVER_FIELDS = {
     "welcome": ("version", "session", "user", "server_time", "limits"),
@@ -115,6 +128,7 @@ SERVER_FIELDS = {
     "layers_wanted": ("track", "layers"),
     "speakers": ("room", "speakers", "dominant"),
     "ice_servers": ("req", "servers", "expires_at"),
+    "call": ("req", "call", "event"),
 }
 ICE_SERVER_FIELDS = ("urls", "username", "credential")
 PRESENCE_ENTRY_FIELDS = ("user", "status", "custom", "version", "last_seen")
