@@ -478,11 +478,10 @@ impl Verifier {
         {
             return Err(AuthError::NotYetValid);
         }
-        if claims.sub.is_empty() || claims.sub.len() > MAX_SUB_BYTES {
-            return Err(AuthError::InvalidClaim(format!("sub must be 1-{MAX_SUB_BYTES} bytes")));
-        }
-        if claims.sub.chars().any(char::is_control) {
-            return Err(AuthError::InvalidClaim("sub must not contain control characters".into()));
+        if !valid_sub(&claims.sub) {
+            return Err(AuthError::InvalidClaim(format!(
+                "sub must be 1-{MAX_SUB_BYTES} bytes without control characters"
+            )));
         }
         if !valid_tenant(&claims.tenant) {
             return Err(AuthError::InvalidClaim(format!(
@@ -508,6 +507,11 @@ impl Verifier {
             issued_at: claims.iat,
         })
     }
+}
+
+/// User ids (`sub`, a call's callee): 1-256 bytes of UTF-8 without control characters.
+pub fn valid_sub(sub: &str) -> bool {
+    !sub.is_empty() && sub.len() <= MAX_SUB_BYTES && !sub.chars().any(char::is_control)
 }
 
 /// Tenant names: 1-64 characters of `[A-Za-z0-9_.-]`.

@@ -43,6 +43,7 @@ pub struct Config {
     pub presence: PresenceConfig,
     pub media: MediaConfig,
     pub turn: TurnConfig,
+    pub calls: CallsConfig,
 }
 
 impl Default for Config {
@@ -61,6 +62,7 @@ impl Default for Config {
             presence: PresenceConfig::default(),
             media: MediaConfig::default(),
             turn: TurnConfig::default(),
+            calls: CallsConfig::default(),
         }
     }
 }
@@ -337,6 +339,36 @@ impl Default for MediaConfig {
             max_bitrate: 8_000_000,
             queue_bytes: 4 * 1024 * 1024,
             cache_bytes: 2 * 1024 * 1024,
+        }
+    }
+}
+
+/// 1:1 calls (docs/calls.md): timeouts, the busy policy and the signaling limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallsConfig {
+    /// How long a call rings before it ends as missed, ms.
+    pub ring_timeout_ms: u64,
+    /// How long a side whose in-call device dropped has to rejoin, ms.
+    pub reconnect_grace_ms: u64,
+    /// A callee in another connected call is `busy` at once; off, the call rings anyway.
+    pub busy_when_in_call: bool,
+    /// Largest `signal` data, bytes (a `call` frame is also bound by `limits.max_frame_bytes`).
+    pub max_signal_bytes: u32,
+    /// `call` frames per second per connection (every action, signals included), and burst.
+    pub rate: u32,
+    pub burst: u32,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        CallsConfig {
+            ring_timeout_ms: 30_000,
+            reconnect_grace_ms: 15_000,
+            busy_when_in_call: true,
+            max_signal_bytes: 16 * 1024,
+            rate: 20,
+            burst: 100,
         }
     }
 }
@@ -807,6 +839,18 @@ impl Config {
             _ => {}
         }
         self.turn.validate()?;
+        let c = &self.calls;
+        for (key, value) in [
+            ("calls.ring_timeout_ms", c.ring_timeout_ms),
+            ("calls.reconnect_grace_ms", c.reconnect_grace_ms),
+            ("calls.max_signal_bytes", u64::from(c.max_signal_bytes)),
+            ("calls.rate", u64::from(c.rate)),
+            ("calls.burst", u64::from(c.burst)),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
         self.validate_auth()
     }
 
@@ -1242,6 +1286,19 @@ public_key_file = "/etc/edgerelay/main.pub.pem"
         // Validation runs in load too.
         let err = Config::load(None, env(&[("EDGERELAY_LIMITS__MAX_PAYLOAD_BYTES", "65536")])).unwrap_err();
         assert_eq!(err.key(), Some("limits.max_payload_bytes"));
+    }
+
+    #[test]
+    fn calls_section_loads_and_validates() {
+        let c = Config::from_toml_str("[calls]\nring_timeout_ms = 2000\nbusy_when_in_call = false\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.calls.ring_timeout_ms, 2000);
+        assert!(!c.calls.busy_when_in_call);
+        assert_eq!(c.calls.reconnect_grace_ms, 15_000, "the rest keeps its defaults");
+        let calls = |text: &str| invalid_key(&Config::from_toml_str(&format!("[calls]\n{text}\n")).unwrap());
+        assert_eq!(calls("ring_timeout_ms = 0"), "calls.ring_timeout_ms");
+        assert_eq!(calls("rate = 0"), "calls.rate");
+        assert_eq!(calls("max_signal_bytes = 0"), "calls.max_signal_bytes");
     }
 
     #[test]

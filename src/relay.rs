@@ -171,6 +171,7 @@ impl Relay {
             }
         }
         let calls = Arc::new(Calls::new(config.media.clone(), hub.clone()));
+        let call_service = Arc::new(crate::call::CallService::local(&config.calls));
         let session_ctx = Arc::new(SessionContext {
             hub: hub.clone(),
             engine: engine.clone(),
@@ -183,6 +184,8 @@ impl Relay {
             controls: controls.clone(),
             calls: calls.clone(),
             ice,
+            call_service: call_service.clone(),
+            call_rate: (config.calls.rate, config.calls.burst),
         });
         let conn_ctx = Arc::new(ConnectionContext::new(session_ctx, drain.clone(), config.shutdown.reconnect_after_ms));
         let services = TaskTracker::new();
@@ -218,6 +221,7 @@ impl Relay {
         let tick = PRESENCE_TICK.min(Duration::from_millis(config.presence.refresh_ms));
         services.spawn(presence_ticks(awareness.clone(), tick, stop.clone()));
         services.spawn(media_ticks(calls, stop.clone()));
+        services.spawn(call_service.run_timers(unix_ms, stop.clone()));
         services.spawn(sweep_rooms(hub.clone(), engine.clone(), stop.clone()));
         if let Some(link) = engine.share_presence() {
             awareness.share(link.local.clone());

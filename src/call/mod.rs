@@ -41,9 +41,11 @@
 //! developers.
 
 pub mod machine;
+pub mod service;
 pub mod types;
 
 pub use machine::Call;
+pub use service::{ActionError, CallRoute, CallService, LocalRoute, Requester};
 pub use types::{
     CallConfig, CallError, CallId, CallState, CallSummary, EndReason, Event, EventKind, Initiate, Media, Output,
     Recipient, Side, Timer, TimerKind,
