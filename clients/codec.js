@@ -23,6 +23,7 @@ export const FIELDS = {
   track_unsubscribe: ["req", "track"],
   track_mute: ["req", "track", "muted"],
   ice_servers: ["req"],
+  call: ["req", "call", "action"],
   // relay → client
   welcome: ["version", "session", "user", "server_time", "limits"],
   joined: ["req", "room", "position", "recovered"],
@@ -45,6 +46,7 @@ export const FIELDS = {
 /** Relay → client frames whose type name a client frame also has (with other fields). */
 export const SERVER_FIELDS = {
   ice_servers: ["req", "servers", "expires_at"],
+  call: ["req", "call", "event"],
 };
 
 /** The field order of `type` in `direction` (`"client"`: client → relay, or `"server"`). */

@@ -41,6 +41,7 @@ import {
   fromBase64,
   lengthPrefixed,
 } from "./codec.js";
+import { Call } from "./calls.js";
 import { FLAG_KEYFRAME, GroupReader, encodeFrame, encodeGroupHeader } from "./media.js";
 
 const TOKEN_EXPIRED = 111;
@@ -382,6 +383,11 @@ class WebSocketLink {
  *
  * WebRTC: `iceServers()` asks for the STUN and TURN servers with fresh credentials.
  *
+ * 1:1 calls (docs/calls.md; clients/calls.js has the `Call` object): `call(user, options)`
+ * places one; `call` events (`detail`: a `Call`) announce every call this client learns of
+ * (placed here, on another device of the user, or to the user), and `ring` events (`detail`: the
+ * `Call`) say this device should ring.
+ *
  * `join`, `leave`, `publish`, `ping` and `iceServers` need an open connection: before `connect()` (or while
  * reconnecting) they reject with "not connected …". `close()` also ends a connect in progress:
  * nothing stays open and `connect()` rejects.
@@ -414,6 +420,8 @@ export class EdgeRelay extends EventTarget {
   #welcomed = null;
   // Track id → room, for sending track requests on the room's stream.
   #trackRooms = new Map();
+  // Call id → Call, while the call is live.
+  #calls = new Map();
 
   constructor(options) {
     super();
@@ -496,6 +504,33 @@ export class EdgeRelay extends EventTarget {
     const answer = this.#expect(req);
     link.send({ type: "ice_servers", req });
     return rtcIceServers(await answer);
+  }
+
+  // --- 1:1 calls (docs/calls.md); over every transport ---
+
+  /**
+   * Calls `callee` (a user id of this tenant; the token's `caps.call` must allow it). Resolves
+   * with the `Call` once the relay took it (it rings, or ends at once as `busy`); rejects with a
+   * `RelayError` (`self_call`, `permission_denied`, ...). Options: `media` (`"video"`, the
+   * default, or `"audio"`), and to wire WebRTC: `stream` (the local MediaStream to send, or null
+   * to receive only), `iceTransportPolicy` (`"all"` or `"relay"`: TURN only), `iceServers`
+   * (instead of asking the relay with `iceServers()` for every peer connection),
+   * `RTCPeerConnection` (another implementation). Without `stream` the app does the signaling
+   * with `call.signal()` and the call's `signal` events.
+   */
+  async call(callee, { media = "video", ...rtc } = {}) {
+    let call = null;
+    await this.#callAction("", { initiate: { callee, media } }, ({ call: id }) => {
+      call = this.#addCall({ id, caller: this.welcome.user, callee, media, role: "caller" });
+      call.useMedia(rtc);
+      call.inCall = true;
+    });
+    return call;
+  }
+
+  /** The live calls this client knows of. */
+  get calls() {
+    return [...this.#calls.values()];
   }
 
   /** Sends a datagram (WebTransport only; dropped on WebSocket). */
@@ -584,6 +619,38 @@ export class EdgeRelay extends EventTarget {
     return answer;
   }
 
+  /** A `call` request on the control stream, where the call's events come. */
+  #callAction(call, action, onOk) {
+    const link = this.#requireLink();
+    const req = this.#req();
+    const answer = this.#expect(req, onOk);
+    link.send({ type: "call", req, call, action });
+    return answer;
+  }
+
+  #addCall(info) {
+    const call = new Call(
+      { action: (id, action, onOk) => this.#callAction(id, action, onOk), iceServers: () => this.iceServers() },
+      info,
+    );
+    this.#calls.set(info.id, call);
+    this.dispatchEvent(new CustomEvent("call", { detail: call }));
+    return call;
+  }
+
+  /** An event of a call (`req` 0): to its `Call`, made on its first `state`. */
+  #onCallEvent({ call: id, event }) {
+    let call = this.#calls.get(id);
+    if (!call && event.state) {
+      const { caller, callee, media } = event.state;
+      call = this.#addCall({ id, caller, callee, media, role: caller === this.welcome?.user ? "caller" : "callee" });
+    }
+    if (!call) return;
+    call.handle(event);
+    if (event.ring) this.dispatchEvent(new CustomEvent("ring", { detail: call }));
+    if (call.state === "ended") this.#calls.delete(id);
+  }
+
   #noteTracks(frame) {
     for (const info of frame.tracks ?? []) this.#trackRooms.set(info.track, frame.room);
     for (const track of frame.ended ?? []) this.#trackRooms.delete(track);
@@ -595,9 +662,14 @@ export class EdgeRelay extends EventTarget {
     return this.#link;
   }
 
-  #expect(req) {
+  /** The answer to request `req`; `onAnswer` runs as soon as it arrives, before later frames. */
+  #expect(req, onAnswer) {
+    const settle = (resolve) => (frame) => {
+      onAnswer?.(frame);
+      resolve(frame);
+    };
     return withTimeout(
-      new Promise((resolve, reject) => this.#pending.set(req, { resolve, reject })),
+      new Promise((resolve, reject) => this.#pending.set(req, { resolve: settle(resolve), reject })),
       this.#options.requestTimeoutMs,
       `request ${req}`,
     ).finally(() => this.#pending.delete(req));
@@ -664,19 +736,22 @@ export class EdgeRelay extends EventTarget {
       case "layers_wanted":
         if (frame.type === "tracks") this.#noteTracks(frame);
         return this.dispatchEvent(new CustomEvent(frame.type, { detail: frame }));
+      case "call":
+        if (frame.req) break;
+        return this.#onCallEvent(frame);
       case "error": {
         const pending = this.#pending.get(frame.req);
         if (pending) return pending.reject(new RelayError(frame.code, frame.message));
         if (frame.req === 0) onWelcome(frame);
         return this.dispatchEvent(new CustomEvent("error", { detail: frame }));
       }
-      default: {
-        const pending = frame.req === undefined ? null : this.#pending.get(frame.req);
-        if (pending) return pending.resolve(frame);
-        // Anything else (presence, typing, frame types added later) is the application's.
-        return this.dispatchEvent(new CustomEvent("frame", { detail: frame }));
-      }
+      default:
+        break;
     }
+    const pending = frame.req === undefined ? null : this.#pending.get(frame.req);
+    if (pending) return pending.resolve(frame);
+    // Anything else (presence, typing, frame types added later) is the application's.
+    return this.dispatchEvent(new CustomEvent("frame", { detail: frame }));
   }
 
   /** One connection: open a link (WebTransport, else WebSocket), hello, welcome, rejoin.
@@ -719,7 +794,11 @@ export class EdgeRelay extends EventTarget {
         const welcomed = new Promise((resolve, reject) => {
           welcome = (frame) => (frame.type === "welcome" ? resolve(frame) : reject(new RelayError(frame.code, frame.message)));
         });
-        const events = this.#events(attempt, (frame) => welcome(frame));
+        const events = this.#events(attempt, (frame) => {
+          // A new connection is a new device to the relay: no call is in it, nothing rings yet.
+          if (frame.type === "welcome") for (const call of this.#calls.values()) call.reconnected();
+          welcome(frame);
+        });
         if (kind === "webtransport") {
           const { certHashes } = this.#options;
           const hashes = typeof certHashes === "function" ? await certHashes() : certHashes;

@@ -91,6 +91,7 @@ pub fn router(state: Arc<HttpState>, routes: Routes) -> Router {
         .route("/edgerelay.js", get(|| async { asset(JAVASCRIPT, CLIENT_JS) }))
         .route("/codec.js", get(|| async { asset(JAVASCRIPT, CODEC_JS) }))
         .route("/media.js", get(|| async { asset(JAVASCRIPT, MEDIA_JS) }))
+        .route("/calls.js", get(|| async { asset(JAVASCRIPT, CALLS_JS) }))
         .route("/call", get(|| async { axum::response::Redirect::permanent("/call/") }))
         .route("/call/", get(|| async { asset("text/html; charset=utf-8", CALL_HTML) }))
         .route("/call/call.js", get(|| async { asset(JAVASCRIPT, CALL_JS) }));
@@ -261,6 +262,7 @@ const DEMO_JS: &str = include_str!("../clients/demo/demo.js");
 const CLIENT_JS: &str = include_str!("../clients/edgerelay.js");
 const CODEC_JS: &str = include_str!("../clients/codec.js");
 const MEDIA_JS: &str = include_str!("../clients/media.js");
+const CALLS_JS: &str = include_str!("../clients/calls.js");
 // The group-call page (`/call/`).
 const CALL_HTML: &str = include_str!("../clients/call/index.html");
 const CALL_JS: &str = include_str!("../clients/call/call.js");

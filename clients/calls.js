@@ -1,0 +1,234 @@
+// 1:1 calls on the browser client (docs/calls.md for the behaviour, docs/protocol.md "Calls (1:1)"
+// for the frames): a `Call` per call this client knows of, its state as the relay reports it, the
+// actions that change it, and an optional RTCPeerConnection wired to the call's signaling.
+//
+// Why it is shaped like this:
+// - The relay owns the state: a `Call` only mirrors the `state` events it receives (and applies
+//   nothing locally), so every device of a user shows the same call the same way.
+// - Which device is in the call is known only by that device: the one that placed the call, or
+//   that answered or rejoined it (its `ok` sets `inCall`, before the `state: connected` that
+//   follows it is handled). A reconnected connection is a new device, so `inCall` is cleared then.
+// - One offerer, no glare: the caller's device in the call sends a fresh offer after every
+//   `state: connected` (the answer, and each rejoin, which brings a new device), on a new
+//   RTCPeerConnection; the callee's device makes a new one for every offer and answers it.
+// - Signals are handled one after another (a promise chain): a candidate must not be added
+//   before the description it belongs to is set. Candidates found before this device's own offer
+//   or answer went out wait for it, so the other side never gets a candidate first.
+
+/** The relay's `state` of a call as `{state, reason, side, callerUntil, calleeUntil}`. */
+export function callState(wire) {
+  const [state, fields = {}] = Object.entries(wire)[0] ?? ["unknown"];
+  return {
+    state,
+    reason: fields.reason ?? null,
+    side: fields.side ?? null,
+    callerUntil: fields.caller_until ?? null,
+    calleeUntil: fields.callee_until ?? null,
+  };
+}
+
+/**
+ * One 1:1 call as this device sees it. Made by the client (`EdgeRelay.call()`, or when the relay
+ * tells it about a call); not constructed by applications.
+ *
+ * Properties: `id`, `caller`, `callee`, `media` (`"audio"` | `"video"`), `role` (`"caller"` |
+ * `"callee"`: which side this user is), `state` (`"ringing"`, `"connected"`, `"reconnecting"`,
+ * `"ended"`), `reason` and `side` (once ended), `callerUntil` and `calleeUntil` (while
+ * reconnecting: the away side's deadline, unix ms), `ringing` (this device rings now), `inCall`
+ * (this device is the one in the call), `away` (this user's side is away while reconnecting),
+ * `peer` (the current RTCPeerConnection when WebRTC is wired) and `remoteStream`.
+ *
+ * Events: `state` (`detail`: `{state, reason, side, callerUntil, calleeUntil}`), `ring` (this
+ * device rings), `answered_elsewhere` (another device of yours answered: stop ringing), `signal`
+ * (`detail`: the other side's data, when WebRTC is not wired), `peer` (`detail`: a new
+ * RTCPeerConnection), `track` (`detail`: the RTCTrackEvent), `error` (`detail`: an Error of the
+ * WebRTC wiring).
+ */
+export class Call extends EventTarget {
+  #link;
+  #rtc = null;
+  #work = Promise.resolve();
+  // Candidates found before this device's offer or answer was sent.
+  #heldCandidates = null;
+
+  constructor(link, { id, caller, callee, media, role }) {
+    super();
+    this.#link = link;
+    Object.assign(this, { id, caller, callee, media, role });
+    Object.assign(this, { state: "ringing", reason: null, side: null, callerUntil: null, calleeUntil: null });
+    this.ringing = false;
+    this.inCall = false;
+    this.peer = null;
+    this.remoteStream = null;
+  }
+
+  get away() {
+    return this.state === "reconnecting" && (this.role === "caller" ? this.callerUntil : this.calleeUntil) !== null;
+  }
+
+  /**
+   * Answers on this device (which must be ringing). `options` as for `EdgeRelay.call()`: with a
+   * `stream` the call wires an RTCPeerConnection; without, the app exchanges `signal`s itself.
+   */
+  answer(options) {
+    return this.#enter({ answer: {} }, options);
+  }
+
+  /** Comes back into a `reconnecting` call on this device, as the side that is away. */
+  rejoin(options) {
+    return this.#enter({ rejoin: {} }, options);
+  }
+
+  /** Declines while it rings (callee). */
+  reject() {
+    return this.#link.action(this.id, { reject: {} });
+  }
+
+  /** Gives up before an answer (caller). */
+  cancel() {
+    return this.#link.action(this.id, { cancel: {} });
+  }
+
+  /** Ends the call in any live state, from either side: the "end call" button. */
+  hangUp() {
+    return this.#link.action(this.id, { hang_up: {} });
+  }
+
+  /** Sends signaling data (text) to the other side's device in the call. */
+  signal(data) {
+    return this.#link.action(this.id, { signal: { data } });
+  }
+
+  /** Sets what the WebRTC wiring uses (see `EdgeRelay.call()`); null or no `stream` key: none. */
+  useMedia(options) {
+    this.#rtc = options && "stream" in options ? options : null;
+  }
+
+  #enter(action, options) {
+    if (options !== undefined) this.useMedia(options);
+    return this.#link.action(this.id, action, () => {
+      this.inCall = true;
+      this.ringing = false;
+    });
+  }
+
+  // --- what the relay says (called by the client, in frame order) ---
+
+  /** A `call` frame's event for this call. */
+  handle(event) {
+    const [name, fields] = Object.entries(event)[0] ?? [];
+    if (name === "state") return this.#onState(callState(fields.state));
+    if (name === "ring") {
+      this.ringing = true;
+      return this.dispatchEvent(new CustomEvent("ring"));
+    }
+    if (name === "answered_elsewhere") {
+      this.ringing = false;
+      return this.dispatchEvent(new CustomEvent("answered_elsewhere"));
+    }
+    if (name === "signal") {
+      if (!this.#rtc) return this.dispatchEvent(new CustomEvent("signal", { detail: fields.data }));
+      return this.#queue(() => this.#onSignal(fields.data));
+    }
+    return undefined;
+  }
+
+  /** This device's connection was replaced: the relay knows it as a new device now. */
+  reconnected() {
+    this.inCall = false;
+    this.ringing = false;
+  }
+
+  #onState(detail) {
+    const wasConnected = this.state === "connected";
+    Object.assign(this, detail);
+    if (detail.state !== "ringing") this.ringing = false;
+    if (detail.state === "ended") {
+      this.inCall = false;
+      this.#closePeer();
+    }
+    this.dispatchEvent(new CustomEvent("state", { detail }));
+    const offer = detail.state === "connected" && !wasConnected && this.inCall && this.role === "caller";
+    if (offer && this.#rtc) this.#queue(() => this.#offer());
+  }
+
+  // --- WebRTC wiring ---
+
+  #queue(step) {
+    this.#work = this.#work.then(step).catch((err) => this.dispatchEvent(new CustomEvent("error", { detail: err })));
+  }
+
+  async #newPeer() {
+    this.#closePeer();
+    const { stream, iceTransportPolicy = "all", iceServers, RTCPeerConnection: Peer = globalThis.RTCPeerConnection } = this.#rtc;
+    const servers = iceServers ?? (await this.#link.iceServers()).iceServers;
+    const peer = new Peer({ iceServers: servers, iceTransportPolicy });
+    this.peer = peer;
+    this.#heldCandidates = [];
+    peer.onicecandidate = ({ candidate }) => {
+      if (!candidate || this.peer !== peer) return;
+      const data = JSON.stringify(candidate.toJSON ? candidate.toJSON() : candidate);
+      if (this.#heldCandidates) this.#heldCandidates.push(data);
+      else this.#send(data);
+    };
+    peer.ontrack = (event) => {
+      if (this.peer !== peer) return;
+      this.remoteStream = event.streams?.[0] ?? this.remoteStream;
+      this.dispatchEvent(new CustomEvent("track", { detail: event }));
+    };
+    if (stream) {
+      for (const track of stream.getTracks()) peer.addTrack(track, stream);
+    } else {
+      for (const kind of this.media === "video" ? ["audio", "video"] : ["audio"]) {
+        peer.addTransceiver(kind, { direction: "recvonly" });
+      }
+    }
+    this.dispatchEvent(new CustomEvent("peer", { detail: peer }));
+    return peer;
+  }
+
+  /** Sends this device's description, then the candidates that waited for it. */
+  #sendDescription({ type, sdp }) {
+    this.#send(JSON.stringify({ type, sdp }));
+    const held = this.#heldCandidates ?? [];
+    this.#heldCandidates = null;
+    for (const data of held) this.#send(data);
+  }
+
+  #send(data) {
+    // Refused only when the call moved on (ended, or the other side is away): nothing to do.
+    this.signal(data).catch(() => {});
+  }
+
+  async #offer() {
+    if (this.state !== "connected") return;
+    const peer = await this.#newPeer();
+    await peer.setLocalDescription(await peer.createOffer());
+    this.#sendDescription(peer.localDescription);
+  }
+
+  async #onSignal(data) {
+    let message;
+    try {
+      message = JSON.parse(data);
+    } catch {
+      throw new Error(`signal that is not JSON: ${String(data).slice(0, 80)}`);
+    }
+    if (message?.type === "offer" && this.role === "callee") {
+      const peer = await this.#newPeer();
+      await peer.setRemoteDescription(message);
+      await peer.setLocalDescription(await peer.createAnswer());
+      this.#sendDescription(peer.localDescription);
+    } else if (message?.type === "answer" && this.role === "caller") {
+      await this.peer?.setRemoteDescription(message);
+    } else if (message && "candidate" in message && this.peer) {
+      // A candidate of a peer connection the other side has replaced fails here: harmless.
+      await this.peer.addIceCandidate(message).catch(() => {});
+    }
+  }
+
+  #closePeer() {
+    this.peer?.close();
+    this.peer = null;
+  }
+}
