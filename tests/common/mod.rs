@@ -100,6 +100,13 @@ impl TestRelay {
         self.sign(&claims(sub, tenant, rooms))
     }
 
+    /// A token like [`TestRelay::token`] that may also place 1:1 calls to anyone of its tenant.
+    pub fn call_token(&self, sub: &str, tenant: &str, rooms: &[&str]) -> String {
+        let mut claims = claims(sub, tenant, rooms);
+        claims.caps.call = vec!["*".into()];
+        self.sign(&claims)
+    }
+
     /// The listener `transport` connects to: UDP for QUIC and WebTransport, TCP for WebSocket.
     pub fn listen_addr(&self, transport: Transport) -> std::net::SocketAddr {
         match transport {
