@@ -17,17 +17,20 @@
 //! edgerelay-load --transport ws --duration 5 storm --connections 2000 --rounds 3
 //! edgerelay-load --transport quic --duration 10 presence --users 1000 --rooms 100 --rate 1
 //! edgerelay-load --transport quic --duration 10 media --calls 1 --publishers 1 --subscribers 200 --layers 3
+//! edgerelay-load --transport mix calls --calls 500 --rounds 3
 //! ```
 //!
 //! `bigroom` is fanout with one room (a preset, the same code); `storm` drops N connections at
 //! once, --rounds times, and checks that each resumes its rooms exactly; `presence` is a
 //! typing and status storm timed at the other members' views; `media` is calls of the SFU-lite
-//! media plane (publishers of audio and simulcast video, subscribers, late joiners).
+//! media plane (publishers of audio and simulcast video, subscribers, late joiners); `calls` is a
+//! call storm of 1:1 calls (N set up and torn down at once), timing ring and connect.
 //!
 //! Every loop is bounded in count and time: --duration is capped at 600 s, connections at
 //! 20,000, steps at 30, storms at 20 (each cut short after --storm-timeout); the drain after
 //! publishing waits at most --drain seconds.
 
+mod calls;
 mod chart;
 mod conns;
 mod fanout;
@@ -96,6 +99,8 @@ enum Workload {
     /// Calls: publishers of audio and simulcast video, subscribers and late joiners over the
     /// SFU-lite media plane (QUIC or WebTransport).
     Media(media::MediaArgs),
+    /// Call storm: N 1:1 calls set up (initiate, ring, answer, connected) and torn down at once.
+    Calls(calls::CallsArgs),
 }
 
 fn main() -> ExitCode {
@@ -157,6 +162,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Workload::Media(args) => {
             let report = media::media(&relay, args, cli.transport, window, progress).await?;
             (media::table(&report), serde_json::to_value(&report)?)
+        }
+        Workload::Calls(args) => {
+            let report = calls::calls(&relay, args, cli.transport, progress).await?;
+            (calls::table(&report), serde_json::to_value(&report)?)
         }
         Workload::Fanout(args) => {
             let report = fanout::fanout(&relay, args, cli.transport, window, progress).await?;

@@ -334,7 +334,8 @@ fn ws_ip(url: &str) -> Option<std::net::IpAddr> {
 pub struct TokenMinter(std::sync::Arc<Signer>);
 
 impl TokenMinter {
-    /// A token for user `sub` of tenant `load` that may join and publish to every `load:` room.
+    /// A token for user `sub` of tenant `load` that may join and publish to every `load:` room
+    /// and call anyone of the tenant.
     pub fn token(&self, sub: &str) -> anyhow::Result<String> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let rooms = vec!["load:*".to_string()];
@@ -347,7 +348,7 @@ impl TokenMinter {
             jti: None,
             iss: None,
             aud: None,
-            caps: Caps { join: rooms.clone(), publish: rooms.clone(), media: rooms, call: Vec::new() },
+            caps: Caps { join: rooms.clone(), publish: rooms.clone(), media: rooms, call: vec!["*".into()] },
         };
         Ok(self.0.sign(&claims)?)
     }
