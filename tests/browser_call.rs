@@ -15,8 +15,6 @@
 mod browser;
 mod common;
 
-use std::path::PathBuf;
-
 use browser::Browser;
 use common::{TestRelay, start};
 use serde_json::{Value, json};
@@ -231,14 +229,6 @@ async fn three_chromium_pages_call_each_other_a_late_joiner_renders_at_once_and_
     browser.wait_for(dave, "(s => Object.keys(s.tiles).length === 3 && Object.values(s.tiles).every(t => t.videoFrames > 20))(callStats())").await;
     let metrics = json!({"width": 1280, "height": 720, "deviceScaleFactor": 1, "mobile": false});
     browser.call(Some(dave), "Emulation.setDeviceMetricsOverride", metrics).await;
-    let png = browser.screenshot(dave).await;
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-call.png");
-    std::fs::write(&path, &png).unwrap();
-    println!("screenshot of the call page: {}", path.display());
-    if std::env::var_os("EDGERELAY_UPDATE_SCREENSHOTS").is_some() {
-        let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/media-call.png");
-        std::fs::write(&docs, &png).unwrap();
-        println!("and {}", docs.display());
-    }
+    browser.save_screenshot(dave, "browser-call.png", "media-call.png").await;
     browser.close().await;
 }

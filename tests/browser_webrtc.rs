@@ -26,7 +26,6 @@
 mod browser;
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -188,15 +187,7 @@ async fn a_video_call_through_coturn_with_the_relays_credentials() {
     // A picture of the call as Bob sees it, in a window of a usual size.
     let metrics = json!({"width": 1024, "height": 900, "deviceScaleFactor": 1, "mobile": false});
     browser.call(Some(&bob), "Emulation.setDeviceMetricsOverride", metrics).await;
-    let png = browser.screenshot(&bob).await;
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-webrtc-call.png");
-    std::fs::write(&path, &png).unwrap();
-    println!("screenshot of the demo page in a call: {}", path.display());
-    if std::env::var_os("EDGERELAY_UPDATE_SCREENSHOTS").is_some() {
-        let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/demo-call.png");
-        std::fs::write(&docs, &png).unwrap();
-        println!("and {}", docs.display());
-    }
+    browser.save_screenshot(&bob, "browser-webrtc-call.png", "demo-call.png").await;
     hang_up(&mut browser, &alice, &bob).await;
     browser.close().await;
 }

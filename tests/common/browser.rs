@@ -165,6 +165,20 @@ impl Browser {
         png
     }
 
+    /// Saves a screenshot of a page as `target/tmp/<name>`, and as `docs/<docs_name>` when
+    /// `EDGERELAY_UPDATE_SCREENSHOTS` is set; prints where.
+    pub async fn save_screenshot(&mut self, page: &str, name: &str, docs_name: &str) {
+        let png = self.screenshot(page).await;
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+        std::fs::write(&path, &png).unwrap();
+        println!("screenshot: {}", path.display());
+        if std::env::var_os("EDGERELAY_UPDATE_SCREENSHOTS").is_some() {
+            let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs").join(docs_name);
+            std::fs::write(&docs, &png).unwrap();
+            println!("and {}", docs.display());
+        }
+    }
+
     /// Closes a page (its connections end with it).
     pub async fn close_page(&mut self, page: &str) {
         self.call(Some(page), "Page.close", json!({})).await;
