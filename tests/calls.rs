@@ -23,6 +23,18 @@ async fn device(relay: &TestRelay, (transport, codec): (Transport, Codec), sub: 
     relay.try_connect(transport, codec, &relay.sign(&c)).await.expect("device connects")
 }
 
+/// Alice on `caller`, and two devices of Bob on `callee`.
+async fn alice_and_bob(
+    relay: &TestRelay,
+    caller: (Transport, Codec),
+    callee: (Transport, Codec),
+) -> (Client, Client, Client) {
+    let alice = device(relay, caller, "alice", "acme").await;
+    let bob1 = device(relay, callee, "bob", "acme").await;
+    let bob2 = device(relay, callee, "bob", "acme").await;
+    (alice, bob1, bob2)
+}
+
 /// The next call event, which must be about `call`.
 async fn next(client: &mut Client, call: &str) -> CallEvent {
     let update = within("a call event", client.next_call_update()).await.expect("connection open");
@@ -63,23 +75,31 @@ fn refused(result: Result<impl std::fmt::Debug, ClientError>, code: ErrorCode) {
     }
 }
 
-/// Alice calls Bob, who has two devices; Bob answers on the first. Returns the call's id.
-async fn connected_call(alice: &mut Client, bob1: &mut Client, bob2: &mut Client) -> String {
-    let id = within("initiate", alice.call_initiate("bob", CallMedia::Video)).await.expect("call placed");
+/// `caller` calls Bob: it is told `ringing`, and both of Bob's devices are told `ringing` (with
+/// who calls) and get `ring`. Returns the call's id.
+async fn ring_bob(caller: &mut Client, bob1: &mut Client, bob2: &mut Client, media: CallMedia) -> String {
+    let id = within("initiate", caller.call_initiate("bob", media)).await.expect("call placed");
     assert_eq!(id.len(), 16, "{id}");
-    expect_state(alice, &id, CallState::Ringing {}).await;
-    for bob in [&mut *bob1, &mut *bob2] {
+    expect_state(caller, &id, CallState::Ringing {}).await;
+    let name = caller.welcome().user.clone();
+    for bob in [bob1, bob2] {
         match next(bob, &id).await {
-            CallEvent::State { caller, callee, media, state } => {
-                assert_eq!((caller.as_str(), callee.as_str(), media), ("alice", "bob", CallMedia::Video));
+            CallEvent::State { caller, callee, media: got, state } => {
+                assert_eq!((caller.as_str(), callee.as_str(), got), (name.as_str(), "bob", media));
                 assert_eq!(state, CallState::Ringing {});
             }
             other => panic!("expected state ringing, got {other:?}"),
         }
-        assert_eq!(next(bob, &id).await, CallEvent::Ring { caller: "alice".into(), media: CallMedia::Video });
+        assert_eq!(next(bob, &id).await, CallEvent::Ring { caller: name.clone(), media });
     }
+    id
+}
+
+/// `caller` calls Bob, who has two devices; Bob answers on the first. Returns the call's id.
+async fn connected_call(caller: &mut Client, bob1: &mut Client, bob2: &mut Client) -> String {
+    let id = ring_bob(caller, bob1, bob2, CallMedia::Video).await;
     within("answer", bob1.call_answer(&id)).await.expect("answered");
-    expect_state(alice, &id, CallState::Connected {}).await;
+    expect_state(caller, &id, CallState::Connected {}).await;
     expect_state(bob1, &id, CallState::Connected {}).await;
     expect_state(bob2, &id, CallState::Connected {}).await;
     assert_eq!(next(bob2, &id).await, CallEvent::AnsweredElsewhere {});
@@ -90,9 +110,7 @@ async fn connected_call(alice: &mut Client, bob1: &mut Client, bob2: &mut Client
 async fn ring_everywhere_answer_on_one_signal_in_order_and_hang_up() {
     let relay = start_with(|_| {}).await;
     for (caller, callee) in MIXES {
-        let mut alice = device(&relay, caller, "alice", "acme").await;
-        let mut bob1 = device(&relay, callee, "bob", "acme").await;
-        let mut bob2 = device(&relay, callee, "bob", "acme").await;
+        let (mut alice, mut bob1, mut bob2) = alice_and_bob(&relay, caller, callee).await;
         let id = connected_call(&mut alice, &mut bob1, &mut bob2).await;
 
         // The second device lost the race.
@@ -135,17 +153,10 @@ async fn ring_everywhere_answer_on_one_signal_in_order_and_hang_up() {
 async fn reject_cancel_and_busy() {
     let relay = start_with(|_| {}).await;
     let (quic, ws) = ((Transport::Quic, Codec::Postcard), (Transport::WebSocket, Codec::Json));
-    let mut alice = device(&relay, quic, "alice", "acme").await;
-    let mut bob1 = device(&relay, ws, "bob", "acme").await;
-    let mut bob2 = device(&relay, quic, "bob", "acme").await;
+    let (mut alice, mut bob1, mut bob2) = alice_and_bob(&relay, quic, ws).await;
 
     // Rejected by the callee, from either device.
-    let id = alice.call_initiate("bob", CallMedia::Audio).await.unwrap();
-    for client in [&mut alice, &mut bob1, &mut bob2] {
-        expect_state(client, &id, CallState::Ringing {}).await;
-    }
-    assert!(matches!(next(&mut bob1, &id).await, CallEvent::Ring { media: CallMedia::Audio, .. }));
-    assert!(matches!(next(&mut bob2, &id).await, CallEvent::Ring { .. }));
+    let id = ring_bob(&mut alice, &mut bob1, &mut bob2, CallMedia::Audio).await;
     refused(alice.call_reject(&id).await, ErrorCode::ONLY_CALLEE);
     refused(alice.call_answer(&id).await, ErrorCode::ONLY_CALLEE);
     refused(bob1.call_cancel(&id).await, ErrorCode::ONLY_CALLER);
@@ -155,12 +166,7 @@ async fn reject_cancel_and_busy() {
     }
 
     // Cancelled by the caller: the answer that comes after it is refused.
-    let id = alice.call_initiate("bob", CallMedia::Video).await.unwrap();
-    expect_state(&mut alice, &id, CallState::Ringing {}).await;
-    for bob in [&mut bob1, &mut bob2] {
-        expect_state(bob, &id, CallState::Ringing {}).await;
-        assert!(matches!(next(bob, &id).await, CallEvent::Ring { .. }));
-    }
+    let id = ring_bob(&mut alice, &mut bob1, &mut bob2, CallMedia::Video).await;
     alice.call_cancel(&id).await.unwrap();
     refused(bob1.call_answer(&id).await, ErrorCode::CALL_ENDED);
     for client in [&mut alice, &mut bob1, &mut bob2] {
@@ -169,17 +175,7 @@ async fn reject_cancel_and_busy() {
 
     // Busy: Bob is in a connected call with Carol; Alice's call ends at once and never rings.
     let mut carol = device(&relay, ws, "carol", "acme").await;
-    let talk = carol.call_initiate("bob", CallMedia::Audio).await.unwrap();
-    expect_state(&mut carol, &talk, CallState::Ringing {}).await;
-    for bob in [&mut bob1, &mut bob2] {
-        expect_state(bob, &talk, CallState::Ringing {}).await;
-        assert!(matches!(next(bob, &talk).await, CallEvent::Ring { .. }));
-    }
-    bob1.call_answer(&talk).await.unwrap();
-    expect_state(&mut carol, &talk, CallState::Connected {}).await;
-    expect_state(&mut bob1, &talk, CallState::Connected {}).await;
-    expect_state(&mut bob2, &talk, CallState::Connected {}).await;
-    assert_eq!(next(&mut bob2, &talk).await, CallEvent::AnsweredElsewhere {});
+    connected_call(&mut carol, &mut bob1, &mut bob2).await;
 
     let id = alice.call_initiate("bob", CallMedia::Video).await.unwrap();
     for client in [&mut alice, &mut bob1, &mut bob2] {
@@ -208,9 +204,7 @@ async fn unanswered_call_is_missed_for_the_callee_and_no_answer_for_the_caller()
 async fn dropped_device_rejoins_from_a_new_connection_within_the_grace() {
     let relay = start_with(|c| c.calls.reconnect_grace_ms = 10_000).await;
     for (caller, callee) in MIXES {
-        let mut alice = device(&relay, caller, "alice", "acme").await;
-        let mut bob1 = device(&relay, callee, "bob", "acme").await;
-        let mut bob2 = device(&relay, callee, "bob", "acme").await;
+        let (mut alice, mut bob1, mut bob2) = alice_and_bob(&relay, caller, callee).await;
         let id = connected_call(&mut alice, &mut bob1, &mut bob2).await;
 
         // Bob's device in the call goes away: both sides see Bob reconnecting, with a deadline.
@@ -257,9 +251,7 @@ async fn dropped_device_rejoins_from_a_new_connection_within_the_grace() {
 async fn grace_passing_ends_the_call_as_connection_lost() {
     let relay = start_with(|c| c.calls.reconnect_grace_ms = 300).await;
     let (quic, ws) = ((Transport::Quic, Codec::Postcard), (Transport::WebSocket, Codec::Json));
-    let mut alice = device(&relay, quic, "alice", "acme").await;
-    let mut bob1 = device(&relay, ws, "bob", "acme").await;
-    let mut bob2 = device(&relay, ws, "bob", "acme").await;
+    let (mut alice, mut bob1, mut bob2) = alice_and_bob(&relay, quic, ws).await;
     let id = connected_call(&mut alice, &mut bob1, &mut bob2).await;
     alice.close().await;
     for bob in [&mut bob1, &mut bob2] {
@@ -279,9 +271,7 @@ async fn grace_passing_ends_the_call_as_connection_lost() {
 async fn signaling_is_refused_outside_the_call_and_forwarded_nowhere() {
     let relay = start_with(|c| c.calls.max_signal_bytes = 1000).await;
     let (quic, ws) = ((Transport::Quic, Codec::Json), (Transport::WebSocket, Codec::Postcard));
-    let mut alice = device(&relay, quic, "alice", "acme").await;
-    let mut bob1 = device(&relay, ws, "bob", "acme").await;
-    let mut bob2 = device(&relay, quic, "bob", "acme").await;
+    let (mut alice, mut bob1, mut bob2) = alice_and_bob(&relay, quic, ws).await;
     let mut eve = device(&relay, ws, "eve", "acme").await;
 
     // Before the answer there is no one to signal to.

@@ -523,3 +523,110 @@ fn wire_state(state: CallState) -> proto::CallState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Caps;
+    use crate::outbox::Take;
+    use crate::proto::{CallMedia, Codec};
+
+    const T0: u64 = 1_000_000;
+
+    struct Device {
+        user: UserKey,
+        identity: Identity,
+        id: DeviceId,
+        outbox: Arc<Outbox>,
+    }
+
+    impl Device {
+        fn new(service: &CallService, user: &str, id: DeviceId) -> Device {
+            let identity = Identity {
+                user: user.into(),
+                tenant: "acme".into(),
+                caps: Caps { call: vec!["*".into()], ..Caps::default() },
+                expires_at: u64::MAX,
+                token_id: None,
+                issued_at: None,
+            };
+            let device =
+                Device { user: UserKey::new("acme", user), identity, id, outbox: Outbox::new(Codec::Json, 1 << 20) };
+            service.connect(&device.user, id, device.outbox.clone(), T0);
+            device
+        }
+
+        fn act(&self, service: &CallService, call: &str, action: CallAction, now_ms: u64) -> Result<(), ActionError> {
+            let who = Requester {
+                identity: &self.identity,
+                user: &self.user,
+                device: self.id,
+                outbox: &self.outbox,
+                lane: CONTROL,
+                req: 7,
+            };
+            service.act(who, call, action, now_ms)
+        }
+
+        /// The `call` frames queued so far: (req, call, event).
+        fn frames(&self) -> Vec<(u64, String, CallEvent)> {
+            let Take::Frames(frames) = self.outbox.take(CONTROL, usize::MAX) else { return Vec::new() };
+            frames
+                .iter()
+                .filter_map(|f| match Codec::Json.decode::<ServerFrame>(&f.body()) {
+                    Ok(ServerFrame::Call { req, call, event }) => Some((req, call, event)),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    fn service() -> CallService {
+        CallService::local(&CallsConfig { ring_timeout_ms: 1_000, ..CallsConfig::default() })
+    }
+
+    fn initiate(service: &CallService, caller: &Device) -> String {
+        let action = CallAction::Initiate { callee: "bob".into(), media: CallMedia::Audio };
+        caller.act(service, "", action, T0).unwrap();
+        caller.frames()[0].1.clone()
+    }
+
+    #[test]
+    fn the_answer_comes_before_the_events_it_causes() {
+        let service = service();
+        let (alice, bob) = (Device::new(&service, "alice", 1), Device::new(&service, "bob", 2));
+        let id = initiate(&service, &alice);
+        bob.frames();
+        bob.act(&service, &id, CallAction::Answer {}, T0 + 10).unwrap();
+        let frames = bob.frames();
+        assert_eq!(frames[0], (7, id.clone(), CallEvent::Ok {}));
+        assert!(matches!(frames[1], (0, _, CallEvent::State { state: proto::CallState::Connected {}, .. })));
+    }
+
+    #[test]
+    fn an_ended_call_answers_call_ended_until_it_is_purged() {
+        let service = service();
+        let (alice, bob) = (Device::new(&service, "alice", 1), Device::new(&service, "bob", 2));
+        let id = initiate(&service, &alice);
+        assert_eq!(service.active(), 1);
+        assert_eq!(service.fire(T0 + 999), Some(T0 + 1_000), "the ring deadline is next");
+        service.fire(T0 + 1_000);
+        assert_eq!(service.active(), 0);
+        let late = bob.act(&service, &id, CallAction::Answer {}, T0 + 1_001).unwrap_err();
+        assert_eq!(late.code(), ErrorCode::CALL_ENDED);
+        // Purged after the linger: the id is unknown now; nothing else is left.
+        assert_eq!(service.fire(T0 + 1_000 + ENDED_LINGER_MS), None);
+        let gone = bob.act(&service, &id, CallAction::Answer {}, T0 + 1_000 + ENDED_LINGER_MS).unwrap_err();
+        assert_eq!(gone.code(), ErrorCode::NOT_PARTICIPANT);
+        assert!(service.registry().calls.is_empty() && service.registry().live.is_empty());
+    }
+
+    #[test]
+    fn call_ids_round_trip_and_refuse_other_text() {
+        let id = CallId(0x6f1c_2a9b_e04d_7731);
+        assert_eq!(CallId::parse(&id.to_string()), Some(id));
+        for bad in ["", "6F1C2A9BE04D7731", "6f1c2a9be04d773", "6f1c2a9be04d77311", "+f1c2a9be04d7731"] {
+            assert_eq!(CallId::parse(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -709,14 +709,11 @@ impl Client {
 
     /// The next 1:1 call event, skipping other events; `Err` when the connection closed.
     pub async fn next_call_update(&mut self) -> Result<CallUpdate, ClientError> {
-        loop {
-            match self.events.recv().await {
-                Some(Event::CallUpdate(update)) => return Ok(update),
-                Some(Event::Closed { code, reason }) => return Err(ClientError::Closed { code, reason }),
-                Some(_) => continue,
-                None => return Err(ClientError::Closed { code: None, reason: "client dropped".into() }),
-            }
-        }
+        self.next_of(|event| match event {
+            Event::CallUpdate(update) => Some(update),
+            _ => None,
+        })
+        .await
     }
 
     /// An event already received, without waiting.
@@ -818,11 +815,23 @@ impl Client {
 
     /// The next delivered message, skipping other events; `Err` when the connection closed.
     pub async fn next_message(&mut self) -> Result<Message, ClientError> {
+        self.next_of(|event| match event {
+            Event::Message(m) => Some(m),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The next event `pick` takes, skipping the others; `Err` when the connection closed.
+    async fn next_of<T>(&mut self, pick: impl Fn(Event) -> Option<T>) -> Result<T, ClientError> {
         loop {
             match self.events.recv().await {
-                Some(Event::Message(m)) => return Ok(m),
                 Some(Event::Closed { code, reason }) => return Err(ClientError::Closed { code, reason }),
-                Some(_) => continue,
+                Some(event) => {
+                    if let Some(picked) = pick(event) {
+                        return Ok(picked);
+                    }
+                }
                 None => return Err(ClientError::Closed { code: None, reason: "client dropped".into() }),
             }
         }

@@ -302,6 +302,8 @@ class _Client:
         self.presence_versions: dict[str, dict[str, int]] = defaultdict(dict)
         self.presence_refreshes: dict[str, dict] = {}
         self.typing_views: dict[str, dict] = {}
+        # 1:1 call events (``call`` frames with req 0), in arrival order.
+        self.call_events: asyncio.Queue = asyncio.Queue()
 
     # -- to implement per transport --------------------------------------------------------
 
@@ -338,6 +340,8 @@ class _Client:
             self._apply_presence(body["room"], body["entry"])
         elif kind == "presence_refresh":
             self.presence_refreshes[body["room"]] = body
+        elif kind == "call" and body["req"] == 0:
+            self.call_events.put_nowait(body)
         elif kind == "typing":
             held = self.typing_views.get(body["room"])
             if held is None or body["version"] >= held["version"]:
@@ -484,6 +488,20 @@ class _Client:
     async def ice_servers(self, timeout: float = DEFAULT_TIMEOUT) -> dict:
         """The STUN and TURN servers with fresh TURN credentials (``ice_servers``)."""
         return await self._request("ice_servers", "ice_servers", None, timeout)
+
+    async def call(self, action: str, call: str = "", timeout: float = DEFAULT_TIMEOUT, **fields) -> str:
+        """A 1:1 call action (docs/calls.md) on the control stream, e.g. ``call("initiate",
+        callee="bob", media="video")`` or ``call("answer", call_id)``; returns the call's id from
+        the ``ok`` answer (raises RelayError)."""
+        body = await self._request("call", "call", None, timeout, call=call, action={action: fields})
+        assert body["event"] == {"ok": {}}, body
+        return body["call"]
+
+    async def next_call_event(self, timeout: float = DEFAULT_TIMEOUT) -> tuple[str, str, dict]:
+        """The next call event: (call id, event name, event fields)."""
+        body = await asyncio.wait_for(self.call_events.get(), timeout)
+        ((name, fields),) = body["event"].items()
+        return body["call"], name, fields
 
     async def refresh(self, token: str, timeout: float = DEFAULT_TIMEOUT) -> dict:
         return await self._request("refresh", "refreshed", None, timeout, token=token)
