@@ -15,9 +15,11 @@
 //   before the description it belongs to is set. Candidates found before this device's own offer
 //   or answer went out wait for it, so the other side never gets a candidate first.
 
+const STATES = new Set(["ringing", "connected", "reconnecting", "ended"]);
+
 /** The relay's `state` of a call as `{state, reason, side, callerUntil, calleeUntil}`. */
 export function callState(wire) {
-  const [state, fields = {}] = Object.entries(wire)[0] ?? ["unknown"];
+  const [state, fields = {}] = Object.entries(wire ?? {})[0] ?? ["unknown"];
   return {
     state,
     reason: fields.reason ?? null,
@@ -116,8 +118,12 @@ export class Call extends EventTarget {
 
   /** A `call` frame's event for this call. */
   handle(event) {
-    const [name, fields] = Object.entries(event)[0] ?? [];
-    if (name === "state") return this.#onState(callState(fields.state));
+    const [name, fields = {}] = Object.entries(event ?? {})[0] ?? [];
+    if (name === "state") {
+      const detail = callState(fields?.state);
+      // A state this client does not know (malformed, or added later) changes nothing.
+      return STATES.has(detail.state) ? this.#onState(detail) : undefined;
+    }
     if (name === "ring") {
       this.ringing = true;
       return this.dispatchEvent(new CustomEvent("ring"));
@@ -127,8 +133,8 @@ export class Call extends EventTarget {
       return this.dispatchEvent(new CustomEvent("answered_elsewhere"));
     }
     if (name === "signal") {
-      if (!this.#rtc) return this.dispatchEvent(new CustomEvent("signal", { detail: fields.data }));
-      return this.#queue(() => this.#onSignal(fields.data));
+      if (!this.#rtc) return this.dispatchEvent(new CustomEvent("signal", { detail: fields?.data }));
+      return this.#queue(() => this.#onSignal(fields?.data));
     }
     return undefined;
   }

@@ -641,13 +641,13 @@ export class EdgeRelay extends EventTarget {
   /** An event of a call (`req` 0): to its `Call`, made on its first `state`. */
   #onCallEvent({ call: id, event }) {
     let call = this.#calls.get(id);
-    if (!call && event.state) {
+    if (!call && event?.state) {
       const { caller, callee, media } = event.state;
       call = this.#addCall({ id, caller, callee, media, role: caller === this.welcome?.user ? "caller" : "callee" });
     }
     if (!call) return;
     call.handle(event);
-    if (event.ring) this.dispatchEvent(new CustomEvent("ring", { detail: call }));
+    if (event?.ring) this.dispatchEvent(new CustomEvent("ring", { detail: call }));
     if (call.state === "ended") this.#calls.delete(id);
   }
 

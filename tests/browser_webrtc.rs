@@ -7,8 +7,8 @@
 //! - Through coturn (`testing::TurnServer`, started here on loopback with `use-auth-secret` and the
 //!   relay's `[turn]` secret) with `iceTransportPolicy: "relay"`: the selected pair is `relay` on
 //!   both ends, so the media provably went through coturn with the credentials the relay minted.
-//!   That coturn refuses an expired (or forged) credential is `coturn_accepts_the_relays_credentials_and_refuses_expired_ones`
-//!   in tests/ice.rs.
+//!   An expired credential gets Chromium no relay candidate, only coturn's 401 (and tests/ice.rs
+//!   checks the same, plus forged credentials, with coturn's own `turnutils_uclient`).
 //! - Without TURN: host candidates on loopback.
 //! - One page on the WebSocket fallback (a certificate hash that is not the relay's, as a user
 //!   meets it): signaling needs no QUIC.
@@ -189,6 +189,51 @@ async fn a_video_call_through_coturn_with_the_relays_credentials() {
     browser.call(Some(&bob), "Emulation.setDeviceMetricsOverride", metrics).await;
     browser.save_screenshot(&bob, "browser-webrtc-call.png", "demo-call.png").await;
     hang_up(&mut browser, &alice, &bob).await;
+    browser.close().await;
+}
+
+/// ICE gathering in a page with `iceTransportPolicy: "relay"` and these ICE servers: the types
+/// of the candidates found and the `icecandidateerror` codes.
+async fn gather(browser: &mut Browser, page: &str, servers: &Value) -> Value {
+    let script = format!(
+        "(async (iceServers) => {{ \
+           const peer = new RTCPeerConnection({{ iceServers, iceTransportPolicy: 'relay' }}); \
+           const types = [], errors = []; \
+           peer.onicecandidate = (e) => e.candidate && types.push(e.candidate.type); \
+           peer.onicecandidateerror = (e) => errors.push(e.errorCode); \
+           peer.createDataChannel('probe'); \
+           await peer.setLocalDescription(await peer.createOffer()); \
+           await new Promise((done) => {{ \
+             peer.onicegatheringstatechange = () => peer.iceGatheringState === 'complete' && done(); \
+             setTimeout(done, 15000); }}); \
+           peer.close(); \
+           return {{ types, errors }}; \
+         }})({servers})"
+    );
+    browser.eval(page, &script).await
+}
+
+/// The browser's side of "coturn refuses an expired credential" (tests/ice.rs checks it with
+/// coturn's own client): with the credential the relay hands the page, Chromium allocates a relay
+/// candidate on coturn; with the same user's credential minted a day and an hour ago (expired an
+/// hour ago) it gets none, and coturn's 401.
+#[tokio::test]
+async fn coturn_refuses_an_expired_credential_in_the_browser() {
+    let turn = TurnServer::start(SECRET).expect("turnserver starts (apt-get install coturn)");
+    let relay = start_with(with_turn(&turn)).await;
+    let mut browser = launch().await;
+    let (alice, _) = open(&mut browser, &page_url(&relay, "alice", "")).await;
+
+    let fresh = browser.eval(&alice, "demo.client.iceServers().then((s) => s.iceServers)").await;
+    let found = gather(&mut browser, &alice, &fresh).await;
+    assert_eq!(found["types"], json!(["relay"]), "{found}");
+
+    let expired =
+        edgerelay::ice::turn_credential(SECRET.as_bytes(), "acme", "alice", common::now_secs() - 86_400 - 3600, 86_400);
+    let servers = json!([{"urls": [turn.turn_url()], "username": expired.username, "credential": expired.password}]);
+    let found = gather(&mut browser, &alice, &servers).await;
+    assert_eq!(found["types"], json!([]), "no relay candidate with an expired credential: {found}");
+    assert!(found["errors"].as_array().unwrap().contains(&json!(401)), "coturn answered 401: {found}");
     browser.close().await;
 }
 

@@ -315,5 +315,10 @@ test("without a stream the app signals itself; refusals are RelayErrors with the
     encodeJson({ type: "call", req: 22, call: ID, action: { hang_up: {} } }),
     '{"call":{"req":22,"call":"6f1c2a9be04d7731","action":{"hang_up":{}}}}',
   );
+  // Events this client cannot read (malformed, or added later) change nothing and break nothing.
+  socket.deliver(event(0, ID, null), event(0, ID, { state: null }), event(0, ID, { teleport: {} }), event(0, "ffff", { ring: {} }));
+  assert.deepEqual(bob.calls.map((c) => [c.id, c.state]), [[ID, "connected"]]);
+  socket.deliver(event(0, ID, state("alice", "bob", { ended: { reason: "hangup", side: "caller" } })));
+  assert.deepEqual(bob.calls, []);
   bob.close();
 });
