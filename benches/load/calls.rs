@@ -5,8 +5,8 @@
 //! for `state: ended`. Only the relay's signaling is measured (no media: that is WebRTC's, peer to
 //! peer; tests/browser_webrtc.rs times it in Chromium).
 //!
-//! Rounds start together (a barrier): every call of a round is placed within the same instant.
-//! A call that fails or takes longer than --call-timeout is counted, not retried.
+//! Every call of a round is placed at once (one task per pair); the next round starts when all
+//! of them ended. A call that fails or takes longer than --call-timeout is counted, not retried.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,8 +15,6 @@ use edgerelay::client::Client;
 use edgerelay::proto::{CallEvent, CallMedia, CallState};
 use futures_util::stream::StreamExt;
 use serde::Serialize;
-use tokio::sync::Barrier;
-use tokio_util::task::TaskTracker;
 
 use crate::conns::MAX_CONNECTIONS;
 use crate::fanout::{self, CodecArg};
@@ -148,51 +146,64 @@ pub async fn calls(
         eprintln!("{} pairs connected; {} rounds of {} simultaneous calls", args.calls, args.rounds, args.calls);
     }
 
-    // One task per pair; the barrier (pairs + this task) starts each round and marks its end.
-    let start = Arc::new(Barrier::new(args.calls + 1));
-    let done = Arc::new(Barrier::new(args.calls + 1));
-    let tasks = TaskTracker::new();
-    let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Each round, one task per pair (a JoinSet: the round ends when every task did, and an
+    // aborted or panicked one is a failed call whose pair sits out the later rounds).
     let timeout = Duration::from_secs_f64(args.call_timeout);
-    let mut pairs = clients.into_iter().flatten();
+    let mut pairs: Vec<(usize, Client, Client)> = Vec::with_capacity(args.calls);
+    let mut opened = clients.into_iter().flatten();
     for i in 0..args.calls {
-        let (Some(mut caller), Some(mut callee)) = (pairs.next(), pairs.next()) else { break };
-        let (start, done, tallies, failed, rounds) =
-            (start.clone(), done.clone(), tallies.clone(), failed.clone(), args.rounds);
-        tasks.spawn(async move {
-            let callee_id = format!("e{i}");
-            for _ in 0..rounds {
-                start.wait().await;
-                match tokio::time::timeout(timeout, one_call(&mut caller, &mut callee, &callee_id, &tallies)).await {
-                    Ok(Ok(())) => {}
+        if let (Some(caller), Some(callee)) = (opened.next(), opened.next()) {
+            pairs.push((i, caller, callee));
+        }
+    }
+    let mut failed = 0u64;
+    let mut round_ms = Vec::with_capacity(args.rounds);
+    for round in 0..args.rounds {
+        let began = Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        let placed = pairs.len();
+        for (i, mut caller, mut callee) in pairs.drain(..) {
+            let tallies = tallies.clone();
+            set.spawn(async move {
+                let callee_id = format!("e{i}");
+                let call = one_call(&mut caller, &mut callee, &callee_id, &tallies);
+                let ok = match tokio::time::timeout(timeout, call).await {
+                    Ok(Ok(())) => true,
                     Ok(Err(err)) => {
                         crate::conns::count_error(&tallies.errors, &err);
-                        failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        false
                     }
                     Err(_) => {
                         tallies.errors.add("call_timeout");
-                        failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        false
                     }
+                };
+                (ok, (i, caller, callee))
+            });
+        }
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((ok, pair)) => {
+                    failed += u64::from(!ok);
+                    pairs.push(pair);
                 }
-                done.wait().await;
+                Err(err) => {
+                    tallies.errors.add(format!("task: {err}"));
+                    failed += 1;
+                }
             }
-            caller.close().await;
-            callee.close().await;
-        });
-    }
-    tasks.close();
-    let mut round_ms = Vec::with_capacity(args.rounds);
-    for round in 0..args.rounds {
-        start.wait().await;
-        let began = Instant::now();
-        done.wait().await;
+        }
+        // Pairs lost to a panicked task count as failed in every later round.
+        failed += (placed - pairs.len()) as u64 * (args.rounds - round - 1) as u64;
         round_ms.push(began.elapsed().as_secs_f64() * 1000.0);
         if show_progress {
-            eprintln!("round {}: {} calls set up and torn down in {:.1} ms", round + 1, args.calls, round_ms[round]);
+            eprintln!("round {}: {} calls set up and torn down in {:.1} ms", round + 1, placed, round_ms[round]);
         }
     }
-    tasks.wait().await;
-    let failed = failed.load(std::sync::atomic::Ordering::Relaxed);
+    for (_, caller, callee) in pairs {
+        caller.close().await;
+        callee.close().await;
+    }
     Ok(CallsReport {
         args: args.clone(),
         transport,
