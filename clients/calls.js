@@ -168,8 +168,11 @@ export class Call extends EventTarget {
     this.#closePeer();
     const { stream, iceTransportPolicy = "all", iceServers, RTCPeerConnection: Peer = globalThis.RTCPeerConnection } = this.#rtc;
     const servers = iceServers ?? (await this.#link.iceServers()).iceServers;
+    // Hung up while the servers were on their way: no peer connection any more.
+    if (this.state === "ended") return null;
     const peer = new Peer({ iceServers: servers, iceTransportPolicy });
     this.peer = peer;
+    this.remoteStream = null;
     this.#heldCandidates = [];
     peer.onicecandidate = ({ candidate }) => {
       if (!candidate || this.peer !== peer) return;
@@ -179,7 +182,12 @@ export class Call extends EventTarget {
     };
     peer.ontrack = (event) => {
       if (this.peer !== peer) return;
-      this.remoteStream = event.streams?.[0] ?? this.remoteStream;
+      if (event.streams?.[0]) this.remoteStream = event.streams[0];
+      else if (typeof MediaStream !== "undefined") {
+        // A sender that added its track without a stream: collect the tracks in one of ours.
+        this.remoteStream ??= new MediaStream();
+        this.remoteStream.addTrack(event.track);
+      }
       this.dispatchEvent(new CustomEvent("track", { detail: event }));
     };
     if (stream) {
@@ -209,6 +217,7 @@ export class Call extends EventTarget {
   async #offer() {
     if (this.state !== "connected") return;
     const peer = await this.#newPeer();
+    if (!peer) return;
     await peer.setLocalDescription(await peer.createOffer());
     this.#sendDescription(peer.localDescription);
   }
@@ -222,6 +231,7 @@ export class Call extends EventTarget {
     }
     if (message?.type === "offer" && this.role === "callee") {
       const peer = await this.#newPeer();
+      if (!peer) return;
       await peer.setRemoteDescription(message);
       await peer.setLocalDescription(await peer.createAnswer());
       this.#sendDescription(peer.localDescription);

@@ -322,3 +322,18 @@ test("without a stream the app signals itself; refusals are RelayErrors with the
   assert.deepEqual(bob.calls, []);
   bob.close();
 });
+
+test("a call that ends while its ICE servers are on their way makes no peer connection", async () => {
+  const [alice, socket] = await connected("alice");
+  FakePeer.all = [];
+  const placing = alice.call("bob", { stream: { getTracks: () => [] }, RTCPeerConnection: FakePeer });
+  await until(() => socket.calls().length === 1, "initiate");
+  socket.deliver(event(socket.lastReq("call"), ID, { ok: {} }), event(0, ID, state("alice", "bob", { connected: {} })));
+  const call = await placing;
+  await until(() => socket.sent.some((f) => f.type === "ice_servers"), "an ice_servers request");
+  socket.deliver(event(0, ID, state("alice", "bob", { ended: { reason: "hangup", side: "callee" } })));
+  await answerIceServers(socket);
+  for (let i = 0; i < 5; i++) await tick();
+  assert.deepEqual([call.state, call.peer, FakePeer.all.length, socket.calls().length], ["ended", null, 0, 1]);
+  alice.close();
+});
