@@ -161,35 +161,59 @@ async fn hang_up(browser: &mut Browser, caller: &str, callee: &str) {
     assert!(status.as_str().unwrap().contains("ended: hung up by"), "{status}");
 }
 
-fn with_turn(turn: &TurnServer) -> impl FnOnce(&mut edgerelay::config::Config) + '_ {
-    move |config| {
-        config.turn.urls = vec![turn.turn_url()];
-        config.turn.secret = Some(SECRET.into());
+/// A relay (with coturn and its `[turn]` settings when `turn`), a browser, and the pages of Alice
+/// and Bob, joined; `bob_extra` is appended to Bob's fragment. With `turn` both pages call with
+/// `iceTransportPolicy: "relay"`.
+struct Pages {
+    turn: Option<TurnServer>,
+    relay: TestRelay,
+    browser: Browser,
+    alice: String,
+    bob: String,
+    /// The transport each page ended up on.
+    transports: (String, String),
+}
+
+impl Pages {
+    async fn open(turn: bool, bob_extra: &str) -> Pages {
+        let turn = turn.then(|| TurnServer::start(SECRET).expect("turnserver starts (apt-get install coturn)"));
+        let relay = start_with(|config| {
+            if let Some(turn) = &turn {
+                config.turn.urls = vec![turn.turn_url()];
+                config.turn.secret = Some(SECRET.into());
+            }
+        })
+        .await;
+        let mut browser = launch().await;
+        let ice = if turn.is_some() { "&ice=relay" } else { "" };
+        let (alice, alice_transport) = open(&mut browser, &page_url(&relay, "alice", ice)).await;
+        let (bob, bob_transport) = open(&mut browser, &page_url(&relay, "bob", &format!("{ice}{bob_extra}"))).await;
+        Pages { turn, relay, browser, alice, bob, transports: (alice_transport, bob_transport) }
+    }
+
+    fn turn(&self) -> &TurnServer {
+        self.turn.as_ref().expect("started with coturn")
     }
 }
 
 #[tokio::test]
 async fn a_video_call_through_coturn_with_the_relays_credentials() {
-    let turn = TurnServer::start(SECRET).expect("turnserver starts (apt-get install coturn)");
-    let relay = start_with(with_turn(&turn)).await;
-    let mut browser = launch().await;
-    let (alice, _) = open(&mut browser, &page_url(&relay, "alice", "&ice=relay")).await;
-    let (bob, _) = open(&mut browser, &page_url(&relay, "bob", "&ice=relay")).await;
-    video_call(&mut browser, &alice, "bob", &[&bob], "relay").await;
+    let mut p = Pages::open(true, "").await;
+    video_call(&mut p.browser, &p.alice, "bob", &[&p.bob], "relay").await;
 
     // The relay candidates are coturn's: allocated with the credentials the relay minted (it
     // has no other users).
-    for page in [&alice, &bob] {
-        let stats = browser.eval(page, "demo.callStats()").await;
-        assert_eq!(stats["localUrl"], json!(turn.turn_url()), "{stats}");
+    for page in [&p.alice, &p.bob] {
+        let stats = p.browser.eval(page, "demo.callStats()").await;
+        assert_eq!(stats["localUrl"], json!(p.turn().turn_url()), "{stats}");
     }
 
     // A picture of the call as Bob sees it, in a window of a usual size.
     let metrics = json!({"width": 1024, "height": 900, "deviceScaleFactor": 1, "mobile": false});
-    browser.call(Some(&bob), "Emulation.setDeviceMetricsOverride", metrics).await;
-    browser.save_screenshot(&bob, "browser-webrtc-call.png", "demo-call.png").await;
-    hang_up(&mut browser, &alice, &bob).await;
-    browser.close().await;
+    p.browser.call(Some(&p.bob), "Emulation.setDeviceMetricsOverride", metrics).await;
+    p.browser.save_screenshot(&p.bob, "browser-webrtc-call.png", "demo-call.png").await;
+    hang_up(&mut p.browser, &p.alice, &p.bob).await;
+    p.browser.close().await;
 }
 
 /// ICE gathering in a page with `iceTransportPolicy: "relay"` and these ICE servers: the types
@@ -219,79 +243,64 @@ async fn gather(browser: &mut Browser, page: &str, servers: &Value) -> Value {
 /// hour ago) it gets none, and coturn's 401.
 #[tokio::test]
 async fn coturn_refuses_an_expired_credential_in_the_browser() {
-    let turn = TurnServer::start(SECRET).expect("turnserver starts (apt-get install coturn)");
-    let relay = start_with(with_turn(&turn)).await;
-    let mut browser = launch().await;
-    let (alice, _) = open(&mut browser, &page_url(&relay, "alice", "")).await;
-
-    let fresh = browser.eval(&alice, "demo.client.iceServers().then((s) => s.iceServers)").await;
-    let found = gather(&mut browser, &alice, &fresh).await;
+    let mut p = Pages::open(true, "").await;
+    let fresh = p.browser.eval(&p.alice, "demo.client.iceServers().then((s) => s.iceServers)").await;
+    let found = gather(&mut p.browser, &p.alice, &fresh).await;
     assert_eq!(found["types"], json!(["relay"]), "{found}");
 
     let expired =
         edgerelay::ice::turn_credential(SECRET.as_bytes(), "acme", "alice", common::now_secs() - 86_400 - 3600, 86_400);
-    let servers = json!([{"urls": [turn.turn_url()], "username": expired.username, "credential": expired.password}]);
-    let found = gather(&mut browser, &alice, &servers).await;
+    let servers =
+        json!([{"urls": [p.turn().turn_url()], "username": expired.username, "credential": expired.password}]);
+    let found = gather(&mut p.browser, &p.alice, &servers).await;
     assert_eq!(found["types"], json!([]), "no relay candidate with an expired credential: {found}");
     assert!(found["errors"].as_array().unwrap().contains(&json!(401)), "coturn answered 401: {found}");
-    browser.close().await;
+    p.browser.close().await;
 }
 
 #[tokio::test]
 async fn a_video_call_without_turn_over_host_candidates() {
-    let relay = start_with(|_| {}).await;
-    let mut browser = launch().await;
-    let (alice, _) = open(&mut browser, &page_url(&relay, "alice", "")).await;
-    let (bob, _) = open(&mut browser, &page_url(&relay, "bob", "")).await;
-    video_call(&mut browser, &alice, "bob", &[&bob], "host").await;
-    hang_up(&mut browser, &alice, &bob).await;
-    browser.close().await;
+    let mut p = Pages::open(false, "").await;
+    video_call(&mut p.browser, &p.alice, "bob", &[&p.bob], "host").await;
+    hang_up(&mut p.browser, &p.alice, &p.bob).await;
+    p.browser.close().await;
 }
 
 /// Bob's page cannot use WebTransport (the hash it pins is not the relay's certificate's) and
 /// falls back to WebSocket by itself; the call is the same, signaling over the WebSocket.
 #[tokio::test]
 async fn a_video_call_with_the_callee_on_the_websocket_fallback() {
-    let turn = TurnServer::start(SECRET).expect("turnserver starts (apt-get install coturn)");
-    let relay = start_with(with_turn(&turn)).await;
-    let mut browser = launch().await;
-    let (alice, alice_transport) = open(&mut browser, &page_url(&relay, "alice", "&ice=relay")).await;
-    let (bob, bob_transport) =
-        open(&mut browser, &page_url(&relay, "bob", &format!("&ice=relay{}", wrong_cert()))).await;
-    assert_eq!((alice_transport.as_str(), bob_transport.as_str()), ("webtransport", "websocket"));
-    let reason = browser.eval(&bob, "demo.fallbackReason").await;
+    let mut p = Pages::open(true, &wrong_cert()).await;
+    assert_eq!((p.transports.0.as_str(), p.transports.1.as_str()), ("webtransport", "websocket"));
+    let reason = p.browser.eval(&p.bob, "demo.fallbackReason").await;
     assert!(reason.as_str().unwrap().contains("certificate rejected"), "{reason}");
-    video_call(&mut browser, &alice, "bob", &[&bob], "relay").await;
-    hang_up(&mut browser, &alice, &bob).await;
-    browser.close().await;
+    video_call(&mut p.browser, &p.alice, "bob", &[&p.bob], "relay").await;
+    hang_up(&mut p.browser, &p.alice, &p.bob).await;
+    p.browser.close().await;
 }
 
 /// Bob has the page open twice (two devices, one of them on the fallback): both ring, he answers
 /// on the first, the second stops ringing and says the call was answered on another device.
 #[tokio::test]
 async fn the_callees_other_device_stops_ringing_when_one_answers() {
-    let relay = start_with(|_| {}).await;
-    let mut browser = launch().await;
-    let (alice, _) = open(&mut browser, &page_url(&relay, "alice", "")).await;
-    let (phone, _) = open(&mut browser, &page_url(&relay, "bob", "")).await;
-    let (laptop, laptop_transport) = open(&mut browser, &page_url(&relay, "bob", &wrong_cert())).await;
+    let mut p = Pages::open(false, "").await;
+    let (phone, browser) = (p.bob.clone(), &mut p.browser);
+    let (laptop, laptop_transport) = open(browser, &page_url(&p.relay, "bob", &wrong_cert())).await;
     assert_eq!(laptop_transport, "websocket");
-    video_call(&mut browser, &alice, "bob", &[&phone, &laptop], "host").await;
+    video_call(browser, &p.alice, "bob", &[&phone, &laptop], "host").await;
 
     let log = browser.wait_for(&laptop, "document.getElementById('ring').className === '' && demo.callLog").await;
     let events: Vec<&str> = log.as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
     assert_eq!(events, ["call", "state", "ring", "state", "answered_elsewhere"], "{log}");
     let status = browser.eval(&laptop, "document.getElementById('call-status').textContent").await;
     assert_eq!(status, json!("alice's call was answered on another device"));
-    assert_eq!(
-        browser.eval(&laptop, "[demo.call.state, demo.call.inCall, demo.call.peer]").await,
-        json!(["connected", false, null])
-    );
+    let call = browser.eval(&laptop, "[demo.call.state, demo.call.inCall, demo.call.peer]").await;
+    assert_eq!(call, json!(["connected", false, null]));
 
     // The end reaches the other device too.
-    hang_up(&mut browser, &alice, &phone).await;
+    hang_up(browser, &p.alice, &phone).await;
     browser.wait_for(&laptop, "demo.call.state === 'ended'").await;
-    browser.close().await;
+    p.browser.close().await;
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -305,15 +314,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn call_setup_figures() {
     let calls: usize =
         std::env::var("EDGERELAY_CALL_FIGURES").ok().and_then(|n| n.parse().ok()).unwrap_or(3).clamp(1, 200);
-    let turn = TurnServer::start(SECRET).expect("turnserver starts (apt-get install coturn)");
-    let relay = start_with(with_turn(&turn)).await;
-    let mut browser = launch().await;
-    let (alice, _) = open(&mut browser, &page_url(&relay, "alice", "&ice=relay")).await;
-    let (bob, _) = open(&mut browser, &page_url(&relay, "bob", "&ice=relay")).await;
+    let mut p = Pages::open(true, "").await;
+    let browser = &mut p.browser;
     let mut setups = Vec::new();
     for _ in 0..calls {
-        setups.push(video_call(&mut browser, &alice, "bob", &[&bob], "relay").await);
-        hang_up(&mut browser, &alice, &bob).await;
+        setups.push(video_call(browser, &p.alice, "bob", &[&p.bob], "relay").await);
+        hang_up(browser, &p.alice, &p.bob).await;
     }
     for (what, pick) in [
         ("initiate -> ring on the callee's page", (|s: &Setup| s.ring) as fn(&Setup) -> f64),
@@ -329,5 +335,5 @@ async fn call_setup_figures() {
             values[values.len() - 1]
         );
     }
-    browser.close().await;
+    p.browser.close().await;
 }
