@@ -9,7 +9,7 @@
 //!   both ends, so the media provably went through coturn with the credentials the relay minted.
 //!   An expired credential gets Chromium no relay candidate, only coturn's 401 (and tests/ice.rs
 //!   checks the same, plus forged credentials, with coturn's own `turnutils_uclient`).
-//! - Without TURN: host candidates on loopback.
+//! - Without TURN: host candidates on loopback (after a first call the callee declines).
 //! - One page on the WebSocket fallback (a certificate hash that is not the relay's, as a user
 //!   meets it): signaling needs no QUIC.
 //! - Two pages of the callee (two devices): both ring, one answers, the other stops ringing and
@@ -18,9 +18,9 @@
 //! Each call prints its setup times from the pages' clocks (initiate → ring on the callee's page,
 //! answer → both pages `connected`, answer → first remote video frame on both); nothing here
 //! asserts a duration. `call_setup_figures` repeats a call `EDGERELAY_CALL_FIGURES` times
-//! (default 3) and prints p50/p99 for docs/performance.md. A screenshot of the callee's page in
-//! the call is written to `target/tmp/browser-webrtc-call.png`, and to `docs/demo-call.png` when
-//! `EDGERELAY_UPDATE_SCREENSHOTS` is set.
+//! (default 3) and prints p50/p99 for docs/performance.md. Screenshots of the callee's page
+//! ringing and in the call are written to `target/tmp/browser-webrtc-{ringing,call}.png`, and to
+//! `docs/demo-{ringing,call}.png` when `EDGERELAY_UPDATE_SCREENSHOTS` is set.
 
 #[path = "common/browser.rs"]
 mod browser;
@@ -261,6 +261,20 @@ async fn coturn_refuses_an_expired_credential_in_the_browser() {
 #[tokio::test]
 async fn a_video_call_without_turn_over_host_candidates() {
     let mut p = Pages::open(false, "").await;
+    // Declined first: Bob's page rings, he presses Decline, both pages say so.
+    click(&mut p.browser, &p.alice, "#people li[data-user=bob] button").await;
+    p.browser.wait_for(&p.bob, "document.getElementById('ring').className === 'on'").await;
+    p.browser.save_screenshot(&p.bob, "browser-webrtc-ringing.png", "demo-ringing.png").await;
+    click(&mut p.browser, &p.bob, "#reject").await;
+    for (page, text) in [(&p.alice, "Call with bob ended: declined"), (&p.bob, "Call with alice ended: declined")] {
+        let status = p
+            .browser
+            .wait_for(page, "demo.call.state === 'ended' && document.getElementById('call-status').textContent")
+            .await;
+        assert_eq!(status, json!(text));
+    }
+    assert_eq!(p.browser.eval(&p.bob, "document.getElementById('ring').className").await, json!(""));
+    // Then answered.
     video_call(&mut p.browser, &p.alice, "bob", &[&p.bob], "host").await;
     hang_up(&mut p.browser, &p.alice, &p.bob).await;
     p.browser.close().await;

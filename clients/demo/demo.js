@@ -234,6 +234,7 @@ function ring(call) {
   $("ring-text").textContent = `${call.caller} is calling (${call.media})…`;
   $("ring").className = "on";
   callStatus("");
+  renderPeople();
 }
 
 function showCall(call) {
