@@ -422,6 +422,9 @@ export class EdgeRelay extends EventTarget {
   #trackRooms = new Map();
   // Call id → Call, while the call is live.
   #calls = new Map();
+  // Call events that came right behind the welcome, before this connection was open: handled
+  // once it is, so that what an app does about them (rejoin, answer) can be sent.
+  #earlyCallEvents = [];
 
   constructor(options) {
     super();
@@ -738,6 +741,7 @@ export class EdgeRelay extends EventTarget {
         return this.dispatchEvent(new CustomEvent(frame.type, { detail: frame }));
       case "call":
         if (frame.req) break;
+        if (this.state !== "open") return this.#earlyCallEvents.push(frame);
         return this.#onCallEvent(frame);
       case "error": {
         const pending = this.#pending.get(frame.req);
@@ -759,11 +763,13 @@ export class EdgeRelay extends EventTarget {
   async #openOnce() {
     const token = this.#options.getToken ? await this.#options.getToken() : this.#options.token;
     this.#throwIfStopped();
+    this.#earlyCallEvents = [];
     const attempt = await this.#openLink(token);
     const { link } = attempt;
     this.#link = link;
     this.transport = link.kind;
     this.#setState("open", this.fallbackReason ? { fallbackReason: this.fallbackReason } : {});
+    for (const frame of this.#earlyCallEvents.splice(0)) this.#onCallEvent(frame);
     for (const [room, { position }] of this.#rooms) {
       this.#join(room, position).catch((err) => {
         this.dispatchEvent(new CustomEvent("error", { detail: { room, code: err.code, message: err.message } }));

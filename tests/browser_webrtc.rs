@@ -30,12 +30,13 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use browser::Browser;
-use common::{TestRelay, start_with, within};
+use common::{TestRelay, http_request, start_with, within};
 use edgerelay::testing::TurnServer;
 use serde_json::{Value, json};
 
 const ROOM: &str = "chat:callers";
 const SECRET: &str = "edgerelay-webrtc-test-secret";
+const API_KEY: &str = "webrtc-test-api-key-0123456789";
 
 async fn launch() -> Browser {
     Browser::launch_with(&[
@@ -178,6 +179,7 @@ impl Pages {
     async fn open(turn: bool, bob_extra: &str) -> Pages {
         let turn = turn.then(|| TurnServer::start(SECRET).expect("turnserver starts (apt-get install coturn)"));
         let relay = start_with(|config| {
+            config.api.key = Some(API_KEY.into());
             if let Some(turn) = &turn {
                 config.turn.urls = vec![turn.turn_url()];
                 config.turn.secret = Some(SECRET.into());
@@ -289,6 +291,49 @@ async fn a_video_call_with_the_callee_on_the_websocket_fallback() {
     let reason = p.browser.eval(&p.bob, "demo.fallbackReason").await;
     assert!(reason.as_str().unwrap().contains("certificate rejected"), "{reason}");
     video_call(&mut p.browser, &p.alice, "bob", &[&p.bob], "relay").await;
+    hang_up(&mut p.browser, &p.alice, &p.bob).await;
+    p.browser.close().await;
+}
+
+/// Bob's connection is closed under his page in the middle of the call (the server API's
+/// `disconnect`, as an app's backend would, or as a network change does): the page reconnects by
+/// itself as a new device, finds the call `reconnecting` with its side away and rejoins it; Alice's
+/// page makes a new offer and the video flows again both ways.
+#[tokio::test]
+async fn a_page_that_lost_its_connection_rejoins_the_call() {
+    let mut p = Pages::open(false, "").await;
+    video_call(&mut p.browser, &p.alice, "bob", &[&p.bob], "host").await;
+    let peers = "demo.callLog.filter((e) => e.event === 'peer').length";
+    let before = p.browser.eval(&p.alice, peers).await;
+
+    let api = format!("Bearer {API_KEY}");
+    let (status, body) = http_request(
+        p.relay.relay.tcp_addr(),
+        "POST",
+        "/v1/api/disconnect",
+        &[("Authorization", &api), ("Content-Type", "application/json")],
+        r#"{"tenant":"acme","user":"bob"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    for page in [&p.alice, &p.bob] {
+        let log = p.browser.wait_for(page, "demo.callLog.some((e) => e.event === 'state' && e.state === 'reconnecting') && demo.call.state === 'connected' && demo.call.inCall && demo.callLog").await;
+        let states: Vec<&str> = log
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"] == "state")
+            .map(|e| e["state"].as_str().unwrap())
+            .collect();
+        assert!(states.ends_with(&["reconnecting", "connected"]), "{page}: {log}");
+    }
+    let after = p.browser.eval(&p.alice, peers).await;
+    assert_eq!(after.as_u64(), before.as_u64().map(|n| n + 1), "one new peer connection on Alice's side");
+    for page in [&p.alice, &p.bob] {
+        let first = decoding(&mut p.browser, page, 5).await;
+        decoding(&mut p.browser, page, first["framesDecoded"].as_u64().unwrap() + 10).await;
+    }
     hang_up(&mut p.browser, &p.alice, &p.bob).await;
     p.browser.close().await;
 }

@@ -215,6 +215,7 @@ function followCall(call) {
     $("ring").className = "";
     callStatus(`${call.caller}'s call was answered on another device`);
   });
+  call.addEventListener("peer", () => logCall("peer", call));
   call.addEventListener("track", () => {
     const video = $("remote-video");
     if (video.srcObject !== call.remoteStream) {

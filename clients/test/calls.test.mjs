@@ -24,6 +24,8 @@ async function until(check, what) {
  * relay frames (several in one go arrive with no microtask between them, as from one read). */
 class ScriptedSocket {
   static last = null;
+  // Relay frames sent right behind the next welcome, in the same read.
+  static afterWelcome = [];
 
   constructor(url) {
     this.url = url;
@@ -38,6 +40,7 @@ class ScriptedSocket {
     this.sent.push(frame);
     if (frame.type === "hello") {
       this.deliver({ type: "welcome", version: 1, session: "s1", user: this.user, server_time: 0, limits: null });
+      this.deliver(...ScriptedSocket.afterWelcome.splice(0));
     }
   }
 
@@ -281,13 +284,20 @@ test("a rejoin brings a new peer connection and a new offer; a reconnect takes t
   okAll(socket);
 
   // Alice's connection drops: the new one is another device, not in the call until it rejoins.
+  // The relay tells it the call's state right behind the welcome; the app rejoins at once.
+  let rejoining = null;
+  call.addEventListener(
+    "state",
+    () => {
+      assert.deepEqual([call.away, call.inCall], [true, false], "alice's side is away, this device not in the call");
+      rejoining = call.rejoin();
+    },
+    { once: true },
+  );
+  ScriptedSocket.afterWelcome = [event(0, ID, state("alice", "bob", { reconnecting: { caller_until: 1700000020000, callee_until: null } }))];
   socket.onclose({ code: 1006, reason: "gone" });
-  await until(() => ScriptedSocket.last !== socket && alice.state === "open", "reconnected");
-  assert.equal(call.inCall, false);
+  await until(() => ScriptedSocket.last !== socket && alice.state === "open" && rejoining !== null, "reconnected and rejoining");
   const again = ScriptedSocket.last;
-  again.deliver(event(0, ID, state("alice", "bob", { reconnecting: { caller_until: 1700000020000, callee_until: null } })));
-  assert.ok(call.away, "alice's side is away");
-  const rejoining = call.rejoin();
   assert.deepEqual(again.calls().at(-1).slice(0, 2), [ID, "rejoin"]);
   again.deliver(event(again.lastReq("call"), ID, { ok: {} }), event(0, ID, state("alice", "bob", { connected: {} })));
   await rejoining;
