@@ -14,6 +14,8 @@
 //!   meets it): signaling needs no QUIC.
 //! - Two pages of the callee (two devices): both ring, one answers, the other stops ringing and
 //!   says the call was answered elsewhere.
+//! - A page whose connection is closed mid-call reconnects by itself, rejoins, and gets video
+//!   again over a new peer connection.
 //!
 //! Each call prints its setup times from the pages' clocks (initiate → ring on the callee's page,
 //! answer → both pages `connected`, answer → first remote video frame on both); nothing here
