@@ -93,7 +93,7 @@ async fn the_relay_tells_a_page_where_and_how_to_connect() {
     let (status, page) = relay.http_get("/").await;
     assert_eq!(status, 200);
     assert!(page.contains("<script type=\"module\" src=\"demo.js\">"), "{page}");
-    for module in ["/demo.js", "/edgerelay.js", "/codec.js"] {
+    for module in ["/demo.js", "/edgerelay.js", "/codec.js", "/media.js", "/calls.js"] {
         let (status, body) = relay.http_get(module).await;
         assert_eq!(status, 200, "{module}");
         assert!(body.contains("import") || body.contains("export"), "{module} is an ES module");
