@@ -122,9 +122,9 @@ impl Tables for Redb<Table<'_, CallKey, &'static [u8]>, Table<'_, IndexKey, ()>,
         Ok(())
     }
 
-    fn index_add(&mut self, user: &UserKey, at: HistoryCursor) -> Result<(), StoreError> {
-        self.index.insert((user_bytes(user).as_slice(), at.started_ms, at.id.0), ()).map_err(err)?;
-        Ok(())
+    fn index_add(&mut self, user: &UserKey, at: HistoryCursor) -> Result<bool, StoreError> {
+        let old = self.index.insert((user_bytes(user).as_slice(), at.started_ms, at.id.0), ()).map_err(err)?;
+        Ok(old.is_none())
     }
 
     fn index_remove(&mut self, user: &UserKey, at: HistoryCursor) -> Result<(), StoreError> {

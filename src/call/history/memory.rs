@@ -95,9 +95,8 @@ impl Tables for Maps {
         Ok(())
     }
 
-    fn index_add(&mut self, user: &UserKey, at: HistoryCursor) -> Result<(), StoreError> {
-        self.index.insert(index_key(user, at));
-        Ok(())
+    fn index_add(&mut self, user: &UserKey, at: HistoryCursor) -> Result<bool, StoreError> {
+        Ok(self.index.insert(index_key(user, at)))
     }
 
     fn index_remove(&mut self, user: &UserKey, at: HistoryCursor) -> Result<(), StoreError> {

@@ -44,8 +44,8 @@ use crate::store::StoreError;
 pub const MAX_PAGE: usize = 200;
 /// Most participants a record holds.
 pub const MAX_PARTICIPANTS: usize = 1000;
-/// Longest user name a record holds (bytes); token subjects are shorter.
-pub const MAX_USER_BYTES: usize = 256;
+/// Longest user name a record holds (bytes): a token subject's.
+pub const MAX_USER_BYTES: usize = crate::auth::MAX_SUB_BYTES;
 /// Latest time a record may carry: 2^53 ms, exact as a JSON number and a Redis score.
 pub const MAX_TIME_MS: u64 = 1 << 53;
 /// Calls past their age deleted per write (memory and embedded): writes outnumber new calls, so
@@ -322,7 +322,8 @@ pub(crate) trait ReadTables {
 pub(crate) trait Tables: ReadTables {
     fn put_call(&mut self, call: &CallRecord) -> Result<(), StoreError>;
     fn delete_call(&mut self, tenant: &str, at: HistoryCursor) -> Result<(), StoreError>;
-    fn index_add(&mut self, user: &UserKey, at: HistoryCursor) -> Result<(), StoreError>;
+    /// Whether the entry is new.
+    fn index_add(&mut self, user: &UserKey, at: HistoryCursor) -> Result<bool, StoreError>;
     fn index_remove(&mut self, user: &UserKey, at: HistoryCursor) -> Result<(), StoreError>;
 }
 
@@ -348,7 +349,10 @@ pub(crate) fn upsert(
     t.put_call(call)?;
     for p in &call.participants {
         let user = key(&call.tenant, &p.user);
-        t.index_add(&user, at)?;
+        // Only a new entry can push the list past its count (most writes update a call).
+        if !t.index_add(&user, at)? {
+            continue;
+        }
         for trimmed in t.index_beyond(&user, retention.max_calls_per_user)? {
             t.index_remove(&user, trimmed)?;
             delete_if_unlisted(t, &call.tenant, trimmed)?;

@@ -178,6 +178,10 @@ pub(crate) async fn each_user_keeps_at_most_the_count(h: &dyn CallHistory) {
     assert_eq!(list(h, &user("bob"), now).await, vec![1], "bob has fewer calls: his list keeps it");
     assert!(h.get(&user("bob"), CallId(1), now).await.unwrap().is_some());
     assert_eq!(h.get(&user("peer2"), CallId(2), now).await.unwrap().map(|c| c.id), Some(CallId(2)));
+    // Recording the trimmed call again (it changed for bob) does not bring it back for alice.
+    h.record(call(1, t, "alice", "bob"), now).await.unwrap();
+    assert_eq!(list(h, &alice(), now).await, vec![5, 4, 3]);
+    assert_eq!(list(h, &user("bob"), now).await, vec![1]);
 }
 
 pub(crate) async fn calls_older_than_the_age_are_gone(h: &dyn CallHistory) {
