@@ -40,7 +40,9 @@
 //! after the end) return an error and emit nothing. `docs/calls.md` is the same for app
 //! developers.
 
+pub mod history;
 pub mod machine;
+pub mod quality;
 pub mod types;
 
 pub use machine::Call;
