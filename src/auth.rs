@@ -81,6 +81,10 @@ pub struct Caps {
     /// only `join`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub media: Vec<String>,
+    /// Users the user may place 1:1 calls to (docs/calls.md): patterns matched against the
+    /// callee's user id in the caller's tenant, `{sub}` standing for the user's own id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub call: Vec<String>,
 }
 
 /// Who a verified token speaks for.
@@ -107,6 +111,11 @@ impl Identity {
 
     pub fn can_publish_media(&self, room: &str) -> bool {
         self.caps.media.iter().any(|p| pattern_matches(p, room, &self.user))
+    }
+
+    /// Whether the token allows placing a call to `callee` (a user id of the same tenant).
+    pub fn can_call(&self, callee: &str) -> bool {
+        self.caps.call.iter().any(|p| pattern_matches(p, callee, &self.user))
     }
 }
 
@@ -469,11 +478,10 @@ impl Verifier {
         {
             return Err(AuthError::NotYetValid);
         }
-        if claims.sub.is_empty() || claims.sub.len() > MAX_SUB_BYTES {
-            return Err(AuthError::InvalidClaim(format!("sub must be 1-{MAX_SUB_BYTES} bytes")));
-        }
-        if claims.sub.chars().any(char::is_control) {
-            return Err(AuthError::InvalidClaim("sub must not contain control characters".into()));
+        if !valid_sub(&claims.sub) {
+            return Err(AuthError::InvalidClaim(format!(
+                "sub must be 1-{MAX_SUB_BYTES} bytes without control characters"
+            )));
         }
         if !valid_tenant(&claims.tenant) {
             return Err(AuthError::InvalidClaim(format!(
@@ -499,6 +507,11 @@ impl Verifier {
             issued_at: claims.iat,
         })
     }
+}
+
+/// User ids (`sub`, a call's callee): 1-256 bytes of UTF-8 without control characters.
+pub fn valid_sub(sub: &str) -> bool {
+    !sub.is_empty() && sub.len() <= MAX_SUB_BYTES && !sub.chars().any(char::is_control)
 }
 
 /// Tenant names: 1-64 characters of `[A-Za-z0-9_.-]`.
@@ -599,6 +612,7 @@ mod tests {
                 join: vec!["chat:*".into(), "dm:{sub}:*".into()],
                 publish: vec!["chat:*".into()],
                 media: Vec::new(),
+                call: Vec::new(),
             },
         }
     }

@@ -343,6 +343,42 @@ impl Default for MediaConfig {
     }
 }
 
+/// 1:1 calls (docs/calls.md): timeouts, the busy policy and the signaling limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallsConfig {
+    /// How long a call rings before it ends as missed, ms.
+    pub ring_timeout_ms: u64,
+    /// How long a side whose in-call device dropped has to rejoin, ms.
+    pub reconnect_grace_ms: u64,
+    /// A callee in another connected call is `busy` at once; off, the call rings anyway.
+    pub busy_when_in_call: bool,
+    /// Largest `signal` data, bytes (a `call` frame is also bound by `limits.max_frame_bytes`).
+    pub max_signal_bytes: u32,
+    /// `call` frames per second per connection (every action, signals included), and burst.
+    pub rate: u32,
+    pub burst: u32,
+    /// How much call history each user keeps (`[calls.history]`).
+    pub history: CallHistoryConfig,
+    /// Quality report rate and the thresholds of its flags (`[calls.quality]`).
+    pub quality: crate::call::quality::QualityConfig,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        CallsConfig {
+            ring_timeout_ms: 30_000,
+            reconnect_grace_ms: 15_000,
+            busy_when_in_call: true,
+            max_signal_bytes: 16 * 1024,
+            rate: 20,
+            burst: 100,
+            history: CallHistoryConfig::default(),
+            quality: crate::call::quality::QualityConfig::default(),
+        }
+    }
+}
+
 /// ICE servers handed to clients for WebRTC (`ice_servers` frame, `GET /v1/ice`): STUN URLs,
 /// and TURN URLs with time-limited credentials in the TURN REST form coturn checks with
 /// `use-auth-secret` and `static-auth-secret` (see `crate::ice`).
@@ -502,15 +538,6 @@ impl Default for StoreConfig {
             commit_linger_us: 2000,
         }
     }
-}
-
-/// Calls (docs/calls.md).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(default, deny_unknown_fields)]
-pub struct CallsConfig {
-    pub history: CallHistoryConfig,
-    /// Quality report rate and the thresholds of its flags.
-    pub quality: crate::call::quality::QualityConfig,
 }
 
 /// How much call history each user keeps. It lives where `store.engine` says: the redb file,
@@ -849,6 +876,18 @@ impl Config {
     }
 
     fn validate_calls(&self) -> Result<(), ConfigError> {
+        let c = &self.calls;
+        for (key, value) in [
+            ("calls.ring_timeout_ms", c.ring_timeout_ms),
+            ("calls.reconnect_grace_ms", c.reconnect_grace_ms),
+            ("calls.max_signal_bytes", u64::from(c.max_signal_bytes)),
+            ("calls.rate", u64::from(c.rate)),
+            ("calls.burst", u64::from(c.burst)),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
         let h = &self.calls.history;
         if h.max_calls_per_user == 0 {
             return Err(invalid("calls.history.max_calls_per_user", "must be greater than 0"));
@@ -1312,6 +1351,19 @@ public_key_file = "/etc/edgerelay/main.pub.pem"
         // Validation runs in load too.
         let err = Config::load(None, env(&[("EDGERELAY_LIMITS__MAX_PAYLOAD_BYTES", "65536")])).unwrap_err();
         assert_eq!(err.key(), Some("limits.max_payload_bytes"));
+    }
+
+    #[test]
+    fn calls_section_loads_and_validates() {
+        let c = Config::from_toml_str("[calls]\nring_timeout_ms = 2000\nbusy_when_in_call = false\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.calls.ring_timeout_ms, 2000);
+        assert!(!c.calls.busy_when_in_call);
+        assert_eq!(c.calls.reconnect_grace_ms, 15_000, "the rest keeps its defaults");
+        let calls = |text: &str| invalid_key(&Config::from_toml_str(&format!("[calls]\n{text}\n")).unwrap());
+        assert_eq!(calls("ring_timeout_ms = 0"), "calls.ring_timeout_ms");
+        assert_eq!(calls("rate = 0"), "calls.rate");
+        assert_eq!(calls("max_signal_bytes = 0"), "calls.max_signal_bytes");
     }
 
     #[test]

@@ -90,6 +90,10 @@ enum Command {
         /// Repeatable.
         #[arg(long = "media", value_name = "PATTERN")]
         media: Vec<String>,
+        /// User id pattern the user may place 1:1 calls to (`*`: anyone in the tenant).
+        /// Repeatable.
+        #[arg(long = "call", value_name = "PATTERN")]
+        call: Vec<String>,
         /// Lifetime: 30s, 15m, 1h, 7d or plain seconds.
         #[arg(long, default_value = "1h")]
         ttl: String,
@@ -155,12 +159,12 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
     let config = Config::load_with(cli.config.as_deref(), std::env::vars(), flag_overrides(matches))?;
     match cli.command {
         Command::Serve { .. } => serve(config, cli.config.as_deref()).await,
-        Command::Token { sub, tenant, rooms, join, publish, media, ttl, kid, jti } => {
+        Command::Token { sub, tenant, rooms, join, publish, media, call, ttl, kid, jti } => {
             let ttl = parse_ttl(&ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
-            if rooms.is_empty() && join.is_empty() && publish.is_empty() && media.is_empty() {
+            if rooms.is_empty() && join.is_empty() && publish.is_empty() && media.is_empty() && call.is_empty() {
                 bail!(
-                    "no rooms granted: pass --room PATTERN (join, publish and media), --join PATTERN, --publish PATTERN \
-                     or --media PATTERN (a token without them authenticates but may join and publish nothing)"
+                    "no rights granted: pass --room PATTERN (join, publish and media), --join PATTERN, --publish PATTERN, \
+                     --media PATTERN or --call PATTERN (a token without them authenticates but may do nothing)"
                 );
             }
             let (signer, key) = match kid {
@@ -189,6 +193,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
                 join: rooms.iter().chain(&join).cloned().collect(),
                 publish: rooms.iter().chain(&publish).cloned().collect(),
                 media: rooms.iter().chain(&media).cloned().collect(),
+                call,
             };
             let claims = Claims {
                 sub,
@@ -230,6 +235,9 @@ fn describe(claims: &Claims, ttl: Duration, key: &str) -> String {
         edgerelay::auth::Audience::One(one) => one.clone(),
         edgerelay::auth::Audience::Many(many) => many.join(", "),
     });
+    if !claims.caps.call.is_empty() {
+        text.push_str(&format!("; call {}", claims.caps.call.join(", ")));
+    }
     for (name, value) in [("jti", &claims.jti), ("iss", &claims.iss), ("aud", &aud)] {
         if let Some(value) = value {
             text.push_str(&format!("; {name} {value:?}"));

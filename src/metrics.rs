@@ -93,6 +93,18 @@ pub const MEDIA_FRAMES_IN_TOTAL: &str = "edgerelay_media_frames_in_total";
 pub const MEDIA_GROUPS_CANCELLED_TOTAL: &str = "edgerelay_media_groups_cancelled_total";
 /// Layer probes for subscribers (docs/media.md), by outcome.
 pub const MEDIA_PROBES_TOTAL: &str = "edgerelay_media_probes_total";
+/// 1:1 calls placed on this node (counter).
+pub const CALLS_STARTED_TOTAL: &str = "edgerelay_calls_started_total";
+/// 1:1 calls ended, by `reason` (docs/calls.md; `missed` for an unanswered call) (counter).
+pub const CALLS_ENDED_TOTAL: &str = "edgerelay_calls_ended_total";
+/// 1:1 calls held on this node that have not ended (gauge).
+pub const CALLS_ACTIVE: &str = "edgerelay_calls_active";
+/// The relay's share of call setup, by `step`: `ring` (an `initiate` received until the ring
+/// events are queued) and `connect` (an `answer` received until the `connected` events are
+/// queued) (histogram, seconds).
+pub const CALL_SETUP_SECONDS: &str = "edgerelay_call_setup_seconds";
+/// The `reason` label's values of [`CALLS_ENDED_TOTAL`].
+pub const CALL_END_REASONS: [&str; 6] = ["rejected", "cancelled", "busy", "missed", "hangup", "connection_lost"];
 
 /// The `transport` label's values.
 pub const TRANSPORTS: [&str; 3] = ["quic", "webtransport", "websocket"];
@@ -178,6 +190,13 @@ fn describe() {
         MEDIA_GROUPS_CANCELLED_TOTAL,
         "Media groups dropped for a subscriber, by reason (stale: a newer group started; full: its queue was full)."
     );
+    describe_counter!(CALLS_STARTED_TOTAL, "1:1 calls placed on this node.");
+    describe_counter!(CALLS_ENDED_TOTAL, "1:1 calls ended, by reason.");
+    describe_gauge!(CALLS_ACTIVE, "1:1 calls held on this node that have not ended.");
+    describe_histogram!(
+        CALL_SETUP_SECONDS,
+        "The relay's share of call setup, by step (ring: initiate to ring queued; connect: answer to connected queued)."
+    );
 }
 
 /// Registers every metric, with each label value known in advance, so that each is scraped
@@ -203,6 +222,12 @@ fn register() {
     for reason in PRESENCE_IGNORED_REASONS {
         metrics::counter!(PRESENCE_IGNORED_TOTAL, "reason" => reason).absolute(0);
     }
+    for reason in CALL_END_REASONS {
+        metrics::counter!(CALLS_ENDED_TOTAL, "reason" => reason).absolute(0);
+    }
+    for step in ["ring", "connect"] {
+        drop(metrics::histogram!(CALL_SETUP_SECONDS, "step" => step));
+    }
     for reason in ["stale", "full"] {
         metrics::counter!(MEDIA_GROUPS_CANCELLED_TOTAL, "reason" => reason).absolute(0);
     }
@@ -219,10 +244,11 @@ fn register() {
         REDIS_RESYNCS_TOTAL,
         REDIS_PROBE_FAILURES_TOTAL,
         MEDIA_FRAMES_IN_TOTAL,
+        CALLS_STARTED_TOTAL,
     ] {
         metrics::counter!(name).absolute(0);
     }
-    for name in [ROOMS, PRESENCE_USERS, MEDIA_TRACKS] {
+    for name in [ROOMS, PRESENCE_USERS, MEDIA_TRACKS, CALLS_ACTIVE] {
         metrics::gauge!(name).increment(0.0);
     }
     for name in [FANOUT_SECONDS, STORE_COMMIT_SECONDS, STORE_BATCH_SIZE, PUBLISH_ACK_SECONDS, DELIVERY_SECONDS] {

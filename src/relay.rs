@@ -172,6 +172,8 @@ impl Relay {
             }
         }
         let calls = Arc::new(Calls::new(config.media.clone(), hub.clone()));
+        let (call_records, call_records_rx) = tokio::sync::mpsc::unbounded_channel();
+        let call_service = Arc::new(crate::call::CallService::local(&config.calls).with_history(call_records));
         let session_ctx = Arc::new(SessionContext {
             hub: hub.clone(),
             engine: engine.clone(),
@@ -184,6 +186,8 @@ impl Relay {
             controls: controls.clone(),
             calls: calls.clone(),
             ice,
+            call_service: call_service.clone(),
+            call_rate: (config.calls.rate, config.calls.burst),
         });
         let conn_ctx = Arc::new(ConnectionContext::new(session_ctx, drain.clone(), config.shutdown.reconnect_after_ms));
         let services = TaskTracker::new();
@@ -200,7 +204,7 @@ impl Relay {
             engine: engine.clone(),
             api_key_sha256: config.api.key.as_deref().map(|key| tls::sha256(key.as_bytes())),
             controls: controls.clone(),
-            call_history,
+            call_history: call_history.clone(),
         });
 
         services.spawn(transport::quic::serve(endpoint.clone(), conn_ctx, connections.clone(), stop.clone()));
@@ -220,6 +224,8 @@ impl Relay {
         let tick = PRESENCE_TICK.min(Duration::from_millis(config.presence.refresh_ms));
         services.spawn(presence_ticks(awareness.clone(), tick, stop.clone()));
         services.spawn(media_ticks(calls, stop.clone()));
+        services.spawn(call_service.run_timers(unix_ms, stop.clone()));
+        services.spawn(crate::call::service::write_history(call_history, call_records_rx, unix_ms, stop.clone()));
         services.spawn(sweep_rooms(hub.clone(), engine.clone(), stop.clone()));
         if let Some(link) = engine.share_presence() {
             awareness.share(link.local.clone());

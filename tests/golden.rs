@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use edgerelay::proto::media::{LayerInfo, SpeakerLevel, TrackInfo, TrackKind};
 use edgerelay::proto::{
-    ClientFrame, Codec, ErrorCode, HistoryEntry, IceServer, Payload, Position, PresenceEntry, RoomCursor, ServerFrame,
-    Status, WireLimits,
+    CallAction, CallEndReason, CallEvent, CallMedia, CallSide, CallState, ClientFrame, Codec, ErrorCode, HistoryEntry,
+    IceServer, Payload, Position, PresenceEntry, RoomCursor, ServerFrame, Status, WireLimits,
 };
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +82,27 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
         ("track_unsubscribe", ClientFrame::TrackUnsubscribe { req: 15, track: 5 }),
         ("track_mute", ClientFrame::TrackMute { req: 16, track: 5, muted: true }),
         ("ice_servers", ClientFrame::IceServers { req: 17 }),
+        (
+            "call_initiate",
+            ClientFrame::Call {
+                req: 18,
+                call: String::new(),
+                action: CallAction::Initiate { callee: "bob".into(), media: CallMedia::Video },
+            },
+        ),
+        ("call_answer", ClientFrame::Call { req: 19, call: CALL.into(), action: CallAction::Answer {} }),
+        ("call_reject", ClientFrame::Call { req: 20, call: CALL.into(), action: CallAction::Reject {} }),
+        ("call_cancel", ClientFrame::Call { req: 21, call: CALL.into(), action: CallAction::Cancel {} }),
+        ("call_hang_up", ClientFrame::Call { req: 22, call: CALL.into(), action: CallAction::HangUp {} }),
+        ("call_rejoin", ClientFrame::Call { req: 23, call: CALL.into(), action: CallAction::Rejoin {} }),
+        (
+            "call_signal",
+            ClientFrame::Call {
+                req: 24,
+                call: CALL.into(),
+                action: CallAction::Signal { data: r#"{"type":"offer","sdp":"v=0\r\n"}"#.into() },
+            },
+        ),
     ]
 }
 
@@ -232,7 +253,49 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
                 expires_at: 1_700_086_400,
             },
         ),
+        ("call_ok", ServerFrame::Call { req: 18, call: CALL.into(), event: CallEvent::Ok {} }),
+        ("call_state_ringing", call_state(CallState::Ringing {})),
+        ("call_state_connected", call_state(CallState::Connected {})),
+        (
+            "call_state_reconnecting",
+            call_state(CallState::Reconnecting { caller_until: None, callee_until: Some(1_700_000_015_000) }),
+        ),
+        (
+            "call_state_ended",
+            call_state(CallState::Ended { reason: CallEndReason::Hangup, side: Some(CallSide::Callee) }),
+        ),
+        ("call_state_ended_plain", call_state(CallState::Ended { reason: CallEndReason::NoAnswer, side: None })),
+        (
+            "call_ring",
+            ServerFrame::Call {
+                req: 0,
+                call: CALL.into(),
+                event: CallEvent::Ring { caller: "alice".into(), media: CallMedia::Video },
+            },
+        ),
+        (
+            "call_answered_elsewhere",
+            ServerFrame::Call { req: 0, call: CALL.into(), event: CallEvent::AnsweredElsewhere {} },
+        ),
+        (
+            "call_signal",
+            ServerFrame::Call {
+                req: 0,
+                call: CALL.into(),
+                event: CallEvent::Signal {
+                    data: r#"{"candidate":"candidate:1 1 udp 2122260223 127.0.0.1 5000 typ host"}"#.into(),
+                },
+            },
+        ),
     ]
+}
+
+/// A call id as the relay writes it: 16 lowercase hex digits.
+const CALL: &str = "6f1c2a9be04d7731";
+
+fn call_state(state: CallState) -> ServerFrame {
+    let event = CallEvent::State { caller: "alice".into(), callee: "bob".into(), media: CallMedia::Video, state };
+    ServerFrame::Call { req: 0, call: CALL.into(), event }
 }
 
 fn presence_entry() -> PresenceEntry {

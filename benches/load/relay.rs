@@ -347,7 +347,7 @@ impl TokenMinter {
             jti: None,
             iss: None,
             aud: None,
-            caps: Caps { join: rooms.clone(), publish: rooms.clone(), media: rooms },
+            caps: Caps { join: rooms.clone(), publish: rooms.clone(), media: rooms, call: Vec::new() },
         };
         Ok(self.0.sign(&claims)?)
     }

@@ -1,8 +1,9 @@
-//! Calls: the signaling layer around the media (issue 17). Today this is the 1:1 call state
-//! machine, [`machine::Call`] (its vocabulary in [`types`]): who rings, who answered, who hung up, what each side is told and
-//! which timers run. The relay's IO layer (next: the protocol frames, delivery over users'
-//! personal channels, the per-user registry that knows who is in a call, timers) drives it;
-//! nothing here does IO.
+//! Calls: the signaling layer around the media (issue 17). The 1:1 call state machine,
+//! [`machine::Call`] (its vocabulary in [`types`]), decides who rings, who answered, who hung
+//! up, what each side is told and which timers run; it does no IO. [`service::CallService`] is
+//! the relay's side of it: the calls of this node by id, who is in which call, the timers, and
+//! the translation between `call` frames (`crate::proto::call`) and the machine, with delivery
+//! behind the [`service::CallRoute`] seam.
 //!
 //! Why a pure object: the call flow is all races (an answer crossing a cancel, two devices
 //! answering at once, a device dropping while the other side hangs up) and timeouts (ring,
@@ -43,9 +44,11 @@
 pub mod history;
 pub mod machine;
 pub mod quality;
+pub mod service;
 pub mod types;
 
 pub use machine::Call;
+pub use service::{ActionError, CallRoute, CallService, LocalRoute, Requester};
 pub use types::{
     CallConfig, CallError, CallId, CallState, CallSummary, EndReason, Event, EventKind, Initiate, Media, Output,
     Recipient, Side, Timer, TimerKind,

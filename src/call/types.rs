@@ -12,6 +12,17 @@ use crate::hub::presence::{DeviceId, UserKey};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CallId(pub u64);
 
+impl CallId {
+    /// The wire form back: exactly 16 lowercase hex digits, as [`fmt::Display`] writes it.
+    pub fn parse(text: &str) -> Option<CallId> {
+        let valid = text.len() == 16 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !valid {
+            return None;
+        }
+        u64::from_str_radix(text, 16).ok().map(CallId)
+    }
+}
+
 impl fmt::Display for CallId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}", self.0)

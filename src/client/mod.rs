@@ -27,8 +27,8 @@ use tokio_util::task::TaskTracker;
 use crate::media::TrackId;
 use crate::proto::media::{GroupHeader, LayerInfo, TrackKind};
 use crate::proto::{
-    ClientFrame, Codec, ErrorCode, HistoryEntry, IceServer, PROTOCOL_VERSION, Payload, Position, PresenceEntry,
-    RoomCursor, ServerFrame, Status, WireFrame, WireLimits,
+    CallAction, CallEvent, CallMedia, ClientFrame, Codec, ErrorCode, HistoryEntry, IceServer, PROTOCOL_VERSION,
+    Payload, Position, PresenceEntry, RoomCursor, ServerFrame, Status, WireFrame, WireLimits,
 };
 use presence::RoomPresence;
 
@@ -150,6 +150,16 @@ pub enum Event {
     /// A call event (docs/media.md): `tracks`, `layer`, `keyframe_request`, `layers_wanted` or
     /// `speakers`, as the relay sent it.
     Call(ServerFrame),
+    /// An event of a 1:1 call (docs/calls.md): its state, ringing, answered elsewhere, the other
+    /// side's signaling.
+    CallUpdate(CallUpdate),
+}
+
+/// An event of the 1:1 call `call` (its id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallUpdate {
+    pub call: String,
+    pub event: CallEvent,
 }
 
 /// Media events buffered before the readers of group streams wait for the application.
@@ -267,6 +277,7 @@ impl Shared {
             | ServerFrame::KeyframeRequest { .. }
             | ServerFrame::LayersWanted { .. }
             | ServerFrame::Speakers { .. }) => Event::Call(frame),
+            ServerFrame::Call { call, event, .. } => Event::CallUpdate(CallUpdate { call, event }),
             _ => return,
         };
         // The permit is taken at once while the application keeps up; waiting for it is what
@@ -656,6 +667,60 @@ impl Client {
         }
     }
 
+    /// Places a 1:1 call to `callee` (a user of this tenant); returns the call's id. Its events
+    /// arrive as [`Event::CallUpdate`].
+    pub async fn call_initiate(&self, callee: &str, media: CallMedia) -> Result<String, ClientError> {
+        self.call_action("", CallAction::Initiate { callee: callee.to_owned(), media }).await
+    }
+
+    /// Sends one action on the call `call` (on the control stream, where its events come) and
+    /// waits for the `ok`; returns the call's id.
+    pub async fn call_action(&self, call: &str, action: CallAction) -> Result<String, ClientError> {
+        match self.request(Route::Control, |req| ClientFrame::Call { req, call: call.to_owned(), action }).await? {
+            ServerFrame::Call { call, event: CallEvent::Ok {}, .. } => Ok(call),
+            other => Err(unexpected("call ok", &other)),
+        }
+    }
+
+    pub async fn call_answer(&self, call: &str) -> Result<(), ClientError> {
+        self.call_action(call, CallAction::Answer {}).await.map(drop)
+    }
+
+    pub async fn call_reject(&self, call: &str) -> Result<(), ClientError> {
+        self.call_action(call, CallAction::Reject {}).await.map(drop)
+    }
+
+    pub async fn call_cancel(&self, call: &str) -> Result<(), ClientError> {
+        self.call_action(call, CallAction::Cancel {}).await.map(drop)
+    }
+
+    pub async fn call_hang_up(&self, call: &str) -> Result<(), ClientError> {
+        self.call_action(call, CallAction::HangUp {}).await.map(drop)
+    }
+
+    pub async fn call_rejoin(&self, call: &str) -> Result<(), ClientError> {
+        self.call_action(call, CallAction::Rejoin {}).await.map(drop)
+    }
+
+    /// Sends WebRTC signaling (an SDP or ICE candidate, as text) to the other side's device.
+    pub async fn call_signal(&self, call: &str, data: &str) -> Result<(), ClientError> {
+        self.call_action(call, CallAction::Signal { data: data.to_owned() }).await.map(drop)
+    }
+
+    /// The next 1:1 call event, skipping other events; `Err` when the connection closed.
+    pub async fn next_call_update(&mut self) -> Result<CallUpdate, ClientError> {
+        self.next_of(|event| match event {
+            Event::CallUpdate(update) => Some(update),
+            _ => None,
+        })
+        .await
+    }
+
+    /// An event already received, without waiting.
+    pub fn try_next_event(&mut self) -> Option<Event> {
+        self.events.try_recv().ok()
+    }
+
     /// The rooms this user follows, with the last position the relay knows they have.
     pub async fn followed_rooms(&self) -> Result<Vec<RoomCursor>, ClientError> {
         match self.request(Route::Control, |req| ClientFrame::Rooms { req }).await? {
@@ -750,11 +815,23 @@ impl Client {
 
     /// The next delivered message, skipping other events; `Err` when the connection closed.
     pub async fn next_message(&mut self) -> Result<Message, ClientError> {
+        self.next_of(|event| match event {
+            Event::Message(m) => Some(m),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The next event `pick` takes, skipping the others; `Err` when the connection closed.
+    async fn next_of<T>(&mut self, pick: impl Fn(Event) -> Option<T>) -> Result<T, ClientError> {
         loop {
             match self.events.recv().await {
-                Some(Event::Message(m)) => return Ok(m),
                 Some(Event::Closed { code, reason }) => return Err(ClientError::Closed { code, reason }),
-                Some(_) => continue,
+                Some(event) => {
+                    if let Some(picked) = pick(event) {
+                        return Ok(picked);
+                    }
+                }
                 None => return Err(ClientError::Closed { code: None, reason: "client dropped".into() }),
             }
         }

@@ -77,9 +77,10 @@ codes! {
     ALREADY_JOINED = 123, "already_joined", fatal = false, retry = false;
     /// The room is not joined on this connection.
     NOT_JOINED = 124, "not_joined", fatal = false, retry = false;
-    /// The payload exceeds `limits.max_payload_bytes`.
+    /// The payload exceeds `limits.max_payload_bytes` (a call `signal`: `calls.max_signal_bytes`).
     PAYLOAD_TOO_LARGE = 125, "payload_too_large", fatal = false, retry = false;
-    /// Publish rate above `limits.publish_rate` (with `limits.publish_burst`).
+    /// Publish rate above `limits.publish_rate` (with `limits.publish_burst`); call frames
+    /// above `calls.rate` (with `calls.burst`).
     RATE_LIMITED = 126, "rate_limited", fatal = false, retry = true;
     /// A field is out of range (empty message id, id too long, ...).
     BAD_REQUEST = 127, "bad_request", fatal = false, retry = false;
@@ -98,6 +99,30 @@ codes! {
     /// The application's backend disconnected this user (server API `disconnect`); they may
     /// reconnect unless their tokens were revoked too.
     DISCONNECTED = 133, "disconnected", fatal = true, retry = true;
+    /// Calls (docs/calls.md, "Errors"): no such call, or this user is neither its caller nor
+    /// its callee.
+    NOT_PARTICIPANT = 150, "not_participant", fatal = false, retry = false;
+    /// The call has ended.
+    CALL_ENDED = 151, "call_ended", fatal = false, retry = false;
+    /// Only the caller can do this (`cancel`).
+    ONLY_CALLER = 152, "only_caller", fatal = false, retry = false;
+    /// Only the callee can do this (`answer`, `reject`).
+    ONLY_CALLEE = 153, "only_callee", fatal = false, retry = false;
+    /// `answer` from a device that is not ringing for this call.
+    NOT_RINGING = 154, "not_ringing", fatal = false, retry = false;
+    /// The call was already answered (by another device, or before this `cancel`/`reject`).
+    ALREADY_ANSWERED = 155, "already_answered", fatal = false, retry = false;
+    /// `rejoin` while this side is not away.
+    NOT_RECONNECTING = 156, "not_reconnecting", fatal = false, retry = false;
+    /// `answer` or `rejoin` at or after its deadline; the end follows.
+    TIMED_OUT = 157, "timed_out", fatal = false, retry = false;
+    /// A user cannot call themselves.
+    SELF_CALL = 158, "self_call", fatal = false, retry = false;
+    /// Caller and callee are in different tenants.
+    CROSS_TENANT = 159, "cross_tenant", fatal = false, retry = false;
+    /// `signal` while the call is not connected on this device (ringing, reconnecting, or another
+    /// device of this user is in the call).
+    NOT_CONNECTED = 160, "not_connected", fatal = false, retry = false;
 }
 
 impl ErrorCode {

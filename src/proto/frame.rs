@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::call::{CallAction, CallEvent};
 use super::codes::ErrorCode;
 use super::media::{LayerInfo, SpeakerLevel, TrackInfo, TrackKind};
 use super::payload::Payload;
@@ -91,6 +92,9 @@ pub enum ClientFrame {
     /// The STUN and TURN servers this user may use for WebRTC, with fresh TURN credentials:
     /// answered by `ice_servers`.
     IceServers { req: u64 },
+    /// A 1:1 call action (docs/calls.md): `call` is the call's id (empty for `initiate`).
+    /// Answered by `call` with event `ok` (for `initiate`, carrying the new id) or `error`.
+    Call { req: u64, call: String, action: CallAction },
 }
 
 impl ClientFrame {
@@ -110,7 +114,8 @@ impl ClientFrame {
             | ClientFrame::TrackSubscribe { req, .. }
             | ClientFrame::TrackUnsubscribe { req, .. }
             | ClientFrame::TrackMute { req, .. }
-            | ClientFrame::IceServers { req } => Some(*req),
+            | ClientFrame::IceServers { req }
+            | ClientFrame::Call { req, .. } => Some(*req),
             ClientFrame::Hello { .. }
             | ClientFrame::SetStatus { .. }
             | ClientFrame::Activity {}
@@ -181,6 +186,9 @@ pub enum ServerFrame {
     /// Answer to `ice_servers`: entries shaped like WebRTC's `RTCIceServer` (STUN ones without
     /// credentials, TURN ones with), and when the TURN credentials expire (unix seconds).
     IceServers { req: u64, servers: Vec<IceServer>, expires_at: u64 },
+    /// About a 1:1 call: the answer to a `call` request (`req`, event `ok`), or an event of the
+    /// call (`req` 0): its state, ringing, answered elsewhere, the other side's signaling.
+    Call { req: u64, call: String, event: CallEvent },
 }
 
 /// One ICE server entry, the shape of WebRTC's `RTCIceServer`: `username` and `credential` are
@@ -229,6 +237,7 @@ impl ServerFrame {
             | ServerFrame::TrackPublished { req, .. }
             | ServerFrame::TrackOk { req, .. }
             | ServerFrame::IceServers { req, .. }
+            | ServerFrame::Call { req, .. }
             | ServerFrame::Error { req, .. } => Some(*req),
             _ => None,
         }

@@ -3,6 +3,7 @@
 //! Golden byte vectors in `tests/golden/` pin the wire format of both codecs (see
 //! `tests/golden.rs`), so clients in other languages can be written against `docs/protocol.md`.
 
+pub mod call;
 pub mod codec;
 pub mod codes;
 pub mod frame;
@@ -11,6 +12,7 @@ pub mod payload;
 pub mod presence;
 pub mod room;
 
+pub use call::{CallAction, CallEndReason, CallEvent, CallMedia, CallSide, CallState};
 pub use codec::{Codec, DecodeError, EncodeOnce, FrameReader, WireFrame};
 pub use codes::ErrorCode;
 pub use frame::{

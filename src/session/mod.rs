@@ -66,6 +66,10 @@ pub struct SessionContext {
     pub calls: Arc<Calls>,
     /// ICE servers and TURN credentials (`ice_servers`, `GET /v1/ice`).
     pub ice: Arc<crate::ice::IceIssuer>,
+    /// 1:1 calls (`call` frames).
+    pub call_service: Arc<crate::call::CallService>,
+    /// `call` frames per second per connection, and burst.
+    pub call_rate: (u32, u32),
 }
 
 impl SessionContext {
@@ -95,6 +99,8 @@ struct Active {
     /// Shared with the server API's registry of connections.
     identity: Arc<Identity>,
     tenant: Arc<str>,
+    /// The user, tenant-scoped (presence, calls).
+    user: UserKey,
     _slot: ConnectionSlot,
     /// Where the server API's actions reach this connection.
     registration: Registration,
@@ -122,6 +128,7 @@ pub struct Session {
     lanes: HashMap<LaneId, RoomName>,
     publish_bucket: TokenBucket,
     presence_bucket: TokenBucket,
+    call_bucket: TokenBucket,
     /// Where the hub asks for a replay when one of this connection's rooms falls behind.
     catch_up: MailSender<CatchUp>,
     /// Where the server API's actions (disconnect, revoke) reach this connection.
@@ -178,6 +185,8 @@ impl Session {
         let bucket = TokenBucket::new(ctx.limits.publish_rate, ctx.limits.publish_burst, now_ms);
         let (rate, burst) = ctx.presence_rate;
         let presence_bucket = TokenBucket::new(rate, burst, now_ms);
+        let (rate, burst) = ctx.call_rate;
+        let call_bucket = TokenBucket::new(rate, burst, now_ms);
         Session {
             id,
             ctx,
@@ -187,6 +196,7 @@ impl Session {
             lanes: HashMap::new(),
             publish_bucket: bucket,
             presence_bucket,
+            call_bucket,
             catch_up,
             orders,
             jobs: Vec::new(),
@@ -335,6 +345,7 @@ impl Session {
                 (req, self.track_request(lane, req, track, TrackRequest::Mute(muted), now_ms))
             }
             ClientFrame::IceServers { req } => (req, self.ice_servers(lane, req, now_ms)),
+            ClientFrame::Call { req, call, action } => (req, self.call(lane, req, &call, action, now_ms)),
         };
         self.answer(lane, req, result)
     }
@@ -370,8 +381,9 @@ impl Session {
         for (room, joined) in &rooms {
             self.detach(room, joined, now_ms);
         }
-        if self.active.is_some() {
+        if let Some(active) = &self.active {
             self.ctx.awareness.disconnect(self.id, now_ms);
+            self.ctx.call_service.disconnect(&active.user, self.id, now_ms);
         }
         let cursors: Vec<Cursor> =
             self.cursors.drain().map(|(room, position)| Cursor { room, position, updated: now_ms }).collect();
@@ -428,8 +440,9 @@ impl Session {
         let user = UserKey { tenant: tenant.clone(), user: identity.user.as_str().into() };
         let identity = Arc::new(identity);
         let registration = self.ctx.controls.register(identity.clone(), self.id, self.orders.clone());
-        self.active = Some(Active { identity, tenant, _slot: slot, registration });
+        self.active = Some(Active { identity, tenant, user: user.clone(), _slot: slot, registration });
         self.outbox.send(lane, &welcome).map_err(|e| self.push_fatal(e))?;
+        self.ctx.call_service.connect(&user, self.id, self.outbox.clone(), now_ms);
         self.ctx.awareness.connect(user, self.id, self.outbox.clone(), now_ms);
         Ok(())
     }
@@ -650,6 +663,30 @@ impl Session {
         let identity = &self.active()?.identity;
         let (servers, expires_at) = self.ctx.ice.servers(&identity.tenant, &identity.user, now_ms / 1000);
         Ok(self.outbox.reply(lane, &ServerFrame::IceServers { req, servers, expires_at })?)
+    }
+
+    /// A 1:1 call action (`crate::call::service`); answered there, before the events it causes.
+    fn call(
+        &mut self,
+        lane: LaneId,
+        req: u64,
+        call: &str,
+        action: crate::proto::CallAction,
+        now_ms: u64,
+    ) -> Result<(), Failure> {
+        if !self.call_bucket.try_take(now_ms) {
+            return Err(Failure::reject(ErrorCode::RATE_LIMITED, "call frames above calls.rate"));
+        }
+        let active = self.active()?;
+        let who = crate::call::Requester {
+            identity: &active.identity,
+            user: &active.user,
+            device: self.id,
+            outbox: &self.outbox,
+            lane,
+            req,
+        };
+        self.ctx.call_service.act(who, call, action, now_ms).map_err(|err| Failure::reject(err.code(), err.to_string()))
     }
 
     fn cursor(&mut self, room: &str, position: Position) -> Result<(), Failure> {

@@ -65,6 +65,17 @@ MEDIA_LIMIT = 129
 SLOW_CONSUMER = 130
 GOING_AWAY = 131
 IDLE_TIMEOUT = 132
+NOT_PARTICIPANT = 150
+CALL_ENDED = 151
+ONLY_CALLER = 152
+ONLY_CALLEE = 153
+NOT_RINGING = 154
+ALREADY_ANSWERED = 155
+NOT_RECONNECTING = 156
+TIMED_OUT = 157
+SELF_CALL = 158
+CROSS_TENANT = 159
+NOT_CONNECTED = 160
 
 # Field order of every frame (the postcard order; JSON keeps it so encodings are canonical).
 CLIENT_FIELDS = {
@@ -90,6 +101,8 @@ CLIENT_FIELDS = {
     "track_mute": ("req", "track", "muted"),
     # WebRTC (docs/protocol.md, ICE servers).
     "ice_servers": ("req",),
+    # 1:1 calls (docs/protocol.md, Calls (1:1)): `action` is {"<action>": {fields}}.
+    "call": ("req", "call", "action"),
 }
 SERVER_FIELDS = {
     "welcome": ("version", "session", "user", "server_time", "limits"),
@@ -115,6 +128,7 @@ SERVER_FIELDS = {
     "layers_wanted": ("track", "layers"),
     "speakers": ("room", "speakers", "dominant"),
     "ice_servers": ("req", "servers", "expires_at"),
+    "call": ("req", "call", "event"),
 }
 ICE_SERVER_FIELDS = ("urls", "username", "credential")
 PRESENCE_ENTRY_FIELDS = ("user", "status", "custom", "version", "last_seen")
@@ -288,6 +302,8 @@ class _Client:
         self.presence_versions: dict[str, dict[str, int]] = defaultdict(dict)
         self.presence_refreshes: dict[str, dict] = {}
         self.typing_views: dict[str, dict] = {}
+        # 1:1 call events (``call`` frames with req 0), in arrival order.
+        self.call_events: asyncio.Queue = asyncio.Queue()
 
     # -- to implement per transport --------------------------------------------------------
 
@@ -324,6 +340,8 @@ class _Client:
             self._apply_presence(body["room"], body["entry"])
         elif kind == "presence_refresh":
             self.presence_refreshes[body["room"]] = body
+        elif kind == "call" and body["req"] == 0:
+            self.call_events.put_nowait(body)
         elif kind == "typing":
             held = self.typing_views.get(body["room"])
             if held is None or body["version"] >= held["version"]:
@@ -470,6 +488,20 @@ class _Client:
     async def ice_servers(self, timeout: float = DEFAULT_TIMEOUT) -> dict:
         """The STUN and TURN servers with fresh TURN credentials (``ice_servers``)."""
         return await self._request("ice_servers", "ice_servers", None, timeout)
+
+    async def call(self, action: str, call: str = "", timeout: float = DEFAULT_TIMEOUT, **fields) -> str:
+        """A 1:1 call action (docs/calls.md) on the control stream, e.g. ``call("initiate",
+        callee="bob", media="video")`` or ``call("answer", call_id)``; returns the call's id from
+        the ``ok`` answer (raises RelayError)."""
+        body = await self._request("call", "call", None, timeout, call=call, action={action: fields})
+        assert body["event"] == {"ok": {}}, body
+        return body["call"]
+
+    async def next_call_event(self, timeout: float = DEFAULT_TIMEOUT) -> tuple[str, str, dict]:
+        """The next call event: (call id, event name, event fields)."""
+        body = await asyncio.wait_for(self.call_events.get(), timeout)
+        ((name, fields),) = body["event"].items()
+        return body["call"], name, fields
 
     async def refresh(self, token: str, timeout: float = DEFAULT_TIMEOUT) -> dict:
         return await self._request("refresh", "refreshed", None, timeout, token=token)

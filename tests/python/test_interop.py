@@ -59,7 +59,7 @@ class Relay:
         return str(self.data_dir / "dev-cert.pem")
 
     def token(self, sub: str, *rooms: str, tenant: str = TENANT, ttl: str = "1h",
-              join: tuple = (), publish: tuple = ()) -> str:
+              join: tuple = (), publish: tuple = (), call: tuple = ()) -> str:
         """Mint a dev token with the relay's CLI (same data dir, hence the same dev secret)."""
         args = [str(self.binary), "token", "--sub", sub, "--tenant", tenant, "--ttl", ttl]
         for pattern in rooms:
@@ -68,6 +68,8 @@ class Relay:
             args += ["--join", pattern]
         for pattern in publish:
             args += ["--publish", pattern]
+        for pattern in call:
+            args += ["--call", pattern]
         out = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=15,
                              check=True).stdout
         lines = [line.strip() for line in out.splitlines() if line.strip()]
@@ -581,6 +583,48 @@ def test_ice_servers(relay, transport):
             assert turn["username"] == f"{expires_at}:{TENANT}/{user_part}"
             mac = hmac.new(TURN_SECRET.encode(), turn["username"].encode(), hashlib.sha1).digest()
             assert turn["credential"] == base64.b64encode(mac).decode()
+
+    run(main())
+
+
+def test_one_to_one_call(relay):
+    """A 1:1 call written from docs/calls.md alone: Alice (QUIC) calls Bob (WebSocket), Bob's
+    device rings and answers, an offer and an answer pass between them in order, a stranger's
+    signal is refused with ``not_participant``, and Bob hangs up."""
+    alice, bob, eve = unique("alice-"), unique("bob-"), unique("eve-")
+
+    async def main():
+        async with await connect(relay, "quic") as a, await connect(relay, "ws") as b, \
+                await connect(relay, "ws") as e:
+            await a.hello(relay.token(alice, call=("*",)))
+            await b.hello(relay.token(bob, "chat:*"))
+            await e.hello(relay.token(eve, call=("*",)))
+            call = await a.call("initiate", callee=bob, media="video")
+            assert len(call) == 16 and all(c in "0123456789abcdef" for c in call)
+            state = {"caller": alice, "callee": bob, "media": "video", "state": {"ringing": {}}}
+            assert await a.next_call_event() == (call, "state", state)
+            assert await b.next_call_event() == (call, "state", state)
+            assert await b.next_call_event() == (call, "ring", {"caller": alice, "media": "video"})
+            await b.call("answer", call)
+            connected = dict(state, state={"connected": {}})
+            assert await a.next_call_event() == (call, "state", connected)
+            assert await b.next_call_event() == (call, "state", connected)
+            offer = json.dumps({"type": "offer", "sdp": "v=0\r\n"})
+            await a.call("signal", call, data=offer)
+            await a.call("signal", call, data='{"candidate":"c1"}')
+            with pytest.raises(er.RelayError) as refused:
+                await e.call("signal", call, data="intrusion")
+            assert refused.value.code == er.NOT_PARTICIPANT
+            assert await b.next_call_event() == (call, "signal", {"data": offer})
+            assert await b.next_call_event() == (call, "signal", {"data": '{"candidate":"c1"}'})
+            answer = json.dumps({"type": "answer", "sdp": "v=0\r\n"})
+            await b.call("signal", call, data=answer)
+            assert await a.next_call_event() == (call, "signal", {"data": answer})
+            await b.call("hang_up", call)
+            ended = dict(state, state={"ended": {"reason": "hangup", "side": "callee"}})
+            assert await a.next_call_event() == (call, "state", ended)
+            assert await b.next_call_event() == (call, "state", ended)
+            assert e.call_events.empty()
 
     run(main())
 
