@@ -40,6 +40,7 @@
 //! after the end) return an error and emit nothing. `docs/calls.md` is the same for app
 //! developers.
 
+pub mod group;
 pub mod machine;
 pub mod types;
 
@@ -49,5 +50,7 @@ pub use types::{
     Recipient, Side, Timer, TimerKind,
 };
 
+#[cfg(test)]
+mod group_tests;
 #[cfg(test)]
 mod tests;
