@@ -41,6 +41,7 @@
 //! after the end) return an error and emit nothing. `docs/calls.md` is the same for app
 //! developers.
 
+pub mod group;
 pub mod history;
 pub mod machine;
 pub mod quality;
@@ -54,5 +55,7 @@ pub use types::{
     Recipient, Side, Timer, TimerKind,
 };
 
+#[cfg(test)]
+mod group_tests;
 #[cfg(test)]
 mod tests;
