@@ -358,6 +358,10 @@ pub struct CallsConfig {
     /// `call` frames per second per connection (every action, signals included), and burst.
     pub rate: u32,
     pub burst: u32,
+    /// How much call history each user keeps (`[calls.history]`).
+    pub history: CallHistoryConfig,
+    /// Quality report rate and the thresholds of its flags (`[calls.quality]`).
+    pub quality: crate::call::quality::QualityConfig,
 }
 
 impl Default for CallsConfig {
@@ -369,6 +373,8 @@ impl Default for CallsConfig {
             max_signal_bytes: 16 * 1024,
             rate: 20,
             burst: 100,
+            history: CallHistoryConfig::default(),
+            quality: crate::call::quality::QualityConfig::default(),
         }
     }
 }
@@ -530,6 +536,32 @@ impl Default for StoreConfig {
             dedupe_window_secs: 300,
             commit_max_batch: 256,
             commit_linger_us: 2000,
+        }
+    }
+}
+
+/// How much call history each user keeps. It lives where `store.engine` says: the redb file,
+/// memory, or the shared Redis.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallHistoryConfig {
+    /// Calls kept per user; older ones leave the user's list as new ones arrive.
+    pub max_calls_per_user: u64,
+    /// Calls that started longer ago than this are deleted.
+    pub max_age_secs: u64,
+}
+
+impl Default for CallHistoryConfig {
+    fn default() -> Self {
+        CallHistoryConfig { max_calls_per_user: 1000, max_age_secs: 90 * 86_400 }
+    }
+}
+
+impl CallHistoryConfig {
+    pub fn retention(&self) -> crate::call::history::HistoryRetention {
+        crate::call::history::HistoryRetention {
+            max_calls_per_user: self.max_calls_per_user,
+            max_age_ms: self.max_age_secs.saturating_mul(1000),
         }
     }
 }
@@ -839,6 +871,11 @@ impl Config {
             _ => {}
         }
         self.turn.validate()?;
+        self.validate_calls()?;
+        self.validate_auth()
+    }
+
+    fn validate_calls(&self) -> Result<(), ConfigError> {
         let c = &self.calls;
         for (key, value) in [
             ("calls.ring_timeout_ms", c.ring_timeout_ms),
@@ -851,7 +888,18 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0"));
             }
         }
-        self.validate_auth()
+        let h = &self.calls.history;
+        if h.max_calls_per_user == 0 {
+            return Err(invalid("calls.history.max_calls_per_user", "must be greater than 0"));
+        }
+        // Ten years: beyond that, a mistake (and past what a Redis expiry time holds exactly).
+        if !(1..=10 * 366 * 86_400).contains(&h.max_age_secs) {
+            return Err(invalid("calls.history.max_age_secs", "must be in 1..=316224000 (ten years)"));
+        }
+        match self.calls.quality.problem() {
+            Some((key, problem)) => Err(invalid(format!("calls.quality.{key}"), problem)),
+            None => Ok(()),
+        }
     }
 
     fn validate_auth(&self) -> Result<(), ConfigError> {
@@ -1224,6 +1272,23 @@ public_key_file = "/etc/edgerelay/main.pub.pem"
             Err(ConfigError::Invalid { key, .. }) => key,
             other => panic!("expected Invalid, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn call_settings_are_validated_by_key() {
+        let mut c = Config::default();
+        c.calls.history.max_calls_per_user = 0;
+        assert_eq!(invalid_key(&c), "calls.history.max_calls_per_user");
+        let mut c = Config::default();
+        c.calls.history.max_age_secs = 0;
+        assert_eq!(invalid_key(&c), "calls.history.max_age_secs");
+        let mut c = Config::default();
+        c.calls.quality.high_latency_clear_ms = 500.0;
+        assert_eq!(invalid_key(&c), "calls.quality.high_latency_clear_ms");
+        let toml = "[calls.history]\nmax_calls_per_user = 5\n[calls.quality]\nwindow = 4\n";
+        let c: Config = toml::from_str(toml).unwrap();
+        assert_eq!((c.calls.history.max_calls_per_user, c.calls.quality.window), (5, 4));
+        assert_eq!(c.calls.history.retention().max_age_ms, 90 * 86_400_000);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! metrics, the certificate hashes browsers pin, the demo page at `/` and the call page at
 //! `/call/` with the browser client, and the server API application backends call
 //! (`POST /v1/api/publish`, `GET /v1/api/presence/{tenant}/rooms/{room}` and
-//! `GET /v1/api/presence/{tenant}/users/{user}`, bearer key from `api.key`), and the ICE servers
+//! `GET /v1/api/presence/{tenant}/users/{user}`, `GET /v1/api/calls/{tenant}/users/{user}`,
+//! bearer key from `api.key`), and the ICE servers
 //! with TURN credentials for a user (`GET /v1/ice`, bearer: the user's token). With
 //! `listen.admin`, metrics and the server API move to a second listener ([`Routes`]). The TCP
 //! listener speaks TLS when `tls.tcp` says so.
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::call::history::{CallHistory, HistoryCursor, HistoryError};
 use crate::connection::unix_ms;
 use crate::control::{Control, Controls, Revocation, Revoked};
 use crate::engine::{Done, Engine, Publish};
@@ -65,6 +67,8 @@ pub struct HttpState {
     pub api_key_sha256: Option<[u8; 32]>,
     /// Where `disconnect` and `revoke` are applied on this node.
     pub controls: Arc<Controls>,
+    /// Users' calls (`GET /v1/api/calls/...`).
+    pub call_history: Arc<dyn CallHistory>,
 }
 
 /// Which endpoints a listener serves.
@@ -101,6 +105,7 @@ pub fn router(state: Arc<HttpState>, routes: Routes) -> Router {
         .route("/v1/api/presence/{tenant}/rooms/{room}", get(api_room_presence))
         .route("/v1/api/presence/{tenant}/users/{user}", get(api_user_status))
         .route("/v1/api/history", get(api_history))
+        .route("/v1/api/calls/{tenant}/users/{user}", get(api_user_calls))
         .route("/v1/api/disconnect", post(api_disconnect))
         .route("/v1/api/revoke", post(api_revoke));
     let router = match routes {
@@ -656,4 +661,45 @@ async fn api_user_status(
         return response;
     }
     axum::Json(state.awareness.user(&UserKey::new(&tenant, &user))).into_response()
+}
+
+/// `GET /v1/api/calls/{tenant}/users/{user}` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallsQuery {
+    /// A page's `next`, or a time (ms): calls that started before it. The newest when absent.
+    before: Option<String>,
+    /// At most this many (1-200, default 50).
+    limit: Option<usize>,
+}
+
+/// `GET /v1/api/calls/{tenant}/users/{user}`: a page of the user's call history, newest first,
+/// with the cursor of the next page (docs/calls.md, "History").
+async fn api_user_calls(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    Path((tenant, user)): Path<(String, String)>,
+    query: Result<Query<CallsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Some(response) = unauthorized(&state, &headers).or_else(|| bad_tenant(&tenant)) {
+        return response;
+    }
+    let bad = |message: String| api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, message);
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(err) => return bad(err.body_text()),
+    };
+    let before = match query.before.as_deref().map(str::parse::<HistoryCursor>).transpose() {
+        Ok(before) => before,
+        Err(HistoryError::Invalid(message)) => return bad(message),
+        Err(err) => return bad(err.to_string()),
+    };
+    let limit = query.limit.unwrap_or(50);
+    match state.call_history.list(&UserKey::new(&tenant, &user), before, limit, unix_ms()).await {
+        Ok(page) => axum::Json(page).into_response(),
+        Err(HistoryError::Invalid(message)) => bad(message),
+        Err(HistoryError::Store(err)) => {
+            api_error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::STORE_UNAVAILABLE, err.to_string())
+        }
+    }
 }

@@ -91,6 +91,8 @@ pub const MEDIA_FRAMES_IN_TOTAL: &str = "edgerelay_media_frames_in_total";
 /// Media groups dropped for a subscriber, by reason (`stale`: a newer group started; `full`:
 /// its media queue was full).
 pub const MEDIA_GROUPS_CANCELLED_TOTAL: &str = "edgerelay_media_groups_cancelled_total";
+/// Layer probes for subscribers (docs/media.md), by outcome.
+pub const MEDIA_PROBES_TOTAL: &str = "edgerelay_media_probes_total";
 /// 1:1 calls placed on this node (counter).
 pub const CALLS_STARTED_TOTAL: &str = "edgerelay_calls_started_total";
 /// 1:1 calls ended, by `reason` (docs/calls.md; `missed` for an unanswered call) (counter).
@@ -228,6 +230,9 @@ fn register() {
     }
     for reason in ["stale", "full"] {
         metrics::counter!(MEDIA_GROUPS_CANCELLED_TOTAL, "reason" => reason).absolute(0);
+    }
+    for outcome in ["started", "succeeded", "failed", "abandoned"] {
+        metrics::counter!(MEDIA_PROBES_TOTAL, "outcome" => outcome).absolute(0);
     }
     for name in [
         PUBLISHES_TOTAL,

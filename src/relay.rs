@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Signer, Verifier};
+use crate::call::history::{CallHistory, EmbeddedCallHistory, MemoryCallHistory, RedisCallHistory};
 use crate::config::{Config, LimitsConfig, StoreEngine};
 use crate::connection::{ConnectionContext, unix_ms};
 use crate::control::{Control, Controls};
@@ -159,7 +160,7 @@ impl Relay {
         let stop = CancellationToken::new();
         let drain = CancellationToken::new();
         let hub = Arc::new(Hub::new(config.hub.shards, config.hub.room_idle_ttl_secs.saturating_mul(1000)));
-        let (engine, records) = start_engine(&config, hub.clone()).await?;
+        let (engine, records, call_history) = start_engine(&config, hub.clone()).await?;
         let awareness = Arc::new(Awareness::new(&config.presence, records));
         let controls = Arc::new(Controls::default());
         // Other nodes' actions; the revocations in force are already queued: apply them now,
@@ -171,7 +172,8 @@ impl Relay {
             }
         }
         let calls = Arc::new(Calls::new(config.media.clone(), hub.clone()));
-        let call_service = Arc::new(crate::call::CallService::local(&config.calls));
+        let (call_records, call_records_rx) = tokio::sync::mpsc::unbounded_channel();
+        let call_service = Arc::new(crate::call::CallService::local(&config.calls).with_history(call_records));
         let session_ctx = Arc::new(SessionContext {
             hub: hub.clone(),
             engine: engine.clone(),
@@ -202,6 +204,7 @@ impl Relay {
             engine: engine.clone(),
             api_key_sha256: config.api.key.as_deref().map(|key| tls::sha256(key.as_bytes())),
             controls: controls.clone(),
+            call_history: call_history.clone(),
         });
 
         services.spawn(transport::quic::serve(endpoint.clone(), conn_ctx, connections.clone(), stop.clone()));
@@ -222,6 +225,7 @@ impl Relay {
         services.spawn(presence_ticks(awareness.clone(), tick, stop.clone()));
         services.spawn(media_ticks(calls, stop.clone()));
         services.spawn(call_service.run_timers(unix_ms, stop.clone()));
+        services.spawn(crate::call::service::write_history(call_history, call_records_rx, unix_ms, stop.clone()));
         services.spawn(sweep_rooms(hub.clone(), engine.clone(), stop.clone()));
         if let Some(link) = engine.share_presence() {
             awareness.share(link.local.clone());
@@ -297,6 +301,11 @@ impl Relay {
 
     pub fn tcp_addr(&self) -> SocketAddr {
         self.tcp_addr
+    }
+
+    /// Where calls are recorded (the store `store.engine` names), and the server API reads them.
+    pub fn call_history(&self) -> Arc<dyn CallHistory> {
+        self.http.call_history.clone()
     }
 
     /// The admin listener (`listen.admin`: metrics and the server API), when configured.
@@ -654,8 +663,9 @@ async fn sweep_rooms(hub: Arc<Hub>, engine: Arc<dyn Engine>, stop: CancellationT
     }
 }
 
-/// The history engine and presence's user records, which live in the same store.
-type Stores = (Arc<dyn Engine>, Arc<dyn UserRecords>);
+/// The history engine, presence's user records and the call history, which live in the same
+/// store.
+type Stores = (Arc<dyn Engine>, Arc<dyn UserRecords>, Arc<dyn CallHistory>);
 
 /// Opens the configured history store and starts the engine.
 async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayError> {
@@ -670,11 +680,18 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
         }
         Ok::<_, RelayError>(Arc::new(history))
     };
-    let (history, records): (Arc<dyn History>, Arc<dyn UserRecords>) = match st.engine {
-        StoreEngine::Memory => (Arc::new(MemoryHistory::new()), Arc::new(MemoryRecords::default())),
+    let calls_retention = config.calls.history.retention();
+    let store_err = |error| RelayError::Store { path: config.history_path(), error };
+    let (history, records, calls): (Arc<dyn History>, Arc<dyn UserRecords>, Arc<dyn CallHistory>) = match st.engine {
+        StoreEngine::Memory => (
+            Arc::new(MemoryHistory::new()),
+            Arc::new(MemoryRecords::default()),
+            Arc::new(MemoryCallHistory::new(calls_retention)),
+        ),
         StoreEngine::Embedded => {
             let history = open_embedded()?;
-            (history.clone(), Arc::new(StoredRecords::new(history)))
+            let calls = EmbeddedCallHistory::new(history.clone(), calls_retention).map_err(store_err)?;
+            (history.clone(), Arc::new(StoredRecords::new(history)), Arc::new(calls))
         }
         StoreEngine::Redis => {
             let r = &config.redis;
@@ -693,9 +710,10 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
             let engine = RedisEngine::connect(redis_config, hub)
                 .await
                 .map_err(|error| RelayError::Redis { url: crate::engine::redacted(&r.url), error })?;
-            // Users' last-seen records stay in this node's embedded store.
+            // Users' last-seen records stay in this node's embedded store; calls are shared.
             let records = Arc::new(StoredRecords::new(open_embedded()?));
-            return Ok((Arc::new(engine), records));
+            let calls = Arc::new(RedisCallHistory::new(engine.client(), &r.prefix, calls_retention));
+            return Ok((Arc::new(engine), records, calls));
         }
     };
     let engine_config = LocalEngineConfig {
@@ -706,9 +724,9 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
         idle_ttl_ms: config.hub.room_idle_ttl_secs.saturating_mul(1000),
         shards: config.hub.shards,
     };
-    let engine = LocalEngine::start(engine_config, history, hub)
-        .map_err(|e| RelayError::Store { path: config.history_path(), error: crate::store::StoreError::backend(e) })?;
-    Ok((Arc::new(engine), records))
+    let engine =
+        LocalEngine::start(engine_config, history, hub).map_err(|e| store_err(crate::store::StoreError::backend(e)))?;
+    Ok((Arc::new(engine), records, calls))
 }
 
 /// What the dev certificate's rotation swaps the certificate in.

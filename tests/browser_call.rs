@@ -15,15 +15,14 @@
 mod browser;
 mod common;
 
-use browser::Browser;
+use browser::{Browser, CALL_FLAGS, decoded};
 use common::{TestRelay, start};
 use serde_json::{Value, json};
 
 const ROOM: &str = "call:standup";
 
 fn call_url(relay: &TestRelay, user: &str) -> String {
-    let token = relay.token(user, "acme", &["call:*"]);
-    format!("http://127.0.0.1:{}/call/#token={token}&room={ROOM}", relay.relay.tcp_addr().port())
+    browser::call_url(relay, user, ROOM)
 }
 
 /// Every page's camera layers somebody receives (`layers_wanted`), as the page last heard.
@@ -37,19 +36,6 @@ async fn wanted_everywhere(browser: &mut Browser, pages: &[(&str, String)], want
 /// `window.callStats()` of a page.
 async fn stats(browser: &mut Browser, page: &str) -> Value {
     browser.eval(page, "callStats()").await
-}
-
-/// Waits until `page` decoded at least `video` video and `audio` audio frames from each of
-/// `others`; returns its stats.
-async fn decoded(browser: &mut Browser, page: &str, others: &[&str], video: u64, audio: u64) -> Value {
-    let checks: Vec<String> = others
-        .iter()
-        .map(|o| {
-            format!("(s.tiles[{o:?}]?.videoFrames ?? 0) >= {video} && (s.tiles[{o:?}]?.audioFrames ?? 0) >= {audio}")
-        })
-        .collect();
-    let expression = format!("(s => ({}) && s)(callStats())", checks.join(" && "));
-    browser.wait_for(page, &expression).await
 }
 
 /// Waits until every page sees `speaker` as the dominant speaker, with its tile highlighted and
@@ -85,16 +71,7 @@ async fn click(browser: &mut Browser, page: &str, button: &str) {
 #[tokio::test]
 async fn three_chromium_pages_call_each_other_a_late_joiner_renders_at_once_and_the_speaker_is_highlighted() {
     let relay = start().await;
-    let mut browser = Browser::launch_with(&[
-        "--use-fake-device-for-media-stream",
-        "--use-fake-ui-for-media-stream",
-        "--autoplay-policy=no-user-gesture-required",
-        // Every page is a background tab of one browser: keep them all running at full speed.
-        "--disable-background-timer-throttling",
-        "--disable-renderer-backgrounding",
-        "--disable-backgrounding-occluded-windows",
-    ])
-    .await;
+    let mut browser = Browser::launch_with(&CALL_FLAGS).await;
 
     let users = ["alice", "bob", "carol"];
     let mut pages: Vec<(&str, String)> = Vec::new();

@@ -31,7 +31,7 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine as _;
-use browser::Browser;
+use browser::{Browser, CALL_FLAGS};
 use common::{TestRelay, http_request, start_with, within};
 use edgerelay::testing::TurnServer;
 use serde_json::{Value, json};
@@ -41,12 +41,7 @@ const SECRET: &str = "edgerelay-webrtc-test-secret";
 const API_KEY: &str = "webrtc-test-api-key-0123456789";
 
 async fn launch() -> Browser {
-    Browser::launch_with(&[
-        "--use-fake-device-for-media-stream",
-        "--use-fake-ui-for-media-stream",
-        "--autoplay-policy=no-user-gesture-required",
-    ])
-    .await
+    Browser::launch_with(&CALL_FLAGS).await
 }
 
 /// The demo page for `user`, joined to [`ROOM`]; `extra` is appended to the fragment.

@@ -357,3 +357,71 @@ async fn call_frames_are_rate_limited_per_connection() {
     }
     assert!(limited > 0, "no call frame was rate limited");
 }
+
+/// Every call lands in both users' call history (server API), at its start and with its end: a
+/// rejected call and a call hung up after the answer, newest first, with who did what.
+#[tokio::test]
+async fn calls_are_recorded_in_both_users_history() {
+    const KEY: &str = "calls-history-test-api-key";
+    let relay = start_with(|c| c.api.key = Some(KEY.into())).await;
+    let (mut alice, mut bob1, mut bob2) = alice_and_bob(&relay, MIXES[0].0, MIXES[0].1).await;
+    let history = |user: &'static str| {
+        let relay = &relay;
+        async move {
+            let auth = format!("Bearer {KEY}");
+            let path = format!("/v1/api/calls/acme/users/{user}");
+            let (status, body) =
+                common::http_request(relay.relay.tcp_addr(), "GET", &path, &[("authorization", &auth)], "").await;
+            assert_eq!(status, 200, "{body}");
+            serde_json::from_str::<serde_json::Value>(&body).expect("JSON")["calls"].as_array().expect("calls").clone()
+        }
+    };
+
+    let rejected = ring_bob(&mut alice, &mut bob1, &mut bob2, CallMedia::Audio).await;
+    // Ringing: recorded at its start, not ended yet.
+    let calls = within("the ringing call recorded", async {
+        loop {
+            let calls = history("bob").await;
+            if !calls.is_empty() {
+                return calls;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(calls[0]["id"], rejected.as_str());
+    assert!(calls[0]["reason"].is_null(), "{calls:?}");
+    within("reject", bob2.call_action(&rejected, CallAction::Reject {})).await.expect("rejected");
+    until_ended(&mut alice, &rejected).await;
+    until_ended(&mut bob1, &rejected).await;
+    until_ended(&mut bob2, &rejected).await;
+
+    let talked = connected_call(&mut alice, &mut bob1, &mut bob2).await;
+    within("hang up", bob1.call_hang_up(&talked)).await.expect("hung up");
+    until_ended(&mut alice, &talked).await;
+
+    let want = |calls: &[serde_json::Value]| {
+        calls.len() == 2 && calls[0]["id"] == talked.as_str() && !calls[0]["reason"].is_null()
+    };
+    for user in ["alice", "bob"] {
+        let calls = within("both calls recorded", async {
+            loop {
+                let calls = history(user).await;
+                if want(&calls) {
+                    return calls;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert_eq!(calls[0]["reason"], "hangup", "{user}: {calls:?}");
+        assert_eq!(calls[0]["by"], "callee", "{user}: {calls:?}");
+        assert_eq!(calls[0]["media"], "video");
+        assert_eq!(calls[1]["id"], rejected.as_str());
+        assert_eq!(calls[1]["reason"], "rejected", "{user}: {calls:?}");
+        assert_eq!(calls[1]["media"], "audio");
+        let users: Vec<&str> =
+            calls[0]["participants"].as_array().unwrap().iter().map(|p| p["user"].as_str().unwrap()).collect();
+        assert_eq!(users, ["alice", "bob"]);
+    }
+}

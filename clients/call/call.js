@@ -7,7 +7,9 @@
 //
 // URL fragment: `token`, `room` (default `call:lobby`), `layers` (how many simulcast layers to
 // send, 1-2, default 2), `maxLayer` (the highest layer to receive, default the best; 0 for
-// the smallest, as on a slow link), `cert` (base64 certificate hashes to pin instead of `/v1/cert`'s).
+// the smallest, as on a slow link), `cert` (base64 certificate hashes to pin instead of `/v1/cert`'s),
+// `wtPort` (the UDP port to reach the relay's WebTransport at instead of `/v1/endpoints`' one,
+// e.g. a proxy in front of it).
 //
 // Sending follows the relay's rules: every video group starts at a keyframe (one every 2 s, and
 // at once on `keyframe_request`); an audio group is 5 Opus frames; each frame carries the RFC 6464
@@ -35,6 +37,10 @@ const SEND_ORDER_AUDIO = 100;
 const sendOrderVideo = (layer) => 50 - layer;
 // Remote audio is scheduled this far ahead, to absorb jitter.
 const AUDIO_LEAD_S = 0.06;
+// The Opus frame length this page sends; received audio is checked for gaps against it.
+const AUDIO_FRAME_US = 20_000;
+// A jump in received audio timestamps longer than this is a pause (a muted microphone), not loss.
+const AUDIO_PAUSE_US = 1_000_000;
 
 /** Everything the page knows, and what tests read. */
 const call = {
@@ -62,6 +68,7 @@ window.callStats = () => {
     tiles[user] = {
       videoFrames: tile.videoFrames,
       audioFrames: tile.audioFrames,
+      audioGapFrames: tile.audioGapFrames,
       videoLayer: tile.videoLayer,
       videoSize: tile.canvas.width ? `${tile.canvas.width}x${tile.canvas.height}` : null,
       joinToFirstFrameMs: tile.joinToFirstFrameMs,
@@ -160,6 +167,9 @@ function remoteTile(user) {
     needKey: true,
     videoFrames: 0,
     audioFrames: 0,
+    // Audio frames missing between those received (a gap heard), net of late ones filling in.
+    audioGapFrames: 0,
+    lastAudioUs: null,
     videoLayer: null,
     subscribedAt: null,
     joinToFirstFrameMs: null,
@@ -308,9 +318,23 @@ function onMedia({ detail: event }) {
   const { info, tile } = entry;
   if (info.kind === "video") onVideo(tile, event);
   else if (info.kind === "audio" && event.type === "frame") {
+    countAudioGap(tile, event.timestampUs);
     const decoder = audioDecoder(tile);
     decoder.decode(new EncodedAudioChunk({ type: "key", timestamp: event.timestampUs, data: event.payload }));
   }
+}
+
+/** Counts audio frames missing between the received ones (groups travel on their own streams,
+ * so a late frame may fill a gap counted before). */
+function countAudioGap(tile, timestampUs) {
+  const last = tile.lastAudioUs;
+  if (last !== null && timestampUs < last) {
+    if (tile.audioGapFrames > 0) tile.audioGapFrames -= 1;
+    return;
+  }
+  const jump = last === null ? 0 : timestampUs - last;
+  if (jump > 1.5 * AUDIO_FRAME_US && jump < AUDIO_PAUSE_US) tile.audioGapFrames += Math.round(jump / AUDIO_FRAME_US) - 1;
+  tile.lastAudioUs = timestampUs;
 }
 
 function onVideo(tile, event) {
@@ -642,6 +666,7 @@ async function join(token, room) {
   resumeAudio();
 
   const endpoints = await fetch("/v1/endpoints").then((r) => r.json());
+  if (params.get("wtPort")) endpoints.webtransport_port = Number(params.get("wtPort"));
   const client = new EdgeRelay({
     token,
     transport: "webtransport",

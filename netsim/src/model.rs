@@ -159,6 +159,12 @@ impl LinkModel {
         &self.config
     }
 
+    /// Changes the link from now on (a path that gets congested or frees up). Packets already
+    /// in the bottleneck queue keep their departure times; the loss chain keeps its state.
+    pub fn set_config(&mut self, config: LinkConfig) {
+        self.config = config;
+    }
+
     /// Decides the fate of a packet of `len` bytes offered at `now`.
     pub fn decide(&mut self, now: Duration, len: usize) -> Fate {
         if self.blackouts.active(now).is_some() {

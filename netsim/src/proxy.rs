@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::delay;
-use crate::model::{DropReason, Fate, LinkModel};
+use crate::model::{DropReason, Fate, LinkConfig, LinkModel};
 use crate::profile::Profile;
 use crate::stats::{Counters, DirectionCounters, Stats};
 use crate::{tcp, udp};
@@ -74,13 +74,15 @@ pub enum ProxyError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("rebinding needs a new upstream socket: {0}")]
     Rebind(std::io::Error),
-    #[error("only a UDP proxy can rebind")]
+    #[error("only a UDP proxy can rebind or change its links")]
     NotUdp,
 }
 
 /// State every proxy task shares: the clock, the manual blackout switch, counters, tasks.
 pub(crate) struct Core {
     pub(crate) profile: Profile,
+    /// The links new flows get: the profile's, until [`Proxy::set_links`] changes them.
+    links: std::sync::Mutex<(LinkConfig, LinkConfig)>,
     pub(crate) seed: u64,
     start: Instant,
     blackout: watch::Sender<bool>,
@@ -92,6 +94,7 @@ pub(crate) struct Core {
 impl Core {
     pub(crate) fn new(profile: Profile, seed: u64) -> Core {
         Core {
+            links: std::sync::Mutex::new((profile.up.clone(), profile.down.clone())),
             profile,
             seed,
             start: Instant::now(),
@@ -136,10 +139,11 @@ impl Core {
     /// The models for flow number `n`: (up, down), each with its own seed derived from the
     /// proxy's.
     pub(crate) fn models(&self, n: u64) -> (LinkModel, LinkModel) {
-        let p = &self.profile;
+        let (up, down) = lock(&self.links).clone();
+        let blackouts = &self.profile.blackouts;
         (
-            LinkModel::new(p.up.clone(), p.blackouts.clone(), splitmix(self.seed ^ (2 * n))),
-            LinkModel::new(p.down.clone(), p.blackouts.clone(), splitmix(self.seed ^ (2 * n + 1))),
+            LinkModel::new(up, blackouts.clone(), splitmix(self.seed ^ (2 * n))),
+            LinkModel::new(down, blackouts.clone(), splitmix(self.seed ^ (2 * n + 1))),
         )
     }
 
@@ -231,6 +235,15 @@ impl Proxy {
     pub fn rebind(&self) -> Result<usize, ProxyError> {
         let flows = self.udp.as_ref().ok_or(ProxyError::NotUdp)?;
         flows.rebind_all(&self.core)
+    }
+
+    /// Changes both directions of every UDP flow, and of flows to come, from now on: a path
+    /// that gets congested or frees up in the middle of a run (the profile's blackouts and
+    /// rebinds stay). Returns how many flows changed.
+    pub fn set_links(&self, up: LinkConfig, down: LinkConfig) -> Result<usize, ProxyError> {
+        let flows = self.udp.as_ref().ok_or(ProxyError::NotUdp)?;
+        *lock(&self.core.links) = (up.clone(), down.clone());
+        Ok(flows.set_links(&up, &down))
     }
 
     /// Starts or ends a blackout on top of the profile's schedule. UDP packets are dropped;

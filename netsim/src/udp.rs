@@ -16,7 +16,7 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use crate::delay;
-use crate::model::LinkModel;
+use crate::model::{LinkConfig, LinkModel};
 use crate::proxy::{Core, ProxyError, lock};
 
 /// Largest datagram the proxy reads.
@@ -123,6 +123,16 @@ impl Flows {
             flow.rebind(core, self.upstream).map_err(ProxyError::Rebind)?;
         }
         Ok(flows.len())
+    }
+
+    /// Gives every flow new links (see [`crate::Proxy::set_links`]); returns how many.
+    pub(crate) fn set_links(&self, up: &LinkConfig, down: &LinkConfig) -> usize {
+        let flows: Vec<Arc<Flow>> = lock(&self.map).values().cloned().collect();
+        for flow in &flows {
+            lock(&flow.up).set_config(up.clone());
+            lock(&flow.down).set_config(down.clone());
+        }
+        flows.len()
     }
 
     /// Forgets flows idle for longer than [`FLOW_IDLE`].

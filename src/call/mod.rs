@@ -41,7 +41,10 @@
 //! after the end) return an error and emit nothing. `docs/calls.md` is the same for app
 //! developers.
 
+pub mod group;
+pub mod history;
 pub mod machine;
+pub mod quality;
 pub mod service;
 pub mod types;
 
@@ -52,5 +55,7 @@ pub use types::{
     Recipient, Side, Timer, TimerKind,
 };
 
+#[cfg(test)]
+mod group_tests;
 #[cfg(test)]
 mod tests;

@@ -26,9 +26,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::history::{CallHistory, CallRecord};
 use super::machine::Call;
 use super::types::{
     CallConfig, CallError, CallId, CallState, EndReason, Event, EventKind, Initiate, Media, Output, Recipient, Side,
@@ -203,6 +204,9 @@ pub struct CallService {
     machine: CallConfig,
     max_signal_bytes: u32,
     route: Arc<dyn CallRoute>,
+    /// Where each change's record goes, in order, for the call history (one writer task:
+    /// [`write_history`]).
+    history: Option<mpsc::UnboundedSender<CallRecord>>,
     registry: Mutex<Registry>,
     /// Wakes the timer task when a deadline is added.
     wake: Notify,
@@ -218,6 +222,7 @@ impl CallService {
             },
             max_signal_bytes: config.max_signal_bytes,
             route,
+            history: None,
             registry: Mutex::new(Registry::default()),
             wake: Notify::new(),
         }
@@ -226,6 +231,13 @@ impl CallService {
     /// With this node's devices only.
     pub fn local(config: &CallsConfig) -> CallService {
         CallService::new(config, Arc::new(LocalRoute::default()))
+    }
+
+    /// Records every call, at its start, each change and its end, through `to` (see
+    /// [`write_history`]).
+    pub fn with_history(mut self, to: mpsc::UnboundedSender<CallRecord>) -> CallService {
+        self.history = Some(to);
+        self
     }
 
     fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -363,6 +375,12 @@ impl CallService {
         for event in &out.events {
             self.deliver(&entry.call, event);
         }
+        if let Some(history) = &self.history
+            && !out.events.is_empty()
+        {
+            // The writer is gone only at shutdown.
+            let _ = history.send(CallRecord::one_to_one(&entry.call.summary()));
+        }
         let mut deadlines: Vec<u64> = out.timers.iter().map(|t| t.at_ms).collect();
         if entry.call.is_ended() {
             // Only a successful input of a live call gets here, so this runs once per call.
@@ -440,6 +458,37 @@ impl CallService {
     /// Calls held here that have not ended.
     pub fn active(&self) -> usize {
         self.registry().calls.values().filter(|e| !e.call.is_ended()).count()
+    }
+}
+
+/// Writes the call service's records to the history in the order they were made (a call's later
+/// record replaces its earlier one, so order matters), until `stop`; then what is already queued.
+/// A write that fails is logged and dropped: the next change of the call writes it whole again.
+pub async fn write_history(
+    history: Arc<dyn CallHistory>,
+    mut records: mpsc::UnboundedReceiver<CallRecord>,
+    clock: fn() -> u64,
+    stop: CancellationToken,
+) {
+    loop {
+        let record = tokio::select! {
+            _ = stop.cancelled() => break,
+            record = records.recv() => match record {
+                Some(record) => record,
+                None => return,
+            },
+        };
+        write_record(&*history, record, clock()).await;
+    }
+    while let Ok(record) = records.try_recv() {
+        write_record(&*history, record, clock()).await;
+    }
+}
+
+async fn write_record(history: &dyn CallHistory, record: CallRecord, now_ms: u64) {
+    let id = record.id;
+    if let Err(err) = history.record(record, now_ms).await {
+        tracing::warn!(call = %id, %err, "call history: record not written");
     }
 }
 

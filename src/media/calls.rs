@@ -25,6 +25,7 @@ use super::cache::GroupCache;
 use super::dynacast::Dynacast;
 use super::forwarder::{Forwarder, Verdict};
 use super::out::MediaOut;
+use super::probe::Outcome;
 use super::queue::GroupKey;
 use super::speaker::SpeakerDetector;
 use super::{MAX_LAYERS, TrackId, TrackKind, priority};
@@ -372,15 +373,13 @@ impl Calls {
         let mut t = lock(&handle);
         let Track { info, subscribers, .. } = &mut *t;
         let sub = subscribers.entry(id).or_insert_with(|| Subscription {
-            forwarder: Forwarder::new(&info.layers, max_layer),
+            forwarder: Forwarder::new(&info.layers, max_layer, now_ms),
             member,
             out: out.clone(),
             forwarding: None,
             next_group: 1,
         });
-        if let Some(budget) = out.budget() {
-            sub.forwarder.set_budget(budget, now_ms);
-        }
+        sub.forwarder.observe(out.path(), now_ms);
         sub.forwarder.set_request(max_layer, paused, now_ms);
         if paused && sub.forwarding.take().is_some() {
             out.end_track(track);
@@ -425,8 +424,8 @@ impl Calls {
         Ok(GroupIn { track: handle, layer: header.layer, group: header.group })
     }
 
-    /// The periodic decisions (every [`TICK_MS`]): budgets from the transports, keyframe
-    /// requests, dynacast, speakers.
+    /// The periodic decisions (every [`TICK_MS`]): layers from the transports' path readings
+    /// (and probes above them), keyframe requests, dynacast, speakers.
     pub fn tick(&self, now_ms: u64) {
         let (tracks, rooms): (Vec<_>, Vec<_>) = {
             let registry = lock(&self.registry);
@@ -438,11 +437,22 @@ impl Calls {
             let mut t = lock(&handle);
             let Track { info, subscribers, dynacast, publisher, .. } = &mut *t;
             let mut keyframes = 0u8;
+            let mut failed = Vec::new();
             for (sub_id, sub) in subscribers.iter_mut() {
-                if let Some(budget) = sub.out.budget() {
-                    sub.forwarder.set_budget(budget, now_ms);
-                    dynacast.set(*sub_id, sub.forwarder.target(), sub.forwarder.current());
+                sub.forwarder.observe(sub.out.path(), now_ms);
+                if let Some(outcome) = sub.forwarder.probe_outcome() {
+                    count_probe(outcome);
+                    // A failed layer's group in flight is what congests the path: reset it now,
+                    // and restart from the target layer's cached group (a keyframe).
+                    if outcome == Outcome::Failed
+                        && sub.forwarder.drop_failed_layer()
+                        && let Some(f) = sub.forwarding.take()
+                    {
+                        sub.out.cancel(GroupKey { track: info.track, group: f.sub_group });
+                        failed.push(*sub_id);
+                    }
                 }
+                dynacast.set(*sub_id, sub.forwarder.target(), sub.forwarder.current());
                 if let Some(layer) = sub.forwarder.keyframe_needed(now_ms) {
                     keyframes |= 1 << layer;
                 }
@@ -452,6 +462,10 @@ impl Calls {
                     publisher.send(&ServerFrame::KeyframeRequest { track: info.track, layer });
                 }
             }
+            for id in failed {
+                t.offer_cached(id, now_ms);
+            }
+            let Track { info, dynacast, publisher, .. } = &mut *t;
             if let Some(layers) = dynacast.update(now_ms) {
                 publisher.send(&ServerFrame::LayersWanted { track: info.track, layers });
             }
@@ -473,6 +487,16 @@ impl Calls {
             self.hub.broadcast(&key, &frame);
         }
     }
+}
+
+fn count_probe(outcome: Outcome) {
+    let outcome = match outcome {
+        Outcome::Started => "started",
+        Outcome::Succeeded => "succeeded",
+        Outcome::Failed => "failed",
+        Outcome::Abandoned => "abandoned",
+    };
+    metrics::counter!(crate::metrics::MEDIA_PROBES_TOTAL, "outcome" => outcome).increment(1);
 }
 
 /// What a track may send: `media.max_bitrate` per layer it announced, averaged over up to

@@ -15,8 +15,15 @@
 //!   for a keyframe of it (the relay passes the request to the publisher, at most once per
 //!   [`KEYFRAME_REPEAT_MS`]).
 //!
+//! The estimate alone never climbs back after a step down (a connection sending less than its
+//! window allows does not grow it), so the target may be one layer above the estimate while a
+//! [`Probe`] tries it (see [`super::probe`]). Hysteresis keeps a layer from flapping on a noisy
+//! estimate: a layer is climbed to when its bitrate fits [`HEADROOM`] of the budget, and left
+//! only when it no longer fits the whole budget.
+//!
 //! Audio has one layer and is forwarded whole unless the subscriber paused it.
 
+use super::probe::{Outcome, PathState, Probe};
 use super::{LayerInfo, MAX_LAYERS};
 
 /// How long a switch may wait for the target layer's next group before a keyframe is requested.
@@ -25,8 +32,9 @@ pub const KEYFRAME_WAIT_MS: u64 = 300;
 /// Least time between two keyframe requests for the same subscriber and track.
 pub const KEYFRAME_REPEAT_MS: u64 = 1000;
 
-/// Share of the bandwidth budget a layer's bitrate may use; the rest absorbs bursts (keyframes
-/// are several times the average frame) and the subscriber's other tracks' variations.
+/// Share of the bandwidth budget a layer's bitrate may use to be climbed to; the rest absorbs
+/// bursts (keyframes are several times the average frame) and the subscriber's other tracks'
+/// variations. The layer received now, and those below it, are kept up to the whole budget.
 pub const HEADROOM: f64 = 0.85;
 
 /// The verdict on one group for one subscriber.
@@ -53,11 +61,12 @@ pub struct Forwarder {
     /// Since when the current layer differs from the target (ms).
     waiting_since: Option<u64>,
     last_keyframe_request: Option<u64>,
+    probe: Probe,
 }
 
 impl Forwarder {
     /// A forwarder for a track with `layers` (at most [`MAX_LAYERS`]; an audio track has one).
-    pub fn new(layers: &[LayerInfo], max_layer: u8) -> Forwarder {
+    pub fn new(layers: &[LayerInfo], max_layer: u8, now_ms: u64) -> Forwarder {
         let bitrates: Vec<u32> = layers.iter().take(MAX_LAYERS).map(|l| l.bitrate).collect();
         let mut forwarder = Forwarder {
             bitrates,
@@ -68,8 +77,9 @@ impl Forwarder {
             target: 0,
             waiting_since: None,
             last_keyframe_request: None,
+            probe: Probe::new(now_ms),
         };
-        forwarder.retarget(0);
+        forwarder.retarget(now_ms);
         forwarder
     }
 
@@ -96,17 +106,49 @@ impl Forwarder {
 
     /// The bandwidth this track may use on the subscriber's link, bits per second.
     pub fn set_budget(&mut self, bits_per_second: u64, now_ms: u64) {
-        self.budget = Some(bits_per_second);
+        self.observe(PathState { budget: Some(bits_per_second), congested_at: None }, now_ms);
+    }
+
+    /// The subscriber connection's path (budget and congestion); called periodically, which
+    /// also moves a probe along.
+    pub fn observe(&mut self, path: PathState, now_ms: u64) {
+        if path.budget.is_some() {
+            self.budget = path.budget;
+        }
+        if let Some(at) = path.congested_at {
+            self.probe.congestion(at);
+        }
         self.retarget(now_ms);
+    }
+
+    /// What the last probe did, once (for metrics).
+    pub fn probe_outcome(&mut self) -> Option<Outcome> {
+        self.probe.take_outcome()
+    }
+
+    /// A layer tried failed: the subscriber stops receiving it at once instead of at the next
+    /// group of the target layer (its group in flight is what congests the path). Returns
+    /// whether the current layer was dropped; the next group at or below the target is taken.
+    pub fn drop_failed_layer(&mut self) -> bool {
+        let above = self.current.is_some_and(|current| current > self.target);
+        if above {
+            self.current = None;
+        }
+        above
     }
 
     fn retarget(&mut self, now_ms: u64) {
         let top = self.bitrates.len().saturating_sub(1).min(usize::from(self.max_layer));
+        let current = self.current.map(usize::from);
         let affordable = |layer: usize| match (self.budget, self.bitrates.get(layer)) {
-            (Some(budget), Some(&bitrate)) => f64::from(bitrate) <= budget as f64 * HEADROOM,
+            (Some(budget), Some(&bitrate)) => {
+                let share = if current.is_some_and(|c| layer <= c) { 1.0 } else { HEADROOM };
+                f64::from(bitrate) <= budget as f64 * share
+            }
             _ => layer == 0,
         };
-        let target = (0..=top).rev().find(|&layer| affordable(layer)).unwrap_or(0) as u8;
+        let estimate = (0..=top).rev().find(|&layer| affordable(layer)).unwrap_or(0) as u8;
+        let target = if self.paused { estimate } else { self.probe.target(estimate, top as u8, self.current, now_ms) };
         if target != self.target || self.waiting_since.is_none() {
             self.target = target;
             self.waiting_since = (!self.paused && self.current != Some(target)).then_some(now_ms);
@@ -163,7 +205,7 @@ mod tests {
     }
 
     fn video(max_layer: u8) -> Forwarder {
-        Forwarder::new(&simulcast(), max_layer)
+        Forwarder::new(&simulcast(), max_layer, 0)
     }
 
     const FWD: Verdict = Verdict::Forward { switched: false };
@@ -234,9 +276,48 @@ mod tests {
     }
 
     #[test]
+    fn a_layer_is_climbed_with_headroom_and_kept_up_to_the_whole_budget() {
+        let mut f = video(2);
+        f.set_budget(600 * KBPS, 0);
+        assert_eq!(f.target(), Some(1), "500 kbit/s fits 85 % of 600");
+        assert_eq!(f.on_group(1), SWITCH);
+        f.set_budget(520 * KBPS, 0);
+        assert_eq!(f.target(), Some(1), "kept: it still fits the whole budget");
+        f.set_budget(490 * KBPS, 0);
+        assert_eq!(f.target(), Some(0));
+    }
+
+    #[test]
+    fn a_viewer_that_stepped_down_probes_the_next_layer_and_steps_back_on_congestion() {
+        use crate::media::probe::STABLE_MS;
+        let path = |budget: u64, congested_at| PathState { budget: Some(budget * KBPS), congested_at };
+        let mut f = video(2);
+        f.observe(path(200, None), 0);
+        assert_eq!(f.on_group(0), SWITCH);
+        // The estimate stays where congestion left it (an app-limited window does not grow):
+        // once the path was clean for a while, layer 1 is tried from its next group.
+        f.observe(path(200, None), STABLE_MS - 100);
+        assert_eq!(f.target(), Some(0));
+        f.observe(path(200, None), STABLE_MS);
+        assert_eq!(f.target(), Some(1));
+        assert_eq!(f.probe_outcome(), Some(Outcome::Started));
+        assert_eq!(f.on_group(0), FWD, "the base layer flows until the probed layer starts");
+        assert_eq!(f.on_group(1), SWITCH);
+        f.observe(path(200, None), STABLE_MS + 100);
+        // Congestion: back to the base layer at its next group; the next probe waits.
+        f.observe(path(200, Some(STABLE_MS + 500)), STABLE_MS + 500);
+        assert_eq!(f.probe_outcome(), Some(Outcome::Failed));
+        assert_eq!(f.target(), Some(0));
+        assert_eq!(f.on_group(1), FWD);
+        assert_eq!(f.on_group(0), SWITCH);
+        f.observe(path(200, Some(STABLE_MS + 500)), 3 * STABLE_MS);
+        assert_eq!(f.target(), Some(0), "backing off");
+    }
+
+    #[test]
     fn audio_is_one_layer_forwarded_whole() {
         let opus = [LayerInfo { width: 0, height: 0, bitrate: 32_000 }];
-        let mut f = Forwarder::new(&opus, 0);
+        let mut f = Forwarder::new(&opus, 0, 0);
         f.set_budget(1, 0);
         assert_eq!(f.on_group(0), SWITCH);
         assert_eq!(f.on_group(0), FWD);

@@ -11,6 +11,8 @@
 //! brief asks (LiveKit's forwarder is the model):
 //! - [`forwarder::Forwarder`]: per subscriber and track, which layer to forward, switching only
 //!   at group starts, and when to ask the publisher for a keyframe;
+//! - [`probe::Probe`] and [`probe::PathMonitor`]: per subscriber, when to try a layer above
+//!   what the bandwidth estimate affords, and what congestion looks like;
 //! - [`dynacast::Dynacast`]: per track, which layers anybody receives, so the publisher pauses
 //!   the others;
 //! - [`cache::GroupCache`]: per track and layer, the latest group, so a new subscriber starts at
@@ -26,6 +28,7 @@ pub mod calls;
 pub mod dynacast;
 pub mod forwarder;
 pub mod out;
+pub mod probe;
 pub mod queue;
 pub mod speaker;
 

@@ -4,17 +4,20 @@
 //! and runs one writer: a unidirectional stream at the group's priority that takes the group's
 //! frames with [`MediaOut::next`] and is reset when the group is cancelled.
 //!
-//! The transport also reports the connection's bandwidth estimate here ([`MediaOut::set_budget`]),
-//! which the forwarders use to pick layers.
+//! The transport also reports the connection's path here ([`MediaOut::observe_path`]: congestion
+//! window and RTT), which, with the queue's word on whether the subscriber keeps up, the
+//! forwarders use to pick and probe layers ([`PathMonitor`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::probe::{PathMonitor, PathState};
 use super::queue::{Cancel, GroupKey, GroupQueue, Next};
 use super::{TrackId, TrackKind};
 use crate::mailbox::MailSender;
@@ -46,8 +49,8 @@ struct State {
 pub struct MediaOut {
     state: Mutex<State>,
     opens: MailSender<GroupOpen>,
-    /// Bits per second the connection can carry (0: unknown).
-    budget: AtomicU64,
+    /// The connection's budget and congestion, from the transport's readings and the queue.
+    path: Mutex<PathMonitor>,
     /// Notified when the connection starts publishing (the transport allows it more streams).
     publishing: Notify,
     /// The connection subscribed to a track: its transport starts reporting [`MediaOut::budget`]
@@ -61,14 +64,14 @@ impl MediaOut {
         Arc::new(MediaOut {
             state: Mutex::new(State { queue: GroupQueue::new(cap), writers: HashMap::new() }),
             opens,
-            budget: AtomicU64::new(0),
+            path: Mutex::new(PathMonitor::default()),
             publishing: Notify::new(),
             receiving: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// Starts a group: cancels the groups it makes stale and asks the transport for a writer.
@@ -76,7 +79,7 @@ impl MediaOut {
         let key = GroupKey { track: header.track, group: header.group };
         let mut state = self.lock();
         let cancelled = state.queue.start(key, kind, priority, now_ms);
-        Self::cancel_writers(&mut state, &cancelled);
+        self.cancel_writers(&mut state, &cancelled);
         let writer = Writer { notify: Arc::new(Notify::new()), cancel: CancellationToken::new() };
         let open = GroupOpen { key, header, priority, notify: writer.notify.clone(), cancel: writer.cancel.clone() };
         state.writers.insert(key, writer);
@@ -92,7 +95,7 @@ impl MediaOut {
     pub fn push(&self, key: GroupKey, frame: Bytes) {
         let mut state = self.lock();
         let cancelled = state.queue.push(key, frame);
-        Self::cancel_writers(&mut state, &cancelled);
+        self.cancel_writers(&mut state, &cancelled);
         if let Some(writer) = state.writers.get(&key) {
             writer.notify.notify_one();
         }
@@ -113,17 +116,20 @@ impl MediaOut {
     pub fn cancel(&self, key: GroupKey) {
         let mut state = self.lock();
         let cancelled = state.queue.cancel(key);
-        Self::cancel_writers(&mut state, &cancelled);
+        self.cancel_writers(&mut state, &cancelled);
     }
 
     /// The track ended for this subscriber: its groups are reset.
     pub fn end_track(&self, track: TrackId) {
         let mut state = self.lock();
         let cancelled = state.queue.end_track(track);
-        Self::cancel_writers(&mut state, &cancelled);
+        self.cancel_writers(&mut state, &cancelled);
     }
 
-    fn cancel_writers(state: &mut State, cancelled: &[(GroupKey, Cancel)]) {
+    fn cancel_writers(&self, state: &mut State, cancelled: &[(GroupKey, Cancel)]) {
+        if state.queue.take_behind() {
+            lock(&self.path).fell_behind();
+        }
         for (key, _) in cancelled {
             if let Some(writer) = state.writers.remove(key) {
                 writer.cancel.cancel();
@@ -163,14 +169,20 @@ impl MediaOut {
         self.receiving.load(Ordering::Relaxed)
     }
 
-    /// The connection's bandwidth estimate, bits per second.
-    pub fn set_budget(&self, bits_per_second: u64) {
-        self.budget.store(bits_per_second, Ordering::Relaxed);
+    /// A reading of the connection's congestion controller: its window (bytes) and smoothed
+    /// RTT.
+    pub fn observe_path(&self, cwnd_bytes: u64, rtt: Duration, now_ms: u64) {
+        lock(&self.path).sample(cwnd_bytes, rtt, now_ms);
     }
 
-    pub fn budget(&self) -> Option<u64> {
-        Some(self.budget.load(Ordering::Relaxed)).filter(|b| *b > 0)
+    /// The connection's budget and congestion, as the forwarders see them.
+    pub fn path(&self) -> PathState {
+        lock(&self.path).state()
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn count(cancelled: &[(GroupKey, Cancel)]) {

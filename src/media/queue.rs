@@ -18,6 +18,12 @@
 //! past it the queue cancels groups, lowest priority (highest video layer) first and the oldest
 //! among equals, until the new frame fits. Audio outranks video, so a saturated video
 //! subscriber keeps its audio.
+//!
+//! Some cancellations say the subscriber's path cannot keep up, which the layer probing needs
+//! to know ([`GroupQueue::take_behind`]): a full queue, or a stale group of the same layer that
+//! still had frames to write or was written but not yet acknowledged a whole group later. A
+//! stale group the publisher had not finished (a group boundary racing its stream's end) or one
+//! of another layer (a layer switch) says nothing about the path.
 
 use std::collections::VecDeque;
 
@@ -80,12 +86,14 @@ pub struct GroupQueue {
     groups: Vec<InFlight>,
     /// Cancelled groups whose writers have not seen it yet.
     cancelled: Vec<GroupKey>,
+    /// A cancellation since the last [`GroupQueue::take_behind`] showed the subscriber behind.
+    behind: bool,
 }
 
 impl GroupQueue {
     /// A queue holding at most `cap` bytes of frames not yet taken by writers.
     pub fn new(cap: usize) -> GroupQueue {
-        GroupQueue { cap, bytes: 0, groups: Vec::new(), cancelled: Vec::new() }
+        GroupQueue { cap, bytes: 0, groups: Vec::new(), cancelled: Vec::new(), behind: false }
     }
 
     /// A group starts for this subscriber; returns the groups it makes stale (cancelled).
@@ -104,6 +112,8 @@ impl GroupQueue {
                 && Some(g.key.group) != trailing
                 && (kind != TrackKind::Audio || now_ms.saturating_sub(g.started_ms) >= AUDIO_STALE_MS)
         };
+        let behind = |g: &InFlight| g.priority == priority && (g.written || g.bytes > 0);
+        self.behind |= self.groups.iter().any(|g| stale(g) && behind(g));
         let cancelled = self.cancel_where(stale, Cancel::Stale);
         self.groups.push(InFlight {
             key,
@@ -126,6 +136,7 @@ impl GroupQueue {
             let victim =
                 self.groups.iter().filter(|g| g.bytes > 0 || g.key == key).min_by_key(|g| g.priority).map(|g| g.key);
             let Some(victim) = victim else { break };
+            self.behind = true;
             cancelled.extend(self.cancel_where(|g| g.key == victim, Cancel::Full));
         }
         if let Some(g) = self.groups.iter_mut().find(|g| g.key == key)
@@ -194,6 +205,12 @@ impl GroupQueue {
         cancelled
     }
 
+    /// Whether a cancellation since the last call showed the subscriber falling behind (see
+    /// the module's docs).
+    pub fn take_behind(&mut self) -> bool {
+        std::mem::take(&mut self.behind)
+    }
+
     /// Bytes queued and not yet taken.
     pub fn bytes(&self) -> usize {
         self.bytes
@@ -245,7 +262,9 @@ mod tests {
         video(&mut q, key(2, 7), 0, 0);
         // Its frames are written, but the publisher has not finished it: still stale.
         assert!(matches!(q.next(key(1, 1)), Next::Frames(_)));
+        assert!(!q.take_behind(), "the publisher had not finished it: a boundary, not the path");
         assert_eq!(video(&mut q, key(1, 2), 0, 10), vec![(key(1, 1), Cancel::Stale)]);
+        assert!(!q.take_behind());
         assert_eq!(q.next(key(1, 1)), Next::Reset);
         assert_eq!(q.in_flight(), 2, "another track's group is untouched");
         q.acknowledged(key(1, 1));
@@ -258,6 +277,20 @@ mod tests {
         assert!(video(&mut q, key(1, 3), 0, 20).is_empty());
         assert_eq!(q.in_flight(), 3);
         assert_eq!(video(&mut q, key(1, 4), 0, 30), vec![(key(1, 2), Cancel::Stale), (key(1, 3), Cancel::Stale)]);
+        assert!(q.take_behind(), "group 2 was written whole and still not acknowledged: behind");
+        assert!(!q.take_behind(), "reported once");
+    }
+
+    #[test]
+    fn a_layer_switch_cancels_without_saying_the_subscriber_is_behind() {
+        let mut q = GroupQueue::new(1000);
+        video(&mut q, key(1, 1), 0, 0);
+        q.push(key(1, 1), frame(100));
+        assert_eq!(video(&mut q, key(1, 2), 2, 10), vec![(key(1, 1), Cancel::Stale)]);
+        assert!(!q.take_behind());
+        q.push(key(1, 2), frame(100));
+        assert_eq!(video(&mut q, key(1, 3), 2, 20), vec![(key(1, 2), Cancel::Stale)]);
+        assert!(q.take_behind(), "frames of the same layer never written: behind");
     }
 
     #[test]
@@ -281,6 +314,7 @@ mod tests {
         q.push(key(1, 1), frame(100));
         q.push(key(2, 1), frame(100));
         assert_eq!(q.push(key(9, 1), frame(60)), vec![(key(2, 1), Cancel::Full)], "the top layer goes first");
+        assert!(q.take_behind());
         assert_eq!(q.push(key(9, 1), frame(100)), vec![(key(1, 1), Cancel::Full)]);
         assert_eq!(q.bytes(), 210);
         assert_eq!(q.next(key(9, 1)), Next::Frames(vec![frame(50), frame(60), frame(100)]));

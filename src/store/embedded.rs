@@ -6,6 +6,7 @@
 //! - `ids`: `(room, from, id)` → offset, for idempotent publish across restarts
 //! - `cursors`: `(user, room)` → `{epoch, offset, updated}`, for offline replay
 //! - `users`: `user` → presence record `{last_seen, hide_presence, hide_typing}` (postcard)
+//! - `calls`, `call_index`, `call_times`: the call history ([`crate::call::history`])
 //!
 //! Every `append` is one write transaction committed with redb's default (immediate, fsync'd)
 //! durability. A file redb reports as corrupted is moved aside and a fresh one created: rooms
@@ -58,6 +59,11 @@ impl EmbeddedHistory {
             "history store is corrupted; moving it aside and starting empty (rooms get new epochs)");
         std::fs::rename(path, &aside).map_err(err)?;
         Self::init(Database::create(path).map_err(err)?).map(|h| (h, true))
+    }
+
+    /// The open file, for the other tables that live in it (the call history).
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
     }
 
     fn init(db: Database) -> Result<EmbeddedHistory, StoreError> {

@@ -114,10 +114,9 @@ pub async fn write_group(conn: Arc<Session>, media: Arc<MediaOut>, open: GroupOp
     media.done(key);
 }
 
-/// The bandwidth estimate the forwarders work with: what the congestion controller lets through
-/// per round trip, in bits per second.
-pub fn budget(conn: &Session) -> u64 {
-    let rtt = conn.rtt().as_secs_f64().max(0.001);
-    let cwnd = quinn::Connection::stats(conn).path.cwnd as f64;
-    (cwnd * 8.0 / rtt) as u64
+/// Hands the connection's congestion window and smoothed RTT to its media side, which turns
+/// them into the forwarders' budget and congestion signal (`crate::media::probe`).
+pub fn observe_path(conn: &Session, media: &MediaOut) {
+    let cwnd = quinn::Connection::stats(conn).path.cwnd;
+    media.observe_path(cwnd, conn.rtt(), unix_ms());
 }

@@ -557,7 +557,7 @@ async fn serve_peer(
                 conn.set_max_concurrent_uni_streams(transport::media::PUBLISHER_UNI_STREAMS.into());
             }
             Some(_) = async { Some(budget.as_mut()?.tick().await) }, if budget.is_some() => {
-                media.media.set_budget(transport::media::budget(&conn));
+                transport::media::observe_path(&conn, &media.media);
             }
             datagram = conn.read_datagram(), if datagrams_open => match datagram {
                 Ok(body) => {

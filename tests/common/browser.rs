@@ -189,3 +189,33 @@ impl Browser {
         tokio::time::timeout(Duration::from_secs(5), self.call(None, "Browser.close", json!({}))).await.ok();
     }
 }
+
+/// The call page (`/call/`) for `user` in `room`, with a token allowing any `call:*` room.
+pub fn call_url(relay: &crate::common::TestRelay, user: &str, room: &str) -> String {
+    let token = relay.token(user, "acme", &["call:*"]);
+    format!("http://127.0.0.1:{}/call/#token={token}&room={room}", relay.relay.tcp_addr().port())
+}
+
+/// Waits until the call page `page` decoded at least `video` video and `audio` audio frames
+/// from each of `others`; returns its `callStats()`.
+pub async fn decoded(browser: &mut Browser, page: &str, others: &[&str], video: u64, audio: u64) -> Value {
+    let checks: Vec<String> = others
+        .iter()
+        .map(|o| {
+            format!("(s.tiles[{o:?}]?.videoFrames ?? 0) >= {video} && (s.tiles[{o:?}]?.audioFrames ?? 0) >= {audio}")
+        })
+        .collect();
+    let expression = format!("(s => ({}) && s)(callStats())", checks.join(" && "));
+    browser.wait_for(page, &expression).await
+}
+
+/// Chromium flags for call pages: fake camera and microphone, audio without a click, and every
+/// page (a background tab of one browser) kept running at full speed.
+pub const CALL_FLAGS: [&str; 6] = [
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
+];

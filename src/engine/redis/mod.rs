@@ -350,6 +350,14 @@ impl RedisEngine {
     }
 }
 
+impl RedisEngine {
+    /// The engine's command connection, for other data kept in the same Redis (the call
+    /// history).
+    pub fn client(&self) -> Client {
+        self.shared.client.clone()
+    }
+}
+
 impl Shared {
     /// The `EVALSHA` arguments of `publish.lua` for a message, published on the room's channel
     /// (or on `publish_to`, for tests that lose pub/sub messages on purpose).
