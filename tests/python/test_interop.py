@@ -245,6 +245,16 @@ def test_golden_json_vectors():
             assert vec["direction"] == "server", name
             assert list(body) == list(er.SERVER_FIELDS[kind]), name
             servers += 1
+        if kind == "call":
+            # The nested action or event: {"<name>": {fields in order}}.
+            if "action" in body:
+                nested, table = body["action"], er.CALL_ACTION_FIELDS
+            else:
+                nested, table = body["event"], er.CALL_EVENT_FIELDS
+            ((what, fields),) = nested.items()
+            assert list(fields) == list(table[what]), name
+            for p in fields.get("participants", []):
+                assert list(p) == list(er.GROUP_PARTICIPANT_FIELDS), name
     assert clients >= len(er.CLIENT_FIELDS) and servers >= len(er.SERVER_FIELDS) - 1
     # The documented payload examples.
     assert er.binary(bytes([0x00, 0xFF, 0x01])) == {"$binary": "AP8B"}
