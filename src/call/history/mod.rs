@@ -171,7 +171,7 @@ impl CallRecord {
         }
     }
 
-    /// The record of a group call: everyone ever invited, with the role they hold now, when
+    /// The record of a group call: everyone ever invited (the creator, `host`, first), when
     /// they first joined and when they last left (`None` while in). It counts as answered when
     /// a second participant joined; `duration_ms` runs from then to the end.
     pub fn group(call: &GroupCall) -> CallRecord {
@@ -179,12 +179,11 @@ impl CallRecord {
             .roster()
             .participants
             .iter()
-            .map(|p| Participant {
+            .enumerate()
+            .map(|(i, p)| Participant {
                 user: p.user.user.to_string(),
-                role: match p.role {
-                    group::Role::Host => Role::Host,
-                    group::Role::Member => Role::Member,
-                },
+                // The host role moves during a call; the record keeps who created it.
+                role: if i == 0 { Role::Host } else { Role::Member },
                 device: match p.status {
                     group::Status::Joined { device } => Some(device),
                     _ => None,
