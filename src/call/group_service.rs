@@ -545,3 +545,147 @@ fn wire_roster(roster: &Roster) -> CallEvent {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Caps, Identity};
+    use crate::outbox::{CONTROL, Outbox};
+    use crate::proto::Codec;
+
+    const T0: u64 = 1_000_000;
+
+    /// What the service asked of the media plane, in order.
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<String>>);
+
+    impl MediaRooms for Recorded {
+        fn hold(&self, room: &RoomKey, user: &UserKey, hold: Hold, _now_ms: u64) {
+            let line = format!("hold {} {} a={} v={}", room.room, user.user, hold.audio, hold.video);
+            self.0.lock().unwrap().push(line);
+        }
+
+        fn evict(&self, room: &RoomKey, user: &UserKey) {
+            self.0.lock().unwrap().push(format!("evict {} {}", room.room, user.user));
+        }
+    }
+
+    impl Recorded {
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    struct Device {
+        user: UserKey,
+        identity: Identity,
+        id: DeviceId,
+        outbox: Arc<Outbox>,
+    }
+
+    impl Device {
+        fn new(route: &dyn CallRoute, service: &GroupService, user: &str, id: DeviceId) -> Device {
+            let identity = Identity {
+                user: user.into(),
+                tenant: "acme".into(),
+                caps: Caps { call: vec!["*".into()], ..Caps::default() },
+                expires_at: u64::MAX,
+                token_id: None,
+                issued_at: None,
+            };
+            let device =
+                Device { user: UserKey::new("acme", user), identity, id, outbox: Outbox::new(Codec::Json, 1 << 20) };
+            route.attach(&device.user, id, device.outbox.clone());
+            service.connect(&device.user, id, T0);
+            device
+        }
+
+        fn act(&self, service: &GroupService, call: &str, action: CallAction) -> Result<(), GroupActionError> {
+            let who = Requester {
+                identity: &self.identity,
+                user: &self.user,
+                device: self.id,
+                outbox: &self.outbox,
+                lane: CONTROL,
+                req: 7,
+            };
+            service.act(who, call, action, T0)
+        }
+    }
+
+    fn setup() -> (Arc<Recorded>, GroupService, Device, Device) {
+        let route: Arc<dyn CallRoute> = Arc::new(super::super::LocalRoute::default());
+        let media = Arc::new(Recorded::default());
+        let service = GroupService::new(&CallsConfig::default(), route.clone(), media.clone());
+        let alice = Device::new(&*route, &service, "alice", 1);
+        let bob = Device::new(&*route, &service, "bob", 2);
+        (media, service, alice, bob)
+    }
+
+    /// Alice creates a call with Bob, who joins; returns its id.
+    fn call_with_bob(service: &GroupService, alice: &Device, bob: &Device) -> String {
+        let create = CallAction::CreateGroup { media: proto::CallMedia::Audio, invite: vec!["bob".into()] };
+        alice.act(service, "", create).unwrap();
+        let id = service.registry().calls.keys().next().unwrap().to_string();
+        bob.act(service, &id, CallAction::Join {}).unwrap();
+        id
+    }
+
+    #[test]
+    fn the_media_plane_follows_mutes_and_departures() {
+        let (media, service, alice, bob) = setup();
+        let id = call_with_bob(&service, &alice, &bob);
+        let room = format!("call:{id}");
+        assert!(media.take().is_empty(), "joining asks nothing of the media plane");
+        let mute = CallAction::Mute { user: "bob".into(), kind: proto::MuteKind::Audio };
+        alice.act(&service, &id, mute).unwrap();
+        assert_eq!(media.take(), [format!("hold {room} bob a=true v=false")]);
+        bob.act(&service, &id, CallAction::Unmute { kind: proto::MuteKind::Audio }).unwrap();
+        assert_eq!(media.take(), [format!("hold {room} bob a=false v=false")]);
+        // Removed while muted: the hold is lifted and the connections leave the room.
+        let mute = CallAction::Mute { user: "bob".into(), kind: proto::MuteKind::Video };
+        alice.act(&service, &id, mute).unwrap();
+        media.take();
+        alice.act(&service, &id, CallAction::Remove { user: "bob".into() }).unwrap();
+        assert_eq!(media.take(), [format!("hold {room} bob a=false v=false"), format!("evict {room} bob")]);
+        // The last one out: the call ends and the host leaves the room too.
+        alice.act(&service, &id, CallAction::Leave {}).unwrap();
+        assert_eq!(media.take(), [format!("evict {room} alice")]);
+        assert_eq!(service.active(), 0);
+    }
+
+    #[test]
+    fn only_participants_joined_in_the_call_are_in_it() {
+        let (_, service, alice, bob) = setup();
+        let create = CallAction::CreateGroup { media: proto::CallMedia::Video, invite: vec!["bob".into()] };
+        alice.act(&service, "", create).unwrap();
+        let id = *service.registry().calls.keys().next().unwrap();
+        assert!(service.in_call(&alice.user, id));
+        assert!(!service.in_call(&bob.user, id), "invited is not in");
+        assert!(!service.in_call(&UserKey::new("acme", "mallory"), id));
+        assert!(!service.in_call(&UserKey::new("globex", "alice"), id), "tenant-scoped");
+        bob.act(&service, &id.to_string(), CallAction::Join {}).unwrap();
+        assert!(service.in_call(&bob.user, id));
+        // Bob's device drops: away is not in (the room is for a connected device).
+        service.disconnect(&bob.user, bob.id, T0 + 1);
+        assert!(!service.in_call(&bob.user, id));
+    }
+
+    #[test]
+    fn requests_go_to_the_service_that_holds_the_call() {
+        let (_, service, alice, bob) = setup();
+        let id = call_with_bob(&service, &alice, &bob);
+        assert!(service.handles("", &CallAction::CreateGroup { media: proto::CallMedia::Audio, invite: vec![] }));
+        assert!(service.handles(&id, &CallAction::HangUp {}), "hang_up on a group call is leave");
+        assert!(!service.handles("6f1c2a9be04d7731", &CallAction::HangUp {}), "a 1:1 call's id");
+        let err = bob.act(&service, &id, CallAction::Answer {}).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::BAD_REQUEST);
+        let err = bob.act(&service, &id, CallAction::Invite { users: vec!["carol".into(), "x\n".into()] }).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::BAD_REQUEST);
+        // All or none: a refused invitee leaves the others uninvited.
+        let invite = CallAction::Invite { users: vec!["carol".into(), "bob".into()] };
+        assert_eq!(alice.act(&service, &id, invite).unwrap_err().code(), ErrorCode::ALREADY_INVITED);
+        let carol = UserKey::new("acme", "carol");
+        assert!(service.registry().calls.values().all(|e| e.call.participant(&carol).is_none()));
+    }
+}
