@@ -147,12 +147,7 @@ impl Registry {
     }
 
     fn unlink(&mut self, user: &UserKey, id: CallId) {
-        if let Some(ids) = self.live.get_mut(user) {
-            ids.retain(|i| *i != id);
-            if ids.is_empty() {
-                self.live.remove(user);
-            }
-        }
+        super::service::unlink(&mut self.live, user, id);
     }
 
     fn lookup(&mut self, call: &str) -> Result<(CallId, &mut Entry), GroupActionError> {
@@ -450,22 +445,21 @@ impl GroupService {
     /// Applies the deadlines that passed by `now_ms`; returns the next one.
     pub fn fire(&self, now_ms: u64) -> Option<u64> {
         let mut reg = self.registry();
-        while let Some(&(at, id)) = reg.deadlines.first() {
-            if at > now_ms {
-                return Some(at);
-            }
-            reg.deadlines.pop_first();
+        loop {
+            let id = match super::timer::next_due(&mut reg.deadlines, now_ms) {
+                Ok(id) => id,
+                Err(next) => return next,
+            };
             let Some(entry) = reg.calls.get_mut(&id) else { continue };
-            if let Some((_, ended_ms)) = entry.call.ended() {
-                if ended_ms.saturating_add(ENDED_LINGER_MS) <= now_ms {
-                    reg.calls.remove(&id);
+            match entry.call.ended() {
+                Some((_, ended_ms)) if super::timer::lingered(ended_ms, now_ms) => drop(reg.calls.remove(&id)),
+                Some(_) => {}
+                None => {
+                    let out = entry.call.on_timeout(now_ms);
+                    self.apply(&mut reg, id, out, now_ms);
                 }
-                continue;
             }
-            let out = entry.call.on_timeout(now_ms);
-            self.apply(&mut reg, id, out, now_ms);
         }
-        None
     }
 
     /// Runs the timers until `stop` (the loop the 1:1 service runs too). `clock` is unix ms.

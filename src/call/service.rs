@@ -190,11 +190,16 @@ impl Registry {
     }
 
     fn unlink(&mut self, user: &UserKey, id: CallId) {
-        if let Some(ids) = self.live.get_mut(user) {
-            ids.retain(|i| *i != id);
-            if ids.is_empty() {
-                self.live.remove(user);
-            }
+        unlink(&mut self.live, user, id);
+    }
+}
+
+/// Takes call `id` off `user`'s list of live calls (the group service keeps the same lists).
+pub(super) fn unlink(live: &mut HashMap<UserKey, Vec<CallId>>, user: &UserKey, id: CallId) {
+    if let Some(ids) = live.get_mut(user) {
+        ids.retain(|i| *i != id);
+        if ids.is_empty() {
+            live.remove(user);
         }
     }
 }
@@ -423,14 +428,14 @@ impl CallService {
     /// Applies the deadlines that passed by `now_ms`; returns the next one.
     pub fn fire(&self, now_ms: u64) -> Option<u64> {
         let mut reg = self.registry();
-        while let Some(&(at, id)) = reg.deadlines.first() {
-            if at > now_ms {
-                return Some(at);
-            }
-            reg.deadlines.pop_first();
+        loop {
+            let id = match super::timer::next_due(&mut reg.deadlines, now_ms) {
+                Ok(id) => id,
+                Err(next) => return next,
+            };
             let Some(entry) = reg.calls.get_mut(&id) else { continue };
             if entry.call.is_ended() {
-                if entry.call.summary().ended_ms.is_some_and(|end| end.saturating_add(ENDED_LINGER_MS) <= now_ms) {
+                if entry.call.summary().ended_ms.is_some_and(|end| super::timer::lingered(end, now_ms)) {
                     reg.calls.remove(&id);
                 }
                 continue;
@@ -438,7 +443,6 @@ impl CallService {
             let out = entry.call.on_timeout(now_ms);
             self.apply(&mut reg, id, out, now_ms);
         }
-        None
     }
 
     /// Runs the timers until `stop`: sleeps until the next deadline (or a new earlier one) and
