@@ -1,11 +1,12 @@
 //! Group calls against a real relay (docs/calls.md "Group calls", docs/protocol.md "Calls
 //! (group)"): creating a call rings the invitees on every device, joining, declining, leaving,
 //! the host's role passing on when the host leaves, the last one out ending it, the cap, only
-//! the host removing, muting and ending, and the history record. Then the media room over raw
-//! QUIC: membership is the right to it (no token capability needed, nobody else admitted), a
-//! host mute is enforced by the relay until the participant unmutes, and a removed participant
-//! loses the room (their track ends for the others) and cannot come back. Independent clients
-//! over raw QUIC and the WebSocket fallback, in both codecs.
+//! the host removing, muting and ending, a dropped device away until it comes back or the grace
+//! passes, and the history record. Then the media room over raw QUIC: membership is the right
+//! to it (no token capability needed, nobody else admitted), a host mute is enforced by the
+//! relay until the participant unmutes, and a removed participant loses the room (their track
+//! ends for the others) and cannot come back. Independent clients over raw QUIC and the
+//! WebSocket fallback, in both codecs.
 
 mod common;
 
@@ -266,6 +267,37 @@ async fn only_the_host_removes_mutes_and_ends_and_the_cap_holds() {
         // Carol's invitation rang from the start; it ends with the call.
         assert_eq!(over(&mut carol).await, InviteOverReason::Ended);
         refused(act(&alice, &id, CallAction::End {}).await, ErrorCode::CALL_ENDED);
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_device_is_away_until_it_comes_back_or_the_grace_passes() {
+    // A short grace so that the test waits for its end (by events, not by timing).
+    let relay = start_with(|c| c.calls.reconnect_grace_ms = 300).await;
+    for (host_mix, others) in MIXES {
+        let mut alice = device(&relay, host_mix, "alice").await;
+        let bob = device(&relay, others, "bob").await;
+        let carol = device(&relay, others, "carol").await;
+        let id = create(&alice, CallMedia::Video, &["bob", "carol"]).await.expect("created");
+        act(&bob, &id, CallAction::Join {}).await.expect("bob joins");
+        act(&carol, &id, CallAction::Join {}).await.expect("carol joins");
+        roster_where(&mut alice, &id, |r| r.status("carol") == GroupStatus::Joined).await;
+
+        // Bob's device drops: he is away; from a new device he comes back in.
+        bob.close().await;
+        roster_where(&mut alice, &id, |r| r.status("bob") == GroupStatus::Away).await;
+        let mut bob = device(&relay, others, "bob").await;
+        assert_eq!(roster(&mut bob, &id).await.status("bob"), GroupStatus::Away, "told on connect");
+        act(&bob, &id, CallAction::Join {}).await.expect("bob resumes");
+        roster_where(&mut alice, &id, |r| r.status("bob") == GroupStatus::Joined).await;
+
+        // Carol's device drops and nothing comes back: after the grace she has left.
+        carol.close().await;
+        roster_where(&mut alice, &id, |r| r.status("carol") == GroupStatus::Away).await;
+        let r = roster_where(&mut alice, &id, |r| r.status("carol") != GroupStatus::Away).await;
+        assert_eq!(r.status("carol"), GroupStatus::Left);
+        assert_eq!(r.ended, None, "Alice and Bob are still in");
+        act(&alice, &id, CallAction::End {}).await.expect("ended");
     }
 }
 
