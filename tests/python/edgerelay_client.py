@@ -343,7 +343,7 @@ class _Client:
         self.presence_versions: dict[str, dict[str, int]] = defaultdict(dict)
         self.presence_refreshes: dict[str, dict] = {}
         self.typing_views: dict[str, dict] = {}
-        # 1:1 call events (``call`` frames with req 0), in arrival order.
+        # Call events, 1:1 and group (``call`` frames with req 0), in arrival order.
         self.call_events: asyncio.Queue = asyncio.Queue()
 
     # -- to implement per transport --------------------------------------------------------
