@@ -343,7 +343,7 @@ impl Default for MediaConfig {
     }
 }
 
-/// 1:1 calls (docs/calls.md): timeouts, the busy policy and the signaling limits.
+/// Calls (docs/calls.md): timeouts, the busy policy, the signaling limits, group call limits.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CallsConfig {
@@ -362,6 +362,10 @@ pub struct CallsConfig {
     pub history: CallHistoryConfig,
     /// Quality report rate and the thresholds of its flags (`[calls.quality]`).
     pub quality: crate::call::quality::QualityConfig,
+    /// Group calls: active participants at most (invited, joined or away), the host included.
+    pub group_max_participants: u32,
+    /// Group calls: whether participants other than the host may invite.
+    pub group_members_can_invite: bool,
 }
 
 impl Default for CallsConfig {
@@ -375,6 +379,8 @@ impl Default for CallsConfig {
             burst: 100,
             history: CallHistoryConfig::default(),
             quality: crate::call::quality::QualityConfig::default(),
+            group_max_participants: 16,
+            group_members_can_invite: false,
         }
     }
 }
@@ -887,6 +893,11 @@ impl Config {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0"));
             }
+        }
+        // A call of one is no group; the history holds at most MAX_PARTICIPANTS per call.
+        let max = crate::call::history::MAX_PARTICIPANTS as u32;
+        if !(2..=max).contains(&c.group_max_participants) {
+            return Err(invalid("calls.group_max_participants", format!("must be in 2..={max}")));
         }
         let h = &self.calls.history;
         if h.max_calls_per_user == 0 {

@@ -199,10 +199,13 @@ async fn run(
                 };
                 return CloseReason::Error(fatal.code);
             }
-            Some(Order::Close { code, reason }) = mail.orders.recv() => {
-                let fatal = session.fail(code, reason);
-                return CloseReason::Error(fatal.code);
-            }
+            Some(order) = mail.orders.recv() => match order {
+                Order::Close { code, reason } => {
+                    let fatal = session.fail(code, reason);
+                    return CloseReason::Error(fatal.code);
+                }
+                Order::LeaveRoom { room, reason } => session.evict(&room, &reason, unix_ms()),
+            },
             Some(lagging) = mail.catch_up.recv() => {
                 jobs.spawn(crate::session::jobs::run(Job::CatchUp(lagging), ctx.session.clone()));
             }

@@ -68,7 +68,16 @@ impl Revocation {
 /// What a connection is told to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Order {
-    Close { code: ErrorCode, reason: String },
+    Close {
+        code: ErrorCode,
+        reason: String,
+    },
+    /// Leave this room if joined (the right to be in it ended: a group call's media room after
+    /// the user left the call or was removed). The connection stays.
+    LeaveRoom {
+        room: crate::proto::RoomName,
+        reason: String,
+    },
 }
 
 struct Connection {
@@ -128,6 +137,17 @@ impl Controls {
     pub fn register(self: &Arc<Self>, identity: Arc<Identity>, id: u64, orders: MailSender<Order>) -> Registration {
         self.lock().connections.insert(id, Connection { identity, orders });
         Registration { controls: self.clone(), id }
+    }
+
+    /// Sends `order` to every connection of the user on this node; returns how many took it.
+    pub fn order_user(&self, tenant: &str, user: &str, order: &Order) -> usize {
+        let state = self.lock();
+        state
+            .connections
+            .values()
+            .filter(|c| c.identity.tenant == tenant && c.identity.user == user)
+            .filter(|c| c.orders.send(order.clone()).is_ok())
+            .count()
     }
 
     /// Applies an action here; returns how many of this node's connections it closed.

@@ -190,6 +190,7 @@ fn describe() {
         MEDIA_GROUPS_CANCELLED_TOTAL,
         "Media groups dropped for a subscriber, by reason (stale: a newer group started; full: its queue was full)."
     );
+    describe_counter!(MEDIA_PROBES_TOTAL, "Trials of a higher video layer for a subscriber, by outcome.");
     describe_counter!(CALLS_STARTED_TOTAL, "1:1 calls placed on this node.");
     describe_counter!(CALLS_ENDED_TOTAL, "1:1 calls ended, by reason.");
     describe_gauge!(CALLS_ACTIVE, "1:1 calls held on this node that have not ended.");

@@ -173,7 +173,15 @@ impl Relay {
         }
         let calls = Arc::new(Calls::new(config.media.clone(), hub.clone()));
         let (call_records, call_records_rx) = tokio::sync::mpsc::unbounded_channel();
-        let call_service = Arc::new(crate::call::CallService::local(&config.calls).with_history(call_records));
+        let call_route: Arc<dyn crate::call::CallRoute> = Arc::new(crate::call::LocalRoute::default());
+        let call_service = Arc::new(
+            crate::call::CallService::new(&config.calls, call_route.clone()).with_history(call_records.clone()),
+        );
+        let media_rooms =
+            crate::call::group_service::RelayMediaRooms { calls: calls.clone(), controls: controls.clone() };
+        let group_calls = Arc::new(
+            crate::call::GroupService::new(&config.calls, call_route, Arc::new(media_rooms)).with_history(call_records),
+        );
         let session_ctx = Arc::new(SessionContext {
             hub: hub.clone(),
             engine: engine.clone(),
@@ -187,6 +195,7 @@ impl Relay {
             calls: calls.clone(),
             ice,
             call_service: call_service.clone(),
+            group_calls: group_calls.clone(),
             call_rate: (config.calls.rate, config.calls.burst),
         });
         let conn_ctx = Arc::new(ConnectionContext::new(session_ctx, drain.clone(), config.shutdown.reconnect_after_ms));
@@ -225,6 +234,7 @@ impl Relay {
         services.spawn(presence_ticks(awareness.clone(), tick, stop.clone()));
         services.spawn(media_ticks(calls, stop.clone()));
         services.spawn(call_service.run_timers(unix_ms, stop.clone()));
+        services.spawn(group_calls.run_timers(unix_ms, stop.clone()));
         services.spawn(crate::call::service::write_history(call_history, call_records_rx, unix_ms, stop.clone()));
         services.spawn(sweep_rooms(hub.clone(), engine.clone(), stop.clone()));
         if let Some(link) = engine.share_presence() {

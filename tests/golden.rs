@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 
 use edgerelay::proto::media::{LayerInfo, SpeakerLevel, TrackInfo, TrackKind};
 use edgerelay::proto::{
-    CallAction, CallEndReason, CallEvent, CallMedia, CallSide, CallState, ClientFrame, Codec, ErrorCode, HistoryEntry,
-    IceServer, Payload, Position, PresenceEntry, RoomCursor, ServerFrame, Status, WireLimits,
+    CallAction, CallEndReason, CallEvent, CallMedia, CallSide, CallState, ClientFrame, Codec, ErrorCode,
+    GroupEndReason, GroupParticipant, GroupRole, GroupStatus, HistoryEntry, IceServer, InviteOverReason, MuteKind,
+    Payload, Position, PresenceEntry, RoomCursor, ServerFrame, Status, WireLimits,
 };
 use serde::{Deserialize, Serialize};
 
@@ -103,7 +104,32 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
                 action: CallAction::Signal { data: r#"{"type":"offer","sdp":"v=0\r\n"}"#.into() },
             },
         ),
+        (
+            "call_create_group",
+            ClientFrame::Call {
+                req: 30,
+                call: String::new(),
+                action: CallAction::CreateGroup { media: CallMedia::Video, invite: vec!["bob".into(), "carol".into()] },
+            },
+        ),
+        group_action("call_invite", 31, CallAction::Invite { users: vec!["dave".into()] }),
+        group_action("call_join", 32, CallAction::Join {}),
+        group_action("call_decline", 33, CallAction::Decline {}),
+        group_action("call_leave", 34, CallAction::Leave {}),
+        group_action("call_remove", 35, CallAction::Remove { user: "bob".into() }),
+        group_action("call_mute", 36, CallAction::Mute { user: "bob".into(), kind: MuteKind::Audio }),
+        group_action("call_unmute", 37, CallAction::Unmute { kind: MuteKind::Video }),
+        group_action("call_make_host", 38, CallAction::MakeHost { user: "carol".into() }),
+        group_action("call_end", 39, CallAction::End {}),
     ]
+}
+
+fn group_action(name: &'static str, req: u64, action: CallAction) -> (&'static str, ClientFrame) {
+    (name, ClientFrame::Call { req, call: CALL.into(), action })
+}
+
+fn group_event(name: &'static str, event: CallEvent) -> (&'static str, ServerFrame) {
+    (name, ServerFrame::Call { req: 0, call: CALL.into(), event })
 }
 
 fn server_frames() -> Vec<(&'static str, ServerFrame)> {
@@ -287,6 +313,49 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
                 },
             },
         ),
+        group_event(
+            "call_group",
+            CallEvent::Group {
+                host: "alice".into(),
+                media: CallMedia::Video,
+                participants: vec![
+                    GroupParticipant {
+                        user: "alice".into(),
+                        role: GroupRole::Host,
+                        status: GroupStatus::Joined,
+                        muted_audio: false,
+                        muted_video: false,
+                    },
+                    GroupParticipant {
+                        user: "bob".into(),
+                        role: GroupRole::Member,
+                        status: GroupStatus::Away,
+                        muted_audio: true,
+                        muted_video: false,
+                    },
+                ],
+                ended: None,
+            },
+        ),
+        group_event(
+            "call_group_ended",
+            CallEvent::Group {
+                host: "alice".into(),
+                media: CallMedia::Audio,
+                participants: vec![GroupParticipant {
+                    user: "alice".into(),
+                    role: GroupRole::Host,
+                    status: GroupStatus::Left,
+                    muted_audio: false,
+                    muted_video: false,
+                }],
+                ended: Some(GroupEndReason::EndedByHost),
+            },
+        ),
+        group_event("call_invited", CallEvent::Invited { by: "alice".into(), media: CallMedia::Video }),
+        group_event("call_invite_over", CallEvent::InviteOver { reason: InviteOverReason::Declined }),
+        group_event("call_removed", CallEvent::Removed { by: "alice".into() }),
+        group_event("call_muted", CallEvent::Muted { by: "alice".into(), kind: MuteKind::Video }),
     ]
 }
 

@@ -167,7 +167,7 @@ pub async fn idle(
                 }
                 Some(Event::GoAway { code, .. }) => errors.add(format!("going_away:{}", code.slug())),
                 Some(Event::Error { code, .. }) => errors.add(code.slug()),
-                Some(Event::Message(_) | Event::Call(_) | Event::CallUpdate(_)) => {}
+                Some(Event::Message(_) | Event::Call(_) | Event::CallUpdate(_) | Event::Left { .. }) => {}
                 None => break,
             }
         }

@@ -651,6 +651,10 @@ impl GroupCall {
         self.media
     }
 
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
     pub fn started_ms(&self) -> u64 {
         self.started_ms
     }

@@ -5,6 +5,10 @@
 //! the translation between `call` frames (`crate::proto::call`) and the machine, with delivery
 //! behind the [`service::CallRoute`] seam.
 //!
+//! Group calls have their own machine, [`group::GroupCall`] (membership, host, cap), and
+//! service, [`group_service::GroupService`], which shares the route, the timer loop and the
+//! history writer and authorises each call's media room (`call:<id>`).
+//!
 //! Why a pure object: the call flow is all races (an answer crossing a cancel, two devices
 //! answering at once, a device dropping while the other side hangs up) and timeouts (ring,
 //! reconnect grace). With `now_ms` passed in and events returned, every race is a test with two
@@ -42,12 +46,15 @@
 //! developers.
 
 pub mod group;
+pub mod group_service;
 pub mod history;
 pub mod machine;
 pub mod quality;
 pub mod service;
+mod timer;
 pub mod types;
 
+pub use group_service::{GroupActionError, GroupService};
 pub use machine::Call;
 pub use service::{ActionError, CallRoute, CallService, LocalRoute, Requester};
 pub use types::{

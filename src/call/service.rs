@@ -24,7 +24,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -163,7 +163,7 @@ pub struct Requester<'a> {
 
 impl Requester<'_> {
     /// The `ok` answer, queued before the events the action causes.
-    fn ok(&self, call: CallId) {
+    pub(super) fn ok(&self, call: CallId) {
         let frame = ServerFrame::Call { req: self.req, call: call.to_string(), event: CallEvent::Ok {} };
         let _ = self.outbox.reply(self.lane, &frame);
     }
@@ -190,11 +190,16 @@ impl Registry {
     }
 
     fn unlink(&mut self, user: &UserKey, id: CallId) {
-        if let Some(ids) = self.live.get_mut(user) {
-            ids.retain(|i| *i != id);
-            if ids.is_empty() {
-                self.live.remove(user);
-            }
+        unlink(&mut self.live, user, id);
+    }
+}
+
+/// Takes call `id` off `user`'s list of live calls (the group service keeps the same lists).
+pub(super) fn unlink(live: &mut HashMap<UserKey, Vec<CallId>>, user: &UserKey, id: CallId) {
+    if let Some(ids) = live.get_mut(user) {
+        ids.retain(|i| *i != id);
+        if ids.is_empty() {
+            live.remove(user);
         }
     }
 }
@@ -286,6 +291,8 @@ impl CallService {
             CallAction::Cancel {} => Step::Cancel,
             CallAction::HangUp {} => Step::HangUp,
             CallAction::Rejoin {} => Step::Rejoin,
+            // Group actions go to the group service (the session routes them there).
+            _ => return Err(ActionError::UnknownCall(call.to_owned())),
         };
         let mut reg = self.registry();
         let (id, entry) = lookup(&mut reg, call)?;
@@ -421,14 +428,14 @@ impl CallService {
     /// Applies the deadlines that passed by `now_ms`; returns the next one.
     pub fn fire(&self, now_ms: u64) -> Option<u64> {
         let mut reg = self.registry();
-        while let Some(&(at, id)) = reg.deadlines.first() {
-            if at > now_ms {
-                return Some(at);
-            }
-            reg.deadlines.pop_first();
+        loop {
+            let id = match super::timer::next_due(&mut reg.deadlines, now_ms) {
+                Ok(id) => id,
+                Err(next) => return next,
+            };
             let Some(entry) = reg.calls.get_mut(&id) else { continue };
             if entry.call.is_ended() {
-                if entry.call.summary().ended_ms.is_some_and(|end| end.saturating_add(ENDED_LINGER_MS) <= now_ms) {
+                if entry.call.summary().ended_ms.is_some_and(|end| super::timer::lingered(end, now_ms)) {
                     reg.calls.remove(&id);
                 }
                 continue;
@@ -436,23 +443,12 @@ impl CallService {
             let out = entry.call.on_timeout(now_ms);
             self.apply(&mut reg, id, out, now_ms);
         }
-        None
     }
 
     /// Runs the timers until `stop`: sleeps until the next deadline (or a new earlier one) and
     /// applies what is due. `clock` is unix ms.
     pub async fn run_timers(self: Arc<Self>, clock: fn() -> u64, stop: CancellationToken) {
-        let mut next = None;
-        loop {
-            let wait =
-                next.map_or(Duration::from_secs(3600), |at: u64| Duration::from_millis(at.saturating_sub(clock())));
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
-            next = self.fire(clock());
-        }
+        super::timer::run(&self.wake, |now_ms| self.fire(now_ms), clock, stop).await
     }
 
     /// Calls held here that have not ended.
@@ -535,7 +531,7 @@ fn record_setup(step: &'static str, since: Instant) {
     metrics::histogram!(crate::metrics::CALL_SETUP_SECONDS, "step" => step).record(since.elapsed().as_secs_f64());
 }
 
-fn wire_media(media: Media) -> proto::CallMedia {
+pub(super) fn wire_media(media: Media) -> proto::CallMedia {
     match media {
         Media::Audio => proto::CallMedia::Audio,
         Media::Video => proto::CallMedia::Video,

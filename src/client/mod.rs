@@ -150,12 +150,17 @@ pub enum Event {
     /// A call event (docs/media.md): `tracks`, `layer`, `keyframe_request`, `layers_wanted` or
     /// `speakers`, as the relay sent it.
     Call(ServerFrame),
-    /// An event of a 1:1 call (docs/calls.md): its state, ringing, answered elsewhere, the other
-    /// side's signaling.
+    /// An event of a call (docs/calls.md): 1:1 (its state, ringing, answered elsewhere, the
+    /// other side's signaling) or group (its roster, invitations, removal, host mutes).
     CallUpdate(CallUpdate),
+    /// The relay took this connection out of a room (`left` with `req` 0: a group call's media
+    /// room after the user left the call or was removed).
+    Left {
+        room: String,
+    },
 }
 
-/// An event of the 1:1 call `call` (its id).
+/// An event of the call `call` (its id), 1:1 or group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallUpdate {
     pub call: String,
@@ -197,6 +202,9 @@ struct Shared {
     started: Instant,
     /// What arrives of forwarded media groups (QUIC and WebTransport).
     media: mpsc::Sender<media::MediaEvent>,
+    /// Rooms the relay took this connection out of (`left` with `req` 0), whose stream the next
+    /// `join` lets go of first.
+    evicted: Mutex<std::collections::HashSet<String>>,
 }
 
 /// `req` numbers of the client's own `presence_sync` requests (far above the application's).
@@ -278,6 +286,11 @@ impl Shared {
             | ServerFrame::LayersWanted { .. }
             | ServerFrame::Speakers { .. }) => Event::Call(frame),
             ServerFrame::Call { call, event, .. } => Event::CallUpdate(CallUpdate { call, event }),
+            ServerFrame::Left { room, .. } => {
+                self.views().remove(&room);
+                self.evicted.lock().unwrap_or_else(|e| e.into_inner()).insert(room.clone());
+                Event::Left { room }
+            }
             _ => return,
         };
         // The permit is taken at once while the application keeps up; waiting for it is what
@@ -389,6 +402,7 @@ impl Client {
             syncing: Mutex::new(Default::default()),
             started: Instant::now(),
             media: media_tx,
+            evicted: Mutex::new(Default::default()),
         });
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
@@ -473,6 +487,10 @@ impl Client {
 
     /// Joins a room, telling the relay the last position this client saw.
     pub async fn join_since(&self, room: &str, since: Option<Position>) -> Result<Joined, ClientError> {
+        let evicted = self.shared.evicted.lock().unwrap_or_else(|e| e.into_inner()).remove(room);
+        if let (true, Link::Quic(link)) = (evicted, &*self.link) {
+            link.forget_room(room).await;
+        }
         if let Link::Quic(link) = &*self.link
             && !link.claim_room(room)
         {

@@ -127,6 +127,11 @@ struct Track {
     speakers: Arc<Mutex<SpeakerDetector<Arc<str>>>>,
     /// The bytes the publisher may send (see [`Calls::publish`]).
     meter: TokenBucket,
+    /// Muted by its publisher (`track_mute`).
+    own_muted: bool,
+    /// Held by the relay (a group call's host muted the publisher, see [`Calls::hold`]):
+    /// nothing of it is cached or forwarded and it counts as silent.
+    held: bool,
 }
 
 impl Track {
@@ -155,6 +160,30 @@ impl Track {
         }
     }
 
+    /// Holds or releases the track; whether that changed anything. Holding resets the groups in
+    /// flight to subscribers and drops the cached ones (spoken while held: never forwarded).
+    fn set_held(&mut self, held: bool, now_ms: u64) -> bool {
+        if self.held == held {
+            return false;
+        }
+        self.held = held;
+        self.info.muted = self.own_muted || held;
+        if held {
+            for cache in &mut self.caches {
+                cache.start(0, false);
+            }
+            for sub in self.subscribers.values_mut() {
+                if let Some(f) = sub.forwarding.take() {
+                    sub.out.cancel(GroupKey { track: self.info.track, group: f.sub_group });
+                }
+            }
+            if self.info.kind == TrackKind::Audio {
+                lock(&self.speakers).remove(&self.publisher.user, now_ms);
+            }
+        }
+        true
+    }
+
     fn refresh_dynacast(&mut self, id: ConnId) {
         if let Some(sub) = self.subscribers.get(&id) {
             self.dynacast.set(id, sub.forwarder.target(), sub.forwarder.current());
@@ -174,6 +203,25 @@ struct Registry {
     tracks: HashMap<TrackId, Arc<Mutex<Track>>>,
     /// Tracks each connection publishes.
     published: HashMap<ConnId, Vec<TrackId>>,
+    /// What the relay holds back per room and publisher (only entries with something held).
+    holds: HashMap<RoomKey, HashMap<Arc<str>, Hold>>,
+}
+
+/// What the relay holds back of one publisher in one room, whatever the publisher sends: a group
+/// call's host mute ([`crate::call::group_service`]). `video` covers screen tracks too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hold {
+    pub audio: bool,
+    pub video: bool,
+}
+
+impl Hold {
+    fn covers(self, kind: TrackKind) -> bool {
+        match kind {
+            TrackKind::Audio => self.audio,
+            TrackKind::Video | TrackKind::Screen => self.video,
+        }
+    }
 }
 
 pub struct Calls {
@@ -289,6 +337,7 @@ impl Calls {
             return limit(format!("this connection already publishes a track named {name:?}"));
         }
         media.will_publish();
+        let held = registry.holds.get(key).and_then(|h| h.get(&publisher.user)).is_some_and(|h| h.covers(kind));
         let speakers = registry.rooms.entry(key.clone()).or_default().speakers.clone();
         let track = self.next_track.fetch_add(1, Ordering::Relaxed);
         let info = TrackInfo {
@@ -298,7 +347,7 @@ impl Calls {
             kind,
             codec: codec.into(),
             layers: layers.clone(),
-            muted: false,
+            muted: held,
         };
         let entry = Track {
             info: info.clone(),
@@ -310,6 +359,8 @@ impl Calls {
             dynacast: Dynacast::new(layers.len()),
             speakers,
             meter: track_meter(self.config.max_bitrate, layers.len(), now_ms),
+            own_muted: false,
+            held,
         };
         registry.tracks.insert(track, Arc::new(Mutex::new(entry)));
         registry.published.entry(id).or_default().push(track);
@@ -341,7 +392,8 @@ impl Calls {
         let handle = self.owned(id, track)?;
         let (key, info) = {
             let mut t = lock(&handle);
-            t.info.muted = muted;
+            t.own_muted = muted;
+            t.info.muted = muted || t.held;
             (t.room.clone(), t.info.clone())
         };
         let frame = ServerFrame::Tracks { room: key.room.to_string(), tracks: vec![info], ended: Vec::new() };
@@ -349,7 +401,40 @@ impl Calls {
         Ok(())
     }
 
-    /// Subscribes (or changes a subscription): the highest layer wanted, or paused.
+    /// Holds back (or releases) what `user` publishes in the room `key`, now and for tracks they
+    /// publish later, whatever they send: held tracks are listed `muted` in `tracks`, their
+    /// groups in flight are reset for subscribers, and nothing of them is cached, forwarded or
+    /// counted for the speakers until released.
+    pub fn hold(&self, key: &RoomKey, user: &str, hold: Hold, now_ms: u64) {
+        let mut registry = lock(&self.registry);
+        let user: Arc<str> = user.into();
+        let holds = registry.holds.entry(key.clone()).or_default();
+        if hold == Hold::default() {
+            holds.remove(&user);
+        } else {
+            holds.insert(user.clone(), hold);
+        }
+        if holds.is_empty() {
+            registry.holds.remove(key);
+        }
+        let Some(room) = registry.rooms.get(key) else { return };
+        let mut changed = Vec::new();
+        for handle in room.tracks.iter().filter_map(|t| registry.tracks.get(t)) {
+            let mut t = lock(handle);
+            if t.publisher.user == user {
+                let held = hold.covers(t.info.kind);
+                if t.set_held(held, now_ms) {
+                    changed.push(t.info.clone());
+                }
+            }
+        }
+        drop(registry);
+        if !changed.is_empty() {
+            let frame = ServerFrame::Tracks { room: key.room.to_string(), tracks: changed, ended: Vec::new() };
+            self.hub.broadcast(key, &frame);
+        }
+    }
+
     /// The room a track is published in (the session checks the subscriber joined it).
     pub fn track_room(&self, track: TrackId) -> Option<RoomKey> {
         let handle = lock(&self.registry).tracks.get(&track).cloned()?;
@@ -405,6 +490,11 @@ impl Calls {
         let layer = usize::from(header.layer);
         if layer >= t.info.layers.len() {
             return Err(MediaError::Limit(format!("track {} has no layer {}", header.track, header.layer)));
+        }
+        if t.held {
+            // Accepted and metered, but it goes nowhere (see `Calls::hold`).
+            drop(t);
+            return Ok(GroupIn { track: handle, layer: header.layer, group: header.group });
         }
         t.caches[layer].start(header.group, header.keyframe());
         let Track { info, subscribers, dynacast, .. } = &mut *t;
@@ -537,6 +627,9 @@ impl GroupIn {
         let mut t = lock(&self.track);
         if !t.meter.try_take_n(frame.wire.len() as u64, now_ms) {
             return Err(MediaError::Limit(format!("track {} sends above media.max_bitrate", t.info.track)));
+        }
+        if t.held {
+            return Ok(());
         }
         let wire: &Bytes = &frame.wire;
         t.caches[usize::from(self.layer)].push(self.group, wire);

@@ -123,6 +123,21 @@ codes! {
     /// `signal` while the call is not connected on this device (ringing, reconnecting, or another
     /// device of this user is in the call).
     NOT_CONNECTED = 160, "not_connected", fatal = false, retry = false;
+    /// Group calls (docs/calls.md, "Group calls"): only the host can do this (invite, remove,
+    /// mute, make_host, end).
+    NOT_HOST = 161, "not_host", fatal = false, retry = false;
+    /// The group call has `calls.group_max_participants` active participants already.
+    CALL_FULL = 162, "call_full", fatal = false, retry = false;
+    /// `invite` of a user already invited or in the call.
+    ALREADY_INVITED = 163, "already_invited", fatal = false, retry = false;
+    /// `decline` without a ringing invitation.
+    NOT_INVITED = 164, "not_invited", fatal = false, retry = false;
+    /// The action needs the user (or its target) in the call: joined or away.
+    NOT_IN_CALL = 165, "not_in_call", fatal = false, retry = false;
+    /// `join` by a participant the host removed (until invited again).
+    REMOVED = 166, "removed", fatal = false, retry = false;
+    /// The host cannot remove, mute or hand the role to themselves.
+    SELF_TARGET = 167, "self_target", fatal = false, retry = false;
 }
 
 impl ErrorCode {

@@ -12,7 +12,10 @@ pub mod payload;
 pub mod presence;
 pub mod room;
 
-pub use call::{CallAction, CallEndReason, CallEvent, CallMedia, CallSide, CallState};
+pub use call::{
+    CallAction, CallEndReason, CallEvent, CallMedia, CallSide, CallState, GroupEndReason, GroupParticipant, GroupRole,
+    GroupStatus, InviteOverReason, MuteKind,
+};
 pub use codec::{Codec, DecodeError, EncodeOnce, FrameReader, WireFrame};
 pub use codes::ErrorCode;
 pub use frame::{

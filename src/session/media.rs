@@ -1,5 +1,6 @@
 //! The session's side of calls (docs/media.md): the track requests, checked against the
-//! token's capabilities and the rooms this connection joined, then handed to the relay-wide
+//! token's capabilities (or, in a group call's media room, the call's membership) and the rooms
+//! this connection joined, then handed to the relay-wide
 //! [`crate::media::calls::Calls`]. Media itself never passes here: it travels on
 //! unidirectional streams that the transport hands to the calls directly.
 
@@ -40,7 +41,12 @@ impl Session {
         // Not joined (or its join was refused): `not_joined`, before the capability check.
         let publisher = self.member(&room_name)?;
         let active = self.active()?;
-        if !active.identity.can_publish_media(room_name.as_str()) {
+        // In a group call's media room, being in the call is the right (docs/media.md).
+        let allowed = match crate::call::group_service::media_room_call(&room_name) {
+            Some(call) => self.ctx.group_calls.in_call(&active.user, call),
+            None => active.identity.can_publish_media(room_name.as_str()),
+        };
+        if !allowed {
             return Err(Failure::reject(ErrorCode::PERMISSION_DENIED, format!("token does not allow media in {room}")));
         }
         let key = active.key(&room_name);

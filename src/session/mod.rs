@@ -68,6 +68,9 @@ pub struct SessionContext {
     pub ice: Arc<crate::ice::IceIssuer>,
     /// 1:1 calls (`call` frames).
     pub call_service: Arc<crate::call::CallService>,
+    /// Group calls (`call` frames with group actions or a group call's id), and who may be in
+    /// their media rooms.
+    pub group_calls: Arc<crate::call::GroupService>,
     /// `call` frames per second per connection, and burst.
     pub call_rate: (u32, u32),
 }
@@ -383,6 +386,7 @@ impl Session {
         }
         if let Some(active) = &self.active {
             self.ctx.awareness.disconnect(self.id, now_ms);
+            self.ctx.group_calls.disconnect(&active.user, self.id, now_ms);
             self.ctx.call_service.disconnect(&active.user, self.id, now_ms);
         }
         let cursors: Vec<Cursor> =
@@ -443,6 +447,7 @@ impl Session {
         self.active = Some(Active { identity, tenant, user: user.clone(), _slot: slot, registration });
         self.outbox.send(lane, &welcome).map_err(|e| self.push_fatal(e))?;
         self.ctx.call_service.connect(&user, self.id, self.outbox.clone(), now_ms);
+        self.ctx.group_calls.connect(&user, self.id, now_ms);
         self.ctx.awareness.connect(user, self.id, self.outbox.clone(), now_ms);
         Ok(())
     }
@@ -481,7 +486,12 @@ impl Session {
         let name = parse_room(room)?;
         self.forget_refused();
         let active = self.active()?;
-        if !active.identity.can_join(name.as_str()) {
+        // A group call's media room: being in the call is the right, whatever the token says.
+        let allowed = match crate::call::group_service::media_room_call(&name) {
+            Some(call) => self.ctx.group_calls.in_call(&active.user, call),
+            None => active.identity.can_join(name.as_str()),
+        };
+        if !allowed {
             return Err(Failure::reject(ErrorCode::PERMISSION_DENIED, format!("token does not allow joining {room}")));
         }
         if lane != CONTROL && self.lanes.contains_key(&lane) {
@@ -556,11 +566,27 @@ impl Session {
         if lane != CONTROL && lane != room_lane {
             return Err(Failure::Fatal(ErrorCode::WRONG_STREAM, format!("leave for {room} on another room's stream")));
         }
-        if let Some(joined) = self.rooms.remove(&name) {
-            self.leave_room(&name, &joined, now_ms);
-        }
+        self.unfollow(lane, req, &name, now_ms)
+    }
+
+    /// The relay takes this connection out of a room it may no longer be in (a group call's
+    /// media room after the user left the call or was removed): as a `leave`, announced by
+    /// `left` with `req` 0. Nothing happens if the room is not joined.
+    pub fn evict(&mut self, room: &RoomName, reason: &str, now_ms: u64) {
+        let Some(lane) = self.rooms.get(room).map(|j| j.lane) else { return };
+        tracing::debug!(conn = self.id, %room, reason, "evicted from a room");
+        // The outbox only refuses when the connection is closing anyway.
+        let _ = self.unfollow(lane, 0, room, now_ms);
+    }
+
+    /// Leaves a joined room for good on `lane`, answering `left {req}`: fanout, presence, media,
+    /// the followed cursor, and the room's stream.
+    fn unfollow(&mut self, lane: LaneId, req: u64, name: &RoomName, now_ms: u64) -> Result<(), Failure> {
+        let Some(joined) = self.rooms.remove(name) else { return Ok(()) };
+        let room_lane = joined.lane;
+        self.leave_room(name, &joined, now_ms);
         // An explicit leave means the user stops following the room.
-        self.cursors.remove(&name);
+        self.cursors.remove(name);
         let active = self.active()?;
         self.ctx.engine.forget_cursor(&active.identity.tenant, &active.identity.user, name.clone());
         self.outbox.reply(lane, &ServerFrame::Left { req, room: name.to_string() })?;
@@ -665,7 +691,8 @@ impl Session {
         Ok(self.outbox.reply(lane, &ServerFrame::IceServers { req, servers, expires_at })?)
     }
 
-    /// A 1:1 call action (`crate::call::service`); answered there, before the events it causes.
+    /// A call action, 1:1 (`crate::call::service`) or group (`crate::call::group_service`);
+    /// answered there, before the events it causes.
     fn call(
         &mut self,
         lane: LaneId,
@@ -686,7 +713,13 @@ impl Session {
             lane,
             req,
         };
-        self.ctx.call_service.act(who, call, action, now_ms).map_err(|err| Failure::reject(err.code(), err.to_string()))
+        let group = &self.ctx.group_calls;
+        let result = if group.handles(call, &action) {
+            group.act(who, call, action, now_ms).map_err(|err| (err.code(), err.to_string()))
+        } else {
+            self.ctx.call_service.act(who, call, action, now_ms).map_err(|err| (err.code(), err.to_string()))
+        };
+        result.map_err(|(code, message)| Failure::reject(code, message))
     }
 
     fn cursor(&mut self, room: &str, position: Position) -> Result<(), Failure> {

@@ -76,6 +76,13 @@ TIMED_OUT = 157
 SELF_CALL = 158
 CROSS_TENANT = 159
 NOT_CONNECTED = 160
+NOT_HOST = 161
+CALL_FULL = 162
+ALREADY_INVITED = 163
+NOT_INVITED = 164
+NOT_IN_CALL = 165
+REMOVED = 166
+SELF_TARGET = 167
 
 # Field order of every frame (the postcard order; JSON keeps it so encodings are canonical).
 CLIENT_FIELDS = {
@@ -130,6 +137,40 @@ SERVER_FIELDS = {
     "ice_servers": ("req", "servers", "expires_at"),
     "call": ("req", "call", "event"),
 }
+# The nested `action` / `event` of `call` frames (docs/protocol.md, Calls (1:1) and Calls
+# (group)): name -> field order.
+CALL_ACTION_FIELDS = {
+    "initiate": ("callee", "media"),
+    "answer": (),
+    "reject": (),
+    "cancel": (),
+    "hang_up": (),
+    "rejoin": (),
+    "signal": ("data",),
+    "create_group": ("media", "invite"),
+    "invite": ("users",),
+    "join": (),
+    "decline": (),
+    "leave": (),
+    "remove": ("user",),
+    "mute": ("user", "kind"),
+    "unmute": ("kind",),
+    "make_host": ("user",),
+    "end": (),
+}
+CALL_EVENT_FIELDS = {
+    "ok": (),
+    "state": ("caller", "callee", "media", "state"),
+    "ring": ("caller", "media"),
+    "answered_elsewhere": (),
+    "signal": ("data",),
+    "group": ("host", "media", "participants", "ended"),
+    "invited": ("by", "media"),
+    "invite_over": ("reason",),
+    "removed": ("by",),
+    "muted": ("by", "kind"),
+}
+GROUP_PARTICIPANT_FIELDS = ("user", "role", "status", "muted_audio", "muted_video")
 ICE_SERVER_FIELDS = ("urls", "username", "credential")
 PRESENCE_ENTRY_FIELDS = ("user", "status", "custom", "version", "last_seen")
 
@@ -302,7 +343,7 @@ class _Client:
         self.presence_versions: dict[str, dict[str, int]] = defaultdict(dict)
         self.presence_refreshes: dict[str, dict] = {}
         self.typing_views: dict[str, dict] = {}
-        # 1:1 call events (``call`` frames with req 0), in arrival order.
+        # Call events, 1:1 and group (``call`` frames with req 0), in arrival order.
         self.call_events: asyncio.Queue = asyncio.Queue()
 
     # -- to implement per transport --------------------------------------------------------

@@ -245,6 +245,16 @@ def test_golden_json_vectors():
             assert vec["direction"] == "server", name
             assert list(body) == list(er.SERVER_FIELDS[kind]), name
             servers += 1
+        if kind == "call":
+            # The nested action or event: {"<name>": {fields in order}}.
+            if "action" in body:
+                nested, table = body["action"], er.CALL_ACTION_FIELDS
+            else:
+                nested, table = body["event"], er.CALL_EVENT_FIELDS
+            ((what, fields),) = nested.items()
+            assert list(fields) == list(table[what]), name
+            for p in fields.get("participants", []):
+                assert list(p) == list(er.GROUP_PARTICIPANT_FIELDS), name
     assert clients >= len(er.CLIENT_FIELDS) and servers >= len(er.SERVER_FIELDS) - 1
     # The documented payload examples.
     assert er.binary(bytes([0x00, 0xFF, 0x01])) == {"$binary": "AP8B"}
@@ -625,6 +635,62 @@ def test_one_to_one_call(relay):
             assert await a.next_call_event() == (call, "state", ended)
             assert await b.next_call_event() == (call, "state", ended)
             assert e.call_events.empty()
+
+    run(main())
+
+
+def test_group_call(relay):
+    """A group call written from docs/calls.md "Group calls" alone: Alice (QUIC) creates it
+    inviting Bob (WebSocket), whose device rings; Bob joins; his token allows no room, yet he
+    joins the call's media room while a stranger whose token allows every room is refused;
+    Alice mutes Bob; Bob leaves with ``hang_up`` and loses the room, which ends the call when
+    Alice leaves too."""
+    alice, bob, eve = unique("alice-"), unique("bob-"), unique("eve-")
+
+    def roster(fields):
+        return {p["user"]: p["status"] for p in fields["participants"]}
+
+    async def main():
+        async with await connect(relay, "quic") as a, await connect(relay, "ws") as b, \
+                await connect(relay, "ws") as e:
+            await a.hello(relay.token(alice, call=("*",)))
+            # Bob's token grants no room (and calling nobody): the call is his right to its room.
+            await b.hello(relay.token(bob, call=("nobody",)))
+            await e.hello(relay.token(eve, "*"))
+            call = await a.call("create_group", media="audio", invite=[bob])
+            _, name, fields = await a.next_call_event()
+            assert name == "group" and fields["host"] == alice and fields["ended"] is None
+            assert roster(fields) == {alice: "joined", bob: "invited"}
+            assert list(fields["participants"][0]) == list(er.GROUP_PARTICIPANT_FIELDS)
+            assert (await b.next_call_event())[1] == "group"
+            assert await b.next_call_event() == (call, "invited", {"by": alice, "media": "audio"})
+            room = f"call:{call}"
+            for c in (b, e):
+                with pytest.raises(er.RelayError) as refused:
+                    await c.join(room)
+                assert refused.value.code == er.PERMISSION_DENIED
+            await b.call("join", call)
+            assert roster((await b.next_call_event())[2]) == {alice: "joined", bob: "joined"}
+            assert await b.next_call_event() == (call, "invite_over", {"reason": "joined"})
+            await b.join(room)
+            with pytest.raises(er.RelayError) as refused:
+                await b.call("mute", call, user=alice, kind="audio")
+            assert refused.value.code == er.NOT_HOST
+            await a.call("mute", call, user=bob, kind="audio")
+            assert await b.next_call_event() == (call, "muted", {"by": alice, "kind": "audio"})
+            _, _, fields = await b.next_call_event()
+            assert [p["muted_audio"] for p in fields["participants"]] == [False, True]
+            await b.call("hang_up", call)
+            _, _, fields = await b.next_call_event()
+            assert roster(fields)[bob] == "left" and fields["ended"] is None
+            evicted = ("left", {"req": 0, "room": room})
+            await wait_until(lambda: evicted in b.received, what="bob out of the media room")
+            await a.call("leave", call)
+            while True:
+                _, name, fields = await a.next_call_event()
+                if name == "group" and fields["ended"] is not None:
+                    break
+            assert fields["ended"] == "all_left"
 
     run(main())
 

@@ -35,6 +35,7 @@ pub use embedded::EmbeddedCallHistory;
 pub use memory::MemoryCallHistory;
 pub use redis::RedisCallHistory;
 
+use super::group::{self, GroupCall};
 use super::quality::QualitySummary;
 use super::types::{CallId, CallSummary, EndReason, Media, Side};
 use crate::hub::presence::{DeviceId, UserKey};
@@ -166,6 +167,48 @@ impl CallRecord {
             by,
             side,
             duration_ms: s.duration_ms,
+            quality: None,
+        }
+    }
+
+    /// The record of a group call: everyone ever invited (the creator, `host`, first), when
+    /// they first joined and when they last left (`None` while in). It counts as answered when
+    /// a second participant joined; `duration_ms` runs from then to the end.
+    pub fn group(call: &GroupCall) -> CallRecord {
+        let participants: Vec<Participant> = call
+            .roster()
+            .participants
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Participant {
+                user: p.user.user.to_string(),
+                // The host role moves during a call; the record keeps who created it.
+                role: if i == 0 { Role::Host } else { Role::Member },
+                device: match p.status {
+                    group::Status::Joined { device } => Some(device),
+                    _ => None,
+                },
+                joined_ms: p.first_joined_ms,
+                left_ms: if p.status.is_in() { None } else { p.last_left_ms },
+            })
+            .collect();
+        let mut joins: Vec<u64> = participants.iter().filter_map(|p| p.joined_ms).collect();
+        joins.sort_unstable();
+        let answered_ms = joins.get(1).copied();
+        let ended = call.ended();
+        CallRecord {
+            id: call.id(),
+            tenant: call.tenant().to_string(),
+            kind: CallKind::Group,
+            media: call.media(),
+            participants,
+            started_ms: call.started_ms(),
+            answered_ms,
+            ended_ms: ended.map(|(_, at)| at),
+            reason: ended.map(|(reason, _)| reason.code().to_owned()),
+            by: None,
+            side: None,
+            duration_ms: ended.map(|(_, at)| answered_ms.map_or(0, |from| at.saturating_sub(from))),
             quality: None,
         }
     }
