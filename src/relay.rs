@@ -173,7 +173,13 @@ impl Relay {
         }
         let calls = Arc::new(Calls::new(config.media.clone(), hub.clone()));
         let (call_records, call_records_rx) = tokio::sync::mpsc::unbounded_channel();
-        let call_service = Arc::new(crate::call::CallService::local(&config.calls).with_history(call_records));
+        let mut call_service = crate::call::CallService::local(&config.calls).with_history(call_records);
+        // With a shared engine, 1:1 calls span the region (crate::call::region).
+        let call_link = engine.share_calls();
+        if let Some(link) = &call_link {
+            call_service = call_service.with_region(link.node.clone(), link.out.clone());
+        }
+        let call_service = Arc::new(call_service);
         let session_ctx = Arc::new(SessionContext {
             hub: hub.clone(),
             engine: engine.clone(),
@@ -224,8 +230,11 @@ impl Relay {
         let tick = PRESENCE_TICK.min(Duration::from_millis(config.presence.refresh_ms));
         services.spawn(presence_ticks(awareness.clone(), tick, stop.clone()));
         services.spawn(media_ticks(calls, stop.clone()));
-        services.spawn(call_service.run_timers(unix_ms, stop.clone()));
+        services.spawn(call_service.clone().run_timers(unix_ms, stop.clone()));
         services.spawn(crate::call::service::write_history(call_history, call_records_rx, unix_ms, stop.clone()));
+        if let Some(link) = call_link {
+            services.spawn(call_service.clone().run_region(link.inbound, unix_ms, stop.clone()));
+        }
         services.spawn(sweep_rooms(hub.clone(), engine.clone(), stop.clone()));
         if let Some(link) = engine.share_presence() {
             awareness.share(link.local.clone());

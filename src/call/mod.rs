@@ -45,6 +45,7 @@ pub mod group;
 pub mod history;
 pub mod machine;
 pub mod quality;
+pub mod region;
 pub mod service;
 pub mod types;
 
