@@ -988,4 +988,164 @@ mod tests {
             assert_eq!(CallId::parse(bad), None, "{bad:?}");
         }
     }
+
+    /// Two nodes of a region, their calls channels as in-memory queues.
+    struct Region2 {
+        a: CallService,
+        b: CallService,
+        to_b: mpsc::UnboundedReceiver<String>,
+        to_a: mpsc::UnboundedReceiver<String>,
+    }
+
+    impl Region2 {
+        fn new() -> Region2 {
+            let config = CallsConfig { ring_timeout_ms: 1_000, ..CallsConfig::default() };
+            let (a_out, to_b) = mpsc::unbounded_channel();
+            let (b_out, to_a) = mpsc::unbounded_channel();
+            let a = CallService::local(&config).with_region("a".into(), a_out);
+            let b = CallService::local(&config).with_region("b".into(), b_out);
+            Region2 { a, b, to_b, to_a }
+        }
+
+        /// Carries every queued message until both queues are empty.
+        fn pump(&mut self, now_ms: u64) {
+            loop {
+                let mut moved = false;
+                while let Ok(text) = self.to_b.try_recv() {
+                    self.b.on_region("a", &text, now_ms);
+                    moved = true;
+                }
+                while let Ok(text) = self.to_a.try_recv() {
+                    self.a.on_region("b", &text, now_ms);
+                    moved = true;
+                }
+                if !moved {
+                    return;
+                }
+            }
+        }
+
+        /// Loses everything queued (pub/sub is at most once).
+        fn lose(&mut self) {
+            while self.to_b.try_recv().is_ok() || self.to_a.try_recv().is_ok() {}
+        }
+    }
+
+    /// Every frame queued for `device`, decoded.
+    fn all_frames(device: &Device) -> Vec<ServerFrame> {
+        let Take::Frames(frames) = device.outbox.take(CONTROL, usize::MAX) else { return Vec::new() };
+        frames.iter().filter_map(|f| Codec::Json.decode::<ServerFrame>(&f.body()).ok()).collect()
+    }
+
+    fn has_ring(frames: &[(u64, String, CallEvent)]) -> bool {
+        frames.iter().any(|(_, _, e)| matches!(e, CallEvent::Ring { .. }))
+    }
+
+    #[test]
+    fn answers_racing_on_two_nodes_the_first_to_reach_the_owner_wins() {
+        let mut r = Region2::new();
+        let alice = Device::new(&r.a, "alice", 1);
+        let bob_a = Device::new(&r.a, "bob", 2);
+        let bob_b = Device::new(&r.b, "bob", 2);
+        let id = initiate(&r.a, &alice);
+        r.pump(T0);
+        assert!(has_ring(&bob_a.frames()) && has_ring(&bob_b.frames()), "rings on both nodes");
+        // B's answer is on its way when A's is applied.
+        bob_b.act(&r.b, &id, CallAction::Answer {}, T0 + 10).unwrap();
+        bob_a.act(&r.a, &id, CallAction::Answer {}, T0 + 11).unwrap();
+        r.pump(T0 + 12);
+        assert_eq!(bob_a.frames()[0], (7, id.clone(), CallEvent::Ok {}));
+        let frames = all_frames(&bob_b);
+        assert!(
+            frames
+                .iter()
+                .any(|f| matches!(f, ServerFrame::Error { req: 7, code, .. } if *code == ErrorCode::ALREADY_ANSWERED)),
+            "{frames:?}"
+        );
+        assert!(frames.contains(&ServerFrame::Call {
+            req: 0,
+            call: id.clone(),
+            event: CallEvent::AnsweredElsewhere {}
+        }));
+        assert_eq!(r.b.active(), 0, "the call is held by A only");
+    }
+
+    #[test]
+    fn an_action_whose_answer_is_lost_is_refused_after_the_timeout() {
+        let mut r = Region2::new();
+        let alice = Device::new(&r.a, "alice", 1);
+        let bob = Device::new(&r.b, "bob", 1);
+        let id = initiate(&r.a, &alice);
+        r.pump(T0);
+        bob.frames();
+        bob.act(&r.b, &id, CallAction::Answer {}, T0 + 10).unwrap();
+        r.lose();
+        r.b.region_tick(T0 + 10 + ACT_TIMEOUT_MS - 1);
+        assert_eq!(all_frames(&bob), vec![], "still waiting");
+        r.b.region_tick(T0 + 10 + ACT_TIMEOUT_MS);
+        let frames = all_frames(&bob);
+        assert!(
+            matches!(&frames[..], [ServerFrame::Error { req: 7, code, .. }] if *code == ErrorCode::STORE_UNAVAILABLE),
+            "{frames:?}"
+        );
+    }
+
+    #[test]
+    fn a_silent_owners_calls_end_on_the_other_nodes_and_refreshes_keep_them() {
+        let mut r = Region2::new();
+        let alice = Device::new(&r.a, "alice", 1);
+        let bob = Device::new(&r.b, "bob", 1);
+        let id = initiate(&r.a, &alice);
+        r.pump(T0);
+        bob.act(&r.b, &id, CallAction::Answer {}, T0 + 10).unwrap();
+        r.pump(T0 + 10);
+        bob.frames();
+        // A refreshes its live calls: B keeps the call past the first lapse.
+        r.a.region_tick(T0 + 100);
+        r.pump(T0 + 100);
+        r.b.region_tick(T0 + 10 + region::LAPSE_MS);
+        assert_eq!(bob.frames(), vec![]);
+        // Then A goes silent: the call ends for Bob's devices on B.
+        r.b.region_tick(T0 + 100 + region::LAPSE_MS);
+        let lost = proto::CallState::Ended { reason: proto::CallEndReason::ConnectionLost, side: None };
+        assert!(
+            matches!(&bob.frames()[..], [(0, call, CallEvent::State { state, .. })] if *call == id && *state == lost)
+        );
+        // Unknown there now: a late action gets `not_participant`, as for a purged call.
+        let late = bob.act(&r.b, &id, CallAction::HangUp {}, T0 + 200 + region::LAPSE_MS).unwrap_err();
+        assert_eq!(late.code(), ErrorCode::NOT_PARTICIPANT);
+    }
+
+    #[test]
+    fn a_device_connecting_on_another_node_is_told_the_state_and_its_drop_reaches_the_owner() {
+        let mut r = Region2::new();
+        let alice = Device::new(&r.a, "alice", 1);
+        let bob = Device::new(&r.a, "bob", 2);
+        let id = initiate(&r.a, &alice);
+        bob.act(&r.a, &id, CallAction::Answer {}, T0 + 10).unwrap();
+        r.pump(T0 + 10);
+        alice.frames();
+        // Alice's second device, on B, rejoins after her first one dropped.
+        r.a.disconnect(&alice.user, 1, T0 + 20);
+        r.pump(T0 + 20);
+        let alice_b = Device::new(&r.b, "alice", 1);
+        r.pump(T0 + 20);
+        let synced = alice_b.frames();
+        assert!(
+            matches!(synced[..], [(0, _, CallEvent::State { state: proto::CallState::Reconnecting { .. }, .. })]),
+            "{synced:?}"
+        );
+        alice_b.act(&r.b, &id, CallAction::Rejoin {}, T0 + 30).unwrap();
+        r.pump(T0 + 30);
+        let frames = alice_b.frames();
+        assert_eq!(frames[0], (7, id.clone(), CallEvent::Ok {}));
+        assert!(matches!(frames[1], (0, _, CallEvent::State { state: proto::CallState::Connected {}, .. })));
+        // Its drop on B starts Alice's grace on A.
+        r.b.disconnect(&alice_b.user, 1, T0 + 40);
+        r.pump(T0 + 40);
+        assert!(matches!(
+            r.a.registry().calls[&CallId::parse(&id).unwrap()].call.state(),
+            CallState::Reconnecting { caller_until_ms: Some(_), callee_until_ms: None }
+        ));
+    }
 }
