@@ -3,7 +3,8 @@
 //! up, what each side is told and which timers run; it does no IO. [`service::CallService`] is
 //! the relay's side of it: the calls of this node by id, who is in which call, the timers, and
 //! the translation between `call` frames (`crate::proto::call`) and the machine, with delivery
-//! behind the [`service::CallRoute`] seam.
+//! behind the [`service::CallRoute`] seam. In a Redis region, [`region`] carries calls across
+//! nodes: a call stays on the node where it was placed, and the others forward to it.
 //!
 //! Why a pure object: the call flow is all races (an answer crossing a cancel, two devices
 //! answering at once, a device dropping while the other side hangs up) and timeouts (ring,
