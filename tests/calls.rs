@@ -8,7 +8,7 @@
 mod calls;
 mod common;
 
-use calls::{connected_call, device, ended, expect_state, next, quiet, refused, ring_bob, until_ended};
+use calls::{connected_call, device, ended, expect_state, history_until, next, quiet, refused, ring_bob, until_ended};
 use common::{TestRelay, Transport, claims, start_with, within};
 use edgerelay::client::{Client, ClientError};
 use edgerelay::proto::{CallAction, CallEndReason, CallEvent, CallMedia, CallSide, CallState, Codec, ErrorCode};
@@ -290,30 +290,9 @@ async fn calls_are_recorded_in_both_users_history() {
     const KEY: &str = "calls-history-test-api-key";
     let relay = start_with(|c| c.api.key = Some(KEY.into())).await;
     let (mut alice, mut bob1, mut bob2) = alice_and_bob(&relay, MIXES[0].0, MIXES[0].1).await;
-    let history = |user: &'static str| {
-        let relay = &relay;
-        async move {
-            let auth = format!("Bearer {KEY}");
-            let path = format!("/v1/api/calls/acme/users/{user}");
-            let (status, body) =
-                common::http_request(relay.relay.tcp_addr(), "GET", &path, &[("authorization", &auth)], "").await;
-            assert_eq!(status, 200, "{body}");
-            serde_json::from_str::<serde_json::Value>(&body).expect("JSON")["calls"].as_array().expect("calls").clone()
-        }
-    };
-
     let rejected = ring_bob(&mut alice, &mut bob1, &mut bob2, CallMedia::Audio).await;
     // Ringing: recorded at its start, not ended yet.
-    let calls = within("the ringing call recorded", async {
-        loop {
-            let calls = history("bob").await;
-            if !calls.is_empty() {
-                return calls;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let calls = history_until(&relay, KEY, "bob", |calls| !calls.is_empty()).await;
     assert_eq!(calls[0]["id"], rejected.as_str());
     assert!(calls[0]["reason"].is_null(), "{calls:?}");
     within("reject", bob2.call_action(&rejected, CallAction::Reject {})).await.expect("rejected");
@@ -329,16 +308,7 @@ async fn calls_are_recorded_in_both_users_history() {
         calls.len() == 2 && calls[0]["id"] == talked.as_str() && !calls[0]["reason"].is_null()
     };
     for user in ["alice", "bob"] {
-        let calls = within("both calls recorded", async {
-            loop {
-                let calls = history(user).await;
-                if want(&calls) {
-                    return calls;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        })
-        .await;
+        let calls = history_until(&relay, KEY, user, want).await;
         assert_eq!(calls[0]["reason"], "hangup", "{user}: {calls:?}");
         assert_eq!(calls[0]["by"], "callee", "{user}: {calls:?}");
         assert_eq!(calls[0]["media"], "video");

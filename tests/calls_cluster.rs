@@ -9,7 +9,7 @@
 mod calls;
 mod common;
 
-use calls::{connected_call, device, ended, expect_state, next, quiet, refused, ring_bob};
+use calls::{connected_call, device, ended, expect_state, history_until, next, quiet, refused, ring_bob};
 use common::{TestRelay, Transport, start_with, within};
 use edgerelay::config::{Config, StoreEngine};
 use edgerelay::proto::{CallEndReason, CallEvent, CallMedia, CallSide, CallState, Codec, ErrorCode};
@@ -29,29 +29,6 @@ async fn region(redis: &RedisServer, adjust: fn(&mut Config)) -> (TestRelay, Tes
         adjust(c);
     };
     (start_with(shared).await, start_with(shared).await)
-}
-
-/// The calls the server API of `relay` lists for `user`, once `want` holds for them.
-async fn history_until(
-    relay: &TestRelay,
-    user: &str,
-    want: impl Fn(&[serde_json::Value]) -> bool,
-) -> serde_json::Value {
-    let auth = format!("Bearer {API_KEY}");
-    let path = format!("/v1/api/calls/acme/users/{user}");
-    within("the call history", async {
-        loop {
-            let (status, body) =
-                common::http_request(relay.relay.tcp_addr(), "GET", &path, &[("authorization", &auth)], "").await;
-            assert_eq!(status, 200, "{body}");
-            let page: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-            if want(page["calls"].as_array().expect("calls")) {
-                return page;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await
 }
 
 #[tokio::test]
@@ -115,9 +92,10 @@ async fn caller_on_one_node_and_callee_on_the_other() {
     // One record, listed by both nodes for both users.
     for relay in [&a, &b] {
         for user in ["alice", "bob"] {
-            let page = history_until(relay, user, |calls| calls.first().is_some_and(|c| c["reason"] == "hangup")).await;
-            assert_eq!(page["calls"][0]["id"], id.as_str(), "{page}");
-            assert_eq!(page["calls"][0]["by"], "callee", "{page}");
+            let hung_up = |calls: &[serde_json::Value]| calls.first().is_some_and(|c| c["reason"] == "hangup");
+            let calls = history_until(relay, API_KEY, user, hung_up).await;
+            assert_eq!(calls[0]["id"], id.as_str(), "{calls:?}");
+            assert_eq!(calls[0]["by"], "callee", "{calls:?}");
         }
     }
     a.relay.shutdown().await;

@@ -84,3 +84,30 @@ pub async fn connected_call(caller: &mut Client, bob1: &mut Client, bob2: &mut C
     assert_eq!(next(bob2, &id).await, CallEvent::AnsweredElsewhere {});
     id
 }
+
+/// The calls the server API of `relay` (API key `key`) lists for `user`, newest first, once
+/// `want` holds for them.
+pub async fn history_until(
+    relay: &TestRelay,
+    key: &str,
+    user: &str,
+    want: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let auth = format!("Bearer {key}");
+    let path = format!("/v1/api/calls/acme/users/{user}");
+    within("the call history", async {
+        loop {
+            let (status, body) =
+                crate::common::http_request(relay.relay.tcp_addr(), "GET", &path, &[("authorization", &auth)], "")
+                    .await;
+            assert_eq!(status, 200, "{body}");
+            let page: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            let calls = page["calls"].as_array().expect("calls").clone();
+            if want(&calls) {
+                return calls;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
