@@ -6,7 +6,10 @@
 //! - connect: `answer` sent → `state: connected` received by Alice and by Bob's answering device
 //!   (the later one).
 //!
-//! The relay runs in this process (the clients share its two cores), so these are loopback
+//! Then the same across the nodes of a region: two relays on one `redis-server` the bench
+//! starts, Alice on the first, both of Bob's devices on the second.
+//!
+//! The relays run in this process (the clients share its two cores), so these are loopback
 //! figures of the protocol path, not of a loaded server.
 //!
 //! Run: `cargo bench --bench calls`. Bounded: `CALLS` calls per transport, each step within
@@ -15,7 +18,9 @@
 use std::time::{Duration, Instant};
 
 use edgerelay::client::{Client, Event};
+use edgerelay::config::{Config, StoreEngine};
 use edgerelay::proto::{CallEvent, CallMedia, CallState, Codec};
+use edgerelay::testing::RedisServer;
 use tokio::sync::mpsc::Receiver;
 
 #[path = "../tests/common/mod.rs"]
@@ -51,10 +56,11 @@ fn is_state(event: &CallEvent, want: fn(&CallState) -> bool) -> bool {
     matches!(event, CallEvent::State { state, .. } if want(state))
 }
 
-async fn run(relay: &TestRelay, transport: Transport, codec: Codec) {
-    let mut alice = device(relay, transport, codec, "alice").await;
-    let mut bob1 = device(relay, transport, codec, "bob").await;
-    let mut bob2 = device(relay, transport, codec, "bob").await;
+/// Alice on `caller`, Bob's two devices on `callee` (the same relay, or another of the region).
+async fn run(label: &str, caller: &TestRelay, callee: &TestRelay, transport: Transport, codec: Codec) {
+    let mut alice = device(caller, transport, codec, "alice").await;
+    let mut bob1 = device(callee, transport, codec, "bob").await;
+    let mut bob2 = device(callee, transport, codec, "bob").await;
     // Requests share a client while its events are read apart.
     let (mut alice_events, mut bob1_events, mut bob2_events) =
         (alice.take_events(), bob1.take_events(), bob2.take_events());
@@ -95,7 +101,7 @@ async fn run(relay: &TestRelay, transport: Transport, codec: Codec) {
         format!("{name} p50 {} p99 {}", support::ms(p50), support::ms(p99))
     };
     println!(
-        "{transport:?}/{}: {CALLS} calls: {}; {}",
+        "{label} {transport:?}/{}: {CALLS} calls: {}; {}",
         codec.name(),
         line("ring", &mut ring),
         line("connect", &mut connect)
@@ -105,18 +111,34 @@ async fn run(relay: &TestRelay, transport: Transport, codec: Codec) {
     }
 }
 
+/// Calls back to back, faster than a person places them: above the default `calls.rate`.
+fn unlimited(c: &mut Config) {
+    c.calls.rate = 100_000;
+    c.calls.burst = 100_000;
+}
+
+const VARIANTS: [(Transport, Codec); 2] = [(Transport::Quic, Codec::Postcard), (Transport::WebSocket, Codec::Json)];
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
-        // Calls back to back, faster than a person places them: above the default `calls.rate`.
-        let relay = common::start_with(|c| {
-            c.calls.rate = 100_000;
-            c.calls.burst = 100_000;
-        })
-        .await;
-        for (transport, codec) in [(Transport::Quic, Codec::Postcard), (Transport::WebSocket, Codec::Json)] {
-            run(&relay, transport, codec).await;
+        let relay = common::start_with(unlimited).await;
+        for (transport, codec) in VARIANTS {
+            run("one node", &relay, &relay, transport, codec).await;
         }
         relay.relay.shutdown().await;
+
+        let redis = RedisServer::start().expect("start redis-server");
+        let shared = |c: &mut Config| {
+            unlimited(c);
+            c.store.engine = StoreEngine::Redis;
+            c.redis.url = redis.url();
+        };
+        let (a, b) = (common::start_with(shared).await, common::start_with(shared).await);
+        for (transport, codec) in VARIANTS {
+            run("two nodes", &a, &b, transport, codec).await;
+        }
+        a.relay.shutdown().await;
+        b.relay.shutdown().await;
     });
 }

@@ -174,9 +174,14 @@ impl Relay {
         let calls = Arc::new(Calls::new(config.media.clone(), hub.clone()));
         let (call_records, call_records_rx) = tokio::sync::mpsc::unbounded_channel();
         let call_route: Arc<dyn crate::call::CallRoute> = Arc::new(crate::call::LocalRoute::default());
-        let call_service = Arc::new(
-            crate::call::CallService::new(&config.calls, call_route.clone()).with_history(call_records.clone()),
-        );
+        let mut call_service =
+            crate::call::CallService::new(&config.calls, call_route.clone()).with_history(call_records.clone());
+        // With a shared engine, 1:1 calls span the region (crate::call::region).
+        let call_link = engine.share_calls();
+        if let Some(link) = &call_link {
+            call_service = call_service.with_region(link.node.clone(), link.out.clone());
+        }
+        let call_service = Arc::new(call_service);
         let media_rooms =
             crate::call::group_service::RelayMediaRooms { calls: calls.clone(), controls: controls.clone() };
         let group_calls = Arc::new(
@@ -233,9 +238,12 @@ impl Relay {
         let tick = PRESENCE_TICK.min(Duration::from_millis(config.presence.refresh_ms));
         services.spawn(presence_ticks(awareness.clone(), tick, stop.clone()));
         services.spawn(media_ticks(calls, stop.clone()));
-        services.spawn(call_service.run_timers(unix_ms, stop.clone()));
+        services.spawn(call_service.clone().run_timers(unix_ms, stop.clone()));
         services.spawn(group_calls.run_timers(unix_ms, stop.clone()));
         services.spawn(crate::call::service::write_history(call_history, call_records_rx, unix_ms, stop.clone()));
+        if let Some(link) = call_link {
+            services.spawn(call_service.clone().run_region(link.inbound, unix_ms, stop.clone()));
+        }
         services.spawn(sweep_rooms(hub.clone(), engine.clone(), stop.clone()));
         if let Some(link) = engine.share_presence() {
             awareness.share(link.local.clone());

@@ -4,10 +4,13 @@
 //! WebRTC signaling forwarded in order between the two devices in the call and nowhere else.
 //! Independent clients over raw QUIC and the WebSocket fallback, in both codecs.
 
+#[path = "common/calls.rs"]
+mod calls;
 mod common;
 
+use calls::{connected_call, device, ended, expect_state, history_until, next, quiet, refused, ring_bob, until_ended};
 use common::{TestRelay, Transport, claims, start_with, within};
-use edgerelay::client::{Client, ClientError, Event};
+use edgerelay::client::{Client, ClientError};
 use edgerelay::proto::{CallAction, CallEndReason, CallEvent, CallMedia, CallSide, CallState, Codec, ErrorCode};
 
 /// Caller on QUIC and callee on WebSocket, then the other way round, each in its own codec.
@@ -15,13 +18,6 @@ const MIXES: [((Transport, Codec), (Transport, Codec)); 2] = [
     ((Transport::Quic, Codec::Postcard), (Transport::WebSocket, Codec::Json)),
     ((Transport::WebSocket, Codec::Postcard), (Transport::Quic, Codec::Json)),
 ];
-
-/// A device of `sub` in `tenant` whose token may call anyone of its tenant.
-async fn device(relay: &TestRelay, (transport, codec): (Transport, Codec), sub: &str, tenant: &str) -> Client {
-    let mut c = claims(sub, tenant, &[]);
-    c.caps.call = vec!["*".into()];
-    relay.try_connect(transport, codec, &relay.sign(&c)).await.expect("device connects")
-}
 
 /// Alice on `caller`, and two devices of Bob on `callee`.
 async fn alice_and_bob(
@@ -33,77 +29,6 @@ async fn alice_and_bob(
     let bob1 = device(relay, callee, "bob", "acme").await;
     let bob2 = device(relay, callee, "bob", "acme").await;
     (alice, bob1, bob2)
-}
-
-/// The next call event, which must be about `call`.
-async fn next(client: &mut Client, call: &str) -> CallEvent {
-    let update = within("a call event", client.next_call_update()).await.expect("connection open");
-    assert_eq!(update.call, call, "{update:?}");
-    update.event
-}
-
-/// The next event must be `state` with this state.
-async fn expect_state(client: &mut Client, call: &str, state: CallState) {
-    match next(client, call).await {
-        CallEvent::State { state: got, .. } => assert_eq!(got, state),
-        other => panic!("expected state {state:?}, got {other:?}"),
-    }
-}
-
-/// Reads `call`'s events until it ended.
-async fn until_ended(client: &mut Client, call: &str) {
-    while !matches!(next(client, call).await, CallEvent::State { state: CallState::Ended { .. }, .. }) {}
-}
-
-fn ended(reason: CallEndReason, side: Option<CallSide>) -> CallState {
-    CallState::Ended { reason, side }
-}
-
-/// Nothing about any call is queued for `client`: a ping round trip on the control stream (where
-/// call events come) finds no call event before its pong.
-async fn quiet(client: &mut Client) {
-    within("ping", client.ping()).await.expect("pong");
-    while let Some(event) = client.try_next_event() {
-        assert!(!matches!(event, Event::CallUpdate(_)), "unexpected {event:?}");
-    }
-}
-
-fn refused(result: Result<impl std::fmt::Debug, ClientError>, code: ErrorCode) {
-    match result {
-        Err(ClientError::Rejected { code: got, .. }) => assert_eq!(got, code, "{got}"),
-        other => panic!("expected {code}, got {other:?}"),
-    }
-}
-
-/// `caller` calls Bob: it is told `ringing`, and both of Bob's devices are told `ringing` (with
-/// who calls) and get `ring`. Returns the call's id.
-async fn ring_bob(caller: &mut Client, bob1: &mut Client, bob2: &mut Client, media: CallMedia) -> String {
-    let id = within("initiate", caller.call_initiate("bob", media)).await.expect("call placed");
-    assert_eq!(id.len(), 16, "{id}");
-    expect_state(caller, &id, CallState::Ringing {}).await;
-    let name = caller.welcome().user.clone();
-    for bob in [bob1, bob2] {
-        match next(bob, &id).await {
-            CallEvent::State { caller, callee, media: got, state } => {
-                assert_eq!((caller.as_str(), callee.as_str(), got), (name.as_str(), "bob", media));
-                assert_eq!(state, CallState::Ringing {});
-            }
-            other => panic!("expected state ringing, got {other:?}"),
-        }
-        assert_eq!(next(bob, &id).await, CallEvent::Ring { caller: name.clone(), media });
-    }
-    id
-}
-
-/// `caller` calls Bob, who has two devices; Bob answers on the first. Returns the call's id.
-async fn connected_call(caller: &mut Client, bob1: &mut Client, bob2: &mut Client) -> String {
-    let id = ring_bob(caller, bob1, bob2, CallMedia::Video).await;
-    within("answer", bob1.call_answer(&id)).await.expect("answered");
-    expect_state(caller, &id, CallState::Connected {}).await;
-    expect_state(bob1, &id, CallState::Connected {}).await;
-    expect_state(bob2, &id, CallState::Connected {}).await;
-    assert_eq!(next(bob2, &id).await, CallEvent::AnsweredElsewhere {});
-    id
 }
 
 #[tokio::test]
@@ -365,30 +290,9 @@ async fn calls_are_recorded_in_both_users_history() {
     const KEY: &str = "calls-history-test-api-key";
     let relay = start_with(|c| c.api.key = Some(KEY.into())).await;
     let (mut alice, mut bob1, mut bob2) = alice_and_bob(&relay, MIXES[0].0, MIXES[0].1).await;
-    let history = |user: &'static str| {
-        let relay = &relay;
-        async move {
-            let auth = format!("Bearer {KEY}");
-            let path = format!("/v1/api/calls/acme/users/{user}");
-            let (status, body) =
-                common::http_request(relay.relay.tcp_addr(), "GET", &path, &[("authorization", &auth)], "").await;
-            assert_eq!(status, 200, "{body}");
-            serde_json::from_str::<serde_json::Value>(&body).expect("JSON")["calls"].as_array().expect("calls").clone()
-        }
-    };
-
     let rejected = ring_bob(&mut alice, &mut bob1, &mut bob2, CallMedia::Audio).await;
     // Ringing: recorded at its start, not ended yet.
-    let calls = within("the ringing call recorded", async {
-        loop {
-            let calls = history("bob").await;
-            if !calls.is_empty() {
-                return calls;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let calls = history_until(&relay, KEY, "bob", |calls| !calls.is_empty()).await;
     assert_eq!(calls[0]["id"], rejected.as_str());
     assert!(calls[0]["reason"].is_null(), "{calls:?}");
     within("reject", bob2.call_action(&rejected, CallAction::Reject {})).await.expect("rejected");
@@ -404,16 +308,7 @@ async fn calls_are_recorded_in_both_users_history() {
         calls.len() == 2 && calls[0]["id"] == talked.as_str() && !calls[0]["reason"].is_null()
     };
     for user in ["alice", "bob"] {
-        let calls = within("both calls recorded", async {
-            loop {
-                let calls = history(user).await;
-                if want(&calls) {
-                    return calls;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        })
-        .await;
+        let calls = history_until(&relay, KEY, user, want).await;
         assert_eq!(calls[0]["reason"], "hangup", "{user}: {calls:?}");
         assert_eq!(calls[0]["by"], "callee", "{user}: {calls:?}");
         assert_eq!(calls[0]["media"], "video");

@@ -3,7 +3,8 @@
 //! up, what each side is told and which timers run; it does no IO. [`service::CallService`] is
 //! the relay's side of it: the calls of this node by id, who is in which call, the timers, and
 //! the translation between `call` frames (`crate::proto::call`) and the machine, with delivery
-//! behind the [`service::CallRoute`] seam.
+//! behind the [`service::CallRoute`] seam. In a Redis region, [`region`] carries calls across
+//! nodes: a call stays on the node where it was placed, and the others forward to it.
 //!
 //! Group calls have their own machine, [`group::GroupCall`] (membership, host, cap), and
 //! service, [`group_service::GroupService`], which shares the route, the timer loop and the
@@ -50,6 +51,7 @@ pub mod group_service;
 pub mod history;
 pub mod machine;
 pub mod quality;
+pub mod region;
 pub mod service;
 mod timer;
 pub mod types;

@@ -8,16 +8,20 @@
 //! makes "first one wins" and "events in the order of the inputs" hold by construction; queueing
 //! never blocks (outboxes are byte-capped queues), and calls are few next to messages.
 //!
-//! # The route seam
+//! # The route and the region
 //!
-//! Where events go and which devices a user has connected is behind [`CallRoute`]. Today
-//! [`LocalRoute`] knows this node's connections (a connection is a device; its id is the
-//! connection's relay-unique id) and queues frames in their outboxes. A cross-node route (Redis)
-//! implements the same four methods: `attach`/`detach` also announce the device to the region,
-//! `devices` lists the user's devices on every node, and `deliver` sends to other nodes what is
-//! not local. The service then stays as it is, with one more input path: the actions of a
-//! device on another node for a call held here, fed to [`CallService::act`] the same way.
-//! Device ids will need the node in them then (they are connection ids today).
+//! Where events go on this node and which devices a user has connected here is behind
+//! [`CallRoute`]: [`LocalRoute`] knows this node's connections (a connection is a device) and
+//! queues frames in their outboxes.
+//!
+//! With a shared engine (Redis) the node is one of a region ([`CallService::with_region`]),
+//! and [`super::region`] says how calls cross nodes: a call lives on its owner (where
+//! `initiate` arrived); the owner's events also go to the other nodes, which deliver them to
+//! their devices; an action on a call held elsewhere is sent to its owner, applied there the
+//! same way as a local one ([`CallService::on_region`]), and answered back; devices that
+//! connect, disconnect, or are there when a call starts are announced to the owner. Device ids
+//! carry the node in their high bits ([`super::region::device_id`]), so they are region-unique;
+//! on a single node they are the connection ids.
 //!
 //! Time: every input takes `now_ms` (unix ms); the timer task is handed its clock, so nothing
 //! here reads one.
@@ -31,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::history::{CallHistory, CallRecord};
 use super::machine::Call;
+use super::region::{self, ACT_TIMEOUT_MS, CallInfo, Message, REFRESH_MS, RegionTable};
 use super::types::{
     CallConfig, CallError, CallId, CallState, EndReason, Event, EventKind, Initiate, Media, Output, Recipient, Side,
 };
@@ -169,6 +174,28 @@ impl Requester<'_> {
     }
 }
 
+/// Where the `ok` of an action goes: the requesting connection here, or the node that sent the
+/// action (its device's request `token` there).
+enum Answer<'a> {
+    Local(&'a Requester<'a>),
+    Remote { node: &'a str, token: u64 },
+}
+
+/// An action sent to the node holding its call, waiting for the answer.
+struct PendingAct {
+    outbox: Arc<Outbox>,
+    lane: LaneId,
+    req: u64,
+    call: String,
+    until_ms: u64,
+}
+
+/// This node in a region: its name and the calls channel.
+struct Region {
+    node: String,
+    out: mpsc::UnboundedSender<String>,
+}
+
 struct Entry {
     call: Call,
     /// When the call was placed, for the setup time.
@@ -182,6 +209,12 @@ struct Registry {
     live: HashMap<UserKey, Vec<CallId>>,
     /// Deadlines to look at: ring timeouts, grace periods, and the purge of ended calls.
     deadlines: BTreeSet<(u64, CallId)>,
+    /// Other nodes' calls (in a region).
+    region: RegionTable,
+    /// Actions sent to other nodes, by token.
+    pending: HashMap<u64, PendingAct>,
+    next_token: u64,
+    next_refresh_ms: u64,
 }
 
 impl Registry {
@@ -215,6 +248,9 @@ pub struct CallService {
     registry: Mutex<Registry>,
     /// Wakes the timer task when a deadline is added.
     wake: Notify,
+    /// The tag in this node's device ids (0 on a single node).
+    node_tag: u64,
+    region: Option<Region>,
 }
 
 impl CallService {
@@ -230,6 +266,31 @@ impl CallService {
             history: None,
             registry: Mutex::new(Registry::default()),
             wake: Notify::new(),
+            node_tag: 0,
+            region: None,
+        }
+    }
+
+    /// Makes this node `node` of a region whose calls channel is `out` (the engine's
+    /// [`crate::engine::CallLink`]); what comes in goes to [`CallService::run_region`].
+    pub fn with_region(mut self, node: String, out: mpsc::UnboundedSender<String>) -> CallService {
+        self.node_tag = region::node_tag(&node);
+        self.region = Some(Region { node, out });
+        self
+    }
+
+    /// The region-unique device id of this node's connection `conn`.
+    fn device(&self, conn: u64) -> DeviceId {
+        region::device_id(self.node_tag, conn)
+    }
+
+    /// Sends a message to the other nodes of the region, if any.
+    fn publish(&self, message: &Message) {
+        let Some(region) = &self.region else { return };
+        match serde_json::to_string(message) {
+            // The engine's sender is gone only at shutdown.
+            Ok(text) => drop(region.out.send(text)),
+            Err(err) => tracing::warn!(%err, "unencodable call message"),
         }
     }
 
@@ -251,7 +312,8 @@ impl CallService {
 
     /// A device of `user` connected (after `welcome`): it is told the state of the user's live
     /// calls, and starts ringing for those that ring.
-    pub fn connect(&self, user: &UserKey, device: DeviceId, outbox: Arc<Outbox>, now_ms: u64) {
+    pub fn connect(&self, user: &UserKey, conn: u64, outbox: Arc<Outbox>, now_ms: u64) {
+        let device = self.device(conn);
         let mut reg = self.registry();
         self.route.attach(user, device, outbox);
         for id in reg.live.get(user).cloned().unwrap_or_default() {
@@ -266,11 +328,15 @@ impl CallService {
                 self.apply(&mut reg, id, out, now_ms);
             }
         }
+        for (call, owner) in reg.region.live_calls_of(user) {
+            self.publish(&Message::DeviceUp { to: owner, call, user: user.into(), device, sync: true });
+        }
     }
 
     /// The device disconnected: it stops ringing; a caller's device that placed a ringing call
     /// ends it; a device in an answered call starts its side's grace period.
-    pub fn disconnect(&self, user: &UserKey, device: DeviceId, now_ms: u64) {
+    pub fn disconnect(&self, user: &UserKey, conn: u64, now_ms: u64) {
+        let device = self.device(conn);
         let mut reg = self.registry();
         self.route.detach(user, device);
         for id in reg.live.get(user).cloned().unwrap_or_default() {
@@ -279,13 +345,60 @@ impl CallService {
                 self.apply(&mut reg, id, out, now_ms);
             }
         }
+        for (call, owner) in reg.region.live_calls_of(user) {
+            self.publish(&Message::DeviceDown { to: owner, call, user: user.into(), device });
+        }
     }
 
-    /// Applies one `call` request. On success the `ok` answer is queued first, then the events.
+    /// Applies one `call` request; `who.device` is the connection's id here. On success the
+    /// `ok` answer is queued first, then the events. An action on a call another node holds is
+    /// sent there, and answered when its answer comes back.
     pub fn act(&self, who: Requester<'_>, call: &str, action: CallAction, now_ms: u64) -> Result<(), ActionError> {
-        let step = match action {
-            CallAction::Initiate { callee, media } => return self.initiate(who, call, callee, media, now_ms),
-            CallAction::Signal { data } => return self.signal(who, call, data),
+        let who = Requester { device: self.device(who.device), ..who };
+        if let CallAction::Initiate { callee, media } = action {
+            return self.initiate(who, call, callee, media, now_ms);
+        }
+        let mut reg = self.registry();
+        if let Some(owner) = self.held_elsewhere(&reg, call) {
+            self.check_signal(&action)?;
+            let token = reg.next_token;
+            reg.next_token += 1;
+            let until_ms = now_ms.saturating_add(ACT_TIMEOUT_MS);
+            let (outbox, lane, req, call) = (who.outbox.clone(), who.lane, who.req, call.to_owned());
+            reg.pending.insert(token, PendingAct { outbox, lane, req, call: call.clone(), until_ms });
+            let (user, device) = (who.user.into(), who.device);
+            self.publish(&Message::Act { to: owner, token, user, device, call, action });
+            return Ok(());
+        }
+        let step = self.step_of(call, action)?;
+        self.step(&mut reg, who.user, who.device, call, step, &Answer::Local(&who), now_ms)
+    }
+
+    /// The node holding `call`, if it is another node's.
+    fn held_elsewhere(&self, reg: &Registry, call: &str) -> Option<String> {
+        self.region.as_ref()?;
+        let id = CallId::parse(call)?;
+        if reg.calls.contains_key(&id) {
+            return None;
+        }
+        reg.region.owner(id).map(str::to_owned)
+    }
+
+    fn check_signal(&self, action: &CallAction) -> Result<(), ActionError> {
+        match action {
+            CallAction::Signal { data } if data.len() > self.max_signal_bytes as usize => {
+                Err(ActionError::SignalTooLarge { len: data.len(), max: self.max_signal_bytes })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn step_of(&self, call: &str, action: CallAction) -> Result<Step, ActionError> {
+        self.check_signal(&action)?;
+        Ok(match action {
+            // Only ever applied where it arrives.
+            CallAction::Initiate { .. } => return Err(ActionError::IdOnInitiate),
+            CallAction::Signal { data } => Step::Signal(data),
             CallAction::Answer {} => Step::Answer,
             CallAction::Reject {} => Step::Reject,
             CallAction::Cancel {} => Step::Cancel,
@@ -293,11 +406,31 @@ impl CallService {
             CallAction::Rejoin {} => Step::Rejoin,
             // Group actions go to the group service (the session routes them there).
             _ => return Err(ActionError::UnknownCall(call.to_owned())),
-        };
-        let mut reg = self.registry();
-        let (id, entry) = lookup(&mut reg, call)?;
-        let (user, device) = (who.user, who.device);
+        })
+    }
+
+    /// Applies an action of `device` of `user` on a call held here; `answer` gets the `ok`.
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &self,
+        reg: &mut Registry,
+        user: &UserKey,
+        device: DeviceId,
+        call: &str,
+        step: Step,
+        answer: &Answer<'_>,
+        now_ms: u64,
+    ) -> Result<(), ActionError> {
+        let (id, entry) = lookup(reg, call)?;
         let out = match step {
+            Step::Signal(data) => {
+                // Forwarded to the other side's device in the call.
+                let to = signal_target(&entry.call, user, device)?;
+                self.ok(answer, id);
+                let frame = ServerFrame::Call { req: 0, call: id.to_string(), event: CallEvent::Signal { data } };
+                self.send(&entry.call, &to, &frame);
+                return Ok(());
+            }
             Step::Answer => {
                 let out = entry.call.answer(user, device, now_ms)?;
                 record_setup("connect", entry.placed);
@@ -308,22 +441,18 @@ impl CallService {
             Step::HangUp => entry.call.hang_up(user, now_ms)?,
             Step::Rejoin => entry.call.rejoin(user, device, now_ms)?,
         };
-        who.ok(id);
-        self.apply(&mut reg, id, out, now_ms);
+        self.ok(answer, id);
+        self.apply(reg, id, out, now_ms);
         Ok(())
     }
 
-    /// Forwards signaling to the other side's device in the call.
-    fn signal(&self, who: Requester<'_>, call: &str, data: String) -> Result<(), ActionError> {
-        if data.len() > self.max_signal_bytes as usize {
-            return Err(ActionError::SignalTooLarge { len: data.len(), max: self.max_signal_bytes });
+    fn ok(&self, answer: &Answer<'_>, id: CallId) {
+        match answer {
+            Answer::Local(who) => who.ok(id),
+            Answer::Remote { node, token } => {
+                self.publish(&Message::Reply { to: (*node).to_owned(), token: *token, error: None })
+            }
         }
-        let mut reg = self.registry();
-        let (id, entry) = lookup(&mut reg, call)?;
-        let to = signal_target(&entry.call, who.user, who.device)?;
-        who.ok(id);
-        self.route.deliver(&to, &ServerFrame::Call { req: 0, call: id.to_string(), event: CallEvent::Signal { data } });
-        Ok(())
     }
 
     fn initiate(
@@ -351,7 +480,7 @@ impl CallService {
             caller: who.user.clone(),
             caller_device: who.device,
             callee_devices: self.route.devices(&callee),
-            callee_in_call: reg.in_answered_call(&callee),
+            callee_in_call: reg.in_answered_call(&callee) || reg.region.in_answered_call(&callee),
             callee,
             media: match media {
                 proto::CallMedia::Audio => Media::Audio,
@@ -422,7 +551,23 @@ impl CallService {
             }
             EventKind::AnsweredElsewhere => CallEvent::AnsweredElsewhere {},
         };
-        self.route.deliver(&event.to, &ServerFrame::Call { req: 0, call: call.id().to_string(), event: kind });
+        self.send(call, &event.to, &ServerFrame::Call { req: 0, call: call.id().to_string(), event: kind });
+    }
+
+    /// Queues a frame of `call` for its local devices, and sends it to the other nodes of the
+    /// region unless it is for one device here.
+    fn send(&self, call: &Call, to: &Recipient, frame: &ServerFrame) {
+        self.route.deliver(to, frame);
+        if self.region.is_none() {
+            return;
+        }
+        let (user, device) = match to {
+            Recipient::User(user) => (user, None),
+            Recipient::Device { device, .. } if region::is_local(self.node_tag, *device) => return,
+            Recipient::Device { user, device } => (user, Some(*device)),
+        };
+        let call = Some(call_info(call));
+        self.publish(&Message::Deliver { user: user.into(), device, frame: frame.clone(), call });
     }
 
     /// Applies the deadlines that passed by `now_ms`; returns the next one.
@@ -449,6 +594,143 @@ impl CallService {
     /// applies what is due. `clock` is unix ms.
     pub async fn run_timers(self: Arc<Self>, clock: fn() -> u64, stop: CancellationToken) {
         super::timer::run(&self.wake, |now_ms| self.fire(now_ms), clock, stop).await
+    }
+
+    /// Applies a message from node `from` of the region (see [`super::region`]). A message that
+    /// does not parse is logged and dropped.
+    pub fn on_region(&self, from: &str, text: &str, now_ms: u64) {
+        let Some(region) = &self.region else { return };
+        let message: Message = match serde_json::from_str(text) {
+            Ok(message) => message,
+            Err(err) => return tracing::warn!(%err, from, "undecodable call message"),
+        };
+        if message.to().is_some_and(|to| to != region.node) {
+            return;
+        }
+        let mut reg = self.registry();
+        match message {
+            Message::Deliver { user, device, frame, call } => {
+                let mut ring = None;
+                if let Some(info) = call {
+                    let live = !info.ended;
+                    if reg.region.learn(from, info.clone(), now_ms, ENDED_LINGER_MS) && live {
+                        ring = Some(info);
+                    }
+                }
+                let to = match device {
+                    Some(device) => Recipient::Device { user: user.key(), device },
+                    None => Recipient::User(user.key()),
+                };
+                self.route.deliver(&to, &frame);
+                // A call new here: its owner learns of the callee's devices here (they ring).
+                if let Some(info) = ring {
+                    let callee = UserKey::new(&info.tenant, &info.callee);
+                    for device in self.route.devices(&callee) {
+                        let (to, call, user) = (from.to_owned(), info.id.clone(), (&callee).into());
+                        self.publish(&Message::DeviceUp { to, call, user, device, sync: false });
+                    }
+                }
+            }
+            Message::Act { token, user, device, call, action, .. } => {
+                let answer = Answer::Remote { node: from, token };
+                let result = self
+                    .step_of(&call, action)
+                    .and_then(|step| self.step(&mut reg, &user.key(), device, &call, step, &answer, now_ms));
+                if let Err(err) = result {
+                    let error = Some((err.code().0, err.to_string()));
+                    self.publish(&Message::Reply { to: from.to_owned(), token, error });
+                }
+            }
+            Message::Reply { token, error, .. } => {
+                if let Some(pending) = reg.pending.remove(&token) {
+                    answer_pending(pending, error);
+                }
+            }
+            Message::DeviceUp { call, user, device, sync, .. } => {
+                let user = user.key();
+                let Ok((id, entry)) = lookup(&mut reg, &call) else { return };
+                if sync && let Some(side) = entry.call.side_of(&user) {
+                    let to = Recipient::Device { user: user.clone(), device };
+                    self.deliver(&entry.call, &Event { to, kind: EventKind::State(entry.call.state_for(side)) });
+                }
+                if let Ok(out) = entry.call.device_connected(&user, device, now_ms) {
+                    self.apply(&mut reg, id, out, now_ms);
+                }
+            }
+            Message::DeviceDown { call, user, device, .. } => {
+                let Ok((id, entry)) = lookup(&mut reg, &call) else { return };
+                if let Ok(out) = entry.call.device_disconnected(&user.key(), device, now_ms) {
+                    self.apply(&mut reg, id, out, now_ms);
+                }
+            }
+            Message::Refresh { calls } => {
+                for info in calls {
+                    reg.region.learn(from, info, now_ms, ENDED_LINGER_MS);
+                }
+            }
+        }
+    }
+
+    /// The region's periodic work: this node's live calls to the others every
+    /// [`REFRESH_MS`]; other nodes' calls that lapsed end for the devices here
+    /// (`connection_lost`, no side); actions unanswered after [`ACT_TIMEOUT_MS`] are answered
+    /// `store_unavailable`.
+    pub fn region_tick(&self, now_ms: u64) {
+        if self.region.is_none() {
+            return;
+        }
+        let mut reg = self.registry();
+        if now_ms >= reg.next_refresh_ms {
+            reg.next_refresh_ms = now_ms.saturating_add(REFRESH_MS);
+            let calls: Vec<CallInfo> =
+                reg.calls.values().filter(|e| !e.call.is_ended()).map(|e| call_info(&e.call)).collect();
+            if !calls.is_empty() {
+                self.publish(&Message::Refresh { calls });
+            }
+        }
+        for lapsed in reg.region.expire(now_ms) {
+            tracing::warn!(call = %lapsed.info.id, owner = %lapsed.owner, "a call's node went silent; ending it here");
+            let state = proto::CallState::Ended { reason: proto::CallEndReason::ConnectionLost, side: None };
+            let event = CallEvent::State {
+                caller: lapsed.info.caller.clone(),
+                callee: lapsed.info.callee.clone(),
+                media: lapsed.info.media,
+                state,
+            };
+            let frame = ServerFrame::Call { req: 0, call: lapsed.info.id.clone(), event };
+            for user in [lapsed.caller, lapsed.callee] {
+                self.route.deliver(&Recipient::User(user), &frame);
+            }
+        }
+        let due: Vec<u64> = reg.pending.iter().filter(|(_, p)| p.until_ms <= now_ms).map(|(token, _)| *token).collect();
+        for token in due {
+            if let Some(pending) = reg.pending.remove(&token) {
+                let message = "no answer from the relay holding the call; try again".to_owned();
+                answer_pending(pending, Some((ErrorCode::STORE_UNAVAILABLE.0, message)));
+            }
+        }
+    }
+
+    /// Runs the region side until `stop`: applies the other nodes' messages in their order and
+    /// [`CallService::region_tick`] every second. `clock` is unix ms.
+    pub async fn run_region(
+        self: Arc<Self>,
+        mut inbound: mpsc::UnboundedReceiver<(String, String)>,
+        clock: fn() -> u64,
+        stop: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => self.region_tick(clock()),
+                message = inbound.recv() => match message {
+                    Some((from, text)) => self.on_region(&from, &text, clock()),
+                    None => return,
+                },
+            }
+        }
     }
 
     /// Calls held here that have not ended.
@@ -488,8 +770,36 @@ async fn write_record(history: &dyn CallHistory, record: CallRecord, now_ms: u64
     }
 }
 
-/// The state-changing actions on an existing call.
+/// Answers an action another node applied (or did not answer in time) on its connection.
+fn answer_pending(pending: PendingAct, error: Option<(u16, String)>) {
+    let frame = match error {
+        None => ServerFrame::Call { req: pending.req, call: pending.call, event: CallEvent::Ok {} },
+        Some((code, message)) => {
+            let code = ErrorCode(code);
+            metrics::counter!(crate::metrics::ERRORS_TOTAL, "code" => code.slug()).increment(1);
+            ServerFrame::error(pending.req, code, message)
+        }
+    };
+    // A closing outbox (the device left) needs nothing more.
+    let _ = pending.outbox.reply(pending.lane, &frame);
+}
+
+/// What the other nodes of a region learn of a call with each of its frames.
+fn call_info(call: &Call) -> CallInfo {
+    CallInfo {
+        id: call.id().to_string(),
+        tenant: call.caller().tenant.to_string(),
+        caller: call.caller().user.to_string(),
+        callee: call.callee().user.to_string(),
+        media: wire_media(call.media()),
+        answered: call.is_answered(),
+        ended: call.is_ended(),
+    }
+}
+
+/// The actions on an existing call.
 enum Step {
+    Signal(String),
     Answer,
     Reject,
     Cancel,
@@ -673,5 +983,165 @@ mod tests {
         for bad in ["", "6F1C2A9BE04D7731", "6f1c2a9be04d773", "6f1c2a9be04d77311", "+f1c2a9be04d7731"] {
             assert_eq!(CallId::parse(bad), None, "{bad:?}");
         }
+    }
+
+    /// Two nodes of a region, their calls channels as in-memory queues.
+    struct Region2 {
+        a: CallService,
+        b: CallService,
+        to_b: mpsc::UnboundedReceiver<String>,
+        to_a: mpsc::UnboundedReceiver<String>,
+    }
+
+    impl Region2 {
+        fn new() -> Region2 {
+            let config = CallsConfig { ring_timeout_ms: 1_000, ..CallsConfig::default() };
+            let (a_out, to_b) = mpsc::unbounded_channel();
+            let (b_out, to_a) = mpsc::unbounded_channel();
+            let a = CallService::local(&config).with_region("a".into(), a_out);
+            let b = CallService::local(&config).with_region("b".into(), b_out);
+            Region2 { a, b, to_b, to_a }
+        }
+
+        /// Carries every queued message until both queues are empty.
+        fn pump(&mut self, now_ms: u64) {
+            loop {
+                let mut moved = false;
+                while let Ok(text) = self.to_b.try_recv() {
+                    self.b.on_region("a", &text, now_ms);
+                    moved = true;
+                }
+                while let Ok(text) = self.to_a.try_recv() {
+                    self.a.on_region("b", &text, now_ms);
+                    moved = true;
+                }
+                if !moved {
+                    return;
+                }
+            }
+        }
+
+        /// Loses everything queued (pub/sub is at most once).
+        fn lose(&mut self) {
+            while self.to_b.try_recv().is_ok() || self.to_a.try_recv().is_ok() {}
+        }
+    }
+
+    /// Every frame queued for `device`, decoded.
+    fn all_frames(device: &Device) -> Vec<ServerFrame> {
+        let Take::Frames(frames) = device.outbox.take(CONTROL, usize::MAX) else { return Vec::new() };
+        frames.iter().filter_map(|f| Codec::Json.decode::<ServerFrame>(&f.body()).ok()).collect()
+    }
+
+    fn has_ring(frames: &[(u64, String, CallEvent)]) -> bool {
+        frames.iter().any(|(_, _, e)| matches!(e, CallEvent::Ring { .. }))
+    }
+
+    #[test]
+    fn answers_racing_on_two_nodes_the_first_to_reach_the_owner_wins() {
+        let mut r = Region2::new();
+        let alice = Device::new(&r.a, "alice", 1);
+        let bob_a = Device::new(&r.a, "bob", 2);
+        let bob_b = Device::new(&r.b, "bob", 2);
+        let id = initiate(&r.a, &alice);
+        r.pump(T0);
+        assert!(has_ring(&bob_a.frames()) && has_ring(&bob_b.frames()), "rings on both nodes");
+        // B's answer is on its way when A's is applied.
+        bob_b.act(&r.b, &id, CallAction::Answer {}, T0 + 10).unwrap();
+        bob_a.act(&r.a, &id, CallAction::Answer {}, T0 + 11).unwrap();
+        r.pump(T0 + 12);
+        assert_eq!(bob_a.frames()[0], (7, id.clone(), CallEvent::Ok {}));
+        let frames = all_frames(&bob_b);
+        assert!(
+            frames
+                .iter()
+                .any(|f| matches!(f, ServerFrame::Error { req: 7, code, .. } if *code == ErrorCode::ALREADY_ANSWERED)),
+            "{frames:?}"
+        );
+        assert!(frames.contains(&ServerFrame::Call {
+            req: 0,
+            call: id.clone(),
+            event: CallEvent::AnsweredElsewhere {}
+        }));
+        assert_eq!(r.b.active(), 0, "the call is held by A only");
+    }
+
+    #[test]
+    fn an_action_whose_answer_is_lost_is_refused_after_the_timeout() {
+        let mut r = Region2::new();
+        let alice = Device::new(&r.a, "alice", 1);
+        let bob = Device::new(&r.b, "bob", 1);
+        let id = initiate(&r.a, &alice);
+        r.pump(T0);
+        bob.frames();
+        bob.act(&r.b, &id, CallAction::Answer {}, T0 + 10).unwrap();
+        r.lose();
+        r.b.region_tick(T0 + 10 + ACT_TIMEOUT_MS - 1);
+        assert_eq!(all_frames(&bob), vec![], "still waiting");
+        r.b.region_tick(T0 + 10 + ACT_TIMEOUT_MS);
+        let frames = all_frames(&bob);
+        assert!(
+            matches!(&frames[..], [ServerFrame::Error { req: 7, code, .. }] if *code == ErrorCode::STORE_UNAVAILABLE),
+            "{frames:?}"
+        );
+    }
+
+    #[test]
+    fn a_silent_owners_calls_end_on_the_other_nodes_and_refreshes_keep_them() {
+        let mut r = Region2::new();
+        let alice = Device::new(&r.a, "alice", 1);
+        let bob = Device::new(&r.b, "bob", 1);
+        let id = initiate(&r.a, &alice);
+        r.pump(T0);
+        bob.act(&r.b, &id, CallAction::Answer {}, T0 + 10).unwrap();
+        r.pump(T0 + 10);
+        bob.frames();
+        // A refreshes its live calls: B keeps the call past the first lapse.
+        r.a.region_tick(T0 + 100);
+        r.pump(T0 + 100);
+        r.b.region_tick(T0 + 10 + region::LAPSE_MS);
+        assert_eq!(bob.frames(), vec![]);
+        // Then A goes silent: the call ends for Bob's devices on B.
+        r.b.region_tick(T0 + 100 + region::LAPSE_MS);
+        let lost = proto::CallState::Ended { reason: proto::CallEndReason::ConnectionLost, side: None };
+        assert!(
+            matches!(&bob.frames()[..], [(0, call, CallEvent::State { state, .. })] if *call == id && *state == lost)
+        );
+        // Unknown there now: a late action gets `not_participant`, as for a purged call.
+        let late = bob.act(&r.b, &id, CallAction::HangUp {}, T0 + 200 + region::LAPSE_MS).unwrap_err();
+        assert_eq!(late.code(), ErrorCode::NOT_PARTICIPANT);
+    }
+
+    #[test]
+    fn a_device_connecting_on_another_node_is_told_the_state_and_its_drop_reaches_the_owner() {
+        let mut r = Region2::new();
+        let alice = Device::new(&r.a, "alice", 1);
+        let bob = Device::new(&r.a, "bob", 2);
+        let id = initiate(&r.a, &alice);
+        bob.act(&r.a, &id, CallAction::Answer {}, T0 + 10).unwrap();
+        r.pump(T0 + 10);
+        alice.frames();
+        // Alice's second device, on B, rejoins after her first one dropped.
+        r.a.disconnect(&alice.user, 1, T0 + 20);
+        r.pump(T0 + 20);
+        let alice_b = Device::new(&r.b, "alice", 1);
+        r.pump(T0 + 20);
+        let synced = alice_b.frames();
+        assert!(
+            matches!(synced[..], [(0, _, CallEvent::State { state: proto::CallState::Reconnecting { .. }, .. })]),
+            "{synced:?}"
+        );
+        alice_b.act(&r.b, &id, CallAction::Rejoin {}, T0 + 30).unwrap();
+        r.pump(T0 + 30);
+        let frames = alice_b.frames();
+        assert_eq!(frames[0], (7, id.clone(), CallEvent::Ok {}));
+        assert!(matches!(frames[1], (0, _, CallEvent::State { state: proto::CallState::Connected {}, .. })));
+        // Its drop on B starts Alice's grace on A.
+        r.b.disconnect(&alice_b.user, 1, T0 + 40);
+        r.pump(T0 + 40);
+        assert!(matches!(
+            r.a.registry().calls[&CallId::parse(&id).unwrap()].call.state(),
+            CallState::Reconnecting { caller_until_ms: Some(_), callee_until_ms: None }
+        ));
     }
 }

@@ -164,4 +164,23 @@ pub trait Engine: Send + Sync + 'static {
     fn remote_controls(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Control>> {
         None
     }
+
+    /// The region's call channel (a shared engine): what this node sends goes to every other
+    /// node, in the order sent; what they send comes out, in their order. `None` for a single
+    /// node. Taken once.
+    fn share_calls(&self) -> Option<CallLink> {
+        None
+    }
+}
+
+/// The two directions of the region's call channel, for the call service
+/// (`crate::call::region`). The engine only carries the text: at most once, in order per
+/// sending node, never back to the node that sent it.
+pub struct CallLink {
+    /// This node's name in the region (unique per process start).
+    pub node: String,
+    /// Messages for the other nodes.
+    pub out: tokio::sync::mpsc::UnboundedSender<String>,
+    /// The other nodes' messages: `(sending node, message)`.
+    pub inbound: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
 }

@@ -43,7 +43,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Accepted, Done, Engine, EngineError, Publish};
+use super::{Accepted, CallLink, Done, Engine, EngineError, Publish};
 use crate::connection::unix_ms;
 use crate::control::{Control, Revocation};
 use crate::hub::remote::{LocalPresence, OtherNodes, PresenceLink, RemoteEntry};
@@ -163,6 +163,11 @@ impl Names {
         format!("{}:control", self.prefix)
     }
 
+    /// Where the call service's messages travel between nodes (`crate::call::region`).
+    fn calls(&self) -> String {
+        format!("{}:calls", self.prefix)
+    }
+
     /// Revocations in force, by [`Revocation::key`](crate::control::Revocation::key).
     fn revocations(&self) -> String {
         format!("{}:revocations", self.prefix)
@@ -249,6 +254,9 @@ struct Shared {
     controls: mpsc::UnboundedSender<Control>,
     /// Other nodes' presence, for the awareness service.
     others: mpsc::UnboundedSender<OtherNodes>,
+    calls_channel: String,
+    /// Other nodes' call messages, for the call service.
+    calls_in: mpsc::UnboundedSender<(String, String)>,
     check_now: Notify,
     resyncs: metrics::Counter,
     probe_failures: metrics::Counter,
@@ -258,6 +266,7 @@ pub struct RedisEngine {
     shared: Arc<Shared>,
     remote_controls: Mutex<Option<mpsc::UnboundedReceiver<Control>>>,
     presence_link: Mutex<Option<PresenceLink>>,
+    call_link: Mutex<Option<CallLink>>,
     queue: Mutex<Option<mpsc::UnboundedSender<Pending>>>,
     stopping: AtomicBool,
     publisher: TaskTracker,
@@ -307,9 +316,13 @@ impl RedisEngine {
         let (controls, remote_controls) = mpsc::unbounded_channel();
         let (others, others_rx) = mpsc::unbounded_channel();
         let (local_tx, local_rx) = mpsc::unbounded_channel();
+        let (calls_in, calls_in_rx) = mpsc::unbounded_channel();
+        let (calls_out, calls_out_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             probe_channel: names.probe(&node),
             control_channel: names.control(),
+            calls_channel: names.calls(),
+            calls_in,
             node: node.clone(),
             controls,
             others,
@@ -326,7 +339,7 @@ impl RedisEngine {
             probe_failures: metrics::counter!(crate::metrics::REDIS_PROBE_FAILURES_TOTAL),
             config,
         });
-        let own = vec![shared.probe_channel.clone(), shared.control_channel.clone()];
+        let own = vec![shared.probe_channel.clone(), shared.control_channel.clone(), shared.calls_channel.clone()];
         shared.subscriber.ssubscribe(own).await.map_err(unavailable)?;
         shared.load_revocations().await?;
         let (queue, rx) = mpsc::unbounded_channel();
@@ -336,11 +349,13 @@ impl RedisEngine {
         tasks.spawn(run_probe(shared.clone(), stop.clone()));
         tasks.spawn(run_checks(shared.clone(), stop.clone()));
         tasks.spawn(run_presence(shared.clone(), local_rx, stop.clone()));
-        tracing::info!(url = %redacted(&shared.config.url), %node, "redis engine connected");
+        tasks.spawn(run_calls(shared.clone(), calls_out_rx, stop.clone()));
+        tracing::info!(url = %redacted(&shared.config.url), node = %shared.node, "redis engine connected");
         Ok(RedisEngine {
             shared,
             remote_controls: Mutex::new(Some(remote_controls)),
             presence_link: Mutex::new(Some(PresenceLink { local: local_tx, others: others_rx })),
+            call_link: Mutex::new(Some(CallLink { node, out: calls_out, inbound: calls_in_rx })),
             queue: Mutex::new(Some(queue)),
             stopping: AtomicBool::new(false),
             publisher,
@@ -481,6 +496,7 @@ impl Shared {
         let mut channels: Vec<String> = lock(&self.subs).rooms.values().map(|sub| sub.channel.clone()).collect();
         channels.push(self.probe_channel.clone());
         channels.push(self.control_channel.clone());
+        channels.push(self.calls_channel.clone());
         for chunk in channels.chunks(1000) {
             if let Err(err) = self.subscriber.ssubscribe(chunk.to_vec()).await {
                 tracing::warn!(%err, "subscribing again after a reconnect");
@@ -547,7 +563,8 @@ impl Shared {
         Ok(())
     }
 
-    /// A message from pub/sub: a room's message, this node's probe, or an action.
+    /// A message from pub/sub: a room's message, this node's probe, an action, or a call
+    /// message.
     fn on_message(&self, channel: &str, value: &Value) {
         if channel == self.probe_channel {
             if let Some(seq) = value.as_u64() {
@@ -581,6 +598,14 @@ impl Shared {
                 }
                 (Some(_), Some(_), Some(_)) => {}
                 _ => tracing::warn!(channel, "undecodable typing on a room channel"),
+            }
+            return;
+        }
+        if channel == self.calls_channel {
+            match value.as_str().as_deref().and_then(|text| text.split_once('\n')) {
+                Some((node, _)) if node == self.node => {}
+                Some((node, body)) => drop(self.calls_in.send((node.to_owned(), body.to_owned()))),
+                None => tracing::warn!("undecodable message on the calls channel"),
             }
             return;
         }
@@ -977,6 +1002,25 @@ async fn run_presence(shared: Arc<Shared>, mut local: mpsc::UnboundedReceiver<Lo
     }
 }
 
+/// Publishes the call service's messages on the region's calls channel, one at a time in the
+/// order they were made (a reply before the events it caused, signals in order). A message that
+/// fails is dropped (pub/sub is at most once anyway; `crate::call::region` says what heals).
+async fn run_calls(shared: Arc<Shared>, mut out: mpsc::UnboundedReceiver<String>, stop: CancellationToken) {
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => return,
+            message = out.recv() => match message {
+                Some(message) => message,
+                None => return,
+            },
+        };
+        let message = format!("{}\n{message}", shared.node);
+        if let Err(err) = shared.client.spublish::<Value, _, _>(shared.calls_channel.as_str(), message).await {
+            tracing::debug!(%err, "a call message did not reach the other nodes");
+        }
+    }
+}
+
 async fn run_checks(shared: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(shared.config.resync_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1103,6 +1147,10 @@ impl Engine for RedisEngine {
 
     fn remote_controls(&self) -> Option<mpsc::UnboundedReceiver<Control>> {
         lock(&self.remote_controls).take()
+    }
+
+    fn share_calls(&self) -> Option<CallLink> {
+        lock(&self.call_link).take()
     }
 
     fn maintain(&self, now_ms: u64) {
