@@ -555,7 +555,7 @@ impl GroupIn {
     }
 
     /// The publisher finished the group.
-    pub fn end(self) {
-        self.receivers(&lock(&self.track), MediaOut::complete);
+    pub fn end(self, now_ms: u64) {
+        self.receivers(&lock(&self.track), |out, key| out.complete(key, now_ms));
     }
 }
