@@ -30,8 +30,10 @@
 //! Some cancellations say the subscriber's path cannot keep up, which the layer probing needs
 //! to know ([`GroupQueue::take_behind`]): a full queue, or a stale group of the same layer that
 //! still had frames to write or was written but not yet acknowledged a whole group later. An
-//! audio group still unacknowledged [`AUDIO_STALE_MS`] after it started says so too (once),
-//! though it is kept: the layer choice stays as careful as when such groups were reset. A
+//! audio group written whole and still unacknowledged [`AUDIO_LATE_MS`] after the publisher
+//! finished it says so too (once), though it is kept: the layer choice stays as careful as when
+//! such groups were reset at 400 ms. Counted from the publisher's finish, not the group's
+//! start, so a publisher's slow uplink does not pass for the subscriber's path. A
 //! stale group the publisher had not finished (a group boundary racing its stream's end) or one
 //! of another layer (a layer switch) says nothing about the path.
 
@@ -45,26 +47,33 @@ use super::{TrackId, TrackKind};
 /// with a short RTT; the deadline of the first version, measured from the group's start).
 pub const AUDIO_STALE_MS: u64 = 400;
 
+/// An audio group written whole and unacknowledged this long after the publisher finished it
+/// says the subscriber is behind (the 400 ms the first version allowed from the start of a
+/// 100 ms group).
+pub const AUDIO_LATE_MS: u64 = 300;
+
 /// The most time an audio group stays in flight after the publisher finished it, however long
-/// the subscriber's RTT.
-pub const AUDIO_DEADLINE_MAX_MS: u64 = 1500;
+/// the subscriber's RTT: a mobile link's deep buffers can hold acknowledgements that long
+/// (behind netsim's `3g`, 1 s buffers each way, one came 1.6 s after its group).
+pub const AUDIO_DEADLINE_MAX_MS: u64 = 2500;
 
 /// The most time an audio group stays in flight after it started, finished or not (a
-/// publisher whose own uplink stalls it cannot hold it longer).
-pub const AUDIO_MAX_MS: u64 = 2000;
+/// publisher whose own uplink stalls it cannot hold it longer). At 32 kbit/s that is 12 KB.
+pub const AUDIO_MAX_MS: u64 = 3000;
 
 /// Added to the RTT-based part of [`audio_deadline_ms`]: what readings taken every 250 ms have
-/// not seen yet, such as a burst the subscriber's own uplink queues its acknowledgements behind
-/// (a 3g page's keyframes delayed them to 800 ms after the group while its RTT read 190 ms).
+/// not seen yet.
 pub const AUDIO_DEADLINE_MARGIN_MS: u64 = 250;
 
 /// How long an audio group the publisher finished stays useful to a subscriber whose path has
-/// smoothed RTT `srtt_ms` varying by `rttvar_ms`: enough for QUIC to detect a lost packet (9/8
-/// of an RTT), retransmit it and see it acknowledged (another RTT), twice over, with four times
-/// the variation and [`AUDIO_DEADLINE_MARGIN_MS`] as margin; at least [`AUDIO_STALE_MS`], at
-/// most [`AUDIO_DEADLINE_MAX_MS`].
+/// smoothed RTT `srtt_ms` varying by `rttvar_ms`: `6 × srtt + 4 × rttvar` plus
+/// [`AUDIO_DEADLINE_MARGIN_MS`], at least [`AUDIO_STALE_MS`], at most [`AUDIO_DEADLINE_MAX_MS`].
+/// QUIC needs about 9/8 of an RTT to declare a packet lost and one more to see its
+/// retransmission acknowledged, so four RTTs cover a loss twice; the rest is for queues that
+/// fill faster than the readings follow: behind netsim's `3g` (1 s buffers each way) a call
+/// page's acknowledgements came 1,005 ms after the group while its RTT read 180 ms.
 pub fn audio_deadline_ms(srtt_ms: u64, rttvar_ms: u64) -> u64 {
-    (4 * (srtt_ms + rttvar_ms) + AUDIO_DEADLINE_MARGIN_MS).clamp(AUDIO_STALE_MS, AUDIO_DEADLINE_MAX_MS)
+    (6 * srtt_ms + 4 * rttvar_ms + AUDIO_DEADLINE_MARGIN_MS).clamp(AUDIO_STALE_MS, AUDIO_DEADLINE_MAX_MS)
 }
 
 /// A group of one track, as the subscriber sees it.
@@ -171,7 +180,9 @@ impl GroupQueue {
         self.behind |= self.groups.iter().any(|g| stale(g) && behind(g));
         if kind == TrackKind::Audio {
             for g in self.groups.iter_mut().filter(|g| g.key.track == key.track && g.key.group < key.group) {
-                let late = !g.late && now_ms.saturating_sub(g.started_ms) >= AUDIO_STALE_MS && behind(g);
+                let late = !g.late
+                    && g.completed_ms.is_some_and(|done| now_ms.saturating_sub(done) >= AUDIO_LATE_MS)
+                    && behind(g);
                 g.late |= late;
                 self.behind |= late;
             }
@@ -380,24 +391,31 @@ mod tests {
         q.complete(key(5, 1), 100);
         assert!(matches!(q.next(key(5, 1)), Next::Frames(_)));
         assert_eq!(q.next(key(5, 1)), Next::Finish);
-        assert!(audio(&mut q, 2, AUDIO_STALE_MS - 1).is_empty());
+        assert!(audio(&mut q, 2, 100 + AUDIO_LATE_MS - 1).is_empty());
         assert!(!q.take_behind());
-        assert!(audio(&mut q, 3, AUDIO_STALE_MS).is_empty(), "kept: a retransmission may still make it");
-        assert!(q.take_behind(), "written whole and unacknowledged for 400 ms");
-        assert!(audio(&mut q, 4, AUDIO_STALE_MS + 100).is_empty());
+        assert!(audio(&mut q, 3, 100 + AUDIO_LATE_MS).is_empty(), "kept: a retransmission may still make it");
+        assert!(q.take_behind(), "written whole and unacknowledged for 300 ms after its end");
+        assert!(audio(&mut q, 4, 200 + AUDIO_LATE_MS).is_empty());
         assert!(!q.take_behind(), "reported once");
+        // A group the publisher's uplink held back is not the subscriber's delay.
+        q.push(key(5, 2), frame(10));
+        q.complete(key(5, 2), 1_000);
+        assert!(matches!(q.next(key(5, 2)), Next::Frames(_)));
+        assert_eq!(q.next(key(5, 2)), Next::Finish);
+        assert!(audio(&mut q, 5, 1_001).is_empty());
+        assert!(!q.take_behind(), "started 600 ms ago, but finished just now");
     }
 
     #[test]
     fn a_long_round_trip_keeps_audio_longer_but_not_forever() {
-        // 3g: 200 ms smoothed RTT varying by 20 ms. A packet lost at the end of a group is
-        // detected after 9/8 RTT and its retransmission acknowledged an RTT later: ~450 ms
-        // after the group was finished (more when the subscriber's uplink is busy), past the
+        // 3g: 180 ms smoothed RTT varying by 15 ms. A packet lost at the end of a group is
+        // detected after 9/8 RTT and its retransmission acknowledged an RTT later: ~400 ms
+        // after the group was finished, up to 1 s when 3g's deep buffers fill: past the
         // short-path deadline.
         let mut q = GroupQueue::new(1000);
-        q.set_rtt(200, 20);
-        let deadline = audio_deadline_ms(200, 20);
-        assert_eq!(deadline, 1130);
+        q.set_rtt(180, 15);
+        let deadline = audio_deadline_ms(180, 15);
+        assert_eq!(deadline, 1390);
         audio(&mut q, 1, 0);
         q.complete(key(5, 1), 100);
         assert!(audio(&mut q, 2, 600).is_empty(), "kept past the 400 ms of a short path");
