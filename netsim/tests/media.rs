@@ -388,6 +388,9 @@ async fn a_viewer_on_a_path_that_stays_narrow_is_probed_a_bounded_number_of_time
     assert!(climbs <= 4, "at most 4 climbs in {SECONDS} s (probes back off): {switches:?}");
     assert_eq!(layers.last(), Some(&0), "ends on the base layer: {layers:?}");
     // A failed trial's group is reset at once, but what it already put in the bottleneck queue
-    // delays the audio behind it: a few audio frames may miss their 400 ms (1,476 of 1,500 here).
-    assert!(audio >= SECONDS * 50 * 97 / 100, "audio keeps flowing: {audio} of {}", SECONDS * 50);
+    // delays the audio behind it; the audio deadline follows the RTT that queue adds, so none
+    // goes missing. (Fewer than 1,500 may arrive by the end: on a busy machine the sender's
+    // 20 ms ticks run late.)
+    assert_eq!(audio_missing, 0, "no audio gap");
+    assert!(audio >= SECONDS * 50 * 9 / 10, "audio keeps flowing: {audio} of {}", SECONDS * 50);
 }
