@@ -3,8 +3,10 @@
 //! (2 Mbit/s down, 80 ms ± 20 ms each way, 1 % loss, a deep buffer). The relay's layer choice for
 //! that page follows its connection (estimate and probing, docs/media.md): it must receive the
 //! others' base layer (180p) while the two pages on loopback keep the top layer (360p), and its
-//! audio must keep flowing with at most 2 % of frames missing (the issue asks for none: see
-//! docs/media.md for what 3g's loss does against the relay's 400 ms audio deadline).
+//! audio must have no gap either way: 3g loses 1 % of packets, and an audio group that waits for
+//! a retransmission must still be delivered (the relay's audio deadline follows the subscriber's
+//! RTT, and the frames of a group the 3g uplink delayed past the next one's start are still
+//! forwarded: docs/media.md, "Audio deadline").
 //!
 //! A screenshot of the 3g page is written to `target/tmp/browser-call-3g.png`, and to
 //! `docs/media-call-3g.png` when `EDGERELAY_UPDATE_SCREENSHOTS` is set.
@@ -64,18 +66,22 @@ async fn a_page_behind_3g_gets_the_base_layer_and_its_audio_while_the_others_kee
             users.iter().filter(|u| **u != mobile).map(|u| s["tiles"][u]["audioFrames"].as_u64().unwrap_or(0)).collect()
         })
         .unwrap_or_default();
+    let mut now: Vec<(&str, Value)> = Vec::new();
     for (user, page) in &pages {
         let s = browser.eval(page, "callStats()").await;
-        println!("{user}: {}", s["tiles"]);
+        println!("{user}: received {}; sent {}", s["tiles"], s["sent"]);
+        now.push((user, s));
+    }
+    println!("3g proxy: down {:?}, up {:?}", proxy.stats().down, proxy.stats().up);
+    for (user, s) in &now {
         for (other, tile) in s["tiles"].as_object().unwrap() {
             if *user == mobile {
                 assert_eq!(tile["videoSize"], json!("320x180"), "{user} (3g) gets {other}'s base layer");
-                // 3g loses 1 % of packets; a lost audio packet recovered after the relay's 400 ms
-                // audio deadline is a gap (5 of 630 frames in one run): at most 2 % here.
-                let (gaps, frames) = (tile["audioGapFrames"].as_u64().unwrap(), tile["audioFrames"].as_u64().unwrap());
-                assert!(gaps * 50 <= frames, "{user} (3g) hears {other} with few gaps: {tile}");
+                assert_eq!(tile["audioGapFrames"], json!(0), "{user} (3g) hears {other} without gaps: {tile}");
             } else {
                 assert_eq!(tile["videoSize"], json!("640x360"), "{user} keeps {other}'s top layer");
+                // The 3g page's own audio crosses its lossy uplink: late frames must still come.
+                assert_eq!(tile["audioGapFrames"], json!(0), "{user} hears {other} without gaps: {tile}");
             }
         }
     }
@@ -86,9 +92,8 @@ async fn a_page_behind_3g_gets_the_base_layer_and_its_audio_while_the_others_kee
         let tile = &later["tiles"][other];
         let (gaps, frames) = (tile["audioGapFrames"].as_u64().unwrap(), tile["audioFrames"].as_u64().unwrap());
         println!("{mobile} (3g) heard {other}: {frames} audio frames, {gaps} missing");
-        assert!(gaps * 50 <= frames, "{mobile} hears {other} with few gaps: {tile}");
+        assert_eq!(gaps, 0, "{mobile} (3g) hears {other} without gaps: {tile}");
     }
-    println!("3g proxy: {:?}", proxy.stats().down);
     let metrics = json!({"width": 1280, "height": 720, "deviceScaleFactor": 1, "mobile": false});
     browser.call(Some(&mobile_page), "Emulation.setDeviceMetricsOverride", metrics).await;
     browser.save_screenshot(&mobile_page, "browser-call-3g.png", "media-call-3g.png").await;

@@ -413,6 +413,46 @@ async fn the_speaker_indicator_follows_the_louder_participant() {
 
 /// A group the publisher abandons, or whose frame breaks `media.max_frame_bytes`, is reset for
 /// its subscribers at once: they never wait on a group that cannot complete.
+/// Audio groups overlap (docs/media.md, "Audio deadline"): when a publisher's uplink delays
+/// the end of one group past the start of the next (a lost packet retransmitted), the late
+/// frames still reach subscribers and the group ends whole, instead of being cut off.
+#[tokio::test]
+async fn an_audio_group_that_ends_after_the_next_one_started_still_arrives_whole() {
+    let relay = start_with(|_| {}).await;
+    let alice = participant(&relay, Transport::Quic, "alice").await;
+    let mut bob = participant(&relay, Transport::WebTransport, "bob").await;
+    let mic = alice.publish_track(ROOM, "mic", TrackKind::Audio, "opus", audio_layer()).await.unwrap();
+    bob.subscribe_track(mic, 0, false).await.unwrap();
+    let mut first =
+        alice.open_group(GroupHeader { track: mic, layer: 0, group: 1, flags: 0 }, TrackKind::Audio).await.unwrap();
+    first.frame(0, 0, &[1, 0]).await.unwrap();
+    let mut second =
+        alice.open_group(GroupHeader { track: mic, layer: 0, group: 2, flags: 0 }, TrackKind::Audio).await.unwrap();
+    second.frame(100_000, 0, &[2, 0]).await.unwrap();
+    // Bob has both groups' starts before the first one's tail comes.
+    let mut frames = Vec::new();
+    while frames.len() < 2 {
+        if let Some(MediaEvent::Frame { group, frame, .. }) = within("the first frames", bob.next_media()).await {
+            frames.push((group, frame.payload.to_vec()));
+        }
+    }
+    first.frame(20_000, 0, &[1, 1]).await.unwrap();
+    first.finish();
+    second.finish();
+    let mut ends = Vec::new();
+    while ends.len() < 2 {
+        match within("the groups' ends", bob.next_media()).await.expect("media events") {
+            MediaEvent::Frame { group, frame, .. } => frames.push((group, frame.payload.to_vec())),
+            MediaEvent::End { group, reset, .. } => ends.push((group, reset)),
+            MediaEvent::Group(_) => {}
+        }
+    }
+    frames.sort();
+    assert_eq!(frames, vec![(1, vec![1, 0]), (1, vec![1, 1]), (2, vec![2, 0])], "the late frame arrives");
+    ends.sort();
+    assert_eq!(ends, vec![(1, None), (2, None)], "both groups end whole");
+}
+
 #[tokio::test]
 async fn a_group_abandoned_or_refused_mid_way_is_reset_for_subscribers() {
     let relay = start_with(|c| {

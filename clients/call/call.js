@@ -88,6 +88,8 @@ window.callStats = () => {
     selfSpeaking: call.self?.classList.contains("speaking") ?? false,
     sent: {
       audioFrames: call.mic.sender?.frames ?? 0,
+      // Frames missing from what this page encoded itself (see countAudioGap).
+      audioGapFrames: call.mic.sender?.gaps.audioGapFrames ?? 0,
       videoFrames: call.camera.sender?.layers.map((l) => l.frames) ?? [],
       videoLayersWanted: call.camera.sender?.layers.map((l) => l.wanted) ?? [],
     },
@@ -515,6 +517,9 @@ class AudioSender {
     this.encoder = null;
     this.encoded = 0;
     this.restart = false;
+    // Gaps in what this page encoded (capture that never reached the encoder), counted as the
+    // receivers count theirs: `lastAudioUs`, `audioGapFrames`.
+    this.gaps = { lastAudioUs: null, audioGapFrames: 0 };
     // Levels of the captured audio not yet in an encoded frame (capture chunks are often 10 ms,
     // Opus frames 20 ms): a frame gets the loudest.
     this.levels = [];
@@ -531,6 +536,7 @@ class AudioSender {
         const level = this.levels.length ? Math.min(...this.levels.map((l) => l & 0x7f)) : LEVEL_SILENCE;
         const voice = this.levels.some((l) => l & 0x80);
         this.levels = [];
+        countAudioGap(this.gaps, chunk.timestamp);
         const starts = this.encoded % AUDIO_GROUP_FRAMES === 0 || this.restart;
         this.encoded += 1;
         this.restart = false;

@@ -171,7 +171,7 @@ async fn a_saturated_video_subscriber_still_gets_its_chat_and_audio() {
 /// link keeps the top layer, and the 3g viewer's audio keeps flowing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_on_3g_gets_a_lower_layer_and_whole_audio_while_others_keep_the_top_layer() {
-    const SECONDS: u64 = 8;
+    const SECONDS: u64 = 20;
     let relay = common::start_with(|_| {}).await;
     let profile = Profile::named("3g").expect("the 3g profile");
     let proxy = Proxy::start(proxy_config(&relay, Transport::Quic, profile, 9)).await.unwrap();
@@ -191,16 +191,24 @@ async fn a_viewer_on_3g_gets_a_lower_layer_and_whole_audio_while_others_keep_the
     }
     let send = send_simulcast(&speaker, mic, cam, SECONDS);
     let until = tokio::time::Instant::now() + Duration::from_secs(SECONDS + 3);
-    let ((), (mobile_audio, mobile_layers, _), (desk_audio, desk_layers, _)) =
-        tokio::join!(send, watch(&mut mobile, mic, until), watch(&mut desk, mic, until));
+    let ((), mobile, desk) = tokio::join!(send, watch(&mut mobile, mic, until), watch(&mut desk, mic, until));
     eprintln!(
-        "3g viewer: audio {mobile_audio}/{}, whole video groups by layer {mobile_layers:?}; clean viewer: audio {desk_audio}, layers {desk_layers:?}; down {:?}",
-        SECONDS * 50,
+        "3g viewer: audio {} received, {} missing, whole video groups by layer {:?}; clean viewer: audio {} received, {} missing, layers {:?}; down {:?}",
+        mobile.audio,
+        mobile.audio_missing,
+        mobile.whole,
+        desk.audio,
+        desk.audio_missing,
+        desk.whole,
         proxy.stats().down
     );
-    assert!(mobile_audio >= SECONDS * 50 * 98 / 100, "the 3g viewer's audio keeps flowing");
-    assert_eq!(desk_layers.last(), Some(&2), "the clean viewer keeps the top layer");
-    assert!(mobile_layers.last().is_some_and(|l| *l < 2), "the 3g viewer ends on a lower layer");
+    // 3g loses 1 % of packets each way: the audio groups they delay must still arrive (see
+    // `audio_deadline_ms` in src/media/queue.rs).
+    assert_eq!(mobile.audio_missing, 0, "no audio gap behind 3g");
+    assert_eq!(desk.audio_missing, 0, "no audio gap on the clean link");
+    assert!(mobile.audio >= SECONDS * 50 * 9 / 10, "the 3g viewer's audio keeps flowing: {}", mobile.audio);
+    assert_eq!(desk.whole.last(), Some(&2), "the clean viewer keeps the top layer");
+    assert!(mobile.whole.last().is_some_and(|l| *l < 2), "the 3g viewer ends on a lower layer");
 }
 
 /// A 150 kbit/s, 500 kbit/s and 1.5 Mbit/s simulcast video track's layers.
@@ -253,39 +261,52 @@ async fn send_simulcast(speaker: &edgerelay::client::Client, mic: u64, cam: u64,
     }
 }
 
-/// What a viewer received until `until`: audio frames, the layer of each whole video group in
-/// order, and the layer switches the relay announced (`layer` events, in order).
-async fn watch(
-    viewer: &mut edgerelay::client::Client,
-    mic: u64,
-    until: tokio::time::Instant,
-) -> (u64, Vec<u8>, Vec<u8>) {
-    let mut audio = 0u64;
+/// What a viewer received of a call sent by [`send_simulcast`].
+#[derive(Debug, Default)]
+struct Watched {
+    /// Audio frames received.
+    audio: u64,
+    /// Audio frames sent before the newest one received that never arrived (a gap heard; the
+    /// ones not sent yet when the watch ended do not count).
+    audio_missing: u64,
+    /// The layer of each whole video group, in order.
+    whole: Vec<u8>,
+    /// The layer switches the relay announced (`layer` events), in order.
+    switches: Vec<u8>,
+}
+
+/// What a viewer received until `until`.
+async fn watch(viewer: &mut edgerelay::client::Client, mic: u64, until: tokio::time::Instant) -> Watched {
+    let mut seen = Watched::default();
+    let mut audio_ticks = std::collections::BTreeSet::new();
     let mut layer_of = HashMap::new();
-    let mut whole = Vec::new();
-    let mut switches = Vec::new();
     let mut events = viewer.take_events();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(until) => return (audio, whole, switches),
+            _ = tokio::time::sleep_until(until) => break,
             event = viewer.next_media() => match event {
                 Some(MediaEvent::Group(h)) if h.track != mic => {
                     layer_of.insert(h.group, h.layer);
                 }
-                Some(MediaEvent::Frame { track, .. }) if track == mic => audio += 1,
+                Some(MediaEvent::Frame { track, frame, .. }) if track == mic => {
+                    audio_ticks.insert(frame.header.timestamp_us / 20_000);
+                }
                 Some(MediaEvent::End { track, group, reset: None }) if track != mic => {
-                    whole.extend(layer_of.get(&group).copied());
+                    seen.whole.extend(layer_of.get(&group).copied());
                 }
                 Some(_) => {}
-                None => return (audio, whole, switches),
+                None => break,
             },
             Some(event) = events.recv() => {
                 if let Event::Call(edgerelay::proto::ServerFrame::Layer { layer, .. }) = event {
-                    switches.push(layer);
+                    seen.switches.push(layer);
                 }
             }
         }
     }
+    seen.audio = audio_ticks.len() as u64;
+    seen.audio_missing = audio_ticks.last().map_or(0, |last| last + 1 - seen.audio);
+    seen
 }
 
 /// One direction of a path with 100 ms of delay and a bottleneck of `rate_bps` in front of a
@@ -337,10 +358,11 @@ async fn a_viewer_whose_congested_path_frees_up_climbs_back_to_the_top_layer() {
         proxy.set_links(LinkConfig::perfect(), long_link(20_000_000)).unwrap();
     };
     let until = tokio::time::Instant::now() + Duration::from_secs(CONGESTED + FREED + 2);
-    let ((), (), (audio, layers, switches)) =
+    let ((), (), seen) =
         tokio::join!(send_simulcast(&speaker, mic, cam, CONGESTED + FREED), free, watch(&mut viewer, mic, until));
+    let Watched { audio, audio_missing, whole: layers, switches } = seen;
     eprintln!(
-        "whole video groups by layer {layers:?}; layer switches {switches:?}; audio {audio}; down {:?}",
+        "whole video groups by layer {layers:?}; layer switches {switches:?}; audio {audio} received, {audio_missing} missing; down {:?}",
         proxy.stats().down
     );
     let congested = &layers[..layers.len().min(CONGESTED as usize - 2)];
@@ -356,16 +378,19 @@ async fn a_viewer_on_a_path_that_stays_narrow_is_probed_a_bounded_number_of_time
     const SECONDS: u64 = 30;
     let (_relay, proxy, speaker, mut viewer, mic, cam) = viewer_behind(long_link(400_000), 12).await;
     let until = tokio::time::Instant::now() + Duration::from_secs(SECONDS + 2);
-    let ((), (audio, layers, switches)) =
-        tokio::join!(send_simulcast(&speaker, mic, cam, SECONDS), watch(&mut viewer, mic, until));
+    let ((), seen) = tokio::join!(send_simulcast(&speaker, mic, cam, SECONDS), watch(&mut viewer, mic, until));
+    let Watched { audio, audio_missing, whole: layers, switches } = seen;
     eprintln!(
-        "whole video groups by layer {layers:?}; layer switches {switches:?}; audio {audio}; down {:?}",
+        "whole video groups by layer {layers:?}; layer switches {switches:?}; audio {audio} received, {audio_missing} missing; down {:?}",
         proxy.stats().down
     );
     let climbs = switches.windows(2).filter(|w| w[1] > w[0]).count();
     assert!(climbs <= 4, "at most 4 climbs in {SECONDS} s (probes back off): {switches:?}");
     assert_eq!(layers.last(), Some(&0), "ends on the base layer: {layers:?}");
     // A failed trial's group is reset at once, but what it already put in the bottleneck queue
-    // delays the audio behind it: a few audio frames may miss their 400 ms (1,476 of 1,500 here).
-    assert!(audio >= SECONDS * 50 * 97 / 100, "audio keeps flowing: {audio} of {}", SECONDS * 50);
+    // delays the audio behind it; the audio deadline follows the RTT that queue adds, so none
+    // goes missing. (Fewer than 1,500 may arrive by the end: on a busy machine the sender's
+    // 20 ms ticks run late.)
+    assert_eq!(audio_missing, 0, "no audio gap");
+    assert!(audio >= SECONDS * 50 * 9 / 10, "audio keeps flowing: {audio} of {}", SECONDS * 50);
 }

@@ -96,11 +96,19 @@ struct Forwarding {
     sub_group: u64,
 }
 
+/// Earlier groups whose remaining frames still reach a subscriber, per subscription (audio
+/// groups overlap: a group whose tail the publisher's uplink delayed past the next group's
+/// start must still be completed). Older ones are left to the media queue's stale rule.
+const EARLIER_GROUPS: usize = 32;
+
 struct Subscription {
     forwarder: Forwarder,
     member: Member,
     out: Arc<MediaOut>,
+    /// The group started last.
     forwarding: Option<Forwarding>,
+    /// Groups started before it whose publisher has not finished them, oldest first.
+    earlier: Vec<Forwarding>,
     next_group: u64,
 }
 
@@ -109,7 +117,12 @@ impl Subscription {
     fn start(&mut self, track: &TrackInfo, layer: u8, group: u64, flags: u8, now_ms: u64) -> GroupKey {
         let sub_group = self.next_group;
         self.next_group += 1;
-        self.forwarding = Some(Forwarding { layer, group, sub_group });
+        if let Some(previous) = self.forwarding.replace(Forwarding { layer, group, sub_group }) {
+            if self.earlier.len() == EARLIER_GROUPS {
+                self.earlier.remove(0);
+            }
+            self.earlier.push(previous);
+        }
         let header = GroupHeader { track: track.track, layer, group: sub_group, flags };
         self.out.start(header, track.kind, priority(track.kind, layer), now_ms);
         GroupKey { track: track.track, group: sub_group }
@@ -462,11 +475,13 @@ impl Calls {
             member,
             out: out.clone(),
             forwarding: None,
+            earlier: Vec::new(),
             next_group: 1,
         });
         sub.forwarder.observe(out.path(), now_ms);
         sub.forwarder.set_request(max_layer, paused, now_ms);
         if paused && sub.forwarding.take().is_some() {
+            sub.earlier.clear();
             out.end_track(track);
         }
         t.refresh_dynacast(id);
@@ -610,13 +625,22 @@ pub struct GroupIn {
 }
 
 impl GroupIn {
-    /// Calls `each` with the [`MediaOut`] and group key of every subscriber receiving this group.
+    /// Calls `each` with the [`MediaOut`] and group key of every subscriber receiving this group
+    /// (the group started last, or an earlier one not finished yet).
     fn receivers(&self, t: &Track, mut each: impl FnMut(&MediaOut, GroupKey)) {
         let track = t.info.track;
+        let this = |f: &&Forwarding| f.layer == self.layer && f.group == self.group;
         for sub in t.subscribers.values() {
-            if let Some(f) = sub.forwarding.filter(|f| f.layer == self.layer && f.group == self.group) {
+            if let Some(f) = sub.forwarding.iter().chain(&sub.earlier).find(this) {
                 each(&sub.out, GroupKey { track, group: f.sub_group });
             }
+        }
+    }
+
+    /// The publisher is done with this group: subscribers forget it as an earlier group.
+    fn forget(&self, t: &mut Track) {
+        for sub in t.subscribers.values_mut() {
+            sub.earlier.retain(|f| f.layer != self.layer || f.group != self.group);
         }
     }
 
@@ -644,11 +668,15 @@ impl GroupIn {
     /// The publisher abandoned the group (reset its stream) or the relay refused the rest of it
     /// (a frame over the limit): the subscribers' streams of it are reset, never left waiting.
     pub fn abort(self) {
-        self.receivers(&lock(&self.track), MediaOut::cancel);
+        let mut t = lock(&self.track);
+        self.receivers(&t, MediaOut::cancel);
+        self.forget(&mut t);
     }
 
     /// The publisher finished the group.
-    pub fn end(self) {
-        self.receivers(&lock(&self.track), MediaOut::complete);
+    pub fn end(self, now_ms: u64) {
+        let mut t = lock(&self.track);
+        self.receivers(&t, |out, key| out.complete(key, now_ms));
+        self.forget(&mut t);
     }
 }

@@ -104,9 +104,9 @@ impl MediaOut {
     }
 
     /// The publisher finished a group.
-    pub fn complete(&self, key: GroupKey) {
+    pub fn complete(&self, key: GroupKey, now_ms: u64) {
         let mut state = self.lock();
-        state.queue.complete(key);
+        state.queue.complete(key, now_ms);
         if let Some(writer) = state.writers.get(&key) {
             writer.notify.notify_one();
         }
@@ -172,7 +172,13 @@ impl MediaOut {
     /// A reading of the connection's congestion controller: its window (bytes) and smoothed
     /// RTT.
     pub fn observe_path(&self, cwnd_bytes: u64, rtt: Duration, now_ms: u64) {
-        lock(&self.path).sample(cwnd_bytes, rtt, now_ms);
+        let mut path = lock(&self.path);
+        path.sample(cwnd_bytes, rtt, now_ms);
+        let rtt = path.rtt_ms();
+        drop(path);
+        if let Some((srtt_ms, rttvar_ms)) = rtt {
+            self.lock().queue.set_rtt(srtt_ms, rttvar_ms);
+        }
     }
 
     /// The connection's budget and congestion, as the forwarders see them.

@@ -68,12 +68,22 @@ pub struct PathMonitor {
     window_start: Option<u64>,
     /// The subscriber fell behind since the last reading.
     behind: bool,
+    /// The last smoothed RTT read, and how much the readings vary (µs; an RFC 6298 style mean
+    /// deviation of the readings, which are themselves smoothed).
+    srtt_us: Option<u64>,
+    rttvar_us: u64,
 }
 
 impl PathMonitor {
     /// A reading of the transport: its congestion window (bytes) and smoothed RTT.
     pub fn sample(&mut self, cwnd_bytes: u64, rtt: Duration, now_ms: u64) {
         let rtt_us = (rtt.as_micros() as u64).max(1000);
+        if let Some(last) = self.srtt_us {
+            self.rttvar_us = (3 * self.rttvar_us + last.abs_diff(rtt_us)) / 4;
+        } else {
+            self.rttvar_us = rtt_us / 2;
+        }
+        self.srtt_us = Some(rtt_us);
         self.state.budget = Some(cwnd_bytes.saturating_mul(8).saturating_mul(1_000_000) / rtt_us);
         if self.window_start.is_none_or(|start| now_ms.saturating_sub(start) >= MIN_RTT_WINDOW_MS) {
             self.min_rtt = [None, self.min_rtt[0]];
@@ -95,6 +105,11 @@ impl PathMonitor {
 
     pub fn state(&self) -> PathState {
         self.state
+    }
+
+    /// The smoothed RTT and its variation (ms), once read.
+    pub fn rtt_ms(&self) -> Option<(u64, u64)> {
+        self.srtt_us.map(|srtt| (srtt / 1000, self.rttvar_us / 1000))
     }
 }
 
@@ -253,8 +268,10 @@ mod tests {
     fn the_budget_is_the_window_over_the_rtt_and_queueing_delay_is_congestion() {
         let mut path = PathMonitor::default();
         assert_eq!(path.state(), PathState::default());
+        assert_eq!(path.rtt_ms(), None);
         path.sample(25_000, 100 * MS, 0);
         assert_eq!(path.state().budget, Some(2_000_000));
+        assert_eq!(path.rtt_ms(), Some((100, 50)), "the first reading's variation is half of it");
         path.sample(25_000, 150 * MS, 250);
         assert_eq!(path.state().congested_at, None, "50 ms above the lowest RTT: jitter");
         path.sample(25_000, 200 * MS, 500);

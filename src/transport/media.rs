@@ -59,7 +59,7 @@ pub async fn read_group(mut recv: RecvStream, calls: Arc<Calls>, id: u64, cancel
         _ = cancel.cancelled() => Err("connection closing"),
     };
     match (outcome, group) {
-        (Ok(()), Some(group)) => group.end(),
+        (Ok(()), Some(group)) => group.end(unix_ms()),
         (Ok(()), None) => {}
         (Err(why), group) => {
             tracing::debug!(why, "media group stream ended early");
