@@ -541,8 +541,8 @@ fn quic_server_config(
     // The same liveness rule as WebSocket: QUIC keep-alives every `ping_interval_ms` keep a
     // quiet connection (and the client's NAT mapping) alive, and one silent for
     // `idle_timeout_ms` is closed. QUIC uses the smaller of both sides' idle timeouts; the Rust
-    // client offers the same defaults (45 s, 15 s). A keep-alive received resets the other
-    // side's keep-alive timer, so the two take turns: one exchange per interval, not two.
+    // client offers 45 s too, and keeps alive a little more often (14 s): any packet received
+    // restarts a side's keep-alive timer, so then only the client's fires.
     let idle = Duration::from_millis(u64::from(limits.idle_timeout_ms));
     transport
         .max_idle_timeout(Some(idle.try_into().map_err(|_| RelayError::Quic("idle timeout out of range".into()))?));

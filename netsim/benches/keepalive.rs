@@ -2,9 +2,11 @@
 //! the relay per minute, counted at a netsim proxy (`none` profile: nothing lost or delayed).
 //! Each wake-up of the phone's radio to send or receive one is what drains the battery, so
 //! packets (not bytes) are the measure. A relay with its default limits (idle timeout 45 s,
-//! pings every 15 s); each client joined to one room and then silent, with nothing published.
+//! pings every 15 s); each client connected and then silent, with nothing published: once in no
+//! room (the keep-alives alone), once joined to one room (whose presence refresh, every
+//! `presence.refresh_ms` = 5 s, reaches it too).
 //!
-//! - QUIC, the client's defaults (idle timeout 45 s, keep-alive 15 s);
+//! - QUIC, the client's defaults (idle timeout 45 s, keep-alive 14 s);
 //! - QUIC with the client's former settings (idle timeout 8 s, keep-alive 2 s);
 //! - WebSocket (the relay pings every 15 s; the proxy counts segments of the byte stream, so
 //!   the kernel's bare TCP ACKs are not in the figure).
@@ -32,6 +34,12 @@ struct Variant {
     name: &'static str,
     transport: Transport,
     options: fn(ClientOptions) -> ClientOptions,
+    /// Joined to a room (whose presence refresh, every 5 s by default, also reaches it) or not.
+    in_room: bool,
+}
+
+fn former(o: ClientOptions) -> ClientOptions {
+    ClientOptions { quic_idle_timeout: Duration::from_secs(8), quic_keep_alive: Duration::from_secs(2), ..o }
 }
 
 fn main() {
@@ -40,34 +48,45 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .map_or(Duration::from_secs(60), Duration::from_secs);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let variants = [
-        Variant { name: "QUIC, defaults (45 s / 15 s)", transport: Transport::Quic, options: |o| o },
-        Variant {
+    let mut variants = Vec::new();
+    for in_room in [false, true] {
+        variants.push(Variant {
+            name: "QUIC, defaults (45 s / 14 s)",
+            transport: Transport::Quic,
+            options: |o| o,
+            in_room,
+        });
+        variants.push(Variant {
             name: "QUIC, former client (8 s / 2 s)",
             transport: Transport::Quic,
-            options: |o| ClientOptions {
-                quic_idle_timeout: Duration::from_secs(8),
-                quic_keep_alive: Duration::from_secs(2),
-                ..o
-            },
-        },
-        Variant { name: "WebSocket (pings every 15 s)", transport: Transport::WebSocket, options: |o| o },
-    ];
+            options: former,
+            in_room,
+        });
+        variants.push(Variant {
+            name: "WebSocket (pings every 15 s)",
+            transport: Transport::WebSocket,
+            options: |o| o,
+            in_room,
+        });
+    }
     runtime.block_on(async {
         let relay = std::sync::Arc::new(common::start().await);
         println!("idle clients, packets counted at the proxy over {window:?}, per minute");
-        println!("{:>34} {:>12} {:>12} {:>12}", "client", "up/min", "down/min", "total/min");
+        println!("{:>34} {:>8} {:>12} {:>12} {:>12}", "client", "room", "up/min", "down/min", "total/min");
         let runs: Vec<_> = variants
             .into_iter()
             .enumerate()
             .map(|(i, variant)| {
                 let relay = relay.clone();
-                tokio::spawn(async move { (variant.name, idle(&relay, &variant, i as u64, window).await) })
+                tokio::spawn(
+                    async move { (variant.name, variant.in_room, idle(&relay, &variant, i as u64, window).await) },
+                )
             })
             .collect();
         for run in runs {
-            let (name, (up, down)) = run.await.expect("variant");
-            println!("{name:>34} {up:>12.1} {down:>12.1} {:>12.1}", up + down);
+            let (name, in_room, (up, down)) = run.await.expect("variant");
+            let room = if in_room { "joined" } else { "none" };
+            println!("{name:>34} {room:>8} {up:>12.1} {down:>12.1} {:>12.1}", up + down);
         }
     });
 }
@@ -81,7 +100,9 @@ async fn idle(relay: &common::TestRelay, variant: &Variant, n: u64, window: Dura
     let options = (variant.options)(ClientOptions::new(token).codec(codec));
     let client =
         Client::connect(relay.target_at(variant.transport, proxy.local_addr()), options).await.expect("connect");
-    client.join(&room).await.expect("join");
+    if variant.in_room {
+        client.join(&room).await.expect("join");
+    }
     tokio::time::sleep(SETTLE).await;
     let before = proxy.stats();
     tokio::time::sleep(window).await;

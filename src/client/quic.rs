@@ -30,10 +30,13 @@ const MAX_INBOUND_FRAME: usize = 16 << 20;
 /// tens of seconds (docs/decisions.md, "Mobile outages").
 pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 
-/// Keep-alive interval by default: under the 30 s after which many carrier NATs forget an idle
-/// UDP mapping, and a third of the idle timeout, so two keep-alives can be lost in a row. Four
-/// packets a minute from an idle phone, where 2 s cost thirty (docs/performance.md).
-pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Keep-alive interval by default: half the 30 s after which many middleboxes forget a UDP flow
+/// (RFC 9000, section 10.1.2), and under a third of the idle timeout, so two keep-alives can be
+/// lost in a row. A little under the relay's own keep-alive (`limits.ping_interval_ms`, 15 s):
+/// any packet received restarts a side's keep-alive timer, so the client's fires first and the
+/// relay's never does, one `PING` and one ACK per interval instead of two of each when both fire
+/// together (docs/performance.md has the packets per minute).
+pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(14);
 
 /// A client QUIC endpoint, one UDP socket and the task that drives it, that several clients
 /// share ([`ClientOptions::quic_endpoint`](super::ClientOptions::quic_endpoint)). A client

@@ -161,9 +161,8 @@ impl Resilient {
     /// (a new Wi-Fi or cellular path, the end of an outage). Connected over QUIC, the connection
     /// moves to a new socket and is probed at once ([`Client::network_changed`]), so what was
     /// sent during an outage moves on within a round trip instead of at the next backed-off
-    /// probe timeout. Connected over WebSocket, a ping that gets no answer within
-    /// [`NETWORK_PROBE`] means the connection died with the old path: the client reconnects.
-    /// Reconnecting, the client stops waiting out its backoff and tries at once, the backoff
+    /// probe timeout. A connection that answers no ping within [`NETWORK_PROBE`] is replaced
+    /// (a WebSocket dies with its path). Reconnecting, the client stops waiting out its backoff and tries at once, the backoff
     /// starting again from `base_delay`.
     pub fn network_changed(&self) {
         let _ = self.commands.send(Command::NetworkChanged);
@@ -211,9 +210,8 @@ enum Accepted {
     Duplicate,
 }
 
-/// How long a WebSocket connection gets to answer a ping after the network changed before the
-/// client gives it up and reconnects (a TCP connection cannot move to a new path; on QUIC the
-/// connection migrates and its idle timeout decides).
+/// How long a connection gets to answer a ping after the network changed before the client
+/// gives it up and reconnects.
 pub const NETWORK_PROBE: Duration = Duration::from_secs(3);
 
 /// How often a QUIC connection is pinged after a network change until one ping is answered.
@@ -414,10 +412,12 @@ impl Driver {
     }
 
     /// After a network change: moves a QUIC connection to the new path and pings, again every
-    /// [`PROBE_AGAIN`] until one is answered or [`NETWORK_PROBE`] has passed: the OS may report
-    /// the network before packets flow, and a lost probe would leave the connection to its
-    /// backed-off probe timeout. Each ping is new data, sent at once. A WebSocket that does not
-    /// answer within [`NETWORK_PROBE`] is given up (a timeout ends the session).
+    /// [`PROBE_AGAIN`] until one is answered: the OS may report the network before packets
+    /// flow, and a lost probe would leave the connection to its backed-off probe timeout. A
+    /// connection that answers none within [`NETWORK_PROBE`] is given up (a timeout ends the
+    /// session): a WebSocket died with the old path, and a QUIC connection that cannot carry a
+    /// `pong` over a working network is stuck in its backoff; a new one resumes from the last
+    /// positions.
     fn probe(requests: &mut JoinSet<Result<(), ClientError>>, client: &Arc<Client>) {
         let client = client.clone();
         requests.spawn(async move {
@@ -436,9 +436,7 @@ impl Driver {
                     }
                     // Answered, or the connection ended (which its events report).
                     Some(_) = pings.join_next(), if !pings.is_empty() => return Ok(()),
-                    _ = &mut deadline => {
-                        return if client.is_websocket() { Err(ClientError::Timeout(NETWORK_PROBE)) } else { Ok(()) };
-                    }
+                    _ = &mut deadline => return Err(ClientError::Timeout(NETWORK_PROBE)),
                 }
             }
         });
