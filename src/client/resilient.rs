@@ -318,6 +318,7 @@ impl Driver {
         // Each room is joined once per connection: a `join` queued before the connection came
         // up is already covered by the rejoin of every known room.
         let mut joined: HashSet<String> = lock(&self.state).rooms.keys().cloned().collect();
+        let mut probing: Option<tokio::task::AbortHandle> = None;
         for room in joined.iter().cloned() {
             self.rejoin(&mut requests, client, room);
         }
@@ -336,7 +337,12 @@ impl Driver {
                         }
                     }
                     Some(Command::Publish { room, id }) => self.resend(&mut requests, client, room, id),
-                    Some(Command::NetworkChanged) => Self::probe(&mut requests, client),
+                    Some(Command::NetworkChanged) => {
+                        // The network changed again: the previous probe's answer no longer tells.
+                        if let Some(previous) = probing.replace(Self::probe(&mut requests, client)) {
+                            previous.abort();
+                        }
+                    }
                     None => return Ended::Stopped,
                 },
                 Some(done) = requests.join_next(), if !requests.is_empty() => match done {
@@ -418,7 +424,7 @@ impl Driver {
     /// session): a WebSocket died with the old path, and a QUIC connection that cannot carry a
     /// `pong` over a working network is stuck in its backoff; a new one resumes from the last
     /// positions.
-    fn probe(requests: &mut JoinSet<Result<(), ClientError>>, client: &Arc<Client>) {
+    fn probe(requests: &mut JoinSet<Result<(), ClientError>>, client: &Arc<Client>) -> tokio::task::AbortHandle {
         let client = client.clone();
         requests.spawn(async move {
             if let Err(err) = client.network_changed() {
@@ -439,7 +445,7 @@ impl Driver {
                     _ = &mut deadline => return Err(ClientError::Timeout(NETWORK_PROBE)),
                 }
             }
-        });
+        })
     }
 
     fn resend(&self, requests: &mut JoinSet<Result<(), ClientError>>, client: &Arc<Client>, room: String, id: String) {
