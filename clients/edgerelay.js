@@ -108,7 +108,6 @@ export function endpointUrls(location, endpoints) {
   };
 }
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
@@ -366,7 +365,15 @@ class WebSocketLink {
  * up the new hash when it reconnects; omit with a real certificate),
  * `transport` (`"auto"`, `"webtransport"` or `"websocket"`), `webTransportTimeoutMs` (how long
  * WebTransport gets before the WebSocket fallback), `requestTimeoutMs`, `backoff` (`{baseMs, capMs}`),
- * `clientName`.
+ * `clientName`, `networkEvents` (where `online` and `visibilitychange` come from: `{online,
+ * visibility}`, by default the page's `window` and `document`; `false` to not listen).
+ *
+ * Network changes: when the browser reports the network back (`online`) or the page visible again
+ * (`visibilitychange`; a phone suspends hidden tabs' timers and sockets), the client calls
+ * `networkChanged()`: connected, it pings at once (a connection that does not answer within
+ * `networkProbeMs`, 3 s by default, is closed and replaced); reconnecting, it stops waiting out
+ * its backoff and tries at once, the backoff starting again from `baseMs`. Pages that learn of a
+ * network change otherwise can call it too.
  *
  * Events (`detail`): `status` ({state, transport, delayMs?, code?, reason?, fallbackReason?}),
  * `message` (a `message` frame), `joined` ({room, recovered, position}) on every (re)join, `error`
@@ -425,6 +432,12 @@ export class EdgeRelay extends EventTarget {
   // Call events that came right behind the welcome, before this connection was open: handled
   // once it is, so that what an app does about them (rejoin, answer) can be sent.
   #earlyCallEvents = [];
+  // Failed attempts since the last connection: the backoff's exponent.
+  #failures = 0;
+  // Ends the backoff wait early (a network change), when one is under way.
+  #wake = null;
+  // Removes the `online` and `visibilitychange` listeners.
+  #unwatch = () => {};
 
   constructor(options) {
     super();
@@ -434,6 +447,8 @@ export class EdgeRelay extends EventTarget {
       requestTimeoutMs: 10_000,
       backoff: { baseMs: 250, capMs: 10_000 },
       clientName: "edgerelay-js/1",
+      networkProbeMs: 3000,
+      networkEvents: { online: globalThis.window, visibility: globalThis.document },
       ...options,
     };
     this.state = "idle";
@@ -448,9 +463,45 @@ export class EdgeRelay extends EventTarget {
       this.connected = new Promise((resolve, reject) => {
         this.#welcomed = { resolve, reject };
       });
+      this.#watchNetwork();
       this.#run();
     }
     return this.connected;
+  }
+
+  /**
+   * The network changed or came back. Connected: ping now, and replace the connection if it
+   * does not answer within `networkProbeMs`. Reconnecting: try again now, backoff reset.
+   */
+  networkChanged() {
+    if (this.#stopped) return;
+    this.#failures = 0;
+    if (this.#wake) {
+      this.#wake();
+      return;
+    }
+    const attempt = this.#attempt;
+    if (!this.#link || !attempt) return;
+    withTimeout(this.ping(), this.#options.networkProbeMs, "ping after a network change").catch((err) => {
+      // Only a silent connection is given up; an answer, even an error, shows it works.
+      if (err instanceof TimeoutError && this.#attempt === attempt) this.#retire(attempt, "no answer after a network change");
+    });
+  }
+
+  #watchNetwork() {
+    const { networkEvents } = this.#options;
+    if (!networkEvents) return;
+    const { online, visibility } = networkEvents;
+    const onOnline = () => this.networkChanged();
+    const onVisible = () => {
+      if (visibility.visibilityState !== "hidden") this.networkChanged();
+    };
+    online?.addEventListener?.("online", onOnline);
+    visibility?.addEventListener?.("visibilitychange", onVisible);
+    this.#unwatch = () => {
+      online?.removeEventListener?.("online", onOnline);
+      visibility?.removeEventListener?.("visibilitychange", onVisible);
+    };
   }
 
   /** Joins a room (on WebTransport: its own stream). Rejoined automatically after reconnects. */
@@ -589,6 +640,8 @@ export class EdgeRelay extends EventTarget {
   /** Closes for good: no reconnect. */
   close() {
     this.#stopped = true;
+    this.#unwatch();
+    this.#wake?.();
     if (this.#attempt) this.#retire(this.#attempt, "bye");
     this.#link = null;
     this.#welcomed?.reject(new Error("closed before it connected"));
@@ -835,14 +888,13 @@ export class EdgeRelay extends EventTarget {
   }
 
   async #run() {
-    let failures = 0;
     while (!this.#stopped) {
       this.#setState("connecting");
       let info;
       let attempt = null;
       try {
         attempt = await this.#openOnce();
-        failures = 0;
+        this.#failures = 0;
         this.#welcomed?.resolve(this.welcome);
         this.#welcomed = null;
         info = await attempt.link.closed;
@@ -861,10 +913,18 @@ export class EdgeRelay extends EventTarget {
         this.#welcomed?.reject(new RelayError(info.code, info.reason));
         return;
       }
-      const delayMs = Math.max(this.#goAwayMs, backoffDelay(failures++, this.#options.backoff));
+      const delayMs = Math.max(this.#goAwayMs, backoffDelay(this.#failures++, this.#options.backoff));
       this.#goAwayMs = 0;
       this.#setState("reconnecting", { delayMs, code: info.code, reason: info.reason });
-      await sleep(delayMs);
+      // The wait, unless the network comes back first (`networkChanged`).
+      await new Promise((resolve) => {
+        const timer = setTimeout(resolve, delayMs);
+        this.#wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.#wake = null;
     }
   }
 }

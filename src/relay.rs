@@ -569,9 +569,15 @@ fn quic_server_config(
     let token_key = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(token_key);
     let mut server = quinn::ServerConfig::new(Arc::new(crypto), Arc::new(token_key));
     let mut transport = quinn::TransportConfig::default();
+    // The same liveness rule as WebSocket: QUIC keep-alives every `ping_interval_ms` keep a
+    // quiet connection (and the client's NAT mapping) alive, and one silent for
+    // `idle_timeout_ms` is closed. QUIC uses the smaller of both sides' idle timeouts; the Rust
+    // client offers 45 s too, and keeps alive a little more often (14 s): any packet received
+    // restarts a side's keep-alive timer, so then only the client's fires.
     let idle = Duration::from_millis(u64::from(limits.idle_timeout_ms));
     transport
         .max_idle_timeout(Some(idle.try_into().map_err(|_| RelayError::Quic("idle timeout out of range".into()))?));
+    transport.keep_alive_interval(Some(Duration::from_millis(u64::from(limits.ping_interval_ms))));
     // Few streams at first: quinn keeps state for every stream a peer may open, so a limit
     // of 132 cost each connection about 10 KiB; the transport raises it as rooms are joined.
     transport.max_concurrent_bidi_streams(transport::quic::StreamCredit::initial(limits).into());

@@ -325,8 +325,12 @@ async fn a_page_that_lost_its_connection_rejoins_the_call() {
             .collect();
         assert!(states.ends_with(&["reconnecting", "connected"]), "{page}: {log}");
     }
+    // Alice's page opens its new peer connection after `connected` (it fetches ICE servers
+    // first): wait for it, then check it was exactly one.
+    let want = before.as_u64().expect("a count") + 1;
+    p.browser.wait_for(&p.alice, &format!("{peers} >= {want}")).await;
     let after = p.browser.eval(&p.alice, peers).await;
-    assert_eq!(after.as_u64(), before.as_u64().map(|n| n + 1), "one new peer connection on Alice's side");
+    assert_eq!(after.as_u64(), Some(want), "one new peer connection on Alice's side");
     for page in [&p.alice, &p.bob] {
         let first = decoding(&mut p.browser, page, 5).await;
         decoding(&mut p.browser, page, first["framesDecoded"].as_u64().unwrap() + 10).await;

@@ -67,3 +67,48 @@ test("ice_servers: the request encodes like the relay's, the answer becomes RTCI
   const http = { ice_servers: [{ urls: ["stun:s:3478"] }], expires_at: 5 };
   assert.deepEqual(rtcIceServers(http), { iceServers: [{ urls: ["stun:s:3478"] }], expiresAt: 5 });
 });
+
+test("online and visibilitychange end the reconnect backoff at once", { timeout: 10_000 }, async () => {
+  const online = new EventTarget();
+  const visibility = Object.assign(new EventTarget(), { visibilityState: "visible" });
+  // Nothing listens on port 1 (and Node may have no WebSocket at all): every attempt fails, and
+  // the backoff would wait a minute before the next.
+  const client = new EdgeRelay({
+    token: "t",
+    transport: "websocket",
+    webSocketUrl: "ws://127.0.0.1:1/v1/ws",
+    backoff: { baseMs: 60_000, capMs: 60_000 },
+    networkEvents: { online, visibility },
+  });
+  const states = [];
+  const waitFor = (state) =>
+    new Promise((resolve) => {
+      const seen = states.filter((s) => s === state).length;
+      const check = () => {
+        if (states.filter((s) => s === state).length > seen) {
+          client.removeEventListener("status", check);
+          resolve();
+        }
+      };
+      client.addEventListener("status", check);
+    });
+  client.addEventListener("status", (e) => states.push(e.detail.state));
+  client.connect().catch(() => {});
+  await waitFor("reconnecting");
+  const again = waitFor("connecting");
+  online.dispatchEvent(new Event("online"));
+  await again;
+  await waitFor("reconnecting");
+  // A page hidden is not a reason; shown again it is.
+  visibility.visibilityState = "hidden";
+  visibility.dispatchEvent(new Event("visibilitychange"));
+  assert.equal(states.at(-1), "reconnecting");
+  const shown = waitFor("connecting");
+  visibility.visibilityState = "visible";
+  visibility.dispatchEvent(new Event("visibilitychange"));
+  await shown;
+  client.close();
+  // Closed: no listener is left to act.
+  online.dispatchEvent(new Event("online"));
+  assert.equal(states.at(-1), "closed");
+});

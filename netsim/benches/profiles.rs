@@ -9,8 +9,12 @@
 //! Prints a table and draws `netsim-profiles.png` (or `$NETSIM_CHART`): p50 and p99 per
 //! profile and transport, log scale. Needs root and /dev/net/tun; prints SKIPPED otherwise.
 //!
-//! Run: `cargo bench -p netsim --bench profiles` (about 3 minutes). Results:
-//! `docs/performance.md`.
+//! On a profile with blackouts (`train`) QUIC also runs a second time with the clients told when
+//! the network is back (`Client::network_changed()`, called as soon as the emulator's blackout
+//! ends, as a phone's path monitor would): "QUIC+hook".
+//!
+//! Run: `cargo bench -p netsim --bench profiles` (about 3 minutes); `NETSIM_PROFILES=train,4g`
+//! runs only those profiles. Results: `docs/performance.md`.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -21,6 +25,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::Transport;
+use edgerelay::client::{ClientOptions, QuicEndpoint};
 use edgerelay::proto::Payload;
 use netsim::Profile;
 use netsim::ns::{Emulator, Side, can_emulate};
@@ -38,6 +43,8 @@ const FONTS: [&str; 2] = [
 struct Run {
     profile: String,
     transport: Transport,
+    /// Whether the clients were told when the network came back.
+    hook: bool,
     /// Sorted latencies of the messages received.
     latencies: Vec<Duration>,
     /// Sorted latencies of the typing changes seen, and how many were never seen.
@@ -75,14 +82,23 @@ fn main() {
         "{:>14} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>11} {:>11} {:>11}",
         "profile", "transport", "received", "p50", "p95", "p99", "max", "typing p50", "typing p95", "typing lost"
     );
+    let only: Option<Vec<String>> =
+        std::env::var("NETSIM_PROFILES").ok().map(|names| names.split(',').map(str::to_owned).collect());
     let mut runs = Vec::new();
     for (i, profile) in Profile::all().into_iter().enumerate() {
-        for transport in [Transport::Quic, Transport::WebSocket] {
-            let run = runtime.block_on(run(profile.clone(), transport, 500 + i as u64));
+        if only.as_ref().is_some_and(|names| !names.contains(&profile.name)) {
+            continue;
+        }
+        let with_hook = profile.blackouts != netsim::Blackouts::none();
+        let variants = [(Transport::Quic, false), (Transport::WebSocket, false)]
+            .into_iter()
+            .chain(with_hook.then_some((Transport::Quic, true)));
+        for (transport, hook) in variants {
+            let run = runtime.block_on(run(profile.clone(), transport, hook, 500 + i as u64));
             println!(
                 "{:>14} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>11} {:>11} {:>8}/{TOGGLES}",
                 run.profile,
-                format!("{transport:?}"),
+                format!("{transport:?}{}", if hook { "+hook" } else { "" }),
                 run.latencies.len(),
                 ms(run.quantile(0.50)),
                 ms(run.quantile(0.95)),
@@ -106,9 +122,11 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-async fn run(profile: Profile, transport: Transport, seed: u64) -> Run {
+async fn run(profile: Profile, transport: Transport, hook: bool, seed: u64) -> Run {
     let name = profile.name.clone();
+    let blackouts = profile.blackouts.clone();
     let emulator = Emulator::start(profile, seed).expect("emulator");
+    let started = Instant::now();
     let server = emulator.addr(Side::Server);
     let relay = {
         let _inside = emulator.enter(Side::Server).expect("server side");
@@ -123,17 +141,40 @@ async fn run(profile: Profile, transport: Transport, seed: u64) -> Run {
         .await
     };
     let rooms: Vec<String> = (0..ROOMS).map(|r| format!("room-{r}")).collect();
-    let (mut subscriber, publisher) = {
+    let (mut subscriber, publisher, endpoint) = {
         let _inside = emulator.enter(Side::Client).expect("client side");
         let target = relay.target(transport);
-        let subscriber = support::connect(&relay, transport, target.clone(), "sub", "room-*").await.expect("sub");
-        (subscriber, support::connect(&relay, transport, target, "pub", "room-*").await.expect("pub"))
+        // With the hook both clients share one endpoint, which the hook moves.
+        let endpoint = hook.then(|| QuicEndpoint::bind([0, 0, 0, 0].into()).expect("endpoint"));
+        let shared = |options: ClientOptions| match &endpoint {
+            Some(endpoint) => options.quic_endpoint(endpoint.clone()),
+            None => options,
+        };
+        let subscriber =
+            support::connect_with(&relay, transport, target.clone(), "sub", "room-*", shared).await.expect("sub");
+        let publisher = support::connect_with(&relay, transport, target, "pub", "room-*", shared).await.expect("pub");
+        (subscriber, publisher, endpoint)
     };
     for room in &rooms {
         subscriber.join(room).await.expect("join");
     }
     let base = Instant::now();
     let publisher = std::sync::Arc::new(publisher);
+    // The phone's path monitor: when a blackout ends, the clients' endpoint moves to a new
+    // socket (made in the client namespace, where this thread goes for the call).
+    let mut monitor = Box::pin(async {
+        let Some(endpoint) = &endpoint else { return std::future::pending().await };
+        let mut dark = false;
+        loop {
+            let now = blackouts.active(started.elapsed()).is_some();
+            if dark && !now {
+                let _inside = emulator.enter(Side::Client).expect("client side");
+                endpoint.network_changed().expect("new socket");
+            }
+            dark = now;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
     let mut acks = tokio::task::JoinSet::new();
     let reader = tokio::spawn(async move {
         let mut latencies = Vec::with_capacity(MESSAGES);
@@ -148,23 +189,30 @@ async fn run(profile: Profile, transport: Transport, seed: u64) -> Run {
         }
         (subscriber, latencies)
     });
-    let mut tick = tokio::time::interval(PACE);
-    for i in 0..MESSAGES {
-        tick.tick().await;
-        let room = rooms[i % ROOMS].clone();
-        let publisher = publisher.clone();
-        let sent = base.elapsed().as_nanos() as u64;
-        let data = Payload::json(&serde_json::json!({ "sent": sent, "pad": "x".repeat(64) }));
-        acks.spawn(async move { publisher.publish(&room, &format!("m{i}"), data).await.is_ok() });
-    }
-    acks.join_all().await;
-    let (subscriber, mut latencies) = reader.await.expect("reader");
+    let work = async {
+        let mut tick = tokio::time::interval(PACE);
+        for i in 0..MESSAGES {
+            tick.tick().await;
+            let room = rooms[i % ROOMS].clone();
+            let publisher = publisher.clone();
+            let sent = base.elapsed().as_nanos() as u64;
+            let data = Payload::json(&serde_json::json!({ "sent": sent, "pad": "x".repeat(64) }));
+            acks.spawn(async move { publisher.publish(&room, &format!("m{i}"), data).await.is_ok() });
+        }
+        acks.join_all().await;
+        reader.await.expect("reader")
+    };
+    let (subscriber, mut latencies) = tokio::select! {
+        done = work => done,
+        () = &mut monitor => unreachable!("the monitor runs until the work is done"),
+    };
+    drop(monitor);
     latencies.sort();
     let (typing, typing_lost) = typing_changes(&publisher, &subscriber, &rooms[0]).await;
     subscriber.close().await;
     relay.relay.shutdown().await;
     emulator.shutdown().await;
-    Run { profile: name, transport, latencies, typing, typing_lost }
+    Run { profile: name, transport, hook, latencies, typing, typing_lost }
 }
 
 /// The publisher types and stops in turn in `room`; how long until the subscriber shows each
@@ -242,7 +290,7 @@ fn chart(runs: &[Run], path: &std::path::Path) -> Result<(), String> {
     for (transport, q, label, color, shift) in series {
         let points: Vec<(f64, f64)> = runs
             .iter()
-            .filter(|r| r.transport == transport)
+            .filter(|r| r.transport == transport && !r.hook)
             .filter_map(|r| {
                 profiles.iter().position(|p| *p == r.profile).map(|x| (x as f64 + shift, to_ms(r.quantile(q))))
             })

@@ -80,9 +80,13 @@ pub enum ProxyError {
 
 /// State every proxy task shares: the clock, the manual blackout switch, counters, tasks.
 pub(crate) struct Core {
+    /// The profile it started with (its name and rebinding schedule).
     pub(crate) profile: Profile,
-    /// The links new flows get: the profile's, until [`Proxy::set_links`] changes them.
-    links: std::sync::Mutex<(LinkConfig, LinkConfig)>,
+    /// The links new flows get: the starting profile's until a [`Proxy::handover`] or
+    /// [`Proxy::set_links`].
+    links: std::sync::Mutex<Profile>,
+    /// Cancelled by a handover: TCP connections made on the old path end with it.
+    path: std::sync::Mutex<CancellationToken>,
     pub(crate) seed: u64,
     start: Instant,
     blackout: watch::Sender<bool>,
@@ -94,7 +98,8 @@ pub(crate) struct Core {
 impl Core {
     pub(crate) fn new(profile: Profile, seed: u64) -> Core {
         Core {
-            links: std::sync::Mutex::new((profile.up.clone(), profile.down.clone())),
+            links: std::sync::Mutex::new(profile.clone()),
+            path: std::sync::Mutex::new(CancellationToken::new()),
             profile,
             seed,
             start: Instant::now(),
@@ -139,12 +144,34 @@ impl Core {
     /// The models for flow number `n`: (up, down), each with its own seed derived from the
     /// proxy's.
     pub(crate) fn models(&self, n: u64) -> (LinkModel, LinkModel) {
-        let (up, down) = lock(&self.links).clone();
+        let p = lock(&self.links);
         let blackouts = &self.profile.blackouts;
         (
-            LinkModel::new(up, blackouts.clone(), splitmix(self.seed ^ (2 * n))),
-            LinkModel::new(down, blackouts.clone(), splitmix(self.seed ^ (2 * n + 1))),
+            LinkModel::new(p.up.clone(), blackouts.clone(), splitmix(self.seed ^ (2 * n))),
+            LinkModel::new(p.down.clone(), blackouts.clone(), splitmix(self.seed ^ (2 * n + 1))),
         )
+    }
+
+    /// A token for a connection made on the current path: cancelled with the proxy, or by the
+    /// next handover.
+    pub(crate) fn path_token(&self) -> CancellationToken {
+        let path = lock(&self.path);
+        let token = self.cancel.child_token();
+        let on_path = path.clone();
+        let child = token.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = on_path.cancelled() => child.cancel(),
+                _ = child.cancelled() => {}
+            }
+        });
+        token
+    }
+
+    /// Switches to `profile` for new flows, and ends the current path.
+    fn switch_path(&self, profile: Profile) {
+        *lock(&self.links) = profile;
+        std::mem::replace(&mut *lock(&self.path), CancellationToken::new()).cancel();
     }
 
     /// Passes one packet through `model` and puts what survives on `line`.
@@ -242,7 +269,10 @@ impl Proxy {
     /// rebinds stay). Returns how many flows changed.
     pub fn set_links(&self, up: LinkConfig, down: LinkConfig) -> Result<usize, ProxyError> {
         let flows = self.udp.as_ref().ok_or(ProxyError::NotUdp)?;
-        *lock(&self.core.links) = (up.clone(), down.clone());
+        {
+            let mut links = lock(&self.core.links);
+            (links.up, links.down) = (up.clone(), down.clone());
+        }
         Ok(flows.set_links(&up, &down))
     }
 
@@ -250,6 +280,20 @@ impl Proxy {
     /// TCP bytes are held until it ends.
     pub fn set_blackout(&self, on: bool) {
         self.core.set_blackout(on);
+    }
+
+    /// A handover (Wi-Fi to cellular, say): from now on every link has `profile`'s parameters.
+    /// UDP flows keep going with new models (a client that moves to a new socket, as QUIC
+    /// migration does, becomes a new flow, seen by the relay from a new address); TCP
+    /// connections are cut, both ends closed, since a TCP connection cannot outlive its
+    /// address: the client must reconnect. Scheduled blackouts and rebinds stay the starting
+    /// profile's.
+    pub fn handover(&self, profile: Profile) {
+        tracing::info!(from = %self.core.profile.name, to = %profile.name, "handover");
+        self.core.switch_path(profile);
+        if let Some(flows) = &self.udp {
+            flows.renew_models(&self.core);
+        }
     }
 
     pub fn stats(&self) -> Stats {

@@ -51,7 +51,7 @@ pub(crate) async fn serve(core: Arc<Core>, listener: TcpListener, upstream: Sock
 async fn connection(core: Arc<Core>, client: TcpStream, upstream: SocketAddr, n: u64) {
     let active = &core.counters.active_flows;
     active.fetch_add(1, Ordering::Relaxed);
-    let cancel = core.cancel.child_token();
+    let cancel = core.path_token();
     let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(upstream));
     if let Some(Ok(Ok(server))) = cancel.run_until_cancelled(connect).await {
         let _ = client.set_nodelay(true);

@@ -34,6 +34,8 @@ pub(crate) struct Flows {
 
 struct Flow {
     client: SocketAddr,
+    /// The flow's number, which seeds its models.
+    n: u64,
     /// The current upstream socket; replaced on rebind (the up line sends through it).
     upstream: Arc<Mutex<Arc<UdpSocket>>>,
     up: Mutex<LinkModel>,
@@ -102,6 +104,7 @@ impl Flows {
         let reader = cancel.child_token();
         let flow = Arc::new(Flow {
             client,
+            n,
             upstream: slot,
             up: Mutex::new(up),
             down: Mutex::new(down),
@@ -133,6 +136,14 @@ impl Flows {
             lock(&flow.down).set_config(down.clone());
         }
         flows.len()
+    }
+
+    /// Gives every flow fresh models of the current links (after a handover).
+    pub(crate) fn renew_models(&self, core: &Core) {
+        for flow in lock(&self.map).values() {
+            let (up, down) = core.models(flow.n);
+            (*lock(&flow.up), *lock(&flow.down)) = (up, down);
+        }
     }
 
     /// Forgets flows idle for longer than [`FLOW_IDLE`].

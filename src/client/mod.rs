@@ -64,6 +64,14 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// A QUIC endpoint shared with other clients; `None` binds one for this client.
     pub quic_endpoint: Option<QuicEndpoint>,
+    /// QUIC (and WebTransport) idle timeout this client offers; the connection uses the smaller
+    /// of this and the relay's `limits.idle_timeout_ms` (45 s by default). Sized to outlive the
+    /// outages phones have (tunnels, lifts) so the connection resumes where it was instead of
+    /// reconnecting; a vanished relay is noticed within it (docs/operations.md).
+    pub quic_idle_timeout: Duration,
+    /// How long a QUIC connection may stay silent before the client sends a keep-alive packet:
+    /// keeps NAT mappings and the idle timer alive. Each one costs the phone a radio wake-up.
+    pub quic_keep_alive: Duration,
 }
 
 impl ClientOptions {
@@ -75,6 +83,8 @@ impl ClientOptions {
             event_buffer: 1024,
             request_timeout: Duration::from_secs(10),
             quic_endpoint: None,
+            quic_idle_timeout: quic::IDLE_TIMEOUT,
+            quic_keep_alive: quic::KEEP_ALIVE,
         }
     }
 
@@ -422,21 +432,9 @@ impl Client {
                         .map(|(link, welcome)| (Link::WebSocket(link), welcome));
                 }
             };
-            let endpoint = options.quic_endpoint.as_ref();
-            quic::connect(
-                *addr,
-                server_name,
-                tls,
-                wt_path,
-                options.codec,
-                hello,
-                shared.clone(),
-                endpoint,
-                &tasks,
-                &cancel,
-            )
-            .await
-            .map(|(link, welcome)| (Link::Quic(Box::new(link)), welcome))
+            quic::connect(*addr, server_name, tls, wt_path, &options, hello, shared.clone(), &tasks, &cancel)
+                .await
+                .map(|(link, welcome)| (Link::Quic(Box::new(link)), welcome))
         };
         let (link, welcome) = match tokio::time::timeout(options.request_timeout, connecting).await {
             Ok(Ok(connected)) => connected,
@@ -818,6 +816,24 @@ impl Client {
             ServerFrame::TrackOk { .. } => Ok(()),
             other => Err(unexpected("track_ok", &other)),
         }
+    }
+
+    /// Tells the client its network changed (a new Wi-Fi or cellular path, the network back
+    /// after an outage): the hook a mobile app calls from the OS's path monitor. On QUIC and
+    /// WebTransport the endpoint moves to a new UDP socket (a new local address) and pings at
+    /// once, so the relay validates the new path and migrates the connection, and both sides
+    /// resend what is outstanding now instead of at their next, backed-off probe timeout. On
+    /// WebSocket nothing can move: [`Self::ping`] shows whether the connection still works.
+    pub fn network_changed(&self) -> Result<(), ClientError> {
+        match &*self.link {
+            Link::Quic(link) => link.network_changed(),
+            Link::WebSocket(_) => Ok(()),
+        }
+    }
+
+    /// Whether the connection is a WebSocket (which a network change cannot carry over).
+    pub fn is_websocket(&self) -> bool {
+        matches!(&*self.link, Link::WebSocket(_))
     }
 
     /// Closes the connection without waiting for the client's tasks (see `close`).

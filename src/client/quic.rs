@@ -25,6 +25,19 @@ const RECEIVE_WINDOW: u32 = 8 << 20;
 /// Largest frame the client accepts from the relay.
 const MAX_INBOUND_FRAME: usize = 16 << 20;
 
+/// The idle timeout the client offers by default: the relay's default `limits.idle_timeout_ms`,
+/// so both sides agree (QUIC uses the smaller of the two) and a connection outlives outages of
+/// tens of seconds (docs/decisions.md, "Mobile outages").
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// Keep-alive interval by default: half the 30 s after which many middleboxes forget a UDP flow
+/// (RFC 9000, section 10.1.2), and under a third of the idle timeout, so two keep-alives can be
+/// lost in a row. A little under the relay's own keep-alive (`limits.ping_interval_ms`, 15 s):
+/// any packet received restarts a side's keep-alive timer, so the client's fires first and the
+/// relay's never does, one `PING` and one ACK per interval instead of two of each when both fire
+/// together (docs/performance.md has the packets per minute).
+pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(14);
+
 /// A client QUIC endpoint, one UDP socket and the task that drives it, that several clients
 /// share ([`ClientOptions::quic_endpoint`](super::ClientOptions::quic_endpoint)). A client
 /// without one binds its own. An application holding many connections (a bridge, a load
@@ -39,6 +52,25 @@ impl QuicEndpoint {
     pub fn bind(ip: std::net::IpAddr) -> Result<QuicEndpoint, ClientError> {
         Endpoint::client(SocketAddr::new(ip, 0)).map(QuicEndpoint).map_err(|e| ClientError::Connect(e.to_string()))
     }
+
+    /// The device's network changed: moves every connection of the endpoint to a new socket
+    /// (see [`Client::network_changed`](super::Client::network_changed)). The socket is made in
+    /// the calling thread's network namespace.
+    pub fn network_changed(&self) -> Result<(), ClientError> {
+        move_to_new_socket(&self.0)
+    }
+}
+
+/// Rebinds `endpoint` to a new UDP socket on an ephemeral port of the same kind of address:
+/// quinn then pings on every connection at once, from the new address, which the relay
+/// validates and migrates to (RFC 9000, section 9).
+fn move_to_new_socket(endpoint: &Endpoint) -> Result<(), ClientError> {
+    let rebind = || {
+        let ip: std::net::IpAddr =
+            if endpoint.local_addr()?.is_ipv6() { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
+        endpoint.rebind(std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?)
+    };
+    rebind().map_err(|e: std::io::Error| ClientError::Connect(format!("cannot move to a new socket: {e}")))
 }
 
 pub(super) struct QuicLink {
@@ -62,13 +94,13 @@ pub(super) async fn connect(
     server_name: &str,
     trust: &ServerTrust,
     wt_path: Option<&str>,
-    codec: Codec,
+    options: &super::ClientOptions,
     hello: WireFrame,
     shared: Arc<Shared>,
-    shared_endpoint: Option<&QuicEndpoint>,
     tasks: &TaskTracker,
     cancel: &CancellationToken,
 ) -> Result<(QuicLink, ServerFrame), ClientError> {
+    let codec = options.codec;
     let alpn = if wt_path.is_some() { webtransport::ALPN } else { ALPN_RAW };
     let crypto = match trust {
         ServerTrust::Pinned(pins) => tls::pinned_client_config(pins.clone(), &[alpn]),
@@ -80,17 +112,20 @@ pub(super) async fn connect(
         quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| ClientError::Connect(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(2)));
-    // A relay that vanished (crash, network gone) is noticed within this, so a reconnecting
-    // client resumes quickly; keep-alives keep a healthy idle connection well inside it.
-    transport.max_idle_timeout(Some(quinn::VarInt::from_u32(8_000).into()));
+    // At most a third of the idle timeout, so two lost keep-alives do not end the connection.
+    transport.keep_alive_interval(Some(options.quic_keep_alive.min(options.quic_idle_timeout / 3)));
+    // Outlives an outage (a tunnel, a lift) so the connection resumes where it was; a relay that
+    // vanished is noticed within it (a restarted one at once, by its stateless reset).
+    let idle = quinn::IdleTimeout::try_from(options.quic_idle_timeout)
+        .map_err(|_| ClientError::Connect("quic_idle_timeout out of range".into()))?;
+    transport.max_idle_timeout(Some(idle));
     // What the relay may send ahead of the application's reading, over all streams: a media
     // subscriber that stops reading stalls the relay's sends within this, and the relay then
     // drops stale groups instead of queueing them (quinn's default has no connection limit).
     transport.receive_window(quinn::VarInt::from_u32(RECEIVE_WINDOW));
     config.transport_config(Arc::new(transport));
 
-    let (endpoint, owns_endpoint) = match shared_endpoint {
+    let (endpoint, owns_endpoint) = match &options.quic_endpoint {
         Some(shared) => (shared.0.clone(), false),
         None => {
             let ip = if addr.is_ipv6() { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
@@ -292,6 +327,12 @@ impl QuicLink {
 
     fn write_error(&self, err: web_transport_quinn::WriteError) -> ClientError {
         self.shared.closed_error().unwrap_or(ClientError::Closed { code: None, reason: err.to_string() })
+    }
+
+    /// Moves the link's endpoint to a new socket ([`QuicEndpoint::network_changed`]); a shared
+    /// endpoint moves with all its connections: the network changed for all of them.
+    pub(super) fn network_changed(&self) -> Result<(), ClientError> {
+        move_to_new_socket(&self.endpoint)
     }
 
     /// The QUIC (or WebTransport) session, for media group streams.

@@ -78,6 +78,8 @@ struct State {
 
 enum Command {
     Join(String),
+    /// The device's network changed or came back (see [`Resilient::network_changed`]).
+    NetworkChanged,
     /// Send the unacked publish with this room and id.
     Publish {
         room: String,
@@ -155,6 +157,17 @@ impl Resilient {
         rx.await.map_err(|_| ClientError::Closed { code: None, reason: "client closed".into() })
     }
 
+    /// Tells the client its network changed or came back: call it from the OS's path monitor
+    /// (a new Wi-Fi or cellular path, the end of an outage). Connected over QUIC, the connection
+    /// moves to a new socket and is probed at once ([`Client::network_changed`]), so what was
+    /// sent during an outage moves on within a round trip instead of at the next backed-off
+    /// probe timeout. A connection that answers no ping within [`NETWORK_PROBE`] is replaced
+    /// (a WebSocket dies with its path). Reconnecting, the client stops waiting out its backoff and tries at once, the backoff
+    /// starting again from `base_delay`.
+    pub fn network_changed(&self) {
+        let _ = self.commands.send(Command::NetworkChanged);
+    }
+
     pub async fn next_event(&mut self) -> Option<ResilientEvent> {
         self.events.recv().await
     }
@@ -197,6 +210,26 @@ enum Accepted {
     Duplicate,
 }
 
+/// How long a connection gets to answer a ping after the network changed before the client
+/// gives it up and reconnects.
+pub const NETWORK_PROBE: Duration = Duration::from_secs(3);
+
+/// How often a QUIC connection is pinged after a network change until one ping is answered.
+const PROBE_AGAIN: Duration = Duration::from_millis(500);
+
+/// Waits for a network change among `commands`, dropping the others: joins and publishes made
+/// while disconnected are in the state, which the next connection sends in full. `false` when
+/// the handle is gone.
+async fn network_change(commands: &mut mpsc::UnboundedReceiver<Command>) -> bool {
+    loop {
+        match commands.recv().await {
+            Some(Command::NetworkChanged) => return true,
+            Some(_) => {}
+            None => return false,
+        }
+    }
+}
+
 /// Why one connection's session ended.
 enum Ended {
     Lost { code: Option<ErrorCode>, reason: String, wait: Duration },
@@ -210,14 +243,26 @@ impl Driver {
         let mut next = 0usize;
         let mut wait = Duration::ZERO;
         loop {
+            // The network coming back (or changing) ends the wait, and resets the backoff.
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
+                changed = network_change(&mut commands) => {
+                    if !changed { return }
+                    failures = 0;
+                }
             }
             let Some(target) = self.targets.get(next % self.targets.len().max(1)).cloned() else { return };
+            // An attempt under way on the old network (its handshake retransmissions backed off)
+            // is given up for a fresh one.
             let client = tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 connected = Client::connect(target, self.options.clone()) => connected,
+                changed = network_change(&mut commands) => {
+                    if !changed { return }
+                    (failures, wait) = (0, Duration::ZERO);
+                    continue;
+                }
             };
             let client = match client {
                 Ok(client) => client,
@@ -273,6 +318,7 @@ impl Driver {
         // Each room is joined once per connection: a `join` queued before the connection came
         // up is already covered by the rejoin of every known room.
         let mut joined: HashSet<String> = lock(&self.state).rooms.keys().cloned().collect();
+        let mut probing: Option<tokio::task::AbortHandle> = None;
         for room in joined.iter().cloned() {
             self.rejoin(&mut requests, client, room);
         }
@@ -291,6 +337,12 @@ impl Driver {
                         }
                     }
                     Some(Command::Publish { room, id }) => self.resend(&mut requests, client, room, id),
+                    Some(Command::NetworkChanged) => {
+                        // The network changed again: the previous probe's answer no longer tells.
+                        if let Some(previous) = probing.replace(Self::probe(&mut requests, client)) {
+                            previous.abort();
+                        }
+                    }
                     None => return Ended::Stopped,
                 },
                 Some(done) = requests.join_next(), if !requests.is_empty() => match done {
@@ -363,6 +415,37 @@ impl Driver {
             }
             Ok(())
         });
+    }
+
+    /// After a network change: moves a QUIC connection to the new path and pings, again every
+    /// [`PROBE_AGAIN`] until one is answered: the OS may report the network before packets
+    /// flow, and a lost probe would leave the connection to its backed-off probe timeout. A
+    /// connection that answers none within [`NETWORK_PROBE`] is given up (a timeout ends the
+    /// session): a WebSocket died with the old path, and a QUIC connection that cannot carry a
+    /// `pong` over a working network is stuck in its backoff; a new one resumes from the last
+    /// positions.
+    fn probe(requests: &mut JoinSet<Result<(), ClientError>>, client: &Arc<Client>) -> tokio::task::AbortHandle {
+        let client = client.clone();
+        requests.spawn(async move {
+            if let Err(err) = client.network_changed() {
+                tracing::debug!(%err, "could not move to the new network");
+            }
+            let deadline = tokio::time::sleep(NETWORK_PROBE);
+            tokio::pin!(deadline);
+            let mut again = tokio::time::interval(PROBE_AGAIN);
+            let mut pings = JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = again.tick(), if pings.is_empty() || !client.is_websocket() => {
+                        let client = client.clone();
+                        pings.spawn(async move { client.ping().await });
+                    }
+                    // Answered, or the connection ended (which its events report).
+                    Some(_) = pings.join_next(), if !pings.is_empty() => return Ok(()),
+                    _ = &mut deadline => return Err(ClientError::Timeout(NETWORK_PROBE)),
+                }
+            }
+        })
     }
 
     fn resend(&self, requests: &mut JoinSet<Result<(), ClientError>>, client: &Arc<Client>, room: String, id: String) {

@@ -38,9 +38,22 @@ pub async fn connect(
     sub: &str,
     room: &str,
 ) -> Result<Client, String> {
+    connect_with(relay, transport, target, sub, room, |options| options).await
+}
+
+/// [`connect`] with the client's options adjusted by `adjust`.
+pub async fn connect_with(
+    relay: &TestRelay,
+    transport: Transport,
+    target: Target,
+    sub: &str,
+    room: &str,
+    adjust: impl FnOnce(ClientOptions) -> ClientOptions,
+) -> Result<Client, String> {
     let token = relay.token(sub, "netsim", &[room]);
     let options = ClientOptions { request_timeout: Duration::from_secs(15), ..ClientOptions::new(token) };
-    Client::connect(target, options.codec(codec_for(transport))).await.map_err(|e| format!("{sub} connect: {e}"))
+    let options = adjust(options.codec(codec_for(transport)));
+    Client::connect(target, options).await.map_err(|e| format!("{sub} connect: {e}"))
 }
 
 /// Connects `sub` through `proxy`, allowed to join and publish to `room`.
