@@ -392,7 +392,9 @@ async fn quality_flags_reach_both_sides_and_the_history_pages_over_the_protocol(
         }
 
         // The server API's entry carries the summary.
-        let done = |calls: &[serde_json::Value]| calls.first().is_some_and(|c| c["id"] == id.as_str() && !c["reason"].is_null());
+        let done = |calls: &[serde_json::Value]| {
+            calls.first().is_some_and(|c| c["id"] == id.as_str() && !c["reason"].is_null())
+        };
         let calls = history_until(&relay, KEY, "alice", done).await;
         let bob_q = &calls[0]["quality"]["participants"][0];
         assert_eq!(bob_q["user"], "bob", "{calls:?}");

@@ -453,8 +453,7 @@ impl CallService {
                 // From the device in the call only, as signaling.
                 signal_target(&entry.call, user, device)?;
                 let changes = entry.quality.report(&user.user, &report, now_ms).inspect_err(|err| {
-                    metrics::counter!(crate::metrics::CALL_QUALITY_REPORTS_TOTAL, "result" => err.code())
-                        .increment(1);
+                    metrics::counter!(crate::metrics::CALL_QUALITY_REPORTS_TOTAL, "result" => err.code()).increment(1);
                 })?;
                 metrics::counter!(crate::metrics::CALL_QUALITY_REPORTS_TOTAL, "result" => "accepted").increment(1);
                 metrics::histogram!(crate::metrics::CALL_QUALITY_RTT_SECONDS).record(report.rtt_ms / 1000.0);

@@ -7,11 +7,11 @@
 use serde::{Deserialize, Serialize};
 
 use super::call::{CallAction, CallEvent};
-use crate::call::history::CallRecord;
 use super::codes::ErrorCode;
 use super::media::{LayerInfo, SpeakerLevel, TrackInfo, TrackKind};
 use super::payload::Payload;
 use super::presence::{PresenceEntry, Status};
+use crate::call::history::CallRecord;
 
 /// The protocol version this relay speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
