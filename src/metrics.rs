@@ -103,6 +103,14 @@ pub const CALLS_ACTIVE: &str = "edgerelay_calls_active";
 /// events are queued) and `connect` (an `answer` received until the `connected` events are
 /// queued) (histogram, seconds).
 pub const CALL_SETUP_SECONDS: &str = "edgerelay_call_setup_seconds";
+/// Call quality flags raised, by `flag` (`high_loss`, `high_latency`, `low_bitrate`;
+/// docs/calls.md, "Quality") (counter).
+pub const CALL_QUALITY_FLAGS_TOTAL: &str = "edgerelay_call_quality_flags_total";
+/// Call quality reports, by `result`: `accepted`, or the refusal's code (`bad_report`,
+/// `report_too_frequent`) (counter).
+pub const CALL_QUALITY_REPORTS_TOTAL: &str = "edgerelay_call_quality_reports_total";
+/// Round-trip times in accepted call quality reports (histogram, seconds).
+pub const CALL_QUALITY_RTT_SECONDS: &str = "edgerelay_call_quality_rtt_seconds";
 /// The `reason` label's values of [`CALLS_ENDED_TOTAL`].
 pub const CALL_END_REASONS: [&str; 6] = ["rejected", "cancelled", "busy", "missed", "hangup", "connection_lost"];
 
@@ -198,6 +206,9 @@ fn describe() {
         CALL_SETUP_SECONDS,
         "The relay's share of call setup, by step (ring: initiate to ring queued; connect: answer to connected queued)."
     );
+    describe_counter!(CALL_QUALITY_FLAGS_TOTAL, "Call quality flags raised, by flag.");
+    describe_counter!(CALL_QUALITY_REPORTS_TOTAL, "Call quality reports, by result (accepted or the refusal's code).");
+    describe_histogram!(CALL_QUALITY_RTT_SECONDS, "Round-trip times in accepted call quality reports.");
 }
 
 /// Registers every metric, with each label value known in advance, so that each is scraped
@@ -229,6 +240,13 @@ fn register() {
     for step in ["ring", "connect"] {
         drop(metrics::histogram!(CALL_SETUP_SECONDS, "step" => step));
     }
+    for flag in crate::call::quality::Flag::ALL {
+        metrics::counter!(CALL_QUALITY_FLAGS_TOTAL, "flag" => flag.code()).absolute(0);
+    }
+    for result in ["accepted", "bad_report", "report_too_frequent"] {
+        metrics::counter!(CALL_QUALITY_REPORTS_TOTAL, "result" => result).absolute(0);
+    }
+    drop(metrics::histogram!(CALL_QUALITY_RTT_SECONDS));
     for reason in ["stale", "full"] {
         metrics::counter!(MEDIA_GROUPS_CANCELLED_TOTAL, "reason" => reason).absolute(0);
     }

@@ -202,6 +202,7 @@ impl Relay {
             call_service: call_service.clone(),
             group_calls: group_calls.clone(),
             call_rate: (config.calls.rate, config.calls.burst),
+            call_history: call_history.clone(),
         });
         let conn_ctx = Arc::new(ConnectionContext::new(session_ctx, drain.clone(), config.shutdown.reconnect_after_ms));
         let services = TaskTracker::new();

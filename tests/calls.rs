@@ -320,3 +320,113 @@ async fn calls_are_recorded_in_both_users_history() {
         assert_eq!(users, ["alice", "bob"]);
     }
 }
+
+/// Quality reports in a connected call: a lasting loss raises `high_loss` once to both users'
+/// devices and clears it once; bad reports and reports from a device not in the call are
+/// refused with their codes. After the hang-up the history entry (server API and the
+/// `call_history` frame) carries the summary, `call_history` pages newest first, and each user
+/// reads only their own calls.
+#[tokio::test]
+async fn quality_flags_reach_both_sides_and_the_history_pages_over_the_protocol() {
+    use edgerelay::call::quality::Report;
+    use edgerelay::proto::QualityFlag;
+    const KEY: &str = "calls-quality-test-api-key";
+    let relay = start_with(|c| {
+        c.api.key = Some(KEY.into());
+        // Reports as fast as the test sends them; the rate limit is a unit test's.
+        c.calls.quality.min_interval_ms = 0;
+    })
+    .await;
+    for (caller, callee) in MIXES {
+        let (mut alice, mut bob1, mut bob2) = alice_and_bob(&relay, caller, callee).await;
+        let carol = device(&relay, caller, "carol", "acme").await;
+        // Two older calls, rejected, for the paging.
+        let mut older = Vec::new();
+        for _ in 0..2 {
+            let id = ring_bob(&mut alice, &mut bob1, &mut bob2, CallMedia::Audio).await;
+            within("reject", bob1.call_reject(&id)).await.expect("rejected");
+            for client in [&mut alice, &mut bob1, &mut bob2] {
+                until_ended(client, &id).await;
+            }
+            older.push(id);
+        }
+        let id = connected_call(&mut alice, &mut bob1, &mut bob2).await;
+        let report = |loss: f64| Report { rtt_ms: 80.0, loss, jitter_ms: 5.0, send_kbps: 900.0, recv_kbps: 800.0 };
+
+        // Refused: out-of-range values, and a device that is not the one in the call.
+        refused(bob1.call_quality(&id, report(1.5)).await, ErrorCode::BAD_REPORT);
+        refused(bob1.call_quality(&id, Report { rtt_ms: -1.0, ..report(0.0) }).await, ErrorCode::BAD_REPORT);
+        refused(bob2.call_quality(&id, report(0.3)).await, ErrorCode::NOT_CONNECTED);
+        refused(carol.call_quality(&id, report(0.3)).await, ErrorCode::NOT_PARTICIPANT);
+
+        // Three lossy reports fill the window: raised once, to every device of both users.
+        for _ in 0..5 {
+            within("report", bob1.call_quality(&id, report(0.3))).await.expect("report accepted");
+        }
+        for client in [&mut alice, &mut bob1, &mut bob2] {
+            match next(client, &id).await {
+                CallEvent::QualityFlag { user, flag: QualityFlag::HighLoss, raised: true, value } => {
+                    assert_eq!(user, "bob");
+                    assert!((value - 0.3).abs() < 1e-9, "{value}");
+                }
+                other => panic!("expected high_loss raised, got {other:?}"),
+            }
+            quiet(client).await;
+        }
+        // Three clean reports bring the mean below 2 %: cleared once.
+        for _ in 0..5 {
+            within("report", bob1.call_quality(&id, report(0.0))).await.expect("report accepted");
+        }
+        for client in [&mut alice, &mut bob1, &mut bob2] {
+            match next(client, &id).await {
+                CallEvent::QualityFlag { user, flag: QualityFlag::HighLoss, raised: false, .. } => {
+                    assert_eq!(user, "bob")
+                }
+                other => panic!("expected high_loss cleared, got {other:?}"),
+            }
+            quiet(client).await;
+        }
+        within("hang up", alice.call_hang_up(&id)).await.expect("hung up");
+        for client in [&mut alice, &mut bob1, &mut bob2] {
+            until_ended(client, &id).await;
+        }
+
+        // The server API's entry carries the summary.
+        let done = |calls: &[serde_json::Value]| {
+            calls.first().is_some_and(|c| c["id"] == id.as_str() && !c["reason"].is_null())
+        };
+        let calls = history_until(&relay, KEY, "alice", done).await;
+        let bob_q = &calls[0]["quality"]["participants"][0];
+        assert_eq!(bob_q["user"], "bob", "{calls:?}");
+        assert_eq!(bob_q["samples"], 10);
+        assert_eq!(bob_q["refused"], 2);
+        assert_eq!(bob_q["flags_raised"], serde_json::json!({"high_loss": 1}));
+
+        // Over the protocol: the same entry, and two pages newest first.
+        for client in [&alice, &bob1] {
+            let (page, next_page) = within("history", client.call_history(None, 2)).await.expect("page 1");
+            let ids: Vec<String> = page.iter().map(|c| c.id.to_string()).collect();
+            assert_eq!(ids, [id.clone(), older[1].clone()]);
+            let quality = page[0].quality.as_ref().expect("summary");
+            assert_eq!(serde_json::to_value(quality).unwrap(), calls[0]["quality"]);
+            assert_eq!(page[0].reason.as_deref(), Some("hangup"));
+            let next_page = next_page.expect("a second page");
+            let (page, last) = within("history", client.call_history(Some(&next_page), 2)).await.expect("page 2");
+            // Earlier rounds of the loop left older calls behind these.
+            assert_eq!(page[0].id.to_string(), older[0]);
+            if caller == MIXES[0].0 {
+                assert_eq!((page.len(), last), (1, None), "the first round's calls end the list");
+            }
+        }
+        // Carol took part in none of them: her list is empty.
+        if caller == MIXES[0].0 {
+            let (page, last) = within("history", carol.call_history(None, 50)).await.expect("carol's page");
+            assert!(page.is_empty() && last.is_none(), "{page:?}");
+        }
+        refused(alice.call_history(None, 0).await, ErrorCode::BAD_REQUEST);
+        refused(alice.call_history(Some("yesterday"), 10).await, ErrorCode::BAD_REQUEST);
+        for client in [alice, bob1, bob2, carol] {
+            client.close().await;
+        }
+    }
+}

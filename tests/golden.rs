@@ -4,11 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use edgerelay::call::history::CallRecord;
 use edgerelay::proto::media::{LayerInfo, SpeakerLevel, TrackInfo, TrackKind};
 use edgerelay::proto::{
     CallAction, CallEndReason, CallEvent, CallMedia, CallSide, CallState, ClientFrame, Codec, ErrorCode,
     GroupEndReason, GroupParticipant, GroupRole, GroupStatus, HistoryEntry, IceServer, InviteOverReason, MuteKind,
-    Payload, Position, PresenceEntry, RoomCursor, ServerFrame, Status, WireLimits,
+    Payload, Position, PresenceEntry, QualityFlag, RoomCursor, ServerFrame, Status, WireLimits,
 };
 use serde::{Deserialize, Serialize};
 
@@ -121,6 +122,24 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
         group_action("call_unmute", 37, CallAction::Unmute { kind: MuteKind::Video }),
         group_action("call_make_host", 38, CallAction::MakeHost { user: "carol".into() }),
         group_action("call_end", 39, CallAction::End {}),
+        (
+            "call_quality",
+            ClientFrame::Call {
+                req: 40,
+                call: CALL.into(),
+                action: CallAction::Quality {
+                    rtt_ms: 84.5,
+                    loss: 0.25,
+                    jitter_ms: 4.0,
+                    send_kbps: 910.0,
+                    recv_kbps: 880.0,
+                },
+            },
+        ),
+        (
+            "call_history",
+            ClientFrame::CallHistory { req: 41, before: Some("1767225600000-6f1c2a9be04d7731".into()), limit: 20 },
+        ),
     ]
 }
 
@@ -356,7 +375,41 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
         group_event("call_invite_over", CallEvent::InviteOver { reason: InviteOverReason::Declined }),
         group_event("call_removed", CallEvent::Removed { by: "alice".into() }),
         group_event("call_muted", CallEvent::Muted { by: "alice".into(), kind: MuteKind::Video }),
+        group_event(
+            "call_quality_flag",
+            CallEvent::QualityFlag { user: "bob".into(), flag: QualityFlag::HighLoss, raised: true, value: 0.25 },
+        ),
+        ("call_history", ServerFrame::CallHistory { req: 41, calls: vec![call_record()], next: None }),
     ]
+}
+
+/// A history entry as docs/calls.md shows it, with a quality summary.
+fn call_record() -> CallRecord {
+    let aggregate = serde_json::json!({"last": 84.0, "mean": 95.25, "min": 61.0, "max": 410.0});
+    serde_json::from_value(serde_json::json!({
+        "id": CALL,
+        "tenant": "acme",
+        "kind": "one_to_one",
+        "media": "video",
+        "participants": [
+            {"user": "alice", "role": "caller", "device": 17, "joined_ms": 1767225600000u64, "left_ms": 1767225690000u64},
+            {"user": "bob", "role": "callee", "device": 42, "joined_ms": 1767225604000u64, "left_ms": 1767225690000u64}
+        ],
+        "started_ms": 1767225600000u64,
+        "answered_ms": 1767225604000u64,
+        "ended_ms": 1767225690000u64,
+        "reason": "hangup",
+        "by": "callee",
+        "side": null,
+        "duration_ms": 86000,
+        "quality": {"participants": [{
+            "user": "bob", "samples": 42, "refused": 1,
+            "rtt_ms": aggregate, "loss": aggregate, "jitter_ms": aggregate,
+            "send_kbps": aggregate, "recv_kbps": aggregate,
+            "flags_raised": {"high_latency": 1}
+        }]}
+    }))
+    .expect("a valid record")
 }
 
 /// A call id as the relay writes it: 16 lowercase hex digits.

@@ -263,6 +263,7 @@ impl GroupService {
             CallAction::Cancel {} => return wrong("cancel", "the host uses end"),
             CallAction::Rejoin {} => return wrong("rejoin", "use join"),
             CallAction::Signal { .. } => return wrong("signal", "media goes through the call's media room"),
+            CallAction::Quality { .. } => return wrong("quality", "group calls take no quality reports yet"),
             _ => {}
         }
         let mut reg = self.registry();

@@ -144,7 +144,7 @@ pub struct FlagChange {
 
 /// Why a report was refused. A refused report changes nothing but the participant's refusal
 /// count.
-#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum QualityError {
     #[error("{field} {problem}")]
     BadReport { field: &'static str, problem: &'static str },

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::history::{CallHistory, CallRecord};
 use super::machine::Call;
+use super::quality::{CallQuality, Flag, FlagChange, QualityConfig, QualityError, Report};
 use super::region::{self, ACT_TIMEOUT_MS, CallInfo, Message, REFRESH_MS, RegionTable};
 use super::types::{
     CallConfig, CallError, CallId, CallState, EndReason, Event, EventKind, Initiate, Media, Output, Recipient, Side,
@@ -129,6 +130,8 @@ pub enum ActionError {
     SignalTooLarge { len: usize, max: u32 },
     #[error("the call is not connected on this device")]
     NotConnected,
+    #[error("quality report refused: {0}")]
+    Quality(#[from] QualityError),
 }
 
 impl ActionError {
@@ -152,6 +155,7 @@ impl ActionError {
             ActionError::NotAllowed(_) => ErrorCode::PERMISSION_DENIED,
             ActionError::SignalTooLarge { .. } => ErrorCode::PAYLOAD_TOO_LARGE,
             ActionError::NotConnected => ErrorCode::NOT_CONNECTED,
+            ActionError::Quality(err) => quality_code(err),
         }
     }
 }
@@ -200,6 +204,15 @@ struct Entry {
     call: Call,
     /// When the call was placed, for the setup time.
     placed: Instant,
+    /// The participants' quality reports and flags.
+    quality: CallQuality,
+}
+
+impl Entry {
+    /// The call's history record, with its quality summary.
+    fn record(&self) -> CallRecord {
+        CallRecord { quality: self.quality.summary(), ..CallRecord::one_to_one(&self.call.summary()) }
+    }
 }
 
 #[derive(Default)]
@@ -241,6 +254,7 @@ pub(super) fn unlink(live: &mut HashMap<UserKey, Vec<CallId>>, user: &UserKey, i
 pub struct CallService {
     machine: CallConfig,
     max_signal_bytes: u32,
+    quality: QualityConfig,
     route: Arc<dyn CallRoute>,
     /// Where each change's record goes, in order, for the call history (one writer task:
     /// [`write_history`]).
@@ -262,6 +276,7 @@ impl CallService {
                 busy_when_in_call: config.busy_when_in_call,
             },
             max_signal_bytes: config.max_signal_bytes,
+            quality: config.quality,
             route,
             history: None,
             registry: Mutex::new(Registry::default()),
@@ -404,6 +419,9 @@ impl CallService {
             CallAction::Cancel {} => Step::Cancel,
             CallAction::HangUp {} => Step::HangUp,
             CallAction::Rejoin {} => Step::Rejoin,
+            CallAction::Quality { rtt_ms, loss, jitter_ms, send_kbps, recv_kbps } => {
+                Step::Quality(Report { rtt_ms, loss, jitter_ms, send_kbps, recv_kbps })
+            }
             // Group actions go to the group service (the session routes them there).
             _ => return Err(ActionError::UnknownCall(call.to_owned())),
         })
@@ -431,6 +449,26 @@ impl CallService {
                 self.send(&entry.call, &to, &frame);
                 return Ok(());
             }
+            Step::Quality(report) => {
+                // From the device in the call only, as signaling.
+                signal_target(&entry.call, user, device)?;
+                let changes = entry.quality.report(&user.user, &report, now_ms).inspect_err(|err| {
+                    metrics::counter!(crate::metrics::CALL_QUALITY_REPORTS_TOTAL, "result" => err.code()).increment(1);
+                })?;
+                metrics::counter!(crate::metrics::CALL_QUALITY_REPORTS_TOTAL, "result" => "accepted").increment(1);
+                metrics::histogram!(crate::metrics::CALL_QUALITY_RTT_SECONDS).record(report.rtt_ms / 1000.0);
+                self.ok(answer, id);
+                for change in &changes {
+                    self.announce(&entry.call, change);
+                }
+                // A flag change is worth keeping at once; the rest waits for the call's next change.
+                if let Some(history) = &self.history
+                    && !changes.is_empty()
+                {
+                    let _ = history.send(entry.record());
+                }
+                return Ok(());
+            }
             Step::Answer => {
                 let out = entry.call.answer(user, device, now_ms)?;
                 record_setup("connect", entry.placed);
@@ -444,6 +482,23 @@ impl CallService {
         self.ok(answer, id);
         self.apply(reg, id, out, now_ms);
         Ok(())
+    }
+
+    /// Tells both users of the call that a participant's quality flag changed.
+    fn announce(&self, call: &Call, change: &FlagChange) {
+        if change.raised {
+            metrics::counter!(crate::metrics::CALL_QUALITY_FLAGS_TOTAL, "flag" => change.flag.code()).increment(1);
+        }
+        let event = CallEvent::QualityFlag {
+            user: change.user.clone(),
+            flag: wire_flag(change.flag),
+            raised: change.raised,
+            value: change.value,
+        };
+        let frame = ServerFrame::Call { req: 0, call: call.id().to_string(), event };
+        for user in [call.caller(), call.callee()] {
+            self.send(call, &Recipient::User(user.clone()), &frame);
+        }
     }
 
     fn ok(&self, answer: &Answer<'_>, id: CallId) {
@@ -497,7 +552,8 @@ impl CallService {
         for user in [call.caller().clone(), call.callee().clone()] {
             reg.live.entry(user).or_default().push(id);
         }
-        reg.calls.insert(id, Entry { call, placed });
+        let quality = CallQuality::new(self.quality, call.media());
+        reg.calls.insert(id, Entry { call, placed, quality });
         who.ok(id);
         self.apply(&mut reg, id, out, now_ms);
         record_setup("ring", placed);
@@ -515,7 +571,7 @@ impl CallService {
             && !out.events.is_empty()
         {
             // The writer is gone only at shutdown.
-            let _ = history.send(CallRecord::one_to_one(&entry.call.summary()));
+            let _ = history.send(entry.record());
         }
         let mut deadlines: Vec<u64> = out.timers.iter().map(|t| t.at_ms).collect();
         if entry.call.is_ended() {
@@ -805,6 +861,7 @@ enum Step {
     Cancel,
     HangUp,
     Rejoin,
+    Quality(Report),
 }
 
 /// The call a request names, if it is held here.
@@ -845,6 +902,24 @@ pub(super) fn wire_media(media: Media) -> proto::CallMedia {
     match media {
         Media::Audio => proto::CallMedia::Audio,
         Media::Video => proto::CallMedia::Video,
+    }
+}
+
+/// The protocol code of a refused quality report.
+fn quality_code(err: &QualityError) -> ErrorCode {
+    match err {
+        QualityError::BadReport { .. } => ErrorCode::BAD_REPORT,
+        QualityError::TooFrequent { .. } => ErrorCode::REPORT_TOO_FREQUENT,
+        // A 1:1 call has two participants.
+        QualityError::TooManyParticipants => ErrorCode::BAD_REQUEST,
+    }
+}
+
+fn wire_flag(flag: Flag) -> proto::QualityFlag {
+    match flag {
+        Flag::HighLoss => proto::QualityFlag::HighLoss,
+        Flag::HighLatency => proto::QualityFlag::HighLatency,
+        Flag::LowBitrate => proto::QualityFlag::LowBitrate,
     }
 }
 

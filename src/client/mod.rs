@@ -171,7 +171,7 @@ pub enum Event {
 }
 
 /// An event of the call `call` (its id), 1:1 or group.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CallUpdate {
     pub call: String,
     pub event: CallEvent,
@@ -716,6 +716,28 @@ impl Client {
 
     pub async fn call_rejoin(&self, call: &str) -> Result<(), ClientError> {
         self.call_action(call, CallAction::Rejoin {}).await.map(drop)
+    }
+
+    /// Reports this device's measurements in the connected 1:1 call `call` (docs/calls.md,
+    /// "Quality"); flag changes arrive as [`Event::CallUpdate`] with `quality_flag`.
+    pub async fn call_quality(&self, call: &str, report: crate::call::quality::Report) -> Result<(), ClientError> {
+        let crate::call::quality::Report { rtt_ms, loss, jitter_ms, send_kbps, recv_kbps } = report;
+        self.call_action(call, CallAction::Quality { rtt_ms, loss, jitter_ms, send_kbps, recv_kbps }).await.map(drop)
+    }
+
+    /// A page of this user's call history, newest first: at most `limit` (1-50) calls that
+    /// started before `before` (a previous page's `next`); returns the calls and the next page's
+    /// `before` (`None` at the end).
+    pub async fn call_history(
+        &self,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<crate::call::history::CallRecord>, Option<String>), ClientError> {
+        let before = before.map(str::to_owned);
+        match self.request(Route::Control, |req| ClientFrame::CallHistory { req, before, limit }).await? {
+            ServerFrame::CallHistory { calls, next, .. } => Ok((calls, next)),
+            other => Err(unexpected("call_history", &other)),
+        }
     }
 
     /// Sends WebRTC signaling (an SDP or ICE candidate, as text) to the other side's device.

@@ -7,8 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// What a client asks about a call, in a `call` frame.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a client asks about a call, in a `call` frame. (Not `Eq`: `quality` carries floats.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CallAction {
     /// Place a call to `callee` (a user id of the caller's tenant); answered with the new id.
@@ -48,6 +48,19 @@ pub enum CallAction {
     MakeHost { user: String },
     /// The host ends the group call for everyone.
     End {},
+    /// A quality report from the device in a connected 1:1 call (docs/calls.md, "Quality"):
+    /// what it measured since its previous report. Floats: postcard writes each as 8 bytes,
+    /// little-endian IEEE 754; every value must be finite, not negative and within its bound.
+    Quality { rtt_ms: f64, loss: f64, jitter_ms: f64, send_kbps: f64, recv_kbps: f64 },
+}
+
+/// A problem users notice in a call, raised or cleared by the participants' quality reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QualityFlag {
+    HighLoss,
+    HighLatency,
+    LowBitrate,
 }
 
 /// Which medium a host mutes in a group call (`video` covers screen tracks too).
@@ -159,8 +172,9 @@ pub enum CallState {
     },
 }
 
-/// What the relay tells about a call, in a `call` frame.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What the relay tells about a call, in a `call` frame. (Not `Eq`: `quality_flag` carries a
+/// float.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CallEvent {
     /// The request `req` was done (for `initiate`: the frame's `call` is the new call's id).
@@ -185,4 +199,8 @@ pub enum CallEvent {
     Removed { by: String },
     /// The host muted your audio or video: the relay does not forward it until you `unmute`.
     Muted { by: String, kind: MuteKind },
+    /// A participant's quality flag was raised or cleared (to both users of a 1:1 call):
+    /// `value` is the mean of their latest reports that crossed the threshold (loss fraction,
+    /// RTT ms or kbit/s).
+    QualityFlag { user: String, flag: QualityFlag, raised: bool, value: f64 },
 }

@@ -138,6 +138,12 @@ codes! {
     REMOVED = 166, "removed", fatal = false, retry = false;
     /// The host cannot remove, mute or hand the role to themselves.
     SELF_TARGET = 167, "self_target", fatal = false, retry = false;
+    /// Call quality (docs/calls.md, "Quality"): a `quality` report with a field that is not a
+    /// finite number, is negative or is above its bound.
+    BAD_REPORT = 168, "bad_report", fatal = false, retry = false;
+    /// A `quality` report less than `calls.quality.min_interval_ms` after this participant's
+    /// previous accepted one.
+    REPORT_TOO_FREQUENT = 169, "report_too_frequent", fatal = false, retry = true;
 }
 
 impl ErrorCode {

@@ -11,6 +11,7 @@ use super::codes::ErrorCode;
 use super::media::{LayerInfo, SpeakerLevel, TrackInfo, TrackKind};
 use super::payload::Payload;
 use super::presence::{PresenceEntry, Status};
+use crate::call::history::CallRecord;
 
 /// The protocol version this relay speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -95,6 +96,10 @@ pub enum ClientFrame {
     /// A 1:1 call action (docs/calls.md): `call` is the call's id (empty for `initiate`).
     /// Answered by `call` with event `ok` (for `initiate`, carrying the new id) or `error`.
     Call { req: u64, call: String, action: CallAction },
+    /// A page of this user's own call history (docs/calls.md, "History"), newest first:
+    /// at most `limit` (1-50) calls that started before `before` (a page's `next`, or a time
+    /// in unix ms; the newest when absent). Answered by `call_history`.
+    CallHistory { req: u64, before: Option<String>, limit: u32 },
 }
 
 impl ClientFrame {
@@ -115,7 +120,8 @@ impl ClientFrame {
             | ClientFrame::TrackUnsubscribe { req, .. }
             | ClientFrame::TrackMute { req, .. }
             | ClientFrame::IceServers { req }
-            | ClientFrame::Call { req, .. } => Some(*req),
+            | ClientFrame::Call { req, .. }
+            | ClientFrame::CallHistory { req, .. } => Some(*req),
             ClientFrame::Hello { .. }
             | ClientFrame::SetStatus { .. }
             | ClientFrame::Activity {}
@@ -189,6 +195,9 @@ pub enum ServerFrame {
     /// About a 1:1 call: the answer to a `call` request (`req`, event `ok`), or an event of the
     /// call (`req` 0): its state, ringing, answered elsewhere, the other side's signaling.
     Call { req: u64, call: String, event: CallEvent },
+    /// Answer to `call_history`: the calls, newest first, each the history entry the server
+    /// API returns; `next` is the `before` of the next (older) page, absent at the end.
+    CallHistory { req: u64, calls: Vec<CallRecord>, next: Option<String> },
 }
 
 /// One ICE server entry, the shape of WebRTC's `RTCIceServer`: `username` and `credential` are
@@ -238,6 +247,7 @@ impl ServerFrame {
             | ServerFrame::TrackOk { req, .. }
             | ServerFrame::IceServers { req, .. }
             | ServerFrame::Call { req, .. }
+            | ServerFrame::CallHistory { req, .. }
             | ServerFrame::Error { req, .. } => Some(*req),
             _ => None,
         }

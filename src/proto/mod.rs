@@ -14,7 +14,7 @@ pub mod room;
 
 pub use call::{
     CallAction, CallEndReason, CallEvent, CallMedia, CallSide, CallState, GroupEndReason, GroupParticipant, GroupRole,
-    GroupStatus, InviteOverReason, MuteKind,
+    GroupStatus, InviteOverReason, MuteKind, QualityFlag,
 };
 pub use codec::{Codec, DecodeError, EncodeOnce, FrameReader, WireFrame};
 pub use codes::ErrorCode;

@@ -4,9 +4,11 @@
 
 use std::sync::Arc;
 
+use crate::call::history::{CallPage, HistoryCursor, HistoryError};
+use crate::hub::presence::UserKey;
 use crate::hub::{CatchUp, RoomKey, Subscriber, SubscriberId, replay};
 use crate::outbox::Reply;
-use crate::proto::{HistoryEntry, Position, RoomCursor, RoomName, ServerFrame};
+use crate::proto::{ErrorCode, HistoryEntry, Position, RoomCursor, RoomName, ServerFrame};
 use crate::store::Cursor;
 
 use super::{MAX_ROOMS_LISTED, SessionContext};
@@ -29,6 +31,8 @@ pub enum Job {
     History { key: RoomKey, reply: Reply, before: Option<u64>, limit: u32, max_bytes: usize },
     /// Answer a `rooms` request.
     Rooms { tenant: String, user: String, reply: Reply },
+    /// Answer a `call_history` request.
+    CallHistory { user: UserKey, reply: Reply, before: Option<HistoryCursor>, limit: u32, max_bytes: usize },
 }
 
 /// A join that finished (joined, refused or cancelled): the session may now send the
@@ -81,8 +85,42 @@ pub async fn run(job: Job, ctx: Arc<SessionContext>) -> Option<JoinSettled> {
             };
             let _ = reply.send(&frame);
         }
+        Job::CallHistory { user, mut reply, before, limit, max_bytes } => {
+            let req = reply.req();
+            let now_ms = crate::connection::unix_ms();
+            let frame = match ctx.call_history.list(&user, before, limit as usize, now_ms).await {
+                Ok(page) => call_history_page(req, page, max_bytes),
+                Err(HistoryError::Invalid(message)) => ServerFrame::error(req, ErrorCode::BAD_REQUEST, message),
+                Err(HistoryError::Store(err)) => ServerFrame::error(req, ErrorCode::STORE_UNAVAILABLE, err.to_string()),
+            };
+            let _ = reply.send(&frame);
+        }
     }
     None
+}
+
+/// A `call_history` answer; the page is cut short (keeping the newest calls, with `next` after
+/// the last one kept) so the frame stays within `max_bytes`.
+fn call_history_page(req: u64, page: CallPage, max_bytes: usize) -> ServerFrame {
+    let mut budget = max_bytes.saturating_sub(256);
+    let mut keep = 0;
+    for call in &page.calls {
+        // JSON is the larger encoding.
+        let size = crate::call::history::encode(call).len();
+        if keep > 0 && size > budget {
+            break;
+        }
+        budget = budget.saturating_sub(size);
+        keep += 1;
+    }
+    let CallPage { mut calls, next } = page;
+    let next = if keep < calls.len() {
+        calls.truncate(keep);
+        calls.last().map(|c| c.cursor())
+    } else {
+        next
+    };
+    ServerFrame::CallHistory { req, calls, next: next.map(|c| c.to_string()) }
 }
 
 /// Reads one page; the page is cut short (keeping the newest messages) so the frame stays

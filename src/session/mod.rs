@@ -44,6 +44,9 @@ pub const KIND_PONG: u8 = 1;
 /// Most messages in one `history` page.
 pub const MAX_HISTORY_PAGE: u32 = 100;
 
+/// Most calls in one `call_history` page.
+pub const MAX_CALL_HISTORY_PAGE: u32 = 50;
+
 /// Most rooms listed in a `rooms` answer.
 pub const MAX_ROOMS_LISTED: usize = 1000;
 
@@ -73,6 +76,8 @@ pub struct SessionContext {
     pub group_calls: Arc<crate::call::GroupService>,
     /// `call` frames per second per connection, and burst.
     pub call_rate: (u32, u32),
+    /// The call history (`call_history` frames read the user's own list).
+    pub call_history: Arc<dyn crate::call::history::CallHistory>,
 }
 
 impl SessionContext {
@@ -349,6 +354,7 @@ impl Session {
             }
             ClientFrame::IceServers { req } => (req, self.ice_servers(lane, req, now_ms)),
             ClientFrame::Call { req, call, action } => (req, self.call(lane, req, &call, action, now_ms)),
+            ClientFrame::CallHistory { req, before, limit } => (req, self.call_history(lane, req, before, limit)),
         };
         self.answer(lane, req, result)
     }
@@ -720,6 +726,22 @@ impl Session {
             self.ctx.call_service.act(who, call, action, now_ms).map_err(|err| (err.code(), err.to_string()))
         };
         result.map_err(|(code, message)| Failure::reject(code, message))
+    }
+
+    /// A page of the user's own call history; read by a job, answered in request order.
+    fn call_history(&mut self, lane: LaneId, req: u64, before: Option<String>, limit: u32) -> Result<(), Failure> {
+        if limit == 0 || limit > MAX_CALL_HISTORY_PAGE {
+            return Err(Failure::reject(ErrorCode::BAD_REQUEST, format!("limit must be 1-{MAX_CALL_HISTORY_PAGE}")));
+        }
+        let before = before
+            .as_deref()
+            .map(str::parse::<crate::call::history::HistoryCursor>)
+            .transpose()
+            .map_err(|err| Failure::reject(ErrorCode::BAD_REQUEST, err.to_string()))?;
+        let user = self.active()?.user.clone();
+        let max_bytes = self.ctx.limits.max_frame_bytes as usize;
+        self.jobs.push(Job::CallHistory { user, reply: self.outbox.reserve(lane, req), before, limit, max_bytes });
+        Ok(())
     }
 
     fn cursor(&mut self, room: &str, position: Position) -> Result<(), Failure> {

@@ -110,6 +110,8 @@ CLIENT_FIELDS = {
     "ice_servers": ("req",),
     # 1:1 calls (docs/protocol.md, Calls (1:1)): `action` is {"<action>": {fields}}.
     "call": ("req", "call", "action"),
+    # The user's own call history (docs/calls.md, History).
+    "call_history": ("req", "before", "limit"),
 }
 SERVER_FIELDS = {
     "welcome": ("version", "session", "user", "server_time", "limits"),
@@ -136,6 +138,8 @@ SERVER_FIELDS = {
     "speakers": ("room", "speakers", "dominant"),
     "ice_servers": ("req", "servers", "expires_at"),
     "call": ("req", "call", "event"),
+    # `calls`: history entries, JSON-shaped as the server API's (docs/calls.md, A history entry).
+    "call_history": ("req", "calls", "next"),
 }
 # The nested `action` / `event` of `call` frames (docs/protocol.md, Calls (1:1) and Calls
 # (group)): name -> field order.
@@ -157,6 +161,8 @@ CALL_ACTION_FIELDS = {
     "unmute": ("kind",),
     "make_host": ("user",),
     "end": (),
+    # Floats (JSON numbers; postcard: 8 bytes little-endian each).
+    "quality": ("rtt_ms", "loss", "jitter_ms", "send_kbps", "recv_kbps"),
 }
 CALL_EVENT_FIELDS = {
     "ok": (),
@@ -169,6 +175,7 @@ CALL_EVENT_FIELDS = {
     "invite_over": ("reason",),
     "removed": ("by",),
     "muted": ("by", "kind"),
+    "quality_flag": ("user", "flag", "raised", "value"),
 }
 GROUP_PARTICIPANT_FIELDS = ("user", "role", "status", "muted_audio", "muted_video")
 ICE_SERVER_FIELDS = ("urls", "username", "credential")
@@ -537,6 +544,12 @@ class _Client:
         body = await self._request("call", "call", None, timeout, call=call, action={action: fields})
         assert body["event"] == {"ok": {}}, body
         return body["call"]
+
+    async def call_history(self, before: str | None = None, limit: int = 50,
+                           timeout: float = DEFAULT_TIMEOUT) -> dict:
+        """A page of this user's call history, newest first (``call_history``): ``calls`` and
+        ``next`` (pass it as ``before`` for the next page; ``None`` at the end)."""
+        return await self._request("call_history", "call_history", None, timeout, before=before, limit=limit)
 
     async def next_call_event(self, timeout: float = DEFAULT_TIMEOUT) -> tuple[str, str, dict]:
         """The next call event: (call id, event name, event fields)."""
