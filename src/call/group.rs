@@ -479,11 +479,7 @@ impl GroupCall {
     /// The host removes a participant (invited or in the call). They cannot join again unless
     /// invited again.
     pub fn remove(&mut self, by: &UserKey, user: &UserKey, now_ms: u64) -> Result<GroupOutput, GroupError> {
-        self.host_check(by)?;
-        if by == user {
-            return Err(GroupError::SelfTarget);
-        }
-        let i = self.index(user).ok_or(GroupError::NotParticipant)?;
+        let i = self.host_on(by, user)?.1;
         let was = self.participants[i].status;
         if !was.is_active() {
             return Err(GroupError::NotInCall);
@@ -503,11 +499,7 @@ impl GroupCall {
     /// The host mutes a participant's audio or video. Only the participant unmutes
     /// ([`GroupCall::unmute`]).
     pub fn mute(&mut self, by: &UserKey, user: &UserKey, kind: MuteKind) -> Result<GroupOutput, GroupError> {
-        self.host_check(by)?;
-        if by == user {
-            return Err(GroupError::SelfTarget);
-        }
-        let i = self.index(user).ok_or(GroupError::NotParticipant)?;
+        let i = self.host_on(by, user)?.1;
         if !self.participants[i].status.is_in() {
             return Err(GroupError::NotInCall);
         }
@@ -550,11 +542,7 @@ impl GroupCall {
 
     /// The host hands the role to a participant in the call.
     pub fn make_host(&mut self, by: &UserKey, user: &UserKey) -> Result<GroupOutput, GroupError> {
-        let from = self.host_check(by)?;
-        if by == user {
-            return Err(GroupError::SelfTarget);
-        }
-        let to = self.index(user).ok_or(GroupError::NotParticipant)?;
+        let (from, to) = self.host_on(by, user)?;
         if !self.participants[to].status.is_in() {
             return Err(GroupError::NotInCall);
         }
@@ -715,6 +703,15 @@ impl GroupCall {
 
     fn live(&self, user: &UserKey) -> Result<&Participant, GroupError> {
         self.live_index(user).map(|i| &self.participants[i])
+    }
+
+    /// `by` is the host acting on another participant, `user`: both indexes.
+    fn host_on(&self, by: &UserKey, user: &UserKey) -> Result<(usize, usize), GroupError> {
+        let host = self.host_check(by)?;
+        if by == user {
+            return Err(GroupError::SelfTarget);
+        }
+        Ok((host, self.index(user).ok_or(GroupError::NotParticipant)?))
     }
 
     /// `by` is the host and in the call; their index.

@@ -544,9 +544,8 @@ fn wire_roster(roster: &Roster) -> CallEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{Caps, Identity};
+    use crate::auth::Identity;
     use crate::outbox::{CONTROL, Outbox};
-    use crate::proto::Codec;
 
     const T0: u64 = 1_000_000;
 
@@ -580,16 +579,8 @@ mod tests {
 
     impl Device {
         fn new(route: &dyn CallRoute, service: &GroupService, user: &str, id: DeviceId) -> Device {
-            let identity = Identity {
-                user: user.into(),
-                tenant: "acme".into(),
-                caps: Caps { call: vec!["*".into()], ..Caps::default() },
-                expires_at: u64::MAX,
-                token_id: None,
-                issued_at: None,
-            };
-            let device =
-                Device { user: UserKey::new("acme", user), identity, id, outbox: Outbox::new(Codec::Json, 1 << 20) };
+            let (user, identity, outbox) = crate::call::service::tests::device_parts(user);
+            let device = Device { user, identity, id, outbox };
             route.attach(&device.user, id, device.outbox.clone());
             service.connect(&device.user, id, T0);
             device

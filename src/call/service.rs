@@ -955,7 +955,7 @@ fn wire_state(state: CallState) -> proto::CallState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::auth::Caps;
     use crate::outbox::Take;
@@ -970,18 +970,23 @@ mod tests {
         outbox: Arc<Outbox>,
     }
 
+    /// A device's user, identity (its token may call anyone) and outbox, in tenant `acme`.
+    pub(crate) fn device_parts(user: &str) -> (UserKey, Identity, Arc<Outbox>) {
+        let identity = Identity {
+            user: user.into(),
+            tenant: "acme".into(),
+            caps: Caps { call: vec!["*".into()], ..Caps::default() },
+            expires_at: u64::MAX,
+            token_id: None,
+            issued_at: None,
+        };
+        (UserKey::new("acme", user), identity, Outbox::new(Codec::Json, 1 << 20))
+    }
+
     impl Device {
         fn new(service: &CallService, user: &str, id: DeviceId) -> Device {
-            let identity = Identity {
-                user: user.into(),
-                tenant: "acme".into(),
-                caps: Caps { call: vec!["*".into()], ..Caps::default() },
-                expires_at: u64::MAX,
-                token_id: None,
-                issued_at: None,
-            };
-            let device =
-                Device { user: UserKey::new("acme", user), identity, id, outbox: Outbox::new(Codec::Json, 1 << 20) };
+            let (user, identity, outbox) = device_parts(user);
+            let device = Device { user, identity, id, outbox };
             service.connect(&device.user, id, device.outbox.clone(), T0);
             device
         }
