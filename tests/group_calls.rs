@@ -2,12 +2,15 @@
 //! (group)"): creating a call rings the invitees on every device, joining, declining, leaving,
 //! the host's role passing on when the host leaves, the last one out ending it, the cap, only
 //! the host removing, muting and ending, a dropped device away until it comes back or the grace
-//! passes, and the history record. Then the media room over raw QUIC: membership is the right
+//! passes, and the history record; quality reports from joined participants, their flags to
+//! everyone and their summary in the history. Then the media room over raw QUIC: membership is the right
 //! to it (no token capability needed, nobody else admitted), a host mute is enforced by the
 //! relay until the participant unmutes, and a removed participant loses the room (their track
 //! ends for the others) and cannot come back. Independent clients over raw QUIC and the
 //! WebSocket fallback, in both codecs.
 
+#[path = "common/calls.rs"]
+mod calls;
 mod common;
 
 use common::{TestRelay, Transport, claims, start_with, within};
@@ -430,4 +433,93 @@ async fn call_membership_is_the_right_to_the_media_room_and_the_relay_enforces_t
     .await;
     assert!(gone == ErrorCode::NOT_JOINED || gone == ErrorCode::PERMISSION_DENIED, "{gone}");
     refused(alice.join(&room).await, ErrorCode::PERMISSION_DENIED);
+}
+
+/// Drops every event queued for `client` so far (a ping round trip on the control stream).
+async fn drain(client: &mut Client) {
+    within("ping", client.ping()).await.expect("pong");
+    while client.try_next_event().is_some() {}
+}
+
+/// Quality reports in a group call of three (and an invitee who never joins): a lasting loss
+/// of one joined participant raises `high_loss` once to every active participant and clears it
+/// once; an invitee who has not joined, and a stranger, are refused. After the host ends the
+/// call, its history entry (server API and the `call_history` frame) carries the summary.
+#[tokio::test]
+async fn quality_flags_in_a_group_call_reach_everyone_and_the_history_keeps_the_summary() {
+    use edgerelay::call::quality::Report;
+    use edgerelay::proto::QualityFlag;
+    const KEY: &str = "group-quality-test-api-key";
+    let relay = start_with(|c| {
+        c.api.key = Some(KEY.into());
+        // Reports as fast as the test sends them; the rate limit is a unit test's.
+        c.calls.quality.min_interval_ms = 0;
+    })
+    .await;
+    let report = |loss: f64| Report { rtt_ms: 80.0, loss, jitter_ms: 5.0, send_kbps: 900.0, recv_kbps: 800.0 };
+    for (host_mix, others) in MIXES {
+        let mut alice = device(&relay, host_mix, "alice").await;
+        let mut bob = device(&relay, others, "bob").await;
+        let mut carol = device(&relay, others, "carol").await;
+        let mut dave = device(&relay, others, "dave").await;
+        let eve = device(&relay, others, "eve").await;
+
+        let id = create(&alice, CallMedia::Audio, &["bob", "carol", "dave"]).await.expect("created");
+        act(&bob, &id, CallAction::Join {}).await.expect("bob joined");
+        act(&carol, &id, CallAction::Join {}).await.expect("carol joined");
+        for client in [&mut alice, &mut bob, &mut carol, &mut dave] {
+            drain(client).await;
+        }
+
+        // Refused: a bad value, an invitee who has not joined, a stranger.
+        refused(within("report", bob.call_quality(&id, report(1.5))).await, ErrorCode::BAD_REPORT);
+        refused(within("report", dave.call_quality(&id, report(0.3))).await, ErrorCode::NOT_IN_CALL);
+        refused(within("report", eve.call_quality(&id, report(0.3))).await, ErrorCode::NOT_PARTICIPANT);
+
+        // Bob's lossy reports fill the window: raised once, to every active participant
+        // (the invitee too: active participants follow the call).
+        for _ in 0..5 {
+            within("report", bob.call_quality(&id, report(0.3))).await.expect("report accepted");
+        }
+        for client in [&mut alice, &mut bob, &mut carol, &mut dave] {
+            match next(client, &id).await {
+                CallEvent::QualityFlag { user, flag: QualityFlag::HighLoss, raised: true, value } => {
+                    assert_eq!(user, "bob");
+                    assert!((value - 0.3).abs() < 1e-9, "{value}");
+                }
+                other => panic!("expected high_loss raised, got {other:?}"),
+            }
+            quiet(client).await;
+        }
+        // Clean reports bring the mean below 2 %: cleared once.
+        for _ in 0..5 {
+            within("report", bob.call_quality(&id, report(0.0))).await.expect("report accepted");
+        }
+        for client in [&mut alice, &mut bob, &mut carol, &mut dave] {
+            match next(client, &id).await {
+                CallEvent::QualityFlag { user, flag: QualityFlag::HighLoss, raised: false, .. } => {
+                    assert_eq!(user, "bob")
+                }
+                other => panic!("expected high_loss cleared, got {other:?}"),
+            }
+            quiet(client).await;
+        }
+
+        act(&alice, &id, CallAction::End {}).await.expect("ended");
+        let done = |calls: &[serde_json::Value]| {
+            calls.first().is_some_and(|c| c["id"] == id.as_str() && c["reason"] == "ended_by_host")
+        };
+        let calls = calls::history_until(&relay, KEY, "carol", done).await;
+        let summary = &calls[0]["quality"]["participants"];
+        assert_eq!(summary.as_array().map(Vec::len), Some(1), "only Bob reported: {summary}");
+        assert_eq!(summary[0]["user"], "bob");
+        assert_eq!(summary[0]["samples"], 10);
+        assert_eq!(summary[0]["refused"], 1);
+        assert_eq!(summary[0]["flags_raised"], serde_json::json!({"high_loss": 1}));
+        // Over the protocol, the same entry.
+        let (page, _) = within("history", alice.call_history(None, 1)).await.expect("history");
+        assert_eq!(page[0].id.to_string(), id);
+        let quality = page[0].quality.as_ref().expect("summary");
+        assert_eq!(serde_json::to_value(quality).unwrap(), calls[0]["quality"]);
+    }
 }

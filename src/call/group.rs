@@ -656,6 +656,20 @@ impl GroupCall {
         self.index(user).map(|i| &self.participants[i])
     }
 
+    /// Checks that `device` of `user` may report quality: the user is joined on that device
+    /// in a call that has not ended (`NotInCall` otherwise, `NotParticipant` for a stranger).
+    pub fn joined_on(&self, user: &UserKey, device: DeviceId) -> Result<(), GroupError> {
+        match self.live(user)?.status {
+            Status::Joined { device: d } if d == device => Ok(()),
+            _ => Err(GroupError::NotInCall),
+        }
+    }
+
+    /// Every active participant (invited, joined or away): who is told what happens in the call.
+    pub fn active_users(&self) -> Vec<UserKey> {
+        self.recipients(None)
+    }
+
     /// Whether `user` may send media in this call now: in the call (joined), and for the
     /// medium, not muted by the host. The media plane asks this before forwarding.
     pub fn may_send(&self, user: &UserKey, kind: MuteKind) -> bool {

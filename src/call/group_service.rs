@@ -35,8 +35,11 @@ use super::group::{
     Status,
 };
 use super::history::CallRecord;
-use super::service::{CallRoute, ENDED_LINGER_MS, Requester, wire_media};
-use super::types::{CallId, Media};
+use super::quality::{CallQuality, QualityConfig, QualityError, Report};
+use super::service::{
+    CallRoute, ENDED_LINGER_MS, Requester, flag_event, quality_code, report_of, take_report, wire_media,
+};
+use super::types::{CallId, Media, Recipient};
 use crate::config::CallsConfig;
 use crate::control::{Controls, Order};
 use crate::hub::RoomKey;
@@ -90,6 +93,8 @@ pub enum GroupActionError {
     NotAllowed(String),
     #[error("{0} is not an action of group calls ({1})")]
     NotForGroup(&'static str, &'static str),
+    #[error("quality report refused: {0}")]
+    Quality(#[from] QualityError),
 }
 
 impl GroupActionError {
@@ -115,6 +120,7 @@ impl GroupActionError {
                 ErrorCode::BAD_REQUEST
             }
             GroupActionError::NotAllowed(_) => ErrorCode::PERMISSION_DENIED,
+            GroupActionError::Quality(err) => quality_code(err),
         }
     }
 }
@@ -126,6 +132,15 @@ struct Entry {
     /// What the media plane was last told: the holds in force, and who was in the call.
     held: HashMap<UserKey, Hold>,
     in_call: Vec<UserKey>,
+    /// The joined participants' quality reports and flags.
+    quality: CallQuality,
+}
+
+impl Entry {
+    /// The call's history record, with its quality summary.
+    fn record(&self) -> CallRecord {
+        CallRecord { quality: self.quality.summary(), ..CallRecord::group(&self.call) }
+    }
 }
 
 #[derive(Default)]
@@ -160,6 +175,7 @@ impl Registry {
 /// The group calls of this node. See the module docs.
 pub struct GroupService {
     config: GroupConfig,
+    quality: QualityConfig,
     route: Arc<dyn CallRoute>,
     media: Arc<dyn MediaRooms>,
     history: Option<mpsc::UnboundedSender<CallRecord>>,
@@ -178,6 +194,7 @@ impl GroupService {
                 reconnect_grace_ms: config.reconnect_grace_ms,
                 members_can_invite: config.group_members_can_invite,
             },
+            quality: config.quality,
             route,
             media,
             history: None,
@@ -252,6 +269,9 @@ impl GroupService {
     /// Applies one group `call` request. On success the `ok` answer is queued first, then the
     /// events.
     pub fn act(&self, who: Requester<'_>, call: &str, action: CallAction, now_ms: u64) -> Result<(), GroupActionError> {
+        if let Some(report) = report_of(&action) {
+            return self.report(who, call, &report, now_ms);
+        }
         let (user, device) = (who.user, who.device);
         let wrong = |action, instead| Err(GroupActionError::NotForGroup(action, instead));
         match action {
@@ -263,7 +283,6 @@ impl GroupService {
             CallAction::Cancel {} => return wrong("cancel", "the host uses end"),
             CallAction::Rejoin {} => return wrong("rejoin", "use join"),
             CallAction::Signal { .. } => return wrong("signal", "media goes through the call's media room"),
-            CallAction::Quality { .. } => return wrong("quality", "group calls take no quality reports yet"),
             _ => {}
         }
         let mut reg = self.registry();
@@ -313,9 +332,35 @@ impl GroupService {
         for p in &call.roster().participants {
             reg.link(&p.user, id);
         }
-        reg.calls.insert(id, Entry { call, room, held: HashMap::new(), in_call: Vec::new() });
+        let quality = CallQuality::new(self.quality, media);
+        reg.calls.insert(id, Entry { call, room, held: HashMap::new(), in_call: Vec::new(), quality });
         who.ok(id);
         self.apply(&mut reg, id, out, now_ms);
+        Ok(())
+    }
+
+    /// Takes a quality report from the device a participant is joined on; flag changes go to
+    /// every active participant, as the 1:1 service sends them to both users.
+    fn report(&self, who: Requester<'_>, call: &str, report: &Report, now_ms: u64) -> Result<(), GroupActionError> {
+        let mut reg = self.registry();
+        let (id, entry) = reg.lookup(call)?;
+        entry.call.joined_on(who.user, who.device)?;
+        let changes = take_report(&mut entry.quality, &who.user.user, report, now_ms)?;
+        who.ok(id);
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let users = entry.call.active_users();
+        for change in &changes {
+            let frame = ServerFrame::Call { req: 0, call: id.to_string(), event: flag_event(change) };
+            for user in &users {
+                self.route.deliver(&Recipient::User(user.clone()), &frame);
+            }
+        }
+        // A flag change is worth keeping at once; the rest waits for the call's next change.
+        if let Some(history) = &self.history {
+            let _ = history.send(entry.record());
+        }
         Ok(())
     }
 
@@ -380,7 +425,7 @@ impl GroupService {
         }
         if let Some(history) = &self.history {
             // The writer is gone only at shutdown.
-            let _ = history.send(CallRecord::group(&entry.call));
+            let _ = history.send(entry.record());
         }
         self.sync_media(entry, now_ms);
         let ended = entry.call.ended().is_some();

@@ -410,6 +410,9 @@ impl CallService {
 
     fn step_of(&self, call: &str, action: CallAction) -> Result<Step, ActionError> {
         self.check_signal(&action)?;
+        if let Some(report) = report_of(&action) {
+            return Ok(Step::Quality(report));
+        }
         Ok(match action {
             // Only ever applied where it arrives.
             CallAction::Initiate { .. } => return Err(ActionError::IdOnInitiate),
@@ -419,9 +422,6 @@ impl CallService {
             CallAction::Cancel {} => Step::Cancel,
             CallAction::HangUp {} => Step::HangUp,
             CallAction::Rejoin {} => Step::Rejoin,
-            CallAction::Quality { rtt_ms, loss, jitter_ms, send_kbps, recv_kbps } => {
-                Step::Quality(Report { rtt_ms, loss, jitter_ms, send_kbps, recv_kbps })
-            }
             // Group actions go to the group service (the session routes them there).
             _ => return Err(ActionError::UnknownCall(call.to_owned())),
         })
@@ -452,11 +452,7 @@ impl CallService {
             Step::Quality(report) => {
                 // From the device in the call only, as signaling.
                 signal_target(&entry.call, user, device)?;
-                let changes = entry.quality.report(&user.user, &report, now_ms).inspect_err(|err| {
-                    metrics::counter!(crate::metrics::CALL_QUALITY_REPORTS_TOTAL, "result" => err.code()).increment(1);
-                })?;
-                metrics::counter!(crate::metrics::CALL_QUALITY_REPORTS_TOTAL, "result" => "accepted").increment(1);
-                metrics::histogram!(crate::metrics::CALL_QUALITY_RTT_SECONDS).record(report.rtt_ms / 1000.0);
+                let changes = take_report(&mut entry.quality, &user.user, &report, now_ms)?;
                 self.ok(answer, id);
                 for change in &changes {
                     self.announce(&entry.call, change);
@@ -486,16 +482,7 @@ impl CallService {
 
     /// Tells both users of the call that a participant's quality flag changed.
     fn announce(&self, call: &Call, change: &FlagChange) {
-        if change.raised {
-            metrics::counter!(crate::metrics::CALL_QUALITY_FLAGS_TOTAL, "flag" => change.flag.code()).increment(1);
-        }
-        let event = CallEvent::QualityFlag {
-            user: change.user.clone(),
-            flag: wire_flag(change.flag),
-            raised: change.raised,
-            value: change.value,
-        };
-        let frame = ServerFrame::Call { req: 0, call: call.id().to_string(), event };
+        let frame = ServerFrame::Call { req: 0, call: call.id().to_string(), event: flag_event(change) };
         for user in [call.caller(), call.callee()] {
             self.send(call, &Recipient::User(user.clone()), &frame);
         }
@@ -905,12 +892,52 @@ pub(super) fn wire_media(media: Media) -> proto::CallMedia {
     }
 }
 
-/// The protocol code of a refused quality report.
-fn quality_code(err: &QualityError) -> ErrorCode {
+/// Takes a participant's quality report into the call's aggregator and counts it (accepted or
+/// why not, and the RTT) in the metrics; returns the flag changes to announce. Both call
+/// services take reports through here.
+pub(super) fn take_report(
+    quality: &mut CallQuality,
+    user: &str,
+    report: &Report,
+    now_ms: u64,
+) -> Result<Vec<FlagChange>, QualityError> {
+    let changes = quality.report(user, report, now_ms).inspect_err(|err| {
+        metrics::counter!(crate::metrics::CALL_QUALITY_REPORTS_TOTAL, "result" => err.code()).increment(1);
+    })?;
+    metrics::counter!(crate::metrics::CALL_QUALITY_REPORTS_TOTAL, "result" => "accepted").increment(1);
+    metrics::histogram!(crate::metrics::CALL_QUALITY_RTT_SECONDS).record(report.rtt_ms / 1000.0);
+    Ok(changes)
+}
+
+/// The `quality_flag` event of a flag change; a raise is counted in the metrics.
+pub(super) fn flag_event(change: &FlagChange) -> CallEvent {
+    if change.raised {
+        metrics::counter!(crate::metrics::CALL_QUALITY_FLAGS_TOTAL, "flag" => change.flag.code()).increment(1);
+    }
+    CallEvent::QualityFlag {
+        user: change.user.clone(),
+        flag: wire_flag(change.flag),
+        raised: change.raised,
+        value: change.value,
+    }
+}
+
+/// The report a `quality` action carries.
+pub(super) fn report_of(action: &CallAction) -> Option<Report> {
+    match *action {
+        CallAction::Quality { rtt_ms, loss, jitter_ms, send_kbps, recv_kbps } => {
+            Some(Report { rtt_ms, loss, jitter_ms, send_kbps, recv_kbps })
+        }
+        _ => None,
+    }
+}
+
+/// The protocol code of a refused quality report (1:1 and group calls).
+pub(super) fn quality_code(err: &QualityError) -> ErrorCode {
     match err {
         QualityError::BadReport { .. } => ErrorCode::BAD_REPORT,
         QualityError::TooFrequent { .. } => ErrorCode::REPORT_TOO_FREQUENT,
-        // A 1:1 call has two participants.
+        // Calls have at most history::MAX_PARTICIPANTS participants.
         QualityError::TooManyParticipants => ErrorCode::BAD_REQUEST,
     }
 }
