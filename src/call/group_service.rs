@@ -703,6 +703,27 @@ mod tests {
     }
 
     #[test]
+    fn only_the_device_a_participant_joined_on_reports_quality() {
+        let (_, service, alice, bob) = setup();
+        let id = call_with_bob(&service, &alice, &bob);
+        let quality =
+            CallAction::Quality { rtt_ms: 80.0, loss: 0.0, jitter_ms: 5.0, send_kbps: 900.0, recv_kbps: 800.0 };
+        bob.act(&service, &id, quality.clone()).unwrap();
+        // Bob's other device is not the one in the call.
+        let route: &dyn CallRoute = &*service.route;
+        let bob2 = Device::new(route, &service, "bob", 3);
+        assert_eq!(bob2.act(&service, &id, quality.clone()).unwrap_err().code(), ErrorCode::NOT_IN_CALL);
+        // Away is not joined.
+        service.disconnect(&bob.user, bob.id, T0);
+        assert_eq!(bob.act(&service, &id, quality.clone()).unwrap_err().code(), ErrorCode::NOT_IN_CALL);
+        let bad = CallAction::Quality { rtt_ms: f64::NAN, loss: 0.0, jitter_ms: 0.0, send_kbps: 0.0, recv_kbps: 0.0 };
+        assert_eq!(alice.act(&service, &id, bad).unwrap_err().code(), ErrorCode::BAD_REPORT);
+        let summary = service.registry().calls.values().next().unwrap().record().quality.unwrap();
+        let users: Vec<_> = summary.participants.iter().map(|p| (p.user.as_str(), p.samples, p.refused)).collect();
+        assert_eq!(users, [("bob", 1, 0)], "refused reports change nothing, Alice never got one in");
+    }
+
+    #[test]
     fn requests_go_to_the_service_that_holds_the_call() {
         let (_, service, alice, bob) = setup();
         let id = call_with_bob(&service, &alice, &bob);
