@@ -8,7 +8,10 @@
 mod calls;
 mod common;
 
-use calls::{connected_call, device, ended, expect_state, history_until, next, quiet, refused, ring_bob, until_ended};
+use calls::{
+    connected_call, device, ended, expect_flag, expect_state, history_until, next, quiet, refused, ring_bob,
+    until_ended,
+};
 use common::{TestRelay, Transport, claims, start_with, within};
 use edgerelay::client::{Client, ClientError};
 use edgerelay::proto::{CallAction, CallEndReason, CallEvent, CallMedia, CallSide, CallState, Codec, ErrorCode};
@@ -364,27 +367,15 @@ async fn quality_flags_reach_both_sides_and_the_history_pages_over_the_protocol(
             within("report", bob1.call_quality(&id, report(0.3))).await.expect("report accepted");
         }
         for client in [&mut alice, &mut bob1, &mut bob2] {
-            match next(client, &id).await {
-                CallEvent::QualityFlag { user, flag: QualityFlag::HighLoss, raised: true, value } => {
-                    assert_eq!(user, "bob");
-                    assert!((value - 0.3).abs() < 1e-9, "{value}");
-                }
-                other => panic!("expected high_loss raised, got {other:?}"),
-            }
-            quiet(client).await;
+            let value = expect_flag(client, &id, "bob", QualityFlag::HighLoss, true).await;
+            assert!((value - 0.3).abs() < 1e-9, "{value}");
         }
         // Three clean reports bring the mean below 2 %: cleared once.
         for _ in 0..5 {
             within("report", bob1.call_quality(&id, report(0.0))).await.expect("report accepted");
         }
         for client in [&mut alice, &mut bob1, &mut bob2] {
-            match next(client, &id).await {
-                CallEvent::QualityFlag { user, flag: QualityFlag::HighLoss, raised: false, .. } => {
-                    assert_eq!(user, "bob")
-                }
-                other => panic!("expected high_loss cleared, got {other:?}"),
-            }
-            quiet(client).await;
+            expect_flag(client, &id, "bob", QualityFlag::HighLoss, false).await;
         }
         within("hang up", alice.call_hang_up(&id)).await.expect("hung up");
         for client in [&mut alice, &mut bob1, &mut bob2] {

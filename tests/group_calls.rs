@@ -482,27 +482,15 @@ async fn quality_flags_in_a_group_call_reach_everyone_and_the_history_keeps_the_
             within("report", bob.call_quality(&id, report(0.3))).await.expect("report accepted");
         }
         for client in [&mut alice, &mut bob, &mut carol, &mut dave] {
-            match next(client, &id).await {
-                CallEvent::QualityFlag { user, flag: QualityFlag::HighLoss, raised: true, value } => {
-                    assert_eq!(user, "bob");
-                    assert!((value - 0.3).abs() < 1e-9, "{value}");
-                }
-                other => panic!("expected high_loss raised, got {other:?}"),
-            }
-            quiet(client).await;
+            let value = calls::expect_flag(client, &id, "bob", QualityFlag::HighLoss, true).await;
+            assert!((value - 0.3).abs() < 1e-9, "{value}");
         }
         // Clean reports bring the mean below 2 %: cleared once.
         for _ in 0..5 {
             within("report", bob.call_quality(&id, report(0.0))).await.expect("report accepted");
         }
         for client in [&mut alice, &mut bob, &mut carol, &mut dave] {
-            match next(client, &id).await {
-                CallEvent::QualityFlag { user, flag: QualityFlag::HighLoss, raised: false, .. } => {
-                    assert_eq!(user, "bob")
-                }
-                other => panic!("expected high_loss cleared, got {other:?}"),
-            }
-            quiet(client).await;
+            calls::expect_flag(client, &id, "bob", QualityFlag::HighLoss, false).await;
         }
 
         act(&alice, &id, CallAction::End {}).await.expect("ended");

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use edgerelay::client::{Client, ClientError, Event};
-use edgerelay::proto::{CallEndReason, CallEvent, CallMedia, CallSide, CallState, Codec, ErrorCode};
+use edgerelay::proto::{CallEndReason, CallEvent, CallMedia, CallSide, CallState, Codec, ErrorCode, QualityFlag};
 
 use crate::common::{TestRelay, Transport, claims, within};
 
@@ -110,4 +110,15 @@ pub async fn history_until(
         }
     })
     .await
+}
+
+/// The next call event must be `quality_flag` about `user`'s `flag`, raised or cleared as
+/// `raised`, and then nothing else about a call is queued; returns the value that crossed.
+pub async fn expect_flag(client: &mut Client, call: &str, user: &str, flag: QualityFlag, raised: bool) -> f64 {
+    let value = match next(client, call).await {
+        CallEvent::QualityFlag { user: u, flag: f, raised: r, value } if u == user && f == flag && r == raised => value,
+        other => panic!("expected {flag:?} of {user} raised={raised}, got {other:?}"),
+    };
+    quiet(client).await;
+    value
 }
