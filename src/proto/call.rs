@@ -48,7 +48,8 @@ pub enum CallAction {
     MakeHost { user: String },
     /// The host ends the group call for everyone.
     End {},
-    /// A quality report from the device in a connected 1:1 call (docs/calls.md, "Quality"):
+    /// A quality report from the device in a connected 1:1 call, or from a joined group call
+    /// participant's device (docs/calls.md, "Quality"):
     /// what it measured since its previous report. Floats: postcard writes each as 8 bytes,
     /// little-endian IEEE 754; every value must be finite, not negative and within its bound.
     Quality { rtt_ms: f64, loss: f64, jitter_ms: f64, send_kbps: f64, recv_kbps: f64 },
