@@ -500,14 +500,7 @@ impl GroupCall {
     /// ([`GroupCall::unmute`]).
     pub fn mute(&mut self, by: &UserKey, user: &UserKey, kind: MuteKind) -> Result<GroupOutput, GroupError> {
         let i = self.host_on(by, user)?.1;
-        if !self.participants[i].status.is_in() {
-            return Err(GroupError::NotInCall);
-        }
-        let muted = &mut self.participants[i].muted;
-        let flag = match kind {
-            MuteKind::Audio => &mut muted.audio,
-            MuteKind::Video => &mut muted.video,
-        };
+        let flag = self.in_call_mute(i, kind)?;
         if *flag {
             return Ok(Vec::new());
         }
@@ -523,14 +516,7 @@ impl GroupCall {
     /// A participant lifts the host's mute on their own audio or video.
     pub fn unmute(&mut self, user: &UserKey, kind: MuteKind) -> Result<GroupOutput, GroupError> {
         let i = self.live_index(user)?;
-        if !self.participants[i].status.is_in() {
-            return Err(GroupError::NotInCall);
-        }
-        let muted = &mut self.participants[i].muted;
-        let flag = match kind {
-            MuteKind::Audio => &mut muted.audio,
-            MuteKind::Video => &mut muted.video,
-        };
+        let flag = self.in_call_mute(i, kind)?;
         if !*flag {
             return Ok(Vec::new());
         }
@@ -717,6 +703,18 @@ impl GroupCall {
 
     fn live(&self, user: &UserKey) -> Result<&Participant, GroupError> {
         self.live_index(user).map(|i| &self.participants[i])
+    }
+
+    /// Participant `i`'s host-mute flag for `kind`, if they are in the call.
+    fn in_call_mute(&mut self, i: usize, kind: MuteKind) -> Result<&mut bool, GroupError> {
+        let p = &mut self.participants[i];
+        if !p.status.is_in() {
+            return Err(GroupError::NotInCall);
+        }
+        Ok(match kind {
+            MuteKind::Audio => &mut p.muted.audio,
+            MuteKind::Video => &mut p.muted.video,
+        })
     }
 
     /// `by` is the host acting on another participant, `user`: both indexes.
