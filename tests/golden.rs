@@ -130,9 +130,9 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
                 action: CallAction::Quality {
                     rtt_ms: 84.5,
                     loss: 0.25,
-                    jitter_ms: 4.0,
-                    send_kbps: 910.0,
-                    recv_kbps: 880.0,
+                    jitter_ms: 4.5,
+                    send_kbps: 910.5,
+                    recv_kbps: 880.5,
                 },
             },
         ),
