@@ -14,6 +14,44 @@
 // - Signals are handled one after another (a promise chain): a candidate must not be added
 //   before the description it belongs to is set. Candidates found before this device's own offer
 //   or answer went out wait for it, so the other side never gets a candidate first.
+// - The device in the call reports its link's quality (`quality` action) from the peer
+//   connection's `getStats()` every `qualityReportMs` (5 s; 0: never), so the relay can flag
+//   problems to both sides and keep a summary in the call history.
+
+/** The `quality` report of the interval since `prev` (a `qualitySample`), or null without one. */
+export function qualityReport(prev, next) {
+  if (!prev || next.at <= prev.at) return null;
+  const ms = next.at - prev.at;
+  const kbps = (a, b) => Math.max(0, ((b - a) * 8) / ms);
+  const lost = next.lost - prev.lost;
+  const received = next.received - prev.received;
+  const clamp = (v, max) => (Number.isFinite(v) ? Math.min(Math.max(v, 0), max) : 0);
+  return {
+    rtt_ms: clamp(next.rttMs, 60000),
+    loss: clamp(lost + received > 0 ? lost / (lost + received) : 0, 1),
+    jitter_ms: clamp(next.jitterMs, 60000),
+    send_kbps: clamp(kbps(prev.sent, next.sent), 10000000),
+    recv_kbps: clamp(kbps(prev.recvBytes, next.recvBytes), 10000000),
+  };
+}
+
+/** What a report needs from a `getStats()` result: counters at `at` (ms). */
+export function qualitySample(stats, at) {
+  const sample = { at, rttMs: 0, jitterMs: 0, lost: 0, received: 0, sent: 0, recvBytes: 0 };
+  for (const s of stats.values()) {
+    if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded" && s.currentRoundTripTime !== undefined) {
+      sample.rttMs = s.currentRoundTripTime * 1000;
+    } else if (s.type === "inbound-rtp") {
+      sample.lost += s.packetsLost ?? 0;
+      sample.received += s.packetsReceived ?? 0;
+      sample.recvBytes += s.bytesReceived ?? 0;
+      sample.jitterMs = Math.max(sample.jitterMs, (s.jitter ?? 0) * 1000);
+    } else if (s.type === "outbound-rtp") {
+      sample.sent += s.bytesSent ?? 0;
+    }
+  }
+  return sample;
+}
 
 const STATES = new Set(["ringing", "connected", "reconnecting", "ended"]);
 
@@ -52,6 +90,9 @@ export class Call extends EventTarget {
   #work = Promise.resolve();
   // Candidates found before this device's offer or answer was sent.
   #heldCandidates = null;
+  // The quality reporter's timer and its last sample.
+  #qualityTimer = null;
+  #qualityPrev = null;
 
   constructor(link, { id, caller, callee, media, role }) {
     super();
@@ -198,6 +239,7 @@ export class Call extends EventTarget {
       }
     }
     this.dispatchEvent(new CustomEvent("peer", { detail: peer }));
+    this.#reportQuality(peer);
     return peer;
   }
 
@@ -244,7 +286,28 @@ export class Call extends EventTarget {
   }
 
   #closePeer() {
+    clearInterval(this.#qualityTimer);
+    this.#qualityTimer = null;
+    this.#qualityPrev = null;
     this.peer?.close();
     this.peer = null;
+  }
+
+  /** Every `qualityReportMs`, while `peer` is this call's and this device is in it: a report. */
+  #reportQuality(peer) {
+    const every = this.#rtc?.qualityReportMs ?? 5000;
+    if (!every || typeof peer.getStats !== "function") return;
+    // The first interval's counters start now.
+    peer.getStats().then((stats) => {
+      if (this.peer === peer && !this.#qualityPrev) this.#qualityPrev = qualitySample(stats, Date.now());
+    }, () => {});
+    this.#qualityTimer = setInterval(async () => {
+      if (this.peer !== peer || !this.inCall || this.state !== "connected") return;
+      const sample = qualitySample(await peer.getStats(), Date.now());
+      const report = qualityReport(this.#qualityPrev, sample);
+      this.#qualityPrev = sample;
+      // Refusals (a report too soon after a reconnect) are the relay's business, not the app's.
+      if (report) this.#link.action(this.id, { quality: report }).catch(() => {});
+    }, every);
   }
 }

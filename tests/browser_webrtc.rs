@@ -275,7 +275,33 @@ async fn a_video_call_without_turn_over_host_candidates() {
     assert_eq!(p.browser.eval(&p.bob, "document.getElementById('ring').className").await, json!(""));
     // Then answered.
     video_call(&mut p.browser, &p.alice, "bob", &[&p.bob], "host").await;
+    // Both pages report their link's quality from getStats() (every 5 s): the relay accepts them.
+    let accepted = within("two quality reports accepted", async {
+        loop {
+            let (_, metrics) = p.relay.http_get("/metrics").await;
+            let accepted = metrics
+                .lines()
+                .find(|l| l.starts_with("edgerelay_call_quality_reports_total{result=\"accepted\"}"))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            if accepted >= 2.0 {
+                return accepted;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await;
     hang_up(&mut p.browser, &p.alice, &p.bob).await;
+    // The ended call's history entry keeps both sides' reports.
+    let api = format!("Bearer {API_KEY}");
+    let path = "/v1/api/calls/acme/users/alice?limit=1";
+    let (status, body) = http_request(p.relay.relay.tcp_addr(), "GET", path, &[("Authorization", &api)], "").await;
+    assert_eq!(status, 200, "{body}");
+    let entry: Value = serde_json::from_str(&body).unwrap();
+    let quality = &entry["calls"][0]["quality"]["participants"];
+    let samples: u64 =
+        quality.as_array().unwrap_or(&Vec::new()).iter().map(|q| q["samples"].as_u64().unwrap_or(0)).sum();
+    assert!(samples >= 2 && quality.as_array().unwrap().len() == 2, "{accepted} accepted; {entry}");
     p.browser.close().await;
 }
 

@@ -347,3 +347,28 @@ test("a call that ends while its ICE servers are on their way makes no peer conn
   assert.deepEqual([call.state, call.peer, FakePeer.all.length, socket.calls().length], ["ended", null, 0, 1]);
   alice.close();
 });
+
+test("quality reports come from the growth of getStats() counters between two samples", async () => {
+  const { qualityReport, qualitySample } = await import("../calls.js");
+  const stats = (rtt, lost, received, sent, recvBytes, jitter) =>
+    new Map([
+      ["p", { type: "candidate-pair", nominated: true, state: "succeeded", currentRoundTripTime: rtt }],
+      ["a", { type: "inbound-rtp", packetsLost: lost, packetsReceived: received, bytesReceived: recvBytes, jitter }],
+      ["v", { type: "outbound-rtp", bytesSent: sent }],
+      ["x", { type: "candidate-pair", nominated: false, state: "failed", currentRoundTripTime: 9 }],
+    ]);
+  const first = qualitySample(stats(0.04, 10, 90, 1000, 2000, 0.002), 1000);
+  assert.equal(qualityReport(null, first), null, "no report without a previous sample");
+  const second = qualitySample(stats(0.05, 20, 180, 126000, 64500, 0.003), 6000);
+  assert.deepEqual(qualityReport(first, second), {
+    rtt_ms: 50,
+    loss: 0.1, // 10 lost of 100 in the interval
+    jitter_ms: 3,
+    send_kbps: 200, // 125,000 bytes in 5 s
+    recv_kbps: 100,
+  });
+  // Counters that went back (a new peer connection) never give negative or NaN fields.
+  const reset = qualitySample(stats(Number.NaN, 0, 0, 0, 0, 0), 7000);
+  const report = qualityReport(second, reset);
+  for (const value of Object.values(report)) assert.ok(Number.isFinite(value) && value >= 0, JSON.stringify(report));
+});
