@@ -44,7 +44,8 @@ use crate::auth::Identity;
 use crate::config::CallsConfig;
 use crate::hub::presence::{DeviceId, UserKey};
 use crate::outbox::{CONTROL, LaneId, Outbox};
-use crate::proto::{self, CallAction, CallEvent, ErrorCode, ServerFrame, WireFrame};
+use crate::proto::{self, CallAction, CallEvent, ErrorCode, ServerFrame};
+use crate::proto::codec::EncodeOnce;
 
 /// How long an ended call is kept, so late actions on it get `call_ended` rather than
 /// `not_participant`.
@@ -100,15 +101,13 @@ impl CallRoute for LocalRoute {
             Recipient::Device { user, device } => (user, Some(*device)),
         };
         // Encoded once per codec, shared by the user's devices.
-        let mut encoded: [Option<WireFrame>; 2] = [None, None];
+        let mut encoded = EncodeOnce::new(frame);
         for (device, outbox) in devices.get(user).into_iter().flatten() {
             if only.is_some_and(|only| only != *device) {
                 continue;
             }
-            let codec = outbox.codec();
-            let wire = encoded[codec.index()].get_or_insert_with(|| codec.frame(frame)).clone();
             // A closing outbox (the device is leaving) needs nothing more.
-            let _ = outbox.push(CONTROL, wire);
+            let _ = outbox.push(CONTROL, encoded.get(outbox.codec()));
         }
     }
 }
