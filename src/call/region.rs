@@ -39,9 +39,7 @@ const CONN_BITS: u32 = 40;
 
 /// The tag in the high bits of this node's device ids.
 pub fn node_tag(node: &str) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(node);
-    (hash & 0xff_ffff) << CONN_BITS
+    (crate::hub::remote::node_hash(node) & 0xff_ffff) << CONN_BITS
 }
 
 /// The region-unique id of a connection of the node tagged `tag`.

@@ -51,8 +51,13 @@ pub enum OtherNodes {
 /// The stand-in device id of another node's typists (connection ids of this node are small
 /// counters, so the top bit keeps them apart).
 pub fn node_device(node: &str) -> super::presence::DeviceId {
+    (1 << 63) | (node_hash(node) >> 1)
+}
+
+/// A hash of a node's name that every node computes alike (fixed keys, unlike `RandomState`).
+pub fn node_hash(node: &str) -> u64 {
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    (1 << 63) | (BuildHasherDefault::<DefaultHasher>::default().hash_one(node) >> 1)
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(node)
 }
 
 /// The two directions between the awareness service and a shared engine.
