@@ -44,8 +44,8 @@ use crate::auth::Identity;
 use crate::config::CallsConfig;
 use crate::hub::presence::{DeviceId, UserKey};
 use crate::outbox::{CONTROL, LaneId, Outbox};
-use crate::proto::{self, CallAction, CallEvent, ErrorCode, ServerFrame};
 use crate::proto::codec::EncodeOnce;
+use crate::proto::{self, CallAction, CallEvent, ErrorCode, ServerFrame};
 
 /// How long an ended call is kept, so late actions on it get `call_ended` rather than
 /// `not_participant`.
