@@ -110,11 +110,7 @@ async fn scenario(
     let token = relay.token("sub", "netsim", &[&room]);
     let reconnect =
         Reconnect { base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(1), ..Reconnect::default() };
-    let mut options = ClientOptions::new(token);
-    if former_client() {
-        (options.quic_idle_timeout, options.quic_keep_alive) = (Duration::from_secs(8), Duration::from_secs(2));
-    }
-    let mut subscriber = Resilient::start(target, options, reconnect);
+    let mut subscriber = Resilient::start(target, support::former(ClientOptions::new(token)), reconnect);
     subscriber.join(&room);
     let joined = tokio::time::timeout(Duration::from_secs(20), async {
         while subscriber.positions().get(&room).is_none_or(Option::is_none) {
@@ -140,7 +136,7 @@ async fn scenario(
         }
         Ok::<_, String>(acked)
     };
-    let (acked, back) = tokio::join!(publishing, outage.play(&proxy, &subscriber, hook && !former_client()));
+    let (acked, back) = tokio::join!(publishing, outage.play(&proxy, &subscriber, hook && !support::former_client()));
     let acked = acked?;
     // Measured from the network's return (the handover), or from the last ack if publishing
     // ran later than planned (a busy machine): what was published after the return is live.
@@ -186,13 +182,6 @@ async fn scenario(
     Ok(Outcome { caught_up, dropped })
 }
 
-/// `NETSIM_FORMER_CLIENT=1`: the subscriber is the client before issue 24 (QUIC idle timeout
-/// 8 s, keep-alive 2 s, no `network_changed()`), for docs/performance.md's "before" columns; it
-/// reconnects after long outages, so QUIC's connection is not required to survive then.
-fn former_client() -> bool {
-    std::env::var("NETSIM_FORMER_CLIENT").is_ok_and(|v| v == "1")
-}
-
 /// Every profile over every transport at once (they mostly wait), each with its own proxy and
 /// seed; `without_hook` also runs these transports without `network_changed()`. QUIC and
 /// WebTransport must keep their connection.
@@ -222,7 +211,7 @@ async fn under_every_profile(outage: Outage, without_hook: &[Transport]) {
                      network came back (connection dropped and resumed: {dropped})",
                     caught_up.as_millis()
                 );
-                if transport != Transport::WebSocket && dropped && !former_client() {
+                if transport != Transport::WebSocket && dropped && !support::former_client() {
                     failures
                         .push(format!("{profile} over {transport:?} ({hook}): the QUIC connection did not survive"));
                 }

@@ -42,6 +42,21 @@ pub async fn connect(
 }
 
 /// [`connect`] with the client's options adjusted by `adjust`.
+/// `NETSIM_FORMER_CLIENT=1`: clients as they were before issue 24 (QUIC idle timeout 8 s,
+/// keep-alive 2 s, and no `network_changed()` where a test would call it), for
+/// docs/performance.md's "before" figures.
+pub fn former_client() -> bool {
+    std::env::var("NETSIM_FORMER_CLIENT").is_ok_and(|v| v == "1")
+}
+
+/// `options` with the former client's QUIC timeouts when [`former_client`].
+pub fn former(mut options: ClientOptions) -> ClientOptions {
+    if former_client() {
+        (options.quic_idle_timeout, options.quic_keep_alive) = (Duration::from_secs(8), Duration::from_secs(2));
+    }
+    options
+}
+
 pub async fn connect_with(
     relay: &TestRelay,
     transport: Transport,
@@ -52,7 +67,7 @@ pub async fn connect_with(
 ) -> Result<Client, String> {
     let token = relay.token(sub, "netsim", &[room]);
     let options = ClientOptions { request_timeout: Duration::from_secs(15), ..ClientOptions::new(token) };
-    let options = adjust(options.codec(codec_for(transport)));
+    let options = adjust(former(options.codec(codec_for(transport))));
     Client::connect(target, options).await.map_err(|e| format!("{sub} connect: {e}"))
 }
 
