@@ -538,3 +538,41 @@ async fn a_websocket_client_may_fragment_messages_and_ping_between_the_fragments
     );
     assert_eq!(close_code(&frames), Some(1000));
 }
+
+/// A frame for room A sent on room B's QUIC stream (`publish`, `leave` or `cursor`) closes the
+/// connection with `wrong_stream`: each room's stream carries that room only.
+#[tokio::test]
+async fn a_room_frame_on_another_rooms_stream_is_wrong_stream() {
+    let relay = start().await;
+    let mut bystander = Bystander::new(&relay).await;
+    let position = edgerelay::proto::Position { epoch: 1, offset: 1 };
+    let frames = [
+        ("publish", ClientFrame::Publish { req: 9, room: "a".into(), id: "m1".into(), data: Payload::from("1") }),
+        ("leave", ClientFrame::Leave { req: 9, room: "a".into() }),
+        ("cursor", ClientFrame::Cursor { room: "a".into(), position }),
+    ];
+    for (what, frame) in frames {
+        let mut quic = raw_quic(&relay).await;
+        quic.hello(&relay).await;
+        let mut streams = Vec::new();
+        for (req, room) in [(1, "a"), (2, "b")] {
+            let (mut send, mut recv) = quic.conn.open_bi().await.unwrap();
+            let join = Codec::Json.encode(&ClientFrame::Join { req, room: room.into(), since: None });
+            send.write_all(&length_prefix(join.len())).await.unwrap();
+            send.write_all(&join).await.unwrap();
+            let mut reader = edgerelay::proto::FrameReader::new(1 << 20);
+            let body = within("joined", edgerelay::transport::quic::read_frame(&mut recv, &mut reader)).await;
+            let joined = Codec::Json.decode::<ServerFrame>(&body.unwrap().unwrap()).unwrap();
+            assert!(matches!(joined, ServerFrame::Joined { .. }), "{room} joined: {joined:?}");
+            streams.push((send, recv));
+        }
+        let body = Codec::Json.encode(&frame);
+        let send = &mut streams[1].0;
+        send.write_all(&length_prefix(body.len())).await.unwrap();
+        send.write_all(&body).await.unwrap();
+        let (close, error) = within("the relay closes the connection", quic.closed_with()).await;
+        assert_eq!(close, Some(106), "close code for {what} on another room's stream");
+        assert_eq!(error, Some(ErrorCode::WRONG_STREAM), "error frame for {what}");
+        bystander.still_served().await;
+    }
+}

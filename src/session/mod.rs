@@ -336,7 +336,7 @@ impl Session {
             }
             ClientFrame::History { req, room, before, limit } => (req, self.history(lane, req, &room, before, limit)),
             ClientFrame::Rooms { req } => (req, self.followed_rooms(lane, req)),
-            ClientFrame::Cursor { room, position } => (0, self.cursor(&room, position)),
+            ClientFrame::Cursor { room, position } => (0, self.cursor(lane, &room, position)),
             ClientFrame::TrackPublish { req, room, name, kind, codec, layers } => {
                 (req, self.track_publish(lane, req, &room, &name, kind, &codec, layers, now_ms))
             }
@@ -744,11 +744,14 @@ impl Session {
         Ok(())
     }
 
-    fn cursor(&mut self, room: &str, position: Position) -> Result<(), Failure> {
+    fn cursor(&mut self, lane: LaneId, room: &str, position: Position) -> Result<(), Failure> {
         let name = parse_room(room)?;
         self.forget_refused();
-        if !self.rooms.contains_key(&name) {
+        let Some(room_lane) = self.rooms.get(&name).map(|j| j.lane) else {
             return Err(Failure::reject(ErrorCode::NOT_JOINED, format!("{room} is not joined")));
+        };
+        if lane != CONTROL && lane != room_lane {
+            return Err(Failure::Fatal(ErrorCode::WRONG_STREAM, format!("cursor for {room} on another room's stream")));
         }
         let entry = self.cursors.entry(name).or_insert(position);
         // Within an epoch cursors only move forward; a new epoch replaces the old position.
