@@ -341,7 +341,7 @@ async fn closing_a_client_while_it_connects_leaves_no_websocket_open() {
     browser.wait_for(&page, "document.readyState === 'complete'").await;
     let script = format!(
         "(async () => {{ \
-           const {{ EdgeRelay }} = await import('/edgerelay.js'); \
+           const {{ EdgeRelay }} = await import('/sdk/index.js'); \
            const client = new EdgeRelay({{ token: {token:?}, transport: 'websocket', \
                                            webSocketUrl: `ws://${{location.host}}/v1/ws` }}); \
            const connecting = client.connect(); \

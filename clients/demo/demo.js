@@ -11,8 +11,8 @@
 // `/v1/cert` announces), `join` (join at once), `ice=relay` (calls through TURN only).
 // `window.demo` exposes the client for tests, with the call's timings and `callStats()`.
 
-import { decodeJson } from "./codec.js";
-import { EdgeRelay, endpointUrls } from "./edgerelay.js";
+import { decodeJson } from "/sdk/index.js";
+import { EdgeRelay, endpointUrls } from "/sdk/index.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.hash.slice(1));
@@ -27,7 +27,7 @@ const demo = {
   fallbackReason: null,
   state: "idle",
   states: [],
-  // The call shown (a Call from clients/calls.js), what happened to calls in order, and when
+  // The call shown (a Call from clients/js/src/calls.js), what happened to calls in order, and when
   // (epoch ms: `performance.timeOrigin + performance.now()`, comparable between pages).
   call: null,
   callLog: [],

@@ -1,97 +1,54 @@
-// The edgerelay browser client (plain ES module, no dependencies): WebTransport first, WebSocket
-// when WebTransport is missing, blocked or slow; hello with a token, join, publish with ack,
-// receive, and reconnect with exponential backoff and full jitter, rejoining every room from the
-// last position it saw.
+// The edgerelay browser client (plain ES modules, no dependencies, no build step): WebTransport
+// first, WebSocket when WebTransport is missing, blocked or slow; hello with a token, rooms with
+// their messages, presence, typing and history; publishes kept until acknowledged; reconnect with
+// exponential backoff and full jitter, rejoining every room from the last position it saw.
 //
-//   import { EdgeRelay } from "./edgerelay.js";
-//   const relay = new EdgeRelay({ token, webTransportUrl, webSocketUrl, certHashes });
-//   relay.addEventListener("message", (e) => console.log(e.detail));
+//   import { EdgeRelay } from "@edgerelay/client";
+//   const relay = new EdgeRelay({ getToken, webTransportUrl, webSocketUrl, certHashes });
 //   await relay.connect();
-//   await relay.join("chat:lobby");
-//   const position = await relay.publish("chat:lobby", { text: "hi" });
+//   const room = await relay.join("chat:lobby");
+//   room.addEventListener("message", (e) => console.log(e.detail));
+//   const position = await room.publish({ text: "hi" });
 //
-// When it connects over WebSocket although WebTransport was wanted (`transport: "auto"`),
-// `relay.fallbackReason` and the `open` status event's `fallbackReason` say why: the page is not a
-// secure context (WebTransport exists only on https: pages and on http://localhost, 127.0.0.1 or
-// [::1]), the browser has no WebTransport, the handshake failed (browsers do not say whether the
-// certificate was rejected or the UDP port refused), or no answer came within
-// `webTransportTimeoutMs` (UDP dropped on the way). It is null on WebTransport and when
-// WebSocket was asked for. Every attempt is tried again on reconnect.
+// The user-facing reference is clients/js/README.md; the types are in index.d.ts.
 //
 // Why it is shaped like this:
-// - Protocol v1 over WebTransport is byte for byte raw QUIC's: a control stream first, then one
-//   bidirectional stream per room, frames `[u32 length][body]` (docs/protocol.md). A slow room
-//   therefore never delays another. Over WebSocket everything shares the one socket.
-// - A datagram read loop always runs on WebTransport: Chromium drops incoming datagrams that
-//   nobody reads, and the relay uses datagrams for lossy state.
-// - Full jitter (a uniformly random delay up to the exponential bound) keeps a relay restart from
-//   being hit by every client at the same instant.
+// - Nothing an app sends is lost to a reconnect: joined rooms are rejoined from their last
+//   position (`since`), and publishes wait in an outbox (outbox.js) and go again with their ids
+//   until acknowledged; the relay's idempotent publish and exact resume make that exactly once.
+// - Calls that cannot work in the current state reject with a `StateError` (errors.js) instead of
+//   failing on a missing link: before `connect()`, after `close()`, or with no WebSocket to use.
+//   While reconnecting, `join` and `publish` wait for the connection instead.
+// - Frames are routed by type whichever link carried them: presence and typing arrive as
+//   WebTransport datagrams or as WebSocket messages and reach the same `Room`.
 // - Each link reports its own end (`link.closed`), and a link given up on (timed out, failed,
 //   replaced, or `close()`d while connecting) is closed and ignored from then on: a WebTransport
-//   session that fails late must not end the WebSocket that replaced it (that once made the
-//   fallback reconnect forever, leaking a socket each time).
+//   session that fails late must not end the WebSocket that replaced it.
+//
+// When it connects over WebSocket although WebTransport was wanted (`transport: "auto"`),
+// `fallbackReason` (and the `open` status event's) says why: the page is not a secure context
+// (WebTransport exists only on https: pages and on http://localhost, 127.0.0.1 or [::1]), the
+// browser has no WebTransport, the handshake failed (browsers do not say whether the certificate
+// was rejected or the UDP port refused), or no answer came within `webTransportTimeoutMs`.
 
-import {
-  FrameError,
-  FrameReader,
-  PROTOCOL_VERSION,
-  RETRYABLE_CLOSE,
-  decodeJson,
-  encodeJson,
-  fromBase64,
-  lengthPrefixed,
-} from "./codec.js";
+import { PROTOCOL_VERSION, RETRYABLE_CLOSE, decodeJson } from "./codec.js";
 import { Call } from "./calls.js";
-import { FLAG_KEYFRAME, GroupReader, encodeFrame, encodeGroupHeader } from "./media.js";
+import { RETRYABLE_REQUEST, RelayError, StateError, TimeoutError, withTimeout } from "./errors.js";
+import { WebSocketLink, WebTransportLink, webTransportFailure, webTransportUnavailable } from "./links.js";
+import { FLAG_KEYFRAME } from "./media.js";
+import { Outbox, messageId } from "./outbox.js";
+import { Room, validRoomName } from "./room.js";
+import { backoffDelay, refreshDelay, tokenExpiry } from "./schedule.js";
+
+export { RelayError, StateError, TimeoutError } from "./errors.js";
+export { GroupWriter, webTransportUnavailable } from "./links.js";
+export { backoffDelay } from "./schedule.js";
 
 const TOKEN_EXPIRED = 111;
 const MEDIA_UNSUPPORTED = 140;
-
-/** The delay before reconnect attempt `attempt` (0-based): uniform in [0, min(cap, base·2^attempt)). */
-export function backoffDelay(attempt, { baseMs = 250, capMs = 10_000 } = {}, random = Math.random) {
-  const bound = Math.min(capMs, baseMs * 2 ** Math.min(attempt, 30));
-  return Math.floor(random() * bound);
-}
-
-/** An error the relay answered a request with (docs/protocol.md, "Errors and close codes"). */
-export class RelayError extends Error {
-  constructor(code, message) {
-    super(`${code}: ${message}`);
-    this.code = code;
-  }
-}
-
-class TimeoutError extends Error {}
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new TimeoutError(`${what}: no answer within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-/**
- * Why WebTransport cannot even be tried here, or null if it can. `scope` is the global object
- * (a parameter for tests).
- */
-export function webTransportUnavailable(url, scope = globalThis) {
-  if (typeof scope.WebTransport === "undefined") {
-    return scope.isSecureContext === false
-      ? "this page is not a secure context (WebTransport needs https:, or http: on localhost or 127.0.0.1)"
-      : "this browser has no WebTransport";
-  }
-  return url ? null : "no webTransportUrl given";
-}
-
-/** Why a WebTransport attempt failed, for `fallbackReason`. */
-function webTransportFailure(err, timeoutMs) {
-  if (err instanceof TimeoutError) return `no answer within ${timeoutMs} ms (UDP blocked?)`;
-  // Browsers do not say which on purpose: a certificate that is not trusted and does not match
-  // `certHashes`, or a UDP port that refuses, both end as "Opening handshake failed."
-  if (err?.name === "WebTransportError") return `${err.message} (certificate rejected or UDP port closed?)`;
-  return String(err?.message ?? err) || "connection failed";
-}
+// Frames about a room's members that may come as datagrams (docs/protocol.md).
+const PRESENCE_FRAMES = new Set(["presence", "presence_snapshot", "presence_refresh", "typing"]);
+const decoder = new TextDecoder();
 
 /**
  * The URLs the demo page (or any page served by the relay) connects to: WebTransport on the
@@ -108,297 +65,6 @@ export function endpointUrls(location, endpoints) {
   };
 }
 
-const encoder = new TextEncoder();
-const decoder = new TextDecoder();
-
-/** One group being sent (`EdgeRelay.openGroup`). */
-export class GroupWriter {
-  #writer;
-
-  constructor(writer) {
-    this.#writer = writer;
-    // Whether the stream ended cleanly (false: reset, stopped by the relay, or the session ended).
-    this.closed = writer.closed.then(
-      () => true,
-      () => false,
-    );
-  }
-
-  /** Writes a frame; resolves once the stream accepted it (await it for backpressure). */
-  frame(timestampUs, level, bytes) {
-    return this.#writer.write(encodeFrame(timestampUs, level, bytes));
-  }
-
-  /** Ends the group (finishes the stream). */
-  finish() {
-    return this.#writer.close().catch(() => {});
-  }
-
-  /** Drops the group (resets the stream). */
-  abort(reason) {
-    return this.#writer.abort(reason).catch(() => {});
-  }
-}
-
-/** WebTransport: a control stream plus one bidirectional stream per room. */
-class WebTransportLink {
-  kind = "webtransport";
-
-  constructor(url, certHashes, events) {
-    const options = {};
-    if (certHashes && certHashes.length > 0) {
-      options.serverCertificateHashes = certHashes.map((hash) => ({ algorithm: "sha-256", value: fromBase64(hash) }));
-    }
-    this.events = events;
-    this.transport = new WebTransport(url, options);
-    this.rooms = new Map();
-    // How this session ends ({code, reason}); it concerns this link only.
-    this.closed = this.transport.closed.then(
-      (info) => ({ code: info?.closeCode ?? 0, reason: info?.reason ?? "" }),
-      (err) => ({ code: null, reason: String(err?.message ?? err) }),
-    );
-  }
-
-  async open() {
-    await this.transport.ready;
-    this.#readDatagrams();
-    this.#acceptGroups();
-    const stream = await this.transport.createBidirectionalStream();
-    this.control = stream.writable.getWriter();
-    this.#readStream(stream.readable);
-  }
-
-  async #readStream(readable) {
-    const reader = readable.getReader();
-    const frames = new FrameReader();
-    try {
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) return;
-        for (const body of frames.push(value)) this.events.frame(decodeJson(decoder.decode(body)));
-      }
-    } catch (err) {
-      if (err instanceof FrameError) this.close(`bad frame from relay: ${err.message}`);
-    }
-  }
-
-  async #readDatagrams() {
-    const reader = this.transport.datagrams.readable.getReader();
-    try {
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) return;
-        this.events.datagram(value);
-      }
-    } catch {
-      // The session is gone; `closed` reports why.
-    }
-  }
-
-  /** Reads every group stream the relay opens (docs/media.md step 4), each on its own. */
-  async #acceptGroups() {
-    const streams = this.transport.incomingUnidirectionalStreams.getReader();
-    try {
-      for (;;) {
-        const { value, done } = await streams.read();
-        if (done) return;
-        this.#readGroup(value);
-      }
-    } catch {
-      // The session is gone; `closed` reports why.
-    }
-  }
-
-  async #readGroup(readable) {
-    const reader = readable.getReader();
-    const groups = new GroupReader();
-    let header = null;
-    try {
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        for (const item of groups.push(value)) {
-          if (item.header) {
-            header = item.header;
-            this.events.media({ type: "group", ...header });
-          } else {
-            this.events.media({ type: "frame", track: header.track, layer: header.layer, group: header.group, ...item.frame });
-          }
-        }
-      }
-      if (header) this.events.media({ type: "end", track: header.track, layer: header.layer, group: header.group, reset: groups.pending > 0 ? -1 : null });
-    } catch (err) {
-      // A reset (code 0x10: dropped as stale, queue full or track ended) or a malformed stream.
-      reader.cancel().catch(() => {});
-      if (header) this.events.media({ type: "end", track: header.track, layer: header.layer, group: header.group, reset: err?.streamErrorCode ?? -1 });
-    }
-  }
-
-  /** A new unidirectional stream carrying one group; `sendOrder` ranks it against the others. */
-  async openGroup(header, sendOrder) {
-    const options = sendOrder === undefined ? {} : { sendOrder };
-    const stream = await this.transport.createUnidirectionalStream(options);
-    const writer = stream.getWriter();
-    writer.write(encodeGroupHeader(header)).catch(() => {});
-    return writer;
-  }
-
-  static #bytes(frame) {
-    return lengthPrefixed(encoder.encode(encodeJson(frame)));
-  }
-
-  send(frame) {
-    return this.control.write(WebTransportLink.#bytes(frame));
-  }
-
-  /** Opens the room's own stream with its `join` as the first frame. */
-  async openRoom(room, join) {
-    const stream = await this.transport.createBidirectionalStream();
-    const writer = stream.writable.getWriter();
-    this.rooms.set(room, writer);
-    this.#readStream(stream.readable);
-    return writer.write(WebTransportLink.#bytes(join));
-  }
-
-  sendRoom(room, frame) {
-    const writer = this.rooms.get(room);
-    return writer ? writer.write(WebTransportLink.#bytes(frame)) : this.send(frame);
-  }
-
-  closeRoom(room) {
-    const writer = this.rooms.get(room);
-    this.rooms.delete(room);
-    writer?.close().catch(() => {});
-  }
-
-  sendDatagram(bytes) {
-    const writer = this.transport.datagrams.writable.getWriter();
-    writer.write(bytes).catch(() => {});
-    writer.releaseLock();
-  }
-
-  close(reason = "bye") {
-    try {
-      this.transport.close({ closeCode: 0, reason });
-    } catch {
-      // Already closed.
-    }
-  }
-}
-
-/** WebSocket: every frame is one text message on the one socket. */
-class WebSocketLink {
-  kind = "websocket";
-
-  constructor(url, events) {
-    this.events = events;
-    this.socket = new WebSocket(url);
-    this.socket.binaryType = "arraybuffer";
-    let opened, failed, ended;
-    this.opened = new Promise((resolve, reject) => {
-      opened = resolve;
-      failed = reject;
-    });
-    this.opened.catch(() => {}); // Only `open()` cares; a link given up on may fail unobserved.
-    // How this socket ends ({code, reason}); it concerns this link only.
-    this.closed = new Promise((resolve) => {
-      ended = resolve;
-    });
-    this.socket.onopen = () => opened();
-    this.socket.onerror = () => failed(new Error("WebSocket failed to open"));
-    this.socket.onmessage = (event) => {
-      const text = typeof event.data === "string" ? event.data : decoder.decode(event.data);
-      try {
-        this.events.frame(decodeJson(text));
-      } catch (err) {
-        this.close(`bad frame from relay: ${err.message}`);
-      }
-    };
-    this.socket.onclose = (event) => {
-      failed(new Error(`WebSocket closed (${event.code})`));
-      // 4000 + error code (docs/protocol.md); 1000 is a normal close.
-      const code = event.code >= 4000 && event.code < 5000 ? event.code - 4000 : event.code === 1000 ? 0 : null;
-      ended({ code, reason: event.reason });
-    };
-  }
-
-  open() {
-    return this.opened;
-  }
-
-  send(frame) {
-    this.socket.send(encodeJson(frame));
-  }
-
-  openRoom(_room, join) {
-    this.send(join);
-  }
-
-  sendRoom(_room, frame) {
-    this.send(frame);
-  }
-
-  closeRoom() {}
-
-  openGroup() {
-    throw new Error("media needs WebTransport: this connection is a WebSocket (media_unsupported)");
-  }
-
-  sendDatagram() {}
-
-  close(reason = "bye") {
-    try {
-      this.socket.close(1000, reason);
-    } catch {
-      // Already closed.
-    }
-  }
-}
-
-/**
- * A connection to an edgerelay that survives disconnects.
- *
- * Options: `token` (a JWT) or `getToken` (async, called on every connect), `webTransportUrl`
- * (`https://host:4433/v1/wt`), `webSocketUrl` (`ws://host:8080/v1/ws`), `certHashes` (base64
- * SHA-256 hashes of the relay's dev certificates, from `/v1/cert`; an array, or an async function
- * called before every WebTransport attempt, so a page open across a certificate rotation picks
- * up the new hash when it reconnects; omit with a real certificate),
- * `transport` (`"auto"`, `"webtransport"` or `"websocket"`), `webTransportTimeoutMs` (how long
- * WebTransport gets before the WebSocket fallback), `requestTimeoutMs`, `backoff` (`{baseMs, capMs}`),
- * `clientName`, `networkEvents` (where `online` and `visibilitychange` come from: `{online,
- * visibility}`, by default the page's `window` and `document`; `false` to not listen).
- *
- * Network changes: when the browser reports the network back (`online`) or the page visible again
- * (`visibilitychange`; a phone suspends hidden tabs' timers and sockets), the client calls
- * `networkChanged()`: connected, it pings at once (a connection that does not answer within
- * `networkProbeMs`, 3 s by default, is closed and replaced); reconnecting, it stops waiting out
- * its backoff and tries at once, the backoff starting again from `baseMs`. Pages that learn of a
- * network change otherwise can call it too.
- *
- * Events (`detail`): `status` ({state, transport, delayMs?, code?, reason?, fallbackReason?}),
- * `message` (a `message` frame), `joined` ({room, recovered, position}) on every (re)join, `error`
- * (an `error` frame not tied to a request), `frame` (any other frame: presence, typing, types added
- * later), `datagram` (bytes).
- *
- * Calls (docs/media.md, WebTransport only): `tracks`, `layer`, `speakers`, `keyframe_request` and
- * `layers_wanted` frames arrive as events of those names (`detail`: the frame). Received media
- * arrives as `media` events, in stream order per group: `{type: "group", track, layer, group,
- * flags, keyframe}` when a group stream opens, `{type: "frame", track, layer, group, timestampUs,
- * level, payload}` per frame, and `{type: "end", track, layer, group, reset}` when it ends
- * (`reset` null when it finished, else the reset code, 0x10 for a group the relay dropped, or -1
- * when the stream broke without one: truncated, malformed, or the session ended).
- *
- * WebRTC: `iceServers()` asks for the STUN and TURN servers with fresh credentials.
- *
- * 1:1 calls (docs/calls.md; clients/calls.js has the `Call` object): `call(user, options)`
- * places one; `call` events (`detail`: a `Call`) announce every call this client learns of
- * (placed here, on another device of the user, or to the user), and `ring` events (`detail`: the
- * `Call`) say this device should ring.
- *
- * `join`, `leave`, `publish`, `ping` and `iceServers` need an open connection: before `connect()` (or while
- * reconnecting) they reject with "not connected …". `close()` also ends a connect in progress:
- * nothing stays open and `connect()` rejects.
- */
 /** An `ice_servers` frame (or a `GET /v1/ice` body) as `{iceServers, expiresAt}`: entries in
  * `RTCIceServer` form, without the `username` and `credential` that are null (STUN). */
 export function rtcIceServers(answer) {
@@ -412,13 +78,24 @@ export function rtcIceServers(answer) {
   return { iceServers, expiresAt: answer.expires_at };
 }
 
+/** A history entry (`{offset, from, time, id, data}`) as a message of `room` in `epoch`. */
+function historyMessage(room, epoch, entry) {
+  const { offset, from, time, id, data } = entry;
+  return { type: "message", room, position: { epoch, offset }, from, time, id, data };
+}
+
+/**
+ * A connection to an edgerelay that survives disconnects. See clients/js/README.md for the
+ * options, events and methods; index.d.ts has their types.
+ */
 export class EdgeRelay extends EventTarget {
   #options;
   #link = null;
+  // Room name → Room, for every room the app asked about.
   #rooms = new Map();
   #pending = new Map();
+  #outbox = new Outbox();
   #nextReq = 1;
-  #nextId = 1;
   #stopped = false;
   #goAwayMs = 0;
   // The link being opened or in use, as `{link, dead}`. A dead attempt's link is closed and
@@ -438,8 +115,13 @@ export class EdgeRelay extends EventTarget {
   #wake = null;
   // Removes the `online` and `visibilitychange` listeners.
   #unwatch = () => {};
+  // Those waiting for the next open connection (`join` and `publish` while reconnecting).
+  #openWaiters = [];
+  // The token refresh timer, and the relay's clock minus ours (from `welcome.server_time`).
+  #refreshTimer = null;
+  #skewMs = 0;
 
-  constructor(options) {
+  constructor(options = {}) {
     super();
     this.#options = {
       transport: "auto",
@@ -448,17 +130,25 @@ export class EdgeRelay extends EventTarget {
       backoff: { baseMs: 250, capMs: 10_000 },
       clientName: "edgerelay-js/1",
       networkProbeMs: 3000,
+      refreshBeforeMs: 60_000,
       networkEvents: { online: globalThis.window, visibility: globalThis.document },
       ...options,
     };
+    /** `idle`, `connecting`, `open`, `reconnecting`, `offline` or `closed`. */
     this.state = "idle";
+    /** `webtransport` or `websocket` while open, else the last one used (null before). */
     this.transport = null;
     this.welcome = null;
     this.fallbackReason = null;
+    /** When the next connection attempt starts (unix ms) while reconnecting or offline. */
+    this.retryAt = null;
+    /** The `connect()` promise, once called. */
+    this.connected = null;
   }
 
   /** Connects; resolves with the `welcome` once connected, rejects if the relay refuses the token. */
   connect() {
+    if (this.#stopped) return Promise.reject(new StateError("closed", "this client was closed: make a new one"));
     if (!this.connected) {
       this.connected = new Promise((resolve, reject) => {
         this.#welcomed = { resolve, reject };
@@ -504,37 +194,119 @@ export class EdgeRelay extends EventTarget {
     };
   }
 
-  /** Joins a room (on WebTransport: its own stream). Rejoined automatically after reconnects. */
-  async join(room) {
-    this.#requireLink();
-    const position = this.#rooms.get(room)?.position ?? null;
-    this.#rooms.set(room, { position });
+  // --- rooms ---
+
+  /** The `Room` named `name` (made on first use; nothing is sent). Throws `RelayError` 121
+   * (`bad_room`) for a name the relay would refuse. */
+  room(name) {
+    if (!validRoomName(name)) {
+      throw new RelayError(121, `bad_room: ${JSON.stringify(name)} is not a room name (1-128 of A-Z a-z 0-9 _ : . @ = + -)`);
+    }
+    let room = this.#rooms.get(name);
+    if (!room) {
+      room = new Room(name, this, this.#options.typing);
+      this.#rooms.set(name, room);
+    }
+    return room;
+  }
+
+  /** All rooms this client was asked about. */
+  get rooms() {
+    return [...this.#rooms.values()];
+  }
+
+  /**
+   * Joins a room (on WebTransport: its own stream) and keeps it joined across reconnects;
+   * resolves with its `Room` once joined. While reconnecting it waits for the connection.
+   */
+  async join(name) {
+    this.#requireStarted();
+    const room = this.room(name);
+    const wasWanted = room.wanted;
+    room.wanted = true;
     try {
-      return await this.#join(room, position);
+      if (room.joined) return room;
+      await this.#whenOpen();
+      if (!room.joined) await this.#join(room);
+      return room;
     } catch (err) {
-      this.#rooms.delete(room);
-      this.#link?.closeRoom(room);
+      if (!wasWanted && !room.joined) {
+        room.wanted = false;
+        this.#link?.closeRoom(name);
+      }
       throw err;
     }
   }
 
-  async leave(room) {
+  async leave(name) {
     const link = this.#requireLink();
+    const room = this.room(name);
     const req = this.#req();
     const answer = this.#expect(req);
-    link.sendRoom(room, { type: "leave", req, room });
+    link.sendRoom(name, { type: "leave", req, room: name });
     await answer;
-    this.#rooms.delete(room);
-    link.closeRoom(room);
+    room._left();
+    link.closeRoom(name);
   }
 
-  /** Publishes `data` (any JSON value); resolves with the acked position `{epoch, offset}`. */
-  async publish(room, data, id = `${Date.now().toString(36)}-${this.#nextId++}`) {
+  /**
+   * Publishes `data` (any JSON value, or `binary(bytes)`) to a room (joined or not, with the
+   * `publish` capability); resolves with the acked position `{epoch, offset}`. Kept and sent
+   * again with the same id across reconnects until acknowledged (exactly once); a relay error
+   * that is not retryable rejects it. `options.id`: your own message id (unique per user and room).
+   */
+  publish(name, data, { id = messageId() } = {}) {
+    try {
+      this.#requireStarted();
+      if (!validRoomName(name)) this.room(name);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const { entry, fresh, promise } = this.#outbox.add(name, String(id), data);
+    if (fresh && this.#link && this.state === "open") this.#sendPublish(entry, this.#link);
+    return promise;
+  }
+
+  /** Publishes not yet acknowledged. */
+  get unacked() {
+    return this.#outbox.size;
+  }
+
+  /**
+   * A page of a room's history: up to `limit` (1-100) messages before offset `before` (null:
+   * the newest), oldest first, as messages. Resolves with `{messages, position, first}`
+   * (`position`: the room's top; `first`: the lowest offset retained).
+   */
+  async history(name, { before = null, limit = 50 } = {}) {
     const link = this.#requireLink();
+    this.room(name);
     const req = this.#req();
     const answer = this.#expect(req);
-    link.sendRoom(room, { type: "publish", req, room, id, data });
-    return (await answer).position;
+    link.sendRoom(name, { type: "history", req, room: name, before, limit });
+    const page = await answer;
+    const epoch = page.position?.epoch ?? 0;
+    const entries = Array.isArray(page.messages) ? page.messages : [];
+    return { messages: entries.map((e) => historyMessage(name, epoch, e)), position: page.position, first: page.first ?? 1 };
+  }
+
+  /** Says whether this user types in a joined room (lossy: dropped when not connected). */
+  async typing(name, typing) {
+    this.#requireLink().send({ type: "typing", room: name, typing: Boolean(typing) });
+  }
+
+  /** Sets this user's status (`online`, `away`, `busy`, `offline`) and custom text everywhere. */
+  async setStatus(status, custom = null) {
+    this.#requireLink().send({ type: "set_status", status, custom });
+  }
+
+  /** Marks this device active (an idle user shows as away after `presence.idle_after_ms`). */
+  async activity() {
+    this.#requireLink().send({ type: "activity" });
+  }
+
+  /** Hides this user's presence and/or typing everywhere (kept by the relay). */
+  async privacy({ hidePresence = false, hideTyping = false } = {}) {
+    this.#requireLink().send({ type: "privacy", hide_presence: hidePresence, hide_typing: hideTyping });
   }
 
   /** Round trip to the relay in milliseconds. */
@@ -546,6 +318,22 @@ export class EdgeRelay extends EventTarget {
     link.send({ type: "ping", req });
     await answer;
     return performance.now() - started;
+  }
+
+  /**
+   * Sends a new token now (`token`, or one from `getToken`); resolves with its expiry (unix
+   * seconds). With `getToken` the client does this by itself `refreshBeforeMs` before expiry.
+   */
+  async refresh(token) {
+    const link = this.#requireLink();
+    const fresh = token ?? (await this.#token());
+    const req = this.#req();
+    const answer = this.#expect(req);
+    link.send({ type: "refresh", req, token: fresh });
+    const { expires_at: expiresAt } = await answer;
+    this.#options.token = fresh;
+    this.#scheduleRefresh(expiresAt);
+    return expiresAt;
   }
 
   /** The STUN and TURN servers for WebRTC with fresh TURN credentials (an `ice_servers`
@@ -637,15 +425,20 @@ export class EdgeRelay extends EventTarget {
     await this.#track(this.#trackRooms.get(track), (req) => ({ type: "track_unpublish", req, track }));
   }
 
-  /** Closes for good: no reconnect. */
+  /** Closes for good: no reconnect; waiting publishes and requests reject with a `StateError`. */
   close() {
+    if (this.state === "closed" && this.#stopped) return;
     this.#stopped = true;
     this.#unwatch();
     this.#wake?.();
+    clearTimeout(this.#refreshTimer);
     if (this.#attempt) this.#retire(this.#attempt, "bye");
     this.#link = null;
-    this.#welcomed?.reject(new Error("closed before it connected"));
+    const closed = new StateError("closed", "closed before it connected");
+    this.#welcomed?.reject(closed);
     this.#welcomed = null;
+    this.#failWaiting(new StateError("closed", "the client was closed"));
+    for (const room of this.#rooms.values()) room._close();
     this.#setState("closed");
   }
 
@@ -670,7 +463,7 @@ export class EdgeRelay extends EventTarget {
     const req = this.#req();
     const answer = this.#expect(req);
     const frame = build(req);
-    if (room && this.#rooms.has(room)) link.sendRoom(room, frame);
+    if (room && this.#rooms.get(room)?.joined) link.sendRoom(room, frame);
     else link.send(frame);
     return answer;
   }
@@ -712,10 +505,30 @@ export class EdgeRelay extends EventTarget {
     for (const track of frame.ended ?? []) this.#trackRooms.delete(track);
   }
 
+  /** Throws unless `connect()` was called and `close()` was not. */
+  #requireStarted() {
+    if (this.#stopped) throw new StateError("closed", `the client is closed${this.closeReason ? ` (${this.closeReason})` : ""}`);
+    if (this.state === "idle") throw new StateError("not_connected", "not connected: call connect() first");
+  }
+
+  /** The open link, or a `StateError`. */
   #requireLink() {
-    if (this.state === "idle") throw new Error("not connected: call connect() first");
-    if (!this.#link || this.state !== "open") throw new Error(`not connected (${this.state})`);
+    this.#requireStarted();
+    if (!this.#link || this.state !== "open") throw new StateError("not_connected", `not connected (${this.state})`);
     return this.#link;
+  }
+
+  /** Resolves once a connection is open (now, or after the reconnect); rejects on `close()`. */
+  #whenOpen() {
+    if (this.#link && this.state === "open") return Promise.resolve();
+    return new Promise((resolve, reject) => this.#openWaiters.push({ resolve, reject }));
+  }
+
+  #failWaiting(error) {
+    for (const { reject } of this.#openWaiters.splice(0)) reject(error);
+    for (const { reject } of this.#pending.values()) reject(error);
+    this.#pending.clear();
+    this.#outbox.failAll(error);
   }
 
   /** The answer to request `req`; `onAnswer` runs as soon as it arrives, before later frames. */
@@ -731,20 +544,75 @@ export class EdgeRelay extends EventTarget {
     ).finally(() => this.#pending.delete(req));
   }
 
-  async #join(room, since) {
+  /** Joins `room` from its last position; resolves with it once joined. `.sent` resolves once
+   * the `join` was written (its stream opened on WebTransport). */
+  #join(room) {
     const req = this.#req();
     const answer = this.#expect(req);
-    await this.#link.openRoom(room, { type: "join", req, room, since });
-    const joined = await answer;
-    const entry = this.#rooms.get(room);
-    if (entry && !entry.position) entry.position = joined.position;
-    const detail = { room, recovered: joined.recovered, position: joined.position };
-    this.dispatchEvent(new CustomEvent("joined", { detail }));
-    return detail;
+    const sent = Promise.resolve(this.#link.openRoom(room.name, { type: "join", req, room: room.name, since: room.position }));
+    const joined = (async () => {
+      await sent;
+      const frame = await answer;
+      room._joined(frame);
+      const detail = { room: room.name, recovered: frame.recovered, position: frame.position };
+      this.dispatchEvent(new CustomEvent("joined", { detail }));
+      return room;
+    })();
+    joined.sent = sent;
+    return joined;
+  }
+
+  /**
+   * Sends one outbox entry on `link`. Its answer settles it; the loss of the connection does not
+   * (the entry stays and is sent again on the next one). A retryable refusal (`rate_limited`,
+   * `store_unavailable`, `internal`) is sent again after a backoff delay.
+   */
+  #sendPublish(entry, link) {
+    const req = this.#req();
+    entry.attempts += 1;
+    const { room, id, data } = entry;
+    this.#pending.set(req, {
+      keep: true,
+      resolve: (ack) => {
+        this.#pending.delete(req);
+        this.#outbox.ack(room, id, ack.position);
+      },
+      reject: (err) => {
+        this.#pending.delete(req);
+        if (!(err instanceof RelayError) || !RETRYABLE_REQUEST.has(err.code)) return this.#outbox.fail(room, id, err);
+        setTimeout(() => {
+          if (this.#link === link && this.state === "open") this.#sendPublish(entry, link);
+        }, backoffDelay(entry.attempts, this.#options.backoff));
+        return undefined;
+      },
+    });
+    link.sendRoom(room, { type: "publish", req, room, id, data });
+  }
+
+  /** A token: from `getToken` when given (a new one each time), else the `token` option. */
+  async #token() {
+    const { getToken, token } = this.#options;
+    return getToken ? await getToken() : token;
+  }
+
+  /** Refreshes the token `refreshBeforeMs` before `expiresAt` (unix seconds), with `getToken`. */
+  #scheduleRefresh(expiresAt) {
+    clearTimeout(this.#refreshTimer);
+    if (!this.#options.getToken || !Number.isFinite(expiresAt)) return;
+    const delay = refreshDelay(expiresAt, Date.now() + this.#skewMs, this.#options.refreshBeforeMs);
+    const link = this.#link;
+    this.#refreshTimer = setTimeout(() => {
+      if (this.#link !== link || this.#stopped) return;
+      this.refresh().catch((err) => {
+        // The connection ends at expiry then, and the reconnect asks `getToken` again.
+        this.dispatchEvent(new CustomEvent("error", { detail: { code: err.code ?? null, message: `token refresh failed: ${err.message}` } }));
+      });
+    }, delay);
   }
 
   #setState(state, extra = {}) {
     this.state = state;
+    this.retryAt = extra.retryAt ?? null;
     this.dispatchEvent(new CustomEvent("status", { detail: { state, transport: this.transport, ...extra } }));
   }
 
@@ -755,7 +623,16 @@ export class EdgeRelay extends EventTarget {
         if (!attempt.dead) this.#onFrame(frame, onWelcome);
       },
       datagram: (bytes) => {
-        if (!attempt.dead) this.dispatchEvent(new CustomEvent("datagram", { detail: bytes }));
+        if (attempt.dead) return;
+        this.dispatchEvent(new CustomEvent("datagram", { detail: bytes }));
+        // A datagram is one frame body in the connection's codec (JSON here), no length prefix.
+        let frame;
+        try {
+          frame = decodeJson(decoder.decode(bytes));
+        } catch {
+          return; // Lossy and never fatal: an undecodable datagram is dropped.
+        }
+        if (PRESENCE_FRAMES.has(frame.type)) this.#onFrame(frame, onWelcome);
       },
       media: (event) => {
         if (!attempt.dead) this.dispatchEvent(new CustomEvent("media", { detail: event }));
@@ -770,7 +647,16 @@ export class EdgeRelay extends EventTarget {
   }
 
   #throwIfStopped() {
-    if (this.#stopped) throw new Error("closed");
+    if (this.#stopped) throw new StateError("closed", "closed before it connected");
+  }
+
+  /** A presence or typing frame: to its room; a refresh that disagrees asks for a snapshot. */
+  #onPresence(frame) {
+    const room = typeof frame.room === "string" ? this.#rooms.get(frame.room) : undefined;
+    if (room?._presence(frame) && this.#link && this.state === "open") {
+      this.#link.send({ type: "presence_sync", req: this.#req(), room: room.name });
+    }
+    this.dispatchEvent(new CustomEvent("frame", { detail: frame }));
   }
 
   #onFrame(frame, onWelcome) {
@@ -778,13 +664,22 @@ export class EdgeRelay extends EventTarget {
       case "welcome":
         return onWelcome(frame);
       case "message": {
-        const entry = this.#rooms.get(frame.room);
-        if (entry) entry.position = frame.position;
+        const room = typeof frame.room === "string" ? this.#rooms.get(frame.room) : undefined;
+        if (room && !room._message(frame)) return undefined; // Already delivered.
         return this.dispatchEvent(new CustomEvent("message", { detail: frame }));
       }
+      case "ack":
+        break;
       case "go_away":
         this.#goAwayMs = frame.reconnect_after_ms;
         return undefined;
+      case "presence":
+      case "presence_snapshot":
+      case "presence_refresh":
+      case "typing":
+        // A snapshot answering `presence_sync` carries its `req`; nobody waits for it.
+        this.#pending.get(frame.req)?.resolve(frame);
+        return this.#onPresence(frame);
       case "tracks":
       case "layer":
       case "speakers":
@@ -807,27 +702,38 @@ export class EdgeRelay extends EventTarget {
     }
     const pending = frame.req === undefined ? null : this.#pending.get(frame.req);
     if (pending) return pending.resolve(frame);
-    // Anything else (presence, typing, frame types added later) is the application's.
+    // Anything else (frame types added later) is the application's.
     return this.dispatchEvent(new CustomEvent("frame", { detail: frame }));
   }
 
-  /** One connection: open a link (WebTransport, else WebSocket), hello, welcome, rejoin.
+  /** One connection: open a link (WebTransport, else WebSocket), hello, welcome, rejoin, resend.
    * Returns the attempt; its `link.closed` says how the link ends. */
   async #openOnce() {
-    const token = this.#options.getToken ? await this.#options.getToken() : this.#options.token;
+    const token = await this.#token();
     this.#throwIfStopped();
     this.#earlyCallEvents = [];
     const attempt = await this.#openLink(token);
     const { link } = attempt;
     this.#link = link;
     this.transport = link.kind;
+    this.#skewMs = Number.isFinite(this.welcome.server_time) ? this.welcome.server_time - Date.now() : 0;
+    this.#scheduleRefresh(tokenExpiry(token));
     this.#setState("open", this.fallbackReason ? { fallbackReason: this.fallbackReason } : {});
     for (const frame of this.#earlyCallEvents.splice(0)) this.#onCallEvent(frame);
-    for (const [room, { position }] of this.#rooms) {
-      this.#join(room, position).catch((err) => {
-        this.dispatchEvent(new CustomEvent("error", { detail: { room, code: err.code, message: err.message } }));
+    // Rooms first (their streams open in order), then every publish not yet acknowledged.
+    const joins = [];
+    for (const room of this.#rooms.values()) {
+      if (!room.wanted) continue;
+      const join = this.#join(room);
+      joins.push(join);
+      join.catch((err) => {
+        room.wanted = false;
+        this.dispatchEvent(new CustomEvent("error", { detail: { room: room.name, code: err.code, message: err.message } }));
       });
     }
+    for (const { resolve } of this.#openWaiters.splice(0)) resolve();
+    await Promise.allSettled(joins.map((join) => join.sent));
+    if (this.#link === link) for (const entry of this.#outbox.entries) this.#sendPublish(entry, link);
     return attempt;
   }
 
@@ -841,9 +747,15 @@ export class EdgeRelay extends EventTarget {
         const unavailable = webTransportUnavailable(webTransportUrl);
         if (unavailable) {
           fallbackReason = unavailable;
-          lastError = new Error(`WebTransport: ${unavailable}`);
+          lastError = new StateError("unsupported", `WebTransport: ${unavailable}`);
           continue;
         }
+      }
+      const WebSocketImpl = this.#options.WebSocket ?? globalThis.WebSocket;
+      if (kind === "websocket" && typeof WebSocketImpl !== "function") {
+        // Not worth retrying: nothing will change. Node before 22 has no global WebSocket.
+        const why = fallbackReason ? ` (and WebTransport: ${fallbackReason})` : "";
+        throw new StateError("no_websocket", `no WebSocket in this runtime${why}: pass one as the WebSocket option (e.g. from the ws package)`);
       }
       const attempt = { link: null, dead: false };
       this.#attempt = attempt;
@@ -864,7 +776,7 @@ export class EdgeRelay extends EventTarget {
           this.#throwIfStopped();
           attempt.link = new WebTransportLink(webTransportUrl, hashes, events);
         } else {
-          attempt.link = new WebSocketLink(webSocketUrl, events);
+          attempt.link = new WebSocketLink(webSocketUrl, events, WebSocketImpl);
         }
         const { link } = attempt;
         const handshake = (async () => {
@@ -884,7 +796,7 @@ export class EdgeRelay extends EventTarget {
         if (kind === "webtransport") fallbackReason = webTransportFailure(err, timeoutMs);
       }
     }
-    throw lastError ?? new Error("no transport available");
+    throw lastError ?? new StateError("unsupported", "no transport available");
   }
 
   async #run() {
@@ -899,23 +811,42 @@ export class EdgeRelay extends EventTarget {
         this.#welcomed = null;
         info = await attempt.link.closed;
       } catch (err) {
+        if (err instanceof StateError && err.code === "no_websocket") {
+          this.closeReason = err.message;
+          this.#welcomed?.reject(err);
+          this.#welcomed = null;
+          this.close();
+          return;
+        }
         info = { code: err instanceof RelayError ? err.code : null, reason: err.message };
       }
       if (attempt) this.#retire(attempt, "closed");
       this.#link = null;
-      for (const { reject } of this.#pending.values()) reject(new Error(`connection lost: ${info.reason}`));
-      this.#pending.clear();
+      clearTimeout(this.#refreshTimer);
+      for (const room of this.#rooms.values()) room._disconnected();
+      // Requests die with their connection; publishes stay in the outbox for the next one.
+      for (const [req, { reject, keep }] of [...this.#pending]) {
+        this.#pending.delete(req);
+        if (!keep) reject(new StateError("not_connected", `connection lost: ${info.reason}`));
+      }
       if (this.#stopped) return;
       const retry = info.code === null || RETRYABLE_CLOSE.has(info.code) || (info.code === TOKEN_EXPIRED && this.#options.getToken);
       if (!retry) {
+        const error = new RelayError(info.code, info.reason);
+        this.closeReason = info.reason;
+        this.#welcomed?.reject(error);
+        this.#welcomed = null;
         this.#stopped = true;
+        this.#unwatch();
+        this.#failWaiting(error);
+        for (const room of this.#rooms.values()) room._close();
         this.#setState("closed", { code: info.code, reason: info.reason });
-        this.#welcomed?.reject(new RelayError(info.code, info.reason));
         return;
       }
       const delayMs = Math.max(this.#goAwayMs, backoffDelay(this.#failures++, this.#options.backoff));
       this.#goAwayMs = 0;
-      this.#setState("reconnecting", { delayMs, code: info.code, reason: info.reason });
+      const offline = this.#options.networkEvents && globalThis.navigator?.onLine === false;
+      this.#setState(offline ? "offline" : "reconnecting", { delayMs, retryAt: Date.now() + delayMs, code: info.code, reason: info.reason });
       // The wait, unless the network comes back first (`networkChanged`).
       await new Promise((resolve) => {
         const timer = setTimeout(resolve, delayMs);
