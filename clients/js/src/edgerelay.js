@@ -220,8 +220,8 @@ export class EdgeRelay extends EventTarget {
    * resolves with its `Room` once joined. While reconnecting it waits for the connection.
    */
   async join(name) {
-    this.#requireStarted();
     const room = this.room(name);
+    this.#requireStarted();
     const wasWanted = room.wanted;
     room.wanted = true;
     try {
@@ -257,8 +257,8 @@ export class EdgeRelay extends EventTarget {
    */
   publish(name, data, { id = messageId() } = {}) {
     try {
-      this.#requireStarted();
       if (!validRoomName(name)) this.room(name);
+      this.#requireStarted();
     } catch (err) {
       return Promise.reject(err);
     }
