@@ -97,12 +97,111 @@ async fn two_chromium_pages_and_a_rust_client_chat_in_order_over_webtransport_an
 
     // The page shows the transport in use and the last message: take its picture.
     let status = browser.eval(&wt_page, "document.getElementById('status').textContent").await;
-    assert!(status.as_str().unwrap().contains("open over webtransport"), "status line: {status}");
+    assert_eq!(status, json!("Connected over WebTransport"), "the status line says it in words");
     let png = browser.screenshot(&wt_page).await;
     let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-demo-webtransport.png");
     std::fs::write(&path, &png).unwrap();
     println!("screenshot of the demo page after the round trip: {}", path.display());
 
+    browser.close().await;
+}
+
+/// The demo page as two people use it: each opens it with a name (no token anywhere: the page
+/// asks the relay's dev token endpoint), Alice on WebTransport as the page chooses and Bob forced
+/// onto WebSocket. Each sees the other in the member list; what one types shows as "… is
+/// typing…" on the other page (over WebTransport that view arrives as a datagram, over WebSocket
+/// as a message: both decode the same way); a message sent with the form arrives and ends the
+/// typing line; the connection state reads as words, and no JWT is on screen or in the address bar.
+#[tokio::test]
+async fn two_people_chat_on_the_demo_page_with_members_typing_and_no_token_on_screen() {
+    let relay = start().await;
+    let mut browser = Browser::launch().await;
+    let port = relay.relay.tcp_addr().port();
+    let url = |name: &str, extra: &str| format!("http://127.0.0.1:{port}/#name={name}&room=chat:demo&join{extra}");
+    let alice = browser.open(&url("alice", "")).await;
+    let used = browser.wait_for(&alice, "window.demo && demo.room && demo.state === 'open' && demo.transport").await;
+    assert_eq!(used, json!("webtransport"));
+    let bob = browser.open(&url("bob", "&transport=websocket")).await;
+    browser.wait_for(&bob, "window.demo && demo.room && demo.state === 'open'").await;
+
+    // The member list: the other one with a Call button, oneself marked as such.
+    for (page, me, other) in [(&alice, "alice", "bob"), (&bob, "bob", "alice")] {
+        let listed = browser
+            .wait_for(
+                page,
+                &format!("(li => li && li.innerText)(document.querySelector('#people li[data-user={other}]'))"),
+            )
+            .await;
+        assert!(listed.as_str().unwrap().contains(other), "{listed}");
+        let own = browser.eval(page, &format!("document.querySelector('#people li[data-user={me}]').innerText")).await;
+        assert_eq!(own, json!(format!("{me} (you)")));
+    }
+
+    // Typing, both ways.
+    let type_into = |text: &str| {
+        format!(
+            "(t => {{ t.value = {text:?}; t.dispatchEvent(new Event('input')); return true; }})(document.getElementById('text'))"
+        )
+    };
+    browser.eval(&bob, &type_into("hel")).await;
+    browser.wait_for(&alice, "document.getElementById('typing').textContent === 'bob is typing…'").await;
+    browser.eval(&alice, &type_into("h")).await;
+    browser.wait_for(&bob, "document.getElementById('typing').textContent === 'alice is typing…'").await;
+    assert_eq!(browser.eval(&alice, "document.getElementById('typing').textContent").await, json!("bob is typing…"));
+
+    // Bob sends with the form: Alice reads it, and Bob no longer shows as typing.
+    browser.eval(&bob, &format!("{}; document.getElementById('send-button').click()", type_into("hello alice"))).await;
+    browser.wait_for(&alice, "document.getElementById('messages').innerText.includes('hello alice')").await;
+    browser.wait_for(&alice, "document.getElementById('typing').textContent === ''").await;
+    let seen = browser.eval(&alice, "demo.messages.map(m => [m.from, m.data.text])").await;
+    assert_eq!(seen, json!([["bob", "hello alice"]]));
+
+    for (page, words) in [(&alice, "Connected over WebTransport"), (&bob, "Connected over WebSocket")] {
+        assert_eq!(browser.eval(page, "document.getElementById('status').textContent").await, json!(words));
+        let shown = browser
+            .eval(page, "document.body.innerText + location.href + [...document.querySelectorAll('input')].map(i => i.value).join()")
+            .await;
+        assert!(!shown.as_str().unwrap().contains("eyJ"), "a JWT is on screen: {shown}");
+    }
+    browser.save_screenshot(&alice, "browser-demo-chat.png", "demo-chat.png").await;
+    browser.close().await;
+}
+
+/// History on the demo page: after a reload the page shows the room's latest page of messages
+/// again, and scrolling to the top loads the earlier ones, each message once and in order.
+#[tokio::test]
+async fn the_demo_page_shows_history_after_a_reload_and_loads_earlier_on_scroll() {
+    let relay = start().await;
+    let mut browser = Browser::launch().await;
+    let port = relay.relay.tcp_addr().port();
+    let page = browser.open(&format!("http://127.0.0.1:{port}/#name=alice&room=chat:history&join")).await;
+    browser.wait_for(&page, "window.demo && demo.room && demo.state === 'open'").await;
+    browser
+        .eval(&page, "(async () => { for (let i = 1; i <= 40; i++) await demo.send(`line ${i}`); return true; })()")
+        .await;
+    browser.wait_for(&page, "demo.messages.length === 40").await;
+
+    browser.call(Some(&page), "Page.reload", json!({})).await;
+    let shown = browser
+        .wait_for(
+            &page,
+            "window.demo && demo.room && demo.chat.hasEarlier !== null && demo.messages.map(m => m.offset)",
+        )
+        .await;
+    assert_eq!(shown, json!((11..=40).collect::<Vec<u64>>()), "the latest 30, as the page loads");
+    assert_eq!(browser.eval(&page, "demo.chat.hasEarlier").await, json!(true));
+    assert_eq!(browser.eval(&page, "demo.messages[0].data.text").await, json!("line 11"));
+    browser.wait_for(&page, "document.querySelector('#messages li.earlier button')").await;
+
+    browser.eval(&page, "document.getElementById('messages').scrollTop = 0; true").await;
+    let all = browser.wait_for(&page, "demo.messages.length === 40 && demo.messages.map(m => m.offset)").await;
+    assert_eq!(all, json!((1..=40).collect::<Vec<u64>>()), "every message once, oldest first");
+    assert_eq!(browser.eval(&page, "demo.chat.hasEarlier").await, json!(false));
+    let texts = browser
+        .eval(&page, "[...document.querySelectorAll('#messages li[data-offset]')].map(li => li.lastChild.textContent)")
+        .await;
+    assert_eq!(texts, json!((1..=40).map(|i| format!("line {i}")).collect::<Vec<_>>()), "shown in order");
+    assert_eq!(browser.eval(&page, "document.querySelector('#messages li.earlier')").await, Value::Null);
     browser.close().await;
 }
 
@@ -338,7 +437,8 @@ async fn closing_a_client_while_it_connects_leaves_no_websocket_open() {
     relay.start().await;
     let mut browser = Browser::launch().await;
     let page = browser.open(&format!("http://127.0.0.1:{}/", relay.tcp.port())).await;
-    browser.wait_for(&page, "document.readyState === 'complete'").await;
+    // The demo page itself, not the blank document a new tab starts with (it has no base URL).
+    browser.wait_for(&page, "location.protocol === 'http:' && document.readyState === 'complete' && window.demo").await;
     let script = format!(
         "(async () => {{ \
            const {{ EdgeRelay }} = await import('/sdk/index.js'); \
