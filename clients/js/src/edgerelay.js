@@ -34,7 +34,7 @@
 import { PROTOCOL_VERSION, RETRYABLE_CLOSE, decodeJson } from "./codec.js";
 import { Call } from "./calls.js";
 import { RETRYABLE_REQUEST, RelayError, StateError, TimeoutError, withTimeout } from "./errors.js";
-import { WebSocketLink, WebTransportLink, webTransportFailure, webTransportUnavailable } from "./links.js";
+import { GroupWriter, WebSocketLink, WebTransportLink, webTransportFailure, webTransportUnavailable } from "./links.js";
 import { FLAG_KEYFRAME } from "./media.js";
 import { Outbox, messageId } from "./outbox.js";
 import { Room, validRoomName } from "./room.js";
