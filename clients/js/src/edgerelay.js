@@ -217,24 +217,32 @@ export class EdgeRelay extends EventTarget {
 
   /**
    * Joins a room (on WebTransport: its own stream) and keeps it joined across reconnects;
-   * resolves with its `Room` once joined. While reconnecting it waits for the connection.
+   * resolves with its `Room` once joined. While reconnecting it waits for the connection; a
+   * join cut off by a lost connection, or refused with a retryable error (`store_unavailable`),
+   * is tried again. Other refusals (`permission_denied`, `bad_room`...) reject.
    */
   async join(name) {
     const room = this.room(name);
     this.#requireStarted();
     const wasWanted = room.wanted;
     room.wanted = true;
-    try {
-      if (room.joined) return room;
-      await this.#whenOpen();
-      if (!room.joined) await this.#join(room);
-      return room;
-    } catch (err) {
-      if (!wasWanted && !room.joined) {
-        room.wanted = false;
-        this.#link?.closeRoom(name);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.#whenOpen();
+        if (!room.joined) await this.#joinOnce(room);
+        return room;
+      } catch (err) {
+        const lost = err instanceof StateError && err.code === "not_connected" && !this.#stopped;
+        const retryable = err instanceof RelayError && RETRYABLE_REQUEST.has(err.code);
+        if (!lost && !retryable) {
+          if (!wasWanted && !room.joined) {
+            room.wanted = false;
+            this.#link?.closeRoom(name);
+          }
+          throw err;
+        }
+        if (retryable) await new Promise((resolve) => setTimeout(resolve, backoffDelay(attempt, this.#options.backoff)));
       }
-      throw err;
     }
   }
 
@@ -544,6 +552,19 @@ export class EdgeRelay extends EventTarget {
     ).finally(() => this.#pending.delete(req));
   }
 
+  /** The room's join on this connection: the one under way (a rejoin), or a new one. */
+  #joinOnce(room) {
+    if (!room._joining) {
+      const joining = this.#join(room);
+      room._joining = joining;
+      const done = () => {
+        if (room._joining === joining) room._joining = null;
+      };
+      joining.then(done, done);
+    }
+    return room._joining;
+  }
+
   /** Joins `room` from its last position; resolves with it once joined. `.sent` resolves once
    * the `join` was written (its stream opened on WebTransport). */
   #join(room) {
@@ -724,11 +745,16 @@ export class EdgeRelay extends EventTarget {
     const joins = [];
     for (const room of this.#rooms.values()) {
       if (!room.wanted) continue;
-      const join = this.#join(room);
+      const join = this.#joinOnce(room);
       joins.push(join);
       join.catch((err) => {
-        room.wanted = false;
-        this.dispatchEvent(new CustomEvent("error", { detail: { room: room.name, code: err.code, message: err.message } }));
+        if (err instanceof StateError) return; // Lost again: the next connection rejoins.
+        // Retryable refusals are tried again by `join`; the others end the room's membership.
+        const again = err instanceof RelayError && RETRYABLE_REQUEST.has(err.code) ? this.join(room.name) : Promise.reject(err);
+        again.catch((final) => {
+          room.wanted = false;
+          this.dispatchEvent(new CustomEvent("error", { detail: { room: room.name, code: final.code, message: final.message } }));
+        });
       });
     }
     for (const { resolve } of this.#openWaiters.splice(0)) resolve();

@@ -46,6 +46,8 @@ export class Room extends EventTarget {
     this.wanted = false;
     /** Whether older messages than the ones loaded are retained (null until known). */
     this.hasEarlier = null;
+    // The join under way on the current connection (the client's, internal).
+    this._joining = null;
   }
 
   /** Joins (or waits for the rejoin while reconnecting); resolves with this room. */

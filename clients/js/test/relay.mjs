@@ -89,3 +89,12 @@ export function nextEvent(target, type, check = () => true, ms = 10_000) {
     target.addEventListener(type, on);
   });
 }
+
+/** Waits (polling, bounded) until `check()` is truthy. */
+export async function until(check, what, ms = 10_000) {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`never happened within ${ms} ms: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}

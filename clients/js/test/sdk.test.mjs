@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import WebSocket from "ws";
 
 import { EdgeRelay } from "../src/index.js";
-import { nextEvent, startRelay } from "./relay.mjs";
+import { nextEvent, startRelay, until } from "./relay.mjs";
 
 function client(relay, getToken, options = {}) {
   return new EdgeRelay({
@@ -47,7 +47,7 @@ test("two users: messages, presence, typing and history paging through Room obje
     const seen = [];
     aliceRoom.addEventListener("message", (e) => seen.push(e.detail.data.text));
     for (const text of ["one", "two", "three"]) await bobRoom.publish({ text });
-    while (seen.length < 3) await nextEvent(aliceRoom, "message");
+    await until(() => seen.length >= 3, "alice has bob's three messages");
     assert.deepEqual(seen, ["one", "two", "three"]);
 
     // A user who comes later loads what was said, a page at a time, oldest first.
@@ -122,7 +122,7 @@ test("a publish whose ack is lost is retried with its id after the reconnect, st
 
     // A marker after it: once bob has it, anything doubled would have come before.
     await bob.publish("chat:retry", { text: "marker" }, { id: "b-1" });
-    while (!byBob.includes("b-1") || !byAlice.includes("b-1")) await nextEvent(bobRoom, "message", () => true, 5000).catch(() => {});
+    await until(() => byBob.includes("b-1") && byAlice.includes("b-1"), "the marker reached both");
     assert.deepEqual(byBob, ["m-1", "b-1"], "bob got it once");
     assert.deepEqual(byAlice, ["m-1", "b-1"], "alice got it once, by resuming the room");
     const page = await bob.history("chat:retry", { limit: 10 });
@@ -165,6 +165,51 @@ test("with getToken the token is refreshed before it expires, on the same connec
     assert.ok(Math.abs(expiresAt - (Date.now() / 1000 + 3)) < 2, `${expiresAt}`);
   } finally {
     alice.close();
+    await relay.stop();
+  }
+});
+
+/** `ws` whose current socket the test can cut (as a network drop would). */
+class Cuttable extends WebSocket {
+  static current = null;
+
+  constructor(url) {
+    super(url);
+    Cuttable.current = this;
+  }
+}
+
+test("join and publish while reconnecting wait for the connection; rooms come back without doubles", { timeout: 30_000 }, async () => {
+  const relay = await startRelay();
+  const alice = client(relay, tokenOf(relay, "alice"), { WebSocket: Cuttable, backoff: { baseMs: 300, capMs: 300 } });
+  const bob = client(relay, tokenOf(relay, "bob"));
+  const errors = [];
+  alice.addEventListener("error", (e) => errors.push(e.detail));
+  try {
+    await Promise.all([alice.connect(), bob.connect()]);
+    const got = [];
+    for (const name of ["chat:one", "chat:two"]) {
+      alice.room(name).addEventListener("message", (e) => got.push([name, e.detail.data.text]));
+    }
+    const first = await alice.join("chat:one");
+    const reconnecting = nextEvent(alice, "status", (s) => s.state === "reconnecting");
+    Cuttable.current.terminate();
+    await reconnecting;
+    // Both made while the client waits to reconnect.
+    const second = alice.join("chat:two");
+    const sent = alice.publish("chat:two", { text: "from the outbox" }, { id: "q-1" });
+    assert.equal((await second).name, "chat:two");
+    assert.equal((await sent).offset, 1);
+    assert.ok(first.joined, "the first room was rejoined too");
+    assert.deepEqual(errors, [], "no already_joined or other errors");
+    // Both rooms are live: alice's own message and bob's reach alice in each, once.
+    await bob.publish("chat:one", { text: "one" });
+    await bob.publish("chat:two", { text: "two" });
+    await until(() => got.length >= 3, "three messages at alice");
+    assert.deepEqual(got, [["chat:two", "from the outbox"], ["chat:one", "one"], ["chat:two", "two"]]);
+  } finally {
+    alice.close();
+    bob.close();
     await relay.stop();
   }
 });
