@@ -195,8 +195,11 @@ async function devToken(name) {
     body: JSON.stringify({ user: name }),
   });
   if (response.status === 404) {
+    // Asking again will not help: stop here and offer the token field.
     $("token-box").open = true;
-    throw new Error("this relay hands out no dev tokens (it runs with a real certificate or without dev keys): use a token");
+    system("this relay hands out no dev tokens (it runs with a real certificate or without dev keys): use a token");
+    setTimeout(() => demo.client?.close(), 0);
+    throw new Error("no dev tokens here");
   }
   const body = await response.json();
   if (!response.ok) throw new Error(body.message ?? `dev token: HTTP ${response.status}`);
