@@ -275,6 +275,7 @@ pub const SDK_MODULES: &[(&str, &str)] = &[
     ("edgerelay.js", include_str!("../clients/js/src/edgerelay.js")),
     ("links.js", include_str!("../clients/js/src/links.js")),
     ("room.js", include_str!("../clients/js/src/room.js")),
+    ("shared.js", include_str!("../clients/js/src/shared.js")),
     ("presence.js", include_str!("../clients/js/src/presence.js")),
     ("typing.js", include_str!("../clients/js/src/typing.js")),
     ("outbox.js", include_str!("../clients/js/src/outbox.js")),

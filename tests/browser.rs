@@ -487,3 +487,97 @@ async fn pages_at_localhost_and_ipv6_loopback_use_webtransport() {
     }
     browser.close().await;
 }
+
+/// One connection for all tabs: three tabs of the same user (same origin, `shareKey`) hold one
+/// WebSocket to the relay between them (its `/metrics`), all see every message once and in
+/// order, and when the leader tab is closed while messages keep coming, another tab takes over
+/// with a new connection and every remaining tab ends with every message exactly once, in order.
+#[tokio::test]
+async fn tabs_share_one_connection_and_a_closed_leader_hands_over_without_gap_or_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = RelayProcess::new(dir.path());
+    relay.start().await;
+    let mut browser = Browser::launch().await;
+    let token = relay.token("alice");
+    let setup = format!(
+        "(async () => {{ \
+           const {{ SharedRelay }} = await import('/sdk/index.js'); \
+           const shared = new SharedRelay({{ shareKey: 'alice', token: {token:?}, transport: 'websocket', \
+                                            webSocketUrl: `ws://${{location.host}}/v1/ws`, networkEvents: false }}); \
+           window.shared = shared; window.seen = []; \
+           shared.room('{ROOM}').addEventListener('message', (e) => window.seen.push(e.detail.position.offset)); \
+           await shared.connect(); \
+           await shared.join('{ROOM}'); \
+           return true; \
+         }})()"
+    );
+    let mut tabs = Vec::new();
+    for _ in 0..3 {
+        let tab = browser.open(&format!("http://127.0.0.1:{}/", relay.tcp.port())).await;
+        browser
+            .wait_for(&tab, "location.protocol === 'http:' && document.readyState === 'complete' && window.demo")
+            .await;
+        browser.eval(&tab, &setup).await;
+        tabs.push(tab);
+    }
+    let mut leaders = Vec::new();
+    for tab in &tabs {
+        leaders.push(browser.eval(tab, "window.shared.isLeader").await == json!(true));
+    }
+    assert_eq!(leaders.iter().filter(|l| **l).count(), 1, "one leader: {leaders:?}");
+    assert_eq!(websockets(&relay).await, (1, 1), "three tabs, one connection");
+
+    let target = relay.quic_target(vec![relay.cert_pin().await]);
+    let carol = Client::connect(target, ClientOptions::new(relay.token("carol")).codec(Codec::Json)).await.unwrap();
+    let publish = |from: u64, to: u64| {
+        let carol = &carol;
+        async move {
+            for i in from..=to {
+                carol.publish(ROOM, &format!("c{i}"), Payload::json(&json!({ "text": i }))).await.unwrap();
+            }
+        }
+    };
+    publish(1, 10).await;
+    for tab in &tabs {
+        let seen = browser.wait_for(tab, "window.seen.length >= 10 && window.seen").await;
+        assert_eq!(seen, json!((1..=10).collect::<Vec<u64>>()));
+    }
+
+    // The leader tab goes while messages keep coming.
+    let leader = tabs.remove(leaders.iter().position(|l| *l).unwrap());
+    browser.close_page(&leader).await;
+    publish(11, 25).await;
+    for tab in &tabs {
+        let seen = browser.wait_for(tab, "window.seen.length >= 25 && window.seen").await;
+        assert_eq!(seen, json!((1..=25).collect::<Vec<u64>>()), "every message once, in order, across the hand-over");
+    }
+    let mut leaders = 0;
+    for tab in &tabs {
+        if browser.wait_for(tab, "window.shared.state === 'open' && [window.shared.isLeader]").await == json!([true]) {
+            leaders += 1;
+        }
+    }
+    assert_eq!(leaders, 1, "another tab took over");
+    // A follower publishes through the new leader; every tab sees it.
+    let mut follower = None;
+    for tab in &tabs {
+        if browser.eval(tab, "window.shared.isLeader").await == json!(false) {
+            follower = Some(tab.clone());
+        }
+    }
+    let position =
+        browser.eval(&follower.unwrap(), &format!("window.shared.publish('{ROOM}', {{ text: 'from a tab' }})")).await;
+    assert_eq!(position["offset"], json!(26));
+    for tab in &tabs {
+        browser.wait_for(tab, "window.seen.length >= 26").await;
+        assert_eq!(browser.eval(tab, "window.seen.length").await, json!(26));
+    }
+    within("one connection again", async {
+        while websockets(&relay).await != (1, 2) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    carol.close().await;
+    browser.close().await;
+}

@@ -258,6 +258,34 @@ export class Room extends EventTarget {
   stopTyping(): void;
 }
 
+export interface SharedRelayOptions extends EdgeRelayOptions {
+  /** Tabs with the same key share one connection: use one per user (default `"default"`). */
+  shareKey?: string;
+  /** How long a new leader gathers the tabs' positions before it rejoins a room (150 ms). */
+  gatherMs?: number;
+}
+
+/** One connection for all tabs of an origin (per `shareKey`): a leader tab, elected with Web
+ * Locks, holds it and relays for the others over a BroadcastChannel. */
+export class SharedRelay extends EventTarget {
+  addEventListener(type: "status", listener: (event: CustomEvent<{ state: ConnectionState; transport: TransportKind | null; leader: boolean }>) => void, options?: boolean | AddEventListenerOptions): void;
+  addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
+  constructor(options?: SharedRelayOptions);
+  /** Whether this tab holds the connection. */
+  readonly isLeader: boolean;
+  readonly state: ConnectionState;
+  readonly transport: TransportKind | null;
+  readonly welcome: Welcome | null;
+  connect(): Promise<Welcome>;
+  close(): void;
+  room(name: string): Room;
+  join(name: string): Promise<Room>;
+  leave(name: string): Promise<void>;
+  publish<T = Payload>(room: string, data: T, options?: { id?: string }): Promise<Position>;
+  history(room: string, options?: { before?: number | null; limit?: number }): Promise<HistoryPage>;
+  typing(room: string, typing: boolean): Promise<void>;
+}
+
 export interface CallOptions {
   stream?: MediaStream | null;
   iceTransportPolicy?: "all" | "relay";

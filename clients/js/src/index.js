@@ -3,6 +3,7 @@
 export { EdgeRelay, endpointUrls, rtcIceServers } from "./edgerelay.js";
 export { RelayError, StateError, TimeoutError } from "./errors.js";
 export { Room, validRoomName } from "./room.js";
+export { SharedRelay } from "./shared.js";
 export { PresenceView, presenceDigest, typingText } from "./presence.js";
 export { TypingDebounce } from "./typing.js";
 export { Outbox, messageId } from "./outbox.js";

@@ -8,6 +8,7 @@ import {
   PresenceView,
   RelayError,
   Room,
+  SharedRelay,
   StateError,
   TimeoutError,
   TypingDebounce,
@@ -134,5 +135,15 @@ function pureHelpers(): void {
   console.log(rtcIceServers({ servers: [], expires_at: 0 }).expiresAt);
 }
 
+async function tabs(): Promise<void> {
+  const shared = new SharedRelay({ shareKey: "alice", token: "jwt", webSocketUrl: "ws://x/v1/ws", gatherMs: 100 });
+  shared.addEventListener("status", (e) => console.log(e.detail.state, e.detail.leader));
+  await shared.connect();
+  const room: Room = await shared.join("chat:lobby");
+  const position: Position = await shared.publish("chat:lobby", { text: "hi" });
+  console.log(room.members, position, shared.isLeader);
+}
+
 void chat;
+void tabs;
 void pureHelpers;

@@ -164,3 +164,11 @@ test("index.d.ts declares exactly the values the package exports", () => {
   const declared = [...types.matchAll(/^export (?:declare )?(?:class|function) (\w+)/gm)].map((m) => m[1]);
   assert.deepEqual([...new Set(declared)].sort(), Object.keys(sdk).sort());
 });
+
+const hasLocks = Boolean(globalThis.navigator?.locks) && typeof BroadcastChannel === "function";
+test("SharedRelay without Web Locks says so instead of failing later", { skip: hasLocks && "this Node has Web Locks" }, async () => {
+  const { SharedRelay } = await import("../src/index.js");
+  const shared = new SharedRelay({ shareKey: "alice", token: "t", webSocketUrl: "ws://x/v1/ws" });
+  await assert.rejects(shared.connect(), (err) => err instanceof StateError && err.code === "unsupported");
+  await assert.rejects(shared.join("chat:lobby"), (err) => err instanceof StateError && err.code === "not_connected");
+});
