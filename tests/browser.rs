@@ -581,3 +581,59 @@ async fn tabs_share_one_connection_and_a_closed_leader_hands_over_without_gap_or
     carol.close().await;
     browser.close().await;
 }
+
+/// The React hooks (`@edgerelay/client/react`) in a real page: a chat made only of
+/// `useConnectionState`, `useRoom`, `useMessages`, `usePresence` and `useTyping`, bundled with
+/// React by esbuild (`clients/js/tools/react-page.mjs`) and rendered in StrictMode (effects run
+/// twice: the room is still joined once). Two such pages: history on mount, members, typing,
+/// live messages, and unmounting the last component that uses a room leaves it.
+#[tokio::test]
+async fn react_hooks_render_a_room_and_follow_it_in_chromium() {
+    let out = tempfile::tempdir().unwrap();
+    let sdk = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/js");
+    let built = std::process::Command::new("node")
+        .arg("tools/react-page.mjs")
+        .arg(out.path())
+        .current_dir(&sdk)
+        .output()
+        .expect("node runs");
+    assert!(
+        built.status.success(),
+        "building the hooks' page needs `npm ci` in clients/js (scripts/test runs it): {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let relay = start().await;
+    let carol = relay.connect(Transport::Quic, Codec::Json, "carol", "acme", &["chat:*"]).await;
+    for i in 1..=3 {
+        let data = Payload::json(&json!({ "text": format!("earlier {i}") }));
+        carol.publish("chat:react", &format!("c{i}"), data).await.unwrap();
+    }
+    let page = |user: &str| {
+        let token = relay.token(user, "acme", &["chat:*"]);
+        format!("file://{}/index.html#ws=ws://{}/v1/ws&token={token}", out.path().display(), relay.relay.tcp_addr())
+    };
+    let text = |id: &str| format!("document.getElementById('{id}')?.innerText");
+    let mut browser = Browser::launch().await;
+    let alice = browser.open(&page("alice")).await;
+    browser.wait_for(&alice, &format!("{} === 'open over websocket'", text("status"))).await;
+    let history = browser.wait_for(&alice, &format!("{} === 'joined' && {}", text("joined"), text("messages"))).await;
+    assert_eq!(history, json!("1 carol: earlier 1\n2 carol: earlier 2\n3 carol: earlier 3"), "history on mount");
+    assert_eq!(browser.eval(&alice, &text("earlier")).await, json!("false"));
+
+    let bob = browser.open(&page("bob")).await;
+    browser.wait_for(&bob, &format!("{} === 'joined'", text("joined"))).await;
+    browser.wait_for(&alice, &format!("{} === 'alice:online\\nbob:online'", text("members"))).await;
+    browser.eval(&bob, "window.app.type(); true").await;
+    browser.wait_for(&alice, &format!("{} === 'bob is typing…'", text("typing"))).await;
+    browser.eval(&bob, "window.app.send('hi from hooks').then(() => true)").await;
+    let messages =
+        browser.wait_for(&alice, &format!("{t}.includes('hi from hooks') && {t}", t = text("messages"))).await;
+    assert_eq!(messages.as_str().unwrap().lines().count(), 4, "each message once: {messages}");
+    let on_bob = browser.wait_for(&bob, &format!("{t}.includes('hi from hooks') && {t}", t = text("messages"))).await;
+    assert_eq!(on_bob, messages, "bob's page shows the same");
+
+    // Bob's last component using the room goes: he leaves it, and Alice's list says so.
+    browser.eval(&bob, "window.app.unmount(); true").await;
+    browser.wait_for(&alice, &format!("{} === 'alice:online'", text("members"))).await;
+    browser.close().await;
+}

@@ -147,3 +147,16 @@ async function tabs(): Promise<void> {
 void chat;
 void tabs;
 void pureHelpers;
+
+import { useConnectionState, useMessages, usePresence, useRoom, useTyping } from "@edgerelay/client/react";
+
+function ChatHooks(relay: EdgeRelay): string {
+  const { state, transport, retryAt } = useConnectionState(relay);
+  const { room, joined, error } = useRoom(relay, "chat:lobby");
+  const { messages, loadEarlier, hasEarlier } = useMessages(room, { initial: 30 });
+  const members: PresenceEntry[] = usePresence(room);
+  const typing = useTyping(room);
+  void loadEarlier(20);
+  return `${state} ${transport} ${retryAt} ${joined} ${error?.message} ${messages.length} ${hasEarlier} ${members.length} ${typing.text}`;
+}
+void ChatHooks;

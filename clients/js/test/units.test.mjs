@@ -172,3 +172,10 @@ test("SharedRelay without Web Locks says so instead of failing later", { skip: h
   await assert.rejects(shared.connect(), (err) => err instanceof StateError && err.code === "unsupported");
   await assert.rejects(shared.join("chat:lobby"), (err) => err instanceof StateError && err.code === "not_connected");
 });
+
+test("react.d.ts declares exactly the hooks @edgerelay/client/react exports", async () => {
+  const react = await import("../src/react.js");
+  const types = readFileSync(new URL("../react.d.ts", import.meta.url), "utf8");
+  const declared = [...types.matchAll(/^export function (\w+)/gm)].map((m) => m[1]);
+  assert.deepEqual(declared.sort(), Object.keys(react).sort());
+});
