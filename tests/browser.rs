@@ -504,8 +504,9 @@ async fn tabs_share_one_connection_and_a_closed_leader_hands_over_without_gap_or
            const {{ SharedRelay }} = await import('/sdk/index.js'); \
            const shared = new SharedRelay({{ shareKey: 'alice', token: {token:?}, transport: 'websocket', \
                                             webSocketUrl: `ws://${{location.host}}/v1/ws`, networkEvents: false }}); \
-           window.shared = shared; window.seen = []; \
+           window.shared = shared; window.seen = []; window.notified = []; \
            shared.room('{ROOM}').addEventListener('message', (e) => window.seen.push(e.detail.position.offset)); \
+           shared.addEventListener('notify', (e) => window.notified.push(e.detail.position.offset)); \
            await shared.connect(); \
            await shared.join('{ROOM}'); \
            return true; \
@@ -543,6 +544,14 @@ async fn tabs_share_one_connection_and_a_closed_leader_hands_over_without_gap_or
         assert_eq!(seen, json!((1..=10).collect::<Vec<u64>>()));
     }
 
+    // Notified once per browser: in the leader's tab only.
+    let mut notified: Vec<u64> = Vec::new();
+    for tab in &tabs {
+        let list = browser.eval(tab, "window.notified").await;
+        notified.extend(list.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()));
+    }
+    assert_eq!(notified, (1..=10).collect::<Vec<u64>>(), "each message notified once");
+
     // The leader tab goes while messages keep coming.
     let leader = tabs.remove(leaders.iter().position(|l| *l).unwrap());
     browser.close_page(&leader).await;
@@ -572,6 +581,14 @@ async fn tabs_share_one_connection_and_a_closed_leader_hands_over_without_gap_or
         browser.wait_for(tab, "window.seen.length >= 26").await;
         assert_eq!(browser.eval(tab, "window.seen.length").await, json!(26));
     }
+    // Across the hand-over too: the new leader notifies what came after, nothing twice.
+    let mut notified_after: Vec<u64> = Vec::new();
+    for tab in &tabs {
+        let list = browser.eval(tab, "window.notified").await;
+        notified_after.extend(list.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()));
+    }
+    notified_after.sort_unstable();
+    assert_eq!(notified_after, (11..=26).collect::<Vec<u64>>(), "the rest notified once, by the new leader");
     within("one connection again", async {
         while websockets(&relay).await != (1, 2) {
             tokio::time::sleep(Duration::from_millis(100)).await;

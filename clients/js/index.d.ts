@@ -269,6 +269,8 @@ export interface SharedRelayOptions extends EdgeRelayOptions {
  * Locks, holds it and relays for the others over a BroadcastChannel. */
 export class SharedRelay extends EventTarget {
   addEventListener(type: "status", listener: (event: CustomEvent<{ state: ConnectionState; transport: TransportKind | null; leader: boolean }>) => void, options?: boolean | AddEventListenerOptions): void;
+  /** A new message of a room some tab joined, fired in one tab per browser (for notifications). */
+  addEventListener(type: "notify", listener: (event: CustomEvent<Message>) => void, options?: boolean | AddEventListenerOptions): void;
   addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
   constructor(options?: SharedRelayOptions);
   /** Whether this tab holds the connection. */

@@ -12,6 +12,10 @@
 //   with the original position.
 // Presence counts the tabs as one device, because there is one connection.
 //
+// Notifications once per browser: a `notify` event fires for each new message of any room a tab
+// joined, in one tab only (the leader's), never twice for one message across hand-overs: every
+// tab learns up to where the leader notified, so a new leader skips what was replayed to it.
+//
 //   const relay = new SharedRelay({ shareKey: "alice", getToken, webSocketUrl, ... });
 //   await relay.connect();
 //   const room = await relay.join("chat:lobby"); // a Room, as with EdgeRelay
@@ -53,6 +57,8 @@ export class SharedRelay extends EventTarget {
   #gathering = new Map();
   // Per room being joined or filled: live messages held back until history filled the gap.
   #held = new Map();
+  // Per room, the last position some leader fired `notify` for.
+  #notified = new Map();
 
   constructor({ shareKey = "default", gatherMs = 150, ...options } = {}) {
     super();
@@ -247,6 +253,9 @@ export class SharedRelay extends EventTarget {
         else if (room?.wanted) room._message(event.frame);
         return undefined;
       }
+      case "notified":
+        this.#notified.set(event.room, event.position);
+        return undefined;
       case "presence": {
         const room = this.#rooms.get(event.frame.room);
         if (room?.wanted) room._presence(event.frame);
@@ -288,7 +297,15 @@ export class SharedRelay extends EventTarget {
       this.#deliver(event);
     };
     inner.addEventListener("status", ({ detail }) => broadcast({ type: "status", detail: { ...detail, welcome: inner.welcome } }));
-    inner.addEventListener("message", ({ detail }) => broadcast({ type: "message", frame: detail }));
+    inner.addEventListener("message", ({ detail }) => {
+      broadcast({ type: "message", frame: detail });
+      // Once per browser: here only, and only past what an earlier leader notified.
+      const last = this.#notified.get(detail.room);
+      const position = detail.position;
+      if (last && last.epoch === position.epoch && position.offset <= last.offset) return;
+      broadcast({ type: "notified", room: detail.room, position });
+      this.dispatchEvent(new CustomEvent("notify", { detail }));
+    });
     inner.addEventListener("frame", ({ detail }) => {
       if (["presence", "presence_snapshot", "typing"].includes(detail.type)) broadcast({ type: "presence", frame: detail });
     });
