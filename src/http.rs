@@ -276,6 +276,8 @@ pub const SDK_MODULES: &[(&str, &str)] = &[
     ("links.js", include_str!("../clients/js/src/links.js")),
     ("room.js", include_str!("../clients/js/src/room.js")),
     ("shared.js", include_str!("../clients/js/src/shared.js")),
+    // Imports `react`: for pages with an import map naming it.
+    ("react.js", include_str!("../clients/js/src/react.js")),
     ("presence.js", include_str!("../clients/js/src/presence.js")),
     ("typing.js", include_str!("../clients/js/src/typing.js")),
     ("outbox.js", include_str!("../clients/js/src/outbox.js")),

@@ -140,6 +140,23 @@ export interface MediaEvent {
   [field: string]: unknown;
 }
 
+/** An EventTarget whose events carry typed `detail`s (a declaration only: at run time it is
+ * EventTarget itself). */
+declare class TypedEventTarget<Events> extends EventTarget {
+  addEventListener<K extends keyof Events>(
+    type: K,
+    listener: (event: CustomEvent<Events[K]>) => void,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
+  removeEventListener<K extends keyof Events>(
+    type: K,
+    listener: (event: CustomEvent<Events[K]>) => void,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  removeEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | EventListenerOptions): void;
+}
+
 export interface EdgeRelayEvents {
   status: StatusDetail;
   message: Message;
@@ -168,19 +185,7 @@ export interface RoomEvents {
   left: null;
 }
 
-export class EdgeRelay extends EventTarget {
-  addEventListener<K extends keyof EdgeRelayEvents>(
-    type: K,
-    listener: (event: CustomEvent<EdgeRelayEvents[K]>) => void,
-    options?: boolean | AddEventListenerOptions,
-  ): void;
-  addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
-  removeEventListener<K extends keyof EdgeRelayEvents>(
-    type: K,
-    listener: (event: CustomEvent<EdgeRelayEvents[K]>) => void,
-    options?: boolean | EventListenerOptions,
-  ): void;
-  removeEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | EventListenerOptions): void;
+export class EdgeRelay extends TypedEventTarget<EdgeRelayEvents> {
   constructor(options?: EdgeRelayOptions);
   readonly state: ConnectionState;
   readonly transport: TransportKind | null;
@@ -224,19 +229,7 @@ export class EdgeRelay extends EventTarget {
   unpublishTrack(track: number): Promise<void>;
 }
 
-export class Room extends EventTarget {
-  addEventListener<K extends keyof RoomEvents>(
-    type: K,
-    listener: (event: CustomEvent<RoomEvents[K]>) => void,
-    options?: boolean | AddEventListenerOptions,
-  ): void;
-  addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
-  removeEventListener<K extends keyof RoomEvents>(
-    type: K,
-    listener: (event: CustomEvent<RoomEvents[K]>) => void,
-    options?: boolean | EventListenerOptions,
-  ): void;
-  removeEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | EventListenerOptions): void;
+export class Room extends TypedEventTarget<RoomEvents> {
   readonly name: string;
   /** The last position delivered; null before the first join. */
   readonly position: Position | null;
@@ -267,11 +260,13 @@ export interface SharedRelayOptions extends EdgeRelayOptions {
 
 /** One connection for all tabs of an origin (per `shareKey`): a leader tab, elected with Web
  * Locks, holds it and relays for the others over a BroadcastChannel. */
-export class SharedRelay extends EventTarget {
-  addEventListener(type: "status", listener: (event: CustomEvent<{ state: ConnectionState; transport: TransportKind | null; leader: boolean }>) => void, options?: boolean | AddEventListenerOptions): void;
+export interface SharedRelayEvents {
+  status: { state: ConnectionState; transport: TransportKind | null; leader: boolean };
   /** A new message of a room some tab joined, fired in one tab per browser (for notifications). */
-  addEventListener(type: "notify", listener: (event: CustomEvent<Message>) => void, options?: boolean | AddEventListenerOptions): void;
-  addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
+  notify: Message;
+}
+
+export class SharedRelay extends TypedEventTarget<SharedRelayEvents> {
   constructor(options?: SharedRelayOptions);
   /** Whether this tab holds the connection. */
   readonly isLeader: boolean;
@@ -305,19 +300,7 @@ export interface CallEvents {
   error: Error;
 }
 
-export class Call extends EventTarget {
-  addEventListener<K extends keyof CallEvents>(
-    type: K,
-    listener: (event: CustomEvent<CallEvents[K]>) => void,
-    options?: boolean | AddEventListenerOptions,
-  ): void;
-  addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
-  removeEventListener<K extends keyof CallEvents>(
-    type: K,
-    listener: (event: CustomEvent<CallEvents[K]>) => void,
-    options?: boolean | EventListenerOptions,
-  ): void;
-  removeEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | EventListenerOptions): void;
+export class Call extends TypedEventTarget<CallEvents> {
   readonly id: string;
   readonly caller: string;
   readonly callee: string;

@@ -213,10 +213,11 @@ export class SharedRelay extends EventTarget {
   #onMessage(message) {
     switch (message.t) {
       case "hello":
-        if (this.isLeader) this.#post({ t: "leader", from: this.#tab, status: this.#status() });
+        if (this.isLeader) this.#post({ t: "leader", from: this.#tab, to: message.from, status: this.#status() });
         return;
       case "leader":
         // A new leader (or the answer to our hello): ask it for everything again.
+        if (message.to && message.to !== this.#tab) return;
         this.#mirror(message.status);
         for (const [req, request] of this.#requests) this.#send(req, request);
         for (const room of this.#rooms.values()) {

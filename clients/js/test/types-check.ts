@@ -138,6 +138,7 @@ function pureHelpers(): void {
 async function tabs(): Promise<void> {
   const shared = new SharedRelay({ shareKey: "alice", token: "jwt", webSocketUrl: "ws://x/v1/ws", gatherMs: 100 });
   shared.addEventListener("status", (e) => console.log(e.detail.state, e.detail.leader));
+  shared.addEventListener("notify", (e) => new Notification(e.detail.from, { body: String(e.detail.position.offset) }));
   await shared.connect();
   const room: Room = await shared.join("chat:lobby");
   const position: Position = await shared.publish("chat:lobby", { text: "hi" });
