@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::call::history::{CallHistory, HistoryCursor, HistoryError};
 use crate::connection::unix_ms;
 use crate::control::{Control, Controls, Revocation, Revoked};
+use crate::dev_tokens::{DevTokenRequest, DevTokens};
 use crate::engine::{Done, Engine, Publish};
 use crate::hub::RoomKey;
 use crate::hub::awareness::Awareness;
@@ -69,6 +70,8 @@ pub struct HttpState {
     pub controls: Arc<Controls>,
     /// Users' calls (`GET /v1/api/calls/...`).
     pub call_history: Arc<dyn CallHistory>,
+    /// `POST /v1/dev/token`: only with dev keys on the self-signed dev certificate.
+    pub dev_tokens: Option<DevTokens>,
 }
 
 /// Which endpoints a listener serves.
@@ -90,12 +93,10 @@ pub fn router(state: Arc<HttpState>, routes: Routes) -> Router {
         .route("/v1/cert", get(cert))
         .route("/v1/endpoints", get(endpoints))
         .route("/v1/ice", get(ice).options(ice_preflight))
+        .route("/v1/dev/token", post(dev_token))
         .route("/", get(|| async { asset("text/html; charset=utf-8", DEMO_HTML) }))
         .route("/demo.js", get(|| async { asset(JAVASCRIPT, DEMO_JS) }))
-        .route("/edgerelay.js", get(|| async { asset(JAVASCRIPT, CLIENT_JS) }))
-        .route("/codec.js", get(|| async { asset(JAVASCRIPT, CODEC_JS) }))
-        .route("/media.js", get(|| async { asset(JAVASCRIPT, MEDIA_JS) }))
-        .route("/calls.js", get(|| async { asset(JAVASCRIPT, CALLS_JS) }))
+        .route("/sdk/{module}", get(sdk_module))
         .route("/call", get(|| async { axum::response::Redirect::permanent("/call/") }))
         .route("/call/", get(|| async { asset("text/html; charset=utf-8", CALL_HTML) }))
         .route("/call/call.js", get(|| async { asset(JAVASCRIPT, CALL_JS) }));
@@ -260,21 +261,68 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-// The demo page and the browser client it runs (`clients/`), compiled into the binary so
-// `edgerelay serve` shows it without any files next to it.
+// The demo page, the call page and the browser SDK they run (`clients/`), compiled into the
+// binary so `edgerelay serve` shows them without any files next to it.
 const DEMO_HTML: &str = include_str!("../clients/demo/index.html");
 const DEMO_JS: &str = include_str!("../clients/demo/demo.js");
-const CLIENT_JS: &str = include_str!("../clients/edgerelay.js");
-const CODEC_JS: &str = include_str!("../clients/codec.js");
-const MEDIA_JS: &str = include_str!("../clients/media.js");
-const CALLS_JS: &str = include_str!("../clients/calls.js");
 // The group-call page (`/call/`).
 const CALL_HTML: &str = include_str!("../clients/call/index.html");
 const CALL_JS: &str = include_str!("../clients/call/call.js");
+/// The SDK's modules (`clients/js/src/`), served at `/sdk/<name>` so pages import them as
+/// `/sdk/index.js`. Every module of the package is listed (a test checks).
+pub const SDK_MODULES: &[(&str, &str)] = &[
+    ("index.js", include_str!("../clients/js/src/index.js")),
+    ("edgerelay.js", include_str!("../clients/js/src/edgerelay.js")),
+    ("links.js", include_str!("../clients/js/src/links.js")),
+    ("room.js", include_str!("../clients/js/src/room.js")),
+    ("shared.js", include_str!("../clients/js/src/shared.js")),
+    // Imports `react`: for pages with an import map naming it.
+    ("react.js", include_str!("../clients/js/src/react.js")),
+    ("presence.js", include_str!("../clients/js/src/presence.js")),
+    ("typing.js", include_str!("../clients/js/src/typing.js")),
+    ("outbox.js", include_str!("../clients/js/src/outbox.js")),
+    ("schedule.js", include_str!("../clients/js/src/schedule.js")),
+    ("errors.js", include_str!("../clients/js/src/errors.js")),
+    ("codec.js", include_str!("../clients/js/src/codec.js")),
+    ("media.js", include_str!("../clients/js/src/media.js")),
+    ("calls.js", include_str!("../clients/js/src/calls.js")),
+];
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+/// `POST /v1/dev/token` (`{"user": "alice"}`): a dev token, for the demo page. 404 unless dev
+/// keys are on with the self-signed dev certificate (never in production); 400 `bad_request`
+/// for a body that is not a valid request. Same-origin only: no CORS headers, and a JSON body
+/// needs a preflight cross-origin.
+async fn dev_token(State(state): State<Arc<HttpState>>, body: Bytes) -> Response {
+    let Some(tokens) = &state.dev_tokens else {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::BAD_REQUEST,
+            "dev tokens are off: they need auth.dev_keys with the self-signed dev certificate",
+        );
+    };
+    let request: DevTokenRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, format!("bad request body: {err}"));
+        }
+    };
+    match tokens.mint(request, unix_ms() / 1000) {
+        Ok(token) => axum::Json(token).into_response(),
+        Err(err) => api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, err.to_string()),
+    }
+}
+
+/// `GET /sdk/<module>`: one module of the browser SDK.
+async fn sdk_module(Path(module): Path<String>) -> Response {
+    match SDK_MODULES.iter().find(|(name, _)| *name == module) {
+        Some((_, body)) => asset(JAVASCRIPT, body),
+        None => (StatusCode::NOT_FOUND, "no such SDK module\n").into_response(),
+    }
 }
 
 /// Where a browser on this page connects: WebTransport on the QUIC port of the same host, and

@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod connection;
 pub mod control;
+pub mod dev_tokens;
 pub mod engine;
 pub mod http;
 pub mod hub;

@@ -27,6 +27,7 @@ use crate::call::history::{CallHistory, EmbeddedCallHistory, MemoryCallHistory, 
 use crate::config::{Config, LimitsConfig, StoreEngine};
 use crate::connection::{ConnectionContext, unix_ms};
 use crate::control::{Control, Controls};
+use crate::dev_tokens::DevTokens;
 use crate::engine::{Engine, LocalEngine, LocalEngineConfig, RedisEngine, RedisEngineConfig};
 use crate::http::{CertInfo, HttpState, Routes};
 use crate::hub::Hub;
@@ -220,6 +221,9 @@ impl Relay {
             api_key_sha256: config.api.key.as_deref().map(|key| tls::sha256(key.as_bytes())),
             controls: controls.clone(),
             call_history: call_history.clone(),
+            dev_tokens: dev_secret.as_deref().filter(|_| cert.dev).map(|secret| {
+                DevTokens::new(Signer::dev(secret), config.auth.issuer.clone(), config.auth.audience.clone())
+            }),
         });
 
         services.spawn(transport::quic::serve(endpoint.clone(), conn_ctx, connections.clone(), stop.clone()));

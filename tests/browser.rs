@@ -97,12 +97,111 @@ async fn two_chromium_pages_and_a_rust_client_chat_in_order_over_webtransport_an
 
     // The page shows the transport in use and the last message: take its picture.
     let status = browser.eval(&wt_page, "document.getElementById('status').textContent").await;
-    assert!(status.as_str().unwrap().contains("open over webtransport"), "status line: {status}");
+    assert_eq!(status, json!("Connected over WebTransport"), "the status line says it in words");
     let png = browser.screenshot(&wt_page).await;
     let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-demo-webtransport.png");
     std::fs::write(&path, &png).unwrap();
     println!("screenshot of the demo page after the round trip: {}", path.display());
 
+    browser.close().await;
+}
+
+/// The demo page as two people use it: each opens it with a name (no token anywhere: the page
+/// asks the relay's dev token endpoint), Alice on WebTransport as the page chooses and Bob forced
+/// onto WebSocket. Each sees the other in the member list; what one types shows as "… is
+/// typing…" on the other page (over WebTransport that view arrives as a datagram, over WebSocket
+/// as a message: both decode the same way); a message sent with the form arrives and ends the
+/// typing line; the connection state reads as words, and no JWT is on screen or in the address bar.
+#[tokio::test]
+async fn two_people_chat_on_the_demo_page_with_members_typing_and_no_token_on_screen() {
+    let relay = start().await;
+    let mut browser = Browser::launch().await;
+    let port = relay.relay.tcp_addr().port();
+    let url = |name: &str, extra: &str| format!("http://127.0.0.1:{port}/#name={name}&room=chat:demo&join{extra}");
+    let alice = browser.open(&url("alice", "")).await;
+    let used = browser.wait_for(&alice, "window.demo && demo.room && demo.state === 'open' && demo.transport").await;
+    assert_eq!(used, json!("webtransport"));
+    let bob = browser.open(&url("bob", "&transport=websocket")).await;
+    browser.wait_for(&bob, "window.demo && demo.room && demo.state === 'open'").await;
+
+    // The member list: the other one with a Call button, oneself marked as such.
+    for (page, me, other) in [(&alice, "alice", "bob"), (&bob, "bob", "alice")] {
+        let listed = browser
+            .wait_for(
+                page,
+                &format!("(li => li && li.innerText)(document.querySelector('#people li[data-user={other}]'))"),
+            )
+            .await;
+        assert!(listed.as_str().unwrap().contains(other), "{listed}");
+        let own = browser.eval(page, &format!("document.querySelector('#people li[data-user={me}]').innerText")).await;
+        assert_eq!(own, json!(format!("{me} (you)")));
+    }
+
+    // Typing, both ways.
+    let type_into = |text: &str| {
+        format!(
+            "(t => {{ t.value = {text:?}; t.dispatchEvent(new Event('input')); return true; }})(document.getElementById('text'))"
+        )
+    };
+    browser.eval(&bob, &type_into("hel")).await;
+    browser.wait_for(&alice, "document.getElementById('typing').textContent === 'bob is typing…'").await;
+    browser.eval(&alice, &type_into("h")).await;
+    browser.wait_for(&bob, "document.getElementById('typing').textContent === 'alice is typing…'").await;
+    assert_eq!(browser.eval(&alice, "document.getElementById('typing').textContent").await, json!("bob is typing…"));
+
+    // Bob sends with the form: Alice reads it, and Bob no longer shows as typing.
+    browser.eval(&bob, &format!("{}; document.getElementById('send-button').click()", type_into("hello alice"))).await;
+    browser.wait_for(&alice, "document.getElementById('messages').innerText.includes('hello alice')").await;
+    browser.wait_for(&alice, "document.getElementById('typing').textContent === ''").await;
+    let seen = browser.eval(&alice, "demo.messages.map(m => [m.from, m.data.text])").await;
+    assert_eq!(seen, json!([["bob", "hello alice"]]));
+
+    for (page, words) in [(&alice, "Connected over WebTransport"), (&bob, "Connected over WebSocket")] {
+        assert_eq!(browser.eval(page, "document.getElementById('status').textContent").await, json!(words));
+        let shown = browser
+            .eval(page, "document.body.innerText + location.href + [...document.querySelectorAll('input')].map(i => i.value).join()")
+            .await;
+        assert!(!shown.as_str().unwrap().contains("eyJ"), "a JWT is on screen: {shown}");
+    }
+    browser.save_screenshot(&alice, "browser-demo-chat.png", "demo-chat.png").await;
+    browser.close().await;
+}
+
+/// History on the demo page: after a reload the page shows the room's latest page of messages
+/// again, and scrolling to the top loads the earlier ones, each message once and in order.
+#[tokio::test]
+async fn the_demo_page_shows_history_after_a_reload_and_loads_earlier_on_scroll() {
+    let relay = start().await;
+    let mut browser = Browser::launch().await;
+    let port = relay.relay.tcp_addr().port();
+    let page = browser.open(&format!("http://127.0.0.1:{port}/#name=alice&room=chat:history&join")).await;
+    browser.wait_for(&page, "window.demo && demo.room && demo.state === 'open'").await;
+    browser
+        .eval(&page, "(async () => { for (let i = 1; i <= 40; i++) await demo.send(`line ${i}`); return true; })()")
+        .await;
+    browser.wait_for(&page, "demo.messages.length === 40").await;
+
+    browser.call(Some(&page), "Page.reload", json!({})).await;
+    let shown = browser
+        .wait_for(
+            &page,
+            "window.demo && demo.room && demo.chat.hasEarlier !== null && demo.messages.map(m => m.offset)",
+        )
+        .await;
+    assert_eq!(shown, json!((11..=40).collect::<Vec<u64>>()), "the latest 30, as the page loads");
+    assert_eq!(browser.eval(&page, "demo.chat.hasEarlier").await, json!(true));
+    assert_eq!(browser.eval(&page, "demo.messages[0].data.text").await, json!("line 11"));
+    browser.wait_for(&page, "document.querySelector('#messages li.earlier button')").await;
+
+    browser.eval(&page, "document.getElementById('messages').scrollTop = 0; true").await;
+    let all = browser.wait_for(&page, "demo.messages.length === 40 && demo.messages.map(m => m.offset)").await;
+    assert_eq!(all, json!((1..=40).collect::<Vec<u64>>()), "every message once, oldest first");
+    assert_eq!(browser.eval(&page, "demo.chat.hasEarlier").await, json!(false));
+    let texts = browser
+        .eval(&page, "[...document.querySelectorAll('#messages li[data-offset]')].map(li => li.lastChild.textContent)")
+        .await;
+    assert_eq!(texts, json!((1..=40).map(|i| format!("line {i}")).collect::<Vec<_>>()), "shown in order");
+    assert_eq!(browser.eval(&page, "document.querySelector('#messages li.earlier')").await, Value::Null);
     browser.close().await;
 }
 
@@ -338,10 +437,11 @@ async fn closing_a_client_while_it_connects_leaves_no_websocket_open() {
     relay.start().await;
     let mut browser = Browser::launch().await;
     let page = browser.open(&format!("http://127.0.0.1:{}/", relay.tcp.port())).await;
-    browser.wait_for(&page, "document.readyState === 'complete'").await;
+    // The demo page itself, not the blank document a new tab starts with (it has no base URL).
+    browser.wait_for(&page, "location.protocol === 'http:' && document.readyState === 'complete' && window.demo").await;
     let script = format!(
         "(async () => {{ \
-           const {{ EdgeRelay }} = await import('/edgerelay.js'); \
+           const {{ EdgeRelay }} = await import('/sdk/index.js'); \
            const client = new EdgeRelay({{ token: {token:?}, transport: 'websocket', \
                                            webSocketUrl: `ws://${{location.host}}/v1/ws` }}); \
            const connecting = client.connect(); \
@@ -385,5 +485,172 @@ async fn pages_at_localhost_and_ipv6_loopback_use_webtransport() {
         let position = browser.eval(&page, &format!("demo.send('hello from {host}')")).await;
         assert!(position["offset"].as_u64().unwrap() >= 1, "page at {host}: {position}");
     }
+    browser.close().await;
+}
+
+/// One connection for all tabs: three tabs of the same user (same origin, `shareKey`) hold one
+/// WebSocket to the relay between them (its `/metrics`), all see every message once and in
+/// order, and when the leader tab is closed while messages keep coming, another tab takes over
+/// with a new connection and every remaining tab ends with every message exactly once, in order.
+#[tokio::test]
+async fn tabs_share_one_connection_and_a_closed_leader_hands_over_without_gap_or_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = RelayProcess::new(dir.path());
+    relay.start().await;
+    let mut browser = Browser::launch().await;
+    let token = relay.token("alice");
+    let setup = format!(
+        "(async () => {{ \
+           const {{ SharedRelay }} = await import('/sdk/index.js'); \
+           const shared = new SharedRelay({{ shareKey: 'alice', token: {token:?}, transport: 'websocket', \
+                                            webSocketUrl: `ws://${{location.host}}/v1/ws`, networkEvents: false }}); \
+           window.shared = shared; window.seen = []; window.notified = []; \
+           shared.room('{ROOM}').addEventListener('message', (e) => window.seen.push(e.detail.position.offset)); \
+           shared.addEventListener('notify', (e) => window.notified.push(e.detail.position.offset)); \
+           await shared.connect(); \
+           await shared.join('{ROOM}'); \
+           return true; \
+         }})()"
+    );
+    let mut tabs = Vec::new();
+    for _ in 0..3 {
+        let tab = browser.open(&format!("http://127.0.0.1:{}/", relay.tcp.port())).await;
+        browser
+            .wait_for(&tab, "location.protocol === 'http:' && document.readyState === 'complete' && window.demo")
+            .await;
+        browser.eval(&tab, &setup).await;
+        tabs.push(tab);
+    }
+    let mut leaders = Vec::new();
+    for tab in &tabs {
+        leaders.push(browser.eval(tab, "window.shared.isLeader").await == json!(true));
+    }
+    assert_eq!(leaders.iter().filter(|l| **l).count(), 1, "one leader: {leaders:?}");
+    assert_eq!(websockets(&relay).await, (1, 1), "three tabs, one connection");
+
+    let target = relay.quic_target(vec![relay.cert_pin().await]);
+    let carol = Client::connect(target, ClientOptions::new(relay.token("carol")).codec(Codec::Json)).await.unwrap();
+    let publish = |from: u64, to: u64| {
+        let carol = &carol;
+        async move {
+            for i in from..=to {
+                carol.publish(ROOM, &format!("c{i}"), Payload::json(&json!({ "text": i }))).await.unwrap();
+            }
+        }
+    };
+    publish(1, 10).await;
+    for tab in &tabs {
+        let seen = browser.wait_for(tab, "window.seen.length >= 10 && window.seen").await;
+        assert_eq!(seen, json!((1..=10).collect::<Vec<u64>>()));
+    }
+
+    // Notified once per browser: in the leader's tab only.
+    let mut notified: Vec<u64> = Vec::new();
+    for tab in &tabs {
+        let list = browser.eval(tab, "window.notified").await;
+        notified.extend(list.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()));
+    }
+    assert_eq!(notified, (1..=10).collect::<Vec<u64>>(), "each message notified once");
+
+    // The leader tab goes while messages keep coming.
+    let leader = tabs.remove(leaders.iter().position(|l| *l).unwrap());
+    browser.close_page(&leader).await;
+    publish(11, 25).await;
+    for tab in &tabs {
+        let seen = browser.wait_for(tab, "window.seen.length >= 25 && window.seen").await;
+        assert_eq!(seen, json!((1..=25).collect::<Vec<u64>>()), "every message once, in order, across the hand-over");
+    }
+    let mut leaders = 0;
+    for tab in &tabs {
+        if browser.wait_for(tab, "window.shared.state === 'open' && [window.shared.isLeader]").await == json!([true]) {
+            leaders += 1;
+        }
+    }
+    assert_eq!(leaders, 1, "another tab took over");
+    // A follower publishes through the new leader; every tab sees it.
+    let mut follower = None;
+    for tab in &tabs {
+        if browser.eval(tab, "window.shared.isLeader").await == json!(false) {
+            follower = Some(tab.clone());
+        }
+    }
+    let position =
+        browser.eval(&follower.unwrap(), &format!("window.shared.publish('{ROOM}', {{ text: 'from a tab' }})")).await;
+    assert_eq!(position["offset"], json!(26));
+    for tab in &tabs {
+        browser.wait_for(tab, "window.seen.length >= 26").await;
+        assert_eq!(browser.eval(tab, "window.seen.length").await, json!(26));
+    }
+    // Across the hand-over too: the new leader notifies what came after, nothing twice.
+    let mut notified_after: Vec<u64> = Vec::new();
+    for tab in &tabs {
+        let list = browser.eval(tab, "window.notified").await;
+        notified_after.extend(list.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()));
+    }
+    notified_after.sort_unstable();
+    assert_eq!(notified_after, (11..=26).collect::<Vec<u64>>(), "the rest notified once, by the new leader");
+    within("one connection again", async {
+        while websockets(&relay).await != (1, 2) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    carol.close().await;
+    browser.close().await;
+}
+
+/// The React hooks (`@edgerelay/client/react`) in a real page: a chat made only of
+/// `useConnectionState`, `useRoom`, `useMessages`, `usePresence` and `useTyping`, bundled with
+/// React by esbuild (`clients/js/tools/react-page.mjs`) and rendered in StrictMode (effects run
+/// twice: the room is still joined once). Two such pages: history on mount, members, typing,
+/// live messages, and unmounting the last component that uses a room leaves it.
+#[tokio::test]
+async fn react_hooks_render_a_room_and_follow_it_in_chromium() {
+    let out = tempfile::tempdir().unwrap();
+    let sdk = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/js");
+    let built = std::process::Command::new("node")
+        .arg("tools/react-page.mjs")
+        .arg(out.path())
+        .current_dir(&sdk)
+        .output()
+        .expect("node runs");
+    assert!(
+        built.status.success(),
+        "building the hooks' page needs `npm ci` in clients/js (scripts/test runs it): {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let relay = start().await;
+    let carol = relay.connect(Transport::Quic, Codec::Json, "carol", "acme", &["chat:*"]).await;
+    for i in 1..=3 {
+        let data = Payload::json(&json!({ "text": format!("earlier {i}") }));
+        carol.publish("chat:react", &format!("c{i}"), data).await.unwrap();
+    }
+    let page = |user: &str| {
+        let token = relay.token(user, "acme", &["chat:*"]);
+        format!("file://{}/index.html#ws=ws://{}/v1/ws&token={token}", out.path().display(), relay.relay.tcp_addr())
+    };
+    let text = |id: &str| format!("document.getElementById('{id}')?.innerText");
+    let mut browser = Browser::launch().await;
+    let alice = browser.open(&page("alice")).await;
+    browser.wait_for(&alice, &format!("{} === 'open over websocket'", text("status"))).await;
+    let history = browser.wait_for(&alice, &format!("{} === 'joined' && {}", text("joined"), text("messages"))).await;
+    assert_eq!(history, json!("1 carol: earlier 1\n2 carol: earlier 2\n3 carol: earlier 3"), "history on mount");
+    assert_eq!(browser.eval(&alice, &text("earlier")).await, json!("false"));
+
+    let bob = browser.open(&page("bob")).await;
+    browser.wait_for(&bob, &format!("{} === 'joined'", text("joined"))).await;
+    browser.wait_for(&alice, &format!("{} === 'alice:online\\nbob:online'", text("members"))).await;
+    browser.eval(&bob, "window.app.type(); true").await;
+    browser.wait_for(&alice, &format!("{} === 'bob is typing…'", text("typing"))).await;
+    browser.eval(&bob, "window.app.send('hi from hooks').then(() => true)").await;
+    let messages =
+        browser.wait_for(&alice, &format!("{t}.includes('hi from hooks') && {t}", t = text("messages"))).await;
+    assert_eq!(messages.as_str().unwrap().lines().count(), 4, "each message once: {messages}");
+    let on_bob = browser.wait_for(&bob, &format!("{t}.includes('hi from hooks') && {t}", t = text("messages"))).await;
+    assert_eq!(on_bob, messages, "bob's page shows the same");
+
+    // Bob's last component using the room goes: he leaves it, and Alice's list says so.
+    browser.eval(&bob, "window.app.unmount(); true").await;
+    browser.wait_for(&alice, &format!("{} === 'alice:online'", text("members"))).await;
     browser.close().await;
 }

@@ -173,7 +173,7 @@ async fn three_chromium_pages_call_each_other_a_late_joiner_renders_at_once_and_
     // The client refuses media on a WebSocket connection, saying why, before asking the relay.
     let script = format!(
         "(async () => {{ \
-           const {{ EdgeRelay }} = await import('/edgerelay.js'); \
+           const {{ EdgeRelay }} = await import('/sdk/index.js'); \
            const client = new EdgeRelay({{ token: {token:?}, transport: 'websocket', \
                                            webSocketUrl: `ws://${{location.host}}/v1/ws` }}); \
            await client.connect(); \

@@ -93,11 +93,26 @@ async fn the_relay_tells_a_page_where_and_how_to_connect() {
     let (status, page) = relay.http_get("/").await;
     assert_eq!(status, 200);
     assert!(page.contains("<script type=\"module\" src=\"demo.js\">"), "{page}");
-    for module in ["/demo.js", "/edgerelay.js", "/codec.js", "/media.js", "/calls.js"] {
+    // Every module of the SDK package (clients/js/src) is served under /sdk/, as it is on disk.
+    let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/js/src");
+    let mut modules = vec![("/demo.js".to_owned(), None)];
+    for entry in std::fs::read_dir(&sdk).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "js") {
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            modules.push((format!("/sdk/{name}"), Some(std::fs::read_to_string(&path).unwrap())));
+        }
+    }
+    assert!(modules.len() >= 10, "{modules:?}");
+    for (module, on_disk) in &modules {
         let (status, body) = relay.http_get(module).await;
         assert_eq!(status, 200, "{module}");
         assert!(body.contains("import") || body.contains("export"), "{module} is an ES module");
+        if let Some(on_disk) = on_disk {
+            assert_eq!(&body, on_disk, "{module} is served as it is in clients/js/src");
+        }
     }
+    assert_eq!(relay.http_get("/sdk/nope.js").await.0, 404);
 }
 
 #[tokio::test]
@@ -115,4 +130,41 @@ async fn with_real_certificate_files_no_hash_is_offered() {
     let (_, cert) = relay.http_get("/v1/cert").await;
     let cert: serde_json::Value = serde_json::from_str(&cert).unwrap();
     assert_eq!((cert["dev"].clone(), cert["hashes"].clone()), (serde_json::json!(false), serde_json::json!([])));
+    // Dev keys are still on here (the test config keeps them), yet with a real certificate the
+    // relay mints no dev tokens over HTTP.
+    assert!(relay.relay.dev_signer().is_some());
+    let (status, body) = dev_token(&relay, r#"{"user": "mallory"}"#).await;
+    assert_eq!(status, 404, "{body}");
+}
+
+async fn dev_token(relay: &common::TestRelay, body: &str) -> (u16, String) {
+    let headers = [("Content-Type", "application/json")];
+    common::http_request(relay.relay.tcp_addr(), "POST", "/v1/dev/token", &headers, body).await
+}
+
+/// The demo page's way to a token: `POST /v1/dev/token` on a dev relay answers one that the
+/// relay accepts, for the user asked, in the rooms the demo uses; bad requests are 400.
+#[tokio::test]
+async fn a_dev_relay_mints_demo_tokens_over_http() {
+    let relay = common::start().await;
+    let (status, body) = dev_token(&relay, r#"{"user": "alice", "ttl_secs": 600}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let minted: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((minted["user"].as_str(), minted["tenant"].as_str()), (Some("alice"), Some("demo")));
+    let expires_at = minted["expires_at"].as_u64().unwrap();
+    assert!(expires_at.abs_diff(common::now_secs() + 600) <= 5, "{minted}");
+    let client = relay
+        .try_connect(Transport::WebSocket, Codec::Json, minted["token"].as_str().unwrap())
+        .await
+        .expect("the minted token is accepted");
+    assert_eq!(client.welcome().user, "alice");
+    client.join("chat:lobby").await.unwrap();
+    assert!(client.join("secret:room").await.is_err(), "only the demo's rooms");
+    client.close().await;
+
+    for bad in [r#"{"user": ""}"#, r#"{"user": "a", "ttl_secs": 0}"#, r#"{"user": "a", "role": "admin"}"#, "nope"] {
+        let (status, body) = dev_token(&relay, bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains("\"bad_request\""), "{bad}: {body}");
+    }
 }

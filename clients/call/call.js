@@ -15,8 +15,8 @@
 // at once on `keyframe_request`); an audio group is 5 Opus frames; each frame carries the RFC 6464
 // level of its audio; layers missing from `layers_wanted` are not encoded at all.
 
-import { EdgeRelay, endpointUrls } from "../edgerelay.js";
-import { LEVEL_SILENCE, audioLevel } from "../media.js";
+import { EdgeRelay, endpointUrls } from "/sdk/edgerelay.js";
+import { LEVEL_SILENCE, audioLevel } from "/sdk/media.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.hash.slice(1));

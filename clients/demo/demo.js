@@ -1,33 +1,49 @@
-// The demo page served at `/`: a room chat on the browser client. It learns where to connect
-// from the relay itself (`/v1/endpoints`, `/v1/cert`), so it works on any host and port.
+// The demo page served at `/`: a room chat on the browser SDK (`/sdk/index.js`) that two people
+// can use without handling tokens: each picks a name, and the page asks the relay for a dev
+// token (`POST /v1/dev/token`, served only by a relay on its dev keys and dev certificate; a
+// relay without it gets a token pasted into the password field instead, never shown). It shows
+// who is in the room and their status, who is typing, the room's history on load (and older
+// pages when scrolled to the top), and the connection state in words. It learns where to
+// connect from the relay itself (`/v1/endpoints`, `/v1/cert`), so it works on any host and port.
 //
-// Calls: everyone present in the room (from presence) gets a call button; a call rings on every
-// page of the callee with Answer and Decline, then shows the remote video with the local one
-// in a corner and a Hang up button. The media goes peer to peer over WebRTC with the relay's
-// ICE servers (TURN credentials included); the relay carries only the signaling.
+// Calls: everyone present in the room gets a call button; a call rings on every page of the
+// callee with Answer and Decline, then shows the remote video with the local one in a corner
+// and a Hang up button. The media goes peer to peer over WebRTC with the relay's ICE servers
+// (TURN credentials included); the relay carries only the signaling.
 //
-// URL fragment options: `token`, `room`, `transport` (`auto` | `webtransport` | `websocket`),
-// `cert` (comma-separated base64 SHA-256 certificate hashes to pin instead of the ones
-// `/v1/cert` announces), `join` (join at once), `ice=relay` (calls through TURN only).
-// `window.demo` exposes the client for tests, with the call's timings and `callStats()`.
+// URL fragment options: `name`, `room`, `join` (join at once), `token` (use this token instead
+// of a dev token; taken out of the address bar at once and kept in this tab's sessionStorage
+// so a reload still works), `transport` (`auto` | `webtransport` | `websocket`), `cert`
+// (comma-separated base64 SHA-256 certificate hashes to pin instead of `/v1/cert`'s),
+// `ice=relay` (calls through TURN only). `window.demo` exposes the client for tests, with the
+// call's timings and `callStats()`.
 
-import { decodeJson } from "./codec.js";
-import { EdgeRelay, endpointUrls } from "./edgerelay.js";
+import { EdgeRelay, endpointUrls, messageId } from "/sdk/index.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.hash.slice(1));
-if (params.get("token")) $("token").value = params.get("token");
+const TOKEN_KEY = "edgerelay-demo-token";
+if (params.get("token")) {
+  sessionStorage.setItem(TOKEN_KEY, params.get("token"));
+  params.delete("token");
+  history.replaceState(null, "", `#${params}`);
+}
+const pastedToken = () => $("token").value.trim() || sessionStorage.getItem(TOKEN_KEY) || "";
+if (params.get("name")) $("name").value = params.get("name");
 if (params.get("room")) $("room").value = params.get("room");
 
 const demo = {
   client: null,
+  /** The joined room's name (null until joined), and its `Room`. */
   room: null,
+  chat: null,
+  /** Every message shown, in offset order: `{offset, from, id, data}`. */
   messages: [],
   transport: null,
   fallbackReason: null,
   state: "idle",
   states: [],
-  // The call shown (a Call from clients/calls.js), what happened to calls in order, and when
+  // The call shown (a Call from clients/js/src/calls.js), what happened to calls in order, and when
   // (epoch ms: `performance.timeOrigin + performance.now()`, comparable between pages).
   call: null,
   callLog: [],
@@ -35,7 +51,11 @@ const demo = {
 };
 window.demo = demo;
 
-function line(parts, className) {
+// --- the message list ---
+
+const clock = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+
+function item(parts, className) {
   const li = document.createElement("li");
   if (className) li.className = className;
   for (const [cls, text] of parts) {
@@ -44,115 +64,234 @@ function line(parts, className) {
     span.textContent = text;
     li.append(span);
   }
-  $("messages").append(li);
-  li.scrollIntoView({ block: "nearest" });
+  return li;
 }
 
-const fallbackLine = (reason) => `WebSocket fallback: WebTransport failed: ${reason}`;
+/** Adds a line at the bottom, scrolled into view when the reader was at the bottom already. */
+function line(parts, className) {
+  const list = $("messages");
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  const li = item(parts, className);
+  list.append(li);
+  if (atBottom) list.scrollTop = list.scrollHeight;
+  return li;
+}
 
-function showStatus({ state, transport, delayMs, code, reason, fallbackReason }) {
+const system = (text) => line([[null, text]], "system");
+
+function messageItem(m) {
+  const me = demo.client?.welcome?.user;
+  const text = typeof m.data?.text === "string" ? m.data.text : JSON.stringify(m.data);
+  const li = item([["time", clock.format(new Date(m.time))], ["from", m.from === me ? `${m.from} (you)` : m.from], [null, text]], m.from === me ? "mine" : "");
+  li.dataset.offset = m.position.offset;
+  return li;
+}
+
+function showMessage(m) {
+  demo.messages.push({ offset: m.position.offset, from: m.from, id: m.id, data: m.data });
+  document.querySelector(`#messages li.pending[data-id="${CSS.escape(m.id)}"]`)?.remove();
+  const list = $("messages");
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  list.append(messageItem(m));
+  if (atBottom || m.from === demo.client?.welcome?.user) list.scrollTop = list.scrollHeight;
+}
+
+/** An older page, above what is shown, keeping the reader's place. */
+function showEarlier(messages) {
+  const list = $("messages");
+  const anchor = list.querySelector("li[data-offset]");
+  const before = list.scrollHeight;
+  const fragment = document.createDocumentFragment();
+  for (const m of messages) fragment.append(messageItem(m));
+  list.insertBefore(fragment, anchor ?? list.querySelector("li.system") ?? null);
+  list.scrollTop += list.scrollHeight - before;
+  demo.messages.unshift(...messages.map((m) => ({ offset: m.position.offset, from: m.from, id: m.id, data: m.data })));
+  renderEarlierButton();
+}
+
+function renderEarlierButton() {
+  const list = $("messages");
+  list.querySelector("li.earlier")?.remove();
+  if (!demo.chat?.hasEarlier) return;
+  const li = document.createElement("li");
+  li.className = "earlier";
+  const button = Object.assign(document.createElement("button"), { type: "button", className: "link", textContent: "Load earlier messages" });
+  button.addEventListener("click", () => loadEarlier());
+  li.append(button);
+  list.prepend(li);
+}
+
+let loading = null;
+/** Loads the page before the oldest message shown ("load earlier"); one at a time. */
+function loadEarlier() {
+  if (!demo.chat || loading || demo.chat.hasEarlier === false) return loading;
+  loading = demo.chat
+    .loadEarlier(30)
+    .then(showEarlier)
+    .catch((err) => system(`could not load earlier messages: ${err.message}`))
+    .finally(() => (loading = null));
+  return loading;
+}
+demo.loadEarlier = loadEarlier;
+$("messages").addEventListener("scroll", () => {
+  if ($("messages").scrollTop < 40) loadEarlier();
+});
+
+// --- connection state, in words ---
+
+const TRANSPORTS = { webtransport: "WebTransport", websocket: "WebSocket" };
+const fallbackLine = (reason) => `WebSocket fallback: WebTransport failed: ${reason}`;
+let countdown = null;
+
+function statusText({ state, transport, retryAt, code, reason }) {
+  switch (state) {
+    case "idle":
+      return "Not connected";
+    case "connecting":
+      return "Connecting…";
+    case "open":
+      return `Connected over ${TRANSPORTS[transport] ?? transport}${demo.fallbackReason ? ` — ${fallbackLine(demo.fallbackReason)}` : ""}`;
+    case "reconnecting": {
+      const seconds = Math.max(0, Math.ceil((retryAt - Date.now()) / 1000));
+      const why = reason ? ` (${reason})` : "";
+      return seconds > 0 ? `Connection lost${why}. Reconnecting in ${seconds} s…` : `Connection lost${why}. Reconnecting…`;
+    }
+    case "offline":
+      return "Offline: waiting for the network to come back…";
+    case "closed":
+      return code ? `Disconnected: ${reason || "closed by the relay"} (${code})` : "Disconnected";
+    default:
+      return state;
+  }
+}
+
+function showStatus(detail) {
+  const { state, transport, fallbackReason } = detail;
   demo.state = state;
   demo.states.push(state);
   demo.transport = transport;
   if (state === "open") demo.fallbackReason = fallbackReason ?? null;
+  clearInterval(countdown);
   const status = $("status");
   status.className = state;
-  status.replaceChildren();
-  const bold = (text) => Object.assign(document.createElement("b"), { textContent: text });
-  status.append(`${state} `);
-  if (transport) status.append("over ", bold(transport));
-  if (state === "open" && demo.fallbackReason) status.append(` — ${fallbackLine(demo.fallbackReason)}`);
-  if (state === "reconnecting") status.append(` — retrying in ${delayMs} ms (${reason || code})`);
-  if (state === "closed" && code) status.append(` — ${reason} (${code})`);
+  status.textContent = statusText(detail);
+  if (state === "reconnecting") countdown = setInterval(() => (status.textContent = statusText(detail)), 1000);
   const usable = state === "open" && demo.room;
   $("text").disabled = !usable;
   $("send-button").disabled = !usable;
   renderPeople();
 }
 
+// --- joining ---
+
 // `+` in base64 reads as a space in a URL fragment parameter.
 const pinned = params.get("cert")?.replaceAll(" ", "+").split(",").filter(Boolean);
 
-async function connectAndJoin(token, room) {
+/** A fresh dev token for `name` from the relay (also when the SDK refreshes it). */
+async function devToken(name) {
+  const response = await fetch("/v1/dev/token", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ user: name }),
+  });
+  if (response.status === 404) {
+    // Asking again will not help: stop here and offer the token field.
+    $("token-box").open = true;
+    system("this relay hands out no dev tokens (it runs with a real certificate or without dev keys): use a token");
+    setTimeout(() => demo.client?.close(), 0);
+    throw new Error("no dev tokens here");
+  }
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.message ?? `dev token: HTTP ${response.status}`);
+  return body.token;
+}
+
+async function connectAndJoin({ token, name }, roomName) {
   const endpoints = await fetch("/v1/endpoints").then((r) => r.json());
   const client = new EdgeRelay({
-    token,
+    ...(token ? { token } : { getToken: () => devToken(name) }),
     transport: params.get("transport") ?? "auto",
     ...endpointUrls(location, endpoints),
     // Fetched on every WebTransport attempt: the dev certificate rotates every 11 days.
     certHashes: pinned ?? (() => fetch("/v1/cert").then((r) => r.json()).then((cert) => cert.hashes)),
-    clientName: "edgerelay-demo/1",
+    clientName: "edgerelay-demo/2",
   });
   demo.client = client;
   client.addEventListener("status", (e) => showStatus(e.detail));
-  client.addEventListener("message", ({ detail: m }) => {
-    demo.messages.push({ offset: m.position.offset, from: m.from, id: m.id, data: m.data });
-    const text = typeof m.data?.text === "string" ? m.data.text : JSON.stringify(m.data);
-    line([["meta", `#${m.position.offset}`], ["from", m.from], [null, text]]);
-  });
-  client.addEventListener("joined", ({ detail }) =>
-    line([[null, `joined ${detail.room} at #${detail.position.offset}${detail.recovered ? "" : " (history not recovered)"}`]], "system"),
-  );
-  client.addEventListener("error", ({ detail }) => line([[null, `error ${detail.code}: ${detail.message}`]], "system"));
-  watchPresence(client);
+  client.addEventListener("error", ({ detail }) => system(`error ${detail.code ?? ""}: ${detail.message}`));
   client.addEventListener("call", ({ detail: call }) => followCall(call));
   client.addEventListener("ring", ({ detail: call }) => ring(call));
   const welcome = await client.connect();
-  line([[null, `connected as ${welcome.user} over ${client.transport}`]], "system");
-  if (client.fallbackReason) line([[null, fallbackLine(client.fallbackReason)]], "system");
-  await client.join(room);
-  demo.room = room;
+  system(`connected as ${welcome.user}`);
+
+  const chat = client.room(roomName);
+  demo.chat = chat;
+  chat.addEventListener("message", ({ detail }) => showMessage(detail));
+  chat.addEventListener("presence", () => renderPeople());
+  chat.addEventListener("typing", ({ detail }) => ($("typing").textContent = detail.text));
+  chat.addEventListener("gap", () => system("some messages could not be recovered after the connection came back"));
+  await client.join(roomName);
+  demo.room = roomName;
+  // A reload comes back to the same room as the same user (a token stays in sessionStorage).
+  if (!token) params.set("name", welcome.user);
+  params.set("room", roomName);
+  history.replaceState(null, "", `#${params}`);
   showStatus({ state: client.state, transport: client.transport, fallbackReason: client.fallbackReason });
+  // What was said before: the latest page now, older ones on scroll.
+  await loadEarlier();
+  $("text").focus();
 }
 
-/** Sends a chat line; resolves with its acked position. */
-demo.send = async (text) => demo.client.publish(demo.room, { text });
+function start(credentials) {
+  demo.client?.close();
+  demo.room = null;
+  demo.chat = null;
+  demo.messages = [];
+  $("messages").replaceChildren();
+  $("typing").textContent = "";
+  demo.ready = connectAndJoin(credentials, $("room").value.trim());
+  demo.ready.catch((err) => system(`could not connect: ${err.message}`));
+  return demo.ready;
+}
+
+/** Sends a chat line; resolves with its acked position (kept and retried while reconnecting). */
+demo.send = async (text) => {
+  const id = messageId();
+  const pending = line([["time", "sending…"], ["from", demo.client.welcome.user], [null, text]], "pending");
+  pending.dataset.id = id;
+  try {
+    return await demo.chat.publish({ text }, { id });
+  } catch (err) {
+    pending.remove();
+    throw err;
+  }
+};
 
 // --- who is here (presence of the joined room) ---
 
-const people = new Map(); // user → {status, version}
-
-function watchPresence(client) {
-  const apply = (frame) => {
-    if (frame.room !== demo.room && demo.room) return;
-    if (frame.type === "presence_snapshot") {
-      people.clear();
-      for (const entry of frame.users) people.set(entry.user, entry);
-    } else if (frame.type === "presence") {
-      const known = people.get(frame.entry.user);
-      if (!known || known.version < frame.entry.version) people.set(frame.entry.user, frame.entry);
-    } else return;
-    renderPeople();
-  };
-  client.addEventListener("frame", ({ detail }) => apply(detail));
-  // On WebTransport presence updates come as datagrams (one frame each).
-  client.addEventListener("datagram", ({ detail }) => {
-    try {
-      apply(decodeJson(new TextDecoder().decode(detail)));
-    } catch {
-      // Not a frame this page reads.
-    }
-  });
-}
-
 function renderPeople() {
   const me = demo.client?.welcome?.user;
-  const here = [...people.values()].filter((p) => p.user !== me && p.status !== "offline");
+  const members = demo.chat?.members.filter((p) => p.status !== "offline") ?? [];
   const busy = demo.state !== "open" || (demo.call && demo.call.state !== "ended");
   $("dial-button").disabled = busy;
   const list = $("people");
   list.replaceChildren();
-  if (here.length === 0) {
-    list.append(Object.assign(document.createElement("li"), { className: "empty", textContent: demo.room ? "nobody else is here yet" : "join a room to see who is here" }));
+  if (members.length === 0) {
+    list.append(Object.assign(document.createElement("li"), { className: "empty", textContent: demo.room ? "nobody is here yet" : "join a room to see who is here" }));
   }
-  for (const { user, status } of here) {
+  for (const { user, status, custom } of members) {
     const li = document.createElement("li");
     li.dataset.user = user;
-    const button = Object.assign(document.createElement("button"), { type: "button", textContent: "Call" });
-    button.className = "green";
-    button.disabled = busy;
-    button.addEventListener("click", () => demo.callUser(user));
-    li.append(`${user}${status === "online" ? "" : ` (${status})`}`, button);
+    li.title = `${user}: ${status}${custom ? ` — ${custom}` : ""}`;
+    const dot = Object.assign(document.createElement("span"), { className: `dot ${status}` });
+    const name = Object.assign(document.createElement("span"), { className: "name", textContent: user === me ? `${user} (you)` : `${user}${status === "online" ? "" : ` (${status})`}` });
+    li.append(dot, name);
+    if (user !== me) {
+      const button = Object.assign(document.createElement("button"), { type: "button", textContent: "Call", className: "green" });
+      button.disabled = busy;
+      button.addEventListener("click", () => demo.callUser(user));
+      li.append(button);
+    }
     list.append(li);
   }
 }
@@ -322,22 +461,36 @@ $("hang-up").addEventListener("click", () => demo.hangUp().catch(() => {}));
 
 $("connect").addEventListener("submit", (event) => {
   event.preventDefault();
-  demo.client?.close();
-  demo.room = null;
-  demo.ready = connectAndJoin($("token").value.trim(), $("room").value.trim());
-  demo.ready.catch((err) => line([[null, `could not connect: ${err.message}`]], "system"));
+  const name = $("name").value.trim();
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (name) start({ name });
+  else if (token) start({ token });
+  else $("name").focus();
+});
+$("token-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const token = pastedToken();
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("token").value = "";
+  start({ token });
 });
 
+$("text").addEventListener("input", () => {
+  if ($("text").value) demo.chat?.keystroke();
+  else demo.chat?.stopTyping();
+});
 $("send").addEventListener("submit", async (event) => {
   event.preventDefault();
   const text = $("text").value;
   if (!text) return;
   $("text").value = "";
+  demo.chat.stopTyping();
   try {
     await demo.send(text);
   } catch (err) {
-    line([[null, `not sent: ${err.message}`]], "system");
+    system(`not sent: ${err.message}`);
   }
 });
 
-if (params.get("join") !== null && $("token").value) $("connect").requestSubmit();
+if (params.get("join") !== null && ($("name").value || sessionStorage.getItem(TOKEN_KEY))) $("connect").requestSubmit();

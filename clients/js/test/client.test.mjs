@@ -1,14 +1,14 @@
 // The browser client's pure logic: where a page connects, why WebTransport cannot be tried, and
-// clear errors for calls made before `connect()`. Run: node --test clients/test/
+// clear errors for calls made before `connect()`. Run: node --test clients/js/test/
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
 import { readFileSync } from "node:fs";
 
-import { decodeJson, encodeJson } from "../codec.js";
-import { EdgeRelay, endpointUrls, rtcIceServers, webTransportUnavailable } from "../edgerelay.js";
+import { decodeJson, encodeJson } from "../src/codec.js";
+import { EdgeRelay, endpointUrls, rtcIceServers, webTransportUnavailable } from "../src/edgerelay.js";
 
-const golden = JSON.parse(readFileSync(new URL("../../tests/golden/frames-v1.json", import.meta.url), "utf8"));
+const golden = JSON.parse(readFileSync(new URL("../../../tests/golden/frames-v1.json", import.meta.url), "utf8"));
 
 const endpoints = { webtransport_port: 4433, webtransport_path: "/v1/wt", websocket_path: "/v1/ws" };
 
@@ -71,10 +71,20 @@ test("ice_servers: the request encodes like the relay's, the answer becomes RTCI
 test("online and visibilitychange end the reconnect backoff at once", { timeout: 10_000 }, async () => {
   const online = new EventTarget();
   const visibility = Object.assign(new EventTarget(), { visibilityState: "visible" });
-  // Nothing listens on port 1 (and Node may have no WebSocket at all): every attempt fails, and
-  // the backoff would wait a minute before the next.
+  // A WebSocket that never opens: every attempt fails, and the backoff would wait a minute
+  // before the next.
+  class Refused {
+    constructor() {
+      setTimeout(() => {
+        this.onerror?.();
+        this.onclose?.({ code: 1006, reason: "" });
+      }, 0);
+    }
+    close() {}
+  }
   const client = new EdgeRelay({
     token: "t",
+    WebSocket: Refused,
     transport: "websocket",
     webSocketUrl: "ws://127.0.0.1:1/v1/ws",
     backoff: { baseMs: 60_000, capMs: 60_000 },

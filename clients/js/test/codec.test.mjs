@@ -1,13 +1,13 @@
 // The browser client's codec and helpers against the Rust side's golden vectors
-// (tests/golden/frames-v1.json). Run: node --test clients/test/
+// (tests/golden/frames-v1.json). Run: node --test clients/js/test/
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 
-import { FrameError, fieldsOf, FrameReader, binary, decodeJson, encodeJson, lengthPrefixed, payloadBytes } from "../codec.js";
-import { backoffDelay } from "../edgerelay.js";
+import { FrameError, fieldsOf, FrameReader, binary, decodeJson, encodeJson, lengthPrefixed, payloadBytes } from "../src/codec.js";
+import { backoffDelay } from "../src/edgerelay.js";
 
-const golden = JSON.parse(readFileSync(new URL("../../tests/golden/frames-v1.json", import.meta.url), "utf8"));
+const golden = JSON.parse(readFileSync(new URL("../../../tests/golden/frames-v1.json", import.meta.url), "utf8"));
 
 test("every golden JSON vector decodes; the core v1 ones re-encode to the same bytes", () => {
   const names = Object.keys(golden);

@@ -1,11 +1,11 @@
-// The media plane's byte layout (clients/media.js) against the pinned example of docs/media.md,
+// The media plane's byte layout (clients/js/src/media.js) against the pinned example of docs/media.md,
 // which `the_layout_is_pinned_byte_for_byte` in src/proto/media.rs checks on the Rust side.
-// Run: node --test clients/test/
+// Run: node --test clients/js/test/
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 
-import { decodeJson, encodeJson } from "../codec.js";
+import { decodeJson, encodeJson } from "../src/codec.js";
 import {
   FLAG_KEYFRAME,
   GroupReader,
@@ -16,7 +16,7 @@ import {
   parseLevel,
   putVarint,
   readVarint,
-} from "../media.js";
+} from "../src/media.js";
 
 const hex = (bytes) => Buffer.from(bytes).toString("hex").replace(/(..)(?!$)/g, "$1 ");
 
@@ -26,7 +26,7 @@ test("the example of docs/media.md, byte for byte", () => {
   const frame = encodeFrame(33_333, 0, Uint8Array.from([0xaa, 0xbb]));
   assert.equal(hex(frame), "06 b5 84 02 00 aa bb");
   // And the document says so: the bytes quoted in docs/media.md are these.
-  const doc = readFileSync(new URL("../../docs/media.md", import.meta.url), "utf8");
+  const doc = readFileSync(new URL("../../../docs/media.md", import.meta.url), "utf8");
   assert.ok(doc.includes("`01 ac 02 02 05 01` then `06 b5 84 02 00 aa bb`"), "docs/media.md quotes the same bytes");
 });
 
@@ -81,7 +81,7 @@ test("audio levels: RFC 6464 -dBov with the voice bit", () => {
 });
 
 test("track frames encode with the relay's field order (tests/golden/frames-v1.json)", () => {
-  const golden = JSON.parse(readFileSync(new URL("../../tests/golden/frames-v1.json", import.meta.url), "utf8"));
+  const golden = JSON.parse(readFileSync(new URL("../../../tests/golden/frames-v1.json", import.meta.url), "utf8"));
   // Layers given in any key order still go out as width, height, bitrate.
   const publish = {
     type: "track_publish",

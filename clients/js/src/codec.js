@@ -1,5 +1,5 @@
 // edgerelay protocol v1 frames for JavaScript (browsers and Node), written from docs/protocol.md
-// and checked against tests/golden/frames-v1.json by clients/test/codec.test.mjs.
+// and checked against tests/golden/frames-v1.json by clients/js/test/codec.test.mjs.
 //
 // A frame is a plain object `{type, ...fields}`, e.g. `{type: "publish", req: 4, room: "chat:lobby",
 // id: "m-1", data: {text: "hi"}}`. On the wire (JSON codec) it is `{"publish": {fields}}` with the
@@ -17,6 +17,14 @@ export const FIELDS = {
   publish: ["req", "room", "id", "data"],
   ping: ["req"],
   refresh: ["req", "token"],
+  set_status: ["status", "custom"],
+  activity: [],
+  typing: ["room", "typing"],
+  presence_sync: ["req", "room"],
+  privacy: ["hide_presence", "hide_typing"],
+  history: ["req", "room", "before", "limit"],
+  rooms: ["req"],
+  cursor: ["room", "position"],
   track_publish: ["req", "room", "name", "kind", "codec", "layers"],
   track_unpublish: ["req", "track"],
   track_subscribe: ["req", "track", "max_layer", "paused"],
@@ -34,6 +42,9 @@ export const FIELDS = {
   error: ["req", "code", "message"],
   go_away: ["code", "reason", "reconnect_after_ms"],
   refreshed: ["req", "expires_at"],
+  presence: ["room", "entry"],
+  presence_snapshot: ["req", "room", "users"],
+  presence_refresh: ["room", "count", "digest"],
   track_published: ["req", "room", "track"],
   track_ok: ["req", "track"],
   tracks: ["room", "tracks", "ended"],
@@ -45,6 +56,9 @@ export const FIELDS = {
 
 /** Relay → client frames whose type name a client frame also has (with other fields). */
 export const SERVER_FIELDS = {
+  typing: ["room", "users", "others", "version", "ttl_ms"],
+  history: ["req", "room", "position", "first", "messages"],
+  rooms: ["req", "rooms"],
   ice_servers: ["req", "servers", "expires_at"],
   call: ["req", "call", "event"],
 };
@@ -57,6 +71,9 @@ export function fieldsOf(type, direction = "client") {
 const POSITION = ["epoch", "offset"];
 const LAYER = ["width", "height", "bitrate"];
 const ICE_SERVER = ["urls", "username", "credential"];
+const PRESENCE_ENTRY = ["user", "status", "custom", "version", "last_seen"];
+const HISTORY_ENTRY = ["offset", "from", "time", "id", "data"];
+const ROOM_CURSOR = ["room", "position"];
 const LIMITS = [
   "max_frame_bytes",
   "max_payload_bytes",
@@ -67,6 +84,16 @@ const LIMITS = [
   "idle_timeout_ms",
 ];
 
+// Fields holding a struct, or a list of them, with that struct's field order.
+const NESTED = { position: POSITION, since: POSITION, limits: LIMITS, entry: PRESENCE_ENTRY };
+const NESTED_LISTS = {
+  layers: LAYER,
+  servers: ICE_SERVER,
+  users: PRESENCE_ENTRY, // a `typing` frame's `users` are strings, and stay as they are
+  messages: HISTORY_ENTRY,
+  rooms: ROOM_CURSOR,
+};
+
 /** Protocol version spoken by this client. */
 export const PROTOCOL_VERSION = 1;
 
@@ -75,11 +102,21 @@ export const RETRYABLE_CLOSE = new Set([0, 100, 105, 113, 130, 131, 132, 133]);
 
 export class FrameError extends Error {}
 
+/** `object`'s fields `names` in that order, structs inside ordered too; null stays null. */
 function ordered(object, names) {
   if (object === null || object === undefined) return null;
   const out = {};
-  for (const name of names) out[name] = object[name] ?? null;
+  for (const name of names) out[name] = nested(name, object[name] ?? null);
   return out;
+}
+
+function nested(name, value) {
+  if (value === null) return null;
+  if (NESTED[name]) return ordered(value, NESTED[name]);
+  if (NESTED_LISTS[name] && Array.isArray(value)) {
+    return value.map((item) => (item !== null && typeof item === "object" ? ordered(item, NESTED_LISTS[name]) : item));
+  }
+  return value;
 }
 
 /** Encodes a frame with the JSON codec: the text of one WebSocket message or stream frame body.
@@ -87,15 +124,7 @@ function ordered(object, names) {
 export function encodeJson(frame, direction = "client") {
   const names = fieldsOf(frame.type, direction);
   if (!names) throw new FrameError(`unknown frame type ${frame.type}`);
-  const fields = {};
-  for (const name of names) {
-    let value = frame[name] ?? null;
-    if (name === "position" || name === "since") value = ordered(value, POSITION);
-    if (name === "limits") value = ordered(value, LIMITS);
-    if (name === "layers" && Array.isArray(value)) value = value.map((layer) => ordered(layer, LAYER));
-    if (name === "servers" && Array.isArray(value)) value = value.map((server) => ordered(server, ICE_SERVER));
-    fields[name] = value;
-  }
+  const fields = ordered(frame, names);
   return JSON.stringify({ [frame.type]: fields });
 }
 

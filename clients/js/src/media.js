@@ -6,7 +6,7 @@
 //
 // with LEB128 varints. Pure functions and an incremental reader, no I/O: `edgerelay.js` opens and
 // reads the streams. Numbers are JavaScript numbers (exact up to 2^53, far beyond any track id,
-// group number or timestamp a call reaches). Checked by clients/test/media.test.mjs.
+// group number or timestamp a call reaches). Checked by clients/js/test/media.test.mjs.
 
 /** First byte of every media unidirectional stream. */
 export const STREAM_MEDIA_GROUP = 0x01;

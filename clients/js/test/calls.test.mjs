@@ -1,12 +1,12 @@
-// The browser client's 1:1 call API (clients/calls.js) against a scripted relay: a stand-in
+// The browser client's 1:1 call API (clients/js/src/calls.js) against a scripted relay: a stand-in
 // WebSocket that answers like the relay (docs/protocol.md "Calls (1:1)") and a stand-in
 // RTCPeerConnection, so the order of what the client sends is checked without a browser
-// (tests/browser_webrtc.rs does it with Chromium, coturn and real media). Run: node --test clients/test/
+// (tests/browser_webrtc.rs does it with Chromium, coturn and real media). Run: node --test clients/js/test/
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { decodeJson, encodeJson } from "../codec.js";
-import { EdgeRelay } from "../edgerelay.js";
+import { decodeJson, encodeJson } from "../src/codec.js";
+import { EdgeRelay } from "../src/edgerelay.js";
 
 const tick = () => new Promise((resolve) => setTimeout(resolve, 0));
 
@@ -349,7 +349,7 @@ test("a call that ends while its ICE servers are on their way makes no peer conn
 });
 
 test("quality reports come from the growth of getStats() counters between two samples", async () => {
-  const { qualityReport, qualitySample } = await import("../calls.js");
+  const { qualityReport, qualitySample } = await import("../src/calls.js");
   const stats = (rtt, lost, received, sent, recvBytes, jitter) =>
     new Map([
       ["p", { type: "candidate-pair", nominated: true, state: "succeeded", currentRoundTripTime: rtt }],

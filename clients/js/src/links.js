@@ -1,0 +1,284 @@
+// The two ways to the relay, as thin links: bytes in, frames out, no state of the app's. Each
+// link reports its frames, datagrams and media to the `events` it was given and how it ended
+// (`closed`), so the client can ignore a link it gave up on.
+//
+// - WebTransport: protocol v1 byte for byte as raw QUIC: a control stream first, then one
+//   bidirectional stream per room, frames `[u32 length][body]` (docs/protocol.md); a slow room
+//   never delays another. A datagram read loop always runs: Chromium drops incoming datagrams
+//   nobody reads, and the relay sends lossy state (presence, typing) as datagrams.
+// - WebSocket: one text message per frame; everything shares the socket. Its constructor is
+//   passed in (the page's `WebSocket`, or e.g. the `ws` package under Node).
+
+import { FrameError, FrameReader, decodeJson, encodeJson, fromBase64, lengthPrefixed } from "./codec.js";
+import { TimeoutError } from "./errors.js";
+import { GroupReader, encodeFrame, encodeGroupHeader } from "./media.js";
+
+/**
+ * Why WebTransport cannot even be tried here, or null if it can. `scope` is the global object
+ * (a parameter for tests).
+ */
+export function webTransportUnavailable(url, scope = globalThis) {
+  if (typeof scope.WebTransport === "undefined") {
+    return scope.isSecureContext === false
+      ? "this page is not a secure context (WebTransport needs https:, or http: on localhost or 127.0.0.1)"
+      : "this browser has no WebTransport";
+  }
+  return url ? null : "no webTransportUrl given";
+}
+
+/** Why a WebTransport attempt failed, for `fallbackReason`. */
+export function webTransportFailure(err, timeoutMs) {
+  if (err instanceof TimeoutError) return `no answer within ${timeoutMs} ms (UDP blocked?)`;
+  // Browsers do not say which on purpose: a certificate that is not trusted and does not match
+  // `certHashes`, or a UDP port that refuses, both end as "Opening handshake failed."
+  if (err?.name === "WebTransportError") return `${err.message} (certificate rejected or UDP port closed?)`;
+  return String(err?.message ?? err) || "connection failed";
+}
+
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** One group being sent (`EdgeRelay.openGroup`). */
+export class GroupWriter {
+  #writer;
+
+  constructor(writer) {
+    this.#writer = writer;
+    // Whether the stream ended cleanly (false: reset, stopped by the relay, or the session ended).
+    this.closed = writer.closed.then(
+      () => true,
+      () => false,
+    );
+  }
+
+  /** Writes a frame; resolves once the stream accepted it (await it for backpressure). */
+  frame(timestampUs, level, bytes) {
+    return this.#writer.write(encodeFrame(timestampUs, level, bytes));
+  }
+
+  /** Ends the group (finishes the stream). */
+  finish() {
+    return this.#writer.close().catch(() => {});
+  }
+
+  /** Drops the group (resets the stream). */
+  abort(reason) {
+    return this.#writer.abort(reason).catch(() => {});
+  }
+}
+
+/** WebTransport: a control stream plus one bidirectional stream per room. */
+export class WebTransportLink {
+  kind = "webtransport";
+
+  constructor(url, certHashes, events) {
+    const options = {};
+    if (certHashes && certHashes.length > 0) {
+      options.serverCertificateHashes = certHashes.map((hash) => ({ algorithm: "sha-256", value: fromBase64(hash) }));
+    }
+    this.events = events;
+    this.transport = new WebTransport(url, options);
+    this.rooms = new Map();
+    // How this session ends ({code, reason}); it concerns this link only.
+    this.closed = this.transport.closed.then(
+      (info) => ({ code: info?.closeCode ?? 0, reason: info?.reason ?? "" }),
+      (err) => ({ code: null, reason: String(err?.message ?? err) }),
+    );
+  }
+
+  async open() {
+    await this.transport.ready;
+    this.#readDatagrams();
+    this.#acceptGroups();
+    const stream = await this.transport.createBidirectionalStream();
+    this.control = stream.writable.getWriter();
+    this.#readStream(stream.readable);
+  }
+
+  async #readStream(readable) {
+    const reader = readable.getReader();
+    const frames = new FrameReader();
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        for (const body of frames.push(value)) this.events.frame(decodeJson(decoder.decode(body)));
+      }
+    } catch (err) {
+      if (err instanceof FrameError) this.close(`bad frame from relay: ${err.message}`);
+    }
+  }
+
+  async #readDatagrams() {
+    const reader = this.transport.datagrams.readable.getReader();
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        this.events.datagram(value);
+      }
+    } catch {
+      // The session is gone; `closed` reports why.
+    }
+  }
+
+  /** Reads every group stream the relay opens (docs/media.md step 4), each on its own. */
+  async #acceptGroups() {
+    const streams = this.transport.incomingUnidirectionalStreams.getReader();
+    try {
+      for (;;) {
+        const { value, done } = await streams.read();
+        if (done) return;
+        this.#readGroup(value);
+      }
+    } catch {
+      // The session is gone; `closed` reports why.
+    }
+  }
+
+  async #readGroup(readable) {
+    const reader = readable.getReader();
+    const groups = new GroupReader();
+    let header = null;
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        for (const item of groups.push(value)) {
+          if (item.header) {
+            header = item.header;
+            this.events.media({ type: "group", ...header });
+          } else {
+            this.events.media({ type: "frame", track: header.track, layer: header.layer, group: header.group, ...item.frame });
+          }
+        }
+      }
+      if (header) this.events.media({ type: "end", track: header.track, layer: header.layer, group: header.group, reset: groups.pending > 0 ? -1 : null });
+    } catch (err) {
+      // A reset (code 0x10: dropped as stale, queue full or track ended) or a malformed stream.
+      reader.cancel().catch(() => {});
+      if (header) this.events.media({ type: "end", track: header.track, layer: header.layer, group: header.group, reset: err?.streamErrorCode ?? -1 });
+    }
+  }
+
+  /** A new unidirectional stream carrying one group; `sendOrder` ranks it against the others. */
+  async openGroup(header, sendOrder) {
+    const options = sendOrder === undefined ? {} : { sendOrder };
+    const stream = await this.transport.createUnidirectionalStream(options);
+    const writer = stream.getWriter();
+    writer.write(encodeGroupHeader(header)).catch(() => {});
+    return writer;
+  }
+
+  static #bytes(frame) {
+    return lengthPrefixed(encoder.encode(encodeJson(frame)));
+  }
+
+  send(frame) {
+    return this.control.write(WebTransportLink.#bytes(frame));
+  }
+
+  /** Opens the room's own stream with its `join` as the first frame. */
+  async openRoom(room, join) {
+    const stream = await this.transport.createBidirectionalStream();
+    const writer = stream.writable.getWriter();
+    this.rooms.set(room, writer);
+    this.#readStream(stream.readable);
+    return writer.write(WebTransportLink.#bytes(join));
+  }
+
+  sendRoom(room, frame) {
+    const writer = this.rooms.get(room);
+    return writer ? writer.write(WebTransportLink.#bytes(frame)) : this.send(frame);
+  }
+
+  closeRoom(room) {
+    const writer = this.rooms.get(room);
+    this.rooms.delete(room);
+    writer?.close().catch(() => {});
+  }
+
+  sendDatagram(bytes) {
+    const writer = this.transport.datagrams.writable.getWriter();
+    writer.write(bytes).catch(() => {});
+    writer.releaseLock();
+  }
+
+  close(reason = "bye") {
+    try {
+      this.transport.close({ closeCode: 0, reason });
+    } catch {
+      // Already closed.
+    }
+  }
+}
+
+/** WebSocket: every frame is one text message on the one socket. */
+export class WebSocketLink {
+  kind = "websocket";
+
+  constructor(url, events, WebSocketImpl) {
+    this.events = events;
+    this.socket = new WebSocketImpl(url);
+    this.socket.binaryType = "arraybuffer";
+    let opened, failed, ended;
+    this.opened = new Promise((resolve, reject) => {
+      opened = resolve;
+      failed = reject;
+    });
+    this.opened.catch(() => {}); // Only `open()` cares; a link given up on may fail unobserved.
+    // How this socket ends ({code, reason}); it concerns this link only.
+    this.closed = new Promise((resolve) => {
+      ended = resolve;
+    });
+    this.socket.onopen = () => opened();
+    this.socket.onerror = () => failed(new Error("WebSocket failed to open"));
+    this.socket.onmessage = (event) => {
+      const text = typeof event.data === "string" ? event.data : decoder.decode(event.data);
+      try {
+        this.events.frame(decodeJson(text));
+      } catch (err) {
+        this.close(`bad frame from relay: ${err.message}`);
+      }
+    };
+    this.socket.onclose = (event) => {
+      failed(new Error(`WebSocket closed (${event.code})`));
+      // 4000 + error code (docs/protocol.md); 1000 is a normal close.
+      const code = event.code >= 4000 && event.code < 5000 ? event.code - 4000 : event.code === 1000 ? 0 : null;
+      ended({ code, reason: event.reason });
+    };
+  }
+
+  open() {
+    return this.opened;
+  }
+
+  send(frame) {
+    this.socket.send(encodeJson(frame));
+  }
+
+  openRoom(_room, join) {
+    this.send(join);
+  }
+
+  sendRoom(_room, frame) {
+    this.send(frame);
+  }
+
+  closeRoom() {}
+
+  openGroup() {
+    throw new Error("media needs WebTransport: this connection is a WebSocket (media_unsupported)");
+  }
+
+  sendDatagram() {}
+
+  close(reason = "bye") {
+    try {
+      this.socket.close(1000, reason);
+    } catch {
+      // Already closed.
+    }
+  }
+}

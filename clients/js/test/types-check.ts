@@ -1,0 +1,163 @@
+// The type test (not run, only type-checked): every public API used as the README shows it, through the package's own
+// `exports` (as an app imports it). `npm run typecheck` (tsc --noEmit) must pass; the
+// `@ts-expect-error` lines must fail to type-check, or tsc reports them unused.
+import {
+  Call,
+  EdgeRelay,
+  Outbox,
+  PresenceView,
+  RelayError,
+  Room,
+  SharedRelay,
+  StateError,
+  TimeoutError,
+  TypingDebounce,
+  backoffDelay,
+  binary,
+  decodeJson,
+  encodeJson,
+  endpointUrls,
+  messageId,
+  payloadBytes,
+  presenceDigest,
+  refreshDelay,
+  rtcIceServers,
+  tokenExpiry,
+  typingText,
+  validRoomName,
+  webTransportUnavailable,
+  type ConnectionState,
+  type HistoryPage,
+  type Message,
+  type Position,
+  type PresenceEntry,
+  type StatusDetail,
+  type WebSocketConstructor,
+} from "@edgerelay/client";
+
+declare const NodeWebSocket: WebSocketConstructor;
+
+async function chat(): Promise<void> {
+  const relay = new EdgeRelay({
+    getToken: async () => "jwt",
+    ...endpointUrls(location, { webtransport_port: 4433, webtransport_path: "/v1/wt", websocket_path: "/v1/ws" }),
+    certHashes: () => fetch("/v1/cert").then((r) => r.json()).then((c: { hashes: string[] }) => c.hashes),
+    transport: "auto",
+    WebSocket: NodeWebSocket,
+    backoff: { baseMs: 100, capMs: 5000 },
+    refreshBeforeMs: 30_000,
+    typing: { startEveryMs: 3000, quietMs: 5000 },
+  });
+  relay.addEventListener("status", (e) => {
+    const detail: StatusDetail = e.detail;
+    const state: ConnectionState = detail.state;
+    if (state === "reconnecting" && detail.retryAt !== undefined) console.log(new Date(detail.retryAt));
+    if (state === "open") console.log(detail.transport, detail.fallbackReason);
+  });
+  const welcome = await relay.connect();
+  const me: string = welcome.user;
+
+  const room: Room = await relay.join("chat:lobby");
+  room.addEventListener("message", (e) => {
+    const m: Message = e.detail;
+    const at: Position = m.position;
+    console.log(m.from, m.data, at.offset, me);
+  });
+  room.addEventListener("presence", (e) => e.detail.members.map((p: PresenceEntry) => p.status));
+  room.addEventListener("typing", (e) => console.log(e.detail.text, e.detail.users, e.detail.total));
+  room.addEventListener("history", (e) => console.log(e.detail.messages.length, e.detail.hasEarlier));
+  room.addEventListener("gap", (e) => console.log(e.detail.position.epoch));
+
+  const position: Position = await room.publish({ text: "hi" });
+  await relay.publish("chat:lobby", { text: "again" }, { id: messageId() });
+  await relay.publish("chat:lobby", binary(new Uint8Array([0, 255])));
+  const earlier: Message[] = await room.loadEarlier(50);
+  const page: HistoryPage = await room.history({ before: position.offset, limit: 20 });
+  console.log(earlier.length, page.first, room.hasEarlier, room.members, room.typing.text, room.status("bob"));
+  room.keystroke();
+  room.stopTyping();
+  await room.setTyping(false);
+  await relay.setStatus("away", "lunch");
+  await relay.activity();
+  await relay.privacy({ hideTyping: true });
+  const rtt: number = await relay.ping();
+  const expiresAt: number = await relay.refresh();
+  console.log(rtt, expiresAt, relay.unacked, relay.rooms.length, relay.state, relay.retryAt);
+
+  const call: Call = await relay.call("bob", { media: "audio", stream: null });
+  call.addEventListener("state", (e) => console.log(e.detail.state, e.detail.reason));
+  relay.addEventListener("ring", (e) => e.detail.answer({ stream: null }));
+  await call.hangUp();
+  const { iceServers } = await relay.iceServers();
+  new RTCPeerConnection({ iceServers });
+  await room.leave();
+  relay.close();
+
+  try {
+    await relay.join("chat:lobby");
+  } catch (err) {
+    if (err instanceof StateError) {
+      const code: "not_connected" | "closed" | "no_websocket" | "unsupported" = err.code;
+      console.log(code);
+    } else if (err instanceof RelayError) {
+      console.log(err.code, err.codeName);
+    } else if (err instanceof TimeoutError) {
+      console.log(err.message);
+    }
+  }
+
+  // @ts-expect-error: a transport that does not exist
+  new EdgeRelay({ transport: "carrier-pigeon" });
+  // @ts-expect-error: a message id is a string
+  await room.publish({ text: "x" }, { id: 5 });
+  // @ts-expect-error: no such status
+  await relay.setStatus("sleeping");
+  // @ts-expect-error: presence details are entries, not strings
+  room.addEventListener("presence", (e) => e.detail.members.map((p) => p.toUpperCase()));
+}
+
+function pureHelpers(): void {
+  const view = new PresenceView();
+  view.apply({ user: "alice", status: "online", custom: null, version: 1, last_seen: 0 });
+  view.applySnapshot([]);
+  const sync: boolean = view.needsSync(1, presenceDigest(view.members));
+  view.applyTyping({ users: ["alice"], others: 0, version: 1, ttl_ms: 6000 }, Date.now());
+  const line: string = view.typingText(Date.now(), "bob") + typingText(["a", "b"], 3);
+  const debounce = new TypingDebounce();
+  const signal: "start" | null = debounce.keystroke(0);
+  const outbox = new Outbox();
+  const { promise } = outbox.add("chat:lobby", messageId(), { text: "x" });
+  promise.then((p: Position) => p.offset);
+  const delay: number = backoffDelay(3) + refreshDelay(tokenExpiry("a.b.c") ?? 0, Date.now());
+  const frame = decodeJson(encodeJson({ type: "ping", req: 1 }));
+  const bytes: Uint8Array = payloadBytes({ text: "hi" });
+  console.log(sync, line, signal, delay, frame.type, bytes, validRoomName("chat:x"), webTransportUnavailable(undefined));
+  console.log(rtcIceServers({ servers: [], expires_at: 0 }).expiresAt);
+}
+
+async function tabs(): Promise<void> {
+  const shared = new SharedRelay({ shareKey: "alice", token: "jwt", webSocketUrl: "ws://x/v1/ws", gatherMs: 100 });
+  shared.addEventListener("status", (e) => console.log(e.detail.state, e.detail.leader));
+  shared.addEventListener("notify", (e) => new Notification(e.detail.from, { body: String(e.detail.position.offset) }));
+  await shared.connect();
+  const room: Room = await shared.join("chat:lobby");
+  const position: Position = await shared.publish("chat:lobby", { text: "hi" });
+  console.log(room.members, position, shared.isLeader);
+}
+
+void chat;
+void tabs;
+void pureHelpers;
+
+import { useConnectionState, useMessages, usePresence, useRoom, useTyping } from "@edgerelay/client/react";
+
+function ChatHooks(relay: EdgeRelay): string {
+  const { state, transport, retryAt } = useConnectionState(relay);
+  const { room, joined, error } = useRoom(relay, "chat:lobby");
+  const { messages, loadEarlier, hasEarlier } = useMessages(room, { initial: 30 });
+  const members: PresenceEntry[] = usePresence(room);
+  const typing = useTyping(room);
+  void loadEarlier(20);
+  return `${state} ${transport} ${retryAt} ${joined} ${error?.message} ${messages.length} ${hasEarlier} ${members.length} ${typing.text}`;
+}
+void ChatHooks;

@@ -1,0 +1,181 @@
+// The SDK's pure parts, no relay: presence and typing views, the typing debounce, the outbox,
+// the token refresh schedule, the errors calls in the wrong state reject with, and the types
+// file naming exactly what the package exports. Run: node --test clients/js/test/
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+
+import * as sdk from "../src/index.js";
+import {
+  EdgeRelay,
+  Outbox,
+  PresenceView,
+  RelayError,
+  StateError,
+  TypingDebounce,
+  presenceDigest,
+  refreshDelay,
+  tokenExpiry,
+  typingText,
+} from "../src/index.js";
+
+const entry = (user, status, version, custom = null) => ({ user, status, custom, version, last_seen: 0 });
+
+test("presence: late and reordered updates never roll back; snapshots keep newer entries", () => {
+  const view = new PresenceView();
+  assert.ok(view.apply(entry("alice", "online", 10)));
+  assert.ok(view.apply(entry("alice", "offline", 12)));
+  assert.ok(!view.apply(entry("alice", "away", 11)), "older than what is held");
+  assert.equal(view.status("alice"), "offline");
+  assert.ok(view.apply(entry("bob", "busy", 20)));
+  view.applySnapshot([entry("carol", "online", 7), entry("bob", "online", 19)]);
+  assert.deepEqual(view.members.map((m) => [m.user, m.status]), [["bob", "busy"], ["carol", "online"]]);
+  assert.ok(!view.apply(entry("carol", "online", 7)), "the snapshot's version counts");
+  // Bad input from a peer is ignored, never thrown.
+  assert.ok(!view.apply(null));
+  assert.ok(!view.apply({ status: "online" }));
+  view.applySnapshot("nonsense");
+  assert.deepEqual(view.members, []);
+});
+
+test("presence digest: docs/protocol.md's example, and a refresh that disagrees asks for a sync", () => {
+  assert.equal(presenceDigest([entry("alice", "online", 1)]), 0x000ea9180c3d431e);
+  const view = new PresenceView();
+  view.apply(entry("alice", "online", 1));
+  assert.ok(!view.needsSync(1, 0x000ea9180c3d431e));
+  assert.ok(view.needsSync(2, 0x000ea9180c3d431e));
+  assert.ok(view.needsSync(1, 12345));
+});
+
+test("typing: the relay's view shown until its ttl, never older versions, without yourself", () => {
+  const view = new PresenceView();
+  assert.ok(view.applyTyping({ users: ["alice", "me"], others: 0, version: 5, ttl_ms: 6000 }, 1000));
+  assert.equal(view.typingText(1000, "me"), "alice is typing…");
+  assert.deepEqual(view.typing(6999, "me"), { users: ["alice"], total: 1, untilMs: 7000 });
+  assert.equal(view.typingText(7000, "me"), "", "expired");
+  assert.ok(!view.applyTyping({ users: ["bob"], others: 0, version: 4, ttl_ms: 6000 }, 2000));
+  assert.equal(typingText(["Alice", "Bob", "Carol"], 3), "Alice, Bob and Carol are typing…");
+  assert.equal(typingText(["Alice", "Bob", "Carol"], 4), "Alice, Bob and 2 others are typing…");
+  assert.equal(typingText(["Alice"], 2), "Alice and 1 other is typing…");
+  assert.equal(typingText([], 0), "");
+});
+
+test("typing debounce: start at most every 3 s while typing, stop after 5 s quiet or on send", () => {
+  const d = new TypingDebounce({ startEveryMs: 3000, quietMs: 5000 });
+  const sent = [];
+  for (let t = 0; t <= 7000; t += 100) if (d.keystroke(t)) sent.push(t);
+  assert.deepEqual(sent, [0, 3000, 6000]);
+  assert.equal(d.deadline, 12_000);
+  assert.equal(d.poll(11_999), null);
+  assert.equal(d.poll(12_000), "stop");
+  assert.equal(d.poll(13_000), null, "stop is said once");
+  assert.equal(d.keystroke(13_000), "start");
+  assert.equal(d.stop(), "stop");
+  assert.equal(d.stop(), null);
+});
+
+test("outbox: oldest first, one entry per id with every waiter answered, failures reject", async () => {
+  const outbox = new Outbox();
+  const a = outbox.add("r", "a", 1);
+  const again = outbox.add("r", "a", 1);
+  const b = outbox.add("r", "b", 2);
+  assert.deepEqual([a.fresh, again.fresh, b.fresh], [true, false, true]);
+  assert.deepEqual(outbox.entries.map((e) => e.id), ["a", "b"]);
+  outbox.ack("r", "a", { epoch: 1, offset: 9 });
+  assert.deepEqual(await a.promise, { epoch: 1, offset: 9 });
+  assert.deepEqual(await again.promise, { epoch: 1, offset: 9 });
+  outbox.fail("r", "b", new RelayError(125, "payload_too_large"));
+  await assert.rejects(b.promise, (err) => err instanceof RelayError && err.codeName === "payload_too_large");
+  assert.equal(outbox.size, 0);
+});
+
+test("token refresh schedule: a minute ahead, halfway for short tokens, now when expired", () => {
+  const now = 1_700_000_000_000;
+  assert.equal(refreshDelay(now / 1000 + 3600, now), 3_540_000);
+  assert.equal(refreshDelay(now / 1000 + 60, now), 30_000);
+  assert.equal(refreshDelay(now / 1000 + 3, now, 1000), 2000);
+  assert.equal(refreshDelay(now / 1000 - 5, now), 0);
+  const payload = Buffer.from(JSON.stringify({ sub: "a", exp: 1700003600 })).toString("base64url");
+  assert.equal(tokenExpiry(`eyJhbGciOiJIUzI1NiJ9.${payload}.sig`), 1700003600);
+  for (const bad of ["", "nope", "a.b.c", null, "a.e30.c"]) assert.equal(tokenExpiry(bad), null, String(bad));
+});
+
+test("calls in the wrong state reject with a StateError, never a TypeError", async () => {
+  const relay = new EdgeRelay({ token: "t", webSocketUrl: "ws://127.0.0.1:1/v1/ws", networkEvents: false });
+  const calls = {
+    join: () => relay.join("chat:lobby"),
+    publish: () => relay.publish("chat:lobby", { text: "hi" }),
+    history: () => relay.history("chat:lobby"),
+    typing: () => relay.typing("chat:lobby", true),
+    setStatus: () => relay.setStatus("away"),
+    ping: () => relay.ping(),
+    refresh: () => relay.refresh("t"),
+    leave: () => relay.leave("chat:lobby"),
+    roomPublish: () => relay.room("chat:lobby").publish({ text: "hi" }),
+    roomLoadEarlier: () => relay.room("chat:lobby").loadEarlier(),
+  };
+  for (const [name, call] of Object.entries(calls)) {
+    await assert.rejects(call, (err) => err instanceof StateError && err.code === "not_connected" && /connect\(\) first/.test(err.message), name);
+  }
+  // A room name the relay would refuse is refused here, with the relay's code.
+  assert.throws(() => relay.room("has space"), (err) => err instanceof RelayError && err.code === 121);
+  await assert.rejects(relay.publish(42, "x"), (err) => err instanceof RelayError && err.codeName === "bad_room");
+  relay.close();
+  for (const [name, call] of Object.entries(calls)) {
+    await assert.rejects(call, (err) => err instanceof StateError && err.code === "closed", name);
+  }
+  await assert.rejects(relay.connect(), (err) => err instanceof StateError && err.code === "closed");
+});
+
+test("without a WebSocket (Node < 22, none injected) connect fails at once instead of retrying", async () => {
+  const saved = globalThis.WebSocket;
+  globalThis.WebSocket = undefined;
+  try {
+    const relay = new EdgeRelay({ token: "t", webSocketUrl: "ws://127.0.0.1:1/v1/ws", networkEvents: false });
+    const states = [];
+    relay.addEventListener("status", (e) => states.push(e.detail.state));
+    await assert.rejects(relay.connect(), (err) => err instanceof StateError && err.code === "no_websocket" && /WebSocket option/.test(err.message));
+    assert.deepEqual(states, ["connecting", "closed"]);
+    await assert.rejects(relay.publish("chat:lobby", 1), (err) => err instanceof StateError && err.code === "closed");
+  } finally {
+    globalThis.WebSocket = saved;
+  }
+});
+
+test("close() while connecting rejects connect() and every waiting publish and join", async () => {
+  // A socket that never opens: the client stays connecting until closed.
+  class Never {
+    close() {}
+  }
+  const relay = new EdgeRelay({ token: "t", WebSocket: Never, transport: "websocket", webSocketUrl: "ws://x/v1/ws", networkEvents: false });
+  const connecting = relay.connect();
+  const publish = relay.publish("chat:lobby", { text: "queued" });
+  const join = relay.join("chat:lobby");
+  assert.equal(relay.unacked, 1);
+  relay.close();
+  await assert.rejects(connecting, (err) => err instanceof StateError && err.message === "closed before it connected");
+  await assert.rejects(publish, (err) => err instanceof StateError && err.code === "closed");
+  await assert.rejects(join, (err) => err instanceof StateError && err.code === "closed");
+  assert.equal(relay.state, "closed");
+});
+
+test("index.d.ts declares exactly the values the package exports", () => {
+  const types = readFileSync(new URL("../index.d.ts", import.meta.url), "utf8");
+  const declared = [...types.matchAll(/^export (?:declare )?(?:class|function) (\w+)/gm)].map((m) => m[1]);
+  assert.deepEqual([...new Set(declared)].sort(), Object.keys(sdk).sort());
+});
+
+const hasLocks = Boolean(globalThis.navigator?.locks) && typeof BroadcastChannel === "function";
+test("SharedRelay without Web Locks says so instead of failing later", { skip: hasLocks && "this Node has Web Locks" }, async () => {
+  const { SharedRelay } = await import("../src/index.js");
+  const shared = new SharedRelay({ shareKey: "alice", token: "t", webSocketUrl: "ws://x/v1/ws" });
+  await assert.rejects(shared.connect(), (err) => err instanceof StateError && err.code === "unsupported");
+  await assert.rejects(shared.join("chat:lobby"), (err) => err instanceof StateError && err.code === "not_connected");
+});
+
+test("react.d.ts declares exactly the hooks @edgerelay/client/react exports", async () => {
+  const react = await import("../src/react.js");
+  const types = readFileSync(new URL("../react.d.ts", import.meta.url), "utf8");
+  const declared = [...types.matchAll(/^export function (\w+)/gm)].map((m) => m[1]);
+  assert.deepEqual(declared.sort(), Object.keys(react).sort());
+});
