@@ -10,6 +10,7 @@ pub mod config;
 pub mod connection;
 pub mod control;
 pub mod engine;
+pub mod events;
 pub mod http;
 pub mod hub;
 pub mod ice;

@@ -4,6 +4,8 @@
 //! followed by the fields in order; JSON writes `{"<variant>": {<fields>}}`. New variants are
 //! only ever appended, so the indices below are stable. See `docs/protocol.md`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::call::{CallAction, CallEvent};
@@ -100,6 +102,15 @@ pub enum ClientFrame {
     /// at most `limit` (1-50) calls that started before `before` (a page's `next`, or a time
     /// in unix ms; the newest when absent). Answered by `call_history`.
     CallHistory { req: u64, before: Option<String>, limit: u32 },
+    // placeholder for issue 18's frame (other branch); replaced at merge
+    Session {},
+    /// Receive the events of the topics `pattern` matches (docs/events.md): a topic, or one with
+    /// `*` (one segment) or a final `>` (one or more segments). `filter`, in the filter
+    /// language, selects events by their tags. `since` resumes an exact persistent topic after
+    /// that position. Answered by `subscribed`; events follow as `event` frames.
+    Subscribe { req: u64, pattern: String, filter: Option<String>, since: Option<Position> },
+    /// Stop a subscription made with this exact `pattern`. Answered by `unsubscribed`.
+    Unsubscribe { req: u64, pattern: String },
 }
 
 impl ClientFrame {
@@ -121,8 +132,11 @@ impl ClientFrame {
             | ClientFrame::TrackMute { req, .. }
             | ClientFrame::IceServers { req }
             | ClientFrame::Call { req, .. }
-            | ClientFrame::CallHistory { req, .. } => Some(*req),
+            | ClientFrame::CallHistory { req, .. }
+            | ClientFrame::Subscribe { req, .. }
+            | ClientFrame::Unsubscribe { req, .. } => Some(*req),
             ClientFrame::Hello { .. }
+            | ClientFrame::Session {}
             | ClientFrame::SetStatus { .. }
             | ClientFrame::Activity {}
             | ClientFrame::Typing { .. }
@@ -198,6 +212,17 @@ pub enum ServerFrame {
     /// Answer to `call_history`: the calls, newest first, each the history entry the server
     /// API returns; `next` is the `before` of the next (older) page, absent at the end.
     CallHistory { req: u64, calls: Vec<CallRecord>, next: Option<String> },
+    // placeholder for issue 18's frame (other branch); replaced at merge
+    Session {},
+    /// The subscription is made. For an exact persistent topic `position` is its top (the last
+    /// event stored, offset 0 if none) and `recovered` tells whether every event after `since`
+    /// follows; otherwise `position` is absent and `recovered` is true only without `since`.
+    Subscribed { req: u64, pattern: String, position: Option<Position>, recovered: bool },
+    /// The subscription with this pattern ended.
+    Unsubscribed { req: u64, pattern: String },
+    /// An event of a subscribed topic. `position` is its place in a persistent topic's log
+    /// (absent for an ephemeral topic); `id` the publisher's event id; `tags` what filters see.
+    Event { topic: String, position: Option<Position>, time: u64, id: String, tags: BTreeMap<String, String>, data: Payload },
 }
 
 /// One ICE server entry, the shape of WebRTC's `RTCIceServer`: `username` and `credential` are
@@ -248,6 +273,8 @@ impl ServerFrame {
             | ServerFrame::IceServers { req, .. }
             | ServerFrame::Call { req, .. }
             | ServerFrame::CallHistory { req, .. }
+            | ServerFrame::Subscribed { req, .. }
+            | ServerFrame::Unsubscribed { req, .. }
             | ServerFrame::Error { req, .. } => Some(*req),
             _ => None,
         }
