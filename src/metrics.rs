@@ -165,7 +165,10 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_gauge!(CONNECTIONS, "Open connections, by transport.");
     describe_counter!(EVENTS_TOTAL, "Events fanned out on this node (published here or received from another node).");
-    describe_counter!(EVENT_DELIVERIES_TOTAL, "Event deliveries queued: connections (or SSE streams) an event reached.");
+    describe_counter!(
+        EVENT_DELIVERIES_TOTAL,
+        "Event deliveries queued: connections (or SSE streams) an event reached."
+    );
     describe_gauge!(EVENT_SUBSCRIPTIONS, "Event subscriptions held on this node.");
     describe_counter!(CONNECTIONS_TOTAL, "Connections accepted, by transport.");
     describe_counter!(DISCONNECTS_TOTAL, "Connections closed, by close reason (normal or the close code's name).");

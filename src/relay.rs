@@ -671,6 +671,9 @@ async fn apply_remote_controls(
             _ = stop.cancelled() => return,
             control = remote.recv() => match control {
                 Some(Control::Event { tenant, event }) => events.apply_remote(&tenant, &event),
+                Some(control @ Control::UserEvent { .. }) => {
+                    controls.apply(&control, unix_ms() / 1000);
+                }
                 Some(control) => {
                     let closed = controls.apply(&control, unix_ms() / 1000);
                     tracing::info!(?control, closed, "applied another node's action");

@@ -79,12 +79,14 @@ impl Expr {
         match self {
             Expr::Eq(key, v) => tags.get(key).is_some_and(|t| v.equals(t)),
             Expr::Ne(key, v) => !tags.get(key).is_some_and(|t| v.equals(t)),
-            Expr::Num(key, cmp, n) => tags.get(key).and_then(|t| t.trim().parse::<f64>().ok()).is_some_and(|t| match cmp {
-                Cmp::Lt => t < *n,
-                Cmp::Le => t <= *n,
-                Cmp::Gt => t > *n,
-                Cmp::Ge => t >= *n,
-            }),
+            Expr::Num(key, cmp, n) => {
+                tags.get(key).and_then(|t| t.trim().parse::<f64>().ok()).is_some_and(|t| match cmp {
+                    Cmp::Lt => t < *n,
+                    Cmp::Le => t <= *n,
+                    Cmp::Gt => t > *n,
+                    Cmp::Ge => t >= *n,
+                })
+            }
             Expr::In(key, values) => tags.get(key).is_some_and(|t| values.iter().any(|v| v.equals(t))),
             Expr::Has(key) => tags.contains_key(key),
             Expr::Not(e) => !e.eval(tags),

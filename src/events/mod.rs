@@ -82,9 +82,29 @@ pub struct Event {
     /// The publisher's id (idempotency key).
     pub id: String,
     pub tags: Tags,
+    /// Base64 between nodes: the control channel's JSON is read through serde's internally
+    /// tagged enums, which cannot hand a raw JSON value to [`Payload`].
+    #[serde(with = "base64_payload")]
     pub data: Payload,
     /// Critical events may use the whole outbox (normal ones three quarters of it).
     pub critical: bool,
+}
+
+mod base64_payload {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::proto::Payload;
+
+    pub fn serialize<S: Serializer>(p: &Payload, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(&p.0))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Payload, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map(Payload::from).map_err(serde::de::Error::custom)
+    }
 }
 
 impl Event {
@@ -181,16 +201,19 @@ pub struct NewEvent {
     pub now_ms: u64,
 }
 
-/// Ids of ephemeral events seen recently on this node: `(tenant, topic, id)` → when.
+/// An ephemeral event's idempotency key: tenant, topic (or `@user`), id.
+type IdKey = (Arc<str>, String, String);
+
+/// Ids of ephemeral events seen recently on this node, with when.
 #[derive(Default)]
 struct RecentIds {
-    seen: HashSet<(Arc<str>, String, String)>,
-    order: VecDeque<(u64, (Arc<str>, String, String))>,
+    seen: HashSet<IdKey>,
+    order: VecDeque<(u64, IdKey)>,
 }
 
 impl RecentIds {
     /// Records the id; false when it was seen within `window_ms`.
-    fn first(&mut self, key: (Arc<str>, String, String), now_ms: u64, window_ms: u64) -> bool {
+    fn first(&mut self, key: IdKey, now_ms: u64, window_ms: u64) -> bool {
         while let Some((time, _)) = self.order.front() {
             if now_ms.saturating_sub(*time) < window_ms && self.order.len() < EPHEMERAL_IDS {
                 break;
@@ -212,8 +235,9 @@ impl RecentIds {
 pub struct Checked {
     pub pattern: Pattern,
     pub filter: Option<Filter>,
-    /// The exact persistent topic and position to resume after, when `since` can be honoured.
-    pub resume: Option<(TopicName, Position)>,
+    /// An exact persistent topic: it starts at a position (its top, or after `since`), through
+    /// [`Events::resume`].
+    pub resume: Option<(TopicName, Option<Position>)>,
 }
 
 /// The outcome of a publish.
@@ -284,7 +308,7 @@ impl Events {
             Some(text) => Some(Filter::parse(text).map_err(|err| (ErrorCode::BAD_FILTER, err.to_string()))?),
             None => None,
         };
-        let resume = since.and_then(|since| pattern.exact().filter(|t| self.is_persistent(t)).map(|t| (t, since)));
+        let resume = pattern.exact().filter(|t| self.is_persistent(t)).map(|t| (t, since));
         Ok(Checked { pattern, filter, resume })
     }
 
@@ -292,25 +316,25 @@ impl Events {
         RoomKey { tenant: tenant.into(), room: RoomName::topic_log(topic) }
     }
 
-    /// Adds a subscription. With `resuming`, live events are held until [`Events::resume`] has
-    /// replayed history.
+    /// Adds a checked subscription of connection `conn` whose frames go to `lane` of `outbox`.
+    /// For an exact persistent topic, live events are held until [`Events::resume`] (which the
+    /// caller runs with what is returned beside the subscription) has started it.
     pub fn subscribe(
         &self,
         tenant: &Arc<str>,
         conn: u64,
-        pattern: Pattern,
-        filter: Option<Filter>,
+        checked: Checked,
         outbox: Arc<Outbox>,
         lane: LaneId,
-        resuming: bool,
-    ) -> Arc<Subscription> {
+    ) -> (Arc<Subscription>, Option<(TopicName, Option<Position>)>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let pending = Mutex::new(resuming.then(Vec::new));
+        let Checked { pattern, filter, resume } = checked;
+        let pending = Mutex::new(resume.is_some().then(Vec::new));
         let sub = Arc::new(Subscription { id, conn, pattern, filter, outbox, lane, pending });
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         index.entry(tenant.clone()).or_default().insert(&sub.pattern, id, sub.clone());
         metrics::gauge!(crate::metrics::EVENT_SUBSCRIPTIONS).increment(1.0);
-        sub
+        (sub, resume)
     }
 
     pub fn unsubscribe(&self, tenant: &str, sub: &Subscription) {
@@ -410,10 +434,18 @@ impl Events {
         self.engine.publish(publish, on_commit);
     }
 
-    /// Replays an exact persistent topic after `since` for a subscription made with
-    /// `resuming`, answering `subscribed` through `reply`, then lets it go live with the events
-    /// held meanwhile (those not replayed already). Runs as a task of the subscriber.
-    pub async fn resume(&self, tenant: &str, sub: &Subscription, topic: &TopicName, since: Position, mut reply: Reply) {
+    /// Starts a subscription to an exact persistent topic made with `resuming`: answers
+    /// `subscribed` with the topic's top through `reply`, replays what came after `since` (when
+    /// given and still in history), then lets it go live with the events held meanwhile that
+    /// come after what it has. Runs as a task of the subscriber.
+    pub async fn resume(
+        &self,
+        tenant: &str,
+        sub: &Subscription,
+        topic: &TopicName,
+        since: Option<Position>,
+        mut reply: Reply,
+    ) {
         let key = Self::topic_key(tenant, topic);
         let meta = match self.engine.meta(&key).await {
             Ok(meta) => meta,
@@ -423,21 +455,27 @@ impl Events {
                 return;
             }
         };
-        let covered = (since.epoch == meta.epoch || since.offset == 0)
-            && since.offset <= meta.top
-            && since.offset + 1 >= meta.first;
+        let covered = since.map(|since| {
+            (since.epoch == meta.epoch || since.offset == 0)
+                && since.offset <= meta.top
+                && since.offset + 1 >= meta.first
+        });
         let subscribed = |recovered| ServerFrame::Subscribed {
             req: reply.req(),
             pattern: sub.pattern.to_string(),
             position: Some(meta.position()),
             recovered,
         };
-        if reply.send(&subscribed(covered)).is_err() {
+        if reply.send(&subscribed(covered.unwrap_or(true))).is_err() {
             return;
         }
-        let mut last = if covered { since.offset } else { meta.top };
+        let replay = covered == Some(true);
+        let mut last = match since {
+            Some(since) if replay => since.offset,
+            _ => meta.top,
+        };
         let codec = sub.outbox.codec();
-        while covered && last < meta.top {
+        while replay && last < meta.top {
             let chunk = match self.engine.read_after(&key, last, RESUME_CHUNK).await {
                 Ok(chunk) if chunk.first().is_some_and(|m| m.offset == last + 1) => chunk,
                 _ => return slow(&sub.outbox, &format!("history of {topic} no longer covers the resumed position")),
@@ -446,7 +484,11 @@ impl Events {
                 last = m.offset;
                 let Some(event) = stored_event(topic, meta.epoch, m) else { continue };
                 if sub.accepts(&event)
-                    && sub.outbox.push_waiting(sub.lane, codec.frame(&event.frame()), sub.outbox.cap() / 4 * 3).await.is_err()
+                    && sub
+                        .outbox
+                        .push_waiting(sub.lane, codec.frame(&event.frame()), sub.outbox.cap() / 4 * 3)
+                        .await
+                        .is_err()
                 {
                     return;
                 }
@@ -463,6 +505,35 @@ impl Events {
         }
         drop(pending);
         drop(wakes);
+    }
+
+    /// Sends an event to every connection of `user` (here and, through the engine, on the
+    /// other nodes), whatever they subscribed. Returns how many connections here took it, and
+    /// whether the id was already seen (then nothing is sent).
+    pub fn publish_to_user(
+        &self,
+        tenant: &str,
+        user: &str,
+        new: NewEvent,
+        controls: &crate::control::Controls,
+    ) -> (usize, bool) {
+        let key = (Arc::<str>::from(tenant), format!("@{user}"), new.id.clone());
+        if !lock(&self.recent).first(key, new.now_ms, self.dedupe_window_ms) {
+            return (0, true);
+        }
+        let event = Event {
+            topic: new.topic,
+            position: None,
+            time: new.now_ms,
+            id: new.id,
+            tags: new.tags,
+            data: new.data,
+            critical: new.critical,
+        };
+        let control = Control::UserEvent { tenant: tenant.into(), user: user.into(), event: Box::new(event) };
+        let reached = controls.apply(&control, new.now_ms / 1000);
+        self.engine.broadcast(&control);
+        (reached, false)
     }
 
     /// An event another node published: delivered to this node's subscribers.
@@ -503,6 +574,22 @@ mod tests {
         let m = StoredMessage { offset: 9, time: 5, from: "server".into(), id: "e1".into(), data: store_event(&event) };
         let back = stored_event(&topic, 2, m).unwrap();
         assert_eq!(back, Event { position: Some(Position { epoch: 2, offset: 9 }), ..event });
+    }
+
+    #[test]
+    fn events_cross_nodes_inside_controls() {
+        let event = Event {
+            topic: TopicName::parse("a.b").unwrap(),
+            position: None,
+            time: 1,
+            id: "x".into(),
+            tags: Tags::new(),
+            data: Payload::from("{\"k\":[1,2]}"),
+            critical: false,
+        };
+        let control = Control::Event { tenant: "acme".into(), event: Box::new(event) };
+        let json = serde_json::to_string(&control).unwrap();
+        assert_eq!(serde_json::from_str::<Control>(&json).unwrap(), control);
     }
 
     #[test]

@@ -32,16 +32,7 @@ impl Session {
         }
         let tenant = active.tenant.clone();
         let key = checked.pattern.to_string();
-        let resume = checked.resume;
-        let sub = events.subscribe(
-            &tenant,
-            self.id,
-            checked.pattern,
-            checked.filter,
-            self.outbox.clone(),
-            lane,
-            resume.is_some(),
-        );
+        let (sub, resume) = events.subscribe(&tenant, self.id, checked, self.outbox.clone(), lane);
         self.subscriptions.insert(key.clone(), sub.clone());
         match resume {
             Some((topic, since)) => {

@@ -36,7 +36,7 @@ pub enum Job {
         tenant: Arc<str>,
         sub: Arc<crate::events::Subscription>,
         topic: crate::events::TopicName,
-        since: Position,
+        since: Option<Position>,
         reply: Reply,
     },
     /// Answer a `call_history` request.
@@ -71,7 +71,9 @@ pub async fn run(job: Job, ctx: Arc<SessionContext>) -> Option<JoinSettled> {
             return Some(settled);
         }
         Job::CatchUp(CatchUp { key, id }) => replay::catch_up(&ctx.hub, engine, key, id).await,
-        Job::Resume { tenant, sub, topic, since, reply } => ctx.events.resume(&tenant, &sub, &topic, since, reply).await,
+        Job::Resume { tenant, sub, topic, since, reply } => {
+            ctx.events.resume(&tenant, &sub, &topic, since, reply).await
+        }
         Job::History { key, mut reply, before, limit, max_bytes } => {
             let req = reply.req();
             let frame = match history_page(&ctx, &key, req, before, limit, max_bytes).await {

@@ -5,9 +5,9 @@
 //! tested with plain values. The rule for lanes: answers go to the lane the request came on;
 //! a room's messages go to the lane its `join` came on (on QUIC, the room's own stream).
 
+mod events;
 pub mod jobs;
 pub mod limits;
-mod events;
 mod media;
 mod presence;
 
