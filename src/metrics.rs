@@ -275,10 +275,12 @@ fn register() {
         REDIS_PROBE_FAILURES_TOTAL,
         MEDIA_FRAMES_IN_TOTAL,
         CALLS_STARTED_TOTAL,
+        EVENTS_TOTAL,
+        EVENT_DELIVERIES_TOTAL,
     ] {
         metrics::counter!(name).absolute(0);
     }
-    for name in [ROOMS, PRESENCE_USERS, MEDIA_TRACKS, CALLS_ACTIVE] {
+    for name in [ROOMS, PRESENCE_USERS, MEDIA_TRACKS, CALLS_ACTIVE, EVENT_SUBSCRIPTIONS] {
         metrics::gauge!(name).increment(0.0);
     }
     for name in [FANOUT_SECONDS, STORE_COMMIT_SECONDS, STORE_BATCH_SIZE, PUBLISH_ACK_SECONDS, DELIVERY_SECONDS] {
