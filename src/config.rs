@@ -323,8 +323,8 @@ pub struct EventsConfig {
     /// resume); events of other topics are ephemeral: delivered live, never stored.
     pub persistent: Vec<String>,
     /// Topic patterns where only the latest value matters: a subscriber that reads slowly gets
-    /// the newest event of each such topic, not a backlog. Ephemeral only (a topic both
-    /// persistent and latest is refused).
+    /// the newest event of each such topic, not a backlog. Ephemeral topics only: a topic that
+    /// `persistent` also matches is persistent (and the same pattern in both lists is refused).
     pub latest: Vec<String>,
     /// Subscriptions one connection (or one SSE stream) may hold.
     pub max_subscriptions: u32,

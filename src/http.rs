@@ -472,9 +472,13 @@ async fn sse(State(state): State<Arc<HttpState>>, headers: HeaderMap, request: R
             }
         }
     }
+    let (orders_tx, orders) = crate::mailbox::mailbox();
+    let registration = state.controls.register(Arc::new(identity.clone()), id, orders_tx);
     let stream = crate::transport::sse::Stream {
         outbox,
         guard,
+        orders,
+        registration,
         resumable,
         heartbeat: Duration::from_millis(events.sse_heartbeat_ms),
         expires_at_ms: identity.expires_at.saturating_mul(1000),

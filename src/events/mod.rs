@@ -158,6 +158,8 @@ pub struct Subscription {
     pub lane: LaneId,
     /// `Some` while a resume replays history: live events wait here, in order.
     pending: Mutex<Option<Vec<Event>>>,
+    /// Set by [`Events::unsubscribe`]: a resume still running stops.
+    ended: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -330,7 +332,8 @@ impl Events {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let Checked { pattern, filter, resume } = checked;
         let pending = Mutex::new(resume.is_some().then(Vec::new));
-        let sub = Arc::new(Subscription { id, conn, pattern, filter, outbox, lane, pending });
+        let ended = Default::default();
+        let sub = Arc::new(Subscription { id, conn, pattern, filter, outbox, lane, pending, ended });
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         index.entry(tenant.clone()).or_default().insert(&sub.pattern, id, sub.clone());
         metrics::gauge!(crate::metrics::EVENT_SUBSCRIPTIONS).increment(1.0);
@@ -338,6 +341,7 @@ impl Events {
     }
 
     pub fn unsubscribe(&self, tenant: &str, sub: &Subscription) {
+        sub.ended.store(true, Ordering::Release);
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         if let Some(tree) = index.get_mut(tenant) {
             if tree.remove(&sub.pattern, sub.id) {
@@ -481,6 +485,9 @@ impl Events {
                 _ => return slow(&sub.outbox, &format!("history of {topic} no longer covers the resumed position")),
             };
             for m in chunk {
+                if sub.ended.load(Ordering::Acquire) {
+                    return;
+                }
                 last = m.offset;
                 let Some(event) = stored_event(topic, meta.epoch, m) else { continue };
                 if sub.accepts(&event)
@@ -496,6 +503,9 @@ impl Events {
         }
         // Live from here: what fanout held meanwhile, minus what history already gave.
         let mut pending = lock(&sub.pending);
+        if sub.ended.load(Ordering::Acquire) {
+            return;
+        }
         let mut wakes = Wakes::new();
         for event in pending.take().unwrap_or_default() {
             let replayed = event.position.is_some_and(|p| p.epoch == meta.epoch && p.offset <= last);

@@ -68,6 +68,10 @@ impl Drop for StreamGuard {
 pub struct Stream {
     pub outbox: Arc<Outbox>,
     pub guard: StreamGuard,
+    /// The server API's orders for this user (disconnect, revoke, user events); the
+    /// registration ends with the stream.
+    pub orders: crate::mailbox::Mailbox<crate::control::Order>,
+    pub registration: crate::control::Registration,
     pub resumable: bool,
     pub heartbeat: Duration,
     /// When the token expires (unix ms): the stream ends with `token_expired` then.
@@ -132,6 +136,16 @@ impl Stream {
                     self.ended = true;
                     return Some(ending(ErrorCode::GOING_AWAY, "the relay is going away; reconnect"));
                 }
+                Some(order) = self.orders.recv() => match order {
+                    crate::control::Order::Close { code, reason } => {
+                        self.ended = true;
+                        return Some(ending(code, &reason));
+                    }
+                    crate::control::Order::Event(event) => {
+                        let _ = self.outbox.send(crate::outbox::CONTROL, &event.frame());
+                    }
+                    crate::control::Order::LeaveRoom { .. } => {}
+                },
             }
         }
     }
