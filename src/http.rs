@@ -449,11 +449,12 @@ async fn sse(State(state): State<Arc<HttpState>>, headers: HeaderMap, request: R
     let tenant: Arc<str> = identity.tenant.as_str().into();
     let outbox = crate::outbox::Outbox::new(crate::proto::Codec::Json, ctx.limits.outbox_bytes);
     let id = conn.next_id();
+    let owner = crate::events::Owner::new(id);
     let mut guard =
         crate::transport::sse::StreamGuard { events: events.clone(), tenant: tenant.clone(), subs: Vec::new() };
     for c in checked {
         let pattern = c.pattern.to_string();
-        let (sub, resume) = events.subscribe(&tenant, id, c, outbox.clone(), crate::outbox::CONTROL);
+        let (sub, resume) = events.subscribe(&tenant, &owner, c, outbox.clone(), crate::outbox::CONTROL);
         guard.subs.push(sub.clone());
         match resume {
             Some((topic, since)) => {

@@ -147,17 +147,34 @@ fn stored_event(topic: &TopicName, epoch: u64, m: StoredMessage) -> Option<Event
     })
 }
 
+/// The connection (or SSE stream) subscriptions belong to: its id, and how many subscriptions
+/// it holds (fanout only remembers which connections an event reached when one holds several).
+#[derive(Clone)]
+pub struct Owner {
+    pub id: u64,
+    subscriptions: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Owner {
+    pub fn new(id: u64) -> Owner {
+        Owner { id, subscriptions: Default::default() }
+    }
+}
+
 /// One subscription: where its events go, and what it lets through.
 pub struct Subscription {
     id: u64,
     /// The connection (or SSE stream) it belongs to.
-    pub conn: u64,
+    pub owner: Owner,
     pub pattern: Pattern,
     pub filter: Option<Filter>,
     pub outbox: Arc<Outbox>,
     pub lane: LaneId,
     /// `Some` while a resume replays history: live events wait here, in order.
     pending: Mutex<Option<Vec<Event>>>,
+    /// Whether `pending` is `Some`, so live fanout skips its lock (it is cleared under the lock,
+    /// after the held events were queued).
+    resuming: std::sync::atomic::AtomicBool,
     /// Set by [`Events::unsubscribe`]: a resume still running stops.
     ended: std::sync::atomic::AtomicBool,
 }
@@ -318,13 +335,13 @@ impl Events {
         RoomKey { tenant: tenant.into(), room: RoomName::topic_log(topic) }
     }
 
-    /// Adds a checked subscription of connection `conn` whose frames go to `lane` of `outbox`.
+    /// Adds a checked subscription of `owner` whose frames go to `lane` of `outbox`.
     /// For an exact persistent topic, live events are held until [`Events::resume`] (which the
     /// caller runs with what is returned beside the subscription) has started it.
     pub fn subscribe(
         &self,
         tenant: &Arc<str>,
-        conn: u64,
+        owner: &Owner,
         checked: Checked,
         outbox: Arc<Outbox>,
         lane: LaneId,
@@ -332,8 +349,10 @@ impl Events {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let Checked { pattern, filter, resume } = checked;
         let pending = Mutex::new(resume.is_some().then(Vec::new));
-        let ended = Default::default();
-        let sub = Arc::new(Subscription { id, conn, pattern, filter, outbox, lane, pending, ended });
+        let resuming = resume.is_some().into();
+        let (ended, owner) = (Default::default(), owner.clone());
+        owner.subscriptions.fetch_add(1, Ordering::Relaxed);
+        let sub = Arc::new(Subscription { id, owner, pattern, filter, outbox, lane, pending, resuming, ended });
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         index.entry(tenant.clone()).or_default().insert(&sub.pattern, id, sub.clone());
         metrics::gauge!(crate::metrics::EVENT_SUBSCRIPTIONS).increment(1.0);
@@ -345,6 +364,7 @@ impl Events {
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         if let Some(tree) = index.get_mut(tenant) {
             if tree.remove(&sub.pattern, sub.id) {
+                sub.owner.subscriptions.fetch_sub(1, Ordering::Relaxed);
                 metrics::gauge!(crate::metrics::EVENT_SUBSCRIPTIONS).decrement(1.0);
             }
             if tree.is_empty() {
@@ -359,32 +379,40 @@ impl Events {
         let mut encoded = EncodeOnce::new(&frame);
         let latest = self.is_latest(&event.topic);
         let mut wakes = Wakes::new();
+        // Connections with several subscriptions that this event reached already. The index
+        // cannot change during the walk (read lock), so the counts hold.
         let mut reached = HashSet::new();
+        let mut count = 0;
         {
             let index = self.index.read().unwrap_or_else(|e| e.into_inner());
             let Some(tree) = index.get(tenant) else { return 0 };
             tree.for_each_match(&event.topic, |_, sub| {
-                if reached.contains(&sub.conn) || !sub.accepts(event) {
+                let several = sub.owner.subscriptions.load(Ordering::Relaxed) > 1;
+                if (several && reached.contains(&sub.owner.id)) || !sub.accepts(event) {
                     return;
                 }
-                reached.insert(sub.conn);
-                let mut pending = lock(&sub.pending);
-                if let Some(held) = pending.as_mut() {
-                    if held.len() >= self.resume_buffer {
-                        slow(&sub.outbox, "too many events arrived while history was replayed");
-                    } else {
-                        held.push(event.clone());
+                if several {
+                    reached.insert(sub.owner.id);
+                }
+                count += 1;
+                if sub.resuming.load(Ordering::Acquire) {
+                    let mut pending = lock(&sub.pending);
+                    if let Some(held) = pending.as_mut() {
+                        if held.len() >= self.resume_buffer {
+                            slow(&sub.outbox, "too many events arrived while history was replayed");
+                        } else {
+                            held.push(event.clone());
+                        }
+                        return;
                     }
-                    return;
                 }
-                drop(pending);
                 sub.push(event, encoded.get(sub.outbox.codec()), latest, &mut wakes);
             });
         }
         self.hub.wake(wakes);
         metrics::counter!(crate::metrics::EVENTS_TOTAL).increment(1);
-        metrics::counter!(crate::metrics::EVENT_DELIVERIES_TOTAL).increment(reached.len() as u64);
-        reached.len()
+        metrics::counter!(crate::metrics::EVENT_DELIVERIES_TOTAL).increment(count as u64);
+        count
     }
 
     /// Publishes an event: a persistent topic's goes through the engine (stored, positioned,

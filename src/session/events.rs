@@ -32,7 +32,7 @@ impl Session {
         }
         let tenant = active.tenant.clone();
         let key = checked.pattern.to_string();
-        let (sub, resume) = events.subscribe(&tenant, self.id, checked, self.outbox.clone(), lane);
+        let (sub, resume) = events.subscribe(&tenant, &self.event_owner, checked, self.outbox.clone(), lane);
         self.subscriptions.insert(key.clone(), sub.clone());
         match resume {
             Some((topic, since)) => {

@@ -156,6 +156,8 @@ pub struct Session {
     joining: HashMap<RoomName, (u64, Vec<(Publish, Done)>)>,
     /// Topic subscriptions by pattern.
     subscriptions: HashMap<String, Arc<crate::events::Subscription>>,
+    /// This connection as their owner.
+    event_owner: crate::events::Owner,
 }
 
 /// Why a request failed.
@@ -217,6 +219,7 @@ impl Session {
             media,
             joining: HashMap::new(),
             subscriptions: HashMap::new(),
+            event_owner: crate::events::Owner::new(id),
         }
     }
 
