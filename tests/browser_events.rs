@@ -35,6 +35,8 @@ async fn event_source_receives_and_resumes_with_last_event_id() {
     let mut browser = Browser::launch().await;
     // The page's origin is relay.test; the stream is on 127.0.0.1: a cross-origin request.
     let page = browser.open(&format!("http://relay.test:{}/healthz", tcp.port())).await;
+    // The script must run in the loaded page, not in the blank one before it.
+    browser.wait_for(&page, "location.pathname === '/healthz' && document.readyState === 'complete'").await;
     let source = format!("http://127.0.0.1:{}/v1/events?token={token}&topic=orders.eu.created", tcp.port());
     let script = format!(
         "window.got = []; window.opened = 0; const es = new EventSource({source:?}); \
