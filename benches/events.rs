@@ -16,46 +16,27 @@
 //!
 //! Run: `cargo bench --bench events`. Results: `docs/performance.md`.
 
+#[path = "support.rs"]
+mod support;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use edgerelay::config::EventsConfig;
 use edgerelay::engine::{LocalEngine, LocalEngineConfig};
 use edgerelay::events::{Event, Events, Filter, Pattern, Tags, TopicIndex, TopicName};
 use edgerelay::hub::Hub;
-use edgerelay::outbox::{CONTROL, Outbox, Take};
-use edgerelay::proto::{Codec, Payload};
+use edgerelay::outbox::{CONTROL, Outbox};
+use edgerelay::proto::Codec;
 use edgerelay::store::MemoryHistory;
 
 const DRAIN_EVERY: u64 = 32;
 const OUTBOX_CAP: usize = 64 << 20;
 
-fn payload_100() -> Payload {
-    const JSON: &str =
-        r#"{"type":"chat","user":"alice","seq":42,"text":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
-    assert_eq!(JSON.len(), 100);
-    Payload(Bytes::from_static(JSON.as_bytes()))
-}
-
 fn tags() -> Tags {
     [("region".to_string(), "eu".to_string()), ("qty".to_string(), "12".to_string())].into()
-}
-
-fn drain(outboxes: &[Arc<Outbox>]) -> usize {
-    let mut taken = 0;
-    for outbox in outboxes {
-        loop {
-            match outbox.take_all(usize::MAX) {
-                Take::Frames(frames) => taken += frames.len(),
-                Take::Empty => break,
-                other => panic!("outbox of an events bench subscriber ended: {other:?}"),
-            }
-        }
-    }
-    taken
 }
 
 fn events_service() -> Arc<Events> {
@@ -100,12 +81,12 @@ fn fanout(c: &mut Criterion) {
                 time: 1_760_000_000_000,
                 id: "evt-0001".into(),
                 tags: tags(),
-                data: payload_100(),
+                data: support::payload_json_100(),
                 critical: false,
             };
             let reached = if other.is_some() { subscribers.div_ceil(2) } else { subscribers };
             assert_eq!(events.fanout("acme", &event), reached);
-            assert_eq!(drain(&outboxes), reached);
+            assert_eq!(support::drain(&outboxes), reached);
             group.throughput(Throughput::Elements(subscribers as u64));
             group.bench_function(BenchmarkId::new(name, subscribers), |b| {
                 b.iter_custom(|iters| {
@@ -119,7 +100,7 @@ fn fanout(c: &mut Criterion) {
                         }
                         timed += start.elapsed();
                         done += chunk;
-                        drain(&outboxes);
+                        support::drain(&outboxes);
                     }
                     timed
                 })

@@ -352,18 +352,23 @@ async fn ice(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Respons
         .into_response()
 }
 
-/// The CORS preflight of `GET /v1/ice` (a cross-origin request with `Authorization`).
-async fn ice_preflight() -> Response {
+/// The CORS preflight of a cross-origin `GET` from any origin that sends `headers`.
+fn get_preflight(headers: &'static str) -> Response {
     (
         StatusCode::NO_CONTENT,
         [
             (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
             (header::ACCESS_CONTROL_ALLOW_METHODS, "GET"),
-            (header::ACCESS_CONTROL_ALLOW_HEADERS, "authorization"),
+            (header::ACCESS_CONTROL_ALLOW_HEADERS, headers),
             (header::ACCESS_CONTROL_MAX_AGE, "600"),
         ],
     )
         .into_response()
+}
+
+/// The CORS preflight of `GET /v1/ice` (a cross-origin request with `Authorization`).
+async fn ice_preflight() -> Response {
+    get_preflight("authorization")
 }
 
 /// The SSE endpoint (docs/events.md).
@@ -371,19 +376,10 @@ pub const SSE_PATH: &str = "/v1/events";
 
 /// CORS for the SSE endpoint: any origin, as for `GET /v1/ice` (authorised by a token, never
 /// a cookie); `Last-Event-ID` and `Authorization` may be sent.
-const SSE_CORS: [(header::HeaderName, &str); 1] = [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")];
+const SSE_CORS: [(header::HeaderName, &str); 1] = ICE_CORS;
 
 async fn sse_preflight() -> Response {
-    (
-        StatusCode::NO_CONTENT,
-        [
-            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
-            (header::ACCESS_CONTROL_ALLOW_METHODS, "GET"),
-            (header::ACCESS_CONTROL_ALLOW_HEADERS, "authorization, last-event-id"),
-            (header::ACCESS_CONTROL_MAX_AGE, "600"),
-        ],
-    )
-        .into_response()
+    get_preflight("authorization, last-event-id")
 }
 
 /// `GET /v1/events?topic=<pattern>[&topic=...][&filter=...][&token=...]`: a receive-only

@@ -223,6 +223,21 @@ pub struct NewEvent {
 /// An ephemeral event's idempotency key: tenant, topic (or `@user`), id.
 type IdKey = (Arc<str>, String, String);
 
+impl NewEvent {
+    /// The event as subscribers get it (no position yet).
+    fn into_event(self) -> Event {
+        Event {
+            topic: self.topic,
+            position: None,
+            time: self.now_ms,
+            id: self.id,
+            tags: self.tags,
+            data: self.data,
+            critical: self.critical,
+        }
+    }
+}
+
 /// Ids of ephemeral events seen recently on this node, with when.
 #[derive(Default)]
 struct RecentIds {
@@ -425,18 +440,11 @@ impl Events {
         done: impl FnOnce(Result<Published, EngineError>) + Send + 'static,
     ) {
         let tenant: Arc<str> = tenant.into();
-        let mut event = Event {
-            topic: new.topic,
-            position: None,
-            time: new.now_ms,
-            id: new.id,
-            tags: new.tags,
-            data: new.data,
-            critical: new.critical,
-        };
+        let (from, now_ms) = (new.from.clone(), new.now_ms);
+        let mut event = new.into_event();
         if !self.is_persistent(&event.topic) {
             let key = (tenant.clone(), event.topic.to_string(), event.id.clone());
-            let first = lock(&self.recent).first(key, new.now_ms, self.dedupe_window_ms);
+            let first = lock(&self.recent).first(key, now_ms, self.dedupe_window_ms);
             if first {
                 self.fanout(&tenant, &event);
                 self.engine.broadcast(&Control::Event { tenant: tenant.to_string(), event: Box::new(event) });
@@ -445,10 +453,10 @@ impl Events {
         }
         let publish = Publish {
             key: Self::topic_key(&tenant, &event.topic),
-            from: new.from,
+            from,
             id: event.id.clone(),
             data: store_event(&event),
-            now_ms: new.now_ms,
+            now_ms,
         };
         let events = self.clone();
         // Runs where the engine completes publishes, in commit order: fanout keeps that order.
@@ -559,17 +567,10 @@ impl Events {
         if !lock(&self.recent).first(key, new.now_ms, self.dedupe_window_ms) {
             return (0, true);
         }
-        let event = Event {
-            topic: new.topic,
-            position: None,
-            time: new.now_ms,
-            id: new.id,
-            tags: new.tags,
-            data: new.data,
-            critical: new.critical,
-        };
+        let now_s = new.now_ms / 1000;
+        let event = new.into_event();
         let control = Control::UserEvent { tenant: tenant.into(), user: user.into(), event: Box::new(event) };
-        let reached = controls.apply(&control, new.now_ms / 1000);
+        let reached = controls.apply(&control, now_s);
         self.engine.broadcast(&control);
         (reached, false)
     }
