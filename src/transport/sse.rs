@@ -60,6 +60,8 @@ impl Drop for StreamGuard {
     fn drop(&mut self) {
         for sub in &self.subs {
             self.events.unsubscribe(&self.tenant, sub);
+            // Nobody reads it any more: a resume waiting for room in it stops.
+            sub.outbox.close(CloseReason::Normal);
         }
     }
 }
