@@ -12,15 +12,17 @@
 //!
 //! Run: `cargo bench --bench fanout`. Results and the machine they came from: `docs/performance.md`.
 
+#[path = "support.rs"]
+mod support;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use edgerelay::hub::{Hub, Membership, RoomKey, Subscriber};
-use edgerelay::outbox::{CONTROL, Outbox, Take};
-use edgerelay::proto::{Codec, Payload, RoomName};
+use edgerelay::outbox::{CONTROL, Outbox};
+use edgerelay::proto::{Codec, RoomName};
 use edgerelay::store::{RoomMeta, StoredMessage};
 
 /// Publishes between two drains of every outbox.
@@ -30,29 +32,6 @@ const DRAIN_EVERY: u64 = 32;
 const OUTBOX_CAP: usize = 64 << 20;
 
 const NOW_MS: u64 = 1_760_000_000_000;
-
-/// A JSON payload of exactly 100 bytes.
-fn payload_100() -> Payload {
-    const JSON: &str =
-        r#"{"type":"chat","user":"alice","seq":42,"text":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
-    assert_eq!(JSON.len(), 100);
-    Payload(Bytes::from_static(JSON.as_bytes()))
-}
-
-/// Empties every outbox; returns the number of frames taken.
-fn drain(outboxes: &[Arc<Outbox>]) -> usize {
-    let mut taken = 0;
-    for outbox in outboxes {
-        loop {
-            match outbox.take_all(usize::MAX) {
-                Take::Frames(frames) => taken += frames.len(),
-                Take::Empty => break,
-                other => panic!("outbox of a fanout bench subscriber ended: {other:?}"),
-            }
-        }
-    }
-    taken
-}
 
 fn fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("fanout");
@@ -76,8 +55,8 @@ fn fanout(c: &mut Criterion) {
                 outbox
             })
             .collect();
-        assert_eq!(drain(&outboxes), subscribers, "one joined frame each");
-        let data = payload_100();
+        assert_eq!(support::drain(&outboxes), subscribers, "one joined frame each");
+        let data = support::payload_json_100();
         let mut offset = 0;
         let mut message = move || {
             offset += 1;
@@ -87,7 +66,7 @@ fn fanout(c: &mut Criterion) {
         // One untimed delivery to check the setup: everyone receives it, nobody lags.
         let delivered = hub.deliver(&key, 1, &message());
         assert_eq!((delivered.delivered, delivered.lagging), (subscribers, 0));
-        assert_eq!(drain(&outboxes), subscribers);
+        assert_eq!(support::drain(&outboxes), subscribers);
 
         group.throughput(Throughput::Elements(subscribers as u64));
         group.bench_function(BenchmarkId::from_parameter(subscribers), |b| {
@@ -104,7 +83,7 @@ fn fanout(c: &mut Criterion) {
                     timed += start.elapsed();
                     done += chunk;
                     // Untimed: what the connections' writers would do.
-                    let taken = drain(&outboxes);
+                    let taken = support::drain(&outboxes);
                     debug_assert_eq!(taken as u64, chunk * subscribers as u64);
                 }
                 timed

@@ -21,6 +21,30 @@ pub fn payload() -> edgerelay::proto::Payload {
     edgerelay::proto::Payload::from(format!("\"{}\"", "x".repeat(98)).as_str())
 }
 
+/// A JSON payload of exactly 100 bytes (the fanout benches' message).
+pub fn payload_json_100() -> edgerelay::proto::Payload {
+    const JSON: &str =
+        r#"{"type":"chat","user":"alice","seq":42,"text":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
+    assert_eq!(JSON.len(), 100);
+    edgerelay::proto::Payload(bytes::Bytes::from_static(JSON.as_bytes()))
+}
+
+/// Empties every outbox, as the connections' writers would; returns the number of frames taken.
+pub fn drain(outboxes: &[std::sync::Arc<edgerelay::outbox::Outbox>]) -> usize {
+    use edgerelay::outbox::Take;
+    let mut taken = 0;
+    for outbox in outboxes {
+        loop {
+            match outbox.take_all(usize::MAX) {
+                Take::Frames(frames) => taken += frames.len(),
+                Take::Empty => break,
+                other => panic!("outbox of a bench subscriber ended: {other:?}"),
+            }
+        }
+    }
+    taken
+}
+
 /// Room `i` of tenant `bench`.
 pub fn room(i: usize) -> edgerelay::hub::RoomKey {
     let name = edgerelay::proto::RoomName::parse(&format!("room-{i}")).expect("room name");

@@ -44,6 +44,7 @@ pub struct Config {
     pub media: MediaConfig,
     pub turn: TurnConfig,
     pub calls: CallsConfig,
+    pub events: EventsConfig,
 }
 
 impl Default for Config {
@@ -63,6 +64,7 @@ impl Default for Config {
             media: MediaConfig::default(),
             turn: TurnConfig::default(),
             calls: CallsConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -309,6 +311,38 @@ impl Default for PresenceConfig {
             rate: 20,
             burst: 40,
             test_datagram_loss: 0.0,
+        }
+    }
+}
+
+/// Event broadcasting (docs/events.md): which topics are kept and replayable, which conflate.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Topic patterns whose events are stored (as rooms `#<topic>`: history, positions, epochs,
+    /// resume); events of other topics are ephemeral: delivered live, never stored.
+    pub persistent: Vec<String>,
+    /// Topic patterns where only the latest value matters: a subscriber that reads slowly gets
+    /// the newest event of each such topic, not a backlog. Ephemeral topics only: a topic that
+    /// `persistent` also matches is persistent (and the same pattern in both lists is refused).
+    pub latest: Vec<String>,
+    /// Subscriptions one connection (or one SSE stream) may hold.
+    pub max_subscriptions: u32,
+    /// Events held for a subscription while it replays history (`since`, `Last-Event-ID`);
+    /// beyond it the connection is closed as a slow consumer.
+    pub resume_buffer: usize,
+    /// SSE: a comment line is sent after this long without an event, to keep proxies open.
+    pub sse_heartbeat_ms: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            persistent: Vec::new(),
+            latest: Vec::new(),
+            max_subscriptions: 100,
+            resume_buffer: 10_000,
+            sse_heartbeat_ms: 15_000,
         }
     }
 }
@@ -794,6 +828,7 @@ impl Config {
         if l.outbox_bytes < l.max_frame_bytes as usize {
             return Err(invalid("limits.outbox_bytes", "must be at least limits.max_frame_bytes"));
         }
+        self.validate_events()?;
         if l.idle_timeout_ms <= l.ping_interval_ms {
             return Err(invalid("limits.idle_timeout_ms", "must be greater than limits.ping_interval_ms"));
         }
@@ -879,6 +914,28 @@ impl Config {
         self.turn.validate()?;
         self.validate_calls()?;
         self.validate_auth()
+    }
+
+    fn validate_events(&self) -> Result<(), ConfigError> {
+        let e = &self.events;
+        for (key, list) in [("events.persistent", &e.persistent), ("events.latest", &e.latest)] {
+            if let Some(bad) = list.iter().find(|p| crate::events::Pattern::parse(p).is_err()) {
+                return Err(invalid(key, format!("{bad:?} is not a topic pattern (docs/events.md)")));
+            }
+        }
+        if let Some(both) = e.latest.iter().find(|p| e.persistent.contains(p)) {
+            return Err(invalid("events.latest", format!("{both:?} is also in events.persistent")));
+        }
+        if e.max_subscriptions == 0 {
+            return Err(invalid("events.max_subscriptions", "must be greater than 0"));
+        }
+        if e.resume_buffer == 0 {
+            return Err(invalid("events.resume_buffer", "must be greater than 0"));
+        }
+        if e.sse_heartbeat_ms < 100 {
+            return Err(invalid("events.sse_heartbeat_ms", "must be at least 100"));
+        }
+        Ok(())
     }
 
     fn validate_calls(&self) -> Result<(), ConfigError> {

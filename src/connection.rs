@@ -205,6 +205,10 @@ async fn run(
                     return CloseReason::Error(fatal.code);
                 }
                 Order::LeaveRoom { room, reason } => session.evict(&room, &reason, unix_ms()),
+                Order::Event(event) => {
+                    // Only refused once the connection is closing.
+                    let _ = session.outbox().send(crate::outbox::CONTROL, &event.frame());
+                }
             },
             Some(lagging) = mail.catch_up.recv() => {
                 jobs.spawn(crate::session::jobs::run(Job::CatchUp(lagging), ctx.session.clone()));

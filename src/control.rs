@@ -25,6 +25,10 @@ pub enum Control {
     /// Refuse the tokens it covers from now on, and close the connections that use them (code
     /// `token_revoked`).
     Revoke(Revocation),
+    /// An event another node published (docs/events.md): deliver it to this node's subscribers.
+    Event { tenant: String, event: Box<crate::events::Event> },
+    /// An event for every connection of a user.
+    UserEvent { tenant: String, user: String, event: Box<crate::events::Event> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +82,8 @@ pub enum Order {
         room: crate::proto::RoomName,
         reason: String,
     },
+    /// Queue this event (server API `publish` to a user).
+    Event(Arc<crate::events::Event>),
 }
 
 struct Connection {
@@ -164,6 +170,17 @@ impl Controls {
                     c.orders.send(order).is_ok()
                 })
                 .count(),
+            Control::UserEvent { tenant, user, event } => {
+                let event = Arc::new((**event).clone());
+                state
+                    .connections
+                    .values()
+                    .filter(|c| c.identity.tenant == *tenant && c.identity.user == *user)
+                    .filter(|c| c.orders.send(Order::Event(event.clone())).is_ok())
+                    .count()
+            }
+            // Topic events are the relay's to deliver (`crate::events`), not a connection's.
+            Control::Event { .. } => 0,
             Control::Revoke(revocation) => {
                 if revocation.until <= now_s {
                     return 0;

@@ -94,6 +94,7 @@ pub fn router(state: Arc<HttpState>, routes: Routes) -> Router {
         .route("/v1/endpoints", get(endpoints))
         .route("/v1/ice", get(ice).options(ice_preflight))
         .route("/v1/dev/token", post(dev_token))
+        .route(SSE_PATH, get(sse).options(sse_preflight))
         .route("/", get(|| async { asset("text/html; charset=utf-8", DEMO_HTML) }))
         .route("/demo.js", get(|| async { asset(JAVASCRIPT, DEMO_JS) }))
         .route("/sdk/{module}", get(sdk_module))
@@ -103,6 +104,7 @@ pub fn router(state: Arc<HttpState>, routes: Routes) -> Router {
     let admin = Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/api/publish", post(api_publish))
+        .route("/v1/api/events", post(api_events))
         .route("/v1/api/presence/{tenant}/rooms/{room}", get(api_room_presence))
         .route("/v1/api/presence/{tenant}/users/{user}", get(api_user_status))
         .route("/v1/api/history", get(api_history))
@@ -398,18 +400,305 @@ async fn ice(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Respons
         .into_response()
 }
 
-/// The CORS preflight of `GET /v1/ice` (a cross-origin request with `Authorization`).
-async fn ice_preflight() -> Response {
+/// The CORS preflight of a cross-origin `GET` from any origin that sends `headers`.
+fn get_preflight(headers: &'static str) -> Response {
     (
         StatusCode::NO_CONTENT,
         [
             (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
             (header::ACCESS_CONTROL_ALLOW_METHODS, "GET"),
-            (header::ACCESS_CONTROL_ALLOW_HEADERS, "authorization"),
+            (header::ACCESS_CONTROL_ALLOW_HEADERS, headers),
             (header::ACCESS_CONTROL_MAX_AGE, "600"),
         ],
     )
         .into_response()
+}
+
+/// The CORS preflight of `GET /v1/ice` (a cross-origin request with `Authorization`).
+async fn ice_preflight() -> Response {
+    get_preflight("authorization")
+}
+
+/// The SSE endpoint (docs/events.md).
+pub const SSE_PATH: &str = "/v1/events";
+
+/// CORS for the SSE endpoint: any origin, as for `GET /v1/ice` (authorised by a token, never
+/// a cookie); `Last-Event-ID` and `Authorization` may be sent.
+const SSE_CORS: [(header::HeaderName, &str); 1] = ICE_CORS;
+
+async fn sse_preflight() -> Response {
+    get_preflight("authorization, last-event-id")
+}
+
+/// `GET /v1/events?topic=<pattern>[&topic=...][&filter=...][&token=...]`: a receive-only
+/// `text/event-stream` of the token's user's subscriptions. The token comes from `token` or
+/// `Authorization: Bearer`; `Last-Event-ID` (header, or `last_event_id`) resumes a stream of
+/// one exact persistent topic.
+async fn sse(State(state): State<Arc<HttpState>>, headers: HeaderMap, request: Request) -> Response {
+    let refuse = |status: StatusCode, code: ErrorCode, message: &str| {
+        (SSE_CORS, api_error(status, code, message)).into_response()
+    };
+    let query = request.uri().query().unwrap_or("");
+    let (mut patterns, mut filter, mut token, mut last_id) = (Vec::new(), None, None, None);
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "topic" => patterns.push(value.into_owned()),
+            "filter" => filter = Some(value.into_owned()),
+            "token" => token = Some(value.into_owned()),
+            "last_event_id" => last_id = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    let header_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let last_id = header_id.or(last_id).filter(|id| !id.is_empty());
+    let Some(token) = token.or_else(|| bearer(&headers).map(str::to_owned)) else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::TOKEN_INVALID,
+            "missing token (query `token` or Authorization: Bearer)",
+        );
+    };
+    let conn = &state.websocket.ctx;
+    let ctx = &conn.session;
+    let identity = match ctx.authenticate(token.trim(), unix_ms() / 1000) {
+        Ok(identity) => identity,
+        Err((code, message)) => return refuse(StatusCode::UNAUTHORIZED, code, &message),
+    };
+    let events = ctx.events.clone();
+    if patterns.is_empty() || patterns.len() > events.max_subscriptions {
+        let message = format!("give 1-{} `topic` parameters", events.max_subscriptions);
+        return refuse(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, &message);
+    }
+    let since = match last_id.as_deref().map(crate::transport::sse::parse_event_id) {
+        Some(None) => {
+            return refuse(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, "Last-Event-ID must be <epoch>-<offset>");
+        }
+        Some(Some(position)) => Some(position),
+        None => None,
+    };
+    let mut checked = Vec::new();
+    for pattern in &patterns {
+        // `since` applies only to a stream of one pattern.
+        let since = since.filter(|_| patterns.len() == 1);
+        match events.check(&identity, pattern, filter.as_deref(), since) {
+            Ok(c) => checked.push(c),
+            Err((code, message)) => {
+                let status =
+                    if code == ErrorCode::PERMISSION_DENIED { StatusCode::FORBIDDEN } else { StatusCode::BAD_REQUEST };
+                return refuse(status, code, &message);
+            }
+        }
+    }
+    let resumable = checked.len() == 1 && checked[0].pattern.exact().is_some_and(|t| events.is_persistent(&t));
+    let tenant: Arc<str> = identity.tenant.as_str().into();
+    let outbox = crate::outbox::Outbox::new(crate::proto::Codec::Json, ctx.limits.outbox_bytes);
+    let id = conn.next_id();
+    let owner = crate::events::Owner::new(id);
+    let mut guard =
+        crate::transport::sse::StreamGuard { events: events.clone(), tenant: tenant.clone(), subs: Vec::new() };
+    for c in checked {
+        let pattern = c.pattern.to_string();
+        let (sub, resume) = events.subscribe(&tenant, &owner, c, outbox.clone(), crate::outbox::CONTROL);
+        guard.subs.push(sub.clone());
+        match resume {
+            Some((topic, since)) => {
+                let reply = outbox.reserve(crate::outbox::CONTROL, 0);
+                let (events, tenant) = (events.clone(), tenant.clone());
+                state.tasks.spawn(async move { events.resume(&tenant, &sub, &topic, since, reply).await });
+            }
+            None => {
+                let frame = crate::proto::ServerFrame::Subscribed {
+                    req: 0,
+                    pattern,
+                    position: None,
+                    recovered: since.is_none(),
+                };
+                let _ = outbox.send(crate::outbox::CONTROL, &frame);
+            }
+        }
+    }
+    let (orders_tx, orders) = crate::mailbox::mailbox();
+    let registration = state.controls.register(Arc::new(identity.clone()), id, orders_tx);
+    let stream = crate::transport::sse::Stream {
+        outbox,
+        guard,
+        orders,
+        registration,
+        resumable,
+        heartbeat: Duration::from_millis(events.sse_heartbeat_ms),
+        expires_at_ms: identity.expires_at.saturating_mul(1000),
+        stop: state.stop.clone(),
+        started: false,
+        ended: false,
+    };
+    let body = futures_util::stream::unfold(stream, |mut stream| async move {
+        let chunk = stream.next(unix_ms).await?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), stream))
+    });
+    (
+        SSE_CORS,
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// Most events in one `POST /v1/api/events`.
+pub const MAX_EVENTS_PER_CALL: usize = 1000;
+
+/// `POST /v1/api/events` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsRequest {
+    tenant: String,
+    events: Vec<EventRequest>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventRequest {
+    topic: String,
+    /// Event id, 1-64 bytes: the idempotency key.
+    id: String,
+    #[serde(default)]
+    tags: crate::events::Tags,
+    data: Payload,
+    #[serde(default)]
+    priority: Priority,
+    /// To every connection of this user instead of the topic's subscribers.
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default = "server_sender")]
+    from: String,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+enum Priority {
+    #[default]
+    Normal,
+    Critical,
+}
+
+#[derive(Serialize)]
+struct EventResult {
+    topic: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+    /// Where a persistent topic's event is stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<Position>,
+    duplicate: bool,
+    /// For a user's event: how many of the user's connections on this node took it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivered_here: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<serde_json::Value>,
+}
+
+/// `POST /v1/api/events`: publishes a batch of events, in order; checked whole first.
+async fn api_events(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let request = match user_request(&state, &headers, &body, |r: &EventsRequest| &r.tenant) {
+        Ok(request) => request,
+        Err(response) => return *response,
+    };
+    if request.events.is_empty() || request.events.len() > MAX_EVENTS_PER_CALL {
+        let message = format!("events must hold 1-{MAX_EVENTS_PER_CALL} events");
+        return api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, message);
+    }
+    let max_payload = state.websocket.ctx.session.limits.max_payload_bytes as usize;
+    let now_ms = unix_ms();
+    let mut checked = Vec::with_capacity(request.events.len());
+    for (i, e) in request.events.into_iter().enumerate() {
+        let refuse = |status, code, message: String| api_error(status, code, format!("events[{i}]: {message}"));
+        let topic = match crate::events::TopicName::parse(&e.topic) {
+            Ok(topic) => topic,
+            Err(code) => return refuse(StatusCode::BAD_REQUEST, code, format!("invalid topic {:?}", e.topic)),
+        };
+        if let Err(message) = crate::events::check_tags(&e.tags) {
+            return refuse(StatusCode::BAD_REQUEST, ErrorCode::BAD_TAGS, message);
+        }
+        if e.id.is_empty() || e.id.len() > MAX_MESSAGE_ID_LEN || e.from.is_empty() {
+            let message = format!("id must be 1-{MAX_MESSAGE_ID_LEN} bytes and from non-empty");
+            return refuse(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, message);
+        }
+        if e.user.as_deref().is_some_and(str::is_empty) {
+            return refuse(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, "user must not be empty".into());
+        }
+        if e.data.len() > max_payload {
+            let message = format!("payload of {} bytes exceeds {max_payload}", e.data.len());
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PAYLOAD_TOO_LARGE, message);
+        }
+        let new = crate::events::NewEvent {
+            topic,
+            id: e.id,
+            tags: e.tags,
+            data: e.data,
+            critical: e.priority == Priority::Critical,
+            from: e.from,
+            now_ms,
+        };
+        checked.push((new, e.user));
+    }
+    let events = state.websocket.ctx.session.events.clone();
+    let mut pending = Vec::with_capacity(checked.len());
+    for (new, user) in checked {
+        let topic = new.topic.to_string();
+        match user {
+            Some(user) => {
+                let (reached, duplicate) = events.publish_to_user(&request.tenant, &user, new, &state.controls);
+                let result = EventResult {
+                    topic,
+                    user: Some(user),
+                    position: None,
+                    duplicate,
+                    delivered_here: Some(reached),
+                    error: None,
+                };
+                pending.push(futures_util::future::Either::Left(std::future::ready(result)));
+            }
+            None => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                events.publish(&request.tenant, new, move |outcome| drop(tx.send(outcome)));
+                pending.push(futures_util::future::Either::Right(async move {
+                    let result = |position, duplicate, error| EventResult {
+                        topic: topic.clone(),
+                        user: None,
+                        position,
+                        duplicate,
+                        delivered_here: None,
+                        error,
+                    };
+                    match rx.await {
+                        Ok(Ok(p)) => {
+                            if p.duplicate {
+                                crate::metrics::duplicate_publish();
+                            }
+                            result(p.position, p.duplicate, None)
+                        }
+                        Ok(Err(err)) => {
+                            let code = err.code();
+                            let error =
+                                serde_json::json!({"code": code.0, "error": code.slug(), "message": err.to_string()});
+                            result(None, false, Some(error))
+                        }
+                        Err(_) => {
+                            let code = ErrorCode::GOING_AWAY;
+                            let error =
+                                serde_json::json!({"code": code.0, "error": code.slug(), "message": "shutting down"});
+                            result(None, false, Some(error))
+                        }
+                    }
+                }));
+            }
+        }
+    }
+    let results = futures_util::future::join_all(pending).await;
+    axum::Json(serde_json::json!({ "results": results })).into_response()
 }
 
 /// `POST /v1/api/publish` body.

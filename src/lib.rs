@@ -11,6 +11,7 @@ pub mod connection;
 pub mod control;
 pub mod dev_tokens;
 pub mod engine;
+pub mod events;
 pub mod http;
 pub mod hub;
 pub mod ice;

@@ -79,6 +79,11 @@ pub const DELIVERY_SECONDS: &str = "edgerelay_delivery_seconds";
 /// its `hello` is accepted and `welcome` queued, by `transport` (histogram, seconds).
 pub const HANDSHAKE_SECONDS: &str = "edgerelay_handshake_seconds";
 /// Always 1, labelled with the relay's `version`.
+/// Events published or received from another node, and the connections they reached here.
+pub const EVENTS_TOTAL: &str = "edgerelay_events_total";
+pub const EVENT_DELIVERIES_TOTAL: &str = "edgerelay_event_deliveries_total";
+/// Event subscriptions held on this node (connections and SSE streams).
+pub const EVENT_SUBSCRIPTIONS: &str = "edgerelay_event_subscriptions";
 pub const BUILD_INFO: &str = "edgerelay_build_info";
 /// Presence metrics, recorded by `hub::awareness` under these names (a test keeps them equal).
 pub const PRESENCE_UPDATES_TOTAL: &str = "edgerelay_presence_updates_total";
@@ -159,6 +164,12 @@ pub fn install() -> PrometheusHandle {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_gauge!(CONNECTIONS, "Open connections, by transport.");
+    describe_counter!(EVENTS_TOTAL, "Events fanned out on this node (published here or received from another node).");
+    describe_counter!(
+        EVENT_DELIVERIES_TOTAL,
+        "Event deliveries queued: connections (or SSE streams) an event reached."
+    );
+    describe_gauge!(EVENT_SUBSCRIPTIONS, "Event subscriptions held on this node.");
     describe_counter!(CONNECTIONS_TOTAL, "Connections accepted, by transport.");
     describe_counter!(DISCONNECTS_TOTAL, "Connections closed, by close reason (normal or the close code's name).");
     describe_counter!(FRAMES_IN_TOTAL, "Frames received, by transport.");
@@ -264,10 +275,12 @@ fn register() {
         REDIS_PROBE_FAILURES_TOTAL,
         MEDIA_FRAMES_IN_TOTAL,
         CALLS_STARTED_TOTAL,
+        EVENTS_TOTAL,
+        EVENT_DELIVERIES_TOTAL,
     ] {
         metrics::counter!(name).absolute(0);
     }
-    for name in [ROOMS, PRESENCE_USERS, MEDIA_TRACKS, CALLS_ACTIVE] {
+    for name in [ROOMS, PRESENCE_USERS, MEDIA_TRACKS, CALLS_ACTIVE, EVENT_SUBSCRIPTIONS] {
         metrics::gauge!(name).increment(0.0);
     }
     for name in [FANOUT_SECONDS, STORE_COMMIT_SECONDS, STORE_BATCH_SIZE, PUBLISH_ACK_SECONDS, DELIVERY_SECONDS] {

@@ -169,6 +169,7 @@ impl Relay {
         let mut remote_controls = engine.remote_controls();
         if let Some(remote) = &mut remote_controls {
             while let Ok(control) = remote.try_recv() {
+                // Only revocations are queued before the start; events need subscribers anyway.
                 controls.apply(&control, unix_ms() / 1000);
             }
         }
@@ -188,7 +189,10 @@ impl Relay {
         let group_calls = Arc::new(
             crate::call::GroupService::new(&config.calls, call_route, Arc::new(media_rooms)).with_history(call_records),
         );
+        let dedupe_window_ms = config.store.dedupe_window_secs.saturating_mul(1000);
+        let events = crate::events::Events::new(&config.events, dedupe_window_ms, hub.clone(), engine.clone());
         let session_ctx = Arc::new(SessionContext {
+            events: events.clone(),
             hub: hub.clone(),
             engine: engine.clone(),
             verifier,
@@ -256,7 +260,7 @@ impl Relay {
             services.spawn(share_presence(awareness.clone(), link, every, stop.clone()));
         }
         if let Some(remote) = remote_controls {
-            services.spawn(apply_remote_controls(remote, controls, stop.clone()));
+            services.spawn(apply_remote_controls(remote, controls, events, stop.clone()));
         }
         let reloader = match (&config.tls.cert_file, &config.tls.key_file) {
             (Some(cert_file), Some(key_file)) => {
@@ -663,12 +667,17 @@ async fn share_presence(awareness: Arc<Awareness>, mut link: PresenceLink, every
 async fn apply_remote_controls(
     mut remote: tokio::sync::mpsc::UnboundedReceiver<Control>,
     controls: Arc<Controls>,
+    events: Arc<crate::events::Events>,
     stop: CancellationToken,
 ) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             control = remote.recv() => match control {
+                Some(Control::Event { tenant, event }) => events.apply_remote(&tenant, &event),
+                Some(control @ Control::UserEvent { .. }) => {
+                    controls.apply(&control, unix_ms() / 1000);
+                }
                 Some(control) => {
                     let closed = controls.apply(&control, unix_ms() / 1000);
                     tracing::info!(?control, closed, "applied another node's action");

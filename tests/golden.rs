@@ -140,6 +140,25 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
             "call_history",
             ClientFrame::CallHistory { req: 41, before: Some("1767225600000-6f1c2a9be04d7731".into()), limit: 20 },
         ),
+        (
+            "subscribe",
+            ClientFrame::Subscribe {
+                req: 50,
+                pattern: "orders.*.created".into(),
+                filter: Some("qty >= 10 and region in (eu, us)".into()),
+                since: None,
+            },
+        ),
+        (
+            "subscribe_since",
+            ClientFrame::Subscribe {
+                req: 51,
+                pattern: "orders.eu.created".into(),
+                filter: None,
+                since: Some(pos(7, 42)),
+            },
+        ),
+        ("unsubscribe", ClientFrame::Unsubscribe { req: 52, pattern: "orders.*.created".into() }),
     ]
 }
 
@@ -380,6 +399,42 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
             CallEvent::QualityFlag { user: "bob".into(), flag: QualityFlag::HighLoss, raised: true, value: 0.25 },
         ),
         ("call_history", ServerFrame::CallHistory { req: 41, calls: vec![call_record()], next: None }),
+        (
+            "subscribed",
+            ServerFrame::Subscribed { req: 50, pattern: "orders.*.created".into(), position: None, recovered: true },
+        ),
+        (
+            "subscribed_topic",
+            ServerFrame::Subscribed {
+                req: 51,
+                pattern: "orders.eu.created".into(),
+                position: Some(pos(7, 45)),
+                recovered: true,
+            },
+        ),
+        ("unsubscribed", ServerFrame::Unsubscribed { req: 52, pattern: "orders.*.created".into() }),
+        (
+            "event",
+            ServerFrame::Event {
+                topic: "orders.eu.created".into(),
+                position: Some(pos(7, 43)),
+                time: 1_767_225_600_000,
+                id: "o-1".into(),
+                tags: [("qty".to_string(), "12".to_string()), ("region".to_string(), "eu".to_string())].into(),
+                data: Payload::from(r#"{"order":17}"#),
+            },
+        ),
+        (
+            "event_ephemeral",
+            ServerFrame::Event {
+                topic: "scores.match1".into(),
+                position: None,
+                time: 1_767_225_600_000,
+                id: "s-9".into(),
+                tags: BTreeMap::new(),
+                data: Payload::from(vec![0u8, 255, 1]),
+            },
+        ),
     ]
 }
 

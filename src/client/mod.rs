@@ -137,6 +137,26 @@ pub struct Message {
     pub data: Payload,
 }
 
+/// An event of a subscribed topic (docs/events.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicEvent {
+    pub topic: String,
+    /// Its place in a persistent topic's log; `None` for an ephemeral topic.
+    pub position: Option<Position>,
+    pub time: u64,
+    pub id: String,
+    pub tags: std::collections::BTreeMap<String, String>,
+    pub data: Payload,
+}
+
+/// The answer to `subscribe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscribed {
+    /// An exact persistent topic's top.
+    pub position: Option<Position>,
+    pub recovered: bool,
+}
+
 /// Something the relay sent that is not the answer to a request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -168,6 +188,8 @@ pub enum Event {
     Left {
         room: String,
     },
+    /// An event of a subscribed topic, or one sent to this user.
+    Topic(TopicEvent),
 }
 
 /// An event of the call `call` (its id), 1:1 or group.
@@ -296,6 +318,9 @@ impl Shared {
             | ServerFrame::LayersWanted { .. }
             | ServerFrame::Speakers { .. }) => Event::Call(frame),
             ServerFrame::Call { call, event, .. } => Event::CallUpdate(CallUpdate { call, event }),
+            ServerFrame::Event { topic, position, time, id, tags, data } => {
+                Event::Topic(TopicEvent { topic, position, time, id, tags, data })
+            }
             ServerFrame::Left { room, .. } => {
                 self.views().remove(&room);
                 self.evicted.lock().unwrap_or_else(|e| e.into_inner()).insert(room.clone());
@@ -545,6 +570,44 @@ impl Client {
             ServerFrame::Ack { position, .. } => Ok(position),
             other => Err(unexpected("ack", &other)),
         }
+    }
+
+    /// Subscribes to the topics `pattern` matches, with an optional tag filter
+    /// (docs/events.md). Events arrive as [`Event::Topic`] ([`Client::next_topic_event`]).
+    pub async fn subscribe(&self, pattern: &str, filter: Option<&str>) -> Result<Subscribed, ClientError> {
+        self.subscribe_since(pattern, filter, None).await
+    }
+
+    /// [`Client::subscribe`], resuming an exact persistent topic after `since`.
+    pub async fn subscribe_since(
+        &self,
+        pattern: &str,
+        filter: Option<&str>,
+        since: Option<Position>,
+    ) -> Result<Subscribed, ClientError> {
+        let frame =
+            |req| ClientFrame::Subscribe { req, pattern: pattern.to_owned(), filter: filter.map(str::to_owned), since };
+        match self.request(Route::Control, frame).await? {
+            ServerFrame::Subscribed { position, recovered, .. } => Ok(Subscribed { position, recovered }),
+            other => Err(unexpected("subscribed", &other)),
+        }
+    }
+
+    /// Ends the subscription made with `pattern`.
+    pub async fn unsubscribe(&self, pattern: &str) -> Result<(), ClientError> {
+        match self.request(Route::Control, |req| ClientFrame::Unsubscribe { req, pattern: pattern.to_owned() }).await? {
+            ServerFrame::Unsubscribed { .. } => Ok(()),
+            other => Err(unexpected("unsubscribed", &other)),
+        }
+    }
+
+    /// The next topic event, skipping other events; `Err` when the connection closed.
+    pub async fn next_topic_event(&mut self) -> Result<TopicEvent, ClientError> {
+        self.next_of(|event| match event {
+            Event::Topic(e) => Some(e),
+            _ => None,
+        })
+        .await
     }
 
     /// Round trip to the relay.

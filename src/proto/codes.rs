@@ -144,6 +144,21 @@ codes! {
     /// A `quality` report less than `calls.quality.min_interval_ms` after this participant's
     /// previous accepted one.
     REPORT_TOO_FREQUENT = 169, "report_too_frequent", fatal = false, retry = true;
+    /// Events (docs/events.md): a topic name or subscription pattern is empty, longer than 127
+    /// bytes, has an empty segment or characters outside `[A-Za-z0-9_:@=+-]`, or a `>` that is
+    /// not the last segment (`*` and `>` only in patterns).
+    BAD_TOPIC = 185, "bad_topic", fatal = false, retry = false;
+    /// The subscription's filter does not parse; the message says where and why.
+    BAD_FILTER = 186, "bad_filter", fatal = false, retry = false;
+    /// A subscription with this pattern is already made on this connection.
+    ALREADY_SUBSCRIBED = 187, "already_subscribed", fatal = false, retry = false;
+    /// No subscription with this pattern on this connection.
+    NOT_SUBSCRIBED = 188, "not_subscribed", fatal = false, retry = false;
+    /// The connection already holds `events.max_subscriptions` subscriptions.
+    TOO_MANY_SUBSCRIPTIONS = 189, "too_many_subscriptions", fatal = false, retry = false;
+    /// An event's tags: more than 16, a key outside 1-64 of `[A-Za-z0-9_.-]`, or a value above
+    /// 256 bytes.
+    BAD_TAGS = 190, "bad_tags", fatal = false, retry = false;
 }
 
 impl ErrorCode {

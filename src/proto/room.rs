@@ -21,6 +21,12 @@ impl RoomName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The room that holds a persistent topic's log: `#<topic>`. `#` is outside the room
+    /// alphabet, so no client can join or publish to it as a room.
+    pub fn topic_log(topic: &crate::events::TopicName) -> RoomName {
+        RoomName(format!("#{topic}"))
+    }
 }
 
 impl std::fmt::Display for RoomName {

@@ -31,6 +31,14 @@ pub enum Job {
     History { key: RoomKey, reply: Reply, before: Option<u64>, limit: u32, max_bytes: usize },
     /// Answer a `rooms` request.
     Rooms { tenant: String, user: String, reply: Reply },
+    /// Replay an exact persistent topic after `since`, then let the subscription go live.
+    Resume {
+        tenant: Arc<str>,
+        sub: Arc<crate::events::Subscription>,
+        topic: crate::events::TopicName,
+        since: Option<Position>,
+        reply: Reply,
+    },
     /// Answer a `call_history` request.
     CallHistory { user: UserKey, reply: Reply, before: Option<HistoryCursor>, limit: u32, max_bytes: usize },
 }
@@ -63,6 +71,9 @@ pub async fn run(job: Job, ctx: Arc<SessionContext>) -> Option<JoinSettled> {
             return Some(settled);
         }
         Job::CatchUp(CatchUp { key, id }) => replay::catch_up(&ctx.hub, engine, key, id).await,
+        Job::Resume { tenant, sub, topic, since, reply } => {
+            ctx.events.resume(&tenant, &sub, &topic, since, reply).await
+        }
         Job::History { key, mut reply, before, limit, max_bytes } => {
             let req = reply.req();
             let frame = match history_page(&ctx, &key, req, before, limit, max_bytes).await {

@@ -5,6 +5,7 @@
 //! tested with plain values. The rule for lanes: answers go to the lane the request came on;
 //! a room's messages go to the lane its `join` came on (on QUIC, the room's own stream).
 
+mod events;
 pub mod jobs;
 pub mod limits;
 mod media;
@@ -52,6 +53,8 @@ pub const MAX_ROOMS_LISTED: usize = 1000;
 
 /// What every session of one relay shares.
 pub struct SessionContext {
+    /// Topic subscriptions and event fanout (docs/events.md).
+    pub events: Arc<crate::events::Events>,
     pub hub: Arc<Hub>,
     pub engine: Arc<dyn Engine>,
     pub verifier: Arc<Verifier>,
@@ -151,6 +154,10 @@ pub struct Session {
     /// arrived meanwhile: they go to the engine once the join settled, so a client that joins
     /// and then publishes receives its own message (the join's position is taken first).
     joining: HashMap<RoomName, (u64, Vec<(Publish, Done)>)>,
+    /// Topic subscriptions by pattern.
+    subscriptions: HashMap<String, Arc<crate::events::Subscription>>,
+    /// This connection as their owner.
+    event_owner: crate::events::Owner,
 }
 
 /// Why a request failed.
@@ -211,6 +218,8 @@ impl Session {
             cursors: HashMap::new(),
             media,
             joining: HashMap::new(),
+            subscriptions: HashMap::new(),
+            event_owner: crate::events::Owner::new(id),
         }
     }
 
@@ -355,6 +364,11 @@ impl Session {
             ClientFrame::IceServers { req } => (req, self.ice_servers(lane, req, now_ms)),
             ClientFrame::Call { req, call, action } => (req, self.call(lane, req, &call, action, now_ms)),
             ClientFrame::CallHistory { req, before, limit } => (req, self.call_history(lane, req, before, limit)),
+            ClientFrame::Subscribe { req, pattern, filter, since } => {
+                (req, self.subscribe(lane, req, &pattern, filter, since))
+            }
+            ClientFrame::Unsubscribe { req, pattern } => (req, self.unsubscribe(lane, req, &pattern)),
+            ClientFrame::Session {} => (0, Err(Failure::reject(ErrorCode::BAD_REQUEST, "session is not served here"))),
         };
         self.answer(lane, req, result)
     }
@@ -385,6 +399,7 @@ impl Session {
     /// Leaves every room (the user keeps following them) and saves the cursors the client
     /// reported; called once when the connection ends.
     pub fn close(&mut self, now_ms: u64) {
+        self.unsubscribe_all();
         let rooms = std::mem::take(&mut self.rooms);
         self.lanes.clear();
         for (room, joined) in &rooms {

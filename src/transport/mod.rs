@@ -3,6 +3,7 @@
 
 pub mod media;
 pub mod quic;
+pub mod sse;
 pub mod websocket;
 pub mod webtransport;
 

@@ -268,6 +268,8 @@ pub struct RedisEngine {
     presence_link: Mutex<Option<PresenceLink>>,
     call_link: Mutex<Option<CallLink>>,
     queue: Mutex<Option<mpsc::UnboundedSender<Pending>>>,
+    /// Actions (and events) for the other nodes, sent one at a time in this order.
+    actions: mpsc::UnboundedSender<Control>,
     stopping: AtomicBool,
     publisher: TaskTracker,
     tasks: TaskTracker,
@@ -350,6 +352,8 @@ impl RedisEngine {
         tasks.spawn(run_checks(shared.clone(), stop.clone()));
         tasks.spawn(run_presence(shared.clone(), local_rx, stop.clone()));
         tasks.spawn(run_calls(shared.clone(), calls_out_rx, stop.clone()));
+        let (actions, actions_rx) = mpsc::unbounded_channel();
+        tasks.spawn(run_actions(shared.clone(), actions_rx, stop.clone()));
         tracing::info!(url = %redacted(&shared.config.url), node = %shared.node, "redis engine connected");
         Ok(RedisEngine {
             shared,
@@ -357,6 +361,7 @@ impl RedisEngine {
             presence_link: Mutex::new(Some(PresenceLink { local: local_tx, others: others_rx })),
             call_link: Mutex::new(Some(CallLink { node, out: calls_out, inbound: calls_in_rx })),
             queue: Mutex::new(Some(queue)),
+            actions,
             stopping: AtomicBool::new(false),
             publisher,
             tasks,
@@ -1021,6 +1026,23 @@ async fn run_calls(shared: Arc<Shared>, mut out: mpsc::UnboundedReceiver<String>
     }
 }
 
+/// Publishes this node's actions for the others, in the order they were made (events of one
+/// topic must arrive in their order).
+async fn run_actions(shared: Arc<Shared>, mut actions: mpsc::UnboundedReceiver<Control>, stop: CancellationToken) {
+    loop {
+        let control = tokio::select! {
+            _ = stop.cancelled() => return,
+            control = actions.recv() => match control {
+                Some(control) => control,
+                None => return,
+            },
+        };
+        if let Err(err) = shared.broadcast(control).await {
+            tracing::warn!(%err, "an action did not reach the other nodes");
+        }
+    }
+}
+
 async fn run_checks(shared: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(shared.config.resync_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1133,12 +1155,7 @@ impl Engine for RedisEngine {
     }
 
     fn broadcast(&self, control: &Control) {
-        let (shared, control) = (self.shared.clone(), control.clone());
-        self.tasks.spawn(async move {
-            if let Err(err) = shared.broadcast(control).await {
-                tracing::warn!(%err, "an action did not reach the other nodes");
-            }
-        });
+        let _ = self.actions.send(control.clone());
     }
 
     fn share_presence(&self) -> Option<PresenceLink> {
