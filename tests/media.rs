@@ -506,3 +506,87 @@ async fn a_track_sending_above_its_bitrate_allowance_has_its_group_stopped() {
     assert!(frames.len() < 20, "the frames past the allowance were not forwarded: {}", frames.len());
     assert_eq!(reset, Some(reset::DROPPED));
 }
+
+/// Issue 16's fanout: quinn's stream priorities order the streams of one connection, not the
+/// relay's CPU between connections. An audio frame that reaches the relay while it sends a big
+/// video burst to many subscribers must go out to every subscriber before the rest of the
+/// *others'* burst, not wait at the back of it. Counted, not timed: how many of the burst's
+/// frames the subscribers received between the publisher sending the audio frame and the last
+/// subscriber receiving it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_is_not_queued_behind_a_video_burst_to_other_subscribers() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    const SUBSCRIBERS: usize = 60;
+    const FRAMES: u8 = 100;
+    const FRAME_BYTES: usize = 4_000;
+    let relay = start_with(|c| c.media.max_bitrate = 1_000_000_000).await;
+    let alice = participant(&relay, Transport::Quic, "alice").await;
+    let mic = alice.publish_track(ROOM, "mic", TrackKind::Audio, "opus", audio_layer()).await.unwrap();
+    let cam = alice.publish_track(ROOM, "cam", TrackKind::Video, "vp8", video_layers()[..1].to_vec()).await.unwrap();
+    // One sequence over every frame any subscriber receives: the order of arrivals.
+    let arrivals = Arc::new(AtomicU64::new(0));
+    let mut subscribers = tokio::task::JoinSet::new();
+    for n in 0..SUBSCRIBERS {
+        let mut sub = participant(&relay, Transport::Quic, &format!("sub{n}")).await;
+        sub.subscribe_track(mic, 0, false).await.unwrap();
+        sub.subscribe_track(cam, 0, false).await.unwrap();
+        let arrivals = arrivals.clone();
+        subscribers.spawn(async move {
+            // (video frames received, the arrival number of the audio frame)
+            let (mut video, mut audio) = (0u32, None);
+            while video < u32::from(FRAMES) || audio.is_none() {
+                match sub.next_media().await.expect("media events") {
+                    MediaEvent::Frame { track, .. } => {
+                        let at = arrivals.fetch_add(1, Ordering::SeqCst);
+                        if track == cam {
+                            video += 1;
+                        } else {
+                            audio = Some(at);
+                        }
+                    }
+                    MediaEvent::End { reset: Some(code), .. } => panic!("a group was reset ({code:#x})"),
+                    _ => {}
+                }
+            }
+            (sub, audio.unwrap_or_default())
+        });
+    }
+    // The burst: one 400 KB group (as a keyframe burst, in frames so arrivals can be counted).
+    let burst_started = std::time::Instant::now();
+    let mut group = alice
+        .open_group(GroupHeader { track: cam, layer: 0, group: 1, flags: FLAG_KEYFRAME }, TrackKind::Video)
+        .await
+        .unwrap();
+    for n in 0..FRAMES {
+        group.frame(u64::from(n), 0, &vec![n; FRAME_BYTES]).await.unwrap();
+    }
+    group.finish();
+    // Once the relay is well into the burst, an audio frame.
+    within("the burst starts arriving", async {
+        while arrivals.load(Ordering::SeqCst) < u64::from(FRAMES) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    let sent_at = arrivals.load(Ordering::SeqCst);
+    send_group(&alice, GroupHeader { track: mic, layer: 0, group: 1, flags: 0 }, TrackKind::Audio, 1, 80).await;
+    let mut last_audio = 0;
+    let mut keep = Vec::new();
+    within("every subscriber has the burst and the audio", async {
+        while let Some(done) = subscribers.join_next().await {
+            let (sub, audio) = done.expect("subscriber task");
+            last_audio = last_audio.max(audio);
+            keep.push(sub);
+        }
+    })
+    .await;
+    let burst_ms = burst_started.elapsed().as_millis();
+    let burst = SUBSCRIBERS as u64 * u64::from(FRAMES);
+    let before_audio = last_audio.saturating_sub(sent_at);
+    println!(
+        "video frames that arrived between the audio's sending and its last arrival: {before_audio} of {burst} (at {sent_at}); the burst reached all in {burst_ms} ms"
+    );
+    assert!(before_audio < burst / 10, "audio waited behind {before_audio} of the burst's {burst} frames");
+}

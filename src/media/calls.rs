@@ -25,6 +25,7 @@ use super::cache::GroupCache;
 use super::dynacast::Dynacast;
 use super::forwarder::{Forwarder, Verdict};
 use super::out::MediaOut;
+use super::pacer::SharedPacer;
 use super::probe::Outcome;
 use super::queue::GroupKey;
 use super::speaker::SpeakerDetector;
@@ -243,11 +244,24 @@ pub struct Calls {
     config: MediaConfig,
     /// Where rooms' members are.
     hub: Arc<Hub>,
+    /// Paces the big writes of every subscriber connection (see [`SharedPacer`]).
+    pacer: Arc<SharedPacer>,
 }
 
 impl Calls {
     pub fn new(config: MediaConfig, hub: Arc<Hub>) -> Calls {
-        Calls { registry: Mutex::new(Registry::default()), next_track: AtomicU64::new(1), config, hub }
+        Calls {
+            registry: Mutex::new(Registry::default()),
+            next_track: AtomicU64::new(1),
+            config,
+            hub,
+            pacer: Arc::new(SharedPacer::default()),
+        }
+    }
+
+    /// The relay-wide pacer of big media writes, for the transports' group writers.
+    pub fn pacer(&self) -> &Arc<SharedPacer> {
+        &self.pacer
     }
 
     pub fn config(&self) -> &MediaConfig {

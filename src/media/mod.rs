@@ -19,7 +19,10 @@
 //!   a keyframe at once;
 //! - [`queue::GroupQueue`]: per subscriber, the groups on their way out, cancelling stale ones
 //!   and bounding memory;
-//! - [`speaker::SpeakerDetector`]: per call, who is speaking, from the audio levels.
+//! - [`speaker::SpeakerDetector`]: per call, who is speaking, from the audio levels;
+//! - [`pacer::Pacer`]: per relay, how much of the big writes (keyframes) is handed to the
+//!   subscribers' connections at once, so audio and delta frames never wait behind a whole
+//!   keyframe burst.
 //!
 //! The IO (group streams, priorities, resets) stays in the transports.
 
@@ -28,6 +31,7 @@ pub mod calls;
 pub mod dynacast;
 pub mod forwarder;
 pub mod out;
+pub mod pacer;
 pub mod probe;
 pub mod queue;
 pub mod speaker;

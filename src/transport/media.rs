@@ -6,12 +6,14 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
-use web_transport_quinn::{RecvStream, Session};
+use web_transport_quinn::{RecvStream, SendStream, Session, WriteError};
 
 use crate::connection::unix_ms;
 use crate::media::calls::Calls;
 use crate::media::out::{GroupOpen, MediaOut};
+use crate::media::pacer::{self, SharedPacer};
 use crate::media::queue::Next;
 use crate::proto::media::{MediaReader, reset};
 
@@ -76,8 +78,15 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// Writes one group to a subscriber: the header, then frames as they come, then finish (or a
 /// reset when the group is cancelled). The group stays in flight until the subscriber has it
-/// all, so a newer group can still cancel it while it waits for acknowledgements.
-pub async fn write_group(conn: Arc<Session>, media: Arc<MediaOut>, open: GroupOpen, stop: CancellationToken) {
+/// all, so a newer group can still cancel it while it waits for acknowledgements. Writes bigger
+/// than [`pacer::SMALL_BYTES`] (keyframes) go through the relay-wide `pacer`.
+pub async fn write_group(
+    conn: Arc<Session>,
+    media: Arc<MediaOut>,
+    pacer: Arc<SharedPacer>,
+    open: GroupOpen,
+    stop: CancellationToken,
+) {
     let key = open.key;
     let cancelled = open.cancel.clone();
     let write = async {
@@ -87,7 +96,10 @@ pub async fn write_group(conn: Arc<Session>, media: Arc<MediaOut>, open: GroupOp
             send.write_all(&open.header.encode()).await.ok()?;
             loop {
                 match media.next(key) {
-                    Next::Frames(mut frames) => send.write_all_chunks(&mut frames).await.ok()?,
+                    Next::Frames(mut frames) if frames.iter().map(Bytes::len).sum::<usize>() <= pacer::SMALL_BYTES => {
+                        send.write_all_chunks(&mut frames).await.ok()?
+                    }
+                    Next::Frames(frames) => write_paced(&mut send, &pacer, open.priority, frames).await.ok()?,
                     Next::Wait => open.notify.notified().await,
                     Next::Finish => {
                         send.finish().ok()?;
@@ -112,6 +124,25 @@ pub async fn write_group(conn: Arc<Session>, media: Arc<MediaOut>, open: GroupOp
         _ = stop.cancelled() => {}
     }
     media.done(key);
+}
+
+/// Writes a big batch of frames chunk by chunk, each under a grant of the pacer. The grant is
+/// kept until this task had a turn after the write: the connection's driver, woken by the
+/// write, runs before it, so the chunk is on its way when the next one is granted.
+async fn write_paced(
+    send: &mut SendStream,
+    pacer: &SharedPacer,
+    priority: i32,
+    frames: Vec<Bytes>,
+) -> Result<(), WriteError> {
+    let ticket = pacer.ticket();
+    for mut chunk in pacer::chunks(frames, pacer::CHUNK_BYTES) {
+        let bytes = chunk.iter().map(Bytes::len).sum();
+        let _grant = pacer.acquire(ticket, priority, bytes, unix_ms).await;
+        send.write_all_chunks(&mut chunk).await?;
+        tokio::task::yield_now().await;
+    }
+    Ok(())
 }
 
 /// Hands the connection's congestion window and smoothed RTT to its media side, which turns

@@ -550,7 +550,8 @@ async fn serve_peer(
                 lanes.readers.spawn(transport::media::read_group(recv, calls, media.id, cancel));
             }
             Some(open) = media.opens.recv() => {
-                let writer = transport::media::write_group(conn.clone(), media.media.clone(), open, lanes.cancel.clone());
+                let pacer = media.calls.pacer().clone();
+                let writer = transport::media::write_group(conn.clone(), media.media.clone(), pacer, open, lanes.cancel.clone());
                 lanes.readers.spawn(writer);
             }
             _ = media.media.publishing() => {
