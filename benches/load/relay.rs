@@ -348,7 +348,13 @@ impl TokenMinter {
             jti: None,
             iss: None,
             aud: None,
-            caps: Caps { join: rooms.clone(), publish: rooms.clone(), media: rooms, call: vec!["*".into()] },
+            caps: Caps {
+                join: rooms.clone(),
+                publish: rooms.clone(),
+                media: rooms,
+                call: vec!["*".into()],
+                ..Caps::default()
+            },
         };
         Ok(self.0.sign(&claims)?)
     }

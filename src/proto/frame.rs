@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::call::{CallAction, CallEvent};
 use super::codes::ErrorCode;
+use super::collab::{SessionAction, SessionEvent};
 use super::media::{LayerInfo, SpeakerLevel, TrackInfo, TrackKind};
 use super::payload::Payload;
 use super::presence::{PresenceEntry, Status};
@@ -100,6 +101,9 @@ pub enum ClientFrame {
     /// at most `limit` (1-50) calls that started before `before` (a page's `next`, or a time
     /// in unix ms; the newest when absent). Answered by `call_history`.
     CallHistory { req: u64, before: Option<String>, limit: u32 },
+    /// A collaborative session action (docs/sessions.md): `session` is the session's id (room
+    /// name rules). Answered by `session` with the action's event, or `error`.
+    Session { req: u64, session: String, action: SessionAction },
 }
 
 impl ClientFrame {
@@ -121,7 +125,8 @@ impl ClientFrame {
             | ClientFrame::TrackMute { req, .. }
             | ClientFrame::IceServers { req }
             | ClientFrame::Call { req, .. }
-            | ClientFrame::CallHistory { req, .. } => Some(*req),
+            | ClientFrame::CallHistory { req, .. }
+            | ClientFrame::Session { req, .. } => Some(*req),
             ClientFrame::Hello { .. }
             | ClientFrame::SetStatus { .. }
             | ClientFrame::Activity {}
@@ -198,6 +203,9 @@ pub enum ServerFrame {
     /// Answer to `call_history`: the calls, newest first, each the history entry the server
     /// API returns; `next` is the `before` of the next (older) page, absent at the end.
     CallHistory { req: u64, calls: Vec<CallRecord>, next: Option<String> },
+    /// About a collaborative session: the answer to a `session` request (`req`), or an event of
+    /// the session (`req` 0): patches, members, lifecycle, cursors.
+    Session { req: u64, session: String, event: SessionEvent },
 }
 
 /// One ICE server entry, the shape of WebRTC's `RTCIceServer`: `username` and `credential` are
@@ -248,6 +256,7 @@ impl ServerFrame {
             | ServerFrame::IceServers { req, .. }
             | ServerFrame::Call { req, .. }
             | ServerFrame::CallHistory { req, .. }
+            | ServerFrame::Session { req, .. }
             | ServerFrame::Error { req, .. } => Some(*req),
             _ => None,
         }

@@ -86,7 +86,7 @@ pub fn claims(sub: &str, tenant: &str, rooms: &[&str]) -> Claims {
         jti: None,
         iss: None,
         aud: None,
-        caps: Caps { join: rooms.clone(), publish: rooms.clone(), media: rooms, call: Vec::new() },
+        caps: Caps { join: rooms.clone(), publish: rooms.clone(), media: rooms, ..Caps::default() },
     }
 }
 
