@@ -192,3 +192,64 @@ fn read_patches(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::proto::{SessionRole, SessionStatus};
+
+    fn key(id: &str) -> RoomKey {
+        RoomKey { tenant: "acme".into(), room: RoomName::parse(id).unwrap() }
+    }
+
+    fn meta(last_active_ms: u64) -> Meta {
+        Meta {
+            owner: "alice".into(),
+            roles: BTreeMap::new(),
+            default_role: SessionRole::Editor,
+            status: SessionStatus::Open,
+            max_bytes: 1000,
+            created_ms: 0,
+            last_active_ms,
+        }
+    }
+
+    fn patch(version: u64) -> Op {
+        Op::Write(Write::Patch(SessionPatch {
+            version,
+            user: "bob".into(),
+            id: format!("p{version}"),
+            patch: Payload::from("[]"),
+            time: version,
+        }))
+    }
+
+    fn snapshot(version: u64, doc: &str) -> Op {
+        Op::Write(Write::Snapshot(SessionSnapshot { version, doc: Payload::from(doc) }))
+    }
+
+    #[test]
+    fn load_is_the_latest_snapshot_with_the_kept_and_later_patches() {
+        let store = SessionStore::memory(2).unwrap();
+        let (a, b) = (key("doc:a"), key("doc:b"));
+        assert_eq!(store.load(&a).unwrap(), None);
+        let mut batch = vec![(a.clone(), Op::Write(Write::Meta(meta(5)))), (a.clone(), snapshot(0, "{}"))];
+        batch.extend((1..=6).map(|v| (a.clone(), patch(v))));
+        batch.push((a.clone(), snapshot(5, r#"{"v":5}"#)));
+        batch.extend([(b.clone(), Op::Write(Write::Meta(meta(50)))), (b.clone(), snapshot(0, "[]"))]);
+        store.commit(&batch).unwrap();
+        let stored = store.load(&a).unwrap().unwrap();
+        assert_eq!(stored.snapshot, SessionSnapshot { version: 5, doc: Payload::from(r#"{"v":5}"#) });
+        let versions = |ps: &[SessionPatch]| ps.iter().map(|p| p.version).collect::<Vec<_>>();
+        assert_eq!(versions(&stored.earlier), vec![4, 5], "keep_patches before the snapshot");
+        assert_eq!(versions(&stored.after), vec![6]);
+        assert_eq!(versions(&store.patches_after(&a, 4, 10).unwrap()), vec![5, 6]);
+        assert_eq!(store.idle(10).unwrap(), vec![a.clone()], "last active before 10");
+        store.commit(&[(a.clone(), Op::Delete)]).unwrap();
+        assert_eq!(store.load(&a).unwrap(), None);
+        assert!(store.patches_after(&a, 0, 10).unwrap().is_empty());
+        assert_eq!(store.load(&b).unwrap().map(|s| s.snapshot.version), Some(0), "others untouched");
+    }
+}
