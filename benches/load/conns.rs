@@ -167,7 +167,9 @@ pub async fn idle(
                 }
                 Some(Event::GoAway { code, .. }) => errors.add(format!("going_away:{}", code.slug())),
                 Some(Event::Error { code, .. }) => errors.add(code.slug()),
-                Some(Event::Message(_) | Event::Call(_) | Event::CallUpdate(_) | Event::Left { .. }) => {}
+                Some(
+                    Event::Message(_) | Event::Call(_) | Event::CallUpdate(_) | Event::Left { .. } | Event::Session(_),
+                ) => {}
                 None => break,
             }
         }

@@ -5,6 +5,7 @@
 //! bounded channel: an application that stops reading events stops the client reading the
 //! network, and the relay eventually closes the connection as a slow consumer, as it should.
 
+pub mod collab;
 pub mod media;
 pub mod presence;
 mod quic;
@@ -168,6 +169,8 @@ pub enum Event {
     Left {
         room: String,
     },
+    /// An event of a collaborative session (docs/sessions.md).
+    Session(collab::SessionUpdate),
 }
 
 /// An event of the call `call` (its id), 1:1 or group.
@@ -296,6 +299,7 @@ impl Shared {
             | ServerFrame::LayersWanted { .. }
             | ServerFrame::Speakers { .. }) => Event::Call(frame),
             ServerFrame::Call { call, event, .. } => Event::CallUpdate(CallUpdate { call, event }),
+            ServerFrame::Session { session, event, .. } => Event::Session(collab::SessionUpdate { session, event }),
             ServerFrame::Left { room, .. } => {
                 self.views().remove(&room);
                 self.evicted.lock().unwrap_or_else(|e| e.into_inner()).insert(room.clone());

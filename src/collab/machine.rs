@@ -17,6 +17,9 @@ use crate::proto::{
 pub const MAX_CONFLICTING: usize = 100;
 /// Longest patch id (bytes).
 pub const MAX_PATCH_ID_BYTES: usize = 64;
+/// Patch ids remembered per user for dedupe (and stored, so they survive a restart): a client
+/// retries the few patches it has in flight, whatever the other users send meanwhile.
+pub const DEDUPE_PER_USER: usize = 64;
 /// Slack per operation in the document size bound (see [`CollabSession::patch`]).
 const OP_SLACK: usize = 16;
 
@@ -66,6 +69,11 @@ pub struct Meta {
 pub enum Write {
     Meta(Meta),
     Patch(SessionPatch),
+    /// A user's latest patch ids (dedupe), oldest first.
+    Ids {
+        user: String,
+        ids: Vec<(String, u64)>,
+    },
     /// The document at `version` (JSON text).
     Snapshot(SessionSnapshot),
 }
@@ -158,7 +166,8 @@ pub struct CollabSession {
     /// An upper bound of the document's serialized size (exact after a snapshot or a check).
     size_bound: usize,
     recent: VecDeque<Recent>,
-    ids: HashMap<(String, String), u64>,
+    /// Each user's latest patch ids and their versions, oldest first.
+    ids: HashMap<String, VecDeque<(String, u64)>>,
     /// Patches and their bytes since the last snapshot.
     since_snapshot: (u32, usize),
     devices: BTreeMap<DeviceId, Device>,
@@ -274,17 +283,20 @@ impl CollabSession {
     }
 
     /// A stored session: its meta, latest snapshot and the patches after it (in order), replayed.
-    /// `earlier`: stored patches up to the snapshot, remembered for the conflict rule and dedupe.
+    /// `earlier`: stored patches up to the snapshot, remembered for the conflict rule;
+    /// `ids`: each user's stored patch ids, for dedupe.
     pub fn restore(
         meta: Meta,
         snapshot: &SessionSnapshot,
         earlier: &[SessionPatch],
         patches: &[SessionPatch],
+        ids: HashMap<String, Vec<(String, u64)>>,
         limits: Limits,
     ) -> Result<CollabSession, String> {
         let doc = parse_doc(&snapshot.doc).map_err(|e| e.to_string())?;
         let size = doc_size(&doc);
         let mut session = CollabSession::from_parts(meta, doc, snapshot.version, size, limits);
+        session.ids = ids.into_iter().map(|(user, ids)| (user, ids.into())).collect();
         for p in earlier.iter().filter(|p| p.version <= snapshot.version) {
             let ops: json_patch::Patch = serde_json::from_slice(&p.patch.0).map_err(|e| e.to_string())?;
             session.remember(p, touched(&ops).0);
@@ -305,13 +317,22 @@ impl CollabSession {
     }
 
     fn remember(&mut self, p: &SessionPatch, writes: Vec<Vec<String>>) {
-        self.ids.insert((p.user.clone(), p.id.clone()), p.version);
-        self.recent.push_back(Recent { patch: p.clone(), writes });
-        while self.recent.len() > self.limits.keep_patches.max(1) {
-            if let Some(old) = self.recent.pop_front() {
-                self.ids.remove(&(old.patch.user, old.patch.id));
+        let ids = self.ids.entry(p.user.clone()).or_default();
+        if !ids.iter().any(|(id, _)| *id == p.id) {
+            ids.push_back((p.id.clone(), p.version));
+            if ids.len() > DEDUPE_PER_USER {
+                ids.pop_front();
             }
         }
+        self.recent.push_back(Recent { patch: p.clone(), writes });
+        if self.recent.len() > self.limits.keep_patches.max(1) {
+            self.recent.pop_front();
+        }
+    }
+
+    /// The version a user's patch id was applied as, if it is remembered.
+    fn applied_as(&self, user: &str, id: &str) -> Option<u64> {
+        self.ids.get(user)?.iter().find(|(known, _)| known == id).map(|(_, version)| *version)
     }
 
     pub fn version(&self) -> u64 {
@@ -454,7 +475,7 @@ impl CollabSession {
         let role = self.device_role(device).ok_or(SessionError::NotIn)?;
         check_patch_id(id)?;
         let user = self.devices[&device].user.clone();
-        if let Some(&version) = self.ids.get(&(user.clone(), id.to_owned())) {
+        if let Some(version) = self.applied_as(&user, id) {
             return Ok(PatchOutcome::Duplicate { version });
         }
         if role == SessionRole::Viewer {
@@ -516,7 +537,8 @@ impl CollabSession {
         let applied =
             SessionPatch { version: self.version, user, id: id.to_owned(), patch: patch.clone(), time: now_ms };
         self.remember(&applied, writes);
-        let mut out = vec![Write::Patch(applied.clone())];
+        let ids = self.ids.get(&applied.user).map(|ids| ids.iter().cloned().collect()).unwrap_or_default();
+        let mut out = vec![Write::Patch(applied.clone()), Write::Ids { user: applied.user.clone(), ids }];
         self.since_snapshot.0 += 1;
         self.since_snapshot.1 += patch.len();
         if self.since_snapshot.0 >= self.limits.snapshot_every_patches

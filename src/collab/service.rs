@@ -76,6 +76,8 @@ enum Out {
     Patched(SessionPatch),
     /// To every joined device.
     Event(SessionEvent),
+    /// To every joined device but this one (the one that joined: its answer has it).
+    Others(DeviceId, SessionEvent),
     /// The session ended: tell every joined device, then forget them.
     Ended(SessionEvent),
 }
@@ -124,9 +126,15 @@ impl CollabService {
         }
         let stored = self.store.load(key).map_err(|e| SessionError::Store(e.to_string()))?;
         let Some(stored) = stored else { return Ok(None) };
-        let machine =
-            CollabSession::restore(stored.meta, &stored.snapshot, &stored.earlier, &stored.after, self.limits)
-                .map_err(SessionError::Store)?;
+        let machine = CollabSession::restore(
+            stored.meta,
+            &stored.snapshot,
+            &stored.earlier,
+            &stored.after,
+            stored.ids,
+            self.limits,
+        )
+        .map_err(SessionError::Store)?;
         let live = self.wrap(key, Some(machine));
         sessions.insert(key.clone(), live.clone());
         Ok(Some(live))
@@ -316,7 +324,7 @@ impl CollabService {
         };
         state.devices.insert(device, Joined { outbox: outbox.clone(), since: now });
         let mut outs = vec![Out::Answer(reply, joined)];
-        outs.extend(events.into_iter().map(Out::Event));
+        outs.extend(events.into_iter().map(|e| Out::Others(device, e)));
         self.queue(live, vec![Op::Write(write)], outs);
         Ok(())
     }
@@ -539,19 +547,20 @@ fn deliver(live: &Live, outs: Vec<Out>, ok: bool) {
                     let _ = joined.outbox.push(CONTROL, encoded.get(joined.outbox.codec()));
                 }
             }
-            Out::Event(event) => broadcast(&session, &state, event),
+            Out::Event(event) => broadcast(&session, &state, event, None),
+            Out::Others(device, event) => broadcast(&session, &state, event, Some(device)),
             Out::Ended(event) => {
-                broadcast(&session, &state, event);
+                broadcast(&session, &state, event, None);
                 state.devices.clear();
             }
         }
     }
 }
 
-fn broadcast(session: &str, state: &LiveState, event: SessionEvent) {
+fn broadcast(session: &str, state: &LiveState, event: SessionEvent, except: Option<DeviceId>) {
     let frame = ServerFrame::Session { req: 0, session: session.to_owned(), event };
     let mut encoded = EncodeOnce::new(&frame);
-    for joined in state.devices.values() {
+    for (_, joined) in state.devices.iter().filter(|(d, _)| Some(**d) != except) {
         let _ = joined.outbox.push(CONTROL, encoded.get(joined.outbox.codec()));
     }
 }

@@ -4,6 +4,7 @@
 //! - `session_meta`: `tenant \0 id` → the session's [`Meta`] (JSON)
 //! - `session_patches`: `(tenant \0 id, version)` → the applied patch ([`SessionPatch`], JSON)
 //! - `session_snapshots`: `(tenant \0 id, version)` → the document at that version (JSON text)
+//! - `session_ids`: `tenant \0 id \0 user` → the user's latest patch ids and versions (dedupe)
 //!
 //! Only the latest snapshot is kept, and the patches after it plus `keep_patches` before it (so
 //! a device that says its version gets just what it missed). Why tables of their own rather than
@@ -24,6 +25,23 @@ type VersionKey = (&'static [u8], u64);
 const META: TableDefinition<&[u8], &[u8]> = TableDefinition::new("session_meta");
 const PATCHES: TableDefinition<VersionKey, &[u8]> = TableDefinition::new("session_patches");
 const SNAPSHOTS: TableDefinition<VersionKey, &[u8]> = TableDefinition::new("session_snapshots");
+const IDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("session_ids");
+
+/// The `session_ids` key of a user: the session's key, a zero byte, the user.
+fn ids_key(session: &[u8], user: &str) -> Vec<u8> {
+    let mut k = session.to_vec();
+    k.push(0);
+    k.extend_from_slice(user.as_bytes());
+    k
+}
+
+/// The `session_ids` keys of every user of a session.
+fn ids_range(session: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let (mut from, mut to) = (session.to_vec(), session.to_vec());
+    from.push(0);
+    to.push(1);
+    (from, to)
+}
 
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError::backend(e)
@@ -50,6 +68,8 @@ pub struct Stored {
     pub earlier: Vec<SessionPatch>,
     /// Patches after the snapshot, in order.
     pub after: Vec<SessionPatch>,
+    /// Each user's latest patch ids and versions.
+    pub ids: std::collections::HashMap<String, Vec<(String, u64)>>,
 }
 
 enum Backing {
@@ -80,6 +100,7 @@ impl SessionStore {
         txn.open_table(META).map_err(err)?;
         txn.open_table(PATCHES).map_err(err)?;
         txn.open_table(SNAPSHOTS).map_err(err)?;
+        txn.open_table(IDS).map_err(err)?;
         txn.commit().map_err(err)?;
         Ok(store)
     }
@@ -98,6 +119,7 @@ impl SessionStore {
             let mut meta = txn.open_table(META).map_err(err)?;
             let mut patches = txn.open_table(PATCHES).map_err(err)?;
             let mut snapshots = txn.open_table(SNAPSHOTS).map_err(err)?;
+            let mut ids = txn.open_table(IDS).map_err(err)?;
             for (key, op) in batch {
                 let k = room_bytes(key);
                 let k = k.as_slice();
@@ -107,6 +129,10 @@ impl SessionStore {
                     }
                     Op::Write(Write::Patch(p)) => {
                         patches.insert((k, p.version), serde_json::to_vec(p).map_err(err)?.as_slice()).map_err(err)?;
+                    }
+                    Op::Write(Write::Ids { user, ids: list }) => {
+                        let value = serde_json::to_vec(list).map_err(err)?;
+                        ids.insert(ids_key(k, user).as_slice(), value.as_slice()).map_err(err)?;
                     }
                     Op::Write(Write::Snapshot(s)) => {
                         snapshots.insert((k, s.version), &*s.doc.0).map_err(err)?;
@@ -118,6 +144,8 @@ impl SessionStore {
                         meta.remove(k).map_err(err)?;
                         patches.retain_in((k, 0)..=(k, u64::MAX), |_, _| false).map_err(err)?;
                         snapshots.retain_in((k, 0)..=(k, u64::MAX), |_, _| false).map_err(err)?;
+                        let (from, to) = ids_range(k);
+                        ids.retain_in(from.as_slice()..to.as_slice(), |_, _| false).map_err(err)?;
                     }
                 }
             }
@@ -140,7 +168,14 @@ impl SessionStore {
         let snapshot = SessionSnapshot { version: version.value().1, doc: Payload::from(doc.value().to_vec()) };
         let all = read_patches(&txn.open_table(PATCHES).map_err(err)?, k, 0, usize::MAX)?;
         let (earlier, after) = all.into_iter().partition(|p| p.version <= snapshot.version);
-        Ok(Some(Stored { meta, snapshot, earlier, after }))
+        let mut ids = std::collections::HashMap::new();
+        let (from, to) = ids_range(k);
+        for entry in txn.open_table(IDS).map_err(err)?.range(from.as_slice()..to.as_slice()).map_err(err)? {
+            let (user, list) = entry.map_err(err)?;
+            let user = String::from_utf8_lossy(&user.value()[from.len()..]).into_owned();
+            ids.insert(user, serde_json::from_slice(list.value()).map_err(|e| corrupt("session_ids", e))?);
+        }
+        Ok(Some(Stored { meta, snapshot, earlier, after, ids }))
     }
 
     /// Up to `limit` stored patches after version `after`, in order.
@@ -247,6 +282,9 @@ mod tests {
         assert_eq!(versions(&stored.after), vec![6]);
         assert_eq!(versions(&store.patches_after(&a, 4, 10).unwrap()), vec![5, 6]);
         assert_eq!(store.idle(10).unwrap(), vec![a.clone()], "last active before 10");
+        let ids = vec![("p6".to_string(), 6)];
+        store.commit(&[(a.clone(), Op::Write(Write::Ids { user: "bob".into(), ids: ids.clone() }))]).unwrap();
+        assert_eq!(store.load(&a).unwrap().unwrap().ids, [("bob".to_string(), ids)].into());
         store.commit(&[(a.clone(), Op::Delete)]).unwrap();
         assert_eq!(store.load(&a).unwrap(), None);
         assert!(store.patches_after(&a, 0, 10).unwrap().is_empty());

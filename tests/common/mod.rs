@@ -107,6 +107,15 @@ impl TestRelay {
         self.sign(&claims)
     }
 
+    /// A token for `sub` in `tenant` that may create, join and edit the sessions `edit` and join
+    /// the sessions `read` as a viewer (patterns), and nothing else.
+    pub fn session_token(&self, sub: &str, tenant: &str, edit: &[&str], read: &[&str]) -> String {
+        let mut claims = claims(sub, tenant, &[]);
+        claims.caps.session = edit.iter().map(|s| s.to_string()).collect();
+        claims.caps.session_read = read.iter().map(|s| s.to_string()).collect();
+        self.sign(&claims)
+    }
+
     /// The listener `transport` connects to: UDP for QUIC and WebTransport, TCP for WebSocket.
     pub fn listen_addr(&self, transport: Transport) -> std::net::SocketAddr {
         match transport {

@@ -1,5 +1,7 @@
 //! The session rules, one input at a time, no IO.
 
+use std::collections::HashMap;
+
 use serde_json::json;
 
 use super::*;
@@ -300,7 +302,8 @@ fn snapshots_every_n_patches_and_a_restore_reaches_the_same_state() {
     let snapshot = snapshot.expect("snapshots were taken");
     assert_eq!(snapshot.version, 6, "every 3 patches");
     let (earlier, after): (Vec<_>, Vec<_>) = stored.iter().cloned().partition(|p| p.version <= 6);
-    let restored = CollabSession::restore(s.meta().clone(), &snapshot, &earlier, &after, LIMITS).unwrap();
+    let restored =
+        CollabSession::restore(s.meta().clone(), &snapshot, &earlier, &after, Default::default(), LIMITS).unwrap();
     assert_eq!(restored.doc(), s.doc());
     assert_eq!(restored.version(), 7);
     assert_eq!(restored.patches_after(5).map(|p| p.len()), Some(2), "the missed patches are remembered");
@@ -309,6 +312,35 @@ fn snapshots_every_n_patches_and_a_restore_reaches_the_same_state() {
     let mut restored = restored;
     restored.join(EDITOR, "bob", SessionRole::Owner, 0);
     assert_eq!(restored.patch(EDITOR, "i3", 0, &p(json!([])), 1).unwrap(), PatchOutcome::Duplicate { version: 4 });
+}
+
+#[test]
+fn patch_ids_are_remembered_per_user_whatever_the_others_send() {
+    let mut s = session();
+    applied(s.patch(EDITOR, "mine", 0, &p(json!([{"op": "add", "path": "/items/-", "value": 0}])), 1).unwrap());
+    for i in 0..(LIMITS.keep_patches as u64 + 10) {
+        let ops = p(json!([{"op": "replace", "path": "/title", "value": i}]));
+        applied(s.patch(OWNER, &format!("o{i}"), s.version(), &ops, 1).unwrap());
+    }
+    assert_eq!(s.patch(EDITOR, "mine", 0, &p(json!([])), 1).unwrap(), PatchOutcome::Duplicate { version: 1 });
+    // The ids are written with each patch, and restored from there.
+    let (_, _, writes) = applied(s.patch(EDITOR, "next", s.version(), &p(json!([])), 1).unwrap());
+    let stored: HashMap<String, Vec<(String, u64)>> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Ids { user, ids } => Some((user.clone(), ids.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stored["bob"].iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), vec!["mine", "next"]);
+    let mut restored = CollabSession::restore(s.meta().clone(), &s.snapshot(), &[], &[], stored, LIMITS).unwrap();
+    restored.join(EDITOR, "bob", SessionRole::Owner, 0);
+    assert_eq!(restored.patch(EDITOR, "mine", 0, &p(json!([])), 1).unwrap(), PatchOutcome::Duplicate { version: 1 });
+    // At most DEDUPE_PER_USER per user.
+    for i in 0..DEDUPE_PER_USER + 1 {
+        applied(s.patch(EDITOR, &format!("b{i}"), s.version(), &p(json!([])), 1).unwrap());
+    }
+    assert!(matches!(s.patch(EDITOR, "mine", s.version(), &p(json!([])), 1).unwrap(), PatchOutcome::Applied { .. }));
 }
 
 #[test]
