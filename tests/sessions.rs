@@ -152,12 +152,9 @@ async fn lifecycle_roles_and_their_events_across_transports_and_devices() {
     bob.session_destroy(S).await.unwrap();
     for c in [&mut alice, &mut bob_phone] {
         loop {
-            match next_reliable(c).await {
-                SessionEvent::Ended { reason, by } => {
-                    assert_eq!((reason, by.as_deref()), (SessionEnd::Destroyed, Some("bob")));
-                    break;
-                }
-                _ => {}
+            if let SessionEvent::Ended { reason, by } = next_reliable(c).await {
+                assert_eq!((reason, by.as_deref()), (SessionEnd::Destroyed, Some("bob")));
+                break;
             }
         }
     }

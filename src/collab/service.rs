@@ -445,7 +445,7 @@ impl CollabService {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {
                     ticks += 1;
-                    self.tick(clock(), ticks % sweep_every.max(1) == 0);
+                    self.tick(clock(), ticks.is_multiple_of(sweep_every.max(1)));
                 }
                 work = inbox.recv() => {
                     let Some(work) = work else { return };
