@@ -4,11 +4,14 @@
 //! live cursors, and a seeded property test with concurrent clients, reconnects and a restart.
 //! Independent clients over raw QUIC, WebTransport and the WebSocket fallback, in both codecs.
 
+#[path = "common/calls.rs"]
+mod calls;
 mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use calls::refused;
 use common::{TestRelay, Transport, start_with, within};
 use edgerelay::client::collab::{PatchResult, SessionDoc};
 use edgerelay::client::{Client, ClientError, ClientOptions};
@@ -31,14 +34,6 @@ async fn connect(relay: &TestRelay, (transport, codec): (Transport, Codec), toke
 
 fn j(v: Value) -> Payload {
     Payload::json(&v)
-}
-
-#[track_caller]
-fn refused<T: std::fmt::Debug>(result: Result<T, ClientError>, code: ErrorCode) {
-    match result {
-        Err(ClientError::Rejected { code: got, .. }) => assert_eq!(got, code),
-        other => panic!("expected {code}, got {other:?}"),
-    }
 }
 
 /// The next event of session `S` on `client`.
@@ -303,7 +298,7 @@ async fn catch_up_from_the_document_or_only_the_missed_patches_and_all_of_it_aft
     at7.doc = json!({"log": (1..=7).collect::<Vec<u64>>(), "pad": pad});
     at7.version = 7;
     let phone = device(&relay, (Transport::WebSocket, Codec::Json), "alice").await;
-    let (event, _) = raw_join(&phone, Some(7)).await;
+    let event = raw_join(&phone, Some(7)).await;
     match &event {
         SessionEvent::Joined { snapshot: None, patches, version: 10, .. } => {
             assert_eq!(patches.iter().map(|p| p.version).collect::<Vec<_>>(), vec![8, 9, 10]);
@@ -312,7 +307,7 @@ async fn catch_up_from_the_document_or_only_the_missed_patches_and_all_of_it_aft
     }
     assert_eq!(SessionDoc::joined(&event, Some(&at7)).unwrap().doc, expected);
     // From version 0 (older than the patches kept) the document comes whole.
-    let (event, _) = raw_join(&phone, Some(0)).await;
+    let event = raw_join(&phone, Some(0)).await;
     assert!(matches!(event, SessionEvent::Joined { snapshot: Some(ref s), .. } if s.version == 10), "{event:?}");
     phone.close().await;
     alice.close().await;
@@ -323,7 +318,7 @@ async fn catch_up_from_the_document_or_only_the_missed_patches_and_all_of_it_aft
     let view = fresh_view(&relay).await;
     assert_eq!((view.version, &view.doc), (10, &expected));
     let alice = device(&relay, (Transport::Quic, Codec::Json), "alice").await;
-    let (event, _) = raw_join(&alice, Some(8)).await;
+    let event = raw_join(&alice, Some(8)).await;
     assert!(
         matches!(event, SessionEvent::Joined { snapshot: None, ref patches, .. } if patches.len() == 2),
         "{event:?}"
@@ -337,9 +332,8 @@ async fn catch_up_from_the_document_or_only_the_missed_patches_and_all_of_it_aft
 }
 
 /// A `join` with a version, answered as the relay sent it.
-async fn raw_join(client: &Client, version: Option<u64>) -> (SessionEvent, ()) {
-    let event = client.session_action(S, edgerelay::proto::SessionAction::Join { version }).await.expect("joined");
-    (event, ())
+async fn raw_join(client: &Client, version: Option<u64>) -> SessionEvent {
+    client.session_action(S, edgerelay::proto::SessionAction::Join { version }).await.expect("joined")
 }
 
 #[tokio::test]
