@@ -148,6 +148,17 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
                 doc: Payload::from(r#"{"cards":{}}"#),
                 max_bytes: Some(65536),
                 default_role: SessionRole::Editor,
+                schema: None,
+            },
+        ),
+        session_action(
+            "session_create_schema",
+            58,
+            SessionAction::Create {
+                doc: Payload::from(r#"{"items":[]}"#),
+                max_bytes: None,
+                default_role: SessionRole::Viewer,
+                schema: Some(Payload::from(r#"{"type":"object","required":["items"]}"#)),
             },
         ),
         session_action("session_join", 51, SessionAction::Join { version: None }),

@@ -262,6 +262,33 @@ async fn bad_input_gets_its_documented_error_and_changes_nothing_for_anyone() {
     let stranger = device(&relay, (Transport::Quic, Codec::Json), "sam").await;
     refused(stranger.session_patch(S, "x", 0, j(json!([]))).await, ErrorCode::NOT_IN_SESSION);
 
+    // A session with a JSON Schema: the initial document and every patch's result must validate.
+    let schema =
+        j(json!({"type": "object", "properties": {"votes": {"type": "integer", "minimum": 0}}, "required": ["votes"]}));
+    let form = "doc:form";
+    refused(
+        alice
+            .session_create_with_schema(form, j(json!({"votes": -1})), None, SessionRole::Editor, schema.clone())
+            .await,
+        ErrorCode::SCHEMA_VIOLATION,
+    );
+    let outside = j(json!({"$ref": "file:///etc/passwd"}));
+    refused(
+        alice.session_create_with_schema(form, j(json!({})), None, SessionRole::Editor, outside).await,
+        ErrorCode::BAD_REQUEST,
+    );
+    alice.session_create_with_schema(form, j(json!({"votes": 0})), None, SessionRole::Editor, schema).await.unwrap();
+    let vote = |n: i64| j(json!([{"op": "replace", "path": "/votes", "value": n}]));
+    refused(alice.session_patch(form, "minus", 0, vote(-5)).await, ErrorCode::SCHEMA_VIOLATION);
+    refused(
+        alice.session_patch(form, "drop", 0, j(json!([{"op": "remove", "path": "/votes"}]))).await,
+        ErrorCode::SCHEMA_VIOLATION,
+    );
+    assert!(matches!(
+        alice.session_patch(form, "plus", 0, vote(1)).await.unwrap(),
+        PatchResult::Applied { version: 1, .. }
+    ));
+
     // Nothing changed, and the first thing bob hears is the next good patch.
     let view = fresh_view(&relay).await;
     assert_eq!((view.version, view.doc), (0, json!({"items": ["x"], "n": 1})));
@@ -315,9 +342,10 @@ async fn catch_up_from_the_document_or_only_the_missed_patches_and_all_of_it_aft
     // After a restart the session is rebuilt from its latest snapshot and the patches after it;
     // a retried patch id is still recognised.
     let relay = relay.restart(Duration::from_millis(50)).await;
+    let alice = device(&relay, (Transport::Quic, Codec::Json), "alice").await;
+    refused(alice.session_create(S, j(json!({})), None, SessionRole::Editor).await, ErrorCode::SESSION_EXISTS);
     let view = fresh_view(&relay).await;
     assert_eq!((view.version, &view.doc), (10, &expected));
-    let alice = device(&relay, (Transport::Quic, Codec::Json), "alice").await;
     let event = raw_join(&alice, Some(8)).await;
     assert!(
         matches!(event, SessionEvent::Joined { snapshot: None, ref patches, .. } if patches.len() == 2),

@@ -129,7 +129,20 @@ impl Client {
         max_bytes: Option<u32>,
         default_role: SessionRole,
     ) -> Result<SessionJoined, ClientError> {
-        let action = SessionAction::Create { doc: doc.into(), max_bytes, default_role };
+        let action = SessionAction::Create { doc: doc.into(), max_bytes, default_role, schema: None };
+        self.session_joined(session, action, None).await
+    }
+
+    /// [`Client::session_create`] with a JSON Schema the document must always validate against.
+    pub async fn session_create_with_schema(
+        &self,
+        session: &str,
+        doc: impl Into<Payload>,
+        max_bytes: Option<u32>,
+        default_role: SessionRole,
+        schema: impl Into<Payload>,
+    ) -> Result<SessionJoined, ClientError> {
+        let action = SessionAction::Create { doc: doc.into(), max_bytes, default_role, schema: Some(schema.into()) };
         self.session_joined(session, action, None).await
     }
 

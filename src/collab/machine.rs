@@ -62,6 +62,9 @@ pub struct Meta {
     pub created_ms: u64,
     /// The last join or leave: the session expires `expire_after` after it with nobody joined.
     pub last_active_ms: u64,
+    /// The JSON Schema the document must validate against.
+    #[serde(default)]
+    pub schema: Option<Value>,
 }
 
 /// Something to commit, in order, before the events that follow from it go out.
@@ -103,6 +106,8 @@ pub enum SessionError {
     TooLarge { size: usize, max: usize },
     #[error("base version {base} is above the session's version {version}")]
     BadVersion { base: u64, version: u64 },
+    #[error("the document would not validate against the session's schema: {0}")]
+    Schema(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("session store: {0}")]
@@ -123,6 +128,7 @@ impl SessionError {
             SessionError::PatchFailed(_) => ErrorCode::PATCH_FAILED,
             SessionError::TooLarge { .. } => ErrorCode::DOCUMENT_TOO_LARGE,
             SessionError::BadVersion { .. } => ErrorCode::BAD_VERSION,
+            SessionError::Schema(_) => ErrorCode::SCHEMA_VIOLATION,
             SessionError::BadRequest(_) => ErrorCode::BAD_REQUEST,
             SessionError::Store(_) => ErrorCode::STORE_UNAVAILABLE,
         }
@@ -172,6 +178,7 @@ pub struct CollabSession {
     since_snapshot: (u32, usize),
     devices: BTreeMap<DeviceId, Device>,
     limits: Limits,
+    validator: Option<super::schema::Validator>,
 }
 
 /// Parses a document's JSON text.
@@ -239,6 +246,7 @@ impl CollabSession {
         doc: &Payload,
         max_bytes: Option<u32>,
         default_role: SessionRole,
+        schema: Option<&Payload>,
         limits: Limits,
         now_ms: u64,
     ) -> Result<(CollabSession, Vec<Write>), SessionError> {
@@ -254,6 +262,18 @@ impl CollabSession {
         if size > max {
             return Err(SessionError::TooLarge { size, max });
         }
+        let schema = schema
+            .map(|s| serde_json::from_slice::<Value>(&s.0))
+            .transpose()
+            .map_err(|e| SessionError::BadRequest(format!("the schema is not JSON: {e}")))?;
+        let validator = schema
+            .as_ref()
+            .map(super::schema::Validator::compile)
+            .transpose()
+            .map_err(|e| SessionError::BadRequest(format!("bad schema: {e}")))?;
+        if let Some(v) = &validator {
+            v.check(&value).map_err(SessionError::Schema)?;
+        }
         let meta = Meta {
             owner: owner.to_owned(),
             roles: BTreeMap::new(),
@@ -262,14 +282,18 @@ impl CollabSession {
             max_bytes: max as u32,
             created_ms: now_ms,
             last_active_ms: now_ms,
+            schema,
         };
         let snapshot = SessionSnapshot { version: 0, doc: Payload::json(&value) };
         let writes = vec![Write::Meta(meta.clone()), Write::Snapshot(snapshot)];
-        Ok((CollabSession::from_parts(meta, value, 0, size, limits), writes))
+        let mut session = CollabSession::from_parts(meta, value, 0, size, limits);
+        session.validator = validator;
+        Ok((session, writes))
     }
 
     fn from_parts(meta: Meta, doc: Value, version: u64, size: usize, limits: Limits) -> CollabSession {
         CollabSession {
+            validator: None,
             meta,
             doc,
             version,
@@ -295,7 +319,9 @@ impl CollabSession {
     ) -> Result<CollabSession, String> {
         let doc = parse_doc(&snapshot.doc).map_err(|e| e.to_string())?;
         let size = doc_size(&doc);
+        let validator = meta.schema.as_ref().map(super::schema::Validator::compile).transpose()?;
         let mut session = CollabSession::from_parts(meta, doc, snapshot.version, size, limits);
+        session.validator = validator;
         session.ids = ids.into_iter().map(|(user, ids)| (user, ids.into())).collect();
         for p in earlier.iter().filter(|p| p.version <= snapshot.version) {
             let ops: json_patch::Patch = serde_json::from_slice(&p.patch.0).map_err(|e| e.to_string())?;
@@ -516,11 +542,12 @@ impl CollabSession {
             }
         }
         // The document grows by at most the patch's text (plus a little per operation) unless
-        // it copies: within the limit by that bound, apply in place; else on a copy, measured.
+        // it copies: within the limit by that bound, apply in place; else (or with a schema to
+        // check) on a copy, measured and checked.
         let max = self.meta.max_bytes as usize;
         let copies = ops.iter().any(|op| matches!(op, json_patch::PatchOperation::Copy(_)));
         let bound = self.size_bound + patch.len() + OP_SLACK * ops.len();
-        if !copies && bound <= max {
+        if !copies && bound <= max && self.validator.is_none() {
             json_patch::patch(&mut self.doc, &ops).map_err(|e| SessionError::PatchFailed(e.to_string()))?;
             self.size_bound = bound;
         } else {
@@ -529,6 +556,9 @@ impl CollabSession {
             let size = doc_size(&next);
             if size > max {
                 return Err(SessionError::TooLarge { size, max });
+            }
+            if let Some(v) = &self.validator {
+                v.check(&next).map_err(SessionError::Schema)?;
             }
             self.doc = next;
             self.size_bound = size;

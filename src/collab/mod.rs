@@ -4,7 +4,8 @@
 //!
 //! - [`machine::CollabSession`] is one session as a pure object (`now_ms` passed in): lifecycle,
 //!   roles bounded by the token, versions, the conflict rule, compare-and-set through `test`
-//!   operations, the size limit, patch-id dedupe, when to snapshot. Every rule is a unit test.
+//!   operations, the size limit and the optional JSON Schema ([`schema`]), patch-id dedupe,
+//!   when to snapshot. Every rule is a unit test.
 //! - [`cursors::Cursors`] throttles live cursors per user (the latest wins).
 //! - [`store::SessionStore`] keeps meta, patches and the latest snapshot in the relay's redb
 //!   file, so sessions survive a restart.
@@ -28,10 +29,11 @@
 //! or not at all.
 //!
 //! Not yet here (issue 18, later parts): sessions across the nodes of a Redis region (a session
-//! lives on one node and its embedded store), JSON Schema validation, and `yjs` sessions.
+//! lives on one node and its embedded store), and `yjs` sessions.
 
 pub mod cursors;
 pub mod machine;
+pub mod schema;
 pub mod service;
 pub mod store;
 

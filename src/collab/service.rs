@@ -28,7 +28,7 @@ use crate::auth::Identity;
 use crate::config::SessionsConfig;
 use crate::hub::RoomKey;
 use crate::hub::presence::DeviceId;
-use crate::outbox::{CONTROL, DatagramKey, Outbox, Reply};
+use crate::outbox::{CONTROL, CloseReason, DatagramKey, Outbox, PushError, Reply, Wakes};
 use crate::proto::codec::EncodeOnce;
 use crate::proto::{
     ErrorCode, Payload, RoomName, ServerFrame, SessionAction, SessionEnd, SessionEvent, SessionPatch, SessionRole,
@@ -185,25 +185,22 @@ impl CollabService {
         let bound = who.identity.session_bound(session).ok_or(SessionError::Denied)?;
         let user = who.identity.user.as_str();
         let Requester { device, outbox, reply, .. } = who;
-        if let SessionAction::Create { doc, max_bytes, default_role } = action {
+        if let SessionAction::Create { doc, max_bytes, default_role, schema } = action {
             if bound != SessionRole::Owner {
                 return Err(SessionError::Denied);
             }
-            let (machine, writes) = CollabSession::create(user, &doc, max_bytes, default_role, self.limits, now_ms)?;
+            let (machine, writes) =
+                CollabSession::create(user, &doc, max_bytes, default_role, schema.as_ref(), self.limits, now_ms)?;
             let mut sessions = lock(&self.sessions);
-            let existing = match sessions.get(&key) {
-                Some(live) => Some(live.clone()),
-                None => self
-                    .store
-                    .load(&key)
-                    .map_err(|e| SessionError::Store(e.to_string()))?
-                    .map(|_| self.wrap(&key, None)),
-            };
-            let live = match existing {
-                // A session whose deletion is queued may be created again.
-                Some(live) if lock(&live.state).machine.is_none() && !live.poisoned.load(Ordering::Acquire) => live,
+            let loaded = sessions.get(&key).filter(|l| !l.poisoned.load(Ordering::Acquire)).cloned();
+            let live = match loaded {
+                // A session whose deletion is queued may be created again (its writes follow).
+                Some(live) if lock(&live.state).machine.is_none() => live,
                 Some(_) => return Err(SessionError::Exists),
                 None => {
+                    if self.store.load(&key).map_err(|e| SessionError::Store(e.to_string()))?.is_some() {
+                        return Err(SessionError::Exists);
+                    }
                     let live = self.wrap(&key, None);
                     sessions.insert(key.clone(), live.clone());
                     live
@@ -487,14 +484,16 @@ impl CollabService {
         if let Err(e) = &result {
             tracing::error!(error = %e, "sessions: commit failed; the sessions involved reload from the store");
         }
+        let mut wakes = Wakes::new();
         for work in batch {
             let ok = result.is_ok() && !work.live.poisoned.load(Ordering::Acquire);
             if !ok {
                 work.live.poisoned.store(true, Ordering::Release);
             }
-            deliver(&work.live, work.outs, ok);
+            deliver(&work.live, work.outs, ok, &mut wakes);
             work.live.queued.fetch_sub(1, Ordering::AcqRel);
         }
+        drop(wakes);
         if result.is_err() {
             lock(&self.sessions).retain(|_, live| !live.poisoned.load(Ordering::Acquire));
         }
@@ -521,8 +520,10 @@ fn send_cursor(live: &Live, state: &LiveState, user: &str, data: Payload) {
     }
 }
 
-/// Delivers a committed work item's answers and events (`ok`: the commit succeeded).
-fn deliver(live: &Live, outs: Vec<Out>, ok: bool) {
+/// Delivers a committed work item's answers and events (`ok`: the commit succeeded). The
+/// members' writers are woken once, when `wakes` is dropped after the whole batch, as the hub's
+/// fanout does.
+fn deliver(live: &Live, outs: Vec<Out>, ok: bool, wakes: &mut Wakes) {
     let session = live.key.room.to_string();
     let mut state = lock(&live.state);
     for out in outs {
@@ -544,7 +545,14 @@ fn deliver(live: &Live, outs: Vec<Out>, ok: bool) {
                 let mut encoded = EncodeOnce::new(&frame);
                 for joined in state.devices.values_mut().filter(|j| j.since < version) {
                     joined.since = version;
-                    let _ = joined.outbox.push(CONTROL, encoded.get(joined.outbox.codec()));
+                    let outbox = &joined.outbox;
+                    // A member that cannot take a patch would miss it: it is closed as a slow
+                    // consumer and catches up from its version when it reconnects.
+                    if let Err(PushError::Full) =
+                        outbox.push_batched(CONTROL, encoded.get(outbox.codec()), outbox.cap(), wakes)
+                    {
+                        outbox.close(CloseReason::Error(ErrorCode::SLOW_CONSUMER));
+                    }
                 }
             }
             Out::Event(event) => broadcast(&session, &state, event, None),

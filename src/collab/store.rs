@@ -248,6 +248,7 @@ mod tests {
             max_bytes: 1000,
             created_ms: 0,
             last_active_ms,
+            schema: None,
         }
     }
 

@@ -168,6 +168,9 @@ codes! {
     DOCUMENT_TOO_LARGE = 178, "document_too_large", fatal = false, retry = false;
     /// `base` is above the session's version.
     BAD_VERSION = 179, "bad_version", fatal = false, retry = false;
+    /// The document would not validate against the session's JSON Schema (a `create` whose
+    /// document does not, or a `patch` whose result would not).
+    SCHEMA_VIOLATION = 180, "schema_violation", fatal = false, retry = false;
 }
 
 impl ErrorCode {

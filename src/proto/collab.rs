@@ -49,8 +49,9 @@ pub enum SessionAction {
     /// Create the session with this initial JSON document and join it as its owner (on this
     /// device). `max_bytes`: the document's size limit (serialized JSON), at most and by default
     /// `sessions.max_document_bytes`. `default_role`: the role of users with no role of their own
-    /// (`editor` or `viewer`). Answered by `joined`.
-    Create { doc: Payload, max_bytes: Option<u32>, default_role: SessionRole },
+    /// (`editor` or `viewer`). `schema`: a JSON Schema (drafts 4 to 2020-12) the document must
+    /// always validate against. Answered by `joined`.
+    Create { doc: Payload, max_bytes: Option<u32>, default_role: SessionRole, schema: Option<Payload> },
     /// Join on this device. `version`: the version this device has, if any; the answer then
     /// carries only the patches after it when the relay still has them. Answered by `joined`.
     Join { version: Option<u64> },

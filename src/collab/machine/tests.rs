@@ -27,7 +27,7 @@ fn p(v: serde_json::Value) -> Payload {
 /// with bob (device 2, editor) and carol (device 3, viewer by the session's role) joined.
 fn session() -> CollabSession {
     let doc = p(json!({"title": "t", "items": [], "meta": {"a": 1, "b": 2}}));
-    let (mut s, writes) = CollabSession::create("alice", &doc, None, SessionRole::Editor, LIMITS, 0).unwrap();
+    let (mut s, writes) = CollabSession::create("alice", &doc, None, SessionRole::Editor, None, LIMITS, 0).unwrap();
     assert!(matches!(&writes[..], [Write::Meta(_), Write::Snapshot(SessionSnapshot { version: 0, .. })]));
     s.join(OWNER, "alice", SessionRole::Owner, 0);
     s.join(EDITOR, "bob", SessionRole::Owner, 0);
@@ -164,7 +164,7 @@ fn bad_patches_are_refused_with_their_code_and_change_nothing() {
 #[test]
 fn the_size_limit_holds_for_growth_and_copies() {
     let doc = p(json!({"s": ""}));
-    let (mut s, _) = CollabSession::create("alice", &doc, Some(200), SessionRole::Editor, LIMITS, 0).unwrap();
+    let (mut s, _) = CollabSession::create("alice", &doc, Some(200), SessionRole::Editor, None, LIMITS, 0).unwrap();
     s.join(OWNER, "alice", SessionRole::Owner, 0);
     let grow = |n: usize| p(json!([{"op": "replace", "path": "/s", "value": "x".repeat(n)}]));
     applied(s.patch(OWNER, "a", 0, &grow(150), 1).unwrap());
@@ -178,7 +178,7 @@ fn the_size_limit_holds_for_growth_and_copies() {
     applied(s.patch(OWNER, "d", 1, &grow(10), 1).unwrap());
     applied(s.patch(OWNER, "e", 2, &p(json!([{"op": "copy", "from": "/s", "path": "/t"}])), 1).unwrap());
     let too_big = p(json!({"s": "x".repeat(300)}));
-    let err = CollabSession::create("alice", &too_big, Some(200), SessionRole::Editor, LIMITS, 0).unwrap_err();
+    let err = CollabSession::create("alice", &too_big, Some(200), SessionRole::Editor, None, LIMITS, 0).unwrap_err();
     assert_eq!(err.code(), ErrorCode::DOCUMENT_TOO_LARGE);
 }
 
@@ -346,11 +346,43 @@ fn patch_ids_are_remembered_per_user_whatever_the_others_send() {
 #[test]
 fn create_checks_its_inputs() {
     let doc = p(json!({}));
-    let err = CollabSession::create("a", &doc, None, SessionRole::Owner, LIMITS, 0).unwrap_err();
+    let err = CollabSession::create("a", &doc, None, SessionRole::Owner, None, LIMITS, 0).unwrap_err();
     assert_eq!(err.code(), ErrorCode::BAD_REQUEST);
-    let err = CollabSession::create("a", &Payload::from("{"), None, SessionRole::Editor, LIMITS, 0).unwrap_err();
+    let err = CollabSession::create("a", &Payload::from("{"), None, SessionRole::Editor, None, LIMITS, 0).unwrap_err();
     assert_eq!(err.code(), ErrorCode::BAD_PATCH);
-    let (s, _) = CollabSession::create("a", &doc, Some(1 << 30), SessionRole::Viewer, LIMITS, 0).unwrap();
+    let (s, _) = CollabSession::create("a", &doc, Some(1 << 30), SessionRole::Viewer, None, LIMITS, 0).unwrap();
     assert_eq!(s.meta().max_bytes as usize, LIMITS.max_document_bytes, "bounded by the relay's limit");
     assert_eq!(s.role_of("anyone"), SessionRole::Viewer);
+}
+
+#[test]
+fn a_schema_holds_for_the_initial_document_and_every_patch() {
+    let schema =
+        p(json!({"type": "object", "properties": {"n": {"type": "integer", "maximum": 10}}, "required": ["n"]}));
+    let bad = CollabSession::create("a", &p(json!({"n": "x"})), None, SessionRole::Editor, Some(&schema), LIMITS, 0);
+    assert_eq!(bad.unwrap_err().code(), ErrorCode::SCHEMA_VIOLATION);
+    let not_a_schema = p(json!({"type": 12}));
+    let bad =
+        CollabSession::create("a", &p(json!({"n": 1})), None, SessionRole::Editor, Some(&not_a_schema), LIMITS, 0);
+    assert_eq!(bad.unwrap_err().code(), ErrorCode::BAD_REQUEST);
+    let (mut s, writes) =
+        CollabSession::create("a", &p(json!({"n": 1})), None, SessionRole::Editor, Some(&schema), LIMITS, 0).unwrap();
+    s.join(OWNER, "a", SessionRole::Owner, 0);
+    applied(s.patch(OWNER, "ok", 0, &p(json!([{"op": "replace", "path": "/n", "value": 10}])), 1).unwrap());
+    for (id, ops) in [
+        ("too big", json!([{"op": "replace", "path": "/n", "value": 11}])),
+        ("wrong type", json!([{"op": "replace", "path": "/n", "value": "ten"}])),
+        ("required", json!([{"op": "remove", "path": "/n"}])),
+    ] {
+        let err = s.patch(OWNER, id, 1, &p(ops), 1).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::SCHEMA_VIOLATION, "{id}: {err}");
+    }
+    assert_eq!((s.version(), s.doc().clone()), (1, json!({"n": 10})), "refused patches changed nothing");
+    // The schema is stored with the meta and compiled again on restore.
+    let Write::Meta(meta) = &writes[0] else { panic!("meta first") };
+    let mut restored =
+        CollabSession::restore(meta.clone(), &s.snapshot(), &[], &[], Default::default(), LIMITS).unwrap();
+    restored.join(OWNER, "a", SessionRole::Owner, 0);
+    let err = restored.patch(OWNER, "again", 1, &p(json!([{"op": "remove", "path": "/n"}])), 1).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::SCHEMA_VIOLATION);
 }
