@@ -4,7 +4,9 @@
 //! Timed: patch sent -> `applied` at the sender, patch sent -> `patched` at each member, and per
 //! patch the time until the *last* member has it (applied at every member). Then, with
 //! --doc-kib, a second session grown to that size by patches, joined from fresh connections:
-//! the time to receive and parse the document (`join` -> `joined`).
+//! the time to receive and parse the document (`join` -> `joined`), first cold (after the relay
+//! unloaded the idle session: it reads the snapshot and the patches after it from its store and
+//! replays them), then warm.
 //!
 //! Bounded: at most 2,000 users, --duration at most 600 s, the drain after the window at most
 //! --drain seconds, at most 20 joins of the big document.
@@ -75,6 +77,8 @@ pub struct SessionsReport {
     pub cursors_received: u64,
     /// The relay's CPU during the window and drain, ms (when it is a local process).
     pub relay_cpu_ms: Option<f64>,
+    /// `join` -> `joined` with the big document when the relay loads it from its store.
+    pub big_join_cold_ms: Option<f64>,
     /// `join` -> `joined` with the big document, from a fresh connection.
     pub big_join: Latency,
     pub big_doc_bytes: usize,
@@ -255,6 +259,7 @@ pub async fn sessions(
     // The big document: grown by patches of at most 48 KiB, then joined from fresh connections.
     let mut big_join = stats::histogram();
     let mut big_doc_bytes = 0;
+    let mut big_join_cold_ms = None;
     if args.doc_kib > 0 && !clients.is_empty() {
         let owner = &clients[0];
         owner.session_destroy(BIG).await.ok();
@@ -272,13 +277,26 @@ pub async fn sessions(
                 other => anyhow::bail!("growing the big document: {other:?}"),
             }
         }
-        for j in 0..args.joins {
+        // Nobody joined: the relay unloads the session at its next sweep (at most 10 s later).
+        owner.session_leave(BIG).await?;
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        // The first join loads it (cold); that reader stays, so the others find it loaded.
+        let mut first = None;
+        for j in 0..=args.joins {
             let (reader, _) =
                 fanout::connect_one(relay, transport, args.users + j, format!("reader{j}"), args.codec).await?;
             let started = Instant::now();
             let joined = reader.session_join(BIG, None).await?;
-            stats::record(&mut big_join, started.elapsed());
             big_doc_bytes = serde_json::to_vec(&joined.doc.doc)?.len();
+            if j == 0 {
+                big_join_cold_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                first = Some(reader);
+            } else {
+                stats::record(&mut big_join, started.elapsed());
+                reader.close().await;
+            }
+        }
+        if let Some(reader) = first {
             reader.close().await;
         }
         if show_progress {
@@ -301,6 +319,7 @@ pub async fn sessions(
         cursors_sent: tallies.cursors_sent.load(Ordering::Relaxed),
         cursors_received: tallies.cursors.load(Ordering::Relaxed),
         relay_cpu_ms,
+        big_join_cold_ms,
         big_join: Latency::of(&big_join),
         big_doc_bytes,
         errors: tallies.errors.snapshot(),
@@ -327,7 +346,11 @@ pub fn table(report: &SessionsReport) -> String {
             ("sent -> patched (every member)".into(), report.all_members.line()),
             ("cursors".into(), format!("{} sent, {} delivered", report.cursors_sent, report.cursors_received)),
             ("relay CPU (window + drain)".into(), stats::fmt_opt(report.relay_cpu_ms, 0) + " ms"),
-            (format!("join, {} byte document", report.big_doc_bytes), report.big_join.line()),
+            (
+                format!("join, {} byte document, cold", report.big_doc_bytes),
+                stats::fmt_opt(report.big_join_cold_ms, 2) + " ms",
+            ),
+            (format!("join, {} byte document, warm", report.big_doc_bytes), report.big_join.line()),
             ("connect".into(), report.connect.line()),
             ("errors".into(), format!("{:?}", report.errors)),
         ],

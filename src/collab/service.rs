@@ -37,6 +37,9 @@ use crate::proto::{
 /// Datagram queue key kind of a session cursor (one key per session and user).
 pub const KIND_SESSION_CURSOR: u8 = 5;
 
+/// How often sessions nobody is joined to are unloaded (they load again from the store).
+const UNLOAD_EVERY_MS: u64 = 10_000;
+
 /// Most queued work items committed in one transaction.
 const MAX_BATCH: usize = 256;
 
@@ -388,9 +391,10 @@ impl CollabService {
         Ok(())
     }
 
-    /// Sends the held cursors that are due, expires idle sessions and unloads unused ones.
-    /// Called by [`CollabService::run`]'s tick.
-    pub fn tick(&self, now_ms: u64, sweep: bool) {
+    /// Sends the held cursors that are due; with `sweep`, expires idle sessions (also those only
+    /// in the store); with `unload`, unloads sessions nobody is joined to and nothing is queued
+    /// for. Called by [`CollabService::run`]'s tick.
+    pub fn tick(&self, now_ms: u64, sweep: bool, unload: bool) {
         let lives: Vec<Arc<Live>> = lock(&self.sessions).values().cloned().collect();
         for live in &lives {
             let mut state = lock(&live.state);
@@ -405,9 +409,16 @@ impl CollabService {
                 self.queue(live, vec![Op::Delete], vec![Out::Ended(ended)]);
             }
         }
-        if !sweep {
-            return;
+        if sweep {
+            self.expire_stored(now_ms);
         }
+        if unload {
+            lock(&self.sessions)
+                .retain(|_, live| live.queued.load(Ordering::Acquire) > 0 || !lock(&live.state).devices.is_empty());
+        }
+    }
+
+    fn expire_stored(&self, now_ms: u64) {
         // Sessions nobody loaded lately: load (so a racing join sees the end) and expire them.
         let before = now_ms.saturating_sub(self.limits.expire_after_ms);
         match self.store.idle(before) {
@@ -425,15 +436,16 @@ impl CollabService {
             }
             Err(e) => tracing::warn!(error = %e, "sessions: could not list idle sessions"),
         }
-        lock(&self.sessions)
-            .retain(|_, live| live.queued.load(Ordering::Acquire) > 0 || !lock(&live.state).devices.is_empty());
     }
 
     /// The writer and the tick, until `stop`; then what is queued is committed and delivered.
     pub async fn run(self: Arc<Self>, clock: fn() -> u64, stop: CancellationToken) {
         let Some(mut inbox) = lock(&self.inbox).take() else { return };
         let tick_ms = (1000 / u64::from(self.config.cursor_rate.max(1))).clamp(10, 250);
+        // Expiry every quarter of the expiry time (at least every minute: it reads every stored
+        // session's meta); unloading every 10 s.
         let sweep_every = (self.limits.expire_after_ms / 4).clamp(250, 60_000) / tick_ms;
+        let unload_every = UNLOAD_EVERY_MS / tick_ms;
         let mut tick = tokio::time::interval(Duration::from_millis(tick_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks = 0u64;
@@ -442,7 +454,8 @@ impl CollabService {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {
                     ticks += 1;
-                    self.tick(clock(), ticks.is_multiple_of(sweep_every.max(1)));
+                    let (sweep, unload) = (ticks.is_multiple_of(sweep_every.max(1)), ticks.is_multiple_of(unload_every.max(1)));
+                    self.tick(clock(), sweep, unload);
                 }
                 work = inbox.recv() => {
                     let Some(work) = work else { return };
