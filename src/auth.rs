@@ -85,6 +85,13 @@ pub struct Caps {
     /// callee's user id in the caller's tenant, `{sub}` standing for the user's own id.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub call: Vec<String>,
+    /// Collaborative sessions the user may create, join and edit (docs/sessions.md): patterns
+    /// matched against the session id. The session's own role for the user still applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub session: Vec<String>,
+    /// Sessions the user may join as a viewer at most, whatever role the session gives them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub session_read: Vec<String>,
 }
 
 /// Who a verified token speaks for.
@@ -116,6 +123,20 @@ impl Identity {
     /// Whether the token allows placing a call to `callee` (a user id of the same tenant).
     pub fn can_call(&self, callee: &str) -> bool {
         self.caps.call.iter().any(|p| pattern_matches(p, callee, &self.user))
+    }
+
+    /// The highest role the token allows in session `id`: `owner` (no bound) through
+    /// `caps.session`, `viewer` through `caps.session_read` only, `None`: no access.
+    pub fn session_bound(&self, id: &str) -> Option<crate::proto::SessionRole> {
+        use crate::proto::SessionRole;
+        let matches = |list: &[String]| list.iter().any(|p| pattern_matches(p, id, &self.user));
+        if matches(&self.caps.session) {
+            Some(SessionRole::Owner)
+        } else if matches(&self.caps.session_read) {
+            Some(SessionRole::Viewer)
+        } else {
+            None
+        }
     }
 }
 
@@ -612,7 +633,7 @@ mod tests {
                 join: vec!["chat:*".into(), "dm:{sub}:*".into()],
                 publish: vec!["chat:*".into()],
                 media: Vec::new(),
-                call: Vec::new(),
+                ..Caps::default()
             },
         }
     }

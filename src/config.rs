@@ -45,6 +45,7 @@ pub struct Config {
     pub turn: TurnConfig,
     pub calls: CallsConfig,
     pub events: EventsConfig,
+    pub sessions: SessionsConfig,
 }
 
 impl Default for Config {
@@ -65,6 +66,7 @@ impl Default for Config {
             turn: TurnConfig::default(),
             calls: CallsConfig::default(),
             events: EventsConfig::default(),
+            sessions: SessionsConfig::default(),
         }
     }
 }
@@ -415,6 +417,51 @@ impl Default for CallsConfig {
             quality: crate::call::quality::QualityConfig::default(),
             group_max_participants: 16,
             group_members_can_invite: false,
+        }
+    }
+}
+
+/// Collaborative sessions (docs/sessions.md): document limits, snapshots, expiry, cursors.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// Largest document (serialized JSON), bytes; a session's own `max_bytes` may only lower it.
+    /// At most half of `limits.outbox_bytes` (a `joined` answer carries the document).
+    pub max_document_bytes: u32,
+    /// Largest patch (its JSON text), bytes (a `session` frame is also bound by
+    /// `limits.max_frame_bytes`).
+    pub max_patch_bytes: u32,
+    /// A snapshot of the document is stored every this many patches...
+    pub snapshot_every_patches: u32,
+    /// ...or once the patches since the last snapshot add up to this many bytes.
+    pub snapshot_every_bytes: u32,
+    /// Patches kept before the latest snapshot, so a device that says its version catches up
+    /// with the patches it missed rather than the whole document.
+    pub keep_patches: u32,
+    /// A session nobody joined for this long is deleted, seconds.
+    pub expire_after_secs: u64,
+    /// Cursor updates delivered per second per user per session, at most (the latest wins).
+    pub cursor_rate: u32,
+    /// Largest cursor `data`, bytes.
+    pub max_cursor_bytes: u32,
+    /// `session` frames per second per connection (cursors included), and burst.
+    pub rate: u32,
+    pub burst: u32,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            max_document_bytes: 256 * 1024,
+            max_patch_bytes: 64 * 1024,
+            snapshot_every_patches: 500,
+            snapshot_every_bytes: 1024 * 1024,
+            keep_patches: 1000,
+            expire_after_secs: 30 * 86_400,
+            cursor_rate: 10,
+            max_cursor_bytes: 1024,
+            rate: 100,
+            burst: 200,
         }
     }
 }
@@ -913,6 +960,7 @@ impl Config {
         }
         self.turn.validate()?;
         self.validate_calls()?;
+        self.validate_sessions()?;
         self.validate_auth()
     }
 
@@ -968,6 +1016,33 @@ impl Config {
             Some((key, problem)) => Err(invalid(format!("calls.quality.{key}"), problem)),
             None => Ok(()),
         }
+    }
+
+    fn validate_sessions(&self) -> Result<(), ConfigError> {
+        let s = &self.sessions;
+        for (key, value) in [
+            ("sessions.max_document_bytes", u64::from(s.max_document_bytes)),
+            ("sessions.max_patch_bytes", u64::from(s.max_patch_bytes)),
+            ("sessions.snapshot_every_patches", u64::from(s.snapshot_every_patches)),
+            ("sessions.snapshot_every_bytes", u64::from(s.snapshot_every_bytes)),
+            ("sessions.expire_after_secs", s.expire_after_secs),
+            ("sessions.cursor_rate", u64::from(s.cursor_rate)),
+            ("sessions.max_cursor_bytes", u64::from(s.max_cursor_bytes)),
+            ("sessions.rate", u64::from(s.rate)),
+            ("sessions.burst", u64::from(s.burst)),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        // A `joined` answer carries the document: it must fit in an outbox with room to spare.
+        if s.max_document_bytes as usize > self.limits.outbox_bytes / 2 {
+            return Err(invalid("sessions.max_document_bytes", "must be at most half of limits.outbox_bytes"));
+        }
+        if s.cursor_rate > 1000 {
+            return Err(invalid("sessions.cursor_rate", "must be at most 1000"));
+        }
+        Ok(())
     }
 
     fn validate_auth(&self) -> Result<(), ConfigError> {

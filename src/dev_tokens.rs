@@ -99,7 +99,14 @@ impl DevTokens {
             jti: None,
             iss: self.issuer.clone(),
             aud: self.audience.clone().map(Into::into),
-            caps: Caps { join: request.rooms.clone(), publish: request.rooms, media: Vec::new(), call: request.call },
+            caps: Caps {
+                join: request.rooms.clone(),
+                publish: request.rooms,
+                media: Vec::new(),
+                call: request.call,
+                session: Vec::new(),
+                session_read: Vec::new(),
+            },
         };
         let token = self.signer.sign(&claims).map_err(|e| DevTokenError::Sign(e.to_string()))?;
         Ok(DevToken { token, user: request.user, tenant: request.tenant, expires_at })

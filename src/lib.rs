@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod call;
 pub mod client;
+pub mod collab;
 pub mod config;
 pub mod connection;
 pub mod control;

@@ -42,6 +42,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start; the size of the token command's patterns does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the relay until SIGTERM or Ctrl-C, then drain connections gracefully.
@@ -94,6 +96,13 @@ enum Command {
         /// Repeatable.
         #[arg(long = "call", value_name = "PATTERN")]
         call: Vec<String>,
+        /// Collaborative session id pattern the user may create, join and edit (docs/sessions.md).
+        /// Repeatable.
+        #[arg(long = "session", value_name = "PATTERN")]
+        session: Vec<String>,
+        /// Session id pattern the user may join as a viewer only. Repeatable.
+        #[arg(long = "session-read", value_name = "PATTERN")]
+        session_read: Vec<String>,
         /// Lifetime: 30s, 15m, 1h, 7d or plain seconds.
         #[arg(long, default_value = "1h")]
         ttl: String,
@@ -159,12 +168,13 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
     let config = Config::load_with(cli.config.as_deref(), std::env::vars(), flag_overrides(matches))?;
     match cli.command {
         Command::Serve { .. } => serve(config, cli.config.as_deref()).await,
-        Command::Token { sub, tenant, rooms, join, publish, media, call, ttl, kid, jti } => {
+        Command::Token { sub, tenant, rooms, join, publish, media, call, session, session_read, ttl, kid, jti } => {
             let ttl = parse_ttl(&ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
-            if rooms.is_empty() && join.is_empty() && publish.is_empty() && media.is_empty() && call.is_empty() {
+            if [&rooms, &join, &publish, &media, &call, &session, &session_read].iter().all(|l| l.is_empty()) {
                 bail!(
                     "no rights granted: pass --room PATTERN (join, publish and media), --join PATTERN, --publish PATTERN, \
-                     --media PATTERN or --call PATTERN (a token without them authenticates but may do nothing)"
+                     --media PATTERN, --call PATTERN, --session PATTERN or --session-read PATTERN (a token without \
+                     them authenticates but may do nothing)"
                 );
             }
             let (signer, key) = match kid {
@@ -194,6 +204,8 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
                 publish: rooms.iter().chain(&publish).cloned().collect(),
                 media: rooms.iter().chain(&media).cloned().collect(),
                 call,
+                session,
+                session_read,
             };
             let claims = Claims {
                 sub,
@@ -235,8 +247,12 @@ fn describe(claims: &Claims, ttl: Duration, key: &str) -> String {
         edgerelay::auth::Audience::One(one) => one.clone(),
         edgerelay::auth::Audience::Many(many) => many.join(", "),
     });
-    if !claims.caps.call.is_empty() {
-        text.push_str(&format!("; call {}", claims.caps.call.join(", ")));
+    for (name, list) in
+        [("call", &claims.caps.call), ("session", &claims.caps.session), ("session_read", &claims.caps.session_read)]
+    {
+        if !list.is_empty() {
+            text.push_str(&format!("; {name} {}", list.join(", ")));
+        }
     }
     for (name, value) in [("jti", &claims.jti), ("iss", &claims.iss), ("aud", &aud)] {
         if let Some(value) = value {

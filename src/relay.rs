@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Signer, Verifier};
 use crate::call::history::{CallHistory, EmbeddedCallHistory, MemoryCallHistory, RedisCallHistory};
+use crate::collab::SessionStore;
 use crate::config::{Config, LimitsConfig, StoreEngine};
 use crate::connection::{ConnectionContext, unix_ms};
 use crate::control::{Control, Controls};
@@ -161,7 +162,7 @@ impl Relay {
         let stop = CancellationToken::new();
         let drain = CancellationToken::new();
         let hub = Arc::new(Hub::new(config.hub.shards, config.hub.room_idle_ttl_secs.saturating_mul(1000)));
-        let (engine, records, call_history) = start_engine(&config, hub.clone()).await?;
+        let (engine, records, call_history, session_store) = start_engine(&config, hub.clone()).await?;
         let awareness = Arc::new(Awareness::new(&config.presence, records));
         let controls = Arc::new(Controls::default());
         // Other nodes' actions; the revocations in force are already queued: apply them now,
@@ -191,6 +192,7 @@ impl Relay {
         );
         let dedupe_window_ms = config.store.dedupe_window_secs.saturating_mul(1000);
         let events = crate::events::Events::new(&config.events, dedupe_window_ms, hub.clone(), engine.clone());
+        let collab = Arc::new(crate::collab::CollabService::new(&config.sessions, session_store));
         let session_ctx = Arc::new(SessionContext {
             events: events.clone(),
             hub: hub.clone(),
@@ -208,6 +210,8 @@ impl Relay {
             group_calls: group_calls.clone(),
             call_rate: (config.calls.rate, config.calls.burst),
             call_history: call_history.clone(),
+            collab: collab.clone(),
+            session_rate: (config.sessions.rate, config.sessions.burst),
         });
         let conn_ctx = Arc::new(ConnectionContext::new(session_ctx, drain.clone(), config.shutdown.reconnect_after_ms));
         let services = TaskTracker::new();
@@ -253,6 +257,7 @@ impl Relay {
         if let Some(link) = call_link {
             services.spawn(call_service.clone().run_region(link.inbound, unix_ms, stop.clone()));
         }
+        services.spawn(collab.run(unix_ms, stop.clone()));
         services.spawn(sweep_rooms(hub.clone(), engine.clone(), stop.clone()));
         if let Some(link) = engine.share_presence() {
             awareness.share(link.local.clone());
@@ -701,9 +706,9 @@ async fn sweep_rooms(hub: Arc<Hub>, engine: Arc<dyn Engine>, stop: CancellationT
     }
 }
 
-/// The history engine, presence's user records and the call history, which live in the same
-/// store.
-type Stores = (Arc<dyn Engine>, Arc<dyn UserRecords>, Arc<dyn CallHistory>);
+/// The history engine, presence's user records, the call history and the collaborative
+/// sessions, which live in the same store.
+type Stores = (Arc<dyn Engine>, Arc<dyn UserRecords>, Arc<dyn CallHistory>, Arc<SessionStore>);
 
 /// Opens the configured history store and starts the engine.
 async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayError> {
@@ -720,16 +725,20 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
     };
     let calls_retention = config.calls.history.retention();
     let store_err = |error| RelayError::Store { path: config.history_path(), error };
-    let (history, records, calls): (Arc<dyn History>, Arc<dyn UserRecords>, Arc<dyn CallHistory>) = match st.engine {
+    let keep = u64::from(config.sessions.keep_patches);
+    type Opened = (Arc<dyn History>, Arc<dyn UserRecords>, Arc<dyn CallHistory>, Arc<SessionStore>);
+    let (history, records, calls, sessions): Opened = match st.engine {
         StoreEngine::Memory => (
             Arc::new(MemoryHistory::new()),
             Arc::new(MemoryRecords::default()),
             Arc::new(MemoryCallHistory::new(calls_retention)),
+            Arc::new(SessionStore::memory(keep).map_err(store_err)?),
         ),
         StoreEngine::Embedded => {
             let history = open_embedded()?;
             let calls = EmbeddedCallHistory::new(history.clone(), calls_retention).map_err(store_err)?;
-            (history.clone(), Arc::new(StoredRecords::new(history)), Arc::new(calls))
+            let sessions = SessionStore::embedded(history.clone(), keep).map_err(store_err)?;
+            (history.clone(), Arc::new(StoredRecords::new(history)), Arc::new(calls), Arc::new(sessions))
         }
         StoreEngine::Redis => {
             let r = &config.redis;
@@ -748,10 +757,13 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
             let engine = RedisEngine::connect(redis_config, hub)
                 .await
                 .map_err(|error| RelayError::Redis { url: crate::engine::redacted(&r.url), error })?;
-            // Users' last-seen records stay in this node's embedded store; calls are shared.
-            let records = Arc::new(StoredRecords::new(open_embedded()?));
+            // Users' last-seen records and sessions stay in this node's embedded store (sessions
+            // are not shared across a region yet: docs/sessions.md); calls are shared.
+            let local = open_embedded()?;
+            let sessions = Arc::new(SessionStore::embedded(local.clone(), keep).map_err(store_err)?);
+            let records = Arc::new(StoredRecords::new(local));
             let calls = Arc::new(RedisCallHistory::new(engine.client(), &r.prefix, calls_retention));
-            return Ok((Arc::new(engine), records, calls));
+            return Ok((Arc::new(engine), records, calls, sessions));
         }
     };
     let engine_config = LocalEngineConfig {
@@ -764,7 +776,7 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
     };
     let engine =
         LocalEngine::start(engine_config, history, hub).map_err(|e| store_err(crate::store::StoreError::backend(e)))?;
-    Ok((Arc::new(engine), records, calls))
+    Ok((Arc::new(engine), records, calls, sessions))
 }
 
 /// What the dev certificate's rotation swaps the certificate in.

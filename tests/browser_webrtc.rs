@@ -295,9 +295,20 @@ async fn a_video_call_without_turn_over_host_candidates() {
     // The ended call's history entry keeps both sides' reports.
     let api = format!("Bearer {API_KEY}");
     let path = "/v1/api/calls/acme/users/alice?limit=1";
-    let (status, body) = http_request(p.relay.relay.tcp_addr(), "GET", path, &[("Authorization", &api)], "").await;
-    assert_eq!(status, 200, "{body}");
-    let entry: Value = serde_json::from_str(&body).unwrap();
+    // The history writer stores the ended call in the background: wait until the entry says so.
+    let entry: Value = within("the ended call's history entry", async {
+        loop {
+            let (status, body) =
+                http_request(p.relay.relay.tcp_addr(), "GET", path, &[("Authorization", &api)], "").await;
+            assert_eq!(status, 200, "{body}");
+            let entry: Value = serde_json::from_str(&body).unwrap();
+            if !entry["calls"][0]["ended_ms"].is_null() {
+                return entry;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
     let quality = &entry["calls"][0]["quality"]["participants"];
     let samples: u64 =
         quality.as_array().unwrap_or(&Vec::new()).iter().map(|q| q["samples"].as_u64().unwrap_or(0)).sum();

@@ -716,6 +716,14 @@ fn token_never_creates_a_secret_refuses_without_rooms_and_says_what_it_minted() 
     for fact in ["alice", "acme", "news:*", "chat:alice", "t-1", &expiry, "dev-token-secret", "kid dev"] {
         assert!(out.stderr.contains(fact), "stderr says what was minted ({fact}):\n{}", out.stderr);
     }
+
+    // Collaborative sessions alone are rights too (docs/sessions.md, "Tokens").
+    let out = token(&["--session", "doc:*", "--session-read", "board:*"]);
+    assert!(out.status.success(), "stderr:\n{}", out.stderr);
+    let claims = jwt_json(out.stdout.trim().split('.').nth(1).unwrap());
+    assert_eq!(claims["caps"]["session"], serde_json::json!(["doc:*"]));
+    assert_eq!(claims["caps"]["session_read"], serde_json::json!(["board:*"]));
+    assert!(out.stderr.contains("session doc:*") && out.stderr.contains("session_read board:*"), "{}", out.stderr);
 }
 
 #[test]

@@ -9,7 +9,8 @@ use edgerelay::proto::media::{LayerInfo, SpeakerLevel, TrackInfo, TrackKind};
 use edgerelay::proto::{
     CallAction, CallEndReason, CallEvent, CallMedia, CallSide, CallState, ClientFrame, Codec, ErrorCode,
     GroupEndReason, GroupParticipant, GroupRole, GroupStatus, HistoryEntry, IceServer, InviteOverReason, MuteKind,
-    Payload, Position, PresenceEntry, QualityFlag, RoomCursor, ServerFrame, Status, WireLimits,
+    Payload, Position, PresenceEntry, QualityFlag, RoomCursor, ServerFrame, SessionAction, SessionEnd, SessionEvent,
+    SessionMember, SessionPatch, SessionRole, SessionSnapshot, SessionStatus, Status, WireLimits,
 };
 use serde::{Deserialize, Serialize};
 
@@ -140,6 +141,42 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
             "call_history",
             ClientFrame::CallHistory { req: 41, before: Some("1767225600000-6f1c2a9be04d7731".into()), limit: 20 },
         ),
+        session_action(
+            "session_create",
+            50,
+            SessionAction::Create {
+                doc: Payload::from(r#"{"cards":{}}"#),
+                max_bytes: Some(65536),
+                default_role: SessionRole::Editor,
+                schema: None,
+            },
+        ),
+        session_action(
+            "session_create_schema",
+            58,
+            SessionAction::Create {
+                doc: Payload::from(r#"{"items":[]}"#),
+                max_bytes: None,
+                default_role: SessionRole::Viewer,
+                schema: Some(Payload::from(r#"{"type":"object","required":["items"]}"#)),
+            },
+        ),
+        session_action("session_join", 51, SessionAction::Join { version: None }),
+        session_action("session_join_since", 52, SessionAction::Join { version: Some(7) }),
+        session_action("session_leave", 53, SessionAction::Leave {}),
+        session_action(
+            "session_patch",
+            54,
+            SessionAction::Patch {
+                id: "p-1".into(),
+                base: 7,
+                patch: Payload::from(r#"[{"op":"add","path":"/cards/c1","value":{"text":"hi"}}]"#),
+            },
+        ),
+        session_action("session_role", 55, SessionAction::Role { user: "carol".into(), role: SessionRole::Viewer }),
+        session_action("session_close", 56, SessionAction::Close {}),
+        session_action("session_destroy", 57, SessionAction::Destroy {}),
+        session_action("session_cursor", 0, SessionAction::Cursor { data: Payload::from(r#"{"x":10,"y":20}"#) }),
         (
             "subscribe",
             ClientFrame::Subscribe {
@@ -160,6 +197,26 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
         ),
         ("unsubscribe", ClientFrame::Unsubscribe { req: 52, pattern: "orders.*.created".into() }),
     ]
+}
+
+const SESSION: &str = "doc:board";
+
+fn session_action(name: &'static str, req: u64, action: SessionAction) -> (&'static str, ClientFrame) {
+    (name, ClientFrame::Session { req, session: SESSION.into(), action })
+}
+
+fn session_event(name: &'static str, req: u64, event: SessionEvent) -> (&'static str, ServerFrame) {
+    (name, ServerFrame::Session { req, session: SESSION.into(), event })
+}
+
+fn session_patch() -> SessionPatch {
+    SessionPatch {
+        version: 8,
+        user: "bob".into(),
+        id: "p-1".into(),
+        patch: Payload::from(r#"[{"op":"add","path":"/cards/c1","value":{"text":"hi"}}]"#),
+        time: 1_700_000_000_000,
+    }
 }
 
 fn group_action(name: &'static str, req: u64, action: CallAction) -> (&'static str, ClientFrame) {
@@ -399,6 +456,57 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
             CallEvent::QualityFlag { user: "bob".into(), flag: QualityFlag::HighLoss, raised: true, value: 0.25 },
         ),
         ("call_history", ServerFrame::CallHistory { req: 41, calls: vec![call_record()], next: None }),
+        session_event("session_ok", 53, SessionEvent::Ok {}),
+        session_event(
+            "session_joined",
+            51,
+            SessionEvent::Joined {
+                role: SessionRole::Editor,
+                status: SessionStatus::Open,
+                version: 7,
+                snapshot: Some(SessionSnapshot { version: 7, doc: Payload::from(r#"{"cards":{}}"#) }),
+                patches: vec![],
+                members: vec![
+                    SessionMember { user: "alice".into(), role: SessionRole::Owner, present: true },
+                    SessionMember { user: "carol".into(), role: SessionRole::Viewer, present: false },
+                ],
+            },
+        ),
+        session_event(
+            "session_joined_since",
+            52,
+            SessionEvent::Joined {
+                role: SessionRole::Owner,
+                status: SessionStatus::Closed,
+                version: 8,
+                snapshot: None,
+                patches: vec![session_patch()],
+                members: vec![SessionMember { user: "alice".into(), role: SessionRole::Owner, present: true }],
+            },
+        ),
+        session_event("session_applied", 54, SessionEvent::Applied { version: 8, rebased: true }),
+        session_event("session_conflict", 54, SessionEvent::Conflict { base: 5, version: 8, conflicting: vec![6, 8] }),
+        session_event("session_patched", 0, SessionEvent::Patched { patch: session_patch() }),
+        session_event(
+            "session_member",
+            0,
+            SessionEvent::Member {
+                member: SessionMember { user: "carol".into(), role: SessionRole::Viewer, present: true },
+            },
+        ),
+        session_event("session_closed", 0, SessionEvent::Closed { by: "alice".into() }),
+        session_event(
+            "session_ended",
+            0,
+            SessionEvent::Ended { reason: SessionEnd::Destroyed, by: Some("alice".into()) },
+        ),
+        session_event("session_expired", 0, SessionEvent::Ended { reason: SessionEnd::Expired, by: None }),
+        session_event(
+            "session_cursor",
+            0,
+            SessionEvent::Cursor { user: "bob".into(), data: Some(Payload::from(r#"{"x":10,"y":20}"#)) },
+        ),
+        session_event("session_cursor_gone", 0, SessionEvent::Cursor { user: "bob".into(), data: None }),
         (
             "subscribed",
             ServerFrame::Subscribed { req: 50, pattern: "orders.*.created".into(), position: None, recovered: true },

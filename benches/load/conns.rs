@@ -168,7 +168,12 @@ pub async fn idle(
                 Some(Event::GoAway { code, .. }) => errors.add(format!("going_away:{}", code.slug())),
                 Some(Event::Error { code, .. }) => errors.add(code.slug()),
                 Some(
-                    Event::Message(_) | Event::Call(_) | Event::CallUpdate(_) | Event::Left { .. } | Event::Topic(_),
+                    Event::Message(_)
+                    | Event::Call(_)
+                    | Event::CallUpdate(_)
+                    | Event::Left { .. }
+                    | Event::Topic(_)
+                    | Event::Session(_),
                 ) => {}
                 None => break,
             }

@@ -18,6 +18,7 @@
 //! edgerelay-load --transport quic --duration 10 presence --users 1000 --rooms 100 --rate 1
 //! edgerelay-load --transport quic --duration 10 media --calls 1 --publishers 1 --subscribers 200 --layers 3
 //! edgerelay-load --transport mix calls --calls 500 --rounds 3
+//! edgerelay-load --transport quic --duration 10 sessions --users 100 --rate 5
 //! ```
 //!
 //! `bigroom` is fanout with one room (a preset, the same code); `storm` drops N connections at
@@ -37,6 +38,7 @@ mod fanout;
 mod media;
 mod presence;
 mod relay;
+mod sessions;
 mod stats;
 mod storm;
 
@@ -101,6 +103,9 @@ enum Workload {
     Media(media::MediaArgs),
     /// Call storm: N 1:1 calls set up (initiate, ring, answer, connected) and torn down at once.
     Calls(calls::CallsArgs),
+    /// Collaborative session: N users patching one document (and moving cursors), timed at
+    /// every member; optionally the join of a big document.
+    Sessions(sessions::SessionsArgs),
 }
 
 fn main() -> ExitCode {
@@ -166,6 +171,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Workload::Calls(args) => {
             let report = calls::calls(&relay, args, cli.transport, progress).await?;
             (calls::table(&report), serde_json::to_value(&report)?)
+        }
+        Workload::Sessions(args) => {
+            let report = sessions::sessions(&relay, args, cli.transport, window, progress).await?;
+            (sessions::table(&report), serde_json::to_value(&report)?)
         }
         Workload::Fanout(args) => {
             let report = fanout::fanout(&relay, args, cli.transport, window, progress).await?;

@@ -334,8 +334,8 @@ fn ws_ip(url: &str) -> Option<std::net::IpAddr> {
 pub struct TokenMinter(std::sync::Arc<Signer>);
 
 impl TokenMinter {
-    /// A token for user `sub` of tenant `load` that may join and publish to every `load:` room
-    /// and call anyone of the tenant.
+    /// A token for user `sub` of tenant `load` that may join and publish to every `load:` room,
+    /// edit every `load:` session and call anyone of the tenant.
     pub fn token(&self, sub: &str) -> anyhow::Result<String> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let rooms = vec!["load:*".to_string()];
@@ -348,7 +348,14 @@ impl TokenMinter {
             jti: None,
             iss: None,
             aud: None,
-            caps: Caps { join: rooms.clone(), publish: rooms.clone(), media: rooms, call: vec!["*".into()] },
+            caps: Caps {
+                join: rooms.clone(),
+                publish: rooms.clone(),
+                media: rooms,
+                call: vec!["*".into()],
+                session: vec!["load:*".into()],
+                ..Caps::default()
+            },
         };
         Ok(self.0.sign(&claims)?)
     }

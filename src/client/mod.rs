@@ -5,6 +5,7 @@
 //! bounded channel: an application that stops reading events stops the client reading the
 //! network, and the relay eventually closes the connection as a slow consumer, as it should.
 
+pub mod collab;
 pub mod media;
 pub mod presence;
 mod quic;
@@ -190,6 +191,8 @@ pub enum Event {
     },
     /// An event of a subscribed topic, or one sent to this user.
     Topic(TopicEvent),
+    /// An event of a collaborative session (docs/sessions.md).
+    Session(collab::SessionUpdate),
 }
 
 /// An event of the call `call` (its id), 1:1 or group.
@@ -321,6 +324,7 @@ impl Shared {
             ServerFrame::Event { topic, position, time, id, tags, data } => {
                 Event::Topic(TopicEvent { topic, position, time, id, tags, data })
             }
+            ServerFrame::Session { session, event, .. } => Event::Session(collab::SessionUpdate { session, event }),
             ServerFrame::Left { room, .. } => {
                 self.views().remove(&room);
                 self.evicted.lock().unwrap_or_else(|e| e.into_inner()).insert(room.clone());

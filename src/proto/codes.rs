@@ -144,6 +144,33 @@ codes! {
     /// A `quality` report less than `calls.quality.min_interval_ms` after this participant's
     /// previous accepted one.
     REPORT_TOO_FREQUENT = 169, "report_too_frequent", fatal = false, retry = true;
+    /// Sessions (docs/sessions.md, "Errors"): no such session in this tenant (never created,
+    /// destroyed or expired).
+    UNKNOWN_SESSION = 170, "unknown_session", fatal = false, retry = false;
+    /// `create` with the id of a session that exists.
+    SESSION_EXISTS = 171, "session_exists", fatal = false, retry = false;
+    /// `patch` on a closed session.
+    SESSION_CLOSED = 172, "session_closed", fatal = false, retry = false;
+    /// The action needs this device joined to the session (`patch`, `cursor`, `leave`, owner
+    /// actions).
+    NOT_IN_SESSION = 173, "not_in_session", fatal = false, retry = false;
+    /// `patch` by a viewer (the session's role or the token's `session_read` bound).
+    READ_ONLY = 174, "read_only", fatal = false, retry = false;
+    /// Only the owner can do this (`role`, `close`, `destroy`).
+    NOT_OWNER = 175, "not_owner", fatal = false, retry = false;
+    /// The patch is not an RFC 6902 JSON Patch (not a JSON array of operations, a bad pointer),
+    /// or the document is not JSON.
+    BAD_PATCH = 176, "bad_patch", fatal = false, retry = false;
+    /// The patch does not apply: a path that does not exist, a failed `test` (compare-and-set
+    /// lost). The message names the operation's index and path.
+    PATCH_FAILED = 177, "patch_failed", fatal = false, retry = false;
+    /// The document would exceed the session's size limit.
+    DOCUMENT_TOO_LARGE = 178, "document_too_large", fatal = false, retry = false;
+    /// `base` is above the session's version.
+    BAD_VERSION = 179, "bad_version", fatal = false, retry = false;
+    /// The document would not validate against the session's JSON Schema (a `create` whose
+    /// document does not, or a `patch` whose result would not).
+    SCHEMA_VIOLATION = 180, "schema_violation", fatal = false, retry = false;
     /// Events (docs/events.md): a topic name or subscription pattern is empty, longer than 127
     /// bytes, has an empty segment or characters outside `[A-Za-z0-9_:@=+-]`, or a `>` that is
     /// not the last segment (`*` and `>` only in patterns).

@@ -6,6 +6,7 @@
 pub mod call;
 pub mod codec;
 pub mod codes;
+pub mod collab;
 pub mod frame;
 pub mod media;
 pub mod payload;
@@ -18,6 +19,9 @@ pub use call::{
 };
 pub use codec::{Codec, DecodeError, EncodeOnce, FrameReader, WireFrame};
 pub use codes::ErrorCode;
+pub use collab::{
+    SessionAction, SessionEnd, SessionEvent, SessionMember, SessionPatch, SessionRole, SessionSnapshot, SessionStatus,
+};
 pub use frame::{
     ClientFrame, HistoryEntry, IceServer, PROTOCOL_VERSION, Position, RoomCursor, ServerFrame, WireLimits,
 };

@@ -26,7 +26,9 @@ use crate::hub::{CatchUp, Hub, Membership, RoomKey, Subscriber};
 use crate::media::calls::Calls;
 use crate::media::out::MediaOut;
 use crate::outbox::{CONTROL, DatagramKey, LaneId, Outbox, PushError};
-use crate::proto::{ClientFrame, ErrorCode, PROTOCOL_VERSION, Payload, Position, RoomName, ServerFrame, WireLimits};
+use crate::proto::{
+    ClientFrame, ErrorCode, PROTOCOL_VERSION, Payload, Position, RoomName, ServerFrame, SessionAction, WireLimits,
+};
 use crate::store::Cursor;
 pub use jobs::{Job, JoinSettled};
 use limits::{ConnectionSlot, TokenBucket, UserConnections};
@@ -81,6 +83,10 @@ pub struct SessionContext {
     pub call_rate: (u32, u32),
     /// The call history (`call_history` frames read the user's own list).
     pub call_history: Arc<dyn crate::call::history::CallHistory>,
+    /// Collaborative sessions (`session` frames).
+    pub collab: Arc<crate::collab::CollabService>,
+    /// `session` frames per second per connection, and burst.
+    pub session_rate: (u32, u32),
 }
 
 impl SessionContext {
@@ -140,6 +146,9 @@ pub struct Session {
     publish_bucket: TokenBucket,
     presence_bucket: TokenBucket,
     call_bucket: TokenBucket,
+    session_bucket: TokenBucket,
+    /// Collaborative sessions this connection joined (it leaves them when it ends).
+    collab: std::collections::HashSet<RoomName>,
     /// Where the hub asks for a replay when one of this connection's rooms falls behind.
     catch_up: MailSender<CatchUp>,
     /// Where the server API's actions (disconnect, revoke) reach this connection.
@@ -202,6 +211,8 @@ impl Session {
         let presence_bucket = TokenBucket::new(rate, burst, now_ms);
         let (rate, burst) = ctx.call_rate;
         let call_bucket = TokenBucket::new(rate, burst, now_ms);
+        let (rate, burst) = ctx.session_rate;
+        let session_bucket = TokenBucket::new(rate, burst, now_ms);
         Session {
             id,
             ctx,
@@ -212,6 +223,8 @@ impl Session {
             publish_bucket: bucket,
             presence_bucket,
             call_bucket,
+            session_bucket,
+            collab: std::collections::HashSet::new(),
             catch_up,
             orders,
             jobs: Vec::new(),
@@ -304,6 +317,13 @@ impl Session {
             frame @ (ClientFrame::SetStatus { .. } | ClientFrame::Activity {} | ClientFrame::Typing { .. }) => {
                 self.presence_frame(frame, now_ms);
             }
+            ClientFrame::Session { session, action: SessionAction::Cursor { data }, .. } => {
+                if let Some(active) = &self.active
+                    && self.session_bucket.try_take(now_ms)
+                {
+                    self.ctx.collab.cursor(&active.identity, &session, self.id, data, now_ms);
+                }
+            }
             _ => crate::metrics::datagram_dropped("not_datagram"),
         }
     }
@@ -364,11 +384,11 @@ impl Session {
             ClientFrame::IceServers { req } => (req, self.ice_servers(lane, req, now_ms)),
             ClientFrame::Call { req, call, action } => (req, self.call(lane, req, &call, action, now_ms)),
             ClientFrame::CallHistory { req, before, limit } => (req, self.call_history(lane, req, before, limit)),
+            ClientFrame::Session { req, session, action } => (req, self.session(lane, req, &session, action, now_ms)),
             ClientFrame::Subscribe { req, pattern, filter, since } => {
                 (req, self.subscribe(lane, req, &pattern, filter, since))
             }
             ClientFrame::Unsubscribe { req, pattern } => (req, self.unsubscribe(lane, req, &pattern)),
-            ClientFrame::Session {} => (0, Err(Failure::reject(ErrorCode::BAD_REQUEST, "session is not served here"))),
         };
         self.answer(lane, req, result)
     }
@@ -409,6 +429,8 @@ impl Session {
             self.ctx.awareness.disconnect(self.id, now_ms);
             self.ctx.group_calls.disconnect(&active.user, self.id, now_ms);
             self.ctx.call_service.disconnect(&active.user, self.id, now_ms);
+            let sessions: Vec<RoomName> = self.collab.drain().collect();
+            self.ctx.collab.disconnect(&active.tenant, &sessions, self.id, now_ms);
         }
         let cursors: Vec<Cursor> =
             self.cursors.drain().map(|(room, position)| Cursor { room, position, updated: now_ms }).collect();
@@ -741,6 +763,42 @@ impl Session {
             self.ctx.call_service.act(who, call, action, now_ms).map_err(|err| (err.code(), err.to_string()))
         };
         result.map_err(|(code, message)| Failure::reject(code, message))
+    }
+
+    /// A collaborative session action (`crate::collab::service`); answered there, in order with
+    /// the session's events.
+    fn session(
+        &mut self,
+        lane: LaneId,
+        req: u64,
+        session: &str,
+        action: SessionAction,
+        now_ms: u64,
+    ) -> Result<(), Failure> {
+        if !self.session_bucket.try_take(now_ms) {
+            return Err(Failure::reject(ErrorCode::RATE_LIMITED, "session frames above sessions.rate"));
+        }
+        let (joins, leaves) = match &action {
+            SessionAction::Create { .. } | SessionAction::Join { .. } => (true, false),
+            SessionAction::Leave {} => (false, true),
+            _ => (false, false),
+        };
+        let active = self.active()?;
+        let who = crate::collab::Requester {
+            identity: &active.identity,
+            device: self.id,
+            outbox: &self.outbox,
+            reply: self.outbox.reserve(lane, req),
+        };
+        self.ctx.collab.act(who, session, action, now_ms).map_err(|(code, message)| Failure::reject(code, message))?;
+        if let Ok(name) = RoomName::parse(session) {
+            if joins {
+                self.collab.insert(name);
+            } else if leaves {
+                self.collab.remove(&name);
+            }
+        }
+        Ok(())
     }
 
     /// A page of the user's own call history; read by a job, answered in request order.

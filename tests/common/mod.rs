@@ -86,7 +86,7 @@ pub fn claims(sub: &str, tenant: &str, rooms: &[&str]) -> Claims {
         jti: None,
         iss: None,
         aud: None,
-        caps: Caps { join: rooms.clone(), publish: rooms.clone(), media: rooms, call: Vec::new() },
+        caps: Caps { join: rooms.clone(), publish: rooms.clone(), media: rooms, ..Caps::default() },
     }
 }
 
@@ -104,6 +104,15 @@ impl TestRelay {
     pub fn call_token(&self, sub: &str, tenant: &str, rooms: &[&str]) -> String {
         let mut claims = claims(sub, tenant, rooms);
         claims.caps.call = vec!["*".into()];
+        self.sign(&claims)
+    }
+
+    /// A token for `sub` in `tenant` that may create, join and edit the sessions `edit` and join
+    /// the sessions `read` as a viewer (patterns), and nothing else.
+    pub fn session_token(&self, sub: &str, tenant: &str, edit: &[&str], read: &[&str]) -> String {
+        let mut claims = claims(sub, tenant, &[]);
+        claims.caps.session = edit.iter().map(|s| s.to_string()).collect();
+        claims.caps.session_read = read.iter().map(|s| s.to_string()).collect();
         self.sign(&claims)
     }
 
