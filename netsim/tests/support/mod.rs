@@ -3,6 +3,8 @@
 //! exactly once.
 #![allow(dead_code)]
 
+pub mod outage;
+
 use std::time::Duration;
 
 use edgerelay::client::{Client, ClientOptions, Target};
