@@ -8,7 +8,7 @@
 pub mod media;
 pub mod presence;
 mod quic;
-pub use quic::QuicEndpoint;
+pub use quic::{QuicEndpoint, QuicSessions};
 pub mod resilient;
 pub mod typing;
 mod websocket;
@@ -44,7 +44,7 @@ pub enum Target {
 }
 
 /// How a QUIC client trusts the relay's certificate.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerTrust {
     /// Accept a certificate whose SHA-256 is one of these (dev certificates, as browsers do).
     Pinned(Vec<[u8; 32]>),
@@ -72,6 +72,15 @@ pub struct ClientOptions {
     /// How long a QUIC connection may stay silent before the client sends a keep-alive packet:
     /// keeps NAT mappings and the idle timer alive. Each one costs the phone a radio wake-up.
     pub quic_keep_alive: Duration,
+    /// TLS session tickets for QUIC and WebTransport 0-RTT resumption, shared by the options'
+    /// clones: a client connecting again (a `Resilient` reconnect) sends `hello` in its first
+    /// flight, a round trip sooner. `None`: every connection does a full handshake.
+    pub quic_sessions: Option<QuicSessions>,
+    /// After sending, a QUIC connection that hears nothing from the relay within a few round
+    /// trips (an outage the OS did not report) probes the path as after
+    /// [`Client::network_changed`], every 500 ms until it answers, instead of waiting for
+    /// quinn's doubling probe timeout. Nothing is sent while the client sends nothing.
+    pub quic_probe_stalls: bool,
 }
 
 impl ClientOptions {
@@ -85,6 +94,8 @@ impl ClientOptions {
             quic_endpoint: None,
             quic_idle_timeout: quic::IDLE_TIMEOUT,
             quic_keep_alive: quic::KEEP_ALIVE,
+            quic_sessions: Some(QuicSessions::new()),
+            quic_probe_stalls: true,
         }
     }
 
@@ -850,6 +861,16 @@ impl Client {
         match &*self.link {
             Link::Quic(link) => link.network_changed(),
             Link::WebSocket(_) => Ok(()),
+        }
+    }
+
+    /// Whether this connection resumed with 0-RTT: its `hello` went in the first flight and the
+    /// relay accepted it (QUIC and WebTransport with a ticket from an earlier connection in
+    /// [`ClientOptions::quic_sessions`]).
+    pub fn resumed_0rtt(&self) -> bool {
+        match &*self.link {
+            Link::Quic(link) => link.early(),
+            Link::WebSocket(_) => false,
         }
     }
 
