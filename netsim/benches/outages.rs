@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::Transport;
-use edgerelay::client::ClientOptions;
+use edgerelay::client::{Client, ClientOptions};
 use edgerelay::proto::Codec;
 use netsim::Profile;
 use netsim::ns::{Emulator, Side, can_emulate};
@@ -193,7 +193,13 @@ fn scenario(profile: Profile, (transport, hook): Variant, outage: Outage, seed: 
                 config.listen.tcp = SocketAddr::from((server, 0));
             })
             .await;
-            let publisher = relay.connect(transport, Codec::Json, "pub", "netsim", &[room]).await;
+            // Wired, not a phone: no stall probe, whose new socket would be made in this
+            // thread's namespace (the client's), behind the emulator.
+            let options = ClientOptions {
+                quic_probe_stalls: false,
+                ..ClientOptions::new(relay.token("pub", "netsim", &[room])).codec(Codec::Json)
+            };
+            let publisher = Client::connect(relay.target(transport), options).await.map_err(|e| e.to_string())?;
             (relay, publisher)
         };
         let token = relay.token("sub", "netsim", &[room]);
