@@ -1,5 +1,5 @@
-//! 0-RTT resumption over raw QUIC: a client connecting again with the options of an earlier
-//! connection (whose session ticket they keep) sends `hello` in its first flight, the relay
+//! 0-RTT resumption over raw QUIC (opt-in, `ClientOptions::quic_sessions`): a client connecting
+//! again with the options of an earlier connection (whose session ticket they keep) sends `hello` in its first flight, the relay
 //! answers before the handshake completes and counts it in `edgerelay_quic_0rtt_total`; the
 //! connection then works as any other. A relay that no longer has the ticket (restarted) refuses
 //! the early data, and the client connects anyway with a full handshake. The Rust WebTransport
@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Transport, within};
-use edgerelay::client::{Client, ClientOptions};
+use edgerelay::client::{Client, ClientOptions, QuicSessions};
 use edgerelay::proto::{Codec, Payload};
 
 /// Each QUIC transport, its metrics label, and whether its client resumes with 0-RTT.
@@ -43,7 +43,10 @@ async fn a_second_connection_sends_hello_in_0rtt_and_the_relay_counts_it() {
     let relay = common::start().await;
     for (transport, label, resumes) in QUIC_TRANSPORTS {
         let room = format!("resume-{label}");
-        let options = ClientOptions::new(relay.token("alice", "acme", &[&room])).codec(Codec::Postcard);
+        let options = ClientOptions {
+            quic_sessions: Some(QuicSessions::new()),
+            ..ClientOptions::new(relay.token("alice", "acme", &[&room])).codec(Codec::Postcard)
+        };
         let before = zero_rtt_total(&relay, label).await;
         let first = Client::connect(relay.target(transport), options.clone()).await.expect("first connection");
         assert!(!first.resumed_0rtt(), "{label}: the first connection has no ticket to resume");
@@ -56,10 +59,10 @@ async fn a_second_connection_sends_hello_in_0rtt_and_the_relay_counts_it() {
         works(&mut second, &room).await;
         second.close().await;
         // Options of their own hold no ticket: a full handshake, not counted.
-        let fresh = ClientOptions::new(relay.token("bob", "acme", &[&room])).codec(Codec::Postcard);
+        let fresh = ClientOptions { quic_sessions: Some(QuicSessions::new()), ..options.clone() };
         let third = Client::connect(relay.target(transport), fresh).await.expect("fresh connection");
         assert!(!third.resumed_0rtt());
-        // Without a store (resumption off) never.
+        // Without a store (resumption off, the default) never.
         let off = ClientOptions { quic_sessions: None, ..options.clone() };
         let fourth = Client::connect(relay.target(transport), off.clone()).await.expect("no store");
         fourth.close().await;
@@ -77,7 +80,10 @@ async fn a_restarted_relay_refuses_the_early_data_and_the_client_connects_anyway
     let mut relay = common::start().await;
     for (transport, label, resumes) in QUIC_TRANSPORTS {
         let room = format!("restart-{label}");
-        let options = ClientOptions::new(relay.token("alice", "acme", &[&room])).codec(Codec::Json);
+        let options = ClientOptions {
+            quic_sessions: Some(QuicSessions::new()),
+            ..ClientOptions::new(relay.token("alice", "acme", &[&room])).codec(Codec::Json)
+        };
         let first = Client::connect(relay.target(transport), options.clone()).await.expect("first connection");
         first.close().await;
         // Same ports, certificate and data; the TLS sessions were in the old process.

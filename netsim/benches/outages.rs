@@ -16,9 +16,10 @@
 //! Run: `cargo bench -p netsim --bench outages` (as root; about 2 minutes a round).
 //! `NETSIM_RUNS=3` rounds (interleaved: every outage once per round), `NETSIM_PROFILES=train,4g`
 //! and `NETSIM_OUTAGES=2,5,10,30,repeated,handover` choose. `NETSIM_FORMER_CLIENT=1` runs the
-//! former client, `NETSIM_NO_0RTT=1` clients without 0-RTT resumption (see `tests/support`). Prints a Markdown table per outage: the median of the
-//! rounds, the values, and ↻n when the subscriber's connection dropped in n rounds. Results:
-//! docs/performance.md.
+//! former client, `NETSIM_0RTT=1` clients with 0-RTT resumption, `NETSIM_NO_STALL_PROBE=1`
+//! clients without the stall probe (see `tests/support`). Prints a Markdown table per outage:
+//! the median of the rounds, the values, and ↻n when the subscriber's connection dropped in n
+//! rounds. Results: docs/performance.md.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::Transport;
-use edgerelay::client::{Client, ClientOptions};
+use edgerelay::client::{Client, ClientOptions, QuicSessions};
 use edgerelay::proto::Codec;
 use netsim::Profile;
 use netsim::ns::{Emulator, Side, can_emulate};
@@ -74,6 +74,7 @@ async fn measure(profile: Profile, seed: u64) {
     let room = "rejoin";
     let options = ClientOptions {
         request_timeout: Duration::from_secs(30),
+        quic_sessions: Some(QuicSessions::new()),
         ..ClientOptions::new(relay.token("sub", "netsim", &[room])).codec(Codec::Postcard)
     };
     let first = Client::connect(relay.target(Transport::Quic), options.clone()).await.expect("first connection");

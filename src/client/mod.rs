@@ -72,9 +72,12 @@ pub struct ClientOptions {
     /// How long a QUIC connection may stay silent before the client sends a keep-alive packet:
     /// keeps NAT mappings and the idle timer alive. Each one costs the phone a radio wake-up.
     pub quic_keep_alive: Duration,
-    /// TLS session tickets for QUIC and WebTransport 0-RTT resumption, shared by the options'
-    /// clones: a client connecting again (a `Resilient` reconnect) sends `hello` in its first
-    /// flight, a round trip sooner. `None`: every connection does a full handshake.
+    /// TLS session tickets for raw QUIC 0-RTT resumption, shared by the options' clones: with
+    /// `Some(QuicSessions::new())` a client connecting again (a `Resilient` reconnect) sends
+    /// `hello` in its first flight. `None` (the default): every connection does a full
+    /// handshake. Off by default because, measured through netsim's emulator, a 0-RTT packet
+    /// that overtakes the handshake's first packet is dropped by the relay's QUIC stack and
+    /// `hello` then waits for a retransmission (docs/decisions.md, "0-RTT resumption").
     pub quic_sessions: Option<QuicSessions>,
     /// After sending, a QUIC connection that hears nothing from the relay within a few round
     /// trips (an outage the OS did not report) probes the path as after
@@ -94,7 +97,7 @@ impl ClientOptions {
             quic_endpoint: None,
             quic_idle_timeout: quic::IDLE_TIMEOUT,
             quic_keep_alive: quic::KEEP_ALIVE,
-            quic_sessions: Some(QuicSessions::new()),
+            quic_sessions: None,
             quic_probe_stalls: true,
         }
     }
