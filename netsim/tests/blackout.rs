@@ -40,10 +40,11 @@ async fn scenario(
     let publisher = relay.connect(transport, edgerelay::proto::Codec::Json, "pub", "netsim", &[&room]).await;
     let hook = hook && !support::former_client();
     let outcome = support::outage::run(&proxy, &mut subscriber, &publisher, &room, outage, hook).await?;
-    // The handover moved the client to a new socket: the proxy saw it from a second address.
+    // The handover moved the client to a new socket: the proxy saw it from a second address
+    // (or more: a stall probe in one of `train`'s own blackouts moves it too).
     let flows = proxy.stats().flows;
-    if matches!(outage, Outage::Handover(_)) && transport != Transport::WebSocket && flows != 2 {
-        return Err(format!("the client came from {flows} addresses, not 2: it did not move"));
+    if matches!(outage, Outage::Handover(_)) && transport != Transport::WebSocket && flows < 2 {
+        return Err(format!("the client came from {flows} address: it did not move"));
     }
     subscriber.close().await;
     publisher.close().await;

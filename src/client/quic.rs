@@ -306,8 +306,9 @@ async fn read_first(
 
 /// Nothing heard this long after sending (and at least 4 round trips) means the path is down.
 const STALL_AFTER: Duration = Duration::from_millis(400);
-/// How often a stalled connection moves to a new socket, for the first [`PROBE_FAST_FOR`];
-/// then every [`PROBE_SLOW`] (still far under quinn's doubling probe timeout).
+/// How often a stalled connection moves to a new socket (or every three round trips, if
+/// longer), for the first [`PROBE_FAST_FOR`]; then every [`PROBE_SLOW`] (still far under
+/// quinn's doubling probe timeout).
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 const PROBE_FAST_FOR: Duration = Duration::from_secs(10);
 const PROBE_SLOW: Duration = Duration::from_secs(2);
@@ -317,7 +318,7 @@ const PROBE_SLOW: Duration = Duration::from_secs(2);
 /// nothing at all arrives within [`STALL_AFTER`] (or four round trips), the connection probes
 /// as after [`QuicEndpoint::network_changed`]: it moves to a new socket, which makes quinn send
 /// a `PING` at once and the relay validate the new path and resend what it holds, again every
-/// [`PROBE_EVERY`] until a packet arrives. Without this, the first packet after the outage waits
+/// [`PROBE_EVERY`] (at least three round trips) until a packet arrives. Without this, the first packet after the outage waits
 /// for quinn's probe timeout, which doubles while nothing is acknowledged (and has no cap).
 /// Woken only by sends: an idle client sends nothing more (docs/decisions.md, "Unreported
 /// fades").
@@ -345,7 +346,10 @@ async fn probe_stalls(
                     if let Err(err) = move_to_new_socket(&endpoint) {
                         tracing::debug!(%err, "stall probe");
                     }
-                    let every = if stalled.elapsed() < PROBE_FAST_FOR { PROBE_EVERY } else { PROBE_SLOW };
+                    // At least three round trips: the relay's answer to the new path must be
+                    // able to arrive before the socket it goes to is given up for the next.
+                    let fast = (conn.rtt() * 3).max(PROBE_EVERY);
+                    let every = if stalled.elapsed() < PROBE_FAST_FOR { fast } else { PROBE_SLOW.max(fast) };
                     tokio::time::sleep(every).await;
                     if heard(&conn) != before {
                         break;
