@@ -78,6 +78,9 @@ pub const DELIVERY_SECONDS: &str = "edgerelay_delivery_seconds";
 /// Time from accepting a connection (QUIC: its first packet; TCP: the accepted socket) until
 /// its `hello` is accepted and `welcome` queued, by `transport` (histogram, seconds).
 pub const HANDSHAKE_SECONDS: &str = "edgerelay_handshake_seconds";
+/// QUIC and WebTransport connections whose `hello` arrived as 0-RTT data, before the handshake
+/// completed (a resumed TLS session: the client saved a round trip), by `transport`.
+pub const ZERO_RTT_TOTAL: &str = "edgerelay_quic_0rtt_total";
 /// Always 1, labelled with the relay's `version`.
 /// Events published or received from another node, and the connections they reached here.
 pub const EVENTS_TOTAL: &str = "edgerelay_events_total";
@@ -199,6 +202,10 @@ fn describe() {
     describe_histogram!(PUBLISH_ACK_SECONDS, "Time from a publish reaching the engine to its ack being queued.");
     describe_histogram!(DELIVERY_SECONDS, "Time from a message's commit to its being queued for every member here.");
     describe_histogram!(HANDSHAKE_SECONDS, "Time from accepting a connection to its welcome, by transport.");
+    describe_counter!(
+        ZERO_RTT_TOTAL,
+        "QUIC and WebTransport connections whose hello arrived as 0-RTT data, by transport."
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the version label is the relay's version.");
     describe_counter!(PRESENCE_UPDATES_TOTAL, "Presence frames queued to members, by kind.");
     describe_counter!(PRESENCE_IGNORED_TOTAL, "Presence and typing requests ignored, by reason.");
@@ -395,7 +402,7 @@ fn max_fds() -> Option<f64> {
 
 /// Counter and gauge handles for one transport, registered once and shared by its connections
 /// so the per-frame path does not look names up. A clone is one pointer: a connection's tasks
-/// each hold one, and the ten handles themselves are 160 bytes. The connection gauge and counter
+/// each hold one, and the eleven handles themselves are 176 bytes. The connection gauge and counter
 /// move only through [`TransportMetrics::opened`].
 #[derive(Clone)]
 pub struct TransportMetrics(std::sync::Arc<TransportHandles>);
@@ -412,6 +419,8 @@ pub struct TransportHandles {
     pub datagrams_rerouted: metrics::Counter,
     /// Accept to welcome ([`HANDSHAKE_SECONDS`]).
     pub handshake_seconds: metrics::Histogram,
+    /// Hellos that came as 0-RTT data ([`ZERO_RTT_TOTAL`]).
+    pub zero_rtt: metrics::Counter,
 }
 
 impl TransportMetrics {
@@ -427,6 +436,7 @@ impl TransportMetrics {
             datagrams_out: metrics::counter!(DATAGRAMS_OUT_TOTAL, "transport" => transport),
             datagrams_rerouted: metrics::counter!(DATAGRAMS_REROUTED_TOTAL, "transport" => transport),
             handshake_seconds: metrics::histogram!(HANDSHAKE_SECONDS, "transport" => transport),
+            zero_rtt: metrics::counter!(ZERO_RTT_TOTAL, "transport" => transport),
         }))
     }
 

@@ -57,6 +57,12 @@ fn main() {
             in_room,
         });
         variants.push(Variant {
+            name: "QUIC, defaults, no stall probe",
+            transport: Transport::Quic,
+            options: |o| ClientOptions { quic_probe_stalls: false, ..o },
+            in_room,
+        });
+        variants.push(Variant {
             name: "QUIC, former client (8 s / 2 s)",
             transport: Transport::Quic,
             options: former,
@@ -72,7 +78,10 @@ fn main() {
     runtime.block_on(async {
         let relay = std::sync::Arc::new(common::start().await);
         println!("idle clients, packets counted at the proxy over {window:?}, per minute");
-        println!("{:>34} {:>8} {:>12} {:>12} {:>12}", "client", "room", "up/min", "down/min", "total/min");
+        println!(
+            "{:>34} {:>8} {:>12} {:>12} {:>12} {:>10}",
+            "client", "room", "up/min", "down/min", "total/min", "addresses"
+        );
         let runs: Vec<_> = variants
             .into_iter()
             .enumerate()
@@ -84,15 +93,16 @@ fn main() {
             })
             .collect();
         for run in runs {
-            let (name, in_room, (up, down)) = run.await.expect("variant");
+            let (name, in_room, (up, down, addresses)) = run.await.expect("variant");
             let room = if in_room { "joined" } else { "none" };
-            println!("{name:>34} {room:>8} {up:>12.1} {down:>12.1} {:>12.1}", up + down);
+            println!("{name:>34} {room:>8} {up:>12.1} {down:>12.1} {:>12.1} {addresses:>10}", up + down);
         }
     });
 }
 
-/// Packets per minute (up, down) of one idle client over `window`.
-async fn idle(relay: &common::TestRelay, variant: &Variant, n: u64, window: Duration) -> (f64, f64) {
+/// Packets per minute (up, down) of one idle client over `window`, and the addresses the proxy
+/// saw it from (more than one: it moved to a new socket, a stall probe).
+async fn idle(relay: &common::TestRelay, variant: &Variant, n: u64, window: Duration) -> (f64, f64, u64) {
     let room = format!("idle-{n}");
     let proxy = Proxy::start(proxy_config(relay, variant.transport, Profile::perfect("none"), n)).await.expect("proxy");
     let token = relay.token("idle", "netsim", &[&room]);
@@ -110,6 +120,7 @@ async fn idle(relay: &common::TestRelay, variant: &Variant, n: u64, window: Dura
     client.close().await;
     proxy.shutdown().await;
     let per_minute = |count: u64| count as f64 * 60.0 / window.as_secs_f64();
+    let flows = after.flows;
     let (Stats { up: up0, down: down0, .. }, Stats { up: up1, down: down1, .. }) = (before, after);
-    (per_minute(up1.packets - up0.packets), per_minute(down1.packets - down0.packets))
+    (per_minute(up1.packets - up0.packets), per_minute(down1.packets - down0.packets), flows)
 }

@@ -126,6 +126,9 @@ async fn run(profile: Profile, transport: Transport, hook: bool, seed: u64) -> R
     let name = profile.name.clone();
     let blackouts = profile.blackouts.clone();
     let emulator = Emulator::start(profile, seed).expect("emulator");
+    // This thread in the client namespace throughout: sockets the clients make later (a stall
+    // probe's, the hook's) are made there.
+    let _client_side = emulator.enter(Side::Client).expect("client side");
     let started = Instant::now();
     let server = emulator.addr(Side::Server);
     let relay = {

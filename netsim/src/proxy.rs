@@ -169,7 +169,7 @@ impl Core {
     }
 
     /// Switches to `profile` for new flows, and ends the current path.
-    fn switch_path(&self, profile: Profile) {
+    pub(crate) fn switch_path(&self, profile: Profile) {
         *lock(&self.links) = profile;
         std::mem::replace(&mut *lock(&self.path), CancellationToken::new()).cancel();
     }

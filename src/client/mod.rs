@@ -9,7 +9,7 @@ pub mod collab;
 pub mod media;
 pub mod presence;
 mod quic;
-pub use quic::QuicEndpoint;
+pub use quic::{QuicEndpoint, QuicSessions};
 pub mod resilient;
 pub mod typing;
 mod websocket;
@@ -45,7 +45,7 @@ pub enum Target {
 }
 
 /// How a QUIC client trusts the relay's certificate.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerTrust {
     /// Accept a certificate whose SHA-256 is one of these (dev certificates, as browsers do).
     Pinned(Vec<[u8; 32]>),
@@ -73,6 +73,18 @@ pub struct ClientOptions {
     /// How long a QUIC connection may stay silent before the client sends a keep-alive packet:
     /// keeps NAT mappings and the idle timer alive. Each one costs the phone a radio wake-up.
     pub quic_keep_alive: Duration,
+    /// TLS session tickets for raw QUIC 0-RTT resumption, shared by the options' clones: with
+    /// `Some(QuicSessions::new())` a client connecting again (a `Resilient` reconnect) sends
+    /// `hello` in its first flight. `None` (the default): every connection does a full
+    /// handshake. Off by default because, measured through netsim's emulator, a 0-RTT packet
+    /// that overtakes the handshake's first packet is dropped by the relay's QUIC stack and
+    /// `hello` then waits for a retransmission (docs/decisions.md, "0-RTT resumption").
+    pub quic_sessions: Option<QuicSessions>,
+    /// After sending, a QUIC connection that hears nothing from the relay within a few round
+    /// trips (an outage the OS did not report) probes the path as after
+    /// [`Client::network_changed`], every 500 ms until it answers, instead of waiting for
+    /// quinn's doubling probe timeout. Nothing is sent while the client sends nothing.
+    pub quic_probe_stalls: bool,
 }
 
 impl ClientOptions {
@@ -86,6 +98,8 @@ impl ClientOptions {
             quic_endpoint: None,
             quic_idle_timeout: quic::IDLE_TIMEOUT,
             quic_keep_alive: quic::KEEP_ALIVE,
+            quic_sessions: None,
+            quic_probe_stalls: true,
         }
     }
 
@@ -917,6 +931,16 @@ impl Client {
         match &*self.link {
             Link::Quic(link) => link.network_changed(),
             Link::WebSocket(_) => Ok(()),
+        }
+    }
+
+    /// Whether this connection resumed with 0-RTT: its `hello` went in the first flight and the
+    /// relay accepted it (QUIC and WebTransport with a ticket from an earlier connection in
+    /// [`ClientOptions::quic_sessions`]).
+    pub fn resumed_0rtt(&self) -> bool {
+        match &*self.link {
+            Link::Quic(link) => link.early(),
+            Link::WebSocket(_) => false,
         }
     }
 

@@ -61,6 +61,57 @@ impl QuicEndpoint {
     }
 }
 
+/// Where a client keeps the TLS session tickets relays send, to resume with 0-RTT: the next
+/// connection to the same server name sends its `hello` in the first flight instead of after the
+/// handshake, a round trip sooner. Clones share the store (a `Resilient` client's reconnects
+/// resume from its earlier connections); each ticket is used once.
+///
+/// rustls resumes a session only with the very TLS config (the same certificate verifier) that
+/// made it, so the store keeps the config of each trust and ALPN, with its tickets inside
+/// (rustls's in-memory store, 256 server names).
+#[derive(Clone, Default)]
+pub struct QuicSessions(Arc<std::sync::Mutex<Vec<SessionConfig>>>);
+
+/// The TLS config (and so the tickets) of one trust and ALPN.
+struct SessionConfig {
+    trust: ServerTrust,
+    alpn: &'static [u8],
+    config: Arc<quinn::crypto::rustls::QuicClientConfig>,
+}
+
+impl QuicSessions {
+    pub fn new() -> QuicSessions {
+        QuicSessions::default()
+    }
+
+    /// The config for `trust` and `alpn`, made by `build` the first time, with 0-RTT on.
+    fn config(
+        &self,
+        trust: &ServerTrust,
+        alpn: &'static [u8],
+        build: impl FnOnce() -> Result<rustls::ClientConfig, ClientError>,
+    ) -> Result<Arc<quinn::crypto::rustls::QuicClientConfig>, ClientError> {
+        let mut configs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = configs.iter().find(|c| c.alpn == alpn && &c.trust == trust) {
+            return Ok(known.config.clone());
+        }
+        let mut crypto = build()?;
+        crypto.enable_early_data = true;
+        let config = Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
+                .map_err(|e| ClientError::Connect(e.to_string()))?,
+        );
+        configs.push(SessionConfig { trust: trust.clone(), alpn, config: config.clone() });
+        Ok(config)
+    }
+}
+
+impl std::fmt::Debug for QuicSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QuicSessions")
+    }
+}
+
 /// Rebinds `endpoint` to a new UDP socket on an ephemeral port of the same kind of address:
 /// quinn then pings on every connection at once, from the new address, which the relay
 /// validates and migrates to (RFC 9000, section 9).
@@ -85,6 +136,10 @@ pub(super) struct QuicLink {
     /// another room's publishes.
     /// Each joined room's stream; `None` while its join is opening one.
     rooms: std::sync::Mutex<HashMap<String, Option<Arc<Mutex<SendStream>>>>>,
+    /// Whether `hello` went in 0-RTT and the relay took it.
+    early: bool,
+    /// Told of every frame sent, for [`probe_stalls`].
+    sent: Arc<tokio::sync::Notify>,
 }
 
 /// Connects over raw QUIC, or over WebTransport when `wt_path` names the session's URL path.
@@ -102,15 +157,27 @@ pub(super) async fn connect(
 ) -> Result<(QuicLink, ServerFrame), ClientError> {
     let codec = options.codec;
     let alpn = if wt_path.is_some() { webtransport::ALPN } else { ALPN_RAW };
-    let crypto = match trust {
-        ServerTrust::Pinned(pins) => tls::pinned_client_config(pins.clone(), &[alpn]),
-        ServerTrust::Roots(pem) => {
-            tls::roots_client_config(pem, &[alpn]).map_err(|e| ClientError::Connect(e.to_string()))?
+    let build = || -> Result<rustls::ClientConfig, ClientError> {
+        match trust {
+            ServerTrust::Pinned(pins) => Ok(tls::pinned_client_config(pins.clone(), &[alpn])),
+            ServerTrust::Roots(pem) => {
+                tls::roots_client_config(pem, &[alpn]).map_err(|e| ClientError::Connect(e.to_string()))
+            }
         }
     };
-    let crypto =
-        quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| ClientError::Connect(e.to_string()))?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    // 0-RTT: with a session ticket from an earlier connection to this relay, `hello` goes in
+    // the first flight. The tickets live in the TLS config, which the options' clones share.
+    let crypto = match &options.quic_sessions {
+        Some(sessions) => sessions.config(trust, alpn, build)?,
+        None => {
+            let mut crypto = build()?;
+            crypto.resumption = rustls::client::Resumption::disabled();
+            let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
+                .map_err(|e| ClientError::Connect(e.to_string()))?;
+            Arc::new(crypto)
+        }
+    };
+    let mut config = quinn::ClientConfig::new(crypto);
     let mut transport = quinn::TransportConfig::default();
     // At most a third of the idle timeout, so two lost keep-alives do not end the connection.
     transport.keep_alive_interval(Some(options.quic_keep_alive.min(options.quic_idle_timeout / 3)));
@@ -132,29 +199,44 @@ pub(super) async fn connect(
             (QuicEndpoint::bind(ip)?.0, true)
         }
     };
-    let conn = endpoint
-        .connect_with(config, addr, server_name)
-        .map_err(|e| ClientError::Connect(e.to_string()))?
-        .await
-        .map_err(|e| ClientError::Connect(e.to_string()))?;
-    let conn = match wt_path {
-        None => Session::raw(conn),
-        Some(path) => {
-            let url = format!("https://{server_name}:{port}{path}", port = addr.port());
-            let url = url.parse::<url::Url>().map_err(|e| ClientError::Connect(e.to_string()))?;
-            Session::connect(conn, url).await.map_err(|e| ClientError::Connect(e.to_string()))?
+    let url = match wt_path {
+        None => None,
+        Some(path) => Some(
+            format!("https://{server_name}:{port}{path}", port = addr.port())
+                .parse::<url::Url>()
+                .map_err(|e| ClientError::Connect(e.to_string()))?,
+        ),
+    };
+    let connecting =
+        endpoint.connect_with(config, addr, server_name).map_err(|e| ClientError::Connect(e.to_string()))?;
+    // WebTransport does not try 0-RTT: web-transport-quinn 0.13 panics on the error a refused
+    // early stream reports (docs/decisions.md, "0-RTT resumption").
+    let connecting = if url.is_none() { connecting.into_0rtt() } else { Err(connecting) };
+    let (started, early) = match connecting {
+        Ok((conn, accepted)) => {
+            // Sent before the handshake completes. The relay may refuse the early data (it
+            // restarted, or no longer has the ticket): then none of it reached the relay, and
+            // `hello` goes again on the connection, now established. Nothing is read from an
+            // early stream before that is known (web-transport-quinn panics on the error a
+            // refused stream reports); the answer cannot come sooner anyway.
+            let sent = send_hello(conn.clone(), None, &hello).await;
+            if accepted.await {
+                (read_first(sent?, codec).await?, true)
+            } else {
+                drop(sent);
+                (read_first(send_hello(conn, None, &hello).await?, codec).await?, false)
+            }
+        }
+        Err(connecting) => {
+            let conn = connecting.await.map_err(|e| ClientError::Connect(e.to_string()))?;
+            (read_first(send_hello(conn, url.as_ref(), &hello).await?, codec).await?, false)
         }
     };
-
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| closed(&e))?;
-    send.write_all(hello.prefixed()).await.map_err(|e| ClientError::Connect(e.to_string()))?;
-    let mut reader = FrameReader::new(MAX_INBOUND_FRAME);
-    let first = match read_frame(&mut recv, &mut reader).await {
-        Ok(Some(body)) => codec.decode::<ServerFrame>(&body).map_err(|e| ClientError::Protocol(e.to_string()))?,
-        Ok(None) | Err(_) => {
-            // The relay closed before welcome: report its close code.
-            return Err(closed(&conn.closed().await));
-        }
+    let Started { session: conn, send, recv, reader, first } = started;
+    let first = match first {
+        Some(first) => first,
+        // The relay closed before welcome: report its close code.
+        None => return Err(closed(&conn.closed().await)),
     };
     if let ServerFrame::Error { code, message, .. } = first {
         return Err(ClientError::Rejected { code, message });
@@ -164,9 +246,118 @@ pub(super) async fn connect(
     tasks.spawn(watch(conn.clone(), shared.clone(), cancel.clone()));
     tasks.spawn(read_datagrams(conn.clone(), codec, shared.clone(), cancel.clone()));
     tasks.spawn(super::media::accept_groups(conn.clone(), shared.media.clone(), tasks.clone(), cancel.clone()));
-    let link =
-        QuicLink { endpoint, owns_endpoint, conn, codec, shared, control: Mutex::new(send), rooms: Default::default() };
+    let sent = Arc::new(tokio::sync::Notify::new());
+    if options.quic_probe_stalls {
+        let quic: quinn::Connection = (*conn).clone();
+        tasks.spawn(probe_stalls(quic, endpoint.clone(), sent.clone(), cancel.clone()));
+    }
+    let link = QuicLink {
+        endpoint,
+        owns_endpoint,
+        conn,
+        codec,
+        shared,
+        control: Mutex::new(send),
+        rooms: Default::default(),
+        early,
+        sent,
+    };
     Ok((link, first))
+}
+
+/// A session set up on a connection: WebTransport's `CONNECT` when there is a `url`, then the
+/// control stream with `hello` sent, and the relay's first frame (`None`: the stream ended
+/// first).
+struct Started {
+    session: Session,
+    send: SendStream,
+    recv: RecvStream,
+    reader: FrameReader,
+    first: Option<ServerFrame>,
+}
+
+/// Sets up the session on `conn` and sends `hello` on a new control stream.
+async fn send_hello(
+    conn: quinn::Connection,
+    url: Option<&url::Url>,
+    hello: &WireFrame,
+) -> Result<(Session, SendStream, RecvStream), ClientError> {
+    let session = match url {
+        None => Session::raw(conn),
+        Some(url) => Session::connect(conn, url.clone()).await.map_err(|e| ClientError::Connect(e.to_string()))?,
+    };
+    let (mut send, recv) = session.open_bi().await.map_err(|e| closed(&e))?;
+    send.write_all(hello.prefixed()).await.map_err(|e| ClientError::Connect(e.to_string()))?;
+    Ok((session, send, recv))
+}
+
+/// Reads the relay's answer to `hello`.
+async fn read_first(
+    (session, send, mut recv): (Session, SendStream, RecvStream),
+    codec: Codec,
+) -> Result<Started, ClientError> {
+    let mut reader = FrameReader::new(MAX_INBOUND_FRAME);
+    let first = match read_frame(&mut recv, &mut reader).await {
+        Ok(Some(body)) => Some(codec.decode::<ServerFrame>(&body).map_err(|e| ClientError::Protocol(e.to_string()))?),
+        Ok(None) | Err(_) => None,
+    };
+    Ok(Started { session, send, recv, reader, first })
+}
+
+/// Nothing heard this long after sending (and at least 4 round trips) means the path is down.
+const STALL_AFTER: Duration = Duration::from_millis(400);
+/// How often a stalled connection moves to a new socket (or every three round trips, if
+/// longer), for the first [`PROBE_FAST_FOR`]; then every [`PROBE_SLOW`] (still far under
+/// quinn's doubling probe timeout).
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+const PROBE_FAST_FOR: Duration = Duration::from_secs(10);
+const PROBE_SLOW: Duration = Duration::from_secs(2);
+
+/// An outage the OS does not report (a fade, a tunnel without a path change): after the
+/// client sent something, the relay acknowledges within a round trip and its ACK delay. If
+/// nothing at all arrives within [`STALL_AFTER`] (or four round trips), the connection probes
+/// as after [`QuicEndpoint::network_changed`]: it moves to a new socket, which makes quinn send
+/// a `PING` at once and the relay validate the new path and resend what it holds, again every
+/// [`PROBE_EVERY`] (at least three round trips) until a packet arrives. Without this, the first packet after the outage waits
+/// for quinn's probe timeout, which doubles while nothing is acknowledged (and has no cap).
+/// Woken only by sends: an idle client sends nothing more (docs/decisions.md, "Unreported
+/// fades").
+async fn probe_stalls(
+    conn: quinn::Connection,
+    endpoint: Endpoint,
+    sent: Arc<tokio::sync::Notify>,
+    cancel: CancellationToken,
+) {
+    let heard = |conn: &quinn::Connection| conn.stats().udp_rx.datagrams;
+    cancel
+        .run_until_cancelled(async {
+            loop {
+                sent.notified().await;
+                let before = heard(&conn);
+                tokio::time::sleep((conn.rtt() * 4).max(STALL_AFTER)).await;
+                if heard(&conn) != before {
+                    continue;
+                }
+                let stalled = tokio::time::Instant::now();
+                tracing::debug!("nothing heard from the relay since sending: probing the path");
+                // Until a packet arrives, or the connection ends (its idle timeout).
+                while conn.close_reason().is_none() {
+                    let before = heard(&conn);
+                    if let Err(err) = move_to_new_socket(&endpoint) {
+                        tracing::debug!(%err, "stall probe");
+                    }
+                    // At least three round trips: the relay's answer to the new path must be
+                    // able to arrive before the socket it goes to is given up for the next.
+                    let fast = (conn.rtt() * 3).max(PROBE_EVERY);
+                    let every = if stalled.elapsed() < PROBE_FAST_FOR { fast } else { PROBE_SLOW.max(fast) };
+                    tokio::time::sleep(every).await;
+                    if heard(&conn) != before {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
 }
 
 fn closed(err: &SessionError) -> ClientError {
@@ -239,6 +430,7 @@ async fn read_datagrams(conn: Session, codec: Codec, shared: Arc<Shared>, cancel
 impl QuicLink {
     /// Sends a frame as one datagram when it fits the path; otherwise on the control stream.
     pub(super) async fn send_datagram(&self, frame: WireFrame) -> Result<(), ClientError> {
+        self.sent.notify_one();
         let body = frame.body();
         if self.max_datagram_size().is_some_and(|max| body.len() <= max) {
             match self.conn.send_datagram(body) {
@@ -310,6 +502,7 @@ impl QuicLink {
 
     /// Sends on the room's stream, or on the control stream when the room is not joined.
     pub(super) async fn send_for_room(&self, room: &str, frame: WireFrame) -> Result<(), ClientError> {
+        self.sent.notify_one();
         let stream = self.rooms_lock().get(room).cloned().flatten();
         match stream {
             Some(send) => send.lock().await.write_all(frame.prefixed()).await.map_err(|e| self.write_error(e)),
@@ -322,6 +515,7 @@ impl QuicLink {
     }
 
     pub(super) async fn send_control(&self, frame: WireFrame) -> Result<(), ClientError> {
+        self.sent.notify_one();
         self.control.lock().await.write_all(frame.prefixed()).await.map_err(|e| self.write_error(e))
     }
 
@@ -333,6 +527,12 @@ impl QuicLink {
     /// endpoint moves with all its connections: the network changed for all of them.
     pub(super) fn network_changed(&self) -> Result<(), ClientError> {
         move_to_new_socket(&self.endpoint)
+    }
+
+    /// Whether the connection resumed a TLS session with 0-RTT and the relay accepted the early
+    /// data (`hello` included).
+    pub(super) fn early(&self) -> bool {
+        self.early
     }
 
     /// The QUIC (or WebTransport) session, for media group streams.

@@ -153,7 +153,7 @@ async fn connection(incoming: Box<Incoming>, shared: Arc<Shared>, stop: Cancella
     };
     shared.handshakes.fetch_sub(1, Ordering::Relaxed);
     let Some(session) = session else { return };
-    let (session, kind, quic) = match session {
+    let (session, kind, quic, established) = match session {
         Ok(Ok(accepted)) => accepted,
         Ok(Err(err)) => return tracing::debug!(%remote, %err, "quic handshake failed"),
         Err(_) => return tracing::debug!(%remote, "quic handshake timed out"),
@@ -166,7 +166,7 @@ async fn connection(incoming: Box<Incoming>, shared: Arc<Shared>, stop: Cancella
     let _open = metrics.opened();
     let credit = StreamCredit::new(quic, &shared.ctx.session.limits);
     let handshake = Handshake { accepted, seconds: metrics.handshake_seconds.clone() };
-    let reason = run(&session, credit, &shared.ctx, metrics, auth_deadline, handshake, stop).await;
+    let reason = run(&session, credit, &shared.ctx, metrics, auth_deadline, (handshake, established), stop).await;
     shared.open.fetch_sub(1, Ordering::Relaxed);
     disconnected(reason.slug());
     tracing::debug!(%remote, transport = kind.name(), reason = reason.slug(), "quic connection closed");
@@ -204,17 +204,29 @@ enum HandshakeError {
 async fn handshake(
     incoming: Incoming,
     auth_deadline: Instant,
-) -> Result<(Arc<Session>, Kind, quinn::Connection), HandshakeError> {
-    let conn = incoming.accept()?.await?;
-    let alpn = conn
+) -> Result<(Arc<Session>, Kind, quinn::Connection, Option<quinn::ZeroRttAccepted>), HandshakeError> {
+    let mut connecting = incoming.accept()?;
+    let alpn = connecting
         .handshake_data()
-        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .await?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()
         .and_then(|data| data.protocol);
+    // 0.5-RTT: the connection is served before the client's handshake completes, so a `hello`
+    // the client sent as 0-RTT data (resuming a session) is answered at once, a round trip
+    // sooner (docs/decisions.md, "0-RTT resumption"). Always `Ok` on the server side.
+    let (conn, established) = match connecting.into_0rtt() {
+        Ok((conn, established)) => (conn, Some(established)),
+        Err(connecting) => (connecting.await?, None),
+    };
     match alpn.as_deref() {
-        Some(ALPN_RAW) => Ok((Arc::new(Session::raw(conn.clone())), Kind::Raw, conn)),
-        Some(webtransport::ALPN) => {
-            Ok((Arc::new(webtransport::accept(conn.clone(), auth_deadline).await?), Kind::WebTransport, conn))
-        }
+        Some(ALPN_RAW) => Ok((Arc::new(Session::raw(conn.clone())), Kind::Raw, conn, established)),
+        Some(webtransport::ALPN) => Ok((
+            Arc::new(webtransport::accept(conn.clone(), auth_deadline).await?),
+            Kind::WebTransport,
+            conn,
+            established,
+        )),
         // rustls refuses any ALPN the server config does not list; this is defence in depth.
         _ => {
             conn.close(0u32.into(), b"no application protocol");
@@ -229,7 +241,8 @@ async fn run(
     ctx: &ConnectionContext,
     metrics: TransportMetrics,
     auth_deadline: Instant,
-    handshake: Handshake,
+    // The handshake completing, when the connection was served before (0.5-RTT).
+    (handshake, established): (Handshake, Option<quinn::ZeroRttAccepted>),
     stop: CancellationToken,
 ) -> CloseReason {
     let max_frame = ctx.session.limits.max_frame_bytes as usize;
@@ -258,6 +271,10 @@ async fn run(
     };
     metrics.frames_in.increment(1);
     metrics.bytes_in.increment(first.len() as u64 + 4);
+    // A `hello` read before the handshake completed came as 0-RTT data: a resumed session.
+    if established.is_some_and(|mut done| futures_util::FutureExt::now_or_never(&mut done).is_none()) {
+        metrics.zero_rtt.increment(1);
+    }
 
     let outbox = Outbox::new(Codec::detect(&first), ctx.session.limits.outbox_bytes);
     let id = ctx.next_id();

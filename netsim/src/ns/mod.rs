@@ -34,7 +34,8 @@ use crate::profile::Profile;
 use crate::proxy::Core;
 use crate::stats::{DirectionCounters, Stats};
 
-/// The client side's address; the server's is [`SERVER_ADDR`].
+/// The client side's address; the server's is [`SERVER_ADDR`]. A handover moves the client
+/// to the next one (`.3`, `.4`, ...), as a phone gets a new address on the new network.
 const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 const NETMASK: Ipv4Addr = Ipv4Addr::new(255, 255, 255, 0);
@@ -93,6 +94,10 @@ pub struct Emulator {
     client: Netns,
     server: Netns,
     core: Arc<Core>,
+    /// Each direction's model (up, down), replaced by a handover.
+    models: [Arc<Mutex<crate::model::LinkModel>>; 2],
+    /// The client's address now.
+    client_addr: Mutex<Ipv4Addr>,
 }
 
 impl Emulator {
@@ -106,9 +111,10 @@ impl Emulator {
         let server = create_side(Side::Server, SERVER_ADDR, mtu)?;
         let core = Arc::new(Core::new(profile, seed));
         let (up, down) = core.models(0);
+        let models = [Arc::new(Mutex::new(up)), Arc::new(Mutex::new(down))];
         let directions = [
-            (client.tun.clone(), server.tun.clone(), Mutex::new(up), true),
-            (server.tun.clone(), client.tun.clone(), Mutex::new(down), false),
+            (client.tun.clone(), server.tun.clone(), models[0].clone(), true),
+            (server.tun.clone(), client.tun.clone(), models[1].clone(), false),
         ];
         for (from, to, model, is_up) in directions {
             let (line, run_line) = delay::line(core.cancel.clone(), move |packet: Vec<u8>| {
@@ -121,14 +127,44 @@ impl Emulator {
             core.tasks.spawn(pump(core.clone(), from, model, line, is_up));
         }
         tracing::info!(profile = %core.profile.name, seed, "namespace emulator started");
-        Ok(Emulator { client, server, core })
+        Ok(Emulator { client, server, core, models, client_addr: Mutex::new(CLIENT_ADDR) })
     }
 
+    /// The side's address (the client's changes with a [`Emulator::handover`]).
     pub fn addr(&self, side: Side) -> Ipv4Addr {
         match side {
-            Side::Client => CLIENT_ADDR,
+            Side::Client => *crate::proxy::lock(&self.client_addr),
             Side::Server => SERVER_ADDR,
         }
+    }
+
+    /// A handover (Wi-Fi to cellular, say): from now on both directions have `profile`'s
+    /// parameters, and the client's device gets a new address, the old one gone. Sockets bound
+    /// to the old address (a TCP connection) no longer receive anything; a UDP socket bound to
+    /// the wildcard address sends from the new one, so the relay sees the client at a new
+    /// address. Scheduled blackouts stay the starting profile's. Runs on a thread of its own
+    /// (the address is set inside the client namespace).
+    pub fn handover(&self, profile: Profile) -> Result<Ipv4Addr, EmulatorError> {
+        tracing::info!(from = %self.core.profile.name, to = %profile.name, "handover");
+        self.core.switch_path(profile);
+        let mut addr = crate::proxy::lock(&self.client_addr);
+        let [a, b, c, d] = addr.octets();
+        // .2 is the server's.
+        let next = Ipv4Addr::new(a, b, c, if d == 1 { 3 } else { d.wrapping_add(1).max(3) });
+        // Models of their own (seeded by the address), as for a new flow through the proxy.
+        let (up, down) = self.core.models(u64::from(next.octets()[3]));
+        *crate::proxy::lock(&self.models[0]) = up;
+        *crate::proxy::lock(&self.models[1]) = down;
+        let ns = self.client.ns.as_raw_fd();
+        let set = || -> io::Result<()> {
+            sys::enter_net_ns(ns)?;
+            sys::set_ipv4(DEVICE, next, NETMASK)
+        };
+        std::thread::scope(|s| s.spawn(set).join())
+            .unwrap_or_else(|_| Err(io::Error::other("handover thread panicked")))
+            .map_err(|source| EmulatorError::Setup { side: Side::Client, source })?;
+        *addr = next;
+        Ok(next)
     }
 
     fn side(&self, side: Side) -> &Netns {
@@ -198,7 +234,7 @@ impl Drop for NsGuard {
 async fn pump(
     core: Arc<Core>,
     from: Arc<AsyncFd<File>>,
-    model: Mutex<crate::model::LinkModel>,
+    model: Arc<Mutex<crate::model::LinkModel>>,
     line: delay::Sender<Vec<u8>>,
     is_up: bool,
 ) {

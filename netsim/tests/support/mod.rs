@@ -3,6 +3,8 @@
 //! exactly once.
 #![allow(dead_code)]
 
+pub mod outage;
+
 use std::time::Duration;
 
 use edgerelay::client::{Client, ClientOptions, Target};
@@ -49,10 +51,18 @@ pub fn former_client() -> bool {
     std::env::var("NETSIM_FORMER_CLIENT").is_ok_and(|v| v == "1")
 }
 
-/// `options` with the former client's QUIC timeouts when [`former_client`].
+/// `options` with the former client's QUIC timeouts when [`former_client`], with 0-RTT
+/// resumption with `NETSIM_0RTT=1` (off by default), and without the stall probe with
+/// `NETSIM_NO_STALL_PROBE=1` (or the former client).
 pub fn former(mut options: ClientOptions) -> ClientOptions {
     if former_client() {
         (options.quic_idle_timeout, options.quic_keep_alive) = (Duration::from_secs(8), Duration::from_secs(2));
+    }
+    if former_client() || std::env::var("NETSIM_NO_STALL_PROBE").is_ok_and(|v| v == "1") {
+        options.quic_probe_stalls = false;
+    }
+    if std::env::var("NETSIM_0RTT").is_ok_and(|v| v == "1") {
+        options.quic_sessions = Some(edgerelay::client::QuicSessions::new());
     }
     options
 }
