@@ -1037,7 +1037,10 @@ impl Config {
         }
         // A `joined` answer carries the document: it must fit in an outbox with room to spare.
         if s.max_document_bytes as usize > self.limits.outbox_bytes / 2 {
-            return Err(invalid("sessions.max_document_bytes", "must be at most half of limits.outbox_bytes"));
+            return Err(invalid(
+                "sessions.max_document_bytes",
+                "must be at most half of limits.outbox_bytes (lower it when lowering the outbox)",
+            ));
         }
         if s.cursor_rate > 1000 {
             return Err(invalid("sessions.cursor_rate", "must be at most 1000"));

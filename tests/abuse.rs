@@ -307,7 +307,7 @@ async fn stalled_member(relay: &TestRelay, transport: Transport, room: &str) -> 
 #[tokio::test]
 async fn stalled_reader_does_not_slow_others_and_catches_up_from_history() {
     let relay = start_with(|c| {
-        c.limits.outbox_bytes = 256 * 1024;
+        common::small_outbox(c, 256 * 1024);
         c.limits.publish_rate = 100_000;
         c.limits.publish_burst = 100_000;
     })
@@ -352,7 +352,7 @@ async fn stalled_reader_does_not_slow_others_and_catches_up_from_history() {
 #[tokio::test]
 async fn stalled_reader_beyond_retention_is_closed_as_slow_consumer() {
     let relay = start_with(|c| {
-        c.limits.outbox_bytes = 128 * 1024;
+        common::small_outbox(c, 128 * 1024);
         c.limits.publish_rate = 100_000;
         c.limits.publish_burst = 100_000;
         c.store.max_messages = 50;

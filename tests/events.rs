@@ -178,9 +178,7 @@ async fn a_persistent_topic_resumes_after_a_position_without_loss_or_duplicates(
 async fn a_latest_value_topic_conflates_for_a_stalled_subscriber() {
     let relay = start_with(|config| {
         events_config(config);
-        config.limits.outbox_bytes = 256 * 1024;
-        // A session's document must fit in half an outbox (config validation).
-        config.sessions.max_document_bytes = 128 * 1024;
+        common::small_outbox(config, 256 * 1024);
         config.limits.max_frame_bytes = 65_536;
         config.limits.max_payload_bytes = 64_000;
     })

@@ -188,7 +188,7 @@ async fn a_stalled_room_stream_never_holds_back_another_room() {
     const STALLED_MESSAGES: u64 = 400;
     const LIVE_MESSAGES: u64 = 50;
     let relay = start_with(|config| {
-        config.limits.outbox_bytes = OUTBOX;
+        common::small_outbox(config, OUTBOX);
         config.limits.publish_rate = 100_000;
         config.limits.publish_burst = 100_000;
     })

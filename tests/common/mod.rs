@@ -48,6 +48,13 @@ pub async fn start() -> TestRelay {
     start_with(|_| {}).await
 }
 
+/// Sets a small outbox (`limits.outbox_bytes`) and lowers the session document limit with it,
+/// which config validation keeps at most half an outbox (a `joined` carries the document).
+pub fn small_outbox(config: &mut Config, bytes: usize) {
+    config.limits.outbox_bytes = bytes;
+    config.sessions.max_document_bytes = config.sessions.max_document_bytes.min((bytes / 2) as u32);
+}
+
 pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestRelay {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
