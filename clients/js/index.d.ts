@@ -185,6 +185,24 @@ export interface RoomEvents {
   left: null;
 }
 
+/** What `EdgeRelay` and `SharedRelay` both offer: the connection's life and its rooms. */
+export interface RoomClient {
+  readonly state: ConnectionState;
+  readonly transport: TransportKind | null;
+  readonly welcome: Welcome | null;
+  connect(): Promise<Welcome>;
+  close(): void;
+  room(name: string): Room;
+  join(name: string): Promise<Room>;
+  leave(name: string): Promise<void>;
+  publish<T = Payload>(room: string, data: T, options?: { id?: string }): Promise<Position>;
+  history(room: string, options?: { before?: number | null; limit?: number }): Promise<HistoryPage>;
+  typing(room: string, typing: boolean): Promise<void>;
+}
+
+export interface EdgeRelay extends RoomClient {}
+export interface SharedRelay extends RoomClient {}
+
 export class EdgeRelay extends TypedEventTarget<EdgeRelayEvents> {
   constructor(options?: EdgeRelayOptions);
   readonly state: ConnectionState;
@@ -201,15 +219,7 @@ export class EdgeRelay extends TypedEventTarget<EdgeRelayEvents> {
   readonly rooms: Room[];
   readonly calls: Call[];
 
-  connect(): Promise<Welcome>;
-  close(): void;
   networkChanged(): void;
-  room(name: string): Room;
-  join(name: string): Promise<Room>;
-  leave(name: string): Promise<void>;
-  publish<T = Payload>(room: string, data: T, options?: { id?: string }): Promise<Position>;
-  history(room: string, options?: { before?: number | null; limit?: number }): Promise<HistoryPage>;
-  typing(room: string, typing: boolean): Promise<void>;
   setStatus(status: Status, custom?: string | null): Promise<void>;
   activity(): Promise<void>;
   privacy(options?: { hidePresence?: boolean; hideTyping?: boolean }): Promise<void>;
@@ -273,14 +283,6 @@ export class SharedRelay extends TypedEventTarget<SharedRelayEvents> {
   readonly state: ConnectionState;
   readonly transport: TransportKind | null;
   readonly welcome: Welcome | null;
-  connect(): Promise<Welcome>;
-  close(): void;
-  room(name: string): Room;
-  join(name: string): Promise<Room>;
-  leave(name: string): Promise<void>;
-  publish<T = Payload>(room: string, data: T, options?: { id?: string }): Promise<Position>;
-  history(room: string, options?: { before?: number | null; limit?: number }): Promise<HistoryPage>;
-  typing(room: string, typing: boolean): Promise<void>;
 }
 
 export interface CallOptions {

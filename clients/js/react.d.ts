@@ -1,7 +1,7 @@
 // Types of @edgerelay/client/react (src/react.js), checked by test/types-check.ts.
-import type { ConnectionState, EdgeRelay, Message, PresenceEntry, Room, SharedRelay, TransportKind, TypingState } from "./index.js";
+import type { ConnectionState, Message, PresenceEntry, Room, RoomClient, TransportKind, TypingState } from "./index.js";
 
-type Client = EdgeRelay | SharedRelay;
+type Client = RoomClient;
 
 export function useConnectionState(client: Client | null): {
   state: ConnectionState;
