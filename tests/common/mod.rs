@@ -73,7 +73,21 @@ impl TestRelay {
         config.listen.tcp = relay.tcp_addr();
         relay.shutdown().await;
         tokio::time::sleep(down).await;
-        let relay = Relay::start(config).await.expect("relay restarts");
+        // In one process the old endpoint lets go of its UDP port a moment after `shutdown`
+        // returns (its driver task ends on its next poll): retry the bind briefly, as a
+        // supervisor restarting a process would.
+        let mut attempts = 0;
+        let relay = loop {
+            match Relay::start(config.clone()).await {
+                Err(edgerelay::relay::RelayError::Bind { error, .. })
+                    if error.kind() == std::io::ErrorKind::AddrInUse && attempts < 20 =>
+                {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                started => break started.expect("relay restarts"),
+            }
+        };
         TestRelay { relay, dir }
     }
 }
