@@ -32,6 +32,8 @@ export const FIELDS = {
   track_mute: ["req", "track", "muted"],
   ice_servers: ["req"],
   call: ["req", "call", "action"],
+  subscribe: ["req", "pattern", "filter", "since"],
+  unsubscribe: ["req", "pattern"],
   // relay → client
   welcome: ["version", "session", "user", "server_time", "limits"],
   joined: ["req", "room", "position", "recovered"],
@@ -52,6 +54,9 @@ export const FIELDS = {
   speakers: ["room", "speakers", "dominant"],
   keyframe_request: ["track", "layer"],
   layers_wanted: ["track", "layers"],
+  subscribed: ["req", "pattern", "position", "recovered"],
+  unsubscribed: ["req", "pattern"],
+  event: ["topic", "position", "time", "id", "tags", "data"],
 };
 
 /** Relay → client frames whose type name a client frame also has (with other fields). */

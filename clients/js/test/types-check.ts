@@ -3,6 +3,9 @@
 // `@ts-expect-error` lines must fail to type-check, or tsc reports them unused.
 import {
   Call,
+  Subscription,
+  topicMatches,
+  type TopicEvent,
   EdgeRelay,
   Outbox,
   PresenceView,
@@ -88,6 +91,16 @@ async function chat(): Promise<void> {
   call.addEventListener("state", (e) => console.log(e.detail.state, e.detail.reason));
   relay.addEventListener("ring", (e) => e.detail.answer({ stream: null }));
   await call.hangUp();
+  const sub: Subscription = await relay.subscribe("orders.*.created", { filter: "qty >= 10" });
+  sub.addEventListener("event", (e) => {
+    const event: TopicEvent = e.detail;
+    console.log(event.topic, event.tags.qty, event.position?.offset, topicMatches(sub.pattern, event.topic));
+  });
+  const exact = await relay.subscribe("orders.eu.created", { since: { epoch: 1, offset: 17 } });
+  console.log(exact.position, exact.recovered, relay.subscriptions.length);
+  await sub.unsubscribe();
+  // @ts-expect-error a filter is text
+  await relay.subscribe("orders.>", { filter: 10 });
   const { iceServers } = await relay.iceServers();
   new RTCPeerConnection({ iceServers });
   await room.leave();
