@@ -232,6 +232,10 @@ export class EdgeRelay extends TypedEventTarget<EdgeRelayEvents> {
   call(callee: string, options?: CallOptions & { media?: "video" | "audio" }): Promise<Call>;
   /** Subscribes to a topic pattern, kept across reconnects (docs/events.md). */
   subscribe(pattern: string, options?: { filter?: string | null; since?: Position | null }): Promise<Subscription>;
+  /** Sends a frame of docs/protocol.md with a fresh `req`; resolves with the answer frame. */
+  request(frame: { type: string; [field: string]: unknown }, onAnswer?: (answer: { type: string; [field: string]: unknown }) => void): Promise<{ type: string; [field: string]: unknown }>;
+  /** Sends a frame that has no answer. */
+  send(frame: { type: string; [field: string]: unknown }): Promise<void>;
   sendDatagram(bytes: Uint8Array): void;
   publishTrack(
     room: string,

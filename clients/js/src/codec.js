@@ -34,6 +34,7 @@ export const FIELDS = {
   call: ["req", "call", "action"],
   subscribe: ["req", "pattern", "filter", "since"],
   unsubscribe: ["req", "pattern"],
+  session: ["req", "session", "action"],
   // relay → client
   welcome: ["version", "session", "user", "server_time", "limits"],
   joined: ["req", "room", "position", "recovered"],
@@ -66,6 +67,7 @@ export const SERVER_FIELDS = {
   rooms: ["req", "rooms"],
   ice_servers: ["req", "servers", "expires_at"],
   call: ["req", "call", "event"],
+  session: ["req", "session", "event"],
 };
 
 /** The field order of `type` in `direction` (`"client"`: client → relay, or `"server"`). */

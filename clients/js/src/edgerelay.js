@@ -427,6 +427,26 @@ export class EdgeRelay extends EventTarget {
     await answer;
   }
 
+  // --- any frame (the sessions module, frame types the SDK does not wrap) ---
+
+  /**
+   * Sends `frame` (`{type, ...fields}` of docs/protocol.md) on the control stream with a fresh
+   * `req`; resolves with the answer frame, rejects with `RelayError` when refused. `onAnswer`
+   * runs with the answer before any later frame is handled.
+   */
+  async request(frame, onAnswer) {
+    const link = this.#requireLink();
+    const req = this.#req();
+    const answer = this.#expect(req, onAnswer);
+    link.send({ ...frame, req });
+    return answer;
+  }
+
+  /** Sends `frame` on the control stream, expecting no answer. */
+  async send(frame) {
+    this.#requireLink().send(frame);
+  }
+
   // --- 1:1 calls (docs/calls.md); over every transport ---
 
   /**
@@ -724,7 +744,7 @@ export class EdgeRelay extends EventTarget {
         } catch {
           return; // Lossy and never fatal: an undecodable datagram is dropped.
         }
-        if (PRESENCE_FRAMES.has(frame.type)) this.#onFrame(frame, onWelcome);
+        if (PRESENCE_FRAMES.has(frame.type) || frame.type === "session") this.#onFrame(frame, onWelcome);
       },
       media: (event) => {
         if (!attempt.dead) this.dispatchEvent(new CustomEvent("media", { detail: event }));

@@ -1,7 +1,7 @@
 // A real relay for the SDK's Node tests: the relay binary (target/debug/edgerelay, or
 // EDGERELAY_BIN) on free loopback ports with a data directory of its own, stopped by `stop()`.
 // Tokens come from its dev token endpoint (POST /v1/dev/token), as the demo page gets them.
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -47,6 +47,12 @@ export async function startRelay(env = {}) {
       });
       if (!response.ok) throw new Error(`dev token: ${response.status} ${await response.text()}`);
       return response.json();
+    },
+    /** A token minted by `edgerelay token` with this relay's dev secret (tenant `demo`), for
+     * grants the dev endpoint does not give: `args` like `["--session", "doc:*"]`. */
+    cliToken(user, args = []) {
+      const argv = ["token", "--data-dir", dir, "--sub", user, "--tenant", "demo", ...args];
+      return execFileSync(BIN, argv, { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim();
     },
     async stop() {
       if (child.exitCode === null) {
