@@ -229,19 +229,36 @@ export class EdgeRelay extends EventTarget {
     this.#requireStarted();
     const wasWanted = room.wanted;
     room.wanted = true;
+    return this.#persist(
+      async () => {
+        if (!room.joined) await this.#joinOnce(room);
+        return room;
+      },
+      () => true,
+      () => {
+        if (!wasWanted && !room.joined) {
+          room.wanted = false;
+          this.#link?.closeRoom(name);
+        }
+      },
+    );
+  }
+
+  /**
+   * `once()` on an open connection until it succeeds: again on the next connection when this
+   * one is lost, and after a backoff delay when refused with a retryable error, while `wanted()`.
+   * Other refusals run `giveUp()` and reject.
+   */
+  async #persist(once, wanted, giveUp) {
     for (let attempt = 1; ; attempt++) {
       try {
         await this.#whenOpen();
-        if (!room.joined) await this.#joinOnce(room);
-        return room;
+        return await once();
       } catch (err) {
         const lost = err instanceof StateError && err.code === "not_connected" && !this.#stopped;
         const retryable = err instanceof RelayError && RETRYABLE_REQUEST.has(err.code);
-        if (!lost && !retryable) {
-          if (!wasWanted && !room.joined) {
-            room.wanted = false;
-            this.#link?.closeRoom(name);
-          }
+        if ((!lost && !retryable) || !wanted()) {
+          giveUp();
           throw err;
         }
         if (retryable) await new Promise((resolve) => setTimeout(resolve, backoffDelay(attempt, this.#options.backoff)));
@@ -376,21 +393,17 @@ export class EdgeRelay extends EventTarget {
       sub = new Subscription(String(pattern), filter, since, (s) => this.#unsubscribe(s));
       this.#subscriptions.set(pattern, sub);
     }
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await this.#whenOpen();
+    const kept = () => this.#subscriptions.get(pattern) === sub;
+    return this.#persist(
+      async () => {
         if (!sub.active) await this.#subscribeOnce(sub);
         return sub;
-      } catch (err) {
-        const lost = err instanceof StateError && err.code === "not_connected" && !this.#stopped;
-        const retryable = err instanceof RelayError && RETRYABLE_REQUEST.has(err.code);
-        if (this.#subscriptions.get(pattern) !== sub || (!lost && !retryable)) {
-          if (this.#subscriptions.get(pattern) === sub) this.#subscriptions.delete(pattern);
-          throw err;
-        }
-        if (retryable) await new Promise((resolve) => setTimeout(resolve, backoffDelay(attempt, this.#options.backoff)));
-      }
-    }
+      },
+      kept,
+      () => {
+        if (kept()) this.#subscriptions.delete(pattern);
+      },
+    );
   }
 
   /** The topic subscriptions this client keeps. */

@@ -4,34 +4,15 @@
 // and nothing twice. Run: node --test clients/js/test/ (after cargo build).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import WebSocket from "ws";
-
-import { EdgeRelay, RelayError, topicMatches } from "../src/index.js";
-import { nextEvent, startRelay, until } from "./relay.mjs";
+import { RelayError, topicMatches } from "../src/index.js";
+import { Cuttable, nextEvent, startRelay, until, wsClient } from "./relay.mjs";
 
 const API_KEY = "sdk-test-api-key-0123456789";
 const RELAY_ENV = { EDGERELAY_API__KEY: API_KEY, EDGERELAY_EVENTS__PERSISTENT: '["orders.>"]' };
 
-/** `ws` whose current socket the test can cut (as a network drop would). */
-class Cuttable extends WebSocket {
-  static current = null;
-
-  constructor(url) {
-    super(url);
-    Cuttable.current = this;
-  }
-}
-
 function client(relay, user, options = {}) {
-  return new EdgeRelay({
-    getToken: () => relay.token(user, { rooms: ["orders.*", "scores.*"] }).then((t) => t.token),
-    transport: "websocket",
-    webSocketUrl: relay.webSocketUrl,
-    WebSocket: Cuttable,
-    backoff: { baseMs: 50, capMs: 200 },
-    networkEvents: false,
-    ...options,
-  });
+  const getToken = () => relay.token(user, { rooms: ["orders.*", "scores.*"] }).then((t) => t.token);
+  return wsClient(relay, getToken, { WebSocket: Cuttable, ...options });
 }
 
 /** Publishes events through the server API (tenant `demo`, the dev tokens' tenant). */

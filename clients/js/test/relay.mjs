@@ -7,6 +7,9 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import WebSocket from "ws";
+
+import { EdgeRelay } from "../src/index.js";
 
 const BIN = process.env.EDGERELAY_BIN ?? fileURLToPath(new URL("../../../target/debug/edgerelay", import.meta.url));
 
@@ -102,5 +105,29 @@ export async function until(check, what, ms = 10_000) {
   while (!check()) {
     if (Date.now() > deadline) throw new Error(`never happened within ${ms} ms: ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/** A client of `relay` over WebSocket (`ws` as Node's WebSocket), with a short backoff and no
+ * network events; `options` override. */
+export function wsClient(relay, getToken, options = {}) {
+  return new EdgeRelay({
+    getToken,
+    transport: "websocket",
+    webSocketUrl: relay.webSocketUrl,
+    WebSocket,
+    backoff: { baseMs: 50, capMs: 200 },
+    networkEvents: false,
+    ...options,
+  });
+}
+
+/** `ws` whose current socket the test can cut (as a network drop would). */
+export class Cuttable extends WebSocket {
+  static current = null;
+
+  constructor(url) {
+    super(url);
+    Cuttable.current = this;
   }
 }

@@ -4,32 +4,12 @@
 // rejoins with the version it holds and catches up. Run: node --test clients/js/test/.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import WebSocket from "ws";
-
-import { EdgeRelay, RelayError } from "../src/index.js";
+import { RelayError } from "../src/index.js";
 import { SessionConflict, applyPatch, session } from "../src/sessions.js";
-import { nextEvent, startRelay, until } from "./relay.mjs";
-
-/** `ws` whose current socket the test can cut (as a network drop would). */
-class Cuttable extends WebSocket {
-  static current = null;
-
-  constructor(url) {
-    super(url);
-    Cuttable.current = this;
-  }
-}
+import { Cuttable, nextEvent, startRelay, until, wsClient } from "./relay.mjs";
 
 function client(relay, user, args, options = {}) {
-  return new EdgeRelay({
-    getToken: async () => relay.cliToken(user, args),
-    transport: "websocket",
-    webSocketUrl: relay.webSocketUrl,
-    WebSocket,
-    backoff: { baseMs: 50, capMs: 200 },
-    networkEvents: false,
-    ...options,
-  });
+  return wsClient(relay, async () => relay.cliToken(user, args), options);
 }
 
 const EDIT = ["--session", "doc:*"];
