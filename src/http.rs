@@ -288,6 +288,9 @@ pub const SDK_MODULES: &[(&str, &str)] = &[
     ("codec.js", include_str!("../clients/js/src/codec.js")),
     ("media.js", include_str!("../clients/js/src/media.js")),
     ("calls.js", include_str!("../clients/js/src/calls.js")),
+    ("events.js", include_str!("../clients/js/src/events.js")),
+    ("sessions.js", include_str!("../clients/js/src/sessions.js")),
+    ("jsonpatch.js", include_str!("../clients/js/src/jsonpatch.js")),
 ];
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 

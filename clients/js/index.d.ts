@@ -173,6 +173,8 @@ export interface EdgeRelayEvents {
   speakers: Record<string, unknown>;
   keyframe_request: Record<string, unknown>;
   layers_wanted: Record<string, unknown>;
+  /** Every event that reached this connection: subscribed ones and those sent to the user. */
+  event: TopicEvent;
 }
 
 export interface RoomEvents {
@@ -218,6 +220,7 @@ export class EdgeRelay extends TypedEventTarget<EdgeRelayEvents> {
   readonly unacked: number;
   readonly rooms: Room[];
   readonly calls: Call[];
+  readonly subscriptions: Subscription[];
 
   networkChanged(): void;
   setStatus(status: Status, custom?: string | null): Promise<void>;
@@ -227,6 +230,12 @@ export class EdgeRelay extends TypedEventTarget<EdgeRelayEvents> {
   refresh(token?: string): Promise<number>;
   iceServers(): Promise<{ iceServers: RTCIceServer[]; expiresAt: number }>;
   call(callee: string, options?: CallOptions & { media?: "video" | "audio" }): Promise<Call>;
+  /** Subscribes to a topic pattern, kept across reconnects (docs/events.md). */
+  subscribe(pattern: string, options?: { filter?: string | null; since?: Position | null }): Promise<Subscription>;
+  /** Sends a frame of docs/protocol.md with a fresh `req`; resolves with the answer frame. */
+  request(frame: { type: string; [field: string]: unknown }, onAnswer?: (answer: { type: string; [field: string]: unknown }) => void): Promise<{ type: string; [field: string]: unknown }>;
+  /** Sends a frame that has no answer. */
+  send(frame: { type: string; [field: string]: unknown }): Promise<void>;
   sendDatagram(bytes: Uint8Array): void;
   publishTrack(
     room: string,
@@ -283,6 +292,42 @@ export class SharedRelay extends TypedEventTarget<SharedRelayEvents> {
   readonly state: ConnectionState;
   readonly transport: TransportKind | null;
   readonly welcome: Welcome | null;
+}
+
+/** An event of a topic (docs/events.md). */
+export interface TopicEvent<T = Payload> {
+  type: "event";
+  topic: string;
+  /** Persistent topics only. */
+  position: Position | null;
+  /** Unix ms, relay clock. */
+  time: number;
+  /** The publisher's event id. */
+  id: string;
+  tags: Record<string, string>;
+  data: T;
+}
+
+export interface SubscriptionEvents {
+  event: TopicEvent;
+  /** After each (re)subscribe: `position` is an exact persistent topic's top; `recovered` false
+   * when `since` could not be resumed (events were missed). */
+  subscribed: { position: Position | null; recovered: boolean };
+  /** A resubscribe after a reconnect was refused: the subscription ended. */
+  error: { pattern: string; code: number | string; message: string };
+}
+
+export class Subscription extends TypedEventTarget<SubscriptionEvents> {
+  readonly pattern: string;
+  readonly filter: string | null;
+  /** No wildcard: the events share one position sequence (persistent topics). */
+  readonly exact: boolean;
+  /** The last position seen (exact persistent topics), resumed from after a reconnect. */
+  readonly position: Position | null;
+  /** Held by the relay on the current connection. */
+  readonly active: boolean;
+  readonly recovered: boolean | null;
+  unsubscribe(): Promise<void>;
 }
 
 export interface CallOptions {
@@ -394,6 +439,7 @@ export function endpointUrls(
 ): { webTransportUrl: string; webSocketUrl: string };
 export function rtcIceServers(answer: unknown): { iceServers: RTCIceServer[]; expiresAt: number };
 export function webTransportUnavailable(url: string | undefined, scope?: object): string | null;
+export function topicMatches(pattern: string, topic: string): boolean;
 export function validRoomName(name: unknown): name is string;
 export function messageId(scope?: object): string;
 export function presenceDigest(entries: Iterable<Pick<PresenceEntry, "user" | "status" | "custom">>): number;

@@ -32,6 +32,9 @@ export const FIELDS = {
   track_mute: ["req", "track", "muted"],
   ice_servers: ["req"],
   call: ["req", "call", "action"],
+  subscribe: ["req", "pattern", "filter", "since"],
+  unsubscribe: ["req", "pattern"],
+  session: ["req", "session", "action"],
   // relay → client
   welcome: ["version", "session", "user", "server_time", "limits"],
   joined: ["req", "room", "position", "recovered"],
@@ -52,6 +55,9 @@ export const FIELDS = {
   speakers: ["room", "speakers", "dominant"],
   keyframe_request: ["track", "layer"],
   layers_wanted: ["track", "layers"],
+  subscribed: ["req", "pattern", "position", "recovered"],
+  unsubscribed: ["req", "pattern"],
+  event: ["topic", "position", "time", "id", "tags", "data"],
 };
 
 /** Relay → client frames whose type name a client frame also has (with other fields). */
@@ -61,6 +67,7 @@ export const SERVER_FIELDS = {
   rooms: ["req", "rooms"],
   ice_servers: ["req", "servers", "expires_at"],
   call: ["req", "call", "event"],
+  session: ["req", "session", "event"],
 };
 
 /** The field order of `type` in `direction` (`"client"`: client → relay, or `"server"`). */

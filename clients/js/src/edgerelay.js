@@ -33,6 +33,7 @@
 
 import { PROTOCOL_VERSION, RETRYABLE_CLOSE, decodeJson } from "./codec.js";
 import { Call } from "./calls.js";
+import { Subscription, topicMatches } from "./events.js";
 import { RETRYABLE_REQUEST, RelayError, StateError, TimeoutError, withTimeout } from "./errors.js";
 import { GroupWriter, WebSocketLink, WebTransportLink, webTransportFailure, webTransportUnavailable } from "./links.js";
 import { FLAG_KEYFRAME } from "./media.js";
@@ -104,6 +105,8 @@ export class EdgeRelay extends EventTarget {
   #welcomed = null;
   // Track id → room, for sending track requests on the room's stream.
   #trackRooms = new Map();
+  // Pattern → Subscription, for every topic subscription the app keeps (docs/events.md).
+  #subscriptions = new Map();
   // Call id → Call, while the call is live.
   #calls = new Map();
   // Call events that came right behind the welcome, before this connection was open: handled
@@ -226,19 +229,36 @@ export class EdgeRelay extends EventTarget {
     this.#requireStarted();
     const wasWanted = room.wanted;
     room.wanted = true;
+    return this.#persist(
+      async () => {
+        if (!room.joined) await this.#joinOnce(room);
+        return room;
+      },
+      () => true,
+      () => {
+        if (!wasWanted && !room.joined) {
+          room.wanted = false;
+          this.#link?.closeRoom(name);
+        }
+      },
+    );
+  }
+
+  /**
+   * `once()` on an open connection until it succeeds: again on the next connection when this
+   * one is lost, and after a backoff delay when refused with a retryable error, while `wanted()`.
+   * Other refusals run `giveUp()` and reject.
+   */
+  async #persist(once, wanted, giveUp) {
     for (let attempt = 1; ; attempt++) {
       try {
         await this.#whenOpen();
-        if (!room.joined) await this.#joinOnce(room);
-        return room;
+        return await once();
       } catch (err) {
         const lost = err instanceof StateError && err.code === "not_connected" && !this.#stopped;
         const retryable = err instanceof RelayError && RETRYABLE_REQUEST.has(err.code);
-        if (!lost && !retryable) {
-          if (!wasWanted && !room.joined) {
-            room.wanted = false;
-            this.#link?.closeRoom(name);
-          }
+        if ((!lost && !retryable) || !wanted()) {
+          giveUp();
           throw err;
         }
         if (retryable) await new Promise((resolve) => setTimeout(resolve, backoffDelay(attempt, this.#options.backoff)));
@@ -354,6 +374,90 @@ export class EdgeRelay extends EventTarget {
     const answer = this.#expect(req);
     link.send({ type: "ice_servers", req });
     return rtcIceServers(await answer);
+  }
+
+  // --- event topics (docs/events.md); over every transport ---
+
+  /**
+   * Subscribes to a topic pattern (`orders.eu.created`, `orders.*.created`, `orders.>`) and keeps
+   * it across reconnects; resolves with its `Subscription` once the relay took it. `filter`: a
+   * filter on the events' tags; `since`: a position to resume an exact persistent topic after.
+   * While reconnecting it waits for the connection. Refusals (`permission_denied`, `bad_topic`,
+   * `bad_filter`...) reject. One subscription per pattern: the same pattern again gives the same
+   * `Subscription`.
+   */
+  async subscribe(pattern, { filter = null, since = null } = {}) {
+    this.#requireStarted();
+    let sub = this.#subscriptions.get(pattern);
+    if (!sub) {
+      sub = new Subscription(String(pattern), filter, since, (s) => this.#unsubscribe(s));
+      this.#subscriptions.set(pattern, sub);
+    }
+    const kept = () => this.#subscriptions.get(pattern) === sub;
+    return this.#persist(
+      async () => {
+        if (!sub.active) await this.#subscribeOnce(sub);
+        return sub;
+      },
+      kept,
+      () => {
+        if (kept()) this.#subscriptions.delete(pattern);
+      },
+    );
+  }
+
+  /** The topic subscriptions this client keeps. */
+  get subscriptions() {
+    return [...this.#subscriptions.values()];
+  }
+
+  /** `subscribe` on this connection: the one under way (after a reconnect), or a new one. */
+  #subscribeOnce(sub) {
+    if (!sub._subscribing) {
+      const link = this.#requireLink();
+      const req = this.#req();
+      const answer = this.#expect(req);
+      link.send({ type: "subscribe", req, pattern: sub.pattern, filter: sub.filter, since: sub.position });
+      const subscribing = answer.then((frame) => sub._subscribed(frame));
+      sub._subscribing = subscribing;
+      const done = () => {
+        if (sub._subscribing === subscribing) sub._subscribing = null;
+      };
+      subscribing.then(done, done);
+    }
+    return sub._subscribing;
+  }
+
+  async #unsubscribe(sub) {
+    if (this.#subscriptions.get(sub.pattern) !== sub) return;
+    this.#subscriptions.delete(sub.pattern);
+    const wasActive = sub.active;
+    sub.active = false;
+    if (!wasActive || !this.#link || this.state !== "open") return;
+    const req = this.#req();
+    const answer = this.#expect(req);
+    this.#link.send({ type: "unsubscribe", req, pattern: sub.pattern });
+    await answer;
+  }
+
+  // --- any frame (the sessions module, frame types the SDK does not wrap) ---
+
+  /**
+   * Sends `frame` (`{type, ...fields}` of docs/protocol.md) on the control stream with a fresh
+   * `req`; resolves with the answer frame, rejects with `RelayError` when refused. `onAnswer`
+   * runs with the answer before any later frame is handled.
+   */
+  async request(frame, onAnswer) {
+    const link = this.#requireLink();
+    const req = this.#req();
+    const answer = this.#expect(req, onAnswer);
+    link.send({ ...frame, req });
+    return answer;
+  }
+
+  /** Sends `frame` on the control stream, expecting no answer. */
+  async send(frame) {
+    this.#requireLink().send(frame);
   }
 
   // --- 1:1 calls (docs/calls.md); over every transport ---
@@ -653,7 +757,7 @@ export class EdgeRelay extends EventTarget {
         } catch {
           return; // Lossy and never fatal: an undecodable datagram is dropped.
         }
-        if (PRESENCE_FRAMES.has(frame.type)) this.#onFrame(frame, onWelcome);
+        if (PRESENCE_FRAMES.has(frame.type) || frame.type === "session") this.#onFrame(frame, onWelcome);
       },
       media: (event) => {
         if (!attempt.dead) this.dispatchEvent(new CustomEvent("media", { detail: event }));
@@ -708,6 +812,10 @@ export class EdgeRelay extends EventTarget {
       case "layers_wanted":
         if (frame.type === "tracks") this.#noteTracks(frame);
         return this.dispatchEvent(new CustomEvent(frame.type, { detail: frame }));
+      case "event":
+        if (typeof frame.topic !== "string") return undefined;
+        for (const sub of this.#subscriptions.values()) if (topicMatches(sub.pattern, frame.topic)) sub._event(frame);
+        return this.dispatchEvent(new CustomEvent("event", { detail: frame }));
       case "call":
         if (frame.req) break;
         if (this.state !== "open") return this.#earlyCallEvents.push(frame);
@@ -754,6 +862,19 @@ export class EdgeRelay extends EventTarget {
         again.catch((final) => {
           room.wanted = false;
           this.dispatchEvent(new CustomEvent("error", { detail: { room: room.name, code: final.code, message: final.message } }));
+        });
+      });
+    }
+    // Subscriptions again, exact persistent topics from the last position seen.
+    for (const sub of this.#subscriptions.values()) {
+      this.#subscribeOnce(sub).catch((err) => {
+        if (err instanceof StateError) return; // Lost again: the next connection resubscribes.
+        const again = err instanceof RelayError && RETRYABLE_REQUEST.has(err.code) ? this.subscribe(sub.pattern) : Promise.reject(err);
+        again.catch((final) => {
+          if (this.#subscriptions.get(sub.pattern) === sub) this.#subscriptions.delete(sub.pattern);
+          const detail = { pattern: sub.pattern, code: final.code, message: final.message };
+          sub.dispatchEvent(new CustomEvent("error", { detail }));
+          this.dispatchEvent(new CustomEvent("error", { detail }));
         });
       });
     }
@@ -850,6 +971,7 @@ export class EdgeRelay extends EventTarget {
       this.#link = null;
       clearTimeout(this.#refreshTimer);
       for (const room of this.#rooms.values()) room._disconnected();
+      for (const sub of this.#subscriptions.values()) sub.active = false;
       // Requests die with their connection; publishes stay in the outbox for the next one.
       for (const [req, { reject, keep }] of [...this.#pending]) {
         this.#pending.delete(req);

@@ -11,3 +11,4 @@ export { backoffDelay, refreshDelay, tokenExpiry } from "./schedule.js";
 export { FrameError, binary, decodeJson, encodeJson, payloadBytes } from "./codec.js";
 export { GroupWriter, webTransportUnavailable } from "./links.js";
 export { Call } from "./calls.js";
+export { Subscription, topicMatches } from "./events.js";

@@ -128,7 +128,13 @@ const state = (caller, callee, wire) => ({ state: { caller, callee, media: "vide
 const event = (req, call, body) => ({ type: "call", req, call, event: body });
 
 async function connected(user) {
-  const client = new EdgeRelay({ token: "t", transport: "websocket", webSocketUrl: `ws://relay.test/v1/ws?user=${user}` });
+  // A short reconnect backoff: `until` waits a bounded number of ticks, not the default's 250 ms of jitter.
+  const client = new EdgeRelay({
+    token: "t",
+    transport: "websocket",
+    webSocketUrl: `ws://relay.test/v1/ws?user=${user}`,
+    backoff: { baseMs: 5, capMs: 5 },
+  });
   await client.connect();
   return [client, ScriptedSocket.last];
 }

@@ -1,12 +1,15 @@
 // A real relay for the SDK's Node tests: the relay binary (target/debug/edgerelay, or
 // EDGERELAY_BIN) on free loopback ports with a data directory of its own, stopped by `stop()`.
 // Tokens come from its dev token endpoint (POST /v1/dev/token), as the demo page gets them.
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import WebSocket from "ws";
+
+import { EdgeRelay } from "../src/index.js";
 
 const BIN = process.env.EDGERELAY_BIN ?? fileURLToPath(new URL("../../../target/debug/edgerelay", import.meta.url));
 
@@ -47,6 +50,12 @@ export async function startRelay(env = {}) {
       });
       if (!response.ok) throw new Error(`dev token: ${response.status} ${await response.text()}`);
       return response.json();
+    },
+    /** A token minted by `edgerelay token` with this relay's dev secret (tenant `demo`), for
+     * grants the dev endpoint does not give: `args` like `["--session", "doc:*"]`. */
+    cliToken(user, args = []) {
+      const argv = ["token", "--data-dir", dir, "--sub", user, "--tenant", "demo", ...args];
+      return execFileSync(BIN, argv, { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim();
     },
     async stop() {
       if (child.exitCode === null) {
@@ -96,5 +105,29 @@ export async function until(check, what, ms = 10_000) {
   while (!check()) {
     if (Date.now() > deadline) throw new Error(`never happened within ${ms} ms: ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/** A client of `relay` over WebSocket (`ws` as Node's WebSocket), with a short backoff and no
+ * network events; `options` override. */
+export function wsClient(relay, getToken, options = {}) {
+  return new EdgeRelay({
+    getToken,
+    transport: "websocket",
+    webSocketUrl: relay.webSocketUrl,
+    WebSocket,
+    backoff: { baseMs: 50, capMs: 200 },
+    networkEvents: false,
+    ...options,
+  });
+}
+
+/** `ws` whose current socket the test can cut (as a network drop would). */
+export class Cuttable extends WebSocket {
+  static current = null;
+
+  constructor(url) {
+    super(url);
+    Cuttable.current = this;
   }
 }

@@ -6,20 +6,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
 
-import { EdgeRelay } from "../src/index.js";
-import { nextEvent, startRelay, until } from "./relay.mjs";
+import { Cuttable, nextEvent, startRelay, until, wsClient } from "./relay.mjs";
 
-function client(relay, getToken, options = {}) {
-  return new EdgeRelay({
-    getToken,
-    transport: "websocket",
-    webSocketUrl: relay.webSocketUrl,
-    WebSocket,
-    backoff: { baseMs: 50, capMs: 200 },
-    networkEvents: false,
-    ...options,
-  });
-}
+const client = wsClient;
 
 const tokenOf = (relay, user, options) => () => relay.token(user, options).then((t) => t.token);
 
@@ -168,16 +157,6 @@ test("with getToken the token is refreshed before it expires, on the same connec
     await relay.stop();
   }
 });
-
-/** `ws` whose current socket the test can cut (as a network drop would). */
-class Cuttable extends WebSocket {
-  static current = null;
-
-  constructor(url) {
-    super(url);
-    Cuttable.current = this;
-  }
-}
 
 test("join and publish while reconnecting wait for the connection; rooms come back without doubles", { timeout: 30_000 }, async () => {
   const relay = await startRelay();

@@ -1,8 +1,12 @@
 // The type test (not run, only type-checked): every public API used as the README shows it, through the package's own
 // `exports` (as an app imports it). `npm run typecheck` (tsc --noEmit) must pass; the
 // `@ts-expect-error` lines must fail to type-check, or tsc reports them unused.
+import { SessionConflict, applyPatch, session } from "@edgerelay/client/sessions";
 import {
   Call,
+  Subscription,
+  topicMatches,
+  type TopicEvent,
   EdgeRelay,
   Outbox,
   PresenceView,
@@ -88,6 +92,31 @@ async function chat(): Promise<void> {
   call.addEventListener("state", (e) => console.log(e.detail.state, e.detail.reason));
   relay.addEventListener("ring", (e) => e.detail.answer({ stream: null }));
   await call.hangUp();
+  const sub: Subscription = await relay.subscribe("orders.*.created", { filter: "qty >= 10" });
+  sub.addEventListener("event", (e) => {
+    const event: TopicEvent = e.detail;
+    console.log(event.topic, event.tags.qty, event.position?.offset, topicMatches(sub.pattern, event.topic));
+  });
+  const exact = await relay.subscribe("orders.eu.created", { since: { epoch: 1, offset: 17 } });
+  console.log(exact.position, exact.recovered, relay.subscriptions.length);
+  await sub.unsubscribe();
+  // @ts-expect-error a filter is text
+  await relay.subscribe("orders.>", { filter: 10 });
+  const board = session<{ title: string; cards: Record<string, { text: string }> }>(relay, "doc:board");
+  await board.create({ title: "", cards: {} }, { defaultRole: "editor" });
+  board.addEventListener("patched", (e) => console.log(e.detail.version, e.detail.doc.title));
+  board.addEventListener("cursor", (e) => console.log(e.detail.user, e.detail.data));
+  try {
+    const { version, rebased }: { version: number; rebased: boolean } = await board.patch([{ op: "replace", path: "/title", value: "Plan" }]);
+    console.log(version, rebased, board.doc?.cards, board.members.get("bob")?.present);
+  } catch (err) {
+    if (err instanceof SessionConflict) console.log(err.missed, err.conflicting);
+  }
+  // @ts-expect-error a remove has no value and needs a path
+  await board.patch([{ op: "remove" }]);
+  await board.cursor({ x: 1 });
+  await board.leave();
+  console.log(applyPatch({ a: 1 }, [{ op: "remove", path: "/a" }]));
   const { iceServers } = await relay.iceServers();
   new RTCPeerConnection({ iceServers });
   await room.leave();

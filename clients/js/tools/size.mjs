@@ -1,14 +1,18 @@
 // The SDK's size as an app ships it: bundled and minified by esbuild, then gzipped (level 9).
-// Two bundles: everything `src/index.js` exports, and the core an app using `EdgeRelay` alone
-// ships (tree-shaken: no `SharedRelay`). `npm run size` prints both; docs/performance.md
+// Three bundles: everything `src/index.js` exports, the core an app using `EdgeRelay` alone
+// ships (tree-shaken: no `SharedRelay`), and that core with the sessions entry point. `npm run size` prints both; docs/performance.md
 // records them. The budget is 15 KB gzipped, for each.
 import { build, version } from "esbuild";
 import { gzipSync } from "node:zlib";
 
 const index = new URL("../src/index.js", import.meta.url).pathname;
+const sessions = new URL("../src/sessions.js", import.meta.url).pathname;
 const bundles = {
   "everything (src/index.js)": { entryPoints: [index] },
   "core (EdgeRelay alone)": { stdin: { contents: `export { EdgeRelay } from ${JSON.stringify(index)};`, resolveDir: "." } },
+  "core with sessions (EdgeRelay and @edgerelay/client/sessions)": {
+    stdin: { contents: `export { EdgeRelay } from ${JSON.stringify(index)}; export * from ${JSON.stringify(sessions)};`, resolveDir: "." },
+  },
 };
 let over = false;
 for (const [name, entry] of Object.entries(bundles)) {
