@@ -41,7 +41,9 @@ async fn reliable_under(
     expect_delivered(&mut subscriber, joined.position, &acked).await?;
     let stats = proxy.stats();
     eprintln!("{} over {transport:?}: up {:?}\n  down {:?}", profile.name, stats.up, stats.down);
-    if stats.flows != 2 || stats.up.delivered == 0 || stats.down.delivered == 0 {
+    // Both clients' flows went through the proxy; a QUIC client's stall probe (a new socket after
+    // a blackout it was not told about) adds flows of its own.
+    if stats.flows < 2 || stats.up.delivered == 0 || stats.down.delivered == 0 {
         return Err(format!("traffic did not go through the proxy: {stats:?}"));
     }
     publisher.close().await;
