@@ -112,6 +112,11 @@ CLIENT_FIELDS = {
     "call": ("req", "call", "action"),
     # The user's own call history (docs/calls.md, History).
     "call_history": ("req", "before", "limit"),
+    # Collaborative sessions (docs/protocol.md, Sessions): `action` is {"<action>": {fields}}.
+    "session": ("req", "session", "action"),
+    # Event topics (docs/events.md): a pattern with `*` / `>`, an optional tag filter.
+    "subscribe": ("req", "pattern", "filter", "since"),
+    "unsubscribe": ("req", "pattern"),
 }
 SERVER_FIELDS = {
     "welcome": ("version", "session", "user", "server_time", "limits"),
@@ -140,6 +145,10 @@ SERVER_FIELDS = {
     "call": ("req", "call", "event"),
     # `calls`: history entries, JSON-shaped as the server API's (docs/calls.md, A history entry).
     "call_history": ("req", "calls", "next"),
+    "session": ("req", "session", "event"),
+    "subscribed": ("req", "pattern", "position", "recovered"),
+    "unsubscribed": ("req", "pattern"),
+    "event": ("topic", "position", "time", "id", "tags", "data"),
 }
 # The nested `action` / `event` of `call` frames (docs/protocol.md, Calls (1:1) and Calls
 # (group)): name -> field order.
