@@ -53,9 +53,10 @@ async fn scenario(
 }
 
 /// Every profile over every transport at once (they mostly wait), each with its own proxy and
-/// seed; `without_hook` also runs these transports without `network_changed()`. QUIC and
-/// WebTransport must keep their connection.
-async fn under_every_profile(outage: Outage, without_hook: &[Transport]) {
+/// seed; `without_hook` also runs these transports without `network_changed()`. Every message
+/// arrives once and in order (checked by `run`); with `keep_connection`, QUIC and WebTransport
+/// must also keep their connection.
+async fn under_every_profile(outage: Outage, without_hook: &[Transport], keep_connection: bool) {
     let relay = std::sync::Arc::new(common::start().await);
     let mut runs = Vec::new();
     for (i, profile) in Profile::all().into_iter().enumerate() {
@@ -81,7 +82,7 @@ async fn under_every_profile(outage: Outage, without_hook: &[Transport]) {
                      network came back (connection dropped and resumed: {dropped})",
                     caught_up.as_millis()
                 );
-                if transport != Transport::WebSocket && dropped && !support::former_client() {
+                if keep_connection && transport != Transport::WebSocket && dropped && !support::former_client() {
                     failures
                         .push(format!("{profile} over {transport:?} ({hook}): the QUIC connection did not survive"));
                 }
@@ -96,30 +97,35 @@ async fn under_every_profile(outage: Outage, without_hook: &[Transport]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_two_second_blackout_the_client_has_every_missed_message() {
-    under_every_profile(Outage::Blackout(Duration::from_secs(2)), &[]).await;
+    under_every_profile(Outage::Blackout(Duration::from_secs(2)), &[], true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_five_second_blackout_the_client_has_every_missed_message() {
-    under_every_profile(Outage::Blackout(Duration::from_secs(5)), &[]).await;
+    under_every_profile(Outage::Blackout(Duration::from_secs(5)), &[], true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_ten_second_blackout_the_client_has_every_missed_message() {
-    under_every_profile(Outage::Blackout(Duration::from_secs(10)), &[Transport::Quic, Transport::WebSocket]).await;
+    under_every_profile(Outage::Blackout(Duration::from_secs(10)), &[Transport::Quic, Transport::WebSocket], true)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_thirty_second_blackout_the_client_has_every_missed_message() {
-    under_every_profile(Outage::Blackout(Duration::from_secs(30)), &[]).await;
+    under_every_profile(Outage::Blackout(Duration::from_secs(30)), &[], true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_repeated_short_outages_the_client_has_every_message() {
-    under_every_profile(Outage::REPEATED, &[]).await;
+    // Not `keep_connection`: a network-change probe started in one 1-second light window spans
+    // the next outage, and on edge-of-cell's loss it can go unanswered long enough to replace
+    // the connection (seen in CI runs on a loaded machine). Nothing is lost or doubled then; how
+    // often it happens is a figure of issue 24's outage bench, not a pass/fail property.
+    under_every_profile(Outage::REPEATED, &[], false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wifi_to_4g_handover_keeps_the_quic_connection_and_loses_nothing() {
-    under_every_profile(Outage::Handover("4g"), &[]).await;
+    under_every_profile(Outage::Handover("4g"), &[], true).await;
 }
