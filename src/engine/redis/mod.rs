@@ -987,12 +987,7 @@ async fn run_probe(shared: Arc<Shared>, stop: CancellationToken) {
 /// they lapse `presence_ttl` after this node stops (it died). After a refresh, reads every held
 /// room's presence hash: lost pub/sub messages and lapsed nodes are healed there.
 async fn run_presence(shared: Arc<Shared>, mut local: mpsc::UnboundedReceiver<LocalPresence>, stop: CancellationToken) {
-    loop {
-        let next = tokio::select! {
-            _ = stop.cancelled() => return,
-            next = local.recv() => next,
-        };
-        let Some(next) = next else { return };
+    while let Some(next) = stop.run_until_cancelled(local.recv()).await.flatten() {
         let result = match next {
             LocalPresence::Changed { room, entry } => shared.share_change(&room, &entry).await,
             LocalPresence::All(rooms) => shared.share_all(rooms).await,
@@ -1011,14 +1006,7 @@ async fn run_presence(shared: Arc<Shared>, mut local: mpsc::UnboundedReceiver<Lo
 /// order they were made (a reply before the events it caused, signals in order). A message that
 /// fails is dropped (pub/sub is at most once anyway; `crate::call::region` says what heals).
 async fn run_calls(shared: Arc<Shared>, mut out: mpsc::UnboundedReceiver<String>, stop: CancellationToken) {
-    loop {
-        let message = tokio::select! {
-            _ = stop.cancelled() => return,
-            message = out.recv() => match message {
-                Some(message) => message,
-                None => return,
-            },
-        };
+    while let Some(message) = stop.run_until_cancelled(out.recv()).await.flatten() {
         let message = format!("{}\n{message}", shared.node);
         if let Err(err) = shared.client.spublish::<Value, _, _>(shared.calls_channel.as_str(), message).await {
             tracing::debug!(%err, "a call message did not reach the other nodes");
@@ -1029,14 +1017,7 @@ async fn run_calls(shared: Arc<Shared>, mut out: mpsc::UnboundedReceiver<String>
 /// Publishes this node's actions for the others, in the order they were made (events of one
 /// topic must arrive in their order).
 async fn run_actions(shared: Arc<Shared>, mut actions: mpsc::UnboundedReceiver<Control>, stop: CancellationToken) {
-    loop {
-        let control = tokio::select! {
-            _ = stop.cancelled() => return,
-            control = actions.recv() => match control {
-                Some(control) => control,
-                None => return,
-            },
-        };
+    while let Some(control) = stop.run_until_cancelled(actions.recv()).await.flatten() {
         if let Err(err) = shared.broadcast(control).await {
             tracing::warn!(%err, "an action did not reach the other nodes");
         }
