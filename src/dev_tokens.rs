@@ -99,14 +99,7 @@ impl DevTokens {
             jti: None,
             iss: self.issuer.clone(),
             aud: self.audience.clone().map(Into::into),
-            caps: Caps {
-                join: request.rooms.clone(),
-                publish: request.rooms,
-                media: Vec::new(),
-                call: request.call,
-                session: Vec::new(),
-                session_read: Vec::new(),
-            },
+            caps: Caps { join: request.rooms.clone(), publish: request.rooms, call: request.call, ..Caps::default() },
         };
         let token = self.signer.sign(&claims).map_err(|e| DevTokenError::Sign(e.to_string()))?;
         Ok(DevToken { token, user: request.user, tenant: request.tenant, expires_at })
