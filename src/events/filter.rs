@@ -246,21 +246,26 @@ impl Parser {
     }
 
     fn or(&mut self) -> Result<Expr, FilterError> {
-        let mut any = vec![self.and()?];
-        while keyword(self.peek(), "or") {
-            self.pos += 1;
-            any.push(self.and()?);
-        }
-        Ok(if any.len() == 1 { any.remove(0) } else { Expr::Or(any) })
+        self.joined("or", Self::and, Expr::Or)
     }
 
     fn and(&mut self) -> Result<Expr, FilterError> {
-        let mut all = vec![self.unary()?];
-        while keyword(self.peek(), "and") {
+        self.joined("and", Self::unary, Expr::And)
+    }
+
+    /// `operand (word operand)*`: one operand alone, or all of them under `join`.
+    fn joined(
+        &mut self,
+        word: &str,
+        operand: fn(&mut Self) -> Result<Expr, FilterError>,
+        join: fn(Vec<Expr>) -> Expr,
+    ) -> Result<Expr, FilterError> {
+        let mut operands = vec![operand(self)?];
+        while keyword(self.peek(), word) {
             self.pos += 1;
-            all.push(self.unary()?);
+            operands.push(operand(self)?);
         }
-        Ok(if all.len() == 1 { all.remove(0) } else { Expr::And(all) })
+        Ok(if operands.len() == 1 { operands.remove(0) } else { join(operands) })
     }
 
     fn unary(&mut self) -> Result<Expr, FilterError> {
