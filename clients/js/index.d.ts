@@ -175,6 +175,17 @@ export interface EdgeRelayEvents {
   layers_wanted: Record<string, unknown>;
   /** Every event that reached this connection: subscribed ones and those sent to the user. */
   event: TopicEvent;
+  /** Each call event (`req` 0) as it came, before its `Call` handles it (what `SharedRelay`
+   * forwards to the tabs). */
+  call_event: CallEventFrame;
+}
+
+/** A `call` frame with an event of a call (docs/protocol.md "Calls (1:1)"). */
+export interface CallEventFrame {
+  type: "call";
+  req: 0;
+  call: string;
+  event: Record<string, unknown>;
 }
 
 export interface RoomEvents {
@@ -200,6 +211,19 @@ export interface RoomClient {
   publish<T = Payload>(room: string, data: T, options?: { id?: string }): Promise<Position>;
   history(room: string, options?: { before?: number | null; limit?: number }): Promise<HistoryPage>;
   typing(room: string, typing: boolean): Promise<void>;
+  readonly fallbackReason: string | null;
+  /** Unix ms of the next attempt while reconnecting or offline, else null. */
+  readonly retryAt: number | null;
+  readonly calls: Call[];
+  readonly subscriptions: Subscription[];
+  /** Subscribes to a topic pattern, kept across reconnects (docs/events.md). */
+  subscribe(pattern: string, options?: { filter?: string | null; since?: Position | null }): Promise<Subscription>;
+  /** Sends a frame of docs/protocol.md with a fresh `req`; resolves with the answer frame. */
+  request(frame: { type: string; [field: string]: unknown }, onAnswer?: (answer: { type: string; [field: string]: unknown }) => void): Promise<{ type: string; [field: string]: unknown }>;
+  /** Sends a frame that has no answer. */
+  send(frame: { type: string; [field: string]: unknown }): Promise<void>;
+  iceServers(): Promise<{ iceServers: RTCIceServer[]; expiresAt: number }>;
+  call(callee: string, options?: CallOptions & { media?: "video" | "audio" }): Promise<Call>;
 }
 
 export interface EdgeRelay extends RoomClient {}
@@ -280,9 +304,18 @@ export interface SharedRelayOptions extends EdgeRelayOptions {
 /** One connection for all tabs of an origin (per `shareKey`): a leader tab, elected with Web
  * Locks, holds it and relays for the others over a BroadcastChannel. */
 export interface SharedRelayEvents {
-  status: { state: ConnectionState; transport: TransportKind | null; leader: boolean };
+  /** The leader's connection state, and whether this tab is the leader. */
+  status: StatusDetail & { leader: boolean };
   /** A new message of a room some tab joined, fired in one tab per browser (for notifications). */
   notify: Message;
+  /** As on `EdgeRelay`, forwarded by the leader to every tab. */
+  error: RelayErrorFrame;
+  frame: { type: string; [field: string]: unknown };
+  event: TopicEvent;
+  /** A call this tab learnt of; every tab has its own `Call` object for it. */
+  call: Call;
+  /** A call rings this user: in every tab, answered in one. */
+  ring: Call;
 }
 
 export class SharedRelay extends TypedEventTarget<SharedRelayEvents> {

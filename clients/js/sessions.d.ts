@@ -1,5 +1,5 @@
 // Types of @edgerelay/client/sessions (src/sessions.js), checked by test/types-check.ts.
-import type { EdgeRelay, Payload } from "./index.js";
+import type { Payload, RoomClient } from "./index.js";
 
 export type SessionRole = "viewer" | "editor" | "owner";
 
@@ -54,7 +54,7 @@ declare class TypedSessionTarget<T> extends EventTarget {
 }
 
 export class Session<T = any> extends TypedSessionTarget<T> {
-  constructor(relay: EdgeRelay, id: string);
+  constructor(relay: RoomClient, id: string);
   readonly id: string;
   readonly doc: T | null;
   readonly version: number | null;
@@ -88,6 +88,6 @@ export class SessionConflict extends Error {
 export class PatchError extends Error {}
 
 /** The session `id` of `relay` (one object per client and id; nothing is sent). */
-export function session<T = any>(relay: EdgeRelay, id: string): Session<T>;
+export function session<T = any>(relay: RoomClient, id: string): Session<T>;
 /** `doc` with an RFC 6902 patch applied (a new value); throws `PatchError`. */
 export function applyPatch<T = unknown>(doc: T, patch: PatchOperation[]): T;

@@ -311,3 +311,53 @@ export class Call extends EventTarget {
     }, every);
   }
 }
+
+/**
+ * The calls one client knows of (id → `Call`), kept from its `call` events: `EdgeRelay` has one,
+ * and so has every tab of a `SharedRelay` (the leader forwards the events, and each tab's
+ * actions go through it). `client` gets the `call` and `ring` events; `link` is
+ * `{action(id, action, onOk), iceServers()}`.
+ */
+export class CallBook {
+  constructor(client, link) {
+    this.client = client;
+    this.link = link;
+    this.calls = new Map();
+  }
+
+  /** Places a call (`initiate`); resolves with its `Call`, this device in it. */
+  async place(callee, media, rtc) {
+    let call = null;
+    await this.link.action("", { initiate: { callee, media } }, ({ call: id }) => {
+      call = this.#add({ id, caller: this.client.welcome.user, callee, media, role: "caller" });
+      call.useMedia(rtc);
+      call.inCall = true;
+    });
+    return call;
+  }
+
+  /** An event of a call (`{call, event}`, `req` 0): to its `Call`, made on its first `state`. */
+  onEvent({ call: id, event }) {
+    let call = this.calls.get(id);
+    if (!call && event?.state) {
+      const { caller, callee, media } = event.state;
+      call = this.#add({ id, caller, callee, media, role: caller === this.client.welcome?.user ? "caller" : "callee" });
+    }
+    if (!call) return;
+    call.handle(event);
+    if (event?.ring) this.client.dispatchEvent(new CustomEvent("ring", { detail: call }));
+    if (call.state === "ended") this.calls.delete(id);
+  }
+
+  /** A new connection: the relay knows it as a new device, in no call. */
+  reconnected() {
+    for (const call of this.calls.values()) call.reconnected();
+  }
+
+  #add(info) {
+    const call = new Call(this.link, info);
+    this.calls.set(info.id, call);
+    this.client.dispatchEvent(new CustomEvent("call", { detail: call }));
+    return call;
+  }
+}

@@ -32,7 +32,7 @@
 // was rejected or the UDP port refused), or no answer came within `webTransportTimeoutMs`.
 
 import { PROTOCOL_VERSION, RETRYABLE_CLOSE, decodeJson } from "./codec.js";
-import { Call } from "./calls.js";
+import { CallBook } from "./calls.js";
 import { Subscription, topicMatches } from "./events.js";
 import { RETRYABLE_REQUEST, RelayError, StateError, TimeoutError, withTimeout } from "./errors.js";
 import { GroupWriter, WebSocketLink, WebTransportLink, webTransportFailure, webTransportUnavailable } from "./links.js";
@@ -107,8 +107,8 @@ export class EdgeRelay extends EventTarget {
   #trackRooms = new Map();
   // Pattern → Subscription, for every topic subscription the app keeps (docs/events.md).
   #subscriptions = new Map();
-  // Call id → Call, while the call is live.
-  #calls = new Map();
+  // The live calls (id → Call).
+  #calls = new CallBook(this, { action: (id, action, onOk) => this.#callAction(id, action, onOk), iceServers: () => this.iceServers() });
   // Call events that came right behind the welcome, before this connection was open: handled
   // once it is, so that what an app does about them (rejoin, answer) can be sent.
   #earlyCallEvents = [];
@@ -472,19 +472,13 @@ export class EdgeRelay extends EventTarget {
    * `RTCPeerConnection` (another implementation). Without `stream` the app does the signaling
    * with `call.signal()` and the call's `signal` events.
    */
-  async call(callee, { media = "video", ...rtc } = {}) {
-    let call = null;
-    await this.#callAction("", { initiate: { callee, media } }, ({ call: id }) => {
-      call = this.#addCall({ id, caller: this.welcome.user, callee, media, role: "caller" });
-      call.useMedia(rtc);
-      call.inCall = true;
-    });
-    return call;
+  call(callee, { media = "video", ...rtc } = {}) {
+    return this.#calls.place(callee, media, rtc);
   }
 
   /** The live calls this client knows of. */
   get calls() {
-    return [...this.#calls.values()];
+    return [...this.#calls.calls.values()];
   }
 
   /** Sends a datagram (WebTransport only; dropped on WebSocket). */
@@ -589,27 +583,11 @@ export class EdgeRelay extends EventTarget {
     return answer;
   }
 
-  #addCall(info) {
-    const call = new Call(
-      { action: (id, action, onOk) => this.#callAction(id, action, onOk), iceServers: () => this.iceServers() },
-      info,
-    );
-    this.#calls.set(info.id, call);
-    this.dispatchEvent(new CustomEvent("call", { detail: call }));
-    return call;
-  }
-
-  /** An event of a call (`req` 0): to its `Call`, made on its first `state`. */
-  #onCallEvent({ call: id, event }) {
-    let call = this.#calls.get(id);
-    if (!call && event?.state) {
-      const { caller, callee, media } = event.state;
-      call = this.#addCall({ id, caller, callee, media, role: caller === this.welcome?.user ? "caller" : "callee" });
-    }
-    if (!call) return;
-    call.handle(event);
-    if (event?.ring) this.dispatchEvent(new CustomEvent("ring", { detail: call }));
-    if (call.state === "ended") this.#calls.delete(id);
+  /** An event of a call (`req` 0): `call_event` with it as it came (what `SharedRelay`
+   * forwards), then to its `Call`. */
+  #onCallEvent(frame) {
+    this.dispatchEvent(new CustomEvent("call_event", { detail: frame }));
+    this.#calls.onEvent(frame);
   }
 
   #noteTracks(frame) {
@@ -914,7 +892,7 @@ export class EdgeRelay extends EventTarget {
         });
         const events = this.#events(attempt, (frame) => {
           // A new connection is a new device to the relay: no call is in it, nothing rings yet.
-          if (frame.type === "welcome") for (const call of this.#calls.values()) call.reconnected();
+          if (frame.type === "welcome") this.#calls.reconnected();
           welcome(frame);
         });
         if (kind === "webtransport") {

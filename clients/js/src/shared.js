@@ -12,6 +12,19 @@
 //   with the original position.
 // Presence counts the tabs as one device, because there is one connection.
 //
+// Beyond rooms, every tab has the same API as on `EdgeRelay`:
+// - Frames (`request`, `send`): the leader sends them and answers the tab that asked before it
+//   forwards any later frame, and forwards every unrequested frame (`frame` events) to all tabs.
+//   So `session(shared, id)` (sessions.js) works unchanged: each tab's `Session` rejoins with the
+//   version it holds when the connection (re)opens, a new leader's included. The leader counts
+//   the tabs in each session and sends `leave` only for the last one.
+// - Event topics (`subscribe`): the leader holds one subscription per pattern, from the oldest
+//   position the tabs announce (exact persistent topics) when it takes over; every tab's
+//   `Subscription` drops what it saw. The last tab's `unsubscribe` ends it.
+// - Calls: the leader forwards the call events to every tab, and each tab keeps its own `Call`s
+//   and sends its actions through the leader. The tab that places or answers a call owns its
+//   RTCPeerConnection (its media never leave it); the signaling goes through the leader.
+//
 // Notifications once per browser: a `notify` event fires for each new message of any room a tab
 // joined, in one tab only (the leader's), never twice for one message across hand-overs: every
 // tab learns up to where the leader notified, so a new leader skips what was replayed to it.
@@ -23,12 +36,16 @@
 // Needs `navigator.locks` and `BroadcastChannel` (both in every current browser); without them
 // use `EdgeRelay` (one connection per tab).
 
+import { CallBook } from "./calls.js";
 import { EdgeRelay } from "./edgerelay.js";
 import { RelayError, StateError } from "./errors.js";
+import { Subscription, topicMatches } from "./events.js";
 import { messageId } from "./outbox.js";
 import { Room, validRoomName } from "./room.js";
 
-const older = (a, b) => (a === null ? b : b === null ? a : a.epoch !== b.epoch ? a : a.offset <= b.offset ? a : b);
+const PRESENCE = new Set(["presence", "presence_snapshot", "presence_refresh", "typing"]);
+
+export const older = (a, b) => (a === null ? b : b === null ? a : a.epoch !== b.epoch ? a : a.offset <= b.offset ? a : b);
 
 function errorOf(value) {
   if (value?.kind === "relay") return new RelayError(value.code, value.text);
@@ -42,6 +59,33 @@ function plainError(err) {
   return { kind: "error", text: String(err?.message ?? err) };
 }
 
+/** The leader's count of which tabs hold a session or a topic subscription, so that one tab's
+ * `leave` or `unsubscribe` ends it on the connection only when no other tab holds it. */
+export class Holders {
+  #byKey = new Map();
+
+  add(key, tab) {
+    let tabs = this.#byKey.get(key);
+    if (!tabs) this.#byKey.set(key, (tabs = new Set()));
+    tabs.add(tab);
+  }
+
+  /** Takes `tab` out of `key`; true when no tab holds it any more. */
+  remove(key, tab) {
+    const tabs = this.#byKey.get(key);
+    tabs?.delete(tab);
+    if (tabs?.size) return false;
+    this.#byKey.delete(key);
+    return true;
+  }
+}
+
+/** A session request's holder key and verb (`join`, `create`, `leave`...), or null. */
+export function sessionVerb(frame) {
+  if (frame?.type !== "session" || typeof frame.session !== "string") return null;
+  return { key: `s:${frame.session}`, verb: Object.keys(frame.action ?? {})[0] ?? null };
+}
+
 export class SharedRelay extends EventTarget {
   #options;
   #channel = null;
@@ -53,12 +97,22 @@ export class SharedRelay extends EventTarget {
   #inner = null;
   #stopped = false;
   #releaseLock = null;
-  // Leader: per room, the oldest `since` announced while gathering, and the join under way.
+  // Leader: per room or pattern, the oldest `since` announced while gathering, and the start.
   #gathering = new Map();
   // Per room being joined or filled: live messages held back until history filled the gap.
   #held = new Map();
   // Per room, the last position some leader fired `notify` for.
   #notified = new Map();
+  // This tab's topic subscriptions (pattern → Subscription) and calls.
+  #subscriptions = new Map();
+  #calls = new CallBook(this, {
+    action: (call, action, onOk) => this.request({ type: "call", call, action }, onOk),
+    iceServers: () => this.iceServers(),
+  });
+  // Leader: which tabs hold each session and topic subscription.
+  #holders = new Holders();
+  // Whether the last `status` event said this tab leads.
+  #ledShown = false;
 
   constructor({ shareKey = "default", gatherMs = 150, ...options } = {}) {
     super();
@@ -68,6 +122,9 @@ export class SharedRelay extends EventTarget {
     this.state = "idle";
     this.transport = null;
     this.welcome = null;
+    this.fallbackReason = null;
+    this.retryAt = null;
+    this.connected = null;
   }
 
   /** Starts: joins the election and, as a follower, talks to the leader. Resolves once a leader
@@ -150,6 +207,73 @@ export class SharedRelay extends EventTarget {
     return this.#request("typing", { room: name, typing });
   }
 
+  /** Any frame with a fresh `req`, sent by the leader (see `EdgeRelay.request`); `onAnswer`
+   * runs with the answer before this tab handles any later frame. */
+  request(frame, onAnswer) {
+    try {
+      this.#requireStarted();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.#request("request", { frame }, onAnswer);
+  }
+
+  /** A frame without an answer, sent by the leader. */
+  send(frame) {
+    return this.#request("send", { frame });
+  }
+
+  // --- event topics: one subscription per pattern on the connection, for every tab ---
+
+  /** As `EdgeRelay.subscribe`: resolves with this tab's `Subscription` once the leader holds one. */
+  async subscribe(pattern, { filter = null, since = null } = {}) {
+    this.#requireStarted();
+    let sub = this.#subscriptions.get(pattern);
+    if (!sub) {
+      sub = new Subscription(String(pattern), filter, since, (s) => this.#unsubscribe(s));
+      this.#subscriptions.set(pattern, sub);
+    }
+    if (!sub.active) await this.#subscribeThroughLeader(sub);
+    return sub;
+  }
+
+  get subscriptions() {
+    return [...this.#subscriptions.values()];
+  }
+
+  async #subscribeThroughLeader(sub) {
+    const kept = () => this.#subscriptions.get(sub.pattern) === sub;
+    try {
+      const answer = await this.#request("subscribe", { pattern: sub.pattern, filter: sub.filter, since: sub.position });
+      if (kept()) sub._subscribed(answer);
+    } catch (err) {
+      if (kept()) this.#subscriptions.delete(sub.pattern);
+      throw err;
+    }
+  }
+
+  async #unsubscribe(sub) {
+    if (this.#subscriptions.get(sub.pattern) !== sub) return;
+    this.#subscriptions.delete(sub.pattern);
+    sub.active = false;
+    await this.#request("unsubscribe", { pattern: sub.pattern });
+  }
+
+  // --- 1:1 calls: this tab's own `Call`s, their actions through the leader ---
+
+  /** As `EdgeRelay.call`: this tab is the caller's device in the call (its RTCPeerConnection). */
+  call(callee, { media = "video", ...rtc } = {}) {
+    return this.#calls.place(callee, media, rtc);
+  }
+
+  get calls() {
+    return [...this.#calls.calls.values()];
+  }
+
+  iceServers() {
+    return this.#request("iceServers", {});
+  }
+
   close() {
     this.#stopped = true;
     this.#inner?.close();
@@ -172,10 +296,10 @@ export class SharedRelay extends EventTarget {
     if (!this.#stopped) this.#channel.postMessage(message);
   }
 
-  #request(op, args) {
+  #request(op, args, onAnswer) {
     const req = this.#nextReq++;
     return new Promise((resolve, reject) => {
-      const request = { op, args, resolve, reject };
+      const request = { op, args, resolve, reject, onAnswer };
       this.#requests.set(req, request);
       this.#send(req, request);
     });
@@ -191,8 +315,10 @@ export class SharedRelay extends EventTarget {
     const request = this.#requests.get(req);
     if (!request) return;
     this.#requests.delete(req);
-    if (ok) request.resolve(value);
-    else request.reject(errorOf(error));
+    if (ok) {
+      request.onAnswer?.(value);
+      request.resolve(value);
+    } else request.reject(errorOf(error));
   }
 
   /** Offsets between what `room` delivered and `top` (the leader's position), from history,
@@ -221,7 +347,16 @@ export class SharedRelay extends EventTarget {
         this.#mirror(message.status);
         for (const [req, request] of this.#requests) this.#send(req, request);
         for (const room of this.#rooms.values()) {
-          if (room.wanted && !this.#hasJoinPending(room.name)) this.#joinThroughLeader(room).catch(() => {});
+          if (room.wanted && !this.#asking("join", room.name)) this.#joinThroughLeader(room).catch(() => {});
+        }
+        for (const sub of this.#subscriptions.values()) {
+          if (this.#asking("subscribe", sub.pattern)) continue;
+          sub.active = false;
+          this.#subscribeThroughLeader(sub).catch((err) => {
+            const detail = { pattern: sub.pattern, code: err.code, message: err.message };
+            sub.dispatchEvent(new CustomEvent("error", { detail }));
+            this.dispatchEvent(new CustomEvent("error", { detail }));
+          });
         }
         return;
       case "req":
@@ -237,8 +372,9 @@ export class SharedRelay extends EventTarget {
     }
   }
 
-  #hasJoinPending(name) {
-    for (const { op, args } of this.#requests.values()) if (op === "join" && args.room === name) return true;
+  /** Whether this tab waits for the leader's answer to `op` about room or pattern `name`. */
+  #asking(op, name) {
+    for (const { op: o, args } of this.#requests.values()) if (o === op && (args.room ?? args.pattern) === name) return true;
     return false;
   }
 
@@ -257,11 +393,25 @@ export class SharedRelay extends EventTarget {
       case "notified":
         this.#notified.set(event.room, event.position);
         return undefined;
-      case "presence": {
-        const room = this.#rooms.get(event.frame.room);
-        if (room?.wanted) room._presence(event.frame);
-        return undefined;
+      case "frame": {
+        const { frame } = event;
+        const room = PRESENCE.has(frame.type) ? this.#rooms.get(frame.room) : null;
+        if (room?.wanted) room._presence(frame);
+        return this.dispatchEvent(new CustomEvent("frame", { detail: frame }));
       }
+      case "topic": {
+        const { frame } = event;
+        for (const sub of this.#subscriptions.values()) if (topicMatches(sub.pattern, frame.topic)) sub._event(frame);
+        return this.dispatchEvent(new CustomEvent("event", { detail: frame }));
+      }
+      case "call": {
+        // Signals are for the tab in the call (the relay sends them to the device in it).
+        const { call, event: what } = event.frame;
+        if (what?.signal && !this.#calls.calls.get(call)?.inCall) return undefined;
+        return this.#calls.onEvent(event.frame);
+      }
+      case "error":
+        return this.dispatchEvent(new CustomEvent("error", { detail: event.detail }));
       default:
         return undefined;
     }
@@ -269,21 +419,32 @@ export class SharedRelay extends EventTarget {
 
   #status() {
     const inner = this.#inner;
-    return inner ? { state: inner.state, transport: inner.transport, welcome: inner.welcome } : null;
+    if (!inner) return null;
+    const { state, transport, welcome, fallbackReason, retryAt } = inner;
+    return { state, transport, welcome, fallbackReason, retryAt };
   }
 
   #mirror(status) {
     if (!status) return;
-    if (status.welcome) this.welcome = status.welcome;
+    const welcome = status.welcome;
+    if (welcome && welcome.session !== this.welcome?.session) {
+      // A new connection is a new device to the relay: this tab's calls are not in it.
+      if (this.welcome) this.#calls.reconnected();
+      this.welcome = welcome;
+    }
     this.#setState(status);
     if (status.state === "open") this.#onOpen(this.welcome);
   }
 
-  #setState({ state, transport }) {
-    if (this.state === state && this.transport === transport) return;
+  #setState({ welcome, ...detail }) {
+    const { state, transport = null } = detail;
+    if (this.state === state && this.transport === transport && this.#ledShown === this.isLeader) return;
     this.state = state;
-    this.transport = transport ?? null;
-    this.dispatchEvent(new CustomEvent("status", { detail: { state, transport: this.transport, leader: this.isLeader } }));
+    this.transport = transport;
+    this.fallbackReason = detail.fallbackReason ?? (state === "open" ? null : this.fallbackReason);
+    this.retryAt = detail.retryAt ?? null;
+    this.#ledShown = this.isLeader;
+    this.dispatchEvent(new CustomEvent("status", { detail: { ...detail, transport, leader: this.isLeader } }));
   }
 
   /** This tab holds the lock: connect, tell the others, serve until the tab goes. */
@@ -307,9 +468,11 @@ export class SharedRelay extends EventTarget {
       broadcast({ type: "notified", room: detail.room, position });
       this.dispatchEvent(new CustomEvent("notify", { detail }));
     });
-    inner.addEventListener("frame", ({ detail }) => {
-      if (["presence", "presence_snapshot", "typing"].includes(detail.type)) broadcast({ type: "presence", frame: detail });
-    });
+    // Presence, typing, session events and frames the SDK does not wrap; topic events; calls.
+    inner.addEventListener("frame", ({ detail }) => broadcast({ type: "frame", frame: detail }));
+    inner.addEventListener("event", ({ detail }) => broadcast({ type: "topic", frame: detail }));
+    inner.addEventListener("call_event", ({ detail }) => broadcast({ type: "call", frame: detail }));
+    inner.addEventListener("error", ({ detail }) => broadcast({ type: "error", detail }));
     try {
       await inner.connect();
     } catch {
@@ -324,22 +487,28 @@ export class SharedRelay extends EventTarget {
     });
   }
 
-  /** Leader: performs a tab's request on the connection and answers it. */
+  /** Leader: performs a tab's request on the connection and answers it, once: as soon as an
+   * answer frame arrives for `request` (before later frames are forwarded), else when done. */
   async #serve({ from, req, op, args }) {
     const inner = this.#inner;
     if (!inner) return;
-    let reply;
+    let answered = false;
+    const reply = (result) => {
+      if (answered) return;
+      answered = true;
+      const answer = { t: "res", to: from, req, ...result };
+      if (from === this.#tab) this.#answered(answer);
+      else this.#post(answer);
+    };
     try {
-      reply = { ok: true, value: await this.#perform(inner, op, args) };
+      const early = (value) => reply({ ok: true, value });
+      reply({ ok: true, value: await this.#perform(inner, from, op, args, early) });
     } catch (err) {
-      reply = { ok: false, error: plainError(err) };
+      reply({ ok: false, error: plainError(err) });
     }
-    const answer = { t: "res", to: from, req, ...reply };
-    if (from === this.#tab) this.#answered(answer);
-    else this.#post(answer);
   }
 
-  async #perform(inner, op, args) {
+  async #perform(inner, tab, op, args, early) {
     switch (op) {
       case "join":
         return this.#joinOnce(inner, args.room, args.since);
@@ -349,29 +518,84 @@ export class SharedRelay extends EventTarget {
         return inner.history(args.room, args.options);
       case "typing":
         return inner.typing(args.room, args.typing);
+      case "request":
+        return this.#forward(inner, tab, args.frame, early);
+      case "send":
+        return inner.send(args.frame);
+      case "subscribe":
+        return this.#subscribeOnce(inner, tab, args);
+      case "unsubscribe": {
+        const key = `e:${args.pattern}`;
+        if (!this.#holders.remove(key, tab)) return null;
+        this.#gathering.delete(key);
+        return inner.subscriptions.find((s) => s.pattern === args.pattern)?.unsubscribe() ?? null;
+      }
+      case "iceServers":
+        return inner.iceServers();
       default:
         throw new Error(`unknown request ${op}`);
     }
   }
 
+  /** A tab's frame on the connection; a session's `leave` only when no other tab is in it. */
+  async #forward(inner, tab, frame, early) {
+    const session = sessionVerb(frame);
+    if (session?.verb === "leave" && !this.#holders.remove(session.key, tab)) {
+      return { type: "session", session: frame.session, event: { ok: {} } };
+    }
+    const answer = await inner.request(frame, early);
+    if (session?.verb === "join" || session?.verb === "create") this.#holders.add(session.key, tab);
+    return answer;
+  }
+
+  /**
+   * `start(since)` once for `key` (a room or a pattern), from the oldest `since` the tabs
+   * announce within `gatherMs` of the first ask; later asks wait for the same start (again when
+   * it failed, or `alive()` says it ended). Resolves with the `since` it started from.
+   */
+  #gathered(key, since, alive, start) {
+    let gathering = this.#gathering.get(key);
+    if (gathering?.done && !alive()) gathering = null;
+    if (!gathering) {
+      gathering = { since: null, done: false };
+      gathering.started = new Promise((resolve) => setTimeout(resolve, this.#options.gatherMs))
+        .then(() => start(gathering.since))
+        .then(
+          () => {
+            gathering.done = true;
+            return gathering.since;
+          },
+          (err) => {
+            if (this.#gathering.get(key) === gathering) this.#gathering.delete(key);
+            throw err;
+          },
+        );
+      this.#gathering.set(key, gathering);
+    }
+    if (!gathering.done) gathering.since = older(gathering.since, since ?? null);
+    return gathering.started;
+  }
+
   /** Joins `name` once for every tab, from the oldest position announced within `gatherMs`. */
   async #joinOnce(inner, name, since) {
     const room = inner.room(name);
-    let gathering = this.#gathering.get(name);
-    if (!gathering && !room.wanted) {
-      gathering = { since: null };
-      gathering.joined = new Promise((resolve) => setTimeout(resolve, this.#options.gatherMs)).then(() => {
-        room.position = gathering.since;
-        return inner.join(name);
-      });
-      this.#gathering.set(name, gathering);
-    }
-    if (gathering) {
-      gathering.since = older(gathering.since, since ?? null);
-      await gathering.joined;
-    } else {
-      await inner.join(name);
-    }
+    await this.#gathered(`r:${name}`, since, () => room.wanted, (oldest) => {
+      room.position = oldest;
+      return inner.join(name);
+    });
     return { position: room.position, recovered: room.recovered, members: room.members };
+  }
+
+  /** Subscribes to `pattern` once for every tab, from the oldest position announced. A tab
+   * that announced an older one later gets `recovered: false`: what lies between is gone. */
+  async #subscribeOnce(inner, tab, { pattern, filter, since }) {
+    const key = `e:${pattern}`;
+    const held = () => inner.subscriptions.find((s) => s.pattern === pattern);
+    const from = await this.#gathered(key, since, () => Boolean(held()), (oldest) => inner.subscribe(pattern, { filter, since: oldest }));
+    const sub = held();
+    if (!sub) throw new StateError("not_connected", `${pattern} is no longer subscribed`);
+    this.#holders.add(key, tab);
+    const behind = since != null && (from == null || since.epoch !== from.epoch || since.offset < from.offset);
+    return { position: sub.position, recovered: sub.recovered !== false && !behind };
   }
 }

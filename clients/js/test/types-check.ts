@@ -172,6 +172,16 @@ async function tabs(): Promise<void> {
   const room: Room = await shared.join("chat:lobby");
   const position: Position = await shared.publish("chat:lobby", { text: "hi" });
   console.log(room.members, position, shared.isLeader);
+  // Sessions, topics and calls through the shared connection, as on EdgeRelay.
+  const board = session<{ cards: Record<string, string> }>(shared, "doc:board");
+  await board.join();
+  const orders: Subscription = await shared.subscribe("orders.eu", { since: null });
+  orders.addEventListener("event", (e) => console.log(e.detail.topic));
+  shared.addEventListener("ring", (e) => e.detail.answer({ stream: null }));
+  const call: Call = await shared.call("bob", { media: "audio" });
+  console.log(call.inCall, shared.calls.length, shared.subscriptions.length, shared.fallbackReason);
+  // @ts-expect-error: setStatus stays on EdgeRelay
+  shared.setStatus("busy");
 }
 
 void chat;

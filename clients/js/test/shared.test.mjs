@@ -1,0 +1,230 @@
+// SharedRelay beyond rooms, against a real relay (WebSocket, `ws` injected): three "tabs" of one
+// user (SharedRelay objects in one process share a BroadcastChannel as tabs of an origin do; Node
+// 20 has no Web Locks, so `navigator.locks` is a stand-in that queues as browsers do) hold one
+// connection; sessions, event topics and calls go through the leader; when the leader tab goes,
+// the next one takes over and sessions resume from the version each tab has, persistent topics
+// from their position: nothing missed, nothing twice. Run: node --test clients/js/test/.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import WebSocket from "ws";
+import { SharedRelay } from "../src/index.js";
+import { Holders, older, sessionVerb } from "../src/shared.js";
+import { session } from "../src/sessions.js";
+import { nextEvent, startRelay, until, wsClient } from "./relay.mjs";
+
+/** Web Locks' exclusive `request` as browsers do it: one holder per name, the rest queue. */
+class Locks {
+  #queues = new Map();
+
+  request(name, callback) {
+    return new Promise((resolve, reject) => {
+      const queue = this.#queues.get(name) ?? [];
+      this.#queues.set(name, queue);
+      const run = async () => {
+        try {
+          resolve(await callback({ name, mode: "exclusive" }));
+        } catch (err) {
+          reject(err);
+        } finally {
+          queue.shift();
+          if (queue.length) queue[0]();
+          else this.#queues.delete(name);
+        }
+      };
+      queue.push(run);
+      if (queue.length === 1) run();
+    });
+  }
+}
+if (!globalThis.navigator?.locks) {
+  Object.defineProperty(globalThis, "navigator", { value: { ...globalThis.navigator, locks: new Locks() }, configurable: true });
+}
+
+const API_KEY = "sdk-shared-test-api-key-0123";
+const RELAY_ENV = { EDGERELAY_API__KEY: API_KEY, EDGERELAY_EVENTS__PERSISTENT: '["orders.>"]' };
+
+function tab(relay, shareKey, getToken) {
+  return new SharedRelay({
+    shareKey,
+    getToken,
+    transport: "websocket",
+    webSocketUrl: relay.webSocketUrl,
+    WebSocket,
+    backoff: { baseMs: 50, capMs: 200 },
+    networkEvents: false,
+    gatherMs: 100,
+  });
+}
+
+/** Three tabs of `shareKey`, connected; resolves with them, the leader first. */
+async function threeTabs(relay, shareKey, getToken) {
+  const tabs = [];
+  for (let i = 0; i < 3; i++) {
+    const t = tab(relay, shareKey, getToken);
+    await t.connect();
+    tabs.push(t);
+  }
+  await until(() => tabs.filter((t) => t.isLeader).length === 1, "one leader");
+  return [...tabs.filter((t) => t.isLeader), ...tabs.filter((t) => !t.isLeader)];
+}
+
+async function websockets(relay) {
+  const metrics = await (await fetch(`${relay.base}/metrics`)).text();
+  return Number(/^edgerelay_connections\{transport="websocket"\} (\S+)/m.exec(metrics)?.[1] ?? 0);
+}
+
+/** Closes the leader tab (as closing the page does), runs `meanwhile` at once, and waits until
+ * another tab leads. */
+async function handOver(tabs, meanwhile = async () => {}) {
+  const [leader, ...rest] = tabs;
+  leader.close();
+  await meanwhile();
+  await until(() => rest.some((t) => t.isLeader && t.state === "open"), "another tab took over");
+  return rest;
+}
+
+test("the leader's bookkeeping: holders end a key with its last tab; the oldest position wins", () => {
+  const holders = new Holders();
+  holders.add("s:doc", "tab-1");
+  holders.add("s:doc", "tab-2");
+  assert.equal(holders.remove("s:doc", "tab-1"), false, "tab-2 still holds it");
+  assert.equal(holders.remove("s:doc", "tab-2"), true, "the last one: leave on the connection");
+  assert.equal(holders.remove("s:other", "tab-1"), true, "a key nobody holds");
+  assert.deepEqual(sessionVerb({ type: "session", session: "doc:a", action: { leave: {} } }), { key: "s:doc:a", verb: "leave" });
+  assert.equal(sessionVerb({ type: "call", call: "x", action: {} }), null);
+  const p = (offset, epoch = 1) => ({ epoch, offset });
+  assert.deepEqual(older(null, p(3)), p(3));
+  assert.deepEqual(older(p(3), p(2)), p(2));
+  assert.deepEqual(older(p(2), null), p(2));
+});
+
+test("sessions through one shared connection: a hand-over resumes each tab from its version", { timeout: 60_000 }, async () => {
+  const relay = await startRelay();
+  const token = async (user) => relay.cliToken(user, ["--session", "doc:*"]);
+  let tabs = await threeTabs(relay, "alice", () => token("alice"));
+  const bob = wsClient(relay, () => token("bob"));
+  try {
+    await bob.connect();
+    assert.equal(await websockets(relay), 2, "three tabs and bob: two connections");
+    const [leader, one, two] = tabs;
+    const boards = tabs.map((t) => session(t, "doc:plan"));
+    const seen = tabs.map(() => []);
+    boards.forEach((b, i) => b.addEventListener("patched", ({ detail }) => seen[i].push(detail.version)));
+    await boards[1].create({ cards: {} });
+    await Promise.all([boards[0].join(), boards[2].join()]);
+    const bobs = session(bob, "doc:plan");
+    await bobs.join();
+
+    // A follower's patch goes through the leader; every tab applies it once.
+    await boards[2].patch([{ op: "add", path: "/cards/a", value: 1 }]);
+    await bobs.patch([{ op: "add", path: "/cards/b", value: 2 }]);
+    await until(() => boards.every((b) => b.version === 2), "every tab at version 2");
+
+    // One tab leaving does not take the others out (one device to the relay).
+    await boards[0].leave();
+    await bobs.patch([{ op: "add", path: "/cards/c", value: 3 }]);
+    await until(() => boards[1].version === 3 && boards[2].version === 3, "the others still get patches");
+
+    // The leader tab goes while bob keeps patching: the next leader connects, each tab rejoins
+    // from the version it holds and catches up.
+    tabs = await handOver(tabs, async () => {
+      for (let i = 4; i <= 8; i++) await bobs.patch([{ op: "add", path: `/cards/n${i}`, value: i }]);
+    });
+    const rest = boards.slice(1);
+    await until(() => rest.every((b) => b.version === 8 && b.joined), "both tabs caught up to 8");
+    await boards[1].patch([{ op: "add", path: "/cards/last", value: "from a tab" }]);
+    await until(() => rest.every((b) => b.version === 9) && bobs.version === 9, "everyone at 9");
+    for (const b of rest) assert.deepEqual(b.doc, bobs.doc);
+    for (const i of [1, 2]) {
+      const versions = seen[i];
+      // Patched events, or catch-up patches applied on a rejoin (no event): never one twice.
+      assert.deepEqual(versions, [...new Set(versions)].sort((x, y) => x - y), `tab ${i}: ${versions}`);
+      assert.equal(versions.at(-1), 9);
+    }
+    for (let i = 0; i < 100 && (await websockets(relay)) !== 2; i++) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(await websockets(relay), 2, "one connection for the tabs again");
+    assert.ok(one.isLeader || two.isLeader);
+  } finally {
+    for (const t of tabs) t.close();
+    bob.close();
+    await relay.stop();
+  }
+});
+
+/** Publishes events through the server API (tenant `demo`, the dev tokens' tenant). */
+async function publish(relay, events) {
+  const response = await fetch(`${relay.base}/v1/api/events`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
+    body: JSON.stringify({ tenant: "demo", events }),
+  });
+  assert.equal(response.status, 200, await response.clone().text());
+}
+
+test("a persistent topic through one shared connection: across a hand-over, every tab gets each event once", { timeout: 60_000 }, async () => {
+  const relay = await startRelay(RELAY_ENV);
+  const getToken = () => relay.token("alice", { rooms: ["orders.*"] }).then((t) => t.token);
+  let tabs = await threeTabs(relay, "alice-events", getToken);
+  try {
+    const subs = await Promise.all(tabs.map((t) => t.subscribe("orders.eu")));
+    const got = tabs.map(() => []);
+    subs.forEach((s, i) => s.addEventListener("event", ({ detail }) => got[i].push(detail.id)));
+    assert.equal(await websockets(relay), 1, "one connection");
+    await publish(relay, [1, 2, 3].map((n) => ({ topic: "orders.eu", id: `e-${n}`, data: {} })));
+    await until(() => got.every((g) => g.length >= 3), "every tab got 1-3");
+
+    // One tab unsubscribing does not end the others' subscription.
+    await subs[2].unsubscribe();
+    tabs = await handOver(tabs, () => publish(relay, [4, 5, 6].map((n) => ({ topic: "orders.eu", id: `e-${n}`, data: {} }))));
+    await until(() => got[1].length >= 6, "tab 1 got 4-6");
+    await publish(relay, [{ topic: "orders.eu", id: "e-7", data: {} }]);
+    await until(() => got[1].length >= 7, "the marker arrived");
+    assert.deepEqual(got[1], [1, 2, 3, 4, 5, 6, 7].map((n) => `e-${n}`), "once each, in order");
+    assert.deepEqual(got[2], ["e-1", "e-2", "e-3"], "nothing after unsubscribe");
+    assert.equal(subs[1].position.offset, 7);
+  } finally {
+    for (const t of tabs) t.close();
+    await relay.stop();
+  }
+});
+
+test("a call placed by a follower tab: the signaling goes through the leader to that tab only", { timeout: 60_000 }, async () => {
+  const relay = await startRelay();
+  const getToken = (user) => () => relay.token(user).then((t) => t.token);
+  const tabs = await threeTabs(relay, "alice-calls", getToken("alice"));
+  const bob = wsClient(relay, getToken("bob"));
+  try {
+    await bob.connect();
+    const [leader, caller] = tabs;
+    const ringing = nextEvent(bob, "ring");
+    const call = await caller.call("bob", { media: "audio" });
+    assert.deepEqual([call.role, call.inCall], ["caller", true]);
+    const incoming = await ringing;
+    await until(() => leader.calls.length === 1, "the leader's tab knows of the call too");
+    const elsewhere = leader.calls[0];
+    await incoming.answer();
+    await until(() => call.state === "connected" && elsewhere.state === "connected", "connected in every tab");
+    assert.equal(elsewhere.inCall, false, "only the tab that placed it is in it");
+
+    // Signals both ways, to the tab in the call only.
+    const heard = [];
+    call.addEventListener("signal", ({ detail }) => heard.push(detail));
+    elsewhere.addEventListener("signal", ({ detail }) => heard.push(`leader tab: ${detail}`));
+    const toAlice = nextEvent(incoming, "signal");
+    await call.signal("offer from a follower tab");
+    assert.equal(await toAlice, "offer from a follower tab");
+    await incoming.signal("answer from bob");
+    await until(() => heard.length >= 1, "bob's signal reached the caller's tab");
+    assert.deepEqual(heard, ["answer from bob"]);
+    assert.ok((await caller.iceServers()).iceServers.length >= 0);
+
+    const ended = nextEvent(incoming, "state", (s) => s.state === "ended");
+    await call.hangUp();
+    await ended;
+    await until(() => tabs.every((t) => t.calls.length === 0), "every tab dropped the ended call");
+  } finally {
+    for (const t of tabs) t.close();
+    bob.close();
+    await relay.stop();
+  }
+});
