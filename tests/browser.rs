@@ -599,6 +599,122 @@ async fn tabs_share_one_connection_and_a_closed_leader_hands_over_without_gap_or
     browser.close().await;
 }
 
+/// Whether a demo tab leads, and its status line.
+const STATUS: &str = "[demo.leader, document.getElementById('sharing').textContent]";
+
+/// The proof on the demo page itself: three tabs of the page as one user (same origin and
+/// user, so one `SharedRelay`) hold one WebSocket to the relay between them (its `/metrics`),
+/// each tab's status line says whether it holds the connection (beside the state), and a message from someone else
+/// raises one notification per browser, in one tab. When the leader tab is closed while messages
+/// keep coming, another tab takes over with a new connection: both remaining tabs show every
+/// message exactly once, in order, and the messages after the hand-over are notified once too.
+#[tokio::test]
+async fn three_demo_page_tabs_share_one_connection_hand_over_without_gap_and_notify_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = RelayProcess::new(dir.path());
+    relay.start().await;
+    let mut browser = Browser::launch().await;
+    let origin = format!("http://127.0.0.1:{}", relay.tcp.port());
+    browser.call(None, "Browser.grantPermissions", json!({"origin": origin, "permissions": ["notifications"]})).await;
+    let url = format!("{origin}/#token={}&room={ROOM}&transport=websocket&join", relay.token("alice"));
+    let mut tabs = Vec::new();
+    for _ in 0..3 {
+        let tab = browser.open(&url).await;
+        browser
+            .wait_for(&tab, "window.demo && demo.room && demo.state === 'open' && demo.chat.hasEarlier !== null")
+            .await;
+        tabs.push(tab);
+    }
+    let mut leader = None;
+    for tab in &tabs {
+        let shown = browser.eval(tab, STATUS).await;
+        let text = shown[1].as_str().unwrap();
+        if shown[0] == json!(true) {
+            assert!(leader.replace(tab.clone()).is_none(), "one leader");
+            assert_eq!(text, "This tab holds the connection for all your tabs");
+        } else {
+            assert_eq!(text, "Connected through another of your tabs");
+        }
+    }
+    let leader = leader.expect("a leader tab");
+    assert_eq!(websockets(&relay).await, (1, 1), "three tabs of the demo page, one connection");
+
+    let target = relay.quic_target(vec![relay.cert_pin().await]);
+    let carol = Client::connect(target, ClientOptions::new(relay.token("carol")).codec(Codec::Json)).await.unwrap();
+    let publish = |from: u64, to: u64| {
+        let carol = &carol;
+        async move {
+            for i in from..=to {
+                carol
+                    .publish(ROOM, &format!("c{i}"), Payload::json(&json!({ "text": format!("m{i}") })))
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let offsets = "demo.messages.map((m) => m.offset)";
+    let notified = "demo.notifications.map((n) => n.offset)";
+    publish(1, 10).await;
+    for tab in &tabs {
+        let seen = browser.wait_for(tab, &format!("demo.messages.length >= 10 && {offsets}")).await;
+        assert_eq!(seen, json!((1..=10).collect::<Vec<u64>>()));
+    }
+    // Once per browser: in the leader's tab only.
+    for tab in &tabs {
+        let list = browser.eval(tab, notified).await;
+        let expected: Vec<u64> = if *tab == leader { (1..=10).collect() } else { vec![] };
+        assert_eq!(list, json!(expected), "notifications of tab {tab} (leader: {})", *tab == leader);
+    }
+
+    // The leader tab goes while messages keep coming.
+    tabs.retain(|t| *t != leader);
+    browser.close_page(&leader).await;
+    publish(11, 25).await;
+    for tab in &tabs {
+        let seen =
+            browser.wait_for(tab, &format!("demo.messages.length >= 25 && demo.state === 'open' && {offsets}")).await;
+        assert_eq!(seen, json!((1..=25).collect::<Vec<u64>>()), "every message once, in order, across the hand-over");
+    }
+    let mut leaders = 0;
+    let mut after: Vec<u64> = Vec::new();
+    for tab in &tabs {
+        let shown = browser.eval(tab, STATUS).await;
+        if shown[0] == json!(true) {
+            leaders += 1;
+            assert_eq!(shown[1], json!("This tab holds the connection for all your tabs"));
+        }
+        let list = browser.eval(tab, notified).await;
+        after.extend(list.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()));
+    }
+    assert_eq!(leaders, 1, "another tab took over");
+    after.sort_unstable();
+    assert_eq!(after, (11..=25).collect::<Vec<u64>>(), "the rest notified once, by the new leader");
+    within("one connection again", async {
+        while websockets(&relay).await != (1, 2) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    // A follower's message goes through the new leader; both tabs show it once.
+    let follower = {
+        let mut found = None;
+        for tab in &tabs {
+            if browser.eval(tab, "demo.leader").await == json!(false) {
+                found = Some(tab.clone());
+            }
+        }
+        found.expect("a follower tab")
+    };
+    let position = browser.eval(&follower, "demo.send('from a follower tab')").await;
+    assert_eq!(position["offset"], json!(26));
+    for tab in &tabs {
+        let seen = browser.wait_for(tab, &format!("demo.messages.length >= 26 && {offsets}")).await;
+        assert_eq!(seen, json!((1..=26).collect::<Vec<u64>>()));
+    }
+    carol.close().await;
+    browser.close().await;
+}
+
 /// The React hooks (`@edgerelay/client/react`) in a real page: a chat made only of
 /// `useConnectionState`, `useRoom`, `useMessages`, `usePresence` and `useTyping`, bundled with
 /// React by esbuild (`clients/js/tools/react-page.mjs`) and rendered in StrictMode (effects run

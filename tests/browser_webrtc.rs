@@ -376,13 +376,42 @@ async fn a_page_that_lost_its_connection_rejoins_the_call() {
     p.browser.close().await;
 }
 
+/// Bob has the page open in two tabs of one browser, which share one connection held by the
+/// first: a call from Alice rings in both, Bob answers in the other tab (a follower: its
+/// signaling goes through the first tab), and the video flows between Alice and that tab while
+/// the first shows the call as elsewhere. Then that follower tab places a call to Alice, which
+/// rings and connects too.
+#[tokio::test]
+async fn a_follower_tab_answers_and_places_calls_through_the_shared_connection() {
+    let mut p = Pages::open(false, "").await;
+    let (first, browser) = (p.bob.clone(), &mut p.browser);
+    let (second, _) = open(browser, &page_url(&p.relay, "bob", "")).await;
+    let leaders = [browser.eval(&first, "demo.leader").await, browser.eval(&second, "demo.leader").await];
+    assert_eq!(leaders, [json!(true), json!(false)], "the first tab holds bob's connection");
+
+    video_call(browser, &p.alice, "bob", &[&second, &first], "host").await;
+    let elsewhere = browser
+        .wait_for(&first, "demo.call.state === 'connected' && document.getElementById('call-status').textContent")
+        .await;
+    assert_eq!(elsewhere, json!("In a call with alice on another device or tab"));
+    assert_eq!(browser.eval(&first, "[demo.call.inCall, demo.call.peer]").await, json!([false, null]));
+    hang_up(browser, &p.alice, &second).await;
+
+    // The follower tab calls: its offer and candidates go out through the leader tab.
+    video_call(browser, &second, "alice", &[&p.alice], "host").await;
+    hang_up(browser, &second, &p.alice).await;
+    p.browser.close().await;
+}
+
 /// Bob has the page open twice (two devices, one of them on the fallback): both ring, he answers
 /// on the first, the second stops ringing and says the call was answered on another device.
 #[tokio::test]
 async fn the_callees_other_device_stops_ringing_when_one_answers() {
     let mut p = Pages::open(false, "").await;
     let (phone, browser) = (p.bob.clone(), &mut p.browser);
-    let (laptop, laptop_transport) = open(browser, &page_url(&p.relay, "bob", &wrong_cert())).await;
+    // Its own connection (`share=off`): pages of one user in one browser share one otherwise.
+    let (laptop, laptop_transport) =
+        open(browser, &page_url(&p.relay, "bob", &format!("{}&share=off", wrong_cert()))).await;
     assert_eq!(laptop_transport, "websocket");
     video_call(browser, &p.alice, "bob", &[&phone, &laptop], "host").await;
 

@@ -11,14 +11,22 @@
 // and a Hang up button. The media goes peer to peer over WebRTC with the relay's ICE servers
 // (TURN credentials included); the relay carries only the signaling.
 //
+// One connection for all tabs: where the browser has Web Locks and BroadcastChannel, the tabs of
+// one user share one relay connection (`SharedRelay`, shareKey per user): one tab holds it and
+// relays for the others, and the status line says which. Calls work in every tab: the tab that
+// places or answers a call holds its media (RTCPeerConnection); its signaling goes through the
+// tab that holds the connection. A new message from someone else raises one browser
+// notification per browser (not one per tab), once notifications are allowed.
+//
 // URL fragment options: `name`, `room`, `join` (join at once), `token` (use this token instead
 // of a dev token; taken out of the address bar at once and kept in this tab's sessionStorage
 // so a reload still works), `transport` (`auto` | `webtransport` | `websocket`), `cert`
 // (comma-separated base64 SHA-256 certificate hashes to pin instead of `/v1/cert`'s),
-// `ice=relay` (calls through TURN only). `window.demo` exposes the client for tests, with the
+// `ice=relay` (calls through TURN only), `share=off` (this tab connects on its own, as another
+// device would). `window.demo` exposes the client for tests, with the
 // call's timings and `callStats()`.
 
-import { EdgeRelay, endpointUrls, messageId } from "/sdk/index.js";
+import { EdgeRelay, SharedRelay, endpointUrls, messageId } from "/sdk/index.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.hash.slice(1));
@@ -43,6 +51,11 @@ const demo = {
   fallbackReason: null,
   state: "idle",
   states: [],
+  /** Whether the connection is shared between this user's tabs, and held by this tab. */
+  shared: false,
+  leader: false,
+  /** Notifications raised by this tab: `{offset, from, text}`. */
+  notifications: [],
   // The call shown (a Call from clients/js/src/calls.js), what happened to calls in order, and when
   // (epoch ms: `performance.timeOrigin + performance.now()`, comparable between pages).
   call: null,
@@ -165,8 +178,15 @@ function statusText({ state, transport, retryAt, code, reason }) {
   }
 }
 
+/** Which tab holds the shared connection, in words (beside the state). */
+function sharing(state) {
+  if (!demo.shared || state === "idle" || state === "closed") return "";
+  return demo.leader ? "This tab holds the connection for all your tabs" : "Connected through another of your tabs";
+}
+
 function showStatus(detail) {
   const { state, transport, fallbackReason } = detail;
+  if (detail.leader !== undefined) demo.leader = detail.leader;
   demo.state = state;
   demo.states.push(state);
   demo.transport = transport;
@@ -175,6 +195,7 @@ function showStatus(detail) {
   const status = $("status");
   status.className = state;
   status.textContent = statusText(detail);
+  $("sharing").textContent = sharing(state);
   if (state === "reconnecting") countdown = setInterval(() => (status.textContent = statusText(detail)), 1000);
   const usable = state === "open" && demo.room;
   $("text").disabled = !usable;
@@ -208,7 +229,12 @@ async function devToken(name) {
 
 async function connectAndJoin({ token, name }, roomName) {
   const endpoints = await fetch("/v1/endpoints").then((r) => r.json());
-  const client = new EdgeRelay({
+  demo.shared = canShare();
+  demo.leader = false;
+  const Client = demo.shared ? SharedRelay : EdgeRelay;
+  const client = new Client({
+    // One connection per user for all their tabs.
+    shareKey: `edgerelay-demo:${name || tokenUser(token)}`,
     ...(token ? { token } : { getToken: () => devToken(name) }),
     transport: params.get("transport") ?? "auto",
     ...endpointUrls(location, endpoints),
@@ -221,12 +247,17 @@ async function connectAndJoin({ token, name }, roomName) {
   client.addEventListener("error", ({ detail }) => system(`error ${detail.code ?? ""}: ${detail.message}`));
   client.addEventListener("call", ({ detail: call }) => followCall(call));
   client.addEventListener("ring", ({ detail: call }) => ring(call));
+  // Shared: `notify` fires in one tab per browser. Alone: this tab's messages.
+  if (demo.shared) client.addEventListener("notify", ({ detail }) => notify(detail));
   const welcome = await client.connect();
   system(`connected as ${welcome.user}`);
 
   const chat = client.room(roomName);
   demo.chat = chat;
-  chat.addEventListener("message", ({ detail }) => showMessage(detail));
+  chat.addEventListener("message", ({ detail }) => {
+    showMessage(detail);
+    if (!demo.shared) notify(detail);
+  });
   chat.addEventListener("presence", () => renderPeople());
   chat.addEventListener("typing", ({ detail }) => ($("typing").textContent = detail.text));
   chat.addEventListener("gap", () => system("some messages could not be recovered after the connection came back"));
@@ -241,6 +272,40 @@ async function connectAndJoin({ token, name }, roomName) {
   await loadEarlier();
   $("text").focus();
 }
+
+/** Whether this tab can share one connection with the user's other tabs. */
+function canShare() {
+  return params.get("share") !== "off" && Boolean(globalThis.navigator?.locks) && typeof BroadcastChannel === "function";
+}
+
+/** The user a token is for (its `sub`), to share one connection per user; the token when unreadable. */
+function tokenUser(token) {
+  try {
+    return JSON.parse(atob(token.split(".")[1].replaceAll("-", "+").replaceAll("_", "/"))).sub;
+  } catch {
+    return token;
+  }
+}
+
+// --- notifications: one per message from someone else, once per browser ---
+
+function notify(m) {
+  if (m.from === demo.client?.welcome?.user) return;
+  const text = typeof m.data?.text === "string" ? m.data.text : JSON.stringify(m.data);
+  demo.notifications.push({ offset: m.position.offset, from: m.from, text });
+  if (globalThis.Notification?.permission === "granted") {
+    // The tag makes the browser replace, never stack, a notification of the same message.
+    new Notification(`${m.from} in ${m.room}`, { body: text, tag: `${m.room}:${m.position.offset}` });
+  }
+  renderNotifyButton();
+}
+
+function renderNotifyButton() {
+  const button = $("notify-button");
+  button.hidden = !globalThis.Notification || Notification.permission !== "default";
+}
+$("notify-button").addEventListener("click", () => Notification.requestPermission().then(renderNotifyButton));
+renderNotifyButton();
 
 function start(credentials) {
   demo.client?.close();
@@ -384,7 +449,7 @@ function showCall(call) {
   $("stage").className = call.inCall && call.state !== "ended" ? "on" : "";
   $("remote-label").textContent = who;
   if (call.state === "ringing" && call.role === "caller") callStatus(`Calling ${who}…`);
-  else if (call.state === "connected") callStatus(call.inCall ? `In a call with ${who}` : `In a call with ${who} on another device`, true);
+  else if (call.state === "connected") callStatus(call.inCall ? `In a call with ${who}` : `In a call with ${who} on another device${demo.shared ? " or tab" : ""}`, true);
   else if (call.state === "reconnecting") callStatus(`Reconnecting${call.away ? " (rejoining…)" : ` (waiting for ${who})`}`);
   else if (call.state === "ended") {
     const by = call.side && call.reason === "hangup" ? ` by ${call.side === call.role ? "you" : who}` : "";
