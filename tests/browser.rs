@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use browser::Browser;
-use common::{TestRelay, Transport, http_get, start, within};
+use common::{TestRelay, Transport, http_get, http_request, start, start_with, within};
 use edgerelay::client::{Client, ClientOptions};
 use edgerelay::proto::{Codec, Payload};
 use process::RelayProcess;
@@ -716,10 +716,12 @@ async fn three_demo_page_tabs_share_one_connection_hand_over_without_gap_and_not
 }
 
 /// The React hooks (`@edgerelay/client/react`) in a real page: a chat made only of
-/// `useConnectionState`, `useRoom`, `useMessages`, `usePresence` and `useTyping`, bundled with
-/// React by esbuild (`clients/js/tools/react-page.mjs`) and rendered in StrictMode (effects run
-/// twice: the room is still joined once). Two such pages: history on mount, members, typing,
-/// live messages, and unmounting the last component that uses a room leaves it.
+/// `useConnectionState`, `useRoom`, `useMessages`, `usePresence` and `useTyping`, and a board of
+/// `useSession` and `useTopic`, bundled with React by esbuild (`clients/js/tools/react-page.mjs`)
+/// and rendered in StrictMode (effects run twice: the room is still joined once). Two such
+/// pages: history on mount, members, typing, live messages, and unmounting the last component
+/// that uses a room leaves it; the board shows the session's document, members and cursors as
+/// they change and a topic's events, and unmounting it leaves the session and unsubscribes.
 #[tokio::test]
 async fn react_hooks_render_a_room_and_follow_it_in_chromium() {
     let out = tempfile::tempdir().unwrap();
@@ -735,14 +737,17 @@ async fn react_hooks_render_a_room_and_follow_it_in_chromium() {
         "building the hooks' page needs `npm ci` in clients/js (scripts/test runs it): {}",
         String::from_utf8_lossy(&built.stderr)
     );
-    let relay = start().await;
+    const API_KEY: &str = "react-hooks-test-api-key-0123";
+    let relay = start_with(|config| config.api.key = Some(API_KEY.into())).await;
     let carol = relay.connect(Transport::Quic, Codec::Json, "carol", "acme", &["chat:*"]).await;
     for i in 1..=3 {
         let data = Payload::json(&json!({ "text": format!("earlier {i}") }));
         carol.publish("chat:react", &format!("c{i}"), data).await.unwrap();
     }
     let page = |user: &str| {
-        let token = relay.token(user, "acme", &["chat:*"]);
+        let mut claims = common::claims(user, "acme", &["chat:*", "news.*"]);
+        claims.caps.session = vec!["doc:*".into()];
+        let token = relay.sign(&claims);
         format!("file://{}/index.html#ws=ws://{}/v1/ws&token={token}", out.path().display(), relay.relay.tcp_addr())
     };
     let text = |id: &str| format!("document.getElementById('{id}')?.innerText");
@@ -768,5 +773,38 @@ async fn react_hooks_render_a_room_and_follow_it_in_chromium() {
     // Bob's last component using the room goes: he leaves it, and Alice's list says so.
     browser.eval(&bob, "window.app.unmount(); true").await;
     browser.wait_for(&alice, &format!("{} === 'alice:online'", text("members"))).await;
+
+    // The board: Alice creates the session, both mount `useSession` and `useTopic`.
+    assert_eq!(browser.eval(&alice, "window.app.createBoard()").await, json!(true));
+    for page in [&alice, &bob] {
+        browser.eval(page, "window.app.showBoard(); true").await;
+        browser.wait_for(page, &format!("{} === 'v0 {{\"cards\":[]}}'", text("board"))).await;
+    }
+    browser.wait_for(&alice, &format!("{} === 'alice:true bob:true'", text("board-members"))).await;
+    browser.eval(&bob, "window.app.patch([{ op: 'add', path: '/cards/-', value: 'from bob' }]).then(() => true)").await;
+    for page in [&alice, &bob] {
+        browser.wait_for(page, &format!("{} === 'v1 {{\"cards\":[\"from bob\"]}}'", text("board"))).await;
+    }
+    browser.eval(&bob, "window.app.cursor({ x: 3 }).then(() => true)").await;
+    browser.wait_for(&alice, &format!("{} === 'bob@{{\"x\":3}}'", text("cursors"))).await;
+    let api = format!("Bearer {API_KEY}");
+    let events =
+        json!({"tenant": "acme", "events": [{"topic": "news.world", "id": "n-1", "data": {"text": "hello news"}}]});
+    let (status, body) = http_request(
+        relay.relay.tcp_addr(),
+        "POST",
+        "/v1/api/events",
+        &[("Authorization", &api), ("Content-Type", "application/json")],
+        &events.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for page in [&alice, &bob] {
+        browser.wait_for(page, &format!("{} === 'news.world hello news'", text("news"))).await;
+    }
+    // Bob's board goes: he leaves the session (Alice sees him gone) and unsubscribes.
+    browser.eval(&bob, "window.app.showBoard(false); true").await;
+    browser.wait_for(&alice, &format!("{} === 'alice:true bob:false'", text("board-members"))).await;
+    browser.wait_for(&bob, "window.app.relay.subscriptions.length === 0").await;
     browser.close().await;
 }

@@ -188,7 +188,7 @@ void chat;
 void tabs;
 void pureHelpers;
 
-import { useConnectionState, useMessages, usePresence, useRoom, useTyping } from "@edgerelay/client/react";
+import { useConnectionState, useMessages, usePresence, useRoom, useSession, useTopic, useTyping } from "@edgerelay/client/react";
 
 function ChatHooks(relay: EdgeRelay): string {
   const { state, transport, retryAt } = useConnectionState(relay);
@@ -200,3 +200,13 @@ function ChatHooks(relay: EdgeRelay): string {
   return `${state} ${transport} ${retryAt} ${joined} ${error?.message} ${messages.length} ${hasEarlier} ${members.length} ${typing.text}`;
 }
 void ChatHooks;
+
+function BoardHooks(relay: SharedRelay): string {
+  const { doc, version, members, cursors, joined, patch, error } = useSession<{ cards: string[] }>(relay, "doc:board");
+  void patch([{ op: "add", path: "/cards/-", value: "x" }]);
+  const { events, subscription } = useTopic<{ text: string }>(relay, "news.*", { filter: "lang = en", limit: 20 });
+  // @ts-expect-error: a patch is a list of operations
+  void patch({ op: "add" });
+  return `${doc?.cards.length} ${version} ${members[0]?.present} ${Object.keys(cursors)} ${joined} ${error} ${events[0]?.data.text} ${subscription?.pattern}`;
+}
+void BoardHooks;
