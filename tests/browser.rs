@@ -488,6 +488,40 @@ async fn pages_at_localhost_and_ipv6_loopback_use_webtransport() {
     browser.close().await;
 }
 
+/// Carol, a native client of a relay process, over QUIC.
+async fn carol_at(relay: &RelayProcess) -> Client {
+    let target = relay.quic_target(vec![relay.cert_pin().await]);
+    Client::connect(target, ClientOptions::new(relay.token("carol")).codec(Codec::Json)).await.unwrap()
+}
+
+/// Carol publishes `c{from}` ..= `c{to}` to [`ROOM`], the text of each its number.
+async fn publish_numbers(carol: &Client, from: u64, to: u64) {
+    for i in from..=to {
+        carol.publish(ROOM, &format!("c{i}"), Payload::json(&json!({ "text": i }))).await.unwrap();
+    }
+}
+
+/// The offsets every tab lists in `expression` (its notifications), together, sorted.
+async fn notified_in(browser: &mut Browser, tabs: &[String], expression: &str) -> Vec<u64> {
+    let mut all: Vec<u64> = Vec::new();
+    for tab in tabs {
+        let list = browser.eval(tab, expression).await;
+        all.extend(list.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()));
+    }
+    all.sort_unstable();
+    all
+}
+
+/// Waits until a relay process holds one WebSocket after accepting two (a hand-over).
+async fn one_connection_again(relay: &RelayProcess) {
+    within("one connection again", async {
+        while websockets(relay).await != (1, 2) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
+
 /// One connection for all tabs: three tabs of the same user (same origin, `shareKey`) hold one
 /// WebSocket to the relay between them (its `/metrics`), all see every message once and in
 /// order, and when the leader tab is closed while messages keep coming, another tab takes over
@@ -528,16 +562,8 @@ async fn tabs_share_one_connection_and_a_closed_leader_hands_over_without_gap_or
     assert_eq!(leaders.iter().filter(|l| **l).count(), 1, "one leader: {leaders:?}");
     assert_eq!(websockets(&relay).await, (1, 1), "three tabs, one connection");
 
-    let target = relay.quic_target(vec![relay.cert_pin().await]);
-    let carol = Client::connect(target, ClientOptions::new(relay.token("carol")).codec(Codec::Json)).await.unwrap();
-    let publish = |from: u64, to: u64| {
-        let carol = &carol;
-        async move {
-            for i in from..=to {
-                carol.publish(ROOM, &format!("c{i}"), Payload::json(&json!({ "text": i }))).await.unwrap();
-            }
-        }
-    };
+    let carol = carol_at(&relay).await;
+    let publish = |from: u64, to: u64| publish_numbers(&carol, from, to);
     publish(1, 10).await;
     for tab in &tabs {
         let seen = browser.wait_for(tab, "window.seen.length >= 10 && window.seen").await;
@@ -582,19 +608,9 @@ async fn tabs_share_one_connection_and_a_closed_leader_hands_over_without_gap_or
         assert_eq!(browser.eval(tab, "window.seen.length").await, json!(26));
     }
     // Across the hand-over too: the new leader notifies what came after, nothing twice.
-    let mut notified_after: Vec<u64> = Vec::new();
-    for tab in &tabs {
-        let list = browser.eval(tab, "window.notified").await;
-        notified_after.extend(list.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()));
-    }
-    notified_after.sort_unstable();
+    let notified_after = notified_in(&mut browser, &tabs, "window.notified").await;
     assert_eq!(notified_after, (11..=26).collect::<Vec<u64>>(), "the rest notified once, by the new leader");
-    within("one connection again", async {
-        while websockets(&relay).await != (1, 2) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
+    one_connection_again(&relay).await;
     carol.close().await;
     browser.close().await;
 }
@@ -639,19 +655,8 @@ async fn three_demo_page_tabs_share_one_connection_hand_over_without_gap_and_not
     let leader = leader.expect("a leader tab");
     assert_eq!(websockets(&relay).await, (1, 1), "three tabs of the demo page, one connection");
 
-    let target = relay.quic_target(vec![relay.cert_pin().await]);
-    let carol = Client::connect(target, ClientOptions::new(relay.token("carol")).codec(Codec::Json)).await.unwrap();
-    let publish = |from: u64, to: u64| {
-        let carol = &carol;
-        async move {
-            for i in from..=to {
-                carol
-                    .publish(ROOM, &format!("c{i}"), Payload::json(&json!({ "text": format!("m{i}") })))
-                    .await
-                    .unwrap();
-            }
-        }
-    };
+    let carol = carol_at(&relay).await;
+    let publish = |from: u64, to: u64| publish_numbers(&carol, from, to);
     let offsets = "demo.messages.map((m) => m.offset)";
     let notified = "demo.notifications.map((n) => n.offset)";
     publish(1, 10).await;
@@ -676,25 +681,17 @@ async fn three_demo_page_tabs_share_one_connection_hand_over_without_gap_and_not
         assert_eq!(seen, json!((1..=25).collect::<Vec<u64>>()), "every message once, in order, across the hand-over");
     }
     let mut leaders = 0;
-    let mut after: Vec<u64> = Vec::new();
     for tab in &tabs {
         let shown = browser.eval(tab, STATUS).await;
         if shown[0] == json!(true) {
             leaders += 1;
             assert_eq!(shown[1], json!("This tab holds the connection for all your tabs"));
         }
-        let list = browser.eval(tab, notified).await;
-        after.extend(list.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()));
     }
     assert_eq!(leaders, 1, "another tab took over");
-    after.sort_unstable();
+    let after = notified_in(&mut browser, &tabs, notified).await;
     assert_eq!(after, (11..=25).collect::<Vec<u64>>(), "the rest notified once, by the new leader");
-    within("one connection again", async {
-        while websockets(&relay).await != (1, 2) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
+    one_connection_again(&relay).await;
     // A follower's message goes through the new leader; both tabs show it once.
     let follower = {
         let mut found = None;

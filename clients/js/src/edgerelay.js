@@ -33,7 +33,7 @@
 
 import { PROTOCOL_VERSION, RETRYABLE_CLOSE, decodeJson } from "./codec.js";
 import { CallBook } from "./calls.js";
-import { Subscription, topicMatches } from "./events.js";
+import { keptSubscription, topicMatches } from "./events.js";
 import { RETRYABLE_REQUEST, RelayError, StateError, TimeoutError, withTimeout } from "./errors.js";
 import { GroupWriter, WebSocketLink, WebTransportLink, webTransportFailure, webTransportUnavailable } from "./links.js";
 import { FLAG_KEYFRAME } from "./media.js";
@@ -388,11 +388,7 @@ export class EdgeRelay extends EventTarget {
    */
   async subscribe(pattern, { filter = null, since = null } = {}) {
     this.#requireStarted();
-    let sub = this.#subscriptions.get(pattern);
-    if (!sub) {
-      sub = new Subscription(String(pattern), filter, since, (s) => this.#unsubscribe(s));
-      this.#subscriptions.set(pattern, sub);
-    }
+    const sub = keptSubscription(this.#subscriptions, pattern, { filter, since }, (s) => this.#unsubscribe(s));
     const kept = () => this.#subscriptions.get(pattern) === sub;
     return this.#persist(
       async () => {

@@ -71,3 +71,11 @@ export class Subscription extends EventTarget {
     this.dispatchEvent(new CustomEvent("event", { detail: frame }));
   }
 }
+
+/** The `Subscription` of `pattern` in `kept` (pattern → Subscription), made and kept on first
+ * use with `filter` and `since`; `unsubscribe(sub)` ends it. */
+export function keptSubscription(kept, pattern, { filter = null, since = null }, unsubscribe) {
+  let sub = kept.get(pattern);
+  if (!sub) kept.set(pattern, (sub = new Subscription(String(pattern), filter, since, unsubscribe)));
+  return sub;
+}

@@ -39,7 +39,7 @@
 import { CallBook } from "./calls.js";
 import { EdgeRelay } from "./edgerelay.js";
 import { RelayError, StateError } from "./errors.js";
-import { Subscription, topicMatches } from "./events.js";
+import { keptSubscription, topicMatches } from "./events.js";
 import { messageId } from "./outbox.js";
 import { Room, validRoomName } from "./room.js";
 
@@ -228,11 +228,7 @@ export class SharedRelay extends EventTarget {
   /** As `EdgeRelay.subscribe`: resolves with this tab's `Subscription` once the leader holds one. */
   async subscribe(pattern, { filter = null, since = null } = {}) {
     this.#requireStarted();
-    let sub = this.#subscriptions.get(pattern);
-    if (!sub) {
-      sub = new Subscription(String(pattern), filter, since, (s) => this.#unsubscribe(s));
-      this.#subscriptions.set(pattern, sub);
-    }
+    const sub = keptSubscription(this.#subscriptions, pattern, { filter, since }, (s) => this.#unsubscribe(s));
     if (!sub.active) await this.#subscribeThroughLeader(sub);
     return sub;
   }

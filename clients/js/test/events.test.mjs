@@ -5,7 +5,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { RelayError, topicMatches } from "../src/index.js";
-import { Cuttable, nextEvent, startRelay, until, wsClient } from "./relay.mjs";
+import { Cuttable, nextEvent, publishEvents, startRelay, until, wsClient } from "./relay.mjs";
 
 const API_KEY = "sdk-test-api-key-0123456789";
 const RELAY_ENV = { EDGERELAY_API__KEY: API_KEY, EDGERELAY_EVENTS__PERSISTENT: '["orders.>"]' };
@@ -15,16 +15,8 @@ function client(relay, user, options = {}) {
   return wsClient(relay, getToken, { WebSocket: Cuttable, ...options });
 }
 
-/** Publishes events through the server API (tenant `demo`, the dev tokens' tenant). */
-async function publish(relay, events) {
-  const response = await fetch(`${relay.base}/v1/api/events`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
-    body: JSON.stringify({ tenant: "demo", events }),
-  });
-  assert.equal(response.status, 200, await response.clone().text());
-  return response.json();
-}
+/** Publishes events through the server API. */
+const publish = (relay, events) => publishEvents(relay, API_KEY, events);
 
 test("topic patterns match as the relay's do", () => {
   assert.ok(topicMatches("orders.*.created", "orders.eu.created"));

@@ -111,7 +111,12 @@ export async function until(check, what, ms = 10_000) {
 /** A client of `relay` over WebSocket (`ws` as Node's WebSocket), with a short backoff and no
  * network events; `options` override. */
 export function wsClient(relay, getToken, options = {}) {
-  return new EdgeRelay({
+  return new EdgeRelay(wsOptions(relay, getToken, options));
+}
+
+/** The options of `wsClient` (also for a `SharedRelay`). */
+export function wsOptions(relay, getToken, options = {}) {
+  return {
     getToken,
     transport: "websocket",
     webSocketUrl: relay.webSocketUrl,
@@ -119,7 +124,19 @@ export function wsClient(relay, getToken, options = {}) {
     backoff: { baseMs: 50, capMs: 200 },
     networkEvents: false,
     ...options,
+  };
+}
+
+/** Publishes topic events through the server API (tenant `demo`, the dev tokens' tenant) with
+ * the relay's `apiKey`; resolves with the answer. */
+export async function publishEvents(relay, apiKey, events) {
+  const response = await fetch(`${relay.base}/v1/api/events`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${apiKey}`, "content-type": "application/json" },
+    body: JSON.stringify({ tenant: "demo", events }),
   });
+  if (response.status !== 200) throw new Error(`events: HTTP ${response.status} ${await response.text()}`);
+  return response.json();
 }
 
 /** `ws` whose current socket the test can cut (as a network drop would). */

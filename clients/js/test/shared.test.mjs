@@ -6,11 +6,10 @@
 // from their position: nothing missed, nothing twice. Run: node --test clients/js/test/.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import WebSocket from "ws";
 import { SharedRelay } from "../src/index.js";
 import { Holders, older, sessionVerb } from "../src/shared.js";
 import { session } from "../src/sessions.js";
-import { nextEvent, startRelay, until, wsClient } from "./relay.mjs";
+import { nextEvent, publishEvents, startRelay, until, wsClient, wsOptions } from "./relay.mjs";
 
 /** Web Locks' exclusive `request` as browsers do it: one holder per name, the rest queue. */
 class Locks {
@@ -44,16 +43,7 @@ const API_KEY = "sdk-shared-test-api-key-0123";
 const RELAY_ENV = { EDGERELAY_API__KEY: API_KEY, EDGERELAY_EVENTS__PERSISTENT: '["orders.>"]' };
 
 function tab(relay, shareKey, getToken) {
-  return new SharedRelay({
-    shareKey,
-    getToken,
-    transport: "websocket",
-    webSocketUrl: relay.webSocketUrl,
-    WebSocket,
-    backoff: { baseMs: 50, capMs: 200 },
-    networkEvents: false,
-    gatherMs: 100,
-  });
+  return new SharedRelay(wsOptions(relay, getToken, { shareKey, gatherMs: 100 }));
 }
 
 /** Three tabs of `shareKey`, connected; resolves with them, the leader first. */
@@ -151,15 +141,8 @@ test("sessions through one shared connection: a hand-over resumes each tab from 
   }
 });
 
-/** Publishes events through the server API (tenant `demo`, the dev tokens' tenant). */
-async function publish(relay, events) {
-  const response = await fetch(`${relay.base}/v1/api/events`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
-    body: JSON.stringify({ tenant: "demo", events }),
-  });
-  assert.equal(response.status, 200, await response.clone().text());
-}
+/** Publishes events through the server API. */
+const publish = (relay, events) => publishEvents(relay, API_KEY, events);
 
 test("a persistent topic through one shared connection: across a hand-over, every tab gets each event once", { timeout: 60_000 }, async () => {
   const relay = await startRelay(RELAY_ENV);
