@@ -380,7 +380,8 @@ async fn a_page_that_lost_its_connection_rejoins_the_call() {
 /// first: a call from Alice rings in both, Bob answers in the other tab (a follower: its
 /// signaling goes through the first tab), and the video flows between Alice and that tab while
 /// the first shows the call as elsewhere. Then that follower tab places a call to Alice, which
-/// rings and connects too.
+/// rings and connects too; and when the first tab (holding the connection) closes mid-call, the
+/// tab in the call takes over the connection, rejoins the call, and the video flows again.
 #[tokio::test]
 async fn a_follower_tab_answers_and_places_calls_through_the_shared_connection() {
     let mut p = Pages::open(false, "").await;
@@ -399,6 +400,18 @@ async fn a_follower_tab_answers_and_places_calls_through_the_shared_connection()
 
     // The follower tab calls: its offer and candidates go out through the leader tab.
     video_call(browser, &second, "alice", &[&p.alice], "host").await;
+
+    // The tab holding the connection closes mid-call: the other takes over with a new connection
+    // (a new device to the relay), finds the call reconnecting and rejoins it; video flows again.
+    browser.close_page(&first).await;
+    for page in [&p.alice, &second] {
+        browser.wait_for(page, "demo.callLog.some((e) => e.event === 'state' && e.state === 'reconnecting') && demo.call.state === 'connected' && demo.call.inCall").await;
+    }
+    assert_eq!(browser.eval(&second, "demo.leader").await, json!(true), "the tab in the call took over");
+    for page in [&p.alice, &second] {
+        let first = decoding(browser, page, 5).await;
+        decoding(browser, page, first["framesDecoded"].as_u64().unwrap() + 10).await;
+    }
     hang_up(browser, &second, &p.alice).await;
     p.browser.close().await;
 }
