@@ -494,10 +494,10 @@ async fn carol_at(relay: &RelayProcess) -> Client {
     Client::connect(target, ClientOptions::new(relay.token("carol")).codec(Codec::Json)).await.unwrap()
 }
 
-/// Carol publishes `c{from}` ..= `c{to}` to [`ROOM`], the text of each its number.
+/// Carol publishes `c{from}` ..= `c{to}` to [`ROOM`], as "message {i}".
 async fn publish_numbers(carol: &Client, from: u64, to: u64) {
     for i in from..=to {
-        carol.publish(ROOM, &format!("c{i}"), Payload::json(&json!({ "text": i }))).await.unwrap();
+        carol.publish(ROOM, &format!("c{i}"), Payload::json(&json!({ "text": format!("message {i}") }))).await.unwrap();
     }
 }
 
@@ -708,6 +708,7 @@ async fn three_demo_page_tabs_share_one_connection_hand_over_without_gap_and_not
         let seen = browser.wait_for(tab, &format!("demo.messages.length >= 26 && {offsets}")).await;
         assert_eq!(seen, json!((1..=26).collect::<Vec<u64>>()));
     }
+    browser.save_screenshot(&follower, "browser-demo-tabs.png", "demo-tabs.png").await;
     carol.close().await;
     browser.close().await;
 }
