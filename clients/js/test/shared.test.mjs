@@ -88,6 +88,64 @@ test("the leader's bookkeeping: holders end a key with its last tab; the oldest 
   assert.deepEqual(older(p(2), null), p(2));
 });
 
+/** A stand-in for the leader's `EdgeRelay` (the `EdgeRelay` option): open at once; answers
+ * every request on a later task, and right behind the answer, in the same task (as frames that
+ * came in one read), an unrequested session frame. */
+class ScriptedInner extends EventTarget {
+  static sent = [];
+  state = "idle";
+  transport = null;
+  welcome = null;
+  subscriptions = [];
+
+  connect() {
+    Object.assign(this, { state: "open", transport: "websocket", welcome: { user: "alice", session: "conn-1" } });
+    this.dispatchEvent(new CustomEvent("status", { detail: { state: "open", transport: "websocket" } }));
+    return Promise.resolve(this.welcome);
+  }
+
+  request(frame, onAnswer) {
+    ScriptedInner.sent.push(frame);
+    const answer = { type: "session", req: 9, session: frame.session, event: { ok: {} } };
+    return new Promise((resolve) => {
+      setTimeout(() => {
+        onAnswer?.(answer);
+        resolve(answer);
+        const patched = { type: "session", req: 0, session: frame.session, event: { patched: { patch: { version: 1 } } } };
+        this.dispatchEvent(new CustomEvent("frame", { detail: patched }));
+      }, 0);
+    });
+  }
+
+  close() {}
+}
+
+test("a tab gets its answer before the frames behind it; a session is left on the connection with its last tab", async () => {
+  const make = () => new SharedRelay({ shareKey: "scripted", token: "t", EdgeRelay: ScriptedInner, gatherMs: 0 });
+  const leader = make();
+  await leader.connect();
+  const follower = make();
+  await follower.connect();
+  try {
+    assert.deepEqual([leader.isLeader, follower.isLeader], [true, false]);
+    const order = [];
+    follower.addEventListener("frame", ({ detail }) => order.push(`frame ${Object.keys(detail.event)[0]}`));
+    const frame = (verb) => ({ type: "session", session: "doc:x", action: { [verb]: {} } });
+    await follower.request(frame("join"), () => order.push("answer"));
+    await until(() => order.length >= 2, "the frame behind the answer");
+    assert.deepEqual(order, ["answer", "frame patched"], "the answer first, as on the connection");
+
+    await leader.request(frame("join"));
+    await follower.request(frame("leave"));
+    assert.deepEqual(ScriptedInner.sent.map((f) => Object.keys(f.action)[0]), ["join", "join"], "the leader's tab is still in it");
+    await leader.request(frame("leave"));
+    assert.deepEqual(ScriptedInner.sent.map((f) => Object.keys(f.action)[0]), ["join", "join", "leave"], "the last tab's leave is sent");
+  } finally {
+    follower.close();
+    leader.close();
+  }
+});
+
 test("sessions through one shared connection: a hand-over resumes each tab from its version", { timeout: 60_000 }, async () => {
   const relay = await startRelay();
   const token = async (user) => relay.cliToken(user, ["--session", "doc:*"]);
