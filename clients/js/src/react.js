@@ -198,6 +198,7 @@ export function useTopic(client, pattern, { filter = null, limit = 50 } = {}) {
     if (!client || !pattern) return undefined;
     let live = true;
     let subscription = null;
+    setState({ subscription: null, events: [], error: null });
     const onEvent = ({ detail }) => setState((s) => ({ ...s, events: [...s.events, detail].slice(-limit) }));
     const release = hold(client, `topic ${pattern}`, () => client.subscriptions.find((s) => s.pattern === pattern)?.unsubscribe());
     client.subscribe(pattern, { filter }).then(

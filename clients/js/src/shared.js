@@ -17,7 +17,10 @@
 //   forwards any later frame, and forwards every unrequested frame (`frame` events) to all tabs.
 //   So `session(shared, id)` (sessions.js) works unchanged: each tab's `Session` rejoins with the
 //   version it holds when the connection (re)opens, a new leader's included. The leader counts
-//   the tabs in each session and sends `leave` only for the last one.
+//   the tabs in each session and sends `leave` only for the last one. A frame left unanswered
+//   by a leader that went rejects with `not_connected` (it may have reached the relay: a call
+//   action must not go twice), as on a lost `EdgeRelay` connection; joins, publishes and
+//   subscriptions are asked again, and a leader performs each request of a tab once.
 // - Event topics (`subscribe`): the leader holds one subscription per pattern, from the oldest
 //   position the tabs announce (exact persistent topics) when it takes over; every tab's
 //   `Subscription` drops what it saw. The last tab's `unsubscribe` ends it.
@@ -111,6 +114,9 @@ export class SharedRelay extends EventTarget {
   });
   // Leader: which tabs hold each session and topic subscription.
   #holders = new Holders();
+  // Leader: the requests (`tab req`) it took, the latest 1000, so that one asked again is not
+  // performed twice.
+  #served = new Set();
   // Whether the last `status` event said this tab leads.
   #ledShown = false;
 
@@ -301,8 +307,8 @@ export class SharedRelay extends EventTarget {
     });
   }
 
-  #send(req, { op, args }) {
-    const message = { t: "req", from: this.#tab, req, op, args };
+  #send(req, { op, args }, again = false) {
+    const message = { t: "req", from: this.#tab, req, op, args, again };
     if (this.isLeader) this.#serve(message);
     else this.#post(message);
   }
@@ -338,10 +344,11 @@ export class SharedRelay extends EventTarget {
         if (this.isLeader) this.#post({ t: "leader", from: this.#tab, to: message.from, status: this.#status() });
         return;
       case "leader":
-        // A new leader (or the answer to our hello): ask it for everything again.
+        // A new leader (or the answer to our hello): ask it again for what is unanswered (a
+        // leader that answered our hello has every request since), the rooms and topics.
         if (message.to && message.to !== this.#tab) return;
         this.#mirror(message.status);
-        for (const [req, request] of this.#requests) this.#send(req, request);
+        if (!message.to) for (const [req, request] of this.#requests) this.#send(req, request, true);
         for (const room of this.#rooms.values()) {
           if (room.wanted && !this.#asking("join", room.name)) this.#joinThroughLeader(room).catch(() => {});
         }
@@ -485,9 +492,14 @@ export class SharedRelay extends EventTarget {
 
   /** Leader: performs a tab's request on the connection and answers it, once: as soon as an
    * answer frame arrives for `request` (before later frames are forwarded), else when done. */
-  async #serve({ from, req, op, args }) {
+  async #serve({ from, req, op, args, again }) {
     const inner = this.#inner;
     if (!inner) return;
+    // A request asked again after a take-over may be one this leader has: it answers once.
+    const key = `${from} ${req}`;
+    if (this.#served.has(key)) return;
+    this.#served.add(key);
+    if (this.#served.size > 1000) this.#served.delete(this.#served.values().next().value);
     let answered = false;
     const reply = (result) => {
       if (answered) return;
@@ -497,6 +509,9 @@ export class SharedRelay extends EventTarget {
       else this.#post(answer);
     };
     try {
+      // Frames (a call action, a patch) die with the connection they were sent on, as on
+      // `EdgeRelay`: one asked again after a take-over may have reached the relay already.
+      if (again && (op === "request" || op === "send")) throw new StateError("not_connected", "connection lost: the tab that held it closed");
       const early = (value) => reply({ ok: true, value });
       reply({ ok: true, value: await this.#perform(inner, from, op, args, early) });
     } catch (err) {

@@ -40,6 +40,8 @@ if (!globalThis.navigator?.locks) {
 }
 
 const API_KEY = "sdk-shared-test-api-key-0123";
+// A hand-over (a new connection, then rejoins) on a machine busy with other tests.
+const SLOW = 20_000;
 const RELAY_ENV = { EDGERELAY_API__KEY: API_KEY, EDGERELAY_EVENTS__PERSISTENT: '["orders.>"]' };
 
 function tab(relay, shareKey, getToken) {
@@ -69,7 +71,7 @@ async function handOver(tabs, meanwhile = async () => {}) {
   const [leader, ...rest] = tabs;
   leader.close();
   await meanwhile();
-  await until(() => rest.some((t) => t.isLeader && t.state === "open"), "another tab took over");
+  await until(() => rest.some((t) => t.isLeader && t.state === "open"), "another tab took over", SLOW);
   return rest;
 }
 
@@ -179,7 +181,9 @@ test("sessions through one shared connection: a hand-over resumes each tab from 
       for (let i = 4; i <= 8; i++) await bobs.patch([{ op: "add", path: `/cards/n${i}`, value: i }]);
     });
     const rest = boards.slice(1);
-    await until(() => rest.every((b) => b.version === 8 && b.joined), "both tabs caught up to 8");
+    await until(() => rest.every((b) => b.version === 8 && b.joined), "both tabs caught up to 8", SLOW).catch((err) => {
+      throw new Error(`${err.message}: ${JSON.stringify(rest.map((b) => [b.version, b.joined]))}`);
+    });
     await boards[1].patch([{ op: "add", path: "/cards/last", value: "from a tab" }]);
     await until(() => rest.every((b) => b.version === 9) && bobs.version === 9, "everyone at 9");
     for (const b of rest) assert.deepEqual(b.doc, bobs.doc);
@@ -217,7 +221,9 @@ test("a persistent topic through one shared connection: across a hand-over, ever
     // One tab unsubscribing does not end the others' subscription.
     await subs[2].unsubscribe();
     tabs = await handOver(tabs, () => publish(relay, [4, 5, 6].map((n) => ({ topic: "orders.eu", id: `e-${n}`, data: {} }))));
-    await until(() => got[1].length >= 6, "tab 1 got 4-6");
+    await until(() => got[1].length >= 6, "tab 1 got 4-6", SLOW).catch((err) => {
+      throw new Error(`${err.message}: ${JSON.stringify(got)}`);
+    });
     await publish(relay, [{ topic: "orders.eu", id: "e-7", data: {} }]);
     await until(() => got[1].length >= 7, "the marker arrived");
     assert.deepEqual(got[1], [1, 2, 3, 4, 5, 6, 7].map((n) => `e-${n}`), "once each, in order");
