@@ -492,6 +492,12 @@ async fn sse(State(state): State<Arc<HttpState>>, headers: HeaderMap, request: R
             }
         }
     }
+    // A stream holds one of the user's connection slots, as a connection does.
+    let max = ctx.limits.max_connections_per_user;
+    let Some(slot) = ctx.users.acquire(&identity.tenant, &identity.user, max) else {
+        let message = format!("user already holds {max} connections");
+        return refuse(StatusCode::TOO_MANY_REQUESTS, ErrorCode::TOO_MANY_CONNECTIONS, &message);
+    };
     let resumable = checked.len() == 1 && checked[0].pattern.exact().is_some_and(|t| events.is_persistent(&t));
     let tenant: Arc<str> = identity.tenant.as_str().into();
     let outbox = crate::outbox::Outbox::new(crate::proto::Codec::Json, ctx.limits.outbox_bytes);
@@ -527,6 +533,7 @@ async fn sse(State(state): State<Arc<HttpState>>, headers: HeaderMap, request: R
         guard,
         orders,
         registration,
+        _slot: slot,
         resumable,
         heartbeat: Duration::from_millis(events.sse_heartbeat_ms),
         expires_at_ms: identity.expires_at.saturating_mul(1000),
