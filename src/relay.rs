@@ -212,6 +212,7 @@ impl Relay {
             call_history: call_history.clone(),
             collab: collab.clone(),
             session_rate: (config.sessions.rate, config.sessions.burst),
+            hooks: Arc::new(crate::hooks::Hooks::new(&config.hooks)),
         });
         let conn_ctx = Arc::new(ConnectionContext::new(session_ctx, drain.clone(), config.shutdown.reconnect_after_ms));
         let services = TaskTracker::new();
