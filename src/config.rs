@@ -337,6 +337,11 @@ pub struct EventsConfig {
     pub resume_buffer: usize,
     /// SSE: a comment line is sent after this long without an event, to keep proxies open.
     pub sse_heartbeat_ms: u64,
+    /// Batching: a normal event may wait this long (ms) in a connection's queue so that it goes
+    /// out in one write with what follows it; critical events never wait. 0 (default): off.
+    pub batch_delay_ms: u64,
+    /// Batching: a connection with this many bytes queued is written at once.
+    pub batch_bytes: usize,
 }
 
 impl Default for EventsConfig {
@@ -347,6 +352,8 @@ impl Default for EventsConfig {
             max_subscriptions: 100,
             resume_buffer: 10_000,
             sse_heartbeat_ms: 15_000,
+            batch_delay_ms: 0,
+            batch_bytes: 16_384,
         }
     }
 }
@@ -1092,6 +1099,12 @@ impl Config {
         }
         if e.sse_heartbeat_ms < 100 {
             return Err(invalid("events.sse_heartbeat_ms", "must be at least 100"));
+        }
+        if e.batch_delay_ms > 1_000 {
+            return Err(invalid("events.batch_delay_ms", "must be 0 (off) to 1000"));
+        }
+        if e.batch_bytes == 0 || e.batch_bytes > self.limits.outbox_bytes {
+            return Err(invalid("events.batch_bytes", "must be 1 to limits.outbox_bytes"));
         }
         Ok(())
     }

@@ -471,6 +471,56 @@ async fn sse_streams_to_curl_with_cors_heartbeats_and_last_event_id_resume() {
 }
 
 #[tokio::test]
+async fn batched_events_arrive_complete_and_in_order_with_critical_ones_among_them() {
+    let relay = start_with(|config| {
+        events_config(config);
+        config.events.batch_delay_ms = 20;
+        config.events.batch_bytes = 4_096;
+    })
+    .await;
+    let tcp = relay.relay.tcp_addr();
+    let mut clients = Vec::new();
+    for (transport, codec) in [(Transport::Quic, Codec::Postcard), (Transport::WebSocket, Codec::Json)] {
+        let client = relay.connect(transport, codec, "alice", "acme", &["orders.*", "news.*"]).await;
+        client.subscribe("orders.>", None).await.unwrap();
+        client.subscribe("news.*", None).await.unwrap();
+        clients.push(client);
+    }
+    // Persistent and ephemeral topics, normal and critical, big enough to pass batch_bytes.
+    let events: Vec<Value> = (0..60)
+        .map(|i| {
+            let topic = if i % 2 == 0 { "orders.eu.created" } else { "news.tech" };
+            let mut e = event(topic, &format!("b{i}"), &[]);
+            e["data"] = json!({"pad": "x".repeat(if i % 7 == 0 { 900 } else { 20 })});
+            if i % 5 == 0 {
+                e["priority"] = json!("critical");
+            }
+            e
+        })
+        .collect();
+    publish(tcp, events).await;
+    for client in &mut clients {
+        // Persistent events follow their commit, so the two topics interleave freely.
+        let got = within("60 events", async {
+            let mut ids = Vec::new();
+            while ids.len() < 60 {
+                ids.push(client.next_topic_event().await.unwrap().id);
+            }
+            ids
+        })
+        .await;
+        let (orders, news): (Vec<_>, Vec<_>) =
+            got.iter().map(|id| id[1..].parse::<u32>().unwrap()).partition(|n| n % 2 == 0);
+        assert_eq!(orders, (0..60).step_by(2).collect::<Vec<_>>(), "one topic's events in order");
+        assert_eq!(news, (1..60).step_by(2).collect::<Vec<_>>());
+    }
+    for client in clients {
+        client.close().await;
+    }
+    relay.relay.shutdown().await;
+}
+
+#[tokio::test]
 async fn sse_streams_count_in_the_users_connection_limit() {
     let relay = start_with(|config| {
         events_config(config);
