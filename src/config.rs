@@ -46,6 +46,7 @@ pub struct Config {
     pub calls: CallsConfig,
     pub events: EventsConfig,
     pub sessions: SessionsConfig,
+    pub hooks: HooksConfig,
 }
 
 impl Default for Config {
@@ -67,6 +68,7 @@ impl Default for Config {
             calls: CallsConfig::default(),
             events: EventsConfig::default(),
             sessions: SessionsConfig::default(),
+            hooks: HooksConfig::default(),
         }
     }
 }
@@ -335,6 +337,11 @@ pub struct EventsConfig {
     pub resume_buffer: usize,
     /// SSE: a comment line is sent after this long without an event, to keep proxies open.
     pub sse_heartbeat_ms: u64,
+    /// Batching: a normal event may wait this long (ms) in a connection's queue so that it goes
+    /// out in one write with what follows it; critical events never wait. 0 (default): off.
+    pub batch_delay_ms: u64,
+    /// Batching: a connection with this many bytes queued is written at once.
+    pub batch_bytes: usize,
 }
 
 impl Default for EventsConfig {
@@ -345,6 +352,8 @@ impl Default for EventsConfig {
             max_subscriptions: 100,
             resume_buffer: 10_000,
             sse_heartbeat_ms: 15_000,
+            batch_delay_ms: 0,
+            batch_bytes: 16_384,
         }
     }
 }
@@ -706,6 +715,113 @@ impl fmt::Debug for ApiConfig {
 /// Shortest accepted API key.
 pub const MIN_API_KEY_LEN: usize = 16;
 
+/// Backend hooks (docs/events.md#backend-hooks): HTTP calls to the operator's backend on
+/// connect, subscribe (rooms and topics) and publish, which allow, deny or rewrite.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HooksConfig {
+    /// HMAC-SHA256 key the relay signs each call with (`x-edgerelay-signature`); at least 16
+    /// bytes. Required when a hook is set.
+    pub secret: Option<String>,
+    /// Calls in flight at once, over every hook; a call past it gets the hook's fallback.
+    pub max_in_flight: u32,
+    /// Consecutive failures (timeout, connection error, non-2xx, bad answer) that open a
+    /// hook's circuit breaker: calls then get the fallback without trying the backend.
+    pub breaker_failures: u32,
+    /// How long an open breaker stays open before one probe call is let through.
+    pub breaker_open_ms: u64,
+    pub connect: Option<HookConfig>,
+    pub subscribe: Option<HookConfig>,
+    pub publish: Option<HookConfig>,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig {
+            secret: None,
+            max_in_flight: 256,
+            breaker_failures: 5,
+            breaker_open_ms: 5_000,
+            connect: None,
+            subscribe: None,
+            publish: None,
+        }
+    }
+}
+
+// Hand-written so the secret never reaches logs.
+impl fmt::Debug for HooksConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HooksConfig")
+            .field("secret", &self.secret.as_ref().map(|_| "<hidden>"))
+            .field("max_in_flight", &self.max_in_flight)
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_open_ms", &self.breaker_open_ms)
+            .field("connect", &self.connect)
+            .field("subscribe", &self.subscribe)
+            .field("publish", &self.publish)
+            .finish()
+    }
+}
+
+/// One hook: where it goes, how long it may take, what happens when the backend cannot answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    /// `http://host[:port]/path` (plain HTTP/1.1: put the backend on a private network or
+    /// behind a local TLS proxy).
+    pub url: String,
+    #[serde(default = "HookConfig::default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// What a call gets when the backend cannot answer (timeout, error, breaker open, too many
+    /// calls in flight): `allow` (fail open) or `deny` (fail closed).
+    #[serde(default)]
+    pub fallback: HookFallback,
+}
+
+impl HookConfig {
+    fn default_timeout_ms() -> u64 {
+        1_000
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HookFallback {
+    Allow,
+    #[default]
+    Deny,
+}
+
+impl Config {
+    fn validate_hooks(&self) -> Result<(), ConfigError> {
+        let h = &self.hooks;
+        let hooks = [("hooks.connect", &h.connect), ("hooks.subscribe", &h.subscribe), ("hooks.publish", &h.publish)];
+        if hooks.iter().all(|(_, hook)| hook.is_none()) {
+            return Ok(());
+        }
+        if h.secret.as_ref().is_none_or(|s| s.len() < 16) {
+            return Err(invalid("hooks.secret", "set at least 16 bytes when a hook is configured"));
+        }
+        if h.max_in_flight == 0 {
+            return Err(invalid("hooks.max_in_flight", "must be greater than 0"));
+        }
+        if h.breaker_failures == 0 {
+            return Err(invalid("hooks.breaker_failures", "must be greater than 0"));
+        }
+        for (key, hook) in hooks {
+            let Some(hook) = hook else { continue };
+            if let Err(message) = crate::hooks::client::Target::parse(&hook.url) {
+                return Err(invalid(format!("{key}.url"), message));
+            }
+            if !(1..=30_000).contains(&hook.timeout_ms) {
+                return Err(invalid(format!("{key}.timeout_ms"), "must be 1-30000"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A configuration error. Every variant says where to look.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -876,6 +992,7 @@ impl Config {
             return Err(invalid("limits.outbox_bytes", "must be at least limits.max_frame_bytes"));
         }
         self.validate_events()?;
+        self.validate_hooks()?;
         if l.idle_timeout_ms <= l.ping_interval_ms {
             return Err(invalid("limits.idle_timeout_ms", "must be greater than limits.ping_interval_ms"));
         }
@@ -982,6 +1099,12 @@ impl Config {
         }
         if e.sse_heartbeat_ms < 100 {
             return Err(invalid("events.sse_heartbeat_ms", "must be at least 100"));
+        }
+        if e.batch_delay_ms > 1_000 {
+            return Err(invalid("events.batch_delay_ms", "must be 0 (off) to 1000"));
+        }
+        if e.batch_bytes == 0 || e.batch_bytes > self.limits.outbox_bytes {
+            return Err(invalid("events.batch_bytes", "must be 1 to limits.outbox_bytes"));
         }
         Ok(())
     }

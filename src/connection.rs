@@ -26,8 +26,8 @@ use crate::session::Job;
 use crate::session::JoinSettled;
 
 use crate::outbox::{CloseReason, LaneId, Outbox};
-use crate::proto::{ErrorCode, ServerFrame};
-use crate::session::{Session, SessionContext};
+use crate::proto::{ClientFrame, ErrorCode, ServerFrame};
+use crate::session::{Fatal, Session, SessionContext};
 
 /// What a transport reports about its connection.
 #[derive(Debug)]
@@ -138,7 +138,7 @@ pub async fn drive(
     // The session's jobs (joins, replays, history reads) live exactly as long as the connection.
     let mut jobs = JoinSet::new();
     // The first frame is handled here, so the connection's task does not keep its bytes.
-    let reason = match session.handle(crate::outbox::CONTROL, &first, unix_ms()) {
+    let reason = match handle(ctx, &mut session, crate::outbox::CONTROL, &first).await {
         Ok(()) => {
             drop(first);
             let mut handshake = Some(handshake);
@@ -221,7 +221,7 @@ async fn run(
             event = inbound.next() => match event {
                 None | Some(Inbound::Closed) => return CloseReason::Normal,
                 Some(Inbound::Frame { lane, body }) => {
-                    if let Err(fatal) = session.handle(lane, &body, unix_ms()) {
+                    if let Err(fatal) = handle(ctx, session, lane, &body).await {
                         return CloseReason::Error(fatal.code);
                     }
                     for job in session.take_jobs() {
@@ -246,6 +246,28 @@ async fn run(
                 }
             },
         }
+    }
+}
+
+/// Handles one frame. When a backend hook covers it (docs/events.md, "Backend hooks"), the
+/// backend is asked first: the connection's next frames wait meanwhile, so its requests keep
+/// their order, and the hook's timeout bounds the wait. Other connections never wait.
+async fn handle(ctx: &ConnectionContext, session: &mut Session, lane: LaneId, body: &[u8]) -> Result<(), Fatal> {
+    let hooks = &ctx.session.hooks;
+    if !hooks.any() {
+        return session.handle(lane, body, unix_ms());
+    }
+    // An undecodable frame is the session's to report.
+    let Ok(frame) = session.outbox().codec().decode::<ClientFrame>(body) else {
+        return session.handle(lane, body, unix_ms());
+    };
+    let Some((hook, call)) = session.hook_call(&frame, unix_ms()) else {
+        return session.handle_frame(lane, frame, unix_ms());
+    };
+    let outcome = hooks.ask(hook, call, unix_ms()).await;
+    match session.settle_hook(lane, frame, outcome)? {
+        Some(frame) => session.handle_frame(lane, frame, unix_ms()),
+        None => Ok(()),
     }
 }
 

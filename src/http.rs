@@ -20,6 +20,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -28,6 +29,7 @@ use crate::connection::unix_ms;
 use crate::control::{Control, Controls, Revocation, Revoked};
 use crate::dev_tokens::{DevTokenRequest, DevTokens};
 use crate::engine::{Done, Engine, Publish};
+use crate::hooks::{Hook, Outcome};
 use crate::hub::RoomKey;
 use crate::hub::awareness::Awareness;
 use crate::hub::presence::UserKey;
@@ -479,10 +481,34 @@ async fn sse(State(state): State<Arc<HttpState>>, headers: HeaderMap, request: R
         Some(Some(position)) => Some(position),
         None => None,
     };
+    // The backend hooks: connect for the stream, subscribe for each pattern (which may rewrite
+    // its filter).
+    let hooks = &ctx.hooks;
+    let ask = async |hook, what| {
+        let call = crate::hooks::call_body(hook, &identity.tenant, &identity.user, unix_ms(), what);
+        hooks.ask(hook, call, unix_ms()).await
+    };
+    let hook_refusal = |code: ErrorCode, message: &str| {
+        let status = if code.is_retryable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::FORBIDDEN };
+        refuse(status, code, message)
+    };
+    if hooks.has(Hook::Connect)
+        && let Outcome::Deny { code, message } = ask(Hook::Connect, json!({"client": "sse"})).await
+    {
+        return hook_refusal(code, &message);
+    }
     let mut checked = Vec::new();
     for pattern in &patterns {
         // `since` applies only to a stream of one pattern.
         let since = since.filter(|_| patterns.len() == 1);
+        let mut filter = filter.clone();
+        if hooks.has(Hook::Subscribe) {
+            match ask(Hook::Subscribe, json!({"topic": pattern, "filter": filter})).await {
+                Outcome::Deny { code, message } => return hook_refusal(code, &message),
+                Outcome::Rewrite { filter: Some(rewritten), .. } => filter = Some(rewritten),
+                Outcome::Allow | Outcome::Rewrite { .. } => {}
+            }
+        }
         match events.check(&identity, pattern, filter.as_deref(), since) {
             Ok(c) => checked.push(c),
             Err((code, message)) => {
@@ -492,6 +518,12 @@ async fn sse(State(state): State<Arc<HttpState>>, headers: HeaderMap, request: R
             }
         }
     }
+    // A stream holds one of the user's connection slots, as a connection does.
+    let max = ctx.limits.max_connections_per_user;
+    let Some(slot) = ctx.users.acquire(&identity.tenant, &identity.user, max) else {
+        let message = format!("user already holds {max} connections");
+        return refuse(StatusCode::TOO_MANY_REQUESTS, ErrorCode::TOO_MANY_CONNECTIONS, &message);
+    };
     let resumable = checked.len() == 1 && checked[0].pattern.exact().is_some_and(|t| events.is_persistent(&t));
     let tenant: Arc<str> = identity.tenant.as_str().into();
     let outbox = crate::outbox::Outbox::new(crate::proto::Codec::Json, ctx.limits.outbox_bytes);
@@ -527,6 +559,7 @@ async fn sse(State(state): State<Arc<HttpState>>, headers: HeaderMap, request: R
         guard,
         orders,
         registration,
+        _slot: slot,
         resumable,
         heartbeat: Duration::from_millis(events.sse_heartbeat_ms),
         expires_at_ms: identity.expires_at.saturating_mul(1000),

@@ -13,6 +13,7 @@ pub mod control;
 pub mod dev_tokens;
 pub mod engine;
 pub mod events;
+pub mod hooks;
 pub mod http;
 pub mod hub;
 pub mod ice;

@@ -87,6 +87,14 @@ pub const EVENTS_TOTAL: &str = "edgerelay_events_total";
 pub const EVENT_DELIVERIES_TOTAL: &str = "edgerelay_event_deliveries_total";
 /// Event subscriptions held on this node (connections and SSE streams).
 pub const EVENT_SUBSCRIPTIONS: &str = "edgerelay_event_subscriptions";
+/// Backend hook calls, by hook and outcome (allow, deny, rewrite, timeout, error, breaker_open, busy).
+pub const HOOK_CALLS_TOTAL: &str = "edgerelay_hook_calls_total";
+/// Backend hook call time, by hook.
+pub const HOOK_SECONDS: &str = "edgerelay_hook_seconds";
+/// Requests refused by a hook, by hook and by whom (backend, or the fallback).
+pub const HOOK_DENIALS_TOTAL: &str = "edgerelay_hook_denials_total";
+/// A hook's circuit breaker: 0 closed, 1 half-open, 2 open.
+pub const HOOK_BREAKER_STATE: &str = "edgerelay_hook_breaker_state";
 pub const BUILD_INFO: &str = "edgerelay_build_info";
 /// Presence metrics, recorded by `hub::awareness` under these names (a test keeps them equal).
 pub const PRESENCE_UPDATES_TOTAL: &str = "edgerelay_presence_updates_total";
@@ -173,6 +181,10 @@ fn describe() {
         "Event deliveries queued: connections (or SSE streams) an event reached."
     );
     describe_gauge!(EVENT_SUBSCRIPTIONS, "Event subscriptions held on this node.");
+    describe_counter!(HOOK_CALLS_TOTAL, "Backend hook calls, by hook and outcome.");
+    describe_histogram!(HOOK_SECONDS, "Time of one backend hook call, by hook.");
+    describe_counter!(HOOK_DENIALS_TOTAL, "Requests refused by a backend hook, by hook and by (backend, fallback).");
+    describe_gauge!(HOOK_BREAKER_STATE, "A hook's circuit breaker: 0 closed, 1 half-open, 2 open.");
     describe_counter!(CONNECTIONS_TOTAL, "Connections accepted, by transport.");
     describe_counter!(DISCONNECTS_TOTAL, "Connections closed, by close reason (normal or the close code's name).");
     describe_counter!(FRAMES_IN_TOTAL, "Frames received, by transport.");

@@ -557,6 +557,12 @@ impl Outbox {
     }
 
     /// Wakes a lane's writer (and the single-stream writer).
+    /// Wakes the lane's writer now: a batch that events batching held back (`events::batch`)
+    /// goes out with a critical event, or once it is big enough.
+    pub fn wake_now(&self, lane: LaneId) {
+        self.wake(lane)
+    }
+
     fn wake(&self, lane: LaneId) {
         let mut inner = self.lock();
         if let Some(l) = inner.lanes.get_mut(lane) {

@@ -212,6 +212,7 @@ impl Relay {
             call_history: call_history.clone(),
             collab: collab.clone(),
             session_rate: (config.sessions.rate, config.sessions.burst),
+            hooks: Arc::new(crate::hooks::Hooks::new(&config.hooks)),
         });
         let conn_ctx = Arc::new(ConnectionContext::new(session_ctx, drain.clone(), config.shutdown.reconnect_after_ms));
         let services = TaskTracker::new();
@@ -250,6 +251,9 @@ impl Relay {
         }
         let tick = PRESENCE_TICK.min(Duration::from_millis(config.presence.refresh_ms));
         services.spawn(presence_ticks(awareness.clone(), tick, stop.clone()));
+        if let Some(batcher) = events.batcher() {
+            services.spawn(crate::events::batch::run(batcher, stop.clone()));
+        }
         services.spawn(media_ticks(calls, stop.clone()));
         services.spawn(call_service.clone().run_timers(unix_ms, stop.clone()));
         services.spawn(group_calls.run_timers(unix_ms, stop.clone()));

@@ -471,6 +471,99 @@ async fn sse_streams_to_curl_with_cors_heartbeats_and_last_event_id_resume() {
 }
 
 #[tokio::test]
+async fn batched_events_arrive_complete_and_in_order_with_critical_ones_among_them() {
+    let relay = start_with(|config| {
+        events_config(config);
+        config.events.batch_delay_ms = 20;
+        config.events.batch_bytes = 4_096;
+    })
+    .await;
+    let tcp = relay.relay.tcp_addr();
+    let mut clients = Vec::new();
+    for (transport, codec) in [(Transport::Quic, Codec::Postcard), (Transport::WebSocket, Codec::Json)] {
+        let client = relay.connect(transport, codec, "alice", "acme", &["orders.*", "news.*"]).await;
+        client.subscribe("orders.>", None).await.unwrap();
+        client.subscribe("news.*", None).await.unwrap();
+        clients.push(client);
+    }
+    // Persistent and ephemeral topics, normal and critical, big enough to pass batch_bytes.
+    let events: Vec<Value> = (0..60)
+        .map(|i| {
+            let topic = if i % 2 == 0 { "orders.eu.created" } else { "news.tech" };
+            let mut e = event(topic, &format!("b{i}"), &[]);
+            e["data"] = json!({"pad": "x".repeat(if i % 7 == 0 { 900 } else { 20 })});
+            if i % 5 == 0 {
+                e["priority"] = json!("critical");
+            }
+            e
+        })
+        .collect();
+    publish(tcp, events).await;
+    for client in &mut clients {
+        // Persistent events follow their commit, so the two topics interleave freely.
+        let got = within("60 events", async {
+            let mut ids = Vec::new();
+            while ids.len() < 60 {
+                ids.push(client.next_topic_event().await.unwrap().id);
+            }
+            ids
+        })
+        .await;
+        let (orders, news): (Vec<_>, Vec<_>) =
+            got.iter().map(|id| id[1..].parse::<u32>().unwrap()).partition(|n| n % 2 == 0);
+        assert_eq!(orders, (0..60).step_by(2).collect::<Vec<_>>(), "one topic's events in order");
+        assert_eq!(news, (1..60).step_by(2).collect::<Vec<_>>());
+    }
+    for client in clients {
+        client.close().await;
+    }
+    relay.relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn sse_streams_count_in_the_users_connection_limit() {
+    let relay = start_with(|config| {
+        events_config(config);
+        config.limits.max_connections_per_user = 2;
+    })
+    .await;
+    let tcp = relay.relay.tcp_addr();
+    let token = relay.token("alice", "acme", &["news.*"]);
+    let url = format!("http://{tcp}/v1/events?token={token}&topic=news.a");
+    // One stream and one connection fill alice's two slots.
+    let (mut stream, mut lines) = curl(&url, &[]);
+    within("the stream's subscribed event", async {
+        while lines.next_line().await.unwrap().unwrap() != "event: subscribed" {}
+    })
+    .await;
+    let ws = relay.connect(Transport::WebSocket, Codec::Json, "alice", "acme", &["news.*"]).await;
+    // A third, over any transport, is refused with too_many_connections.
+    let (status, body) = common::http_get(tcp, &format!("/v1/events?token={token}&topic=news.b")).await;
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, body["code"].as_u64()), (429, Some(113)), "{body}");
+    let third = relay.token("alice", "acme", &["news.*"]);
+    match relay.try_connect(Transport::Quic, Codec::Postcard, &third).await {
+        Err(ClientError::Rejected { code, .. }) => assert_eq!(code, ErrorCode::TOO_MANY_CONNECTIONS),
+        other => panic!("a third connection got {:?}", other.map(|_| ())),
+    }
+    // The stream's end gives its slot back.
+    stream.kill().await.unwrap();
+    drop(lines);
+    within("a slot after the stream ended", async {
+        loop {
+            if let Ok(c) = relay.try_connect(Transport::Quic, Codec::Postcard, &third).await {
+                c.close().await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    ws.close().await;
+    relay.relay.shutdown().await;
+}
+
+#[tokio::test]
 async fn events_cross_the_nodes_of_a_redis_region() {
     let redis = edgerelay::testing::RedisServer::start().expect("redis-server runs");
     let dir = tempfile::tempdir().unwrap();

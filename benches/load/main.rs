@@ -19,6 +19,7 @@
 //! edgerelay-load --transport quic --duration 10 media --calls 1 --publishers 1 --subscribers 200 --layers 3
 //! edgerelay-load --transport mix calls --calls 500 --rounds 3
 //! edgerelay-load --transport quic --duration 10 sessions --users 100 --rate 5
+//! edgerelay-load --transport ws --duration 10 events --subscribers 100 --rate 500 [--sse]
 //! ```
 //!
 //! `bigroom` is fanout with one room (a preset, the same code); `storm` drops N connections at
@@ -34,6 +35,7 @@
 mod calls;
 mod chart;
 mod conns;
+mod events;
 mod fanout;
 mod media;
 mod presence;
@@ -106,6 +108,9 @@ enum Workload {
     /// Collaborative session: N users patching one document (and moving cursors), timed at
     /// every member; optionally the join of a big document.
     Sessions(sessions::SessionsArgs),
+    /// Event broadcasting: events published through the server API at a rate to subscribers of
+    /// a wildcard pattern (connections or SSE), timed end to end.
+    Events(events::EventsArgs),
 }
 
 fn main() -> ExitCode {
@@ -175,6 +180,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Workload::Sessions(args) => {
             let report = sessions::sessions(&relay, args, cli.transport, window, progress).await?;
             (sessions::table(&report), serde_json::to_value(&report)?)
+        }
+        Workload::Events(args) => {
+            let report = events::events(&relay, args, cli.transport, window, progress).await?;
+            (events::table(&report), serde_json::to_value(&report)?)
         }
         Workload::Fanout(args) => {
             let report = fanout::fanout(&relay, args, cli.transport, window, progress).await?;

@@ -204,6 +204,8 @@ impl RelayUnderTest {
             .env("EDGERELAY_LIMITS__PUBLISH_RATE", "1000000")
             .env("EDGERELAY_LIMITS__PUBLISH_BURST", "1000000")
             .env("EDGERELAY_LIMITS__MAX_CONNECTIONS", "1000000")
+            // The server API, for the events workload's publisher.
+            .env("EDGERELAY_API__KEY", crate::events::API_KEY)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);

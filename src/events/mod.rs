@@ -17,12 +17,14 @@
 //! In a Redis region, each event is carried to the other nodes on the control channel after it
 //! is committed (persistent) or accepted (ephemeral), in the order this node accepted them.
 
+pub mod batch;
 pub mod filter;
 pub mod topic;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -188,16 +190,43 @@ impl Subscription {
         self.filter.as_ref().is_none_or(|f| f.accepts(&event.tags))
     }
 
-    /// Queues an encoded event without waiting; a subscriber too far behind is closed.
-    fn push(&self, event: &Event, bytes: crate::proto::WireFrame, latest: bool, wakes: &mut Wakes) {
+    /// Queues an encoded event without waiting; a subscriber too far behind is closed. With
+    /// batching (`batch`: the batcher and the wake-ups it holds back), a normal event's writer
+    /// is woken later, a critical one's at once (with what is held back before it).
+    fn push(
+        &self,
+        event: &Event,
+        bytes: crate::proto::WireFrame,
+        latest: bool,
+        wakes: &mut Wakes,
+        batch: Option<(&batch::Batcher, &mut Wakes)>,
+    ) {
         if latest {
             let key = DatagramKey::new(KIND_EVENT, event.topic.as_str());
             let _ = self.outbox.push_datagram(key, bytes);
             return;
         }
         let limit = if event.critical { self.outbox.cap() } else { self.outbox.cap() / 4 * 3 };
-        if let Err(PushError::Full) = self.outbox.push_batched(self.lane, bytes, limit, wakes) {
-            slow(&self.outbox, "events arrive faster than this connection reads them");
+        let batching = batch.is_some();
+        let (target, batcher) = match batch {
+            Some((batcher, deferred)) if !event.critical => (deferred, Some(batcher)),
+            _ => (wakes, None),
+        };
+        let owed_before = target.len();
+        match self.outbox.push_batched(self.lane, bytes, limit, target) {
+            Err(PushError::Full) => slow(&self.outbox, "events arrive faster than this connection reads them"),
+            Err(_) => {}
+            Ok(()) => {
+                let owed = target.len() > owed_before;
+                let wake_now = match batcher {
+                    Some(batcher) => self.outbox.queued_bytes() >= batcher.max_bytes,
+                    // A critical event behind a held-back batch.
+                    None => batching && !owed,
+                };
+                if wake_now {
+                    self.outbox.wake_now(self.lane);
+                }
+            }
         }
     }
 }
@@ -293,6 +322,8 @@ pub struct Events {
     recent: Mutex<RecentIds>,
     hub: Arc<Hub>,
     engine: Arc<dyn Engine>,
+    /// Batching of normal events; `None` when `events.batch_delay_ms` is 0.
+    batch: Option<Arc<batch::Batcher>>,
 }
 
 impl Events {
@@ -311,7 +342,15 @@ impl Events {
             recent: Mutex::new(RecentIds::default()),
             hub,
             engine,
+            batch: (config.batch_delay_ms > 0).then(|| {
+                Arc::new(batch::Batcher::new(Duration::from_millis(config.batch_delay_ms), config.batch_bytes))
+            }),
         })
+    }
+
+    /// The batcher whose timer ([`batch::run`]) the relay runs, when batching is on.
+    pub fn batcher(&self) -> Option<Arc<batch::Batcher>> {
+        self.batch.clone()
     }
 
     pub fn is_persistent(&self, topic: &TopicName) -> bool {
@@ -394,6 +433,8 @@ impl Events {
         let mut encoded = EncodeOnce::new(&frame);
         let latest = self.is_latest(&event.topic);
         let mut wakes = Wakes::new();
+        // Wake-ups batching holds back (normal events, `events.batch_delay_ms`).
+        let mut deferred = Wakes::new();
         // Connections with several subscriptions that this event reached already. The index
         // cannot change during the walk (read lock), so the counts hold.
         let mut reached = HashSet::new();
@@ -421,10 +462,14 @@ impl Events {
                         return;
                     }
                 }
-                sub.push(event, encoded.get(sub.outbox.codec()), latest, &mut wakes);
+                let batch = self.batch.as_deref().map(|b| (b, &mut deferred));
+                sub.push(event, encoded.get(sub.outbox.codec()), latest, &mut wakes, batch);
             });
         }
         self.hub.wake(wakes);
+        if let Some(batcher) = &self.batch {
+            batcher.defer(deferred);
+        }
         metrics::counter!(crate::metrics::EVENTS_TOTAL).increment(1);
         metrics::counter!(crate::metrics::EVENT_DELIVERIES_TOTAL).increment(count as u64);
         count
@@ -546,7 +591,7 @@ impl Events {
         for event in pending.take().unwrap_or_default() {
             let replayed = event.position.is_some_and(|p| p.epoch == meta.epoch && p.offset <= last);
             if !replayed {
-                sub.push(&event, codec.frame(&event.frame()), false, &mut wakes);
+                sub.push(&event, codec.frame(&event.frame()), false, &mut wakes, None);
             }
         }
         drop(pending);
@@ -629,6 +674,62 @@ mod tests {
         let control = Control::Event { tenant: "acme".into(), event: Box::new(event) };
         let json = serde_json::to_string(&control).unwrap();
         assert_eq!(serde_json::from_str::<Control>(&json).unwrap(), control);
+    }
+
+    #[tokio::test]
+    async fn batching_holds_normal_events_back_and_lets_critical_ones_and_big_batches_through() {
+        use futures_util::FutureExt;
+        let hub = Arc::new(Hub::new(4, 60_000));
+        let history = Arc::new(crate::store::MemoryHistory::new());
+        let engine = crate::engine::LocalEngine::start(Default::default(), history, hub.clone()).unwrap();
+        let config = EventsConfig { batch_delay_ms: 50, batch_bytes: 2_000, ..EventsConfig::default() };
+        let events = Events::new(&config, 60_000, hub, Arc::new(engine));
+        let identity = crate::auth::Identity {
+            user: "u".into(),
+            tenant: "acme".into(),
+            caps: crate::auth::Caps { join: vec!["*".into()], ..Default::default() },
+            expires_at: u64::MAX,
+            token_id: None,
+            issued_at: None,
+        };
+        let outbox = Outbox::new(crate::proto::Codec::Json, 1 << 20);
+        let checked = events.check(&identity, "a.*", None, None).unwrap();
+        let _sub = events.subscribe(&"acme".into(), &Owner::new(1), checked, outbox.clone(), crate::outbox::CONTROL);
+        let event = |id: &str, critical, bytes: usize| Event {
+            topic: TopicName::parse("a.b").unwrap(),
+            position: None,
+            time: 1,
+            id: id.into(),
+            tags: Tags::new(),
+            data: Payload::from(format!("\"{}\"", "x".repeat(bytes)).as_str()),
+            critical,
+        };
+        let woken = || outbox.changed().now_or_never().is_some();
+        let taken = || match outbox.take_all(64) {
+            crate::outbox::Take::Frames(frames) => frames.len(),
+            _ => 0,
+        };
+        // Normal events wait; a critical one goes at once, taking them along in one write.
+        events.fanout("acme", &event("n1", false, 10));
+        events.fanout("acme", &event("n2", false, 10));
+        assert!(!woken(), "normal events are held back");
+        events.fanout("acme", &event("c1", true, 10));
+        assert!(woken(), "a critical event wakes the writer");
+        assert_eq!(taken(), 3);
+        // A batch that reaches batch_bytes goes at once.
+        events.fanout("acme", &event("n3", false, 1_000));
+        assert!(!woken());
+        events.fanout("acme", &event("n4", false, 1_000));
+        assert!(woken(), "batch_bytes reached");
+        assert_eq!(taken(), 2);
+        // Otherwise the timer wakes it after the delay.
+        events.fanout("acme", &event("n5", false, 10));
+        assert!(!woken());
+        let batcher = events.batcher().unwrap();
+        let (due, _) = batcher.due(std::time::Instant::now() + Duration::from_millis(50));
+        drop(due);
+        assert!(woken(), "woken once the delay passed");
+        assert_eq!(taken(), 1);
     }
 
     #[test]

@@ -186,6 +186,17 @@ codes! {
     /// An event's tags: more than 16, a key outside 1-64 of `[A-Za-z0-9_.-]`, or a value above
     /// 256 bytes.
     BAD_TAGS = 190, "bad_tags", fatal = false, retry = false;
+    /// Backend hooks (docs/events.md, "Backend hooks"): the operator's backend refused this
+    /// connection (`connect` hook); the message is its reason.
+    CONNECT_DENIED = 191, "connect_denied", fatal = true, retry = false;
+    /// The backend refused this request (`subscribe` hook on `join`/`subscribe`, `publish`
+    /// hook); the message is its reason.
+    HOOK_DENIED = 192, "hook_denied", fatal = false, retry = false;
+    /// The backend could not be asked (timeout, error, circuit breaker open, too many calls in
+    /// flight) and the hook fails closed; retry later.
+    HOOK_UNAVAILABLE = 193, "hook_unavailable", fatal = false, retry = true;
+    /// As `hook_unavailable`, for the `connect` hook: the connection is closed; reconnect later.
+    CONNECT_UNAVAILABLE = 194, "connect_unavailable", fatal = true, retry = true;
 }
 
 impl ErrorCode {

@@ -6,6 +6,7 @@
 //! a room's messages go to the lane its `join` came on (on QUIC, the room's own stream).
 
 mod events;
+mod hooks;
 pub mod jobs;
 pub mod limits;
 mod media;
@@ -87,6 +88,8 @@ pub struct SessionContext {
     pub collab: Arc<crate::collab::CollabService>,
     /// `session` frames per second per connection, and burst.
     pub session_rate: (u32, u32),
+    /// Backend hooks on connect, subscribe and publish (`session/hooks.rs`).
+    pub hooks: Arc<crate::hooks::Hooks>,
 }
 
 impl SessionContext {

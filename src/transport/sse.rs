@@ -74,6 +74,8 @@ pub struct Stream {
     /// registration ends with the stream.
     pub orders: crate::mailbox::Mailbox<crate::control::Order>,
     pub registration: crate::control::Registration,
+    /// The user's connection slot (`limits.max_connections_per_user`), given back with the stream.
+    pub _slot: crate::session::limits::ConnectionSlot,
     pub resumable: bool,
     pub heartbeat: Duration,
     /// When the token expires (unix ms): the stream ends with `token_expired` then.
