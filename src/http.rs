@@ -297,6 +297,8 @@ pub const SDK_MODULES: &[(&str, &str)] = &[
     ("events.js", include_str!("../clients/js/src/events.js")),
     ("sessions.js", include_str!("../clients/js/src/sessions.js")),
     ("jsonpatch.js", include_str!("../clients/js/src/jsonpatch.js")),
+    // Imports `yjs`, `y-protocols` and `lib0`: for pages with an import map naming them.
+    ("yjs.js", include_str!("../clients/js/src/yjs.js")),
 ];
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 
