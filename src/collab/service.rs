@@ -86,6 +86,9 @@ enum Out {
     Others(DeviceId, SessionEvent),
     /// To this device only (the relay's sync step 1 after its step 2).
     To(DeviceId, SessionEvent),
+    /// A Yjs update to every joined device but its sender's; one that cannot take it is closed as
+    /// a slow consumer (it syncs again when it reconnects), as for `Patched`.
+    Relayed(DeviceId, SessionEvent),
     /// The session ended: tell every joined device, then forget them.
     Ended(SessionEvent),
 }
@@ -335,7 +338,7 @@ impl CollabService {
                     let relayed = yjs_event(yjs::sync_message(yrs::sync::SyncMessage::Update(update)));
                     let ops = writes.into_iter().map(Op::Write).collect();
                     let applied = SessionEvent::Applied { version, rebased: false };
-                    self.queue(live, ops, vec![Out::Answer(reply, applied), Out::Others(device, relayed)]);
+                    self.queue(live, ops, vec![Out::Answer(reply, applied), Out::Relayed(device, relayed)]);
                 }
                 Ok(YOutcome::Unchanged { version }) => {
                     let applied = SessionEvent::Applied { version, rebased: false };
@@ -640,18 +643,18 @@ fn deliver(live: &Live, outs: Vec<Out>, ok: bool, wakes: &mut Wakes) {
                 let mut encoded = EncodeOnce::new(&frame);
                 for joined in state.devices.values_mut().filter(|j| j.since < version) {
                     joined.since = version;
-                    let outbox = &joined.outbox;
-                    // A member that cannot take a patch would miss it: it is closed as a slow
-                    // consumer and catches up from its version when it reconnects.
-                    if let Err(PushError::Full) =
-                        outbox.push_batched(CONTROL, encoded.get(outbox.codec()), outbox.cap(), wakes)
-                    {
-                        outbox.close(CloseReason::Error(ErrorCode::SLOW_CONSUMER));
-                    }
+                    push_or_close(&joined.outbox, &mut encoded, wakes);
                 }
             }
             Out::Event(event) => broadcast(&session, &state, event, None),
             Out::Others(device, event) => broadcast(&session, &state, event, Some(device)),
+            Out::Relayed(from, event) => {
+                let frame = ServerFrame::Session { req: 0, session: session.clone(), event };
+                let mut encoded = EncodeOnce::new(&frame);
+                for (_, joined) in state.devices.iter().filter(|(d, _)| **d != from) {
+                    push_or_close(&joined.outbox, &mut encoded, wakes);
+                }
+            }
             Out::To(device, event) => {
                 if let Some(joined) = state.devices.get(&device) {
                     let frame = ServerFrame::Session { req: 0, session: session.clone(), event };
@@ -663,6 +666,14 @@ fn deliver(live: &Live, outs: Vec<Out>, ok: bool, wakes: &mut Wakes) {
                 state.devices.clear();
             }
         }
+    }
+}
+
+/// Queues a change (a patch, a Yjs update) for a member. One that cannot take it would miss it:
+/// it is closed as a slow consumer and catches up when it reconnects.
+fn push_or_close(outbox: &Arc<Outbox>, encoded: &mut EncodeOnce<'_, ServerFrame>, wakes: &mut Wakes) {
+    if let Err(PushError::Full) = outbox.push_batched(CONTROL, encoded.get(outbox.codec()), outbox.cap(), wakes) {
+        outbox.close(CloseReason::Error(ErrorCode::SLOW_CONSUMER));
     }
 }
 
