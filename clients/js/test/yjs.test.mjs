@@ -7,13 +7,13 @@ import assert from "node:assert/strict";
 import * as Y from "yjs";
 import { Awareness } from "y-protocols/awareness";
 import { YjsProvider } from "../src/yjs.js";
-import { nextEvent, startRelay, until, wsClient } from "./relay.mjs";
+import { Cuttable, nextEvent, startRelay, until, wsClient } from "./relay.mjs";
 
 const EDIT = ["--session", "notes:*"];
 const READ = ["--session-read", "notes:*"];
 
-async function peer(relay, user, args, create = false) {
-  const client = wsClient(relay, async () => relay.cliToken(user, args));
+async function peer(relay, user, args, create = false, options = {}) {
+  const client = wsClient(relay, async () => relay.cliToken(user, args), options);
   await client.connect();
   const doc = new Y.Doc();
   const awareness = new Awareness(doc);
@@ -67,6 +67,36 @@ test("two Yjs clients edit a text at once and converge; a late joiner gets it al
     for (const p of peers) {
       await p.provider.destroy();
       p.awareness.destroy(); // Its outdated-state timer would keep Node running.
+      p.client.close();
+    }
+    await relay.stop();
+  }
+});
+
+test("a Yjs client that lost its connection sends what it typed meanwhile and gets what it missed", { timeout: 30_000 }, async () => {
+  const relay = await startRelay();
+  const peers = [];
+  try {
+    const alice = await peer(relay, "alice", EDIT, true);
+    const bob = await peer(relay, "bob", EDIT, false, { WebSocket: Cuttable, backoff: { baseMs: 300, capMs: 300 } });
+    peers.push(alice, bob);
+    alice.text.insert(0, "one ");
+    await until(() => bob.text.toString() === "one ", "bob has the first word");
+
+    // Bob's connection drops; both type while he is away.
+    const reconnecting = nextEvent(bob.client, "status", (s) => s.state === "reconnecting");
+    Cuttable.current.terminate();
+    await reconnecting;
+    alice.text.insert(alice.text.length, "two ");
+    bob.text.insert(0, "zero ");
+    const synced = nextEvent(bob.provider, "synced");
+    await synced;
+    await until(() => alice.text.toString() === bob.text.toString() && alice.text.toString().includes("zero"), "both converge");
+    assert.deepEqual(alice.text.toString().split(" ").filter(Boolean).sort(), ["one", "two", "zero"]);
+  } finally {
+    for (const p of peers) {
+      await p.provider.destroy();
+      p.awareness.destroy();
       p.client.close();
     }
     await relay.stop();
