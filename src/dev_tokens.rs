@@ -24,6 +24,9 @@ pub struct DevTokenRequest {
     /// Users the token may call (1:1 calls).
     #[serde(default = "default_call")]
     pub call: Vec<String>,
+    /// Session patterns the token may create, join and edit (the board demo's `board:*`).
+    #[serde(default = "default_session")]
+    pub session: Vec<String>,
     #[serde(default = "default_ttl")]
     pub ttl_secs: u64,
 }
@@ -38,6 +41,10 @@ fn default_rooms() -> Vec<String> {
 
 fn default_call() -> Vec<String> {
     vec!["*".to_owned()]
+}
+
+fn default_session() -> Vec<String> {
+    vec!["board:*".to_owned()]
 }
 
 fn default_ttl() -> u64 {
@@ -99,7 +106,13 @@ impl DevTokens {
             jti: None,
             iss: self.issuer.clone(),
             aud: self.audience.clone().map(Into::into),
-            caps: Caps { join: request.rooms.clone(), publish: request.rooms, call: request.call, ..Caps::default() },
+            caps: Caps {
+                join: request.rooms.clone(),
+                publish: request.rooms,
+                call: request.call,
+                session: request.session,
+                ..Caps::default()
+            },
         };
         let token = self.signer.sign(&claims).map_err(|e| DevTokenError::Sign(e.to_string()))?;
         Ok(DevToken { token, user: request.user, tenant: request.tenant, expires_at })
@@ -128,6 +141,8 @@ mod tests {
         let identity = verifier.verify(&minted.token, NOW).unwrap();
         assert!(identity.can_join("chat:lobby") && identity.can_publish("chat:lobby"));
         assert!(!identity.can_join("secret:room"));
+        assert_eq!(identity.session_bound("board:team"), Some(crate::proto::SessionRole::Owner), "the board demo's");
+        assert_eq!(identity.session_bound("doc:secret"), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The TCP listener's HTTP surface: the WebSocket endpoint, health and readiness, Prometheus
-//! metrics, the certificate hashes browsers pin, the demo page at `/` and the call page at
-//! `/call/` with the browser client, and the server API application backends call
+//! metrics, the certificate hashes browsers pin, the demo page at `/`, the call page at
+//! `/call/` and the collaborative board at `/board/` with the browser client, and the server API application backends call
 //! (`POST /v1/api/publish`, `GET /v1/api/presence/{tenant}/rooms/{room}` and
 //! `GET /v1/api/presence/{tenant}/users/{user}`, `GET /v1/api/calls/{tenant}/users/{user}`,
 //! bearer key from `api.key`), and the ICE servers
@@ -102,7 +102,10 @@ pub fn router(state: Arc<HttpState>, routes: Routes) -> Router {
         .route("/sdk/{module}", get(sdk_module))
         .route("/call", get(|| async { axum::response::Redirect::permanent("/call/") }))
         .route("/call/", get(|| async { asset("text/html; charset=utf-8", CALL_HTML) }))
-        .route("/call/call.js", get(|| async { asset(JAVASCRIPT, CALL_JS) }));
+        .route("/call/call.js", get(|| async { asset(JAVASCRIPT, CALL_JS) }))
+        .route("/board", get(|| async { axum::response::Redirect::permanent("/board/") }))
+        .route("/board/", get(|| async { asset("text/html; charset=utf-8", BOARD_HTML) }))
+        .route("/board/board.js", get(|| async { asset(JAVASCRIPT, BOARD_JS) }));
     let admin = Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/api/publish", post(api_publish))
@@ -272,6 +275,9 @@ const DEMO_JS: &str = include_str!("../clients/demo/demo.js");
 // The group-call page (`/call/`).
 const CALL_HTML: &str = include_str!("../clients/call/index.html");
 const CALL_JS: &str = include_str!("../clients/call/call.js");
+// The collaborative board (`/board/`, docs/sessions.md).
+const BOARD_HTML: &str = include_str!("../clients/board/index.html");
+const BOARD_JS: &str = include_str!("../clients/board/board.js");
 /// The SDK's modules (`clients/js/src/`), served at `/sdk/<name>` so pages import them as
 /// `/sdk/index.js`. Every module of the package is listed (a test checks).
 pub const SDK_MODULES: &[(&str, &str)] = &[
@@ -293,6 +299,8 @@ pub const SDK_MODULES: &[(&str, &str)] = &[
     ("events.js", include_str!("../clients/js/src/events.js")),
     ("sessions.js", include_str!("../clients/js/src/sessions.js")),
     ("jsonpatch.js", include_str!("../clients/js/src/jsonpatch.js")),
+    // Imports `yjs`, `y-protocols` and `lib0`: for pages with an import map naming them.
+    ("yjs.js", include_str!("../clients/js/src/yjs.js")),
 ];
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 

@@ -177,6 +177,13 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
         session_action("session_close", 56, SessionAction::Close {}),
         session_action("session_destroy", 57, SessionAction::Destroy {}),
         session_action("session_cursor", 0, SessionAction::Cursor { data: Payload::from(r#"{"x":10,"y":20}"#) }),
+        session_action(
+            "session_create_yjs",
+            58,
+            SessionAction::CreateYjs { max_bytes: None, default_role: SessionRole::Editor },
+        ),
+        // A y-protocols sync step 1 with an empty state vector.
+        session_action("session_yjs", 59, SessionAction::Yjs { message: Payload::from(vec![0, 0, 1, 0]) }),
         (
             "subscribe",
             ClientFrame::Subscribe {
@@ -507,6 +514,8 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
             SessionEvent::Cursor { user: "bob".into(), data: Some(Payload::from(r#"{"x":10,"y":20}"#)) },
         ),
         session_event("session_cursor_gone", 0, SessionEvent::Cursor { user: "bob".into(), data: None }),
+        // A y-protocols sync step 2 holding an empty update.
+        session_event("session_yjs", 59, SessionEvent::Yjs { message: Payload::from(vec![0, 1, 2, 0, 0]) }),
         (
             "subscribed",
             ServerFrame::Subscribed { req: 50, pattern: "orders.*.created".into(), position: None, recovered: true },

@@ -58,7 +58,7 @@ export class Session<T = any> extends TypedSessionTarget<T> {
   readonly id: string;
   readonly doc: T | null;
   readonly version: number | null;
-  /** This device's role (the session's role for the user, bounded by the token). */
+  /** This device's role (the session's role for the user, bounded by the token); follows the owner's role changes. */
   readonly myRole: SessionRole | null;
   readonly status: "open" | "closed" | null;
   readonly joined: boolean;

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::yjs::{YDoc, YError};
 use crate::hub::presence::DeviceId;
 use crate::proto::{
     ErrorCode, Payload, SessionEvent, SessionMember, SessionPatch, SessionRole, SessionSnapshot, SessionStatus,
@@ -65,6 +66,21 @@ pub struct Meta {
     /// The JSON Schema the document must validate against.
     #[serde(default)]
     pub schema: Option<Value>,
+    /// What the document is (sessions stored before `yjs` sessions existed are JSON).
+    #[serde(default)]
+    pub kind: SessionKind,
+}
+
+/// What a session's document is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionKind {
+    /// JSON, changed by RFC 6902 patches.
+    #[default]
+    Json,
+    /// A Yjs document, changed by Yjs updates (`super::yjs`); snapshots and stored patches hold
+    /// Yjs updates (binary).
+    Yjs,
 }
 
 /// Something to commit, in order, before the events that follow from it go out.
@@ -112,6 +128,13 @@ pub enum SessionError {
     BadRequest(String),
     #[error("session store: {0}")]
     Store(String),
+    #[error("{0}")]
+    WrongKind(&'static str),
+    #[error("{0}")]
+    BadYjs(String),
+    /// The update failed while being applied: the session reloads from the store.
+    #[error("{0}")]
+    YjsBroken(String),
 }
 
 impl SessionError {
@@ -131,6 +154,8 @@ impl SessionError {
             SessionError::Schema(_) => ErrorCode::SCHEMA_VIOLATION,
             SessionError::BadRequest(_) => ErrorCode::BAD_REQUEST,
             SessionError::Store(_) => ErrorCode::STORE_UNAVAILABLE,
+            SessionError::WrongKind(_) => ErrorCode::WRONG_SESSION_KIND,
+            SessionError::BadYjs(_) | SessionError::YjsBroken(_) => ErrorCode::BAD_YJS_MESSAGE,
         }
     }
 }
@@ -179,6 +204,17 @@ pub struct CollabSession {
     devices: BTreeMap<DeviceId, Device>,
     limits: Limits,
     validator: Option<super::schema::Validator>,
+    /// The document of a `yjs` session (`doc` is then `null`).
+    ydoc: Option<YDoc>,
+}
+
+/// The outcome of an accepted Yjs update (or sync step 2).
+#[derive(Debug, Clone, PartialEq)]
+pub enum YOutcome {
+    /// It added something: the next version; commit `writes`, then answer and relay it.
+    Applied { patch: SessionPatch, writes: Vec<Write> },
+    /// It added nothing (or a viewer's sync step 2, ignored): the version stays.
+    Unchanged { version: u64 },
 }
 
 /// Parses a document's JSON text.
@@ -283,6 +319,7 @@ impl CollabSession {
             created_ms: now_ms,
             last_active_ms: now_ms,
             schema,
+            kind: SessionKind::Json,
         };
         let snapshot = SessionSnapshot { version: 0, doc: Payload::json(&value) };
         let writes = vec![Write::Meta(meta.clone()), Write::Snapshot(snapshot)];
@@ -291,8 +328,29 @@ impl CollabSession {
         Ok((session, writes))
     }
 
+    /// A new `yjs` session owned by `owner`, with an empty Yjs document at version 0, and the
+    /// writes that store it.
+    pub fn create_yjs(
+        owner: &str,
+        max_bytes: Option<u32>,
+        default_role: SessionRole,
+        limits: Limits,
+        now_ms: u64,
+    ) -> Result<(CollabSession, Vec<Write>), SessionError> {
+        let (mut session, _) =
+            CollabSession::create(owner, &Payload::from("null"), max_bytes, default_role, None, limits, now_ms)?;
+        session.meta.kind = SessionKind::Yjs;
+        let ydoc = YDoc::new();
+        session.size_bound = ydoc.state().len();
+        let mut writes = vec![Write::Meta(session.meta.clone())];
+        session.ydoc = Some(ydoc);
+        writes.push(Write::Snapshot(session.snapshot()));
+        Ok((session, writes))
+    }
+
     fn from_parts(meta: Meta, doc: Value, version: u64, size: usize, limits: Limits) -> CollabSession {
         CollabSession {
+            ydoc: None,
             validator: None,
             meta,
             doc,
@@ -317,6 +375,9 @@ impl CollabSession {
         ids: HashMap<String, Vec<(String, u64)>>,
         limits: Limits,
     ) -> Result<CollabSession, String> {
+        if meta.kind == SessionKind::Yjs {
+            return CollabSession::restore_yjs(meta, snapshot, patches, limits);
+        }
         let doc = parse_doc(&snapshot.doc).map_err(|e| e.to_string())?;
         let size = doc_size(&doc);
         let validator = meta.schema.as_ref().map(super::schema::Validator::compile).transpose()?;
@@ -339,6 +400,28 @@ impl CollabSession {
             session.since_snapshot.1 += p.patch.len();
             session.remember(p, touched(&ops).0);
         }
+        Ok(session)
+    }
+
+    fn restore_yjs(
+        meta: Meta,
+        snapshot: &SessionSnapshot,
+        patches: &[SessionPatch],
+        limits: Limits,
+    ) -> Result<CollabSession, String> {
+        let ydoc = YDoc::from_state(&snapshot.doc.0).map_err(|e| format!("stored Yjs snapshot: {e}"))?;
+        let mut session = CollabSession::from_parts(meta, Value::Null, snapshot.version, snapshot.doc.len(), limits);
+        for p in patches {
+            if p.version != session.version + 1 {
+                return Err(format!("update {} follows version {}", p.version, session.version));
+            }
+            ydoc.apply(&p.patch.0).map_err(|e| format!("stored update {}: {e}", p.version))?;
+            session.version = p.version;
+            session.size_bound += p.patch.len();
+            session.since_snapshot.0 += 1;
+            session.since_snapshot.1 += p.patch.len();
+        }
+        session.ydoc = Some(ydoc);
         Ok(session)
     }
 
@@ -379,7 +462,19 @@ impl CollabSession {
 
     /// The document now, as a snapshot.
     pub fn snapshot(&self) -> SessionSnapshot {
-        SessionSnapshot { version: self.version, doc: Payload::json(&self.doc) }
+        match &self.ydoc {
+            Some(ydoc) => SessionSnapshot { version: self.version, doc: Payload::from(ydoc.state()) },
+            None => SessionSnapshot { version: self.version, doc: Payload::json(&self.doc) },
+        }
+    }
+
+    /// The Yjs document of a `yjs` session.
+    pub fn ydoc(&self) -> Option<&YDoc> {
+        self.ydoc.as_ref()
+    }
+
+    pub fn kind(&self) -> SessionKind {
+        self.meta.kind
     }
 
     /// The oldest version a device may say it has and still get only the patches after it
@@ -499,6 +594,9 @@ impl CollabSession {
         now_ms: u64,
     ) -> Result<PatchOutcome, SessionError> {
         let role = self.device_role(device).ok_or(SessionError::NotIn)?;
+        if self.ydoc.is_some() {
+            return Err(SessionError::WrongKind("a yjs session takes Yjs updates (yjs messages), not patches"));
+        }
         check_patch_id(id)?;
         let user = self.devices[&device].user.clone();
         if let Some(version) = self.applied_as(&user, id) {
@@ -571,6 +669,12 @@ impl CollabSession {
         let mut out = vec![Write::Patch(applied.clone()), Write::Ids { user: applied.user.clone(), ids }];
         self.since_snapshot.0 += 1;
         self.since_snapshot.1 += patch.len();
+        self.snapshot_due(&mut out);
+        Ok(PatchOutcome::Applied { patch: applied, rebased, writes: out })
+    }
+
+    /// Writes a snapshot when `snapshot_every_patches` or `snapshot_every_bytes` is reached.
+    fn snapshot_due(&mut self, out: &mut Vec<Write>) {
         if self.since_snapshot.0 >= self.limits.snapshot_every_patches
             || self.since_snapshot.1 >= self.limits.snapshot_every_bytes
         {
@@ -579,7 +683,69 @@ impl CollabSession {
             self.since_snapshot = (0, 0);
             out.push(Write::Snapshot(snapshot));
         }
-        Ok(PatchOutcome::Applied { patch: applied, rebased, writes: out })
+    }
+
+    /// A Yjs update (`step2`: a sync step 2) from a joined device of a `yjs` session. A viewer's
+    /// sync step 2 is ignored (a Yjs client sends one on every connect) and its update refused; an
+    /// update that adds nothing gets no version. Every version is stored as a patch holding the
+    /// update, and compacted into a snapshot (the whole document as one update) like patches.
+    pub fn y_update(
+        &mut self,
+        device: DeviceId,
+        update: &[u8],
+        step2: bool,
+        now_ms: u64,
+    ) -> Result<YOutcome, SessionError> {
+        let role = self.device_role(device).ok_or(SessionError::NotIn)?;
+        let Some(ydoc) = &self.ydoc else {
+            return Err(SessionError::WrongKind("a JSON session takes patches, not yjs messages"));
+        };
+        let unchanged = YOutcome::Unchanged { version: self.version };
+        if role == SessionRole::Viewer || self.meta.status == SessionStatus::Closed {
+            return match (step2, role) {
+                (true, _) => Ok(unchanged),
+                (false, SessionRole::Viewer) => Err(SessionError::ReadOnly),
+                (false, _) => Err(SessionError::Closed),
+            };
+        }
+        if update.len() > self.limits.max_patch_bytes {
+            return Err(SessionError::BadRequest(format!(
+                "update of {} bytes, over sessions.max_patch_bytes ({})",
+                update.len(),
+                self.limits.max_patch_bytes
+            )));
+        }
+        // The encoded document grows by at most about the update's size: measure it only when
+        // that bound is over the limit.
+        let max = self.meta.max_bytes as usize;
+        if self.size_bound + update.len() > max {
+            self.size_bound = ydoc.state().len();
+            if self.size_bound + update.len() > max {
+                return Err(SessionError::TooLarge { size: self.size_bound + update.len(), max });
+            }
+        }
+        let changed = ydoc.apply(update).map_err(|e| match e {
+            YError::Bad(e) => SessionError::BadYjs(e),
+            YError::Apply(e) => SessionError::YjsBroken(e),
+        })?;
+        if !changed {
+            return Ok(unchanged);
+        }
+        self.version += 1;
+        self.size_bound += update.len();
+        let user = self.devices[&device].user.clone();
+        let patch = SessionPatch {
+            version: self.version,
+            user,
+            id: format!("y{}", self.version),
+            patch: Payload::from(update.to_vec()),
+            time: now_ms,
+        };
+        let mut writes = vec![Write::Patch(patch.clone())];
+        self.since_snapshot.0 += 1;
+        self.since_snapshot.1 += update.len();
+        self.snapshot_due(&mut writes);
+        Ok(YOutcome::Applied { patch, writes })
     }
 
     /// The owner gives `user` a role; `owner` hands ownership over (the former owner becomes an

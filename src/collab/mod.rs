@@ -28,15 +28,19 @@
 //! are checked against the current document, which gives compare-and-set. A patch applies whole
 //! or not at all.
 //!
-//! Not yet here (issue 18, later parts): sessions across the nodes of a Redis region (a session
-//! lives on one node and its embedded store), and `yjs` sessions.
+//! - [`yjs`]: sessions of kind `yjs`, whose document is a Yjs document merged by `yrs`, spoken
+//!   to in y-protocols sync and awareness messages.
+//!
+//! Not yet here (issue 18, a later part): sessions across the nodes of a Redis region (a session
+//! lives on one node and its embedded store).
 
 pub mod cursors;
 pub mod machine;
 pub mod schema;
 pub mod service;
 pub mod store;
+pub mod yjs;
 
-pub use machine::{CollabSession, Limits, Meta, PatchOutcome, SessionError, Write};
+pub use machine::{CollabSession, Limits, Meta, PatchOutcome, SessionError, SessionKind, Write, YOutcome};
 pub use service::{CollabService, Requester};
 pub use store::SessionStore;

@@ -22,8 +22,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::cursors::Cursors;
-use super::machine::{CollabSession, Limits, PatchOutcome, SessionError};
+use super::machine::{CollabSession, Limits, PatchOutcome, SessionError, SessionKind, YOutcome};
 use super::store::{Op, SessionStore};
+use super::yjs::{self, YAwareness, YMessage};
 use crate::auth::Identity;
 use crate::config::SessionsConfig;
 use crate::hub::RoomKey;
@@ -58,6 +59,8 @@ struct LiveState {
     machine: Option<CollabSession>,
     devices: HashMap<DeviceId, Joined>,
     cursors: Cursors,
+    /// The awareness states of a `yjs` session's devices.
+    awareness: YAwareness,
 }
 
 /// A loaded session.
@@ -81,6 +84,11 @@ enum Out {
     Event(SessionEvent),
     /// To every joined device but this one (the one that joined: its answer has it).
     Others(DeviceId, SessionEvent),
+    /// To this device only (the relay's sync step 1 after its step 2).
+    To(DeviceId, SessionEvent),
+    /// A Yjs update to every joined device but its sender's; one that cannot take it is closed as
+    /// a slow consumer (it syncs again when it reconnects), as for `Patched`.
+    Relayed(DeviceId, SessionEvent),
     /// The session ended: tell every joined device, then forget them.
     Ended(SessionEvent),
 }
@@ -150,6 +158,7 @@ impl CollabService {
                 machine,
                 devices: HashMap::new(),
                 cursors: Cursors::new(self.config.cursor_rate),
+                awareness: YAwareness::default(),
             }),
             queued: AtomicUsize::new(0),
             poisoned: AtomicBool::new(false),
@@ -188,12 +197,19 @@ impl CollabService {
         let bound = who.identity.session_bound(session).ok_or(SessionError::Denied)?;
         let user = who.identity.user.as_str();
         let Requester { device, outbox, reply, .. } = who;
-        if let SessionAction::Create { doc, max_bytes, default_role, schema } = action {
+        if matches!(action, SessionAction::Create { .. } | SessionAction::CreateYjs { .. }) {
             if bound != SessionRole::Owner {
                 return Err(SessionError::Denied);
             }
-            let (machine, writes) =
-                CollabSession::create(user, &doc, max_bytes, default_role, schema.as_ref(), self.limits, now_ms)?;
+            let (machine, writes) = match action {
+                SessionAction::Create { doc, max_bytes, default_role, schema } => {
+                    CollabSession::create(user, &doc, max_bytes, default_role, schema.as_ref(), self.limits, now_ms)?
+                }
+                SessionAction::CreateYjs { max_bytes, default_role } => {
+                    CollabSession::create_yjs(user, max_bytes, default_role, self.limits, now_ms)?
+                }
+                _ => unreachable!("matched above"),
+            };
             let mut sessions = lock(&self.sessions);
             let loaded = sessions.get(&key).filter(|l| !l.poisoned.load(Ordering::Acquire)).cloned();
             let live = match loaded {
@@ -222,7 +238,7 @@ impl CollabService {
             return Err(SessionError::Unknown);
         }
         match action {
-            SessionAction::Create { .. } => unreachable!("handled above"),
+            SessionAction::Create { .. } | SessionAction::CreateYjs { .. } => unreachable!("handled above"),
             SessionAction::Join { version } => {
                 self.join(&live, &mut state, device, user, bound, outbox, reply, version, now_ms)
             }
@@ -286,7 +302,70 @@ impl CollabService {
                 drop(reply);
                 self.cursor_in(&live, &mut state, device, data, now_ms)
             }
+            SessionAction::Yjs { message } => self.yjs_in(&live, &mut state, device, reply, &message, now_ms),
         }
+    }
+
+    /// A y-protocols message for a `yjs` session (docs/sessions.md, "Yjs sessions").
+    fn yjs_in(
+        &self,
+        live: &Arc<Live>,
+        state: &mut LiveState,
+        device: DeviceId,
+        reply: Reply,
+        message: &Payload,
+        now_ms: u64,
+    ) -> Result<(), SessionError> {
+        let machine = state.machine.as_mut().ok_or(SessionError::Unknown)?;
+        machine.device_role(device).ok_or(SessionError::NotIn)?;
+        let ydoc = machine.ydoc().ok_or(SessionError::WrongKind("a JSON session takes patches, not yjs messages"))?;
+        let yjs_event = |bytes: Vec<u8>| SessionEvent::Yjs { message: Payload::from(bytes) };
+        match yjs::decode(&message.0).map_err(|e| SessionError::BadYjs(e.to_string()))? {
+            YMessage::Step1(sv) => {
+                // What the device misses, then the relay's own step 1 so it sends what the relay
+                // misses, then who else is here.
+                let step2 = yjs::sync_message(yrs::sync::SyncMessage::SyncStep2(ydoc.diff(&sv)));
+                let step1 = yjs::sync_message(yrs::sync::SyncMessage::SyncStep1(ydoc.state_vector()));
+                let mut outs = vec![Out::Answer(reply, yjs_event(step2)), Out::To(device, yjs_event(step1))];
+                if let Some(all) = state.awareness.all() {
+                    outs.push(Out::To(device, yjs_event(all)));
+                }
+                self.queue(live, vec![], outs);
+            }
+            YMessage::Update { update, step2 } => match machine.y_update(device, &update, step2, now_ms) {
+                Ok(YOutcome::Applied { patch, writes }) => {
+                    let version = patch.version;
+                    let relayed = yjs_event(yjs::sync_message(yrs::sync::SyncMessage::Update(update)));
+                    let ops = writes.into_iter().map(Op::Write).collect();
+                    let applied = SessionEvent::Applied { version, rebased: false };
+                    self.queue(live, ops, vec![Out::Answer(reply, applied), Out::Relayed(device, relayed)]);
+                }
+                Ok(YOutcome::Unchanged { version }) => {
+                    let applied = SessionEvent::Applied { version, rebased: false };
+                    self.queue(live, vec![], vec![Out::Answer(reply, applied)]);
+                }
+                Err(e @ SessionError::YjsBroken(_)) => {
+                    // The document may hold part of the update: start over from the store.
+                    live.poisoned.store(true, Ordering::Release);
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            },
+            YMessage::Awareness(update) => {
+                let max = self.config.max_cursor_bytes as usize;
+                state.awareness.update(device, &update, max).map_err(|e| SessionError::BadYjs(e.to_string()))?;
+                broadcast(&live.key.room.to_string(), state, yjs_event(message.0.to_vec()), Some(device));
+                // Answered only when asked with a request id (a Yjs client sends them with 0).
+                if reply.req() != 0 {
+                    self.queue(live, vec![], vec![Out::Answer(reply, SessionEvent::Ok {})]);
+                }
+            }
+            YMessage::AwarenessQuery => {
+                let all = state.awareness.all().unwrap_or_else(yjs::no_awareness);
+                self.queue(live, vec![], vec![Out::Answer(reply, yjs_event(all))]);
+            }
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -309,6 +388,8 @@ impl CollabService {
         // than the document; else the document.
         let missed = version.and_then(|v| machine.patches_after(v));
         let (snapshot, patches) = match missed {
+            // A Yjs client syncs with a sync step 1 after joining.
+            _ if machine.kind() == SessionKind::Yjs => (None, vec![]),
             Some(patches) if patches.iter().map(|p| p.patch.len()).sum::<usize>() < machine.snapshot().doc.len() => {
                 (None, patches)
             }
@@ -333,6 +414,10 @@ impl CollabService {
     fn leave_device(&self, live: &Arc<Live>, state: &mut LiveState, device: DeviceId, now_ms: u64) -> bool {
         if state.devices.remove(&device).is_none() {
             return false;
+        }
+        if let Some(gone) = state.awareness.remove(device) {
+            let event = SessionEvent::Yjs { message: Payload::from(gone) };
+            broadcast(&live.key.room.to_string(), state, event, None);
         }
         if let Some(machine) = state.machine.as_mut()
             && let Some((events, write)) = machine.leave(device, now_ms)
@@ -558,23 +643,37 @@ fn deliver(live: &Live, outs: Vec<Out>, ok: bool, wakes: &mut Wakes) {
                 let mut encoded = EncodeOnce::new(&frame);
                 for joined in state.devices.values_mut().filter(|j| j.since < version) {
                     joined.since = version;
-                    let outbox = &joined.outbox;
-                    // A member that cannot take a patch would miss it: it is closed as a slow
-                    // consumer and catches up from its version when it reconnects.
-                    if let Err(PushError::Full) =
-                        outbox.push_batched(CONTROL, encoded.get(outbox.codec()), outbox.cap(), wakes)
-                    {
-                        outbox.close(CloseReason::Error(ErrorCode::SLOW_CONSUMER));
-                    }
+                    push_or_close(&joined.outbox, &mut encoded, wakes);
                 }
             }
             Out::Event(event) => broadcast(&session, &state, event, None),
             Out::Others(device, event) => broadcast(&session, &state, event, Some(device)),
+            Out::Relayed(from, event) => {
+                let frame = ServerFrame::Session { req: 0, session: session.clone(), event };
+                let mut encoded = EncodeOnce::new(&frame);
+                for (_, joined) in state.devices.iter().filter(|(d, _)| **d != from) {
+                    push_or_close(&joined.outbox, &mut encoded, wakes);
+                }
+            }
+            Out::To(device, event) => {
+                if let Some(joined) = state.devices.get(&device) {
+                    let frame = ServerFrame::Session { req: 0, session: session.clone(), event };
+                    let _ = joined.outbox.push(CONTROL, joined.outbox.codec().frame(&frame));
+                }
+            }
             Out::Ended(event) => {
                 broadcast(&session, &state, event, None);
                 state.devices.clear();
             }
         }
+    }
+}
+
+/// Queues a change (a patch, a Yjs update) for a member. One that cannot take it would miss it:
+/// it is closed as a slow consumer and catches up when it reconnects.
+fn push_or_close(outbox: &Arc<Outbox>, encoded: &mut EncodeOnce<'_, ServerFrame>, wakes: &mut Wakes) {
+    if let Err(PushError::Full) = outbox.push_batched(CONTROL, encoded.get(outbox.codec()), outbox.cap(), wakes) {
+        outbox.close(CloseReason::Error(ErrorCode::SLOW_CONSUMER));
     }
 }
 

@@ -249,6 +249,7 @@ mod tests {
             created_ms: 0,
             last_active_ms,
             schema: None,
+            kind: Default::default(),
         }
     }
 

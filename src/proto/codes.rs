@@ -171,6 +171,11 @@ codes! {
     /// The document would not validate against the session's JSON Schema (a `create` whose
     /// document does not, or a `patch` whose result would not).
     SCHEMA_VIOLATION = 180, "schema_violation", fatal = false, retry = false;
+    /// Yjs sessions (docs/sessions.md, "Yjs sessions"): a `yjs` message that is not a y-protocols
+    /// sync or awareness message, or an update that does not decode or apply.
+    BAD_YJS_MESSAGE = 181, "bad_yjs_message", fatal = false, retry = false;
+    /// A `patch` to a `yjs` session, or a `yjs` message to a JSON session.
+    WRONG_SESSION_KIND = 182, "wrong_session_kind", fatal = false, retry = false;
     /// Events (docs/events.md): a topic name or subscription pattern is empty, longer than 127
     /// bytes, has an empty segment or characters outside `[A-Za-z0-9_:@=+-]`, or a `>` that is
     /// not the last segment (`*` and `>` only in patterns).

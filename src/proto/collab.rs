@@ -72,6 +72,17 @@ pub enum SessionAction {
     /// delivered at most `sessions.cursor_rate` times per second per user. May be a datagram; no
     /// answer (an error only when sent as a stream frame and refused).
     Cursor { data: Payload },
+    /// Create a `yjs` session (its document is a Yjs document, changed by Yjs updates; docs/sessions.md
+    /// "Yjs sessions") and join it as its owner. `max_bytes` and `default_role` as in `create`.
+    /// Answered by `joined` (no snapshot: sync with a `yjs` sync step 1).
+    CreateYjs { max_bytes: Option<u32>, default_role: SessionRole },
+    /// A y-protocols message (binary, as y-websocket frames them: a varuint type, 0 sync or 1
+    /// awareness, then the message) for a `yjs` session. Sync step 1 is answered by a `yjs` event
+    /// with sync step 2 (what this device misses); sync step 2 and updates by `applied` once durable
+    /// (a viewer's sync step 2 is ignored, its update refused with `read_only`); awareness is
+    /// relayed to the other devices (answered `ok` only with a `req`); an awareness query by a `yjs` event
+    /// with the awareness states.
+    Yjs { message: Payload },
 }
 
 /// A session's document at a version.
@@ -137,4 +148,8 @@ pub enum SessionEvent {
     /// A member's cursor (usually a datagram; the latest per user wins). `data` absent: their
     /// cursor is gone.
     Cursor { user: String, data: Option<Payload> },
+    /// A y-protocols message for a `yjs` session: the answer to a sync step 1 (sync step 2), the
+    /// relay's own sync step 1 after it, another member's update or awareness, the awareness states
+    /// (answer to an awareness query), or the removal of a departed device's awareness.
+    Yjs { message: Payload },
 }

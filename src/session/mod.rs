@@ -782,7 +782,9 @@ impl Session {
             return Err(Failure::reject(ErrorCode::RATE_LIMITED, "session frames above sessions.rate"));
         }
         let (joins, leaves) = match &action {
-            SessionAction::Create { .. } | SessionAction::Join { .. } => (true, false),
+            SessionAction::Create { .. } | SessionAction::CreateYjs { .. } | SessionAction::Join { .. } => {
+                (true, false)
+            }
             SessionAction::Leave {} => (false, true),
             _ => (false, false),
         };

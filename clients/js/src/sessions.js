@@ -31,6 +31,7 @@ export class SessionConflict extends Error {
 }
 
 const sessions = new WeakMap();
+const RANK = { viewer: 0, editor: 1, owner: 2 };
 
 /** The `Session` `id` of `relay` (made on first use; nothing is sent). */
 export function session(relay, id) {
@@ -51,6 +52,8 @@ export class Session extends EventTarget {
   #wanted = false;
   // Patches answered `applied` whose version the local copy has not reached yet.
   #waiting = [];
+  // The highest role this device's token allows (learnt at join: a role below the user's).
+  #bound = "owner";
 
   constructor(relay, id) {
     super();
@@ -180,6 +183,8 @@ export class Session extends EventTarget {
     this.status = status;
     this.joined = true;
     this.members = new Map((members ?? []).map((m) => [m.user, m]));
+    const mine = this.members.get(this.#relay.welcome?.user);
+    this.#bound = mine && RANK[role] < RANK[mine.role] ? role : "owner";
     this.#settle();
     this.dispatchEvent(new CustomEvent("joined", { detail: { version, role, status } }));
   }
@@ -208,7 +213,12 @@ export class Session extends EventTarget {
   #onEvent(event) {
     if (event.patched) return this.#apply(event.patched.patch);
     if (event.member) {
-      this.members.set(event.member.member.user, event.member.member);
+      const member = event.member.member;
+      this.members.set(member.user, member);
+      // The owner changed this user's role: this device's follows, within its token.
+      if (member.user === this.#relay.welcome?.user && RANK[member.role] !== undefined) {
+        this.myRole = RANK[member.role] < RANK[this.#bound] ? member.role : this.#bound;
+      }
       return this.dispatchEvent(new CustomEvent("member", { detail: event.member.member }));
     }
     if (event.cursor) {

@@ -2,6 +2,8 @@
 // `exports` (as an app imports it). `npm run typecheck` (tsc --noEmit) must pass; the
 // `@ts-expect-error` lines must fail to type-check, or tsc reports them unused.
 import { SessionConflict, applyPatch, session } from "@edgerelay/client/sessions";
+import { YjsProvider } from "@edgerelay/client/yjs";
+import * as Y from "yjs";
 import {
   Call,
   Subscription,
@@ -210,3 +212,14 @@ function BoardHooks(relay: SharedRelay): string {
   return `${doc?.cards.length} ${version} ${members[0]?.present} ${Object.keys(cursors)} ${joined} ${error} ${events[0]?.data.text} ${subscription?.pattern}`;
 }
 void BoardHooks;
+
+// Yjs: a provider on a Y.Doc; `ready`, `version`, events, `destroy`.
+async function yjsProvider(relay: EdgeRelay) {
+  const doc = new Y.Doc();
+  const provider = new YjsProvider(relay, "notes:1", doc, { create: { defaultRole: "viewer" } });
+  await provider.ready;
+  const version: number | null = provider.version;
+  provider.addEventListener("error", ({ detail }) => console.log(detail.message, version));
+  await provider.destroy();
+}
+void yjsProvider;
