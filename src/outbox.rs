@@ -48,10 +48,7 @@
 //! non-blocking write to its socket). Whoever queues a frame then writes it at once, on its own
 //! thread, and the connection's task is woken only when the socket is full or another thread is
 //! writing. Without it, each delivery hands over to the writer on another thread: a wake-up and a
-//! context switch per message, which costs more than the write itself. QUIC's streams do the
-//! same per lane with a [`LaneWrite`]: a batch's wake-up of a lane writes its frames into the
-//! stream on the waking thread, and the lane's writer task runs only when the stream is blocked
-//! or the task is already writing.
+//! context switch per message, which costs more than the write itself.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -136,8 +133,6 @@ struct Lane {
     /// Bytes in `queue` and `held`.
     bytes: usize,
     notify: Arc<Notify>,
-    /// Writes on the waking thread instead of notifying, when the transport can.
-    direct: Option<Arc<dyn LaneWrite>>,
     closing: bool,
     /// Frames were queued by [`Outbox::push_batched`] and a [`Wakes`] holds this lane's wake-up.
     wake_pending: bool,
@@ -150,7 +145,6 @@ impl Lane {
             held: VecDeque::new(),
             bytes: 0,
             notify: Arc::new(Notify::new()),
-            direct: None,
             closing: false,
             wake_pending: false,
         }
@@ -230,15 +224,6 @@ pub trait DirectWrite: Send + Sync {
     /// own writer must be woken to finish: the socket is full, another thread is writing, or the
     /// connection is closing.
     fn write_now(&self, outbox: &Outbox) -> bool;
-}
-
-/// Writes a lane's queued frames on the thread that woke it (QUIC: into the lane's stream), so
-/// a fanout's delivery costs no hand-over to the lane's writer task (see the module docs).
-pub trait LaneWrite: Send + Sync {
-    /// Writes what `lane` of `outbox` holds if the stream takes it now. False when the lane's
-    /// writer task must be woken to finish: the stream is blocked, the task is writing, or the
-    /// lane is finishing.
-    fn write_now(&self, outbox: &Outbox, lane: LaneId) -> bool;
 }
 
 /// Writers to wake once a batch of pushes is queued (see the module docs). Wakes them all when
@@ -571,34 +556,15 @@ impl Outbox {
         Ok(())
     }
 
-    /// Wakes a lane's writer (and the single-stream writer); with a [`LaneWrite`], writes the
-    /// lane here and wakes its writer only if that could not finish.
+    /// Wakes a lane's writer (and the single-stream writer).
     fn wake(&self, lane: LaneId) {
         let mut inner = self.lock();
-        let mut direct = None;
         if let Some(l) = inner.lanes.get_mut(lane) {
             l.wake_pending = false;
-            direct = l.direct.clone();
-            if direct.is_none() {
-                l.notify.notify_one();
-            }
-        }
-        drop(inner);
-        if let Some(direct) = direct
-            && !direct.write_now(self, lane)
-            && let Some(l) = self.lock().lanes.get_mut(lane)
-        {
             l.notify.notify_one();
         }
+        drop(inner);
         self.frames_queued();
-    }
-
-    /// From now on (`Some`), a batch's wake-up of `lane` writes it with `writer` on the waking
-    /// thread; `None` stops that (the lane's writer is gone).
-    pub fn write_lane_directly(&self, lane: LaneId, writer: Option<Arc<dyn LaneWrite>>) {
-        if let Some(l) = self.lock().lanes.get_mut(lane) {
-            l.direct = writer;
-        }
     }
 
     /// Queues a lossy frame: it replaces a queued frame with the same key, and when the queue or
@@ -750,22 +716,6 @@ impl Outbox {
             }
             return Take::Empty;
         }
-        Take::Frames(self.drain(inner, lane, max))
-    }
-
-    /// Up to `max` frames queued on `lane`, or `None` when it has none; never finishes the lane
-    /// (for a [`LaneWrite`], which leaves that to the lane's writer task).
-    pub fn take_queued(&self, lane: LaneId, max: usize) -> Option<Vec<WireFrame>> {
-        let mut inner = self.lock();
-        if inner.lanes.get_mut(lane).is_none_or(|l| l.queue.is_empty()) {
-            return None;
-        }
-        Some(self.drain(inner, lane, max))
-    }
-
-    /// Takes up to `max` frames off `lane`'s queue and releases the lock.
-    fn drain(&self, mut inner: MutexGuard<'_, Inner>, lane: LaneId, max: usize) -> Vec<WireFrame> {
-        let Some(l) = inner.lanes.get_mut(lane) else { return Vec::new() };
         let n = l.queue.len().min(max);
         let frames: Vec<WireFrame> = l.queue.drain(..n).collect();
         let taken = frames.iter().map(WireFrame::len).sum::<usize>();
@@ -773,7 +723,7 @@ impl Outbox {
         inner.bytes -= taken;
         drop(inner);
         self.space.notify_waiters();
-        frames
+        Take::Frames(frames)
     }
 
     /// Takes up to `max` frames from all lanes, round-robin one frame per lane per pass,
@@ -914,62 +864,6 @@ mod tests {
         ob.push_batched(3, frame(400), 500, &mut wakes).unwrap();
         assert_eq!(ob.push_batched(3, frame(200), 500, &mut wakes), Err(PushError::Full));
         assert_eq!(wakes.lanes.len(), 1);
-    }
-
-    /// A [`LaneWrite`] that takes what is queued and says whether its stream took it.
-    struct Direct {
-        takes: bool,
-        written: Mutex<Vec<WireFrame>>,
-    }
-
-    impl LaneWrite for Direct {
-        fn write_now(&self, outbox: &Outbox, lane: LaneId) -> bool {
-            if !self.takes {
-                return false;
-            }
-            let Some(frames) = outbox.take_queued(lane, 64) else { return false };
-            self.written.lock().unwrap().extend(frames);
-            true
-        }
-    }
-
-    #[test]
-    fn a_lane_writer_writes_a_batch_on_the_waking_thread_and_the_task_sleeps() {
-        use futures_util::FutureExt;
-        let ob = Outbox::new(Codec::Json, 1000);
-        let notify = ob.open_lane(3);
-        let direct = Arc::new(Direct { takes: true, written: Mutex::new(Vec::new()) });
-        ob.write_lane_directly(3, Some(direct.clone()));
-        let mut wakes = Wakes::new();
-        ob.push_batched(3, named("a"), 500, &mut wakes).unwrap();
-        ob.push_batched(3, named("b"), 500, &mut wakes).unwrap();
-        drop(wakes);
-        assert_eq!(*direct.written.lock().unwrap(), [named("a"), named("b")]);
-        assert!(notify.notified().now_or_never().is_none(), "the lane's task is not woken");
-        assert_eq!(ob.take(3, 10), Take::Empty);
-        // Finishing stays with the task: a direct write never takes the lane's end.
-        ob.close_lane(3);
-        assert_eq!(ob.take_queued(3, 10), None);
-        assert_eq!(ob.take(3, 10), Take::Finished);
-    }
-
-    #[test]
-    fn a_lane_writer_that_cannot_write_wakes_the_task_with_the_frames_still_queued() {
-        use futures_util::FutureExt;
-        let ob = Outbox::new(Codec::Json, 1000);
-        let notify = ob.open_lane(3);
-        ob.write_lane_directly(3, Some(Arc::new(Direct { takes: false, written: Mutex::new(Vec::new()) })));
-        let mut wakes = Wakes::new();
-        ob.push_batched(3, named("a"), 500, &mut wakes).unwrap();
-        drop(wakes);
-        assert!(notify.notified().now_or_never().is_some());
-        assert_eq!(ob.take(3, 10), Take::Frames(vec![named("a")]));
-        // Without a lane writer, the task is woken as before.
-        ob.write_lane_directly(3, None);
-        let mut wakes = Wakes::new();
-        ob.push_batched(3, named("b"), 500, &mut wakes).unwrap();
-        drop(wakes);
-        assert!(notify.notified().now_or_never().is_some());
     }
 
     #[test]

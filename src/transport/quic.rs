@@ -33,7 +33,7 @@ use crate::mailbox::{MailSender, Mailbox, Refused, bounded_mailbox, mailbox};
 use crate::media::calls::Calls;
 use crate::media::out::{GroupOpen, MediaOut};
 use crate::metrics::{TransportMetrics, datagram_dropped, disconnected};
-use crate::outbox::{CONTROL, CloseReason, LaneId, LaneWrite, Outbox, Take};
+use crate::outbox::{CONTROL, CloseReason, LaneId, Outbox, Take};
 use crate::proto::{Codec, DecodeError, ErrorCode, FrameReader, WireFrame};
 use crate::transport;
 
@@ -503,12 +503,7 @@ impl Lanes {
     /// reader feeding its frames (read on from `reader`) to the connection loop.
     fn spawn(&self, lane: LaneId, send: SendStream, recv: RecvStream, reader: FrameReader) {
         let notify = self.outbox.open_lane(lane);
-        let stream = Arc::new(LaneStream {
-            state: std::sync::Mutex::new(LaneState { send: Some(send), chunks: Vec::new() }),
-            metrics: self.metrics.clone(),
-        });
-        self.outbox.write_lane_directly(lane, Some(stream.clone()));
-        self.writers.spawn(write_lane(self.outbox.clone(), lane, notify, stream));
+        self.writers.spawn(write_lane(self.outbox.clone(), lane, notify, send, self.metrics.clone()));
         self.readers.spawn(read_lane(lane, recv, reader, self.tx.clone(), self.cancel.clone(), self.metrics.clone()));
     }
 }
@@ -595,100 +590,33 @@ async fn serve_peer(
     }
 }
 
-/// A lane's stream, written by its writer task and, for a fanout's wake-ups, directly by the
-/// waking thread ([`LaneWrite`]): one delivery then costs no task wake-up beyond quinn's own
-/// connection driver. Whoever holds the lock writes `chunks` (what quinn has not taken yet)
-/// before taking more frames, so frames go out in order.
-struct LaneStream {
-    state: std::sync::Mutex<LaneState>,
+/// Writes one lane's frames to its stream until the lane finishes or the connection closes.
+async fn write_lane(
+    outbox: Arc<Outbox>,
+    lane: LaneId,
+    notify: Arc<Notify>,
+    mut send: SendStream,
     metrics: TransportMetrics,
-}
-
-struct LaneState {
-    /// Taken by the writer task to finish the stream.
-    send: Option<SendStream>,
-    /// Taken from the lane, not yet written whole; grows to the largest batch (an idle lane
-    /// holds none).
-    chunks: Vec<Bytes>,
-}
-
-impl LaneState {
-    /// Adds frames taken from the lane to what is to be written.
-    fn queue(&mut self, frames: Vec<WireFrame>, metrics: &TransportMetrics) {
-        let mut bytes = 0;
-        for frame in &frames {
-            bytes += frame.len();
-            self.chunks.push(frame.prefixed().clone());
-        }
-        metrics.frames_out.increment(frames.len() as u64);
-        metrics.bytes_out.increment(bytes as u64);
-    }
-
-    /// Writes `chunks` until quinn takes them all (ready) or blocks (pending, `cx` woken when
-    /// it takes more). quinn writes within the poll, so dropping the future loses nothing.
-    fn poll_write(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), ()>> {
-        use std::future::Future;
-        while !self.chunks.is_empty() {
-            let Some(send) = self.send.as_mut() else { return std::task::Poll::Ready(Err(())) };
-            let polled = std::pin::pin!(send.write_chunks(&mut self.chunks)).poll(cx);
-            match polled {
-                // Whole chunks are taken out; a partial one is advanced in place.
-                std::task::Poll::Ready(Ok(written)) => drop(self.chunks.drain(..written.chunks)),
-                std::task::Poll::Ready(Err(_)) => return std::task::Poll::Ready(Err(())),
-                std::task::Poll::Pending => return std::task::Poll::Pending,
-            }
-        }
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
-impl LaneStream {
-    fn lock(&self) -> std::sync::MutexGuard<'_, LaneState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl LaneWrite for LaneStream {
-    fn write_now(&self, outbox: &Outbox, lane: LaneId) -> bool {
-        // The writer task holds it: it takes these frames too, once woken.
-        let Ok(mut state) = self.state.try_lock() else { return false };
-        if !state.chunks.is_empty() {
-            return false;
-        }
-        // Nothing queued (the writer task took it) or the lane is finishing: the task decides.
-        let Some(frames) = outbox.take_queued(lane, WRITE_BATCH) else { return false };
-        state.queue(frames, &self.metrics);
-        // A waker that does nothing: if quinn blocks, the writer task is woken instead and
-        // polls again with its own.
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        state.poll_write(&mut cx).is_ready()
-    }
-}
-
-/// Writes one lane's frames to its stream until the lane finishes or the connection closes:
-/// what direct writes left, and everything when they are not possible.
-async fn write_lane(outbox: Arc<Outbox>, lane: LaneId, notify: Arc<Notify>, stream: Arc<LaneStream>) {
+) {
+    // Grows to the largest batch written; an idle lane holds none.
+    let mut chunks: Vec<Bytes> = Vec::new();
     loop {
-        if std::future::poll_fn(|cx| stream.lock().poll_write(cx)).await.is_err() {
-            break;
-        }
-        // Taken under the stream's lock, so a direct write cannot slip frames in between.
-        let end = {
-            let mut state = stream.lock();
-            match outbox.take(lane, WRITE_BATCH) {
-                Take::Frames(frames) => {
-                    state.queue(frames, &stream.metrics);
-                    continue;
+        match outbox.take(lane, WRITE_BATCH) {
+            Take::Frames(frames) => {
+                chunks.clear();
+                let mut bytes = 0;
+                for frame in &frames {
+                    bytes += frame.len();
+                    chunks.push(frame.prefixed().clone());
                 }
-                Take::Empty => None,
-                Take::Finished | Take::Close(_) => Some(state.send.take()),
+                if send.write_all_chunks(&mut chunks).await.is_err() {
+                    return;
+                }
+                metrics.frames_out.increment(frames.len() as u64);
+                metrics.bytes_out.increment(bytes as u64);
             }
-        };
-        match end {
-            None => notify.notified().await,
-            Some(None) => break,
-            Some(Some(mut send)) => {
-                outbox.write_lane_directly(lane, None);
+            Take::Empty => notify.notified().await,
+            Take::Finished | Take::Close(_) => {
                 let _ = send.finish();
                 let deadline = Instant::now() + FLUSH_TIMEOUT;
                 let _ = tokio::time::timeout_at(deadline.into(), send.stopped()).await;
@@ -696,5 +624,4 @@ async fn write_lane(outbox: Arc<Outbox>, lane: LaneId, notify: Arc<Notify>, stre
             }
         }
     }
-    outbox.write_lane_directly(lane, None);
 }
