@@ -528,10 +528,10 @@ async fn joining_a_room_twice_at_once_joins_it_once_and_keeps_it() {
     }
 }
 
-/// Room deliveries on QUIC are written into each subscriber's room stream by the fanout itself
-/// (the lane's writer task runs only when the stream is blocked); with `quic.segmentation_offload`
-/// off every packet is its own datagram. Many subscribers, messages from one to several packets,
-/// published concurrently: every subscriber gets all of them, in the room's order, intact.
+/// With `quic.segmentation_offload` off every packet is its own datagram and quinn's transmit
+/// buffer holds one. Many QUIC and WebTransport subscribers, messages from one to several
+/// packets, published concurrently: every subscriber gets all of them, in the room's order,
+/// intact.
 #[tokio::test]
 async fn quic_fanout_without_segmentation_offload_delivers_everything_in_order() {
     let relay = start_with(|c| c.quic.segmentation_offload = false).await;
