@@ -387,8 +387,8 @@ impl Default for MediaConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct QuicConfig {
     /// Hand the kernel up to 10 packets of one connection in one `sendmsg` (UDP GSO). quinn
-    /// then keeps a 10-packet transmit buffer (about 14 KiB) in every connection that ever sent
-    /// a burst; off, one packet per system call and a one-packet buffer.
+    /// then keeps a 10-packet transmit buffer (about 14 KiB) in every connection that once sent
+    /// more than one packet in a turn; off, one packet per system call and a one-packet buffer.
     pub segmentation_offload: bool,
     /// Ask peers that support the ACK frequency extension (draft-ietf-quic-ack-frequency; quinn
     /// clients do) to acknowledge only after more than this many ack-eliciting packets, or after
