@@ -47,6 +47,7 @@ pub struct Config {
     pub events: EventsConfig,
     pub sessions: SessionsConfig,
     pub hooks: HooksConfig,
+    pub quic: QuicConfig,
 }
 
 impl Default for Config {
@@ -69,6 +70,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             sessions: SessionsConfig::default(),
             hooks: HooksConfig::default(),
+            quic: QuicConfig::default(),
         }
     }
 }
@@ -385,6 +387,28 @@ impl Default for MediaConfig {
             queue_bytes: 4 * 1024 * 1024,
             cache_bytes: 2 * 1024 * 1024,
         }
+    }
+}
+
+/// QUIC transport tuning (docs/performance.md, "QUIC: cost per delivery and per connection"):
+/// what the relay's quinn endpoint trades between memory per connection and CPU per packet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuicConfig {
+    /// Hand the kernel up to 10 packets of one connection in one `sendmsg` (UDP GSO). quinn
+    /// then keeps a 10-packet transmit buffer (about 14 KiB) in every connection that once sent
+    /// more than one packet in a turn; off, one packet per system call and a one-packet buffer.
+    pub segmentation_offload: bool,
+    /// Ask peers that support the ACK frequency extension (draft-ietf-quic-ack-frequency; quinn
+    /// clients do) to acknowledge only after more than this many ack-eliciting packets, or after
+    /// their ACK delay (quinn asks for at most the larger of the RTT and 25 ms). Unset: not asked,
+    /// peers acknowledge every second packet.
+    pub ack_eliciting_threshold: Option<u32>,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        QuicConfig { segmentation_offload: true, ack_eliciting_threshold: None }
     }
 }
 

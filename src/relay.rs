@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{Signer, Verifier};
 use crate::call::history::{CallHistory, EmbeddedCallHistory, MemoryCallHistory, RedisCallHistory};
 use crate::collab::SessionStore;
-use crate::config::{Config, LimitsConfig, StoreEngine};
+use crate::config::{Config, LimitsConfig, QuicConfig, StoreEngine};
 use crate::connection::{ConnectionContext, unix_ms};
 use crate::control::{Control, Controls};
 use crate::dev_tokens::DevTokens;
@@ -128,7 +128,7 @@ impl Relay {
         let cid_key = u64::from_le_bytes(cid_key.get(..8).and_then(|b| b.try_into().ok()).unwrap_or_default());
         endpoint_config
             .cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)) as _);
-        let server_config = quic_server_config(&cert, &token_key, &config.limits)?;
+        let server_config = quic_server_config(&cert, &token_key, &config.limits, &config.quic)?;
         let udp_addr = config.listen.udp;
         let socket = std::net::UdpSocket::from(bind_listener(udp_addr, false)?);
         enlarge_udp_buffers(&socket);
@@ -280,6 +280,7 @@ impl Relay {
                     endpoint: endpoint.clone(),
                     token_key: token_key.clone(),
                     limits: config.limits.clone(),
+                    quic: config.quic.clone(),
                     http: http.clone(),
                     tcp_tls: tcp_tls.clone(),
                 });
@@ -583,6 +584,7 @@ fn quic_server_config(
     cert: &CertBundle,
     token_key: &[u8],
     limits: &LimitsConfig,
+    quic: &QuicConfig,
 ) -> Result<quinn::ServerConfig, RelayError> {
     let mut crypto = tls::server_config(cert, &[transport::ALPN_RAW, transport::webtransport::ALPN])?;
     // 0-RTT resumption (docs/decisions.md, "0-RTT resumption"): tickets name sessions kept in
@@ -613,8 +615,20 @@ fn quic_server_config(
     // HTTP/3 (WebTransport) peers open a control stream and two QPACK streams; protocol v1 uses
     // no unidirectional streams, so any other is stopped as soon as it arrives.
     transport.max_concurrent_uni_streams(8u8.into());
+    tune_transport(&mut transport, quic);
     server.transport_config(Arc::new(transport));
     Ok(server)
+}
+
+/// The `[quic]` section's trade-offs between memory per connection and CPU per packet
+/// (docs/decisions.md, "QUIC: cost per delivery and per connection").
+fn tune_transport(transport: &mut quinn::TransportConfig, quic: &QuicConfig) {
+    transport.enable_segmentation_offload(quic.segmentation_offload);
+    if let Some(threshold) = quic.ack_eliciting_threshold {
+        let mut ack = quinn::AckFrequencyConfig::default();
+        ack.ack_eliciting_threshold(threshold.into());
+        transport.ack_frequency_config(Some(ack));
+    }
 }
 
 /// Receive and send buffer asked for the UDP socket. One socket carries every QUIC connection,
@@ -817,7 +831,7 @@ async fn renew_dev_cert(renewal: DevCertRenewal, stop: CancellationToken) {
         let renewed = tls::load_or_create_dev_certs(&config.data_dir, SystemTime::now())
             .map_err(RelayError::from)
             .and_then(|certs| {
-                let server_config = quic_server_config(&certs.current, &token_key, &config.limits)?;
+                let server_config = quic_server_config(&certs.current, &token_key, &config.limits, &config.quic)?;
                 Ok((server_config, cert_info(&certs.current, certs.next.as_ref()), certs.current))
             });
         match renewed {
@@ -850,6 +864,7 @@ struct CertReloader {
     endpoint: quinn::Endpoint,
     token_key: Vec<u8>,
     limits: LimitsConfig,
+    quic: QuicConfig,
     http: Arc<HttpState>,
     tcp_tls: Option<Arc<SharedServerConfig>>,
 }
@@ -868,7 +883,7 @@ impl CertReloader {
             return Ok(false);
         }
         let bundle = tls::load_cert_files(&self.cert_file, &self.key_file)?;
-        let server_config = quic_server_config(&bundle, &self.token_key, &self.limits)?;
+        let server_config = quic_server_config(&bundle, &self.token_key, &self.limits, &self.quic)?;
         if let Some(tcp_tls) = &self.tcp_tls {
             tcp_tls.replace(&bundle)?;
         }

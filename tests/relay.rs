@@ -527,3 +527,60 @@ async fn joining_a_room_twice_at_once_joins_it_once_and_keeps_it() {
         assert_eq!((m.position, m.id.as_str()), (position, "after"), "{transport:?}");
     }
 }
+
+/// With `quic.segmentation_offload` off every packet is its own datagram and quinn's transmit
+/// buffer holds one. Many QUIC and WebTransport subscribers, messages from one to several
+/// packets, published concurrently: every subscriber gets all of them, in the room's order,
+/// intact.
+#[tokio::test]
+async fn quic_fanout_without_segmentation_offload_delivers_everything_in_order() {
+    let relay = start_with(|c| c.quic.segmentation_offload = false).await;
+    let mut subscribers = Vec::new();
+    for i in 0..12 {
+        let (transport, codec) = VARIANTS[[0, 1, 4, 5][i % 4]];
+        let c = relay.connect(transport, codec, &format!("sub{i}"), "acme", &["*"]).await;
+        c.join("wide").await.unwrap();
+        subscribers.push(c);
+    }
+    let publisher = relay.connect(Transport::Quic, Codec::Postcard, "pub", "acme", &["*"]).await;
+    let publisher = std::sync::Arc::new(publisher);
+    let total = 120u64;
+    // 100 bytes to about 7 KB: one packet to six.
+    let body = |n: usize| Payload::json(&format!("{n}:{}", "x".repeat(100 + (n % 8) * 1000)));
+    let mut sent = Vec::new();
+    for n in 0..total {
+        let p = publisher.clone();
+        sent.push(tokio::spawn(async move { p.publish("wide", &format!("m{n}"), body(n as usize)).await }));
+    }
+    for s in sent {
+        s.await.unwrap().unwrap();
+    }
+    for sub in &mut subscribers {
+        let mut offsets = Vec::new();
+        for _ in 0..total {
+            let m = within("message", sub.next_message()).await.unwrap();
+            let n: usize = m.id[1..].parse().unwrap();
+            assert!(m.data == body(n), "message {n} intact");
+            offsets.push(m.position.offset);
+        }
+        assert_eq!(offsets, (1..=total).collect::<Vec<_>>(), "every message once, in the room's order");
+    }
+}
+
+/// `quic.ack_eliciting_threshold` asks QUIC peers (here a plain quinn client) to acknowledge
+/// less often with an ACK_FREQUENCY frame; unset, the relay sends none.
+#[tokio::test]
+async fn quic_peers_are_asked_for_fewer_acks_only_when_configured() {
+    for threshold in [None, Some(9)] {
+        let relay = start_with(|c| c.quic.ack_eliciting_threshold = threshold).await;
+        let mut raw = common::raw_quic(&relay).await;
+        raw.hello(&relay).await;
+        // The frame rides with the relay's next ack-eliciting packet: a ping answered with a pong.
+        let ping = edgerelay::proto::ClientFrame::Ping { req: 1 };
+        raw.send_body(&Codec::Json.encode(&ping)).await;
+        let mut reader = edgerelay::proto::FrameReader::new(1 << 20);
+        within("pong", edgerelay::transport::quic::read_frame(&mut raw.recv, &mut reader)).await.unwrap().unwrap();
+        let asked = raw.conn.stats().frame_rx.ack_frequency;
+        assert_eq!(asked > 0, threshold.is_some(), "ACK_FREQUENCY frames received: {asked} with {threshold:?}");
+    }
+}
