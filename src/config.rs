@@ -46,6 +46,7 @@ pub struct Config {
     pub calls: CallsConfig,
     pub events: EventsConfig,
     pub sessions: SessionsConfig,
+    pub receipts: ReceiptsConfig,
 }
 
 impl Default for Config {
@@ -67,6 +68,7 @@ impl Default for Config {
             calls: CallsConfig::default(),
             events: EventsConfig::default(),
             sessions: SessionsConfig::default(),
+            receipts: ReceiptsConfig::default(),
         }
     }
 }
@@ -346,6 +348,28 @@ impl Default for EventsConfig {
             resume_buffer: 10_000,
             sse_heartbeat_ms: 15_000,
         }
+    }
+}
+
+/// Read marks, unread counts and receipts (docs/receipts.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReceiptsConfig {
+    /// A room's `receipts` update goes out at most this often (ms); the moves in between are
+    /// merged into it. Unread updates for a user's other rooms go out at most this often too.
+    pub interval_ms: u64,
+    /// Rooms with at most this many members list each member's progress in `receipts`; bigger
+    /// rooms get the counts and watermarks only.
+    pub max_detailed_members: u32,
+    /// Marks in one `read` action.
+    pub max_marks: u32,
+    /// Users named in one `publish_mentions`.
+    pub max_mentions: u32,
+}
+
+impl Default for ReceiptsConfig {
+    fn default() -> Self {
+        ReceiptsConfig { interval_ms: 500, max_detailed_members: 100, max_marks: 100, max_mentions: 50 }
     }
 }
 
@@ -876,6 +900,7 @@ impl Config {
             return Err(invalid("limits.outbox_bytes", "must be at least limits.max_frame_bytes"));
         }
         self.validate_events()?;
+        self.validate_receipts()?;
         if l.idle_timeout_ms <= l.ping_interval_ms {
             return Err(invalid("limits.idle_timeout_ms", "must be greater than limits.ping_interval_ms"));
         }
@@ -1016,6 +1041,23 @@ impl Config {
             Some((key, problem)) => Err(invalid(format!("calls.quality.{key}"), problem)),
             None => Ok(()),
         }
+    }
+
+    fn validate_receipts(&self) -> Result<(), ConfigError> {
+        let r = &self.receipts;
+        if !(10..=60_000).contains(&r.interval_ms) {
+            return Err(invalid("receipts.interval_ms", "must be in 10..=60000"));
+        }
+        for (key, value) in [
+            ("receipts.max_detailed_members", r.max_detailed_members),
+            ("receipts.max_marks", r.max_marks),
+            ("receipts.max_mentions", r.max_mentions),
+        ] {
+            if !(1..=10_000).contains(&value) {
+                return Err(invalid(key, "must be in 1..=10000"));
+            }
+        }
+        Ok(())
     }
 
     fn validate_sessions(&self) -> Result<(), ConfigError> {

@@ -1,0 +1,220 @@
+//! Read marks, unread counts and receipts against a real relay on loopback (docs/receipts.md):
+//! two devices of one user (raw QUIC with postcard, WebSocket with JSON) and three other
+//! members. Counts stay consistent through publishes, reads on either device, marks that would
+//! move back, reconnects and a relay restart; the sender learns delivery and reads; a member who
+//! stops sharing reads is seen delivered, never read; bad marks and mentions get their codes.
+
+#[path = "common/calls.rs"]
+mod calls;
+mod common;
+
+use calls::refused;
+use common::{TestRelay, Transport, start_with, within};
+use edgerelay::client::{Client, Unread};
+use edgerelay::proto::{Codec, ErrorCode, MemberReceipt, Position, ReceiptEvent};
+
+const CHAT: &str = "chat:team";
+const SIDE: &str = "chat:side";
+
+async fn start() -> TestRelay {
+    start_with(|c| c.receipts.interval_ms = 50).await
+}
+
+async fn device(relay: &TestRelay, transport: Transport, codec: Codec, sub: &str) -> Client {
+    relay.connect(transport, codec, sub, "acme", &["chat:*"]).await
+}
+
+async fn joined(relay: &TestRelay, sub: &str, rooms: &[&str]) -> Client {
+    let client = device(relay, Transport::Quic, Codec::Postcard, sub).await;
+    for room in rooms {
+        client.join(room).await.expect("joins");
+    }
+    client
+}
+
+/// Reads `unread` updates until `done` holds for the latest totals and entries seen.
+async fn unread_until(client: &mut Client, what: &str, done: impl Fn(&Unread) -> bool) -> Unread {
+    let mut view = Unread { full: false, rooms: Vec::new(), total: 0, mentions: 0 };
+    within(what, async {
+        loop {
+            if let ReceiptEvent::Unread { rooms, total, mentions, .. } = client.next_receipts_event().await.unwrap() {
+                for room in rooms {
+                    view.rooms.retain(|r| r.room != room.room);
+                    view.rooms.push(room);
+                }
+                (view.total, view.mentions) = (total, mentions);
+                if done(&view) {
+                    return view;
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// (unread, mentions) of a room in an `Unread`.
+fn counts(unread: &Unread, room: &str) -> Option<(u64, u64)> {
+    unread.room(room).map(|r| (r.unread, r.mentions))
+}
+
+/// A room's receipts as the status answer gives them: (delivered_all, read_all, members).
+async fn status(client: &Client, room: &str) -> (u64, u64, Vec<MemberReceipt>) {
+    match client.receipt_status(room).await.expect("status") {
+        ReceiptEvent::Receipts { delivered_all, read_all, mut members, .. } => {
+            members.sort_by(|a, b| a.user.cmp(&b.user));
+            (delivered_all, read_all, members)
+        }
+        other => panic!("expected receipts, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_counts_follow_publishes_and_reads_on_either_device_and_survive_a_restart() {
+    let relay = start().await;
+    // alice follows both rooms from her phone; her laptop joins nothing and only syncs.
+    let phone = joined(&relay, "alice", &[CHAT, SIDE]).await;
+    let mut laptop = device(&relay, Transport::WebSocket, Codec::Json, "alice").await;
+    let bob = joined(&relay, "bob", &[CHAT]).await;
+    let carol = joined(&relay, "carol", &[CHAT, SIDE]).await;
+    let _dave = joined(&relay, "dave", &[CHAT]).await;
+
+    let first = laptop.sync_unread().await.unwrap();
+    assert!(first.full);
+    assert_eq!((first.total, first.mentions), (0, 0));
+    assert_eq!(counts(&first, CHAT), Some((0, 0)));
+    assert_eq!(counts(&first, SIDE), Some((0, 0)));
+
+    let mut positions = Vec::new();
+    for i in 0..3 {
+        positions.push(bob.publish(CHAT, &format!("b{i}"), "hi").await.unwrap());
+    }
+    carol.publish_mentions(SIDE, "c0", "@alice look", &["alice", "nobody"]).await.unwrap();
+    let live = unread_until(&mut laptop, "counts of both rooms", |u| u.total == 4 && u.mentions == 1).await;
+    assert_eq!(counts(&live, CHAT), Some((3, 0)));
+    assert_eq!(counts(&live, SIDE), Some((1, 1)));
+
+    // Read on the phone: the laptop's badge follows at once.
+    phone.mark_read(&[(CHAT, positions[1])]).await.unwrap();
+    let after = unread_until(&mut laptop, "the phone's read", |u| counts(u, CHAT) == Some((1, 0))).await;
+    assert_eq!(after.total, 2);
+    assert_eq!(after.room(CHAT).unwrap().read, positions[1]);
+
+    // A mark below the current one is ignored: marks never move back.
+    laptop.mark_read(&[(CHAT, positions[0])]).await.unwrap();
+    let again = phone.sync_unread().await.unwrap();
+    assert_eq!(counts(&again, CHAT), Some((1, 0)));
+
+    // Bad marks are refused as a whole, nothing moves.
+    let top = positions[2];
+    let ahead = Position { epoch: top.epoch, offset: top.offset + 5 };
+    refused(laptop.mark_read(&[(SIDE, Position { epoch: top.epoch ^ 1, offset: 1 })]).await, ErrorCode::BAD_MARK);
+    refused(laptop.mark_read(&[(CHAT, top), (CHAT, ahead)]).await, ErrorCode::TOO_MANY_MARKS);
+    refused(laptop.mark_read(&[(CHAT, ahead)]).await, ErrorCode::BAD_MARK);
+    refused(laptop.mark_read(&[(CHAT, top), ("chat:elsewhere", top)]).await, ErrorCode::NOT_FOLLOWING);
+    refused(laptop.mark_read(&[]).await, ErrorCode::TOO_MANY_MARKS);
+    let many: Vec<String> = (0..51).map(|i| format!("u{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    refused(bob.publish_mentions(CHAT, "b9", "x", &many).await, ErrorCode::BAD_MENTIONS);
+    refused(bob.publish_mentions(CHAT, "b9", "x", &[""]).await, ErrorCode::BAD_MENTIONS);
+    assert_eq!(counts(&laptop.sync_unread().await.unwrap(), CHAT), Some((1, 0)));
+
+    // Reading the mention clears it.
+    let side_top = laptop.sync_unread().await.unwrap().room(SIDE).unwrap().top;
+    laptop.mark_read(&[(SIDE, side_top)]).await.unwrap();
+    let cleared = phone.sync_unread().await.unwrap();
+    assert_eq!((cleared.total, cleared.mentions), (1, 0));
+    drop((phone, laptop, bob, carol));
+
+    // Everything is durable: after a restart the counts are the same, and more messages add up.
+    let relay = relay.restart(std::time::Duration::from_millis(50)).await;
+    let mut laptop = device(&relay, Transport::WebSocket, Codec::Json, "alice").await;
+    let synced = laptop.sync_unread().await.unwrap();
+    assert_eq!(counts(&synced, CHAT), Some((1, 0)));
+    assert_eq!(counts(&synced, SIDE), Some((0, 0)));
+    let bob = joined(&relay, "bob", &[CHAT]).await;
+    bob.publish_mentions(CHAT, "b3", "@alice", &["alice"]).await.unwrap();
+    let live = unread_until(&mut laptop, "a mention after the restart", |u| u.total == 2 && u.mentions == 1).await;
+    assert_eq!(counts(&live, CHAT), Some((2, 1)));
+
+    // Sending marks the room read up to one's own message.
+    let phone = joined(&relay, "alice", &[CHAT]).await;
+    phone.publish(CHAT, "a0", "on it").await.unwrap();
+    let done = unread_until(&mut laptop, "own message reads the room", |u| u.total == 0).await;
+    assert_eq!(counts(&done, CHAT), Some((0, 0)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sender_learns_delivery_and_reads_and_hidden_reads_stay_hidden() {
+    let relay = start().await;
+    let mut bob = joined(&relay, "bob", &[CHAT]).await;
+    let phone = joined(&relay, "alice", &[CHAT]).await;
+    let laptop = device(&relay, Transport::WebSocket, Codec::Json, "alice").await;
+    let carol = joined(&relay, "carol", &[CHAT]).await;
+    let dave = joined(&relay, "dave", &[CHAT]).await;
+    dave.share_reads(false).await.unwrap();
+
+    let p = bob.publish(CHAT, "m1", "lunch?").await.unwrap();
+    let (delivered_all, read_all, members) = status(&bob, CHAT).await;
+    assert_eq!((delivered_all, read_all), (0, 0), "nobody else has it yet: {members:?}");
+    assert_eq!(members.iter().find(|m| m.user == "bob").unwrap().read, Some(p.offset));
+
+    // Every other member's device confirms having it: the sender sees it delivered.
+    for client in [&phone, &carol, &dave] {
+        client.cursor(CHAT, p).await.unwrap();
+    }
+    within("delivered to everyone", async {
+        loop {
+            if let ReceiptEvent::Receipts { delivered_all, .. } = bob.next_receipts_event().await.unwrap()
+                && delivered_all >= p.offset
+            {
+                return;
+            }
+        }
+    })
+    .await;
+
+    // Reads: alice on her laptop (which never joined), carol, and dave who hides them.
+    laptop.mark_read(&[(CHAT, p)]).await.unwrap();
+    carol.mark_read(&[(CHAT, p)]).await.unwrap();
+    dave.mark_read(&[(CHAT, p)]).await.unwrap();
+    within("read by everyone who shares reads", async {
+        loop {
+            if let ReceiptEvent::Receipts { read_all, members, .. } = bob.next_receipts_event().await.unwrap() {
+                assert!(
+                    members.iter().all(|m| m.user != "dave" || m.read.is_none()),
+                    "dave's read leaked: {members:?}"
+                );
+                if read_all >= p.offset {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let (delivered_all, read_all, members) = status(&bob, CHAT).await;
+    assert_eq!((delivered_all, read_all), (p.offset, p.offset));
+    let dave_seen = members.iter().find(|m| m.user == "dave").unwrap();
+    assert_eq!((dave_seen.delivered, dave_seen.read), (p.offset, None));
+    assert_eq!(members.iter().find(|m| m.user == "alice").unwrap().read, Some(p.offset));
+    assert_eq!(members.len(), 4);
+
+    // A second message: carol reads it, nobody else; the watermarks stay at the first.
+    let q = bob.publish(CHAT, "m2", "12:30").await.unwrap();
+    carol.mark_read(&[(CHAT, q)]).await.unwrap();
+    let (_, read_all, members) = status(&bob, CHAT).await;
+    assert_eq!(read_all, p.offset);
+    assert_eq!(members.iter().find(|m| m.user == "carol").unwrap().read, Some(q.offset));
+
+    // Status needs the room followed.
+    let stranger = device(&relay, Transport::Quic, Codec::Json, "erin").await;
+    refused(stranger.receipt_status(CHAT).await, ErrorCode::NOT_FOLLOWING);
+    drop((bob, phone, laptop, carol, dave, stranger));
+
+    // After a restart the receipts and the privacy setting are what they were.
+    let relay = relay.restart(std::time::Duration::from_millis(50)).await;
+    let bob = joined(&relay, "bob", &[CHAT]).await;
+    let (delivered_all, read_all, members) = status(&bob, CHAT).await;
+    assert_eq!((delivered_all, read_all), (p.offset, p.offset));
+    assert_eq!(members.iter().find(|m| m.user == "dave").unwrap().read, None);
+    assert_eq!(members.iter().find(|m| m.user == "carol").unwrap().read, Some(q.offset));
+}
