@@ -365,11 +365,21 @@ pub struct ReceiptsConfig {
     pub max_marks: u32,
     /// Users named in one `publish_mentions`.
     pub max_mentions: u32,
+    /// `receipts` frames per second per connection, and burst (`rate_limited` above).
+    pub rate: u32,
+    pub burst: u32,
 }
 
 impl Default for ReceiptsConfig {
     fn default() -> Self {
-        ReceiptsConfig { interval_ms: 500, max_detailed_members: 100, max_marks: 100, max_mentions: 50 }
+        ReceiptsConfig {
+            interval_ms: 500,
+            max_detailed_members: 100,
+            max_marks: 100,
+            max_mentions: 50,
+            rate: 20,
+            burst: 40,
+        }
     }
 }
 
@@ -1052,6 +1062,8 @@ impl Config {
             ("receipts.max_detailed_members", r.max_detailed_members),
             ("receipts.max_marks", r.max_marks),
             ("receipts.max_mentions", r.max_mentions),
+            ("receipts.rate", r.rate),
+            ("receipts.burst", r.burst),
         ] {
             if !(1..=10_000).contains(&value) {
                 return Err(invalid(key, "must be in 1..=10000"));

@@ -218,3 +218,112 @@ async fn the_sender_learns_delivery_and_reads_and_hidden_reads_stay_hidden() {
     assert_eq!(members.iter().find(|m| m.user == "dave").unwrap().read, None);
     assert_eq!(members.iter().find(|m| m.user == "carol").unwrap().read, Some(q.offset));
 }
+
+/// The receipt storm: `members` members of one room mark it read at once; every connection
+/// counts the `receipts` frames (and their encoded bytes) it gets until the sender has seen
+/// everyone's read. Returns (frames, postcard bytes, JSON bytes, most frames on one connection,
+/// seconds from the first read to the sender seeing all).
+async fn receipt_storm(relay: &TestRelay, members: usize) -> (u64, u64, u64, u64, f64) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const ROOM: &str = "chat:storm";
+    let mut bob = device(relay, Transport::WebSocket, Codec::Postcard, "bob").await;
+    bob.join(ROOM).await.unwrap();
+    let mut clients = Vec::with_capacity(members);
+    for i in 0..members {
+        let client = device(relay, Transport::WebSocket, Codec::Postcard, &format!("m{i}")).await;
+        client.join(ROOM).await.unwrap();
+        clients.push(client);
+    }
+    let p = bob.publish(ROOM, "storm", "everyone read this").await.unwrap();
+    // Let the joins' own receipts go out before counting.
+    tokio::time::sleep(std::time::Duration::from_millis(3 * relay.relay.config().receipts.interval_ms)).await;
+    let (frames, postcard, json, most) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for client in clients.iter_mut().chain(std::iter::once(&mut bob)) {
+        let mut events = client.take_events();
+        let (frames, postcard, json, most, stop) =
+            (frames.clone(), postcard.clone(), json.clone(), most.clone(), stop.clone());
+        // Drain what arrived before counting starts.
+        while events.try_recv().is_ok() {}
+        readers.push(tokio::spawn(async move {
+            let mut mine = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let Ok(Some(event)) = tokio::time::timeout(std::time::Duration::from_millis(50), events.recv()).await
+                else {
+                    continue;
+                };
+                if let edgerelay::client::Event::Receipts(event) = event {
+                    let frame = edgerelay::proto::ServerFrame::Receipts { req: 0, event };
+                    frames.fetch_add(1, Ordering::SeqCst);
+                    postcard.fetch_add(Codec::Postcard.encode(&frame).len() as u64, Ordering::SeqCst);
+                    json.fetch_add(Codec::Json.encode(&frame).len() as u64, Ordering::SeqCst);
+                    mine += 1;
+                    most.fetch_max(mine, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    let started = std::time::Instant::now();
+    let marks = [(ROOM, p)];
+    let reads = clients.iter().map(|c| c.mark_read(&marks));
+    for result in futures_util::future::join_all(reads).await {
+        result.expect("read");
+    }
+    within("the sender sees every read", async {
+        loop {
+            if let ReceiptEvent::Receipts { read_all, .. } = bob.receipt_status(ROOM).await.unwrap()
+                && read_all >= p.offset
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let seconds = started.elapsed().as_secs_f64();
+    // The updates released after the last read, then stop counting.
+    tokio::time::sleep(std::time::Duration::from_millis(3 * relay.relay.config().receipts.interval_ms)).await;
+    stop.store(true, Ordering::SeqCst);
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    let load = |a: &AtomicU64| a.load(Ordering::SeqCst);
+    (load(&frames), load(&postcard), load(&json), load(&most), seconds)
+}
+
+/// A storm in a small room stays within one update per connection per interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_storm_sends_at_most_one_update_per_connection_per_interval() {
+    let relay = start_with(|c| c.receipts.interval_ms = 200).await;
+    let members = 40;
+    let started = std::time::Instant::now();
+    let (frames, _, _, most, _) = receipt_storm(&relay, members).await;
+    // Counting spans at most the whole run; one release per interval, plus the first.
+    let intervals = (started.elapsed().as_millis() / 200) as u64 + 1;
+    assert!(most <= intervals, "{most} updates on one connection in {intervals} intervals");
+    assert!(frames >= members as u64, "every connection heard of the reads ({frames} frames)");
+    assert!(frames < (members * members) as u64, "{frames} frames: not aggregated");
+}
+
+/// The figure in docs/performance.md: `RECEIPT_STORM_MEMBERS` (1000) members read at once.
+/// Run: `cargo test --release --test receipts -- --ignored --nocapture receipt_storm_figure`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a load figure; run by hand (docs/performance.md)"]
+async fn receipt_storm_figure() {
+    let members: usize = std::env::var("RECEIPT_STORM_MEMBERS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let relay = start_with(|_| {}).await;
+    let (frames, postcard, json, most, seconds) = receipt_storm(&relay, members).await;
+    let naive = (members * (members + 1)) as u64;
+    println!(
+        "receipt storm: {members} members read at once; all reads seen by the sender after {seconds:.2} s; \
+         receipts frames {frames} (most on one connection {most}), {postcard} bytes postcard / {json} bytes JSON; \
+         one frame per read per connection would be {naive}"
+    );
+}

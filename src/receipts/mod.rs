@@ -113,6 +113,11 @@ impl Receipts {
         }
     }
 
+    /// `receipts` frames per second per connection, and burst.
+    pub fn rate(&self) -> (u32, u32) {
+        (self.config.rate, self.config.burst)
+    }
+
     /// Users one `publish_mentions` may name.
     pub fn max_mentions(&self) -> usize {
         self.config.max_mentions as usize

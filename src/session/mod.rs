@@ -150,6 +150,7 @@ pub struct Session {
     presence_bucket: TokenBucket,
     call_bucket: TokenBucket,
     session_bucket: TokenBucket,
+    receipts_bucket: TokenBucket,
     /// Collaborative sessions this connection joined (it leaves them when it ends).
     collab: std::collections::HashSet<RoomName>,
     /// Where the hub asks for a replay when one of this connection's rooms falls behind.
@@ -216,6 +217,8 @@ impl Session {
         let call_bucket = TokenBucket::new(rate, burst, now_ms);
         let (rate, burst) = ctx.session_rate;
         let session_bucket = TokenBucket::new(rate, burst, now_ms);
+        let (rate, burst) = ctx.receipts.rate();
+        let receipts_bucket = TokenBucket::new(rate, burst, now_ms);
         Session {
             id,
             ctx,
@@ -227,6 +230,7 @@ impl Session {
             presence_bucket,
             call_bucket,
             session_bucket,
+            receipts_bucket,
             collab: std::collections::HashSet::new(),
             catch_up,
             orders,
@@ -361,7 +365,7 @@ impl Session {
                 self.check_mentions(&mentions)
                     .and_then(|()| self.publish(lane, req, &room, id, data, mentions, now_ms)),
             ),
-            ClientFrame::Receipts { req, action } => (req, self.receipts(lane, req, action)),
+            ClientFrame::Receipts { req, action } => (req, self.receipts(lane, req, action, now_ms)),
             ClientFrame::Ping { req } => {
                 (req, self.outbox.reply(lane, &ServerFrame::Pong { req, server_time: now_ms }).map_err(Into::into))
             }

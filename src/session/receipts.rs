@@ -22,9 +22,18 @@ pub enum ReceiptsJob {
 }
 
 impl Session {
-    pub(super) fn receipts(&mut self, lane: LaneId, req: u64, action: ReceiptAction) -> Result<(), Failure> {
+    pub(super) fn receipts(
+        &mut self,
+        lane: LaneId,
+        req: u64,
+        action: ReceiptAction,
+        now_ms: u64,
+    ) -> Result<(), Failure> {
         if lane != CONTROL {
             return Err(Failure::Fatal(ErrorCode::WRONG_STREAM, "receipts belong on the control stream".into()));
+        }
+        if !self.receipts_bucket.try_take(now_ms) {
+            return Err(Failure::reject(ErrorCode::RATE_LIMITED, "receipts frames above receipts.rate"));
         }
         let user = self.active()?.user.clone();
         let job = match action {
