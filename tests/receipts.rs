@@ -152,6 +152,8 @@ async fn the_sender_learns_delivery_and_reads_and_hidden_reads_stay_hidden() {
     let carol = joined(&relay, "carol", &[CHAT]).await;
     let dave = joined(&relay, "dave", &[CHAT]).await;
     dave.share_reads(false).await.unwrap();
+    // Updates are opt-in: the sender syncs.
+    bob.sync_unread().await.unwrap();
 
     let p = bob.publish(CHAT, "m1", "lunch?").await.unwrap();
     let (delivered_all, read_all, members) = status(&bob, CHAT).await;
@@ -205,6 +207,12 @@ async fn the_sender_learns_delivery_and_reads_and_hidden_reads_stay_hidden() {
     assert_eq!(read_all, p.offset);
     assert_eq!(members.iter().find(|m| m.user == "carol").unwrap().read, Some(q.offset));
 
+    // Nothing is sent unasked: carol never synced, so no update reached her connection.
+    let mut carol = carol;
+    while let Some(event) = carol.try_next_event() {
+        assert!(!matches!(event, edgerelay::client::Event::Receipts(_)), "unasked update: {event:?}");
+    }
+
     // Status needs the room followed.
     let stranger = device(&relay, Transport::Quic, Codec::Json, "erin").await;
     refused(stranger.receipt_status(CHAT).await, ErrorCode::NOT_FOLLOWING);
@@ -235,6 +243,10 @@ async fn receipt_storm(relay: &TestRelay, members: usize) -> (u64, u64, u64, u64
         client.join(ROOM).await.unwrap();
         clients.push(client);
     }
+    // Updates are opt-in: every connection syncs.
+    for client in clients.iter().chain(std::iter::once(&bob)) {
+        client.sync_unread().await.unwrap();
+    }
     let p = bob.publish(ROOM, "storm", "everyone read this").await.unwrap();
     // Let the joins' own receipts go out before counting.
     tokio::time::sleep(std::time::Duration::from_millis(3 * relay.relay.config().receipts.interval_ms)).await;
@@ -259,7 +271,7 @@ async fn receipt_storm(relay: &TestRelay, members: usize) -> (u64, u64, u64, u64
                 else {
                     continue;
                 };
-                if let edgerelay::client::Event::Receipts(event) = event {
+                if let edgerelay::client::Event::Receipts(event @ ReceiptEvent::Receipts { .. }) = event {
                     let frame = edgerelay::proto::ServerFrame::Receipts { req: 0, event };
                     frames.fetch_add(1, Ordering::SeqCst);
                     postcard.fetch_add(Codec::Postcard.encode(&frame).len() as u64, Ordering::SeqCst);

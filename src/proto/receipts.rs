@@ -20,8 +20,9 @@ pub struct ReadMark {
 #[serde(rename_all = "snake_case")]
 pub enum ReceiptAction {
     /// The unread counts of every room this user follows, answered by `unread` with `full`
-    /// true. From then on this connection also gets `unread` updates (`req` 0) whenever a
-    /// count changes: a message in a followed room, a read on another device.
+    /// true. From then on this connection also gets updates (`req` 0): `unread` whenever a
+    /// count changes (a message in a followed room, a read on another device), and `receipts`
+    /// of the followed rooms whose members moved.
     Sync {},
     /// Marks rooms read up to the given positions (one entry per room; at most
     /// `receipts.max_marks` entries). A mark below the user's current one is ignored (marks
@@ -70,7 +71,7 @@ pub enum ReceiptEvent {
     /// sums over every followed room, always complete.
     Unread { full: bool, rooms: Vec<RoomUnread>, total: u64, mentions: u64 },
     /// A room's receipts (the answer to `status`, or `req` 0 at most once per
-    /// `receipts.interval_ms` per room, to the room's joined connections). Offsets are of
+    /// `receipts.interval_ms` per room, to the synced connections of the room's members). Offsets are of
     /// `epoch`. `delivered_all`/`read_all`: every member has received / read up to there (reads:
     /// every member who shares them). `members`: per member progress, only in rooms of at most
     /// `receipts.max_detailed_members` members (in updates, only the members that moved);

@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ReceiptsConfig;
 use crate::engine::Engine;
+use crate::hub::RoomKey;
 use crate::hub::presence::UserKey;
-use crate::hub::{Hub, RoomKey};
 use crate::outbox::{CONTROL, Outbox, Reply};
 use crate::proto::{
     EncodeOnce, ErrorCode, MemberReceipt, Position, ReadMark, ReceiptEvent, RoomName, RoomUnread, ServerFrame,
@@ -60,7 +60,9 @@ pub fn unread_of(room: &RoomName, mark: Option<Mark>, top: Position, mentions: u
     }
 }
 
-/// A connection that asked for `sync`.
+/// A connection that asked for `sync`: it gets `unread` updates for its user and `receipts`
+/// updates for the rooms its user follows. Nothing is sent unasked, so clients that do not know
+/// the `receipts` frame never see one.
 struct Device {
     id: u64,
     outbox: Arc<Outbox>,
@@ -90,17 +92,16 @@ pub struct Receipts {
     config: ReceiptsConfig,
     store: ReceiptStore,
     engine: Arc<dyn Engine>,
-    hub: Arc<Hub>,
     state: Arc<Mutex<State>>,
     /// Writes queued and not yet durable (the marks cache may only be dropped when none is).
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Receipts {
-    pub fn new(config: &ReceiptsConfig, store: ReceiptStore, engine: Arc<dyn Engine>, hub: Arc<Hub>) -> Arc<Receipts> {
+    pub fn new(config: &ReceiptsConfig, store: ReceiptStore, engine: Arc<dyn Engine>) -> Arc<Receipts> {
         let state = State { moved: Some(Aggregator::new(config.interval_ms)), ..State::default() };
         let in_flight = Arc::default();
-        Arc::new(Receipts { config: config.clone(), store, engine, hub, state: Arc::new(Mutex::new(state)), in_flight })
+        Arc::new(Receipts { config: config.clone(), store, engine, state: Arc::new(Mutex::new(state)), in_flight })
     }
 
     /// Sends the aggregated updates every tick until `stop`.
@@ -437,7 +438,16 @@ impl Receipts {
                 continue;
             };
             let event = self.receipts_event(&mut state, &key, epoch, &users);
-            self.hub.broadcast(&key, &ServerFrame::Receipts { req: 0, event });
+            let frame = ServerFrame::Receipts { req: 0, event };
+            let mut encoded = EncodeOnce::new(&frame);
+            // To the synced connections of every member (opt-in: `sync`), encoded once.
+            let members = state.rooms.get(&key).map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
+            for member in members {
+                let who = UserKey { tenant: key.tenant.clone(), user: member.as_str().into() };
+                for device in state.devices.get(&who).into_iter().flatten() {
+                    let _ = device.outbox.push(CONTROL, encoded.get(device.outbox.codec()));
+                }
+            }
         }
         if state.rooms.len() > MAX_CACHED_ROOMS && self.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
             state.rooms.clear();
