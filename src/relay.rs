@@ -165,7 +165,12 @@ impl Relay {
         let (engine, records, call_history, session_store, receipt_db) = start_engine(&config, hub.clone()).await?;
         let receipt_store = crate::receipts::store::ReceiptStore::open(receipt_db)
             .map_err(|error| RelayError::Store { path: config.history_path(), error })?;
-        let receipts = crate::receipts::Receipts::new(&config.receipts, receipt_store, engine.clone());
+        let receipts = crate::receipts::Receipts::new(
+            &config.receipts,
+            config.limits.max_frame_bytes,
+            receipt_store,
+            engine.clone(),
+        );
         let tap = Arc::downgrade(&receipts);
         hub.set_tap(Arc::new(move |key, position| {
             if let Some(receipts) = tap.upgrade() {

@@ -339,3 +339,42 @@ async fn receipt_storm_figure() {
          one frame per read per connection would be {naive}"
     );
 }
+
+/// The figure in docs/performance.md: `sync` for a user following 500 rooms, each with one
+/// unread message. Run: `cargo test --test receipts -- --ignored --nocapture sync_500_rooms_figure`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a load figure; run by hand (docs/performance.md)"]
+async fn sync_500_rooms_figure() {
+    let rooms: Vec<String> = (0..500).map(|i| format!("chat:r{i}")).collect();
+    let relay = start_with(|c| c.limits.max_rooms_per_connection = 500).await;
+    let alice = device(&relay, Transport::Quic, Codec::Postcard, "alice").await;
+    let bob = device(&relay, Transport::Quic, Codec::Postcard, "bob").await;
+    for room in &rooms {
+        alice.join(room).await.unwrap();
+        bob.join(room).await.unwrap();
+        bob.publish(room, "m", "hi").await.unwrap();
+    }
+    for codec in [Codec::Postcard, Codec::Json] {
+        let mut laptop = device(&relay, Transport::WebSocket, codec, "alice").await;
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            let unread = laptop.sync_unread().await.unwrap();
+            assert_eq!(unread.total, 500);
+            let (mut rooms, mut frames, mut bytes) = (unread.rooms.len(), 1, 0);
+            let encoded = |rooms: Vec<edgerelay::proto::RoomUnread>| {
+                let event = ReceiptEvent::Unread { full: true, rooms, total: 500, mentions: 0 };
+                codec.encode(&edgerelay::proto::ServerFrame::Receipts { req: 1, event }).len()
+            };
+            bytes += encoded(unread.rooms);
+            // Rooms beyond one frame follow as updates.
+            while rooms < 500 {
+                if let ReceiptEvent::Unread { rooms: more, .. } = laptop.next_receipts_event().await.unwrap() {
+                    (rooms, frames) = (rooms + more.len(), frames + 1);
+                    bytes += encoded(more);
+                }
+            }
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            println!("sync of 500 rooms ({codec:?}): {ms:.1} ms, {frames} frames, {bytes} bytes");
+        }
+    }
+}

@@ -28,7 +28,8 @@ impl Client {
         }
     }
 
-    /// The unread counts of every followed room; this connection then gets updates.
+    /// The unread counts of every followed room; this connection then gets updates. A user with
+    /// more rooms than fit in one frame gets the rest at once as [`Event::Receipts`] updates.
     pub async fn sync_unread(&self) -> Result<Unread, ClientError> {
         match self.receipts_request(ReceiptAction::Sync {}).await? {
             ReceiptEvent::Unread { full, rooms, total, mentions } => Ok(Unread { full, rooms, total, mentions }),

@@ -66,8 +66,9 @@ pub struct MemberReceipt {
 pub enum ReceiptEvent {
     /// The request `req` was done.
     Ok {},
-    /// Unread counts: every followed room (`full`, the answer to `sync`) or the rooms that
-    /// changed (`req` 0; each entry replaces the client's one). `total` and `mentions` are the
+    /// Unread counts: every followed room (`full`, the answer to `sync`; rooms that do not fit
+    /// in `limits.max_frame_bytes` follow at once as updates) or the rooms that changed (`req`
+    /// 0; each entry replaces the client's one). `total` and `mentions` are the
     /// sums over every followed room, always complete.
     Unread { full: bool, rooms: Vec<RoomUnread>, total: u64, mentions: u64 },
     /// A room's receipts (the answer to `status`, or `req` 0 at most once per

@@ -90,6 +90,8 @@ struct State {
 
 pub struct Receipts {
     config: ReceiptsConfig,
+    /// `limits.max_frame_bytes`: a `sync` answer is split into frames of at most this.
+    max_frame_bytes: usize,
     store: ReceiptStore,
     engine: Arc<dyn Engine>,
     state: Arc<Mutex<State>>,
@@ -98,10 +100,22 @@ pub struct Receipts {
 }
 
 impl Receipts {
-    pub fn new(config: &ReceiptsConfig, store: ReceiptStore, engine: Arc<dyn Engine>) -> Arc<Receipts> {
+    pub fn new(
+        config: &ReceiptsConfig,
+        max_frame_bytes: u32,
+        store: ReceiptStore,
+        engine: Arc<dyn Engine>,
+    ) -> Arc<Receipts> {
         let state = State { moved: Some(Aggregator::new(config.interval_ms)), ..State::default() };
         let in_flight = Arc::default();
-        Arc::new(Receipts { config: config.clone(), store, engine, state: Arc::new(Mutex::new(state)), in_flight })
+        Arc::new(Receipts {
+            config: config.clone(),
+            max_frame_bytes: max_frame_bytes as usize,
+            store,
+            engine,
+            state: Arc::new(Mutex::new(state)),
+            in_flight,
+        })
     }
 
     /// Sends the aggregated updates every tick until `stop`.
@@ -127,7 +141,13 @@ impl Receipts {
     /// A committed message (called by the hub for every delivery, on every engine).
     pub fn delivered_message(&self, key: &RoomKey, position: Position) {
         let mut state = lock(&self.state);
-        state.tops.insert(key.clone(), position);
+        // On the publish path: no key clone (an allocation) once the room is known.
+        match state.tops.get_mut(key) {
+            Some(top) => *top = position,
+            None => {
+                state.tops.insert(key.clone(), position);
+            }
+        }
         let State { watchers, dirty, .. } = &mut *state;
         for user in watchers.get(key).into_iter().flatten() {
             dirty.entry(user.clone()).or_default().insert(key.room.clone());
@@ -312,6 +332,7 @@ impl Receipts {
     /// A `sync` action: this connection gets the counts of every followed room now and the
     /// changes from then on.
     pub async fn sync(&self, user: UserKey, device: u64, outbox: Arc<Outbox>, mut reply: Reply) {
+        let answer_to = outbox.clone();
         let req = reply.req();
         // Follows and mentions queued before this `sync` are in the store when it reads.
         self.store.settled().await;
@@ -343,11 +364,20 @@ impl Receipts {
             entries.insert(key.room.clone(), unread_of(&key.room, mark, top, mentions));
         }
         let mut state = lock(&self.state);
-        let rooms: Vec<RoomUnread> = entries.values().cloned().collect();
         let (total, mentions) = totals(&entries);
+        let mut pages = pages(entries.values().cloned().collect(), self.max_frame_bytes).into_iter();
         state.unread.insert(user, entries);
-        let _ = reply
-            .send(&ServerFrame::Receipts { req, event: ReceiptEvent::Unread { full: true, rooms, total, mentions } });
+        let first = pages.next().unwrap_or_default();
+        let _ = reply.send(&ServerFrame::Receipts {
+            req,
+            event: ReceiptEvent::Unread { full: true, rooms: first, total, mentions },
+        });
+        // What did not fit follows at once, as updates (under the lock: before any other update).
+        for rooms in pages {
+            let frame =
+                ServerFrame::Receipts { req: 0, event: ReceiptEvent::Unread { full: false, rooms, total, mentions } };
+            let _ = answer_to.send(CONTROL, &frame);
+        }
     }
 
     /// A `status` action: the room's receipts now.
@@ -567,6 +597,24 @@ fn answer_when_durable(mut reply: Reply) -> store::DoneFn {
     })
 }
 
+/// Splits unread entries into pages whose frames stay within `max_frame_bytes` in either codec
+/// (JSON is the larger).
+fn pages(rooms: Vec<RoomUnread>, max_frame_bytes: usize) -> Vec<Vec<RoomUnread>> {
+    let budget = max_frame_bytes.saturating_sub(256);
+    let mut out: Vec<Vec<RoomUnread>> = vec![Vec::new()];
+    let mut used = 0;
+    for room in rooms {
+        let size = crate::proto::Codec::Json.encode(&room).len() + 1;
+        if used + size > budget && out.last().is_some_and(|page| !page.is_empty()) {
+            out.push(Vec::new());
+            used = 0;
+        }
+        used += size;
+        out.last_mut().expect("never empty").push(room);
+    }
+    out
+}
+
 fn totals(rooms: &HashMap<RoomName, RoomUnread>) -> (u64, u64) {
     rooms.values().fold((0, 0), |(t, m), r| (t + r.unread, m + r.mentions))
 }
@@ -588,5 +636,23 @@ mod tests {
         // A mark ahead of a stale top never underflows.
         let ahead = Mark { epoch: 7, read: 12, delivered: 12 };
         assert_eq!(unread_of(&room, Some(ahead), top, 0).unread, 0);
+    }
+
+    #[test]
+    fn a_sync_answer_is_split_into_frames_within_the_limit() {
+        let top = Position { epoch: 7, offset: 10 };
+        let rooms: Vec<RoomUnread> =
+            (0..2_000).map(|i| unread_of(&RoomName::parse(&format!("chat:room-{i}")).unwrap(), None, top, 0)).collect();
+        let split = pages(rooms.clone(), 65_536);
+        assert!(split.len() > 1);
+        assert_eq!(split.concat(), rooms, "every room once, in order");
+        for page in split {
+            let frame = ServerFrame::Receipts {
+                req: u64::MAX,
+                event: ReceiptEvent::Unread { full: true, rooms: page, total: u64::MAX, mentions: u64::MAX },
+            };
+            assert!(crate::proto::Codec::Json.encode(&frame).len() <= 65_536);
+        }
+        assert_eq!(pages(Vec::new(), 65_536), vec![Vec::<RoomUnread>::new()]);
     }
 }

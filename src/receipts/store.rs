@@ -97,7 +97,9 @@ impl ReceiptStore {
         txn.commit().map_err(err)?;
         let db = std::sync::Arc::new(db);
         let (writer, queue) = mpsc::channel();
-        let shared = db.clone();
+        // Weak: the file closes when the store is dropped, not when this thread gets to notice
+        // (a restarted relay opens it again at once).
+        let shared = std::sync::Arc::downgrade(&db);
         std::thread::Builder::new()
             .name("receipts-writer".into())
             .spawn(move || write_loop(&shared, queue))
@@ -181,15 +183,17 @@ impl ReceiptStore {
     }
 }
 
-fn write_loop(db: &SideDb, queue: mpsc::Receiver<(Vec<Op>, Option<DoneFn>)>) {
+fn write_loop(db: &std::sync::Weak<SideDb>, queue: mpsc::Receiver<(Vec<Op>, Option<DoneFn>)>) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         batch.extend(queue.try_iter());
         // A batch of barriers only (see `ReceiptStore::settled`) has nothing to commit.
         let result = if batch.iter().all(|(ops, _)| ops.is_empty()) {
             Ok(())
+        } else if let Some(db) = db.upgrade() {
+            commit(&db, batch.iter().flat_map(|(ops, _)| ops))
         } else {
-            commit(db, batch.iter().flat_map(|(ops, _)| ops))
+            Err(StoreError::Backend("the receipts store is closed".into()))
         };
         if let Err(e) = &result {
             tracing::error!(error = %e, "receipts: commit failed");
