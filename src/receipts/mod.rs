@@ -164,6 +164,8 @@ impl Receipts {
         }
         let mark = Mark { epoch: joined.epoch, read: joined.offset, delivered: joined.offset };
         members.insert(user.to_owned(), mark);
+        // The join's position is the top unless a delivery since told a newer one.
+        state.tops.entry(key.clone()).or_insert(joined);
         if let Some(moved) = &mut state.moved {
             moved.note(key, user);
         }
