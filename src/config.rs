@@ -48,6 +48,7 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub hooks: HooksConfig,
     pub quic: QuicConfig,
+    pub receipts: ReceiptsConfig,
 }
 
 impl Default for Config {
@@ -71,6 +72,7 @@ impl Default for Config {
             sessions: SessionsConfig::default(),
             hooks: HooksConfig::default(),
             quic: QuicConfig::default(),
+            receipts: ReceiptsConfig::default(),
         }
     }
 }
@@ -356,6 +358,38 @@ impl Default for EventsConfig {
             sse_heartbeat_ms: 15_000,
             batch_delay_ms: 0,
             batch_bytes: 16_384,
+        }
+    }
+}
+
+/// Read marks, unread counts and receipts (docs/receipts.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReceiptsConfig {
+    /// A room's `receipts` update goes out at most this often (ms); the moves in between are
+    /// merged into it. Unread updates for a user's other rooms go out at most this often too.
+    pub interval_ms: u64,
+    /// Rooms with at most this many members list each member's progress in `receipts`; bigger
+    /// rooms get the counts and watermarks only.
+    pub max_detailed_members: u32,
+    /// Marks in one `read` action.
+    pub max_marks: u32,
+    /// Users named in one `publish_mentions`.
+    pub max_mentions: u32,
+    /// `receipts` frames per second per connection, and burst (`rate_limited` above).
+    pub rate: u32,
+    pub burst: u32,
+}
+
+impl Default for ReceiptsConfig {
+    fn default() -> Self {
+        ReceiptsConfig {
+            interval_ms: 500,
+            max_detailed_members: 100,
+            max_marks: 100,
+            max_mentions: 50,
+            rate: 20,
+            burst: 40,
         }
     }
 }
@@ -1017,6 +1051,7 @@ impl Config {
         }
         self.validate_events()?;
         self.validate_hooks()?;
+        self.validate_receipts()?;
         if l.idle_timeout_ms <= l.ping_interval_ms {
             return Err(invalid("limits.idle_timeout_ms", "must be greater than limits.ping_interval_ms"));
         }
@@ -1163,6 +1198,25 @@ impl Config {
             Some((key, problem)) => Err(invalid(format!("calls.quality.{key}"), problem)),
             None => Ok(()),
         }
+    }
+
+    fn validate_receipts(&self) -> Result<(), ConfigError> {
+        let r = &self.receipts;
+        if !(10..=60_000).contains(&r.interval_ms) {
+            return Err(invalid("receipts.interval_ms", "must be in 10..=60000"));
+        }
+        for (key, value) in [
+            ("receipts.max_detailed_members", r.max_detailed_members),
+            ("receipts.max_marks", r.max_marks),
+            ("receipts.max_mentions", r.max_mentions),
+            ("receipts.rate", r.rate),
+            ("receipts.burst", r.burst),
+        ] {
+            if !(1..=10_000).contains(&value) {
+                return Err(invalid(key, "must be in 1..=10000"));
+            }
+        }
+        Ok(())
     }
 
     fn validate_sessions(&self) -> Result<(), ConfigError> {

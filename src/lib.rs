@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod proto;
 pub mod rate;
+pub mod receipts;
 pub mod relay;
 pub mod session;
 pub mod store;

@@ -37,7 +37,7 @@ use crate::hub::last_seen::{MemoryRecords, StoredRecords, UserRecords};
 use crate::hub::remote::{LocalPresence, PresenceLink};
 use crate::session::SessionContext;
 use crate::session::limits::UserConnections;
-use crate::store::{EmbeddedHistory, History, MemoryHistory, Retention};
+use crate::store::{EmbeddedHistory, History, MemoryHistory, Retention, SideDb};
 use crate::tls::{self, CertBundle, SharedServerConfig};
 use crate::transport::{self, websocket::WebSocketTransport};
 
@@ -162,7 +162,21 @@ impl Relay {
         let stop = CancellationToken::new();
         let drain = CancellationToken::new();
         let hub = Arc::new(Hub::new(config.hub.shards, config.hub.room_idle_ttl_secs.saturating_mul(1000)));
-        let (engine, records, call_history, session_store) = start_engine(&config, hub.clone()).await?;
+        let (engine, records, call_history, session_store, receipt_db) = start_engine(&config, hub.clone()).await?;
+        let receipt_store = crate::receipts::store::ReceiptStore::open(receipt_db)
+            .map_err(|error| RelayError::Store { path: config.history_path(), error })?;
+        let receipts = crate::receipts::Receipts::new(
+            &config.receipts,
+            config.limits.max_frame_bytes,
+            receipt_store,
+            engine.clone(),
+        );
+        let tap = Arc::downgrade(&receipts);
+        hub.set_tap(Arc::new(move |key, position| {
+            if let Some(receipts) = tap.upgrade() {
+                receipts.delivered_message(key, position);
+            }
+        }));
         let awareness = Arc::new(Awareness::new(&config.presence, records));
         let controls = Arc::new(Controls::default());
         // Other nodes' actions; the revocations in force are already queued: apply them now,
@@ -213,6 +227,7 @@ impl Relay {
             collab: collab.clone(),
             session_rate: (config.sessions.rate, config.sessions.burst),
             hooks: Arc::new(crate::hooks::Hooks::new(&config.hooks)),
+            receipts: receipts.clone(),
         });
         let conn_ctx = Arc::new(ConnectionContext::new(session_ctx, drain.clone(), config.shutdown.reconnect_after_ms));
         let services = TaskTracker::new();
@@ -262,6 +277,7 @@ impl Relay {
             services.spawn(call_service.clone().run_region(link.inbound, unix_ms, stop.clone()));
         }
         services.spawn(collab.run(unix_ms, stop.clone()));
+        services.spawn(receipts.run(unix_ms, stop.clone()));
         services.spawn(sweep_rooms(hub.clone(), engine.clone(), stop.clone()));
         if let Some(link) = engine.share_presence() {
             awareness.share(link.local.clone());
@@ -736,8 +752,8 @@ async fn sweep_rooms(hub: Arc<Hub>, engine: Arc<dyn Engine>, stop: CancellationT
 }
 
 /// The history engine, presence's user records, the call history and the collaborative
-/// sessions, which live in the same store.
-type Stores = (Arc<dyn Engine>, Arc<dyn UserRecords>, Arc<dyn CallHistory>, Arc<SessionStore>);
+/// sessions and the receipts' tables, which live in the same store.
+type Stores = (Arc<dyn Engine>, Arc<dyn UserRecords>, Arc<dyn CallHistory>, Arc<SessionStore>, SideDb);
 
 /// Opens the configured history store and starts the engine.
 async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayError> {
@@ -755,19 +771,21 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
     let calls_retention = config.calls.history.retention();
     let store_err = |error| RelayError::Store { path: config.history_path(), error };
     let keep = u64::from(config.sessions.keep_patches);
-    type Opened = (Arc<dyn History>, Arc<dyn UserRecords>, Arc<dyn CallHistory>, Arc<SessionStore>);
-    let (history, records, calls, sessions): Opened = match st.engine {
+    type Opened = (Arc<dyn History>, Arc<dyn UserRecords>, Arc<dyn CallHistory>, Arc<SessionStore>, SideDb);
+    let (history, records, calls, sessions, receipts): Opened = match st.engine {
         StoreEngine::Memory => (
             Arc::new(MemoryHistory::new()),
             Arc::new(MemoryRecords::default()),
             Arc::new(MemoryCallHistory::new(calls_retention)),
             Arc::new(SessionStore::memory(keep).map_err(store_err)?),
+            SideDb::memory().map_err(store_err)?,
         ),
         StoreEngine::Embedded => {
             let history = open_embedded()?;
             let calls = EmbeddedCallHistory::new(history.clone(), calls_retention).map_err(store_err)?;
             let sessions = SessionStore::embedded(history.clone(), keep).map_err(store_err)?;
-            (history.clone(), Arc::new(StoredRecords::new(history)), Arc::new(calls), Arc::new(sessions))
+            let receipts = SideDb::File(history.clone());
+            (history.clone(), Arc::new(StoredRecords::new(history)), Arc::new(calls), Arc::new(sessions), receipts)
         }
         StoreEngine::Redis => {
             let r = &config.redis;
@@ -787,12 +805,14 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
                 .await
                 .map_err(|error| RelayError::Redis { url: crate::engine::redacted(&r.url), error })?;
             // Users' last-seen records and sessions stay in this node's embedded store (sessions
-            // are not shared across a region yet: docs/sessions.md); calls are shared.
+            // are not shared across a region yet: docs/sessions.md), as are read marks
+            // (docs/receipts.md); calls are shared.
             let local = open_embedded()?;
             let sessions = Arc::new(SessionStore::embedded(local.clone(), keep).map_err(store_err)?);
+            let receipts = SideDb::File(local.clone());
             let records = Arc::new(StoredRecords::new(local));
             let calls = Arc::new(RedisCallHistory::new(engine.client(), &r.prefix, calls_retention));
-            return Ok((Arc::new(engine), records, calls, sessions));
+            return Ok((Arc::new(engine), records, calls, sessions, receipts));
         }
     };
     let engine_config = LocalEngineConfig {
@@ -805,7 +825,7 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
     };
     let engine =
         LocalEngine::start(engine_config, history, hub).map_err(|e| store_err(crate::store::StoreError::backend(e)))?;
-    Ok((Arc::new(engine), records, calls, sessions))
+    Ok((Arc::new(engine), records, calls, sessions, receipts))
 }
 
 /// What the dev certificate's rotation swaps the certificate in.

@@ -8,9 +8,10 @@ use edgerelay::call::history::CallRecord;
 use edgerelay::proto::media::{LayerInfo, SpeakerLevel, TrackInfo, TrackKind};
 use edgerelay::proto::{
     CallAction, CallEndReason, CallEvent, CallMedia, CallSide, CallState, ClientFrame, Codec, ErrorCode,
-    GroupEndReason, GroupParticipant, GroupRole, GroupStatus, HistoryEntry, IceServer, InviteOverReason, MuteKind,
-    Payload, Position, PresenceEntry, QualityFlag, RoomCursor, ServerFrame, SessionAction, SessionEnd, SessionEvent,
-    SessionMember, SessionPatch, SessionRole, SessionSnapshot, SessionStatus, Status, WireLimits,
+    GroupEndReason, GroupParticipant, GroupRole, GroupStatus, HistoryEntry, IceServer, InviteOverReason, MemberReceipt,
+    MuteKind, Payload, Position, PresenceEntry, QualityFlag, ReadMark, ReceiptAction, ReceiptEvent, RoomCursor,
+    RoomUnread, ServerFrame, SessionAction, SessionEnd, SessionEvent, SessionMember, SessionPatch, SessionRole,
+    SessionSnapshot, SessionStatus, Status, WireLimits,
 };
 use serde::{Deserialize, Serialize};
 
@@ -203,6 +204,35 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
             },
         ),
         ("unsubscribe", ClientFrame::Unsubscribe { req: 52, pattern: "orders.*.created".into() }),
+        // Receipts (docs/receipts.md).
+        ("receipts_sync", ClientFrame::Receipts { req: 60, action: ReceiptAction::Sync {} }),
+        (
+            "receipts_read",
+            ClientFrame::Receipts {
+                req: 61,
+                action: ReceiptAction::Read {
+                    marks: vec![
+                        ReadMark { room: "chat:team".into(), position: pos(7, 42) },
+                        ReadMark { room: "chat:side".into(), position: pos(9, 3) },
+                    ],
+                },
+            },
+        ),
+        (
+            "receipts_status",
+            ClientFrame::Receipts { req: 62, action: ReceiptAction::Status { room: "chat:team".into() } },
+        ),
+        ("receipts_privacy", ClientFrame::Receipts { req: 63, action: ReceiptAction::Privacy { share_read: false } }),
+        (
+            "publish_mentions",
+            ClientFrame::PublishMentions {
+                req: 64,
+                room: "chat:team".into(),
+                id: "m-43".into(),
+                data: Payload::from(r#"{"text":"@bob lunch?"}"#),
+                mentions: vec!["bob".into()],
+            },
+        ),
     ]
 }
 
@@ -550,6 +580,43 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
                 id: "s-9".into(),
                 tags: BTreeMap::new(),
                 data: Payload::from(vec![0u8, 255, 1]),
+            },
+        ),
+        // Receipts (docs/receipts.md).
+        ("receipts_ok", ServerFrame::Receipts { req: 61, event: ReceiptEvent::Ok {} }),
+        (
+            "receipts_unread",
+            ServerFrame::Receipts {
+                req: 60,
+                event: ReceiptEvent::Unread {
+                    full: true,
+                    rooms: vec![RoomUnread {
+                        room: "chat:team".into(),
+                        read: pos(7, 40),
+                        top: pos(7, 43),
+                        unread: 3,
+                        mentions: 1,
+                    }],
+                    total: 3,
+                    mentions: 1,
+                },
+            },
+        ),
+        (
+            "receipts_receipts",
+            ServerFrame::Receipts {
+                req: 0,
+                event: ReceiptEvent::Receipts {
+                    room: "chat:team".into(),
+                    epoch: 7,
+                    delivered_all: 43,
+                    read_all: 42,
+                    count: 4,
+                    members: vec![
+                        MemberReceipt { user: "carol".into(), delivered: 43, read: Some(43) },
+                        MemberReceipt { user: "dave".into(), delivered: 43, read: None },
+                    ],
+                },
             },
         ),
     ]

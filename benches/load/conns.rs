@@ -173,7 +173,8 @@ pub async fn idle(
                     | Event::CallUpdate(_)
                     | Event::Left { .. }
                     | Event::Topic(_)
-                    | Event::Session(_),
+                    | Event::Session(_)
+                    | Event::Receipts(_),
                 ) => {}
                 None => break,
             }

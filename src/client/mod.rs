@@ -8,6 +8,8 @@
 pub mod collab;
 pub mod media;
 pub mod presence;
+mod receipts;
+pub use receipts::Unread;
 mod quic;
 pub use quic::{QuicEndpoint, QuicSessions};
 pub mod resilient;
@@ -207,6 +209,8 @@ pub enum Event {
     Topic(TopicEvent),
     /// An event of a collaborative session (docs/sessions.md).
     Session(collab::SessionUpdate),
+    /// A receipts update (docs/receipts.md): `unread` changes or a room's `receipts`.
+    Receipts(crate::proto::ReceiptEvent),
 }
 
 /// An event of the call `call` (its id), 1:1 or group.
@@ -339,6 +343,7 @@ impl Shared {
                 Event::Topic(TopicEvent { topic, position, time, id, tags, data })
             }
             ServerFrame::Session { session, event, .. } => Event::Session(collab::SessionUpdate { session, event }),
+            ServerFrame::Receipts { event, .. } => Event::Receipts(event),
             ServerFrame::Left { room, .. } => {
                 self.views().remove(&room);
                 self.evicted.lock().unwrap_or_else(|e| e.into_inner()).insert(room.clone());

@@ -18,7 +18,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use super::machine::{Meta, Write};
 use crate::hub::RoomKey;
 use crate::proto::{Payload, RoomName, SessionPatch, SessionSnapshot};
-use crate::store::{EmbeddedHistory, StoreError, room_bytes};
+use crate::store::{EmbeddedHistory, SideDb, StoreError, room_bytes};
 
 type VersionKey = (&'static [u8], u64);
 
@@ -72,13 +72,8 @@ pub struct Stored {
     pub ids: std::collections::HashMap<String, Vec<(String, u64)>>,
 }
 
-enum Backing {
-    File(Arc<EmbeddedHistory>),
-    Memory(Database),
-}
-
 pub struct SessionStore {
-    backing: Backing,
+    backing: SideDb,
     /// Patches kept before the latest snapshot.
     keep: u64,
 }
@@ -86,13 +81,12 @@ pub struct SessionStore {
 impl SessionStore {
     /// The session tables in the relay's redb file (added if they are not there yet).
     pub fn embedded(history: Arc<EmbeddedHistory>, keep: u64) -> Result<SessionStore, StoreError> {
-        SessionStore::init(SessionStore { backing: Backing::File(history), keep })
+        SessionStore::init(SessionStore { backing: SideDb::File(history), keep })
     }
 
     /// The session tables in memory (lost on restart).
     pub fn memory(keep: u64) -> Result<SessionStore, StoreError> {
-        let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).map_err(err)?;
-        SessionStore::init(SessionStore { backing: Backing::Memory(db), keep })
+        SessionStore::init(SessionStore { backing: SideDb::memory()?, keep })
     }
 
     fn init(store: SessionStore) -> Result<SessionStore, StoreError> {
@@ -106,10 +100,7 @@ impl SessionStore {
     }
 
     fn db(&self) -> &Database {
-        match &self.backing {
-            Backing::File(history) => history.database(),
-            Backing::Memory(db) => db,
-        }
+        self.backing.db()
     }
 
     /// Commits the changes, in order, in one durable transaction.

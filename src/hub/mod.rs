@@ -47,7 +47,12 @@ pub struct Hub {
     /// Where big fanouts' wake-ups run (see [`Hub::wake`]); `None` when made outside a runtime.
     runtime: Option<tokio::runtime::Handle>,
     fanout: TaskTracker,
+    /// Told of every committed message, present room or not (read receipts and unread counts).
+    tap: std::sync::OnceLock<DeliveryTap>,
 }
+
+/// What [`Hub::set_tap`] installs: called with each committed message's room and position.
+pub type DeliveryTap = Arc<dyn Fn(&RoomKey, Position) + Send + Sync>;
 
 /// Subscribers per fanout task. With direct writes (WebSocket) waking a subscriber is writing to
 /// its socket, a system call; parts of this size let every runtime thread take a share.
@@ -67,6 +72,7 @@ impl Hub {
             metrics: HubMetrics::new(),
             runtime: tokio::runtime::Handle::try_current().ok(),
             fanout: TaskTracker::new(),
+            tap: std::sync::OnceLock::new(),
         }
     }
 
@@ -188,6 +194,9 @@ impl Hub {
     /// [`Hub::deliver`] for one message of a batch: the writers are woken when `wakes` is (by
     /// [`Hub::wake`]), after the last message of the batch, so each writes the batch at once.
     pub fn deliver_batched(&self, key: &RoomKey, epoch: u64, message: &StoredMessage, wakes: &mut Wakes) -> Delivered {
+        if let Some(tap) = self.tap.get() {
+            tap(key, Position { epoch, offset: message.offset });
+        }
         let Some(room) = self.existing(key) else { return Delivered::default() };
         let started = Instant::now();
         let delivered = lock(&room).deliver(epoch, message, crate::connection::unix_ms(), wakes);
@@ -198,6 +207,11 @@ impl Hub {
             self.metrics.catch_ups.increment(delivered.lagging as u64);
         }
         delivered
+    }
+
+    /// Installs the delivery tap (once; a second call is ignored).
+    pub fn set_tap(&self, tap: DeliveryTap) {
+        let _ = self.tap.set(tap);
     }
 
     /// Drops rooms that have had no member and no activity for the idle TTL.

@@ -202,6 +202,17 @@ codes! {
     HOOK_UNAVAILABLE = 193, "hook_unavailable", fatal = false, retry = true;
     /// As `hook_unavailable`, for the `connect` hook: the connection is closed; reconnect later.
     CONNECT_UNAVAILABLE = 194, "connect_unavailable", fatal = true, retry = true;
+    /// Receipts (docs/receipts.md): a `read` or `status` for a room this user does not follow
+    /// (never joined on any device, or left).
+    NOT_FOLLOWING = 200, "not_following", fatal = false, retry = false;
+    /// A read mark beyond the room's last message, or in an epoch that is not the room's
+    /// current one (history was lost: take positions from the room again).
+    BAD_MARK = 201, "bad_mark", fatal = false, retry = false;
+    /// A `read` with no marks, more than `receipts.max_marks`, or the same room twice.
+    TOO_MANY_MARKS = 202, "too_many_marks", fatal = false, retry = false;
+    /// `publish_mentions` with more than `receipts.max_mentions` users, or a user id that is empty,
+    /// longer than 256 bytes or has control characters.
+    BAD_MENTIONS = 203, "bad_mentions", fatal = false, retry = false;
 }
 
 impl ErrorCode {

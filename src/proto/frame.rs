@@ -14,6 +14,7 @@ use super::collab::{SessionAction, SessionEvent};
 use super::media::{LayerInfo, SpeakerLevel, TrackInfo, TrackKind};
 use super::payload::Payload;
 use super::presence::{PresenceEntry, Status};
+use super::receipts::{ReceiptAction, ReceiptEvent};
 use crate::call::history::CallRecord;
 
 /// The protocol version this relay speaks.
@@ -113,6 +114,13 @@ pub enum ClientFrame {
     Subscribe { req: u64, pattern: String, filter: Option<String>, since: Option<Position> },
     /// Stop a subscription made with this exact `pattern`. Answered by `unsubscribed`.
     Unsubscribe { req: u64, pattern: String },
+    /// Read marks, unread counts and receipts (docs/receipts.md). Answered by `receipts`.
+    Receipts { req: u64, action: ReceiptAction },
+    /// A `publish` that names the users it mentions (user ids of the room's members, at most
+    /// `receipts.max_mentions`), counted apart in their unread counts (docs/receipts.md). The
+    /// relay reads `mentions`, never `data`; members receive an ordinary `message`. Answered by
+    /// `ack` like `publish`.
+    PublishMentions { req: u64, room: String, id: String, data: Payload, mentions: Vec<String> },
 }
 
 impl ClientFrame {
@@ -137,7 +145,9 @@ impl ClientFrame {
             | ClientFrame::CallHistory { req, .. }
             | ClientFrame::Session { req, .. }
             | ClientFrame::Subscribe { req, .. }
-            | ClientFrame::Unsubscribe { req, .. } => Some(*req),
+            | ClientFrame::Unsubscribe { req, .. }
+            | ClientFrame::Receipts { req, .. }
+            | ClientFrame::PublishMentions { req, .. } => Some(*req),
             ClientFrame::Hello { .. }
             | ClientFrame::SetStatus { .. }
             | ClientFrame::Activity {}
@@ -233,6 +243,9 @@ pub enum ServerFrame {
         tags: BTreeMap<String, String>,
         data: Payload,
     },
+    /// About read marks, unread counts and receipts (docs/receipts.md): the answer to a
+    /// `receipts` request (`req`), or an update (`req` 0).
+    Receipts { req: u64, event: ReceiptEvent },
 }
 
 /// One ICE server entry, the shape of WebRTC's `RTCIceServer`: `username` and `credential` are
@@ -286,6 +299,7 @@ impl ServerFrame {
             | ServerFrame::Session { req, .. }
             | ServerFrame::Subscribed { req, .. }
             | ServerFrame::Unsubscribed { req, .. }
+            | ServerFrame::Receipts { req, .. }
             | ServerFrame::Error { req, .. } => Some(*req),
             _ => None,
         }

@@ -11,6 +11,7 @@ pub mod frame;
 pub mod media;
 pub mod payload;
 pub mod presence;
+pub mod receipts;
 pub mod room;
 
 pub use call::{
@@ -27,4 +28,5 @@ pub use frame::{
 };
 pub use payload::Payload;
 pub use presence::{PresenceEntry, Status};
+pub use receipts::{MemberReceipt, ReadMark, ReceiptAction, ReceiptEvent, RoomUnread};
 pub use room::RoomName;

@@ -39,6 +39,8 @@ pub enum Job {
         since: Option<Position>,
         reply: Reply,
     },
+    /// The async half of a `receipts` action (docs/receipts.md).
+    Receipts(super::receipts::ReceiptsJob),
     /// Answer a `call_history` request.
     CallHistory { user: UserKey, reply: Reply, before: Option<HistoryCursor>, limit: u32, max_bytes: usize },
 }
@@ -65,11 +67,13 @@ pub async fn run(job: Job, ctx: Arc<SessionContext>) -> Option<JoinSettled> {
                 // room's tracks.
                 let _ = ctx.awareness.join(&key, id, lane, crate::connection::unix_ms());
                 ctx.calls.joined(&key, &subscriber_outbox, lane);
+                ctx.receipts.follow(&key, &user, joined);
                 let cursor = Cursor { room: key.room, position: joined, updated: now_ms };
                 engine.save_cursors(&key.tenant, &user, vec![cursor]);
             }
             return Some(settled);
         }
+        Job::Receipts(job) => super::receipts::run(&ctx, job).await,
         Job::CatchUp(CatchUp { key, id }) => replay::catch_up(&ctx.hub, engine, key, id).await,
         Job::Resume { tenant, sub, topic, since, reply } => {
             ctx.events.resume(&tenant, &sub, &topic, since, reply).await

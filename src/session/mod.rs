@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod limits;
 mod media;
 mod presence;
+mod receipts;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -90,6 +91,8 @@ pub struct SessionContext {
     pub session_rate: (u32, u32),
     /// Backend hooks on connect, subscribe and publish (`session/hooks.rs`).
     pub hooks: Arc<crate::hooks::Hooks>,
+    /// Read marks, unread counts and receipts (`receipts` frames).
+    pub receipts: Arc<crate::receipts::Receipts>,
 }
 
 impl SessionContext {
@@ -150,6 +153,7 @@ pub struct Session {
     presence_bucket: TokenBucket,
     call_bucket: TokenBucket,
     session_bucket: TokenBucket,
+    receipts_bucket: TokenBucket,
     /// Collaborative sessions this connection joined (it leaves them when it ends).
     collab: std::collections::HashSet<RoomName>,
     /// Where the hub asks for a replay when one of this connection's rooms falls behind.
@@ -216,6 +220,8 @@ impl Session {
         let call_bucket = TokenBucket::new(rate, burst, now_ms);
         let (rate, burst) = ctx.session_rate;
         let session_bucket = TokenBucket::new(rate, burst, now_ms);
+        let (rate, burst) = ctx.receipts.rate();
+        let receipts_bucket = TokenBucket::new(rate, burst, now_ms);
         Session {
             id,
             ctx,
@@ -227,6 +233,7 @@ impl Session {
             presence_bucket,
             call_bucket,
             session_bucket,
+            receipts_bucket,
             collab: std::collections::HashSet::new(),
             catch_up,
             orders,
@@ -353,7 +360,15 @@ impl Session {
                 (req, result)
             }
             ClientFrame::Leave { req, room } => (req, self.leave(lane, req, &room, now_ms)),
-            ClientFrame::Publish { req, room, id, data } => (req, self.publish(lane, req, &room, id, data, now_ms)),
+            ClientFrame::Publish { req, room, id, data } => {
+                (req, self.publish(lane, req, &room, id, data, Vec::new(), now_ms))
+            }
+            ClientFrame::PublishMentions { req, room, id, data, mentions } => (
+                req,
+                self.check_mentions(&mentions)
+                    .and_then(|()| self.publish(lane, req, &room, id, data, mentions, now_ms)),
+            ),
+            ClientFrame::Receipts { req, action } => (req, self.receipts(lane, req, action, now_ms)),
             ClientFrame::Ping { req } => {
                 (req, self.outbox.reply(lane, &ServerFrame::Pong { req, server_time: now_ms }).map_err(Into::into))
             }
@@ -434,6 +449,7 @@ impl Session {
             self.ctx.call_service.disconnect(&active.user, self.id, now_ms);
             let sessions: Vec<RoomName> = self.collab.drain().collect();
             self.ctx.collab.disconnect(&active.tenant, &sessions, self.id, now_ms);
+            self.ctx.receipts.disconnect(&active.user, self.id);
         }
         let cursors: Vec<Cursor> =
             self.cursors.drain().map(|(room, position)| Cursor { room, position, updated: now_ms }).collect();
@@ -635,6 +651,7 @@ impl Session {
         self.cursors.remove(name);
         let active = self.active()?;
         self.ctx.engine.forget_cursor(&active.identity.tenant, &active.identity.user, name.clone());
+        self.receipts_unfollow(name);
         self.outbox.reply(lane, &ServerFrame::Left { req, room: name.to_string() })?;
         if room_lane != CONTROL {
             self.lanes.remove(&room_lane);
@@ -643,6 +660,7 @@ impl Session {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn publish(
         &mut self,
         lane: LaneId,
@@ -650,6 +668,7 @@ impl Session {
         room: &str,
         id: String,
         data: Payload,
+        mentions: Vec<String>,
         now_ms: u64,
     ) -> Result<(), Failure> {
         let name = parse_room(room)?;
@@ -682,10 +701,13 @@ impl Session {
         let mut reply = self.outbox.reserve(lane, req);
         let room = name.to_string();
         let ack_id = id.clone();
+        let (receipts, receipt_key, user) = (self.ctx.receipts.clone(), key.clone(), from.clone());
         // Answered once the message is durable (or refused); the outbox may be gone by then.
         let done = Done::new(move |outcome| {
             let frame = match outcome {
                 Ok(accepted) => {
+                    // Sending marks the room read up to the message (docs/receipts.md).
+                    receipts.published(&receipt_key, &user, accepted.position, &mentions);
                     if accepted.duplicate {
                         metrics::counter!(crate::metrics::DUPLICATES_TOTAL).increment(1);
                     }
@@ -831,11 +853,13 @@ impl Session {
         if lane != CONTROL && lane != room_lane {
             return Err(Failure::Fatal(ErrorCode::WRONG_STREAM, format!("cursor for {room} on another room's stream")));
         }
-        let entry = self.cursors.entry(name).or_insert(position);
+        let entry = self.cursors.entry(name.clone()).or_insert(position);
         // Within an epoch cursors only move forward; a new epoch replaces the old position.
         if entry.epoch != position.epoch || position.offset > entry.offset {
             *entry = position;
         }
+        let active = self.active()?;
+        self.ctx.receipts.confirmed(&active.key(&name), &active.identity.user, position);
         Ok(())
     }
 

@@ -151,6 +151,29 @@ pub trait History: Send + Sync + 'static {
     fn cursors(&self, tenant: &str, user: &str, limit: usize) -> Result<Vec<Cursor>, StoreError>;
 }
 
+/// Where a subsystem keeps tables of its own (sessions, receipts): the relay's redb file next to
+/// the room history, or an in-memory redb (`store.engine = "memory"`, lost on restart).
+pub enum SideDb {
+    File(std::sync::Arc<EmbeddedHistory>),
+    Memory(redb::Database),
+}
+
+impl SideDb {
+    pub fn memory() -> Result<SideDb, StoreError> {
+        let db = redb::Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(StoreError::backend)?;
+        Ok(SideDb::Memory(db))
+    }
+
+    pub fn db(&self) -> &redb::Database {
+        match self {
+            SideDb::File(history) => history.database(),
+            SideDb::Memory(db) => db,
+        }
+    }
+}
+
 /// A new epoch: random, non-zero, below 2^53 (exact in JavaScript numbers).
 pub fn new_epoch() -> u64 {
     (rand::random::<u64>() >> 11).max(1)

@@ -117,6 +117,9 @@ CLIENT_FIELDS = {
     # Event topics (docs/events.md): a pattern with `*` / `>`, an optional tag filter.
     "subscribe": ("req", "pattern", "filter", "since"),
     "unsubscribe": ("req", "pattern"),
+    # Read marks, unread counts, receipts (docs/protocol.md, Receipts and unread counts).
+    "receipts": ("req", "action"),
+    "publish_mentions": ("req", "room", "id", "data", "mentions"),
 }
 SERVER_FIELDS = {
     "welcome": ("version", "session", "user", "server_time", "limits"),
@@ -149,6 +152,7 @@ SERVER_FIELDS = {
     "subscribed": ("req", "pattern", "position", "recovered"),
     "unsubscribed": ("req", "pattern"),
     "event": ("topic", "position", "time", "id", "tags", "data"),
+    "receipts": ("req", "event"),
 }
 # The nested `action` / `event` of `call` frames (docs/protocol.md, Calls (1:1) and Calls
 # (group)): name -> field order.
