@@ -328,7 +328,6 @@ async fn probe_stalls(
     sent: Arc<tokio::sync::Notify>,
     cancel: CancellationToken,
 ) {
-    let heard = |conn: &quinn::Connection| conn.stats().udp_rx.datagrams;
     cancel
         .run_until_cancelled(async {
             loop {
@@ -338,26 +337,46 @@ async fn probe_stalls(
                 if heard(&conn) != before {
                     continue;
                 }
-                let stalled = tokio::time::Instant::now();
                 tracing::debug!("nothing heard from the relay since sending: probing the path");
                 // Until a packet arrives, or the connection ends (its idle timeout).
-                while conn.close_reason().is_none() {
-                    let before = heard(&conn);
-                    if let Err(err) = move_to_new_socket(&endpoint) {
-                        tracing::debug!(%err, "stall probe");
-                    }
-                    // At least three round trips: the relay's answer to the new path must be
-                    // able to arrive before the socket it goes to is given up for the next.
-                    let fast = (conn.rtt() * 3).max(PROBE_EVERY);
-                    let every = if stalled.elapsed() < PROBE_FAST_FOR { fast } else { PROBE_SLOW.max(fast) };
-                    tokio::time::sleep(every).await;
-                    if heard(&conn) != before {
-                        break;
-                    }
-                }
+                probe_until_heard(&conn, &endpoint, None).await;
             }
         })
         .await;
+}
+
+/// Datagrams received on the connection so far: anything at all from the relay.
+fn heard(conn: &quinn::Connection) -> u64 {
+    conn.stats().udp_rx.datagrams
+}
+
+/// Moves `conn` to a new socket (quinn sends a `PING` from it at once, and the relay validates
+/// the new path and resends what it holds) and again every [`PROBE_EVERY`] (at least three round
+/// trips) for [`PROBE_FAST_FOR`], then every [`PROBE_SLOW`], until a packet arrives (true), the
+/// connection ends or `until` passes (false). Nothing is queued on the connection meanwhile: a
+/// connection whose congestion window the outage shrank sends nothing, not even ACKs, while it
+/// holds data it may not send yet (docs/decisions.md, "The hook on a lossy path").
+async fn probe_until_heard(conn: &quinn::Connection, endpoint: &Endpoint, until: Option<tokio::time::Instant>) -> bool {
+    let started = tokio::time::Instant::now();
+    while conn.close_reason().is_none() {
+        let before = heard(conn);
+        if let Err(err) = move_to_new_socket(endpoint) {
+            tracing::debug!(%err, "path probe");
+        }
+        // At least three round trips: the relay's answer to the new path must be able to
+        // arrive before the socket it goes to is given up for the next.
+        let fast = (conn.rtt() * 3).max(PROBE_EVERY);
+        let every = if started.elapsed() < PROBE_FAST_FOR { fast } else { PROBE_SLOW.max(fast) };
+        let next = tokio::time::Instant::now() + every;
+        tokio::time::sleep_until(until.map_or(next, |until| until.min(next))).await;
+        if heard(conn) != before {
+            return true;
+        }
+        if until.is_some_and(|until| tokio::time::Instant::now() >= until) {
+            return false;
+        }
+    }
+    false
 }
 
 fn closed(err: &SessionError) -> ClientError {
@@ -527,6 +546,13 @@ impl QuicLink {
     /// endpoint moves with all its connections: the network changed for all of them.
     pub(super) fn network_changed(&self) -> Result<(), ClientError> {
         move_to_new_socket(&self.endpoint)
+    }
+
+    /// After a network change: probes the path from new sockets until the relay is heard
+    /// ([`probe_until_heard`]); false when nothing arrived within `within`.
+    pub(super) async fn probe_path(&self, within: Duration) -> bool {
+        let until = tokio::time::Instant::now() + within;
+        probe_until_heard(&self.conn, &self.endpoint, Some(until)).await
     }
 
     /// Whether the connection resumed a TLS session with 0-RTT and the relay accepted the early
