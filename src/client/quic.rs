@@ -350,16 +350,29 @@ fn heard(conn: &quinn::Connection) -> u64 {
     conn.stats().udp_rx.datagrams
 }
 
-/// Moves `conn` to a new socket (quinn sends a `PING` from it at once, and the relay validates
-/// the new path and resends what it holds) and again every [`PROBE_EVERY`] (at least three round
-/// trips) for [`PROBE_FAST_FOR`], then every [`PROBE_SLOW`], until a packet arrives (true), the
-/// connection ends or `until` passes (false). Nothing is queued on the connection meanwhile: a
-/// connection whose congestion window the outage shrank sends nothing, not even ACKs, while it
-/// holds data it may not send yet (docs/decisions.md, "The hook on a lossy path").
+/// `PATH_CHALLENGE`s received so far: the relay puts one in every packet to an address it has
+/// not validated yet.
+fn challenged(conn: &quinn::Connection) -> u64 {
+    conn.stats().frame_rx.path_challenge
+}
+
+/// How often a probe looks at what arrived.
+const PROBE_TICK: Duration = Duration::from_millis(20);
+
+/// Moves `conn` to a new socket (quinn sends a `PING` from it at once; the relay migrates,
+/// validates the new address and resends what it holds) and again every [`PROBE_EVERY`] (at
+/// least three round trips) for [`PROBE_FAST_FOR`], then every [`PROBE_SLOW`], until the relay
+/// has validated the new path (true): it sent a `PATH_CHALLENGE`, then packets without one. The
+/// first packet heard is not enough: if the client's answer to the challenge is lost, the relay
+/// may send nothing more (anti-amplification) and then goes back to the old address, which the
+/// client no longer listens on. False when the connection ends or `until` passes first.
+/// Nothing is queued on the connection meanwhile: a connection whose congestion window the
+/// outage shrank sends nothing, not even ACKs, while it holds data it may not send yet
+/// (docs/decisions.md, "The network-change hook on a lossy path").
 async fn probe_until_heard(conn: &quinn::Connection, endpoint: &Endpoint, until: Option<tokio::time::Instant>) -> bool {
     let started = tokio::time::Instant::now();
+    let mut challenge_seen = false;
     while conn.close_reason().is_none() {
-        let before = heard(conn);
         if let Err(err) = move_to_new_socket(endpoint) {
             tracing::debug!(%err, "path probe");
         }
@@ -368,9 +381,15 @@ async fn probe_until_heard(conn: &quinn::Connection, endpoint: &Endpoint, until:
         let fast = (conn.rtt() * 3).max(PROBE_EVERY);
         let every = if started.elapsed() < PROBE_FAST_FOR { fast } else { PROBE_SLOW.max(fast) };
         let next = tokio::time::Instant::now() + every;
-        tokio::time::sleep_until(until.map_or(next, |until| until.min(next))).await;
-        if heard(conn) != before {
-            return true;
+        let next = until.map_or(next, |until| until.min(next));
+        while tokio::time::Instant::now() < next {
+            let (datagrams, challenges) = (heard(conn), challenged(conn));
+            tokio::time::sleep_until(next.min(tokio::time::Instant::now() + PROBE_TICK)).await;
+            if challenged(conn) != challenges {
+                challenge_seen = true;
+            } else if challenge_seen && heard(conn) != datagrams {
+                return true;
+            }
         }
         if until.is_some_and(|until| tokio::time::Instant::now() >= until) {
             return false;
@@ -548,8 +567,8 @@ impl QuicLink {
         move_to_new_socket(&self.endpoint)
     }
 
-    /// After a network change: probes the path from new sockets until the relay is heard
-    /// ([`probe_until_heard`]); false when nothing arrived within `within`.
+    /// After a network change: probes the path from new sockets until the relay has validated
+    /// one ([`probe_until_heard`]); false when that did not happen within `within`.
     pub(super) async fn probe_path(&self, within: Duration) -> bool {
         let until = tokio::time::Instant::now() + within;
         probe_until_heard(&self.conn, &self.endpoint, Some(until)).await
