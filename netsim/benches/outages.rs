@@ -14,8 +14,9 @@
 //! fails the bench at the end). The figure: from the network's return to holding all 100.
 //!
 //! Run: `cargo bench -p netsim --bench outages` (as root; about 2 minutes a round).
-//! `NETSIM_RUNS=3` rounds (interleaved: every outage once per round), `NETSIM_PROFILES=train,4g`
-//! and `NETSIM_OUTAGES=2,5,10,30,repeated,handover` choose. `NETSIM_FORMER_CLIENT=1` runs the
+//! `NETSIM_RUNS=3` rounds (interleaved: every outage once per round), `NETSIM_PROFILES=train,4g`,
+//! `NETSIM_OUTAGES=2,5,10,30,repeated,handover` and `NETSIM_VARIANTS=QUIC+hook,WS` choose;
+//! `NETSIM_LOG=quinn_proto=trace` traces every scenario to stderr. `NETSIM_FORMER_CLIENT=1` runs the
 //! former client, `NETSIM_0RTT=1` clients with 0-RTT resumption, `NETSIM_NO_STALL_PROBE=1`
 //! clients without the stall probe (see `tests/support`). Prints a Markdown table per outage:
 //! the median of the rounds, the values, and ↻n when the subscriber's connection dropped in n
@@ -70,6 +71,15 @@ fn outages() -> Vec<Outage> {
 }
 
 fn main() {
+    // `NETSIM_LOG=quinn_proto=trace,edgerelay=debug`: a trace of every scenario on stderr (run
+    // one cell with NETSIM_PROFILES and NETSIM_OUTAGES), e.g. to see where a catch-up's time goes.
+    if let Ok(filter) = std::env::var("NETSIM_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .with_thread_names(true)
+            .init();
+    }
     if let Err(why) = can_emulate() {
         println!("SKIPPED: the namespace emulator {why}");
         return;
@@ -80,6 +90,9 @@ fn main() {
     let profiles: Vec<Profile> =
         Profile::all().into_iter().filter(|p| only.as_ref().is_none_or(|names| names.contains(&p.name))).collect();
     let outages = outages();
+    // `NETSIM_VARIANTS=QUIC+hook,WS`: only these columns (the seeds stay those of the full run).
+    let variants: Option<Vec<String>> =
+        std::env::var("NETSIM_VARIANTS").ok().map(|names| names.split(',').map(str::to_owned).collect());
     // (outage, profile, variant) → one outcome per round.
     let mut results: BTreeMap<(usize, usize, usize), Vec<Result<Outcome, String>>> = BTreeMap::new();
     for round in 0..rounds {
@@ -87,6 +100,9 @@ fn main() {
             let mut threads = Vec::new();
             for (p, profile) in profiles.iter().enumerate() {
                 for (v, &variant) in VARIANTS.iter().enumerate() {
+                    if variants.as_ref().is_some_and(|names| !names.contains(&variant_name(variant))) {
+                        continue;
+                    }
                     // Without the hook a WebSocket client cannot notice that its address is
                     // gone until TCP gives up (minutes): not a scenario anyone waits for.
                     if matches!(outage, Outage::Handover(_)) && variant == (Transport::WebSocket, false) {

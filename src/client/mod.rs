@@ -939,6 +939,29 @@ impl Client {
         }
     }
 
+    /// After [`Self::network_changed`]: shows whether the connection works on the new network,
+    /// within `within`. On QUIC and WebTransport the connection moves to a new socket again,
+    /// every three round trips (at least 500 ms), until the relay has validated the new path
+    /// (its packets stop carrying `PATH_CHALLENGE`), and queues nothing meanwhile: a `PING` lost on the way back no longer leaves the connection to
+    /// its backed-off probe timeout, and no frame waits for a congestion window the outage shrank
+    /// (which would hold back the client's ACKs too). On WebSocket it pings and waits for the
+    /// `pong`. [`ClientError::Timeout`] when nothing came back in time.
+    pub async fn probe_path(&self, within: Duration) -> Result<(), ClientError> {
+        match &*self.link {
+            Link::Quic(link) => {
+                if link.probe_path(within).await {
+                    Ok(())
+                } else {
+                    Err(ClientError::Timeout(within))
+                }
+            }
+            Link::WebSocket(_) => match tokio::time::timeout(within, self.ping()).await {
+                Ok(pinged) => pinged.map(drop),
+                Err(_) => Err(ClientError::Timeout(within)),
+            },
+        }
+    }
+
     /// Whether this connection resumed with 0-RTT: its `hello` went in the first flight and the
     /// relay accepted it (QUIC and WebTransport with a ticket from an earlier connection in
     /// [`ClientOptions::quic_sessions`]).

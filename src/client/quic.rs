@@ -328,7 +328,6 @@ async fn probe_stalls(
     sent: Arc<tokio::sync::Notify>,
     cancel: CancellationToken,
 ) {
-    let heard = |conn: &quinn::Connection| conn.stats().udp_rx.datagrams;
     cancel
         .run_until_cancelled(async {
             loop {
@@ -338,26 +337,65 @@ async fn probe_stalls(
                 if heard(&conn) != before {
                     continue;
                 }
-                let stalled = tokio::time::Instant::now();
                 tracing::debug!("nothing heard from the relay since sending: probing the path");
                 // Until a packet arrives, or the connection ends (its idle timeout).
-                while conn.close_reason().is_none() {
-                    let before = heard(&conn);
-                    if let Err(err) = move_to_new_socket(&endpoint) {
-                        tracing::debug!(%err, "stall probe");
-                    }
-                    // At least three round trips: the relay's answer to the new path must be
-                    // able to arrive before the socket it goes to is given up for the next.
-                    let fast = (conn.rtt() * 3).max(PROBE_EVERY);
-                    let every = if stalled.elapsed() < PROBE_FAST_FOR { fast } else { PROBE_SLOW.max(fast) };
-                    tokio::time::sleep(every).await;
-                    if heard(&conn) != before {
-                        break;
-                    }
-                }
+                probe_until_heard(&conn, &endpoint, None).await;
             }
         })
         .await;
+}
+
+/// Datagrams received on the connection so far: anything at all from the relay.
+fn heard(conn: &quinn::Connection) -> u64 {
+    conn.stats().udp_rx.datagrams
+}
+
+/// `PATH_CHALLENGE`s received so far: the relay puts one in every packet to an address it has
+/// not validated yet.
+fn challenged(conn: &quinn::Connection) -> u64 {
+    conn.stats().frame_rx.path_challenge
+}
+
+/// How often a probe looks at what arrived.
+const PROBE_TICK: Duration = Duration::from_millis(20);
+
+/// Moves `conn` to a new socket (quinn sends a `PING` from it at once; the relay migrates,
+/// validates the new address and resends what it holds) and again every [`PROBE_EVERY`] (at
+/// least three round trips) for [`PROBE_FAST_FOR`], then every [`PROBE_SLOW`], until the relay
+/// has validated the new path (true): it sent a `PATH_CHALLENGE`, then packets without one. The
+/// first packet heard is not enough: if the client's answer to the challenge is lost, the relay
+/// may send nothing more (anti-amplification) and then goes back to the old address, which the
+/// client no longer listens on. False when the connection ends or `until` passes first.
+/// Nothing is queued on the connection meanwhile: a connection whose congestion window the
+/// outage shrank sends nothing, not even ACKs, while it holds data it may not send yet
+/// (docs/decisions.md, "The network-change hook on a lossy path").
+async fn probe_until_heard(conn: &quinn::Connection, endpoint: &Endpoint, until: Option<tokio::time::Instant>) -> bool {
+    let started = tokio::time::Instant::now();
+    let mut challenge_seen = false;
+    while conn.close_reason().is_none() {
+        if let Err(err) = move_to_new_socket(endpoint) {
+            tracing::debug!(%err, "path probe");
+        }
+        // At least three round trips: the relay's answer to the new path must be able to
+        // arrive before the socket it goes to is given up for the next.
+        let fast = (conn.rtt() * 3).max(PROBE_EVERY);
+        let every = if started.elapsed() < PROBE_FAST_FOR { fast } else { PROBE_SLOW.max(fast) };
+        let next = tokio::time::Instant::now() + every;
+        let next = until.map_or(next, |until| until.min(next));
+        while tokio::time::Instant::now() < next {
+            let (datagrams, challenges) = (heard(conn), challenged(conn));
+            tokio::time::sleep_until(next.min(tokio::time::Instant::now() + PROBE_TICK)).await;
+            if challenged(conn) != challenges {
+                challenge_seen = true;
+            } else if challenge_seen && heard(conn) != datagrams {
+                return true;
+            }
+        }
+        if until.is_some_and(|until| tokio::time::Instant::now() >= until) {
+            return false;
+        }
+    }
+    false
 }
 
 fn closed(err: &SessionError) -> ClientError {
@@ -527,6 +565,13 @@ impl QuicLink {
     /// endpoint moves with all its connections: the network changed for all of them.
     pub(super) fn network_changed(&self) -> Result<(), ClientError> {
         move_to_new_socket(&self.endpoint)
+    }
+
+    /// After a network change: probes the path from new sockets until the relay has validated
+    /// one ([`probe_until_heard`]); false when that did not happen within `within`.
+    pub(super) async fn probe_path(&self, within: Duration) -> bool {
+        let until = tokio::time::Instant::now() + within;
+        probe_until_heard(&self.conn, &self.endpoint, Some(until)).await
     }
 
     /// Whether the connection resumed a TLS session with 0-RTT and the relay accepted the early

@@ -214,9 +214,6 @@ enum Accepted {
 /// gives it up and reconnects.
 pub const NETWORK_PROBE: Duration = Duration::from_secs(3);
 
-/// How often a QUIC connection is pinged after a network change until one ping is answered.
-const PROBE_AGAIN: Duration = Duration::from_millis(500);
-
 /// Waits for a network change among `commands`, dropping the others: joins and publishes made
 /// while disconnected are in the state, which the next connection sends in full. `false` when
 /// the handle is gone.
@@ -417,33 +414,23 @@ impl Driver {
         });
     }
 
-    /// After a network change: moves a QUIC connection to the new path and pings, again every
-    /// [`PROBE_AGAIN`] until one is answered: the OS may report the network before packets
-    /// flow, and a lost probe would leave the connection to its backed-off probe timeout. A
-    /// connection that answers none within [`NETWORK_PROBE`] is given up (a timeout ends the
-    /// session): a WebSocket died with the old path, and a QUIC connection that cannot carry a
-    /// `pong` over a working network is stuck in its backoff; a new one resumes from the last
-    /// positions.
+    /// After a network change: moves a QUIC connection to the new path and probes it from new
+    /// sockets until the relay is heard ([`Client::probe_path`]): the OS may report the network
+    /// before packets flow, and a lost probe would leave the connection to its backed-off probe
+    /// timeout. A WebSocket is pinged. A connection not heard from within [`NETWORK_PROBE`] is
+    /// given up (a timeout ends the session): a WebSocket died with the old path, and a QUIC
+    /// connection that cannot reach the relay over a working network is stuck in its backoff; a
+    /// new one resumes from the last positions.
     fn probe(requests: &mut JoinSet<Result<(), ClientError>>, client: &Arc<Client>) -> tokio::task::AbortHandle {
         let client = client.clone();
         requests.spawn(async move {
             if let Err(err) = client.network_changed() {
                 tracing::debug!(%err, "could not move to the new network");
             }
-            let deadline = tokio::time::sleep(NETWORK_PROBE);
-            tokio::pin!(deadline);
-            let mut again = tokio::time::interval(PROBE_AGAIN);
-            let mut pings = JoinSet::new();
-            loop {
-                tokio::select! {
-                    _ = again.tick(), if pings.is_empty() || !client.is_websocket() => {
-                        let client = client.clone();
-                        pings.spawn(async move { client.ping().await });
-                    }
-                    // Answered, or the connection ended (which its events report).
-                    Some(_) = pings.join_next(), if !pings.is_empty() => return Ok(()),
-                    _ = &mut deadline => return Err(ClientError::Timeout(NETWORK_PROBE)),
-                }
+            match client.probe_path(NETWORK_PROBE).await {
+                // Answered, or the connection ended (which its events report).
+                Err(ClientError::Timeout(after)) => Err(ClientError::Timeout(after)),
+                _ => Ok(()),
             }
         })
     }
