@@ -250,6 +250,7 @@ impl Relay {
         }
         let tick = PRESENCE_TICK.min(Duration::from_millis(config.presence.refresh_ms));
         services.spawn(presence_ticks(awareness.clone(), tick, stop.clone()));
+        services.spawn(awareness.clone().run_batches(stop.clone()));
         services.spawn(media_ticks(calls, stop.clone()));
         services.spawn(call_service.clone().run_timers(unix_ms, stop.clone()));
         services.spawn(group_calls.run_timers(unix_ms, stop.clone()));

@@ -543,6 +543,22 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
                 data: Payload::from(vec![0u8, 255, 1]),
             },
         ),
+        (
+            "presence_batch",
+            ServerFrame::PresenceBatch {
+                room: "chat:lobby".into(),
+                entries: vec![
+                    presence_entry(),
+                    PresenceEntry {
+                        user: "bob".into(),
+                        status: Status::Offline,
+                        custom: None,
+                        version: 1_700_000_000_400,
+                        last_seen: 1_700_000_000_400,
+                    },
+                ],
+            },
+        ),
     ]
 }
 

@@ -308,7 +308,7 @@ export class SharedRelay extends EventTarget {
       this.dispatchEvent(new CustomEvent("notify", { detail }));
     });
     inner.addEventListener("frame", ({ detail }) => {
-      if (["presence", "presence_snapshot", "typing"].includes(detail.type)) broadcast({ type: "presence", frame: detail });
+      if (["presence", "presence_batch", "presence_snapshot", "presence_refresh", "typing"].includes(detail.type)) broadcast({ type: "presence", frame: detail });
     });
     try {
       await inner.connect();
