@@ -307,6 +307,12 @@ pub struct PresenceConfig {
     /// Test knob, 0 in production: the share of QUIC datagrams (both directions) the relay
     /// drops on purpose, to show that presence converges under loss.
     pub test_datagram_loss: f64,
+    /// Presence changes of a room are collected this long and sent to its members as one
+    /// `presence_batch` frame. 0: each change is sent at once as a `presence` frame.
+    pub batch_ms: u64,
+    /// Room name patterns (`*` matches any run of characters) of quiet rooms: their members
+    /// are counted but not listed, and joins, leaves and status changes are not announced.
+    pub quiet_rooms: Vec<String>,
 }
 
 impl Default for PresenceConfig {
@@ -319,6 +325,8 @@ impl Default for PresenceConfig {
             rate: 20,
             burst: 40,
             test_datagram_loss: 0.0,
+            batch_ms: 50,
+            quiet_rooms: Vec::new(),
         }
     }
 }
@@ -1086,6 +1094,12 @@ impl Config {
         }
         if p.typing_ttl_ms > u64::from(u32::MAX) {
             return Err(invalid("presence.typing_ttl_ms", "must fit in 32 bits"));
+        }
+        if p.batch_ms >= p.refresh_ms {
+            return Err(invalid("presence.batch_ms", "must be below presence.refresh_ms"));
+        }
+        if let Some(bad) = p.quiet_rooms.iter().find(|p| p.is_empty() || p.contains("{sub}")) {
+            return Err(invalid("presence.quiet_rooms", format!("{bad:?} is not a room pattern")));
         }
         if !(0.0..1.0).contains(&p.test_datagram_loss) {
             return Err(invalid("presence.test_datagram_loss", "must be in 0 (default) up to but not including 1"));

@@ -269,6 +269,7 @@ impl Relay {
         if let Some(batcher) = events.batcher() {
             services.spawn(crate::events::batch::run(batcher, stop.clone()));
         }
+        services.spawn(awareness.clone().run_batches(stop.clone()));
         services.spawn(media_ticks(calls, stop.clone()));
         services.spawn(call_service.clone().run_timers(unix_ms, stop.clone()));
         services.spawn(group_calls.run_timers(unix_ms, stop.clone()));

@@ -617,6 +617,20 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
                         MemberReceipt { user: "dave".into(), delivered: 43, read: None },
                     ],
                 },
+        (
+            "presence_batch",
+            ServerFrame::PresenceBatch {
+                room: "chat:lobby".into(),
+                entries: vec![
+                    presence_entry(),
+                    PresenceEntry {
+                        user: "bob".into(),
+                        status: Status::Offline,
+                        custom: None,
+                        version: 1_700_000_000_400,
+                        last_seen: 1_700_000_000_400,
+                    },
+                ],
             },
         ),
     ]

@@ -351,3 +351,177 @@ async fn updates_are_rate_limited_per_device_and_scoped_by_tenant() {
     expect_members(&other, "hall", &[("fast", Status::Online)]).await;
     assert_eq!(api_user(&relay.relay, "globex", "fast").await.custom, None);
 }
+
+// ---- batched presence deltas and quiet rooms ----
+
+/// A hand-driven watcher (JSON codec, user `raw`) that joined `room` and hands over every
+/// frame the relay sends it: QUIC control stream and datagrams, or WebSocket messages.
+async fn raw_watcher(
+    relay: &TestRelay,
+    transport: Transport,
+    room: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<edgerelay::proto::ServerFrame> {
+    use edgerelay::proto::{ClientFrame, ServerFrame};
+    use futures_util::{SinkExt, StreamExt};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let join = ClientFrame::Join { req: 1, room: room.into(), since: None };
+    let decode = |body: &[u8]| Codec::Json.decode::<ServerFrame>(body).unwrap();
+    match transport {
+        Transport::WebSocket => {
+            let url = format!("ws://{}/v1/ws", relay.relay.tcp_addr());
+            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            for frame in [relay.raw_hello(), join] {
+                let text = String::from_utf8(Codec::Json.encode(&frame).to_vec()).unwrap();
+                ws.send(tokio_tungstenite::tungstenite::Message::text(text)).await.unwrap();
+            }
+            tokio::spawn(async move {
+                while let Some(Ok(message)) = ws.next().await {
+                    if let tokio_tungstenite::tungstenite::Message::Text(text) = message
+                        && tx.send(decode(text.as_bytes())).is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+        _ => {
+            let mut quic = common::raw_quic(relay).await;
+            quic.hello(relay).await;
+            quic.send_body(&Codec::Json.encode(&join)).await;
+            let conn = quic.conn.clone();
+            let datagrams = tx.clone();
+            tokio::spawn(async move {
+                while let Ok(body) = conn.read_datagram().await {
+                    if datagrams.send(decode(&body)).is_err() {
+                        return;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut reader = edgerelay::proto::FrameReader::new(1 << 20);
+                // The whole connection lives here: dropping its send side would end it.
+                let mut quic = quic;
+                while let Ok(Some(body)) = edgerelay::transport::quic::read_frame(&mut quic.recv, &mut reader).await {
+                    if tx.send(decode(&body)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+    rx
+}
+
+#[tokio::test]
+async fn joins_within_one_interval_reach_a_member_as_one_batch_and_its_view_converges() {
+    use edgerelay::proto::ServerFrame;
+    // A long interval, so that joins made together fall into one batch on a busy machine too.
+    let relay = start_with(|c| {
+        presence_config(c);
+        c.presence.refresh_ms = 60_000;
+        c.presence.batch_ms = 1_500;
+    })
+    .await;
+    for (i, transport) in [Transport::Quic, Transport::WebSocket].into_iter().enumerate() {
+        let room = format!("batch-{i}");
+        let mut watcher = raw_watcher(&relay, transport, &room).await;
+        let mut view: std::collections::BTreeMap<String, PresenceEntry> = Default::default();
+        fn apply(view: &mut std::collections::BTreeMap<String, PresenceEntry>, entry: PresenceEntry) {
+            if view.get(&entry.user).is_none_or(|held| held.version < entry.version) {
+                view.insert(entry.user.clone(), entry);
+            }
+        }
+        // The watcher's own snapshot first: it is in the room.
+        within("snapshot", async {
+            loop {
+                if let Some(ServerFrame::PresenceSnapshot { users, .. }) = watcher.recv().await {
+                    users.into_iter().for_each(|e| apply(&mut view, e));
+                    return;
+                }
+            }
+        })
+        .await;
+        let names: Vec<String> = (0..5).map(|n| format!("joiner{n}")).collect();
+        let mut joiners = Vec::new();
+        for name in &names {
+            joiners.push(relay.connect(transport, Codec::Postcard, name, "acme", &["*"]).await);
+        }
+        futures_util::future::join_all(joiners.iter().map(|c| c.join(&room))).await;
+        // Every joiner shows online; count the frames that told the watcher so.
+        let (mut frames, mut batches) = (0, 0);
+        let online = |view: &std::collections::BTreeMap<String, PresenceEntry>| {
+            names.iter().all(|n| view.get(n).is_some_and(|e| e.status == Status::Online))
+        };
+        within("every joiner online", async {
+            while !online(&view) {
+                match watcher.recv().await.expect("watcher open") {
+                    ServerFrame::Presence { entry, .. } => {
+                        frames += 1;
+                        apply(&mut view, entry);
+                    }
+                    ServerFrame::PresenceBatch { room: r, entries } => {
+                        assert_eq!(r, room);
+                        frames += 1;
+                        batches += 1;
+                        entries.into_iter().for_each(|e| apply(&mut view, e));
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        assert!(batches >= 1 && frames < names.len(), "{transport:?}: {frames} frames ({batches} batches) for 5 joins");
+        // Leaving is batched too, and nothing is lost: the view comes back to the watcher alone.
+        for joiner in joiners {
+            joiner.close().await;
+        }
+        within("every joiner offline", async {
+            while view.values().filter(|e| e.status != Status::Offline).count() > 1 {
+                match watcher.recv().await.expect("watcher open") {
+                    ServerFrame::Presence { entry, .. } => apply(&mut view, entry),
+                    ServerFrame::PresenceBatch { entries, .. } => entries.into_iter().for_each(|e| apply(&mut view, e)),
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        let present: Vec<&str> =
+            view.values().filter(|e| e.status != Status::Offline).map(|e| e.user.as_str()).collect();
+        assert_eq!(present, vec!["raw"], "{transport:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_quiet_room_counts_its_members_without_announcing_them() {
+    let relay = start_with(|c| {
+        presence_config(c);
+        c.presence.quiet_rooms = vec!["live:*".into()];
+    })
+    .await;
+    for (i, (transport, codec)) in VARIANTS.iter().copied().enumerate() {
+        let (quiet, loud) = (format!("live:show-{i}"), format!("chat-{i}"));
+        let viewer = relay.connect(transport, codec, "viewer", "acme", &["*"]).await;
+        viewer.join(&quiet).await.unwrap();
+        viewer.join(&loud).await.unwrap();
+        let mut others = Vec::new();
+        for n in 0..3 {
+            let other = relay.connect(transport, codec, &format!("fan{n}"), "acme", &["*"]).await;
+            other.join(&quiet).await.unwrap();
+            other.join(&loud).await.unwrap();
+            others.push(other);
+        }
+        // The ordinary room lists everyone; the quiet one lists nobody but counts all four.
+        let everyone = [("fan0", Status::Online), ("fan1", Status::Online), ("fan2", Status::Online)];
+        expect_members(&viewer, &loud, &[everyone.as_slice(), &[("viewer", Status::Online)]].concat()).await;
+        let counted = viewer.wait_presence(&quiet, SOON, |v, _| v.count() == 4).await;
+        assert!(counted, "{transport:?}: the quiet room's count is {}", viewer.presence_count(&quiet));
+        assert!(viewer.presence(&quiet).is_empty(), "{transport:?}: {:?}", summary(&viewer.presence(&quiet)));
+        // A leave is counted too, and still not announced.
+        others.pop().unwrap().close().await;
+        let counted = viewer.wait_presence(&quiet, SOON, |v, _| v.count() == 3).await;
+        assert!(counted, "{transport:?}: the quiet room's count is {}", viewer.presence_count(&quiet));
+        assert!(viewer.presence(&quiet).is_empty());
+        // The server API still lists the members.
+        assert_eq!(api_room(&relay.relay, "acme", &quiet).await.len(), 3);
+    }
+}

@@ -55,6 +55,13 @@ pub struct IdleReport {
     pub relay_bytes_per_connection: Option<f64>,
     /// Relay CPU over the hold, per second and per 1,000 connections (heartbeats, timers).
     pub relay_cpu_s_per_s_per_1000: Option<f64>,
+    /// Relay CPU from the first connect after the warm-up to the end of the settle that follows
+    /// the last, per connection opened: connect + hello (+ join, with its presence traffic).
+    pub relay_cpu_ms_per_connect: Option<f64>,
+    /// Connections opened per second after the warm-up (connect + hello + join each).
+    pub connects_per_second: f64,
+    /// Presence frames the relay queued over the same span (`edgerelay_presence_updates_total`).
+    pub presence_frames: Option<f64>,
     pub hold_seconds: f64,
     /// Connections closed during the hold (should be none).
     pub closed_during_hold: u64,
@@ -112,6 +119,9 @@ async fn open_many(
     }
 }
 
+/// The relay's counter of presence frames queued (every kind).
+const PRESENCE_FRAMES: &str = "edgerelay_presence_updates_total";
+
 pub async fn idle(
     relay: &RelayUnderTest,
     args: &IdleArgs,
@@ -131,9 +141,14 @@ pub async fn idle(
     if show_progress {
         eprintln!("{before} warm-up connections; relay RSS {baseline:?} KiB; opening {}", args.connections - warmup);
     }
+    let (opening_cpu, presence_before) = (relay.cpu(), relay.metric_sum(PRESENCE_FRAMES));
+    let opening = Instant::now();
     open_many(relay, args, transport, warmup..args.connections, &mut clients, &mut hist, &errors).await;
     let added = clients.len() - before;
+    let connects_per_second = added as f64 / opening.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs_f64(args.settle.clamp(0.0, 60.0))).await;
+    let opened_cpu = opening_cpu.zip(relay.cpu()).map(|(a, b)| b.saturating_sub(a).as_secs_f64());
+    let presence_frames = presence_before.zip(relay.metric_sum(PRESENCE_FRAMES)).map(|(a, b)| b - a);
     let loaded = relay.rss_kib();
     if show_progress {
         eprintln!("{} connections; relay RSS {loaded:?} KiB; holding {:.0} s", clients.len(), hold.as_secs_f64());
@@ -199,6 +214,9 @@ pub async fn idle(
         relay_rss_kib_end: end,
         relay_bytes_per_connection: per_conn,
         relay_cpu_s_per_s_per_1000: cpu.filter(|_| connected > 0).map(|c| c / hold_seconds * 1000.0 / connected as f64),
+        relay_cpu_ms_per_connect: opened_cpu.filter(|_| added > 0).map(|c| c * 1000.0 / added as f64),
+        connects_per_second,
+        presence_frames,
         hold_seconds,
         closed_during_hold: closed,
         errors: errors.snapshot(),
@@ -227,6 +245,15 @@ pub fn idle_table(r: &IdleReport) -> String {
             (
                 "relay CPU while idle".into(),
                 format!("{} CPU-s per s per 1,000 connections", stats::fmt_opt(r.relay_cpu_s_per_s_per_1000, 4)),
+            ),
+            (
+                "connect + hello + join".into(),
+                format!(
+                    "{} ms relay CPU each, {:.0} connections/s, {} presence frames queued",
+                    stats::fmt_opt(r.relay_cpu_ms_per_connect, 3),
+                    r.connects_per_second,
+                    stats::fmt_opt(r.presence_frames, 0)
+                ),
             ),
             ("closed during hold".into(), r.closed_during_hold.to_string()),
             ("errors".into(), format!("{:?}", r.errors)),

@@ -63,6 +63,10 @@ pub struct FanoutArgs {
     /// Connections opened at once during setup.
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
+    /// Publishers send at the same instants (bursts of one publish each, the generator's
+    /// behaviour before 2026-12-06) instead of staggered evenly over each one's period.
+    #[arg(long)]
+    pub lockstep: bool,
 }
 
 #[derive(Debug, Clone, clap::Args, Serialize)]
@@ -130,6 +134,7 @@ impl BigroomArgs {
             drain: self.drain,
             max_in_flight: self.max_in_flight,
             connect_concurrency: self.connect_concurrency,
+            lockstep: false,
         }
     }
 }
@@ -484,7 +489,8 @@ pub struct Published {
 }
 
 /// Publishes `quota` messages over `window` to rooms `load:r{k}` in turn, open loop, and waits
-/// for their acks. The message ids are `{step}-{seq}`: a caller that publishes in several
+/// for their acks. `phase` (0 up to 1) shifts the publishes by that share of one period, so
+/// that publishers with phases spread over [0, 1) take turns instead of sending together. The message ids are `{step}-{seq}`: a caller that publishes in several
 /// windows gives each its own step, or the relay's dedupe would take them for retries.
 #[allow(clippy::too_many_arguments)]
 pub async fn publish(
@@ -498,6 +504,7 @@ pub async fn publish(
     codec: CodecArg,
     max_in_flight: usize,
     counters: Arc<Counters>,
+    phase: f64,
 ) -> Published {
     // This publisher's share of the step: `quota` publishes spread evenly over the window.
     let rate = quota as f64 / window.as_secs_f64();
@@ -521,7 +528,7 @@ pub async fn publish(
         tokio::select! {
             _ = tick.tick(), if publishing => {
                 let elapsed = started.elapsed().min(window).as_secs_f64();
-                let due = ((elapsed * rate) as u64).min(quota);
+                let due = ((elapsed * rate + phase) as u64).min(quota);
                 while due_total < due {
                     due_total += 1;
                     if in_flight.len() >= max_in_flight {
@@ -585,6 +592,7 @@ async fn run_step(
             args.codec,
             args.max_in_flight,
             setup.counters.clone(),
+            if args.lockstep { 0.0 } else { j as f64 / count as f64 },
         ));
     }
     let mut acked_per_room = vec![0u64; args.rooms];

@@ -312,6 +312,21 @@ impl RelayUnderTest {
         rss_of(self.pid?)
     }
 
+    /// The sum of every series of a counter or gauge on the relay's `/metrics` page (on the
+    /// WebSocket listener), e.g. `edgerelay_presence_updates_total` over its kinds.
+    pub fn metric_sum(&self, name: &str) -> Option<f64> {
+        use std::io::{Read, Write};
+        let url = url::Url::parse(self.ws_url.as_deref()?).ok()?;
+        let addr = format!("{}:{}", url.host_str()?, url.port()?);
+        let mut stream = std::net::TcpStream::connect(addr).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n").ok()?;
+        let mut page = String::new();
+        stream.read_to_string(&mut page).ok()?;
+        let values = page.lines().filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']));
+        Some(values.filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum())
+    }
+
     /// Whether the started relay is still running.
     pub fn alive(&mut self) -> bool {
         match &mut self.child {

@@ -410,6 +410,7 @@ async fn publisher(
             CodecArg::Postcard,
             4096,
             counters.clone(),
+            0.0,
         )
         .await;
         let lost = done.errors.keys().any(|k| k.starts_with("closed"));

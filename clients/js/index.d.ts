@@ -282,6 +282,8 @@ export class Room extends TypedEventTarget<RoomEvents> {
   /** Whether older messages than those loaded are retained (null until known). */
   readonly hasEarlier: boolean | null;
   readonly members: PresenceEntry[];
+  /** Members counted by the relay's latest refresh (quiet rooms are counted, not listed). */
+  readonly memberCount: number;
   readonly typing: TypingState;
   join(): Promise<Room>;
   leave(): Promise<void>;
@@ -432,6 +434,8 @@ export class PresenceView {
   apply(entry: PresenceEntry): boolean;
   applySnapshot(users: PresenceEntry[]): void;
   needsSync(count: number, digest: number): boolean;
+  applyRefresh(count: number, digest: number): boolean;
+  readonly count: number;
   readonly members: PresenceEntry[];
   status(user: string): Status;
   applyTyping(frame: { users: string[]; others: number; version: number; ttl_ms: number }, nowMs: number): boolean;

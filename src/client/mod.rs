@@ -282,6 +282,13 @@ impl Shared {
                     view.apply(entry);
                 }
             }
+            ServerFrame::PresenceBatch { room, entries } => {
+                if let Some(view) = self.views().get_mut(&room) {
+                    for entry in entries {
+                        view.apply(entry);
+                    }
+                }
+            }
             ServerFrame::PresenceSnapshot { req, room, users } => {
                 if let Some(view) = self.views().get_mut(&room) {
                     view.apply_snapshot(users.clone());
@@ -292,7 +299,7 @@ impl Shared {
                 }
             }
             ServerFrame::PresenceRefresh { room, count, digest } => {
-                let stale = self.views().get(&room).is_some_and(|v| v.needs_sync(count, digest));
+                let stale = self.views().get_mut(&room).is_some_and(|v| v.apply_refresh(count, digest));
                 if stale && self.syncing.lock().unwrap_or_else(|e| e.into_inner()).insert(room.clone()) {
                     let _ = self.syncs.send(room);
                 }
@@ -701,6 +708,12 @@ impl Client {
     /// The present members of a joined room, as this client sees them now.
     pub fn presence(&self, room: &str) -> Vec<PresenceEntry> {
         self.shared.views().get(room).map(RoomPresence::entries).unwrap_or_default()
+    }
+
+    /// How many members a joined room has as this client knows it: the latest
+    /// `presence_refresh` count, or the members it lists (quiet rooms list nobody).
+    pub fn presence_count(&self, room: &str) -> u32 {
+        self.shared.views().get(room).map_or(0, RoomPresence::count)
     }
 
     /// "Alice and Bob are typing…" for a joined room, leaving this user out; empty if nobody.

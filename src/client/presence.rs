@@ -7,7 +7,9 @@
 //! - A snapshot replaces the set of present users (an entry the client already holds at a
 //!   higher version wins: it is newer than the snapshot).
 //! - A refresh whose count or digest differs from the view means something was lost: the owner
-//!   asks for a snapshot ([`RoomPresence::needs_sync`]).
+//!   asks for a snapshot ([`RoomPresence::needs_sync`]). A refresh with digest 0 and a count
+//!   above 0 is a quiet room's: its members are counted ([`RoomPresence::count`]), not listed.
+//! - A `presence_batch` is its entries applied one by one.
 //! - A typing view replaces the previous one unless older, and is shown until `ttl_ms` after
 //!   it arrived.
 
@@ -28,6 +30,8 @@ pub struct RoomPresence {
     present: BTreeMap<String, PresenceEntry>,
     versions: HashMap<String, u64>,
     typing: TypingSeen,
+    /// The latest `presence_refresh` count.
+    count: u32,
 }
 
 impl RoomPresence {
@@ -59,9 +63,25 @@ impl RoomPresence {
         self.present = present;
     }
 
-    /// Whether a `presence_refresh` disagrees with this view.
+    /// Whether a `presence_refresh` disagrees with this view. A refresh of a quiet room (digest
+    /// 0 with members) lists nobody: it only gives the count, which this view keeps.
     pub fn needs_sync(&self, count: u32, refresh_digest: u64) -> bool {
+        if refresh_digest == 0 && count > 0 {
+            return !self.present.is_empty();
+        }
         self.present.len() as u32 != count || digest(self.present.values()) != refresh_digest
+    }
+
+    /// Applies a `presence_refresh`: keeps its count; true when the view needs a snapshot.
+    pub fn apply_refresh(&mut self, count: u32, refresh_digest: u64) -> bool {
+        self.count = count;
+        self.needs_sync(count, refresh_digest)
+    }
+
+    /// How many members the room has: the latest refresh's count, or (before any, or when the
+    /// view lists more) how many the view lists. Quiet rooms list nobody but are counted.
+    pub fn count(&self) -> u32 {
+        self.count.max(self.present.len() as u32)
     }
 
     /// Present users, sorted by user id.
@@ -144,6 +164,15 @@ mod tests {
         assert!(!v.needs_sync(count, d));
         v.apply(entry("bob", Status::Online, 1_000));
         assert!(v.needs_sync(count, d), "a different status is a different digest");
+    }
+
+    #[test]
+    fn a_quiet_rooms_refresh_gives_a_count_and_asks_for_nothing() {
+        let mut v = RoomPresence::default();
+        assert!(!v.apply_refresh(4, 0), "digest 0 with members: counted, not listed");
+        assert_eq!((v.count(), v.entries().len()), (4, 0));
+        v.apply(entry("alice", Status::Online, 1));
+        assert!(v.apply_refresh(4, 0), "a quiet room lists nobody: this view is stale");
     }
 
     #[test]

@@ -13,6 +13,12 @@
 //! and gets a reliable snapshot. Typing views are whole, versioned, and expire on the client
 //! after `ttl_ms` without a newer one, so a lost update is healed by the next one or by time.
 //!
+//! Batching (`presence.batch_ms` > 0): presence entries are not fanned out one by one but
+//! collected per room ([`super::presence_batch`]) and sent by [`Awareness::run_batches`], one
+//! timer task for the relay, as one `presence_batch` per room per interval (a lone change as a
+//! `presence` frame). Quiet rooms (`presence.quiet_rooms`) announce no member at all: their
+//! snapshots are empty and their refreshes carry the member count with digest 0.
+//!
 //! One lock for the whole relay keeps the logic simple; a change touches a user's rooms and
 //! their members, which is bounded by the rooms-per-connection limit. Shard it by tenant when
 //! profiles say so.
@@ -23,6 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::RoomKey;
 use super::last_seen::{UserRecord, UserRecords};
 use super::presence::{Change, DeviceId, Presence, UserKey};
+use super::presence_batch::Batches;
 use super::remote::{LocalPresence, OtherNodes, RemotePresence, node_device};
 use super::typing::{Typing, TypingView};
 use crate::config::PresenceConfig;
@@ -34,8 +41,13 @@ use crate::proto::{EncodeOnce, RoomName, ServerFrame};
 pub const KIND_PRESENCE: u8 = 2;
 pub const KIND_TYPING: u8 = 3;
 pub const KIND_REFRESH: u8 = 4;
+/// `presence_batch` frames; each has a key of its own (a batch never supersedes another).
+pub const KIND_BATCH: u8 = 5;
+/// Most entries in one `presence_batch` frame; a bigger batch goes as several.
+pub const MAX_BATCH_ENTRIES: usize = 100;
 
-/// Presence frames queued, by `kind` (`presence`, `typing`, `refresh`, `snapshot`).
+/// Presence frames queued, by `kind` (`presence`, `presence_batch`, `typing`, `refresh`,
+/// `snapshot`).
 pub const UPDATES_TOTAL: &str = "edgerelay_presence_updates_total";
 /// Presence and typing requests ignored, by `reason` (`rate_limited`, `not_joined`, `hidden`).
 pub const IGNORED_TOTAL: &str = "edgerelay_presence_ignored_total";
@@ -59,12 +71,22 @@ struct State {
     remote: RemotePresence,
     /// Where this node's changes go to the others (shared engine).
     share: Option<tokio::sync::mpsc::UnboundedSender<LocalPresence>>,
+    /// Changes waiting for the next batch (only with `batch_ms` > 0).
+    batches: Batches,
+    batching: bool,
+    /// Numbers the batches' datagram keys.
+    batch_seq: u64,
+    /// Wakes [`Awareness::run_batches`] when a first change is pending.
+    batch_ready: Arc<tokio::sync::Notify>,
+    /// `presence.quiet_rooms`.
+    quiet: Vec<String>,
 }
 
 pub struct Awareness {
     state: Mutex<State>,
     records: Arc<dyn UserRecords>,
     refresh_ms: u64,
+    batch_ms: u64,
 }
 
 fn truncate(mut text: String, max: usize) -> String {
@@ -89,9 +111,15 @@ impl Awareness {
                 next_refresh: 0,
                 remote: RemotePresence::default(),
                 share: None,
+                batches: Batches::default(),
+                batching: config.batch_ms > 0,
+                batch_seq: 0,
+                batch_ready: Arc::new(tokio::sync::Notify::new()),
+                quiet: config.quiet_rooms.clone(),
             }),
             records,
             refresh_ms: config.refresh_ms,
+            batch_ms: config.batch_ms,
         }
     }
 
@@ -281,10 +309,39 @@ impl Awareness {
         }
         if now_ms >= state.next_refresh {
             state.next_refresh = now_ms + self.refresh_ms;
+            // The refresh describes the rooms with every change applied: send those first.
+            state.flush_batches();
             state.send_refreshes();
         }
         drop(state);
         self.remember(gone);
+    }
+
+    /// The batch timer (one task for the relay, with `presence.batch_ms` > 0): once a change is
+    /// pending, waits `batch_ms` and sends every room's batch. Sends what is left when stopped.
+    pub async fn run_batches(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        if self.batch_ms == 0 {
+            return;
+        }
+        let every = std::time::Duration::from_millis(self.batch_ms);
+        let ready = self.lock().batch_ready.clone();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = ready.notified() => {}
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(every) => {}
+            }
+            self.lock().flush_batches();
+        }
+        self.lock().flush_batches();
+    }
+
+    /// Sends the pending batches now (tests; the timer task does it otherwise).
+    pub fn flush_batches(&self) {
+        self.lock().flush_batches();
     }
 
     /// Keeps the records of users who are gone, for the next [`Awareness::flush`].
@@ -350,6 +407,7 @@ impl State {
             devices.remove(&device);
             if devices.is_empty() {
                 self.room_devices.remove(room);
+                self.batches.forget(room);
             }
         }
         self.stop_typing(room, user, device, now_ms);
@@ -403,10 +461,48 @@ impl State {
         }
     }
 
-    fn fan_entry(&self, room: &RoomKey, entry: PresenceEntry) {
+    /// Tells a room's members one entry: at once, or in the room's next batch. Quiet rooms
+    /// announce nothing.
+    fn fan_entry(&mut self, room: &RoomKey, entry: PresenceEntry) {
+        if self.is_quiet(room) {
+            return;
+        }
+        if !self.batching {
+            return self.send_entry(room, entry);
+        }
+        if self.room_devices.contains_key(room) && self.batches.add(room, entry) {
+            self.batch_ready.notify_one();
+        }
+    }
+
+    fn send_entry(&self, room: &RoomKey, entry: PresenceEntry) {
         let key = DatagramKey::new(KIND_PRESENCE, format!("{}\0{}", room.room, entry.user));
         let frame = ServerFrame::Presence { room: room.room.to_string(), entry };
         self.fan(room, key, &frame, "presence");
+    }
+
+    /// Sends every room's pending changes: one `presence_batch` per [`MAX_BATCH_ENTRIES`]
+    /// entries, or a `presence` frame for a lone change.
+    fn flush_batches(&mut self) {
+        for (room, mut entries) in self.batches.take() {
+            if entries.len() == 1 {
+                if let Some(entry) = entries.pop() {
+                    self.send_entry(&room, entry);
+                }
+                continue;
+            }
+            for part in entries.chunks(MAX_BATCH_ENTRIES) {
+                self.batch_seq += 1;
+                let key = DatagramKey::new(KIND_BATCH, format!("{}\0{}", room.room, self.batch_seq));
+                let frame = ServerFrame::PresenceBatch { room: room.room.to_string(), entries: part.to_vec() };
+                self.fan(&room, key, &frame, "presence_batch");
+            }
+        }
+    }
+
+    /// Whether the room is quiet (`presence.quiet_rooms`).
+    fn is_quiet(&self, room: &RoomKey) -> bool {
+        self.quiet.iter().any(|pattern| crate::auth::pattern_matches(pattern, room.room.as_str(), ""))
     }
 
     /// A user's entry merged over this node and the others (the most recent one; offline when
@@ -481,6 +577,8 @@ impl State {
             } else {
                 self.presence.summary(room)
             };
+            // A quiet room's members are counted, not listed: digest 0 tells clients so.
+            let digest = if self.is_quiet(room) { 0 } else { digest };
             let frame = ServerFrame::PresenceRefresh { room: room.room.to_string(), count, digest };
             self.fan(room, DatagramKey::new(KIND_REFRESH, room.room.as_str()), &frame, "refresh");
         }
@@ -490,7 +588,7 @@ impl State {
     fn send_snapshot(&self, room: &RoomKey, device: DeviceId, req: u64) -> Result<(), PushError> {
         let Some(link) = self.links.get(&device) else { return Ok(()) };
         let Some(&lane) = link.rooms.get(&room.room) else { return Ok(()) };
-        let users = self.view(room);
+        let users = if self.is_quiet(room) { Vec::new() } else { self.view(room) };
         let frame = ServerFrame::PresenceSnapshot { req, room: room.room.to_string(), users };
         metrics::counter!(UPDATES_TOTAL, "kind" => "snapshot").increment(1);
         link.outbox.send(lane, &frame)

@@ -11,6 +11,7 @@
 pub mod awareness;
 pub mod last_seen;
 pub mod presence;
+pub mod presence_batch;
 pub mod remote;
 pub mod replay;
 pub mod room;

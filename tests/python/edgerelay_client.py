@@ -153,6 +153,7 @@ SERVER_FIELDS = {
     "unsubscribed": ("req", "pattern"),
     "event": ("topic", "position", "time", "id", "tags", "data"),
     "receipts": ("req", "event"),
+    "presence_batch": ("room", "entries"),
 }
 # The nested `action` / `event` of `call` frames (docs/protocol.md, Calls (1:1) and Calls
 # (group)): name -> field order.
@@ -399,6 +400,9 @@ class _Client:
             self.go_away = body
         elif kind == "presence":
             self._apply_presence(body["room"], body["entry"])
+        elif kind == "presence_batch":
+            for entry in body["entries"]:
+                self._apply_presence(body["room"], entry)
         elif kind == "presence_refresh":
             self.presence_refreshes[body["room"]] = body
         elif kind == "call" and body["req"] == 0:

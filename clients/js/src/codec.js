@@ -48,6 +48,7 @@ export const FIELDS = {
   presence: ["room", "entry"],
   presence_snapshot: ["req", "room", "users"],
   presence_refresh: ["room", "count", "digest"],
+  presence_batch: ["room", "entries"],
   track_published: ["req", "room", "track"],
   track_ok: ["req", "track"],
   tracks: ["room", "tracks", "ended"],
@@ -97,6 +98,7 @@ const NESTED_LISTS = {
   layers: LAYER,
   servers: ICE_SERVER,
   users: PRESENCE_ENTRY, // a `typing` frame's `users` are strings, and stay as they are
+  entries: PRESENCE_ENTRY,
   messages: HISTORY_ENTRY,
   rooms: ROOM_CURSOR,
 };

@@ -48,7 +48,7 @@ export { backoffDelay } from "./schedule.js";
 const TOKEN_EXPIRED = 111;
 const MEDIA_UNSUPPORTED = 140;
 // Frames about a room's members that may come as datagrams (docs/protocol.md).
-const PRESENCE_FRAMES = new Set(["presence", "presence_snapshot", "presence_refresh", "typing"]);
+const PRESENCE_FRAMES = new Set(["presence", "presence_batch", "presence_snapshot", "presence_refresh", "typing"]);
 const decoder = new TextDecoder();
 
 /**
@@ -773,6 +773,7 @@ export class EdgeRelay extends EventTarget {
         this.#goAwayMs = frame.reconnect_after_ms;
         return undefined;
       case "presence":
+      case "presence_batch":
       case "presence_snapshot":
       case "presence_refresh":
       case "typing":

@@ -6,7 +6,9 @@
 //   users who went offline are kept, so a late datagram never rolls anything back;
 // - a snapshot replaces the present set (an entry held at a higher version wins);
 // - a refresh whose count or digest differs from the view means something was lost: ask for a
-//   snapshot (`needsSync`);
+//   snapshot (`needsSync`); digest 0 with a count above 0 is a quiet room's refresh: members
+//   are counted (`count`), not listed;
+// - a `presence_batch` is its entries applied one by one;
 // - a typing view replaces the previous one unless older, and shows until `ttl_ms` after it came.
 
 const FNV_OFFSET = 0xcbf29ce484222325n;
@@ -46,6 +48,7 @@ export function typingText(names, total = names.length) {
 export class PresenceView {
   #present = new Map();
   #versions = new Map();
+  #count = 0;
   #typing = { users: [], others: 0, version: 0, untilMs: 0 };
 
   /** Applies a `presence` entry; false when stale. */
@@ -72,9 +75,23 @@ export class PresenceView {
     this.#present = present;
   }
 
-  /** Whether a `presence_refresh` disagrees with this view. */
+  /** Whether a `presence_refresh` disagrees with this view. A quiet room's refresh (digest 0
+   * with members) lists nobody: only its count is kept. */
   needsSync(count, digest) {
+    if (digest === 0 && count > 0) return this.#present.size > 0;
     return this.#present.size !== count || presenceDigest(this.#present.values()) !== digest;
+  }
+
+  /** Applies a `presence_refresh`: keeps its count; true when the view needs a snapshot. */
+  applyRefresh(count, digest) {
+    this.#count = Number(count) || 0;
+    return this.needsSync(count, digest);
+  }
+
+  /** How many members the room has: the latest refresh's count, or how many the view lists
+   * (quiet rooms list nobody but are counted). */
+  get count() {
+    return Math.max(this.#count, this.#present.size);
   }
 
   /** Present members, sorted by user id. */

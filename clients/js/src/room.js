@@ -95,6 +95,12 @@ export class Room extends EventTarget {
     return this.#view.members;
   }
 
+  /** How many members the room has: the latest `presence_refresh` count, or the members listed.
+   * A quiet room (the relay's `presence.quiet_rooms`) lists nobody but is counted. */
+  get memberCount() {
+    return this.#view.count;
+  }
+
   /** A member's status here (`offline` when not present). */
   status(user) {
     return this.#view.status(user);
@@ -167,7 +173,7 @@ export class Room extends EventTarget {
     return true;
   }
 
-  /** `presence`, `presence_snapshot`, `presence_refresh` and `typing`; true when it asked for a
+  /** `presence`, `presence_batch`, `presence_snapshot`, `presence_refresh` and `typing`; true when it asked for a
    * fresh snapshot (a refresh disagreed). */
   _presence(frame) {
     switch (frame.type) {
@@ -178,8 +184,15 @@ export class Room extends EventTarget {
       case "presence":
         if (this.#view.apply(frame.entry)) this.#presenceChanged(frame.entry);
         return false;
+      case "presence_batch": {
+        // Several members' changes at once: one event for the batch.
+        const entries = Array.isArray(frame.entries) ? frame.entries : [];
+        const applied = entries.filter((entry) => this.#view.apply(entry));
+        if (applied.length) this.#presenceChanged(applied.length === 1 ? applied[0] : null);
+        return false;
+      }
       case "presence_refresh":
-        return this.#view.needsSync(frame.count, frame.digest);
+        return this.#view.applyRefresh(frame.count, frame.digest);
       case "typing":
         if (this.#view.applyTyping(frame, Date.now())) this.#typingChanged();
         return false;

@@ -46,7 +46,7 @@ import { keptSubscription, topicMatches } from "./events.js";
 import { messageId } from "./outbox.js";
 import { Room, validRoomName } from "./room.js";
 
-const PRESENCE = new Set(["presence", "presence_snapshot", "presence_refresh", "typing"]);
+const PRESENCE = new Set(["presence", "presence_batch", "presence_snapshot", "presence_refresh", "typing"]);
 
 export const older = (a, b) => (a === null ? b : b === null ? a : a.epoch !== b.epoch ? a : a.offset <= b.offset ? a : b);
 

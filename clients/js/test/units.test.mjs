@@ -47,6 +47,15 @@ test("presence digest: docs/protocol.md's example, and a refresh that disagrees 
   assert.ok(view.needsSync(1, 12345));
 });
 
+test("presence: a quiet room's refresh (digest 0) gives a count and never asks for a sync", () => {
+  const view = new PresenceView();
+  assert.equal(view.applyRefresh(4, 0), false);
+  assert.equal(view.count, 4);
+  assert.deepEqual(view.members, []);
+  view.apply({ user: "alice", status: "online", custom: null, version: 1, last_seen: 0 });
+  assert.equal(view.applyRefresh(4, 0), true, "a quiet room lists nobody: the view is stale");
+});
+
 test("typing: the relay's view shown until its ttl, never older versions, without yourself", () => {
   const view = new PresenceView();
   assert.ok(view.applyTyping({ users: ["alice", "me"], others: 0, version: 5, ttl_ms: 6000 }, 1000));
