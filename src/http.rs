@@ -33,7 +33,7 @@ use crate::hub::awareness::Awareness;
 use crate::hub::presence::UserKey;
 use crate::proto::{ErrorCode, Payload, Position, RoomName};
 use crate::session::MAX_MESSAGE_ID_LEN;
-use crate::transport::websocket::{WebSocketTransport, handshake};
+use crate::transport::websocket::{Upgraded, WebSocketTransport, handshake};
 
 /// The certificate facts clients need: the SHA-256 of the end-entity certificate (what
 /// Chromium's `serverCertificateHashes` and the Rust client's pin compare) and its expiry.
@@ -111,6 +111,12 @@ pub fn router(state: Arc<HttpState>, routes: Routes) -> Router {
         .route("/v1/api/calls/{tenant}/users/{user}", get(api_user_calls))
         .route("/v1/api/disconnect", post(api_disconnect))
         .route("/v1/api/revoke", post(api_revoke));
+    // Conformance runs only (`websocket.echo`, tests/autobahn.rs).
+    let public = if state.websocket.config.echo {
+        public.route(crate::transport::websocket::ECHO_PATH, get(websocket_echo))
+    } else {
+        public
+    };
     let router = match routes {
         Routes::All => health.merge(public).merge(admin),
         Routes::Public => health.merge(public),
@@ -234,8 +240,17 @@ async fn websocket(State(state): State<Arc<HttpState>>, request: Request) -> Res
         )
             .into_response();
     }
+    upgrade_websocket(&state, request, false)
+}
+
+/// `/v1/ws-echo` (only with `websocket.echo`): see `transport::websocket::echo`.
+async fn websocket_echo(State(state): State<Arc<HttpState>>, request: Request) -> Response {
+    upgrade_websocket(&state, request, true)
+}
+
+fn upgrade_websocket(state: &HttpState, request: Request, echo: bool) -> Response {
     let accepted = request.extensions().get::<Accepted>().map_or_else(Instant::now, |a| a.0);
-    let (response, upgrade) = match handshake::accept(request) {
+    let handshake::Accepted { response, upgrade, deflate } = match handshake::accept(request, &state.websocket.config) {
         Ok(accepted) => accepted,
         Err(refusal) => return refusal.into_response(),
     };
@@ -243,7 +258,12 @@ async fn websocket(State(state): State<Arc<HttpState>>, request: Request) -> Res
     let stop = state.stop.child_token();
     state.tasks.spawn(async move {
         if let Some((socket, early)) = handshake::into_socket(upgrade).await {
-            transport.serve(socket, early, accepted, stop).await;
+            let upgraded = Upgraded { socket, early, accepted, deflate };
+            if echo {
+                transport.serve_echo(upgraded, stop).await;
+            } else {
+                transport.serve(upgraded, stop).await;
+            }
         }
     });
     response

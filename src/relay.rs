@@ -217,7 +217,7 @@ impl Relay {
         let services = TaskTracker::new();
         let connections = TaskTracker::new();
         let http = Arc::new(HttpState {
-            websocket: Arc::new(WebSocketTransport::new(conn_ctx.clone())),
+            websocket: Arc::new(WebSocketTransport::new(conn_ctx.clone(), config.websocket.clone())),
             metrics,
             ready: false.into(),
             cert: RwLock::new(cert_info(&cert, next_cert.as_ref())),
