@@ -744,11 +744,19 @@ pub struct ConnectionsConfig {
     pub per_ip_burst: u32,
     /// Connections one IP address may hold open at once on each port.
     pub per_ip_max: u32,
+    /// Loopback addresses (a local proxy, load tests) are not held to the per-IP limits.
+    pub exempt_loopback: bool,
 }
 
 impl Default for ConnectionsConfig {
     fn default() -> Self {
-        ConnectionsConfig { retry_above_per_sec: 100, per_ip_rate: 50, per_ip_burst: 100, per_ip_max: 1000 }
+        ConnectionsConfig {
+            retry_above_per_sec: 100,
+            per_ip_rate: 50,
+            per_ip_burst: 100,
+            per_ip_max: 1000,
+            exempt_loopback: true,
+        }
     }
 }
 

@@ -70,6 +70,10 @@ codes! {
     /// A compressed WebSocket message inflated past `limits.max_frame_bytes` (a deflate bomb).
     /// Its WebSocket close code is 1009, not 4115.
     MESSAGE_TOO_BIG = 115, "message_too_big", fatal = true, retry = false;
+    /// More than `connections.per_ip_rate` connection attempts per second from this address.
+    CONNECTION_RATE_LIMITED = 116, "connection_rate_limited", fatal = true, retry = true;
+    /// `connections.per_ip_max` connections are already open from this address.
+    TOO_MANY_FROM_ADDRESS = 117, "too_many_from_address", fatal = true, retry = true;
     /// The token does not grant this operation on this room.
     PERMISSION_DENIED = 120, "permission_denied", fatal = false, retry = false;
     /// The room name is empty, too long or has characters outside `[A-Za-z0-9_:.@=+-]`.
