@@ -241,7 +241,9 @@ impl Deflater {
             out.truncate(out.len() - TAIL.len());
         }
         if self.fresh_each {
-            self.state = None;
+            // Reset, not dropped: allocating miniz_oxide's compressor anew per message cost
+            // ~4x the CPU of compressing a chat message (docs/decisions.md).
+            state.reset();
         }
         true
     }
@@ -330,6 +332,43 @@ mod tests {
         let mut at_limit = Vec::new();
         Deflater::new(&agreed, &cfg()).deflate(&vec![7u8; 65_536], &mut at_limit);
         assert_eq!(Inflater::new(&agreed).inflate(&at_limit, 65_536).unwrap().len(), 65_536);
+    }
+
+    /// The figures in docs/decisions.md: `cargo test --lib chat_json_compression_figures --
+    /// --ignored --nocapture` (ratios are build-independent; the time is a debug build's).
+    #[test]
+    #[ignore]
+    fn chat_json_compression_figures() {
+        let messages: Vec<Vec<u8>> = (0..2000u64)
+            .map(|i| {
+                format!(
+                    r#"{{"message":{{"room":"chat:lobby","position":{{"epoch":1,"offset":{}}},"from":"user{}","time":{},"id":"m{i}","data":{{"text":"message number {i} about {}"}}}}}}"#,
+                    1000 + i,
+                    i % 17,
+                    1_765_000_000_000u64 + i * 37,
+                    ["the weather", "lunch", "the release", "a bug"][(i % 4) as usize]
+                )
+                .into_bytes()
+            })
+            .collect();
+        let raw: usize = messages.iter().map(Vec::len).sum();
+        for header in ["permessage-deflate", "permessage-deflate; server_no_context_takeover"] {
+            let agreed = offer(header).unwrap();
+            let mut deflater = Deflater::new(&agreed, &cfg());
+            let started = std::time::Instant::now();
+            let mut sent = 0;
+            for message in &messages {
+                let mut out = Vec::new();
+                sent += if deflater.deflate(message, &mut out) { out.len() } else { message.len() };
+            }
+            let elapsed = started.elapsed();
+            println!(
+                "{header}: {} messages, {raw} bytes -> {sent} bytes ({:.2}x), {:.1} us per message",
+                messages.len(),
+                raw as f64 / sent as f64,
+                elapsed.as_secs_f64() * 1e6 / messages.len() as f64
+            );
+        }
     }
 
     #[test]
