@@ -26,7 +26,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = frame.req();
     let encoded = Codec::Postcard.encode(&frame);
     let again: ClientFrame = Codec::Postcard.decode(&encoded).expect("a re-encoded frame decodes");
-    assert_eq!(again, frame, "postcard round trip");
+    // Compared as bytes: a NaN float is not equal to itself.
+    assert_eq!(Codec::Postcard.encode(&again), encoded, "postcard round trip");
     let json = Codec::Json.encode(&frame);
     let _: ClientFrame = Codec::Json.decode(&json).expect("a frame re-encoded as JSON decodes");
 });
