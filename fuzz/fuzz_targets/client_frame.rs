@@ -29,5 +29,9 @@ fuzz_target!(|data: &[u8]| {
     // Compared as bytes: a NaN float is not equal to itself.
     assert_eq!(Codec::Postcard.encode(&again), encoded, "postcard round trip");
     let json = Codec::Json.encode(&frame);
-    let _: ClientFrame = Codec::Json.decode(&json).expect("a frame re-encoded as JSON decodes");
+    // Only a frame that came as JSON must come back from JSON: a postcard frame may hold a NaN
+    // or an infinity, which JSON writes as `null` (the relay refuses such quality reports).
+    if codec == Codec::Json {
+        let _: ClientFrame = Codec::Json.decode(&json).expect("a frame re-encoded as JSON decodes");
+    }
 });
