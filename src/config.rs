@@ -49,6 +49,8 @@ pub struct Config {
     pub hooks: HooksConfig,
     pub quic: QuicConfig,
     pub receipts: ReceiptsConfig,
+    pub websocket: WebSocketConfig,
+    pub connections: ConnectionsConfig,
 }
 
 impl Default for Config {
@@ -73,6 +75,8 @@ impl Default for Config {
             hooks: HooksConfig::default(),
             quic: QuicConfig::default(),
             receipts: ReceiptsConfig::default(),
+            websocket: WebSocketConfig::default(),
+            connections: ConnectionsConfig::default(),
         }
     }
 }
@@ -764,6 +768,73 @@ impl Default for RedisConfig {
     }
 }
 
+/// The WebSocket transport: permessage-deflate (RFC 7692, docs/protocol.md) and the echo path
+/// for conformance runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Accept a client's permessage-deflate offer. Off by default: see docs/decisions.md.
+    pub permessage_deflate: bool,
+    /// Compress each message on its own (less memory per connection, worse ratio).
+    pub server_no_context_takeover: bool,
+    /// Ask clients to compress each message on its own (the relay then keeps no inflate state
+    /// between their messages).
+    pub client_no_context_takeover: bool,
+    /// The window clients are told to keep within (8-15), when their offer lets the relay say.
+    pub client_max_window_bits: u8,
+    /// Deflate level, 0-9 (1 is fastest).
+    pub compression_level: u32,
+    /// Messages shorter than this go out uncompressed.
+    pub compress_min_bytes: usize,
+    /// Serve `/v1/ws-echo`, a WebSocket that echoes every message (same framing code, no
+    /// session). For conformance test runs only (tests/autobahn.rs): never in production.
+    pub echo: bool,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            permessage_deflate: false,
+            server_no_context_takeover: false,
+            client_no_context_takeover: false,
+            client_max_window_bits: 15,
+            compression_level: 1,
+            compress_min_bytes: 64,
+            echo: false,
+        }
+    }
+}
+
+/// Connection floods (docs/operations.md): QUIC address validation and per-IP limits on both
+/// ports.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// New QUIC connections per second (over the last second) above which a client must prove
+    /// its address with a Retry round trip first; 0 validates every new connection.
+    pub retry_above_per_sec: u32,
+    /// Connection attempts per second one IP address may make (QUIC and TCP each), with
+    /// `per_ip_burst` at once; over it attempts are refused.
+    pub per_ip_rate: u32,
+    pub per_ip_burst: u32,
+    /// Connections one IP address may hold open at once on each port.
+    pub per_ip_max: u32,
+    /// Loopback addresses (a local proxy, load tests) are not held to the per-IP limits.
+    pub exempt_loopback: bool,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        ConnectionsConfig {
+            retry_above_per_sec: 100,
+            per_ip_rate: 50,
+            per_ip_burst: 100,
+            per_ip_max: 1000,
+            exempt_loopback: true,
+        }
+    }
+}
+
 /// The server HTTP API (`/v1/api/*`), for application backends.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -1060,6 +1131,22 @@ impl Config {
         self.validate_events()?;
         self.validate_hooks()?;
         self.validate_receipts()?;
+        if !(8..=15).contains(&self.websocket.client_max_window_bits) {
+            return Err(invalid("websocket.client_max_window_bits", "must be in 8..=15"));
+        }
+        if self.websocket.compression_level > 9 {
+            return Err(invalid("websocket.compression_level", "must be in 0..=9"));
+        }
+        let c = &self.connections;
+        for (key, value) in [
+            ("connections.per_ip_rate", c.per_ip_rate),
+            ("connections.per_ip_burst", c.per_ip_burst),
+            ("connections.per_ip_max", c.per_ip_max),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
         if l.idle_timeout_ms <= l.ping_interval_ms {
             return Err(invalid("limits.idle_timeout_ms", "must be greater than limits.ping_interval_ms"));
         }

@@ -35,7 +35,7 @@ use crate::hub::awareness::Awareness;
 use crate::hub::presence::UserKey;
 use crate::proto::{ErrorCode, Payload, Position, RoomName};
 use crate::session::MAX_MESSAGE_ID_LEN;
-use crate::transport::websocket::{WebSocketTransport, handshake};
+use crate::transport::websocket::{Upgraded, WebSocketTransport, handshake};
 
 /// The certificate facts clients need: the SHA-256 of the end-entity certificate (what
 /// Chromium's `serverCertificateHashes` and the Rust client's pin compare) and its expiry.
@@ -116,6 +116,12 @@ pub fn router(state: Arc<HttpState>, routes: Routes) -> Router {
         .route("/v1/api/calls/{tenant}/users/{user}", get(api_user_calls))
         .route("/v1/api/disconnect", post(api_disconnect))
         .route("/v1/api/revoke", post(api_revoke));
+    // Conformance runs only (`websocket.echo`, tests/autobahn.rs).
+    let public = if state.websocket.config.echo {
+        public.route(crate::transport::websocket::ECHO_PATH, get(websocket_echo))
+    } else {
+        public
+    };
     let router = match routes {
         Routes::All => health.merge(public).merge(admin),
         Routes::Public => health.merge(public),
@@ -127,6 +133,27 @@ pub fn router(state: Arc<HttpState>, routes: Routes) -> Router {
 /// When the request's TCP connection was accepted (a request extension set by [`serve`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Accepted(pub Instant);
+
+/// The connection's admission ticket (a request extension set by [`serve`]): an upgraded
+/// WebSocket keeps it, so it counts against its address for as long as it is open.
+#[derive(Debug, Clone)]
+pub struct Admitted(pub Option<Arc<crate::admission::Ticket>>);
+
+/// The whole answer to a TCP connection refused by admission, written without waiting.
+fn refusal_response(refusal: crate::admission::Refusal) -> Vec<u8> {
+    let code = refusal.code();
+    let status = match refusal {
+        crate::admission::Refusal::Rate => "429 Too Many Requests",
+        crate::admission::Refusal::Concurrent => "503 Service Unavailable",
+    };
+    let body = format!("{} {}: {refusal}\n", code.0, code.slug());
+    format!(
+        "HTTP/1.1 {status}\r\nx-edgerelay-error: {}\r\nretry-after: 1\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        code.0,
+        body.len()
+    )
+    .into_bytes()
+}
 
 /// Most time a client gets to send its request headers (slow clients hold a connection).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -141,13 +168,15 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     tls: Option<Arc<crate::tls::SharedServerConfig>>,
+    admission: Option<Arc<crate::admission::Admission>>,
     stop: CancellationToken,
 ) {
     let connections = TaskTracker::new();
+    let started = Instant::now();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of file descriptors, most likely: back off instead of spinning.
                     tracing::warn!(%err, "TCP accept failed");
@@ -162,10 +191,26 @@ pub async fn serve(
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%err, "TCP_NODELAY");
         }
+        // Per-IP limits (`[connections]`): a refused connection gets a short HTTP answer
+        // naming the error, written only if the socket takes it now, and is closed.
+        let ticket = match admission.as_ref().map(|a| a.tcp(peer.ip(), started.elapsed().as_millis() as u64)) {
+            None => None,
+            Some(Ok(ticket)) => Some(Arc::new(ticket)),
+            Some(Err(refusal)) => {
+                crate::metrics::admission("tcp", refusal.code().slug());
+                let _ = stream.try_write(&refusal_response(refusal));
+                continue;
+            }
+        };
+        if ticket.is_some() {
+            crate::metrics::admission("tcp", "accept");
+        }
+        let admitted = Admitted(ticket);
         let accepted = Accepted(Instant::now());
         let router = router.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(accepted);
+            request.extensions_mut().insert(admitted.clone());
             let mut router = router.clone();
             async move { tower_service::Service::call(&mut router, request).await }
         });
@@ -239,16 +284,33 @@ async fn websocket(State(state): State<Arc<HttpState>>, request: Request) -> Res
         )
             .into_response();
     }
+    upgrade_websocket(&state, request, false)
+}
+
+/// `/v1/ws-echo` (only with `websocket.echo`): see `transport::websocket::echo`.
+async fn websocket_echo(State(state): State<Arc<HttpState>>, request: Request) -> Response {
+    upgrade_websocket(&state, request, true)
+}
+
+fn upgrade_websocket(state: &HttpState, request: Request, echo: bool) -> Response {
     let accepted = request.extensions().get::<Accepted>().map_or_else(Instant::now, |a| a.0);
-    let (response, upgrade) = match handshake::accept(request) {
+    let admitted = request.extensions().get::<Admitted>().cloned();
+    let handshake::Accepted { response, upgrade, deflate } = match handshake::accept(request, &state.websocket.config) {
         Ok(accepted) => accepted,
         Err(refusal) => return refusal.into_response(),
     };
     let transport = state.websocket.clone();
     let stop = state.stop.child_token();
     state.tasks.spawn(async move {
+        // Held until the WebSocket ends.
+        let _admitted = admitted;
         if let Some((socket, early)) = handshake::into_socket(upgrade).await {
-            transport.serve(socket, early, accepted, stop).await;
+            let upgraded = Upgraded { socket, early, accepted, deflate };
+            if echo {
+                transport.serve_echo(upgraded, stop).await;
+            } else {
+                transport.serve(upgraded, stop).await;
+            }
         }
     });
     response

@@ -43,6 +43,10 @@ pub const DATAGRAMS_OUT_TOTAL: &str = "edgerelay_datagrams_out_total";
 pub const DATAGRAM_DROPS_TOTAL: &str = "edgerelay_datagram_drops_total";
 /// Datagrams too large for the path (or refused by the peer) sent on the control stream instead.
 pub const DATAGRAMS_REROUTED_TOTAL: &str = "edgerelay_datagrams_rerouted_total";
+/// New connection attempts by listener (`port`: `udp`, `tcp`) and what became of them
+/// (`verdict`: `accept`, `retry`, `connection_rate_limited`, `too_many_from_address`,
+/// `max_connections`); see `admission.rs`.
+pub const ADMISSIONS_TOTAL: &str = "edgerelay_admissions_total";
 /// Errors sent to clients, by `code` slug.
 pub const ERRORS_TOTAL: &str = "edgerelay_errors_total";
 /// Rooms currently held by the hub (gauge).
@@ -186,6 +190,10 @@ fn describe() {
     describe_counter!(HOOK_DENIALS_TOTAL, "Requests refused by a backend hook, by hook and by (backend, fallback).");
     describe_gauge!(HOOK_BREAKER_STATE, "A hook's circuit breaker: 0 closed, 1 half-open, 2 open.");
     describe_counter!(CONNECTIONS_TOTAL, "Connections accepted, by transport.");
+    describe_counter!(
+        ADMISSIONS_TOTAL,
+        "New connection attempts by listener port and verdict (accept, retry, refusals)."
+    );
     describe_counter!(DISCONNECTS_TOTAL, "Connections closed, by close reason (normal or the close code's name).");
     describe_counter!(FRAMES_IN_TOTAL, "Frames received, by transport.");
     describe_counter!(FRAMES_OUT_TOTAL, "Frames sent, by transport.");
@@ -509,6 +517,11 @@ impl Drop for OpenConnection {
 /// Counts a datagram dropped on the way in or out (see [`DATAGRAM_DROPS_TOTAL`] for reasons).
 pub fn datagram_dropped(reason: &'static str) {
     metrics::counter!(DATAGRAM_DROPS_TOTAL, "reason" => reason).increment(1);
+}
+
+/// Counts a connection attempt's verdict (see [`ADMISSIONS_TOTAL`]).
+pub fn admission(port: &'static str, verdict: &'static str) {
+    metrics::counter!(ADMISSIONS_TOTAL, "port" => port, "verdict" => verdict).increment(1);
 }
 
 /// Counts a closed connection by reason.

@@ -21,6 +21,12 @@ impl TokenBucket {
         self.try_take_n(1, now_ms)
     }
 
+    /// The bucket has refilled to its burst by `now_ms`.
+    pub fn is_full(&self, now_ms: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.last_ms) as f64;
+        self.tokens + elapsed * self.rate_per_ms >= self.burst
+    }
+
     /// Takes `n` tokens if there are that many (e.g. bytes, for a bitrate).
     pub fn try_take_n(&mut self, n: u64, now_ms: u64) -> bool {
         let elapsed = now_ms.saturating_sub(self.last_ms) as f64;

@@ -233,7 +233,7 @@ impl Relay {
         let services = TaskTracker::new();
         let connections = TaskTracker::new();
         let http = Arc::new(HttpState {
-            websocket: Arc::new(WebSocketTransport::new(conn_ctx.clone())),
+            websocket: Arc::new(WebSocketTransport::new(conn_ctx.clone(), config.websocket.clone())),
             metrics,
             ready: false.into(),
             cert: RwLock::new(cert_info(&cert, next_cert.as_ref())),
@@ -250,7 +250,14 @@ impl Relay {
             }),
         });
 
-        services.spawn(transport::quic::serve(endpoint.clone(), conn_ctx, connections.clone(), stop.clone()));
+        let udp_admission = crate::admission::Admission::new(&config.connections);
+        services.spawn(transport::quic::serve(
+            endpoint.clone(),
+            conn_ctx,
+            udp_admission,
+            connections.clone(),
+            stop.clone(),
+        ));
         let http_servers = TaskTracker::new();
         let http_stop = CancellationToken::new();
         let public = if admin.is_some() { Routes::Public } else { Routes::All };
@@ -258,11 +265,13 @@ impl Relay {
             tcp,
             crate::http::router(http.clone(), public),
             tcp_tls.clone(),
+            Some(crate::admission::Admission::new(&config.connections)),
             http_stop.clone(),
         ));
         if let Some((listener, _)) = admin {
             let router = crate::http::router(http.clone(), Routes::Admin);
-            http_servers.spawn(crate::http::serve(listener, router, None, http_stop.clone()));
+            // The admin listener is the operator's: no per-IP limits.
+            http_servers.spawn(crate::http::serve(listener, router, None, None, http_stop.clone()));
         }
         let tick = PRESENCE_TICK.min(Duration::from_millis(config.presence.refresh_ms));
         services.spawn(presence_ticks(awareness.clone(), tick, stop.clone()));

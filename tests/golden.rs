@@ -617,6 +617,8 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
                         MemberReceipt { user: "dave".into(), delivered: 43, read: None },
                     ],
                 },
+            },
+        ),
         (
             "presence_batch",
             ServerFrame::PresenceBatch {

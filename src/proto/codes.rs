@@ -67,6 +67,13 @@ codes! {
     TOO_MANY_CONNECTIONS = 113, "too_many_connections", fatal = true, retry = true;
     /// The token was revoked (server API `revoke`); reconnect only with a new token.
     TOKEN_REVOKED = 114, "token_revoked", fatal = true, retry = false;
+    /// A compressed WebSocket message inflated past `limits.max_frame_bytes` (a deflate bomb).
+    /// Its WebSocket close code is 1009, not 4115.
+    MESSAGE_TOO_BIG = 115, "message_too_big", fatal = true, retry = false;
+    /// More than `connections.per_ip_rate` connection attempts per second from this address.
+    CONNECTION_RATE_LIMITED = 116, "connection_rate_limited", fatal = true, retry = true;
+    /// `connections.per_ip_max` connections are already open from this address.
+    TOO_MANY_FROM_ADDRESS = 117, "too_many_from_address", fatal = true, retry = true;
     /// The token does not grant this operation on this room.
     PERMISSION_DENIED = 120, "permission_denied", fatal = false, retry = false;
     /// The room name is empty, too long or has characters outside `[A-Za-z0-9_:.@=+-]`.
@@ -216,14 +223,21 @@ codes! {
 }
 
 impl ErrorCode {
-    /// WebSocket close code for a fatal error (RFC 6455 private range 4000-4999).
+    /// WebSocket close code for a fatal error (RFC 6455 private range 4000-4999), except
+    /// `message_too_big`, which closes with RFC 6455's own 1009.
     pub fn ws_close_code(self) -> u16 {
-        4000 + self.0
+        match self {
+            ErrorCode::MESSAGE_TOO_BIG => 1009,
+            _ => 4000 + self.0,
+        }
     }
 
     /// The code carried by a WebSocket close code, if it is one of ours.
     pub fn from_ws_close_code(code: u16) -> Option<ErrorCode> {
-        (4000..5000).contains(&code).then(|| ErrorCode(code - 4000))
+        match code {
+            1009 => Some(ErrorCode::MESSAGE_TOO_BIG),
+            _ => (4000..5000).contains(&code).then(|| ErrorCode(code - 4000)),
+        }
     }
 }
 
@@ -284,7 +298,7 @@ mod tests {
     fn ws_close_codes_round_trip() {
         for code in ErrorCode::ALL {
             let ws = code.ws_close_code();
-            assert!((4000..5000).contains(&ws));
+            assert!((4000..5000).contains(&ws) || (*code == ErrorCode::MESSAGE_TOO_BIG && ws == 1009));
             assert_eq!(ErrorCode::from_ws_close_code(ws), Some(*code));
         }
         assert_eq!(ErrorCode::from_ws_close_code(1000), None);

@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use web_transport_quinn::{RecvStream, SendStream, Session, SessionError};
 
 use super::{ALPN_RAW, FLUSH_TIMEOUT, WRITE_BATCH, webtransport};
+use crate::admission::{Admission, Ticket, Verdict};
 use crate::connection::{self, ConnectionContext, Handshake, Inbound, Link};
 use crate::mailbox::{MailSender, Mailbox, Refused, bounded_mailbox, mailbox};
 use crate::media::calls::Calls;
@@ -88,7 +89,16 @@ struct Shared {
 }
 
 /// Accepts connections until `stop` is cancelled. Each connection runs as a task in `tasks`.
-pub async fn serve(endpoint: Endpoint, ctx: Arc<ConnectionContext>, tasks: TaskTracker, stop: CancellationToken) {
+/// `admission` decides, per attempt, between accepting, asking for a Retry (address
+/// validation) and refusing (per-IP limits); see `admission.rs`.
+pub async fn serve(
+    endpoint: Endpoint,
+    ctx: Arc<ConnectionContext>,
+    admission: Arc<Admission>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+) {
+    let started = Instant::now();
     let shared = Arc::new(Shared {
         ctx,
         quic_metrics: TransportMetrics::new(Kind::Raw.name()),
@@ -110,15 +120,36 @@ pub async fn serve(endpoint: Endpoint, ctx: Arc<ConnectionContext>, tasks: TaskT
         }
         let max = shared.ctx.session.limits.max_connections as usize;
         if shared.open.load(Ordering::Relaxed) >= max {
+            crate::metrics::admission("udp", "max_connections");
             incoming.refuse();
             continue;
         }
-        if shared.handshakes.load(Ordering::Relaxed) >= RETRY_ABOVE_HANDSHAKES && !incoming.remote_address_validated() {
+        let validated = incoming.remote_address_validated();
+        if shared.handshakes.load(Ordering::Relaxed) >= RETRY_ABOVE_HANDSHAKES && !validated {
             // Under a handshake flood, make clients prove their address before spending state.
+            crate::metrics::admission("udp", "retry");
             let _ = incoming.retry();
             continue;
         }
-        tasks.spawn(connection(Box::new(incoming), shared.clone(), stop.child_token()));
+        let now_ms = started.elapsed().as_millis() as u64;
+        let ticket = match admission.quic(incoming.remote_address().ip(), validated, now_ms) {
+            Verdict::Accept(ticket) => ticket,
+            Verdict::Retry => {
+                crate::metrics::admission("udp", "retry");
+                // Fails only for an Initial that already carried a Retry token: drop it then.
+                if let Err(retry) = incoming.retry() {
+                    retry.into_incoming().ignore();
+                }
+                continue;
+            }
+            Verdict::Refuse(refusal) => {
+                crate::metrics::admission("udp", refusal.code().slug());
+                incoming.refuse();
+                continue;
+            }
+        };
+        crate::metrics::admission("udp", "accept");
+        tasks.spawn(connection(Box::new(incoming), ticket, shared.clone(), stop.child_token()));
     }
 }
 
@@ -139,7 +170,8 @@ async fn refuse_draining(incoming: Box<Incoming>) {
 /// `incoming` comes boxed and the session is shared behind an `Arc` (with the peer task): this
 /// future lives as long as the connection, and whatever it holds by value it holds in every
 /// state (quinn's `Incoming` and the session are hundreds of bytes each).
-async fn connection(incoming: Box<Incoming>, shared: Arc<Shared>, stop: CancellationToken) {
+/// `_ticket` counts the connection against its address until it ends.
+async fn connection(incoming: Box<Incoming>, _ticket: Ticket, shared: Arc<Shared>, stop: CancellationToken) {
     let accepted = Instant::now();
     let remote = incoming.remote_address();
     let auth_deadline = shared.ctx.auth_deadline();

@@ -4,12 +4,15 @@
 //! The relay owns its WebSocket framing (instead of a socket library's stream) so that a
 //! connection holds no buffer while idle, and so that frames can be written straight to the
 //! socket from whichever thread queues them (see `wire.rs`). Only what a server needs is here:
-//! client frames must be masked, server frames never are; no extension is negotiated, so the
-//! reserved bits must be zero. Messages may be fragmented; control frames may arrive between the
-//! fragments. A message longer than the limit is refused as soon as its header says so, before
-//! its payload is buffered.
+//! client frames must be masked, server frames never are; the reserved bits must be zero except
+//! RSV1 on the first frame of a compressed message when permessage-deflate was negotiated
+//! (`deflate.rs`). Messages may be fragmented; control frames may arrive between the fragments.
+//! A message longer than the limit is refused as soon as its header says so, before its payload
+//! is buffered; a compressed one also when its inflated size passes the limit.
 
 use bytes::Bytes;
+
+use super::deflate::{InflateError, Inflater};
 
 /// The opcodes of RFC 6455 section 5.2.
 pub mod opcode {
@@ -53,11 +56,15 @@ pub enum FramingError {
     /// A text message that is not UTF-8.
     #[error("text message is not valid UTF-8")]
     NotUtf8,
+    /// A compressed message whose inflated size passes the limit (a deflate bomb).
+    #[error("inflated message exceeds {max} bytes")]
+    InflatedTooLarge { max: usize },
 }
 
 /// A fragmented message being assembled.
 struct Fragments {
     text: bool,
+    compressed: bool,
     body: Vec<u8>,
 }
 
@@ -68,11 +75,15 @@ pub struct Decoder {
     /// Bytes of a frame that has not fully arrived yet.
     partial: Vec<u8>,
     fragments: Option<Fragments>,
+    /// permessage-deflate was negotiated: RSV1 marks a compressed message.
+    inflater: Option<Inflater>,
 }
 
 /// A frame header as it arrived.
 struct Header {
     fin: bool,
+    /// RSV1: the message is compressed.
+    compressed: bool,
     opcode: u8,
     mask: [u8; 4],
     /// Header bytes, mask key included.
@@ -82,7 +93,12 @@ struct Header {
 
 impl Decoder {
     pub fn new(max_message: usize) -> Decoder {
-        Decoder { max_message, partial: Vec::new(), fragments: None }
+        Decoder { max_message, partial: Vec::new(), fragments: None, inflater: None }
+    }
+
+    /// A decoder for a connection with permessage-deflate.
+    pub fn with_inflater(max_message: usize, inflater: Inflater) -> Decoder {
+        Decoder { inflater: Some(inflater), ..Decoder::new(max_message) }
     }
 
     /// Decodes what arrived (appended to any unfinished frame from earlier calls) and hands every
@@ -123,7 +139,7 @@ impl Decoder {
             }
             let mut payload = buf[start..end].to_vec();
             unmask(&mut payload, header.mask);
-            self.frame(header.fin, header.opcode, payload, emit)?;
+            self.frame(&header, payload, emit)?;
             used = end;
         }
         Ok((used, 0))
@@ -132,7 +148,8 @@ impl Decoder {
     /// Parses a header at the start of `buf`, or `None` if it has not fully arrived.
     fn header(&self, buf: &[u8]) -> Result<Option<Header>, FramingError> {
         let [first, second, ..] = *buf else { return Ok(None) };
-        if first & 0x70 != 0 {
+        let compressed = first & 0x40 != 0;
+        if first & 0x30 != 0 || (compressed && self.inflater.is_none()) {
             return Err(FramingError::Protocol("reserved bits set without a negotiated extension"));
         }
         if second & 0x80 == 0 {
@@ -151,6 +168,9 @@ impl Decoder {
             },
             n => (u64::from(n), 0),
         };
+        if compressed && !matches!(opcode, opcode::TEXT | opcode::BINARY) {
+            return Err(FramingError::Protocol("RSV1 set on a frame that does not start a message"));
+        }
         match opcode {
             opcode::CLOSE | opcode::PING | opcode::PONG => {
                 if !fin {
@@ -172,17 +192,12 @@ impl Decoder {
         let mask_at = 2 + len_bytes;
         let Some(mask) = buf.get(mask_at..mask_at + 4) else { return Ok(None) };
         let mask = [mask[0], mask[1], mask[2], mask[3]];
-        Ok(Some(Header { fin, opcode, mask, len: mask_at + 4, payload_len }))
+        Ok(Some(Header { fin, compressed, opcode, mask, len: mask_at + 4, payload_len }))
     }
 
     /// Handles one complete, unmasked frame.
-    fn frame(
-        &mut self,
-        fin: bool,
-        code: u8,
-        payload: Vec<u8>,
-        emit: &mut impl FnMut(Event),
-    ) -> Result<(), FramingError> {
+    fn frame(&mut self, header: &Header, payload: Vec<u8>, emit: &mut impl FnMut(Event)) -> Result<(), FramingError> {
+        let (fin, code) = (header.fin, header.opcode);
         match code {
             opcode::PING => emit(Event::Ping(payload.into())),
             opcode::PONG => emit(Event::Pong),
@@ -192,6 +207,12 @@ impl Decoder {
                     1 => return Err(FramingError::Protocol("close frame with a one-byte payload")),
                     _ => Some(u16::from_be_bytes([payload[0], payload[1]])),
                 };
+                if status.is_some_and(|code| !valid_close_code(code)) {
+                    return Err(FramingError::Protocol("invalid close code"));
+                }
+                if payload.len() > 2 && std::str::from_utf8(&payload[2..]).is_err() {
+                    return Err(FramingError::NotUtf8);
+                }
                 emit(Event::Close(status));
             }
             opcode::CONTINUATION => {
@@ -199,8 +220,8 @@ impl Decoder {
                     return Err(FramingError::Protocol("continuation frame without a message"));
                 };
                 fragments.body.extend_from_slice(&payload);
-                if fin && let Some(Fragments { text, body }) = self.fragments.take() {
-                    emit(message(text, body)?);
+                if fin && let Some(Fragments { text, compressed, body }) = self.fragments.take() {
+                    emit(self.message(text, compressed, body)?);
                 }
             }
             _ => {
@@ -209,21 +230,35 @@ impl Decoder {
                 }
                 let text = code == opcode::TEXT;
                 if fin {
-                    emit(message(text, payload)?);
+                    emit(self.message(text, header.compressed, payload)?);
                 } else {
-                    self.fragments = Some(Fragments { text, body: payload });
+                    self.fragments = Some(Fragments { text, compressed: header.compressed, body: payload });
                 }
             }
         }
         Ok(())
     }
+
+    /// A whole message: inflated if it is compressed, then checked.
+    fn message(&mut self, text: bool, compressed: bool, body: Vec<u8>) -> Result<Event, FramingError> {
+        let body = match (compressed, self.inflater.as_mut()) {
+            (true, Some(inflater)) => inflater.inflate(&body, self.max_message).map_err(|err| match err {
+                InflateError::TooLarge { max } => FramingError::InflatedTooLarge { max },
+                InflateError::Corrupt => FramingError::Protocol("invalid deflate data"),
+            })?,
+            _ => body,
+        };
+        if text && std::str::from_utf8(&body).is_err() {
+            return Err(FramingError::NotUtf8);
+        }
+        Ok(Event::Message { text, body: body.into() })
+    }
 }
 
-fn message(text: bool, body: Vec<u8>) -> Result<Event, FramingError> {
-    if text && std::str::from_utf8(&body).is_err() {
-        return Err(FramingError::NotUtf8);
-    }
-    Ok(Event::Message { text, body: body.into() })
+/// A close code a peer may send (RFC 6455 section 7.4, and 1012-1014 registered since): not the
+/// reserved 1004-1006 and 1015, nothing unassigned below 3000.
+pub fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// XORs a client payload with its masking key (RFC 6455 section 5.3).
@@ -241,7 +276,28 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 
 /// Appends a server frame (final, unmasked) with `payload` to `out`.
 pub fn encode(code: u8, payload: &[u8], out: &mut Vec<u8>) {
-    out.push(0x80 | code);
+    encode_frame(code, false, payload, out);
+}
+
+/// Appends a message to `out`: compressed (RSV1 set) when `deflater` is given and compresses it.
+/// `scratch` holds the compressed bytes meanwhile.
+pub fn encode_message(
+    code: u8,
+    payload: &[u8],
+    deflater: Option<&mut super::deflate::Deflater>,
+    scratch: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) {
+    scratch.clear();
+    if deflater.is_some_and(|deflater| deflater.deflate(payload, scratch)) {
+        encode_frame(code, true, scratch, out);
+    } else {
+        encode_frame(code, false, payload, out);
+    }
+}
+
+fn encode_frame(code: u8, compressed: bool, payload: &[u8], out: &mut Vec<u8>) {
+    out.push(0x80 | if compressed { 0x40 } else { 0 } | code);
     let len = payload.len();
     if len < 126 {
         out.push(len as u8);
@@ -415,6 +471,55 @@ mod tests {
                 rest = &rest[take..];
             }
         }
+    }
+
+    #[test]
+    fn compressed_messages_inflate_only_when_negotiated_and_only_up_to_the_limit() {
+        use crate::config::WebSocketConfig;
+        use crate::transport::websocket::deflate::{Deflater, negotiate};
+        let cfg = WebSocketConfig { permessage_deflate: true, compress_min_bytes: 0, ..WebSocketConfig::default() };
+        let agreed = negotiate(["permessage-deflate"], &cfg).unwrap();
+        let compressed = |payload: &[u8], fin: bool, code: u8| {
+            let mut deflated = Vec::new();
+            assert!(Deflater::new(&agreed, &cfg).deflate(payload, &mut deflated));
+            let mut frame = client_frame(fin, code, &deflated);
+            frame[0] |= 0x40;
+            (frame, deflated)
+        };
+        let inflating = || Decoder::with_inflater(1000, Inflater::new(&agreed));
+        let (hello, _) = compressed(b"hello hello hello", true, opcode::TEXT);
+        assert_eq!(decode_all(&mut inflating(), &hello), Ok(vec![text("hello hello hello")]));
+        // Without the extension RSV1 is a protocol violation.
+        assert!(matches!(decode_all(&mut Decoder::new(1000), &hello), Err(FramingError::Protocol(_))));
+        // A compressed message in fragments: RSV1 on the first only.
+        let (_, deflated) = compressed(b"fragmented", true, opcode::BINARY);
+        let mut first = client_frame(false, opcode::BINARY, &deflated[..3]);
+        first[0] |= 0x40;
+        first.extend(client_frame(true, opcode::CONTINUATION, &deflated[3..]));
+        let body = Bytes::from_static(b"fragmented");
+        assert_eq!(decode_all(&mut inflating(), &first), Ok(vec![Event::Message { text: false, body }]));
+        let mut rsv1_continuation = client_frame(false, opcode::BINARY, &deflated[..3]);
+        rsv1_continuation.extend(client_frame(true, opcode::CONTINUATION, &deflated[3..]));
+        rsv1_continuation[deflated[..3].len() + 6] |= 0x40;
+        assert!(matches!(decode_all(&mut inflating(), &rsv1_continuation), Err(FramingError::Protocol(_))));
+        // A bomb: 100 bytes on the wire, far more inflated.
+        let (bomb, _) = compressed(&[b'a'; 50_000], true, opcode::BINARY);
+        assert!(bomb.len() < 1000);
+        assert_eq!(decode_all(&mut inflating(), &bomb), Err(FramingError::InflatedTooLarge { max: 1000 }));
+    }
+
+    #[test]
+    fn close_frames_with_a_reserved_code_or_a_reason_that_is_not_utf8_are_refused() {
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+            let close = client_frame(true, opcode::CLOSE, &code.to_be_bytes());
+            assert!(matches!(decode_all(&mut Decoder::new(10), &close), Err(FramingError::Protocol(_))), "{code}");
+        }
+        for code in [1000u16, 1001, 1003, 1007, 1011, 1014, 3000, 4999] {
+            let close = client_frame(true, opcode::CLOSE, &code.to_be_bytes());
+            assert_eq!(decode_all(&mut Decoder::new(10), &close), Ok(vec![Event::Close(Some(code))]));
+        }
+        let bad_reason = client_frame(true, opcode::CLOSE, &[0x03, 0xe8, 0xff]);
+        assert_eq!(decode_all(&mut Decoder::new(10), &bad_reason), Err(FramingError::NotUtf8));
     }
 
     #[test]

@@ -14,7 +14,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use super::deflate::{self, Agreed};
 use super::socket::Socket;
+use crate::config::WebSocketConfig;
 
 /// The only WebSocket version there is.
 const VERSION: &str = "13";
@@ -48,9 +50,16 @@ impl IntoResponse for Refusal {
     }
 }
 
-/// Checks an upgrade request. Returns the `101 Switching Protocols` response and the upgrade to
-/// await once it is sent.
-pub fn accept(mut request: Request) -> Result<(Response, OnUpgrade), Refusal> {
+/// An accepted upgrade: the `101 Switching Protocols` response, the upgrade to await once it is
+/// sent, and the permessage-deflate parameters if the client's offer was accepted.
+pub struct Accepted {
+    pub response: Response,
+    pub upgrade: OnUpgrade,
+    pub deflate: Option<Agreed>,
+}
+
+/// Checks an upgrade request and negotiates permessage-deflate (as `cfg` allows).
+pub fn accept(mut request: Request, cfg: &WebSocketConfig) -> Result<Accepted, Refusal> {
     let headers = request.headers();
     if !has_token(headers, header::CONNECTION, "upgrade") || !has_token(headers, header::UPGRADE, "websocket") {
         return Err(Refusal::NotAnUpgrade);
@@ -62,6 +71,8 @@ pub fn accept(mut request: Request) -> Result<(Response, OnUpgrade), Refusal> {
         return Err(Refusal::NoKey);
     };
     let accept = derive_accept_key(key.as_bytes());
+    let offers = headers.get_all(header::SEC_WEBSOCKET_EXTENSIONS).iter().filter_map(|v| v.to_str().ok());
+    let agreed = deflate::negotiate(offers, cfg);
     let Some(upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
         return Err(Refusal::NotUpgradable);
     };
@@ -73,7 +84,11 @@ pub fn accept(mut request: Request) -> Result<(Response, OnUpgrade), Refusal> {
     if let Ok(value) = HeaderValue::from_str(&accept) {
         out.insert(header::SEC_WEBSOCKET_ACCEPT, value);
     }
-    Ok((response, upgrade))
+    // Made of fixed names and numbers, always a valid header value.
+    if let Some(value) = agreed.and_then(|a| HeaderValue::from_str(&a.response_header()).ok()) {
+        out.insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
+    }
+    Ok(Accepted { response, upgrade, deflate: agreed })
 }
 
 /// The upgraded connection's socket, and any bytes the client sent after its request that the
@@ -156,7 +171,7 @@ mod tests {
             (&GOOD[..], Refusal::NotUpgradable, StatusCode::UPGRADE_REQUIRED),
         ];
         for (headers, refusal, status) in cases {
-            assert_eq!(accept(request(headers)).err(), Some(refusal), "{headers:?}");
+            assert_eq!(accept(request(headers), &WebSocketConfig::default()).err(), Some(refusal), "{headers:?}");
             assert_eq!(refusal.into_response().status(), status);
         }
     }

@@ -13,11 +13,16 @@
 //! `idle_timeout_ms`, and writes whatever a direct write could not. Close codes are 1000
 //! (normal) or 4000 + the error code; a WebSocket protocol violation (unmasked frame, reserved
 //! bits, text that is not UTF-8...) closes with `bad_frame` (4101), a message over
-//! `limits.max_frame_bytes` with `frame_too_large` (4102) as soon as its header arrives. After
+//! `limits.max_frame_bytes` with `frame_too_large` (4102) as soon as its header arrives, a
+//! compressed one that inflates past it with `message_too_big` (1009; `deflate.rs`). After
 //! the close frame the relay shuts its sending side and reads until the client closes too, so
 //! that unread client bytes never turn the close into a reset that could discard it.
 
-mod framing;
+pub mod deflate;
+mod echo;
+// Public (undocumented) for the fuzz targets in fuzz/.
+#[doc(hidden)]
+pub mod framing;
 pub mod handshake;
 pub mod socket;
 mod wire;
@@ -31,9 +36,11 @@ use bytes::Bytes;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
+use self::deflate::{Agreed, Deflater, Inflater};
 use self::framing::{Decoder, Event, FramingError, opcode};
 use self::socket::Socket;
 use self::wire::{Flushed, Wire};
+use crate::config::WebSocketConfig;
 use crate::connection::{self, ConnectionContext, Handshake, Inbound, InboundSource};
 use crate::metrics::{TransportMetrics, disconnected};
 use crate::outbox::{CONTROL, CloseReason, Outbox};
@@ -41,6 +48,9 @@ use crate::proto::{Codec, ErrorCode};
 
 /// The URL path WebSocket connections are upgraded at.
 pub const PATH: &str = "/v1/ws";
+
+/// The echo path for conformance runs (`websocket.echo`): see `echo.rs`.
+pub const ECHO_PATH: &str = "/v1/ws-echo";
 
 /// Bytes read from the socket per call, into a buffer on the stack: a connection keeps only an
 /// unfinished frame between reads.
@@ -52,28 +62,56 @@ const READS_PER_TURN: usize = 16;
 /// The transport's shared state, built once per relay.
 pub struct WebSocketTransport {
     pub ctx: Arc<ConnectionContext>,
+    pub config: WebSocketConfig,
     metrics: TransportMetrics,
 }
 
+/// One upgraded connection, as the handshake left it.
+pub struct Upgraded {
+    pub socket: Socket,
+    /// Bytes the client sent right after its upgrade request.
+    pub early: Bytes,
+    /// When the TCP connection was accepted (for the handshake time).
+    pub accepted: Instant,
+    /// permessage-deflate, if it was negotiated.
+    pub deflate: Option<Agreed>,
+}
+
 impl WebSocketTransport {
-    pub fn new(ctx: Arc<ConnectionContext>) -> Self {
-        WebSocketTransport { ctx, metrics: TransportMetrics::new("websocket") }
+    pub fn new(ctx: Arc<ConnectionContext>, config: WebSocketConfig) -> Self {
+        WebSocketTransport { ctx, config, metrics: TransportMetrics::new("websocket") }
     }
 
-    /// Serves one upgraded socket until it closes. `early` holds bytes the client sent right
-    /// after its upgrade request.
-    /// `accepted` is when the TCP connection was accepted (for the handshake time).
-    pub async fn serve(self: Arc<Self>, socket: Socket, early: Bytes, accepted: Instant, stop: CancellationToken) {
+    /// Serves one upgraded socket until it closes.
+    pub async fn serve(self: Arc<Self>, upgraded: Upgraded, stop: CancellationToken) {
         let _open = self.metrics.opened();
-        let reason = self.run(socket, early, accepted, stop).await;
+        let reason = self.run(upgraded, stop).await;
         disconnected(reason.slug());
     }
 
-    async fn run(&self, socket: Socket, early: Bytes, accepted: Instant, stop: CancellationToken) -> CloseReason {
+    /// Serves one upgraded socket of the echo path until it closes (see `echo.rs`).
+    pub async fn serve_echo(self: Arc<Self>, upgraded: Upgraded, stop: CancellationToken) {
+        let max_message = self.ctx.session.limits.max_frame_bytes as usize;
+        let (wire, reader) = self.wire_and_reader(upgraded.socket, upgraded.deflate, max_message);
+        echo::run(&wire, reader, &stop).await;
+    }
+
+    /// The connection's socket and its read side, with permessage-deflate when agreed.
+    fn wire_and_reader(&self, socket: Socket, deflate: Option<Agreed>, max_message: usize) -> (Arc<Wire>, Reader) {
+        let deflater = deflate.map(|agreed| Deflater::new(&agreed, &self.config));
+        let wire = Arc::new(Wire::new(socket, self.metrics.clone(), deflater));
+        let decoder = match deflate {
+            Some(agreed) => Decoder::with_inflater(max_message, Inflater::new(&agreed)),
+            None => Decoder::new(max_message),
+        };
+        (wire, Reader::new(decoder))
+    }
+
+    async fn run(&self, upgraded: Upgraded, stop: CancellationToken) -> CloseReason {
+        let Upgraded { socket, early, accepted, deflate } = upgraded;
         let ctx = &self.ctx;
         let limits = &ctx.session.limits;
-        let wire = Arc::new(Wire::new(socket, self.metrics.clone()));
-        let mut reader = Reader::new(limits.max_frame_bytes as usize);
+        let (wire, mut reader) = self.wire_and_reader(socket, deflate, limits.max_frame_bytes as usize);
         reader.decode(&early);
         // A slice of hyper's read buffer (8 KiB or more): freed now, not when the connection ends.
         drop(early);
@@ -136,32 +174,38 @@ async fn finish(wire: &Wire, outbox: Option<&Outbox>, reason: CloseReason) -> Cl
                 }
             }
         }
-        let mut flushed = wire.close(close);
-        while flushed == Flushed::Blocked {
-            if wire.socket().tcp().writable().await.is_err() {
-                return;
-            }
-            flushed = wire.flush_pending();
-        }
-        if flushed != Flushed::All {
-            return;
-        }
-        wire.socket().shutdown_write();
-        loop {
-            if wire.socket().tcp().readable().await.is_err() {
-                return;
-            }
-            // Declared after the await, so the connection's future does not hold it.
-            let mut sink = [0u8; 1024];
-            match wire.socket().tcp().try_read(&mut sink) {
-                Ok(0) => return,
-                Err(err) if err.kind() != std::io::ErrorKind::WouldBlock => return,
-                _ => {}
-            }
-        }
+        close_and_drain(wire, close.ws_code(), close.slug()).await;
     };
     ending.await;
     reason
+}
+
+/// Writes the close frame (`code`, `text`) after what is pending, shuts the sending side and
+/// reads until the client closes too (callers bound it with [`super::flush_wait`]).
+async fn close_and_drain(wire: &Wire, code: u16, text: &str) {
+    let mut flushed = wire.close(code, text);
+    while flushed == Flushed::Blocked {
+        if wire.socket().tcp().writable().await.is_err() {
+            return;
+        }
+        flushed = wire.flush_pending();
+    }
+    if flushed != Flushed::All {
+        return;
+    }
+    wire.socket().shutdown_write();
+    loop {
+        if wire.socket().tcp().readable().await.is_err() {
+            return;
+        }
+        // Declared after the await, so the connection's future does not hold it.
+        let mut sink = [0u8; 1024];
+        match wire.socket().tcp().try_read(&mut sink) {
+            Ok(0) => return,
+            Err(err) if err.kind() != std::io::ErrorKind::WouldBlock => return,
+            _ => {}
+        }
+    }
 }
 
 /// The client's first message (its `hello`), answering pings meanwhile; `None` if it left first.
@@ -180,6 +224,7 @@ async fn first_message(wire: &Wire, reader: &mut Reader) -> Result<Option<Bytes>
 fn error_code(err: &FramingError) -> ErrorCode {
     match err {
         FramingError::TooLarge { .. } => ErrorCode::FRAME_TOO_LARGE,
+        FramingError::InflatedTooLarge { .. } => ErrorCode::MESSAGE_TOO_BIG,
         FramingError::Protocol(_) | FramingError::NotUtf8 => ErrorCode::BAD_FRAME,
     }
 }
@@ -195,8 +240,8 @@ struct Reader {
 }
 
 impl Reader {
-    fn new(max_message: usize) -> Reader {
-        Reader { decoder: Decoder::new(max_message), events: VecDeque::new(), failed: None, eof: false }
+    fn new(decoder: Decoder) -> Reader {
+        Reader { decoder, events: VecDeque::new(), failed: None, eof: false }
     }
 
     fn decode(&mut self, bytes: &[u8]) {

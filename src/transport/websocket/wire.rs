@@ -16,6 +16,7 @@ use std::cell::RefCell;
 use std::io::ErrorKind;
 use std::sync::{Mutex, MutexGuard};
 
+use super::deflate::Deflater;
 use super::framing::{self, opcode};
 use super::socket::Socket;
 use crate::metrics::TransportMetrics;
@@ -34,6 +35,8 @@ const CONTROL_BACKLOG: usize = 4096;
 thread_local! {
     /// Where frames are encoded before a write; one per thread, reused.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Where a message is compressed before it is framed (permessage-deflate).
+    static DEFLATED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// How a flush ended.
@@ -58,6 +61,9 @@ struct Output {
     closed: bool,
     /// A write failed: the peer is gone.
     failed: bool,
+    /// permessage-deflate was negotiated: messages are compressed in queue order, under this
+    /// lock, since each may refer to the ones before it.
+    deflate: Option<Deflater>,
 }
 
 impl Output {
@@ -75,8 +81,8 @@ pub struct Wire {
 }
 
 impl Wire {
-    pub fn new(socket: Socket, metrics: TransportMetrics) -> Wire {
-        Wire { socket, out: Mutex::new(Output::default()), metrics }
+    pub fn new(socket: Socket, metrics: TransportMetrics, deflate: Option<Deflater>) -> Wire {
+        Wire { socket, out: Mutex::new(Output { deflate, ..Output::default() }), metrics }
     }
 
     pub fn socket(&self) -> &Socket {
@@ -115,18 +121,13 @@ impl Wire {
                 Take::Empty | Take::Finished => return Flushed::All,
                 Take::Close(reason) => return Flushed::Closing(reason),
             };
-            let written = SCRATCH.with(|scratch| {
-                let mut buf = scratch.borrow_mut();
-                buf.clear();
+            let written = with_scratch(|buf, deflated| {
                 for frame in &frames {
-                    framing::encode(code, frame.body_slice(), &mut buf);
+                    framing::encode_message(code, frame.body_slice(), out.deflate.as_mut(), deflated, buf);
                 }
-                let written = self.write(out, &buf);
+                let written = self.write(out, buf);
                 self.metrics.frames_out.increment(frames.len() as u64);
                 self.metrics.bytes_out.increment(buf.len() as u64);
-                if buf.capacity() > SCRATCH_KEEP {
-                    *buf = Vec::new();
-                }
                 written
             });
             if written != Flushed::All {
@@ -187,6 +188,24 @@ impl Wire {
         self.write_pending(&mut self.lock())
     }
 
+    /// Writes a whole message now, or after what is pending (for the echo path, which has no
+    /// outbox). Returns `false` once nothing more can be written.
+    pub fn send_message(&self, code: u8, payload: &[u8]) -> bool {
+        let mut out = self.lock();
+        if out.closed || out.failed {
+            return false;
+        }
+        with_scratch(|buf, deflated| {
+            framing::encode_message(code, payload, out.deflate.as_mut(), deflated, buf);
+            if out.pending.is_empty() {
+                self.write(&mut out, buf);
+            } else {
+                out.pending.extend_from_slice(buf);
+            }
+        });
+        !out.failed
+    }
+
     /// Writes a control frame (ping, pong) now, or after what is pending (if little is).
     pub fn send_control(&self, code: u8, payload: &[u8]) {
         let mut out = self.lock();
@@ -202,17 +221,34 @@ impl Wire {
         }
     }
 
-    /// Queues the close frame after everything pending and writes what the socket takes. Nothing
-    /// is written after it.
-    pub fn close(&self, reason: CloseReason) -> Flushed {
+    /// Queues the close frame (`code` and a short `text`) after everything pending and writes
+    /// what the socket takes. Nothing is written after it.
+    pub fn close(&self, code: u16, text: &str) -> Flushed {
         let mut out = self.lock();
         if out.closed || out.failed {
             return Flushed::Ended;
         }
         out.closed = true;
-        framing::encode(opcode::CLOSE, &framing::close_payload(reason.ws_code(), reason.slug()), &mut out.pending);
+        framing::encode(opcode::CLOSE, &framing::close_payload(code, text), &mut out.pending);
         self.write_pending(&mut out)
     }
+}
+
+/// Runs `f` with this thread's encoding buffers, emptied; large ones are not kept.
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> R) -> R {
+    SCRATCH.with(|scratch| {
+        DEFLATED.with(|deflated| {
+            let (mut buf, mut deflated) = (scratch.borrow_mut(), deflated.borrow_mut());
+            buf.clear();
+            let result = f(&mut buf, &mut deflated);
+            for buf in [&mut *buf, &mut *deflated] {
+                if buf.capacity() > SCRATCH_KEEP {
+                    *buf = Vec::new();
+                }
+            }
+            result
+        })
+    })
 }
 
 impl DirectWrite for Wire {
