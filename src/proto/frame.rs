@@ -163,190 +163,76 @@ impl ClientFrame {
 #[serde(rename_all = "snake_case")]
 pub enum ServerFrame {
     /// Answer to a valid `hello`.
-    Welcome {
-        version: u16,
-        session: String,
-        user: String,
-        server_time: u64,
-        limits: WireLimits,
-    },
+    Welcome { version: u16, session: String, user: String, server_time: u64, limits: WireLimits },
     /// The room is joined; `position` is its current top (the last offset published, 0 if none).
     /// `recovered` tells whether nothing was missed since the client's `since` position.
-    Joined {
-        req: u64,
-        room: String,
-        position: Position,
-        recovered: bool,
-    },
+    Joined { req: u64, room: String, position: Position, recovered: bool },
     /// The room is left.
-    Left {
-        req: u64,
-        room: String,
-    },
+    Left { req: u64, room: String },
     /// The publish with client id `id` is stored at `position`.
-    Ack {
-        req: u64,
-        room: String,
-        id: String,
-        position: Position,
-    },
+    Ack { req: u64, room: String, id: String, position: Position },
     /// A message published to a joined room.
-    Message {
-        room: String,
-        position: Position,
-        from: String,
-        time: u64,
-        id: String,
-        data: Payload,
-    },
+    Message { room: String, position: Position, from: String, time: u64, id: String, data: Payload },
     /// Answer to `ping`.
-    Pong {
-        req: u64,
-        server_time: u64,
-    },
+    Pong { req: u64, server_time: u64 },
     /// A request failed (`req` names it; 0 when the error is about the connection). If the code
     /// is fatal the relay closes the connection with the same code right after.
-    Error {
-        req: u64,
-        code: ErrorCode,
-        message: String,
-    },
+    Error { req: u64, code: ErrorCode, message: String },
     /// The relay is going away: reconnect after `reconnect_after_ms`, possibly to another node.
-    GoAway {
-        code: ErrorCode,
-        reason: String,
-        reconnect_after_ms: u32,
-    },
+    GoAway { code: ErrorCode, reason: String, reconnect_after_ms: u32 },
     /// The token was replaced; the connection now expires at `expires_at` (unix seconds).
-    Refreshed {
-        req: u64,
-        expires_at: u64,
-    },
+    Refreshed { req: u64, expires_at: u64 },
     /// One member's presence in a joined room changed (usually a datagram). Apply it only when
     /// `entry.version` is higher than the one held for that user.
-    Presence {
-        room: String,
-        entry: PresenceEntry,
-    },
+    Presence { room: String, entry: PresenceEntry },
     /// Every present member of a room, sent reliably after `joined` (`req` 0) and in answer
     /// to `presence_sync`. It replaces the client's view of the room.
-    PresenceSnapshot {
-        req: u64,
-        room: String,
-        users: Vec<PresenceEntry>,
-    },
+    PresenceSnapshot { req: u64, room: String, users: Vec<PresenceEntry> },
     /// Periodic compact check (usually a datagram): how many members are present and the
     /// digest of their entries. A client whose view differs sends `presence_sync`.
-    PresenceRefresh {
-        room: String,
-        count: u32,
-        digest: u64,
-    },
+    PresenceRefresh { room: String, count: u32, digest: u64 },
     /// Who is typing in a room, as a whole (usually a datagram): the first typists, how many
     /// others type, the view's version, and how long to show it without a newer one.
-    Typing {
-        room: String,
-        users: Vec<String>,
-        others: u32,
-        version: u64,
-        ttl_ms: u32,
-    },
+    Typing { room: String, users: Vec<String>, others: u32, version: u64, ttl_ms: u32 },
     /// A page of history, oldest first. `position` is the room's top; `first` the lowest offset
     /// still retained. An empty page with `first` above the requested range means history does
     /// not reach back that far.
-    History {
-        req: u64,
-        room: String,
-        position: Position,
-        first: u64,
-        messages: Vec<HistoryEntry>,
-    },
+    History { req: u64, room: String, position: Position, first: u64, messages: Vec<HistoryEntry> },
     /// The user's followed rooms, most recently active first.
-    Rooms {
-        req: u64,
-        rooms: Vec<RoomCursor>,
-    },
+    Rooms { req: u64, rooms: Vec<RoomCursor> },
     /// A track is published; `track` is its id.
-    TrackPublished {
-        req: u64,
-        room: String,
-        track: u64,
-    },
+    TrackPublished { req: u64, room: String, track: u64 },
     /// A track request (unpublish, subscribe, unsubscribe, mute) was done.
-    TrackOk {
-        req: u64,
-        track: u64,
-    },
+    TrackOk { req: u64, track: u64 },
     /// A room's tracks: every track after `joined` (following the presence snapshot), then the
     /// tracks that were published or changed (`tracks`) and the ids of those that ended.
-    Tracks {
-        room: String,
-        tracks: Vec<TrackInfo>,
-        ended: Vec<u64>,
-    },
+    Tracks { room: String, tracks: Vec<TrackInfo>, ended: Vec<u64> },
     /// The subscriber now receives this layer of a track (from the next group on).
-    Layer {
-        track: u64,
-        layer: u8,
-    },
+    Layer { track: u64, layer: u8 },
     /// To a publisher: start a new group with a keyframe on this layer soon.
-    KeyframeRequest {
-        track: u64,
-        layer: u8,
-    },
+    KeyframeRequest { track: u64, layer: u8 },
     /// To a publisher: the layers of a track anybody receives (bit n = layer n); pause the rest.
-    LayersWanted {
-        track: u64,
-        layers: u8,
-    },
+    LayersWanted { track: u64, layers: u8 },
     /// Who speaks in a room, loudest first, and the dominant speaker (with hysteresis).
-    Speakers {
-        room: String,
-        speakers: Vec<SpeakerLevel>,
-        dominant: Option<String>,
-    },
+    Speakers { room: String, speakers: Vec<SpeakerLevel>, dominant: Option<String> },
     /// Answer to `ice_servers`: entries shaped like WebRTC's `RTCIceServer` (STUN ones without
     /// credentials, TURN ones with), and when the TURN credentials expire (unix seconds).
-    IceServers {
-        req: u64,
-        servers: Vec<IceServer>,
-        expires_at: u64,
-    },
+    IceServers { req: u64, servers: Vec<IceServer>, expires_at: u64 },
     /// About a 1:1 call: the answer to a `call` request (`req`, event `ok`), or an event of the
     /// call (`req` 0): its state, ringing, answered elsewhere, the other side's signaling.
-    Call {
-        req: u64,
-        call: String,
-        event: CallEvent,
-    },
+    Call { req: u64, call: String, event: CallEvent },
     /// Answer to `call_history`: the calls, newest first, each the history entry the server
     /// API returns; `next` is the `before` of the next (older) page, absent at the end.
-    CallHistory {
-        req: u64,
-        calls: Vec<CallRecord>,
-        next: Option<String>,
-    },
+    CallHistory { req: u64, calls: Vec<CallRecord>, next: Option<String> },
     /// About a collaborative session: the answer to a `session` request (`req`), or an event of
     /// the session (`req` 0): patches, members, lifecycle, cursors.
-    Session {
-        req: u64,
-        session: String,
-        event: SessionEvent,
-    },
+    Session { req: u64, session: String, event: SessionEvent },
     /// The subscription is made. For an exact persistent topic `position` is its top (the last
     /// event stored, offset 0 if none) and `recovered` tells whether every event after `since`
     /// follows; otherwise `position` is absent and `recovered` is true only without `since`.
-    Subscribed {
-        req: u64,
-        pattern: String,
-        position: Option<Position>,
-        recovered: bool,
-    },
+    Subscribed { req: u64, pattern: String, position: Option<Position>, recovered: bool },
     /// The subscription with this pattern ended.
-    Unsubscribed {
-        req: u64,
-        pattern: String,
-    },
+    Unsubscribed { req: u64, pattern: String },
     /// An event of a subscribed topic. `position` is its place in a persistent topic's log
     /// (absent for an ephemeral topic); `id` the publisher's event id; `tags` what filters see.
     Event {
@@ -362,10 +248,7 @@ pub enum ServerFrame {
     Receipts { req: u64, event: ReceiptEvent },
     /// Several members' presence changes in a joined room, collected over the relay's
     /// `presence.batch_ms` (usually a datagram). Apply each entry as a `presence` frame's.
-    PresenceBatch {
-        room: String,
-        entries: Vec<PresenceEntry>,
-    },
+    PresenceBatch { room: String, entries: Vec<PresenceEntry> },
 }
 
 /// One ICE server entry, the shape of WebRTC's `RTCIceServer`: `username` and `credential` are
