@@ -54,12 +54,14 @@ test("unread counts across two devices, delivered and read ticks, reads hidden",
 
     // Alice stops sharing reads: bob sees her next message delivered, never read.
     await laptop.shareReads(false);
-    const hidden = await bob.publish(ROOM, { text: "four" });
-    await until(() => laptop.unread.total === 1, "alice counts the fourth");
-    await laptop.markRead([{ room: ROOM, position: hidden }]);
-    const delivered = nextEvent(bob, "receipts", (r) => r.room === ROOM && r.delivered_all >= hidden.offset);
+    let hidden = null;
+    // Delivered before any read: her devices confirm what they received with `cursor`.
+    const delivered = nextEvent(bob, "receipts", (r) => r.room === ROOM && r.delivered_all >= (hidden?.offset ?? Infinity));
+    hidden = await bob.publish(ROOM, { text: "four" });
     const updated = await delivered;
     assert.equal(updated.members.find((m) => m.user === "alice")?.read ?? null, null);
+    await until(() => laptop.unread.total === 1, "alice counts the fourth");
+    await laptop.markRead([{ room: ROOM, position: hidden }]);
     const now = await bob.receiptStatus(ROOM);
     const hers = now.members.find((m) => m.user === "alice");
     assert.equal(hers.delivered, hidden.offset);
