@@ -18,6 +18,12 @@
 // tab that holds the connection. A new message from someone else raises one browser
 // notification per browser (not one per tab), once notifications are allowed.
 //
+// Unread badges and ticks (docs/receipts.md): the rooms this user follows are listed with their
+// unread count (red when someone mentioned you), kept live on every device of the user; what
+// this page shows while visible is marked read. Your own messages carry ticks: ✓ sent (acked),
+// ✓✓ delivered to every other member, blue ✓✓ read by every other member (a member who hides
+// reads never counts as read).
+//
 // URL fragment options: `name`, `room`, `join` (join at once), `token` (use this token instead
 // of a dev token; taken out of the address bar at once and kept in this tab's sessionStorage
 // so a reload still works), `transport` (`auto` | `webtransport` | `websocket`), `cert`
@@ -61,6 +67,10 @@ const demo = {
   call: null,
   callLog: [],
   timings: {},
+  /** The joined room's receipts (`receiptStatus`, merged with `receipts` updates), and the
+   * position of the newest message shown. */
+  receipts: null,
+  position: null,
 };
 window.demo = demo;
 
@@ -97,6 +107,9 @@ function messageItem(m) {
   const text = typeof m.data?.text === "string" ? m.data.text : JSON.stringify(m.data);
   const li = item([["time", clock.format(new Date(m.time))], ["from", m.from === me ? `${m.from} (you)` : m.from], [null, text]], m.from === me ? "mine" : "");
   li.dataset.offset = m.position.offset;
+  if (m.from === me) li.firstChild.after(item([["ticks sent", TICKS.sent]]).firstChild);
+  const at = demo.position;
+  if (!at || at.epoch !== m.position.epoch || at.offset < m.position.offset) demo.position = m.position;
   return li;
 }
 
@@ -107,6 +120,8 @@ function showMessage(m) {
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
   list.append(messageItem(m));
   if (atBottom || m.from === demo.client?.welcome?.user) list.scrollTop = list.scrollHeight;
+  renderTicks();
+  markShownRead();
 }
 
 /** An older page, above what is shown, keeping the reader's place. */
@@ -120,6 +135,88 @@ function showEarlier(messages) {
   list.scrollTop += list.scrollHeight - before;
   demo.messages.unshift(...messages.map((m) => ({ offset: m.position.offset, from: m.from, id: m.id, data: m.data })));
   renderEarlierButton();
+  renderTicks();
+  markShownRead();
+}
+
+// --- unread badges and ticks (docs/receipts.md) ---
+
+const TICKS = { sent: "✓", delivered: "✓✓", read: "✓✓" };
+
+/** `sent`, `delivered` or `read` for the own message at `offset` of the joined room. */
+function tickOf(offset) {
+  const r = demo.receipts;
+  const me = demo.client?.welcome?.user;
+  if (!r || r.epoch !== demo.position?.epoch) return "sent";
+  const others = r.members.filter((m) => m.user !== me);
+  // Rooms too big for per-member detail have the watermarks only.
+  if (!r.members.length && r.count > 1) return r.read_all >= offset ? "read" : r.delivered_all >= offset ? "delivered" : "sent";
+  if (!others.length) return "sent";
+  if (others.every((m) => m.read != null && m.read >= offset)) return "read";
+  return others.every((m) => m.delivered >= offset) ? "delivered" : "sent";
+}
+demo.tickOf = tickOf;
+
+function renderTicks() {
+  for (const span of document.querySelectorAll("#messages li.mine span.ticks")) {
+    const tick = tickOf(Number(span.parentElement.dataset.offset));
+    span.className = `ticks ${tick}`;
+    span.textContent = TICKS[tick];
+    span.title = tick;
+  }
+}
+
+/** The rooms this user follows, each with its unread badge; a click opens the room. */
+function renderRooms() {
+  const unread = demo.client?.unread;
+  if (!unread) return;
+  const list = $("rooms");
+  list.replaceChildren();
+  for (const [name, entry] of [...unread.rooms].sort(([a], [b]) => a.localeCompare(b))) {
+    const li = document.createElement("li");
+    li.dataset.room = name;
+    if (name === demo.room) li.className = "current";
+    const button = Object.assign(document.createElement("button"), { type: "button", className: "link", textContent: name });
+    button.addEventListener("click", () => {
+      $("room").value = name;
+      $("connect").requestSubmit();
+    });
+    li.append(button);
+    if (entry.unread > 0) {
+      const badge = Object.assign(document.createElement("span"), { className: "badge", textContent: String(entry.unread) });
+      if (entry.mentions > 0) {
+        badge.classList.add("mention");
+        badge.title = `${entry.mentions} mentioning you`;
+      }
+      li.append(badge);
+    }
+    list.append(li);
+  }
+}
+
+let readTimer = null;
+/** Marks the joined room read up to the newest message shown, while the page is visible. */
+function markShownRead() {
+  clearTimeout(readTimer);
+  readTimer = setTimeout(() => {
+    const { client, room, position } = demo;
+    const entry = client?.unread?.rooms.get(room);
+    if (!position || !entry || document.visibilityState !== "visible") return;
+    if (entry.read.epoch === position.epoch && entry.read.offset >= position.offset) return;
+    client.markRead([{ room, position }]).catch(() => {});
+  }, 300);
+}
+document.addEventListener("visibilitychange", markShownRead);
+
+/** The joined room's receipts, in full (on join and after each reconnect). */
+async function loadReceipts(client, room) {
+  try {
+    const status = await client.receiptStatus(room);
+    if (demo.client === client && demo.room === room) demo.receipts = status;
+    renderTicks();
+  } catch (err) {
+    console.warn("receipts:", err.message);
+  }
 }
 
 function renderEarlierButton() {
@@ -251,6 +348,18 @@ async function connectAndJoin({ token, name }, roomName) {
   if (demo.shared) client.addEventListener("notify", ({ detail }) => notify(detail));
   const welcome = await client.connect();
   system(`connected as ${welcome.user}`);
+  client.addEventListener("unread", () => {
+    renderRooms();
+    markShownRead();
+  });
+  client.addEventListener("receipts", ({ detail }) => {
+    if (detail.room !== demo.room) return;
+    // An update lists the members that moved: merge them into the full status.
+    const held = demo.receipts?.epoch === detail.epoch ? demo.receipts.members : [];
+    demo.receipts = { ...detail, members: [...new Map([...held, ...detail.members].map((m) => [m.user, m])).values()] };
+    renderTicks();
+  });
+  client.addEventListener("status", ({ detail }) => detail.state === "open" && demo.room && loadReceipts(client, demo.room));
 
   const chat = client.room(roomName);
   demo.chat = chat;
@@ -263,6 +372,10 @@ async function connectAndJoin({ token, name }, roomName) {
   chat.addEventListener("gap", () => system("some messages could not be recovered after the connection came back"));
   await client.join(roomName);
   demo.room = roomName;
+  client
+    .syncUnread()
+    .then(() => (renderRooms(), loadReceipts(client, roomName)))
+    .catch((err) => console.warn("unread counts:", err.message));
   // A reload comes back to the same room as the same user (a token stays in sessionStorage).
   if (!token) params.set("name", welcome.user);
   params.set("room", roomName);
@@ -312,6 +425,8 @@ function start(credentials) {
   demo.room = null;
   demo.chat = null;
   demo.messages = [];
+  demo.receipts = null;
+  demo.position = null;
   $("messages").replaceChildren();
   $("typing").textContent = "";
   demo.ready = connectAndJoin(credentials, $("room").value.trim());

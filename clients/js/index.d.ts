@@ -178,6 +178,64 @@ export interface EdgeRelayEvents {
   /** Each call event (`req` 0) as it came, before its `Call` handles it (what `SharedRelay`
    * forwards to the tabs). */
   call_event: CallEventFrame;
+  /** After `syncUnread()`: the unread counts changed (the whole `relay.unread`). */
+  unread: Unread;
+  /** After `syncUnread()`: a room's delivery and read progress moved (`members`: those that moved). */
+  receipts: RoomReceipts;
+}
+
+/** One room's entry of the unread counts (docs/receipts.md). */
+export interface RoomUnread {
+  room: string;
+  /** The user's read mark (offset 0: nothing read in this epoch). */
+  read: Position;
+  /** The room's last message. */
+  top: Position;
+  unread: number;
+  mentions: number;
+}
+
+/** The user's unread counts over every followed room: `rooms` by name, totals always complete. */
+export interface Unread {
+  rooms: Map<string, RoomUnread>;
+  total: number;
+  mentions: number;
+}
+
+/** A member's progress in a room; `read` absent (null) when the member hides reads. */
+export interface MemberReceipt {
+  user: string;
+  delivered: number;
+  read?: number | null;
+}
+
+/** A room's receipts: every member has received up to `delivered_all` and read (of those who
+ * share reads) up to `read_all`, offsets of `epoch`. `members` is empty above
+ * `receipts.max_detailed_members`. */
+export interface RoomReceipts {
+  room: string;
+  epoch: number;
+  delivered_all: number;
+  read_all: number;
+  count: number;
+  members: MemberReceipt[];
+}
+
+/** Read marks, unread counts and receipts (docs/receipts.md), on `EdgeRelay` and `SharedRelay`. */
+export interface ReceiptsClient {
+  /** The counts after `syncUnread()` (kept live by `unread` events), else null. */
+  readonly unread: Unread | null;
+  /** Resolves with the counts of every followed room; from then on `unread` and `receipts`
+   * events, and the client confirms delivery of the messages it receives (`cursor`). */
+  syncUnread(): Promise<Unread>;
+  /** Marks each room read up to and including `position`; resolves once durable. */
+  markRead(marks: { room: string; position: Position }[]): Promise<void>;
+  /** A followed room's receipts, every member included. */
+  receiptStatus(room: string): Promise<RoomReceipts>;
+  /** Whether other members see this user's reads (kept by the relay; default true). */
+  shareReads(share: boolean): Promise<void>;
+  /** `publish` naming the users it mentions; kept and retried like `publish`. */
+  publishWithMentions<T = Payload>(room: string, data: T, mentions: string[], options?: { id?: string }): Promise<Position>;
 }
 
 /** A `call` frame with an event of a call (docs/protocol.md "Calls (1:1)"). */
@@ -199,7 +257,7 @@ export interface RoomEvents {
 }
 
 /** What `EdgeRelay` and `SharedRelay` both offer: the connection's life and its rooms. */
-export interface RoomClient {
+export interface RoomClient extends ReceiptsClient {
   readonly state: ConnectionState;
   readonly transport: TransportKind | null;
   readonly welcome: Welcome | null;
@@ -318,6 +376,9 @@ export interface SharedRelayEvents {
   call: Call;
   /** A call rings this user: in every tab, answered in one. */
   ring: Call;
+  /** As on `EdgeRelay` (after `syncUnread()` in this tab). */
+  unread: Unread;
+  receipts: RoomReceipts;
 }
 
 export class SharedRelay extends TypedEventTarget<SharedRelayEvents> {

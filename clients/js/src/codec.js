@@ -35,6 +35,10 @@ export const FIELDS = {
   subscribe: ["req", "pattern", "filter", "since"],
   unsubscribe: ["req", "pattern"],
   session: ["req", "session", "action"],
+  // `action`: `{sync: {}}`, `{read: {marks: [{room, position}]}}`, `{status: {room}}`,
+  // `{privacy: {share_read}}` (docs/protocol.md "Receipts and unread counts")
+  receipts: ["req", "action"],
+  publish_mentions: ["req", "room", "id", "data", "mentions"],
   // relay → client
   welcome: ["version", "session", "user", "server_time", "limits"],
   joined: ["req", "room", "position", "recovered"],
@@ -69,6 +73,10 @@ export const SERVER_FIELDS = {
   ice_servers: ["req", "servers", "expires_at"],
   call: ["req", "call", "event"],
   session: ["req", "session", "event"],
+  // `event`: `{ok: {}}`, `{unread: {full, rooms: [{room, read, top, unread, mentions}], total,
+  // mentions}}`, `{receipts: {room, epoch, delivered_all, read_all, count, members: [{user,
+  // delivered, read}]}}`
+  receipts: ["req", "event"],
 };
 
 /** The field order of `type` in `direction` (`"client"`: client → relay, or `"server"`). */

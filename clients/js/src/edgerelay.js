@@ -40,6 +40,7 @@ import { FLAG_KEYFRAME } from "./media.js";
 import { Outbox, messageId } from "./outbox.js";
 import { Room, validRoomName } from "./room.js";
 import { backoffDelay, refreshDelay, tokenExpiry } from "./schedule.js";
+import { receiptMethods } from "./receipts.js";
 
 export { RelayError, StateError, TimeoutError } from "./errors.js";
 export { GroupWriter, webTransportUnavailable } from "./links.js";
@@ -283,14 +284,14 @@ export class EdgeRelay extends EventTarget {
    * again with the same id across reconnects until acknowledged (exactly once); a relay error
    * that is not retryable rejects it. `options.id`: your own message id (unique per user and room).
    */
-  publish(name, data, { id = messageId() } = {}) {
+  publish(name, data, { id = messageId(), mentions } = {}) {
     try {
       if (!validRoomName(name)) this.room(name);
       this.#requireStarted();
     } catch (err) {
       return Promise.reject(err);
     }
-    const { entry, fresh, promise } = this.#outbox.add(name, String(id), data);
+    const { entry, fresh, promise } = this.#outbox.add(name, String(id), data, mentions);
     if (fresh && this.#link && this.state === "open") this.#sendPublish(entry, this.#link);
     return promise;
   }
@@ -685,7 +686,7 @@ export class EdgeRelay extends EventTarget {
         return undefined;
       },
     });
-    link.sendRoom(room, { type: "publish", req, room, id, data });
+    link.sendRoom(room, { type: entry.mentions ? "publish_mentions" : "publish", req, room, id, data, mentions: entry.mentions });
   }
 
   /** A token: from `getToken` when given (a new one each time), else the `token` option. */
@@ -982,3 +983,6 @@ export class EdgeRelay extends EventTarget {
     }
   }
 }
+
+// syncUnread, markRead, receiptStatus, shareReads, publishWithMentions (docs/receipts.md).
+Object.assign(EdgeRelay.prototype, receiptMethods);

@@ -17,15 +17,15 @@ export class Outbox {
   #entries = new Map();
 
   /**
-   * Adds a publish (or, for an id already waiting, one more waiter on it). Resolves with the
+   * Adds a publish (`mentions`: a `publish_mentions`) (or, for an id already waiting, one more waiter on it). Resolves with the
    * acked position; `entry.fresh` says whether it is new and must be sent.
    */
-  add(room, id, data) {
+  add(room, id, data, mentions) {
     const key = `${room}\n${id}`;
     let entry = this.#entries.get(key);
     const fresh = !entry;
     if (fresh) {
-      entry = { room, id, data, waiters: [], attempts: 0 };
+      entry = { room, id, data, mentions, waiters: [], attempts: 0 };
       this.#entries.set(key, entry);
     }
     const promise = new Promise((resolve, reject) => entry.waiters.push({ resolve, reject }));

@@ -44,6 +44,7 @@ import { EdgeRelay } from "./edgerelay.js";
 import { RelayError, StateError } from "./errors.js";
 import { keptSubscription, topicMatches } from "./events.js";
 import { messageId } from "./outbox.js";
+import { receiptMethods } from "./receipts.js";
 import { Room, validRoomName } from "./room.js";
 
 const PRESENCE = new Set(["presence", "presence_batch", "presence_snapshot", "presence_refresh", "typing"]);
@@ -195,14 +196,14 @@ export class SharedRelay extends EventTarget {
   }
 
   /** Publishes through the leader; kept and sent again to a new leader until acknowledged. */
-  publish(name, data, { id = messageId() } = {}) {
+  publish(name, data, { id = messageId(), mentions } = {}) {
     try {
       this.room(name);
       this.#requireStarted();
     } catch (err) {
       return Promise.reject(err);
     }
-    return this.#request("publish", { room: name, data, id });
+    return this.#request("publish", { room: name, data, id, mentions });
   }
 
   history(name, options = {}) {
@@ -524,7 +525,7 @@ export class SharedRelay extends EventTarget {
       case "join":
         return this.#joinOnce(inner, args.room, args.since);
       case "publish":
-        return inner.publish(args.room, args.data, { id: args.id });
+        return inner.publish(args.room, args.data, { id: args.id, mentions: args.mentions });
       case "history":
         return inner.history(args.room, args.options);
       case "typing":
@@ -610,3 +611,6 @@ export class SharedRelay extends EventTarget {
     return { position: sub.position, recovered: sub.recovered !== false && !behind };
   }
 }
+
+// syncUnread, markRead, receiptStatus, shareReads, publishWithMentions, as on EdgeRelay.
+Object.assign(SharedRelay.prototype, receiptMethods);

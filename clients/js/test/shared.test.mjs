@@ -275,3 +275,33 @@ test("a call placed by a follower tab: the signaling goes through the leader to 
     await relay.stop();
   }
 });
+
+test("receipts through one shared connection: a follower tab syncs, marks read and mentions through the leader", { timeout: 60_000 }, async () => {
+  const relay = await startRelay({ EDGERELAY_RECEIPTS__INTERVAL_MS: "50" });
+  const getToken = () => relay.token("alice").then((t) => t.token);
+  const tabs = await threeTabs(relay, "alice-receipts", getToken);
+  const follower = tabs[1];
+  const bob = wsClient(relay, () => relay.token("bob").then((t) => t.token));
+  try {
+    await bob.connect();
+    await follower.join("chat:shared");
+    await bob.join("chat:shared");
+    assert.equal((await follower.syncUnread()).total, 0);
+    await bob.syncUnread();
+    const counted = nextEvent(follower, "unread", (u) => u.mentions === 1);
+    const position = await bob.publishWithMentions("chat:shared", { text: "@alice hi" }, ["alice"]);
+    assert.equal((await counted).rooms.get("chat:shared").unread, 1);
+    await follower.markRead([{ room: "chat:shared", position }]);
+    await until(() => follower.unread.total === 0, "the follower's badge clears");
+    const status = await bob.receiptStatus("chat:shared");
+    assert.equal(status.members.find((m) => m.user === "alice")?.read, position.offset);
+    // The follower's own mention of bob, through the leader's outbox.
+    const bobCounted = nextEvent(bob, "unread", (u) => u.mentions === 1);
+    await follower.publishWithMentions("chat:shared", { text: "@bob yes" }, ["bob"]);
+    assert.equal((await bobCounted).rooms.get("chat:shared").unread, 1);
+  } finally {
+    bob.close();
+    for (const t of tabs) t.close();
+    await relay.stop();
+  }
+});

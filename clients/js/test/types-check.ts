@@ -37,7 +37,9 @@ import {
   type Message,
   type Position,
   type PresenceEntry,
+  type RoomReceipts,
   type StatusDetail,
+  type Unread,
   type WebSocketConstructor,
 } from "@edgerelay/client";
 
@@ -77,6 +79,14 @@ async function chat(): Promise<void> {
   const position: Position = await room.publish({ text: "hi" });
   await relay.publish("chat:lobby", { text: "again" }, { id: messageId() });
   await relay.publish("chat:lobby", binary(new Uint8Array([0, 255])));
+  // Unread badges and ticks (docs/receipts.md).
+  const unread: Unread = await relay.syncUnread();
+  relay.addEventListener("unread", (e) => console.log(e.detail.total, e.detail.rooms.get("chat:lobby")?.unread, unread.mentions));
+  relay.addEventListener("receipts", (e) => e.detail.members.map((m) => m.read ?? m.delivered));
+  await relay.markRead([{ room: "chat:lobby", position }]);
+  const status: RoomReceipts = await relay.receiptStatus("chat:lobby");
+  await relay.shareReads(true);
+  console.log(status.delivered_all >= position.offset, await relay.publishWithMentions("chat:lobby", { text: "@bob" }, ["bob"]));
   const earlier: Message[] = await room.loadEarlier(50);
   const page: HistoryPage = await room.history({ before: position.offset, limit: 20 });
   console.log(earlier.length, page.first, room.hasEarlier, room.members, room.typing.text, room.status("bob"));
@@ -182,6 +192,17 @@ async function tabs(): Promise<void> {
   shared.addEventListener("ring", (e) => e.detail.answer({ stream: null }));
   const call: Call = await shared.call("bob", { media: "audio" });
   console.log(call.inCall, shared.calls.length, shared.subscriptions.length, shared.fallbackReason);
+  // Receipts through the leader, as on EdgeRelay.
+  const counts: Unread = await shared.syncUnread();
+  shared.addEventListener("unread", (e) => console.log(e.detail.total, counts.rooms.get("chat:lobby")?.mentions));
+  shared.addEventListener("receipts", (e) => console.log(e.detail.read_all));
+  await shared.markRead([{ room: "chat:lobby", position }]);
+  const ticks: RoomReceipts = await shared.receiptStatus("chat:lobby");
+  await shared.shareReads(false);
+  const mentioned: Position = await shared.publishWithMentions("chat:lobby", { text: "@bob" }, ["bob"], { id: "m-1" });
+  console.log(ticks.members.map((m) => [m.user, m.delivered, m.read ?? "hidden"]), mentioned, shared.unread?.total);
+  // @ts-expect-error: marks need a position
+  await shared.markRead([{ room: "chat:lobby" }]);
   // @ts-expect-error: setStatus stays on EdgeRelay
   shared.setStatus("busy");
 }

@@ -1,7 +1,7 @@
 // The SDK's size as an app ships it: bundled and minified by esbuild, then gzipped (level 9).
 // Three bundles: everything `src/index.js` exports, the core an app using `EdgeRelay` alone
 // ships (tree-shaken: no `SharedRelay`), and that core with the sessions entry point. `npm run size` prints them; docs/performance.md
-// records them. The budget is 15 KB gzipped for the core (with or without sessions); everything,
+// records them. The budget is 15 KB gzipped for the core (16 KB with sessions); everything,
 // `SharedRelay` with its sessions, topics and calls across tabs included, has 17 KB.
 import { build, version } from "esbuild";
 import { gzipSync } from "node:zlib";
@@ -14,7 +14,7 @@ const bundles = {
   "core (EdgeRelay alone)": { stdin: { contents: `export { EdgeRelay } from ${JSON.stringify(index)};`, resolveDir: "." }, budget: 15 * KB },
   "core with sessions (EdgeRelay and @edgerelay/client/sessions)": {
     stdin: { contents: `export { EdgeRelay } from ${JSON.stringify(index)}; export * from ${JSON.stringify(sessions)};`, resolveDir: "." },
-    budget: 15 * KB,
+    budget: 16 * KB, // 15 KB until the receipts methods joined the core (docs/decisions.md)
   },
 };
 let over = false;
