@@ -512,6 +512,16 @@ async fn notified_in(browser: &mut Browser, tabs: &[String], expression: &str) -
     all
 }
 
+/// Notifications the remaining tabs showed for `from..=to`, published as the leader tab closed:
+/// the closing tab may still have shown the first of them (its page lives a moment after
+/// `close_page`, and that notification is then the browser's one); the new leader shows the
+/// rest, each once, in order.
+fn notified_once_after_hand_over(shown: &[u64], from: u64, to: u64) {
+    let first = shown.first().copied().unwrap_or(to + 1);
+    assert!((from..=to).contains(&first), "the new leader notified nothing of {from}..={to}: {shown:?}");
+    assert_eq!(shown, (first..=to).collect::<Vec<u64>>(), "the rest notified once, by the new leader");
+}
+
 /// Waits until a relay process holds one WebSocket after accepting two (a hand-over).
 async fn one_connection_again(relay: &RelayProcess) {
     within("one connection again", async {
@@ -609,7 +619,7 @@ async fn tabs_share_one_connection_and_a_closed_leader_hands_over_without_gap_or
     }
     // Across the hand-over too: the new leader notifies what came after, nothing twice.
     let notified_after = notified_in(&mut browser, &tabs, "window.notified").await;
-    assert_eq!(notified_after, (11..=26).collect::<Vec<u64>>(), "the rest notified once, by the new leader");
+    notified_once_after_hand_over(&notified_after, 11, 26);
     one_connection_again(&relay).await;
     carol.close().await;
     browser.close().await;
@@ -689,12 +699,8 @@ async fn three_demo_page_tabs_share_one_connection_hand_over_without_gap_and_not
         }
     }
     assert_eq!(leaders, 1, "another tab took over");
-    // The closing leader may still have shown the first of them before its page was gone (that
-    // notification is then the browser's one); the new leader shows the rest, once each, in order.
     let after = notified_in(&mut browser, &tabs, notified).await;
-    let first = after.first().copied().unwrap_or(26);
-    assert!((11..=25).contains(&first), "the new leader notified: {after:?}");
-    assert_eq!(after, (first..=25).collect::<Vec<u64>>(), "the rest notified once, by the new leader");
+    notified_once_after_hand_over(&after, 11, 25);
     one_connection_again(&relay).await;
     // A follower's message goes through the new leader; both tabs show it once.
     let follower = {
