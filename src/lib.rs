@@ -18,6 +18,7 @@ pub mod hooks;
 pub mod http;
 pub mod hub;
 pub mod ice;
+pub mod lock;
 pub mod mailbox;
 pub mod media;
 pub mod metrics;

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -44,9 +44,7 @@ const UNLOAD_EVERY_MS: u64 = 10_000;
 /// Most queued work items committed in one transaction.
 const MAX_BATCH: usize = 256;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::lock::lock;
 
 /// A joined device: where its frames go, and the version its `joined` answer brought it to.
 struct Joined {

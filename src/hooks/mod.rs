@@ -15,7 +15,7 @@
 pub mod breaker;
 pub mod client;
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -149,9 +149,7 @@ pub struct Hooks {
     sites: [Option<Site>; 3],
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::lock::lock;
 
 impl Hooks {
     /// `config` is validated (URLs parse, a secret is set when a hook is).

@@ -19,7 +19,7 @@ pub mod typing;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::task::TaskTracker;
@@ -59,9 +59,7 @@ pub type DeliveryTap = Arc<dyn Fn(&RoomKey, Position) + Send + Sync>;
 /// its socket, a system call; parts of this size let every runtime thread take a share.
 const FANOUT_PART: usize = 64;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::lock::lock;
 
 impl Hub {
     pub fn new(shards: usize, room_idle_ttl_ms: u64) -> Hub {

@@ -187,9 +187,7 @@ impl MediaOut {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::lock::lock;
 
 fn count(cancelled: &[(GroupKey, Cancel)]) {
     for (_, why) in cancelled {

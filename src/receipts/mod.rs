@@ -17,7 +17,7 @@ pub mod aggregate;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
@@ -40,9 +40,7 @@ const MAX_CACHED_ROOMS: usize = 50_000;
 
 type Refusal = (ErrorCode, String);
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::lock::lock;
 
 /// A room's unread state for a member, from the mark, the room's top and the mentions after the
 /// mark. A mark of an older epoch counts every message of the current one.
