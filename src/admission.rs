@@ -101,7 +101,7 @@ impl Admission {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Counters only: a panic elsewhere leaves them usable.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock::lock(&self.inner)
     }
 
     /// A QUIC connection attempt from `ip`; `validated` when quinn checked its address (a Retry

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::lock::lock;
 use crate::outbox::Wakes;
 
 /// Wake-ups held back, oldest first. Every batch waits the same delay, so deadlines are in
@@ -76,7 +77,7 @@ impl Batcher {
         if wakes.is_empty() {
             return;
         }
-        let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+        let mut deferred = lock(&self.deferred);
         let was_empty = deferred.is_empty();
         deferred.push(Instant::now() + self.delay, wakes);
         drop(deferred);
@@ -86,7 +87,7 @@ impl Batcher {
     }
 
     pub(crate) fn due(&self, now: Instant) -> (Vec<Wakes>, Option<Instant>) {
-        let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+        let mut deferred = lock(&self.deferred);
         (deferred.due(now), deferred.next())
     }
 }
