@@ -994,6 +994,16 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.into(), message: message.into() }
 }
 
+/// Refuses the first of `fields` (key, value) that is 0.
+fn all_positive<T: Default + PartialEq>(
+    fields: impl IntoIterator<Item = (&'static str, T)>,
+) -> Result<(), ConfigError> {
+    match fields.into_iter().find(|(_, value)| *value == T::default()) {
+        Some((key, _)) => Err(invalid(key, "must be greater than 0")),
+        None => Ok(()),
+    }
+}
+
 /// One environment override, kept so errors can name the variable.
 struct EnvOverride {
     var: String,
@@ -1107,18 +1117,14 @@ impl Config {
                 format!("must be in 1..={max_payload} (limits.max_frame_bytes - {FRAME_OVERHEAD_BYTES})"),
             ));
         }
-        for (key, value) in [
+        all_positive([
             ("limits.max_rooms_per_connection", l.max_rooms_per_connection),
             ("limits.max_connections_per_user", l.max_connections_per_user),
             ("limits.publish_rate", l.publish_rate),
             ("limits.publish_burst", l.publish_burst),
             ("limits.ping_interval_ms", l.ping_interval_ms),
             ("limits.max_connections", l.max_connections),
-        ] {
-            if value == 0 {
-                return Err(invalid(key, "must be greater than 0"));
-            }
-        }
+        ])?;
         if !(64..=65_535).contains(&l.max_datagram_bytes) {
             return Err(invalid("limits.max_datagram_bytes", "must be in 64..=65535"));
         }
@@ -1138,15 +1144,11 @@ impl Config {
             return Err(invalid("websocket.compression_level", "must be in 0..=9"));
         }
         let c = &self.connections;
-        for (key, value) in [
+        all_positive([
             ("connections.per_ip_rate", c.per_ip_rate),
             ("connections.per_ip_burst", c.per_ip_burst),
             ("connections.per_ip_max", c.per_ip_max),
-        ] {
-            if value == 0 {
-                return Err(invalid(key, "must be greater than 0"));
-            }
-        }
+        ])?;
         if l.idle_timeout_ms <= l.ping_interval_ms {
             return Err(invalid("limits.idle_timeout_ms", "must be greater than limits.ping_interval_ms"));
         }
@@ -1154,31 +1156,23 @@ impl Config {
             return Err(invalid("api.key", format!("must be at least {MIN_API_KEY_LEN} characters")));
         }
         let m = &self.media;
-        for (key, value) in [
+        all_positive([
             ("media.max_tracks_per_connection", u64::from(m.max_tracks_per_connection)),
             ("media.max_frame_bytes", u64::from(m.max_frame_bytes)),
             ("media.max_bitrate", u64::from(m.max_bitrate)),
             ("media.queue_bytes", m.queue_bytes as u64),
-        ] {
-            if value == 0 {
-                return Err(invalid(key, "must be greater than 0"));
-            }
-        }
+        ])?;
         if m.queue_bytes < m.max_frame_bytes as usize {
             return Err(invalid("media.queue_bytes", "must be at least media.max_frame_bytes"));
         }
         let p = &self.presence;
-        for (key, value) in [
+        all_positive([
             ("presence.idle_after_ms", p.idle_after_ms),
             ("presence.typing_ttl_ms", p.typing_ttl_ms),
             ("presence.refresh_ms", p.refresh_ms),
             ("presence.rate", u64::from(p.rate)),
             ("presence.burst", u64::from(p.burst)),
-        ] {
-            if value == 0 {
-                return Err(invalid(key, "must be greater than 0"));
-            }
-        }
+        ])?;
         if p.typing_ttl_ms > u64::from(u32::MAX) {
             return Err(invalid("presence.typing_ttl_ms", "must fit in 32 bits"));
         }
@@ -1195,28 +1189,20 @@ impl Config {
             return Err(invalid("hub.shards", "must be in 1..=65536"));
         }
         let st = &self.store;
-        for (key, value) in [
+        all_positive([
             ("store.max_messages", st.max_messages),
             ("store.max_age_secs", st.max_age_secs),
             ("store.commit_max_batch", st.commit_max_batch as u64),
-        ] {
-            if value == 0 {
-                return Err(invalid(key, "must be greater than 0"));
-            }
-        }
+        ])?;
         if st.commit_linger_us > 100_000 {
             return Err(invalid("store.commit_linger_us", "must be at most 100000 (100 ms)"));
         }
         let r = &self.redis;
-        for (key, value) in [
+        all_positive([
             ("redis.command_timeout_ms", r.command_timeout_ms),
             ("redis.resync_interval_ms", r.resync_interval_ms),
             ("redis.probe_interval_ms", r.probe_interval_ms),
-        ] {
-            if value == 0 {
-                return Err(invalid(key, "must be greater than 0"));
-            }
-        }
+        ])?;
         if r.probe_timeout_ms <= r.probe_interval_ms {
             return Err(invalid("redis.probe_timeout_ms", "must be greater than redis.probe_interval_ms"));
         }
@@ -1271,17 +1257,13 @@ impl Config {
 
     fn validate_calls(&self) -> Result<(), ConfigError> {
         let c = &self.calls;
-        for (key, value) in [
+        all_positive([
             ("calls.ring_timeout_ms", c.ring_timeout_ms),
             ("calls.reconnect_grace_ms", c.reconnect_grace_ms),
             ("calls.max_signal_bytes", u64::from(c.max_signal_bytes)),
             ("calls.rate", u64::from(c.rate)),
             ("calls.burst", u64::from(c.burst)),
-        ] {
-            if value == 0 {
-                return Err(invalid(key, "must be greater than 0"));
-            }
-        }
+        ])?;
         // A call of one is no group; the history holds at most MAX_PARTICIPANTS per call.
         let max = crate::call::history::MAX_PARTICIPANTS as u32;
         if !(2..=max).contains(&c.group_max_participants) {
@@ -1322,7 +1304,7 @@ impl Config {
 
     fn validate_sessions(&self) -> Result<(), ConfigError> {
         let s = &self.sessions;
-        for (key, value) in [
+        all_positive([
             ("sessions.max_document_bytes", u64::from(s.max_document_bytes)),
             ("sessions.max_patch_bytes", u64::from(s.max_patch_bytes)),
             ("sessions.snapshot_every_patches", u64::from(s.snapshot_every_patches)),
@@ -1332,11 +1314,7 @@ impl Config {
             ("sessions.max_cursor_bytes", u64::from(s.max_cursor_bytes)),
             ("sessions.rate", u64::from(s.rate)),
             ("sessions.burst", u64::from(s.burst)),
-        ] {
-            if value == 0 {
-                return Err(invalid(key, "must be greater than 0"));
-            }
-        }
+        ])?;
         // A `joined` answer carries the document: it must fit in an outbox with room to spare.
         if s.max_document_bytes as usize > self.limits.outbox_bytes / 2 {
             return Err(invalid(
