@@ -16,7 +16,7 @@ use common::within;
 use edgerelay::client::resilient::{Reconnect, Resilient, ResilientEvent};
 use edgerelay::client::{Client, ClientOptions, ServerTrust, Target};
 use edgerelay::config::Config;
-use edgerelay::proto::Payload;
+use edgerelay::proto::{ErrorCode, Payload};
 use edgerelay::testing::RedisServer;
 use process::RelayProcess;
 
@@ -146,16 +146,24 @@ async fn the_production_example_runs_a_region_of_three_relays_that_drain_into_ea
     for i in 21..=40 {
         publisher.publish("chat:lobby", &format!("m{i}"), Payload::from("1")).await.unwrap();
     }
-    let mut got = Vec::new();
+    let (mut got, mut events) = (Vec::new(), Vec::new());
     within("ann has every message", async {
         while got.len() < 40 {
-            if let Some(ResilientEvent::Message(m)) = ann.next_event().await {
-                got.push(m.position.offset);
+            match ann.next_event().await.expect("ann's client runs") {
+                ResilientEvent::Message(m) => got.push(m.position.offset),
+                other => events.push(other),
             }
         }
     })
     .await;
     assert_eq!(got, (1..=40).collect::<Vec<u64>>(), "in order, exactly once, across the drain");
+    // Told to go (not cut off), then connected again: to another node, node 0 being gone.
+    assert!(
+        matches!(events.first(), Some(ResilientEvent::Disconnected { code, .. }) if *code == Some(ErrorCode::GOING_AWAY)),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| matches!(e, ResilientEvent::Connected { attempt } if *attempt > 0)), "{events:?}");
+    assert!(!events.iter().any(|e| matches!(e, ResilientEvent::NotRecovered { .. })), "{events:?}");
     for i in 1..=40u64 {
         let m = within("the watcher's message", watcher.next_message()).await.unwrap();
         assert_eq!(m.position.offset, i);
