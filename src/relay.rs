@@ -667,12 +667,32 @@ fn enlarge_udp_buffers(socket: &std::net::UdpSocket) {
     let result = quinn::udp::UdpSocketState::new(socket.into()).and_then(|state| {
         state.set_recv_buffer_size(socket.into(), UDP_BUFFER_BYTES)?;
         state.set_send_buffer_size(socket.into(), UDP_BUFFER_BYTES)?;
-        state.recv_buffer_size(socket.into())
+        Ok((state.recv_buffer_size(socket.into())?, state.send_buffer_size(socket.into())?))
     });
     match result {
-        Ok(bytes) => tracing::debug!(bytes, "UDP receive buffer"),
+        Ok((recv, send)) => {
+            tracing::debug!(recv, send, "UDP socket buffers");
+            for (sysctl, granted) in capped_udp_buffers(recv, send) {
+                tracing::warn!(
+                    granted,
+                    asked = UDP_BUFFER_BYTES,
+                    "UDP socket buffer capped by the kernel: raise {sysctl} to at least {UDP_BUFFER_BYTES} \
+                     (docs/operations.md, \"UDP socket buffers\"); bursts may be dropped"
+                );
+            }
+        }
         Err(err) => tracing::warn!(%err, "could not enlarge the UDP socket buffers"),
     }
+}
+
+/// The kernel limits that cut the buffers below what was asked: (sysctl, size granted). Linux
+/// reports twice the size it accepted (its bookkeeping share), so a granted size below the
+/// request means the request was capped.
+fn capped_udp_buffers(recv: usize, send: usize) -> Vec<(&'static str, usize)> {
+    [("net.core.rmem_max", recv), ("net.core.wmem_max", send)]
+        .into_iter()
+        .filter(|&(_, granted)| granted < UDP_BUFFER_BYTES)
+        .collect()
 }
 
 /// Drives presence time and saves changed user records (a blocking store commit, on the
@@ -961,5 +981,20 @@ async fn reload_certs(
             Ok(Err(err)) => tracing::error!(%err, "certificate reload failed; the current certificate stays"),
             Err(err) => tracing::error!(%err, "certificate reload panicked"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_buffers_below_the_request_name_the_sysctl_to_raise() {
+        // Linux with net.core.rmem_max = wmem_max = 4 MiB reports 8 MiB each: nothing to say.
+        assert!(capped_udp_buffers(2 * UDP_BUFFER_BYTES, 2 * UDP_BUFFER_BYTES).is_empty());
+        // A stock kernel (208 KiB caps) reports 416 KiB.
+        let stock = 2 * 212_992;
+        assert_eq!(capped_udp_buffers(stock, 2 * UDP_BUFFER_BYTES), vec![("net.core.rmem_max", stock)]);
+        assert_eq!(capped_udp_buffers(stock, stock), vec![("net.core.rmem_max", stock), ("net.core.wmem_max", stock)]);
     }
 }

@@ -865,23 +865,36 @@ fn toml_blocks(markdown: &str) -> Vec<(usize, String)> {
     blocks
 }
 
+/// The files under `dir` (recursively) whose name ends in `.ext`, sorted.
+fn files_under(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(files_under(&path, ext));
+        } else if path.extension().is_some_and(|e| e == ext) {
+            found.push(path);
+        }
+    }
+    found.sort();
+    found
+}
+
 #[test]
 fn every_toml_example_in_the_readme_and_docs_loads() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = vec![root.join("README.md")];
-    let mut docs: Vec<_> = std::fs::read_dir(root.join("docs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "md"))
-        .collect();
-    docs.sort();
-    files.extend(docs);
+    let mut files = vec![root.join("README.md"), root.join("certs/README.md")];
+    files.extend(files_under(&root.join("docs"), "md"));
+    // Whole config files (docs/deploy/*.toml) load as they are.
+    let config_files = files_under(&root.join("docs"), "toml");
+    assert!(!config_files.is_empty(), "no config example under docs/");
     let scratch = tempfile::tempdir().unwrap();
     let (mut checked, mut failures) = (0, Vec::new());
-    for file in &files {
-        let markdown = std::fs::read_to_string(file).unwrap();
+    for file in files.iter().chain(&config_files) {
+        let text = std::fs::read_to_string(file).unwrap();
         let name = file.strip_prefix(root).unwrap().display().to_string();
-        for (line, text) in toml_blocks(&markdown) {
+        let blocks = if config_files.contains(file) { vec![(1, text)] } else { toml_blocks(&text) };
+        for (line, text) in blocks {
             let path = scratch.path().join("example.toml");
             std::fs::write(&path, &text).unwrap();
             checked += 1;

@@ -34,12 +34,24 @@ type Wss = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<to
 /// A `wss://` connection that accepts only the certificate `pin`; its `welcome` read.
 async fn wss_connect(addr: SocketAddr, pin: [u8; 32], token: &str) -> Result<Wss, String> {
     let config = edgerelay::tls::pinned_client_config(vec![pin], &[edgerelay::tls::ALPN_HTTP1]);
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| e.to_string())?;
-    let served = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| edgerelay::tls::sha256(c));
+    let ws = wss_connect_with(addr, config, "localhost", token).await?;
+    let served =
+        ws.get_ref().get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| edgerelay::tls::sha256(c));
     assert_eq!(served, Some(pin), "the pin verifier accepted another certificate");
-    let url = format!("wss://localhost:{}/v1/ws", addr.port());
+    Ok(ws)
+}
+
+/// A `wss://` connection to `addr` as `server_name`, verified by `config`; its `welcome` read.
+async fn wss_connect_with(
+    addr: SocketAddr,
+    config: rustls::ClientConfig,
+    server_name: &str,
+    token: &str,
+) -> Result<Wss, String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let url = format!("wss://{server_name}:{}/v1/ws", addr.port());
     let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.map_err(|e| e.to_string())?;
     let hello = ClientFrame::Hello { version: PROTOCOL_VERSION, token: token.to_owned(), client: "wss-test".into() };
     ws.send(WsMessage::text(String::from_utf8(Codec::Json.encode(&hello).to_vec()).unwrap())).await.unwrap();
@@ -190,6 +202,79 @@ async fn changed_certificate_files_are_picked_up_by_polling_and_a_bad_pair_keeps
     .await;
     wss_connect(relay.relay.tcp_addr(), second, &token).await.expect("new certificate on TCP");
     quic_connect(relay.relay.udp_addr(), second, &token).await.expect("new certificate on QUIC");
+    relay.relay.shutdown().await;
+}
+
+/// Runs `certs/dev-ca.sh DIR`: a CA in `DIR/ca.pem` (kept across runs) and a new relay
+/// certificate signed by it in `DIR/cert.pem` / `DIR/key.pem`. Returns the CA's PEM.
+fn dev_ca(dir: &std::path::Path) -> Vec<u8> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/dev-ca.sh");
+    let out = std::process::Command::new(script).arg(dir).output().expect("run certs/dev-ca.sh (needs openssl)");
+    assert!(out.status.success(), "certs/dev-ca.sh failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read(dir.join("ca.pem")).unwrap()
+}
+
+#[tokio::test]
+async fn a_certificate_from_the_dev_ca_is_verified_by_clients_that_trust_only_that_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = dev_ca(certs.path());
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = dev_ca(other.path());
+    let relay = with_cert_files(certs.path(), 0).await;
+    let (udp, tcp) = (relay.relay.udp_addr(), relay.relay.tcp_addr());
+    let token = relay.token("ann", "acme", &["*"]);
+    let quic = |name: &str, roots: &[u8]| Target::Quic {
+        addr: udp,
+        server_name: name.into(),
+        tls: ServerTrust::Roots(roots.to_vec()),
+    };
+    let wt = |roots: &[u8]| Target::WebTransport {
+        addr: udp,
+        server_name: "localhost".into(),
+        tls: ServerTrust::Roots(roots.to_vec()),
+        path: "/v1/wt".into(),
+    };
+    let roots = |pem: &[u8]| edgerelay::tls::roots_client_config(pem, &[edgerelay::tls::ALPN_HTTP1]).unwrap();
+    let options = || ClientOptions::new(&token).codec(Codec::Json);
+
+    // Verified against the CA, by name and by address: raw QUIC, WebTransport and wss.
+    for name in ["localhost", "127.0.0.1"] {
+        let client =
+            Client::connect(quic(name, &ca), options()).await.unwrap_or_else(|e| panic!("QUIC as {name}: {e}"));
+        client.join("lobby").await.unwrap();
+        client.publish("lobby", &format!("q-{name}"), Payload::json(&serde_json::json!(name))).await.unwrap();
+    }
+    let webtransport = Client::connect(wt(&ca), options()).await.expect("WebTransport trusting the dev CA");
+    webtransport.join("lobby").await.unwrap();
+    let mut ws = wss_connect_with(tcp, roots(&ca), "localhost", &token).await.expect("wss trusting the dev CA");
+    wss_join(&mut ws, "lobby").await;
+    wss_chat(&mut ws, "lobby", "w1", 2).await;
+    wss_connect_with(tcp, roots(&ca), "127.0.0.1", &token).await.expect("wss to the address");
+
+    // Another CA, or a name the certificate does not carry, is refused.
+    assert!(Client::connect(quic("localhost", &other_ca), options()).await.is_err(), "QUIC trusting another CA");
+    assert!(Client::connect(wt(&other_ca), options()).await.is_err(), "WebTransport trusting another CA");
+    assert!(
+        Client::connect(quic("relay.example.com", &ca), options()).await.is_err(),
+        "QUIC with a name not in the certificate"
+    );
+    let Err(refused) = wss_connect_with(tcp, roots(&other_ca), "localhost", &token).await else {
+        panic!("wss trusting another CA connected")
+    };
+    println!("wss trusting another CA: {refused}");
+    assert!(
+        wss_connect_with(tcp, roots(&ca), "relay.example.com", &token).await.is_err(),
+        "wss with a name not in the certificate"
+    );
+
+    // A second run keeps the CA and issues a new certificate: after the reload, clients that
+    // trust the CA connect without being told anything new (no pin to update).
+    let before = relay.relay.cert().sha256_hex;
+    assert_eq!(dev_ca(certs.path()), ca, "the CA is kept");
+    relay.relay.reload_tls().expect("the new certificate loads");
+    assert_ne!(relay.relay.cert().sha256_hex, before, "a new certificate is served");
+    Client::connect(quic("localhost", &ca), options()).await.expect("QUIC after rotation").join("lobby").await.unwrap();
+    wss_connect_with(tcp, roots(&ca), "localhost", &token).await.expect("wss after rotation");
     relay.relay.shutdown().await;
 }
 

@@ -58,6 +58,13 @@ impl RelayProcess {
     }
 
     pub async fn start(&mut self) {
+        let tcp = self.tcp;
+        self.start_ready_at(tcp).await;
+    }
+
+    /// Starts the relay and waits until plain HTTP `/readyz` at `probe` answers 200: the TCP
+    /// port, or `listen.admin` when the TCP port speaks TLS.
+    pub async fn start_ready_at(&mut self, probe: SocketAddr) {
         let mut cmd = self.command(&["serve"]);
         // The relay's log, when a failing test needs it: TEST_RELAY_LOGS=1.
         let logs = if std::env::var_os("TEST_RELAY_LOGS").is_some() { Stdio::inherit() } else { Stdio::null() };
@@ -65,9 +72,7 @@ impl RelayProcess {
         self.child = Some(cmd.spawn().expect("spawn relay"));
         within("relay ready", async {
             loop {
-                if tokio::net::TcpStream::connect(self.tcp).await.is_ok()
-                    && http_get(self.tcp, "/readyz").await.0 == 200
-                {
+                if tokio::net::TcpStream::connect(probe).await.is_ok() && http_get(probe, "/readyz").await.0 == 200 {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -83,6 +88,26 @@ impl RelayProcess {
 
     pub fn ws_target(&self) -> Target {
         Target::WebSocket { url: format!("ws://{}/v1/ws", self.tcp) }
+    }
+
+    /// SIGTERM (the drain `systemctl stop` and `docker stop` start); the exit status, or a
+    /// panic if the process is still running after `limit`.
+    pub async fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("relay running");
+        let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let waited = tokio::time::timeout(limit, async {
+            loop {
+                if let Some(status) = child.try_wait().expect("wait for the relay") {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        let status = waited.unwrap_or_else(|_| panic!("the relay did not exit within {limit:?} of SIGTERM"));
+        self.child = None;
+        status
     }
 
     /// SIGKILL: nothing is flushed, nothing is closed.
