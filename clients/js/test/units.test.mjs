@@ -18,6 +18,7 @@ import {
   tokenExpiry,
   typingText,
 } from "../src/index.js";
+import { compileFilter } from "../src/filter.js";
 
 const entry = (user, status, version, custom = null) => ({ user, status, custom, version, last_seen: 0 });
 
@@ -187,4 +188,46 @@ test("react.d.ts declares exactly the hooks @edgerelay/client/react exports", as
   const types = readFileSync(new URL("../react.d.ts", import.meta.url), "utf8");
   const declared = [...types.matchAll(/^export function (\w+)/gm)].map((m) => m[1]);
   assert.deepEqual(declared.sort(), Object.keys(react).sort());
+});
+
+test("topic filters evaluate as the relay's do, and refuse what it refuses with the byte", () => {
+  const t = { region: "eu", qty: "12", tier: "gold" };
+  const passes = (filter, tags = t) => compileFilter(filter)(tags);
+  for (const f of ["region = eu", "region = 'eu'", "region != us", "missing != x", "tier in (silver, gold)", "qty > 10 and qty <= 12", "qty = 12.0", "has tier", "NOT (region = us) AND qty >= 12"]) {
+    assert.equal(passes(f), true, f);
+  }
+  for (const f of ["region = us", "missing = x", "tier in ('bronze')", "qty < 12", "region > 1", "has price", "qty = '12.0'", "has toString"]) {
+    assert.equal(passes(f), false, f);
+  }
+  assert.equal(passes(null), true, "no filter: everything");
+  const ab = { a: "1", b: "2" };
+  assert.equal(passes("a = 1 or a = 2 and b = 3", ab), true, "and binds tighter than or");
+  assert.equal(passes("(a = 1 or a = 2) and b = 3", ab), false);
+  assert.equal(passes("not not a = 1", ab), true);
+  assert.equal(passes('x = "a \\"q\\""', { x: 'a "q"' }), true);
+  const refused = [
+    ["", 0, "expected a tag name"],
+    ["region", 6, "expected an operator"],
+    ["region = ", 9, "expected a value"],
+    ["a = 1 and", 9, "expected a tag name"],
+    ["(a = 1", 6, 'expected ")"'],
+    ["a = 1)", 5, "unexpected"],
+    ["a < eu", 4, "< needs a number"],
+    ["a in 1", 5, 'expected "("'],
+    ["a in (1 2)", 8, 'expected "," or ")"'],
+    ["a ! 1", 2, 'expected "!="'],
+    ["a = 'open", 4, "unexpected"],
+    ["a = 1 # x", 6, "unexpected"],
+    ["and = 1", 0, "expected a tag name"],
+    [`${"(".repeat(40)}a = 1${")".repeat(40)}`, 16, "nested deeper than 16"],
+    [Array(70).fill("a = 1").join(" or "), 576, "more than 64 comparisons"],
+    ["a".repeat(2000), 1024, "longer than 1024 bytes"],
+  ];
+  for (const [filter, at, what] of refused) {
+    assert.throws(
+      () => compileFilter(filter),
+      (err) => err instanceof RelayError && err.code === 186 && err.message.includes(`bad filter at byte ${at}: ${what}`),
+      filter.slice(0, 20),
+    );
+  }
 });
