@@ -166,8 +166,9 @@ export class SharedRelay extends EventTarget {
     const { shareKey } = this.#options;
     this.#channel = new BroadcastChannel(`edgerelay:${shareKey}`);
     this.#channel.onmessage = ({ data }) => this.#onMessage(data);
-    this.connected = new Promise((resolve) => {
+    this.connected = new Promise((resolve, reject) => {
       this.#onOpen = resolve;
+      this.#onFail = reject;
     });
     navigator.locks.request(`edgerelay:${shareKey}`, () => this.#lead());
     this.#post({ t: "hello", from: this.#tab });
@@ -175,6 +176,7 @@ export class SharedRelay extends EventTarget {
   }
 
   #onOpen = () => {};
+  #onFail = () => {};
 
   room(name) {
     if (!validRoomName(name)) throw new RelayError(121, `bad_room: ${JSON.stringify(name)} is not a room name`);
@@ -322,6 +324,7 @@ export class SharedRelay extends EventTarget {
 
   close() {
     this.#stopped = true;
+    this.#onFail(new StateError("closed", "closed before it connected"));
     this.#inner?.close();
     this.#releaseLock?.();
     for (const { reject } of this.#requests.values()) reject(new StateError("closed", "the client was closed"));
@@ -491,6 +494,13 @@ export class SharedRelay extends EventTarget {
     }
     this.#setState(status);
     if (status.state === "open") this.#onOpen(this.welcome);
+    // The leader's connection closed for good (a refused token, no WebSocket): as on `EdgeRelay`,
+    // `connect()` rejects and this client is closed (the next tab would be refused the same).
+    if (status.state === "closed" && !this.#stopped) {
+      this.closeReason = status.reason;
+      this.#onFail(status.code ? new RelayError(status.code, status.reason) : new StateError("closed", status.reason ?? "closed"));
+      this.close();
+    }
   }
 
   #setState({ welcome, ...detail }) {

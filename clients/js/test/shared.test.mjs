@@ -375,3 +375,25 @@ test("each tab's own topic filter applies on the shared connection; a bad filter
     await relay.stop();
   }
 });
+
+test("a refused token rejects connect() in every tab, as on EdgeRelay; close() while connecting rejects it too", { timeout: 60_000 }, async () => {
+  const relay = await startRelay();
+  const tabs = [0, 1].map(() => tab(relay, "refused", () => "not-a-token"));
+  try {
+    const results = await Promise.allSettled(tabs.map((t) => t.connect()));
+    for (const result of results) {
+      assert.equal(result.status, "rejected");
+      assert.equal(result.reason.name, "RelayError");
+      assert.equal(result.reason.codeName, "token_invalid");
+    }
+    assert.deepEqual(tabs.map((t) => t.state), ["closed", "closed"]);
+    await assert.rejects(tabs[1].join("chat:x"), (err) => err.name === "StateError" && err.code === "closed");
+    const early = tab(relay, "closed-early", () => relay.token("alice").then((t) => t.token));
+    const connecting = early.connect();
+    early.close();
+    await assert.rejects(connecting, (err) => err.name === "StateError" && err.code === "closed");
+  } finally {
+    for (const t of tabs) t.close();
+    await relay.stop();
+  }
+});
