@@ -122,3 +122,42 @@ test("online and visibilitychange end the reconnect backoff at once", { timeout:
   online.dispatchEvent(new Event("online"));
   assert.equal(states.at(-1), "closed");
 });
+
+test("while the browser reports no network the state is offline, with the next attempt's time", { timeout: 10_000 }, async () => {
+  const had = Object.getOwnPropertyDescriptor(globalThis, "navigator");
+  Object.defineProperty(globalThis, "navigator", { value: { onLine: false }, configurable: true });
+  class Refused {
+    constructor() {
+      setTimeout(() => this.onclose?.({ code: 1006, reason: "" }), 0);
+    }
+    close() {}
+  }
+  const online = new EventTarget();
+  const client = new EdgeRelay({
+    token: "t",
+    WebSocket: Refused,
+    transport: "websocket",
+    webSocketUrl: "ws://127.0.0.1:1/v1/ws",
+    backoff: { baseMs: 60_000, capMs: 60_000 },
+    networkEvents: { online, visibility: null },
+  });
+  try {
+    const statuses = [];
+    client.addEventListener("status", ({ detail }) => statuses.push(detail));
+    client.connect().catch(() => {});
+    while (!statuses.some((s) => s.state === "offline")) await new Promise((resolve) => setTimeout(resolve, 5));
+    const offline = statuses.find((s) => s.state === "offline");
+    assert.ok(offline.retryAt > Date.now() && offline.delayMs > 0, JSON.stringify(offline));
+    assert.equal(client.state, "offline");
+    assert.equal(client.retryAt, offline.retryAt);
+    // The network is back: the next attempt starts at once.
+    globalThis.navigator.onLine = true;
+    online.dispatchEvent(new Event("online"));
+    while (statuses.at(-1).state !== "reconnecting") await new Promise((resolve) => setTimeout(resolve, 5));
+    assert.deepEqual(statuses.map((s) => s.state).slice(0, 4), ["connecting", "offline", "connecting", "reconnecting"]);
+  } finally {
+    client.close();
+    if (had) Object.defineProperty(globalThis, "navigator", had);
+    else delete globalThis.navigator;
+  }
+});
