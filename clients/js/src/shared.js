@@ -254,11 +254,11 @@ export class SharedRelay extends EventTarget {
   }
 
   history(name, options = {}) {
-    return this.#request("history", { room: name, options });
+    return this.#ask("history", { room: name, options });
   }
 
   typing(name, typing) {
-    return this.#request("typing", { room: name, typing });
+    return this.#ask("typing", { room: name, typing });
   }
 
   /** Any frame with a fresh `req`, sent by the leader (see `EdgeRelay.request`); `onAnswer`
@@ -269,7 +269,7 @@ export class SharedRelay extends EventTarget {
 
   /** A frame without an answer, sent by the leader. */
   send(frame) {
-    return this.#request("send", { frame });
+    return this.#ask("send", { frame });
   }
 
   // --- event topics: one subscription per pattern on the connection, for every tab ---
@@ -319,7 +319,7 @@ export class SharedRelay extends EventTarget {
   }
 
   iceServers() {
-    return this.#request("iceServers", {});
+    return this.#ask("iceServers", {});
   }
 
   close() {

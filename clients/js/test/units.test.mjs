@@ -110,31 +110,43 @@ test("token refresh schedule: a minute ahead, halfway for short tokens, now when
   for (const bad of ["", "nope", "a.b.c", null, "a.e30.c"]) assert.equal(tokenExpiry(bad), null, String(bad));
 });
 
-test("calls in the wrong state reject with a StateError, never a TypeError", async () => {
-  const relay = new EdgeRelay({ token: "t", webSocketUrl: "ws://127.0.0.1:1/v1/ws", networkEvents: false });
-  const calls = {
-    join: () => relay.join("chat:lobby"),
-    publish: () => relay.publish("chat:lobby", { text: "hi" }),
-    history: () => relay.history("chat:lobby"),
-    typing: () => relay.typing("chat:lobby", true),
-    setStatus: () => relay.setStatus("away"),
-    ping: () => relay.ping(),
-    refresh: () => relay.refresh("t"),
-    leave: () => relay.leave("chat:lobby"),
-    roomPublish: () => relay.room("chat:lobby").publish({ text: "hi" }),
-    roomLoadEarlier: () => relay.room("chat:lobby").loadEarlier(),
-  };
-  for (const [name, call] of Object.entries(calls)) {
-    await assert.rejects(call, (err) => err instanceof StateError && err.code === "not_connected" && /connect\(\) first/.test(err.message), name);
+test("calls in the wrong state reject with a StateError, never a TypeError, on EdgeRelay and SharedRelay", async () => {
+  const options = { token: "t", webSocketUrl: "ws://127.0.0.1:1/v1/ws", networkEvents: false };
+  for (const relay of [new EdgeRelay(options), new sdk.SharedRelay(options)]) {
+    const calls = {
+      join: () => relay.join("chat:lobby"),
+      publish: () => relay.publish("chat:lobby", { text: "hi" }),
+      history: () => relay.history("chat:lobby"),
+      typing: () => relay.typing("chat:lobby", true),
+      setStatus: () => relay.setStatus("away"),
+      activity: () => relay.activity(),
+      privacy: () => relay.privacy({ hideTyping: true }),
+      ping: () => relay.ping(),
+      refresh: () => relay.refresh("t"),
+      leave: () => relay.leave("chat:lobby"),
+      subscribe: () => relay.subscribe("orders.eu"),
+      request: () => relay.request({ type: "ping" }),
+      send: () => relay.send({ type: "activity" }),
+      iceServers: () => relay.iceServers(),
+      call: () => relay.call("bob"),
+      syncUnread: () => relay.syncUnread(),
+      markRead: () => relay.markRead([]),
+      roomPublish: () => relay.room("chat:lobby").publish({ text: "hi" }),
+      roomLoadEarlier: () => relay.room("chat:lobby").loadEarlier(),
+    };
+    const kind = relay.constructor.name;
+    for (const [name, call] of Object.entries(calls)) {
+      await assert.rejects(call, (err) => err instanceof StateError && err.code === "not_connected" && /connect\(\) first/.test(err.message), `${kind}.${name}`);
+    }
+    // A room name the relay would refuse is refused here, with the relay's code.
+    assert.throws(() => relay.room("has space"), (err) => err instanceof RelayError && err.code === 121);
+    await assert.rejects(relay.publish(42, "x"), (err) => err instanceof RelayError && err.codeName === "bad_room");
+    relay.close();
+    for (const [name, call] of Object.entries(calls)) {
+      await assert.rejects(call, (err) => err instanceof StateError && err.code === "closed", `${kind}.${name} after close`);
+    }
+    await assert.rejects(relay.connect(), (err) => err instanceof StateError && err.code === "closed");
   }
-  // A room name the relay would refuse is refused here, with the relay's code.
-  assert.throws(() => relay.room("has space"), (err) => err instanceof RelayError && err.code === 121);
-  await assert.rejects(relay.publish(42, "x"), (err) => err instanceof RelayError && err.codeName === "bad_room");
-  relay.close();
-  for (const [name, call] of Object.entries(calls)) {
-    await assert.rejects(call, (err) => err instanceof StateError && err.code === "closed", name);
-  }
-  await assert.rejects(relay.connect(), (err) => err instanceof StateError && err.code === "closed");
 });
 
 test("without a WebSocket (Node < 22, none injected) connect fails at once instead of retrying", async () => {
