@@ -390,6 +390,8 @@ export class SharedRelay extends TypedEventTarget<SharedRelayEvents> {
   readonly state: ConnectionState;
   readonly transport: TransportKind | null;
   readonly welcome: Welcome | null;
+  /** Why the leader's connection closed for good (a refused token): every tab is closed then. */
+  readonly closeReason?: string;
   /** Group-call media and datagrams use the connection's own WebTransport streams: on a
    * `SharedRelay` these always reject with a `StateError` `unsupported` (use an `EdgeRelay` in
    * the tab that sends or receives media). */

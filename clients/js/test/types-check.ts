@@ -207,7 +207,7 @@ async function tabs(): Promise<void> {
   const expiry: number = await shared.refresh();
   shared.networkChanged();
   await shared.leave("chat:lobby");
-  console.log(rtt, expiry, shared.unacked, shared.rooms.length);
+  console.log(rtt, expiry, shared.unacked, shared.rooms.length, shared.closeReason ?? "open");
   const onEither = async (client: EdgeRelay | SharedRelay) => client.setStatus("away");
   await onEither(shared);
   shared.publishTrack("chat:lobby", {}).catch((err: unknown) => console.log(err));
