@@ -10,6 +10,7 @@ import { RelayError } from "./errors.js";
 const LEX = /\s*(?:(!=|<=|>=|==?|[<>(),])|(['"])((?:\\.|(?!\2)[^\\])*)\2|([\w.+-]+)|(\S))/y;
 const KEYWORDS = ["and", "or", "not", "in", "has"];
 const num = (s) => (/^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(s) ? Number(s) : NaN);
+const bytes = (s) => new TextEncoder().encode(s).length;
 const COMPARE = { "<": (a, b) => a < b, "<=": (a, b) => a <= b, ">": (a, b) => a > b, ">=": (a, b) => a >= b };
 
 /** Compiles `text` (null: everything passes) into `tags => boolean`; throws `RelayError` 186 for
@@ -20,13 +21,13 @@ export function compileFilter(text) {
   let pos = 0;
   let depth = 0;
   let terms = 0;
-  const fail = (what, at = toks[pos]?.at ?? text.length) => {
+  const fail = (what, at = toks[pos]?.at ?? bytes(text)) => {
     throw new RelayError(186, `bad_filter: bad filter at byte ${at}: ${what}`);
   };
-  if (new TextEncoder().encode(text).length > 1024) fail("longer than 1024 bytes", 1024);
+  if (bytes(text) > 1024) fail("longer than 1024 bytes", 1024);
   LEX.lastIndex = 0;
   for (let m; (m = LEX.exec(text)); ) {
-    const at = m.index + m[0].search(/\S/);
+    const at = bytes(text.slice(0, m.index + m[0].search(/\S/)));
     if (m[5]) fail(m[5] === "!" ? 'expected "!="' : `unexpected ${m[5]}`, at);
     toks.push({ at, p: m[1]?.replace("==", "="), t: m[3]?.replace(/\\(.)/g, "$1"), w: m[4] });
   }

@@ -243,6 +243,7 @@ test("topic filters evaluate as the relay's do, and refuse what it refuses with 
     ["a = 'open", 4, "unexpected"],
     ["a = 1 # x", 6, "unexpected"],
     ["and = 1", 0, "expected a tag name"],
+    ["x = 'ü' and", 12, "expected a tag name"], // offsets in UTF-8 bytes, as the relay's
     [`${"(".repeat(40)}a = 1${")".repeat(40)}`, 16, "nested deeper than 16"],
     [Array(70).fill("a = 1").join(" or "), 576, "more than 64 comparisons"],
     ["a".repeat(2000), 1024, "longer than 1024 bytes"],
