@@ -267,9 +267,13 @@ export class EdgeRelay extends EventTarget {
     }
   }
 
+  /** Leaves a room and stops rejoining it. While reconnecting nothing is joined on the relay:
+   * the room is only dropped from the rooms rejoined (it resolves at once). */
   async leave(name) {
-    const link = this.#requireLink();
+    this.#requireStarted();
     const room = this.room(name);
+    const link = this.#link;
+    if (!link || this.state !== "open") return room._left();
     const req = this.#req();
     const answer = this.#expect(req);
     link.sendRoom(name, { type: "leave", req, room: name });

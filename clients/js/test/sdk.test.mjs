@@ -215,3 +215,29 @@ test("a publish too large for the relay rejects with a clear code and the connec
     await relay.stop();
   }
 });
+
+test("leave while reconnecting resolves and the room is not rejoined", { timeout: 30_000 }, async () => {
+  const relay = await startRelay();
+  const alice = client(relay, tokenOf(relay, "alice"), { WebSocket: Cuttable, backoff: { baseMs: 300, capMs: 300 } });
+  const bob = client(relay, tokenOf(relay, "bob"));
+  try {
+    await Promise.all([alice.connect(), bob.connect()]);
+    await alice.join("chat:gone");
+    await alice.join("chat:kept");
+    const bobRoom = await bob.join("chat:gone");
+    await until(() => bobRoom.members.some((m) => m.user === "alice"), "alice in chat:gone");
+    const reconnecting = nextEvent(alice, "status", (s) => s.state === "reconnecting");
+    Cuttable.current.terminate();
+    await reconnecting;
+    await alice.leave("chat:gone");
+    assert.equal(alice.room("chat:gone").wanted, false);
+    await nextEvent(alice, "status", (s) => s.state === "open");
+    await until(() => alice.room("chat:kept").joined, "chat:kept rejoined");
+    await until(() => !bobRoom.members.some((m) => m.user === "alice"), "alice gone from chat:gone for good");
+    assert.equal(alice.room("chat:gone").joined, false);
+  } finally {
+    alice.close();
+    bob.close();
+    await relay.stop();
+  }
+});
