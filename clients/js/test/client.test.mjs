@@ -68,11 +68,9 @@ test("ice_servers: the request encodes like the relay's, the answer becomes RTCI
   assert.deepEqual(rtcIceServers(http), { iceServers: [{ urls: ["stun:s:3478"] }], expiresAt: 5 });
 });
 
-test("online and visibilitychange end the reconnect backoff at once", { timeout: 10_000 }, async () => {
-  const online = new EventTarget();
-  const visibility = Object.assign(new EventTarget(), { visibilityState: "visible" });
-  // A WebSocket that never opens: every attempt fails, and the backoff would wait a minute
-  // before the next.
+/** A client whose WebSocket never opens: every attempt fails, and the backoff would wait a
+ * minute before the next; `networkEvents` as given. */
+function refusedClient(networkEvents) {
   class Refused {
     constructor() {
       setTimeout(() => {
@@ -82,14 +80,20 @@ test("online and visibilitychange end the reconnect backoff at once", { timeout:
     }
     close() {}
   }
-  const client = new EdgeRelay({
+  return new EdgeRelay({
     token: "t",
     WebSocket: Refused,
     transport: "websocket",
     webSocketUrl: "ws://127.0.0.1:1/v1/ws",
     backoff: { baseMs: 60_000, capMs: 60_000 },
-    networkEvents: { online, visibility },
+    networkEvents,
   });
+}
+
+test("online and visibilitychange end the reconnect backoff at once", { timeout: 10_000 }, async () => {
+  const online = new EventTarget();
+  const visibility = Object.assign(new EventTarget(), { visibilityState: "visible" });
+  const client = refusedClient({ online, visibility });
   const states = [];
   const waitFor = (state) =>
     new Promise((resolve) => {
@@ -126,21 +130,8 @@ test("online and visibilitychange end the reconnect backoff at once", { timeout:
 test("while the browser reports no network the state is offline, with the next attempt's time", { timeout: 10_000 }, async () => {
   const had = Object.getOwnPropertyDescriptor(globalThis, "navigator");
   Object.defineProperty(globalThis, "navigator", { value: { onLine: false }, configurable: true });
-  class Refused {
-    constructor() {
-      setTimeout(() => this.onclose?.({ code: 1006, reason: "" }), 0);
-    }
-    close() {}
-  }
   const online = new EventTarget();
-  const client = new EdgeRelay({
-    token: "t",
-    WebSocket: Refused,
-    transport: "websocket",
-    webSocketUrl: "ws://127.0.0.1:1/v1/ws",
-    backoff: { baseMs: 60_000, capMs: 60_000 },
-    networkEvents: { online, visibility: null },
-  });
+  const client = refusedClient({ online, visibility: null });
   try {
     const statuses = [];
     client.addEventListener("status", ({ detail }) => statuses.push(detail));
