@@ -359,6 +359,7 @@ pub const SDK_MODULES: &[(&str, &str)] = &[
     ("media.js", include_str!("../clients/js/src/media.js")),
     ("calls.js", include_str!("../clients/js/src/calls.js")),
     ("events.js", include_str!("../clients/js/src/events.js")),
+    ("filter.js", include_str!("../clients/js/src/filter.js")),
     ("receipts.js", include_str!("../clients/js/src/receipts.js")),
     ("sessions.js", include_str!("../clients/js/src/sessions.js")),
     ("jsonpatch.js", include_str!("../clients/js/src/jsonpatch.js")),

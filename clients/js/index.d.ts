@@ -282,6 +282,18 @@ export interface RoomClient extends ReceiptsClient {
   send(frame: { type: string; [field: string]: unknown }): Promise<void>;
   iceServers(): Promise<{ iceServers: RTCIceServer[]; expiresAt: number }>;
   call(callee: string, options?: CallOptions & { media?: "video" | "audio" }): Promise<Call>;
+  readonly connected: Promise<Welcome> | null;
+  /** Publishes waiting for their ack (on a `SharedRelay`: this tab's). */
+  readonly unacked: number;
+  readonly rooms: Room[];
+  networkChanged(): void;
+  setStatus(status: Status, custom?: string | null): Promise<void>;
+  activity(): Promise<void>;
+  privacy(options?: { hidePresence?: boolean; hideTyping?: boolean }): Promise<void>;
+  /** Round trip in milliseconds (on a `SharedRelay`: from this tab through the leader). */
+  ping(): Promise<number>;
+  /** Sends a new token (`token`, else one from `getToken`); resolves with its expiry (unix s). */
+  refresh(token?: string): Promise<number>;
 }
 
 export interface EdgeRelay extends RoomClient {}
@@ -297,19 +309,9 @@ export class EdgeRelay extends TypedEventTarget<EdgeRelayEvents> {
   readonly retryAt: number | null;
   /** Why the client closed for good, when the relay or the runtime decided it. */
   readonly closeReason?: string;
-  readonly connected: Promise<Welcome> | null;
-  /** Publishes waiting for their ack. */
-  readonly unacked: number;
-  readonly rooms: Room[];
   readonly calls: Call[];
   readonly subscriptions: Subscription[];
 
-  networkChanged(): void;
-  setStatus(status: Status, custom?: string | null): Promise<void>;
-  activity(): Promise<void>;
-  privacy(options?: { hidePresence?: boolean; hideTyping?: boolean }): Promise<void>;
-  ping(): Promise<number>;
-  refresh(token?: string): Promise<number>;
   iceServers(): Promise<{ iceServers: RTCIceServer[]; expiresAt: number }>;
   call(callee: string, options?: CallOptions & { media?: "video" | "audio" }): Promise<Call>;
   /** Subscribes to a topic pattern, kept across reconnects (docs/events.md). */
@@ -388,6 +390,18 @@ export class SharedRelay extends TypedEventTarget<SharedRelayEvents> {
   readonly state: ConnectionState;
   readonly transport: TransportKind | null;
   readonly welcome: Welcome | null;
+  /** Why the leader's connection closed for good (a refused token): every tab is closed then. */
+  readonly closeReason?: string;
+  /** Group-call media and datagrams use the connection's own WebTransport streams: on a
+   * `SharedRelay` these always reject with a `StateError` `unsupported` (use an `EdgeRelay` in
+   * the tab that sends or receives media). */
+  publishTrack(room: string, track: unknown): Promise<never>;
+  openGroup(track: number, layer: number, group: number, keyframe: boolean, options?: { sendOrder?: number }): Promise<never>;
+  subscribeTrack(track: number, options?: { maxLayer?: number; paused?: boolean }): Promise<never>;
+  unsubscribeTrack(track: number): Promise<never>;
+  muteTrack(track: number, muted?: boolean): Promise<never>;
+  unpublishTrack(track: number): Promise<never>;
+  sendDatagram(bytes: Uint8Array): Promise<never>;
 }
 
 /** An event of a topic (docs/events.md). */

@@ -401,7 +401,11 @@ impl CollabService {
             patches,
             members: machine.members(),
         };
-        state.devices.insert(device, Joined { outbox: outbox.clone(), since: now });
+        // A device joined already (tabs of a browser sharing one connection join one by one)
+        // keeps its `since`: a patch committed before this join but not yet delivered must still
+        // reach it, for the tabs that joined earlier at an older version. Clients skip versions
+        // they hold, so the joiner seeing it twice is harmless.
+        state.devices.entry(device).or_insert(Joined { outbox: outbox.clone(), since: now }).outbox = outbox.clone();
         let mut outs = vec![Out::Answer(reply, joined)];
         outs.extend(events.into_iter().map(|e| Out::Others(device, e)));
         self.queue(live, vec![Op::Write(write)], outs);

@@ -267,9 +267,13 @@ export class EdgeRelay extends EventTarget {
     }
   }
 
+  /** Leaves a room and stops rejoining it. While reconnecting nothing is joined on the relay:
+   * the room is only dropped from the rooms rejoined (it resolves at once). */
   async leave(name) {
-    const link = this.#requireLink();
+    this.#requireStarted();
     const room = this.room(name);
+    const link = this.#link;
+    if (!link || this.state !== "open") return room._left();
     const req = this.#req();
     const answer = this.#expect(req);
     link.sendRoom(name, { type: "leave", req, room: name });
@@ -447,9 +451,9 @@ export class EdgeRelay extends EventTarget {
   async request(frame, onAnswer) {
     const link = this.#requireLink();
     const req = this.#req();
-    const answer = this.#expect(req, onAnswer);
+    // Sent first: a frame refused unsent (`frame_too_large`) leaves no answer waiting.
     link.send({ ...frame, req });
-    return answer;
+    return this.#expect(req, onAnswer);
   }
 
   /** Sends `frame` on the control stream, expecting no answer. */
@@ -575,9 +579,8 @@ export class EdgeRelay extends EventTarget {
   #callAction(call, action, onOk) {
     const link = this.#requireLink();
     const req = this.#req();
-    const answer = this.#expect(req, onOk);
     link.send({ type: "call", req, call, action });
-    return answer;
+    return this.#expect(req, onOk);
   }
 
   /** An event of a call (`req` 0): `call_event` with it as it came (what `SharedRelay`
@@ -686,7 +689,11 @@ export class EdgeRelay extends EventTarget {
         return undefined;
       },
     });
-    link.sendRoom(room, { type: entry.mentions ? "publish_mentions" : "publish", req, room, id, data, mentions: entry.mentions });
+    try {
+      link.sendRoom(room, { type: entry.mentions ? "publish_mentions" : "publish", req, room, id, data, mentions: entry.mentions });
+    } catch (err) {
+      this.#pending.get(req).reject(err); // Too large to send: not retryable.
+    }
   }
 
   /** A token: from `getToken` when given (a new one each time), else the `token` option. */
@@ -909,6 +916,7 @@ export class EdgeRelay extends EventTarget {
         })();
         this.welcome = await withTimeout(handshake, timeoutMs, `${kind} hello`);
         this.#throwIfStopped();
+        link.maxFrameBytes = this.welcome.limits?.max_frame_bytes;
         this.fallbackReason = kind === "websocket" ? fallbackReason : null;
         return attempt;
       } catch (err) {

@@ -3,35 +3,21 @@
 // cannot work (`StateError`: before `connect()`, after `close()`, no WebSocket in this runtime),
 // and a request nobody answered in time (`TimeoutError`). None of them is ever a TypeError.
 
-/** Error names by code (docs/protocol.md, "Errors and close codes"), for messages and `name`. */
-const NAMES = {
-  100: "internal",
-  101: "bad_frame",
-  102: "frame_too_large",
-  103: "hello_required",
-  104: "unsupported_version",
-  105: "auth_timeout",
-  106: "wrong_stream",
-  107: "store_unavailable",
-  110: "token_invalid",
-  111: "token_expired",
-  112: "token_not_yet_valid",
-  113: "too_many_connections",
-  114: "token_revoked",
-  120: "permission_denied",
-  121: "bad_room",
-  122: "too_many_rooms",
-  123: "already_joined",
-  124: "not_joined",
-  125: "payload_too_large",
-  126: "rate_limited",
-  127: "bad_request",
-  130: "slow_consumer",
-  131: "going_away",
-  132: "idle_timeout",
-  133: "disconnected",
-  140: "media_unsupported",
-};
+/** Error names by code (docs/protocol.md, "Errors and close codes"), for `codeName`: each entry
+ * is a first code and the names of the codes that follow it. */
+const NAMES = {};
+for (const run of [
+  "100 internal bad_frame frame_too_large hello_required unsupported_version auth_timeout wrong_stream store_unavailable",
+  "110 token_invalid token_expired token_not_yet_valid too_many_connections token_revoked message_too_big connection_rate_limited too_many_from_address",
+  "120 permission_denied bad_room too_many_rooms already_joined not_joined payload_too_large rate_limited bad_request unknown_track media_limit slow_consumer going_away idle_timeout disconnected",
+  "140 media_unsupported",
+  "150 not_participant call_ended only_caller only_callee not_ringing already_answered not_reconnecting timed_out self_call cross_tenant not_connected not_host call_full already_invited not_invited not_in_call removed self_target bad_report report_too_frequent unknown_session session_exists session_closed not_in_session read_only not_owner bad_patch patch_failed document_too_large bad_version schema_violation bad_yjs_message wrong_session_kind",
+  "185 bad_topic bad_filter already_subscribed not_subscribed too_many_subscriptions bad_tags connect_denied hook_denied hook_unavailable connect_unavailable",
+  "200 not_following bad_mark too_many_marks bad_mentions",
+]) {
+  const [first, ...names] = run.split(" ");
+  names.forEach((name, i) => (NAMES[+first + i] = name));
+}
 
 /** Codes after which the same request can succeed later unchanged (a publish is retried). */
 export const RETRYABLE_REQUEST = new Set([100, 107, 126]);

@@ -10,7 +10,7 @@
 //   passed in (the page's `WebSocket`, or e.g. the `ws` package under Node).
 
 import { FrameError, FrameReader, decodeJson, encodeJson, fromBase64, lengthPrefixed } from "./codec.js";
-import { TimeoutError } from "./errors.js";
+import { RelayError, TimeoutError } from "./errors.js";
 import { GroupReader, encodeFrame, encodeGroupHeader } from "./media.js";
 
 /**
@@ -38,6 +38,16 @@ export function webTransportFailure(err, timeoutMs) {
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
+
+/** A frame's JSON bytes. One larger than the relay's `limits.max_frame_bytes` (`link.maxFrameBytes`,
+ * set from the welcome) throws `frame_too_large` (102) instead of going out: the relay would close
+ * the whole connection for it, and the reconnect would send it again. */
+function encoded(link, frame) {
+  const bytes = encoder.encode(encodeJson(frame));
+  const max = link.maxFrameBytes;
+  if (bytes.length > max) throw new RelayError(102, `frame_too_large: a ${frame.type} frame of ${bytes.length} bytes exceeds limits.max_frame_bytes (${max}); not sent`);
+  return bytes;
+}
 
 /** One group being sent (`EdgeRelay.openGroup`). */
 export class GroupWriter {
@@ -171,12 +181,12 @@ export class WebTransportLink {
     return writer;
   }
 
-  static #bytes(frame) {
-    return lengthPrefixed(encoder.encode(encodeJson(frame)));
+  #bytes(frame) {
+    return lengthPrefixed(encoded(this, frame));
   }
 
   send(frame) {
-    return this.control.write(WebTransportLink.#bytes(frame));
+    return this.control.write(this.#bytes(frame));
   }
 
   /** Opens the room's own stream with its `join` as the first frame. */
@@ -185,12 +195,12 @@ export class WebTransportLink {
     const writer = stream.writable.getWriter();
     this.rooms.set(room, writer);
     this.#readStream(stream.readable);
-    return writer.write(WebTransportLink.#bytes(join));
+    return writer.write(this.#bytes(join));
   }
 
   sendRoom(room, frame) {
     const writer = this.rooms.get(room);
-    return writer ? writer.write(WebTransportLink.#bytes(frame)) : this.send(frame);
+    return writer ? writer.write(this.#bytes(frame)) : this.send(frame);
   }
 
   closeRoom(room) {
@@ -255,7 +265,7 @@ export class WebSocketLink {
   }
 
   send(frame) {
-    this.socket.send(encodeJson(frame));
+    this.socket.send(decoder.decode(encoded(this, frame)));
   }
 
   openRoom(_room, join) {

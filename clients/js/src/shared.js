@@ -21,9 +21,13 @@
 //   by a leader that went rejects with `not_connected` (it may have reached the relay: a call
 //   action must not go twice), as on a lost `EdgeRelay` connection; joins, publishes and
 //   subscriptions are asked again, and a leader performs each request of a tab once.
-// - Event topics (`subscribe`): the leader holds one subscription per pattern, from the oldest
-//   position the tabs announce (exact persistent topics) when it takes over; every tab's
-//   `Subscription` drops what it saw. The last tab's `unsubscribe` ends it.
+// - Event topics (`subscribe`): the leader holds one subscription per pattern (the relay takes a
+//   pattern once per connection), without a filter, from the oldest position the tabs announce
+//   (exact persistent topics) when it takes over; every tab's `Subscription` applies its own
+//   filter (filter.js) and drops what it saw. The last tab's `unsubscribe` ends it.
+// - Rooms are counted like sessions: the last tab's `leave` leaves on the connection. Presence
+//   and token methods (`setStatus`, `privacy`, `refresh`...) are called on the connection by the
+//   leader; media and datagrams stay `EdgeRelay`'s (they use its WebTransport streams directly).
 // - Calls: the leader forwards the call events to every tab, and each tab keeps its own `Call`s
 //   and sends its actions through the leader. The tab that places or answers a call owns its
 //   RTCPeerConnection (its media never leave it); the signaling goes through the leader.
@@ -43,11 +47,16 @@ import { CallBook } from "./calls.js";
 import { EdgeRelay } from "./edgerelay.js";
 import { RelayError, StateError } from "./errors.js";
 import { keptSubscription, topicMatches } from "./events.js";
+import { compileFilter } from "./filter.js";
 import { messageId } from "./outbox.js";
 import { receiptMethods } from "./receipts.js";
 import { Room, validRoomName } from "./room.js";
 
 const PRESENCE = new Set(["presence", "presence_batch", "presence_snapshot", "presence_refresh", "typing"]);
+// `EdgeRelay` methods a tab asks the leader to call on the connection, as they are.
+const FORWARDED = ["setStatus", "activity", "privacy", "refresh"];
+// `EdgeRelay` methods that use the connection's WebTransport streams and datagrams directly.
+const MEDIA = ["publishTrack", "openGroup", "subscribeTrack", "unsubscribeTrack", "muteTrack", "unpublishTrack", "sendDatagram"];
 
 export const older = (a, b) => (a === null ? b : b === null ? a : a.epoch !== b.epoch ? a : a.offset <= b.offset ? a : b);
 
@@ -134,6 +143,18 @@ export class SharedRelay extends EventTarget {
     this.connected = null;
   }
 
+  static {
+    for (const name of FORWARDED) {
+      this.prototype[name] = function (...args) {
+        return this.#ask("call", { name, args });
+      };
+    }
+    const unsupported = async () => {
+      throw new StateError("unsupported", "media and datagrams use the connection's own WebTransport streams: use an EdgeRelay in the tab that sends or receives them");
+    };
+    for (const name of MEDIA) this.prototype[name] = unsupported;
+  }
+
   /** Starts: joins the election and, as a follower, talks to the leader. Resolves once a leader
    * (this tab or another) is connected. */
   connect() {
@@ -145,8 +166,9 @@ export class SharedRelay extends EventTarget {
     const { shareKey } = this.#options;
     this.#channel = new BroadcastChannel(`edgerelay:${shareKey}`);
     this.#channel.onmessage = ({ data }) => this.#onMessage(data);
-    this.connected = new Promise((resolve) => {
+    this.connected = new Promise((resolve, reject) => {
       this.#onOpen = resolve;
+      this.#onFail = reject;
     });
     navigator.locks.request(`edgerelay:${shareKey}`, () => this.#lead());
     this.#post({ t: "hello", from: this.#tab });
@@ -154,6 +176,7 @@ export class SharedRelay extends EventTarget {
   }
 
   #onOpen = () => {};
+  #onFail = () => {};
 
   room(name) {
     if (!validRoomName(name)) throw new RelayError(121, `bad_room: ${JSON.stringify(name)} is not a room name`);
@@ -190,44 +213,63 @@ export class SharedRelay extends EventTarget {
     }
   }
 
+  /** Leaves for this tab; the leader leaves on the connection when no other tab is in it. */
   async leave(name) {
     const room = this.room(name);
     room._left();
+    await this.#ask("leave", { room: name });
+  }
+
+  get rooms() {
+    return [...this.#rooms.values()];
   }
 
   /** Publishes through the leader; kept and sent again to a new leader until acknowledged. */
   publish(name, data, { id = messageId(), mentions } = {}) {
     try {
       this.room(name);
-      this.#requireStarted();
     } catch (err) {
       return Promise.reject(err);
     }
-    return this.#request("publish", { room: name, data, id, mentions });
+    return this.#ask("publish", { room: name, data, id, mentions });
+  }
+
+  /** This tab's publishes waiting for their ack. */
+  get unacked() {
+    let n = 0;
+    for (const { op } of this.#requests.values()) n += op === "publish";
+    return n;
+  }
+
+  /** Tells the leader the network changed (see `EdgeRelay.networkChanged`). */
+  networkChanged() {
+    this.#ask("call", { name: "networkChanged", args: [] }).catch(() => {});
+  }
+
+  /** The round trip from this tab through the leader to the relay, in milliseconds. */
+  async ping() {
+    const started = performance.now();
+    await this.#ask("call", { name: "ping", args: [] });
+    return performance.now() - started;
   }
 
   history(name, options = {}) {
-    return this.#request("history", { room: name, options });
+    return this.#ask("history", { room: name, options });
   }
 
   typing(name, typing) {
-    return this.#request("typing", { room: name, typing });
+    return this.#ask("typing", { room: name, typing });
   }
 
   /** Any frame with a fresh `req`, sent by the leader (see `EdgeRelay.request`); `onAnswer`
    * runs with the answer before this tab handles any later frame. */
   request(frame, onAnswer) {
-    try {
-      this.#requireStarted();
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    return this.#request("request", { frame }, onAnswer);
+    return this.#ask("request", { frame }, onAnswer);
   }
 
   /** A frame without an answer, sent by the leader. */
   send(frame) {
-    return this.#request("send", { frame });
+    return this.#ask("send", { frame });
   }
 
   // --- event topics: one subscription per pattern on the connection, for every tab ---
@@ -235,7 +277,10 @@ export class SharedRelay extends EventTarget {
   /** As `EdgeRelay.subscribe`: resolves with this tab's `Subscription` once the leader holds one. */
   async subscribe(pattern, { filter = null, since = null } = {}) {
     this.#requireStarted();
+    // The leader subscribes without a filter; each tab applies its own (a bad one is refused here).
+    const accepts = compileFilter(filter);
     const sub = keptSubscription(this.#subscriptions, pattern, { filter, since }, (s) => this.#unsubscribe(s));
+    sub._accepts ??= accepts;
     if (!sub.active) await this.#subscribeThroughLeader(sub);
     return sub;
   }
@@ -247,7 +292,7 @@ export class SharedRelay extends EventTarget {
   async #subscribeThroughLeader(sub) {
     const kept = () => this.#subscriptions.get(sub.pattern) === sub;
     try {
-      const answer = await this.#request("subscribe", { pattern: sub.pattern, filter: sub.filter, since: sub.position });
+      const answer = await this.#request("subscribe", { pattern: sub.pattern, since: sub.position });
       if (kept()) sub._subscribed(answer);
     } catch (err) {
       if (kept()) this.#subscriptions.delete(sub.pattern);
@@ -274,11 +319,12 @@ export class SharedRelay extends EventTarget {
   }
 
   iceServers() {
-    return this.#request("iceServers", {});
+    return this.#ask("iceServers", {});
   }
 
   close() {
     this.#stopped = true;
+    this.#onFail(new StateError("closed", "closed before it connected"));
     this.#inner?.close();
     this.#releaseLock?.();
     for (const { reject } of this.#requests.values()) reject(new StateError("closed", "the client was closed"));
@@ -297,6 +343,16 @@ export class SharedRelay extends EventTarget {
 
   #post(message) {
     if (!this.#stopped) this.#channel.postMessage(message);
+  }
+
+  /** `#request` once `connect()` was called, else a rejected promise. */
+  #ask(op, args, onAnswer) {
+    try {
+      this.#requireStarted();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.#request(op, args, onAnswer);
   }
 
   #request(op, args, onAnswer) {
@@ -405,7 +461,7 @@ export class SharedRelay extends EventTarget {
       }
       case "topic": {
         const { frame } = event;
-        for (const sub of this.#subscriptions.values()) if (topicMatches(sub.pattern, frame.topic)) sub._event(frame);
+        for (const sub of this.#subscriptions.values()) if (topicMatches(sub.pattern, frame.topic) && sub._accepts(frame.tags)) sub._event(frame);
         return this.dispatchEvent(new CustomEvent("event", { detail: frame }));
       }
       case "call": {
@@ -438,6 +494,13 @@ export class SharedRelay extends EventTarget {
     }
     this.#setState(status);
     if (status.state === "open") this.#onOpen(this.welcome);
+    // The leader's connection closed for good (a refused token, no WebSocket): as on `EdgeRelay`,
+    // `connect()` rejects and this client is closed (the next tab would be refused the same).
+    if (status.state === "closed" && !this.#stopped) {
+      this.closeReason = status.reason;
+      this.#onFail(status.code ? new RelayError(status.code, status.reason) : new StateError("closed", status.reason ?? "closed"));
+      this.close();
+    }
   }
 
   #setState({ welcome, ...detail }) {
@@ -523,7 +586,16 @@ export class SharedRelay extends EventTarget {
   async #perform(inner, tab, op, args, early) {
     switch (op) {
       case "join":
-        return this.#joinOnce(inner, args.room, args.since);
+        return this.#joinOnce(inner, tab, args.room, args.since);
+      case "leave": {
+        const key = `r:${args.room}`;
+        if (!this.#holders.remove(key, tab)) return null;
+        this.#gathering.delete(key);
+        return inner.leave(args.room);
+      }
+      case "call":
+        if (![...FORWARDED, "ping", "networkChanged"].includes(args.name)) throw new Error(`unknown request ${args.name}`);
+        return inner[args.name](...args.args);
       case "publish":
         return inner.publish(args.room, args.data, { id: args.id, mentions: args.mentions });
       case "history":
@@ -589,21 +661,23 @@ export class SharedRelay extends EventTarget {
   }
 
   /** Joins `name` once for every tab, from the oldest position announced within `gatherMs`. */
-  async #joinOnce(inner, name, since) {
+  async #joinOnce(inner, tab, name, since) {
     const room = inner.room(name);
-    await this.#gathered(`r:${name}`, since, () => room.wanted, (oldest) => {
+    const key = `r:${name}`;
+    await this.#gathered(key, since, () => room.wanted, (oldest) => {
       room.position = oldest;
       return inner.join(name);
     });
+    this.#holders.add(key, tab);
     return { position: room.position, recovered: room.recovered, members: room.members };
   }
 
   /** Subscribes to `pattern` once for every tab, from the oldest position announced. A tab
    * that announced an older one later gets `recovered: false`: what lies between is gone. */
-  async #subscribeOnce(inner, tab, { pattern, filter, since }) {
+  async #subscribeOnce(inner, tab, { pattern, since }) {
     const key = `e:${pattern}`;
     const held = () => inner.subscriptions.find((s) => s.pattern === pattern);
-    const from = await this.#gathered(key, since, () => Boolean(held()), (oldest) => inner.subscribe(pattern, { filter, since: oldest }));
+    const from = await this.#gathered(key, since, () => Boolean(held()), (oldest) => inner.subscribe(pattern, { since: oldest }));
     const sub = held();
     if (!sub) throw new StateError("not_connected", `${pattern} is no longer subscribed`);
     this.#holders.add(key, tab);

@@ -68,11 +68,9 @@ test("ice_servers: the request encodes like the relay's, the answer becomes RTCI
   assert.deepEqual(rtcIceServers(http), { iceServers: [{ urls: ["stun:s:3478"] }], expiresAt: 5 });
 });
 
-test("online and visibilitychange end the reconnect backoff at once", { timeout: 10_000 }, async () => {
-  const online = new EventTarget();
-  const visibility = Object.assign(new EventTarget(), { visibilityState: "visible" });
-  // A WebSocket that never opens: every attempt fails, and the backoff would wait a minute
-  // before the next.
+/** A client whose WebSocket never opens: every attempt fails, and the backoff would wait a
+ * minute before the next; `networkEvents` as given. */
+function refusedClient(networkEvents) {
   class Refused {
     constructor() {
       setTimeout(() => {
@@ -82,14 +80,20 @@ test("online and visibilitychange end the reconnect backoff at once", { timeout:
     }
     close() {}
   }
-  const client = new EdgeRelay({
+  return new EdgeRelay({
     token: "t",
     WebSocket: Refused,
     transport: "websocket",
     webSocketUrl: "ws://127.0.0.1:1/v1/ws",
     backoff: { baseMs: 60_000, capMs: 60_000 },
-    networkEvents: { online, visibility },
+    networkEvents,
   });
+}
+
+test("online and visibilitychange end the reconnect backoff at once", { timeout: 10_000 }, async () => {
+  const online = new EventTarget();
+  const visibility = Object.assign(new EventTarget(), { visibilityState: "visible" });
+  const client = refusedClient({ online, visibility });
   const states = [];
   const waitFor = (state) =>
     new Promise((resolve) => {
@@ -121,4 +125,30 @@ test("online and visibilitychange end the reconnect backoff at once", { timeout:
   // Closed: no listener is left to act.
   online.dispatchEvent(new Event("online"));
   assert.equal(states.at(-1), "closed");
+});
+
+test("while the browser reports no network the state is offline, with the next attempt's time", { timeout: 10_000 }, async () => {
+  const had = Object.getOwnPropertyDescriptor(globalThis, "navigator");
+  Object.defineProperty(globalThis, "navigator", { value: { onLine: false }, configurable: true });
+  const online = new EventTarget();
+  const client = refusedClient({ online, visibility: null });
+  try {
+    const statuses = [];
+    client.addEventListener("status", ({ detail }) => statuses.push(detail));
+    client.connect().catch(() => {});
+    while (!statuses.some((s) => s.state === "offline")) await new Promise((resolve) => setTimeout(resolve, 5));
+    const offline = statuses.find((s) => s.state === "offline");
+    assert.ok(offline.retryAt > Date.now() && offline.delayMs > 0, JSON.stringify(offline));
+    assert.equal(client.state, "offline");
+    assert.equal(client.retryAt, offline.retryAt);
+    // The network is back: the next attempt starts at once.
+    globalThis.navigator.onLine = true;
+    online.dispatchEvent(new Event("online"));
+    while (statuses.at(-1).state !== "reconnecting") await new Promise((resolve) => setTimeout(resolve, 5));
+    assert.deepEqual(statuses.map((s) => s.state).slice(0, 4), ["connecting", "offline", "connecting", "reconnecting"]);
+  } finally {
+    client.close();
+    if (had) Object.defineProperty(globalThis, "navigator", had);
+    else delete globalThis.navigator;
+  }
 });

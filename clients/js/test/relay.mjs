@@ -27,10 +27,12 @@ export async function startRelay(env = {}) {
   const dir = mkdtempSync(join(tmpdir(), "edgerelay-sdk-"));
   const tcp = await freePort();
   const udp = await freePort();
+  // EDGERELAY_BIN is this helper's, not a relay setting (the relay refuses unknown EDGERELAY_* keys).
+  const { EDGERELAY_BIN: _bin, ...inherited } = process.env;
   const child = spawn(BIN, ["serve"], {
     stdio: ["ignore", "ignore", process.env.TEST_RELAY_LOGS ? "inherit" : "ignore"],
     env: {
-      ...process.env,
+      ...inherited,
       EDGERELAY_DATA_DIR: dir,
       EDGERELAY_LISTEN__UDP: `127.0.0.1:${udp}`,
       EDGERELAY_LISTEN__TCP: `127.0.0.1:${tcp}`,

@@ -192,3 +192,52 @@ test("join and publish while reconnecting wait for the connection; rooms come ba
     await relay.stop();
   }
 });
+
+test("a publish too large for the relay rejects with a clear code and the connection stays up", { timeout: 30_000 }, async () => {
+  const relay = await startRelay();
+  const alice = client(relay, tokenOf(relay, "alice"));
+  try {
+    await alice.connect();
+    const room = await alice.join("chat:big");
+    const { max_frame_bytes: maxFrame, max_payload_bytes: maxPayload } = alice.welcome.limits;
+    const statuses = [];
+    alice.addEventListener("status", ({ detail }) => statuses.push(detail.state));
+    // Over the frame limit: refused before it is sent (the relay would close the connection).
+    await assert.rejects(room.publish({ text: "x".repeat(maxFrame) }), (err) => err.name === "RelayError" && err.code === 102 && err.codeName === "frame_too_large");
+    // Over the payload limit but within a frame: the relay's own answer.
+    await assert.rejects(room.publish({ text: "y".repeat(maxPayload) }), (err) => err.code === 125 && err.codeName === "payload_too_large");
+    await assert.rejects(alice.request({ type: "session", session: "board:x", action: { create: { doc: "z".repeat(maxFrame) } } }), (err) => err.code === 102);
+    assert.equal((await room.publish({ text: "still connected" })).offset, 1, "the first message stored");
+    assert.deepEqual(statuses, [], "no reconnect");
+    assert.equal(alice.unacked, 0);
+  } finally {
+    alice.close();
+    await relay.stop();
+  }
+});
+
+test("leave while reconnecting resolves and the room is not rejoined", { timeout: 30_000 }, async () => {
+  const relay = await startRelay();
+  const alice = client(relay, tokenOf(relay, "alice"), { WebSocket: Cuttable, backoff: { baseMs: 300, capMs: 300 } });
+  const bob = client(relay, tokenOf(relay, "bob"));
+  try {
+    await Promise.all([alice.connect(), bob.connect()]);
+    await alice.join("chat:gone");
+    await alice.join("chat:kept");
+    const bobRoom = await bob.join("chat:gone");
+    await until(() => bobRoom.members.some((m) => m.user === "alice"), "alice in chat:gone");
+    const reconnecting = nextEvent(alice, "status", (s) => s.state === "reconnecting");
+    Cuttable.current.terminate();
+    await reconnecting;
+    await alice.leave("chat:gone");
+    assert.equal(alice.room("chat:gone").wanted, false);
+    await nextEvent(alice, "status", (s) => s.state === "open");
+    await until(() => alice.room("chat:kept").joined, "chat:kept rejoined");
+    await until(() => !bobRoom.members.some((m) => m.user === "alice"), "alice gone from chat:gone for good");
+    assert.equal(alice.room("chat:gone").joined, false);
+  } finally {
+    alice.close();
+    bob.close();
+    await relay.stop();
+  }
+});

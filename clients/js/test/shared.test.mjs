@@ -305,3 +305,95 @@ test("receipts through one shared connection: a follower tab syncs, marks read a
     await relay.stop();
   }
 });
+
+test("every EdgeRelay method through a follower tab: status, privacy, ping, refresh, leave counted per tab; media say why not", { timeout: 60_000 }, async () => {
+  const relay = await startRelay();
+  const getToken = (user) => () => relay.token(user).then((t) => t.token);
+  const tabs = await threeTabs(relay, "alice-parity", getToken("alice"));
+  const bob = wsClient(relay, getToken("bob"));
+  try {
+    await bob.connect();
+    const [leader, follower] = tabs;
+    const bobRoom = await bob.join("chat:parity");
+    const aliceThere = nextEvent(bobRoom, "presence", ({ members }) => members.some((m) => m.user === "alice"));
+    await Promise.all([leader.join("chat:parity"), follower.join("chat:parity")]);
+    await aliceThere;
+    assert.deepEqual(follower.rooms.map((r) => r.name), ["chat:parity"]);
+
+    // The follower's status and privacy reach the relay through the leader.
+    const busy = nextEvent(bobRoom, "presence", () => bobRoom.status("alice") === "busy");
+    await follower.setStatus("busy", "in a meeting");
+    await busy;
+    assert.equal(bobRoom.members.find((m) => m.user === "alice").custom, "in a meeting");
+    await follower.activity();
+    await follower.privacy({ hidePresence: false, hideTyping: true });
+    assert.ok((await follower.ping()) >= 0);
+    const expiresAt = await follower.refresh();
+    assert.ok(Number.isInteger(expiresAt) && expiresAt * 1000 > Date.now(), `expiry ${expiresAt}`);
+    follower.networkChanged();
+    assert.equal(follower.unacked, 0);
+
+    // Media use the connection's own streams: a clear StateError, never a TypeError.
+    for (const call of [() => follower.publishTrack("chat:parity", {}), () => leader.openGroup(1, 0, 0, true), () => follower.sendDatagram(new Uint8Array(1))]) {
+      await assert.rejects(call(), (err) => err.name === "StateError" && err.code === "unsupported" && /EdgeRelay/.test(err.message));
+    }
+
+    // One tab leaving keeps the device in the room; the last one takes it out.
+    await follower.leave("chat:parity");
+    await bob.publish("chat:parity", { text: "still here?" });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.ok(bobRoom.members.some((m) => m.user === "alice"), "the leader's tab is still in the room");
+    const gone = nextEvent(bobRoom, "presence", ({ members }) => !members.some((m) => m.user === "alice"));
+    await leader.leave("chat:parity");
+    await gone;
+  } finally {
+    bob.close();
+    for (const t of tabs) t.close();
+    await relay.stop();
+  }
+});
+
+test("each tab's own topic filter applies on the shared connection; a bad filter is refused at once", { timeout: 60_000 }, async () => {
+  const relay = await startRelay(RELAY_ENV);
+  const getToken = () => relay.token("alice", { rooms: ["orders.*"] }).then((t) => t.token);
+  const tabs = await threeTabs(relay, "alice-filters", getToken);
+  try {
+    const filters = ["region = eu", "region in (us, ap) and qty >= 10", null];
+    const subs = await Promise.all(tabs.map((t, i) => t.subscribe("orders.*", { filter: filters[i] })));
+    assert.deepEqual(subs.map((s) => s.filter), filters);
+    const got = tabs.map(() => []);
+    subs.forEach((s, i) => s.addEventListener("event", ({ detail }) => got[i].push(detail.id)));
+    const order = (id, region, qty) => ({ topic: `orders.${region}`, id, tags: { region, qty: String(qty) }, data: {} });
+    await publish(relay, [order("eu-1", "eu", 1), order("us-5", "us", 5), order("us-20", "us", 20), order("ap-10.0", "ap", "10.0"), order("eu-30", "eu", 30)]);
+    await until(() => got[2].length >= 5, "the unfiltered tab got all five");
+    assert.deepEqual(got[0], ["eu-1", "eu-30"]);
+    assert.deepEqual(got[1], ["us-20", "ap-10.0"]);
+    assert.equal(await websockets(relay), 1, "still one connection");
+    await assert.rejects(tabs[1].subscribe("orders.>", { filter: "qty >" }), (err) => err.name === "RelayError" && err.code === 186 && /byte 5/.test(err.message));
+  } finally {
+    for (const t of tabs) t.close();
+    await relay.stop();
+  }
+});
+
+test("a refused token rejects connect() in every tab, as on EdgeRelay; close() while connecting rejects it too", { timeout: 60_000 }, async () => {
+  const relay = await startRelay();
+  const tabs = [0, 1].map(() => tab(relay, "refused", () => "not-a-token"));
+  try {
+    const results = await Promise.allSettled(tabs.map((t) => t.connect()));
+    for (const result of results) {
+      assert.equal(result.status, "rejected");
+      assert.equal(result.reason.name, "RelayError");
+      assert.equal(result.reason.codeName, "token_invalid");
+    }
+    assert.deepEqual(tabs.map((t) => t.state), ["closed", "closed"]);
+    await assert.rejects(tabs[1].join("chat:x"), (err) => err.name === "StateError" && err.code === "closed");
+    const early = tab(relay, "closed-early", () => relay.token("alice").then((t) => t.token));
+    const connecting = early.connect();
+    early.close();
+    await assert.rejects(connecting, (err) => err.name === "StateError" && err.code === "closed");
+  } finally {
+    for (const t of tabs) t.close();
+    await relay.stop();
+  }
+});

@@ -199,12 +199,24 @@ async function tabs(): Promise<void> {
   await shared.markRead([{ room: "chat:lobby", position }]);
   const ticks: RoomReceipts = await shared.receiptStatus("chat:lobby");
   await shared.shareReads(false);
+  // Presence, tokens and rooms as on EdgeRelay; media are EdgeRelay's only.
+  await shared.setStatus("busy", "in a meeting");
+  await shared.privacy({ hideTyping: true });
+  await shared.activity();
+  const rtt: number = await shared.ping();
+  const expiry: number = await shared.refresh();
+  shared.networkChanged();
+  await shared.leave("chat:lobby");
+  console.log(rtt, expiry, shared.unacked, shared.rooms.length, shared.closeReason ?? "open");
+  const onEither = async (client: EdgeRelay | SharedRelay) => client.setStatus("away");
+  await onEither(shared);
+  shared.publishTrack("chat:lobby", {}).catch((err: unknown) => console.log(err));
   const mentioned: Position = await shared.publishWithMentions("chat:lobby", { text: "@bob" }, ["bob"], { id: "m-1" });
   console.log(ticks.members.map((m) => [m.user, m.delivered, m.read ?? "hidden"]), mentioned, shared.unread?.total);
   // @ts-expect-error: marks need a position
   await shared.markRead([{ room: "chat:lobby" }]);
-  // @ts-expect-error: setStatus stays on EdgeRelay
-  shared.setStatus("busy");
+  // @ts-expect-error: a status is one of four
+  shared.setStatus("asleep");
 }
 
 void chat;

@@ -2,7 +2,7 @@
 // Three bundles: everything `src/index.js` exports, the core an app using `EdgeRelay` alone
 // ships (tree-shaken: no `SharedRelay`), and that core with the sessions entry point. `npm run size` prints them; docs/performance.md
 // records them. The budget is 15 KB gzipped for the core (16 KB with sessions); everything,
-// `SharedRelay` with its sessions, topics and calls across tabs included, has 17 KB.
+// `SharedRelay` with its sessions, topics, calls and per-tab topic filters included, has 18.5 KB.
 import { build, version } from "esbuild";
 import { gzipSync } from "node:zlib";
 
@@ -10,7 +10,7 @@ const index = new URL("../src/index.js", import.meta.url).pathname;
 const sessions = new URL("../src/sessions.js", import.meta.url).pathname;
 const KB = 1024;
 const bundles = {
-  "everything (src/index.js)": { entryPoints: [index], budget: 17 * KB },
+  "everything (src/index.js)": { entryPoints: [index], budget: 18.5 * KB }, // 17 KB until per-tab topic filters (docs/decisions.md)
   "core (EdgeRelay alone)": { stdin: { contents: `export { EdgeRelay } from ${JSON.stringify(index)};`, resolveDir: "." }, budget: 15 * KB },
   "core with sessions (EdgeRelay and @edgerelay/client/sessions)": {
     stdin: { contents: `export { EdgeRelay } from ${JSON.stringify(index)}; export * from ${JSON.stringify(sessions)};`, resolveDir: "." },
