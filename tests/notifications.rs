@@ -23,7 +23,6 @@ use common::{TestRelay, Transport, http_request, start_with, within};
 use edgerelay::client::Client;
 use edgerelay::config::Config;
 use edgerelay::proto::{Codec, ErrorCode, Mute, NotifyEvent, NotifyPrefs, Priority, PushPlatform, QuietHours};
-use ring::hmac;
 use serde_json::{Value, json};
 
 const API_KEY: &str = "notify-test-api-key-0123456789";
@@ -204,18 +203,9 @@ impl Receiver {
     }
 }
 
-/// Checks `x-edgerelay-signature: t=<s>,v1=<hex HMAC-SHA256 of "<t>.<body>">` as a receiver would.
 fn signature_ok(headers: &HeaderMap, body: &[u8]) -> bool {
-    let Some(value) = headers.get("x-edgerelay-signature").and_then(|v| v.to_str().ok()) else { return false };
-    let Some((t, v1)) = value.split_once(",v1=") else { return false };
-    let Some(t) = t.strip_prefix("t=") else { return false };
-    let Ok(tag) =
-        (0..v1.len()).step_by(2).map(|i| u8::from_str_radix(&v1[i..i + 2], 16)).collect::<Result<Vec<u8>, _>>()
-    else {
-        return false;
-    };
-    let key = hmac::Key::new(hmac::HMAC_SHA256, SECRET.as_bytes());
-    hmac::verify(&key, &[format!("{t}.").as_bytes(), body].concat(), &tag).is_ok()
+    let header = headers.get("x-edgerelay-signature").and_then(|v| v.to_str().ok());
+    common::signature_ok(header, body, SECRET)
 }
 
 async fn receive(State(receiver): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> StatusCode {

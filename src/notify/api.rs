@@ -160,8 +160,13 @@ pub async fn dead_letters(
     }
 }
 
-fn unknown(seq: u64) -> Response {
-    api_error(StatusCode::NOT_FOUND, ErrorCode::UNKNOWN_DEAD_LETTER, format!("no dead letter {seq}"))
+/// The answer to a delete or replay of dead letter `seq`: `{"<done>": seq}`, or 404.
+fn dead_letter_answer(seq: u64, done: &str, outcome: Result<bool, (ErrorCode, String)>) -> Response {
+    match outcome {
+        Ok(true) => axum::Json(serde_json::json!({ done: seq })).into_response(),
+        Ok(false) => api_error(StatusCode::NOT_FOUND, ErrorCode::UNKNOWN_DEAD_LETTER, format!("no dead letter {seq}")),
+        Err((code, message)) => api_error(StatusCode::SERVICE_UNAVAILABLE, code, message),
+    }
 }
 
 pub async fn delete_dead(
@@ -170,13 +175,9 @@ pub async fn delete_dead(
     Path(seq): Path<u64>,
     Query(query): Query<TenantQuery>,
 ) -> Response {
-    if let Some(response) = refused(&state, &headers, query.tenant.as_deref()) {
-        return response;
-    }
-    match state.notify.delete_dead(seq, query.tenant).await {
-        Ok(true) => axum::Json(serde_json::json!({ "deleted": seq })).into_response(),
-        Ok(false) => unknown(seq),
-        Err((code, message)) => api_error(StatusCode::SERVICE_UNAVAILABLE, code, message),
+    match refused(&state, &headers, query.tenant.as_deref()) {
+        Some(response) => response,
+        None => dead_letter_answer(seq, "deleted", state.notify.delete_dead(seq, query.tenant).await),
     }
 }
 
@@ -186,12 +187,8 @@ pub async fn replay_dead(
     Path(seq): Path<u64>,
     Query(query): Query<TenantQuery>,
 ) -> Response {
-    if let Some(response) = refused(&state, &headers, query.tenant.as_deref()) {
-        return response;
-    }
-    match state.notify.replay_dead(seq, query.tenant, unix_ms()).await {
-        Ok(true) => axum::Json(serde_json::json!({ "replayed": seq })).into_response(),
-        Ok(false) => unknown(seq),
-        Err((code, message)) => api_error(StatusCode::SERVICE_UNAVAILABLE, code, message),
+    match refused(&state, &headers, query.tenant.as_deref()) {
+        Some(response) => response,
+        None => dead_letter_answer(seq, "replayed", state.notify.replay_dead(seq, query.tenant, unix_ms()).await),
     }
 }

@@ -22,6 +22,8 @@ pub mod webhook;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use tokio_util::task::TaskTracker;
+
 use crate::config::NotificationsConfig;
 use crate::hub::presence::UserKey;
 use crate::lock::lock;
@@ -80,19 +82,12 @@ pub struct Notifications {
     conns: Mutex<HashMap<UserKey, Vec<Conn>>>,
     /// The webhook's queue, when one is configured.
     webhook: Option<webhook::Webhook>,
+    /// The store calls running on the blocking pool (waited for when the relay stops).
+    tasks: TaskTracker,
 }
 
 fn store_refusal(e: impl std::fmt::Display) -> Refusal {
     (ErrorCode::STORE_UNAVAILABLE, e.to_string())
-}
-
-/// Runs a blocking store call off the runtime's threads.
-async fn blocking<T: Send + 'static>(
-    store: &Arc<NotifyStore>,
-    f: impl FnOnce(&NotifyStore) -> T + Send + 'static,
-) -> Result<T, Refusal> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| (ErrorCode::INTERNAL, e.to_string()))
 }
 
 impl Notifications {
@@ -102,15 +97,30 @@ impl Notifications {
         store: NotifyStore,
     ) -> Result<Arc<Notifications>, crate::store::StoreError> {
         let store = Arc::new(store);
-        let webhook = webhook::Webhook::new(config, store.clone())?;
-        Ok(Arc::new(Notifications { config: config.clone(), store, conns: Mutex::default(), webhook }))
+        let tasks = TaskTracker::new();
+        let webhook = webhook::Webhook::new(config, store.clone(), tasks.clone())?;
+        Ok(Arc::new(Notifications { config: config.clone(), store, conns: Mutex::default(), webhook, tasks }))
     }
 
-    /// Delivers the outbox to the webhook until `stop` (nothing to do without one).
+    /// Delivers the outbox to the webhook until `stop` (nothing to do without one), then waits
+    /// for the store calls in flight.
     pub async fn run(self: Arc<Self>, now: fn() -> u64, stop: tokio_util::sync::CancellationToken) {
         if let Some(webhook) = &self.webhook {
             webhook.run(now, stop).await;
+        } else {
+            stop.cancelled().await;
         }
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    /// Runs a blocking store call off the runtime's threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&NotifyStore) -> T + Send + 'static,
+    ) -> Result<T, Refusal> {
+        let store = self.store.clone();
+        self.tasks.spawn_blocking(move || f(&store)).await.map_err(|e| (ErrorCode::INTERNAL, e.to_string()))
     }
 
     /// `notifications` frames per second per connection, and burst.
@@ -185,9 +195,7 @@ impl Notifications {
                 self.with_conn(user, conn, |c| c.listening = true);
                 let who = user.clone();
                 let (mut notifications, unread) =
-                    blocking(&self.store, move |s| s.page(&who, before, limit as usize + 1))
-                        .await?
-                        .map_err(store_refusal)?;
+                    self.blocking(move |s| s.page(&who, before, limit as usize + 1)).await?.map_err(store_refusal)?;
                 let next = (notifications.len() > limit as usize).then(|| {
                     notifications.truncate(limit as usize);
                     notifications.last().map_or(0, |n| n.id)
@@ -196,7 +204,7 @@ impl Notifications {
             }
             NotifyAction::MarkRead { id, up_to } => {
                 let who = user.clone();
-                let unread = match blocking(&self.store, move |s| s.mark_read(&who, id, up_to)).await? {
+                let unread = match self.blocking(move |s| s.mark_read(&who, id, up_to)).await? {
                     Ok(unread) => unread,
                     Err(MarkError::Unknown(id)) => {
                         return Err((ErrorCode::UNKNOWN_NOTIFICATION, format!("no notification {id} in the feed")));
@@ -208,13 +216,13 @@ impl Notifications {
             }
             NotifyAction::Prefs { set: None } => {
                 let who = user.clone();
-                let prefs = blocking(&self.store, move |s| s.prefs(&who)).await?.map_err(store_refusal)?;
+                let prefs = self.blocking(move |s| s.prefs(&who)).await?.map_err(store_refusal)?;
                 Ok(NotifyEvent::Prefs { prefs })
             }
             NotifyAction::Prefs { set: Some(prefs) } => {
                 prefs::check(&prefs, self.config.max_mutes as usize).map_err(|m| (ErrorCode::BAD_PREFS, m))?;
                 let (who, saved) = (user.clone(), prefs.clone());
-                blocking(&self.store, move |s| s.set_prefs(&who, &saved)).await?.map_err(store_refusal)?;
+                self.blocking(move |s| s.set_prefs(&who, &saved)).await?.map_err(store_refusal)?;
                 self.broadcast(user, Some(conn), NotifyEvent::Prefs { prefs: prefs.clone() });
                 Ok(NotifyEvent::Prefs { prefs })
             }
@@ -230,10 +238,7 @@ impl Notifications {
                 }
                 let (who, max) = (user.clone(), self.config.max_devices as usize);
                 let device = Device { device, platform, token };
-                if !blocking(&self.store, move |s| s.register_device(&who, &device, max))
-                    .await?
-                    .map_err(store_refusal)?
-                {
+                if !self.blocking(move |s| s.register_device(&who, &device, max)).await?.map_err(store_refusal)? {
                     return Err((ErrorCode::TOO_MANY_DEVICES, format!("at most {max} devices per user")));
                 }
                 Ok(NotifyEvent::Ok {})
@@ -241,7 +246,7 @@ impl Notifications {
             NotifyAction::UnregisterDevice { device } => {
                 let who = user.clone();
                 let shown = device.clone();
-                if !blocking(&self.store, move |s| s.unregister_device(&who, &device)).await?.map_err(store_refusal)? {
+                if !self.blocking(move |s| s.unregister_device(&who, &device)).await?.map_err(store_refusal)? {
                     return Err((ErrorCode::UNKNOWN_DEVICE, format!("no device {shown:?} registered")));
                 }
                 Ok(NotifyEvent::Ok {})
@@ -265,7 +270,7 @@ impl Notifications {
         for name in users {
             let user = UserKey { tenant: tenant.into(), user: name.as_str().into() };
             let who = user.clone();
-            let prefs: NotifyPrefs = blocking(&self.store, move |s| s.prefs(&who)).await?.map_err(store_refusal)?;
+            let prefs: NotifyPrefs = self.blocking(move |s| s.prefs(&who)).await?.map_err(store_refusal)?;
             let room = spec.room.as_ref().map(RoomName::as_str);
             let silent = prefs::decide(&prefs, room, &spec.kind, spec.priority, now_ms).is_err();
             let webhook = self.webhook.is_some() && !silent && !self.foreground(&user);
@@ -283,7 +288,7 @@ impl Notifications {
             };
             let new = NewNotification { notification, key: spec.key.clone(), deliver_at: webhook.then_some(now_ms) };
             let (who, max_feed) = (user.clone(), u64::from(self.config.max_feed));
-            let added = blocking(&self.store, move |s| s.add(&who, new, max_feed)).await?.map_err(store_refusal)?;
+            let added = self.blocking(move |s| s.add(&who, new, max_feed)).await?.map_err(store_refusal)?;
             let mut delivered_here = 0;
             if !added.duplicate {
                 let event = NotifyEvent::New { notification: added.notification.clone(), unread: added.unread };
@@ -312,19 +317,18 @@ impl Notifications {
         after: u64,
         limit: usize,
     ) -> Result<Vec<store::DeadLetter>, Refusal> {
-        blocking(&self.store, move |s| s.dead_letters(tenant.as_deref(), after, limit)).await?.map_err(store_refusal)
+        self.blocking(move |s| s.dead_letters(tenant.as_deref(), after, limit)).await?.map_err(store_refusal)
     }
 
     /// Deletes a dead letter; whether there was one.
     pub async fn delete_dead(&self, seq: u64, tenant: Option<String>) -> Result<bool, Refusal> {
-        blocking(&self.store, move |s| s.delete_dead(seq, tenant.as_deref())).await?.map_err(store_refusal)
+        self.blocking(move |s| s.delete_dead(seq, tenant.as_deref())).await?.map_err(store_refusal)
     }
 
     /// Queues a dead letter again with fresh attempts; whether there was one.
     pub async fn replay_dead(&self, seq: u64, tenant: Option<String>, now_ms: u64) -> Result<bool, Refusal> {
-        let delivery = blocking(&self.store, move |s| s.replay_dead(seq, tenant.as_deref(), now_ms))
-            .await?
-            .map_err(store_refusal)?;
+        let delivery =
+            self.blocking(move |s| s.replay_dead(seq, tenant.as_deref(), now_ms)).await?.map_err(store_refusal)?;
         match (delivery, &self.webhook) {
             (Some(delivery), Some(webhook)) => {
                 webhook.queue(delivery);

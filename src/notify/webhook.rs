@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use ring::hmac;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::store::{Delivery, NotifyStore};
 use crate::config::NotificationsConfig;
@@ -51,6 +52,8 @@ pub struct Webhook {
     store: Arc<NotifyStore>,
     queue: Mutex<Queue>,
     wake: tokio::sync::Notify,
+    /// Where the store calls run (the blocking pool, tracked).
+    tasks: TaskTracker,
 }
 
 impl Webhook {
@@ -58,6 +61,7 @@ impl Webhook {
     pub fn new(
         config: &NotificationsConfig,
         store: Arc<NotifyStore>,
+        tasks: TaskTracker,
     ) -> Result<Option<Webhook>, crate::store::StoreError> {
         let (Some(url), Some(secret)) = (&config.webhook_url, &config.webhook_secret) else { return Ok(None) };
         // Validated with the config.
@@ -73,6 +77,7 @@ impl Webhook {
             store: store.clone(),
             queue: Mutex::default(),
             wake: tokio::sync::Notify::new(),
+            tasks,
         };
         for delivery in store.outbox()? {
             webhook.queue(delivery);
@@ -134,7 +139,7 @@ impl Webhook {
     async fn call(&self, delivery: Delivery, now_ms: u64) -> (Delivery, Result<(), String>) {
         let user = UserKey { tenant: delivery.tenant.as_str().into(), user: delivery.user.as_str().into() };
         let store = self.store.clone();
-        let devices = match tokio::task::spawn_blocking(move || store.devices(&user)).await {
+        let devices = match self.tasks.spawn_blocking(move || store.devices(&user)).await {
             Ok(Ok(devices)) => devices,
             Ok(Err(e)) => return (delivery, Err(e.to_string())),
             Err(e) => return (delivery, Err(e.to_string())),
@@ -171,21 +176,21 @@ impl Webhook {
         let retry = match outcome {
             Ok(()) => {
                 let seq = delivery.seq;
-                let _ = tokio::task::spawn_blocking(move || store.delivered(seq)).await;
+                let _ = self.tasks.spawn_blocking(move || store.delivered(seq)).await;
                 None
             }
             Err(error) if delivery.attempts >= max_attempts => {
                 tracing::warn!(seq = delivery.seq, user = %delivery.user, %error, "notification webhook: dead letter");
                 metrics::counter!("edgerelay_notification_dead_letters_total").increment(1);
                 delivery.last_error = Some(error);
-                let _ = tokio::task::spawn_blocking(move || store.dead(delivery, now_ms, max_dead)).await;
+                let _ = self.tasks.spawn_blocking(move || store.dead(delivery, now_ms, max_dead)).await;
                 None
             }
             Err(error) => {
                 delivery.last_error = Some(error);
                 delivery.next_at = now_ms.saturating_add(backoff(delivery.attempts, base, max));
                 let saved = delivery.clone();
-                let _ = tokio::task::spawn_blocking(move || store.retry(&saved)).await;
+                let _ = self.tasks.spawn_blocking(move || store.retry(&saved)).await;
                 Some(delivery)
             }
         };

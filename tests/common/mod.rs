@@ -359,3 +359,21 @@ impl Drop for CutLink {
         self.task.abort();
     }
 }
+
+/// Checks an `x-edgerelay-signature` value (`t=<s>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, the
+/// backend hooks' and the notification webhook's) as a receiver would.
+pub fn signature_ok(header: Option<&str>, body: &[u8], secret: &str) -> bool {
+    let Some(value) = header else { return false };
+    let Some((t, v1)) = value.split_once(",v1=") else { return false };
+    let Some(t) = t.strip_prefix("t=") else { return false };
+    let Ok(tag) = (0..v1.len())
+        .step_by(2)
+        .map(|i| v1.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<Vec<u8>>>()
+        .ok_or(())
+    else {
+        return false;
+    };
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    ring::hmac::verify(&key, &[format!("{t}.").as_bytes(), body].concat(), &tag).is_ok()
+}
