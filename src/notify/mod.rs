@@ -28,9 +28,7 @@ use crate::config::NotificationsConfig;
 use crate::hub::presence::UserKey;
 use crate::lock::lock;
 use crate::outbox::{CONTROL, Outbox, Reply};
-use crate::proto::{
-    EncodeOnce, ErrorCode, Notification, NotifyAction, NotifyEvent, NotifyPrefs, RoomName, ServerFrame,
-};
+use crate::proto::{EncodeOnce, ErrorCode, Notification, NotifyAction, NotifyEvent, RoomName, ServerFrame};
 use store::{Device, MarkError, NewNotification, NotifyStore};
 
 /// Most notifications in one `feed` page.
@@ -258,7 +256,8 @@ impl Notifications {
         }
     }
 
-    /// Adds a notification to each user's feed (server API); `now_ms` is the wall clock.
+    /// Adds a notification to each user's feed (server API), all in one commit; `now_ms` is the
+    /// wall clock.
     pub async fn add(
         &self,
         tenant: &str,
@@ -266,33 +265,43 @@ impl Notifications {
         spec: Spec,
         now_ms: u64,
     ) -> Result<Vec<AddResult>, Refusal> {
-        let mut results = Vec::with_capacity(users.len());
-        for name in users {
-            let user = UserKey { tenant: tenant.into(), user: name.as_str().into() };
-            let who = user.clone();
-            let prefs: NotifyPrefs = self.blocking(move |s| s.prefs(&who)).await?.map_err(store_refusal)?;
-            let room = spec.room.as_ref().map(RoomName::as_str);
-            let silent = prefs::decide(&prefs, room, &spec.kind, spec.priority, now_ms).is_err();
-            let webhook = self.webhook.is_some() && !silent && !self.foreground(&user);
-            let notification = Notification {
-                id: 0,
-                time: now_ms,
-                kind: spec.kind.clone(),
-                priority: spec.priority,
-                title: spec.title.clone(),
-                body: spec.body.clone(),
-                data: spec.data.clone(),
-                room: spec.room.as_ref().map(|r| r.to_string()),
-                read: false,
-                silent,
-            };
-            let new = NewNotification { notification, key: spec.key.clone(), deliver_at: webhook.then_some(now_ms) };
-            let (who, max_feed) = (user.clone(), u64::from(self.config.max_feed));
-            let added = self.blocking(move |s| s.add(&who, new, max_feed)).await?.map_err(store_refusal)?;
+        let keys: Vec<UserKey> =
+            users.iter().map(|name| UserKey { tenant: tenant.into(), user: name.as_str().into() }).collect();
+        let who = keys.clone();
+        let prefs = self.blocking(move |s| s.prefs_many(&who)).await?.map_err(store_refusal)?;
+        let room = spec.room.as_ref().map(RoomName::as_str);
+        let batch: Vec<(UserKey, NewNotification)> = keys
+            .into_iter()
+            .zip(prefs)
+            .map(|(user, prefs)| {
+                let silent = prefs::decide(&prefs, room, &spec.kind, spec.priority, now_ms).is_err();
+                let webhook = self.webhook.is_some() && !silent && !self.foreground(&user);
+                let notification = Notification {
+                    id: 0,
+                    time: now_ms,
+                    kind: spec.kind.clone(),
+                    priority: spec.priority,
+                    title: spec.title.clone(),
+                    body: spec.body.clone(),
+                    data: spec.data.clone(),
+                    room: room.map(str::to_owned),
+                    read: false,
+                    silent,
+                };
+                let new =
+                    NewNotification { notification, key: spec.key.clone(), deliver_at: webhook.then_some(now_ms) };
+                (user, new)
+            })
+            .collect();
+        let targets: Vec<UserKey> = batch.iter().map(|(user, _)| user.clone()).collect();
+        let max_feed = u64::from(self.config.max_feed);
+        let added = self.blocking(move |s| s.add_many(batch, max_feed)).await?.map_err(store_refusal)?;
+        let mut results = Vec::with_capacity(added.len());
+        for ((user, name), added) in targets.iter().zip(users).zip(added) {
             let mut delivered_here = 0;
             if !added.duplicate {
                 let event = NotifyEvent::New { notification: added.notification.clone(), unread: added.unread };
-                delivered_here = self.broadcast(&user, None, event);
+                delivered_here = self.broadcast(user, None, event);
             }
             let queued = added.delivery.is_some();
             if let (Some(webhook), Some(delivery)) = (&self.webhook, added.delivery) {

@@ -143,73 +143,32 @@ impl NotifyStore {
     /// Adds a notification to the user's feed (dropping the oldest beyond `max_feed`) and queues
     /// its webhook delivery, in one commit. A known `key` returns the original instead.
     pub fn add(&self, user: &UserKey, new: NewNotification, max_feed: u64) -> Result<Added, StoreError> {
-        let owner = user_bytes(user);
+        let mut added = self.add_many(vec![(user.clone(), new)], max_feed)?;
+        added.pop().ok_or_else(|| StoreError::Backend("nothing added".into()))
+    }
+
+    /// [`NotifyStore::add`] for many users in one commit (one fsync for a call naming 1,000).
+    pub fn add_many(&self, batch: Vec<(UserKey, NewNotification)>, max_feed: u64) -> Result<Vec<Added>, StoreError> {
         let txn = self.db.db().begin_write().map_err(err)?;
-        let added = {
-            let mut feed = txn.open_table(FEED).map_err(err)?;
-            let mut meta_table = txn.open_table(META).map_err(err)?;
-            let mut idem = txn.open_table(IDEM).map_err(err)?;
-            let mut meta = read_meta(&meta_table, &owner)?;
-            if let Some(key) = &new.key
-                && let Some(id) = idem.get((owner.as_slice(), key.as_str())).map_err(err)?.map(|v| v.value())
-                && let Some(stored) = feed.get((owner.as_slice(), id)).map_err(err)?
-            {
-                let stored: Stored = postcard::from_bytes(stored.value()).map_err(corrupt("notify_feed"))?;
-                return Ok(Added {
-                    notification: stored.notification,
-                    unread: meta.unread,
-                    duplicate: true,
-                    delivery: None,
-                });
-            }
-            meta.next_id = meta.next_id.max(1);
-            let mut notification = new.notification;
-            notification.id = meta.next_id;
-            notification.read = false;
-            meta.next_id += 1;
-            meta.unread += 1;
-            meta.len += 1;
-            let stored = Stored { notification: notification.clone(), key: new.key.clone() };
-            feed.insert((owner.as_slice(), notification.id), encode(&stored)?.as_slice()).map_err(err)?;
-            if let Some(key) = &new.key {
-                idem.insert((owner.as_slice(), key.as_str()), notification.id).map_err(err)?;
-            }
-            // The oldest go once the feed is over its length.
-            while meta.len > max_feed {
-                let oldest = feed.extract_from_if((owner.as_slice(), 0)..(owner.as_slice(), u64::MAX), |_, _| true);
-                let Some(entry) = oldest.map_err(err)?.next() else { break };
-                let (_, value) = entry.map_err(err)?;
-                let dropped: Stored = postcard::from_bytes(value.value()).map_err(corrupt("notify_feed"))?;
-                meta.len -= 1;
-                if !dropped.notification.read {
-                    meta.unread = meta.unread.saturating_sub(1);
-                }
-                if let Some(key) = dropped.key {
-                    idem.remove((owner.as_slice(), key.as_str())).map_err(err)?;
-                }
-            }
-            meta_table.insert(owner.as_slice(), encode(&meta)?.as_slice()).map_err(err)?;
-            let delivery = match new.deliver_at {
-                Some(next_at) => {
-                    let seq = next_seq(&txn, "outbox")?;
-                    let delivery = Delivery {
-                        seq,
-                        tenant: user.tenant.to_string(),
-                        user: user.user.to_string(),
-                        notification: notification.clone(),
-                        attempts: 0,
-                        next_at,
-                        last_error: None,
-                    };
-                    txn.open_table(OUTBOX).map_err(err)?.insert(seq, encode(&delivery)?.as_slice()).map_err(err)?;
-                    Some(delivery)
-                }
-                None => None,
-            };
-            Added { notification, unread: meta.unread, duplicate: false, delivery }
-        };
+        let mut out = Vec::with_capacity(batch.len());
+        for (user, new) in batch {
+            out.push(add_in(&txn, &user, new, max_feed)?);
+        }
         txn.commit().map_err(err)?;
-        Ok(added)
+        Ok(out)
+    }
+
+    /// Each user's preferences (defaults for those who set none), in one read.
+    pub fn prefs_many(&self, users: &[UserKey]) -> Result<Vec<NotifyPrefs>, StoreError> {
+        let txn = self.db.db().begin_read().map_err(err)?;
+        let table = txn.open_table(PREFS).map_err(err)?;
+        users
+            .iter()
+            .map(|user| match table.get(user_bytes(user).as_slice()).map_err(err)? {
+                Some(v) => postcard::from_bytes(v.value()).map_err(corrupt("notify_prefs")),
+                None => Ok(NotifyPrefs::default()),
+            })
+            .collect()
     }
 
     /// Up to `limit` notifications with ids below `before`, newest first; the unread count.
@@ -269,12 +228,7 @@ impl NotifyStore {
     }
 
     pub fn prefs(&self, user: &UserKey) -> Result<NotifyPrefs, StoreError> {
-        let txn = self.db.db().begin_read().map_err(err)?;
-        let table = txn.open_table(PREFS).map_err(err)?;
-        match table.get(user_bytes(user).as_slice()).map_err(err)? {
-            Some(v) => postcard::from_bytes(v.value()).map_err(corrupt("notify_prefs")),
-            None => Ok(NotifyPrefs::default()),
-        }
+        Ok(self.prefs_many(std::slice::from_ref(user))?.pop().unwrap_or_default())
     }
 
     pub fn set_prefs(&self, user: &UserKey, prefs: &NotifyPrefs) -> Result<(), StoreError> {
@@ -430,6 +384,72 @@ impl NotifyStore {
         txn.commit().map_err(err)?;
         Ok(Some(delivery))
     }
+}
+
+/// One user's part of [`NotifyStore::add_many`], inside its transaction.
+fn add_in(
+    txn: &redb::WriteTransaction,
+    user: &UserKey,
+    new: NewNotification,
+    max_feed: u64,
+) -> Result<Added, StoreError> {
+    let owner = user_bytes(user);
+    let mut feed = txn.open_table(FEED).map_err(err)?;
+    let mut meta_table = txn.open_table(META).map_err(err)?;
+    let mut idem = txn.open_table(IDEM).map_err(err)?;
+    let mut meta = read_meta(&meta_table, &owner)?;
+    if let Some(key) = &new.key
+        && let Some(id) = idem.get((owner.as_slice(), key.as_str())).map_err(err)?.map(|v| v.value())
+        && let Some(stored) = feed.get((owner.as_slice(), id)).map_err(err)?
+    {
+        let stored: Stored = postcard::from_bytes(stored.value()).map_err(corrupt("notify_feed"))?;
+        return Ok(Added { notification: stored.notification, unread: meta.unread, duplicate: true, delivery: None });
+    }
+    meta.next_id = meta.next_id.max(1);
+    let mut notification = new.notification;
+    notification.id = meta.next_id;
+    notification.read = false;
+    meta.next_id += 1;
+    meta.unread += 1;
+    meta.len += 1;
+    let stored = Stored { notification: notification.clone(), key: new.key.clone() };
+    feed.insert((owner.as_slice(), notification.id), encode(&stored)?.as_slice()).map_err(err)?;
+    if let Some(key) = &new.key {
+        idem.insert((owner.as_slice(), key.as_str()), notification.id).map_err(err)?;
+    }
+    // The oldest go once the feed is over its length.
+    while meta.len > max_feed {
+        let oldest = feed.extract_from_if((owner.as_slice(), 0)..(owner.as_slice(), u64::MAX), |_, _| true);
+        let Some(entry) = oldest.map_err(err)?.next() else { break };
+        let (_, value) = entry.map_err(err)?;
+        let dropped: Stored = postcard::from_bytes(value.value()).map_err(corrupt("notify_feed"))?;
+        meta.len -= 1;
+        if !dropped.notification.read {
+            meta.unread = meta.unread.saturating_sub(1);
+        }
+        if let Some(key) = dropped.key {
+            idem.remove((owner.as_slice(), key.as_str())).map_err(err)?;
+        }
+    }
+    meta_table.insert(owner.as_slice(), encode(&meta)?.as_slice()).map_err(err)?;
+    let delivery = match new.deliver_at {
+        Some(next_at) => {
+            let seq = next_seq(txn, "outbox")?;
+            let delivery = Delivery {
+                seq,
+                tenant: user.tenant.to_string(),
+                user: user.user.to_string(),
+                notification: notification.clone(),
+                attempts: 0,
+                next_at,
+                last_error: None,
+            };
+            txn.open_table(OUTBOX).map_err(err)?.insert(seq, encode(&delivery)?.as_slice()).map_err(err)?;
+            Some(delivery)
+        }
+        None => None,
+    };
+    Ok(Added { notification, unread: meta.unread, duplicate: false, delivery })
 }
 
 fn read_meta(table: &impl ReadableTable<&'static [u8], &'static [u8]>, owner: &[u8]) -> Result<Meta, StoreError> {
