@@ -49,6 +49,7 @@ pub struct Config {
     pub hooks: HooksConfig,
     pub quic: QuicConfig,
     pub receipts: ReceiptsConfig,
+    pub notifications: NotificationsConfig,
     pub websocket: WebSocketConfig,
     pub connections: ConnectionsConfig,
 }
@@ -75,6 +76,7 @@ impl Default for Config {
             hooks: HooksConfig::default(),
             quic: QuicConfig::default(),
             receipts: ReceiptsConfig::default(),
+            notifications: NotificationsConfig::default(),
             websocket: WebSocketConfig::default(),
             connections: ConnectionsConfig::default(),
         }
@@ -403,6 +405,74 @@ impl Default for ReceiptsConfig {
             rate: 20,
             burst: 40,
         }
+    }
+}
+
+/// In-app notifications, preferences, push devices and the offline webhook
+/// (docs/notifications.md).
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// Notifications kept per user; the oldest are dropped beyond it.
+    pub max_feed: u32,
+    /// Push devices per user (`register_device`).
+    pub max_devices: u32,
+    /// Muted rooms per user.
+    pub max_mutes: u32,
+    /// `notifications` frames per second per connection, and burst (`rate_limited` above).
+    pub rate: u32,
+    pub burst: u32,
+    /// Where notifications for users with no foreground connection are posted
+    /// (`http://host[:port]/path`); none: no webhook.
+    pub webhook_url: Option<String>,
+    /// HMAC-SHA256 key of the webhook's `x-edgerelay-signature`; at least 16 bytes, required
+    /// with `webhook_url`.
+    pub webhook_secret: Option<String>,
+    /// How long one webhook call may take before it counts as failed.
+    pub webhook_timeout_ms: u64,
+    /// Calls made to the webhook (a first one and the retries) before the delivery is moved to
+    /// the dead letters.
+    pub webhook_max_attempts: u32,
+    /// The wait after the first failure; it doubles after each further one, up to
+    /// `webhook_max_backoff_ms`.
+    pub webhook_backoff_ms: u64,
+    pub webhook_max_backoff_ms: u64,
+    /// Webhook calls in flight at once.
+    pub webhook_concurrency: u32,
+    /// Dead letters kept (the oldest are dropped beyond it).
+    pub max_dead_letters: u32,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        NotificationsConfig {
+            max_feed: 500,
+            max_devices: 10,
+            max_mutes: 200,
+            rate: 20,
+            burst: 40,
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_timeout_ms: 5_000,
+            webhook_max_attempts: 8,
+            webhook_backoff_ms: 1_000,
+            webhook_max_backoff_ms: 300_000,
+            webhook_concurrency: 16,
+            max_dead_letters: 10_000,
+        }
+    }
+}
+
+// Hand-written so the secret never reaches logs.
+impl fmt::Debug for NotificationsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NotificationsConfig")
+            .field("max_feed", &self.max_feed)
+            .field("max_devices", &self.max_devices)
+            .field("webhook_url", &self.webhook_url)
+            .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "<hidden>"))
+            .field("webhook_max_attempts", &self.webhook_max_attempts)
+            .finish_non_exhaustive()
     }
 }
 
@@ -1137,6 +1207,7 @@ impl Config {
         self.validate_events()?;
         self.validate_hooks()?;
         self.validate_receipts()?;
+        self.validate_notifications()?;
         if !(8..=15).contains(&self.websocket.client_max_window_bits) {
             return Err(invalid("websocket.client_max_window_bits", "must be in 8..=15"));
         }
@@ -1297,6 +1368,34 @@ impl Config {
         ] {
             if !(1..=10_000).contains(&value) {
                 return Err(invalid(key, "must be in 1..=10000"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_notifications(&self) -> Result<(), ConfigError> {
+        let n = &self.notifications;
+        all_positive([
+            ("notifications.max_feed", u64::from(n.max_feed)),
+            ("notifications.max_devices", u64::from(n.max_devices)),
+            ("notifications.max_mutes", u64::from(n.max_mutes)),
+            ("notifications.rate", u64::from(n.rate)),
+            ("notifications.burst", u64::from(n.burst)),
+            ("notifications.webhook_timeout_ms", n.webhook_timeout_ms),
+            ("notifications.webhook_max_attempts", u64::from(n.webhook_max_attempts)),
+            ("notifications.webhook_backoff_ms", n.webhook_backoff_ms),
+            ("notifications.webhook_concurrency", u64::from(n.webhook_concurrency)),
+            ("notifications.max_dead_letters", u64::from(n.max_dead_letters)),
+        ])?;
+        if n.webhook_max_backoff_ms < n.webhook_backoff_ms {
+            return Err(invalid("notifications.webhook_max_backoff_ms", "must be at least webhook_backoff_ms"));
+        }
+        if let Some(url) = &n.webhook_url {
+            if let Err(message) = crate::hooks::client::Target::parse(url) {
+                return Err(invalid("notifications.webhook_url", message));
+            }
+            if n.webhook_secret.as_ref().is_none_or(|s| s.len() < 16) {
+                return Err(invalid("notifications.webhook_secret", "set at least 16 bytes with webhook_url"));
             }
         }
         Ok(())

@@ -72,6 +72,8 @@ pub struct HttpState {
     pub controls: Arc<Controls>,
     /// Users' calls (`GET /v1/api/calls/...`).
     pub call_history: Arc<dyn CallHistory>,
+    /// In-app notifications (`/v1/api/notifications`).
+    pub notify: Arc<crate::notify::Notifications>,
     /// `POST /v1/dev/token`: only with dev keys on the self-signed dev certificate.
     pub dev_tokens: Option<DevTokens>,
 }
@@ -115,7 +117,11 @@ pub fn router(state: Arc<HttpState>, routes: Routes) -> Router {
         .route("/v1/api/history", get(api_history))
         .route("/v1/api/calls/{tenant}/users/{user}", get(api_user_calls))
         .route("/v1/api/disconnect", post(api_disconnect))
-        .route("/v1/api/revoke", post(api_revoke));
+        .route("/v1/api/revoke", post(api_revoke))
+        .route("/v1/api/notifications", post(crate::notify::api::add))
+        .route("/v1/api/notifications/dead_letters", get(crate::notify::api::dead_letters))
+        .route("/v1/api/notifications/dead_letters/{id}", axum::routing::delete(crate::notify::api::delete_dead))
+        .route("/v1/api/notifications/dead_letters/{id}/replay", post(crate::notify::api::replay_dead));
     // Conformance runs only (`websocket.echo`, tests/autobahn.rs).
     let public = if state.websocket.config.echo {
         public.route(crate::transport::websocket::ECHO_PATH, get(websocket_echo))
@@ -837,7 +843,7 @@ struct PublishResponse {
 }
 
 /// An API error: HTTP status plus the protocol's error code and name.
-fn api_error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
+pub(crate) fn api_error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
     let body = serde_json::json!({"code": code.0, "error": code.slug(), "message": message.into()});
     (status, axum::Json(body)).into_response()
 }
@@ -848,7 +854,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The response refusing a server API request, unless it carries the API key.
-fn unauthorized(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
+pub(crate) fn unauthorized(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
     let Some(expected) = state.api_key_sha256 else {
         return Some(api_error(StatusCode::NOT_FOUND, ErrorCode::PERMISSION_DENIED, "server API is off: set api.key"));
     };
@@ -936,7 +942,7 @@ fn act(state: &HttpState, control: Control) -> Response {
 
 /// A server API request body for a tenant's users: the key checked, the body parsed, the
 /// tenant valid; otherwise the error response.
-fn user_request<T: serde::de::DeserializeOwned>(
+pub(crate) fn user_request<T: serde::de::DeserializeOwned>(
     state: &HttpState,
     headers: &HeaderMap,
     body: &[u8],
@@ -1061,7 +1067,7 @@ async fn api_history(
 }
 
 /// The response refusing a tenant name, unless it is valid.
-fn bad_tenant(tenant: &str) -> Option<Response> {
+pub(crate) fn bad_tenant(tenant: &str) -> Option<Response> {
     (!crate::auth::valid_tenant(tenant))
         .then(|| api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, "tenant must be 1-64 of [A-Za-z0-9_.-]"))
 }

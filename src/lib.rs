@@ -22,6 +22,7 @@ pub mod lock;
 pub mod mailbox;
 pub mod media;
 pub mod metrics;
+pub mod notify;
 pub mod outbox;
 pub mod proto;
 pub mod rate;

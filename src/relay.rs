@@ -163,6 +163,11 @@ impl Relay {
         let drain = CancellationToken::new();
         let hub = Arc::new(Hub::new(config.hub.shards, config.hub.room_idle_ttl_secs.saturating_mul(1000)));
         let (engine, records, call_history, session_store, receipt_db) = start_engine(&config, hub.clone()).await?;
+        let notify_store = receipt_db
+            .sibling()
+            .and_then(crate::notify::store::NotifyStore::open)
+            .and_then(|store| crate::notify::Notifications::new(&config.notifications, store))
+            .map_err(|error| RelayError::Store { path: config.history_path(), error })?;
         let receipt_store = crate::receipts::store::ReceiptStore::open(receipt_db)
             .map_err(|error| RelayError::Store { path: config.history_path(), error })?;
         let receipts = crate::receipts::Receipts::new(
@@ -228,6 +233,7 @@ impl Relay {
             session_rate: (config.sessions.rate, config.sessions.burst),
             hooks: Arc::new(crate::hooks::Hooks::new(&config.hooks)),
             receipts: receipts.clone(),
+            notify: notify_store.clone(),
         });
         let conn_ctx = Arc::new(ConnectionContext::new(session_ctx, drain.clone(), config.shutdown.reconnect_after_ms));
         let services = TaskTracker::new();
@@ -245,6 +251,7 @@ impl Relay {
             api_key_sha256: config.api.key.as_deref().map(|key| tls::sha256(key.as_bytes())),
             controls: controls.clone(),
             call_history: call_history.clone(),
+            notify: notify_store.clone(),
             dev_tokens: dev_secret.as_deref().filter(|_| cert.dev).map(|secret| {
                 DevTokens::new(Signer::dev(secret), config.auth.issuer.clone(), config.auth.audience.clone())
             }),
@@ -288,6 +295,7 @@ impl Relay {
         }
         services.spawn(collab.run(unix_ms, stop.clone()));
         services.spawn(receipts.run(unix_ms, stop.clone()));
+        services.spawn(notify_store.clone().run(unix_ms, stop.clone()));
         services.spawn(sweep_rooms(hub.clone(), engine.clone(), stop.clone()));
         if let Some(link) = engine.share_presence() {
             awareness.share(link.local.clone());

@@ -9,9 +9,10 @@ use edgerelay::proto::media::{LayerInfo, SpeakerLevel, TrackInfo, TrackKind};
 use edgerelay::proto::{
     CallAction, CallEndReason, CallEvent, CallMedia, CallSide, CallState, ClientFrame, Codec, ErrorCode,
     GroupEndReason, GroupParticipant, GroupRole, GroupStatus, HistoryEntry, IceServer, InviteOverReason, MemberReceipt,
-    MuteKind, Payload, Position, PresenceEntry, QualityFlag, ReadMark, ReceiptAction, ReceiptEvent, RoomCursor,
-    RoomUnread, ServerFrame, SessionAction, SessionEnd, SessionEvent, SessionMember, SessionPatch, SessionRole,
-    SessionSnapshot, SessionStatus, Status, WireLimits,
+    Mute, MuteKind, Notification, NotifyAction, NotifyEvent, NotifyPrefs, Payload, Position, PresenceEntry, Priority,
+    PushPlatform, QualityFlag, QuietHours, ReadMark, ReceiptAction, ReceiptEvent, RoomCursor, RoomUnread, ServerFrame,
+    SessionAction, SessionEnd, SessionEvent, SessionMember, SessionPatch, SessionRole, SessionSnapshot, SessionStatus,
+    Status, WireLimits,
 };
 use serde::{Deserialize, Serialize};
 
@@ -233,7 +234,66 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
                 mentions: vec!["bob".into()],
             },
         ),
+        // Notifications (docs/notifications.md).
+        (
+            "notifications_feed",
+            ClientFrame::Notifications { req: 70, action: NotifyAction::Feed { before: Some(12), limit: 20 } },
+        ),
+        (
+            "notifications_mark_read",
+            ClientFrame::Notifications { req: 71, action: NotifyAction::MarkRead { id: 11, up_to: true } },
+        ),
+        (
+            "notifications_prefs",
+            ClientFrame::Notifications { req: 72, action: NotifyAction::Prefs { set: Some(notify_prefs()) } },
+        ),
+        (
+            "notifications_register_device",
+            ClientFrame::Notifications {
+                req: 73,
+                action: NotifyAction::RegisterDevice {
+                    device: "phone-1".into(),
+                    platform: PushPlatform::Apns,
+                    token: "740f4707bebcf74f".into(),
+                },
+            },
+        ),
+        (
+            "notifications_unregister_device",
+            ClientFrame::Notifications { req: 74, action: NotifyAction::UnregisterDevice { device: "phone-1".into() } },
+        ),
+        (
+            "notifications_background",
+            ClientFrame::Notifications { req: 75, action: NotifyAction::Background { background: true } },
+        ),
     ]
+}
+
+fn notify_prefs() -> NotifyPrefs {
+    NotifyPrefs {
+        mutes: vec![
+            Mute { room: "chat:noisy".into(), until: None },
+            Mute { room: "chat:team".into(), until: Some(1_700_003_600_000) },
+        ],
+        quiet_hours: Some(QuietHours { start: "22:00".into(), end: "07:00".into(), tz: "Europe/Berlin".into() }),
+        min_priority: Priority::Normal,
+        skip_types: vec!["digest".into()],
+    }
+}
+
+fn notification() -> Notification {
+    Notification {
+        id: 12,
+        time: 1_700_000_000_000,
+        kind: "mention".into(),
+        priority: Priority::High,
+        title: "bob mentioned you".into(),
+        body: "@alice lunch?".into(),
+        data: Payload::from(r#"{"thread":7}"#),
+        room: Some("chat:team".into()),
+        read: false,
+        silent: false,
+    }
 }
 
 const SESSION: &str = "doc:board";
@@ -634,6 +694,27 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
                     },
                 ],
             },
+        ),
+        // Notifications (docs/notifications.md).
+        ("notifications_ok", ServerFrame::Notifications { req: 73, event: NotifyEvent::Ok {} }),
+        (
+            "notifications_page",
+            ServerFrame::Notifications {
+                req: 70,
+                event: NotifyEvent::Page { notifications: vec![notification()], unread: 1, next: Some(12) },
+            },
+        ),
+        (
+            "notifications_new",
+            ServerFrame::Notifications { req: 0, event: NotifyEvent::New { notification: notification(), unread: 2 } },
+        ),
+        (
+            "notifications_read",
+            ServerFrame::Notifications { req: 71, event: NotifyEvent::Read { id: 11, up_to: true, unread: 0 } },
+        ),
+        (
+            "notifications_prefs",
+            ServerFrame::Notifications { req: 0, event: NotifyEvent::Prefs { prefs: notify_prefs() } },
         ),
     ]
 }

@@ -16,7 +16,6 @@ use common::{Transport, http_request, start_with, within};
 use edgerelay::client::{Client, ClientError, TopicEvent};
 use edgerelay::config::{Config, HookConfig, HookFallback};
 use edgerelay::proto::{Codec, ErrorCode};
-use ring::hmac;
 use serde_json::{Value, json};
 
 const SECRET: &str = "hooks-test-secret-0123456789";
@@ -51,19 +50,9 @@ impl Backend {
     }
 }
 
-/// Checks `x-edgerelay-signature: t=<s>,v1=<hex HMAC-SHA256 of "<t>.<body>">` as a backend would.
 fn signature_ok(headers: &HeaderMap, body: &[u8]) -> bool {
-    let Some(value) = headers.get("x-edgerelay-signature").and_then(|v| v.to_str().ok()) else { return false };
-    let Some((t, v1)) = value.split_once(",v1=") else { return false };
-    let Some(t) = t.strip_prefix("t=") else { return false };
-    let Ok(tag) =
-        (0..v1.len()).step_by(2).map(|i| u8::from_str_radix(&v1[i..i + 2], 16)).collect::<Result<Vec<u8>, _>>()
-    else {
-        return false;
-    };
-    let key = hmac::Key::new(hmac::HMAC_SHA256, SECRET.as_bytes());
-    let signed = [format!("{t}.").as_bytes(), body].concat();
-    hmac::verify(&key, &signed, &tag).is_ok()
+    let header = headers.get("x-edgerelay-signature").and_then(|v| v.to_str().ok());
+    common::signature_ok(header, body, SECRET)
 }
 
 async fn hook(State(backend): State<Arc<Backend>>, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {

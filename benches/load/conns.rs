@@ -189,7 +189,8 @@ pub async fn idle(
                     | Event::Left { .. }
                     | Event::Topic(_)
                     | Event::Session(_)
-                    | Event::Receipts(_),
+                    | Event::Receipts(_)
+                    | Event::Notifications(_),
                 ) => {}
                 None => break,
             }

@@ -7,8 +7,10 @@
 
 pub mod collab;
 pub mod media;
+mod notify;
 pub mod presence;
 mod receipts;
+pub use notify::FeedPage;
 pub use receipts::Unread;
 mod quic;
 pub use quic::{QuicEndpoint, QuicSessions};
@@ -211,6 +213,9 @@ pub enum Event {
     Session(collab::SessionUpdate),
     /// A receipts update (docs/receipts.md): `unread` changes or a room's `receipts`.
     Receipts(crate::proto::ReceiptEvent),
+    /// A notifications update (docs/notifications.md): a new notification, a read or a
+    /// preference change made on another device.
+    Notifications(crate::proto::NotifyEvent),
 }
 
 /// An event of the call `call` (its id), 1:1 or group.
@@ -351,6 +356,7 @@ impl Shared {
             }
             ServerFrame::Session { session, event, .. } => Event::Session(collab::SessionUpdate { session, event }),
             ServerFrame::Receipts { event, .. } => Event::Receipts(event),
+            ServerFrame::Notifications { event, .. } => Event::Notifications(event),
             ServerFrame::Left { room, .. } => {
                 self.views().remove(&room);
                 self.evicted.lock().unwrap_or_else(|e| e.into_inner()).insert(room.clone());

@@ -220,6 +220,25 @@ codes! {
     /// `publish_mentions` with more than `receipts.max_mentions` users, or a user id that is empty,
     /// longer than 256 bytes or has control characters.
     BAD_MENTIONS = 203, "bad_mentions", fatal = false, retry = false;
+    /// Notifications (docs/notifications.md): `mark_read` of an id that is not in the feed
+    /// (never there, or dropped as the feed grew past `notifications.max_feed`).
+    UNKNOWN_NOTIFICATION = 204, "unknown_notification", fatal = false, retry = false;
+    /// Preferences that cannot be kept: an unknown time zone, a time that is not `HH:MM`, a
+    /// bad room name, more than `notifications.max_mutes` mutes or 32 skipped types.
+    BAD_PREFS = 205, "bad_prefs", fatal = false, retry = false;
+    /// `register_device` with a device id outside 1-128 bytes or a token outside 1-4096 bytes.
+    BAD_DEVICE = 206, "bad_device", fatal = false, retry = false;
+    /// The user already registered `notifications.max_devices` devices: unregister one first.
+    TOO_MANY_DEVICES = 207, "too_many_devices", fatal = false, retry = false;
+    /// `unregister_device` of a device this user has not registered.
+    UNKNOWN_DEVICE = 208, "unknown_device", fatal = false, retry = false;
+    /// Server API: a notification with a bad field (no user, more than 1000 users, an empty
+    /// or long type, a title or body too long, an id outside 1-64 bytes).
+    BAD_NOTIFICATION = 209, "bad_notification", fatal = false, retry = false;
+    /// A `feed` page `limit` outside 1-100.
+    BAD_PAGE = 210, "bad_page", fatal = false, retry = false;
+    /// Server API: no dead letter with this id (replayed or deleted already).
+    UNKNOWN_DEAD_LETTER = 211, "unknown_dead_letter", fatal = false, retry = false;
 }
 
 impl ErrorCode {

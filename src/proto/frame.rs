@@ -12,6 +12,7 @@ use super::call::{CallAction, CallEvent};
 use super::codes::ErrorCode;
 use super::collab::{SessionAction, SessionEvent};
 use super::media::{LayerInfo, SpeakerLevel, TrackInfo, TrackKind};
+use super::notify::{NotifyAction, NotifyEvent};
 use super::payload::Payload;
 use super::presence::{PresenceEntry, Status};
 use super::receipts::{ReceiptAction, ReceiptEvent};
@@ -121,6 +122,9 @@ pub enum ClientFrame {
     /// relay reads `mentions`, never `data`; members receive an ordinary `message`. Answered by
     /// `ack` like `publish`.
     PublishMentions { req: u64, room: String, id: String, data: Payload, mentions: Vec<String> },
+    /// In-app notifications, their preferences and push devices (docs/notifications.md).
+    /// Answered by `notifications`.
+    Notifications { req: u64, action: NotifyAction },
 }
 
 impl ClientFrame {
@@ -147,7 +151,8 @@ impl ClientFrame {
             | ClientFrame::Subscribe { req, .. }
             | ClientFrame::Unsubscribe { req, .. }
             | ClientFrame::Receipts { req, .. }
-            | ClientFrame::PublishMentions { req, .. } => Some(*req),
+            | ClientFrame::PublishMentions { req, .. }
+            | ClientFrame::Notifications { req, .. } => Some(*req),
             ClientFrame::Hello { .. }
             | ClientFrame::SetStatus { .. }
             | ClientFrame::Activity {}
@@ -249,6 +254,9 @@ pub enum ServerFrame {
     /// Several members' presence changes in a joined room, collected over the relay's
     /// `presence.batch_ms` (usually a datagram). Apply each entry as a `presence` frame's.
     PresenceBatch { room: String, entries: Vec<PresenceEntry> },
+    /// About in-app notifications (docs/notifications.md): the answer to a `notifications`
+    /// request (`req`), or an update (`req` 0) to the user's connections that asked for the feed.
+    Notifications { req: u64, event: NotifyEvent },
 }
 
 /// One ICE server entry, the shape of WebRTC's `RTCIceServer`: `username` and `credential` are
@@ -303,6 +311,7 @@ impl ServerFrame {
             | ServerFrame::Subscribed { req, .. }
             | ServerFrame::Unsubscribed { req, .. }
             | ServerFrame::Receipts { req, .. }
+            | ServerFrame::Notifications { req, .. }
             | ServerFrame::Error { req, .. } => Some(*req),
             _ => None,
         }

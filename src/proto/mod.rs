@@ -9,6 +9,7 @@ pub mod codes;
 pub mod collab;
 pub mod frame;
 pub mod media;
+pub mod notify;
 pub mod payload;
 pub mod presence;
 pub mod receipts;
@@ -26,6 +27,7 @@ pub use collab::{
 pub use frame::{
     ClientFrame, HistoryEntry, IceServer, PROTOCOL_VERSION, Position, RoomCursor, ServerFrame, WireLimits,
 };
+pub use notify::{Mute, Notification, NotifyAction, NotifyEvent, NotifyPrefs, Priority, PushPlatform, QuietHours};
 pub use payload::Payload;
 pub use presence::{PresenceEntry, Status};
 pub use receipts::{MemberReceipt, ReadMark, ReceiptAction, ReceiptEvent, RoomUnread};

@@ -41,6 +41,8 @@ pub enum Job {
     },
     /// The async half of a `receipts` action (docs/receipts.md).
     Receipts(super::receipts::ReceiptsJob),
+    /// A `notifications` action (docs/notifications.md).
+    Notify { user: UserKey, conn: u64, action: crate::proto::NotifyAction, reply: Reply },
     /// Answer a `call_history` request.
     CallHistory { user: UserKey, reply: Reply, before: Option<HistoryCursor>, limit: u32, max_bytes: usize },
 }
@@ -74,6 +76,7 @@ pub async fn run(job: Job, ctx: Arc<SessionContext>) -> Option<JoinSettled> {
             return Some(settled);
         }
         Job::Receipts(job) => super::receipts::run(&ctx, job).await,
+        Job::Notify { user, conn, action, reply } => ctx.notify.handle(user, conn, action, reply).await,
         Job::CatchUp(CatchUp { key, id }) => replay::catch_up(&ctx.hub, engine, key, id).await,
         Job::Resume { tenant, sub, topic, since, reply } => {
             ctx.events.resume(&tenant, &sub, &topic, since, reply).await

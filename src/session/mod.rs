@@ -10,6 +10,7 @@ mod hooks;
 pub mod jobs;
 pub mod limits;
 mod media;
+mod notify;
 mod presence;
 mod receipts;
 
@@ -93,6 +94,8 @@ pub struct SessionContext {
     pub hooks: Arc<crate::hooks::Hooks>,
     /// Read marks, unread counts and receipts (`receipts` frames).
     pub receipts: Arc<crate::receipts::Receipts>,
+    /// In-app notifications, preferences and push devices (`notifications` frames).
+    pub notify: Arc<crate::notify::Notifications>,
 }
 
 impl SessionContext {
@@ -154,6 +157,7 @@ pub struct Session {
     call_bucket: TokenBucket,
     session_bucket: TokenBucket,
     receipts_bucket: TokenBucket,
+    notify_bucket: TokenBucket,
     /// Collaborative sessions this connection joined (it leaves them when it ends).
     collab: std::collections::HashSet<RoomName>,
     /// Where the hub asks for a replay when one of this connection's rooms falls behind.
@@ -222,6 +226,8 @@ impl Session {
         let session_bucket = TokenBucket::new(rate, burst, now_ms);
         let (rate, burst) = ctx.receipts.rate();
         let receipts_bucket = TokenBucket::new(rate, burst, now_ms);
+        let (rate, burst) = ctx.notify.rate();
+        let notify_bucket = TokenBucket::new(rate, burst, now_ms);
         Session {
             id,
             ctx,
@@ -234,6 +240,7 @@ impl Session {
             call_bucket,
             session_bucket,
             receipts_bucket,
+            notify_bucket,
             collab: std::collections::HashSet::new(),
             catch_up,
             orders,
@@ -369,6 +376,7 @@ impl Session {
                     .and_then(|()| self.publish(lane, req, &room, id, data, mentions, now_ms)),
             ),
             ClientFrame::Receipts { req, action } => (req, self.receipts(lane, req, action, now_ms)),
+            ClientFrame::Notifications { req, action } => (req, self.notifications(lane, req, action, now_ms)),
             ClientFrame::Ping { req } => {
                 (req, self.outbox.reply(lane, &ServerFrame::Pong { req, server_time: now_ms }).map_err(Into::into))
             }
@@ -450,6 +458,7 @@ impl Session {
             let sessions: Vec<RoomName> = self.collab.drain().collect();
             self.ctx.collab.disconnect(&active.tenant, &sessions, self.id, now_ms);
             self.ctx.receipts.disconnect(&active.user, self.id);
+            self.ctx.notify.disconnected(&active.user, self.id);
         }
         let cursors: Vec<Cursor> =
             self.cursors.drain().map(|(room, position)| Cursor { room, position, updated: now_ms }).collect();
@@ -510,6 +519,7 @@ impl Session {
         self.outbox.send(lane, &welcome).map_err(|e| self.push_fatal(e))?;
         self.ctx.call_service.connect(&user, self.id, self.outbox.clone(), now_ms);
         self.ctx.group_calls.connect(&user, self.id, now_ms);
+        self.ctx.notify.connected(&user, self.id, self.outbox.clone());
         self.ctx.awareness.connect(user, self.id, self.outbox.clone(), now_ms);
         Ok(())
     }

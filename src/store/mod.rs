@@ -166,6 +166,14 @@ impl SideDb {
         Ok(SideDb::Memory(db))
     }
 
+    /// Another subsystem's tables in the same place: the same file, or a new in-memory redb.
+    pub fn sibling(&self) -> Result<SideDb, StoreError> {
+        match self {
+            SideDb::File(history) => Ok(SideDb::File(history.clone())),
+            SideDb::Memory(_) => SideDb::memory(),
+        }
+    }
+
     pub fn db(&self) -> &redb::Database {
         match self {
             SideDb::File(history) => history.database(),

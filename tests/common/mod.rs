@@ -209,6 +209,18 @@ pub async fn http_request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
+    http_request_within(addr, method, path, headers, body, Duration::from_secs(5)).await
+}
+
+/// [`http_request`] with its own bound on the answer (for load figures).
+pub async fn http_request_within(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    limit: Duration,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
@@ -218,7 +230,7 @@ pub async fn http_request(
     request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await.unwrap().unwrap();
+    tokio::time::timeout(limit, stream.read_to_end(&mut response)).await.unwrap().unwrap();
     let text = String::from_utf8_lossy(&response).into_owned();
     let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
@@ -358,4 +370,22 @@ impl Drop for CutLink {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Checks an `x-edgerelay-signature` value (`t=<s>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, the
+/// backend hooks' and the notification webhook's) as a receiver would.
+pub fn signature_ok(header: Option<&str>, body: &[u8], secret: &str) -> bool {
+    let Some(value) = header else { return false };
+    let Some((t, v1)) = value.split_once(",v1=") else { return false };
+    let Some(t) = t.strip_prefix("t=") else { return false };
+    let Ok(tag) = (0..v1.len())
+        .step_by(2)
+        .map(|i| v1.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<Vec<u8>>>()
+        .ok_or(())
+    else {
+        return false;
+    };
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    ring::hmac::verify(&key, &[format!("{t}.").as_bytes(), body].concat(), &tag).is_ok()
 }

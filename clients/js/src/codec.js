@@ -39,6 +39,10 @@ export const FIELDS = {
   // `{privacy: {share_read}}` (docs/protocol.md "Receipts and unread counts")
   receipts: ["req", "action"],
   publish_mentions: ["req", "room", "id", "data", "mentions"],
+  // `action`: `{feed: {before, limit}}`, `{mark_read: {id, up_to}}`, `{prefs: {set}}`,
+  // `{register_device: {device, platform, token}}`, `{unregister_device: {device}}`,
+  // `{background: {background}}` (docs/protocol.md "Notifications")
+  notifications: ["req", "action"],
   // relay → client
   welcome: ["version", "session", "user", "server_time", "limits"],
   joined: ["req", "room", "position", "recovered"],
@@ -77,6 +81,9 @@ export const SERVER_FIELDS = {
   // mentions}}`, `{receipts: {room, epoch, delivered_all, read_all, count, members: [{user,
   // delivered, read}]}}`
   receipts: ["req", "event"],
+  // `event`: `{ok: {}}`, `{page: {notifications, unread, next}}`, `{new: {notification, unread}}`,
+  // `{read: {id, up_to, unread}}`, `{prefs: {prefs}}`
+  notifications: ["req", "event"],
 };
 
 /** The field order of `type` in `direction` (`"client"`: client → relay, or `"server"`). */

@@ -3,6 +3,7 @@
 // `@ts-expect-error` lines must fail to type-check, or tsc reports them unused.
 import { SessionConflict, applyPatch, session } from "@edgerelay/client/sessions";
 import { YjsProvider } from "@edgerelay/client/yjs";
+import { notifications, type Notification } from "@edgerelay/client/notifications";
 import * as Y from "yjs";
 import {
   Call,
@@ -256,3 +257,19 @@ async function yjsProvider(relay: EdgeRelay) {
   await provider.destroy();
 }
 void yjsProvider;
+
+// Notifications: the feed, reads, preferences, devices, and their events.
+async function bell(relay: EdgeRelay) {
+  const n = notifications(relay);
+  const page = await n.feed({ limit: 20 });
+  const first: Notification | undefined = page.notifications[0];
+  const unread: number = await n.markRead(first?.id ?? 0, { upTo: true });
+  await n.preferences({ mutes: [{ room: "chat:x", until: null }], quiet_hours: null, min_priority: "high", skip_types: [] });
+  await n.registerDevice("phone-1", "apns", "token");
+  await n.setBackground(true);
+  n.addEventListener("new", ({ detail }) => console.log(detail.notification.title, detail.unread, unread, page.next));
+  // @ts-expect-error: only fcm and apns
+  await n.registerDevice("phone-1", "sms", "token");
+}
+void bell;
+

@@ -8,6 +8,7 @@ import { gzipSync } from "node:zlib";
 
 const index = new URL("../src/index.js", import.meta.url).pathname;
 const sessions = new URL("../src/sessions.js", import.meta.url).pathname;
+const notifications = new URL("../src/notifications.js", import.meta.url).pathname;
 const KB = 1024;
 const bundles = {
   "everything (src/index.js)": { entryPoints: [index], budget: 18.5 * KB }, // 17 KB until per-tab topic filters (docs/decisions.md)
@@ -15,6 +16,10 @@ const bundles = {
   "core with sessions (EdgeRelay and @edgerelay/client/sessions)": {
     stdin: { contents: `export { EdgeRelay } from ${JSON.stringify(index)}; export * from ${JSON.stringify(sessions)};`, resolveDir: "." },
     budget: 16 * KB, // 15 KB until the receipts methods joined the core (docs/decisions.md)
+  },
+  "core with notifications (EdgeRelay and @edgerelay/client/notifications)": {
+    stdin: { contents: `export { EdgeRelay } from ${JSON.stringify(index)}; export * from ${JSON.stringify(notifications)};`, resolveDir: "." },
+    budget: 15 * KB,
   },
 };
 let over = false;
