@@ -3,7 +3,8 @@
 //! `/call/` and the collaborative board at `/board/` with the browser client, and the server API application backends call
 //! (`POST /v1/api/publish`, `GET /v1/api/presence/{tenant}/rooms/{room}` and
 //! `GET /v1/api/presence/{tenant}/users/{user}`, `GET /v1/api/calls/{tenant}/users/{user}`,
-//! bearer key from `api.key`), and the ICE servers
+//! bearer key from `api.key`; the admin UI at `/admin/` and its endpoints are in
+//! [`crate::admin::http`]), and the ICE servers
 //! with TURN credentials for a user (`GET /v1/ice`, bearer: the user's token). With
 //! `listen.admin`, metrics and the server API move to a second listener ([`Routes`]). The TCP
 //! listener speaks TLS when `tls.tcp` says so.
@@ -74,6 +75,8 @@ pub struct HttpState {
     pub call_history: Arc<dyn CallHistory>,
     /// `POST /v1/dev/token`: only with dev keys on the self-signed dev certificate.
     pub dev_tokens: Option<DevTokens>,
+    /// This node for the admin view (`/admin/`, `/v1/api/admin/...`).
+    pub node: Arc<crate::admin::Node>,
 }
 
 /// Which endpoints a listener serves.
@@ -115,7 +118,8 @@ pub fn router(state: Arc<HttpState>, routes: Routes) -> Router {
         .route("/v1/api/history", get(api_history))
         .route("/v1/api/calls/{tenant}/users/{user}", get(api_user_calls))
         .route("/v1/api/disconnect", post(api_disconnect))
-        .route("/v1/api/revoke", post(api_revoke));
+        .route("/v1/api/revoke", post(api_revoke))
+        .merge(crate::admin::http::routes());
     // Conformance runs only (`websocket.echo`, tests/autobahn.rs).
     let public = if state.websocket.config.echo {
         public.route(crate::transport::websocket::ECHO_PATH, get(websocket_echo))
@@ -624,7 +628,7 @@ async fn sse(State(state): State<Arc<HttpState>>, headers: HeaderMap, request: R
         }
     }
     let (orders_tx, orders) = crate::mailbox::mailbox();
-    let registration = state.controls.register(Arc::new(identity.clone()), id, orders_tx);
+    let registration = state.controls.register(Arc::new(identity.clone()), id, "sse", unix_ms(), orders_tx);
     let stream = crate::transport::sse::Stream {
         outbox,
         guard,
@@ -836,7 +840,7 @@ struct PublishResponse {
 }
 
 /// An API error: HTTP status plus the protocol's error code and name.
-fn api_error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
+pub(crate) fn api_error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
     let body = serde_json::json!({"code": code.0, "error": code.slug(), "message": message.into()});
     (status, axum::Json(body)).into_response()
 }
@@ -847,7 +851,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The response refusing a server API request, unless it carries the API key.
-fn unauthorized(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
+pub(crate) fn unauthorized(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
     let Some(expected) = state.api_key_sha256 else {
         return Some(api_error(StatusCode::NOT_FOUND, ErrorCode::PERMISSION_DENIED, "server API is off: set api.key"));
     };
@@ -1060,7 +1064,7 @@ async fn api_history(
 }
 
 /// The response refusing a tenant name, unless it is valid.
-fn bad_tenant(tenant: &str) -> Option<Response> {
+pub(crate) fn bad_tenant(tenant: &str) -> Option<Response> {
     (!crate::auth::valid_tenant(tenant))
         .then(|| api_error(StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST, "tenant must be 1-64 of [A-Za-z0-9_.-]"))
 }

@@ -422,7 +422,7 @@ fn max_fds() -> Option<f64> {
 
 /// Counter and gauge handles for one transport, registered once and shared by its connections
 /// so the per-frame path does not look names up. A clone is one pointer: a connection's tasks
-/// each hold one, and the eleven handles themselves are 176 bytes. The connection gauge and counter
+/// each hold one, and the eleven handles and the label are 192 bytes. The connection gauge and counter
 /// move only through [`TransportMetrics::opened`].
 #[derive(Clone)]
 pub struct TransportMetrics(std::sync::Arc<TransportHandles>);
@@ -441,6 +441,8 @@ pub struct TransportHandles {
     pub handshake_seconds: metrics::Histogram,
     /// Hellos that came as 0-RTT data ([`ZERO_RTT_TOTAL`]).
     pub zero_rtt: metrics::Counter,
+    /// The `transport` label.
+    pub transport: &'static str,
 }
 
 impl TransportMetrics {
@@ -457,6 +459,7 @@ impl TransportMetrics {
             datagrams_rerouted: metrics::counter!(DATAGRAMS_REROUTED_TOTAL, "transport" => transport),
             handshake_seconds: metrics::histogram!(HANDSHAKE_SECONDS, "transport" => transport),
             zero_rtt: metrics::counter!(ZERO_RTT_TOTAL, "transport" => transport),
+            transport,
         }))
     }
 

@@ -172,6 +172,11 @@ impl Names {
     fn revocations(&self) -> String {
         format!("{}:revocations", self.prefix)
     }
+
+    /// Every node's last report (the admin view): field `<node>`, value the report's JSON.
+    fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
 }
 
 /// The URL without its password, for logs and errors.
@@ -1149,6 +1154,44 @@ impl Engine for RedisEngine {
         lock(&self.call_link).take()
     }
 
+    fn node_name(&self) -> String {
+        self.shared.node.clone()
+    }
+
+    fn report_node(&self, report: &crate::admin::NodeReport) -> BoxFuture<'_, Result<(), EngineError>> {
+        let json = serde_json::to_string(report).unwrap_or_default();
+        async move {
+            let nodes = self.shared.names.nodes();
+            let _: Value =
+                self.shared.client.hset(nodes, (self.shared.node.as_str(), json)).await.map_err(unavailable)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn node_reports(&self) -> BoxFuture<'_, Result<Vec<crate::admin::NodeReport>, EngineError>> {
+        async move {
+            let nodes = self.shared.names.nodes();
+            let fields: HashMap<String, String> =
+                self.shared.client.hgetall(nodes.as_str()).await.map_err(unavailable)?;
+            let now = unix_ms();
+            let (mut reports, mut gone) = (Vec::new(), Vec::new());
+            for (node, json) in fields {
+                match serde_json::from_str::<crate::admin::NodeReport>(&json) {
+                    // Long gone (a node that died): tidied here, by whoever reads.
+                    Ok(report) if report.seen_at + 10 * crate::admin::LAPSE_MS < now => gone.push(node),
+                    Ok(report) => reports.push(report),
+                    Err(_) => gone.push(node),
+                }
+            }
+            if !gone.is_empty() {
+                let _: Result<Value, FredError> = self.shared.client.hdel(nodes, gone).await;
+            }
+            Ok(reports)
+        }
+        .boxed()
+    }
+
     fn maintain(&self, now_ms: u64) {
         // Retention is applied by the publish script; here only subscriptions are tidied.
         let shared = self.shared.clone();
@@ -1167,6 +1210,9 @@ impl Engine for RedisEngine {
             self.stop.cancel();
             self.tasks.close();
             let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
+            // Leave the region's node list at once rather than when the report lapses.
+            let gone = self.shared.client.hdel::<Value, _, _>(self.shared.names.nodes(), self.shared.node.as_str());
+            let _ = tokio::time::timeout(self.shared.config.command_timeout, gone).await;
             let _ = self.shared.subscriber.quit().await;
             let _ = self.shared.client.quit().await;
         }
