@@ -371,7 +371,7 @@ pub const SDK_MODULES: &[(&str, &str)] = &[
 ];
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 
-fn asset(content_type: &'static str, body: &'static str) -> Response {
+pub(crate) fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 

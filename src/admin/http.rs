@@ -35,13 +35,11 @@ pub fn routes() -> Router<Arc<HttpState>> {
         .route("/v1/api/admin/metrics", get(live_metrics))
 }
 
+/// A file of the page, which no other page may frame (it holds the key in sessionStorage).
 fn asset(content_type: &'static str, body: &'static str) -> Response {
-    // The page must not be framed by another origin (it holds the key in sessionStorage).
-    (
-        [(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache"), (header::X_FRAME_OPTIONS, "DENY")],
-        body,
-    )
-        .into_response()
+    let mut response = crate::http::asset(content_type, body);
+    response.headers_mut().insert(header::X_FRAME_OPTIONS, header::HeaderValue::from_static("DENY"));
+    response
 }
 
 /// A listing request checked: the key first (nothing is said about a request without it), then

@@ -263,6 +263,8 @@ struct Shared {
     check_now: Notify,
     resyncs: metrics::Counter,
     probe_failures: metrics::Counter,
+    /// [`crate::metrics::REDIS_UP`].
+    up: metrics::Gauge,
 }
 
 pub struct RedisEngine {
@@ -342,6 +344,7 @@ impl RedisEngine {
             check_now: Notify::new(),
             resyncs: metrics::counter!(crate::metrics::REDIS_RESYNCS_TOTAL),
             probe_failures: metrics::counter!(crate::metrics::REDIS_PROBE_FAILURES_TOTAL),
+            up: metrics::gauge!(crate::metrics::REDIS_UP),
             config,
         });
         let own = vec![shared.probe_channel.clone(), shared.control_channel.clone(), shared.calls_channel.clone()];
@@ -358,6 +361,7 @@ impl RedisEngine {
         let (actions, actions_rx) = mpsc::unbounded_channel();
         tasks.spawn(run_actions(shared.clone(), actions_rx, stop.clone()));
         tracing::info!(url = %redacted(&shared.config.url), node = %shared.node, "redis engine connected");
+        shared.up.set(1.0);
         Ok(RedisEngine {
             shared,
             remote_controls: Mutex::new(Some(remote_controls)),
@@ -964,9 +968,12 @@ async fn run_probe(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if shared.probe_received.load(Ordering::Relaxed) >= sent {
+        // The previous probe went round: Redis takes commands and pub/sub delivers.
+        let answered = shared.probe_received.load(Ordering::Relaxed) >= sent;
+        if answered {
             waiting_since = None;
         } else if waiting_since.is_some_and(|since| since.elapsed() >= shared.config.probe_timeout) {
+            shared.up.set(0.0);
             shared.probe_failures.increment(1);
             tracing::warn!("redis pub/sub is silent (probe not received); reconnecting it");
             if let Err(err) = shared.subscriber.force_reconnection().await {
@@ -977,10 +984,16 @@ async fn run_probe(shared: Arc<Shared>, stop: CancellationToken) {
         }
         match shared.client.spublish::<Value, _, _>(shared.probe_channel.clone(), (sent + 1).to_string()).await {
             Ok(_) => {
+                if answered {
+                    shared.up.set(1.0);
+                }
                 sent += 1;
                 waiting_since.get_or_insert_with(Instant::now);
             }
-            Err(err) => tracing::debug!(%err, "probe publish"),
+            Err(err) => {
+                shared.up.set(0.0);
+                tracing::debug!(%err, "probe publish");
+            }
         }
     }
 }
