@@ -374,6 +374,9 @@ async fn metrics_are_described_initialised_and_served_on_the_admin_listener() {
     }
     assert_eq!(http_get(relay.tcp, "/v1/cert").await.0, 200);
     assert_eq!(http_get(admin, "/v1/cert").await.0, 404);
+    // The admin UI goes with the server API.
+    assert_eq!(http_get(admin, "/admin/").await.0, 200);
+    assert_eq!(http_get(relay.tcp, "/admin/").await.0, 404);
     drop(client);
 }
 
