@@ -194,12 +194,21 @@ impl Controls {
 
     /// How many connections each transport carries here (of one tenant when given).
     pub fn by_transport(&self, tenant: Option<&str>) -> std::collections::BTreeMap<&'static str, usize> {
+        self.census(tenant).0
+    }
+
+    /// Connections by transport and distinct users here (of one tenant when given), counted
+    /// under the lock without copying an entry.
+    pub fn census(&self, tenant: Option<&str>) -> (std::collections::BTreeMap<&'static str, usize>, usize) {
         let mut counts: std::collections::BTreeMap<&'static str, usize> =
             ["quic", "webtransport", "websocket", "sse"].into_iter().map(|t| (t, 0)).collect();
-        for c in self.lock().connections.values().filter(|c| tenant.is_none_or(|t| c.identity.tenant == t)) {
+        let state = self.lock();
+        let mut users = std::collections::HashSet::new();
+        for c in state.connections.values().filter(|c| tenant.is_none_or(|t| c.identity.tenant == t)) {
             *counts.entry(c.transport).or_default() += 1;
+            users.insert((c.identity.tenant.as_str(), c.identity.user.as_str()));
         }
-        counts
+        (counts, users.len())
     }
 
     /// Sends `order` to every connection of the user on this node; returns how many took it.
@@ -309,8 +318,8 @@ mod tests {
             controls.list(Some("acme"), Some("alice")).into_iter().map(|c| (c.id, c.transport, c.token_id)).collect();
         assert_eq!(alice, [(1, "quic", Some("t1".into())), (2, "websocket", Some("t2".into()))]);
         assert!(controls.list(Some("globex"), None).is_empty());
-        let counts = controls.by_transport(None);
-        assert_eq!((counts["quic"], counts["websocket"], counts["sse"]), (1, 2, 0));
+        let (counts, users) = controls.census(None);
+        assert_eq!((counts["quic"], counts["websocket"], counts["sse"], users), (1, 2, 0, 2));
         let kick = Control::Disconnect { tenant: "acme".into(), user: "alice".into(), reason: "bye".into() };
         assert_eq!(controls.apply(&kick, 10), 2);
         assert!(matches!(rx1.try_recv(), Ok(Order::Close { code: ErrorCode::DISCONNECTED, .. })));

@@ -51,9 +51,8 @@ pub struct Node {
 
 impl Node {
     pub fn report(&self, now_ms: u64) -> NodeReport {
-        let connections = self.controls.by_transport(None).into_iter().map(|(t, n)| (t.to_owned(), n)).collect();
-        let users: std::collections::HashSet<(String, String)> =
-            self.controls.list(None, None).into_iter().map(|c| (c.tenant, c.user)).collect();
+        let (by_transport, users) = self.controls.census(None);
+        let connections = by_transport.into_iter().map(|(t, n)| (t.to_owned(), n)).collect();
         NodeReport {
             node: self.name.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -61,7 +60,7 @@ impl Node {
             seen_at: now_ms,
             connections,
             rooms: self.awareness.rooms_here(None).len(),
-            users: users.len(),
+            users,
         }
     }
 }
