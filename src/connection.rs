@@ -117,6 +117,8 @@ pub struct Link {
     pub id: u64,
     pub outbox: Arc<Outbox>,
     pub media: Option<Arc<crate::media::out::MediaOut>>,
+    /// `quic`, `webtransport` or `websocket`.
+    pub transport: &'static str,
 }
 
 /// Runs a session until the peer leaves, a fatal error, or the relay drains. Returns why the
@@ -133,8 +135,8 @@ pub async fn drive(
     let (catch_up_tx, catch_up) = mailbox();
     let (orders_tx, orders) = mailbox();
     let mut mail = Mailboxes { catch_up, orders };
-    let Link { id, outbox, media } = link;
-    let mut session = Session::new(id, ctx.session.clone(), outbox.clone(), catch_up_tx, orders_tx, media, unix_ms());
+    let outbox = link.outbox.clone();
+    let mut session = Session::new(link, ctx.session.clone(), catch_up_tx, orders_tx, unix_ms());
     // The session's jobs (joins, replays, history reads) live exactly as long as the connection.
     let mut jobs = JoinSet::new();
     // The first frame is handled here, so the connection's task does not keep its bytes.

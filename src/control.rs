@@ -90,6 +90,25 @@ struct Connection {
     /// The session's own identity, shared (not a copy per connection).
     identity: Arc<Identity>,
     orders: MailSender<Order>,
+    /// `quic`, `webtransport`, `websocket` or `sse` (the admin view).
+    transport: &'static str,
+    /// Unix ms of the registration (its `hello`).
+    since_ms: u64,
+}
+
+/// One authenticated connection as the admin view lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConnectionInfo {
+    pub id: u64,
+    pub tenant: String,
+    pub user: String,
+    pub transport: &'static str,
+    /// Unix ms.
+    pub connected_at: u64,
+    /// Unix seconds: the token's `exp`.
+    pub expires_at: u64,
+    /// The token's `jti`, what `revoke` takes.
+    pub token_id: Option<String>,
 }
 
 #[derive(Default)]
@@ -138,11 +157,58 @@ impl Controls {
         self.lock().revocations.values().any(|r| r.until > now_s && r.covers(identity))
     }
 
-    /// Lists connection `id` (with its token's identity) to receive orders, until the
-    /// registration is dropped; [`Registration::refresh`] replaces the identity.
-    pub fn register(self: &Arc<Self>, identity: Arc<Identity>, id: u64, orders: MailSender<Order>) -> Registration {
-        self.lock().connections.insert(id, Connection { identity, orders });
+    /// Lists connection `id` (with its token's identity and its transport) to receive orders,
+    /// until the registration is dropped; [`Registration::refresh`] replaces the identity.
+    pub fn register(
+        self: &Arc<Self>,
+        identity: Arc<Identity>,
+        id: u64,
+        transport: &'static str,
+        now_ms: u64,
+        orders: MailSender<Order>,
+    ) -> Registration {
+        self.lock().connections.insert(id, Connection { identity, orders, transport, since_ms: now_ms });
         Registration { controls: self.clone(), id }
+    }
+
+    /// This node's connections, of one tenant (and user) when given, oldest first.
+    pub fn list(&self, tenant: Option<&str>, user: Option<&str>) -> Vec<ConnectionInfo> {
+        let mut list: Vec<ConnectionInfo> = self
+            .lock()
+            .connections
+            .iter()
+            .filter(|(_, c)| tenant.is_none_or(|t| c.identity.tenant == t) && user.is_none_or(|u| c.identity.user == u))
+            .map(|(&id, c)| ConnectionInfo {
+                id,
+                tenant: c.identity.tenant.clone(),
+                user: c.identity.user.clone(),
+                transport: c.transport,
+                connected_at: c.since_ms,
+                expires_at: c.identity.expires_at,
+                token_id: c.identity.token_id.clone(),
+            })
+            .collect();
+        list.sort_by_key(|c| (c.connected_at, c.id));
+        list
+    }
+
+    /// How many connections each transport carries here (of one tenant when given).
+    pub fn by_transport(&self, tenant: Option<&str>) -> std::collections::BTreeMap<&'static str, usize> {
+        self.census(tenant).0
+    }
+
+    /// Connections by transport and distinct users here (of one tenant when given), counted
+    /// under the lock without copying an entry.
+    pub fn census(&self, tenant: Option<&str>) -> (std::collections::BTreeMap<&'static str, usize>, usize) {
+        let mut counts: std::collections::BTreeMap<&'static str, usize> =
+            ["quic", "webtransport", "websocket", "sse"].into_iter().map(|t| (t, 0)).collect();
+        let state = self.lock();
+        let mut users = std::collections::HashSet::new();
+        for c in state.connections.values().filter(|c| tenant.is_none_or(|t| c.identity.tenant == t)) {
+            *counts.entry(c.transport).or_default() += 1;
+            users.insert((c.identity.tenant.as_str(), c.identity.user.as_str()));
+        }
+        (counts, users.len())
     }
 
     /// Sends `order` to every connection of the user on this node; returns how many took it.
@@ -244,10 +310,16 @@ mod tests {
         let (tx1, mut rx1) = crate::mailbox::mailbox();
         let (tx2, mut rx2) = crate::mailbox::mailbox();
         let (tx3, mut rx3) = crate::mailbox::mailbox();
-        let a1 = controls.register(Arc::new(identity("alice", Some("t0"), Some(5))), 1, tx1);
+        let a1 = controls.register(Arc::new(identity("alice", Some("t0"), Some(5))), 1, "quic", 100, tx1);
         a1.refresh(Arc::new(identity("alice", Some("t1"), Some(5))));
-        let a2 = controls.register(Arc::new(identity("alice", Some("t2"), Some(5))), 2, tx2);
-        let _b = controls.register(Arc::new(identity("bob", Some("t3"), Some(5))), 3, tx3);
+        let a2 = controls.register(Arc::new(identity("alice", Some("t2"), Some(5))), 2, "websocket", 200, tx2);
+        let _b = controls.register(Arc::new(identity("bob", Some("t3"), Some(5))), 3, "websocket", 300, tx3);
+        let alice: Vec<(u64, &str, Option<String>)> =
+            controls.list(Some("acme"), Some("alice")).into_iter().map(|c| (c.id, c.transport, c.token_id)).collect();
+        assert_eq!(alice, [(1, "quic", Some("t1".into())), (2, "websocket", Some("t2".into()))]);
+        assert!(controls.list(Some("globex"), None).is_empty());
+        let (counts, users) = controls.census(None);
+        assert_eq!((counts["quic"], counts["websocket"], counts["sse"], users), (1, 2, 0, 2));
         let kick = Control::Disconnect { tenant: "acme".into(), user: "alice".into(), reason: "bye".into() };
         assert_eq!(controls.apply(&kick, 10), 2);
         assert!(matches!(rx1.try_recv(), Ok(Order::Close { code: ErrorCode::DISCONNECTED, .. })));

@@ -3,7 +3,8 @@
 //! `/call/` and the collaborative board at `/board/` with the browser client, and the server API application backends call
 //! (`POST /v1/api/publish`, `GET /v1/api/presence/{tenant}/rooms/{room}` and
 //! `GET /v1/api/presence/{tenant}/users/{user}`, `GET /v1/api/calls/{tenant}/users/{user}`,
-//! bearer key from `api.key`), and the ICE servers
+//! bearer key from `api.key`; the admin UI at `/admin/` and its endpoints are in
+//! [`crate::admin::http`]), and the ICE servers
 //! with TURN credentials for a user (`GET /v1/ice`, bearer: the user's token). With
 //! `listen.admin`, metrics and the server API move to a second listener ([`Routes`]). The TCP
 //! listener speaks TLS when `tls.tcp` says so.
@@ -76,6 +77,8 @@ pub struct HttpState {
     pub notify: Arc<crate::notify::Notifications>,
     /// `POST /v1/dev/token`: only with dev keys on the self-signed dev certificate.
     pub dev_tokens: Option<DevTokens>,
+    /// This node for the admin view (`/admin/`, `/v1/api/admin/...`).
+    pub node: Arc<crate::admin::Node>,
 }
 
 /// Which endpoints a listener serves.
@@ -121,7 +124,8 @@ pub fn router(state: Arc<HttpState>, routes: Routes) -> Router {
         .route("/v1/api/notifications", post(crate::notify::api::add))
         .route("/v1/api/notifications/dead_letters", get(crate::notify::api::dead_letters))
         .route("/v1/api/notifications/dead_letters/{id}", axum::routing::delete(crate::notify::api::delete_dead))
-        .route("/v1/api/notifications/dead_letters/{id}/replay", post(crate::notify::api::replay_dead));
+        .route("/v1/api/notifications/dead_letters/{id}/replay", post(crate::notify::api::replay_dead))
+        .merge(crate::admin::http::routes());
     // Conformance runs only (`websocket.echo`, tests/autobahn.rs).
     let public = if state.websocket.config.echo {
         public.route(crate::transport::websocket::ECHO_PATH, get(websocket_echo))
@@ -374,7 +378,7 @@ pub const SDK_MODULES: &[(&str, &str)] = &[
 ];
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 
-fn asset(content_type: &'static str, body: &'static str) -> Response {
+pub(crate) fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
@@ -631,7 +635,7 @@ async fn sse(State(state): State<Arc<HttpState>>, headers: HeaderMap, request: R
         }
     }
     let (orders_tx, orders) = crate::mailbox::mailbox();
-    let registration = state.controls.register(Arc::new(identity.clone()), id, orders_tx);
+    let registration = state.controls.register(Arc::new(identity.clone()), id, "sse", unix_ms(), orders_tx);
     let stream = crate::transport::sse::Stream {
         outbox,
         guard,

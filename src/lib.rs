@@ -3,6 +3,7 @@
 //!
 //! The data path: `transport → connection → session → hub → outbox → writer → transport`.
 
+pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod call;

@@ -69,6 +69,10 @@ pub const DUPLICATES_TOTAL: &str = "edgerelay_duplicate_publishes_total";
 pub const REDIS_RESYNCS_TOTAL: &str = "edgerelay_redis_resyncs_total";
 /// Times the Redis pub/sub connection was found silent by its probe and reconnected.
 pub const REDIS_PROBE_FAILURES_TOTAL: &str = "edgerelay_redis_probe_failures_total";
+/// Whether Redis answers this node (redis engine only): 1 while its probe is published and
+/// comes back through pub/sub, 0 from a failed probe publish or a silent pub/sub until the next
+/// probe that goes round (gauge).
+pub const REDIS_UP: &str = "edgerelay_redis_up";
 
 /// Time from a publish being handed to the engine (it passed the connection's checks, or the
 /// server API's) until its successful outcome is handed on to be sent: the client's ack, or the
@@ -218,6 +222,10 @@ fn describe() {
     describe_counter!(
         REDIS_PROBE_FAILURES_TOTAL,
         "Times the Redis pub/sub connection was found silent and reconnected."
+    );
+    describe_gauge!(
+        REDIS_UP,
+        "1 while Redis takes this node's probe and brings it back through pub/sub; 0 after a failed or lost probe (redis engine)."
     );
     describe_histogram!(PUBLISH_ACK_SECONDS, "Time from a publish reaching the engine to its ack being queued.");
     describe_histogram!(DELIVERY_SECONDS, "Time from a message's commit to its being queued for every member here.");
@@ -422,7 +430,7 @@ fn max_fds() -> Option<f64> {
 
 /// Counter and gauge handles for one transport, registered once and shared by its connections
 /// so the per-frame path does not look names up. A clone is one pointer: a connection's tasks
-/// each hold one, and the eleven handles themselves are 176 bytes. The connection gauge and counter
+/// each hold one, and the eleven handles and the label are 192 bytes. The connection gauge and counter
 /// move only through [`TransportMetrics::opened`].
 #[derive(Clone)]
 pub struct TransportMetrics(std::sync::Arc<TransportHandles>);
@@ -441,6 +449,8 @@ pub struct TransportHandles {
     pub handshake_seconds: metrics::Histogram,
     /// Hellos that came as 0-RTT data ([`ZERO_RTT_TOTAL`]).
     pub zero_rtt: metrics::Counter,
+    /// The `transport` label.
+    pub transport: &'static str,
 }
 
 impl TransportMetrics {
@@ -457,6 +467,7 @@ impl TransportMetrics {
             datagrams_rerouted: metrics::counter!(DATAGRAMS_REROUTED_TOTAL, "transport" => transport),
             handshake_seconds: metrics::histogram!(HANDSHAKE_SECONDS, "transport" => transport),
             zero_rtt: metrics::counter!(ZERO_RTT_TOTAL, "transport" => transport),
+            transport,
         }))
     }
 

@@ -238,6 +238,12 @@ impl Relay {
         let conn_ctx = Arc::new(ConnectionContext::new(session_ctx, drain.clone(), config.shutdown.reconnect_after_ms));
         let services = TaskTracker::new();
         let connections = TaskTracker::new();
+        let node = Arc::new(crate::admin::Node {
+            name: engine.node_name(),
+            started_at: unix_ms(),
+            controls: controls.clone(),
+            awareness: awareness.clone(),
+        });
         let http = Arc::new(HttpState {
             websocket: Arc::new(WebSocketTransport::new(conn_ctx.clone(), config.websocket.clone())),
             metrics,
@@ -255,6 +261,7 @@ impl Relay {
             dev_tokens: dev_secret.as_deref().filter(|_| cert.dev).map(|secret| {
                 DevTokens::new(Signer::dev(secret), config.auth.issuer.clone(), config.auth.audience.clone())
             }),
+            node: node.clone(),
         });
 
         let udp_admission = crate::admission::Admission::new(&config.connections);
@@ -297,6 +304,7 @@ impl Relay {
         services.spawn(receipts.run(unix_ms, stop.clone()));
         services.spawn(notify_store.clone().run(unix_ms, stop.clone()));
         services.spawn(sweep_rooms(hub.clone(), engine.clone(), stop.clone()));
+        services.spawn(report_node(node, engine.clone(), stop.clone()));
         if let Some(link) = engine.share_presence() {
             awareness.share(link.local.clone());
             let every = Duration::from_millis(config.presence.refresh_ms);
@@ -705,6 +713,23 @@ fn capped_udp_buffers(recv: usize, send: usize) -> Vec<(&'static str, usize)> {
 
 /// Drives presence time and saves changed user records (a blocking store commit, on the
 /// blocking pool); saves them a last time when the relay stops.
+/// Writes this node's report for the region's admin view every [`crate::admin::REPORT_MS`]
+/// (nothing is written for a single node).
+async fn report_node(node: Arc<crate::admin::Node>, engine: Arc<dyn Engine>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(crate::admin::REPORT_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(err) = engine.report_node(&node.report(unix_ms())).await {
+                    tracing::debug!(%err, "node report not written");
+                }
+            }
+        }
+    }
+}
+
 async fn presence_ticks(awareness: Arc<Awareness>, every: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

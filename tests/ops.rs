@@ -1,6 +1,7 @@
 //! Operations: TLS on the TCP port (`wss://`) and certificate reload, metrics (help texts,
 //! histograms, counters at 0, build and process info, the admin listener), the server API's
-//! duplicate count, and the drain on SIGTERM.
+//! duplicate count, the drain on SIGTERM, the Grafana dashboard and Prometheus alert rules in
+//! docs/ (every metric they read is served), and the region's nodes in the admin view.
 
 mod common;
 #[path = "common/process.rs"]
@@ -458,6 +459,9 @@ async fn metrics_are_described_initialised_and_served_on_the_admin_listener() {
     }
     assert_eq!(http_get(relay.tcp, "/v1/cert").await.0, 200);
     assert_eq!(http_get(admin, "/v1/cert").await.0, 404);
+    // The admin UI goes with the server API.
+    assert_eq!(http_get(admin, "/admin/").await.0, 200);
+    assert_eq!(http_get(relay.tcp, "/admin/").await.0, 404);
     drop(client);
 }
 
@@ -540,4 +544,205 @@ async fn quic_close_during_drain(addr: SocketAddr, pin: [u8; 32]) -> (u64, Vec<u
         quinn::ConnectionError::ApplicationClosed(close) => (close.error_code.into_inner(), close.reason.to_vec()),
         other => panic!("expected an application close, got {other:?}"),
     }
+}
+
+// ---- dashboards and alerts (docs/grafana, docs/prometheus) ----
+
+const DASHBOARD: &str = include_str!("../docs/grafana/edgerelay.json");
+const ALERTS: &str = include_str!("../docs/prometheus/alerts.yml");
+
+/// Series Prometheus makes itself, not the relay.
+const PROMETHEUS_SERIES: [&str; 1] = ["up"];
+
+/// The metric names a PromQL expression reads: its identifiers that are not functions,
+/// aggregations, keywords, grouping labels, label matchers, ranges or strings.
+fn promql_metrics(expr: &str) -> std::collections::BTreeSet<String> {
+    const KEYWORDS: [&str; 10] = ["and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "inf"];
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = std::collections::BTreeSet::new();
+    // The index after the `close` that ends what starts at `i`; strings inside (label values)
+    // are skipped whole, except when skipping a string itself.
+    fn skip_to(chars: &[char], i: usize, close: char) -> usize {
+        let mut j = i + 1;
+        while j < chars.len() && chars[j] != close {
+            j = match chars[j] {
+                '\\' => j + 2,
+                q @ ('"' | '\'' | '`') if !matches!(close, '"' | '\'' | '`') => skip_to(chars, j, q),
+                _ => j + 1,
+            };
+        }
+        j + 1
+    }
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '"' | '\'' | '`' => i = skip_to(&chars, i, c),
+            '{' => i = skip_to(&chars, i, '}'),
+            '[' => i = skip_to(&chars, i, ']'),
+            c if c.is_ascii_alphabetic() || c == '_' || c == ':' => {
+                let start = i;
+                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':') {
+                    i += 1;
+                }
+                let word: String = chars[start..i].iter().collect();
+                let mut next = i;
+                while next < chars.len() && chars[next] == ' ' {
+                    next += 1;
+                }
+                // A function or aggregation: `f(`, or `sum by (...)` / `sum without (...)`.
+                let rest: String = chars[next..].iter().collect();
+                let call = rest.starts_with('(') || rest.starts_with("by") || rest.starts_with("without");
+                let grouping =
+                    ["by", "without", "on", "ignoring", "group_left", "group_right"].contains(&word.as_str());
+                if grouping && call {
+                    i = skip_to(&chars, next, ')');
+                } else if !call && !KEYWORDS.contains(&word.as_str()) && !grouping {
+                    names.insert(word);
+                }
+            }
+            c if c.is_ascii_digit() || c == '.' => {
+                // A number or a duration (`5m`): not a name.
+                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                    i += 1;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    names
+}
+
+#[test]
+fn promql_metric_names_are_found_and_nothing_else() {
+    let names = promql_metrics(
+        r#"histogram_quantile(0.99, sum by (instance, le) (rate(a_bucket{job=~"$job", x="y}"}[$__rate_interval]))) > 0.1 and on (instance) b_total offset 5m / process_max_fds"#,
+    );
+    assert_eq!(names.into_iter().collect::<Vec<_>>(), ["a_bucket", "b_total", "process_max_fds"]);
+}
+
+/// Every PromQL expression of the dashboard (panels' targets) and the metric of each template
+/// query (`label_values(<metric>, <label>)`).
+fn dashboard_exprs() -> Vec<String> {
+    fn walk(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    match (key.as_str(), value) {
+                        ("expr", serde_json::Value::String(expr)) => out.push(expr.clone()),
+                        ("definition", serde_json::Value::String(query)) => {
+                            let inner = query.strip_prefix("label_values(").expect("a label_values query");
+                            out.push(inner.rsplit_once(',').expect("label_values(metric, label)").0.to_owned());
+                        }
+                        _ => walk(value, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(DASHBOARD).expect("the dashboard is JSON");
+    assert_eq!(dashboard["uid"], "edgerelay");
+    let mut out = Vec::new();
+    walk(&dashboard, &mut out);
+    out
+}
+
+/// The alert rules' expressions, checked by `promtool check rules` when it is installed
+/// (Debian's `prometheus` package; scripts/test installs it); each rule has one `expr:` line.
+fn alert_exprs() -> Vec<String> {
+    match std::process::Command::new("promtool").args(["check", "rules", "docs/prometheus/alerts.yml"]).output() {
+        Ok(out) => assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(err) => println!("promtool not found ({err}): only the expressions' metric names are checked"),
+    }
+    let rules = ALERTS.lines().filter(|l| l.trim_start().starts_with("- alert:")).count();
+    let exprs: Vec<String> =
+        ALERTS.lines().filter_map(|l| l.trim_start().strip_prefix("expr:")).map(|e| e.trim().to_owned()).collect();
+    assert!(rules > 0 && exprs.len() == rules, "{rules} alerts, {} one-line exprs", exprs.len());
+    exprs
+}
+
+#[tokio::test]
+async fn dashboard_and_alerts_read_only_served_metrics_and_the_region_lists_its_nodes() {
+    let redis = edgerelay::testing::RedisServer::start().expect("start redis-server");
+    let dir = tempfile::tempdir().unwrap();
+    let redis_node = |name: &str| {
+        RelayProcess::new(&dir.path().join(name))
+            .with_env("EDGERELAY_STORE__ENGINE", "redis")
+            .with_env("EDGERELAY_REDIS__URL", redis.url())
+    };
+    let mut a = redis_node("a");
+    a.start().await;
+
+    // Every metric the dashboard and the alerts read is on a Redis node's /metrics.
+    let (status, page) = http_get(a.tcp, "/metrics").await;
+    assert_eq!(status, 200);
+    let served = |name: &str| page.lines().any(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with([' ', '{'])));
+    let exprs: Vec<String> = dashboard_exprs().into_iter().chain(alert_exprs()).collect();
+    let mut read = std::collections::BTreeSet::new();
+    for expr in &exprs {
+        let names = promql_metrics(expr);
+        assert!(!names.is_empty(), "no metric in {expr}");
+        read.extend(names);
+    }
+    let missing: Vec<&String> =
+        read.iter().filter(|name| !PROMETHEUS_SERIES.contains(&name.as_str()) && !served(name)).collect();
+    assert!(missing.is_empty(), "read by docs/grafana or docs/prometheus but not served: {missing:?}");
+    for topic in [
+        "edgerelay_connections",
+        "edgerelay_deliveries_total",
+        "edgerelay_publish_ack_seconds_bucket",
+        "edgerelay_catch_ups_total",
+        "edgerelay_store_commit_seconds_bucket",
+        "edgerelay_redis_up",
+        "edgerelay_errors_total",
+    ] {
+        assert!(read.contains(topic), "nothing reads {topic}");
+    }
+    assert_eq!(sample(&page, "edgerelay_redis_up"), Some(1.0));
+
+    // The admin view of the region: both nodes, with what each holds.
+    let mut b = redis_node("b");
+    b.start().await;
+    let auth = format!("Bearer {API_KEY}");
+    let nodes = async |relay: &RelayProcess| {
+        let (status, body) =
+            http_request(relay.tcp, "GET", "/v1/api/admin/nodes", &[("authorization", &auth)], "").await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let client = Client::connect(b.ws_target(), ClientOptions::new(b.token("ann"))).await.unwrap();
+    client.join("lobby").await.unwrap();
+    let seen_from_a = within("node b's report shows its connection", async {
+        loop {
+            let answer = nodes(&a).await;
+            let listed = answer["nodes"].as_array().unwrap().clone();
+            if listed.len() == 2 && listed[1]["connections"]["websocket"] == 1 {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    let b_name = nodes(&b).await["node"].clone();
+    assert_eq!(seen_from_a["nodes"][0]["node"], seen_from_a["node"], "this node first");
+    assert_eq!(seen_from_a["nodes"][1]["node"], b_name);
+    assert_eq!(seen_from_a["nodes"][1]["rooms"], 1);
+    // A node that stops leaves the list at once.
+    drop(client);
+    let pid = b.child.as_ref().unwrap().id();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    within("node b exits", async {
+        while b.child.as_mut().unwrap().try_wait().unwrap().is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(nodes(&a).await["nodes"].as_array().unwrap().len(), 1);
 }

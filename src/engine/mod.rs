@@ -171,6 +171,24 @@ pub trait Engine: Send + Sync + 'static {
     fn share_calls(&self) -> Option<CallLink> {
         None
     }
+
+    /// This node's name in the region (the admin view); `local` for a single node.
+    fn node_name(&self) -> String {
+        "local".into()
+    }
+
+    /// Keeps this node's report where the other nodes read it (a shared engine; nothing to do
+    /// for a single node). Written every [`crate::admin::REPORT_MS`].
+    fn report_node(&self, report: &crate::admin::NodeReport) -> BoxFuture<'_, Result<(), EngineError>> {
+        let _ = report;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The last report of every node that wrote one (a shared engine; empty for a single
+    /// node). Lapsed ones may be among them: [`crate::admin::region`] leaves them out.
+    fn node_reports(&self) -> BoxFuture<'_, Result<Vec<crate::admin::NodeReport>, EngineError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// The two directions of the region's call channel, for the call service

@@ -54,6 +54,17 @@ pub const IGNORED_TOTAL: &str = "edgerelay_presence_ignored_total";
 /// Users with a connected device (gauge).
 pub const USERS: &str = "edgerelay_presence_users";
 
+/// A room's counts for the admin view ([`Awareness::rooms_here`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RoomCount {
+    pub tenant: String,
+    pub room: String,
+    /// Present users on every node (quiet rooms and hidden users as `presence_refresh` counts).
+    pub members: u32,
+    /// Connections on this node that joined it.
+    pub connections_here: usize,
+}
+
 /// One device's outbox and the lanes of the rooms it joined.
 struct Link {
     user: UserKey,
@@ -368,6 +379,33 @@ impl Awareness {
         }
     }
 
+    /// Every room with a connection here (of `tenant` when given): its member count on every
+    /// node, as members' `presence_refresh` says, and how many connections here joined it
+    /// (the admin view).
+    pub fn rooms_here(&self, tenant: Option<&str>) -> Vec<RoomCount> {
+        let state = self.lock();
+        state
+            .room_devices
+            .iter()
+            .filter(|(key, _)| tenant.is_none_or(|t| &*key.tenant == t))
+            .map(|(key, devices)| RoomCount {
+                tenant: key.tenant.to_string(),
+                room: key.room.to_string(),
+                members: state.summary(key).0,
+                connections_here: devices.len(),
+            })
+            .collect()
+    }
+
+    /// The rooms a connection joined (the admin view).
+    pub fn device_rooms(&self, device: DeviceId) -> Vec<String> {
+        let state = self.lock();
+        let mut rooms: Vec<String> =
+            state.links.get(&device).map(|link| link.rooms.keys().map(|r| r.to_string()).collect()).unwrap_or_default();
+        rooms.sort();
+        rooms
+    }
+
     /// A room's present members (HTTP API), on every node.
     pub fn room(&self, room: &RoomKey) -> Vec<PresenceEntry> {
         self.lock().view(room)
@@ -569,14 +607,19 @@ impl State {
         self.fan(room, key, &frame, "typing");
     }
 
+    /// A room's member count and digest on every node, as `presence_refresh` carries them.
+    fn summary(&self, room: &RoomKey) -> (u32, u64) {
+        if self.remote.has_room(room) {
+            let view = self.view(room);
+            (view.len() as u32, crate::proto::presence::digest(&view))
+        } else {
+            self.presence.summary(room)
+        }
+    }
+
     fn send_refreshes(&self) {
         for room in self.room_devices.keys() {
-            let (count, digest) = if self.remote.has_room(room) {
-                let view = self.view(room);
-                (view.len() as u32, crate::proto::presence::digest(&view))
-            } else {
-                self.presence.summary(room)
-            };
+            let (count, digest) = self.summary(room);
             // A quiet room's members are counted, not listed: digest 0 tells clients so.
             let digest = if self.is_quiet(room) { 0 } else { digest };
             let frame = ServerFrame::PresenceRefresh { room: room.room.to_string(), count, digest };

@@ -170,6 +170,8 @@ pub struct Session {
     cursors: HashMap<RoomName, Position>,
     /// Where this connection's media goes (raw QUIC and WebTransport; `None` on WebSocket).
     media: Option<Arc<MediaOut>>,
+    /// `quic`, `webtransport` or `websocket` (the admin view lists it).
+    transport: &'static str,
     /// Rooms whose join is in flight (by the join's `req`), with the publishes to them that
     /// arrived meanwhile: they go to the engine once the join settled, so a client that joins
     /// and then publishes receives its own message (the join's position is taken first).
@@ -207,16 +209,15 @@ fn parse_room(room: &str) -> Result<RoomName, Failure> {
 }
 
 impl Session {
-    /// `id` is unique within the relay (it identifies the subscriber in rooms).
+    /// The link's `id` is unique within the relay (it identifies the subscriber in rooms).
     pub fn new(
-        id: u64,
+        link: crate::connection::Link,
         ctx: Arc<SessionContext>,
-        outbox: Arc<Outbox>,
         catch_up: MailSender<CatchUp>,
         orders: MailSender<Order>,
-        media: Option<Arc<MediaOut>>,
         now_ms: u64,
     ) -> Session {
+        let crate::connection::Link { id, outbox, media, transport } = link;
         let bucket = TokenBucket::new(ctx.limits.publish_rate, ctx.limits.publish_burst, now_ms);
         let (rate, burst) = ctx.presence_rate;
         let presence_bucket = TokenBucket::new(rate, burst, now_ms);
@@ -247,6 +248,7 @@ impl Session {
             jobs: Vec::new(),
             cursors: HashMap::new(),
             media,
+            transport,
             joining: HashMap::new(),
             subscriptions: HashMap::new(),
             event_owner: crate::events::Owner::new(id),
@@ -514,7 +516,8 @@ impl Session {
         let tenant: Arc<str> = identity.tenant.as_str().into();
         let user = UserKey { tenant: tenant.clone(), user: identity.user.as_str().into() };
         let identity = Arc::new(identity);
-        let registration = self.ctx.controls.register(identity.clone(), self.id, self.orders.clone());
+        let registration =
+            self.ctx.controls.register(identity.clone(), self.id, self.transport, now_ms, self.orders.clone());
         self.active = Some(Active { identity, tenant, user: user.clone(), _slot: slot, registration });
         self.outbox.send(lane, &welcome).map_err(|e| self.push_fatal(e))?;
         self.ctx.call_service.connect(&user, self.id, self.outbox.clone(), now_ms);

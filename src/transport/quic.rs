@@ -310,6 +310,7 @@ async fn run(
 
     let outbox = Outbox::new(Codec::detect(&first), ctx.session.limits.outbox_bytes);
     let id = ctx.next_id();
+    let metrics_transport = metrics.transport;
     let (opens_tx, opens) = mailbox();
     let media = MediaOut::new(ctx.session.calls.config().queue_bytes, opens_tx);
     // Bounded: a reader waits while the connection loop is behind.
@@ -335,7 +336,7 @@ async fn run(
     readers.spawn(serve_peer(conn.clone(), lanes, credit, datagrams, media_side));
 
     let reason = tokio::select! {
-        reason = connection::drive(ctx, Link { id, outbox: outbox.clone(), media: Some(media) }, first, &mut rx, auth_deadline, handshake) => reason,
+        reason = connection::drive(ctx, Link { id, outbox: outbox.clone(), media: Some(media), transport: metrics_transport }, first, &mut rx, auth_deadline, handshake) => reason,
         _ = stop.cancelled() => CloseReason::Error(ErrorCode::GOING_AWAY),
     };
     outbox.close(reason);

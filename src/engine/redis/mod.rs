@@ -172,6 +172,11 @@ impl Names {
     fn revocations(&self) -> String {
         format!("{}:revocations", self.prefix)
     }
+
+    /// Every node's last report (the admin view): field `<node>`, value the report's JSON.
+    fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
 }
 
 /// The URL without its password, for logs and errors.
@@ -258,6 +263,8 @@ struct Shared {
     check_now: Notify,
     resyncs: metrics::Counter,
     probe_failures: metrics::Counter,
+    /// [`crate::metrics::REDIS_UP`].
+    up: metrics::Gauge,
 }
 
 pub struct RedisEngine {
@@ -337,6 +344,7 @@ impl RedisEngine {
             check_now: Notify::new(),
             resyncs: metrics::counter!(crate::metrics::REDIS_RESYNCS_TOTAL),
             probe_failures: metrics::counter!(crate::metrics::REDIS_PROBE_FAILURES_TOTAL),
+            up: metrics::gauge!(crate::metrics::REDIS_UP),
             config,
         });
         let own = vec![shared.probe_channel.clone(), shared.control_channel.clone(), shared.calls_channel.clone()];
@@ -353,6 +361,7 @@ impl RedisEngine {
         let (actions, actions_rx) = mpsc::unbounded_channel();
         tasks.spawn(run_actions(shared.clone(), actions_rx, stop.clone()));
         tracing::info!(url = %redacted(&shared.config.url), node = %shared.node, "redis engine connected");
+        shared.up.set(1.0);
         Ok(RedisEngine {
             shared,
             remote_controls: Mutex::new(Some(remote_controls)),
@@ -959,9 +968,12 @@ async fn run_probe(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if shared.probe_received.load(Ordering::Relaxed) >= sent {
+        // The previous probe went round: Redis takes commands and pub/sub delivers.
+        let answered = shared.probe_received.load(Ordering::Relaxed) >= sent;
+        if answered {
             waiting_since = None;
         } else if waiting_since.is_some_and(|since| since.elapsed() >= shared.config.probe_timeout) {
+            shared.up.set(0.0);
             shared.probe_failures.increment(1);
             tracing::warn!("redis pub/sub is silent (probe not received); reconnecting it");
             if let Err(err) = shared.subscriber.force_reconnection().await {
@@ -972,10 +984,16 @@ async fn run_probe(shared: Arc<Shared>, stop: CancellationToken) {
         }
         match shared.client.spublish::<Value, _, _>(shared.probe_channel.clone(), (sent + 1).to_string()).await {
             Ok(_) => {
+                if answered {
+                    shared.up.set(1.0);
+                }
                 sent += 1;
                 waiting_since.get_or_insert_with(Instant::now);
             }
-            Err(err) => tracing::debug!(%err, "probe publish"),
+            Err(err) => {
+                shared.up.set(0.0);
+                tracing::debug!(%err, "probe publish");
+            }
         }
     }
 }
@@ -1149,6 +1167,44 @@ impl Engine for RedisEngine {
         lock(&self.call_link).take()
     }
 
+    fn node_name(&self) -> String {
+        self.shared.node.clone()
+    }
+
+    fn report_node(&self, report: &crate::admin::NodeReport) -> BoxFuture<'_, Result<(), EngineError>> {
+        let json = serde_json::to_string(report).unwrap_or_default();
+        async move {
+            let nodes = self.shared.names.nodes();
+            let _: Value =
+                self.shared.client.hset(nodes, (self.shared.node.as_str(), json)).await.map_err(unavailable)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn node_reports(&self) -> BoxFuture<'_, Result<Vec<crate::admin::NodeReport>, EngineError>> {
+        async move {
+            let nodes = self.shared.names.nodes();
+            let fields: HashMap<String, String> =
+                self.shared.client.hgetall(nodes.as_str()).await.map_err(unavailable)?;
+            let now = unix_ms();
+            let (mut reports, mut gone) = (Vec::new(), Vec::new());
+            for (node, json) in fields {
+                match serde_json::from_str::<crate::admin::NodeReport>(&json) {
+                    // Long gone (a node that died): tidied here, by whoever reads.
+                    Ok(report) if report.seen_at + 10 * crate::admin::LAPSE_MS < now => gone.push(node),
+                    Ok(report) => reports.push(report),
+                    Err(_) => gone.push(node),
+                }
+            }
+            if !gone.is_empty() {
+                let _: Result<Value, FredError> = self.shared.client.hdel(nodes, gone).await;
+            }
+            Ok(reports)
+        }
+        .boxed()
+    }
+
     fn maintain(&self, now_ms: u64) {
         // Retention is applied by the publish script; here only subscriptions are tidied.
         let shared = self.shared.clone();
@@ -1167,6 +1223,9 @@ impl Engine for RedisEngine {
             self.stop.cancel();
             self.tasks.close();
             let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
+            // Leave the region's node list at once rather than when the report lapses.
+            let gone = self.shared.client.hdel::<Value, _, _>(self.shared.names.nodes(), self.shared.node.as_str());
+            let _ = tokio::time::timeout(self.shared.config.command_timeout, gone).await;
             let _ = self.shared.subscriber.quit().await;
             let _ = self.shared.client.quit().await;
         }

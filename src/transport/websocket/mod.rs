@@ -136,7 +136,7 @@ impl WebSocketTransport {
         outbox.write_directly(wire.clone());
         let mut inbound = SocketInbound::new(wire.clone(), outbox.clone(), reader, limits, self.metrics.clone());
         let reason = tokio::select! {
-            reason = connection::drive(ctx, connection::Link { id: ctx.next_id(), outbox: outbox.clone(), media: None }, first, &mut inbound, auth_deadline, handshake) => reason,
+            reason = connection::drive(ctx, connection::Link { id: ctx.next_id(), outbox: outbox.clone(), media: None, transport: "websocket" }, first, &mut inbound, auth_deadline, handshake) => reason,
             _ = stop.cancelled() => CloseReason::Error(ErrorCode::GOING_AWAY),
         };
         outbox.close(reason);
