@@ -35,6 +35,8 @@ use crate::hub::Hub;
 use crate::hub::awareness::Awareness;
 use crate::hub::last_seen::{MemoryRecords, StoredRecords, UserRecords};
 use crate::hub::remote::{LocalPresence, PresenceLink};
+use crate::receipts::redis::RedisReceipts;
+use crate::receipts::store::{EmbeddedReceipts, ReceiptStore};
 use crate::session::SessionContext;
 use crate::session::limits::UserConnections;
 use crate::store::{EmbeddedHistory, History, MemoryHistory, Retention, SideDb};
@@ -162,14 +164,13 @@ impl Relay {
         let stop = CancellationToken::new();
         let drain = CancellationToken::new();
         let hub = Arc::new(Hub::new(config.hub.shards, config.hub.room_idle_ttl_secs.saturating_mul(1000)));
-        let (engine, records, call_history, session_store, receipt_db) = start_engine(&config, hub.clone()).await?;
-        let receipt_store = crate::receipts::store::ReceiptStore::open(receipt_db)
-            .map_err(|error| RelayError::Store { path: config.history_path(), error })?;
+        let (engine, records, call_history, session_store, receipt_store) = start_engine(&config, hub.clone()).await?;
         let receipts = crate::receipts::Receipts::new(
             &config.receipts,
             config.limits.max_frame_bytes,
             receipt_store,
             engine.clone(),
+            hub.clone(),
         );
         let tap = Arc::downgrade(&receipts);
         hub.set_tap(Arc::new(move |key, position| {
@@ -763,7 +764,7 @@ async fn sweep_rooms(hub: Arc<Hub>, engine: Arc<dyn Engine>, stop: CancellationT
 
 /// The history engine, presence's user records, the call history and the collaborative
 /// sessions and the receipts' tables, which live in the same store.
-type Stores = (Arc<dyn Engine>, Arc<dyn UserRecords>, Arc<dyn CallHistory>, Arc<SessionStore>, SideDb);
+type Stores = (Arc<dyn Engine>, Arc<dyn UserRecords>, Arc<dyn CallHistory>, Arc<SessionStore>, Arc<dyn ReceiptStore>);
 
 /// Opens the configured history store and starts the engine.
 async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayError> {
@@ -781,20 +782,24 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
     let calls_retention = config.calls.history.retention();
     let store_err = |error| RelayError::Store { path: config.history_path(), error };
     let keep = u64::from(config.sessions.keep_patches);
-    type Opened = (Arc<dyn History>, Arc<dyn UserRecords>, Arc<dyn CallHistory>, Arc<SessionStore>, SideDb);
+    type Opened =
+        (Arc<dyn History>, Arc<dyn UserRecords>, Arc<dyn CallHistory>, Arc<SessionStore>, Arc<dyn ReceiptStore>);
+    let embedded_receipts = |db: SideDb| -> Result<Arc<dyn ReceiptStore>, RelayError> {
+        Ok(Arc::new(EmbeddedReceipts::open(db).map_err(store_err)?))
+    };
     let (history, records, calls, sessions, receipts): Opened = match st.engine {
         StoreEngine::Memory => (
             Arc::new(MemoryHistory::new()),
             Arc::new(MemoryRecords::default()),
             Arc::new(MemoryCallHistory::new(calls_retention)),
             Arc::new(SessionStore::memory(keep).map_err(store_err)?),
-            SideDb::memory().map_err(store_err)?,
+            embedded_receipts(SideDb::memory().map_err(store_err)?)?,
         ),
         StoreEngine::Embedded => {
             let history = open_embedded()?;
             let calls = EmbeddedCallHistory::new(history.clone(), calls_retention).map_err(store_err)?;
             let sessions = SessionStore::embedded(history.clone(), keep).map_err(store_err)?;
-            let receipts = SideDb::File(history.clone());
+            let receipts = embedded_receipts(SideDb::File(history.clone()))?;
             (history.clone(), Arc::new(StoredRecords::new(history)), Arc::new(calls), Arc::new(sessions), receipts)
         }
         StoreEngine::Redis => {
@@ -815,11 +820,11 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
                 .await
                 .map_err(|error| RelayError::Redis { url: crate::engine::redacted(&r.url), error })?;
             // Users' last-seen records and sessions stay in this node's embedded store (sessions
-            // are not shared across a region yet: docs/sessions.md), as are read marks
-            // (docs/receipts.md); calls are shared.
+            // are not shared across a region yet: docs/sessions.md); calls and read marks
+            // (docs/receipts.md) are shared.
             let local = open_embedded()?;
             let sessions = Arc::new(SessionStore::embedded(local.clone(), keep).map_err(store_err)?);
-            let receipts = SideDb::File(local.clone());
+            let receipts: Arc<dyn ReceiptStore> = Arc::new(RedisReceipts::start(engine.client(), &r.prefix));
             let records = Arc::new(StoredRecords::new(local));
             let calls = Arc::new(RedisCallHistory::new(engine.client(), &r.prefix, calls_retention));
             return Ok((Arc::new(engine), records, calls, sessions, receipts));
