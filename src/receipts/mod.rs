@@ -123,6 +123,8 @@ struct State {
     need_load: HashSet<RoomKey>,
     /// Members of cached rooms whose privacy setting is unknown (they count as not sharing).
     need_share: HashSet<UserKey>,
+    /// When new messages were last counted (at most once per interval).
+    last_counted: u64,
     last_sweep: u64,
 }
 
@@ -164,6 +166,7 @@ impl Receipts {
             need_top: HashSet::new(),
             need_load: HashSet::new(),
             need_share: HashSet::new(),
+            last_counted: 0,
             last_sweep: 0,
         };
         let link = engine.share_receipts();
@@ -559,16 +562,6 @@ impl Receipts {
         };
         let keys: Vec<RoomKey> =
             rooms.iter().map(|room| RoomKey { tenant: user.tenant.clone(), room: room.clone() }).collect();
-        {
-            // Watch first: a message from here on marks the room dirty, whatever is read below.
-            let mut state = lock(&self.state);
-            let devices = state.devices.entry(user.clone()).or_default();
-            devices.retain(|d| d.id != device);
-            devices.push(Device { id: device, outbox });
-            for key in &keys {
-                self.watch.add(key, &user);
-            }
-        }
         let marks = match self.store.marks(&user, &rooms).await {
             Ok(marks) => marks,
             Err(e) => return failed(reply, e),
@@ -579,6 +572,16 @@ impl Receipts {
             Ok(mentions) => mentions,
             Err(e) => return failed(reply, e),
         };
+        {
+            // Watch before the tops are read: a message from here on marks the room dirty.
+            let mut state = lock(&self.state);
+            let devices = state.devices.entry(user.clone()).or_default();
+            devices.retain(|d| d.id != device);
+            devices.push(Device { id: device, outbox });
+            for key in &keys {
+                self.watch.add(key, &user);
+            }
+        }
         let mut tops: Vec<Option<Position>> = keys.iter().map(|key| self.top_here(key)).collect();
         let missing: Vec<RoomKey> =
             keys.iter().zip(&tops).filter(|(_, top)| top.is_none()).map(|(k, _)| k.clone()).collect();
@@ -723,9 +726,13 @@ impl Receipts {
     /// Sends what changed: unread entries of synced users, receipts of rooms whose members moved.
     pub fn tick(&self, now_ms: u64) {
         let mut state = lock(&self.state);
-        for (key, users) in self.watch.take_moved() {
-            for user in users {
-                state.dirty.entry(user).or_default().insert(key.room.clone());
+        // New messages count at most once per interval, however many arrive.
+        if now_ms >= state.last_counted.saturating_add(self.config.interval_ms) {
+            state.last_counted = now_ms;
+            for (key, users) in self.watch.take_moved() {
+                for user in users {
+                    state.dirty.entry(user).or_default().insert(key.room.clone());
+                }
             }
         }
         for (user, rooms) in std::mem::take(&mut state.dirty) {
