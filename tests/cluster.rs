@@ -589,3 +589,37 @@ async fn receipts_span_a_region_and_survive_a_node_restart() {
     laptop.mark_read(&[(CHAT, more)]).await.unwrap();
     unread_until(&mut phone, "the restarted node's read on node 0", |u| u.total == 0 && u.mentions == 0).await;
 }
+
+/// The figure in docs/performance.md: `sync` on node 1 for a user following 500 rooms, each with
+/// one unread message, that only node 0 holds (marks, mentions and tops all come from Redis).
+/// Run: `cargo test --test cluster -- --ignored --nocapture region_sync_500_rooms_figure`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a load figure; run by hand (docs/performance.md)"]
+async fn region_sync_500_rooms_figure() {
+    use edgerelay::proto::Codec;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let redis = RedisServer::start().expect("start redis-server");
+    let mut cluster = Cluster { nodes: Vec::new(), pins: Vec::new(), _dir: tempfile::tempdir().unwrap() };
+    for _ in 0..2 {
+        cluster.add_node_with(&redis, &[("EDGERELAY_LIMITS__MAX_ROOMS_PER_CONNECTION", "500")]).await;
+    }
+    let connect = |target: Target, sub: &str| Client::connect(target, ClientOptions::new(cluster.token(sub)));
+    let alice = connect(cluster.quic(0), "alice").await.unwrap();
+    let bob = connect(cluster.quic(0), "bob").await.unwrap();
+    for i in 0..500 {
+        let room = format!("chat:r{i}");
+        alice.join(&room).await.unwrap();
+        bob.join(&room).await.unwrap();
+        bob.publish(&room, "m", Payload::from("\"hi\"")).await.unwrap();
+    }
+    for codec in [Codec::Postcard, Codec::Json] {
+        let mut laptop =
+            Client::connect(cluster.ws(1), ClientOptions::new(cluster.token("alice")).codec(codec)).await.unwrap();
+        for _ in 0..3 {
+            let (ms, frames, bytes) = receipts_help::timed_sync(&mut laptop, codec, 500).await;
+            println!(
+                "region sync of 500 rooms on the other node ({codec:?}): {ms:.1} ms, {frames} frames, {bytes} bytes"
+            );
+        }
+    }
+}

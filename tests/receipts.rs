@@ -324,23 +324,7 @@ async fn sync_500_rooms_figure() {
     for codec in [Codec::Postcard, Codec::Json] {
         let mut laptop = device(&relay, Transport::WebSocket, codec, "alice").await;
         for _ in 0..3 {
-            let started = std::time::Instant::now();
-            let unread = laptop.sync_unread().await.unwrap();
-            assert_eq!(unread.total, 500);
-            let (mut rooms, mut frames, mut bytes) = (unread.rooms.len(), 1, 0);
-            let encoded = |rooms: Vec<edgerelay::proto::RoomUnread>| {
-                let event = ReceiptEvent::Unread { full: true, rooms, total: 500, mentions: 0 };
-                codec.encode(&edgerelay::proto::ServerFrame::Receipts { req: 1, event }).len()
-            };
-            bytes += encoded(unread.rooms);
-            // Rooms beyond one frame follow as updates.
-            while rooms < 500 {
-                if let ReceiptEvent::Unread { rooms: more, .. } = laptop.next_receipts_event().await.unwrap() {
-                    (rooms, frames) = (rooms + more.len(), frames + 1);
-                    bytes += encoded(more);
-                }
-            }
-            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            let (ms, frames, bytes) = receipts_help::timed_sync(&mut laptop, codec, 500).await;
             println!("sync of 500 rooms ({codec:?}): {ms:.1} ms, {frames} frames, {bytes} bytes");
         }
     }

@@ -63,3 +63,25 @@ pub async fn receipts_until(
     })
     .await
 }
+
+/// Times one `sync` until all `rooms` entries arrived (the answer and the pages after it):
+/// (milliseconds, frames, encoded bytes in the client's codec). Every room has one unread.
+pub async fn timed_sync(client: &mut Client, codec: edgerelay::proto::Codec, rooms: usize) -> (f64, usize, usize) {
+    let started = std::time::Instant::now();
+    let unread = client.sync_unread().await.unwrap();
+    assert_eq!(unread.total, rooms as u64);
+    let total = unread.total;
+    let encoded = |rooms: Vec<edgerelay::proto::RoomUnread>| {
+        let event = ReceiptEvent::Unread { full: true, rooms, total, mentions: 0 };
+        codec.encode(&edgerelay::proto::ServerFrame::Receipts { req: 1, event }).len()
+    };
+    let (mut seen, mut frames, mut bytes) = (unread.rooms.len(), 1, encoded(unread.rooms));
+    // Rooms beyond one frame follow as updates.
+    while seen < rooms {
+        if let ReceiptEvent::Unread { rooms: more, .. } = client.next_receipts_event().await.unwrap() {
+            (seen, frames) = (seen + more.len(), frames + 1);
+            bytes += encoded(more);
+        }
+    }
+    (started.elapsed().as_secs_f64() * 1000.0, frames, bytes)
+}
