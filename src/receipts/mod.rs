@@ -234,18 +234,25 @@ impl Receipts {
             let tops: Vec<RoomKey> = state.need_top.drain().collect();
             (tops, state.need_load.drain().collect::<Vec<_>>(), state.need_share.drain().collect::<Vec<_>>())
         };
-        if let Ok(found) = self.store.share_read(&share).await {
+        if !share.is_empty() {
+            let found = self.store.share_read(&share).await;
             let mut state = lock(&self.state);
-            for (user, share_read) in share.iter().zip(found) {
-                if !state.share.contains_key(user) {
-                    self.shares(&mut state, user, share_read);
+            match found {
+                Ok(found) => {
+                    for (user, share_read) in share.iter().zip(found) {
+                        if !state.share.contains_key(user) {
+                            self.shares(&mut state, user, share_read);
+                        }
+                    }
                 }
+                // Still hidden; asked again at the next tick.
+                Err(_) => state.need_share.extend(share),
             }
         }
         if region_tops {
             // Rooms held here get every message from the engine; the others are read.
-            let held: HashSet<RoomKey> = tops.iter().cloned().collect();
-            tops.extend(self.watch.rooms().into_iter().filter(|key| !self.hub.has_room(key) && !held.contains(key)));
+            let queued: HashSet<RoomKey> = tops.iter().cloned().collect();
+            tops.extend(self.watch.rooms().into_iter().filter(|key| !self.hub.has_room(key) && !queued.contains(key)));
         }
         if !tops.is_empty() {
             let found = self.engine.tops(tops.clone()).await;
