@@ -588,6 +588,14 @@ async fn receipts_span_a_region_and_survive_a_node_restart() {
     assert_eq!(members.iter().find(|m| m.user == "dave").unwrap().read, None, "privacy survives too");
     laptop.mark_read(&[(CHAT, more)]).await.unwrap();
     unread_until(&mut phone, "the restarted node's read on node 0", |u| u.total == 0 && u.mentions == 0).await;
+
+    // Leaving on node 0 takes the room out of the laptop's totals on node 1.
+    carol.publish(SIDE, "c1", Payload::from("\"more\"")).await.unwrap();
+    unread_until(&mut laptop, "carol's message", |u| u.total == 1).await;
+    phone.leave(SIDE).await.unwrap();
+    unread_until(&mut laptop, "the leave on the other node", |u| u.total == 0).await;
+    let synced = laptop.sync_unread().await.unwrap();
+    assert_eq!((synced.total, synced.room(SIDE).is_none()), (0, true), "no longer followed");
 }
 
 /// The figure in docs/performance.md: `sync` on node 1 for a user following 500 rooms, each with
