@@ -35,6 +35,8 @@ use crate::hub::Hub;
 use crate::hub::awareness::Awareness;
 use crate::hub::last_seen::{MemoryRecords, StoredRecords, UserRecords};
 use crate::hub::remote::{LocalPresence, PresenceLink};
+use crate::receipts::redis::RedisReceipts;
+use crate::receipts::store::{EmbeddedReceipts, ReceiptStore};
 use crate::session::SessionContext;
 use crate::session::limits::UserConnections;
 use crate::store::{EmbeddedHistory, History, MemoryHistory, Retention, SideDb};
@@ -162,19 +164,17 @@ impl Relay {
         let stop = CancellationToken::new();
         let drain = CancellationToken::new();
         let hub = Arc::new(Hub::new(config.hub.shards, config.hub.room_idle_ttl_secs.saturating_mul(1000)));
-        let (engine, records, call_history, session_store, receipt_db) = start_engine(&config, hub.clone()).await?;
-        let notify_store = receipt_db
-            .sibling()
-            .and_then(crate::notify::store::NotifyStore::open)
+        let (engine, records, call_history, session_store, receipt_store, notify_db) =
+            start_engine(&config, hub.clone()).await?;
+        let notify_store = crate::notify::store::NotifyStore::open(notify_db)
             .and_then(|store| crate::notify::Notifications::new(&config.notifications, store))
-            .map_err(|error| RelayError::Store { path: config.history_path(), error })?;
-        let receipt_store = crate::receipts::store::ReceiptStore::open(receipt_db)
             .map_err(|error| RelayError::Store { path: config.history_path(), error })?;
         let receipts = crate::receipts::Receipts::new(
             &config.receipts,
             config.limits.max_frame_bytes,
             receipt_store,
             engine.clone(),
+            hub.clone(),
         );
         let tap = Arc::downgrade(&receipts);
         hub.set_tap(Arc::new(move |key, position| {
@@ -815,8 +815,10 @@ async fn sweep_rooms(hub: Arc<Hub>, engine: Arc<dyn Engine>, stop: CancellationT
 }
 
 /// The history engine, presence's user records, the call history and the collaborative
-/// sessions and the receipts' tables, which live in the same store.
-type Stores = (Arc<dyn Engine>, Arc<dyn UserRecords>, Arc<dyn CallHistory>, Arc<SessionStore>, SideDb);
+/// sessions, the receipts' store and the notifications' tables (this node's embedded store, or
+/// memory).
+type Stores =
+    (Arc<dyn Engine>, Arc<dyn UserRecords>, Arc<dyn CallHistory>, Arc<SessionStore>, Arc<dyn ReceiptStore>, SideDb);
 
 /// Opens the configured history store and starts the engine.
 async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayError> {
@@ -834,21 +836,40 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
     let calls_retention = config.calls.history.retention();
     let store_err = |error| RelayError::Store { path: config.history_path(), error };
     let keep = u64::from(config.sessions.keep_patches);
-    type Opened = (Arc<dyn History>, Arc<dyn UserRecords>, Arc<dyn CallHistory>, Arc<SessionStore>, SideDb);
-    let (history, records, calls, sessions, receipts): Opened = match st.engine {
+    type Opened = (
+        Arc<dyn History>,
+        Arc<dyn UserRecords>,
+        Arc<dyn CallHistory>,
+        Arc<SessionStore>,
+        Arc<dyn ReceiptStore>,
+        SideDb,
+    );
+    let embedded_receipts = |db: SideDb| -> Result<Arc<dyn ReceiptStore>, RelayError> {
+        Ok(Arc::new(EmbeddedReceipts::open(db).map_err(store_err)?))
+    };
+    let (history, records, calls, sessions, receipts, notify): Opened = match st.engine {
         StoreEngine::Memory => (
             Arc::new(MemoryHistory::new()),
             Arc::new(MemoryRecords::default()),
             Arc::new(MemoryCallHistory::new(calls_retention)),
             Arc::new(SessionStore::memory(keep).map_err(store_err)?),
+            embedded_receipts(SideDb::memory().map_err(store_err)?)?,
             SideDb::memory().map_err(store_err)?,
         ),
         StoreEngine::Embedded => {
             let history = open_embedded()?;
             let calls = EmbeddedCallHistory::new(history.clone(), calls_retention).map_err(store_err)?;
             let sessions = SessionStore::embedded(history.clone(), keep).map_err(store_err)?;
-            let receipts = SideDb::File(history.clone());
-            (history.clone(), Arc::new(StoredRecords::new(history)), Arc::new(calls), Arc::new(sessions), receipts)
+            let receipts = embedded_receipts(SideDb::File(history.clone()))?;
+            let notify = SideDb::File(history.clone());
+            (
+                history.clone(),
+                Arc::new(StoredRecords::new(history)),
+                Arc::new(calls),
+                Arc::new(sessions),
+                receipts,
+                notify,
+            )
         }
         StoreEngine::Redis => {
             let r = &config.redis;
@@ -868,14 +889,15 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
                 .await
                 .map_err(|error| RelayError::Redis { url: crate::engine::redacted(&r.url), error })?;
             // Users' last-seen records and sessions stay in this node's embedded store (sessions
-            // are not shared across a region yet: docs/sessions.md), as are read marks
-            // (docs/receipts.md); calls are shared.
+            // are not shared across a region yet: docs/sessions.md); calls and read marks
+            // (docs/receipts.md) are shared.
             let local = open_embedded()?;
             let sessions = Arc::new(SessionStore::embedded(local.clone(), keep).map_err(store_err)?);
-            let receipts = SideDb::File(local.clone());
+            let receipts: Arc<dyn ReceiptStore> = Arc::new(RedisReceipts::start(engine.client(), &r.prefix));
+            let notify = SideDb::File(local.clone());
             let records = Arc::new(StoredRecords::new(local));
             let calls = Arc::new(RedisCallHistory::new(engine.client(), &r.prefix, calls_retention));
-            return Ok((Arc::new(engine), records, calls, sessions, receipts));
+            return Ok((Arc::new(engine), records, calls, sessions, receipts, notify));
         }
     };
     let engine_config = LocalEngineConfig {
@@ -888,7 +910,7 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
     };
     let engine =
         LocalEngine::start(engine_config, history, hub).map_err(|e| store_err(crate::store::StoreError::backend(e)))?;
-    Ok((Arc::new(engine), records, calls, sessions, receipts))
+    Ok((Arc::new(engine), records, calls, sessions, receipts, notify))
 }
 
 /// What the dev certificate's rotation swaps the certificate in.

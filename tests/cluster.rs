@@ -6,6 +6,8 @@
 mod common;
 #[path = "common/process.rs"]
 mod process;
+#[path = "common/receipts.rs"]
+mod receipts_help;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -479,4 +481,153 @@ async fn room_presence_is_the_union_of_every_node_and_a_dead_nodes_users_disappe
     cluster.nodes[0].kill();
     sees(&bob, "lobby", &[("bob", Status::Online)]).await;
     drop((alice, carol_0, carol_1));
+}
+
+/// Receipts across a region (docs/receipts.md): alice's phone is on node 0, her laptop on node
+/// 1; bob writes on node 0 in a room nobody on node 1 joined, carol writes on node 1. Counts,
+/// mentions, marks (never backwards), ticks and privacy agree on both nodes, reads on either
+/// node reach the other's devices, and all of it survives a restart of node 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_span_a_region_and_survive_a_node_restart() {
+    use receipts_help::{counts, receipts_until, status, unread_until};
+    const CHAT: &str = "chat:team";
+    const SIDE: &str = "chat:side";
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let redis = RedisServer::start().expect("start redis-server");
+    let mut cluster = Cluster { nodes: Vec::new(), pins: Vec::new(), _dir: tempfile::tempdir().unwrap() };
+    for _ in 0..2 {
+        cluster.add_node_with(&redis, &[("EDGERELAY_RECEIPTS__INTERVAL_MS", "100")]).await;
+    }
+    let tokens: BTreeMap<&str, String> =
+        ["alice", "bob", "carol", "dave"].into_iter().map(|sub| (sub, cluster.token(sub))).collect();
+    let connect = |target: Target, sub: &str| Client::connect(target, ClientOptions::new(tokens[sub].clone()));
+    // CHAT lives on node 0 only; SIDE spans both nodes.
+    let mut phone = connect(cluster.quic(0), "alice").await.unwrap();
+    phone.join(CHAT).await.unwrap();
+    phone.join(SIDE).await.unwrap();
+    let mut bob = connect(cluster.ws(0), "bob").await.unwrap();
+    bob.join(CHAT).await.unwrap();
+    let dave = connect(cluster.ws(0), "dave").await.unwrap();
+    dave.join(SIDE).await.unwrap();
+    let mut carol = connect(cluster.quic(1), "carol").await.unwrap();
+    carol.join(SIDE).await.unwrap();
+    dave.share_reads(false).await.unwrap();
+    let mut laptop = connect(cluster.ws(1), "alice").await.unwrap();
+    // The follows made on node 0 are in Redis once the joins' writes land.
+    within("alice's follows on the other node", async {
+        while laptop.sync_unread().await.unwrap().rooms.len() < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    phone.sync_unread().await.unwrap();
+    bob.sync_unread().await.unwrap();
+    carol.sync_unread().await.unwrap();
+
+    // Writers on both nodes; the laptop on node 1 counts both rooms and the mention.
+    let mut chat = Vec::new();
+    for i in 0..3 {
+        chat.push(bob.publish(CHAT, &format!("b{i}"), Payload::from("\"hi\"")).await.unwrap());
+    }
+    let side = carol.publish_mentions(SIDE, "c0", "\"@alice look\"", &["alice"]).await.unwrap();
+    let live = unread_until(&mut laptop, "node 1 counts both rooms", |u| u.total == 4 && u.mentions == 1).await;
+    assert_eq!((counts(&live, CHAT), counts(&live, SIDE)), (Some((3, 0)), Some((1, 1))));
+    let same = unread_until(&mut phone, "node 0 counts the same", |u| u.total == 4 && u.mentions == 1).await;
+    assert_eq!((counts(&same, CHAT), counts(&same, SIDE)), (Some((3, 0)), Some((1, 1))));
+
+    // A read on node 0 clears the badge on node 1 at once, and the writer's ticks follow.
+    phone.mark_read(&[(CHAT, chat[1])]).await.unwrap();
+    let after =
+        unread_until(&mut laptop, "the phone's read on the other node", |u| counts(u, CHAT) == Some((1, 0))).await;
+    assert_eq!(after.room(CHAT).unwrap().read, chat[1]);
+    // A mark below is ignored on the other node too: marks never move back.
+    laptop.mark_read(&[(CHAT, chat[0])]).await.unwrap();
+    assert_eq!(counts(&phone.sync_unread().await.unwrap(), CHAT), Some((1, 0)));
+    // A read on node 1 of bob's last message: bob (node 0) sees alice's read.
+    laptop.mark_read(&[(CHAT, chat[2])]).await.unwrap();
+    let ticks =
+        receipts_until(&mut bob, "alice's read from the other node", |_, read_all, _| read_all >= chat[2].offset).await;
+    assert_eq!(ticks.1, chat[2].offset);
+    let (_, read_all, members) = status(&bob, CHAT).await;
+    assert_eq!(read_all, chat[2].offset);
+    assert_eq!(members.iter().find(|m| m.user == "alice").unwrap().read, Some(chat[2].offset));
+
+    // SIDE: carol wrote on node 1; alice's phone and dave (who hides reads) confirm and read on
+    // node 0. Carol sees everyone delivered, alice read, dave never read.
+    phone.cursor(SIDE, side).await.unwrap();
+    dave.cursor(SIDE, side).await.unwrap();
+    dave.mark_read(&[(SIDE, side)]).await.unwrap();
+    phone.mark_read(&[(SIDE, side)]).await.unwrap();
+    let seen = receipts_until(&mut carol, "reads from the other node", |delivered_all, read_all, _| {
+        delivered_all >= side.offset && read_all >= side.offset
+    })
+    .await;
+    assert!(seen.2.iter().all(|m| m.user != "dave" || m.read.is_none()), "dave's read leaked: {:?}", seen.2);
+    let (delivered_all, read_all, members) = status(&carol, SIDE).await;
+    assert_eq!((delivered_all, read_all), (side.offset, side.offset));
+    let dave_seen = members.iter().find(|m| m.user == "dave").unwrap();
+    assert_eq!((dave_seen.delivered, dave_seen.read), (side.offset, None));
+    let cleared =
+        unread_until(&mut laptop, "the mention read on the other node", |u| u.mentions == 0 && u.total == 0).await;
+    assert_eq!(counts(&cleared, SIDE), Some((0, 0)));
+    drop((laptop, carol));
+
+    // Node 1 restarts: what it serves comes from Redis, and it keeps following node 0.
+    cluster.nodes[1].kill();
+    cluster.nodes[1].start().await;
+    let mut laptop = connect(cluster.ws(1), "alice").await.unwrap();
+    let synced = laptop.sync_unread().await.unwrap();
+    assert_eq!((synced.total, counts(&synced, CHAT), counts(&synced, SIDE)), (0, Some((0, 0)), Some((0, 0))));
+    let more = bob.publish_mentions(CHAT, "b3", "\"@alice\"", &["alice"]).await.unwrap();
+    let live =
+        unread_until(&mut laptop, "node 0's message after node 1's restart", |u| u.total == 1 && u.mentions == 1).await;
+    assert_eq!(live.room(CHAT).unwrap().top, more);
+    let carol = connect(cluster.ws(1), "carol").await.unwrap();
+    let (delivered_all, read_all, members) = status(&carol, SIDE).await;
+    assert_eq!((delivered_all, read_all), (side.offset, side.offset));
+    assert_eq!(members.iter().find(|m| m.user == "dave").unwrap().read, None, "privacy survives too");
+    laptop.mark_read(&[(CHAT, more)]).await.unwrap();
+    unread_until(&mut phone, "the restarted node's read on node 0", |u| u.total == 0 && u.mentions == 0).await;
+
+    // Leaving on node 0 takes the room out of the laptop's totals on node 1.
+    carol.publish(SIDE, "c1", Payload::from("\"more\"")).await.unwrap();
+    unread_until(&mut laptop, "carol's message", |u| u.total == 1).await;
+    phone.leave(SIDE).await.unwrap();
+    unread_until(&mut laptop, "the leave on the other node", |u| u.total == 0).await;
+    let synced = laptop.sync_unread().await.unwrap();
+    assert_eq!((synced.total, synced.room(SIDE).is_none()), (0, true), "no longer followed");
+}
+
+/// The figure in docs/performance.md: `sync` on node 1 for a user following 500 rooms, each with
+/// one unread message, that only node 0 holds (marks, mentions and tops all come from Redis).
+/// Run: `cargo test --test cluster -- --ignored --nocapture region_sync_500_rooms_figure`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a load figure; run by hand (docs/performance.md)"]
+async fn region_sync_500_rooms_figure() {
+    use edgerelay::proto::Codec;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let redis = RedisServer::start().expect("start redis-server");
+    let mut cluster = Cluster { nodes: Vec::new(), pins: Vec::new(), _dir: tempfile::tempdir().unwrap() };
+    for _ in 0..2 {
+        cluster.add_node_with(&redis, &[("EDGERELAY_LIMITS__MAX_ROOMS_PER_CONNECTION", "500")]).await;
+    }
+    let connect = |target: Target, sub: &str| Client::connect(target, ClientOptions::new(cluster.token(sub)));
+    let alice = connect(cluster.quic(0), "alice").await.unwrap();
+    let bob = connect(cluster.quic(0), "bob").await.unwrap();
+    for i in 0..500 {
+        let room = format!("chat:r{i}");
+        alice.join(&room).await.unwrap();
+        bob.join(&room).await.unwrap();
+        bob.publish(&room, "m", Payload::from("\"hi\"")).await.unwrap();
+    }
+    for codec in [Codec::Postcard, Codec::Json] {
+        let mut laptop =
+            Client::connect(cluster.ws(1), ClientOptions::new(cluster.token("alice")).codec(codec)).await.unwrap();
+        for _ in 0..3 {
+            let (ms, frames, bytes) = receipts_help::timed_sync(&mut laptop, codec, 500).await;
+            println!(
+                "region sync of 500 rooms on the other node ({codec:?}): {ms:.1} ms, {frames} frames, {bytes} bytes"
+            );
+        }
+    }
 }

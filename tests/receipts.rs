@@ -7,11 +7,14 @@
 #[path = "common/calls.rs"]
 mod calls;
 mod common;
+#[path = "common/receipts.rs"]
+mod receipts_help;
 
 use calls::refused;
 use common::{TestRelay, Transport, start_with, within};
-use edgerelay::client::{Client, Unread};
-use edgerelay::proto::{Codec, ErrorCode, MemberReceipt, Position, ReceiptEvent};
+use edgerelay::client::Client;
+use edgerelay::proto::{Codec, ErrorCode, Position, ReceiptEvent};
+use receipts_help::{counts, status, unread_until};
 
 const CHAT: &str = "chat:team";
 const SIDE: &str = "chat:side";
@@ -30,42 +33,6 @@ async fn joined(relay: &TestRelay, sub: &str, rooms: &[&str]) -> Client {
         client.join(room).await.expect("joins");
     }
     client
-}
-
-/// Reads `unread` updates until `done` holds for the latest totals and entries seen.
-async fn unread_until(client: &mut Client, what: &str, done: impl Fn(&Unread) -> bool) -> Unread {
-    let mut view = Unread { full: false, rooms: Vec::new(), total: 0, mentions: 0 };
-    within(what, async {
-        loop {
-            if let ReceiptEvent::Unread { rooms, total, mentions, .. } = client.next_receipts_event().await.unwrap() {
-                for room in rooms {
-                    view.rooms.retain(|r| r.room != room.room);
-                    view.rooms.push(room);
-                }
-                (view.total, view.mentions) = (total, mentions);
-                if done(&view) {
-                    return view;
-                }
-            }
-        }
-    })
-    .await
-}
-
-/// (unread, mentions) of a room in an `Unread`.
-fn counts(unread: &Unread, room: &str) -> Option<(u64, u64)> {
-    unread.room(room).map(|r| (r.unread, r.mentions))
-}
-
-/// A room's receipts as the status answer gives them: (delivered_all, read_all, members).
-async fn status(client: &Client, room: &str) -> (u64, u64, Vec<MemberReceipt>) {
-    match client.receipt_status(room).await.expect("status") {
-        ReceiptEvent::Receipts { delivered_all, read_all, mut members, .. } => {
-            members.sort_by(|a, b| a.user.cmp(&b.user));
-            (delivered_all, read_all, members)
-        }
-        other => panic!("expected receipts, got {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,23 +324,7 @@ async fn sync_500_rooms_figure() {
     for codec in [Codec::Postcard, Codec::Json] {
         let mut laptop = device(&relay, Transport::WebSocket, codec, "alice").await;
         for _ in 0..3 {
-            let started = std::time::Instant::now();
-            let unread = laptop.sync_unread().await.unwrap();
-            assert_eq!(unread.total, 500);
-            let (mut rooms, mut frames, mut bytes) = (unread.rooms.len(), 1, 0);
-            let encoded = |rooms: Vec<edgerelay::proto::RoomUnread>| {
-                let event = ReceiptEvent::Unread { full: true, rooms, total: 500, mentions: 0 };
-                codec.encode(&edgerelay::proto::ServerFrame::Receipts { req: 1, event }).len()
-            };
-            bytes += encoded(unread.rooms);
-            // Rooms beyond one frame follow as updates.
-            while rooms < 500 {
-                if let ReceiptEvent::Unread { rooms: more, .. } = laptop.next_receipts_event().await.unwrap() {
-                    (rooms, frames) = (rooms + more.len(), frames + 1);
-                    bytes += encoded(more);
-                }
-            }
-            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            let (ms, frames, bytes) = receipts_help::timed_sync(&mut laptop, codec, 500).await;
             println!("sync of 500 rooms ({codec:?}): {ms:.1} ms, {frames} frames, {bytes} bytes");
         }
     }

@@ -67,6 +67,10 @@ pub struct FanoutArgs {
     /// behaviour before 2026-12-06) instead of staggered evenly over each one's period.
     #[arg(long)]
     pub lockstep: bool,
+    /// Every subscriber asks for its unread counts (`receipts {sync}`) after joining, so the
+    /// relay keeps them live: the cost of unread counting (docs/performance.md).
+    #[arg(long)]
+    pub sync_unread: bool,
 }
 
 #[derive(Debug, Clone, clap::Args, Serialize)]
@@ -120,6 +124,9 @@ pub struct BigroomArgs {
     pub max_in_flight: usize,
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
+    /// Every subscriber asks for its unread counts after joining (see fanout's flag).
+    #[arg(long)]
+    pub sync_unread: bool,
 }
 
 impl BigroomArgs {
@@ -135,6 +142,7 @@ impl BigroomArgs {
             max_in_flight: self.max_in_flight,
             connect_concurrency: self.connect_concurrency,
             lockstep: false,
+            sync_unread: self.sync_unread,
         }
     }
 }
@@ -381,6 +389,9 @@ async fn setup(
             let room = i % args.rooms;
             let (client, took) = connect_one(relay, transport, i, format!("sub-{i}"), args.codec).await?;
             client.join(&format!("load:r{room}")).await?;
+            if args.sync_unread {
+                client.sync_unread().await?;
+            }
             anyhow::Ok((i, room, client, took))
         })
         .buffer_unordered(args.connect_concurrency.max(1));

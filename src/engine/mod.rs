@@ -18,6 +18,7 @@ mod redis;
 #[cfg(test)]
 pub(crate) mod suite;
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
 pub use local::{LocalEngine, LocalEngineConfig};
@@ -188,6 +189,26 @@ pub trait Engine: Send + Sync + 'static {
     /// node). Lapsed ones may be among them: [`crate::admin::region`] leaves them out.
     fn node_reports(&self) -> BoxFuture<'_, Result<Vec<crate::admin::NodeReport>, EngineError>> {
         Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// The region's receipts channel (a shared engine), carrying read marks, mentions and
+    /// privacy changes between nodes (`crate::receipts`): the same shape and guarantees as the
+    /// call channel. `None` for a single node. Taken once.
+    fn share_receipts(&self) -> Option<CallLink> {
+        None
+    }
+
+    /// The current top of each room, without holding it here (`None`: unknown, or unavailable).
+    /// The default reads each room's meta.
+    fn tops(&self, keys: Vec<RoomKey>) -> BoxFuture<'_, Vec<Option<Position>>> {
+        async move {
+            let mut out = Vec::with_capacity(keys.len());
+            for key in &keys {
+                out.push(self.meta(key).await.ok().map(|meta| meta.position()));
+            }
+            out
+        }
+        .boxed()
     }
 }
 

@@ -51,6 +51,11 @@ impl<K: Hash + Eq + Clone> Aggregator<K> {
         out
     }
 
+    /// Whether `key` has changes waiting.
+    pub fn holds(&self, key: &K) -> bool {
+        self.keys.get(key).is_some_and(|p| !p.changed.is_empty())
+    }
+
     /// Keys with changes waiting.
     pub fn pending(&self) -> usize {
         self.keys.values().filter(|p| !p.changed.is_empty()).count()

@@ -7,36 +7,50 @@
 //! per user, not per device, which is what syncs a badge across devices. Receipts go out per
 //! room at most once per `receipts.interval_ms` ([`aggregate`]), which bounds a read storm.
 //!
-//! State: the store ([`store`]) is the truth; this service caches the marks of rooms it
-//! touched, the tops it saw delivered (a tap on the hub, so every engine feeds it), and for each
-//! user with a synced connection here, that user's unread entries (so a total costs a sum, not a
-//! store read per room). Everything here is per node: across a Redis region the marks live in
-//! each node's embedded store (not yet shared; see docs/decisions.md).
+//! State: the store ([`store::ReceiptStore`]: the node's redb, or the region's Redis in
+//! [`redis`]) is the truth. This service caches the marks of rooms in use here (a member
+//! connected, a synced follower, a write in flight; others are dropped), and for each user with
+//! a synced connection here, that user's marks and unread mentions per room (so a count costs
+//! no store read). Tops are not copied: the hub has them for the rooms it holds, the engine for
+//! every room, and [`watch`] keeps one only for the rooms synced users follow, which is all the
+//! delivery tap touches on the publish path. In a Redis region, every durable change also goes
+//! to the other nodes ([`region`]), and the tops of watched rooms nobody joined here are read
+//! from the region once per interval.
 
 pub mod aggregate;
+pub mod redis;
+pub mod region;
 pub mod store;
+pub mod watch;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
 
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::ReceiptsConfig;
 use crate::engine::Engine;
-use crate::hub::RoomKey;
 use crate::hub::presence::UserKey;
+use crate::hub::{Hub, RoomKey};
 use crate::outbox::{CONTROL, Outbox, Reply};
 use crate::proto::{
     EncodeOnce, ErrorCode, MemberReceipt, Position, ReadMark, ReceiptEvent, RoomName, RoomUnread, ServerFrame,
 };
 use aggregate::Aggregator;
-use store::{Mark, Op, ReceiptStore};
+use region::Change;
+use store::{Mark, Op, ReceiptStore, merged};
+use watch::Watch;
 
 /// Most user ids in a mention list, and their length.
 pub const MAX_USER_ID_BYTES: usize = 256;
 
-/// Cached rooms above which the marks cache is dropped (when no write is in flight).
-const MAX_CACHED_ROOMS: usize = 50_000;
+/// How often rooms nobody here needs are dropped from the cache (ms).
+const SWEEP_EVERY_MS: u64 = 10_000;
+
+/// Shards of the watched rooms (the publish path's only lock).
+const WATCH_SHARDS: usize = 64;
 
 type Refusal = (ErrorCode, String);
 
@@ -66,63 +80,190 @@ struct Device {
     outbox: Arc<Outbox>,
 }
 
-#[derive(Default)]
+/// A followed room of a user synced here.
+struct Entry {
+    mark: Option<Mark>,
+    /// Offsets that mention the user after the mark.
+    mentions: BTreeSet<u64>,
+    /// What the user's devices were last sent.
+    sent: Option<RoomUnread>,
+}
+
+impl Entry {
+    fn unread(&self, room: &RoomName, top: Position) -> RoomUnread {
+        let read = self.mark.filter(|m| m.epoch == top.epoch).map_or(0, |m| m.read);
+        let mentions = self.mentions.range(read.saturating_add(1)..).count() as u64;
+        unread_of(room, self.mark, top, mentions)
+    }
+
+    /// Takes a newer mark; mentions up to it are read.
+    fn marked(&mut self, mark: Mark) {
+        let mark = merged(self.mark, mark);
+        self.mark = Some(mark);
+        self.mentions.retain(|offset| *offset > mark.read);
+    }
+}
+
 struct State {
     /// Members' marks by room (cache of the store).
     rooms: HashMap<RoomKey, BTreeMap<String, Mark>>,
-    /// Whether a user shares reads (cache of the store).
+    /// Whether a user shares reads (cache of the store, for every member of a cached room; an
+    /// unknown user counts as not sharing until read).
     share: HashMap<UserKey, bool>,
-    /// The last position delivered in each room seen here.
-    tops: HashMap<RoomKey, Position>,
     /// Synced connections by user.
     devices: HashMap<UserKey, Vec<Device>>,
-    /// Unread entries of users with a synced connection here.
-    unread: HashMap<UserKey, HashMap<RoomName, RoomUnread>>,
-    /// The synced users following each room.
-    watchers: HashMap<RoomKey, HashSet<UserKey>>,
+    /// The followed rooms of users with a synced connection here.
+    unread: HashMap<UserKey, HashMap<RoomName, Entry>>,
     /// Unread entries to recompute and send at the next tick.
     dirty: HashMap<UserKey, HashSet<RoomName>>,
     /// Rooms whose members moved, released per interval.
-    moved: Option<Aggregator<RoomKey>>,
+    moved: Aggregator<RoomKey>,
+    /// Watched rooms whose top is unknown, and rooms to cache for their receipts (read by `run`).
+    need_top: HashSet<RoomKey>,
+    need_load: HashSet<RoomKey>,
+    /// Members of cached rooms whose privacy setting is unknown (they count as not sharing).
+    need_share: HashSet<UserKey>,
+    /// When new messages were last counted (at most once per interval).
+    last_counted: u64,
+    last_sweep: u64,
 }
 
 pub struct Receipts {
     config: ReceiptsConfig,
     /// `limits.max_frame_bytes`: a `sync` answer is split into frames of at most this.
     max_frame_bytes: usize,
-    store: ReceiptStore,
+    store: Arc<dyn ReceiptStore>,
     engine: Arc<dyn Engine>,
+    hub: Arc<Hub>,
     state: Arc<Mutex<State>>,
-    /// Writes queued and not yet durable (the marks cache may only be dropped when none is).
-    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    watch: Watch,
+    /// Writes queued and not yet durable, per room (its cache stays until they are).
+    writing: Arc<Mutex<HashMap<RoomKey, usize>>>,
+    /// The region's receipts channel (a Redis engine): changes out, and in.
+    region: Option<mpsc::UnboundedSender<String>>,
+    inbound: Mutex<Option<mpsc::UnboundedReceiver<(String, String)>>>,
+    me: Weak<Receipts>,
+    runtime: Option<tokio::runtime::Handle>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
 }
 
 impl Receipts {
     pub fn new(
         config: &ReceiptsConfig,
         max_frame_bytes: u32,
-        store: ReceiptStore,
+        store: Arc<dyn ReceiptStore>,
         engine: Arc<dyn Engine>,
+        hub: Arc<Hub>,
     ) -> Arc<Receipts> {
-        let state = State { moved: Some(Aggregator::new(config.interval_ms)), ..State::default() };
-        let in_flight = Arc::default();
-        Arc::new(Receipts {
+        let state = State {
+            rooms: HashMap::new(),
+            share: HashMap::new(),
+            devices: HashMap::new(),
+            unread: HashMap::new(),
+            dirty: HashMap::new(),
+            moved: Aggregator::new(config.interval_ms),
+            need_top: HashSet::new(),
+            need_load: HashSet::new(),
+            need_share: HashSet::new(),
+            last_counted: 0,
+            last_sweep: 0,
+        };
+        let link = engine.share_receipts();
+        let (region, inbound) = match link {
+            Some(link) => (Some(link.out), Some(link.inbound)),
+            None => (None, None),
+        };
+        Arc::new_cyclic(|me| Receipts {
             config: config.clone(),
             max_frame_bytes: max_frame_bytes as usize,
             store,
             engine,
+            hub,
             state: Arc::new(Mutex::new(state)),
-            in_flight,
+            watch: Watch::new(WATCH_SHARDS),
+            writing: Arc::default(),
+            region,
+            inbound: Mutex::new(inbound),
+            me: me.clone(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
         })
     }
 
-    /// Sends the aggregated updates every tick until `stop`.
+    /// Sends the aggregated updates every tick, applies the other nodes' changes and reads what
+    /// the ticks found missing, until `stop`; then waits for its own tasks.
     pub async fn run(self: Arc<Self>, now: fn() -> u64, stop: CancellationToken) {
+        if let Some(inbound) = lock(&self.inbound).take() {
+            self.tasks.spawn(self.clone().listen(inbound, self.stop.clone()));
+        }
         let period = std::time::Duration::from_millis((self.config.interval_ms / 4).max(10));
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pulled = 0;
         while stop.run_until_cancelled(ticker.tick()).await.is_some() {
-            self.tick(now());
+            let now_ms = now();
+            self.tick(now_ms);
+            let pull = self.region.is_some() && now_ms >= pulled + self.config.interval_ms;
+            if pull {
+                pulled = now_ms;
+            }
+            self.fetch(pull).await;
+        }
+        self.stop.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.tasks.wait()).await;
+    }
+
+    /// Applies the other nodes' changes as they come.
+    async fn listen(self: Arc<Self>, mut inbound: mpsc::UnboundedReceiver<(String, String)>, stop: CancellationToken) {
+        while let Some((node, text)) = stop.run_until_cancelled(inbound.recv()).await.flatten() {
+            match serde_json::from_str::<Change>(&text) {
+                Ok(change) => self.apply(change),
+                Err(err) => tracing::warn!(%err, node, "undecodable receipts change from another node"),
+            }
+        }
+    }
+
+    /// Reads what the last tick found missing: tops of watched rooms (and, in a region, the tops
+    /// of every watched room nobody joined here), and rooms to cache for their receipts.
+    async fn fetch(&self, region_tops: bool) {
+        let (mut tops, load, share) = {
+            let mut state = lock(&self.state);
+            let tops: Vec<RoomKey> = state.need_top.drain().collect();
+            (tops, state.need_load.drain().collect::<Vec<_>>(), state.need_share.drain().collect::<Vec<_>>())
+        };
+        if !share.is_empty() {
+            let found = self.store.share_read(&share).await;
+            let mut state = lock(&self.state);
+            match found {
+                Ok(found) => {
+                    for (user, share_read) in share.iter().zip(found) {
+                        if !state.share.contains_key(user) {
+                            self.shares(&mut state, user, share_read);
+                        }
+                    }
+                }
+                // Still hidden; asked again at the next tick.
+                Err(_) => state.need_share.extend(share),
+            }
+        }
+        if region_tops {
+            // Rooms held here get every message from the engine; the others are read.
+            let queued: HashSet<RoomKey> = tops.iter().cloned().collect();
+            tops.extend(self.watch.rooms().into_iter().filter(|key| !self.hub.has_room(key) && !queued.contains(key)));
+        }
+        if !tops.is_empty() {
+            let found = self.engine.tops(tops.clone()).await;
+            for (key, top) in tops.iter().zip(found) {
+                if let Some(top) = top {
+                    self.watch.set_top(key, top);
+                }
+            }
+        }
+        for key in load {
+            let _ = self.load(&key).await;
         }
     }
 
@@ -136,114 +277,191 @@ impl Receipts {
         self.config.max_mentions as usize
     }
 
-    /// A committed message (called by the hub for every delivery, on every engine).
+    /// A committed message (called by the hub for every delivery, on every engine): only a
+    /// watched room's top moves; nothing else is touched.
     pub fn delivered_message(&self, key: &RoomKey, position: Position) {
+        self.watch.delivered(key, position);
+    }
+
+    /// The room's top as known here without IO: watched, or held by the hub.
+    fn top_here(&self, key: &RoomKey) -> Option<Position> {
+        self.watch.top(key).or_else(|| self.hub.position(key))
+    }
+
+    /// Caches the room's marks and its members' privacy settings, unless cached.
+    async fn load(&self, key: &RoomKey) -> Result<(), crate::store::StoreError> {
+        if lock(&self.state).rooms.contains_key(key) {
+            return Ok(());
+        }
+        let marks = self.store.room(key).await?;
+        let unknown: Vec<UserKey> = {
+            let state = lock(&self.state);
+            marks
+                .keys()
+                .map(|user| UserKey { tenant: key.tenant.clone(), user: user.as_str().into() })
+                .filter(|user| !state.share.contains_key(user))
+                .collect()
+        };
+        let shares = self.store.share_read(&unknown).await?;
         let mut state = lock(&self.state);
-        // On the publish path: no key clone (an allocation) once the room is known.
-        match state.tops.get_mut(key) {
-            Some(top) => *top = position,
-            None => {
-                state.tops.insert(key.clone(), position);
-            }
+        for (user, share) in unknown.into_iter().zip(shares) {
+            state.share.entry(user).or_insert(share);
         }
-        let State { watchers, dirty, .. } = &mut *state;
-        for user in watchers.get(key).into_iter().flatten() {
-            dirty.entry(user.clone()).or_default().insert(key.room.clone());
+        // A change applied meanwhile is newer than the read.
+        let cached = state.rooms.entry(key.clone()).or_default();
+        for (user, mark) in marks {
+            let old = cached.get(&user).copied();
+            cached.insert(user, merged(Some(mark), old.unwrap_or(mark)));
         }
+        Ok(())
+    }
+
+    /// Runs `f` once the room's marks are cached: now if they are, else after reading them (a
+    /// task on the runtime; marks only move forward, so the order of such updates is free).
+    fn with_room(&self, key: &RoomKey, f: impl FnOnce(&Receipts, &mut State) + Send + 'static) {
+        let mut state = lock(&self.state);
+        if state.rooms.contains_key(key) {
+            f(self, &mut state);
+            return;
+        }
+        drop(state);
+        let (Some(me), Some(runtime)) = (self.me.upgrade(), self.runtime.as_ref()) else { return };
+        let (key, stop) = (key.clone(), self.stop.clone());
+        self.tasks.spawn_on(
+            async move {
+                let loaded = stop.run_until_cancelled(me.load(&key)).await;
+                if let Some(Ok(())) = loaded {
+                    let mut state = lock(&me.state);
+                    if state.rooms.contains_key(&key) {
+                        f(&me, &mut state);
+                    }
+                }
+            },
+            runtime,
+        );
     }
 
     /// The user joined the room (on any device): they follow it from the join's position on,
     /// unless they already did.
-    pub fn follow(&self, key: &RoomKey, user: &str, joined: Position) {
+    pub async fn follow(&self, key: &RoomKey, user: &str, joined: Position) {
+        let who = UserKey { tenant: key.tenant.clone(), user: user.into() };
+        if self.load(key).await.is_err() {
+            return;
+        }
+        if !lock(&self.state).share.contains_key(&who)
+            && let Ok(share) = self.store.share_read(std::slice::from_ref(&who)).await
+        {
+            lock(&self.state).share.entry(who.clone()).or_insert(share.first().copied().unwrap_or(true));
+        }
         let mut state = lock(&self.state);
-        let Ok(members) = self.members(&mut state, key) else { return };
+        let Some(members) = state.rooms.get_mut(key) else { return };
         if members.get(user).is_some_and(|m| m.epoch == joined.epoch) {
             return;
         }
         let mark = Mark { epoch: joined.epoch, read: joined.offset, delivered: joined.offset };
         members.insert(user.to_owned(), mark);
-        // The join's position is the top unless a delivery since told a newer one.
-        state.tops.entry(key.clone()).or_insert(joined);
-        if let Some(moved) = &mut state.moved {
-            moved.note(key, user);
-        }
-        let who = UserKey { tenant: key.tenant.clone(), user: user.into() };
-        self.watch(&mut state, &who, key);
+        state.moved.note(key, user);
+        self.watch_new(&mut state, &who, key, mark, Some(joined));
         self.write(&mut state, vec![Op::Mark { room: key.clone(), user: user.to_owned(), mark }], None);
+    }
+
+    /// A room the user now follows becomes live for their synced devices here, if any.
+    fn watch_new(&self, state: &mut State, user: &UserKey, key: &RoomKey, mark: Mark, top: Option<Position>) {
+        if !state.devices.contains_key(user) {
+            return;
+        }
+        self.watch.add(key, user);
+        if let Some(top) = top {
+            self.watch.set_top(key, top);
+        }
+        let rooms = state.unread.entry(user.clone()).or_default();
+        rooms
+            .entry(key.room.clone())
+            .or_insert(Entry { mark: None, mentions: BTreeSet::new(), sent: None })
+            .marked(mark);
+        state.dirty.entry(user.clone()).or_default().insert(key.room.clone());
     }
 
     /// The user left the room for good.
     pub fn unfollow(&self, key: &RoomKey, user: &str) {
-        let mut state = lock(&self.state);
-        if let Ok(members) = self.members(&mut state, key) {
-            members.remove(user);
-        }
         let who = UserKey { tenant: key.tenant.clone(), user: user.into() };
-        if let Some(watchers) = state.watchers.get_mut(key) {
-            watchers.remove(&who);
-        }
-        if let Some(rooms) = state.unread.get_mut(&who) {
-            rooms.remove(&key.room);
-        }
+        let mut state = lock(&self.state);
+        self.forget(&mut state, key, &who);
         self.write(&mut state, vec![Op::Unfollow { room: key.clone(), user: user.to_owned() }], None);
+    }
+
+    /// Drops what is cached of the user in the room (they left it).
+    fn forget(&self, state: &mut State, key: &RoomKey, user: &UserKey) {
+        if let Some(members) = state.rooms.get_mut(key) {
+            members.remove(&*user.user);
+        }
+        if let Some(rooms) = state.unread.get_mut(user)
+            && rooms.remove(&key.room).is_some()
+        {
+            self.watch.remove(key, user);
+            let (total, mentions) = totals(rooms);
+            let frame = ServerFrame::Receipts {
+                req: 0,
+                event: ReceiptEvent::Unread { full: false, rooms: Vec::new(), total, mentions },
+            };
+            send_to(state, user, &frame);
+        }
     }
 
     /// A device of the user confirmed having the room up to `position` (`cursor`).
     pub fn confirmed(&self, key: &RoomKey, user: &str, position: Position) {
-        let mut state = lock(&self.state);
-        let top = state.tops.get(key).copied();
-        let Ok(members) = self.members(&mut state, key) else { return };
-        let Some(mark) = members.get_mut(user) else { return };
-        let offset =
-            top.filter(|t| t.epoch == position.epoch).map_or(position.offset, |t| position.offset.min(t.offset));
-        if mark.epoch != position.epoch || offset <= mark.delivered {
-            return;
-        }
-        mark.delivered = offset;
-        let mark = *mark;
-        if let Some(moved) = &mut state.moved {
-            moved.note(key, user);
-        }
-        self.write(&mut state, vec![Op::Mark { room: key.clone(), user: user.to_owned(), mark }], None);
+        let top = self.top_here(key);
+        let (room, user) = (key.clone(), user.to_owned());
+        self.with_room(key, move |this, state| {
+            let Some(mark) = state.rooms.get_mut(&room).and_then(|m| m.get_mut(&user)) else { return };
+            let offset =
+                top.filter(|t| t.epoch == position.epoch).map_or(position.offset, |t| position.offset.min(t.offset));
+            if mark.epoch != position.epoch || offset <= mark.delivered {
+                return;
+            }
+            mark.delivered = offset;
+            let mark = *mark;
+            state.moved.note(&room, &user);
+            this.write(state, vec![Op::Mark { room: room.clone(), user, mark }], None);
+        });
     }
 
     /// The user's own message is stored at `position`: it marks the room read up to it, and
     /// counts as a mention for each followed member in `mentions`.
     pub fn published(&self, key: &RoomKey, user: &str, position: Position, mentions: &[String]) {
-        let mut state = lock(&self.state);
         let who = UserKey { tenant: key.tenant.clone(), user: user.into() };
-        let mut ops = Vec::new();
-        self.advance(&mut state, key, &who, position, &mut ops);
-        let Ok(members) = self.members(&mut state, key) else { return };
-        let mentioned: Vec<String> = mentions
-            .iter()
-            .filter(|m| m.as_str() != user && members.get(m.as_str()).is_some_and(|mark| mark.read < position.offset))
-            .cloned()
-            .collect();
-        let mut recount = Vec::with_capacity(mentioned.len());
-        for m in mentioned {
-            recount.push(UserKey { tenant: key.tenant.clone(), user: m.as_str().into() });
-            ops.push(Op::Mention { room: key.clone(), user: m, offset: position.offset });
-        }
-        // Counts read mentions from the store: recount once the new ones are committed.
-        let (shared, room) = (self.state.clone(), key.room.clone());
-        let recount = Box::new(move |result: Result<(), crate::store::StoreError>| {
-            // Only the writer thread runs this with `Ok`, never under the state lock.
-            if result.is_ok() && !recount.is_empty() {
-                let mut state = lock(&shared);
-                for user in recount {
-                    state.dirty.entry(user).or_default().insert(room.clone());
-                }
+        let (room, mentions) = (key.clone(), mentions.to_vec());
+        self.with_room(key, move |this, state| {
+            let mut ops = Vec::new();
+            this.advance(state, &room, &who, position, &mut ops);
+            let Some(members) = state.rooms.get(&room) else { return };
+            let mentioned: Vec<String> = mentions
+                .into_iter()
+                .filter(|m| *m != *who.user && members.get(m.as_str()).is_some_and(|mark| mark.read < position.offset))
+                .collect();
+            for m in mentioned {
+                let user = UserKey { tenant: room.tenant.clone(), user: m.as_str().into() };
+                this.mentioned(state, &room, &user, position.offset);
+                ops.push(Op::Mention { room: room.clone(), user: m, offset: position.offset });
             }
+            this.write(state, ops, None);
         });
-        self.write(&mut state, ops, Some(recount));
+    }
+
+    /// The user was mentioned at `offset`: their synced devices here count it.
+    fn mentioned(&self, state: &mut State, key: &RoomKey, user: &UserKey, offset: u64) {
+        if let Some(entry) = state.unread.get_mut(user).and_then(|rooms| rooms.get_mut(&key.room))
+            && entry.mark.is_none_or(|m| m.read < offset)
+        {
+            entry.mentions.insert(offset);
+            state.dirty.entry(user.clone()).or_default().insert(key.room.clone());
+        }
     }
 
     /// Moves the user's mark in `key` up to `position` (same epoch, forward only), queuing the
     /// store ops; the user's devices get the new count at once.
     fn advance(&self, state: &mut State, key: &RoomKey, user: &UserKey, position: Position, ops: &mut Vec<Op>) {
-        let Ok(members) = self.members(state, key) else { return };
-        let Some(mark) = members.get_mut(&*user.user) else { return };
+        let Some(mark) = state.rooms.get_mut(key).and_then(|m| m.get_mut(&*user.user)) else { return };
         if mark.epoch != position.epoch {
             *mark = Mark { epoch: position.epoch, read: 0, delivered: 0 };
         }
@@ -255,16 +473,25 @@ impl Receipts {
         let mark = *mark;
         ops.push(Op::Mark { room: key.clone(), user: user.user.to_string(), mark });
         ops.push(Op::MentionsRead { room: key.clone(), user: user.user.to_string(), upto: position.offset });
-        if let Some(moved) = &mut state.moved {
-            moved.note(key, &user.user);
-        }
-        let top = state.tops.get(key).copied().unwrap_or(position).max(position);
-        if let Some(rooms) = state.unread.get_mut(user) {
-            // Mentions up to the mark are read; the ones after it stay counted.
-            let mentions = self.store.mentions(user, &key.room, mark.read).unwrap_or(0);
-            rooms.insert(key.room.clone(), unread_of(&key.room, Some(mark), top, mentions));
-            let entry = rooms[&key.room].clone();
-            self.send_unread(state, user, vec![entry]);
+        state.moved.note(key, &user.user);
+        self.mark_changed(state, key, user, mark);
+    }
+
+    /// The user's mark moved (here or on another node): their synced devices here get the new
+    /// count at once.
+    fn mark_changed(&self, state: &mut State, key: &RoomKey, user: &UserKey, mark: Mark) {
+        let Some(entry) = state.unread.get_mut(user).and_then(|rooms| rooms.get_mut(&key.room)) else { return };
+        entry.marked(mark);
+        let read = Position { epoch: mark.epoch, offset: mark.read };
+        let top = match self.top_here(key) {
+            Some(top) if top.epoch == read.epoch => top.max(read),
+            Some(top) => top,
+            None => read,
+        };
+        let unread = entry.unread(&key.room, top);
+        if entry.sent.as_ref() != Some(&unread) {
+            entry.sent = Some(unread.clone());
+            self.send_unread(state, user, vec![unread]);
         }
     }
 
@@ -299,34 +526,31 @@ impl Receipts {
             if out.iter().any(|(k, _)| *k == key) {
                 return Err((ErrorCode::TOO_MANY_MARKS, format!("{room} is marked twice")));
             }
-            if !self.follows(&key, user) {
+            self.load(&key).await.map_err(|e| (ErrorCode::STORE_UNAVAILABLE, e.to_string()))?;
+            let follows = lock(&self.state).rooms.get(&key).is_some_and(|m| m.contains_key(&*user.user));
+            if !follows {
                 return Err((ErrorCode::NOT_FOLLOWING, format!("{room} is not followed by this user")));
             }
-            let top = self.top(&key).await?;
-            if position.epoch != top.epoch || position.offset > top.offset {
+            let beyond = |top: Position| position.epoch != top.epoch || position.offset > top.offset;
+            let mut top = self.top_here(&key);
+            // What is known here may lag (another node's message): the engine has the last word.
+            if top.is_none_or(beyond) {
+                let meta = self.engine.meta(&key).await.map_err(|e| (e.code(), e.to_string()))?;
+                top = Some(meta.position());
+                self.watch.set_top(&key, meta.position());
+            }
+            if let Some(top) = top.filter(|top| beyond(*top)) {
                 let message =
                     format!("{room} is at {}:{}, the mark is beyond it or of another epoch", top.epoch, top.offset);
                 return Err((ErrorCode::BAD_MARK, message));
             }
             out.push((key, position));
         }
-        Ok(out)
-    }
-
-    fn follows(&self, key: &RoomKey, user: &UserKey) -> bool {
-        let mut state = lock(&self.state);
-        self.members(&mut state, key).is_ok_and(|m| m.contains_key(&*user.user))
-    }
-
-    /// The room's top: the last delivery seen here, or the engine's meta.
-    async fn top(&self, key: &RoomKey) -> Result<Position, Refusal> {
-        if let Some(top) = lock(&self.state).tops.get(key) {
-            return Ok(*top);
+        // Checked rooms stay cached until applied (a sweep waits for writes, not for this).
+        for (key, _) in &out {
+            self.load(key).await.map_err(|e| (ErrorCode::STORE_UNAVAILABLE, e.to_string()))?;
         }
-        let meta = self.engine.meta(key).await.map_err(|e| (e.code(), e.to_string()))?;
-        let mut state = lock(&self.state);
-        // A delivery meanwhile is newer than the meta read.
-        Ok(*state.tops.entry(key.clone()).or_insert(meta.position()))
+        Ok(out)
     }
 
     /// A `sync` action: this connection gets the counts of every followed room now and the
@@ -334,38 +558,76 @@ impl Receipts {
     pub async fn sync(&self, user: UserKey, device: u64, outbox: Arc<Outbox>, mut reply: Reply) {
         let answer_to = outbox.clone();
         let req = reply.req();
+        let failed = |mut reply: Reply, e: crate::store::StoreError| {
+            let _ = reply.send(&ServerFrame::error(req, ErrorCode::STORE_UNAVAILABLE, e.to_string()));
+        };
         // Follows and mentions queued before this `sync` are in the store when it reads.
-        self.store.settled().await;
-        let rooms = match self.store.follows(&user) {
+        store::settled(&*self.store).await;
+        let rooms = match self.store.follows(&user).await {
             Ok(rooms) => rooms,
-            Err(e) => {
-                let _ = reply.send(&ServerFrame::error(req, ErrorCode::STORE_UNAVAILABLE, e.to_string()));
-                return;
-            }
+            Err(e) => return failed(reply, e),
+        };
+        let keys: Vec<RoomKey> =
+            rooms.iter().map(|room| RoomKey { tenant: user.tenant.clone(), room: room.clone() }).collect();
+        let marks = match self.store.marks(&user, &rooms).await {
+            Ok(marks) => marks,
+            Err(e) => return failed(reply, e),
+        };
+        let after: Vec<(RoomName, u64)> =
+            rooms.iter().zip(&marks).map(|(room, mark)| (room.clone(), mark.map_or(0, |m| m.read))).collect();
+        let mentions = match self.store.mentions(&user, &after).await {
+            Ok(mentions) => mentions,
+            Err(e) => return failed(reply, e),
         };
         {
-            // Watch first: a message from here on marks the room dirty, whatever is read below.
+            // Watch before the tops are read: a message from here on marks the room dirty.
             let mut state = lock(&self.state);
             let devices = state.devices.entry(user.clone()).or_default();
             devices.retain(|d| d.id != device);
             devices.push(Device { id: device, outbox });
-            for room in &rooms {
-                let key = RoomKey { tenant: user.tenant.clone(), room: room.clone() };
-                state.watchers.entry(key).or_default().insert(user.clone());
+            for key in &keys {
+                self.watch.add(key, &user);
             }
         }
-        let mut entries = HashMap::with_capacity(rooms.len());
-        for room in rooms {
-            let key = RoomKey { tenant: user.tenant.clone(), room };
-            let Ok(top) = self.top(&key).await else { continue };
-            let mut state = lock(&self.state);
-            let mark = self.members(&mut state, &key).ok().and_then(|m| m.get(&*user.user).copied());
-            let mentions = mark.map_or(0, |m| self.store.mentions(&user, &key.room, m.read).unwrap_or(0));
-            entries.insert(key.room.clone(), unread_of(&key.room, mark, top, mentions));
+        let mut tops: Vec<Option<Position>> = keys.iter().map(|key| self.top_here(key)).collect();
+        let missing: Vec<RoomKey> =
+            keys.iter().zip(&tops).filter(|(_, top)| top.is_none()).map(|(k, _)| k.clone()).collect();
+        if !missing.is_empty() {
+            let mut found = self.engine.tops(missing).await.into_iter();
+            for (key, top) in keys.iter().zip(tops.iter_mut()).filter(|(_, top)| top.is_none()) {
+                *top = found.next().flatten();
+                if let Some(top) = *top {
+                    self.watch.set_top(key, top);
+                }
+            }
         }
         let mut state = lock(&self.state);
+        if !state.devices.get(&user).is_some_and(|d| d.iter().any(|d| d.id == device)) {
+            // Gone meanwhile: undo the watch unless another device keeps it.
+            if !state.devices.contains_key(&user) {
+                for key in &keys {
+                    self.watch.remove(key, &user);
+                }
+            }
+            return;
+        }
+        let mut entries = HashMap::with_capacity(rooms.len());
+        let mut listed = Vec::with_capacity(rooms.len());
+        for (((key, mark), mentions), top) in keys.into_iter().zip(marks).zip(mentions).zip(tops) {
+            let Some(top) = top else { continue };
+            let cached = state.rooms.get(&key).and_then(|m| m.get(&*user.user)).copied();
+            let mark = match (mark, cached) {
+                (Some(stored), cached) => Some(merged(cached, stored)),
+                (None, cached) => cached,
+            };
+            let mut entry = Entry { mark, mentions: mentions.into_iter().collect(), sent: None };
+            let unread = entry.unread(&key.room, top);
+            entry.sent = Some(unread.clone());
+            listed.push(unread);
+            entries.insert(key.room, entry);
+        }
         let (total, mentions) = totals(&entries);
-        let mut pages = pages(entries.values().cloned().collect(), self.max_frame_bytes).into_iter();
+        let mut pages = pages(listed, self.max_frame_bytes).into_iter();
         state.unread.insert(user, entries);
         let first = pages.next().unwrap_or_default();
         let _ = reply.send(&ServerFrame::Receipts {
@@ -381,30 +643,40 @@ impl Receipts {
     }
 
     /// A `status` action: the room's receipts now.
-    pub fn status(&self, user: &UserKey, room: &RoomName) -> Result<ReceiptEvent, Refusal> {
+    pub async fn status(&self, user: &UserKey, room: &RoomName) -> Result<ReceiptEvent, Refusal> {
         let key = RoomKey { tenant: user.tenant.clone(), room: room.clone() };
-        let mut state = lock(&self.state);
-        let top = state.tops.get(&key).copied();
-        let members = self.members(&mut state, &key).map_err(|e| (ErrorCode::STORE_UNAVAILABLE, e.to_string()))?;
-        let Some(own) = members.get(&*user.user) else {
+        self.load(&key).await.map_err(|e| (ErrorCode::STORE_UNAVAILABLE, e.to_string()))?;
+        let top = match self.top_here(&key) {
+            Some(top) => Some(top),
+            None => self.engine.meta(&key).await.ok().map(|meta| meta.position()),
+        };
+        let state = lock(&self.state);
+        let members = state.rooms.get(&key);
+        let Some(own) = members.and_then(|m| m.get(&*user.user)) else {
             return Err((ErrorCode::NOT_FOLLOWING, format!("{room} is not followed by this user")));
         };
         let epoch = top.map_or(own.epoch, |t| t.epoch);
-        let all: Vec<String> = members.keys().cloned().collect();
-        Ok(self.receipts_event(&mut state, &key, epoch, &all))
+        let all: Vec<String> = members.map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        Ok(self.receipts_event(&state, &key, epoch, &all))
     }
 
     /// A `privacy` action.
     pub fn set_share_read(&self, user: &UserKey, share_read: bool, reply: Reply) {
         let mut state = lock(&self.state);
+        self.shares(&mut state, user, share_read);
+        self.write(&mut state, vec![Op::Prefs { user: user.clone(), share_read }], Some(answer_when_durable(reply)));
+    }
+
+    /// The user's privacy setting is now `share_read`: members of the cached rooms they follow
+    /// see the change at their next update.
+    fn shares(&self, state: &mut State, user: &UserKey, share_read: bool) {
         state.share.insert(user.clone(), share_read);
-        // Members of the user's rooms see the change at their next update.
-        if let (Ok(rooms), Some(moved)) = (self.store.follows(user), &mut state.moved) {
-            for room in rooms {
-                moved.note(&RoomKey { tenant: user.tenant.clone(), room }, &user.user);
+        let State { rooms, moved, .. } = state;
+        for (key, members) in rooms.iter().filter(|(key, _)| key.tenant == user.tenant) {
+            if members.contains_key(&*user.user) {
+                moved.note(key, &user.user);
             }
         }
-        self.write(&mut state, vec![Op::Prefs { user: user.clone(), share_read }], Some(answer_when_durable(reply)));
     }
 
     /// The connection ended: it gets no more updates.
@@ -419,20 +691,57 @@ impl Receipts {
         state.dirty.remove(user);
         if let Some(rooms) = state.unread.remove(user) {
             for room in rooms.into_keys() {
-                let key = RoomKey { tenant: user.tenant.clone(), room };
-                if let Some(watchers) = state.watchers.get_mut(&key) {
-                    watchers.remove(user);
-                    if watchers.is_empty() {
-                        state.watchers.remove(&key);
-                    }
+                self.watch.remove(&RoomKey { tenant: user.tenant.clone(), room }, user);
+            }
+        }
+    }
+
+    /// Another node's durable change: the cache takes it (marks merge, never move back) and this
+    /// node's synced devices see it as if it happened here.
+    fn apply(&self, change: Change) {
+        let Some((key, user)) = change.subject() else { return };
+        let mut state = lock(&self.state);
+        match (&change, key) {
+            (Change::Mark { .. }, Some(key)) => {
+                let Some(mark) = change.mark() else { return };
+                let cached = state.rooms.contains_key(&key);
+                if let Some(members) = state.rooms.get_mut(&key) {
+                    let old = members.get(&*user.user).copied();
+                    members.insert(user.user.to_string(), merged(old, mark));
+                }
+                if cached && !state.share.contains_key(&user) {
+                    // A member new here: hidden until their setting is read.
+                    state.need_share.insert(user.clone());
+                }
+                if cached || self.watch.watched(&key) {
+                    state.moved.note(&key, &user.user);
+                }
+                let followed_here = state.unread.get(&user).is_some_and(|rooms| rooms.contains_key(&key.room));
+                if followed_here {
+                    self.mark_changed(&mut state, &key, &user, mark);
+                } else {
+                    self.watch_new(&mut state, &user, &key, mark, None);
                 }
             }
+            (Change::Unfollow { .. }, Some(key)) => self.forget(&mut state, &key, &user),
+            (Change::Mention { offset, .. }, Some(key)) => self.mentioned(&mut state, &key, &user, *offset),
+            (Change::Prefs { share_read, .. }, _) => self.shares(&mut state, &user, *share_read),
+            _ => {}
         }
     }
 
     /// Sends what changed: unread entries of synced users, receipts of rooms whose members moved.
     pub fn tick(&self, now_ms: u64) {
         let mut state = lock(&self.state);
+        // New messages count at most once per interval, however many arrive.
+        if now_ms >= state.last_counted.saturating_add(self.config.interval_ms) {
+            state.last_counted = now_ms;
+            for (key, users) in self.watch.take_moved() {
+                for user in users {
+                    state.dirty.entry(user).or_default().insert(key.room.clone());
+                }
+            }
+        }
         for (user, rooms) in std::mem::take(&mut state.dirty) {
             if !state.unread.contains_key(&user) {
                 // Its `sync` is still reading: these rooms wait for the next tick.
@@ -444,58 +753,78 @@ impl Receipts {
             let mut changed = Vec::with_capacity(rooms.len());
             for room in rooms {
                 let key = RoomKey { tenant: user.tenant.clone(), room };
-                let Some(top) = state.tops.get(&key).copied() else { continue };
-                let mark = self.members(&mut state, &key).ok().and_then(|m| m.get(&*user.user).copied());
-                let Some(mark) = mark else { continue };
-                let mentions = self.store.mentions(&user, &key.room, mark.read).unwrap_or(0);
-                let entry = unread_of(&key.room, Some(mark), top, mentions);
-                let Some(rooms) = state.unread.get_mut(&user) else { continue };
-                if rooms.get(&key.room) != Some(&entry) {
-                    rooms.insert(key.room.clone(), entry.clone());
-                    changed.push(entry);
+                let Some(top) = self.top_here(&key) else {
+                    state.need_top.insert(key);
+                    continue;
+                };
+                let Some(entry) = state.unread.get_mut(&user).and_then(|rooms| rooms.get_mut(&key.room)) else {
+                    continue;
+                };
+                let unread = entry.unread(&key.room, top);
+                if entry.sent.as_ref() != Some(&unread) {
+                    entry.sent = Some(unread.clone());
+                    changed.push(unread);
                 }
             }
             if !changed.is_empty() {
                 self.send_unread(&state, &user, changed);
             }
         }
-        let due = state.moved.as_mut().map(|m| m.due(now_ms)).unwrap_or_default();
+        let due = state.moved.due(now_ms);
         for (key, users) in due {
-            let epoch = state.tops.get(&key).map(|t| t.epoch);
-            let Some(epoch) = epoch
-                .or_else(|| self.members(&mut state, &key).ok().and_then(|m| m.values().map(|mark| mark.epoch).max()))
-            else {
+            let Some(members) = state.rooms.get(&key) else {
+                // Not cached (a change from another node): read, and sent at the next release.
+                for user in &users {
+                    state.moved.note(&key, user);
+                }
+                state.need_load.insert(key);
                 continue;
             };
-            let event = self.receipts_event(&mut state, &key, epoch, &users);
+            let top = self.top_here(&key).map(|t| t.epoch);
+            let Some(epoch) = top.or_else(|| members.values().map(|mark| mark.epoch).max()) else { continue };
+            let event = self.receipts_event(&state, &key, epoch, &users);
             let frame = ServerFrame::Receipts { req: 0, event };
             let mut encoded = EncodeOnce::new(&frame);
             // To the synced connections of every member (opt-in: `sync`), encoded once.
-            let members = state.rooms.get(&key).map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
-            for member in members {
+            for member in state.rooms.get(&key).into_iter().flat_map(|m| m.keys()) {
                 let who = UserKey { tenant: key.tenant.clone(), user: member.as_str().into() };
                 for device in state.devices.get(&who).into_iter().flatten() {
                     let _ = device.outbox.push(CONTROL, encoded.get(device.outbox.codec()));
                 }
             }
         }
-        if state.rooms.len() > MAX_CACHED_ROOMS && self.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            state.rooms.clear();
+        if now_ms >= state.last_sweep + SWEEP_EVERY_MS {
+            state.last_sweep = now_ms;
+            self.sweep(&mut state);
         }
     }
 
+    /// Drops cached rooms nobody here needs (no member connected, no synced follower, no write
+    /// in flight, no update pending) and the privacy settings of users in none of the others.
+    fn sweep(&self, state: &mut State) {
+        let writing = lock(&self.writing);
+        let State { rooms, moved, share, devices, .. } = state;
+        rooms.retain(|key, _| {
+            writing.contains_key(key) || moved.holds(key) || self.watch.watched(key) || self.hub.has_room(key)
+        });
+        let members: HashSet<(&str, &str)> =
+            rooms.iter().flat_map(|(key, m)| m.keys().map(|user| (&*key.tenant, user.as_str()))).collect();
+        share.retain(|user, _| devices.contains_key(user) || members.contains(&(&*user.tenant, &*user.user)));
+    }
+
     /// A room's `receipts` event listing `users` (when the room is small enough).
-    fn receipts_event(&self, state: &mut State, key: &RoomKey, epoch: u64, users: &[String]) -> ReceiptEvent {
-        let tenant = key.tenant.clone();
-        let members = self.members(state, key).map(|m| m.clone()).unwrap_or_default();
-        let mut share = |user: &str| -> bool {
-            let who = UserKey { tenant: tenant.clone(), user: user.into() };
-            *state.share.entry(who.clone()).or_insert_with(|| self.store.share_read(&who).unwrap_or(true))
+    fn receipts_event(&self, state: &State, key: &RoomKey, epoch: u64, users: &[String]) -> ReceiptEvent {
+        let empty = BTreeMap::new();
+        let members = state.rooms.get(key).unwrap_or(&empty);
+        // Unknown settings count as not shared: privacy never depends on a read having come back.
+        let share = |user: &str| -> bool {
+            let who = UserKey { tenant: key.tenant.clone(), user: user.into() };
+            state.share.get(&who).copied().unwrap_or(false)
         };
         let in_epoch = |m: &Mark| if m.epoch == epoch { *m } else { Mark { epoch, read: 0, delivered: 0 } };
         let mut delivered_all = u64::MAX;
         let mut read_all = u64::MAX;
-        for (user, mark) in &members {
+        for (user, mark) in members {
             let mark = in_epoch(mark);
             delivered_all = delivered_all.min(mark.delivered.max(mark.read));
             if share(user) {
@@ -530,39 +859,14 @@ impl Receipts {
 
     /// Queues an `unread` update for every synced connection of the user.
     fn send_unread(&self, state: &State, user: &UserKey, rooms: Vec<RoomUnread>) {
-        let Some(devices) = state.devices.get(user) else { return };
         let (total, mentions) = state.unread.get(user).map(totals).unwrap_or_default();
         let frame =
             ServerFrame::Receipts { req: 0, event: ReceiptEvent::Unread { full: false, rooms, total, mentions } };
-        let mut encoded = EncodeOnce::new(&frame);
-        for device in devices {
-            // A closing outbox needs nothing more.
-            let _ = device.outbox.push(CONTROL, encoded.get(device.outbox.codec()));
-        }
-    }
-
-    /// Makes a followed room's entry live for the user's synced devices, if they have any.
-    fn watch(&self, state: &mut State, user: &UserKey, key: &RoomKey) {
-        if state.devices.contains_key(user) {
-            state.watchers.entry(key.clone()).or_default().insert(user.clone());
-            state.dirty.entry(user.clone()).or_default().insert(key.room.clone());
-        }
-    }
-
-    /// The room's members' marks, loaded from the store on first use.
-    fn members<'a>(
-        &self,
-        state: &'a mut State,
-        key: &RoomKey,
-    ) -> Result<&'a mut BTreeMap<String, Mark>, crate::store::StoreError> {
-        if !state.rooms.contains_key(key) {
-            let loaded = self.store.room(key)?;
-            state.rooms.insert(key.clone(), loaded);
-        }
-        Ok(state.rooms.get_mut(key).expect("inserted above"))
+        send_to(state, user, &frame);
     }
 
     /// Queues store ops (under the state lock, so they commit in the order the cache changed).
+    /// Once durable, a region's other nodes are told.
     fn write(&self, _state: &mut State, ops: Vec<Op>, done: Option<store::DoneFn>) {
         if ops.is_empty() {
             if let Some(done) = done {
@@ -570,18 +874,58 @@ impl Receipts {
             }
             return;
         }
-        use std::sync::atomic::Ordering;
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let in_flight = self.in_flight.clone();
+        let rooms: Vec<RoomKey> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Mark { room, .. } | Op::Unfollow { room, .. } => Some(room.clone()),
+                _ => None,
+            })
+            .collect();
+        {
+            let mut writing = lock(&self.writing);
+            for room in &rooms {
+                *writing.entry(room.clone()).or_default() += 1;
+            }
+        }
+        let changes: Vec<String> = match &self.region {
+            Some(_) => ops.iter().filter_map(Change::of).filter_map(|c| serde_json::to_string(&c).ok()).collect(),
+            None => Vec::new(),
+        };
+        let (writing, region) = (self.writing.clone(), self.region.clone());
         self.store.write(
             ops,
             Some(Box::new(move |result| {
-                in_flight.fetch_sub(1, Ordering::SeqCst);
+                {
+                    let mut writing = lock(&writing);
+                    for room in rooms {
+                        if let Some(n) = writing.get_mut(&room) {
+                            *n -= 1;
+                            if *n == 0 {
+                                writing.remove(&room);
+                            }
+                        }
+                    }
+                }
+                if let (Ok(()), Some(region)) = (&result, region) {
+                    for change in changes {
+                        let _ = region.send(change);
+                    }
+                }
                 if let Some(done) = done {
                     done(result);
                 }
             })),
         );
+    }
+}
+
+/// Queues a frame for every synced connection of the user, encoded once.
+fn send_to(state: &State, user: &UserKey, frame: &ServerFrame) {
+    let Some(devices) = state.devices.get(user) else { return };
+    let mut encoded = EncodeOnce::new(frame);
+    for device in devices {
+        // A closing outbox needs nothing more.
+        let _ = device.outbox.push(CONTROL, encoded.get(device.outbox.codec()));
     }
 }
 
@@ -615,8 +959,8 @@ fn pages(rooms: Vec<RoomUnread>, max_frame_bytes: usize) -> Vec<Vec<RoomUnread>>
     out
 }
 
-fn totals(rooms: &HashMap<RoomName, RoomUnread>) -> (u64, u64) {
-    rooms.values().fold((0, 0), |(t, m), r| (t + r.unread, m + r.mentions))
+fn totals(rooms: &HashMap<RoomName, Entry>) -> (u64, u64) {
+    rooms.values().filter_map(|e| e.sent.as_ref()).fold((0, 0), |(t, m), r| (t + r.unread, m + r.mentions))
 }
 
 #[cfg(test)]

@@ -1,5 +1,10 @@
-//! Where read marks live between restarts: four tables in the relay's redb file, next to the
-//! room history (or in an in-memory redb for `store.engine = "memory"`):
+//! Where read marks live between restarts, behind [`ReceiptStore`] so the service does not care
+//! which: the node's redb file ([`EmbeddedReceipts`], one node) or the region's Redis
+//! (`super::redis`, several nodes). Reads are async (Redis answers over the network); writes are
+//! queued and committed in order, `done` running once they are durable.
+//!
+//! The embedded store is four tables in the relay's redb file, next to the room history (or in
+//! an in-memory redb for `store.engine = "memory"`):
 //!
 //! - `receipt_marks`: `(tenant \0 room, user)` → the member's [`Mark`] (postcard). Room-major, so
 //!   a room's receipts are one range read.
@@ -14,7 +19,9 @@
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 
-use redb::{ReadableDatabase, TableDefinition};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::hub::RoomKey;
@@ -80,15 +87,61 @@ fn user_bytes(user: &UserKey) -> Vec<u8> {
     tenant_scoped(&user.tenant, &user.user)
 }
 
-pub struct ReceiptStore {
+/// Where marks, follows, mentions and privacy settings live.
+pub trait ReceiptStore: Send + Sync + 'static {
+    /// Queues changes; `done` runs once they are durable (or failed), in the order queued. A
+    /// same-epoch mark never moves back in the store, whatever order writers race in.
+    fn write(&self, ops: Vec<Op>, done: Option<DoneFn>);
+
+    /// Every member's mark in a room.
+    fn room(&self, room: &RoomKey) -> BoxFuture<'_, Result<BTreeMap<String, Mark>, StoreError>>;
+
+    /// The user's mark in each of `rooms` (`None`: not followed).
+    fn marks(&self, user: &UserKey, rooms: &[RoomName]) -> BoxFuture<'_, Result<Vec<Option<Mark>>, StoreError>>;
+
+    /// The rooms the user follows.
+    fn follows(&self, user: &UserKey) -> BoxFuture<'_, Result<Vec<RoomName>, StoreError>>;
+
+    /// The offsets of the user's unread mentions in each room after the given offset.
+    fn mentions(&self, user: &UserKey, rooms: &[(RoomName, u64)]) -> BoxFuture<'_, Result<Vec<Vec<u64>>, StoreError>>;
+
+    /// Whether each user shares reads (the default).
+    fn share_read(&self, users: &[UserKey]) -> BoxFuture<'_, Result<Vec<bool>, StoreError>>;
+}
+
+/// Waits until every write queued on `store` before this call is durable (or failed).
+pub async fn settled(store: &dyn ReceiptStore) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    store.write(
+        Vec::new(),
+        Some(Box::new(move |_| {
+            let _ = tx.send(());
+        })),
+    );
+    let _ = rx.await;
+}
+
+/// The newer of two marks: the incoming one from another epoch replaces, the same epoch takes
+/// the highest of each field.
+pub fn merged(old: Option<Mark>, new: Mark) -> Mark {
+    match old {
+        Some(old) if old.epoch == new.epoch => {
+            Mark { epoch: new.epoch, read: old.read.max(new.read), delivered: old.delivered.max(new.delivered) }
+        }
+        _ => new,
+    }
+}
+
+/// The receipts tables in the node's redb file.
+pub struct EmbeddedReceipts {
     db: std::sync::Arc<SideDb>,
     writer: mpsc::Sender<(Vec<Op>, Option<DoneFn>)>,
 }
 
-impl ReceiptStore {
+impl EmbeddedReceipts {
     /// Opens the tables (creating them) and starts the writer thread, which ends when the store
     /// is dropped.
-    pub fn open(db: SideDb) -> Result<ReceiptStore, StoreError> {
+    pub fn open(db: SideDb) -> Result<EmbeddedReceipts, StoreError> {
         let txn = db.db().begin_write().map_err(err)?;
         txn.open_table(MARKS).map_err(err)?;
         txn.open_table(FOLLOWS).map_err(err)?;
@@ -104,30 +157,10 @@ impl ReceiptStore {
             .name("receipts-writer".into())
             .spawn(move || write_loop(&shared, queue))
             .map_err(err)?;
-        Ok(ReceiptStore { db, writer })
+        Ok(EmbeddedReceipts { db, writer })
     }
 
-    /// Queues changes; `done` runs once they are durable (or failed).
-    pub fn write(&self, ops: Vec<Op>, done: Option<DoneFn>) {
-        if let Err(mpsc::SendError((_, Some(done)))) = self.writer.send((ops, done)) {
-            done(Err(StoreError::Backend("the receipts writer stopped".into())));
-        }
-    }
-
-    /// Waits until every write queued before this call is durable (or failed).
-    pub async fn settled(&self) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.write(
-            Vec::new(),
-            Some(Box::new(move |_| {
-                let _ = tx.send(());
-            })),
-        );
-        let _ = rx.await;
-    }
-
-    /// Every member's mark in a room.
-    pub fn room(&self, room: &RoomKey) -> Result<BTreeMap<String, Mark>, StoreError> {
+    fn room_now(&self, room: &RoomKey) -> Result<BTreeMap<String, Mark>, StoreError> {
         let txn = self.db.db().begin_read().map_err(err)?;
         let table = txn.open_table(MARKS).map_err(err)?;
         let key = room_bytes(room);
@@ -138,15 +171,27 @@ impl ReceiptStore {
             if r != key.as_slice() {
                 break;
             }
-            let mark = postcard::from_bytes(v.value())
-                .map_err(|e| StoreError::Corrupt { table: "receipt_marks", detail: e.to_string() })?;
-            out.insert(user.to_owned(), mark);
+            out.insert(user.to_owned(), decode_mark(v.value())?);
         }
         Ok(out)
     }
 
-    /// The rooms the user follows.
-    pub fn follows(&self, user: &UserKey) -> Result<Vec<RoomName>, StoreError> {
+    fn marks_now(&self, user: &UserKey, rooms: &[RoomName]) -> Result<Vec<Option<Mark>>, StoreError> {
+        let txn = self.db.db().begin_read().map_err(err)?;
+        let table = txn.open_table(MARKS).map_err(err)?;
+        let mut out = Vec::with_capacity(rooms.len());
+        for room in rooms {
+            let key = room_bytes(&RoomKey { tenant: user.tenant.clone(), room: room.clone() });
+            let mark = match table.get((key.as_slice(), &*user.user)).map_err(err)? {
+                Some(v) => Some(decode_mark(v.value())?),
+                None => None,
+            };
+            out.push(mark);
+        }
+        Ok(out)
+    }
+
+    fn follows_now(&self, user: &UserKey) -> Result<Vec<RoomName>, StoreError> {
         let txn = self.db.db().begin_read().map_err(err)?;
         let table = txn.open_table(FOLLOWS).map_err(err)?;
         let key = user_bytes(user);
@@ -165,22 +210,65 @@ impl ReceiptStore {
         Ok(out)
     }
 
-    /// The user's unread mentions in a room after `after`.
-    pub fn mentions(&self, user: &UserKey, room: &RoomName, after: u64) -> Result<u64, StoreError> {
+    fn mentions_now(&self, user: &UserKey, rooms: &[(RoomName, u64)]) -> Result<Vec<Vec<u64>>, StoreError> {
         let txn = self.db.db().begin_read().map_err(err)?;
         let table = txn.open_table(MENTIONS).map_err(err)?;
         let key = user_bytes(user);
-        let range =
-            (key.as_slice(), room.as_str(), after.saturating_add(1))..=(key.as_slice(), room.as_str(), u64::MAX);
-        Ok(table.range(range).map_err(err)?.count() as u64)
+        let mut out = Vec::with_capacity(rooms.len());
+        for (room, after) in rooms {
+            let range =
+                (key.as_slice(), room.as_str(), after.saturating_add(1))..=(key.as_slice(), room.as_str(), u64::MAX);
+            let mut offsets = Vec::new();
+            for entry in table.range(range).map_err(err)? {
+                offsets.push(entry.map_err(err)?.0.value().2);
+            }
+            out.push(offsets);
+        }
+        Ok(out)
     }
 
-    /// Whether the user shares reads (the default).
-    pub fn share_read(&self, user: &UserKey) -> Result<bool, StoreError> {
+    fn share_read_now(&self, users: &[UserKey]) -> Result<Vec<bool>, StoreError> {
         let txn = self.db.db().begin_read().map_err(err)?;
         let table = txn.open_table(PREFS).map_err(err)?;
-        Ok(table.get(user_bytes(user).as_slice()).map_err(err)?.is_none_or(|v| v.value() != 0))
+        let mut out = Vec::with_capacity(users.len());
+        for user in users {
+            out.push(table.get(user_bytes(user).as_slice()).map_err(err)?.is_none_or(|v| v.value() != 0));
+        }
+        Ok(out)
     }
+}
+
+/// redb answers at once: each read is a ready future.
+impl ReceiptStore for EmbeddedReceipts {
+    fn write(&self, ops: Vec<Op>, done: Option<DoneFn>) {
+        if let Err(mpsc::SendError((_, Some(done)))) = self.writer.send((ops, done)) {
+            done(Err(StoreError::Backend("the receipts writer stopped".into())));
+        }
+    }
+
+    fn room(&self, room: &RoomKey) -> BoxFuture<'_, Result<BTreeMap<String, Mark>, StoreError>> {
+        std::future::ready(self.room_now(room)).boxed()
+    }
+
+    fn marks(&self, user: &UserKey, rooms: &[RoomName]) -> BoxFuture<'_, Result<Vec<Option<Mark>>, StoreError>> {
+        std::future::ready(self.marks_now(user, rooms)).boxed()
+    }
+
+    fn follows(&self, user: &UserKey) -> BoxFuture<'_, Result<Vec<RoomName>, StoreError>> {
+        std::future::ready(self.follows_now(user)).boxed()
+    }
+
+    fn mentions(&self, user: &UserKey, rooms: &[(RoomName, u64)]) -> BoxFuture<'_, Result<Vec<Vec<u64>>, StoreError>> {
+        std::future::ready(self.mentions_now(user, rooms)).boxed()
+    }
+
+    fn share_read(&self, users: &[UserKey]) -> BoxFuture<'_, Result<Vec<bool>, StoreError>> {
+        std::future::ready(self.share_read_now(users)).boxed()
+    }
+}
+
+fn decode_mark(bytes: &[u8]) -> Result<Mark, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt { table: "receipt_marks", detail: e.to_string() })
 }
 
 fn write_loop(db: &std::sync::Weak<SideDb>, queue: mpsc::Receiver<(Vec<Op>, Option<DoneFn>)>) {
@@ -216,8 +304,13 @@ fn commit<'a>(db: &SideDb, ops: impl Iterator<Item = &'a Op>) -> Result<(), Stor
         for op in ops {
             match op {
                 Op::Mark { room, user, mark } => {
-                    let bytes = postcard::to_allocvec(mark).map_err(err)?;
-                    marks.insert((room_bytes(room).as_slice(), user.as_str()), bytes.as_slice()).map_err(err)?;
+                    let key = room_bytes(room);
+                    let old = match marks.get((key.as_slice(), user.as_str())).map_err(err)? {
+                        Some(v) => decode_mark(v.value()).ok(),
+                        None => None,
+                    };
+                    let bytes = postcard::to_allocvec(&merged(old, *mark)).map_err(err)?;
+                    marks.insert((key.as_slice(), user.as_str()), bytes.as_slice()).map_err(err)?;
                     let owner = tenant_scoped(&room.tenant, user);
                     follows.insert((owner.as_slice(), room.room.as_str()), ()).map_err(err)?;
                 }
@@ -248,4 +341,38 @@ fn commit<'a>(db: &SideDb, ops: impl Iterator<Item = &'a Op>) -> Result<(), Stor
         }
     }
     txn.commit().map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mark_never_moves_back_within_an_epoch_and_a_new_epoch_replaces_it() {
+        let old = Mark { epoch: 4, read: 10, delivered: 12 };
+        assert_eq!(
+            merged(Some(old), Mark { epoch: 4, read: 8, delivered: 15 }),
+            Mark { epoch: 4, read: 10, delivered: 15 }
+        );
+        assert_eq!(
+            merged(Some(old), Mark { epoch: 5, read: 1, delivered: 1 }),
+            Mark { epoch: 5, read: 1, delivered: 1 }
+        );
+        assert_eq!(merged(None, old), old);
+    }
+
+    #[tokio::test]
+    async fn the_embedded_store_keeps_the_highest_mark_whatever_order_writes_commit_in() {
+        let store = EmbeddedReceipts::open(SideDb::memory().unwrap()).unwrap();
+        let room = RoomKey { tenant: "acme".into(), room: RoomName::parse("chat:a").unwrap() };
+        let user = UserKey { tenant: "acme".into(), user: "bob".into() };
+        for read in [7, 3] {
+            let mark = Mark { epoch: 1, read, delivered: read };
+            store.write(vec![Op::Mark { room: room.clone(), user: "bob".into(), mark }], None);
+        }
+        settled(&store).await;
+        let marks = store.marks(&user, std::slice::from_ref(&room.room)).await.unwrap();
+        assert_eq!(marks, vec![Some(Mark { epoch: 1, read: 7, delivered: 7 })]);
+        assert_eq!(store.follows(&user).await.unwrap(), vec![room.room.clone()]);
+    }
 }

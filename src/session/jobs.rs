@@ -69,7 +69,7 @@ pub async fn run(job: Job, ctx: Arc<SessionContext>) -> Option<JoinSettled> {
                 // room's tracks.
                 let _ = ctx.awareness.join(&key, id, lane, crate::connection::unix_ms());
                 ctx.calls.joined(&key, &subscriber_outbox, lane);
-                ctx.receipts.follow(&key, &user, joined);
+                ctx.receipts.follow(&key, &user, joined).await;
                 let cursor = Cursor { room: key.room, position: joined, updated: now_ms };
                 engine.save_cursors(&key.tenant, &user, vec![cursor]);
             }

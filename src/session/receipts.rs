@@ -19,6 +19,11 @@ pub enum ReceiptsJob {
         outbox: std::sync::Arc<crate::outbox::Outbox>,
         reply: crate::outbox::Reply,
     },
+    Status {
+        user: crate::hub::presence::UserKey,
+        room: RoomName,
+        reply: crate::outbox::Reply,
+    },
 }
 
 impl Session {
@@ -45,9 +50,8 @@ impl Session {
             },
             ReceiptAction::Read { marks } => ReceiptsJob::Read { user, marks, reply: self.outbox.reserve(lane, req) },
             ReceiptAction::Status { room } => {
-                let name = super::parse_room(&room)?;
-                let event = self.ctx.receipts.status(&user, &name).map_err(|(code, m)| Failure::reject(code, m))?;
-                return Ok(self.outbox.reply(lane, &ServerFrame::Receipts { req, event })?);
+                let room = super::parse_room(&room)?;
+                ReceiptsJob::Status { user, room, reply: self.outbox.reserve(lane, req) }
             }
             ReceiptAction::Privacy { share_read } => {
                 self.ctx.receipts.set_share_read(&user, share_read, self.outbox.reserve(lane, req));
@@ -83,5 +87,13 @@ pub async fn run(ctx: &super::SessionContext, job: ReceiptsJob) {
     match job {
         ReceiptsJob::Read { user, marks, reply } => ctx.receipts.read(user, marks, reply).await,
         ReceiptsJob::Sync { user, device, outbox, reply } => ctx.receipts.sync(user, device, outbox, reply).await,
+        ReceiptsJob::Status { user, room, mut reply } => {
+            let req = reply.req();
+            let frame = match ctx.receipts.status(&user, &room).await {
+                Ok(event) => ServerFrame::Receipts { req, event },
+                Err((code, message)) => ServerFrame::error(req, code, message),
+            };
+            let _ = reply.send(&frame);
+        }
     }
 }

@@ -168,6 +168,11 @@ impl Names {
         format!("{}:calls", self.prefix)
     }
 
+    /// Where the receipts service's changes travel between nodes (`crate::receipts`).
+    fn receipts(&self) -> String {
+        format!("{}:receipts", self.prefix)
+    }
+
     /// Revocations in force, by [`Revocation::key`](crate::control::Revocation::key).
     fn revocations(&self) -> String {
         format!("{}:revocations", self.prefix)
@@ -260,6 +265,9 @@ struct Shared {
     calls_channel: String,
     /// Other nodes' call messages, for the call service.
     calls_in: mpsc::UnboundedSender<(String, String)>,
+    receipts_channel: String,
+    /// Other nodes' receipts changes, for the receipts service.
+    receipts_in: mpsc::UnboundedSender<(String, String)>,
     check_now: Notify,
     resyncs: metrics::Counter,
     probe_failures: metrics::Counter,
@@ -272,6 +280,7 @@ pub struct RedisEngine {
     remote_controls: Mutex<Option<mpsc::UnboundedReceiver<Control>>>,
     presence_link: Mutex<Option<PresenceLink>>,
     call_link: Mutex<Option<CallLink>>,
+    receipts_link: Mutex<Option<CallLink>>,
     queue: Mutex<Option<mpsc::UnboundedSender<Pending>>>,
     /// Actions (and events) for the other nodes, sent one at a time in this order.
     actions: mpsc::UnboundedSender<Control>,
@@ -325,11 +334,15 @@ impl RedisEngine {
         let (local_tx, local_rx) = mpsc::unbounded_channel();
         let (calls_in, calls_in_rx) = mpsc::unbounded_channel();
         let (calls_out, calls_out_rx) = mpsc::unbounded_channel();
+        let (receipts_in, receipts_in_rx) = mpsc::unbounded_channel();
+        let (receipts_out, receipts_out_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             probe_channel: names.probe(&node),
             control_channel: names.control(),
             calls_channel: names.calls(),
             calls_in,
+            receipts_channel: names.receipts(),
+            receipts_in,
             node: node.clone(),
             controls,
             others,
@@ -347,7 +360,12 @@ impl RedisEngine {
             up: metrics::gauge!(crate::metrics::REDIS_UP),
             config,
         });
-        let own = vec![shared.probe_channel.clone(), shared.control_channel.clone(), shared.calls_channel.clone()];
+        let own = vec![
+            shared.probe_channel.clone(),
+            shared.control_channel.clone(),
+            shared.calls_channel.clone(),
+            shared.receipts_channel.clone(),
+        ];
         shared.subscriber.ssubscribe(own).await.map_err(unavailable)?;
         shared.load_revocations().await?;
         let (queue, rx) = mpsc::unbounded_channel();
@@ -357,7 +375,8 @@ impl RedisEngine {
         tasks.spawn(run_probe(shared.clone(), stop.clone()));
         tasks.spawn(run_checks(shared.clone(), stop.clone()));
         tasks.spawn(run_presence(shared.clone(), local_rx, stop.clone()));
-        tasks.spawn(run_calls(shared.clone(), calls_out_rx, stop.clone()));
+        tasks.spawn(run_outbound(shared.clone(), shared.calls_channel.clone(), calls_out_rx, stop.clone()));
+        tasks.spawn(run_outbound(shared.clone(), shared.receipts_channel.clone(), receipts_out_rx, stop.clone()));
         let (actions, actions_rx) = mpsc::unbounded_channel();
         tasks.spawn(run_actions(shared.clone(), actions_rx, stop.clone()));
         tracing::info!(url = %redacted(&shared.config.url), node = %shared.node, "redis engine connected");
@@ -366,7 +385,8 @@ impl RedisEngine {
             shared,
             remote_controls: Mutex::new(Some(remote_controls)),
             presence_link: Mutex::new(Some(PresenceLink { local: local_tx, others: others_rx })),
-            call_link: Mutex::new(Some(CallLink { node, out: calls_out, inbound: calls_in_rx })),
+            call_link: Mutex::new(Some(CallLink { node: node.clone(), out: calls_out, inbound: calls_in_rx })),
+            receipts_link: Mutex::new(Some(CallLink { node, out: receipts_out, inbound: receipts_in_rx })),
             queue: Mutex::new(Some(queue)),
             actions,
             stopping: AtomicBool::new(false),
@@ -509,6 +529,7 @@ impl Shared {
         channels.push(self.probe_channel.clone());
         channels.push(self.control_channel.clone());
         channels.push(self.calls_channel.clone());
+        channels.push(self.receipts_channel.clone());
         for chunk in channels.chunks(1000) {
             if let Err(err) = self.subscriber.ssubscribe(chunk.to_vec()).await {
                 tracing::warn!(%err, "subscribing again after a reconnect");
@@ -613,11 +634,18 @@ impl Shared {
             }
             return;
         }
-        if channel == self.calls_channel {
+        let region = if channel == self.calls_channel {
+            Some(&self.calls_in)
+        } else if channel == self.receipts_channel {
+            Some(&self.receipts_in)
+        } else {
+            None
+        };
+        if let Some(inbound) = region {
             match value.as_str().as_deref().and_then(|text| text.split_once('\n')) {
                 Some((node, _)) if node == self.node => {}
-                Some((node, body)) => drop(self.calls_in.send((node.to_owned(), body.to_owned()))),
-                None => tracing::warn!("undecodable message on the calls channel"),
+                Some((node, body)) => drop(inbound.send((node.to_owned(), body.to_owned()))),
+                None => tracing::warn!(channel, "undecodable message on a region channel"),
             }
             return;
         }
@@ -1018,14 +1046,20 @@ async fn run_presence(shared: Arc<Shared>, mut local: mpsc::UnboundedReceiver<Lo
     }
 }
 
-/// Publishes the call service's messages on the region's calls channel, one at a time in the
+/// Publishes a service's messages on a region channel (calls, receipts), one at a time in the
 /// order they were made (a reply before the events it caused, signals in order). A message that
-/// fails is dropped (pub/sub is at most once anyway; `crate::call::region` says what heals).
-async fn run_calls(shared: Arc<Shared>, mut out: mpsc::UnboundedReceiver<String>, stop: CancellationToken) {
+/// fails is dropped (pub/sub is at most once anyway; `crate::call::region` and
+/// `crate::receipts` say what heals).
+async fn run_outbound(
+    shared: Arc<Shared>,
+    channel: String,
+    mut out: mpsc::UnboundedReceiver<String>,
+    stop: CancellationToken,
+) {
     while let Some(message) = stop.run_until_cancelled(out.recv()).await.flatten() {
         let message = format!("{}\n{message}", shared.node);
-        if let Err(err) = shared.client.spublish::<Value, _, _>(shared.calls_channel.as_str(), message).await {
-            tracing::debug!(%err, "a call message did not reach the other nodes");
+        if let Err(err) = shared.client.spublish::<Value, _, _>(channel.as_str(), message).await {
+            tracing::debug!(%err, channel, "a message did not reach the other nodes");
         }
     }
 }
@@ -1201,6 +1235,40 @@ impl Engine for RedisEngine {
                 let _: Result<Value, FredError> = self.shared.client.hdel(nodes, gone).await;
             }
             Ok(reports)
+        }
+        .boxed()
+    }
+
+    fn share_receipts(&self) -> Option<CallLink> {
+        lock(&self.receipts_link).take()
+    }
+
+    /// One pipeline of meta reads, subscribing to nothing (the receipts service asks for rooms
+    /// this node may not hold); a room without meta yet gets one through [`Engine::meta`].
+    fn tops(&self, keys: Vec<RoomKey>) -> BoxFuture<'_, Vec<Option<Position>>> {
+        async move {
+            let mut out = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(CHECK_CHUNK) {
+                let pipeline = self.shared.client.pipeline();
+                for key in chunk {
+                    let meta = Names::meta(&self.shared.names.channel(key));
+                    let queued: Result<(), FredError> = pipeline.hmget(meta, vec!["epoch", "top"]).await;
+                    if let Err(err) = queued {
+                        tracing::debug!(%err, "queueing a top read");
+                    }
+                }
+                let replies = pipeline.try_all::<Value>().await;
+                for (i, key) in chunk.iter().enumerate() {
+                    let reply = replies.get(i).and_then(|r| r.as_ref().ok()).map(|v| v.clone().into_array());
+                    let number = |j: usize| reply.as_ref().and_then(|r| r.get(j)).and_then(Value::as_u64);
+                    let top = match (number(0), number(1)) {
+                        (Some(epoch), Some(offset)) => Some(Position { epoch, offset }),
+                        _ => self.shared.meta(key).await.ok().map(|meta| meta.position()),
+                    };
+                    out.push(top);
+                }
+            }
+            out
         }
         .boxed()
     }
