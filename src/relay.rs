@@ -206,7 +206,12 @@ impl Relay {
         );
         let dedupe_window_ms = config.store.dedupe_window_secs.saturating_mul(1000);
         let events = crate::events::Events::new(&config.events, dedupe_window_ms, hub.clone(), engine.clone());
-        let collab = Arc::new(crate::collab::CollabService::new(&config.sessions, session_store));
+        let mut collab = crate::collab::CollabService::new(&config.sessions, session_store);
+        // With a shared engine, sessions span the region (crate::collab::region).
+        if let Some(link) = engine.share_sessions() {
+            collab = collab.with_region(link);
+        }
+        let collab = Arc::new(collab);
         let session_ctx = Arc::new(SessionContext {
             events: events.clone(),
             hub: hub.clone(),
@@ -814,9 +819,9 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
             let engine = RedisEngine::connect(redis_config, hub)
                 .await
                 .map_err(|error| RelayError::Redis { url: crate::engine::redacted(&r.url), error })?;
-            // Users' last-seen records and sessions stay in this node's embedded store (sessions
-            // are not shared across a region yet: docs/sessions.md), as are read marks
-            // (docs/receipts.md); calls are shared.
+            // Users' last-seen records stay in this node's embedded store, as do read marks
+            // (docs/receipts.md); calls are shared, and so are sessions (kept in Redis by
+            // crate::collab::redis_store; the embedded session tables are unused).
             let local = open_embedded()?;
             let sessions = Arc::new(SessionStore::embedded(local.clone(), keep).map_err(store_err)?);
             let receipts = SideDb::File(local.clone());
