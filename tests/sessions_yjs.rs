@@ -219,3 +219,82 @@ async fn two_yjs_editors_converge_a_late_viewer_gets_it_all_and_it_survives_a_re
     let v = dave.insert(0, "after.").await;
     assert_eq!(v, 2 + 2 * EDITS as u64, "versions go on from where they were");
 }
+
+/// A `yjs` session in a Redis region (docs/sessions.md, "Sessions in a Redis region"): editors on
+/// two relays converge, awareness crosses nodes, and when the node holding the session goes the
+/// other node takes it from Redis (binary snapshots included) with the whole text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yjs_session_spans_two_relays_of_a_redis_region_and_outlives_its_node() {
+    use edgerelay::config::StoreEngine;
+    let redis = edgerelay::testing::RedisServer::start().expect("start redis-server");
+    let url = redis.url();
+    let shared = |c: &mut edgerelay::config::Config| {
+        c.store.engine = StoreEngine::Redis;
+        c.redis.url = url.clone();
+        c.sessions.snapshot_every_patches = 3;
+    };
+    let (a, b) = (start_with(shared).await, start_with(shared).await);
+    let mut alice = YClient::connect(&a, Transport::Quic, Codec::Postcard, "alice", 1, false).await;
+    let create = SessionAction::CreateYjs { max_bytes: None, default_role: SessionRole::Editor };
+    assert!(matches!(alice.act(create).await.unwrap(), SessionEvent::Joined { version: 0, .. }));
+    alice.sync().await;
+    alice.insert(0, "start.").await;
+    let mut bob = YClient::connect(&b, Transport::WebSocket, Codec::Json, "bob", 2, false).await;
+    bob.join_and_sync().await;
+    assert_eq!(bob.text(), "start.");
+
+    let (a_versions, b_versions) = tokio::join!(
+        async {
+            let mut versions = Vec::new();
+            for i in 0..EDITS {
+                versions.push(alice.insert(0, &format!("[a{i}]")).await);
+            }
+            versions
+        },
+        async {
+            let mut versions = Vec::new();
+            for i in 0..EDITS {
+                let end = bob.text().len() as u32;
+                versions.push(bob.insert(end, &format!("[b{i}]")).await);
+            }
+            versions
+        }
+    );
+    let mut versions: Vec<u64> = a_versions.into_iter().chain(b_versions).collect();
+    versions.sort();
+    assert_eq!(versions, (2..=1 + 2 * EDITS as u64).collect::<Vec<_>>(), "every update one version");
+    let complete = |c: &YClient| {
+        let t = c.text();
+        (0..EDITS).all(|i| t.contains(&format!("[a{i}]")) && t.contains(&format!("[b{i}]")))
+    };
+    alice.pump(complete).await;
+    bob.pump(complete).await;
+    assert_eq!(alice.text(), bob.text(), "both converge across nodes");
+    let text = alice.text();
+
+    // Awareness crosses nodes.
+    let entry = AwarenessUpdateEntry { clock: 1, json: r#"{"user":{"name":"alice"}}"#.into() };
+    let aw = AwarenessUpdate { clients: [(ClientID::new(1), entry)].into() };
+    assert_eq!(alice.act(message(Message::Awareness(aw))).await.unwrap(), SessionEvent::Ok {});
+    assert!(bob.next_awareness().await.clients[&ClientID::new(1)].json.contains("alice"));
+
+    // The node holding the session goes: bob is told, and a device on the other node gets the
+    // whole text from Redis.
+    alice.client.close().await;
+    a.relay.shutdown().await;
+    let moved = within("bob told the session moved", async {
+        loop {
+            match bob.client.next_event().await {
+                Some(edgerelay::client::Event::Closed { code, .. }) => return code,
+                None => return None,
+                Some(_) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(moved, Some(ErrorCode::SESSION_MOVED));
+    let mut dave = YClient::connect(&b, Transport::Quic, Codec::Json, "dave", 4, false).await;
+    dave.join_and_sync().await;
+    assert_eq!(dave.text(), text, "the whole text from the region's store");
+    assert_eq!(dave.insert(0, "after.").await, 2 + 2 * EDITS as u64);
+}

@@ -232,3 +232,77 @@ fn encode(op: &Op, args: &mut Vec<Value>) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use fred::prelude::{Builder, ClientLike, Config};
+
+    use super::*;
+    use crate::proto::{RoomName, SessionPatch, SessionRole, SessionStatus};
+    use crate::testing::RedisServer;
+
+    async fn store(server: &RedisServer, node: &str) -> RedisSessions {
+        let client = Builder::from_config(Config::from_url(&server.url()).unwrap()).build().unwrap();
+        client.init().await.unwrap();
+        RedisSessions::new(client, "t", node, 60_000, 600_000, 2)
+    }
+
+    fn meta() -> Meta {
+        Meta {
+            owner: "alice".into(),
+            roles: BTreeMap::new(),
+            default_role: SessionRole::Editor,
+            status: SessionStatus::Open,
+            max_bytes: 1000,
+            created_ms: 0,
+            last_active_ms: 0,
+            schema: None,
+            kind: Default::default(),
+        }
+    }
+
+    fn patch(version: u64) -> Op {
+        let patch =
+            SessionPatch { version, user: "bob".into(), id: format!("p{version}"), patch: "[]".into(), time: 0 };
+        Op::Write(Write::Patch(patch))
+    }
+
+    #[tokio::test]
+    async fn only_the_lease_holder_writes_and_any_node_loads_what_it_wrote() {
+        let server = RedisServer::start().expect("start redis-server");
+        let (a, b) = (store(&server, "a").await, store(&server, "b").await);
+        let key = RoomKey { tenant: "acme".into(), room: RoomName::parse("doc:x").unwrap() };
+        assert_eq!(a.acquire(&key).await.unwrap(), "a");
+        assert_eq!(b.acquire(&key).await.unwrap(), "a", "held by a");
+        assert_eq!(b.load(&key).await.unwrap(), None);
+        // A binary (Yjs) snapshot, patches before and after it, ids.
+        let binary = Payload::from(vec![0u8, 0xff, 1, 2]);
+        let mut batch = vec![(key.clone(), Op::Write(Write::Meta(meta())))];
+        batch.extend((1..=5).map(|v| (key.clone(), patch(v))));
+        batch.push((key.clone(), Op::Write(Write::Snapshot(SessionSnapshot { version: 4, doc: binary.clone() }))));
+        let ids = vec![("p5".to_string(), 5)];
+        batch.push((key.clone(), Op::Write(Write::Ids { user: "bob".into(), ids: ids.clone() })));
+        a.commit(&batch).await.unwrap();
+        let stored = b.load(&key).await.unwrap().unwrap();
+        assert_eq!(stored.meta, meta());
+        assert_eq!(stored.snapshot, SessionSnapshot { version: 4, doc: binary });
+        let versions = |ps: &[SessionPatch]| ps.iter().map(|p| p.version).collect::<Vec<_>>();
+        assert_eq!((versions(&stored.earlier), versions(&stored.after)), (vec![3, 4], vec![5]), "keep 2 before");
+        assert_eq!(stored.ids, [("bob".to_string(), ids)].into());
+
+        // b cannot write while a holds the lease; once a gives it up, b takes it and writes.
+        assert!(b.commit(&[(key.clone(), patch(6))]).await.is_err(), "fenced by the lease");
+        assert!(!b.renew(&key).await.unwrap());
+        assert!(a.renew(&key).await.unwrap());
+        a.release(&key).await.unwrap();
+        assert_eq!(b.owner(&key).await.unwrap(), None);
+        assert_eq!(b.acquire(&key).await.unwrap(), "b");
+        assert!(a.commit(&[(key.clone(), patch(6))]).await.is_err(), "a lost it");
+        b.commit(&[(key.clone(), patch(6))]).await.unwrap();
+        assert_eq!(versions(&a.load(&key).await.unwrap().unwrap().after), vec![5, 6]);
+        b.commit(&[(key.clone(), Op::Delete)]).await.unwrap();
+        assert_eq!(a.load(&key).await.unwrap(), None);
+    }
+}

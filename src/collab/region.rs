@@ -191,6 +191,6 @@ mod tests {
         assert_eq!((device, close), (7, None));
         let texts: Vec<String> = reliable.iter().map(|b| String::from_utf8(b.clone()).unwrap()).collect();
         assert_eq!(texts.len(), 2);
-        assert!(texts[0].contains(r#""req":5"#) && texts[1].contains(r#""version":2"#), "{texts:?}");
+        assert!(texts[0].contains(r#""version":1"#) && texts[1].contains(r#""version":2"#), "{texts:?}");
     }
 }
