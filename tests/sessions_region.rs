@@ -34,9 +34,8 @@ async fn region(redis: &RedisServer, adjust: fn(&mut Config)) -> (TestRelay, Tes
     (start_with(shared).await, start_with(shared).await)
 }
 
-async fn device(relay: &TestRelay, (transport, codec): (Transport, Codec), sub: &str) -> Client {
-    let token = relay.session_token(sub, "acme", &["doc:*"], &[]);
-    relay.try_connect(transport, codec, &token).await.expect("client connects")
+async fn device(relay: &TestRelay, variant: (Transport, Codec), sub: &str) -> Client {
+    relay.session_device(variant, sub).await
 }
 
 fn j(v: Value) -> Payload {

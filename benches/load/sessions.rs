@@ -26,12 +26,12 @@ use std::time::{Duration, Instant};
 use edgerelay::client::collab::PatchResult;
 use edgerelay::client::{Client, Event};
 use edgerelay::proto::{Payload, SessionAction, SessionEvent, SessionRole};
+use futures_util::stream::StreamExt;
+use serde::Serialize;
 use yrs::sync::{Message, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, Map, ReadTxn, Text, Transact, Update};
-use futures_util::stream::StreamExt;
-use serde::Serialize;
 
 use crate::fanout::{self, CodecArg};
 use crate::relay::{RelayUnderTest, TransportChoice};

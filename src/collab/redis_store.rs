@@ -235,32 +235,17 @@ fn encode(op: &Op, args: &mut Vec<Value>) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use fred::prelude::{Builder, ClientLike, Config};
 
     use super::*;
-    use crate::proto::{RoomName, SessionPatch, SessionRole, SessionStatus};
+    use crate::collab::store::tests::meta;
+    use crate::proto::{RoomName, SessionPatch};
     use crate::testing::RedisServer;
 
     async fn store(server: &RedisServer, node: &str) -> RedisSessions {
         let client = Builder::from_config(Config::from_url(&server.url()).unwrap()).build().unwrap();
         client.init().await.unwrap();
         RedisSessions::new(client, "t", node, 60_000, 600_000, 2)
-    }
-
-    fn meta() -> Meta {
-        Meta {
-            owner: "alice".into(),
-            roles: BTreeMap::new(),
-            default_role: SessionRole::Editor,
-            status: SessionStatus::Open,
-            max_bytes: 1000,
-            created_ms: 0,
-            last_active_ms: 0,
-            schema: None,
-            kind: Default::default(),
-        }
     }
 
     fn patch(version: u64) -> Op {
@@ -279,14 +264,14 @@ mod tests {
         assert_eq!(b.load(&key).await.unwrap(), None);
         // A binary (Yjs) snapshot, patches before and after it, ids.
         let binary = Payload::from(vec![0u8, 0xff, 1, 2]);
-        let mut batch = vec![(key.clone(), Op::Write(Write::Meta(meta())))];
+        let mut batch = vec![(key.clone(), Op::Write(Write::Meta(meta(0))))];
         batch.extend((1..=5).map(|v| (key.clone(), patch(v))));
         batch.push((key.clone(), Op::Write(Write::Snapshot(SessionSnapshot { version: 4, doc: binary.clone() }))));
         let ids = vec![("p5".to_string(), 5)];
         batch.push((key.clone(), Op::Write(Write::Ids { user: "bob".into(), ids: ids.clone() })));
         a.commit(&batch).await.unwrap();
         let stored = b.load(&key).await.unwrap().unwrap();
-        assert_eq!(stored.meta, meta());
+        assert_eq!(stored.meta, meta(0));
         assert_eq!(stored.snapshot, SessionSnapshot { version: 4, doc: binary });
         let versions = |ps: &[SessionPatch]| ps.iter().map(|p| p.version).collect::<Vec<_>>();
         assert_eq!((versions(&stored.earlier), versions(&stored.after)), (vec![3, 4], vec![5]), "keep 2 before");

@@ -299,7 +299,7 @@ impl CollabService {
             };
             match &self.region {
                 None => self.act_inner(key, who, action, now_ms),
-                Some(_) => self.route(key, who, action, now_ms, None),
+                Some(_) => self.route(key, Queued { who, action, now_ms, from: None }),
             }
         };
         routed().map_err(|e| (e.code(), e.to_string()))
@@ -794,30 +794,20 @@ impl CollabService {
     /// Applies an action here if the session is loaded here, forwards it to the owner if another
     /// node holds it, else queues it while the owner is found. `from`: the node a forwarded
     /// action came from.
-    fn route(
-        self: &Arc<Self>,
-        key: RoomKey,
-        who: Who,
-        action: SessionAction,
-        now_ms: u64,
-        from: Option<String>,
-    ) -> Result<(), SessionError> {
-        let Some(region) = &self.region else { return self.act_inner(key, who, action, now_ms) };
-        self.route_locked(region, &mut lock(&region.pending), key, who, action, now_ms, from)
+    fn route(self: &Arc<Self>, key: RoomKey, item: Queued) -> Result<(), SessionError> {
+        let Some(region) = &self.region else { return self.act_inner(key, item.who, item.action, item.now_ms) };
+        self.route_locked(region, &mut lock(&region.pending), key, item)
     }
 
     /// [`CollabService::route`] with `pending` held.
-    #[allow(clippy::too_many_arguments)]
     fn route_locked(
         self: &Arc<Self>,
         region: &Region,
         pending: &mut HashMap<RoomKey, Vec<Queued>>,
         key: RoomKey,
-        who: Who,
-        action: SessionAction,
-        now_ms: u64,
-        from: Option<String>,
+        item: Queued,
     ) -> Result<(), SessionError> {
+        let Queued { who, action, now_ms, from } = item;
         if let Some(queue) = pending.get_mut(&key) {
             queue.push(Queued { who, action, now_ms, from });
             return Ok(());
@@ -894,8 +884,7 @@ impl CollabService {
             // Routed as if just arrived, still under `pending`: what arrives meanwhile waits.
             let (outbox, req) = (item.who.outbox.clone(), item.who.reply.req());
             let quiet = is_quiet(req, &item.action);
-            if let Err(e) =
-                self.route_locked(region, &mut pending, key.clone(), item.who, item.action, item.now_ms, item.from)
+            if let Err(e) = self.route_locked(region, &mut pending, key.clone(), item)
                 && !quiet
             {
                 let _ = outbox.push(CONTROL, outbox.codec().frame(&ServerFrame::error(req, e.code(), e.to_string())));
@@ -973,7 +962,7 @@ impl CollabService {
                 let quiet = is_quiet(req, &action);
                 let reply = outbox.reserve(CONTROL, req);
                 let who = Who { tenant, user, bound, device: id, outbox: outbox.clone(), reply };
-                if let Err(e) = self.route(key, who, action, now_ms, Some(from))
+                if let Err(e) = self.route(key, Queued { who, action, now_ms, from: Some(from) })
                     && !quiet
                 {
                     let _ =
