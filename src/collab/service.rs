@@ -137,7 +137,19 @@ struct Queued {
 /// A session held by another node that this node's devices use.
 struct Remote {
     owner: String,
-    devices: HashMap<DeviceId, Arc<Outbox>>,
+    /// Devices whose frames for the session come from the owner: where they go, and whether the
+    /// device is a member (it sent `join` or `create` and no `leave` since). Members are closed
+    /// with `session_moved` when the owner goes.
+    devices: HashMap<DeviceId, (Arc<Outbox>, bool)>,
+}
+
+impl Remote {
+    /// Closes the member devices with `code`.
+    fn close_members(&self, code: ErrorCode) {
+        for (outbox, _) in self.devices.values().filter(|(_, member)| *member) {
+            outbox.close(CloseReason::Error(code));
+        }
+    }
 }
 
 /// A stand-in, on the owner, for another node's device.
@@ -584,7 +596,7 @@ impl CollabService {
         } else if let Some(region) = &self.region
             && let Some(bound) = identity.session_bound(session)
             && let Some(entry) = lock(&region.remote).get(&key)
-            && let Some(outbox) = entry.devices.get(&device)
+            && let Some((outbox, _)) = entry.devices.get(&device)
         {
             let act = Message::Act {
                 tenant: identity.tenant.as_str().to_owned(),
@@ -657,7 +669,7 @@ impl CollabService {
             });
             if let Some(region) = &self.region {
                 lock(&region.proxies).retain(|(key, _), _| !gone.contains(key));
-                lock(&region.remote).retain(|_, entry| !entry.devices.is_empty());
+                lock(&region.remote).retain(|_, entry| entry.devices.values().any(|(_, member)| *member));
                 let this = self.clone();
                 region.tasks.spawn(async move {
                     let Some(region) = &this.region else { return };
@@ -896,10 +908,14 @@ impl CollabService {
     fn forward(&self, region: &Region, key: &RoomKey, who: Who, action: SessionAction, owner: &str) {
         let mut remote = lock(&region.remote);
         let Some(entry) = remote.get_mut(key) else { return };
-        if matches!(action, SessionAction::Create { .. } | SessionAction::CreateYjs { .. } | SessionAction::Join { .. })
-        {
-            entry.devices.insert(who.device, who.outbox.clone());
-        }
+        let joins = matches!(
+            action,
+            SessionAction::Create { .. } | SessionAction::CreateYjs { .. } | SessionAction::Join { .. }
+        );
+        let member = entry.devices.get(&who.device).is_some_and(|(_, member)| *member);
+        // A `leave` ends membership, but its answer still comes through here.
+        let member = joins || (member && !matches!(action, SessionAction::Leave {}));
+        entry.devices.insert(who.device, (who.outbox.clone(), member));
         let act = Message::Act {
             tenant: who.tenant,
             session: key.room.to_string(),
@@ -981,7 +997,7 @@ impl CollabService {
                 let key = RoomKey { tenant: tenant.as_str().into(), room };
                 let mut remote = lock(&region.remote);
                 let Some(entry) = remote.get_mut(&key).filter(|e| e.owner == from) else { return };
-                let Some(outbox) = entry.devices.get(&device).cloned() else { return };
+                let Some((outbox, _)) = entry.devices.get(&device).cloned() else { return };
                 for body in &reliable {
                     let _ = outbox.push(CONTROL, WireFrame::from_body(body));
                 }
@@ -997,7 +1013,7 @@ impl CollabService {
                     if code == ErrorCode::SESSION_MOVED {
                         // The owner we knew does not hold it: the other devices follow.
                         if let Some(entry) = remote.remove(&key) {
-                            close_all(entry.devices.values(), code);
+                            entry.close_members(code);
                         }
                     }
                 }
@@ -1043,7 +1059,7 @@ impl CollabService {
                     if remote.get(&key).is_some_and(|r| r.owner == owner)
                         && let Some(entry) = remote.remove(&key)
                     {
-                        close_all(entry.devices.values(), ErrorCode::SESSION_MOVED);
+                        entry.close_members(ErrorCode::SESSION_MOVED);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "sessions: could not read a session's owner"),
@@ -1086,12 +1102,6 @@ fn is_quiet(req: u64, action: &SessionAction) -> bool {
 fn refuse(mut reply: Reply, e: &SessionError) {
     let req = reply.req();
     let _ = reply.send(&ServerFrame::error(req, e.code(), e.to_string()));
-}
-
-fn close_all<'a>(outboxes: impl Iterator<Item = &'a Arc<Outbox>>, code: ErrorCode) {
-    for outbox in outboxes {
-        outbox.close(CloseReason::Error(code));
-    }
 }
 
 /// Sends a cursor to the devices of the session's other users.
