@@ -277,3 +277,41 @@ async fn a_yjs_session_spans_two_relays_of_a_redis_region_and_outlives_its_node(
     assert_eq!(dave.text(), text, "the whole text from the region's store");
     assert_eq!(dave.insert(0, "after.").await, 2 + 2 * EDITS as u64);
 }
+
+/// The Rust client's Yjs handle (`edgerelay::client::yjs`): two programs edit one text through
+/// it and converge, and a late joiner gets the whole text.
+#[tokio::test]
+async fn the_rust_clients_yjs_handle_edits_syncs_and_converges() {
+    use edgerelay::client::yjs::YjsSession;
+    let relay = start_with(|_| {}).await;
+    let token = |user: &str| relay.session_token(user, "acme", &["notes:*"], &[]);
+    let mut a = relay.try_connect(Transport::Quic, Codec::Postcard, &token("alice")).await.unwrap();
+    let mut b = relay.try_connect(Transport::WebSocket, Codec::Json, &token("bob")).await.unwrap();
+    let alice = a.yjs_create(S, SessionRole::Editor, Doc::with_client_id(1)).await.unwrap();
+    let bob = b.yjs_join(S, Doc::with_client_id(2)).await.unwrap();
+    let insert = |s: &YjsSession, at_end: bool, what: &str| {
+        let text = s.doc.get_or_insert_text("t");
+        let mut txn = s.doc.transact_mut();
+        let at = if at_end { text.len(&txn) } else { 0 };
+        text.insert(&mut txn, at, what);
+        txn.encode_update_v1()
+    };
+    for i in 0..EDITS {
+        alice.send_update(&a, insert(&alice, false, &format!("[a{i}]"))).await.unwrap();
+        bob.send_update(&b, insert(&bob, true, &format!("[b{i}]"))).await.unwrap();
+    }
+    let text = |s: &YjsSession| s.doc.get_or_insert_text("t").get_string(&s.doc.transact());
+    let complete = |s: &YjsSession| {
+        (0..EDITS).all(|i| text(s).contains(&format!("[a{i}]")) && text(s).contains(&format!("[b{i}]")))
+    };
+    for (client, session) in [(&mut a, &alice), (&mut b, &bob)] {
+        while !complete(session) {
+            let update = within("a yjs event", client.next_session_update()).await.unwrap();
+            session.handle(client, &update.event).await.unwrap();
+        }
+    }
+    assert_eq!(text(&alice), text(&bob), "both converge");
+    let c = relay.try_connect(Transport::Quic, Codec::Json, &token("carol")).await.unwrap();
+    let carol = c.yjs_join(S, Doc::with_client_id(3)).await.unwrap();
+    assert_eq!(text(&carol), text(&alice), "the late joiner has it all after the sync");
+}

@@ -9,6 +9,7 @@ pub mod collab;
 pub mod media;
 pub mod presence;
 mod receipts;
+pub mod yjs;
 pub use receipts::Unread;
 mod quic;
 pub use quic::{QuicEndpoint, QuicSessions};
