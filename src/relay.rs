@@ -211,7 +211,12 @@ impl Relay {
         );
         let dedupe_window_ms = config.store.dedupe_window_secs.saturating_mul(1000);
         let events = crate::events::Events::new(&config.events, dedupe_window_ms, hub.clone(), engine.clone());
-        let collab = Arc::new(crate::collab::CollabService::new(&config.sessions, session_store));
+        let mut collab = crate::collab::CollabService::new(&config.sessions, session_store);
+        // With a shared engine, sessions span the region (crate::collab::region).
+        if let Some(link) = engine.share_sessions() {
+            collab = collab.with_region(link);
+        }
+        let collab = Arc::new(collab);
         let session_ctx = Arc::new(SessionContext {
             events: events.clone(),
             hub: hub.clone(),
@@ -888,9 +893,10 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
             let engine = RedisEngine::connect(redis_config, hub)
                 .await
                 .map_err(|error| RelayError::Redis { url: crate::engine::redacted(&r.url), error })?;
-            // Users' last-seen records and sessions stay in this node's embedded store (sessions
-            // are not shared across a region yet: docs/sessions.md); calls and read marks
-            // (docs/receipts.md) are shared.
+            // Users' last-seen records and notifications stay in this node's embedded store
+            // (docs/notifications.md); calls, read marks (docs/receipts.md) and sessions (kept in
+            // Redis by crate::collab::redis_store; the embedded session tables are unused) are
+            // shared.
             let local = open_embedded()?;
             let sessions = Arc::new(SessionStore::embedded(local.clone(), keep).map_err(store_err)?);
             let receipts: Arc<dyn ReceiptStore> = Arc::new(RedisReceipts::start(engine.client(), &r.prefix));

@@ -24,8 +24,8 @@ use serde_json::{Value, json};
 
 const S: &str = "doc:board";
 
-async fn device(relay: &TestRelay, (transport, codec): (Transport, Codec), sub: &str) -> Client {
-    connect(relay, (transport, codec), &relay.session_token(sub, "acme", &["doc:*"], &[])).await
+async fn device(relay: &TestRelay, variant: (Transport, Codec), sub: &str) -> Client {
+    relay.session_device(variant, sub).await
 }
 
 async fn connect(relay: &TestRelay, (transport, codec): (Transport, Codec), token: &str) -> Client {

@@ -135,19 +135,9 @@ fn refused(result: Result<SessionEvent, ClientError>) -> ErrorCode {
     }
 }
 
-#[tokio::test]
-async fn two_yjs_editors_converge_a_late_viewer_gets_it_all_and_it_survives_a_restart() {
-    let relay = start_with(|c| c.sessions.snapshot_every_patches = 3).await;
-    let mut alice = YClient::connect(&relay, Transport::Quic, Codec::Postcard, "alice", 1, false).await;
-    let create = SessionAction::CreateYjs { max_bytes: None, default_role: SessionRole::Editor };
-    assert!(matches!(alice.act(create).await.unwrap(), SessionEvent::Joined { version: 0, .. }));
-    alice.sync().await;
-    alice.insert(0, "start.").await;
-    let mut bob = YClient::connect(&relay, Transport::WebSocket, Codec::Json, "bob", 2, false).await;
-    bob.join_and_sync().await;
-    assert_eq!(bob.text(), "start.", "the joiner got the document from sync step 2");
-
-    // Both type at once, Alice at the front and Bob at the end of what each has.
+/// Alice and Bob type at once, Alice at the front and Bob at the end of what each has: every
+/// update gets one version (after the one at version 1), and both converge.
+async fn type_at_once(alice: &mut YClient, bob: &mut YClient) {
     let (a, b) = tokio::join!(
         async {
             let mut versions = Vec::new();
@@ -175,6 +165,21 @@ async fn two_yjs_editors_converge_a_late_viewer_gets_it_all_and_it_survives_a_re
     alice.pump(complete).await;
     bob.pump(complete).await;
     assert_eq!(alice.text(), bob.text(), "both converge");
+}
+
+#[tokio::test]
+async fn two_yjs_editors_converge_a_late_viewer_gets_it_all_and_it_survives_a_restart() {
+    let relay = start_with(|c| c.sessions.snapshot_every_patches = 3).await;
+    let mut alice = YClient::connect(&relay, Transport::Quic, Codec::Postcard, "alice", 1, false).await;
+    let create = SessionAction::CreateYjs { max_bytes: None, default_role: SessionRole::Editor };
+    assert!(matches!(alice.act(create).await.unwrap(), SessionEvent::Joined { version: 0, .. }));
+    alice.sync().await;
+    alice.insert(0, "start.").await;
+    let mut bob = YClient::connect(&relay, Transport::WebSocket, Codec::Json, "bob", 2, false).await;
+    bob.join_and_sync().await;
+    assert_eq!(bob.text(), "start.", "the joiner got the document from sync step 2");
+
+    type_at_once(&mut alice, &mut bob).await;
     let text = alice.text();
 
     // Carol, a viewer, joins late: the whole text; her updates are refused, her step 2 ignored.
@@ -218,4 +223,95 @@ async fn two_yjs_editors_converge_a_late_viewer_gets_it_all_and_it_survives_a_re
     assert_eq!(dave.text(), text, "the whole text after a restart");
     let v = dave.insert(0, "after.").await;
     assert_eq!(v, 2 + 2 * EDITS as u64, "versions go on from where they were");
+}
+
+/// A `yjs` session in a Redis region (docs/sessions.md, "Sessions in a Redis region"): editors on
+/// two relays converge, awareness crosses nodes, and when the node holding the session goes the
+/// other node takes it from Redis (binary snapshots included) with the whole text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yjs_session_spans_two_relays_of_a_redis_region_and_outlives_its_node() {
+    use edgerelay::config::StoreEngine;
+    let redis = edgerelay::testing::RedisServer::start().expect("start redis-server");
+    let url = redis.url();
+    let shared = |c: &mut edgerelay::config::Config| {
+        c.store.engine = StoreEngine::Redis;
+        c.redis.url = url.clone();
+        c.sessions.snapshot_every_patches = 3;
+    };
+    let (a, b) = (start_with(shared).await, start_with(shared).await);
+    let mut alice = YClient::connect(&a, Transport::Quic, Codec::Postcard, "alice", 1, false).await;
+    let create = SessionAction::CreateYjs { max_bytes: None, default_role: SessionRole::Editor };
+    assert!(matches!(alice.act(create).await.unwrap(), SessionEvent::Joined { version: 0, .. }));
+    alice.sync().await;
+    alice.insert(0, "start.").await;
+    let mut bob = YClient::connect(&b, Transport::WebSocket, Codec::Json, "bob", 2, false).await;
+    bob.join_and_sync().await;
+    assert_eq!(bob.text(), "start.");
+
+    type_at_once(&mut alice, &mut bob).await;
+    let text = alice.text();
+
+    // Awareness crosses nodes.
+    let entry = AwarenessUpdateEntry { clock: 1, json: r#"{"user":{"name":"alice"}}"#.into() };
+    let aw = AwarenessUpdate { clients: [(ClientID::new(1), entry)].into() };
+    assert_eq!(alice.act(message(Message::Awareness(aw))).await.unwrap(), SessionEvent::Ok {});
+    assert!(bob.next_awareness().await.clients[&ClientID::new(1)].json.contains("alice"));
+
+    // The node holding the session goes: bob is told, and a device on the other node gets the
+    // whole text from Redis.
+    alice.client.close().await;
+    a.relay.shutdown().await;
+    let moved = within("bob told the session moved", async {
+        loop {
+            match bob.client.next_event().await {
+                Some(edgerelay::client::Event::Closed { code, .. }) => return code,
+                None => return None,
+                Some(_) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(moved, Some(ErrorCode::SESSION_MOVED));
+    let mut dave = YClient::connect(&b, Transport::Quic, Codec::Json, "dave", 4, false).await;
+    dave.join_and_sync().await;
+    assert_eq!(dave.text(), text, "the whole text from the region's store");
+    assert_eq!(dave.insert(0, "after.").await, 2 + 2 * EDITS as u64);
+}
+
+/// The Rust client's Yjs handle (`edgerelay::client::yjs`): two programs edit one text through
+/// it and converge, and a late joiner gets the whole text.
+#[tokio::test]
+async fn the_rust_clients_yjs_handle_edits_syncs_and_converges() {
+    use edgerelay::client::yjs::YjsSession;
+    let relay = start_with(|_| {}).await;
+    let token = |user: &str| relay.session_token(user, "acme", &["notes:*"], &[]);
+    let mut a = relay.try_connect(Transport::Quic, Codec::Postcard, &token("alice")).await.unwrap();
+    let mut b = relay.try_connect(Transport::WebSocket, Codec::Json, &token("bob")).await.unwrap();
+    let alice = a.yjs_create(S, SessionRole::Editor, Doc::with_client_id(1)).await.unwrap();
+    let bob = b.yjs_join(S, Doc::with_client_id(2)).await.unwrap();
+    let insert = |s: &YjsSession, at_end: bool, what: &str| {
+        let text = s.doc.get_or_insert_text("t");
+        let mut txn = s.doc.transact_mut();
+        let at = if at_end { text.len(&txn) } else { 0 };
+        text.insert(&mut txn, at, what);
+        txn.encode_update_v1()
+    };
+    for i in 0..EDITS {
+        alice.send_update(&a, insert(&alice, false, &format!("[a{i}]"))).await.unwrap();
+        bob.send_update(&b, insert(&bob, true, &format!("[b{i}]"))).await.unwrap();
+    }
+    let text = |s: &YjsSession| s.doc.get_or_insert_text("t").get_string(&s.doc.transact());
+    let complete = |s: &YjsSession| {
+        (0..EDITS).all(|i| text(s).contains(&format!("[a{i}]")) && text(s).contains(&format!("[b{i}]")))
+    };
+    for (client, session) in [(&mut a, &alice), (&mut b, &bob)] {
+        while !complete(session) {
+            let update = within("a yjs event", client.next_session_update()).await.unwrap();
+            session.handle(client, &update.event).await.unwrap();
+        }
+    }
+    assert_eq!(text(&alice), text(&bob), "both converge");
+    let c = relay.try_connect(Transport::Quic, Codec::Json, &token("carol")).await.unwrap();
+    let carol = c.yjs_join(S, Doc::with_client_id(3)).await.unwrap();
+    assert_eq!(text(&carol), text(&alice), "the late joiner has it all after the sync");
 }

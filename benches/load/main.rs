@@ -178,7 +178,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             (calls::table(&report), serde_json::to_value(&report)?)
         }
         Workload::Sessions(args) => {
-            let report = sessions::sessions(&relay, args, cli.transport, window, progress).await?;
+            // A second node of the same region (same --store redis and --relay-env) for --nodes 2.
+            let second = if args.nodes > 1 { Some(RelayUnderTest::new(&cli.relay)?) } else { None };
+            let report = sessions::sessions(&relay, second.as_ref(), args, cli.transport, window, progress).await?;
             (sessions::table(&report), serde_json::to_value(&report)?)
         }
         Workload::Events(args) => {

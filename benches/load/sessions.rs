@@ -8,6 +8,13 @@
 //! unloaded the idle session: it reads the snapshot and the patches after it from its store and
 //! replays them), then warm.
 //!
+//! With --nodes 2 (and `--store redis`), a second relay of the same Redis region is started and
+//! every other user connects to it: the session is held by the first node (user 0 creates it), so
+//! half the members reach it across nodes (docs/sessions.md, "Sessions in a Redis region").
+//! With --yjs the session is a `yjs` session: each user sends Yjs updates (its own map key)
+//! instead of JSON patches, timed at every other member (a relayed update skips its sender); the
+//! big document is a Y.Text, joined with a y-protocols sync (join, step 1 -> step 2 applied).
+//!
 //! Bounded: at most 2,000 users, --duration at most 600 s, the drain after the window at most
 //! --drain seconds, at most 20 joins of the big document.
 
@@ -18,9 +25,13 @@ use std::time::{Duration, Instant};
 
 use edgerelay::client::collab::PatchResult;
 use edgerelay::client::{Client, Event};
-use edgerelay::proto::{SessionEvent, SessionRole};
+use edgerelay::proto::{Payload, SessionAction, SessionEvent, SessionRole};
 use futures_util::stream::StreamExt;
 use serde::Serialize;
+use yrs::sync::{Message, SyncMessage};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, Map, ReadTxn, Text, Transact, Update};
 
 use crate::fanout::{self, CodecArg};
 use crate::relay::{RelayUnderTest, TransportChoice};
@@ -56,6 +67,13 @@ pub struct SessionsArgs {
     pub codec: CodecArg,
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
+    /// Relays of one Redis region the users are spread over (1 or 2; 2 needs `--store redis`
+    /// and `--relay-env EDGERELAY_REDIS__URL=...`).
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// A `yjs` session: Yjs updates instead of JSON patches.
+    #[arg(long)]
+    pub yjs: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -90,8 +108,10 @@ struct Tallies {
     ack: SharedLatency,
     delivery: SharedLatency,
     all: SharedLatency,
-    /// Per version: (sent at, members that have it).
+    /// Per version (a Yjs update: its message's hash): (sent at, members that have it).
     pending: std::sync::Mutex<HashMap<u64, (u64, usize)>>,
+    /// Yjs: the send time of each update message, by its hash (updates carry no time).
+    yjs_sent: std::sync::Mutex<HashMap<u64, u64>>,
     sent: AtomicU64,
     applied: AtomicU64,
     complete: AtomicU64,
@@ -106,10 +126,31 @@ fn sent_at(patch: &edgerelay::proto::Payload) -> Option<u64> {
     v.get(0)?.get("value")?.get("t")?.as_u64()
 }
 
-/// Reads one member's events until `stop`: times every `patched`, counts cursors.
+fn hash(bytes: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(bytes)
+}
+
+/// A patch (version `id`, sent at `t`) or Yjs update (`id` its hash) reached one more member.
+fn arrived(tallies: &Tallies, id: u64, t: u64, members: usize) {
+    let now = stats::now_ns();
+    tallies.delivery.record(Duration::from_nanos(now.saturating_sub(t)));
+    let mut pending = tallies.pending.lock().unwrap_or_else(|e| e.into_inner());
+    let entry = pending.entry(id).or_insert((t, 0));
+    entry.1 += 1;
+    if entry.1 == members {
+        pending.remove(&id);
+        drop(pending);
+        tallies.all.record(Duration::from_nanos(now.saturating_sub(t)));
+        tallies.complete.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Reads one member's events until `stop`: times every `patched` (or relayed Yjs update) at
+/// the `members` that get it, counts cursors.
 async fn read(
     mut events: tokio::sync::mpsc::Receiver<Event>,
-    users: usize,
+    members: usize,
     tallies: Arc<Tallies>,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -125,17 +166,14 @@ async fn read(
         };
         match update.event {
             SessionEvent::Patched { patch } => {
-                let now = stats::now_ns();
                 let Some(t) = sent_at(&patch.patch) else { continue };
-                tallies.delivery.record(Duration::from_nanos(now.saturating_sub(t)));
-                let mut pending = tallies.pending.lock().unwrap_or_else(|e| e.into_inner());
-                let entry = pending.entry(patch.version).or_insert((t, 0));
-                entry.1 += 1;
-                if entry.1 == users {
-                    pending.remove(&patch.version);
-                    drop(pending);
-                    tallies.all.record(Duration::from_nanos(now.saturating_sub(t)));
-                    tallies.complete.fetch_add(1, Ordering::Relaxed);
+                arrived(&tallies, patch.version, t, members);
+            }
+            SessionEvent::Yjs { message } => {
+                let id = hash(&message.0);
+                let t = tallies.yjs_sent.lock().unwrap_or_else(|e| e.into_inner()).get(&id).copied();
+                if let Some(t) = t {
+                    arrived(&tallies, id, t, members);
                 }
             }
             SessionEvent::Cursor { data: Some(_), .. } => {
@@ -148,6 +186,7 @@ async fn read(
 
 pub async fn sessions(
     relay: &RelayUnderTest,
+    second: Option<&RelayUnderTest>,
     args: &SessionsArgs,
     transport: TransportChoice,
     window: Duration,
@@ -158,11 +197,18 @@ pub async fn sessions(
     anyhow::ensure!((0.0..=100.0).contains(&args.cursor_rate), "--cursor-rate from 0 to 100 per user");
     anyhow::ensure!(args.drain >= 0.0 && args.drain <= 120.0, "--drain from 0 to 120 s");
     anyhow::ensure!(args.joins <= MAX_JOINS, "at most {MAX_JOINS} joins");
+    anyhow::ensure!((1..=2).contains(&args.nodes), "--nodes 1 or 2");
+    anyhow::ensure!(args.nodes == 1 || second.is_some(), "--nodes 2 needs the second relay");
+    // Every other user on the second node.
+    let node = |i: usize| match second {
+        Some(second) if i % 2 == 1 => second,
+        _ => relay,
+    };
     let tallies = Arc::new(Tallies::default());
     let mut connect = stats::histogram();
     let opens = futures_util::stream::iter(0..args.users)
         .map(|i| async move {
-            let (client, took) = fanout::connect_one(relay, transport, i, format!("u{i}"), args.codec).await?;
+            let (client, took) = fanout::connect_one(node(i), transport, i, format!("u{i}"), args.codec).await?;
             anyhow::Ok((i, client, took))
         })
         .buffer_unordered(args.connect_concurrency.max(1));
@@ -177,10 +223,20 @@ pub async fn sessions(
     let doc: serde_json::Map<String, serde_json::Value> =
         (0..args.users).map(|i| (format!("u{i}"), serde_json::json!(null))).collect();
     clients[0].session_destroy(SESSION).await.ok();
-    clients[0].session_create(SESSION, edgerelay::proto::Payload::json(&doc), None, SessionRole::Editor).await?;
-    for client in &clients[1..] {
-        client.session_join(SESSION, None).await?;
+    if args.yjs {
+        let create = SessionAction::CreateYjs { max_bytes: None, default_role: SessionRole::Editor };
+        clients[0].session_action(SESSION, create).await?;
+        for client in &clients[1..] {
+            client.session_action(SESSION, SessionAction::Join { version: None }).await?;
+        }
+    } else {
+        clients[0].session_create(SESSION, edgerelay::proto::Payload::json(&doc), None, SessionRole::Editor).await?;
+        for client in &clients[1..] {
+            client.session_join(SESSION, None).await?;
+        }
     }
+    // A relayed Yjs update skips its sender; a `patched` goes to every member.
+    let members = if args.yjs { args.users - 1 } else { args.users };
     if show_progress {
         eprintln!(
             "{} users joined {SESSION}; {} patches/s and {} cursors/s each",
@@ -191,17 +247,21 @@ pub async fn sessions(
     // Each client: a writer task (patches and cursors on a timer) and a reader task. The
     // client is shared by both: requests go out through it, events come in through the reader.
     let stop = tokio_util::sync::CancellationToken::new();
-    let cpu_before = relay.cpu();
+    let cpu = || -> Option<Duration> { Some(relay.cpu()? + second.map_or(Some(Duration::ZERO), |s| s.cpu())?) };
+    let cpu_before = cpu();
     let mut readers = tokio::task::JoinSet::new();
     let mut writers = tokio::task::JoinSet::new();
     let mut handles = Vec::new();
     for (i, mut client) in clients.into_iter().enumerate() {
         // The reader owns the client's event stream; the writer shares the client for requests.
-        readers.spawn(read(client.take_events(), args.users, tallies.clone(), stop.clone()));
+        readers.spawn(read(client.take_events(), members, tallies.clone(), stop.clone()));
         let handle = Arc::new(client);
         handles.push(handle.clone());
-        let (tallies, rate, cursor_rate) = (tallies.clone(), args.rate, args.cursor_rate);
+        let (tallies, rate, cursor_rate, yjs) = (tallies.clone(), args.rate, args.cursor_rate, args.yjs);
         writers.spawn(async move {
+            // Yjs: this user's own document; each update sets its key in map `m`.
+            let ydoc = Doc::with_client_id(i as u64 + 1);
+            let ymap = ydoc.get_or_insert_map("m");
             let ends = Instant::now() + window;
             let tick = |rate: f64| Duration::from_secs_f64(1.0 / rate.max(0.001));
             let mut patches = tokio::time::interval(tick(rate));
@@ -212,6 +272,27 @@ pub async fn sessions(
             while Instant::now() < ends {
                 tokio::select! {
                     _ = patches.tick(), if rate > 0.0 => {
+                        if yjs {
+                            n += 1;
+                            let update = {
+                                let mut txn = ydoc.transact_mut();
+                                ymap.insert(&mut txn, format!("u{i}"), n as f64);
+                                txn.encode_update_v1()
+                            };
+                            let message = Message::Sync(SyncMessage::Update(update)).encode_v1();
+                            let t = stats::now_ns();
+                            tallies.yjs_sent.lock().unwrap_or_else(|e| e.into_inner()).insert(hash(&message), t);
+                            tallies.sent.fetch_add(1, Ordering::Relaxed);
+                            match handle.session_action(SESSION, SessionAction::Yjs { message: Payload::from(message) }).await {
+                                Ok(SessionEvent::Applied { .. }) => {
+                                    tallies.ack.record(Duration::from_nanos(stats::now_ns().saturating_sub(t)));
+                                    tallies.applied.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Ok(_) => tallies.errors.add("unexpected answer"),
+                                Err(err) => tallies.errors.client(&err),
+                            }
+                            continue;
+                        }
                         n += 1;
                         let t = stats::now_ns();
                         let patch = serde_json::json!([{"op": "replace", "path": format!("/u{i}"), "value": {"n": n, "t": t}}]);
@@ -247,7 +328,7 @@ pub async fn sessions(
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let relay_cpu_ms = match (cpu_before, relay.cpu()) {
+    let relay_cpu_ms = match (cpu_before, cpu()) {
         (Some(a), Some(b)) => Some((b - a).as_secs_f64() * 1000.0),
         _ => None,
     };
@@ -263,10 +344,31 @@ pub async fn sessions(
     if args.doc_kib > 0 && !clients.is_empty() {
         let owner = &clients[0];
         owner.session_destroy(BIG).await.ok();
-        owner.session_create(BIG, edgerelay::proto::Payload::from("{}"), None, SessionRole::Editor).await?;
         let chunk = 48 * 1024;
         let parts = (args.doc_kib * 1024).div_ceil(chunk);
-        for k in 0..parts {
+        if args.yjs {
+            let create = SessionAction::CreateYjs { max_bytes: None, default_role: SessionRole::Editor };
+            owner.session_action(BIG, create).await?;
+            let ydoc = Doc::with_client_id(999_999);
+            let text = ydoc.get_or_insert_text("t");
+            for k in 0..parts {
+                let s: String = (0..chunk).map(|j| (b'a' + ((j + k) % 26) as u8) as char).collect();
+                let update = {
+                    let mut txn = ydoc.transact_mut();
+                    let len = text.len(&txn);
+                    text.insert(&mut txn, len, &s);
+                    txn.encode_update_v1()
+                };
+                let message = Payload::from(Message::Sync(SyncMessage::Update(update)).encode_v1());
+                match owner.session_action(BIG, SessionAction::Yjs { message }).await? {
+                    SessionEvent::Applied { .. } => {}
+                    other => anyhow::bail!("growing the big Yjs document: {other:?}"),
+                }
+            }
+        } else {
+            owner.session_create(BIG, edgerelay::proto::Payload::from("{}"), None, SessionRole::Editor).await?;
+        }
+        for k in (0..parts).filter(|_| !args.yjs) {
             let text: String = (0..chunk).map(|j| (b'a' + ((j + k) % 26) as u8) as char).collect();
             let patch = serde_json::json!([{"op": "add", "path": format!("/part{k}"), "value": text}]);
             match owner
@@ -286,8 +388,12 @@ pub async fn sessions(
             let (reader, _) =
                 fanout::connect_one(relay, transport, args.users + j, format!("reader{j}"), args.codec).await?;
             let started = Instant::now();
-            let joined = reader.session_join(BIG, None).await?;
-            big_doc_bytes = serde_json::to_vec(&joined.doc.doc)?.len();
+            if args.yjs {
+                big_doc_bytes = yjs_join(&reader).await?;
+            } else {
+                let joined = reader.session_join(BIG, None).await?;
+                big_doc_bytes = serde_json::to_vec(&joined.doc.doc)?.len();
+            }
             if j == 0 {
                 big_join_cold_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
                 first = Some(reader);
@@ -324,6 +430,23 @@ pub async fn sessions(
         big_doc_bytes,
         errors: tallies.errors.snapshot(),
     })
+}
+
+/// Joins the big Yjs session and syncs a fresh document (step 1 -> step 2, applied); the
+/// update's size.
+async fn yjs_join(reader: &Client) -> anyhow::Result<usize> {
+    reader.session_action(BIG, SessionAction::Join { version: None }).await?;
+    let ydoc = Doc::new();
+    let sv = ydoc.transact().state_vector();
+    let step1 = Payload::from(Message::Sync(SyncMessage::SyncStep1(sv)).encode_v1());
+    let SessionEvent::Yjs { message } = reader.session_action(BIG, SessionAction::Yjs { message: step1 }).await? else {
+        anyhow::bail!("expected sync step 2");
+    };
+    let Ok(Message::Sync(SyncMessage::SyncStep2(update))) = Message::decode_v1(&message.0) else {
+        anyhow::bail!("expected sync step 2");
+    };
+    ydoc.transact_mut().apply_update(Update::decode_v1(&update)?)?;
+    Ok(update.len())
 }
 
 pub fn table(report: &SessionsReport) -> String {

@@ -11,6 +11,7 @@ mod notify;
 pub mod presence;
 mod receipts;
 pub use notify::FeedPage;
+pub mod yjs;
 pub use receipts::Unread;
 mod quic;
 pub use quic::{QuicEndpoint, QuicSessions};

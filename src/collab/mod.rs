@@ -31,11 +31,13 @@
 //! - [`yjs`]: sessions of kind `yjs`, whose document is a Yjs document merged by `yrs`, spoken
 //!   to in y-protocols sync and awareness messages.
 //!
-//! Not yet here (issue 18, a later part): sessions across the nodes of a Redis region (a session
-//! lives on one node and its embedded store).
+//! - [`region`] and [`redis_store`]: sessions across the nodes of a Redis region, each applied on
+//!   the node holding its lease, stored in the region's Redis.
 
 pub mod cursors;
 pub mod machine;
+pub mod redis_store;
+pub mod region;
 pub mod schema;
 pub mod service;
 pub mod store;

@@ -220,7 +220,7 @@ fn read_patches(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
@@ -230,7 +230,8 @@ mod tests {
         RoomKey { tenant: "acme".into(), room: RoomName::parse(id).unwrap() }
     }
 
-    fn meta(last_active_ms: u64) -> Meta {
+    /// A stored session's meta, for tests of either store.
+    pub(crate) fn meta(last_active_ms: u64) -> Meta {
         Meta {
             owner: "alice".into(),
             roles: BTreeMap::new(),

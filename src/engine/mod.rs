@@ -210,6 +210,27 @@ pub trait Engine: Send + Sync + 'static {
         }
         .boxed()
     }
+
+    /// The region's collaborative-session link (a shared engine): messages to one node, and the
+    /// Redis client the sessions' store and leases use. `None` for a single node. Taken once.
+    fn share_sessions(&self) -> Option<SessionLink> {
+        None
+    }
+}
+
+/// What the collaborative-session service needs of a region (`crate::collab::region`): the
+/// engine carries bytes to one node, at most once, in order per pair of nodes.
+pub struct SessionLink {
+    /// This node's name in the region (unique per process start).
+    pub node: String,
+    /// `(node, message)` to send to that node.
+    pub out: tokio::sync::mpsc::UnboundedSender<(String, Vec<u8>)>,
+    /// Messages for this node: `(sending node, message)`.
+    pub inbound: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    /// The engine's Redis client (sessions keep their store and leases in the same Redis).
+    pub client: fred::clients::Client,
+    /// The key prefix (`redis.prefix`).
+    pub prefix: String,
 }
 
 /// The two directions of the region's call channel, for the call service

@@ -183,6 +183,10 @@ codes! {
     BAD_YJS_MESSAGE = 181, "bad_yjs_message", fatal = false, retry = false;
     /// A `patch` to a `yjs` session, or a `yjs` message to a JSON session.
     WRONG_SESSION_KIND = 182, "wrong_session_kind", fatal = false, retry = false;
+    /// Sessions in a Redis region (docs/sessions.md, "Sessions in a Redis region"): the node
+    /// that held a session this connection had joined went away or gave the session up. The
+    /// connection is closed; reconnect and join again with the version you have.
+    SESSION_MOVED = 183, "session_moved", fatal = true, retry = true;
     /// Events (docs/events.md): a topic name or subscription pattern is empty, longer than 127
     /// bytes, has an empty segment or characters outside `[A-Za-z0-9_:@=+-]`, or a `>` that is
     /// not the last segment (`*` and `>` only in patterns).

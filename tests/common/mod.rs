@@ -181,6 +181,12 @@ impl TestRelay {
         Client::connect(self.target(transport), ClientOptions::new(token).codec(codec)).await
     }
 
+    /// A device of `sub` in tenant `acme` that may create and edit the sessions `doc:*`.
+    pub async fn session_device(&self, (transport, codec): (Transport, Codec), sub: &str) -> Client {
+        let token = self.session_token(sub, "acme", &["doc:*"], &[]);
+        self.try_connect(transport, codec, &token).await.expect("client connects")
+    }
+
     pub async fn connect(&self, transport: Transport, codec: Codec, sub: &str, tenant: &str, rooms: &[&str]) -> Client {
         self.try_connect(transport, codec, &self.token(sub, tenant, rooms)).await.expect("client connects")
     }

@@ -122,7 +122,9 @@ const NESTED_LISTS = {
 export const PROTOCOL_VERSION = 1;
 
 /** Error codes (docs/protocol.md) a reconnect can recover from without changing anything. */
-export const RETRYABLE_CLOSE = new Set([0, 100, 105, 113, 130, 131, 132, 133]);
+// 183 `session_moved`: the node holding a joined session went away (Redis region); reconnecting
+// joins it again with the version held.
+export const RETRYABLE_CLOSE = new Set([0, 100, 105, 113, 130, 131, 132, 133, 183]);
 
 export class FrameError extends Error {}
 

@@ -11,7 +11,7 @@ for (const run of [
   "110 token_invalid token_expired token_not_yet_valid too_many_connections token_revoked message_too_big connection_rate_limited too_many_from_address",
   "120 permission_denied bad_room too_many_rooms already_joined not_joined payload_too_large rate_limited bad_request unknown_track media_limit slow_consumer going_away idle_timeout disconnected",
   "140 media_unsupported",
-  "150 not_participant call_ended only_caller only_callee not_ringing already_answered not_reconnecting timed_out self_call cross_tenant not_connected not_host call_full already_invited not_invited not_in_call removed self_target bad_report report_too_frequent unknown_session session_exists session_closed not_in_session read_only not_owner bad_patch patch_failed document_too_large bad_version schema_violation bad_yjs_message wrong_session_kind",
+  "150 not_participant call_ended only_caller only_callee not_ringing already_answered not_reconnecting timed_out self_call cross_tenant not_connected not_host call_full already_invited not_invited not_in_call removed self_target bad_report report_too_frequent unknown_session session_exists session_closed not_in_session read_only not_owner bad_patch patch_failed document_too_large bad_version schema_violation bad_yjs_message wrong_session_kind session_moved",
   "185 bad_topic bad_filter already_subscribed not_subscribed too_many_subscriptions bad_tags connect_denied hook_denied hook_unavailable connect_unavailable",
   "200 not_following bad_mark too_many_marks bad_mentions unknown_notification bad_prefs bad_device too_many_devices unknown_device bad_notification bad_page unknown_dead_letter",
 ]) {

@@ -43,7 +43,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Accepted, CallLink, Done, Engine, EngineError, Publish};
+use super::{Accepted, CallLink, Done, Engine, EngineError, Publish, SessionLink};
 use crate::connection::unix_ms;
 use crate::control::{Control, Revocation};
 use crate::hub::remote::{LocalPresence, OtherNodes, PresenceLink, RemoteEntry};
@@ -173,6 +173,11 @@ impl Names {
         format!("{}:receipts", self.prefix)
     }
 
+    /// Where collaborative-session messages for `node` travel (`crate::collab::region`).
+    fn sessions(&self, node: &str) -> String {
+        format!("{}:sessions:{node}", self.prefix)
+    }
+
     /// Revocations in force, by [`Revocation::key`](crate::control::Revocation::key).
     fn revocations(&self) -> String {
         format!("{}:revocations", self.prefix)
@@ -268,6 +273,10 @@ struct Shared {
     receipts_channel: String,
     /// Other nodes' receipts changes, for the receipts service.
     receipts_in: mpsc::UnboundedSender<(String, String)>,
+    /// This node's collaborative-session channel.
+    sessions_channel: String,
+    /// Other nodes' session messages for this node, for the collaborative-session service.
+    sessions_in: mpsc::UnboundedSender<(String, Vec<u8>)>,
     check_now: Notify,
     resyncs: metrics::Counter,
     probe_failures: metrics::Counter,
@@ -281,6 +290,7 @@ pub struct RedisEngine {
     presence_link: Mutex<Option<PresenceLink>>,
     call_link: Mutex<Option<CallLink>>,
     receipts_link: Mutex<Option<CallLink>>,
+    session_link: Mutex<Option<SessionLink>>,
     queue: Mutex<Option<mpsc::UnboundedSender<Pending>>>,
     /// Actions (and events) for the other nodes, sent one at a time in this order.
     actions: mpsc::UnboundedSender<Control>,
@@ -336,6 +346,8 @@ impl RedisEngine {
         let (calls_out, calls_out_rx) = mpsc::unbounded_channel();
         let (receipts_in, receipts_in_rx) = mpsc::unbounded_channel();
         let (receipts_out, receipts_out_rx) = mpsc::unbounded_channel();
+        let (sessions_in, sessions_in_rx) = mpsc::unbounded_channel();
+        let (sessions_out, sessions_out_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             probe_channel: names.probe(&node),
             control_channel: names.control(),
@@ -343,6 +355,8 @@ impl RedisEngine {
             calls_in,
             receipts_channel: names.receipts(),
             receipts_in,
+            sessions_channel: names.sessions(&node),
+            sessions_in,
             node: node.clone(),
             controls,
             others,
@@ -365,6 +379,7 @@ impl RedisEngine {
             shared.control_channel.clone(),
             shared.calls_channel.clone(),
             shared.receipts_channel.clone(),
+            shared.sessions_channel.clone(),
         ];
         shared.subscriber.ssubscribe(own).await.map_err(unavailable)?;
         shared.load_revocations().await?;
@@ -379,14 +394,27 @@ impl RedisEngine {
         tasks.spawn(run_outbound(shared.clone(), shared.receipts_channel.clone(), receipts_out_rx, stop.clone()));
         let (actions, actions_rx) = mpsc::unbounded_channel();
         tasks.spawn(run_actions(shared.clone(), actions_rx, stop.clone()));
+        tasks.spawn(run_sessions(shared.clone(), sessions_out_rx, stop.clone()));
         tracing::info!(url = %redacted(&shared.config.url), node = %shared.node, "redis engine connected");
         shared.up.set(1.0);
+        let (sessions_client, sessions_prefix) = (shared.client.clone(), shared.config.prefix.clone());
         Ok(RedisEngine {
             shared,
             remote_controls: Mutex::new(Some(remote_controls)),
             presence_link: Mutex::new(Some(PresenceLink { local: local_tx, others: others_rx })),
             call_link: Mutex::new(Some(CallLink { node: node.clone(), out: calls_out, inbound: calls_in_rx })),
-            receipts_link: Mutex::new(Some(CallLink { node, out: receipts_out, inbound: receipts_in_rx })),
+            receipts_link: Mutex::new(Some(CallLink {
+                node: node.clone(),
+                out: receipts_out,
+                inbound: receipts_in_rx,
+            })),
+            session_link: Mutex::new(Some(SessionLink {
+                node,
+                out: sessions_out,
+                inbound: sessions_in_rx,
+                client: sessions_client,
+                prefix: sessions_prefix,
+            })),
             queue: Mutex::new(Some(queue)),
             actions,
             stopping: AtomicBool::new(false),
@@ -530,6 +558,7 @@ impl Shared {
         channels.push(self.control_channel.clone());
         channels.push(self.calls_channel.clone());
         channels.push(self.receipts_channel.clone());
+        channels.push(self.sessions_channel.clone());
         for chunk in channels.chunks(1000) {
             if let Err(err) = self.subscriber.ssubscribe(chunk.to_vec()).await {
                 tracing::warn!(%err, "subscribing again after a reconnect");
@@ -646,6 +675,21 @@ impl Shared {
                 Some((node, _)) if node == self.node => {}
                 Some((node, body)) => drop(inbound.send((node.to_owned(), body.to_owned()))),
                 None => tracing::warn!(channel, "undecodable message on a region channel"),
+            }
+            return;
+        }
+        if channel == self.sessions_channel {
+            let parsed = value.as_bytes().and_then(|b| {
+                let split = b.iter().position(|c| *c == b'\n')?;
+                Some((std::str::from_utf8(&b[..split]).ok()?, unframe(&b[split + 1..])?))
+            });
+            match parsed {
+                Some((node, chunks)) => {
+                    for chunk in chunks {
+                        let _ = self.sessions_in.send((node.to_owned(), chunk));
+                    }
+                }
+                None => tracing::warn!("undecodable message on the sessions channel"),
             }
             return;
         }
@@ -1064,6 +1108,61 @@ async fn run_outbound(
     }
 }
 
+/// Most session messages published as one pub/sub message.
+const SESSIONS_BATCH: usize = 256;
+
+/// Publishes the collaborative-session service's messages to the node each is for, in the order
+/// they were made; what queued meanwhile goes out in one pub/sub message per node (a patch's
+/// `patched` for a hundred members on another node is one message, not a hundred). A message
+/// that fails is dropped (`crate::collab::region` says what heals).
+async fn run_sessions(
+    shared: Arc<Shared>,
+    mut out: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    stop: CancellationToken,
+) {
+    while let Some(first) = stop.run_until_cancelled(out.recv()).await.flatten() {
+        let mut batch = vec![first];
+        while batch.len() < SESSIONS_BATCH
+            && let Ok(more) = out.try_recv()
+        {
+            batch.push(more);
+        }
+        // One message per destination, in order.
+        let mut by_node: Vec<(String, Vec<u8>)> = Vec::new();
+        for (to, chunk) in batch {
+            let at = match by_node.iter().position(|(n, _)| *n == to) {
+                Some(at) => at,
+                None => {
+                    let mut head = shared.node.as_bytes().to_vec();
+                    head.push(b'\n');
+                    by_node.push((to, head));
+                    by_node.len() - 1
+                }
+            };
+            let body = &mut by_node[at].1;
+            body.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+            body.extend_from_slice(&chunk);
+        }
+        for (to, body) in by_node {
+            let channel = shared.names.sessions(&to);
+            if let Err(err) = shared.client.spublish::<Value, _, _>(channel, Bytes::from(body)).await {
+                tracing::debug!(%err, "a session message did not reach its node");
+            }
+        }
+    }
+}
+
+/// The length-prefixed chunks of a sessions-channel message.
+fn unframe(mut bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut chunks = Vec::new();
+    while !bytes.is_empty() {
+        let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+        chunks.push(bytes.get(4..4 + len)?.to_vec());
+        bytes = &bytes[4 + len..];
+    }
+    Some(chunks)
+}
+
 /// Publishes this node's actions for the others, in the order they were made (events of one
 /// topic must arrive in their order).
 async fn run_actions(shared: Arc<Shared>, mut actions: mpsc::UnboundedReceiver<Control>, stop: CancellationToken) {
@@ -1271,6 +1370,10 @@ impl Engine for RedisEngine {
             out
         }
         .boxed()
+    }
+
+    fn share_sessions(&self) -> Option<SessionLink> {
+        lock(&self.session_link).take()
     }
 
     fn maintain(&self, now_ms: u64) {
