@@ -6,9 +6,10 @@
 //! kosoku runs through `tests/python/kosoku_run.py`, which fixes its 0.1.0 compression case file
 //! for Python 3 (it hashed a `str`: "Strings must be encoded before hashing"; see the script).
 //! Run: every case but 9.* (performance: up to 16 MiB messages) and, of the compression cases
-//! 12.* / 13.*, those with messages up to 16 KiB (`12.*.1`-`12.*.7`, `13.*.1`-`13.*.7`) plus
-//! 12.2.9 (1000 messages of 64 KiB from a bitmap, which caught a deflater bug). The larger
-//! ones take about 40 minutes on a shared CI machine; the summary of a full run is in
+//! 12.* / 13.*, those with messages up to 4 KiB (`12.*.1`-`12.*.5`, `13.*.1`-`13.*.5`: 60
+//! cases of 1000 messages each). The larger ones (8-128 KiB, which found the deflater bug
+//! `deflate::tests::large_messages_compress_whole_with_context_takeover` now pins) take tens of
+//! minutes on a shared machine; they are run by hand, and a full run's summary is in
 //! docs/fuzzing.md. Every case run must be OK, NON-STRICT or INFORMATIONAL; a FAILED or ERROR
 //! case fails the test with its id.
 
@@ -27,12 +28,11 @@ async fn autobahn_cases_pass_against_the_websocket_server() {
         "{} missing: run scripts/test (it installs tests/python/requirements.txt)",
         kosoku.display()
     );
-    // Every section but 9, and the compression cases with messages up to 16 KiB plus 12.2.9.
+    // Every section but 9, and the compression cases with messages up to 4 KiB.
     let mut include: Vec<String> = ["1", "2", "3", "4", "5", "6", "7", "10"].map(|s| format!("{s}.*")).into();
     for section in ["12", "13"] {
-        include.extend((1..=7).map(|size| format!("{section}.*.{size}")));
+        include.extend((1..=5).map(|size| format!("{section}.*.{size}")));
     }
-    include.push("12.2.9".into());
     let relay = common::start_with(|c| {
         c.websocket.echo = true;
         c.websocket.permessage_deflate = true;
@@ -72,8 +72,8 @@ async fn autobahn_cases_pass_against_the_websocket_server() {
             bad.push(format!("{}: {behavior}/{close} {}", report["id"], report["result"]));
         }
     }
-    // 247 cases of sections 1-10, 84 compression cases of up to 16 KiB, 12.2.9.
-    assert!(cases >= 330, "only {cases} case reports\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    // 247 cases of sections 1-10 and 60 compression cases.
+    assert!(cases >= 300, "only {cases} case reports\nstdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(bad.is_empty(), "failed cases:\n{}", bad.join("\n"));
     assert!(output.status.success(), "kosoku exit {:?}\n{stdout}\n{stderr}", output.status);
 }
