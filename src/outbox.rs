@@ -262,6 +262,11 @@ impl Wakes {
         parts
     }
 
+    /// Takes `other`'s wake-ups into this batch.
+    pub fn append(&mut self, mut other: Wakes) {
+        self.lanes.append(&mut other.lanes);
+    }
+
     /// Wakes every writer that has frames from this batch.
     fn wake_all(&mut self) {
         for (outbox, lane) in self.lanes.drain(..) {

@@ -494,15 +494,20 @@ impl Writer {
         match result {
             Ok(()) => {
                 let committed = Instant::now();
-                // Subscribers' writers wake once the whole commit is queued (see `Wakes`).
-                let mut wakes = Wakes::new();
-                for (append, (seq, done)) in records.into_iter().zip(waiting) {
-                    let position = Position { epoch: append.epoch, offset: append.message.offset };
-                    let delivered = self.hub.deliver_batched(&append.key, append.epoch, &append.message, &mut wakes);
-                    crate::metrics::delivered(committed, delivered.delivered);
-                    settle(&seq, &append.message, true);
-                    done.complete(Ok(Accepted { position, duplicate: false }));
-                }
+                // Subscribers' writers wake once the whole commit is queued (see `Wakes`),
+                // also for what completions fan out (a persistent topic's events).
+                let (mut wakes, mut gathered) = (Wakes::new(), Wakes::new());
+                Hub::gathering(&mut gathered, || {
+                    for (append, (seq, done)) in records.into_iter().zip(waiting) {
+                        let position = Position { epoch: append.epoch, offset: append.message.offset };
+                        let delivered =
+                            self.hub.deliver_batched(&append.key, append.epoch, &append.message, &mut wakes);
+                        crate::metrics::delivered(committed, delivered.delivered);
+                        settle(&seq, &append.message, true);
+                        done.complete(Ok(Accepted { position, duplicate: false }));
+                    }
+                });
+                wakes.append(gathered);
                 // Off this thread, so it goes back to committing (see `Hub::wake`).
                 self.hub.wake(wakes);
             }

@@ -61,6 +61,22 @@ const FANOUT_PART: usize = 64;
 
 use crate::lock::lock;
 
+thread_local! {
+    /// The wake-ups held by [`Hub::gathering`] on this thread, while it runs.
+    static GATHERED: std::cell::RefCell<Option<Wakes>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Puts back what was gathered before [`Hub::gathering`] (nested calls), also on a panic; held
+/// wake-ups left behind are woken as they are dropped, never lost.
+struct Gathering(Option<Wakes>);
+
+impl Drop for Gathering {
+    fn drop(&mut self) {
+        let outer = self.0.take();
+        drop(GATHERED.with(|held| held.replace(outer)));
+    }
+}
+
 impl Hub {
     pub fn new(shards: usize, room_idle_ttl_ms: u64) -> Hub {
         let shards = shards.max(1);
@@ -80,7 +96,18 @@ impl Hub {
     /// runtime's threads in parts of [`FANOUT_PART`]: the caller goes back to its work and a big
     /// fanout is shared by every core instead of waiting on one. A small batch on the runtime is
     /// woken here, which costs less than a task.
+    ///
+    /// Inside [`Hub::gathering`] on this thread, the wake-ups are held for the caller instead.
     pub fn wake(&self, wakes: Wakes) {
+        let Some(wakes) = GATHERED.with(|held| match held.borrow_mut().as_mut() {
+            Some(held) => {
+                held.append(wakes);
+                None
+            }
+            None => Some(wakes),
+        }) else {
+            return;
+        };
         let on_runtime = tokio::runtime::Handle::try_current().is_ok();
         let Some(runtime) = self.runtime.as_ref().filter(|_| !on_runtime || wakes.len() > FANOUT_PART) else {
             return;
@@ -88,6 +115,20 @@ impl Hub {
         for part in wakes.split(FANOUT_PART) {
             self.fanout.spawn_on(async move { drop(part) }, runtime);
         }
+    }
+
+    /// Runs `f` and adds to `wakes` the wake-ups [`Hub::wake`] was given on this thread
+    /// meanwhile, instead of waking them at once. The engine runs a commit batch's completions
+    /// (a committed event's fanout among them) inside it, so each writer is woken once per batch
+    /// and writes the batch at once, as for room messages.
+    pub fn gathering<R>(wakes: &mut Wakes, f: impl FnOnce() -> R) -> R {
+        let restore = Gathering(GATHERED.with(|held| held.replace(Some(Wakes::new()))));
+        let result = f();
+        if let Some(held) = GATHERED.with(|held| held.take()) {
+            wakes.append(held);
+        }
+        drop(restore);
+        result
     }
 
     /// Waits (at most `deadline`) for the fanout tasks [`Hub::wake`] started; for shutdown.
@@ -239,6 +280,38 @@ mod tests {
     use crate::mailbox::{Mailbox, mailbox};
     use crate::outbox::{CONTROL, Outbox, Take};
     use crate::proto::{Codec, Payload};
+
+    /// What a commit batch's completions fan out is woken with the batch, once, not at once.
+    #[test]
+    fn wake_ups_given_while_gathering_are_held_for_the_batch() {
+        use futures_util::FutureExt;
+        let hub = Hub::new(1, 60_000);
+        let outbox = Outbox::new(Codec::Json, 1 << 20);
+        let push = |wakes: &mut Wakes| {
+            let frame = Codec::Json.frame(&ServerFrame::error(0, crate::proto::ErrorCode::SLOW_CONSUMER, "x"));
+            outbox.push_batched(CONTROL, frame, usize::MAX, wakes).unwrap();
+        };
+        let woken = || outbox.changed().now_or_never().is_some();
+        let mut batch = Wakes::new();
+        Hub::gathering(&mut batch, || {
+            for _ in 0..3 {
+                let mut wakes = Wakes::new();
+                push(&mut wakes);
+                hub.wake(wakes);
+            }
+            assert!(!woken(), "held while gathering");
+        });
+        assert_eq!(batch.len(), 1, "one wake-up for the three frames");
+        assert!(!woken());
+        drop(batch);
+        assert!(woken());
+        assert!(matches!(outbox.take_all(64), Take::Frames(frames) if frames.len() == 3));
+        // Outside a batch, at once.
+        let mut wakes = Wakes::new();
+        push(&mut wakes);
+        hub.wake(wakes);
+        assert!(woken());
+    }
 
     fn key(tenant: &str, room: &str) -> RoomKey {
         RoomKey { tenant: tenant.into(), room: RoomName::parse(room).unwrap() }

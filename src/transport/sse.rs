@@ -27,25 +27,54 @@ pub fn parse_event_id(id: &str) -> Option<Position> {
     Some(Position { epoch: epoch.parse().ok()?, offset: offset.parse().ok()? })
 }
 
-/// One SSE message for a frame body in JSON, or `None` if it is not a JSON frame. `with_id`:
-/// events with a position carry it as the SSE id.
-pub fn message(body: &[u8], with_id: bool) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let (kind, inner) = value.as_object()?.iter().next()?;
-    let mut out = String::new();
-    if kind == "event" {
-        if with_id
-            && let Some(p) = inner.get("position").filter(|p| !p.is_null())
-            && let (Some(epoch), Some(offset)) = (p.get("epoch"), p.get("offset"))
-        {
-            out.push_str(&format!("id: {epoch}-{offset}\n"));
+/// Appends the SSE message for a frame body in JSON to `out`; returns `false` (appending
+/// nothing) if it is not a JSON frame. `with_id`: events with a position carry it as the SSE id.
+///
+/// The frame is `{"<kind>":<inner>}` as the JSON codec wrote it (compact, fields in protocol
+/// order), so the message is made from those bytes without parsing them again: every stream of
+/// an event gets the same `data:` bytes the fanout encoded once, at the cost of a copy.
+pub fn message(body: &[u8], with_id: bool, out: &mut Vec<u8>) -> bool {
+    let Some((kind, inner)) = split_frame(body) else { return false };
+    if kind == b"event" {
+        if with_id && let Some(Position { epoch, offset }) = event_position(inner) {
+            out.extend_from_slice(format!("id: {epoch}-{offset}\n").as_bytes());
         }
     } else {
-        out.push_str(&format!("event: {kind}\n"));
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(kind);
+        out.push(b'\n');
     }
-    // Serialized JSON has no raw newline, so one `data:` line carries it.
-    out.push_str(&format!("data: {inner}\n\n"));
-    Some(out)
+    out.extend_from_slice(b"data: ");
+    let start = out.len();
+    out.extend_from_slice(inner);
+    // A line break would end the `data:` line. In JSON one can only be whitespace between
+    // tokens (an application's `data` is kept verbatim, so it may have some): a space is the
+    // same JSON.
+    for byte in &mut out[start..] {
+        if matches!(*byte, b'\n' | b'\r') {
+            *byte = b' ';
+        }
+    }
+    out.extend_from_slice(b"\n\n");
+    true
+}
+
+/// `{"<kind>":<inner>}` → `(kind, inner)`; `None` for anything else (a unit frame, postcard).
+fn split_frame(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = body.strip_prefix(b"{\"")?.strip_suffix(b"}")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    let (kind, inner) = (&rest[..end], rest[end + 1..].strip_prefix(b":")?);
+    let plain = !kind.is_empty() && kind.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_');
+    (plain && inner.first() == Some(&b'{')).then_some((kind, inner))
+}
+
+/// The `position` of an event frame's inner object, if it has one.
+fn event_position(inner: &[u8]) -> Option<Position> {
+    #[derive(serde::Deserialize)]
+    struct Positioned {
+        position: Option<Position>,
+    }
+    serde_json::from_slice::<Positioned>(inner).ok()?.position
 }
 
 /// Unsubscribes the stream's subscriptions when the response body is dropped (the client went
@@ -87,13 +116,11 @@ pub struct Stream {
 }
 
 /// The `error` SSE event that ends a stream.
-fn ending(code: ErrorCode, message: &str) -> Bytes {
-    let frame = crate::proto::ServerFrame::error(0, code, message);
-    Bytes::from(message_or_empty(&Codec::Json.encode(&frame)))
-}
-
-fn message_or_empty(body: &[u8]) -> String {
-    message(body, false).unwrap_or_default()
+fn ending(code: ErrorCode, text: &str) -> Bytes {
+    let frame = crate::proto::ServerFrame::error(0, code, text);
+    let mut out = Vec::new();
+    message(&Codec::Json.encode(&frame), false, &mut out);
+    Bytes::from(out)
 }
 
 impl Stream {
@@ -108,8 +135,10 @@ impl Stream {
         loop {
             match self.outbox.take_all(crate::transport::WRITE_BATCH) {
                 Take::Frames(frames) => {
-                    let text: String =
-                        frames.iter().filter_map(|f| message(&f.body(), self.resumable)).collect::<Vec<_>>().concat();
+                    let mut text = Vec::with_capacity(frames.iter().map(|f| f.body_slice().len() + 16).sum());
+                    for frame in &frames {
+                        message(frame.body_slice(), self.resumable, &mut text);
+                    }
                     metrics::counter!(crate::metrics::FRAMES_OUT_TOTAL, "transport" => "sse")
                         .increment(frames.len() as u64);
                     metrics::counter!(crate::metrics::BYTES_OUT_TOTAL, "transport" => "sse")
@@ -161,17 +190,60 @@ mod tests {
 
     #[test]
     fn frames_become_sse_messages() {
+        let sse = |body: &[u8], with_id| {
+            let mut out = Vec::new();
+            message(body, with_id, &mut out).then(|| String::from_utf8(out).unwrap())
+        };
         let event = br#"{"event":{"topic":"a.b","position":{"epoch":3,"offset":7},"data":1}}"#;
         assert_eq!(
-            message(event, true).unwrap(),
-            "id: 3-7\ndata: {\"data\":1,\"position\":{\"epoch\":3,\"offset\":7},\"topic\":\"a.b\"}\n\n"
+            sse(event, true).unwrap(),
+            "id: 3-7\ndata: {\"topic\":\"a.b\",\"position\":{\"epoch\":3,\"offset\":7},\"data\":1}\n\n"
         );
-        assert!(!message(event, false).unwrap().contains("id:"));
+        assert!(!sse(event, false).unwrap().contains("id:"));
         let ephemeral = br#"{"event":{"topic":"a","position":null}}"#;
-        assert!(!message(ephemeral, true).unwrap().contains("id:"));
+        assert!(!sse(ephemeral, true).unwrap().contains("id:"));
         let subscribed = br#"{"subscribed":{"req":0,"pattern":"a.>"}}"#;
-        assert!(message(subscribed, true).unwrap().starts_with("event: subscribed\ndata: {"));
-        assert_eq!(message(b"\x01\x02", true), None);
+        assert!(sse(subscribed, true).unwrap().starts_with("event: subscribed\ndata: {"));
+        // Line breaks in an application's verbatim JSON stay inside the one `data:` line.
+        let pretty = b"{\"event\":{\"topic\":\"a\",\"position\":null,\"data\":{\r\n \"k\": [1,\n2]}}}";
+        let text = sse(pretty, true).unwrap();
+        let data = text.strip_prefix("data: ").unwrap().strip_suffix("\n\n").unwrap();
+        assert!(!data.contains(['\n', '\r']), "{text:?}");
+        let value: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(value["data"]["k"], serde_json::json!([1, 2]));
+        for bad in [&b"\x01\x02"[..], b"\"pong\"", b"{}", b"{\"event\":1}"] {
+            assert_eq!(sse(bad, true), None, "{bad:?}");
+        }
+    }
+
+    /// The fanout's JSON encoding of every frame an SSE stream gets becomes one message whose
+    /// `data` is that frame's content.
+    #[test]
+    fn real_frames_become_sse_messages() {
+        use crate::proto::ServerFrame;
+        let event = ServerFrame::Event {
+            topic: "orders.eu".into(),
+            position: Some(Position { epoch: 2, offset: 9 }),
+            time: 5,
+            id: "o-1".into(),
+            tags: [("qty".to_string(), "3".to_string())].into(),
+            data: crate::proto::Payload::from("{\n  \"order\": 1\n}"),
+        };
+        let subscribed =
+            ServerFrame::Subscribed { req: 0, pattern: "orders.>".into(), position: None, recovered: false };
+        let error = ServerFrame::error(0, ErrorCode::SLOW_CONSUMER, "line\nbreak");
+        for (frame, prefix) in [(event, "id: 2-9\n"), (subscribed, "event: subscribed\n"), (error, "event: error\n")] {
+            let body = Codec::Json.encode(&frame);
+            let mut out = Vec::new();
+            assert!(message(&body, true, &mut out));
+            let text = String::from_utf8(out).unwrap();
+            let data = text.strip_prefix(prefix).and_then(|t| t.strip_prefix("data: ")).unwrap();
+            let data = data.strip_suffix("\n\n").unwrap();
+            assert!(!data.contains('\n'));
+            let whole: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let inner = whole.as_object().unwrap().values().next().unwrap();
+            assert_eq!(&serde_json::from_str::<serde_json::Value>(data).unwrap(), inner, "{text}");
+        }
     }
 
     #[test]

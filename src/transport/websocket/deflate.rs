@@ -29,6 +29,11 @@ const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 /// Output grown per step while inflating, so a small message never reserves the whole limit.
 const INFLATE_STEP: usize = 16 * 1024;
 
+/// Compressor calls for one message before giving up on it (sending it uncompressed, with a
+/// fresh compressor): each call has room for at least half the message, so a message takes a
+/// handful; this only bounds a compressor that never finishes its flush.
+const MAX_FLUSH_CALLS: usize = 64;
+
 /// The parameters agreed with one client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Agreed {
@@ -221,7 +226,7 @@ impl Deflater {
         let level = self.level;
         let state = self.state.get_or_insert_with(|| Box::new(Compress::new(level, false)));
         let start = out.len();
-        let mut used = 0;
+        let (mut used, mut calls) = (0, 0);
         loop {
             out.reserve(payload.len() / 2 + 64);
             let before = state.total_in();
@@ -232,14 +237,23 @@ impl Deflater {
                 return false;
             }
             used += (state.total_in() - before) as usize;
-            // Done once all input is taken and the flush had room to finish (it ends with TAIL).
-            if used == payload.len() && out.len() < out.capacity() {
+            // Done once all input is taken and the sync flush finished: it ends with TAIL.
+            // Room left in `out` is not enough: when its input buffer filled up before the
+            // flush, miniz_oxide may stop flushing with room to spare and go on at the next
+            // call (a sync flush again, with no more input). Stopping there cut large
+            // compressible messages short, the rest arriving at the start of the next one
+            // (Autobahn 12.2.9, 12.5.10, docs/fuzzing.md).
+            if used == payload.len() && out.len() < out.capacity() && out[start..].ends_with(&TAIL) {
                 break;
             }
+            if calls == MAX_FLUSH_CALLS {
+                out.truncate(start);
+                self.state = None;
+                return false;
+            }
+            calls += 1;
         }
-        if out.ends_with(&TAIL) {
-            out.truncate(out.len() - TAIL.len());
-        }
+        out.truncate(out.len() - TAIL.len());
         if self.fresh_each {
             // Reset, not dropped: allocating miniz_oxide's compressor anew per message cost
             // ~4x the CPU of compressing a chat message (docs/decisions.md).
@@ -332,6 +346,38 @@ mod tests {
         let mut at_limit = Vec::new();
         Deflater::new(&agreed, &cfg()).deflate(&vec![7u8; 65_536], &mut at_limit);
         assert_eq!(Inflater::new(&agreed).inflate(&at_limit, 65_536).unwrap().len(), 65_536);
+    }
+
+    /// Large, partly compressible messages (like Autobahn 12.2.x's bitmap): each must come out
+    /// whole. The compressor used to be taken as done when it left room in the output, but
+    /// miniz_oxide can stop a sync flush early and finish it at the next call, so a message
+    /// was cut short and its end arrived at the start of the next one.
+    #[test]
+    fn large_messages_compress_whole_with_context_takeover() {
+        // An image-like byte stream: a random walk, with 4 KiB of noise in every 20 KiB.
+        let mut seed = 0x2545_f491_4f6c_dd1du64 ^ 5;
+        let mut value = 128i32;
+        let data: Vec<u8> = (0..6 * 65_536)
+            .map(|i| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                value = (value + (seed % 5) as i32 - 2).clamp(0, 255);
+                if (i / 4096) % 5 == 0 { (seed >> 32) as u8 } else { value as u8 }
+            })
+            .collect();
+        for header in ["permessage-deflate", "permessage-deflate; server_no_context_takeover"] {
+            let agreed = offer(header).unwrap();
+            let mut deflater = Deflater::new(&agreed, &cfg());
+            // The client inflates what the relay sends: its context follows the server's.
+            let mut inflater =
+                Inflater::new(&Agreed { client_no_context_takeover: agreed.server_no_context_takeover, ..agreed });
+            for (i, message) in data.chunks(65_536).chain(data.chunks(32_768)).enumerate() {
+                let mut out = Vec::new();
+                assert!(deflater.deflate(message, &mut out));
+                assert_eq!(inflater.inflate(&out, 1 << 20).unwrap(), message, "{header}: message {i}");
+            }
+        }
     }
 
     /// The figures in docs/decisions.md: `cargo test --lib chat_json_compression_figures --
