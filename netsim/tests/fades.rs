@@ -13,9 +13,10 @@ mod support;
 use std::time::Duration;
 
 use common::{Transport, within};
+use edgerelay::client::ClientOptions;
 use edgerelay::proto::Payload;
 use netsim::{Profile, Proxy};
-use support::{connect_with, proxy_config};
+use support::{connect, connect_with, proxy_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_probes_the_path_and_an_idle_one_does_not() {
@@ -29,7 +30,7 @@ async fn a_stalled_client_probes_the_path_and_an_idle_one_does_not() {
         let proxy = Proxy::start(config).await.unwrap();
         let target = relay.target_at(Transport::Quic, proxy.local_addr());
         let client = connect_with(&relay, Transport::Quic, target, &format!("user{k}"), room, |options| {
-            edgerelay::client::ClientOptions { quic_probe_stalls: probe, ..options }
+            ClientOptions { quic_probe_stalls: probe, ..options }
         })
         .await
         .unwrap();
@@ -64,6 +65,60 @@ async fn a_stalled_client_probes_the_path_and_an_idle_one_does_not() {
             client.close().await;
         }
     }
+    for proxy in proxies {
+        proxy.shutdown().await;
+    }
+}
+
+/// A client that only receives sends nothing into a fade, so nothing of its own goes
+/// unanswered; after the relay's stream data it sends heartbeats (empty datagrams) for a few
+/// seconds, and one left unanswered starts the path probe. The relay's message published
+/// during the fade then reaches it, once, with the probe's new socket seen by the proxy. One
+/// without the heartbeats stays on its socket and waits for the relay's own retransmission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receive_only_client_notices_a_fade_after_data() {
+    let relay = common::start().await;
+    let room = "receive-only";
+    let publisher = connect(&relay, Transport::Quic, relay.target(Transport::Quic), "pub", room).await.unwrap();
+    let mut proxies = Vec::new();
+    let mut subscribers = Vec::new();
+    for (k, watch) in [true, false].into_iter().enumerate() {
+        let config = proxy_config(&relay, Transport::Quic, Profile::named("wifi").unwrap(), 50 + k as u64);
+        let proxy = Proxy::start(config).await.unwrap();
+        let target = relay.target_at(Transport::Quic, proxy.local_addr());
+        let subscriber = connect_with(&relay, Transport::Quic, target, &format!("sub{k}"), room, |options| {
+            ClientOptions { quic_watch_receiving: watch, ..options }
+        })
+        .await
+        .unwrap();
+        // Stream data from the relay (the join's answer) starts the heartbeats.
+        within("join", subscriber.join(room)).await.unwrap();
+        proxies.push(proxy);
+        subscribers.push(subscriber);
+    }
+    for proxy in &proxies {
+        proxy.set_blackout(true);
+    }
+    let position = within("publish", publisher.publish(room, "m0", Payload::from("1"))).await.unwrap();
+    // Dark past the first heartbeat and its unanswered wait; the OS tells nobody, and neither
+    // subscriber sends anything of its own.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for proxy in &proxies {
+        proxy.set_blackout(false);
+    }
+    for subscriber in &mut subscribers {
+        let message = within("the message published during the fade", subscriber.next_message()).await.unwrap();
+        assert_eq!((message.id.as_str(), message.position), ("m0", position));
+        let extra = tokio::time::timeout(Duration::from_millis(300), subscriber.next_message()).await;
+        assert!(extra.is_err(), "delivered twice: {extra:?}");
+    }
+    let flows: Vec<u64> = proxies.iter().map(|p| p.stats().flows).collect();
+    assert!(flows[0] >= 2, "the receiving client did not probe from a new socket: {flows:?}");
+    assert_eq!(flows[1], 1, "the client without heartbeats moved: {flows:?}");
+    for subscriber in subscribers {
+        subscriber.close().await;
+    }
+    publisher.close().await;
     for proxy in proxies {
         proxy.shutdown().await;
     }

@@ -140,6 +140,8 @@ pub(super) struct QuicLink {
     early: bool,
     /// Told of every frame sent, for [`probe_stalls`].
     sent: Arc<tokio::sync::Notify>,
+    /// Told of every frame received on a stream, for [`watch_receiving`].
+    received: Arc<tokio::sync::Notify>,
 }
 
 /// Connects over raw QUIC, or over WebTransport when `wt_path` names the session's URL path.
@@ -242,7 +244,8 @@ pub(super) async fn connect(
         return Err(ClientError::Rejected { code, message });
     }
 
-    tasks.spawn(read_stream(recv, reader, codec, shared.clone(), cancel.clone()));
+    let received = Arc::new(tokio::sync::Notify::new());
+    tasks.spawn(read_stream(recv, reader, codec, shared.clone(), received.clone(), cancel.clone()));
     tasks.spawn(watch(conn.clone(), shared.clone(), cancel.clone()));
     tasks.spawn(read_datagrams(conn.clone(), codec, shared.clone(), cancel.clone()));
     tasks.spawn(super::media::accept_groups(conn.clone(), shared.media.clone(), tasks.clone(), cancel.clone()));
@@ -250,6 +253,9 @@ pub(super) async fn connect(
     if options.quic_probe_stalls {
         let quic: quinn::Connection = (*conn).clone();
         tasks.spawn(probe_stalls(quic, endpoint.clone(), sent.clone(), cancel.clone()));
+        if options.quic_watch_receiving {
+            tasks.spawn(watch_receiving(conn.clone(), received.clone(), sent.clone(), cancel.clone()));
+        }
     }
     let link = QuicLink {
         endpoint,
@@ -261,6 +267,7 @@ pub(super) async fn connect(
         rooms: Default::default(),
         early,
         sent,
+        received,
     };
     Ok((link, first))
 }
@@ -340,6 +347,50 @@ async fn probe_stalls(
                 tracing::debug!("nothing heard from the relay since sending: probing the path");
                 // Until a packet arrives, or the connection ends (its idle timeout).
                 probe_until_heard(&conn, &endpoint, None).await;
+            }
+        })
+        .await;
+}
+
+/// When a receiving client sends a heartbeat, counted from the relay's last stream data and
+/// then from the previous heartbeat: 0.5, 1.5, 3.5 and 7.5 s after the data. The first is
+/// soon, for an outage that cuts a conversation; the doubling bounds the cost to four
+/// heartbeats (and their four acknowledgements) per burst of received data, all within the
+/// 10 s or so a cellular radio stays connected after traffic anyway (its "tail").
+const HEARTBEATS: [Duration; 4] =
+    [Duration::from_millis(500), Duration::from_secs(1), Duration::from_secs(2), Duration::from_secs(4)];
+
+/// A fade that cuts a client that only receives: it sends nothing, so [`probe_stalls`] is never
+/// woken, and the relay's retransmissions wait for quinn's doubling probe timeout after the
+/// network is back. After stream data from the relay, the client sends a heartbeat on the
+/// schedule of [`HEARTBEATS`] unless more data came first (which starts the schedule again): an
+/// empty QUIC datagram, which the relay acknowledges and otherwise ignores. It counts as sent,
+/// so one left unanswered starts the path probe of [`probe_stalls`], whose new socket makes the
+/// relay validate the path and resend at once. Datagrams only: the relay's presence refresh
+/// (a datagram every few seconds) does not arm it, so an idle client in a room sends nothing
+/// more (docs/decisions.md, "Receive-only clients").
+async fn watch_receiving(
+    conn: Session,
+    received: Arc<tokio::sync::Notify>,
+    sent: Arc<tokio::sync::Notify>,
+    cancel: CancellationToken,
+) {
+    cancel
+        .run_until_cancelled(async {
+            received.notified().await;
+            'data: loop {
+                for wait in HEARTBEATS {
+                    tokio::select! {
+                        _ = received.notified() => continue 'data,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    if conn.send_datagram(bytes::Bytes::new()).is_err() {
+                        // No datagrams on this connection (or it is closing): nothing to watch with.
+                        return;
+                    }
+                    sent.notify_one();
+                }
+                received.notified().await;
             }
         })
         .await;
@@ -433,6 +484,7 @@ async fn read_stream(
     mut reader: FrameReader,
     codec: Codec,
     shared: Arc<Shared>,
+    received: Arc<tokio::sync::Notify>,
     cancel: CancellationToken,
 ) {
     // One cancellation future for the stream's life, not one per frame.
@@ -440,10 +492,13 @@ async fn read_stream(
         .run_until_cancelled(async {
             loop {
                 match read_frame(&mut recv, &mut reader).await {
-                    Ok(Some(body)) => match codec.decode::<ServerFrame>(&body) {
-                        Ok(frame) => shared.dispatch(frame).await,
-                        Err(err) => tracing::warn!(%err, "undecodable frame from relay"),
-                    },
+                    Ok(Some(body)) => {
+                        received.notify_one();
+                        match codec.decode::<ServerFrame>(&body) {
+                            Ok(frame) => shared.dispatch(frame).await,
+                            Err(err) => tracing::warn!(%err, "undecodable frame from relay"),
+                        }
+                    }
                     Ok(None) | Err(_) => return,
                 }
             }
@@ -518,6 +573,7 @@ impl QuicLink {
                     FrameReader::new(MAX_INBOUND_FRAME),
                     self.codec,
                     self.shared.clone(),
+                    self.received.clone(),
                     cancel.clone(),
                 ));
                 self.rooms_lock().insert(room.to_owned(), Some(Arc::new(Mutex::new(send))));
