@@ -142,6 +142,8 @@ pub(super) struct QuicLink {
     sent: Arc<tokio::sync::Notify>,
     /// Told of every frame received on a stream, for [`watch_receiving`].
     received: Arc<tokio::sync::Notify>,
+    /// The path probe under way, shared with [`probe_stalls`].
+    probes: Arc<Probes>,
 }
 
 /// Connects over raw QUIC, or over WebTransport when `wt_path` names the session's URL path.
@@ -250,9 +252,10 @@ pub(super) async fn connect(
     tasks.spawn(read_datagrams(conn.clone(), codec, shared.clone(), cancel.clone()));
     tasks.spawn(super::media::accept_groups(conn.clone(), shared.media.clone(), tasks.clone(), cancel.clone()));
     let sent = Arc::new(tokio::sync::Notify::new());
+    let probes = Arc::new(Probes::default());
     if options.quic_probe_stalls {
         let quic: quinn::Connection = (*conn).clone();
-        tasks.spawn(probe_stalls(quic, endpoint.clone(), sent.clone(), cancel.clone()));
+        tasks.spawn(probe_stalls(quic, endpoint.clone(), sent.clone(), probes.clone(), cancel.clone()));
         if options.quic_watch_receiving {
             tasks.spawn(watch_receiving(conn.clone(), received.clone(), sent.clone(), cancel.clone()));
         }
@@ -268,6 +271,7 @@ pub(super) async fn connect(
         early,
         sent,
         received,
+        probes,
     };
     Ok((link, first))
 }
@@ -333,6 +337,7 @@ async fn probe_stalls(
     conn: quinn::Connection,
     endpoint: Endpoint,
     sent: Arc<tokio::sync::Notify>,
+    probes: Arc<Probes>,
     cancel: CancellationToken,
 ) {
     cancel
@@ -346,7 +351,7 @@ async fn probe_stalls(
                 }
                 tracing::debug!("nothing heard from the relay since sending: probing the path");
                 // Until a packet arrives, or the connection ends (its idle timeout).
-                probe_until_heard(&conn, &endpoint, None).await;
+                probe_until_heard(&conn, &endpoint, None, &probes, false).await;
             }
         })
         .await;
@@ -407,6 +412,26 @@ fn challenged(conn: &quinn::Connection) -> u64 {
     conn.stats().frame_rx.path_challenge
 }
 
+/// One path probe at a time per connection: two would move the connection to new sockets in
+/// turn, and the relay's answer to one socket would go to a socket already given up (a round
+/// trip lost each time). A probe after `network_changed()` takes over from a stall probe under
+/// way; a stall probe does not start while another probe runs.
+#[derive(Default)]
+struct Probes {
+    /// Bumped by every probe that starts; a probe whose number is no longer current stops.
+    generation: std::sync::atomic::AtomicU64,
+    running: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a probe as running for its lifetime.
+struct Running<'a>(&'a Probes);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// How often a probe looks at what arrived.
 const PROBE_TICK: Duration = Duration::from_millis(20);
 
@@ -416,14 +441,28 @@ const PROBE_TICK: Duration = Duration::from_millis(20);
 /// has validated the new path (true): it sent a `PATH_CHALLENGE`, then packets without one. The
 /// first packet heard is not enough: if the client's answer to the challenge is lost, the relay
 /// may send nothing more (anti-amplification) and then goes back to the old address, which the
-/// client no longer listens on. False when the connection ends or `until` passes first.
+/// client no longer listens on. False when the connection ends or `until` passes first, when
+/// a newer probe took over, or (`take_over` false) when another probe was already running.
 /// Nothing is queued on the connection meanwhile: a connection whose congestion window the
 /// outage shrank sends nothing, not even ACKs, while it holds data it may not send yet
 /// (docs/decisions.md, "The network-change hook on a lossy path").
-async fn probe_until_heard(conn: &quinn::Connection, endpoint: &Endpoint, until: Option<tokio::time::Instant>) -> bool {
+async fn probe_until_heard(
+    conn: &quinn::Connection,
+    endpoint: &Endpoint,
+    until: Option<tokio::time::Instant>,
+    probes: &Probes,
+    take_over: bool,
+) -> bool {
+    use std::sync::atomic::Ordering::SeqCst;
+    if !take_over && probes.running.load(SeqCst) > 0 {
+        return false;
+    }
+    probes.running.fetch_add(1, SeqCst);
+    let _running = Running(probes);
+    let mine = probes.generation.fetch_add(1, SeqCst) + 1;
     let started = tokio::time::Instant::now();
     let mut challenge_seen = false;
-    while conn.close_reason().is_none() {
+    while conn.close_reason().is_none() && probes.generation.load(SeqCst) == mine {
         if let Err(err) = move_to_new_socket(endpoint) {
             tracing::debug!(%err, "path probe");
         }
@@ -627,7 +666,7 @@ impl QuicLink {
     /// one ([`probe_until_heard`]); false when that did not happen within `within`.
     pub(super) async fn probe_path(&self, within: Duration) -> bool {
         let until = tokio::time::Instant::now() + within;
-        probe_until_heard(&self.conn, &self.endpoint, Some(until)).await
+        probe_until_heard(&self.conn, &self.endpoint, Some(until), &self.probes, true).await
     }
 
     /// Whether the connection resumed a TLS session with 0-RTT and the relay accepted the early
