@@ -18,6 +18,22 @@ use edgerelay::proto::Payload;
 use netsim::{Profile, Proxy};
 use support::{connect, connect_with, proxy_config};
 
+/// A QUIC client `sub` behind a proxy of its own with the `wifi` profile (`seed`), its options
+/// adjusted by `adjust`.
+async fn behind_wifi(
+    relay: &common::TestRelay,
+    seed: u64,
+    sub: &str,
+    room: &str,
+    adjust: impl FnOnce(ClientOptions) -> ClientOptions,
+) -> (Proxy, edgerelay::client::Client) {
+    let config = proxy_config(relay, Transport::Quic, Profile::named("wifi").unwrap(), seed);
+    let proxy = Proxy::start(config).await.unwrap();
+    let target = relay.target_at(Transport::Quic, proxy.local_addr());
+    let client = connect_with(relay, Transport::Quic, target, sub, room, adjust).await.unwrap();
+    (proxy, client)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_probes_the_path_and_an_idle_one_does_not() {
     let relay = common::start().await;
@@ -26,14 +42,11 @@ async fn a_stalled_client_probes_the_path_and_an_idle_one_does_not() {
     let mut clients = Vec::new();
     // Probing and publishing; not probing and publishing; probing and idle.
     for (k, probe) in [true, false, true].into_iter().enumerate() {
-        let config = proxy_config(&relay, Transport::Quic, Profile::named("wifi").unwrap(), 40 + k as u64);
-        let proxy = Proxy::start(config).await.unwrap();
-        let target = relay.target_at(Transport::Quic, proxy.local_addr());
-        let client = connect_with(&relay, Transport::Quic, target, &format!("user{k}"), room, |options| {
-            ClientOptions { quic_probe_stalls: probe, ..options }
+        let (proxy, client) = behind_wifi(&relay, 40 + k as u64, &format!("user{k}"), room, |options| ClientOptions {
+            quic_probe_stalls: probe,
+            ..options
         })
-        .await
-        .unwrap();
+        .await;
         proxies.push(proxy);
         clients.push(std::sync::Arc::new(client));
     }
@@ -83,14 +96,10 @@ async fn a_receive_only_client_notices_a_fade_after_data() {
     let mut proxies = Vec::new();
     let mut subscribers = Vec::new();
     for (k, watch) in [true, false].into_iter().enumerate() {
-        let config = proxy_config(&relay, Transport::Quic, Profile::named("wifi").unwrap(), 50 + k as u64);
-        let proxy = Proxy::start(config).await.unwrap();
-        let target = relay.target_at(Transport::Quic, proxy.local_addr());
-        let subscriber = connect_with(&relay, Transport::Quic, target, &format!("sub{k}"), room, |options| {
+        let (proxy, subscriber) = behind_wifi(&relay, 50 + k as u64, &format!("sub{k}"), room, |options| {
             ClientOptions { quic_watch_receiving: watch, ..options }
         })
-        .await
-        .unwrap();
+        .await;
         // Stream data from the relay (the join's answer) starts the heartbeats.
         within("join", subscriber.join(room)).await.unwrap();
         proxies.push(proxy);
