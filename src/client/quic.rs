@@ -257,7 +257,7 @@ pub(super) async fn connect(
         let quic: quinn::Connection = (*conn).clone();
         tasks.spawn(probe_stalls(quic, endpoint.clone(), sent.clone(), probes.clone(), cancel.clone()));
         if options.quic_watch_receiving {
-            tasks.spawn(watch_receiving(conn.clone(), received.clone(), sent.clone(), cancel.clone()));
+            tasks.spawn(watch_receiving(conn.clone(), received.clone(), cancel.clone()));
         }
     }
     let link = QuicLink {
@@ -369,17 +369,12 @@ const HEARTBEATS: [Duration; 4] =
 /// woken, and the relay's retransmissions wait for quinn's doubling probe timeout after the
 /// network is back. After stream data from the relay, the client sends a heartbeat on the
 /// schedule of [`HEARTBEATS`] unless more data came first (which starts the schedule again): an
-/// empty QUIC datagram, which the relay acknowledges and otherwise ignores. It counts as sent,
-/// so one left unanswered starts the path probe of [`probe_stalls`], whose new socket makes the
-/// relay validate the path and resend at once. Datagrams only: the relay's presence refresh
-/// (a datagram every few seconds) does not arm it, so an idle client in a room sends nothing
-/// more (docs/decisions.md, "Receive-only clients").
-async fn watch_receiving(
-    conn: Session,
-    received: Arc<tokio::sync::Notify>,
-    sent: Arc<tokio::sync::Notify>,
-    cancel: CancellationToken,
-) {
+/// empty QUIC datagram, which the relay acknowledges and otherwise ignores. One left unanswered
+/// for four round trips (at least [`STALL_AFTER`]) means a fade: see [`ride_out_fade`].
+/// Datagrams do not arm it (the relay's presence refresh is one every few seconds), so an idle
+/// client in a room sends nothing more (docs/decisions.md, "Receive-only clients").
+async fn watch_receiving(conn: Session, received: Arc<tokio::sync::Notify>, cancel: CancellationToken) {
+    let quic: quinn::Connection = (*conn).clone();
     cancel
         .run_until_cancelled(async {
             received.notified().await;
@@ -389,16 +384,58 @@ async fn watch_receiving(
                         _ = received.notified() => continue 'data,
                         _ = tokio::time::sleep(wait) => {}
                     }
-                    if conn.send_datagram(bytes::Bytes::new()).is_err() {
-                        // No datagrams on this connection (or it is closing): nothing to watch with.
+                    let before = heard(&quic);
+                    if !heartbeat(&conn) {
                         return;
                     }
-                    sent.notify_one();
+                    tokio::time::sleep((quic.rtt() * 4).max(STALL_AFTER)).await;
+                    if heard(&quic) == before && !ride_out_fade(&conn, &quic).await {
+                        return;
+                    }
                 }
                 received.notified().await;
             }
         })
         .await;
+}
+
+/// An empty datagram; false when the connection takes none (no datagrams, or closing).
+fn heartbeat(conn: &Session) -> bool {
+    conn.send_datagram(bytes::Bytes::new()).is_ok()
+}
+
+/// How often a receiving client in a fade sends a heartbeat on its socket (or once a round
+/// trip, if longer), for the first [`PROBE_FAST_FOR`]; then every [`PROBE_SLOW`].
+const FADE_EVERY: Duration = Duration::from_millis(250);
+
+/// The receiving client's path is down. It stays on its socket (unlike [`probe_stalls`]): the
+/// relay's own retransmissions go to the address it knows, and on a fast path its probe
+/// timeout is the quickest way back; moving to new sockets would strand them. Meanwhile it
+/// sends a heartbeat every [`FADE_EVERY`], which is cheap (one small packet; its congestion
+/// window holds nothing else). Once anything arrives (the relay's acknowledgement of a
+/// heartbeat that got through, or its retransmission) it sends one more at once: that packet
+/// acknowledges the relay's newest packet, which makes the relay declare what it sent into
+/// the fade lost and resend it now instead of at its backed-off probe timeout. False when the
+/// connection can take no heartbeat.
+async fn ride_out_fade(conn: &Session, quic: &quinn::Connection) -> bool {
+    tracing::debug!("no answer to a heartbeat: riding out a fade");
+    let started = tokio::time::Instant::now();
+    while quic.close_reason().is_none() {
+        let before = heard(quic);
+        if !heartbeat(conn) {
+            return false;
+        }
+        let fast = quic.rtt().max(FADE_EVERY);
+        let every = if started.elapsed() < PROBE_FAST_FOR { fast } else { PROBE_SLOW.max(fast) };
+        let next = tokio::time::Instant::now() + every;
+        while tokio::time::Instant::now() < next {
+            tokio::time::sleep_until(next.min(tokio::time::Instant::now() + PROBE_TICK)).await;
+            if heard(quic) != before {
+                return heartbeat(conn);
+            }
+        }
+    }
+    false
 }
 
 /// Datagrams received on the connection so far: anything at all from the relay.
