@@ -102,11 +102,20 @@ async fn a_receive_only_client_notices_a_fade_after_data() {
             ClientOptions { quic_watch_receiving: watch, ..options }
         })
         .await;
-        // Stream data from the relay (the join's answer) starts the heartbeats.
         within("join", subscriber.join(room)).await.unwrap();
         proxies.push(proxy);
         subscribers.push(subscriber);
     }
+    // Settled: the joins' heartbeats are over and each connection's MTU search is done (its
+    // probes would be packets sent into the fade too).
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    // A message received (stream data) starts the heartbeats; the fade begins right after.
+    let warm = within("publish", publisher.publish(room, "warm", Payload::from("0"))).await.unwrap();
+    for subscriber in &mut subscribers {
+        let message = within("the first message", subscriber.next_message()).await.unwrap();
+        assert_eq!(message.position, warm);
+    }
+    let before: Vec<u64> = proxies.iter().map(|p| p.stats().up.dropped_blackout).collect();
     for proxy in &proxies {
         proxy.set_blackout(true);
     }
@@ -117,7 +126,8 @@ async fn a_receive_only_client_notices_a_fade_after_data() {
     for proxy in &proxies {
         proxy.set_blackout(false);
     }
-    let into_fade: Vec<u64> = proxies.iter().map(|p| p.stats().up.dropped_blackout).collect();
+    let into_fade: Vec<u64> =
+        proxies.iter().zip(&before).map(|(p, before)| p.stats().up.dropped_blackout - before).collect();
     for subscriber in &mut subscribers {
         let message = within("the message published during the fade", subscriber.next_message()).await.unwrap();
         assert_eq!((message.id.as_str(), message.position), ("m0", position));
