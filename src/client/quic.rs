@@ -257,7 +257,9 @@ pub(super) async fn connect(
         let quic: quinn::Connection = (*conn).clone();
         tasks.spawn(probe_stalls(quic, endpoint.clone(), sent.clone(), probes.clone(), cancel.clone()));
         if options.quic_watch_receiving {
-            tasks.spawn(watch_receiving(conn.clone(), received.clone(), cancel.clone()));
+            let watch =
+                watch_receiving(conn.clone(), endpoint.clone(), received.clone(), probes.clone(), cancel.clone());
+            tasks.spawn(watch);
         }
     }
     let link = QuicLink {
@@ -373,7 +375,13 @@ const HEARTBEATS: [Duration; 4] =
 /// for four round trips (at least [`STALL_AFTER`]) means a fade: see [`ride_out_fade`].
 /// Datagrams do not arm it (the relay's presence refresh is one every few seconds), so an idle
 /// client in a room sends nothing more (docs/decisions.md, "Receive-only clients").
-async fn watch_receiving(conn: Session, received: Arc<tokio::sync::Notify>, cancel: CancellationToken) {
+async fn watch_receiving(
+    conn: Session,
+    endpoint: Endpoint,
+    received: Arc<tokio::sync::Notify>,
+    probes: Arc<Probes>,
+    cancel: CancellationToken,
+) {
     let quic: quinn::Connection = (*conn).clone();
     cancel
         .run_until_cancelled(async {
@@ -389,8 +397,14 @@ async fn watch_receiving(conn: Session, received: Arc<tokio::sync::Notify>, canc
                         return;
                     }
                     tokio::time::sleep((quic.rtt() * 4).max(STALL_AFTER)).await;
-                    if heard(&quic) == before && !ride_out_fade(&conn, &quic).await {
-                        return;
+                    if heard(&quic) == before {
+                        if !ride_out_fade(&conn, &quic).await {
+                            return;
+                        }
+                        // Heard again: the path is back. A probe from a new socket makes the
+                        // relay validate it and resend what it sent into the fade at once.
+                        let until = tokio::time::Instant::now() + Duration::from_secs(3);
+                        probe_until_heard(&quic, &endpoint, Some(until), &probes, false).await;
                     }
                 }
                 received.notified().await;
@@ -408,15 +422,13 @@ fn heartbeat(conn: &Session) -> bool {
 /// trip, if longer), for the first [`PROBE_FAST_FOR`]; then every [`PROBE_SLOW`].
 const FADE_EVERY: Duration = Duration::from_millis(250);
 
-/// The receiving client's path is down. It stays on its socket (unlike [`probe_stalls`]): the
-/// relay's own retransmissions go to the address it knows, and on a fast path its probe
-/// timeout is the quickest way back; moving to new sockets would strand them. Meanwhile it
-/// sends a heartbeat every [`FADE_EVERY`], which is cheap (one small packet; its congestion
-/// window holds nothing else). Once anything arrives (the relay's acknowledgement of a
-/// heartbeat that got through, or its retransmission) it sends one more at once: that packet
-/// acknowledges the relay's newest packet, which makes the relay declare what it sent into
-/// the fade lost and resend it now instead of at its backed-off probe timeout. False when the
-/// connection can take no heartbeat.
+/// The receiving client's path is down. It stays on its socket until the relay is heard
+/// (true): the relay's own retransmissions go to the address it knows, and on a fast path its
+/// probe timeout is the quickest way back; moving to new sockets during the fade would strand
+/// them. Meanwhile it sends a heartbeat every [`FADE_EVERY`] (or a round trip), one small
+/// packet (its congestion window holds nothing else), so the first after the network's return
+/// reaches the relay, whose acknowledgement is heard. False when the connection ends or takes
+/// no heartbeat.
 async fn ride_out_fade(conn: &Session, quic: &quinn::Connection) -> bool {
     tracing::debug!("no answer to a heartbeat: riding out a fade");
     let started = tokio::time::Instant::now();
@@ -431,7 +443,7 @@ async fn ride_out_fade(conn: &Session, quic: &quinn::Connection) -> bool {
         while tokio::time::Instant::now() < next {
             tokio::time::sleep_until(next.min(tokio::time::Instant::now() + PROBE_TICK)).await;
             if heard(quic) != before {
-                return heartbeat(conn);
+                return true;
             }
         }
     }
