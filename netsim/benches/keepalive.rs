@@ -76,9 +76,9 @@ fn main() {
             room,
         });
         variants.push(Variant {
-            name: "QUIC, defaults, no receive watch",
+            name: "QUIC, receive watch on",
             transport: Transport::Quic,
-            options: |o| ClientOptions { quic_watch_receiving: false, ..o },
+            options: |o| ClientOptions { quic_watch_receiving: true, ..o },
             room,
         });
         variants.push(Variant {

@@ -88,13 +88,14 @@ pub struct ClientOptions {
     /// quinn's doubling probe timeout. Nothing is sent while the client sends nothing.
     pub quic_probe_stalls: bool,
     /// After the relay sent stream data, a QUIC connection expects the path to keep working
-    /// for a few seconds: if the relay then goes silent, the client sends a heartbeat (an empty
-    /// datagram, which the relay acknowledges) 0.5, 1.5, 3.5 and 7.5 s after the last data, and
-    /// one left unanswered starts the same path probe as [`quic_probe_stalls`](Self::quic_probe_stalls)
-    /// (needs it on). So a client that only receives notices a fade too, and the relay resends
-    /// what it published meanwhile as soon as the network is back. All within a radio's tail
-    /// after received data; an idle client sends nothing more (docs/decisions.md, "Receive-only
-    /// clients").
+    /// for a few seconds: the client sends a heartbeat (an empty datagram, which the relay
+    /// acknowledges) 0.5, 1.5, 3.5 and 7.5 s after the last data unless more comes; one left
+    /// unanswered means a fade, and the client sends heartbeats on its socket until the relay is
+    /// heard, then probes the path from a new socket (needs
+    /// [`quic_probe_stalls`](Self::quic_probe_stalls)). An idle client sends nothing more.
+    /// **Off by default**: measured through netsim's emulator it helped some profiles and
+    /// slowed others, and costs packets after every received message (docs/decisions.md,
+    /// "Receive-only clients").
     pub quic_watch_receiving: bool,
 }
 
@@ -111,7 +112,7 @@ impl ClientOptions {
             quic_keep_alive: quic::KEEP_ALIVE,
             quic_sessions: None,
             quic_probe_stalls: true,
-            quic_watch_receiving: true,
+            quic_watch_receiving: false,
         }
     }
 
