@@ -13,9 +13,26 @@ mod support;
 use std::time::Duration;
 
 use common::{Transport, within};
+use edgerelay::client::ClientOptions;
 use edgerelay::proto::Payload;
 use netsim::{Profile, Proxy};
-use support::{connect_with, proxy_config};
+use support::{connect, connect_with, proxy_config};
+
+/// A QUIC client `sub` behind a proxy of its own with the `wifi` profile (`seed`), its options
+/// adjusted by `adjust`.
+async fn behind_wifi(
+    relay: &common::TestRelay,
+    seed: u64,
+    sub: &str,
+    room: &str,
+    adjust: impl FnOnce(ClientOptions) -> ClientOptions,
+) -> (Proxy, edgerelay::client::Client) {
+    let config = proxy_config(relay, Transport::Quic, Profile::named("wifi").unwrap(), seed);
+    let proxy = Proxy::start(config).await.unwrap();
+    let target = relay.target_at(Transport::Quic, proxy.local_addr());
+    let client = connect_with(relay, Transport::Quic, target, sub, room, adjust).await.unwrap();
+    (proxy, client)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_probes_the_path_and_an_idle_one_does_not() {
@@ -25,14 +42,11 @@ async fn a_stalled_client_probes_the_path_and_an_idle_one_does_not() {
     let mut clients = Vec::new();
     // Probing and publishing; not probing and publishing; probing and idle.
     for (k, probe) in [true, false, true].into_iter().enumerate() {
-        let config = proxy_config(&relay, Transport::Quic, Profile::named("wifi").unwrap(), 40 + k as u64);
-        let proxy = Proxy::start(config).await.unwrap();
-        let target = relay.target_at(Transport::Quic, proxy.local_addr());
-        let client = connect_with(&relay, Transport::Quic, target, &format!("user{k}"), room, |options| {
-            edgerelay::client::ClientOptions { quic_probe_stalls: probe, ..options }
+        let (proxy, client) = behind_wifi(&relay, 40 + k as u64, &format!("user{k}"), room, |options| ClientOptions {
+            quic_probe_stalls: probe,
+            ..options
         })
-        .await
-        .unwrap();
+        .await;
         proxies.push(proxy);
         clients.push(std::sync::Arc::new(client));
     }
@@ -64,6 +78,71 @@ async fn a_stalled_client_probes_the_path_and_an_idle_one_does_not() {
             client.close().await;
         }
     }
+    for proxy in proxies {
+        proxy.shutdown().await;
+    }
+}
+
+/// A client that only receives sends nothing into a fade, so nothing of its own goes
+/// unanswered; after the relay's stream data it sends heartbeats (empty datagrams) for a few
+/// seconds, and one left unanswered makes it keep sending them, on the same socket, until the
+/// relay is heard, then probe the path from a new socket. The relay's message published during
+/// the fade then reaches it, once. One without the heartbeats sends nothing into the fade,
+/// stays on its socket and waits for the relay's own retransmission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receive_only_client_notices_a_fade_after_data() {
+    let relay = common::start().await;
+    let room = "receive-only";
+    let publisher = connect(&relay, Transport::Quic, relay.target(Transport::Quic), "pub", room).await.unwrap();
+    let mut proxies = Vec::new();
+    let mut subscribers = Vec::new();
+    for (k, watch) in [true, false].into_iter().enumerate() {
+        let (proxy, subscriber) = behind_wifi(&relay, 50 + k as u64, &format!("sub{k}"), room, |options| {
+            ClientOptions { quic_watch_receiving: watch, ..options }
+        })
+        .await;
+        within("join", subscriber.join(room)).await.unwrap();
+        proxies.push(proxy);
+        subscribers.push(subscriber);
+    }
+    // Settled: the joins' heartbeats are over and each connection's MTU search is done (its
+    // probes would be packets sent into the fade too).
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    // A message received (stream data) starts the heartbeats; the fade begins right after.
+    let warm = within("publish", publisher.publish(room, "warm", Payload::from("0"))).await.unwrap();
+    for subscriber in &mut subscribers {
+        let message = within("the first message", subscriber.next_message()).await.unwrap();
+        assert_eq!(message.position, warm);
+    }
+    let before: Vec<u64> = proxies.iter().map(|p| p.stats().up.dropped_blackout).collect();
+    for proxy in &proxies {
+        proxy.set_blackout(true);
+    }
+    let position = within("publish", publisher.publish(room, "m0", Payload::from("1"))).await.unwrap();
+    // Dark past the first heartbeat and its unanswered wait; the OS tells nobody, and neither
+    // subscriber sends anything of its own.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for proxy in &proxies {
+        proxy.set_blackout(false);
+    }
+    let into_fade: Vec<u64> =
+        proxies.iter().zip(&before).map(|(p, before)| p.stats().up.dropped_blackout - before).collect();
+    for subscriber in &mut subscribers {
+        let message = within("the message published during the fade", subscriber.next_message()).await.unwrap();
+        assert_eq!((message.id.as_str(), message.position), ("m0", position));
+        let extra = tokio::time::timeout(Duration::from_millis(300), subscriber.next_message()).await;
+        assert!(extra.is_err(), "delivered twice: {extra:?}");
+    }
+    assert!(into_fade[0] >= 4, "the receiving client sent no heartbeats into the fade: {into_fade:?}");
+    assert!(into_fade[1] <= 1, "the client without heartbeats sent into the fade: {into_fade:?}");
+    // The watching client probed from a new socket once the relay was heard again.
+    let flows: Vec<u64> = proxies.iter().map(|p| p.stats().flows).collect();
+    assert!(flows[0] >= 2, "the receiving client did not probe the path after the fade: {flows:?}");
+    assert_eq!(flows[1], 1, "the client without heartbeats moved: {flows:?}");
+    for subscriber in subscribers {
+        subscriber.close().await;
+    }
+    publisher.close().await;
     for proxy in proxies {
         proxy.shutdown().await;
     }

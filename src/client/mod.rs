@@ -90,6 +90,16 @@ pub struct ClientOptions {
     /// [`Client::network_changed`], every 500 ms until it answers, instead of waiting for
     /// quinn's doubling probe timeout. Nothing is sent while the client sends nothing.
     pub quic_probe_stalls: bool,
+    /// After the relay sent stream data, a QUIC connection expects the path to keep working
+    /// for a few seconds: the client sends a heartbeat (an empty datagram, which the relay
+    /// acknowledges) 0.5, 1.5, 3.5 and 7.5 s after the last data unless more comes; one left
+    /// unanswered means a fade, and the client sends heartbeats on its socket until the relay is
+    /// heard, then probes the path from a new socket (needs
+    /// [`quic_probe_stalls`](Self::quic_probe_stalls)). An idle client sends nothing more.
+    /// **Off by default**: measured through netsim's emulator it helped some profiles and
+    /// slowed others, and costs packets after every received message (docs/decisions.md,
+    /// "Receive-only clients").
+    pub quic_watch_receiving: bool,
 }
 
 impl ClientOptions {
@@ -105,6 +115,7 @@ impl ClientOptions {
             quic_keep_alive: quic::KEEP_ALIVE,
             quic_sessions: None,
             quic_probe_stalls: true,
+            quic_watch_receiving: false,
         }
     }
 

@@ -140,6 +140,10 @@ pub(super) struct QuicLink {
     early: bool,
     /// Told of every frame sent, for [`probe_stalls`].
     sent: Arc<tokio::sync::Notify>,
+    /// Told of every frame received on a stream, for [`watch_receiving`].
+    received: Arc<tokio::sync::Notify>,
+    /// The path probe under way, shared with [`probe_stalls`].
+    probes: Arc<Probes>,
 }
 
 /// Connects over raw QUIC, or over WebTransport when `wt_path` names the session's URL path.
@@ -242,14 +246,21 @@ pub(super) async fn connect(
         return Err(ClientError::Rejected { code, message });
     }
 
-    tasks.spawn(read_stream(recv, reader, codec, shared.clone(), cancel.clone()));
+    let received = Arc::new(tokio::sync::Notify::new());
+    tasks.spawn(read_stream(recv, reader, codec, shared.clone(), received.clone(), cancel.clone()));
     tasks.spawn(watch(conn.clone(), shared.clone(), cancel.clone()));
     tasks.spawn(read_datagrams(conn.clone(), codec, shared.clone(), cancel.clone()));
     tasks.spawn(super::media::accept_groups(conn.clone(), shared.media.clone(), tasks.clone(), cancel.clone()));
     let sent = Arc::new(tokio::sync::Notify::new());
+    let probes = Arc::new(Probes::default());
     if options.quic_probe_stalls {
         let quic: quinn::Connection = (*conn).clone();
-        tasks.spawn(probe_stalls(quic, endpoint.clone(), sent.clone(), cancel.clone()));
+        tasks.spawn(probe_stalls(quic, endpoint.clone(), sent.clone(), probes.clone(), cancel.clone()));
+        if options.quic_watch_receiving {
+            let watch =
+                watch_receiving(conn.clone(), endpoint.clone(), received.clone(), probes.clone(), cancel.clone());
+            tasks.spawn(watch);
+        }
     }
     let link = QuicLink {
         endpoint,
@@ -261,6 +272,8 @@ pub(super) async fn connect(
         rooms: Default::default(),
         early,
         sent,
+        received,
+        probes,
     };
     Ok((link, first))
 }
@@ -326,6 +339,7 @@ async fn probe_stalls(
     conn: quinn::Connection,
     endpoint: Endpoint,
     sent: Arc<tokio::sync::Notify>,
+    probes: Arc<Probes>,
     cancel: CancellationToken,
 ) {
     cancel
@@ -339,10 +353,101 @@ async fn probe_stalls(
                 }
                 tracing::debug!("nothing heard from the relay since sending: probing the path");
                 // Until a packet arrives, or the connection ends (its idle timeout).
-                probe_until_heard(&conn, &endpoint, None).await;
+                probe_until_heard(&conn, &endpoint, None, &probes, false).await;
             }
         })
         .await;
+}
+
+/// When a receiving client sends a heartbeat, counted from the relay's last stream data and
+/// then from the previous heartbeat: 0.5, 1.5, 3.5 and 7.5 s after the data. The first is
+/// soon, for an outage that cuts a conversation; the doubling bounds the cost to four
+/// heartbeats (and their four acknowledgements) per burst of received data, all within the
+/// 10 s or so a cellular radio stays connected after traffic anyway (its "tail").
+const HEARTBEATS: [Duration; 4] =
+    [Duration::from_millis(500), Duration::from_secs(1), Duration::from_secs(2), Duration::from_secs(4)];
+
+/// A fade that cuts a client that only receives: it sends nothing, so [`probe_stalls`] is never
+/// woken, and the relay's retransmissions wait for quinn's doubling probe timeout after the
+/// network is back. After stream data from the relay, the client sends a heartbeat on the
+/// schedule of [`HEARTBEATS`] unless more data came first (which starts the schedule again): an
+/// empty QUIC datagram, which the relay acknowledges and otherwise ignores. One left unanswered
+/// for four round trips (at least [`STALL_AFTER`]) means a fade: see [`ride_out_fade`].
+/// Datagrams do not arm it (the relay's presence refresh is one every few seconds), so an idle
+/// client in a room sends nothing more (docs/decisions.md, "Receive-only clients").
+async fn watch_receiving(
+    conn: Session,
+    endpoint: Endpoint,
+    received: Arc<tokio::sync::Notify>,
+    probes: Arc<Probes>,
+    cancel: CancellationToken,
+) {
+    let quic: quinn::Connection = (*conn).clone();
+    cancel
+        .run_until_cancelled(async {
+            received.notified().await;
+            'data: loop {
+                for wait in HEARTBEATS {
+                    tokio::select! {
+                        _ = received.notified() => continue 'data,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    let before = heard(&quic);
+                    if !heartbeat(&conn) {
+                        return;
+                    }
+                    tokio::time::sleep((quic.rtt() * 4).max(STALL_AFTER)).await;
+                    if heard(&quic) == before {
+                        if !ride_out_fade(&conn, &quic).await {
+                            return;
+                        }
+                        // Heard again: the path is back. A probe from a new socket makes the
+                        // relay validate it and resend what it sent into the fade at once.
+                        let until = tokio::time::Instant::now() + Duration::from_secs(3);
+                        probe_until_heard(&quic, &endpoint, Some(until), &probes, false).await;
+                    }
+                }
+                received.notified().await;
+            }
+        })
+        .await;
+}
+
+/// An empty datagram; false when the connection takes none (no datagrams, or closing).
+fn heartbeat(conn: &Session) -> bool {
+    conn.send_datagram(bytes::Bytes::new()).is_ok()
+}
+
+/// How often a receiving client in a fade sends a heartbeat on its socket (or once a round
+/// trip, if longer), for the first [`PROBE_FAST_FOR`]; then every [`PROBE_SLOW`].
+const FADE_EVERY: Duration = Duration::from_millis(250);
+
+/// The receiving client's path is down. It stays on its socket until the relay is heard
+/// (true): the relay's own retransmissions go to the address it knows, and on a fast path its
+/// probe timeout is the quickest way back; moving to new sockets during the fade would strand
+/// them. Meanwhile it sends a heartbeat every [`FADE_EVERY`] (or a round trip), one small
+/// packet (its congestion window holds nothing else), so the first after the network's return
+/// reaches the relay, whose acknowledgement is heard. False when the connection ends or takes
+/// no heartbeat.
+async fn ride_out_fade(conn: &Session, quic: &quinn::Connection) -> bool {
+    tracing::debug!("no answer to a heartbeat: riding out a fade");
+    let started = tokio::time::Instant::now();
+    while quic.close_reason().is_none() {
+        let before = heard(quic);
+        if !heartbeat(conn) {
+            return false;
+        }
+        let fast = quic.rtt().max(FADE_EVERY);
+        let every = if started.elapsed() < PROBE_FAST_FOR { fast } else { PROBE_SLOW.max(fast) };
+        let next = tokio::time::Instant::now() + every;
+        while tokio::time::Instant::now() < next {
+            tokio::time::sleep_until(next.min(tokio::time::Instant::now() + PROBE_TICK)).await;
+            if heard(quic) != before {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// Datagrams received on the connection so far: anything at all from the relay.
@@ -356,6 +461,26 @@ fn challenged(conn: &quinn::Connection) -> u64 {
     conn.stats().frame_rx.path_challenge
 }
 
+/// One path probe at a time per connection: two would move the connection to new sockets in
+/// turn, and the relay's answer to one socket would go to a socket already given up (a round
+/// trip lost each time). A probe after `network_changed()` takes over from a stall probe under
+/// way; a stall probe does not start while another probe runs.
+#[derive(Default)]
+struct Probes {
+    /// Bumped by every probe that starts; a probe whose number is no longer current stops.
+    generation: std::sync::atomic::AtomicU64,
+    running: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a probe as running for its lifetime.
+struct Running<'a>(&'a Probes);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// How often a probe looks at what arrived.
 const PROBE_TICK: Duration = Duration::from_millis(20);
 
@@ -365,14 +490,28 @@ const PROBE_TICK: Duration = Duration::from_millis(20);
 /// has validated the new path (true): it sent a `PATH_CHALLENGE`, then packets without one. The
 /// first packet heard is not enough: if the client's answer to the challenge is lost, the relay
 /// may send nothing more (anti-amplification) and then goes back to the old address, which the
-/// client no longer listens on. False when the connection ends or `until` passes first.
+/// client no longer listens on. False when the connection ends or `until` passes first, when
+/// a newer probe took over, or (`take_over` false) when another probe was already running.
 /// Nothing is queued on the connection meanwhile: a connection whose congestion window the
 /// outage shrank sends nothing, not even ACKs, while it holds data it may not send yet
 /// (docs/decisions.md, "The network-change hook on a lossy path").
-async fn probe_until_heard(conn: &quinn::Connection, endpoint: &Endpoint, until: Option<tokio::time::Instant>) -> bool {
+async fn probe_until_heard(
+    conn: &quinn::Connection,
+    endpoint: &Endpoint,
+    until: Option<tokio::time::Instant>,
+    probes: &Probes,
+    take_over: bool,
+) -> bool {
+    use std::sync::atomic::Ordering::SeqCst;
+    if !take_over && probes.running.load(SeqCst) > 0 {
+        return false;
+    }
+    probes.running.fetch_add(1, SeqCst);
+    let _running = Running(probes);
+    let mine = probes.generation.fetch_add(1, SeqCst) + 1;
     let started = tokio::time::Instant::now();
     let mut challenge_seen = false;
-    while conn.close_reason().is_none() {
+    while conn.close_reason().is_none() && probes.generation.load(SeqCst) == mine {
         if let Err(err) = move_to_new_socket(endpoint) {
             tracing::debug!(%err, "path probe");
         }
@@ -433,6 +572,7 @@ async fn read_stream(
     mut reader: FrameReader,
     codec: Codec,
     shared: Arc<Shared>,
+    received: Arc<tokio::sync::Notify>,
     cancel: CancellationToken,
 ) {
     // One cancellation future for the stream's life, not one per frame.
@@ -440,10 +580,13 @@ async fn read_stream(
         .run_until_cancelled(async {
             loop {
                 match read_frame(&mut recv, &mut reader).await {
-                    Ok(Some(body)) => match codec.decode::<ServerFrame>(&body) {
-                        Ok(frame) => shared.dispatch(frame).await,
-                        Err(err) => tracing::warn!(%err, "undecodable frame from relay"),
-                    },
+                    Ok(Some(body)) => {
+                        received.notify_one();
+                        match codec.decode::<ServerFrame>(&body) {
+                            Ok(frame) => shared.dispatch(frame).await,
+                            Err(err) => tracing::warn!(%err, "undecodable frame from relay"),
+                        }
+                    }
                     Ok(None) | Err(_) => return,
                 }
             }
@@ -518,6 +661,7 @@ impl QuicLink {
                     FrameReader::new(MAX_INBOUND_FRAME),
                     self.codec,
                     self.shared.clone(),
+                    self.received.clone(),
                     cancel.clone(),
                 ));
                 self.rooms_lock().insert(room.to_owned(), Some(Arc::new(Mutex::new(send))));
@@ -571,7 +715,7 @@ impl QuicLink {
     /// one ([`probe_until_heard`]); false when that did not happen within `within`.
     pub(super) async fn probe_path(&self, within: Duration) -> bool {
         let until = tokio::time::Instant::now() + within;
-        probe_until_heard(&self.conn, &self.endpoint, Some(until)).await
+        probe_until_heard(&self.conn, &self.endpoint, Some(until), &self.probes, true).await
     }
 
     /// Whether the connection resumed a TLS session with 0-RTT and the relay accepted the early

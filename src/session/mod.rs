@@ -320,6 +320,11 @@ impl Session {
     /// datagram that cannot be decoded, arrives before `hello`, or carries a frame type that is
     /// not allowed as a datagram is dropped and counted.
     pub fn handle_datagram(&mut self, body: &[u8], now_ms: u64) {
+        // An empty datagram is a client's heartbeat: QUIC acknowledges it, nothing else to do
+        // (docs/protocol.md, "Datagrams").
+        if body.is_empty() {
+            return;
+        }
         let frame: ClientFrame = match self.outbox.codec().decode(body) {
             Ok(frame) => frame,
             Err(_) => return crate::metrics::datagram_dropped("undecodable"),
