@@ -371,6 +371,7 @@ pub const SDK_MODULES: &[(&str, &str)] = &[
     ("events.js", include_str!("../clients/js/src/events.js")),
     ("filter.js", include_str!("../clients/js/src/filter.js")),
     ("receipts.js", include_str!("../clients/js/src/receipts.js")),
+    ("notifications.js", include_str!("../clients/js/src/notifications.js")),
     ("sessions.js", include_str!("../clients/js/src/sessions.js")),
     ("jsonpatch.js", include_str!("../clients/js/src/jsonpatch.js")),
     // Imports `yjs`, `y-protocols` and `lib0`: for pages with an import map naming them.
