@@ -120,6 +120,8 @@ CLIENT_FIELDS = {
     # Read marks, unread counts, receipts (docs/protocol.md, Receipts and unread counts).
     "receipts": ("req", "action"),
     "publish_mentions": ("req", "room", "id", "data", "mentions"),
+    # In-app notifications (docs/notifications.md): `action` is {"<action>": {fields}}.
+    "notifications": ("req", "action"),
 }
 SERVER_FIELDS = {
     "welcome": ("version", "session", "user", "server_time", "limits"),
@@ -154,6 +156,7 @@ SERVER_FIELDS = {
     "event": ("topic", "position", "time", "id", "tags", "data"),
     "receipts": ("req", "event"),
     "presence_batch": ("room", "entries"),
+    "notifications": ("req", "event"),
 }
 # The nested `action` / `event` of `call` frames (docs/protocol.md, Calls (1:1) and Calls
 # (group)): name -> field order.
