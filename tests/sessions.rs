@@ -38,15 +38,7 @@ fn j(v: Value) -> Payload {
 
 /// The next event of session `S` on `client`.
 async fn next(client: &mut Client) -> SessionEvent {
-    within("a session event", async {
-        loop {
-            let update = client.next_session_update().await.expect("connection open");
-            if update.session == S {
-                return update.event;
-            }
-        }
-    })
-    .await
+    common::next_session_event(client, S, |_| true).await
 }
 
 /// The next event that is not a cursor.

@@ -44,15 +44,7 @@ fn j(v: Value) -> Payload {
 
 /// The next event of session `S` that is not about members.
 async fn next(client: &mut Client) -> SessionEvent {
-    within("a session event", async {
-        loop {
-            let update = client.next_session_update().await.expect("connection open");
-            if update.session == S && !matches!(update.event, SessionEvent::Member { .. }) {
-                return update.event;
-            }
-        }
-    })
-    .await
+    common::next_session_event(client, S, |event| !matches!(event, SessionEvent::Member { .. })).await
 }
 
 /// Applies `patched` events to `doc` until it reaches `version` (cursors skipped).

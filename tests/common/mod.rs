@@ -395,3 +395,21 @@ pub fn signature_ok(header: Option<&str>, body: &[u8], secret: &str) -> bool {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
     ring::hmac::verify(&key, &[format!("{t}.").as_bytes(), body].concat(), &tag).is_ok()
 }
+
+/// The next event of collaborative session `session` on `client` that `wanted` accepts; the
+/// others (and other sessions' events) are skipped.
+pub async fn next_session_event(
+    client: &mut Client,
+    session: &str,
+    wanted: impl Fn(&edgerelay::proto::SessionEvent) -> bool,
+) -> edgerelay::proto::SessionEvent {
+    within("a session event", async {
+        loop {
+            let update = client.next_session_update().await.expect("connection open");
+            if update.session == session && wanted(&update.event) {
+                return update.event;
+            }
+        }
+    })
+    .await
+}
