@@ -9,21 +9,19 @@
 #[path = "common/calls.rs"]
 mod calls;
 mod common;
+#[path = "common/webhook.rs"]
+mod webhook;
 
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
 use calls::refused;
 use common::{TestRelay, Transport, http_request, start_with, within};
 use edgerelay::client::Client;
 use edgerelay::config::Config;
 use edgerelay::proto::{Codec, ErrorCode, Mute, NotifyEvent, NotifyPrefs, Priority, PushPlatform, QuietHours};
 use serde_json::{Value, json};
+use webhook::{FAIL, HANG, OK};
 
 const API_KEY: &str = "notify-test-api-key-0123456789";
 const SECRET: &str = "notify-test-webhook-secret-0123";
@@ -159,84 +157,6 @@ async fn the_feed_is_shared_by_devices_live_and_survives_reconnects_and_a_restar
     relay.relay.shutdown().await;
 }
 
-/// How the webhook receiver answers.
-const OK: u8 = 0;
-const FAIL: u8 = 1;
-const HANG: u8 = 2;
-
-#[derive(Default)]
-struct Receiver {
-    mode: AtomicU8,
-    /// Answers for the next calls, before `mode` applies again.
-    script: Mutex<std::collections::VecDeque<u8>>,
-    /// Every call: its body, whether its signature verified, and the status answered.
-    calls: Mutex<Vec<(Value, bool, u16)>>,
-    seen: tokio::sync::Notify,
-}
-
-impl Receiver {
-    fn calls(&self) -> Vec<(Value, bool, u16)> {
-        self.calls.lock().unwrap().clone()
-    }
-
-    /// Calls answered 2xx for notification titled `title`.
-    fn delivered(&self, title: &str) -> Vec<Value> {
-        self.calls()
-            .into_iter()
-            .filter(|(body, _, status)| *status == 200 && body["notification"]["title"] == title)
-            .map(|(body, _, _)| body)
-            .collect()
-    }
-
-    /// Waits until `done` holds for the calls so far.
-    async fn until(&self, what: &str, done: impl Fn(&[(Value, bool, u16)]) -> bool) {
-        within(what, async {
-            loop {
-                let seen = self.seen.notified();
-                if done(&self.calls()) {
-                    return;
-                }
-                seen.await;
-            }
-        })
-        .await
-    }
-}
-
-fn signature_ok(headers: &HeaderMap, body: &[u8]) -> bool {
-    let header = headers.get("x-edgerelay-signature").and_then(|v| v.to_str().ok());
-    common::signature_ok(header, body, SECRET)
-}
-
-async fn receive(State(receiver): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let call: Value = serde_json::from_slice(&body).unwrap();
-    let signed = signature_ok(&headers, &body);
-    let scripted = receiver.script.lock().unwrap().pop_front();
-    let status = match scripted.unwrap_or_else(|| receiver.mode.load(Ordering::SeqCst)) {
-        HANG => {
-            receiver.calls.lock().unwrap().push((call, signed, 0));
-            receiver.seen.notify_waiters();
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            return StatusCode::OK;
-        }
-        FAIL => StatusCode::INTERNAL_SERVER_ERROR,
-        _ if !signed => StatusCode::UNAUTHORIZED,
-        _ => StatusCode::OK,
-    };
-    receiver.calls.lock().unwrap().push((call, signed, status.as_u16()));
-    receiver.seen.notify_waiters();
-    status
-}
-
-async fn receiver() -> (String, Arc<Receiver>) {
-    let state = Arc::new(Receiver::default());
-    let app = axum::Router::new().route("/push", axum::routing::post(receive)).with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/push", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, state)
-}
-
 fn webhook_config(config: &mut Config, url: &str) {
     config.api.key = Some(API_KEY.into());
     config.notifications.webhook_url = Some(url.into());
@@ -255,7 +175,7 @@ async fn add(relay: &TestRelay, user: &str, title: &str, extra: Value) -> Value 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_webhook_gets_what_foreground_devices_and_preferences_do_not_hold_back_signed_and_once() {
-    let (url, receiver) = receiver().await;
+    let (url, receiver) = webhook::receiver(SECRET).await;
     let relay = start_with(|c| webhook_config(c, &url)).await;
     let phone = device(&relay, Transport::Quic, Codec::Postcard, "alice").await;
     phone.register_device("phone-1", PushPlatform::Apns, "apns-token-1").await.unwrap();
@@ -316,7 +236,7 @@ async fn the_webhook_gets_what_foreground_devices_and_preferences_do_not_hold_ba
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_webhook_is_retried_after_errors_and_timeouts_then_dead_lettered_and_replayed() {
-    let (url, receiver) = receiver().await;
+    let (url, receiver) = webhook::receiver(SECRET).await;
     let relay = start_with(|c| webhook_config(c, &url)).await;
 
     // HTTP 500, then no answer within the timeout, then success: three calls, attempts 1-3,
@@ -366,7 +286,7 @@ async fn the_webhook_is_retried_after_errors_and_timeouts_then_dead_lettered_and
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_call_cut_by_a_restart_is_made_again_after_it() {
-    let (url, receiver) = receiver().await;
+    let (url, receiver) = webhook::receiver(SECRET).await;
     let relay = start_with(|c| {
         webhook_config(c, &url);
         // The restart, not the timeout, ends the first call.

@@ -66,6 +66,9 @@ pub struct Delivery {
     /// Unix ms of the next call.
     pub next_at: u64,
     pub last_error: Option<String>,
+    /// Its entry in a Redis region's outbox stream (not stored: the entry's own id).
+    #[serde(skip)]
+    pub entry: Option<String>,
 }
 
 /// A delivery the webhook never accepted.
@@ -443,6 +446,7 @@ fn add_in(
                 attempts: 0,
                 next_at,
                 last_error: None,
+                entry: None,
             };
             txn.open_table(OUTBOX).map_err(err)?.insert(seq, encode(&delivery)?.as_slice()).map_err(err)?;
             Some(delivery)

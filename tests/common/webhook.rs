@@ -1,0 +1,99 @@
+//! A real HTTP receiver for the notifications webhook (axum on 127.0.0.1), for the tests that
+//! check what the relay posts: every call's body, whether its signature verified, and the
+//! status answered. Included with `#[path = "common/webhook.rs"] mod webhook;` beside
+//! `mod common;`.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicU8;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::Value;
+
+use crate::common::within;
+
+/// How the receiver answers.
+pub const OK: u8 = 0;
+pub const FAIL: u8 = 1;
+pub const HANG: u8 = 2;
+
+pub struct Receiver {
+    /// The webhook secret the signatures are checked with.
+    secret: String,
+    pub mode: AtomicU8,
+    /// Answers for the next calls, before `mode` applies again.
+    pub script: Mutex<VecDeque<u8>>,
+    /// Every call: its body, whether its signature verified, and the status answered (0: none).
+    calls: Mutex<Vec<(Value, bool, u16)>>,
+    seen: tokio::sync::Notify,
+}
+
+impl Receiver {
+    pub fn calls(&self) -> Vec<(Value, bool, u16)> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// Calls answered 2xx for notification titled `title`.
+    pub fn delivered(&self, title: &str) -> Vec<Value> {
+        self.calls()
+            .into_iter()
+            .filter(|(body, _, status)| *status == 200 && body["notification"]["title"] == title)
+            .map(|(body, _, _)| body)
+            .collect()
+    }
+
+    /// Waits until `done` holds for the calls so far.
+    pub async fn until(&self, what: &str, done: impl Fn(&[(Value, bool, u16)]) -> bool) {
+        within(what, async {
+            loop {
+                let seen = self.seen.notified();
+                if done(&self.calls()) {
+                    return;
+                }
+                seen.await;
+            }
+        })
+        .await
+    }
+}
+
+async fn receive(State(receiver): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let call: Value = serde_json::from_slice(&body).unwrap();
+    let header = headers.get("x-edgerelay-signature").and_then(|v| v.to_str().ok());
+    let signed = crate::common::signature_ok(header, &body, &receiver.secret);
+    let scripted = receiver.script.lock().unwrap().pop_front();
+    let status = match scripted.unwrap_or_else(|| receiver.mode.load(std::sync::atomic::Ordering::SeqCst)) {
+        HANG => {
+            receiver.calls.lock().unwrap().push((call, signed, 0));
+            receiver.seen.notify_waiters();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            return StatusCode::OK;
+        }
+        FAIL => StatusCode::INTERNAL_SERVER_ERROR,
+        _ if !signed => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::OK,
+    };
+    receiver.calls.lock().unwrap().push((call, signed, status.as_u16()));
+    receiver.seen.notify_waiters();
+    status
+}
+
+/// Starts a receiver checking signatures with `secret`; its URL (`/push`) and state.
+pub async fn receiver(secret: &str) -> (String, Arc<Receiver>) {
+    let state = Arc::new(Receiver {
+        secret: secret.to_owned(),
+        mode: AtomicU8::new(OK),
+        script: Mutex::default(),
+        calls: Mutex::default(),
+        seen: tokio::sync::Notify::new(),
+    });
+    let app = axum::Router::new().route("/push", axum::routing::post(receive)).with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/push", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, state)
+}
