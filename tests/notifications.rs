@@ -38,11 +38,7 @@ async fn notify(relay: &TestRelay, body: Value) -> Vec<Value> {
 }
 
 async fn api(relay: &TestRelay, method: &str, path: &str, body: Value) -> (u16, Value) {
-    let auth = format!("Bearer {API_KEY}");
-    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
-    let body = if body.is_null() { String::new() } else { body.to_string() };
-    let (status, answer) = http_request(relay.relay.tcp_addr(), method, path, &headers, &body).await;
-    (status, serde_json::from_str(&answer).unwrap_or(Value::Null))
+    webhook::api(relay.relay.tcp_addr(), API_KEY, method, path, body).await
 }
 
 /// The next `new` notification's (id, title, unread).
@@ -253,18 +249,7 @@ async fn the_webhook_is_retried_after_errors_and_timeouts_then_dead_lettered_and
     // Failing every time: dead after webhook_max_attempts (3), listed by the server API.
     receiver.mode.store(FAIL, Ordering::SeqCst);
     add(&relay, "bob", "doomed", json!({})).await;
-    let dead = within("the dead letter", async {
-        loop {
-            let (status, answer) =
-                api(&relay, "GET", "/v1/api/notifications/dead_letters?tenant=acme", Value::Null).await;
-            assert_eq!(status, 200, "{answer}");
-            if let Some(letter) = answer["dead_letters"].as_array().unwrap().first() {
-                return letter.clone();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    let dead = webhook::first_dead_letter(relay.relay.tcp_addr(), API_KEY).await;
     assert_eq!(dead["notification"]["title"], "doomed");
     assert_eq!((dead["attempts"].as_u64(), dead["last_error"].as_str()), (Some(3), Some("HTTP 500")));
     let calls = receiver.calls().iter().filter(|(b, _, _)| b["notification"]["title"] == "doomed").count();

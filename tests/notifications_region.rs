@@ -14,17 +14,18 @@ mod process;
 #[path = "common/webhook.rs"]
 mod webhook;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{TestRelay, Transport, http_request, start_with, within};
+use common::{TestRelay, Transport, start_with, within};
 use edgerelay::client::Client;
 use edgerelay::config::{Config, StoreEngine};
 use edgerelay::proto::{Codec, NotifyEvent, NotifyPrefs, Priority, PushPlatform};
 use edgerelay::testing::RedisServer;
 use process::RelayProcess;
 use serde_json::{Value, json};
-use webhook::{FAIL, HANG, OK};
+use webhook::{FAIL, HANG, OK, Receiver, api};
 
 const API_KEY: &str = "notify-region-api-key-0123456789";
 const SECRET: &str = "notify-region-webhook-secret-012";
@@ -41,20 +42,21 @@ fn region_config(c: &mut Config, redis: &RedisServer, url: &str) {
     c.notifications.webhook_max_attempts = 3;
 }
 
-async fn api(addr: std::net::SocketAddr, key: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
-    let auth = format!("Bearer {key}");
-    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
-    let body = if body.is_null() { String::new() } else { body.to_string() };
-    let (status, answer) = http_request(addr, method, path, &headers, &body).await;
-    (status, serde_json::from_str(&answer).unwrap_or(Value::Null))
-}
-
 /// Adds one notification for `user` through `addr`'s server API; the user's result.
 async fn add(addr: std::net::SocketAddr, key: &str, user: &str, title: &str) -> Value {
     let body = json!({"tenant": "acme", "user": user, "type": "mention", "title": title});
     let (status, answer) = api(addr, key, "POST", "/v1/api/notifications", body).await;
     assert_eq!(status, 200, "{answer}");
     answer["results"][0].clone()
+}
+
+/// A Redis, a webhook receiver, and two relays on them.
+async fn two_nodes() -> (RedisServer, Arc<Receiver>, TestRelay, TestRelay) {
+    let redis = RedisServer::start().expect("start redis-server");
+    let (url, receiver) = webhook::receiver(SECRET).await;
+    let a = start_with(|c| region_config(c, &redis, &url)).await;
+    let b = start_with(|c| region_config(c, &redis, &url)).await;
+    (redis, receiver, a, b)
 }
 
 async fn device(relay: &TestRelay, transport: Transport, codec: Codec, sub: &str) -> Client {
@@ -83,10 +85,7 @@ async fn next_new(client: &mut Client) -> (u64, String, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_devices_on_two_nodes_share_one_feed_and_the_webhook_waits_for_both() {
-    let redis = RedisServer::start().expect("start redis-server");
-    let (url, receiver) = webhook::receiver(SECRET).await;
-    let a = start_with(|c| region_config(c, &redis, &url)).await;
-    let b = start_with(|c| region_config(c, &redis, &url)).await;
+    let (_redis, receiver, a, b) = two_nodes().await;
     let (a_api, b_api) = (a.relay.tcp_addr(), b.relay.tcp_addr());
 
     // Alice: a phone on A (QUIC, postcard), a laptop on B (WebSocket, JSON); both listen.
@@ -191,27 +190,13 @@ async fn a_users_devices_on_two_nodes_share_one_feed_and_the_webhook_waits_for_b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_shared_by_the_region() {
-    let redis = RedisServer::start().expect("start redis-server");
-    let (url, receiver) = webhook::receiver(SECRET).await;
-    let a = start_with(|c| region_config(c, &redis, &url)).await;
-    let b = start_with(|c| region_config(c, &redis, &url)).await;
+    let (_redis, receiver, a, b) = two_nodes().await;
     let (a_api, b_api) = (a.relay.tcp_addr(), b.relay.tcp_addr());
 
     // Failing every time: dead after three calls (whichever nodes made them), listed by B.
     receiver.mode.store(FAIL, Ordering::SeqCst);
     add(a_api, API_KEY, "bob", "doomed").await;
-    let path = "/v1/api/notifications/dead_letters?tenant=acme";
-    let dead = within("the dead letter", async {
-        loop {
-            let (status, answer) = api(b_api, API_KEY, "GET", path, Value::Null).await;
-            assert_eq!(status, 200, "{answer}");
-            if let Some(letter) = answer["dead_letters"].as_array().unwrap().first() {
-                return letter.clone();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    let dead = webhook::first_dead_letter(b_api, API_KEY).await;
     assert_eq!(dead["notification"]["title"], "doomed");
     assert_eq!((dead["attempts"].as_u64(), dead["last_error"].as_str()), (Some(3), Some("HTTP 500")));
     let calls = receiver.calls();
@@ -225,6 +210,7 @@ async fn dead_letters_are_shared_by_the_region() {
     let replay = format!("/v1/api/notifications/dead_letters/{}/replay", dead["id"]);
     assert_eq!(api(a_api, API_KEY, "POST", &replay, Value::Null).await.0, 200);
     receiver.until("the replay", |_| !receiver.delivered("doomed").is_empty()).await;
+    let path = "/v1/api/notifications/dead_letters?tenant=acme";
     let (_, answer) = api(b_api, API_KEY, "GET", path, Value::Null).await;
     assert_eq!(answer["dead_letters"], json!([]));
     a.relay.shutdown().await;

@@ -229,16 +229,7 @@ impl RedisNotify {
 
     /// Puts a delivery in the outbox stream (after its feed entry: another slot).
     async fn queue(&self, user: &UserKey, notification: &Notification, next_at: u64) -> Result<Delivery, StoreError> {
-        let mut delivery = Delivery {
-            seq: 0,
-            tenant: user.tenant.to_string(),
-            user: user.user.to_string(),
-            notification: notification.clone(),
-            attempts: 0,
-            next_at,
-            last_error: None,
-            entry: None,
-        };
+        let mut delivery = Delivery::first(0, user, notification.clone(), next_at);
         let keys = vec![self.region("seq"), self.outbox()];
         delivery.seq = self.client.eval(QUEUE_LUA, keys, vec![json(&delivery)?]).await.map_err(err)?;
         let marker = format!("q:{}", notification.id);

@@ -71,6 +71,22 @@ pub struct Delivery {
     pub entry: Option<String>,
 }
 
+impl Delivery {
+    /// The first call of `notification` for `user`, due at `next_at` (its `seq` is the outbox's).
+    pub fn first(seq: u64, user: &UserKey, notification: Notification, next_at: u64) -> Delivery {
+        Delivery {
+            seq,
+            tenant: user.tenant.to_string(),
+            user: user.user.to_string(),
+            notification,
+            attempts: 0,
+            next_at,
+            last_error: None,
+            entry: None,
+        }
+    }
+}
+
 /// A delivery the webhook never accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -438,16 +454,7 @@ fn add_in(
     let delivery = match new.deliver_at {
         Some(next_at) => {
             let seq = next_seq(txn, "outbox")?;
-            let delivery = Delivery {
-                seq,
-                tenant: user.tenant.to_string(),
-                user: user.user.to_string(),
-                notification: notification.clone(),
-                attempts: 0,
-                next_at,
-                last_error: None,
-                entry: None,
-            };
+            let delivery = Delivery::first(seq, user, notification.clone(), next_at);
             txn.open_table(OUTBOX).map_err(err)?.insert(seq, encode(&delivery)?.as_slice()).map_err(err)?;
             Some(delivery)
         }

@@ -82,6 +82,31 @@ async fn receive(State(receiver): State<Arc<Receiver>>, headers: HeaderMap, body
     status
 }
 
+/// A server API call to the relay at `addr` with API key `key`: the status and the JSON answer.
+pub async fn api(addr: std::net::SocketAddr, key: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
+    let auth = format!("Bearer {key}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let body = if body.is_null() { String::new() } else { body.to_string() };
+    let (status, answer) = crate::common::http_request(addr, method, path, &headers, &body).await;
+    (status, serde_json::from_str(&answer).unwrap_or(Value::Null))
+}
+
+/// Waits for tenant `acme`'s first dead letter, as the server API at `addr` lists it.
+pub async fn first_dead_letter(addr: std::net::SocketAddr, key: &str) -> Value {
+    within("the dead letter", async {
+        loop {
+            let path = "/v1/api/notifications/dead_letters?tenant=acme";
+            let (status, answer) = api(addr, key, "GET", path, Value::Null).await;
+            assert_eq!(status, 200, "{answer}");
+            if let Some(letter) = answer["dead_letters"].as_array().unwrap().first() {
+                return letter.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
 /// Starts a receiver checking signatures with `secret`; its URL (`/push`) and state.
 pub async fn receiver(secret: &str) -> (String, Arc<Receiver>) {
     let state = Arc::new(Receiver {
