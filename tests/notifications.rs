@@ -154,13 +154,7 @@ async fn the_feed_is_shared_by_devices_live_and_survives_reconnects_and_a_restar
 }
 
 fn webhook_config(config: &mut Config, url: &str) {
-    config.api.key = Some(API_KEY.into());
-    config.notifications.webhook_url = Some(url.into());
-    config.notifications.webhook_secret = Some(SECRET.into());
-    config.notifications.webhook_backoff_ms = 50;
-    config.notifications.webhook_max_backoff_ms = 200;
-    config.notifications.webhook_timeout_ms = 300;
-    config.notifications.webhook_max_attempts = 3;
+    webhook::webhook_config(config, url, SECRET, API_KEY, 300);
 }
 
 async fn add(relay: &TestRelay, user: &str, title: &str, extra: Value) -> Value {

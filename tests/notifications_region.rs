@@ -33,13 +33,7 @@ const SECRET: &str = "notify-region-webhook-secret-012";
 fn region_config(c: &mut Config, redis: &RedisServer, url: &str) {
     c.store.engine = StoreEngine::Redis;
     c.redis.url = redis.url();
-    c.api.key = Some(API_KEY.into());
-    c.notifications.webhook_url = Some(url.into());
-    c.notifications.webhook_secret = Some(SECRET.into());
-    c.notifications.webhook_backoff_ms = 50;
-    c.notifications.webhook_max_backoff_ms = 200;
-    c.notifications.webhook_timeout_ms = 1000;
-    c.notifications.webhook_max_attempts = 3;
+    webhook::webhook_config(c, url, SECRET, API_KEY, 1000);
 }
 
 /// Adds one notification for `user` through `addr`'s server API; the user's result.

@@ -82,6 +82,18 @@ async fn receive(State(receiver): State<Arc<Receiver>>, headers: HeaderMap, body
     status
 }
 
+/// A relay calling the webhook at `url` signed with `secret`, fast retries (50-200 ms), 3
+/// attempts, each given `timeout_ms`; the server API on `api_key`.
+pub fn webhook_config(config: &mut edgerelay::config::Config, url: &str, secret: &str, api_key: &str, timeout_ms: u64) {
+    config.api.key = Some(api_key.into());
+    config.notifications.webhook_url = Some(url.into());
+    config.notifications.webhook_secret = Some(secret.into());
+    config.notifications.webhook_backoff_ms = 50;
+    config.notifications.webhook_max_backoff_ms = 200;
+    config.notifications.webhook_timeout_ms = timeout_ms;
+    config.notifications.webhook_max_attempts = 3;
+}
+
 /// A server API call to the relay at `addr` with API key `key`: the status and the JSON answer.
 pub async fn api(addr: std::net::SocketAddr, key: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
     let auth = format!("Bearer {key}");
