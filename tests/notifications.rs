@@ -301,15 +301,6 @@ async fn the_server_api_refuses_bad_notifications_with_their_codes() {
     relay.relay.shutdown().await;
 }
 
-/// CPU seconds (user + system) this process used so far, from /proc/self/stat.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // Fields 14 and 15 of stat(5) (utime, stime), counted after the command name; 100 ticks/s.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 /// The figure in docs/performance.md: one server API call adding a notification for 1,000 users
 /// (embedded store, no connections, no webhook), three calls in a row.
 /// Run: `cargo test --test notifications -- --ignored --nocapture notify_1000_users_figure`
@@ -317,19 +308,6 @@ fn cpu_seconds() -> f64 {
 #[ignore = "a load figure; run by hand (docs/performance.md)"]
 async fn notify_1000_users_figure() {
     let relay = start_with(|c| c.api.key = Some(API_KEY.into())).await;
-    let users: Vec<String> = (0..1000).map(|i| format!("u{i}")).collect();
-    for round in 0..3 {
-        let (cpu, started) = (cpu_seconds(), std::time::Instant::now());
-        let body = json!({"tenant": "acme", "users": users, "type": "mention", "title": format!("r{round}")});
-        let auth = format!("Bearer {API_KEY}");
-        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
-        let limit = Duration::from_secs(120);
-        let path = "/v1/api/notifications";
-        let (status, answer) =
-            common::http_request_within(relay.relay.tcp_addr(), "POST", path, &headers, &body.to_string(), limit).await;
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
-        assert_eq!(status, 200, "{answer}");
-        println!("notify 1000 users: {ms:.0} ms wall, {:.2} CPU-s", cpu_seconds() - cpu);
-    }
+    webhook::notify_1000_users(relay.relay.tcp_addr(), API_KEY).await;
     relay.relay.shutdown().await;
 }

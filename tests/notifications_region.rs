@@ -211,6 +211,19 @@ async fn dead_letters_are_shared_by_the_region() {
     b.relay.shutdown().await;
 }
 
+/// The figure in docs/performance.md: one server API call adding a notification for 1,000
+/// offline users on a Redis region's node with a webhook set (so every one is also queued for
+/// the webhook, whose receiver answers 200), three calls in a row.
+/// Run: `cargo test --test notifications_region -- --ignored --nocapture notify_1000_users_region_figure`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a load figure; run by hand (docs/performance.md)"]
+async fn notify_1000_users_region_figure() {
+    let (_redis, _receiver, a, b) = two_nodes().await;
+    webhook::notify_1000_users(a.relay.tcp_addr(), API_KEY).await;
+    a.relay.shutdown().await;
+    b.relay.shutdown().await;
+}
+
 /// A relay process on the test's Redis with the webhook set.
 fn node(redis: &RedisServer, dir: &std::path::Path, n: usize, url: &str) -> RelayProcess {
     RelayProcess::new(&dir.join(format!("node-{n}")))

@@ -119,6 +119,35 @@ pub async fn first_dead_letter(addr: std::net::SocketAddr, key: &str) -> Value {
     .await
 }
 
+/// CPU seconds (user + system) this process used so far, from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of stat(5) (utime, stime), counted after the command name; 100 ticks/s.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Three server API calls in a row, each adding a notification for 1,000 users, through the
+/// relay at `addr`; prints each call's wall time and this process's CPU seconds during it.
+pub async fn notify_1000_users(addr: std::net::SocketAddr, key: &str) {
+    let users: Vec<String> = (0..1000).map(|i| format!("u{i}")).collect();
+    for round in 0..3 {
+        let (cpu, started) = (cpu_seconds(), std::time::Instant::now());
+        let body =
+            serde_json::json!({"tenant": "acme", "users": users, "type": "mention", "title": format!("r{round}")});
+        let auth = format!("Bearer {key}");
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        let limit = Duration::from_secs(120);
+        let path = "/v1/api/notifications";
+        let (status, answer) =
+            crate::common::http_request_within(addr, "POST", path, &headers, &body.to_string(), limit).await;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        assert_eq!(status, 200, "{answer}");
+        println!("notify 1000 users: {ms:.0} ms wall, {:.2} CPU-s", cpu_seconds() - cpu);
+    }
+}
+
 /// Starts a receiver checking signatures with `secret`; its URL (`/push`) and state.
 pub async fn receiver(secret: &str) -> (String, Arc<Receiver>) {
     let state = Arc::new(Receiver {
