@@ -208,6 +208,7 @@ impl RedisNotify {
                 pipeline.custom::<(), _>(eval, eval_args(ADD_LUA, keys, argv)).await.map_err(err)?;
             }
             let replies = pipeline.try_all::<Value>().await;
+            let mut pushes = Vec::new();
             for ((user, new), reply) in chunk.iter().zip(replies) {
                 let mut reply = reply.map_err(err)?.into_array().into_iter();
                 let number = |v: Option<Value>| v.and_then(|v| v.as_u64()).unwrap_or(0);
@@ -216,25 +217,48 @@ impl RedisNotify {
                 let (unread, pending) = (number(reply.next()), number(reply.next()) == 1);
                 let notification = parse_member(&member)?;
                 // A duplicate's push that its first node never queued is queued now.
-                let delivery = match new.deliver_at {
-                    Some(next_at) if !duplicate || pending => Some(self.queue(user, &notification, next_at).await?),
-                    None if pending => Some(self.queue(user, &notification, new.notification.time).await?),
+                let push = match new.deliver_at {
+                    Some(next_at) if !duplicate || pending => Some(next_at),
+                    None if pending => Some(new.notification.time),
                     _ => None,
                 };
-                added.push(Added { notification, unread, duplicate, delivery });
+                if let Some(next_at) = push {
+                    pushes.push((added.len(), Delivery::first(0, user, notification.clone(), next_at)));
+                }
+                added.push(Added { notification, unread, duplicate, delivery: None });
+            }
+            for (at, delivery) in self.queue(pushes).await? {
+                added[at].delivery = Some(delivery);
             }
         }
         Ok(added)
     }
 
-    /// Puts a delivery in the outbox stream (after its feed entry: another slot).
-    async fn queue(&self, user: &UserKey, notification: &Notification, next_at: u64) -> Result<Delivery, StoreError> {
-        let mut delivery = Delivery::first(0, user, notification.clone(), next_at);
-        let keys = vec![self.region("seq"), self.outbox()];
-        delivery.seq = self.client.eval(QUEUE_LUA, keys, vec![json(&delivery)?]).await.map_err(err)?;
-        let marker = format!("q:{}", notification.id);
-        let _: Value = self.client.hdel(self.user(user, "nm"), marker).await.map_err(err)?;
-        Ok(delivery)
+    /// Puts deliveries in the outbox stream (after their feed entries: another slot), then
+    /// clears their entries' "push pending" markers; one pipeline each.
+    async fn queue(&self, mut pushes: Vec<(usize, Delivery)>) -> Result<Vec<(usize, Delivery)>, StoreError> {
+        if pushes.is_empty() {
+            return Ok(pushes);
+        }
+        let pipeline = self.client.pipeline();
+        for (_, delivery) in &pushes {
+            let keys = vec![self.region("seq"), self.outbox()];
+            let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
+            pipeline.custom::<(), _>(eval, eval_args(QUEUE_LUA, keys, vec![json(delivery)?])).await.map_err(err)?;
+        }
+        for ((_, delivery), seq) in pushes.iter_mut().zip(pipeline.try_all::<Value>().await) {
+            delivery.seq = seq.map_err(err)?.as_u64().unwrap_or(0);
+        }
+        let pipeline = self.client.pipeline();
+        for (_, delivery) in &pushes {
+            let user = UserKey { tenant: delivery.tenant.as_str().into(), user: delivery.user.as_str().into() };
+            let marker = format!("q:{}", delivery.notification.id);
+            pipeline.hdel::<(), _, _>(self.user(&user, "nm"), marker).await.map_err(err)?;
+        }
+        for reply in pipeline.try_all::<Value>().await {
+            reply.map_err(err)?;
+        }
+        Ok(pushes)
     }
 
     /// The dead letter `seq` if it is of `tenant` (when given).
