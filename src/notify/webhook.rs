@@ -17,6 +17,7 @@
 //! call's next attempt goes back to the shared outbox, for whichever node is free.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,6 +67,8 @@ pub struct Webhook {
     queue: Mutex<Queue>,
     /// A region's deliveries this node holds (queued or in a call): seq → stream entry.
     held: Mutex<HashMap<u64, String>>,
+    /// The last pull failed (its warning was logged).
+    pull_failing: AtomicBool,
     wake: tokio::sync::Notify,
 }
 
@@ -87,6 +90,7 @@ impl Webhook {
             backend,
             queue: Mutex::default(),
             held: Mutex::default(),
+            pull_failing: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
         };
         for delivery in left {
@@ -137,6 +141,7 @@ impl Webhook {
         }
         match self.backend.pull(held, claim, room).await {
             Ok(deliveries) => {
+                self.pull_failing.store(false, Ordering::Relaxed);
                 for delivery in deliveries {
                     let Some(entry) = delivery.entry.clone() else { continue };
                     if lock(&self.held).insert(delivery.seq, entry).is_none() {
@@ -144,7 +149,11 @@ impl Webhook {
                     }
                 }
             }
-            Err(error) => tracing::warn!(%error, "notification webhook: reading the region's outbox"),
+            // Once per outage, not every PULL_EVERY.
+            Err(error) if !self.pull_failing.swap(true, Ordering::Relaxed) => {
+                tracing::warn!(%error, "notification webhook: reading the region's outbox")
+            }
+            Err(_) => {}
         }
     }
 
