@@ -441,6 +441,12 @@ pub struct NotificationsConfig {
     pub webhook_concurrency: u32,
     /// Dead letters kept (the oldest are dropped beyond it).
     pub max_dead_letters: u32,
+    /// A Redis region: a delivery held by a node that has not shown it is alive for this long
+    /// (it renews every third of it) is taken over by another node.
+    pub webhook_claim_after_ms: u64,
+    /// A Redis region: how long a node's word that one of a user's connections is in the
+    /// foreground counts without a renewal (renewed every third of it).
+    pub foreground_ttl_ms: u64,
 }
 
 impl Default for NotificationsConfig {
@@ -459,6 +465,8 @@ impl Default for NotificationsConfig {
             webhook_max_backoff_ms: 300_000,
             webhook_concurrency: 16,
             max_dead_letters: 10_000,
+            webhook_claim_after_ms: 30_000,
+            foreground_ttl_ms: 30_000,
         }
     }
 }
@@ -1387,6 +1395,14 @@ impl Config {
             ("notifications.webhook_concurrency", u64::from(n.webhook_concurrency)),
             ("notifications.max_dead_letters", u64::from(n.max_dead_letters)),
         ])?;
+        for (key, value) in [
+            ("notifications.webhook_claim_after_ms", n.webhook_claim_after_ms),
+            ("notifications.foreground_ttl_ms", n.foreground_ttl_ms),
+        ] {
+            if value < 300 {
+                return Err(invalid(key, "must be at least 300 (ms)"));
+            }
+        }
         if n.webhook_max_backoff_ms < n.webhook_backoff_ms {
             return Err(invalid("notifications.webhook_max_backoff_ms", "must be at least webhook_backoff_ms"));
         }

@@ -166,9 +166,20 @@ impl Relay {
         let hub = Arc::new(Hub::new(config.hub.shards, config.hub.room_idle_ttl_secs.saturating_mul(1000)));
         let (engine, records, call_history, session_store, receipt_store, notify_db) =
             start_engine(&config, hub.clone()).await?;
-        let notify_store = crate::notify::store::NotifyStore::open(notify_db)
-            .and_then(|store| crate::notify::Notifications::new(&config.notifications, store))
-            .map_err(|error| RelayError::Store { path: config.history_path(), error })?;
+        let notify_store = match notify_db {
+            NotifyDb::Embedded(db) => crate::notify::store::NotifyStore::open(db)
+                .and_then(|store| crate::notify::Notifications::new(&config.notifications, store)),
+            NotifyDb::Redis { client, prefix } => match engine.share_notifications() {
+                Some(link) => {
+                    let claim_after = config.notifications.webhook_claim_after_ms;
+                    crate::notify::redis::RedisNotify::start(client, &prefix, link.node.clone(), claim_after)
+                        .await
+                        .map(|backend| crate::notify::Notifications::region(&config.notifications, backend, link))
+                }
+                None => Err(crate::store::StoreError::Backend("the engine shares no notifications channel".into())),
+            },
+        }
+        .map_err(|error| RelayError::Store { path: config.history_path(), error })?;
         let receipts = crate::receipts::Receipts::new(
             &config.receipts,
             config.limits.max_frame_bytes,
@@ -819,11 +830,16 @@ async fn sweep_rooms(hub: Arc<Hub>, engine: Arc<dyn Engine>, stop: CancellationT
     }
 }
 
+/// Where notifications live: this node's embedded store (or memory), or the region's Redis.
+enum NotifyDb {
+    Embedded(SideDb),
+    Redis { client: fred::clients::Client, prefix: String },
+}
+
 /// The history engine, presence's user records, the call history and the collaborative
-/// sessions, the receipts' store and the notifications' tables (this node's embedded store, or
-/// memory).
+/// sessions, the receipts' store and where notifications live.
 type Stores =
-    (Arc<dyn Engine>, Arc<dyn UserRecords>, Arc<dyn CallHistory>, Arc<SessionStore>, Arc<dyn ReceiptStore>, SideDb);
+    (Arc<dyn Engine>, Arc<dyn UserRecords>, Arc<dyn CallHistory>, Arc<SessionStore>, Arc<dyn ReceiptStore>, NotifyDb);
 
 /// Opens the configured history store and starts the engine.
 async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayError> {
@@ -893,14 +909,14 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
             let engine = RedisEngine::connect(redis_config, hub)
                 .await
                 .map_err(|error| RelayError::Redis { url: crate::engine::redacted(&r.url), error })?;
-            // Users' last-seen records and notifications stay in this node's embedded store
-            // (docs/notifications.md); calls, read marks (docs/receipts.md) and sessions (kept in
+            // Users' last-seen records stay in this node's embedded store; calls, read marks
+            // (docs/receipts.md), notifications (docs/notifications.md) and sessions (kept in
             // Redis by crate::collab::redis_store; the embedded session tables are unused) are
             // shared.
             let local = open_embedded()?;
             let sessions = Arc::new(SessionStore::embedded(local.clone(), keep).map_err(store_err)?);
             let receipts: Arc<dyn ReceiptStore> = Arc::new(RedisReceipts::start(engine.client(), &r.prefix));
-            let notify = SideDb::File(local.clone());
+            let notify = NotifyDb::Redis { client: engine.client(), prefix: r.prefix.clone() };
             let records = Arc::new(StoredRecords::new(local));
             let calls = Arc::new(RedisCallHistory::new(engine.client(), &r.prefix, calls_retention));
             return Ok((Arc::new(engine), records, calls, sessions, receipts, notify));
@@ -916,7 +932,7 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
     };
     let engine =
         LocalEngine::start(engine_config, history, hub).map_err(|e| store_err(crate::store::StoreError::backend(e)))?;
-    Ok((Arc::new(engine), records, calls, sessions, receipts, notify))
+    Ok((Arc::new(engine), records, calls, sessions, receipts, NotifyDb::Embedded(notify)))
 }
 
 /// What the dev certificate's rotation swaps the certificate in.

@@ -9,21 +9,19 @@
 #[path = "common/calls.rs"]
 mod calls;
 mod common;
+#[path = "common/webhook.rs"]
+mod webhook;
 
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
 use calls::refused;
 use common::{TestRelay, Transport, http_request, start_with, within};
 use edgerelay::client::Client;
 use edgerelay::config::Config;
 use edgerelay::proto::{Codec, ErrorCode, Mute, NotifyEvent, NotifyPrefs, Priority, PushPlatform, QuietHours};
 use serde_json::{Value, json};
+use webhook::{FAIL, HANG, OK};
 
 const API_KEY: &str = "notify-test-api-key-0123456789";
 const SECRET: &str = "notify-test-webhook-secret-0123";
@@ -40,11 +38,7 @@ async fn notify(relay: &TestRelay, body: Value) -> Vec<Value> {
 }
 
 async fn api(relay: &TestRelay, method: &str, path: &str, body: Value) -> (u16, Value) {
-    let auth = format!("Bearer {API_KEY}");
-    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
-    let body = if body.is_null() { String::new() } else { body.to_string() };
-    let (status, answer) = http_request(relay.relay.tcp_addr(), method, path, &headers, &body).await;
-    (status, serde_json::from_str(&answer).unwrap_or(Value::Null))
+    webhook::api(relay.relay.tcp_addr(), API_KEY, method, path, body).await
 }
 
 /// The next `new` notification's (id, title, unread).
@@ -159,92 +153,8 @@ async fn the_feed_is_shared_by_devices_live_and_survives_reconnects_and_a_restar
     relay.relay.shutdown().await;
 }
 
-/// How the webhook receiver answers.
-const OK: u8 = 0;
-const FAIL: u8 = 1;
-const HANG: u8 = 2;
-
-#[derive(Default)]
-struct Receiver {
-    mode: AtomicU8,
-    /// Answers for the next calls, before `mode` applies again.
-    script: Mutex<std::collections::VecDeque<u8>>,
-    /// Every call: its body, whether its signature verified, and the status answered.
-    calls: Mutex<Vec<(Value, bool, u16)>>,
-    seen: tokio::sync::Notify,
-}
-
-impl Receiver {
-    fn calls(&self) -> Vec<(Value, bool, u16)> {
-        self.calls.lock().unwrap().clone()
-    }
-
-    /// Calls answered 2xx for notification titled `title`.
-    fn delivered(&self, title: &str) -> Vec<Value> {
-        self.calls()
-            .into_iter()
-            .filter(|(body, _, status)| *status == 200 && body["notification"]["title"] == title)
-            .map(|(body, _, _)| body)
-            .collect()
-    }
-
-    /// Waits until `done` holds for the calls so far.
-    async fn until(&self, what: &str, done: impl Fn(&[(Value, bool, u16)]) -> bool) {
-        within(what, async {
-            loop {
-                let seen = self.seen.notified();
-                if done(&self.calls()) {
-                    return;
-                }
-                seen.await;
-            }
-        })
-        .await
-    }
-}
-
-fn signature_ok(headers: &HeaderMap, body: &[u8]) -> bool {
-    let header = headers.get("x-edgerelay-signature").and_then(|v| v.to_str().ok());
-    common::signature_ok(header, body, SECRET)
-}
-
-async fn receive(State(receiver): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let call: Value = serde_json::from_slice(&body).unwrap();
-    let signed = signature_ok(&headers, &body);
-    let scripted = receiver.script.lock().unwrap().pop_front();
-    let status = match scripted.unwrap_or_else(|| receiver.mode.load(Ordering::SeqCst)) {
-        HANG => {
-            receiver.calls.lock().unwrap().push((call, signed, 0));
-            receiver.seen.notify_waiters();
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            return StatusCode::OK;
-        }
-        FAIL => StatusCode::INTERNAL_SERVER_ERROR,
-        _ if !signed => StatusCode::UNAUTHORIZED,
-        _ => StatusCode::OK,
-    };
-    receiver.calls.lock().unwrap().push((call, signed, status.as_u16()));
-    receiver.seen.notify_waiters();
-    status
-}
-
-async fn receiver() -> (String, Arc<Receiver>) {
-    let state = Arc::new(Receiver::default());
-    let app = axum::Router::new().route("/push", axum::routing::post(receive)).with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/push", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, state)
-}
-
 fn webhook_config(config: &mut Config, url: &str) {
-    config.api.key = Some(API_KEY.into());
-    config.notifications.webhook_url = Some(url.into());
-    config.notifications.webhook_secret = Some(SECRET.into());
-    config.notifications.webhook_backoff_ms = 50;
-    config.notifications.webhook_max_backoff_ms = 200;
-    config.notifications.webhook_timeout_ms = 300;
-    config.notifications.webhook_max_attempts = 3;
+    webhook::webhook_config(config, url, SECRET, API_KEY, 300);
 }
 
 async fn add(relay: &TestRelay, user: &str, title: &str, extra: Value) -> Value {
@@ -255,7 +165,7 @@ async fn add(relay: &TestRelay, user: &str, title: &str, extra: Value) -> Value 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_webhook_gets_what_foreground_devices_and_preferences_do_not_hold_back_signed_and_once() {
-    let (url, receiver) = receiver().await;
+    let (url, receiver) = webhook::receiver(SECRET).await;
     let relay = start_with(|c| webhook_config(c, &url)).await;
     let phone = device(&relay, Transport::Quic, Codec::Postcard, "alice").await;
     phone.register_device("phone-1", PushPlatform::Apns, "apns-token-1").await.unwrap();
@@ -316,7 +226,7 @@ async fn the_webhook_gets_what_foreground_devices_and_preferences_do_not_hold_ba
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_webhook_is_retried_after_errors_and_timeouts_then_dead_lettered_and_replayed() {
-    let (url, receiver) = receiver().await;
+    let (url, receiver) = webhook::receiver(SECRET).await;
     let relay = start_with(|c| webhook_config(c, &url)).await;
 
     // HTTP 500, then no answer within the timeout, then success: three calls, attempts 1-3,
@@ -333,18 +243,7 @@ async fn the_webhook_is_retried_after_errors_and_timeouts_then_dead_lettered_and
     // Failing every time: dead after webhook_max_attempts (3), listed by the server API.
     receiver.mode.store(FAIL, Ordering::SeqCst);
     add(&relay, "bob", "doomed", json!({})).await;
-    let dead = within("the dead letter", async {
-        loop {
-            let (status, answer) =
-                api(&relay, "GET", "/v1/api/notifications/dead_letters?tenant=acme", Value::Null).await;
-            assert_eq!(status, 200, "{answer}");
-            if let Some(letter) = answer["dead_letters"].as_array().unwrap().first() {
-                return letter.clone();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    let dead = webhook::first_dead_letter(relay.relay.tcp_addr(), API_KEY).await;
     assert_eq!(dead["notification"]["title"], "doomed");
     assert_eq!((dead["attempts"].as_u64(), dead["last_error"].as_str()), (Some(3), Some("HTTP 500")));
     let calls = receiver.calls().iter().filter(|(b, _, _)| b["notification"]["title"] == "doomed").count();
@@ -366,7 +265,7 @@ async fn the_webhook_is_retried_after_errors_and_timeouts_then_dead_lettered_and
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_call_cut_by_a_restart_is_made_again_after_it() {
-    let (url, receiver) = receiver().await;
+    let (url, receiver) = webhook::receiver(SECRET).await;
     let relay = start_with(|c| {
         webhook_config(c, &url);
         // The restart, not the timeout, ends the first call.
@@ -402,15 +301,6 @@ async fn the_server_api_refuses_bad_notifications_with_their_codes() {
     relay.relay.shutdown().await;
 }
 
-/// CPU seconds (user + system) this process used so far, from /proc/self/stat.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // Fields 14 and 15 of stat(5) (utime, stime), counted after the command name; 100 ticks/s.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 /// The figure in docs/performance.md: one server API call adding a notification for 1,000 users
 /// (embedded store, no connections, no webhook), three calls in a row.
 /// Run: `cargo test --test notifications -- --ignored --nocapture notify_1000_users_figure`
@@ -418,19 +308,6 @@ fn cpu_seconds() -> f64 {
 #[ignore = "a load figure; run by hand (docs/performance.md)"]
 async fn notify_1000_users_figure() {
     let relay = start_with(|c| c.api.key = Some(API_KEY.into())).await;
-    let users: Vec<String> = (0..1000).map(|i| format!("u{i}")).collect();
-    for round in 0..3 {
-        let (cpu, started) = (cpu_seconds(), std::time::Instant::now());
-        let body = json!({"tenant": "acme", "users": users, "type": "mention", "title": format!("r{round}")});
-        let auth = format!("Bearer {API_KEY}");
-        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
-        let limit = Duration::from_secs(120);
-        let path = "/v1/api/notifications";
-        let (status, answer) =
-            common::http_request_within(relay.relay.tcp_addr(), "POST", path, &headers, &body.to_string(), limit).await;
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
-        assert_eq!(status, 200, "{answer}");
-        println!("notify 1000 users: {ms:.0} ms wall, {:.2} CPU-s", cpu_seconds() - cpu);
-    }
+    webhook::notify_1000_users(relay.relay.tcp_addr(), API_KEY).await;
     relay.relay.shutdown().await;
 }

@@ -198,6 +198,13 @@ pub trait Engine: Send + Sync + 'static {
         None
     }
 
+    /// The region's notifications channel (a shared engine), carrying per-user feed events
+    /// (`crate::notify::region`): the same shape and guarantees as the call channel. `None` for
+    /// a single node. Taken once.
+    fn share_notifications(&self) -> Option<CallLink> {
+        None
+    }
+
     /// The current top of each room, without holding it here (`None`: unknown, or unavailable).
     /// The default reads each room's meta.
     fn tops(&self, keys: Vec<RoomKey>) -> BoxFuture<'_, Vec<Option<Position>>> {

@@ -5,23 +5,32 @@
 //! user, not by connection, and every device reads the same one; ids grow per user, so "read up
 //! to" is one number and paging is a range. Backends add notifications through the server API.
 //! Whether one is *pushed* is the user's preferences' call ([`prefs`], pure); whether it goes to
-//! the webhook is this node's: only when none of the user's connections here is in the
-//! foreground. A pushed notification for an offline user is written to a durable outbox in the
-//! same commit as the feed entry ([`store`]), and [`webhook`] drains it with retries and
-//! backoff, so a restart between the API's answer and the call loses nothing. The relay never
-//! talks to FCM or APNs: the webhook gets the user's tokens and does.
+//! the webhook depends on the user's connections: only when none is in the foreground. A pushed
+//! notification for an offline user goes to a durable outbox with the feed entry, and
+//! [`webhook`] drains it with retries and backoff, so a restart between the API's answer and the
+//! call loses nothing. The relay never talks to FCM or APNs: the webhook gets the user's tokens
+//! and does.
 //!
-//! Per node: connections are known only to the node that holds them; the stores are the
-//! relay's embedded store (docs/decisions.md, "Notifications").
+//! Where the state lives is the [`backend`]'s business: this node's embedded store, or a Redis
+//! region's keys ([`redis`]), where feeds, devices, the outbox and dead letters are shared, each
+//! node tells the others about feed changes ([`region`]) and writes which users have a
+//! foreground connection on it, so "foreground" is decided region-wide (docs/decisions.md,
+//! "Notifications across a Redis region").
 
 pub mod api;
+pub mod backend;
 pub mod prefs;
+pub mod redis;
+pub mod region;
 pub mod store;
 pub mod webhook;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::NotificationsConfig;
@@ -29,7 +38,8 @@ use crate::hub::presence::UserKey;
 use crate::lock::lock;
 use crate::outbox::{CONTROL, Outbox, Reply};
 use crate::proto::{EncodeOnce, ErrorCode, Notification, NotifyAction, NotifyEvent, RoomName, ServerFrame};
-use store::{Device, MarkError, NewNotification, NotifyStore};
+use backend::Backend;
+use store::{Delivery, Device, MarkError, NewNotification, NotifyStore};
 
 /// Most notifications in one `feed` page.
 pub const MAX_PAGE: u32 = 100;
@@ -57,7 +67,7 @@ pub struct AddResult {
     pub silent: bool,
     /// Connections of the user here that got it live.
     pub delivered_here: usize,
-    /// Queued for the webhook (no foreground connection here, not silent, a webhook set).
+    /// Queued for the webhook (no foreground connection on any node, not silent, a webhook set).
     pub webhook: bool,
 }
 
@@ -74,13 +84,29 @@ pub struct Spec {
 
 type Refusal = (ErrorCode, String);
 
+/// A user whose foreground state here must be written for the region; the answer once it is.
+type ForegroundWrite = (UserKey, Option<oneshot::Sender<()>>);
+
+/// What a node of a Redis region shares with the others.
+struct Region {
+    node: String,
+    /// [`region::Shared`] lines for the other nodes.
+    out: mpsc::UnboundedSender<String>,
+    inbound: Mutex<Option<mpsc::UnboundedReceiver<(String, String)>>>,
+    /// Users whose foreground state here changed, for [`Notifications::write_foreground`].
+    foreground: mpsc::UnboundedSender<ForegroundWrite>,
+    foreground_rx: Mutex<Option<mpsc::UnboundedReceiver<ForegroundWrite>>>,
+}
+
 pub struct Notifications {
     config: NotificationsConfig,
-    store: Arc<NotifyStore>,
+    backend: Arc<dyn Backend>,
     conns: Mutex<HashMap<UserKey, Vec<Conn>>>,
     /// The webhook's queue, when one is configured.
     webhook: Option<webhook::Webhook>,
-    /// The store calls running on the blocking pool (waited for when the relay stops).
+    region: Option<Region>,
+    /// The store calls on the blocking pool and the region's loops (waited for when the relay
+    /// stops).
     tasks: TaskTracker,
 }
 
@@ -89,20 +115,59 @@ fn store_refusal(e: impl std::fmt::Display) -> Refusal {
 }
 
 impl Notifications {
-    /// `config` is validated. Loads the deliveries a previous run left in the outbox.
+    /// On this node's embedded store; `config` is validated. Loads the deliveries a previous run
+    /// left in the outbox.
     pub fn new(
         config: &NotificationsConfig,
         store: NotifyStore,
     ) -> Result<Arc<Notifications>, crate::store::StoreError> {
-        let store = Arc::new(store);
         let tasks = TaskTracker::new();
-        let webhook = webhook::Webhook::new(config, store.clone(), tasks.clone())?;
-        Ok(Arc::new(Notifications { config: config.clone(), store, conns: Mutex::default(), webhook, tasks }))
+        let embedded = backend::Embedded::new(store, tasks.clone());
+        let left = embedded.outbox()?;
+        Ok(Self::with(config, Arc::new(embedded), left, tasks, None))
     }
 
-    /// Delivers the outbox to the webhook until `stop` (nothing to do without one), then waits
-    /// for the store calls in flight.
-    pub async fn run(self: Arc<Self>, now: fn() -> u64, stop: tokio_util::sync::CancellationToken) {
+    /// On a Redis region's keys, sharing feed events over `link` (the engine's notifications
+    /// channel).
+    pub fn region(
+        config: &NotificationsConfig,
+        backend: redis::RedisNotify,
+        link: crate::engine::CallLink,
+    ) -> Arc<Notifications> {
+        let (foreground, foreground_rx) = mpsc::unbounded_channel();
+        let region = Region {
+            node: link.node,
+            out: link.out,
+            inbound: Mutex::new(Some(link.inbound)),
+            foreground,
+            foreground_rx: Mutex::new(Some(foreground_rx)),
+        };
+        Self::with(config, Arc::new(backend), Vec::new(), TaskTracker::new(), Some(region))
+    }
+
+    fn with(
+        config: &NotificationsConfig,
+        backend: Arc<dyn Backend>,
+        left: Vec<Delivery>,
+        tasks: TaskTracker,
+        region: Option<Region>,
+    ) -> Arc<Notifications> {
+        let webhook = webhook::Webhook::new(config, backend.clone(), left);
+        Arc::new(Notifications { config: config.clone(), backend, conns: Mutex::default(), webhook, region, tasks })
+    }
+
+    /// Delivers the outbox to the webhook until `stop` (nothing to do without one) and, in a
+    /// region, follows the other nodes' events and keeps this node's foreground users written;
+    /// then waits for the store calls in flight.
+    pub async fn run(self: Arc<Self>, now: fn() -> u64, stop: CancellationToken) {
+        if let Some(region) = &self.region {
+            if let Some(inbound) = lock(&region.inbound).take() {
+                self.tasks.spawn(self.clone().listen(inbound, stop.clone()));
+            }
+            if let Some(writes) = lock(&region.foreground_rx).take() {
+                self.tasks.spawn(self.clone().write_foreground(writes, now, stop.clone()));
+            }
+        }
         if let Some(webhook) = &self.webhook {
             webhook.run(now, stop).await;
         } else {
@@ -112,13 +177,80 @@ impl Notifications {
         self.tasks.wait().await;
     }
 
-    /// Runs a blocking store call off the runtime's threads.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&NotifyStore) -> T + Send + 'static,
-    ) -> Result<T, Refusal> {
-        let store = self.store.clone();
-        self.tasks.spawn_blocking(move || f(&store)).await.map_err(|e| (ErrorCode::INTERNAL, e.to_string()))
+    /// Other nodes' feed events, to this node's listening connections.
+    async fn listen(self: Arc<Self>, mut inbound: mpsc::UnboundedReceiver<(String, String)>, stop: CancellationToken) {
+        while let Some((node, text)) = stop.run_until_cancelled(inbound.recv()).await.flatten() {
+            match serde_json::from_str::<region::Shared>(&text) {
+                Ok(shared) => {
+                    self.broadcast_here(&shared.user(), None, shared.event);
+                }
+                Err(error) => tracing::warn!(%node, %error, "undecodable notifications event from another node"),
+            }
+        }
+    }
+
+    /// Writes, one user at a time in the order asked, whether the user has a foreground
+    /// connection here (read when written, so the last write is the current state), and every
+    /// third of `foreground_ttl_ms` renews every foreground user's; at `stop`, takes them back.
+    async fn write_foreground(
+        self: Arc<Self>,
+        mut writes: mpsc::UnboundedReceiver<ForegroundWrite>,
+        now: fn() -> u64,
+        stop: CancellationToken,
+    ) {
+        let Some(node) = self.region.as_ref().map(|r| r.node.clone()) else { return };
+        let ttl = self.config.foreground_ttl_ms;
+        let mut renew = tokio::time::interval(Duration::from_millis((ttl / 3).max(1)));
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut written: HashSet<UserKey> = HashSet::new();
+        loop {
+            let (users, done) = tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = renew.tick() => (written.iter().cloned().collect::<Vec<_>>(), None),
+                write = writes.recv() => match write {
+                    Some((user, done)) => (vec![user], done),
+                    None => break,
+                },
+            };
+            let (fore, back): (Vec<UserKey>, Vec<UserKey>) = users.into_iter().partition(|u| self.foreground(u));
+            for (users, until) in [(fore, Some(now() + ttl)), (back, None)] {
+                if users.is_empty() {
+                    continue;
+                }
+                if let Err(error) = self.backend.set_foreground(users.clone(), node.clone(), until).await {
+                    tracing::warn!(%error, "notifications: writing foreground users");
+                }
+                for user in users {
+                    if until.is_some() {
+                        written.insert(user);
+                    } else {
+                        written.remove(&user);
+                    }
+                }
+            }
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
+        }
+        if !written.is_empty() {
+            let _ = self.backend.set_foreground(written.into_iter().collect(), node, None).await;
+        }
+    }
+
+    /// In a region: has the user's foreground state here written (awaited with `wait`).
+    async fn share_foreground(&self, user: &UserKey, wait: bool) {
+        let Some(region) = &self.region else { return };
+        let (tx, rx) = if wait {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        if region.foreground.send((user.clone(), tx)).is_ok()
+            && let Some(rx) = rx
+        {
+            let _ = rx.await;
+        }
     }
 
     /// `notifications` frames per second per connection, and burst.
@@ -130,6 +262,9 @@ impl Notifications {
     pub fn connected(&self, user: &UserKey, id: u64, outbox: Arc<Outbox>) {
         let conn = Conn { id, outbox, listening: false, background: false };
         lock(&self.conns).entry(user.clone()).or_default().push(conn);
+        if let Some(region) = &self.region {
+            let _ = region.foreground.send((user.clone(), None));
+        }
     }
 
     /// The connection ended.
@@ -140,6 +275,10 @@ impl Notifications {
             if list.is_empty() {
                 conns.remove(user);
             }
+        }
+        drop(conns);
+        if let Some(region) = &self.region {
+            let _ = region.foreground.send((user.clone(), None));
         }
     }
 
@@ -155,8 +294,19 @@ impl Notifications {
         }
     }
 
-    /// Sends `event` (`req` 0) to the user's listening connections here but `except`; how many.
+    /// Sends `event` (`req` 0) to the user's listening connections here but `except`, and to
+    /// the other nodes of a region; how many here.
     fn broadcast(&self, user: &UserKey, except: Option<u64>, event: NotifyEvent) -> usize {
+        if let Some(region) = &self.region
+            && let Ok(line) = serde_json::to_string(&region::Shared::new(user, event.clone()))
+        {
+            let _ = region.out.send(line);
+        }
+        self.broadcast_here(user, except, event)
+    }
+
+    /// Sends `event` (`req` 0) to the user's listening connections here but `except`; how many.
+    fn broadcast_here(&self, user: &UserKey, except: Option<u64>, event: NotifyEvent) -> usize {
         let frame = ServerFrame::Notifications { req: 0, event };
         let mut encoded = EncodeOnce::new(&frame);
         let conns = lock(&self.conns);
@@ -191,9 +341,10 @@ impl Notifications {
                 }
                 // Listening first: a notification added while the page is read is not missed.
                 self.with_conn(user, conn, |c| c.listening = true);
-                let who = user.clone();
+                // From the answer on, every node knows whether this user is in the foreground.
+                self.share_foreground(user, true).await;
                 let (mut notifications, unread) =
-                    self.blocking(move |s| s.page(&who, before, limit as usize + 1)).await?.map_err(store_refusal)?;
+                    self.backend.page(user.clone(), before, limit as usize + 1).await.map_err(store_refusal)?;
                 let next = (notifications.len() > limit as usize).then(|| {
                     notifications.truncate(limit as usize);
                     notifications.last().map_or(0, |n| n.id)
@@ -201,8 +352,7 @@ impl Notifications {
                 Ok(NotifyEvent::Page { notifications, unread, next })
             }
             NotifyAction::MarkRead { id, up_to } => {
-                let who = user.clone();
-                let unread = match self.blocking(move |s| s.mark_read(&who, id, up_to)).await? {
+                let unread = match self.backend.mark_read(user.clone(), id, up_to).await {
                     Ok(unread) => unread,
                     Err(MarkError::Unknown(id)) => {
                         return Err((ErrorCode::UNKNOWN_NOTIFICATION, format!("no notification {id} in the feed")));
@@ -213,14 +363,12 @@ impl Notifications {
                 Ok(NotifyEvent::Read { id, up_to, unread })
             }
             NotifyAction::Prefs { set: None } => {
-                let who = user.clone();
-                let prefs = self.blocking(move |s| s.prefs(&who)).await?.map_err(store_refusal)?;
-                Ok(NotifyEvent::Prefs { prefs })
+                let prefs = self.backend.prefs_many(vec![user.clone()]).await.map_err(store_refusal)?;
+                Ok(NotifyEvent::Prefs { prefs: prefs.into_iter().next().unwrap_or_default() })
             }
             NotifyAction::Prefs { set: Some(prefs) } => {
                 prefs::check(&prefs, self.config.max_mutes as usize).map_err(|m| (ErrorCode::BAD_PREFS, m))?;
-                let (who, saved) = (user.clone(), prefs.clone());
-                self.blocking(move |s| s.set_prefs(&who, &saved)).await?.map_err(store_refusal)?;
+                self.backend.set_prefs(user.clone(), prefs.clone()).await.map_err(store_refusal)?;
                 self.broadcast(user, Some(conn), NotifyEvent::Prefs { prefs: prefs.clone() });
                 Ok(NotifyEvent::Prefs { prefs })
             }
@@ -234,23 +382,23 @@ impl Notifications {
                         format!("device id of 1-{MAX_DEVICE_ID_BYTES} bytes and token of 1-{MAX_TOKEN_BYTES} bytes");
                     return Err((ErrorCode::BAD_DEVICE, message));
                 }
-                let (who, max) = (user.clone(), self.config.max_devices as usize);
+                let max = self.config.max_devices as usize;
                 let device = Device { device, platform, token };
-                if !self.blocking(move |s| s.register_device(&who, &device, max)).await?.map_err(store_refusal)? {
+                if !self.backend.register_device(user.clone(), device, max).await.map_err(store_refusal)? {
                     return Err((ErrorCode::TOO_MANY_DEVICES, format!("at most {max} devices per user")));
                 }
                 Ok(NotifyEvent::Ok {})
             }
             NotifyAction::UnregisterDevice { device } => {
-                let who = user.clone();
                 let shown = device.clone();
-                if !self.blocking(move |s| s.unregister_device(&who, &device)).await?.map_err(store_refusal)? {
+                if !self.backend.unregister_device(user.clone(), device).await.map_err(store_refusal)? {
                     return Err((ErrorCode::UNKNOWN_DEVICE, format!("no device {shown:?} registered")));
                 }
                 Ok(NotifyEvent::Ok {})
             }
             NotifyAction::Background { background } => {
                 self.with_conn(user, conn, |c| c.background = background);
+                self.share_foreground(user, true).await;
                 Ok(NotifyEvent::Ok {})
             }
         }
@@ -267,15 +415,16 @@ impl Notifications {
     ) -> Result<Vec<AddResult>, Refusal> {
         let keys: Vec<UserKey> =
             users.iter().map(|name| UserKey { tenant: tenant.into(), user: name.as_str().into() }).collect();
-        let who = keys.clone();
-        let prefs = self.blocking(move |s| s.prefs_many(&who)).await?.map_err(store_refusal)?;
+        let prefs = self.backend.prefs_many(keys.clone()).await.map_err(store_refusal)?;
+        let elsewhere = self.foreground_elsewhere(&keys, now_ms).await;
         let room = spec.room.as_ref().map(RoomName::as_str);
         let batch: Vec<(UserKey, NewNotification)> = keys
             .into_iter()
             .zip(prefs)
-            .map(|(user, prefs)| {
+            .zip(elsewhere)
+            .map(|((user, prefs), elsewhere)| {
                 let silent = prefs::decide(&prefs, room, &spec.kind, spec.priority, now_ms).is_err();
-                let webhook = self.webhook.is_some() && !silent && !self.foreground(&user);
+                let webhook = self.webhook.is_some() && !silent && !elsewhere && !self.foreground(&user);
                 let notification = Notification {
                     id: 0,
                     time: now_ms,
@@ -295,7 +444,7 @@ impl Notifications {
             .collect();
         let targets: Vec<UserKey> = batch.iter().map(|(user, _)| user.clone()).collect();
         let max_feed = u64::from(self.config.max_feed);
-        let added = self.blocking(move |s| s.add_many(batch, max_feed)).await?.map_err(store_refusal)?;
+        let added = self.backend.add_many(batch, max_feed).await.map_err(store_refusal)?;
         let mut results = Vec::with_capacity(added.len());
         for ((user, name), added) in targets.iter().zip(users).zip(added) {
             let mut delivered_here = 0;
@@ -319,6 +468,19 @@ impl Notifications {
         Ok(results)
     }
 
+    /// In a region, whether each user has a foreground connection on another node (only asked
+    /// when a webhook is set). Unknown (Redis failing) counts as no: the push goes out.
+    async fn foreground_elsewhere(&self, users: &[UserKey], now_ms: u64) -> Vec<bool> {
+        let (Some(region), Some(_)) = (&self.region, &self.webhook) else { return vec![false; users.len()] };
+        match self.backend.foreground_elsewhere(users.to_vec(), region.node.clone(), now_ms).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(%error, "notifications: reading other nodes' foreground users");
+                vec![false; users.len()]
+            }
+        }
+    }
+
     /// Dead letters after `after`, of one tenant or all (server API).
     pub async fn dead_letters(
         &self,
@@ -326,18 +488,17 @@ impl Notifications {
         after: u64,
         limit: usize,
     ) -> Result<Vec<store::DeadLetter>, Refusal> {
-        self.blocking(move |s| s.dead_letters(tenant.as_deref(), after, limit)).await?.map_err(store_refusal)
+        self.backend.dead_letters(tenant, after, limit).await.map_err(store_refusal)
     }
 
     /// Deletes a dead letter; whether there was one.
     pub async fn delete_dead(&self, seq: u64, tenant: Option<String>) -> Result<bool, Refusal> {
-        self.blocking(move |s| s.delete_dead(seq, tenant.as_deref())).await?.map_err(store_refusal)
+        self.backend.delete_dead(seq, tenant).await.map_err(store_refusal)
     }
 
     /// Queues a dead letter again with fresh attempts; whether there was one.
     pub async fn replay_dead(&self, seq: u64, tenant: Option<String>, now_ms: u64) -> Result<bool, Refusal> {
-        let delivery =
-            self.blocking(move |s| s.replay_dead(seq, tenant.as_deref(), now_ms)).await?.map_err(store_refusal)?;
+        let delivery = self.backend.replay_dead(seq, tenant, now_ms).await.map_err(store_refusal)?;
         match (delivery, &self.webhook) {
             (Some(delivery), Some(webhook)) => {
                 webhook.queue(delivery);

@@ -66,6 +66,25 @@ pub struct Delivery {
     /// Unix ms of the next call.
     pub next_at: u64,
     pub last_error: Option<String>,
+    /// Its entry in a Redis region's outbox stream (not stored: the entry's own id).
+    #[serde(skip)]
+    pub entry: Option<String>,
+}
+
+impl Delivery {
+    /// The first call of `notification` for `user`, due at `next_at` (its `seq` is the outbox's).
+    pub fn first(seq: u64, user: &UserKey, notification: Notification, next_at: u64) -> Delivery {
+        Delivery {
+            seq,
+            tenant: user.tenant.to_string(),
+            user: user.user.to_string(),
+            notification,
+            attempts: 0,
+            next_at,
+            last_error: None,
+            entry: None,
+        }
+    }
 }
 
 /// A delivery the webhook never accepted.
@@ -435,15 +454,7 @@ fn add_in(
     let delivery = match new.deliver_at {
         Some(next_at) => {
             let seq = next_seq(txn, "outbox")?;
-            let delivery = Delivery {
-                seq,
-                tenant: user.tenant.to_string(),
-                user: user.user.to_string(),
-                notification: notification.clone(),
-                attempts: 0,
-                next_at,
-                last_error: None,
-            };
+            let delivery = Delivery::first(seq, user, notification.clone(), next_at);
             txn.open_table(OUTBOX).map_err(err)?.insert(seq, encode(&delivery)?.as_slice()).map_err(err)?;
             Some(delivery)
         }

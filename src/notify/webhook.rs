@@ -1,4 +1,4 @@
-//! The offline webhook: drains the durable outbox ([`super::store`]) into signed `POST`s to
+//! The offline webhook: drains the durable outbox ([`super::backend`]) into signed `POST`s to
 //! `notifications.webhook_url`, with `src/hooks`' HTTP client and signature.
 //!
 //! Each delivery is called until the webhook answers 2xx, at most `webhook_max_attempts` times,
@@ -9,8 +9,15 @@
 //!
 //! One task runs the loop (the relay's service set, stopped by its token); calls in flight are
 //! futures inside it, at most `webhook_concurrency`, each bounded by `webhook_timeout_ms`.
+//!
+//! In a Redis region the outbox is shared: each node's loop takes deliveries from it
+//! ([`Backend::pull`]: new ones every [`PULL_EVERY`], at once when this node queued one), holds
+//! at most [`HOLD_PER_CALL`] per call slot, keeps what it holds alive every third of
+//! `webhook_claim_after_ms`, and takes over what a silent node held longer than that. A failed
+//! call's next attempt goes back to the shared outbox, for whichever node is free.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,9 +26,9 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use ring::hmac;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use super::store::{Delivery, NotifyStore};
+use super::backend::Backend;
+use super::store::Delivery;
 use crate::config::NotificationsConfig;
 use crate::hooks::client::{self, Target};
 use crate::hub::presence::UserKey;
@@ -33,6 +40,11 @@ pub fn backoff(failures: u32, base_ms: u64, max_ms: u64) -> u64 {
     let doublings = failures.saturating_sub(1).min(40);
     base_ms.saturating_mul(1u64 << doublings).min(max_ms)
 }
+
+/// How often a region's node looks for new deliveries when nothing woke it.
+pub const PULL_EVERY: Duration = Duration::from_millis(250);
+/// Deliveries a region's node holds per call slot (due now or waiting for their retry time).
+pub const HOLD_PER_CALL: usize = 4;
 
 #[derive(Default)]
 struct Queue {
@@ -49,23 +61,23 @@ pub struct Webhook {
     backoff_ms: (u64, u64),
     concurrency: usize,
     max_dead: u64,
-    store: Arc<NotifyStore>,
+    /// How long a region's node may be silent before others take its deliveries over.
+    claim_after_ms: u64,
+    backend: Arc<dyn Backend>,
     queue: Mutex<Queue>,
+    /// A region's deliveries this node holds (queued or in a call): seq → stream entry.
+    held: Mutex<HashMap<u64, String>>,
+    /// The last pull failed (its warning was logged).
+    pull_failing: AtomicBool,
     wake: tokio::sync::Notify,
-    /// Where the store calls run (the blocking pool, tracked).
-    tasks: TaskTracker,
 }
 
 impl Webhook {
-    /// `None` without `webhook_url`. Loads the outbox a previous run left.
-    pub fn new(
-        config: &NotificationsConfig,
-        store: Arc<NotifyStore>,
-        tasks: TaskTracker,
-    ) -> Result<Option<Webhook>, crate::store::StoreError> {
-        let (Some(url), Some(secret)) = (&config.webhook_url, &config.webhook_secret) else { return Ok(None) };
+    /// `None` without `webhook_url`. `left` is what a previous run left in a node's own outbox.
+    pub fn new(config: &NotificationsConfig, backend: Arc<dyn Backend>, left: Vec<Delivery>) -> Option<Webhook> {
+        let (Some(url), Some(secret)) = (&config.webhook_url, &config.webhook_secret) else { return None };
         // Validated with the config.
-        let Ok(target) = Target::parse(url) else { return Ok(None) };
+        let Ok(target) = Target::parse(url) else { return None };
         let webhook = Webhook {
             target,
             key: hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
@@ -74,19 +86,30 @@ impl Webhook {
             backoff_ms: (config.webhook_backoff_ms, config.webhook_max_backoff_ms),
             concurrency: config.webhook_concurrency as usize,
             max_dead: u64::from(config.max_dead_letters),
-            store: store.clone(),
+            claim_after_ms: config.webhook_claim_after_ms,
+            backend,
             queue: Mutex::default(),
+            held: Mutex::default(),
+            pull_failing: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
-            tasks,
         };
-        for delivery in store.outbox()? {
+        for delivery in left {
             webhook.queue(delivery);
         }
-        Ok(Some(webhook))
+        Some(webhook)
     }
 
-    /// A delivery to make (already in the durable outbox).
+    /// A delivery to make (already in the durable outbox). In a region, a wake-up: the loop
+    /// takes it from the shared outbox, unless another node is quicker.
     pub fn queue(&self, delivery: Delivery) {
+        if self.backend.shared() {
+            self.wake.notify_one();
+            return;
+        }
+        self.hold(delivery);
+    }
+
+    fn hold(&self, delivery: Delivery) {
         let mut queue = lock(&self.queue);
         queue.due.insert((delivery.next_at, delivery.seq));
         queue.pending.insert(delivery.seq, delivery);
@@ -105,9 +128,52 @@ impl Webhook {
         queue.pending.remove(&seq).ok_or(Some(now))
     }
 
+    /// A region: keeps what this node holds, takes over stale deliveries when `claim`, and
+    /// takes new ones while it holds fewer than its share.
+    async fn pull(&self, claim: bool) {
+        let (held, room) = {
+            let held = lock(&self.held);
+            let room = (self.concurrency * HOLD_PER_CALL).saturating_sub(held.len());
+            (if claim { held.values().cloned().collect() } else { Vec::new() }, room)
+        };
+        if room == 0 && !claim {
+            return;
+        }
+        match self.backend.pull(held, claim, room).await {
+            Ok(deliveries) => {
+                self.pull_failing.store(false, Ordering::Relaxed);
+                for delivery in deliveries {
+                    let Some(entry) = delivery.entry.clone() else { continue };
+                    if lock(&self.held).insert(delivery.seq, entry).is_none() {
+                        self.hold(delivery);
+                    }
+                }
+            }
+            // Once per outage, not every PULL_EVERY.
+            Err(error) if !self.pull_failing.swap(true, Ordering::Relaxed) => {
+                tracing::warn!(%error, "notification webhook: reading the region's outbox")
+            }
+            Err(_) => {}
+        }
+    }
+
     pub async fn run(&self, now: fn() -> u64, stop: CancellationToken) {
         let mut calls = FuturesUnordered::new();
+        let region = self.backend.shared();
+        let mut pull = tokio::time::interval(PULL_EVERY);
+        pull.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let keep_every = (self.claim_after_ms / 3).max(1);
+        let mut kept_at = 0;
+        let mut pull_now = region;
         loop {
+            if pull_now {
+                pull_now = false;
+                let claim = now() >= kept_at + keep_every;
+                if claim {
+                    kept_at = now();
+                }
+                self.pull(claim).await;
+            }
             let mut next_at = None;
             while calls.len() < self.concurrency {
                 match self.take_due(now()) {
@@ -129,7 +195,8 @@ impl Webhook {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 Some((delivery, outcome)) = calls.next(), if !calls.is_empty() => self.settle(delivery, outcome, now()).await,
-                _ = self.wake.notified() => {}
+                _ = self.wake.notified() => pull_now = region,
+                _ = pull.tick(), if region => pull_now = true,
                 _ = wait => {}
             }
         }
@@ -138,10 +205,8 @@ impl Webhook {
     /// One call: the body with the user's current push tokens, signed, bounded by the timeout.
     async fn call(&self, delivery: Delivery, now_ms: u64) -> (Delivery, Result<(), String>) {
         let user = UserKey { tenant: delivery.tenant.as_str().into(), user: delivery.user.as_str().into() };
-        let store = self.store.clone();
-        let devices = match self.tasks.spawn_blocking(move || store.devices(&user)).await {
-            Ok(Ok(devices)) => devices,
-            Ok(Err(e)) => return (delivery, Err(e.to_string())),
+        let devices = match self.backend.devices(user).await {
+            Ok(devices) => devices,
             Err(e) => return (delivery, Err(e.to_string())),
         };
         let body = serde_json::json!({
@@ -170,32 +235,30 @@ impl Webhook {
         delivery.attempts += 1;
         let outcome_label = if outcome.is_ok() { "delivered" } else { "failed" };
         metrics::counter!("edgerelay_notification_webhook_calls_total", "outcome" => outcome_label).increment(1);
-        let store = self.store.clone();
         let (max_attempts, max_dead) = (self.max_attempts, self.max_dead);
         let (base, max) = self.backoff_ms;
-        let retry = match outcome {
-            Ok(()) => {
-                let seq = delivery.seq;
-                let _ = self.tasks.spawn_blocking(move || store.delivered(seq)).await;
-                None
-            }
+        let seq = delivery.seq;
+        let (saved, retry) = match outcome {
+            Ok(()) => (self.backend.delivered(delivery).await, None),
             Err(error) if delivery.attempts >= max_attempts => {
-                tracing::warn!(seq = delivery.seq, user = %delivery.user, %error, "notification webhook: dead letter");
+                tracing::warn!(seq, user = %delivery.user, %error, "notification webhook: dead letter");
                 metrics::counter!("edgerelay_notification_dead_letters_total").increment(1);
                 delivery.last_error = Some(error);
-                let _ = self.tasks.spawn_blocking(move || store.dead(delivery, now_ms, max_dead)).await;
-                None
+                (self.backend.dead(delivery, now_ms, max_dead).await, None)
             }
             Err(error) => {
                 delivery.last_error = Some(error);
                 delivery.next_at = now_ms.saturating_add(backoff(delivery.attempts, base, max));
-                let saved = delivery.clone();
-                let _ = self.tasks.spawn_blocking(move || store.retry(&saved)).await;
-                Some(delivery)
+                (self.backend.retry(delivery.clone()).await, Some(delivery))
             }
         };
-        if let Some(delivery) = retry {
-            self.queue(delivery);
+        if let Err(error) = saved {
+            tracing::warn!(seq, %error, "notification webhook: recording a call's outcome");
+        }
+        // In a region the next attempt is a new entry of the shared outbox.
+        lock(&self.held).remove(&seq);
+        if let Some(delivery) = retry.filter(|_| !self.backend.shared()) {
+            self.hold(delivery);
         }
     }
 }

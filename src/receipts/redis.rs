@@ -66,10 +66,10 @@ fn decode(text: &str) -> Option<Mark> {
     }
 }
 
-/// Key names (see the module docs).
+/// Key names (see the module docs); a user's, also for notifications (`crate::notify::redis`).
 #[derive(Clone)]
-struct Names {
-    prefix: String,
+pub(crate) struct Names {
+    pub(crate) prefix: String,
 }
 
 impl Names {
@@ -77,7 +77,8 @@ impl Names {
         format!("{}:{{{}/{}}}:rm", self.prefix, room.tenant, room.room.as_str())
     }
 
-    fn user(&self, tenant: &str, user: &str, what: &str) -> String {
+    /// `<prefix>:{<tenant>/<user>}:<what>`: the user's hash slot.
+    pub(crate) fn user(&self, tenant: &str, user: &str, what: &str) -> String {
         format!("{}:{{{tenant}/{user}}}:{what}", self.prefix)
     }
 

@@ -173,6 +173,12 @@ impl Names {
         format!("{}:receipts", self.prefix)
     }
 
+    /// Where the notifications service's per-user events travel between nodes
+    /// (`crate::notify::region`).
+    fn notifications(&self) -> String {
+        format!("{}:notifications", self.prefix)
+    }
+
     /// Where collaborative-session messages for `node` travel (`crate::collab::region`).
     fn sessions(&self, node: &str) -> String {
         format!("{}:sessions:{node}", self.prefix)
@@ -273,6 +279,9 @@ struct Shared {
     receipts_channel: String,
     /// Other nodes' receipts changes, for the receipts service.
     receipts_in: mpsc::UnboundedSender<(String, String)>,
+    notifications_channel: String,
+    /// Other nodes' notification events, for the notifications service.
+    notifications_in: mpsc::UnboundedSender<(String, String)>,
     /// This node's collaborative-session channel.
     sessions_channel: String,
     /// Other nodes' session messages for this node, for the collaborative-session service.
@@ -290,6 +299,7 @@ pub struct RedisEngine {
     presence_link: Mutex<Option<PresenceLink>>,
     call_link: Mutex<Option<CallLink>>,
     receipts_link: Mutex<Option<CallLink>>,
+    notifications_link: Mutex<Option<CallLink>>,
     session_link: Mutex<Option<SessionLink>>,
     queue: Mutex<Option<mpsc::UnboundedSender<Pending>>>,
     /// Actions (and events) for the other nodes, sent one at a time in this order.
@@ -346,6 +356,8 @@ impl RedisEngine {
         let (calls_out, calls_out_rx) = mpsc::unbounded_channel();
         let (receipts_in, receipts_in_rx) = mpsc::unbounded_channel();
         let (receipts_out, receipts_out_rx) = mpsc::unbounded_channel();
+        let (notifications_in, notifications_in_rx) = mpsc::unbounded_channel();
+        let (notifications_out, notifications_out_rx) = mpsc::unbounded_channel();
         let (sessions_in, sessions_in_rx) = mpsc::unbounded_channel();
         let (sessions_out, sessions_out_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -355,6 +367,8 @@ impl RedisEngine {
             calls_in,
             receipts_channel: names.receipts(),
             receipts_in,
+            notifications_channel: names.notifications(),
+            notifications_in,
             sessions_channel: names.sessions(&node),
             sessions_in,
             node: node.clone(),
@@ -379,6 +393,7 @@ impl RedisEngine {
             shared.control_channel.clone(),
             shared.calls_channel.clone(),
             shared.receipts_channel.clone(),
+            shared.notifications_channel.clone(),
             shared.sessions_channel.clone(),
         ];
         shared.subscriber.ssubscribe(own).await.map_err(unavailable)?;
@@ -392,6 +407,8 @@ impl RedisEngine {
         tasks.spawn(run_presence(shared.clone(), local_rx, stop.clone()));
         tasks.spawn(run_outbound(shared.clone(), shared.calls_channel.clone(), calls_out_rx, stop.clone()));
         tasks.spawn(run_outbound(shared.clone(), shared.receipts_channel.clone(), receipts_out_rx, stop.clone()));
+        let notifications_channel = shared.notifications_channel.clone();
+        tasks.spawn(run_outbound(shared.clone(), notifications_channel, notifications_out_rx, stop.clone()));
         let (actions, actions_rx) = mpsc::unbounded_channel();
         tasks.spawn(run_actions(shared.clone(), actions_rx, stop.clone()));
         tasks.spawn(run_sessions(shared.clone(), sessions_out_rx, stop.clone()));
@@ -407,6 +424,11 @@ impl RedisEngine {
                 node: node.clone(),
                 out: receipts_out,
                 inbound: receipts_in_rx,
+            })),
+            notifications_link: Mutex::new(Some(CallLink {
+                node: node.clone(),
+                out: notifications_out,
+                inbound: notifications_in_rx,
             })),
             session_link: Mutex::new(Some(SessionLink {
                 node,
@@ -558,6 +580,7 @@ impl Shared {
         channels.push(self.control_channel.clone());
         channels.push(self.calls_channel.clone());
         channels.push(self.receipts_channel.clone());
+        channels.push(self.notifications_channel.clone());
         channels.push(self.sessions_channel.clone());
         for chunk in channels.chunks(1000) {
             if let Err(err) = self.subscriber.ssubscribe(chunk.to_vec()).await {
@@ -667,6 +690,8 @@ impl Shared {
             Some(&self.calls_in)
         } else if channel == self.receipts_channel {
             Some(&self.receipts_in)
+        } else if channel == self.notifications_channel {
+            Some(&self.notifications_in)
         } else {
             None
         };
@@ -1340,6 +1365,10 @@ impl Engine for RedisEngine {
 
     fn share_receipts(&self) -> Option<CallLink> {
         lock(&self.receipts_link).take()
+    }
+
+    fn share_notifications(&self) -> Option<CallLink> {
+        lock(&self.notifications_link).take()
     }
 
     /// One pipeline of meta reads, subscribing to nothing (the receipts service asks for rooms
