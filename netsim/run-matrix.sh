@@ -15,12 +15,15 @@
 # Environment (all optional):
 #   NETSIM_RUNS      rounds (default 3); the outage configurations are interleaved per round
 #   NETSIM_PROFILES  profiles (default: all)
-#   NETSIM_OUTAGES   outages (default 2,5,10,30,repeated,handover)
+#   NETSIM_OUTAGES   outages (default 2,5,10,30,repeated,handover,quiet2,quiet5; quietN: an N s
+#                    outage with everything published in its first 0.5 s)
 #   MATRIX_CONFIGS   outage-bench client configurations, in columns side by side (default
 #                    now,former): now (today's defaults), former (NETSIM_FORMER_CLIENT=1: idle
 #                    timeout 8 s, keep-alive 2 s, no stall probe), watch (NETSIM_RECEIVE_WATCH=1),
 #                    0rtt (NETSIM_0RTT=1)
 #   MATRIX_STEPS     default build,outages,train,reconnect,keepalive,tests
+#   MATRIX_DEBUG=1   unoptimised benches (`cargo test --bench`): only to try the script where a
+#                    release build would take too long; its figures are not comparable
 #   MATRIX_OUT       the report (default target/netsim-matrix/matrix-<UTC time>.md); the raw
 #                    output of every step goes next to it, in <report>.d/
 #
@@ -31,6 +34,9 @@ set -uo pipefail
 
 cd "$(dirname "$0")/.."
 RUNS=${NETSIM_RUNS:-3}
+# The bench's outages plus quiet fades (everything published in the outage's first 0.5 s, so the
+# relay's probe timer backs off: the receive-only case of issue 24).
+export NETSIM_OUTAGES=${NETSIM_OUTAGES:-2,5,10,30,repeated,handover,quiet2,quiet5}
 CONFIGS=${MATRIX_CONFIGS:-now,former}
 STEPS=${MATRIX_STEPS:-build,outages,train,reconnect,keepalive,tests}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -39,6 +45,8 @@ RAW="$OUT.d"
 mkdir -p "$(dirname "$OUT")" "$RAW"
 unset NETSIM_FORMER_CLIENT NETSIM_RECEIVE_WATCH NETSIM_0RTT NETSIM_NO_STALL_PROBE NETSIM_VARIANTS NETSIM_LOG
 failed=()
+# The benches through cargo: optimised (`cargo bench`) unless MATRIX_DEBUG=1.
+if [[ ${MATRIX_DEBUG:-0} == 1 ]]; then BENCH=(cargo test -p netsim); else BENCH=(cargo bench -p netsim); fi
 
 has_step() { [[ ",$STEPS," == *",$1,"* ]]; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
@@ -53,7 +61,8 @@ fi
     echo
     echo "- started $(date -u '+%Y-%m-%d %H:%M:%S') UTC on $(hostname), $(nproc) cores, load average $(loadavg)"
     echo "- commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo ' (with uncommitted changes)')"
-    echo "- NETSIM_RUNS=$RUNS NETSIM_PROFILES=${NETSIM_PROFILES:-all} NETSIM_OUTAGES=${NETSIM_OUTAGES:-2,5,10,30,repeated,handover} MATRIX_CONFIGS=$CONFIGS"
+    echo "- benches: \`${BENCH[*]}\`"
+    echo "- NETSIM_RUNS=$RUNS NETSIM_PROFILES=${NETSIM_PROFILES:-all} NETSIM_OUTAGES=$NETSIM_OUTAGES MATRIX_CONFIGS=$CONFIGS"
     echo "- raw output: $RAW/"
     echo
 } >"$OUT"
@@ -74,12 +83,11 @@ step() {
     fi
     local took=$((SECONDS - start))
     echo "   $status in ${took}s" >&2
-    echo "<!-- $name: \`$*\`: $status in ${took} s, load average $before → $(loadavg) -->" >>"$OUT"
     STEP_LINE="\`$*\`: $status in $took s (load average $before → $(loadavg))"
 }
 
 if has_step build; then
-    step build "$RAW/build.log" cargo bench -p netsim --no-run
+    step build "$RAW/build.log" "${BENCH[@]}" --benches --no-run
     echo "**Build** $STEP_LINE" >>"$OUT"
     echo >>"$OUT"
 fi
@@ -99,7 +107,7 @@ if has_step outages; then
                 *) echo "run-matrix: unknown configuration $config" >&2; exit 2 ;;
             esac
             step "outages $config round $round" "$RAW/outages-$config-$round.log" \
-                env "${env[@]}" NETSIM_RUNS=1 cargo bench -p netsim --bench outages
+                env "${env[@]}" NETSIM_RUNS=1 "${BENCH[@]}" --bench outages
             echo "- $config, round $round: $STEP_LINE" >>"$OUT"
         done
     done
@@ -108,7 +116,8 @@ if has_step outages; then
 import glob, os, re, statistics, sys
 
 raw, configs = sys.argv[1], sys.argv[2].split(",")
-line = re.compile(r"^round \d+ (.+) (\S+) (\S+): (.*)$")
+# "round 0 2 s wifi QUIC+hook: 42 ms", or ": FAILED <why>" (which may hold colons itself).
+line = re.compile(r"^round \d+ ([^:]+) (\S+) (\S+): (.*)$")
 cells, outages, profiles = {}, [], []
 for config in configs:
     for path in sorted(glob.glob(os.path.join(raw, f"outages-{config}-*.log"))):
@@ -204,7 +213,7 @@ if has_step train; then
     echo '```' >>"$OUT"
     for round in $(seq 1 "$RUNS"); do
         step "train round $round" "$RAW/train-$round.log" \
-            env NETSIM_PROFILES=train NETSIM_CHART="$RAW/train-$round.png" cargo bench -p netsim --bench profiles
+            env NETSIM_PROFILES=train NETSIM_CHART="$RAW/train-$round.png" "${BENCH[@]}" --bench profiles
         if [[ $round -eq 1 ]]; then grep -E '^ +profile' "$RAW/train-$round.log" >>"$OUT"; fi
         grep -E '^ +train ' "$RAW/train-$round.log" | sed "s/^/round $round /" >>"$OUT"
     done
@@ -217,7 +226,7 @@ fi
 if has_step reconnect; then
     echo "## QUIC reconnects, 0-RTT against a full handshake (\`netsim/benches/reconnect.rs\`)" >>"$OUT"
     echo >>"$OUT"
-    step reconnect "$RAW/reconnect.log" cargo bench -p netsim --bench reconnect
+    step reconnect "$RAW/reconnect.log" "${BENCH[@]}" --bench reconnect
     grep -E '^\|' "$RAW/reconnect.log" >>"$OUT"
     echo >>"$OUT"
     echo "$STEP_LINE" >>"$OUT"
@@ -227,7 +236,7 @@ fi
 if has_step keepalive; then
     echo "## An idle client's packets per minute (\`netsim/benches/keepalive.rs\`)" >>"$OUT"
     echo >>"$OUT"
-    step keepalive "$RAW/keepalive.log" cargo bench -p netsim --bench keepalive
+    step keepalive "$RAW/keepalive.log" "${BENCH[@]}" --bench keepalive
     echo '```' >>"$OUT"
     grep -vE '^(running|test |$)' "$RAW/keepalive.log" >>"$OUT"
     echo '```' >>"$OUT"
