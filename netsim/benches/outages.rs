@@ -67,10 +67,12 @@ fn outages() -> Vec<Outage> {
         .map(|name| match name.trim() {
             "repeated" => Outage::REPEATED,
             "handover" => Outage::Handover("4g"),
-            quiet if quiet.starts_with("quiet") => Outage::QuietFade(Duration::from_secs(
-                quiet["quiet".len()..].parse().expect("NETSIM_OUTAGES: quiet and seconds, e.g. quiet5"),
-            )),
-            secs => Outage::Blackout(Duration::from_secs(secs.parse().expect("NETSIM_OUTAGES: seconds or a name"))),
+            name => match name.strip_prefix("quiet") {
+                Some(secs) => Outage::QuietFade(Duration::from_secs(
+                    secs.parse().expect("NETSIM_OUTAGES: quiet and seconds, e.g. quiet5"),
+                )),
+                None => Outage::Blackout(Duration::from_secs(name.parse().expect("NETSIM_OUTAGES: seconds or a name"))),
+            },
         })
         .collect()
 }
