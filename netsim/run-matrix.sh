@@ -205,7 +205,7 @@ for outage in outages:
         best = min(quic) if quic else None
         fast = "n/a" if best is None else ("yes" if best < 1000 else ("(satellite)" if profile == "satellite" else f"**no** ({show(best)})"))
         print(f"| {outage} | {profile} | {le('QUIC', 'WS')} | {le('QUIC+hook', 'WS+hook')} | {le('WT+hook', 'WS+hook')} | {fast} |")
-print(f"\n{misses} comparisons where QUIC's median is behind WebSocket's.\n")
+print(f"\nComparisons where QUIC's median is behind WebSocket's: {misses}.\n")
 PY
 fi
 
