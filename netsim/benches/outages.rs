@@ -15,7 +15,8 @@
 //!
 //! Run: `cargo bench -p netsim --bench outages` (as root; about 2 minutes a round).
 //! `NETSIM_RUNS=3` rounds (interleaved: every outage once per round), `NETSIM_PROFILES=train,4g`,
-//! `NETSIM_OUTAGES=2,5,10,30,repeated,handover` and `NETSIM_VARIANTS=QUIC+hook,WS` choose;
+//! `NETSIM_OUTAGES=2,5,10,30,repeated,handover` (also `quiet5`: a 5 s outage with everything
+//! published in its first 0.5 s, so the relay's probe timer backs off; not in the default) and `NETSIM_VARIANTS=QUIC+hook,WS` choose;
 //! `NETSIM_LOG=quinn_proto=trace` traces every scenario to stderr. `NETSIM_FORMER_CLIENT=1` runs the
 //! former client, `NETSIM_0RTT=1` clients with 0-RTT resumption, `NETSIM_NO_STALL_PROBE=1`
 //! clients without the stall probe, `NETSIM_RECEIVE_WATCH=1` with the receive-side
@@ -66,7 +67,12 @@ fn outages() -> Vec<Outage> {
         .map(|name| match name.trim() {
             "repeated" => Outage::REPEATED,
             "handover" => Outage::Handover("4g"),
-            secs => Outage::Blackout(Duration::from_secs(secs.parse().expect("NETSIM_OUTAGES: seconds or a name"))),
+            name => match name.strip_prefix("quiet") {
+                Some(secs) => Outage::QuietFade(Duration::from_secs(
+                    secs.parse().expect("NETSIM_OUTAGES: quiet and seconds, e.g. quiet5"),
+                )),
+                None => Outage::Blackout(Duration::from_secs(name.parse().expect("NETSIM_OUTAGES: seconds or a name"))),
+            },
         })
         .collect()
 }

@@ -56,17 +56,24 @@ pub enum Outage {
     /// Half way through, the path becomes the named profile's and the client moves to a new
     /// socket (its address changes).
     Handover(&'static str),
+    /// The network gone this long, everything published in its first [`QUIET_AFTER`]: a fade
+    /// in a quiet moment, through which the relay's probe timer backs off (publishing all
+    /// through an outage re-arms it at its base value with every new packet).
+    QuietFade(Duration),
 }
+
+/// How long publishing lasts in an [`Outage::QuietFade`].
+pub const QUIET_AFTER: Duration = Duration::from_millis(500);
 
 impl Outage {
     /// Five outages of 1.5 s, 1 s apart.
     pub const REPEATED: Outage =
         Outage::Repeated { count: 5, dark: Duration::from_millis(1_500), light: Duration::from_millis(1_000) };
 
-    /// How long publishing lasts: the whole pattern.
+    /// How long the pattern lasts.
     pub fn span(self) -> Duration {
         match self {
-            Outage::Blackout(dark) => dark,
+            Outage::Blackout(dark) | Outage::QuietFade(dark) => dark,
             Outage::Repeated { count, dark, light } => dark * count + light * count.saturating_sub(1),
             Outage::Handover(_) => Duration::from_secs(4),
         }
@@ -80,6 +87,15 @@ impl Outage {
                 format!("{count} x {} s, {} s apart", dark.as_secs_f64(), light.as_secs_f64())
             }
             Outage::Handover(to) => format!("handover to {to}"),
+            Outage::QuietFade(dark) => format!("{} s, quiet", dark.as_secs_f64()),
+        }
+    }
+
+    /// How long publishing lasts: the whole pattern but for a quiet fade.
+    fn publishing(self) -> Duration {
+        match self {
+            Outage::QuietFade(_) => QUIET_AFTER,
+            _ => self.span(),
         }
     }
 
@@ -95,7 +111,7 @@ impl Outage {
             at
         };
         match self {
-            Outage::Blackout(dark) => {
+            Outage::Blackout(dark) | Outage::QuietFade(dark) => {
                 network.set_blackout(true);
                 tokio::time::sleep(dark).await;
                 back(&|| network.set_blackout(false))
@@ -146,7 +162,8 @@ pub async fn subscribe(target: Target, options: ClientOptions, room: &str) -> Re
     Ok(subscriber)
 }
 
-/// Publishes [`MESSAGES`] to `room` spread over `outage`, which plays on `network` meanwhile,
+/// Publishes [`MESSAGES`] to `room` spread over `outage` (its first [`QUIET_AFTER`] for a quiet
+/// fade), which plays on `network` meanwhile,
 /// and checks that `subscriber` then holds them all, in order, once each.
 pub async fn run(
     network: &impl Network,
@@ -165,7 +182,7 @@ pub async fn run(
                 publisher.publish(room, &format!("m{i}"), Payload::from("1")).await.map_err(|e| e.to_string())?;
             acked.push(position.offset);
             last_ack = Instant::now();
-            let next = start + outage.span().mul_f64((i + 1) as f64 / MESSAGES as f64);
+            let next = start + outage.publishing().mul_f64((i + 1) as f64 / MESSAGES as f64);
             tokio::time::sleep_until(next.into()).await;
         }
         Ok::<_, String>(acked)
