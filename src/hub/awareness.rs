@@ -190,6 +190,8 @@ impl Awareness {
         let changes = state.presence.join(room, &user, device, now_ms);
         state.fan_presence(changes, now_ms);
         state.room_devices.entry(room.clone()).or_default().insert(device);
+        // The room's size decides what the snapshot lists (its first device here included).
+        state.stays_listed(room);
         state.send_snapshot(room, device, 0)?;
         let view = state.typing.view(room);
         if view.total > 0
@@ -544,6 +546,10 @@ impl State {
     /// Whether the room was listed and still is, given its size now. When it switches, its
     /// members here get the room anew: a snapshot (empty when counted) and a refresh.
     fn stays_listed(&mut self, room: &RoomKey) -> bool {
+        if !self.room_devices.contains_key(room) {
+            // Nobody here to tell; the first join here decides.
+            return false;
+        }
         let was = !self.counted.contains(room);
         let listed = presence_size::listed(was, self.members(room), self.list_max);
         if listed == was {
