@@ -319,6 +319,13 @@ pub struct PresenceConfig {
     /// Room name patterns (`*` matches any run of characters) of quiet rooms: their members
     /// are counted but not listed, and joins, leaves and status changes are not announced.
     pub quiet_rooms: Vec<String>,
+    /// A room's batch interval grows with its size: one millisecond per member, at least
+    /// `batch_ms` and at most this (at or below `batch_ms`: no growth). The periodic refresh
+    /// sends pending batches anyway, so nothing waits longer than `refresh_ms`.
+    pub max_batch_ms: u64,
+    /// Rooms with more users than this are counted but not listed, as quiet rooms are, and
+    /// listed again at three quarters of it. 0: no limit.
+    pub list_max_members: u32,
 }
 
 impl Default for PresenceConfig {
@@ -333,6 +340,8 @@ impl Default for PresenceConfig {
             test_datagram_loss: 0.0,
             batch_ms: 50,
             quiet_rooms: Vec::new(),
+            max_batch_ms: 250,
+            list_max_members: 200,
         }
     }
 }

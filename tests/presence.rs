@@ -525,3 +525,47 @@ async fn a_quiet_room_counts_its_members_without_announcing_them() {
         assert_eq!(api_room(&relay.relay, "acme", &quiet).await.len(), 3);
     }
 }
+
+#[tokio::test]
+async fn a_room_above_the_list_limit_is_counted_and_listed_again_once_it_shrinks() {
+    let relay = start_with(|c| {
+        presence_config(c);
+        c.presence.list_max_members = 4;
+    })
+    .await;
+    for (i, (transport, codec)) in VARIANTS.iter().copied().enumerate() {
+        let room = format!("crowd-{i}");
+        let viewer = relay.connect(transport, codec, "viewer", "acme", &["*"]).await;
+        viewer.join(&room).await.unwrap();
+        let mut others = Vec::new();
+        for n in 0..3 {
+            let other = relay.connect(transport, codec, &format!("fan{n}"), "acme", &["*"]).await;
+            other.join(&room).await.unwrap();
+            others.push(other);
+        }
+        // Four users: at the limit, listed.
+        let four = [("fan0", Status::Online), ("fan1", Status::Online), ("fan2", Status::Online)];
+        expect_members(&viewer, &room, &[four.as_slice(), &[("viewer", Status::Online)]].concat()).await;
+        // Six: counted, and nobody listed any more, for members and joiners alike.
+        for n in 3..5 {
+            let other = relay.connect(transport, codec, &format!("fan{n}"), "acme", &["*"]).await;
+            other.join(&room).await.unwrap();
+            others.push(other);
+        }
+        for client in [&viewer, &others[4]] {
+            let counted = client.wait_presence(&room, SOON, |v, _| v.count() == 6 && v.entries().is_empty()).await;
+            assert!(
+                counted,
+                "{transport:?}: count {}, listed {:?}",
+                client.presence_count(&room),
+                client.presence(&room)
+            );
+        }
+        // Back to three (three quarters of the limit): listed again.
+        for _ in 0..3 {
+            others.pop().unwrap().close().await;
+        }
+        let three = [("fan0", Status::Online), ("fan1", Status::Online), ("viewer", Status::Online)];
+        expect_members(&viewer, &room, &three).await;
+    }
+}

@@ -16,8 +16,11 @@
 //! Batching (`presence.batch_ms` > 0): presence entries are not fanned out one by one but
 //! collected per room ([`super::presence_batch`]) and sent by [`Awareness::run_batches`], one
 //! timer task for the relay, as one `presence_batch` per room per interval (a lone change as a
-//! `presence` frame). Quiet rooms (`presence.quiet_rooms`) announce no member at all: their
-//! snapshots are empty and their refreshes carry the member count with digest 0.
+//! `presence` frame); the interval grows with the room's size (up to `presence.max_batch_ms`).
+//! Quiet rooms (`presence.quiet_rooms`) announce no member at all: their snapshots are empty
+//! and their refreshes carry the member count with digest 0. Rooms above
+//! `presence.list_max_members` users are counted the same way ([`super::presence_size`]); when
+//! a room switches, its members get a snapshot (empty, or the list) and a refresh at once.
 //!
 //! One lock for the whole relay keeps the logic simple; a change touches a user's rooms and
 //! their members, which is bounded by the rooms-per-connection limit. Shard it by tenant when
@@ -29,7 +32,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::RoomKey;
 use super::last_seen::{UserRecord, UserRecords};
 use super::presence::{Change, DeviceId, Presence, UserKey};
-use super::presence_batch::Batches;
+use super::presence_batch::{Batches, interval_ms};
+use super::presence_size;
 use super::remote::{LocalPresence, OtherNodes, RemotePresence, node_device};
 use super::typing::{Typing, TypingView};
 use crate::config::PresenceConfig;
@@ -91,6 +95,13 @@ struct State {
     batch_ready: Arc<tokio::sync::Notify>,
     /// `presence.quiet_rooms`.
     quiet: Vec<String>,
+    /// `presence.batch_ms` and `presence.max_batch_ms`: a room's interval grows between them.
+    batch_ms: u64,
+    max_batch_ms: u64,
+    /// `presence.list_max_members` (0: no limit).
+    list_max: usize,
+    /// Rooms counted but not listed because of their size (hysteresis in `presence_size`).
+    counted: HashSet<RoomKey>,
 }
 
 pub struct Awareness {
@@ -127,6 +138,10 @@ impl Awareness {
                 batch_seq: 0,
                 batch_ready: Arc::new(tokio::sync::Notify::new()),
                 quiet: config.quiet_rooms.clone(),
+                batch_ms: config.batch_ms,
+                max_batch_ms: config.max_batch_ms,
+                list_max: config.list_max_members as usize,
+                counted: HashSet::new(),
             }),
             records,
             refresh_ms: config.refresh_ms,
@@ -175,6 +190,8 @@ impl Awareness {
         let changes = state.presence.join(room, &user, device, now_ms);
         state.fan_presence(changes, now_ms);
         state.room_devices.entry(room.clone()).or_default().insert(device);
+        // The room's size decides what the snapshot lists (its first device here included).
+        state.stays_listed(room);
         state.send_snapshot(room, device, 0)?;
         let view = state.typing.view(room);
         if view.total > 0
@@ -328,24 +345,26 @@ impl Awareness {
         self.remember(gone);
     }
 
-    /// The batch timer (one task for the relay, with `presence.batch_ms` > 0): once a change is
-    /// pending, waits `batch_ms` and sends every room's batch. Sends what is left when stopped.
+    /// The batch timer (one task for the relay, with `presence.batch_ms` > 0): sleeps until
+    /// the earliest room's batch is due (woken when a room gets its first pending change) and
+    /// sends the batches that are due. Sends what is left when stopped.
     pub async fn run_batches(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         if self.batch_ms == 0 {
             return;
         }
-        let every = std::time::Duration::from_millis(self.batch_ms);
         let ready = self.lock().batch_ready.clone();
         loop {
+            let next = self.lock().batches.next_due();
+            let wait = match next {
+                Some(due) => std::time::Duration::from_millis(due.saturating_sub(crate::connection::unix_ms())),
+                None => std::time::Duration::from_secs(3600),
+            };
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = ready.notified() => {}
+                _ = ready.notified() => continue,
+                _ = tokio::time::sleep(wait), if next.is_some() => {}
             }
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(every) => {}
-            }
-            self.lock().flush_batches();
+            self.lock().flush_due(crate::connection::unix_ms());
         }
         self.lock().flush_batches();
     }
@@ -446,6 +465,7 @@ impl State {
             if devices.is_empty() {
                 self.room_devices.remove(room);
                 self.batches.forget(room);
+                self.counted.remove(room);
             }
         }
         self.stop_typing(room, user, device, now_ms);
@@ -495,22 +515,58 @@ impl State {
                 self.fan_merged(&room, &user, entry.version, now_ms);
                 continue;
             }
-            self.fan_entry(&room, entry);
+            self.fan_entry(&room, entry, now_ms);
         }
     }
 
     /// Tells a room's members one entry: at once, or in the room's next batch. Quiet rooms
-    /// announce nothing.
-    fn fan_entry(&mut self, room: &RoomKey, entry: PresenceEntry) {
-        if self.is_quiet(room) {
+    /// and rooms counted for their size announce nothing.
+    fn fan_entry(&mut self, room: &RoomKey, entry: PresenceEntry, now_ms: u64) {
+        if self.is_quiet(room) || !self.stays_listed(room) {
             return;
         }
         if !self.batching {
             return self.send_entry(room, entry);
         }
-        if self.room_devices.contains_key(room) && self.batches.add(room, entry) {
+        if !self.room_devices.contains_key(room) {
+            return;
+        }
+        let due = now_ms + interval_ms(self.members(room), self.batch_ms, self.max_batch_ms);
+        if self.batches.add(room, entry, due) {
             self.batch_ready.notify_one();
         }
+    }
+
+    /// Users in a room, here and on other nodes (a user on two nodes counts twice).
+    fn members(&self, room: &RoomKey) -> usize {
+        let remote = if self.remote.has_room(room) { self.remote.users(room).count() } else { 0 };
+        self.presence.members(room) + remote
+    }
+
+    /// Whether the room was listed and still is, given its size now. When it switches, its
+    /// members here get the room anew: a snapshot (empty when counted) and a refresh.
+    fn stays_listed(&mut self, room: &RoomKey) -> bool {
+        if !self.room_devices.contains_key(room) {
+            // Nobody here to tell; the first join here decides.
+            return false;
+        }
+        let was = !self.counted.contains(room);
+        let listed = presence_size::listed(was, self.members(room), self.list_max);
+        if listed == was {
+            return listed;
+        }
+        if listed {
+            self.counted.remove(room);
+        } else {
+            self.counted.insert(room.clone());
+            self.batches.forget(room);
+        }
+        for &device in self.room_devices.get(room).into_iter().flatten() {
+            // A connection whose lane is full or closing is healed by the next refresh.
+            let _ = self.send_snapshot(room, device, 0);
+        }
+        self.send_refresh(room);
+        false
     }
 
     fn send_entry(&self, room: &RoomKey, entry: PresenceEntry) {
@@ -522,7 +578,18 @@ impl State {
     /// Sends every room's pending changes: one `presence_batch` per [`MAX_BATCH_ENTRIES`]
     /// entries, or a `presence` frame for a lone change.
     fn flush_batches(&mut self) {
-        for (room, mut entries) in self.batches.take() {
+        let all = self.batches.take();
+        self.send_batches(all);
+    }
+
+    /// Sends the batches due at `now_ms`.
+    fn flush_due(&mut self, now_ms: u64) {
+        let due = self.batches.take_due(now_ms);
+        self.send_batches(due);
+    }
+
+    fn send_batches(&mut self, batches: Vec<(RoomKey, Vec<PresenceEntry>)>) {
+        for (room, mut entries) in batches {
             if entries.len() == 1 {
                 if let Some(entry) = entries.pop() {
                     self.send_entry(&room, entry);
@@ -541,6 +608,11 @@ impl State {
     /// Whether the room is quiet (`presence.quiet_rooms`).
     fn is_quiet(&self, room: &RoomKey) -> bool {
         self.quiet.iter().any(|pattern| crate::auth::pattern_matches(pattern, room.room.as_str(), ""))
+    }
+
+    /// Whether the room's members are counted, not listed: quiet, or too big.
+    fn counted_only(&self, room: &RoomKey) -> bool {
+        self.counted.contains(room) || self.is_quiet(room)
     }
 
     /// A user's entry merged over this node and the others (the most recent one; offline when
@@ -567,7 +639,7 @@ impl State {
         };
         entry.version = self.remote.reissue(room, user, seen.max(entry.version), now_ms);
         self.remote.forget_idle(room, user);
-        self.fan_entry(room, entry);
+        self.fan_entry(room, entry, now_ms);
     }
 
     /// A room's present members here and on other nodes, sorted by user.
@@ -619,19 +691,23 @@ impl State {
 
     fn send_refreshes(&self) {
         for room in self.room_devices.keys() {
-            let (count, digest) = self.summary(room);
-            // A quiet room's members are counted, not listed: digest 0 tells clients so.
-            let digest = if self.is_quiet(room) { 0 } else { digest };
-            let frame = ServerFrame::PresenceRefresh { room: room.room.to_string(), count, digest };
-            self.fan(room, DatagramKey::new(KIND_REFRESH, room.room.as_str()), &frame, "refresh");
+            self.send_refresh(room);
         }
+    }
+
+    fn send_refresh(&self, room: &RoomKey) {
+        let (count, digest) = self.summary(room);
+        // A counted room's members are not listed: digest 0 tells clients so.
+        let digest = if self.counted_only(room) { 0 } else { digest };
+        let frame = ServerFrame::PresenceRefresh { room: room.room.to_string(), count, digest };
+        self.fan(room, DatagramKey::new(KIND_REFRESH, room.room.as_str()), &frame, "refresh");
     }
 
     /// Queues a room's snapshot on the device's lane for that room.
     fn send_snapshot(&self, room: &RoomKey, device: DeviceId, req: u64) -> Result<(), PushError> {
         let Some(link) = self.links.get(&device) else { return Ok(()) };
         let Some(&lane) = link.rooms.get(&room.room) else { return Ok(()) };
-        let users = if self.is_quiet(room) { Vec::new() } else { self.view(room) };
+        let users = if self.counted_only(room) { Vec::new() } else { self.view(room) };
         let frame = ServerFrame::PresenceSnapshot { req, room: room.room.to_string(), users };
         metrics::counter!(UPDATES_TOTAL, "kind" => "snapshot").increment(1);
         link.outbox.send(lane, &frame)

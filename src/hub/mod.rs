@@ -12,6 +12,7 @@ pub mod awareness;
 pub mod last_seen;
 pub mod presence;
 pub mod presence_batch;
+pub mod presence_size;
 pub mod remote;
 pub mod replay;
 pub mod room;

@@ -403,6 +403,11 @@ impl Presence {
         (entries.len() as u32, digest(&entries))
     }
 
+    /// How many users joined a room here (hidden and idle ones too).
+    pub fn members(&self, room: &RoomKey) -> usize {
+        self.rooms.get(room).map_or(0, HashMap::len)
+    }
+
     /// A user's entry in a room, if they are a present (not offline) member of it here.
     pub fn member_entry(&self, room: &RoomKey, user: &str) -> Option<PresenceEntry> {
         self.rooms.get(room)?.get(user)?;
