@@ -65,6 +65,8 @@ struct Log {
     /// Each time it was told the room's history was lost (`NotRecovered`): from where messages
     /// continue, when, and how many messages it had received before.
     told: Vec<(Position, Instant, usize)>,
+    /// Its connection was lost: the close code and reason.
+    lost: Vec<(Option<ErrorCode>, String)>,
 }
 
 impl Log {
@@ -108,6 +110,7 @@ fn watch(mut client: Resilient) -> Watch {
                     let received = log.messages.len();
                     log.told.push((position, Instant::now(), received));
                 }
+                Some(ResilientEvent::Disconnected { code, reason }) => log.lost.push((code, reason)),
                 Some(_) => {}
                 None => return client,
             }
@@ -293,6 +296,10 @@ async fn scenario(cluster: &mut Cluster, redis: &RedisServer, fault: Fault, room
                 "{fault:?}: subscriber {n} told of a loss that did not happen: {:?}",
                 log.told
             );
+        }
+        if fault == Fault::RedisKeepsData {
+            // docs/operations.md: connected clients stay connected while Redis is down.
+            assert!(log.lost.is_empty(), "{fault:?}: subscriber {n} lost its connection: {:?}", log.lost);
         }
     }
 

@@ -6,9 +6,15 @@
 //! the outbox) and switches the member to live under the room's lock exactly when it has
 //! caught up, so no offset is skipped or sent twice (see `room`). These run as tasks of the
 //! member's connection and stop when the member leaves.
+//!
+//! A history read that fails because the store is unavailable (Redis down) is not a gap: the
+//! member stays, still catching up, and the read is tried again until the store answers, so a
+//! store outage never closes a connection (docs/operations.md, "When Redis is down").
+
+use std::time::Duration;
 
 use crate::connection::unix_ms;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineError};
 use crate::outbox::{CloseReason, Reply};
 use crate::proto::{ErrorCode, Position, ServerFrame};
 use crate::store::StoredMessage;
@@ -17,6 +23,12 @@ use super::{Attach, Hub, RoomKey, Subscriber, SubscriberId};
 
 /// Messages read from history per step.
 pub const REPLAY_CHUNK: usize = 256;
+/// Pause before a catch-up whose history read failed (the store unavailable) reads again.
+const STORE_RETRY: Duration = Duration::from_millis(250);
+
+/// A replay stopped before its member was live because the store could not be read; the member
+/// is still catching up.
+struct StoreUnavailable;
 
 /// Joins `key` for member `id`, replaying from `since` when given and still covered. Returns
 /// the position the client is now known to have (its `since` when recovered, else the top at
@@ -67,26 +79,45 @@ pub async fn join(
     if !recovered {
         return Some(position);
     }
-    replay(hub, engine, &key, id, &sub, position.epoch, first).await;
+    if replay(hub, engine, &key, id, &sub, position.epoch, first).await.is_err() {
+        tokio::time::sleep(STORE_RETRY).await;
+        catch_up(hub, engine, key, id).await;
+    }
     since
 }
 
-/// Feeds a member that fell behind from history until it is live again.
+/// Feeds a member that fell behind from history until it is live again, waiting out a store
+/// that cannot be read.
 pub async fn catch_up(hub: &Hub, engine: &dyn Engine, key: RoomKey, id: SubscriberId) {
-    let Some((sub, next, epoch)) = hub.lagging(&key, id) else { return };
-    match engine.read_after(&key, next - 1, REPLAY_CHUNK).await {
-        Ok(chunk) if chunk.first().is_some_and(|m| m.offset == next) => {
-            replay(hub, engine, &key, id, &sub, epoch, chunk).await
+    let mut warned = false;
+    loop {
+        let Some((sub, next, epoch)) = hub.lagging(&key, id) else { return };
+        if sub.membership.is_cancelled() {
+            return;
         }
-        Ok(_) => history_gone(hub, &key, id, &sub),
-        Err(err) => {
-            tracing::warn!(%err, room = %key.room, "catch-up read failed");
-            history_gone(hub, &key, id, &sub);
+        let unavailable = match engine.read_after(&key, next - 1, REPLAY_CHUNK).await {
+            Ok(chunk) if chunk.first().is_some_and(|m| m.offset == next) => {
+                replay(hub, engine, &key, id, &sub, epoch, chunk).await.is_err()
+            }
+            Ok(_) => return history_gone(hub, &key, id, &sub),
+            Err(EngineError::ShuttingDown) => return,
+            Err(err @ EngineError::Unavailable(_)) => {
+                if !warned {
+                    tracing::warn!(%err, room = %key.room, "catch-up read failed; trying again");
+                    warned = true;
+                }
+                true
+            }
+        };
+        if !unavailable {
+            return;
         }
+        tokio::time::sleep(STORE_RETRY).await;
     }
 }
 
-/// Pushes `chunk` and the chunks after it until the member is live.
+/// Pushes `chunk` and the chunks after it until the member is live (or gone); `Err` when a
+/// read failed on the way (the member is still catching up).
 async fn replay(
     hub: &Hub,
     engine: &dyn Engine,
@@ -95,14 +126,17 @@ async fn replay(
     sub: &Subscriber,
     epoch: u64,
     mut chunk: Vec<StoredMessage>,
-) {
+) -> Result<(), StoreUnavailable> {
     let codec = sub.outbox.codec();
     let replayed = metrics::counter!(crate::metrics::REPLAYED_TOTAL);
     loop {
-        let Some(last) = chunk.last().map(|m| m.offset) else { return history_gone(hub, key, id, sub) };
+        let Some(last) = chunk.last().map(|m| m.offset) else {
+            history_gone(hub, key, id, sub);
+            return Ok(());
+        };
         for m in chunk {
             if sub.membership.is_cancelled() {
-                return;
+                return Ok(());
             }
             let frame = ServerFrame::Message {
                 room: key.room.to_string(),
@@ -113,14 +147,18 @@ async fn replay(
                 data: m.data,
             };
             if sub.outbox.push_waiting(sub.lane, codec.frame(&frame), sub.fanout_limit()).await.is_err() {
-                return;
+                return Ok(());
             }
             replayed.increment(1);
         }
-        let Some(next) = hub.replayed(key, id, last) else { return };
+        let Some(next) = hub.replayed(key, id, last) else { return Ok(()) };
         chunk = match engine.read_after(key, next - 1, REPLAY_CHUNK).await {
             Ok(chunk) if chunk.first().is_some_and(|m| m.offset == next) => chunk,
-            _ => return history_gone(hub, key, id, sub),
+            Err(EngineError::Unavailable(_)) => return Err(StoreUnavailable),
+            _ => {
+                history_gone(hub, key, id, sub);
+                return Ok(());
+            }
         };
     }
 }

@@ -1487,6 +1487,49 @@ mod tests {
         assert_eq!(collect(&on_b, 5).await.1, vec![5]);
     }
 
+    /// A member that falls behind while Redis is down stays and catches up once Redis is back
+    /// (it used to be closed with `slow_consumer`, as if history had lost its offsets).
+    #[tokio::test]
+    async fn a_member_catching_up_while_redis_is_down_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Arc::new(RedisServer::start_persistent(dir.path()).expect("start redis-server"));
+        // No periodic check: only the catch-up reads the missing offsets. Reads fail after 300 ms.
+        let quiet = RedisEngineConfig {
+            resync_every: Duration::from_secs(3600),
+            command_timeout: Duration::from_millis(300),
+            ..config(server.url())
+        };
+        let b = crate::engine::suite::redis::node(&server, quiet).await;
+        let k = key("r");
+        let on_b = member(&b, &k, 1).await;
+        let first = b.publish(&k, "m1").await;
+        assert_eq!(collect(&on_b, 1).await.1, vec![1]);
+        // Offsets 2..=4 are stored, but published where nobody listens.
+        let engine = RedisEngine::connect(config(server.url()), Arc::new(Hub::new(4, 60_000))).await.unwrap();
+        let mut fourth = None;
+        for i in 2..=4u64 {
+            let publish = Publish {
+                key: k.clone(),
+                from: "alice".into(),
+                id: format!("m{i}"),
+                data: Payload::from("1"),
+                now_ms: 1,
+            };
+            let args = engine.shared.publish_command(&publish, &encode_message(&publish), Some("nowhere"));
+            let _: Value = engine.shared.client.custom(evalsha(), args).await.expect("publish.lua");
+            fourth = decode_message(i, &encode_message(&publish));
+        }
+        engine.shutdown(Duration::from_secs(1)).await;
+        server.kill();
+        // Offset 4 reaches node b without 2 and 3: the member must read them, and Redis is down.
+        b.hub.deliver(&k, first.epoch, &fourth.unwrap());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        server.restart().expect("restart redis-server");
+        let (other, offsets) = collect(&on_b, 4).await;
+        assert_eq!(other, None, "nothing but messages (no slow_consumer error)");
+        assert_eq!(offsets, vec![2, 3, 4]);
+    }
+
     #[tokio::test]
     async fn a_subscription_redis_forgot_is_found_by_the_probe_and_renewed() {
         let server = server();
