@@ -281,7 +281,13 @@ async fn scenario(cluster: &mut Cluster, redis: &RedisServer, fault: Fault, room
             assert_eq!(position.offset, expected, "{fault:?}: subscriber {n} at {position:?} after {previous:?}");
             previous = Some(*position);
             if let Some(acked) = by_position.get(position) {
-                assert_eq!(acked, id, "{fault:?}: subscriber {n} got another message at an acked position");
+                assert_eq!(
+                    acked,
+                    id,
+                    "{fault:?}: subscriber {n} got another message at acked position {position:?} ({id} was acked at {:?}; told {:?})",
+                    acks.get(id).map(|a| a.position),
+                    log.told.iter().map(|t| (t.0, t.2)).collect::<Vec<_>>()
+                );
             }
             let first = *seen_at.entry(*position).or_insert(id.as_str());
             assert_eq!(first, id.as_str(), "{fault:?}: two subscribers saw different messages at {position:?}");

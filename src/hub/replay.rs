@@ -9,7 +9,9 @@
 //!
 //! A history read that fails because the store is unavailable (Redis down) is not a gap: the
 //! member stays, still catching up, and the read is tried again until the store answers, so a
-//! store outage never closes a connection (docs/operations.md, "When Redis is down").
+//! store outage never closes a connection (docs/operations.md, "When Redis is down"). Every
+//! read is checked against the room's epoch: a store that lost the room holds the new epoch's
+//! offsets under the same numbers, and they must not go out labelled with the old one.
 
 use std::time::Duration;
 
@@ -26,9 +28,25 @@ pub const REPLAY_CHUNK: usize = 256;
 /// Pause before a catch-up whose history read failed (the store unavailable) reads again.
 const STORE_RETRY: Duration = Duration::from_millis(250);
 
-/// A replay stopped before its member was live because the store could not be read; the member
-/// is still catching up.
-struct StoreUnavailable;
+/// A replay stopped before its member was live, the member still catching up: the store could
+/// not be read, or it holds another epoch of the room now (it lost the room; the hub moves to
+/// the new epoch when its first message arrives here).
+struct Interrupted;
+
+/// Up to [`REPLAY_CHUNK`] messages after `after` if the room is still in `epoch` once they are
+/// read, `None` if it is in another. A store that lost a room numbers the new epoch's messages
+/// from 1 again under the same key, so the read alone cannot tell which epoch it returned; an
+/// epoch the hub knew before the read and the store still has after it is the read's.
+async fn read_in_epoch(
+    engine: &dyn Engine,
+    key: &RoomKey,
+    epoch: u64,
+    after: u64,
+) -> Result<Option<Vec<StoredMessage>>, EngineError> {
+    let chunk = engine.read_after(key, after, REPLAY_CHUNK).await?;
+    let meta = engine.meta(key).await?;
+    Ok((meta.epoch == epoch).then_some(chunk))
+}
 
 /// Joins `key` for member `id`, replaying from `since` when given and still covered. Returns
 /// the position the client is now known to have (its `since` when recovered, else the top at
@@ -64,8 +82,10 @@ pub async fn join(
         Attach::Cancelled => return None,
         Attach::Replay { from } => from,
     };
-    let first = match engine.read_after(&key, from - 1, REPLAY_CHUNK).await {
-        Ok(first) => first,
+    let Some((_, _, epoch)) = hub.lagging(&key, id) else { return None };
+    let first = match read_in_epoch(engine, &key, epoch, from - 1).await {
+        // Another epoch now: not recovered, the member goes live at the top.
+        Ok(first) => first.unwrap_or_default(),
         Err(err) => {
             hub.leave(&key, id, unix_ms());
             refuse(&sub, reply, err.code(), err.to_string());
@@ -87,7 +107,7 @@ pub async fn join(
 }
 
 /// Feeds a member that fell behind from history until it is live again, waiting out a store
-/// that cannot be read.
+/// that cannot be read or that holds a new epoch the hub has not seen yet.
 pub async fn catch_up(hub: &Hub, engine: &dyn Engine, key: RoomKey, id: SubscriberId) {
     let mut warned = false;
     loop {
@@ -95,11 +115,14 @@ pub async fn catch_up(hub: &Hub, engine: &dyn Engine, key: RoomKey, id: Subscrib
         if sub.membership.is_cancelled() {
             return;
         }
-        let unavailable = match engine.read_after(&key, next - 1, REPLAY_CHUNK).await {
-            Ok(chunk) if chunk.first().is_some_and(|m| m.offset == next) => {
+        let interrupted = match read_in_epoch(engine, &key, epoch, next - 1).await {
+            Ok(Some(chunk)) if chunk.first().is_some_and(|m| m.offset == next) => {
                 replay(hub, engine, &key, id, &sub, epoch, chunk).await.is_err()
             }
-            Ok(_) => return history_gone(hub, &key, id, &sub),
+            Ok(Some(_)) => return history_gone(hub, &key, id, &sub),
+            // The store lost the room: wait until the hub has the new epoch (its first message
+            // sends every member to offset 1 of it).
+            Ok(None) => true,
             Err(EngineError::ShuttingDown) => return,
             Err(err @ EngineError::Unavailable(_)) => {
                 if !warned {
@@ -109,15 +132,15 @@ pub async fn catch_up(hub: &Hub, engine: &dyn Engine, key: RoomKey, id: Subscrib
                 true
             }
         };
-        if !unavailable {
+        if !interrupted {
             return;
         }
         tokio::time::sleep(STORE_RETRY).await;
     }
 }
 
-/// Pushes `chunk` and the chunks after it until the member is live (or gone); `Err` when a
-/// read failed on the way (the member is still catching up).
+/// Pushes `chunk` and the chunks after it until the member is live (or gone); `Err` when it
+/// was [`Interrupted`].
 async fn replay(
     hub: &Hub,
     engine: &dyn Engine,
@@ -126,7 +149,7 @@ async fn replay(
     sub: &Subscriber,
     epoch: u64,
     mut chunk: Vec<StoredMessage>,
-) -> Result<(), StoreUnavailable> {
+) -> Result<(), Interrupted> {
     let codec = sub.outbox.codec();
     let replayed = metrics::counter!(crate::metrics::REPLAYED_TOTAL);
     loop {
@@ -152,9 +175,9 @@ async fn replay(
             replayed.increment(1);
         }
         let Some(next) = hub.replayed(key, id, last) else { return Ok(()) };
-        chunk = match engine.read_after(key, next - 1, REPLAY_CHUNK).await {
-            Ok(chunk) if chunk.first().is_some_and(|m| m.offset == next) => chunk,
-            Err(EngineError::Unavailable(_)) => return Err(StoreUnavailable),
+        chunk = match read_in_epoch(engine, key, epoch, next - 1).await {
+            Ok(Some(chunk)) if chunk.first().is_some_and(|m| m.offset == next) => chunk,
+            Ok(None) | Err(EngineError::Unavailable(_)) => return Err(Interrupted),
             _ => {
                 history_gone(hub, key, id, sub);
                 return Ok(());
