@@ -82,7 +82,7 @@ pub async fn join(
         Attach::Cancelled => return None,
         Attach::Replay { from } => from,
     };
-    let Some((_, _, epoch)) = hub.lagging(&key, id) else { return None };
+    let (_, _, epoch) = hub.lagging(&key, id)?;
     let first = match read_in_epoch(engine, &key, epoch, from - 1).await {
         // Another epoch now: not recovered, the member goes live at the top.
         Ok(first) => first.unwrap_or_default(),
