@@ -38,12 +38,14 @@ use tokio_util::sync::CancellationToken;
 /// Publishes per publisher per scenario, one every [`EVERY`].
 const PER_PUBLISHER: usize = 100;
 const EVERY: Duration = Duration::from_millis(10);
-/// When in the stream the fault starts.
+/// When in the stream the fault starts, at the earliest: every subscriber also has
+/// [`BEFORE_FAULT`] messages by then.
 const FAULT_AFTER: Duration = Duration::from_millis(400);
+const BEFORE_FAULT: usize = 10;
 /// How long a killed relay stays down.
 const RELAY_DOWN: Duration = Duration::from_millis(500);
 /// The nodes' `redis.command_timeout_ms`: a publish made while Redis is down is refused after
-/// about 3 x this (docs/operations.md), so Redis stays down that long.
+/// about 3-4 x this (docs/operations.md), so Redis stays down that long.
 const COMMAND_TIMEOUT_MS: &str = "500";
 /// Which node is killed in [`Fault::KillRelay`].
 const VICTIM: usize = 1;
@@ -164,6 +166,12 @@ async fn scenario(cluster: &mut Cluster, redis: &RedisServer, fault: Fault, room
     }
 
     tokio::time::sleep(FAULT_AFTER).await;
+    within("messages before the fault", async {
+        while watches.iter().any(|w| w.log.lock().unwrap().messages.len() < BEFORE_FAULT) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     let started = Instant::now();
     let mut refused_after = None;
     match fault {
