@@ -1497,23 +1497,29 @@ mod tests {
         assert_eq!(collect(&on_b, 5).await.1, vec![5]);
     }
 
-    /// A member that falls behind while Redis is down stays and catches up once Redis is back
-    /// (it used to be closed with `slow_consumer`, as if history had lost its offsets).
-    #[tokio::test]
-    async fn a_member_catching_up_while_redis_is_down_waits_for_it() {
+    /// A node on a persistent Redis without the periodic check (only a catch-up reads missing
+    /// offsets), whose reads fail after 300 ms, with a member of room `r` that has offset 1.
+    async fn quiet_node() -> (tempfile::TempDir, Arc<RedisServer>, Rig, Arc<crate::outbox::Outbox>, Position) {
         let dir = tempfile::tempdir().unwrap();
         let server = Arc::new(RedisServer::start_persistent(dir.path()).expect("start redis-server"));
-        // No periodic check: only the catch-up reads the missing offsets. Reads fail after 300 ms.
         let quiet = RedisEngineConfig {
             resync_every: Duration::from_secs(3600),
             command_timeout: Duration::from_millis(300),
             ..config(server.url())
         };
         let b = crate::engine::suite::redis::node(&server, quiet).await;
-        let k = key("r");
-        let on_b = member(&b, &k, 1).await;
-        let first = b.publish(&k, "m1").await;
+        let on_b = member(&b, &key("r"), 1).await;
+        let first = b.publish(&key("r"), "m1").await;
         assert_eq!(collect(&on_b, 1).await.1, vec![1]);
+        (dir, server, b, on_b, first)
+    }
+
+    /// A member that falls behind while Redis is down stays and catches up once Redis is back
+    /// (it used to be closed with `slow_consumer`, as if history had lost its offsets).
+    #[tokio::test]
+    async fn a_member_catching_up_while_redis_is_down_waits_for_it() {
+        let (_dir, server, b, on_b, first) = quiet_node().await;
+        let k = key("r");
         // Offsets 2..=4 are stored, but published where nobody listens.
         let engine = RedisEngine::connect(config(server.url()), Arc::new(Hub::new(4, 60_000))).await.unwrap();
         let fourth = unheard(&engine, &k, 2..=4).await.pop();
@@ -1533,18 +1539,8 @@ mod tests {
     /// the numbers the member was missing in the old one, and they must not go out as those.
     #[tokio::test]
     async fn a_member_catching_up_when_redis_comes_back_empty_gets_the_new_epoch() {
-        let dir = tempfile::tempdir().unwrap();
-        let server = Arc::new(RedisServer::start_persistent(dir.path()).expect("start redis-server"));
-        let quiet = RedisEngineConfig {
-            resync_every: Duration::from_secs(3600),
-            command_timeout: Duration::from_millis(300),
-            ..config(server.url())
-        };
-        let b = crate::engine::suite::redis::node(&server, quiet).await;
+        let (_dir, server, b, on_b, first) = quiet_node().await;
         let k = key("r");
-        let on_b = member(&b, &k, 1).await;
-        let first = b.publish(&k, "m1").await;
-        assert_eq!(collect(&on_b, 1).await.1, vec![1]);
         server.kill();
         // Offset 3 reaches node b without 2 while Redis is down: the member waits to catch up.
         let third =
