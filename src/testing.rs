@@ -104,9 +104,27 @@ impl RedisServer {
         }
     }
 
-    /// Kills it and starts it again on the same port (and directory, if persistent).
+    /// Kills it and starts it again on the same port (and directory, if persistent). After
+    /// [`RedisServer::kill`] it only starts it again.
     pub fn restart(&self) -> Result<(), TestServerError> {
         self.kill();
+        self.start_again()
+    }
+
+    /// Kills it, deletes what it persisted, and starts it again on the same port, empty: a Redis
+    /// that lost its data (a new machine, a wiped volume).
+    pub fn restart_empty(&self) -> Result<(), TestServerError> {
+        self.kill();
+        if let Some(dir) = &self.dir {
+            for entry in std::fs::read_dir(dir)? {
+                let path = entry?.path();
+                if path.is_dir() { std::fs::remove_dir_all(&path)? } else { std::fs::remove_file(&path)? }
+            }
+        }
+        self.start_again()
+    }
+
+    fn start_again(&self) -> Result<(), TestServerError> {
         let child = Self::spawn(self.addr, self.dir.as_deref())?;
         *self.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
         self.wait_ready()

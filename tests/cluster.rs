@@ -8,125 +8,25 @@ mod common;
 mod process;
 #[path = "common/receipts.rs"]
 mod receipts_help;
+#[path = "common/region.rs"]
+mod region;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{closed_with, within};
-use edgerelay::client::resilient::{Reconnect, Resilient, ResilientEvent};
+use edgerelay::client::resilient::{Resilient, ResilientEvent};
 use edgerelay::client::{Client, ClientError, ClientOptions, Target};
 use edgerelay::proto::presence::Status;
 use edgerelay::proto::{ErrorCode, Payload, Position};
 use edgerelay::testing::RedisServer;
 use process::RelayProcess;
-use tokio::task::JoinSet;
+use region::{Cluster, fast, joined, publish_steadily};
 
 /// One cluster at a time: each test runs two or three relays and a Redis, and on a 2-core
 /// machine several at once starve each other.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Relays sharing one Redis and one dev token secret (so a token is good on every node).
-struct Cluster {
-    nodes: Vec<RelayProcess>,
-    /// Every node's certificate hash: a client may land on any of them.
-    pins: Vec<[u8; 32]>,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    async fn start(redis: &RedisServer, nodes: usize) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cluster = Cluster { nodes: Vec::new(), pins: Vec::new(), _dir: dir };
-        for _ in 0..nodes {
-            cluster.add_node(redis).await;
-        }
-        cluster
-    }
-
-    /// Starts one more node. One at a time: the first creates the shared secret, the others
-    /// read it.
-    async fn add_node(&mut self, redis: &RedisServer) {
-        self.add_node_with(redis, &[]).await;
-    }
-
-    async fn add_node_with(&mut self, redis: &RedisServer, env: &[(&str, &str)]) {
-        let dir = self._dir.path();
-        let secret = dir.join("dev-token-secret");
-        let mut node = RelayProcess::new(&dir.join(format!("node-{}", self.nodes.len())))
-            .with_env("EDGERELAY_STORE__ENGINE", "redis")
-            .with_env("EDGERELAY_REDIS__URL", redis.url())
-            .with_env("EDGERELAY_REDIS__RESYNC_INTERVAL_MS", "250")
-            .with_env("EDGERELAY_AUTH__DEV_SECRET_FILE", secret.display().to_string());
-        for (key, value) in env {
-            node = node.with_env(key, *value);
-        }
-        node.start().await;
-        self.pins.push(node.cert_pin().await);
-        self.nodes.push(node);
-    }
-
-    fn quic(&self, node: usize) -> Target {
-        self.nodes[node].quic_target(self.pins.clone())
-    }
-
-    fn ws(&self, node: usize) -> Target {
-        self.nodes[node].ws_target()
-    }
-
-    fn token(&self, sub: &str) -> String {
-        self.nodes[0].token(sub)
-    }
-}
-
-fn fast() -> Reconnect {
-    Reconnect { base_delay: Duration::from_millis(50), max_delay: Duration::from_millis(500), ..Reconnect::default() }
-}
-
-/// Waits until a resilient client has joined `room` (it knows a position there); the events
-/// it reported meanwhile explain a failure.
-async fn joined(client: &mut Resilient, room: &str) {
-    let mut events = Vec::new();
-    let waited = tokio::time::timeout(Duration::from_secs(20), async {
-        while client.positions().get(room).is_none_or(Option::is_none) {
-            if let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(10), client.next_event()).await {
-                events.push(event);
-            }
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "never joined {room}; events: {events:?}");
-    if events.len() > 1 {
-        eprintln!("joined {room} after {events:?}");
-    }
-}
-
-/// Publishes `ids` through `publisher`, one every `every`, each awaited in its own task until
-/// acked; returns the positions by id.
-fn publish_steadily(
-    publisher: Arc<Resilient>,
-    room: &'static str,
-    ids: Vec<String>,
-    every: Duration,
-) -> tokio::task::JoinHandle<BTreeMap<String, Position>> {
-    tokio::spawn(async move {
-        let mut acks = JoinSet::new();
-        for id in ids {
-            let publisher = publisher.clone();
-            acks.spawn(async move {
-                let position = publisher.publish(room, &id, Payload::from("1")).await.expect("acked eventually");
-                (id, position)
-            });
-            tokio::time::sleep(every).await;
-        }
-        let mut positions = BTreeMap::new();
-        while let Some(ack) = acks.join_next().await {
-            let (id, position) = ack.unwrap();
-            positions.insert(id, position);
-        }
-        positions
-    })
-}
 
 /// Reads a resilient subscriber's messages until it has `count`, or 30 s passed.
 async fn receive(subscriber: &mut Resilient, count: usize) -> Vec<(Position, String)> {
@@ -213,7 +113,7 @@ async fn clients_of_a_killed_relay_resume_on_another_with_every_message_once() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     cluster.nodes[0].kill();
 
-    let positions = within("every publish acked", publishing).await.unwrap();
+    let positions = region::positions(within("every publish acked", publishing).await.unwrap());
     let epochs: BTreeSet<u64> = positions.values().map(|p| p.epoch).collect();
     assert_eq!(epochs.len(), 1, "one epoch: {epochs:?}");
     let offsets: BTreeSet<u64> = positions.values().map(|p| p.offset).collect();
@@ -255,8 +155,8 @@ async fn through_a_redis_restart(redis: &RedisServer) -> (BTreeMap<String, Posit
     let publishing = publish_steadily(publisher, "feed", ids, Duration::from_millis(5));
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis.restart().expect("restart redis-server");
-    let positions =
-        tokio::time::timeout(Duration::from_secs(60), publishing).await.expect("every publish acked").unwrap();
+    let acks = tokio::time::timeout(Duration::from_secs(60), publishing).await.expect("every publish acked").unwrap();
+    let positions = region::positions(acks);
     // Wait for every message acked in the last epoch (with persistence: every message).
     let last_epoch = positions["m300"].epoch;
     let acked: BTreeSet<Position> = positions.values().copied().filter(|p| p.epoch == last_epoch).collect();
@@ -422,8 +322,7 @@ async fn sees(client: &Client, room: &str, want: &[(&str, Status)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_presence_is_the_union_of_every_node_and_a_dead_nodes_users_disappear() {
     let redis = RedisServer::start().expect("start redis-server");
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster { nodes: Vec::new(), pins: Vec::new(), _dir: dir };
+    let mut cluster = Cluster::empty();
     for _ in 0..2 {
         // Refreshes every 300 ms: a node's entries lapse 900 ms after it stops renewing them.
         cluster.add_node_with(&redis, &[("EDGERELAY_PRESENCE__REFRESH_MS", "300")]).await;
@@ -494,7 +393,7 @@ async fn receipts_span_a_region_and_survive_a_node_restart() {
     const SIDE: &str = "chat:side";
     let _turn = ONE_AT_A_TIME.lock().await;
     let redis = RedisServer::start().expect("start redis-server");
-    let mut cluster = Cluster { nodes: Vec::new(), pins: Vec::new(), _dir: tempfile::tempdir().unwrap() };
+    let mut cluster = Cluster::empty();
     for _ in 0..2 {
         cluster.add_node_with(&redis, &[("EDGERELAY_RECEIPTS__INTERVAL_MS", "100")]).await;
     }
@@ -607,7 +506,7 @@ async fn region_sync_500_rooms_figure() {
     use edgerelay::proto::Codec;
     let _turn = ONE_AT_A_TIME.lock().await;
     let redis = RedisServer::start().expect("start redis-server");
-    let mut cluster = Cluster { nodes: Vec::new(), pins: Vec::new(), _dir: tempfile::tempdir().unwrap() };
+    let mut cluster = Cluster::empty();
     for _ in 0..2 {
         cluster.add_node_with(&redis, &[("EDGERELAY_LIMITS__MAX_ROOMS_PER_CONNECTION", "500")]).await;
     }

@@ -6,9 +6,17 @@
 //! the outbox) and switches the member to live under the room's lock exactly when it has
 //! caught up, so no offset is skipped or sent twice (see `room`). These run as tasks of the
 //! member's connection and stop when the member leaves.
+//!
+//! A history read that fails because the store is unavailable (Redis down) is not a gap: the
+//! member stays, still catching up, and the read is tried again until the store answers, so a
+//! store outage never closes a connection (docs/operations.md, "When Redis is down"). Every
+//! read is checked against the room's epoch: a store that lost the room holds the new epoch's
+//! offsets under the same numbers, and they must not go out labelled with the old one.
+
+use std::time::Duration;
 
 use crate::connection::unix_ms;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineError};
 use crate::outbox::{CloseReason, Reply};
 use crate::proto::{ErrorCode, Position, ServerFrame};
 use crate::store::StoredMessage;
@@ -17,6 +25,28 @@ use super::{Attach, Hub, RoomKey, Subscriber, SubscriberId};
 
 /// Messages read from history per step.
 pub const REPLAY_CHUNK: usize = 256;
+/// Pause before a catch-up whose history read failed (the store unavailable) reads again.
+const STORE_RETRY: Duration = Duration::from_millis(250);
+
+/// A replay stopped before its member was live, the member still catching up: the store could
+/// not be read, or it holds another epoch of the room now (it lost the room; the hub moves to
+/// the new epoch when its first message arrives here).
+struct Interrupted;
+
+/// Up to [`REPLAY_CHUNK`] messages after `after` if the room is still in `epoch` once they are
+/// read, `None` if it is in another. A store that lost a room numbers the new epoch's messages
+/// from 1 again under the same key, so the read alone cannot tell which epoch it returned; an
+/// epoch the hub knew before the read and the store still has after it is the read's.
+async fn read_in_epoch(
+    engine: &dyn Engine,
+    key: &RoomKey,
+    epoch: u64,
+    after: u64,
+) -> Result<Option<Vec<StoredMessage>>, EngineError> {
+    let chunk = engine.read_after(key, after, REPLAY_CHUNK).await?;
+    let meta = engine.meta(key).await?;
+    Ok((meta.epoch == epoch).then_some(chunk))
+}
 
 /// Joins `key` for member `id`, replaying from `since` when given and still covered. Returns
 /// the position the client is now known to have (its `since` when recovered, else the top at
@@ -52,8 +82,10 @@ pub async fn join(
         Attach::Cancelled => return None,
         Attach::Replay { from } => from,
     };
-    let first = match engine.read_after(&key, from - 1, REPLAY_CHUNK).await {
-        Ok(first) => first,
+    let (_, _, epoch) = hub.lagging(&key, id)?;
+    let first = match read_in_epoch(engine, &key, epoch, from - 1).await {
+        // Another epoch now: not recovered, the member goes live at the top.
+        Ok(first) => first.unwrap_or_default(),
         Err(err) => {
             hub.leave(&key, id, unix_ms());
             refuse(&sub, reply, err.code(), err.to_string());
@@ -67,26 +99,48 @@ pub async fn join(
     if !recovered {
         return Some(position);
     }
-    replay(hub, engine, &key, id, &sub, position.epoch, first).await;
+    if replay(hub, engine, &key, id, &sub, position.epoch, first).await.is_err() {
+        tokio::time::sleep(STORE_RETRY).await;
+        catch_up(hub, engine, key, id).await;
+    }
     since
 }
 
-/// Feeds a member that fell behind from history until it is live again.
+/// Feeds a member that fell behind from history until it is live again, waiting out a store
+/// that cannot be read or that holds a new epoch the hub has not seen yet.
 pub async fn catch_up(hub: &Hub, engine: &dyn Engine, key: RoomKey, id: SubscriberId) {
-    let Some((sub, next, epoch)) = hub.lagging(&key, id) else { return };
-    match engine.read_after(&key, next - 1, REPLAY_CHUNK).await {
-        Ok(chunk) if chunk.first().is_some_and(|m| m.offset == next) => {
-            replay(hub, engine, &key, id, &sub, epoch, chunk).await
+    let mut warned = false;
+    loop {
+        let Some((sub, next, epoch)) = hub.lagging(&key, id) else { return };
+        if sub.membership.is_cancelled() {
+            return;
         }
-        Ok(_) => history_gone(hub, &key, id, &sub),
-        Err(err) => {
-            tracing::warn!(%err, room = %key.room, "catch-up read failed");
-            history_gone(hub, &key, id, &sub);
+        let interrupted = match read_in_epoch(engine, &key, epoch, next - 1).await {
+            Ok(Some(chunk)) if chunk.first().is_some_and(|m| m.offset == next) => {
+                replay(hub, engine, &key, id, &sub, epoch, chunk).await.is_err()
+            }
+            Ok(Some(_)) => return history_gone(hub, &key, id, &sub),
+            // The store lost the room: wait until the hub has the new epoch (its first message
+            // sends every member to offset 1 of it).
+            Ok(None) => true,
+            Err(EngineError::ShuttingDown) => return,
+            Err(err @ EngineError::Unavailable(_)) => {
+                if !warned {
+                    tracing::warn!(%err, room = %key.room, "catch-up read failed; trying again");
+                    warned = true;
+                }
+                true
+            }
+        };
+        if !interrupted {
+            return;
         }
+        tokio::time::sleep(STORE_RETRY).await;
     }
 }
 
-/// Pushes `chunk` and the chunks after it until the member is live.
+/// Pushes `chunk` and the chunks after it until the member is live (or gone); `Err` when it
+/// was [`Interrupted`].
 async fn replay(
     hub: &Hub,
     engine: &dyn Engine,
@@ -95,14 +149,17 @@ async fn replay(
     sub: &Subscriber,
     epoch: u64,
     mut chunk: Vec<StoredMessage>,
-) {
+) -> Result<(), Interrupted> {
     let codec = sub.outbox.codec();
     let replayed = metrics::counter!(crate::metrics::REPLAYED_TOTAL);
     loop {
-        let Some(last) = chunk.last().map(|m| m.offset) else { return history_gone(hub, key, id, sub) };
+        let Some(last) = chunk.last().map(|m| m.offset) else {
+            history_gone(hub, key, id, sub);
+            return Ok(());
+        };
         for m in chunk {
             if sub.membership.is_cancelled() {
-                return;
+                return Ok(());
             }
             let frame = ServerFrame::Message {
                 room: key.room.to_string(),
@@ -113,14 +170,18 @@ async fn replay(
                 data: m.data,
             };
             if sub.outbox.push_waiting(sub.lane, codec.frame(&frame), sub.fanout_limit()).await.is_err() {
-                return;
+                return Ok(());
             }
             replayed.increment(1);
         }
-        let Some(next) = hub.replayed(key, id, last) else { return };
-        chunk = match engine.read_after(key, next - 1, REPLAY_CHUNK).await {
-            Ok(chunk) if chunk.first().is_some_and(|m| m.offset == next) => chunk,
-            _ => return history_gone(hub, key, id, sub),
+        let Some(next) = hub.replayed(key, id, last) else { return Ok(()) };
+        chunk = match read_in_epoch(engine, key, epoch, next - 1).await {
+            Ok(Some(chunk)) if chunk.first().is_some_and(|m| m.offset == next) => chunk,
+            Ok(None) | Err(EngineError::Unavailable(_)) => return Err(Interrupted),
+            _ => {
+                history_gone(hub, key, id, sub);
+                return Ok(());
+            }
         };
     }
 }

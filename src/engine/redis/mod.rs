@@ -1470,6 +1470,27 @@ mod tests {
         reply.into_array().get(1).and_then(Value::as_u64).unwrap_or(0)
     }
 
+    /// Appends messages `ids` (`m<i>`, expected at offset `i`) to a room, published where nobody
+    /// listens, as if pub/sub lost them; returns them as stored.
+    async fn unheard(engine: &RedisEngine, k: &RoomKey, ids: std::ops::RangeInclusive<u64>) -> Vec<StoredMessage> {
+        let mut stored = Vec::new();
+        for i in ids {
+            let publish = Publish {
+                key: k.clone(),
+                from: "alice".into(),
+                id: format!("m{i}"),
+                data: Payload::from("1"),
+                now_ms: unix_ms(),
+            };
+            let message = encode_message(&publish);
+            let args = engine.shared.publish_command(&publish, &message, Some("nowhere"));
+            let reply: Value = engine.shared.client.custom(evalsha(), args).await.expect("publish.lua");
+            assert_eq!(reply.into_array().get(2).and_then(Value::as_u64), Some(i));
+            stored.extend(decode_message(i, &message));
+        }
+        stored
+    }
+
     #[tokio::test]
     async fn a_room_spans_nodes_in_order_and_ids_are_deduplicated_cluster_wide() {
         let server = server();
@@ -1499,21 +1520,74 @@ mod tests {
         assert_eq!(collect(&on_b, 1).await.1, vec![1]);
         // Offsets 2..=4 are appended but published where nobody listens, as if pub/sub lost
         // them; nothing is published after them, so only the top-offset check can find them.
-        for i in 2..=4u64 {
-            let publish = Publish {
-                key: k.clone(),
-                from: "alice".into(),
-                id: format!("m{i}"),
-                data: Payload::from("1"),
-                now_ms: unix_ms(),
-            };
-            let args = engine_a.shared.publish_command(&publish, &encode_message(&publish), Some("nowhere"));
-            let reply: Value = engine_a.shared.client.custom(evalsha(), args).await.expect("publish.lua");
-            assert_eq!(reply.into_array().get(2).and_then(Value::as_u64), Some(i));
-        }
+        unheard(&engine_a, &k, 2..=4).await;
         assert_eq!(collect(&on_b, 4).await.1, vec![2, 3, 4]);
         a.publish(&k, "m5").await;
         assert_eq!(collect(&on_b, 5).await.1, vec![5]);
+    }
+
+    /// A node on a persistent Redis without the periodic check (only a catch-up reads missing
+    /// offsets), whose reads fail after 300 ms, with a member of room `r` that has offset 1.
+    async fn quiet_node() -> (tempfile::TempDir, Arc<RedisServer>, Rig, Arc<crate::outbox::Outbox>, Position) {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Arc::new(RedisServer::start_persistent(dir.path()).expect("start redis-server"));
+        let quiet = RedisEngineConfig {
+            resync_every: Duration::from_secs(3600),
+            command_timeout: Duration::from_millis(300),
+            ..config(server.url())
+        };
+        let b = crate::engine::suite::redis::node(&server, quiet).await;
+        let on_b = member(&b, &key("r"), 1).await;
+        let first = b.publish(&key("r"), "m1").await;
+        assert_eq!(collect(&on_b, 1).await.1, vec![1]);
+        (dir, server, b, on_b, first)
+    }
+
+    /// A member that falls behind while Redis is down stays and catches up once Redis is back
+    /// (it used to be closed with `slow_consumer`, as if history had lost its offsets).
+    #[tokio::test]
+    async fn a_member_catching_up_while_redis_is_down_waits_for_it() {
+        let (_dir, server, b, on_b, first) = quiet_node().await;
+        let k = key("r");
+        // Offsets 2..=4 are stored, but published where nobody listens.
+        let engine = RedisEngine::connect(config(server.url()), Arc::new(Hub::new(4, 60_000))).await.unwrap();
+        let fourth = unheard(&engine, &k, 2..=4).await.pop();
+        engine.shutdown(Duration::from_secs(1)).await;
+        server.kill();
+        // Offset 4 reaches node b without 2 and 3: the member must read them, and Redis is down.
+        b.hub.deliver(&k, first.epoch, &fourth.unwrap());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        server.restart().expect("restart redis-server");
+        let (other, offsets) = collect(&on_b, 4).await;
+        assert_eq!(other, None, "nothing but messages (no slow_consumer error)");
+        assert_eq!(offsets, vec![2, 3, 4]);
+    }
+
+    /// A member catching up when Redis comes back empty gets the new epoch from its start, with
+    /// the new epoch's positions: the room's stream then holds the new epoch's messages under
+    /// the numbers the member was missing in the old one, and they must not go out as those.
+    #[tokio::test]
+    async fn a_member_catching_up_when_redis_comes_back_empty_gets_the_new_epoch() {
+        let (_dir, server, b, on_b, first) = quiet_node().await;
+        let k = key("r");
+        server.kill();
+        // Offset 3 reaches node b without 2 while Redis is down: the member waits to catch up.
+        let third =
+            StoredMessage { offset: 3, time: 1, from: "alice".into(), id: "m3".into(), data: Payload::from("1") };
+        b.hub.deliver(&k, first.epoch, &third);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        server.restart_empty().expect("restart redis-server empty");
+        // The new epoch's offsets 1..=3 are stored where the old epoch's were, unheard by b.
+        let engine = RedisEngine::connect(config(server.url()), Arc::new(Hub::new(4, 60_000))).await.unwrap();
+        unheard(&engine, &k, 1..=3).await;
+        engine.shutdown(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        // The next publish brings the new epoch to node b's hub: the member reads it from 1.
+        let fourth = b.publish(&k, "m4").await;
+        assert_ne!(fourth.epoch, first.epoch);
+        let (other, offsets) = collect(&on_b, 4).await;
+        assert_eq!(other, None);
+        assert_eq!(offsets, vec![1, 2, 3, 4], "the new epoch from its start, not its 2 and 3 as the old epoch's");
     }
 
     #[tokio::test]
