@@ -349,9 +349,10 @@ impl LocalEngine {
         let epoch = s.epoch;
         let op = Op::Append { seq: seq.clone(), key: p.key, generation, epoch, message, done };
         // Delivered early under the sequencer lock, so in offset order, and only once queued.
+        let mut wakes = Wakes::new();
         let deliver = || {
             if let Some((key, message)) = &early {
-                self.hub.deliver(key, epoch, message);
+                self.hub.deliver_batched(key, epoch, message, &mut wakes);
             }
         };
         if let Err(op) = self.send_then(op, deliver) {
@@ -363,7 +364,11 @@ impl LocalEngine {
             }
             drop(s);
             drop(op);
+            return Ok(());
         }
+        drop(s);
+        // The writes happen after the lock: other publishers of the room never wait on sockets.
+        self.hub.wake(wakes);
         Ok(())
     }
 }
