@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 /// Prefix of the environment variables read by [`Config::load`].
 pub const ENV_PREFIX: &str = "EDGERELAY_";
 /// Environment variables with the prefix that belong to the CLI, not to the config tree.
-const ENV_RESERVED: &[&str] = &["config", "log"];
+/// `EDGERELAY_TEST_COMMIT_DELAY_MS` is read by the relay for its own crash tests (see
+/// `engine::LocalEngineConfig::commit_delay`), not a config key.
+const ENV_RESERVED: &[&str] = &["config", "log", "test_commit_delay_ms"];
 
 /// Largest accepted `limits.max_frame_bytes` (16 MiB).
 pub const MAX_FRAME_BYTES_LIMIT: u32 = 16 * 1024 * 1024;
@@ -769,6 +771,11 @@ pub struct StoreConfig {
     pub commit_max_batch: usize,
     /// How long the writer keeps collecting a batch while publishes keep arriving.
     pub commit_linger_us: u64,
+    /// Deliver each message to subscribers as soon as it has its offset, before its durable
+    /// commit (acks still wait for the commit). After a crash every room then starts a new
+    /// epoch, so a message subscribers saw but the store lost never shares a position with
+    /// another. Embedded and memory engines only (Redis commits and delivers in one script).
+    pub deliver_before_commit: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -789,6 +796,7 @@ impl Default for StoreConfig {
             dedupe_window_secs: 300,
             commit_max_batch: 256,
             commit_linger_us: 2000,
+            deliver_before_commit: false,
         }
     }
 }

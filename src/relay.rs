@@ -929,10 +929,26 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
         linger: Duration::from_micros(st.commit_linger_us),
         idle_ttl_ms: config.hub.room_idle_ttl_secs.saturating_mul(1000),
         shards: config.hub.shards,
+        deliver_before_commit: st.deliver_before_commit,
+        commit_delay: test_commit_delay(),
     };
+    let renewed = history.begin_run(st.deliver_before_commit).map_err(store_err)?;
+    if renewed > 0 {
+        tracing::warn!(
+            rooms = renewed,
+            "the previous run delivered before commit and did not stop cleanly: every room starts a new epoch"
+        );
+    }
     let engine =
         LocalEngine::start(engine_config, history, hub).map_err(|e| store_err(crate::store::StoreError::backend(e)))?;
     Ok((Arc::new(engine), records, calls, sessions, receipts, NotifyDb::Embedded(notify)))
+}
+
+/// `EDGERELAY_TEST_COMMIT_DELAY_MS`: a pause before every commit, for tests that kill the relay
+/// between an early delivery and its commit. Not a config key; zero when unset.
+fn test_commit_delay() -> Duration {
+    let ms = std::env::var("EDGERELAY_TEST_COMMIT_DELAY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    Duration::from_millis(ms)
 }
 
 /// What the dev certificate's rotation swaps the certificate in.

@@ -277,3 +277,74 @@ async fn a_restarted_relay_resets_the_quic_connections_of_its_previous_life() {
     .await;
     assert!(reason.contains("reset"), "ended by a stateless reset, not an idle timeout: {reason}");
 }
+
+/// `store.deliver_before_commit`: subscribers get a message before its commit, the publisher's
+/// ack still waits for it. A SIGKILL in between may lose that unacked message, never an acked
+/// one, and two subscribers never see different messages at one position: after the unclean
+/// stop the room has a new epoch (history kept), after a clean stop it keeps its epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_before_commit_a_crash_never_reuses_a_position_and_keeps_acked_messages() {
+    use std::collections::BTreeMap;
+
+    let dir = tempfile::tempdir().unwrap();
+    // Every commit waits 3 s: the relay is killed inside that window, after the delivery.
+    let mut relay = RelayProcess::new(dir.path())
+        .with_env("EDGERELAY_STORE__DELIVER_BEFORE_COMMIT", "true")
+        .with_env("EDGERELAY_TEST_COMMIT_DELAY_MS", "3000");
+    relay.start().await;
+    // Tokens stay valid across restarts (the same data directory, the same dev secret).
+    let ws = relay.ws_target();
+    let tokens: std::collections::HashMap<&str, String> = ["a", "b", "pub"].map(|w| (w, relay.token(w))).into();
+    let connect = |who: &str| Client::connect(ws.clone(), ClientOptions::new(tokens[who].clone()));
+    let (mut a, mut b) = (connect("a").await.unwrap(), connect("b").await.unwrap());
+    let first_epoch = a.join("ledger").await.unwrap().position.epoch;
+    b.join("ledger").await.unwrap();
+    // What each subscriber saw at each position; no position may ever hold two messages.
+    let mut seen: BTreeMap<Position, String> = BTreeMap::new();
+    let mut record = |m: edgerelay::client::Message| {
+        let id = seen.entry(m.position).or_insert_with(|| m.id.clone());
+        assert_eq!(*id, m.id, "two messages at {:?}", m.position);
+        m.position
+    };
+
+    let publisher = Arc::new(connect("pub").await.unwrap());
+    let acked = within("m1 acked", publisher.publish("ledger", "m1", Payload::from("1"))).await.unwrap();
+    record(within("a gets m1", a.next_message()).await.unwrap());
+    record(within("b gets m1", b.next_message()).await.unwrap());
+
+    let unacked = {
+        let publisher = publisher.clone();
+        tokio::spawn(async move { publisher.publish("ledger", "m2", Payload::from("2")).await })
+    };
+    let last_a = record(within("a gets m2 before its commit", a.next_message()).await.unwrap());
+    let last_b = record(within("b gets m2 before its commit", b.next_message()).await.unwrap());
+    assert_eq!((last_a, last_b), (Position { epoch: first_epoch, offset: 2 }, last_a));
+    relay.kill();
+    let m2_acked = within("publish ends with the relay", unacked).await.unwrap().is_ok();
+
+    relay.start().await;
+    let history = relay.history_ids("ledger").await;
+    assert_eq!(history.first(), Some(&(acked.offset, "m1".to_owned())), "the acked message survived");
+    assert!(!m2_acked || history.iter().any(|h| h.1 == "m2"), "m2 was acked, so it must be stored");
+    let (mut a, mut b) = (connect("a").await.unwrap(), connect("b").await.unwrap());
+    let rejoined = a.join_since("ledger", Some(last_a)).await.unwrap();
+    assert!(!rejoined.recovered, "a position of the crashed run is not resumed");
+    let second_epoch = rejoined.position.epoch;
+    assert_ne!(second_epoch, first_epoch, "the unclean stop started a new epoch");
+    assert_eq!(rejoined.position.offset, history.len() as u64, "offsets continue from what was stored");
+    assert!(!b.join_since("ledger", Some(last_b)).await.unwrap().recovered);
+
+    let publisher = connect("pub").await.unwrap();
+    let m3 = within("m3 acked", publisher.publish("ledger", "m3", Payload::from("3"))).await.unwrap();
+    assert_eq!(record(within("a gets m3", a.next_message()).await.unwrap()), m3);
+    assert_eq!(record(within("b gets m3", b.next_message()).await.unwrap()), m3);
+
+    // A clean stop: everything delivered was committed, so the epoch and positions stay.
+    publisher.close().await;
+    relay.terminate(Duration::from_secs(30)).await;
+    relay.start().await;
+    let a = connect("a").await.unwrap();
+    let resumed = a.join_since("ledger", Some(m3)).await.unwrap();
+    assert!(resumed.recovered, "after a clean stop the position resumes");
+    assert_eq!(resumed.position, m3);
+}

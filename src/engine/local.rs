@@ -10,12 +10,24 @@
 //! next offset back to the last committed one and bump a generation, so appends queued behind
 //! the failure are refused too instead of leaving a hole. Reads (replay, history pages, cursors)
 //! run on tokio's blocking pool, never on the connections' runtime threads.
+//!
+//! With `deliver_before_commit` the publishing task delivers to the hub itself, under the room's
+//! sequencer lock right after queuing the append, and the writer only commits and acknowledges:
+//! subscribers no longer wait for the fsync and a hand-off to the writer thread (most of the
+//! publish→delivery median on a loopback; docs/decisions.md). Acknowledged still means
+//! committed. What subscribers saw may then be ahead of the store, so:
+//! - a failed commit rolls nothing back (the offsets were seen): later appends still commit and
+//!   the lost offsets are a hole that catch-up reports as history gone;
+//! - a read after an offset that is delivered but not yet committed waits for the commit, so a
+//!   replay never mistakes "not committed yet" for "gone";
+//! - a crash may lose delivered, unacknowledged messages: the store then gives every room a new
+//!   epoch at the next start ([`History::begin_run`]), so no position is reused for another
+//!   message and clients resync as for lost history.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -39,6 +51,11 @@ pub struct LocalEngineConfig {
     /// A room's sequencer state is dropped after this long without a publish.
     pub idle_ttl_ms: u64,
     pub shards: usize,
+    /// Deliver to subscribers before the commit (see the module docs).
+    pub deliver_before_commit: bool,
+    /// Tests only: the writer sleeps this long before each commit, widening the window between
+    /// an early delivery and its commit (`EDGERELAY_TEST_COMMIT_DELAY_MS`).
+    pub commit_delay: Duration,
 }
 
 impl Default for LocalEngineConfig {
@@ -50,6 +67,8 @@ impl Default for LocalEngineConfig {
             linger: Duration::from_millis(2),
             idle_ttl_ms: 600_000,
             shards: 64,
+            deliver_before_commit: false,
+            commit_delay: Duration::ZERO,
         }
     }
 }
@@ -68,6 +87,9 @@ struct Seq {
     assigned: u64,
     /// Last offset the store committed.
     committed: u64,
+    /// Last offset whose append left the writer (committed or refused): reads wait for it when
+    /// delivering before commit.
+    settled: u64,
     /// Bumped when a commit fails; appends queued under an older generation are refused.
     generation: u64,
     /// Appends queued and not yet committed or refused; the state is kept while any are.
@@ -148,9 +170,13 @@ impl Sequencers {
 pub struct LocalEngine {
     config: LocalEngineConfig,
     history: Arc<dyn History>,
+    hub: Arc<Hub>,
     seqs: Arc<Sequencers>,
-    queue: Sender<Op>,
-    stopping: AtomicBool,
+    /// `None` once stopping. Senders hold it shared, so nothing is queued (and delivered
+    /// early) behind the writer's stop, which records a clean stop.
+    queue: RwLock<Option<Sender<Op>>>,
+    /// Notified after every commit batch (reads waiting for an early-delivered offset).
+    settled: Arc<tokio::sync::Notify>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -179,10 +205,14 @@ impl LocalEngine {
             hasher: RandomState::new(),
         });
         let (queue, rx) = std::sync::mpsc::channel();
+        let settled = Arc::new(tokio::sync::Notify::new());
         let writer = Writer {
             rx,
             history: history.clone(),
-            hub,
+            hub: hub.clone(),
+            settled: settled.clone(),
+            deliver_before_commit: config.deliver_before_commit,
+            commit_delay: config.commit_delay,
             retention: config.retention,
             max_batch: config.max_batch.max(1),
             linger: config.linger,
@@ -195,9 +225,10 @@ impl LocalEngine {
         Ok(LocalEngine {
             config,
             history,
+            hub,
             seqs,
-            queue,
-            stopping: AtomicBool::new(false),
+            queue: RwLock::new(Some(queue)),
+            settled,
             writer: Mutex::new(Some(handle)),
         })
     }
@@ -219,6 +250,7 @@ impl LocalEngine {
                 epoch: meta.epoch,
                 assigned: meta.top,
                 committed: meta.top,
+                settled: meta.top,
                 generation: 0,
                 in_flight: 0,
                 last_used: now_ms,
@@ -233,10 +265,40 @@ impl LocalEngine {
 
     /// Queues an op for the writer; hands it back when the writer has stopped.
     fn send(&self, op: Op) -> Result<(), Box<Op>> {
-        if self.stopping.load(Ordering::Acquire) {
-            return Err(Box::new(op));
+        self.send_then(op, || ())
+    }
+
+    /// [`LocalEngine::send`], running `then` once the op is queued, before a stop can be.
+    fn send_then(&self, op: Op, then: impl FnOnce()) -> Result<(), Box<Op>> {
+        let queue = self.queue.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(queue) = queue.as_ref() else { return Err(Box::new(op)) };
+        queue.send(op).map_err(|e| Box::new(e.0))?;
+        then();
+        Ok(())
+    }
+
+    /// Waits (a bounded time) until the room's offsets after `after` that were delivered are
+    /// committed or refused, when delivering before commit; a read then sees what was delivered.
+    async fn settled_after(&self, key: &RoomKey, after: u64) {
+        if !self.config.deliver_before_commit {
+            return;
         }
-        self.queue.send(op).map_err(|e| Box::new(e.0))
+        let Some(seq) = self.seqs.existing(key) else { return };
+        let waiting = async {
+            loop {
+                let notified = self.settled.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                {
+                    let s = lock(&seq);
+                    if s.settled > after || s.assigned <= after {
+                        return;
+                    }
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(SETTLE_WAIT, waiting).await;
     }
 
     /// On an error before the publish was queued, hands `done` back to be completed with it.
@@ -283,8 +345,17 @@ impl LocalEngine {
         s.recent_order.push_back((p.now_ms, p.from.clone(), p.id.clone()));
         s.in_flight += 1;
         let message = StoredMessage { offset: position.offset, time: p.now_ms, from: p.from, id: p.id, data: p.data };
-        let op = Op::Append { seq: seq.clone(), key: p.key, generation, epoch: s.epoch, message, done };
-        if let Err(op) = self.send(op) {
+        let early = self.config.deliver_before_commit.then(|| (p.key.clone(), message.clone()));
+        let epoch = s.epoch;
+        let op = Op::Append { seq: seq.clone(), key: p.key, generation, epoch, message, done };
+        // Delivered early under the sequencer lock, so in offset order, and only once queued.
+        let mut wakes = Wakes::new();
+        let deliver = || {
+            if let Some((key, message)) = &early {
+                self.hub.deliver_batched(key, epoch, message, &mut wakes);
+            }
+        };
+        if let Err(op) = self.send_then(op, deliver) {
             // Nothing will commit it: undo the assignment (still under the lock).
             s.assigned -= 1;
             s.in_flight -= 1;
@@ -293,7 +364,11 @@ impl LocalEngine {
             }
             drop(s);
             drop(op);
+            return Ok(());
         }
+        drop(s);
+        // The writes happen after the lock: other publishers of the room never wait on sockets.
+        self.hub.wake(wakes);
         Ok(())
     }
 }
@@ -312,7 +387,7 @@ impl Engine for LocalEngine {
         let result = self.seq(key, crate::connection::unix_ms()).and_then(|seq| {
             let (epoch, top) = {
                 let s = lock(&seq);
-                (s.epoch, s.committed)
+                (s.epoch, if self.config.deliver_before_commit { s.assigned } else { s.committed })
             };
             let first = self.history.meta(key)?.filter(|m| m.epoch == epoch).map_or(1, |m| m.first);
             Ok(RoomMeta { epoch, first, top })
@@ -327,7 +402,11 @@ impl Engine for LocalEngine {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<StoredMessage>, EngineError>> {
         let key = key.clone();
-        self.read(move |history| history.read_after(&key, after, limit))
+        async move {
+            self.settled_after(&key, after).await;
+            self.read(move |history| history.read_after(&key, after, limit)).await
+        }
+        .boxed()
     }
 
     fn read_before(
@@ -367,8 +446,10 @@ impl Engine for LocalEngine {
     }
 
     fn shutdown(&self, deadline: Duration) -> BoxFuture<'_, ()> {
-        let _ = self.queue.send(Op::Stop);
-        self.stopping.store(true, Ordering::Release);
+        let queue = self.queue.write().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(queue) = queue {
+            let _ = queue.send(Op::Stop);
+        }
         let handle = lock(&self.writer).take();
         async move {
             let Some(handle) = handle else { return };
@@ -386,6 +467,7 @@ impl Engine for LocalEngine {
 fn settle(seq: &SharedSeq, message: &StoredMessage, committed: bool) {
     let mut s = lock(seq);
     s.in_flight = s.in_flight.saturating_sub(1);
+    s.settled = s.settled.max(message.offset);
     let id = (message.from.clone(), message.id.clone());
     if committed {
         s.committed = s.committed.max(message.offset);
@@ -401,6 +483,10 @@ struct Writer {
     rx: Receiver<Op>,
     history: Arc<dyn History>,
     hub: Arc<Hub>,
+    settled: Arc<tokio::sync::Notify>,
+    /// Messages were delivered when published: the writer only commits and acknowledges.
+    deliver_before_commit: bool,
+    commit_delay: Duration,
     retention: Retention,
     max_batch: usize,
     linger: Duration,
@@ -413,6 +499,9 @@ struct Writer {
 
 /// Rooms one age-retention step visits: a short write, so commits queued behind it wait little.
 const EXPIRE_ROOMS_PER_STEP: usize = 256;
+
+/// Longest a read waits for early-delivered offsets to be committed; then it reads anyway.
+const SETTLE_WAIT: Duration = Duration::from_secs(5);
 
 impl Writer {
     fn run(mut self) {
@@ -444,8 +533,12 @@ impl Writer {
             }
             stop = self.process(batch);
         }
-        // Anything queued after the stop is answered by `Done`'s drop.
+        // Anything queued after the stop is answered by `Done`'s drop (nothing is: senders
+        // stop queuing before the stop). Everything delivered was committed: a clean stop.
         while self.rx.try_recv().is_ok() {}
+        if let Err(err) = self.history.end_run() {
+            tracing::warn!(%err, "recording the clean stop failed; rooms get new epochs at the next start");
+        }
     }
 
     /// Commits one batch; returns true when a stop was reached.
@@ -474,6 +567,7 @@ impl Writer {
         }
         if !records.is_empty() {
             self.commit(records, waiting);
+            self.settled.notify_waiters();
         }
         if !cursors.is_empty()
             && let Err(err) = self.history.save_cursors(&cursors)
@@ -487,6 +581,9 @@ impl Writer {
     }
 
     fn commit(&self, records: Vec<Append>, waiting: Vec<(SharedSeq, Done)>) {
+        if !self.commit_delay.is_zero() {
+            std::thread::sleep(self.commit_delay);
+        }
         let started = Instant::now();
         let result = self.history.append(&records, &self.retention);
         self.commit_seconds.record(started.elapsed().as_secs_f64());
@@ -500,9 +597,11 @@ impl Writer {
                 Hub::gathering(&mut gathered, || {
                     for (append, (seq, done)) in records.into_iter().zip(waiting) {
                         let position = Position { epoch: append.epoch, offset: append.message.offset };
-                        let delivered =
-                            self.hub.deliver_batched(&append.key, append.epoch, &append.message, &mut wakes);
-                        crate::metrics::delivered(committed, delivered.delivered);
+                        if !self.deliver_before_commit {
+                            let delivered =
+                                self.hub.deliver_batched(&append.key, append.epoch, &append.message, &mut wakes);
+                            crate::metrics::delivered(committed, delivered.delivered);
+                        }
                         settle(&seq, &append.message, true);
                         done.complete(Ok(Accepted { position, duplicate: false }));
                     }
@@ -516,7 +615,8 @@ impl Writer {
                 tracing::error!(%err, messages = records.len(), "history commit failed; publishes refused");
                 let mut rolled_back: Vec<&SharedSeq> = Vec::new();
                 for (append, (seq, _)) in records.iter().zip(&waiting) {
-                    if !rolled_back.iter().any(|r| Arc::ptr_eq(r, seq)) {
+                    // Early-delivered offsets were seen: never handed out again.
+                    if !self.deliver_before_commit && !rolled_back.iter().any(|r| Arc::ptr_eq(r, seq)) {
                         let mut s = lock(seq);
                         s.assigned = s.committed;
                         s.generation += 1;

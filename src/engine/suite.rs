@@ -305,6 +305,16 @@ mod memory {
     }
 }
 
+/// The same properties when subscribers get each message before its commit.
+mod early {
+    async fn make() -> super::Rig {
+        let config = super::LocalEngineConfig { deliver_before_commit: true, ..Default::default() };
+        super::local(Arc::new(crate::store::MemoryHistory::new()), config)
+    }
+    use std::sync::Arc;
+    super::engine_suite!(make);
+}
+
 mod embedded {
     use std::path::PathBuf;
     use std::sync::{Arc, OnceLock};
@@ -393,6 +403,26 @@ mod embedded {
         fn cursors(&self, t: &str, u: &str, limit: usize) -> Result<Vec<crate::store::Cursor>, StoreError> {
             self.inner.cursors(t, u, limit)
         }
+    }
+
+    #[tokio::test]
+    async fn a_run_that_delivered_early_and_did_not_stop_cleanly_gives_rooms_new_epochs() {
+        let history = Arc::new(EmbeddedHistory::open(&fresh_path()).unwrap().0);
+        assert_eq!(history.begin_run(true).unwrap(), 0, "a new store has nothing to renew");
+        let config = LocalEngineConfig { deliver_before_commit: true, ..Default::default() };
+        let rig = local(history.clone(), config);
+        let k = key("r");
+        let first = rig.publish(&k, "m1").await;
+        // The next start finds the run's marker (no clean stop): same history, new epoch.
+        assert_eq!(history.begin_run(true).unwrap(), 1);
+        let meta = history.meta(&k).unwrap().unwrap();
+        assert_ne!(meta.epoch, first.epoch);
+        assert_eq!((meta.first, meta.top), (1, 1));
+        assert_eq!(history.read_after(&k, 0, 10).unwrap()[0].id, "m1");
+        // A clean stop clears it.
+        rig.engine.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(history.begin_run(false).unwrap(), 0);
+        assert_eq!(history.meta(&k).unwrap().unwrap().epoch, meta.epoch);
     }
 
     #[tokio::test]

@@ -8,6 +8,9 @@
 //! - `users`: `user` → presence record `{last_seen, hide_presence, hide_typing}` (postcard)
 //! - `calls`, `call_index`, `call_times`: the call history ([`crate::call::history`])
 //!
+//! - `state`: `"unclean_if_running"` → 1 while a run that delivers before commit is running
+//!   ([`History::begin_run`])
+//!
 //! Every `append` is one write transaction committed with redb's default (immediate, fsync'd)
 //! durability. A file redb reports as corrupted is moved aside and a fresh one created: rooms
 //! then start new epochs, so clients are told that history was lost rather than shown a gap.
@@ -33,6 +36,11 @@ const ROOMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("rooms");
 const IDS: TableDefinition<(&[u8], &str, &str), u64> = TableDefinition::new("ids");
 const CURSORS: TableDefinition<(&[u8], &str), &[u8]> = TableDefinition::new("cursors");
 const USERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("users");
+const STATE: TableDefinition<&str, u64> = TableDefinition::new("state");
+
+/// Present in `state` while a run that delivers before commit is running; found at startup, it
+/// says that run did not stop cleanly.
+const EARLY_RUN: &str = "unclean_if_running";
 
 pub struct EmbeddedHistory {
     db: Database,
@@ -73,6 +81,7 @@ impl EmbeddedHistory {
         txn.open_table(IDS).map_err(err)?;
         txn.open_table(CURSORS).map_err(err)?;
         txn.open_table(USERS).map_err(err)?;
+        txn.open_table(STATE).map_err(err)?;
         txn.commit().map_err(err)?;
         Ok(EmbeddedHistory { db })
     }
@@ -336,6 +345,46 @@ impl History for EmbeddedHistory {
         out.sort_by(|a, b| b.updated.cmp(&a.updated).then_with(|| a.room.cmp(&b.room)));
         out.truncate(limit);
         Ok(out)
+    }
+
+    fn begin_run(&self, deliver_before_commit: bool) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        let mut renewed = 0;
+        {
+            let mut state = txn.open_table(STATE).map_err(err)?;
+            let unclean = state.get(EARLY_RUN).map_err(err)?.is_some();
+            if unclean {
+                // Offsets past each room's top may have been seen by subscribers: a new epoch
+                // per room, same messages and offsets, so those positions are never reused.
+                let mut rooms = txn.open_table(ROOMS).map_err(err)?;
+                let all: Vec<(Vec<u8>, RoomMeta)> = rooms
+                    .iter()
+                    .map_err(err)?
+                    .map(|entry| {
+                        let (k, v) = entry.map_err(err)?;
+                        Ok((k.value().to_vec(), decode_meta(v.value())?))
+                    })
+                    .collect::<Result<_, StoreError>>()?;
+                for (room, meta) in all {
+                    let meta = RoomMeta { epoch: super::new_epoch(), ..meta };
+                    rooms.insert(room.as_slice(), encode_meta(&meta).as_slice()).map_err(err)?;
+                    renewed += 1;
+                }
+            }
+            if deliver_before_commit {
+                state.insert(EARLY_RUN, 1).map_err(err)?;
+            } else if unclean {
+                state.remove(EARLY_RUN).map_err(err)?;
+            }
+        }
+        txn.commit().map_err(err)?;
+        Ok(renewed)
+    }
+
+    fn end_run(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        txn.open_table(STATE).map_err(err)?.remove(EARLY_RUN).map_err(err)?;
+        txn.commit().map_err(err)
     }
 }
 

@@ -149,6 +149,20 @@ pub trait History: Send + Sync + 'static {
 
     /// The user's cursors, most recently updated first, at most `limit`.
     fn cursors(&self, tenant: &str, user: &str, limit: usize) -> Result<Vec<Cursor>, StoreError>;
+
+    /// Called once at startup, before any publish: if the previous run delivered messages
+    /// before their commit (`store.deliver_before_commit`) and did not stop cleanly, every room
+    /// gets a new epoch (history kept), so a position a subscriber saw but the store lost is
+    /// never reused for another message. Then records whether this run delivers early.
+    /// Returns how many rooms got a new epoch. Stores that do not survive a restart do nothing.
+    fn begin_run(&self, _deliver_before_commit: bool) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    /// Records a clean stop: everything delivered was committed ([`History::begin_run`]).
+    fn end_run(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Where a subsystem keeps tables of its own (sessions, receipts): the relay's redb file next to
