@@ -673,7 +673,7 @@ async fn churner(ctx: &Ctx, index: usize, hold: Duration, stop: &CancellationTok
         anyhow::Ok(())
     }
     .await;
-    if index % 2 == 0 {
+    if index.is_multiple_of(2) {
         let _ = tokio::time::timeout(Duration::from_secs(5), client.close()).await;
     } else {
         client.abort();
