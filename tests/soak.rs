@@ -7,12 +7,15 @@
 //!
 //! The relay's bounded caches are sized so that they fill during the warm-up: TLS sessions for
 //! 0-RTT (twice `limits.max_connections`, at least 256), history (`store.max_messages` per
-//! room), publish ids kept for retries (`store.dedupe_window_secs`). Two runs of it on a busy
-//! machine (load average 20) measured 906 KiB a minute with the default 300 s dedupe window and
-//! 485 KiB with 10 s. A leak of one connection's state per churned connection (5 a second) fails it: a
-//! leaked task or socket stays above the baseline, leaked memory grows the RSS by at least
-//! 5.8 KiB (an idle WebSocket connection's memory) per connection, 1.7 MiB a minute, well above
-//! the 1 MiB a minute allowed here. No timing assertions.
+//! room), publish ids kept for retries (`store.dedupe_window_secs`); churners are capped at 10
+//! open at once, so a machine too busy for the churn rate does not pile up connections. What
+//! the RSS does in the second half is still noisy on a busy machine: 468-1,519 KiB a minute in
+//! five runs at load average 17-25 (docs/performance/history.md, "Soak"). 3 MiB a minute is
+//! allowed; a leak of one connection's state per churned connection (29 KiB on average over the
+//! mix: 40 KiB QUIC and WebTransport, 5.8 KiB WebSocket) grows it by more than 7 MiB a minute at
+//! 4.5 churned connections a second, and a leaked task or socket per connection leaves hundreds
+//! above the baseline. Smaller leaks are the one-hour run's to find (256 KiB a minute over 45
+//! minutes). No timing assertions.
 
 #[path = "common/load.rs"]
 mod load_runner;
@@ -51,7 +54,7 @@ async fn a_short_soak_loses_nothing_and_gives_back_descriptors_and_tasks() {
             "--resume-every",
             "8",
             "--max-rss-slope",
-            "1024",
+            "3072",
             "--settle",
             "90",
         ],
@@ -86,5 +89,5 @@ async fn a_short_soak_loses_nothing_and_gives_back_descriptors_and_tasks() {
     let loaded = &r["loaded"];
     assert!(u(loaded, "tasks") > u(baseline, "tasks") + 20, "{}", run.output);
     let slope = r["rss_slope_kib_per_min"].as_f64().unwrap();
-    assert!(slope < 1024.0, "{}", run.output);
+    assert!(slope < 3072.0, "{}", run.output);
 }

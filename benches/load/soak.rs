@@ -27,8 +27,8 @@
 //! - after everyone left, descriptors and tasks are within `--fd-slack` / `--task-slack` of the
 //!   baseline.
 //!
-//! Bounded: at most 4 hours, at most 1,000 connections open at once (a churner due beyond it is
-//! counted as behind), the drain and the settle wait a bounded time.
+//! Bounded: at most 4 hours, at most `--max-open` churners open at once (a churner due beyond it
+//! is counted as behind), the drain and the settle wait a bounded time.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,8 +46,6 @@ use crate::relay::{RelayUnderTest, TransportChoice, fds_of, metric_sum_in};
 use crate::stats::{self, Errors};
 
 pub const MAX_SECONDS: f64 = 4.0 * 3600.0;
-/// Most churners open at once.
-const MAX_OPEN: u64 = 1000;
 /// Connect attempts of a stayer, resumer or publisher before it gives up.
 const ATTEMPTS: u32 = 20;
 
@@ -82,6 +80,11 @@ pub struct SoakArgs {
     /// How long a churner stays.
     #[arg(long, default_value_t = 1000)]
     pub hold_ms: u64,
+    /// Most churners open at once (at most 1,000); one due beyond it is counted as behind and
+    /// skipped. Keeps the number of connections steady when the machine is too busy for the
+    /// churn rate, so that the RSS reflects what the relay keeps, not a growing backlog.
+    #[arg(long, default_value_t = 10)]
+    pub max_open: u64,
     /// Seconds between samples of the relay's RSS, descriptors and tasks.
     #[arg(long, default_value_t = 5.0)]
     pub sample_every: f64,
@@ -272,6 +275,7 @@ pub async fn soak(
         let rate = args.rate / args.publishers as f64;
         load_tasks.spawn(publisher(ctx.clone(), p, args.publishers, rate, args.per_connection, stop.clone()));
     }
+    let max_open = args.max_open.clamp(1, 1000);
     let churners = TaskTracker::new();
     let open = Arc::new(AtomicU64::new(0));
     let completed = Arc::new(AtomicU64::new(0));
@@ -285,7 +289,7 @@ pub async fn soak(
         tick.tick().await;
         let due = (load_started.elapsed().min(window).as_secs_f64() * args.churn_rate) as u64;
         while attempted + behind < due {
-            if open.load(Ordering::Relaxed) >= MAX_OPEN {
+            if open.load(Ordering::Relaxed) >= max_open {
                 behind += 1;
                 continue;
             }
@@ -528,18 +532,23 @@ async fn subscriber(
     let rooms = ctx.rooms.len();
     let mut got = Received { start: vec![None; rooms], offsets: vec![Vec::new(); rooms], duplicates: 0 };
     let mut last: Vec<Option<Position>> = vec![None; rooms];
+    let mut first: Vec<Option<Position>> = vec![None; rooms];
     let mut next_drop = resume.map(|every| tokio::time::Instant::now() + every + phase.unwrap_or_default());
     let user = format!("soak-sub-{slot}");
     'connections: while !stop.is_cancelled() {
         let Some(mut client) = connect(&ctx, &user, slot, &stop).await else { break };
         for (r, room) in ctx.rooms.iter().enumerate() {
-            match client.join_since(room, last[r]).await {
+            // A rejoin resumes from the last message seen, or from the first join's position
+            // when none came yet (so what was published meanwhile is still owed).
+            let since = last[r].or(first[r].filter(|p| p.offset > 0));
+            match client.join_since(room, since).await {
                 Ok(joined) => {
-                    if last[r].is_some() {
+                    if since.is_some() {
                         if !joined.recovered {
                             ctx.not_recovered.fetch_add(1, Ordering::Relaxed);
                         }
-                    } else {
+                    } else if first[r].is_none() {
+                        first[r] = Some(joined.position);
                         got.start[r] = Some(joined.position.offset);
                         ctx.ledger.epoch(r, joined.position.epoch);
                         // Nothing received yet: the drain counts from the join.
