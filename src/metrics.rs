@@ -49,6 +49,8 @@ pub const DATAGRAMS_REROUTED_TOTAL: &str = "edgerelay_datagrams_rerouted_total";
 pub const ADMISSIONS_TOTAL: &str = "edgerelay_admissions_total";
 /// Errors sent to clients, by `code` slug.
 pub const ERRORS_TOTAL: &str = "edgerelay_errors_total";
+/// Tasks alive in the async runtime (gauge, read at scrape time by [`process_metrics`]).
+pub const TASKS: &str = "edgerelay_tasks";
 /// Rooms currently held by the hub (gauge).
 pub const ROOMS: &str = "edgerelay_rooms";
 /// Members switched from live fanout to replay from history because they fell behind.
@@ -391,6 +393,14 @@ pub fn process_metrics() -> String {
         std::fs::read_dir("/proc/self/fd").ok().map(|dir| dir.count() as f64),
     );
     metric("process_max_fds", "gauge", "Maximum number of open file descriptors.", max_fds());
+    // Not a process metric, but read at scrape time too: tokio's count of the runtime's live
+    // tasks (connections, rooms, timers). A soak run checks it returns to its baseline.
+    metric(
+        TASKS,
+        "gauge",
+        "Tasks alive in the relay's async runtime.",
+        tokio::runtime::Handle::try_current().ok().map(|rt| rt.metrics().num_alive_tasks() as f64),
+    );
     out
 }
 

@@ -4,6 +4,8 @@
 //! is exactly what the proxy dropped. No timing assertions.
 
 mod common;
+#[path = "common/load.rs"]
+mod load_runner;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,25 +19,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Runs the generator with `args` (bounded by a timeout) and returns its JSON summary.
 async fn run_load(args: &[&str]) -> Value {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("summary.json");
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_edgerelay-load"));
-    command
-        .args(["--relay-bin", env!("CARGO_BIN_EXE_edgerelay"), "--quiet", "--json"])
-        .arg(&json)
-        .args(args)
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(120), command.output())
-        .await
-        .expect("the load generator finishes within its bounds")
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "edgerelay-load failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+    let run = load_runner::run_load_within(args, Duration::from_secs(120)).await;
+    assert!(run.success, "edgerelay-load failed: {}", run.output);
+    run.summary
 }
 
 fn u(v: &Value, key: &str) -> u64 {

@@ -410,9 +410,13 @@ async fn metrics_are_described_initialised_and_served_on_the_admin_listener() {
     }
     let version = env!("CARGO_PKG_VERSION");
     assert_eq!(sample(&page, &format!("edgerelay_build_info{{version=\"{version}\"}}")), Some(1.0));
-    for name in
-        ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds", "process_start_time_seconds"]
-    {
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+        "edgerelay_tasks",
+    ] {
         assert!(sample(&page, name).is_some(), "{name} missing");
     }
     let now = common::now_secs() as f64;

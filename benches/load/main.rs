@@ -20,6 +20,7 @@
 //! edgerelay-load --transport mix calls --calls 500 --rounds 3
 //! edgerelay-load --transport quic --duration 10 sessions --users 100 --rate 5
 //! edgerelay-load --transport ws --duration 10 events --subscribers 100 --rate 500 [--sse]
+//! edgerelay-load --transport mix soak --seconds 3600 --rate 20 --churn-rate 5
 //! ```
 //!
 //! `bigroom` is fanout with one room (a preset, the same code); `storm` drops N connections at
@@ -41,6 +42,7 @@ mod media;
 mod presence;
 mod relay;
 mod sessions;
+mod soak;
 mod stats;
 mod storm;
 
@@ -108,6 +110,10 @@ enum Workload {
     /// Collaborative session: N users patching one document (and moving cursors), timed at
     /// every member; optionally the join of a big document.
     Sessions(sessions::SessionsArgs),
+    /// Soak: churn, resumes, acked publishes, presence and typing for --seconds (up to 4 h),
+    /// sampling the relay's RSS, descriptors and tasks; fails when an acked message is lost,
+    /// RSS grows after the warm-up or descriptors and tasks do not come back.
+    Soak(soak::SoakArgs),
     /// Event broadcasting: events published through the server API at a rate to subscribers of
     /// a wildcard pattern (connections or SSE), timed end to end.
     Events(events::EventsArgs),
@@ -148,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             relay.ws_url.as_deref().unwrap_or("-"),
         );
     }
+    let mut soak_failures = Vec::new();
     let (table, json) = match &cli.workload {
         Workload::Idle(args) => {
             let report = conns::idle(&relay, args, cli.transport, window, progress).await?;
@@ -187,6 +194,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let report = events::events(&relay, args, cli.transport, window, progress).await?;
             (events::table(&report), serde_json::to_value(&report)?)
         }
+        Workload::Soak(args) => {
+            let report = soak::soak(&relay, args, cli.transport, progress).await?;
+            soak_failures = report.failures.clone();
+            (soak::table(&report), serde_json::to_value(&report)?)
+        }
         Workload::Fanout(args) => {
             let report = fanout::fanout(&relay, args, cli.transport, window, progress).await?;
             (fanout::table(&report), serde_json::to_value(&report)?)
@@ -212,5 +224,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?,
         None => {}
     }
+    anyhow::ensure!(soak_failures.is_empty(), "the soak failed: {}", soak_failures.join("; "));
     Ok(())
 }

@@ -315,6 +315,11 @@ impl RelayUnderTest {
     /// The sum of every series of a counter or gauge on the relay's `/metrics` page (on the
     /// WebSocket listener), e.g. `edgerelay_presence_updates_total` over its kinds.
     pub fn metric_sum(&self, name: &str) -> Option<f64> {
+        Some(metric_sum_in(&self.metrics_page()?, name))
+    }
+
+    /// The relay's `/metrics` page (on the WebSocket listener), read once.
+    pub fn metrics_page(&self) -> Option<String> {
         use std::io::{Read, Write};
         let url = url::Url::parse(self.ws_url.as_deref()?).ok()?;
         let addr = format!("{}:{}", url.host_str()?, url.port()?);
@@ -323,8 +328,7 @@ impl RelayUnderTest {
         stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n").ok()?;
         let mut page = String::new();
         stream.read_to_string(&mut page).ok()?;
-        let values = page.lines().filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']));
-        Some(values.filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum())
+        Some(page)
     }
 
     /// Whether the started relay is still running.
@@ -386,6 +390,17 @@ pub fn cpu_of(pid: u32) -> Option<Duration> {
     let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     // USER_HZ is 100 on Linux.
     Some(Duration::from_millis(ticks * 10))
+}
+
+/// The sum of every series of metric `name` on a `/metrics` page.
+pub fn metric_sum_in(page: &str, name: &str) -> f64 {
+    let values = page.lines().filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']));
+    values.filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+/// A process's open file descriptors (the entries of `/proc/<pid>/fd`).
+pub fn fds_of(pid: u32) -> Option<u64> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
 }
 
 /// A process's resident set (`VmRSS` in `/proc/<pid>/status`), KiB.
