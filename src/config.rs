@@ -539,11 +539,14 @@ pub struct QuicConfig {
     /// their ACK delay (quinn asks for at most the larger of the RTT and 25 ms). Unset: not asked,
     /// peers acknowledge every second packet.
     pub ack_eliciting_threshold: Option<u32>,
+    /// TLS sessions kept for resumption and 0-RTT (two per connection, about 4 KiB each, oldest
+    /// dropped first); 0 keeps none, so every connection does a full handshake.
+    pub resumption_sessions: usize,
 }
 
 impl Default for QuicConfig {
     fn default() -> Self {
-        QuicConfig { segmentation_offload: true, ack_eliciting_threshold: None }
+        QuicConfig { segmentation_offload: true, ack_eliciting_threshold: None, resumption_sessions: 16_384 }
     }
 }
 

@@ -635,9 +635,6 @@ fn cert_info(cert: &CertBundle, next: Option<&CertBundle>) -> CertInfo {
     }
 }
 
-/// At most this many TLS sessions kept for resumption (about 200 bytes each).
-const MAX_TLS_SESSIONS: usize = 1 << 18;
-
 fn quic_server_config(
     cert: &CertBundle,
     token_key: &[u8],
@@ -648,11 +645,14 @@ fn quic_server_config(
     // 0-RTT resumption (docs/decisions.md, "0-RTT resumption"): tickets name sessions kept in
     // this process (rustls takes early data only with stateful resumption), each usable once,
     // so a replayed first flight finds its ticket gone and its early data refused. Two tickets
-    // per connection (rustls's default), room for every connection's; a restarted relay has
-    // none, and its clients do a full handshake.
+    // per connection (rustls's default), at most `quic.resumption_sessions` (about 4 KiB each,
+    // the oldest dropped first); a restarted relay has none, and its clients do a full handshake.
     crypto.max_early_data_size = u32::MAX;
-    let sessions = (2 * limits.max_connections as usize).clamp(256, MAX_TLS_SESSIONS);
-    crypto.session_storage = rustls::server::ServerSessionMemoryCache::new(sessions);
+    crypto.session_storage = if quic.resumption_sessions == 0 {
+        Arc::new(rustls::server::NoServerSessionStorage {})
+    } else {
+        rustls::server::ServerSessionMemoryCache::new(quic.resumption_sessions)
+    };
     let crypto =
         quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|e| RelayError::Quic(e.to_string()))?;
     let token_key = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(token_key);

@@ -6,7 +6,7 @@
 //! client left. The one-hour run is the same command with other numbers.
 //!
 //! The relay's bounded caches are sized so that they fill during the warm-up: TLS sessions for
-//! 0-RTT (twice `limits.max_connections`, at least 256), history (`store.max_messages` per
+//! 0-RTT (`quic.resumption_sessions`), history (`store.max_messages` per
 //! room), publish ids kept for retries (`store.dedupe_window_secs`); churners are capped at 10
 //! open at once, so a machine too busy for the churn rate does not pile up connections. What
 //! the RSS does in the second half is still noisy on a busy machine: 468-1,519 KiB a minute in
@@ -35,7 +35,7 @@ async fn a_short_soak_loses_nothing_and_gives_back_descriptors_and_tasks() {
             "--transport",
             "mix",
             "--relay-env",
-            "EDGERELAY_LIMITS__MAX_CONNECTIONS=100",
+            "EDGERELAY_QUIC__RESUMPTION_SESSIONS=256",
             "--relay-env",
             "EDGERELAY_STORE__MAX_MESSAGES=100",
             "--relay-env",
