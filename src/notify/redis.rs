@@ -24,9 +24,7 @@
 
 use std::collections::HashMap;
 
-use fred::prelude::{
-    Client, ClientLike, Error as FredError, HashesInterface, KeysInterface, LuaInterface, SortedSetsInterface, Value,
-};
+use fred::prelude::{Client, ClientLike, HashesInterface, KeysInterface, LuaInterface, SortedSetsInterface, Value};
 use fred::types::{ClusterHash, CustomCommand};
 use futures_util::FutureExt;
 
@@ -34,7 +32,7 @@ use super::backend::{Backend, Fut};
 use super::store::{Added, DeadLetter, Delivery, Device, MarkError, NewNotification};
 use crate::hub::presence::UserKey;
 use crate::proto::{Notification, NotifyPrefs};
-use crate::receipts::redis::Names;
+use crate::receipts::redis::{Names, err, eval};
 use crate::store::StoreError;
 
 const ADD_LUA: &str = include_str!("add.lua");
@@ -92,10 +90,6 @@ const DEAD_CHUNK: usize = 256;
 /// Most commands in one pipeline.
 const MAX_BATCH: usize = 512;
 
-fn err(e: FredError) -> StoreError {
-    StoreError::Backend(format!("redis: {e}"))
-}
-
 fn corrupt(what: &'static str) -> impl Fn(serde_json::Error) -> StoreError {
     move |e| StoreError::Corrupt { table: what, detail: e.to_string() }
 }
@@ -136,13 +130,6 @@ fn parse_entry(entry: Value) -> Option<Delivery> {
 
 fn cmd(name: &'static str, key_at: usize) -> CustomCommand {
     CustomCommand::new_static(name, ClusterHash::Offset(key_at), false)
-}
-
-fn eval_args(script: &str, keys: Vec<String>, argv: Vec<String>) -> Vec<Value> {
-    let mut args: Vec<Value> = vec![script.into(), Value::Integer(keys.len() as i64)];
-    args.extend(keys.into_iter().map(Value::from));
-    args.extend(argv.into_iter().map(Value::from));
-    args
 }
 
 pub struct RedisNotify {
@@ -204,8 +191,8 @@ impl RedisNotify {
                     max_feed.to_string(),
                     push.to_owned(),
                 ];
-                let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
-                pipeline.custom::<(), _>(eval, eval_args(ADD_LUA, keys, argv)).await.map_err(err)?;
+                let (command, args) = eval(ADD_LUA, keys, argv);
+                pipeline.custom::<(), _>(command, args).await.map_err(err)?;
             }
             let replies = pipeline.try_all::<Value>().await;
             let mut pushes = Vec::new();
@@ -243,8 +230,8 @@ impl RedisNotify {
         let pipeline = self.client.pipeline();
         for (_, delivery) in &pushes {
             let keys = vec![self.region("seq"), self.outbox()];
-            let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
-            pipeline.custom::<(), _>(eval, eval_args(QUEUE_LUA, keys, vec![json(delivery)?])).await.map_err(err)?;
+            let (command, args) = eval(QUEUE_LUA, keys, vec![json(delivery)?]);
+            pipeline.custom::<(), _>(command, args).await.map_err(err)?;
         }
         for ((_, delivery), seq) in pushes.iter_mut().zip(pipeline.try_all::<Value>().await) {
             delivery.seq = seq.map_err(err)?.as_u64().unwrap_or(0);

@@ -50,8 +50,17 @@ pub struct RedisReceipts {
     stop: CancellationToken,
 }
 
-fn err(e: FredError) -> StoreError {
+/// A Redis error as the stores report it (receipts and notifications).
+pub(crate) fn err(e: FredError) -> StoreError {
     StoreError::Backend(format!("redis: {e}"))
+}
+
+/// `EVAL script numkeys keys... argv...`, the first key (offset 2) picking the cluster shard.
+pub(crate) fn eval(script: &str, keys: Vec<String>, argv: Vec<String>) -> (CustomCommand, Vec<Value>) {
+    let mut args: Vec<Value> = vec![script.into(), Value::Integer(keys.len() as i64)];
+    args.extend(keys.into_iter().map(Value::from));
+    args.extend(argv.into_iter().map(Value::from));
+    (CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false), args)
 }
 
 fn encode(mark: &Mark) -> String {
@@ -152,16 +161,9 @@ async fn commit<'a>(
             match op {
                 Op::Mark { room, user, mark } => {
                     let marks = names.marks(room);
-                    let eval = CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false);
-                    let args: Vec<Value> = vec![
-                        MARK_LUA.into(),
-                        Value::Integer(1),
-                        marks.into(),
-                        user.as_str().into(),
-                        encode(mark).into(),
-                        KEEP_MS.to_string().into(),
-                    ];
-                    pipeline.custom::<(), _>(eval, args).await?;
+                    let argv = vec![user.to_string(), encode(mark), KEEP_MS.to_string()];
+                    let (command, args) = eval(MARK_LUA, vec![marks], argv);
+                    pipeline.custom::<(), _>(command, args).await?;
                     let follows = names.follows(&room.tenant, user);
                     pipeline.hset::<(), _, _>(follows.as_str(), (room.room.as_str(), "")).await?;
                     pipeline.pexpire::<(), _>(follows.as_str(), KEEP_MS, None).await?;
