@@ -775,9 +775,11 @@ pub struct StoreConfig {
     /// How long the writer keeps collecting a batch while publishes keep arriving.
     pub commit_linger_us: u64,
     /// Deliver each message to subscribers as soon as it has its offset, before its durable
-    /// commit (acks still wait for the commit). After a crash every room then starts a new
-    /// epoch, so a message subscribers saw but the store lost never shares a position with
-    /// another. Embedded and memory engines only (Redis commits and delivers in one script).
+    /// commit (acks still wait for the commit). On by default: subscribers skip the fsync and
+    /// two thread hand-offs. After a crash every room then starts a new epoch, so a message
+    /// subscribers saw but the store lost never shares a position with another; `false` keeps
+    /// the epochs across crashes at the cost of that latency. Embedded and memory engines only
+    /// (Redis commits and delivers in one script).
     pub deliver_before_commit: bool,
 }
 
@@ -799,7 +801,7 @@ impl Default for StoreConfig {
             dedupe_window_secs: 300,
             commit_max_batch: 256,
             commit_linger_us: 2000,
-            deliver_before_commit: false,
+            deliver_before_commit: true,
         }
     }
 }

@@ -230,7 +230,10 @@ fn describe() {
         "1 while Redis takes this node's probe and brings it back through pub/sub; 0 after a failed or lost probe (redis engine)."
     );
     describe_histogram!(PUBLISH_ACK_SECONDS, "Time from a publish reaching the engine to its ack being queued.");
-    describe_histogram!(DELIVERY_SECONDS, "Time from a message's commit to its being queued for every member here.");
+    describe_histogram!(
+        DELIVERY_SECONDS,
+        "Time from a message's commit (with early delivery: its sequencing) to its being queued for every member here."
+    );
     describe_histogram!(HANDSHAKE_SECONDS, "Time from accepting a connection to its welcome, by transport.");
     describe_counter!(
         ZERO_RTT_TOTAL,
@@ -331,12 +334,12 @@ pub fn publish_acked(since: Instant) {
     HISTOGRAM.get_or_init(|| metrics::histogram!(PUBLISH_ACK_SECONDS)).record(since.elapsed().as_secs_f64());
 }
 
-/// Records one message's time from its commit at `committed` to its queueing
-/// ([`DELIVERY_SECONDS`]), if it was queued for anyone here.
-pub fn delivered(committed: Instant, members: usize) {
+/// Records one message's time from `since` (its commit, or with early delivery the moment it
+/// got its offset) to its queueing ([`DELIVERY_SECONDS`]), if it was queued for anyone here.
+pub fn delivered(since: Instant, members: usize) {
     static HISTOGRAM: OnceLock<metrics::Histogram> = OnceLock::new();
     if members > 0 {
-        HISTOGRAM.get_or_init(|| metrics::histogram!(DELIVERY_SECONDS)).record(committed.elapsed().as_secs_f64());
+        HISTOGRAM.get_or_init(|| metrics::histogram!(DELIVERY_SECONDS)).record(since.elapsed().as_secs_f64());
     }
 }
 

@@ -352,7 +352,9 @@ impl LocalEngine {
         let mut wakes = Wakes::new();
         let deliver = || {
             if let Some((key, message)) = &early {
-                self.hub.deliver_batched(key, epoch, message, &mut wakes);
+                let sequenced = Instant::now();
+                let delivered = self.hub.deliver_batched(key, epoch, message, &mut wakes);
+                crate::metrics::delivered(sequenced, delivered.delivered);
             }
         };
         if let Err(op) = self.send_then(op, deliver) {
