@@ -57,7 +57,7 @@ export async function startRelay(env = {}) {
      * grants the dev endpoint does not give: `args` like `["--session", "doc:*"]`. */
     cliToken(user, args = []) {
       const argv = ["token", "--data-dir", dir, "--sub", user, "--tenant", "demo", ...args];
-      return execFileSync(BIN, argv, { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim();
+      return execFileSync(BIN, argv, { encoding: "utf8", env: inherited, stdio: ["ignore", "pipe", "ignore"] }).trim();
     },
     async stop() {
       if (child.exitCode === null) {
