@@ -232,7 +232,7 @@ fn describe() {
     describe_histogram!(PUBLISH_ACK_SECONDS, "Time from a publish reaching the engine to its ack being queued.");
     describe_histogram!(
         DELIVERY_SECONDS,
-        "Time from a message's commit (with early delivery: its sequencing) to its being queued for every member here."
+        "Time from a message's commit (with early delivery: its publish reaching the engine) to its being queued for every member here."
     );
     describe_histogram!(HANDSHAKE_SECONDS, "Time from accepting a connection to its welcome, by transport.");
     describe_counter!(
@@ -334,8 +334,8 @@ pub fn publish_acked(since: Instant) {
     HISTOGRAM.get_or_init(|| metrics::histogram!(PUBLISH_ACK_SECONDS)).record(since.elapsed().as_secs_f64());
 }
 
-/// Records one message's time from `since` (its commit, or with early delivery the moment it
-/// got its offset) to its queueing ([`DELIVERY_SECONDS`]), if it was queued for anyone here.
+/// Records one message's time from `since` (its commit, or with early delivery its publish
+/// reaching the engine) to its queueing ([`DELIVERY_SECONDS`]), if it was queued for anyone here.
 pub fn delivered(since: Instant, members: usize) {
     static HISTOGRAM: OnceLock<metrics::Histogram> = OnceLock::new();
     if members > 0 {

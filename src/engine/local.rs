@@ -347,14 +347,14 @@ impl LocalEngine {
         let message = StoredMessage { offset: position.offset, time: p.now_ms, from: p.from, id: p.id, data: p.data };
         let early = self.config.deliver_before_commit.then(|| (p.key.clone(), message.clone()));
         let epoch = s.epoch;
+        let entered = done.since();
         let op = Op::Append { seq: seq.clone(), key: p.key, generation, epoch, message, done };
         // Delivered early under the sequencer lock, so in offset order, and only once queued.
         let mut wakes = Wakes::new();
         let deliver = || {
             if let Some((key, message)) = &early {
-                let sequenced = Instant::now();
                 let delivered = self.hub.deliver_batched(key, epoch, message, &mut wakes);
-                crate::metrics::delivered(sequenced, delivered.delivered);
+                crate::metrics::delivered(entered, delivered.delivered);
             }
         };
         if let Err(op) = self.send_then(op, deliver) {

@@ -90,6 +90,11 @@ impl Done {
         (Done::new(move |r| drop(tx.send(r))), rx)
     }
 
+    /// When the publish reached the engine.
+    pub fn since(&self) -> std::time::Instant {
+        self.1
+    }
+
     pub fn complete(mut self, result: Result<Accepted, EngineError>) {
         if let Some(f) = self.0.take() {
             // Recorded before the answer goes out, so a client that has its ack sees it counted.
