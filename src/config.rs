@@ -774,6 +774,10 @@ pub struct StoreConfig {
     pub commit_max_batch: usize,
     /// How long the writer keeps collecting a batch while publishes keep arriving.
     pub commit_linger_us: u64,
+    /// Least time between the starts of two commits: publishes arriving sooner wait and share
+    /// the next one. With `deliver_before_commit` only the publisher's ack waits; fewer fsyncs
+    /// under a steady trickle of publishes. 0: commit as soon as the previous one is done.
+    pub commit_interval_us: u64,
     /// Deliver each message to subscribers as soon as it has its offset, before its durable
     /// commit (acks still wait for the commit). On by default: subscribers skip the fsync and
     /// two thread hand-offs. After a crash every room then starts a new epoch, so a message
@@ -791,6 +795,9 @@ pub enum StoreEngine {
     Redis,
 }
 
+/// `store.commit_interval_us`'s default (docs/decisions.md, "Pacing commits").
+const COMMIT_INTERVAL_US: u64 = 0;
+
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
@@ -801,6 +808,7 @@ impl Default for StoreConfig {
             dedupe_window_secs: 300,
             commit_max_batch: 256,
             commit_linger_us: 2000,
+            commit_interval_us: COMMIT_INTERVAL_US,
             deliver_before_commit: true,
         }
     }
@@ -1297,6 +1305,9 @@ impl Config {
         ])?;
         if st.commit_linger_us > 100_000 {
             return Err(invalid("store.commit_linger_us", "must be at most 100000 (100 ms)"));
+        }
+        if st.commit_interval_us > 100_000 {
+            return Err(invalid("store.commit_interval_us", "must be at most 100000 (100 ms)"));
         }
         let r = &self.redis;
         all_positive([

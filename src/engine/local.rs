@@ -48,6 +48,9 @@ pub struct LocalEngineConfig {
     pub max_batch: usize,
     /// How long the writer keeps collecting while appends keep arriving.
     pub linger: Duration,
+    /// Least time from one commit's start to the next: appends arriving sooner join the next
+    /// commit (fewer fsyncs under a steady trickle; see the module docs).
+    pub min_commit_interval: Duration,
     /// A room's sequencer state is dropped after this long without a publish.
     pub idle_ttl_ms: u64,
     pub shards: usize,
@@ -65,6 +68,7 @@ impl Default for LocalEngineConfig {
             dedupe_window_ms: 5 * 60 * 1000,
             max_batch: 256,
             linger: Duration::from_millis(2),
+            min_commit_interval: Duration::ZERO,
             idle_ttl_ms: 600_000,
             shards: 64,
             deliver_before_commit: false,
@@ -216,6 +220,8 @@ impl LocalEngine {
             retention: config.retention,
             max_batch: config.max_batch.max(1),
             linger: config.linger,
+            min_commit_interval: config.min_commit_interval,
+            last_commit: None,
             commit_seconds: metrics::histogram!(crate::metrics::STORE_COMMIT_SECONDS),
             batch_size: metrics::histogram!(crate::metrics::STORE_BATCH_SIZE),
             failures: metrics::counter!(crate::metrics::STORE_FAILURES_TOTAL),
@@ -492,6 +498,9 @@ struct Writer {
     retention: Retention,
     max_batch: usize,
     linger: Duration,
+    min_commit_interval: Duration,
+    /// When the last commit started.
+    last_commit: Option<Instant>,
     commit_seconds: metrics::Histogram,
     batch_size: metrics::Histogram,
     failures: metrics::Counter,
@@ -526,6 +535,7 @@ impl Writer {
                 }
             };
             let mut batch = vec![first];
+            self.wait_for_interval(&mut batch);
             let deadline = Instant::now() + self.linger;
             while batch.len() < self.max_batch && Instant::now() < deadline {
                 match self.rx.try_recv() {
@@ -540,6 +550,22 @@ impl Writer {
         while self.rx.try_recv().is_ok() {}
         if let Err(err) = self.history.end_run() {
             tracing::warn!(%err, "recording the clean stop failed; rooms get new epochs at the next start");
+        }
+    }
+
+    /// Collects into `batch` until `min_commit_interval` has passed since the last commit
+    /// started. A stop or a full batch ends the wait.
+    fn wait_for_interval(&mut self, batch: &mut Vec<Op>) {
+        let Some(last) = self.last_commit else { return };
+        let earliest = last + self.min_commit_interval;
+        while batch.len() < self.max_batch && !matches!(batch.last(), Some(Op::Stop)) {
+            let Some(left) = earliest.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
+                return;
+            };
+            match self.rx.recv_timeout(left) {
+                Ok(op) => batch.push(op),
+                Err(_) => return,
+            }
         }
     }
 
@@ -582,11 +608,12 @@ impl Writer {
         stop
     }
 
-    fn commit(&self, records: Vec<Append>, waiting: Vec<(SharedSeq, Done)>) {
+    fn commit(&mut self, records: Vec<Append>, waiting: Vec<(SharedSeq, Done)>) {
         if !self.commit_delay.is_zero() {
             std::thread::sleep(self.commit_delay);
         }
         let started = Instant::now();
+        self.last_commit = Some(started);
         let result = self.history.append(&records, &self.retention);
         self.commit_seconds.record(started.elapsed().as_secs_f64());
         self.batch_size.record(records.len() as f64);

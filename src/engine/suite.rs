@@ -315,6 +315,20 @@ mod early {
     super::engine_suite!(make);
 }
 
+/// The same properties when commits are paced by `min_commit_interval`.
+mod paced {
+    async fn make() -> super::Rig {
+        let config = super::LocalEngineConfig {
+            deliver_before_commit: true,
+            min_commit_interval: std::time::Duration::from_millis(5),
+            ..Default::default()
+        };
+        super::local(Arc::new(crate::store::MemoryHistory::new()), config)
+    }
+    use std::sync::Arc;
+    super::engine_suite!(make);
+}
+
 mod embedded {
     use std::path::PathBuf;
     use std::sync::{Arc, OnceLock};
@@ -357,15 +371,28 @@ mod embedded {
     }
 
     /// A store whose commits fail while `failing` is set, and whose reads fail while
-    /// `reads_failing` is.
+    /// `reads_failing` is; it counts the commits it was asked for.
     struct Flaky {
         inner: EmbeddedHistory,
         failing: std::sync::atomic::AtomicBool,
         reads_failing: std::sync::atomic::AtomicBool,
+        commits: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Flaky {
+        fn new(reads_failing: bool) -> Arc<Flaky> {
+            Arc::new(Flaky {
+                inner: EmbeddedHistory::open(&fresh_path()).unwrap().0,
+                failing: std::sync::atomic::AtomicBool::new(false),
+                reads_failing: std::sync::atomic::AtomicBool::new(reads_failing),
+                commits: std::sync::atomic::AtomicUsize::new(0),
+            })
+        }
     }
 
     impl History for Flaky {
         fn append(&self, batch: &[crate::store::Append], r: &Retention) -> Result<(), StoreError> {
+            self.commits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(StoreError::Backend("disk full".into()));
             }
@@ -427,11 +454,7 @@ mod embedded {
 
     #[tokio::test]
     async fn a_failed_commit_acknowledges_nothing_and_leaves_no_hole() {
-        let flaky = Arc::new(Flaky {
-            inner: EmbeddedHistory::open(&fresh_path()).unwrap().0,
-            failing: std::sync::atomic::AtomicBool::new(false),
-            reads_failing: std::sync::atomic::AtomicBool::new(false),
-        });
+        let flaky = Flaky::new(false);
         let rig = local(flaky.clone(), Default::default());
         let k = key("r");
         let (ob, sub) = rig.member(1 << 20);
@@ -448,11 +471,7 @@ mod embedded {
 
     #[tokio::test]
     async fn a_join_the_store_refuses_is_answered_and_its_membership_cancelled() {
-        let flaky = Arc::new(Flaky {
-            inner: EmbeddedHistory::open(&fresh_path()).unwrap().0,
-            failing: std::sync::atomic::AtomicBool::new(false),
-            reads_failing: std::sync::atomic::AtomicBool::new(true),
-        });
+        let flaky = Flaky::new(true);
         let rig = local(flaky.clone(), Default::default());
         let k = key("r");
         let (ob, sub) = rig.member(1 << 20);
@@ -470,6 +489,41 @@ mod embedded {
         let (ob, sub) = rig.member(1 << 20);
         rig.join(&k, 1, sub, None).await;
         assert!(matches!(collect(&ob, 0).await.0, Some(ServerFrame::Joined { .. })));
+    }
+
+    #[tokio::test]
+    async fn publishes_within_the_commit_interval_share_one_commit_and_are_all_acknowledged() {
+        let flaky = Flaky::new(false);
+        let interval = Duration::from_millis(300);
+        let config =
+            LocalEngineConfig { deliver_before_commit: true, min_commit_interval: interval, ..Default::default() };
+        let rig = local(flaky.clone(), config);
+        let k = key("r");
+        let (ob, sub) = rig.member(1 << 20);
+        rig.join(&k, 1, sub, None).await;
+        assert!(matches!(collect(&ob, 0).await.0, Some(ServerFrame::Joined { .. })));
+        // After a quiet spell the first publish commits at once.
+        let started = std::time::Instant::now();
+        rig.publish(&k, "m1").await;
+        // The next four arrive within the interval: delivered at once, acknowledged together
+        // by one commit once the interval has passed.
+        let acks: Vec<_> = (2..=5)
+            .map(|i| {
+                let (done, rx) = Done::channel();
+                let data = Payload::from("1");
+                let publish =
+                    Publish { key: k.clone(), from: "alice".into(), id: format!("m{i}"), data, now_ms: now() };
+                rig.engine.publish(publish, done);
+                rx
+            })
+            .collect();
+        assert_eq!(collect(&ob, 5).await.1, contiguous(1, 5));
+        for (ack, offset) in acks.into_iter().zip(2..) {
+            assert_eq!(ack.await.unwrap().unwrap().position.offset, offset);
+        }
+        assert!(started.elapsed() >= interval, "acknowledged before the interval was over");
+        assert_eq!(flaky.commits.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(rig.engine.read_after(&k, 0, 10).await.unwrap().len(), 5);
     }
 
     #[tokio::test]
