@@ -222,6 +222,8 @@ impl LocalEngine {
             linger: config.linger,
             min_commit_interval: config.min_commit_interval,
             last_commit: None,
+            last_publishers: Publishers::None,
+            hasher: RandomState::new(),
             commit_seconds: metrics::histogram!(crate::metrics::STORE_COMMIT_SECONDS),
             batch_size: metrics::histogram!(crate::metrics::STORE_BATCH_SIZE),
             failures: metrics::counter!(crate::metrics::STORE_FAILURES_TOTAL),
@@ -501,11 +503,22 @@ struct Writer {
     min_commit_interval: Duration,
     /// When the last commit started.
     last_commit: Option<Instant>,
+    /// Who published the last commit's appends: a lone publisher's next append never waits.
+    last_publishers: Publishers,
+    hasher: RandomState,
     commit_seconds: metrics::Histogram,
     batch_size: metrics::Histogram,
     failures: metrics::Counter,
     /// The age-retention pass under way: its cutoff and where its next step starts.
     expiring: Option<(u64, Option<Vec<u8>>)>,
+}
+
+/// The publishers of one commit's appends (a publisher is a user of a tenant), as hashes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Publishers {
+    None,
+    One(u64),
+    Several,
 }
 
 /// Rooms one age-retention step visits: a short write, so commits queued behind it wait little.
@@ -553,10 +566,23 @@ impl Writer {
         }
     }
 
+    fn publisher(&self, key: &RoomKey, message: &StoredMessage) -> u64 {
+        self.hasher.hash_one((&*key.tenant, &message.from))
+    }
+
     /// Collects into `batch` until `min_commit_interval` has passed since the last commit
-    /// started. A stop or a full batch ends the wait.
+    /// started, when more than one publisher is active (the last commit held another one's
+    /// appends): a lone publisher waiting for each ack before the next publish would only be
+    /// slowed down, as Postgres's `commit_siblings` reasons. A stop or a full batch ends the wait.
     fn wait_for_interval(&mut self, batch: &mut Vec<Op>) {
         let Some(last) = self.last_commit else { return };
+        let Some(Op::Append { key, message, .. }) = batch.first() else { return };
+        let this = self.publisher(key, message);
+        match self.last_publishers {
+            Publishers::Several => {}
+            Publishers::One(other) if other != this => {}
+            Publishers::One(_) | Publishers::None => return,
+        }
         let earliest = last + self.min_commit_interval;
         while batch.len() < self.max_batch && !matches!(batch.last(), Some(Op::Stop)) {
             let Some(left) = earliest.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
@@ -614,6 +640,14 @@ impl Writer {
         }
         let started = Instant::now();
         self.last_commit = Some(started);
+        self.last_publishers = records.iter().fold(Publishers::None, |seen, append| {
+            let this = self.publisher(&append.key, &append.message);
+            match seen {
+                Publishers::None => Publishers::One(this),
+                Publishers::One(one) if one == this => seen,
+                _ => Publishers::Several,
+            }
+        });
         let result = self.history.append(&records, &self.retention);
         self.commit_seconds.record(started.elapsed().as_secs_f64());
         self.batch_size.record(records.len() as f64);

@@ -504,9 +504,9 @@ mod embedded {
         assert!(matches!(collect(&ob, 0).await.0, Some(ServerFrame::Joined { .. })));
         // After a quiet spell the first publish commits at once.
         let started = std::time::Instant::now();
-        rig.publish(&k, "m1").await;
-        // The next four arrive within the interval: delivered at once, acknowledged together
-        // by one commit once the interval has passed.
+        rig.publish_as(&k, "bob", "m1").await.unwrap();
+        // Another publisher's next four arrive within the interval: delivered at once,
+        // acknowledged together by one commit once the interval has passed.
         let acks: Vec<_> = (2..=5)
             .map(|i| {
                 let (done, rx) = Done::channel();
@@ -524,6 +524,21 @@ mod embedded {
         assert!(started.elapsed() >= interval, "acknowledged before the interval was over");
         assert_eq!(flaky.commits.load(std::sync::atomic::Ordering::SeqCst), 2);
         assert_eq!(rig.engine.read_after(&k, 0, 10).await.unwrap().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_lone_publisher_awaiting_each_ack_is_not_held_to_the_commit_interval() {
+        let interval = Duration::from_secs(2);
+        let config =
+            LocalEngineConfig { deliver_before_commit: true, min_commit_interval: interval, ..Default::default() };
+        let rig = local(Flaky::new(false), config);
+        let k = key("r");
+        let started = std::time::Instant::now();
+        for i in 1..=5 {
+            rig.publish(&k, &format!("m{i}")).await;
+        }
+        // Held to the interval, the five would take at least 8 s.
+        assert!(started.elapsed() < interval * 2, "{:?}", started.elapsed());
     }
 
     #[tokio::test]
