@@ -266,7 +266,9 @@ async fn handle(ctx: &ConnectionContext, session: &mut Session, lane: LaneId, bo
     let Some((hook, call)) = session.hook_call(&frame, unix_ms()) else {
         return session.handle_frame(lane, frame, unix_ms());
     };
-    let outcome = hooks.ask(hook, call, unix_ms()).await;
+    // Boxed: the call's state (an HTTP request) exists only while one is in flight, not in
+    // every connection's task.
+    let outcome = Box::pin(hooks.ask(hook, call, unix_ms())).await;
     match session.settle_hook(lane, frame, outcome)? {
         Some(frame) => session.handle_frame(lane, frame, unix_ms()),
         None => Ok(()),

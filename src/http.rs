@@ -314,10 +314,11 @@ fn upgrade_websocket(state: &HttpState, request: Request, echo: bool) -> Respons
     state.tasks.spawn(async move {
         // Held until the WebSocket ends.
         let _admitted = admitted;
-        if let Some((socket, early)) = handshake::into_socket(upgrade).await {
+        // Boxed, so the upgrade's and the echo path's states are not part of every connection.
+        if let Some((socket, early)) = Box::pin(handshake::into_socket(upgrade)).await {
             let upgraded = Upgraded { socket, early, accepted, deflate };
             if echo {
-                transport.serve_echo(upgraded, stop).await;
+                Box::pin(transport.serve_echo(upgraded, stop)).await;
             } else {
                 transport.serve(upgraded, stop).await;
             }

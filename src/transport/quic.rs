@@ -279,13 +279,17 @@ async fn run(
 ) -> CloseReason {
     let max_frame = ctx.session.limits.max_frame_bytes as usize;
 
-    // The control stream and its first frame, within the authentication deadline.
-    let first = tokio::time::timeout_at(auth_deadline.into(), async {
-        let (send, mut recv) = conn.accept_bi().await.ok()?;
-        let mut reader = FrameReader::new(max_frame);
-        let first = read_frame(&mut recv, &mut reader).await;
-        Some((send, recv, reader, first))
-    });
+    // The control stream and its first frame, within the authentication deadline. Boxed, so
+    // the connection's task does not keep this phase's state for its whole life.
+    let first = tokio::time::timeout_at(
+        auth_deadline.into(),
+        Box::pin(async {
+            let (send, mut recv) = conn.accept_bi().await.ok()?;
+            let mut reader = FrameReader::new(max_frame);
+            let first = read_frame(&mut recv, &mut reader).await;
+            Some((send, recv, reader, first))
+        }),
+    );
     // Until its hello the connection is not driven: the drain is watched here.
     let first = tokio::select! {
         first = first => first,
@@ -335,8 +339,17 @@ async fn run(
     // ended, the loop sees its channel close.
     readers.spawn(serve_peer(conn.clone(), lanes, credit, datagrams, media_side));
 
+    // Boxed: moved into `select!`, an unboxed future would take its size twice in this task.
+    let drive = Box::pin(connection::drive(
+        ctx,
+        Link { id, outbox: outbox.clone(), media: Some(media), transport: metrics_transport },
+        first,
+        &mut rx,
+        auth_deadline,
+        handshake,
+    ));
     let reason = tokio::select! {
-        reason = connection::drive(ctx, Link { id, outbox: outbox.clone(), media: Some(media), transport: metrics_transport }, first, &mut rx, auth_deadline, handshake) => reason,
+        reason = drive => reason,
         _ = stop.cancelled() => CloseReason::Error(ErrorCode::GOING_AWAY),
     };
     outbox.close(reason);

@@ -117,16 +117,23 @@ impl WebSocketTransport {
         drop(early);
         let auth_deadline = ctx.auth_deadline();
 
-        // Until its hello the connection is not driven: the drain is watched here.
-        let first = tokio::select! {
-            first = tokio::time::timeout_at(auth_deadline.into(), first_message(&wire, &mut reader)) => first,
-            _ = ctx.drain.cancelled() => return close_early(&wire, CloseReason::Error(ErrorCode::GOING_AWAY), &stop).await,
-        };
+        // Until its hello the connection is not driven: the drain is watched here. Boxed, like
+        // every phase that ends, so the connection's task holds only what it needs while live.
+        let first = Box::pin(async {
+            tokio::select! {
+                first = tokio::time::timeout_at(auth_deadline.into(), first_message(&wire, &mut reader)) => match first {
+                    Ok(Ok(Some(body))) => Ok(body),
+                    Ok(Ok(None)) => Err(CloseReason::Normal),
+                    Ok(Err(code)) => Err(CloseReason::Error(code)),
+                    Err(_) => Err(CloseReason::Error(ErrorCode::AUTH_TIMEOUT)),
+                },
+                _ = ctx.drain.cancelled() => Err(CloseReason::Error(ErrorCode::GOING_AWAY)),
+            }
+        })
+        .await;
         let first = match first {
-            Ok(Ok(Some(body))) => body,
-            Ok(Ok(None)) => return close_early(&wire, CloseReason::Normal, &stop).await,
-            Ok(Err(code)) => return close_early(&wire, CloseReason::Error(code), &stop).await,
-            Err(_) => return close_early(&wire, CloseReason::Error(ErrorCode::AUTH_TIMEOUT), &stop).await,
+            Ok(body) => body,
+            Err(reason) => return close_early(&wire, reason, &stop).await,
         };
         self.metrics.frames_in.increment(1);
         self.metrics.bytes_in.increment(first.len() as u64);
@@ -135,19 +142,28 @@ impl WebSocketTransport {
         let outbox = Outbox::new(Codec::detect(&first), limits.outbox_bytes);
         outbox.write_directly(wire.clone());
         let mut inbound = SocketInbound::new(wire.clone(), outbox.clone(), reader, limits, self.metrics.clone());
+        // Boxed: moved into `select!`, an unboxed future would take its size twice in this task.
+        let drive = Box::pin(connection::drive(
+            ctx,
+            connection::Link { id: ctx.next_id(), outbox: outbox.clone(), media: None, transport: "websocket" },
+            first,
+            &mut inbound,
+            auth_deadline,
+            handshake,
+        ));
         let reason = tokio::select! {
-            reason = connection::drive(ctx, connection::Link { id: ctx.next_id(), outbox: outbox.clone(), media: None, transport: "websocket" }, first, &mut inbound, auth_deadline, handshake) => reason,
+            reason = drive => reason,
             _ = stop.cancelled() => CloseReason::Error(ErrorCode::GOING_AWAY),
         };
         outbox.close(reason);
-        super::flush_wait(finish(&wire, Some(&outbox), reason), &stop).await;
+        Box::pin(super::flush_wait(finish(&wire, Some(&outbox), reason), &stop)).await;
         reason
     }
 }
 
 /// Ends a connection that never got a session.
 async fn close_early(wire: &Wire, reason: CloseReason, stop: &CancellationToken) -> CloseReason {
-    super::flush_wait(finish(wire, None, reason), stop).await;
+    Box::pin(super::flush_wait(finish(wire, None, reason), stop)).await;
     reason
 }
 
