@@ -222,7 +222,7 @@ impl LocalEngine {
             linger: config.linger,
             min_commit_interval: config.min_commit_interval,
             last_commit: None,
-            last_publishers: Publishers::None,
+            recent_publishers: HashMap::new(),
             hasher: RandomState::new(),
             commit_seconds: metrics::histogram!(crate::metrics::STORE_COMMIT_SECONDS),
             batch_size: metrics::histogram!(crate::metrics::STORE_BATCH_SIZE),
@@ -503,22 +503,14 @@ struct Writer {
     min_commit_interval: Duration,
     /// When the last commit started.
     last_commit: Option<Instant>,
-    /// Who published the last commit's appends: a lone publisher's next append never waits.
-    last_publishers: Publishers,
+    /// Publishers of recent commits and when they last published (see `wait_for_interval`).
+    recent_publishers: HashMap<u64, Instant>,
     hasher: RandomState,
     commit_seconds: metrics::Histogram,
     batch_size: metrics::Histogram,
     failures: metrics::Counter,
     /// The age-retention pass under way: its cutoff and where its next step starts.
     expiring: Option<(u64, Option<Vec<u8>>)>,
-}
-
-/// The publishers of one commit's appends (a publisher is a user of a tenant), as hashes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Publishers {
-    None,
-    One(u64),
-    Several,
 }
 
 /// Rooms one age-retention step visits: a short write, so commits queued behind it wait little.
@@ -571,25 +563,44 @@ impl Writer {
     }
 
     /// Collects into `batch` until `min_commit_interval` has passed since the last commit
-    /// started, when more than one publisher is active (the last commit held another one's
-    /// appends): a lone publisher waiting for each ack before the next publish would only be
-    /// slowed down, as Postgres's `commit_siblings` reasons. A stop or a full batch ends the wait.
+    /// started, unless every publisher seen in the last two intervals already has an append in
+    /// it: then nobody else is likely to join, as with publishers that each await their ack
+    /// before publishing again (a lone one would only be slowed down; a group would be held to
+    /// one commit per interval). Postgres's `commit_delay` waits only with `commit_siblings`
+    /// for the same reason. A stop or a full batch ends the wait too. A publisher is a user of
+    /// a tenant.
     fn wait_for_interval(&mut self, batch: &mut Vec<Op>) {
         let Some(last) = self.last_commit else { return };
-        let Some(Op::Append { key, message, .. }) = batch.first() else { return };
-        let this = self.publisher(key, message);
-        match self.last_publishers {
-            Publishers::Several => {}
-            Publishers::One(other) if other != this => {}
-            Publishers::One(_) | Publishers::None => return,
-        }
         let earliest = last + self.min_commit_interval;
+        let publisher = |op: &Op| match op {
+            Op::Append { key, message, .. } => Some(self.publisher(key, message)),
+            _ => None,
+        };
+        // Recent publishers without an append in the batch yet.
+        let mut present = std::collections::HashSet::new();
+        let mut missing = self.recent_publishers.len();
+        let mut arrived = |p: u64, missing: &mut usize| {
+            if present.insert(p) && self.recent_publishers.contains_key(&p) {
+                *missing -= 1;
+            }
+        };
+        for p in batch.iter().filter_map(publisher) {
+            arrived(p, &mut missing);
+        }
         while batch.len() < self.max_batch && !matches!(batch.last(), Some(Op::Stop)) {
+            if missing == 0 {
+                return;
+            }
             let Some(left) = earliest.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                 return;
             };
             match self.rx.recv_timeout(left) {
-                Ok(op) => batch.push(op),
+                Ok(op) => {
+                    if let Some(p) = publisher(&op) {
+                        arrived(p, &mut missing);
+                    }
+                    batch.push(op);
+                }
                 Err(_) => return,
             }
         }
@@ -640,14 +651,14 @@ impl Writer {
         }
         let started = Instant::now();
         self.last_commit = Some(started);
-        self.last_publishers = records.iter().fold(Publishers::None, |seen, append| {
-            let this = self.publisher(&append.key, &append.message);
-            match seen {
-                Publishers::None => Publishers::One(this),
-                Publishers::One(one) if one == this => seen,
-                _ => Publishers::Several,
+        if !self.min_commit_interval.is_zero() {
+            let forget = started.checked_sub(self.min_commit_interval * 2);
+            self.recent_publishers.retain(|_, seen| forget.is_none_or(|forget| *seen >= forget));
+            for append in &records {
+                let publisher = self.publisher(&append.key, &append.message);
+                self.recent_publishers.insert(publisher, started);
             }
-        });
+        }
         let result = self.history.append(&records, &self.retention);
         self.commit_seconds.record(started.elapsed().as_secs_f64());
         self.batch_size.record(records.len() as f64);
