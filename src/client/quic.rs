@@ -481,9 +481,8 @@ impl Probes {
         move_to_new_socket(endpoint)
     }
 
-    /// When the next move is due, `every` after the last one (now if there was none).
-    fn next_move(&self, every: Duration) -> tokio::time::Instant {
-        let now = tokio::time::Instant::now();
+    /// When the next move is due, `every` after the last one (`now` if there was none).
+    fn next_move(&self, every: Duration, now: tokio::time::Instant) -> tokio::time::Instant {
         self.moved.lock().unwrap_or_else(|e| e.into_inner()).map_or(now, |at| (at + every).max(now))
     }
 }
@@ -543,13 +542,14 @@ async fn probe_until_heard(
         let every = if started.elapsed() < PROBE_FAST_FOR { fast } else { PROBE_SLOW.max(fast) };
         // Not again right after `network_changed()` moved: quinn keeps one previous socket,
         // and a second move would close the one the relay still sends its retransmissions to.
-        if probes.next_move(every) <= tokio::time::Instant::now() {
+        let now = tokio::time::Instant::now();
+        if probes.next_move(every, now) <= now {
             match probes.move_now(endpoint) {
                 Ok(()) => tracing::debug!(rtt = ?conn.rtt(), "path probe: moved to a new socket"),
                 Err(err) => tracing::debug!(%err, "path probe"),
             }
         }
-        let next = probes.next_move(every);
+        let next = probes.next_move(every, tokio::time::Instant::now());
         let resend = conn.rtt().max(PROBE_RESEND);
         let mut resend_at = tokio::time::Instant::now() + resend;
         while tokio::time::Instant::now() < until.map_or(next, |until| until.min(next)) {
@@ -773,5 +773,25 @@ impl QuicLink {
         if self.owns_endpoint {
             self.endpoint.close(0u32.into(), b"bye");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The probe after `network_changed()` does not move again at once: its first move is a
+    /// period after the hook's (a second move would close the socket the relay still sends to).
+    #[test]
+    fn the_next_move_waits_a_period_after_the_last() {
+        let probes = Probes::default();
+        let t0 = tokio::time::Instant::now();
+        let every = Duration::from_millis(500);
+        assert_eq!(probes.next_move(every, t0), t0, "no move yet: one is due now");
+        *probes.moved.lock().unwrap() = Some(t0);
+        let soon = t0 + Duration::from_millis(1);
+        assert_eq!(probes.next_move(every, soon), t0 + every);
+        let later = t0 + Duration::from_millis(700);
+        assert_eq!(probes.next_move(every, later), later, "overdue: now");
     }
 }
