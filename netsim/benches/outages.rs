@@ -17,6 +17,8 @@
 //! `NETSIM_RUNS=3` rounds (interleaved: every outage once per round), `NETSIM_PROFILES=train,4g`,
 //! `NETSIM_OUTAGES=2,5,10,30,repeated,handover` (also `quiet5`: a 5 s outage with everything
 //! published in its first 0.5 s, so the relay's probe timer backs off; not in the default) and `NETSIM_VARIANTS=QUIC+hook,WS` choose;
+//! `NETSIM_SEED_BASE=1900` plays other loss patterns (each cell's seed is the base plus its
+//! profile's and variant's index), `NETSIM_SEED_OF=WT+hook` gives every variant that column's.
 //! `NETSIM_LOG=quinn_proto=trace` traces every scenario to stderr. `NETSIM_FORMER_CLIENT=1` runs the
 //! former client, `NETSIM_0RTT=1` clients with 0-RTT resumption, `NETSIM_NO_STALL_PROBE=1`
 //! clients without the stall probe, `NETSIM_RECEIVE_WATCH=1` with the receive-side
@@ -100,6 +102,12 @@ fn main() {
     // `NETSIM_VARIANTS=QUIC+hook,WS`: only these columns (the seeds stay those of the full run).
     let variants: Option<Vec<String>> =
         std::env::var("NETSIM_VARIANTS").ok().map(|names| names.split(',').map(str::to_owned).collect());
+    // `NETSIM_SEED_BASE=1900`: other loss patterns (the default, 900, is the matrix's).
+    let seed_base: u64 = std::env::var("NETSIM_SEED_BASE").ok().and_then(|n| n.parse().ok()).unwrap_or(900);
+    let seed_of: Option<usize> = std::env::var("NETSIM_SEED_OF")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .map(|name| VARIANTS.iter().position(|&v| variant_name(v) == name).expect("NETSIM_SEED_OF: a variant's name"));
     // (outage, profile, variant) → one outcome per round.
     let mut results: BTreeMap<(usize, usize, usize), Vec<Result<Outcome, String>>> = BTreeMap::new();
     for round in 0..rounds {
@@ -115,7 +123,10 @@ fn main() {
                     if matches!(outage, Outage::Handover(_)) && variant == (Transport::WebSocket, false) {
                         continue;
                     }
-                    let (profile, seed) = (profile.clone(), 900 + (p * VARIANTS.len() + v) as u64);
+                    // `NETSIM_SEED_OF=WT+hook`: every variant with that column's seed (its loss
+                    // pattern), to tell a variant's behaviour from its seed's.
+                    let seeded = seed_of.unwrap_or(v);
+                    let (profile, seed) = (profile.clone(), seed_base + (p * VARIANTS.len() + seeded) as u64);
                     let thread = std::thread::spawn(move || scenario(profile, variant, outage, seed));
                     threads.push(((o, p, v), thread));
                 }

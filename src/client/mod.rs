@@ -972,9 +972,12 @@ impl Client {
 
     /// After [`Self::network_changed`]: shows whether the connection works on the new network,
     /// within `within`. On QUIC and WebTransport the connection moves to a new socket again,
-    /// every three round trips (at least 500 ms), until the relay has validated the new path
-    /// (its packets stop carrying `PATH_CHALLENGE`), and queues nothing meanwhile: a `PING` lost on the way back no longer leaves the connection to
-    /// its backed-off probe timeout, and no frame waits for a congestion window the outage shrank
+    /// every three round trips (at least 500 ms; the first of them counted from the move
+    /// [`Self::network_changed`] made), until the relay has validated the new path
+    /// (its packets stop carrying `PATH_CHALLENGE`); until the relay answers a new socket, an
+    /// empty datagram goes from it every round trip (at least 100 ms), so one lost `PING` costs a
+    /// round trip, not a move. Nothing else is queued meanwhile: a `PING` lost on the way back
+    /// no longer leaves the connection to its backed-off probe timeout, and no frame waits for a congestion window the outage shrank
     /// (which would hold back the client's ACKs too). On WebSocket it pings and waits for the
     /// `pong`. [`ClientError::Timeout`] when nothing came back in time.
     pub async fn probe_path(&self, within: Duration) -> Result<(), ClientError> {

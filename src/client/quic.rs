@@ -254,8 +254,7 @@ pub(super) async fn connect(
     let sent = Arc::new(tokio::sync::Notify::new());
     let probes = Arc::new(Probes::default());
     if options.quic_probe_stalls {
-        let quic: quinn::Connection = (*conn).clone();
-        tasks.spawn(probe_stalls(quic, endpoint.clone(), sent.clone(), probes.clone(), cancel.clone()));
+        tasks.spawn(probe_stalls(conn.clone(), endpoint.clone(), sent.clone(), probes.clone(), cancel.clone()));
         if options.quic_watch_receiving {
             let watch =
                 watch_receiving(conn.clone(), endpoint.clone(), received.clone(), probes.clone(), cancel.clone());
@@ -336,24 +335,25 @@ const PROBE_SLOW: Duration = Duration::from_secs(2);
 /// Woken only by sends: an idle client sends nothing more (docs/decisions.md, "Unreported
 /// fades").
 async fn probe_stalls(
-    conn: quinn::Connection,
+    session: Session,
     endpoint: Endpoint,
     sent: Arc<tokio::sync::Notify>,
     probes: Arc<Probes>,
     cancel: CancellationToken,
 ) {
+    let conn: &quinn::Connection = &session;
     cancel
         .run_until_cancelled(async {
             loop {
                 sent.notified().await;
-                let before = heard(&conn);
+                let before = heard(conn);
                 tokio::time::sleep((conn.rtt() * 4).max(STALL_AFTER)).await;
-                if heard(&conn) != before {
+                if heard(conn) != before {
                     continue;
                 }
                 tracing::debug!("nothing heard from the relay since sending: probing the path");
                 // Until a packet arrives, or the connection ends (its idle timeout).
-                probe_until_heard(&conn, &endpoint, None, &probes, false).await;
+                probe_until_heard(&session, &endpoint, None, &probes, false).await;
             }
         })
         .await;
@@ -404,7 +404,7 @@ async fn watch_receiving(
                         // Heard again: the path is back. A probe from a new socket makes the
                         // relay validate it and resend what it sent into the fade at once.
                         let until = tokio::time::Instant::now() + Duration::from_secs(3);
-                        probe_until_heard(&quic, &endpoint, Some(until), &probes, false).await;
+                        probe_until_heard(&conn, &endpoint, Some(until), &probes, false).await;
                     }
                 }
                 received.notified().await;
@@ -470,6 +470,21 @@ struct Probes {
     /// Bumped by every probe that starts; a probe whose number is no longer current stops.
     generation: std::sync::atomic::AtomicU64,
     running: std::sync::atomic::AtomicUsize,
+    /// When the connection last moved to a new socket (`network_changed()` or a probe).
+    moved: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Probes {
+    /// Moves `endpoint` to a new socket, noting when (a failed attempt too: the next waits).
+    fn move_now(&self, endpoint: &Endpoint) -> Result<(), ClientError> {
+        *self.moved.lock().unwrap_or_else(|e| e.into_inner()) = Some(tokio::time::Instant::now());
+        move_to_new_socket(endpoint)
+    }
+
+    /// When the next move is due, `every` after the last one (`now` if there was none).
+    fn next_move(&self, every: Duration, now: tokio::time::Instant) -> tokio::time::Instant {
+        self.moved.lock().unwrap_or_else(|e| e.into_inner()).map_or(now, |at| (at + every).max(now))
+    }
 }
 
 /// Counts a probe as running for its lifetime.
@@ -483,6 +498,9 @@ impl Drop for Running<'_> {
 
 /// How often a probe looks at what arrived.
 const PROBE_TICK: Duration = Duration::from_millis(20);
+/// How soon, at the least, a probe sends a heartbeat from the new socket when the relay has
+/// not answered it yet.
+const PROBE_RESEND: Duration = Duration::from_millis(100);
 
 /// Moves `conn` to a new socket (quinn sends a `PING` from it at once; the relay migrates,
 /// validates the new address and resends what it holds) and again every [`PROBE_EVERY`] (at
@@ -491,19 +509,25 @@ const PROBE_TICK: Duration = Duration::from_millis(20);
 /// first packet heard is not enough: if the client's answer to the challenge is lost, the relay
 /// may send nothing more (anti-amplification) and then goes back to the old address, which the
 /// client no longer listens on. False when the connection ends or `until` passes first, when
-/// a newer probe took over, or (`take_over` false) when another probe was already running.
+/// a newer probe took over, or (`network_back` false) when another probe was already running.
+/// With `network_back` (after `network_changed()`: the network is there) it takes over from a
+/// probe under way, and until the relay answers a new socket it also sends a heartbeat from
+/// it every round trip (at least [`PROBE_RESEND`]): on a lossy path the move's `PING` is a
+/// single packet, and a later move starts the validation over. A stall probe, which does not
+/// know whether the network is there, sends only its moves' `PING`s.
 /// Nothing is queued on the connection meanwhile: a connection whose congestion window the
 /// outage shrank sends nothing, not even ACKs, while it holds data it may not send yet
 /// (docs/decisions.md, "The network-change hook on a lossy path").
 async fn probe_until_heard(
-    conn: &quinn::Connection,
+    session: &Session,
     endpoint: &Endpoint,
     until: Option<tokio::time::Instant>,
     probes: &Probes,
-    take_over: bool,
+    network_back: bool,
 ) -> bool {
     use std::sync::atomic::Ordering::SeqCst;
-    if !take_over && probes.running.load(SeqCst) > 0 {
+    let conn: &quinn::Connection = session;
+    if !network_back && probes.running.load(SeqCst) > 0 {
         return false;
     }
     probes.running.fetch_add(1, SeqCst);
@@ -512,22 +536,37 @@ async fn probe_until_heard(
     let started = tokio::time::Instant::now();
     let mut challenge_seen = false;
     while conn.close_reason().is_none() && probes.generation.load(SeqCst) == mine {
-        if let Err(err) = move_to_new_socket(endpoint) {
-            tracing::debug!(%err, "path probe");
-        }
         // At least three round trips: the relay's answer to the new path must be able to
         // arrive before the socket it goes to is given up for the next.
         let fast = (conn.rtt() * 3).max(PROBE_EVERY);
         let every = if started.elapsed() < PROBE_FAST_FOR { fast } else { PROBE_SLOW.max(fast) };
-        let next = tokio::time::Instant::now() + every;
-        let next = until.map_or(next, |until| until.min(next));
-        while tokio::time::Instant::now() < next {
+        // Not again right after `network_changed()` moved: quinn keeps one previous socket,
+        // and a second move would close the one the relay still sends its retransmissions to.
+        let now = tokio::time::Instant::now();
+        if probes.next_move(every, now) <= now {
+            match probes.move_now(endpoint) {
+                Ok(()) => tracing::debug!(rtt = ?conn.rtt(), "path probe: moved to a new socket"),
+                Err(err) => tracing::debug!(%err, "path probe"),
+            }
+        }
+        let next = probes.next_move(every, tokio::time::Instant::now());
+        let resend = conn.rtt().max(PROBE_RESEND);
+        let mut resend_at = tokio::time::Instant::now() + resend;
+        while tokio::time::Instant::now() < until.map_or(next, |until| until.min(next)) {
             let (datagrams, challenges) = (heard(conn), challenged(conn));
-            tokio::time::sleep_until(next.min(tokio::time::Instant::now() + PROBE_TICK)).await;
+            let wake = next.min(tokio::time::Instant::now() + PROBE_TICK);
+            let wake = until.map_or(wake, |until| until.min(wake));
+            tokio::time::sleep_until(if challenge_seen { wake } else { wake.min(resend_at) }).await;
             if challenged(conn) != challenges {
                 challenge_seen = true;
             } else if challenge_seen && heard(conn) != datagrams {
+                tracing::debug!("path probe: the relay validated the path");
                 return true;
+            }
+            if network_back && !challenge_seen && tokio::time::Instant::now() >= resend_at {
+                tracing::debug!("path probe: heartbeat");
+                heartbeat(session);
+                resend_at += resend;
             }
         }
         if until.is_some_and(|until| tokio::time::Instant::now() >= until) {
@@ -708,7 +747,7 @@ impl QuicLink {
     /// Moves the link's endpoint to a new socket ([`QuicEndpoint::network_changed`]); a shared
     /// endpoint moves with all its connections: the network changed for all of them.
     pub(super) fn network_changed(&self) -> Result<(), ClientError> {
-        move_to_new_socket(&self.endpoint)
+        self.probes.move_now(&self.endpoint)
     }
 
     /// After a network change: probes the path from new sockets until the relay has validated
@@ -734,5 +773,25 @@ impl QuicLink {
         if self.owns_endpoint {
             self.endpoint.close(0u32.into(), b"bye");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The probe after `network_changed()` does not move again at once: its first move is a
+    /// period after the hook's (a second move would close the socket the relay still sends to).
+    #[test]
+    fn the_next_move_waits_a_period_after_the_last() {
+        let probes = Probes::default();
+        let t0 = tokio::time::Instant::now();
+        let every = Duration::from_millis(500);
+        assert_eq!(probes.next_move(every, t0), t0, "no move yet: one is due now");
+        *probes.moved.lock().unwrap() = Some(t0);
+        let soon = t0 + Duration::from_millis(1);
+        assert_eq!(probes.next_move(every, soon), t0 + every);
+        let later = t0 + Duration::from_millis(700);
+        assert_eq!(probes.next_move(every, later), later, "overdue: now");
     }
 }

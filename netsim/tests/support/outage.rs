@@ -105,6 +105,8 @@ impl Outage {
         let back = |network: &dyn Fn()| {
             network();
             let at = Instant::now();
+            // Marks the return in a trace (`NETSIM_LOG`).
+            tracing::info!(hook, "network back");
             if hook {
                 subscriber.network_changed();
             }
