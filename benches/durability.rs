@@ -45,9 +45,10 @@ fn main() {
     runtime.block_on(async {
         println!("== group commit (embedded redb, {ROOMS} rooms, 100-byte messages)");
         println!(
-            "{:>10} {:>10} {:>9} {:>10} | {:>9} {:>9} {:>9} | {:>8} {:>7} | {:>10} {:>10} {:>10}",
+            "{:>10} {:>10} {:>8} {:>9} {:>10} | {:>9} {:>9} {:>9} | {:>8} {:>7} | {:>10} {:>10} {:>10}",
             "publishers",
             "max_batch",
+            "interval",
             "acked",
             "per s",
             "ack p50",
@@ -59,8 +60,20 @@ fn main() {
             "commit p99",
             "commit max"
         );
-        for (publishers, max_batch) in [(1, 256), (16, 256), (256, 256), (1024, 256), (256, 1)] {
-            group_commit(&samples, publishers, max_batch).await;
+        // Each publisher awaits its ack: `store.commit_interval_us` (the last rows) must not
+        // hold them back (docs/decisions.md, "Pacing commits").
+        let paced = Duration::from_millis(10);
+        for (publishers, max_batch, interval) in [
+            (1, 256, Duration::ZERO),
+            (16, 256, Duration::ZERO),
+            (256, 256, Duration::ZERO),
+            (1024, 256, Duration::ZERO),
+            (256, 1, Duration::ZERO),
+            (1, 256, paced),
+            (16, 256, paced),
+            (256, 256, paced),
+        ] {
+            group_commit(&samples, publishers, max_batch, interval).await;
         }
         println!("\n== replay read (Engine::read_after, chunks of {REPLAY_CHUNK})");
         replay_read().await;
@@ -71,28 +84,35 @@ fn main() {
     });
 }
 
-fn engine(dir: &std::path::Path, max_batch: usize, max_messages: u64) -> (Arc<LocalEngine>, Arc<Hub>) {
+fn engine(
+    dir: &std::path::Path,
+    max_batch: usize,
+    max_messages: u64,
+    min_commit_interval: Duration,
+) -> (Arc<LocalEngine>, Arc<Hub>) {
     let (history, _) = EmbeddedHistory::open(&dir.join("history.redb")).expect("open redb");
     let history: Arc<dyn History> = Arc::new(history);
     let hub = Arc::new(Hub::new(16, 600_000));
     let config = LocalEngineConfig {
         max_batch,
+        min_commit_interval,
         retention: Retention { max_messages, max_age_ms: 24 * 3600 * 1000 },
         ..LocalEngineConfig::default()
     };
     (Arc::new(LocalEngine::start(config, history, hub.clone()).expect("engine starts")), hub)
 }
 
-async fn group_commit(samples: &Samples, publishers: usize, max_batch: usize) {
+async fn group_commit(samples: &Samples, publishers: usize, max_batch: usize, interval: Duration) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (engine, _hub) = engine(dir.path(), max_batch, 10_000);
+    let (engine, _hub) = engine(dir.path(), max_batch, 10_000, interval);
     samples.clear();
     let (mut latencies, elapsed) = publish_loop(engine.clone(), publishers, ROOMS, PUBLISHES, RUN_LIMIT).await;
     engine.shutdown(Duration::from_secs(5)).await;
     let (mut commits, batches) = (samples.take(COMMIT_SECONDS), samples.take(BATCH_SIZE));
     let mean_batch = batches.iter().sum::<f64>() / batches.len().max(1) as f64;
     println!(
-        "{publishers:>10} {max_batch:>10} {:>9} {:>10.0} | {:>9} {:>9} {:>9} | {:>8} {:>7.1} | {:>10} {:>10} {:>10}",
+        "{publishers:>10} {max_batch:>10} {:>8} {:>9} {:>10.0} | {:>9} {:>9} {:>9} | {:>8} {:>7.1} | {:>10} {:>10} {:>10}",
+        format!("{} ms", interval.as_millis()),
         latencies.len(),
         latencies.len() as f64 / elapsed.as_secs_f64(),
         ms(quantile(&mut latencies, 0.50)),
@@ -108,7 +128,7 @@ async fn group_commit(samples: &Samples, publishers: usize, max_batch: usize) {
 
 async fn replay_read() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (engine, _hub) = engine(dir.path(), 256, REPLAY_ROOM_SIZE);
+    let (engine, _hub) = engine(dir.path(), 256, REPLAY_ROOM_SIZE, Duration::ZERO);
     let key = room(0);
     let next = Arc::new(AtomicU64::new(0));
     let mut fill = tokio::task::JoinSet::new();

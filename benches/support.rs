@@ -57,9 +57,19 @@ pub async fn publish(
     key: &edgerelay::hub::RoomKey,
     id: String,
 ) -> edgerelay::proto::Position {
+    publish_as(engine, key, "bench", id).await
+}
+
+/// Publishes a 100-byte message as user `from` and waits for its ack.
+pub async fn publish_as(
+    engine: &dyn edgerelay::engine::Engine,
+    key: &edgerelay::hub::RoomKey,
+    from: &str,
+    id: String,
+) -> edgerelay::proto::Position {
     let (done, rx) = edgerelay::engine::Done::channel();
     let now_ms = edgerelay::connection::unix_ms();
-    let publish = edgerelay::engine::Publish { key: key.clone(), from: "bench".into(), id, data: payload(), now_ms };
+    let publish = edgerelay::engine::Publish { key: key.clone(), from: from.into(), id, data: payload(), now_ms };
     engine.publish(publish, done);
     match rx.await {
         Ok(Ok(accepted)) => accepted.position,
@@ -67,7 +77,7 @@ pub async fn publish(
     }
 }
 
-/// `publishers` tasks, publisher `p` publishing to `room(p % rooms)` and waiting for each ack,
+/// `publishers` tasks, publisher `p` (user `bench-p`) publishing to `room(p % rooms)` and waiting for each ack,
 /// until `limit` publishes in all or `run_limit` has passed. Returns every publish-to-ack
 /// latency and the time the run took.
 pub async fn publish_loop(
@@ -88,7 +98,7 @@ pub async fn publish_loop(
             let mut latencies = Vec::new();
             while issued.fetch_add(1, Ordering::Relaxed) < limit && started.elapsed() < run_limit {
                 let sent = std::time::Instant::now();
-                publish(&*engine, &key, format!("{p}-{}", latencies.len())).await;
+                publish_as(&*engine, &key, &format!("bench-{p}"), format!("{p}-{}", latencies.len())).await;
                 latencies.push(sent.elapsed());
             }
             latencies
