@@ -796,7 +796,7 @@ pub enum StoreEngine {
 }
 
 /// `store.commit_interval_us`'s default (docs/decisions.md, "Pacing commits").
-const COMMIT_INTERVAL_US: u64 = 10_000;
+const COMMIT_INTERVAL_US: u64 = 20_000;
 
 impl Default for StoreConfig {
     fn default() -> Self {
