@@ -777,6 +777,7 @@ pub struct StoreConfig {
     /// Least time between the starts of two commits: publishes arriving sooner wait and share
     /// the next one. With `deliver_before_commit` only the publisher's ack waits; fewer fsyncs
     /// under a steady trickle of publishes. 0: commit as soon as the previous one is done.
+    /// Embedded engine only (the memory engine has no fsync to share).
     pub commit_interval_us: u64,
     /// Deliver each message to subscribers as soon as it has its offset, before its durable
     /// commit (acks still wait for the commit). On by default: subscribers skip the fsync and

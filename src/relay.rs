@@ -927,7 +927,11 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
         dedupe_window_ms: st.dedupe_window_secs.saturating_mul(1000),
         max_batch: st.commit_max_batch,
         linger: Duration::from_micros(st.commit_linger_us),
-        min_commit_interval: Duration::from_micros(st.commit_interval_us),
+        // Pacing shares fsyncs; the memory engine has none to share, only acks to delay.
+        min_commit_interval: match st.engine {
+            StoreEngine::Embedded => Duration::from_micros(st.commit_interval_us),
+            StoreEngine::Memory | StoreEngine::Redis => Duration::ZERO,
+        },
         idle_ttl_ms: config.hub.room_idle_ttl_secs.saturating_mul(1000),
         shards: config.hub.shards,
         deliver_before_commit: st.deliver_before_commit,
