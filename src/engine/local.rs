@@ -11,6 +11,11 @@
 //! the failure are refused too instead of leaving a hole. Reads (replay, history pages, cursors)
 //! run on tokio's blocking pool, never on the connections' runtime threads.
 //!
+//! With `min_commit_interval` ([`Pacing`]) a commit starts no sooner than that after the
+//! previous one, so a steady trickle from many publishers shares one fsync per interval; the
+//! wait ends once every publisher of the last two intervals has an append in the batch, so
+//! publishers that await each ack are never held to it.
+//!
 //! With `deliver_before_commit` the publishing task delivers to the hub itself, under the room's
 //! sequencer lock right after queuing the append, and the writer only commits and acknowledges:
 //! subscribers no longer wait for the fsync and a hand-off to the writer thread (most of the
@@ -220,10 +225,7 @@ impl LocalEngine {
             retention: config.retention,
             max_batch: config.max_batch.max(1),
             linger: config.linger,
-            min_commit_interval: config.min_commit_interval,
-            last_commit: None,
-            recent_publishers: HashMap::new(),
-            hasher: RandomState::new(),
+            pacing: Pacing::new(config.min_commit_interval),
             commit_seconds: metrics::histogram!(crate::metrics::STORE_COMMIT_SECONDS),
             batch_size: metrics::histogram!(crate::metrics::STORE_BATCH_SIZE),
             failures: metrics::counter!(crate::metrics::STORE_FAILURES_TOTAL),
@@ -500,17 +502,88 @@ struct Writer {
     retention: Retention,
     max_batch: usize,
     linger: Duration,
-    min_commit_interval: Duration,
-    /// When the last commit started.
-    last_commit: Option<Instant>,
-    /// Publishers of recent commits and when they last published (see `wait_for_interval`).
-    recent_publishers: HashMap<u64, Instant>,
-    hasher: RandomState,
+    pacing: Pacing,
     commit_seconds: metrics::Histogram,
     batch_size: metrics::Histogram,
     failures: metrics::Counter,
     /// The age-retention pass under way: its cutoff and where its next step starts.
     expiring: Option<(u64, Option<Vec<u8>>)>,
+}
+
+/// Commit pacing (`min_commit_interval`): when the writer may wait for more appends before a
+/// commit, and for whom. It waits only while a publisher of the last two intervals has no
+/// append in the batch yet: publishers that each await their ack before publishing again are
+/// all in it at once, and waiting would only slow them (a lone one to one publish per
+/// interval), which is why Postgres's `commit_delay` waits only with `commit_siblings`. A
+/// publisher is a user of a tenant.
+struct Pacing {
+    interval: Duration,
+    /// When the last commit started.
+    last_commit: Option<Instant>,
+    /// Publishers of recent commits (as hashes) and when they last committed.
+    recent: HashMap<u64, Instant>,
+    hasher: RandomState,
+}
+
+impl Pacing {
+    fn new(interval: Duration) -> Pacing {
+        Pacing { interval, last_commit: None, recent: HashMap::new(), hasher: RandomState::new() }
+    }
+
+    /// Until when the next commit may wait at `now`; `None`: commit now (pacing off, nothing
+    /// committed yet, or the interval already over).
+    fn earliest(&self, now: Instant) -> Option<Instant> {
+        if self.interval.is_zero() {
+            return None;
+        }
+        self.last_commit.map(|last| last + self.interval).filter(|&earliest| earliest > now)
+    }
+
+    fn publisher(&self, key: &RoomKey, message: &StoredMessage) -> u64 {
+        self.hasher.hash_one((&*key.tenant, &message.from))
+    }
+
+    /// Tracks which recent publishers a batch being collected holds.
+    fn waiting(&self) -> Waiting<'_> {
+        Waiting { pacing: self, present: std::collections::HashSet::new(), missing: self.recent.len() }
+    }
+
+    /// A commit of `records` started at `started`.
+    fn committed(&mut self, started: Instant, records: &[Append]) {
+        self.last_commit = Some(started);
+        if self.interval.is_zero() {
+            return;
+        }
+        let forget = started.checked_sub(self.interval * 2);
+        self.recent.retain(|_, seen| forget.is_none_or(|forget| *seen >= forget));
+        for append in records {
+            self.recent.insert(self.publisher(&append.key, &append.message), started);
+        }
+    }
+}
+
+/// A batch being collected under [`Pacing`]: the recent publishers it does not hold yet.
+struct Waiting<'a> {
+    pacing: &'a Pacing,
+    present: std::collections::HashSet<u64>,
+    missing: usize,
+}
+
+impl Waiting<'_> {
+    fn arrived(&mut self, op: &Op) {
+        if let Op::Append { key, message, .. } = op
+            && let p = self.pacing.publisher(key, message)
+            && self.present.insert(p)
+            && self.pacing.recent.contains_key(&p)
+        {
+            self.missing -= 1;
+        }
+    }
+
+    /// Every recent publisher is in the batch: nobody else is likely to join it.
+    fn complete(&self) -> bool {
+        self.missing == 0
+    }
 }
 
 /// Rooms one age-retention step visits: a short write, so commits queued behind it wait little.
@@ -558,47 +631,21 @@ impl Writer {
         }
     }
 
-    fn publisher(&self, key: &RoomKey, message: &StoredMessage) -> u64 {
-        self.hasher.hash_one((&*key.tenant, &message.from))
-    }
-
-    /// Collects into `batch` until `min_commit_interval` has passed since the last commit
-    /// started, unless every publisher seen in the last two intervals already has an append in
-    /// it: then nobody else is likely to join, as with publishers that each await their ack
-    /// before publishing again (a lone one would only be slowed down; a group would be held to
-    /// one commit per interval). Postgres's `commit_delay` waits only with `commit_siblings`
-    /// for the same reason. A stop or a full batch ends the wait too. A publisher is a user of
-    /// a tenant.
+    /// Collects into `batch` while [`Pacing`] says to wait. A stop or a full batch ends the
+    /// wait too.
     fn wait_for_interval(&mut self, batch: &mut Vec<Op>) {
-        let Some(last) = self.last_commit else { return };
-        let earliest = last + self.min_commit_interval;
-        let publisher = |op: &Op| match op {
-            Op::Append { key, message, .. } => Some(self.publisher(key, message)),
-            _ => None,
-        };
-        // Recent publishers without an append in the batch yet.
-        let mut present = std::collections::HashSet::new();
-        let mut missing = self.recent_publishers.len();
-        let mut arrived = |p: u64, missing: &mut usize| {
-            if present.insert(p) && self.recent_publishers.contains_key(&p) {
-                *missing -= 1;
-            }
-        };
-        for p in batch.iter().filter_map(publisher) {
-            arrived(p, &mut missing);
+        let Some(earliest) = self.pacing.earliest(Instant::now()) else { return };
+        let mut waiting = self.pacing.waiting();
+        for op in batch.iter() {
+            waiting.arrived(op);
         }
-        while batch.len() < self.max_batch && !matches!(batch.last(), Some(Op::Stop)) {
-            if missing == 0 {
-                return;
-            }
+        while batch.len() < self.max_batch && !matches!(batch.last(), Some(Op::Stop)) && !waiting.complete() {
             let Some(left) = earliest.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                 return;
             };
             match self.rx.recv_timeout(left) {
                 Ok(op) => {
-                    if let Some(p) = publisher(&op) {
-                        arrived(p, &mut missing);
-                    }
+                    waiting.arrived(&op);
                     batch.push(op);
                 }
                 Err(_) => return,
@@ -650,15 +697,7 @@ impl Writer {
             std::thread::sleep(self.commit_delay);
         }
         let started = Instant::now();
-        self.last_commit = Some(started);
-        if !self.min_commit_interval.is_zero() {
-            let forget = started.checked_sub(self.min_commit_interval * 2);
-            self.recent_publishers.retain(|_, seen| forget.is_none_or(|forget| *seen >= forget));
-            for append in &records {
-                let publisher = self.publisher(&append.key, &append.message);
-                self.recent_publishers.insert(publisher, started);
-            }
-        }
+        self.pacing.committed(started, &records);
         let result = self.history.append(&records, &self.retention);
         self.commit_seconds.record(started.elapsed().as_secs_f64());
         self.batch_size.record(records.len() as f64);
