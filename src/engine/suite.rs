@@ -16,6 +16,9 @@ pub(crate) struct Rig {
     pub engine: Arc<dyn Engine>,
     /// The Redis the engine uses, if any; stopped when the last rig holding it is dropped.
     pub _redis: Option<Arc<crate::testing::RedisServer>>,
+    /// How many users [`Rig::publish`] takes turns publishing as (1: always `alice`).
+    pub publishers: usize,
+    turn: std::sync::atomic::AtomicUsize,
 }
 
 pub(crate) fn key(room: &str) -> RoomKey {
@@ -23,6 +26,15 @@ pub(crate) fn key(room: &str) -> RoomKey {
 }
 
 impl Rig {
+    pub fn new(hub: Arc<Hub>, engine: Arc<dyn Engine>, redis: Option<Arc<crate::testing::RedisServer>>) -> Rig {
+        Rig { hub, engine, _redis: redis, publishers: 1, turn: Default::default() }
+    }
+
+    /// A rig whose [`Rig::publish`] takes turns among `publishers` users.
+    pub fn with_publishers(self, publishers: usize) -> Rig {
+        Rig { publishers, ..self }
+    }
+
     pub async fn publish_as(&self, k: &RoomKey, from: &str, id: &str) -> Result<Accepted, EngineError> {
         let (done, rx) = Done::channel();
         let data = Payload::from(format!("\"{id}\"").as_str());
@@ -31,7 +43,11 @@ impl Rig {
     }
 
     pub async fn publish(&self, k: &RoomKey, id: &str) -> Position {
-        self.publish_as(k, "alice", id).await.expect("publish").position
+        let from = match self.publishers {
+            0 | 1 => "alice".to_owned(),
+            n => format!("user{}", self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n),
+        };
+        self.publish_as(k, &from, id).await.expect("publish").position
     }
 
     /// A member whose catch-up requests are served, like a connection does.
@@ -165,9 +181,9 @@ pub(crate) async fn joining_while_publishing_never_gaps_or_duplicates(rig: Rig) 
     // every join races publishes and every member has something after its join.
     let joins_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let publisher = {
-        let (engine, k, joins_done) = (rig.engine.clone(), k.clone(), joins_done.clone());
+        let (engine, k, joins_done, publishers) = (rig.engine.clone(), k.clone(), joins_done.clone(), rig.publishers);
         tokio::spawn(async move {
-            let rig = Rig { hub: Arc::new(Hub::new(1, 1000)), engine, _redis: None };
+            let rig = Rig::new(Arc::new(Hub::new(1, 1000)), engine, None).with_publishers(publishers);
             let (mut i, mut after) = (0u64, 0);
             while after < 20 {
                 i += 1;
@@ -209,9 +225,9 @@ pub(crate) async fn joining_a_new_room_from_the_start_while_it_fills_never_dupli
     for round in 0..30 {
         let k = key(&format!("fresh-{round}"));
         let publisher = {
-            let (engine, k) = (rig.engine.clone(), k.clone());
+            let (engine, k, publishers) = (rig.engine.clone(), k.clone(), rig.publishers);
             tokio::spawn(async move {
-                let rig = Rig { hub: Arc::new(Hub::new(1, 1000)), engine, _redis: None };
+                let rig = Rig::new(Arc::new(Hub::new(1, 1000)), engine, None).with_publishers(publishers);
                 for i in 1..=30u64 {
                     rig.publish(&k, &format!("m{i}")).await;
                 }
@@ -279,7 +295,7 @@ pub(crate) use engine_suite;
 fn local(history: Arc<dyn crate::store::History>, config: LocalEngineConfig) -> Rig {
     let hub = Arc::new(Hub::new(4, 60_000));
     let engine = LocalEngine::start(config, history, hub.clone()).unwrap();
-    Rig { hub, engine: Arc::new(engine), _redis: None }
+    Rig::new(hub, Arc::new(engine), None)
 }
 
 mod memory {
@@ -315,7 +331,8 @@ mod early {
     super::engine_suite!(make);
 }
 
-/// The same properties when commits are paced by `min_commit_interval`.
+/// The same properties when commits are paced by `min_commit_interval`, with three users
+/// taking turns publishing, so a commit waits for the ones not in it yet.
 mod paced {
     async fn make() -> super::Rig {
         let config = super::LocalEngineConfig {
@@ -323,7 +340,7 @@ mod paced {
             min_commit_interval: std::time::Duration::from_millis(5),
             ..Default::default()
         };
-        super::local(Arc::new(crate::store::MemoryHistory::new()), config)
+        super::local(Arc::new(crate::store::MemoryHistory::new()), config).with_publishers(3)
     }
     use std::sync::Arc;
     super::engine_suite!(make);
@@ -621,7 +638,7 @@ pub(crate) mod redis {
     pub(crate) async fn node(server: &Arc<RedisServer>, config: RedisEngineConfig) -> Rig {
         let hub = Arc::new(Hub::new(4, 60_000));
         let engine = RedisEngine::connect(config, hub.clone()).await.expect("connect to the test redis");
-        Rig { hub, engine: Arc::new(engine), _redis: Some(server.clone()) }
+        Rig::new(hub, Arc::new(engine), Some(server.clone()))
     }
 
     async fn make() -> Rig {

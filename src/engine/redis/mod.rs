@@ -1445,7 +1445,7 @@ mod tests {
     async fn node(server: &Arc<RedisServer>) -> (Rig, Arc<RedisEngine>) {
         let hub = Arc::new(Hub::new(4, 60_000));
         let engine = Arc::new(RedisEngine::connect(config(server.url()), hub.clone()).await.expect("connect"));
-        (Rig { hub, engine: engine.clone(), _redis: Some(server.clone()) }, engine)
+        (Rig::new(hub, engine.clone(), Some(server.clone())), engine)
     }
 
     fn server() -> Arc<RedisServer> {
