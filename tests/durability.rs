@@ -253,6 +253,53 @@ async fn history_pages_backwards_and_followed_rooms_list_what_a_user_missed() {
     bob.close().await;
 }
 
+/// `history_after` pages forwards (what a client missed after the last offset it holds), over
+/// QUIC on a stream of its own and over WebSocket; a page cut to fit the frame keeps the oldest
+/// messages, so it is an unbroken run after `after`.
+#[tokio::test]
+async fn history_after_pages_forwards_in_unbroken_runs() {
+    let relay = common::start_with(|c| {
+        c.limits.max_frame_bytes = 16_384;
+        c.limits.max_payload_bytes = 8_192;
+    })
+    .await;
+    let alice = relay.connect(Transport::Quic, Codec::Postcard, "alice", "acme", &["*"]).await;
+    let bob = relay.connect(Transport::WebSocket, Codec::Json, "bob", "acme", &["*"]).await;
+    for i in 1..=25 {
+        bob.publish("a", &format!("a{i}"), Payload::from(format!("{i}").as_str())).await.unwrap();
+    }
+    bob.publish("b", "b1", Payload::from("1")).await.unwrap();
+    for client in [&alice, &bob] {
+        let mut offsets = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = client.history_after("a", after, 10).await.unwrap();
+            assert_eq!(page.position.offset, 25);
+            let Some(last) = page.messages.last() else { break };
+            after = last.offset;
+            offsets.extend(page.messages.iter().map(|m| m.offset));
+        }
+        assert_eq!(offsets, (1..=25).collect::<Vec<_>>());
+        let first = client.history_after("a", 3, 1).await.unwrap();
+        assert_eq!((first.messages[0].offset, first.messages[0].id.as_str()), (4, "a4"));
+    }
+    // Several rooms on one stream, answered in the order asked.
+    let pages = alice.histories_after(&[("b", 0), ("a", 23), ("nothing-here", 0)], 100).await;
+    let offsets: Vec<Vec<u64>> =
+        pages.into_iter().map(|p| p.unwrap().messages.iter().map(|m| m.offset).collect()).collect();
+    assert_eq!(offsets, vec![vec![1], vec![24, 25], vec![]]);
+    // Messages too large for one frame together: the page keeps the oldest after `after`.
+    for i in 1..=4 {
+        bob.publish("big", &format!("big{i}"), Payload::from(vec![i as u8; 6_000])).await.unwrap();
+    }
+    let page = alice.history_after("big", 1, 100).await.unwrap();
+    let offsets: Vec<u64> = page.messages.iter().map(|m| m.offset).collect();
+    assert!(!offsets.is_empty() && offsets.len() < 3, "cut to fit 16 KiB: {offsets:?}");
+    assert_eq!(offsets, (2..2 + offsets.len() as u64).collect::<Vec<_>>());
+    alice.close().await;
+    bob.close().await;
+}
+
 /// The relay's stateless-reset key is persisted, so a relay restarted on the same port answers
 /// a dead connection's next packet with a stateless reset its client accepts: the client learns
 /// at its next keep-alive that the connection is gone instead of waiting out its idle timeout.

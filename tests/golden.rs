@@ -66,6 +66,7 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
         ("privacy", ClientFrame::Privacy { hide_presence: false, hide_typing: true }),
         ("history", ClientFrame::History { req: 9, room: "chat:lobby".into(), before: Some(43), limit: 50 }),
         ("history_newest", ClientFrame::History { req: 10, room: "chat:lobby".into(), before: None, limit: 20 }),
+        ("history_after", ClientFrame::HistoryAfter { req: 12, room: "chat:lobby".into(), after: 42, limit: 100 }),
         ("rooms", ClientFrame::Rooms { req: 11 }),
         ("cursor", ClientFrame::Cursor { room: "chat:lobby".into(), position: pos(7, 42) }),
         (

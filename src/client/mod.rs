@@ -791,6 +791,48 @@ impl Client {
         }
     }
 
+    /// A page of a room's history forward: up to `limit` messages after offset `after`,
+    /// oldest first (cut short, keeping the oldest, when the frame would be too large). On QUIC
+    /// and WebTransport it goes on a stream of its own, so a room's stream still waiting for
+    /// QUIC to resend what an outage lost does not hold it back.
+    pub async fn history_after(&self, room: &str, after: u64, limit: u32) -> Result<HistoryPage, ClientError> {
+        let mut pages = self.histories_after(&[(room, after)], limit).await;
+        pages.pop().unwrap_or_else(|| Err(ClientError::Protocol("no answer".into())))
+    }
+
+    /// [`Self::history_after`] for several rooms at once, on one stream of their own: one
+    /// answer per room, in the order asked.
+    pub async fn histories_after(&self, rooms: &[(&str, u64)], limit: u32) -> Vec<Result<HistoryPage, ClientError>> {
+        let build = |&(room, after): &(&str, u64)| {
+            let req = self.req();
+            (req, self.expect(req), ClientFrame::HistoryAfter { req, room: room.to_owned(), after, limit })
+        };
+        let asked: Vec<_> = rooms.iter().map(build).collect();
+        let frames: Vec<WireFrame> = asked.iter().map(|(_, _, frame)| self.codec.frame(frame)).collect();
+        let alone = match &*self.link {
+            Link::Quic(link) => link.send_alone(&frames, &self.tasks, &self.cancel).await,
+            Link::WebSocket(link) => frames.into_iter().try_for_each(|frame| link.send(frame)).map(|()| None),
+        };
+        let mut pages = Vec::with_capacity(asked.len());
+        for (req, rx, _) in asked {
+            let page = match &alone {
+                Err(err) => Err(err.clone()),
+                Ok(_) => match self.answer(req, rx).await {
+                    Ok(ServerFrame::History { position, first, messages, .. }) => {
+                        Ok(HistoryPage { position, first, messages })
+                    }
+                    Ok(other) => Err(unexpected("history", &other)),
+                    Err(err) => Err(err),
+                },
+            };
+            pages.push(page);
+        }
+        if let Ok(Some(mut send)) = alone {
+            let _ = send.finish();
+        }
+        pages
+    }
+
     /// The STUN and TURN servers for WebRTC with fresh TURN credentials, and when those
     /// expire (unix seconds).
     pub async fn ice_servers(&self) -> Result<(Vec<IceServer>, u64), ClientError> {

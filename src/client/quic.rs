@@ -418,6 +418,34 @@ fn heartbeat(conn: &Session) -> bool {
     conn.send_datagram(bytes::Bytes::new()).is_ok()
 }
 
+/// How long a request sent alone waits for the relay's stream credit before it goes on the
+/// control stream instead.
+const OPEN_ALONE_WITHIN: Duration = Duration::from_millis(200);
+/// Padded heartbeats after `network_changed()`, and their size (so a packet stays within the
+/// 1,200 bytes every QUIC path carries).
+const PADDED_HEARTBEATS: usize = 2;
+const PADDED_HEARTBEAT_BYTES: usize = 1_100;
+static ZEROS: [u8; PADDED_HEARTBEAT_BYTES] = [0; PADDED_HEARTBEAT_BYTES];
+
+/// Heartbeats of zero bytes, padded to [`PADDED_HEARTBEAT_BYTES`], from a new socket: until the
+/// relay has validated a new address it sends it at most three times what it received from it
+/// (QUIC's anti-amplification limit, RFC 9000 section 8). quinn's `PING` after a move is 41
+/// bytes, so the relay's `PATH_CHALLENGE` (padded to 1,200 bytes) used that up and anything else
+/// it had for the client, the answers to a catch-up included, waited a round trip for the
+/// client's `PATH_RESPONSE`. Two of these (2.3 KB per network change) let the relay send about
+/// 6.7 KB more at once. The relay takes a datagram of zero bytes as a heartbeat.
+fn padded_heartbeats(conn: &Session) {
+    let size = conn.max_datagram_size().min(PADDED_HEARTBEAT_BYTES);
+    if size == 0 {
+        return;
+    }
+    for _ in 0..PADDED_HEARTBEATS {
+        if conn.send_datagram(bytes::Bytes::from_static(&ZEROS[..size])).is_err() {
+            return;
+        }
+    }
+}
+
 /// How often a receiving client in a fade sends a heartbeat on its socket (or once a round
 /// trip, if longer), for the first [`PROBE_FAST_FOR`]; then every [`PROBE_SLOW`].
 const FADE_EVERY: Duration = Duration::from_millis(250);
@@ -745,9 +773,50 @@ impl QuicLink {
     }
 
     /// Moves the link's endpoint to a new socket ([`QuicEndpoint::network_changed`]); a shared
-    /// endpoint moves with all its connections: the network changed for all of them.
+    /// endpoint moves with all its connections: the network changed for all of them. Then
+    /// [`padded_heartbeats`] from the new socket.
     pub(super) fn network_changed(&self) -> Result<(), ClientError> {
-        self.probes.move_now(&self.endpoint)
+        self.probes.move_now(&self.endpoint)?;
+        padded_heartbeats(&self.conn);
+        Ok(())
+    }
+
+    /// Opens a stream for `frames` alone (requests), sends them and starts reading it, so their
+    /// answers do not queue behind what another stream is waiting for: after an outage a room's
+    /// stream holds what QUIC still has to resend, which it learns only a round trip after the
+    /// relay hears from the new path. The caller finishes the returned stream once the answers
+    /// came. `None` when no stream opened within [`OPEN_ALONE_WITHIN`] (the relay's stream
+    /// credit used up): the frames went on the control stream.
+    pub(super) async fn send_alone(
+        &self,
+        frames: &[WireFrame],
+        tasks: &TaskTracker,
+        cancel: &CancellationToken,
+    ) -> Result<Option<SendStream>, ClientError> {
+        self.sent.notify_one();
+        let (mut send, recv) = match tokio::time::timeout(OPEN_ALONE_WITHIN, self.conn.open_bi()).await {
+            Ok(opened) => opened.map_err(|e| closed(&e))?,
+            Err(_) => {
+                for frame in frames {
+                    self.send_control(frame.clone()).await?;
+                }
+                return Ok(None);
+            }
+        };
+        tasks.spawn(read_stream(
+            recv,
+            FrameReader::new(MAX_INBOUND_FRAME),
+            self.codec,
+            self.shared.clone(),
+            self.received.clone(),
+            cancel.clone(),
+        ));
+        let mut bytes = bytes::BytesMut::new();
+        for frame in frames {
+            bytes.extend_from_slice(frame.prefixed());
+        }
+        send.write_all(&bytes).await.map_err(|e| self.write_error(e))?;
+        Ok(Some(send))
     }
 
     /// After a network change: probes the path from new sockets until the relay has validated

@@ -8,15 +8,15 @@
 //! the missed offsets. This client only has to keep ids and positions, and drop a message whose
 //! offset it already has (one can arrive twice only if a connection died mid-replay).
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{Client, ClientError, ClientOptions, Event, Message, Target};
+use super::{Client, ClientError, ClientOptions, Event, HistoryPage, Message, Target};
 use crate::proto::{ErrorCode, Payload, Position};
 
 /// How to reconnect.
@@ -72,6 +72,8 @@ struct Unacked {
 struct State {
     /// Joined rooms and the last position the application received in each.
     rooms: BTreeMap<String, Option<Position>>,
+    /// When each room last delivered a message: a catch-up asks the busiest rooms first.
+    delivered_at: HashMap<String, Instant>,
     /// Publishes not yet acknowledged, in the order they were made.
     unacked: VecDeque<Unacked>,
 }
@@ -94,6 +96,36 @@ pub struct Resilient {
     /// Stops the driver when the handle is dropped.
     _stop: tokio_util::sync::DropGuard,
     driver: tokio::task::JoinHandle<()>,
+}
+
+impl State {
+    /// The messages of a catch-up page the application does not have yet, recorded as
+    /// delivered; none unless the page continues right after the last one it has, in the same
+    /// epoch (what is not covered comes on the room's stream).
+    fn accept_page(&mut self, room: &str, page: HistoryPage) -> Vec<Message> {
+        let Some(Some(last)) = self.rooms.get_mut(room) else { return Vec::new() };
+        let epoch = page.position.epoch;
+        let missed: Vec<_> = page.messages.into_iter().filter(|m| m.offset > last.offset).collect();
+        if epoch != last.epoch || missed.first().is_none_or(|m| m.offset != last.offset + 1) {
+            return Vec::new();
+        }
+        let messages: Vec<Message> = missed
+            .into_iter()
+            .map(|m| Message {
+                room: room.to_owned(),
+                position: Position { epoch, offset: m.offset },
+                from: m.from,
+                time: m.time,
+                id: m.id,
+                data: m.data,
+            })
+            .collect();
+        if let Some(newest) = messages.last() {
+            *last = newest.position;
+            self.delivered_at.insert(room.to_owned(), Instant::now());
+        }
+        messages
+    }
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -210,6 +242,11 @@ enum Accepted {
     Duplicate,
 }
 
+/// At most this many rooms are caught up after a network change (the most recently active).
+pub const MAX_CATCH_UP_ROOMS: usize = 32;
+/// Messages asked per room in a catch-up (the relay's largest history page).
+const CATCH_UP_PAGE: u32 = 100;
+
 /// How long a connection gets to answer a ping after the network changed before the client
 /// gives it up and reconnects.
 pub const NETWORK_PROBE: Duration = Duration::from_secs(3);
@@ -316,6 +353,7 @@ impl Driver {
         // up is already covered by the rejoin of every known room.
         let mut joined: HashSet<String> = lock(&self.state).rooms.keys().cloned().collect();
         let mut probing: Option<tokio::task::AbortHandle> = None;
+        let (caught_up, mut caught_up_rx) = mpsc::unbounded_channel::<(String, HistoryPage)>();
         for room in joined.iter().cloned() {
             self.rejoin(&mut requests, client, room);
         }
@@ -339,9 +377,20 @@ impl Driver {
                         if let Some(previous) = probing.replace(Self::probe(&mut requests, client)) {
                             previous.abort();
                         }
+                        if !client.is_websocket() {
+                            self.catch_up(&mut requests, client, caught_up.clone());
+                        }
                     }
                     None => return Ended::Stopped,
                 },
+                Some((room, page)) = caught_up_rx.recv() => {
+                    let messages = lock(&self.state).accept_page(&room, page);
+                    for m in messages {
+                        if self.events.send(ResilientEvent::Message(m)).await.is_err() {
+                            return Ended::Stopped;
+                        }
+                    }
+                }
                 Some(done) = requests.join_next(), if !requests.is_empty() => match done {
                     // No answer at all: the connection is not healthy, whatever it looks like.
                     // Reconnecting sends every join and unacked publish again.
@@ -390,7 +439,52 @@ impl Driver {
             _ => Accepted::Next,
         };
         *last = Some(m.position);
+        state.delivered_at.insert(m.room.clone(), Instant::now());
         accepted
+    }
+
+    /// After a network change on QUIC or WebTransport: asks for what each room (the
+    /// [`MAX_CATCH_UP_ROOMS`] that delivered most recently) holds after the last message the
+    /// application has, on a stream of its own ([`Client::histories_after`]). The relay
+    /// answers from its store as soon as it hears the new path, while the rooms' streams wait
+    /// a round trip more for QUIC to learn what the outage lost and resend it; those copies
+    /// arrive later and are dropped as duplicates. Failures are ignored: the rooms' streams
+    /// deliver everything anyway.
+    fn catch_up(
+        &self,
+        requests: &mut JoinSet<Result<(), ClientError>>,
+        client: &Arc<Client>,
+        caught_up: mpsc::UnboundedSender<(String, HistoryPage)>,
+    ) {
+        let rooms: Vec<(String, u64)> = {
+            let state = lock(&self.state);
+            let mut rooms: Vec<(Option<Instant>, String, u64)> = state
+                .rooms
+                .iter()
+                .filter_map(|(room, last)| {
+                    Some((state.delivered_at.get(room).copied(), room.clone(), last.as_ref()?.offset))
+                })
+                .collect();
+            rooms.sort_by_key(|(at, _, _)| std::cmp::Reverse(*at));
+            rooms.into_iter().take(MAX_CATCH_UP_ROOMS).map(|(_, room, offset)| (room, offset)).collect()
+        };
+        if rooms.is_empty() {
+            return;
+        }
+        let client = client.clone();
+        requests.spawn(async move {
+            let asked: Vec<(&str, u64)> = rooms.iter().map(|(room, after)| (room.as_str(), *after)).collect();
+            let pages = client.histories_after(&asked, CATCH_UP_PAGE).await;
+            for ((room, _), page) in rooms.into_iter().zip(pages) {
+                match page {
+                    Ok(page) => {
+                        let _ = caught_up.send((room, page));
+                    }
+                    Err(err) => tracing::debug!(%err, room, "catch-up after a network change"),
+                }
+            }
+            Ok(())
+        });
     }
 
     fn rejoin(&self, requests: &mut JoinSet<Result<(), ClientError>>, client: &Arc<Client>, room: String) {
@@ -475,5 +569,51 @@ where
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::HistoryEntry;
+
+    fn page(epoch: u64, offsets: std::ops::Range<u64>) -> HistoryPage {
+        let messages = offsets
+            .map(|offset| HistoryEntry {
+                offset,
+                from: "bob".into(),
+                time: 0,
+                id: format!("m{offset}"),
+                data: Payload::from("x"),
+            })
+            .collect();
+        HistoryPage { position: Position { epoch, offset: 99 }, first: 1, messages }
+    }
+
+    fn holding(offset: u64) -> State {
+        let mut state = State::default();
+        state.rooms.insert("a".into(), Some(Position { epoch: 7, offset }));
+        state
+    }
+
+    fn offsets(messages: &[Message]) -> Vec<u64> {
+        messages.iter().map(|m| m.position.offset).collect()
+    }
+
+    #[test]
+    fn a_catch_up_page_delivers_only_the_unbroken_run_after_what_the_application_holds() {
+        // What the room's stream delivered meanwhile is not delivered again.
+        let mut state = holding(12);
+        assert_eq!(offsets(&state.accept_page("a", page(7, 11..16))), vec![13, 14, 15]);
+        assert_eq!(state.rooms["a"], Some(Position { epoch: 7, offset: 15 }));
+        assert!(state.accept_page("a", page(7, 11..16)).is_empty(), "a second copy is a duplicate");
+        // A page that leaves a gap after the last offset held would lose the gap: none of it.
+        assert!(holding(12).accept_page("a", page(7, 14..16)).is_empty());
+        // Offsets of another epoch are not the ones held; an unjoined room has nothing to continue.
+        assert!(holding(12).accept_page("a", page(8, 13..16)).is_empty());
+        assert!(holding(12).accept_page("b", page(7, 13..16)).is_empty());
+        let mut nothing_missed = holding(15);
+        assert!(nothing_missed.accept_page("a", page(7, 16..16)).is_empty());
+        assert_eq!(nothing_missed.rooms["a"], Some(Position { epoch: 7, offset: 15 }));
     }
 }

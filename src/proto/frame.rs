@@ -125,6 +125,12 @@ pub enum ClientFrame {
     /// In-app notifications, their preferences and push devices (docs/notifications.md).
     /// Answered by `notifications`.
     Notifications { req: u64, action: NotifyAction },
+    /// A page of a room's history forward: up to `limit` messages after offset `after`, oldest
+    /// first, answered by `history`. What a client missed since the last message it holds, in
+    /// one request; the Rust client sends it on a stream of its own after a network change, so
+    /// the room's stream, still waiting for QUIC to resend what the outage lost, does not hold
+    /// it back. Needs permission to join the room.
+    HistoryAfter { req: u64, room: String, after: u64, limit: u32 },
 }
 
 impl ClientFrame {
@@ -138,6 +144,7 @@ impl ClientFrame {
             | ClientFrame::Refresh { req, .. }
             | ClientFrame::PresenceSync { req, .. }
             | ClientFrame::History { req, .. }
+            | ClientFrame::HistoryAfter { req, .. }
             | ClientFrame::Rooms { req }
             | ClientFrame::TrackPublish { req, .. }
             | ClientFrame::TrackUnpublish { req, .. }

@@ -27,8 +27,8 @@ pub enum Job {
     },
     /// Feed a member that fell behind from history.
     CatchUp(CatchUp),
-    /// Answer a `history` request.
-    History { key: RoomKey, reply: Reply, before: Option<u64>, limit: u32, max_bytes: usize },
+    /// Answer a `history` or `history_after` request.
+    History { key: RoomKey, reply: Reply, page: Page, limit: u32, max_bytes: usize },
     /// Answer a `rooms` request.
     Rooms { tenant: String, user: String, reply: Reply },
     /// Replay an exact persistent topic after `since`, then let the subscription go live.
@@ -45,6 +45,15 @@ pub enum Job {
     Notify { user: UserKey, conn: u64, action: crate::proto::NotifyAction, reply: Reply },
     /// Answer a `call_history` request.
     CallHistory { user: UserKey, reply: Reply, before: Option<HistoryCursor>, limit: u32, max_bytes: usize },
+}
+
+/// Which page of a room's history a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// The newest messages before this offset (the newest of all when `None`): `history`.
+    Before(Option<u64>),
+    /// The oldest messages after this offset: `history_after`.
+    After(u64),
 }
 
 /// A join that finished (joined, refused or cancelled): the session may now send the
@@ -81,9 +90,9 @@ pub async fn run(job: Job, ctx: Arc<SessionContext>) -> Option<JoinSettled> {
         Job::Resume { tenant, sub, topic, since, reply } => {
             ctx.events.resume(&tenant, &sub, &topic, since, reply).await
         }
-        Job::History { key, mut reply, before, limit, max_bytes } => {
+        Job::History { key, mut reply, page, limit, max_bytes } => {
             let req = reply.req();
-            let frame = match history_page(&ctx, &key, req, before, limit, max_bytes).await {
+            let frame = match history_page(&ctx, &key, req, page, limit, max_bytes).await {
                 Ok(frame) => frame,
                 Err(err) => ServerFrame::error(req, err.code(), err.to_string()),
             };
@@ -141,30 +150,37 @@ fn call_history_page(req: u64, page: CallPage, max_bytes: usize) -> ServerFrame 
     ServerFrame::CallHistory { req, calls, next: next.map(|c| c.to_string()) }
 }
 
-/// Reads one page; the page is cut short (keeping the newest messages) so the frame stays
-/// within `max_bytes`.
+/// Reads one page; the page is cut short so the frame stays within `max_bytes`, keeping the
+/// messages next to the page's anchor: the newest of a `before` page, the oldest of an `after`
+/// page (so a client catching up gets an unbroken run after what it holds).
 async fn history_page(
     ctx: &SessionContext,
     key: &RoomKey,
     req: u64,
-    before: Option<u64>,
+    page: Page,
     limit: u32,
     max_bytes: usize,
 ) -> Result<ServerFrame, crate::engine::EngineError> {
     let meta = ctx.engine.meta(key).await?;
-    let before = before.unwrap_or(u64::MAX);
-    let mut messages = ctx.engine.read_before(key, before, limit as usize).await?;
+    let mut messages = match page {
+        Page::Before(before) => ctx.engine.read_before(key, before.unwrap_or(u64::MAX), limit as usize).await?,
+        Page::After(after) => ctx.engine.read_after(key, after, limit as usize).await?,
+    };
     let mut budget = max_bytes.saturating_sub(256);
     let mut keep = 0;
-    for m in messages.iter().rev() {
-        let size = m.data.len() * 4 / 3 + m.from.len() + m.id.len() + 64;
+    let sizes = messages.iter().map(|m| m.data.len() * 4 / 3 + m.from.len() + m.id.len() + 64);
+    let sizes: Vec<usize> = if matches!(page, Page::Before(_)) { sizes.rev().collect() } else { sizes.collect() };
+    for size in sizes {
         if keep > 0 && size > budget {
             break;
         }
         budget = budget.saturating_sub(size);
         keep += 1;
     }
-    let messages = messages.split_off(messages.len() - keep);
+    match page {
+        Page::Before(_) => messages = messages.split_off(messages.len() - keep),
+        Page::After(_) => messages.truncate(keep),
+    }
     Ok(ServerFrame::History {
         req,
         room: key.room.to_string(),

@@ -33,7 +33,7 @@ use crate::proto::{
     ClientFrame, ErrorCode, PROTOCOL_VERSION, Payload, Position, RoomName, ServerFrame, SessionAction, WireLimits,
 };
 use crate::store::Cursor;
-pub use jobs::{Job, JoinSettled};
+pub use jobs::{Job, JoinSettled, Page};
 use limits::{ConnectionSlot, TokenBucket, UserConnections};
 use media::TrackRequest;
 
@@ -320,9 +320,9 @@ impl Session {
     /// datagram that cannot be decoded, arrives before `hello`, or carries a frame type that is
     /// not allowed as a datagram is dropped and counted.
     pub fn handle_datagram(&mut self, body: &[u8], now_ms: u64) {
-        // An empty datagram is a client's heartbeat: QUIC acknowledges it, nothing else to do
-        // (docs/protocol.md, "Datagrams").
-        if body.is_empty() {
+        // An empty datagram, or one of zero bytes only (a padded one), is a client's heartbeat:
+        // QUIC acknowledges it, nothing else to do (docs/protocol.md, "Datagrams").
+        if body.iter().all(|b| *b == 0) {
             return;
         }
         let frame: ClientFrame = match self.outbox.codec().decode(body) {
@@ -396,7 +396,12 @@ impl Session {
                 self.presence_frame(frame, now_ms);
                 return Ok(());
             }
-            ClientFrame::History { req, room, before, limit } => (req, self.history(lane, req, &room, before, limit)),
+            ClientFrame::History { req, room, before, limit } => {
+                (req, self.history(lane, req, &room, Page::Before(before), limit))
+            }
+            ClientFrame::HistoryAfter { req, room, after, limit } => {
+                (req, self.history(lane, req, &room, Page::After(after), limit))
+            }
             ClientFrame::Rooms { req } => (req, self.followed_rooms(lane, req)),
             ClientFrame::Cursor { room, position } => (0, self.cursor(lane, &room, position)),
             ClientFrame::TrackPublish { req, room, name, kind, codec, layers } => {
@@ -746,7 +751,7 @@ impl Session {
         Ok(())
     }
 
-    fn history(&mut self, lane: LaneId, req: u64, room: &str, before: Option<u64>, limit: u32) -> Result<(), Failure> {
+    fn history(&mut self, lane: LaneId, req: u64, room: &str, page: Page, limit: u32) -> Result<(), Failure> {
         let name = parse_room(room)?;
         self.forget_refused();
         let active = self.active()?;
@@ -759,7 +764,7 @@ impl Session {
         }
         let key = active.key(&name);
         let max_bytes = self.ctx.limits.max_frame_bytes as usize;
-        self.jobs.push(Job::History { key, reply: self.outbox.reserve(lane, req), before, limit, max_bytes });
+        self.jobs.push(Job::History { key, reply: self.outbox.reserve(lane, req), page, limit, max_bytes });
         Ok(())
     }
 

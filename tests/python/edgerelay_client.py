@@ -122,6 +122,7 @@ CLIENT_FIELDS = {
     "publish_mentions": ("req", "room", "id", "data", "mentions"),
     # In-app notifications (docs/notifications.md): `action` is {"<action>": {fields}}.
     "notifications": ("req", "action"),
+    "history_after": ("req", "room", "after", "limit"),
 }
 SERVER_FIELDS = {
     "welcome": ("version", "session", "user", "server_time", "limits"),
