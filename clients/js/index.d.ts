@@ -268,6 +268,8 @@ export interface RoomClient extends ReceiptsClient {
   leave(name: string): Promise<void>;
   publish<T = Payload>(room: string, data: T, options?: { id?: string }): Promise<Position>;
   history(room: string, options?: { before?: number | null; limit?: number }): Promise<HistoryPage>;
+  /** Up to `limit` (1-100) messages after offset `after`, oldest first (on WebTransport on a stream of its own). */
+  historyAfter(room: string, options?: { after?: number; limit?: number }): Promise<HistoryPage>;
   typing(room: string, typing: boolean): Promise<void>;
   readonly fallbackReason: string | null;
   /** Unix ms of the next attempt while reconnecting or offline, else null. */

@@ -1003,7 +1003,10 @@ impl Client {
     /// after an outage): the hook a mobile app calls from the OS's path monitor. On QUIC and
     /// WebTransport the endpoint moves to a new UDP socket (a new local address) and pings at
     /// once, so the relay validates the new path and migrates the connection, and both sides
-    /// resend what is outstanding now instead of at their next, backed-off probe timeout. On
+    /// resend what is outstanding now instead of at their next, backed-off probe timeout. Two
+    /// padded heartbeats (about 1,100 bytes each) follow the ping, so the relay may send up to
+    /// about 7 KB to the new address before it has validated it (docs/protocol.md, "Catching up
+    /// in one round trip after a network change"). On
     /// WebSocket nothing can move: [`Self::ping`] shows whether the connection still works.
     pub fn network_changed(&self) -> Result<(), ClientError> {
         match &*self.link {

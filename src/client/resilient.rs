@@ -6,7 +6,8 @@
 //! Exactly-once on both sides rests on the relay: a retried id within the dedupe window returns
 //! the original position and is not delivered again, and a rejoin with `since` replays exactly
 //! the missed offsets. This client only has to keep ids and positions, and drop a message whose
-//! offset it already has (one can arrive twice only if a connection died mid-replay).
+//! offset it already has (one can arrive twice if a connection died mid-replay, and after a
+//! network change, when a catch-up from history overtakes the room's stream).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -192,8 +193,10 @@ impl Resilient {
     /// Tells the client its network changed or came back: call it from the OS's path monitor
     /// (a new Wi-Fi or cellular path, the end of an outage). Connected over QUIC, the connection
     /// moves to a new socket and is probed at once ([`Client::network_changed`]), so what was
-    /// sent during an outage moves on within a round trip instead of at the next backed-off
-    /// probe timeout. A connection that answers no ping within [`NETWORK_PROBE`] is replaced
+    /// sent during an outage moves on within two round trips instead of at the next backed-off
+    /// probe timeout; and each room (the [`MAX_CATCH_UP_ROOMS`] most recently active) asks, on a
+    /// stream of its own, for what it holds after the application's last message
+    /// ([`Client::histories_after`]), so that arrives one round trip after the network returns. A connection that answers no ping within [`NETWORK_PROBE`] is replaced
     /// (a WebSocket dies with its path). Reconnecting, the client stops waiting out its backoff and tries at once, the backoff
     /// starting again from `base_delay`.
     pub fn network_changed(&self) {

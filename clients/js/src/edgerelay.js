@@ -49,6 +49,9 @@ export { backoffDelay } from "./schedule.js";
 const TOKEN_EXPIRED = 111;
 const MEDIA_UNSUPPORTED = 140;
 // Frames about a room's members that may come as datagrams (docs/protocol.md).
+/** After a network change (WebTransport): the rooms asked for what they missed, and how much each. */
+const CATCH_UP_ROOMS = 32;
+const CATCH_UP_PAGE = 100;
 const PRESENCE_FRAMES = new Set(["presence", "presence_batch", "presence_snapshot", "presence_refresh", "typing"]);
 const decoder = new TextDecoder();
 
@@ -176,10 +179,59 @@ export class EdgeRelay extends EventTarget {
     }
     const attempt = this.#attempt;
     if (!this.#link || !attempt) return;
+    if (this.#link.kind === "webtransport") this.#catchUp();
     withTimeout(this.ping(), this.#options.networkProbeMs, "ping after a network change").catch((err) => {
       // Only a silent connection is given up; an answer, even an error, shows it works.
       if (err instanceof TimeoutError && this.#attempt === attempt) this.#retire(attempt, "no answer after a network change");
     });
+  }
+
+  /** After a network change on WebTransport: asks the most recently active joined rooms for
+   * what they hold after the last message delivered, on a stream of its own (the rooms'
+   * streams wait a round trip more for QUIC to resend what an outage lost) and delivers the
+   * answers' unbroken runs; the rooms' streams drop those copies later. Failures are ignored:
+   * the rooms' streams deliver everything anyway. */
+  #catchUp() {
+    const rooms = [...this.#rooms.values()]
+      .filter((room) => room.joined && room.position)
+      .sort((a, b) => b._deliveredAt - a._deliveredAt)
+      .slice(0, CATCH_UP_ROOMS);
+    if (rooms.length === 0) return;
+    this.#link.pad?.();
+    const asked = rooms.map((room) => [room.name, room.position.offset]);
+    this.#historiesAfter(asked, CATCH_UP_PAGE, true)
+      .then((pages) =>
+        pages.forEach((page, i) => {
+          if (!page) return;
+          const epoch = page.position?.epoch;
+          for (const m of rooms[i]._caughtUp(page.messages, epoch)) this.dispatchEvent(new CustomEvent("message", { detail: m }));
+        }),
+      )
+      .catch(() => {});
+  }
+
+  /** `history_after` for each `[room, after]`, on one stream of their own; each page as
+   * `history` returns it, or (`settled`) null for a request that failed. */
+  async #historiesAfter(rooms, limit, settled = false) {
+    const link = this.#requireLink();
+    const asked = rooms.map(([name, after]) => {
+      const req = this.#req();
+      return { name, answer: this.#expect(req), frame: { type: "history_after", req, room: name, after, limit } };
+    });
+    const finish = await link.sendAlone(asked.map((a) => a.frame));
+    const page = async ({ name, answer }) => {
+      const frame = await answer;
+      const epoch = frame.position?.epoch ?? 0;
+      const entries = Array.isArray(frame.messages) ? frame.messages : [];
+      return { messages: entries.map((e) => historyMessage(name, epoch, e)), position: frame.position, first: frame.first ?? 1 };
+    };
+    try {
+      if (!settled) return await Promise.all(asked.map(page));
+      const results = await Promise.allSettled(asked.map(page));
+      return results.map((r) => (r.status === "fulfilled" ? r.value : null));
+    } finally {
+      finish();
+    }
   }
 
   #watchNetwork() {
@@ -320,6 +372,18 @@ export class EdgeRelay extends EventTarget {
     const epoch = page.position?.epoch ?? 0;
     const entries = Array.isArray(page.messages) ? page.messages : [];
     return { messages: entries.map((e) => historyMessage(name, epoch, e)), position: page.position, first: page.first ?? 1 };
+  }
+
+  /**
+   * A page of a room's history forward: up to `limit` (1-100) messages after offset `after`,
+   * oldest first, as messages (cut short, keeping the oldest, to fit a frame). Resolves with
+   * `{messages, position, first}`; compare `position.epoch` with yours. On WebTransport it goes
+   * on a stream of its own.
+   */
+  async historyAfter(name, { after = 0, limit = 100 } = {}) {
+    this.room(name);
+    const [page] = await this.#historiesAfter([[name, after]], limit);
+    return page;
   }
 
   /** Says whether this user types in a joined room (lossy: dropped when not connected). */

@@ -209,6 +209,24 @@ export class WebTransportLink {
     writer?.close().catch(() => {});
   }
 
+  /** Sends `frames` (requests) on a new stream of their own, so their answers do not wait
+   * behind another stream's retransmissions; resolves with a function that finishes it. */
+  async sendAlone(frames) {
+    const stream = await this.transport.createBidirectionalStream();
+    const writer = stream.writable.getWriter();
+    this.#readStream(stream.readable);
+    for (const frame of frames) writer.write(this.#bytes(frame)).catch(() => {});
+    return () => writer.close().catch(() => {});
+  }
+
+  /** Two datagrams of zero bytes (heartbeats to the relay): after a network change they let the
+   * relay send more to a new address before it has validated it (docs/protocol.md). */
+  pad() {
+    const size = Math.min(this.transport.datagrams.maxDatagramSize ?? 0, PADDED_HEARTBEAT_BYTES);
+    if (size <= 0) return;
+    for (let i = 0; i < 2; i++) this.sendDatagram(new Uint8Array(size));
+  }
+
   sendDatagram(bytes) {
     const writer = this.transport.datagrams.writable.getWriter();
     writer.write(bytes).catch(() => {});
@@ -223,6 +241,9 @@ export class WebTransportLink {
     }
   }
 }
+
+/** The size of a padded heartbeat: a packet within the 1,200 bytes every QUIC path carries. */
+const PADDED_HEARTBEAT_BYTES = 1100;
 
 /** WebSocket: every frame is one text message on the one socket. */
 export class WebSocketLink {
@@ -277,6 +298,12 @@ export class WebSocketLink {
   }
 
   closeRoom() {}
+
+  /** One socket: the frames go on it like any other. */
+  async sendAlone(frames) {
+    for (const frame of frames) this.send(frame);
+    return () => {};
+  }
 
   openGroup() {
     throw new Error("media needs WebTransport: this connection is a WebSocket (media_unsupported)");

@@ -48,6 +48,8 @@ export class Room extends EventTarget {
     this.hasEarlier = null;
     // The join under way on the current connection (the client's, internal).
     this._joining = null;
+    // When this room last delivered a message (the client's catch-up asks busy rooms first).
+    this._deliveredAt = 0;
   }
 
   /** Joins (or waits for the rejoin while reconnecting); resolves with this room. */
@@ -159,6 +161,17 @@ export class Room extends EventTarget {
     if (gap) this.dispatchEvent(new CustomEvent("gap", { detail: { position } }));
   }
 
+  /** The messages of a catch-up page (`history_after`) this room had not delivered, delivered
+   * now: none unless the page continues right after the last offset delivered, in the same
+   * epoch (the rest comes on the room's stream, which drops what was delivered here). */
+  _caughtUp(messages, epoch) {
+    const held = this.position;
+    if (!held || held.epoch !== epoch) return [];
+    const missed = messages.filter((m) => m.position.offset > held.offset);
+    if (missed.length === 0 || missed[0].position.offset !== held.offset + 1) return [];
+    return missed.filter((m) => this._message(m));
+  }
+
   /** A `message`; false when it was a duplicate (an offset already delivered) and dropped. */
   _message(frame) {
     const position = frame.position;
@@ -167,6 +180,7 @@ export class Room extends EventTarget {
     if (held && held.epoch === position.epoch && position.offset <= held.offset) return false;
     const newEpoch = held !== null && held.epoch !== position.epoch;
     this.position = position;
+    this._deliveredAt = Date.now();
     if (newEpoch || this.#oldest === null) this.#oldest = position.offset;
     if (newEpoch) this.dispatchEvent(new CustomEvent("gap", { detail: { position } }));
     this.dispatchEvent(new CustomEvent("message", { detail: frame }));

@@ -257,6 +257,10 @@ export class SharedRelay extends EventTarget {
     return this.#ask("history", { room: name, options });
   }
 
+  historyAfter(name, options = {}) {
+    return this.#ask("history_after", { room: name, options });
+  }
+
   typing(name, typing) {
     return this.#ask("typing", { room: name, typing });
   }
@@ -600,6 +604,8 @@ export class SharedRelay extends EventTarget {
         return inner.publish(args.room, args.data, { id: args.id, mentions: args.mentions });
       case "history":
         return inner.history(args.room, args.options);
+      case "history_after":
+        return inner.historyAfter(args.room, args.options);
       case "typing":
         return inner.typing(args.room, args.typing);
       case "request":

@@ -116,6 +116,10 @@ test("a publish whose ack is lost is retried with its id after the reconnect, st
     assert.deepEqual(byAlice, ["m-1", "b-1"], "alice got it once, by resuming the room");
     const page = await bob.history("chat:retry", { limit: 10 });
     assert.deepEqual(page.messages.map((m) => m.id), ["m-1", "b-1"], "stored once");
+    // Forward from an offset: what a client missed after the last message it holds.
+    const after = await bob.historyAfter("chat:retry", { after: 1 });
+    assert.deepEqual(after.messages.map((m) => [m.id, m.position.offset]), [["b-1", 2]]);
+    assert.deepEqual((await bob.historyAfter("chat:retry", { after: 2 })).messages, []);
     const metrics = await (await fetch(`${relay.base}/metrics`)).text();
     const duplicates = Number(/^edgerelay_duplicate_publishes_total (\S+)/m.exec(metrics)?.[1] ?? 0);
     assert.ok(duplicates >= 1, "the relay saw the retry and answered it with the original position");

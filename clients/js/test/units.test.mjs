@@ -11,6 +11,7 @@ import {
   Outbox,
   PresenceView,
   RelayError,
+  Room,
   StateError,
   TypingDebounce,
   presenceDigest,
@@ -21,6 +22,25 @@ import {
 import { compileFilter } from "../src/filter.js";
 
 const entry = (user, status, version, custom = null) => ({ user, status, custom, version, last_seen: 0 });
+
+test("a catch-up page delivers only the unbroken run after what the room delivered", () => {
+  const message = (offset, epoch = 7) => ({ type: "message", room: "a", position: { epoch, offset }, from: "bob", time: 0, id: `m${offset}`, data: "x" });
+  const holding = (offset) => {
+    const room = new Room("a", null, {});
+    room._message(message(offset));
+    return room;
+  };
+  const offsets = (messages) => messages.map((m) => m.position.offset);
+  const room = holding(12);
+  const delivered = [];
+  room.addEventListener("message", (e) => delivered.push(e.detail.position.offset));
+  assert.deepEqual(offsets(room._caughtUp([11, 12, 13, 14, 15].map((o) => message(o)), 7)), [13, 14, 15]);
+  assert.deepEqual(delivered, [13, 14, 15], "as room messages too");
+  assert.equal(room._message(message(14)), false, "the room stream's copy is a duplicate");
+  assert.deepEqual(holding(12)._caughtUp([14, 15].map((o) => message(o)), 7), [], "a gap after what is held: none of it");
+  assert.deepEqual(holding(12)._caughtUp([13].map((o) => message(o, 8)), 8), [], "another epoch");
+  assert.deepEqual(new Room("a", null, {})._caughtUp([message(1)], 7), [], "nothing delivered yet: nothing to continue");
+});
 
 test("presence: late and reordered updates never roll back; snapshots keep newer entries", () => {
   const view = new PresenceView();
