@@ -95,6 +95,23 @@ async fn two_chromium_pages_and_a_rust_client_chat_in_order_over_webtransport_an
     }
     assert_eq!(seen_by_rust, sent, "the Rust client sees every message in offset order");
 
+    // Forward history on a stream of its own, and a network change: the page pads its first
+    // packets and asks its room for what it missed (nothing here) on a new stream; the
+    // connection carries on and the next message arrives once.
+    let after = browser
+        .eval(&wt_page, &format!("demo.client.historyAfter({ROOM:?}, {{ after: {} }}).then((p) => p.messages.map((m) => m.position.offset))", total - 2))
+        .await;
+    assert_eq!(after, json!([total - 1, total]), "historyAfter over WebTransport");
+    browser.eval(&wt_page, "demo.client.networkChanged()").await;
+    let payload = Payload::json(&json!({ "text": "carol after the change" }));
+    let position = rust.publish(ROOM, "r-after", payload).await.unwrap();
+    sent.push((position.offset, "carol".to_owned(), "carol after the change".to_owned()));
+    let expect = format!("demo.messages.length >= {} && demo.messages", total + 1);
+    let messages = browser.wait_for(&wt_page, &expect).await;
+    assert_eq!(seen_by_page(&messages), sent, "nothing twice after the network change");
+    let states = browser.eval(&wt_page, "demo.state + ' ' + demo.states.join(',')").await;
+    assert!(!states.as_str().unwrap().contains("reconnecting"), "the connection carried on: {states}");
+
     // The page shows the transport in use and the last message: take its picture.
     let status = browser.eval(&wt_page, "document.getElementById('status').textContent").await;
     assert_eq!(status, json!("Connected over WebTransport"), "the status line says it in words");
