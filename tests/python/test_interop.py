@@ -843,6 +843,43 @@ def test_webtransport_client_shares_a_room_with_quic_and_websocket(relay):
     run(main())
 
 
+@pytest.mark.parametrize("transport", ["quic", "webtransport"])
+def test_history_after_on_a_stream_of_its_own(relay, transport):
+    """After a network change a client asks for what it missed with `history_after` on a new
+    stream, and pads its first packets with datagrams of zero bytes, which the relay takes as
+    heartbeats (docs: Catching up in one round trip after a network change)."""
+    room = unique("chat:after-")
+
+    async def main():
+        clients = [await connect(relay, transport) for _ in range(2)]
+        try:
+            publisher, subscriber = clients
+            await publisher.hello(relay.token(unique("pat-"), "chat:*"))
+            await subscriber.hello(relay.token(unique("sam-"), "chat:*"))
+            await publisher.join(room)
+            for i in range(5):
+                await publisher.publish(room, f"m{i}", {"i": i})
+            subscriber.send_datagram_bytes(bytes(1100))
+            subscriber.send_datagram_bytes(bytes(1100))
+            stream = subscriber._new_stream()
+
+            async def send(req: int) -> None:
+                frame = er.encode_frame("history_after", req=req, room=room, after=2, limit=100)
+                subscriber.send_on_stream(stream, frame)
+
+            page = await subscriber._exchange("history_after", "history", send, er.DEFAULT_TIMEOUT)
+            assert [(m["offset"], m["id"]) for m in page["messages"]] == [(3, "m2"), (4, "m3"), (5, "m4")]
+            assert page["position"]["offset"] == 5
+            assert [k for k, _ in subscriber.frames_by_stream[stream]] == ["history"], "answered on its stream"
+            await subscriber.ping()
+            assert not subscriber.is_closed
+        finally:
+            for c in clients:
+                await c.close()
+
+    run(main())
+
+
 def test_webtransport_elsewhere_than_v1_wt_is_refused(relay):
     """The relay answers 404 and keeps its HTTP/3 control streams open until the connection
     ends (closing one is a connection error, RFC 9114 §6.2.1), so the client reads the 404."""
