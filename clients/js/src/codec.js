@@ -43,6 +43,7 @@ export const FIELDS = {
   // `{register_device: {device, platform, token}}`, `{unregister_device: {device}}`,
   // `{background: {background}}` (docs/protocol.md "Notifications")
   notifications: ["req", "action"],
+  history_after: ["req", "room", "after", "limit"],
   // relay → client
   welcome: ["version", "session", "user", "server_time", "limits"],
   joined: ["req", "room", "position", "recovered"],

@@ -35,6 +35,14 @@ test("frames built by hand encode like the relay's", () => {
   assert.equal(encodeJson(bytes), golden["client.publish_binary"].json);
 });
 
+test("every client frame the SDK sends has its field order (an unknown type throws when sent)", () => {
+  for (const type of ["history_after", "history", "join", "publish", "receipts", "notifications"]) {
+    assert.ok(fieldsOf(type, "client"), type);
+  }
+  const after = { type: "history_after", limit: 100, after: 42, room: "chat:lobby", req: 12 };
+  assert.equal(encodeJson(after), golden["client.history_after"].json);
+});
+
 test("payload bytes: JSON text for values, raw bytes for $binary", () => {
   const message = decodeJson(golden["server.message_binary"].json);
   assert.deepEqual([...payloadBytes(message.data)], [0, 255, 1]);
