@@ -723,14 +723,7 @@ impl QuicLink {
         };
         match opened.await {
             Ok((send, recv)) => {
-                tasks.spawn(read_stream(
-                    recv,
-                    FrameReader::new(MAX_INBOUND_FRAME),
-                    self.codec,
-                    self.shared.clone(),
-                    self.received.clone(),
-                    cancel.clone(),
-                ));
+                self.read(recv, tasks, cancel);
                 self.rooms_lock().insert(room.to_owned(), Some(Arc::new(Mutex::new(send))));
                 Ok(())
             }
@@ -739,6 +732,13 @@ impl QuicLink {
                 Err(err)
             }
         }
+    }
+
+    /// Reads the relay's frames on `recv` (a stream this client opened) until it ends.
+    fn read(&self, recv: RecvStream, tasks: &TaskTracker, cancel: &CancellationToken) {
+        let reader = FrameReader::new(MAX_INBOUND_FRAME);
+        let (shared, received) = (self.shared.clone(), self.received.clone());
+        tasks.spawn(read_stream(recv, reader, self.codec, shared, received, cancel.clone()));
     }
 
     /// Forgets a room's stream after leave (or a failed join) and finishes it.
@@ -803,14 +803,7 @@ impl QuicLink {
                 return Ok(None);
             }
         };
-        tasks.spawn(read_stream(
-            recv,
-            FrameReader::new(MAX_INBOUND_FRAME),
-            self.codec,
-            self.shared.clone(),
-            self.received.clone(),
-            cancel.clone(),
-        ));
+        self.read(recv, tasks, cancel);
         let mut bytes = bytes::BytesMut::new();
         for frame in frames {
             bytes.extend_from_slice(frame.prefixed());
