@@ -83,10 +83,19 @@ export function rtcIceServers(answer) {
   return { iceServers, expiresAt: answer.expires_at };
 }
 
-/** A history entry (`{offset, from, time, id, data}`) as a message of `room` in `epoch`. */
-function historyMessage(room, epoch, entry) {
-  const { offset, from, time, id, data } = entry;
-  return { type: "message", room, position: { epoch, offset }, from, time, id, data };
+/** A `history` answer for `room` as `{messages, position, first}`, its entries as messages. */
+function historyPage(room, frame) {
+  const epoch = frame.position?.epoch ?? 0;
+  const messages = (Array.isArray(frame.messages) ? frame.messages : []).map(({ offset, from, time, id, data }) => ({
+    type: "message",
+    room,
+    position: { epoch, offset },
+    from,
+    time,
+    id,
+    data,
+  }));
+  return { messages, position: frame.position, first: frame.first ?? 1 };
 }
 
 /**
@@ -198,37 +207,27 @@ export class EdgeRelay extends EventTarget {
       .slice(0, CATCH_UP_ROOMS);
     if (rooms.length === 0) return;
     this.#link.pad?.();
-    const asked = rooms.map((room) => [room.name, room.position.offset]);
-    this.#historiesAfter(asked, CATCH_UP_PAGE, true)
+    this.#historiesAfter(rooms.map((room) => [room.name, room.position.offset]), CATCH_UP_PAGE)
       .then((pages) =>
-        pages.forEach((page, i) => {
-          if (!page) return;
-          const epoch = page.position?.epoch;
-          for (const m of rooms[i]._caughtUp(page.messages, epoch)) this.dispatchEvent(new CustomEvent("message", { detail: m }));
+        pages.forEach(({ value }, i) => {
+          for (const m of value ? rooms[i]._caughtUp(value.messages, value.position?.epoch) : []) {
+            this.dispatchEvent(new CustomEvent("message", { detail: m }));
+          }
         }),
       )
       .catch(() => {});
   }
 
-  /** `history_after` for each `[room, after]`, on one stream of their own; each page as
-   * `history` returns it, or (`settled`) null for a request that failed. */
-  async #historiesAfter(rooms, limit, settled = false) {
-    const link = this.#requireLink();
-    const asked = rooms.map(([name, after]) => {
+  /** `history_after` for each `[room, after]`, on one stream of their own: each page settled
+   * (`Promise.allSettled`) as `history` returns it. */
+  async #historiesAfter(rooms, limit) {
+    const asked = rooms.map(([room, after]) => {
       const req = this.#req();
-      return { name, answer: this.#expect(req), frame: { type: "history_after", req, room: name, after, limit } };
+      return [room, this.#expect(req), { type: "history_after", req, room, after, limit }];
     });
-    const finish = await link.sendAlone(asked.map((a) => a.frame));
-    const page = async ({ name, answer }) => {
-      const frame = await answer;
-      const epoch = frame.position?.epoch ?? 0;
-      const entries = Array.isArray(frame.messages) ? frame.messages : [];
-      return { messages: entries.map((e) => historyMessage(name, epoch, e)), position: frame.position, first: frame.first ?? 1 };
-    };
+    const finish = await this.#requireLink().sendAlone(asked.map((a) => a[2]));
     try {
-      if (!settled) return await Promise.all(asked.map(page));
-      const results = await Promise.allSettled(asked.map(page));
-      return results.map((r) => (r.status === "fulfilled" ? r.value : null));
+      return await Promise.allSettled(asked.map(async ([room, answer]) => historyPage(room, await answer)));
     } finally {
       finish();
     }
@@ -368,10 +367,7 @@ export class EdgeRelay extends EventTarget {
     const req = this.#req();
     const answer = this.#expect(req);
     link.sendRoom(name, { type: "history", req, room: name, before, limit });
-    const page = await answer;
-    const epoch = page.position?.epoch ?? 0;
-    const entries = Array.isArray(page.messages) ? page.messages : [];
-    return { messages: entries.map((e) => historyMessage(name, epoch, e)), position: page.position, first: page.first ?? 1 };
+    return historyPage(name, await answer);
   }
 
   /**
@@ -383,7 +379,8 @@ export class EdgeRelay extends EventTarget {
   async historyAfter(name, { after = 0, limit = 100 } = {}) {
     this.room(name);
     const [page] = await this.#historiesAfter([[name, after]], limit);
-    return page;
+    if (page.status === "rejected") throw page.reason;
+    return page.value;
   }
 
   /** Says whether this user types in a joined room (lossy: dropped when not connected). */

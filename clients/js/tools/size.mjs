@@ -1,8 +1,8 @@
 // The SDK's size as an app ships it: bundled and minified by esbuild, then gzipped (level 9).
 // Three bundles: everything `src/index.js` exports, the core an app using `EdgeRelay` alone
 // ships (tree-shaken: no `SharedRelay`), and that core with the sessions entry point. `npm run size` prints them; docs/performance.md
-// records them. The budget is 15 KB gzipped for the core (16 KB with sessions); everything,
-// `SharedRelay` with its sessions, topics, calls and per-tab topic filters included, has 18.5 KB.
+// records them. The budget is 15 KB gzipped for the core (16.5 KB with sessions); everything,
+// `SharedRelay` with its sessions, topics, calls and per-tab topic filters included, has 19 KB.
 import { build, version } from "esbuild";
 import { gzipSync } from "node:zlib";
 
@@ -11,11 +11,11 @@ const sessions = new URL("../src/sessions.js", import.meta.url).pathname;
 const notifications = new URL("../src/notifications.js", import.meta.url).pathname;
 const KB = 1024;
 const bundles = {
-  "everything (src/index.js)": { entryPoints: [index], budget: 18.5 * KB }, // 17 KB until per-tab topic filters (docs/decisions.md)
+  "everything (src/index.js)": { entryPoints: [index], budget: 19 * KB }, // 17 KB until per-tab topic filters, 18.5 KB until the catch-up after a network change (docs/decisions.md)
   "core (EdgeRelay alone)": { stdin: { contents: `export { EdgeRelay } from ${JSON.stringify(index)};`, resolveDir: "." }, budget: 15 * KB },
   "core with sessions (EdgeRelay and @edgerelay/client/sessions)": {
     stdin: { contents: `export { EdgeRelay } from ${JSON.stringify(index)}; export * from ${JSON.stringify(sessions)};`, resolveDir: "." },
-    budget: 16 * KB, // 15 KB until the receipts methods joined the core (docs/decisions.md)
+    budget: 16.5 * KB, // 15 KB until the receipts methods joined the core, 16 KB until the catch-up (docs/decisions.md)
   },
   "core with notifications (EdgeRelay and @edgerelay/client/notifications)": {
     stdin: { contents: `export { EdgeRelay } from ${JSON.stringify(index)}; export * from ${JSON.stringify(notifications)};`, resolveDir: "." },
