@@ -126,20 +126,27 @@ pub async fn run(job: Job, ctx: Arc<SessionContext>) -> Option<JoinSettled> {
     None
 }
 
-/// A `call_history` answer; the page is cut short (keeping the newest calls, with `next` after
-/// the last one kept) so the frame stays within `max_bytes`.
-fn call_history_page(req: u64, page: CallPage, max_bytes: usize) -> ServerFrame {
+/// How many of the items whose encoded `sizes` come in this order fit a frame of `max_bytes`
+/// (with room for the frame's other fields); at least one, so a page is never empty only
+/// because its first item is large.
+fn fitting(sizes: impl Iterator<Item = usize>, max_bytes: usize) -> usize {
     let mut budget = max_bytes.saturating_sub(256);
     let mut keep = 0;
-    for call in &page.calls {
-        // JSON is the larger encoding.
-        let size = crate::call::history::encode(call).len();
+    for size in sizes {
         if keep > 0 && size > budget {
             break;
         }
         budget = budget.saturating_sub(size);
         keep += 1;
     }
+    keep
+}
+
+/// A `call_history` answer; the page is cut short (keeping the newest calls, with `next` after
+/// the last one kept) so the frame stays within `max_bytes`.
+fn call_history_page(req: u64, page: CallPage, max_bytes: usize) -> ServerFrame {
+    // JSON is the larger encoding.
+    let keep = fitting(page.calls.iter().map(|call| crate::call::history::encode(call).len()), max_bytes);
     let CallPage { mut calls, next } = page;
     let next = if keep < calls.len() {
         calls.truncate(keep);
@@ -166,20 +173,13 @@ async fn history_page(
         Page::Before(before) => ctx.engine.read_before(key, before.unwrap_or(u64::MAX), limit as usize).await?,
         Page::After(after) => ctx.engine.read_after(key, after, limit as usize).await?,
     };
-    let mut budget = max_bytes.saturating_sub(256);
-    let mut keep = 0;
-    let sizes = messages.iter().map(|m| m.data.len() * 4 / 3 + m.from.len() + m.id.len() + 64);
-    let sizes: Vec<usize> = if matches!(page, Page::Before(_)) { sizes.rev().collect() } else { sizes.collect() };
-    for size in sizes {
-        if keep > 0 && size > budget {
-            break;
-        }
-        budget = budget.saturating_sub(size);
-        keep += 1;
-    }
+    let size = |m: &crate::store::StoredMessage| m.data.len() * 4 / 3 + m.from.len() + m.id.len() + 64;
     match page {
-        Page::Before(_) => messages = messages.split_off(messages.len() - keep),
-        Page::After(_) => messages.truncate(keep),
+        Page::Before(_) => {
+            let keep = fitting(messages.iter().rev().map(size), max_bytes);
+            messages = messages.split_off(messages.len() - keep);
+        }
+        Page::After(_) => messages.truncate(fitting(messages.iter().map(size), max_bytes)),
     }
     Ok(ServerFrame::History {
         req,
