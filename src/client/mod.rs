@@ -451,6 +451,14 @@ enum Route<'a> {
     Datagram,
 }
 
+/// A `history` answer (to `history` or `history_after`) as a page.
+fn history_page(answer: ServerFrame) -> Result<HistoryPage, ClientError> {
+    match answer {
+        ServerFrame::History { position, first, messages, .. } => Ok(HistoryPage { position, first, messages }),
+        other => Err(unexpected("history", &other)),
+    }
+}
+
 fn unexpected(expected: &str, got: &ServerFrame) -> ClientError {
     ClientError::Protocol(format!("expected {expected}, got {got:?}"))
 }
@@ -782,13 +790,10 @@ impl Client {
     /// A page of a room's history: up to `limit` messages before offset `before` (the newest
     /// when `None`), oldest first.
     pub async fn history(&self, room: &str, before: Option<u64>, limit: u32) -> Result<HistoryPage, ClientError> {
-        match self
-            .request(Route::Control, |req| ClientFrame::History { req, room: room.to_owned(), before, limit })
-            .await?
-        {
-            ServerFrame::History { position, first, messages, .. } => Ok(HistoryPage { position, first, messages }),
-            other => Err(unexpected("history", &other)),
-        }
+        history_page(
+            self.request(Route::Control, |req| ClientFrame::History { req, room: room.to_owned(), before, limit })
+                .await?,
+        )
     }
 
     /// A page of a room's history forward: up to `limit` messages after offset `after`,
@@ -817,13 +822,7 @@ impl Client {
         for (req, rx, _) in asked {
             let page = match &alone {
                 Err(err) => Err(err.clone()),
-                Ok(_) => match self.answer(req, rx).await {
-                    Ok(ServerFrame::History { position, first, messages, .. }) => {
-                        Ok(HistoryPage { position, first, messages })
-                    }
-                    Ok(other) => Err(unexpected("history", &other)),
-                    Err(err) => Err(err),
-                },
+                Ok(_) => self.answer(req, rx).await.and_then(history_page),
             };
             pages.push(page);
         }

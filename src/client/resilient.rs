@@ -123,9 +123,20 @@ impl State {
             .collect();
         if let Some(newest) = messages.last() {
             *last = newest.position;
-            self.delivered_at.insert(room.to_owned(), Instant::now());
+            self.delivered(room);
         }
         messages
+    }
+
+    /// Notes that `room` delivered a message now (no allocation once the room has an entry).
+    fn delivered(&mut self, room: &str) {
+        let now = Instant::now();
+        match self.delivered_at.get_mut(room) {
+            Some(at) => *at = now,
+            None => {
+                self.delivered_at.insert(room.to_owned(), now);
+            }
+        }
     }
 }
 
@@ -442,7 +453,7 @@ impl Driver {
             _ => Accepted::Next,
         };
         *last = Some(m.position);
-        state.delivered_at.insert(m.room.clone(), Instant::now());
+        state.delivered(&m.room);
         accepted
     }
 
