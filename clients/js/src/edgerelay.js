@@ -48,10 +48,10 @@ export { backoffDelay } from "./schedule.js";
 
 const TOKEN_EXPIRED = 111;
 const MEDIA_UNSUPPORTED = 140;
-// Frames about a room's members that may come as datagrams (docs/protocol.md).
 /** After a network change (WebTransport): the rooms asked for what they missed, and how much each. */
 const CATCH_UP_ROOMS = 32;
 const CATCH_UP_PAGE = 100;
+// Frames about a room's members that may come as datagrams (docs/protocol.md).
 const PRESENCE_FRAMES = new Set(["presence", "presence_batch", "presence_snapshot", "presence_refresh", "typing"]);
 const decoder = new TextDecoder();
 

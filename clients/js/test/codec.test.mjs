@@ -35,7 +35,7 @@ test("frames built by hand encode like the relay's", () => {
   assert.equal(encodeJson(bytes), golden["client.publish_binary"].json);
 });
 
-test("every client frame the SDK sends has its field order (an unknown type throws when sent)", () => {
+test("history_after and the other requests the SDK sends have their field order (an unknown type throws when sent)", () => {
   for (const type of ["history_after", "history", "join", "publish", "receipts", "notifications"]) {
     assert.ok(fieldsOf(type, "client"), type);
   }
