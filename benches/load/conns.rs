@@ -190,7 +190,8 @@ pub async fn idle(
                     | Event::Topic(_)
                     | Event::Session(_)
                     | Event::Receipts(_)
-                    | Event::Notifications(_),
+                    | Event::Notifications(_)
+                    | Event::PathBack,
                 ) => {}
                 None => break,
             }

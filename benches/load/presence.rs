@@ -212,7 +212,7 @@ async fn observe(
                     ctx.errors.add(code.map_or("closed".to_string(), |c| format!("closed:{}", c.slug())));
                     return;
                 }
-                Some(Event::Message(_) | Event::Call(_) | Event::CallUpdate(_) | Event::Left { .. } | Event::Topic(_) | Event::Session(_) | Event::Receipts(_) | Event::Notifications(_)) => {}
+                Some(Event::Message(_) | Event::Call(_) | Event::CallUpdate(_) | Event::Left { .. } | Event::Topic(_) | Event::Session(_) | Event::Receipts(_) | Event::Notifications(_) | Event::PathBack) => {}
                 None => return,
             },
         }

@@ -334,7 +334,7 @@ async fn connection(ctx: Arc<Ctx>, index: usize, shared: Arc<Shared>, mut signal
                         round.errors.add(code.map_or("closed".to_string(), |c: ErrorCode| format!("closed:{}", c.slug())));
                         lost = true;
                     }
-                    Some(Event::Call(_) | Event::CallUpdate(_) | Event::Left { .. } | Event::Topic(_) | Event::Session(_) | Event::Receipts(_) | Event::Notifications(_)) => {}
+                    Some(Event::Call(_) | Event::CallUpdate(_) | Event::Left { .. } | Event::Topic(_) | Event::Session(_) | Event::Receipts(_) | Event::Notifications(_) | Event::PathBack) => {}
                     None => lost = true,
                 },
             }

@@ -21,8 +21,8 @@
 //! profile's and variant's index), `NETSIM_SEED_OF=WT+hook` gives every variant that column's.
 //! `NETSIM_LOG=quinn_proto=trace` traces every scenario to stderr. `NETSIM_FORMER_CLIENT=1` runs the
 //! former client, `NETSIM_0RTT=1` clients with 0-RTT resumption, `NETSIM_NO_STALL_PROBE=1`
-//! clients without the stall probe, `NETSIM_RECEIVE_WATCH=1` with the receive-side
-//! heartbeats (off by default) (see `tests/support`). Prints a Markdown table per outage:
+//! clients without the stall probe, `NETSIM_NO_RECEIVE_WATCH=1` without the receive-side
+//! heartbeats (on by default) (see `tests/support`). Prints a Markdown table per outage:
 //! the median of the rounds, the values, and ↻n when the subscriber's connection dropped in n
 //! rounds. Results: docs/performance.md.
 

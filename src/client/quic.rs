@@ -256,8 +256,14 @@ pub(super) async fn connect(
     if options.quic_probe_stalls {
         tasks.spawn(probe_stalls(conn.clone(), endpoint.clone(), sent.clone(), probes.clone(), cancel.clone()));
         if options.quic_watch_receiving {
-            let watch =
-                watch_receiving(conn.clone(), endpoint.clone(), received.clone(), probes.clone(), cancel.clone());
+            let watch = watch_receiving(
+                conn.clone(),
+                endpoint.clone(),
+                shared.clone(),
+                received.clone(),
+                probes.clone(),
+                cancel.clone(),
+            );
             tasks.spawn(watch);
         }
     }
@@ -372,12 +378,16 @@ const HEARTBEATS: [Duration; 4] =
 /// network is back. After stream data from the relay, the client sends a heartbeat on the
 /// schedule of [`HEARTBEATS`] unless more data came first (which starts the schedule again): an
 /// empty QUIC datagram, which the relay acknowledges and otherwise ignores. One left unanswered
-/// for four round trips (at least [`STALL_AFTER`]) means a fade: see [`ride_out_fade`].
+/// for four round trips (at least [`STALL_AFTER`]) means a fade: see [`ride_out_fade`]. When
+/// the relay is heard again with no stream data (it is not resending: its probe timer backed
+/// off), the client moves and reports `Event::PathBack`, as after `network_changed()`.
 /// Datagrams do not arm it (the relay's presence refresh is one every few seconds), so an idle
-/// client in a room sends nothing more (docs/decisions.md, "Receive-only clients").
+/// client in a room sends nothing more (docs/decisions.md, "Receive-only clients" and "Fades end
+/// in a catch-up").
 async fn watch_receiving(
     conn: Session,
     endpoint: Endpoint,
+    shared: Arc<Shared>,
     received: Arc<tokio::sync::Notify>,
     probes: Arc<Probes>,
     cancel: CancellationToken,
@@ -398,13 +408,28 @@ async fn watch_receiving(
                     }
                     tokio::time::sleep((quic.rtt() * 4).max(STALL_AFTER)).await;
                     if heard(&quic) == before {
-                        if !ride_out_fade(&conn, &quic).await {
-                            return;
+                        let streams = stream_frames(&quic);
+                        match ride_out_fade(&conn, &quic, &probes).await {
+                            FadeEnd::Heard => {}
+                            // `network_changed()` (or the stall probe) took care of the path.
+                            FadeEnd::Handled => continue 'data,
+                            FadeEnd::Closed => return,
                         }
-                        // Heard again: the path is back. A probe from a new socket makes the
-                        // relay validate it and resend what it sent into the fade at once.
+                        // Heard again: the path is back. Stream data in what came means the
+                        // relay is resending already (its probe timer had not backed off).
+                        if stream_frames(&quic) != streams {
+                            continue 'data;
+                        }
+                        // Only its acknowledgement: the relay waits for its backed-off probe
+                        // timer. As after `network_changed()`: a move and padded heartbeats make
+                        // it validate a new path at once, and `Event::PathBack` lets
+                        // `Resilient` ask for what the fade held.
+                        if let Err(err) = move_and_pad(&conn, &endpoint, &probes) {
+                            tracing::debug!(%err, "after a fade");
+                        }
+                        shared.path_back();
                         let until = tokio::time::Instant::now() + Duration::from_secs(3);
-                        probe_until_heard(&conn, &endpoint, Some(until), &probes, false).await;
+                        probe_until_heard(&conn, &endpoint, Some(until), &probes, true).await;
                     }
                 }
                 received.notified().await;
@@ -446,41 +471,78 @@ fn padded_heartbeats(conn: &Session) {
     }
 }
 
+/// Moves to a new socket and sends [`padded_heartbeats`] from it: what `network_changed()`
+/// does, and what a receiving client does when the relay is heard again after a fade.
+fn move_and_pad(conn: &Session, endpoint: &Endpoint, probes: &Probes) -> Result<(), ClientError> {
+    probes.move_now(endpoint)?;
+    padded_heartbeats(conn);
+    Ok(())
+}
+
 /// How often a receiving client in a fade sends a heartbeat on its socket (or once a round
-/// trip, if longer), for the first [`PROBE_FAST_FOR`]; then every [`PROBE_SLOW`].
+/// trip, if longer): every [`FADE_FIRST`] for [`FADE_FIRST_FOR`], so a short fade ends soon after
+/// the network returns; then every [`FADE_EVERY`] until [`PROBE_FAST_FOR`], then every
+/// [`PROBE_SLOW`]. Each heartbeat stays in the congestion window until the fade ends, so the
+/// schedule also bounds what a long fade leaves there (about 60 small packets after 30 s):
+/// a window full of them would hold back the move and catch-up that follow.
+const FADE_FIRST: Duration = Duration::from_millis(100);
+const FADE_FIRST_FOR: Duration = Duration::from_secs(2);
 const FADE_EVERY: Duration = Duration::from_millis(250);
 
-/// The receiving client's path is down. It stays on its socket until the relay is heard
-/// (true): the relay's own retransmissions go to the address it knows, and on a fast path its
-/// probe timeout is the quickest way back; moving to new sockets during the fade would strand
-/// them. Meanwhile it sends a heartbeat every [`FADE_EVERY`] (or a round trip), one small
-/// packet (its congestion window holds nothing else), so the first after the network's return
-/// reaches the relay, whose acknowledgement is heard. False when the connection ends or takes
-/// no heartbeat.
-async fn ride_out_fade(conn: &Session, quic: &quinn::Connection) -> bool {
+/// Why [`ride_out_fade`] ended.
+enum FadeEnd {
+    /// The relay was heard.
+    Heard,
+    /// The connection moved (`network_changed()`) or a probe runs: the path is in its hands.
+    Handled,
+    /// The connection ended or takes no heartbeat.
+    Closed,
+}
+
+/// The receiving client's path is down. It stays on its socket until the relay is heard: the
+/// relay's own retransmissions go to the address it knows, and on a fast path its probe timeout
+/// is the quickest way back; moving to new sockets during the fade would strand them. Meanwhile
+/// it sends heartbeats (see [`FADE_FIRST`]), one small packet each, so the first after the
+/// network's return reaches the relay, whose acknowledgement is heard. It stops, without
+/// heartbeats of its own, when `network_changed()` or a probe takes over the path.
+async fn ride_out_fade(conn: &Session, quic: &quinn::Connection, probes: &Probes) -> FadeEnd {
     tracing::debug!("no answer to a heartbeat: riding out a fade");
     let started = tokio::time::Instant::now();
     while quic.close_reason().is_none() {
         let before = heard(quic);
         if !heartbeat(conn) {
-            return false;
+            return FadeEnd::Closed;
         }
-        let fast = quic.rtt().max(FADE_EVERY);
-        let every = if started.elapsed() < PROBE_FAST_FOR { fast } else { PROBE_SLOW.max(fast) };
-        let next = tokio::time::Instant::now() + every;
+        let elapsed = started.elapsed();
+        let every = if elapsed < FADE_FIRST_FOR {
+            FADE_FIRST
+        } else if elapsed < PROBE_FAST_FOR {
+            FADE_EVERY
+        } else {
+            PROBE_SLOW
+        };
+        let next = tokio::time::Instant::now() + every.max(quic.rtt());
         while tokio::time::Instant::now() < next {
             tokio::time::sleep_until(next.min(tokio::time::Instant::now() + PROBE_TICK)).await;
+            if probes.busy_since(started) {
+                return FadeEnd::Handled;
+            }
             if heard(quic) != before {
-                return true;
+                return FadeEnd::Heard;
             }
         }
     }
-    false
+    FadeEnd::Closed
 }
 
 /// Datagrams received on the connection so far: anything at all from the relay.
 fn heard(conn: &quinn::Connection) -> u64 {
     conn.stats().udp_rx.datagrams
+}
+
+/// `STREAM` frames received so far.
+fn stream_frames(conn: &quinn::Connection) -> u64 {
+    conn.stats().frame_rx.stream
 }
 
 /// `PATH_CHALLENGE`s received so far: the relay puts one in every packet to an address it has
@@ -507,6 +569,12 @@ impl Probes {
     fn move_now(&self, endpoint: &Endpoint) -> Result<(), ClientError> {
         *self.moved.lock().unwrap_or_else(|e| e.into_inner()) = Some(tokio::time::Instant::now());
         move_to_new_socket(endpoint)
+    }
+
+    /// Whether a probe is running or the connection moved at or after `at`.
+    fn busy_since(&self, at: tokio::time::Instant) -> bool {
+        self.running.load(std::sync::atomic::Ordering::SeqCst) > 0
+            || self.moved.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|moved| moved >= at)
     }
 
     /// When the next move is due, `every` after the last one (`now` if there was none).
@@ -776,9 +844,7 @@ impl QuicLink {
     /// endpoint moves with all its connections: the network changed for all of them. Then
     /// [`padded_heartbeats`] from the new socket.
     pub(super) fn network_changed(&self) -> Result<(), ClientError> {
-        self.probes.move_now(&self.endpoint)?;
-        padded_heartbeats(&self.conn);
-        Ok(())
+        move_and_pad(&self.conn, &self.endpoint, &self.probes)
     }
 
     /// Opens a stream for `frames` alone (requests), sends them and starts reading it, so their

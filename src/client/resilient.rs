@@ -434,6 +434,9 @@ impl Driver {
                         return Ended::Lost { code: Some(code), reason, wait: reconnect_after };
                     }
                     Some(Event::Closed { code, reason }) => return Ended::Lost { code, reason, wait: Duration::ZERO },
+                    // The connection found an outage's end itself and moved, as after a
+                    // network change: catch up the same way.
+                    Some(Event::PathBack) => self.catch_up(&mut requests, client, caught_up.clone()),
                     None => return Ended::Lost { code: None, reason: "connection lost".into(), wait: Duration::ZERO },
                     Some(_) => {}
                 },

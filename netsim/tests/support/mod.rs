@@ -53,8 +53,9 @@ pub fn former_client() -> bool {
 
 /// `options` with the former client's QUIC timeouts when [`former_client`], with 0-RTT
 /// resumption with `NETSIM_0RTT=1` (off by default), without the stall probe with
-/// `NETSIM_NO_STALL_PROBE=1` (or the former client), and with the receive-side heartbeats
-/// (`quic_watch_receiving`, off by default) with `NETSIM_RECEIVE_WATCH=1`.
+/// `NETSIM_NO_STALL_PROBE=1` (or the former client), and without the receive-side heartbeats
+/// (`quic_watch_receiving`, on by default, needing the stall probe) with
+/// `NETSIM_NO_RECEIVE_WATCH=1`.
 pub fn former(mut options: ClientOptions) -> ClientOptions {
     let env = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
     if former_client() {
@@ -63,7 +64,7 @@ pub fn former(mut options: ClientOptions) -> ClientOptions {
     if former_client() || env("NETSIM_NO_STALL_PROBE") {
         options.quic_probe_stalls = false;
     }
-    options.quic_watch_receiving = options.quic_probe_stalls && env("NETSIM_RECEIVE_WATCH");
+    options.quic_watch_receiving = options.quic_probe_stalls && !env("NETSIM_NO_RECEIVE_WATCH");
     if std::env::var("NETSIM_0RTT").is_ok_and(|v| v == "1") {
         options.quic_sessions = Some(edgerelay::client::QuicSessions::new());
     }
