@@ -34,6 +34,44 @@ async fn behind_wifi(
     (proxy, client)
 }
 
+/// A publisher on the relay itself and two subscribers joined to `room`, each behind a `wifi`
+/// proxy of its own (seeds `seed` and `seed + 1`): the first with the receive-side heartbeats,
+/// the second without.
+async fn watching_and_not(
+    relay: &common::TestRelay,
+    room: &str,
+    seed: u64,
+) -> (edgerelay::client::Client, Vec<Proxy>, Vec<edgerelay::client::Client>) {
+    let publisher = connect(relay, Transport::Quic, relay.target(Transport::Quic), "pub", room).await.unwrap();
+    let mut proxies = Vec::new();
+    let mut subscribers = Vec::new();
+    for (k, watch) in [true, false].into_iter().enumerate() {
+        let (proxy, subscriber) = behind_wifi(relay, seed + k as u64, &format!("sub{k}"), room, |options| {
+            ClientOptions { quic_watch_receiving: watch, ..options }
+        })
+        .await;
+        within("join", subscriber.join(room)).await.unwrap();
+        proxies.push(proxy);
+        subscribers.push(subscriber);
+    }
+    (publisher, proxies, subscribers)
+}
+
+/// Closes what [`watching_and_not`] made.
+async fn shut_down(
+    publisher: edgerelay::client::Client,
+    subscribers: Vec<edgerelay::client::Client>,
+    proxies: Vec<Proxy>,
+) {
+    for subscriber in subscribers {
+        subscriber.close().await;
+    }
+    publisher.close().await;
+    for proxy in proxies {
+        proxy.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_probes_the_path_and_an_idle_one_does_not() {
     let relay = common::start().await;
@@ -94,18 +132,7 @@ async fn a_stalled_client_probes_the_path_and_an_idle_one_does_not() {
 async fn a_receive_only_client_notices_a_fade_after_data() {
     let relay = common::start().await;
     let room = "receive-only";
-    let publisher = connect(&relay, Transport::Quic, relay.target(Transport::Quic), "pub", room).await.unwrap();
-    let mut proxies = Vec::new();
-    let mut subscribers = Vec::new();
-    for (k, watch) in [true, false].into_iter().enumerate() {
-        let (proxy, subscriber) = behind_wifi(&relay, 50 + k as u64, &format!("sub{k}"), room, |options| {
-            ClientOptions { quic_watch_receiving: watch, ..options }
-        })
-        .await;
-        within("join", subscriber.join(room)).await.unwrap();
-        proxies.push(proxy);
-        subscribers.push(subscriber);
-    }
+    let (publisher, proxies, mut subscribers) = watching_and_not(&relay, room, 50).await;
     // Settled: the joins' heartbeats are over and each connection's MTU search is done (its
     // probes would be packets sent into the fade too).
     tokio::time::sleep(Duration::from_secs(9)).await;
@@ -140,13 +167,7 @@ async fn a_receive_only_client_notices_a_fade_after_data() {
     // relay's own retransmission or only its acknowledgement of a heartbeat): see below.
     let flows: Vec<u64> = proxies.iter().map(|p| p.stats().flows).collect();
     assert_eq!(flows[1], 1, "the client without heartbeats moved: {flows:?}");
-    for subscriber in subscribers {
-        subscriber.close().await;
-    }
-    publisher.close().await;
-    for proxy in proxies {
-        proxy.shutdown().await;
-    }
+    shut_down(publisher, subscribers, proxies).await;
 }
 
 /// A fade that ends with nothing for the relay to resend: what the watching client hears first
@@ -157,18 +178,7 @@ async fn a_receive_only_client_notices_a_fade_after_data() {
 async fn the_end_of_a_fade_is_reported_as_path_back() {
     let relay = common::start().await;
     let room = "path-back";
-    let publisher = connect(&relay, Transport::Quic, relay.target(Transport::Quic), "pub", room).await.unwrap();
-    let mut proxies = Vec::new();
-    let mut subscribers = Vec::new();
-    for (k, watch) in [true, false].into_iter().enumerate() {
-        let (proxy, subscriber) = behind_wifi(&relay, 60 + k as u64, &format!("sub{k}"), room, |options| {
-            ClientOptions { quic_watch_receiving: watch, ..options }
-        })
-        .await;
-        within("join", subscriber.join(room)).await.unwrap();
-        proxies.push(proxy);
-        subscribers.push(subscriber);
-    }
+    let (publisher, proxies, mut subscribers) = watching_and_not(&relay, room, 60).await;
     let warm = within("publish", publisher.publish(room, "warm", Payload::from("0"))).await.unwrap();
     for subscriber in &mut subscribers {
         let message = within("the first message", subscriber.next_message()).await.unwrap();
@@ -195,13 +205,7 @@ async fn the_end_of_a_fade_is_reported_as_path_back() {
     let flows: Vec<u64> = proxies.iter().map(|p| p.stats().flows).collect();
     assert!(flows[0] >= 2, "the watching client did not move to a new socket: {flows:?}");
     assert_eq!(flows[1], 1, "the client without heartbeats moved: {flows:?}");
-    for subscriber in subscribers {
-        subscriber.close().await;
-    }
-    publisher.close().await;
-    for proxy in proxies {
-        proxy.shutdown().await;
-    }
+    shut_down(publisher, subscribers, proxies).await;
 }
 
 /// Waits for [`Event::PathBack`]; false when the connection closed first.
