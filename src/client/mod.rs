@@ -101,7 +101,8 @@ pub struct ClientOptions {
     /// (needs [`quic_probe_stalls`](Self::quic_probe_stalls)). On by default. It costs packets
     /// after each received message (a client receiving one every 10 s exchanges about 84 packets
     /// a minute with the relay instead of 36, all within the radio's active tail); an idle
-    /// client sends nothing more (docs/decisions.md, "Fades end in a catch-up").
+    /// client sends nothing more after the four that follow its join (docs/decisions.md, "Fades
+    /// end in a catch-up").
     pub quic_watch_receiving: bool,
 }
 

@@ -382,8 +382,9 @@ const HEARTBEATS: [Duration; 4] =
 /// the relay is heard again with no stream data (it is not resending: its probe timer backed
 /// off), the client moves and reports `Event::PathBack`, as after `network_changed()`.
 /// Datagrams do not arm it (the relay's presence refresh is one every few seconds), so an idle
-/// client in a room sends nothing more (docs/decisions.md, "Receive-only clients" and "Fades end
-/// in a catch-up").
+/// client in a room sends nothing more once the heartbeats after its last stream data (the
+/// join's answer, for one that never receives a message) are done (docs/decisions.md,
+/// "Receive-only clients" and "Fades end in a catch-up").
 async fn watch_receiving(
     conn: Session,
     endpoint: Endpoint,

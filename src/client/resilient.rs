@@ -207,9 +207,10 @@ impl Resilient {
     /// sent during an outage moves on within two round trips instead of at the next backed-off
     /// probe timeout; and each room (the [`MAX_CATCH_UP_ROOMS`] most recently active) asks, on a
     /// stream of its own, for what it holds after the application's last message
-    /// ([`Client::histories_after`]), so that arrives one round trip after the network returns. A connection that answers no ping within [`NETWORK_PROBE`] is replaced
-    /// (a WebSocket dies with its path). Reconnecting, the client stops waiting out its backoff and tries at once, the backoff
-    /// starting again from `base_delay`.
+    /// ([`Client::histories_after`]), so that arrives one round trip after the network returns.
+    /// A connection that answers no ping within [`NETWORK_PROBE`] is replaced (a WebSocket dies
+    /// with its path). Reconnecting, the client stops waiting out its backoff and tries at once,
+    /// the backoff starting again from `base_delay`.
     pub fn network_changed(&self) {
         let _ = self.commands.send(Command::NetworkChanged);
     }
