@@ -542,11 +542,21 @@ pub struct QuicConfig {
     /// TLS sessions kept for resumption and 0-RTT (two per connection, about 4 KiB each, oldest
     /// dropped first); 0 keeps none, so every connection does a full handshake.
     pub resumption_sessions: usize,
+    /// Answer a client's heartbeat (an empty datagram) at once even when the connection's
+    /// congestion window is full, with one transmission of at most two packets (at most once
+    /// a round trip): after an outage the relay then resends what it lost a round trip after
+    /// the client's first heartbeat, not at its backed-off probe timer (`transport::answer`).
+    pub answer_heartbeats: bool,
 }
 
 impl Default for QuicConfig {
     fn default() -> Self {
-        QuicConfig { segmentation_offload: true, ack_eliciting_threshold: None, resumption_sessions: 16_384 }
+        QuicConfig {
+            segmentation_offload: true,
+            ack_eliciting_threshold: None,
+            resumption_sessions: 16_384,
+            answer_heartbeats: true,
+        }
     }
 }
 

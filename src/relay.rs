@@ -682,6 +682,11 @@ fn quic_server_config(
 /// (docs/decisions.md, "QUIC: cost per delivery and per connection").
 fn tune_transport(transport: &mut quinn::TransportConfig, quic: &QuicConfig) {
     transport.enable_segmentation_offload(quic.segmentation_offload);
+    // quinn's Cubic, answering a client's heartbeat even when the window is full (a fade's end).
+    if quic.answer_heartbeats {
+        transport.congestion_controller_factory(Arc::new(transport::answer::AnsweringCubic::default()));
+        transport.send_window(transport::answer::SEND_WINDOW);
+    }
     if let Some(threshold) = quic.ack_eliciting_threshold {
         let mut ack = quinn::AckFrequencyConfig::default();
         ack.ack_eliciting_threshold(threshold.into());

@@ -218,3 +218,45 @@ async fn path_back(client: &mut edgerelay::client::Client) -> bool {
         }
     }
 }
+
+/// A long fade while the room goes on: the relay's congestion window fills with messages sent
+/// into it and its probe timer backs off far (its next probe comes 15-20 s after the network's
+/// return here). When the network returns, the client's next heartbeat is answered at once,
+/// window full or not (quinn alone held the ACK back with the waiting data until that timer),
+/// so the client acknowledges the relay's newest packet, the relay learns what the fade lost
+/// and resends it. What remains is the wait for that heartbeat (every 2 s this late in a fade)
+/// and the resend, paced by an RTT estimate the fade's late acknowledgements inflated: 4-5 s in
+/// a debug build, against 19-22 s with `quic.answer_heartbeats` off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_is_answered_through_a_full_window() {
+    let relay = common::start().await;
+    let room = "full-window";
+    let publisher = connect(&relay, Transport::Quic, relay.target(Transport::Quic), "pub", room).await.unwrap();
+    let (proxy, mut subscriber) = behind_wifi(&relay, 70, "sub", room, |options| options).await;
+    within("join", subscriber.join(room)).await.unwrap();
+    let warm = within("publish", publisher.publish(room, "warm", Payload::from("0"))).await.unwrap();
+    assert_eq!(within("the first message", subscriber.next_message()).await.unwrap().position, warm);
+    proxy.set_blackout(true);
+    // More than the relay's first window (about 14 KB), early in the fade.
+    let body = "x".repeat(1_000);
+    let mut positions = Vec::new();
+    for k in 0..40 {
+        let id = format!("m{k}");
+        positions.push(within("publish", publisher.publish(room, &id, Payload::from(body.as_str()))).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    proxy.set_blackout(false);
+    let back = tokio::time::Instant::now();
+    for (k, position) in positions.iter().enumerate() {
+        let message = within("a message published into the fade", subscriber.next_message()).await.unwrap();
+        assert_eq!((message.id.as_str(), message.position), (format!("m{k}").as_str(), *position));
+    }
+    let took = back.elapsed();
+    assert!(took < Duration::from_secs(10), "caught up {took:?} after the network returned");
+    let extra = tokio::time::timeout(Duration::from_millis(300), subscriber.next_message()).await;
+    assert!(extra.is_err(), "delivered twice: {extra:?}");
+    subscriber.close().await;
+    publisher.close().await;
+    proxy.shutdown().await;
+}

@@ -32,3 +32,10 @@ pub use payload::Payload;
 pub use presence::{PresenceEntry, Status};
 pub use receipts::{MemberReceipt, ReadMark, ReceiptAction, ReceiptEvent, RoomUnread};
 pub use room::RoomName;
+
+/// Whether a received datagram is a client's heartbeat: empty, or zero bytes only (a padded
+/// heartbeat). QUIC acknowledges it; the relay does nothing else with it (docs/protocol.md,
+/// "QUIC datagrams").
+pub fn is_heartbeat(datagram: &[u8]) -> bool {
+    datagram.iter().all(|b| *b == 0)
+}

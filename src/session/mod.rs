@@ -322,7 +322,7 @@ impl Session {
     pub fn handle_datagram(&mut self, body: &[u8], now_ms: u64) {
         // An empty datagram, or one of zero bytes only (a padded one), is a client's heartbeat:
         // QUIC acknowledges it, nothing else to do (docs/protocol.md, "Datagrams").
-        if body.iter().all(|b| *b == 0) {
+        if crate::proto::is_heartbeat(body) {
             return;
         }
         let frame: ClientFrame = match self.outbox.codec().decode(body) {

@@ -1,6 +1,7 @@
 //! Transports: thin adapters between sockets and the connection driver. Bytes in, frames out;
 //! no business state lives here.
 
+pub mod answer;
 pub mod media;
 pub mod quic;
 pub mod sse;

@@ -333,8 +333,11 @@ async fn run(
     };
     let media_side = MediaSide { id, media: media.clone(), calls: ctx.session.calls.clone(), opens };
     lanes.spawn(CONTROL, ctrl_send, ctrl_recv, reader);
-    let datagrams =
-        Datagrams { max: ctx.session.limits.max_datagram_bytes as usize, loss: ctx.session.test_datagram_loss };
+    let datagrams = Datagrams {
+        max: ctx.session.limits.max_datagram_bytes as usize,
+        loss: ctx.session.test_datagram_loss,
+        started: Instant::now(),
+    };
     // `lanes` holds the last sender the connection loop listens to: once every reader has
     // ended, the loop sees its channel close.
     readers.spawn(serve_peer(conn.clone(), lanes, credit, datagrams, media_side));
@@ -458,10 +461,12 @@ fn lose(loss: f64) -> bool {
 }
 
 /// How datagrams are handled: received ones over `max` (`limits.max_datagram_bytes`) are
-/// dropped, and `loss` is the test knob (both ways).
+/// dropped, and `loss` is the test knob (both ways). A heartbeat is answered through a full
+/// congestion window (see [`transport::answer`]); `started` is the clock of its grants.
 struct Datagrams {
     max: usize,
     loss: f64,
+    started: Instant,
 }
 
 impl Datagrams {
@@ -625,6 +630,9 @@ async fn serve_peer(
             }
             datagram = conn.read_datagram(), if datagrams_open => match datagram {
                 Ok(body) => {
+                    if crate::proto::is_heartbeat(&body) {
+                        transport::answer::answer_heartbeat(&conn, datagrams.started.elapsed().as_millis() as u64);
+                    }
                     if !datagrams.forward(body, &lanes.tx, &lanes.metrics) {
                         return;
                     }
