@@ -9,7 +9,7 @@
 //! nothing of what the fade lost, and both wait for that timer: 9 s after a 10 s outage in the
 //! trace of docs/decisions.md ("A heartbeat is answered through a full window").
 //!
-//! So the relay's connections use quinn's Cubic wrapped in [`Answering`]: when a heartbeat
+//! So the relay's connections use quinn's Cubic wrapped ([`AnsweringCubic`]): when a heartbeat
 //! arrives, [`answer_heartbeat`] opens the window for one transmission of at most two packets
 //! (what a probe timeout would send), carrying the ACK and the next data. The client's ACK of
 //! those packets then lets the relay declare the fade's packets lost and resend them: recovery
@@ -41,7 +41,7 @@ impl ControllerFactory for AnsweringCubic {
 }
 
 /// A congestion controller whose window a heartbeat can open for one transmission.
-pub struct Answering {
+struct Answering {
     inner: Box<dyn Controller>,
     /// Shared by every copy of this controller (quinn copies it when the client's port changes,
     /// and hands the application a copy), so a grant reaches the one in use.
@@ -50,7 +50,7 @@ pub struct Answering {
 
 /// One connection's grant.
 #[derive(Debug, Default)]
-pub struct Grant {
+struct Grant {
     /// `window()` calls still answered with an open window.
     calls: AtomicU32,
     /// When the last grant was given, in milliseconds since the first (0: none yet).
@@ -60,7 +60,7 @@ pub struct Grant {
 impl Grant {
     /// Opens the window for the next transmission, unless a grant was given less than `every`
     /// ago (`now_ms` counts from any fixed point). True when it was opened.
-    pub fn open(&self, now_ms: u64, every: Duration) -> bool {
+    fn open(&self, now_ms: u64, every: Duration) -> bool {
         let now_ms = now_ms.max(1);
         let last = self.last_ms.load(Ordering::Relaxed);
         if last != 0 && now_ms.saturating_sub(last) < every.as_millis() as u64 {
