@@ -547,6 +547,11 @@ pub struct QuicConfig {
     /// a round trip): after an outage the relay then resends what it lost a round trip after
     /// the client's first heartbeat, not at its backed-off probe timer (`transport::answer`).
     pub answer_heartbeats: bool,
+    /// Send heartbeats of the relay's own to a client that sent one (it takes them) while the
+    /// connection's data goes unacknowledged (1 s, then every 0.5 s): the first after the
+    /// client's network returns starts the resend, however long the outage was, and the phone
+    /// sends nothing for it. Needs `answer_heartbeats` (`transport::answer`).
+    pub probe_fades: bool,
 }
 
 impl Default for QuicConfig {
@@ -556,6 +561,7 @@ impl Default for QuicConfig {
             ack_eliciting_threshold: None,
             resumption_sessions: 16_384,
             answer_heartbeats: true,
+            probe_fades: true,
         }
     }
 }

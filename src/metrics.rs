@@ -91,6 +91,9 @@ pub const HANDSHAKE_SECONDS: &str = "edgerelay_handshake_seconds";
 /// QUIC and WebTransport connections whose `hello` arrived as 0-RTT data, before the handshake
 /// completed (a resumed TLS session: the client saved a round trip), by `transport`.
 pub const ZERO_RTT_TOTAL: &str = "edgerelay_quic_0rtt_total";
+/// Heartbeats the relay sent to QUIC and WebTransport clients whose data had stalled (a fade:
+/// see `transport::answer`).
+pub const QUIC_FADE_PROBES: &str = "edgerelay_quic_fade_probes_total";
 /// Always 1, labelled with the relay's `version`.
 /// Events published or received from another node, and the connections they reached here.
 pub const EVENTS_TOTAL: &str = "edgerelay_events_total";
@@ -239,6 +242,7 @@ fn describe() {
         ZERO_RTT_TOTAL,
         "QUIC and WebTransport connections whose hello arrived as 0-RTT data, by transport."
     );
+    describe_counter!(QUIC_FADE_PROBES, "Heartbeats sent to QUIC clients whose data had gone unacknowledged (a fade).");
     describe_gauge!(BUILD_INFO, "Always 1; the version label is the relay's version.");
     describe_counter!(PRESENCE_UPDATES_TOTAL, "Presence frames queued to members, by kind.");
     describe_counter!(PRESENCE_IGNORED_TOTAL, "Presence and typing requests ignored, by reason.");
@@ -270,6 +274,7 @@ fn register() {
         drop(TransportMetrics::new(transport));
     }
     metrics::counter!(DISCONNECTS_TOTAL, "code" => "normal").absolute(0);
+    metrics::counter!(QUIC_FADE_PROBES).absolute(0);
     for code in ErrorCode::ALL.iter().filter(|code| code.is_fatal()) {
         metrics::counter!(DISCONNECTS_TOTAL, "code" => code.slug()).absolute(0);
     }

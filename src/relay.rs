@@ -281,10 +281,14 @@ impl Relay {
         });
 
         let udp_admission = crate::admission::Admission::new(&config.connections);
+        // Fade probes need the heartbeat answer's controller (`transport::answer`).
+        let fades = (config.quic.answer_heartbeats && config.quic.probe_fades)
+            .then(|| Arc::new(transport::answer::FadeProbes::default()));
         services.spawn(transport::quic::serve(
             endpoint.clone(),
             conn_ctx,
             udp_admission,
+            fades,
             connections.clone(),
             stop.clone(),
         ));

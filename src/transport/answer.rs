@@ -15,14 +15,26 @@
 //! those packets then lets the relay declare the fade's packets lost and resend them: recovery
 //! starts one round trip after the path returns instead of at the backed-off timer. A grant is
 //! given at most once per round trip, so heartbeats cannot turn congestion control off.
+//!
+//! A client that stops hearing the relay sends heartbeats on its own schedule, which thins out
+//! as a fade goes on (every 2 s after 10 s for the Rust client), and a browser sends none. So
+//! the relay also probes ([`FadeProbes`]): a connection whose client has sent a heartbeat (it
+//! takes heartbeats, docs/protocol.md) and whose data has gone unacknowledged for
+//! [`STALL_AFTER`] gets an empty datagram through a grant every [`PROBE_EVERY`]. The first
+//! one after the path's return reaches the client, whose ACK (of a packet sent a moment ago, so
+//! the round-trip estimate stays true) starts the resend. The probes cost the phone nothing
+//! while its network is gone, where heartbeats of its own would.
 
 use std::any::Any;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics, CubicConfig};
 use quinn_proto::RttEstimator;
+use tokio_util::sync::CancellationToken;
+use web_transport_quinn::Session;
 
 /// `window()` calls a grant lets through: quinn asks once for the congestion check and once for
 /// pacing per packet, so four let two packets past a full window.
@@ -36,7 +48,7 @@ pub struct AnsweringCubic {
 
 impl ControllerFactory for AnsweringCubic {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
-        Box::new(Answering { inner: self.inner.clone().build(now, current_mtu), grant: Arc::default() })
+        Box::new(Answering { inner: self.inner.clone().build(now, current_mtu), grant: Arc::new(Grant::new(now)) })
     }
 }
 
@@ -48,20 +60,34 @@ struct Answering {
     grant: Arc<Grant>,
 }
 
-/// One connection's grant.
-#[derive(Debug, Default)]
+/// One connection's grant, and how long its data has gone unacknowledged.
+#[derive(Debug)]
 struct Grant {
+    /// The clock of the millisecond fields: when the connection's controller was built.
+    epoch: Instant,
     /// `window()` calls still answered with an open window.
     calls: AtomicU32,
-    /// When the last grant was given, in milliseconds since the first (0: none yet).
+    /// When the last grant was given (0: none yet).
     last_ms: AtomicU64,
+    /// Since when something sent has waited for an acknowledgement: the first send after
+    /// everything was acknowledged, then every ACK that leaves something in flight (the path
+    /// still works). 0: nothing in flight.
+    unacked_since_ms: AtomicU64,
 }
 
 impl Grant {
+    fn new(epoch: Instant) -> Self {
+        Grant { epoch, calls: AtomicU32::new(0), last_ms: AtomicU64::new(0), unacked_since_ms: AtomicU64::new(0) }
+    }
+
+    /// `now` on this grant's clock, at least 1 (0 means "never" in its fields).
+    fn ms(&self, now: Instant) -> u64 {
+        (now.saturating_duration_since(self.epoch).as_millis() as u64).max(1)
+    }
+
     /// Opens the window for the next transmission, unless a grant was given less than `every`
     /// ago (`now_ms` counts from any fixed point). True when it was opened.
     fn open(&self, now_ms: u64, every: Duration) -> bool {
-        let now_ms = now_ms.max(1);
         let last = self.last_ms.load(Ordering::Relaxed);
         if last != 0 && now_ms.saturating_sub(last) < every.as_millis() as u64 {
             return false;
@@ -80,11 +106,33 @@ impl Grant {
     fn close(&self) {
         self.calls.store(0, Ordering::Relaxed);
     }
+
+    /// A packet went out at `now_ms`.
+    fn sent(&self, now_ms: u64) {
+        if self.unacked_since_ms.load(Ordering::Relaxed) == 0 {
+            self.unacked_since_ms.store(now_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// An ACK was processed at `now_ms`, leaving `in_flight` bytes unacknowledged.
+    fn acked(&self, now_ms: u64, in_flight: u64) {
+        self.unacked_since_ms.store(if in_flight == 0 { 0 } else { now_ms }, Ordering::Relaxed);
+    }
+
+    /// How long the oldest unacknowledged send (or the last ACK, if something is still in
+    /// flight) is past at `now_ms`; zero when nothing is in flight.
+    fn unacked_for(&self, now_ms: u64) -> Duration {
+        match self.unacked_since_ms.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(now_ms.saturating_sub(since)),
+        }
+    }
 }
 
 impl Controller for Answering {
     fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
         self.grant.close();
+        self.grant.sent(self.grant.ms(now));
         self.inner.on_sent(now, bytes, last_packet_number);
     }
 
@@ -93,6 +141,7 @@ impl Controller for Answering {
     }
 
     fn on_end_acks(&mut self, now: Instant, in_flight: u64, app_limited: bool, largest: Option<u64>) {
+        self.grant.acked(self.grant.ms(now), in_flight);
         self.inner.on_end_acks(now, in_flight, app_limited, largest);
     }
 
@@ -133,12 +182,113 @@ pub const SEND_WINDOW: u64 = 10_000_000;
 /// Answers a heartbeat that arrived on `conn`: opens its window for one transmission (at most
 /// once per round trip) and wakes it, so its ACK and next data go out even if the window is
 /// full. Nothing happens on a connection that does not use [`AnsweringCubic`].
-pub fn answer_heartbeat(conn: &quinn::Connection, now_ms: u64) {
-    let Ok(answering) = conn.congestion_state().into_any().downcast::<Answering>() else {
-        return;
-    };
-    if answering.grant.open(now_ms, conn.rtt()) {
+pub fn answer_heartbeat(conn: &quinn::Connection, now: Instant) {
+    let Some(grant) = grant_of(conn) else { return };
+    if grant.open(grant.ms(now), conn.rtt()) {
         conn.set_send_window(SEND_WINDOW);
+    }
+}
+
+/// The grant of a connection that uses [`AnsweringCubic`].
+fn grant_of(conn: &quinn::Connection) -> Option<Arc<Grant>> {
+    conn.congestion_state().into_any().downcast::<Answering>().ok().map(|answering| answering.grant.clone())
+}
+
+/// Data unacknowledged this long (or four round trips, if longer) means the path is down: the
+/// relay's own probe timeout has fired at least once by then and is backing off.
+pub const STALL_AFTER: Duration = Duration::from_secs(1);
+/// How often a stalled connection is probed (or once a round trip, if longer): the longest a
+/// client waits to hear the relay after its network returns, plus the path's delay.
+pub const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// How often the watched connections are looked at.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// At most this many probes per sweep (4,000 a second), so an outage of the relay's own
+/// network, which stalls every connection at once, costs a bounded packet rate; the rest wait
+/// for the next sweeps.
+const PROBES_PER_SWEEP: usize = 1_000;
+
+/// The connections the relay probes when their data stalls: those whose client sent a
+/// heartbeat, so it takes the relay's (an empty datagram it ignores). One sweeper task looks at
+/// them all every [`SWEEP_EVERY`], reading two atomics per connection; a connection is let go
+/// when it ends.
+#[derive(Default)]
+pub struct FadeProbes {
+    watched: Mutex<Vec<Watched>>,
+}
+
+struct Watched {
+    conn: Weak<Session>,
+    grant: Arc<Grant>,
+    /// When it was last probed, on the grant's clock (0: never).
+    probed_ms: u64,
+}
+
+impl Watched {
+    /// Whether to probe now: its data has gone unacknowledged for [`STALL_AFTER`] (or four
+    /// round trips) and its last probe is [`PROBE_EVERY`] (or a round trip) past.
+    fn due(&self, now_ms: u64, rtt: impl FnOnce() -> Duration) -> bool {
+        let unacked = self.grant.unacked_for(now_ms);
+        if unacked < STALL_AFTER {
+            return false;
+        }
+        let rtt = rtt();
+        unacked >= rtt * 4 && now_ms.saturating_sub(self.probed_ms) >= PROBE_EVERY.max(rtt).as_millis() as u64
+    }
+}
+
+impl FadeProbes {
+    /// Probes `conn` from now on when its data stalls. False (and nothing watched) when it does
+    /// not use [`AnsweringCubic`].
+    pub fn watch(&self, conn: &Arc<Session>) -> bool {
+        let Some(grant) = grant_of(conn) else { return false };
+        let watched = Watched { conn: Arc::downgrade(conn), grant, probed_ms: 0 };
+        self.watched.lock().unwrap_or_else(|e| e.into_inner()).push(watched);
+        true
+    }
+
+    /// Probes stalled connections every [`SWEEP_EVERY`] until `stop`.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        stop.run_until_cancelled(async {
+            loop {
+                every.tick().await;
+                for conn in self.sweep(Instant::now()) {
+                    probe(&conn);
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Forgets ended connections and returns those to probe now (at most
+    /// [`PROBES_PER_SWEEP`]), marked as probed.
+    fn sweep(&self, now: Instant) -> Vec<Arc<Session>> {
+        let mut due = Vec::new();
+        let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        watched.retain_mut(|watched| {
+            let Some(conn) = watched.conn.upgrade() else { return false };
+            let now_ms = watched.grant.ms(now);
+            if due.len() < PROBES_PER_SWEEP && watched.due(now_ms, || conn.rtt()) {
+                if conn.close_reason().is_some() {
+                    return false;
+                }
+                // Opened here, under the same clock as the round-trip check; the datagram
+                // wakes the connection, which sends it and whatever else waits past the window.
+                watched.grant.open(now_ms, Duration::ZERO);
+                watched.probed_ms = now_ms;
+                due.push(conn);
+            }
+            true
+        });
+        due
+    }
+}
+
+/// Sends a probe: an empty datagram (a heartbeat) past the window opened for it.
+fn probe(conn: &Session) {
+    if conn.send_datagram(Bytes::new()).is_ok() {
+        metrics::counter!(crate::metrics::QUIC_FADE_PROBES).increment(1);
     }
 }
 
@@ -150,7 +300,7 @@ mod tests {
         Arc::new(AnsweringCubic::default()).build(Instant::now(), 1200)
     }
 
-    fn grant_of(controller: &dyn Controller) -> Arc<Grant> {
+    fn grant_in(controller: &dyn Controller) -> Arc<Grant> {
         controller.clone_box().into_any().downcast::<Answering>().map(|a| a.grant.clone()).expect("answering")
     }
 
@@ -159,7 +309,7 @@ mod tests {
         let controller = controller();
         let window = controller.window();
         assert!(window < u64::MAX);
-        let grant = grant_of(controller.as_ref());
+        let grant = grant_in(controller.as_ref());
         assert!(grant.open(1_000, Duration::from_millis(100)));
         // Congestion check and pacing for two packets.
         for _ in 0..GRANTED_CALLS {
@@ -172,7 +322,7 @@ mod tests {
     fn a_transmission_ends_the_grant() {
         let mut controller = controller();
         let window = controller.window();
-        let grant = grant_of(controller.as_ref());
+        let grant = grant_in(controller.as_ref());
         grant.open(1_000, Duration::from_millis(100));
         assert_eq!(controller.window(), u64::MAX);
         controller.on_sent(Instant::now(), 1200, 7);
@@ -182,7 +332,7 @@ mod tests {
     #[test]
     fn one_grant_per_round_trip() {
         let controller = controller();
-        let grant = grant_of(controller.as_ref());
+        let grant = grant_in(controller.as_ref());
         let rtt = Duration::from_millis(100);
         assert!(grant.open(1_000, rtt));
         assert!(!grant.open(1_050, rtt), "a second heartbeat within the round trip");
@@ -195,7 +345,57 @@ mod tests {
         // application's copy reaches the copy in use.
         let controller = controller();
         let moved = controller.clone_box();
-        grant_of(controller.as_ref()).open(1_000, Duration::from_millis(100));
+        grant_in(controller.as_ref()).open(1_000, Duration::from_millis(100));
         assert_eq!(moved.window(), u64::MAX);
+    }
+
+    #[test]
+    fn data_is_unacknowledged_from_its_send_until_an_ack_and_every_ack_restarts_the_clock() {
+        let start = Instant::now();
+        let mut controller = Arc::new(AnsweringCubic::default()).build(start, 1200);
+        let grant = grant_in(controller.as_ref());
+        let at = |ms| start + Duration::from_millis(ms);
+        assert_eq!(grant.unacked_for(grant.ms(at(5_000))), Duration::ZERO, "nothing sent");
+        controller.on_sent(at(1_000), 1200, 1);
+        controller.on_sent(at(1_200), 1200, 2);
+        assert_eq!(grant.unacked_for(grant.ms(at(2_500))), Duration::from_millis(1_500), "from the first send");
+        // An ACK that leaves packet 2 in flight: the path works, the clock restarts.
+        controller.on_end_acks(at(2_000), 1200, false, Some(1));
+        assert_eq!(grant.unacked_for(grant.ms(at(2_500))), Duration::from_millis(500));
+        controller.on_end_acks(at(2_100), 0, false, Some(2));
+        assert_eq!(grant.unacked_for(grant.ms(at(9_000))), Duration::ZERO, "all acknowledged");
+    }
+
+    fn watched(grant: Arc<Grant>) -> Watched {
+        Watched { conn: Weak::new(), grant, probed_ms: 0 }
+    }
+
+    #[test]
+    fn a_stalled_connection_is_due_after_the_stall_and_then_every_probe_interval() {
+        let grant = Arc::new(Grant::new(Instant::now()));
+        let mut watched = watched(grant.clone());
+        let rtt = || Duration::from_millis(50);
+        assert!(!watched.due(10_000, rtt), "nothing in flight");
+        grant.sent(10_000);
+        assert!(!watched.due(10_999, rtt));
+        assert!(watched.due(11_000, rtt), "unacknowledged for STALL_AFTER");
+        watched.probed_ms = 11_000;
+        assert!(!watched.due(11_499, rtt));
+        assert!(watched.due(11_500, rtt), "PROBE_EVERY after the last probe");
+        grant.acked(11_600, 0);
+        assert!(!watched.due(20_000, rtt), "acknowledged");
+    }
+
+    #[test]
+    fn a_long_round_trip_stretches_the_stall_and_the_probe_interval() {
+        let grant = Arc::new(Grant::new(Instant::now()));
+        let mut watched = watched(grant.clone());
+        let rtt = || Duration::from_millis(600);
+        grant.sent(10_000);
+        assert!(!watched.due(12_000, rtt), "four round trips are 2.4 s");
+        assert!(watched.due(12_400, rtt));
+        watched.probed_ms = 12_400;
+        assert!(!watched.due(12_900, rtt), "once a round trip");
+        assert!(watched.due(13_000, rtt));
     }
 }

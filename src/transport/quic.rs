@@ -37,6 +37,7 @@ use crate::metrics::{TransportMetrics, datagram_dropped, disconnected};
 use crate::outbox::{CONTROL, CloseReason, LaneId, Outbox, Take};
 use crate::proto::{Codec, DecodeError, ErrorCode, FrameReader, WireFrame};
 use crate::transport;
+use crate::transport::answer::FadeProbes;
 
 /// Bidirectional streams a new connection may open: the control stream, a few rooms, and
 /// the WebTransport `CONNECT` stream. [`StreamCredit`] raises it as rooms are joined.
@@ -82,6 +83,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Shared {
     ctx: Arc<ConnectionContext>,
+    /// The connections probed when their data stalls (`quic.probe_fades`).
+    fades: Option<Arc<FadeProbes>>,
     quic_metrics: TransportMetrics,
     wt_metrics: TransportMetrics,
     handshakes: AtomicUsize,
@@ -95,11 +98,16 @@ pub async fn serve(
     endpoint: Endpoint,
     ctx: Arc<ConnectionContext>,
     admission: Arc<Admission>,
+    fades: Option<Arc<FadeProbes>>,
     tasks: TaskTracker,
     stop: CancellationToken,
 ) {
     let started = Instant::now();
+    if let Some(fades) = &fades {
+        tasks.spawn(fades.clone().run(stop.clone()));
+    }
     let shared = Arc::new(Shared {
+        fades,
         ctx,
         quic_metrics: TransportMetrics::new(Kind::Raw.name()),
         wt_metrics: TransportMetrics::new(Kind::WebTransport.name()),
@@ -198,7 +206,7 @@ async fn connection(incoming: Box<Incoming>, _ticket: Ticket, shared: Arc<Shared
     let _open = metrics.opened();
     let credit = StreamCredit::new(quic, &shared.ctx.session.limits);
     let handshake = Handshake { accepted, seconds: metrics.handshake_seconds.clone() };
-    let reason = run(&session, credit, &shared.ctx, metrics, auth_deadline, (handshake, established), stop).await;
+    let reason = run(&session, credit, &shared, metrics, auth_deadline, (handshake, established), stop).await;
     shared.open.fetch_sub(1, Ordering::Relaxed);
     disconnected(reason.slug());
     tracing::debug!(%remote, transport = kind.name(), reason = reason.slug(), "quic connection closed");
@@ -270,13 +278,14 @@ async fn handshake(
 async fn run(
     conn: &Arc<Session>,
     credit: StreamCredit,
-    ctx: &ConnectionContext,
+    shared: &Shared,
     metrics: TransportMetrics,
     auth_deadline: Instant,
     // The handshake completing, when the connection was served before (0.5-RTT).
     (handshake, established): (Handshake, Option<quinn::ZeroRttAccepted>),
     stop: CancellationToken,
 ) -> CloseReason {
+    let ctx = &*shared.ctx;
     let max_frame = ctx.session.limits.max_frame_bytes as usize;
 
     // The control stream and its first frame, within the authentication deadline. Boxed, so
@@ -336,7 +345,7 @@ async fn run(
     let datagrams = Datagrams {
         max: ctx.session.limits.max_datagram_bytes as usize,
         loss: ctx.session.test_datagram_loss,
-        started: Instant::now(),
+        fades: shared.fades.clone(),
     };
     // `lanes` holds the last sender the connection loop listens to: once every reader has
     // ended, the loop sees its channel close.
@@ -462,11 +471,12 @@ fn lose(loss: f64) -> bool {
 
 /// How datagrams are handled: received ones over `max` (`limits.max_datagram_bytes`) are
 /// dropped, and `loss` is the test knob (both ways). A heartbeat is answered through a full
-/// congestion window (see [`transport::answer`]); `started` is the clock of its grants.
+/// congestion window, and the first one puts the connection in `fades`, which probes it when
+/// its data stalls (see [`transport::answer`]); `None` once that is done or when off.
 struct Datagrams {
     max: usize,
     loss: f64,
-    started: Instant,
+    fades: Option<Arc<FadeProbes>>,
 }
 
 impl Datagrams {
@@ -580,7 +590,7 @@ async fn serve_peer(
     conn: Arc<Session>,
     lanes: Lanes,
     mut credit: StreamCredit,
-    datagrams: Datagrams,
+    mut datagrams: Datagrams,
     mut media: MediaSide,
 ) {
     // The bandwidth estimate's timer, made once the connection subscribed to media: an idle
@@ -631,7 +641,10 @@ async fn serve_peer(
             datagram = conn.read_datagram(), if datagrams_open => match datagram {
                 Ok(body) => {
                     if crate::proto::is_heartbeat(&body) {
-                        transport::answer::answer_heartbeat(&conn, datagrams.started.elapsed().as_millis() as u64);
+                        transport::answer::answer_heartbeat(&conn, Instant::now());
+                        if let Some(fades) = datagrams.fades.take() {
+                            fades.watch(&conn);
+                        }
                     }
                     if !datagrams.forward(body, &lanes.tx, &lanes.metrics) {
                         return;
