@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use quinn::Endpoint;
@@ -246,10 +247,14 @@ pub(super) async fn connect(
         return Err(ClientError::Rejected { code, message });
     }
 
+    // A heartbeat tells the relay this client takes heartbeats: it then probes the client's
+    // fades with its own (docs/protocol.md, "QUIC datagrams").
+    heartbeat(&conn);
     let received = Arc::new(tokio::sync::Notify::new());
+    let relay_heartbeats = Arc::new(AtomicU64::new(0));
     tasks.spawn(read_stream(recv, reader, codec, shared.clone(), received.clone(), cancel.clone()));
     tasks.spawn(watch(conn.clone(), shared.clone(), cancel.clone()));
-    tasks.spawn(read_datagrams(conn.clone(), codec, shared.clone(), cancel.clone()));
+    tasks.spawn(read_datagrams(conn.clone(), codec, shared.clone(), relay_heartbeats.clone(), cancel.clone()));
     tasks.spawn(super::media::accept_groups(conn.clone(), shared.media.clone(), tasks.clone(), cancel.clone()));
     let sent = Arc::new(tokio::sync::Notify::new());
     let probes = Arc::new(Probes::default());
@@ -260,7 +265,7 @@ pub(super) async fn connect(
                 conn.clone(),
                 endpoint.clone(),
                 shared.clone(),
-                received.clone(),
+                Heard { received: received.clone(), relay_heartbeats },
                 probes.clone(),
                 cancel.clone(),
             );
@@ -389,7 +394,7 @@ async fn watch_receiving(
     conn: Session,
     endpoint: Endpoint,
     shared: Arc<Shared>,
-    received: Arc<tokio::sync::Notify>,
+    Heard { received, relay_heartbeats }: Heard,
     probes: Arc<Probes>,
     cancel: CancellationToken,
 ) {
@@ -410,6 +415,7 @@ async fn watch_receiving(
                     tokio::time::sleep((quic.rtt() * 4).max(STALL_AFTER)).await;
                     if heard(&quic) == before {
                         let streams = stream_frames(&quic);
+                        let probed = relay_heartbeats.load(Ordering::Relaxed);
                         match ride_out_fade(&conn, &quic, &probes).await {
                             FadeEnd::Heard => {}
                             // `network_changed()` (or the stall probe) took care of the path.
@@ -417,8 +423,10 @@ async fn watch_receiving(
                             FadeEnd::Closed => return,
                         }
                         // Heard again: the path is back. Stream data in what came means the
-                        // relay is resending already (its probe timer had not backed off).
-                        if stream_frames(&quic) != streams {
+                        // relay is resending already (its probe timer had not backed off); a
+                        // heartbeat from the relay means it probes the path and resends once
+                        // this client's ACK of it arrives.
+                        if stream_frames(&quic) != streams || relay_heartbeats.load(Ordering::Relaxed) != probed {
                             continue 'data;
                         }
                         // Only its acknowledgement: the relay waits for its backed-off probe
@@ -731,10 +739,29 @@ async fn read_stream(
 }
 
 /// Dispatches every datagram from the relay like a frame read from a stream.
-async fn read_datagrams(conn: Session, codec: Codec, shared: Arc<Shared>, cancel: CancellationToken) {
+/// What tells [`watch_receiving`] the relay was heard: stream data, and the relay's heartbeats
+/// (counted by [`read_datagrams`]).
+struct Heard {
+    received: Arc<tokio::sync::Notify>,
+    relay_heartbeats: Arc<AtomicU64>,
+}
+
+/// Dispatches the relay's datagrams; its heartbeats (it probes a fade, see
+/// `transport::answer` on the relay's side) are only counted in `relay_heartbeats`.
+async fn read_datagrams(
+    conn: Session,
+    codec: Codec,
+    shared: Arc<Shared>,
+    relay_heartbeats: Arc<AtomicU64>,
+    cancel: CancellationToken,
+) {
     cancel
         .run_until_cancelled(async {
             while let Ok(body) = conn.read_datagram().await {
+                if crate::proto::is_heartbeat(&body) {
+                    relay_heartbeats.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 match codec.decode::<ServerFrame>(&body) {
                     Ok(frame) => shared.dispatch(frame).await,
                     Err(err) => tracing::warn!(%err, "undecodable datagram from relay"),

@@ -701,6 +701,7 @@ class QuicClient(_Client):
         self.room_stream: dict[str, int] = {}
         self.frames_by_stream: dict[int, list[tuple[str, dict]]] = defaultdict(list)
         self.datagrams_received: list[tuple[str, dict]] = []
+        self.relay_heartbeats = 0
         # Media groups the relay forwarded (header, frames), complete ones only, and the
         # reset codes of the ones it dropped.
         self.media_groups: list[tuple[dict, list[dict]]] = []
@@ -826,6 +827,11 @@ class QuicClient(_Client):
         return await self._exchange("ping", "pong", send, timeout)
 
     def _on_datagram(self, body: bytes) -> None:
+        if not any(body):
+            # A heartbeat from the relay (it probes a fade); it carries nothing. The relay only
+            # sends them after this client sent one.
+            self.relay_heartbeats += 1
+            return
         self.datagrams_received.append(decode_frame(body))
         self._on_frame(body)
 

@@ -104,6 +104,10 @@ export class WebTransportLink {
     const stream = await this.transport.createBidirectionalStream();
     this.control = stream.writable.getWriter();
     this.#readStream(stream.readable);
+    // A heartbeat tells the relay this client takes heartbeats: it then probes the path with its
+    // own when its data stops being acknowledged (an outage), so the first after the network's
+    // return restarts delivery (docs/protocol.md, "QUIC datagrams").
+    this.sendDatagram(new Uint8Array(1));
   }
 
   async #readStream(readable) {
@@ -126,6 +130,8 @@ export class WebTransportLink {
       for (;;) {
         const { value, done } = await reader.read();
         if (done) return;
+        // The relay's heartbeats (zero bytes only) carry nothing.
+        if (value.every((byte) => byte === 0)) continue;
         this.events.datagram(value);
       }
     } catch {
