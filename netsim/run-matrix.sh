@@ -21,6 +21,7 @@
 #                    now,former): now (today's defaults), former (NETSIM_FORMER_CLIENT=1: idle
 #                    timeout 8 s, keep-alive 2 s, no stall probe), nowatch (NETSIM_NO_RECEIVE_WATCH=1),
 #                    noanswer (NETSIM_NO_HEARTBEAT_ANSWER=1: the relay's quic.answer_heartbeats off),
+#                    noprobe (NETSIM_NO_FADE_PROBE=1: the relay's quic.probe_fades off),
 #                    0rtt (NETSIM_0RTT=1)
 #   MATRIX_STEPS     default build,outages,train,reconnect,keepalive,tests
 #   MATRIX_DEBUG=1   unoptimised benches (`cargo test --bench`): only to try the script where a
@@ -44,7 +45,7 @@ STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=${MATRIX_OUT:-target/netsim-matrix/matrix-$STAMP.md}
 RAW="$OUT.d"
 mkdir -p "$(dirname "$OUT")" "$RAW"
-unset NETSIM_FORMER_CLIENT NETSIM_NO_RECEIVE_WATCH NETSIM_NO_HEARTBEAT_ANSWER NETSIM_0RTT NETSIM_NO_STALL_PROBE NETSIM_VARIANTS NETSIM_LOG
+unset NETSIM_FORMER_CLIENT NETSIM_NO_RECEIVE_WATCH NETSIM_NO_HEARTBEAT_ANSWER NETSIM_NO_FADE_PROBE NETSIM_0RTT NETSIM_NO_STALL_PROBE NETSIM_VARIANTS NETSIM_LOG
 failed=()
 # The benches through cargo: optimised (`cargo bench`) unless MATRIX_DEBUG=1.
 if [[ ${MATRIX_DEBUG:-0} == 1 ]]; then BENCH=(cargo test -p netsim); else BENCH=(cargo bench -p netsim); fi
@@ -107,6 +108,7 @@ if has_step outages; then
                 former) env=(NETSIM_FORMER_CLIENT=1) ;;
                 nowatch) env=(NETSIM_NO_RECEIVE_WATCH=1) ;;
                 noanswer) env=(NETSIM_NO_HEARTBEAT_ANSWER=1) ;;
+                noprobe) env=(NETSIM_NO_FADE_PROBE=1) ;;
                 0rtt) env=(NETSIM_0RTT=1) ;;
                 *) echo "run-matrix: unknown configuration $config" >&2; exit 2 ;;
             esac

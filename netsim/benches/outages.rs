@@ -23,7 +23,8 @@
 //! former client, `NETSIM_0RTT=1` clients with 0-RTT resumption, `NETSIM_NO_STALL_PROBE=1`
 //! clients without the stall probe, `NETSIM_NO_RECEIVE_WATCH=1` without the receive-side
 //! heartbeats (on by default) (see `tests/support`), `NETSIM_NO_HEARTBEAT_ANSWER=1` a relay that
-//! does not answer heartbeats through a full window (`quic.answer_heartbeats`). Prints a Markdown table per outage:
+//! does not answer heartbeats through a full window (`quic.answer_heartbeats`), `NETSIM_NO_FADE_PROBE=1`
+//! a relay that does not probe stalled connections with heartbeats (`quic.probe_fades`). Prints a Markdown table per outage:
 //! the median of the rounds, the values, and ↻n when the subscriber's connection dropped in n
 //! rounds. Results: docs/performance.md.
 
@@ -229,6 +230,8 @@ fn scenario(profile: Profile, (transport, hook): Variant, outage: Outage, seed: 
                 config.listen.tcp = SocketAddr::from((server, 0));
                 // `NETSIM_NO_HEARTBEAT_ANSWER=1`: quinn's Cubic as it is (`quic.answer_heartbeats`).
                 config.quic.answer_heartbeats = !std::env::var("NETSIM_NO_HEARTBEAT_ANSWER").is_ok_and(|v| v == "1");
+                // `NETSIM_NO_FADE_PROBE=1`: no heartbeats from the relay (`quic.probe_fades`).
+                config.quic.probe_fades = !std::env::var("NETSIM_NO_FADE_PROBE").is_ok_and(|v| v == "1");
             })
             .await;
             // Wired, not a phone: no stall probe, whose new socket would be made in this

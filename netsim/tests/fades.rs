@@ -172,7 +172,7 @@ async fn a_receive_only_client_notices_a_fade_after_data() {
 
 /// A fade that ends with nothing for the relay to resend: what the watching client hears first
 /// is the relay's acknowledgement of a heartbeat, so the relay's own probe timer has nothing to
-/// say. The client moves to a new socket as `network_changed()` does and tells the application
+/// say (and the relay does not probe: nothing of its is unacknowledged). The client moves to a new socket as `network_changed()` does and tells the application
 /// (`Resilient` catches up on it). The other client notices nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_end_of_a_fade_is_reported_as_path_back() {
@@ -184,6 +184,9 @@ async fn the_end_of_a_fade_is_reported_as_path_back() {
         let message = within("the first message", subscriber.next_message()).await.unwrap();
         assert_eq!(message.position, warm);
     }
+    // The clients' acknowledgements of it reach the relay (within their 25 ms ACK delay): it has
+    // nothing in flight, so nothing to resend and no reason to probe the fade.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     for proxy in &proxies {
         proxy.set_blackout(true);
     }
@@ -255,6 +258,60 @@ async fn a_heartbeat_is_answered_through_a_full_window() {
     let took = back.elapsed();
     eprintln!("caught up {took:?} after the network returned");
     assert!(took < Duration::from_secs(10), "caught up {took:?} after the network returned");
+    let extra = tokio::time::timeout(Duration::from_millis(300), subscriber.next_message()).await;
+    assert!(extra.is_err(), "delivered twice: {extra:?}");
+    subscriber.close().await;
+    publisher.close().await;
+    proxy.shutdown().await;
+}
+
+/// The same long fade for a client that sends nothing during it (no receive watch, no stall
+/// probe, no keep-alive within it), only the heartbeat after `welcome` that says it takes the
+/// relay's. The relay probes the stalled connection with heartbeats of its own every 0.5 s
+/// (counted at the emulator), so the first after the network's return reaches the client,
+/// whose acknowledgement makes the relay resend at once: 0.10-0.40 s over five debug-build
+/// runs, 45-46 packets into the fade's last 19 s. Without the probes the relay's backed-off
+/// probe timer decides: 1.0-19.6 s over three runs with `quic.probe_fades` off, 8 packets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_probes_a_fade_for_a_client_that_sends_nothing() {
+    let relay = common::start().await;
+    let room = "probed";
+    let publisher = connect(&relay, Transport::Quic, relay.target(Transport::Quic), "pub", room).await.unwrap();
+    let (proxy, mut subscriber) = behind_wifi(&relay, 71, "sub", room, |options| ClientOptions {
+        quic_watch_receiving: false,
+        quic_probe_stalls: false,
+        // No keep-alive within the fade either.
+        quic_keep_alive: Duration::from_secs(40),
+        ..options
+    })
+    .await;
+    within("join", subscriber.join(room)).await.unwrap();
+    let warm = within("publish", publisher.publish(room, "warm", Payload::from("0"))).await.unwrap();
+    assert_eq!(within("the first message", subscriber.next_message()).await.unwrap().position, warm);
+    proxy.set_blackout(true);
+    let body = "x".repeat(1_000);
+    let mut positions = Vec::new();
+    for k in 0..40 {
+        let id = format!("m{k}");
+        positions.push(within("publish", publisher.publish(room, &id, Payload::from(body.as_str()))).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // What the relay sends into the rest of the fade: its probes, every 0.5 s (about 38 in
+    // 19 s), against a dozen probe timeouts at most without them.
+    let before = proxy.stats().down.dropped_blackout;
+    tokio::time::sleep(Duration::from_secs(19)).await;
+    let into_fade = proxy.stats().down.dropped_blackout - before;
+    eprintln!("{into_fade} packets from the relay into the last 19 s of the fade");
+    assert!(into_fade >= 25, "{into_fade} packets from the relay into the last 19 s of the fade");
+    proxy.set_blackout(false);
+    let back = tokio::time::Instant::now();
+    for (k, position) in positions.iter().enumerate() {
+        let message = within("a message published into the fade", subscriber.next_message()).await.unwrap();
+        assert_eq!((message.id.as_str(), message.position), (format!("m{k}").as_str(), *position));
+    }
+    let took = back.elapsed();
+    eprintln!("caught up {took:?} after the network returned");
+    assert!(took < Duration::from_secs(5), "caught up {took:?} after the network returned");
     let extra = tokio::time::timeout(Duration::from_millis(300), subscriber.next_message()).await;
     assert!(extra.is_err(), "delivered twice: {extra:?}");
     subscriber.close().await;
