@@ -232,34 +232,13 @@ async fn path_back(client: &mut edgerelay::client::Client) -> bool {
 /// 1.3-4.5 s in a debug build, against 19.5-21.7 s with `quic.answer_heartbeats` off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heartbeat_is_answered_through_a_full_window() {
-    let relay = common::start().await;
+    // Without the relay's own probes, which would end the fade too (the next test).
+    let relay = common::start_with(|config| config.quic.probe_fades = false).await;
     let room = "full-window";
     let publisher = connect(&relay, Transport::Quic, relay.target(Transport::Quic), "pub", room).await.unwrap();
     let (proxy, mut subscriber) = behind_wifi(&relay, 70, "sub", room, |options| options).await;
-    within("join", subscriber.join(room)).await.unwrap();
-    let warm = within("publish", publisher.publish(room, "warm", Payload::from("0"))).await.unwrap();
-    assert_eq!(within("the first message", subscriber.next_message()).await.unwrap().position, warm);
-    proxy.set_blackout(true);
-    // More than the relay's first window (about 14 KB), early in the fade.
-    let body = "x".repeat(1_000);
-    let mut positions = Vec::new();
-    for k in 0..40 {
-        let id = format!("m{k}");
-        positions.push(within("publish", publisher.publish(room, &id, Payload::from(body.as_str()))).await.unwrap());
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(20)).await;
-    proxy.set_blackout(false);
-    let back = tokio::time::Instant::now();
-    for (k, position) in positions.iter().enumerate() {
-        let message = within("a message published into the fade", subscriber.next_message()).await.unwrap();
-        assert_eq!((message.id.as_str(), message.position), (format!("m{k}").as_str(), *position));
-    }
-    let took = back.elapsed();
-    eprintln!("caught up {took:?} after the network returned");
-    assert!(took < Duration::from_secs(10), "caught up {took:?} after the network returned");
-    let extra = tokio::time::timeout(Duration::from_millis(300), subscriber.next_message()).await;
-    assert!(extra.is_err(), "delivered twice: {extra:?}");
+    let fade = long_fade(&publisher, &mut subscriber, &proxy, room).await;
+    assert!(fade.took < Duration::from_secs(10), "caught up {:?} after the network returned", fade.took);
     subscriber.close().await;
     publisher.close().await;
     proxy.shutdown().await;
@@ -285,6 +264,32 @@ async fn the_relay_probes_a_fade_for_a_client_that_sends_nothing() {
         ..options
     })
     .await;
+    let fade = long_fade(&publisher, &mut subscriber, &proxy, room).await;
+    // Probes every 0.5 s (about 38 in 19 s), against a dozen probe timeouts at most without.
+    assert!(fade.into_fade >= 25, "{} packets from the relay into the fade's last 19 s", fade.into_fade);
+    assert!(fade.took < Duration::from_secs(5), "caught up {:?} after the network returned", fade.took);
+    subscriber.close().await;
+    publisher.close().await;
+    proxy.shutdown().await;
+}
+
+/// What [`long_fade`] measured: packets from the relay into the fade's last 19 s, and how long
+/// after the network's return the subscriber held every message.
+struct Fade {
+    into_fade: u64,
+    took: Duration,
+}
+
+/// A long fade while the room goes on: `subscriber` (behind `proxy`) joins and gets a first
+/// message, the network goes, 40 messages of 1 KB are published into the fade (more than the
+/// relay's first window, about 14 KB), and it lasts 19 s more. Checks that the subscriber then
+/// gets all 40, in order and once.
+async fn long_fade(
+    publisher: &edgerelay::client::Client,
+    subscriber: &mut edgerelay::client::Client,
+    proxy: &Proxy,
+    room: &str,
+) -> Fade {
     within("join", subscriber.join(room)).await.unwrap();
     let warm = within("publish", publisher.publish(room, "warm", Payload::from("0"))).await.unwrap();
     assert_eq!(within("the first message", subscriber.next_message()).await.unwrap().position, warm);
@@ -296,13 +301,9 @@ async fn the_relay_probes_a_fade_for_a_client_that_sends_nothing() {
         positions.push(within("publish", publisher.publish(room, &id, Payload::from(body.as_str()))).await.unwrap());
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    // What the relay sends into the rest of the fade: its probes, every 0.5 s (about 38 in
-    // 19 s), against a dozen probe timeouts at most without them.
     let before = proxy.stats().down.dropped_blackout;
     tokio::time::sleep(Duration::from_secs(19)).await;
     let into_fade = proxy.stats().down.dropped_blackout - before;
-    eprintln!("{into_fade} packets from the relay into the last 19 s of the fade");
-    assert!(into_fade >= 25, "{into_fade} packets from the relay into the last 19 s of the fade");
     proxy.set_blackout(false);
     let back = tokio::time::Instant::now();
     for (k, position) in positions.iter().enumerate() {
@@ -310,11 +311,10 @@ async fn the_relay_probes_a_fade_for_a_client_that_sends_nothing() {
         assert_eq!((message.id.as_str(), message.position), (format!("m{k}").as_str(), *position));
     }
     let took = back.elapsed();
-    eprintln!("caught up {took:?} after the network returned");
-    assert!(took < Duration::from_secs(5), "caught up {took:?} after the network returned");
+    eprintln!(
+        "caught up {took:?} after the network returned; {into_fade} packets from the relay into the fade's last 19 s"
+    );
     let extra = tokio::time::timeout(Duration::from_millis(300), subscriber.next_message()).await;
     assert!(extra.is_err(), "delivered twice: {extra:?}");
-    subscriber.close().await;
-    publisher.close().await;
-    proxy.shutdown().await;
+    Fade { into_fade, took }
 }
