@@ -642,6 +642,13 @@ def _quic_protocol_class():
             self._buffers: dict[int, bytearray] = defaultdict(bytearray)
             self.finished_by_peer: set[int] = set()
             self.terminated: events.ConnectionTerminated | None = None
+            # Tests: while set, every UDP datagram from the relay is dropped unread (an outage
+            # on the way in; the client sends nothing it would not send in one).
+            self.deaf = False
+
+        def datagram_received(self, data, addr) -> None:
+            if not self.deaf:
+                super().datagram_received(data, addr)
 
         def stream_data(self, stream_id: int, data: bytes, ended: bool) -> None:
             if stream_id & 0x3 == 0x3:
@@ -809,6 +816,10 @@ class QuicClient(_Client):
     def send_datagram(self, kind: str, **fields) -> None:
         """Send one client frame as a datagram (a bare body: no length prefix)."""
         self.send_datagram_bytes(encode_frame(kind, **fields))
+
+    def set_deaf(self, deaf: bool) -> None:
+        """Drop (or stop dropping) everything the relay sends: a simulated outage (tests)."""
+        self._protocol.deaf = deaf
 
     def send_datagram_bytes(self, body: bytes) -> None:
         """Send ``body`` as it is in one QUIC datagram (raw access for tests)."""

@@ -744,6 +744,59 @@ def test_quic_ping_datagram_gets_pong_datagram(relay, transport):
     run(main())
 
 
+def fade_probes_sent(relay: Relay) -> float:
+    """The relay's ``edgerelay_quic_fade_probes_total`` (docs/operations.md)."""
+    with urllib.request.urlopen(relay.http_base + "/metrics", timeout=5) as resp:
+        page = resp.read().decode()
+    for line in page.splitlines():
+        if line.startswith("edgerelay_quic_fade_probes_total "):
+            return float(line.split()[1])
+    raise AssertionError("edgerelay_quic_fade_probes_total missing from /metrics")
+
+
+@pytest.mark.parametrize("transport", ["quic", "webtransport"])
+def test_relay_heartbeats_probe_an_outage_only_for_clients_that_sent_one(relay, transport):
+    """docs/protocol.md, QUIC datagrams: a datagram of zero bytes is a heartbeat; the relay
+    sends its own only to a client that sent one, while its data to that client goes
+    unacknowledged. Each subscriber in turn stops hearing the relay for 2.5 s while messages
+    are published: the relay probes the one that sent a heartbeat and not the other, and both
+    then get every message once, in order (what the relay's heartbeats reach is ignored)."""
+    room = unique("chat:probed-")
+    pub, ann, ben = unique("pub-"), unique("ann-"), unique("ben-")
+
+    async def outage(p, c, other, first: int) -> float:
+        """Publishes 3 messages while ``c`` hears nothing for 2.5 s (``other`` hears them); the
+        probes sent meanwhile."""
+        before = fade_probes_sent(relay)
+        c.set_deaf(True)
+        acks = [await p.publish(room, f"m-{first + i}", {"i": first + i}) for i in range(3)]
+        # Past the relay's 1 s stall and its 0.5 s probe interval.
+        await asyncio.sleep(2.5)
+        probes = fade_probes_sent(relay) - before
+        c.set_deaf(False)
+        for subscriber in (c, other):
+            msgs = await subscriber.messages(room, len(acks), timeout=15.0)
+            assert [m["position"] for m in msgs] == [ack["position"] for ack in acks]
+        return probes
+
+    async def main():
+        async with await connect(relay, "quic") as p, await connect(relay, transport) as a, \
+                await connect(relay, transport) as b:
+            for c, user in ((p, pub), (a, ann), (b, ben)):
+                await c.hello(relay.token(user, "chat:*"))
+            a.send_datagram_bytes(b"")  # a heartbeat: this client takes the relay's
+            await a.join(room)
+            await b.join(room)
+            assert await outage(p, b, a, 0) == 0, "the relay probed a client that never sent a heartbeat"
+            assert await outage(p, a, b, 3) >= 2, "the relay did not probe a client that sent a heartbeat"
+            for c in (a, b):
+                await c.ping()
+                assert not c.is_closed
+            assert b.relay_heartbeats == 0
+
+    run(main())
+
+
 async def wait_until(check, timeout: float = 5.0, what: str = "condition") -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not check():
