@@ -833,3 +833,83 @@ async fn react_hooks_render_a_room_and_follow_it_in_chromium() {
     browser.wait_for(&bob, "window.app.relay.subscriptions.length === 0").await;
     browser.close().await;
 }
+
+/// A page whose network fades without the browser noticing (a tunnel: no `online` event, no
+/// `visibilitychange`): its WebTransport goes through a netsim UDP proxy (`wifi`) that drops
+/// everything both ways for 8 s while a Rust client publishes 20 messages. The page sends
+/// nothing into the fade, but the SDK told the relay at connect that it takes heartbeats
+/// (docs/protocol.md), so the relay probes the stalled connection with its own (counted at the
+/// proxy), Chromium acknowledges the first after the network's return, the relay resends, and
+/// the page holds all 20 once, in order, without reconnecting; the relay's heartbeats never
+/// reach the application as datagrams.
+#[tokio::test]
+async fn a_page_whose_network_fades_is_probed_by_the_relay_and_catches_up() {
+    let relay = start().await;
+    let upstream = relay.listen_addr(Transport::WebTransport);
+    let wifi = netsim::Profile::named("wifi").expect("the wifi profile");
+    let proxy = netsim::Proxy::start(netsim::ProxyConfig::udp(upstream, wifi).seed(5)).await.unwrap();
+    let mut browser = Browser::launch().await;
+    // Any page of the relay's origin, to import the SDK from.
+    let page = browser.open(&format!("http://127.0.0.1:{}/", relay.relay.tcp_addr().port())).await;
+    browser.wait_for(&page, "location.protocol === 'http:' && document.readyState === 'complete'").await;
+    let token = relay.token("alice", "acme", &["chat:*"]);
+    let port = proxy.local_addr().port();
+    let setup = format!(
+        r#"(async () => {{
+            const {{ EdgeRelay, endpointUrls }} = await import(location.origin + "/sdk/index.js");
+            const endpoints = await fetch("/v1/endpoints").then((r) => r.json());
+            endpoints.webtransport_port = {port};
+            const certHashes = await fetch("/v1/cert").then((r) => r.json()).then((c) => c.hashes);
+            window.faded = {{ offsets: [], heartbeats: 0, states: [] }};
+            const client = new EdgeRelay({{ token: {token:?}, transport: "webtransport", ...endpointUrls(location, endpoints), certHashes }});
+            client.addEventListener("status", ({{ detail }}) => faded.states.push(detail.state));
+            client.addEventListener("datagram", ({{ detail }}) => {{ if (detail.every((b) => b === 0)) faded.heartbeats++; }});
+            await client.connect();
+            const room = await client.join({ROOM:?});
+            room.addEventListener("message", ({{ detail: m }}) => faded.offsets.push(m.position.offset));
+            window.fadedClient = client;
+            return client.transport;
+        }})()"#
+    );
+    assert_eq!(browser.eval(&page, &setup).await, json!("webtransport"));
+    let rust = relay.connect(Transport::Quic, Codec::Json, "carol", "acme", &["chat:*"]).await;
+    let warm = rust.publish(ROOM, "warm", Payload::json(&json!({ "text": "before" }))).await.unwrap();
+    browser.wait_for(&page, &format!("faded.offsets.includes({})", warm.offset)).await;
+
+    proxy.set_blackout(true);
+    let mut offsets = vec![warm.offset];
+    for i in 0..20 {
+        let payload = Payload::json(&json!({ "text": format!("into the fade {i}") }));
+        offsets.push(rust.publish(ROOM, &format!("f{i}"), payload).await.unwrap().offset);
+    }
+    let (before, probes_before) = (proxy.stats().down.dropped_blackout, fade_probes(&relay).await);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let into_fade = proxy.stats().down.dropped_blackout - before;
+    let probes = fade_probes(&relay).await - probes_before;
+    proxy.set_blackout(false);
+    let back = std::time::Instant::now();
+    let expect = format!("faded.offsets.length >= {n} && faded.offsets", n = offsets.len());
+    let seen = browser.wait_for(&page, &expect).await;
+    println!(
+        "the page caught up {:?} after the network returned; {into_fade} packets from the relay into the fade, {probes} of them probes",
+        back.elapsed()
+    );
+    assert_eq!(seen, json!(offsets), "every message once, in order");
+    // Every 0.5 s once the relay's data is unacknowledged for 1 s: about 14 in 8 s. (The
+    // recorder is the process's: another test's probes could only add to these.)
+    assert!(probes >= 5, "{probes} probes from the relay into the fade");
+    let states = browser.eval(&page, "faded.states").await;
+    assert!(!states.as_array().unwrap().contains(&json!("reconnecting")), "the page reconnected: {states}");
+    let heartbeats = browser.eval(&page, "faded.heartbeats").await;
+    assert_eq!(heartbeats, json!(0), "the relay's heartbeats reached the application");
+    rust.close().await;
+    browser.close().await;
+    proxy.shutdown().await;
+}
+
+/// The relay's `edgerelay_quic_fade_probes_total`.
+async fn fade_probes(relay: &TestRelay) -> u64 {
+    let (_, page) = relay.http_get("/metrics").await;
+    let value = page.lines().find_map(|line| line.strip_prefix("edgerelay_quic_fade_probes_total "));
+    value.expect("edgerelay_quic_fade_probes_total in /metrics").trim().parse::<f64>().unwrap() as u64
+}

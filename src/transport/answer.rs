@@ -285,9 +285,13 @@ impl FadeProbes {
     }
 }
 
-/// Sends a probe: an empty datagram (a heartbeat) past the window opened for it.
+/// The relay's heartbeat: one zero byte. Not an empty datagram: Chromium stops delivering a
+/// WebTransport session's datagrams to the page after one with an empty payload.
+static PROBE: [u8; 1] = [0];
+
+/// Sends a probe, a heartbeat, past the window opened for it.
 fn probe(conn: &Session) {
-    if conn.send_datagram(Bytes::new()).is_ok() {
+    if conn.send_datagram(Bytes::from_static(&PROBE)).is_ok() {
         metrics::counter!(crate::metrics::QUIC_FADE_PROBES).increment(1);
     }
 }
