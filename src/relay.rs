@@ -284,6 +284,10 @@ impl Relay {
         // Fade probes need the heartbeat answer's controller (`transport::answer`).
         let fades = (config.quic.answer_heartbeats && config.quic.probe_fades)
             .then(|| Arc::new(transport::answer::FadeProbes::default()));
+        // A service, not a connection: the drain waits for connections only.
+        if let Some(fades) = &fades {
+            services.spawn(fades.clone().run(stop.clone()));
+        }
         services.spawn(transport::quic::serve(
             endpoint.clone(),
             conn_ctx,

@@ -103,9 +103,6 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let started = Instant::now();
-    if let Some(fades) = &fades {
-        tasks.spawn(fades.clone().run(stop.clone()));
-    }
     let shared = Arc::new(Shared {
         fades,
         ctx,
