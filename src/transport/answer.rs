@@ -285,8 +285,8 @@ impl FadeProbes {
     }
 }
 
-/// The relay's heartbeat: one zero byte. Not an empty datagram: Chromium stops delivering a
-/// WebTransport session's datagrams to the page after one with an empty payload.
+/// The relay's heartbeat: one zero byte. Not an empty datagram: in Chromium a page stopped
+/// receiving a WebTransport session's datagrams after one with an empty payload.
 static PROBE: [u8; 1] = [0];
 
 /// Sends a probe, a heartbeat, past the window opened for it.
