@@ -738,7 +738,6 @@ async fn read_stream(
         .await;
 }
 
-/// Dispatches every datagram from the relay like a frame read from a stream.
 /// What tells [`watch_receiving`] the relay was heard: stream data, and the relay's heartbeats
 /// (counted by [`read_datagrams`]).
 struct Heard {
@@ -746,8 +745,9 @@ struct Heard {
     relay_heartbeats: Arc<AtomicU64>,
 }
 
-/// Dispatches the relay's datagrams; its heartbeats (it probes a fade, see
-/// `transport::answer` on the relay's side) are only counted in `relay_heartbeats`.
+/// Dispatches every datagram from the relay like a frame read from a stream; its heartbeats (it
+/// probes a fade, see `transport::answer` on the relay's side) are only counted in
+/// `relay_heartbeats`.
 async fn read_datagrams(
     conn: Session,
     codec: Codec,

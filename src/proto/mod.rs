@@ -33,9 +33,9 @@ pub use presence::{PresenceEntry, Status};
 pub use receipts::{MemberReceipt, ReadMark, ReceiptAction, ReceiptEvent, RoomUnread};
 pub use room::RoomName;
 
-/// Whether a received datagram is a client's heartbeat: empty, or zero bytes only (a padded
-/// heartbeat). QUIC acknowledges it; the relay does nothing else with it (docs/protocol.md,
-/// "QUIC datagrams").
+/// Whether a received datagram is a heartbeat: empty, or zero bytes only (a padded one, or the
+/// relay's one byte). QUIC acknowledges it; it carries no frame (docs/protocol.md, "QUIC
+/// datagrams"). The relay's transport answers a client's; clients count the relay's.
 pub fn is_heartbeat(datagram: &[u8]) -> bool {
     datagram.iter().all(|b| *b == 0)
 }

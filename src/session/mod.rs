@@ -318,13 +318,9 @@ impl Session {
 
     /// Handles one datagram body. Datagrams are lossy by nature, so nothing here is fatal: a
     /// datagram that cannot be decoded, arrives before `hello`, or carries a frame type that is
-    /// not allowed as a datagram is dropped and counted.
+    /// not allowed as a datagram is dropped and counted. Heartbeats never get here: the
+    /// transport answers them (`transport::answer`).
     pub fn handle_datagram(&mut self, body: &[u8], now_ms: u64) {
-        // An empty datagram, or one of zero bytes only (a padded one), is a client's heartbeat:
-        // QUIC acknowledges it, nothing else to do (docs/protocol.md, "Datagrams").
-        if crate::proto::is_heartbeat(body) {
-            return;
-        }
         let frame: ClientFrame = match self.outbox.codec().decode(body) {
             Ok(frame) => frame,
             Err(_) => return crate::metrics::datagram_dropped("undecodable"),

@@ -10,7 +10,7 @@
 //! trace of docs/decisions.md ("A heartbeat is answered through a full window").
 //!
 //! So the relay's connections use quinn's Cubic wrapped ([`AnsweringCubic`]): when a heartbeat
-//! arrives, [`answer_heartbeat`] opens the window for one transmission of at most two packets
+//! arrives, [`Heartbeats::received`] opens the window for one transmission of at most two packets
 //! (what a probe timeout would send), carrying the ACK and the next data. The client's ACK of
 //! those packets then lets the relay declare the fade's packets lost and resend them: recovery
 //! starts one round trip after the path returns instead of at the backed-off timer. A grant is
@@ -20,7 +20,7 @@
 //! as a fade goes on (every 2 s after 10 s for the Rust client), and a browser sends none. So
 //! the relay also probes ([`FadeProbes`]): a connection whose client has sent a heartbeat (it
 //! takes heartbeats, docs/protocol.md) and whose data has gone unacknowledged for
-//! [`STALL_AFTER`] gets an empty datagram through a grant every [`PROBE_EVERY`]. The first
+//! [`STALL_AFTER`] gets a heartbeat of the relay's through a grant every [`PROBE_EVERY`]. The first
 //! one after the path's return reaches the client, whose ACK (of a packet sent a moment ago, so
 //! the round-trip estimate stays true) starts the resend. The probes cost the phone nothing
 //! while its network is gone, where heartbeats of its own would.
@@ -175,23 +175,38 @@ impl Controller for Answering {
     }
 }
 
-/// The send window the relay configures, set again by [`answer_heartbeat`] only to wake the
-/// connection (quinn sends on its next turn, which a grant alone does not start).
+/// The send window the relay configures, set again by [`Heartbeats::received`] only to wake
+/// the connection (quinn sends on its next turn, which a grant alone does not start).
 pub const SEND_WINDOW: u64 = 10_000_000;
 
-/// Answers a heartbeat that arrived on `conn`: opens its window for one transmission (at most
-/// once per round trip) and wakes it, so its ACK and next data go out even if the window is
-/// full. Nothing happens on a connection that does not use [`AnsweringCubic`].
-pub fn answer_heartbeat(conn: &quinn::Connection, now: Instant) {
-    let Some(grant) = grant_of(conn) else { return };
-    if grant.open(grant.ms(now), conn.rtt()) {
-        conn.set_send_window(SEND_WINDOW);
-    }
+/// One connection's heartbeats on the relay's side: its grant (looked up once: quinn hands out
+/// a copy of the controller, behind a lock, on every ask) and, until its first heartbeat, the
+/// probes that will watch it.
+pub struct Heartbeats {
+    /// `None` when the connection does not use [`AnsweringCubic`]: nothing is answered.
+    grant: Option<Arc<Grant>>,
+    fades: Option<Arc<FadeProbes>>,
 }
 
-/// The grant of a connection that uses [`AnsweringCubic`].
-fn grant_of(conn: &quinn::Connection) -> Option<Arc<Grant>> {
-    conn.congestion_state().into_any().downcast::<Answering>().ok().map(|answering| answering.grant.clone())
+impl Heartbeats {
+    pub fn new(conn: &quinn::Connection, fades: Option<Arc<FadeProbes>>) -> Self {
+        let grant = conn.congestion_state().into_any().downcast::<Answering>().ok().map(|answering| answering.grant);
+        Heartbeats { grant, fades }
+    }
+
+    /// A heartbeat arrived on `conn`: its window opens for one transmission (at most once per
+    /// round trip) and the connection is woken, so its ACK and next data go out even if the
+    /// window is full. The first one also puts the connection among those [`FadeProbes`]
+    /// watches: its client takes heartbeats.
+    pub fn received(&mut self, conn: &Arc<Session>, now: Instant) {
+        let Some(grant) = &self.grant else { return };
+        if grant.open(grant.ms(now), conn.rtt()) {
+            conn.set_send_window(SEND_WINDOW);
+        }
+        if let Some(fades) = self.fades.take() {
+            fades.watch(conn, grant.clone());
+        }
+    }
 }
 
 /// Data unacknowledged this long (or four round trips, if longer) means the path is down: the
@@ -208,7 +223,7 @@ const SWEEP_EVERY: Duration = Duration::from_millis(250);
 const PROBES_PER_SWEEP: usize = 1_000;
 
 /// The connections the relay probes when their data stalls: those whose client sent a
-/// heartbeat, so it takes the relay's (an empty datagram it ignores). One sweeper task looks at
+/// heartbeat, so it takes the relay's (and ignores it). One sweeper task looks at
 /// them all every [`SWEEP_EVERY`], reading two atomics per connection; a connection is let go
 /// when it ends.
 #[derive(Default)]
@@ -237,13 +252,10 @@ impl Watched {
 }
 
 impl FadeProbes {
-    /// Probes `conn` from now on when its data stalls. False (and nothing watched) when it does
-    /// not use [`AnsweringCubic`].
-    pub fn watch(&self, conn: &Arc<Session>) -> bool {
-        let Some(grant) = grant_of(conn) else { return false };
+    /// Probes `conn`, whose controller holds `grant`, from now on when its data stalls.
+    fn watch(&self, conn: &Arc<Session>, grant: Arc<Grant>) {
         let watched = Watched { conn: Arc::downgrade(conn), grant, probed_ms: 0 };
         self.watched.lock().unwrap_or_else(|e| e.into_inner()).push(watched);
-        true
     }
 
     /// Probes stalled connections every [`SWEEP_EVERY`] until `stop`.

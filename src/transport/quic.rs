@@ -37,7 +37,7 @@ use crate::metrics::{TransportMetrics, datagram_dropped, disconnected};
 use crate::outbox::{CONTROL, CloseReason, LaneId, Outbox, Take};
 use crate::proto::{Codec, DecodeError, ErrorCode, FrameReader, WireFrame};
 use crate::transport;
-use crate::transport::answer::FadeProbes;
+use crate::transport::answer::{FadeProbes, Heartbeats};
 
 /// Bidirectional streams a new connection may open: the control stream, a few rooms, and
 /// the WebTransport `CONNECT` stream. [`StreamCredit`] raises it as rooms are joined.
@@ -342,7 +342,7 @@ async fn run(
     let datagrams = Datagrams {
         max: ctx.session.limits.max_datagram_bytes as usize,
         loss: ctx.session.test_datagram_loss,
-        fades: shared.fades.clone(),
+        heartbeats: Heartbeats::new(conn, shared.fades.clone()),
     };
     // `lanes` holds the last sender the connection loop listens to: once every reader has
     // ended, the loop sees its channel close.
@@ -467,13 +467,13 @@ fn lose(loss: f64) -> bool {
 }
 
 /// How datagrams are handled: received ones over `max` (`limits.max_datagram_bytes`) are
-/// dropped, and `loss` is the test knob (both ways). A heartbeat is answered through a full
-/// congestion window, and the first one puts the connection in `fades`, which probes it when
-/// its data stalls (see [`transport::answer`]); `None` once that is done or when off.
+/// dropped, and `loss` is the test knob (both ways). A heartbeat is handled here, not
+/// forwarded: answered through a full congestion window, and the first one has the connection
+/// probed when its data stalls (see [`transport::answer`]).
 struct Datagrams {
     max: usize,
     loss: f64,
-    fades: Option<Arc<FadeProbes>>,
+    heartbeats: Heartbeats,
 }
 
 impl Datagrams {
@@ -636,13 +636,11 @@ async fn serve_peer(
                 transport::media::observe_path(&conn, &media.media);
             }
             datagram = conn.read_datagram(), if datagrams_open => match datagram {
+                Ok(body) if crate::proto::is_heartbeat(&body) => {
+                    lanes.metrics.datagrams_in.increment(1);
+                    datagrams.heartbeats.received(&conn, Instant::now());
+                }
                 Ok(body) => {
-                    if crate::proto::is_heartbeat(&body) {
-                        transport::answer::answer_heartbeat(&conn, Instant::now());
-                        if let Some(fades) = datagrams.fades.take() {
-                            fades.watch(&conn);
-                        }
-                    }
                     if !datagrams.forward(body, &lanes.tx, &lanes.metrics) {
                         return;
                     }
