@@ -107,10 +107,10 @@ impl Grant {
         self.calls.store(0, Ordering::Relaxed);
     }
 
-    /// A packet went out at `now_ms`.
-    fn sent(&self, now_ms: u64) {
+    /// A packet went out at `now` (once per packet: the clock is read only when it starts).
+    fn sent(&self, now: Instant) {
         if self.unacked_since_ms.load(Ordering::Relaxed) == 0 {
-            self.unacked_since_ms.store(now_ms, Ordering::Relaxed);
+            self.unacked_since_ms.store(self.ms(now), Ordering::Relaxed);
         }
     }
 
@@ -132,7 +132,7 @@ impl Grant {
 impl Controller for Answering {
     fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
         self.grant.close();
-        self.grant.sent(self.grant.ms(now));
+        self.grant.sent(now);
         self.inner.on_sent(now, bytes, last_packet_number);
     }
 
@@ -388,11 +388,12 @@ mod tests {
 
     #[test]
     fn a_stalled_connection_is_due_after_the_stall_and_then_every_probe_interval() {
-        let grant = Arc::new(Grant::new(Instant::now()));
+        let epoch = Instant::now();
+        let grant = Arc::new(Grant::new(epoch));
         let mut watched = watched(grant.clone());
         let rtt = || Duration::from_millis(50);
         assert!(!watched.due(10_000, rtt), "nothing in flight");
-        grant.sent(10_000);
+        grant.sent(epoch + Duration::from_millis(10_000));
         assert!(!watched.due(10_999, rtt));
         assert!(watched.due(11_000, rtt), "unacknowledged for STALL_AFTER");
         watched.probed_ms = 11_000;
@@ -404,10 +405,11 @@ mod tests {
 
     #[test]
     fn a_long_round_trip_stretches_the_stall_and_the_probe_interval() {
-        let grant = Arc::new(Grant::new(Instant::now()));
+        let epoch = Instant::now();
+        let grant = Arc::new(Grant::new(epoch));
         let mut watched = watched(grant.clone());
         let rtt = || Duration::from_millis(600);
-        grant.sent(10_000);
+        grant.sent(epoch + Duration::from_millis(10_000));
         assert!(!watched.due(12_000, rtt), "four round trips are 2.4 s");
         assert!(watched.due(12_400, rtt));
         watched.probed_ms = 12_400;
