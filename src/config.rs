@@ -404,6 +404,10 @@ pub struct ReceiptsConfig {
     /// `receipts` frames per second per connection, and burst (`rate_limited` above).
     pub rate: u32,
     pub burst: u32,
+    /// The receipts store's writes nobody waits for (the follows and marks that joins, cursors
+    /// and a user's own publishes make) start a commit no sooner than this after the previous
+    /// one (ms), sharing it; a `read` action's `ok` and `sync` never wait. 0: at once.
+    pub commit_interval_ms: u64,
 }
 
 impl Default for ReceiptsConfig {
@@ -415,6 +419,7 @@ impl Default for ReceiptsConfig {
             max_mentions: 50,
             rate: 20,
             burst: 40,
+            commit_interval_ms: 500,
         }
     }
 }
@@ -1416,6 +1421,9 @@ impl Config {
         let r = &self.receipts;
         if !(10..=60_000).contains(&r.interval_ms) {
             return Err(invalid("receipts.interval_ms", "must be in 10..=60000"));
+        }
+        if r.commit_interval_ms > 10_000 {
+            return Err(invalid("receipts.commit_interval_ms", "must be at most 10000 (10 s)"));
         }
         for (key, value) in [
             ("receipts.max_detailed_members", r.max_detailed_members),

@@ -879,7 +879,8 @@ async fn start_engine(config: &Config, hub: Arc<Hub>) -> Result<Stores, RelayErr
         SideDb,
     );
     let embedded_receipts = |db: SideDb| -> Result<Arc<dyn ReceiptStore>, RelayError> {
-        Ok(Arc::new(EmbeddedReceipts::open(db).map_err(store_err)?))
+        let interval = Duration::from_millis(config.receipts.commit_interval_ms);
+        Ok(Arc::new(EmbeddedReceipts::open(db, interval).map_err(store_err)?))
     };
     let (history, records, calls, sessions, receipts, notify): Opened = match st.engine {
         StoreEngine::Memory => (

@@ -214,6 +214,8 @@ impl Receipts {
         self.stop.cancel();
         self.tasks.close();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.tasks.wait()).await;
+        // Marks held back for a paced commit are made durable before the relay exits.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), store::settled(&*self.store)).await;
     }
 
     /// Applies the other nodes' changes as they come.
@@ -866,7 +868,8 @@ impl Receipts {
     }
 
     /// Queues store ops (under the state lock, so they commit in the order the cache changed).
-    /// Once durable, a region's other nodes are told.
+    /// Once durable, a region's other nodes are told. Ops with a `done` (someone waits) commit
+    /// at once; the others may share a paced commit (`receipts.commit_interval_ms`).
     fn write(&self, _state: &mut State, ops: Vec<Op>, done: Option<store::DoneFn>) {
         if ops.is_empty() {
             if let Some(done) = done {
@@ -892,30 +895,33 @@ impl Receipts {
             None => Vec::new(),
         };
         let (writing, region) = (self.writing.clone(), self.region.clone());
-        self.store.write(
-            ops,
-            Some(Box::new(move |result| {
-                {
-                    let mut writing = lock(&writing);
-                    for room in rooms {
-                        if let Some(n) = writing.get_mut(&room) {
-                            *n -= 1;
-                            if *n == 0 {
-                                writing.remove(&room);
-                            }
+        let awaited = done.is_some();
+        let written: store::DoneFn = Box::new(move |result| {
+            {
+                let mut writing = lock(&writing);
+                for room in rooms {
+                    if let Some(n) = writing.get_mut(&room) {
+                        *n -= 1;
+                        if *n == 0 {
+                            writing.remove(&room);
                         }
                     }
                 }
-                if let (Ok(()), Some(region)) = (&result, region) {
-                    for change in changes {
-                        let _ = region.send(change);
-                    }
+            }
+            if let (Ok(()), Some(region)) = (&result, region) {
+                for change in changes {
+                    let _ = region.send(change);
                 }
-                if let Some(done) = done {
-                    done(result);
-                }
-            })),
-        );
+            }
+            if let Some(done) = done {
+                done(result);
+            }
+        });
+        if awaited {
+            self.store.write(ops, Some(written));
+        } else {
+            self.store.write_unawaited(ops, Some(written));
+        }
     }
 }
 

@@ -14,10 +14,16 @@
 //!
 //! Writes go through one writer thread that commits whatever queued meanwhile in a single durable
 //! transaction (as the engine's writer does for messages), so a thousand members marking a room
-//! read at once cost a few commits, not a thousand.
+//! read at once cost a few commits, not a thousand. Writes nobody waits for (the marks and
+//! follows that joins, cursors and a user's own publishes move) are also paced
+//! (`receipts.commit_interval_ms`): those arriving within the interval after a commit share the
+//! next one, so busy rooms cost a couple of fsyncs a second here instead of one per history
+//! commit. A write someone waits for (a `read` action's `ok`, `sync`'s barrier) commits at once,
+//! taking the paced ones with it.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -93,6 +99,13 @@ pub trait ReceiptStore: Send + Sync + 'static {
     /// same-epoch mark never moves back in the store, whatever order writers race in.
     fn write(&self, ops: Vec<Op>, done: Option<DoneFn>);
 
+    /// As [`Self::write`], for changes nobody waits for (marks moved by joins, cursors and
+    /// publishes): the store may hold them back a little so they share a commit with what
+    /// follows. `done` still runs once they are durable.
+    fn write_unawaited(&self, ops: Vec<Op>, done: Option<DoneFn>) {
+        self.write(ops, done);
+    }
+
     /// Every member's mark in a room.
     fn room(&self, room: &RoomKey) -> BoxFuture<'_, Result<BTreeMap<String, Mark>, StoreError>>;
 
@@ -135,13 +148,27 @@ pub fn merged(old: Option<Mark>, new: Mark) -> Mark {
 /// The receipts tables in the node's redb file.
 pub struct EmbeddedReceipts {
     db: std::sync::Arc<SideDb>,
-    writer: mpsc::Sender<(Vec<Op>, Option<DoneFn>)>,
+    writer: mpsc::Sender<Queued>,
+    /// The writer thread, woken for a write someone waits for while it paces.
+    thread: std::thread::Thread,
+    /// Commits made (durable transactions), for the tests.
+    #[cfg_attr(not(test), expect(dead_code))]
+    commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// One write waiting for the writer thread.
+struct Queued {
+    ops: Vec<Op>,
+    done: Option<DoneFn>,
+    /// Someone waits for it: it commits at once, not at the pace.
+    awaited: bool,
 }
 
 impl EmbeddedReceipts {
     /// Opens the tables (creating them) and starts the writer thread, which ends when the store
-    /// is dropped.
-    pub fn open(db: SideDb) -> Result<EmbeddedReceipts, StoreError> {
+    /// is dropped. Writes nobody waits for start a commit no sooner than `interval` after the
+    /// previous one started (zero: at once).
+    pub fn open(db: SideDb, interval: Duration) -> Result<EmbeddedReceipts, StoreError> {
         let txn = db.db().begin_write().map_err(err)?;
         txn.open_table(MARKS).map_err(err)?;
         txn.open_table(FOLLOWS).map_err(err)?;
@@ -153,11 +180,24 @@ impl EmbeddedReceipts {
         // Weak: the file closes when the store is dropped, not when this thread gets to notice
         // (a restarted relay opens it again at once).
         let shared = std::sync::Arc::downgrade(&db);
-        std::thread::Builder::new()
+        let commits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = commits.clone();
+        let thread = std::thread::Builder::new()
             .name("receipts-writer".into())
-            .spawn(move || write_loop(&shared, queue))
-            .map_err(err)?;
-        Ok(EmbeddedReceipts { db, writer })
+            .spawn(move || write_loop(&shared, queue, interval, &counted))
+            .map_err(err)?
+            .thread()
+            .clone();
+        Ok(EmbeddedReceipts { db, writer, thread, commits })
+    }
+
+    fn queue(&self, ops: Vec<Op>, done: Option<DoneFn>, awaited: bool) {
+        if let Err(mpsc::SendError(Queued { done: Some(done), .. })) = self.writer.send(Queued { ops, done, awaited }) {
+            done(Err(StoreError::Backend("the receipts writer stopped".into())));
+        }
+        if awaited {
+            self.thread.unpark();
+        }
     }
 
     fn room_now(&self, room: &RoomKey) -> Result<BTreeMap<String, Mark>, StoreError> {
@@ -241,9 +281,11 @@ impl EmbeddedReceipts {
 /// redb answers at once: each read is a ready future.
 impl ReceiptStore for EmbeddedReceipts {
     fn write(&self, ops: Vec<Op>, done: Option<DoneFn>) {
-        if let Err(mpsc::SendError((_, Some(done)))) = self.writer.send((ops, done)) {
-            done(Err(StoreError::Backend("the receipts writer stopped".into())));
-        }
+        self.queue(ops, done, true);
+    }
+
+    fn write_unawaited(&self, ops: Vec<Op>, done: Option<DoneFn>) {
+        self.queue(ops, done, false);
     }
 
     fn room(&self, room: &RoomKey) -> BoxFuture<'_, Result<BTreeMap<String, Mark>, StoreError>> {
@@ -271,23 +313,49 @@ fn decode_mark(bytes: &[u8]) -> Result<Mark, StoreError> {
     postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt { table: "receipt_marks", detail: e.to_string() })
 }
 
-fn write_loop(db: &std::sync::Weak<SideDb>, queue: mpsc::Receiver<(Vec<Op>, Option<DoneFn>)>) {
+fn write_loop(
+    db: &std::sync::Weak<SideDb>,
+    queue: mpsc::Receiver<Queued>,
+    interval: Duration,
+    commits: &std::sync::atomic::AtomicU64,
+) {
+    let mut last_start: Option<Instant> = None;
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         batch.extend(queue.try_iter());
-        // A batch of barriers only (see `ReceiptStore::settled`) has nothing to commit.
-        let result = if batch.iter().all(|(ops, _)| ops.is_empty()) {
+        let mut awaited = batch.iter().any(|q| q.awaited);
+        // Paced: what nobody waits for waits until the interval since the last commit's start
+        // is over, collecting what else comes. The thread parks rather than blocking on the
+        // queue, so those writes do not wake it one by one; a waited-for write unparks it.
+        if let Some(until) = last_start.map(|at| at + interval) {
+            while !awaited {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                std::thread::park_timeout(left);
+                for q in queue.try_iter() {
+                    awaited |= q.awaited;
+                    batch.push(q);
+                }
+            }
+        }
+        // A batch of barriers only (see `settled`) has nothing to commit.
+        let result = if batch.iter().all(|q| q.ops.is_empty()) {
             Ok(())
         } else if let Some(db) = db.upgrade() {
-            commit(&db, batch.iter().flat_map(|(ops, _)| ops))
+            last_start = Some(Instant::now());
+            commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!(crate::metrics::RECEIPT_COMMITS_TOTAL).increment(1);
+            commit(&db, batch.iter().flat_map(|q| &q.ops))
         } else {
             Err(StoreError::Backend("the receipts store is closed".into()))
         };
         if let Err(e) = &result {
             tracing::error!(error = %e, "receipts: commit failed");
         }
-        for (_, done) in batch {
-            if let Some(done) = done {
+        for q in batch {
+            if let Some(done) = q.done {
                 done(result.as_ref().map(|_| ()).map_err(|e| StoreError::Backend(e.to_string())));
             }
         }
@@ -363,7 +431,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_embedded_store_keeps_the_highest_mark_whatever_order_writes_commit_in() {
-        let store = EmbeddedReceipts::open(SideDb::memory().unwrap()).unwrap();
+        let store = EmbeddedReceipts::open(SideDb::memory().unwrap(), Duration::ZERO).unwrap();
         let room = RoomKey { tenant: "acme".into(), room: RoomName::parse("chat:a").unwrap() };
         let user = UserKey { tenant: "acme".into(), user: "bob".into() };
         for read in [7, 3] {
@@ -374,5 +442,50 @@ mod tests {
         let marks = store.marks(&user, std::slice::from_ref(&room.room)).await.unwrap();
         assert_eq!(marks, vec![Some(Mark { epoch: 1, read: 7, delivered: 7 })]);
         assert_eq!(store.follows(&user).await.unwrap(), vec![room.room.clone()]);
+    }
+
+    #[tokio::test]
+    async fn writes_nobody_waits_for_share_a_paced_commit_and_a_waited_for_one_commits_at_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // Far longer than the test: nothing here may wait for the pace to end.
+        let store = EmbeddedReceipts::open(SideDb::memory().unwrap(), Duration::from_secs(600)).unwrap();
+        let room = RoomKey { tenant: "acme".into(), room: RoomName::parse("chat:a").unwrap() };
+        let user = UserKey { tenant: "acme".into(), user: "bob".into() };
+        let durable = std::sync::Arc::new(AtomicUsize::new(0));
+        let write = |read: u64| {
+            let mark = Mark { epoch: 1, read, delivered: read };
+            let durable = durable.clone();
+            let done: DoneFn = Box::new(move |result| {
+                assert!(result.is_ok());
+                durable.fetch_add(1, Ordering::SeqCst);
+            });
+            store.write_unawaited(vec![Op::Mark { room: room.clone(), user: "bob".into(), mark }], Some(done));
+        };
+        let read_mark = || store.marks_now(&user, std::slice::from_ref(&room.room)).unwrap()[0].map(|m| m.read);
+
+        // After a quiet spell the first write commits at once.
+        write(1);
+        for _ in 0..500 {
+            if durable.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(durable.load(Ordering::SeqCst), 1);
+        assert_eq!(read_mark(), Some(1));
+
+        // Within the interval they wait for the next commit...
+        for read in 2..=10 {
+            write(read);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(durable.load(Ordering::SeqCst), 1);
+        assert_eq!(read_mark(), Some(1));
+
+        // ...which a write someone waits for starts at once, taking them along.
+        settled(&store).await;
+        assert_eq!(durable.load(Ordering::SeqCst), 10);
+        assert_eq!(read_mark(), Some(10));
+        assert_eq!(store.commits.load(Ordering::SeqCst), 2);
     }
 }
