@@ -63,7 +63,8 @@ pub const STORE_COMMIT_SECONDS: &str = "edgerelay_store_commit_seconds";
 pub const STORE_BATCH_SIZE: &str = "edgerelay_store_batch_size";
 /// History commits that failed (their publishes were refused, not acknowledged).
 pub const STORE_FAILURES_TOTAL: &str = "edgerelay_store_failures_total";
-/// Durable commits of the embedded receipts store (read marks, follows, mentions).
+/// Commits of the receipts store kept in redb (read marks, follows, mentions; embedded and memory
+/// engines).
 pub const RECEIPT_COMMITS_TOTAL: &str = "edgerelay_receipt_commits_total";
 /// Publishes (a client's or the server API's) answered with their original position because the
 /// id was a retry.
@@ -224,7 +225,7 @@ fn describe() {
     describe_histogram!(STORE_COMMIT_SECONDS, "Time of one durable history commit.");
     describe_histogram!(STORE_BATCH_SIZE, "Messages per history commit.");
     describe_counter!(STORE_FAILURES_TOTAL, "History commits that failed (their publishes were refused).");
-    describe_counter!(RECEIPT_COMMITS_TOTAL, "Durable commits of the embedded receipts store.");
+    describe_counter!(RECEIPT_COMMITS_TOTAL, "Commits of the receipts store (embedded and memory engines).");
     describe_counter!(DUPLICATES_TOTAL, "Publishes (client or server API) answered with their original position.");
     describe_counter!(REDIS_RESYNCS_TOTAL, "Rooms read again from their Redis stream because pub/sub missed messages.");
     describe_counter!(

@@ -22,7 +22,8 @@
 //! taking the paced ones with it.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak, mpsc};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -147,13 +148,13 @@ pub fn merged(old: Option<Mark>, new: Mark) -> Mark {
 
 /// The receipts tables in the node's redb file.
 pub struct EmbeddedReceipts {
-    db: std::sync::Arc<SideDb>,
+    db: Arc<SideDb>,
     writer: mpsc::Sender<Queued>,
     /// The writer thread, woken for a write someone waits for while it paces.
     thread: std::thread::Thread,
     /// Commits made (durable transactions), for the tests.
     #[cfg_attr(not(test), expect(dead_code))]
-    commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    commits: Arc<AtomicU64>,
 }
 
 /// One write waiting for the writer thread.
@@ -175,12 +176,12 @@ impl EmbeddedReceipts {
         txn.open_table(MENTIONS).map_err(err)?;
         txn.open_table(PREFS).map_err(err)?;
         txn.commit().map_err(err)?;
-        let db = std::sync::Arc::new(db);
+        let db = Arc::new(db);
         let (writer, queue) = mpsc::channel();
         // Weak: the file closes when the store is dropped, not when this thread gets to notice
         // (a restarted relay opens it again at once).
-        let shared = std::sync::Arc::downgrade(&db);
-        let commits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let shared = Arc::downgrade(&db);
+        let commits = Arc::new(AtomicU64::new(0));
         let counted = commits.clone();
         let thread = std::thread::Builder::new()
             .name("receipts-writer".into())
@@ -313,12 +314,7 @@ fn decode_mark(bytes: &[u8]) -> Result<Mark, StoreError> {
     postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt { table: "receipt_marks", detail: e.to_string() })
 }
 
-fn write_loop(
-    db: &std::sync::Weak<SideDb>,
-    queue: mpsc::Receiver<Queued>,
-    interval: Duration,
-    commits: &std::sync::atomic::AtomicU64,
-) {
+fn write_loop(db: &Weak<SideDb>, queue: mpsc::Receiver<Queued>, interval: Duration, commits: &AtomicU64) {
     let mut last_start: Option<Instant> = None;
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
@@ -345,7 +341,7 @@ fn write_loop(
             Ok(())
         } else if let Some(db) = db.upgrade() {
             last_start = Some(Instant::now());
-            commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            commits.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(crate::metrics::RECEIPT_COMMITS_TOTAL).increment(1);
             commit(&db, batch.iter().flat_map(|q| &q.ops))
         } else {
@@ -446,12 +442,12 @@ mod tests {
 
     #[tokio::test]
     async fn writes_nobody_waits_for_share_a_paced_commit_and_a_waited_for_one_commits_at_once() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::atomic::AtomicUsize;
         // Far longer than the test: nothing here may wait for the pace to end.
         let store = EmbeddedReceipts::open(SideDb::memory().unwrap(), Duration::from_secs(600)).unwrap();
         let room = RoomKey { tenant: "acme".into(), room: RoomName::parse("chat:a").unwrap() };
         let user = UserKey { tenant: "acme".into(), user: "bob".into() };
-        let durable = std::sync::Arc::new(AtomicUsize::new(0));
+        let durable = Arc::new(AtomicUsize::new(0));
         let write = |read: u64| {
             let mark = Mark { epoch: 1, read, delivered: read };
             let durable = durable.clone();
