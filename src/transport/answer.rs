@@ -20,7 +20,8 @@
 //! as a fade goes on (every 2 s after 10 s for the Rust client), and a browser sends none. So
 //! the relay also probes ([`FadeProbes`]): a connection whose client has sent a heartbeat (it
 //! takes heartbeats, docs/protocol.md) and whose data has gone unacknowledged for
-//! [`STALL_AFTER`] gets a heartbeat of the relay's through a grant every [`PROBE_EVERY`]. The first
+//! [`STALL_AFTER`] gets a heartbeat of the relay's through a grant every 50 ms while the stall
+//! is young (the outages users meet most last seconds), then every [`PROBE_EVERY`]. The first
 //! one after the path's return reaches the client, whose ACK (of a packet sent a moment ago, so
 //! the round-trip estimate stays true) starts the resend. The probes cost the phone nothing
 //! while its network is gone, where heartbeats of its own would.
@@ -212,23 +213,40 @@ impl Heartbeats {
 /// Data unacknowledged this long (or four round trips, if longer) means the path is down: the
 /// relay's own probe timeout has fired at least once by then and is backing off.
 pub const STALL_AFTER: Duration = Duration::from_secs(1);
-/// How often a stalled connection is probed (or once a round trip, if longer): the longest a
-/// client waits to hear the relay after its network returns, plus the path's delay.
+/// How often a young stall is probed (or every half round trip, if longer): most outages users
+/// meet (a lift, a tunnel, a handover) last seconds, and a client waits up to this long, plus
+/// a round trip and a half, to get what the outage held after its network returns.
+const QUICK_PROBE_EVERY: Duration = Duration::from_millis(50);
+/// Probes are quick until data has gone unacknowledged this long.
+const QUICK_PROBES_UNTIL: Duration = Duration::from_secs(5);
+/// How often an older stall is probed (or once a round trip, if longer), until the
+/// connection's idle timeout ends it.
 pub const PROBE_EVERY: Duration = Duration::from_millis(500);
-/// How often the watched connections are looked at.
+/// How often every watched connection is looked at for a new stall.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
-/// At most this many probes per sweep (4,000 a second), so an outage of the relay's own
-/// network, which stalls every connection at once, costs a bounded packet rate; the rest wait
-/// for the next sweeps.
-const PROBES_PER_SWEEP: usize = 1_000;
+/// Sweeps of the stalled connections are at least this far apart.
+const MIN_SWEEP_GAP: Duration = Duration::from_millis(10);
+/// At most this many probes a second in all, and this many at once, so an outage of the
+/// relay's own network, which stalls every connection at once, costs a bounded packet rate;
+/// the rest wait for the next sweeps.
+const PROBES_PER_SECOND: u64 = 4_000;
+const PROBES_AT_ONCE: u64 = 1_000;
 
 /// The connections the relay probes when their data stalls: those whose client sent a
-/// heartbeat, so it takes the relay's (and ignores it). One sweeper task looks at
-/// them all every [`SWEEP_EVERY`], reading two atomics per connection; a connection is let go
-/// when it ends.
+/// heartbeat, so it takes the relay's (and ignores it). One sweeper task looks at them all
+/// every [`SWEEP_EVERY`], reading an atomic per connection, and moves a stalled one to a
+/// short list it visits when that list's next probe is due; a connection is let go when it
+/// ends.
 #[derive(Default)]
 pub struct FadeProbes {
-    watched: Mutex<Vec<Watched>>,
+    lists: Mutex<Lists>,
+}
+
+#[derive(Default)]
+struct Lists {
+    watched: Vec<Watched>,
+    stalled: Vec<Watched>,
+    budget: Budget,
 }
 
 struct Watched {
@@ -236,64 +254,129 @@ struct Watched {
     grant: Arc<Grant>,
     /// When it was last probed, on the grant's clock (0: never).
     probed_ms: u64,
+    /// The connection's round trip, looked up when a probe was last due (a stall brings no
+    /// new estimate: nothing is acknowledged).
+    rtt: Duration,
 }
 
 impl Watched {
-    /// Whether to probe now: its data has gone unacknowledged for [`STALL_AFTER`] (or four
-    /// round trips) and its last probe is [`PROBE_EVERY`] (or a round trip) past.
-    fn due(&self, now_ms: u64, rtt: impl FnOnce() -> Duration) -> bool {
-        let unacked = self.grant.unacked_for(now_ms);
-        if unacked < STALL_AFTER {
-            return false;
+    /// How long its data has gone unacknowledged at `now_ms`, if that is a stall (at least
+    /// [`STALL_AFTER`]; four round trips are checked when its probe is due).
+    fn stall(&self, now_ms: u64) -> Option<Duration> {
+        Some(self.grant.unacked_for(now_ms)).filter(|unacked| *unacked >= STALL_AFTER)
+    }
+
+    /// When its next probe is due, on the grant's clock, at `now_ms` with data unacknowledged
+    /// for `unacked` on a path of round trip `rtt`: four round trips into the stall at the
+    /// soonest, then [`QUICK_PROBE_EVERY`] after the last probe while the stall is young, and
+    /// [`PROBE_EVERY`] later.
+    fn next_probe_ms(&self, now_ms: u64, unacked: Duration, rtt: Duration) -> u64 {
+        let stalled_ms = now_ms.saturating_sub(unacked.as_millis() as u64);
+        let every = if unacked < QUICK_PROBES_UNTIL { QUICK_PROBE_EVERY.max(rtt / 2) } else { PROBE_EVERY.max(rtt) };
+        (stalled_ms + (rtt * 4).max(STALL_AFTER).as_millis() as u64).max(self.probed_ms + every.as_millis() as u64)
+    }
+}
+
+/// Probes left to send: refilled at [`PROBES_PER_SECOND`], holding at most [`PROBES_AT_ONCE`].
+struct Budget {
+    left: u64,
+    refilled: Option<Instant>,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget { left: PROBES_AT_ONCE, refilled: None }
+    }
+}
+
+impl Budget {
+    fn refill(&mut self, now: Instant) -> u64 {
+        let since = self.refilled.map_or(Duration::MAX, |at| now.saturating_duration_since(at));
+        let more = (since.as_millis() as u64).saturating_mul(PROBES_PER_SECOND) / 1_000;
+        if more > 0 {
+            self.left = self.left.saturating_add(more).min(PROBES_AT_ONCE);
+            self.refilled = Some(now);
         }
-        let rtt = rtt();
-        unacked >= rtt * 4 && now_ms.saturating_sub(self.probed_ms) >= PROBE_EVERY.max(rtt).as_millis() as u64
+        self.left
     }
 }
 
 impl FadeProbes {
     /// Probes `conn`, whose controller holds `grant`, from now on when its data stalls.
     fn watch(&self, conn: &Arc<Session>, grant: Arc<Grant>) {
-        let watched = Watched { conn: Arc::downgrade(conn), grant, probed_ms: 0 };
-        self.watched.lock().unwrap_or_else(|e| e.into_inner()).push(watched);
+        let watched = Watched { conn: Arc::downgrade(conn), grant, probed_ms: 0, rtt: Duration::ZERO };
+        self.lists.lock().unwrap_or_else(|e| e.into_inner()).watched.push(watched);
     }
 
-    /// Probes stalled connections every [`SWEEP_EVERY`] until `stop`.
+    /// Probes stalled connections until `stop`: every watched connection is looked at every
+    /// [`SWEEP_EVERY`], the stalled ones whenever one of them is due.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
-        let mut every = tokio::time::interval(SWEEP_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         stop.run_until_cancelled(async {
+            let mut everyone_at = Instant::now() + SWEEP_EVERY;
             loop {
-                every.tick().await;
-                for conn in self.sweep(Instant::now()) {
+                let now = Instant::now();
+                let everyone = now >= everyone_at;
+                if everyone {
+                    everyone_at = now + SWEEP_EVERY;
+                }
+                let (due, next) = self.sweep(now, everyone);
+                for conn in due {
                     probe(&conn);
                 }
+                let wake = next.map_or(everyone_at, |next| next.max(now + MIN_SWEEP_GAP).min(everyone_at));
+                tokio::time::sleep_until(wake.into()).await;
             }
         })
         .await;
     }
 
-    /// Forgets ended connections and returns those to probe now (at most
-    /// [`PROBES_PER_SWEEP`]), marked as probed.
-    fn sweep(&self, now: Instant) -> Vec<Arc<Session>> {
+    /// Forgets ended connections, moves those whose data stalled (with `everyone`, all are
+    /// looked at) to the stalled list and recovered ones back, and returns those to probe now,
+    /// marked as probed, with when the next stalled one is due.
+    fn sweep(&self, now: Instant, everyone: bool) -> (Vec<Arc<Session>>, Option<Instant>) {
+        let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
+        let Lists { watched, stalled, budget } = &mut *lists;
+        if everyone {
+            watched.retain(|watched| watched.conn.strong_count() > 0);
+            stalled.extend(watched.extract_if(.., |watched| watched.stall(watched.grant.ms(now)).is_some()));
+        }
+        let recovered = stalled.extract_if(.., |watched| watched.stall(watched.grant.ms(now)).is_none());
+        watched.extend(recovered.filter(|watched| watched.conn.strong_count() > 0));
+
+        let mut left = budget.refill(now);
         let mut due = Vec::new();
-        let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
-        watched.retain_mut(|watched| {
-            let Some(conn) = watched.conn.upgrade() else { return false };
+        let mut next: Option<Instant> = None;
+        stalled.retain_mut(|watched| {
             let now_ms = watched.grant.ms(now);
-            if due.len() < PROBES_PER_SWEEP && watched.due(now_ms, || conn.rtt()) {
+            let unacked = watched.grant.unacked_for(now_ms);
+            // The round trip kept from the last look: no ACK, no new estimate.
+            let mut at_ms = watched.next_probe_ms(now_ms, unacked, watched.rtt);
+            if at_ms <= now_ms && left > 0 {
+                let Some(conn) = watched.conn.upgrade() else { return false };
                 if conn.close_reason().is_some() {
                     return false;
                 }
-                // Opened here, under the same clock as the round-trip check; the datagram
-                // wakes the connection, which sends it and whatever else waits past the window.
-                watched.grant.open(now_ms, Duration::ZERO);
-                watched.probed_ms = now_ms;
-                due.push(conn);
+                watched.rtt = conn.rtt();
+                at_ms = watched.next_probe_ms(now_ms, unacked, watched.rtt);
+                if at_ms <= now_ms {
+                    // Opened here, under the same clock as the round-trip check; the datagram
+                    // wakes the connection, which sends it and whatever else waits past the
+                    // window.
+                    watched.grant.open(now_ms, Duration::ZERO);
+                    watched.probed_ms = now_ms;
+                    left -= 1;
+                    due.push(conn);
+                    at_ms = watched.next_probe_ms(now_ms, unacked, watched.rtt);
+                }
+            } else if watched.conn.strong_count() == 0 {
+                return false;
             }
+            let at = watched.grant.epoch + Duration::from_millis(at_ms);
+            next = Some(next.map_or(at, |next| next.min(at)));
             true
         });
-        due
+        budget.left = left;
+        (due, next)
     }
 }
 
@@ -383,37 +466,58 @@ mod tests {
     }
 
     fn watched(grant: Arc<Grant>) -> Watched {
-        Watched { conn: Weak::new(), grant, probed_ms: 0 }
+        Watched { conn: Weak::new(), grant, probed_ms: 0, rtt: Duration::ZERO }
+    }
+
+    /// As the sweep decides: stalled, and its next probe is due.
+    fn due(watched: &Watched, now_ms: u64, rtt: Duration) -> bool {
+        watched.stall(now_ms).is_some_and(|unacked| watched.next_probe_ms(now_ms, unacked, rtt) <= now_ms)
     }
 
     #[test]
-    fn a_stalled_connection_is_due_after_the_stall_and_then_every_probe_interval() {
+    fn a_stall_is_probed_quickly_while_it_is_young_and_then_every_probe_interval() {
         let epoch = Instant::now();
         let grant = Arc::new(Grant::new(epoch));
         let mut watched = watched(grant.clone());
-        let rtt = || Duration::from_millis(50);
-        assert!(!watched.due(10_000, rtt), "nothing in flight");
+        let rtt = Duration::from_millis(50);
+        assert!(!due(&watched, 10_000, rtt), "nothing in flight");
         grant.sent(epoch + Duration::from_millis(10_000));
-        assert!(!watched.due(10_999, rtt));
-        assert!(watched.due(11_000, rtt), "unacknowledged for STALL_AFTER");
+        assert!(!due(&watched, 10_999, rtt));
+        assert!(due(&watched, 11_000, rtt), "unacknowledged for STALL_AFTER");
         watched.probed_ms = 11_000;
-        assert!(!watched.due(11_499, rtt));
-        assert!(watched.due(11_500, rtt), "PROBE_EVERY after the last probe");
-        grant.acked(11_600, 0);
-        assert!(!watched.due(20_000, rtt), "acknowledged");
+        assert!(!due(&watched, 11_049, rtt));
+        assert!(due(&watched, 11_050, rtt), "QUICK_PROBE_EVERY after the last probe");
+        watched.probed_ms = 15_000;
+        assert!(!due(&watched, 15_499, rtt), "five seconds into the stall");
+        assert!(due(&watched, 15_500, rtt), "PROBE_EVERY after the last probe");
+        grant.acked(15_600, 0);
+        assert!(!due(&watched, 20_000, rtt), "acknowledged");
     }
 
     #[test]
-    fn a_long_round_trip_stretches_the_stall_and_the_probe_interval() {
+    fn a_long_round_trip_stretches_the_stall_and_the_probe_intervals() {
         let epoch = Instant::now();
         let grant = Arc::new(Grant::new(epoch));
         let mut watched = watched(grant.clone());
-        let rtt = || Duration::from_millis(600);
+        let rtt = Duration::from_millis(600);
         grant.sent(epoch + Duration::from_millis(10_000));
-        assert!(!watched.due(12_000, rtt), "four round trips are 2.4 s");
-        assert!(watched.due(12_400, rtt));
+        assert!(!due(&watched, 12_000, rtt), "four round trips are 2.4 s");
+        assert!(due(&watched, 12_400, rtt));
         watched.probed_ms = 12_400;
-        assert!(!watched.due(12_900, rtt), "once a round trip");
-        assert!(watched.due(13_000, rtt));
+        assert!(!due(&watched, 12_699, rtt), "every half round trip while young");
+        assert!(due(&watched, 12_700, rtt));
+        watched.probed_ms = 15_000;
+        assert!(!due(&watched, 15_599, rtt), "once a round trip later");
+        assert!(due(&watched, 15_600, rtt));
+    }
+
+    #[test]
+    fn the_probe_budget_refills_at_its_rate_up_to_its_cap() {
+        let start = Instant::now();
+        let mut budget = Budget::default();
+        assert_eq!(budget.refill(start), PROBES_AT_ONCE, "full at first");
+        budget.left = 0;
+        assert_eq!(budget.refill(start + Duration::from_millis(100)), PROBES_PER_SECOND / 10);
+        assert_eq!(budget.refill(start + Duration::from_secs(10)), PROBES_AT_ONCE, "capped");
     }
 }
