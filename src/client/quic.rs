@@ -18,6 +18,7 @@ use web_transport_quinn::{RecvStream, SendStream, Session, SessionError, WebTran
 use super::{ClientError, ServerTrust, Shared};
 use crate::proto::{Codec, ErrorCode, FrameReader, ServerFrame, WireFrame};
 use crate::tls;
+use crate::transport::answer::{AnsweringCubic, Window};
 use crate::transport::{ALPN_RAW, quic::read_frame, webtransport};
 
 /// Bytes the relay may send before the client reads them (connection flow control).
@@ -195,6 +196,8 @@ pub(super) async fn connect(
     // subscriber that stops reading stalls the relay's sends within this, and the relay then
     // drops stale groups instead of queueing them (quinn's default has no connection limit).
     transport.receive_window(quinn::VarInt::from_u32(RECEIVE_WINDOW));
+    // quinn's Cubic, whose window a move to a new socket opens (see `Probes::move_now`).
+    transport.congestion_controller_factory(Arc::new(AnsweringCubic::default()));
     config.transport_config(Arc::new(transport));
 
     let (endpoint, owns_endpoint) = match &options.quic_endpoint {
@@ -257,7 +260,7 @@ pub(super) async fn connect(
     tasks.spawn(read_datagrams(conn.clone(), codec, shared.clone(), relay_heartbeats.clone(), cancel.clone()));
     tasks.spawn(super::media::accept_groups(conn.clone(), shared.media.clone(), tasks.clone(), cancel.clone()));
     let sent = Arc::new(tokio::sync::Notify::new());
-    let probes = Arc::new(Probes::default());
+    let probes = Arc::new(Probes { window: Window::of(&conn), ..Probes::default() });
     if options.quic_probe_stalls {
         tasks.spawn(probe_stalls(conn.clone(), endpoint.clone(), sent.clone(), probes.clone(), cancel.clone()));
         if options.quic_watch_receiving {
@@ -571,13 +574,25 @@ struct Probes {
     running: std::sync::atomic::AtomicUsize,
     /// When the connection last moved to a new socket (`network_changed()` or a probe).
     moved: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// The connection's window, opened for each move's `PING` and each heartbeat of a probe.
+    window: Option<Window>,
 }
 
 impl Probes {
     /// Moves `endpoint` to a new socket, noting when (a failed attempt too: the next waits).
+    /// The move's `PING` (and the next packet) go out even when the window is full of what
+    /// the outage swallowed: otherwise the move would be silent until the probe timer fires.
     fn move_now(&self, endpoint: &Endpoint) -> Result<(), ClientError> {
         *self.moved.lock().unwrap_or_else(|e| e.into_inner()) = Some(tokio::time::Instant::now());
+        self.open_window();
         move_to_new_socket(endpoint)
+    }
+
+    /// Opens the window for the next transmission.
+    fn open_window(&self) {
+        if let Some(window) = &self.window {
+            window.open();
+        }
     }
 
     /// Whether a probe is running or the connection moved at or after `at`.
@@ -670,6 +685,7 @@ async fn probe_until_heard(
             }
             if network_back && !challenge_seen && tokio::time::Instant::now() >= resend_at {
                 tracing::debug!("path probe: heartbeat");
+                probes.open_window();
                 heartbeat(session);
                 resend_at += resend;
             }

@@ -189,10 +189,34 @@ pub struct Heartbeats {
     fades: Option<Arc<FadeProbes>>,
 }
 
+/// The grant of `conn`'s controller, when it is an [`AnsweringCubic`].
+fn grant_of(conn: &quinn::Connection) -> Option<Arc<Grant>> {
+    conn.congestion_state().into_any().downcast::<Answering>().ok().map(|answering| answering.grant)
+}
+
+/// A handle on a connection's window, for the client: a packet that must go out when the
+/// network returns (the `PING` of a move to a new socket, a heartbeat from it) would otherwise
+/// wait behind a window full of what the client sent into the outage, until its backed-off
+/// probe timer.
+#[derive(Clone)]
+pub struct Window(Arc<Grant>);
+
+impl Window {
+    /// `conn`'s window, when the connection uses [`AnsweringCubic`].
+    pub fn of(conn: &quinn::Connection) -> Option<Window> {
+        grant_of(conn).map(Window)
+    }
+
+    /// Opens the window for the next transmission (at most two packets), which the caller
+    /// then starts (a datagram, a move's `PING`).
+    pub fn open(&self) {
+        self.0.open(self.0.ms(Instant::now()), Duration::ZERO);
+    }
+}
+
 impl Heartbeats {
     pub fn new(conn: &quinn::Connection, fades: Option<Arc<FadeProbes>>) -> Self {
-        let grant = conn.congestion_state().into_any().downcast::<Answering>().ok().map(|answering| answering.grant);
-        Heartbeats { grant, fades }
+        Heartbeats { grant: grant_of(conn), fades }
     }
 
     /// A heartbeat arrived on `conn`: its window opens for one transmission (at most once per
