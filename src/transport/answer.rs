@@ -25,6 +25,11 @@
 //! one after the path's return reaches the client, whose ACK (of a packet sent a moment ago, so
 //! the round-trip estimate stays true) starts the resend. The probes cost the phone nothing
 //! while its network is gone, where heartbeats of its own would.
+//!
+//! The Rust client has the same problem the other way round: after an outage its window is
+//! full of what it sent into it, and a move to a new socket would send nothing until its own
+//! backed-off probe timer. So its connections use [`AnsweringCubic`] too, and its path probes
+//! open the window ([`Window`]) for each move's `PING` and each heartbeat from the new socket.
 
 use std::any::Any;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
