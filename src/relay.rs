@@ -708,13 +708,18 @@ fn tune_transport(transport: &mut quinn::TransportConfig, quic: &QuicConfig) {
 /// request at `net.core.rmem_max` / `wmem_max`.
 const UDP_BUFFER_BYTES: usize = 4 << 20;
 
+/// Asks for [`UDP_BUFFER_BYTES`] of receive and send buffer on `socket`; what the kernel granted.
+/// The Rust client's endpoints ask too: one shared by many connections takes their handshakes'
+/// bursts on one socket.
+pub(crate) fn try_enlarge_udp_buffers(socket: &std::net::UdpSocket) -> std::io::Result<(usize, usize)> {
+    let state = quinn::udp::UdpSocketState::new(socket.into())?;
+    state.set_recv_buffer_size(socket.into(), UDP_BUFFER_BYTES)?;
+    state.set_send_buffer_size(socket.into(), UDP_BUFFER_BYTES)?;
+    Ok((state.recv_buffer_size(socket.into())?, state.send_buffer_size(socket.into())?))
+}
+
 fn enlarge_udp_buffers(socket: &std::net::UdpSocket) {
-    let result = quinn::udp::UdpSocketState::new(socket.into()).and_then(|state| {
-        state.set_recv_buffer_size(socket.into(), UDP_BUFFER_BYTES)?;
-        state.set_send_buffer_size(socket.into(), UDP_BUFFER_BYTES)?;
-        Ok((state.recv_buffer_size(socket.into())?, state.send_buffer_size(socket.into())?))
-    });
-    match result {
+    match try_enlarge_udp_buffers(socket) {
         Ok((recv, send)) => {
             tracing::debug!(recv, send, "UDP socket buffers");
             for (sysctl, granted) in capped_udp_buffers(recv, send) {

@@ -51,8 +51,27 @@ pub struct QuicEndpoint(Endpoint);
 impl QuicEndpoint {
     /// Binds an endpoint on an ephemeral port of `ip` (`0.0.0.0` for IPv4 relays, `::` for
     /// IPv6 ones; an IPv4 socket cannot reach an IPv6 relay). Needs a tokio runtime.
+    /// Its socket asks for the relay's UDP buffer sizes (the kernel caps them at
+    /// `net.core.rmem_max` / `wmem_max`): with the default, about 200 KiB, the server flights
+    /// of a few dozen handshakes at once overflowed a shared endpoint's socket on loopback, and
+    /// each lost one waited a second for its retransmission.
     pub fn bind(ip: std::net::IpAddr) -> Result<QuicEndpoint, ClientError> {
-        Endpoint::client(SocketAddr::new(ip, 0)).map(QuicEndpoint).map_err(|e| ClientError::Connect(e.to_string()))
+        use socket2::{Domain, Protocol, Socket, Type};
+        let connect_err = |e: std::io::Error| ClientError::Connect(e.to_string());
+        let addr = SocketAddr::new(ip, 0);
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(connect_err)?;
+        if addr.is_ipv6() {
+            // As quinn's `Endpoint::client`: `::` reaches IPv4 relays too where the OS allows it.
+            let _ = socket.set_only_v6(false);
+        }
+        socket.bind(&addr.into()).map_err(connect_err)?;
+        let socket: std::net::UdpSocket = socket.into();
+        match crate::relay::try_enlarge_udp_buffers(&socket) {
+            Ok((recv, send)) => tracing::debug!(recv, send, "client UDP socket buffers"),
+            Err(err) => tracing::debug!(%err, "could not enlarge the client's UDP socket buffers"),
+        }
+        let runtime = quinn::default_runtime().ok_or_else(|| ClientError::Connect("no async runtime".into()))?;
+        Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime).map(QuicEndpoint).map_err(connect_err)
     }
 
     /// The device's network changed: moves every connection of the endpoint to a new socket
