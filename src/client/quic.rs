@@ -66,7 +66,7 @@ impl QuicEndpoint {
         }
         socket.bind(&addr.into()).map_err(connect_err)?;
         let socket: std::net::UdpSocket = socket.into();
-        match crate::relay::try_enlarge_udp_buffers(&socket) {
+        match crate::transport::quic::try_enlarge_udp_buffers(&socket) {
             Ok((recv, send)) => tracing::debug!(recv, send, "client UDP socket buffers"),
             Err(err) => tracing::debug!(%err, "could not enlarge the client's UDP socket buffers"),
         }

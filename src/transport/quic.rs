@@ -687,3 +687,19 @@ async fn write_lane(
         }
     }
 }
+
+/// Receive and send buffer asked for the UDP socket. One socket carries every QUIC connection,
+/// and with the kernel's default (about 200 KiB) bursts of small datagrams (presence, typing)
+/// overflowed it on loopback with 1,000 clients (`benches/presence.rs`). The kernel caps the
+/// request at `net.core.rmem_max` / `wmem_max`.
+pub(crate) const UDP_BUFFER_BYTES: usize = 4 << 20;
+
+/// Asks for [`UDP_BUFFER_BYTES`] of receive and send buffer on `socket`; what the kernel granted.
+/// The Rust client's endpoints ask too: one shared by many connections takes their handshakes'
+/// bursts on one socket.
+pub(crate) fn try_enlarge_udp_buffers(socket: &std::net::UdpSocket) -> std::io::Result<(usize, usize)> {
+    let state = quinn::udp::UdpSocketState::new(socket.into())?;
+    state.set_recv_buffer_size(socket.into(), UDP_BUFFER_BYTES)?;
+    state.set_send_buffer_size(socket.into(), UDP_BUFFER_BYTES)?;
+    Ok((state.recv_buffer_size(socket.into())?, state.send_buffer_size(socket.into())?))
+}
