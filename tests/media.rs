@@ -511,8 +511,9 @@ async fn a_track_sending_above_its_bitrate_allowance_has_its_group_stopped() {
 /// relay's CPU between connections. An audio frame that reaches the relay while it sends a big
 /// video burst to many subscribers must go out to every subscriber before the rest of the
 /// *others'* burst, not wait at the back of it. Counted, not timed: how many of the burst's
-/// frames the subscribers received between the publisher sending the audio frame and the last
-/// subscriber receiving it.
+/// frames the subscribers received between the publisher sending the audio frame and the
+/// median and the last subscriber receiving it (the last alone swings with one scheduling
+/// stall on a busy machine).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audio_is_not_queued_behind_a_video_burst_to_other_subscribers() {
     use std::sync::Arc;
@@ -572,21 +573,25 @@ async fn audio_is_not_queued_behind_a_video_burst_to_other_subscribers() {
     .await;
     let sent_at = arrivals.load(Ordering::SeqCst);
     send_group(&alice, GroupHeader { track: mic, layer: 0, group: 1, flags: 0 }, TrackKind::Audio, 1, 80).await;
-    let mut last_audio = 0;
+    let mut audio_at = Vec::new();
     let mut keep = Vec::new();
     within("every subscriber has the burst and the audio", async {
         while let Some(done) = subscribers.join_next().await {
             let (sub, audio) = done.expect("subscriber task");
-            last_audio = last_audio.max(audio);
+            audio_at.push(audio.saturating_sub(sent_at));
             keep.push(sub);
         }
     })
     .await;
     let burst_ms = burst_started.elapsed().as_millis();
     let burst = SUBSCRIBERS as u64 * u64::from(FRAMES);
-    let before_audio = last_audio.saturating_sub(sent_at);
+    audio_at.sort_unstable();
+    let (median, last) = (audio_at[audio_at.len() / 2], audio_at[audio_at.len() - 1]);
     println!(
-        "video frames that arrived between the audio's sending and its last arrival: {before_audio} of {burst} (at {sent_at}); the burst reached all in {burst_ms} ms"
+        "frames that arrived between the audio's sending and its arrival: median subscriber {median}, last {last} of {burst} (at {sent_at}); the burst reached all in {burst_ms} ms"
     );
-    assert!(before_audio < burst / 10, "audio waited behind {before_audio} of the burst's {burst} frames");
+    // Measured on a 2-core box: with the pacer a median of 66-150 and a last of 118-208 (629
+    // once in CI); without it (every write unpaced) 634-1,575 and 1,270-2,487.
+    assert!(median < burst / 15, "audio waited behind {median} of the burst's {burst} frames for half the subscribers");
+    assert!(last < burst / 6, "audio waited behind {last} of the burst's {burst} frames for one subscriber");
 }
