@@ -128,9 +128,7 @@ impl Relay {
         // Connection ids carry a keyed check; with the key kept across restarts, a restarted relay
         // recognises its previous life's ids and answers them with a stateless reset (keyed by
         // `reset_key`) instead of dropping them, so those clients reconnect at once.
-        let cid_key = u64::from_le_bytes(cid_key.get(..8).and_then(|b| b.try_into().ok()).unwrap_or_default());
-        endpoint_config
-            .cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)) as _);
+        endpoint_config.cid_generator(move || Box::new(crate::transport::cid::KeyedCidGenerator::new(&cid_key)) as _);
         let server_config = quic_server_config(&cert, &token_key, &config.limits, &config.quic)?;
         let udp_addr = config.listen.udp;
         let socket = std::net::UdpSocket::from(bind_listener(udp_addr, false)?);

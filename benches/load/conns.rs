@@ -80,7 +80,10 @@ async fn open(
     let client = Client::connect(target, options).await?;
     let took = started.elapsed();
     if let Some(room) = join {
-        client.join(&room).await?;
+        // Counted apart from the connect's errors: which step a storm's stragglers wait on.
+        if let Err(err) = client.join(&room).await {
+            anyhow::bail!("join: {}", stats::error_key(&err));
+        }
     }
     Ok((client, took))
 }

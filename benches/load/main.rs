@@ -121,6 +121,15 @@ enum Workload {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The generator's own logs (its client and quinn), off unless EDGERELAY_LOAD_LOG names a
+    // filter, e.g. `quinn_proto=debug`: for tracing a run's stragglers.
+    if let Ok(filter) = std::env::var("EDGERELAY_LOAD_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = cli.threads {
         builder.worker_threads(threads.clamp(1, 64));

@@ -2,6 +2,7 @@
 //! no business state lives here.
 
 pub mod answer;
+pub mod cid;
 pub mod media;
 pub mod quic;
 pub mod sse;
