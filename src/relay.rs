@@ -688,6 +688,7 @@ fn quic_server_config(
 /// The `[quic]` section's trade-offs between memory per connection and CPU per packet
 /// (docs/decisions.md, "QUIC: cost per delivery and per connection").
 fn tune_transport(transport: &mut quinn::TransportConfig, quic: &QuicConfig) {
+    transport.mtu_discovery_config(Some(transport::quic::mtu_discovery()));
     transport.enable_segmentation_offload(quic.segmentation_offload);
     // quinn's Cubic, answering a client's heartbeat even when the window is full (a fade's end).
     if quic.answer_heartbeats {

@@ -567,6 +567,24 @@ async fn quic_fanout_without_segmentation_offload_delivers_everything_in_order()
     }
 }
 
+/// The relay's path MTU search takes two probes on a path that carries 1,452-byte datagrams
+/// (1,326, then 1,452), not quinn's four: each probe is a PING padded to the size tried, and
+/// a lost one would be tried again, so exactly two PINGs also means both sizes got through.
+#[tokio::test]
+async fn the_relay_finds_a_full_size_path_with_two_mtu_probes() {
+    let relay = start().await;
+    let mut raw = common::raw_quic(&relay).await;
+    raw.hello(&relay).await;
+    within("the relay's probes", async {
+        while raw.conn.stats().frame_rx.ping < 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(raw.conn.stats().frame_rx.ping, 2, "PINGs from the relay (its MTU probes)");
+}
+
 /// `quic.ack_eliciting_threshold` asks QUIC peers (here a plain quinn client) to acknowledge
 /// less often with an ACK_FREQUENCY frame; unset, the relay sends none.
 #[tokio::test]

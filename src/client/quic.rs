@@ -217,6 +217,7 @@ pub(super) async fn connect(
     transport.receive_window(quinn::VarInt::from_u32(RECEIVE_WINDOW));
     // quinn's Cubic, whose window a move to a new socket opens (see `Probes::move_now`).
     transport.congestion_controller_factory(Arc::new(AnsweringCubic::default()));
+    transport.mtu_discovery_config(Some(crate::transport::quic::mtu_discovery()));
     config.transport_config(Arc::new(transport));
 
     let (endpoint, owns_endpoint) = match &options.quic_endpoint {
