@@ -394,6 +394,7 @@ mod embedded {
         failing: std::sync::atomic::AtomicBool,
         reads_failing: std::sync::atomic::AtomicBool,
         commits: std::sync::atomic::AtomicUsize,
+        cursor_saves: std::sync::atomic::AtomicUsize,
     }
 
     impl Flaky {
@@ -403,6 +404,7 @@ mod embedded {
                 failing: std::sync::atomic::AtomicBool::new(false),
                 reads_failing: std::sync::atomic::AtomicBool::new(reads_failing),
                 commits: std::sync::atomic::AtomicUsize::new(0),
+                cursor_saves: std::sync::atomic::AtomicUsize::new(0),
             })
         }
     }
@@ -439,6 +441,7 @@ mod embedded {
             self.inner.expire(before_ms, resume, max_rooms)
         }
         fn save_cursors(&self, updates: &[crate::store::UserCursors]) -> Result<(), StoreError> {
+            self.cursor_saves.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.inner.save_cursors(updates)
         }
         fn forget_cursor(&self, t: &str, u: &str, r: &RoomName) -> Result<(), StoreError> {
@@ -447,6 +450,38 @@ mod embedded {
         fn cursors(&self, t: &str, u: &str, limit: usize) -> Result<Vec<crate::store::Cursor>, StoreError> {
             self.inner.cursors(t, u, limit)
         }
+    }
+
+    /// Every join saves a cursor: a burst of them shares a paced commit, a read of a user's
+    /// cursors still sees the ones waiting, and forgetting one is not undone by a save queued
+    /// before it.
+    #[tokio::test]
+    async fn a_burst_of_cursor_saves_shares_one_commit_and_reads_still_see_them() {
+        use crate::store::Cursor;
+        let history = Flaky::new(false);
+        let rig = local(history.clone(), Default::default());
+        let cursor = |room: &str, offset: u64| Cursor {
+            room: RoomName::parse(room).unwrap(),
+            position: Position { epoch: 1, offset },
+            updated: 1,
+        };
+        let saves = || history.cursor_saves.load(std::sync::atomic::Ordering::SeqCst);
+        rig.engine.save_cursors("acme", "first", vec![cursor("a", 1)]);
+        while saves() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Within the interval after that save: 300 joins, then a read.
+        for n in 0..300 {
+            rig.engine.save_cursors("acme", &format!("u{n}"), vec![cursor("a", n)]);
+        }
+        assert_eq!(rig.engine.cursors("acme", "u299", 10).await.unwrap(), vec![cursor("a", 299)]);
+        assert_eq!(saves(), 2, "the first save, then one for the 300 (the read asked for it)");
+        // Saved a moment later without a read: the interval passes, one more commit.
+        rig.engine.save_cursors("acme", "u0", vec![cursor("b", 5)]);
+        rig.engine.forget_cursor("acme", "u0", RoomName::parse("a").unwrap());
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(saves(), 3);
+        assert_eq!(rig.engine.cursors("acme", "u0", 10).await.unwrap(), vec![cursor("b", 5)]);
     }
 
     #[tokio::test]
