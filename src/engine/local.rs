@@ -640,7 +640,8 @@ impl Writer {
             if self.cursors.due().is_some_and(|due| due <= Instant::now()) {
                 self.save_cursors();
             }
-            // Age retention runs in steps between batches, only while nothing else is queued.
+            // Age retention runs in steps between batches, only while nothing else is queued;
+            // waiting cursors cut the wait for the next op short when they fall due.
             let first = if self.expiring.is_some() {
                 match self.rx.try_recv() {
                     Ok(op) => op,
@@ -653,10 +654,7 @@ impl Writer {
             } else if let Some(due) = self.cursors.due() {
                 match self.rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
                     Ok(op) => op,
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.save_cursors();
-                        continue;
-                    }
+                    Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => {
                         self.save_cursors();
                         return;
@@ -738,10 +736,10 @@ impl Writer {
             self.commit(records, waiting);
             self.settled.notify_waiters();
         }
+        // Saved when due (at the top of the writer's loop) or at the stop (after it), but at
+        // once when forgetting a cursor, or a read of them, follows the saves queued before it.
         self.cursors.pending.extend(cursors);
-        // Forgetting a cursor, or a read of them, comes after the saves queued before it.
-        let ordered = after.iter().any(|op| matches!(op, Op::ForgetCursor { .. } | Op::SaveCursorsNow(_)));
-        if stop || ordered || self.cursors.due().is_some_and(|due| due <= Instant::now()) {
+        if after.iter().any(|op| matches!(op, Op::ForgetCursor { .. } | Op::SaveCursorsNow(_))) {
             self.save_cursors();
         }
         for op in after {
