@@ -433,7 +433,11 @@ fn tcp_server_config(bundle: &CertBundle) -> Result<rustls::ServerConfig, TlsErr
 /// the name nor the validity dates are checked: the pin is the trust, as with browsers'
 /// `serverCertificateHashes`.
 pub fn pinned_client_config(pins: Vec<[u8; 32]>, alpn: &[&[u8]]) -> rustls::ClientConfig {
-    let provider = client_provider();
+    pinned_config_with(client_provider(), pins, alpn)
+}
+
+/// [`pinned_client_config`] with another provider (its tests compare ring's default order).
+fn pinned_config_with(provider: Arc<CryptoProvider>, pins: Vec<[u8; 32]>, alpn: &[&[u8]]) -> rustls::ClientConfig {
     let verifier = PinnedVerifier { pins, algorithms: provider.signature_verification_algorithms };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -751,15 +755,7 @@ mod tests {
             assert_eq!(suite, Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
         }
         // A client that offers AES-256 first still gets it: the relay follows the client's order.
-        let ring_default = rustls::ClientConfig::builder_with_provider(ring_provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
-                pins: vec![bundle.sha256],
-                algorithms: ring_provider().signature_verification_algorithms,
-            }))
-            .with_no_client_auth();
+        let ring_default = pinned_config_with(ring_provider(), vec![bundle.sha256], &[b"h3"]);
         let suite = handshaken(ring_default, server).unwrap().negotiated_cipher_suite().map(|s| s.suite());
         assert_eq!(suite, Some(rustls::CipherSuite::TLS13_AES_256_GCM_SHA384));
     }
