@@ -18,7 +18,7 @@ use rand::Rng as _;
 const NONCE_LEN: usize = 5;
 const TAG_LEN: usize = 3;
 /// The id's length on the wire, as quinn's own generators (8 bytes).
-pub const CID_LEN: usize = NONCE_LEN + TAG_LEN;
+const CID_LEN: usize = NONCE_LEN + TAG_LEN;
 
 /// Connection ids with a keyed tag (HMAC-SHA256 of the nonce, truncated).
 pub struct KeyedCidGenerator {
