@@ -19,7 +19,14 @@
 //! One `sendto` and one `recvfrom` per delivery, no crypto and no QUIC state: what the kernel
 //! charges for the packets alone.
 //!
-//! Run: `cargo bench --bench send_floor` (about 60 s). Results: `docs/performance.md`.
+//! The last table asks whether batching the sends could lower the floor: each room's 100 frames
+//! go out in one `io_uring_enter` (100 queued sends) instead of 100 `send` calls, interleaved
+//! with the plain sends at the same rates. Besides the writer thread it gives the whole
+//! process's CPU (writer and reader): on loopback the receiving side's TCP work runs in whichever
+//! context delivers the packet, so a change can move CPU from the writer's account to the
+//! reader's without saving any. The process column is the one that shows a real saving.
+//!
+//! Run: `cargo bench --bench send_floor` (about 90 s). Results: `docs/performance.md`.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -40,6 +47,17 @@ const SECONDS: u64 = 5;
 const SHAPES: &[(u64, usize)] = &[(20_000, 1), (100_000, 1), (100_000, 4), (500_000, 1), (500_000, 16)];
 /// Datagrams per second over all connections.
 const UDP_RATES: &[u64] = &[20_000, 100_000];
+/// Frames per second for the `send` against `io_uring` comparison, each run twice.
+const URING_RATES: &[u64] = &[20_000, 100_000];
+
+/// How the writer hands a room's frames to the kernel.
+#[derive(Clone, Copy, PartialEq)]
+enum Submit {
+    /// One `send` system call per frame.
+    Send,
+    /// The room's sends queued in an io_uring and submitted with one `io_uring_enter`.
+    Uring,
+}
 
 fn main() {
     tcp();
@@ -67,18 +85,40 @@ fn tcp() {
     );
     for &(rate, batch) in SHAPES {
         let before = received.load(Ordering::Relaxed);
-        let (frames, sends, cpu) = write_for(&mut writers, rate, batch, Duration::from_secs(SECONDS));
-        // Everything written is read (bounded wait), so nothing is left in the buffers.
-        let until = Instant::now() + Duration::from_secs(10);
-        while received.load(Ordering::Relaxed) - before < frames * FRAME as u64 && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (frames, sends, cpu) = write_for(&mut writers, rate, batch, Submit::Send, Duration::from_secs(SECONDS));
+        wait_until_read(&received, before + frames * FRAME as u64);
         let per_million = cpu / frames as f64 * 1e6;
         let per_send = cpu / sends as f64 * 1e6;
         println!("{rate:>12} {batch:>6} {frames:>12} {cpu:>10.2} {per_million:>14.2} {per_send:>10.2}");
     }
+
+    println!(
+        "\n{:>12} {:>8} {:>12} {:>22} {:>22}",
+        "frames/s", "submit", "frames", "writer cpu-s/million", "process cpu-s/million"
+    );
+    for &rate in URING_RATES {
+        for submit in [Submit::Send, Submit::Uring, Submit::Send, Submit::Uring] {
+            let before = received.load(Ordering::Relaxed);
+            let process_before = process_cpu_seconds();
+            let (frames, _, cpu) = write_for(&mut writers, rate, 1, submit, Duration::from_secs(SECONDS));
+            wait_until_read(&received, before + frames * FRAME as u64);
+            let process = process_cpu_seconds() - process_before;
+            let name = if submit == Submit::Send { "send" } else { "io_uring" };
+            let (writer, process) = (cpu / frames as f64 * 1e6, process / frames as f64 * 1e6);
+            println!("{rate:>12} {name:>8} {frames:>12} {writer:>22.2} {process:>22.2}");
+        }
+    }
     drop(writers);
     let _ = reader.join();
+}
+
+/// Waits (at most 10 s) until the reader has taken `total` bytes, so nothing is left in the
+/// buffers for the next shape.
+fn wait_until_read(received: &AtomicU64, total: u64) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while received.load(Ordering::Relaxed) < total && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn udp() {
@@ -156,21 +196,28 @@ fn spawn_acker(clients: Vec<UdpSocket>) -> std::thread::JoinHandle<()> {
 
 /// Writes at `rate` frames per second for `window`, `batch` frames per `send`, to the rooms in
 /// turn; returns frames and sends made and the thread's CPU seconds.
-fn write_for(writers: &mut [TcpStream], rate: u64, batch: usize, window: Duration) -> (u64, u64, f64) {
+fn write_for(writers: &mut [TcpStream], rate: u64, batch: usize, submit: Submit, window: Duration) -> (u64, u64, f64) {
     let room_size = CONNECTIONS / ROOMS;
     let buf = vec![0x82u8; FRAME * batch];
     let publishes_per_sec = rate as f64 / (room_size * batch) as f64;
     let interval = Duration::from_secs_f64(1.0 / publishes_per_sec);
+    let mut ring = (submit == Submit::Uring).then(|| io_uring::IoUring::new(2 * room_size as u32).expect("io_uring"));
     let cpu_before = thread_cpu_seconds();
     let started = Instant::now();
     let (mut frames, mut sends, mut publish) = (0u64, 0u64, 0usize);
     while started.elapsed() < window {
         let room = publish % ROOMS;
-        for socket in &mut writers[room * room_size..(room + 1) * room_size] {
-            socket.write_all(&buf).expect("write to a loopback reader");
-            sends += 1;
-            frames += batch as u64;
+        let sockets = &mut writers[room * room_size..(room + 1) * room_size];
+        match ring.as_mut() {
+            Some(ring) => send_all_in_one_submit(ring, sockets, &buf),
+            None => {
+                for socket in sockets.iter_mut() {
+                    socket.write_all(&buf).expect("write to a loopback reader");
+                }
+            }
         }
+        sends += room_size as u64;
+        frames += (room_size * batch) as u64;
         publish += 1;
         let next = started + interval * publish as u32;
         if let Some(wait) = next.checked_duration_since(Instant::now()) {
@@ -178,6 +225,27 @@ fn write_for(writers: &mut [TcpStream], rate: u64, batch: usize, window: Duratio
         }
     }
     (frames, sends, thread_cpu_seconds() - cpu_before)
+}
+
+/// Queues one send of `buf` per socket and submits them with one `io_uring_enter`, waiting for
+/// every completion. The sockets' buffers have room (the reader keeps up), so each send is
+/// done in full inline.
+fn send_all_in_one_submit(ring: &mut io_uring::IoUring, sockets: &[TcpStream], buf: &[u8]) {
+    use io_uring::{opcode, types};
+    use std::os::fd::AsRawFd;
+    let len = u32::try_from(buf.len()).expect("frame size");
+    {
+        let mut queue = ring.submission();
+        for socket in sockets {
+            let send = opcode::Send::new(types::Fd(socket.as_raw_fd()), buf.as_ptr(), len).build();
+            // SAFETY: `buf` and the sockets outlive the submission: every completion is taken below.
+            unsafe { queue.push(&send).expect("the ring has room for a room's sends") };
+        }
+    }
+    ring.submit_and_wait(sockets.len()).expect("io_uring_enter");
+    for done in ring.completion() {
+        assert_eq!(done.result(), len as i32, "a send to a loopback reader with room in its buffer");
+    }
 }
 
 /// One tokio thread reading every connection into an 8 KiB buffer, as a client does.
@@ -216,7 +284,16 @@ where
 
 /// This thread's user + system CPU seconds (clock ticks of 10 ms).
 fn thread_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("/proc/thread-self/stat");
+    cpu_seconds("/proc/thread-self/stat")
+}
+
+/// The whole process's (every thread's) user + system CPU seconds.
+fn process_cpu_seconds() -> f64 {
+    cpu_seconds("/proc/self/stat")
+}
+
+fn cpu_seconds(stat_path: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat_path).expect("/proc stat");
     // Fields after the command name (which ends with the last ')'): utime is the 12th, stime the 13th.
     let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
