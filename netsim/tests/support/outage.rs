@@ -154,7 +154,9 @@ pub async fn subscribe(target: Target, options: ClientOptions, room: &str) -> Re
         Reconnect { base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(1), ..Reconnect::default() };
     let subscriber = Resilient::start(target, options, reconnect);
     subscriber.join(room);
-    let joined = tokio::time::timeout(Duration::from_secs(20), async {
+    // A setup deadline, not a measurement: the wait ends at the join. Generous, because a
+    // starved 2-core machine running several of these scenarios at once once took over 20 s.
+    let joined = tokio::time::timeout(Duration::from_secs(60), async {
         while subscriber.positions().get(room).is_none_or(Option::is_none) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
