@@ -649,7 +649,10 @@ impl Writer {
                         self.expire_step();
                         continue;
                     }
-                    Err(TryRecvError::Disconnected) => return,
+                    Err(TryRecvError::Disconnected) => {
+                        self.save_cursors();
+                        return;
+                    }
                 }
             } else if let Some(due) = self.cursors.due() {
                 match self.rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
